@@ -1,0 +1,194 @@
+//! Validated, typed configuration. The running program only sees these types.
+//! `file` is the only module that knows the YAML format (and the only one that deserializes);
+//! it turns a file into `Config` or into a list of every problem with its path in the file.
+
+mod file;
+
+pub use file::{load_file, load_str, render_effective, ConfigErrors};
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Worker threads, one monoio runtime each, pinned to cores. `workers: auto` = number of cores.
+    pub workers: NonZeroUsize,
+    pub listen: Listen,
+    pub limits: Limits,
+    pub admin: Admin,
+    pub session: Session,
+    pub shutdown: Shutdown,
+    pub runtime: Runtime,
+    pub log: Log,
+    /// Upstream MCP servers, referenced by index from `servers`.
+    pub upstreams: Vec<Upstream>,
+    /// Endpoints the gateway serves (path → upstream). Sorted by path, unique.
+    pub servers: Vec<Server>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listen {
+    /// `listen.address`, default 127.0.0.1:8080.
+    pub addr: SocketAddr,
+    /// `listen.backlog`, default 1024.
+    pub backlog: u32,
+    /// `listen.max_connections_per_worker`, default 10000. Beyond it: 503 and close.
+    pub max_connections_per_worker: usize,
+    /// `listen.allowed_hosts`. Empty list in the file = default: loopback names on a loopback
+    /// listener (localhost, 127.0.0.1, [::1], with any port), any host otherwise.
+    pub allowed_hosts: HostRule,
+    /// `listen.allowed_origins`. Requests without `Origin` always pass; with one, it must be listed,
+    /// be same-origin with `Host`, or (default on a loopback listener) be a loopback origin.
+    pub allowed_origins: OriginRule,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostRule {
+    /// Any Host header (non-loopback listener with no list).
+    Any,
+    /// localhost / 127.0.0.1 / [::1], any port.
+    Loopback,
+    /// Exactly these hostnames (lower-case, compared without port; `*.example.com` allowed).
+    List(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginRule {
+    /// Allow http(s)://localhost|127.0.0.1|[::1](:port).
+    pub loopback: bool,
+    /// Exact origins, lower-case, e.g. `https://app.example.com`. `*` allows every origin.
+    pub list: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// `limits.max_header_bytes`, default 16384 (request line + headers). Over → 431.
+    pub max_header_bytes: usize,
+    /// `limits.max_headers`, default 64. Over → 431.
+    pub max_headers: usize,
+    /// `limits.max_body_bytes`, default 4 MiB. Over → 413.
+    pub max_body_bytes: usize,
+    /// `limits.header_read_timeout`, default 10s: whole head must arrive in this time. Over → 408.
+    pub header_read_timeout: Duration,
+    /// `limits.body_read_timeout`, default 30s. Over → 408.
+    pub body_read_timeout: Duration,
+    /// `limits.idle_timeout`, default 60s: keep-alive connection with no request is closed.
+    pub idle_timeout: Duration,
+    /// `limits.write_timeout`, default 30s: a client that does not read its response is dropped.
+    pub write_timeout: Duration,
+    /// `limits.max_json_depth`, default 64: deeper JSON bodies are rejected (-32700).
+    pub max_json_depth: u32,
+    /// `limits.max_batch_len`, default 100: longest JSON-RPC batch (2025-03-26 sessions only).
+    pub max_batch_len: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// `admin.address`, default 127.0.0.1:9090; `admin: null`/`admin.address: null` disables it.
+    pub addr: Option<SocketAddr>,
+    /// `admin.upkeep_interval`, default 5s: how often histograms are drained.
+    pub upkeep_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// 32-byte key sealing session ids. From `session.key` (64 hex chars), else the env var named
+    /// by `session.key_env` (default `TOLLGATE_SESSION_KEY`), else random per process.
+    pub key: [u8; 32],
+    pub key_source: KeySource,
+    /// `session.ttl`, default 24h: absolute lifetime of a session id.
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    File,
+    Env,
+    /// Sessions do not survive a restart and are not valid on other instances.
+    Generated,
+}
+
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    /// `shutdown.drain_timeout`, default 30s.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// `runtime.driver`: `auto` (io_uring, falling back to epoll), `io_uring`, or `legacy`.
+    pub driver: Driver,
+    /// `runtime.pin_workers`, default true.
+    pub pin_workers: bool,
+    /// `runtime.uring_entries`, default 1024.
+    pub uring_entries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Auto,
+    IoUring,
+    Legacy,
+}
+
+#[derive(Clone, Debug)]
+pub struct Log {
+    /// `log.level`, default `info` (an EnvFilter directive; `RUST_LOG` overrides).
+    pub level: String,
+    /// `log.format`: `text` (default) or `json`.
+    pub json: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `upstreams[].name`: unique, `[A-Za-z0-9_.-]{1,64}`; used in metrics labels and error messages.
+    pub name: String,
+    pub target: UpstreamTarget,
+    /// `connect_timeout`, default 2s.
+    pub connect_timeout: Duration,
+    /// `request_timeout`, default 60s: from sending the request to the upstream's response head.
+    pub request_timeout: Duration,
+    /// `idle_timeout`, default 30s: pooled idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// `max_idle_per_worker`, default 64.
+    pub max_idle_per_worker: usize,
+    /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// `url: builtin:demo`: the built-in demo MCP server, started in-process on 127.0.0.1:0.
+    BuiltinDemo,
+    /// `url: http://host[:port]/path`.
+    Http(HttpTarget),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// Host as written (name or IP), without brackets.
+    pub host: String,
+    pub port: u16,
+    /// Path with query, starting with `/`.
+    pub path: String,
+    /// Value for the `Host` header sent upstream (`host` or `host:port`).
+    pub authority: String,
+}
+
+impl HttpTarget {
+    /// Resolves the address now (called at start and, later, on reload).
+    pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        Ok((self.host.as_str(), self.port).to_socket_addrs()?.collect())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// `servers[].path`: the MCP endpoint path, e.g. `/mcp`. Exact match (a trailing `/` is also accepted).
+    pub path: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+}

@@ -1,0 +1,130 @@
+//! MCP methods as a closed enum, so metric labels, routing and policy never match on free strings.
+
+/// A JSON-RPC method the gateway knows by name; everything else is `Other` (and still forwarded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Initialize,
+    Ping,
+    ToolsList,
+    ToolsCall,
+    ResourcesList,
+    ResourcesTemplatesList,
+    ResourcesRead,
+    ResourcesSubscribe,
+    ResourcesUnsubscribe,
+    PromptsList,
+    PromptsGet,
+    CompletionComplete,
+    LoggingSetLevel,
+    ServerDiscover,
+    NotificationsInitialized,
+    NotificationsCancelled,
+    NotificationsProgress,
+    NotificationsRootsListChanged,
+    OtherNotification,
+    Other,
+}
+
+impl Method {
+    /// Every variant, in label order (used to pre-resolve per-method metric handles).
+    pub const ALL: [Method; 20] = [
+        Self::Initialize,
+        Self::Ping,
+        Self::ToolsList,
+        Self::ToolsCall,
+        Self::ResourcesList,
+        Self::ResourcesTemplatesList,
+        Self::ResourcesRead,
+        Self::ResourcesSubscribe,
+        Self::ResourcesUnsubscribe,
+        Self::PromptsList,
+        Self::PromptsGet,
+        Self::CompletionComplete,
+        Self::LoggingSetLevel,
+        Self::ServerDiscover,
+        Self::NotificationsInitialized,
+        Self::NotificationsCancelled,
+        Self::NotificationsProgress,
+        Self::NotificationsRootsListChanged,
+        Self::OtherNotification,
+        Self::Other,
+    ];
+
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "initialize" => Self::Initialize,
+            "ping" => Self::Ping,
+            "tools/list" => Self::ToolsList,
+            "tools/call" => Self::ToolsCall,
+            "resources/list" => Self::ResourcesList,
+            "resources/templates/list" => Self::ResourcesTemplatesList,
+            "resources/read" => Self::ResourcesRead,
+            "resources/subscribe" => Self::ResourcesSubscribe,
+            "resources/unsubscribe" => Self::ResourcesUnsubscribe,
+            "prompts/list" => Self::PromptsList,
+            "prompts/get" => Self::PromptsGet,
+            "completion/complete" => Self::CompletionComplete,
+            "logging/setLevel" => Self::LoggingSetLevel,
+            "server/discover" => Self::ServerDiscover,
+            "notifications/initialized" => Self::NotificationsInitialized,
+            "notifications/cancelled" => Self::NotificationsCancelled,
+            "notifications/progress" => Self::NotificationsProgress,
+            "notifications/roots/list_changed" => Self::NotificationsRootsListChanged,
+            s if s.starts_with("notifications/") => Self::OtherNotification,
+            _ => Self::Other,
+        }
+    }
+
+    /// Bounded label value for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Initialize => "initialize",
+            Self::Ping => "ping",
+            Self::ToolsList => "tools/list",
+            Self::ToolsCall => "tools/call",
+            Self::ResourcesList => "resources/list",
+            Self::ResourcesTemplatesList => "resources/templates/list",
+            Self::ResourcesRead => "resources/read",
+            Self::ResourcesSubscribe => "resources/subscribe",
+            Self::ResourcesUnsubscribe => "resources/unsubscribe",
+            Self::PromptsList => "prompts/list",
+            Self::PromptsGet => "prompts/get",
+            Self::CompletionComplete => "completion/complete",
+            Self::LoggingSetLevel => "logging/setLevel",
+            Self::ServerDiscover => "server/discover",
+            Self::NotificationsInitialized => "notifications/initialized",
+            Self::NotificationsCancelled => "notifications/cancelled",
+            Self::NotificationsProgress => "notifications/progress",
+            Self::NotificationsRootsListChanged => "notifications/roots/list_changed",
+            Self::OtherNotification => "notifications/other",
+            Self::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|m| *m == self)
+            .unwrap_or(Self::ALL.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_index_is_stable() {
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+            if !matches!(m, Method::OtherNotification | Method::Other) {
+                assert_eq!(Method::parse(m.as_str()), *m);
+            }
+        }
+        assert_eq!(
+            Method::parse("notifications/message"),
+            Method::OtherNotification
+        );
+        assert_eq!(Method::parse("tools/call "), Method::Other);
+    }
+}

@@ -1,0 +1,9 @@
+//! MCP rules: methods as a closed enum, protocol revisions, sealed session ids.
+//! No I/O here; `now` is always an argument.
+
+pub mod method;
+pub mod session;
+pub mod version;
+
+pub use method::Method;
+pub use version::ProtocolVersion;

@@ -1,0 +1,1 @@
+//! Sealed session ids (being written).
