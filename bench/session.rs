@@ -36,7 +36,9 @@ fn sealed(c: &mut Criterion) {
     let sealer = SessionSealer::new(&[0x42; 32]);
     let claims = typical_claims();
     let token = sealer.seal(&claims);
-    c.bench_function("session/seal", |b| b.iter(|| sealer.seal(black_box(&claims))));
+    c.bench_function("session/seal", |b| {
+        b.iter(|| sealer.seal(black_box(&claims)))
+    });
     c.bench_function("session/open", |b| {
         b.iter(|| sealer.open(black_box(token.as_bytes()), NOW))
     });

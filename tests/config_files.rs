@@ -24,7 +24,10 @@ fn served_at<'c>(c: &'c Config, path: &str) -> &'c tollgate::config::Upstream {
 
 fn assert_standard_addresses(c: &Config) {
     assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.admin.addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9090"));
+    assert_eq!(
+        c.admin.addr.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
 }
 
 #[test]
@@ -77,10 +80,16 @@ fn own_upstream_example_puts_the_users_server_at_mcp_and_the_demo_beside_it() {
     let mine = served_at(&c, "/mcp");
     match &mine.target {
         UpstreamTarget::Http(t) => {
-            assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 3101, "/mcp"));
+            assert_eq!(
+                (t.host.as_str(), t.port, t.path.as_str()),
+                ("127.0.0.1", 3101, "/mcp")
+            );
             assert_eq!(t.authority, "127.0.0.1:3101");
         }
         other => panic!("expected an HTTP upstream at /mcp, got {other:?}"),
     }
-    assert_eq!(served_at(&c, "/demo/mcp").target, UpstreamTarget::BuiltinDemo);
+    assert_eq!(
+        served_at(&c, "/demo/mcp").target,
+        UpstreamTarget::BuiltinDemo
+    );
 }

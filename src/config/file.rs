@@ -71,15 +71,31 @@ fn syntax_error(e: &serde_yaml_ng::Error) -> ConfigErrors {
     ConfigErrors(vec![match e.location() {
         // libyaml's message repeats the location; say it once, in front, where tools look.
         Some(l) => {
-            let msg = msg.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1);
-            format!("line {}, column {}: YAML syntax error: {msg}", l.line(), l.column())
+            let msg = msg.replacen(
+                &format!(" at line {} column {}", l.line(), l.column()),
+                "",
+                1,
+            );
+            format!(
+                "line {}, column {}: YAML syntax error: {msg}",
+                l.line(),
+                l.column()
+            )
         }
         None => format!("YAML syntax error: {msg}"),
     }])
 }
 
 const TOP_KEYS: &[&str] = &[
-    "workers", "listen", "limits", "admin", "session", "shutdown", "runtime", "log", "upstreams",
+    "workers",
+    "listen",
+    "limits",
+    "admin",
+    "session",
+    "shutdown",
+    "runtime",
+    "log",
+    "upstreams",
     "servers",
 ];
 
@@ -136,12 +152,27 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let admin = admin(p, &top);
     let session = session(p, &top, env);
 
-    let s = Section::open(p, "shutdown".into(), top.raw("shutdown"), &["drain_timeout"]);
+    let s = Section::open(
+        p,
+        "shutdown".into(),
+        top.raw("shutdown"),
+        &["drain_timeout"],
+    );
     let shutdown = Shutdown {
-        drain_timeout: s.get(p, "drain_timeout", defaults::DRAIN_TIMEOUT, extract::duration(Duration::ZERO)),
+        drain_timeout: s.get(
+            p,
+            "drain_timeout",
+            defaults::DRAIN_TIMEOUT,
+            extract::duration(Duration::ZERO),
+        ),
     };
 
-    let s = Section::open(p, "runtime".into(), top.raw("runtime"), &["driver", "pin_workers", "uring_entries"]);
+    let s = Section::open(
+        p,
+        "runtime".into(),
+        top.raw("runtime"),
+        &["driver", "pin_workers", "uring_entries"],
+    );
     let runtime = Runtime {
         driver: s.get(p, "driver", Driver::Auto, |v| match string(v)? {
             "auto" => Ok(Driver::Auto),
@@ -224,7 +255,10 @@ fn string_list(
 ) -> Option<Vec<String>> {
     let (path, v) = s.value(key)?;
     let Value::Sequence(items) = v else {
-        p.add(&path, format!("expected a list of strings, got {}", describe(v)));
+        p.add(
+            &path,
+            format!("expected a list of strings, got {}", describe(v)),
+        );
         return None;
     };
     let mut out: Vec<String> = Vec::with_capacity(items.len());
@@ -244,7 +278,13 @@ fn listen(p: &mut Problems, top: &Section) -> Listen {
         p,
         "listen".into(),
         top.raw("listen"),
-        &["address", "backlog", "max_connections_per_worker", "allowed_hosts", "allowed_origins"],
+        &[
+            "address",
+            "backlog",
+            "max_connections_per_worker",
+            "allowed_hosts",
+            "allowed_origins",
+        ],
     );
     let addr = s.get(p, "address", defaults::LISTEN, socket_addr);
     let loopback = is_loopback(&addr);
@@ -261,7 +301,9 @@ fn listen(p: &mut Problems, top: &Section) -> Listen {
     let origins = string_list(p, &s, "allowed_origins", formats::origin).unwrap_or_default();
     Listen {
         addr,
-        backlog: s.get(p, "backlog", defaults::BACKLOG as u32, |v| count(1, 65_535)(v).map(|n| n as u32)),
+        backlog: s.get(p, "backlog", defaults::BACKLOG as u32, |v| {
+            count(1, 65_535)(v).map(|n| n as u32)
+        }),
         max_connections_per_worker: s.get(
             p,
             "max_connections_per_worker",
@@ -296,23 +338,58 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
     Limits {
         max_header_bytes: s.get(p, "max_header_bytes", defaults::MAX_HEADER_BYTES, size(1)),
-        max_headers: s.get(p, "max_headers", defaults::MAX_HEADERS as usize, usize_count(1, 65_535)),
+        max_headers: s.get(
+            p,
+            "max_headers",
+            defaults::MAX_HEADERS as usize,
+            usize_count(1, 65_535),
+        ),
         max_body_bytes: s.get(p, "max_body_bytes", defaults::MAX_BODY_BYTES, size(1)),
-        header_read_timeout: s.get(p, "header_read_timeout", defaults::HEADER_READ_TIMEOUT, extract::duration(MS)),
-        body_read_timeout: s.get(p, "body_read_timeout", defaults::BODY_READ_TIMEOUT, extract::duration(MS)),
-        idle_timeout: s.get(p, "idle_timeout", defaults::IDLE_TIMEOUT, extract::duration(MS)),
-        write_timeout: s.get(p, "write_timeout", defaults::WRITE_TIMEOUT, extract::duration(MS)),
+        header_read_timeout: s.get(
+            p,
+            "header_read_timeout",
+            defaults::HEADER_READ_TIMEOUT,
+            extract::duration(MS),
+        ),
+        body_read_timeout: s.get(
+            p,
+            "body_read_timeout",
+            defaults::BODY_READ_TIMEOUT,
+            extract::duration(MS),
+        ),
+        idle_timeout: s.get(
+            p,
+            "idle_timeout",
+            defaults::IDLE_TIMEOUT,
+            extract::duration(MS),
+        ),
+        write_timeout: s.get(
+            p,
+            "write_timeout",
+            defaults::WRITE_TIMEOUT,
+            extract::duration(MS),
+        ),
         max_json_depth: s.get(p, "max_json_depth", defaults::MAX_JSON_DEPTH as u32, |v| {
             count(1, 10_000)(v).map(|n| n as u32)
         }),
-        max_batch_len: s.get(p, "max_batch_len", defaults::MAX_BATCH_LEN as usize, usize_count(1, 100_000)),
+        max_batch_len: s.get(
+            p,
+            "max_batch_len",
+            defaults::MAX_BATCH_LEN as usize,
+            usize_count(1, 100_000),
+        ),
     }
 }
 
 fn admin(p: &mut Problems, top: &Section) -> Admin {
     // `admin: null` disables the admin listener; an absent section takes the defaults.
     let disabled = matches!(top.raw("admin"), Some(Value::Null));
-    let s = Section::open(p, "admin".into(), top.raw("admin"), &["address", "upkeep_interval"]);
+    let s = Section::open(
+        p,
+        "admin".into(),
+        top.raw("admin"),
+        &["address", "upkeep_interval"],
+    );
     let addr = match s.raw("address") {
         _ if disabled => None,
         None => Some(defaults::ADMIN),
@@ -327,13 +404,28 @@ fn admin(p: &mut Problems, top: &Section) -> Admin {
     };
     Admin {
         addr,
-        upkeep_interval: s.get(p, "upkeep_interval", defaults::UPKEEP_INTERVAL, extract::duration(MS)),
+        upkeep_interval: s.get(
+            p,
+            "upkeep_interval",
+            defaults::UPKEEP_INTERVAL,
+            extract::duration(MS),
+        ),
     }
 }
 
 fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>) -> Session {
-    let s = Section::open(p, "session".into(), top.raw("session"), &["key", "key_env", "ttl"]);
-    let ttl = s.get(p, "ttl", defaults::SESSION_TTL, extract::duration(Duration::from_secs(1)));
+    let s = Section::open(
+        p,
+        "session".into(),
+        top.raw("session"),
+        &["key", "key_env", "ttl"],
+    );
+    let ttl = s.get(
+        p,
+        "ttl",
+        defaults::SESSION_TTL,
+        extract::duration(Duration::from_secs(1)),
+    );
     let key_env = s.get(p, "key_env", DEFAULT_KEY_ENV.to_string(), |v| {
         let name = string(v)?;
         formats::env_name(name)?;
@@ -354,7 +446,10 @@ fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>
             Some(v) => match formats::hex_key(&v) {
                 Ok(k) => (Some(k), KeySource::Env),
                 Err(e) => {
-                    p.add("session.key_env", format!("environment variable {key_env}: {e}"));
+                    p.add(
+                        "session.key_env",
+                        format!("environment variable {key_env}: {e}"),
+                    );
                     (None, KeySource::Env)
                 }
             },
@@ -363,7 +458,10 @@ fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>
                 match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k) {
                     Ok(()) => (Some(k), KeySource::Generated),
                     Err(_) => {
-                        p.add("session.key", "not set, and the system random generator failed to make one");
+                        p.add(
+                            "session.key",
+                            "not set, and the system random generator failed to make one",
+                        );
                         (None, KeySource::Generated)
                     }
                 }
@@ -384,7 +482,10 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
     let srvs = top.value("servers");
     if ups.is_none() && srvs.is_none() {
         return (
-            vec![upstream_with_defaults("demo".into(), UpstreamTarget::BuiltinDemo)],
+            vec![upstream_with_defaults(
+                "demo".into(),
+                UpstreamTarget::BuiltinDemo,
+            )],
             vec![Server {
                 path: "/mcp".into(),
                 upstream: 0,
@@ -394,7 +495,10 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
     let mut names_broken = false;
     let upstreams = match ups {
         None => {
-            p.add("upstreams", "missing: servers refer to upstreams, define them here");
+            p.add(
+                "upstreams",
+                "missing: servers refer to upstreams, define them here",
+            );
             Vec::new()
         }
         Some((path, Value::Sequence(list))) => {
@@ -414,7 +518,10 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
                 if let Some(first) = seen.get(&u.name) {
                     p.add(
                         &format!("{path}[{i}].name"),
-                        format!("duplicate upstream name {:?} (also upstreams[{first}])", u.name),
+                        format!(
+                            "duplicate upstream name {:?} (also upstreams[{first}])",
+                            u.name
+                        ),
                     );
                 } else if !u.name.is_empty() {
                     seen.insert(u.name.clone(), i);
@@ -424,13 +531,19 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
             out
         }
         Some((path, other)) => {
-            p.add(&path, format!("expected a list of upstreams, got {}", describe(other)));
+            p.add(
+                &path,
+                format!("expected a list of upstreams, got {}", describe(other)),
+            );
             Vec::new()
         }
     };
     let mut servers = Vec::new();
     match srvs {
-        None => p.add("servers", "missing: add at least one {path, upstream} to serve the upstreams"),
+        None => p.add(
+            "servers",
+            "missing: add at least one {path, upstream} to serve the upstreams",
+        ),
         Some((path, Value::Sequence(list))) => {
             if list.is_empty() {
                 p.add(&path, "empty list: add at least one {path, upstream}");
@@ -442,7 +555,13 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
             for (i, v) in list.iter().enumerate() {
                 let at = item(&path, i);
                 if !matches!(v, Value::Mapping(_)) {
-                    p.add(&at, format!("expected a mapping with path and upstream, got {}", describe(v)));
+                    p.add(
+                        &at,
+                        format!(
+                            "expected a mapping with path and upstream, got {}",
+                            describe(v)
+                        ),
+                    );
                     continue;
                 }
                 let s = Section::open(p, at.clone(), Some(v), &["path", "upstream"]);
@@ -485,9 +604,10 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
                 }
             }
         }
-        Some((path, other)) => {
-            p.add(&path, format!("expected a list of servers, got {}", describe(other)))
-        }
+        Some((path, other)) => p.add(
+            &path,
+            format!("expected a list of servers, got {}", describe(other)),
+        ),
     }
     servers.sort_by(|a, b| a.path.cmp(&b.path));
     servers.dedup_by(|a, b| a.path == b.path);
@@ -522,7 +642,10 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
 /// One `upstreams[i]` entry. A broken name comes back empty (never matches a server).
 fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
     if !matches!(v, Value::Mapping(_)) {
-        p.add(&path, format!("expected a mapping with name and url, got {}", describe(v)));
+        p.add(
+            &path,
+            format!("expected a mapping with name and url, got {}", describe(v)),
+        );
         return upstream_with_defaults(String::new(), UpstreamTarget::BuiltinDemo);
     }
     let s = Section::open(
@@ -550,8 +673,18 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
         .required(p, "url", |v| formats::upstream_url(string(v)?))
         .unwrap_or(UpstreamTarget::BuiltinDemo);
     let mut u = upstream_with_defaults(name, target);
-    u.connect_timeout = s.get(p, "connect_timeout", u.connect_timeout, extract::duration(MS));
-    u.request_timeout = s.get(p, "request_timeout", u.request_timeout, extract::duration(MS));
+    u.connect_timeout = s.get(
+        p,
+        "connect_timeout",
+        u.connect_timeout,
+        extract::duration(MS),
+    );
+    u.request_timeout = s.get(
+        p,
+        "request_timeout",
+        u.request_timeout,
+        extract::duration(MS),
+    );
     u.idle_timeout = s.get(p, "idle_timeout", u.idle_timeout, extract::duration(MS));
     u.max_idle_per_worker = s.get(p, "max_idle_per_worker", u.max_idle_per_worker, |v| {
         count(0, 1_000_000)(v).map(|n| n as usize)
@@ -575,9 +708,10 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
                         _ => Err("expected a string value (put it in quotes)".to_string()),
                     };
                     match (name, value) {
-                        (Ok(n), Ok(_)) if u.headers.iter().any(|(h, _)| *h == n) => {
-                            p.add(&at, format!("duplicate header {n:?} (names are case-insensitive)"))
-                        }
+                        (Ok(n), Ok(_)) if u.headers.iter().any(|(h, _)| *h == n) => p.add(
+                            &at,
+                            format!("duplicate header {n:?} (names are case-insensitive)"),
+                        ),
                         (Ok(n), Ok(val)) => u.headers.push((n, val)),
                         (Err(e), _) | (_, Err(e)) => p.add(&at, e),
                     }
@@ -585,7 +719,10 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
             }
             other => p.add(
                 &hpath,
-                format!("expected a mapping of header names to values, got {}", describe(other)),
+                format!(
+                    "expected a mapping of header names to values, got {}",
+                    describe(other)
+                ),
             ),
         }
     }

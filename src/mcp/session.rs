@@ -97,7 +97,9 @@ impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Malformed => "session id is not a well-formed tollgate token",
-            Self::Tampered => "session id failed authentication (altered or sealed with an unknown key)",
+            Self::Tampered => {
+                "session id failed authentication (altered or sealed with an unknown key)"
+            }
             Self::Expired => "session id has expired",
         })
     }
@@ -249,9 +251,7 @@ impl SessionSealer {
         if token.len() > MAX_TOKEN_LEN {
             return Err(SessionError::Malformed);
         }
-        let body = token
-            .strip_prefix(PREFIX)
-            .ok_or(SessionError::Malformed)?;
+        let body = token.strip_prefix(PREFIX).ok_or(SessionError::Malformed)?;
         // Strict decoding: no padding, canonical trailing bits, so each token has one spelling.
         let raw = URL_SAFE_NO_PAD
             .decode(body)
@@ -467,15 +467,40 @@ mod tests {
         // Each field on its own, at its extremes.
         let mut variants = Vec::new();
         for v in ProtocolVersion::ALL {
-            variants.push(SessionClaims { protocol_version: v, ..c.clone() });
+            variants.push(SessionClaims {
+                protocol_version: v,
+                ..c.clone()
+            });
         }
-        variants.push(SessionClaims { server: u16::MAX, ..c.clone() });
-        variants.push(SessionClaims { id: SessionSealer::new_id(), ..c.clone() });
-        variants.push(SessionClaims { principal: None, ..c.clone() });
-        variants.push(SessionClaims { principal: Some(vec![]), ..c.clone() });
-        variants.push(SessionClaims { principal: Some(vec![0xFF; 64]), ..c.clone() });
-        variants.push(SessionClaims { upstreams: vec![], ..c.clone() });
-        variants.push(SessionClaims { issued_at: 0, expires_at: u64::MAX, ..c.clone() });
+        variants.push(SessionClaims {
+            server: u16::MAX,
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            id: SessionSealer::new_id(),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: None,
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: Some(vec![]),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: Some(vec![0xFF; 64]),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            upstreams: vec![],
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            issued_at: 0,
+            expires_at: u64::MAX,
+            ..c.clone()
+        });
         variants.push(SessionClaims {
             upstreams: vec![UpstreamSession {
                 upstream: 1,
@@ -532,7 +557,10 @@ mod tests {
         assert_eq!(rotated.open(old_token.as_bytes(), NOW), Ok(claims()));
         let new_token = rotated.seal(&claims());
         // Sealed with the new key: instances that only know the old key refuse it.
-        assert_eq!(old.open(new_token.as_bytes(), NOW), Err(SessionError::Tampered));
+        assert_eq!(
+            old.open(new_token.as_bytes(), NOW),
+            Err(SessionError::Tampered)
+        );
         assert_eq!(
             SessionSealer::new(&OTHER).open(new_token.as_bytes(), NOW),
             Ok(claims())
@@ -550,12 +578,18 @@ mod tests {
         let c = claims();
         let t = s.seal(&c);
         assert!(s.open(t.as_bytes(), c.expires_at - 1).is_ok());
-        assert_eq!(s.open(t.as_bytes(), c.expires_at), Err(SessionError::Expired));
+        assert_eq!(
+            s.open(t.as_bytes(), c.expires_at),
+            Err(SessionError::Expired)
+        );
         assert_eq!(s.open(t.as_bytes(), u64::MAX), Err(SessionError::Expired));
         // An expired token under an unknown key is Tampered, not Expired: nothing is believed
         // before authentication.
         let other = SessionSealer::new(&OTHER);
-        assert_eq!(other.open(t.as_bytes(), u64::MAX), Err(SessionError::Tampered));
+        assert_eq!(
+            other.open(t.as_bytes(), u64::MAX),
+            Err(SessionError::Tampered)
+        );
     }
 
     #[test]
@@ -564,7 +598,10 @@ mod tests {
         let t = s.seal(&claims());
         for cut in 0..t.len() {
             let r = s.open(&t.as_bytes()[..cut], NOW);
-            assert!(matches!(r, Err(SessionError::Malformed | SessionError::Tampered)), "{cut}");
+            assert!(
+                matches!(r, Err(SessionError::Malformed | SessionError::Tampered)),
+                "{cut}"
+            );
         }
         for junk in [
             &b""[..],
@@ -611,7 +648,11 @@ mod tests {
             let nonce = [1u8; NONCE_LEN];
             let mut buf = payload;
             let tag = s.keys[0]
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut buf)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(AAD),
+                    &mut buf,
+                )
                 .expect("seal");
             let mut raw = nonce.to_vec();
             raw.extend_from_slice(&buf);
@@ -638,8 +679,20 @@ mod tests {
             (bad_sid("new\nline"), ClaimsError::UpstreamSessionId),
             (bad_sid("é"), ClaimsError::UpstreamSessionId),
             (bad_sid(&"a".repeat(256)), ClaimsError::UpstreamSessionId),
-            (SessionClaims { principal: Some(vec![0; 65]), ..claims() }, ClaimsError::Principal),
-            (SessionClaims { expires_at: NOW - 1, ..claims() }, ClaimsError::Lifetime),
+            (
+                SessionClaims {
+                    principal: Some(vec![0; 65]),
+                    ..claims()
+                },
+                ClaimsError::Principal,
+            ),
+            (
+                SessionClaims {
+                    expires_at: NOW - 1,
+                    ..claims()
+                },
+                ClaimsError::Lifetime,
+            ),
             (
                 SessionClaims {
                     upstreams: vec![claims().upstreams[1].clone(); 65],
@@ -665,7 +718,10 @@ mod tests {
     #[test]
     fn largest_sealable_token_fits_the_bound() {
         let s = SessionSealer::new(&KEY);
-        let mut c = SessionClaims { principal: Some(vec![0; 64]), ..claims() };
+        let mut c = SessionClaims {
+            principal: Some(vec![0; 64]),
+            ..claims()
+        };
         let long = UpstreamSession {
             upstream: 0,
             session_id: Some("x".repeat(255)),
@@ -690,13 +746,16 @@ mod tests {
     }
 
     fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
-        (any::<u16>(), proptest::option::of("[!-~]{1,40}"), arb_version()).prop_map(
-            |(upstream, session_id, protocol_version)| UpstreamSession {
+        (
+            any::<u16>(),
+            proptest::option::of("[!-~]{1,40}"),
+            arb_version(),
+        )
+            .prop_map(|(upstream, session_id, protocol_version)| UpstreamSession {
                 upstream,
                 session_id,
                 protocol_version,
-            },
-        )
+            })
     }
 
     fn arb_claims() -> impl Strategy<Value = SessionClaims> {
@@ -709,15 +768,17 @@ mod tests {
             proptest::collection::vec(arb_upstream(), 0..8),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=64)),
         )
-            .prop_map(|(id, server, protocol_version, a, b, upstreams, principal)| SessionClaims {
-                id,
-                server,
-                protocol_version,
-                issued_at: a.min(b),
-                expires_at: a.max(b),
-                upstreams,
-                principal,
-            })
+            .prop_map(
+                |(id, server, protocol_version, a, b, upstreams, principal)| SessionClaims {
+                    id,
+                    server,
+                    protocol_version,
+                    issued_at: a.min(b),
+                    expires_at: a.max(b),
+                    upstreams,
+                    principal,
+                },
+            )
     }
 
     proptest! {

@@ -134,7 +134,9 @@ fn host(s: &str) -> Result<String, String> {
         return Err("missing host".into());
     }
     if s.contains(':') {
-        return Err(format!("IPv6 addresses must be written in brackets, e.g. [{s}]"));
+        return Err(format!(
+            "IPv6 addresses must be written in brackets, e.g. [{s}]"
+        ));
     }
     dns_name(&s.to_ascii_lowercase()).map(|()| s.to_string())
 }
@@ -201,8 +203,7 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
     let (authority, path) = rest.split_at(end);
     if authority.contains('@') {
         return Err(
-            "URL must not carry user info (user:password@); send credentials with `headers`"
-                .into(),
+            "URL must not carry user info (user:password@); send credentials with `headers`".into(),
         );
     }
     // Split the port off after the closing bracket of an IPv6 literal, if any.
@@ -254,10 +255,13 @@ pub fn server_path(s: &str) -> Result<(), String> {
     if s.contains(['?', '#']) {
         return Err(format!("must not contain '?' or '#', got {s:?}"));
     }
-    if let Some(c) = s.chars().find(|&c| {
-        !(c.is_ascii_alphanumeric() || "/-._~!$&'()*+,;=:@%".contains(c))
-    }) {
-        return Err(format!("{s:?} contains {c:?}, which is not allowed in a path"));
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "/-._~!$&'()*+,;=:@%".contains(c)))
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}, which is not allowed in a path"
+        ));
     }
     if s == "/" {
         return Ok(());
@@ -268,7 +272,10 @@ pub fn server_path(s: &str) -> Result<(), String> {
             s.trim_end_matches('/')
         ));
     }
-    if s[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if s[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!("{s:?} has an empty, '.' or '..' segment"));
     }
     if s == "/.well-known" || s.starts_with("/.well-known/") {
@@ -304,7 +311,9 @@ pub fn host_pattern(s: &str) -> Result<(), String> {
         ));
     }
     if name.contains('*') {
-        return Err(format!("{s:?}: a wildcard is only allowed as a leading '*.'"));
+        return Err(format!(
+            "{s:?}: a wildcard is only allowed as a leading '*.'"
+        ));
     }
     dns_name(name)
 }
@@ -323,7 +332,10 @@ pub fn origin(s: &str) -> Result<(), String> {
     let Some((scheme, authority)) = s.split_once("://") else {
         return Err(format!("expected scheme://host[:port] or *, got {s:?}"));
     };
-    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase())
         && scheme
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
@@ -333,7 +345,10 @@ pub fn origin(s: &str) -> Result<(), String> {
     if authority.contains(['/', '?', '#']) {
         return Err(format!(
             "an origin has no path, query or fragment: write {:?}",
-            format!("{scheme}://{}", authority.split(['/', '?', '#']).next().unwrap_or(""))
+            format!(
+                "{scheme}://{}",
+                authority.split(['/', '?', '#']).next().unwrap_or("")
+            )
         ));
     }
     if authority.contains('@') {
@@ -381,7 +396,9 @@ pub fn header_name(s: &str) -> Result<String, String> {
         "mcp-protocol-version",
     ];
     if OWNED.contains(&lower.as_str()) {
-        return Err(format!("{lower:?} is set by the gateway and cannot be configured"));
+        return Err(format!(
+            "{lower:?} is set by the gateway and cannot be configured"
+        ));
     }
     Ok(lower)
 }
@@ -395,7 +412,10 @@ pub fn header_value(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         // The value may be a credential: do not echo it.
-        Err("header value must be visible ASCII (spaces inside only), without control characters".into())
+        Err(
+            "header value must be visible ASCII (spaces inside only), without control characters"
+                .into(),
+        )
     }
 }
 
@@ -414,7 +434,9 @@ pub fn hex_key(s: &str) -> Result<[u8; 32], String> {
         let lo = hex_digit(pair[1]);
         match (hi, lo) {
             (Some(h), Some(l)) => key[i] = (h << 4) | l,
-            _ => return Err("expected 64 hex characters (0-9, a-f); found another character".into()),
+            _ => {
+                return Err("expected 64 hex characters (0-9, a-f); found another character".into())
+            }
         }
     }
     Ok(key)
@@ -455,12 +477,16 @@ mod tests {
         assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "10", "s", "10 s", "1.5s", "-1s", "10S", "10sec", "1d", "+5s"] {
+        for bad in [
+            "", "10", "s", "10 s", "1.5s", "-1s", "10S", "10sec", "1d", "+5s",
+        ] {
             assert!(duration(bad).is_err(), "{bad}");
         }
         assert!(duration("10").unwrap_err().contains("ambiguous"));
         assert!(duration("99999999999999999999h").is_err());
-        assert!(duration("9999999999999999h").unwrap_err().contains("too large"));
+        assert!(duration("9999999999999999h")
+            .unwrap_err()
+            .contains("too large"));
         for d in ["250ms", "10s", "5m", "24h", "1500ms", "90s", "0s"] {
             let parsed = duration(d).unwrap();
             assert_eq!(duration(&render_duration(parsed)), Ok(parsed));
@@ -481,7 +507,10 @@ mod tests {
             assert!(size(bad).is_err(), "{bad}");
         }
         for ambiguous in ["4MB", "16KB", "1G", "16k"] {
-            assert!(size(ambiguous).unwrap_err().contains("ambiguous"), "{ambiguous}");
+            assert!(
+                size(ambiguous).unwrap_err().contains("ambiguous"),
+                "{ambiguous}"
+            );
         }
         assert!(size("99999999999GiB").unwrap_err().contains("too large"));
         assert_eq!(render_size(4 << 20), "4MiB");
@@ -501,20 +530,41 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        assert_eq!(upstream_url("builtin:demo"), Ok(UpstreamTarget::BuiltinDemo));
-        assert_eq!(upstream_url("http://example.com"), Ok(http("example.com", 80, "/", "example.com")));
-        assert_eq!(upstream_url("http://h:80/mcp"), Ok(http("h", 80, "/mcp", "h")));
+        assert_eq!(
+            upstream_url("builtin:demo"),
+            Ok(UpstreamTarget::BuiltinDemo)
+        );
+        assert_eq!(
+            upstream_url("http://example.com"),
+            Ok(http("example.com", 80, "/", "example.com"))
+        );
+        assert_eq!(
+            upstream_url("http://h:80/mcp"),
+            Ok(http("h", 80, "/mcp", "h"))
+        );
         assert_eq!(
             upstream_url("http://127.0.0.1:3101/mcp?x=1&y=2"),
             Ok(http("127.0.0.1", 3101, "/mcp?x=1&y=2", "127.0.0.1:3101"))
         );
         assert_eq!(upstream_url("HTTP://h?q"), Ok(http("h", 80, "/?q", "h")));
-        assert_eq!(upstream_url("http://[::1]:8000/m"), Ok(http("::1", 8000, "/m", "[::1]:8000")));
-        assert_eq!(upstream_url("http://[::1]/m"), Ok(http("::1", 80, "/m", "[::1]")));
-        assert_eq!(upstream_url("http://Upstream.Local/"), Ok(http("Upstream.Local", 80, "/", "Upstream.Local")));
+        assert_eq!(
+            upstream_url("http://[::1]:8000/m"),
+            Ok(http("::1", 8000, "/m", "[::1]:8000"))
+        );
+        assert_eq!(
+            upstream_url("http://[::1]/m"),
+            Ok(http("::1", 80, "/m", "[::1]"))
+        );
+        assert_eq!(
+            upstream_url("http://Upstream.Local/"),
+            Ok(http("Upstream.Local", 80, "/", "Upstream.Local"))
+        );
 
         let err = |s: &str| upstream_url(s).unwrap_err();
-        assert_eq!(err("https://x/mcp"), r#"unsupported scheme "https" (TLS upstreams are not supported yet)"#);
+        assert_eq!(
+            err("https://x/mcp"),
+            r#"unsupported scheme "https" (TLS upstreams are not supported yet)"#
+        );
         assert!(err("ftp://x/").contains("unsupported scheme \"ftp\""));
         assert!(err("builtin:other").contains("unknown builtin \"other\" (known: demo)"));
         assert!(err("example.com/mcp").contains("expected builtin:demo"));
@@ -537,32 +587,82 @@ mod tests {
         for ok in ["/", "/mcp", "/demo/mcp", "/a-b_c.d~e/%20", "/v1:x"] {
             assert_eq!(server_path(ok), Ok(()), "{ok}");
         }
-        for bad in ["mcp", "", "/mcp?x", "/mcp#x", "/mcp/", "//mcp", "/a//b", "/a/./b", "/a/..", "/m cp", "/.well-known/x", "/é"] {
+        for bad in [
+            "mcp",
+            "",
+            "/mcp?x",
+            "/mcp#x",
+            "/mcp/",
+            "//mcp",
+            "/a//b",
+            "/a/./b",
+            "/a/..",
+            "/m cp",
+            "/.well-known/x",
+            "/é",
+        ] {
             assert!(server_path(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn host_patterns() {
-        for ok in ["*", "localhost", "example.com", "*.example.com", "127.0.0.1", "[::1]", "a-b.c"] {
+        for ok in [
+            "*",
+            "localhost",
+            "example.com",
+            "*.example.com",
+            "127.0.0.1",
+            "[::1]",
+            "a-b.c",
+        ] {
             assert_eq!(host_pattern(ok), Ok(()), "{ok}");
         }
-        assert!(host_pattern("Example.com").unwrap_err().contains("lower-case"));
-        assert!(host_pattern("example.com:8080").unwrap_err().contains("port"));
+        assert!(host_pattern("Example.com")
+            .unwrap_err()
+            .contains("lower-case"));
+        assert!(host_pattern("example.com:8080")
+            .unwrap_err()
+            .contains("port"));
         assert!(host_pattern("[::1]:80").is_err());
-        for bad in ["", "a..b", "-a.com", "a*.com", "*.", "**", "exa mple.com", "foo.*"] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "a*.com",
+            "*.",
+            "**",
+            "exa mple.com",
+            "foo.*",
+        ] {
             assert!(host_pattern(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn origins() {
-        for ok in ["*", "https://app.example.com", "http://localhost:6274", "http://[::1]:80", "vscode-webview://abc"] {
+        for ok in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:6274",
+            "http://[::1]:80",
+            "vscode-webview://abc",
+        ] {
             assert_eq!(origin(ok), Ok(()), "{ok}");
         }
-        assert!(origin("https://app.example.com/").unwrap_err().contains("no path"));
+        assert!(origin("https://app.example.com/")
+            .unwrap_err()
+            .contains("no path"));
         assert!(origin("HTTPS://x").unwrap_err().contains("lower-case"));
-        for bad in ["app.example.com", "https://", "https://x:0", "https://x:99999", "https://u@x", "1http://x", "https://*.x.com"] {
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://x:0",
+            "https://x:99999",
+            "https://u@x",
+            "1http://x",
+            "https://*.x.com",
+        ] {
             assert!(origin(bad).is_err(), "{bad}");
         }
     }
@@ -575,7 +675,9 @@ mod tests {
         assert!(upstream_name("a b").is_err());
         assert_eq!(header_name("Authorization"), Ok("authorization".into()));
         assert!(header_name("bad header").is_err());
-        assert!(header_name("Host").unwrap_err().contains("set by the gateway"));
+        assert!(header_name("Host")
+            .unwrap_err()
+            .contains("set by the gateway"));
         assert!(header_name("Mcp-Session-Id").is_err());
         assert_eq!(header_value("Bearer abc def"), Ok(()));
         assert!(header_value("a\r\nb").is_err());

@@ -23,14 +23,21 @@ fn list(items: &[String]) -> String {
 pub fn render_effective(c: &Config) -> String {
     let mut o = String::new();
     // `write!` to a String cannot fail; results are ignored on purpose.
-    let _ = writeln!(o, "# tollgate effective configuration: every default filled in, secrets redacted.");
+    let _ = writeln!(
+        o,
+        "# tollgate effective configuration: every default filled in, secrets redacted."
+    );
     let _ = writeln!(o, "workers: {}", c.workers);
 
     let l = &c.listen;
     let _ = writeln!(o, "listen:");
     let _ = writeln!(o, "  address: {}", q(&l.addr.to_string()));
     let _ = writeln!(o, "  backlog: {}", l.backlog);
-    let _ = writeln!(o, "  max_connections_per_worker: {}", l.max_connections_per_worker);
+    let _ = writeln!(
+        o,
+        "  max_connections_per_worker: {}",
+        l.max_connections_per_worker
+    );
     let hosts = match &l.allowed_hosts {
         HostRule::Any => "[\"*\"]".to_string(),
         HostRule::Loopback => {
@@ -44,15 +51,35 @@ pub fn render_effective(c: &Config) -> String {
     } else {
         ""
     };
-    let _ = writeln!(o, "  allowed_origins: {}{origins_note}", list(&l.allowed_origins.list));
+    let _ = writeln!(
+        o,
+        "  allowed_origins: {}{origins_note}",
+        list(&l.allowed_origins.list)
+    );
 
     let m = &c.limits;
     let _ = writeln!(o, "limits:");
-    let _ = writeln!(o, "  max_header_bytes: {}", render_size(m.max_header_bytes as u64));
+    let _ = writeln!(
+        o,
+        "  max_header_bytes: {}",
+        render_size(m.max_header_bytes as u64)
+    );
     let _ = writeln!(o, "  max_headers: {}", m.max_headers);
-    let _ = writeln!(o, "  max_body_bytes: {}", render_size(m.max_body_bytes as u64));
-    let _ = writeln!(o, "  header_read_timeout: {}", render_duration(m.header_read_timeout));
-    let _ = writeln!(o, "  body_read_timeout: {}", render_duration(m.body_read_timeout));
+    let _ = writeln!(
+        o,
+        "  max_body_bytes: {}",
+        render_size(m.max_body_bytes as u64)
+    );
+    let _ = writeln!(
+        o,
+        "  header_read_timeout: {}",
+        render_duration(m.header_read_timeout)
+    );
+    let _ = writeln!(
+        o,
+        "  body_read_timeout: {}",
+        render_duration(m.body_read_timeout)
+    );
     let _ = writeln!(o, "  idle_timeout: {}", render_duration(m.idle_timeout));
     let _ = writeln!(o, "  write_timeout: {}", render_duration(m.write_timeout));
     let _ = writeln!(o, "  max_json_depth: {}", m.max_json_depth);
@@ -67,7 +94,11 @@ pub fn render_effective(c: &Config) -> String {
             let _ = writeln!(o, "  address: null  # disabled");
         }
     }
-    let _ = writeln!(o, "  upkeep_interval: {}", render_duration(c.admin.upkeep_interval));
+    let _ = writeln!(
+        o,
+        "  upkeep_interval: {}",
+        render_duration(c.admin.upkeep_interval)
+    );
 
     let source = match c.session.key_source {
         KeySource::File => "file",
@@ -80,7 +111,11 @@ pub fn render_effective(c: &Config) -> String {
     let _ = writeln!(o, "  ttl: {}", render_duration(c.session.ttl));
 
     let _ = writeln!(o, "shutdown:");
-    let _ = writeln!(o, "  drain_timeout: {}", render_duration(c.shutdown.drain_timeout));
+    let _ = writeln!(
+        o,
+        "  drain_timeout: {}",
+        render_duration(c.shutdown.drain_timeout)
+    );
 
     let r = &c.runtime;
     let driver = match r.driver {
@@ -112,8 +147,16 @@ pub fn render_effective(c: &Config) -> String {
         };
         let _ = writeln!(o, "  - name: {}", q(&u.name));
         let _ = writeln!(o, "    url: {}", q(&url));
-        let _ = writeln!(o, "    connect_timeout: {}", render_duration(u.connect_timeout));
-        let _ = writeln!(o, "    request_timeout: {}", render_duration(u.request_timeout));
+        let _ = writeln!(
+            o,
+            "    connect_timeout: {}",
+            render_duration(u.connect_timeout)
+        );
+        let _ = writeln!(
+            o,
+            "    request_timeout: {}",
+            render_duration(u.request_timeout)
+        );
         let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
         let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
         if u.headers.is_empty() {

@@ -41,7 +41,13 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert_eq!(c.listen.backlog, 1024);
         assert_eq!(c.listen.max_connections_per_worker, 10_000);
         assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
-        assert_eq!(c.listen.allowed_origins, OriginRule { loopback: true, list: vec![] });
+        assert_eq!(
+            c.listen.allowed_origins,
+            OriginRule {
+                loopback: true,
+                list: vec![]
+            }
+        );
         assert_eq!(c.limits.max_header_bytes, 16_384);
         assert_eq!(c.limits.max_headers, 64);
         assert_eq!(c.limits.max_body_bytes, 4 << 20);
@@ -51,7 +57,10 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert_eq!(c.limits.write_timeout, Duration::from_secs(30));
         assert_eq!(c.limits.max_json_depth, 64);
         assert_eq!(c.limits.max_batch_len, 100);
-        assert_eq!(c.admin.addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(
+            c.admin.addr.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
         assert_eq!(c.admin.upkeep_interval, Duration::from_secs(5));
         assert_eq!(c.session.key_source, KeySource::Generated);
         assert_ne!(c.session.key, [0; 32]);
@@ -64,14 +73,20 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert!(!c.log.json);
         assert_eq!(c.upstreams.len(), 1);
         let u = &c.upstreams[0];
-        assert_eq!((u.name.as_str(), &u.target), ("demo", &UpstreamTarget::BuiltinDemo));
+        assert_eq!(
+            (u.name.as_str(), &u.target),
+            ("demo", &UpstreamTarget::BuiltinDemo)
+        );
         assert_eq!(u.connect_timeout, Duration::from_secs(2));
         assert_eq!(u.request_timeout, Duration::from_secs(60));
         assert_eq!(u.idle_timeout, Duration::from_secs(30));
         assert_eq!(u.max_idle_per_worker, 64);
         assert!(u.headers.is_empty());
         assert_eq!(c.servers.len(), 1);
-        assert_eq!((c.servers[0].path.as_str(), c.servers[0].upstream), ("/mcp", 0));
+        assert_eq!(
+            (c.servers[0].path.as_str(), c.servers[0].upstream),
+            ("/mcp", 0)
+        );
     }
 }
 
@@ -155,7 +170,10 @@ servers:
         c.listen.allowed_origins,
         OriginRule {
             loopback: false,
-            list: vec!["https://app.example.com".into(), "http://localhost:6274".into()]
+            list: vec![
+                "https://app.example.com".into(),
+                "http://localhost:6274".into()
+            ]
         }
     );
     assert_eq!(c.limits.max_header_bytes, 8192);
@@ -167,7 +185,10 @@ servers:
     assert_eq!(c.limits.write_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_json_depth, 16);
     assert_eq!(c.limits.max_batch_len, 5);
-    assert_eq!(c.admin.addr.map(|a| a.to_string()).as_deref(), Some("[::1]:9999"));
+    assert_eq!(
+        c.admin.addr.map(|a| a.to_string()).as_deref(),
+        Some("[::1]:9999")
+    );
     assert_eq!(c.admin.upkeep_interval, Duration::from_secs(1));
     assert_eq!(c.session.key_source, KeySource::File);
     assert_eq!(c.session.key[1], 1);
@@ -202,7 +223,11 @@ servers:
         ]
     );
     // Servers sorted by path; indices point into `upstreams` as written.
-    let routes: Vec<(&str, usize)> = c.servers.iter().map(|s| (s.path.as_str(), s.upstream)).collect();
+    let routes: Vec<(&str, usize)> = c
+        .servers
+        .iter()
+        .map(|s| (s.path.as_str(), s.upstream))
+        .collect();
     assert_eq!(routes, vec![("/b/mcp", 0), ("/z", 1)]);
 }
 
@@ -218,10 +243,19 @@ fn host_and_origin_defaults_follow_the_listener() {
     assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
     // An explicit list replaces the loopback default; `*` means any host.
     let c = ok("listen: {allowed_hosts: [gw.local]}");
-    assert_eq!(c.listen.allowed_hosts, HostRule::List(vec!["gw.local".into()]));
+    assert_eq!(
+        c.listen.allowed_hosts,
+        HostRule::List(vec!["gw.local".into()])
+    );
     let c = ok("listen: {allowed_hosts: [\"*\"], allowed_origins: [\"*\"]}");
     assert_eq!(c.listen.allowed_hosts, HostRule::Any);
-    assert_eq!(c.listen.allowed_origins, OriginRule { loopback: true, list: vec!["*".into()] });
+    assert_eq!(
+        c.listen.allowed_origins,
+        OriginRule {
+            loopback: true,
+            list: vec!["*".into()]
+        }
+    );
     let c = ok("listen: {allowed_hosts: []}");
     assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
 }
@@ -231,23 +265,48 @@ fn workers_auto_or_number() {
     assert_eq!(ok("workers: auto").workers, auto_workers());
     assert_eq!(ok("workers: 1").workers.get(), 1);
     assert_eq!(ok("workers: 1024").workers.get(), 1024);
-    for bad in ["workers: 0", "workers: -1", "workers: 1025", "workers: \"4\"", "workers: Auto", "workers: 2.5", "workers: [1]"] {
+    for bad in [
+        "workers: 0",
+        "workers: -1",
+        "workers: 1025",
+        "workers: \"4\"",
+        "workers: Auto",
+        "workers: 2.5",
+        "workers: [1]",
+    ] {
         let e = err(bad);
-        assert!(e.starts_with("workers: expected auto or a number from 1 to 1024, got "), "{e}");
+        assert!(
+            e.starts_with("workers: expected auto or a number from 1 to 1024, got "),
+            "{e}"
+        );
     }
 }
 
 #[test]
 fn driver_and_log_format() {
-    assert_eq!(ok("runtime: {driver: legacy}").runtime.driver, Driver::Legacy);
+    assert_eq!(
+        ok("runtime: {driver: legacy}").runtime.driver,
+        Driver::Legacy
+    );
     assert_eq!(ok("runtime: {driver: auto}").runtime.driver, Driver::Auto);
-    assert_eq!(err("runtime: {driver: epoll}"), r#"runtime.driver: expected auto, io_uring or legacy, got "epoll""#);
+    assert_eq!(
+        err("runtime: {driver: epoll}"),
+        r#"runtime.driver: expected auto, io_uring or legacy, got "epoll""#
+    );
     assert!(!ok("log: {format: text}").log.json);
-    assert_eq!(err("log: {format: xml}"), r#"log.format: expected text or json, got "xml""#);
+    assert_eq!(
+        err("log: {format: xml}"),
+        r#"log.format: expected text or json, got "xml""#
+    );
     assert!(err("log: {level: \"\"}").starts_with("log.level: must not be empty"));
-    assert!(err("log: {level: \"info,a=notalevel\"}").starts_with("log.level: not a log filter directive"));
-    assert_eq!(err("runtime: {pin_workers: yes}"), r#"runtime.pin_workers: expected true or false, got "yes""#);
-    assert!(err("runtime: {uring_entries: 65536}").starts_with("runtime.uring_entries: expected a whole number from 1 to 32768"));
+    assert!(err("log: {level: \"info,a=notalevel\"}")
+        .starts_with("log.level: not a log filter directive"));
+    assert_eq!(
+        err("runtime: {pin_workers: yes}"),
+        r#"runtime.pin_workers: expected true or false, got "yes""#
+    );
+    assert!(err("runtime: {uring_entries: 65536}")
+        .starts_with("runtime.uring_entries: expected a whole number from 1 to 32768"));
 }
 
 #[test]
@@ -258,11 +317,25 @@ fn sizes_and_durations_in_context() {
     );
     assert!(err("limits: {max_body_bytes: 4MB}").contains("ambiguous size unit"));
     assert!(err("limits: {max_body_bytes: -5}").contains("got -5"));
-    assert_eq!(err("limits: {max_body_bytes: 0}"), "limits.max_body_bytes: must be at least 1 bytes, got 0");
-    assert_eq!(ok("limits: {max_header_bytes: \"32768\"}").limits.max_header_bytes, 32768);
+    assert_eq!(
+        err("limits: {max_body_bytes: 0}"),
+        "limits.max_body_bytes: must be at least 1 bytes, got 0"
+    );
+    assert_eq!(
+        ok("limits: {max_header_bytes: \"32768\"}")
+            .limits
+            .max_header_bytes,
+        32768
+    );
     assert!(err("limits: {idle_timeout: 30}").contains("a bare number is ambiguous"));
-    assert_eq!(err("limits: {write_timeout: 0s}"), "limits.write_timeout: must be at least 1ms, got 0s");
-    assert_eq!(err("session: {ttl: 500ms}"), "session.ttl: must be at least 1s, got 500ms");
+    assert_eq!(
+        err("limits: {write_timeout: 0s}"),
+        "limits.write_timeout: must be at least 1ms, got 0s"
+    );
+    assert_eq!(
+        err("session: {ttl: 500ms}"),
+        "session.ttl: must be at least 1s, got 500ms"
+    );
     assert!(err("limits: {header_read_timeout: [1s]}").contains("got a list"));
 }
 
@@ -311,22 +384,37 @@ fn admin_can_be_disabled() {
     let c = ok("admin: {address: null, upkeep_interval: 2s}");
     assert_eq!(c.admin.addr, None);
     assert_eq!(c.admin.upkeep_interval, Duration::from_secs(2));
-    assert_eq!(ok("admin: {upkeep_interval: 2s}").admin.addr, Some(defaults::ADMIN));
+    assert_eq!(
+        ok("admin: {upkeep_interval: 2s}").admin.addr,
+        Some(defaults::ADMIN)
+    );
 }
 
 #[test]
 fn unknown_keys_are_errors_with_hints() {
-    assert_eq!(err("listen:\n  adress: 1.2.3.4:5"), r#"listen.adress: unknown key (did you mean "address"?)"#);
+    assert_eq!(
+        err("listen:\n  adress: 1.2.3.4:5"),
+        r#"listen.adress: unknown key (did you mean "address"?)"#
+    );
     assert_eq!(err("colour: blue"), "colour: unknown key");
-    assert_eq!(err("upstream: []"), r#"upstream: unknown key (did you mean "upstreams"?)"#);
+    assert_eq!(
+        err("upstream: []"),
+        r#"upstream: unknown key (did you mean "upstreams"?)"#
+    );
     assert_eq!(
         err("upstreams: [{name: a, url: \"builtin:demo\", timeout: 1s}]\nservers: [{path: /m, upstream: a}]"),
         "upstreams[0].timeout: unknown key"
     );
     assert_eq!(err("servers: [{path: /m, upstream: a, extra: 1}]\nupstreams: [{name: a, url: \"builtin:demo\"}]"), "servers[0].extra: unknown key");
     assert_eq!(err("1: x"), "1: unknown key (keys must be strings)");
-    assert_eq!(err("listen: [a]"), "listen: expected a mapping of keys, got a list");
-    assert_eq!(err("- a\n- b"), "(top level): expected a mapping of keys, got a list");
+    assert_eq!(
+        err("listen: [a]"),
+        "listen: expected a mapping of keys, got a list"
+    );
+    assert_eq!(
+        err("- a\n- b"),
+        "(top level): expected a mapping of keys, got a list"
+    );
 }
 
 #[test]
@@ -363,18 +451,41 @@ fn upstream_validation() {
         err(&base("{name: a, url: \"https://x/mcp\"}")),
         r#"upstreams[0].url: unsupported scheme "https" (TLS upstreams are not supported yet)"#
     );
-    assert_eq!(err(&base("{url: \"builtin:demo\"}")).lines().next(), Some("upstreams[0].name: missing (required)"));
-    assert_eq!(err(&base("{name: a}")), "upstreams[0].url: missing (required)");
-    assert!(err(&base("{name: a, url: 5}")).starts_with("upstreams[0].url: expected a string, got 5"));
-    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: {Host: x}}")).starts_with("upstreams[0].headers.Host: \"host\" is set by the gateway"));
-    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: {x-n: 5}}")).contains("put it in quotes"));
-    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: {X-A: \"1\", x-a: \"2\"}}")).contains("duplicate header \"x-a\""));
-    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: [x]}")).contains("expected a mapping of header names"));
-    let e = err(&base("{name: a, url: \"builtin:demo\", headers: {x-secret: \"s3cr3t\\nmore\"}}"));
+    assert_eq!(
+        err(&base("{url: \"builtin:demo\"}")).lines().next(),
+        Some("upstreams[0].name: missing (required)")
+    );
+    assert_eq!(
+        err(&base("{name: a}")),
+        "upstreams[0].url: missing (required)"
+    );
+    assert!(
+        err(&base("{name: a, url: 5}")).starts_with("upstreams[0].url: expected a string, got 5")
+    );
+    assert!(err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {Host: x}}"
+    ))
+    .starts_with("upstreams[0].headers.Host: \"host\" is set by the gateway"));
+    assert!(
+        err(&base("{name: a, url: \"builtin:demo\", headers: {x-n: 5}}"))
+            .contains("put it in quotes")
+    );
+    assert!(err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {X-A: \"1\", x-a: \"2\"}}"
+    ))
+    .contains("duplicate header \"x-a\""));
+    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: [x]}"))
+        .contains("expected a mapping of header names"));
+    let e = err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {x-secret: \"s3cr3t\\nmore\"}}",
+    ));
     assert!(!e.contains("s3cr3t"), "header values are never echoed: {e}");
     assert!(err(&base("a")).starts_with("upstreams[0]: expected a mapping"));
     let e = errs("upstreams:\n  - {name: \"bad name\", url: \"builtin:demo\"}\nservers: [{path: /mcp, upstream: \"bad name\"}]");
-    assert!(e[0].starts_with("upstreams[0].name: \"bad name\" contains ' '"), "{e:#?}");
+    assert!(
+        e[0].starts_with("upstreams[0].name: \"bad name\" contains ' '"),
+        "{e:#?}"
+    );
 }
 
 #[test]
@@ -394,13 +505,26 @@ fn duplicate_upstream_names_and_server_paths() {
 
 #[test]
 fn server_validation() {
-    let with = |srv: &str| format!("upstreams: [{{name: demo, url: \"builtin:demo\"}}]\nservers:\n  - {srv}");
-    assert_eq!(err(&with("{path: /mcp, upstream: dmeo}")), r#"servers[0].upstream: no upstream named "dmeo" (known: demo)"#);
-    assert!(err(&with("{path: mcp, upstream: demo}")).starts_with("servers[0].path: must start with '/'"));
-    assert!(err(&with("{path: \"/mcp?x=1\", upstream: demo}")).starts_with("servers[0].path: must not contain '?' or '#'"));
+    let with = |srv: &str| {
+        format!("upstreams: [{{name: demo, url: \"builtin:demo\"}}]\nservers:\n  - {srv}")
+    };
+    assert_eq!(
+        err(&with("{path: /mcp, upstream: dmeo}")),
+        r#"servers[0].upstream: no upstream named "dmeo" (known: demo)"#
+    );
+    assert!(err(&with("{path: mcp, upstream: demo}"))
+        .starts_with("servers[0].path: must start with '/'"));
+    assert!(err(&with("{path: \"/mcp?x=1\", upstream: demo}"))
+        .starts_with("servers[0].path: must not contain '?' or '#'"));
     assert!(err(&with("{path: /mcp/, upstream: demo}")).contains("trailing '/'"));
-    assert_eq!(err(&with("{upstream: demo}")), "servers[0].path: missing (required)");
-    assert_eq!(err(&with("{path: /x}")), "servers[0].upstream: missing (required)");
+    assert_eq!(
+        err(&with("{upstream: demo}")),
+        "servers[0].path: missing (required)"
+    );
+    assert_eq!(
+        err(&with("{path: /x}")),
+        "servers[0].upstream: missing (required)"
+    );
     assert!(err(&with("~")).starts_with("servers[0]: expected a mapping"));
 }
 
@@ -410,12 +534,16 @@ fn upstreams_and_servers_go_together() {
         errs("upstreams: []\nservers: [{path: /mcp, upstream: demo}]"),
         vec![
             "upstreams: empty list: servers need at least one upstream".to_string(),
-            r#"servers[0].upstream: no upstream named "demo" (no upstreams are defined)"#.to_string(),
+            r#"servers[0].upstream: no upstream named "demo" (no upstreams are defined)"#
+                .to_string(),
         ]
     );
     assert!(errs("servers: [{path: /mcp, upstream: demo}]")[0].starts_with("upstreams: missing"));
     assert!(err("upstreams: [{name: a, url: \"builtin:demo\"}]").starts_with("servers: missing"));
-    assert!(err("upstreams: [{name: a, url: \"builtin:demo\"}]\nservers: []").starts_with("servers: empty list"));
+    assert!(
+        err("upstreams: [{name: a, url: \"builtin:demo\"}]\nservers: []")
+            .starts_with("servers: empty list")
+    );
     assert_eq!(
         errs("upstreams: {a: 1}\nservers: [{path: /mcp, upstream: a}]"),
         vec![
@@ -434,7 +562,8 @@ fn host_and_origin_entries() {
     assert!(err("listen: {allowed_hosts: [\"a.com:80\"]}").contains("port"));
     assert!(err("listen: {allowed_hosts: [a.com, a.com]}").contains("duplicate entry"));
     assert!(err("listen: {allowed_hosts: a.com}").contains("expected a list of strings"));
-    assert!(err("listen: {allowed_origins: [\"https://a.com/\"]}").starts_with("listen.allowed_origins[0]: an origin has no path"));
+    assert!(err("listen: {allowed_origins: [\"https://a.com/\"]}")
+        .starts_with("listen.allowed_origins[0]: an origin has no path"));
     assert!(err("listen: {allowed_origins: [a.com]}").contains("scheme://host[:port]"));
     assert!(err("listen: {allowed_origins: [5]}").contains("expected a string, got 5"));
 }
@@ -445,34 +574,61 @@ fn session_key_from_file_env_or_generated() {
         move |name: &str| (name == want).then(|| value.to_string())
     };
     let upper = KEY_HEX.to_uppercase();
-    let c = load_str_with_env(&format!("session: {{key: \"{upper}\"}}"), &no_env).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((c.session.key_source, c.session.key[10]), (KeySource::File, 10));
+    let c = load_str_with_env(&format!("session: {{key: \"{upper}\"}}"), &no_env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[10]),
+        (KeySource::File, 10)
+    );
 
-    let c = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", KEY_HEX)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((c.session.key_source, c.session.key[31]), (KeySource::Env, 0x1f));
+    let c = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", KEY_HEX))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[31]),
+        (KeySource::Env, 0x1f)
+    );
 
-    let c = load_str_with_env("session: {key_env: MY_KEY}", &env("MY_KEY", KEY_HEX)).unwrap_or_else(|e| panic!("{e}"));
+    let c = load_str_with_env("session: {key_env: MY_KEY}", &env("MY_KEY", KEY_HEX))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.session.key_source, KeySource::Env);
     // The default variable is not consulted when another is named.
-    let c = load_str_with_env("session: {key_env: MY_KEY}", &env("TOLLGATE_SESSION_KEY", KEY_HEX)).unwrap_or_else(|e| panic!("{e}"));
+    let c = load_str_with_env(
+        "session: {key_env: MY_KEY}",
+        &env("TOLLGATE_SESSION_KEY", KEY_HEX),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.session.key_source, KeySource::Generated);
 
     // The file wins over the environment.
     let other = "ff".repeat(32);
-    let c = load_str_with_env(&format!("session: {{key: \"{other}\"}}"), &env("TOLLGATE_SESSION_KEY", KEY_HEX)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((c.session.key_source, c.session.key[0]), (KeySource::File, 0xff));
+    let c = load_str_with_env(
+        &format!("session: {{key: \"{other}\"}}"),
+        &env("TOLLGATE_SESSION_KEY", KEY_HEX),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[0]),
+        (KeySource::File, 0xff)
+    );
 
-    let e = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", "s3cret-but-short")).map(|_| ()).unwrap_err();
+    let e = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", "s3cret-but-short"))
+        .map(|_| ())
+        .unwrap_err();
     assert_eq!(e.0.len(), 1);
     assert!(e.0[0].starts_with("session.key_env: environment variable TOLLGATE_SESSION_KEY: expected 64 hex characters"), "{e}");
     assert!(!e.to_string().contains("s3cret"), "{e}");
 
     let bad = "g".repeat(64);
     let e = err(&format!("session: {{key: \"{bad}\"}}"));
-    assert!(e.starts_with("session.key: expected 64 hex characters"), "{e}");
+    assert!(
+        e.starts_with("session.key: expected 64 hex characters"),
+        "{e}"
+    );
     assert!(!e.contains("ggg"), "{e}");
-    assert!(err("session: {key: 12345}").starts_with("session.key: expected 64 hex characters in quotes"));
-    assert!(err("session: {key_env: \"1BAD\"}").starts_with("session.key_env: \"1BAD\" is not an environment variable name"));
+    assert!(err("session: {key: 12345}")
+        .starts_with("session.key: expected 64 hex characters in quotes"));
+    assert!(err("session: {key_env: \"1BAD\"}")
+        .starts_with("session.key_env: \"1BAD\" is not an environment variable name"));
 }
 
 #[test]
