@@ -342,7 +342,8 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             p,
             "max_headers",
             defaults::MAX_HEADERS as usize,
-            usize_count(1, 65_535),
+            // Bounded by the request path's stack scratch (proxy::MAX_HEADERS).
+            usize_count(1, crate::proxy::MAX_HEADERS as _),
         ),
         max_body_bytes: s.get(p, "max_body_bytes", defaults::MAX_BODY_BYTES, size(1)),
         header_read_timeout: s.get(

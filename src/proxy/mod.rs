@@ -816,7 +816,13 @@ async fn initialize_reply(
                     }],
                     principal: None,
                 };
-                token = Some(gw.sealer.seal(&claims));
+                match gw.sealer.try_seal(&claims) {
+                    Ok(t) => token = Some(t),
+                    Err(e) => {
+                        let msg = format!("upstream \"{}\" sent an unusable Mcp-Session-Id: {e}", up.name);
+                        return refuse(w, c, Kind::UpstreamProtocol, Some(id), Some(&msg), keep, cors).await;
+                    }
+                }
                 w.metrics.sessions_opened.increment(1);
             }
             Ok(None) => {}
