@@ -1073,3 +1073,28 @@ fn the_epoll_driver_serves_the_same() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_request_dribbled_one_byte_at_a_time() {
+    let addr = start_default();
+    let mut c = Client::connect(addr);
+    let sid = session(&mut c, "2025-06-18");
+    let wire = post_bytes(
+        Some(&sid),
+        &rpc(
+            1,
+            "tools/call",
+            json!({"name":"echo","arguments":{"text":"slowly"}}),
+        ),
+    );
+    for b in &wire {
+        c.send(std::slice::from_ref(b));
+    }
+    let v = c.response().json();
+    assert_eq!(v["result"]["content"][0]["text"], "slowly");
+    // And a client that vanishes mid-request does not disturb the next one.
+    let mut gone = Client::connect(addr);
+    gone.send(&wire[..wire.len() / 2]);
+    drop(gone);
+    assert_eq!(c.post(Some(&sid), &rpc(2, "ping", json!({}))).status, 200);
+}
