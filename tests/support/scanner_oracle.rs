@@ -1,0 +1,135 @@
+//! The scanner's oracle: checks everything `tollgate::jsonrpc::scan` extracted against a full
+//! parse of the same body. Shared by the data-file cases, the property tests and the fuzz target.
+#![allow(dead_code)]
+
+use serde_json::{Map, Value};
+use tollgate::jsonrpc::{Body, Message, MessageKind};
+
+/// Parses `body` with serde_json (the reference) and checks that it agrees with the scanner's
+/// reading on every field. Call only when the scanner accepted the body.
+pub fn check_against_serde(body: &[u8], scanned: &Body<'_>) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("scanner accepted what serde_json refuses: {e}"))?;
+    check_against(&v, body, scanned).map_err(|e| format!("serde_json: {e}"))
+}
+
+/// Same as `check_against_serde` with sonic-rs as the parser (a SIMD parser that keeps the first
+/// duplicate key where serde_json keeps the last).
+pub fn check_against_sonic(body: &[u8], scanned: &Body<'_>) -> Result<(), String> {
+    let v: Value = sonic_rs::from_slice(body)
+        .map_err(|e| format!("scanner accepted what sonic-rs refuses: {e}"))?;
+    check_against(&v, body, scanned).map_err(|e| format!("sonic-rs: {e}"))
+}
+
+/// Checks the scanner's reading of `body` against `v`, the full parser's reading of it.
+pub fn check_against(v: &Value, body: &[u8], scanned: &Body<'_>) -> Result<(), String> {
+    match (v, scanned) {
+        (Value::Object(o), Body::Single(m)) => check_message(o, body, m),
+        (Value::Array(a), Body::Batch(ms)) => {
+            if a.len() != ms.len() {
+                return Err(format!("batch of {} read as {}", a.len(), ms.len()));
+            }
+            for (i, (e, m)) in a.iter().zip(ms).enumerate() {
+                let o = e.as_object().ok_or(format!("batch element {i} is not an object"))?;
+                check_message(o, body, m).map_err(|err| format!("batch element {i}: {err}"))?;
+            }
+            Ok(())
+        }
+        _ => Err("top-level shape differs".into()),
+    }
+}
+
+fn parse_raw(text: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(text).map_err(|e| format!("raw text {:?} does not parse: {e}", String::from_utf8_lossy(text)))
+}
+
+fn check_str(what: &str, expect: Option<&Value>, got: &Option<tollgate::jsonrpc::Str<'_>>, body: &[u8]) -> Result<(), String> {
+    let expect = match expect {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    match (expect, got) {
+        (None, None) => Ok(()),
+        (Some(e), Some(g)) => {
+            if g.value != e {
+                return Err(format!("{what}: scanner read {:?}, parser {:?}", g.value, e));
+            }
+            let token = body.get(g.span.clone()).ok_or(format!("{what}: span out of body"))?;
+            if parse_raw(token)? != Value::String(e.to_string()) {
+                return Err(format!("{what}: span {:?} is not the string token", g.span));
+            }
+            Ok(())
+        }
+        (e, g) => Err(format!("{what}: scanner read {:?}, parser {:?}", g.as_ref().map(|g| &g.value), e)),
+    }
+}
+
+fn check_raw(what: &str, expect: Option<&Value>, got: &Option<tollgate::jsonrpc::Raw<'_>>, body: &[u8]) -> Result<(), String> {
+    let expect = expect.filter(|e| e.is_string() || e.is_number());
+    match (expect, got) {
+        (None, None) => Ok(()),
+        (Some(e), Some(g)) => {
+            if body.get(g.start..g.start + g.text.len()) != Some(g.text) {
+                return Err(format!("{what}: start {} does not point at its text", g.start));
+            }
+            let parsed = parse_raw(g.text)?;
+            if &parsed != e {
+                return Err(format!("{what}: scanner read {parsed}, parser {e}"));
+            }
+            Ok(())
+        }
+        (e, g) => Err(format!("{what}: scanner read {:?}, parser {:?}", g.as_ref().map(|g| String::from_utf8_lossy(g.text)), e)),
+    }
+}
+
+fn check_message(o: &Map<String, Value>, body: &[u8], m: &Message<'_>) -> Result<(), String> {
+    if o.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return Err("scanner accepted a message whose jsonrpc is not \"2.0\"".into());
+    }
+    let (has_method, has_id) = (o.contains_key("method"), o.contains_key("id"));
+    let (has_result, has_error) = (o.contains_key("result"), o.contains_key("error"));
+    let kind = match (has_method, has_id, has_result, has_error) {
+        (true, true, false, false) => MessageKind::Request,
+        (true, false, false, false) => MessageKind::Notification,
+        (false, true, true, false) => MessageKind::Response,
+        (false, true, false, true) => MessageKind::Error,
+        _ => return Err(format!("scanner accepted a message of no kind: {o:?}")),
+    };
+    if m.kind != kind {
+        return Err(format!("kind: scanner read {:?}, parser {kind:?}", m.kind));
+    }
+    if let Some(id) = o.get("id") {
+        if !(id.is_string() || id.is_number()) {
+            return Err(format!("scanner accepted id {id}"));
+        }
+    }
+    check_raw("id", o.get("id"), &m.id, body)?;
+    check_str("method", o.get("method"), &m.method, body)?;
+    let empty = Map::new();
+    let params = match o.get("params") {
+        None | Some(Value::Array(_)) => &empty,
+        Some(Value::Object(p)) => p,
+        Some(p) => return Err(format!("scanner accepted params {p}")),
+    };
+    let meta = params.get("_meta").and_then(Value::as_object).unwrap_or(&empty);
+    let result = o.get("result").and_then(Value::as_object).unwrap_or(&empty);
+    check_str("name", params.get("name"), &m.name, body)?;
+    check_str("uri", params.get("uri"), &m.uri, body)?;
+    check_raw("progressToken", meta.get("progressToken"), &m.progress_token, body)?;
+    if let Some(t) = meta.get("progressToken") {
+        if !(t.is_string() || t.is_number()) {
+            return Err(format!("scanner accepted progressToken {t}"));
+        }
+    }
+    check_str("meta protocolVersion", meta.get("io.modelcontextprotocol/protocolVersion"), &m.meta_protocol_version, body)?;
+    let pv = match kind {
+        MessageKind::Request | MessageKind::Notification => params.get("protocolVersion"),
+        MessageKind::Response | MessageKind::Error => result.get("protocolVersion"),
+    };
+    check_str("protocolVersion", pv, &m.protocol_version, body)?;
+    let span = body.get(m.span.clone()).ok_or("span out of body")?;
+    if parse_raw(span)? != Value::Object(o.clone()) {
+        return Err(format!("span {:?} is not this message", m.span));
+    }
+    Ok(())
+}
