@@ -18,18 +18,31 @@ fn render_str(out: &mut String, what: &str, s: &Option<Str<'_>>) {
             std::borrow::Cow::Borrowed(_) => "",
             std::borrow::Cow::Owned(_) => " (decoded)",
         };
-        let _ = writeln!(out, "  {what}: {:?} @{}..{}{how}", s.value, s.span.start, s.span.end);
+        let _ = writeln!(
+            out,
+            "  {what}: {:?} @{}..{}{how}",
+            s.value, s.span.start, s.span.end
+        );
     }
 }
 
 fn render_raw(out: &mut String, what: &str, r: &Option<Raw<'_>>) {
     if let Some(r) = r {
-        let _ = writeln!(out, "  {what}: {} @{}", String::from_utf8_lossy(r.text), r.start);
+        let _ = writeln!(
+            out,
+            "  {what}: {} @{}",
+            String::from_utf8_lossy(r.text),
+            r.start
+        );
     }
 }
 
 fn render_message(out: &mut String, m: &Message<'_>) {
-    let _ = writeln!(out, "message {:?} @{}..{}", m.kind, m.span.start, m.span.end);
+    let _ = writeln!(
+        out,
+        "message {:?} @{}..{}",
+        m.kind, m.span.start, m.span.end
+    );
     render_raw(out, "id", &m.id);
     render_str(out, "method", &m.method);
     render_str(out, "name", &m.name);
@@ -58,7 +71,11 @@ fn render(body: &[u8]) -> String {
             }
         }
         Err(e) => {
-            let class = if e.is_parse_error() { "parse error -32700" } else { "invalid request -32600" };
+            let class = if e.is_parse_error() {
+                "parse error -32700"
+            } else {
+                "invalid request -32600"
+            };
             let _ = writeln!(out, "error {:?} ({class})", e.kind);
             let _ = writeln!(out, "  {e}");
         }
@@ -72,6 +89,16 @@ fn cases_dir() -> PathBuf {
 
 #[test]
 fn scanner_cases() {
+    // sonic-rs's value tree needs more than the default 2 MiB test stack at depth 64 in debug.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(run_cases)
+        .expect("spawn")
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn run_cases() {
     let update = std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1");
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(cases_dir())
         .expect("tests/scanner/cases exists")
@@ -83,14 +110,19 @@ fn scanner_cases() {
     for path in &inputs {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if ext == "expected" {
-            let has_input = ["json", "bin"].iter().any(|e| path.with_extension(e).exists());
+            let has_input = ["json", "bin"]
+                .iter()
+                .any(|e| path.with_extension(e).exists());
             if !has_input {
                 failures.push(format!("{}: expectation without an input", path.display()));
             }
             continue;
         }
         if ext != "json" && ext != "bin" {
-            failures.push(format!("{}: unknown case file (want .json, .bin, .expected)", path.display()));
+            failures.push(format!(
+                "{}: unknown case file (want .json, .bin, .expected)",
+                path.display()
+            ));
             continue;
         }
         count += 1;
@@ -103,13 +135,24 @@ fn scanner_cases() {
         }
         match std::fs::read_to_string(&expected_path) {
             Ok(want) if want == got => {}
-            Ok(want) => failures.push(format!("{}:\n--- expected\n{want}--- got\n{got}", path.display())),
-            Err(_) => failures.push(format!("{}: no .expected (run with UPDATE_EXPECT=1)\n{got}", path.display())),
+            Ok(want) => failures.push(format!(
+                "{}:\n--- expected\n{want}--- got\n{got}",
+                path.display()
+            )),
+            Err(_) => failures.push(format!(
+                "{}: no .expected (run with UPDATE_EXPECT=1)\n{got}",
+                path.display()
+            )),
         }
         if got.contains("ORACLE DISAGREES") {
             failures.push(format!("{}: {got}", path.display()));
         }
     }
     assert!(count >= 40, "only {count} scanner cases found");
-    assert!(failures.is_empty(), "{} scanner case(s) failed:\n\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scanner case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

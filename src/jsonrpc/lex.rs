@@ -224,8 +224,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Lexes a number at the cursor. Numbers whose value overflows an f64 are refused: serde_json
-    /// rejects them while JavaScript reads Infinity, so their meaning depends on the parser.
+    /// Lexes a number at the cursor. Numbers of magnitude 1e308 and more are refused: past f64::MAX
+    /// serde_json rejects them while JavaScript reads Infinity, and just below it parsers round
+    /// differently (serde_json refuses 1.7976931348623158e308, which rounds to f64::MAX).
     pub fn number(&mut self) -> Result<(), ScanError> {
         let b = self.b;
         let start = self.i;
@@ -271,7 +272,7 @@ impl<'a> Cursor<'a> {
         if has_exp || i - start > 300 {
             let text = self.s.get(start..i).unwrap_or("0");
             match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => {}
+                Ok(v) if v.abs() < 1e308 => {}
                 _ => return Err(err(ScanErrorKind::NumberOutOfRange, start)),
             }
         }
@@ -490,21 +491,39 @@ mod tests {
     #[test]
     fn strings_reject_bad_contents() {
         let kind = |s: &str| lex_string(s).unwrap_err().kind;
-        assert_eq!(kind("\"a\u{1}b\""), ScanErrorKind::Syntax("control character in string"));
-        assert_eq!(kind("\"long enough to use words\tx\""), ScanErrorKind::Syntax("control character in string"));
+        assert_eq!(
+            kind("\"a\u{1}b\""),
+            ScanErrorKind::Syntax("control character in string")
+        );
+        assert_eq!(
+            kind("\"long enough to use words\tx\""),
+            ScanErrorKind::Syntax("control character in string")
+        );
         assert_eq!(kind(r#""\x""#), ScanErrorKind::Syntax("invalid escape"));
-        assert_eq!(kind(r#""\u12g4""#), ScanErrorKind::Syntax("invalid \\u escape"));
+        assert_eq!(
+            kind(r#""\u12g4""#),
+            ScanErrorKind::Syntax("invalid \\u escape")
+        );
         assert_eq!(kind(r#""\ud800""#), ScanErrorKind::LoneSurrogate);
         assert_eq!(kind(r#""\udc00""#), ScanErrorKind::LoneSurrogate);
         assert_eq!(kind(r#""\ud800\u0041""#), ScanErrorKind::LoneSurrogate);
         assert_eq!(kind(r#""\ud800\ud800""#), ScanErrorKind::LoneSurrogate);
-        assert_eq!(kind(r#""abc"#), ScanErrorKind::Syntax("unterminated string"));
-        assert_eq!(kind(r#""abc\"#), ScanErrorKind::Syntax("unterminated string"));
+        assert_eq!(
+            kind(r#""abc"#),
+            ScanErrorKind::Syntax("unterminated string")
+        );
+        assert_eq!(
+            kind(r#""abc\"#),
+            ScanErrorKind::Syntax("unterminated string")
+        );
     }
 
     #[test]
     fn unescape_decodes_every_escape() {
-        assert_eq!(unescape(r#"a\"b\\c\/\b\f\n\r\t"#), "a\"b\\c/\u{8}\u{c}\n\r\t");
+        assert_eq!(
+            unescape(r#"a\"b\\c\/\b\f\n\r\t"#),
+            "a\"b\\c/\u{8}\u{c}\n\r\t"
+        );
         assert_eq!(unescape(r"del\u0065te \u00e9 \ud83d\ude00"), "delete é 😀");
         assert_eq!(unescape("plain ü"), "plain ü");
         // Never panics on input the lexer would have refused.
@@ -515,27 +534,59 @@ mod tests {
 
     #[test]
     fn numbers_follow_the_grammar() {
-        for ok in ["0", "-0", "12", "-1.5", "1e5", "1E+5", "1.0e-5", "123456789012345678901234567890", "1e-400"] {
+        for ok in [
+            "0",
+            "-0",
+            "12",
+            "-1.5",
+            "1e5",
+            "1E+5",
+            "1.0e-5",
+            "123456789012345678901234567890",
+            "1e-400",
+            "9.99e307",
+            "0e99999999",
+        ] {
             let mut c = Cursor::new(ok, 64);
             assert!(c.number().is_ok(), "{ok}");
             assert_eq!(c.i, ok.len(), "{ok}");
         }
         for bad in ["-", "1.", ".5", "1e", "1e+", "-a", "+1"] {
             let mut c = Cursor::new(bad, 64);
-            let r = c.number().and_then(|()| if c.i == bad.len() { Ok(()) } else { Err(err(ScanErrorKind::TrailingBytes, c.i)) });
+            let r = c.number().and_then(|()| {
+                if c.i == bad.len() {
+                    Ok(())
+                } else {
+                    Err(err(ScanErrorKind::TrailingBytes, c.i))
+                }
+            });
             assert!(r.is_err(), "{bad}");
         }
         // "01" lexes as 0 then stops: the caller sees a stray digit.
         let mut c = Cursor::new("01", 64);
         c.number().unwrap();
         assert_eq!(c.i, 1);
-        for big in ["1e400", "-1e309", "1.8e308"] {
+        for big in [
+            "1e400",
+            "-1e309",
+            "1.8e308",
+            "1e308",
+            "1.7976931348623157e308",
+            "-1.7976931348623158e308",
+        ] {
             let mut c = Cursor::new(big, 64);
-            assert_eq!(c.number().unwrap_err().kind, ScanErrorKind::NumberOutOfRange, "{big}");
+            assert_eq!(
+                c.number().unwrap_err().kind,
+                ScanErrorKind::NumberOutOfRange,
+                "{big}"
+            );
         }
         let long = format!("1{}", "0".repeat(309));
         let mut c = Cursor::new(&long, 64);
-        assert_eq!(c.number().unwrap_err().kind, ScanErrorKind::NumberOutOfRange);
+        assert_eq!(
+            c.number().unwrap_err().kind,
+            ScanErrorKind::NumberOutOfRange
+        );
         let long = format!("1{}", "0".repeat(307));
         let mut c = Cursor::new(&long, 64);
         assert!(c.number().is_ok());
@@ -560,7 +611,10 @@ mod tests {
     fn skip_value_counts_depth_iteratively() {
         let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(skip(&nest(64), 64).is_ok());
-        assert_eq!(skip(&nest(65), 64).unwrap_err().kind, ScanErrorKind::TooDeep);
+        assert_eq!(
+            skip(&nest(65), 64).unwrap_err().kind,
+            ScanErrorKind::TooDeep
+        );
         // Deeper than the inline bit stack, and far deeper than any call stack would allow.
         assert!(skip(&nest(300), 300).is_ok());
         let deep = format!("{}1{}", "[{\"a\":".repeat(100_000), "}]".repeat(100_000));

@@ -106,8 +106,10 @@ impl<'a> KeySet<'a> {
             }
             Cow::Owned(o) if self.owned.len() < INLINE_KEYS => self.owned.push(o.clone()),
             _ => {
-                let mut set: HashSet<Cow<'a, str>> =
-                    self.inline[..self.len].iter().map(|b| Cow::Borrowed(*b)).collect();
+                let mut set: HashSet<Cow<'a, str>> = self.inline[..self.len]
+                    .iter()
+                    .map(|b| Cow::Borrowed(*b))
+                    .collect();
                 set.extend(self.owned.drain(..).map(Cow::Owned));
                 set.insert(k.clone());
                 self.spill = Some(set);
@@ -260,10 +262,7 @@ pub(crate) fn message<'a>(
                 let is_object = cur.peek() == Some(b'{');
                 cur.skip_value(depth)?;
                 if !is_object {
-                    cur.note(
-                        ScanErrorKind::NotAMessage("\"error\" is not an object"),
-                        at,
-                    );
+                    cur.note(ScanErrorKind::NotAMessage("\"error\" is not an object"), at);
                 }
             }
             _ => cur.skip_value(depth)?,
@@ -285,7 +284,9 @@ pub(crate) fn message<'a>(
         (None, Some(_), true, true) => Err("has both \"result\" and \"error\""),
         (None, Some(_), true, false) => Ok(MessageKind::Response),
         (None, Some(_), false, true) => Ok(MessageKind::Error),
-        (None, Some(_), false, false) => Err("has \"id\" but no \"method\", \"result\" or \"error\""),
+        (None, Some(_), false, false) => {
+            Err("has \"id\" but no \"method\", \"result\" or \"error\"")
+        }
         (None, None, true, _) | (None, None, _, true) => Err("response without \"id\""),
         (None, None, false, false) => Err("has neither \"method\" nor \"id\""),
     };

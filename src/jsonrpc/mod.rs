@@ -98,8 +98,8 @@ pub enum ScanErrorKind {
     TrailingBytes,
     Empty,
     LoneSurrogate,
-    /// A number whose value overflows an f64 (`1e400`): serde_json refuses it, JavaScript reads
-    /// Infinity.
+    /// A number of magnitude 1e308 or more (`1e400`): around and past f64::MAX parsers disagree
+    /// (serde_json refuses it, JavaScript reads Infinity).
     NumberOutOfRange,
     // JSON, but not a JSON-RPC message we accept (JSON-RPC -32600).
     /// The key, or `"(other)"` for a key the scanner does not read.
@@ -166,7 +166,7 @@ impl fmt::Display for ScanError {
             ScanErrorKind::TrailingBytes => f.write_str("bytes after the JSON value")?,
             ScanErrorKind::Empty => f.write_str("empty body")?,
             ScanErrorKind::LoneSurrogate => f.write_str("lone UTF-16 surrogate in \\u escape")?,
-            ScanErrorKind::NumberOutOfRange => f.write_str("number out of f64 range")?,
+            ScanErrorKind::NumberOutOfRange => f.write_str("number of magnitude 1e308 or more")?,
             ScanErrorKind::DuplicateKey(message::OTHER_KEY) => f.write_str("duplicate key")?,
             ScanErrorKind::DuplicateKey(key) => write!(f, "duplicate key {key:?}")?,
             ScanErrorKind::NotAnObject => f.write_str("message is not a JSON object")?,
@@ -193,10 +193,7 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// syntax error anywhere wins over a JSON-RPC error earlier in the body.
 pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
     if body.starts_with(BOM) {
-        return Err(lex::err(
-            ScanErrorKind::Syntax("UTF-8 byte order mark"),
-            0,
-        ));
+        return Err(lex::err(ScanErrorKind::Syntax("UTF-8 byte order mark"), 0));
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| lex::err(ScanErrorKind::InvalidUtf8, e.valid_up_to()))?;
@@ -226,7 +223,10 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
 }
 
 /// The batch array at the cursor (nesting 1). None when it is invalid at the JSON-RPC level.
-fn batch<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Result<Option<Vec<Message<'a>>>, ScanError> {
+fn batch<'a>(
+    cur: &mut Cursor<'a>,
+    limits: &ScanLimits,
+) -> Result<Option<Vec<Message<'a>>>, ScanError> {
     cur.check_depth(1)?;
     let start = cur.i;
     cur.i += 1;
@@ -261,7 +261,11 @@ fn batch<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Result<Option<Vec<Mes
             Some(b',') => cur.i += 1,
             Some(b']') => {
                 cur.i += 1;
-                return Ok(if cur.pending.is_none() { Some(messages) } else { None });
+                return Ok(if cur.pending.is_none() {
+                    Some(messages)
+                } else {
+                    None
+                });
             }
             _ => return Err(cur.unexpected("expected ',' or ']'")),
         }

@@ -12,7 +12,10 @@ fn single(body: &str) -> Message<'_> {
 fn fail(body: &[u8]) -> ScanError {
     match scan(body, &ScanLimits::default()) {
         Err(e) => e,
-        Ok(b) => panic!("expected an error from {:?}, got {b:?}", String::from_utf8_lossy(body)),
+        Ok(b) => panic!(
+            "expected an error from {:?}, got {b:?}",
+            String::from_utf8_lossy(body)
+        ),
     }
 }
 
@@ -36,7 +39,10 @@ fn reads_every_field_of_a_tools_call() {
     assert_eq!(&TOOLS_CALL[name.span.clone()], "\"get_weather\"");
     let token = m.progress_token.as_ref().unwrap();
     assert_eq!(token.text, b"\"tok-1\"");
-    assert_eq!(&TOOLS_CALL.as_bytes()[token.start..token.start + 7], b"\"tok-1\"");
+    assert_eq!(
+        &TOOLS_CALL.as_bytes()[token.start..token.start + 7],
+        b"\"tok-1\""
+    );
     assert_eq!(m.meta_protocol_version.unwrap().value, "2026-07-28");
     assert_eq!(m.uri, None);
     assert_eq!(m.protocol_version, None);
@@ -45,20 +51,27 @@ fn reads_every_field_of_a_tools_call() {
 
 #[test]
 fn classifies_every_kind() {
-    assert_eq!(single(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).kind, MessageKind::Notification);
+    assert_eq!(
+        single(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).kind,
+        MessageKind::Notification
+    );
     let r = single(r#"{"jsonrpc":"2.0","id":"a","result":{"protocolVersion":"2025-06-18"}}"#);
     assert_eq!(r.kind, MessageKind::Response);
     assert_eq!(r.id.unwrap().text, b"\"a\"");
     assert_eq!(r.protocol_version.unwrap().value, "2025-06-18");
     let e = single(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#);
     assert_eq!(e.kind, MessageKind::Error);
-    let i = single(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-03-26"}}"#);
+    let i = single(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-03-26"}}"#,
+    );
     assert_eq!(i.protocol_version.unwrap().value, "2025-03-26");
 }
 
 #[test]
 fn decodes_escapes_in_keys_and_values() {
-    let m = single(r#"{"jsonr\u0070c":"2\u002e0","\u0069d":1,"method":"tools/del\u0065te","params":{"n\u0061me":"x\ty"}}"#);
+    let m = single(
+        r#"{"jsonr\u0070c":"2\u002e0","\u0069d":1,"method":"tools/del\u0065te","params":{"n\u0061me":"x\ty"}}"#,
+    );
     assert_eq!(m.method.as_ref().unwrap().value, "tools/delete");
     assert!(matches!(m.method.unwrap().value, Cow::Owned(_)));
     assert_eq!(m.name.unwrap().value, "x\ty");
@@ -66,10 +79,24 @@ fn decodes_escapes_in_keys_and_values() {
 
 #[test]
 fn rejects_duplicates_of_read_keys_even_when_escaped() {
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#), ScanErrorKind::DuplicateKey("method"));
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"name":"x","n\u0061me":"y"}}"#), ScanErrorKind::DuplicateKey("name"));
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"progressToken":1,"progressToken":2}}}"#), ScanErrorKind::DuplicateKey("progressToken"));
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"a","protocolVersion":"b"}}"#), ScanErrorKind::DuplicateKey("protocolVersion"));
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#),
+        ScanErrorKind::DuplicateKey("method")
+    );
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"name":"x","n\u0061me":"y"}}"#),
+        ScanErrorKind::DuplicateKey("name")
+    );
+    assert_eq!(
+        kind(
+            r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"progressToken":1,"progressToken":2}}}"#
+        ),
+        ScanErrorKind::DuplicateKey("progressToken")
+    );
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"a","protocolVersion":"b"}}"#),
+        ScanErrorKind::DuplicateKey("protocolVersion")
+    );
     let e = fail(br#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#);
     assert_eq!(e.offset, 37);
     assert_eq!(e.to_string(), "duplicate key \"method\" at byte 37");
@@ -77,8 +104,14 @@ fn rejects_duplicates_of_read_keys_even_when_escaped() {
 
 #[test]
 fn rejects_other_duplicates_at_read_levels_only() {
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"a","x":1,"x":2}"#), ScanErrorKind::DuplicateKey(message::OTHER_KEY));
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{},"arguments":{}}}"#), ScanErrorKind::DuplicateKey(message::OTHER_KEY));
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","method":"a","x":1,"x":2}"#),
+        ScanErrorKind::DuplicateKey(message::OTHER_KEY)
+    );
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{},"arguments":{}}}"#),
+        ScanErrorKind::DuplicateKey(message::OTHER_KEY)
+    );
     // Below the levels the scanner reads, duplicates are forwarded as bytes.
     single(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{"x":1,"x":2}}}"#);
     single(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"a":1,"a":2}]}}"#);
@@ -103,22 +136,50 @@ fn duplicate_detection_scales_past_the_inline_set() {
 
 #[test]
 fn checks_jsonrpc_id_method_params_types() {
-    assert_eq!(kind(r#"{"id":1,"method":"a"}"#), ScanErrorKind::BadJsonrpcVersion);
-    assert_eq!(kind(r#"{"jsonrpc":"1.0","id":1,"method":"a"}"#), ScanErrorKind::BadJsonrpcVersion);
-    assert_eq!(kind(r#"{"jsonrpc":2.0,"id":1,"method":"a"}"#), ScanErrorKind::BadJsonrpcVersion);
+    assert_eq!(
+        kind(r#"{"id":1,"method":"a"}"#),
+        ScanErrorKind::BadJsonrpcVersion
+    );
+    assert_eq!(
+        kind(r#"{"jsonrpc":"1.0","id":1,"method":"a"}"#),
+        ScanErrorKind::BadJsonrpcVersion
+    );
+    assert_eq!(
+        kind(r#"{"jsonrpc":2.0,"id":1,"method":"a"}"#),
+        ScanErrorKind::BadJsonrpcVersion
+    );
     for id in ["null", "true", "{}", "[1]"] {
-        assert_eq!(kind(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"a"}}"#)), ScanErrorKind::BadId, "{id}");
+        assert_eq!(
+            kind(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"a"}}"#)),
+            ScanErrorKind::BadId,
+            "{id}"
+        );
     }
     for method in ["null", "1", "false", "{}", "[]"] {
-        assert_eq!(kind(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":{method}}}"#)), ScanErrorKind::BadMethod, "{method}");
+        assert_eq!(
+            kind(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":{method}}}"#)),
+            ScanErrorKind::BadMethod,
+            "{method}"
+        );
     }
     for params in ["null", "1", "\"x\"", "true"] {
-        assert_eq!(kind(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{params}}}"#)), ScanErrorKind::BadParams, "{params}");
+        assert_eq!(
+            kind(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{params}}}"#
+            )),
+            ScanErrorKind::BadParams,
+            "{params}"
+        );
     }
-    assert_eq!(kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"progressToken":null}}}"#), ScanErrorKind::BadParams);
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"progressToken":null}}}"#),
+        ScanErrorKind::BadParams
+    );
     let m = single(r#"{"jsonrpc":"2.0","id":1,"method":"a","params":[{"name":"x"}]}"#);
     assert_eq!(m.name, None);
-    let m = single(r#"{"jsonrpc":"2.0","id":-1.5e3,"method":"a","params":{"name":5,"uri":"file:///x","_meta":{"progressToken":42}}}"#);
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":-1.5e3,"method":"a","params":{"name":5,"uri":"file:///x","_meta":{"progressToken":42}}}"#,
+    );
     assert_eq!(m.id.unwrap().text, b"-1.5e3");
     assert_eq!(m.name, None);
     assert_eq!(m.uri.unwrap().value, "file:///x");
@@ -155,17 +216,32 @@ fn batches() {
         Body::Batch(v) => {
             assert_eq!(v.len(), 2);
             assert_eq!(v[1].kind, MessageKind::Notification);
-            assert_eq!(&body[v[1].span.clone()], r#"{"jsonrpc":"2.0","method":"b"}"#);
+            assert_eq!(
+                &body[v[1].span.clone()],
+                r#"{"jsonrpc":"2.0","method":"b"}"#
+            );
         }
         b => panic!("{b:?}"),
     }
     assert_eq!(kind("[]"), ScanErrorKind::EmptyBatch);
     assert_eq!(kind(" [ ] "), ScanErrorKind::EmptyBatch);
-    assert_eq!(kind(r#"[{"jsonrpc":"2.0","method":"a"},1]"#), ScanErrorKind::NotAnObject);
-    assert_eq!(kind(r#"[[{"jsonrpc":"2.0","method":"a"}]]"#), ScanErrorKind::NotAnObject);
-    let limits = ScanLimits { max_batch_len: 2, ..ScanLimits::default() };
+    assert_eq!(
+        kind(r#"[{"jsonrpc":"2.0","method":"a"},1]"#),
+        ScanErrorKind::NotAnObject
+    );
+    assert_eq!(
+        kind(r#"[[{"jsonrpc":"2.0","method":"a"}]]"#),
+        ScanErrorKind::NotAnObject
+    );
+    let limits = ScanLimits {
+        max_batch_len: 2,
+        ..ScanLimits::default()
+    };
     let three = r#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","method":"a"}]"#;
-    assert_eq!(scan(three.as_bytes(), &limits).unwrap_err().kind, ScanErrorKind::BatchTooLong);
+    assert_eq!(
+        scan(three.as_bytes(), &limits).unwrap_err().kind,
+        ScanErrorKind::BatchTooLong
+    );
     assert_eq!(scan(three.as_bytes(), &limits).unwrap_err().offset, 63);
 }
 
@@ -183,7 +259,10 @@ fn top_level_must_be_object_or_array() {
 fn utf8_and_bom() {
     let e = fail(b"{\"jsonrpc\":\"2.0\",\"method\":\"a\xff\"}");
     assert_eq!((e.kind, e.offset), (ScanErrorKind::InvalidUtf8, 28));
-    assert_eq!(fail(b"\xEF\xBB\xBF{}").kind, ScanErrorKind::Syntax("UTF-8 byte order mark"));
+    assert_eq!(
+        fail(b"\xEF\xBB\xBF{}").kind,
+        ScanErrorKind::Syntax("UTF-8 byte order mark")
+    );
     let m = single("{\"jsonrpc\":\"2.0\",\"method\":\"caf\u{e9} \u{1F600}\"}");
     assert_eq!(m.method.unwrap().value, "café 😀");
 }
@@ -200,11 +279,30 @@ fn depth_is_counted_from_the_top() {
     // message (1) + params (2) + n arrays.
     single(&nest(62));
     assert_eq!(kind(&nest(63)), ScanErrorKind::TooDeep);
-    let limits = ScanLimits { max_depth: 0, ..ScanLimits::default() };
-    assert_eq!(scan(b"{}", &limits).unwrap_err().kind, ScanErrorKind::TooDeep);
-    let limits = ScanLimits { max_depth: 1, ..ScanLimits::default() };
-    assert_eq!(scan(br#"{"jsonrpc":"2.0","method":"a","params":{}}"#, &limits).unwrap_err().kind, ScanErrorKind::TooDeep);
-    assert_eq!(scan(br#"[{"jsonrpc":"2.0","method":"a"}]"#, &limits).unwrap_err().kind, ScanErrorKind::TooDeep);
+    let limits = ScanLimits {
+        max_depth: 0,
+        ..ScanLimits::default()
+    };
+    assert_eq!(
+        scan(b"{}", &limits).unwrap_err().kind,
+        ScanErrorKind::TooDeep
+    );
+    let limits = ScanLimits {
+        max_depth: 1,
+        ..ScanLimits::default()
+    };
+    assert_eq!(
+        scan(br#"{"jsonrpc":"2.0","method":"a","params":{}}"#, &limits)
+            .unwrap_err()
+            .kind,
+        ScanErrorKind::TooDeep
+    );
+    assert_eq!(
+        scan(br#"[{"jsonrpc":"2.0","method":"a"}]"#, &limits)
+            .unwrap_err()
+            .kind,
+        ScanErrorKind::TooDeep
+    );
     // A very deep body fails fast and never overflows the stack.
     let deep = "[".repeat(1_000_000);
     assert_eq!(kind(&deep), ScanErrorKind::TooDeep);
@@ -212,10 +310,22 @@ fn depth_is_counted_from_the_top() {
 
 #[test]
 fn every_error_displays_on_one_line() {
-    for b in [&b""[..], b"\xff", b"{", b"{}x", b"[]", b"1", br#"{"a":"\ud800"}"#, b"[1e999]"] {
+    for b in [
+        &b""[..],
+        b"\xff",
+        b"{",
+        b"{}x",
+        b"[]",
+        b"1",
+        br#"{"a":"\ud800"}"#,
+        b"[1e999]",
+    ] {
         let e = fail(b);
         let s = e.to_string();
-        assert!(!s.contains('\n') && s.ends_with(&format!(" at byte {}", e.offset)), "{s}");
+        assert!(
+            !s.contains('\n') && s.ends_with(&format!(" at byte {}", e.offset)),
+            "{s}"
+        );
         assert!(!e.kind.as_str().is_empty());
     }
 }
