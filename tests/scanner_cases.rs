@@ -6,6 +6,7 @@
 
 #[path = "support/scanner_oracle.rs"]
 mod oracle;
+use tollgate::jsonrpc;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 #[path = "support/scanner_oracle.rs"]
 mod oracle;
+use tollgate::jsonrpc;
 
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
@@ -384,33 +385,9 @@ fn apply(body: &mut Vec<u8>, e: &Edit) {
     }
 }
 
-/// Scans `body`; on success both full parsers must agree with every field; either way the
-/// parse-error verdict must match serde_json's, except where the scanner is knowingly stricter
-/// (depth limit, numbers from 1e308 on).
 fn check_any(body: &[u8]) -> Result<(), TestCaseError> {
-    let limits = ScanLimits::default();
-    let scanned = scan(body, &limits);
-    let serde_ok = serde_json::from_slice::<Value>(body).is_ok();
-    match &scanned {
-        Ok(b) => {
-            oracle::check_against_serde(body, b).map_err(TestCaseError::fail)?;
-            oracle::check_against_sonic(body, b).map_err(TestCaseError::fail)?;
-        }
-        Err(e)
-            if matches!(
-                e.kind,
-                ScanErrorKind::TooDeep | ScanErrorKind::NumberOutOfRange
-            ) => {}
-        Err(e) => prop_assert_eq!(
-            !e.is_parse_error(),
-            serde_ok,
-            "scanner says {} but serde_json {} on {:?}",
-            e,
-            if serde_ok { "parses it" } else { "does not" },
-            String::from_utf8_lossy(body)
-        ),
-    }
-    Ok(())
+    oracle::check_scan(body)
+        .map_err(|e| TestCaseError::fail(format!("{e}\non {:?}", String::from_utf8_lossy(body))))
 }
 
 proptest! {

@@ -1,9 +1,42 @@
-//! The scanner's oracle: checks everything `tollgate::jsonrpc::scan` extracted against a full
-//! parse of the same body. Shared by the data-file cases, the property tests and the fuzz target.
+//! The scanner's oracle: checks everything `jsonrpc::scan` extracted against a full parse of the
+//! same body. Shared by the data-file cases, the property tests and the fuzz target, each of
+//! which puts the scanner module at its crate root as `jsonrpc`.
 #![allow(dead_code)]
 
+use super::jsonrpc::{scan, Body, Message, MessageKind, Raw, ScanErrorKind, ScanLimits, Str};
 use serde_json::{Map, Value};
-use tollgate::jsonrpc::{Body, Message, MessageKind};
+
+/// Scans `body` with default limits and checks the verdict. When the scanner accepts, serde_json
+/// and sonic-rs must both parse the body and agree with every field it read. When it refuses,
+/// its "not JSON" verdict must match serde_json's, except where it is knowingly stricter: the
+/// depth limit (serde_json allows 127) and numbers of magnitude 1e308 and more.
+pub fn check_scan(body: &[u8]) -> Result<(), String> {
+    let scanned = scan(body, &ScanLimits::default());
+    match &scanned {
+        Ok(b) => {
+            check_against_serde(body, b)?;
+            check_against_sonic(body, b)
+        }
+        Err(e)
+            if matches!(
+                e.kind,
+                ScanErrorKind::TooDeep | ScanErrorKind::NumberOutOfRange
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => {
+            let serde_ok = serde_json::from_slice::<Value>(body).is_ok();
+            if e.is_parse_error() == serde_ok {
+                return Err(format!(
+                    "scanner says {e} but serde_json {}",
+                    if serde_ok { "parses it" } else { "does not" }
+                ));
+            }
+            Ok(())
+        }
+    }
+}
 
 /// Parses `body` with serde_json (the reference) and checks that it agrees with the scanner's
 /// reading on every field. Call only when the scanner accepted the body.
@@ -125,7 +158,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
 fn check_str(
     what: &str,
     expect: Option<&Value>,
-    got: &Option<tollgate::jsonrpc::Str<'_>>,
+    got: &Option<Str<'_>>,
     body: &[u8],
     parse: Parse,
 ) -> Result<(), String> {
@@ -161,7 +194,7 @@ fn check_str(
 fn check_raw(
     what: &str,
     expect: Option<&Value>,
-    got: &Option<tollgate::jsonrpc::Raw<'_>>,
+    got: &Option<Raw<'_>>,
     body: &[u8],
     parse: Parse,
 ) -> Result<(), String> {
