@@ -6,6 +6,13 @@ use std::borrow::Cow;
 
 use super::{ScanError, ScanErrorKind};
 
+/// A parse-level failure; what and where is in `Cursor::fatal`. Zero-sized, so lexing functions
+/// return their results in registers rather than through a 32-byte error on every call.
+#[derive(Debug)]
+pub(crate) struct Stop;
+
+pub(crate) type Lex<T> = Result<T, Stop>;
+
 /// A cursor over the body. `s` is the same bytes as `b`, validated as UTF-8 once, so string
 /// tokens can be sliced out as `&str` without validating again.
 pub(crate) struct Cursor<'a> {
@@ -16,6 +23,8 @@ pub(crate) struct Cursor<'a> {
     /// The first request-level (not parse-level) problem found. Scanning goes on after it so a
     /// syntax error later in the body still wins, as JSON-RPC asks (-32700 before -32600).
     pub pending: Option<ScanError>,
+    /// Why lexing stopped, once a function has returned `Stop`.
+    pub fatal: Option<ScanError>,
 }
 
 /// A lexed string token: `start..end` includes both quotes.
@@ -123,7 +132,38 @@ impl<'a> Cursor<'a> {
             i: 0,
             max_depth,
             pending: None,
+            fatal: None,
         }
+    }
+
+    /// Records a parse-level failure and returns the `Stop` that carries it up.
+    #[cold]
+    #[inline(never)]
+    pub fn fail(&mut self, kind: ScanErrorKind, offset: usize) -> Stop {
+        self.fatal = Some(err(kind, offset));
+        Stop
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn stash(&mut self, e: ScanError) -> Stop {
+        self.fatal = Some(e);
+        Stop
+    }
+
+    /// Fails on an unexpected byte (or end of input) at the cursor.
+    #[cold]
+    #[inline(never)]
+    pub fn fail_unexpected(&mut self, what: &'static str) -> Stop {
+        let e = self.unexpected(what);
+        self.stash(e)
+    }
+
+    /// The error a `Stop` stands for.
+    pub fn take_fatal(&mut self) -> ScanError {
+        self.fatal
+            .take()
+            .unwrap_or(err(ScanErrorKind::Syntax("unknown"), self.i))
     }
 
     /// Records a request-level problem; only the first one is kept.
@@ -147,13 +187,13 @@ impl<'a> Cursor<'a> {
 
     /// Consumes `c` (after whitespace) or fails with `what`.
     #[inline]
-    pub fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+    pub fn expect(&mut self, c: u8, what: &'static str) -> Lex<()> {
         self.ws();
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
         } else {
-            Err(self.unexpected(what))
+            Err(self.fail_unexpected(what))
         }
     }
 
@@ -168,50 +208,74 @@ impl<'a> Cursor<'a> {
 
     /// Fails unless `depth` (the depth a container about to open would have) is within limits.
     #[inline]
-    pub fn check_depth(&self, depth: u32) -> Result<(), ScanError> {
+    pub fn check_depth(&mut self, depth: u32) -> Lex<()> {
         if depth > self.max_depth {
-            Err(err(ScanErrorKind::TooDeep, self.i))
+            Err(self.fail(ScanErrorKind::TooDeep, self.i))
         } else {
             Ok(())
         }
     }
 
     /// Lexes the string starting at the cursor (which must be on `"`), validating control bytes,
-    /// escapes and surrogate pairs.
-    pub fn string(&mut self) -> Result<StrTok, ScanError> {
+    /// escapes and surrogate pairs. Returns whether it has escapes; the token ends at `self.i`.
+    pub fn string(&mut self) -> Lex<bool> {
         let b = self.b;
         let start = self.i;
         let mut i = start + 1;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = b.get(i..i + 8) {
+            // Most strings (keys, ids, short values) end within one word: a SWAR step finds it.
+            if let Some(chunk) = b.get(i..i + 8) {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(chunk);
                 let m = special_mask(u64::from_le_bytes(w));
                 if m != 0 {
                     i += (m.trailing_zeros() / 8) as usize;
-                    break;
+                } else {
+                    // A long string: memchr jumps to the next quote or backslash, then a
+                    // vectorized min checks the bytes jumped over for control characters.
+                    i += 8;
+                    let rest = b.get(i..).unwrap_or_default();
+                    let p = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    let skipped = rest.get(..p).unwrap_or_default();
+                    if skipped.iter().fold(0xff, |m: u8, &c| m.min(c)) < 0x20 {
+                        let at = i + skipped.iter().position(|&c| c < 0x20).unwrap_or(0);
+                        return Err(self.fail(ScanErrorKind::Syntax("control character in string"), at));
+                    }
+                    i += p;
                 }
-                i += 8;
             }
             match b.get(i) {
-                None => return Err(syntax("unterminated string", start)),
+                None => return Err(self.fail(ScanErrorKind::Syntax("unterminated string"), start)),
                 Some(b'"') => {
                     self.i = i + 1;
-                    return Ok(StrTok {
-                        start,
-                        end: i + 1,
-                        escaped,
-                    });
+                    return Ok(escaped);
                 }
                 Some(b'\\') => {
                     escaped = true;
-                    i = escape_end(b, i)?;
+                    i = match escape_end(b, i) {
+                        Ok(next) => next,
+                        Err(e) => return Err(self.stash(e)),
+                    };
                 }
-                Some(0..=0x1f) => return Err(syntax("control character in string", i)),
+                Some(0..=0x1f) => {
+                    return Err(self.fail(ScanErrorKind::Syntax("control character in string"), i))
+                }
                 Some(_) => i += 1,
             }
         }
+    }
+
+    /// Lexes a string at the cursor into a token.
+    #[inline(always)]
+    pub fn string_tok(&mut self) -> Lex<StrTok> {
+        let start = self.i;
+        let escaped = self.string()?;
+        Ok(StrTok {
+            start,
+            end: self.i,
+            escaped,
+        })
     }
 
     /// The decoded contents of a lexed string token: borrowed unless it has escapes.
@@ -227,7 +291,7 @@ impl<'a> Cursor<'a> {
     /// Lexes a number at the cursor. Numbers of magnitude 1e308 and more are refused: past f64::MAX
     /// serde_json rejects them while JavaScript reads Infinity, and just below it parsers round
     /// differently (serde_json refuses 1.7976931348623158e308, which rounds to f64::MAX).
-    pub fn number(&mut self) -> Result<(), ScanError> {
+    pub fn number(&mut self) -> Lex<()> {
         let b = self.b;
         let start = self.i;
         let mut i = start;
@@ -273,48 +337,52 @@ impl<'a> Cursor<'a> {
             let text = self.s.get(start..i).unwrap_or("0");
             match text.parse::<f64>() {
                 Ok(v) if v.abs() < 1e308 => {}
-                _ => return Err(err(ScanErrorKind::NumberOutOfRange, start)),
+                _ => return Err(self.fail(ScanErrorKind::NumberOutOfRange, start)),
             }
         }
         Ok(())
     }
 
-    fn bad_number(&self, at: usize) -> ScanError {
-        if at >= self.b.len() {
-            syntax("unexpected end of input", at)
+    #[cold]
+    fn bad_number(&mut self, at: usize) -> Stop {
+        let what = if at >= self.b.len() {
+            "unexpected end of input"
         } else {
-            syntax("invalid number", at)
-        }
+            "invalid number"
+        };
+        self.fail(ScanErrorKind::Syntax(what), at)
     }
 
-    fn literal(&mut self, lit: &'static [u8]) -> Result<(), ScanError> {
+    fn literal(&mut self, lit: &'static [u8]) -> Lex<()> {
         if self.b.get(self.i..self.i + lit.len()) == Some(lit) {
             self.i += lit.len();
             Ok(())
         } else {
-            Err(self.unexpected("invalid literal"))
+            Err(self.fail_unexpected("invalid literal"))
         }
     }
 
     /// Lexes a scalar at the cursor (string, number, literal); containers are the caller's.
-    fn scalar(&mut self) -> Result<(), ScanError> {
+    #[inline]
+    fn scalar(&mut self) -> Lex<()> {
         match self.peek() {
             Some(b'"') => self.string().map(|_| ()),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
-            _ => Err(self.unexpected("expected a value")),
+            _ => Err(self.fail_unexpected("expected a value")),
         }
     }
 
     /// Lexes an object key and the `:` after it, leaving the cursor before the value.
-    pub fn key(&mut self) -> Result<StrTok, ScanError> {
+    #[inline]
+    pub fn key(&mut self) -> Lex<StrTok> {
         self.ws();
         if self.peek() != Some(b'"') {
-            return Err(self.unexpected("expected a string key"));
+            return Err(self.fail_unexpected("expected a string key"));
         }
-        let k = self.string()?;
+        let k = self.string_tok()?;
         self.expect(b':', "expected ':'")?;
         self.ws();
         Ok(k)
@@ -323,7 +391,7 @@ impl<'a> Cursor<'a> {
     /// Validates one value at the cursor (after whitespace) without reading it. `depth` is the
     /// depth of the container holding the value; containers inside count from there. Iterative:
     /// the only memory is one bit per open container.
-    pub fn skip_value(&mut self, depth: u32) -> Result<(), ScanError> {
+    pub fn skip_value(&mut self, depth: u32) -> Lex<()> {
         let mut stack = BitStack::new();
         let mut open: usize = 0;
         'value: loop {
@@ -372,7 +440,7 @@ impl<'a> Cursor<'a> {
                         open -= 1;
                     }
                     _ => {
-                        return Err(self.unexpected(if is_object {
+                        return Err(self.fail_unexpected(if is_object {
                             "expected ',' or '}'"
                         } else {
                             "expected ',' or ']'"
@@ -454,12 +522,18 @@ mod tests {
 
     fn lex_string(s: &str) -> Result<StrTok, ScanError> {
         let mut c = Cursor::new(s, 64);
-        c.string()
+        c.string_tok().map_err(|Stop| c.take_fatal())
     }
 
     fn skip(s: &str, max_depth: u32) -> Result<usize, ScanError> {
         let mut c = Cursor::new(s, max_depth);
-        c.skip_value(0).map(|()| c.i)
+        c.skip_value(0).map(|()| c.i).map_err(|Stop| c.take_fatal())
+    }
+
+    fn number(s: &str) -> (Result<(), ScanError>, usize) {
+        let mut c = Cursor::new(s, 64);
+        let r = c.number().map_err(|Stop| c.take_fatal());
+        (r, c.i)
     }
 
     #[test]
@@ -547,25 +621,17 @@ mod tests {
             "9.99e307",
             "0e99999999",
         ] {
-            let mut c = Cursor::new(ok, 64);
-            assert!(c.number().is_ok(), "{ok}");
-            assert_eq!(c.i, ok.len(), "{ok}");
+            let (r, end) = number(ok);
+            assert!(r.is_ok(), "{ok}");
+            assert_eq!(end, ok.len(), "{ok}");
         }
         for bad in ["-", "1.", ".5", "1e", "1e+", "-a", "+1"] {
-            let mut c = Cursor::new(bad, 64);
-            let r = c.number().and_then(|()| {
-                if c.i == bad.len() {
-                    Ok(())
-                } else {
-                    Err(err(ScanErrorKind::TrailingBytes, c.i))
-                }
-            });
-            assert!(r.is_err(), "{bad}");
+            let (r, end) = number(bad);
+            assert!(r.is_err() || end < bad.len(), "{bad}");
         }
         // "01" lexes as 0 then stops: the caller sees a stray digit.
-        let mut c = Cursor::new("01", 64);
-        c.number().unwrap();
-        assert_eq!(c.i, 1);
+        assert_eq!(number("01"), (Ok(()), 1));
+        let long = format!("1{}", "0".repeat(309));
         for big in [
             "1e400",
             "-1e309",
@@ -573,23 +639,12 @@ mod tests {
             "1e308",
             "1.7976931348623157e308",
             "-1.7976931348623158e308",
+            &long,
         ] {
-            let mut c = Cursor::new(big, 64);
-            assert_eq!(
-                c.number().unwrap_err().kind,
-                ScanErrorKind::NumberOutOfRange,
-                "{big}"
-            );
+            let kind = number(big).0.map_err(|e| e.kind);
+            assert_eq!(kind, Err(ScanErrorKind::NumberOutOfRange), "{big}");
         }
-        let long = format!("1{}", "0".repeat(309));
-        let mut c = Cursor::new(&long, 64);
-        assert_eq!(
-            c.number().unwrap_err().kind,
-            ScanErrorKind::NumberOutOfRange
-        );
-        let long = format!("1{}", "0".repeat(307));
-        let mut c = Cursor::new(&long, 64);
-        assert!(c.number().is_ok());
+        assert!(number(&format!("1{}", "0".repeat(307))).0.is_ok());
     }
 
     #[test]

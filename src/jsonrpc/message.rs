@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::lex::{Cursor, StrTok};
-use super::{Message, MessageKind, Raw, ScanError, ScanErrorKind, Str};
+use super::lex::{Cursor, Lex, StrTok};
+use super::{Message, MessageKind, Raw, ScanErrorKind, Str};
 
 /// `DuplicateKey` names a key the scanner reads; any other duplicate gets this name.
 pub(crate) const OTHER_KEY: &str = "(other)";
@@ -124,8 +124,8 @@ impl<'a> KeySet<'a> {
 fn object<'a>(
     cur: &mut Cursor<'a>,
     depth: u32,
-    mut member: impl FnMut(&mut Cursor<'a>, Key) -> Result<(), ScanError>,
-) -> Result<(), ScanError> {
+    mut member: impl FnMut(&mut Cursor<'a>, Key) -> Lex<()>,
+) -> Lex<()> {
     cur.check_depth(depth)?;
     cur.i += 1;
     cur.ws();
@@ -149,7 +149,7 @@ fn object<'a>(
                 cur.i += 1;
                 return Ok(());
             }
-            _ => return Err(cur.unexpected("expected ',' or '}'")),
+            _ => return Err(cur.fail_unexpected("expected ',' or '}'")),
         }
     }
 }
@@ -178,9 +178,9 @@ fn str_of<'a>(cur: &Cursor<'a>, t: StrTok) -> Str<'a> {
 }
 
 /// A string value at the cursor as `Str`; any other value is validated and gives None.
-fn string_or_skip<'a>(cur: &mut Cursor<'a>, depth: u32) -> Result<Option<Str<'a>>, ScanError> {
+fn string_or_skip<'a>(cur: &mut Cursor<'a>, depth: u32) -> Lex<Option<Str<'a>>> {
     if cur.peek() == Some(b'"') {
-        let t = cur.string()?;
+        let t = cur.string_tok()?;
         Ok(Some(str_of(cur, t)))
     } else {
         cur.skip_value(depth).map(|()| None)
@@ -189,7 +189,7 @@ fn string_or_skip<'a>(cur: &mut Cursor<'a>, depth: u32) -> Result<Option<Str<'a>
 
 /// A string (quotes included) or number at the cursor as raw text; any other value is validated
 /// and gives None.
-fn string_or_number<'a>(cur: &mut Cursor<'a>, depth: u32) -> Result<Option<Raw<'a>>, ScanError> {
+fn string_or_number<'a>(cur: &mut Cursor<'a>, depth: u32) -> Lex<Option<Raw<'a>>> {
     let start = cur.i;
     match cur.peek() {
         Some(b'"') => {
@@ -209,7 +209,7 @@ fn string_or_number<'a>(cur: &mut Cursor<'a>, depth: u32) -> Result<Option<Raw<'
 pub(crate) fn message<'a>(
     cur: &mut Cursor<'a>,
     depth: u32,
-) -> Result<Option<Message<'a>>, ScanError> {
+) -> Lex<Option<Message<'a>>> {
     let start = cur.i;
     let mut f = Fields::default();
     object(cur, depth, |cur, key| {
@@ -318,7 +318,7 @@ pub(crate) fn message<'a>(
 }
 
 /// The `params` object (at nesting `depth`).
-fn params<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Result<(), ScanError> {
+fn params<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Lex<()> {
     object(cur, depth, |cur, key| {
         match key {
             Key::Name => f.name = string_or_skip(cur, depth)?,
@@ -332,7 +332,7 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Result<()
 }
 
 /// The `params._meta` object (at nesting `depth`).
-fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Result<(), ScanError> {
+fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Lex<()> {
     object(cur, depth, |cur, key| {
         let at = cur.i;
         match key {

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use lex::Cursor;
+use lex::{Cursor, Lex, Stop};
 
 /// Bounds on the work one body can ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,16 +199,12 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
         .map_err(|e| lex::err(ScanErrorKind::InvalidUtf8, e.valid_up_to()))?;
     let mut cur = Cursor::new(text, limits.max_depth);
     cur.ws();
-    let out = match cur.peek() {
-        None => return Err(lex::err(ScanErrorKind::Empty, 0)),
-        Some(b'{') => message::message(&mut cur, 1)?.map(Body::Single),
-        Some(b'[') => batch(&mut cur, limits)?.map(Body::Batch),
-        Some(_) => {
-            let at = cur.i;
-            cur.skip_value(0)?;
-            cur.note(ScanErrorKind::NotAnObject, at);
-            None
-        }
+    if cur.peek().is_none() {
+        return Err(lex::err(ScanErrorKind::Empty, 0));
+    }
+    let out = match top(&mut cur, limits) {
+        Ok(out) => out,
+        Err(Stop) => return Err(cur.take_fatal()),
     };
     cur.ws();
     if cur.i < body.len() {
@@ -222,11 +218,22 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
     }
 }
 
+/// The body's one top-level value. None when it is invalid at the JSON-RPC level.
+fn top<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Body<'a>>> {
+    Ok(match cur.peek() {
+        Some(b'{') => message::message(cur, 1)?.map(Body::Single),
+        Some(b'[') => batch(cur, limits)?.map(Body::Batch),
+        _ => {
+            let at = cur.i;
+            cur.skip_value(0)?;
+            cur.note(ScanErrorKind::NotAnObject, at);
+            None
+        }
+    })
+}
+
 /// The batch array at the cursor (nesting 1). None when it is invalid at the JSON-RPC level.
-fn batch<'a>(
-    cur: &mut Cursor<'a>,
-    limits: &ScanLimits,
-) -> Result<Option<Vec<Message<'a>>>, ScanError> {
+fn batch<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Vec<Message<'a>>>> {
     cur.check_depth(1)?;
     let start = cur.i;
     cur.i += 1;
@@ -267,7 +274,7 @@ fn batch<'a>(
                     None
                 });
             }
-            _ => return Err(cur.unexpected("expected ',' or ']'")),
+            _ => return Err(cur.fail_unexpected("expected ',' or ']'")),
         }
     }
 }
