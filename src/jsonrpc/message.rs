@@ -68,35 +68,44 @@ impl Key {
     }
 }
 
-const INLINE_KEYS: usize = 16;
+const INLINE_KEYS: usize = 8;
 
-/// The decoded keys seen so far in one object. Linear search over a small inline array (objects
-/// the gateway reads have a handful of keys); past 16 keys it moves to a hash set, so an object
-/// with 100k keys costs O(n), not O(n²). Allocates only for escaped keys or past 16 keys.
+/// The decoded keys seen so far in one object. Keys the scanner reads are one bit each; other
+/// keys are searched linearly in a small inline array (objects at the levels the scanner reads
+/// have a handful of keys), and past 8 of them, or for an escaped one, a hash set takes over, so
+/// an object with 100k keys costs O(n), not O(n²). Allocates only in those two cases.
 struct KeySet<'a> {
+    known: u16,
     inline: [&'a str; INLINE_KEYS],
     len: usize,
-    owned: Vec<String>,
     spill: Option<HashSet<Cow<'a, str>>>,
 }
 
 impl<'a> KeySet<'a> {
+    #[inline(always)]
     fn new() -> Self {
         KeySet {
+            known: 0,
             inline: [""; INLINE_KEYS],
             len: 0,
-            owned: Vec::new(),
             spill: None,
         }
     }
 
-    /// Adds `k`; false if it was already there.
-    fn insert(&mut self, k: &Cow<'a, str>) -> bool {
+    /// Adds `k` (which `Key::of` read as `key`); false if it was already there.
+    #[inline]
+    fn insert(&mut self, key: Key, k: &Cow<'a, str>) -> bool {
+        if key != Key::Other {
+            let bit = 1u16 << (key as u16);
+            let new = self.known & bit == 0;
+            self.known |= bit;
+            return new;
+        }
         if let Some(set) = &mut self.spill {
             return set.insert(k.clone());
         }
         let s: &str = k;
-        if self.inline[..self.len].contains(&s) || self.owned.iter().any(|o| o == s) {
+        if self.inline[..self.len].contains(&s) {
             return false;
         }
         match k {
@@ -104,13 +113,9 @@ impl<'a> KeySet<'a> {
                 self.inline[self.len] = b;
                 self.len += 1;
             }
-            Cow::Owned(o) if self.owned.len() < INLINE_KEYS => self.owned.push(o.clone()),
             _ => {
-                let mut set: HashSet<Cow<'a, str>> = self.inline[..self.len]
-                    .iter()
-                    .map(|b| Cow::Borrowed(*b))
-                    .collect();
-                set.extend(self.owned.drain(..).map(Cow::Owned));
+                let mut set: HashSet<Cow<'a, str>> =
+                    self.inline[..self.len].iter().map(|b| Cow::Borrowed(*b)).collect();
                 set.insert(k.clone());
                 self.spill = Some(set);
             }
@@ -138,7 +143,7 @@ fn object<'a>(
         let k = cur.key()?;
         let name = cur.decode(k);
         let key = Key::of(&name);
-        if !seen.insert(&name) {
+        if !seen.insert(key, &name) {
             cur.note(ScanErrorKind::DuplicateKey(key.name()), k.start);
         }
         member(cur, key)?;
@@ -152,22 +157,6 @@ fn object<'a>(
             _ => return Err(cur.fail_unexpected("expected ',' or '}'")),
         }
     }
-}
-
-/// Everything read out of one message before it is classified.
-#[derive(Default)]
-struct Fields<'a> {
-    jsonrpc: bool,
-    id: Option<Raw<'a>>,
-    method: Option<Str<'a>>,
-    has_result: bool,
-    has_error: bool,
-    name: Option<Str<'a>>,
-    uri: Option<Str<'a>>,
-    progress_token: Option<Raw<'a>>,
-    meta_protocol_version: Option<Str<'a>>,
-    params_protocol_version: Option<Str<'a>>,
-    result_protocol_version: Option<Str<'a>>,
 }
 
 fn str_of<'a>(cur: &Cursor<'a>, t: StrTok) -> Str<'a> {
@@ -211,31 +200,45 @@ pub(crate) fn message<'a>(
     depth: u32,
 ) -> Lex<Option<Message<'a>>> {
     let start = cur.i;
-    let mut f = Fields::default();
+    // Fields go straight into the message (no copy at the end); params.protocolVersion lands in
+    // `protocol_version` and is replaced by result.protocolVersion for a response.
+    let mut m = Message {
+        kind: MessageKind::Request,
+        id: None,
+        method: None,
+        name: None,
+        uri: None,
+        progress_token: None,
+        meta_protocol_version: None,
+        protocol_version: None,
+        span: start..start,
+    };
+    let (mut jsonrpc, mut has_result, mut has_error) = (false, false, false);
+    let mut result_protocol_version = None;
     object(cur, depth, |cur, key| {
         let at = cur.i;
         match key {
             Key::Jsonrpc => {
-                f.jsonrpc = true;
+                jsonrpc = true;
                 let v = string_or_skip(cur, depth)?;
                 if v.as_ref().map(|s| &*s.value) != Some("2.0") {
                     cur.note(ScanErrorKind::BadJsonrpcVersion, at);
                 }
             }
             Key::Id => {
-                f.id = string_or_number(cur, depth)?;
-                if f.id.is_none() {
+                m.id = string_or_number(cur, depth)?;
+                if m.id.is_none() {
                     cur.note(ScanErrorKind::BadId, at);
                 }
             }
             Key::Method => {
-                f.method = string_or_skip(cur, depth)?;
-                if f.method.is_none() {
+                m.method = string_or_skip(cur, depth)?;
+                if m.method.is_none() {
                     cur.note(ScanErrorKind::BadMethod, at);
                 }
             }
             Key::Params => match cur.peek() {
-                Some(b'{') => params(cur, depth + 1, &mut f)?,
+                Some(b'{') => params(cur, depth + 1, &mut m)?,
                 Some(b'[') => cur.skip_value(depth)?,
                 _ => {
                     cur.skip_value(depth)?;
@@ -243,11 +246,11 @@ pub(crate) fn message<'a>(
                 }
             },
             Key::Result => {
-                f.has_result = true;
+                has_result = true;
                 if cur.peek() == Some(b'{') {
                     object(cur, depth + 1, |cur, key| {
                         if key == Key::ProtocolVersion {
-                            f.result_protocol_version = string_or_skip(cur, depth + 1)?;
+                            result_protocol_version = string_or_skip(cur, depth + 1)?;
                             Ok(())
                         } else {
                             cur.skip_value(depth + 1)
@@ -258,7 +261,7 @@ pub(crate) fn message<'a>(
                 }
             }
             Key::Error => {
-                f.has_error = true;
+                has_error = true;
                 let is_object = cur.peek() == Some(b'{');
                 cur.skip_value(depth)?;
                 if !is_object {
@@ -269,11 +272,11 @@ pub(crate) fn message<'a>(
         }
         Ok(())
     })?;
-    let span = start..cur.i;
-    if !f.jsonrpc {
+    m.span = start..cur.i;
+    if !jsonrpc {
         cur.note(ScanErrorKind::BadJsonrpcVersion, start);
     }
-    let kind = match (&f.method, &f.id, f.has_result, f.has_error) {
+    let kind = match (&m.method, &m.id, has_result, has_error) {
         // A request that also carries result/error is refused: the TypeScript SDK tests for a
         // response first and would read it as one, while we would route it as a request.
         (Some(_), _, true, _) | (Some(_), _, _, true) => {
@@ -300,31 +303,21 @@ pub(crate) fn message<'a>(
     if cur.pending.is_some() {
         return Ok(None);
     }
-    let protocol_version = match kind {
-        MessageKind::Request | MessageKind::Notification => f.params_protocol_version,
-        MessageKind::Response | MessageKind::Error => f.result_protocol_version,
-    };
-    Ok(Some(Message {
-        kind,
-        id: f.id,
-        method: f.method,
-        name: f.name,
-        uri: f.uri,
-        progress_token: f.progress_token,
-        meta_protocol_version: f.meta_protocol_version,
-        protocol_version,
-        span,
-    }))
+    m.kind = kind;
+    if matches!(kind, MessageKind::Response | MessageKind::Error) {
+        m.protocol_version = result_protocol_version;
+    }
+    Ok(Some(m))
 }
 
 /// The `params` object (at nesting `depth`).
-fn params<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Lex<()> {
+fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> {
     object(cur, depth, |cur, key| {
         match key {
-            Key::Name => f.name = string_or_skip(cur, depth)?,
-            Key::Uri => f.uri = string_or_skip(cur, depth)?,
-            Key::ProtocolVersion => f.params_protocol_version = string_or_skip(cur, depth)?,
-            Key::Meta if cur.peek() == Some(b'{') => meta(cur, depth + 1, f)?,
+            Key::Name => m.name = string_or_skip(cur, depth)?,
+            Key::Uri => m.uri = string_or_skip(cur, depth)?,
+            Key::ProtocolVersion => m.protocol_version = string_or_skip(cur, depth)?,
+            Key::Meta if cur.peek() == Some(b'{') => meta(cur, depth + 1, m)?,
             _ => cur.skip_value(depth)?,
         }
         Ok(())
@@ -332,19 +325,19 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Lex<()> {
 }
 
 /// The `params._meta` object (at nesting `depth`).
-fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, f: &mut Fields<'a>) -> Lex<()> {
+fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> {
     object(cur, depth, |cur, key| {
         let at = cur.i;
         match key {
             Key::ProgressToken => {
                 // The gateway rewrites progress tokens; one it cannot read as the MCP schema
                 // says (string or number) is refused rather than forwarded unmapped.
-                f.progress_token = string_or_number(cur, depth)?;
-                if f.progress_token.is_none() {
+                m.progress_token = string_or_number(cur, depth)?;
+                if m.progress_token.is_none() {
                     cur.note(ScanErrorKind::BadParams, at);
                 }
             }
-            Key::MetaProtocolVersion => f.meta_protocol_version = string_or_skip(cur, depth)?,
+            Key::MetaProtocolVersion => m.meta_protocol_version = string_or_skip(cur, depth)?,
             _ => cur.skip_value(depth)?,
         }
         Ok(())
