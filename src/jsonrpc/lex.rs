@@ -224,25 +224,33 @@ impl<'a> Cursor<'a> {
         let mut i = start + 1;
         let mut escaped = false;
         loop {
-            // Most strings (keys, ids, short values) end within one word: a SWAR step finds it.
-            if let Some(chunk) = b.get(i..i + 8) {
+            // Most strings (keys, ids, short values) end within a few words: SWAR steps find the
+            // end without a call.
+            let mut words = 0;
+            while let Some(chunk) = b.get(i..i + 8) {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(chunk);
                 let m = special_mask(u64::from_le_bytes(w));
                 if m != 0 {
                     i += (m.trailing_zeros() / 8) as usize;
-                } else {
+                    break;
+                }
+                i += 8;
+                words += 1;
+                if words == 4 {
                     // A long string: memchr jumps to the next quote or backslash, then a
                     // vectorized min checks the bytes jumped over for control characters.
-                    i += 8;
                     let rest = b.get(i..).unwrap_or_default();
                     let p = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
                     let skipped = rest.get(..p).unwrap_or_default();
                     if skipped.iter().fold(0xff, |m: u8, &c| m.min(c)) < 0x20 {
                         let at = i + skipped.iter().position(|&c| c < 0x20).unwrap_or(0);
-                        return Err(self.fail(ScanErrorKind::Syntax("control character in string"), at));
+                        return Err(
+                            self.fail(ScanErrorKind::Syntax("control character in string"), at)
+                        );
                     }
                     i += p;
+                    break;
                 }
             }
             match b.get(i) {
@@ -279,6 +287,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The decoded contents of a lexed string token: borrowed unless it has escapes.
+    #[inline]
     pub fn decode(&self, t: StrTok) -> Cow<'a, str> {
         let raw = self.s.get(t.start + 1..t.end - 1).unwrap_or("");
         if t.escaped {
@@ -590,6 +599,28 @@ mod tests {
             kind(r#""abc\"#),
             ScanErrorKind::Syntax("unterminated string")
         );
+    }
+
+    #[test]
+    fn every_length_and_position_takes_the_same_path() {
+        // Covers the byte tail, the SWAR words and the memchr jump alike.
+        for len in 0..90 {
+            let plain = format!("\"{}\"", "é".repeat(len / 2) + &"a".repeat(len % 2));
+            let t = lex_string(&plain).unwrap();
+            assert_eq!((t.end, t.escaped), (plain.len(), false), "{len}");
+            for pos in 0..len {
+                let mut body = vec![b'a'; len];
+                body[pos] = 0x01;
+                let text = format!("\"{}\"", String::from_utf8(body.clone()).unwrap());
+                let e = lex_string(&text).unwrap_err();
+                assert_eq!(e.offset, pos + 1, "control at {pos} of {len}");
+                body[pos] = b'\\';
+                body.insert(pos + 1, b'n');
+                let text = format!("\"{}\"", String::from_utf8(body).unwrap());
+                let t = lex_string(&text).unwrap();
+                assert_eq!((t.end, t.escaped), (text.len(), true), "escape at {pos} of {len}");
+            }
+        }
     }
 
     #[test]

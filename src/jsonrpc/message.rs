@@ -31,21 +31,31 @@ enum Key {
 }
 
 impl Key {
+    /// Dispatches on length first: one comparison or two for most keys.
+    #[inline]
     fn of(s: &str) -> Key {
-        match s {
-            "jsonrpc" => Key::Jsonrpc,
-            "id" => Key::Id,
-            "method" => Key::Method,
-            "params" => Key::Params,
-            "result" => Key::Result,
-            "error" => Key::Error,
-            "name" => Key::Name,
-            "uri" => Key::Uri,
-            "_meta" => Key::Meta,
-            "protocolVersion" => Key::ProtocolVersion,
-            "progressToken" => Key::ProgressToken,
-            "io.modelcontextprotocol/protocolVersion" => Key::MetaProtocolVersion,
-            _ => Key::Other,
+        let k = match s.len() {
+            2 => (s == "id", Key::Id),
+            3 => (s == "uri", Key::Uri),
+            4 => (s == "name", Key::Name),
+            5 if s == "error" => (true, Key::Error),
+            5 => (s == "_meta", Key::Meta),
+            6 if s == "method" => (true, Key::Method),
+            6 if s == "params" => (true, Key::Params),
+            6 => (s == "result", Key::Result),
+            7 => (s == "jsonrpc", Key::Jsonrpc),
+            13 => (s == "progressToken", Key::ProgressToken),
+            15 => (s == "protocolVersion", Key::ProtocolVersion),
+            39 => (
+                s == "io.modelcontextprotocol/protocolVersion",
+                Key::MetaProtocolVersion,
+            ),
+            _ => (false, Key::Other),
+        };
+        if k.0 {
+            k.1
+        } else {
+            Key::Other
         }
     }
 
@@ -114,8 +124,10 @@ impl<'a> KeySet<'a> {
                 self.len += 1;
             }
             _ => {
-                let mut set: HashSet<Cow<'a, str>> =
-                    self.inline[..self.len].iter().map(|b| Cow::Borrowed(*b)).collect();
+                let mut set: HashSet<Cow<'a, str>> = self.inline[..self.len]
+                    .iter()
+                    .map(|b| Cow::Borrowed(*b))
+                    .collect();
                 set.insert(k.clone());
                 self.spill = Some(set);
             }
@@ -193,26 +205,29 @@ fn string_or_number<'a>(cur: &mut Cursor<'a>, depth: u32) -> Lex<Option<Raw<'a>>
     }))
 }
 
-/// Scans the message object at the cursor (nesting `depth`). Returns None when the message is
-/// invalid at the JSON-RPC level; the reason is then in `cur.pending`.
-pub(crate) fn message<'a>(
-    cur: &mut Cursor<'a>,
-    depth: u32,
-) -> Lex<Option<Message<'a>>> {
+impl<'a> Message<'a> {
+    pub(crate) fn empty() -> Self {
+        Message {
+            kind: MessageKind::Request,
+            id: None,
+            method: None,
+            name: None,
+            uri: None,
+            progress_token: None,
+            meta_protocol_version: None,
+            protocol_version: None,
+            span: 0..0,
+        }
+    }
+}
+
+/// Scans the message object at the cursor (nesting `depth`) into `m`, which must be empty; the
+/// caller owns it so the 300-byte message is not copied on the way out. Returns false when the
+/// message is invalid at the JSON-RPC level; the reason is then in `cur.pending`.
+pub(crate) fn message<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<bool> {
     let start = cur.i;
-    // Fields go straight into the message (no copy at the end); params.protocolVersion lands in
-    // `protocol_version` and is replaced by result.protocolVersion for a response.
-    let mut m = Message {
-        kind: MessageKind::Request,
-        id: None,
-        method: None,
-        name: None,
-        uri: None,
-        progress_token: None,
-        meta_protocol_version: None,
-        protocol_version: None,
-        span: start..start,
-    };
+    // params.protocolVersion lands in `protocol_version`; a response's result.protocolVersion
+    // replaces it at the end.
     let (mut jsonrpc, mut has_result, mut has_error) = (false, false, false);
     let mut result_protocol_version = None;
     object(cur, depth, |cur, key| {
@@ -238,7 +253,7 @@ pub(crate) fn message<'a>(
                 }
             }
             Key::Params => match cur.peek() {
-                Some(b'{') => params(cur, depth + 1, &mut m)?,
+                Some(b'{') => params(cur, depth + 1, m)?,
                 Some(b'[') => cur.skip_value(depth)?,
                 _ => {
                     cur.skip_value(depth)?;
@@ -297,17 +312,17 @@ pub(crate) fn message<'a>(
         Ok(k) => k,
         Err(why) => {
             cur.note(ScanErrorKind::NotAMessage(why), start);
-            return Ok(None);
+            return Ok(false);
         }
     };
     if cur.pending.is_some() {
-        return Ok(None);
+        return Ok(false);
     }
     m.kind = kind;
     if matches!(kind, MessageKind::Response | MessageKind::Error) {
         m.protocol_version = result_protocol_version;
     }
-    Ok(Some(m))
+    Ok(true)
 }
 
 /// The `params` object (at nesting `depth`).

@@ -221,7 +221,10 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
 /// The body's one top-level value. None when it is invalid at the JSON-RPC level.
 fn top<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Body<'a>>> {
     Ok(match cur.peek() {
-        Some(b'{') => message::message(cur, 1)?.map(Body::Single),
+        Some(b'{') => {
+            let mut m = Message::empty();
+            message::message(cur, 1, &mut m)?.then_some(Body::Single(m))
+        }
         Some(b'[') => batch(cur, limits)?.map(Body::Batch),
         _ => {
             let at = cur.i;
@@ -254,10 +257,9 @@ fn batch<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Vec<Messag
             cur.note(ScanErrorKind::BatchTooLong, at);
         }
         if cur.peek() == Some(b'{') {
-            if let Some(m) = message::message(cur, 2)? {
-                if cur.pending.is_none() {
-                    messages.push(m);
-                }
+            let mut m = Message::empty();
+            if message::message(cur, 2, &mut m)? && cur.pending.is_none() {
+                messages.push(m);
             }
         } else {
             cur.skip_value(1)?;
