@@ -191,6 +191,12 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Scans a request body. On success every byte of `body` has been validated as one JSON value
 /// and every message in it as JSON-RPC 2.0; on failure the error says what and where. A JSON
 /// syntax error anywhere wins over a JSON-RPC error earlier in the body.
+///
+/// Refused because full parsers read them differently (or not at all): invalid UTF-8, a BOM, lone
+/// surrogates, numbers of magnitude 1e308 and more, depth over `max_depth`, and duplicate keys
+/// (compared after unescaping) in a message object, its `params`, `params._meta` and `result`:
+/// every duplicate there, not only the keys the scanner reads. Duplicates deeper down (inside
+/// `arguments`, say) are forwarded untouched: the gateway decides nothing on them.
 pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
     if body.starts_with(BOM) {
         return Err(lex::err(ScanErrorKind::Syntax("UTF-8 byte order mark"), 0));
