@@ -1,11 +1,28 @@
-//! TEMPORARY stand-in with the scanner's API (the real zero-copy scanner lands from its branch).
+//! The zero-copy JSON-RPC scanner: request body bytes → a borrowed view of the fields the gateway
+//! decides on (id, method, params.name, …) or a precise rejection with its byte offset.
+//! It validates the whole body as JSON in one pass and refuses anything a full parser could read
+//! differently (duplicate keys, lone surrogates, huge numbers, …). No I/O, no tree, no panics;
+//! it allocates only for strings with escapes and for batches.
+
+mod lex;
+mod message;
+
 use std::borrow::Cow;
+use std::fmt;
 use std::ops::Range;
 
+use lex::{Cursor, Lex, Stop};
+
+/// Bounds on the work one body can ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanLimits {
+    /// Deepest nesting of objects and arrays, counted from the body's top value (`{}` is 1).
+    /// Keep it below 128: serde_json-based upstreams refuse depth 128 and more.
     pub max_depth: u32,
+    /// Most messages in one batch.
     pub max_batch_len: usize,
 }
+
 impl Default for ScanLimits {
     fn default() -> Self {
         ScanLimits {
@@ -14,10 +31,13 @@ impl Default for ScanLimits {
         }
     }
 }
+
+#[derive(Clone, Debug, PartialEq)]
 pub enum Body<'a> {
     Single(Message<'a>),
     Batch(Vec<Message<'a>>),
 }
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
     Request,
@@ -25,98 +45,247 @@ pub enum MessageKind {
     Response,
     Error,
 }
+
+/// One JSON-RPC message as read from the body. Every field borrows from the body unless the
+/// string had escapes.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Message<'a> {
     pub kind: MessageKind,
+    /// Raw JSON text of the id: `7` or `"abc"` (quotes included).
     pub id: Option<Raw<'a>>,
     pub method: Option<Str<'a>>,
+    /// `params.name` when it is a string.
     pub name: Option<Str<'a>>,
+    /// `params.uri` when it is a string.
     pub uri: Option<Str<'a>>,
+    /// `params._meta.progressToken` (string with quotes, or number), raw.
     pub progress_token: Option<Raw<'a>>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub meta_protocol_version: Option<Str<'a>>,
+    /// `params.protocolVersion` (request, notification) or `result.protocolVersion` (response).
     pub protocol_version: Option<Str<'a>>,
+    /// This message's bytes within the body.
     pub span: Range<usize>,
 }
+
+/// A JSON value's raw text and where it starts in the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Raw<'a> {
     pub text: &'a [u8],
     pub start: usize,
 }
+
+/// A decoded JSON string and the span of its token (quotes included) in the body, for splicing.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Str<'a> {
     pub value: Cow<'a, str>,
     pub span: Range<usize>,
 }
-#[derive(Debug, Clone, PartialEq)]
-pub enum ScanErrorKind {
-    Syntax(&'static str),
-    NotAMessage(&'static str),
-}
-#[derive(Debug, Clone, PartialEq)]
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanError {
     pub kind: ScanErrorKind,
+    /// Byte offset in the body where the problem was found.
     pub offset: usize,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanErrorKind {
+    // Not JSON (JSON-RPC -32700).
+    InvalidUtf8,
+    Syntax(&'static str),
+    TooDeep,
+    TrailingBytes,
+    Empty,
+    LoneSurrogate,
+    /// A number of magnitude 1e308 or more (`1e400`): around and past f64::MAX parsers disagree
+    /// (serde_json refuses it, JavaScript reads Infinity).
+    NumberOutOfRange,
+    // JSON, but not a JSON-RPC message we accept (JSON-RPC -32600).
+    /// The key, or `"(other)"` for a key the scanner does not read.
+    DuplicateKey(&'static str),
+    NotAnObject,
+    EmptyBatch,
+    BatchTooLong,
+    BadJsonrpcVersion,
+    BadId,
+    BadMethod,
+    /// `params` is neither object nor array, or `params._meta.progressToken` is neither string
+    /// nor number.
+    BadParams,
+    NotAMessage(&'static str),
+}
+
+impl ScanErrorKind {
+    /// A stable label for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ScanErrorKind::InvalidUtf8 => "invalid_utf8",
+            ScanErrorKind::Syntax(_) => "syntax",
+            ScanErrorKind::TooDeep => "too_deep",
+            ScanErrorKind::TrailingBytes => "trailing_bytes",
+            ScanErrorKind::Empty => "empty",
+            ScanErrorKind::LoneSurrogate => "lone_surrogate",
+            ScanErrorKind::NumberOutOfRange => "number_out_of_range",
+            ScanErrorKind::DuplicateKey(_) => "duplicate_key",
+            ScanErrorKind::NotAnObject => "not_an_object",
+            ScanErrorKind::EmptyBatch => "empty_batch",
+            ScanErrorKind::BatchTooLong => "batch_too_long",
+            ScanErrorKind::BadJsonrpcVersion => "bad_jsonrpc_version",
+            ScanErrorKind::BadId => "bad_id",
+            ScanErrorKind::BadMethod => "bad_method",
+            ScanErrorKind::BadParams => "bad_params",
+            ScanErrorKind::NotAMessage(_) => "not_a_message",
+        }
+    }
+}
+
 impl ScanError {
+    /// True when the body is not JSON (answer -32700); false when it is JSON but not an
+    /// acceptable JSON-RPC message (answer -32600).
     pub fn is_parse_error(&self) -> bool {
-        matches!(self.kind, ScanErrorKind::Syntax(_))
+        matches!(
+            self.kind,
+            ScanErrorKind::InvalidUtf8
+                | ScanErrorKind::Syntax(_)
+                | ScanErrorKind::TooDeep
+                | ScanErrorKind::TrailingBytes
+                | ScanErrorKind::Empty
+                | ScanErrorKind::LoneSurrogate
+                | ScanErrorKind::NumberOutOfRange
+        )
     }
 }
-impl std::fmt::Display for ScanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} at byte {}", self.kind, self.offset)
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ScanErrorKind::InvalidUtf8 => f.write_str("invalid UTF-8")?,
+            ScanErrorKind::Syntax(what) => write!(f, "invalid JSON: {what}")?,
+            ScanErrorKind::TooDeep => f.write_str("nesting deeper than the limit")?,
+            ScanErrorKind::TrailingBytes => f.write_str("bytes after the JSON value")?,
+            ScanErrorKind::Empty => f.write_str("empty body")?,
+            ScanErrorKind::LoneSurrogate => f.write_str("lone UTF-16 surrogate in \\u escape")?,
+            ScanErrorKind::NumberOutOfRange => f.write_str("number of magnitude 1e308 or more")?,
+            ScanErrorKind::DuplicateKey(message::OTHER_KEY) => f.write_str("duplicate key")?,
+            ScanErrorKind::DuplicateKey(key) => write!(f, "duplicate key {key:?}")?,
+            ScanErrorKind::NotAnObject => f.write_str("message is not a JSON object")?,
+            ScanErrorKind::EmptyBatch => f.write_str("empty batch")?,
+            ScanErrorKind::BatchTooLong => f.write_str("batch longer than the limit")?,
+            ScanErrorKind::BadJsonrpcVersion => f.write_str("\"jsonrpc\" is not \"2.0\"")?,
+            ScanErrorKind::BadId => f.write_str("\"id\" is not a string or number")?,
+            ScanErrorKind::BadMethod => f.write_str("\"method\" is not a string")?,
+            ScanErrorKind::BadParams => {
+                f.write_str("\"params\" is not an object or array, or its progressToken is not a string or number")?
+            }
+            ScanErrorKind::NotAMessage(why) => write!(f, "not a JSON-RPC message: {why}")?,
+        }
+        write!(f, " at byte {}", self.offset)
     }
 }
-fn one(v: &serde_json::Value, body: &[u8]) -> Result<Message<'static>, ScanError> {
-    let bad = |w| ScanError {
-        kind: ScanErrorKind::NotAMessage(w),
-        offset: 0,
+
+impl std::error::Error for ScanError {}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Scans a request body. On success every byte of `body` has been validated as one JSON value
+/// and every message in it as JSON-RPC 2.0; on failure the error says what and where. A JSON
+/// syntax error anywhere wins over a JSON-RPC error earlier in the body.
+///
+/// Refused because full parsers read them differently (or not at all): invalid UTF-8, a BOM, lone
+/// surrogates, numbers of magnitude 1e308 and more, depth over `max_depth`, and duplicate keys
+/// (compared after unescaping) in a message object, its `params`, `params._meta` and `result`:
+/// every duplicate there, not only the keys the scanner reads. Duplicates deeper down (inside
+/// `arguments`, say) are forwarded untouched: the gateway decides nothing on them.
+pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
+    if body.starts_with(BOM) {
+        return Err(lex::err(ScanErrorKind::Syntax("UTF-8 byte order mark"), 0));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| lex::err(ScanErrorKind::InvalidUtf8, e.valid_up_to()))?;
+    let mut cur = Cursor::new(text, limits.max_depth);
+    cur.ws();
+    if cur.peek().is_none() {
+        return Err(lex::err(ScanErrorKind::Empty, 0));
+    }
+    let out = match top(&mut cur, limits) {
+        Ok(out) => out,
+        Err(Stop) => return Err(cur.take_fatal()),
     };
-    let o = v.as_object().ok_or(bad("not an object"))?;
-    let s = |x: Option<&serde_json::Value>| {
-        x.and_then(|x| x.as_str()).map(|x| Str {
-            value: Cow::Owned(x.to_string()),
-            span: 0..0,
-        })
-    };
-    let raw = |x: Option<&serde_json::Value>| {
-        x.map(|x| Raw {
-            text: Box::leak(x.to_string().into_bytes().into_boxed_slice()),
-            start: 0,
-        })
-    };
-    let params = o.get("params");
-    let meta = params.and_then(|p| p.get("_meta"));
-    let method = s(o.get("method"));
-    let id = raw(o.get("id"));
-    let kind = match (&method, &id) {
-        (Some(_), Some(_)) => MessageKind::Request,
-        (Some(_), None) => MessageKind::Notification,
-        (None, Some(_)) if o.contains_key("result") => MessageKind::Response,
-        (None, Some(_)) if o.contains_key("error") => MessageKind::Error,
-        _ => return Err(bad("neither request nor response")),
-    };
-    Ok(Message {
-        kind,
-        id,
-        name: s(params.and_then(|p| p.get("name"))),
-        uri: s(params.and_then(|p| p.get("uri"))),
-        progress_token: raw(meta.and_then(|m| m.get("progressToken"))),
-        meta_protocol_version: s(
-            meta.and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
-        ),
-        protocol_version: s(params.and_then(|p| p.get("protocolVersion")))
-            .or_else(|| s(o.get("result").and_then(|r| r.get("protocolVersion")))),
-        method,
-        span: 0..body.len(),
+    cur.ws();
+    if cur.i < body.len() {
+        return Err(lex::err(ScanErrorKind::TrailingBytes, cur.i));
+    }
+    match (cur.pending, out) {
+        (Some(e), _) => Err(e),
+        (None, Some(body)) => Ok(body),
+        // Unreachable: a message is None only after noting why. Refuse rather than panic.
+        (None, None) => Err(lex::err(ScanErrorKind::NotAMessage("unclassified"), 0)),
+    }
+}
+
+/// The body's one top-level value. None when it is invalid at the JSON-RPC level.
+fn top<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Body<'a>>> {
+    Ok(match cur.peek() {
+        Some(b'{') => {
+            let mut m = Message::empty();
+            message::message(cur, 1, &mut m)?.then_some(Body::Single(m))
+        }
+        Some(b'[') => batch(cur, limits)?.map(Body::Batch),
+        _ => {
+            let at = cur.i;
+            cur.skip_value(0)?;
+            cur.note(ScanErrorKind::NotAnObject, at);
+            None
+        }
     })
 }
-pub fn scan<'a>(body: &'a [u8], _limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| ScanError {
-        kind: ScanErrorKind::Syntax("invalid JSON"),
-        offset: 0,
-    })?;
-    match &v {
-        serde_json::Value::Array(a) => Ok(Body::Batch(
-            a.iter().map(|m| one(m, body)).collect::<Result<_, _>>()?,
-        )),
-        _ => Ok(Body::Single(one(&v, body)?)),
+
+/// The batch array at the cursor (nesting 1). None when it is invalid at the JSON-RPC level.
+fn batch<'a>(cur: &mut Cursor<'a>, limits: &ScanLimits) -> Lex<Option<Vec<Message<'a>>>> {
+    cur.check_depth(1)?;
+    let start = cur.i;
+    cur.i += 1;
+    cur.ws();
+    if cur.peek() == Some(b']') {
+        cur.i += 1;
+        cur.note(ScanErrorKind::EmptyBatch, start);
+        return Ok(None);
+    }
+    let mut messages = Vec::new();
+    let mut count = 0usize;
+    loop {
+        cur.ws();
+        let at = cur.i;
+        count += 1;
+        if count > limits.max_batch_len {
+            // Keep validating (a syntax error later still wins) but stop collecting.
+            cur.note(ScanErrorKind::BatchTooLong, at);
+        }
+        if cur.peek() == Some(b'{') {
+            let mut m = Message::empty();
+            if message::message(cur, 2, &mut m)? && cur.pending.is_none() {
+                messages.push(m);
+            }
+        } else {
+            cur.skip_value(1)?;
+            cur.note(ScanErrorKind::NotAnObject, at);
+        }
+        cur.ws();
+        match cur.peek() {
+            Some(b',') => cur.i += 1,
+            Some(b']') => {
+                cur.i += 1;
+                return Ok(if cur.pending.is_none() {
+                    Some(messages)
+                } else {
+                    None
+                });
+            }
+            _ => return Err(cur.fail_unexpected("expected ',' or ']'")),
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

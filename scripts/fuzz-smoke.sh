@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Fuzzes the JSON-RPC scanner for SECONDS (default 20) and exits non-zero on a crash.
+# Installs cargo-fuzz into .tools/cargo when missing. The machine has only stable Rust, so
+# RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z sanitizer flags.
+# New inputs go to .tools/fuzz-corpus (not committed); fuzz/corpus/scanner holds the reviewed
+# seeds. A crash is written under fuzz/artifacts/scanner/: turn it into a named case in
+# tests/scanner/cases/ before fixing it.
+set -euo pipefail
+
+secs="${1:-20}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+tools="$root/.tools/cargo"
+if [ ! -x "$tools/bin/cargo-fuzz" ]; then
+    echo "fuzz-smoke: installing cargo-fuzz into $tools" >&2
+    cargo install --locked cargo-fuzz --root "$tools"
+fi
+export PATH="$tools/bin:$PATH"
+
+scratch="$root/.tools/fuzz-corpus/scanner"
+mkdir -p "$scratch"
+
+RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz scanner "$scratch" fuzz/corpus/scanner -- \
+    -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1
