@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the JSON-RPC scanner for SECONDS (default 20) and exits non-zero on a crash.
+# Fuzzes each target (the JSON-RPC scanner, the HTTP head parsers + chunked decoder) for SECONDS
+# (default 20) each and exits non-zero on a crash.
 # Installs cargo-fuzz into .tools/cargo when missing. The machine has only stable Rust, so
 # RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z sanitizer flags.
 # New inputs go to .tools/fuzz-corpus (not committed); fuzz/corpus/scanner holds the reviewed
@@ -18,8 +19,10 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
 fi
 export PATH="$tools/bin:$PATH"
 
-scratch="$root/.tools/fuzz-corpus/scanner"
-mkdir -p "$scratch"
-
-RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz scanner "$scratch" fuzz/corpus/scanner -- \
-    -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1
+for target in scanner http_head; do
+    scratch="$root/.tools/fuzz-corpus/$target"
+    mkdir -p "$scratch"
+    echo "fuzz-smoke: $target for ${secs}s" >&2
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
+        -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1
+done
