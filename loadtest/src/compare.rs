@@ -181,6 +181,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
     a.ov.apply(&mut s);
     s.validate().map_err(|e| anyhow::anyhow!(e))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // Other tenants of the machine show here: measurements on a busy box are noisier.
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
     let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
     let tollgate = a.tollgate.clone().unwrap_or_else(|| exe_dir.join("tollgate"));
     let bare = a.bare_forwarder.clone().unwrap_or_else(|| exe_dir.join("bare-forwarder"));
@@ -307,6 +309,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
     // Report.
     let machine = serde_json::json!({
         "nproc": ncpu,
+        "loadavg_at_start": loadavg_start,
         "kernel": sh("uname", &["-r"]),
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok()
             .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
@@ -324,7 +327,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
     println!("scenario {} — upstream: {up_note}; pinning {}", s.name, if pin { "on" } else { "off" });
     let mut md = String::new();
     md.push_str(&format!("# {} — {time}\n\n", s.name));
-    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n\n",
+    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n\n",
         ncpu, machine["kernel"].as_str().unwrap_or(""), machine["cpu"].as_str().unwrap_or(""),
         if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" }));
     let bare_c = setups.iter().find(|x| x.name == "bare").and_then(|x| x.closed.clone());
@@ -353,7 +356,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
         }
     } else {
         println!("{}", report::table_header());
-        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | service p99 µs | send lag p99 µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for st in &setups {
             if let Some(f) = &st.failure {
                 all_ok = false;
@@ -371,9 +374,9 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     println!("{l}");
                 }
                 md.push_str(&format!(
-                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     st.name, label, sum.target_rate.map(|r| format!(" @{r:.0}/s")).unwrap_or_default(), sum.completed, sum.errors_total, sum.rps,
-                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us,
+                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us, sum.service_p99_us, sum.send_lag_p99_us,
                     sum.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or("-".into()),
                     sum.rss_kib.map(|v| v.to_string()).unwrap_or("-".into()), sum.peak_rss_kib.map(|v| v.to_string()).unwrap_or("-".into())
                 ));
@@ -397,18 +400,22 @@ fn run(a: Args) -> anyhow::Result<bool> {
             }
             if let (Some(bo), Some(o)) = (&bare_o, st.open.as_ref()) {
                 j.insert("added_p99_us_over_bare".into(), serde_json::json!(o.p99_us as i64 - bo.p99_us as i64));
+                j.insert("added_service_p99_us_over_bare".into(), serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64));
             }
             json_setups.insert(st.name.clone(), serde_json::Value::Object(j));
         }
         // Ratios.
         println!();
-        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p99 over bare (open loop) |\n|---|---|---|---|\n");
+        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p99 over bare (open loop, from intended send time; from the actual write) |\n|---|---|---|---|\n");
         for (name, v) in &json_setups {
             if v.get("not_run").is_some() {
                 continue;
             }
             let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| format!("{x:.2}")).unwrap_or("-".into());
-            let added = v.get("added_p99_us_over_bare").and_then(|x| x.as_i64()).map(|x| format!("{x} µs")).unwrap_or("-".into());
+            let added = match (v.get("added_p99_us_over_bare").and_then(|x| x.as_i64()), v.get("added_service_p99_us_over_bare").and_then(|x| x.as_i64())) {
+                (Some(a), Some(s)) => format!("{a} µs (service time: {s} µs)"),
+                _ => "-".into(),
+            };
             println!("{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p99 over bare {added}", f("cpu_ratio_to_bare"), f("rps_ratio_to_bare"));
             md.push_str(&format!("| {name} | {} | {} | {added} |\n", f("cpu_ratio_to_bare"), f("rps_ratio_to_bare")));
         }
@@ -525,13 +532,10 @@ http {{
                 anyhow::bail!("{} not found (cargo build --release --bin tollgate)", tollgate.display());
             }
             let cfg = tmp.join("tollgate.yaml");
-            let mut text = format!(
+            let base = format!(
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
-            if !s.gateway_config_extra.is_empty() {
-                text.push_str(&s.gateway_config_extra);
-                text.push('\n');
-            }
+            let text = merge_yaml(&base, &s.gateway_config_extra)?;
             std::fs::write(&cfg, &text)?;
             let ready = tmp.join("tollgate.ready");
             let log = tmp.join("tollgate.log");
@@ -581,4 +585,31 @@ fn measure(
         println!("{l}");
     }
     Ok((sum, up))
+}
+
+/// The generated tollgate config with the scenario's `gateway_config_extra` merged in (maps merge key by key,
+/// anything else replaces), so a scenario can change e.g. `listen.max_connections_per_worker`.
+fn merge_yaml(base: &str, extra: &str) -> anyhow::Result<String> {
+    use serde_yaml_ng::Value;
+    fn merge(a: &mut Value, b: Value) {
+        match (a, b) {
+            (Value::Mapping(a), Value::Mapping(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut doc: Value = serde_yaml_ng::from_str(base)?;
+    let extra: Value = serde_yaml_ng::from_str(extra).map_err(|e| anyhow::anyhow!("gateway_config_extra: {e}"))?;
+    if !extra.is_null() {
+        merge(&mut doc, extra);
+    }
+    Ok(serde_yaml_ng::to_string(&doc)?)
 }

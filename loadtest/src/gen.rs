@@ -248,7 +248,12 @@ impl Errors {
 }
 
 pub struct PhaseStats {
+    /// Latency: closed loop from the write, open loop from the intended send time.
     pub hist: Histogram<u64>,
+    /// From the actual write to the end of the reply.
+    pub service: Histogram<u64>,
+    /// Open loop: how late the write was against its intended time (harness timer + no free connection).
+    pub send_lag: Histogram<u64>,
     pub completed: u64,
     pub errors: Errors,
     pub throttled: u64,
@@ -263,6 +268,8 @@ impl PhaseStats {
     fn new() -> PhaseStats {
         PhaseStats {
             hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            service: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            send_lag: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
             completed: 0,
             errors: Errors::default(),
             throttled: 0,
@@ -274,6 +281,8 @@ impl PhaseStats {
     }
     fn merge(&mut self, o: &PhaseStats) {
         let _ = self.hist.add(&o.hist);
+        let _ = self.service.add(&o.service);
+        let _ = self.send_lag.add(&o.send_lag);
         self.completed += o.completed;
         self.errors.merge(&o.errors);
         self.throttled += o.throttled;
@@ -661,7 +670,7 @@ impl Worker {
         (req, id)
     }
 
-    fn record(&self, out: &Outcome, latency: Duration) {
+    fn record(&self, out: &Outcome, latency: Duration, service: Duration, lag: Duration) {
         let mut st = self.stats.borrow_mut();
         match out {
             Outcome::Ok { progress, bytes, throttled } => {
@@ -671,8 +680,10 @@ impl Worker {
                 if *throttled {
                     st.throttled += 1;
                 }
-                let us = latency.as_micros().clamp(1, 120_000_000) as u64;
-                st.hist.saturating_record(us);
+                let us = |d: Duration| d.as_micros().clamp(1, 120_000_000) as u64;
+                st.hist.saturating_record(us(latency));
+                st.service.saturating_record(us(service));
+                st.send_lag.saturating_record(us(lag));
             }
             Outcome::Err(k, m) => {
                 st.errors.add(*k);
@@ -681,28 +692,29 @@ impl Worker {
         }
     }
 
-    async fn drive(mut self, phase: Phase, start: Instant, quota: u64, conns_total: usize) -> Worker {
+    /// Closed loop: `quota` requests back-to-back on this connection.
+    /// Open loop: take the next due slot of the thread's schedule (`slots`), whichever connection is free,
+    /// so one slow reply does not hold later slots hostage; latency counts from the slot's intended time.
+    async fn drive(mut self, phase: Phase, start: Instant, quota: u64, slots: Rc<Slots>) -> Worker {
         let deadline = start + phase.duration;
-        let period = phase.rate.map(|r| Duration::from_secs_f64(conns_total as f64 / r.max(0.001)));
-        // Stagger connections across one period so the aggregate rate is smooth.
-        let offset = period.map(|p| p.mul_f64(self.idx as f64 / conns_total as f64)).unwrap_or_default();
         let mut k: u64 = 0;
-        while k < quota {
-            let intended = match (phase.mode, period) {
-                (Mode::Open, Some(p)) => {
-                    let t = start + offset + p.mul_f64(k as f64);
+        loop {
+            let intended = match phase.mode {
+                Mode::Open => {
+                    let Some(t) = slots.take(start) else { break };
                     if t >= deadline {
                         break;
                     }
                     let now = Instant::now();
                     if t > now {
+                        // monoio's timer has 1 ms resolution: the write may be up to ~1 ms late (reported as send lag).
                         monoio::time::sleep(t - now).await;
                     }
                     t
                 }
-                _ => {
+                Mode::Closed => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    if k >= quota || now >= deadline {
                         break;
                     }
                     now
@@ -710,15 +722,35 @@ impl Worker {
             };
             k += 1;
             let (req, id) = self.next_request();
+            let sent = Instant::now();
             let (out, _) = self.exchange(req, id).await;
-            let lat = intended.elapsed();
+            let done = Instant::now();
             if let Outcome::Err(ErrKind::Connect, _) = out {
                 // Do not spin on a dead target.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            self.record(&out, lat);
+            self.record(&out, done - intended, done - sent, sent.saturating_duration_since(intended));
         }
         self
+    }
+}
+
+/// The open-loop schedule of one generator thread: slot k is due at start + k × period.
+pub struct Slots {
+    next: Cell<u64>,
+    total: u64,
+    period: Duration,
+    offset: Duration,
+}
+
+impl Slots {
+    fn take(&self, start: Instant) -> Option<Instant> {
+        let k = self.next.get();
+        if k >= self.total {
+            return None;
+        }
+        self.next.set(k + 1);
+        Some(start + self.offset + self.period.mul_f64(k as f64))
     }
 }
 
@@ -797,12 +829,19 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
     }
     barrier.wait();
     let start = Instant::now();
+    let rate = phase.rate.unwrap_or(1.0).max(0.001) / plan.threads as f64;
+    let slots = Rc::new(Slots {
+        next: Cell::new(0),
+        total: split_quota(phase.requests, plan.threads, t),
+        period: Duration::from_secs_f64(1.0 / rate),
+        // Threads interleave: thread t's slots are offset by t/threads of its period.
+        offset: Duration::from_secs_f64(t as f64 / (rate * plan.threads as f64)),
+    });
     let hs: Vec<_> = workers
         .drain(..)
         .map(|w| {
             let q = split_quota(phase.requests, plan.connections, w.idx);
-            let conns = plan.connections;
-            monoio::spawn(w.drive(phase, start, q, conns))
+            monoio::spawn(w.drive(phase, start, q, slots.clone()))
         })
         .collect();
     for h in hs {

@@ -22,6 +22,12 @@ pub struct Summary {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// From the actual write (differs from the above only in the open loop).
+    pub service_p50_us: u64,
+    pub service_p99_us: u64,
+    pub service_p999_us: u64,
+    /// Open loop: p99 of (actual write − intended send time): harness timer resolution plus waiting for a free connection.
+    pub send_lag_p99_us: u64,
     /// CPU time (utime+stime) of the process under test during the phase, per completed request.
     pub cpu_us_per_req: Option<f64>,
     pub target_cpu_ms: Option<f64>,
@@ -58,6 +64,10 @@ impl Summary {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            service_p50_us: s.service.value_at_quantile(0.50),
+            service_p99_us: s.service.value_at_quantile(0.99),
+            service_p999_us: s.service.value_at_quantile(0.999),
+            send_lag_p99_us: s.send_lag.value_at_quantile(0.99),
             cpu_us_per_req: cpu.filter(|_| done > 0).map(|c| c / done as f64),
             target_cpu_ms: cpu.map(|c| c / 1000.0),
             rss_kib: after.map(|a| a.rss_kib),
@@ -70,15 +80,15 @@ impl Summary {
 
 pub fn table_header() -> String {
     format!(
-        "{:<10} {:<6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "setup", "mode", "completed", "errors", "rps", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "cpu_us/req", "rss_kib", "hwm_kib"
+        "{:<10} {:<6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "setup", "mode", "completed", "errors", "rps", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "svc_p99", "lag_p99", "cpu_us/req", "rss_kib", "hwm_kib"
     )
 }
 
 pub fn table_row(name: &str, s: &Summary) -> String {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     format!(
-        "{:<10} {:<6} {:>9} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "{:<10} {:<6} {:>9} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
         name,
         s.mode,
         s.completed,
@@ -89,6 +99,8 @@ pub fn table_row(name: &str, s: &Summary) -> String {
         s.p99_us,
         s.p999_us,
         s.max_us,
+        s.service_p99_us,
+        s.send_lag_p99_us,
         s.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
         opt(s.rss_kib),
         opt(s.peak_rss_kib),
