@@ -36,20 +36,32 @@ impl AuthPlan {
         });
         let mut tokens = Vec::new();
         if let Some(f) = &a.tokens_file {
-            let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("tokens_file {f}: {e}"))?;
-            tokens = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            let text =
+                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("tokens_file {f}: {e}"))?;
+            tokens = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
             if tokens.is_empty() {
                 anyhow::bail!("tokens_file {f} has no tokens");
             }
         } else if let (Some(m), Some(h)) = (&minter, &a.hs256) {
             if a.mode == AuthMode::Static {
                 let n = h.principals.max(1).min(sessions.max(1));
-                tokens = (0..n).map(|i| m.mint(&format!("load-user-{i}"), i as u64)).collect();
+                tokens = (0..n)
+                    .map(|i| m.mint(&format!("load-user-{i}"), i as u64))
+                    .collect();
             }
         } else {
             anyhow::bail!("auth needs tokens_file or hs256");
         }
-        Ok(AuthPlan { mode: a.mode, tokens, minter })
+        Ok(AuthPlan {
+            mode: a.mode,
+            tokens,
+            minter,
+        })
     }
 
     /// The token for a request on session `g` (global session index).
@@ -61,7 +73,10 @@ impl AuthPlan {
                     s.get()
                 });
                 let tid = std::thread::current().id();
-                m.mint(&format!("load-user-{g}"), n ^ (hash(&format!("{tid:?}")) << 32))
+                m.mint(
+                    &format!("load-user-{g}"),
+                    n ^ (hash(&format!("{tid:?}")) << 32),
+                )
             }
             (AuthMode::PerRequest, _) => {
                 let n = SEQ.with(|s| {
@@ -76,7 +91,9 @@ impl AuthPlan {
 }
 
 fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl Minter {
@@ -115,7 +132,9 @@ mod tests {
         };
         let t = m.mint("u", 1);
         let (input, sig) = t.rsplit_once('.').unwrap();
-        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
         ring::hmac::verify(&m.key, input.as_bytes(), &sig).unwrap();
     }
 }

@@ -28,7 +28,9 @@ fn parse_args() -> Result<Args, String> {
             "--upstream" => upstream = Some(val("--upstream")?),
             "--ready-file" => ready_file = Some(val("--ready-file")?),
             "-h" | "--help" => {
-                println!("bare-forwarder --listen ADDR:PORT --upstream ADDR:PORT [--ready-file PATH]");
+                println!(
+                    "bare-forwarder --listen ADDR:PORT --upstream ADDR:PORT [--ready-file PATH]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),

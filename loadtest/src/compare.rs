@@ -75,7 +75,9 @@ impl Drop for Proc {
 
 fn spawn(name: &str, mut cmd: Command, cpu: Option<usize>, log: &Path) -> anyhow::Result<Proc> {
     let out = std::fs::File::create(log)?;
-    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     if let Some(cpu) = cpu {
         unsafe {
             cmd.pre_exec(move || {
@@ -90,11 +92,20 @@ fn spawn(name: &str, mut cmd: Command, cpu: Option<usize>, log: &Path) -> anyhow
     }
     let child = cmd.spawn().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let pid = child.id() as i32;
-    Ok(Proc { name: name.into(), child, pid })
+    Ok(Proc {
+        name: name.into(),
+        child,
+        pid,
+    })
 }
 
 /// Wait for a ready file (`{"listen": "...", "pid": N}`), or for the process to exit.
-fn wait_ready(p: &mut Proc, file: &Path, timeout: Duration, log: &Path) -> anyhow::Result<serde_json::Value> {
+fn wait_ready(
+    p: &mut Proc,
+    file: &Path,
+    timeout: Duration,
+    log: &Path,
+) -> anyhow::Result<serde_json::Value> {
     let t = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(file) {
@@ -104,7 +115,15 @@ fn wait_ready(p: &mut Proc, file: &Path, timeout: Duration, log: &Path) -> anyho
         }
         if let Ok(Some(st)) = p.child.try_wait() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             anyhow::bail!("{} exited ({st}) before it was ready:\n{tail}", p.name);
         }
         if t.elapsed() > timeout {
@@ -126,7 +145,9 @@ fn wait_port(addr: &str, timeout: Duration) -> bool {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Setup {
@@ -182,10 +203,22 @@ fn run(a: Args) -> anyhow::Result<bool> {
     s.validate().map_err(|e| anyhow::anyhow!(e))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     // Other tenants of the machine show here: measurements on a busy box are noisier.
-    let loadavg_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
-    let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
-    let tollgate = a.tollgate.clone().unwrap_or_else(|| exe_dir.join("tollgate"));
-    let bare = a.bare_forwarder.clone().unwrap_or_else(|| exe_dir.join("bare-forwarder"));
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let tollgate = a
+        .tollgate
+        .clone()
+        .unwrap_or_else(|| exe_dir.join("tollgate"));
+    let bare = a
+        .bare_forwarder
+        .clone()
+        .unwrap_or_else(|| exe_dir.join("bare-forwarder"));
     let nofile = procstat::raise_nofile();
     let tmp = std::env::temp_dir().join(format!("tollgate-load-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -193,12 +226,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
     // CPU placement: generator + upstream on CPU 0, the proxy under test on CPU 1.
     let ncpu = procstat::ncpus();
     let pin = s.pin && !a.no_pin && ncpu >= 2;
-    let (gen_cpu, proxy_cpu) = if pin { (Some(0), Some(1)) } else { (None, None) };
+    let (gen_cpu, proxy_cpu) = if pin {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
     if pin {
         procstat::pin_self(0)?;
         println!("pinning: generator + upstream on CPU 0, proxy under test on CPU 1 (sched_setaffinity); {ncpu} CPUs");
     } else {
-        println!("pinning: off ({ncpu} CPUs, scenario pin={}, --no-pin={})", s.pin, a.no_pin);
+        println!(
+            "pinning: off ({ncpu} CPUs, scenario pin={}, --no-pin={})",
+            s.pin, a.no_pin
+        );
     }
     println!("RLIMIT_NOFILE raised to {nofile}");
 
@@ -209,7 +249,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
     let mut upstream: Option<(Proc, serde_json::Value)> = None;
     if !a.standin {
         let mut c = Command::new(&tollgate);
-        c.args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"]).arg(&up_ready);
+        c.args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&up_ready);
         c.args(["--workers", "1"]).args(&s.upstream_args);
         match spawn("demo-upstream", c, gen_cpu, &up_log) {
             Ok(mut p) => match wait_ready(&mut p, &up_ready, Duration::from_secs(10), &up_log) {
@@ -225,26 +266,43 @@ fn run(a: Args) -> anyhow::Result<bool> {
     if upstream.is_none() {
         let me = std::env::current_exe()?;
         let mut c = Command::new(me);
-        c.args(["standin-upstream", "--listen", "127.0.0.1:0", "--ready-file"]).arg(&up_ready);
+        c.args([
+            "standin-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+        ])
+        .arg(&up_ready);
         c.args(["--workers", "1"]).args(&s.upstream_args);
         let mut p = spawn("stand-in upstream", c, gen_cpu, &up_log)?;
         let v = wait_ready(&mut p, &up_ready, Duration::from_secs(10), &up_log)?;
-        up_note = format!("STAND-IN upstream (tollgate-load standin-upstream {})", s.upstream_args.join(" "));
+        up_note = format!(
+            "STAND-IN upstream (tollgate-load standin-upstream {})",
+            s.upstream_args.join(" ")
+        );
         println!("upstream: using the stand-in, not `tollgate demo-upstream`");
         upstream = Some((p, v));
     }
     let (up_proc, up_v) = upstream.expect("upstream");
     let up_addr = up_v["listen"].as_str().unwrap_or_default().to_string();
-    let up_pid = up_v["pid"].as_i64().map(|p| p as i32).unwrap_or(up_proc.pid);
+    let up_pid = up_v["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+        .unwrap_or(up_proc.pid);
     println!("upstream: {up_note} at {up_addr} (pid {up_pid})");
 
     // Start every setup first; idle ones cost nothing, and the open-loop rate needs all saturations.
     let mut setups: Vec<Setup> = Vec::new();
     for name in a.setups.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let r = start_setup(name, &tmp, &up_addr, up_pid, &s, &tollgate, &bare, &a.nginx, proxy_cpu);
+        let r = start_setup(
+            name, &tmp, &up_addr, up_pid, &s, &tollgate, &bare, &a.nginx, proxy_cpu,
+        );
         match r {
             Ok(st) => {
-                println!("setup {:<9} {} (pid {}) {}", st.name, st.url, st.pid, st.note);
+                println!(
+                    "setup {:<9} {} (pid {}) {}",
+                    st.name, st.url, st.pid, st.note
+                );
                 setups.push(st);
             }
             Err(e) => {
@@ -281,7 +339,10 @@ fn run(a: Args) -> anyhow::Result<bool> {
             warmup: s.load.warmup_requests,
         };
         for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
-            println!("--- {}: closed loop, {} connections, ≤{} requests, ≤{}s", st.name, s.connections, base.requests, s.load.duration_secs);
+            println!(
+                "--- {}: closed loop, {} connections, ≤{} requests, ≤{}s",
+                st.name, s.connections, base.requests, s.load.duration_secs
+            );
             let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid)?;
             st.upstream_cpu_us_per_req = up_cpu;
             st.closed = Some(sum);
@@ -293,9 +354,16 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 .filter(|c| c.completed > 0)
                 .map(|c| c.rps)
                 .fold(f64::INFINITY, f64::min);
-            let rate = a.rate.or(s.load.rate.filter(|_| s.load.mode == Mode::Open)).unwrap_or(min_sat * s.load.rate_fraction_of_saturation);
+            let rate = a
+                .rate
+                .or(s.load.rate.filter(|_| s.load.mode == Mode::Open))
+                .unwrap_or(min_sat * s.load.rate_fraction_of_saturation);
             if rate.is_finite() && rate > 0.0 {
-                let open = Phase { mode: Mode::Open, rate: Some(rate), ..base };
+                let open = Phase {
+                    mode: Mode::Open,
+                    rate: Some(rate),
+                    ..base
+                };
                 for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
                     println!("--- {}: open loop at {rate:.0} req/s", st.name);
                     let (sum, _) = measure(&s, &st.url, &headers, open, st.pid, up_pid)?;
@@ -318,20 +386,36 @@ fn run(a: Args) -> anyhow::Result<bool> {
     let commit = {
         let c = sh("git", &["rev-parse", "--short", "HEAD"]);
         let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-        if c.is_empty() { "nocommit".to_string() } else if dirty { format!("{c}-dirty") } else { c }
+        if c.is_empty() {
+            "nocommit".to_string()
+        } else if dirty {
+            format!("{c}-dirty")
+        } else {
+            c
+        }
     };
     let date = sh("date", &["-u", "+%Y-%m-%d"]);
     let time = sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
 
     println!();
-    println!("scenario {} — upstream: {up_note}; pinning {}", s.name, if pin { "on" } else { "off" });
+    println!(
+        "scenario {} — upstream: {up_note}; pinning {}",
+        s.name,
+        if pin { "on" } else { "off" }
+    );
     let mut md = String::new();
     md.push_str(&format!("# {} — {time}\n\n", s.name));
     md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n\n",
         ncpu, machine["kernel"].as_str().unwrap_or(""), machine["cpu"].as_str().unwrap_or(""),
         if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" }));
-    let bare_c = setups.iter().find(|x| x.name == "bare").and_then(|x| x.closed.clone());
-    let bare_o = setups.iter().find(|x| x.name == "bare").and_then(|x| x.open.clone());
+    let bare_c = setups
+        .iter()
+        .find(|x| x.name == "bare")
+        .and_then(|x| x.closed.clone());
+    let bare_o = setups
+        .iter()
+        .find(|x| x.name == "bare")
+        .and_then(|x| x.open.clone());
     let mut all_ok = true;
     let mut json_setups = serde_json::Map::new();
     if s.idle.is_some() {
@@ -340,15 +424,29 @@ fn run(a: Args) -> anyhow::Result<bool> {
             if let Some(f) = &st.failure {
                 all_ok = false;
                 println!("{:<10} NOT RUN: {f}", st.name);
-                md.push_str(&format!("| {} | not run: {} | | | | |\n", st.name, f.lines().next().unwrap_or("")));
+                md.push_str(&format!(
+                    "| {} | not run: {} | | | | |\n",
+                    st.name,
+                    f.lines().next().unwrap_or("")
+                ));
                 json_setups.insert(st.name.clone(), serde_json::json!({"not_run": f}));
                 continue;
             }
             let i = st.idle.as_ref().expect("measured");
             all_ok &= i.errors_total == 0;
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("-".into());
-            let line = format!("| {} | {}/{} | {} | {} | {} | {} |", st.name, i.connections_open, i.connections_requested,
-                opt(i.rss_before_kib), opt(i.rss_with_conns_kib), i.rss_per_conn_bytes.map(|v| format!("{v:.0}")).unwrap_or("-".into()), i.errors_total);
+            let line = format!(
+                "| {} | {}/{} | {} | {} | {} | {} |",
+                st.name,
+                i.connections_open,
+                i.connections_requested,
+                opt(i.rss_before_kib),
+                opt(i.rss_with_conns_kib),
+                i.rss_per_conn_bytes
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or("-".into()),
+                i.errors_total
+            );
             println!("{line}");
             md.push_str(&line);
             md.push('\n');
@@ -360,8 +458,16 @@ fn run(a: Args) -> anyhow::Result<bool> {
         for st in &setups {
             if let Some(f) = &st.failure {
                 all_ok = false;
-                println!("{:<10} NOT RUN: {}", st.name, f.lines().next().unwrap_or(""));
-                md.push_str(&format!("| {} | not run: {} |||||||||||| \n", st.name, f.lines().next().unwrap_or("").replace('|', "/")));
+                println!(
+                    "{:<10} NOT RUN: {}",
+                    st.name,
+                    f.lines().next().unwrap_or("")
+                );
+                md.push_str(&format!(
+                    "| {} | not run: {} |||||||||||| \n",
+                    st.name,
+                    f.lines().next().unwrap_or("").replace('|', "/")
+                ));
                 json_setups.insert(st.name.clone(), serde_json::json!({"not_run": f}));
                 continue;
             }
@@ -389,18 +495,48 @@ fn run(a: Args) -> anyhow::Result<bool> {
             j.insert("p50_us".into(), serde_json::json!(o.map(|o| o.p50_us)));
             j.insert("p99_us".into(), serde_json::json!(o.map(|o| o.p99_us)));
             j.insert("p999_us".into(), serde_json::json!(o.map(|o| o.p999_us)));
-            j.insert("errors".into(), serde_json::json!(c.map(|c| c.errors_total).unwrap_or(0) + st.open.as_ref().map(|o| o.errors_total).unwrap_or(0)));
-            j.insert("cpu_us_per_req".into(), serde_json::json!(c.and_then(|c| c.cpu_us_per_req)));
-            j.insert("peak_rss_kib".into(), serde_json::json!(o.and_then(|o| o.peak_rss_kib)));
-            j.insert("upstream_cpu_us_per_req".into(), serde_json::json!(st.upstream_cpu_us_per_req));
+            j.insert(
+                "errors".into(),
+                serde_json::json!(
+                    c.map(|c| c.errors_total).unwrap_or(0)
+                        + st.open.as_ref().map(|o| o.errors_total).unwrap_or(0)
+                ),
+            );
+            j.insert(
+                "cpu_us_per_req".into(),
+                serde_json::json!(c.and_then(|c| c.cpu_us_per_req)),
+            );
+            j.insert(
+                "peak_rss_kib".into(),
+                serde_json::json!(o.and_then(|o| o.peak_rss_kib)),
+            );
+            j.insert(
+                "upstream_cpu_us_per_req".into(),
+                serde_json::json!(st.upstream_cpu_us_per_req),
+            );
             if let (Some(bc), Some(c)) = (&bare_c, c) {
-                let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) { (Some(x), Some(y)) if y > 0.0 => Some(x / y), _ => None };
-                j.insert("cpu_ratio_to_bare".into(), serde_json::json!(ratio(c.cpu_us_per_req, bc.cpu_us_per_req)));
-                j.insert("rps_ratio_to_bare".into(), serde_json::json!(ratio(Some(c.rps), Some(bc.rps))));
+                let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                    (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+                    _ => None,
+                };
+                j.insert(
+                    "cpu_ratio_to_bare".into(),
+                    serde_json::json!(ratio(c.cpu_us_per_req, bc.cpu_us_per_req)),
+                );
+                j.insert(
+                    "rps_ratio_to_bare".into(),
+                    serde_json::json!(ratio(Some(c.rps), Some(bc.rps))),
+                );
             }
             if let (Some(bo), Some(o)) = (&bare_o, st.open.as_ref()) {
-                j.insert("added_p99_us_over_bare".into(), serde_json::json!(o.p99_us as i64 - bo.p99_us as i64));
-                j.insert("added_service_p99_us_over_bare".into(), serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64));
+                j.insert(
+                    "added_p99_us_over_bare".into(),
+                    serde_json::json!(o.p99_us as i64 - bo.p99_us as i64),
+                );
+                j.insert(
+                    "added_service_p99_us_over_bare".into(),
+                    serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64),
+                );
             }
             json_setups.insert(st.name.clone(), serde_json::Value::Object(j));
         }
@@ -411,13 +547,30 @@ fn run(a: Args) -> anyhow::Result<bool> {
             if v.get("not_run").is_some() {
                 continue;
             }
-            let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| format!("{x:.2}")).unwrap_or("-".into());
-            let added = match (v.get("added_p99_us_over_bare").and_then(|x| x.as_i64()), v.get("added_service_p99_us_over_bare").and_then(|x| x.as_i64())) {
+            let f = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_f64())
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or("-".into())
+            };
+            let added = match (
+                v.get("added_p99_us_over_bare").and_then(|x| x.as_i64()),
+                v.get("added_service_p99_us_over_bare")
+                    .and_then(|x| x.as_i64()),
+            ) {
                 (Some(a), Some(s)) => format!("{a} µs (service time: {s} µs)"),
                 _ => "-".into(),
             };
-            println!("{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p99 over bare {added}", f("cpu_ratio_to_bare"), f("rps_ratio_to_bare"));
-            md.push_str(&format!("| {name} | {} | {} | {added} |\n", f("cpu_ratio_to_bare"), f("rps_ratio_to_bare")));
+            println!(
+                "{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p99 over bare {added}",
+                f("cpu_ratio_to_bare"),
+                f("rps_ratio_to_bare")
+            );
+            md.push_str(&format!(
+                "| {name} | {} | {} | {added} |\n",
+                f("cpu_ratio_to_bare"),
+                f("rps_ratio_to_bare")
+            ));
         }
     }
     md.push_str("\nCPU µs/req: utime+stime of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests; clock-tick resolution (10 ms). Peak RSS is VmHWM (process lifetime).\n");
@@ -429,7 +582,10 @@ fn run(a: Args) -> anyhow::Result<bool> {
     if a.results_dir != "-" {
         std::fs::create_dir_all(&a.results_dir)?;
         let stem = format!("{}/{date}-{commit}-{}", a.results_dir, s.name);
-        std::fs::write(format!("{stem}.json"), serde_json::to_string_pretty(&out)? + "\n")?;
+        std::fs::write(
+            format!("{stem}.json"),
+            serde_json::to_string_pretty(&out)? + "\n",
+        )?;
         std::fs::write(format!("{stem}.md"), &md)?;
         println!("results: {stem}.json, {stem}.md");
     }
@@ -464,20 +620,40 @@ fn start_setup(
         failure: None,
     };
     match name {
-        "direct" => Ok(mk(format!("http://{up_addr}/mcp"), up_pid, vec![], "(the upstream itself)".into())),
+        "direct" => Ok(mk(
+            format!("http://{up_addr}/mcp"),
+            up_pid,
+            vec![],
+            "(the upstream itself)".into(),
+        )),
         "bare" => {
             let ready = tmp.join("bare.ready");
             let log = tmp.join("bare.log");
             let mut c = Command::new(bare);
-            c.args(["--listen", "127.0.0.1:0", "--upstream", up_addr, "--ready-file"]).arg(&ready);
+            c.args([
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                up_addr,
+                "--ready-file",
+            ])
+            .arg(&ready);
             let mut p = spawn("bare-forwarder", c, cpu, &log)?;
             let v = wait_ready(&mut p, &ready, Duration::from_secs(10), &log)?;
             let pid = p.pid;
-            Ok(mk(format!("http://{}/mcp", v["listen"].as_str().unwrap_or("")), pid, vec![p], format!("driver {}", v["driver"])))
+            Ok(mk(
+                format!("http://{}/mcp", v["listen"].as_str().unwrap_or("")),
+                pid,
+                vec![p],
+                format!("driver {}", v["driver"]),
+            ))
         }
         "nginx" => {
             if !nginx.exists() {
-                anyhow::bail!("{} not found (apt-get install nginx-light)", nginx.display());
+                anyhow::bail!(
+                    "{} not found (apt-get install nginx-light)",
+                    nginx.display()
+                );
             }
             let dir = tmp.join("nginx");
             std::fs::create_dir_all(dir.join("tmp"))?;
@@ -516,7 +692,12 @@ http {{
             std::fs::write(dir.join("nginx.conf"), conf)?;
             let log = tmp.join("nginx.log");
             let mut c = Command::new(nginx);
-            c.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
+            c.arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.join("error.log"));
             let mut p = spawn("nginx", c, cpu, &log)?;
             let addr = format!("127.0.0.1:{port}");
             if !wait_port(&addr, Duration::from_secs(10)) {
@@ -525,11 +706,22 @@ http {{
                 anyhow::bail!("nginx did not listen on {addr}: {err}");
             }
             let pid = p.pid;
-            Ok(mk(format!("http://{addr}/mcp"), pid, vec![p], format!("nginx {} worker_processes 1, master_process off", sh(nginx.to_str().unwrap_or("nginx"), &["-v"]))))
+            Ok(mk(
+                format!("http://{addr}/mcp"),
+                pid,
+                vec![p],
+                format!(
+                    "nginx {} worker_processes 1, master_process off",
+                    sh(nginx.to_str().unwrap_or("nginx"), &["-v"])
+                ),
+            ))
         }
         "tollgate" => {
             if !tollgate.exists() {
-                anyhow::bail!("{} not found (cargo build --release --bin tollgate)", tollgate.display());
+                anyhow::bail!(
+                    "{} not found (cargo build --release --bin tollgate)",
+                    tollgate.display()
+                );
             }
             let cfg = tmp.join("tollgate.yaml");
             let base = format!(
@@ -540,11 +732,20 @@ http {{
             let ready = tmp.join("tollgate.ready");
             let log = tmp.join("tollgate.log");
             let mut c = Command::new(tollgate);
-            c.arg("run").arg("--config").arg(&cfg).arg("--ready-file").arg(&ready);
+            c.arg("run")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--ready-file")
+                .arg(&ready);
             let mut p = spawn("tollgate", c, cpu, &log)?;
             let v = wait_ready(&mut p, &ready, Duration::from_secs(15), &log)?;
             let pid = v["pid"].as_i64().map(|x| x as i32).unwrap_or(p.pid);
-            Ok(mk(format!("http://{}/mcp", v["listen"].as_str().unwrap_or("")), pid, vec![p], "workers: 1".into()))
+            Ok(mk(
+                format!("http://{}/mcp", v["listen"].as_str().unwrap_or("")),
+                pid,
+                vec![p],
+                "workers: 1".into(),
+            ))
         }
         other => anyhow::bail!("unknown setup {other} (direct, bare, nginx, tollgate)"),
     }
@@ -574,10 +775,16 @@ fn measure(
     };
     let st = gen::run_phase(plan, phase, &hook);
     let g = snaps.lock().expect("lock");
-    let mode = if phase.mode == Mode::Open { "open" } else { "closed" };
+    let mode = if phase.mode == Mode::Open {
+        "open"
+    } else {
+        "closed"
+    };
     let sum = Summary::new(mode, phase.rate, &st, g[0].0, g[0].1);
     let up = match (g[1].0, g[1].1) {
-        (Some(b), Some(a)) if st.completed > 0 => Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64),
+        (Some(b), Some(a)) if st.completed > 0 => {
+            Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64)
+        }
         _ => None,
     };
     println!("{}", report::table_row("", &sum));
@@ -607,7 +814,8 @@ fn merge_yaml(base: &str, extra: &str) -> anyhow::Result<String> {
         }
     }
     let mut doc: Value = serde_yaml_ng::from_str(base)?;
-    let extra: Value = serde_yaml_ng::from_str(extra).map_err(|e| anyhow::anyhow!("gateway_config_extra: {e}"))?;
+    let extra: Value =
+        serde_yaml_ng::from_str(extra).map_err(|e| anyhow::anyhow!("gateway_config_extra: {e}"))?;
     if !extra.is_null() {
         merge(&mut doc, extra);
     }

@@ -50,7 +50,11 @@ pub struct Template {
 const PT_PLACEHOLDER: &str = "__TOLLGATE_LOAD_PROGRESS_TOKEN__";
 
 impl Plan {
-    pub fn new(s: &Scenario, url: &str, extra_headers: &[(String, String)]) -> anyhow::Result<Plan> {
+    pub fn new(
+        s: &Scenario,
+        url: &str,
+        extra_headers: &[(String, String)],
+    ) -> anyhow::Result<Plan> {
         let (addr, host, path) = parse_url(url)?;
         let mut hdrs = String::new();
         for (k, v) in s.headers.iter() {
@@ -69,24 +73,42 @@ impl Plan {
                     .and_then(|a| a.as_object_mut());
                 match args {
                     Some(a) => {
-                        a.insert(m.pad_field.clone(), serde_json::Value::String("x".repeat(m.pad_bytes)));
+                        a.insert(
+                            m.pad_field.clone(),
+                            serde_json::Value::String("x".repeat(m.pad_bytes)),
+                        );
                     }
-                    None => anyhow::bail!("mix entry {}: pad_bytes needs params.arguments", m.method),
+                    None => {
+                        anyhow::bail!("mix entry {}: pad_bytes needs params.arguments", m.method)
+                    }
                 }
             }
             if m.progress_token {
-                let o = params
-                    .as_object_mut()
-                    .ok_or_else(|| anyhow::anyhow!("progress_token needs params to be an object"))?;
+                let o = params.as_object_mut().ok_or_else(|| {
+                    anyhow::anyhow!("progress_token needs params to be an object")
+                })?;
                 let meta = o.entry("_meta").or_insert_with(|| serde_json::json!({}));
                 meta.as_object_mut()
                     .ok_or_else(|| anyhow::anyhow!("_meta must be an object"))?
-                    .insert("progressToken".into(), serde_json::Value::String(PT_PLACEHOLDER.into()));
+                    .insert(
+                        "progressToken".into(),
+                        serde_json::Value::String(PT_PLACEHOLDER.into()),
+                    );
             }
-            let rendered = if params.is_null() { String::new() } else { serde_json::to_string(&params)? };
+            let rendered = if params.is_null() {
+                String::new()
+            } else {
+                serde_json::to_string(&params)?
+            };
             let needle = format!("\"{PT_PLACEHOLDER}\"");
-            let params_parts = rendered.split(needle.as_str()).map(|s| s.to_string()).collect();
-            let name = params.get("name").and_then(|n| n.as_str()).map(|s| s.to_string());
+            let params_parts = rendered
+                .split(needle.as_str())
+                .map(|s| s.to_string())
+                .collect();
+            let name = params
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(|s| s.to_string());
             mix.push(Template {
                 weight: m.weight,
                 method: m.method.clone(),
@@ -118,7 +140,15 @@ impl Plan {
         })
     }
 
-    fn render(&self, method: &str, name: Option<&str>, params: &str, id: Option<i64>, sess: Option<&Session>, token: Option<&str>) -> Vec<u8> {
+    fn render(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        params: &str,
+        id: Option<i64>,
+        sess: Option<&Session>,
+        token: Option<&str>,
+    ) -> Vec<u8> {
         let mut body = String::with_capacity(64 + params.len());
         body.push_str("{\"jsonrpc\":\"2.0\",");
         if let Some(id) = id {
@@ -182,7 +212,11 @@ pub fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, "/".to_string()),
     };
-    let hp = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let hp = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     use std::net::ToSocketAddrs;
     let addr = hp
         .to_socket_addrs()?
@@ -243,7 +277,13 @@ impl Errors {
         self.mismatch += o.mismatch;
     }
     pub fn total(&self) -> u64 {
-        self.connect + self.timeout + self.io + self.http_status + self.jsonrpc + self.tool_error + self.mismatch
+        self.connect
+            + self.timeout
+            + self.io
+            + self.http_status
+            + self.jsonrpc
+            + self.tool_error
+            + self.mismatch
     }
 }
 
@@ -314,7 +354,10 @@ pub fn run_phase(plan: Arc<Plan>, phase: Phase, hook: Hook) -> PhaseStats {
     let mut handles = Vec::new();
     for t in 0..plan.threads {
         let plan = plan.clone();
-        let gate = StartGate { ready: ready_tx.clone(), go: go.clone() };
+        let gate = StartGate {
+            ready: ready_tx.clone(),
+            go: go.clone(),
+        };
         handles.push(std::thread::spawn(move || {
             with_runtime(move || thread_main(plan, phase, t, gate))
         }));
@@ -417,7 +460,11 @@ struct Worker {
 }
 
 enum Outcome {
-    Ok { progress: u32, bytes: usize, throttled: bool },
+    Ok {
+        progress: u32,
+        bytes: usize,
+        throttled: bool,
+    },
     Err(ErrKind, String),
 }
 
@@ -458,7 +505,12 @@ impl Worker {
     fn new(plan: Arc<Plan>, idx: usize, stats: Rc<std::cell::RefCell<PhaseStats>>) -> Worker {
         let sessions = (0..plan.sessions)
             .filter(|s| s % plan.connections == idx)
-            .map(|g| Session { id: None, version: plan.protocol_version.clone(), initialized: false, global_index: g })
+            .map(|g| Session {
+                id: None,
+                version: plan.protocol_version.clone(),
+                initialized: false,
+                global_index: g,
+            })
             .collect();
         Worker {
             plan,
@@ -484,7 +536,9 @@ impl Worker {
         if self.conn.is_some() {
             return Ok(());
         }
-        match monoio::time::timeout(self.plan.timeout, TcpStream::connect_addr(self.plan.addr)).await {
+        match monoio::time::timeout(self.plan.timeout, TcpStream::connect_addr(self.plan.addr))
+            .await
+        {
             Ok(Ok(s)) => {
                 self.conn = Some(Conn::new(s));
                 Ok(())
@@ -495,7 +549,11 @@ impl Worker {
     }
 
     /// Send one request and read its reply; on any transport problem the connection is dropped.
-    async fn exchange(&mut self, req: Vec<u8>, expect_id: Option<i64>) -> (Outcome, Option<crate::http1::Response>) {
+    async fn exchange(
+        &mut self,
+        req: Vec<u8>,
+        expect_id: Option<i64>,
+    ) -> (Outcome, Option<crate::http1::Response>) {
         if let Err(e) = self.ensure_conn().await {
             return (Outcome::Err(ErrKind::Connect, e), None);
         }
@@ -532,14 +590,25 @@ impl Worker {
         let Some(want) = expect_id else {
             // Notification: 202 Accepted (200/204 tolerated).
             return if matches!(resp.status, 200 | 202 | 204) {
-                Outcome::Ok { progress: 0, bytes, throttled: false }
+                Outcome::Ok {
+                    progress: 0,
+                    bytes,
+                    throttled: false,
+                }
             } else {
-                Outcome::Err(ErrKind::HttpStatus, format!("notification: HTTP {}", resp.status))
+                Outcome::Err(
+                    ErrKind::HttpStatus,
+                    format!("notification: HTTP {}", resp.status),
+                )
             };
         };
         if resp.status != 200 {
-            let snippet = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).to_string();
-            return Outcome::Err(ErrKind::HttpStatus, format!("HTTP {}: {snippet}", resp.status));
+            let snippet =
+                String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).to_string();
+            return Outcome::Err(
+                ErrKind::HttpStatus,
+                format!("HTTP {}: {snippet}", resp.status),
+            );
         }
         let mut progress = 0u32;
         let mut answer: Option<Msg> = None;
@@ -550,7 +619,12 @@ impl Worker {
                 }
                 let m: Msg = match sonic_rs::from_slice(&ev) {
                     Ok(m) => m,
-                    Err(e) => return Outcome::Err(ErrKind::Mismatch, format!("SSE data is not JSON-RPC: {e}")),
+                    Err(e) => {
+                        return Outcome::Err(
+                            ErrKind::Mismatch,
+                            format!("SSE data is not JSON-RPC: {e}"),
+                        )
+                    }
                 };
                 if m.method.is_some() && m.id.is_none() {
                     if m.method.as_deref() == Some("notifications/progress") {
@@ -564,13 +638,21 @@ impl Worker {
                 if matches!(m.id, Some(Id::N(n)) if n == want) {
                     answer = Some(m);
                 } else {
-                    return Outcome::Err(ErrKind::Mismatch, "SSE response with a foreign id".into());
+                    return Outcome::Err(
+                        ErrKind::Mismatch,
+                        "SSE response with a foreign id".into(),
+                    );
                 }
             }
         } else {
             match sonic_rs::from_slice::<Msg>(&resp.body) {
                 Ok(m) => answer = Some(m),
-                Err(e) => return Outcome::Err(ErrKind::Mismatch, format!("body is not a JSON-RPC message: {e}")),
+                Err(e) => {
+                    return Outcome::Err(
+                        ErrKind::Mismatch,
+                        format!("body is not a JSON-RPC message: {e}"),
+                    )
+                }
             }
         }
         let Some(m) = answer else {
@@ -578,23 +660,46 @@ impl Worker {
         };
         match &m.id {
             Some(Id::N(n)) if *n == want => {}
-            Some(Id::S(s)) => return Outcome::Err(ErrKind::Mismatch, format!("id {s:?}, expected {want}")),
-            _ => return Outcome::Err(ErrKind::Mismatch, format!("missing or wrong id, expected {want}")),
+            Some(Id::S(s)) => {
+                return Outcome::Err(ErrKind::Mismatch, format!("id {s:?}, expected {want}"))
+            }
+            _ => {
+                return Outcome::Err(
+                    ErrKind::Mismatch,
+                    format!("missing or wrong id, expected {want}"),
+                )
+            }
         }
         if let Some(e) = &m.error {
             if self.plan.throttle_ok && !(-32768..=-32000).contains(&e.code) {
-                return Outcome::Ok { progress, bytes, throttled: true };
+                return Outcome::Ok {
+                    progress,
+                    bytes,
+                    throttled: true,
+                };
             }
-            return Outcome::Err(ErrKind::JsonRpc, format!("JSON-RPC error {}: {}", e.code, e.message));
+            return Outcome::Err(
+                ErrKind::JsonRpc,
+                format!("JSON-RPC error {}: {}", e.code, e.message),
+            );
         }
         match &m.result {
             None => Outcome::Err(ErrKind::Mismatch, "neither result nor error".into()),
-            Some(r) if r.is_error == Some(true) => Outcome::Err(ErrKind::ToolError, "result.isError".into()),
+            Some(r) if r.is_error == Some(true) => {
+                Outcome::Err(ErrKind::ToolError, "result.isError".into())
+            }
             Some(_) => {
                 if self.plan.progress_min > 0 && resp.sse && progress < self.plan.progress_min {
-                    return Outcome::Err(ErrKind::Mismatch, format!("{progress} progress notifications"));
+                    return Outcome::Err(
+                        ErrKind::Mismatch,
+                        format!("{progress} progress notifications"),
+                    );
                 }
-                Outcome::Ok { progress, bytes, throttled: false }
+                Outcome::Ok {
+                    progress,
+                    bytes,
+                    throttled: false,
+                }
             }
         }
     }
@@ -607,19 +712,34 @@ impl Worker {
             );
             let token = self.token_for(i);
             let id = self.bump_id();
-            let req = self.plan.render("initialize", None, &params, Some(id), None, token.as_deref());
+            let req = self.plan.render(
+                "initialize",
+                None,
+                &params,
+                Some(id),
+                None,
+                token.as_deref(),
+            );
             let (out, resp) = self.exchange(req, Some(id)).await;
             if let Outcome::Err(k, m) = out {
                 return Err(format!("initialize ({k:?}): {m}"));
             }
             let resp = resp.expect("response on success");
-            let version = parse_negotiated(&resp).unwrap_or_else(|| self.plan.protocol_version.clone());
+            let version =
+                parse_negotiated(&resp).unwrap_or_else(|| self.plan.protocol_version.clone());
             let s = &mut self.sessions[i];
             s.id = resp.session_id.clone();
             s.version = version;
             s.initialized = true;
             let sess = self.sessions[i].clone();
-            let req = self.plan.render("notifications/initialized", None, "", None, Some(&sess), token.as_deref());
+            let req = self.plan.render(
+                "notifications/initialized",
+                None,
+                "",
+                None,
+                Some(&sess),
+                token.as_deref(),
+            );
             if let (Outcome::Err(k, m), _) = self.exchange(req, None).await {
                 return Err(format!("notifications/initialized ({k:?}): {m}"));
             }
@@ -634,12 +754,20 @@ impl Worker {
     }
 
     fn token_for(&mut self, session_local: usize) -> Option<String> {
-        let g = self.sessions.get(session_local).map(|s| s.global_index).unwrap_or(self.idx);
+        let g = self
+            .sessions
+            .get(session_local)
+            .map(|s| s.global_index)
+            .unwrap_or(self.idx);
         self.plan.auth.as_ref().map(|a| a.token(g))
     }
 
     fn next_request(&mut self) -> (Vec<u8>, Option<i64>) {
-        let r = if self.plan.total_weight > 0 { (self.rand() % self.plan.total_weight as u64) as u32 } else { 0 };
+        let r = if self.plan.total_weight > 0 {
+            (self.rand() % self.plan.total_weight as u64) as u32
+        } else {
+            0
+        };
         let mut acc = 0;
         let mut ti = 0;
         for (i, t) in self.plan.mix.iter().enumerate() {
@@ -651,7 +779,11 @@ impl Worker {
         }
         let plan = self.plan.clone();
         let t = &plan.mix[ti];
-        let id = if t.is_notification { None } else { Some(self.bump_id()) };
+        let id = if t.is_notification {
+            None
+        } else {
+            Some(self.bump_id())
+        };
         let params = if t.params_parts.len() == 1 {
             std::borrow::Cow::Borrowed(t.params_parts[0].as_str())
         } else {
@@ -666,14 +798,25 @@ impl Worker {
             (Some(self.sessions[i].clone()), i)
         };
         let token = self.token_for(sidx);
-        let req = plan.render(&t.method, t.name.as_deref(), &params, id, sess.as_ref(), token.as_deref());
+        let req = plan.render(
+            &t.method,
+            t.name.as_deref(),
+            &params,
+            id,
+            sess.as_ref(),
+            token.as_deref(),
+        );
         (req, id)
     }
 
     fn record(&self, out: &Outcome, latency: Duration, service: Duration, lag: Duration) {
         let mut st = self.stats.borrow_mut();
         match out {
-            Outcome::Ok { progress, bytes, throttled } => {
+            Outcome::Ok {
+                progress,
+                bytes,
+                throttled,
+            } => {
                 st.completed += 1;
                 st.progress_msgs += *progress as u64;
                 st.bytes_in += *bytes as u64;
@@ -729,7 +872,12 @@ impl Worker {
                 // Do not spin on a dead target.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            self.record(&out, done - intended, done - sent, sent.saturating_duration_since(intended));
+            self.record(
+                &out,
+                done - intended,
+                done - sent,
+                sent.saturating_duration_since(intended),
+            );
         }
         self
     }
@@ -756,7 +904,10 @@ impl Slots {
 
 fn parse_negotiated(resp: &crate::http1::Response) -> Option<String> {
     let body: Vec<u8> = if resp.sse {
-        sse_events(&resp.body).into_iter().rev().find(|e| !e.is_empty())?
+        sse_events(&resp.body)
+            .into_iter()
+            .rev()
+            .find(|e| !e.is_empty())?
     } else {
         resp.body.clone()
     };
@@ -771,7 +922,9 @@ fn split_quota(total: u64, n: usize, i: usize) -> u64 {
 
 async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate) -> PhaseStats {
     let stats = Rc::new(std::cell::RefCell::new(PhaseStats::new()));
-    let mine: Vec<usize> = (0..plan.connections).filter(|c| c % plan.threads == t).collect();
+    let mine: Vec<usize> = (0..plan.connections)
+        .filter(|c| c % plan.threads == t)
+        .collect();
     // Connect + initialize, a window at a time.
     let mut workers = Vec::new();
     let failed = Rc::new(Cell::new(0usize));
@@ -806,7 +959,10 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
         drop(st);
         drop(workers);
         barrier.wait();
-        return Rc::try_unwrap(stats).ok().expect("no other owner").into_inner();
+        return Rc::try_unwrap(stats)
+            .ok()
+            .expect("no other owner")
+            .into_inner();
     }
     // Warm-up (not recorded).
     let warm_each = phase.warmup / plan.connections as u64;
@@ -849,7 +1005,10 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
     }
     let wall = start.elapsed();
     drop(workers);
-    let mut st = Rc::try_unwrap(stats).ok().expect("workers dropped").into_inner();
+    let mut st = Rc::try_unwrap(stats)
+        .ok()
+        .expect("workers dropped")
+        .into_inner();
     st.wall = wall;
     st
 }
@@ -863,7 +1022,14 @@ pub struct IdleStats {
 
 /// `hook(true)` runs once every connection is open and served (the caller samples RSS), then the
 /// connections are held for `hold`, then closed.
-pub fn run_idle(plan: Arc<Plan>, n: usize, warm: bool, window: usize, hold: Duration, hook: Hook) -> IdleStats {
+pub fn run_idle(
+    plan: Arc<Plan>,
+    n: usize,
+    warm: bool,
+    window: usize,
+    hold: Duration,
+    hook: Hook,
+) -> IdleStats {
     let barrier = Arc::new(Barrier::new(2));
     let b2 = barrier.clone();
     let h = std::thread::spawn(move || {
@@ -917,7 +1083,11 @@ pub fn run_idle(plan: Arc<Plan>, n: usize, warm: bool, window: usize, hold: Dura
             monoio::time::sleep(hold).await;
             drop(conns);
             drop(w0);
-            IdleStats { opened, errors, last_error }
+            IdleStats {
+                opened,
+                errors,
+                last_error,
+            }
         })
     });
     barrier.wait();

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 use crate::scenario::{Mode, Scenario};
 
 #[derive(Parser)]
-#[command(name = "tollgate-load", version, about = "MCP load generator and proxy comparison")]
+#[command(
+    name = "tollgate-load",
+    version,
+    about = "MCP load generator and proxy comparison"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -123,24 +127,42 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Run { scenario, url, headers, mode, rate, target_pid, ov } => {
-            match run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov) {
-                Ok(ok) => {
-                    if ok {
-                        0
-                    } else {
-                        1
-                    }
-                }
-                Err(e) => {
-                    eprintln!("tollgate-load: {e:#}");
-                    2
+        Cmd::Run {
+            scenario,
+            url,
+            headers,
+            mode,
+            rate,
+            target_pid,
+            ov,
+        } => match run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov) {
+            Ok(ok) => {
+                if ok {
+                    0
+                } else {
+                    1
                 }
             }
-        }
+            Err(e) => {
+                eprintln!("tollgate-load: {e:#}");
+                2
+            }
+        },
         Cmd::Compare(a) => compare::main(a),
-        Cmd::StandinUpstream { listen, ready_file, workers, sse, tools } => {
-            match standin::main(standin::Opts { listen, ready_file, workers, sse, tools }) {
+        Cmd::StandinUpstream {
+            listen,
+            ready_file,
+            workers,
+            sse,
+            tools,
+        } => {
+            match standin::main(standin::Opts {
+                listen,
+                ready_file,
+                workers,
+                sse,
+                tools,
+            }) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("stand-in upstream: {e:#}");
@@ -155,7 +177,9 @@ fn main() {
 pub fn parse_headers(h: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     h.iter()
         .map(|s| {
-            let (k, v) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("header {s:?} is not \"Name: value\""))?;
+            let (k, v) = s
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("header {s:?} is not \"Name: value\""))?;
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
         .collect()
@@ -186,7 +210,9 @@ fn run_cmd(
         }
     }
     s.validate().map_err(|e| anyhow::anyhow!(e))?;
-    let url = url.or(s.url.clone()).ok_or_else(|| anyhow::anyhow!("no --url and no `url` in the scenario"))?;
+    let url = url
+        .or(s.url.clone())
+        .ok_or_else(|| anyhow::anyhow!("no --url and no `url` in the scenario"))?;
     let nofile = procstat::raise_nofile();
     let plan = Arc::new(gen::Plan::new(&s, &url, &parse_headers(headers)?)?);
     eprintln!(
@@ -221,8 +247,18 @@ fn run_cmd(
         }
     };
     let st = gen::run_phase(plan, phase, &hook);
-    let mode_s = if s.load.mode == Mode::Open { "open" } else { "closed" };
-    let sum = report::Summary::new(mode_s, s.load.rate, &st, *before.lock().expect("lock"), *after.lock().expect("lock"));
+    let mode_s = if s.load.mode == Mode::Open {
+        "open"
+    } else {
+        "closed"
+    };
+    let sum = report::Summary::new(
+        mode_s,
+        s.load.rate,
+        &st,
+        *before.lock().expect("lock"),
+        *after.lock().expect("lock"),
+    );
     println!("{}", report::table_header());
     println!("{}", report::table_row("target", &sum));
     if let Some(l) = report::error_line("target", &sum) {
@@ -269,7 +305,9 @@ pub fn measure_idle(plan: Arc<gen::Plan>, idle: &scenario::Idle, pid: Option<i32
     );
     let with = *with.lock().expect("lock");
     let per = match (before, with) {
-        (Some(b), Some(w)) if st.opened > 0 => Some((w.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / st.opened as f64),
+        (Some(b), Some(w)) if st.opened > 0 => {
+            Some((w.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / st.opened as f64)
+        }
         _ => None,
     };
     let r = IdleResult {

@@ -26,20 +26,27 @@ pub fn snap(pid: i32) -> Option<Snap> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    Some(Snap { cpu_us: (utime + stime) * 1_000_000 / tck, rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") })
+    Some(Snap {
+        cpu_us: (utime + stime) * 1_000_000 / tck,
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+    })
 }
 
 /// Raise RLIMIT_NOFILE to the hard limit (children inherit it). Returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
             return 0;
         }
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur as u64
+        r.rlim_cur
     }
 }
 
@@ -56,5 +63,7 @@ pub fn pin_self(cpu: usize) -> std::io::Result<()> {
 }
 
 pub fn ncpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -39,7 +39,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(mode: &'static str, target_rate: Option<f64>, s: &PhaseStats, before: Option<Snap>, after: Option<Snap>) -> Summary {
+    pub fn new(
+        mode: &'static str,
+        target_rate: Option<f64>,
+        s: &PhaseStats,
+        before: Option<Snap>,
+        after: Option<Snap>,
+    ) -> Summary {
         let h = &s.hist;
         let wall = s.wall.as_secs_f64().max(1e-9);
         let cpu = match (before, after) {

@@ -244,8 +244,13 @@ impl Scenario {
         if self.load.mode == Mode::Open && self.load.rate.is_none() {
             errs.push("load.mode open needs load.rate (compare derives it from saturation)".into());
         }
-        if !(self.load.duration_secs > 0.0) || self.load.requests == 0 {
-            errs.push("load.requests and load.duration_secs must be > 0 (every run is bounded)".into());
+        if self.load.duration_secs.is_nan()
+            || self.load.duration_secs <= 0.0
+            || self.load.requests == 0
+        {
+            errs.push(
+                "load.requests and load.duration_secs must be > 0 (every run is bounded)".into(),
+            );
         }
         if errs.is_empty() {
             Ok(())

@@ -28,11 +28,16 @@ pub fn main(o: Opts) -> anyhow::Result<()> {
         let n = o.tools;
         handles.push(std::thread::spawn(move || {
             crate::gen::with_runtime(move || async move {
-                let opts = ListenerOpts::default().reuse_port(true).reuse_addr(true).backlog(4096);
+                let opts = ListenerOpts::default()
+                    .reuse_port(true)
+                    .reuse_addr(true)
+                    .backlog(4096);
                 let l = TcpListener::bind_with_config(local, &opts).expect("bind stand-in");
                 let tools = Rc::new(tools_list(n));
                 loop {
-                    let Ok((s, _)) = l.accept().await else { continue };
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
                     let tools = tools.clone();
                     monoio::spawn(async move {
                         let _ = serve_conn(s, sse, tools).await;
@@ -42,7 +47,10 @@ pub fn main(o: Opts) -> anyhow::Result<()> {
         }));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let ready = format!("{{\"listen\":\"{local}\",\"pid\":{},\"standin\":true}}\n", std::process::id());
+    let ready = format!(
+        "{{\"listen\":\"{local}\",\"pid\":{},\"standin\":true}}\n",
+        std::process::id()
+    );
     match &o.ready_file {
         Some(p) => {
             let tmp = format!("{p}.tmp");
@@ -82,7 +90,13 @@ async fn serve_conn(mut s: TcpStream, sse_all: bool, tools: Rc<String>) -> std::
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
                     .unwrap_or(0);
                 break (n, cl);
             }
@@ -91,7 +105,9 @@ async fn serve_conn(mut s: TcpStream, sse_all: bool, tools: Rc<String>) -> std::
             }
             let len = buf.len();
             let cap = buf.capacity();
-            let (r, sl) = s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)).await;
+            let (r, sl) = s
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+                .await;
             buf = sl.into_inner();
             if r? == 0 {
                 return Ok(());
@@ -101,7 +117,9 @@ async fn serve_conn(mut s: TcpStream, sse_all: bool, tools: Rc<String>) -> std::
             buf.reserve(clen);
             let len = buf.len();
             let cap = buf.capacity();
-            let (r, sl) = s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)).await;
+            let (r, sl) = s
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+                .await;
             buf = sl.into_inner();
             if r? == 0 {
                 return Ok(());
@@ -122,19 +140,25 @@ async fn handle(s: &mut TcpStream, body: &[u8], sse_all: bool, tools: &str) -> s
     let msg: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
-            let b = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
+            let b =
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
             return write(s, json_response(400, b, None)).await;
         }
     };
     let id = msg.get("id").cloned();
     let method = msg.get("method").and_then(|m| m.as_str()).unwrap_or("");
     let Some(id) = id else {
-        return write(s, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_vec()).await;
+        return write(
+            s,
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        )
+        .await;
     };
     let params = msg.get("params");
     let idj = id.to_string();
     let ok = |result: &str| format!("{{\"jsonrpc\":\"2.0\",\"id\":{idj},\"result\":{result}}}");
-    let text_result = |t: &str| ok(&serde_json::json!({"content":[{"type":"text","text":t}]}).to_string());
+    let text_result =
+        |t: &str| ok(&serde_json::json!({"content":[{"type":"text","text":t}]}).to_string());
     let (out, session, progress): (String, Option<String>, Option<(u64, u64, serde_json::Value)>) = match method {
         "initialize" => {
             let v = params
@@ -217,7 +241,10 @@ fn chunk(data: &str) -> Vec<u8> {
 
 fn json_response(status: u16, body: &str, session: Option<&str>) -> Vec<u8> {
     let reason = if status == 200 { "OK" } else { "Bad Request" };
-    let mut h = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let mut h = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(sid) = session {
         h.push_str(&format!("Mcp-Session-Id: {sid}\r\n"));
     }
