@@ -1,0 +1,132 @@
+//! Figures of one measured phase: what the table prints and what the final JSON line carries.
+
+use serde::Serialize;
+
+use crate::gen::{Errors, PhaseStats};
+use crate::procstat::Snap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub mode: &'static str,
+    pub target_rate: Option<f64>,
+    pub completed: u64,
+    pub errors_total: u64,
+    pub errors: Errors,
+    pub throttled: u64,
+    pub progress_msgs: u64,
+    pub wall_s: f64,
+    pub rps: f64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// From the actual write (differs from the above only in the open loop).
+    pub service_p50_us: u64,
+    pub service_p99_us: u64,
+    pub service_p999_us: u64,
+    /// Open loop: p99 of (actual write − intended send time): harness timer resolution plus waiting for a free connection.
+    pub send_lag_p99_us: u64,
+    /// CPU time (utime+stime) of the process under test during the phase, per completed request.
+    pub cpu_us_per_req: Option<f64>,
+    pub target_cpu_ms: Option<f64>,
+    pub rss_kib: Option<u64>,
+    /// VmHWM: peak RSS over the target's whole lifetime.
+    pub peak_rss_kib: Option<u64>,
+    pub mib_in_per_s: f64,
+    pub last_error: Option<String>,
+}
+
+impl Summary {
+    pub fn new(
+        mode: &'static str,
+        target_rate: Option<f64>,
+        s: &PhaseStats,
+        before: Option<Snap>,
+        after: Option<Snap>,
+    ) -> Summary {
+        let h = &s.hist;
+        let wall = s.wall.as_secs_f64().max(1e-9);
+        let cpu = match (before, after) {
+            (Some(b), Some(a)) => Some(a.cpu_us.saturating_sub(b.cpu_us) as f64),
+            _ => None,
+        };
+        // Throttled replies are answered requests: they are counted in `completed`.
+        let done = s.completed;
+        Summary {
+            mode,
+            target_rate,
+            completed: s.completed,
+            errors_total: s.errors.total(),
+            errors: s.errors.clone(),
+            throttled: s.throttled,
+            progress_msgs: s.progress_msgs,
+            wall_s: wall,
+            rps: s.completed as f64 / wall,
+            mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            service_p50_us: s.service.value_at_quantile(0.50),
+            service_p99_us: s.service.value_at_quantile(0.99),
+            service_p999_us: s.service.value_at_quantile(0.999),
+            send_lag_p99_us: s.send_lag.value_at_quantile(0.99),
+            cpu_us_per_req: cpu.filter(|_| done > 0).map(|c| c / done as f64),
+            target_cpu_ms: cpu.map(|c| c / 1000.0),
+            rss_kib: after.map(|a| a.rss_kib),
+            peak_rss_kib: after.map(|a| a.hwm_kib),
+            mib_in_per_s: s.bytes_in as f64 / wall / (1024.0 * 1024.0),
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<10} {:<6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "setup", "mode", "completed", "errors", "rps", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "svc_p99", "lag_p99", "cpu_us/req", "rss_kib", "hwm_kib"
+    )
+}
+
+pub fn table_row(name: &str, s: &Summary) -> String {
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    format!(
+        "{:<10} {:<6} {:>9} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        name,
+        s.mode,
+        s.completed,
+        s.errors_total,
+        s.rps,
+        s.p50_us,
+        s.p90_us,
+        s.p99_us,
+        s.p999_us,
+        s.max_us,
+        s.service_p99_us,
+        s.send_lag_p99_us,
+        s.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+        opt(s.rss_kib),
+        opt(s.peak_rss_kib),
+    )
+}
+
+pub fn error_line(name: &str, s: &Summary) -> Option<String> {
+    if s.errors_total == 0 {
+        return None;
+    }
+    let e = &s.errors;
+    Some(format!(
+        "  {name}: errors connect={} timeout={} io={} http_status={} jsonrpc={} tool_error={} mismatch={}; last: {}",
+        e.connect,
+        e.timeout,
+        e.io,
+        e.http_status,
+        e.jsonrpc,
+        e.tool_error,
+        e.mismatch,
+        s.last_error.as_deref().unwrap_or("-")
+    ))
+}
