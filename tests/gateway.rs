@@ -660,3 +660,63 @@ fn the_default_config_serves_its_builtin_demo() {
     let r = mcp.call_tool("echo", json!({"text": "demo"}));
     assert_eq!(r["result"]["content"][0]["text"], "demo");
 }
+
+fn open_get_stream(gw: &Gateway, sid: &str) -> Http {
+    let mut h = gw.client();
+    h.send_raw(
+        format!(
+            "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = std::io::Read::read(&mut h.stream, &mut tmp).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&tmp[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    h
+}
+
+fn open_connections(gw: &Gateway) -> f64 {
+    let m = gw.metrics();
+    m.lines()
+        .find_map(|l| l.strip_prefix("tollgate_connections_open "))
+        .map_or(-1.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn a_get_stream_ends_when_its_client_leaves_or_the_gateway_stops() {
+    let (_demo, mut gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    drop(mcp);
+    let stream = open_get_stream(&gw, &sid);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_connections(&gw) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not notice its client left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An open stream does not hold shutdown for the whole drain timeout (30 s by default).
+    let mut other = Mcp::new(gw.addr, "/mcp");
+    other.initialize("2025-06-18");
+    let _held = open_get_stream(&gw, &other.session.clone().unwrap());
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGTERM) };
+    let status = gw.proc.child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        t0.elapsed()
+    );
+}

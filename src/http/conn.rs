@@ -6,8 +6,12 @@ use std::io;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-/// The smallest free space a read is given.
-const MIN_READ: usize = 8 * 1024;
+/// Below this much free space a read first makes room.
+const MIN_SPARE: usize = 512;
+/// When the buffer must grow, it grows by at least this much.
+const MIN_GROW: usize = 8 * 1024;
+/// The most a single read asks for.
+const MAX_READ: usize = 1 << 20;
 
 pub struct Conn<S> {
     pub io: S,
@@ -45,9 +49,8 @@ impl<S> Conn<S> {
     /// Releases memory held by a large body once the connection is idle again.
     pub fn shrink_idle(&mut self, keep: usize) {
         if self.rbuf.capacity() > keep && self.rbuf.len() - self.rpos <= keep {
-            let rest = self.rbuf[self.rpos..].to_vec();
             let mut fresh = Vec::with_capacity(keep);
-            fresh.extend_from_slice(&rest);
+            fresh.extend_from_slice(&self.rbuf[self.rpos..]);
             self.rbuf = fresh;
             self.rpos = 0;
         }
@@ -60,17 +63,23 @@ impl<S> Conn<S> {
 
 impl<S: AsyncReadRent> Conn<S> {
     /// Reads more bytes into the buffer. Returns how many were read; 0 means end of stream.
-    /// `want` hints at how many more bytes are expected (a body's remaining length).
+    /// `want` is how many more bytes are expected (a body's remaining length), or 0 when unknown:
+    /// then whatever free space there is gets used, so an idle connection keeps a small buffer.
     pub async fn fill(&mut self, want: usize) -> io::Result<usize> {
         let spare = self.rbuf.capacity() - self.rbuf.len();
-        let need = want.clamp(MIN_READ, 1 << 20);
+        let need = if want == 0 {
+            MIN_SPARE
+        } else {
+            want.min(MAX_READ)
+        };
         if spare < need {
             if self.rpos > 0 {
                 self.rbuf.drain(..self.rpos);
                 self.rpos = 0;
             }
-            if self.rbuf.capacity() - self.rbuf.len() < need {
-                self.rbuf.reserve(need);
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            if spare < need {
+                self.rbuf.reserve(need.max(MIN_GROW));
             }
         }
         let buf = std::mem::take(&mut self.rbuf);

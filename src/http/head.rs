@@ -273,7 +273,7 @@ pub struct ResponseHead {
     pub session_id: Option<Range<usize>>,
     /// Headers relayed to the client as they are: everything but hop-by-hop, framing and
     /// session headers (the gateway sets those itself).
-    pub relay: Vec<(Range<usize>, Range<usize>)>,
+    pub relay: smallvec::SmallVec<[(Range<usize>, Range<usize>); 16]>,
 }
 
 impl ResponseHead {
@@ -337,7 +337,7 @@ pub fn parse_response<'b>(
         keep_alive: minor == 1,
         content_type: None,
         session_id: None,
-        relay: Vec::new(),
+        relay: smallvec::SmallVec::new(),
     };
     let mut content_length = None;
     let mut chunked = false;

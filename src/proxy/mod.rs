@@ -53,14 +53,26 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
-                refuse(&w, &mut c, e.kind, None, Some(&e.reason), false, b"").await;
+                Box::pin(refuse(
+                    &w,
+                    &mut c,
+                    e.kind,
+                    None,
+                    Some(&e.reason),
+                    false,
+                    b"",
+                ))
+                .await;
                 return;
             }
         };
-        if handle(&w, &mut c, head).await == Next::Close || w.shutdown.is_fired() {
+        // Boxed: the per-request state machine is large, and an idle connection should not carry it.
+        c.lend(&w);
+        let next = Box::pin(handle(&w, &mut c, head)).await;
+        c.release(&w);
+        if next == Next::Close || w.shutdown.is_fired() {
             return;
         }
-        c.conn.shrink_idle(64 * 1024);
     }
 }
 
@@ -86,24 +98,13 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
             }
             deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
         }
-        let read = match deadline {
-            None => {
-                monoio::select! {
-                    r = monoio::time::timeout(limits.idle_timeout, c.conn.fill(0)) => match r {
-                        Ok(r) => r,
-                        Err(_) => return Ok(None),
-                    },
-                    _ = w.shutdown.wait() => return Ok(None),
-                }
-            }
-            Some(d) => match monoio::time::timeout(
-                d.saturating_duration_since(Instant::now()),
-                c.conn.fill(0),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => return Err(Error::new(Kind::HeaderTimeout, "")),
+        // One await point, and no runtime timer: this state lives in every idle connection.
+        let until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        let read = monoio::select! {
+            r = c.conn.fill(0) => r,
+            why = w.shutdown.wait_until(until) => match (why, deadline) {
+                (shutdown::Woken::Deadline, Some(_)) => return Err(Error::new(Kind::HeaderTimeout, "")),
+                _ => return Ok(None),
             },
         };
         match read {
@@ -593,6 +594,7 @@ async fn post(
             head.minor == 0,
             cors,
             Some(up.request_timeout),
+            false,
         )
         .await
     };
@@ -652,6 +654,7 @@ async fn relay(
     http10: bool,
     cors: &[u8],
     read_timeout: Option<Duration>,
+    end_on_shutdown: bool,
 ) -> Next {
     let keep = client_head(
         &mut c.out,
@@ -672,6 +675,7 @@ async fn relay(
     let mode = RelayMode {
         http10,
         read_timeout,
+        end_on: end_on_shutdown.then_some(&w.shutdown),
     };
     match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
         Ok(reusable) => {
@@ -938,6 +942,7 @@ async fn get(
                 head.minor == 0,
                 cors,
                 Some(up.request_timeout),
+                true,
             )
             .await;
             let outcome = if (200..300).contains(&rhead.status) {
@@ -1036,5 +1041,24 @@ async fn delete(
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Rc<WorkerState>, TcpStream) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// An idle connection's memory is this future plus its read buffer: keep it small.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let size = future_size(serve);
+        assert!(size <= 1024, "serve future is {size} bytes");
     }
 }

@@ -103,6 +103,13 @@ impl Gateway {
     }
 }
 
+/// Capacity of a new pooled write buffer.
+const POOLED_BUFFER: usize = 16 * 1024;
+/// Buffers that grew past this are not kept.
+const MAX_POOLED_BUFFER: usize = 256 * 1024;
+/// At most this many idle buffers per worker.
+const MAX_POOLED_BUFFERS: usize = 1024;
+
 /// Revoked session ids live at most this long past their expiry in the local set.
 const MAX_REVOKED: usize = 1 << 20;
 
@@ -114,6 +121,9 @@ pub struct WorkerState {
     pub metrics: WorkerMetrics,
     pub connections: Cell<usize>,
     pub shutdown: LocalShutdown,
+    /// Write buffers lent to connections for the length of one request, so an idle
+    /// connection holds none and a busy one never allocates.
+    buffers: RefCell<Vec<Vec<u8>>>,
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     revoke_rx: Receiver<Revocation>,
 }
@@ -126,10 +136,31 @@ impl WorkerState {
             metrics: WorkerMetrics::new(&names),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
+            buffers: RefCell::new(Vec::new()),
             revoked: RefCell::new(HashMap::new()),
             revoke_rx,
             gw,
             index,
+        }
+    }
+
+    /// A cleared buffer from the pool (or a new one).
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(POOLED_BUFFER))
+    }
+
+    /// Returns a buffer to the pool; huge ones (a large body went through) are freed instead.
+    pub fn give_buffer(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_BUFFER {
+            return;
+        }
+        let mut pool = self.buffers.borrow_mut();
+        if pool.len() < MAX_POOLED_BUFFERS {
+            buf.clear();
+            pool.push(buf);
         }
     }
 

@@ -12,7 +12,11 @@ use crate::http::head::{parse_response, Framing, ResponseHead};
 use crate::http::pool::{connect, UpstreamConn};
 use crate::http::Conn;
 
+use super::shutdown::LocalShutdown;
 use super::state::WorkerState;
+
+/// Read buffer an idle client connection keeps: a typical MCP request (head + body) fits.
+pub const IDLE_READ_BUFFER: usize = 2048;
 
 /// Upstream response heads larger than this are refused.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -31,14 +35,34 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client starts with only a small read buffer; write buffers are lent per request.
     pub fn new(stream: TcpStream, write_timeout: Duration) -> Self {
         Client {
-            conn: Conn::new(stream, 16 * 1024),
-            out: Vec::with_capacity(16 * 1024),
-            up_out: Vec::with_capacity(4 * 1024),
+            conn: Conn::new(stream, IDLE_READ_BUFFER),
+            out: Vec::new(),
+            up_out: Vec::new(),
             body: Vec::new(),
             write_timeout,
         }
+    }
+
+    /// Borrows write buffers from the worker's pool for one request.
+    pub fn lend(&mut self, w: &WorkerState) {
+        if self.out.capacity() == 0 {
+            self.out = w.take_buffer();
+        }
+        if self.up_out.capacity() == 0 {
+            self.up_out = w.take_buffer();
+        }
+    }
+
+    /// Gives the request's buffers back and shrinks the read buffer, so an idle connection
+    /// holds only `IDLE_READ_BUFFER` bytes.
+    pub fn release(&mut self, w: &WorkerState) {
+        w.give_buffer(std::mem::take(&mut self.out));
+        w.give_buffer(std::mem::take(&mut self.up_out));
+        w.give_buffer(std::mem::take(&mut self.body));
+        self.conn.shrink_idle(IDLE_READ_BUFFER);
     }
 
     /// Writes `out` to the client within the write timeout. An error means: close the connection.
@@ -222,11 +246,80 @@ pub async fn read_full_body(
 
 /// How the body goes to the client.
 #[derive(Clone, Copy)]
-pub struct RelayMode {
+pub struct RelayMode<'a> {
     /// The client speaks HTTP/1.0: no chunked encoding, close-delimited.
     pub http10: bool,
-    /// Per-read timeout on the upstream; `None` for event streams, which may idle.
+    /// Per-read timeout on the upstream; `None` for event streams, which may idle. Event streams
+    /// also watch the client, so one that went away ends the relay at once.
     pub read_timeout: Option<Duration>,
+    /// Ends the stream when the worker shuts down (GET streams: not an in-flight request).
+    pub end_on: Option<&'a LocalShutdown>,
+}
+
+enum StreamEvent {
+    UpstreamReadable,
+    ClientGone,
+    Shutdown,
+}
+
+/// Whether the peer closed: a zero-byte peek. Data waiting (a pipelined request) is not "gone".
+fn peer_closed(fd: std::os::fd::RawFd) -> Option<bool> {
+    let mut b = [0u8; 1];
+    // SAFETY: recv into a 1-byte stack buffer on a socket this connection owns.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Some(true),
+        n if n > 0 => Some(false),
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+            _ => Some(true),
+        },
+    }
+}
+
+/// Waits on an event stream without lending a buffer: the upstream's next bytes, the client
+/// going away, or shutdown. Readiness polls cancel cleanly, unlike a read that owns a buffer.
+async fn stream_wait(
+    c: &Client,
+    up: &UpstreamConn,
+    end_on: Option<&LocalShutdown>,
+    watch_client: &mut bool,
+) -> StreamEvent {
+    use std::os::fd::AsRawFd;
+    let shutdown = async {
+        match end_on {
+            Some(s) => {
+                s.wait().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if !*watch_client {
+            return monoio::select! {
+                _ = up.io.readable(false) => StreamEvent::UpstreamReadable,
+                _ = &mut shutdown => StreamEvent::Shutdown,
+            };
+        }
+        monoio::select! {
+            _ = up.io.readable(false) => return StreamEvent::UpstreamReadable,
+            _ = &mut shutdown => return StreamEvent::Shutdown,
+            _ = c.conn.io.readable(false) => match peer_closed(c.conn.io.as_raw_fd()) {
+                Some(true) => return StreamEvent::ClientGone,
+                // The client sent more (pipelining): it is still there; stop watching it.
+                Some(false) => *watch_client = false,
+                None => {}
+            },
+        }
+    }
 }
 
 /// Why a relay stopped early. The client connection must be closed either way.
@@ -234,6 +327,8 @@ pub struct RelayMode {
 pub enum RelayError {
     Client,
     Upstream(&'static str),
+    /// A stream ended because the worker is shutting down.
+    Shutdown,
 }
 
 /// Relays the body of `head` (its head already consumed from `up`), after whatever `c.out`
@@ -242,8 +337,9 @@ pub async fn relay_body(
     c: &mut Client,
     up: &mut UpstreamConn,
     head: &ResponseHead,
-    mode: RelayMode,
+    mode: RelayMode<'_>,
 ) -> Result<bool, RelayError> {
+    let mut watch_client = true;
     let mut dec = ChunkedDecoder::new(MAX_UPSTREAM_HEAD);
     let mut left = match head.framing {
         Framing::Length(n) => n,
@@ -297,7 +393,17 @@ pub async fn relay_body(
                 Ok(r) => r,
                 Err(_) => return Err(RelayError::Upstream("upstream body timed out")),
             },
-            None => up.fill(want).await,
+            None => match stream_wait(c, up, mode.end_on, &mut watch_client).await {
+                StreamEvent::UpstreamReadable => up.fill(want).await,
+                StreamEvent::ClientGone => return Err(RelayError::Client),
+                StreamEvent::Shutdown => {
+                    if !mode.http10 && head.framing != Framing::Length(left) {
+                        c.out.extend_from_slice(LAST_CHUNK);
+                        let _ = c.flush().await;
+                    }
+                    return Err(RelayError::Shutdown);
+                }
+            },
         };
         match read {
             Ok(0) if head.framing == Framing::UntilClose => {

@@ -266,6 +266,7 @@ async fn worker_main(
             let mut ticks = 0u64;
             while !w.gw.shutdown.load(Ordering::Acquire) {
                 monoio::time::sleep(Duration::from_millis(50)).await;
+                w.shutdown.tick(Instant::now());
                 ticks += 1;
                 if ticks % 200 == 0 {
                     let now = Instant::now();
