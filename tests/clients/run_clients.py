@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Real MCP clients through tollgate, with the same clients straight at the upstreams as a control.
+
+Starts, on 127.0.0.1 and ephemeral ports, each waited for through its ready file:
+  - `tollgate demo-upstream` (the built-in demo MCP server),
+  - @modelcontextprotocol/server-everything (pinned to loopback by lib/loopback.cjs),
+  - `tollgate run` with both behind it (/mcp -> demo, /everything/mcp -> everything).
+Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x, Inspector CLI)
+against each upstream, first directly, then through tollgate, and prints one line per check:
+`ok CLIENT VIA UPSTREAM: CHECK` or `FAIL ...`. A check that fails through tollgate but
+passes directly is the gateway's. Everything it started is stopped on exit, failure or signal.
+
+Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
+Needs scripts/install-tools.sh to have run (stdlib only otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+TOOLS = Path(os.environ.get("TOLLGATE_TOOLS_DIR", REPO / ".tools"))
+NODE_BIN = TOOLS / "node" / "node_modules" / ".bin"
+NPM_DIR = TOOLS / "npm"
+EVERYTHING_JS = NPM_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+
+READY_DEADLINE_S = 60.0  # debug build, 2 shared cores: generous, but bounded
+CLIENT_TIMEOUT_S = 180.0
+STOP_DEADLINE_S = 10.0
+
+# name -> argv prefix; each takes URL and PROFILE as its last two arguments
+CLIENTS = {
+    "mcp2": [str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")],
+    "mcp1": [str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")],
+    "sdk1": [str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")],
+    "inspector": [sys.executable, str(HERE / "inspector_client.py")],
+}
+
+
+@dataclass
+class Tally:
+    passed: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def ok(self, name: str) -> None:
+        self.passed += 1
+        print(f"ok   {name}", flush=True)
+
+    def fail(self, name: str, why: str = "") -> None:
+        self.failed += 1
+        line = f"{name}: {why}" if why else name
+        self.failures.append(line)
+        print(f"FAIL {line}", flush=True)
+
+
+class Service:
+    """A child process we started, its logs, and what its ready file said."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None, ready_via_env: bool = False):
+        self.name = name
+        self.ready_file = workdir / f"{name}.ready.json"
+        self.log_path = workdir / f"{name}.log"
+        self.ready: dict | None = None
+        if ready_via_env:
+            env = {**(env or os.environ), "READY_FILE": str(self.ready_file)}
+        else:
+            argv = [*argv, "--ready-file", str(self.ready_file)]
+        self.argv = argv
+        self.log = open(self.log_path, "wb")
+        # Own process group, so stopping it also stops anything it spawned.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+
+    def wait_ready(self) -> dict:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready\n{self.log_tail()}")
+            try:
+                self.ready = json.loads(self.ready_file.read_text())
+                return self.ready
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.05)  # polling interval, not synchronisation: the deadline bounds it
+        raise RuntimeError(f"{self.name} not ready within {READY_DEADLINE_S:.0f}s\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait up to STOP_DEADLINE_S, then SIGKILL. Returns the exit code of a graceful stop."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()
+                self.log.close()
+                return None
+        else:
+            # It had already exited: still kill any leftovers in its group.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.log.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            if not self.log.closed:
+                self.log.flush()
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n".join(f"    [{self.name}] {line}" for line in text)
+
+
+def client_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(NPM_DIR / "node_modules" / ".bin"), str(NODE_BIN), env.get("PATH", "")])
+    env["TOLLGATE_NPM_DIR"] = str(NPM_DIR)
+    # The Inspector CLI keeps a catalog and storage under $HOME: keep them in the scratch folder.
+    env["HOME"] = str(workdir / "home")
+    env["MCP_CATALOG_PATH"] = str(workdir / "home" / "mcp.json")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: dict[str, str]) -> None:
+    label = f"{client} {via} {target}"
+    try:
+        proc = subprocess.run([*CLIENTS[client], url, target], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=CLIENT_TIMEOUT_S, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired as exc:
+        tally.fail(label, f"timed out after {CLIENT_TIMEOUT_S:.0f}s; output so far: {(exc.stdout or '')!s:.400}")
+        return
+    reported_failure = False
+    for line in proc.stdout.splitlines():
+        if line.startswith("ok "):
+            tally.ok(f"{label}: {line[3:]}")
+        elif line.startswith("FAIL "):
+            reported_failure = True
+            tally.fail(f"{label}: {line[5:]}")
+        elif line.strip():
+            print(f"     [{label}] {line}", flush=True)
+    if proc.returncode != 0 and not reported_failure:
+        tally.fail(label, f"exit {proc.returncode}: {proc.stderr.strip()[-600:]}")
+    elif proc.returncode != 0 and proc.stderr.strip():
+        for line in proc.stderr.strip().splitlines()[-8:]:
+            print(f"     [{label} stderr] {line}", flush=True)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def write_config(path: Path, demo: str, everything: str) -> None:
+    path.write_text(
+        "# written by tests/clients/run_clients.py\n"
+        "listen: { address: 127.0.0.1:0 }\n"
+        "admin: { address: 127.0.0.1:0 }\n"
+        "upstreams:\n"
+        f'  - {{ name: demo, url: "http://{demo}/mcp" }}\n'
+        f'  - {{ name: everything, url: "http://{everything}/mcp" }}\n'
+        "servers:\n"
+        "  - { path: /mcp, upstream: demo }\n"
+        "  - { path: /everything/mcp, upstream: everything }\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    parser.add_argument("--tollgate", default=str(target_dir / "debug" / "tollgate"), help="tollgate binary (default: the debug build)")
+    parser.add_argument("--only", default=",".join(CLIENTS), help=f"comma-separated clients (default: all of {','.join(CLIENTS)})")
+    parser.add_argument("--via", choices=["direct", "tollgate", "both"], default="both")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, config, ready files)")
+    args = parser.parse_args()
+    clients = [c for c in args.only.split(",") if c]
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown:
+        parser.error(f"unknown clients {unknown}")
+
+    # Turn SIGTERM/SIGINT/SIGHUP into an exception so the finally block stops every child.
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    tally = Tally()
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-clients-"))
+    (workdir / "home").mkdir()
+    env = client_env(workdir)
+    services: list[Service] = []
+    urls: dict[tuple[str, str], str] = {}  # (via, target) -> MCP URL
+    gateway: Service | None = None
+    try:
+        # Upstreams first, then the gateway in front of them.
+        if not Path(args.tollgate).exists():
+            tally.fail("start demo-upstream", f"{args.tollgate} missing (cargo build --bins first)")
+        else:
+            demo = Service("demo-upstream", [args.tollgate, "demo-upstream", "--listen", "127.0.0.1:0"], workdir)
+            services.append(demo)
+        everything = Service("server-everything", [str(NODE_BIN / "node"), "--require", str(HERE / "lib" / "loopback.cjs"),
+                                                   str(EVERYTHING_JS), "streamableHttp"], workdir, env=env, ready_via_env=True)
+        services.append(everything)
+        for svc in list(services):
+            try:
+                ready = svc.wait_ready()
+                tally.ok(f"start {svc.name} ({ready['listen']})")
+                target = "demo" if svc.name == "demo-upstream" else "everything"
+                urls[("direct", target)] = f"http://{ready['listen']}/mcp"
+            except Exception as exc:
+                tally.fail(f"start {svc.name}", str(exc))
+
+        if args.via != "direct" and ("direct", "demo") in urls and ("direct", "everything") in urls:
+            config = workdir / "tollgate.yaml"
+            write_config(config, urls[("direct", "demo")][7:-4], urls[("direct", "everything")][7:-4])
+            gateway = Service("tollgate", [args.tollgate, "run", "--config", str(config)], workdir)
+            services.append(gateway)
+            try:
+                ready = gateway.wait_ready()
+                tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
+                urls[("tollgate", "demo")] = f"http://{ready['listen']}/mcp"
+                urls[("tollgate", "everything")] = f"http://{ready['listen']}/everything/mcp"
+                for path in ("/healthz", "/readyz", "/metrics"):
+                    status, body = http_get(f"http://{ready['admin']}{path}")
+                    if status == 200 and (path != "/metrics" or "# TYPE" in body):
+                        tally.ok(f"tollgate admin {path}")
+                    else:
+                        tally.fail(f"tollgate admin {path}", f"status {status}, body {body[:200]!r}")
+            except Exception as exc:
+                tally.fail("start tollgate", str(exc))
+        elif args.via != "direct":
+            tally.fail("start tollgate", "skipped: an upstream did not start")
+
+        vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
+        for via in vias:
+            for target in ("demo", "everything"):
+                url = urls.get((via, target))
+                if url is None:
+                    tally.fail(f"{via} {target}", "not reachable: every client check skipped")
+                    continue
+                print(f"---- {via} -> {target} ({url})", flush=True)
+                for client in clients:
+                    run_client(tally, client, via, target, url, env)
+
+        if gateway is not None and gateway.ready is not None:
+            code = gateway.stop()
+            if code == 0:
+                tally.ok("tollgate stops on SIGTERM with exit 0")
+            else:
+                tally.fail("tollgate stops on SIGTERM with exit 0", f"exit {code} (None = needed SIGKILL)\n{gateway.log_tail()}")
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        if tally.failed:
+            for svc in services:
+                tail = svc.log_tail()
+                if tail:
+                    print(f"---- last lines of {svc.name} log:\n{tail}", flush=True)
+        if args.keep or os.environ.get("TOLLGATE_KEEP_SCRATCH"):
+            print(f"scratch folder kept: {workdir}")
+        else:
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+    if tally.failures:
+        print("failed checks:")
+        for line in tally.failures:
+            print(f"  - {line.splitlines()[0][:300]}")
+    print(f"clients: {tally.passed} passed, {tally.failed} failed", flush=True)
+    return 1 if tally.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
