@@ -1,0 +1,522 @@
+//! Request and response heads on httparse. Parsed fields are byte ranges into the caller's
+//! buffer (relative to the head's start), so nothing is copied and the buffer can be compacted.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use crate::error::Kind;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Delete,
+    Options,
+    Head,
+    Other,
+}
+
+/// Why a head was refused, with the kind that decides the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadError {
+    pub kind: Kind,
+    pub reason: &'static str,
+}
+
+impl HeadError {
+    const fn new(kind: Kind, reason: &'static str) -> Self {
+        HeadError { kind, reason }
+    }
+}
+
+/// Request headers the gateway decides on or forwards. Each may appear at most once.
+#[derive(Clone, Debug, Default)]
+pub struct RequestHead {
+    pub method: Option<HttpMethod>,
+    /// Bytes of the head, including the blank line.
+    pub len: usize,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub target: Range<usize>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub host: Option<Range<usize>>,
+    pub origin: Option<Range<usize>>,
+    pub accept: Option<Range<usize>>,
+    pub content_type: Option<Range<usize>>,
+    pub session_id: Option<Range<usize>>,
+    pub protocol_version: Option<Range<usize>>,
+    pub last_event_id: Option<Range<usize>>,
+    pub authorization: Option<Range<usize>>,
+    /// Trace context headers passed through to the upstream: (name, value).
+    pub trace: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl RequestHead {
+    pub fn method(&self) -> HttpMethod {
+        self.method.unwrap_or(HttpMethod::Other)
+    }
+
+    /// Path of the target without the query string.
+    pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let t = &buf[self.target.clone()];
+        match memchr::memchr(b'?', t) {
+            Some(q) => &t[..q],
+            None => t,
+        }
+    }
+
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn set_once(
+    slot: &mut Option<Range<usize>>,
+    r: Range<usize>,
+    what: &'static str,
+) -> Result<(), HeadError> {
+    if slot.is_some() {
+        return Err(HeadError::new(Kind::MalformedHttp, what));
+    }
+    *slot = Some(r);
+    Ok(())
+}
+
+fn parse_content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
+/// `headers` is uninitialised scratch space whose length is the header-count limit.
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    max_head: usize,
+) -> Result<Option<RequestHead>, HeadError> {
+    let mut req = httparse::Request::new(&mut []);
+    let status = req
+        .parse_with_uninit_headers(buf, headers)
+        .map_err(|e| match e {
+            httparse::Error::TooManyHeaders => {
+                HeadError::new(Kind::TooManyHeaders, "too many request headers")
+            }
+            _ => HeadError::new(Kind::MalformedHttp, "malformed request head"),
+        })?;
+    let len = match status {
+        httparse::Status::Partial => {
+            if buf.len() > max_head {
+                return Err(HeadError::new(
+                    Kind::HeaderTooLarge,
+                    "request head too large",
+                ));
+            }
+            return Ok(None);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if len > max_head {
+        return Err(HeadError::new(
+            Kind::HeaderTooLarge,
+            "request head too large",
+        ));
+    }
+    let minor = req.version.unwrap_or(1);
+    let method = match req.method.unwrap_or("") {
+        "GET" => HttpMethod::Get,
+        "POST" => HttpMethod::Post,
+        "DELETE" => HttpMethod::Delete,
+        "OPTIONS" => HttpMethod::Options,
+        "HEAD" => HttpMethod::Head,
+        _ => HttpMethod::Other,
+    };
+    let path = req.path.unwrap_or("/");
+    let mut head = RequestHead {
+        method: Some(method),
+        len,
+        minor,
+        target: offset(buf, path.as_bytes()),
+        keep_alive: minor == 1,
+        ..RequestHead::default()
+    };
+    let mut te_seen = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        let v = h.value;
+        let r = offset(buf, v);
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(v).ok_or(HeadError::new(
+                Kind::MalformedHttp,
+                "invalid Content-Length",
+            ))?;
+            if head.content_length.is_some_and(|old| old != n) {
+                return Err(HeadError::new(
+                    Kind::MalformedHttp,
+                    "conflicting Content-Length headers",
+                ));
+            }
+            head.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if te_seen || !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::new(
+                    Kind::UnsupportedTransferEncoding,
+                    "only Transfer-Encoding: chunked is supported",
+                ));
+            }
+            te_seen = true;
+            head.chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if has_token(v, "close") {
+                head.keep_alive = false;
+            } else if has_token(v, "keep-alive") {
+                head.keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            set_once(&mut head.host, r, "more than one Host header")?;
+        } else if name.eq_ignore_ascii_case("origin") {
+            set_once(&mut head.origin, r, "more than one Origin header")?;
+        } else if name.eq_ignore_ascii_case("accept") {
+            // Several Accept headers are legal; keep the first for the check, which is lenient.
+            head.accept.get_or_insert(r);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            set_once(
+                &mut head.content_type,
+                r,
+                "more than one Content-Type header",
+            )?;
+        } else if name.eq_ignore_ascii_case("mcp-session-id") {
+            set_once(
+                &mut head.session_id,
+                r,
+                "more than one Mcp-Session-Id header",
+            )?;
+        } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
+            set_once(
+                &mut head.protocol_version,
+                r,
+                "more than one MCP-Protocol-Version header",
+            )?;
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            set_once(
+                &mut head.last_event_id,
+                r,
+                "more than one Last-Event-ID header",
+            )?;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            set_once(
+                &mut head.authorization,
+                r,
+                "more than one Authorization header",
+            )?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            if v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                head.expect_continue = true;
+            }
+        } else if name.eq_ignore_ascii_case("traceparent")
+            || name.eq_ignore_ascii_case("tracestate")
+            || name.eq_ignore_ascii_case("baggage")
+        {
+            head.trace.push((offset(buf, name.as_bytes()), r));
+        }
+    }
+    if head.chunked && head.content_length.is_some() {
+        // RFC 9112 §6.3: a request with both is a smuggling vector; refuse rather than guess.
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if head.chunked && minor == 0 {
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "chunked body in an HTTP/1.0 request",
+        ));
+    }
+    if minor == 1 && head.host.is_none() {
+        return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
+    }
+    Ok(Some(head))
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Response head from an upstream.
+#[derive(Clone, Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub len: usize,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub content_type: Option<Range<usize>>,
+    pub session_id: Option<Range<usize>>,
+    /// Headers relayed to the client as they are: everything but hop-by-hop, framing and
+    /// session headers (the gateway sets those itself).
+    pub relay: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl ResponseHead {
+    pub fn is_sse(&self, buf: &[u8]) -> bool {
+        self.content_type.as_ref().is_some_and(|r| {
+            let v = &buf[r.clone()];
+            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
+        })
+    }
+}
+
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "mcp-session-id",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+    "x-accel-buffering",
+    "date",
+    "server",
+];
+
+/// Parses a response head. `Ok(None)`: need more bytes. `head_request`: the request was HEAD.
+pub fn parse_response<'b>(
+    buf: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+    max_head: usize,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, HeadError> {
+    let mut resp = httparse::Response::new(headers);
+    let status = resp.parse(buf).map_err(|_| {
+        HeadError::new(
+            Kind::UpstreamProtocol,
+            "malformed response head from upstream",
+        )
+    })?;
+    let len = match status {
+        httparse::Status::Partial => {
+            if buf.len() > max_head {
+                return Err(HeadError::new(
+                    Kind::UpstreamProtocol,
+                    "upstream response head too large",
+                ));
+            }
+            return Ok(None);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    let code = resp.code.unwrap_or(0);
+    let minor = resp.version.unwrap_or(1);
+    let mut head = ResponseHead {
+        status: code,
+        len,
+        framing: Framing::UntilClose,
+        keep_alive: minor == 1,
+        content_type: None,
+        session_id: None,
+        relay: Vec::new(),
+    };
+    let mut content_length = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let v = h.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(v).ok_or(HeadError::new(
+                Kind::UpstreamProtocol,
+                "invalid Content-Length from upstream",
+            ))?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(HeadError::new(
+                    Kind::UpstreamProtocol,
+                    "conflicting Content-Length from upstream",
+                ));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::new(
+                    Kind::UpstreamProtocol,
+                    "unsupported Transfer-Encoding from upstream",
+                ));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if has_token(v, "close") {
+                head.keep_alive = false;
+            } else if has_token(v, "keep-alive") {
+                head.keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case("mcp-session-id") {
+            set_once(
+                &mut head.session_id,
+                offset(buf, v),
+                "more than one Mcp-Session-Id from upstream",
+            )
+            .map_err(|e| HeadError::new(Kind::UpstreamProtocol, e.reason))?;
+        } else {
+            if name.eq_ignore_ascii_case("content-type") {
+                head.content_type = Some(offset(buf, v));
+            }
+            if !DROPPED_RESPONSE_HEADERS
+                .iter()
+                .any(|d| name.eq_ignore_ascii_case(d))
+            {
+                head.relay
+                    .push((offset(buf, name.as_bytes()), offset(buf, v)));
+            }
+        }
+    }
+    head.framing = if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        head.keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Some(head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut h = [const { MaybeUninit::uninit() }; 16];
+        parse_request(s.as_bytes(), &mut h, 1024)
+    }
+
+    #[test]
+    fn parses_mcp_post() {
+        let s =
+            "POST /mcp?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nContent-Type: application/json\r\n\
+                 Mcp-Session-Id: abc\r\nMCP-Protocol-Version: 2025-06-18\r\ntraceparent: 00-1\r\n\
+                 Content-Length: 12\r\n\r\n{\"a\":1}";
+        let h = req(s).unwrap().unwrap();
+        let b = s.as_bytes();
+        assert_eq!(h.method(), HttpMethod::Post);
+        assert_eq!(h.path(b), b"/mcp");
+        assert_eq!(&b[h.session_id.clone().unwrap()], b"abc");
+        assert_eq!(&b[h.protocol_version.clone().unwrap()], b"2025-06-18");
+        assert_eq!(h.content_length, Some(12));
+        assert!(h.keep_alive);
+        assert_eq!(h.trace.len(), 1);
+        assert_eq!(&b[h.len..], b"{\"a\":1}");
+    }
+
+    #[test]
+    fn partial_then_too_large() {
+        assert!(req("POST /mcp HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
+        assert_eq!(req(&big).unwrap_err().kind, Kind::HeaderTooLarge);
+        let big_done = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(2000)
+        );
+        assert_eq!(req(&big_done).unwrap_err().kind, Kind::HeaderTooLarge);
+    }
+
+    #[test]
+    fn refuses_smuggling_shapes() {
+        let both =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(req(both).unwrap_err().kind, Kind::MalformedHttp);
+        let two_cl = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(req(two_cl).unwrap_err().kind, Kind::MalformedHttp);
+        let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(
+            req(gzip).unwrap_err().kind,
+            Kind::UnsupportedTransferEncoding
+        );
+        let neg = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(req(neg).unwrap_err().kind, Kind::MalformedHttp);
+        let two_sessions =
+            "POST / HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: a\r\nMcp-Session-Id: b\r\n\r\n";
+        assert_eq!(req(two_sessions).unwrap_err().kind, Kind::MalformedHttp);
+        assert_eq!(
+            req("GET / HTTP/1.1\r\n\r\n").unwrap_err().kind,
+            Kind::MalformedHttp
+        );
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut s = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..20 {
+            s.push_str(&format!("X-{i}: y\r\n"));
+        }
+        s.push_str("\r\n");
+        assert_eq!(req(&s).unwrap_err().kind, Kind::TooManyHeaders);
+    }
+
+    #[test]
+    fn connection_semantics() {
+        assert!(
+            !req("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(!req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn response_framing_and_relay() {
+        let s =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\
+                 mcp-session-id: up-1\r\nX-Custom: v\r\nConnection: keep-alive\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let r = parse_response(s.as_bytes(), &mut h, 1024, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(r.is_sse(s.as_bytes()));
+        assert_eq!(&s.as_bytes()[r.session_id.clone().unwrap()], b"up-1");
+        let names: Vec<_> = r.relay.iter().map(|(n, _)| &s[n.clone()]).collect();
+        assert_eq!(names, ["Content-Type", "X-Custom"]);
+        let close = "HTTP/1.1 200 OK\r\n\r\n";
+        let r = parse_response(close.as_bytes(), &mut h, 1024, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!r.keep_alive);
+        let accepted = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n";
+        let r = parse_response(accepted.as_bytes(), &mut h, 1024, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, Framing::Length(0));
+    }
+}

@@ -1,0 +1,93 @@
+//! Writing response heads and small complete responses.
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// Appends `HTTP/1.1 <status> <reason>\r\n`.
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut n = itoa_buf(status as u64);
+    out.extend_from_slice(n.as_bytes());
+    n.clear();
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa_buf(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn connection(out: &mut Vec<u8>, keep_alive: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+}
+
+/// A complete response with a body.
+pub fn simple(out: &mut Vec<u8>, status: u16, content_type: &[u8], body: &[u8], keep_alive: bool) {
+    status_line(out, status);
+    if !body.is_empty() || status >= 200 {
+        header(out, b"content-type", content_type);
+    }
+    content_length(out, body.len() as u64);
+    connection(out, keep_alive);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+fn itoa_buf(n: u64) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_complete_response() {
+        let mut out = Vec::new();
+        simple(&mut out, 413, b"application/json", b"{}", false);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s,
+            "HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        );
+    }
+}
