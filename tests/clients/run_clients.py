@@ -87,7 +87,7 @@ class Service:
         deadline = time.monotonic() + READY_DEADLINE_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it was ready {self.log_tail()}".rstrip())
             try:
                 self.ready = json.loads(self.ready_file.read_text())
                 return self.ready
@@ -175,18 +175,19 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-def write_config(path: Path, demo: str, everything: str) -> None:
-    path.write_text(
-        "# written by tests/clients/run_clients.py\n"
-        "listen: { address: 127.0.0.1:0 }\n"
-        "admin: { address: 127.0.0.1:0 }\n"
-        "upstreams:\n"
-        f'  - {{ name: demo, url: "http://{demo}/mcp" }}\n'
-        f'  - {{ name: everything, url: "http://{everything}/mcp" }}\n'
-        "servers:\n"
-        "  - { path: /mcp, upstream: demo }\n"
-        "  - { path: /everything/mcp, upstream: everything }\n"
-    )
+SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp"}
+
+
+def write_config(path: Path, upstreams: dict[str, str]) -> None:
+    """The minimal tollgate config: each upstream (name -> host:port) behind its server path."""
+    lines = ["# written by tests/clients/run_clients.py",
+             "listen: { address: 127.0.0.1:0 }",
+             "admin: { address: 127.0.0.1:0 }",
+             "upstreams:"]
+    lines += [f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
+    lines.append("servers:")
+    lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -234,16 +235,19 @@ def main() -> int:
             except Exception as exc:
                 tally.fail(f"start {svc.name}", str(exc))
 
-        if args.via != "direct" and ("direct", "demo") in urls and ("direct", "everything") in urls:
+        # Put tollgate in front of whichever upstreams came up, so one broken upstream
+        # does not hide what the gateway does with the other.
+        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in ("demo", "everything") if ("direct", t) in urls}
+        if args.via != "direct" and upstreams:
             config = workdir / "tollgate.yaml"
-            write_config(config, urls[("direct", "demo")][7:-4], urls[("direct", "everything")][7:-4])
+            write_config(config, upstreams)
             gateway = Service("tollgate", [args.tollgate, "run", "--config", str(config)], workdir)
             services.append(gateway)
             try:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
-                urls[("tollgate", "demo")] = f"http://{ready['listen']}/mcp"
-                urls[("tollgate", "everything")] = f"http://{ready['listen']}/everything/mcp"
+                for target in upstreams:
+                    urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")
                     if status == 200 and (path != "/metrics" or "# TYPE" in body):
@@ -253,7 +257,7 @@ def main() -> int:
             except Exception as exc:
                 tally.fail("start tollgate", str(exc))
         elif args.via != "direct":
-            tally.fail("start tollgate", "skipped: an upstream did not start")
+            tally.fail("start tollgate", "skipped: no upstream started")
 
         vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
         for via in vias:
