@@ -1,1 +1,158 @@
-fn main() {}
+//! tollgate: arguments → load config → start workers → wait for a signal.
+//! A bad config exits non-zero with every problem listed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "A thread-per-core MCP gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file (default: config/tollgate.yaml if it exists, else built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write {"listen","admin","pid"} as JSON here once every worker accepts.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the built-in demo MCP server on its own (tests, load tests, trying things out).
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Answer every request as an SSE stream.
+        #[arg(long)]
+        sse: bool,
+        /// Pad tools/list with this many synthetic tools.
+        #[arg(long, default_value_t = 0)]
+        tools: usize,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "config/tollgate.yaml";
+
+fn init_logs(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if json {
+        // Without the json feature we keep the text format but drop colours for log shippers.
+        builder.with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<tollgate::config::Config, ExitCode> {
+    let result = match path {
+        Some(p) => tollgate::config::load_file(&p).map_err(|e| (p.display().to_string(), e)),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            tollgate::config::load_file(std::path::Path::new(DEFAULT_CONFIG))
+                .map_err(|e| (DEFAULT_CONFIG.to_string(), e))
+        }
+        None => tollgate::config::load_str("{}").map_err(|e| ("<defaults>".to_string(), e)),
+    };
+    result.map_err(|(p, errs)| {
+        eprintln!("tollgate: {p}: {} problem(s):", errs.0.len());
+        for e in &errs.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, ready_file } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logs(&config.log.level, config.log.json);
+            match tollgate::runtime::run(config, tollgate::runtime::RunOptions { ready_file }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => match load(Some(config)) {
+            Ok(c) => {
+                print!("{}", tollgate::config::render_effective(&c));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::DemoUpstream {
+            listen,
+            workers,
+            sse,
+            tools,
+            ready_file,
+        } => {
+            init_logs("info", false);
+            tollgate::runtime::raise_nofile_limit();
+            let opts = tollgate::demo::DemoOptions {
+                workers: workers.max(1),
+                sse,
+                extra_tools: tools,
+            };
+            match tollgate::demo::spawn(listen, opts) {
+                Ok(addr) => {
+                    eprintln!("tollgate demo upstream: http://{addr}/mcp");
+                    if let Some(p) = ready_file {
+                        let text =
+                            format!("{{\"listen\":\"{addr}\",\"pid\":{}}}\n", std::process::id());
+                        let tmp = p.with_extension("tmp");
+                        if std::fs::write(&tmp, text)
+                            .and_then(|_| std::fs::rename(&tmp, &p))
+                            .is_err()
+                        {
+                            eprintln!("tollgate: cannot write {}", p.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    let mut signals = match signal_hook::iterator::Signals::new([
+                        signal_hook::consts::SIGTERM,
+                        signal_hook::consts::SIGINT,
+                    ]) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("tollgate: signals: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    let _ = signals.forever().next();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: demo upstream on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,25 @@
-//! YAML → Config. (Being written: see ARCHITECTURE.md.)
-use super::Config;
+//! The config file format (YAML) → validated `Config`, and back to text for `render_effective`.
+//! The only module that knows the file's keys and spellings; it reports every problem at once,
+//! each as `path: problem`. It must not leak secrets (session key, header values) into messages.
 
+mod extract;
+mod formats;
+mod render;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+
+use super::*;
+use extract::{boolean, count, describe, item, size, string, Problems, Section};
+
+pub use render::render_effective;
+
+/// Every problem in a config file, one per line, each `path: problem`.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
 
@@ -14,14 +33,702 @@ impl std::fmt::Display for ConfigErrors {
 }
 impl std::error::Error for ConfigErrors {}
 
-pub fn load_str(_text: &str) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors(vec!["not implemented".into()]))
+/// Default `session.key_env`.
+pub const DEFAULT_KEY_ENV: &str = "TOLLGATE_SESSION_KEY";
+
+/// Loads a config from YAML text, reading the session key variable from the process environment.
+pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    // var_os: a non-UTF-8 value must be reported as a bad key, not silently treated as unset.
+    load_str_with_env(text, &|name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })
 }
-pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
     load_str(&text)
 }
-pub fn render_effective(_c: &Config) -> String {
-    String::new()
+
+/// `load_str` with the environment injected (`env(name)` = the variable's value, if set).
+pub fn load_str_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| syntax_error(&e))?;
+    root.apply_merge().map_err(|e| syntax_error(&e))?;
+    let mut p = Problems::default();
+    let config = build(&mut p, &root, env);
+    if p.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(p.0))
+    }
 }
+
+fn syntax_error(e: &serde_yaml_ng::Error) -> ConfigErrors {
+    let msg = e.to_string();
+    ConfigErrors(vec![match e.location() {
+        // libyaml's message repeats the location; say it once, in front, where tools look.
+        Some(l) => {
+            let msg = msg.replacen(
+                &format!(" at line {} column {}", l.line(), l.column()),
+                "",
+                1,
+            );
+            format!(
+                "line {}, column {}: YAML syntax error: {msg}",
+                l.line(),
+                l.column()
+            )
+        }
+        None => format!("YAML syntax error: {msg}"),
+    }])
+}
+
+const TOP_KEYS: &[&str] = &[
+    "workers",
+    "listen",
+    "limits",
+    "admin",
+    "session",
+    "shutdown",
+    "runtime",
+    "log",
+    "upstreams",
+    "servers",
+];
+
+/// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+    pub const ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+    pub const BACKLOG: u64 = 1024;
+    pub const MAX_CONNECTIONS_PER_WORKER: u64 = 10_000;
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub const MAX_HEADERS: u64 = 64;
+    pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_JSON_DEPTH: u64 = 64;
+    pub const MAX_BATCH_LEN: u64 = 100;
+    pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+    pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const URING_ENTRIES: u64 = 1024;
+    pub const LOG_LEVEL: &str = "info";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_IDLE_PER_WORKER: u64 = 64;
+    pub const MAX_WORKERS: u64 = 1024;
+    /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
+    pub const MAX_URING_ENTRIES: u64 = 32_768;
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    let top = Section::open(p, String::new(), Some(root), TOP_KEYS);
+    let workers = top.get(p, "workers", auto_workers(), |v| match v {
+        Value::String(s) if s == "auto" => Ok(auto_workers()),
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| (1..=defaults::MAX_WORKERS).contains(n))
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| format!("expected auto or a number from 1 to 1024, got {n}")),
+        other => Err(format!(
+            "expected auto or a number from 1 to 1024, got {}",
+            describe(other)
+        )),
+    });
+    let listen = listen(p, &top);
+    let limits = limits(p, &top);
+    let admin = admin(p, &top);
+    let session = session(p, &top, env);
+
+    let s = Section::open(
+        p,
+        "shutdown".into(),
+        top.raw("shutdown"),
+        &["drain_timeout"],
+    );
+    let shutdown = Shutdown {
+        drain_timeout: s.get(
+            p,
+            "drain_timeout",
+            defaults::DRAIN_TIMEOUT,
+            extract::duration(Duration::ZERO),
+        ),
+    };
+
+    let s = Section::open(
+        p,
+        "runtime".into(),
+        top.raw("runtime"),
+        &["driver", "pin_workers", "uring_entries"],
+    );
+    let runtime = Runtime {
+        driver: s.get(p, "driver", Driver::Auto, |v| match string(v)? {
+            "auto" => Ok(Driver::Auto),
+            "io_uring" => Ok(Driver::IoUring),
+            "legacy" => Ok(Driver::Legacy),
+            other => Err(format!("expected auto, io_uring or legacy, got {other:?}")),
+        }),
+        pin_workers: s.get(p, "pin_workers", true, boolean),
+        uring_entries: s.get(p, "uring_entries", defaults::URING_ENTRIES as u32, |v| {
+            count(1, defaults::MAX_URING_ENTRIES)(v).map(|n| n as u32)
+        }),
+    };
+
+    let s = Section::open(p, "log".into(), top.raw("log"), &["level", "format"]);
+    let log = Log {
+        level: s.get(p, "level", defaults::LOG_LEVEL.to_string(), |v| {
+            let level = string(v)?;
+            if level.trim().is_empty() {
+                return Err("must not be empty (e.g. info, or info,tollgate=debug)".into());
+            }
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("not a log filter directive: {e}"))?;
+            Ok(level.to_string())
+        }),
+        json: s.get(p, "format", false, |v| match string(v)? {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            other => Err(format!("expected text or json, got {other:?}")),
+        }),
+    };
+
+    let (upstreams, servers) = routes(p, &top);
+    Config {
+        workers,
+        listen,
+        limits,
+        admin,
+        session,
+        shutdown,
+        runtime,
+        log,
+        upstreams,
+        servers,
+    }
+}
+
+/// `workers: auto`: one worker per core the process may run on.
+fn auto_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
+    let s = string(v).map_err(|_| {
+        format!(
+            "expected an address like 127.0.0.1:8080 or [::1]:8080, got {}",
+            describe(v)
+        )
+    })?;
+    s.parse().map_err(|_| {
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            format!("{s:?} has no port, e.g. {s}:8080")
+        } else if s.starts_with("localhost") {
+            format!("{s:?}: names are not resolved here; write 127.0.0.1:<port> or [::1]:<port>")
+        } else {
+            format!("expected an address like 127.0.0.1:8080 or [::1]:8080, got {s:?}")
+        }
+    })
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// A list of strings, each checked; absent or null = `None`. Duplicates are reported.
+fn string_list(
+    p: &mut Problems,
+    s: &Section,
+    key: &str,
+    check: fn(&str) -> Result<(), String>,
+) -> Option<Vec<String>> {
+    let (path, v) = s.value(key)?;
+    let Value::Sequence(items) = v else {
+        p.add(
+            &path,
+            format!("expected a list of strings, got {}", describe(v)),
+        );
+        return None;
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let at = item(&path, i);
+        match string(it).and_then(|st| check(st).map(|()| st)) {
+            Ok(st) if out.iter().any(|o| o == st) => p.add(&at, format!("duplicate entry {st:?}")),
+            Ok(st) => out.push(st.to_string()),
+            Err(e) => p.add(&at, e),
+        }
+    }
+    Some(out)
+}
+
+fn listen(p: &mut Problems, top: &Section) -> Listen {
+    let s = Section::open(
+        p,
+        "listen".into(),
+        top.raw("listen"),
+        &[
+            "address",
+            "backlog",
+            "max_connections_per_worker",
+            "allowed_hosts",
+            "allowed_origins",
+        ],
+    );
+    let addr = s.get(p, "address", defaults::LISTEN, socket_addr);
+    let loopback = is_loopback(&addr);
+    let hosts = string_list(p, &s, "allowed_hosts", formats::host_pattern).unwrap_or_default();
+    let allowed_hosts = if hosts.iter().any(|h| h == "*") {
+        HostRule::Any
+    } else if !hosts.is_empty() {
+        HostRule::List(hosts)
+    } else if loopback {
+        HostRule::Loopback
+    } else {
+        HostRule::Any
+    };
+    let origins = string_list(p, &s, "allowed_origins", formats::origin).unwrap_or_default();
+    Listen {
+        addr,
+        backlog: s.get(p, "backlog", defaults::BACKLOG as u32, |v| {
+            count(1, 65_535)(v).map(|n| n as u32)
+        }),
+        max_connections_per_worker: s.get(
+            p,
+            "max_connections_per_worker",
+            defaults::MAX_CONNECTIONS_PER_WORKER as usize,
+            |v| count(1, u32::MAX.into())(v).map(|n| n as usize),
+        ),
+        allowed_hosts,
+        allowed_origins: OriginRule {
+            loopback,
+            list: origins,
+        },
+    }
+}
+
+fn limits(p: &mut Problems, top: &Section) -> Limits {
+    let s = Section::open(
+        p,
+        "limits".into(),
+        top.raw("limits"),
+        &[
+            "max_header_bytes",
+            "max_headers",
+            "max_body_bytes",
+            "header_read_timeout",
+            "body_read_timeout",
+            "idle_timeout",
+            "write_timeout",
+            "max_json_depth",
+            "max_batch_len",
+        ],
+    );
+    let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
+    Limits {
+        max_header_bytes: s.get(p, "max_header_bytes", defaults::MAX_HEADER_BYTES, size(1)),
+        max_headers: s.get(
+            p,
+            "max_headers",
+            defaults::MAX_HEADERS as usize,
+            // Bounded by the request path's stack scratch (proxy::MAX_HEADERS).
+            usize_count(1, crate::proxy::MAX_HEADERS as _),
+        ),
+        max_body_bytes: s.get(p, "max_body_bytes", defaults::MAX_BODY_BYTES, size(1)),
+        header_read_timeout: s.get(
+            p,
+            "header_read_timeout",
+            defaults::HEADER_READ_TIMEOUT,
+            extract::duration(MS),
+        ),
+        body_read_timeout: s.get(
+            p,
+            "body_read_timeout",
+            defaults::BODY_READ_TIMEOUT,
+            extract::duration(MS),
+        ),
+        idle_timeout: s.get(
+            p,
+            "idle_timeout",
+            defaults::IDLE_TIMEOUT,
+            extract::duration(MS),
+        ),
+        write_timeout: s.get(
+            p,
+            "write_timeout",
+            defaults::WRITE_TIMEOUT,
+            extract::duration(MS),
+        ),
+        max_json_depth: s.get(p, "max_json_depth", defaults::MAX_JSON_DEPTH as u32, |v| {
+            count(1, 10_000)(v).map(|n| n as u32)
+        }),
+        max_batch_len: s.get(
+            p,
+            "max_batch_len",
+            defaults::MAX_BATCH_LEN as usize,
+            usize_count(1, 100_000),
+        ),
+    }
+}
+
+fn admin(p: &mut Problems, top: &Section) -> Admin {
+    // `admin: null` disables the admin listener; an absent section takes the defaults.
+    let disabled = matches!(top.raw("admin"), Some(Value::Null));
+    let s = Section::open(
+        p,
+        "admin".into(),
+        top.raw("admin"),
+        &["address", "upkeep_interval"],
+    );
+    let addr = match s.raw("address") {
+        _ if disabled => None,
+        None => Some(defaults::ADMIN),
+        Some(Value::Null) => None,
+        Some(v) => match socket_addr(v) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                p.add("admin.address", e);
+                None
+            }
+        },
+    };
+    Admin {
+        addr,
+        upkeep_interval: s.get(
+            p,
+            "upkeep_interval",
+            defaults::UPKEEP_INTERVAL,
+            extract::duration(MS),
+        ),
+    }
+}
+
+fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>) -> Session {
+    let s = Section::open(
+        p,
+        "session".into(),
+        top.raw("session"),
+        &["key", "key_env", "ttl"],
+    );
+    let ttl = s.get(
+        p,
+        "ttl",
+        defaults::SESSION_TTL,
+        extract::duration(Duration::from_secs(1)),
+    );
+    let key_env = s.get(p, "key_env", DEFAULT_KEY_ENV.to_string(), |v| {
+        let name = string(v)?;
+        formats::env_name(name)?;
+        Ok(name.to_string())
+    });
+    let file_key = s.value("key").map(|(path, v)| {
+        let parsed = match v {
+            Value::String(k) => formats::hex_key(k),
+            // Never describe the value: it is meant to be a secret.
+            _ => Err("expected 64 hex characters in quotes".to_string()),
+        };
+        parsed.map_err(|e| p.add(&path, e)).ok()
+    });
+    let (key, key_source) = match file_key {
+        Some(Some(k)) => (Some(k), KeySource::File),
+        Some(None) => (None, KeySource::File),
+        None => match env(&key_env) {
+            Some(v) => match formats::hex_key(&v) {
+                Ok(k) => (Some(k), KeySource::Env),
+                Err(e) => {
+                    p.add(
+                        "session.key_env",
+                        format!("environment variable {key_env}: {e}"),
+                    );
+                    (None, KeySource::Env)
+                }
+            },
+            None => {
+                let mut k = [0u8; 32];
+                match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k) {
+                    Ok(()) => (Some(k), KeySource::Generated),
+                    Err(_) => {
+                        p.add(
+                            "session.key",
+                            "not set, and the system random generator failed to make one",
+                        );
+                        (None, KeySource::Generated)
+                    }
+                }
+            }
+        },
+    };
+    Session {
+        // Without a valid key there is a recorded problem, so this zero key is never used.
+        key: key.unwrap_or([0; 32]),
+        key_source,
+        ttl,
+    }
+}
+
+/// `upstreams` and `servers`, resolved to indices. Both absent: the built-in demo at `/mcp`.
+fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
+    let ups = top.value("upstreams");
+    let srvs = top.value("servers");
+    if ups.is_none() && srvs.is_none() {
+        return (
+            vec![upstream_with_defaults(
+                "demo".into(),
+                UpstreamTarget::BuiltinDemo,
+            )],
+            vec![Server {
+                path: "/mcp".into(),
+                upstream: 0,
+            }],
+        );
+    }
+    let mut names_broken = false;
+    let upstreams = match ups {
+        None => {
+            p.add(
+                "upstreams",
+                "missing: servers refer to upstreams, define them here",
+            );
+            Vec::new()
+        }
+        Some((path, Value::Sequence(list))) => {
+            if list.is_empty() {
+                p.add(&path, "empty list: servers need at least one upstream");
+            }
+            if list.len() > usize::from(u16::MAX) {
+                p.add(&path, "more than 65535 upstreams");
+            }
+            let mut out = Vec::with_capacity(list.len());
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for (i, v) in list.iter().enumerate() {
+                let u = upstream(p, item(&path, i), v);
+                // An entry without a usable name was reported; servers that name it would only
+                // repeat that problem, so unknown names are not reported after it.
+                names_broken |= u.name.is_empty();
+                if let Some(first) = seen.get(&u.name) {
+                    p.add(
+                        &format!("{path}[{i}].name"),
+                        format!(
+                            "duplicate upstream name {:?} (also upstreams[{first}])",
+                            u.name
+                        ),
+                    );
+                } else if !u.name.is_empty() {
+                    seen.insert(u.name.clone(), i);
+                }
+                out.push(u);
+            }
+            out
+        }
+        Some((path, other)) => {
+            p.add(
+                &path,
+                format!("expected a list of upstreams, got {}", describe(other)),
+            );
+            Vec::new()
+        }
+    };
+    let mut servers = Vec::new();
+    match srvs {
+        None => p.add(
+            "servers",
+            "missing: add at least one {path, upstream} to serve the upstreams",
+        ),
+        Some((path, Value::Sequence(list))) => {
+            if list.is_empty() {
+                p.add(&path, "empty list: add at least one {path, upstream}");
+            }
+            if list.len() > usize::from(u16::MAX) {
+                p.add(&path, "more than 65535 servers");
+            }
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for (i, v) in list.iter().enumerate() {
+                let at = item(&path, i);
+                if !matches!(v, Value::Mapping(_)) {
+                    p.add(
+                        &at,
+                        format!(
+                            "expected a mapping with path and upstream, got {}",
+                            describe(v)
+                        ),
+                    );
+                    continue;
+                }
+                let s = Section::open(p, at.clone(), Some(v), &["path", "upstream"]);
+                let spath = s.required(p, "path", |v| {
+                    let sp = string(v)?;
+                    formats::server_path(sp)?;
+                    Ok(sp.to_string())
+                });
+                let target = match s.value("upstream") {
+                    None => {
+                        p.add(&format!("{at}.upstream"), "missing (required)");
+                        None
+                    }
+                    Some((upath, v)) => match string(v) {
+                        Err(e) => {
+                            p.add(&upath, e);
+                            None
+                        }
+                        Ok(name) => {
+                            let found = upstreams.iter().position(|u| u.name == name);
+                            if found.is_none() && !names_broken {
+                                p.add(&upath, unknown_upstream(name, &upstreams));
+                            }
+                            found
+                        }
+                    },
+                };
+                if let Some(sp) = &spath {
+                    if let Some(first) = seen.get(sp) {
+                        p.add(
+                            &format!("{at}.path"),
+                            format!("duplicate path {sp:?} (also servers[{first}])"),
+                        );
+                    } else {
+                        seen.insert(sp.clone(), i);
+                    }
+                }
+                if let (Some(path), Some(upstream)) = (spath, target) {
+                    servers.push(Server { path, upstream });
+                }
+            }
+        }
+        Some((path, other)) => p.add(
+            &path,
+            format!("expected a list of servers, got {}", describe(other)),
+        ),
+    }
+    servers.sort_by(|a, b| a.path.cmp(&b.path));
+    servers.dedup_by(|a, b| a.path == b.path);
+    (upstreams, servers)
+}
+
+fn unknown_upstream(name: &str, upstreams: &[Upstream]) -> String {
+    let known: Vec<&str> = upstreams
+        .iter()
+        .map(|u| u.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if known.is_empty() {
+        format!("no upstream named {name:?} (no upstreams are defined)")
+    } else {
+        format!("no upstream named {name:?} (known: {})", known.join(", "))
+    }
+}
+
+fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
+    Upstream {
+        name,
+        target,
+        connect_timeout: defaults::CONNECT_TIMEOUT,
+        request_timeout: defaults::REQUEST_TIMEOUT,
+        idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
+        max_idle_per_worker: defaults::MAX_IDLE_PER_WORKER as usize,
+        headers: Vec::new(),
+    }
+}
+
+/// One `upstreams[i]` entry. A broken name comes back empty (never matches a server).
+fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
+    if !matches!(v, Value::Mapping(_)) {
+        p.add(
+            &path,
+            format!("expected a mapping with name and url, got {}", describe(v)),
+        );
+        return upstream_with_defaults(String::new(), UpstreamTarget::BuiltinDemo);
+    }
+    let s = Section::open(
+        p,
+        path.clone(),
+        Some(v),
+        &[
+            "name",
+            "url",
+            "connect_timeout",
+            "request_timeout",
+            "idle_timeout",
+            "max_idle_per_worker",
+            "headers",
+        ],
+    );
+    let name = s
+        .required(p, "name", |v| {
+            let n = string(v)?;
+            formats::upstream_name(n)?;
+            Ok(n.to_string())
+        })
+        .unwrap_or_default();
+    let target = s
+        .required(p, "url", |v| formats::upstream_url(string(v)?))
+        .unwrap_or(UpstreamTarget::BuiltinDemo);
+    let mut u = upstream_with_defaults(name, target);
+    u.connect_timeout = s.get(
+        p,
+        "connect_timeout",
+        u.connect_timeout,
+        extract::duration(MS),
+    );
+    u.request_timeout = s.get(
+        p,
+        "request_timeout",
+        u.request_timeout,
+        extract::duration(MS),
+    );
+    u.idle_timeout = s.get(p, "idle_timeout", u.idle_timeout, extract::duration(MS));
+    u.max_idle_per_worker = s.get(p, "max_idle_per_worker", u.max_idle_per_worker, |v| {
+        count(0, 1_000_000)(v).map(|n| n as usize)
+    });
+    if let Some((hpath, hv)) = s.value("headers") {
+        match hv {
+            Value::Mapping(m) => {
+                for (k, val) in m {
+                    let kname = match k {
+                        Value::String(k) => k.clone(),
+                        other => describe(other),
+                    };
+                    let at = extract::child(&hpath, &kname);
+                    let name = match k {
+                        Value::String(k) => formats::header_name(k),
+                        _ => Err("header names must be strings".to_string()),
+                    };
+                    let value = match val {
+                        Value::String(s) => formats::header_value(s).map(|()| s.clone()),
+                        // Numbers and booleans would be re-spelled by YAML (0x10 → 16): ask for quotes.
+                        _ => Err("expected a string value (put it in quotes)".to_string()),
+                    };
+                    match (name, value) {
+                        (Ok(n), Ok(_)) if u.headers.iter().any(|(h, _)| *h == n) => p.add(
+                            &at,
+                            format!("duplicate header {n:?} (names are case-insensitive)"),
+                        ),
+                        (Ok(n), Ok(val)) => u.headers.push((n, val)),
+                        (Err(e), _) | (_, Err(e)) => p.add(&at, e),
+                    }
+                }
+            }
+            other => p.add(
+                &hpath,
+                format!(
+                    "expected a mapping of header names to values, got {}",
+                    describe(other)
+                ),
+            ),
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 
 mod file;
 
-pub use file::{load_file, load_str, render_effective, ConfigErrors};
+pub use file::{load_file, load_str, load_str_with_env, render_effective, ConfigErrors};
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

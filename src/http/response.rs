@@ -33,9 +33,7 @@ pub fn reason(status: u16) -> &'static str {
 /// Appends `HTTP/1.1 <status> <reason>\r\n`.
 pub fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    let mut n = itoa_buf(status as u64);
-    out.extend_from_slice(n.as_bytes());
-    n.clear();
+    push_u64(out, status as u64);
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -50,7 +48,7 @@ pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 pub fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa_buf(n).as_bytes());
+    push_u64(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -72,13 +70,33 @@ pub fn simple(out: &mut Vec<u8>, status: u16, content_type: &[u8], body: &[u8], 
     out.extend_from_slice(body);
 }
 
-fn itoa_buf(n: u64) -> String {
-    n.to_string()
+/// Appends the decimal digits of `n` without allocating.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits() {
+        for n in [0u64, 7, 10, 99, 1234567890, u64::MAX] {
+            let mut v = Vec::new();
+            push_u64(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn renders_a_complete_response() {

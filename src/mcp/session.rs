@@ -1,1 +1,814 @@
-//! Sealed session ids (being written).
+//! Sealed session ids: the `Mcp-Session-Id` the gateway issues is an AEAD-sealed token carrying
+//! everything a request needs to continue its session, so any worker of any instance that shares
+//! the key can serve it without a shared session table. No I/O; `now` is an argument.
+//! Must not trust a token before `open` has authenticated it; must not panic on any input.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::mcp::ProtocolVersion;
+
+/// Token prefix; it names the token format and is bound to the ciphertext as AAD, so a token
+/// cannot be re-labelled as another version. A new payload layout gets a new prefix (`tg2.`).
+const PREFIX: &[u8] = b"tg1.";
+/// The AAD: the prefix without its separator.
+const AAD: &[u8] = b"tg1";
+const TAG_LEN: usize = 16;
+/// Longest token `open` looks at, and longest `try_seal` produces (header-friendly).
+pub const MAX_TOKEN_LEN: usize = 2048;
+/// Longest upstream session id carried (the spec asks for visible ASCII; the length is ours).
+pub const MAX_UPSTREAM_SESSION_ID_LEN: usize = 255;
+/// Longest principal binding (a hash of issuer + subject fits in 32).
+pub const MAX_PRINCIPAL_LEN: usize = 64;
+/// Most upstream sessions in one client session (the count is one byte on the wire).
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// Fixed part of the payload: id 16, server 2, version 1, issued 8, expires 8, principal tag 1, count 1.
+const FIXED_LEN: usize = 16 + 2 + 1 + 8 + 8 + 1 + 1;
+/// Principal tag meaning "no principal".
+const NO_PRINCIPAL: u8 = 0xFF;
+
+/// What the gateway needs to continue a client session, carried inside the sealed id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionClaims {
+    /// Random per session: the key for logs and (stateful) revocation lists.
+    pub id: [u8; 16],
+    /// Index into `Config::servers`.
+    pub server: u16,
+    /// Negotiated with the client.
+    pub protocol_version: ProtocolVersion,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; `open` at or after this instant answers `Expired`.
+    pub expires_at: u64,
+    /// Upstream sessions opened for this client session.
+    pub upstreams: Vec<UpstreamSession>,
+    /// Binds the session to an authenticated principal (e.g. a hash of iss + sub); ≤ 64 bytes.
+    pub principal: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSession {
+    /// Index into `Config::upstreams`.
+    pub upstream: u16,
+    /// The upstream's own `Mcp-Session-Id`, if it issued one: visible ASCII, 1..=255 bytes.
+    pub session_id: Option<String>,
+    pub protocol_version: ProtocolVersion,
+}
+
+impl UpstreamSession {
+    /// Whether an upstream's `Mcp-Session-Id` value can be carried: visible ASCII (0x21–0x7E),
+    /// 1..=255 bytes. Check it where the upstream's header is read; an upstream that sends
+    /// anything else is misbehaving.
+    pub fn is_valid_session_id(id: &[u8]) -> bool {
+        !id.is_empty()
+            && id.len() <= MAX_UPSTREAM_SESSION_ID_LEN
+            && id.iter().all(|b| (0x21..=0x7E).contains(b))
+    }
+}
+
+/// Why a token was refused. Every variant means "unknown session" to the client (HTTP 404).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// Not a token of ours: wrong prefix, bad encoding, wrong length, or a payload we cannot read.
+    Malformed,
+    /// Authentication failed: altered, or sealed with a key we no longer (or never) had.
+    Tampered,
+    /// Authentic but past `expires_at`.
+    Expired,
+}
+
+impl SessionError {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Tampered => "tampered",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "session id is not a well-formed tollgate token",
+            Self::Tampered => {
+                "session id failed authentication (altered or sealed with an unknown key)"
+            }
+            Self::Expired => "session id has expired",
+        })
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// Why claims could not be sealed. Only `try_seal` reports these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimsError {
+    /// An upstream session id is empty, longer than 255 bytes, or not visible ASCII.
+    UpstreamSessionId,
+    /// More than `MAX_UPSTREAMS` upstream sessions.
+    TooManyUpstreams,
+    /// Principal longer than `MAX_PRINCIPAL_LEN`.
+    Principal,
+    /// `expires_at` before `issued_at`.
+    Lifetime,
+    /// The token would exceed `MAX_TOKEN_LEN`.
+    TooLarge,
+    /// The system random generator failed; sealing without a fresh nonce is never safe.
+    Random,
+}
+
+impl fmt::Display for ClaimsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UpstreamSessionId => "upstream session id must be 1..=255 visible ASCII bytes",
+            Self::TooManyUpstreams => "too many upstream sessions in one session",
+            Self::Principal => "principal binding longer than 64 bytes",
+            Self::Lifetime => "session expires before it is issued",
+            Self::TooLarge => "session token would exceed 2048 bytes",
+            Self::Random => "system random number generator failed",
+        })
+    }
+}
+
+impl std::error::Error for ClaimsError {}
+
+/// Seals and opens session tokens. Cheap to clone (keys are shared); `Send + Sync`.
+///
+/// Cipher: AES-256-GCM. Servers running this have AES-NI/CLMUL (or ARMv8 crypto), where it is
+/// the fastest AEAD ring offers; ring's fallback without them is still constant-time.
+/// ChaCha20-Poly1305 would only win on CPUs without AES instructions.
+///
+/// Nonces are 96 random bits per token. Birthday bound: after n tokens under one key the chance
+/// of any nonce repeat is about n²/2^97, i.e. 2^-33 at n = 2^32, the limit NIST SP 800-38D sets
+/// for random-nonce GCM. A repeat would leak the XOR of two payloads and the GHASH key, so the
+/// budget matters: tokens are sealed on `initialize` (and when upstream sessions change), not per
+/// request, and at a sustained 1000 new sessions/s 2^32 takes ~50 days. Rotate the key (see
+/// `with_previous`) well within that, e.g. monthly; every instance sharing the key counts.
+#[derive(Clone)]
+pub struct SessionSealer {
+    /// `keys[0]` seals; every key opens. Trial decryption in order: current key first.
+    keys: Arc<[LessSafeKey]>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for SessionSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("SessionSealer")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is exactly what AES-256-GCM takes, so `new` cannot fail; the match keeps
+    // this free of unwrap anyway and makes the impossible case obvious.
+    match UnboundKey::new(&AES_256_GCM, key) {
+        Ok(k) => LessSafeKey::new(k),
+        Err(_) => unreachable!("AES-256-GCM accepts every 32-byte key"),
+    }
+}
+
+impl SessionSealer {
+    pub fn new(key: &[u8; 32]) -> Self {
+        SessionSealer {
+            keys: Arc::from(vec![aead_key(key)]),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Also accept tokens sealed with these keys (key rotation: new key seals, old keys still
+    /// open until their tokens have expired, i.e. for one `session.ttl`).
+    pub fn with_previous(self, keys: &[[u8; 32]]) -> Self {
+        let mut all: Vec<LessSafeKey> = self.keys.iter().cloned().collect();
+        all.extend(keys.iter().map(aead_key));
+        SessionSealer {
+            keys: Arc::from(all),
+            rng: self.rng,
+        }
+    }
+
+    /// A fresh random session id.
+    ///
+    /// # Panics
+    /// If the operating system's random generator fails: a predictable id is worse than a crash.
+    pub fn new_id() -> [u8; 16] {
+        let mut id = [0u8; 16];
+        if SystemRandom::new().fill(&mut id).is_err() {
+            panic!("system random number generator failed");
+        }
+        id
+    }
+
+    /// Seals claims into a visible-ASCII token: `tg1.` + base64url(nonce ‖ ciphertext ‖ tag).
+    ///
+    /// Never panics. Claims that `try_seal` refuses (e.g. an invalid upstream session id that an
+    /// upstream sent) yield a token that `open` always refuses as `Malformed`, so the client is
+    /// told its session is unknown and re-initializes. Use `try_seal` to see the reason.
+    pub fn seal(&self, claims: &SessionClaims) -> String {
+        self.try_seal(claims)
+            .unwrap_or_else(|_| String::from("tg1.!unsealable"))
+    }
+
+    /// Like `seal`, but says why claims cannot be sealed.
+    pub fn try_seal(&self, claims: &SessionClaims) -> Result<String, ClaimsError> {
+        let mut buf = Vec::with_capacity(NONCE_LEN + encoded_len(claims)? + TAG_LEN);
+        buf.extend_from_slice(&[0u8; NONCE_LEN]);
+        encode(claims, &mut buf);
+        let token_len = PREFIX.len() + (buf.len() + TAG_LEN).div_ceil(3) * 4;
+        if token_len > MAX_TOKEN_LEN {
+            return Err(ClaimsError::TooLarge);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| ClaimsError::Random)?;
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let payload = &mut buf[NONCE_LEN..];
+        let tag = self.keys[0]
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(AAD),
+                payload,
+            )
+            .map_err(|_| ClaimsError::TooLarge)?;
+        buf.extend_from_slice(tag.as_ref());
+        let mut out = String::with_capacity(token_len);
+        out.push_str("tg1.");
+        URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
+        Ok(out)
+    }
+
+    /// Authenticates and decodes a token (the raw `Mcp-Session-Id` header value).
+    /// `Malformed` before authentication, `Tampered` if no key authenticates it, `Expired` if
+    /// authentic but `now_unix >= expires_at`.
+    pub fn open(&self, token: &[u8], now_unix: u64) -> Result<SessionClaims, SessionError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(SessionError::Malformed);
+        }
+        let body = token.strip_prefix(PREFIX).ok_or(SessionError::Malformed)?;
+        // Strict decoding: no padding, canonical trailing bits, so each token has one spelling.
+        let raw = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| SessionError::Malformed)?;
+        if raw.len() < NONCE_LEN + FIXED_LEN + TAG_LEN {
+            return Err(SessionError::Malformed);
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SessionError::Malformed)?;
+        let mut scratch = Vec::with_capacity(sealed.len());
+        for key in self.keys.iter() {
+            scratch.clear();
+            scratch.extend_from_slice(sealed);
+            let opened = key.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(AAD),
+                &mut scratch,
+            );
+            if let Ok(plain) = opened {
+                let claims = decode(plain).ok_or(SessionError::Malformed)?;
+                if now_unix >= claims.expires_at {
+                    return Err(SessionError::Expired);
+                }
+                return Ok(claims);
+            }
+        }
+        Err(SessionError::Tampered)
+    }
+}
+
+/// Payload length, or why the claims cannot be encoded.
+fn encoded_len(c: &SessionClaims) -> Result<usize, ClaimsError> {
+    if c.expires_at < c.issued_at {
+        return Err(ClaimsError::Lifetime);
+    }
+    if c.upstreams.len() > MAX_UPSTREAMS {
+        return Err(ClaimsError::TooManyUpstreams);
+    }
+    let mut len = FIXED_LEN;
+    if let Some(p) = &c.principal {
+        if p.len() > MAX_PRINCIPAL_LEN {
+            return Err(ClaimsError::Principal);
+        }
+        len += p.len();
+    }
+    for u in &c.upstreams {
+        len += 2 + 1 + 1;
+        if let Some(id) = &u.session_id {
+            if !UpstreamSession::is_valid_session_id(id.as_bytes()) {
+                return Err(ClaimsError::UpstreamSessionId);
+            }
+            len += id.len();
+        }
+    }
+    Ok(len)
+}
+
+// Payload v1 (big-endian), inside the AEAD:
+//   id[16] server:u16 version:u8 issued_at:u64 expires_at:u64
+//   principal_len:u8 (0xFF = none, else 0..=64) principal[principal_len]
+//   n_upstreams:u8 (≤ 64) then per upstream:
+//     upstream:u16 version:u8 sid_len:u8 (0 = none; ids are never empty) sid[sid_len]
+// The payload must be consumed exactly; any leftover or shortfall is Malformed.
+
+/// Appends the payload; `encoded_len` must have accepted `c`.
+fn encode(c: &SessionClaims, out: &mut Vec<u8>) {
+    out.extend_from_slice(&c.id);
+    out.extend_from_slice(&c.server.to_be_bytes());
+    out.push(c.protocol_version as u8);
+    out.extend_from_slice(&c.issued_at.to_be_bytes());
+    out.extend_from_slice(&c.expires_at.to_be_bytes());
+    match &c.principal {
+        None => out.push(NO_PRINCIPAL),
+        Some(p) => {
+            out.push(p.len() as u8);
+            out.extend_from_slice(p);
+        }
+    }
+    out.push(c.upstreams.len() as u8);
+    for u in &c.upstreams {
+        out.extend_from_slice(&u.upstream.to_be_bytes());
+        out.push(u.protocol_version as u8);
+        match &u.session_id {
+            None => out.push(0),
+            Some(id) => {
+                out.push(id.len() as u8);
+                out.extend_from_slice(id.as_bytes());
+            }
+        }
+    }
+}
+
+/// A cursor that never reads past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.array()?))
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<SessionClaims> {
+    let mut r = Reader(payload);
+    let id = r.array::<16>()?;
+    let server = r.u16()?;
+    let protocol_version = ProtocolVersion::from_u8(r.u8()?)?;
+    let issued_at = r.u64()?;
+    let expires_at = r.u64()?;
+    if expires_at < issued_at {
+        return None;
+    }
+    let principal = match r.u8()? {
+        NO_PRINCIPAL => None,
+        n if usize::from(n) <= MAX_PRINCIPAL_LEN => Some(r.take(usize::from(n))?.to_vec()),
+        _ => return None,
+    };
+    let count = usize::from(r.u8()?);
+    if count > MAX_UPSTREAMS {
+        return None;
+    }
+    let mut upstreams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let upstream = r.u16()?;
+        let protocol_version = ProtocolVersion::from_u8(r.u8()?)?;
+        let session_id = match usize::from(r.u8()?) {
+            0 => None,
+            n => {
+                let bytes = r.take(n)?;
+                if !UpstreamSession::is_valid_session_id(bytes) {
+                    return None;
+                }
+                Some(String::from_utf8(bytes.to_vec()).ok()?)
+            }
+        };
+        upstreams.push(UpstreamSession {
+            upstream,
+            session_id,
+            protocol_version,
+        });
+    }
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(SessionClaims {
+        id,
+        server,
+        protocol_version,
+        issued_at,
+        expires_at,
+        upstreams,
+        principal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 32] = [7; 32];
+    const OTHER: [u8; 32] = [9; 32];
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims() -> SessionClaims {
+        SessionClaims {
+            id: [0xAB; 16],
+            server: 3,
+            protocol_version: ProtocolVersion::V2025_06_18,
+            issued_at: NOW,
+            expires_at: NOW + 86_400,
+            upstreams: vec![
+                UpstreamSession {
+                    upstream: 0,
+                    session_id: Some("abc-123_XYZ".into()),
+                    protocol_version: ProtocolVersion::V2025_03_26,
+                },
+                UpstreamSession {
+                    upstream: 65_535,
+                    session_id: None,
+                    protocol_version: ProtocolVersion::V2025_11_25,
+                },
+            ],
+            principal: Some(vec![1, 2, 3, 0xFF]),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let s = SessionSealer::new(&KEY);
+        let c = claims();
+        let t = s.seal(&c);
+        assert!(t.starts_with("tg1."));
+        assert!(t.bytes().all(|b| (0x21..=0x7E).contains(&b)), "{t}");
+        assert_eq!(s.open(t.as_bytes(), NOW), Ok(c.clone()));
+
+        // Each field on its own, at its extremes.
+        let mut variants = Vec::new();
+        for v in ProtocolVersion::ALL {
+            variants.push(SessionClaims {
+                protocol_version: v,
+                ..c.clone()
+            });
+        }
+        variants.push(SessionClaims {
+            server: u16::MAX,
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            id: SessionSealer::new_id(),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: None,
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: Some(vec![]),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            principal: Some(vec![0xFF; 64]),
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            upstreams: vec![],
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            issued_at: 0,
+            expires_at: u64::MAX,
+            ..c.clone()
+        });
+        variants.push(SessionClaims {
+            upstreams: vec![UpstreamSession {
+                upstream: 1,
+                session_id: Some("~".repeat(255)),
+                protocol_version: ProtocolVersion::V2024_11_05,
+            }],
+            ..c.clone()
+        });
+        for v in variants {
+            let t = s.seal(&v);
+            assert_eq!(s.open(t.as_bytes(), NOW).as_ref(), Ok(&v));
+        }
+    }
+
+    #[test]
+    fn tokens_differ_each_time() {
+        let s = SessionSealer::new(&KEY);
+        assert_ne!(s.seal(&claims()), s.seal(&claims()));
+        assert_ne!(SessionSealer::new_id(), SessionSealer::new_id());
+    }
+
+    #[test]
+    fn any_altered_byte_is_refused() {
+        let s = SessionSealer::new(&KEY);
+        let t = s.seal(&claims()).into_bytes();
+        for i in 0..t.len() {
+            for repl in [b'A', b'_', b'-', b'z', b'0', b'.', b' ', 0x00, 0xFF] {
+                if t[i] == repl {
+                    continue;
+                }
+                let mut bad = t.clone();
+                bad[i] = repl;
+                let r = s.open(&bad, NOW);
+                assert!(
+                    matches!(r, Err(SessionError::Tampered | SessionError::Malformed)),
+                    "byte {i} -> {repl}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_tampered() {
+        let t = SessionSealer::new(&KEY).seal(&claims());
+        let r = SessionSealer::new(&OTHER).open(t.as_bytes(), NOW);
+        assert_eq!(r, Err(SessionError::Tampered));
+    }
+
+    #[test]
+    fn rotation_opens_old_tokens_and_seals_with_the_new_key() {
+        let old = SessionSealer::new(&KEY);
+        let old_token = old.seal(&claims());
+        let rotated = SessionSealer::new(&OTHER).with_previous(&[KEY]);
+        assert_eq!(rotated.open(old_token.as_bytes(), NOW), Ok(claims()));
+        let new_token = rotated.seal(&claims());
+        // Sealed with the new key: instances that only know the old key refuse it.
+        assert_eq!(
+            old.open(new_token.as_bytes(), NOW),
+            Err(SessionError::Tampered)
+        );
+        assert_eq!(
+            SessionSealer::new(&OTHER).open(new_token.as_bytes(), NOW),
+            Ok(claims())
+        );
+        // Once the old key is dropped, its tokens are gone.
+        assert_eq!(
+            SessionSealer::new(&OTHER).open(old_token.as_bytes(), NOW),
+            Err(SessionError::Tampered)
+        );
+    }
+
+    #[test]
+    fn expiry_is_checked_after_authentication() {
+        let s = SessionSealer::new(&KEY);
+        let c = claims();
+        let t = s.seal(&c);
+        assert!(s.open(t.as_bytes(), c.expires_at - 1).is_ok());
+        assert_eq!(
+            s.open(t.as_bytes(), c.expires_at),
+            Err(SessionError::Expired)
+        );
+        assert_eq!(s.open(t.as_bytes(), u64::MAX), Err(SessionError::Expired));
+        // An expired token under an unknown key is Tampered, not Expired: nothing is believed
+        // before authentication.
+        let other = SessionSealer::new(&OTHER);
+        assert_eq!(
+            other.open(t.as_bytes(), u64::MAX),
+            Err(SessionError::Tampered)
+        );
+    }
+
+    #[test]
+    fn garbage_truncated_and_huge_inputs_are_refused() {
+        let s = SessionSealer::new(&KEY);
+        let t = s.seal(&claims());
+        for cut in 0..t.len() {
+            let r = s.open(&t.as_bytes()[..cut], NOW);
+            assert!(
+                matches!(r, Err(SessionError::Malformed | SessionError::Tampered)),
+                "{cut}"
+            );
+        }
+        for junk in [
+            &b""[..],
+            b"tg1.",
+            b"tg1",
+            b"tg2.AAAA",
+            b"TG1.AAAA",
+            b"tg1.====",
+            b"tg1.AAAA=",
+            b"tg1.!unsealable",
+            "tg1.é".as_bytes(),
+            &[0xFF; 100],
+        ] {
+            assert_eq!(s.open(junk, NOW), Err(SessionError::Malformed), "{junk:?}");
+        }
+        let mut huge = b"tg1.".to_vec();
+        huge.resize(MAX_TOKEN_LEN + 1, b'A');
+        assert_eq!(s.open(&huge, NOW), Err(SessionError::Malformed));
+        // Long enough to decode but all zeros: fails authentication.
+        let mut zeros = b"tg1.".to_vec();
+        zeros.extend(URL_SAFE_NO_PAD.encode([0u8; 200]).bytes());
+        assert_eq!(s.open(&zeros, NOW), Err(SessionError::Tampered));
+    }
+
+    #[test]
+    fn authentic_but_unreadable_payload_is_malformed() {
+        // Seal a hand-made payload with trailing junk under the real key.
+        let s = SessionSealer::new(&KEY);
+        for payload in [
+            {
+                let mut p = Vec::new();
+                encode(&claims(), &mut p);
+                p.push(0);
+                p
+            },
+            {
+                let mut p = Vec::new();
+                encode(&claims(), &mut p);
+                p[18] = 0; // protocol version 0 does not exist
+                p
+            },
+            vec![0u8; FIXED_LEN],
+        ] {
+            let nonce = [1u8; NONCE_LEN];
+            let mut buf = payload;
+            let tag = s.keys[0]
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(AAD),
+                    &mut buf,
+                )
+                .expect("seal");
+            let mut raw = nonce.to_vec();
+            raw.extend_from_slice(&buf);
+            raw.extend_from_slice(tag.as_ref());
+            let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&raw));
+            assert_eq!(s.open(token.as_bytes(), NOW), Err(SessionError::Malformed));
+        }
+    }
+
+    #[test]
+    fn invalid_claims_are_refused_by_try_seal_and_never_open() {
+        let s = SessionSealer::new(&KEY);
+        let bad_sid = |sid: &str| SessionClaims {
+            upstreams: vec![UpstreamSession {
+                upstream: 0,
+                session_id: Some(sid.into()),
+                protocol_version: ProtocolVersion::V2025_06_18,
+            }],
+            ..claims()
+        };
+        let cases = [
+            (bad_sid(""), ClaimsError::UpstreamSessionId),
+            (bad_sid("has space"), ClaimsError::UpstreamSessionId),
+            (bad_sid("new\nline"), ClaimsError::UpstreamSessionId),
+            (bad_sid("é"), ClaimsError::UpstreamSessionId),
+            (bad_sid(&"a".repeat(256)), ClaimsError::UpstreamSessionId),
+            (
+                SessionClaims {
+                    principal: Some(vec![0; 65]),
+                    ..claims()
+                },
+                ClaimsError::Principal,
+            ),
+            (
+                SessionClaims {
+                    expires_at: NOW - 1,
+                    ..claims()
+                },
+                ClaimsError::Lifetime,
+            ),
+            (
+                SessionClaims {
+                    upstreams: vec![claims().upstreams[1].clone(); 65],
+                    ..claims()
+                },
+                ClaimsError::TooManyUpstreams,
+            ),
+            (
+                SessionClaims {
+                    upstreams: vec![bad_sid(&"a".repeat(255)).upstreams[0].clone(); 10],
+                    ..claims()
+                },
+                ClaimsError::TooLarge,
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(s.try_seal(&c), Err(want));
+            let t = s.seal(&c);
+            assert_eq!(s.open(t.as_bytes(), NOW), Err(SessionError::Malformed));
+        }
+    }
+
+    #[test]
+    fn largest_sealable_token_fits_the_bound() {
+        let s = SessionSealer::new(&KEY);
+        let mut c = SessionClaims {
+            principal: Some(vec![0; 64]),
+            ..claims()
+        };
+        let long = UpstreamSession {
+            upstream: 0,
+            session_id: Some("x".repeat(255)),
+            protocol_version: ProtocolVersion::V2025_06_18,
+        };
+        c.upstreams = vec![long.clone(); 5];
+        let t = s.try_seal(&c).expect("five 255-byte upstream ids fit");
+        assert!(t.len() <= MAX_TOKEN_LEN);
+        assert_eq!(s.open(t.as_bytes(), NOW), Ok(c));
+    }
+
+    #[test]
+    fn sealer_is_shareable() {
+        fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+        assert_send_sync_clone::<SessionSealer>();
+        let dbg = format!("{:?}", SessionSealer::new(&KEY));
+        assert!(!dbg.contains("07"), "{dbg}");
+    }
+
+    fn arb_version() -> impl Strategy<Value = ProtocolVersion> {
+        proptest::sample::select(ProtocolVersion::ALL.to_vec())
+    }
+
+    fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
+        (
+            any::<u16>(),
+            proptest::option::of("[!-~]{1,40}"),
+            arb_version(),
+        )
+            .prop_map(|(upstream, session_id, protocol_version)| UpstreamSession {
+                upstream,
+                session_id,
+                protocol_version,
+            })
+    }
+
+    fn arb_claims() -> impl Strategy<Value = SessionClaims> {
+        (
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            arb_version(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(arb_upstream(), 0..8),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=64)),
+        )
+            .prop_map(
+                |(id, server, protocol_version, a, b, upstreams, principal)| SessionClaims {
+                    id,
+                    server,
+                    protocol_version,
+                    issued_at: a.min(b),
+                    expires_at: a.max(b),
+                    upstreams,
+                    principal,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn random_claims_round_trip(c in arb_claims()) {
+            let s = SessionSealer::new(&KEY);
+            let t = s.try_seal(&c).expect("valid claims seal");
+            prop_assert!(t.len() <= MAX_TOKEN_LEN);
+            let r = s.open(t.as_bytes(), c.issued_at);
+            if c.issued_at == c.expires_at {
+                prop_assert_eq!(r, Err(SessionError::Expired));
+            } else {
+                prop_assert_eq!(r, Ok(c));
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let s = SessionSealer::new(&KEY);
+            prop_assert!(s.open(&bytes, NOW).is_err());
+            let mut prefixed = b"tg1.".to_vec();
+            prefixed.extend_from_slice(&bytes);
+            prop_assert!(s.open(&prefixed, NOW).is_err());
+        }
+
+        #[test]
+        fn random_base64_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let s = SessionSealer::new(&KEY);
+            let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&bytes));
+            prop_assert!(s.open(token.as_bytes(), NOW).is_err());
+        }
+    }
+}

@@ -1,4 +1,337 @@
 //! The only code that knows about threads: one monoio runtime per worker, pinned to a core,
-//! what each worker owns, and the messages between workers.
+//! each with its own SO_REUSEPORT listener; the admin thread; signals; the drain on shutdown.
+//! Workers share only the immutable `Gateway` and talk by lock-free channels (revocations).
 
 pub mod driver;
+pub mod listen;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::config::{Config, UpstreamTarget};
+use crate::jsonrpc::ScanLimits;
+use crate::mcp::session::SessionSealer;
+use crate::observe::admin::Health;
+use crate::proxy::reject::Rejects;
+use crate::proxy::state::{Gateway, UpstreamRuntime, WorkerState};
+
+/// What each worker thread takes at start: its listener and its revocation inbox.
+type WorkerInit = (
+    std::net::TcpListener,
+    crossbeam_channel::Receiver<crate::proxy::state::Revocation>,
+);
+
+/// Options from the command line that are not part of the config file.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Written (atomically) once every worker accepts: `{"listen":…,"admin":…,"pid":…}`.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Raises the open-file limit to its hard maximum: each connection costs a descriptor.
+pub fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Resolves every upstream (starting the built-in demo where configured).
+fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
+    let mut demo_addr: Option<SocketAddr> = None;
+    config
+        .upstreams
+        .iter()
+        .map(|u| match &u.target {
+            UpstreamTarget::BuiltinDemo => {
+                let addr = match demo_addr {
+                    Some(a) => a,
+                    None => {
+                        let opts = crate::demo::DemoOptions {
+                            workers: 1,
+                            sse: false,
+                            extra_tools: 0,
+                        };
+                        let a = crate::demo::spawn(
+                            "127.0.0.1:0".parse().expect("literal address"),
+                            opts,
+                        )
+                        .context("starting the built-in demo upstream")?;
+                        tracing::info!(upstream = %u.name, %a, "built-in demo upstream started");
+                        demo_addr = Some(a);
+                        a
+                    }
+                };
+                Ok(UpstreamRuntime::new(
+                    u,
+                    vec![addr],
+                    &addr.to_string(),
+                    "/mcp",
+                ))
+            }
+            UpstreamTarget::Http(t) => {
+                let addrs = t
+                    .resolve()
+                    .with_context(|| format!("upstreams: resolving {}", t.authority))?;
+                anyhow::ensure!(
+                    !addrs.is_empty(),
+                    "upstreams: {} resolves to no address",
+                    t.authority
+                );
+                Ok(UpstreamRuntime::new(u, addrs, &t.authority, &t.path))
+            }
+        })
+        .collect()
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    raise_nofile_limit();
+    let handle = crate::observe::install()?;
+    let upstreams = upstream_runtimes(&config)?;
+    let workers = config.workers.get();
+
+    // Bind everything before starting anything, so a taken port fails the start loudly.
+    let listeners = listen::bind_group(config.listen.addr, workers, config.listen.backlog)?;
+    let listen_addr = listeners[0].local_addr()?;
+    let admin_listener = match config.admin.addr {
+        Some(a) => {
+            Some(std::net::TcpListener::bind(a).with_context(|| format!("admin.address {a}"))?)
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| crossbeam_channel::bounded(65536))
+        .unzip();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::default());
+    let gw = Arc::new(Gateway {
+        sealer: SessionSealer::new(&config.session.key),
+        rejects: Rejects::new(&config),
+        scan_limits: ScanLimits {
+            max_depth: config.limits.max_json_depth,
+            max_batch_len: config.limits.max_batch_len,
+        },
+        upstreams,
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        revocations: senders,
+        config,
+    });
+    if gw.config.session.key_source == crate::config::KeySource::Generated {
+        tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
+    }
+
+    // Admin thread and histogram upkeep.
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    if let Some(l) = admin_listener {
+        let (h, hl, st) = (handle.clone(), health.clone(), admin_stop.clone());
+        std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || crate::observe::admin::serve(l, h, hl, st))?;
+        let (h, st, every) = (
+            handle.clone(),
+            admin_stop.clone(),
+            gw.config.admin.upkeep_interval,
+        );
+        std::thread::Builder::new()
+            .name("upkeep".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    h.run_upkeep();
+                }
+            })?;
+    }
+
+    // Workers.
+    let started = Arc::new(AtomicUsize::new(0));
+    let slots: Arc<std::sync::Mutex<Vec<Option<WorkerInit>>>> = Arc::new(std::sync::Mutex::new(
+        listeners.into_iter().zip(receivers).map(Some).collect(),
+    ));
+    let rt = &gw.config.runtime;
+    let handles = {
+        let (gw, started, slots) = (gw.clone(), started.clone(), slots.clone());
+        driver::spawn_runtimes(
+            "worker",
+            workers,
+            rt.driver,
+            rt.uring_entries,
+            rt.pin_workers,
+            move |i, kind| {
+                let gw = gw.clone();
+                let started = started.clone();
+                let taken = slots.lock().ok().and_then(|mut s| s[i].take());
+                async move {
+                    let Some((listener, rx)) = taken else { return };
+                    metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
+                        .increment(1.0);
+                    worker_main(Rc::new(WorkerState::new(gw, i, rx)), listener, started).await;
+                }
+            },
+        )?
+    };
+
+    // Wait until every worker accepts, then announce readiness.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::Acquire) < workers {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "workers did not start within 10s"
+        );
+        anyhow::ensure!(
+            !handles.iter().any(|h| h.is_finished()),
+            "a worker exited during start-up"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    health.ready.store(true, Ordering::Release);
+    tracing::info!(listen = %listen_addr, admin = ?admin_addr, workers, "tollgate ready");
+    if let Some(path) = &opts.ready_file {
+        write_ready_file(path, listen_addr, admin_addr)?;
+    }
+
+    // Wait for a signal.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, drain_timeout_ms = gw.config.shutdown.drain_timeout.as_millis() as u64, "shutting down");
+    health.draining.store(true, Ordering::Release);
+    shutdown.store(true, Ordering::Release);
+    let deadline = Instant::now() + gw.config.shutdown.drain_timeout + Duration::from_millis(500);
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    admin_stop.store(true, Ordering::Release);
+    if handles.iter().any(|h| !h.is_finished()) {
+        tracing::warn!("drain timeout reached with requests in flight; exiting");
+    }
+    Ok(())
+}
+
+fn write_ready_file(
+    path: &std::path::Path,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let admin = admin.map_or("null".to_string(), |a| format!("\"{a}\""));
+    let text = format!(
+        "{{\"listen\":\"{listen}\",\"admin\":{admin},\"pid\":{}}}\n",
+        std::process::id()
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// One worker: accept loop, shutdown watcher, per-worker timers; then the drain.
+async fn worker_main(
+    w: Rc<WorkerState>,
+    listener: std::net::TcpListener,
+    started: Arc<AtomicUsize>,
+) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = w.index, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    // Watcher: the only place that polls the process-wide flag; also sweeps per-worker state.
+    {
+        let w = w.clone();
+        monoio::spawn(async move {
+            let mut ticks = 0u64;
+            while !w.gw.shutdown.load(Ordering::Acquire) {
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                ticks += 1;
+                if ticks % 200 == 0 {
+                    let now = Instant::now();
+                    let gw = w.gw.clone();
+                    w.pool
+                        .borrow_mut()
+                        .sweep(|u| gw.upstreams[u].idle_timeout, now);
+                    w.sweep(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                    );
+                }
+            }
+            w.shutdown.fire();
+        });
+    }
+    started.fetch_add(1, Ordering::AcqRel);
+    let max_conns = w.gw.config.listen.max_connections_per_worker;
+    loop {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = w.shutdown.wait() => break,
+        };
+        let stream = match accepted {
+            Ok((s, _peer)) => s,
+            Err(e) => {
+                tracing::warn!(worker = w.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        w.metrics.connections_accepted.increment(1);
+        if w.connections.get() >= max_conns {
+            let w = w.clone();
+            monoio::spawn(async move { refuse_connection(&w, stream).await });
+            continue;
+        }
+        let w = w.clone();
+        monoio::spawn(async move {
+            w.connections.set(w.connections.get() + 1);
+            w.metrics.connections_open.increment(1.0);
+            crate::proxy::serve(w.clone(), stream).await;
+            w.connections.set(w.connections.get() - 1);
+            w.metrics.connections_open.decrement(1.0);
+        });
+    }
+    drop(listener);
+    // Drain: in-flight requests finish; idle connections closed when the signal fired.
+    let deadline = Instant::now() + w.gw.config.shutdown.drain_timeout;
+    while w.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
+    use monoio::io::AsyncWriteRentExt;
+    w.metrics.rejected(crate::error::Kind::TooManyConnections);
+    let mut out = Vec::new();
+    w.gw.rejects.render(
+        &mut out,
+        crate::error::Kind::TooManyConnections,
+        None,
+        None,
+        false,
+        b"",
+    );
+    let mut stream = stream;
+    let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
+}

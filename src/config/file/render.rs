@@ -1,0 +1,178 @@
+//! `Config` → YAML text in the file's own format, every default filled in, secrets redacted.
+//! Written by hand (not through serde) so the key order matches `config/tollgate.yaml` and the
+//! output can carry comments. Strings are JSON-quoted, which YAML reads as double-quoted scalars.
+
+use std::fmt::Write as _;
+
+use super::formats::{render_duration, render_size};
+use crate::config::*;
+
+fn q(s: &str) -> String {
+    // serde_json cannot fail on a &str; the fallback keeps this free of unwrap.
+    serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The effective configuration as YAML. The session key is shown as
+/// `<redacted (from file|env|generated)>` and upstream header values as `<redacted>`, so the
+/// output is safe to print; put the real key back to load it again.
+pub fn render_effective(c: &Config) -> String {
+    let mut o = String::new();
+    // `write!` to a String cannot fail; results are ignored on purpose.
+    let _ = writeln!(
+        o,
+        "# tollgate effective configuration: every default filled in, secrets redacted."
+    );
+    let _ = writeln!(o, "workers: {}", c.workers);
+
+    let l = &c.listen;
+    let _ = writeln!(o, "listen:");
+    let _ = writeln!(o, "  address: {}", q(&l.addr.to_string()));
+    let _ = writeln!(o, "  backlog: {}", l.backlog);
+    let _ = writeln!(
+        o,
+        "  max_connections_per_worker: {}",
+        l.max_connections_per_worker
+    );
+    let hosts = match &l.allowed_hosts {
+        HostRule::Any => "[\"*\"]".to_string(),
+        HostRule::Loopback => {
+            "[]  # loopback listener default: localhost, 127.0.0.1, [::1], any port".to_string()
+        }
+        HostRule::List(h) => list(h),
+    };
+    let _ = writeln!(o, "  allowed_hosts: {hosts}");
+    let origins_note = if l.allowed_origins.loopback {
+        "  # and loopback origins (loopback listener)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        o,
+        "  allowed_origins: {}{origins_note}",
+        list(&l.allowed_origins.list)
+    );
+
+    let m = &c.limits;
+    let _ = writeln!(o, "limits:");
+    let _ = writeln!(
+        o,
+        "  max_header_bytes: {}",
+        render_size(m.max_header_bytes as u64)
+    );
+    let _ = writeln!(o, "  max_headers: {}", m.max_headers);
+    let _ = writeln!(
+        o,
+        "  max_body_bytes: {}",
+        render_size(m.max_body_bytes as u64)
+    );
+    let _ = writeln!(
+        o,
+        "  header_read_timeout: {}",
+        render_duration(m.header_read_timeout)
+    );
+    let _ = writeln!(
+        o,
+        "  body_read_timeout: {}",
+        render_duration(m.body_read_timeout)
+    );
+    let _ = writeln!(o, "  idle_timeout: {}", render_duration(m.idle_timeout));
+    let _ = writeln!(o, "  write_timeout: {}", render_duration(m.write_timeout));
+    let _ = writeln!(o, "  max_json_depth: {}", m.max_json_depth);
+    let _ = writeln!(o, "  max_batch_len: {}", m.max_batch_len);
+
+    let _ = writeln!(o, "admin:");
+    match c.admin.addr {
+        Some(a) => {
+            let _ = writeln!(o, "  address: {}", q(&a.to_string()));
+        }
+        None => {
+            let _ = writeln!(o, "  address: null  # disabled");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "  upkeep_interval: {}",
+        render_duration(c.admin.upkeep_interval)
+    );
+
+    let source = match c.session.key_source {
+        KeySource::File => "file",
+        KeySource::Env => "env",
+        KeySource::Generated => "generated",
+    };
+    let _ = writeln!(o, "session:");
+    let _ = writeln!(o, "  key: {}", q(&format!("<redacted (from {source})>")));
+    // key_env is not kept in `Config`; the key above says where the key came from.
+    let _ = writeln!(o, "  ttl: {}", render_duration(c.session.ttl));
+
+    let _ = writeln!(o, "shutdown:");
+    let _ = writeln!(
+        o,
+        "  drain_timeout: {}",
+        render_duration(c.shutdown.drain_timeout)
+    );
+
+    let r = &c.runtime;
+    let driver = match r.driver {
+        Driver::Auto => "auto",
+        Driver::IoUring => "io_uring",
+        Driver::Legacy => "legacy",
+    };
+    let _ = writeln!(o, "runtime:");
+    let _ = writeln!(o, "  driver: {driver}");
+    let _ = writeln!(o, "  pin_workers: {}", r.pin_workers);
+    let _ = writeln!(o, "  uring_entries: {}", r.uring_entries);
+
+    let _ = writeln!(o, "log:");
+    let _ = writeln!(o, "  level: {}", q(&c.log.level));
+    let _ = writeln!(o, "  format: {}", if c.log.json { "json" } else { "text" });
+
+    let _ = writeln!(o, "upstreams:");
+    for u in &c.upstreams {
+        let url = match &u.target {
+            UpstreamTarget::BuiltinDemo => "builtin:demo".to_string(),
+            UpstreamTarget::Http(h) => {
+                let host = if h.host.contains(':') {
+                    format!("[{}]", h.host)
+                } else {
+                    h.host.clone()
+                };
+                format!("http://{host}:{}{}", h.port, h.path)
+            }
+        };
+        let _ = writeln!(o, "  - name: {}", q(&u.name));
+        let _ = writeln!(o, "    url: {}", q(&url));
+        let _ = writeln!(
+            o,
+            "    connect_timeout: {}",
+            render_duration(u.connect_timeout)
+        );
+        let _ = writeln!(
+            o,
+            "    request_timeout: {}",
+            render_duration(u.request_timeout)
+        );
+        let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
+        let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
+        if u.headers.is_empty() {
+            let _ = writeln!(o, "    headers: {{}}");
+        } else {
+            let _ = writeln!(o, "    headers:");
+            for (name, _) in &u.headers {
+                let _ = writeln!(o, "      {}: \"<redacted>\"", q(name));
+            }
+        }
+    }
+    let _ = writeln!(o, "servers:");
+    for s in &c.servers {
+        let upstream = c.upstreams.get(s.upstream).map_or("?", |u| u.name.as_str());
+        let _ = writeln!(o, "  - path: {}", q(&s.path));
+        let _ = writeln!(o, "    upstream: {}", q(upstream));
+    }
+    o
+}

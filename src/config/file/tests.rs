@@ -1,0 +1,709 @@
+use super::*;
+
+const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, Vec<String>> {
+    load_str_with_env(text, &no_env).map_err(|e| e.0)
+}
+
+fn ok(text: &str) -> Config {
+    match load(text) {
+        Ok(c) => c,
+        Err(e) => panic!("expected {text:?} to load, got:\n{}", e.join("\n")),
+    }
+}
+
+/// The problems for `text`, which must not load.
+fn errs(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("expected {text:?} to be refused"),
+        Err(e) => e,
+    }
+}
+
+/// Exactly one problem, returned.
+fn err(text: &str) -> String {
+    let e = errs(text);
+    assert_eq!(e.len(), 1, "expected one problem for {text:?}, got {e:#?}");
+    e.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn empty_file_runs_the_demo_with_every_default() {
+    for text in ["", "{}", "# only a comment\n", "---\n"] {
+        let c = ok(text);
+        assert_eq!(c.workers, auto_workers());
+        assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.backlog, 1024);
+        assert_eq!(c.listen.max_connections_per_worker, 10_000);
+        assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
+        assert_eq!(
+            c.listen.allowed_origins,
+            OriginRule {
+                loopback: true,
+                list: vec![]
+            }
+        );
+        assert_eq!(c.limits.max_header_bytes, 16_384);
+        assert_eq!(c.limits.max_headers, 64);
+        assert_eq!(c.limits.max_body_bytes, 4 << 20);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.max_json_depth, 64);
+        assert_eq!(c.limits.max_batch_len, 100);
+        assert_eq!(
+            c.admin.addr.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        assert_eq!(c.admin.upkeep_interval, Duration::from_secs(5));
+        assert_eq!(c.session.key_source, KeySource::Generated);
+        assert_ne!(c.session.key, [0; 32]);
+        assert_eq!(c.session.ttl, Duration::from_secs(86_400));
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.runtime.driver, Driver::Auto);
+        assert!(c.runtime.pin_workers);
+        assert_eq!(c.runtime.uring_entries, 1024);
+        assert_eq!(c.log.level, "info");
+        assert!(!c.log.json);
+        assert_eq!(c.upstreams.len(), 1);
+        let u = &c.upstreams[0];
+        assert_eq!(
+            (u.name.as_str(), &u.target),
+            ("demo", &UpstreamTarget::BuiltinDemo)
+        );
+        assert_eq!(u.connect_timeout, Duration::from_secs(2));
+        assert_eq!(u.request_timeout, Duration::from_secs(60));
+        assert_eq!(u.idle_timeout, Duration::from_secs(30));
+        assert_eq!(u.max_idle_per_worker, 64);
+        assert!(u.headers.is_empty());
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(
+            (c.servers[0].path.as_str(), c.servers[0].upstream),
+            ("/mcp", 0)
+        );
+    }
+}
+
+#[test]
+fn generated_keys_differ() {
+    assert_ne!(ok("").session.key, ok("").session.key);
+}
+
+#[test]
+fn empty_sections_take_defaults() {
+    let c = ok("listen:\nlimits:\nsession:\nruntime:\nlog:\nshutdown:\n");
+    assert_eq!(c.listen.addr, defaults::LISTEN);
+    assert_eq!(c.admin.addr, Some(defaults::ADMIN));
+}
+
+#[test]
+fn every_key_is_read() {
+    let text = format!(
+        r#"
+workers: 3
+listen:
+  address: "0.0.0.0:7000"
+  backlog: 10
+  max_connections_per_worker: 5
+  allowed_hosts: [gw.example.com, "*.internal.example"]
+  allowed_origins: ["https://app.example.com", "http://localhost:6274"]
+limits:
+  max_header_bytes: 8KiB
+  max_headers: 32
+  max_body_bytes: 1048576
+  header_read_timeout: 250ms
+  body_read_timeout: 1m
+  idle_timeout: 2h
+  write_timeout: 5s
+  max_json_depth: 16
+  max_batch_len: 5
+admin:
+  address: "[::1]:9999"
+  upkeep_interval: 1s
+session:
+  key: "{KEY_HEX}"
+  ttl: 1h
+shutdown:
+  drain_timeout: 0s
+runtime:
+  driver: io_uring
+  pin_workers: false
+  uring_entries: 256
+log:
+  level: "info,tollgate=debug"
+  format: json
+upstreams:
+  - name: b
+    url: http://10.0.0.2:3101/mcp?tenant=1
+    connect_timeout: 1s
+    request_timeout: 2m
+    idle_timeout: 10s
+    max_idle_per_worker: 0
+    headers:
+      Authorization: "Bearer t0k3n"
+      X-Tenant: "a b"
+  - name: a
+    url: builtin:demo
+servers:
+  - path: /z
+    upstream: a
+  - path: /b/mcp
+    upstream: b
+"#
+    );
+    let c = ok(&text);
+    assert_eq!(c.workers.get(), 3);
+    assert_eq!(c.listen.addr.to_string(), "0.0.0.0:7000");
+    assert_eq!(c.listen.backlog, 10);
+    assert_eq!(c.listen.max_connections_per_worker, 5);
+    assert_eq!(
+        c.listen.allowed_hosts,
+        HostRule::List(vec!["gw.example.com".into(), "*.internal.example".into()])
+    );
+    assert_eq!(
+        c.listen.allowed_origins,
+        OriginRule {
+            loopback: false,
+            list: vec![
+                "https://app.example.com".into(),
+                "http://localhost:6274".into()
+            ]
+        }
+    );
+    assert_eq!(c.limits.max_header_bytes, 8192);
+    assert_eq!(c.limits.max_headers, 32);
+    assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_millis(250));
+    assert_eq!(c.limits.body_read_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(7200));
+    assert_eq!(c.limits.write_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_json_depth, 16);
+    assert_eq!(c.limits.max_batch_len, 5);
+    assert_eq!(
+        c.admin.addr.map(|a| a.to_string()).as_deref(),
+        Some("[::1]:9999")
+    );
+    assert_eq!(c.admin.upkeep_interval, Duration::from_secs(1));
+    assert_eq!(c.session.key_source, KeySource::File);
+    assert_eq!(c.session.key[1], 1);
+    assert_eq!(c.session.key[31], 0x1f);
+    assert_eq!(c.session.ttl, Duration::from_secs(3600));
+    assert_eq!(c.shutdown.drain_timeout, Duration::ZERO);
+    assert_eq!(c.runtime.driver, Driver::IoUring);
+    assert!(!c.runtime.pin_workers);
+    assert_eq!(c.runtime.uring_entries, 256);
+    assert_eq!(c.log.level, "info,tollgate=debug");
+    assert!(c.log.json);
+    let b = &c.upstreams[0];
+    assert_eq!(b.name, "b");
+    assert_eq!(
+        b.target,
+        UpstreamTarget::Http(HttpTarget {
+            host: "10.0.0.2".into(),
+            port: 3101,
+            path: "/mcp?tenant=1".into(),
+            authority: "10.0.0.2:3101".into(),
+        })
+    );
+    assert_eq!(b.connect_timeout, Duration::from_secs(1));
+    assert_eq!(b.request_timeout, Duration::from_secs(120));
+    assert_eq!(b.idle_timeout, Duration::from_secs(10));
+    assert_eq!(b.max_idle_per_worker, 0);
+    assert_eq!(
+        b.headers,
+        vec![
+            ("authorization".to_string(), "Bearer t0k3n".to_string()),
+            ("x-tenant".to_string(), "a b".to_string())
+        ]
+    );
+    // Servers sorted by path; indices point into `upstreams` as written.
+    let routes: Vec<(&str, usize)> = c
+        .servers
+        .iter()
+        .map(|s| (s.path.as_str(), s.upstream))
+        .collect();
+    assert_eq!(routes, vec![("/b/mcp", 0), ("/z", 1)]);
+}
+
+#[test]
+fn host_and_origin_defaults_follow_the_listener() {
+    let c = ok("listen: {address: \"0.0.0.0:8080\"}");
+    assert_eq!(c.listen.allowed_hosts, HostRule::Any);
+    assert!(!c.listen.allowed_origins.loopback);
+    let c = ok("listen: {address: \"[::1]:8080\"}");
+    assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
+    assert!(c.listen.allowed_origins.loopback);
+    let c = ok("listen: {address: \"[::ffff:127.0.0.1]:8080\"}");
+    assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
+    // An explicit list replaces the loopback default; `*` means any host.
+    let c = ok("listen: {allowed_hosts: [gw.local]}");
+    assert_eq!(
+        c.listen.allowed_hosts,
+        HostRule::List(vec!["gw.local".into()])
+    );
+    let c = ok("listen: {allowed_hosts: [\"*\"], allowed_origins: [\"*\"]}");
+    assert_eq!(c.listen.allowed_hosts, HostRule::Any);
+    assert_eq!(
+        c.listen.allowed_origins,
+        OriginRule {
+            loopback: true,
+            list: vec!["*".into()]
+        }
+    );
+    let c = ok("listen: {allowed_hosts: []}");
+    assert_eq!(c.listen.allowed_hosts, HostRule::Loopback);
+}
+
+#[test]
+fn workers_auto_or_number() {
+    assert_eq!(ok("workers: auto").workers, auto_workers());
+    assert_eq!(ok("workers: 1").workers.get(), 1);
+    assert_eq!(ok("workers: 1024").workers.get(), 1024);
+    for bad in [
+        "workers: 0",
+        "workers: -1",
+        "workers: 1025",
+        "workers: \"4\"",
+        "workers: Auto",
+        "workers: 2.5",
+        "workers: [1]",
+    ] {
+        let e = err(bad);
+        assert!(
+            e.starts_with("workers: expected auto or a number from 1 to 1024, got "),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn driver_and_log_format() {
+    assert_eq!(
+        ok("runtime: {driver: legacy}").runtime.driver,
+        Driver::Legacy
+    );
+    assert_eq!(ok("runtime: {driver: auto}").runtime.driver, Driver::Auto);
+    assert_eq!(
+        err("runtime: {driver: epoll}"),
+        r#"runtime.driver: expected auto, io_uring or legacy, got "epoll""#
+    );
+    assert!(!ok("log: {format: text}").log.json);
+    assert_eq!(
+        err("log: {format: xml}"),
+        r#"log.format: expected text or json, got "xml""#
+    );
+    assert!(err("log: {level: \"\"}").starts_with("log.level: must not be empty"));
+    assert!(err("log: {level: \"info,a=notalevel\"}")
+        .starts_with("log.level: not a log filter directive"));
+    assert_eq!(
+        err("runtime: {pin_workers: yes}"),
+        r#"runtime.pin_workers: expected true or false, got "yes""#
+    );
+    assert!(err("runtime: {uring_entries: 65536}")
+        .starts_with("runtime.uring_entries: expected a whole number from 1 to 32768"));
+}
+
+#[test]
+fn sizes_and_durations_in_context() {
+    assert_eq!(
+        err("limits: {max_body_bytes: lots}"),
+        r#"limits.max_body_bytes: expected a size like 4MiB or a whole number of bytes, got "lots""#
+    );
+    assert!(err("limits: {max_body_bytes: 4MB}").contains("ambiguous size unit"));
+    assert!(err("limits: {max_body_bytes: -5}").contains("got -5"));
+    assert_eq!(
+        err("limits: {max_body_bytes: 0}"),
+        "limits.max_body_bytes: must be at least 1 bytes, got 0"
+    );
+    assert_eq!(
+        ok("limits: {max_header_bytes: \"32768\"}")
+            .limits
+            .max_header_bytes,
+        32768
+    );
+    assert!(err("limits: {idle_timeout: 30}").contains("a bare number is ambiguous"));
+    assert_eq!(
+        err("limits: {write_timeout: 0s}"),
+        "limits.write_timeout: must be at least 1ms, got 0s"
+    );
+    assert_eq!(
+        err("session: {ttl: 500ms}"),
+        "session.ttl: must be at least 1s, got 500ms"
+    );
+    assert!(err("limits: {header_read_timeout: [1s]}").contains("got a list"));
+}
+
+#[test]
+fn zero_is_refused_where_it_makes_no_sense() {
+    let e = errs(
+        "listen: {backlog: 0, max_connections_per_worker: 0}\n\
+         limits: {max_headers: 0, max_json_depth: 0, max_batch_len: 0, max_header_bytes: 0, header_read_timeout: 0ms, body_read_timeout: 0s, idle_timeout: 0m}\n\
+         admin: {upkeep_interval: 0s}\n\
+         runtime: {uring_entries: 0}\n",
+    );
+    let paths: Vec<&str> = e.iter().filter_map(|l| l.split(':').next()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "listen.backlog",
+            "listen.max_connections_per_worker",
+            "limits.max_header_bytes",
+            "limits.max_headers",
+            "limits.header_read_timeout",
+            "limits.body_read_timeout",
+            "limits.idle_timeout",
+            "limits.max_json_depth",
+            "limits.max_batch_len",
+            "admin.upkeep_interval",
+            "runtime.uring_entries",
+        ],
+        "{e:#?}"
+    );
+    // Zero is meaningful here: no drain, no pooled connections.
+    ok("shutdown: {drain_timeout: 0s}\nupstreams: [{name: d, url: \"builtin:demo\", max_idle_per_worker: 0}]\nservers: [{path: /mcp, upstream: d}]");
+}
+
+#[test]
+fn addresses() {
+    assert!(err("listen: {address: \"127.0.0.1\"}").contains("has no port"));
+    assert!(err("listen: {address: \"localhost:8080\"}").contains("names are not resolved"));
+    assert!(err("listen: {address: 8080}").contains("expected an address like"));
+    assert!(err("admin: {address: \"nope\"}").starts_with("admin.address: expected an address"));
+}
+
+#[test]
+fn admin_can_be_disabled() {
+    assert_eq!(ok("admin: null").admin.addr, None);
+    assert_eq!(ok("admin: ~").admin.addr, None);
+    let c = ok("admin: {address: null, upkeep_interval: 2s}");
+    assert_eq!(c.admin.addr, None);
+    assert_eq!(c.admin.upkeep_interval, Duration::from_secs(2));
+    assert_eq!(
+        ok("admin: {upkeep_interval: 2s}").admin.addr,
+        Some(defaults::ADMIN)
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_hints() {
+    assert_eq!(
+        err("listen:\n  adress: 1.2.3.4:5"),
+        r#"listen.adress: unknown key (did you mean "address"?)"#
+    );
+    assert_eq!(err("colour: blue"), "colour: unknown key");
+    assert_eq!(
+        err("upstream: []"),
+        r#"upstream: unknown key (did you mean "upstreams"?)"#
+    );
+    assert_eq!(
+        err("upstreams: [{name: a, url: \"builtin:demo\", timeout: 1s}]\nservers: [{path: /m, upstream: a}]"),
+        "upstreams[0].timeout: unknown key"
+    );
+    assert_eq!(err("servers: [{path: /m, upstream: a, extra: 1}]\nupstreams: [{name: a, url: \"builtin:demo\"}]"), "servers[0].extra: unknown key");
+    assert_eq!(err("1: x"), "1: unknown key (keys must be strings)");
+    assert_eq!(
+        err("listen: [a]"),
+        "listen: expected a mapping of keys, got a list"
+    );
+    assert_eq!(
+        err("- a\n- b"),
+        "(top level): expected a mapping of keys, got a list"
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_have_line_and_column() {
+    let e = err("listen:\n  address: \"127.0.0.1:8080\n  backlog: 5\n");
+    assert!(e.starts_with("line "), "{e}");
+    assert!(e.contains("column"), "{e}");
+    let e = err("a: 1\n b: 2\n");
+    assert!(e.starts_with("line 2, column"), "{e}");
+    let e = err("listen: {address: \"127.0.0.1:1\"}\nlisten: {}\n");
+    assert!(e.contains("duplicate"), "{e}");
+    let e = err("workers: !custom 3");
+    assert!(e.contains("tagged"), "{e}");
+}
+
+#[test]
+fn merge_keys_work() {
+    // Anchors are allowed anywhere a value is; merge keys (<<) are applied before validation.
+    let c = ok(r#"
+upstreams:
+  - &base {name: a, url: "builtin:demo", connect_timeout: 1s}
+  - <<: *base
+    name: b
+servers: [{path: /a, upstream: a}, {path: /b, upstream: b}]
+"#);
+    assert_eq!(c.upstreams[1].name, "b");
+    assert_eq!(c.upstreams[1].connect_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn upstream_validation() {
+    let base = |up: &str| format!("upstreams:\n  - {up}\nservers: [{{path: /mcp, upstream: a}}]");
+    assert_eq!(
+        err(&base("{name: a, url: \"https://x/mcp\"}")),
+        r#"upstreams[0].url: unsupported scheme "https" (TLS upstreams are not supported yet)"#
+    );
+    assert_eq!(
+        err(&base("{url: \"builtin:demo\"}")).lines().next(),
+        Some("upstreams[0].name: missing (required)")
+    );
+    assert_eq!(
+        err(&base("{name: a}")),
+        "upstreams[0].url: missing (required)"
+    );
+    assert!(
+        err(&base("{name: a, url: 5}")).starts_with("upstreams[0].url: expected a string, got 5")
+    );
+    assert!(err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {Host: x}}"
+    ))
+    .starts_with("upstreams[0].headers.Host: \"host\" is set by the gateway"));
+    assert!(
+        err(&base("{name: a, url: \"builtin:demo\", headers: {x-n: 5}}"))
+            .contains("put it in quotes")
+    );
+    assert!(err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {X-A: \"1\", x-a: \"2\"}}"
+    ))
+    .contains("duplicate header \"x-a\""));
+    assert!(err(&base("{name: a, url: \"builtin:demo\", headers: [x]}"))
+        .contains("expected a mapping of header names"));
+    let e = err(&base(
+        "{name: a, url: \"builtin:demo\", headers: {x-secret: \"s3cr3t\\nmore\"}}",
+    ));
+    assert!(!e.contains("s3cr3t"), "header values are never echoed: {e}");
+    assert!(err(&base("a")).starts_with("upstreams[0]: expected a mapping"));
+    let e = errs("upstreams:\n  - {name: \"bad name\", url: \"builtin:demo\"}\nservers: [{path: /mcp, upstream: \"bad name\"}]");
+    assert!(
+        e[0].starts_with("upstreams[0].name: \"bad name\" contains ' '"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn duplicate_upstream_names_and_server_paths() {
+    let e = errs(
+        "upstreams:\n  - {name: a, url: \"builtin:demo\"}\n  - {name: a, url: \"http://h/\"}\n\
+         servers:\n  - {path: /mcp, upstream: a}\n  - {path: /mcp, upstream: a}\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            r#"upstreams[1].name: duplicate upstream name "a" (also upstreams[0])"#.to_string(),
+            r#"servers[1].path: duplicate path "/mcp" (also servers[0])"#.to_string(),
+        ]
+    );
+}
+
+#[test]
+fn server_validation() {
+    let with = |srv: &str| {
+        format!("upstreams: [{{name: demo, url: \"builtin:demo\"}}]\nservers:\n  - {srv}")
+    };
+    assert_eq!(
+        err(&with("{path: /mcp, upstream: dmeo}")),
+        r#"servers[0].upstream: no upstream named "dmeo" (known: demo)"#
+    );
+    assert!(err(&with("{path: mcp, upstream: demo}"))
+        .starts_with("servers[0].path: must start with '/'"));
+    assert!(err(&with("{path: \"/mcp?x=1\", upstream: demo}"))
+        .starts_with("servers[0].path: must not contain '?' or '#'"));
+    assert!(err(&with("{path: /mcp/, upstream: demo}")).contains("trailing '/'"));
+    assert_eq!(
+        err(&with("{upstream: demo}")),
+        "servers[0].path: missing (required)"
+    );
+    assert_eq!(
+        err(&with("{path: /x}")),
+        "servers[0].upstream: missing (required)"
+    );
+    assert!(err(&with("~")).starts_with("servers[0]: expected a mapping"));
+}
+
+#[test]
+fn upstreams_and_servers_go_together() {
+    assert_eq!(
+        errs("upstreams: []\nservers: [{path: /mcp, upstream: demo}]"),
+        vec![
+            "upstreams: empty list: servers need at least one upstream".to_string(),
+            r#"servers[0].upstream: no upstream named "demo" (no upstreams are defined)"#
+                .to_string(),
+        ]
+    );
+    assert!(errs("servers: [{path: /mcp, upstream: demo}]")[0].starts_with("upstreams: missing"));
+    assert!(err("upstreams: [{name: a, url: \"builtin:demo\"}]").starts_with("servers: missing"));
+    assert!(
+        err("upstreams: [{name: a, url: \"builtin:demo\"}]\nservers: []")
+            .starts_with("servers: empty list")
+    );
+    assert_eq!(
+        errs("upstreams: {a: 1}\nservers: [{path: /mcp, upstream: a}]"),
+        vec![
+            "upstreams: expected a list of upstreams, got a mapping".to_string(),
+            r#"servers[0].upstream: no upstream named "a" (no upstreams are defined)"#.to_string(),
+        ]
+    );
+}
+
+#[test]
+fn host_and_origin_entries() {
+    assert_eq!(
+        err("listen: {allowed_hosts: [Example.COM]}"),
+        r#"listen.allowed_hosts[0]: must be lower-case: write "example.com""#
+    );
+    assert!(err("listen: {allowed_hosts: [\"a.com:80\"]}").contains("port"));
+    assert!(err("listen: {allowed_hosts: [a.com, a.com]}").contains("duplicate entry"));
+    assert!(err("listen: {allowed_hosts: a.com}").contains("expected a list of strings"));
+    assert!(err("listen: {allowed_origins: [\"https://a.com/\"]}")
+        .starts_with("listen.allowed_origins[0]: an origin has no path"));
+    assert!(err("listen: {allowed_origins: [a.com]}").contains("scheme://host[:port]"));
+    assert!(err("listen: {allowed_origins: [5]}").contains("expected a string, got 5"));
+}
+
+#[test]
+fn session_key_from_file_env_or_generated() {
+    let env = |want: &'static str, value: &'static str| {
+        move |name: &str| (name == want).then(|| value.to_string())
+    };
+    let upper = KEY_HEX.to_uppercase();
+    let c = load_str_with_env(&format!("session: {{key: \"{upper}\"}}"), &no_env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[10]),
+        (KeySource::File, 10)
+    );
+
+    let c = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", KEY_HEX))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[31]),
+        (KeySource::Env, 0x1f)
+    );
+
+    let c = load_str_with_env("session: {key_env: MY_KEY}", &env("MY_KEY", KEY_HEX))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.session.key_source, KeySource::Env);
+    // The default variable is not consulted when another is named.
+    let c = load_str_with_env(
+        "session: {key_env: MY_KEY}",
+        &env("TOLLGATE_SESSION_KEY", KEY_HEX),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.session.key_source, KeySource::Generated);
+
+    // The file wins over the environment.
+    let other = "ff".repeat(32);
+    let c = load_str_with_env(
+        &format!("session: {{key: \"{other}\"}}"),
+        &env("TOLLGATE_SESSION_KEY", KEY_HEX),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.session.key_source, c.session.key[0]),
+        (KeySource::File, 0xff)
+    );
+
+    let e = load_str_with_env("", &env("TOLLGATE_SESSION_KEY", "s3cret-but-short"))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert!(e.0[0].starts_with("session.key_env: environment variable TOLLGATE_SESSION_KEY: expected 64 hex characters"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+
+    let bad = "g".repeat(64);
+    let e = err(&format!("session: {{key: \"{bad}\"}}"));
+    assert!(
+        e.starts_with("session.key: expected 64 hex characters"),
+        "{e}"
+    );
+    assert!(!e.contains("ggg"), "{e}");
+    assert!(err("session: {key: 12345}")
+        .starts_with("session.key: expected 64 hex characters in quotes"));
+    assert!(err("session: {key_env: \"1BAD\"}")
+        .starts_with("session.key_env: \"1BAD\" is not an environment variable name"));
+}
+
+#[test]
+fn many_problems_are_reported_together_in_file_order() {
+    let text = r#"
+workers: many
+listen:
+  adress: "127.0.0.1:8080"
+  backlog: -3
+limits:
+  max_body_bytes: lots
+  idle_timeout: 60
+session:
+  key: "abc"
+runtime: {driver: uring}
+upstreams:
+  - name: demo
+    url: builtin:demo
+  - name: mine
+    url: https://example.com/mcp
+servers:
+  - path: mcp
+    upstream: dmeo
+"#;
+    let e = errs(text);
+    assert_eq!(
+        e,
+        vec![
+            r#"workers: expected auto or a number from 1 to 1024, got "many""#,
+            r#"listen.adress: unknown key (did you mean "address"?)"#,
+            "listen.backlog: expected a whole number from 1 to 65535, got -3",
+            r#"limits.max_body_bytes: expected a size like 4MiB or a whole number of bytes, got "lots""#,
+            "limits.idle_timeout: expected a duration with a unit like 250ms, 10s, 5m or 24h, got 60 (a bare number is ambiguous)",
+            "session.key: expected 64 hex characters (32 bytes, e.g. from `openssl rand -hex 32`), got 3 characters",
+            r#"runtime.driver: expected auto, io_uring or legacy, got "uring""#,
+            r#"upstreams[1].url: unsupported scheme "https" (TLS upstreams are not supported yet)"#,
+            r#"servers[0].path: must start with '/', got "mcp""#,
+            r#"servers[0].upstream: no upstream named "dmeo" (known: demo, mine)"#,
+        ]
+    );
+    let shown = ConfigErrors(e).to_string();
+    assert_eq!(shown.lines().count(), 10);
+}
+
+#[test]
+fn render_shows_every_default_redacts_secrets_and_loads_back() {
+    let text = format!(
+        "session: {{key: \"{KEY_HEX}\"}}\nupstreams:\n  - {{name: mine, url: \"http://[::1]:3101/mcp?a=1\", headers: {{Authorization: \"Bearer sekrit\"}}}}\n  - {{name: demo, url: \"builtin:demo\"}}\nservers: [{{path: /mcp, upstream: mine}}, {{path: /demo/mcp, upstream: demo}}]\nadmin: null\n"
+    );
+    let c = ok(&text);
+    let r = render_effective(&c);
+    assert!(r.contains("key: \"<redacted (from file)>\""), "{r}");
+    assert!(!r.contains(KEY_HEX) && !r.contains("sekrit"), "{r}");
+    assert!(r.contains("max_body_bytes: 4MiB"), "{r}");
+    assert!(r.contains("ttl: 24h"), "{r}");
+    assert!(r.contains("address: null"), "{r}");
+    assert!(r.contains("url: \"http://[::1]:3101/mcp?a=1\""), "{r}");
+    assert!(r.contains("\"authorization\": \"<redacted>\""), "{r}");
+    assert!(ok("").session.key_source == KeySource::Generated);
+    assert!(render_effective(&ok("")).contains("<redacted (from generated)>"));
+
+    // Put the key and header back: the rendered file loads to the same rendering.
+    let again = r
+        .replace("\"<redacted (from file)>\"", &format!("\"{KEY_HEX}\""))
+        .replace("\"<redacted>\"", "\"Bearer sekrit\"");
+    let c2 = ok(&again);
+    assert_eq!(render_effective(&c2), r);
+    assert_eq!(c2.session.key, c.session.key);
+    assert_eq!(c2.upstreams[0].headers, c.upstreams[0].headers);
+    assert_eq!(c2.upstreams[0].target, c.upstreams[0].target);
+
+    // The defaults render and load back too (loopback listener rule spelled out).
+    let d = render_effective(&ok(""));
+    let d2 = d.replace("\"<redacted (from generated)>\"", &format!("\"{KEY_HEX}\""));
+    let back = ok(&d2);
+    assert_eq!(back.servers.len(), 1);
+    assert_eq!(back.listen.addr, defaults::LISTEN);
+}

@@ -1,0 +1,21 @@
+//! The catalog of metric names. Every metric the gateway exports is named here and only here.
+//! Label values come from closed enums (`Method`, `Outcome`, `error::Kind`) or configured names.
+
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "tollgate_upstream_requests_total";
+pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
+pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";
+pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
+pub const LIMIT_REJECTIONS_TOTAL: &str = "tollgate_limit_rejections_total";
+pub const SESSIONS_OPENED_TOTAL: &str = "tollgate_sessions_opened_total";
+pub const SESSIONS_CLOSED_TOTAL: &str = "tollgate_sessions_closed_total";
+pub const WORKERS: &str = "tollgate_workers";
+pub const BUILD_INFO: &str = "tollgate_build_info";
+
+/// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];

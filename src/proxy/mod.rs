@@ -1,0 +1,1040 @@
+//! The request path as named phases, in the order a request travels:
+//! read head → route → check host/origin → read body → scan → session → forward → relay → record.
+//! Every refusal goes through `refuse`, which renders it with `reject::Rejects`.
+
+pub mod checks;
+pub mod reject;
+pub mod shutdown;
+pub mod state;
+pub mod upstream;
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use monoio::net::TcpStream;
+
+use crate::error::{Error, Kind};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::head::{parse_request, Framing, HttpMethod, RequestHead, ResponseHead};
+use crate::http::pool::UpstreamConn;
+use crate::http::response;
+use crate::jsonrpc::{self, Body, MessageKind};
+use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
+use crate::mcp::{Method, ProtocolVersion};
+use crate::observe::Outcome;
+
+use state::{Revocation, WorkerState};
+use upstream::{Client, RelayMode};
+
+/// Upper bound on `limits.max_headers` (the scratch array lives on the stack).
+pub const MAX_HEADERS: usize = 256;
+
+/// What the connection does after a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Serves one client connection until it closes, idles out, or the worker shuts down.
+pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Client::new(stream, w.gw.config.limits.write_timeout);
+    loop {
+        let head = match read_head(&w, &mut c).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                refuse(&w, &mut c, e.kind, None, Some(&e.reason), false, b"").await;
+                return;
+            }
+        };
+        if handle(&w, &mut c, head).await == Next::Close || w.shutdown.is_fired() {
+            return;
+        }
+        c.conn.shrink_idle(64 * 1024);
+    }
+}
+
+/// Phase: read head. Waits up to `idle_timeout` for a first byte (or until shutdown), then up to
+/// `header_read_timeout` for the whole head. `Ok(None)`: the connection ended quietly.
+async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead>, Error> {
+    let limits = &w.gw.config.limits;
+    let max_headers = limits.max_headers.min(MAX_HEADERS);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !c.conn.buffered().is_empty() {
+            let mut scratch = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            match parse_request(
+                c.conn.buffered(),
+                &mut scratch[..max_headers],
+                limits.max_header_bytes,
+            ) {
+                Ok(Some(h)) => return Ok(Some(h)),
+                Ok(None) => {}
+                // A limit's own message (naming its config key) beats the parser's reason.
+                Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
+                Err(e) => return Err(Error::new(e.kind, e.reason)),
+            }
+            deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
+        }
+        let read = match deadline {
+            None => {
+                monoio::select! {
+                    r = monoio::time::timeout(limits.idle_timeout, c.conn.fill(0)) => match r {
+                        Ok(r) => r,
+                        Err(_) => return Ok(None),
+                    },
+                    _ = w.shutdown.wait() => return Ok(None),
+                }
+            }
+            Some(d) => match monoio::time::timeout(
+                d.saturating_duration_since(Instant::now()),
+                c.conn.fill(0),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return Err(Error::new(Kind::HeaderTimeout, "")),
+            },
+        };
+        match read {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Renders and writes a refusal; counts it.
+#[allow(clippy::too_many_arguments)]
+async fn refuse(
+    w: &WorkerState,
+    c: &mut Client,
+    kind: Kind,
+    id: Option<&[u8]>,
+    reason: Option<&str>,
+    keep_alive: bool,
+    extra_headers: &[u8],
+) -> Next {
+    w.metrics.rejected(kind);
+    let reason = reason.filter(|r| !r.is_empty());
+    w.gw.rejects
+        .render(&mut c.out, kind, id, reason, keep_alive, extra_headers);
+    if c.flush().await.is_err() || !keep_alive {
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// CORS response headers for an allowed browser origin.
+fn cors_headers(origin: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(160);
+    v.extend_from_slice(b"access-control-allow-origin: ");
+    v.extend_from_slice(origin);
+    v.extend_from_slice(b"\r\nvary: origin\r\naccess-control-expose-headers: mcp-session-id, mcp-protocol-version\r\n");
+    v
+}
+
+/// Phases: route → host/origin → dispatch by HTTP method.
+async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
+    let t0 = Instant::now();
+    let gw = &*w.gw;
+    let buf = c.conn.buffered();
+    let keep = head.keep_alive && !w.shutdown.is_fired();
+    // A refusal before the body is read must close a connection that carries a body.
+    let keep_unread = keep && !head.has_body();
+    let Some(server) = gw.route(head.path(buf)) else {
+        c.conn.consume(head.len);
+        return refuse(w, c, Kind::NotFound, None, None, keep_unread, b"").await;
+    };
+    let host = head.host.clone().map(|r| &buf[r]);
+    if !checks::host_allowed(&gw.config.listen.allowed_hosts, host) {
+        let why = format!(
+            "Host \"{}\" is not allowed (listen.allowed_hosts)",
+            String::from_utf8_lossy(host.unwrap_or(b""))
+                .chars()
+                .take(100)
+                .collect::<String>()
+        );
+        c.conn.consume(head.len);
+        return refuse(
+            w,
+            c,
+            Kind::HostNotAllowed,
+            None,
+            Some(&why),
+            keep_unread,
+            b"",
+        )
+        .await;
+    }
+    let origin = head.origin.clone().map(|r| &buf[r]);
+    if !checks::origin_allowed(&gw.config.listen.allowed_origins, origin, host) {
+        let why = format!(
+            "Origin \"{}\" is not allowed (listen.allowed_origins)",
+            String::from_utf8_lossy(origin.unwrap_or(b""))
+                .chars()
+                .take(100)
+                .collect::<String>()
+        );
+        c.conn.consume(head.len);
+        return refuse(
+            w,
+            c,
+            Kind::OriginNotAllowed,
+            None,
+            Some(&why),
+            keep_unread,
+            b"",
+        )
+        .await;
+    }
+    let cors = origin.map(cors_headers).unwrap_or_default();
+    match head.method() {
+        HttpMethod::Post => post(w, c, head, server, keep, &cors, t0).await,
+        HttpMethod::Get => get(w, c, head, server, keep, &cors, t0).await,
+        HttpMethod::Delete => delete(w, c, head, server, keep, &cors).await,
+        HttpMethod::Options => {
+            c.conn.consume(head.len);
+            if !head.has_body() {
+                preflight(c, &cors, keep).await
+            } else {
+                refuse(w, c, Kind::MethodNotAllowed, None, None, false, b"").await
+            }
+        }
+        _ => {
+            c.conn.consume(head.len);
+            refuse(w, c, Kind::MethodNotAllowed, None, None, keep_unread, b"").await
+        }
+    }
+}
+
+async fn preflight(c: &mut Client, cors: &[u8], keep: bool) -> Next {
+    response::status_line(&mut c.out, 204);
+    c.out.extend_from_slice(cors);
+    c.out.extend_from_slice(
+        b"access-control-allow-methods: GET, POST, DELETE, OPTIONS\r\n\
+          access-control-allow-headers: content-type, accept, authorization, mcp-session-id, mcp-protocol-version, last-event-id\r\n\
+          access-control-max-age: 600\r\n",
+    );
+    response::connection(&mut c.out, keep);
+    c.out.extend_from_slice(b"\r\n");
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Where the request body ended up, and how many buffered bytes the whole request used.
+enum BodyAt {
+    Inline(Range<usize>),
+    Decoded,
+}
+
+/// Phase: read body. Content-Length bodies stay in the connection buffer (no copy);
+/// chunked bodies are decoded into `c.body`. Returns (location, bytes to consume).
+async fn read_body(
+    w: &WorkerState,
+    c: &mut Client,
+    head: &RequestHead,
+) -> Result<(BodyAt, usize), Error> {
+    let limits = &w.gw.config.limits;
+    let deadline = Instant::now() + limits.body_read_timeout;
+    let timeout = |d: Instant| d.saturating_duration_since(Instant::now());
+    if !head.chunked {
+        let n = head.content_length.unwrap_or(0) as usize;
+        let need = head.len + n;
+        while c.conn.buffered().len() < need {
+            let want = need - c.conn.buffered().len();
+            match monoio::time::timeout(timeout(deadline), c.conn.fill(want)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(Error::new(
+                        Kind::MalformedHttp,
+                        "connection closed mid-body",
+                    ))
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(Error::new(Kind::BodyTimeout, "")),
+            }
+        }
+        return Ok((BodyAt::Inline(head.len..need), need));
+    }
+    c.body.clear();
+    let mut dec = ChunkedDecoder::new(limits.max_header_bytes);
+    let mut pos = head.len;
+    loop {
+        let buf = &c.conn.buffered()[pos..];
+        let body = &mut c.body;
+        let used = dec
+            .feed(buf, |d| body.extend_from_slice(d))
+            .map_err(|e| Error::new(Kind::MalformedHttp, format!("bad chunked body: {e}")))?;
+        pos += used;
+        if c.body.len() > limits.max_body_bytes {
+            return Err(Error::new(Kind::BodyTooLarge, ""));
+        }
+        if dec.is_done() {
+            return Ok((BodyAt::Decoded, pos));
+        }
+        match monoio::time::timeout(timeout(deadline), c.conn.fill(0)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(Error::new(
+                    Kind::MalformedHttp,
+                    "connection closed mid-body",
+                ))
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(Error::new(Kind::BodyTimeout, "")),
+        }
+    }
+}
+
+fn is_json_content_type(v: &[u8]) -> bool {
+    let essence = v.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
+/// A JSON-RPC id copied out of the body (ids are short; no allocation up to 47 bytes).
+struct IdBuf {
+    inline: [u8; 47],
+    len: u8,
+    heap: Vec<u8>,
+}
+
+impl IdBuf {
+    fn new(raw: &[u8]) -> Self {
+        let mut id = IdBuf {
+            inline: [0; 47],
+            len: 0,
+            heap: Vec::new(),
+        };
+        if raw.len() <= id.inline.len() {
+            id.inline[..raw.len()].copy_from_slice(raw);
+            id.len = raw.len() as u8;
+        } else {
+            id.heap = raw.to_vec();
+        }
+        id
+    }
+    fn get(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len as usize]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// What the gateway keeps from the scanner's reading of the body.
+struct Scanned {
+    method: Method,
+    id: Option<IdBuf>,
+    batch: bool,
+    is_initialize: bool,
+}
+
+/// Phase: scan. Reads method and id without building a tree; a body the scanner refuses never
+/// reaches an upstream.
+fn scan(w: &WorkerState, body: &[u8]) -> Result<Scanned, (Kind, String)> {
+    match jsonrpc::scan(body, &w.gw.scan_limits) {
+        Ok(Body::Single(m)) => {
+            let method = m
+                .method
+                .as_ref()
+                .map_or(Method::Other, |s| Method::parse(&s.value));
+            let is_initialize = method == Method::Initialize && m.kind == MessageKind::Request;
+            Ok(Scanned {
+                method,
+                id: m.id.as_ref().map(|r| IdBuf::new(r.text)),
+                batch: false,
+                is_initialize,
+            })
+        }
+        Ok(Body::Batch(msgs)) => {
+            if msgs
+                .iter()
+                .any(|m| m.method.as_ref().is_some_and(|s| s.value == "initialize"))
+            {
+                return Err((
+                    Kind::InvalidRequest,
+                    "initialize must not be part of a JSON-RPC batch".into(),
+                ));
+            }
+            let method = msgs
+                .first()
+                .and_then(|m| m.method.as_ref())
+                .map_or(Method::Other, |s| Method::parse(&s.value));
+            Ok(Scanned {
+                method,
+                id: None,
+                batch: true,
+                is_initialize: false,
+            })
+        }
+        Err(e) => {
+            let kind = if e.is_parse_error() {
+                Kind::ParseError
+            } else {
+                Kind::InvalidRequest
+            };
+            Err((kind, e.to_string()))
+        }
+    }
+}
+
+/// Phase: session. Opens the sealed session id and checks it belongs here and is still live.
+fn open_session(
+    w: &WorkerState,
+    head: &RequestHead,
+    buf: &[u8],
+    server: usize,
+) -> Result<SessionClaims, (Kind, &'static str)> {
+    let Some(r) = head.session_id.clone() else {
+        return Err((Kind::SessionMissing, ""));
+    };
+    let now = unix_now();
+    let claims = w.gw.sealer.open(&buf[r], now).map_err(|e| {
+        (
+            Kind::SessionUnknown,
+            match e {
+                crate::mcp::session::SessionError::Expired => {
+                    "session expired: initialize a new one"
+                }
+                _ => "unknown session: initialize a new one",
+            },
+        )
+    })?;
+    if claims.server as usize != server {
+        return Err((Kind::SessionUnknown, "session belongs to another endpoint"));
+    }
+    if w.is_revoked(&claims.id, now) {
+        return Err((
+            Kind::SessionUnknown,
+            "session was deleted: initialize a new one",
+        ));
+    }
+    if let Some(r) = head.protocol_version.clone() {
+        if ProtocolVersion::parse_bytes(buf[r].trim_ascii()).is_none_or(|v| !v.is_legacy()) {
+            return Err((Kind::UnsupportedProtocolVersion, ""));
+        }
+    }
+    Ok(claims)
+}
+
+/// Appends the per-request upstream headers: session, version, trace context.
+fn upstream_session_headers(
+    out: &mut Vec<u8>,
+    up: Option<&UpstreamSession>,
+    head: &RequestHead,
+    buf: &[u8],
+) {
+    if let Some(up) = up {
+        if let Some(sid) = &up.session_id {
+            response::header(out, b"mcp-session-id", sid.as_bytes());
+        }
+        if up.protocol_version.has_version_header() {
+            response::header(
+                out,
+                b"mcp-protocol-version",
+                up.protocol_version.as_str().as_bytes(),
+            );
+        }
+    }
+    for (n, v) in &head.trace {
+        response::header(out, &buf[n.clone()], &buf[v.clone()]);
+    }
+}
+
+/// POST: one JSON-RPC message (or a batch in 2025-03-26 sessions) to the server's upstream.
+#[allow(clippy::too_many_arguments)]
+async fn post(
+    w: &WorkerState,
+    c: &mut Client,
+    head: RequestHead,
+    server: usize,
+    keep: bool,
+    cors: &[u8],
+    t0: Instant,
+) -> Next {
+    let gw = &*w.gw;
+    let limits = &gw.config.limits;
+    let buf = c.conn.buffered();
+    if !head
+        .content_type
+        .clone()
+        .is_some_and(|r| is_json_content_type(&buf[r]))
+    {
+        c.conn.consume(head.len);
+        return refuse(
+            w,
+            c,
+            Kind::UnsupportedMediaType,
+            None,
+            None,
+            keep && !head.has_body(),
+            cors,
+        )
+        .await;
+    }
+    if head.content_length.unwrap_or(0) as usize > limits.max_body_bytes {
+        c.conn.consume(head.len);
+        return refuse(w, c, Kind::BodyTooLarge, None, None, false, cors).await;
+    }
+    if head.expect_continue {
+        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if c.flush().await.is_err() {
+            return Next::Close;
+        }
+    }
+    let (at, used) = match read_body(w, c, &head).await {
+        Ok(x) => x,
+        Err(e) => return refuse(w, c, e.kind, None, Some(&e.reason), false, cors).await,
+    };
+    let buf = c.conn.buffered();
+    let body: &[u8] = match &at {
+        BodyAt::Inline(r) => &buf[r.clone()],
+        BodyAt::Decoded => &c.body,
+    };
+    let scanned = match scan(w, body) {
+        Ok(s) => s,
+        Err((kind, why)) => {
+            c.conn.consume(used);
+            w.metrics
+                .request(Method::Other, Outcome::Rejected, t0.elapsed().as_secs_f64());
+            return refuse(w, c, kind, None, Some(&why), keep, cors).await;
+        }
+    };
+    let server_cfg = &gw.config.servers[server];
+    let u = server_cfg.upstream;
+    let up = &gw.upstreams[u];
+    let claims = if scanned.is_initialize {
+        None
+    } else {
+        match open_session(w, &head, buf, server) {
+            Ok(cl) => Some(cl),
+            Err((kind, why)) => {
+                c.conn.consume(used);
+                w.metrics.request(
+                    scanned.method,
+                    Outcome::Rejected,
+                    t0.elapsed().as_secs_f64(),
+                );
+                let id = scanned.id.as_ref().map(IdBuf::get);
+                return refuse(w, c, kind, id, Some(why), keep, cors).await;
+            }
+        }
+    };
+    if scanned.batch
+        && !claims
+            .as_ref()
+            .is_some_and(|cl| cl.protocol_version.allows_batches())
+    {
+        c.conn.consume(used);
+        w.metrics.request(
+            scanned.method,
+            Outcome::Rejected,
+            t0.elapsed().as_secs_f64(),
+        );
+        return refuse(w, c, Kind::BatchNotAllowed, None, None, keep, cors).await;
+    }
+    // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
+    c.up_out.clear();
+    c.up_out.extend_from_slice(&up.post_prefix);
+    response::content_length(&mut c.up_out, body.len() as u64);
+    let up_session = claims
+        .as_ref()
+        .and_then(|cl| cl.upstreams.iter().find(|s| s.upstream as usize == u));
+    upstream_session_headers(&mut c.up_out, up_session, &head, buf);
+    c.up_out.extend_from_slice(b"\r\n");
+    c.up_out.extend_from_slice(body);
+    c.conn.consume(used);
+
+    let t_up = Instant::now();
+    let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+    c.up_out = req;
+    let (up_conn, rhead) = match res {
+        Ok(x) => x,
+        Err(e) => {
+            w.metrics.upstream(u, Err(e.kind), 0.0);
+            w.metrics.request(
+                scanned.method,
+                Outcome::UpstreamError,
+                t0.elapsed().as_secs_f64(),
+            );
+            tracing::warn!(upstream = %up.name, error = %e.reason, "upstream exchange failed");
+            let id = scanned.id.as_ref().map(IdBuf::get);
+            return refuse(w, c, e.kind, id, Some(&e.reason), keep, cors).await;
+        }
+    };
+    w.metrics
+        .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
+    let outcome = if (200..300).contains(&rhead.status) {
+        Outcome::Ok
+    } else {
+        Outcome::UpstreamStatus
+    };
+    let next = if scanned.is_initialize {
+        initialize_reply(w, c, up_conn, rhead, server, u, &scanned, keep, cors).await
+    } else {
+        relay(
+            w,
+            c,
+            up_conn,
+            &rhead,
+            u,
+            keep,
+            head.minor == 0,
+            cors,
+            Some(up.request_timeout),
+        )
+        .await
+    };
+    w.metrics
+        .request(scanned.method, outcome, t0.elapsed().as_secs_f64());
+    next
+}
+
+/// Writes the client's response head for an upstream response; returns the keep-alive decision.
+#[allow(clippy::too_many_arguments)]
+fn client_head(
+    out: &mut Vec<u8>,
+    rhead: &ResponseHead,
+    upbuf: &[u8],
+    keep: bool,
+    http10: bool,
+    cors: &[u8],
+    session: Option<&str>,
+    length_override: Option<usize>,
+) -> bool {
+    response::status_line(out, rhead.status);
+    for (n, v) in &rhead.relay {
+        response::header(out, &upbuf[n.clone()], &upbuf[v.clone()]);
+    }
+    if rhead.is_sse(upbuf) {
+        out.extend_from_slice(b"x-accel-buffering: no\r\n");
+    }
+    if let Some(s) = session {
+        response::header(out, b"mcp-session-id", s.as_bytes());
+    }
+    out.extend_from_slice(cors);
+    let mut keep = keep;
+    match (length_override, rhead.framing) {
+        (Some(n), _) => response::content_length(out, n as u64),
+        (None, Framing::Length(n)) => response::content_length(out, n),
+        (None, Framing::None) => {}
+        (None, Framing::Chunked | Framing::UntilClose) if http10 => keep = false,
+        (None, Framing::Chunked | Framing::UntilClose) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+    }
+    response::connection(out, keep);
+    out.extend_from_slice(b"\r\n");
+    keep
+}
+
+/// Phase: relay. Streams the upstream's response to the client and pools the upstream connection.
+/// Event streams get no per-read timeout (they may idle); other bodies get `read_timeout`.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    w: &WorkerState,
+    c: &mut Client,
+    mut up_conn: UpstreamConn,
+    rhead: &ResponseHead,
+    u: usize,
+    keep: bool,
+    http10: bool,
+    cors: &[u8],
+    read_timeout: Option<Duration>,
+) -> Next {
+    let keep = client_head(
+        &mut c.out,
+        rhead,
+        up_conn.buffered(),
+        keep,
+        http10,
+        cors,
+        None,
+        None,
+    );
+    let read_timeout = if rhead.is_sse(up_conn.buffered()) {
+        None
+    } else {
+        read_timeout
+    };
+    up_conn.consume(rhead.len);
+    let mode = RelayMode {
+        http10,
+        read_timeout,
+    };
+    match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
+        Ok(reusable) => {
+            if reusable {
+                let up = &w.gw.upstreams[u];
+                w.pool
+                    .borrow_mut()
+                    .put(u, up_conn, up.max_idle, Instant::now());
+            }
+            if keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Err(e) => {
+            if let upstream::RelayError::Upstream(why) = e {
+                tracing::warn!(upstream = %w.gw.upstreams[u].name, error = why, "relay aborted");
+            }
+            Next::Close
+        }
+    }
+}
+
+/// Finds the JSON-RPC response with `id` in an initialize reply (JSON, or SSE events) and returns
+/// the protocol version it negotiated. `Ok(None)`: the upstream answered with a JSON-RPC error.
+fn negotiated_version(
+    w: &WorkerState,
+    body: &[u8],
+    sse: bool,
+    id: &[u8],
+) -> Result<Option<ProtocolVersion>, String> {
+    let check = |payload: &[u8]| -> Option<Result<Option<ProtocolVersion>, String>> {
+        let Ok(Body::Single(m)) = jsonrpc::scan(payload, &w.gw.scan_limits) else {
+            return None;
+        };
+        if m.id.as_ref().map(|r| r.text) != Some(id) {
+            return None;
+        }
+        Some(match m.kind {
+            MessageKind::Error => Ok(None),
+            MessageKind::Response => match m
+                .protocol_version
+                .as_ref()
+                .map(|v| ProtocolVersion::parse(&v.value))
+            {
+                Some(Some(v)) if v.is_legacy() => Ok(Some(v)),
+                Some(_) => Err(
+                    "upstream negotiated a protocol version the gateway does not support".into(),
+                ),
+                None => Err("upstream initialize result has no protocolVersion".into()),
+            },
+            _ => return None,
+        })
+    };
+    if !sse {
+        return check(body).unwrap_or_else(|| {
+            Err("upstream initialize reply is not the matching JSON-RPC response".into())
+        });
+    }
+    let mut data = Vec::new();
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if let Some(r) = check(&data) {
+                return r;
+            }
+            data.clear();
+        } else if let Some(d) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+        }
+    }
+    check(&data)
+        .unwrap_or_else(|| Err("upstream initialize stream ended without the response".into()))
+}
+
+/// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
+/// version and upstream session id, and answers with its own sealed session id.
+#[allow(clippy::too_many_arguments)]
+async fn initialize_reply(
+    w: &WorkerState,
+    c: &mut Client,
+    mut up_conn: UpstreamConn,
+    rhead: ResponseHead,
+    server: usize,
+    u: usize,
+    scanned: &Scanned,
+    keep: bool,
+    cors: &[u8],
+) -> Next {
+    let gw = &*w.gw;
+    let up = &gw.upstreams[u];
+    let id = scanned.id.as_ref().map_or(&b"null"[..], IdBuf::get);
+    let upbuf_head = up_conn.buffered()[..rhead.len].to_vec();
+    let sse = rhead.is_sse(&upbuf_head);
+    let upstream_sid = rhead
+        .session_id
+        .clone()
+        .map(|r| String::from_utf8_lossy(&upbuf_head[r]).into_owned());
+    up_conn.consume(rhead.len);
+    let mut body = Vec::new();
+    let max = gw.config.limits.max_body_bytes;
+    if let Err(why) =
+        upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body).await
+    {
+        let msg = format!(
+            "upstream \"{}\" sent an invalid initialize reply: {why}",
+            up.name
+        );
+        return refuse(
+            w,
+            c,
+            Kind::UpstreamProtocol,
+            Some(id),
+            Some(&msg),
+            keep,
+            cors,
+        )
+        .await;
+    }
+    if rhead.keep_alive {
+        w.pool
+            .borrow_mut()
+            .put(u, up_conn, up.max_idle, Instant::now());
+    }
+    let mut token = None;
+    if rhead.status == 200 {
+        match negotiated_version(w, &body, sse, id) {
+            Ok(Some(version)) => {
+                let now = unix_now();
+                let claims = SessionClaims {
+                    id: SessionSealer::new_id(),
+                    server: server as u16,
+                    protocol_version: version,
+                    issued_at: now,
+                    expires_at: now + gw.config.session.ttl.as_secs(),
+                    upstreams: vec![UpstreamSession {
+                        upstream: u as u16,
+                        session_id: upstream_sid,
+                        protocol_version: version,
+                    }],
+                    principal: None,
+                };
+                match gw.sealer.try_seal(&claims) {
+                    Ok(t) => token = Some(t),
+                    Err(e) => {
+                        let msg = format!(
+                            "upstream \"{}\" sent an unusable Mcp-Session-Id: {e}",
+                            up.name
+                        );
+                        return refuse(
+                            w,
+                            c,
+                            Kind::UpstreamProtocol,
+                            Some(id),
+                            Some(&msg),
+                            keep,
+                            cors,
+                        )
+                        .await;
+                    }
+                }
+                w.metrics.sessions_opened.increment(1);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                let msg = format!("upstream \"{}\": {why}", up.name);
+                return refuse(
+                    w,
+                    c,
+                    Kind::UpstreamProtocol,
+                    Some(id),
+                    Some(&msg),
+                    keep,
+                    cors,
+                )
+                .await;
+            }
+        }
+    }
+    let keep = client_head(
+        &mut c.out,
+        &rhead,
+        &upbuf_head,
+        keep,
+        false,
+        cors,
+        token.as_deref(),
+        Some(body.len()),
+    );
+    c.out.extend_from_slice(&body);
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// GET: opens the server-to-client event stream of the session's upstream and relays it.
+#[allow(clippy::too_many_arguments)]
+async fn get(
+    w: &WorkerState,
+    c: &mut Client,
+    head: RequestHead,
+    server: usize,
+    keep: bool,
+    cors: &[u8],
+    t0: Instant,
+) -> Next {
+    let gw = &*w.gw;
+    let keep_unread = keep && !head.has_body();
+    if head.has_body() {
+        c.conn.consume(head.len);
+        return refuse(
+            w,
+            c,
+            Kind::MalformedHttp,
+            None,
+            Some("GET with a body"),
+            false,
+            cors,
+        )
+        .await;
+    }
+    let buf = c.conn.buffered();
+    let claims = match open_session(w, &head, buf, server) {
+        Ok(cl) => cl,
+        Err((kind, why)) => {
+            c.conn.consume(head.len);
+            return refuse(w, c, kind, None, Some(why), keep_unread, cors).await;
+        }
+    };
+    let u = gw.config.servers[server].upstream;
+    let up = &gw.upstreams[u];
+    c.up_out.clear();
+    c.up_out.extend_from_slice(&up.get_prefix);
+    upstream_session_headers(
+        &mut c.up_out,
+        claims.upstreams.iter().find(|s| s.upstream as usize == u),
+        &head,
+        buf,
+    );
+    if let Some(r) = head.last_event_id.clone() {
+        response::header(&mut c.up_out, b"last-event-id", &buf[r]);
+    }
+    c.up_out.extend_from_slice(b"\r\n");
+    c.conn.consume(head.len);
+    let t_up = Instant::now();
+    let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+    c.up_out = req;
+    match res {
+        Ok((up_conn, rhead)) => {
+            w.metrics
+                .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
+            let next = relay(
+                w,
+                c,
+                up_conn,
+                &rhead,
+                u,
+                keep,
+                head.minor == 0,
+                cors,
+                Some(up.request_timeout),
+            )
+            .await;
+            let outcome = if (200..300).contains(&rhead.status) {
+                Outcome::Ok
+            } else {
+                Outcome::UpstreamStatus
+            };
+            w.metrics
+                .request(Method::Other, outcome, t0.elapsed().as_secs_f64());
+            next
+        }
+        Err(e) => {
+            w.metrics.upstream(u, Err(e.kind), 0.0);
+            refuse(w, c, e.kind, None, Some(&e.reason), keep, cors).await
+        }
+    }
+}
+
+/// DELETE: ends the session here (on every worker) and at the upstream.
+async fn delete(
+    w: &WorkerState,
+    c: &mut Client,
+    head: RequestHead,
+    server: usize,
+    keep: bool,
+    cors: &[u8],
+) -> Next {
+    let gw = &*w.gw;
+    let keep_unread = keep && !head.has_body();
+    let buf = c.conn.buffered();
+    let claims = match open_session(w, &head, buf, server) {
+        Ok(cl) => cl,
+        Err((kind, why)) => {
+            c.conn.consume(head.len);
+            return refuse(w, c, kind, None, Some(why), keep_unread, cors).await;
+        }
+    };
+    let u = gw.config.servers[server].upstream;
+    let up = &gw.upstreams[u];
+    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
+    c.up_out.clear();
+    c.up_out.extend_from_slice(&up.delete_prefix);
+    upstream_session_headers(&mut c.up_out, up_session, &head, buf);
+    c.up_out.extend_from_slice(b"\r\n");
+    c.conn.consume(head.len);
+    if head.has_body() {
+        return refuse(
+            w,
+            c,
+            Kind::MalformedHttp,
+            None,
+            Some("DELETE with a body"),
+            false,
+            cors,
+        )
+        .await;
+    }
+    w.revoke(Revocation {
+        id: claims.id,
+        expires_at: claims.expires_at,
+    });
+    w.metrics.sessions_closed.increment(1);
+    if up_session.is_some_and(|s| s.session_id.is_some()) {
+        let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+        c.up_out = req;
+        match res {
+            Ok((mut up_conn, rhead)) => {
+                w.metrics.upstream(u, Ok(rhead.status), 0.0);
+                up_conn.consume(rhead.len);
+                let mut sink = Vec::new();
+                let ok = upstream::read_full_body(
+                    &mut up_conn,
+                    &rhead,
+                    64 * 1024,
+                    up.request_timeout,
+                    &mut sink,
+                )
+                .await;
+                if ok.is_ok() && rhead.keep_alive {
+                    w.pool
+                        .borrow_mut()
+                        .put(u, up_conn, up.max_idle, Instant::now());
+                }
+            }
+            Err(e) => {
+                w.metrics.upstream(u, Err(e.kind), 0.0);
+                tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
+            }
+        }
+    }
+    response::status_line(&mut c.out, 200);
+    c.out.extend_from_slice(cors);
+    response::content_length(&mut c.out, 0);
+    response::connection(&mut c.out, keep);
+    c.out.extend_from_slice(b"\r\n");
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}

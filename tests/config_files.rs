@@ -1,0 +1,95 @@
+//! The shipped config files load, and say what their comments promise.
+
+use std::path::{Path, PathBuf};
+
+use tollgate::config::{load_file, Config, KeySource, UpstreamTarget};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn load(path: &Path) -> Config {
+    load_file(path).unwrap_or_else(|e| panic!("{} does not load:\n{e}", path.display()))
+}
+
+/// The upstream served at `path`.
+fn served_at<'c>(c: &'c Config, path: &str) -> &'c tollgate::config::Upstream {
+    let server = c
+        .servers
+        .iter()
+        .find(|s| s.path == path)
+        .unwrap_or_else(|| panic!("nothing served at {path}"));
+    &c.upstreams[server.upstream]
+}
+
+fn assert_standard_addresses(c: &Config) {
+    assert_eq!(c.listen.addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        c.admin.addr.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
+}
+
+#[test]
+fn default_config_serves_the_demo_at_mcp() {
+    let c = load(&repo("config/tollgate.yaml"));
+    assert_standard_addresses(&c);
+    let demo = served_at(&c, "/mcp");
+    assert_eq!(demo.name, "demo");
+    assert_eq!(demo.target, UpstreamTarget::BuiltinDemo);
+    assert_eq!(c.servers.len(), 1);
+    if std::env::var_os("TOLLGATE_SESSION_KEY").is_none() {
+        assert_eq!(c.session.key_source, KeySource::Generated);
+    }
+}
+
+#[test]
+fn default_config_is_the_empty_config_spelled_out() {
+    // Every key in the default file is at its default: the effective configs agree (apart from
+    // the generated key, which is redacted in both).
+    let file = load(&repo("config/tollgate.yaml"));
+    let empty = tollgate::config::load_str("").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        tollgate::config::render_effective(&file),
+        tollgate::config::render_effective(&empty)
+    );
+}
+
+#[test]
+fn every_example_loads() {
+    let dir = repo("config/examples");
+    let mut seen = 0;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let c = load(&path);
+        assert_standard_addresses(&c);
+        assert!(!c.servers.is_empty(), "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 1, "no examples found in {}", dir.display());
+}
+
+#[test]
+fn own_upstream_example_puts_the_users_server_at_mcp_and_the_demo_beside_it() {
+    let c = load(&repo("config/examples/own-upstream.yaml"));
+    let mine = served_at(&c, "/mcp");
+    match &mine.target {
+        UpstreamTarget::Http(t) => {
+            assert_eq!(
+                (t.host.as_str(), t.port, t.path.as_str()),
+                ("127.0.0.1", 3101, "/mcp")
+            );
+            assert_eq!(t.authority, "127.0.0.1:3101");
+        }
+        other => panic!("expected an HTTP upstream at /mcp, got {other:?}"),
+    }
+    assert_eq!(
+        served_at(&c, "/demo/mcp").target,
+        UpstreamTarget::BuiltinDemo
+    );
+}

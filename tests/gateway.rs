@@ -1,0 +1,662 @@
+//! End-to-end tests of the data path: the real binary as gateway, the demo upstream behind it,
+//! raw HTTP/1.1 on ephemeral loopback ports.
+
+mod harness;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use harness::{Demo, Gateway, Http, Mcp, JSON_HEADERS};
+use serde_json::json;
+
+fn setup() -> (Demo, Gateway) {
+    let demo = Demo::start(&[]);
+    let gw = Gateway::in_front_of(&demo.url());
+    (demo, gw)
+}
+
+#[test]
+fn initialize_issues_a_sealed_session_and_lists_and_calls_tools() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    let init = mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().expect("gateway issues a session id");
+    assert!(
+        sid.starts_with("tg1."),
+        "gateway's own sealed id, not the upstream's: {sid}"
+    );
+    assert!(
+        sid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        "visible ASCII"
+    );
+    assert_eq!(init.json()["result"]["protocolVersion"], "2025-06-18");
+
+    let tools = mcp.request("tools/list", json!({})).json();
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for want in ["echo", "add", "slow", "progress", "large", "fail"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let r = mcp.call_tool("echo", json!({"text": "héllo through the gateway"}));
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        "héllo through the gateway"
+    );
+    let r = mcp.call_tool("add", json!({"a": 2, "b": 40}));
+    assert_eq!(r["result"]["structuredContent"]["sum"], 42.0);
+}
+
+#[test]
+fn resources_and_prompts_pass_through() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let list = mcp.request("resources/list", json!({})).json();
+    assert!(list["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["uri"] == "demo://readme"));
+    let read = mcp
+        .request("resources/read", json!({"uri": "demo://readme"}))
+        .json();
+    assert!(
+        read["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 10
+    );
+    let tpl = mcp.request("resources/templates/list", json!({})).json();
+    assert_eq!(
+        tpl["result"]["resourceTemplates"][0]["uriTemplate"],
+        "demo://items/{id}"
+    );
+    let p = mcp
+        .request(
+            "prompts/get",
+            json!({"name": "greet", "arguments": {"name": "Ada"}}),
+        )
+        .json();
+    assert!(p["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Hello, Ada!"));
+}
+
+#[test]
+fn sse_replies_and_progress_notifications_are_relayed_in_order() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let r = mcp.request(
+        "tools/call",
+        json!({"name": "progress", "arguments": {"steps": 4, "interval_ms": 5}, "_meta": {"progressToken": "tok-7"}}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(r.header("x-accel-buffering"), Some("no"));
+    let msgs = r.sse_messages();
+    let progress: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 4, "{msgs:?}");
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["params"]["progressToken"], "tok-7");
+        assert_eq!(p["params"]["progress"], (i + 1) as f64);
+    }
+    assert!(
+        msgs.last().unwrap()["result"].is_object(),
+        "result comes last"
+    );
+}
+
+#[test]
+fn sse_events_reach_the_client_before_the_stream_ends() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    // 3 steps, 400 ms apart: the first event must arrive long before the last.
+    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"progress",
+        "arguments":{"steps":3,"interval_ms":400},"_meta":{"progressToken":1}}});
+    let headers: Vec<(String, String)> = mcp
+        .headers()
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+        mcp.http.host,
+        body.to_string().len()
+    );
+    for (n, v) in &headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body.to_string());
+    let t0 = Instant::now();
+    mcp.http.stream.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut first_event_at = None;
+    let mut tmp = [0u8; 4096];
+    while first_event_at.is_none() {
+        let n = std::io::Read::read(&mut mcp.http.stream, &mut tmp).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&tmp[..n]);
+        if String::from_utf8_lossy(&got).contains("notifications/progress") {
+            first_event_at = Some(t0.elapsed());
+        }
+    }
+    let first = first_event_at.unwrap();
+    assert!(
+        first < Duration::from_millis(800),
+        "first progress event after {first:?}: stream was buffered"
+    );
+}
+
+#[test]
+fn large_results_arrive_intact() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let r = mcp.call_tool("large", json!({"bytes": 1_048_576}));
+    assert_eq!(
+        r["result"]["content"][0]["text"].as_str().unwrap().len(),
+        1_048_576
+    );
+    // The connection is still usable afterwards (keep-alive, framing intact).
+    let r = mcp.call_tool("echo", json!({"text": "after"}));
+    assert_eq!(r["result"]["content"][0]["text"], "after");
+}
+
+#[test]
+fn delete_ends_the_session_here_and_upstream() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    let d = mcp
+        .http
+        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
+    assert_eq!(d.status, 200);
+    // On this connection and on fresh ones (other workers too): 404, so clients re-initialize.
+    let r = mcp.request("tools/list", json!({}));
+    assert_eq!(r.status, 404, "{}", r.text());
+    for _ in 0..4 {
+        let mut other = Mcp::new(gw.addr, "/mcp");
+        other.session = Some(sid.clone());
+        let r = other.request("tools/list", json!({}));
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+}
+
+#[test]
+fn session_errors_say_what_to_do() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    // No session: 400 with the request id.
+    let r = mcp.request("tools/list", json!({}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["id"], 1);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Mcp-Session-Id"));
+    // Tampered: 404.
+    mcp.initialize("2025-06-18");
+    let mut sid = mcp.session.clone().unwrap().into_bytes();
+    let i = sid.len() - 5;
+    sid[i] = if sid[i] == b'A' { b'B' } else { b'A' };
+    mcp.session = Some(String::from_utf8(sid).unwrap());
+    let r = mcp.request("tools/list", json!({}));
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Garbage: 404.
+    mcp.session = Some("not-a-session".into());
+    assert_eq!(mcp.request("tools/list", json!({})).status, 404);
+}
+
+#[test]
+fn protocol_version_header_and_batches_follow_the_spec() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    mcp.version = "1999-01-01".into();
+    let r = mcp.request("tools/list", json!({}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("MCP-Protocol-Version"));
+    mcp.version = "2025-06-18".into();
+    let batch =
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let r = mcp.post_raw(batch);
+    assert_eq!(
+        r.status,
+        400,
+        "batches are not allowed after 2025-03-26: {}",
+        r.text()
+    );
+
+    let mut old = Mcp::new(gw.addr, "/mcp");
+    old.initialize("2025-03-26");
+    assert_eq!(old.version, "2025-03-26");
+    let r = old.post_raw(batch);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn upstream_down_is_a_jsonrpc_error_naming_the_upstream() {
+    // A port with nothing listening: bind, note, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::builder()
+        .upstream("payments", &format!("http://127.0.0.1:{port}/mcp"))
+        .serve("/mcp", "payments")
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    let body = json!({"jsonrpc":"2.0","id":"init-1","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let t0 = Instant::now();
+    let r = mcp
+        .http
+        .request("POST", "/mcp", &JSON_HEADERS, body.to_string().as_bytes());
+    assert!(t0.elapsed() < Duration::from_secs(5), "no hang");
+    assert_eq!(r.status, 200, "request errors keep HTTP 200: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["id"], "init-1");
+    assert_eq!(v["error"]["code"], -31001);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"payments\""),
+        "{v}"
+    );
+    // A notification cannot carry a JSON-RPC error: 502.
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn host_and_origin_are_validated() {
+    let (_demo, gw) = setup();
+    let mut h = gw.client();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let mut hs = JSON_HEADERS.to_vec();
+    hs.push(("Host", "evil.example.com"));
+    let r = h.request("POST", "/mcp", &hs, body);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("allowed_hosts"));
+
+    let mut hs = JSON_HEADERS.to_vec();
+    hs.push(("Origin", "https://evil.example.com"));
+    let r = gw.client().request("POST", "/mcp", &hs, body);
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("allowed_origins"));
+
+    // A loopback origin (e.g. the Inspector's UI) is allowed on a loopback listener, with CORS.
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let mut hs = mcp.headers();
+    hs.push(("Origin", "http://localhost:6274"));
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &hs,
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:6274")
+    );
+    assert!(r
+        .header("access-control-expose-headers")
+        .unwrap()
+        .contains("mcp-session-id"));
+}
+
+#[test]
+fn http_level_refusals() {
+    let (_demo, gw) = setup();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(
+        gw.client()
+            .request("POST", "/nope", &JSON_HEADERS, body)
+            .status,
+        404
+    );
+    assert_eq!(
+        gw.client()
+            .request("PUT", "/mcp", &JSON_HEADERS, body)
+            .status,
+        405
+    );
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &[("Content-Type", "text/plain")], body);
+    assert_eq!(r.status, 415);
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &JSON_HEADERS, b"{\"jsonrpc\":\"2.0\",");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32700);
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &JSON_HEADERS,
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"x"}"#,
+    );
+    assert_eq!(r.status, 400, "duplicate keys are refused: {}", r.text());
+    // Request smuggling shapes.
+    let mut h = gw.client();
+    h.send_raw(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(h.read_response().unwrap().status, 400);
+}
+
+#[test]
+fn chunked_requests_and_pipelining() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    let ping = |id: u32| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+    // Chunked body.
+    let b = ping(5);
+    let (a, rest) = b.split_at(10);
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\n\
+         MCP-Protocol-Version: 2025-06-18\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+        a.len(),
+        rest.len()
+    );
+    let mut h = gw.client();
+    h.send_raw(req.as_bytes());
+    let r = h.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], 5);
+    // Three pipelined requests in one write: three responses, in order.
+    let mut all = String::new();
+    for id in [11, 12, 13] {
+        let b = ping(id);
+        all.push_str(&format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    }
+    h.send_raw(all.as_bytes());
+    for id in [11, 12, 13] {
+        let r = h.read_response().unwrap();
+        assert_eq!(r.json()["id"], id);
+    }
+}
+
+#[test]
+fn every_inbound_limit_answers_with_its_status_and_is_counted() {
+    let demo = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .upstream("demo", &demo.url())
+        .serve("/mcp", "demo")
+        .workers(1)
+        .yaml(
+            "limits:\n  max_header_bytes: 2KiB\n  max_headers: 16\n  max_body_bytes: 1KiB\n  header_read_timeout: 300ms\n  \
+             body_read_timeout: 300ms\n  idle_timeout: 300ms\nlisten:\n  address: 127.0.0.1:0\n  max_connections_per_worker: 3\n",
+        )
+        .start();
+    // 431: head too large.
+    let mut h = gw.client();
+    let big = "a".repeat(3000);
+    let r = h.request("GET", "/mcp", &[("X-Big", &big)], b"");
+    assert_eq!(r.status, 431);
+    assert!(r.text().contains("limits.max_header_bytes"));
+    // 431: too many headers.
+    let many: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("X-{i}"), "v".to_string()))
+        .collect();
+    let hs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let r = gw.client().request("GET", "/mcp", &hs, b"");
+    assert_eq!(r.status, 431);
+    assert!(r.text().contains("limits.max_headers"));
+    // 413: body too large (refused from Content-Length, before reading it).
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &JSON_HEADERS, &vec![b' '; 2000]);
+    assert_eq!(r.status, 413);
+    assert!(r.text().contains("limits.max_body_bytes"));
+    // 408: slowloris head.
+    let mut h = gw.client();
+    h.send_raw(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\n");
+    let r = h.read_response().unwrap();
+    assert_eq!(r.status, 408);
+    assert!(r.text().contains("limits.header_read_timeout"));
+    // 408: body never completes.
+    let mut h = gw.client();
+    h.send_raw(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\"");
+    let r = h.read_response().unwrap();
+    assert_eq!(r.status, 408);
+    assert!(r.text().contains("limits.body_read_timeout"));
+    // Idle keep-alive connection is closed.
+    let mut h = gw.client();
+    assert!(
+        h.closed_within(Duration::from_secs(3)),
+        "idle connection closed by the gateway"
+    );
+    // 503: connections per worker (three held open, the fourth refused).
+    let held: Vec<Http> = (0..3)
+        .map(|_| {
+            let mut c = gw.client();
+            c.send_raw(b"GET /mcp HTTP/1.1\r\n"); // holds the connection open mid-head
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut h = gw.client();
+    let r = h.read_response().expect("a 503, not a silent close");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("max_connections_per_worker"));
+    drop(held);
+    let m = gw.metrics();
+    for limit in [
+        "header_too_large",
+        "too_many_headers",
+        "body_too_large",
+        "header_timeout",
+        "body_timeout",
+        "too_many_connections",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "tollgate_limit_rejections_total{{limit=\"{limit}\"}}"
+            )),
+            "{limit} counted:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn metrics_count_requests_by_method_and_outcome() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    for _ in 0..3 {
+        mcp.call_tool("echo", json!({"text": "x"}));
+    }
+    let m = gw.metrics();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("tollgate_requests_total{method=\"tools/call\",outcome=\"ok\"}"))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(m.contains("tollgate_request_duration_seconds_bucket{method=\"tools/call\""));
+    assert!(m.contains("tollgate_upstream_duration_seconds_count{upstream=\"up\"}"));
+    assert!(m.contains("tollgate_connections_open"));
+    assert!(m.contains("tollgate_sessions_opened_total 1"));
+    let mut h = Http::connect(gw.admin.unwrap());
+    assert_eq!(h.request("GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(
+        Http::connect(gw.admin.unwrap())
+            .request("GET", "/readyz", &[], b"")
+            .status,
+        200
+    );
+}
+
+#[test]
+fn get_opens_the_server_to_client_stream() {
+    let (_demo, gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    let mut h = gw.client();
+    h.send_raw(
+        format!(
+            "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = std::io::Read::read(&mut h.stream, &mut tmp).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("content-type: text/event-stream"));
+    assert!(text.contains("x-accel-buffering: no"));
+    // Without a session: 400.
+    let r = gw
+        .client()
+        .request("GET", "/mcp", &[("Accept", "text/event-stream")], b"");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let (_demo, mut gw) = setup();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    let addr = gw.addr;
+    let slow = std::thread::spawn(move || {
+        let mut m = Mcp::new(addr, "/mcp");
+        m.session = Some(sid);
+        m.call_tool("slow", json!({"ms": 700}))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGTERM) };
+    let r = slow.join().unwrap();
+    assert_eq!(r["result"]["content"][0]["text"], "done after 700 ms");
+    let status = gw.proc.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_port_in_use_fails_the_start_loudly() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("tollgate-port-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(&cfg, format!("listen:\n  address: {addr}\nadmin: null\n")).unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
+fn a_bad_config_lists_every_problem() {
+    let dir = std::env::temp_dir().join(format!("tollgate-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "limits:\n  max_body_bytes: lots\n  idle_timeout: -1\nlisten:\n  adress: x\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "limits.max_body_bytes",
+        "limits.idle_timeout",
+        "listen.adress",
+    ] {
+        assert!(err.contains(want), "{want} in {err}");
+    }
+}
+
+#[test]
+fn the_default_config_serves_its_builtin_demo() {
+    // README's first command runs config/tollgate.yaml; here the same file with ephemeral ports.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.yaml"))
+            .unwrap();
+    assert!(text.contains("\"127.0.0.1:8080\"") && text.contains("\"127.0.0.1:9090\""));
+    let text = text
+        .replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"")
+        .replace("\"127.0.0.1:9090\"", "\"127.0.0.1:0\"");
+    let dir = std::env::temp_dir().join(format!("tollgate-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cfg, ready) = (dir.join("tollgate.yaml"), dir.join("ready.json"));
+    std::fs::write(&cfg, text).unwrap();
+    let child = std::process::Command::new(harness::BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proc = harness::Proc {
+        child,
+        dir: dir.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v: serde_json::Value = loop {
+        if let Some(v) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "default config did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let addr = v["listen"].as_str().unwrap().parse().unwrap();
+    let mut mcp = Mcp::new(addr, "/mcp");
+    mcp.initialize("2025-11-25");
+    let r = mcp.call_tool("echo", json!({"text": "demo"}));
+    assert_eq!(r["result"]["content"][0]["text"], "demo");
+}

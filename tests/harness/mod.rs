@@ -1,0 +1,487 @@
+//! Test harness: starts the real `tollgate` binary (gateway or demo upstream) on ephemeral
+//! loopback ports, waits for its ready file, and speaks raw HTTP/1.1 to it.
+//! Processes are killed when their handle drops, so a failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn temp_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("tollgate-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process that is killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_ready(child: &mut Child, ready: &std::path::Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return v;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("process exited before ready ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "not ready within 30s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The demo upstream as its own process.
+pub struct Demo {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Demo {
+    pub fn start(extra: &[&str]) -> Demo {
+        let dir = temp_dir();
+        let ready = dir.join("ready.json");
+        let mut child = Command::new(BIN)
+            .args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let v = wait_ready(&mut child, &ready);
+        Demo {
+            addr: v["listen"].as_str().unwrap().parse().unwrap(),
+            proc: Proc { child, dir },
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub proc: Proc,
+}
+
+/// Builds a gateway config: `upstream` is a URL or `builtin:demo`; `extra` is more YAML (top-level keys).
+pub struct GatewayBuilder {
+    upstreams: Vec<(String, String)>,
+    servers: Vec<(String, String)>,
+    extra: String,
+    workers: usize,
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            upstreams: vec![],
+            servers: vec![],
+            extra: String::new(),
+            workers: 2,
+        }
+    }
+
+    /// A gateway in front of `url` at `/mcp`.
+    pub fn in_front_of(url: &str) -> Gateway {
+        Gateway::builder()
+            .upstream("up", url)
+            .serve("/mcp", "up")
+            .start()
+    }
+
+    pub fn client(&self) -> Http {
+        Http::connect(self.addr)
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut h = Http::connect(self.admin.expect("admin listener"));
+        let r = h.request("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+impl GatewayBuilder {
+    pub fn upstream(mut self, name: &str, url: &str) -> Self {
+        self.upstreams.push((name.into(), url.into()));
+        self
+    }
+    pub fn serve(mut self, path: &str, upstream: &str) -> Self {
+        self.servers.push((path.into(), upstream.into()));
+        self
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    /// Extra top-level YAML, e.g. "limits:\n  max_body_bytes: 1KiB\n".
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn config_text(&self) -> String {
+        let mut y = format!(
+            "workers: {}\nruntime:\n  pin_workers: false\n",
+            self.workers
+        );
+        if !self.extra.contains("listen:") {
+            y.push_str("listen:\n  address: 127.0.0.1:0\n");
+        }
+        if !self.extra.contains("admin:") {
+            y.push_str("admin:\n  address: 127.0.0.1:0\n");
+        }
+        y.push_str("upstreams:\n");
+        for (n, u) in &self.upstreams {
+            y.push_str(&format!("  - name: {n}\n    url: \"{u}\"\n"));
+        }
+        y.push_str("servers:\n");
+        for (p, u) in &self.servers {
+            y.push_str(&format!("  - path: {p}\n    upstream: {u}\n"));
+        }
+        y.push_str(&self.extra);
+        y
+    }
+
+    pub fn start(self) -> Gateway {
+        let dir = temp_dir();
+        let cfg = dir.join("tollgate.yaml");
+        std::fs::write(&cfg, self.config_text()).unwrap();
+        let ready = dir.join("ready.json");
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let v = wait_ready(&mut child, &ready);
+        Gateway {
+            addr: v["listen"].as_str().unwrap().parse().unwrap(),
+            admin: v["admin"].as_str().map(|a| a.parse().unwrap()),
+            proc: Proc { child, dir },
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The JSON body, or for SSE the JSON of the last `data:` event.
+    pub fn json(&self) -> serde_json::Value {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
+            let ev = self.sse_messages();
+            return ev.last().cloned().unwrap_or(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// Every JSON message carried in SSE `data:` fields, in order.
+    pub fn sse_messages(&self) -> Vec<serde_json::Value> {
+        let text = self.text();
+        let mut out = vec![];
+        for event in text.split("\n\n") {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() && !data.concat().is_empty() {
+                out.push(serde_json::from_str(&data.join("\n")).unwrap());
+            }
+        }
+        out
+    }
+}
+
+/// A raw HTTP/1.1 client on one keep-alive connection.
+pub struct Http {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub host: String,
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Http {
+            stream,
+            buf: vec![],
+            host: format!("localhost:{}", addr.port()),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.host));
+        }
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes);
+        self.read_response().expect("response")
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut tmp = [0u8; 65536];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// Whether the server closed the connection (reads EOF within `wait`).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let r = matches!(self.fill(), Ok(0)) || matches!(self.fill(), Ok(0) | Err(_));
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        r
+    }
+
+    /// Reads one response; `None` if the connection closed before a head arrived.
+    pub fn read_response(&mut self) -> Option<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                let status = resp.code.unwrap();
+                let hs: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buf.drain(..n);
+                if status == 100 {
+                    continue;
+                }
+                let mut r = Response {
+                    status,
+                    headers: hs,
+                    body: vec![],
+                };
+                let te = r
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                let cl = r
+                    .header("content-length")
+                    .map(|v| v.parse::<usize>().unwrap());
+                if te {
+                    r.body = self.read_chunked();
+                } else if let Some(cl) = cl {
+                    while self.buf.len() < cl {
+                        assert!(self.fill().unwrap() > 0, "closed mid-body");
+                    }
+                    r.body = self.buf.drain(..cl).collect();
+                } else if status != 204 && status != 304 {
+                    while self.fill().unwrap_or(0) > 0 {}
+                    r.body = std::mem::take(&mut self.buf);
+                }
+                return Some(r);
+            }
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = vec![];
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                assert!(self.fill().unwrap() > 0, "closed mid-chunk");
+            };
+            let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+            let size =
+                usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap();
+            self.buf.drain(..line_end + 2);
+            if size == 0 {
+                while !self.buf.starts_with(b"\r\n") {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        if p > 0 {
+                            self.buf.drain(..p + 2);
+                            continue;
+                        }
+                    }
+                    assert!(self.fill().unwrap() > 0);
+                }
+                self.buf.drain(..2);
+                return body;
+            }
+            while self.buf.len() < size + 2 {
+                assert!(self.fill().unwrap() > 0, "closed mid-chunk");
+            }
+            body.extend_from_slice(&self.buf[..size]);
+            self.buf.drain(..size + 2);
+        }
+    }
+}
+
+/// An MCP session over one connection.
+pub struct Mcp {
+    pub http: Http,
+    pub path: String,
+    pub session: Option<String>,
+    pub version: String,
+    next_id: u64,
+}
+
+pub const JSON_HEADERS: [(&str, &str); 2] = [
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json, text/event-stream"),
+];
+
+impl Mcp {
+    pub fn new(addr: SocketAddr, path: &str) -> Mcp {
+        Mcp {
+            http: Http::connect(addr),
+            path: path.into(),
+            session: None,
+            version: "2025-06-18".into(),
+            next_id: 1,
+        }
+    }
+
+    /// initialize + notifications/initialized; returns the initialize response.
+    pub fn initialize(&mut self, version: &str) -> Response {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"harness","version":"1"}}});
+        let r = self.http.request(
+            "POST",
+            &self.path.clone(),
+            &JSON_HEADERS,
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "initialize: {}", r.text());
+        self.session = r.header("mcp-session-id").map(str::to_string);
+        self.version = r.json()["result"]["protocolVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let n = self.post_raw(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(n.status, 202, "initialized: {}", n.text());
+        r
+    }
+
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        let mut h = JSON_HEADERS.to_vec();
+        if let Some(s) = &self.session {
+            h.push(("Mcp-Session-Id", s));
+        }
+        h.push(("MCP-Protocol-Version", &self.version));
+        h
+    }
+
+    pub fn post_raw(&mut self, body: &[u8]) -> Response {
+        let path = self.path.clone();
+        let headers: Vec<(String, String)> = self
+            .headers()
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        self.http.request("POST", &path, &hs, body)
+    }
+
+    pub fn request(&mut self, method: &str, params: serde_json::Value) -> Response {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+        self.post_raw(body.to_string().as_bytes())
+    }
+
+    pub fn call_tool(&mut self, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let r = self.request(
+            "tools/call",
+            serde_json::json!({"name": name, "arguments": args}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+}
