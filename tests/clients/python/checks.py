@@ -136,7 +136,20 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
         text = got[0]
         if len(text.encode()) != spec["expect_length"]:
             return f"{len(text.encode())} bytes, wanted {spec['expect_length']}"
+        pattern = spec["expect_pattern"]
+        want = (pattern * (len(text) // len(pattern) + 1))[: len(text)]
+        if text != want:
+            at = next(i for i, (a, b) in enumerate(zip(text, want)) if a != b)
+            return f"bytes differ from the demo's pattern at offset {at}: {text[at:at + 40]!r}"
         return None
+
+    async def structured() -> str | None:
+        spec = fx["structured"]
+        result = await adapter.call_tool(spec["name"], spec["arguments"])
+        if result.get("isError") or texts(result) != [spec["expect_text"]]:
+            return f"isError={result.get('isError')} text={texts(result)!r}"
+        got = result.get("structuredContent")
+        return None if got == spec["expect_structured"] else f"structuredContent {got!r} != {spec['expect_structured']!r}"
 
     async def fail() -> str | None:
         spec = fx["fail"]
@@ -150,6 +163,8 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
     await report.check("prompts/list", prompts_list)
     await report.check(f"prompts/get {fx['prompt']['name']}", prompts_get)
     await report.check(f"progress {fx['progress']['name']}", progress)
+    if "structured" in fx:
+        await report.check(f"structuredContent {fx['structured']['name']}", structured)
     if "large" in fx:
         await report.check("large 1 MiB result", large)
     if "fail" in fx:

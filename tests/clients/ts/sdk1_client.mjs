@@ -91,13 +91,26 @@ await check(`progress ${fx.progress.name}`, async () => {
   if (seen.length < fx.progress.min_notifications) return `${seen.length} progress notifications, wanted >= ${fx.progress.min_notifications}`;
   return same(seen, [...seen].sort((a, b) => a - b)) ? null : `progress not increasing: ${seen}`;
 });
+if (fx.structured) {
+  await check(`structuredContent ${fx.structured.name}`, async () => {
+    const result = await client.callTool({ name: fx.structured.name, arguments: fx.structured.arguments }, undefined, TIMEOUT);
+    if (result.isError || !same(texts(result), [fx.structured.expect_text])) return `isError=${result.isError} text=${JSON.stringify(texts(result))}`;
+    return same(result.structuredContent, fx.structured.expect_structured) ? null : `structuredContent ${JSON.stringify(result.structuredContent)}`;
+  });
+}
 if (fx.large) {
   await check("large 1 MiB result", async () => {
     const result = await client.callTool({ name: fx.large.name, arguments: fx.large.arguments }, undefined, TIMEOUT);
     const t = texts(result);
     if (result.isError || t.length !== 1) return `isError=${result.isError} with ${t.length} text blocks`;
     const n = Buffer.byteLength(t[0]);
-    return n === fx.large.expect_length ? null : `${n} bytes, wanted ${fx.large.expect_length}`;
+    if (n !== fx.large.expect_length) return `${n} bytes, wanted ${fx.large.expect_length}`;
+    const p = fx.large.expect_pattern;
+    const want = p.repeat(Math.floor(t[0].length / p.length) + 1).slice(0, t[0].length);
+    if (t[0] === want) return null;
+    let at = 0;
+    while (t[0][at] === want[at]) at += 1;
+    return `bytes differ from the demo's pattern at offset ${at}: ${JSON.stringify(t[0].slice(at, at + 40))}`;
   });
 }
 if (fx.fail) {
