@@ -27,7 +27,7 @@ export TOLLGATE_TOOLS_DIR="$repo/.tools"
 child=
 on_signal() {
   echo "test.sh: interrupted by $1" >&2
-  [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null && wait "$child" 2>/dev/null
+  if [[ -n "$child" ]]; then kill -TERM "$child" 2>/dev/null || true; wait "$child" 2>/dev/null || true; fi
   exit 130
 }
 trap 'on_signal SIGTERM' TERM

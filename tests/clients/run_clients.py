@@ -208,6 +208,7 @@ def main() -> int:
 
     # Turn SIGTERM/SIGINT/SIGHUP into an exception so the finally block stops every child.
     def on_signal(signum, _frame):
+        print(f"run_clients: interrupted by signal {signum}; stopping what it started", flush=True)
         raise SystemExit(128 + signum)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
