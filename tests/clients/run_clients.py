@@ -40,12 +40,14 @@ CLIENT_TIMEOUT_S = 180.0
 STOP_DEADLINE_S = 40.0  # tollgate's default shutdown.drain_timeout is 30s; past this it is SIGKILLed
 GRACEFUL_STOP_S = 5.0  # with no client connected, a graceful stop should take well under this
 
-# name -> argv prefix; each takes URL and PROFILE as its last two arguments
+# name -> (argv prefix, extra environment); each takes URL and PROFILE as its last two arguments
 CLIENTS = {
-    "mcp2": [str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")],
-    "mcp1": [str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")],
-    "sdk1": [str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")],
-    "inspector": [sys.executable, str(HERE / "inspector_client.py")],
+    "mcp2": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "legacy"}),
+    # mode="auto" first probes server/discover (2026-07-28): a legacy upstream must make it fall back cleanly.
+    "mcp2-auto": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "auto"}),
+    "mcp1": ([str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")], {}),
+    "sdk1": ([str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")], {}),
+    "inspector": ([sys.executable, str(HERE / "inspector_client.py")], {}),
 }
 
 
@@ -149,8 +151,9 @@ def client_env(workdir: Path) -> dict[str, str]:
 def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: dict[str, str]) -> None:
     label = f"{client} {via} {target}"
     try:
-        proc = subprocess.run([*CLIENTS[client], url, target], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=CLIENT_TIMEOUT_S, env=env, cwd=REPO)
+        argv, extra_env = CLIENTS[client]
+        proc = subprocess.run([*argv, url, target], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=CLIENT_TIMEOUT_S, env={**env, **extra_env}, cwd=REPO)
     except subprocess.TimeoutExpired as exc:
         tally.fail(label, f"timed out after {CLIENT_TIMEOUT_S:.0f}s; output so far: {(exc.stdout or '')!s:.400}")
         return

@@ -1,10 +1,13 @@
-"""Python `mcp` 2.x (`mcp.Client(url, mode="legacy")`) against one MCP endpoint.
+"""Python `mcp` 2.x (`mcp.Client(url, mode=...)`) against one MCP endpoint.
 
+MCP_CLIENT_MODE picks the mode: "legacy" (default: the initialize handshake) or "auto"
+(probe `server/discover`, fall back to initialize on a legacy-only server).
 Usage: .tools/py-mcp2/bin/python tests/clients/python/mcp2_client.py URL demo|everything
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mcp import Client
@@ -40,7 +43,8 @@ class Mcp2(checks.Adapter):
 
 
 async def connect(url: str, fx: dict, report: checks.Report) -> None:
-    async with Client(url, mode="legacy", read_timeout_seconds=30) as client:
+    mode = os.environ.get("MCP_CLIENT_MODE", "legacy")
+    async with Client(url, mode=mode, read_timeout_seconds=30) as client:
         report.ok(f"initialize ({client.protocol_version})")
         await checks.run_checks(Mcp2(client), fx, report)
 
