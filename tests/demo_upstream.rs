@@ -1010,3 +1010,91 @@ fn refusals_at_the_http_layer() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(once.closed());
 }
+
+#[test]
+fn the_epoll_driver_serves_the_same() {
+    let addr = demo::spawn_with_driver(
+        "127.0.0.1:0".parse().unwrap(),
+        DemoOptions {
+            workers: 2,
+            ..DemoOptions::default()
+        },
+        tollgate::config::Driver::Legacy,
+    )
+    .unwrap();
+    let mut c = Client::connect(addr);
+    let sid = session(&mut c, "2025-11-25");
+    let echo = call_tool(&mut c, &sid, 1, "echo", json!({"text": "epoll"}));
+    assert_eq!(echo["result"]["content"][0]["text"], "epoll");
+    let slow = call_tool(&mut c, &sid, 2, "slow", json!({"ms": 20}));
+    assert_eq!(slow["result"]["content"][0]["text"], "done after 20 ms");
+    let call = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": "progress", "arguments": {"steps": 3, "interval_ms": 2}, "_meta": {"progressToken": "e"} }
+    });
+    let msgs = c.post(Some(&sid), &call).messages();
+    let progress: Vec<Value> = msgs[..3]
+        .iter()
+        .map(|m| m["params"]["progress"].clone())
+        .collect();
+    assert_eq!(progress, [json!(1), json!(2), json!(3)]);
+    assert_eq!(msgs[3]["id"], 3);
+    let large = call_tool(&mut c, &sid, 4, "large", json!({"bytes": 5 << 20}));
+    assert_eq!(
+        large["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        5 << 20
+    );
+
+    // A GET stream is released when its client leaves.
+    let get = request(
+        "GET",
+        "/mcp",
+        &[("accept", "text/event-stream"), ("mcp-session-id", &sid)],
+        b"",
+    );
+    let mut stream = Client::connect(addr);
+    stream.send(&get);
+    assert_eq!(stream.head().0, 200);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Client::connect(addr);
+        again.send(&get);
+        if again.head().0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed GET stream was never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_request_dribbled_one_byte_at_a_time() {
+    let addr = start_default();
+    let mut c = Client::connect(addr);
+    let sid = session(&mut c, "2025-06-18");
+    let wire = post_bytes(
+        Some(&sid),
+        &rpc(
+            1,
+            "tools/call",
+            json!({"name":"echo","arguments":{"text":"slowly"}}),
+        ),
+    );
+    for b in &wire {
+        c.send(std::slice::from_ref(b));
+    }
+    let v = c.response().json();
+    assert_eq!(v["result"]["content"][0]["text"], "slowly");
+    // And a client that vanishes mid-request does not disturb the next one.
+    let mut gone = Client::connect(addr);
+    gone.send(&wire[..wire.len() / 2]);
+    drop(gone);
+    assert_eq!(c.post(Some(&sid), &rpc(2, "ping", json!({}))).status, 200);
+}

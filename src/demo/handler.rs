@@ -555,6 +555,68 @@ mod tests {
         );
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z_/]{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("echo"),
+                Just("add"),
+                Just("slow"),
+                Just("progress"),
+                Just("large"),
+                Just("tool_0000"),
+                Just("demo://items/1")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("name".to_string()),
+                        Just("arguments".to_string()),
+                        Just("text".to_string()),
+                        Just("a".to_string()),
+                        Just("b".to_string()),
+                        Just("ms".to_string()),
+                        Just("bytes".to_string()),
+                        Just("uri".to_string()),
+                        Just("cursor".to_string()),
+                        Just("steps".to_string()),
+                        "[a-z]{1,4}"
+                    ],
+                    inner,
+                    0..5,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, classifying and answering never panics and always renders JSON.
+        #[test]
+        fn any_message_gets_a_json_answer(msg in any_json(), params in any_json(), method in proptest::sample::select(vec![
+            "tools/call", "tools/list", "resources/read", "prompts/get", "ping", "initialize", "x/y",
+        ])) {
+            let cat = Catalog::new(1);
+            let _ = classify(&msg);
+            let _ = initialize(Some(&params));
+            let mut reply = dispatch(&cat, method, Some(&params));
+            // Keep `large` answers small in this test.
+            if let Reply::Large(n) = reply { reply = Reply::Large(n.min(1024)); }
+            let mut out = Vec::new();
+            render_reply(&mut out, &msg, &reply);
+            let _: Value = serde_json::from_slice(&out).unwrap();
+        }
+    }
+
     #[test]
     fn resources_prompts_and_the_rest() {
         let cat = Catalog::new(0);

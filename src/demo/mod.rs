@@ -44,6 +44,15 @@ impl Default for DemoOptions {
 /// with its runtime), so the bound port is known before any thread starts and no other socket
 /// can join the port the way `SO_REUSEPORT` would allow.
 pub fn spawn(addr: SocketAddr, opts: DemoOptions) -> std::io::Result<SocketAddr> {
+    spawn_with_driver(addr, opts, Driver::Auto)
+}
+
+/// `spawn` on a chosen I/O driver (the gateway's `runtime.driver`; tests cover both).
+pub fn spawn_with_driver(
+    addr: SocketAddr,
+    opts: DemoOptions,
+    driver: Driver,
+) -> std::io::Result<SocketAddr> {
     let workers = opts.workers.max(1);
     let listener = listen(addr)?;
     let local = listener.local_addr()?;
@@ -70,7 +79,7 @@ pub fn spawn(addr: SocketAddr, opts: DemoOptions) -> std::io::Result<SocketAddr>
             }
         }
     };
-    spawn_runtimes("tollgate-demo", workers, Driver::Auto, 1024, false, make)?;
+    spawn_runtimes("tollgate-demo", workers, driver, 1024, false, make)?;
     tracing::info!(%local, workers, sse = opts.sse, extra_tools = opts.extra_tools, "demo MCP server listening");
     Ok(local)
 }

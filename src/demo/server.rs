@@ -164,17 +164,19 @@ pub async fn run(listener: std::net::TcpListener, shared: Arc<Shared>) {
 }
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let mut conn = Conn::new(stream, 16 * 1024);
+    // Buffers grow on demand: an idle keep-alive connection costs its 8 KiB read buffer and the
+    // size of its last response, so load tests can hold thousands of connections.
+    let mut conn = Conn::new(stream, 8 * 1024);
     let mut bufs = Bufs {
-        out: Vec::with_capacity(16 * 1024),
-        scratch: Vec::with_capacity(4 * 1024),
+        out: Vec::new(),
+        scratch: Vec::new(),
     };
     while let Ok(Next::KeepAlive) = serve_one(&mut conn, &shared, &mut bufs).await {
         conn.shrink_idle(KEEP_BUF);
         for b in [&mut bufs.out, &mut bufs.scratch] {
             b.clear();
             if b.capacity() > KEEP_BUF {
-                *b = Vec::with_capacity(16 * 1024);
+                *b = Vec::new();
             }
         }
     }

@@ -65,9 +65,10 @@ fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
                             sse: false,
                             extra_tools: 0,
                         };
-                        let a = crate::demo::spawn(
+                        let a = crate::demo::spawn_with_driver(
                             "127.0.0.1:0".parse().expect("literal address"),
                             opts,
+                            config.runtime.driver,
                         )
                         .context("starting the built-in demo upstream")?;
                         tracing::info!(upstream = %u.name, %a, "built-in demo upstream started");
