@@ -56,6 +56,15 @@ class Tally:
     passed: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    # (client, upstream, check) -> {via: passed?}, to tell the gateway's failures from the rest
+    by_via: dict[tuple[str, str, str], dict[str, bool]] = field(default_factory=dict)
+
+    def record(self, client: str, via: str, target: str, check: str, passed: bool) -> None:
+        check = check.split(" (")[0]  # "initialize (2025-11-25)" -> "initialize"
+        self.by_via.setdefault((client, target, check), {})[via] = passed
+
+    def gateway_only(self) -> list[str]:
+        return [f"{c} {t}: {k}" for (c, t, k), v in self.by_via.items() if v.get("direct") and v.get("tollgate") is False]
 
     def ok(self, name: str) -> None:
         self.passed += 1
@@ -161,9 +170,11 @@ def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: 
     for line in proc.stdout.splitlines():
         if line.startswith("ok "):
             tally.ok(f"{label}: {line[3:]}")
+            tally.record(client, via, target, line[3:], True)
         elif line.startswith("FAIL "):
             reported_failure = True
             tally.fail(f"{label}: {line[5:]}")
+            tally.record(client, via, target, line[5:].split(": ")[0], False)
         elif line.strip():
             print(f"     [{label}] {line}", flush=True)
     if proc.returncode != 0 and not reported_failure:
@@ -310,6 +321,11 @@ def main() -> int:
         print("failed checks:")
         for line in tally.failures:
             print(f"  - {line.splitlines()[0][:300]}")
+        gateway_only = tally.gateway_only()
+        if gateway_only:
+            print(f"{len(gateway_only)} of them pass straight at the upstream and fail only through tollgate (the gateway's):")
+            for line in gateway_only:
+                print(f"  - {line}")
     print(f"clients: {tally.passed} passed, {tally.failed} failed", flush=True)
     return 1 if tally.failed else 0
 
