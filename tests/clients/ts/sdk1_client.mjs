@@ -1,0 +1,129 @@
+// TypeScript SDK 1.x (`Client` + `StreamableHTTPClientTransport`) against one MCP endpoint.
+// The same checks as tests/clients/python/checks.py, from tests/clients/fixtures.json,
+// one line per check (`ok NAME` / `FAIL NAME: why`); exit code = number of failures.
+//
+// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything
+// The SDK is resolved from .tools/npm (installed by scripts/install-tools.sh).
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, "..", "..", "..");
+const require = createRequire(join(process.env.TOLLGATE_NPM_DIR || join(repo, ".tools", "npm"), "package.json"));
+const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
+const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
+
+const [url, profile] = process.argv.slice(2);
+if (!url || !["demo", "everything"].includes(profile)) {
+  console.error("usage: sdk1_client.mjs URL demo|everything");
+  process.exit(2);
+}
+const fx = JSON.parse(readFileSync(join(here, "..", "fixtures.json"), "utf8"))[profile];
+const TIMEOUT = { timeout: 30_000 };
+let failures = 0;
+
+const ok = (name) => console.log(`ok ${name}`);
+const fail = (name, why) => {
+  failures += 1;
+  console.log(`FAIL ${name}: ${String(why).replace(/\n/g, " | ").slice(0, 600)}`);
+};
+async function check(name, body) {
+  let why;
+  try {
+    why = await body();
+  } catch (err) {
+    why = `raised ${err?.name ?? "Error"}: ${err?.message ?? err}`;
+  }
+  why === undefined || why === null ? ok(name) : fail(name, why);
+}
+const texts = (result) => (result.content ?? []).filter((c) => c.type === "text").map((c) => c.text);
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+const client = new Client({ name: "tollgate-tests-sdk1", version: "0" });
+try {
+  await client.connect(new StreamableHTTPClientTransport(new URL(url)), TIMEOUT);
+  ok(`initialize (${client.transport?.protocolVersion ?? "?"})`);
+} catch (err) {
+  fail("session", `connect raised ${err?.message ?? err}`);
+  process.exit(1);
+}
+
+await check("tools/list", async () => {
+  const names = (await client.listTools(undefined, TIMEOUT)).tools.map((t) => t.name);
+  const missing = fx.tool_present.filter((n) => !names.includes(n));
+  return missing.length ? `missing ${missing} in ${names}` : null;
+});
+await check(`tools/call ${fx.tool.name}`, async () => {
+  const result = await client.callTool({ name: fx.tool.name, arguments: fx.tool.arguments }, undefined, TIMEOUT);
+  if (result.isError) return `isError set: ${texts(result)}`;
+  return same(texts(result), [fx.tool.expect_text]) ? null : `text ${JSON.stringify(texts(result))} != [${JSON.stringify(fx.tool.expect_text)}]`;
+});
+await check("resources/list", async () => {
+  const uris = (await client.listResources(undefined, TIMEOUT)).resources.map((r) => r.uri);
+  return uris.includes(fx.resource.uri) ? null : `${fx.resource.uri} not in ${uris}`;
+});
+await check("resources/read", async () => {
+  const { contents } = await client.readResource({ uri: fx.resource.uri }, TIMEOUT);
+  if (contents.length !== 1) return `expected one content, got ${contents.length}`;
+  const [c] = contents;
+  if (c.uri !== fx.resource.uri) return `uri ${c.uri}`;
+  if (c.mimeType !== fx.resource.expect_mime) return `mimeType ${c.mimeType} != ${fx.resource.expect_mime}`;
+  return c.text ? null : "empty text";
+});
+await check("prompts/list", async () => {
+  const names = (await client.listPrompts(undefined, TIMEOUT)).prompts.map((p) => p.name);
+  return names.includes(fx.prompt.name) ? null : `${fx.prompt.name} not in ${names}`;
+});
+await check(`prompts/get ${fx.prompt.name}`, async () => {
+  const { messages } = await client.getPrompt({ name: fx.prompt.name, arguments: fx.prompt.arguments }, TIMEOUT);
+  const found = messages.some((m) => m.role === "user" && (m.content?.text ?? "").includes(fx.prompt.expect_contains));
+  return found ? null : `no user message containing ${fx.prompt.expect_contains} in ${JSON.stringify(messages).slice(0, 300)}`;
+});
+await check(`progress ${fx.progress.name}`, async () => {
+  const seen = [];
+  const result = await client.callTool({ name: fx.progress.name, arguments: fx.progress.arguments }, undefined, {
+    ...TIMEOUT,
+    onprogress: (p) => seen.push(p.progress),
+  });
+  if (result.isError) return `isError set: ${texts(result)}`;
+  if (seen.length < fx.progress.min_notifications) return `${seen.length} progress notifications, wanted >= ${fx.progress.min_notifications}`;
+  return same(seen, [...seen].sort((a, b) => a - b)) ? null : `progress not increasing: ${seen}`;
+});
+if (fx.structured) {
+  await check(`structuredContent ${fx.structured.name}`, async () => {
+    const result = await client.callTool({ name: fx.structured.name, arguments: fx.structured.arguments }, undefined, TIMEOUT);
+    if (result.isError || !same(texts(result), [fx.structured.expect_text])) return `isError=${result.isError} text=${JSON.stringify(texts(result))}`;
+    return same(result.structuredContent, fx.structured.expect_structured) ? null : `structuredContent ${JSON.stringify(result.structuredContent)}`;
+  });
+}
+if (fx.large) {
+  await check("large 1 MiB result", async () => {
+    const result = await client.callTool({ name: fx.large.name, arguments: fx.large.arguments }, undefined, TIMEOUT);
+    const t = texts(result);
+    if (result.isError || t.length !== 1) return `isError=${result.isError} with ${t.length} text blocks`;
+    const n = Buffer.byteLength(t[0]);
+    if (n !== fx.large.expect_length) return `${n} bytes, wanted ${fx.large.expect_length}`;
+    const p = fx.large.expect_pattern;
+    const want = p.repeat(Math.floor(t[0].length / p.length) + 1).slice(0, t[0].length);
+    if (t[0] === want) return null;
+    let at = 0;
+    while (t[0][at] === want[at]) at += 1;
+    return `bytes differ from the demo's pattern at offset ${at}: ${JSON.stringify(t[0].slice(at, at + 40))}`;
+  });
+}
+if (fx.fail) {
+  await check("isError result", async () => {
+    const result = await client.callTool({ name: fx.fail.name, arguments: fx.fail.arguments }, undefined, TIMEOUT);
+    return result.isError === true ? null : `isError=${result.isError}`;
+  });
+}
+
+try {
+  await client.transport?.terminateSession?.();
+  await client.close();
+} catch (err) {
+  fail("close", err?.message ?? err);
+}
+process.exit(Math.min(failures, 100));
