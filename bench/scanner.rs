@@ -63,9 +63,13 @@ fn arguments(size: usize) -> String {
 fn tools_call(size: usize, id_first: bool) -> String {
     let args = arguments(size);
     if id_first {
-        format!(r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"search","arguments":{args}}}}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"search","arguments":{args}}}}}"#
+        )
     } else {
-        format!(r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"search","arguments":{args}}},"id":42}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"search","arguments":{args}}},"id":42}}"#
+        )
     }
 }
 

@@ -618,7 +618,11 @@ mod tests {
                 body.insert(pos + 1, b'n');
                 let text = format!("\"{}\"", String::from_utf8(body).unwrap());
                 let t = lex_string(&text).unwrap();
-                assert_eq!((t.end, t.escaped), (text.len(), true), "escape at {pos} of {len}");
+                assert_eq!(
+                    (t.end, t.escaped),
+                    (text.len(), true),
+                    "escape at {pos} of {len}"
+                );
             }
         }
     }
