@@ -14,6 +14,14 @@
 //!   sees duplicate keys: not a safe option, measured to know what safety costs).
 //!
 //! Run: `nice cargo bench --bench scanner`; `cargo test --benches` runs each once as a test.
+//!
+//! Result (commit of 2026-11-21, shared 2-core VM, ±30% noise between runs): scan 0.40 µs /
+//! 15.7 µs / 15.9 µs / 0.59 ms for 300 B / 30 KB id first / 30 KB id last / 1 MB, against
+//! serde_typed 0.46 / 15.3 / 14.7 / 0.72 and sonic_typed 0.36 / 14.9 / 13.8 / 0.63; serde_value
+//! is 5-8x slower. Decision: the scanner. At the typed parsers' cost it also refuses every
+//! duplicate key at the levels it reads (serde derive catches only the struct's own fields), and
+//! lone surrogates and out-of-range numbers anywhere (the typed parsers skip unknown values
+//! without checking either), and it hands out spans for splicing.
 
 use std::borrow::Cow;
 use std::hint::black_box;

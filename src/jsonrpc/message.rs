@@ -104,7 +104,7 @@ impl<'a> KeySet<'a> {
 
     /// Adds `k` (which `Key::of` read as `key`); false if it was already there.
     #[inline]
-    fn insert(&mut self, key: Key, k: &Cow<'a, str>) -> bool {
+    fn insert(&mut self, key: Key, k: Cow<'a, str>) -> bool {
         if key != Key::Other {
             let bit = 1u16 << (key as u16);
             let new = self.known & bit == 0;
@@ -112,9 +112,9 @@ impl<'a> KeySet<'a> {
             return new;
         }
         if let Some(set) = &mut self.spill {
-            return set.insert(k.clone());
+            return set.insert(k);
         }
-        let s: &str = k;
+        let s: &str = &k;
         if self.inline[..self.len].contains(&s) {
             return false;
         }
@@ -128,7 +128,7 @@ impl<'a> KeySet<'a> {
                     .iter()
                     .map(|b| Cow::Borrowed(*b))
                     .collect();
-                set.insert(k.clone());
+                set.insert(k);
                 self.spill = Some(set);
             }
         }
@@ -155,7 +155,7 @@ fn object<'a>(
         let k = cur.key()?;
         let name = cur.decode(k);
         let key = Key::of(&name);
-        if !seen.insert(key, &name) {
+        if !seen.insert(key, name) {
             cur.note(ScanErrorKind::DuplicateKey(key.name()), k.start);
         }
         member(cur, key)?;

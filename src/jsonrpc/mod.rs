@@ -32,6 +32,8 @@ impl Default for ScanLimits {
     }
 }
 
+// A single message is the common case: boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body<'a> {
     Single(Message<'a>),
