@@ -61,12 +61,7 @@ if [ "$(nproc)" -ge 2 ]; then PIN0=(taskset -c 0); PIN1=(taskset -c 1); fi
 UPARGS=$(sed -n 's/^upstream_args: *\[\(.*\)\]/\1/p' "$SCEN" | tr -d '",')
 "${PIN0[@]}" "$BIN/tollgate" demo-upstream --listen 127.0.0.1:0 --ready-file "$WORK/up.ready" --workers 1 $UPARGS >"$WORK/up.log" 2>&1 &
 UP=$!; PIDS+=("$UP")
-if ! wait_file "$WORK/up.ready" "$UP" "tollgate demo-upstream" 2>/dev/null; then
-  echo "record.sh: tollgate demo-upstream not available; using tollgate-load standin-upstream"
-  "${PIN0[@]}" "$BIN/tollgate-load" standin-upstream --listen 127.0.0.1:0 --ready-file "$WORK/up.ready" $UPARGS >"$WORK/up.log" 2>&1 &
-  UP=$!; PIDS+=("$UP")
-  wait_file "$WORK/up.ready" "$UP" "stand-in upstream"
-fi
+wait_file "$WORK/up.ready" "$UP" "tollgate demo-upstream"
 UPADDR=$(json "$WORK/up.ready" listen)
 
 case "$TARGET" in

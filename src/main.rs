@@ -124,14 +124,8 @@ fn main() -> ExitCode {
                 Ok(addr) => {
                     eprintln!("tollgate demo upstream: http://{addr}/mcp");
                     if let Some(p) = ready_file {
-                        let text =
-                            format!("{{\"listen\":\"{addr}\",\"pid\":{}}}\n", std::process::id());
-                        let tmp = p.with_extension("tmp");
-                        if std::fs::write(&tmp, text)
-                            .and_then(|_| std::fs::rename(&tmp, &p))
-                            .is_err()
-                        {
-                            eprintln!("tollgate: cannot write {}", p.display());
+                        if let Err(e) = tollgate::runtime::write_ready_file(&p, addr, None) {
+                            eprintln!("tollgate: {e:#}");
                             return ExitCode::FAILURE;
                         }
                     }

@@ -497,11 +497,23 @@ fn metrics_count_requests_by_method_and_outcome() {
     for _ in 0..3 {
         mcp.call_tool("echo", json!({"text": "x"}));
     }
-    let m = gw.metrics();
-    let line = m
-        .lines()
-        .find(|l| l.starts_with("tollgate_requests_total{method=\"tools/call\",outcome=\"ok\"}"))
-        .unwrap_or_else(|| panic!("{m}"));
+    // A request is counted once its response is written, so the scrape may briefly trail it.
+    let calls_line = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("tollgate_requests_total{method=\"tools/call\",outcome=\"ok\"}")
+            })
+            .map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = gw.metrics();
+        if calls_line(&m).is_some_and(|l| l.ends_with(" 3")) || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = calls_line(&m).unwrap_or_else(|| panic!("{m}"));
     assert!(line.ends_with(" 3"), "{line}");
     assert!(m.contains("tollgate_request_duration_seconds_bucket{method=\"tools/call\""));
     assert!(m.contains("tollgate_upstream_duration_seconds_count{upstream=\"up\"}"));
@@ -523,22 +535,8 @@ fn get_opens_the_server_to_client_stream() {
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     let sid = mcp.session.clone().unwrap();
-    let mut h = gw.client();
-    h.send_raw(
-        format!(
-            "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\
-             MCP-Protocol-Version: 2025-06-18\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    let mut got = Vec::new();
-    let mut tmp = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        let n = std::io::Read::read(&mut h.stream, &mut tmp).unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&tmp[..n]);
-    }
-    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let (_stream, head) = open_get_stream(&gw, &sid);
+    let text = head.to_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("content-type: text/event-stream"));
     assert!(text.contains("x-accel-buffering: no"));
@@ -661,7 +659,8 @@ fn the_default_config_serves_its_builtin_demo() {
     assert_eq!(r["result"]["content"][0]["text"], "demo");
 }
 
-fn open_get_stream(gw: &Gateway, sid: &str) -> Http {
+/// Opens a GET event stream and returns it with the response head received so far.
+fn open_get_stream(gw: &Gateway, sid: &str) -> (Http, String) {
     let mut h = gw.client();
     h.send_raw(
         format!(
@@ -677,8 +676,9 @@ fn open_get_stream(gw: &Gateway, sid: &str) -> Http {
         assert!(n > 0);
         got.extend_from_slice(&tmp[..n]);
     }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
-    h
+    let head = String::from_utf8_lossy(&got).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (h, head)
 }
 
 fn open_connections(gw: &Gateway) -> f64 {
@@ -695,7 +695,7 @@ fn a_get_stream_ends_when_its_client_leaves_or_the_gateway_stops() {
     mcp.initialize("2025-06-18");
     let sid = mcp.session.clone().unwrap();
     drop(mcp);
-    let stream = open_get_stream(&gw, &sid);
+    let (stream, _) = open_get_stream(&gw, &sid);
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(5);
     while open_connections(&gw) != 0.0 {

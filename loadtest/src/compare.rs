@@ -29,9 +29,6 @@ pub struct Args {
     bare_forwarder: Option<PathBuf>,
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
-    /// Use the built-in stand-in upstream even if `tollgate demo-upstream` works.
-    #[arg(long)]
-    standin: bool,
     /// Do not pin processes to CPUs even if the scenario asks for it.
     #[arg(long)]
     no_pin: bool,
@@ -242,48 +239,17 @@ fn run(a: Args) -> anyhow::Result<bool> {
     }
     println!("RLIMIT_NOFILE raised to {nofile}");
 
-    // Upstream: the real demo upstream, else the stand-in.
-    let mut up_note = String::new();
+    // Upstream: the built-in demo MCP server, as its own process.
     let up_ready = tmp.join("upstream.ready");
     let up_log = tmp.join("upstream.log");
-    let mut upstream: Option<(Proc, serde_json::Value)> = None;
-    if !a.standin {
-        let mut c = Command::new(&tollgate);
-        c.args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
-            .arg(&up_ready);
-        c.args(["--workers", "1"]).args(&s.upstream_args);
-        match spawn("demo-upstream", c, gen_cpu, &up_log) {
-            Ok(mut p) => match wait_ready(&mut p, &up_ready, Duration::from_secs(10), &up_log) {
-                Ok(v) => {
-                    up_note = format!("tollgate demo-upstream {}", s.upstream_args.join(" "));
-                    upstream = Some((p, v));
-                }
-                Err(e) => eprintln!("compare: tollgate demo-upstream unavailable: {e}"),
-            },
-            Err(e) => eprintln!("compare: tollgate demo-upstream unavailable: {e}"),
-        }
-    }
-    if upstream.is_none() {
-        let me = std::env::current_exe()?;
-        let mut c = Command::new(me);
-        c.args([
-            "standin-upstream",
-            "--listen",
-            "127.0.0.1:0",
-            "--ready-file",
-        ])
+    let mut c = Command::new(&tollgate);
+    c.args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
         .arg(&up_ready);
-        c.args(["--workers", "1"]).args(&s.upstream_args);
-        let mut p = spawn("stand-in upstream", c, gen_cpu, &up_log)?;
-        let v = wait_ready(&mut p, &up_ready, Duration::from_secs(10), &up_log)?;
-        up_note = format!(
-            "STAND-IN upstream (tollgate-load standin-upstream {})",
-            s.upstream_args.join(" ")
-        );
-        println!("upstream: using the stand-in, not `tollgate demo-upstream`");
-        upstream = Some((p, v));
-    }
-    let (up_proc, up_v) = upstream.expect("upstream");
+    c.args(["--workers", "1"]).args(&s.upstream_args);
+    let mut p = spawn("demo-upstream", c, gen_cpu, &up_log)?;
+    let v = wait_ready(&mut p, &up_ready, Duration::from_secs(10), &up_log)?;
+    let up_note = format!("tollgate demo-upstream {}", s.upstream_args.join(" "));
+    let (up_proc, up_v) = (p, v);
     let up_addr = up_v["listen"].as_str().unwrap_or_default().to_string();
     let up_pid = up_v["pid"]
         .as_i64()

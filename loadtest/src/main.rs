@@ -9,7 +9,6 @@ mod http1;
 mod procstat;
 mod report;
 mod scenario;
-mod standin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,19 +108,6 @@ enum Cmd {
     },
     /// Same scenario, same upstream: direct, bare forwarder, nginx, tollgate. Writes loadtest/results/.
     Compare(compare::Args),
-    /// Stand-in MCP upstream (used when `tollgate demo-upstream` is not available).
-    StandinUpstream {
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
-        #[arg(long)]
-        ready_file: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        #[arg(long)]
-        sse: bool,
-        #[arg(long, default_value_t = 0)]
-        tools: usize,
-    },
 }
 
 fn main() {
@@ -149,27 +135,6 @@ fn main() {
             }
         },
         Cmd::Compare(a) => compare::main(a),
-        Cmd::StandinUpstream {
-            listen,
-            ready_file,
-            workers,
-            sse,
-            tools,
-        } => {
-            match standin::main(standin::Opts {
-                listen,
-                ready_file,
-                workers,
-                sse,
-                tools,
-            }) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("stand-in upstream: {e:#}");
-                    1
-                }
-            }
-        }
     };
     std::process::exit(code);
 }

@@ -1,7 +1,41 @@
 //! Host and Origin validation (MCP transport security: DNS-rebinding protection).
 //! Pure functions over header bytes and the configured rules.
 
-use crate::config::{HostRule, OriginRule};
+use crate::config::{HostRule, Listen, OriginRule};
+use crate::error::Kind;
+
+/// Admits a request by its Host and Origin, or says which rule refused it (with the value).
+pub fn admit(
+    listen: &Listen,
+    host: Option<&[u8]>,
+    origin: Option<&[u8]>,
+) -> Result<(), (Kind, String)> {
+    let quoted = |v: Option<&[u8]>| {
+        String::from_utf8_lossy(v.unwrap_or(b""))
+            .chars()
+            .take(100)
+            .collect::<String>()
+    };
+    if !host_allowed(&listen.allowed_hosts, host) {
+        return Err((
+            Kind::HostNotAllowed,
+            format!(
+                "Host \"{}\" is not allowed (listen.allowed_hosts)",
+                quoted(host)
+            ),
+        ));
+    }
+    if !origin_allowed(&listen.allowed_origins, origin, host) {
+        return Err((
+            Kind::OriginNotAllowed,
+            format!(
+                "Origin \"{}\" is not allowed (listen.allowed_origins)",
+                quoted(origin)
+            ),
+        ));
+    }
+    Ok(())
+}
 
 const LOOPBACK_NAMES: [&[u8]; 3] = [b"localhost", b"127.0.0.1", b"[::1]"];
 

@@ -157,46 +157,10 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
         return refuse(w, c, Kind::NotFound, None, None, keep_unread, b"").await;
     };
     let host = head.host.clone().map(|r| &buf[r]);
-    if !checks::host_allowed(&gw.config.listen.allowed_hosts, host) {
-        let why = format!(
-            "Host \"{}\" is not allowed (listen.allowed_hosts)",
-            String::from_utf8_lossy(host.unwrap_or(b""))
-                .chars()
-                .take(100)
-                .collect::<String>()
-        );
-        c.conn.consume(head.len);
-        return refuse(
-            w,
-            c,
-            Kind::HostNotAllowed,
-            None,
-            Some(&why),
-            keep_unread,
-            b"",
-        )
-        .await;
-    }
     let origin = head.origin.clone().map(|r| &buf[r]);
-    if !checks::origin_allowed(&gw.config.listen.allowed_origins, origin, host) {
-        let why = format!(
-            "Origin \"{}\" is not allowed (listen.allowed_origins)",
-            String::from_utf8_lossy(origin.unwrap_or(b""))
-                .chars()
-                .take(100)
-                .collect::<String>()
-        );
+    if let Err((kind, why)) = checks::admit(&gw.config.listen, host, origin) {
         c.conn.consume(head.len);
-        return refuse(
-            w,
-            c,
-            Kind::OriginNotAllowed,
-            None,
-            Some(&why),
-            keep_unread,
-            b"",
-        )
-        .await;
+        return refuse(w, c, kind, None, Some(&why), keep_unread, b"").await;
     }
     let cors = origin.map(cors_headers).unwrap_or_default();
     match head.method() {
@@ -876,6 +840,44 @@ async fn initialize_reply(
     }
 }
 
+/// GET and DELETE: refuses a body, opens the session, and writes the upstream request head
+/// (`prefix` of the session's upstream, session and trace headers, `Last-Event-ID`).
+/// `Err` carries what the connection does after the refusal that was already sent.
+async fn session_request(
+    w: &WorkerState,
+    c: &mut Client,
+    head: &RequestHead,
+    server: usize,
+    keep: bool,
+    cors: &[u8],
+    prefix: fn(&state::UpstreamRuntime) -> &[u8],
+) -> Result<(SessionClaims, usize), Next> {
+    if head.has_body() {
+        c.conn.consume(head.len);
+        let why = "GET and DELETE take no body";
+        return Err(refuse(w, c, Kind::MalformedHttp, None, Some(why), false, cors).await);
+    }
+    let buf = c.conn.buffered();
+    let claims = match open_session(w, head, buf, server) {
+        Ok(cl) => cl,
+        Err((kind, why)) => {
+            c.conn.consume(head.len);
+            return Err(refuse(w, c, kind, None, Some(why), keep, cors).await);
+        }
+    };
+    let u = w.gw.config.servers[server].upstream;
+    c.up_out.clear();
+    c.up_out.extend_from_slice(prefix(&w.gw.upstreams[u]));
+    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
+    upstream_session_headers(&mut c.up_out, up_session, head, buf);
+    if let Some(r) = head.last_event_id.clone() {
+        response::header(&mut c.up_out, b"last-event-id", &buf[r]);
+    }
+    c.up_out.extend_from_slice(b"\r\n");
+    c.conn.consume(head.len);
+    Ok((claims, u))
+}
+
 /// GET: opens the server-to-client event stream of the session's upstream and relays it.
 #[allow(clippy::too_many_arguments)]
 async fn get(
@@ -887,44 +889,12 @@ async fn get(
     cors: &[u8],
     t0: Instant,
 ) -> Next {
-    let gw = &*w.gw;
-    let keep_unread = keep && !head.has_body();
-    if head.has_body() {
-        c.conn.consume(head.len);
-        return refuse(
-            w,
-            c,
-            Kind::MalformedHttp,
-            None,
-            Some("GET with a body"),
-            false,
-            cors,
-        )
-        .await;
-    }
-    let buf = c.conn.buffered();
-    let claims = match open_session(w, &head, buf, server) {
-        Ok(cl) => cl,
-        Err((kind, why)) => {
-            c.conn.consume(head.len);
-            return refuse(w, c, kind, None, Some(why), keep_unread, cors).await;
-        }
-    };
-    let u = gw.config.servers[server].upstream;
-    let up = &gw.upstreams[u];
-    c.up_out.clear();
-    c.up_out.extend_from_slice(&up.get_prefix);
-    upstream_session_headers(
-        &mut c.up_out,
-        claims.upstreams.iter().find(|s| s.upstream as usize == u),
-        &head,
-        buf,
-    );
-    if let Some(r) = head.last_event_id.clone() {
-        response::header(&mut c.up_out, b"last-event-id", &buf[r]);
-    }
-    c.up_out.extend_from_slice(b"\r\n");
-    c.conn.consume(head.len);
+    let (_claims, u) =
+        match session_request(w, c, &head, server, keep, cors, |u| &u.get_prefix).await {
+            Ok(x) => x,
+            Err(next) => return next,
+        };
+    let up = &w.gw.upstreams[u];
     let t_up = Instant::now();
     let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
@@ -932,6 +902,7 @@ async fn get(
         Ok((up_conn, rhead)) => {
             w.metrics
                 .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
+            let timeout = Some(up.request_timeout);
             let next = relay(
                 w,
                 c,
@@ -941,7 +912,7 @@ async fn get(
                 keep,
                 head.minor == 0,
                 cors,
-                Some(up.request_timeout),
+                timeout,
                 true,
             )
             .await;
@@ -970,36 +941,13 @@ async fn delete(
     keep: bool,
     cors: &[u8],
 ) -> Next {
-    let gw = &*w.gw;
-    let keep_unread = keep && !head.has_body();
-    let buf = c.conn.buffered();
-    let claims = match open_session(w, &head, buf, server) {
-        Ok(cl) => cl,
-        Err((kind, why)) => {
-            c.conn.consume(head.len);
-            return refuse(w, c, kind, None, Some(why), keep_unread, cors).await;
-        }
-    };
-    let u = gw.config.servers[server].upstream;
-    let up = &gw.upstreams[u];
+    let (claims, u) =
+        match session_request(w, c, &head, server, keep, cors, |u| &u.delete_prefix).await {
+            Ok(x) => x,
+            Err(next) => return next,
+        };
+    let up = &w.gw.upstreams[u];
     let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
-    c.up_out.clear();
-    c.up_out.extend_from_slice(&up.delete_prefix);
-    upstream_session_headers(&mut c.up_out, up_session, &head, buf);
-    c.up_out.extend_from_slice(b"\r\n");
-    c.conn.consume(head.len);
-    if head.has_body() {
-        return refuse(
-            w,
-            c,
-            Kind::MalformedHttp,
-            None,
-            Some("DELETE with a body"),
-            false,
-            cors,
-        )
-        .await;
-    }
     w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,

@@ -207,7 +207,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Release);
     tracing::info!(listen = %listen_addr, admin = ?admin_addr, workers, "tollgate ready");
     if let Some(path) = &opts.ready_file {
-        write_ready_file(path, listen_addr, admin_addr)?;
+        write_ready_file(path, listen_addr, Some(admin_addr))?;
     }
 
     // Wait for a signal.
@@ -230,14 +230,20 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_ready_file(
+/// Writes `{"listen":…,"admin":…,"pid":…}` atomically (temp file + rename), so a reader never
+/// sees a partial file. `admin: None` omits the key (processes without an admin listener).
+pub fn write_ready_file(
     path: &std::path::Path,
     listen: SocketAddr,
-    admin: Option<SocketAddr>,
+    admin: Option<Option<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let admin = admin.map_or("null".to_string(), |a| format!("\"{a}\""));
+    let admin = match admin {
+        None => String::new(),
+        Some(None) => ",\"admin\":null".to_string(),
+        Some(Some(a)) => format!(",\"admin\":\"{a}\""),
+    };
     let text = format!(
-        "{{\"listen\":\"{listen}\",\"admin\":{admin},\"pid\":{}}}\n",
+        "{{\"listen\":\"{listen}\"{admin},\"pid\":{}}}\n",
         std::process::id()
     );
     let tmp = path.with_extension("tmp");
