@@ -4,6 +4,7 @@
 
 pub mod checks;
 pub mod reject;
+pub mod session_cache;
 pub mod shutdown;
 pub mod state;
 pub mod upstream;
@@ -360,22 +361,30 @@ fn open_session(
     head: &RequestHead,
     buf: &[u8],
     server: usize,
-) -> Result<SessionClaims, (Kind, &'static str)> {
+) -> Result<Rc<SessionClaims>, (Kind, &'static str)> {
     let Some(r) = head.session_id.clone() else {
         return Err((Kind::SessionMissing, ""));
     };
+    let token = &buf[r];
     let now = unix_now();
-    let claims = w.gw.sealer.open(&buf[r], now).map_err(|e| {
-        (
-            Kind::SessionUnknown,
-            match e {
-                crate::mcp::session::SessionError::Expired => {
-                    "session expired: initialize a new one"
-                }
-                _ => "unknown session: initialize a new one",
-            },
-        )
-    })?;
+    let cached = w.sessions.borrow().get(token, now);
+    let claims = match cached {
+        Some(c) => c,
+        None => {
+            let opened = w.gw.sealer.open(token, now).map_err(|e| {
+                let why = match e {
+                    crate::mcp::session::SessionError::Expired => {
+                        "session expired: initialize a new one"
+                    }
+                    _ => "unknown session: initialize a new one",
+                };
+                (Kind::SessionUnknown, why)
+            })?;
+            let opened = Rc::new(opened);
+            w.sessions.borrow_mut().insert(token, opened.clone());
+            opened
+        }
+    };
     if claims.server as usize != server {
         return Err((Kind::SessionUnknown, "session belongs to another endpoint"));
     }
@@ -851,7 +860,7 @@ async fn session_request(
     keep: bool,
     cors: &[u8],
     prefix: fn(&state::UpstreamRuntime) -> &[u8],
-) -> Result<(SessionClaims, usize), Next> {
+) -> Result<(Rc<SessionClaims>, usize), Next> {
     if head.has_body() {
         c.conn.consume(head.len);
         let why = "GET and DELETE take no body";

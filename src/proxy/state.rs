@@ -103,6 +103,9 @@ impl Gateway {
     }
 }
 
+/// Opened session ids each worker remembers (~300 bytes each).
+const SESSION_CACHE: usize = 16 * 1024;
+
 /// Capacity of a new pooled write buffer.
 const POOLED_BUFFER: usize = 16 * 1024;
 /// Buffers that grew past this are not kept.
@@ -124,6 +127,8 @@ pub struct WorkerState {
     /// Write buffers lent to connections for the length of one request, so an idle
     /// connection holds none and a busy one never allocates.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Session ids this worker has opened (bounded).
+    pub sessions: RefCell<super::session_cache::SessionCache>,
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     revoke_rx: Receiver<Revocation>,
 }
@@ -137,6 +142,7 @@ impl WorkerState {
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),
+            sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             revoke_rx,
             gw,
