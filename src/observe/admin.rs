@@ -22,6 +22,7 @@ pub struct Health {
 pub fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
+    hists: super::hist::HistogramSet,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) {
@@ -31,12 +32,17 @@ pub fn serve(
             return;
         }
         if let Ok(s) = stream {
-            let _ = handle_one(s, &handle, &health);
+            let _ = handle_one(s, &handle, &hists, &health);
         }
     }
 }
 
-fn handle_one(mut s: TcpStream, handle: &PrometheusHandle, health: &Health) -> std::io::Result<()> {
+fn handle_one(
+    mut s: TcpStream,
+    handle: &PrometheusHandle,
+    hists: &super::hist::HistogramSet,
+    health: &Health,
+) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = [0u8; 8192];
@@ -70,7 +76,8 @@ fn handle_one(mut s: TcpStream, handle: &PrometheusHandle, health: &Health) -> s
     };
     match path.as_str() {
         "/metrics" => {
-            let body = handle.render();
+            let mut body = handle.render();
+            hists.render(&mut body);
             respond(
                 &mut s,
                 200,

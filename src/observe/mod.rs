@@ -2,9 +2,12 @@
 //! rendered by the admin listener (`admin`). Recording never allocates or looks up by name.
 
 pub mod admin;
+pub mod hist;
 pub mod names;
 
-use metrics::{Counter, Gauge, Histogram};
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::Kind;
@@ -47,24 +50,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         names::REQUESTS_TOTAL,
         "MCP requests by JSON-RPC method and outcome."
     );
-    describe_histogram!(
-        names::REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from a complete request head to the end of the response, by method."
-    );
     describe_counter!(
         names::UPSTREAM_REQUESTS_TOTAL,
         "Requests sent to each upstream, by result."
-    );
-    describe_histogram!(
-        names::UPSTREAM_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from sending to an upstream to its response head."
     );
     describe_gauge!(names::CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(
@@ -97,13 +90,13 @@ const UPSTREAM_RESULTS: [&str; 5] = ["ok", "status", "unavailable", "timeout", "
 
 pub struct UpstreamMetrics {
     results: [Counter; 5],
-    duration: Histogram,
 }
 
 /// Handles one worker records into, resolved once when the worker starts.
 pub struct WorkerMetrics {
     requests: Vec<[Counter; 4]>,
-    duration: Vec<Histogram>,
+    /// Latency histograms this worker alone writes (merged at scrape time, see `hist`).
+    hists: Arc<hist::WorkerHistograms>,
     upstreams: Vec<UpstreamMetrics>,
     rejections: Vec<Counter>,
     limits: Vec<Option<Counter>>,
@@ -114,23 +107,18 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new(upstream_names: &[String]) -> Self {
+    pub fn new(upstream_names: &[String], hists: Arc<hist::WorkerHistograms>) -> Self {
         let requests = Method::ALL
             .iter()
             .map(|m| {
                 Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, "method" => m.as_str(), "outcome" => o.as_str()))
             })
             .collect();
-        let duration = Method::ALL
-            .iter()
-            .map(|m| metrics::histogram!(names::REQUEST_DURATION_SECONDS, "method" => m.as_str()))
-            .collect();
         let upstreams = upstream_names
             .iter()
             .map(|u| UpstreamMetrics {
                 results: UPSTREAM_RESULTS
                     .map(|r| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "upstream" => u.clone(), "result" => r)),
-                duration: metrics::histogram!(names::UPSTREAM_DURATION_SECONDS, "upstream" => u.clone()),
             })
             .collect();
         let rejections = Kind::ALL
@@ -147,7 +135,7 @@ impl WorkerMetrics {
             .collect();
         WorkerMetrics {
             requests,
-            duration,
+            hists,
             upstreams,
             rejections,
             limits,
@@ -162,7 +150,7 @@ impl WorkerMetrics {
     pub fn request(&self, method: Method, outcome: Outcome, seconds: f64) {
         let i = method.index();
         self.requests[i][outcome as usize].increment(1);
-        self.duration[i].record(seconds);
+        self.hists.request[i].record(seconds);
     }
 
     /// A refusal by the gateway (counted once, whether or not a method is known).
@@ -190,7 +178,7 @@ impl WorkerMetrics {
         };
         u.results[slot].increment(1);
         if result.is_ok() {
-            u.duration.record(seconds);
+            self.hists.upstream[upstream].record(seconds);
         }
     }
 }

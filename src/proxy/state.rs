@@ -134,11 +134,16 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    pub fn new(gw: Arc<Gateway>, index: usize, revoke_rx: Receiver<Revocation>) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        index: usize,
+        revoke_rx: Receiver<Revocation>,
+        hists: Arc<crate::observe::hist::WorkerHistograms>,
+    ) -> Self {
         let names: Vec<String> = gw.upstreams.iter().map(|u| u.name.clone()).collect();
         WorkerState {
             pool: RefCell::new(Pool::new(gw.upstreams.len())),
-            metrics: WorkerMetrics::new(&names),
+            metrics: WorkerMetrics::new(&names, hists),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),

@@ -141,13 +141,25 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
     }
 
+    // Latency histograms: one set per worker, merged when /metrics is scraped.
+    let hists = crate::observe::hist::HistogramSet::new(
+        workers,
+        crate::mcp::Method::ALL.iter().map(|m| m.as_str()).collect(),
+        gw.upstreams.iter().map(|u| u.name.clone()).collect(),
+    );
+
     // Admin thread and histogram upkeep.
     let admin_stop = Arc::new(AtomicBool::new(false));
     if let Some(l) = admin_listener {
-        let (h, hl, st) = (handle.clone(), health.clone(), admin_stop.clone());
+        let (h, hs, hl, st) = (
+            handle.clone(),
+            hists.clone(),
+            health.clone(),
+            admin_stop.clone(),
+        );
         std::thread::Builder::new()
             .name("admin".into())
-            .spawn(move || crate::observe::admin::serve(l, h, hl, st))?;
+            .spawn(move || crate::observe::admin::serve(l, h, hs, hl, st))?;
         let (h, st, every) = (
             handle.clone(),
             admin_stop.clone(),
@@ -171,6 +183,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let rt = &gw.config.runtime;
     let handles = {
         let (gw, started, slots) = (gw.clone(), started.clone(), slots.clone());
+        let per_worker = hists.workers.clone();
         driver::spawn_runtimes(
             "worker",
             workers,
@@ -181,11 +194,13 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 let gw = gw.clone();
                 let started = started.clone();
                 let taken = slots.lock().ok().and_then(|mut s| s[i].take());
+                let my_hists = per_worker[i].clone();
                 async move {
                     let Some((listener, rx)) = taken else { return };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
-                    worker_main(Rc::new(WorkerState::new(gw, i, rx)), listener, started).await;
+                    let state = WorkerState::new(gw, i, rx, my_hists);
+                    worker_main(Rc::new(state), listener, started).await;
                 }
             },
         )?

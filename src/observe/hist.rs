@@ -1,0 +1,191 @@
+//! Latency histograms recorded per worker and merged at scrape time.
+//! Each worker owns its `WorkerHistograms` and is the only writer, so recording is a bucket
+//! search and three relaxed load+store pairs on cache lines no other core writes: no atomic
+//! read-modify-write, no allocation, no sample buffer. The admin thread reads every worker's
+//! counters (relaxed loads), adds them up and renders Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use super::names::LATENCY_BUCKETS;
+
+const N: usize = LATENCY_BUCKETS.len() + 1; // + the +Inf bucket
+
+/// One histogram, written by one worker only.
+pub struct Hist {
+    buckets: [AtomicU64; N],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64, by: u64) {
+    // Single writer: a plain load and store is enough and avoids a locked instruction.
+    a.store(a.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+impl Hist {
+    /// Records one observation in seconds. Must only be called by the owning worker.
+    #[inline]
+    pub fn record(&self, seconds: f64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(N - 1);
+        bump(&self.buckets[i], 1);
+        bump(&self.sum_nanos, (seconds * 1e9) as u64);
+    }
+}
+
+/// Per-worker histograms: one per label value of each family.
+pub struct WorkerHistograms {
+    /// `tollgate_request_duration_seconds{method}`, indexed like `Method::ALL`.
+    pub request: Vec<Hist>,
+    /// `tollgate_upstream_duration_seconds{upstream}`, indexed like `Config::upstreams`.
+    pub upstream: Vec<Hist>,
+}
+
+impl WorkerHistograms {
+    pub fn new(methods: usize, upstreams: usize) -> Self {
+        WorkerHistograms {
+            request: (0..methods).map(|_| Hist::default()).collect(),
+            upstream: (0..upstreams).map(|_| Hist::default()).collect(),
+        }
+    }
+}
+
+/// Every worker's histograms, for the scrape.
+#[derive(Clone)]
+pub struct HistogramSet {
+    pub workers: Vec<Arc<WorkerHistograms>>,
+    pub methods: Vec<&'static str>,
+    pub upstreams: Vec<String>,
+}
+
+impl HistogramSet {
+    pub fn new(workers: usize, methods: Vec<&'static str>, upstreams: Vec<String>) -> Self {
+        let per = |_| Arc::new(WorkerHistograms::new(methods.len(), upstreams.len()));
+        HistogramSet {
+            workers: (0..workers).map(per).collect(),
+            methods,
+            upstreams,
+        }
+    }
+
+    /// Appends both families in Prometheus text format (series with at least one observation).
+    pub fn render(&self, out: &mut String) {
+        self.family(
+            out,
+            super::names::REQUEST_DURATION_SECONDS,
+            "Time from a complete request head to the end of the response, by method.",
+            "method",
+            &self
+                .methods
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            |w| &w.request,
+        );
+        self.family(
+            out,
+            super::names::UPSTREAM_DURATION_SECONDS,
+            "Time from sending to an upstream to its response head.",
+            "upstream",
+            &self.upstreams,
+            |w| &w.upstream,
+        );
+    }
+
+    fn family(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[String],
+        pick: impl Fn(&WorkerHistograms) -> &Vec<Hist>,
+    ) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, value) in values.iter().enumerate() {
+            let mut counts = [0u64; N];
+            let mut sum = 0u64;
+            for w in &self.workers {
+                let h = &pick(w)[i];
+                for (c, b) in counts.iter_mut().zip(&h.buckets) {
+                    *c += b.load(Relaxed);
+                }
+                sum += h.sum_nanos.load(Relaxed);
+            }
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(&counts) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {total}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{{label}=\"{value}\"}} {}",
+                sum as f64 / 1e9
+            );
+            let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {total}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_workers_into_cumulative_buckets() {
+        let set = HistogramSet::new(2, vec!["tools/call", "ping"], vec!["demo".into()]);
+        set.workers[0].request[0].record(0.0002);
+        set.workers[1].request[0].record(0.0002);
+        set.workers[1].request[0].record(3.0);
+        set.workers[0].upstream[0].record(100.0);
+        let mut out = String::new();
+        set.render(&mut out);
+        assert!(out.contains(
+            "tollgate_request_duration_seconds_bucket{method=\"tools/call\",le=\"0.0001\"} 0\n"
+        ));
+        assert!(out.contains(
+            "tollgate_request_duration_seconds_bucket{method=\"tools/call\",le=\"0.00025\"} 2\n"
+        ));
+        assert!(out.contains(
+            "tollgate_request_duration_seconds_bucket{method=\"tools/call\",le=\"2.5\"} 2\n"
+        ));
+        assert!(out.contains(
+            "tollgate_request_duration_seconds_bucket{method=\"tools/call\",le=\"5\"} 3\n"
+        ));
+        assert!(out.contains("tollgate_request_duration_seconds_count{method=\"tools/call\"} 3\n"));
+        assert!(
+            out.contains("tollgate_request_duration_seconds_sum{method=\"tools/call\"} 3.0004\n")
+        );
+        assert!(
+            !out.contains("method=\"ping\""),
+            "series without observations are left out"
+        );
+        assert!(out.contains(
+            "tollgate_upstream_duration_seconds_bucket{upstream=\"demo\",le=\"+Inf\"} 1\n"
+        ));
+        assert!(out.contains("# TYPE tollgate_upstream_duration_seconds histogram"));
+    }
+}
