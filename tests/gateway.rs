@@ -720,3 +720,34 @@ fn a_get_stream_ends_when_its_client_leaves_or_the_gateway_stops() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn an_upstream_slower_than_request_timeout_gets_a_timeout_error() {
+    let demo = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: slowpoke\n    url: \"{}\"\n    request_timeout: 300ms\nservers:\n  - path: /mcp\n    upstream: slowpoke\n",
+            demo.url()
+        ))
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let t0 = Instant::now();
+    let r = mcp.call_tool("slow", json!({"ms": 5000}));
+    let took = t0.elapsed();
+    assert_eq!(r["error"]["code"], -31002, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout"),
+        "{r}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    // The session and connection stay usable.
+    let r = mcp.call_tool("echo", json!({"text": "still here"}));
+    assert_eq!(r["result"]["content"][0]["text"], "still here");
+}

@@ -48,7 +48,7 @@ fn unix_now() -> u64 {
 /// Serves one client connection until it closes, idles out, or the worker shuts down.
 pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut c = Client::new(stream, w.gw.config.limits.write_timeout);
+    let mut c = Client::new(stream, w.clone());
     loop {
         let head = match read_head(&w, &mut c).await {
             Ok(Some(h)) => h,
@@ -97,10 +97,10 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
                 Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
                 Err(e) => return Err(Error::new(e.kind, e.reason)),
             }
-            deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
+            deadline.get_or_insert_with(|| w.shutdown.now() + limits.header_read_timeout);
         }
         // One await point, and no runtime timer: this state lives in every idle connection.
-        let until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        let until = deadline.unwrap_or_else(|| w.shutdown.now() + limits.idle_timeout);
         let read = monoio::select! {
             r = c.conn.fill(0) => r,
             why = w.shutdown.wait_until(until) => match (why, deadline) {
@@ -213,7 +213,7 @@ async fn read_body(
     head: &RequestHead,
 ) -> Result<(BodyAt, usize), Error> {
     let limits = &w.gw.config.limits;
-    let deadline = Instant::now() + limits.body_read_timeout;
+    let deadline = w.shutdown.now() + limits.body_read_timeout;
     let timeout = |d: Instant| d.saturating_duration_since(Instant::now());
     if !head.chunked {
         let n = head.content_length.unwrap_or(0) as usize;
@@ -656,7 +656,7 @@ async fn relay(
                 let up = &w.gw.upstreams[u];
                 w.pool
                     .borrow_mut()
-                    .put(u, up_conn, up.max_idle, Instant::now());
+                    .put(u, up_conn, up.max_idle, w.shutdown.now());
             }
             if keep {
                 Next::KeepAlive
@@ -775,7 +775,7 @@ async fn initialize_reply(
     if rhead.keep_alive {
         w.pool
             .borrow_mut()
-            .put(u, up_conn, up.max_idle, Instant::now());
+            .put(u, up_conn, up.max_idle, w.shutdown.now());
     }
     let mut token = None;
     if rhead.status == 200 {
@@ -981,7 +981,7 @@ async fn delete(
                 if ok.is_ok() && rhead.keep_alive {
                     w.pool
                         .borrow_mut()
-                        .put(u, up_conn, up.max_idle, Instant::now());
+                        .put(u, up_conn, up.max_idle, w.shutdown.now());
                 }
             }
             Err(e) => {

@@ -1,7 +1,9 @@
 //! Worker-local waits that any number of connection tasks can await cheaply: shutdown, and
-//! coarse deadlines (idle and head-read timeouts). One watcher task per worker polls the
-//! process-wide shutdown flag and calls `tick` every 50 ms; connections never poll and hold no
-//! runtime timer, so an idle connection costs a slot here instead of a timer-wheel entry.
+//! coarse deadlines (idle, head-read, write and upstream-head timeouts) on a coarse clock.
+//! One watcher task per worker polls the process-wide shutdown flag and calls `tick` every
+//! 50 ms; connections never poll and hold no runtime timer, so a timeout costs a slot here
+//! instead of a timer-wheel insert and removal and clock reads on every request.
+//! Deadlines are second-scale limits: they fire within about one tick of their time.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -14,11 +16,23 @@ struct Slot {
     deadline: Option<Instant>,
 }
 
-#[derive(Default)]
 pub struct LocalShutdown {
     fired: Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
+    /// The coarse clock: set by every `tick`.
+    now: Cell<Instant>,
+}
+
+impl Default for LocalShutdown {
+    fn default() -> Self {
+        LocalShutdown {
+            fired: Cell::new(false),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            now: Cell::new(Instant::now()),
+        }
+    }
 }
 
 /// Why a `wait_until` ended.
@@ -42,8 +56,15 @@ impl LocalShutdown {
         }
     }
 
-    /// Wakes every waiter whose deadline has passed (called by the worker's watcher).
+    /// The coarse clock (at most one tick old): for deadlines, never for measuring latency.
+    pub fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// Advances the coarse clock and wakes every waiter whose deadline has passed
+    /// (called by the worker's watcher).
     pub fn tick(&self, now: Instant) {
+        self.now.set(now);
         for slot in self.slots.borrow_mut().iter_mut() {
             if slot.deadline.is_some_and(|d| d <= now) {
                 if let Some(w) = slot.waker.take() {
@@ -59,6 +80,7 @@ impl LocalShutdown {
             sh: self,
             slot: None,
             deadline: None,
+            on_shutdown: true,
         }
     }
 
@@ -68,6 +90,17 @@ impl LocalShutdown {
             sh: self,
             slot: None,
             deadline: Some(deadline),
+            on_shutdown: true,
+        }
+    }
+
+    /// Resolves once `deadline` has passed, whatever shutdown does (in-flight work keeps its time).
+    pub fn deadline(&self, deadline: Instant) -> Wait<'_> {
+        Wait {
+            sh: self,
+            slot: None,
+            deadline: Some(deadline),
+            on_shutdown: false,
         }
     }
 
@@ -80,15 +113,16 @@ pub struct Wait<'a> {
     sh: &'a LocalShutdown,
     slot: Option<usize>,
     deadline: Option<Instant>,
+    on_shutdown: bool,
 }
 
 impl Future for Wait<'_> {
     type Output = Woken;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Woken> {
-        if self.sh.fired.get() {
+        if self.on_shutdown && self.sh.fired.get() {
             return Poll::Ready(Woken::Shutdown);
         }
-        if self.slot.is_some() && self.deadline.is_some_and(|d| d <= Instant::now()) {
+        if self.deadline.is_some_and(|d| d <= self.sh.now.get()) {
             return Poll::Ready(Woken::Deadline);
         }
         let mut slots = self.sh.slots.borrow_mut();
@@ -170,5 +204,20 @@ mod tests {
         assert!(later.as_mut().poll(&mut cx).is_pending());
         drop(soon);
         assert_eq!(sh.waiters(), 1);
+    }
+
+    #[test]
+    fn plain_deadlines_ignore_shutdown() {
+        let sh = LocalShutdown::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut d = Box::pin(sh.deadline(sh.now() + Duration::from_millis(5)));
+        assert!(d.as_mut().poll(&mut cx).is_pending());
+        sh.fire();
+        assert!(
+            d.as_mut().poll(&mut cx).is_pending(),
+            "in-flight work keeps its deadline"
+        );
+        sh.tick(Instant::now() + Duration::from_millis(10));
+        assert_eq!(d.as_mut().poll(&mut cx), Poll::Ready(Woken::Deadline));
     }
 }

@@ -25,6 +25,8 @@ const UPSTREAM_HEADERS: usize = 128;
 /// The client side of a connection: its buffered reader and reusable write buffers.
 pub struct Client {
     pub conn: Conn<TcpStream>,
+    /// The worker this connection runs on (its coarse clock and deadlines).
+    w: std::rc::Rc<WorkerState>,
     /// Bytes to write to the client.
     pub out: Vec<u8>,
     /// The request being sent upstream.
@@ -36,8 +38,10 @@ pub struct Client {
 
 impl Client {
     /// A client starts with only a small read buffer; write buffers are lent per request.
-    pub fn new(stream: TcpStream, write_timeout: Duration) -> Self {
+    pub fn new(stream: TcpStream, w: std::rc::Rc<WorkerState>) -> Self {
+        let write_timeout = w.gw.config.limits.write_timeout;
         Client {
+            w,
             conn: Conn::new(stream, IDLE_READ_BUFFER),
             out: Vec::new(),
             up_out: Vec::new(),
@@ -71,8 +75,13 @@ impl Client {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.out);
-        match monoio::time::timeout(self.write_timeout, self.conn.write_all(buf)).await {
-            Ok((Ok(()), mut b)) => {
+        let deadline = self.w.shutdown.now() + self.write_timeout;
+        let written = monoio::select! {
+            r = self.conn.write_all(buf) => Some(r),
+            _ = self.w.shutdown.deadline(deadline) => None,
+        };
+        match written {
+            Some((Ok(()), mut b)) => {
                 b.clear();
                 self.out = b;
                 Ok(())
@@ -94,6 +103,7 @@ enum HeadRead {
 async fn read_response_head(
     conn: &mut UpstreamConn,
     deadline: Instant,
+    timers: &LocalShutdown,
 ) -> Result<ResponseHead, HeadRead> {
     loop {
         if !conn.buffered().is_empty() {
@@ -108,22 +118,26 @@ async fn read_response_head(
                 Err(e) => return Err(HeadRead::Invalid(e.reason)),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(left, conn.fill(0)).await {
-            Ok(Ok(0)) => {
+        // On timeout the read is cancelled and the connection dropped: nothing is reused.
+        let read = monoio::select! {
+            r = conn.fill(0) => r,
+            _ = timers.deadline(deadline) => return Err(HeadRead::Timeout),
+        };
+        let got_bytes = !conn.buffered().is_empty();
+        match read {
+            Ok(0) => {
                 return Err(HeadRead::Closed {
-                    got_bytes: !conn.buffered().is_empty(),
+                    got_bytes,
                     err: None,
                 })
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(_) => {}
+            Err(e) => {
                 return Err(HeadRead::Closed {
-                    got_bytes: !conn.buffered().is_empty(),
+                    got_bytes,
                     err: Some(e),
                 })
             }
-            Err(_) => return Err(HeadRead::Timeout),
         }
     }
 }
@@ -138,7 +152,7 @@ pub async fn exchange(
     let up = &w.gw.upstreams[u];
     let mut retried = false;
     loop {
-        let now = Instant::now();
+        let now = w.shutdown.now();
         let pooled = w.pool.borrow_mut().take(u, up.idle_timeout, now);
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -153,13 +167,13 @@ pub async fn exchange(
         };
         let (res, back) = conn.write_all(req).await;
         req = back;
-        let deadline = Instant::now() + up.request_timeout;
+        let deadline = w.shutdown.now() + up.request_timeout;
         let outcome = match res {
             Err(e) => Err(HeadRead::Closed {
                 got_bytes: false,
                 err: Some(e),
             }),
-            Ok(()) => read_response_head(&mut conn, deadline).await,
+            Ok(()) => read_response_head(&mut conn, deadline, &w.shutdown).await,
         };
         match outcome {
             Ok(head) => return (Ok((conn, head)), req),

@@ -163,11 +163,15 @@ impl GatewayBuilder {
         if !self.extra.contains("admin:") {
             y.push_str("admin:\n  address: 127.0.0.1:0\n");
         }
-        y.push_str("upstreams:\n");
+        if !self.upstreams.is_empty() {
+            y.push_str("upstreams:\n");
+        }
         for (n, u) in &self.upstreams {
             y.push_str(&format!("  - name: {n}\n    url: \"{u}\"\n"));
         }
-        y.push_str("servers:\n");
+        if !self.servers.is_empty() {
+            y.push_str("servers:\n");
+        }
         for (p, u) in &self.servers {
             y.push_str(&format!("  - path: {p}\n    upstream: {u}\n"));
         }
