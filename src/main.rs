@@ -57,8 +57,7 @@ fn init_logs(level: &str, json: bool) {
         .with_target(false)
         .with_writer(std::io::stderr);
     if json {
-        // Without the json feature we keep the text format but drop colours for log shippers.
-        builder.with_ansi(false).init();
+        builder.json().init();
     } else {
         builder.init();
     }

@@ -751,3 +751,44 @@ fn an_upstream_slower_than_request_timeout_gets_a_timeout_error() {
     let r = mcp.call_tool("echo", json!({"text": "still here"}));
     assert_eq!(r["result"]["content"][0]["text"], "still here");
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = std::env::temp_dir().join(format!("tollgate-jsonlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cfg, ready) = (dir.join("c.yaml"), dir.join("ready.json"));
+    std::fs::write(
+        &cfg,
+        "listen:\n  address: 127.0.0.1:0\nadmin: null\nlog:\n  format: json\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(harness::BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 2, "{text}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    assert!(text.contains("tollgate ready"));
+}

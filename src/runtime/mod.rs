@@ -82,7 +82,7 @@ fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
                             config.runtime.driver,
                         )
                         .context("starting the built-in demo upstream")?;
-                        tracing::info!(upstream = %u.name, %a, "built-in demo upstream started");
+                        tracing::info!(upstream = %u.name, addr = %a, "built-in demo upstream started");
                         demo_addr = Some(a);
                         a
                     }
