@@ -762,7 +762,7 @@ fn log_format_json_writes_one_json_object_per_line() {
         "listen:\n  address: 127.0.0.1:0\nadmin: null\nlog:\n  format: json\n",
     )
     .unwrap();
-    let mut child = std::process::Command::new(harness::BIN)
+    let child = std::process::Command::new(harness::BIN)
         .args(["run", "--config"])
         .arg(&cfg)
         .arg("--ready-file")
