@@ -70,11 +70,18 @@ fn serve(mut s: TcpStream) {
         let method = req["method"].as_str().unwrap_or("");
         let reply = match method {
             _ if id.is_null() => b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_vec(),
-            "initialize" => json_reply(
-                &id,
-                json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
-                       "serverInfo": {"name": "hostile", "version": "1"}}),
-            ),
+            "initialize" => {
+                // A client named "bad-version" gets a revision no one supports.
+                let version = match req["params"]["clientInfo"]["name"].as_str() {
+                    Some("bad-version") => "1999-01-01",
+                    _ => "2025-06-18",
+                };
+                json_reply(
+                    &id,
+                    json!({"protocolVersion": version, "capabilities": {"tools": {}},
+                           "serverInfo": {"name": "hostile", "version": "1"}}),
+                )
+            }
             _ => {
                 let text = "x".repeat(300);
                 let ok = json_reply(&id, json!({"content": [{"type": "text", "text": text}]}));
@@ -234,4 +241,30 @@ fn garbage_instead_of_http_is_a_jsonrpc_error() {
         .unwrap()
         .contains("\"hostile\""));
     still_serving(&gw, &mcp);
+}
+
+#[test]
+fn an_initialize_reply_with_an_unknown_version_opens_no_session() {
+    let gw = gateway();
+    let body = json!({"jsonrpc":"2.0","id":"i-1","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bad-version","version":"1"}}});
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &harness::JSON_HEADERS,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("mcp-session-id").is_none(),
+        "no session for a reply the gateway cannot use"
+    );
+    let v = r.json();
+    assert_eq!(v["id"], "i-1");
+    assert_eq!(v["error"]["code"], -31003);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"hostile\"") && msg.contains("protocol version"),
+        "{msg}"
+    );
 }

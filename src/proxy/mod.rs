@@ -696,17 +696,15 @@ fn negotiated_version(
                 .map(|v| ProtocolVersion::parse(&v.value))
             {
                 Some(Some(v)) if v.is_legacy() => Ok(Some(v)),
-                Some(_) => Err(
-                    "upstream negotiated a protocol version the gateway does not support".into(),
-                ),
-                None => Err("upstream initialize result has no protocolVersion".into()),
+                Some(_) => Err("negotiated a protocol version the gateway does not support".into()),
+                None => Err("sent an initialize result without protocolVersion".into()),
             },
             _ => return None,
         })
     };
     if !sse {
         return check(body).unwrap_or_else(|| {
-            Err("upstream initialize reply is not the matching JSON-RPC response".into())
+            Err("sent an initialize reply that is not the matching JSON-RPC response".into())
         });
     }
     let mut data = Vec::new();
@@ -724,8 +722,48 @@ fn negotiated_version(
             data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
         }
     }
-    check(&data)
-        .unwrap_or_else(|| Err("upstream initialize stream ended without the response".into()))
+    check(&data).unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
+}
+
+/// The session id for an initialize reply: `Ok(None)` when the upstream did not open a session
+/// (non-200, or a JSON-RPC error), `Err` with what was wrong with the reply.
+#[allow(clippy::too_many_arguments)]
+fn seal_session(
+    w: &WorkerState,
+    status: u16,
+    body: &[u8],
+    sse: bool,
+    id: &[u8],
+    server: usize,
+    u: usize,
+    upstream_sid: Option<String>,
+) -> Result<Option<String>, String> {
+    if status != 200 {
+        return Ok(None);
+    }
+    let Some(version) = negotiated_version(w, body, sse, id)? else {
+        return Ok(None);
+    };
+    let now = unix_now();
+    let claims = SessionClaims {
+        id: SessionSealer::new_id(),
+        server: server as u16,
+        protocol_version: version,
+        issued_at: now,
+        expires_at: now + w.gw.config.session.ttl.as_secs(),
+        upstreams: vec![UpstreamSession {
+            upstream: u as u16,
+            session_id: upstream_sid,
+            protocol_version: version,
+        }],
+        principal: None,
+    };
+    let token =
+        w.gw.sealer
+            .try_seal(&claims)
+            .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
+    w.metrics.sessions_opened.increment(1);
+    Ok(Some(token))
 }
 
 /// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
@@ -754,84 +792,36 @@ async fn initialize_reply(
     up_conn.consume(rhead.len);
     let mut body = Vec::new();
     let max = gw.config.limits.max_body_bytes;
-    if let Err(why) =
-        upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body).await
-    {
-        let msg = format!(
-            "upstream \"{}\" sent an invalid initialize reply: {why}",
-            up.name
-        );
-        return refuse(
-            w,
-            c,
-            Kind::UpstreamProtocol,
-            Some(id),
-            Some(&msg),
-            keep,
-            cors,
-        )
-        .await;
-    }
-    if rhead.keep_alive {
-        w.pool
-            .borrow_mut()
-            .put(u, up_conn, up.max_idle, w.shutdown.now());
-    }
-    let mut token = None;
-    if rhead.status == 200 {
-        match negotiated_version(w, &body, sse, id) {
-            Ok(Some(version)) => {
-                let now = unix_now();
-                let claims = SessionClaims {
-                    id: SessionSealer::new_id(),
-                    server: server as u16,
-                    protocol_version: version,
-                    issued_at: now,
-                    expires_at: now + gw.config.session.ttl.as_secs(),
-                    upstreams: vec![UpstreamSession {
-                        upstream: u as u16,
-                        session_id: upstream_sid,
-                        protocol_version: version,
-                    }],
-                    principal: None,
-                };
-                match gw.sealer.try_seal(&claims) {
-                    Ok(t) => token = Some(t),
-                    Err(e) => {
-                        let msg = format!(
-                            "upstream \"{}\" sent an unusable Mcp-Session-Id: {e}",
-                            up.name
-                        );
-                        return refuse(
-                            w,
-                            c,
-                            Kind::UpstreamProtocol,
-                            Some(id),
-                            Some(&msg),
-                            keep,
-                            cors,
-                        )
-                        .await;
-                    }
+    let token =
+        match upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body)
+            .await
+        {
+            Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
+            Ok(()) => {
+                if rhead.keep_alive {
+                    w.pool
+                        .borrow_mut()
+                        .put(u, up_conn, up.max_idle, w.shutdown.now());
                 }
-                w.metrics.sessions_opened.increment(1);
+                seal_session(w, rhead.status, &body, sse, id, server, u, upstream_sid)
             }
-            Ok(None) => {}
-            Err(why) => {
-                let msg = format!("upstream \"{}\": {why}", up.name);
-                return refuse(
-                    w,
-                    c,
-                    Kind::UpstreamProtocol,
-                    Some(id),
-                    Some(&msg),
-                    keep,
-                    cors,
-                )
-                .await;
-            }
+        };
+    let token = match token {
+        Ok(t) => t,
+        Err(why) => {
+            let msg = format!("upstream \"{}\" {why}", up.name);
+            return refuse(
+                w,
+                c,
+                Kind::UpstreamProtocol,
+                Some(id),
+                Some(&msg),
+                keep,
+                cors,
+            )
+            .await;
         }
-    }
+    };
     let keep = client_head(
         &mut c.out,
         &rhead,
