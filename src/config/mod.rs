@@ -152,7 +152,7 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// `idle_timeout`, default 30s: pooled idle connections older than this are closed.
     pub idle_timeout: Duration,
-    /// `max_idle_per_worker`, default 64.
+    /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,
     /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case.
     pub headers: Vec<(String, String)>,

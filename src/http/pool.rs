@@ -11,6 +11,9 @@ use super::Conn;
 
 pub type UpstreamConn = Conn<TcpStream>;
 
+/// The most read buffer an idle pooled connection keeps.
+const IDLE_BUFFER: usize = 16 * 1024;
+
 struct Idle {
     conn: UpstreamConn,
     since: Instant,
@@ -50,9 +53,11 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose last response was read completely.
-    pub fn put(&mut self, upstream: usize, conn: UpstreamConn, max_idle: usize, now: Instant) {
+    /// Returns a connection whose last response was read completely. A read buffer that grew
+    /// for a large body is given back first, so idle connections stay small.
+    pub fn put(&mut self, upstream: usize, mut conn: UpstreamConn, max_idle: usize, now: Instant) {
         if conn.buffered().is_empty() {
+            conn.shrink_idle(IDLE_BUFFER);
             if let Some(stack) = self.idle.get_mut(upstream) {
                 if stack.len() < max_idle {
                     stack.push(Idle { conn, since: now });

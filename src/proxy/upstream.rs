@@ -18,6 +18,9 @@ use super::state::WorkerState;
 /// Read buffer an idle client connection keeps: a typical MCP request (head + body) fits.
 pub const IDLE_READ_BUFFER: usize = 2048;
 
+/// Initial read buffer of an upstream connection; it grows for large bodies while relaying.
+const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
+
 /// Upstream response heads larger than this are refused.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
 const UPSTREAM_HEADERS: usize = 128;
@@ -158,7 +161,7 @@ pub async fn exchange(
         let mut conn = match pooled {
             Some(c) => c,
             None => match connect(&up.addrs, up.connect_timeout).await {
-                Ok(s) => Conn::new(s, 16 * 1024),
+                Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
                 Err(e) => {
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
                     return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
