@@ -3,8 +3,10 @@
 //! Every refusal goes through `refuse`, which renders it with `reject::Rejects`.
 
 pub mod checks;
+mod initialize;
 pub mod reject;
 pub mod session_cache;
+mod session_requests;
 pub mod shutdown;
 pub mod state;
 pub mod upstream;
@@ -22,11 +24,11 @@ use crate::http::head::{parse_request, Framing, HttpMethod, RequestHead, Respons
 use crate::http::pool::UpstreamConn;
 use crate::http::response;
 use crate::jsonrpc::{self, Body, MessageKind};
-use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
+use crate::mcp::session::{SessionClaims, UpstreamSession};
 use crate::mcp::{Method, ProtocolVersion};
 use crate::observe::Outcome;
 
-use state::{Revocation, WorkerState};
+use state::WorkerState;
 use upstream::{Client, RelayMode};
 
 /// Upper bound on `limits.max_headers` (the scratch array lives on the stack).
@@ -166,8 +168,8 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let cors = origin.map(cors_headers).unwrap_or_default();
     match head.method() {
         HttpMethod::Post => post(w, c, head, server, keep, &cors, t0).await,
-        HttpMethod::Get => get(w, c, head, server, keep, &cors, t0).await,
-        HttpMethod::Delete => delete(w, c, head, server, keep, &cors).await,
+        HttpMethod::Get => session_requests::get(w, c, head, server, keep, &cors, t0).await,
+        HttpMethod::Delete => session_requests::delete(w, c, head, server, keep, &cors).await,
         HttpMethod::Options => {
             c.conn.consume(head.len);
             if !head.has_body() {
@@ -555,7 +557,7 @@ async fn post(
         Outcome::UpstreamStatus
     };
     let next = if scanned.is_initialize {
-        initialize_reply(w, c, up_conn, rhead, server, u, &scanned, keep, cors).await
+        initialize::initialize_reply(w, c, up_conn, rhead, server, u, &scanned, keep, cors).await
     } else {
         relay(
             w,
@@ -670,324 +672,6 @@ async fn relay(
             }
             Next::Close
         }
-    }
-}
-
-/// Finds the JSON-RPC response with `id` in an initialize reply (JSON, or SSE events) and returns
-/// the protocol version it negotiated. `Ok(None)`: the upstream answered with a JSON-RPC error.
-fn negotiated_version(
-    w: &WorkerState,
-    body: &[u8],
-    sse: bool,
-    id: &[u8],
-) -> Result<Option<ProtocolVersion>, String> {
-    let check = |payload: &[u8]| -> Option<Result<Option<ProtocolVersion>, String>> {
-        let Ok(Body::Single(m)) = jsonrpc::scan(payload, &w.gw.scan_limits) else {
-            return None;
-        };
-        if m.id.as_ref().map(|r| r.text) != Some(id) {
-            return None;
-        }
-        Some(match m.kind {
-            MessageKind::Error => Ok(None),
-            MessageKind::Response => match m
-                .protocol_version
-                .as_ref()
-                .map(|v| ProtocolVersion::parse(&v.value))
-            {
-                Some(Some(v)) if v.is_legacy() => Ok(Some(v)),
-                Some(_) => Err("negotiated a protocol version the gateway does not support".into()),
-                None => Err("sent an initialize result without protocolVersion".into()),
-            },
-            _ => return None,
-        })
-    };
-    if !sse {
-        return check(body).unwrap_or_else(|| {
-            Err("sent an initialize reply that is not the matching JSON-RPC response".into())
-        });
-    }
-    let mut data = Vec::new();
-    for line in body.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if let Some(r) = check(&data) {
-                return r;
-            }
-            data.clear();
-        } else if let Some(d) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
-    }
-    check(&data).unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
-}
-
-/// The session id for an initialize reply: `Ok(None)` when the upstream did not open a session
-/// (non-200, or a JSON-RPC error), `Err` with what was wrong with the reply.
-#[allow(clippy::too_many_arguments)]
-fn seal_session(
-    w: &WorkerState,
-    status: u16,
-    body: &[u8],
-    sse: bool,
-    id: &[u8],
-    server: usize,
-    u: usize,
-    upstream_sid: Option<String>,
-) -> Result<Option<String>, String> {
-    if status != 200 {
-        return Ok(None);
-    }
-    let Some(version) = negotiated_version(w, body, sse, id)? else {
-        return Ok(None);
-    };
-    let now = unix_now();
-    let claims = SessionClaims {
-        id: SessionSealer::new_id(),
-        server: server as u16,
-        protocol_version: version,
-        issued_at: now,
-        expires_at: now + w.gw.config.session.ttl.as_secs(),
-        upstreams: vec![UpstreamSession {
-            upstream: u as u16,
-            session_id: upstream_sid,
-            protocol_version: version,
-        }],
-        principal: None,
-    };
-    let token =
-        w.gw.sealer
-            .try_seal(&claims)
-            .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
-    w.metrics.sessions_opened.increment(1);
-    Ok(Some(token))
-}
-
-/// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
-/// version and upstream session id, and answers with its own sealed session id.
-#[allow(clippy::too_many_arguments)]
-async fn initialize_reply(
-    w: &WorkerState,
-    c: &mut Client,
-    mut up_conn: UpstreamConn,
-    rhead: ResponseHead,
-    server: usize,
-    u: usize,
-    scanned: &Scanned,
-    keep: bool,
-    cors: &[u8],
-) -> Next {
-    let gw = &*w.gw;
-    let up = &gw.upstreams[u];
-    let id = scanned.id.as_ref().map_or(&b"null"[..], IdBuf::get);
-    let upbuf_head = up_conn.buffered()[..rhead.len].to_vec();
-    let sse = rhead.is_sse(&upbuf_head);
-    let upstream_sid = rhead
-        .session_id
-        .clone()
-        .map(|r| String::from_utf8_lossy(&upbuf_head[r]).into_owned());
-    up_conn.consume(rhead.len);
-    let mut body = Vec::new();
-    let max = gw.config.limits.max_body_bytes;
-    let token =
-        match upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body)
-            .await
-        {
-            Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
-            Ok(()) => {
-                if rhead.keep_alive {
-                    w.pool
-                        .borrow_mut()
-                        .put(u, up_conn, up.max_idle, w.shutdown.now());
-                }
-                seal_session(w, rhead.status, &body, sse, id, server, u, upstream_sid)
-            }
-        };
-    let token = match token {
-        Ok(t) => t,
-        Err(why) => {
-            let msg = format!("upstream \"{}\" {why}", up.name);
-            return refuse(
-                w,
-                c,
-                Kind::UpstreamProtocol,
-                Some(id),
-                Some(&msg),
-                keep,
-                cors,
-            )
-            .await;
-        }
-    };
-    let keep = client_head(
-        &mut c.out,
-        &rhead,
-        &upbuf_head,
-        keep,
-        false,
-        cors,
-        token.as_deref(),
-        Some(body.len()),
-    );
-    c.out.extend_from_slice(&body);
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
-    }
-}
-
-/// GET and DELETE: refuses a body, opens the session, and writes the upstream request head
-/// (`prefix` of the session's upstream, session and trace headers, `Last-Event-ID`).
-/// `Err` carries what the connection does after the refusal that was already sent.
-async fn session_request(
-    w: &WorkerState,
-    c: &mut Client,
-    head: &RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
-    prefix: fn(&state::UpstreamRuntime) -> &[u8],
-) -> Result<(Rc<SessionClaims>, usize), Next> {
-    if head.has_body() {
-        c.conn.consume(head.len);
-        let why = "GET and DELETE take no body";
-        return Err(refuse(w, c, Kind::MalformedHttp, None, Some(why), false, cors).await);
-    }
-    let buf = c.conn.buffered();
-    let claims = match open_session(w, head, buf, server) {
-        Ok(cl) => cl,
-        Err((kind, why)) => {
-            c.conn.consume(head.len);
-            return Err(refuse(w, c, kind, None, Some(why), keep, cors).await);
-        }
-    };
-    let u = w.gw.config.servers[server].upstream;
-    c.up_out.clear();
-    c.up_out.extend_from_slice(prefix(&w.gw.upstreams[u]));
-    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
-    upstream_session_headers(&mut c.up_out, up_session, head, buf);
-    if let Some(r) = head.last_event_id.clone() {
-        response::header(&mut c.up_out, b"last-event-id", &buf[r]);
-    }
-    c.up_out.extend_from_slice(b"\r\n");
-    c.conn.consume(head.len);
-    Ok((claims, u))
-}
-
-/// GET: opens the server-to-client event stream of the session's upstream and relays it.
-#[allow(clippy::too_many_arguments)]
-async fn get(
-    w: &WorkerState,
-    c: &mut Client,
-    head: RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
-    t0: Instant,
-) -> Next {
-    let (_claims, u) =
-        match session_request(w, c, &head, server, keep, cors, |u| &u.get_prefix).await {
-            Ok(x) => x,
-            Err(next) => return next,
-        };
-    let up = &w.gw.upstreams[u];
-    let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
-    c.up_out = req;
-    match res {
-        Ok((up_conn, rhead)) => {
-            w.metrics
-                .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
-            let timeout = Some(up.request_timeout);
-            let next = relay(
-                w,
-                c,
-                up_conn,
-                &rhead,
-                u,
-                keep,
-                head.minor == 0,
-                cors,
-                timeout,
-                true,
-            )
-            .await;
-            let outcome = if (200..300).contains(&rhead.status) {
-                Outcome::Ok
-            } else {
-                Outcome::UpstreamStatus
-            };
-            w.metrics
-                .request(Method::Other, outcome, t0.elapsed().as_secs_f64());
-            next
-        }
-        Err(e) => {
-            w.metrics.upstream(u, Err(e.kind), 0.0);
-            refuse(w, c, e.kind, None, Some(&e.reason), keep, cors).await
-        }
-    }
-}
-
-/// DELETE: ends the session here (on every worker) and at the upstream.
-async fn delete(
-    w: &WorkerState,
-    c: &mut Client,
-    head: RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
-) -> Next {
-    let (claims, u) =
-        match session_request(w, c, &head, server, keep, cors, |u| &u.delete_prefix).await {
-            Ok(x) => x,
-            Err(next) => return next,
-        };
-    let up = &w.gw.upstreams[u];
-    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
-    w.revoke(Revocation {
-        id: claims.id,
-        expires_at: claims.expires_at,
-    });
-    w.metrics.sessions_closed.increment(1);
-    if up_session.is_some_and(|s| s.session_id.is_some()) {
-        let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
-        c.up_out = req;
-        match res {
-            Ok((mut up_conn, rhead)) => {
-                w.metrics.upstream(u, Ok(rhead.status), 0.0);
-                up_conn.consume(rhead.len);
-                let mut sink = Vec::new();
-                let ok = upstream::read_full_body(
-                    &mut up_conn,
-                    &rhead,
-                    64 * 1024,
-                    up.request_timeout,
-                    &mut sink,
-                )
-                .await;
-                if ok.is_ok() && rhead.keep_alive {
-                    w.pool
-                        .borrow_mut()
-                        .put(u, up_conn, up.max_idle, w.shutdown.now());
-                }
-            }
-            Err(e) => {
-                w.metrics.upstream(u, Err(e.kind), 0.0);
-                tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
-            }
-        }
-    }
-    response::status_line(&mut c.out, 200);
-    c.out.extend_from_slice(cors);
-    response::content_length(&mut c.out, 0);
-    response::connection(&mut c.out, keep);
-    c.out.extend_from_slice(b"\r\n");
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
     }
 }
 
