@@ -207,6 +207,26 @@ enum BodyAt {
     Decoded,
 }
 
+/// Reads more of a request body before `deadline` (the worker's coarse clock).
+async fn fill_body(
+    w: &WorkerState,
+    c: &mut Client,
+    deadline: Instant,
+    want: usize,
+) -> Result<(), Error> {
+    let read = monoio::select! {
+        r = c.conn.fill(want) => r,
+        _ = w.shutdown.deadline(deadline) => return Err(Error::new(Kind::BodyTimeout, "")),
+    };
+    match read {
+        Ok(0) | Err(_) => Err(Error::new(
+            Kind::MalformedHttp,
+            "connection closed mid-body",
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Phase: read body. Content-Length bodies stay in the connection buffer (no copy);
 /// chunked bodies are decoded into `c.body`. Returns (location, bytes to consume).
 async fn read_body(
@@ -216,22 +236,12 @@ async fn read_body(
 ) -> Result<(BodyAt, usize), Error> {
     let limits = &w.gw.config.limits;
     let deadline = w.shutdown.now() + limits.body_read_timeout;
-    let timeout = |d: Instant| d.saturating_duration_since(Instant::now());
     if !head.chunked {
         let n = head.content_length.unwrap_or(0) as usize;
         let need = head.len + n;
         while c.conn.buffered().len() < need {
             let want = need - c.conn.buffered().len();
-            match monoio::time::timeout(timeout(deadline), c.conn.fill(want)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    return Err(Error::new(
-                        Kind::MalformedHttp,
-                        "connection closed mid-body",
-                    ))
-                }
-                Ok(Ok(_)) => {}
-                Err(_) => return Err(Error::new(Kind::BodyTimeout, "")),
-            }
+            fill_body(w, c, deadline, want).await?;
         }
         return Ok((BodyAt::Inline(head.len..need), need));
     }
@@ -251,16 +261,7 @@ async fn read_body(
         if dec.is_done() {
             return Ok((BodyAt::Decoded, pos));
         }
-        match monoio::time::timeout(timeout(deadline), c.conn.fill(0)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(Error::new(
-                    Kind::MalformedHttp,
-                    "connection closed mid-body",
-                ))
-            }
-            Ok(Ok(_)) => {}
-            Err(_) => return Err(Error::new(Kind::BodyTimeout, "")),
-        }
+        fill_body(w, c, deadline, 0).await?;
     }
 }
 
