@@ -1,0 +1,387 @@
+//! Session sealing: round trips, tampering, rotation, expiry, hostile input.
+use super::*;
+use proptest::prelude::*;
+
+const KEY: [u8; 32] = [7; 32];
+const OTHER: [u8; 32] = [9; 32];
+const NOW: u64 = 1_800_000_000;
+
+fn claims() -> SessionClaims {
+    SessionClaims {
+        id: [0xAB; 16],
+        server: 3,
+        protocol_version: ProtocolVersion::V2025_06_18,
+        issued_at: NOW,
+        expires_at: NOW + 86_400,
+        upstreams: vec![
+            UpstreamSession {
+                upstream: 0,
+                session_id: Some("abc-123_XYZ".into()),
+                protocol_version: ProtocolVersion::V2025_03_26,
+            },
+            UpstreamSession {
+                upstream: 65_535,
+                session_id: None,
+                protocol_version: ProtocolVersion::V2025_11_25,
+            },
+        ],
+        principal: Some(vec![1, 2, 3, 0xFF]),
+    }
+}
+
+#[test]
+fn round_trips_every_field() {
+    let s = SessionSealer::new(&KEY);
+    let c = claims();
+    let t = s.seal(&c);
+    assert!(t.starts_with("tg1."));
+    assert!(t.bytes().all(|b| (0x21..=0x7E).contains(&b)), "{t}");
+    assert_eq!(s.open(t.as_bytes(), NOW), Ok(c.clone()));
+
+    // Each field on its own, at its extremes.
+    let mut variants = Vec::new();
+    for v in ProtocolVersion::ALL {
+        variants.push(SessionClaims {
+            protocol_version: v,
+            ..c.clone()
+        });
+    }
+    variants.push(SessionClaims {
+        server: u16::MAX,
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        id: SessionSealer::new_id(),
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        principal: None,
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        principal: Some(vec![]),
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        principal: Some(vec![0xFF; 64]),
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        upstreams: vec![],
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        issued_at: 0,
+        expires_at: u64::MAX,
+        ..c.clone()
+    });
+    variants.push(SessionClaims {
+        upstreams: vec![UpstreamSession {
+            upstream: 1,
+            session_id: Some("~".repeat(255)),
+            protocol_version: ProtocolVersion::V2024_11_05,
+        }],
+        ..c.clone()
+    });
+    for v in variants {
+        let t = s.seal(&v);
+        assert_eq!(s.open(t.as_bytes(), NOW).as_ref(), Ok(&v));
+    }
+}
+
+#[test]
+fn tokens_differ_each_time() {
+    let s = SessionSealer::new(&KEY);
+    assert_ne!(s.seal(&claims()), s.seal(&claims()));
+    assert_ne!(SessionSealer::new_id(), SessionSealer::new_id());
+}
+
+#[test]
+fn any_altered_byte_is_refused() {
+    let s = SessionSealer::new(&KEY);
+    let t = s.seal(&claims()).into_bytes();
+    for i in 0..t.len() {
+        for repl in [b'A', b'_', b'-', b'z', b'0', b'.', b' ', 0x00, 0xFF] {
+            if t[i] == repl {
+                continue;
+            }
+            let mut bad = t.clone();
+            bad[i] = repl;
+            let r = s.open(&bad, NOW);
+            assert!(
+                matches!(r, Err(SessionError::Tampered | SessionError::Malformed)),
+                "byte {i} -> {repl}: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn wrong_key_is_tampered() {
+    let t = SessionSealer::new(&KEY).seal(&claims());
+    let r = SessionSealer::new(&OTHER).open(t.as_bytes(), NOW);
+    assert_eq!(r, Err(SessionError::Tampered));
+}
+
+#[test]
+fn rotation_opens_old_tokens_and_seals_with_the_new_key() {
+    let old = SessionSealer::new(&KEY);
+    let old_token = old.seal(&claims());
+    let rotated = SessionSealer::new(&OTHER).with_previous(&[KEY]);
+    assert_eq!(rotated.open(old_token.as_bytes(), NOW), Ok(claims()));
+    let new_token = rotated.seal(&claims());
+    // Sealed with the new key: instances that only know the old key refuse it.
+    assert_eq!(
+        old.open(new_token.as_bytes(), NOW),
+        Err(SessionError::Tampered)
+    );
+    assert_eq!(
+        SessionSealer::new(&OTHER).open(new_token.as_bytes(), NOW),
+        Ok(claims())
+    );
+    // Once the old key is dropped, its tokens are gone.
+    assert_eq!(
+        SessionSealer::new(&OTHER).open(old_token.as_bytes(), NOW),
+        Err(SessionError::Tampered)
+    );
+}
+
+#[test]
+fn expiry_is_checked_after_authentication() {
+    let s = SessionSealer::new(&KEY);
+    let c = claims();
+    let t = s.seal(&c);
+    assert!(s.open(t.as_bytes(), c.expires_at - 1).is_ok());
+    assert_eq!(
+        s.open(t.as_bytes(), c.expires_at),
+        Err(SessionError::Expired)
+    );
+    assert_eq!(s.open(t.as_bytes(), u64::MAX), Err(SessionError::Expired));
+    // An expired token under an unknown key is Tampered, not Expired: nothing is believed
+    // before authentication.
+    let other = SessionSealer::new(&OTHER);
+    assert_eq!(
+        other.open(t.as_bytes(), u64::MAX),
+        Err(SessionError::Tampered)
+    );
+}
+
+#[test]
+fn garbage_truncated_and_huge_inputs_are_refused() {
+    let s = SessionSealer::new(&KEY);
+    let t = s.seal(&claims());
+    for cut in 0..t.len() {
+        let r = s.open(&t.as_bytes()[..cut], NOW);
+        assert!(
+            matches!(r, Err(SessionError::Malformed | SessionError::Tampered)),
+            "{cut}"
+        );
+    }
+    for junk in [
+        &b""[..],
+        b"tg1.",
+        b"tg1",
+        b"tg2.AAAA",
+        b"TG1.AAAA",
+        b"tg1.====",
+        b"tg1.AAAA=",
+        b"tg1.!unsealable",
+        "tg1.é".as_bytes(),
+        &[0xFF; 100],
+    ] {
+        assert_eq!(s.open(junk, NOW), Err(SessionError::Malformed), "{junk:?}");
+    }
+    let mut huge = b"tg1.".to_vec();
+    huge.resize(MAX_TOKEN_LEN + 1, b'A');
+    assert_eq!(s.open(&huge, NOW), Err(SessionError::Malformed));
+    // Long enough to decode but all zeros: fails authentication.
+    let mut zeros = b"tg1.".to_vec();
+    zeros.extend(URL_SAFE_NO_PAD.encode([0u8; 200]).bytes());
+    assert_eq!(s.open(&zeros, NOW), Err(SessionError::Tampered));
+}
+
+#[test]
+fn authentic_but_unreadable_payload_is_malformed() {
+    // Seal a hand-made payload with trailing junk under the real key.
+    let s = SessionSealer::new(&KEY);
+    for payload in [
+        {
+            let mut p = Vec::new();
+            encode(&claims(), &mut p);
+            p.push(0);
+            p
+        },
+        {
+            let mut p = Vec::new();
+            encode(&claims(), &mut p);
+            p[18] = 0; // protocol version 0 does not exist
+            p
+        },
+        vec![0u8; FIXED_LEN],
+    ] {
+        let nonce = [1u8; NONCE_LEN];
+        let mut buf = payload;
+        let tag = s.keys[0]
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(AAD),
+                &mut buf,
+            )
+            .expect("seal");
+        let mut raw = nonce.to_vec();
+        raw.extend_from_slice(&buf);
+        raw.extend_from_slice(tag.as_ref());
+        let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&raw));
+        assert_eq!(s.open(token.as_bytes(), NOW), Err(SessionError::Malformed));
+    }
+}
+
+#[test]
+fn invalid_claims_are_refused_by_try_seal_and_never_open() {
+    let s = SessionSealer::new(&KEY);
+    let bad_sid = |sid: &str| SessionClaims {
+        upstreams: vec![UpstreamSession {
+            upstream: 0,
+            session_id: Some(sid.into()),
+            protocol_version: ProtocolVersion::V2025_06_18,
+        }],
+        ..claims()
+    };
+    let cases = [
+        (bad_sid(""), ClaimsError::UpstreamSessionId),
+        (bad_sid("has space"), ClaimsError::UpstreamSessionId),
+        (bad_sid("new\nline"), ClaimsError::UpstreamSessionId),
+        (bad_sid("é"), ClaimsError::UpstreamSessionId),
+        (bad_sid(&"a".repeat(256)), ClaimsError::UpstreamSessionId),
+        (
+            SessionClaims {
+                principal: Some(vec![0; 65]),
+                ..claims()
+            },
+            ClaimsError::Principal,
+        ),
+        (
+            SessionClaims {
+                expires_at: NOW - 1,
+                ..claims()
+            },
+            ClaimsError::Lifetime,
+        ),
+        (
+            SessionClaims {
+                upstreams: vec![claims().upstreams[1].clone(); 65],
+                ..claims()
+            },
+            ClaimsError::TooManyUpstreams,
+        ),
+        (
+            SessionClaims {
+                upstreams: vec![bad_sid(&"a".repeat(255)).upstreams[0].clone(); 10],
+                ..claims()
+            },
+            ClaimsError::TooLarge,
+        ),
+    ];
+    for (c, want) in cases {
+        assert_eq!(s.try_seal(&c), Err(want));
+        let t = s.seal(&c);
+        assert_eq!(s.open(t.as_bytes(), NOW), Err(SessionError::Malformed));
+    }
+}
+
+#[test]
+fn largest_sealable_token_fits_the_bound() {
+    let s = SessionSealer::new(&KEY);
+    let mut c = SessionClaims {
+        principal: Some(vec![0; 64]),
+        ..claims()
+    };
+    let long = UpstreamSession {
+        upstream: 0,
+        session_id: Some("x".repeat(255)),
+        protocol_version: ProtocolVersion::V2025_06_18,
+    };
+    c.upstreams = vec![long.clone(); 5];
+    let t = s.try_seal(&c).expect("five 255-byte upstream ids fit");
+    assert!(t.len() <= MAX_TOKEN_LEN);
+    assert_eq!(s.open(t.as_bytes(), NOW), Ok(c));
+}
+
+#[test]
+fn sealer_is_shareable() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+    assert_send_sync_clone::<SessionSealer>();
+    let dbg = format!("{:?}", SessionSealer::new(&KEY));
+    assert!(!dbg.contains("07"), "{dbg}");
+}
+
+fn arb_version() -> impl Strategy<Value = ProtocolVersion> {
+    proptest::sample::select(ProtocolVersion::ALL.to_vec())
+}
+
+fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
+    (
+        any::<u16>(),
+        proptest::option::of("[!-~]{1,40}"),
+        arb_version(),
+    )
+        .prop_map(|(upstream, session_id, protocol_version)| UpstreamSession {
+            upstream,
+            session_id,
+            protocol_version,
+        })
+}
+
+fn arb_claims() -> impl Strategy<Value = SessionClaims> {
+    (
+        any::<[u8; 16]>(),
+        any::<u16>(),
+        arb_version(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(arb_upstream(), 0..8),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=64)),
+    )
+        .prop_map(
+            |(id, server, protocol_version, a, b, upstreams, principal)| SessionClaims {
+                id,
+                server,
+                protocol_version,
+                issued_at: a.min(b),
+                expires_at: a.max(b),
+                upstreams,
+                principal,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn random_claims_round_trip(c in arb_claims()) {
+        let s = SessionSealer::new(&KEY);
+        let t = s.try_seal(&c).expect("valid claims seal");
+        prop_assert!(t.len() <= MAX_TOKEN_LEN);
+        let r = s.open(t.as_bytes(), c.issued_at);
+        if c.issued_at == c.expires_at {
+            prop_assert_eq!(r, Err(SessionError::Expired));
+        } else {
+            prop_assert_eq!(r, Ok(c));
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        let s = SessionSealer::new(&KEY);
+        prop_assert!(s.open(&bytes, NOW).is_err());
+        let mut prefixed = b"tg1.".to_vec();
+        prefixed.extend_from_slice(&bytes);
+        prop_assert!(s.open(&prefixed, NOW).is_err());
+    }
+
+    #[test]
+    fn random_base64_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        let s = SessionSealer::new(&KEY);
+        let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&bytes));
+        prop_assert!(s.open(token.as_bytes(), NOW).is_err());
+    }
+}
