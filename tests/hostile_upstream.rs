@@ -191,25 +191,27 @@ fn a_reply_dribbled_one_byte_at_a_time_arrives_whole() {
 }
 
 #[test]
-fn a_body_cut_short_reaches_the_client_as_a_short_body_and_the_gateway_keeps_serving() {
+fn a_small_body_cut_short_becomes_a_jsonrpc_error_and_the_gateway_keeps_serving() {
+    // Small replies are read whole before any byte reaches the client, so a cut-short one is
+    // answered with an error the client can parse, never a short or complete-looking body.
     let gw = gateway();
     let mcp = session(&gw);
     let t0 = Instant::now();
     let (_, got) = call_raw(&mcp, "truncated");
     assert!(t0.elapsed() < Duration::from_secs(5));
     let text = String::from_utf8_lossy(&got);
-    // The head promised more bytes than came: the client sees a short body and a closed connection,
-    // never a response that looks complete.
-    let p = text.find("\r\n\r\n").expect("head was relayed");
-    let promised: usize = text[..p]
-        .to_lowercase()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap();
-    assert!(got.len() - p - 4 < promised, "short body");
+    let p = text.find("\r\n\r\n").expect("a response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text[p + 4..]).unwrap();
+    assert_eq!(v["id"], 42);
+    assert_eq!(v["error"]["code"], -31003, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mid-reply"),
+        "{v}"
+    );
     still_serving(&gw, &mcp);
 }
 

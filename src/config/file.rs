@@ -123,7 +123,8 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Below the 5 s after which Node (express) and uvicorn close idle keep-alive connections.
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
     /// Idle upstream connections are cheap; closing them when more than this many requests
     /// were in flight turns every request beyond it into a TCP connect (measured: sessions-10k).
     pub const MAX_IDLE_PER_WORKER: u64 = 256;

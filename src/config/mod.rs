@@ -150,7 +150,7 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// `request_timeout`, default 60s: from sending the request to the upstream's response head.
     pub request_timeout: Duration,
-    /// `idle_timeout`, default 30s: pooled idle connections older than this are closed.
+    /// `idle_timeout`, default 4s: pooled idle connections older than this are closed.
     pub idle_timeout: Duration,
     /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,

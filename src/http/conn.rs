@@ -46,6 +46,17 @@ impl<S> Conn<S> {
         }
     }
 
+    /// Removes `range` (relative to `buffered()`) from the buffer, closing the gap: decoded
+    /// chunked framing is dropped this way, so a body's framing never accumulates. Offsets
+    /// before `range.start` stay valid.
+    pub fn cut(&mut self, range: std::ops::Range<usize>) {
+        let start = self.rpos + range.start;
+        let end = (self.rpos + range.end).min(self.rbuf.len());
+        if start < end {
+            self.rbuf.drain(start..end);
+        }
+    }
+
     /// Releases memory held by a large body once the connection is idle again.
     pub fn shrink_idle(&mut self, keep: usize) {
         if self.rbuf.capacity() > keep && self.rbuf.len() - self.rpos <= keep {

@@ -269,6 +269,8 @@ pub struct ResponseHead {
     pub len: usize,
     pub framing: Framing,
     pub keep_alive: bool,
+    /// `Keep-Alive: timeout=N` (seconds): the upstream closes idle connections after N.
+    pub keep_alive_timeout: Option<u32>,
     pub content_type: Option<Range<usize>>,
     pub session_id: Option<Range<usize>>,
     /// Headers relayed to the client as they are: everything but hop-by-hop, framing and
@@ -302,6 +304,23 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "server",
 ];
 
+/// The `timeout=N` parameter of a `Keep-Alive` header (RFC 2068 §19.7.1.1, as Node and others
+/// send it: `Keep-Alive: timeout=5`). Unparseable values are ignored.
+fn keep_alive_timeout(v: &[u8]) -> Option<u32> {
+    v.split(|b| *b == b',').find_map(|p| {
+        let p = p.trim_ascii();
+        let (k, n) = p.split_at(p.iter().position(|b| *b == b'=')?);
+        if !k.trim_ascii().eq_ignore_ascii_case(b"timeout") {
+            return None;
+        }
+        let n = n[1..].trim_ascii();
+        if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(n).ok()?.parse().ok()
+    })
+}
+
 /// Parses a response head. `Ok(None)`: need more bytes. `head_request`: the request was HEAD.
 pub fn parse_response<'b>(
     buf: &'b [u8],
@@ -328,6 +347,13 @@ pub fn parse_response<'b>(
         }
         httparse::Status::Complete(n) => n,
     };
+    // A head that arrived whole in one read is held to the same limit as one still arriving.
+    if len > max_head {
+        return Err(HeadError::new(
+            Kind::UpstreamProtocol,
+            "upstream response head too large",
+        ));
+    }
     let code = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
     let mut head = ResponseHead {
@@ -335,6 +361,7 @@ pub fn parse_response<'b>(
         len,
         framing: Framing::UntilClose,
         keep_alive: minor == 1,
+        keep_alive_timeout: None,
         content_type: None,
         session_id: None,
         relay: smallvec::SmallVec::new(),
@@ -370,6 +397,8 @@ pub fn parse_response<'b>(
             } else if has_token(v, "keep-alive") {
                 head.keep_alive = true;
             }
+        } else if name.eq_ignore_ascii_case("keep-alive") {
+            head.keep_alive_timeout = keep_alive_timeout(v);
         } else if name.eq_ignore_ascii_case("mcp-session-id") {
             set_once(
                 &mut head.session_id,
@@ -518,5 +547,35 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.framing, Framing::Length(0));
+        assert_eq!(r.keep_alive_timeout, None);
+    }
+
+    #[test]
+    fn keep_alive_timeout_is_read() {
+        for (v, want) in [
+            ("timeout=5", Some(5)),
+            ("max=100, Timeout = 2", Some(2)),
+            ("timeout=abc", None),
+            ("max=3", None),
+            ("timeout=", None),
+        ] {
+            let s = format!("HTTP/1.1 200 OK\r\nKeep-Alive: {v}\r\nContent-Length: 0\r\n\r\n");
+            let mut h = [httparse::EMPTY_HEADER; 16];
+            let r = parse_response(s.as_bytes(), &mut h, 1024, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.keep_alive_timeout, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_complete_response_head_over_the_limit_is_refused() {
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let s = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+            "a".repeat(2000)
+        );
+        let e = parse_response(s.as_bytes(), &mut h, 1024, false).unwrap_err();
+        assert_eq!(e.kind, Kind::UpstreamProtocol);
     }
 }

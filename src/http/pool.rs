@@ -1,8 +1,15 @@
 //! Per-worker keep-alive pool of upstream connections, one LIFO stack per upstream.
 //! Owned by one worker, so no locks; the newest idle connection is reused first
 //! (it is the least likely to have been closed by the upstream's own idle timer).
+//!
+//! A pooled connection must be *silent*: nothing buffered when it goes in, nothing readable when
+//! it comes out. `take` peeks at the socket (one non-blocking `recv(MSG_PEEK)`); a connection the
+//! upstream closed, or one on which the upstream wrote something nobody asked for (a late duplicate
+//! response, an unsolicited one), is dropped, so such bytes can never be read as the answer to
+//! another client's request.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -16,7 +23,9 @@ const IDLE_BUFFER: usize = 16 * 1024;
 
 struct Idle {
     conn: UpstreamConn,
-    since: Instant,
+    /// After this the connection is not reused (our idle timeout, or the upstream's own
+    /// `Keep-Alive: timeout=N` with a safety margin, whichever comes first).
+    expires: Instant,
 }
 
 /// Idle upstream connections of one worker.
@@ -24,10 +33,56 @@ pub struct Pool {
     idle: Vec<Vec<Idle>>,
 }
 
-/// How a connection was obtained: a reused one may have been closed by the upstream meanwhile.
-pub struct Checkout {
-    pub conn: UpstreamConn,
-    pub reused: bool,
+/// What a peek at an idle socket saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idleness {
+    /// Nothing to read: usable.
+    Silent,
+    /// The peer closed it (or it failed).
+    Closed,
+    /// The peer wrote bytes nobody asked for.
+    Unsolicited,
+}
+
+/// Peeks at a socket without blocking and without consuming anything.
+pub fn idleness(fd: std::os::fd::RawFd) -> Idleness {
+    let mut b = [0u8; 1];
+    // SAFETY: a 1-byte recv into a stack buffer on a socket owned by the caller; no op is in flight on it.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Idleness::Closed,
+        n if n > 0 => Idleness::Unsolicited,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => Idleness::Silent,
+            std::io::ErrorKind::Interrupted => Idleness::Closed,
+            _ => Idleness::Closed,
+        },
+    }
+}
+
+/// When a connection put back now stops being reusable: our `idle_timeout`, shortened to the
+/// upstream's advertised `Keep-Alive: timeout=N` less a margin (it closes at N; a request sent
+/// just before that would race its close). `Some(0)` means: do not pool.
+pub fn expiry(now: Instant, idle_timeout: Duration, upstream_hint: Option<u32>) -> Option<Instant> {
+    let ours = idle_timeout;
+    let limit = match upstream_hint {
+        None => ours,
+        Some(0) => return None,
+        Some(n) => {
+            let theirs = Duration::from_secs(u64::from(n));
+            // Leave a second (or half the timeout, for very short ones) before the upstream's close.
+            let margin = Duration::from_secs(1).min(theirs / 2);
+            ours.min(theirs - margin)
+        }
+    };
+    (!limit.is_zero()).then(|| now + limit)
 }
 
 impl Pool {
@@ -37,40 +92,45 @@ impl Pool {
         }
     }
 
-    /// The newest idle connection to `upstream` younger than `max_idle_age`; older ones are closed.
-    pub fn take(
-        &mut self,
-        upstream: usize,
-        max_idle_age: Duration,
-        now: Instant,
-    ) -> Option<UpstreamConn> {
+    /// The newest idle connection to `upstream` that has not expired and is silent; expired,
+    /// closed and noisy ones are dropped (closed) on the way.
+    pub fn take(&mut self, upstream: usize, now: Instant) -> Option<UpstreamConn> {
         let stack = self.idle.get_mut(upstream)?;
         while let Some(idle) = stack.pop() {
-            if now.duration_since(idle.since) < max_idle_age {
+            if now < idle.expires && idleness(idle.conn.io.as_raw_fd()) == Idleness::Silent {
                 return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Returns a connection whose last response was read completely. A read buffer that grew
-    /// for a large body is given back first, so idle connections stay small.
-    pub fn put(&mut self, upstream: usize, mut conn: UpstreamConn, max_idle: usize, now: Instant) {
-        if conn.buffered().is_empty() {
-            conn.shrink_idle(IDLE_BUFFER);
-            if let Some(stack) = self.idle.get_mut(upstream) {
-                if stack.len() < max_idle {
-                    stack.push(Idle { conn, since: now });
-                }
+    /// Returns a connection whose last response was read completely; `expires` comes from
+    /// `expiry`. A connection with unread bytes is dropped. A read buffer that grew for a large
+    /// body is given back first, so idle connections stay small.
+    pub fn put(
+        &mut self,
+        upstream: usize,
+        mut conn: UpstreamConn,
+        max_idle: usize,
+        expires: Instant,
+    ) {
+        if !conn.buffered().is_empty() {
+            return;
+        }
+        conn.shrink_idle(IDLE_BUFFER);
+        if let Some(stack) = self.idle.get_mut(upstream) {
+            if stack.len() < max_idle {
+                stack.push(Idle { conn, expires });
             }
         }
     }
 
-    /// Drops idle connections older than each upstream's limit (called from a per-worker timer).
-    pub fn sweep(&mut self, max_idle_age: impl Fn(usize) -> Duration, now: Instant) {
-        for (i, stack) in self.idle.iter_mut().enumerate() {
-            let age = max_idle_age(i);
-            stack.retain(|c| now.duration_since(c.since) < age);
+    /// Drops expired idle connections, and those the upstream has closed (so their sockets do
+    /// not linger in CLOSE_WAIT). Called from the worker's timer.
+    pub fn sweep(&mut self, now: Instant) {
+        for stack in &mut self.idle {
+            stack
+                .retain(|c| now < c.expires && idleness(c.conn.io.as_raw_fd()) == Idleness::Silent);
         }
     }
 
@@ -98,4 +158,52 @@ pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_honours_the_upstreams_keep_alive_hint() {
+        let now = Instant::now();
+        let ours = Duration::from_secs(4);
+        assert_eq!(expiry(now, ours, None), Some(now + ours));
+        assert_eq!(expiry(now, ours, Some(5)), Some(now + ours));
+        assert_eq!(
+            expiry(now, ours, Some(3)),
+            Some(now + Duration::from_secs(2))
+        );
+        assert_eq!(
+            expiry(now, ours, Some(1)),
+            Some(now + Duration::from_millis(500))
+        );
+        assert_eq!(expiry(now, ours, Some(0)), None);
+        assert_eq!(expiry(now, Duration::ZERO, None), None);
+    }
+
+    #[test]
+    fn idleness_sees_silence_data_and_close() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        assert_eq!(idleness(c.as_raw_fd()), Idleness::Silent);
+        s.write_all(b"x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while idleness(c.as_raw_fd()) == Idleness::Silent && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(idleness(c.as_raw_fd()), Idleness::Unsolicited);
+        let (c2, _) = (
+            std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap(),
+            (),
+        );
+        let (s2, _) = l.accept().unwrap();
+        drop(s2);
+        while idleness(c2.as_raw_fd()) == Idleness::Silent && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(idleness(c2.as_raw_fd()), Idleness::Closed);
+    }
 }

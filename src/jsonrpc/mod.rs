@@ -4,8 +4,11 @@
 //! differently (duplicate keys, lone surrogates, huge numbers, …). No I/O, no tree, no panics;
 //! it allocates only for strings with escapes and for batches.
 
+mod id;
 mod lex;
 mod message;
+
+pub use id::same_id;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -12,29 +12,51 @@ use super::state::WorkerState;
 use super::upstream::{self, Client};
 use super::{client_head, refuse, unix_now, IdBuf, Next, Scanned};
 
+/// What the gateway learned from an initialize reply.
+struct Negotiated {
+    /// `None`: the upstream answered with a JSON-RPC error.
+    version: Option<ProtocolVersion>,
+    /// Where the response's id token sits in the body, when it is spelled differently from the
+    /// client's (`1E2` for `100`) and can be replaced in place by the client's own bytes.
+    respell: Option<std::ops::Range<usize>>,
+}
+
 /// Finds the JSON-RPC response with `id` in an initialize reply (JSON, or SSE events) and returns
-/// the protocol version it negotiated. `Ok(None)`: the upstream answered with a JSON-RPC error.
+/// the protocol version it negotiated.
 fn negotiated_version(
     w: &WorkerState,
     body: &[u8],
     sse: bool,
     id: &[u8],
-) -> Result<Option<ProtocolVersion>, String> {
-    let check = |payload: &[u8]| -> Option<Result<Option<ProtocolVersion>, String>> {
+) -> Result<Negotiated, String> {
+    // `origin`: where `payload` starts in `body`, when it is one contiguous piece of it.
+    let check = |payload: &[u8], origin: Option<usize>| -> Option<Result<Negotiated, String>> {
         let Ok(Body::Single(m)) = jsonrpc::scan(payload, &w.gw.scan_limits) else {
             return None;
         };
-        if m.id.as_ref().map(|r| r.text) != Some(id) {
+        let mid = m.id.as_ref()?;
+        // The same id value, perhaps spelled otherwise (`1E2` for `100`): JSON-RPC 2.0 §5.
+        if !jsonrpc::same_id(mid.text, id) {
             return None;
         }
+        let respell = match origin {
+            Some(o) if mid.text != id => Some(o + mid.start..o + mid.start + mid.text.len()),
+            _ => None,
+        };
         Some(match m.kind {
-            MessageKind::Error => Ok(None),
+            MessageKind::Error => Ok(Negotiated {
+                version: None,
+                respell,
+            }),
             MessageKind::Response => match m
                 .protocol_version
                 .as_ref()
                 .map(|v| ProtocolVersion::parse(&v.value))
             {
-                Some(Some(v)) if v.is_legacy() => Ok(Some(v)),
+                Some(Some(v)) if v.is_legacy() => Ok(Negotiated {
+                    version: Some(v),
+                    respell,
+                }),
                 Some(_) => Err("negotiated a protocol version the gateway does not support".into()),
                 None => Err("sent an initialize result without protocolVersion".into()),
             },
@@ -42,30 +64,41 @@ fn negotiated_version(
         })
     };
     if !sse {
-        return check(body).unwrap_or_else(|| {
+        return check(body, Some(0)).unwrap_or_else(|| {
             Err("sent an initialize reply that is not the matching JSON-RPC response".into())
         });
     }
     let mut data = Vec::new();
+    let mut origin = None;
+    let mut lines = 0;
+    let mut at = 0;
     for line in body.split(|b| *b == b'\n') {
+        let start = at;
+        at += line.len() + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if let Some(r) = check(&data) {
+            if let Some(r) = check(&data, origin.filter(|_| lines == 1)) {
                 return r;
             }
             data.clear();
+            lines = 0;
         } else if let Some(d) = line.strip_prefix(b"data:") {
             if !data.is_empty() {
                 data.push(b'\n');
             }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            let d_trim = d.strip_prefix(b" ").unwrap_or(d);
+            origin = Some(start + (line.len() - d_trim.len()));
+            lines += 1;
+            data.extend_from_slice(d_trim);
         }
     }
-    check(&data).unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
+    check(&data, origin.filter(|_| lines == 1))
+        .unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
 }
 
-/// The session id for an initialize reply: `Ok(None)` when the upstream did not open a session
-/// (non-200, or a JSON-RPC error), `Err` with what was wrong with the reply.
+/// The session id for an initialize reply: `None` when the upstream did not open a session
+/// (non-200, or a JSON-RPC error), `Err` with what was wrong with the reply; and where the
+/// reply's id must be respelled as the client's.
 #[allow(clippy::too_many_arguments)]
 fn seal_session(
     w: &WorkerState,
@@ -76,12 +109,13 @@ fn seal_session(
     server: usize,
     u: usize,
     upstream_sid: Option<String>,
-) -> Result<Option<String>, String> {
+) -> Result<(Option<String>, Option<std::ops::Range<usize>>), String> {
     if status != 200 {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let Some(version) = negotiated_version(w, body, sse, id)? else {
-        return Ok(None);
+    let negotiated = negotiated_version(w, body, sse, id)?;
+    let Some(version) = negotiated.version else {
+        return Ok((None, negotiated.respell));
     };
     let now = unix_now();
     let claims = SessionClaims {
@@ -102,7 +136,7 @@ fn seal_session(
             .try_seal(&claims)
             .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
     w.metrics.sessions_opened.increment(1);
-    Ok(Some(token))
+    Ok((Some(token), negotiated.respell))
 }
 
 /// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
@@ -137,15 +171,11 @@ pub(super) async fn initialize_reply(
         {
             Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
             Ok(()) => {
-                if rhead.keep_alive {
-                    w.pool
-                        .borrow_mut()
-                        .put(u, up_conn, up.max_idle, w.shutdown.now());
-                }
+                w.pool_put(u, up_conn, &rhead);
                 seal_session(w, rhead.status, &body, sse, id, server, u, upstream_sid)
             }
         };
-    let token = match token {
+    let (token, respell) = match token {
         Ok(t) => t,
         Err(why) => {
             let msg = format!("upstream \"{}\" {why}", up.name);
@@ -161,6 +191,10 @@ pub(super) async fn initialize_reply(
             .await;
         }
     };
+    // The client gets its own id bytes back, however the upstream spelled the same value.
+    if let Some(r) = respell {
+        body.splice(r, id.iter().copied());
+    }
     let keep = client_head(
         &mut c.out,
         &rhead,

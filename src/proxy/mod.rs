@@ -245,21 +245,26 @@ async fn read_body(
         }
         return Ok((BodyAt::Inline(head.len..need), need));
     }
+    // Chunked: decoded into `c.body`; the framing read so far is cut out of the connection
+    // buffer as it is decoded (the head stays, its offsets are still used), and the body's bytes
+    // on the wire, framing included, count against max_body_bytes: chunk extensions can neither
+    // pile up in memory nor stretch a body past the limit.
     c.body.clear();
     let mut dec = ChunkedDecoder::new(limits.max_header_bytes);
-    let mut pos = head.len;
+    let mut raw = 0usize;
     loop {
-        let buf = &c.conn.buffered()[pos..];
+        let buf = &c.conn.buffered()[head.len..];
         let body = &mut c.body;
         let used = dec
             .feed(buf, |d| body.extend_from_slice(d))
             .map_err(|e| Error::new(Kind::MalformedHttp, format!("bad chunked body: {e}")))?;
-        pos += used;
-        if c.body.len() > limits.max_body_bytes {
+        raw += used;
+        if raw > limits.max_body_bytes {
             return Err(Error::new(Kind::BodyTooLarge, ""));
         }
+        c.conn.cut(head.len..head.len + used);
         if dec.is_done() {
-            return Ok((BodyAt::Decoded, pos));
+            return Ok((BodyAt::Decoded, head.len));
         }
         fill_body(w, c, deadline, 0).await?;
     }
@@ -557,6 +562,51 @@ async fn post(
     } else {
         Outcome::UpstreamStatus
     };
+    let mut up_conn = up_conn;
+    match upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout).await {
+        upstream::Vetted::Relay => {}
+        upstream::Vetted::Whole { head: hb, body } => {
+            let keep = client_head(
+                &mut c.out,
+                &rhead,
+                &hb,
+                keep,
+                head.minor == 0,
+                cors,
+                None,
+                Some(body.len()),
+            );
+            c.out.extend_from_slice(&body);
+            w.pool_put(u, up_conn, &rhead);
+            w.metrics
+                .request(scanned.method, outcome, t0.elapsed().as_secs_f64());
+            return match c.flush().await {
+                Ok(()) if keep => Next::KeepAlive,
+                _ => Next::Close,
+            };
+        }
+        upstream::Vetted::Unusable(why) => {
+            drop(up_conn);
+            w.metrics.request(
+                scanned.method,
+                Outcome::UpstreamError,
+                t0.elapsed().as_secs_f64(),
+            );
+            let had_session = up_session.is_some_and(|s| s.session_id.is_some());
+            return unusable_reply(
+                w,
+                c,
+                &scanned,
+                u,
+                rhead.status,
+                &why,
+                had_session,
+                keep,
+                cors,
+            )
+            .await;
+        }
+    }
     let next = if scanned.is_initialize {
         initialize::initialize_reply(w, c, up_conn, rhead, server, u, &scanned, keep, cors).await
     } else {
@@ -577,6 +627,49 @@ async fn post(
     w.metrics
         .request(scanned.method, outcome, t0.elapsed().as_secs_f64());
     next
+}
+
+/// Answers an upstream reply no client could parse with a JSON-RPC error naming the upstream,
+/// its HTTP status in `error.data`. A 404 to a request that carried the upstream's session id
+/// means that session ended: the client gets a 404 too, so it initializes a new one.
+#[allow(clippy::too_many_arguments)]
+async fn unusable_reply(
+    w: &WorkerState,
+    c: &mut Client,
+    scanned: &Scanned,
+    u: usize,
+    status: u16,
+    why: &str,
+    had_session: bool,
+    keep: bool,
+    cors: &[u8],
+) -> Next {
+    let name = &w.gw.upstreams[u].name;
+    tracing::warn!(upstream = %name, status, error = %why, "unusable upstream reply");
+    let ended = status == 404 && had_session;
+    let (kind, msg) = if ended {
+        (
+            Kind::SessionUnknown,
+            format!("upstream \"{name}\" ended its session ({why}): initialize a new one"),
+        )
+    } else {
+        (
+            Kind::UpstreamProtocol,
+            format!("upstream \"{name}\" sent an unusable reply: {why}"),
+        )
+    };
+    let mut data = Vec::with_capacity(64);
+    data.extend_from_slice(b"{\"upstream\":");
+    crate::error::json_escape_into(&mut data, name);
+    data.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
+    w.metrics.rejected(kind);
+    let id = scanned.id.as_ref().map(IdBuf::get);
+    w.gw.rejects
+        .render_with_data(&mut c.out, kind, id, Some(&msg), Some(&data), keep, cors);
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
 }
 
 /// Writes the client's response head for an upstream response; returns the keep-alive decision.
@@ -656,10 +749,7 @@ async fn relay(
     match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
         Ok(reusable) => {
             if reusable {
-                let up = &w.gw.upstreams[u];
-                w.pool
-                    .borrow_mut()
-                    .put(u, up_conn, up.max_idle, w.shutdown.now());
+                w.pool_put(u, up_conn, rhead);
             }
             if keep {
                 Next::KeepAlive

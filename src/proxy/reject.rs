@@ -114,6 +114,21 @@ impl Rejects {
         keep_alive: bool,
         extra_headers: &[u8],
     ) {
+        self.render_with_data(out, kind, id, reason, None, keep_alive, extra_headers)
+    }
+
+    /// `render` with a JSON-RPC `error.data` value (`data` is complete JSON text).
+    #[allow(clippy::too_many_arguments)]
+    pub fn render_with_data(
+        &self,
+        out: &mut Vec<u8>,
+        kind: Kind,
+        id: Option<&[u8]>,
+        reason: Option<&str>,
+        data: Option<&[u8]>,
+        keep_alive: bool,
+        extra_headers: &[u8],
+    ) {
         let status = if id.is_some() {
             kind.status_for_request()
         } else {
@@ -128,6 +143,10 @@ impl Rejects {
         match reason {
             Some(r) => json_escape_into(&mut body, r),
             None => body.extend_from_slice(&self.messages[kind.index()]),
+        }
+        if let Some(data) = data {
+            body.extend_from_slice(b",\"data\":");
+            body.extend_from_slice(data);
         }
         body.extend_from_slice(b"}}");
         response::status_line(out, status);

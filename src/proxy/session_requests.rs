@@ -144,10 +144,8 @@ pub(super) async fn delete(
                     &mut sink,
                 )
                 .await;
-                if ok.is_ok() && rhead.keep_alive {
-                    w.pool
-                        .borrow_mut()
-                        .put(u, up_conn, up.max_idle, w.shutdown.now());
+                if ok.is_ok() {
+                    w.pool_put(u, up_conn, &rhead);
                 }
             }
             Err(e) => {

@@ -175,6 +175,26 @@ impl WorkerState {
         }
     }
 
+    /// Gives an upstream connection back to the pool after a complete response with `head`
+    /// (which says whether the upstream keeps it open, and for how long).
+    pub fn pool_put(
+        &self,
+        u: usize,
+        conn: crate::http::pool::UpstreamConn,
+        head: &crate::http::head::ResponseHead,
+    ) {
+        if !head.keep_alive {
+            return;
+        }
+        let up = &self.gw.upstreams[u];
+        let now = self.shutdown.now();
+        if let Some(expires) =
+            crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
+        {
+            self.pool.borrow_mut().put(u, conn, up.max_idle, expires);
+        }
+    }
+
     /// Ends a session on every worker of this process.
     pub fn revoke(&self, r: Revocation) {
         self.revoked.borrow_mut().insert(r.id, r.expires_at);

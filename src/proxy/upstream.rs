@@ -89,8 +89,33 @@ impl Client {
                 self.out = b;
                 Ok(())
             }
-            _ => Err(()),
+            Some((Err(_), _)) => Err(()),
+            None => {
+                // A client that does not read: abort (RST) on close rather than leave the kernel
+                // holding the unsent response for the orphaned socket's lifetime.
+                abort_on_close(&self.conn.io);
+                Err(())
+            }
         }
+    }
+}
+
+/// Makes the socket's close send RST and drop unsent data (`SO_LINGER` 0).
+pub fn abort_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this connection owns, with a properly sized option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -112,9 +137,19 @@ async fn read_response_head(
         if !conn.buffered().is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; UPSTREAM_HEADERS];
             match parse_response(conn.buffered(), &mut headers, MAX_UPSTREAM_HEAD, false) {
-                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                    conn.consume(h.len); // interim response (100 Continue, 103 Early Hints)
+                // Interim responses we may ignore: 100 Continue, 102 Processing, 103 Early Hints.
+                Ok(Some(h)) if matches!(h.status, 100 | 102 | 103) => {
+                    conn.consume(h.len);
                     continue;
+                }
+                // 101 Switching Protocols was never asked for (RFC 9110 §15.2.2); other 1xx are
+                // unassigned. Relaying either would leave the client waiting for a final response.
+                Ok(Some(h)) if (100..200).contains(&h.status) => {
+                    return Err(HeadRead::Invalid(if h.status == 101 {
+                        "101 Switching Protocols to a request that asked for no upgrade"
+                    } else {
+                        "unknown 1xx interim response"
+                    }));
                 }
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
@@ -155,8 +190,12 @@ pub async fn exchange(
     let up = &w.gw.upstreams[u];
     let mut retried = false;
     loop {
-        let now = w.shutdown.now();
-        let pooled = w.pool.borrow_mut().take(u, up.idle_timeout, now);
+        // The retry always takes a fresh connection: another pooled one may be just as stale.
+        let pooled = if retried {
+            None
+        } else {
+            w.pool.borrow_mut().take(u, w.shutdown.now())
+        };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
@@ -180,7 +219,8 @@ pub async fn exchange(
         };
         match outcome {
             Ok(head) => return (Ok((conn, head)), req),
-            // A pooled connection the upstream closed while idle: nothing was processed, retry once.
+            // A pooled connection the upstream closed while idle: nothing was processed, retry
+            // once on a new connection.
             Err(HeadRead::Closed {
                 got_bytes: false, ..
             }) if reused && !retried => {
@@ -207,6 +247,135 @@ pub async fn exchange(
                 return (Err(Error::new(Kind::UpstreamProtocol, msg)), req);
             }
         }
+    }
+}
+
+/// Replies up to this size are read whole and checked before any byte reaches the client.
+pub const MAX_VETTED_REPLY: usize = 64 * 1024;
+
+/// What scanning an upstream reply may ask of it: deeper than requests may be (results nest),
+/// still below serde_json's 128.
+const REPLY_SCAN_LIMITS: crate::jsonrpc::ScanLimits = crate::jsonrpc::ScanLimits {
+    max_depth: 120,
+    max_batch_len: 10_000,
+};
+
+/// The verdict on an upstream reply, decided before anything is written to the client.
+pub enum Vetted {
+    /// Relay it as it arrives (its head is still at the start of the connection's buffer).
+    Relay,
+    /// A non-2xx JSON-RPC reply, read whole: relay `head` (a copy of the head's bytes) + `body`.
+    Whole { head: Vec<u8>, body: Vec<u8> },
+    /// Nothing a client could parse: answer with a JSON-RPC error naming the upstream.
+    Unusable(String),
+}
+
+fn content_type<'a>(head: &ResponseHead, buf: &'a [u8]) -> &'a [u8] {
+    head.content_type.clone().map_or(&b""[..], |r| &buf[r])
+}
+
+fn is_json(ct: &[u8]) -> bool {
+    let essence = ct.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
+fn describe(head: &ResponseHead, buf: &[u8]) -> String {
+    let ct = content_type(head, buf);
+    let ct = if ct.is_empty() {
+        "no Content-Type".to_string()
+    } else {
+        String::from_utf8_lossy(&ct[..ct.len().min(64)]).into_owned()
+    };
+    format!("HTTP {} ({ct})", head.status)
+}
+
+/// Decides whether an upstream reply can reach the client as it is: a JSON reply must be a
+/// JSON-RPC message (small ones are read whole and scanned in place, larger ones must at least
+/// start like one), an event stream or an empty 2xx passes, and a non-2xx reply passes only as a
+/// well-formed JSON-RPC message (an ended session's 404, say). Everything else (an HTML error
+/// page, a text 500, a 200 that is not JSON) becomes a JSON-RPC error the client can read.
+pub async fn vet_reply(
+    w: &WorkerState,
+    up: &mut UpstreamConn,
+    head: &ResponseHead,
+    timeout: Duration,
+) -> Vetted {
+    let deadline = w.shutdown.now() + timeout;
+    let buf = up.buffered();
+    let ct = content_type(head, buf);
+    if (200..300).contains(&head.status) {
+        if head.framing == Framing::None || head.framing == Framing::Length(0) {
+            return Vetted::Relay;
+        }
+        if head.is_sse(buf) {
+            return Vetted::Relay;
+        }
+        // No Content-Type at all is judged by the body.
+        if !ct.is_empty() && !is_json(ct) {
+            return Vetted::Unusable(format!(
+                "answered {}: not JSON or an event stream",
+                describe(head, buf)
+            ));
+        }
+        if let Framing::Length(n) = head.framing {
+            if n as usize <= MAX_VETTED_REPLY {
+                let need = head.len + n as usize;
+                while up.buffered().len() < need {
+                    let want = need - up.buffered().len();
+                    let read = monoio::select! {
+                        r = up.fill(want) => r,
+                        _ = w.shutdown.deadline(deadline) => {
+                            return Vetted::Unusable("did not send its reply in time".into())
+                        }
+                    };
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return Vetted::Unusable("closed the connection mid-reply".into());
+                    }
+                }
+                let body = &up.buffered()[head.len..need];
+                return match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
+                    Ok(_) => Vetted::Relay,
+                    Err(e) => Vetted::Unusable(format!(
+                        "answered {} with a body that is not a JSON-RPC message: {e}",
+                        describe(head, up.buffered())
+                    )),
+                };
+            }
+        }
+        // A large or streamed JSON body is relayed as it arrives; one whose first bytes are
+        // here must at least start as JSON (chunked bodies are not decoded for this).
+        if head.framing == Framing::Chunked {
+            return Vetted::Relay;
+        }
+        let buf = up.buffered();
+        let first = buf[head.len..].iter().find(|b| !b.is_ascii_whitespace());
+        return match first {
+            Some(b'{' | b'[') | None => Vetted::Relay,
+            Some(_) => Vetted::Unusable(format!(
+                "answered {} with a body that is not JSON",
+                describe(head, buf)
+            )),
+        };
+    }
+    // Not 2xx: relayed only as a well-formed JSON-RPC message, read whole.
+    let buf = up.buffered();
+    let what = describe(head, buf);
+    if !is_json(ct) {
+        return Vetted::Unusable(format!("answered {what}"));
+    }
+    let head_bytes = buf[..head.len].to_vec();
+    up.consume(head.len);
+    let mut body = Vec::new();
+    let timeout = deadline.saturating_duration_since(w.shutdown.now());
+    if let Err(why) = read_full_body(up, head, MAX_VETTED_REPLY, timeout, &mut body).await {
+        return Vetted::Unusable(format!("answered {what}: {why}"));
+    }
+    match crate::jsonrpc::scan(&body, &REPLY_SCAN_LIMITS) {
+        Ok(_) => Vetted::Whole {
+            head: head_bytes,
+            body,
+        },
+        Err(_) => Vetted::Unusable(format!("answered {what}, not a JSON-RPC message")),
     }
 }
 

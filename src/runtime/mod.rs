@@ -301,12 +301,12 @@ async fn worker_main(
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 w.shutdown.tick(Instant::now());
                 ticks += 1;
+                // Every second: idle upstream connections that expired or were closed by the
+                // upstream go (upstreams close idle connections after a few seconds).
+                if ticks % 20 == 0 {
+                    w.pool.borrow_mut().sweep(Instant::now());
+                }
                 if ticks % 200 == 0 {
-                    let now = Instant::now();
-                    let gw = w.gw.clone();
-                    w.pool
-                        .borrow_mut()
-                        .sweep(|u| gw.upstreams[u].idle_timeout, now);
                     w.sweep(
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)

@@ -79,7 +79,7 @@ fn empty_file_runs_the_demo_with_every_default() {
         );
         assert_eq!(u.connect_timeout, Duration::from_secs(2));
         assert_eq!(u.request_timeout, Duration::from_secs(60));
-        assert_eq!(u.idle_timeout, Duration::from_secs(30));
+        assert_eq!(u.idle_timeout, Duration::from_secs(4));
         assert_eq!(u.max_idle_per_worker, 256);
         assert!(u.headers.is_empty());
         assert_eq!(c.servers.len(), 1);
