@@ -27,6 +27,9 @@ pub struct Args {
     /// bare-forwarder binary (default: next to this binary).
     #[arg(long)]
     bare_forwarder: Option<PathBuf>,
+    /// Another tollgate binary, measured as setup `tollgate-base` (a before/after in one run).
+    #[arg(long)]
+    tollgate_base: Option<PathBuf>,
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
     /// Do not pin processes to CPUs even if the scenario asks for it.
@@ -260,9 +263,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
     // Start every setup first; idle ones cost nothing, and the open-loop rate needs all saturations.
     let mut setups: Vec<Setup> = Vec::new();
     for name in a.setups.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let r = start_setup(
-            name, &tmp, &up_addr, up_pid, &s, &tollgate, &bare, &a.nginx, proxy_cpu,
-        );
+        let bin = match (name, &a.tollgate_base) {
+            ("tollgate-base", Some(base)) => base.clone(),
+            _ => tollgate.clone(),
+        };
+        let r = if name == "tollgate-base" && a.tollgate_base.is_none() {
+            Err(anyhow::anyhow!(
+                "tollgate-base needs --tollgate-base <binary>"
+            ))
+        } else {
+            start_setup(
+                name, &tmp, &up_addr, up_pid, &s, &bin, &bare, &a.nginx, proxy_cpu,
+            )
+        };
         match r {
             Ok(st) => {
                 println!(
@@ -682,7 +695,7 @@ http {{
                 ),
             ))
         }
-        "tollgate" => {
+        "tollgate" | "tollgate-base" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -713,7 +726,9 @@ http {{
                 "workers: 1".into(),
             ))
         }
-        other => anyhow::bail!("unknown setup {other} (direct, bare, nginx, tollgate)"),
+        other => {
+            anyhow::bail!("unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base)")
+        }
     }
 }
 
