@@ -563,7 +563,8 @@ async fn post(
         Outcome::UpstreamStatus
     };
     let mut up_conn = up_conn;
-    match upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout).await {
+    let expect_id = scanned.id.as_ref().map(IdBuf::get);
+    match upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout, expect_id).await {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
             let keep = client_head(

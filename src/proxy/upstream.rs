@@ -294,11 +294,16 @@ fn describe(head: &ResponseHead, buf: &[u8]) -> String {
 /// start like one), an event stream or an empty 2xx passes, and a non-2xx reply passes only as a
 /// well-formed JSON-RPC message (an ended session's 404, say). Everything else (an HTML error
 /// page, a text 500, a 200 that is not JSON) becomes a JSON-RPC error the client can read.
+///
+/// `expect_id` is the request's id (a single request): a small JSON reply that answers another id
+/// means the connection is out of step (a stray response from an earlier exchange), and is refused
+/// rather than handed to this client.
 pub async fn vet_reply(
     w: &WorkerState,
     up: &mut UpstreamConn,
     head: &ResponseHead,
     timeout: Duration,
+    expect_id: Option<&[u8]>,
 ) -> Vetted {
     let deadline = w.shutdown.now() + timeout;
     let buf = up.buffered();
@@ -334,6 +339,18 @@ pub async fn vet_reply(
                 }
                 let body = &up.buffered()[head.len..need];
                 return match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
+                    Ok(crate::jsonrpc::Body::Single(m)) => match (expect_id, m.id) {
+                        // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
+                        (Some(want), Some(got))
+                            if got.text != b"null" && !crate::jsonrpc::same_id(want, got.text) =>
+                        {
+                            Vetted::Unusable(format!(
+                                "answered with the response to another request (id {})",
+                                String::from_utf8_lossy(&got.text[..got.text.len().min(64)])
+                            ))
+                        }
+                        _ => Vetted::Relay,
+                    },
                     Ok(_) => Vetted::Relay,
                     Err(e) => Vetted::Unusable(format!(
                         "answered {} with a body that is not a JSON-RPC message: {e}",
