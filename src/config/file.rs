@@ -117,6 +117,10 @@ pub mod defaults {
     pub const MAX_JSON_DEPTH: u64 = 64;
     pub const MAX_BATCH_LEN: u64 = 100;
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+    pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
+    pub const ADMIN_MAX_CONNECTIONS: u64 = 64;
+    pub const MAX_ADMIN_CONNECTIONS: u64 = 4096;
     pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const URING_ENTRIES: u64 = 1024;
@@ -392,7 +396,12 @@ fn admin(p: &mut Problems, top: &Section) -> Admin {
         p,
         "admin".into(),
         top.raw("admin"),
-        &["address", "upkeep_interval"],
+        &[
+            "address",
+            "upkeep_interval",
+            "request_timeout",
+            "max_connections",
+        ],
     );
     let addr = match s.raw("address") {
         _ if disabled => None,
@@ -413,6 +422,18 @@ fn admin(p: &mut Problems, top: &Section) -> Admin {
             "upkeep_interval",
             defaults::UPKEEP_INTERVAL,
             extract::duration(MS),
+        ),
+        request_timeout: s.get(
+            p,
+            "request_timeout",
+            defaults::ADMIN_REQUEST_TIMEOUT,
+            extract::duration(MS),
+        ),
+        max_connections: s.get(
+            p,
+            "max_connections",
+            defaults::ADMIN_MAX_CONNECTIONS as usize,
+            |v| count(1, defaults::MAX_ADMIN_CONNECTIONS)(v).map(|n| n as usize),
         ),
     }
 }

@@ -90,6 +90,12 @@ pub struct Admin {
     pub addr: Option<SocketAddr>,
     /// `admin.upkeep_interval`, default 5s: how often histograms are drained.
     pub upkeep_interval: Duration,
+    /// `admin.request_timeout`, default 5s: the whole admin request, from accept through reading
+    /// the head to writing the response. A client still sending or reading after it is cut off.
+    pub request_timeout: Duration,
+    /// `admin.max_connections`, default 64: admin connections served at once. Beyond it: 503
+    /// and close.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -1,13 +1,24 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
-//! Blocking and sequential on its own thread: it serves scrapes and probes, never client traffic.
+//!
+//! It serves scrapes and probes, never client traffic, so it is plain blocking std code off the
+//! workers: one accept thread, and a thread per connection while it lasts, at most
+//! `admin.max_connections` of them (beyond: 503 and close at once, counted). Each connection
+//! carries one request with one deadline, `admin.request_timeout` from accept: before every read
+//! and write the socket timeout is set to the time left, so a client that dribbles its head or
+//! reads its response slowly is cut off at the deadline however it paces its bytes, and it only
+//! ever holds its own thread.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use metrics::Counter;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::names;
 
 /// Readiness as the admin listener reports it.
 #[derive(Default)]
@@ -18,37 +29,171 @@ pub struct Health {
     pub draining: AtomicBool,
 }
 
-/// Serves until `stop` is set (checked between connections; the listener has a short accept timeout).
-pub fn serve(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    hists: super::hist::HistogramSet,
-    health: Arc<Health>,
-    stop: Arc<AtomicBool>,
-) {
-    let _ = listener.set_nonblocking(false);
-    for stream in listener.incoming() {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Ok(s) = stream {
-            let _ = handle_one(s, &handle, &hists, &health);
+/// What the admin listener serves, shared by its connection threads.
+pub struct Admin {
+    pub handle: PrometheusHandle,
+    pub hists: super::hist::HistogramSet,
+    pub health: Arc<Health>,
+    /// `admin.request_timeout`: from accept to the last byte of the response.
+    pub request_timeout: Duration,
+    /// `admin.max_connections`: connections served at once.
+    pub max_connections: usize,
+}
+
+/// How often the accept loop looks at the stop flag when no connection arrives.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Counters for the admin listener's own limits (`tollgate_admin_limit_rejections_total`).
+struct Refusals {
+    max_connections: Counter,
+    request_timeout: Counter,
+}
+
+impl Refusals {
+    fn new() -> Self {
+        let c = |limit: &'static str| metrics::counter!(names::ADMIN_LIMIT_REJECTIONS_TOTAL, "limit" => limit);
+        Refusals {
+            max_connections: c("max_connections"),
+            request_timeout: c("request_timeout"),
         }
     }
 }
 
-fn handle_one(
-    mut s: TcpStream,
-    handle: &PrometheusHandle,
-    hists: &super::hist::HistogramSet,
-    health: &Health,
-) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+/// Decrements the open-connection count when a connection thread ends, however it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves until `stop` is set; notices it within `STOP_POLL` and closes the listener.
+/// Connections already being served finish on their own threads (each by its deadline).
+pub fn serve(listener: TcpListener, admin: Admin, stop: Arc<AtomicBool>) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "admin listener: cannot set non-blocking; not serving");
+        return;
+    }
+    let admin = Arc::new(admin);
+    let open = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(Refusals::new());
+    while !stop.load(Ordering::Acquire) {
+        if !readable(&listener, STOP_POLL) {
+            continue;
+        }
+        // Take everything queued: each accept is cheap and never waits.
+        loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning on a full queue.
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+            };
+            let deadline = Instant::now() + admin.request_timeout;
+            if open.load(Ordering::Acquire) >= admin.max_connections {
+                refusals.max_connections.increment(1);
+                refuse(stream);
+                continue;
+            }
+            open.fetch_add(1, Ordering::AcqRel);
+            let slot = Slot(open.clone());
+            let (conn_admin, conn_refusals) = (admin.clone(), refusals.clone());
+            let spawned = std::thread::Builder::new()
+                .name("admin-conn".into())
+                .spawn(move || {
+                    let _slot = slot;
+                    if let Err(e) = handle_one(stream, deadline, &conn_admin) {
+                        if is_timeout(&e) {
+                            conn_refusals.request_timeout.increment(1);
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                // The closure (stream and slot) is dropped: the connection closes, the slot frees.
+                refusals.max_connections.increment(1);
+                tracing::warn!(error = %e, "admin listener: cannot start a connection thread");
+            }
+        }
+    }
+}
+
+/// Waits up to `wait` for a connection to accept.
+fn readable(listener: &TcpListener, wait: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, for the duration of the call.
+    let n = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
+    n > 0 && fd.revents & libc::POLLIN != 0
+}
+
+/// Over `admin.max_connections`: 503 and close, from the accept thread, never waiting. The
+/// reply is small enough for an empty send buffer; whatever the client already sent is read
+/// first (without waiting), so the close is a FIN after the reply rather than a reset before it.
+fn refuse(mut s: TcpStream) {
+    if s.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let mut out = Vec::with_capacity(160);
+    crate::http::response::simple(
+        &mut out,
+        503,
+        b"text/plain",
+        b"too many admin connections (admin.max_connections)\n",
+        false,
+    );
+    let _ = s.write(&out);
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "admin.request_timeout")
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// The time left until `deadline`, or a timeout error if there is none.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        Err(timed_out())
+    } else {
+        Ok(d)
+    }
+}
+
+/// One request on one connection, all of it before `deadline`. `Err` only for I/O errors
+/// (a timeout is `TimedOut`/`WouldBlock`); the connection is closed either way.
+fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Result<()> {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
     let mut buf = [0u8; 8192];
     let mut len = 0;
     let path = loop {
-        let n = s.read(&mut buf[len..])?;
+        s.set_read_timeout(Some(left(deadline)?))?;
+        let n = match s.read(&mut buf[len..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -66,35 +211,38 @@ fn handle_one(
                     .unwrap_or("/")
                     .to_string();
                 if method != "GET" && method != "HEAD" {
-                    return respond(&mut s, 405, "text/plain", b"method not allowed\n");
+                    return respond(&mut s, deadline, 405, "text/plain", b"method not allowed\n");
                 }
                 break path;
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => return respond(&mut s, 400, "text/plain", b"bad request\n"),
+            _ => return respond(&mut s, deadline, 400, "text/plain", b"bad request\n"),
         }
     };
     match path.as_str() {
         "/metrics" => {
-            let mut body = handle.render();
-            hists.render(&mut body);
+            let mut body = admin.handle.render();
+            admin.hists.render(&mut body);
             respond(
                 &mut s,
+                deadline,
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 body.as_bytes(),
             )
         }
-        "/healthz" => respond(&mut s, 200, "text/plain", b"ok\n"),
+        "/healthz" => respond(&mut s, deadline, 200, "text/plain", b"ok\n"),
         "/readyz" => {
-            if health.ready.load(Ordering::Relaxed) && !health.draining.load(Ordering::Relaxed) {
-                respond(&mut s, 200, "text/plain", b"ready\n")
+            let h = &admin.health;
+            if h.ready.load(Ordering::Relaxed) && !h.draining.load(Ordering::Relaxed) {
+                respond(&mut s, deadline, 200, "text/plain", b"ready\n")
             } else {
-                respond(&mut s, 503, "text/plain", b"not ready\n")
+                respond(&mut s, deadline, 503, "text/plain", b"not ready\n")
             }
         }
         _ => respond(
             &mut s,
+            deadline,
             404,
             "text/plain",
             b"not found: try /metrics, /healthz or /readyz\n",
@@ -102,8 +250,60 @@ fn handle_one(
     }
 }
 
-fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+/// Writes the whole response before `deadline` (the socket timeout is the time left before
+/// each write, so a slow reader gets no more than the deadline in total).
+fn respond(
+    s: &mut TcpStream,
+    deadline: Instant,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 128);
     crate::http::response::simple(&mut out, status, ctype.as_bytes(), body, false);
-    s.write_all(&out)
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        s.set_write_timeout(Some(left(deadline)?))?;
+        match s.write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (s, c)
+    }
+
+    /// The deadline covers the response write: a client that asked and never reads is cut off
+    /// at it, not after a per-write timeout restarted by each partial write.
+    #[test]
+    fn a_reader_that_never_reads_is_cut_off_at_the_deadline() {
+        let (mut server, _client) = pair();
+        let body = vec![b'x'; 64 << 20]; // far more than loopback socket buffers hold
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let e = respond(&mut server, deadline, 200, "text/plain", &body).unwrap_err();
+        assert!(is_timeout(&e), "{e:?}");
+        // "Did not hang": the whole write gave up at its deadline, not minutes later.
+        assert!(Instant::now() < deadline + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_spent_deadline_writes_nothing() {
+        let (mut server, _client) = pair();
+        let e = respond(&mut server, Instant::now(), 200, "text/plain", b"ok\n").unwrap_err();
+        assert!(is_timeout(&e), "{e:?}");
+        assert!(left(Instant::now()).is_err());
+    }
 }

@@ -80,6 +80,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         names::SESSIONS_CLOSED_TOTAL,
         "MCP sessions ended by DELETE."
     );
+    describe_counter!(
+        names::ADMIN_LIMIT_REJECTIONS_TOTAL,
+        "Admin connections refused (max_connections) or cut off (request_timeout)."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

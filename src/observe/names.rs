@@ -11,6 +11,8 @@ pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "tollgate_limit_rejections_total";
 pub const SESSIONS_OPENED_TOTAL: &str = "tollgate_sessions_opened_total";
 pub const SESSIONS_CLOSED_TOTAL: &str = "tollgate_sessions_closed_total";
+/// The admin listener's own limits (`admin.max_connections`, `admin.request_timeout`).
+pub const ADMIN_LIMIT_REJECTIONS_TOTAL: &str = "tollgate_admin_limit_rejections_total";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

@@ -162,16 +162,21 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     // Admin thread and histogram upkeep.
     let admin_stop = Arc::new(AtomicBool::new(false));
+    let mut admin_thread = None;
     if let Some(l) = admin_listener {
-        let (h, hs, hl, st) = (
-            handle.clone(),
-            hists.clone(),
-            health.clone(),
-            admin_stop.clone(),
+        let admin = crate::observe::admin::Admin {
+            handle: handle.clone(),
+            hists: hists.clone(),
+            health: health.clone(),
+            request_timeout: gw.config.admin.request_timeout,
+            max_connections: gw.config.admin.max_connections,
+        };
+        let st = admin_stop.clone();
+        admin_thread = Some(
+            std::thread::Builder::new()
+                .name("admin".into())
+                .spawn(move || crate::observe::admin::serve(l, admin, st))?,
         );
-        std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || crate::observe::admin::serve(l, h, hs, hl, st))?;
         let (h, st, every) = (
             handle.clone(),
             admin_stop.clone(),
@@ -250,9 +255,17 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    admin_stop.store(true, Ordering::Release);
     if handles.iter().any(|h| !h.is_finished()) {
         tracing::warn!("drain timeout reached with requests in flight; exiting");
+    }
+    // The admin listener answers (/readyz: 503) through the drain, then closes: its accept loop
+    // sees the flag within 50 ms. Admin connections still open end with the process.
+    admin_stop.store(true, Ordering::Release);
+    if let Some(t) = admin_thread {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     Ok(())
 }

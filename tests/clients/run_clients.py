@@ -50,6 +50,13 @@ CLIENTS = {
     "inspector": ([sys.executable, str(HERE / "inspector_client.py")], {}),
 }
 
+# One TypeScript and one Python client also make tool calls with a pause longer than the
+# upstream's keep-alive idle timeout between them (fixtures.json "idle_pause": server-everything,
+# Node's 5 s). A gateway that reuses a pooled upstream connection the upstream already closed
+# fails it. One pause per client run (~6 s each, directly and through tollgate), not per check.
+IDLE_PAUSE_CLIENTS = ("sdk1", "mcp2")
+IDLE_PAUSE_ENV = "TOLLGATE_CHECK_IDLE_PAUSE"
+
 
 @dataclass
 class Tally:
@@ -161,6 +168,8 @@ def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: 
     label = f"{client} {via} {target}"
     try:
         argv, extra_env = CLIENTS[client]
+        if client in IDLE_PAUSE_CLIENTS:
+            extra_env = {**extra_env, IDLE_PAUSE_ENV: "1"}  # the fixture decides which upstreams
         proc = subprocess.run([*argv, url, target], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=CLIENT_TIMEOUT_S, env={**env, **extra_env}, cwd=REPO)
     except subprocess.TimeoutExpired as exc:

@@ -99,6 +99,12 @@ pub fn render_effective(c: &Config) -> String {
         "  upkeep_interval: {}",
         render_duration(c.admin.upkeep_interval)
     );
+    let _ = writeln!(
+        o,
+        "  request_timeout: {}",
+        render_duration(c.admin.request_timeout)
+    );
+    let _ = writeln!(o, "  max_connections: {}", c.admin.max_connections);
 
     let source = match c.session.key_source {
         KeySource::File => "file",

@@ -62,6 +62,8 @@ fn empty_file_runs_the_demo_with_every_default() {
             Some("127.0.0.1:9090")
         );
         assert_eq!(c.admin.upkeep_interval, Duration::from_secs(5));
+        assert_eq!(c.admin.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin.max_connections, 64);
         assert_eq!(c.session.key_source, KeySource::Generated);
         assert_ne!(c.session.key, [0; 32]);
         assert_eq!(c.session.ttl, Duration::from_secs(86_400));
@@ -126,6 +128,8 @@ limits:
 admin:
   address: "[::1]:9999"
   upkeep_interval: 1s
+  request_timeout: 750ms
+  max_connections: 3
 session:
   key: "{KEY_HEX}"
   ttl: 1h
@@ -190,6 +194,8 @@ servers:
         Some("[::1]:9999")
     );
     assert_eq!(c.admin.upkeep_interval, Duration::from_secs(1));
+    assert_eq!(c.admin.request_timeout, Duration::from_millis(750));
+    assert_eq!(c.admin.max_connections, 3);
     assert_eq!(c.session.key_source, KeySource::File);
     assert_eq!(c.session.key[1], 1);
     assert_eq!(c.session.key[31], 0x1f);
@@ -344,7 +350,7 @@ fn zero_is_refused_where_it_makes_no_sense() {
     let e = errs(
         "listen: {backlog: 0, max_connections_per_worker: 0}\n\
          limits: {max_headers: 0, max_json_depth: 0, max_batch_len: 0, max_header_bytes: 0, header_read_timeout: 0ms, body_read_timeout: 0s, idle_timeout: 0m}\n\
-         admin: {upkeep_interval: 0s}\n\
+         admin: {upkeep_interval: 0s, request_timeout: 0s, max_connections: 0}\n\
          runtime: {uring_entries: 0}\n",
     );
     let paths: Vec<&str> = e.iter().filter_map(|l| l.split(':').next()).collect();
@@ -361,6 +367,8 @@ fn zero_is_refused_where_it_makes_no_sense() {
             "limits.max_json_depth",
             "limits.max_batch_len",
             "admin.upkeep_interval",
+            "admin.request_timeout",
+            "admin.max_connections",
             "runtime.uring_entries",
         ],
         "{e:#?}"

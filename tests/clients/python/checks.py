@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures.json"
+# Set by run_clients.py for the clients that run the (slow) idle-pause check.
+IDLE_PAUSE_ENV = "TOLLGATE_CHECK_IDLE_PAUSE"
 
 
 class Adapter(Protocol):
@@ -156,6 +159,28 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
         result = await adapter.call_tool(spec["name"], spec["arguments"])
         return None if result.get("isError") is True else f"isError={result.get('isError')!r}"
 
+    async def idle_pause() -> str | None:
+        # Tool calls, a pause longer than the upstream's keep-alive idle timeout, tool calls again;
+        # `parallel` at a time (see fixtures.json "idle_pause"). Every call must succeed.
+        spec, pause = fx["tool"], fx["idle_pause"]
+
+        async def calls(when: str) -> str | None:
+            # Every call finishes before the check does, failed or not (none left in flight).
+            calls = (adapter.call_tool(spec["name"], spec["arguments"]) for _ in range(pause["parallel"]))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    return f"{when} the pause: raised {describe(result)}"
+                if result.get("isError") or texts(result) != [spec["expect_text"]]:
+                    return f"{when} the pause: isError={result.get('isError')} text={texts(result)!r}"
+            return None
+
+        before = await calls("before")
+        if before is not None:
+            return before
+        await asyncio.sleep(pause["seconds"])
+        return await calls("after")
+
     await report.check("tools/list", tools_list)
     await report.check(f"tools/call {fx['tool']['name']}", tools_call)
     await report.check("resources/list", resources_list)
@@ -169,6 +194,9 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
         await report.check("large 1 MiB result", large)
     if "fail" in fx:
         await report.check("isError result", fail)
+    # Once per client run, and only where the driver asks for it (it costs the pause).
+    if "idle_pause" in fx and os.environ.get(IDLE_PAUSE_ENV):
+        await report.check(f"tools/call {fx['tool']['name']} after {fx['idle_pause']['seconds']}s idle", idle_pause)
 
 
 def main(connect: Callable[[str, dict, Report], Awaitable[None]], description: str) -> None:

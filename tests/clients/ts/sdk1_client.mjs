@@ -120,6 +120,29 @@ if (fx.fail) {
   });
 }
 
+// Once per run, where run_clients.py asks for it: tool calls, a pause longer than the upstream's
+// keep-alive idle timeout, tool calls again; `parallel` at a time (fixtures.json "idle_pause").
+if (fx.idle_pause && process.env.TOLLGATE_CHECK_IDLE_PAUSE) {
+  await check(`tools/call ${fx.tool.name} after ${fx.idle_pause.seconds}s idle`, async () => {
+    const calls = async (when) => {
+      // Every call settles before the check does, failed or not (none left in flight).
+      const settled = await Promise.allSettled(
+        Array.from({ length: fx.idle_pause.parallel }, () =>
+          client.callTool({ name: fx.tool.name, arguments: fx.tool.arguments }, undefined, TIMEOUT),
+        ),
+      );
+      const failed = settled.find((s) => s.status === "rejected");
+      if (failed) return `${when} the pause: raised ${failed.reason?.name ?? "Error"}: ${failed.reason?.message ?? failed.reason}`;
+      const bad = settled.map((s) => s.value).find((r) => r.isError || !same(texts(r), [fx.tool.expect_text]));
+      return bad ? `${when} the pause: isError=${bad.isError} text=${JSON.stringify(texts(bad))}` : null;
+    };
+    const before = await calls("before");
+    if (before) return before;
+    await new Promise((resolve) => setTimeout(resolve, fx.idle_pause.seconds * 1000));
+    return await calls("after");
+  });
+}
+
 try {
   await client.transport?.terminateSession?.();
   await client.close();
