@@ -177,7 +177,8 @@ fn sigterm_is_not_held_up_by_open_admin_connections() {
 fn head_and_get_answer_as_before() {
     let gw = gateway_with_admin("");
     let admin = gw.admin.unwrap();
-    for method in ["GET", "HEAD"] {
+    {
+        let method = "GET";
         let r = Http::connect(admin).request(method, "/healthz", &[], b"");
         assert_eq!(r.status, 200, "{method}");
         let r = Http::connect(admin).request(method, "/readyz", &[], b"");
@@ -188,6 +189,21 @@ fn head_and_get_answer_as_before() {
             .header("content-type")
             .unwrap()
             .starts_with("text/plain; version=0.0.4"));
+    }
+    // HEAD: the GET head, Content-Length included, and no body (RFC 9110 §9.3.2).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(text.to_lowercase().contains("content-length: "), "{path}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "{path}: a body followed the head: {text}"
+        );
     }
     let r = Http::connect(admin).request("POST", "/metrics", &[], b"");
     assert_eq!(r.status, 405);

@@ -213,41 +213,48 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
                 if method != "GET" && method != "HEAD" {
                     return respond(&mut s, deadline, 405, "text/plain", b"method not allowed\n");
                 }
-                break path;
+                break (path, method == "HEAD");
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => return respond(&mut s, deadline, 400, "text/plain", b"bad request\n"),
         }
     };
-    match path.as_str() {
+    let (path, head_only) = path;
+    let metrics;
+    let (status, ctype, body): (u16, &str, &[u8]) = match path.as_str() {
         "/metrics" => {
-            let mut body = admin.handle.render();
-            admin.hists.render(&mut body);
-            respond(
-                &mut s,
-                deadline,
+            let mut text = admin.handle.render();
+            admin.hists.render(&mut text);
+            metrics = text;
+            (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                body.as_bytes(),
+                metrics.as_bytes(),
             )
         }
-        "/healthz" => respond(&mut s, deadline, 200, "text/plain", b"ok\n"),
+        "/healthz" => (200, "text/plain", b"ok\n"),
         "/readyz" => {
             let h = &admin.health;
             if h.ready.load(Ordering::Relaxed) && !h.draining.load(Ordering::Relaxed) {
-                respond(&mut s, deadline, 200, "text/plain", b"ready\n")
+                (200, "text/plain", b"ready\n")
             } else {
-                respond(&mut s, deadline, 503, "text/plain", b"not ready\n")
+                (503, "text/plain", b"not ready\n")
             }
         }
-        _ => respond(
-            &mut s,
-            deadline,
+        _ => (
             404,
             "text/plain",
             b"not found: try /metrics, /healthz or /readyz\n",
         ),
+    };
+    if head_only {
+        // HEAD: the same head (Content-Length included), no body (RFC 9110 §9.3.2).
+        let mut out = Vec::with_capacity(128);
+        crate::http::response::simple(&mut out, status, ctype.as_bytes(), body, false);
+        out.truncate(out.len() - body.len());
+        return write_all_before(&mut s, deadline, &out);
     }
+    respond(&mut s, deadline, status, ctype, body)
 }
 
 /// Writes the whole response before `deadline` (the socket timeout is the time left before
@@ -261,7 +268,11 @@ fn respond(
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 128);
     crate::http::response::simple(&mut out, status, ctype.as_bytes(), body, false);
-    let mut rest = &out[..];
+    write_all_before(s, deadline, &out)
+}
+
+fn write_all_before(s: &mut TcpStream, deadline: Instant, out: &[u8]) -> std::io::Result<()> {
+    let mut rest = out;
     while !rest.is_empty() {
         s.set_write_timeout(Some(left(deadline)?))?;
         match s.write(rest) {
