@@ -51,23 +51,13 @@ fn unix_now() -> u64 {
 pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut c = Client::new(stream, w.clone());
-    loop {
+    // A refused head is answered after the loop: awaiting inside the `match` would keep its
+    // whole `Result` (a `RequestHead`) in the state of every idle connection.
+    let refused = loop {
         let head = match read_head(&w, &mut c).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
-            Err(e) => {
-                Box::pin(refuse(
-                    &w,
-                    &mut c,
-                    e.kind,
-                    None,
-                    Some(&e.reason),
-                    false,
-                    b"",
-                ))
-                .await;
-                return;
-            }
+            Err(e) => break e,
         };
         // Boxed: the per-request state machine is large, and an idle connection should not carry it.
         c.lend(&w);
@@ -76,7 +66,17 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
         if next == Next::Close || w.shutdown.is_fired() {
             return;
         }
-    }
+    };
+    Box::pin(refuse(
+        &w,
+        &mut c,
+        refused.kind,
+        None,
+        Some(&refused.reason),
+        false,
+        b"",
+    ))
+    .await;
 }
 
 /// Phase: read head. Waits up to `idle_timeout` for a first byte (or until shutdown), then up to
