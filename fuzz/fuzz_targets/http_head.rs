@@ -11,6 +11,9 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod error;
 
+#[path = "../../src/http/authority.rs"]
+#[allow(dead_code)]
+mod authority;
 #[path = "../../src/http/chunked.rs"]
 #[allow(dead_code)]
 mod chunked;

@@ -4,6 +4,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use super::authority;
 use crate::error::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +43,13 @@ pub struct RequestHead {
     pub chunked: bool,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// The `Host` field, validated as `host[:port]` (RFC 9112 §3.2: invalid → 400).
     pub host: Option<Range<usize>>,
+    /// The request's authority (`host[:port]`), validated: the `Host` field. Host and Origin
+    /// checks read this, never `host`.
+    pub authority: Option<Range<usize>>,
+    /// The host part of `authority` (no port; an IPv6 literal keeps its brackets).
+    pub authority_host: Option<Range<usize>>,
     pub origin: Option<Range<usize>>,
     pub accept: Option<Range<usize>>,
     pub content_type: Option<Range<usize>>,
@@ -247,8 +254,19 @@ pub fn parse_request<'b>(
             "chunked body in an HTTP/1.0 request",
         ));
     }
-    if minor == 1 && head.host.is_none() {
-        return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
+    match &head.host {
+        Some(r) => {
+            let a = authority::parse(&buf[r.clone()]).ok_or(HeadError::new(
+                Kind::MalformedHttp,
+                "invalid Host header: expected host[:port] (RFC 9112 section 3.2)",
+            ))?;
+            head.authority_host = Some(r.start..r.start + a.host_end);
+            head.authority = Some(r.clone());
+        }
+        None if minor == 1 => {
+            return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
+        }
+        None => {}
     }
     Ok(Some(head))
 }
@@ -463,6 +481,36 @@ mod tests {
             req("GET / HTTP/1.1\r\n\r\n").unwrap_err().kind,
             Kind::MalformedHttp
         );
+    }
+
+    #[test]
+    fn host_must_be_a_valid_authority() {
+        let with_host = |minor: u8, host: &str| {
+            req(&format!("GET /mcp HTTP/1.{minor}\r\nHost: {host}\r\n\r\n"))
+        };
+        for bad in [
+            "[::1]evil.com",
+            "[::1].evil.com",
+            "[::1]@evil.com",
+            "localhost:abc",
+            "localhost:18500x",
+            "localhost:65536",
+            "user@localhost",
+            "local host",
+            "",
+        ] {
+            for minor in [0, 1] {
+                let e = with_host(minor, bad).unwrap_err();
+                assert_eq!(e.kind, Kind::MalformedHttp, "{bad:?}");
+                assert!(e.reason.contains("Host"), "{bad:?}: {}", e.reason);
+            }
+        }
+        let s = "GET /mcp HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(&s[h.authority.clone().unwrap()], "[::1]:8080");
+        assert_eq!(&s[h.authority_host.clone().unwrap()], "[::1]");
+        let h10 = req("GET /mcp HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h10.authority, None);
     }
 
     #[test]

@@ -159,12 +159,11 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
         c.conn.consume(head.len);
         return refuse(w, c, Kind::NotFound, None, None, keep_unread, b"").await;
     };
-    let host = head.host.clone().map(|r| &buf[r]);
-    let origin = head.origin.clone().map(|r| &buf[r]);
-    if let Err((kind, why)) = checks::admit(&gw.config.listen, host, origin) {
+    if let Err((kind, why)) = checks::admit(&gw.config.listen, &head, buf) {
         c.conn.consume(head.len);
         return refuse(w, c, kind, None, Some(&why), keep_unread, b"").await;
     }
+    let origin = head.origin.clone().map(|r| &buf[r]);
     let cors = origin.map(cors_headers).unwrap_or_default();
     match head.method() {
         HttpMethod::Post => post(w, c, head, server, keep, &cors, t0).await,
