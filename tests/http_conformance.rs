@@ -83,3 +83,89 @@ fn an_invalid_origin_is_forbidden_even_when_every_origin_is_allowed() {
         assert!(r.text().contains("Mcp-Session-Id"), "{}", r.text());
     }
 }
+
+/// `initialize` as raw bytes, with the given request target and extra header lines.
+fn initialize(target: &str, headers: &str) -> Vec<u8> {
+    let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    format!(
+        "POST {target} HTTP/1.1\r\n{headers}Content-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn an_absolute_form_target_is_served_on_its_path_with_its_authority() {
+    let gw = demo_gateway();
+    let port = gw.addr.port();
+    // RFC 9112 §3.2.2: a server must accept the absolute-form.
+    for target in [
+        format!("http://127.0.0.1:{port}/mcp"),
+        format!("HTTP://localhost:{port}/mcp?x=1"),
+        "https://[::1]/mcp".to_string(),
+    ] {
+        let r = send(&gw, &initialize(&target, "Host: localhost\r\n"));
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        assert!(r.header("mcp-session-id").is_some(), "{target}");
+    }
+    // The target's authority replaces Host: it is what the allow-list checks…
+    let r = send(
+        &gw,
+        &post("http://evil.example.com/mcp", "Host: localhost\r\n"),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("allowed_hosts"), "{}", r.text());
+    let r = send(
+        &gw,
+        &initialize("http://localhost/mcp", "Host: evil.example.com\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Routing reads the path.
+    let r = send(&gw, &post("http://localhost/nope", "Host: localhost\r\n"));
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // …and the target's authority is what a same-origin Origin is compared with.
+    let yaml = "listen:\n  address: 127.0.0.1:0\n  allowed_hosts: [mcp.example, localhost]\n";
+    let gw = Gateway::builder().workers(1).yaml(yaml).start();
+    let origin = "Origin: http://mcp.example:1\r\n";
+    let same = format!("Host: localhost\r\n{origin}");
+    let r = send(&gw, &initialize("http://mcp.example:1/mcp", &same));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let other = format!("Host: mcp.example:1\r\n{origin}");
+    let r = send(&gw, &initialize("http://localhost:1/mcp", &other));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("allowed_origins"), "{}", r.text());
+}
+
+#[test]
+fn a_target_in_no_form_or_another_scheme_or_with_a_bad_authority_is_a_bad_request() {
+    let gw = demo_gateway();
+    let mut targets: Vec<String> = BAD_AUTHORITIES
+        .iter()
+        .map(|a| format!("http://{a}/mcp"))
+        .collect();
+    targets.extend(
+        [
+            "ftp://localhost/mcp",
+            "http://user@localhost/mcp",
+            "http:/mcp",
+            "localhost:8080",
+            "mcp",
+            "*",
+        ]
+        .map(String::from),
+    );
+    for target in targets {
+        let r = send(&gw, &post(&target, "Host: localhost\r\n"));
+        assert_eq!(r.status, 400, "{target}: {}", r.text());
+    }
+    // Host is still required and must be valid alongside an absolute-form target.
+    let r = send(&gw, &post("http://localhost/mcp", ""));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send(
+        &gw,
+        &post("http://localhost/mcp", "Host: localhost:abc\r\n"),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+}

@@ -84,19 +84,21 @@ pub fn origin(v: &[u8]) -> Option<Origin> {
         return Some(Origin::Null);
     }
     let colon = memchr::memchr(b':', v)?;
-    let scheme = &v[..colon];
-    let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     let rest = v[colon..].strip_prefix(b"://")?;
-    if !scheme_ok {
+    if !is_scheme(&v[..colon]) {
         return None;
     }
     Some(Origin::Tuple {
         scheme_len: colon,
         authority: parse(rest)?,
     })
+}
+
+/// `scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )` (RFC 3986 §3.1).
+pub fn is_scheme(s: &[u8]) -> bool {
+    s.first().is_some_and(u8::is_ascii_alphabetic)
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// `port = 1*5DIGIT`, at most 65535.

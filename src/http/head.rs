@@ -38,6 +38,7 @@ pub struct RequestHead {
     pub len: usize,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
+    /// Path and query of the request target (an absolute-form target's too).
     pub target: Range<usize>,
     pub content_length: Option<u64>,
     pub chunked: bool,
@@ -45,8 +46,8 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The `Host` field, validated as `host[:port]` (RFC 9112 §3.2: invalid → 400).
     pub host: Option<Range<usize>>,
-    /// The request's authority (`host[:port]`), validated: the `Host` field. Host and Origin
-    /// checks read this, never `host`.
+    /// The request's authority (`host[:port]`), validated: an absolute-form target's, else the
+    /// `Host` field (RFC 9112 §3.2.2). Host and Origin checks read this, never `host`.
     pub authority: Option<Range<usize>>,
     /// The host part of `authority` (no port; an IPv6 literal keeps its brackets).
     pub authority_host: Option<Range<usize>>,
@@ -66,12 +67,18 @@ impl RequestHead {
         self.method.unwrap_or(HttpMethod::Other)
     }
 
-    /// Path of the target without the query string.
+    /// Path of the target without the query string (`/` for an absolute-form target without
+    /// a path, RFC 9112 §3.2.2).
     pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         let t = &buf[self.target.clone()];
-        match memchr::memchr(b'?', t) {
+        let p = match memchr::memchr(b'?', t) {
             Some(q) => &t[..q],
             None => t,
+        };
+        if p.is_empty() {
+            b"/"
+        } else {
+            p
         }
     }
 
@@ -107,6 +114,57 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
 fn has_token(v: &[u8], token: &str) -> bool {
     v.split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a request names its target (RFC 9112 §3.2); offsets are within the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetForm {
+    /// `/path?query`, or `*` (OPTIONS only).
+    Origin,
+    /// `http(s)://authority/path?query`: the authority ends where the path starts.
+    Absolute {
+        authority_len: usize,
+        host_len: usize,
+        path_start: usize,
+    },
+}
+
+fn bad_target(reason: &'static str) -> HeadError {
+    HeadError::new(Kind::MalformedHttp, reason)
+}
+
+/// Which form the request target has; authority-form (CONNECT), other schemes and anything
+/// that is no form at all are refused (400).
+fn request_target(t: &[u8], method: HttpMethod) -> Result<TargetForm, HeadError> {
+    match t {
+        [b'/', ..] => return Ok(TargetForm::Origin),
+        b"*" if method == HttpMethod::Options => return Ok(TargetForm::Origin),
+        _ => {}
+    }
+    let not_a_target = "request target is not /path, http://host/path or OPTIONS *";
+    let colon = memchr::memchr(b':', t).ok_or(bad_target(not_a_target))?;
+    let scheme = &t[..colon];
+    if !authority::is_scheme(scheme) {
+        return Err(bad_target(not_a_target));
+    }
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(bad_target("request target scheme must be http or https"));
+    }
+    let Some(rest) = t[colon..].strip_prefix(b"://") else {
+        return Err(bad_target(not_a_target));
+    };
+    let authority_len = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let a = authority::parse(&rest[..authority_len]).ok_or(bad_target(
+        "invalid authority in the request target: expected host[:port]",
+    ))?;
+    Ok(TargetForm::Absolute {
+        authority_len,
+        host_len: a.host_end,
+        path_start: colon + 3 + authority_len,
+    })
 }
 
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
@@ -152,15 +210,34 @@ pub fn parse_request<'b>(
         "HEAD" => HttpMethod::Head,
         _ => HttpMethod::Other,
     };
-    let path = req.path.unwrap_or("/");
+    let Some(target) = req.path else {
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "malformed request head",
+        ));
+    };
+    let target = offset(buf, target.as_bytes());
+    let form = request_target(&buf[target.clone()], method)?;
     let mut head = RequestHead {
         method: Some(method),
         len,
         minor,
-        target: offset(buf, path.as_bytes()),
+        target: target.clone(),
         keep_alive: minor == 1,
         ..RequestHead::default()
     };
+    if let TargetForm::Absolute {
+        authority_len,
+        host_len,
+        path_start,
+    } = form
+    {
+        // RFC 9112 §3.2.2: the target's authority replaces Host (which must still be valid).
+        let a = target.start + path_start - authority_len;
+        head.authority = Some(a..a + authority_len);
+        head.authority_host = Some(a..a + host_len);
+        head.target = target.start + path_start..target.end;
+    }
     let mut te_seen = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -260,8 +337,10 @@ pub fn parse_request<'b>(
                 Kind::MalformedHttp,
                 "invalid Host header: expected host[:port] (RFC 9112 section 3.2)",
             ))?;
-            head.authority_host = Some(r.start..r.start + a.host_end);
-            head.authority = Some(r.clone());
+            if head.authority.is_none() {
+                head.authority_host = Some(r.start..r.start + a.host_end);
+                head.authority = Some(r.clone());
+            }
         }
         None if minor == 1 => {
             return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
@@ -511,6 +590,63 @@ mod tests {
         assert_eq!(&s[h.authority_host.clone().unwrap()], "[::1]");
         let h10 = req("GET /mcp HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(h10.authority, None);
+    }
+
+    #[test]
+    fn absolute_form_routes_on_its_path_and_brings_its_authority() {
+        let s = "POST http://127.0.0.1:8080/mcp?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(h.path(s.as_bytes()), b"/mcp");
+        assert_eq!(&s[h.target.clone()], "/mcp?x=1");
+        assert_eq!(&s[h.authority.clone().unwrap()], "127.0.0.1:8080");
+        assert_eq!(&s[h.authority_host.clone().unwrap()], "127.0.0.1");
+        assert_eq!(&s[h.host.clone().unwrap()], "other.example");
+        for (target, path, authority) in [
+            ("HTTPS://[::1]:9/mcp", "/mcp", "[::1]:9"),
+            ("http://localhost", "/", "localhost"),
+            ("http://localhost?q", "/", "localhost"),
+        ] {
+            let s = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let h = req(&s).unwrap().unwrap();
+            assert_eq!(h.path(s.as_bytes()), path.as_bytes(), "{target}");
+            assert_eq!(&s[h.authority.clone().unwrap()], authority, "{target}");
+        }
+        // An HTTP/1.0 request may carry its authority in the target alone.
+        let s = "GET http://localhost:1/mcp HTTP/1.0\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(&s[h.authority.clone().unwrap()], "localhost:1");
+    }
+
+    #[test]
+    fn targets_that_are_no_form_or_another_scheme_are_refused() {
+        for target in [
+            "ftp://localhost/mcp",
+            "ws://localhost/mcp",
+            "http:/localhost/mcp",
+            "http:localhost/mcp",
+            "http:///mcp",
+            "http://[::1]evil.com/mcp",
+            "http://[::1]@evil.com/mcp",
+            "http://user@localhost/mcp",
+            "http://localhost:abc/mcp",
+            "http://localhost:18500x/mcp",
+            "localhost:8080",
+            "mcp",
+            "*",
+            "1http://localhost/mcp",
+        ] {
+            let s = format!("POST {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            let e = req(&s).unwrap_err();
+            assert_eq!(e.kind, Kind::MalformedHttp, "{target}");
+        }
+        assert!(req("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .is_some());
+        // Host must be valid (and present in HTTP/1.1) even when the target has an authority.
+        let bad_host = "POST http://localhost/mcp HTTP/1.1\r\nHost: [::1]evil.com\r\n\r\n";
+        assert_eq!(req(bad_host).unwrap_err().kind, Kind::MalformedHttp);
+        let no_host = "POST http://localhost/mcp HTTP/1.1\r\n\r\n";
+        assert_eq!(req(no_host).unwrap_err().kind, Kind::MalformedHttp);
     }
 
     #[test]
