@@ -66,6 +66,9 @@ pub struct OriginRule {
 pub struct Limits {
     /// `limits.max_header_bytes`, default 16384 (request line + headers). Over → 431.
     pub max_header_bytes: usize,
+    /// `limits.max_request_line_bytes`, default 8192 (method, target, version; not the CRLF),
+    /// never more than `max_header_bytes`. Over → 414.
+    pub max_request_line_bytes: usize,
     /// `limits.max_headers`, default 64. Over → 431.
     pub max_headers: usize,
     /// `limits.max_body_bytes`, default 4 MiB. Over → 413.

@@ -167,12 +167,38 @@ fn request_target(t: &[u8], method: HttpMethod) -> Result<TargetForm, HeadError>
     })
 }
 
+/// Whether the request line (method, target, version; without its CRLF and the empty lines
+/// RFC 9112 §2.2 lets a server skip before it) is longer than `max_line`, as far as `buf`
+/// shows. Reads at most `max_line + 2` bytes of it.
+fn request_line_too_long(buf: &[u8], max_line: usize) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let window = &line[..line.len().min(max_line.saturating_add(2))];
+    match memchr::memchr(b'\n', window) {
+        Some(lf) => {
+            let len = if lf > 0 && window[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            len > max_line
+        }
+        // No end yet: what has arrived is line, but for a CR that may be the start of CRLF.
+        None => line.len() - usize::from(line.last() == Some(&b'\r')) > max_line,
+    }
+}
+
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
-/// `headers` is uninitialised scratch space whose length is the header-count limit.
+/// `headers` is uninitialised scratch space whose length is the header-count limit;
+/// `max_head` bounds the whole head (431), `max_line` its request line (414, RFC 9112 §3).
 pub fn parse_request<'b>(
     buf: &'b [u8],
     headers: &mut [MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
+    max_line: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut req = httparse::Request::new(&mut []);
     let status = req
@@ -185,6 +211,9 @@ pub fn parse_request<'b>(
         })?;
     let len = match status {
         httparse::Status::Partial => {
+            if buf.len() > max_line && request_line_too_long(buf, max_line) {
+                return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
+            }
             if buf.len() > max_head {
                 return Err(HeadError::new(
                     Kind::HeaderTooLarge,
@@ -195,6 +224,9 @@ pub fn parse_request<'b>(
         }
         httparse::Status::Complete(n) => n,
     };
+    if request_line_too_long(&buf[..len], max_line) {
+        return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
+    }
     if len > max_head {
         return Err(HeadError::new(
             Kind::HeaderTooLarge,
@@ -506,7 +538,7 @@ mod tests {
 
     fn req(s: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut h = [const { MaybeUninit::uninit() }; 16];
-        parse_request(s.as_bytes(), &mut h, 1024)
+        parse_request(s.as_bytes(), &mut h, 1024, 512)
     }
 
     #[test]
@@ -647,6 +679,36 @@ mod tests {
         assert_eq!(req(bad_host).unwrap_err().kind, Kind::MalformedHttp);
         let no_host = "POST http://localhost/mcp HTTP/1.1\r\n\r\n";
         assert_eq!(req(no_host).unwrap_err().kind, Kind::MalformedHttp);
+    }
+
+    #[test]
+    fn a_request_line_over_its_limit_is_uri_too_long() {
+        let line = |target_len: usize| format!("GET /{} HTTP/1.1", "a".repeat(target_len - 1));
+        // "GET " + target + " HTTP/1.1" is 13 bytes more than the target.
+        let at_limit = line(512 - 13);
+        assert_eq!(at_limit.len(), 512);
+        let over = line(512 - 12);
+        for (l, ok) in [(&at_limit, true), (&over, false)] {
+            for rest in ["\r\nHost: x\r\n\r\n", "\nHost: x\n\n", "\r\nHost: x\r\n"] {
+                let r = req(&format!("{l}{rest}"));
+                if ok {
+                    assert!(r.is_ok(), "{} + {rest:?}: {r:?}", l.len());
+                } else {
+                    assert_eq!(r.unwrap_err().kind, Kind::UriTooLong, "{rest:?}");
+                }
+            }
+        }
+        // Partial: refused as soon as the line is longer than the limit, not at max_head.
+        assert!(req(&at_limit).unwrap().is_none());
+        assert!(req(&format!("{at_limit}\r")).unwrap().is_none());
+        let target_so_far = |n: usize| format!("GET /{}", "a".repeat(n - 5));
+        assert!(req(&target_so_far(512)).unwrap().is_none());
+        assert_eq!(req(&target_so_far(513)).unwrap_err().kind, Kind::UriTooLong);
+        // Empty lines before the request line do not count (RFC 9112 §2.2).
+        assert!(req(&format!("\r\n{at_limit}\r\nHost: x\r\n\r\n")).is_ok());
+        // A long head with a short line is the head limit's business.
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
+        assert_eq!(req(&big).unwrap_err().kind, Kind::HeaderTooLarge);
     }
 
     #[test]

@@ -92,6 +92,7 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
                 c.conn.buffered(),
                 &mut scratch[..max_headers],
                 limits.max_header_bytes,
+                limits.max_request_line_bytes,
             ) {
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
