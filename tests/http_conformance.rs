@@ -169,3 +169,36 @@ fn a_target_in_no_form_or_another_scheme_or_with_a_bad_authority_is_a_bad_reques
     );
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+/// Sends `raw` and reads until the gateway closes the connection.
+fn exchange_until_close(gw: &Gateway, raw: &[u8]) -> String {
+    use std::io::Read;
+    let mut h = Http::connect(gw.addr);
+    h.send_raw(raw);
+    let mut out = Vec::new();
+    let _ = h.stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn expect_100_continue_is_answered_in_http_1_1_and_ignored_in_http_1_0() {
+    let gw = demo_gateway();
+    // Head and body in one write, so the whole exchange is in the bytes read back.
+    let request = |version: &str| {
+        let raw = String::from_utf8(initialize("/mcp", "Host: localhost\r\n")).unwrap();
+        raw.replacen(
+            "HTTP/1.1\r\n",
+            &format!("{version}\r\nExpect: 100-continue\r\n"),
+            1,
+        )
+        .replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1)
+    };
+    let http10 = exchange_until_close(&gw, request("HTTP/1.0").as_bytes());
+    assert!(http10.starts_with("HTTP/1.1 200 "), "{http10}");
+    assert!(!http10.contains("100 Continue"), "{http10}");
+    let http11 = exchange_until_close(&gw, request("HTTP/1.1").as_bytes());
+    assert!(
+        http11.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "),
+        "{http11}"
+    );
+}

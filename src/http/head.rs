@@ -340,7 +340,8 @@ pub fn parse_request<'b>(
                 "more than one Authorization header",
             )?;
         } else if name.eq_ignore_ascii_case("expect") {
-            if v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+            if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 head.expect_continue = true;
             }
         } else if name.eq_ignore_ascii_case("traceparent")
@@ -709,6 +710,20 @@ mod tests {
         // A long head with a short line is the head limit's business.
         let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
         assert_eq!(req(&big).unwrap_err().kind, Kind::HeaderTooLarge);
+    }
+
+    #[test]
+    fn expect_100_continue_only_in_http_1_1() {
+        let expect = |minor: u8| {
+            req(&format!(
+                "POST /mcp HTTP/1.{minor}\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"
+            ))
+            .unwrap()
+            .unwrap()
+            .expect_continue
+        };
+        assert!(expect(1));
+        assert!(!expect(0));
     }
 
     #[test]
