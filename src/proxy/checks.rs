@@ -1,10 +1,44 @@
-//! Host and Origin validation (MCP transport security: DNS-rebinding protection).
-//! Pure functions over header bytes and the configured rules.
+//! Admission of a request head: the head parser, then Host and Origin validation (MCP
+//! transport security: DNS-rebinding protection). Pure functions over the head's bytes and the
+//! configured rules.
 
-use crate::config::{HostRule, Listen, OriginRule};
-use crate::error::Kind;
-use crate::http::authority;
-use crate::http::RequestHead;
+use std::mem::MaybeUninit;
+
+use crate::config::{Config, HostRule, Listen, OriginRule};
+use crate::error::{Error, Kind};
+use crate::http::head::parse_request;
+use crate::http::{authority, RequestHead};
+
+/// The gateway's admission of a request head, everything it decides before routing: the head
+/// parser (request line and head limits, framing and smuggling shapes, Host and request target
+/// syntax), then the request's authority against `listen.allowed_hosts` and its Origin against
+/// `listen.allowed_origins`. `read_head` calls exactly this (and so does
+/// tests/desync_guardian.rs). `Ok(None)`: more bytes are needed. `scratch` is the parser's
+/// header space; `limits.max_headers` of it are used.
+///
+/// A limit's refusal carries an empty reason, so the rendered message is the one that names
+/// the limit's config key.
+pub fn admit_head<'b>(
+    config: &Config,
+    buf: &'b [u8],
+    scratch: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<RequestHead>, Error> {
+    let limits = &config.limits;
+    let max_headers = limits.max_headers.min(scratch.len());
+    let head = match parse_request(
+        buf,
+        &mut scratch[..max_headers],
+        limits.max_header_bytes,
+        limits.max_request_line_bytes,
+    ) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
+        Err(e) => return Err(Error::new(e.kind, e.reason)),
+    };
+    admit(&config.listen, &head, buf).map_err(|(kind, why)| Error::new(kind, why))?;
+    Ok(Some(head))
+}
 
 /// Admits a request by its authority (`Host`, already validated by the parser) and `Origin`, or
 /// says which rule refused it (with the value).
@@ -193,6 +227,39 @@ mod tests {
             list: vec![],
         };
         assert_eq!(verdict(&strict, "http://localhost:1", "gw:1"), NotAllowed);
+    }
+
+    #[test]
+    fn admission_is_the_parser_then_host_and_origin() {
+        let config = crate::config::load_str("limits: {max_request_line_bytes: 64}").unwrap();
+        let admit = |s: &str| {
+            let mut scratch = [const { MaybeUninit::uninit() }; 8];
+            admit_head(&config, s.as_bytes(), &mut scratch).map(|h| h.is_some())
+        };
+        let kind = |s: &str| admit(s).unwrap_err().kind;
+        assert!(admit("GET /mcp HTTP/1.1\r\nHost: localhost:1\r\n\r\n").unwrap());
+        assert!(!admit("GET /mcp HTTP/1.1\r\nHost: local").unwrap());
+        assert_eq!(
+            kind("GET /mcp HTTP/1.1\r\nHost: [::1]evil\r\n\r\n"),
+            Kind::MalformedHttp
+        );
+        assert_eq!(
+            kind("GET /mcp HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+            Kind::HostNotAllowed
+        );
+        assert_eq!(
+            kind("GET http://evil.example/mcp HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+            Kind::HostNotAllowed
+        );
+        let foreign = "GET /mcp HTTP/1.1\r\nHost: localhost\r\nOrigin: http://a.example\r\n\r\n";
+        assert_eq!(kind(foreign), Kind::OriginNotAllowed);
+        // A limit's refusal leaves the message to the kind (it names the config key).
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
+        let e = admit(&long).unwrap_err();
+        assert_eq!((e.kind, e.reason.as_str()), (Kind::UriTooLong, ""));
+        let mut many = String::from("GET /mcp HTTP/1.1\r\nHost: localhost\r\n");
+        many.push_str(&"X: y\r\n".repeat(10));
+        assert_eq!(kind(&many), Kind::TooManyHeaders);
     }
 
     #[test]
