@@ -202,3 +202,47 @@ fn expect_100_continue_is_answered_in_http_1_1_and_ignored_in_http_1_0() {
         "{http11}"
     );
 }
+
+#[test]
+fn heads_that_two_parsers_could_frame_differently_are_refused_and_closed() {
+    let gw = demo_gateway();
+    let body = format!("{PING}GET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    for framing in [
+        // Equal Content-Lengths: a proxy may have joined or dropped one.
+        format!("Content-Length: {0}\r\nContent-Length: {0}\r\n", PING.len()),
+        // Read as Transfer-Encoding/Content-Length by servers that fold '_' into '-'.
+        "Transfer_Encoding: chunked\r\n".to_string(),
+        format!("Content_Length: {}\r\n", PING.len()),
+        format!(
+            "Transfer---Encoding: chunked\r\nContent-Length: {}\r\n",
+            PING.len()
+        ),
+    ] {
+        let raw = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{framing}\r\n{body}"
+        );
+        let mut h = Http::connect(gw.addr);
+        h.send_raw(raw.as_bytes());
+        let r = h.read_response().expect("a response");
+        assert_eq!(r.status, 400, "{framing}: {}", r.text());
+        assert!(
+            h.read_response().is_none(),
+            "{framing}: closed after the refusal"
+        );
+    }
+    // A GET or HEAD with a body: its bytes are not read as the next request.
+    for method in ["GET", "HEAD"] {
+        let raw = format!(
+            "{method} /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut h = Http::connect(gw.addr);
+        h.send_raw(raw.as_bytes());
+        let r = h.read_response().expect("a response");
+        assert_eq!(r.status, 400, "{method}: {}", r.text());
+        assert!(
+            h.read_response().is_none(),
+            "{method}: closed after the refusal"
+        );
+    }
+}

@@ -111,6 +111,21 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// Whether a header name spells `transfer-encoding` or `content-length` with other separators
+/// (`Transfer_Encoding`, `Content--Length`, `-Content-Length`). A server or proxy that folds
+/// `_` into `-` (or drops what is not a letter) would frame the body by it, the gateway does
+/// not: two readings of one request. Only reached by names that are neither exactly.
+fn resembles_framing_header(name: &[u8]) -> bool {
+    fn spells(name: &[u8], letters: &[u8]) -> bool {
+        let mut it = name
+            .iter()
+            .filter(|b| b.is_ascii_alphanumeric())
+            .map(u8::to_ascii_lowercase);
+        letters.iter().all(|l| it.next() == Some(*l)) && it.next().is_none()
+    }
+    name.len() >= 13 && (spells(name, b"transferencoding") || spells(name, b"contentlength"))
+}
+
 fn has_token(v: &[u8], token: &str) -> bool {
     v.split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
@@ -280,10 +295,12 @@ pub fn parse_request<'b>(
                 Kind::MalformedHttp,
                 "invalid Content-Length",
             ))?;
-            if head.content_length.is_some_and(|old| old != n) {
+            // Even equal ones: RFC 9112 §6.3 lets a server refuse them, and a proxy in front
+            // that joined them into "5, 5" would have left an invalid one.
+            if head.content_length.is_some() {
                 return Err(HeadError::new(
                     Kind::MalformedHttp,
-                    "conflicting Content-Length headers",
+                    "more than one Content-Length header",
                 ));
             }
             head.content_length = Some(n);
@@ -349,6 +366,11 @@ pub fn parse_request<'b>(
             || name.eq_ignore_ascii_case("baggage")
         {
             head.trace.push((offset(buf, name.as_bytes()), r));
+        } else if resembles_framing_header(name.as_bytes()) {
+            return Err(HeadError::new(
+                Kind::MalformedHttp,
+                "header name resembles Transfer-Encoding or Content-Length",
+            ));
         }
     }
     if head.chunked && head.content_length.is_some() {
@@ -356,6 +378,14 @@ pub fn parse_request<'b>(
         return Err(HeadError::new(
             Kind::MalformedHttp,
             "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if matches!(method, HttpMethod::Get | HttpMethod::Head) && head.has_body() {
+        // RFC 9110 §9.3.1: content in a GET has no defined semantics, and servers disagree on
+        // whether to read it; refusing it (and closing) leaves no second reading of the stream.
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "GET and HEAD requests take no body",
         ));
     }
     if head.chunked && minor == 0 {
@@ -579,6 +609,11 @@ mod tests {
         assert_eq!(req(both).unwrap_err().kind, Kind::MalformedHttp);
         let two_cl = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(req(two_cl).unwrap_err().kind, Kind::MalformedHttp);
+        let same_cl =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(req(same_cl).unwrap_err().kind, Kind::MalformedHttp);
+        let cl_list = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n";
+        assert_eq!(req(cl_list).unwrap_err().kind, Kind::MalformedHttp);
         let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(
             req(gzip).unwrap_err().kind,
@@ -724,6 +759,52 @@ mod tests {
         };
         assert!(expect(1));
         assert!(!expect(0));
+    }
+
+    #[test]
+    fn lookalikes_of_the_framing_headers_are_refused() {
+        for name in [
+            "Transfer_Encoding",
+            "Transfer---Encoding",
+            "transfer.encoding",
+            "-Transfer-Encoding",
+            "Transfer-Encoding-",
+            "Content_Length",
+            "CONTENT~LENGTH",
+            "Content-Length_",
+            "ContentLength",
+        ] {
+            let s = format!("POST / HTTP/1.1\r\nHost: x\r\n{name}: 5\r\n\r\n");
+            let e = req(&s).unwrap_err();
+            assert_eq!(e.kind, Kind::MalformedHttp, "{name}");
+            assert!(e.reason.contains("resembles"), "{name}: {}", e.reason);
+        }
+        for name in [
+            "Content-Lengths",
+            "Content-Length-X",
+            "X-Content-Length",
+            "Transfer-Encodings",
+            "Content-Language",
+            "Accept-Encoding",
+            "Content-Type-Length",
+        ] {
+            let s = format!("POST / HTTP/1.1\r\nHost: x\r\n{name}: 5\r\n\r\n");
+            assert!(req(&s).unwrap().is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn get_and_head_take_no_body() {
+        for method in ["GET", "HEAD"] {
+            for framing in ["Content-Length: 1", "Transfer-Encoding: chunked"] {
+                let s = format!("{method} /mcp HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+                assert_eq!(req(&s).unwrap_err().kind, Kind::MalformedHttp, "{s}");
+            }
+            let empty = format!("{method} /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+            assert!(req(&empty).unwrap().is_some());
+        }
+        let post = "POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(req(post).unwrap().is_some());
     }
 
     #[test]
