@@ -40,7 +40,8 @@ pub struct Listen {
     /// listener (localhost, 127.0.0.1, [::1], with any port), any host otherwise.
     pub allowed_hosts: HostRule,
     /// `listen.allowed_origins`. Requests without `Origin` always pass; with one, it must be listed,
-    /// be same-origin with `Host`, or (default on a loopback listener) be a loopback origin.
+    /// be same-origin with the request's authority, or (default on a loopback listener) be a
+    /// loopback origin. An invalid Origin is refused under any rule.
     pub allowed_origins: OriginRule,
 }
 
