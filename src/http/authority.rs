@@ -127,19 +127,48 @@ fn sub_delim(b: u8) -> bool {
     )
 }
 
+/// `unreserved / sub-delims`, as a table: the reg-name loop runs on every request's Host.
+const REG_NAME_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// `reg-name = *( unreserved / pct-encoded / sub-delims )`; IPv4address is a subset of it.
 fn reg_name(s: &[u8]) -> bool {
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
-        if b == b'%' {
+        if REG_NAME_CHAR[usize::from(b)] {
+            i += 1;
+        } else if b == b'%' {
             let hex = |j: usize| s.get(j).is_some_and(u8::is_ascii_hexdigit);
             if !(hex(i + 1) && hex(i + 2)) {
                 return false;
             }
             i += 3;
-        } else if unreserved(b) || sub_delim(b) {
-            i += 1;
         } else {
             return false;
         }
@@ -246,6 +275,17 @@ mod tests {
         }
         assert_eq!(parse(b"\xff"), None);
         assert_eq!(parse(b"[\xff]"), None);
+    }
+
+    #[test]
+    fn the_reg_name_table_is_unreserved_or_sub_delims() {
+        for b in 0..=255u8 {
+            assert_eq!(
+                REG_NAME_CHAR[usize::from(b)],
+                unreserved(b) || sub_delim(b),
+                "{b}"
+            );
+        }
     }
 
     #[test]

@@ -183,8 +183,8 @@ fn request_target(t: &[u8], method: HttpMethod) -> Result<TargetForm, HeadError>
 }
 
 /// Whether the request line (method, target, version; without its CRLF and the empty lines
-/// RFC 9112 §2.2 lets a server skip before it) is longer than `max_line`, as far as `buf`
-/// shows. Reads at most `max_line + 2` bytes of it.
+/// RFC 9112 §2.2 lets a server skip before it) is longer than `max_line`, as far as the
+/// partial head in `buf` shows. Reads at most `max_line + 2` bytes of it.
 fn request_line_too_long(buf: &[u8], max_line: usize) -> bool {
     let start = buf
         .iter()
@@ -239,15 +239,6 @@ pub fn parse_request<'b>(
         }
         httparse::Status::Complete(n) => n,
     };
-    if request_line_too_long(&buf[..len], max_line) {
-        return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
-    }
-    if len > max_head {
-        return Err(HeadError::new(
-            Kind::HeaderTooLarge,
-            "request head too large",
-        ));
-    }
     let minor = req.version.unwrap_or(1);
     let method = match req.method.unwrap_or("") {
         "GET" => HttpMethod::Get,
@@ -257,13 +248,29 @@ pub fn parse_request<'b>(
         "HEAD" => HttpMethod::Head,
         _ => HttpMethod::Other,
     };
-    let Some(target) = req.path else {
+    let (Some(method_text), Some(target)) = (req.method, req.path) else {
         return Err(HeadError::new(
             Kind::MalformedHttp,
             "malformed request head",
         ));
     };
     let target = offset(buf, target.as_bytes());
+    // The line runs from the method to the CRLF after the version, a few bytes past the target
+    // (empty lines before it, which httparse skips, do not count).
+    let line_start = offset(buf, method_text.as_bytes()).start;
+    let line_end = memchr::memchr(b'\n', &buf[target.end..len]).map_or(len, |lf| {
+        let end = target.end + lf;
+        end - usize::from(buf[end - 1] == b'\r')
+    });
+    if line_end - line_start > max_line {
+        return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
+    }
+    if len > max_head {
+        return Err(HeadError::new(
+            Kind::HeaderTooLarge,
+            "request head too large",
+        ));
+    }
     let form = request_target(&buf[target.clone()], method)?;
     let mut head = RequestHead {
         method: Some(method),
