@@ -31,6 +31,7 @@ pub enum Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     // HTTP-layer limits.
+    UriTooLong,
     HeaderTooLarge,
     TooManyHeaders,
     BodyTooLarge,
@@ -64,7 +65,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
+        Kind::UriTooLong,
         Kind::HeaderTooLarge,
         Kind::TooManyHeaders,
         Kind::BodyTooLarge,
@@ -98,6 +100,7 @@ impl Kind {
         use code::*;
         use Side::*;
         match self {
+            Kind::UriTooLong => (414, GATEWAY_REJECTED, Client, "uri_too_long"),
             Kind::HeaderTooLarge => (431, GATEWAY_REJECTED, Client, "header_too_large"),
             Kind::TooManyHeaders => (431, GATEWAY_REJECTED, Client, "too_many_headers"),
             Kind::BodyTooLarge => (413, GATEWAY_REJECTED, Client, "body_too_large"),
@@ -172,7 +175,8 @@ impl Kind {
     pub const fn is_limit(self) -> bool {
         matches!(
             self,
-            Kind::HeaderTooLarge
+            Kind::UriTooLong
+                | Kind::HeaderTooLarge
                 | Kind::TooManyHeaders
                 | Kind::BodyTooLarge
                 | Kind::HeaderTimeout

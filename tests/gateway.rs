@@ -415,10 +415,19 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
         .serve("/mcp", "demo")
         .workers(1)
         .yaml(
-            "limits:\n  max_header_bytes: 2KiB\n  max_headers: 16\n  max_body_bytes: 1KiB\n  header_read_timeout: 300ms\n  \
+            "limits:\n  max_header_bytes: 2KiB\n  max_request_line_bytes: 1KiB\n  max_headers: 16\n  max_body_bytes: 1KiB\n  header_read_timeout: 300ms\n  \
              body_read_timeout: 300ms\n  idle_timeout: 300ms\nlisten:\n  address: 127.0.0.1:0\n  max_connections_per_worker: 3\n",
         )
         .start();
+    // 414: request line too long (a head under max_header_bytes).
+    let long_target = format!("/mcp?{}", "a".repeat(1100));
+    let r = gw.client().request("GET", &long_target, &[], b"");
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert!(r.text().contains("limits.max_request_line_bytes"));
+    // 414 before the whole head arrives: the line alone is over the limit.
+    let mut h = gw.client();
+    h.send_raw(format!("GET {long_target}").as_bytes());
+    assert_eq!(h.read_response().unwrap().status, 414);
     // 431: head too large.
     let mut h = gw.client();
     let big = "a".repeat(3000);
@@ -473,6 +482,7 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
     drop(held);
     let m = gw.metrics();
     for limit in [
+        "uri_too_long",
         "header_too_large",
         "too_many_headers",
         "body_too_large",

@@ -11,6 +11,9 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod error;
 
+#[path = "../../src/http/authority.rs"]
+#[allow(dead_code)]
+mod authority;
 #[path = "../../src/http/chunked.rs"]
 #[allow(dead_code)]
 mod chunked;
@@ -39,7 +42,7 @@ fn decode(input: &[u8], split: usize) -> (Result<usize, chunked::ChunkError>, Ve
 
 fuzz_target!(|data: &[u8]| {
     let mut scratch = [const { MaybeUninit::uninit() }; 64];
-    if let Ok(Some(h)) = parse_request(data, &mut scratch, 8192) {
+    if let Ok(Some(h)) = parse_request(data, &mut scratch, 8192, 4096) {
         assert!(h.len <= data.len());
         for r in [Some(h.target.clone()), h.host.clone(), h.session_id.clone(), h.content_type.clone()].into_iter().flatten() {
             assert!(r.end <= h.len, "field outside the head");

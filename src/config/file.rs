@@ -108,6 +108,10 @@ pub mod defaults {
     pub const BACKLOG: u64 = 1024;
     pub const MAX_CONNECTIONS_PER_WORKER: u64 = 10_000;
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    /// Unless `max_header_bytes` is smaller: then that.
+    pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+    /// The shortest useful request line (`POST /mcp HTTP/1.1` is 18 bytes) with room to spare.
+    pub const MIN_REQUEST_LINE_BYTES: u64 = 32;
     pub const MAX_HEADERS: u64 = 64;
     pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -332,6 +336,7 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
         top.raw("limits"),
         &[
             "max_header_bytes",
+            "max_request_line_bytes",
             "max_headers",
             "max_body_bytes",
             "header_read_timeout",
@@ -343,8 +348,23 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
+    let max_header_bytes = s.get(p, "max_header_bytes", defaults::MAX_HEADER_BYTES, size(1));
+    // The request line is part of the head: a line limit above the head limit could never be
+    // reached, so say so when it is set; when it is not, the default yields to a smaller head.
+    let line_default = defaults::MAX_REQUEST_LINE_BYTES.min(max_header_bytes);
+    let max_request_line_bytes = s.get(p, "max_request_line_bytes", line_default, |v| {
+        let n = size(defaults::MIN_REQUEST_LINE_BYTES)(v)?;
+        if n > max_header_bytes {
+            return Err(format!(
+                "{n} bytes is more than limits.max_header_bytes ({max_header_bytes}), \
+                 which the request line is part of"
+            ));
+        }
+        Ok(n)
+    });
     Limits {
-        max_header_bytes: s.get(p, "max_header_bytes", defaults::MAX_HEADER_BYTES, size(1)),
+        max_header_bytes,
+        max_request_line_bytes,
         max_headers: s.get(
             p,
             "max_headers",

@@ -40,7 +40,8 @@ pub struct Listen {
     /// listener (localhost, 127.0.0.1, [::1], with any port), any host otherwise.
     pub allowed_hosts: HostRule,
     /// `listen.allowed_origins`. Requests without `Origin` always pass; with one, it must be listed,
-    /// be same-origin with `Host`, or (default on a loopback listener) be a loopback origin.
+    /// be same-origin with the request's authority, or (default on a loopback listener) be a
+    /// loopback origin. An invalid Origin is refused under any rule.
     pub allowed_origins: OriginRule,
 }
 
@@ -66,6 +67,9 @@ pub struct OriginRule {
 pub struct Limits {
     /// `limits.max_header_bytes`, default 16384 (request line + headers). Over → 431.
     pub max_header_bytes: usize,
+    /// `limits.max_request_line_bytes`, default 8192 (method, target, version; not the CRLF),
+    /// never more than `max_header_bytes`. Over → 414.
+    pub max_request_line_bytes: usize,
     /// `limits.max_headers`, default 64. Over → 431.
     pub max_headers: usize,
     /// `limits.max_body_bytes`, default 4 MiB. Over → 413.

@@ -198,7 +198,7 @@ async fn serve_one(
 ) -> io::Result<Next> {
     let head = loop {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        match parse_request(conn.buffered(), &mut headers, MAX_HEAD) {
+        match parse_request(conn.buffered(), &mut headers, MAX_HEAD, MAX_HEAD) {
             Ok(Some(head)) => break head,
             Ok(None) => {
                 if conn.fill(0).await? == 0 {

@@ -4,6 +4,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use super::authority;
 use crate::error::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +38,19 @@ pub struct RequestHead {
     pub len: usize,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
+    /// Path and query of the request target (an absolute-form target's too).
     pub target: Range<usize>,
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// The `Host` field, validated as `host[:port]` (RFC 9112 §3.2: invalid → 400).
     pub host: Option<Range<usize>>,
+    /// The request's authority (`host[:port]`), validated: an absolute-form target's, else the
+    /// `Host` field (RFC 9112 §3.2.2). Host and Origin checks read this, never `host`.
+    pub authority: Option<Range<usize>>,
+    /// The host part of `authority` (no port; an IPv6 literal keeps its brackets).
+    pub authority_host: Option<Range<usize>>,
     pub origin: Option<Range<usize>>,
     pub accept: Option<Range<usize>>,
     pub content_type: Option<Range<usize>>,
@@ -59,12 +67,18 @@ impl RequestHead {
         self.method.unwrap_or(HttpMethod::Other)
     }
 
-    /// Path of the target without the query string.
+    /// Path of the target without the query string (`/` for an absolute-form target without
+    /// a path, RFC 9112 §3.2.2).
     pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         let t = &buf[self.target.clone()];
-        match memchr::memchr(b'?', t) {
+        let p = match memchr::memchr(b'?', t) {
             Some(q) => &t[..q],
             None => t,
+        };
+        if p.is_empty() {
+            b"/"
+        } else {
+            p
         }
     }
 
@@ -97,17 +111,109 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// Whether a header name spells `transfer-encoding` or `content-length` with other separators
+/// (`Transfer_Encoding`, `Content--Length`, `-Content-Length`). A server or proxy that folds
+/// `_` into `-` (or drops what is not a letter) would frame the body by it, the gateway does
+/// not: two readings of one request. Only reached by names that are neither exactly.
+fn resembles_framing_header(name: &[u8]) -> bool {
+    fn spells(name: &[u8], letters: &[u8]) -> bool {
+        let mut it = name
+            .iter()
+            .filter(|b| b.is_ascii_alphanumeric())
+            .map(u8::to_ascii_lowercase);
+        letters.iter().all(|l| it.next() == Some(*l)) && it.next().is_none()
+    }
+    name.len() >= 13 && (spells(name, b"transferencoding") || spells(name, b"contentlength"))
+}
+
 fn has_token(v: &[u8], token: &str) -> bool {
     v.split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// How a request names its target (RFC 9112 §3.2); offsets are within the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetForm {
+    /// `/path?query`, or `*` (OPTIONS only).
+    Origin,
+    /// `http(s)://authority/path?query`: the authority ends where the path starts.
+    Absolute {
+        authority_len: usize,
+        host_len: usize,
+        path_start: usize,
+    },
+}
+
+fn bad_target(reason: &'static str) -> HeadError {
+    HeadError::new(Kind::MalformedHttp, reason)
+}
+
+/// Which form the request target has; authority-form (CONNECT), other schemes and anything
+/// that is no form at all are refused (400).
+fn request_target(t: &[u8], method: HttpMethod) -> Result<TargetForm, HeadError> {
+    match t {
+        [b'/', ..] => return Ok(TargetForm::Origin),
+        b"*" if method == HttpMethod::Options => return Ok(TargetForm::Origin),
+        _ => {}
+    }
+    let not_a_target = "request target is not /path, http://host/path or OPTIONS *";
+    let colon = memchr::memchr(b':', t).ok_or(bad_target(not_a_target))?;
+    let scheme = &t[..colon];
+    if !authority::is_scheme(scheme) {
+        return Err(bad_target(not_a_target));
+    }
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(bad_target("request target scheme must be http or https"));
+    }
+    let Some(rest) = t[colon..].strip_prefix(b"://") else {
+        return Err(bad_target(not_a_target));
+    };
+    let authority_len = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let a = authority::parse(&rest[..authority_len]).ok_or(bad_target(
+        "invalid authority in the request target: expected host[:port]",
+    ))?;
+    Ok(TargetForm::Absolute {
+        authority_len,
+        host_len: a.host_end,
+        path_start: colon + 3 + authority_len,
+    })
+}
+
+/// Whether the request line (method, target, version; without its CRLF and the empty lines
+/// RFC 9112 §2.2 lets a server skip before it) is longer than `max_line`, as far as the
+/// partial head in `buf` shows. Reads at most `max_line + 2` bytes of it.
+fn request_line_too_long(buf: &[u8], max_line: usize) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let window = &line[..line.len().min(max_line.saturating_add(2))];
+    match memchr::memchr(b'\n', window) {
+        Some(lf) => {
+            let len = if lf > 0 && window[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            len > max_line
+        }
+        // No end yet: what has arrived is line, but for a CR that may be the start of CRLF.
+        None => line.len() - usize::from(line.last() == Some(&b'\r')) > max_line,
+    }
+}
+
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
-/// `headers` is uninitialised scratch space whose length is the header-count limit.
+/// `headers` is uninitialised scratch space whose length is the header-count limit;
+/// `max_head` bounds the whole head (431), `max_line` its request line (414, RFC 9112 §3).
 pub fn parse_request<'b>(
     buf: &'b [u8],
     headers: &mut [MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
+    max_line: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut req = httparse::Request::new(&mut []);
     let status = req
@@ -120,6 +226,9 @@ pub fn parse_request<'b>(
         })?;
     let len = match status {
         httparse::Status::Partial => {
+            if buf.len() > max_line && request_line_too_long(buf, max_line) {
+                return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
+            }
             if buf.len() > max_head {
                 return Err(HeadError::new(
                     Kind::HeaderTooLarge,
@@ -130,12 +239,6 @@ pub fn parse_request<'b>(
         }
         httparse::Status::Complete(n) => n,
     };
-    if len > max_head {
-        return Err(HeadError::new(
-            Kind::HeaderTooLarge,
-            "request head too large",
-        ));
-    }
     let minor = req.version.unwrap_or(1);
     let method = match req.method.unwrap_or("") {
         "GET" => HttpMethod::Get,
@@ -145,15 +248,50 @@ pub fn parse_request<'b>(
         "HEAD" => HttpMethod::Head,
         _ => HttpMethod::Other,
     };
-    let path = req.path.unwrap_or("/");
+    let (Some(method_text), Some(target)) = (req.method, req.path) else {
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "malformed request head",
+        ));
+    };
+    let target = offset(buf, target.as_bytes());
+    // The line runs from the method to the CRLF after the version, a few bytes past the target
+    // (empty lines before it, which httparse skips, do not count).
+    let line_start = offset(buf, method_text.as_bytes()).start;
+    let line_end = memchr::memchr(b'\n', &buf[target.end..len]).map_or(len, |lf| {
+        let end = target.end + lf;
+        end - usize::from(buf[end - 1] == b'\r')
+    });
+    if line_end - line_start > max_line {
+        return Err(HeadError::new(Kind::UriTooLong, "request line too long"));
+    }
+    if len > max_head {
+        return Err(HeadError::new(
+            Kind::HeaderTooLarge,
+            "request head too large",
+        ));
+    }
+    let form = request_target(&buf[target.clone()], method)?;
     let mut head = RequestHead {
         method: Some(method),
         len,
         minor,
-        target: offset(buf, path.as_bytes()),
+        target: target.clone(),
         keep_alive: minor == 1,
         ..RequestHead::default()
     };
+    if let TargetForm::Absolute {
+        authority_len,
+        host_len,
+        path_start,
+    } = form
+    {
+        // RFC 9112 §3.2.2: the target's authority replaces Host (which must still be valid).
+        let a = target.start + path_start - authority_len;
+        head.authority = Some(a..a + authority_len);
+        head.authority_host = Some(a..a + host_len);
+        head.target = target.start + path_start..target.end;
+    }
     let mut te_seen = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -164,10 +302,12 @@ pub fn parse_request<'b>(
                 Kind::MalformedHttp,
                 "invalid Content-Length",
             ))?;
-            if head.content_length.is_some_and(|old| old != n) {
+            // Even equal ones: RFC 9112 §6.3 lets a server refuse them, and a proxy in front
+            // that joined them into "5, 5" would have left an invalid one.
+            if head.content_length.is_some() {
                 return Err(HeadError::new(
                     Kind::MalformedHttp,
-                    "conflicting Content-Length headers",
+                    "more than one Content-Length header",
                 ));
             }
             head.content_length = Some(n);
@@ -224,7 +364,8 @@ pub fn parse_request<'b>(
                 "more than one Authorization header",
             )?;
         } else if name.eq_ignore_ascii_case("expect") {
-            if v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+            if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 head.expect_continue = true;
             }
         } else if name.eq_ignore_ascii_case("traceparent")
@@ -232,6 +373,11 @@ pub fn parse_request<'b>(
             || name.eq_ignore_ascii_case("baggage")
         {
             head.trace.push((offset(buf, name.as_bytes()), r));
+        } else if resembles_framing_header(name.as_bytes()) {
+            return Err(HeadError::new(
+                Kind::MalformedHttp,
+                "header name resembles Transfer-Encoding or Content-Length",
+            ));
         }
     }
     if head.chunked && head.content_length.is_some() {
@@ -241,14 +387,35 @@ pub fn parse_request<'b>(
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    if matches!(method, HttpMethod::Get | HttpMethod::Head) && head.has_body() {
+        // RFC 9110 §9.3.1: content in a GET has no defined semantics, and servers disagree on
+        // whether to read it; refusing it (and closing) leaves no second reading of the stream.
+        return Err(HeadError::new(
+            Kind::MalformedHttp,
+            "GET and HEAD requests take no body",
+        ));
+    }
     if head.chunked && minor == 0 {
         return Err(HeadError::new(
             Kind::MalformedHttp,
             "chunked body in an HTTP/1.0 request",
         ));
     }
-    if minor == 1 && head.host.is_none() {
-        return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
+    match &head.host {
+        Some(r) => {
+            let a = authority::parse(&buf[r.clone()]).ok_or(HeadError::new(
+                Kind::MalformedHttp,
+                "invalid Host header: expected host[:port] (RFC 9112 section 3.2)",
+            ))?;
+            if head.authority.is_none() {
+                head.authority_host = Some(r.start..r.start + a.host_end);
+                head.authority = Some(r.clone());
+            }
+        }
+        None if minor == 1 => {
+            return Err(HeadError::new(Kind::MalformedHttp, "missing Host header"));
+        }
+        None => {}
     }
     Ok(Some(head))
 }
@@ -438,7 +605,7 @@ mod tests {
 
     fn req(s: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut h = [const { MaybeUninit::uninit() }; 16];
-        parse_request(s.as_bytes(), &mut h, 1024)
+        parse_request(s.as_bytes(), &mut h, 1024, 512)
     }
 
     #[test]
@@ -478,6 +645,11 @@ mod tests {
         assert_eq!(req(both).unwrap_err().kind, Kind::MalformedHttp);
         let two_cl = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(req(two_cl).unwrap_err().kind, Kind::MalformedHttp);
+        let same_cl =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(req(same_cl).unwrap_err().kind, Kind::MalformedHttp);
+        let cl_list = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n";
+        assert_eq!(req(cl_list).unwrap_err().kind, Kind::MalformedHttp);
         let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(
             req(gzip).unwrap_err().kind,
@@ -492,6 +664,183 @@ mod tests {
             req("GET / HTTP/1.1\r\n\r\n").unwrap_err().kind,
             Kind::MalformedHttp
         );
+    }
+
+    #[test]
+    fn host_must_be_a_valid_authority() {
+        let with_host = |minor: u8, host: &str| {
+            req(&format!("GET /mcp HTTP/1.{minor}\r\nHost: {host}\r\n\r\n"))
+        };
+        for bad in [
+            "[::1]evil.com",
+            "[::1].evil.com",
+            "[::1]@evil.com",
+            "localhost:abc",
+            "localhost:18500x",
+            "localhost:65536",
+            "user@localhost",
+            "local host",
+            "",
+        ] {
+            for minor in [0, 1] {
+                let e = with_host(minor, bad).unwrap_err();
+                assert_eq!(e.kind, Kind::MalformedHttp, "{bad:?}");
+                assert!(e.reason.contains("Host"), "{bad:?}: {}", e.reason);
+            }
+        }
+        let s = "GET /mcp HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(&s[h.authority.clone().unwrap()], "[::1]:8080");
+        assert_eq!(&s[h.authority_host.clone().unwrap()], "[::1]");
+        let h10 = req("GET /mcp HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h10.authority, None);
+    }
+
+    #[test]
+    fn absolute_form_routes_on_its_path_and_brings_its_authority() {
+        let s = "POST http://127.0.0.1:8080/mcp?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(h.path(s.as_bytes()), b"/mcp");
+        assert_eq!(&s[h.target.clone()], "/mcp?x=1");
+        assert_eq!(&s[h.authority.clone().unwrap()], "127.0.0.1:8080");
+        assert_eq!(&s[h.authority_host.clone().unwrap()], "127.0.0.1");
+        assert_eq!(&s[h.host.clone().unwrap()], "other.example");
+        for (target, path, authority) in [
+            ("HTTPS://[::1]:9/mcp", "/mcp", "[::1]:9"),
+            ("http://localhost", "/", "localhost"),
+            ("http://localhost?q", "/", "localhost"),
+        ] {
+            let s = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let h = req(&s).unwrap().unwrap();
+            assert_eq!(h.path(s.as_bytes()), path.as_bytes(), "{target}");
+            assert_eq!(&s[h.authority.clone().unwrap()], authority, "{target}");
+        }
+        // An HTTP/1.0 request may carry its authority in the target alone.
+        let s = "GET http://localhost:1/mcp HTTP/1.0\r\n\r\n";
+        let h = req(s).unwrap().unwrap();
+        assert_eq!(&s[h.authority.clone().unwrap()], "localhost:1");
+    }
+
+    #[test]
+    fn targets_that_are_no_form_or_another_scheme_are_refused() {
+        for target in [
+            "ftp://localhost/mcp",
+            "ws://localhost/mcp",
+            "http:/localhost/mcp",
+            "http:localhost/mcp",
+            "http:///mcp",
+            "http://[::1]evil.com/mcp",
+            "http://[::1]@evil.com/mcp",
+            "http://user@localhost/mcp",
+            "http://localhost:abc/mcp",
+            "http://localhost:18500x/mcp",
+            "localhost:8080",
+            "mcp",
+            "*",
+            "1http://localhost/mcp",
+        ] {
+            let s = format!("POST {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            let e = req(&s).unwrap_err();
+            assert_eq!(e.kind, Kind::MalformedHttp, "{target}");
+        }
+        assert!(req("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .is_some());
+        // Host must be valid (and present in HTTP/1.1) even when the target has an authority.
+        let bad_host = "POST http://localhost/mcp HTTP/1.1\r\nHost: [::1]evil.com\r\n\r\n";
+        assert_eq!(req(bad_host).unwrap_err().kind, Kind::MalformedHttp);
+        let no_host = "POST http://localhost/mcp HTTP/1.1\r\n\r\n";
+        assert_eq!(req(no_host).unwrap_err().kind, Kind::MalformedHttp);
+    }
+
+    #[test]
+    fn a_request_line_over_its_limit_is_uri_too_long() {
+        let line = |target_len: usize| format!("GET /{} HTTP/1.1", "a".repeat(target_len - 1));
+        // "GET " + target + " HTTP/1.1" is 13 bytes more than the target.
+        let at_limit = line(512 - 13);
+        assert_eq!(at_limit.len(), 512);
+        let over = line(512 - 12);
+        for (l, ok) in [(&at_limit, true), (&over, false)] {
+            for rest in ["\r\nHost: x\r\n\r\n", "\nHost: x\n\n", "\r\nHost: x\r\n"] {
+                let r = req(&format!("{l}{rest}"));
+                if ok {
+                    assert!(r.is_ok(), "{} + {rest:?}: {r:?}", l.len());
+                } else {
+                    assert_eq!(r.unwrap_err().kind, Kind::UriTooLong, "{rest:?}");
+                }
+            }
+        }
+        // Partial: refused as soon as the line is longer than the limit, not at max_head.
+        assert!(req(&at_limit).unwrap().is_none());
+        assert!(req(&format!("{at_limit}\r")).unwrap().is_none());
+        let target_so_far = |n: usize| format!("GET /{}", "a".repeat(n - 5));
+        assert!(req(&target_so_far(512)).unwrap().is_none());
+        assert_eq!(req(&target_so_far(513)).unwrap_err().kind, Kind::UriTooLong);
+        // Empty lines before the request line do not count (RFC 9112 §2.2).
+        assert!(req(&format!("\r\n{at_limit}\r\nHost: x\r\n\r\n")).is_ok());
+        // A long head with a short line is the head limit's business.
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
+        assert_eq!(req(&big).unwrap_err().kind, Kind::HeaderTooLarge);
+    }
+
+    #[test]
+    fn expect_100_continue_only_in_http_1_1() {
+        let expect = |minor: u8| {
+            req(&format!(
+                "POST /mcp HTTP/1.{minor}\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"
+            ))
+            .unwrap()
+            .unwrap()
+            .expect_continue
+        };
+        assert!(expect(1));
+        assert!(!expect(0));
+    }
+
+    #[test]
+    fn lookalikes_of_the_framing_headers_are_refused() {
+        for name in [
+            "Transfer_Encoding",
+            "Transfer---Encoding",
+            "transfer.encoding",
+            "-Transfer-Encoding",
+            "Transfer-Encoding-",
+            "Content_Length",
+            "CONTENT~LENGTH",
+            "Content-Length_",
+            "ContentLength",
+        ] {
+            let s = format!("POST / HTTP/1.1\r\nHost: x\r\n{name}: 5\r\n\r\n");
+            let e = req(&s).unwrap_err();
+            assert_eq!(e.kind, Kind::MalformedHttp, "{name}");
+            assert!(e.reason.contains("resembles"), "{name}: {}", e.reason);
+        }
+        for name in [
+            "Content-Lengths",
+            "Content-Length-X",
+            "X-Content-Length",
+            "Transfer-Encodings",
+            "Content-Language",
+            "Accept-Encoding",
+            "Content-Type-Length",
+        ] {
+            let s = format!("POST / HTTP/1.1\r\nHost: x\r\n{name}: 5\r\n\r\n");
+            assert!(req(&s).unwrap().is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn get_and_head_take_no_body() {
+        for method in ["GET", "HEAD"] {
+            for framing in ["Content-Length: 1", "Transfer-Encoding: chunked"] {
+                let s = format!("{method} /mcp HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+                assert_eq!(req(&s).unwrap_err().kind, Kind::MalformedHttp, "{s}");
+            }
+            let empty = format!("{method} /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+            assert!(req(&empty).unwrap().is_some());
+        }
+        let post = "POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(req(post).unwrap().is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (Content-Length, chunked), the buffered connection type, and the per-worker upstream pool.
 //! Nothing here knows MCP; nothing here knows threads.
 
+pub mod authority;
 pub mod chunked;
 pub mod conn;
 pub mod head;

@@ -20,7 +20,7 @@ use monoio::net::TcpStream;
 
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::head::{parse_request, Framing, HttpMethod, RequestHead, ResponseHead};
+use crate::http::head::{Framing, HttpMethod, RequestHead, ResponseHead};
 use crate::http::pool::UpstreamConn;
 use crate::http::response;
 use crate::jsonrpc::{self, Body, MessageKind};
@@ -51,23 +51,13 @@ fn unix_now() -> u64 {
 pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut c = Client::new(stream, w.clone());
-    loop {
+    // A refused head is answered after the loop: awaiting inside the `match` would keep its
+    // whole `Result` (a `RequestHead`) in the state of every idle connection.
+    let refused = loop {
         let head = match read_head(&w, &mut c).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
-            Err(e) => {
-                Box::pin(refuse(
-                    &w,
-                    &mut c,
-                    e.kind,
-                    None,
-                    Some(&e.reason),
-                    false,
-                    b"",
-                ))
-                .await;
-                return;
-            }
+            Err(e) => break e,
         };
         // Boxed: the per-request state machine is large, and an idle connection should not carry it.
         c.lend(&w);
@@ -76,28 +66,30 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
         if next == Next::Close || w.shutdown.is_fired() {
             return;
         }
-    }
+    };
+    Box::pin(refuse(
+        &w,
+        &mut c,
+        refused.kind,
+        None,
+        Some(&refused.reason),
+        false,
+        b"",
+    ))
+    .await;
 }
 
-/// Phase: read head. Waits up to `idle_timeout` for a first byte (or until shutdown), then up to
-/// `header_read_timeout` for the whole head. `Ok(None)`: the connection ended quietly.
+/// Phase: read head (and admit it: `checks::admit_head`, host/origin included). Waits up to
+/// `idle_timeout` for a first byte (or until shutdown), then up to `header_read_timeout` for
+/// the whole head. `Ok(None)`: the connection ended quietly.
 async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead>, Error> {
     let limits = &w.gw.config.limits;
-    let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut deadline: Option<Instant> = None;
     loop {
         if !c.conn.buffered().is_empty() {
             let mut scratch = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-            match parse_request(
-                c.conn.buffered(),
-                &mut scratch[..max_headers],
-                limits.max_header_bytes,
-            ) {
-                Ok(Some(h)) => return Ok(Some(h)),
-                Ok(None) => {}
-                // A limit's own message (naming its config key) beats the parser's reason.
-                Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
-                Err(e) => return Err(Error::new(e.kind, e.reason)),
+            if let Some(h) = checks::admit_head(&w.gw.config, c.conn.buffered(), &mut scratch)? {
+                return Ok(Some(h));
             }
             deadline.get_or_insert_with(|| w.shutdown.now() + limits.header_read_timeout);
         }
@@ -147,7 +139,7 @@ fn cors_headers(origin: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Phases: route → host/origin → dispatch by HTTP method.
+/// Phases: route → dispatch by HTTP method (the head was admitted by `read_head`).
 async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let t0 = Instant::now();
     let gw = &*w.gw;
@@ -159,12 +151,7 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
         c.conn.consume(head.len);
         return refuse(w, c, Kind::NotFound, None, None, keep_unread, b"").await;
     };
-    let host = head.host.clone().map(|r| &buf[r]);
     let origin = head.origin.clone().map(|r| &buf[r]);
-    if let Err((kind, why)) = checks::admit(&gw.config.listen, host, origin) {
-        c.conn.consume(head.len);
-        return refuse(w, c, kind, None, Some(&why), keep_unread, b"").await;
-    }
     let cors = origin.map(cors_headers).unwrap_or_default();
     match head.method() {
         HttpMethod::Post => post(w, c, head, server, keep, &cors, t0).await,

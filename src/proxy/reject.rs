@@ -25,6 +25,10 @@ impl Rejects {
             .iter()
             .map(|k| {
                 let text = match k {
+                    Kind::UriTooLong => format!(
+                        "request line exceeds limits.max_request_line_bytes ({} bytes)",
+                        l.max_request_line_bytes
+                    ),
                     Kind::HeaderTooLarge => format!(
                         "request head exceeds limits.max_header_bytes ({} bytes)",
                         l.max_header_bytes

@@ -64,6 +64,11 @@ pub fn render_effective(c: &Config) -> String {
         "  max_header_bytes: {}",
         render_size(m.max_header_bytes as u64)
     );
+    let _ = writeln!(
+        o,
+        "  max_request_line_bytes: {}",
+        render_size(m.max_request_line_bytes as u64)
+    );
     let _ = writeln!(o, "  max_headers: {}", m.max_headers);
     let _ = writeln!(
         o,

@@ -49,6 +49,7 @@ fn empty_file_runs_the_demo_with_every_default() {
             }
         );
         assert_eq!(c.limits.max_header_bytes, 16_384);
+        assert_eq!(c.limits.max_request_line_bytes, 8192);
         assert_eq!(c.limits.max_headers, 64);
         assert_eq!(c.limits.max_body_bytes, 4 << 20);
         assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
@@ -117,6 +118,7 @@ listen:
   allowed_origins: ["https://app.example.com", "http://localhost:6274"]
 limits:
   max_header_bytes: 8KiB
+  max_request_line_bytes: 2KiB
   max_headers: 32
   max_body_bytes: 1048576
   header_read_timeout: 250ms
@@ -181,6 +183,7 @@ servers:
         }
     );
     assert_eq!(c.limits.max_header_bytes, 8192);
+    assert_eq!(c.limits.max_request_line_bytes, 2048);
     assert_eq!(c.limits.max_headers, 32);
     assert_eq!(c.limits.max_body_bytes, 1 << 20);
     assert_eq!(c.limits.header_read_timeout, Duration::from_millis(250));
@@ -343,6 +346,27 @@ fn sizes_and_durations_in_context() {
         "session.ttl: must be at least 1s, got 500ms"
     );
     assert!(err("limits: {header_read_timeout: [1s]}").contains("got a list"));
+}
+
+#[test]
+fn the_request_line_limit_fits_inside_the_head_limit() {
+    let line = |text: &str| ok(text).limits.max_request_line_bytes;
+    // Unset: the default, or the head limit when that is smaller.
+    assert_eq!(line("limits: {max_header_bytes: 64KiB}"), 8192);
+    assert_eq!(line("limits: {max_header_bytes: 2KiB}"), 2048);
+    assert_eq!(
+        line("limits: {max_header_bytes: 2KiB, max_request_line_bytes: 2KiB}"),
+        2048
+    );
+    assert_eq!(
+        err("limits: {max_header_bytes: 2KiB, max_request_line_bytes: 4KiB}"),
+        "limits.max_request_line_bytes: 4096 bytes is more than limits.max_header_bytes (2048), \
+         which the request line is part of"
+    );
+    assert_eq!(
+        err("limits: {max_request_line_bytes: 16}"),
+        "limits.max_request_line_bytes: must be at least 32 bytes, got 16"
+    );
 }
 
 #[test]
