@@ -347,6 +347,26 @@ fn http_level_refusals() {
             .status,
         405
     );
+    // HEAD gets the 405's head and no body, and the connection stays usable.
+    let mut raw = gw.client();
+    raw.send_raw(b"HEAD /mcp HTTP/1.1\r\nHost: localhost\r\n\r\nPUT /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    let mut s = raw.stream.try_clone().unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let second = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(
+        text[second..].starts_with("HTTP/1.1 405"),
+        "HEAD answer carried a body: {text}"
+    );
     let r = gw
         .client()
         .request("POST", "/mcp", &[("Content-Type", "text/plain")], body);

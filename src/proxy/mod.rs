@@ -165,6 +165,26 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
                 refuse(w, c, Kind::MethodNotAllowed, None, None, false, b"").await
             }
         }
+        HttpMethod::Head => {
+            // The 405's head without its body (RFC 9110 §9.3.2), so the connection stays in step.
+            c.conn.consume(head.len);
+            w.metrics.rejected(Kind::MethodNotAllowed);
+            w.gw.rejects.render(
+                &mut c.out,
+                Kind::MethodNotAllowed,
+                None,
+                None,
+                keep_unread,
+                b"",
+            );
+            if let Some(end) = memchr::memmem::find(&c.out, b"\r\n\r\n") {
+                c.out.truncate(end + 4);
+            }
+            match c.flush().await {
+                Ok(()) if keep_unread => Next::KeepAlive,
+                _ => Next::Close,
+            }
+        }
         _ => {
             c.conn.consume(head.len);
             refuse(w, c, Kind::MethodNotAllowed, None, None, keep_unread, b"").await
