@@ -157,15 +157,18 @@ pub struct Gateway {
     pub log: Log,
 }
 
+/// `key: value` pairs of one config section.
+type Keys = Vec<(String, String)>;
+
 /// Builds a gateway config: `upstream` is a URL or `builtin:demo`; `extra` is more YAML (top-level keys).
 pub struct GatewayBuilder {
-    upstreams: Vec<(String, String, Vec<(String, String)>)>,
+    upstreams: Vec<(String, String, Keys)>,
     servers: Vec<(String, String)>,
     extra: String,
     workers: usize,
     driver: Option<Driver>,
-    limits: Vec<(String, String)>,
-    listen: Vec<(String, String)>,
+    limits: Keys,
+    listen: Keys,
 }
 
 impl Gateway {
@@ -350,13 +353,17 @@ impl GatewayBuilder {
         self.driver = Some(d);
         self
     }
-    /// A key of the `limits` section (do not also pass `limits:` through `yaml`).
+    /// Sets a key of the `limits` section, replacing an earlier value (do not also pass
+    /// `limits:` through `yaml`).
     pub fn limit(mut self, key: &str, value: &str) -> Self {
+        self.limits.retain(|(k, _)| k != key);
         self.limits.push((key.into(), value.into()));
         self
     }
-    /// A key of the `listen` section besides `address` (do not also pass `listen:` through `yaml`).
+    /// Sets a key of the `listen` section besides `address`, replacing an earlier value (do not
+    /// also pass `listen:` through `yaml`).
     pub fn listen(mut self, key: &str, value: &str) -> Self {
+        self.listen.retain(|(k, _)| k != key);
         self.listen.push((key.into(), value.into()));
         self
     }

@@ -110,6 +110,18 @@ pub fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> 
     out
 }
 
+/// `resp` with one more header line after its status line.
+pub fn with_header(resp: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let at = resp
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(resp.len(), |p| p + 2);
+    let mut out = resp[..at].to_vec();
+    out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    out.extend_from_slice(&resp[at..]);
+    out
+}
+
 /// `200 OK`, `application/json`, upstream session `up-1`.
 pub fn json_response(body: &str) -> Vec<u8> {
     response(
