@@ -3,10 +3,13 @@
 #   1. tools      scripts/install-tools.sh (Node 22, MCP clients and servers, into .tools/)
 #   2. build      cargo build --bins
 #   3. cargo      cargo test --all-targets (unit, integration, benches in test mode)
-#   4. doctests   cargo test --doc
-#   5. clients    tests/clients/run_clients.py (real MCP clients, directly and through tollgate)
-#   6. fuzz       scripts/fuzz-smoke.sh 20   (each fuzz target, bounded)
-#   7. load       loadtest/smoke.sh          (a few seconds of tollgate-load: direct, bare, tollgate)
+#   4. hostile    cargo test --release --test hostile (the hostile regression suite against the
+#                 release binary, on io_uring and legacy: framing, exhaustion, scanner, sessions,
+#                 host_origin, upstream, shutdown; classes described in tests/hostile.rs)
+#   5. doctests   cargo test --doc
+#   6. clients    tests/clients/run_clients.py (real MCP clients, directly and through tollgate)
+#   7. fuzz       scripts/fuzz-smoke.sh 20   (each fuzz target, bounded)
+#   8. load       loadtest/smoke.sh          (a few seconds of tollgate-load: direct, bare, tollgate)
 # Ends with `tests: N passed, M failed` (N, M count steps); exits non-zero on any failure.
 # Works with CI=true and no TTY, from a fresh clone. Usage: scripts/test.sh [--keep-going]
 set -euo pipefail
@@ -80,6 +83,7 @@ describe() {
     tools) echo "could not install the test tools (see install-tools output above)" ;;
     build) echo "the crate does not build" ;;
     cargo) echo "a Rust unit/integration/bench-as-test failed (search above for 'FAILED' or 'panicked')" ;;
+    hostile) echo "a hostile regression case failed on the release binary (test names read class::case::driver; each panic lists every broken expectation; classes in tests/hostile.rs)" ;;
     doctests) echo "a doc test failed" ;;
     clients) echo "a real MCP client check failed (lines starting with FAIL above; 'direct' = the client or upstream, 'tollgate' only = the gateway)" ;;
     fuzz) echo "the fuzz smoke run failed or found a crash" ;;
@@ -94,6 +98,7 @@ step tools bash scripts/install-tools.sh
 export PATH="$repo/.tools/node/node_modules/.bin:$PATH"
 step build nice cargo build --bins
 step cargo nice cargo test --all-targets
+step hostile nice cargo test --release --test hostile
 step doctests nice cargo test --doc
 step clients python3 tests/clients/run_clients.py
 

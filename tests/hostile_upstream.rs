@@ -8,48 +8,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use harness::scripted::{self, read_request};
 use harness::{Gateway, Mcp};
 use serde_json::json;
 
-/// Reads one request (head + Content-Length body) from a raw stream.
-fn read_request(s: &mut TcpStream) -> Option<serde_json::Value> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut tmp).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < head_end + len {
-        let n = s.read(&mut tmp).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    if len == 0 {
-        return Some(serde_json::Value::Null);
-    }
-    serde_json::from_slice(&buf[head_end..head_end + len]).ok()
-}
-
 fn json_reply(id: &serde_json::Value, result: serde_json::Value) -> Vec<u8> {
-    let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    scripted::json_response(&scripted::rpc_result(id, result))
 }
 
 /// An upstream that behaves for initialize and misbehaves on tools/call per the tool's name.
@@ -65,7 +29,7 @@ fn hostile_upstream() -> SocketAddr {
 }
 
 fn serve(mut s: TcpStream) {
-    while let Some(req) = read_request(&mut s) {
+    while let Some(req) = read_request(&mut s).map(|r| r.json()) {
         let id = req["id"].clone();
         let method = req["method"].as_str().unwrap_or("");
         let reply = match method {

@@ -1,12 +1,18 @@
 //! Test harness: starts the real `tollgate` binary (gateway or demo upstream) on ephemeral
 //! loopback ports, waits for its ready file, and speaks raw HTTP/1.1 to it.
 //! Processes are killed when their handle drops, so a failing test leaves nothing behind.
+//! Also: the I/O driver a gateway runs on (`Driver`), what its process holds (`/proc` socket
+//! descriptors, RSS), bounded waits (`eventually`, `wait_closed`) and, in `scripted`, a raw-TCP
+//! upstream whose every byte a test decides.
 #![allow(dead_code)]
+
+pub mod scripted;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -53,10 +59,44 @@ fn wait_ready(child: &mut Child, ready: &std::path::Path) -> serde_json::Value {
     }
 }
 
+/// What a child wrote to stderr, drained by a thread so a chatty process never blocks on a
+/// full pipe (the gateway logs every upstream fault at warn).
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    fn drain(child: &mut Child) -> Log {
+        let log = Log::default();
+        if let Some(mut err) = child.stderr.take() {
+            let sink = log.0.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = sink.lock() {
+                        s.extend_from_slice(&buf[..n]);
+                    }
+                }
+            });
+        }
+        log
+    }
+
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// The demo upstream as its own process.
 pub struct Demo {
     pub addr: SocketAddr,
     pub proc: Proc,
+    pub log: Log,
 }
 
 impl Demo {
@@ -72,9 +112,11 @@ impl Demo {
             .spawn()
             .unwrap();
         let v = wait_ready(&mut child, &ready);
+        let log = Log::drain(&mut child);
         Demo {
             addr: v["listen"].as_str().unwrap().parse().unwrap(),
             proc: Proc { child, dir },
+            log,
         }
     }
 
@@ -83,19 +125,50 @@ impl Demo {
     }
 }
 
+/// The I/O driver a gateway is configured with (`runtime.driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Legacy,
+}
+
+impl Driver {
+    /// The config value.
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Legacy => "legacy",
+        }
+    }
+    /// The `driver` label of `tollgate_workers` when a worker really runs on it.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Legacy => "legacy(epoll)",
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub proc: Proc,
+    pub log: Log,
 }
+
+/// `key: value` pairs of one config section.
+type Keys = Vec<(String, String)>;
 
 /// Builds a gateway config: `upstream` is a URL or `builtin:demo`; `extra` is more YAML (top-level keys).
 pub struct GatewayBuilder {
-    upstreams: Vec<(String, String)>,
+    upstreams: Vec<(String, String, Keys)>,
     servers: Vec<(String, String)>,
     extra: String,
     workers: usize,
+    driver: Option<Driver>,
+    limits: Keys,
+    listen: Keys,
 }
 
 impl Gateway {
@@ -105,6 +178,9 @@ impl Gateway {
             servers: vec![],
             extra: String::new(),
             workers: 2,
+            driver: None,
+            limits: vec![],
+            listen: vec![],
         }
     }
 
@@ -130,11 +206,131 @@ impl Gateway {
     pub fn pid(&self) -> u32 {
         self.proc.child.id()
     }
+
+    /// The socket descriptors the gateway process holds (listeners, clients, upstreams), from
+    /// `/proc/<pid>/fd`.
+    pub fn socket_fds(&self) -> Vec<String> {
+        socket_fds(self.pid())
+    }
+
+    /// Resident memory of the gateway process in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// `tollgate_connections_open` as the admin listener reports it (-1 if absent).
+    pub fn connections_open(&self) -> f64 {
+        metric_value(&self.metrics(), "tollgate_connections_open")
+    }
+
+    /// Sends SIGTERM to the gateway.
+    pub fn sigterm(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits up to `bound` for the process to exit.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of an unlabelled metric line `name value` in a Prometheus scrape (-1 if absent).
+pub fn metric_value(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map_or(-1.0, |v| v.trim().parse().unwrap_or(-1.0))
+}
+
+/// Socket descriptors of process `pid`, as `fd -> socket:[inode]` lines.
+pub fn socket_fds(pid: u32) -> Vec<String> {
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        // A descriptor may close between the listing and the readlink: skip it.
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            let t = target.to_string_lossy();
+            if t.starts_with("socket:") {
+                out.push(format!("{} -> {t}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB; 0 if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 25 ms until it holds or `bound` has passed; returns whether it held.
+pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Reads from `s` until the peer closes it (EOF or reset) or `deadline` passes.
+/// `Ok(bytes)`: closed, with every byte that arrived first; `Err(bytes)`: still open at the deadline.
+pub fn read_until_closed(s: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = vec![];
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero read timeout means "block forever": keep a floor.
+        s.set_read_timeout(Some(left.max(Duration::from_millis(5))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(got);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // Reset, aborted, broken: closed.
+            Err(_) => return Ok(got),
+        }
+    }
 }
 
 impl GatewayBuilder {
     pub fn upstream(mut self, name: &str, url: &str) -> Self {
-        self.upstreams.push((name.into(), url.into()));
+        self.upstreams.push((name.into(), url.into(), vec![]));
         self
     }
     pub fn serve(mut self, path: &str, upstream: &str) -> Self {
@@ -143,6 +339,32 @@ impl GatewayBuilder {
     }
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// An upstream with per-upstream keys, e.g. `[("request_timeout", "500ms")]`.
+    pub fn upstream_with(mut self, name: &str, url: &str, keys: &[(&str, &str)]) -> Self {
+        let keys = keys.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        self.upstreams
+            .push((name.into(), url.into(), keys.collect()));
+        self
+    }
+    /// `runtime.driver`; `start` then checks every worker really runs on it.
+    pub fn driver(mut self, d: Driver) -> Self {
+        self.driver = Some(d);
+        self
+    }
+    /// Sets a key of the `limits` section, replacing an earlier value (do not also pass
+    /// `limits:` through `yaml`).
+    pub fn limit(mut self, key: &str, value: &str) -> Self {
+        self.limits.retain(|(k, _)| k != key);
+        self.limits.push((key.into(), value.into()));
+        self
+    }
+    /// Sets a key of the `listen` section besides `address`, replacing an earlier value (do not
+    /// also pass `listen:` through `yaml`).
+    pub fn listen(mut self, key: &str, value: &str) -> Self {
+        self.listen.retain(|(k, _)| k != key);
+        self.listen.push((key.into(), value.into()));
         self
     }
     /// Extra top-level YAML, e.g. "limits:\n  max_body_bytes: 1KiB\n".
@@ -157,8 +379,20 @@ impl GatewayBuilder {
             "workers: {}\nruntime:\n  pin_workers: false\n",
             self.workers
         );
+        if let Some(d) = self.driver {
+            y.push_str(&format!("  driver: {}\n", d.config_value()));
+        }
         if !self.extra.contains("listen:") {
             y.push_str("listen:\n  address: 127.0.0.1:0\n");
+            for (k, v) in &self.listen {
+                y.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        if !self.limits.is_empty() {
+            y.push_str("limits:\n");
+            for (k, v) in &self.limits {
+                y.push_str(&format!("  {k}: {v}\n"));
+            }
         }
         if !self.extra.contains("admin:") {
             y.push_str("admin:\n  address: 127.0.0.1:0\n");
@@ -166,8 +400,11 @@ impl GatewayBuilder {
         if !self.upstreams.is_empty() {
             y.push_str("upstreams:\n");
         }
-        for (n, u) in &self.upstreams {
+        for (n, u, keys) in &self.upstreams {
             y.push_str(&format!("  - name: {n}\n    url: \"{u}\"\n"));
+            for (k, v) in keys {
+                y.push_str(&format!("    {k}: {v}\n"));
+            }
         }
         if !self.servers.is_empty() {
             y.push_str("servers:\n");
@@ -180,6 +417,7 @@ impl GatewayBuilder {
     }
 
     pub fn start(self) -> Gateway {
+        let driver = self.driver;
         let dir = temp_dir();
         let cfg = dir.join("tollgate.yaml");
         std::fs::write(&cfg, self.config_text()).unwrap();
@@ -195,11 +433,30 @@ impl GatewayBuilder {
             .spawn()
             .unwrap();
         let v = wait_ready(&mut child, &ready);
-        Gateway {
+        let log = Log::drain(&mut child);
+        let gw = Gateway {
             addr: v["listen"].as_str().unwrap().parse().unwrap(),
             admin: v["admin"].as_str().map(|a| a.parse().unwrap()),
             proc: Proc { child, dir },
+            log,
+        };
+        // The driver a worker asked for is not always the one it got (io_uring falls back to
+        // epoll): a test that says io_uring must really run on it.
+        if let (Some(d), Some(_)) = (driver, gw.admin) {
+            let m = gw.metrics();
+            let want = format!("tollgate_workers{{driver=\"{}\"}}", d.metric_label());
+            assert!(
+                m.lines().any(|l| l.starts_with(&want)),
+                "runtime.driver: {} requested but the workers run on another driver:\n{}\n{}",
+                d.config_value(),
+                m.lines()
+                    .filter(|l| l.starts_with("tollgate_workers"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                gw.log.text()
+            );
         }
+        gw
     }
 }
 
@@ -307,14 +564,23 @@ impl Http {
         Ok(n)
     }
 
-    /// Whether the server closed the connection (reads EOF within `wait`).
+    /// Whether the server closed the connection (EOF or reset) within `wait`; bytes that
+    /// arrive first are kept. A read that merely times out is not a close.
     pub fn closed_within(&mut self, wait: Duration) -> bool {
-        self.stream.set_read_timeout(Some(wait)).unwrap();
-        let r = matches!(self.fill(), Ok(0)) || matches!(self.fill(), Ok(0) | Err(_));
+        let r = read_until_closed(&mut self.stream, Instant::now() + wait);
         self.stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        r
+        match r {
+            Ok(got) => {
+                self.buf.extend_from_slice(&got);
+                true
+            }
+            Err(got) => {
+                self.buf.extend_from_slice(&got);
+                false
+            }
+        }
     }
 
     /// Reads one response; `None` if the connection closed before a head arrived.
