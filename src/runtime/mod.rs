@@ -351,10 +351,12 @@ async fn worker_main(
             monoio::spawn(async move { refuse_connection(&w, stream).await });
             continue;
         }
+        // Counted here, before the task first runs: the accept loop may take a whole burst of
+        // queued connections without yielding, and each must see the ones before it.
+        w.connections.set(w.connections.get() + 1);
+        w.metrics.connections_open.increment(1.0);
         let w = w.clone();
         monoio::spawn(async move {
-            w.connections.set(w.connections.get() + 1);
-            w.metrics.connections_open.increment(1.0);
             crate::proxy::serve(w.clone(), stream).await;
             w.connections.set(w.connections.get() - 1);
             w.metrics.connections_open.decrement(1.0);
