@@ -33,14 +33,15 @@ pub struct Pool {
     idle: Vec<Vec<Idle>>,
 }
 
-/// What a peek at an idle socket saw.
+/// What a peek at a socket saw (for a pooled upstream connection, or a client whose event
+/// stream is being relayed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idleness {
-    /// Nothing to read: usable.
+    /// Nothing to read.
     Silent,
     /// The peer closed it (or it failed).
     Closed,
-    /// The peer wrote bytes nobody asked for.
+    /// The peer wrote bytes (nobody asked for, on a pooled connection).
     Unsolicited,
 }
 
@@ -60,8 +61,7 @@ pub fn idleness(fd: std::os::fd::RawFd) -> Idleness {
         0 => Idleness::Closed,
         n if n > 0 => Idleness::Unsolicited,
         _ => match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock => Idleness::Silent,
-            std::io::ErrorKind::Interrupted => Idleness::Closed,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Idleness::Silent,
             _ => Idleness::Closed,
         },
     }

@@ -9,7 +9,7 @@ use monoio::net::TcpStream;
 use crate::error::{Error, Kind};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{parse_response, Framing, ResponseHead};
-use crate::http::pool::{connect, UpstreamConn};
+use crate::http::pool::{connect, idleness, Idleness, UpstreamConn};
 use crate::http::Conn;
 
 use super::shutdown::LocalShutdown;
@@ -465,28 +465,6 @@ enum StreamEvent {
     Shutdown,
 }
 
-/// Whether the peer closed: a zero-byte peek. Data waiting (a pipelined request) is not "gone".
-fn peer_closed(fd: std::os::fd::RawFd) -> Option<bool> {
-    let mut b = [0u8; 1];
-    // SAFETY: recv into a 1-byte stack buffer on a socket this connection owns.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Some(true),
-        n if n > 0 => Some(false),
-        _ => match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
-            _ => Some(true),
-        },
-    }
-}
-
 /// Waits on an event stream without lending a buffer: the upstream's next bytes, the client
 /// going away, or shutdown. Readiness polls cancel cleanly, unlike a read that owns a buffer.
 async fn stream_wait(
@@ -515,11 +493,11 @@ async fn stream_wait(
         monoio::select! {
             _ = up.io.readable(false) => return StreamEvent::UpstreamReadable,
             _ = &mut shutdown => return StreamEvent::Shutdown,
-            _ = c.conn.io.readable(false) => match peer_closed(c.conn.io.as_raw_fd()) {
-                Some(true) => return StreamEvent::ClientGone,
+            _ = c.conn.io.readable(false) => match idleness(c.conn.io.as_raw_fd()) {
+                Idleness::Closed => return StreamEvent::ClientGone,
                 // The client sent more (pipelining): it is still there; stop watching it.
-                Some(false) => *watch_client = false,
-                None => {}
+                Idleness::Unsolicited => *watch_client = false,
+                Idleness::Silent => {}
             },
         }
     }

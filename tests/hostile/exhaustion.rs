@@ -226,56 +226,15 @@ fn call_body(id: u64, tool: &str, args: serde_json::Value) -> String {
     .to_string()
 }
 
-fn sse_replies_to_http10_end_in_a_close(d: Driver) {
-    let demo = Demo::start(&["--sse"]);
-    let gw = builder(d)
-        .upstream("demo", &demo.url())
-        .serve("/mcp", "demo")
-        .start();
-    let sid = session(&gw).session.unwrap();
-    let mut p = Problems::default();
-    for (tool, args, want) in [
-        ("echo", json!({"text": "sse over 1.0"}), "sse over 1.0"),
-        (
-            "progress",
-            json!({"steps": 3, "interval_ms": 10}),
-            "progress done",
-        ),
-    ] {
-        let req = request(
-            "POST /mcp HTTP/1.0",
-            &mcp_headers(Some(&sid)),
-            call_body(3, tool, args).as_bytes(),
-        );
-        let got = match exchange(gw.addr, &req, BOUND) {
-            Ok(got) => got,
-            Err(got) => {
-                p.push(format!(
-                    "{tool}: an SSE reply to HTTP/1.0 did not end in a close within {BOUND:?} \
-                     (RFC 9112 §6.3: the close delimits it); got {:?}",
-                    show(&got)
-                ));
-                got
-            }
-        };
-        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-        if !text.starts_with("http/1.1 200") || !text.contains("text/event-stream") {
-            p.push(format!("{tool}: not an SSE 200: {:?}", show(&got)));
-        }
-        if text.contains("transfer-encoding") {
-            p.push(format!(
-                "{tool}: chunked framing sent to an HTTP/1.0 client: {:?}",
-                show(&got)
-            ));
-        }
-        if !text.contains(want) {
-            p.push(format!("{tool}: the result is missing: {:?}", show(&got)));
-        }
-    }
-    p.assert_none("SSE replies to HTTP/1.0 requests");
-}
-
-fn sse_replies_to_connection_close_end_in_a_close(d: Driver) {
+/// Calls a one-event SSE tool (`echo` on a `--sse` demo) and a multi-event one (`progress`)
+/// with `request(id, body)`; `check(tool, got, want)` judges what came back before the close.
+fn sse_reply_ends_in_a_close(
+    d: Driver,
+    what: &str,
+    rfc: &str,
+    request: impl Fn(&str, &str) -> Vec<u8>,
+    check: impl Fn(&str, &[u8], &str, &mut Problems),
+) {
     let demo = Demo::start(&["--sse"]);
     let gw = builder(d)
         .upstream("demo", &demo.url())
@@ -291,38 +250,76 @@ fn sse_replies_to_connection_close_end_in_a_close(d: Driver) {
             "progress done",
         ),
     ] {
-        let mut headers = mcp_headers(Some(&sid));
-        headers.push(("Connection", "close"));
-        let req = request(
-            "POST /mcp HTTP/1.1",
-            &headers,
-            call_body(4, tool, args).as_bytes(),
-        );
+        let req = request(&sid, &call_body(3, tool, args));
         let got = match exchange(gw.addr, &req, BOUND) {
             Ok(got) => got,
             Err(got) => {
                 p.push(format!(
-                    "{tool}: an SSE reply to `Connection: close` did not end in a close within \
-                     {BOUND:?} (RFC 9112 §9.6); got {:?}",
+                    "{tool}: an SSE reply to {what} did not end in a close within {BOUND:?} \
+                     ({rfc}); got {:?}",
                     show(&got)
                 ));
                 got
             }
         };
-        match split_responses(&got).as_slice() {
+        check(tool, &got, want, &mut p);
+    }
+    p.assert_none(&format!("SSE replies to {what}"));
+}
+
+fn sse_replies_to_http10_end_in_a_close(d: Driver) {
+    sse_reply_ends_in_a_close(
+        d,
+        "HTTP/1.0 requests",
+        "RFC 9112 §6.3: the close delimits it",
+        |sid, body| {
+            request(
+                "POST /mcp HTTP/1.0",
+                &mcp_headers(Some(sid)),
+                body.as_bytes(),
+            )
+        },
+        |tool, got, want, p| {
+            let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+            if !text.starts_with("http/1.1 200") || !text.contains("text/event-stream") {
+                p.push(format!("{tool}: not an SSE 200: {:?}", show(got)));
+            }
+            if text.contains("transfer-encoding") {
+                p.push(format!(
+                    "{tool}: chunked framing sent to an HTTP/1.0 client: {:?}",
+                    show(got)
+                ));
+            }
+            if !text.contains(want) {
+                p.push(format!("{tool}: the result is missing: {:?}", show(got)));
+            }
+        },
+    );
+}
+
+fn sse_replies_to_connection_close_end_in_a_close(d: Driver) {
+    sse_reply_ends_in_a_close(
+        d,
+        "`Connection: close` requests",
+        "RFC 9112 §9.6",
+        |sid, body| {
+            let mut headers = mcp_headers(Some(sid));
+            headers.push(("Connection", "close"));
+            request("POST /mcp HTTP/1.1", &headers, body.as_bytes())
+        },
+        |tool, got, want, p| match split_responses(got).as_slice() {
             [r] if r.status == 200 => {
                 let head = r.head.to_ascii_lowercase();
                 if !head.contains("connection: close") {
                     p.push(format!("{tool}: no `connection: close` in {:?}", r.head));
                 }
                 if !String::from_utf8_lossy(&r.body).contains(want) {
-                    p.push(format!("{tool}: the result is missing: {:?}", show(&got)));
+                    p.push(format!("{tool}: the result is missing: {:?}", show(got)));
                 }
             }
-            _ => p.push(format!("{tool}: expected one 200: {:?}", show(&got))),
-        }
-    }
-    p.assert_none("SSE replies to `Connection: close` requests");
+            _ => p.push(format!("{tool}: expected one 200: {:?}", show(got))),
+        },
+    );
 }
 
 /// What the scripted upstream saw after misbehaving: whether the gateway closed its socket.
