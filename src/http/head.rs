@@ -589,6 +589,11 @@ pub fn parse_response<'b>(
     head.framing = if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
         Framing::None
     } else if chunked {
+        // Both framings: chunked wins, and the connection is not reused (RFC 9112 §6.3), since
+        // something on the way may have framed it by the length.
+        if content_length.is_some() {
+            head.keep_alive = false;
+        }
         Framing::Chunked
     } else if let Some(n) = content_length {
         Framing::Length(n)
@@ -897,6 +902,17 @@ mod tests {
             .unwrap();
         assert_eq!(r.framing, Framing::Length(0));
         assert_eq!(r.keep_alive_timeout, None);
+    }
+
+    #[test]
+    fn a_response_with_both_framings_is_chunked_and_not_reused() {
+        let s = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; 16];
+        let r = parse_response(s.as_bytes(), &mut h, 1024, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!r.keep_alive);
     }
 
     #[test]
