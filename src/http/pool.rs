@@ -67,6 +67,20 @@ pub fn idleness(fd: std::os::fd::RawFd) -> Idleness {
     }
 }
 
+/// Whether an idle socket is quiet: nothing to read, no FIN, no error. A zero-timeout `poll`
+/// reads the socket's state without taking its lock (cheaper than a `recv(MSG_PEEK)` on the
+/// request path); data and close alike mean the pooled connection must not be used.
+pub fn is_quiet(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd owned by this frame, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 0
+}
+
 /// When a connection put back now stops being reusable: our `idle_timeout`, shortened to the
 /// upstream's advertised `Keep-Alive: timeout=N` less a margin (it closes at N; a request sent
 /// just before that would race its close). `Some(0)` means: do not pool.
@@ -97,7 +111,7 @@ impl Pool {
     pub fn take(&mut self, upstream: usize, now: Instant) -> Option<UpstreamConn> {
         let stack = self.idle.get_mut(upstream)?;
         while let Some(idle) = stack.pop() {
-            if now < idle.expires && idleness(idle.conn.io.as_raw_fd()) == Idleness::Silent {
+            if now < idle.expires && is_quiet(idle.conn.io.as_raw_fd()) {
                 return Some(idle.conn);
             }
         }
@@ -205,5 +219,13 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(idleness(c2.as_raw_fd()), Idleness::Closed);
+        assert!(!is_quiet(c.as_raw_fd()), "data waiting");
+        assert!(!is_quiet(c2.as_raw_fd()), "closed by the peer");
+        let (c3, _) = (
+            std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap(),
+            (),
+        );
+        let _s3 = l.accept().unwrap();
+        assert!(is_quiet(c3.as_raw_fd()));
     }
 }
