@@ -96,8 +96,12 @@ impl<S: AsyncReadRent> Conn<S> {
         let buf = std::mem::take(&mut self.rbuf);
         let len = buf.len();
         let cap = buf.capacity();
+        // While the buffer is lent to the read, `rbuf` is empty: keep `rpos` consistent with it,
+        // so a read cancelled mid-way (timeout, shutdown) leaves an empty, not a broken, buffer.
+        let rpos = std::mem::take(&mut self.rpos);
         let (res, slice) = self.io.read(buf.slice_mut(len..cap)).await;
         self.rbuf = slice.into_inner();
+        self.rpos = rpos;
         res
     }
 }

@@ -33,6 +33,36 @@ pub struct Pool {
     idle: Vec<Vec<Idle>>,
 }
 
+/// Why a pooled connection was dropped instead of reused (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// The upstream closed it while idle (routine: upstreams have idle timers too).
+    Closed = 0,
+    /// The upstream wrote bytes nobody asked for: a stray or late response.
+    Unsolicited = 1,
+    /// Past its idle expiry.
+    Expired = 2,
+}
+
+impl Discard {
+    pub const ALL: [Discard; 3] = [Discard::Closed, Discard::Unsolicited, Discard::Expired];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Discard::Closed => "closed",
+            Discard::Unsolicited => "unsolicited",
+            Discard::Expired => "expired",
+        }
+    }
+}
+
+/// Classifies an idle connection that is not quiet (the rare path: one `recv(MSG_PEEK)`).
+fn discard_reason(fd: std::os::fd::RawFd) -> Discard {
+    match idleness(fd) {
+        Idleness::Unsolicited => Discard::Unsolicited,
+        _ => Discard::Closed,
+    }
+}
+
 /// What a peek at a socket saw (for a pooled upstream connection, or a client whose event
 /// stream is being relayed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,12 +137,22 @@ impl Pool {
     }
 
     /// The newest idle connection to `upstream` that has not expired and is silent; expired,
-    /// closed and noisy ones are dropped (closed) on the way.
-    pub fn take(&mut self, upstream: usize, now: Instant) -> Option<UpstreamConn> {
+    /// closed and noisy ones are dropped (closed) on the way, each reported to `discarded`.
+    pub fn take(
+        &mut self,
+        upstream: usize,
+        now: Instant,
+        mut discarded: impl FnMut(Discard),
+    ) -> Option<UpstreamConn> {
         let stack = self.idle.get_mut(upstream)?;
         while let Some(idle) = stack.pop() {
-            if now < idle.expires && is_quiet(idle.conn.io.as_raw_fd()) {
+            let fd = idle.conn.io.as_raw_fd();
+            if now >= idle.expires {
+                discarded(Discard::Expired);
+            } else if is_quiet(fd) {
                 return Some(idle.conn);
+            } else {
+                discarded(discard_reason(fd));
             }
         }
         None
@@ -139,12 +179,22 @@ impl Pool {
         }
     }
 
-    /// Drops expired idle connections, and those the upstream has closed (so their sockets do
-    /// not linger in CLOSE_WAIT). Called from the worker's timer.
-    pub fn sweep(&mut self, now: Instant) {
-        for stack in &mut self.idle {
-            stack
-                .retain(|c| now < c.expires && idleness(c.conn.io.as_raw_fd()) == Idleness::Silent);
+    /// Drops expired idle connections, and those the upstream has closed or written to (so
+    /// their sockets do not linger in CLOSE_WAIT). Called from the worker's timer.
+    pub fn sweep(&mut self, now: Instant, mut discarded: impl FnMut(usize, Discard)) {
+        for (u, stack) in self.idle.iter_mut().enumerate() {
+            stack.retain(|c| {
+                let fd = c.conn.io.as_raw_fd();
+                let why = if now >= c.expires {
+                    Discard::Expired
+                } else if is_quiet(fd) {
+                    return true;
+                } else {
+                    discard_reason(fd)
+                };
+                discarded(u, why);
+                false
+            });
         }
     }
 

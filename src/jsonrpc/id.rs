@@ -10,7 +10,10 @@ pub fn same_id(a: &[u8], b: &[u8]) -> bool {
         return true;
     }
     match (a.first(), b.first()) {
-        (Some(b'"'), Some(b'"')) => string_value(a) == string_value(b),
+        (Some(b'"'), Some(b'"')) => match (string_value(a), string_value(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
         (Some(x), Some(y)) if is_number_start(*x) && is_number_start(*y) => {
             match (Decimal::parse(a), Decimal::parse(b)) {
                 (Some(x), Some(y)) => x == y,

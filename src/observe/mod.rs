@@ -59,6 +59,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         names::UPSTREAM_REQUESTS_TOTAL,
         "Requests sent to each upstream, by result."
     );
+    describe_counter!(
+        names::UPSTREAM_POOL_DISCARDS_TOTAL,
+        "Idle upstream connections dropped instead of reused: closed by the upstream, \
+         unsolicited bytes from it (a stray response), or expired."
+    );
     describe_gauge!(names::CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(
         names::CONNECTIONS_ACCEPTED_TOTAL,
@@ -94,6 +99,8 @@ const UPSTREAM_RESULTS: [&str; 5] = ["ok", "status", "unavailable", "timeout", "
 
 pub struct UpstreamMetrics {
     results: [Counter; 5],
+    /// Indexed by `http::pool::Discard`.
+    discards: [Counter; 3],
 }
 
 /// Handles one worker records into, resolved once when the worker starts.
@@ -123,6 +130,9 @@ impl WorkerMetrics {
             .map(|u| UpstreamMetrics {
                 results: UPSTREAM_RESULTS
                     .map(|r| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "upstream" => u.clone(), "result" => r)),
+                discards: crate::http::pool::Discard::ALL.map(|d| {
+                    metrics::counter!(names::UPSTREAM_POOL_DISCARDS_TOTAL, "upstream" => u.clone(), "reason" => d.as_str())
+                }),
             })
             .collect();
         let rejections = Kind::ALL
@@ -164,6 +174,13 @@ impl WorkerMetrics {
         self.rejections[i].increment(1);
         if let Some(c) = &self.limits[i] {
             c.increment(1);
+        }
+    }
+
+    /// A pooled upstream connection dropped instead of reused.
+    pub fn pool_discard(&self, upstream: usize, why: crate::http::pool::Discard) {
+        if let Some(u) = self.upstreams.get(upstream) {
+            u.discards[why as usize].increment(1);
         }
     }
 

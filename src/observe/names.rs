@@ -9,6 +9,8 @@ pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";
 pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "tollgate_limit_rejections_total";
+/// Pooled upstream connections dropped instead of reused, by reason (closed, unsolicited, expired).
+pub const UPSTREAM_POOL_DISCARDS_TOTAL: &str = "tollgate_upstream_pool_discards_total";
 pub const SESSIONS_OPENED_TOTAL: &str = "tollgate_sessions_opened_total";
 pub const SESSIONS_CLOSED_TOTAL: &str = "tollgate_sessions_closed_total";
 /// The admin listener's own limits (`admin.max_connections`, `admin.request_timeout`).

@@ -61,7 +61,9 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
         };
         // Boxed: the per-request state machine is large, and an idle connection should not carry it.
         c.lend(&w);
+        c.head_only = head.method() == HttpMethod::Head;
         let next = Box::pin(handle(&w, &mut c, head)).await;
+        c.head_only = false;
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
             return;
@@ -124,6 +126,12 @@ async fn refuse(
     let reason = reason.filter(|r| !r.is_empty());
     w.gw.rejects
         .render(&mut c.out, kind, id, reason, keep_alive, extra_headers);
+    if c.head_only {
+        // A HEAD request gets the head alone (RFC 9110 §9.3.2), so the connection stays in step.
+        if let Some(end) = memchr::memmem::find(&c.out, b"\r\n\r\n") {
+            c.out.truncate(end + 4);
+        }
+    }
     if c.flush().await.is_err() || !keep_alive {
         return Next::Close;
     }
@@ -165,26 +173,6 @@ async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
                 refuse(w, c, Kind::MethodNotAllowed, None, None, false, b"").await
             }
         }
-        HttpMethod::Head => {
-            // The 405's head without its body (RFC 9110 §9.3.2), so the connection stays in step.
-            c.conn.consume(head.len);
-            w.metrics.rejected(Kind::MethodNotAllowed);
-            w.gw.rejects.render(
-                &mut c.out,
-                Kind::MethodNotAllowed,
-                None,
-                None,
-                keep_unread,
-                b"",
-            );
-            if let Some(end) = memchr::memmem::find(&c.out, b"\r\n\r\n") {
-                c.out.truncate(end + 4);
-            }
-            match c.flush().await {
-                Ok(()) if keep_unread => Next::KeepAlive,
-                _ => Next::Close,
-            }
-        }
         _ => {
             c.conn.consume(head.len);
             refuse(w, c, Kind::MethodNotAllowed, None, None, keep_unread, b"").await
@@ -213,6 +201,9 @@ enum BodyAt {
     Inline(Range<usize>),
     Decoded,
 }
+
+/// How much a read of a chunked request body asks for.
+const CHUNKED_READ: usize = 16 * 1024;
 
 /// Reads more of a request body before `deadline` (the worker's coarse clock).
 async fn fill_body(
@@ -273,7 +264,8 @@ async fn read_body(
         if dec.is_done() {
             return Ok((BodyAt::Decoded, head.len));
         }
-        fill_body(w, c, deadline, 0).await?;
+        // Ask for a good read's worth: the framing just cut keeps the buffer from growing.
+        fill_body(w, c, deadline, CHUNKED_READ).await?;
     }
 }
 
@@ -562,8 +554,6 @@ async fn post(
             return refuse(w, c, e.kind, id, Some(&e.reason), keep, cors).await;
         }
     };
-    w.metrics
-        .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
     let outcome = if (200..300).contains(&rhead.status) {
         Outcome::Ok
     } else {
@@ -571,7 +561,14 @@ async fn post(
     };
     let mut up_conn = up_conn;
     let expect_id = scanned.id.as_ref().map(IdBuf::get);
-    match upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout, expect_id).await {
+    let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout, expect_id).await;
+    let up_result = match &vetted {
+        upstream::Vetted::Unusable { kind, .. } => Err(*kind),
+        _ => Ok(rhead.status),
+    };
+    w.metrics
+        .upstream(u, up_result, t_up.elapsed().as_secs_f64());
+    match vetted {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
             let keep = client_head(
@@ -593,8 +590,16 @@ async fn post(
                 _ => Next::Close,
             };
         }
-        upstream::Vetted::Unusable(why) => {
-            drop(up_conn);
+        upstream::Vetted::Unusable {
+            kind,
+            why,
+            reusable,
+        } => {
+            if reusable {
+                w.pool_put(u, up_conn, &rhead);
+            } else {
+                drop(up_conn);
+            }
             w.metrics.request(
                 scanned.method,
                 Outcome::UpstreamError,
@@ -605,8 +610,7 @@ async fn post(
                 w,
                 c,
                 &scanned,
-                u,
-                rhead.status,
+                (u, kind, rhead.status),
                 &why,
                 had_session,
                 keep,
@@ -645,8 +649,7 @@ async fn unusable_reply(
     w: &WorkerState,
     c: &mut Client,
     scanned: &Scanned,
-    u: usize,
-    status: u16,
+    (u, kind, status): (usize, Kind, u16),
     why: &str,
     had_session: bool,
     keep: bool,
@@ -660,9 +663,11 @@ async fn unusable_reply(
             Kind::SessionUnknown,
             format!("upstream \"{name}\" ended its session ({why}): initialize a new one"),
         )
+    } else if kind == Kind::UpstreamTimeout {
+        (kind, format!("upstream \"{name}\" {why}"))
     } else {
         (
-            Kind::UpstreamProtocol,
+            kind,
             format!("upstream \"{name}\" sent an unusable reply: {why}"),
         )
     };

@@ -186,12 +186,28 @@ impl WorkerState {
         if !head.keep_alive {
             return;
         }
+        if !conn.buffered().is_empty() {
+            // Bytes after the response: a stray one came with it. Never reused.
+            self.pool_discarded(u, crate::http::pool::Discard::Unsolicited);
+            return;
+        }
         let up = &self.gw.upstreams[u];
         let now = self.shutdown.now();
         if let Some(expires) =
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
             self.pool.borrow_mut().put(u, conn, up.max_idle, expires);
+        }
+    }
+
+    /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.
+    pub fn pool_discarded(&self, u: usize, why: crate::http::pool::Discard) {
+        self.metrics.pool_discard(u, why);
+        if why == crate::http::pool::Discard::Unsolicited {
+            tracing::warn!(
+                upstream = %self.gw.upstreams[u].name,
+                "idle upstream connection had unsolicited bytes (a stray response?): dropped"
+            );
         }
     }
 

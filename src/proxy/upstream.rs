@@ -37,6 +37,8 @@ pub struct Client {
     /// Decoded chunked request bodies (rare: most clients send Content-Length).
     pub body: Vec<u8>,
     pub write_timeout: Duration,
+    /// The request being answered is a HEAD: refusals carry no body.
+    pub head_only: bool,
 }
 
 impl Client {
@@ -50,6 +52,7 @@ impl Client {
             up_out: Vec::new(),
             body: Vec::new(),
             write_timeout,
+            head_only: false,
         }
     }
 
@@ -194,7 +197,10 @@ pub async fn exchange(
         let pooled = if retried {
             None
         } else {
-            w.pool.borrow_mut().take(u, w.shutdown.now())
+            let now = w.shutdown.now();
+            w.pool
+                .borrow_mut()
+                .take(u, now, |why| w.pool_discarded(u, why))
         };
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -253,8 +259,7 @@ pub async fn exchange(
 /// Replies up to this size are read whole and checked before any byte reaches the client.
 pub const MAX_VETTED_REPLY: usize = 64 * 1024;
 
-/// What scanning an upstream reply may ask of it: deeper than requests may be (results nest),
-/// still below serde_json's 128.
+/// What scanning an upstream reply may ask of it: deeper than requests may be (results nest).
 const REPLY_SCAN_LIMITS: crate::jsonrpc::ScanLimits = crate::jsonrpc::ScanLimits {
     max_depth: 120,
     max_batch_len: 10_000,
@@ -267,7 +272,20 @@ pub enum Vetted {
     /// A non-2xx JSON-RPC reply, read whole: relay `head` (a copy of the head's bytes) + `body`.
     Whole { head: Vec<u8>, body: Vec<u8> },
     /// Nothing a client could parse: answer with a JSON-RPC error naming the upstream.
-    Unusable(String),
+    /// `reusable`: the reply was read to its end and the connection can go back to the pool.
+    Unusable {
+        kind: Kind,
+        why: String,
+        reusable: bool,
+    },
+}
+
+fn unusable(why: String, reusable: bool) -> Vetted {
+    Vetted::Unusable {
+        kind: Kind::UpstreamProtocol,
+        why,
+        reusable,
+    }
 }
 
 fn content_type<'a>(head: &ResponseHead, buf: &'a [u8]) -> &'a [u8] {
@@ -289,9 +307,60 @@ fn describe(head: &ResponseHead, buf: &[u8]) -> String {
     format!("HTTP {} ({ct})", head.status)
 }
 
+/// What a scan of a reply body says about relaying it.
+enum ReplyScan {
+    Ok,
+    /// A JSON-RPC response to another id than the request's.
+    OtherId(String),
+    Bad(String),
+}
+
+/// Scans a whole reply body. Replies are held to JSON, not to the request scanner's refusals of
+/// what parsers read differently (lone surrogates, numbers past 1e308, duplicate keys, depth):
+/// the gateway decides nothing on a reply's contents, and clients parse those. Such a reply is
+/// relayed without its id being checked.
+fn scan_reply(body: &[u8], expect_id: Option<&[u8]>) -> ReplyScan {
+    use crate::jsonrpc::{Body, ScanErrorKind};
+    match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
+        Ok(Body::Single(m)) => match (expect_id, m.id) {
+            // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
+            (Some(want), Some(got))
+                if got.text != b"null" && !crate::jsonrpc::same_id(want, got.text) =>
+            {
+                ReplyScan::OtherId(
+                    String::from_utf8_lossy(&got.text[..got.text.len().min(64)]).into_owned(),
+                )
+            }
+            _ => ReplyScan::Ok,
+        },
+        Ok(Body::Batch(_)) => ReplyScan::Ok,
+        Err(e) => match e.kind {
+            ScanErrorKind::LoneSurrogate
+            | ScanErrorKind::NumberOutOfRange
+            | ScanErrorKind::DuplicateKey(_)
+            | ScanErrorKind::TooDeep => ReplyScan::Ok,
+            _ => ReplyScan::Bad(e.to_string()),
+        },
+    }
+}
+
+/// Reads and drops a refused reply's body when it is small, so the connection can be reused
+/// (an upstream answering 429 or 503 should not cost a new connection per request).
+async fn drain(up: &mut UpstreamConn, head: &ResponseHead, timeout: Duration) -> bool {
+    if !head.keep_alive || head.framing == Framing::UntilClose {
+        return false;
+    }
+    up.consume(head.len);
+    let mut sink = Vec::new();
+    read_full_body(up, head, MAX_VETTED_REPLY, timeout, &mut sink)
+        .await
+        .is_ok()
+}
+
 /// Decides whether an upstream reply can reach the client as it is: a JSON reply must be a
 /// JSON-RPC message (small ones are read whole and scanned in place, larger ones must at least
-/// start like one), an event stream or an empty 2xx passes, and a non-2xx reply passes only as a
+/// start like one), an event stream or a 2xx without a body passes, a 202 passes whatever it
+/// carries (it acknowledges a notification or response), and a non-2xx reply passes only as a
 /// well-formed JSON-RPC message (an ended session's 404, say). Everything else (an HTML error
 /// page, a text 500, a 200 that is not JSON) becomes a JSON-RPC error the client can read.
 ///
@@ -309,18 +378,21 @@ pub async fn vet_reply(
     let buf = up.buffered();
     let ct = content_type(head, buf);
     if (200..300).contains(&head.status) {
-        if head.framing == Framing::None || head.framing == Framing::Length(0) {
-            return Vetted::Relay;
-        }
-        if head.is_sse(buf) {
+        if head.status == 202
+            || head.framing == Framing::None
+            || head.framing == Framing::Length(0)
+            || head.is_sse(buf)
+        {
             return Vetted::Relay;
         }
         // No Content-Type at all is judged by the body.
         if !ct.is_empty() && !is_json(ct) {
-            return Vetted::Unusable(format!(
+            let why = format!(
                 "answered {}: not JSON or an event stream",
                 describe(head, buf)
-            ));
+            );
+            let reusable = drain(up, head, timeout).await;
+            return unusable(why, reusable);
         }
         if let Framing::Length(n) = head.framing {
             if n as usize <= MAX_VETTED_REPLY {
@@ -330,32 +402,36 @@ pub async fn vet_reply(
                     let read = monoio::select! {
                         r = up.fill(want) => r,
                         _ = w.shutdown.deadline(deadline) => {
-                            return Vetted::Unusable("did not send its reply in time".into())
+                            return Vetted::Unusable {
+                                kind: Kind::UpstreamTimeout,
+                                why: format!(
+                                    "did not send its whole reply within {} ms (upstreams[].request_timeout)",
+                                    timeout.as_millis()
+                                ),
+                                reusable: false,
+                            };
                         }
                     };
                     if !matches!(read, Ok(n) if n > 0) {
-                        return Vetted::Unusable("closed the connection mid-reply".into());
+                        return unusable("closed the connection mid-reply".into(), false);
                     }
                 }
                 let body = &up.buffered()[head.len..need];
-                return match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
-                    Ok(crate::jsonrpc::Body::Single(m)) => match (expect_id, m.id) {
-                        // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
-                        (Some(want), Some(got))
-                            if got.text != b"null" && !crate::jsonrpc::same_id(want, got.text) =>
-                        {
-                            Vetted::Unusable(format!(
-                                "answered with the response to another request (id {})",
-                                String::from_utf8_lossy(&got.text[..got.text.len().min(64)])
-                            ))
-                        }
-                        _ => Vetted::Relay,
-                    },
-                    Ok(_) => Vetted::Relay,
-                    Err(e) => Vetted::Unusable(format!(
-                        "answered {} with a body that is not a JSON-RPC message: {e}",
-                        describe(head, up.buffered())
-                    )),
+                return match scan_reply(body, expect_id) {
+                    ReplyScan::Ok => Vetted::Relay,
+                    // Out of step: its next bytes cannot be trusted either.
+                    ReplyScan::OtherId(id) => unusable(
+                        format!("answered with the response to another request (id {id})"),
+                        false,
+                    ),
+                    ReplyScan::Bad(e) => {
+                        let why = format!(
+                            "answered {} with a body that is not a JSON-RPC message: {e}",
+                            describe(head, up.buffered())
+                        );
+                        up.consume(need);
+                        unusable(why, head.keep_alive)
+                    }
                 };
             }
         }
@@ -368,31 +444,42 @@ pub async fn vet_reply(
         let first = buf[head.len..].iter().find(|b| !b.is_ascii_whitespace());
         return match first {
             Some(b'{' | b'[') | None => Vetted::Relay,
-            Some(_) => Vetted::Unusable(format!(
-                "answered {} with a body that is not JSON",
-                describe(head, buf)
-            )),
+            Some(_) => unusable(
+                format!(
+                    "answered {} with a body that is not JSON",
+                    describe(head, buf)
+                ),
+                false,
+            ),
         };
     }
     // Not 2xx: relayed only as a well-formed JSON-RPC message, read whole.
     let buf = up.buffered();
     let what = describe(head, buf);
     if !is_json(ct) {
-        return Vetted::Unusable(format!("answered {what}"));
+        let reusable = drain(up, head, timeout).await;
+        return unusable(format!("answered {what}"), reusable);
     }
     let head_bytes = buf[..head.len].to_vec();
     up.consume(head.len);
     let mut body = Vec::new();
     let timeout = deadline.saturating_duration_since(w.shutdown.now());
     if let Err(why) = read_full_body(up, head, MAX_VETTED_REPLY, timeout, &mut body).await {
-        return Vetted::Unusable(format!("answered {what}: {why}"));
+        return unusable(format!("answered {what}: {why}"), false);
     }
-    match crate::jsonrpc::scan(&body, &REPLY_SCAN_LIMITS) {
-        Ok(_) => Vetted::Whole {
+    match scan_reply(&body, expect_id) {
+        ReplyScan::Ok => Vetted::Whole {
             head: head_bytes,
             body,
         },
-        Err(_) => Vetted::Unusable(format!("answered {what}, not a JSON-RPC message")),
+        ReplyScan::OtherId(id) => unusable(
+            format!("answered {what} to another request (id {id})"),
+            false,
+        ),
+        ReplyScan::Bad(_) => unusable(
+            format!("answered {what}, not a JSON-RPC message"),
+            head.keep_alive,
+        ),
     }
 }
 

@@ -317,7 +317,9 @@ async fn worker_main(
                 // Every second: idle upstream connections that expired or were closed by the
                 // upstream go (upstreams close idle connections after a few seconds).
                 if ticks % 20 == 0 {
-                    w.pool.borrow_mut().sweep(Instant::now());
+                    w.pool
+                        .borrow_mut()
+                        .sweep(Instant::now(), |u, why| w.pool_discarded(u, why));
                 }
                 if ticks % 200 == 0 {
                     w.sweep(

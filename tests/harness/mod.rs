@@ -585,6 +585,12 @@ impl Http {
 
     /// Reads one response; `None` if the connection closed before a head arrived.
     pub fn read_response(&mut self) -> Option<Response> {
+        self.read_response_to(false)
+    }
+
+    /// Reads a response to a HEAD request when `head_request`: its head alone, whatever its
+    /// Content-Length says (RFC 9110 §9.3.2).
+    pub fn read_response_to(&mut self, head_request: bool) -> Option<Response> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut headers);
@@ -615,6 +621,9 @@ impl Http {
                 let cl = r
                     .header("content-length")
                     .map(|v| v.parse::<usize>().unwrap());
+                if head_request {
+                    return Some(r);
+                }
                 if te {
                     r.body = self.read_chunked();
                 } else if let Some(cl) = cl {

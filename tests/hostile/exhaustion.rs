@@ -421,16 +421,25 @@ fn upstream_socket_is_closed_after_a_head_timeout(d: Driver) {
 /// The client saw a response head and then a close before the body was complete.
 /// A small reply that stops short is read whole before anything reaches the client, so the
 /// client gets a JSON-RPC error naming the upstream (never a body that looks complete).
+/// -31003 when the upstream closed mid-reply, -31002 when it stalled past its timeout.
 fn cut_short(got: &[u8]) -> Result<(), String> {
+    cut_short_with(got, -31003)
+}
+
+fn stalled(got: &[u8]) -> Result<(), String> {
+    cut_short_with(got, -31002)
+}
+
+fn cut_short_with(got: &[u8], code: i64) -> Result<(), String> {
     let (r, _) = split_response(got).ok_or("no response head")?;
     if r.status != 200 {
         return Err(format!("status {}", r.status));
     }
     let v: serde_json::Value =
         serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
-    if v["error"]["code"] != -31003 || v["error"]["data"]["upstream"] != "hostile" {
+    if v["error"]["code"] != code || v["error"]["data"]["upstream"] != "hostile" {
         return Err(format!(
-            "expected JSON-RPC error -31003 naming the upstream, got {v}"
+            "expected JSON-RPC error {code} naming the upstream, got {v}"
         ));
     }
     if v["result"] != serde_json::Value::Null {
@@ -440,7 +449,7 @@ fn cut_short(got: &[u8]) -> Result<(), String> {
 }
 
 fn upstream_socket_is_closed_after_a_stall_mid_body(d: Driver) {
-    upstream_socket_closed_after(d, "stall_body", cut_short);
+    upstream_socket_closed_after(d, "stall_body", stalled);
 }
 
 fn upstream_socket_is_closed_after_a_short_body(d: Driver) {

@@ -168,7 +168,26 @@ fn a_stray_response_never_reaches_another_client(d: Driver, mode: Stray) {
             }
         }
     }
+    // Each stray response was noticed: counted (and logged) as an unsolicited discard.
+    let discards = metric_sum(
+        &gw.metrics(),
+        "tollgate_upstream_pool_discards_total",
+        &["upstream=\"hostile\"", "reason=\"unsolicited\""],
+    );
+    if discards < 1.0 {
+        p.push(format!(
+            "no unsolicited pool discard counted ({discards}) after 3 stray responses"
+        ));
+    }
     p.assert_none(&format!("stray upstream response ({mode:?})"));
+}
+
+/// The sum of a metric's samples whose labels contain all of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn a_stray_response_after_a_reply_never_reaches_another_client(d: Driver) {
@@ -315,6 +334,23 @@ fn faulty_upstream() -> Scripted {
                     b"<html><body>Please log in</body></html>",
                 ),
                 "rpc_error" => scripted::json_response(&rpc_error(&req.id())),
+                // What Express's `res.sendStatus(202)` sends: a 202 with a text body.
+                "accepted_text" => scripted::response(
+                    "202 Accepted",
+                    &[("Content-Type", "text/plain; charset=utf-8")],
+                    b"Accepted",
+                ),
+                // JSON that parsers read differently from each other but all read: a lone
+                // surrogate (a cut emoji) and a number at f64::MAX. Not the gateway's to refuse.
+                "odd_but_json" => scripted::json_response(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[{{"type":"text","text":"cut \ud83d"}}],"n":1.7976931348623157e308}}}}"#,
+                    req.id()
+                )),
+                "status_503_text" => scripted::response(
+                    "503 Service Unavailable",
+                    &[("Content-Type", "text/plain"), ("Retry-After", "1")],
+                    b"try later",
+                ),
                 _ => echo(req),
             };
             // One write: a head that arrives whole.
@@ -422,6 +458,67 @@ fn non_json_upstream_replies_become_jsonrpc_errors_naming_the_upstream(d: Driver
     p.assert_none("non-JSON upstream replies");
 }
 
+fn replies_clients_can_parse_are_relayed_as_they_are(d: Driver) {
+    let (_up, gw, sid) = faulty_gateway(d);
+    let mut p = Problems::default();
+    match call(&gw, &sid, "9", "accepted_text", json!({})) {
+        Ok(r) if r.status == 202 && r.body == b"Accepted" => {}
+        Ok(r) => p.push(format!(
+            "a 202 with a text body was not relayed: {} {:?}",
+            r.status,
+            show(&r.body)
+        )),
+        Err(e) => p.push(format!("accepted_text: {e}")),
+    }
+    match call(&gw, &sid, "9", "odd_but_json", json!({})) {
+        Ok(r) if r.status == 200 && String::from_utf8_lossy(&r.body).contains(r"cut \ud83d") => {}
+        Ok(r) => p.push(format!(
+            "JSON with a lone surrogate was not relayed as is: {} {:?}",
+            r.status,
+            show(&r.body)
+        )),
+        Err(e) => p.push(format!("odd_but_json: {e}")),
+    }
+    // A refused reply whose body was read to its end leaves its connection reusable.
+    for _ in 0..3 {
+        let r = call(&gw, &sid, "9", "status_503_text", json!({}));
+        if let Err(e) = upstream_error(&r) {
+            p.push(format!("status_503_text: {e}"));
+        }
+    }
+    still_serving(&mut p, &gw, &sid);
+    p.assert_none("replies a client can parse");
+}
+
+fn head_requests_get_refusals_without_a_body(d: Driver) {
+    let gw = builder(d).start();
+    let mut p = Problems::default();
+    // Two HEADs (an unknown path, then the endpoint) and a GET on one connection: each answer
+    // must be a head alone, or the third response would be read from the middle of a body.
+    let req = b"HEAD /nope HTTP/1.1\r\nHost: localhost\r\n\r\n\
+                HEAD /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n\
+                GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    match exchange(gw.addr, req, BOUND) {
+        Ok(got) => {
+            let text = String::from_utf8_lossy(&got);
+            let heads: Vec<&str> = text.split("\r\n\r\n").collect();
+            let ok = heads.len() == 4
+                && heads[0].starts_with("HTTP/1.1 404")
+                && heads[1].starts_with("HTTP/1.1 405")
+                && heads[2].starts_with("HTTP/1.1 404")
+                && heads[3].contains("no MCP endpoint");
+            if !ok {
+                p.push(format!(
+                    "want 404 head, 405 head, 404 with body: {:?}",
+                    show(&got)
+                ));
+            }
+        }
+        Err(got) => p.push(format!("no close: {:?}", show(&got))),
+    }
+    p.assert_none("HEAD refusals");
+}
+
 /// The same id value in another spelling.
 fn respelled(id: &Value) -> String {
     match id {
@@ -508,4 +605,6 @@ drivers!(
     a_response_head_over_64_kib_in_one_write_is_an_upstream_protocol_error,
     non_json_upstream_replies_become_jsonrpc_errors_naming_the_upstream,
     initialize_accepts_an_id_echoed_in_another_spelling,
+    replies_clients_can_parse_are_relayed_as_they_are,
+    head_requests_get_refusals_without_a_body,
 );
