@@ -45,18 +45,19 @@ fn silent_connections_are_closed_after_idle_timeout(d: Driver) {
     p.assert_none("silent connections after limits.idle_timeout");
 }
 
-fn head_read_timeout_answers_408_then_closes(d: Driver) {
+/// Sends `partial` (a request that never completes) and expects a 408 naming `key`, then a close,
+/// and the gateway's sockets back to their baseline.
+fn read_timeout_answers_408_then_closes(d: Driver, partial: &[u8], key: &str) {
     let gw = builder(d).start();
     let baseline = settled_sockets(&gw);
     let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\n")
-        .unwrap();
+    s.write_all(partial).unwrap();
     let mut p = Problems::default();
     let got = match read_until_closed(&mut s, Instant::now() + BOUND) {
         Ok(got) => got,
         Err(got) => {
             p.push(format!(
-                "still open {BOUND:?} after a head that never completed (header_read_timeout: 1s); got {:?}",
+                "still open {BOUND:?} after a request that never completed ({key}); got {:?}",
                 show(&got)
             ));
             got
@@ -65,8 +66,8 @@ fn head_read_timeout_answers_408_then_closes(d: Driver) {
     match split_response(&got) {
         Some((r, _)) if r.status == 408 => {
             let body = String::from_utf8_lossy(&r.body);
-            if !body.contains("limits.header_read_timeout") {
-                p.push(format!("the 408 does not name its limit: {body}"));
+            if !body.contains(key) {
+                p.push(format!("the 408 does not name its limit {key}: {body}"));
             }
         }
         _ => p.push(format!("expected a 408, got {:?}", show(&got))),
@@ -74,37 +75,24 @@ fn head_read_timeout_answers_408_then_closes(d: Driver) {
     p.check(connections_drop_to_zero(&gw, BOUND));
     p.check(sockets_back_to(&gw, baseline, BOUND));
     drop(s);
-    p.assert_none("head-read timeout");
+    p.assert_none(key);
+}
+
+fn head_read_timeout_answers_408_then_closes(d: Driver) {
+    read_timeout_answers_408_then_closes(
+        d,
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\n",
+        "limits.header_read_timeout",
+    );
 }
 
 fn body_read_timeout_answers_408_then_closes(d: Driver) {
-    let gw = builder(d).start();
-    let baseline = settled_sockets(&gw);
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.write_all(
+    read_timeout_answers_408_then_closes(
+        d,
         b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 100\r\n\r\n{\"jsonrpc\"",
-    )
-    .unwrap();
-    let mut p = Problems::default();
-    let got = match read_until_closed(&mut s, Instant::now() + BOUND) {
-        Ok(got) => got,
-        Err(got) => {
-            p.push(format!(
-                "still open {BOUND:?} after a body that never completed (body_read_timeout: 2s); got {:?}",
-                show(&got)
-            ));
-            got
-        }
-    };
-    match split_response(&got) {
-        Some((r, _)) if r.status == 408 => {}
-        _ => p.push(format!("expected a 408, got {:?}", show(&got))),
-    }
-    p.check(connections_drop_to_zero(&gw, BOUND));
-    p.check(sockets_back_to(&gw, baseline, BOUND));
-    drop(s);
-    p.assert_none("body-read timeout");
+        "limits.body_read_timeout",
+    );
 }
 
 fn connection_cap_holds_over_three_rounds_of_silent_clients(d: Driver) {
