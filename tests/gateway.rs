@@ -335,6 +335,21 @@ fn host_and_origin_are_validated() {
 fn http_level_refusals() {
     let (_demo, gw) = setup();
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    // A client that cannot take an event stream (or JSON) gets 406, not a reply it cannot read.
+    for accept in [
+        "application/json",
+        "text/event-stream",
+        "application/json, text/event-stream;q=0",
+    ] {
+        let r = gw.client().request(
+            "POST",
+            "/mcp",
+            &[("Content-Type", "application/json"), ("Accept", accept)],
+            body,
+        );
+        assert_eq!(r.status, 406, "Accept: {accept}");
+        assert!(r.text().contains("text/event-stream"), "{}", r.text());
+    }
     assert_eq!(
         gw.client()
             .request("POST", "/nope", &JSON_HEADERS, body)

@@ -53,6 +53,8 @@ pub struct RequestHead {
     pub authority_host: Option<Range<usize>>,
     pub origin: Option<Range<usize>>,
     pub accept: Option<Range<usize>>,
+    /// More than one Accept header (`accept` is the first).
+    pub accept_several: bool,
     pub content_type: Option<Range<usize>>,
     pub session_id: Option<Range<usize>>,
     pub protocol_version: Option<Range<usize>>,
@@ -331,7 +333,10 @@ pub fn parse_request<'b>(
         } else if name.eq_ignore_ascii_case("origin") {
             set_once(&mut head.origin, r, "more than one Origin header")?;
         } else if name.eq_ignore_ascii_case("accept") {
-            // Several Accept headers are legal; keep the first for the check, which is lenient.
+            // Several Accept headers are legal (one list split in two); the check then passes.
+            if head.accept.is_some() {
+                head.accept_several = true;
+            }
             head.accept.get_or_insert(r);
         } else if name.eq_ignore_ascii_case("content-type") {
             set_once(

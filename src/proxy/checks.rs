@@ -284,3 +284,51 @@ mod tests {
         }
     }
 }
+
+/// Whether an `Accept` value allows both replies a POST may get: `application/json` and
+/// `text/event-stream` (the transport requires clients to list both). Wildcards count; a media
+/// range with `q=0` does not.
+pub fn accepts_json_and_sse(v: &[u8]) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for range in v.split(|b| *b == b',') {
+        let mut parts = range.split(|b| *b == b';');
+        let media = parts.next().unwrap_or(b"").trim_ascii();
+        let refused = parts.any(|p| {
+            let p = p.trim_ascii();
+            p.len() >= 2
+                && p[..2].eq_ignore_ascii_case(b"q=")
+                && p[2..].iter().all(|b| *b == b'0' || *b == b'.')
+        });
+        if refused {
+            continue;
+        }
+        let is = |m: &[u8]| media.eq_ignore_ascii_case(m);
+        if is(b"*/*") {
+            json = true;
+            sse = true;
+        } else if is(b"application/json") || is(b"application/*") {
+            json = true;
+        } else if is(b"text/event-stream") || is(b"text/*") {
+            sse = true;
+        }
+    }
+    json && sse
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::accepts_json_and_sse as ok;
+
+    #[test]
+    fn both_reply_types_must_be_acceptable() {
+        assert!(ok(b"application/json, text/event-stream"));
+        assert!(ok(b"text/event-stream;q=0.9, Application/JSON"));
+        assert!(ok(b"*/*"));
+        assert!(ok(b"application/*, text/*"));
+        assert!(!ok(b"application/json"));
+        assert!(!ok(b"text/event-stream"));
+        assert!(!ok(b"application/json, text/event-stream;q=0"));
+        assert!(!ok(b"*/*;q=0.0"));
+        assert!(!ok(b""));
+    }
+}

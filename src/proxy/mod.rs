@@ -464,6 +464,23 @@ async fn post(
         )
         .await;
     }
+    // The upstream may answer with JSON or an event stream: a client that cannot take both gets
+    // 406 here rather than a reply it cannot read. No Accept at all (or several) is not judged.
+    if let (Some(r), false) = (head.accept.clone(), head.accept_several) {
+        if !checks::accepts_json_and_sse(&buf[r]) {
+            c.conn.consume(head.len);
+            return refuse(
+                w,
+                c,
+                Kind::NotAcceptable,
+                None,
+                None,
+                keep && !head.has_body(),
+                cors,
+            )
+            .await;
+        }
+    }
     if head.content_length.unwrap_or(0) as usize > limits.max_body_bytes {
         c.conn.consume(head.len);
         return refuse(w, c, Kind::BodyTooLarge, None, None, false, cors).await;
