@@ -2,6 +2,7 @@
 //! so pipelined requests are never lost; offsets are relative to `buffered()` and survive compaction.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -13,13 +14,29 @@ const MIN_GROW: usize = 8 * 1024;
 /// The most a single read asks for.
 const MAX_READ: usize = 1 << 20;
 
-pub struct Conn<S> {
+pub struct Conn<S: AsRawFd> {
     pub io: S,
     rbuf: Vec<u8>,
     rpos: usize,
 }
 
-impl<S> Conn<S> {
+/// A connection the gateway lets go of is shut down before its descriptor is closed. On
+/// io_uring a read, write or readiness poll that was given up on (a timeout, a refusal, a
+/// client that left) is still in flight in the kernel and holds the socket open, with its
+/// buffer, until it completes; `shutdown` completes every one of them at once (the peer sees
+/// the close, the memory is freed), on either driver, and costs one syscall per connection.
+/// (monoio's `async-cancel` feature would cancel each dropped operation instead; shutting the
+/// socket down covers every path at once without depending on it.)
+impl<S: AsRawFd> Drop for Conn<S> {
+    fn drop(&mut self) {
+        // SAFETY: shutdown on the socket this connection owns; it is closed right after.
+        unsafe {
+            libc::shutdown(self.io.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+impl<S: AsRawFd> Conn<S> {
     pub fn new(io: S, capacity: usize) -> Self {
         Conn {
             io,
@@ -72,7 +89,7 @@ impl<S> Conn<S> {
     }
 }
 
-impl<S: AsyncReadRent> Conn<S> {
+impl<S: AsyncReadRent + AsRawFd> Conn<S> {
     /// Reads more bytes into the buffer. Returns how many were read; 0 means end of stream.
     /// `want` is how many more bytes are expected (a body's remaining length), or 0 when unknown:
     /// then whatever free space there is gets used, so an idle connection keeps a small buffer.
@@ -106,7 +123,7 @@ impl<S: AsyncReadRent> Conn<S> {
     }
 }
 
-impl<S: AsyncWriteRent> Conn<S> {
+impl<S: AsyncWriteRent + AsRawFd> Conn<S> {
     /// Writes all of `buf`, handing the buffer back for reuse.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, buf) = self.io.write_all(buf).await;

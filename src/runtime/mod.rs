@@ -386,4 +386,9 @@ async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
     );
     let mut stream = stream;
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
+    // A write still in flight (a client that does not read) would hold the socket open: end it.
+    // SAFETY: shutdown on the socket this task owns; it is closed right after.
+    unsafe {
+        libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&stream), libc::SHUT_RDWR);
+    }
 }
