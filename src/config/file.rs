@@ -235,22 +235,44 @@ fn auto_workers() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
+/// `listen.address` / `admin.address`: an IP address with a port, or `localhost:PORT`
+/// (= 127.0.0.1:PORT). Other names are not resolved: a listener binds what the file says.
 fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
     let s = string(v).map_err(|_| {
         format!(
-            "expected an address like 127.0.0.1:8080 or [::1]:8080, got {}",
+            "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {}",
             describe(v)
         )
     })?;
-    s.parse().map_err(|_| {
-        if s.parse::<std::net::IpAddr>().is_ok() {
-            format!("{s:?} has no port, e.g. {s}:8080")
-        } else if s.starts_with("localhost") {
-            format!("{s:?}: names are not resolved here; write 127.0.0.1:<port> or [::1]:<port>")
-        } else {
-            format!("expected an address like 127.0.0.1:8080 or [::1]:8080, got {s:?}")
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if let Some((name, port)) = s.rsplit_once(':') {
+        if name.eq_ignore_ascii_case("localhost") {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: expected a port from 0 to 65535 after localhost:"))?;
+            return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
         }
-    })
+    }
+    Err(
+        if s.parse::<std::net::IpAddr>().is_ok() || s.eq_ignore_ascii_case("localhost") {
+            format!("{s:?} has no port, e.g. {s}:8080")
+        } else if s.contains(':')
+            && s.rsplit_once(':').is_some_and(|(h, _)| {
+                !h.is_empty() && formats::dns_name(&h.to_ascii_lowercase()).is_ok()
+            })
+        {
+            format!(
+            "{s:?}: host names other than localhost are not resolved for listen addresses; \
+             write an IP address (127.0.0.1:<port>, [::1]:<port>, 0.0.0.0:<port>) or localhost:<port>"
+        )
+        } else {
+            format!(
+                "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {s:?}"
+            )
+        },
+    )
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {

@@ -143,7 +143,7 @@ fn host(s: &str) -> Result<String, String> {
 
 /// Lower-case DNS name or IPv4 literal: labels of `[a-z0-9-]`, 1..=63 long, no leading or
 /// trailing `-`, at most 253 characters in all.
-fn dns_name(s: &str) -> Result<(), String> {
+pub fn dns_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
         return Err(format!("{s:?} is not a valid host name"));
     }
@@ -170,7 +170,7 @@ fn port(s: &str) -> Result<u16, String> {
 }
 
 /// `builtin:demo` or `http://host[:port][/path][?query]`.
-/// Default port 80, default path `/`; IPv6 hosts in brackets; the query is kept;
+/// Default port 80; the path is required (`/` must be written); IPv6 hosts in brackets; the query is kept;
 /// userinfo and fragments are refused (credentials belong in `headers`).
 pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
     if let Some(which) = s.strip_prefix("builtin:") {
@@ -222,11 +222,15 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
         None => (authority, 80),
     };
     let host = host(host_part)?;
-    let path = match path.as_bytes().first() {
-        None => "/".to_string(),
-        Some(b'?') => format!("/{path}"),
-        _ => path.to_string(),
-    };
+    // No silent `/`: MCP servers serve one endpoint path (often `/mcp`), and a gateway that
+    // forwards to `/` gets 404s that look like the upstream's fault. `/` must be written.
+    if !path.starts_with('/') {
+        return Err(format!(
+            "URL has no path; give the upstream's MCP endpoint path, e.g. http://{authority}/mcp \
+             (write http://{authority}/ if the endpoint really is /)"
+        ));
+    }
+    let path = path.to_string();
     let bracketed = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -534,8 +538,16 @@ mod tests {
             upstream_url("builtin:demo"),
             Ok(UpstreamTarget::BuiltinDemo)
         );
+        // No path is an error, not a silent `/`; an explicit `/` is fine.
         assert_eq!(
-            upstream_url("http://example.com"),
+            upstream_url("http://127.0.0.1:9000").unwrap_err(),
+            "URL has no path; give the upstream's MCP endpoint path, e.g. \
+             http://127.0.0.1:9000/mcp (write http://127.0.0.1:9000/ if the endpoint really is /)"
+        );
+        assert!(upstream_url("http://example.com").is_err());
+        assert!(upstream_url("HTTP://h?q").is_err());
+        assert_eq!(
+            upstream_url("http://example.com/"),
             Ok(http("example.com", 80, "/", "example.com"))
         );
         assert_eq!(
@@ -546,7 +558,7 @@ mod tests {
             upstream_url("http://127.0.0.1:3101/mcp?x=1&y=2"),
             Ok(http("127.0.0.1", 3101, "/mcp?x=1&y=2", "127.0.0.1:3101"))
         );
-        assert_eq!(upstream_url("HTTP://h?q"), Ok(http("h", 80, "/?q", "h")));
+        assert_eq!(upstream_url("HTTP://h/?q"), Ok(http("h", 80, "/?q", "h")));
         assert_eq!(
             upstream_url("http://[::1]:8000/m"),
             Ok(http("::1", 8000, "/m", "[::1]:8000"))

@@ -404,7 +404,23 @@ fn zero_is_refused_where_it_makes_no_sense() {
 #[test]
 fn addresses() {
     assert!(err("listen: {address: \"127.0.0.1\"}").contains("has no port"));
-    assert!(err("listen: {address: \"localhost:8080\"}").contains("names are not resolved"));
+    // localhost:PORT is 127.0.0.1:PORT, on both listeners; other names are not resolved.
+    assert_eq!(
+        ok("listen: {address: \"localhost:8080\"}").listen.addr,
+        "127.0.0.1:8080".parse().unwrap()
+    );
+    assert_eq!(
+        ok("admin: {address: \"LocalHost:9091\"}").admin.addr,
+        Some("127.0.0.1:9091".parse().unwrap())
+    );
+    assert!(err("listen: {address: \"localhost\"}").contains("has no port"));
+    assert!(err("listen: {address: \"localhost:http\"}").contains("expected a port"));
+    assert_eq!(
+        err("admin: {address: \"gateway.internal:9090\"}"),
+        "admin.address: \"gateway.internal:9090\": host names other than localhost are not \
+         resolved for listen addresses; write an IP address (127.0.0.1:<port>, [::1]:<port>, \
+         0.0.0.0:<port>) or localhost:<port>"
+    );
     assert!(err("listen: {address: 8080}").contains("expected an address like"));
     assert!(err("admin: {address: \"nope\"}").starts_with("admin.address: expected an address"));
 }
@@ -491,6 +507,11 @@ fn upstream_validation() {
         err(&base("{name: a}")),
         "upstreams[0].url: missing (required)"
     );
+    // A URL without a path is not silently `/`: it asks for the MCP endpoint path.
+    assert!(err(&base("{name: a, url: \"http://127.0.0.1:9000\"}")).starts_with(
+        "upstreams[0].url: URL has no path; give the upstream's MCP endpoint path, e.g. http://127.0.0.1:9000/mcp"
+    ));
+    ok(&base("{name: a, url: \"http://127.0.0.1:9000/\"}"));
     assert!(
         err(&base("{name: a, url: 5}")).starts_with("upstreams[0].url: expected a string, got 5")
     );
