@@ -164,8 +164,23 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,
-    /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case.
+    /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case;
+    /// values resolved (`${env:NAME}` and `${file:/path}` already read, `$${` unescaped).
     pub headers: Vec<(String, String)>,
+    /// Where each of `headers` came from, same order: lets `tollgate check` show the reference
+    /// instead of the secret it read.
+    pub header_sources: Vec<HeaderSource>,
+}
+
+/// How an upstream header value was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// The value itself, in the file.
+    Literal,
+    /// `${env:NAME}`: read from the environment variable NAME at load.
+    Env(String),
+    /// `${file:PATH}`: read from the file PATH at load, one trailing newline trimmed.
+    File(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

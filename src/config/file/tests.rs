@@ -760,3 +760,87 @@ fn render_shows_every_default_redacts_secrets_and_loads_back() {
     assert_eq!(back.servers.len(), 1);
     assert_eq!(back.listen.addr, defaults::LISTEN);
 }
+
+#[test]
+fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() {
+    let up = |headers: &str| {
+        format!(
+            "upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9000/mcp\"\n    headers: {headers}\nservers: [{{path: /mcp, upstream: a}}]\n"
+        )
+    };
+    let env = |name: &str| match name {
+        "MY_API_KEY" => Some("k-sekrit-123".to_string()),
+        "BAD" => Some("a\r\nInjected: 1".to_string()),
+        _ => None,
+    };
+    let load_env = |text: &str| load_str_with_env(text, &env).map_err(|e| e.0);
+
+    // ${env:NAME} reads the variable; the running program sees the value.
+    let c = load_env(&up("{x-api-key: \"${env:MY_API_KEY}\"}")).unwrap();
+    assert_eq!(
+        c.upstreams[0].headers,
+        vec![("x-api-key".to_string(), "k-sekrit-123".to_string())]
+    );
+    assert_eq!(
+        c.upstreams[0].header_sources,
+        vec![HeaderSource::Env("MY_API_KEY".into())]
+    );
+    // `tollgate check` shows the reference, not the secret; the rendering loads back.
+    let r = render_effective(&c);
+    assert!(r.contains("\"x-api-key\": \"${env:MY_API_KEY}\""), "{r}");
+    assert!(!r.contains("k-sekrit-123"), "{r}");
+    let back = load_env(&r.replace("<redacted (from generated)>", KEY_HEX)).unwrap();
+    assert_eq!(back.upstreams[0].headers, c.upstreams[0].headers);
+
+    // ${file:/path} reads the file, one trailing newline trimmed.
+    let dir = std::env::temp_dir().join(format!("tollgate-cfg-headers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("key");
+    std::fs::write(&secret, "Bearer from-a-file\r\n").unwrap();
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "line1\nline2-sekrit\n").unwrap();
+    let c = load_env(&up(&format!(
+        "{{Authorization: \"${{file:{}}}\"}}",
+        secret.display()
+    )))
+    .unwrap();
+    assert_eq!(c.upstreams[0].headers[0].1, "Bearer from-a-file");
+    let r = render_effective(&c);
+    assert!(r.contains(&format!("${{file:{}}}", secret.display())), "{r}");
+    assert!(!r.contains("from-a-file"), "{r}");
+
+    // $${ is a literal ${.
+    let c = load_env(&up("{x-template: \"$${literally}\"}")).unwrap();
+    assert_eq!(c.upstreams[0].headers[0].1, "${literally}");
+    assert_eq!(c.upstreams[0].header_sources, vec![HeaderSource::Literal]);
+
+    // What used to be sent literally is now an error that says how to write it.
+    assert_eq!(
+        load_env(&up("{x-api-key: \"${MY_API_KEY}\"}")).unwrap_err(),
+        vec!["upstreams[0].headers.x-api-key: ${MY_API_KEY} is not expanded; write \
+              ${env:MY_API_KEY} to read the environment variable MY_API_KEY (or \
+              $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"]
+    );
+    assert!(load_env(&up("{x-api-key: \"Bearer ${env:MY_API_KEY}\"}")).unwrap_err()[0]
+        .starts_with("upstreams[0].headers.x-api-key: \"${\" is only allowed as the whole value"));
+
+    // Missing variables and unreadable files fail the load, naming the key; values never shown.
+    let missing = dir.join("missing");
+    let e = load_env(&up(&format!(
+        "{{x-api-key: \"${{env:NOT_SET}}\", x-b: \"${{env:BAD}}\", x-c: \"${{file:{}}}\", x-d: \"${{file:{}}}\"}}",
+        missing.display(),
+        bad.display()
+    )))
+    .unwrap_err();
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "upstreams[0].headers.x-api-key: environment variable NOT_SET is not set"
+    );
+    assert!(e[1].starts_with("upstreams[0].headers.x-b: environment variable BAD: header value must be"), "{}", e[1]);
+    assert!(e[2].starts_with(&format!("upstreams[0].headers.x-c: cannot read file {}: ", missing.display())), "{}", e[2]);
+    assert!(e[3].starts_with(&format!("upstreams[0].headers.x-d: file {}: header value must be", bad.display())), "{}", e[3]);
+    let all = e.join("\n");
+    assert!(!all.contains("Injected") && !all.contains("sekrit"), "{all}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
