@@ -827,8 +827,8 @@ fn header_value(
             Ok((v, HeaderSource::Env(name)))
         }
         WrittenHeader::File(path) => {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("cannot read file {path}: {e}"))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read file {path}: {e}"))?;
             let v = text.strip_suffix('\n').unwrap_or(&text);
             let v = v.strip_suffix('\r').unwrap_or(v);
             formats::header_value(v).map_err(|e| format!("file {path}: {e}"))?;

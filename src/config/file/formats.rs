@@ -752,14 +752,24 @@ mod tests {
         );
         assert_eq!(header_reference("Bearer x"), Ok(Literal("Bearer x".into())));
         assert_eq!(header_reference("a$${b}$"), Ok(Literal("a${b}$".into())));
-        assert_eq!(header_reference("$${env:X}"), Ok(Literal("${env:X}".into())));
+        assert_eq!(
+            header_reference("$${env:X}"),
+            Ok(Literal("${env:X}".into()))
+        );
         assert_eq!(header_reference("$$${x"), Ok(Literal("$${x".into())));
         assert_eq!(
             header_reference("${MY_API_KEY}").unwrap_err(),
             "${MY_API_KEY} is not expanded; write ${env:MY_API_KEY} to read the environment \
              variable MY_API_KEY (or $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"
         );
-        for bad in ["Bearer ${env:X}", "${env:X}x", "${", "x${y}", "${file:}", "${env:1X}"] {
+        for bad in [
+            "Bearer ${env:X}",
+            "${env:X}x",
+            "${",
+            "x${y}",
+            "${file:}",
+            "${env:1X}",
+        ] {
             assert!(header_reference(bad).is_err(), "{bad}");
         }
         assert!(header_reference("Bearer ${env:X}")

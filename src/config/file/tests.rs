@@ -806,7 +806,10 @@ fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() 
     .unwrap();
     assert_eq!(c.upstreams[0].headers[0].1, "Bearer from-a-file");
     let r = render_effective(&c);
-    assert!(r.contains(&format!("${{file:{}}}", secret.display())), "{r}");
+    assert!(
+        r.contains(&format!("${{file:{}}}", secret.display())),
+        "{r}"
+    );
     assert!(!r.contains("from-a-file"), "{r}");
 
     // $${ is a literal ${.
@@ -817,12 +820,17 @@ fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() 
     // What used to be sent literally is now an error that says how to write it.
     assert_eq!(
         load_env(&up("{x-api-key: \"${MY_API_KEY}\"}")).unwrap_err(),
-        vec!["upstreams[0].headers.x-api-key: ${MY_API_KEY} is not expanded; write \
+        vec![
+            "upstreams[0].headers.x-api-key: ${MY_API_KEY} is not expanded; write \
               ${env:MY_API_KEY} to read the environment variable MY_API_KEY (or \
-              $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"]
+              $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"
+        ]
     );
-    assert!(load_env(&up("{x-api-key: \"Bearer ${env:MY_API_KEY}\"}")).unwrap_err()[0]
-        .starts_with("upstreams[0].headers.x-api-key: \"${\" is only allowed as the whole value"));
+    assert!(
+        load_env(&up("{x-api-key: \"Bearer ${env:MY_API_KEY}\"}")).unwrap_err()[0].starts_with(
+            "upstreams[0].headers.x-api-key: \"${\" is only allowed as the whole value"
+        )
+    );
 
     // Missing variables and unreadable files fail the load, naming the key; values never shown.
     let missing = dir.join("missing");
@@ -837,10 +845,33 @@ fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() 
         e[0],
         "upstreams[0].headers.x-api-key: environment variable NOT_SET is not set"
     );
-    assert!(e[1].starts_with("upstreams[0].headers.x-b: environment variable BAD: header value must be"), "{}", e[1]);
-    assert!(e[2].starts_with(&format!("upstreams[0].headers.x-c: cannot read file {}: ", missing.display())), "{}", e[2]);
-    assert!(e[3].starts_with(&format!("upstreams[0].headers.x-d: file {}: header value must be", bad.display())), "{}", e[3]);
+    assert!(
+        e[1].starts_with(
+            "upstreams[0].headers.x-b: environment variable BAD: header value must be"
+        ),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with(&format!(
+            "upstreams[0].headers.x-c: cannot read file {}: ",
+            missing.display()
+        )),
+        "{}",
+        e[2]
+    );
+    assert!(
+        e[3].starts_with(&format!(
+            "upstreams[0].headers.x-d: file {}: header value must be",
+            bad.display()
+        )),
+        "{}",
+        e[3]
+    );
     let all = e.join("\n");
-    assert!(!all.contains("Injected") && !all.contains("sekrit"), "{all}");
+    assert!(
+        !all.contains("Injected") && !all.contains("sekrit"),
+        "{all}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
