@@ -59,10 +59,10 @@ pub fn load_str_with_env(
     root.apply_merge().map_err(|e| syntax_error(&e))?;
     let mut p = Problems::default();
     let config = build(&mut p, &root, env);
-    if p.0.is_empty() {
+    if p.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(p.0))
+        Err(ConfigErrors(p.in_file_order(&root)))
     }
 }
 

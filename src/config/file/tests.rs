@@ -383,13 +383,14 @@ fn zero_is_refused_where_it_makes_no_sense() {
         vec![
             "listen.backlog",
             "listen.max_connections_per_worker",
-            "limits.max_header_bytes",
+            // File order, not the order the reader checks them in.
             "limits.max_headers",
+            "limits.max_json_depth",
+            "limits.max_batch_len",
+            "limits.max_header_bytes",
             "limits.header_read_timeout",
             "limits.body_read_timeout",
             "limits.idle_timeout",
-            "limits.max_json_depth",
-            "limits.max_batch_len",
             "admin.upkeep_interval",
             "admin.request_timeout",
             "admin.max_connections",
@@ -591,7 +592,13 @@ fn upstreams_and_servers_go_together() {
                 .to_string(),
         ]
     );
-    assert!(errs("servers: [{path: /mcp, upstream: demo}]")[0].starts_with("upstreams: missing"));
+    // A missing section is not in the file: its problem comes after those of the keys that are.
+    let e = errs("servers: [{path: /mcp, upstream: demo}]");
+    assert!(
+        e.last()
+            .is_some_and(|l| l.starts_with("upstreams: missing")),
+        "{e:#?}"
+    );
     assert!(err("upstreams: [{name: a, url: \"builtin:demo\"}]").starts_with("servers: missing"));
     assert!(
         err("upstreams: [{name: a, url: \"builtin:demo\"}]\nservers: []")
@@ -724,6 +731,47 @@ servers:
     );
     let shown = ConfigErrors(e).to_string();
     assert_eq!(shown.lines().count(), 10);
+}
+
+#[test]
+fn problems_follow_the_file_not_the_order_sections_are_read_in() {
+    // Sections, keys and list items in an order unlike the reader's: the problems follow the file.
+    let text = r#"
+servers:
+  - upstream: nope
+    path: mcp
+upstreams:
+  - url: "http://h"
+    headers: {x.b: "${X}", Host: h}
+  - name: ok
+    url: "builtin:demo"
+    bogus: 1
+limits:
+  idle_timeout: 60
+  max_body_bytes: lots
+workers: many
+session: {ttl: 1, key: 5}
+listen: {address: "nowhere"}
+"#;
+    assert_eq!(
+        errs(text),
+        vec![
+            // (servers[0].upstream is not reported: upstreams[0] has no usable name.)
+            r#"servers[0].path: must start with '/', got "mcp""#,
+            "upstreams[0].url: URL has no path; give the upstream's MCP endpoint path, e.g. http://h/mcp (write http://h/ if the endpoint really is /)",
+            "upstreams[0].headers.x.b: ${X} is not expanded; write ${env:X} to read the environment variable X (or $${X} to send the text ${X} as it is)",
+            r#"upstreams[0].headers.Host: "host" is set by the gateway and cannot be configured"#,
+            // A missing key sorts after the keys its mapping has.
+            "upstreams[0].name: missing (required)",
+            "upstreams[1].bogus: unknown key",
+            "limits.idle_timeout: expected a duration with a unit like 250ms, 10s, 5m or 24h, got 60 (a bare number is ambiguous)",
+            r#"limits.max_body_bytes: expected a size like 4MiB or a whole number of bytes, got "lots""#,
+            r#"workers: expected auto or a number from 1 to 1024, got "many""#,
+            "session.ttl: expected a duration with a unit like 250ms, 10s, 5m or 24h, got 1 (a bare number is ambiguous)",
+            "session.key: expected 64 hex characters in quotes",
+            r#"listen.address: expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got "nowhere""#,
+        ]
+    );
 }
 
 #[test]
