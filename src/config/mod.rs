@@ -151,7 +151,8 @@ pub struct Log {
     pub json: bool,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` is written by hand: header values are credentials and must not reach a log line.
+#[derive(Clone)]
 pub struct Upstream {
     /// `upstreams[].name`: unique, `[A-Za-z0-9_.-]{1,64}`; used in metrics labels and error messages.
     pub name: String,
@@ -170,6 +171,26 @@ pub struct Upstream {
     /// Where each of `headers` came from, same order: lets `tollgate check` show the reference
     /// instead of the secret it read.
     pub header_sources: Vec<HeaderSource>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, _)| (n.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_idle_per_worker", &self.max_idle_per_worker)
+            .field("headers", &headers)
+            .field("header_sources", &self.header_sources)
+            .finish()
+    }
 }
 
 /// How an upstream header value was written.

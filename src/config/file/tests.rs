@@ -837,6 +837,11 @@ fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() 
     let r = render_effective(&c);
     assert!(r.contains("\"x-api-key\": \"${env:MY_API_KEY}\""), "{r}");
     assert!(!r.contains("k-sekrit-123"), "{r}");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("k-sekrit-123") && debug.contains("<redacted>"),
+        "{debug}"
+    );
     let back = load_env(&r.replace("<redacted (from generated)>", KEY_HEX)).unwrap();
     assert_eq!(back.upstreams[0].headers, c.upstreams[0].headers);
 
