@@ -18,17 +18,20 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Run {
-        /// Config file (default: config/tollgate.yaml if it exists, else built-in defaults).
+        /// Config file [default: config/tollgate.yaml in the current directory if it exists,
+        /// else the built-in defaults]
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Write {"listen","admin","pid"} as JSON here once every worker accepts.
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
-    /// Validate a config file and print the effective configuration.
+    /// Validate a config file and print the effective configuration (secrets redacted).
     Check {
+        /// Config file [default: config/tollgate.yaml in the current directory if it exists,
+        /// else the built-in defaults, as for `run`]
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Run the built-in demo MCP server on its own (tests, load tests, trying things out).
     DemoUpstream {
@@ -65,14 +68,29 @@ fn init_logs(level: &str, json: bool) {
     }
 }
 
-fn load(path: Option<PathBuf>) -> Result<tollgate::config::Config, ExitCode> {
+/// Loads `--config`, else `DEFAULT_CONFIG` if it exists, else the built-in defaults (`run` and
+/// `check` alike). Also returns where the config came from, to be said at start.
+fn load(path: Option<PathBuf>) -> Result<(tollgate::config::Config, String), ExitCode> {
+    let default = std::path::Path::new(DEFAULT_CONFIG);
     let result = match path {
-        Some(p) => tollgate::config::load_file(&p).map_err(|e| (p.display().to_string(), e)),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            tollgate::config::load_file(std::path::Path::new(DEFAULT_CONFIG))
-                .map_err(|e| (DEFAULT_CONFIG.to_string(), e))
+        Some(p) => tollgate::config::load_file(&p)
+            .map(|c| (c, p.display().to_string()))
+            .map_err(|e| (p.display().to_string(), e)),
+        None if default.exists() => tollgate::config::load_file(default)
+            .map(|c| (c, DEFAULT_CONFIG.to_string()))
+            .map_err(|e| (DEFAULT_CONFIG.to_string(), e)),
+        None => {
+            let cwd = std::env::current_dir()
+                .map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default();
+            tollgate::config::load_str("{}")
+                .map(|c| {
+                    let source =
+                        format!("built-in defaults (no --config, and no {DEFAULT_CONFIG}{cwd})");
+                    (c, source)
+                })
+                .map_err(|e| ("<defaults>".to_string(), e))
         }
-        None => tollgate::config::load_str("{}").map_err(|e| ("<defaults>".to_string(), e)),
     };
     result.map_err(|(p, errs)| {
         eprintln!("tollgate: {p}: {} problem(s):", errs.0.len());
@@ -87,11 +105,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, ready_file } => {
-            let config = match load(config) {
+            let (config, source) = match load(config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logs(&config.log.level, config.log.json);
+            tracing::info!("config: {source}");
             match tollgate::runtime::run(config, tollgate::runtime::RunOptions { ready_file }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -100,8 +119,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load(Some(config)) {
-            Ok(c) => {
+        Command::Check { config } => match load(config) {
+            Ok((c, source)) => {
+                // stdout is the effective config (loadable YAML); where it came from goes to stderr.
+                eprintln!("tollgate: config: {source}");
                 print!("{}", tollgate::config::render_effective(&c));
                 ExitCode::SUCCESS
             }

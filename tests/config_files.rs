@@ -93,3 +93,87 @@ fn own_upstream_example_puts_the_users_server_at_mcp_and_the_demo_beside_it() {
         UpstreamTarget::BuiltinDemo
     );
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// A fresh empty directory to run the binary in.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+#[test]
+fn check_takes_the_same_default_as_run_and_says_which_file_it_read() {
+    // No --config and no config/tollgate.yaml here: built-in defaults, and it says so.
+    let empty = scratch("check-defaults");
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .current_dir(&empty)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("built-in defaults") && stderr.contains("config/tollgate.yaml"),
+        "{stderr}"
+    );
+    let defaults = tollgate::config::render_effective(
+        &tollgate::config::load_str("").unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!(stdout, defaults);
+
+    // In the repository: config/tollgate.yaml, named.
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("config: config/tollgate.yaml"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("upstreams:"));
+
+    // --config has a help text on both commands.
+    for cmd in ["run", "check"] {
+        let out = std::process::Command::new(BIN)
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--config") && help.contains("default: config/tollgate.yaml"),
+            "{cmd}: {help}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
+fn run_logs_which_config_file_it_loaded() {
+    // The default file in the working directory, on a port that is taken so the run ends at once.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = scratch("run-default");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config/tollgate.yaml"),
+        format!("listen:\n  address: \"{addr}\"\nadmin: null\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("run")
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("config: config/tollgate.yaml"), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

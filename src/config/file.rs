@@ -59,10 +59,10 @@ pub fn load_str_with_env(
     root.apply_merge().map_err(|e| syntax_error(&e))?;
     let mut p = Problems::default();
     let config = build(&mut p, &root, env);
-    if p.0.is_empty() {
+    if p.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(p.0))
+        Err(ConfigErrors(p.in_file_order(&root)))
     }
 }
 
@@ -215,7 +215,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         }),
     };
 
-    let (upstreams, servers) = routes(p, &top);
+    let (upstreams, servers) = routes(p, &top, env);
     Config {
         workers,
         listen,
@@ -235,22 +235,44 @@ fn auto_workers() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
+/// `listen.address` / `admin.address`: an IP address with a port, or `localhost:PORT`
+/// (= 127.0.0.1:PORT). Other names are not resolved: a listener binds what the file says.
 fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
     let s = string(v).map_err(|_| {
         format!(
-            "expected an address like 127.0.0.1:8080 or [::1]:8080, got {}",
+            "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {}",
             describe(v)
         )
     })?;
-    s.parse().map_err(|_| {
-        if s.parse::<std::net::IpAddr>().is_ok() {
-            format!("{s:?} has no port, e.g. {s}:8080")
-        } else if s.starts_with("localhost") {
-            format!("{s:?}: names are not resolved here; write 127.0.0.1:<port> or [::1]:<port>")
-        } else {
-            format!("expected an address like 127.0.0.1:8080 or [::1]:8080, got {s:?}")
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if let Some((name, port)) = s.rsplit_once(':') {
+        if name.eq_ignore_ascii_case("localhost") {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: expected a port from 0 to 65535 after localhost:"))?;
+            return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
         }
-    })
+    }
+    Err(
+        if s.parse::<std::net::IpAddr>().is_ok() || s.eq_ignore_ascii_case("localhost") {
+            format!("{s:?} has no port, e.g. {s}:8080")
+        } else if s.contains(':')
+            && s.rsplit_once(':').is_some_and(|(h, _)| {
+                !h.is_empty() && formats::dns_name(&h.to_ascii_lowercase()).is_ok()
+            })
+        {
+            format!(
+            "{s:?}: host names other than localhost are not resolved for listen addresses; \
+             write an IP address (127.0.0.1:<port>, [::1]:<port>, 0.0.0.0:<port>) or localhost:<port>"
+        )
+        } else {
+            format!(
+                "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {s:?}"
+            )
+        },
+    )
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -522,7 +544,11 @@ fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>
 }
 
 /// `upstreams` and `servers`, resolved to indices. Both absent: the built-in demo at `/mcp`.
-fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
+fn routes(
+    p: &mut Problems,
+    top: &Section,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Vec<Upstream>, Vec<Server>) {
     let ups = top.value("upstreams");
     let srvs = top.value("servers");
     if ups.is_none() && srvs.is_none() {
@@ -556,7 +582,7 @@ fn routes(p: &mut Problems, top: &Section) -> (Vec<Upstream>, Vec<Server>) {
             let mut out = Vec::with_capacity(list.len());
             let mut seen: HashMap<String, usize> = HashMap::new();
             for (i, v) in list.iter().enumerate() {
-                let u = upstream(p, item(&path, i), v);
+                let u = upstream(p, item(&path, i), v, env);
                 // An entry without a usable name was reported; servers that name it would only
                 // repeat that problem, so unknown names are not reported after it.
                 names_broken |= u.name.is_empty();
@@ -681,11 +707,17 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
         max_idle_per_worker: defaults::MAX_IDLE_PER_WORKER as usize,
         headers: Vec::new(),
+        header_sources: Vec::new(),
     }
 }
 
 /// One `upstreams[i]` entry. A broken name comes back empty (never matches a server).
-fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
+fn upstream(
+    p: &mut Problems,
+    path: String,
+    v: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Upstream {
     if !matches!(v, Value::Mapping(_)) {
         p.add(
             &path,
@@ -748,7 +780,7 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
                         _ => Err("header names must be strings".to_string()),
                     };
                     let value = match val {
-                        Value::String(s) => formats::header_value(s).map(|()| s.clone()),
+                        Value::String(s) => header_value(s, env),
                         // Numbers and booleans would be re-spelled by YAML (0x10 → 16): ask for quotes.
                         _ => Err("expected a string value (put it in quotes)".to_string()),
                     };
@@ -757,7 +789,10 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
                             &at,
                             format!("duplicate header {n:?} (names are case-insensitive)"),
                         ),
-                        (Ok(n), Ok(val)) => u.headers.push((n, val)),
+                        (Ok(n), Ok((val, source))) => {
+                            u.headers.push((n, val));
+                            u.header_sources.push(source);
+                        }
                         (Err(e), _) | (_, Err(e)) => p.add(&at, e),
                     }
                 }
@@ -772,6 +807,34 @@ fn upstream(p: &mut Problems, path: String, v: &Value) -> Upstream {
         }
     }
     u
+}
+
+/// An upstream header value: a literal (with `$${` unescaped) or the secret a `${env:NAME}` /
+/// `${file:PATH}` reference reads. Problems name the variable or file, never the value.
+fn header_value(
+    written: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, HeaderSource), String> {
+    use formats::WrittenHeader;
+    match formats::header_reference(written)? {
+        WrittenHeader::Literal(v) => {
+            formats::header_value(&v)?;
+            Ok((v, HeaderSource::Literal))
+        }
+        WrittenHeader::Env(name) => {
+            let v = env(&name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            formats::header_value(&v).map_err(|e| format!("environment variable {name}: {e}"))?;
+            Ok((v, HeaderSource::Env(name)))
+        }
+        WrittenHeader::File(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read file {path}: {e}"))?;
+            let v = text.strip_suffix('\n').unwrap_or(&text);
+            let v = v.strip_suffix('\r').unwrap_or(v);
+            formats::header_value(v).map_err(|e| format!("file {path}: {e}"))?;
+            Ok((v.to_string(), HeaderSource::File(path)))
+        }
+    }
 }
 
 #[cfg(test)]

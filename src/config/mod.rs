@@ -151,7 +151,8 @@ pub struct Log {
     pub json: bool,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` is written by hand: header values are credentials and must not reach a log line.
+#[derive(Clone)]
 pub struct Upstream {
     /// `upstreams[].name`: unique, `[A-Za-z0-9_.-]{1,64}`; used in metrics labels and error messages.
     pub name: String,
@@ -164,8 +165,43 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,
-    /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case.
+    /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case;
+    /// values resolved (`${env:NAME}` and `${file:/path}` already read, `$${` unescaped).
     pub headers: Vec<(String, String)>,
+    /// Where each of `headers` came from, same order: lets `tollgate check` show the reference
+    /// instead of the secret it read.
+    pub header_sources: Vec<HeaderSource>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, _)| (n.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_idle_per_worker", &self.max_idle_per_worker)
+            .field("headers", &headers)
+            .field("header_sources", &self.header_sources)
+            .finish()
+    }
+}
+
+/// How an upstream header value was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// The value itself, in the file.
+    Literal,
+    /// `${env:NAME}`: read from the environment variable NAME at load.
+    Env(String),
+    /// `${file:PATH}`: read from the file PATH at load, one trailing newline trimmed.
+    File(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,15 +8,80 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::formats;
 
-/// Every problem found so far, in file order.
+/// Every problem found so far, with the path it was found at (`in_file_order` sorts them).
 #[derive(Default)]
-pub struct Problems(pub Vec<String>);
+pub struct Problems(Vec<(String, String)>);
 
 impl Problems {
     pub fn add(&mut self, path: &str, problem: impl Display) {
-        let path = if path.is_empty() { "(top level)" } else { path };
-        self.0.push(format!("{path}: {problem}"));
+        let shown = if path.is_empty() { "(top level)" } else { path };
+        self.0
+            .push((path.to_string(), format!("{shown}: {problem}")));
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The problems as `path: problem` lines in file order: by where each path's keys and list
+    /// items sit in `root` (mappings keep the file's key order), reading order among equals. A key
+    /// that is not in the file (a missing required key) sorts after its mapping's other keys.
+    pub fn in_file_order(self, root: &Value) -> Vec<String> {
+        let mut keyed: Vec<(Vec<usize>, String)> = self
+            .0
+            .into_iter()
+            .map(|(path, line)| (file_position(root, &path), line))
+            .collect();
+        // Stable: problems at the same place keep the order they were found in.
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().map(|(_, line)| line).collect()
+    }
+}
+
+/// The position of `path` (as built by `child` and `item`) in `root`: for each step, the index of
+/// the key in its mapping or of the item in its list; `usize::MAX` where the file has no such
+/// key, which ends the walk. Keys may contain `.` (header names), so the longest key that matches
+/// up to a `.`, `[` or the end wins.
+fn file_position(root: &Value, path: &str) -> Vec<usize> {
+    let mut pos = Vec::new();
+    let mut here = root;
+    let mut rest = path;
+    while !rest.is_empty() {
+        let step = if let Some(r) = rest.strip_prefix('[') {
+            let index = r
+                .find(']')
+                .and_then(|end| Some((r[..end].parse::<usize>().ok()?, &r[end + 1..])));
+            match (here, index) {
+                (Value::Sequence(items), Some((i, after))) => items.get(i).map(|v| (i, v, after)),
+                _ => None,
+            }
+        } else if let Value::Mapping(m) = here {
+            m.iter()
+                .enumerate()
+                .filter_map(|(i, (k, v))| {
+                    let k = k.as_str()?;
+                    let after = rest.strip_prefix(k)?;
+                    (after.is_empty() || after.starts_with(['.', '['])).then_some((
+                        i,
+                        v,
+                        after,
+                        k.len(),
+                    ))
+                })
+                .max_by_key(|&(.., len)| len)
+                .map(|(i, v, after, _)| (i, v, after))
+        } else {
+            None
+        };
+        let Some((i, v, after)) = step else {
+            pos.push(usize::MAX);
+            break;
+        };
+        pos.push(i);
+        here = v;
+        rest = after.strip_prefix('.').unwrap_or(after);
+    }
+    pos
 }
 
 pub fn child(path: &str, key: &str) -> String {

@@ -143,7 +143,7 @@ fn host(s: &str) -> Result<String, String> {
 
 /// Lower-case DNS name or IPv4 literal: labels of `[a-z0-9-]`, 1..=63 long, no leading or
 /// trailing `-`, at most 253 characters in all.
-fn dns_name(s: &str) -> Result<(), String> {
+pub fn dns_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
         return Err(format!("{s:?} is not a valid host name"));
     }
@@ -170,7 +170,7 @@ fn port(s: &str) -> Result<u16, String> {
 }
 
 /// `builtin:demo` or `http://host[:port][/path][?query]`.
-/// Default port 80, default path `/`; IPv6 hosts in brackets; the query is kept;
+/// Default port 80; the path is required (`/` must be written); IPv6 hosts in brackets; the query is kept;
 /// userinfo and fragments are refused (credentials belong in `headers`).
 pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
     if let Some(which) = s.strip_prefix("builtin:") {
@@ -222,11 +222,15 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
         None => (authority, 80),
     };
     let host = host(host_part)?;
-    let path = match path.as_bytes().first() {
-        None => "/".to_string(),
-        Some(b'?') => format!("/{path}"),
-        _ => path.to_string(),
-    };
+    // No silent `/`: MCP servers serve one endpoint path (often `/mcp`), and a gateway that
+    // forwards to `/` gets 404s that look like the upstream's fault. `/` must be written.
+    if !path.starts_with('/') {
+        return Err(format!(
+            "URL has no path; give the upstream's MCP endpoint path, e.g. http://{authority}/mcp \
+             (write http://{authority}/ if the endpoint really is /)"
+        ));
+    }
+    let path = path.to_string();
     let bracketed = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -419,6 +423,58 @@ pub fn header_value(s: &str) -> Result<(), String> {
     }
 }
 
+/// An upstream header value as written in the file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WrittenHeader {
+    /// The value, with `$${` unescaped to `${` (not yet checked as a header value).
+    Literal(String),
+    /// Exactly `${env:NAME}`.
+    Env(String),
+    /// Exactly `${file:PATH}`.
+    File(String),
+}
+
+/// Reads a header value's reference syntax: the whole value `${env:NAME}` or `${file:PATH}`
+/// is a reference, `$${` is a literal `${`, and any other `${` is refused (it would otherwise be
+/// sent as written, which is never what `${MY_API_KEY}` meant). Errors never echo the value
+/// beyond a variable name.
+pub fn header_reference(s: &str) -> Result<WrittenHeader, String> {
+    if let Some(inner) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        if let Some(name) = inner.strip_prefix("env:") {
+            env_name(name).map_err(|e| format!("in ${{env:NAME}}: {e}"))?;
+            return Ok(WrittenHeader::Env(name.to_string()));
+        }
+        if let Some(path) = inner.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("${file:} needs a path, e.g. ${file:/run/secrets/api-key}".into());
+            }
+            return Ok(WrittenHeader::File(path.to_string()));
+        }
+        if env_name(inner).is_ok() {
+            return Err(format!(
+                "${{{inner}}} is not expanded; write ${{env:{inner}}} to read the environment \
+                 variable {inner} (or $${{{inner}}} to send the text ${{{inner}}} as it is)"
+            ));
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if i == 0 || rest.as_bytes()[i - 1] != b'$' {
+            return Err(
+                "\"${\" is only allowed as the whole value ${env:NAME} (an environment variable) \
+                 or ${file:/path} (a file); write $${ for a literal ${"
+                    .into(),
+            );
+        }
+        out.push_str(&rest[..i - 1]);
+        out.push_str("${");
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
+    Ok(WrittenHeader::Literal(out))
+}
+
 /// `session.key`: 64 hex characters. The value is never echoed in errors.
 pub fn hex_key(s: &str) -> Result<[u8; 32], String> {
     let b = s.as_bytes();
@@ -534,8 +590,16 @@ mod tests {
             upstream_url("builtin:demo"),
             Ok(UpstreamTarget::BuiltinDemo)
         );
+        // No path is an error, not a silent `/`; an explicit `/` is fine.
         assert_eq!(
-            upstream_url("http://example.com"),
+            upstream_url("http://127.0.0.1:9000").unwrap_err(),
+            "URL has no path; give the upstream's MCP endpoint path, e.g. \
+             http://127.0.0.1:9000/mcp (write http://127.0.0.1:9000/ if the endpoint really is /)"
+        );
+        assert!(upstream_url("http://example.com").is_err());
+        assert!(upstream_url("HTTP://h?q").is_err());
+        assert_eq!(
+            upstream_url("http://example.com/"),
             Ok(http("example.com", 80, "/", "example.com"))
         );
         assert_eq!(
@@ -546,7 +610,7 @@ mod tests {
             upstream_url("http://127.0.0.1:3101/mcp?x=1&y=2"),
             Ok(http("127.0.0.1", 3101, "/mcp?x=1&y=2", "127.0.0.1:3101"))
         );
-        assert_eq!(upstream_url("HTTP://h?q"), Ok(http("h", 80, "/?q", "h")));
+        assert_eq!(upstream_url("HTTP://h/?q"), Ok(http("h", 80, "/?q", "h")));
         assert_eq!(
             upstream_url("http://[::1]:8000/m"),
             Ok(http("::1", 8000, "/m", "[::1]:8000"))
@@ -680,6 +744,37 @@ mod tests {
             .contains("set by the gateway"));
         assert!(header_name("Mcp-Session-Id").is_err());
         assert_eq!(header_value("Bearer abc def"), Ok(()));
+        use WrittenHeader::*;
+        assert_eq!(header_reference("${env:MY_KEY}"), Ok(Env("MY_KEY".into())));
+        assert_eq!(
+            header_reference("${file:/run/secrets/k}"),
+            Ok(File("/run/secrets/k".into()))
+        );
+        assert_eq!(header_reference("Bearer x"), Ok(Literal("Bearer x".into())));
+        assert_eq!(header_reference("a$${b}$"), Ok(Literal("a${b}$".into())));
+        assert_eq!(
+            header_reference("$${env:X}"),
+            Ok(Literal("${env:X}".into()))
+        );
+        assert_eq!(header_reference("$$${x"), Ok(Literal("$${x".into())));
+        assert_eq!(
+            header_reference("${MY_API_KEY}").unwrap_err(),
+            "${MY_API_KEY} is not expanded; write ${env:MY_API_KEY} to read the environment \
+             variable MY_API_KEY (or $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"
+        );
+        for bad in [
+            "Bearer ${env:X}",
+            "${env:X}x",
+            "${",
+            "x${y}",
+            "${file:}",
+            "${env:1X}",
+        ] {
+            assert!(header_reference(bad).is_err(), "{bad}");
+        }
+        assert!(header_reference("Bearer ${env:X}")
+            .unwrap_err()
+            .contains("write $${ for a literal ${"));
         assert!(header_value("a\r\nb").is_err());
         assert!(header_value(" a").is_err());
         let k = "00".repeat(31) + "aF";

@@ -18,7 +18,8 @@ fn list(items: &[String]) -> String {
 }
 
 /// The effective configuration as YAML. The session key is shown as
-/// `<redacted (from file|env|generated)>` and upstream header values as `<redacted>`, so the
+/// `<redacted (from file|env|generated)>`, literal upstream header values as `<redacted>` and
+/// `${env:NAME}` / `${file:PATH}` headers as those references (never what they read), so the
 /// output is safe to print; put the real key back to load it again.
 pub fn render_effective(c: &Config) -> String {
     let mut o = String::new();
@@ -174,8 +175,14 @@ pub fn render_effective(c: &Config) -> String {
             let _ = writeln!(o, "    headers: {{}}");
         } else {
             let _ = writeln!(o, "    headers:");
-            for (name, _) in &u.headers {
-                let _ = writeln!(o, "      {}: \"<redacted>\"", q(name));
+            for (i, (name, _)) in u.headers.iter().enumerate() {
+                // A reference is shown as written; the value it read is a secret, like a literal.
+                let shown = match u.header_sources.get(i) {
+                    Some(HeaderSource::Env(var)) => q(&format!("${{env:{var}}}")),
+                    Some(HeaderSource::File(path)) => q(&format!("${{file:{path}}}")),
+                    _ => "\"<redacted>\"".to_string(),
+                };
+                let _ = writeln!(o, "      {}: {shown}", q(name));
             }
         }
     }

@@ -383,13 +383,14 @@ fn zero_is_refused_where_it_makes_no_sense() {
         vec![
             "listen.backlog",
             "listen.max_connections_per_worker",
-            "limits.max_header_bytes",
+            // File order, not the order the reader checks them in.
             "limits.max_headers",
+            "limits.max_json_depth",
+            "limits.max_batch_len",
+            "limits.max_header_bytes",
             "limits.header_read_timeout",
             "limits.body_read_timeout",
             "limits.idle_timeout",
-            "limits.max_json_depth",
-            "limits.max_batch_len",
             "admin.upkeep_interval",
             "admin.request_timeout",
             "admin.max_connections",
@@ -404,7 +405,23 @@ fn zero_is_refused_where_it_makes_no_sense() {
 #[test]
 fn addresses() {
     assert!(err("listen: {address: \"127.0.0.1\"}").contains("has no port"));
-    assert!(err("listen: {address: \"localhost:8080\"}").contains("names are not resolved"));
+    // localhost:PORT is 127.0.0.1:PORT, on both listeners; other names are not resolved.
+    assert_eq!(
+        ok("listen: {address: \"localhost:8080\"}").listen.addr,
+        "127.0.0.1:8080".parse().unwrap()
+    );
+    assert_eq!(
+        ok("admin: {address: \"LocalHost:9091\"}").admin.addr,
+        Some("127.0.0.1:9091".parse().unwrap())
+    );
+    assert!(err("listen: {address: \"localhost\"}").contains("has no port"));
+    assert!(err("listen: {address: \"localhost:http\"}").contains("expected a port"));
+    assert_eq!(
+        err("admin: {address: \"gateway.internal:9090\"}"),
+        "admin.address: \"gateway.internal:9090\": host names other than localhost are not \
+         resolved for listen addresses; write an IP address (127.0.0.1:<port>, [::1]:<port>, \
+         0.0.0.0:<port>) or localhost:<port>"
+    );
     assert!(err("listen: {address: 8080}").contains("expected an address like"));
     assert!(err("admin: {address: \"nope\"}").starts_with("admin.address: expected an address"));
 }
@@ -491,6 +508,11 @@ fn upstream_validation() {
         err(&base("{name: a}")),
         "upstreams[0].url: missing (required)"
     );
+    // A URL without a path is not silently `/`: it asks for the MCP endpoint path.
+    assert!(err(&base("{name: a, url: \"http://127.0.0.1:9000\"}")).starts_with(
+        "upstreams[0].url: URL has no path; give the upstream's MCP endpoint path, e.g. http://127.0.0.1:9000/mcp"
+    ));
+    ok(&base("{name: a, url: \"http://127.0.0.1:9000/\"}"));
     assert!(
         err(&base("{name: a, url: 5}")).starts_with("upstreams[0].url: expected a string, got 5")
     );
@@ -570,7 +592,13 @@ fn upstreams_and_servers_go_together() {
                 .to_string(),
         ]
     );
-    assert!(errs("servers: [{path: /mcp, upstream: demo}]")[0].starts_with("upstreams: missing"));
+    // A missing section is not in the file: its problem comes after those of the keys that are.
+    let e = errs("servers: [{path: /mcp, upstream: demo}]");
+    assert!(
+        e.last()
+            .is_some_and(|l| l.starts_with("upstreams: missing")),
+        "{e:#?}"
+    );
     assert!(err("upstreams: [{name: a, url: \"builtin:demo\"}]").starts_with("servers: missing"));
     assert!(
         err("upstreams: [{name: a, url: \"builtin:demo\"}]\nservers: []")
@@ -706,6 +734,47 @@ servers:
 }
 
 #[test]
+fn problems_follow_the_file_not_the_order_sections_are_read_in() {
+    // Sections, keys and list items in an order unlike the reader's: the problems follow the file.
+    let text = r#"
+servers:
+  - upstream: nope
+    path: mcp
+upstreams:
+  - url: "http://h"
+    headers: {x.b: "${X}", Host: h}
+  - name: ok
+    url: "builtin:demo"
+    bogus: 1
+limits:
+  idle_timeout: 60
+  max_body_bytes: lots
+workers: many
+session: {ttl: 1, key: 5}
+listen: {address: "nowhere"}
+"#;
+    assert_eq!(
+        errs(text),
+        vec![
+            // (servers[0].upstream is not reported: upstreams[0] has no usable name.)
+            r#"servers[0].path: must start with '/', got "mcp""#,
+            "upstreams[0].url: URL has no path; give the upstream's MCP endpoint path, e.g. http://h/mcp (write http://h/ if the endpoint really is /)",
+            "upstreams[0].headers.x.b: ${X} is not expanded; write ${env:X} to read the environment variable X (or $${X} to send the text ${X} as it is)",
+            r#"upstreams[0].headers.Host: "host" is set by the gateway and cannot be configured"#,
+            // A missing key sorts after the keys its mapping has.
+            "upstreams[0].name: missing (required)",
+            "upstreams[1].bogus: unknown key",
+            "limits.idle_timeout: expected a duration with a unit like 250ms, 10s, 5m or 24h, got 60 (a bare number is ambiguous)",
+            r#"limits.max_body_bytes: expected a size like 4MiB or a whole number of bytes, got "lots""#,
+            r#"workers: expected auto or a number from 1 to 1024, got "many""#,
+            "session.ttl: expected a duration with a unit like 250ms, 10s, 5m or 24h, got 1 (a bare number is ambiguous)",
+            "session.key: expected 64 hex characters in quotes",
+            r#"listen.address: expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got "nowhere""#,
+        ]
+    );
+}
+
+#[test]
 fn render_shows_every_default_redacts_secrets_and_loads_back() {
     let text = format!(
         "session: {{key: \"{KEY_HEX}\"}}\nupstreams:\n  - {{name: mine, url: \"http://[::1]:3101/mcp?a=1\", headers: {{Authorization: \"Bearer sekrit\"}}}}\n  - {{name: demo, url: \"builtin:demo\"}}\nservers: [{{path: /mcp, upstream: mine}}, {{path: /demo/mcp, upstream: demo}}]\nadmin: null\n"
@@ -738,4 +807,124 @@ fn render_shows_every_default_redacts_secrets_and_loads_back() {
     let back = ok(&d2);
     assert_eq!(back.servers.len(), 1);
     assert_eq!(back.listen.addr, defaults::LISTEN);
+}
+
+#[test]
+fn header_values_read_the_environment_or_a_file_and_never_show_what_they_read() {
+    let up = |headers: &str| {
+        format!(
+            "upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9000/mcp\"\n    headers: {headers}\nservers: [{{path: /mcp, upstream: a}}]\n"
+        )
+    };
+    let env = |name: &str| match name {
+        "MY_API_KEY" => Some("k-sekrit-123".to_string()),
+        "BAD" => Some("a\r\nInjected: 1".to_string()),
+        _ => None,
+    };
+    let load_env = |text: &str| load_str_with_env(text, &env).map_err(|e| e.0);
+
+    // ${env:NAME} reads the variable; the running program sees the value.
+    let c = load_env(&up("{x-api-key: \"${env:MY_API_KEY}\"}")).unwrap();
+    assert_eq!(
+        c.upstreams[0].headers,
+        vec![("x-api-key".to_string(), "k-sekrit-123".to_string())]
+    );
+    assert_eq!(
+        c.upstreams[0].header_sources,
+        vec![HeaderSource::Env("MY_API_KEY".into())]
+    );
+    // `tollgate check` shows the reference, not the secret; the rendering loads back.
+    let r = render_effective(&c);
+    assert!(r.contains("\"x-api-key\": \"${env:MY_API_KEY}\""), "{r}");
+    assert!(!r.contains("k-sekrit-123"), "{r}");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("k-sekrit-123") && debug.contains("<redacted>"),
+        "{debug}"
+    );
+    let back = load_env(&r.replace("<redacted (from generated)>", KEY_HEX)).unwrap();
+    assert_eq!(back.upstreams[0].headers, c.upstreams[0].headers);
+
+    // ${file:/path} reads the file, one trailing newline trimmed.
+    let dir = std::env::temp_dir().join(format!("tollgate-cfg-headers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("key");
+    std::fs::write(&secret, "Bearer from-a-file\r\n").unwrap();
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "line1\nline2-sekrit\n").unwrap();
+    let c = load_env(&up(&format!(
+        "{{Authorization: \"${{file:{}}}\"}}",
+        secret.display()
+    )))
+    .unwrap();
+    assert_eq!(c.upstreams[0].headers[0].1, "Bearer from-a-file");
+    let r = render_effective(&c);
+    assert!(
+        r.contains(&format!("${{file:{}}}", secret.display())),
+        "{r}"
+    );
+    assert!(!r.contains("from-a-file"), "{r}");
+
+    // $${ is a literal ${.
+    let c = load_env(&up("{x-template: \"$${literally}\"}")).unwrap();
+    assert_eq!(c.upstreams[0].headers[0].1, "${literally}");
+    assert_eq!(c.upstreams[0].header_sources, vec![HeaderSource::Literal]);
+
+    // What used to be sent literally is now an error that says how to write it.
+    assert_eq!(
+        load_env(&up("{x-api-key: \"${MY_API_KEY}\"}")).unwrap_err(),
+        vec![
+            "upstreams[0].headers.x-api-key: ${MY_API_KEY} is not expanded; write \
+              ${env:MY_API_KEY} to read the environment variable MY_API_KEY (or \
+              $${MY_API_KEY} to send the text ${MY_API_KEY} as it is)"
+        ]
+    );
+    assert!(
+        load_env(&up("{x-api-key: \"Bearer ${env:MY_API_KEY}\"}")).unwrap_err()[0].starts_with(
+            "upstreams[0].headers.x-api-key: \"${\" is only allowed as the whole value"
+        )
+    );
+
+    // Missing variables and unreadable files fail the load, naming the key; values never shown.
+    let missing = dir.join("missing");
+    let e = load_env(&up(&format!(
+        "{{x-api-key: \"${{env:NOT_SET}}\", x-b: \"${{env:BAD}}\", x-c: \"${{file:{}}}\", x-d: \"${{file:{}}}\"}}",
+        missing.display(),
+        bad.display()
+    )))
+    .unwrap_err();
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "upstreams[0].headers.x-api-key: environment variable NOT_SET is not set"
+    );
+    assert!(
+        e[1].starts_with(
+            "upstreams[0].headers.x-b: environment variable BAD: header value must be"
+        ),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with(&format!(
+            "upstreams[0].headers.x-c: cannot read file {}: ",
+            missing.display()
+        )),
+        "{}",
+        e[2]
+    );
+    assert!(
+        e[3].starts_with(&format!(
+            "upstreams[0].headers.x-d: file {}: header value must be",
+            bad.display()
+        )),
+        "{}",
+        e[3]
+    );
+    let all = e.join("\n");
+    assert!(
+        !all.contains("Injected") && !all.contains("sekrit"),
+        "{all}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
