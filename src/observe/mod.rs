@@ -90,6 +90,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Admin connections refused (max_connections) or cut off (request_timeout)."
     );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
+    describe_gauge!(
+        names::BUILD_INFO,
+        "Always 1; the version label is the running tollgate version."
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
