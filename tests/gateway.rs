@@ -516,6 +516,11 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
             )),
             "{limit} counted:\n{m}"
         );
+        // Counted once: a limit refusal is not also a `tollgate_rejections_total` series.
+        assert!(
+            !m.contains(&format!("tollgate_rejections_total{{reason=\"{limit}\"}}")),
+            "{limit} counted twice:\n{m}"
+        );
     }
 }
 
