@@ -49,7 +49,9 @@ fn metrics_pass_promtool_check_metrics() {
     let long = format!("/mcp?{}", "a".repeat(10 * 1024));
     let r = gw.client().request("GET", &long, &[], b"");
     assert_eq!(r.status, 414);
-    let r = gw.client().request("POST", "/mcp", &JSON_HEADERS, &[b' '; 2048]);
+    let r = gw
+        .client()
+        .request("POST", "/mcp", &JSON_HEADERS, &[b' '; 2048]);
     assert_eq!(r.status, 413);
     let hs: Vec<(String, String)> = mcp
         .headers()
