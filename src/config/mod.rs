@@ -164,6 +164,10 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,
+    /// `unhealthy_after`, default 3: consecutive connect failures or response-head timeouts
+    /// (on any worker, with no success since) after which the upstream is known-down and
+    /// `/readyz` answers 503. Range 1..=1000000.
+    pub unhealthy_after: u32,
     /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case.
     pub headers: Vec<(String, String)>,
 }
