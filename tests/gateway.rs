@@ -531,6 +531,11 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
             )),
             "{limit} counted:\n{m}"
         );
+        // Counted once: a limit refusal is not also a `tollgate_rejections_total` series.
+        assert!(
+            !m.contains(&format!("tollgate_rejections_total{{reason=\"{limit}\"}}")),
+            "{limit} counted twice:\n{m}"
+        );
     }
 }
 
@@ -572,6 +577,49 @@ fn metrics_count_requests_by_method_and_outcome() {
             .status,
         200
     );
+}
+
+/// /readyz follows the endpoint's only upstream: 503 naming both once it is known-down
+/// (`unhealthy_after` consecutive connect failures, default 3), 200 again as soon as something
+/// listens there (the probe /readyz makes), with no client traffic needed.
+#[test]
+fn readyz_names_an_endpoint_whose_upstream_is_down_and_recovers() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead); // nothing listens there now: every connect is refused
+    let gw = Gateway::builder()
+        .upstream_with(
+            "gone",
+            &format!("http://{addr}/mcp"),
+            &[("connect_timeout", "300ms")],
+        )
+        .serve("/mcp", "gone")
+        .start();
+    let readyz = || {
+        let r = Http::connect(gw.admin.unwrap()).request("GET", "/readyz", &[], b"");
+        (r.status, r.text())
+    };
+    assert_eq!(readyz().0, 200, "not known-down before any failure");
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    let init = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}});
+    for i in 1..=3 {
+        let r = mcp.request("initialize", init.clone());
+        assert!(r.text().contains("unavailable"), "{}", r.text());
+        if i < 3 {
+            assert_eq!(readyz().0, 200, "one failure short of unhealthy_after: {i}");
+        }
+    }
+    let (status, body) = readyz();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("/mcp") && body.contains("\"gone\""),
+        "names the endpoint and the upstream: {body}"
+    );
+    // Something listens on the port again: the probe clears the state.
+    let _back = std::net::TcpListener::bind(addr).expect("rebind the freed port");
+    let (status, body) = readyz();
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

@@ -136,6 +136,8 @@ pub mod defaults {
     /// Idle upstream connections are cheap; closing them when more than this many requests
     /// were in flight turns every request beyond it into a TCP connect (measured: sessions-10k).
     pub const MAX_IDLE_PER_WORKER: u64 = 256;
+    /// Three in a row rules out one unlucky connect without keeping a dead upstream "ready" long.
+    pub const UNHEALTHY_AFTER: u64 = 3;
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
@@ -706,6 +708,7 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         request_timeout: defaults::REQUEST_TIMEOUT,
         idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
         max_idle_per_worker: defaults::MAX_IDLE_PER_WORKER as usize,
+        unhealthy_after: defaults::UNHEALTHY_AFTER as u32,
         headers: Vec::new(),
         header_sources: Vec::new(),
     }
@@ -736,6 +739,7 @@ fn upstream(
             "request_timeout",
             "idle_timeout",
             "max_idle_per_worker",
+            "unhealthy_after",
             "headers",
         ],
     );
@@ -765,6 +769,9 @@ fn upstream(
     u.idle_timeout = s.get(p, "idle_timeout", u.idle_timeout, extract::duration(MS));
     u.max_idle_per_worker = s.get(p, "max_idle_per_worker", u.max_idle_per_worker, |v| {
         count(0, 1_000_000)(v).map(|n| n as usize)
+    });
+    u.unhealthy_after = s.get(p, "unhealthy_after", u.unhealthy_after, |v| {
+        count(1, 1_000_000)(v).map(|n| n as u32)
     });
     if let Some((hpath, hv)) = s.value("headers") {
         match hv {

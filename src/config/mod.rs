@@ -165,6 +165,10 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// `max_idle_per_worker`, default 256.
     pub max_idle_per_worker: usize,
+    /// `unhealthy_after`, default 3: consecutive connect failures or response-head timeouts
+    /// (on any worker, with no success since) after which the upstream is known-down and
+    /// `/readyz` answers 503. Range 1..=1000000.
+    pub unhealthy_after: u32,
     /// `headers`: sent to this upstream on every request (its own credentials). Names lower-case;
     /// values resolved (`${env:NAME}` and `${file:/path}` already read, `$${` unescaped).
     pub headers: Vec<(String, String)>,
@@ -187,6 +191,7 @@ impl std::fmt::Debug for Upstream {
             .field("request_timeout", &self.request_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_idle_per_worker", &self.max_idle_per_worker)
+            .field("unhealthy_after", &self.unhealthy_after)
             .field("headers", &headers)
             .field("header_sources", &self.header_sources)
             .finish()

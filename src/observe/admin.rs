@@ -9,9 +9,9 @@
 //! ever holds its own thread.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,119 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::names;
 
-/// Readiness as the admin listener reports it.
+/// Readiness as the admin listener reports it: ready = every worker accepting, not draining,
+/// and no endpoint's upstream known-down.
 #[derive(Default)]
 pub struct Health {
     /// Every worker is accepting.
     pub ready: AtomicBool,
     /// Shutdown has begun: /readyz answers 503 so load balancers drain us.
     pub draining: AtomicBool,
+    /// Indexed like `Config::upstreams`.
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// Whether one upstream can serve, written lock-free by every worker.
+pub struct UpstreamHealth {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+    /// `upstreams[].connect_timeout`: also the /readyz probe's timeout.
+    pub connect_timeout: Duration,
+    /// `upstreams[].unhealthy_after`: known-down at this many consecutive failures.
+    pub unhealthy_after: u32,
+    /// Consecutive connect failures and response-head timeouts, on any worker, with no
+    /// successful exchange (or /readyz probe) since. Stops counting at `unhealthy_after`.
+    pub failures: AtomicU32,
+    /// The endpoint paths (`servers[].path`) this upstream serves; none: not part of readiness.
+    pub endpoints: Vec<String>,
+}
+
+impl UpstreamHealth {
+    pub fn new(
+        name: String,
+        addrs: Vec<SocketAddr>,
+        connect_timeout: Duration,
+        unhealthy_after: u32,
+        endpoints: Vec<String>,
+    ) -> Self {
+        UpstreamHealth {
+            name,
+            addrs,
+            connect_timeout,
+            unhealthy_after: unhealthy_after.max(1),
+            failures: AtomicU32::new(0),
+            endpoints,
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= self.unhealthy_after
+    }
+
+    /// One TCP connect to any of the upstream's addresses within `connect_timeout` (and
+    /// `deadline`); on success the failure count is cleared, so readiness recovers without
+    /// traffic. A connect proves reachability only: an upstream that accepts and never
+    /// answers is marked down again by the next timeouts.
+    fn probe(&self, deadline: Instant) -> bool {
+        for a in &self.addrs {
+            let Ok(left) = left(deadline) else {
+                return false;
+            };
+            if TcpStream::connect_timeout(a, self.connect_timeout.min(left)).is_ok() {
+                self.failures.store(0, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Health {
+    /// A connect failure or response-head timeout on upstream `u` (the cold path).
+    #[inline]
+    pub fn upstream_failed(&self, u: usize) {
+        if let Some(h) = self.upstreams.get(u) {
+            // Bounded: stop at the threshold, so the count never wraps.
+            if h.failures.load(Ordering::Relaxed) < h.unhealthy_after {
+                h.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A successful exchange with upstream `u`: one relaxed load, a store only after failures.
+    #[inline]
+    pub fn upstream_ok(&self, u: usize) {
+        if let Some(h) = self.upstreams.get(u) {
+            if h.failures.load(Ordering::Relaxed) != 0 {
+                h.failures.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The /readyz answer: `None` when ready, else the reason (names the endpoints and
+    /// upstreams that cannot serve). Known-down upstreams are probed once first.
+    pub fn not_ready(&self, deadline: Instant) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("not ready: draining (shutting down)\n".into());
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("not ready: workers starting\n".into());
+        }
+        let mut why = String::new();
+        for h in &self.upstreams {
+            if h.endpoints.is_empty() || !h.is_down() || h.probe(deadline) {
+                continue;
+            }
+            why.push_str(&format!(
+                "not ready: endpoint {} cannot serve: upstream \"{}\" is down ({} consecutive \
+                 connect failures or timeouts, upstreams[].unhealthy_after; a connect probe failed)\n",
+                h.endpoints.join(", "),
+                h.name,
+                h.unhealthy_after
+            ));
+        }
+        (!why.is_empty()).then_some(why)
+    }
 }
 
 /// What the admin listener serves, shared by its connection threads.
@@ -221,6 +327,7 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
     };
     let (path, head_only) = path;
     let metrics;
+    let not_ready;
     let (status, ctype, body): (u16, &str, &[u8]) = match path.as_str() {
         "/metrics" => {
             let mut text = admin.handle.render();
@@ -234,11 +341,10 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
         }
         "/healthz" => (200, "text/plain", b"ok\n"),
         "/readyz" => {
-            let h = &admin.health;
-            if h.ready.load(Ordering::Relaxed) && !h.draining.load(Ordering::Relaxed) {
-                (200, "text/plain", b"ready\n")
-            } else {
-                (503, "text/plain", b"not ready\n")
+            not_ready = admin.health.not_ready(deadline);
+            match &not_ready {
+                None => (200, "text/plain", b"ready\n"),
+                Some(why) => (503, "text/plain", why.as_bytes()),
             }
         }
         _ => (
@@ -308,6 +414,62 @@ mod tests {
         assert!(is_timeout(&e), "{e:?}");
         // "Did not hang": the whole write gave up at its deadline, not minutes later.
         assert!(Instant::now() < deadline + Duration::from_secs(5));
+    }
+
+    fn health_with(addr: SocketAddr, endpoints: &[&str]) -> Health {
+        let h = Health {
+            upstreams: vec![UpstreamHealth::new(
+                "up".into(),
+                vec![addr],
+                Duration::from_millis(200),
+                3,
+                endpoints.iter().map(|e| e.to_string()).collect(),
+            )],
+            ..Health::default()
+        };
+        h.ready.store(true, Ordering::Relaxed);
+        h
+    }
+
+    #[test]
+    fn an_upstream_is_down_after_consecutive_failures_until_a_success() {
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = dead.local_addr().unwrap();
+        drop(dead);
+        let h = health_with(addr, &["/mcp"]);
+        let soon = || Instant::now() + Duration::from_secs(2);
+        h.upstream_failed(0);
+        h.upstream_failed(0);
+        h.upstream_ok(0); // a success in between resets the run
+        h.upstream_failed(0);
+        h.upstream_failed(0);
+        assert_eq!(h.not_ready(soon()), None);
+        for _ in 0..10 {
+            h.upstream_failed(0);
+        }
+        assert_eq!(
+            h.upstreams[0].failures.load(Ordering::Relaxed),
+            3,
+            "bounded"
+        );
+        let why = h.not_ready(soon()).expect("down");
+        assert!(why.contains("/mcp") && why.contains("\"up\""), "{why}");
+        h.upstream_ok(0);
+        assert_eq!(h.not_ready(soon()), None);
+        h.draining.store(true, Ordering::Relaxed);
+        assert!(h.not_ready(soon()).unwrap().contains("draining"));
+    }
+
+    #[test]
+    fn an_upstream_no_endpoint_serves_does_not_count() {
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = dead.local_addr().unwrap();
+        drop(dead);
+        let h = health_with(addr, &[]);
+        for _ in 0..3 {
+            h.upstream_failed(0);
+        }
+        assert_eq!(h.not_ready(Instant::now() + Duration::from_secs(2)), None);
     }
 
     #[test]

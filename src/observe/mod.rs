@@ -71,11 +71,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     );
     describe_counter!(
         names::REJECTIONS_TOTAL,
-        "Requests refused by the gateway, by reason."
+        "Requests refused by the gateway, by reason; a refusal for a configured limit is \
+         counted in tollgate_limit_rejections_total instead, never in both."
     );
     describe_counter!(
         names::LIMIT_REJECTIONS_TOTAL,
-        "Requests or connections refused because a configured limit was hit."
+        "Requests or connections refused because a configured limit was hit, by limit; \
+         not also counted in tollgate_rejections_total."
     );
     describe_counter!(
         names::SESSIONS_OPENED_TOTAL,
@@ -90,6 +92,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Admin connections refused (max_connections) or cut off (request_timeout)."
     );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
+    describe_gauge!(
+        names::BUILD_INFO,
+        "Always 1; the version label is the running tollgate version."
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -135,9 +141,16 @@ impl WorkerMetrics {
                 }),
             })
             .collect();
+        // Limit kinds get no `rejections_total` series: they are counted only as limits.
         let rejections = Kind::ALL
             .iter()
-            .map(|k| metrics::counter!(names::REJECTIONS_TOTAL, "reason" => k.as_str()))
+            .map(|k| {
+                if k.is_limit() {
+                    Counter::noop()
+                } else {
+                    metrics::counter!(names::REJECTIONS_TOTAL, "reason" => k.as_str())
+                }
+            })
             .collect();
         let limits = Kind::ALL
             .iter()
@@ -167,13 +180,15 @@ impl WorkerMetrics {
         self.hists.request[i].record(seconds);
     }
 
-    /// A refusal by the gateway (counted once, whether or not a method is known).
+    /// A refusal by the gateway, counted exactly once (whether or not a method is known): a
+    /// configured limit in `tollgate_limit_rejections_total{limit}`, any other reason in
+    /// `tollgate_rejections_total{reason}`. The two families never overlap.
     #[inline]
     pub fn rejected(&self, kind: Kind) {
         let i = kind.index();
-        self.rejections[i].increment(1);
-        if let Some(c) = &self.limits[i] {
-            c.increment(1);
+        match &self.limits[i] {
+            Some(c) => c.increment(1),
+            None => self.rejections[i].increment(1),
         }
     }
 

@@ -208,6 +208,7 @@ pub async fn exchange(
             None => match connect(&up.addrs, up.connect_timeout).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
                 Err(e) => {
+                    w.gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
                     return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
                 }
@@ -224,7 +225,10 @@ pub async fn exchange(
             Ok(()) => read_response_head(&mut conn, deadline, &w.shutdown).await,
         };
         match outcome {
-            Ok(head) => return (Ok((conn, head)), req),
+            Ok(head) => {
+                w.gw.health.upstream_ok(u);
+                return (Ok((conn, head)), req);
+            }
             // A pooled connection the upstream closed while idle: nothing was processed, retry
             // once on a new connection.
             Err(HeadRead::Closed {
@@ -241,6 +245,7 @@ pub async fn exchange(
                 return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
             }
             Err(HeadRead::Timeout) => {
+                w.gw.health.upstream_failed(u);
                 let msg = format!(
                     "upstream \"{}\" did not answer within {} ms (upstreams[].request_timeout)",
                     up.name,

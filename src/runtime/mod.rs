@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use crate::config::{Config, UpstreamTarget};
 use crate::jsonrpc::ScanLimits;
 use crate::mcp::session::SessionSealer;
-use crate::observe::admin::Health;
+use crate::observe::admin::{Health, UpstreamHealth};
 use crate::proxy::reject::Rejects;
 use crate::proxy::state::{Gateway, UpstreamRuntime, WorkerState};
 
@@ -135,7 +135,30 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .map(|_| crossbeam_channel::bounded(65536))
         .unzip();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health {
+        upstreams: config
+            .upstreams
+            .iter()
+            .zip(&upstreams)
+            .enumerate()
+            .map(|(i, (cfg, rt))| {
+                let endpoints = config
+                    .servers
+                    .iter()
+                    .filter(|s| s.upstream == i)
+                    .map(|s| s.path.clone())
+                    .collect();
+                UpstreamHealth::new(
+                    cfg.name.clone(),
+                    rt.addrs.clone(),
+                    cfg.connect_timeout,
+                    cfg.unhealthy_after,
+                    endpoints,
+                )
+            })
+            .collect(),
+        ..Health::default()
+    });
     let gw = Arc::new(Gateway {
         sealer: SessionSealer::new(&config.session.key),
         rejects: Rejects::new(&config),

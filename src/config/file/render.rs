@@ -171,6 +171,7 @@ pub fn render_effective(c: &Config) -> String {
         );
         let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
         let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
+        let _ = writeln!(o, "    unhealthy_after: {}", u.unhealthy_after);
         if u.headers.is_empty() {
             let _ = writeln!(o, "    headers: {{}}");
         } else {

@@ -84,6 +84,7 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert_eq!(u.request_timeout, Duration::from_secs(60));
         assert_eq!(u.idle_timeout, Duration::from_secs(4));
         assert_eq!(u.max_idle_per_worker, 256);
+        assert_eq!(u.unhealthy_after, 3);
         assert!(u.headers.is_empty());
         assert_eq!(c.servers.len(), 1);
         assert_eq!(
@@ -151,6 +152,7 @@ upstreams:
     request_timeout: 2m
     idle_timeout: 10s
     max_idle_per_worker: 0
+    unhealthy_after: 5
     headers:
       Authorization: "Bearer t0k3n"
       X-Tenant: "a b"
@@ -224,6 +226,7 @@ servers:
     assert_eq!(b.request_timeout, Duration::from_secs(120));
     assert_eq!(b.idle_timeout, Duration::from_secs(10));
     assert_eq!(b.max_idle_per_worker, 0);
+    assert_eq!(b.unhealthy_after, 5);
     assert_eq!(
         b.headers,
         vec![
