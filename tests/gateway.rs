@@ -885,3 +885,102 @@ fn log_format_json_writes_one_json_object_per_line() {
     }
     assert!(text.contains("tollgate ready"));
 }
+
+/// A scripted upstream that answers every request (it keeps no sessions, so it never says 404)
+/// and records the headers of each request it gets.
+fn recording_upstream() -> (
+    harness::scripted::Scripted,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>,
+) {
+    use harness::scripted;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let up = scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            log.lock().unwrap().push(req.headers.clone());
+            let reply = scripted::mcp_basics(&req).unwrap_or_else(|| {
+                scripted::json_response(&scripted::text_result(&req.id(), "ok"))
+            });
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    (up, seen)
+}
+
+#[test]
+fn the_clients_credentials_never_reach_the_upstream_but_its_own_do() {
+    let (up, seen) = recording_upstream();
+    let gw = Gateway::builder()
+        .upstream_with(
+            "rec",
+            &up.url(),
+            &[("headers", "{x-api-key: upstream-own-key}")],
+        )
+        .serve("/mcp", "rec")
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
+    let mut headers = JSON_HEADERS.to_vec();
+    headers.extend([
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-06-18"),
+        ("Authorization", "Bearer client-secret-token"),
+        ("Cookie", "sid=client-cookie"),
+        ("Proxy-Authorization", "Basic Y2xpZW50"),
+    ]);
+    let r = gw.client().request("POST", "/mcp", &headers, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "the upstream saw {} requests", seen.len());
+    for h in seen.iter() {
+        for (n, v) in h {
+            let n = n.to_ascii_lowercase();
+            assert!(
+                !["authorization", "cookie", "proxy-authorization"].contains(&n.as_str())
+                    && !v.contains("client-secret-token")
+                    && !v.contains("client-cookie"),
+                "a client credential reached the upstream: {n}: {v}"
+            );
+        }
+        assert!(
+            h.iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case("x-api-key") && v == "upstream-own-key"),
+            "the upstream's own header is missing: {h:?}"
+        );
+    }
+}
+
+#[test]
+fn delete_is_enforced_by_every_worker_even_when_the_upstream_would_answer() {
+    // The upstream here keeps no sessions and answers anything: only the gateway's own
+    // revocation (a message to every worker) can turn a deleted session away.
+    let (up, _seen) = recording_upstream();
+    let gw = Gateway::builder()
+        .upstream("rec", &up.url())
+        .serve("/mcp", "rec")
+        .workers(2)
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let sid = mcp.session.clone().unwrap();
+    // Before DELETE, fresh connections (spread over both workers) are served.
+    for _ in 0..6 {
+        let mut other = Mcp::new(gw.addr, "/mcp");
+        other.session = Some(sid.clone());
+        assert_eq!(other.request("tools/list", json!({})).status, 200);
+    }
+    let d = mcp
+        .http
+        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
+    assert_eq!(d.status, 200);
+    for _ in 0..12 {
+        let mut other = Mcp::new(gw.addr, "/mcp");
+        other.session = Some(sid.clone());
+        let r = other.request("tools/list", json!({}));
+        assert_eq!(r.status, 404, "a deleted session was served: {}", r.text());
+    }
+}
