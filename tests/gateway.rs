@@ -888,10 +888,9 @@ fn log_format_json_writes_one_json_object_per_line() {
 
 /// A scripted upstream that answers every request (it keeps no sessions, so it never says 404)
 /// and records the headers of each request it gets.
-fn recording_upstream() -> (
-    harness::scripted::Scripted,
-    std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>,
-) {
+type SeenHeaders = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>;
+
+fn recording_upstream() -> (harness::scripted::Scripted, SeenHeaders) {
     use harness::scripted;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
