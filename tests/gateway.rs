@@ -983,3 +983,54 @@ fn delete_is_enforced_by_every_worker_even_when_the_upstream_would_answer() {
         assert_eq!(r.status, 404, "a deleted session was served: {}", r.text());
     }
 }
+
+#[test]
+fn sighup_does_not_stop_the_gateway_and_json_logs_hold_plain_values() {
+    let mut gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml("log:\n  format: json\n")
+        .rust_log("info")
+        .start();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) };
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    mcp.initialize("2025-06-18");
+    let r = mcp.call_tool("echo", json!({"text": "after SIGHUP"}));
+    assert_eq!(r["result"]["content"][0]["text"], "after SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log.text().contains("SIGHUP") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = gw.log.text();
+    assert!(log.contains("reload is not supported yet"), "{log}");
+    // Every line is JSON, and none carries Rust's debug spelling of an Option.
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            !line.contains("Some("),
+            "debug text in a JSON log line: {line}"
+        );
+        assert!(
+            v.get("fields").is_some() || v.get("message").is_some(),
+            "{line}"
+        );
+    }
+    let ready = log
+        .lines()
+        .find(|l| l.contains("tollgate ready"))
+        .expect("a ready line");
+    assert!(
+        ready.contains("/mcp -> demo"),
+        "the ready line names the endpoints: {ready}"
+    );
+    assert!(
+        ready.contains("demo (builtin:demo)"),
+        "and the upstreams: {ready}"
+    );
+    gw.sigterm();
+    assert!(gw
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}

@@ -106,14 +106,16 @@ where
         let tname = format!("{name}-{i}");
         let h = std::thread::Builder::new().name(tname.clone()).spawn(move || {
             let core = if pin { pin_to_core(i) } else { None };
+            // A plain value in text and JSON logs alike ("3" or "unpinned"), not `Some(3)`.
+            let core = core.map_or_else(|| "unpinned".to_string(), |c| c.to_string());
             block_on(
                 want,
                 entries,
                 |k, why| {
                     match (k, why) {
-                        (DriverKind::IoUring, _) => tracing::info!(thread = %tname, ?core, driver = k.as_str(), "runtime started"),
-                        (_, Some(why)) => tracing::warn!(thread = %tname, ?core, driver = k.as_str(), error = %why, "io_uring unavailable, using epoll"),
-                        (_, None) => tracing::info!(thread = %tname, ?core, driver = k.as_str(), "runtime started"),
+                        (DriverKind::IoUring, _) => tracing::info!(thread = %tname, core = %core, driver = k.as_str(), "runtime started"),
+                        (_, Some(why)) => tracing::warn!(thread = %tname, core = %core, driver = k.as_str(), error = %why, "io_uring unavailable, using epoll"),
+                        (_, None) => tracing::info!(thread = %tname, core = %core, driver = k.as_str(), "runtime started"),
                     }
                 },
                 |kind| make(i, kind),

@@ -260,18 +260,61 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     health.ready.store(true, Ordering::Release);
-    tracing::info!(listen = %listen_addr, admin = ?admin_addr, workers, "tollgate ready");
+    {
+        let c = &gw.config;
+        let endpoints = c
+            .servers
+            .iter()
+            .map(|s| format!("{} -> {}", s.path, c.upstreams[s.upstream].name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let upstreams = c
+            .upstreams
+            .iter()
+            .map(|u| match &u.target {
+                crate::config::UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
+                crate::config::UpstreamTarget::Http(t) => {
+                    format!("{} (http://{}{})", u.name, t.authority, t.path)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(listen = %listen_addr, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
+    }
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, listen_addr, Some(admin_addr))?;
     }
 
-    // Wait for a signal.
+    // Wait for a signal. SIGHUP (by convention "reload") must not kill the gateway: hot reload is
+    // not built yet, so it is logged and the running configuration stays.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
-    let sig = signals.forever().next();
-    tracing::info!(signal = ?sig, drain_timeout_ms = gw.config.shutdown.drain_timeout.as_millis() as u64, "shutting down");
+    let mut sig = None;
+    for s in signals.forever() {
+        if s == signal_hook::consts::SIGHUP {
+            tracing::warn!(
+                signal = "SIGHUP",
+                "configuration reload is not supported yet: the running configuration stays"
+            );
+            continue;
+        }
+        sig = Some(s);
+        break;
+    }
+    let signal = match sig {
+        Some(signal_hook::consts::SIGTERM) => "SIGTERM",
+        Some(signal_hook::consts::SIGINT) => "SIGINT",
+        _ => "other",
+    };
+    tracing::info!(
+        signal,
+        drain_timeout_ms = gw.config.shutdown.drain_timeout.as_millis() as u64,
+        "shutting down"
+    );
     health.draining.store(true, Ordering::Release);
     shutdown.store(true, Ordering::Release);
     let deadline = Instant::now() + gw.config.shutdown.drain_timeout + Duration::from_millis(500);

@@ -169,6 +169,8 @@ pub struct GatewayBuilder {
     driver: Option<Driver>,
     limits: Keys,
     listen: Keys,
+    /// `RUST_LOG` for the gateway (default `warn`: faults only).
+    rust_log: &'static str,
 }
 
 impl Gateway {
@@ -181,6 +183,7 @@ impl Gateway {
             driver: None,
             limits: vec![],
             listen: vec![],
+            rust_log: "warn",
         }
     }
 
@@ -348,6 +351,11 @@ impl GatewayBuilder {
             .push((name.into(), url.into(), keys.collect()));
         self
     }
+    /// `RUST_LOG` for the gateway process (default `warn`).
+    pub fn rust_log(mut self, filter: &'static str) -> Self {
+        self.rust_log = filter;
+        self
+    }
     /// `runtime.driver`; `start` then checks every worker really runs on it.
     pub fn driver(mut self, d: Driver) -> Self {
         self.driver = Some(d);
@@ -427,7 +435,7 @@ impl GatewayBuilder {
             .arg(&cfg)
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", self.rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
