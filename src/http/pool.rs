@@ -159,7 +159,8 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely; `expires` comes from
-    /// `expiry`. A connection with unread bytes is dropped. A read buffer that grew for a large
+    /// `expiry`. A connection with unread bytes (a stray response came with the last one) is
+    /// dropped and reported as `Err(Discard::Unsolicited)`. A read buffer that grew for a large
     /// body is given back first, so idle connections stay small.
     pub fn put(
         &mut self,
@@ -167,9 +168,9 @@ impl Pool {
         mut conn: UpstreamConn,
         max_idle: usize,
         expires: Instant,
-    ) {
+    ) -> Result<(), Discard> {
         if !conn.buffered().is_empty() {
-            return;
+            return Err(Discard::Unsolicited);
         }
         conn.shrink_idle(IDLE_BUFFER);
         if let Some(stack) = self.idle.get_mut(upstream) {
@@ -177,6 +178,7 @@ impl Pool {
                 stack.push(Idle { conn, expires });
             }
         }
+        Ok(())
     }
 
     /// Drops expired idle connections, and those the upstream has closed or written to (so

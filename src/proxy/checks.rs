@@ -285,6 +285,12 @@ mod tests {
     }
 }
 
+/// Whether a Content-Type value is `application/json` (parameters such as charset allowed).
+pub fn is_json_content_type(v: &[u8]) -> bool {
+    let essence = v.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
 /// Whether an `Accept` value allows both replies a POST may get: `application/json` and
 /// `text/event-stream` (the transport requires clients to list both). Wildcards count; a media
 /// range with `q=0` does not.

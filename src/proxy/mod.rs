@@ -269,11 +269,6 @@ async fn read_body(
     }
 }
 
-fn is_json_content_type(v: &[u8]) -> bool {
-    let essence = v.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
-    essence.eq_ignore_ascii_case(b"application/json")
-}
-
 /// A JSON-RPC id copied out of the body (ids are short; no allocation up to 47 bytes).
 struct IdBuf {
     inline: [u8; 47],
@@ -450,7 +445,7 @@ async fn post(
     if !head
         .content_type
         .clone()
-        .is_some_and(|r| is_json_content_type(&buf[r]))
+        .is_some_and(|r| checks::is_json_content_type(&buf[r]))
     {
         c.conn.consume(head.len);
         return refuse(

@@ -186,17 +186,15 @@ impl WorkerState {
         if !head.keep_alive {
             return;
         }
-        if !conn.buffered().is_empty() {
-            // Bytes after the response: a stray one came with it. Never reused.
-            self.pool_discarded(u, crate::http::pool::Discard::Unsolicited);
-            return;
-        }
         let up = &self.gw.upstreams[u];
         let now = self.shutdown.now();
         if let Some(expires) =
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
-            self.pool.borrow_mut().put(u, conn, up.max_idle, expires);
+            let put = self.pool.borrow_mut().put(u, conn, up.max_idle, expires);
+            if let Err(why) = put {
+                self.pool_discarded(u, why);
+            }
         }
     }
 

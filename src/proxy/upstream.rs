@@ -297,11 +297,6 @@ fn content_type<'a>(head: &ResponseHead, buf: &'a [u8]) -> &'a [u8] {
     head.content_type.clone().map_or(&b""[..], |r| &buf[r])
 }
 
-fn is_json(ct: &[u8]) -> bool {
-    let essence = ct.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
-    essence.eq_ignore_ascii_case(b"application/json")
-}
-
 fn describe(head: &ResponseHead, buf: &[u8]) -> String {
     let ct = content_type(head, buf);
     let ct = if ct.is_empty() {
@@ -391,7 +386,7 @@ pub async fn vet_reply(
             return Vetted::Relay;
         }
         // No Content-Type at all is judged by the body.
-        if !ct.is_empty() && !is_json(ct) {
+        if !ct.is_empty() && !super::checks::is_json_content_type(ct) {
             let why = format!(
                 "answered {}: not JSON or an event stream",
                 describe(head, buf)
@@ -461,7 +456,7 @@ pub async fn vet_reply(
     // Not 2xx: relayed only as a well-formed JSON-RPC message, read whole.
     let buf = up.buffered();
     let what = describe(head, buf);
-    if !is_json(ct) {
+    if !super::checks::is_json_content_type(ct) {
         let reusable = drain(up, head, timeout).await;
         return unusable(format!("answered {what}"), reusable);
     }
