@@ -8,8 +8,9 @@ use crate::jsonrpc::{self, Body, MessageKind};
 use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
 use crate::mcp::ProtocolVersion;
 
+use super::client::Client;
 use super::state::WorkerState;
-use super::upstream::{self, Client};
+use super::upstream;
 use super::{client_head, refuse, unix_now, IdBuf, Next, Scanned};
 
 /// What the gateway learned from an initialize reply.

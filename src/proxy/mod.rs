@@ -3,6 +3,7 @@
 //! Every refusal goes through `refuse`, which renders it with `reject::Rejects`.
 
 pub mod checks;
+pub mod client;
 mod initialize;
 pub mod reject;
 pub mod session_cache;
@@ -28,8 +29,9 @@ use crate::mcp::session::{SessionClaims, UpstreamSession};
 use crate::mcp::{Method, ProtocolVersion};
 use crate::observe::Outcome;
 
+use client::Client;
 use state::WorkerState;
-use upstream::{Client, RelayMode};
+use upstream::RelayMode;
 
 /// Upper bound on `limits.max_headers` (the scratch array lives on the stack).
 pub const MAX_HEADERS: usize = 256;

@@ -11,8 +11,9 @@ use crate::mcp::session::SessionClaims;
 use crate::mcp::Method;
 use crate::observe::Outcome;
 
+use super::client::Client;
 use super::state::{self, Revocation, WorkerState};
-use super::upstream::{self, Client};
+use super::upstream;
 use super::{open_session, refuse, relay, upstream_session_headers, Next};
 
 /// GET and DELETE: refuses a body, opens the session, and writes the upstream request head

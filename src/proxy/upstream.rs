@@ -4,19 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::error::{Error, Kind};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{parse_response, Framing, ResponseHead};
 use crate::http::pool::{connect, idleness, Idleness, UpstreamConn};
 use crate::http::Conn;
 
+use super::client::Client;
 use super::shutdown::LocalShutdown;
 use super::state::WorkerState;
-
-/// Read buffer an idle client connection keeps: a typical MCP request (head + body) fits.
-pub const IDLE_READ_BUFFER: usize = 2048;
 
 /// Initial read buffer of an upstream connection; it grows for large bodies while relaying.
 const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
@@ -24,103 +20,6 @@ const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
 /// Upstream response heads larger than this are refused.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
 const UPSTREAM_HEADERS: usize = 128;
-
-/// The client side of a connection: its buffered reader and reusable write buffers.
-pub struct Client {
-    pub conn: Conn<TcpStream>,
-    /// The worker this connection runs on (its coarse clock and deadlines).
-    w: std::rc::Rc<WorkerState>,
-    /// Bytes to write to the client.
-    pub out: Vec<u8>,
-    /// The request being sent upstream.
-    pub up_out: Vec<u8>,
-    /// Decoded chunked request bodies (rare: most clients send Content-Length).
-    pub body: Vec<u8>,
-    pub write_timeout: Duration,
-    /// The request being answered is a HEAD: refusals carry no body.
-    pub head_only: bool,
-}
-
-impl Client {
-    /// A client starts with only a small read buffer; write buffers are lent per request.
-    pub fn new(stream: TcpStream, w: std::rc::Rc<WorkerState>) -> Self {
-        let write_timeout = w.gw.config.limits.write_timeout;
-        Client {
-            w,
-            conn: Conn::new(stream, IDLE_READ_BUFFER),
-            out: Vec::new(),
-            up_out: Vec::new(),
-            body: Vec::new(),
-            write_timeout,
-            head_only: false,
-        }
-    }
-
-    /// Borrows write buffers from the worker's pool for one request.
-    pub fn lend(&mut self, w: &WorkerState) {
-        if self.out.capacity() == 0 {
-            self.out = w.take_buffer();
-        }
-        if self.up_out.capacity() == 0 {
-            self.up_out = w.take_buffer();
-        }
-    }
-
-    /// Gives the request's buffers back and shrinks the read buffer, so an idle connection
-    /// holds only `IDLE_READ_BUFFER` bytes.
-    pub fn release(&mut self, w: &WorkerState) {
-        w.give_buffer(std::mem::take(&mut self.out));
-        w.give_buffer(std::mem::take(&mut self.up_out));
-        w.give_buffer(std::mem::take(&mut self.body));
-        self.conn.shrink_idle(IDLE_READ_BUFFER);
-    }
-
-    /// Writes `out` to the client within the write timeout. An error means: close the connection.
-    pub async fn flush(&mut self) -> Result<(), ()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.out);
-        let deadline = self.w.shutdown.now() + self.write_timeout;
-        let written = monoio::select! {
-            r = self.conn.write_all(buf) => Some(r),
-            _ = self.w.shutdown.deadline(deadline) => None,
-        };
-        match written {
-            Some((Ok(()), mut b)) => {
-                b.clear();
-                self.out = b;
-                Ok(())
-            }
-            Some((Err(_), _)) => Err(()),
-            None => {
-                // A client that does not read: abort (RST) on close rather than leave the kernel
-                // holding the unsent response for the orphaned socket's lifetime.
-                abort_on_close(&self.conn.io);
-                Err(())
-            }
-        }
-    }
-}
-
-/// Makes the socket's close send RST and drop unsent data (`SO_LINGER` 0).
-pub fn abort_on_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket this connection owns, with a properly sized option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
 
 enum HeadRead {
     Closed {
