@@ -27,163 +27,208 @@ pub enum Side {
     Gateway,
 }
 
-/// Every way a request can fail, as a closed set. `as_str` is the metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+/// Which protocol era a request belongs to: the table may answer the same kind with another
+/// HTTP status in the stateless 2026-07-28 revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Era {
+    /// 2024-11-05 … 2025-11-25: `initialize` and `Mcp-Session-Id`.
+    #[default]
+    Session,
+    /// 2026-07-28: no sessions, every request self-describing.
+    Stateless,
+}
+
+/// How a refusal reaches a client that sent a JSON-RPC request (with an id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A JSON-RPC `error` object.
+    RpcError,
+    /// In band: HTTP 200 and `result: {content: [{type: text, text: message}], isError: true}`,
+    /// so a model reads the sentence and can act on it (a denied or throttled tool call). Only
+    /// for a `tools/call` with an id; anything else gets the `RpcError` form.
+    ToolError,
+}
+
+/// A response header a kind always carries (values computed when rendered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extra {
+    None,
+    /// `Allow: GET, POST, DELETE, OPTIONS` (405).
+    Allow,
+    /// `Retry-After: <seconds>`: the refusal passes; the client may try again.
+    RetryAfter,
+}
+
+/// One row of the table: everything about a kind that is not the request's own data.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// HTTP status in the session era when no request id is known (or the answer is an error
+    /// the transport must see).
+    pub status: u16,
+    /// HTTP status for the same refusal in the stateless era.
+    pub stateless_status: u16,
+    pub code: i32,
+    pub side: Side,
+    /// The metric label and log name.
+    pub label: &'static str,
+    pub answer: Answer,
+    pub extra: Extra,
+    /// A configured limit (counted in `tollgate_limit_rejections_total` only).
+    pub limit: bool,
+    /// The connection cannot be trusted to stay in step after this refusal.
+    pub closes: bool,
+}
+
+/// Declares `Kind` and its table in one list: a kind cannot exist without its row (the match
+/// in `Kind::row` is generated from the same list, and `ALL`/`COUNT` are counted from it).
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $name:ident => $row:expr; )*) => {
+        /// Every way a request can fail, as a closed set. `as_str` is the metric label.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Kind { $( $(#[$doc])* $name, )* }
+
+        impl Kind {
+            /// Every kind, in declaration order (`ALL[k.index()] == k`).
+            pub const ALL: &'static [Kind] = &[ $( Kind::$name, )* ];
+            pub const COUNT: usize = Kind::ALL.len();
+
+            /// The one table: kind → status per era, JSON-RPC code, side, label, answer form.
+            pub const fn row(self) -> Row {
+                use code::*;
+                use Side::*;
+                match self { $( Kind::$name => $row, )* }
+            }
+        }
+    };
+}
+
+/// A row with the defaults: same status in both eras, a JSON-RPC error, no extra header.
+const fn row(status: u16, code: i32, side: Side, label: &'static str) -> Row {
+    Row {
+        status,
+        stateless_status: status,
+        code,
+        side,
+        label,
+        answer: Answer::RpcError,
+        extra: Extra::None,
+        limit: false,
+        closes: false,
+    }
+}
+
+const fn limit(status: u16, label: &'static str, closes: bool) -> Row {
+    Row {
+        limit: true,
+        closes,
+        ..row(status, code::GATEWAY_REJECTED, Side::Client, label)
+    }
+}
+
+const fn closing(r: Row) -> Row {
+    Row { closes: true, ..r }
+}
+
+kinds! {
     // HTTP-layer limits.
-    UriTooLong,
-    HeaderTooLarge,
-    TooManyHeaders,
-    BodyTooLarge,
-    HeaderTimeout,
-    BodyTimeout,
-    TooManyConnections,
+    UriTooLong => limit(414, "uri_too_long", true);
+    HeaderTooLarge => limit(431, "header_too_large", true);
+    TooManyHeaders => limit(431, "too_many_headers", true);
+    BodyTooLarge => limit(413, "body_too_large", true);
+    HeaderTimeout => limit(408, "header_timeout", true);
+    BodyTimeout => limit(408, "body_timeout", true);
+    TooManyConnections => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "too_many_connections", true)
+    };
     // HTTP-layer protocol.
-    MalformedHttp,
-    UnsupportedTransferEncoding,
-    LengthRequired,
-    HostNotAllowed,
-    OriginNotAllowed,
-    NotFound,
-    MethodNotAllowed,
-    UnsupportedMediaType,
-    NotAcceptable,
+    MalformedHttp => closing(row(400, GATEWAY_REJECTED, Client, "malformed_http"));
+    UnsupportedTransferEncoding =>
+        closing(row(501, GATEWAY_REJECTED, Client, "unsupported_transfer_encoding"));
+    LengthRequired => closing(row(411, GATEWAY_REJECTED, Client, "length_required"));
+    HostNotAllowed => closing(row(403, GATEWAY_REJECTED, Client, "host_not_allowed"));
+    OriginNotAllowed => closing(row(403, GATEWAY_REJECTED, Client, "origin_not_allowed"));
+    NotFound => row(404, GATEWAY_REJECTED, Client, "not_found");
+    MethodNotAllowed => Row {
+        extra: Extra::Allow,
+        ..row(405, GATEWAY_REJECTED, Client, "method_not_allowed")
+    };
+    UnsupportedMediaType => row(415, GATEWAY_REJECTED, Client, "unsupported_media_type");
+    NotAcceptable => row(406, GATEWAY_REJECTED, Client, "not_acceptable");
     // JSON-RPC / MCP.
-    ParseError,
-    InvalidRequest,
-    BatchNotAllowed,
-    SessionMissing,
-    SessionUnknown,
-    UnsupportedProtocolVersion,
-    // Upstream.
-    UpstreamUnavailable,
-    UpstreamTimeout,
-    UpstreamProtocol,
+    ParseError => row(400, PARSE_ERROR, Client, "parse_error");
+    InvalidRequest => row(400, INVALID_REQUEST, Client, "invalid_request");
+    BatchNotAllowed => row(400, INVALID_REQUEST, Client, "batch_not_allowed");
+    SessionMissing => row(400, INVALID_REQUEST, Client, "session_missing");
+    SessionUnknown => row(404, INVALID_REQUEST, Client, "session_unknown");
+    UnsupportedProtocolVersion => row(400, INVALID_REQUEST, Client, "unsupported_protocol_version");
+    // Upstream. A request with an id gets these as HTTP 200 + JSON-RPC error (see
+    // `Kind::status_for`): a non-2xx ends the session in some official clients.
+    UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");
+    UpstreamTimeout => row(504, UPSTREAM_TIMEOUT, Upstream, "upstream_timeout");
+    UpstreamProtocol => row(502, UPSTREAM_PROTOCOL, Upstream, "upstream_protocol");
     // Gateway.
-    ShuttingDown,
-    Internal,
+    ShuttingDown => Row {
+        extra: Extra::RetryAfter,
+        ..row(503, GATEWAY_REJECTED, Gateway, "shutting_down")
+    };
+    Internal => row(500, INTERNAL_ERROR, Gateway, "internal");
 }
 
 impl Kind {
-    pub const ALL: [Kind; 27] = [
-        Kind::UriTooLong,
-        Kind::HeaderTooLarge,
-        Kind::TooManyHeaders,
-        Kind::BodyTooLarge,
-        Kind::HeaderTimeout,
-        Kind::BodyTimeout,
-        Kind::TooManyConnections,
-        Kind::MalformedHttp,
-        Kind::UnsupportedTransferEncoding,
-        Kind::LengthRequired,
-        Kind::HostNotAllowed,
-        Kind::OriginNotAllowed,
-        Kind::NotFound,
-        Kind::MethodNotAllowed,
-        Kind::UnsupportedMediaType,
-        Kind::NotAcceptable,
-        Kind::ParseError,
-        Kind::InvalidRequest,
-        Kind::BatchNotAllowed,
-        Kind::SessionMissing,
-        Kind::SessionUnknown,
-        Kind::UnsupportedProtocolVersion,
-        Kind::UpstreamUnavailable,
-        Kind::UpstreamTimeout,
-        Kind::UpstreamProtocol,
-        Kind::ShuttingDown,
-        Kind::Internal,
-    ];
-
-    /// The one table: kind → (HTTP status, JSON-RPC code, side, label).
-    const fn row(self) -> (u16, i32, Side, &'static str) {
-        use code::*;
-        use Side::*;
-        match self {
-            Kind::UriTooLong => (414, GATEWAY_REJECTED, Client, "uri_too_long"),
-            Kind::HeaderTooLarge => (431, GATEWAY_REJECTED, Client, "header_too_large"),
-            Kind::TooManyHeaders => (431, GATEWAY_REJECTED, Client, "too_many_headers"),
-            Kind::BodyTooLarge => (413, GATEWAY_REJECTED, Client, "body_too_large"),
-            Kind::HeaderTimeout => (408, GATEWAY_REJECTED, Client, "header_timeout"),
-            Kind::BodyTimeout => (408, GATEWAY_REJECTED, Client, "body_timeout"),
-            Kind::TooManyConnections => (503, GATEWAY_REJECTED, Gateway, "too_many_connections"),
-            Kind::MalformedHttp => (400, GATEWAY_REJECTED, Client, "malformed_http"),
-            Kind::UnsupportedTransferEncoding => (
-                501,
-                GATEWAY_REJECTED,
-                Client,
-                "unsupported_transfer_encoding",
-            ),
-            Kind::LengthRequired => (411, GATEWAY_REJECTED, Client, "length_required"),
-            Kind::HostNotAllowed => (403, GATEWAY_REJECTED, Client, "host_not_allowed"),
-            Kind::OriginNotAllowed => (403, GATEWAY_REJECTED, Client, "origin_not_allowed"),
-            Kind::NotFound => (404, GATEWAY_REJECTED, Client, "not_found"),
-            Kind::MethodNotAllowed => (405, GATEWAY_REJECTED, Client, "method_not_allowed"),
-            Kind::UnsupportedMediaType => (415, GATEWAY_REJECTED, Client, "unsupported_media_type"),
-            Kind::NotAcceptable => (406, GATEWAY_REJECTED, Client, "not_acceptable"),
-            Kind::ParseError => (400, PARSE_ERROR, Client, "parse_error"),
-            Kind::InvalidRequest => (400, INVALID_REQUEST, Client, "invalid_request"),
-            Kind::BatchNotAllowed => (400, INVALID_REQUEST, Client, "batch_not_allowed"),
-            Kind::SessionMissing => (400, INVALID_REQUEST, Client, "session_missing"),
-            Kind::SessionUnknown => (404, INVALID_REQUEST, Client, "session_unknown"),
-            Kind::UnsupportedProtocolVersion => {
-                (400, INVALID_REQUEST, Client, "unsupported_protocol_version")
-            }
-            // Upstream failures answer a request with HTTP 200 and a JSON-RPC error (see
-            // `Kind::status_for_request`): a non-2xx ends the session in some official clients.
-            Kind::UpstreamUnavailable => {
-                (502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable")
-            }
-            Kind::UpstreamTimeout => (504, UPSTREAM_TIMEOUT, Upstream, "upstream_timeout"),
-            Kind::UpstreamProtocol => (502, UPSTREAM_PROTOCOL, Upstream, "upstream_protocol"),
-            Kind::ShuttingDown => (503, GATEWAY_REJECTED, Gateway, "shutting_down"),
-            Kind::Internal => (500, INTERNAL_ERROR, Gateway, "internal"),
-        }
-    }
-
     /// HTTP status when the failure cannot be answered as a JSON-RPC response (no request id).
     pub const fn status(self) -> u16 {
-        self.row().0
+        self.row().status
     }
 
-    /// HTTP status when answering a JSON-RPC request whose id we know: upstream failures become a
-    /// JSON-RPC error inside a 200, so the client keeps its session and can retry.
-    pub const fn status_for_request(self) -> u16 {
-        match self.side() {
-            Side::Upstream => 200,
-            _ => self.status(),
+    /// HTTP status for this refusal in `era`; `has_id`: the refusal answers a JSON-RPC request
+    /// whose id is known. Upstream failures to a request become a JSON-RPC error inside a 200,
+    /// so the client keeps its session and can retry.
+    pub const fn status_for(self, era: Era, has_id: bool) -> u16 {
+        let r = self.row();
+        if has_id && matches!(r.side, Side::Upstream) {
+            return 200;
         }
+        match era {
+            Era::Session => r.status,
+            Era::Stateless => r.stateless_status,
+        }
+    }
+
+    /// `status_for(Era::Session, true)`.
+    pub const fn status_for_request(self) -> u16 {
+        self.status_for(Era::Session, true)
     }
 
     pub const fn rpc_code(self) -> i32 {
-        self.row().1
+        self.row().code
     }
 
     pub const fn side(self) -> Side {
-        self.row().2
+        self.row().side
     }
 
     pub const fn as_str(self) -> &'static str {
-        self.row().3
+        self.row().label
     }
 
-    pub fn index(self) -> usize {
-        Kind::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    /// Position in `ALL` (the declaration order): an index for per-kind arrays.
+    pub const fn index(self) -> usize {
+        self as usize
     }
 
     /// Whether the kind is a configured limit being hit (counted only in
     /// `tollgate_limit_rejections_total`, never in `tollgate_rejections_total`).
     pub const fn is_limit(self) -> bool {
-        matches!(
-            self,
-            Kind::UriTooLong
-                | Kind::HeaderTooLarge
-                | Kind::TooManyHeaders
-                | Kind::BodyTooLarge
-                | Kind::HeaderTimeout
-                | Kind::BodyTimeout
-                | Kind::TooManyConnections
-        )
+        self.row().limit
+    }
+
+    /// Whether the connection must close after this refusal whatever else holds (the request's
+    /// framing or the client cannot be trusted any more).
+    pub const fn closes_connection(self) -> bool {
+        self.row().closes
     }
 }
 
@@ -249,6 +294,23 @@ mod tests {
             assert!(seen.insert(k.as_str()), "duplicate label {}", k.as_str());
             assert_eq!(k.index(), i);
         }
+        assert_eq!(Kind::COUNT, Kind::ALL.len());
+    }
+
+    #[test]
+    fn limits_are_gateway_rejections_and_upstream_kinds_keep_sessions() {
+        for k in Kind::ALL {
+            let r = k.row();
+            if r.limit {
+                assert_eq!(r.code, code::GATEWAY_REJECTED, "{k:?}");
+            }
+            if r.side == Side::Upstream {
+                assert_eq!(k.status_for(Era::Stateless, true), 200, "{k:?}");
+            }
+        }
+        assert_eq!(Kind::MethodNotAllowed.row().extra, Extra::Allow);
+        assert!(Kind::MalformedHttp.closes_connection());
+        assert!(!Kind::SessionUnknown.closes_connection());
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn initialize_issues_a_sealed_session_and_lists_and_calls_tools() {
     let init = mcp.initialize("2025-06-18");
     let sid = mcp.session.clone().expect("gateway issues a session id");
     assert!(
-        sid.starts_with("tg1."),
+        sid.starts_with("tg2."),
         "gateway's own sealed id, not the upstream's: {sid}"
     );
     assert!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::*;
+use crate::observe::access::AccessLog;
 use extract::{boolean, count, describe, item, size, string, Problems, Section};
 
 pub use render::render_effective;
@@ -199,7 +200,12 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         }),
     };
 
-    let s = Section::open(p, "log".into(), top.raw("log"), &["level", "format"]);
+    let s = Section::open(
+        p,
+        "log".into(),
+        top.raw("log"),
+        &["level", "format", "access"],
+    );
     let log = Log {
         level: s.get(p, "level", defaults::LOG_LEVEL.to_string(), |v| {
             let level = string(v)?;
@@ -214,6 +220,12 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
             "text" => Ok(false),
             "json" => Ok(true),
             other => Err(format!("expected text or json, got {other:?}")),
+        }),
+        access: s.get(p, "access", AccessLog::All, |v| match string(v)? {
+            "all" => Ok(AccessLog::All),
+            "refusals" => Ok(AccessLog::Refusals),
+            "off" => Ok(AccessLog::Off),
+            other => Err(format!("expected all, refusals or off, got {other:?}")),
         }),
     };
 

@@ -149,6 +149,8 @@ pub struct Log {
     pub level: String,
     /// `log.format`: `text` (default) or `json`.
     pub json: bool,
+    /// `log.access`: which requests get an access line (`all`, default; `refusals`; `off`).
+    pub access: crate::observe::access::AccessLog,
 }
 
 /// `Debug` is written by hand: header values are credentials and must not reach a log line.

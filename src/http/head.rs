@@ -17,6 +17,19 @@ pub enum HttpMethod {
     Other,
 }
 
+impl HttpMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Options => "OPTIONS",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Other => "other",
+        }
+    }
+}
+
 /// Why a head was refused, with the kind that decides the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeadError {

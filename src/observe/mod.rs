@@ -1,6 +1,7 @@
 //! Metrics: names in one catalog (`names`), handles resolved once per worker (`WorkerMetrics`),
 //! rendered by the admin listener (`admin`). Recording never allocates or looks up by name.
 
+pub mod access;
 pub mod admin;
 pub mod hist;
 pub mod names;

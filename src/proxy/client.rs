@@ -26,13 +26,20 @@ pub struct Client {
     pub write_timeout: Duration,
     /// The request being answered is a HEAD: refusals carry no body.
     pub head_only: bool,
+    /// Bytes written to the client so far (the record phase counts each request's share).
+    pub sent: u64,
+    /// The client's address, for the access log.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Client {
     /// A client starts with only a small read buffer; write buffers are lent per request.
     pub fn new(stream: TcpStream, w: std::rc::Rc<WorkerState>) -> Self {
         let write_timeout = w.gw.config.limits.write_timeout;
+        let peer = stream.peer_addr().ok();
         Client {
+            sent: 0,
+            peer,
             w,
             conn: Conn::new(stream, IDLE_READ_BUFFER),
             out: Vec::new(),
@@ -75,6 +82,7 @@ impl Client {
         };
         match written {
             Some((Ok(()), mut b)) => {
+                self.sent += b.len() as u64;
                 b.clear();
                 self.out = b;
                 Ok(())

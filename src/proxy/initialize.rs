@@ -9,9 +9,11 @@ use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
 use crate::mcp::ProtocolVersion;
 
 use super::client::Client;
+use super::context::Ctx;
+use super::reject::Refusal;
 use super::state::WorkerState;
 use super::upstream;
-use super::{client_head, refuse, unix_now, IdBuf, Next, Scanned};
+use super::{client_head, refuse, unix_now, Next};
 
 /// What the gateway learned from an initialize reply.
 struct Negotiated {
@@ -97,6 +99,12 @@ fn negotiated_version(
         .unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
 }
 
+/// A session sealed for an initialize reply: the client's token and the session's random id.
+struct Sealed {
+    token: String,
+    id: [u8; 16],
+}
+
 /// The session id for an initialize reply: `None` when the upstream did not open a session
 /// (non-200, or a JSON-RPC error), `Err` with what was wrong with the reply; and where the
 /// reply's id must be respelled as the client's.
@@ -110,7 +118,7 @@ fn seal_session(
     server: usize,
     u: usize,
     upstream_sid: Option<String>,
-) -> Result<(Option<String>, Option<std::ops::Range<usize>>), String> {
+) -> Result<(Option<Sealed>, Option<std::ops::Range<usize>>), String> {
     if status != 200 {
         return Ok((None, None));
     }
@@ -121,12 +129,12 @@ fn seal_session(
     let now = unix_now();
     let claims = SessionClaims {
         id: SessionSealer::new_id(),
-        server: server as u16,
+        server: w.gw.server_ids[server],
         protocol_version: version,
         issued_at: now,
         expires_at: now + w.gw.config.session.ttl.as_secs(),
         upstreams: vec![UpstreamSession {
-            upstream: u as u16,
+            upstream: w.gw.upstreams[u].id,
             session_id: upstream_sid,
             protocol_version: version,
         }],
@@ -137,26 +145,30 @@ fn seal_session(
             .try_seal(&claims)
             .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
     w.metrics.sessions_opened.increment(1);
-    Ok((Some(token), negotiated.respell))
+    Ok((
+        Some(Sealed {
+            token,
+            id: claims.id,
+        }),
+        negotiated.respell,
+    ))
 }
 
 /// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
 /// version and upstream session id, and answers with its own sealed session id.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn initialize_reply(
     w: &WorkerState,
     c: &mut Client,
+    ctx: &mut Ctx,
     mut up_conn: UpstreamConn,
     rhead: ResponseHead,
     server: usize,
     u: usize,
-    scanned: &Scanned,
-    keep: bool,
-    cors: &[u8],
 ) -> Next {
     let gw = &*w.gw;
     let up = &gw.upstreams[u];
-    let id = scanned.id.as_ref().map_or(&b"null"[..], IdBuf::get);
+    let id = ctx.answer_id().unwrap_or(b"null").to_vec();
+    let id = &id[..];
     let upbuf_head = up_conn.buffered()[..rhead.len].to_vec();
     let sse = rhead.is_sse(&upbuf_head);
     let upstream_sid = rhead
@@ -180,18 +192,10 @@ pub(super) async fn initialize_reply(
         Ok(t) => t,
         Err(why) => {
             let msg = format!("upstream \"{}\" {why}", up.name);
-            return refuse(
-                w,
-                c,
-                Kind::UpstreamProtocol,
-                Some(id),
-                Some(&msg),
-                keep,
-                cors,
-            )
-            .await;
+            return refuse(w, c, ctx, Refusal::because(Kind::UpstreamProtocol, msg)).await;
         }
     };
+    ctx.session = token.as_ref().map(|t| t.id);
     // The client gets its own id bytes back, however the upstream spelled the same value.
     if let Some(r) = respell {
         body.splice(r, id.iter().copied());
@@ -200,13 +204,14 @@ pub(super) async fn initialize_reply(
         &mut c.out,
         &rhead,
         &upbuf_head,
-        keep,
+        ctx.keep_after_response(),
         false,
-        cors,
-        token.as_deref(),
+        &ctx.cors,
+        token.as_ref().map(|t| t.token.as_str()),
         Some(body.len()),
     );
     c.out.extend_from_slice(&body);
+    ctx.status = rhead.status;
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,

@@ -1,9 +1,11 @@
 //! The request path as named phases, in the order a request travels:
 //! read head → route → check host/origin → read body → scan → session → forward → relay → record.
-//! Every refusal goes through `refuse`, which renders it with `reject::Rejects`.
+//! One `context::Ctx` travels the phases; `context::record` runs once for every request.
+//! Every refusal goes through `refuse`, which renders a `reject::Refusal` with `reject::Rejects`.
 
 pub mod checks;
 pub mod client;
+pub mod context;
 mod initialize;
 pub mod reject;
 pub mod session_cache;
@@ -30,6 +32,8 @@ use crate::mcp::{Method, ProtocolVersion};
 use crate::observe::Outcome;
 
 use client::Client;
+use context::{record, Ctx, MessageCtx, UpstreamCall};
+use reject::{Refusal, To};
 use state::WorkerState;
 use upstream::RelayMode;
 
@@ -64,23 +68,31 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
         // Boxed: the per-request state machine is large, and an idle connection should not carry it.
         c.lend(&w);
         c.head_only = head.method() == HttpMethod::Head;
-        let next = Box::pin(handle(&w, &mut c, head)).await;
+        let next = Box::pin(request(&w, &mut c, head)).await;
         c.head_only = false;
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
             return;
         }
     };
-    Box::pin(refuse(
-        &w,
-        &mut c,
-        refused.kind,
-        None,
-        Some(&refused.reason),
-        false,
-        b"",
-    ))
-    .await;
+    Box::pin(refuse_head(&w, &mut c, refused)).await;
+}
+
+/// A head that admission refused: answered, recorded, and the connection closes.
+async fn refuse_head(w: &WorkerState, c: &mut Client, e: Error) {
+    let mut ctx = Ctx::new(c, HttpMethod::Other, false, false);
+    refuse(w, c, &mut ctx, e.into()).await;
+    record(w, c, &ctx);
+}
+
+/// One request: its context, the phases, then the record phase (whatever happened).
+async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
+    let keep = head.keep_alive && !w.shutdown.is_fired();
+    let mut ctx = Ctx::new(c, head.method(), head.minor == 0, keep);
+    ctx.body_pending = head.has_body();
+    let next = handle(w, c, &mut ctx, head).await;
+    record(w, c, &ctx);
+    next
 }
 
 /// Phase: read head (and admit it: `checks::admit_head`, host/origin included). Waits up to
@@ -113,28 +125,27 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
     }
 }
 
-/// Renders and writes a refusal; counts it.
-#[allow(clippy::too_many_arguments)]
-async fn refuse(
-    w: &WorkerState,
-    c: &mut Client,
-    kind: Kind,
-    id: Option<&[u8]>,
-    reason: Option<&str>,
-    keep_alive: bool,
-    extra_headers: &[u8],
-) -> Next {
-    w.metrics.rejected(kind);
-    let reason = reason.filter(|r| !r.is_empty());
-    w.gw.rejects
-        .render(&mut c.out, kind, id, reason, keep_alive, extra_headers);
+/// Renders and writes a refusal and notes it in the context (the record phase counts and logs
+/// it). Whether the connection stays open is `Ctx::keep_after`'s decision, nobody else's.
+async fn refuse(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, r: Refusal) -> Next {
+    let keep = ctx.keep_after(r.kind);
+    let to = To {
+        id: ctx.answer_id(),
+        era: ctx.era,
+        tool_call: !ctx.batch && ctx.method() == Method::ToolsCall,
+        keep_alive: keep,
+        extra_headers: &ctx.cors,
+    };
+    let status = w.gw.rejects.render(&mut c.out, &r, &to);
+    ctx.status = status;
+    ctx.refuse(r.kind, r.reason.unwrap_or_default());
     if c.head_only {
         // A HEAD request gets the head alone (RFC 9110 §9.3.2), so the connection stays in step.
         if let Some(end) = memchr::memmem::find(&c.out, b"\r\n\r\n") {
             c.out.truncate(end + 4);
         }
     }
-    if c.flush().await.is_err() || !keep_alive {
+    if c.flush().await.is_err() || !keep {
         return Next::Close;
     }
     Next::KeepAlive
@@ -150,41 +161,36 @@ fn cors_headers(origin: &[u8]) -> Vec<u8> {
 }
 
 /// Phases: route → dispatch by HTTP method (the head was admitted by `read_head`).
-async fn handle(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
-    let t0 = Instant::now();
+async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
     let gw = &*w.gw;
     let buf = c.conn.buffered();
-    let keep = head.keep_alive && !w.shutdown.is_fired();
-    // A refusal before the body is read must close a connection that carries a body.
-    let keep_unread = keep && !head.has_body();
     let Some(server) = gw.route(head.path(buf)) else {
         c.conn.consume(head.len);
-        return refuse(w, c, Kind::NotFound, None, None, keep_unread, b"").await;
+        return refuse(w, c, ctx, Refusal::new(Kind::NotFound)).await;
     };
-    let origin = head.origin.clone().map(|r| &buf[r]);
-    let cors = origin.map(cors_headers).unwrap_or_default();
+    ctx.server = Some(server);
+    if let Some(r) = head.origin.clone() {
+        ctx.cors = cors_headers(&buf[r]);
+    }
     match head.method() {
-        HttpMethod::Post => post(w, c, head, server, keep, &cors, t0).await,
-        HttpMethod::Get => session_requests::get(w, c, head, server, keep, &cors, t0).await,
-        HttpMethod::Delete => session_requests::delete(w, c, head, server, keep, &cors).await,
-        HttpMethod::Options => {
+        HttpMethod::Post => post(w, c, ctx, head).await,
+        HttpMethod::Get => session_requests::get(w, c, ctx, head).await,
+        HttpMethod::Delete => session_requests::delete(w, c, ctx, head).await,
+        HttpMethod::Options if !head.has_body() => {
             c.conn.consume(head.len);
-            if !head.has_body() {
-                preflight(c, &cors, keep).await
-            } else {
-                refuse(w, c, Kind::MethodNotAllowed, None, None, false, b"").await
-            }
+            preflight(c, ctx).await
         }
         _ => {
             c.conn.consume(head.len);
-            refuse(w, c, Kind::MethodNotAllowed, None, None, keep_unread, b"").await
+            refuse(w, c, ctx, Refusal::new(Kind::MethodNotAllowed)).await
         }
     }
 }
 
-async fn preflight(c: &mut Client, cors: &[u8], keep: bool) -> Next {
+async fn preflight(c: &mut Client, ctx: &mut Ctx) -> Next {
+    let keep = ctx.keep_after_response();
     response::status_line(&mut c.out, 204);
-    c.out.extend_from_slice(cors);
+    c.out.extend_from_slice(&ctx.cors);
     c.out.extend_from_slice(
         b"access-control-allow-methods: GET, POST, DELETE, OPTIONS\r\n\
           access-control-allow-headers: content-type, accept, authorization, mcp-session-id, mcp-protocol-version, last-event-id\r\n\
@@ -192,6 +198,7 @@ async fn preflight(c: &mut Client, cors: &[u8], keep: bool) -> Next {
     );
     response::connection(&mut c.out, keep);
     c.out.extend_from_slice(b"\r\n");
+    ctx.status = 204;
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,
@@ -271,82 +278,25 @@ async fn read_body(
     }
 }
 
-/// A JSON-RPC id copied out of the body (ids are short; no allocation up to 47 bytes).
-struct IdBuf {
-    inline: [u8; 47],
-    len: u8,
-    heap: Vec<u8>,
-}
-
-impl IdBuf {
-    fn new(raw: &[u8]) -> Self {
-        let mut id = IdBuf {
-            inline: [0; 47],
-            len: 0,
-            heap: Vec::new(),
-        };
-        if raw.len() <= id.inline.len() {
-            id.inline[..raw.len()].copy_from_slice(raw);
-            id.len = raw.len() as u8;
-        } else {
-            id.heap = raw.to_vec();
-        }
-        id
-    }
-    fn get(&self) -> &[u8] {
-        if self.heap.is_empty() {
-            &self.inline[..self.len as usize]
-        } else {
-            &self.heap
-        }
-    }
-}
-
-/// What the gateway keeps from the scanner's reading of the body.
-struct Scanned {
-    method: Method,
-    id: Option<IdBuf>,
-    batch: bool,
-    is_initialize: bool,
-}
-
-/// Phase: scan. Reads method and id without building a tree; a body the scanner refuses never
-/// reaches an upstream.
-fn scan(w: &WorkerState, body: &[u8]) -> Result<Scanned, (Kind, String)> {
+/// Phase: scan. Reads each message's method, id and name without building a tree, into the
+/// context (every message of a batch on its own); a body the scanner refuses never reaches an
+/// upstream.
+fn scan(w: &WorkerState, ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     match jsonrpc::scan(body, &w.gw.scan_limits) {
         Ok(Body::Single(m)) => {
-            let method = m
-                .method
-                .as_ref()
-                .map_or(Method::Other, |s| Method::parse(&s.value));
-            let is_initialize = method == Method::Initialize && m.kind == MessageKind::Request;
-            Ok(Scanned {
-                method,
-                id: m.id.as_ref().map(|r| IdBuf::new(r.text)),
-                batch: false,
-                is_initialize,
-            })
+            ctx.messages.push(MessageCtx::of(&m));
+            Ok(())
         }
         Ok(Body::Batch(msgs)) => {
-            if msgs
-                .iter()
-                .any(|m| m.method.as_ref().is_some_and(|s| s.value == "initialize"))
-            {
-                return Err((
+            ctx.batch = true;
+            ctx.messages.extend(msgs.iter().map(MessageCtx::of));
+            if ctx.messages.iter().any(|m| m.method == Method::Initialize) {
+                return Err(Refusal::because(
                     Kind::InvalidRequest,
-                    "initialize must not be part of a JSON-RPC batch".into(),
+                    "initialize must not be part of a JSON-RPC batch",
                 ));
             }
-            let method = msgs
-                .first()
-                .and_then(|m| m.method.as_ref())
-                .map_or(Method::Other, |s| Method::parse(&s.value));
-            Ok(Scanned {
-                method,
-                id: None,
-                batch: true,
-                is_initialize: false,
-            })
+            Ok(())
         }
         Err(e) => {
             let kind = if e.is_parse_error() {
@@ -354,9 +304,17 @@ fn scan(w: &WorkerState, body: &[u8]) -> Result<Scanned, (Kind, String)> {
             } else {
                 Kind::InvalidRequest
             };
-            Err((kind, e.to_string()))
+            Err(Refusal::because(kind, e.to_string()))
         }
     }
+}
+
+/// Whether the request is a single `initialize` request (it opens a session instead of using one).
+fn is_initialize(ctx: &Ctx) -> bool {
+    !ctx.batch
+        && ctx
+            .first()
+            .is_some_and(|m| m.method == Method::Initialize && m.kind == MessageKind::Request)
 }
 
 /// Phase: session. Opens the sealed session id and checks it belongs here and is still live.
@@ -365,9 +323,9 @@ fn open_session(
     head: &RequestHead,
     buf: &[u8],
     server: usize,
-) -> Result<Rc<SessionClaims>, (Kind, &'static str)> {
+) -> Result<Rc<SessionClaims>, Refusal> {
     let Some(r) = head.session_id.clone() else {
-        return Err((Kind::SessionMissing, ""));
+        return Err(Refusal::new(Kind::SessionMissing));
     };
     let token = &buf[r];
     let now = unix_now();
@@ -382,25 +340,28 @@ fn open_session(
                     }
                     _ => "unknown session: initialize a new one",
                 };
-                (Kind::SessionUnknown, why)
+                Refusal::because(Kind::SessionUnknown, why)
             })?;
             let opened = Rc::new(opened);
             w.sessions.borrow_mut().insert(token, opened.clone());
             opened
         }
     };
-    if claims.server as usize != server {
-        return Err((Kind::SessionUnknown, "session belongs to another endpoint"));
+    if claims.server != w.gw.server_ids[server] {
+        return Err(Refusal::because(
+            Kind::SessionUnknown,
+            "session belongs to another endpoint",
+        ));
     }
     if w.is_revoked(&claims.id, now) {
-        return Err((
+        return Err(Refusal::because(
             Kind::SessionUnknown,
             "session was deleted: initialize a new one",
         ));
     }
     if let Some(r) = head.protocol_version.clone() {
         if ProtocolVersion::parse_bytes(buf[r].trim_ascii()).is_none_or(|v| !v.is_legacy()) {
-            return Err((Kind::UnsupportedProtocolVersion, ""));
+            return Err(Refusal::new(Kind::UnsupportedProtocolVersion));
         }
     }
     Ok(claims)
@@ -430,57 +391,41 @@ fn upstream_session_headers(
     }
 }
 
-/// POST: one JSON-RPC message (or a batch in 2025-03-26 sessions) to the server's upstream.
-#[allow(clippy::too_many_arguments)]
-async fn post(
+/// The upstream session a client session holds with upstream `u` (by its stable id).
+fn upstream_session<'a>(
     w: &WorkerState,
-    c: &mut Client,
-    head: RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
-    t0: Instant,
-) -> Next {
+    claims: Option<&'a SessionClaims>,
+    u: usize,
+) -> Option<&'a UpstreamSession> {
+    let id = w.gw.upstreams[u].id;
+    claims.and_then(|cl| cl.upstreams.iter().find(|s| s.upstream == id))
+}
+
+/// POST: one JSON-RPC message (or a batch in 2025-03-26 sessions) to the server's upstream.
+async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
     let gw = &*w.gw;
     let limits = &gw.config.limits;
     let buf = c.conn.buffered();
-    if !head
+    let json = head
         .content_type
         .clone()
-        .is_some_and(|r| checks::is_json_content_type(&buf[r]))
-    {
-        c.conn.consume(head.len);
-        return refuse(
-            w,
-            c,
-            Kind::UnsupportedMediaType,
-            None,
-            None,
-            keep && !head.has_body(),
-            cors,
-        )
-        .await;
-    }
+        .is_some_and(|r| checks::is_json_content_type(&buf[r]));
     // The upstream may answer with JSON or an event stream: a client that cannot take both gets
     // 406 here rather than a reply it cannot read. No Accept at all (or several) is not judged.
-    if let (Some(r), false) = (head.accept.clone(), head.accept_several) {
-        if !checks::accepts_json_and_sse(&buf[r]) {
-            c.conn.consume(head.len);
-            return refuse(
-                w,
-                c,
-                Kind::NotAcceptable,
-                None,
-                None,
-                keep && !head.has_body(),
-                cors,
-            )
-            .await;
-        }
-    }
-    if head.content_length.unwrap_or(0) as usize > limits.max_body_bytes {
+    let acceptable = match (head.accept.clone(), head.accept_several) {
+        (Some(r), false) => checks::accepts_json_and_sse(&buf[r]),
+        _ => true,
+    };
+    let too_large = head.content_length.unwrap_or(0) as usize > limits.max_body_bytes;
+    let early = match (json, acceptable, too_large) {
+        (false, _, _) => Some(Kind::UnsupportedMediaType),
+        (_, false, _) => Some(Kind::NotAcceptable),
+        (_, _, true) => Some(Kind::BodyTooLarge),
+        _ => None,
+    };
+    if let Some(kind) = early {
         c.conn.consume(head.len);
-        return refuse(w, c, Kind::BodyTooLarge, None, None, false, cors).await;
+        return refuse(w, c, ctx, Refusal::new(kind)).await;
     }
     if head.expect_continue {
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -490,62 +435,49 @@ async fn post(
     }
     let (at, used) = match read_body(w, c, &head).await {
         Ok(x) => x,
-        Err(e) => return refuse(w, c, e.kind, None, Some(&e.reason), false, cors).await,
+        Err(e) => return refuse(w, c, ctx, e.into()).await,
     };
+    ctx.body_pending = false;
     let buf = c.conn.buffered();
     let body: &[u8] = match &at {
         BodyAt::Inline(r) => &buf[r.clone()],
         BodyAt::Decoded => &c.body,
     };
-    let scanned = match scan(w, body) {
-        Ok(s) => s,
-        Err((kind, why)) => {
-            c.conn.consume(used);
-            w.metrics
-                .request(Method::Other, Outcome::Rejected, t0.elapsed().as_secs_f64());
-            return refuse(w, c, kind, None, Some(&why), keep, cors).await;
-        }
-    };
-    let server_cfg = &gw.config.servers[server];
-    let u = server_cfg.upstream;
+    ctx.bytes_in = body.len() as u64;
+    if let Err(r) = scan(w, ctx, body) {
+        c.conn.consume(used);
+        return refuse(w, c, ctx, r).await;
+    }
+    let server = ctx.server.unwrap_or_default();
+    let u = gw.config.servers[server].upstream;
     let up = &gw.upstreams[u];
-    let claims = if scanned.is_initialize {
+    ctx.upstream = Some(u);
+    let initialize = is_initialize(ctx);
+    let claims = if initialize {
         None
     } else {
         match open_session(w, &head, buf, server) {
             Ok(cl) => Some(cl),
-            Err((kind, why)) => {
+            Err(r) => {
                 c.conn.consume(used);
-                w.metrics.request(
-                    scanned.method,
-                    Outcome::Rejected,
-                    t0.elapsed().as_secs_f64(),
-                );
-                let id = scanned.id.as_ref().map(IdBuf::get);
-                return refuse(w, c, kind, id, Some(why), keep, cors).await;
+                return refuse(w, c, ctx, r).await;
             }
         }
     };
-    if scanned.batch
+    ctx.session = claims.as_ref().map(|cl| cl.id);
+    if ctx.batch
         && !claims
             .as_ref()
             .is_some_and(|cl| cl.protocol_version.allows_batches())
     {
         c.conn.consume(used);
-        w.metrics.request(
-            scanned.method,
-            Outcome::Rejected,
-            t0.elapsed().as_secs_f64(),
-        );
-        return refuse(w, c, Kind::BatchNotAllowed, None, None, keep, cors).await;
+        return refuse(w, c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();
     c.up_out.extend_from_slice(&up.post_prefix);
     response::content_length(&mut c.up_out, body.len() as u64);
-    let up_session = claims
-        .as_ref()
-        .and_then(|cl| cl.upstreams.iter().find(|s| s.upstream as usize == u));
+    let up_session = upstream_session(w, claims.as_deref(), u);
     upstream_session_headers(&mut c.up_out, up_session, &head, buf);
     c.up_out.extend_from_slice(b"\r\n");
     c.up_out.extend_from_slice(body);
@@ -557,31 +489,31 @@ async fn post(
     let (up_conn, rhead) = match res {
         Ok(x) => x,
         Err(e) => {
-            w.metrics.upstream(u, Err(e.kind), 0.0);
-            w.metrics.request(
-                scanned.method,
-                Outcome::UpstreamError,
-                t0.elapsed().as_secs_f64(),
-            );
+            ctx.upstream_call = Some(UpstreamCall {
+                upstream: u,
+                result: Err(e.kind),
+                elapsed: t_up.elapsed(),
+            });
             tracing::warn!(upstream = %up.name, error = %e.reason, "upstream exchange failed");
-            let id = scanned.id.as_ref().map(IdBuf::get);
-            return refuse(w, c, e.kind, id, Some(&e.reason), keep, cors).await;
+            return refuse(w, c, ctx, e.into()).await;
         }
     };
-    let outcome = if (200..300).contains(&rhead.status) {
+    ctx.outcome = if (200..300).contains(&rhead.status) {
         Outcome::Ok
     } else {
         Outcome::UpstreamStatus
     };
     let mut up_conn = up_conn;
-    let expect_id = scanned.id.as_ref().map(IdBuf::get);
+    let expect_id = ctx.answer_id();
     let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout, expect_id).await;
-    let up_result = match &vetted {
-        upstream::Vetted::Unusable { kind, .. } => Err(*kind),
-        _ => Ok(rhead.status),
-    };
-    w.metrics
-        .upstream(u, up_result, t_up.elapsed().as_secs_f64());
+    ctx.upstream_call = Some(UpstreamCall {
+        upstream: u,
+        result: match &vetted {
+            upstream::Vetted::Unusable { kind, .. } => Err(*kind),
+            _ => Ok(rhead.status),
+        },
+        elapsed: t_up.elapsed(),
+    });
     match vetted {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
@@ -589,16 +521,15 @@ async fn post(
                 &mut c.out,
                 &rhead,
                 &hb,
-                keep,
-                head.minor == 0,
-                cors,
+                ctx.keep_after_response(),
+                ctx.http10,
+                &ctx.cors,
                 None,
                 Some(body.len()),
             );
             c.out.extend_from_slice(&body);
+            ctx.status = rhead.status;
             w.pool_put(u, up_conn, &rhead);
-            w.metrics
-                .request(scanned.method, outcome, t0.elapsed().as_secs_f64());
             return match c.flush().await {
                 Ok(()) if keep => Next::KeepAlive,
                 _ => Next::Close,
@@ -614,60 +545,37 @@ async fn post(
             } else {
                 drop(up_conn);
             }
-            w.metrics.request(
-                scanned.method,
-                Outcome::UpstreamError,
-                t0.elapsed().as_secs_f64(),
-            );
             let had_session = up_session.is_some_and(|s| s.session_id.is_some());
-            return unusable_reply(
-                w,
-                c,
-                &scanned,
-                (u, kind, rhead.status),
-                &why,
-                had_session,
-                keep,
-                cors,
-            )
-            .await;
+            return unusable_reply(w, c, ctx, (u, kind, rhead.status), &why, had_session).await;
         }
     }
-    let next = if scanned.is_initialize {
-        initialize::initialize_reply(w, c, up_conn, rhead, server, u, &scanned, keep, cors).await
+    if initialize {
+        initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
     } else {
         relay(
             w,
             c,
+            ctx,
             up_conn,
             &rhead,
             u,
-            keep,
-            head.minor == 0,
-            cors,
             Some(up.request_timeout),
             false,
         )
         .await
-    };
-    w.metrics
-        .request(scanned.method, outcome, t0.elapsed().as_secs_f64());
-    next
+    }
 }
 
 /// Answers an upstream reply no client could parse with a JSON-RPC error naming the upstream,
 /// its HTTP status in `error.data`. A 404 to a request that carried the upstream's session id
 /// means that session ended: the client gets a 404 too, so it initializes a new one.
-#[allow(clippy::too_many_arguments)]
 async fn unusable_reply(
     w: &WorkerState,
     c: &mut Client,
-    scanned: &Scanned,
+    ctx: &mut Ctx,
     (u, kind, status): (usize, Kind, u16),
     why: &str,
     had_session: bool,
-    keep: bool,
-    cors: &[u8],
 ) -> Next {
     let name = &w.gw.upstreams[u].name;
     tracing::warn!(upstream = %name, status, error = %why, "unusable upstream reply");
@@ -689,14 +597,7 @@ async fn unusable_reply(
     data.extend_from_slice(b"{\"upstream\":");
     crate::error::json_escape_into(&mut data, name);
     data.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
-    w.metrics.rejected(kind);
-    let id = scanned.id.as_ref().map(IdBuf::get);
-    w.gw.rejects
-        .render_with_data(&mut c.out, kind, id, Some(&msg), Some(&data), keep, cors);
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
-    }
+    refuse(w, c, ctx, Refusal::because(kind, msg).with_data(data)).await
 }
 
 /// Writes the client's response head for an upstream response; returns the keep-alive decision.
@@ -743,12 +644,10 @@ fn client_head(
 async fn relay(
     w: &WorkerState,
     c: &mut Client,
+    ctx: &mut Ctx,
     mut up_conn: UpstreamConn,
     rhead: &ResponseHead,
     u: usize,
-    keep: bool,
-    http10: bool,
-    cors: &[u8],
     read_timeout: Option<Duration>,
     end_on_shutdown: bool,
 ) -> Next {
@@ -756,12 +655,13 @@ async fn relay(
         &mut c.out,
         rhead,
         up_conn.buffered(),
-        keep,
-        http10,
-        cors,
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
         None,
         None,
     );
+    ctx.status = rhead.status;
     let read_timeout = if rhead.is_sse(up_conn.buffered()) {
         None
     } else {
@@ -769,7 +669,7 @@ async fn relay(
     };
     up_conn.consume(rhead.len);
     let mode = RelayMode {
-        http10,
+        http10: ctx.http10,
         read_timeout,
         end_on: end_on_shutdown.then_some(&w.shutdown),
     };

@@ -2,7 +2,7 @@
 //! of the limit that was hit) are rendered when the gateway starts; a request splices in its id.
 
 use crate::config::Config;
-use crate::error::{json_escape_into, Kind};
+use crate::error::{json_escape_into, Answer, Era, Extra, Kind};
 use crate::http::response;
 
 /// Pre-rendered JSON string literals, one per `Kind`.
@@ -106,62 +106,213 @@ impl Rejects {
         Rejects { messages }
     }
 
-    /// Appends a complete HTTP response for `kind` to `out`.
-    /// `id` is the raw JSON-RPC id if known (then the status is `status_for_request`);
-    /// `reason` replaces the default message; `extra_headers` are complete header lines.
-    pub fn render(
-        &self,
-        out: &mut Vec<u8>,
-        kind: Kind,
-        id: Option<&[u8]>,
-        reason: Option<&str>,
-        keep_alive: bool,
-        extra_headers: &[u8],
-    ) {
-        self.render_with_data(out, kind, id, reason, None, keep_alive, extra_headers)
+    /// The default message for `kind` (as JSON string text).
+    fn message(&self, kind: Kind) -> &[u8] {
+        &self.messages[kind.index()]
     }
 
-    /// `render` with a JSON-RPC `error.data` value (`data` is complete JSON text).
-    #[allow(clippy::too_many_arguments)]
-    pub fn render_with_data(
-        &self,
-        out: &mut Vec<u8>,
-        kind: Kind,
-        id: Option<&[u8]>,
-        reason: Option<&str>,
-        data: Option<&[u8]>,
-        keep_alive: bool,
-        extra_headers: &[u8],
-    ) {
-        let status = if id.is_some() {
-            kind.status_for_request()
+    /// Appends a complete HTTP response for a refusal with no request context (a connection
+    /// refused at accept): the table's status and message, closing.
+    pub fn render_bare(&self, out: &mut Vec<u8>, kind: Kind) -> u16 {
+        self.render(out, &Refusal::new(kind), &To::default())
+    }
+
+    /// Appends a complete HTTP response for `r` to `out`; returns its status. The form (JSON-RPC
+    /// error, or an in-band tool result), the status for the era, and the extra headers come
+    /// from the kind's row in `error::Kind`'s table; the request side (`to`) gives the id and era.
+    pub fn render(&self, out: &mut Vec<u8>, r: &Refusal, to: &To<'_>) -> u16 {
+        self.render_as(out, r, to, r.kind.row().answer)
+    }
+
+    fn render_as(&self, out: &mut Vec<u8>, r: &Refusal, to: &To<'_>, answer: Answer) -> u16 {
+        let row = r.kind.row();
+        let in_band = answer == Answer::ToolError && to.tool_call && to.id.is_some();
+        let status = if in_band {
+            200
         } else {
-            kind.status()
+            r.kind.status_for(to.era, to.id.is_some())
         };
         let mut body = Vec::with_capacity(160);
+        let message = |body: &mut Vec<u8>| match r.reason.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => json_escape_into(body, m),
+            None => body.extend_from_slice(self.message(r.kind)),
+        };
         body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        body.extend_from_slice(id.unwrap_or(b"null"));
-        body.extend_from_slice(b",\"error\":{\"code\":");
-        body.extend_from_slice(kind.rpc_code().to_string().as_bytes());
-        body.extend_from_slice(b",\"message\":");
-        match reason {
-            Some(r) => json_escape_into(&mut body, r),
-            None => body.extend_from_slice(&self.messages[kind.index()]),
+        body.extend_from_slice(to.id.unwrap_or(b"null"));
+        if in_band {
+            body.extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":");
+            message(&mut body);
+            body.extend_from_slice(b"}],\"isError\":true}}");
+        } else {
+            body.extend_from_slice(b",\"error\":{\"code\":");
+            body.extend_from_slice(r.kind.rpc_code().to_string().as_bytes());
+            body.extend_from_slice(b",\"message\":");
+            message(&mut body);
+            if let Some(data) = &r.data {
+                body.extend_from_slice(b",\"data\":");
+                body.extend_from_slice(data);
+            }
+            body.extend_from_slice(b"}}");
         }
-        if let Some(data) = data {
-            body.extend_from_slice(b",\"data\":");
-            body.extend_from_slice(data);
-        }
-        body.extend_from_slice(b"}}");
         response::status_line(out, status);
         out.extend_from_slice(b"content-type: application/json\r\n");
-        if status == 405 {
-            out.extend_from_slice(b"allow: GET, POST, DELETE, OPTIONS\r\n");
+        match row.extra {
+            Extra::None => {}
+            Extra::Allow => out.extend_from_slice(b"allow: GET, POST, DELETE, OPTIONS\r\n"),
+            Extra::RetryAfter => {
+                let secs = r.retry_after_secs.unwrap_or(1);
+                out.extend_from_slice(format!("retry-after: {secs}\r\n").as_bytes());
+            }
         }
-        out.extend_from_slice(extra_headers);
+        out.extend_from_slice(to.extra_headers);
         response::content_length(out, body.len() as u64);
-        response::connection(out, keep_alive);
+        response::connection(out, to.keep_alive);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
+        status
+    }
+}
+
+/// A refusal as data: what the gateway says no with. The kind's row decides status, code, form
+/// and headers; the refusal adds its own sentence, `error.data` and retry hint.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub kind: Kind,
+    /// Replaces the table's default message (which names the config key of a limit).
+    pub reason: Option<String>,
+    /// JSON text for `error.data`.
+    pub data: Option<Vec<u8>>,
+    /// `Retry-After` seconds for kinds that carry it (default 1).
+    pub retry_after_secs: Option<u32>,
+}
+
+impl Refusal {
+    pub fn new(kind: Kind) -> Self {
+        Refusal {
+            kind,
+            reason: None,
+            data: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn because(kind: Kind, reason: impl Into<String>) -> Self {
+        Refusal {
+            reason: Some(reason.into()),
+            ..Refusal::new(kind)
+        }
+    }
+
+    pub fn with_data(mut self, data: Vec<u8>) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+impl From<crate::error::Error> for Refusal {
+    fn from(e: crate::error::Error) -> Self {
+        Refusal::because(e.kind, e.reason)
+    }
+}
+
+/// The request side of a refusal: whom it answers and how the connection goes on.
+#[derive(Default)]
+pub struct To<'a> {
+    /// Raw JSON-RPC id of the request answered (then upstream kinds answer with 200).
+    pub id: Option<&'a [u8]>,
+    pub era: Era,
+    /// The request is a `tools/call`: kinds whose answer is `ToolError` answer in band.
+    pub tool_call: bool,
+    pub keep_alive: bool,
+    /// Complete header lines (CORS).
+    pub extra_headers: &'a [u8],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejects() -> Rejects {
+        Rejects::new(&crate::config::load_str("").unwrap())
+    }
+
+    fn split(out: &[u8]) -> (String, serde_json::Value) {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), serde_json::from_str(body).unwrap())
+    }
+
+    #[test]
+    fn a_refusal_carries_data_headers_and_the_era_status() {
+        let r = rejects();
+        let mut out = Vec::new();
+        let refusal = Refusal::because(Kind::UpstreamUnavailable, "down")
+            .with_data(br#"{"upstream":"demo"}"#.to_vec());
+        let to = To {
+            id: Some(b"7"),
+            keep_alive: true,
+            ..To::default()
+        };
+        assert_eq!(r.render(&mut out, &refusal, &to), 200);
+        let (head, v) = split(&out);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["data"]["upstream"], "demo");
+        out.clear();
+        assert_eq!(r.render_bare(&mut out, Kind::TooManyConnections), 503);
+        let (head, v) = split(&out);
+        assert!(head.contains("retry-after: 1\r\n"), "{head}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("listen.max_connections_per_worker"));
+        out.clear();
+        r.render_bare(&mut out, Kind::MethodNotAllowed);
+        assert!(split(&out).0.contains("allow: GET, POST, DELETE, OPTIONS"));
+    }
+
+    #[test]
+    fn an_in_band_answer_is_a_tool_result_the_model_reads() {
+        let r = rejects();
+        let refusal = Refusal::because(Kind::Internal, "try again in 30 s");
+        let mut to = To {
+            id: Some(b"3"),
+            tool_call: true,
+            ..To::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(r.render_as(&mut out, &refusal, &to, Answer::ToolError), 200);
+        let (_, v) = split(&out);
+        assert_eq!(v["result"]["isError"], true);
+        assert_eq!(v["result"]["content"][0]["text"], "try again in 30 s");
+        // Not a tools/call: the JSON-RPC error form.
+        to.tool_call = false;
+        out.clear();
+        assert_eq!(r.render_as(&mut out, &refusal, &to, Answer::ToolError), 500);
+        assert_eq!(split(&out).1["error"]["code"], Kind::Internal.rpc_code());
+    }
+
+    #[test]
+    fn every_kind_renders_valid_json_in_both_eras() {
+        let r = rejects();
+        for &k in Kind::ALL {
+            for era in [Era::Session, Era::Stateless] {
+                let mut out = Vec::new();
+                let to = To {
+                    id: Some(b"\"x\""),
+                    era,
+                    tool_call: true,
+                    ..To::default()
+                };
+                let status = r.render(&mut out, &Refusal::new(k), &to);
+                let (head, v) = split(&out);
+                assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{k:?}");
+                assert_eq!(v["id"], "x");
+                match k.row().answer {
+                    Answer::ToolError => assert_eq!(v["result"]["isError"], true, "{k:?}"),
+                    Answer::RpcError => assert_eq!(v["error"]["code"], k.rpc_code(), "{k:?}"),
+                }
+            }
+        }
     }
 }

@@ -75,11 +75,11 @@ mod tests {
     #[test]
     fn hits_only_identical_unexpired_tokens() {
         let mut c = SessionCache::new(4);
-        c.insert(b"tg1.aaaaTAIL0001", claims(100));
-        assert!(c.get(b"tg1.aaaaTAIL0001", 50).is_some());
-        assert!(c.get(b"tg1.aaaaTAIL0001", 100).is_none(), "expired");
+        c.insert(b"tg2.aaaaTAIL0001", claims(100));
+        assert!(c.get(b"tg2.aaaaTAIL0001", 50).is_some());
+        assert!(c.get(b"tg2.aaaaTAIL0001", 100).is_none(), "expired");
         // Same key bytes (same tail and length), different token: never a hit.
-        assert!(c.get(b"tg1.bbbbTAIL0001", 50).is_none());
+        assert!(c.get(b"tg2.bbbbTAIL0001", 50).is_none());
     }
 
     #[test]

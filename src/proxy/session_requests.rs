@@ -8,13 +8,14 @@ use crate::error::Kind;
 use crate::http::head::RequestHead;
 use crate::http::response;
 use crate::mcp::session::SessionClaims;
-use crate::mcp::Method;
 use crate::observe::Outcome;
 
 use super::client::Client;
+use super::context::{Ctx, UpstreamCall};
+use super::reject::Refusal;
 use super::state::{self, Revocation, WorkerState};
 use super::upstream;
-use super::{open_session, refuse, relay, upstream_session_headers, Next};
+use super::{open_session, refuse, relay, upstream_session, upstream_session_headers, Next};
 
 /// GET and DELETE: refuses a body, opens the session, and writes the upstream request head
 /// (`prefix` of the session's upstream, session and trace headers, `Last-Event-ID`).
@@ -22,29 +23,30 @@ use super::{open_session, refuse, relay, upstream_session_headers, Next};
 async fn session_request(
     w: &WorkerState,
     c: &mut Client,
+    ctx: &mut Ctx,
     head: &RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
     prefix: fn(&state::UpstreamRuntime) -> &[u8],
 ) -> Result<(Rc<SessionClaims>, usize), Next> {
     if head.has_body() {
         c.conn.consume(head.len);
         let why = "GET and DELETE take no body";
-        return Err(refuse(w, c, Kind::MalformedHttp, None, Some(why), false, cors).await);
+        return Err(refuse(w, c, ctx, Refusal::because(Kind::MalformedHttp, why)).await);
     }
+    let server = ctx.server.unwrap_or_default();
+    let u = w.gw.config.servers[server].upstream;
+    ctx.upstream = Some(u);
     let buf = c.conn.buffered();
     let claims = match open_session(w, head, buf, server) {
         Ok(cl) => cl,
-        Err((kind, why)) => {
+        Err(r) => {
             c.conn.consume(head.len);
-            return Err(refuse(w, c, kind, None, Some(why), keep, cors).await);
+            return Err(refuse(w, c, ctx, r).await);
         }
     };
-    let u = w.gw.config.servers[server].upstream;
+    ctx.session = Some(claims.id);
     c.up_out.clear();
     c.up_out.extend_from_slice(prefix(&w.gw.upstreams[u]));
-    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
+    let up_session = upstream_session(w, Some(&claims), u);
     upstream_session_headers(&mut c.up_out, up_session, head, buf);
     if let Some(r) = head.last_event_id.clone() {
         response::header(&mut c.up_out, b"last-event-id", &buf[r]);
@@ -55,55 +57,37 @@ async fn session_request(
 }
 
 /// GET: opens the server-to-client event stream of the session's upstream and relays it.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn get(
-    w: &WorkerState,
-    c: &mut Client,
-    head: RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
-    t0: Instant,
-) -> Next {
-    let (_claims, u) =
-        match session_request(w, c, &head, server, keep, cors, |u| &u.get_prefix).await {
-            Ok(x) => x,
-            Err(next) => return next,
-        };
+pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
+    let (_claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
+        Ok(x) => x,
+        Err(next) => return next,
+    };
     let up = &w.gw.upstreams[u];
     let t_up = Instant::now();
     let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     match res {
         Ok((up_conn, rhead)) => {
-            w.metrics
-                .upstream(u, Ok(rhead.status), t_up.elapsed().as_secs_f64());
-            let timeout = Some(up.request_timeout);
-            let next = relay(
-                w,
-                c,
-                up_conn,
-                &rhead,
-                u,
-                keep,
-                head.minor == 0,
-                cors,
-                timeout,
-                true,
-            )
-            .await;
-            let outcome = if (200..300).contains(&rhead.status) {
+            ctx.upstream_call = Some(UpstreamCall {
+                upstream: u,
+                result: Ok(rhead.status),
+                elapsed: t_up.elapsed(),
+            });
+            ctx.outcome = if (200..300).contains(&rhead.status) {
                 Outcome::Ok
             } else {
                 Outcome::UpstreamStatus
             };
-            w.metrics
-                .request(Method::Other, outcome, t0.elapsed().as_secs_f64());
-            next
+            let timeout = Some(up.request_timeout);
+            relay(w, c, ctx, up_conn, &rhead, u, timeout, true).await
         }
         Err(e) => {
-            w.metrics.upstream(u, Err(e.kind), 0.0);
-            refuse(w, c, e.kind, None, Some(&e.reason), keep, cors).await
+            ctx.upstream_call = Some(UpstreamCall {
+                upstream: u,
+                result: Err(e.kind),
+                elapsed: t_up.elapsed(),
+            });
+            refuse(w, c, ctx, e.into()).await
         }
     }
 }
@@ -112,29 +96,31 @@ pub(super) async fn get(
 pub(super) async fn delete(
     w: &WorkerState,
     c: &mut Client,
+    ctx: &mut Ctx,
     head: RequestHead,
-    server: usize,
-    keep: bool,
-    cors: &[u8],
 ) -> Next {
-    let (claims, u) =
-        match session_request(w, c, &head, server, keep, cors, |u| &u.delete_prefix).await {
-            Ok(x) => x,
-            Err(next) => return next,
-        };
+    let (claims, u) = match session_request(w, c, ctx, &head, |u| &u.delete_prefix).await {
+        Ok(x) => x,
+        Err(next) => return next,
+    };
     let up = &w.gw.upstreams[u];
-    let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
+    let up_session = upstream_session(w, Some(&claims), u);
     w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,
     });
     w.metrics.sessions_closed.increment(1);
     if up_session.is_some_and(|s| s.session_id.is_some()) {
+        let t_up = Instant::now();
         let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
         c.up_out = req;
         match res {
             Ok((mut up_conn, rhead)) => {
-                w.metrics.upstream(u, Ok(rhead.status), 0.0);
+                ctx.upstream_call = Some(UpstreamCall {
+                    upstream: u,
+                    result: Ok(rhead.status),
+                    elapsed: t_up.elapsed(),
+                });
                 up_conn.consume(rhead.len);
                 let mut sink = Vec::new();
                 let ok = upstream::read_full_body(
@@ -150,16 +136,22 @@ pub(super) async fn delete(
                 }
             }
             Err(e) => {
-                w.metrics.upstream(u, Err(e.kind), 0.0);
+                ctx.upstream_call = Some(UpstreamCall {
+                    upstream: u,
+                    result: Err(e.kind),
+                    elapsed: t_up.elapsed(),
+                });
                 tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
             }
         }
     }
+    let keep = ctx.keep_after_response();
     response::status_line(&mut c.out, 200);
-    c.out.extend_from_slice(cors);
+    c.out.extend_from_slice(&ctx.cors);
     response::content_length(&mut c.out, 0);
     response::connection(&mut c.out, keep);
     c.out.extend_from_slice(b"\r\n");
+    ctx.status = 200;
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,

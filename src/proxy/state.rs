@@ -30,6 +30,8 @@ pub struct Revocation {
 /// An upstream as the data path needs it: addresses and pre-rendered request-head prefixes.
 pub struct UpstreamRuntime {
     pub name: String,
+    /// Stable, name-derived id (`mcp::session::upstream_id`): what session tokens carry.
+    pub id: u64,
     pub addrs: Vec<SocketAddr>,
     /// `POST <path> HTTP/1.1`, Host, configured headers, content type and accept.
     pub post_prefix: Vec<u8>,
@@ -59,6 +61,7 @@ impl UpstreamRuntime {
             v
         };
         UpstreamRuntime {
+            id: crate::mcp::session::upstream_id(&cfg.name),
             name: cfg.name.clone(),
             addrs,
             post_prefix: prefix(
@@ -87,6 +90,8 @@ pub struct Gateway {
     pub shutdown: Arc<AtomicBool>,
     /// One sender per worker, for session revocations.
     pub revocations: Vec<Sender<Revocation>>,
+    /// Stable id of each server (`mcp::session::server_id` of its path), by config position.
+    pub server_ids: Vec<u64>,
 }
 
 impl Gateway {
@@ -100,6 +105,20 @@ impl Gateway {
             .servers
             .iter()
             .position(|s| s.path.as_bytes() == path)
+    }
+
+    /// Stable ids of the servers of `config`, by position (what `server_ids` holds).
+    pub fn server_ids_of(config: &Config) -> Vec<u64> {
+        config
+            .servers
+            .iter()
+            .map(|s| crate::mcp::session::server_id(&s.path))
+            .collect()
+    }
+
+    /// Position of the upstream whose stable id is `id`, if the running config has it.
+    pub fn upstream_by_id(&self, id: u64) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.id == id)
     }
 }
 
@@ -122,6 +141,8 @@ pub struct WorkerState {
     pub index: usize,
     pub pool: RefCell<Pool>,
     pub metrics: WorkerMetrics,
+    /// This worker's access log buffer (written by the record phase, flushed on the tick).
+    pub access: crate::observe::access::AccessWriter,
     pub connections: Cell<usize>,
     pub shutdown: LocalShutdown,
     /// Write buffers lent to connections for the length of one request, so an idle
@@ -144,6 +165,7 @@ impl WorkerState {
         WorkerState {
             pool: RefCell::new(Pool::new(gw.upstreams.len())),
             metrics: WorkerMetrics::new(&names, hists),
+            access: crate::observe::access::AccessWriter::new(gw.config.log.json),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),

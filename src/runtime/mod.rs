@@ -170,6 +170,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         health: health.clone(),
         shutdown: shutdown.clone(),
         revocations: senders,
+        server_ids: Gateway::server_ids_of(&config),
         config,
     });
     if gw.config.session.key_source == crate::config::KeySource::Generated {
@@ -379,6 +380,7 @@ async fn worker_main(
             while !w.gw.shutdown.load(Ordering::Acquire) {
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 w.shutdown.tick(Instant::now());
+                w.access.flush();
                 ticks += 1;
                 // Every second: idle upstream connections that expired or were closed by the
                 // upstream go (upstreams close idle connections after a few seconds).
@@ -435,21 +437,17 @@ async fn worker_main(
     let deadline = Instant::now() + w.gw.config.shutdown.drain_timeout;
     while w.connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
+        w.access.flush();
     }
+    w.access.flush();
 }
 
 async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
     w.metrics.rejected(crate::error::Kind::TooManyConnections);
     let mut out = Vec::new();
-    w.gw.rejects.render(
-        &mut out,
-        crate::error::Kind::TooManyConnections,
-        None,
-        None,
-        false,
-        b"",
-    );
+    w.gw.rejects
+        .render_bare(&mut out, crate::error::Kind::TooManyConnections);
     let mut stream = stream;
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
     // A write still in flight (a client that does not read) would hold the socket open: end it.

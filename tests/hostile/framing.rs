@@ -29,7 +29,7 @@ fn absolute_form_target_is_served_like_the_path(d: Driver) {
     );
     assert!(
         r.header("mcp-session-id")
-            .is_some_and(|s| s.starts_with("tg1.")),
+            .is_some_and(|s| s.starts_with("tg2.")),
         "a session was opened: {:?}",
         r.headers
     );

@@ -88,14 +88,18 @@ fn tampered_session_ids_are_404(d: Driver) {
         ("truncated", sid.as_bytes()[..sid.len() - 4].to_vec()),
         ("extended", format!("{sid}AAAA").into_bytes()),
         (
-            "another prefix",
-            sid.replacen("tg1.", "tg2.", 1).into_bytes(),
+            "the old format's prefix",
+            sid.replacen("tg2.", "tg1.", 1).into_bytes(),
         ),
-        ("prefix only", b"tg1.".to_vec()),
+        (
+            "another prefix",
+            sid.replacen("tg2.", "tg3.", 1).into_bytes(),
+        ),
+        ("prefix only", b"tg2.".to_vec()),
         ("garbage", b"not-a-session".to_vec()),
         (
-            "3 KiB long",
-            format!("tg1.{}", "A".repeat(3000)).into_bytes(),
+            "5 KiB long",
+            format!("tg2.{}", "A".repeat(5000)).into_bytes(),
         ),
         ("obs-text bytes", {
             let mut b = sid.clone().into_bytes();

@@ -578,7 +578,7 @@ fn initialize_accepts_an_id_echoed_in_another_spelling(d: Driver) {
             continue;
         };
         let text = String::from_utf8_lossy(&r.body).into_owned();
-        let session = r.head.to_ascii_lowercase().contains("mcp-session-id: tg1.");
+        let session = r.head.to_ascii_lowercase().contains("mcp-session-id: tg2.");
         if r.status != 200 || !session || text.contains("\"error\"") {
             p.push(format!(
                 "id {id} echoed as {}: no session: {} {text}",

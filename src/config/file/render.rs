@@ -143,6 +143,7 @@ pub fn render_effective(c: &Config) -> String {
     let _ = writeln!(o, "log:");
     let _ = writeln!(o, "  level: {}", q(&c.log.level));
     let _ = writeln!(o, "  format: {}", if c.log.json { "json" } else { "text" });
+    let _ = writeln!(o, "  access: {}", c.log.access.as_str());
 
     let _ = writeln!(o, "upstreams:");
     for u in &c.upstreams {

@@ -15,12 +15,16 @@ use crate::mcp::ProtocolVersion;
 
 /// Token prefix; it names the token format and is bound to the ciphertext as AAD, so a token
 /// cannot be re-labelled as another version. A new payload layout gets a new prefix (`tg2.`).
-const PREFIX: &[u8] = b"tg1.";
+/// `tg1.` (positional u16 server and upstream indices) is no longer opened: such a token is
+/// `Malformed`, i.e. an unknown session (404), and the client initializes again.
+const PREFIX: &[u8] = b"tg2.";
 /// The AAD: the prefix without its separator.
-const AAD: &[u8] = b"tg1";
+const AAD: &[u8] = b"tg2";
 const TAG_LEN: usize = 16;
-/// Longest token `open` looks at, and longest `try_seal` produces (header-friendly).
-pub const MAX_TOKEN_LEN: usize = 2048;
+/// Longest token `open` looks at, and longest `try_seal` produces: room for a federated session
+/// (a dozen upstream sessions with UUID-sized ids take ~800 bytes), and well under the 8 KiB a
+/// header line may take in common servers and clients.
+pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest upstream session id carried (the spec asks for visible ASCII; the length is ours).
 pub const MAX_UPSTREAM_SESSION_ID_LEN: usize = 255;
 /// Longest principal binding (a hash of issuer + subject fits in 32).
@@ -28,8 +32,34 @@ pub const MAX_PRINCIPAL_LEN: usize = 64;
 /// Most upstream sessions in one client session (the count is one byte on the wire).
 pub const MAX_UPSTREAMS: usize = 64;
 
-/// Fixed part of the payload: id 16, server 2, version 1, issued 8, expires 8, principal tag 1, count 1.
-const FIXED_LEN: usize = 16 + 2 + 1 + 8 + 8 + 1 + 1;
+/// Fixed part of the payload: id 16, server 8, version 1, issued 8, expires 8, principal tag 1, count 1.
+const FIXED_LEN: usize = 16 + 8 + 1 + 8 + 8 + 1 + 1;
+/// Per upstream session: upstream 8, version 1, session id length 1.
+const PER_UPSTREAM_LEN: usize = 8 + 1 + 1;
+
+/// A stable, name-derived identity: the first 8 bytes of SHA-256 over a domain and the name.
+/// Tokens, pools and metrics refer to servers and upstreams by it, never by list position, so
+/// a reload that reorders or adds entries never changes what a live token means.
+fn stable_id(domain: &[u8], name: &str) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(domain);
+    ctx.update(&[0]);
+    ctx.update(name.as_bytes());
+    let d = ctx.finish();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The stable id of the server (virtual MCP endpoint) at `path`: a server's name is its path.
+pub fn server_id(path: &str) -> u64 {
+    stable_id(b"tollgate/server", path)
+}
+
+/// The stable id of the upstream named `name`.
+pub fn upstream_id(name: &str) -> u64 {
+    stable_id(b"tollgate/upstream", name)
+}
 /// Principal tag meaning "no principal".
 const NO_PRINCIPAL: u8 = 0xFF;
 
@@ -38,8 +68,8 @@ const NO_PRINCIPAL: u8 = 0xFF;
 pub struct SessionClaims {
     /// Random per session: the key for logs and (stateful) revocation lists.
     pub id: [u8; 16],
-    /// Index into `Config::servers`.
-    pub server: u16,
+    /// The server's stable id (`server_id` of its path).
+    pub server: u64,
     /// Negotiated with the client.
     pub protocol_version: ProtocolVersion,
     /// Unix seconds.
@@ -54,8 +84,8 @@ pub struct SessionClaims {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamSession {
-    /// Index into `Config::upstreams`.
-    pub upstream: u16,
+    /// The upstream's stable id (`upstream_id` of its name).
+    pub upstream: u64,
     /// The upstream's own `Mcp-Session-Id`, if it issued one: visible ASCII, 1..=255 bytes.
     pub session_id: Option<String>,
     pub protocol_version: ProtocolVersion,
@@ -214,7 +244,7 @@ impl SessionSealer {
     /// told its session is unknown and re-initializes. Use `try_seal` to see the reason.
     pub fn seal(&self, claims: &SessionClaims) -> String {
         self.try_seal(claims)
-            .unwrap_or_else(|_| String::from("tg1.!unsealable"))
+            .unwrap_or_else(|_| String::from("tg2.!unsealable"))
     }
 
     /// Like `seal`, but says why claims cannot be sealed.
@@ -239,7 +269,7 @@ impl SessionSealer {
             .map_err(|_| ClaimsError::TooLarge)?;
         buf.extend_from_slice(tag.as_ref());
         let mut out = String::with_capacity(token_len);
-        out.push_str("tg1.");
+        out.push_str("tg2.");
         URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
         Ok(out)
     }
@@ -298,7 +328,7 @@ fn encoded_len(c: &SessionClaims) -> Result<usize, ClaimsError> {
         len += p.len();
     }
     for u in &c.upstreams {
-        len += 2 + 1 + 1;
+        len += PER_UPSTREAM_LEN;
         if let Some(id) = &u.session_id {
             if !UpstreamSession::is_valid_session_id(id.as_bytes()) {
                 return Err(ClaimsError::UpstreamSessionId);
@@ -309,11 +339,12 @@ fn encoded_len(c: &SessionClaims) -> Result<usize, ClaimsError> {
     Ok(len)
 }
 
-// Payload v1 (big-endian), inside the AEAD:
-//   id[16] server:u16 version:u8 issued_at:u64 expires_at:u64
+// Payload v2 (big-endian), inside the AEAD:
+//   id[16] server:u64 version:u8 issued_at:u64 expires_at:u64
 //   principal_len:u8 (0xFF = none, else 0..=64) principal[principal_len]
 //   n_upstreams:u8 (≤ 64) then per upstream:
-//     upstream:u16 version:u8 sid_len:u8 (0 = none; ids are never empty) sid[sid_len]
+//     upstream:u64 version:u8 sid_len:u8 (0 = none; ids are never empty) sid[sid_len]
+// Server and upstreams are stable ids (`server_id`, `upstream_id`), never list positions.
 // The payload must be consumed exactly; any leftover or shortfall is Malformed.
 
 /// Appends the payload; `encoded_len` must have accepted `c`.
@@ -362,9 +393,6 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Option<u8> {
         Some(self.array::<1>()?[0])
     }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.array()?))
-    }
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.array()?))
     }
@@ -373,7 +401,7 @@ impl<'a> Reader<'a> {
 fn decode(payload: &[u8]) -> Option<SessionClaims> {
     let mut r = Reader(payload);
     let id = r.array::<16>()?;
-    let server = r.u16()?;
+    let server = r.u64()?;
     let protocol_version = ProtocolVersion::from_u8(r.u8()?)?;
     let issued_at = r.u64()?;
     let expires_at = r.u64()?;
@@ -391,7 +419,7 @@ fn decode(payload: &[u8]) -> Option<SessionClaims> {
     }
     let mut upstreams = Vec::with_capacity(count);
     for _ in 0..count {
-        let upstream = r.u16()?;
+        let upstream = r.u64()?;
         let protocol_version = ProtocolVersion::from_u8(r.u8()?)?;
         let session_id = match usize::from(r.u8()?) {
             0 => None,

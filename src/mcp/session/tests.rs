@@ -20,7 +20,7 @@ fn claims() -> SessionClaims {
                 protocol_version: ProtocolVersion::V2025_03_26,
             },
             UpstreamSession {
-                upstream: 65_535,
+                upstream: u64::MAX,
                 session_id: None,
                 protocol_version: ProtocolVersion::V2025_11_25,
             },
@@ -34,7 +34,7 @@ fn round_trips_every_field() {
     let s = SessionSealer::new(&KEY);
     let c = claims();
     let t = s.seal(&c);
-    assert!(t.starts_with("tg1."));
+    assert!(t.starts_with("tg2."));
     assert!(t.bytes().all(|b| (0x21..=0x7E).contains(&b)), "{t}");
     assert_eq!(s.open(t.as_bytes(), NOW), Ok(c.clone()));
 
@@ -47,7 +47,7 @@ fn round_trips_every_field() {
         });
     }
     variants.push(SessionClaims {
-        server: u16::MAX,
+        server: u64::MAX,
         ..c.clone()
     });
     variants.push(SessionClaims {
@@ -179,23 +179,23 @@ fn garbage_truncated_and_huge_inputs_are_refused() {
     }
     for junk in [
         &b""[..],
-        b"tg1.",
-        b"tg1",
+        b"tg2.",
+        b"tg2",
         b"tg2.AAAA",
         b"TG1.AAAA",
-        b"tg1.====",
-        b"tg1.AAAA=",
-        b"tg1.!unsealable",
-        "tg1.é".as_bytes(),
+        b"tg2.====",
+        b"tg2.AAAA=",
+        b"tg2.!unsealable",
+        "tg2.é".as_bytes(),
         &[0xFF; 100],
     ] {
         assert_eq!(s.open(junk, NOW), Err(SessionError::Malformed), "{junk:?}");
     }
-    let mut huge = b"tg1.".to_vec();
+    let mut huge = b"tg2.".to_vec();
     huge.resize(MAX_TOKEN_LEN + 1, b'A');
     assert_eq!(s.open(&huge, NOW), Err(SessionError::Malformed));
     // Long enough to decode but all zeros: fails authentication.
-    let mut zeros = b"tg1.".to_vec();
+    let mut zeros = b"tg2.".to_vec();
     zeros.extend(URL_SAFE_NO_PAD.encode([0u8; 200]).bytes());
     assert_eq!(s.open(&zeros, NOW), Err(SessionError::Tampered));
 }
@@ -214,7 +214,7 @@ fn authentic_but_unreadable_payload_is_malformed() {
         {
             let mut p = Vec::new();
             encode(&claims(), &mut p);
-            p[18] = 0; // protocol version 0 does not exist
+            p[24] = 0; // protocol version 0 does not exist
             p
         },
         vec![0u8; FIXED_LEN],
@@ -231,7 +231,7 @@ fn authentic_but_unreadable_payload_is_malformed() {
         let mut raw = nonce.to_vec();
         raw.extend_from_slice(&buf);
         raw.extend_from_slice(tag.as_ref());
-        let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&raw));
+        let token = format!("tg2.{}", URL_SAFE_NO_PAD.encode(&raw));
         assert_eq!(s.open(token.as_bytes(), NOW), Err(SessionError::Malformed));
     }
 }
@@ -276,7 +276,7 @@ fn invalid_claims_are_refused_by_try_seal_and_never_open() {
         ),
         (
             SessionClaims {
-                upstreams: vec![bad_sid(&"a".repeat(255)).upstreams[0].clone(); 10],
+                upstreams: vec![bad_sid(&"a".repeat(255)).upstreams[0].clone(); 16],
                 ..claims()
             },
             ClaimsError::TooLarge,
@@ -321,7 +321,7 @@ fn arb_version() -> impl Strategy<Value = ProtocolVersion> {
 
 fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
     (
-        any::<u16>(),
+        any::<u64>(),
         proptest::option::of("[!-~]{1,40}"),
         arb_version(),
     )
@@ -335,7 +335,7 @@ fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
 fn arb_claims() -> impl Strategy<Value = SessionClaims> {
     (
         any::<[u8; 16]>(),
-        any::<u16>(),
+        any::<u64>(),
         arb_version(),
         any::<u64>(),
         any::<u64>(),
@@ -373,7 +373,7 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
         let s = SessionSealer::new(&KEY);
         prop_assert!(s.open(&bytes, NOW).is_err());
-        let mut prefixed = b"tg1.".to_vec();
+        let mut prefixed = b"tg2.".to_vec();
         prefixed.extend_from_slice(&bytes);
         prop_assert!(s.open(&prefixed, NOW).is_err());
     }
@@ -381,7 +381,43 @@ proptest! {
     #[test]
     fn random_base64_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
         let s = SessionSealer::new(&KEY);
-        let token = format!("tg1.{}", URL_SAFE_NO_PAD.encode(&bytes));
+        let token = format!("tg2.{}", URL_SAFE_NO_PAD.encode(&bytes));
         prop_assert!(s.open(token.as_bytes(), NOW).is_err());
     }
+}
+
+#[test]
+fn first_format_tokens_are_unknown_sessions() {
+    // A tg1 token (u16 positions) sealed with the same key: refused before authentication.
+    let s = SessionSealer::new(&KEY);
+    let t = s.seal(&claims()).replacen("tg2.", "tg1.", 1);
+    assert_eq!(s.open(t.as_bytes(), NOW), Err(SessionError::Malformed));
+}
+
+#[test]
+fn stable_ids_depend_on_the_name_alone() {
+    assert_eq!(upstream_id("notes"), upstream_id("notes"));
+    assert_ne!(upstream_id("notes"), upstream_id("weather"));
+    // Domains are separate: a server at a path never shares an id with an upstream so named.
+    assert_ne!(server_id("/mcp"), upstream_id("/mcp"));
+}
+
+#[test]
+fn a_federated_session_fits() {
+    // Twelve upstream sessions with UUID-sized ids and a principal binding.
+    let s = SessionSealer::new(&KEY);
+    let c = SessionClaims {
+        upstreams: (0..12)
+            .map(|i| UpstreamSession {
+                upstream: upstream_id(&format!("upstream-{i}")),
+                session_id: Some(format!("{i:08}-1b4e-4c5f-9a2d-6f1e2d3c4b5a")),
+                protocol_version: ProtocolVersion::V2025_06_18,
+            })
+            .collect(),
+        principal: Some(vec![0x5A; 32]),
+        ..claims()
+    };
+    let t = s.try_seal(&c).expect("fits");
+    assert!(t.len() < 1200, "{}", t.len());
+    assert_eq!(s.open(t.as_bytes(), NOW), Ok(c));
 }

@@ -1,0 +1,257 @@
+//! The access log: one line per request (or per refusal only, or none: `log.access`), written by
+//! the record phase. Each worker formats into its own buffer and writes whole lines to stderr
+//! (where the other logs go) when the buffer passes `FLUSH_AT` or on the worker's 50 ms tick, in
+//! writes of at most `PIPE_BUF` bytes that end on a line boundary, so lines from several workers
+//! and from `tracing` never interleave inside a line, even on a pipe.
+//! Formatting costs a few hundred nanoseconds a line; no lock, no syscall per request.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Which requests get an access line (`log.access`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Every request.
+    All,
+    /// Only requests the gateway refused or could not complete.
+    Refusals,
+    Off,
+}
+
+impl AccessLog {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccessLog::All => "all",
+            AccessLog::Refusals => "refusals",
+            AccessLog::Off => "off",
+        }
+    }
+}
+
+/// Buffer size that triggers a write before the tick.
+const FLUSH_AT: usize = 16 * 1024;
+/// Largest single write (POSIX guarantees atomic pipe writes up to PIPE_BUF = 4096 on Linux).
+const MAX_WRITE: usize = 4096;
+
+/// A field value in a line.
+pub enum Value<'a> {
+    Str(&'a str),
+    /// Bytes from the wire, shown as text (invalid UTF-8 replaced, control characters escaped).
+    Bytes(&'a [u8]),
+    U64(u64),
+}
+
+/// One worker's access log buffer.
+pub struct AccessWriter {
+    json: bool,
+    buf: RefCell<Vec<u8>>,
+}
+
+impl AccessWriter {
+    pub fn new(json: bool) -> Self {
+        AccessWriter {
+            json,
+            buf: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Appends one line: `level` is `INFO` or `WARN`; fields in order, `None` values skipped.
+    pub fn line(&self, level: &str, fields: &[(&str, Option<Value<'_>>)]) {
+        let mut b = self.buf.borrow_mut();
+        let mut ts = String::with_capacity(32);
+        rfc3339_micros(&mut ts, SystemTime::now());
+        if self.json {
+            b.extend_from_slice(b"{\"timestamp\":\"");
+            b.extend_from_slice(ts.as_bytes());
+            b.extend_from_slice(b"\",\"level\":\"");
+            b.extend_from_slice(level.as_bytes());
+            b.extend_from_slice(b"\",\"target\":\"access\"");
+            for (k, v) in fields {
+                let Some(v) = v else { continue };
+                b.extend_from_slice(b",\"");
+                b.extend_from_slice(k.as_bytes());
+                b.extend_from_slice(b"\":");
+                match v {
+                    Value::Str(s) => crate::error::json_escape_into(&mut b, s),
+                    Value::Bytes(s) => {
+                        crate::error::json_escape_into(&mut b, &String::from_utf8_lossy(s))
+                    }
+                    Value::U64(n) => b.extend_from_slice(n.to_string().as_bytes()),
+                }
+            }
+            b.extend_from_slice(b"}\n");
+        } else {
+            b.extend_from_slice(ts.as_bytes());
+            b.extend_from_slice(if level == "WARN" {
+                b"  WARN"
+            } else {
+                b"  INFO"
+            });
+            b.extend_from_slice(b" access:");
+            for (k, v) in fields {
+                let Some(v) = v else { continue };
+                b.push(b' ');
+                b.extend_from_slice(k.as_bytes());
+                b.push(b'=');
+                match v {
+                    Value::Str(s) => text_value(&mut b, s.as_bytes()),
+                    Value::Bytes(s) => text_value(&mut b, s),
+                    Value::U64(n) => b.extend_from_slice(n.to_string().as_bytes()),
+                }
+            }
+            b.push(b'\n');
+        }
+        let full = b.len() >= FLUSH_AT;
+        drop(b);
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Writes what is buffered to stderr (blocking, like every other log line).
+    pub fn flush(&self) {
+        let mut b = self.buf.borrow_mut();
+        let mut rest: &[u8] = &b;
+        while !rest.is_empty() {
+            let mut n = rest.len().min(MAX_WRITE);
+            if n < rest.len() {
+                // End the write on a line boundary (a line longer than MAX_WRITE goes whole).
+                n = match memchr::memrchr(b'\n', &rest[..n]) {
+                    Some(i) => i + 1,
+                    None => memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1),
+                };
+            }
+            // SAFETY: writing initialized bytes from a live slice to fd 2.
+            let w = unsafe { libc::write(2, rest.as_ptr().cast(), n) };
+            if w <= 0 {
+                if w < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                break; // stderr is gone: drop the lines rather than stall the worker
+            }
+            rest = &rest[w as usize..];
+        }
+        b.clear();
+        if b.capacity() > 4 * FLUSH_AT {
+            b.shrink_to(FLUSH_AT);
+        }
+    }
+}
+
+/// A text-format value: bare when it is a plain token, else quoted with `"` and `\` escaped;
+/// control characters always escaped so a line stays one line.
+fn text_value(b: &mut Vec<u8>, v: &[u8]) {
+    let plain = !v.is_empty()
+        && v.iter()
+            .all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\\' && c != b'=');
+    if plain {
+        b.extend_from_slice(v);
+        return;
+    }
+    b.push(b'"');
+    for ch in String::from_utf8_lossy(v).chars() {
+        match ch {
+            '"' => b.extend_from_slice(b"\\\""),
+            '\\' => b.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(Adapter(b), "\\x{:02x}", c as u32);
+            }
+            c => {
+                let mut tmp = [0u8; 4];
+                b.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+            }
+        }
+    }
+    b.push(b'"');
+}
+
+struct Adapter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Adapter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `2026-11-28T04:50:00.123456Z`.
+pub fn rfc3339_micros(out: &mut String, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let sod = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm, public domain).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        d.subsec_micros()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut s = String::new();
+        rfc3339_micros(
+            &mut s,
+            UNIX_EPOCH + Duration::from_micros(1_764_305_400_123_456),
+        );
+        assert_eq!(s, "2025-11-28T04:50:00.123456Z");
+        s.clear();
+        rfc3339_micros(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
+        assert_eq!(s, "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn text_values_stay_on_one_line() {
+        let mut b = Vec::new();
+        text_value(&mut b, b"tools/call");
+        b.push(b' ');
+        text_value(&mut b, b"a \"b\"\nc=d");
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "tools/call \"a \\\"b\\\"\\x0ac=d\""
+        );
+    }
+
+    #[test]
+    fn json_lines_are_json() {
+        let w = AccessWriter::new(true);
+        w.line(
+            "INFO",
+            &[
+                ("method", Some(Value::Str("tools/call"))),
+                ("name", Some(Value::Bytes(b"e\"v\x01il"))),
+                ("skipped", None),
+                ("status", Some(Value::U64(200))),
+            ],
+        );
+        let b = w.buf.borrow();
+        let line = std::str::from_utf8(&b).unwrap();
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["name"], "e\"v\u{1}il");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["target"], "access");
+        assert!(v.get("skipped").is_none());
+    }
+}

@@ -1,0 +1,320 @@
+//! The request context: one value that travels the phases of a request and collects what each
+//! learned (server, upstream, era, session, each JSON-RPC message's method, id and name, timings,
+//! bytes, the decision and its reason), and the record phase that runs once for every request,
+//! refusals included: it counts the request, writes its access line, and is where the audit
+//! record of a later issue is produced. No phase takes more than (worker, client, context).
+
+use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
+
+use crate::error::{Era, Kind, Side};
+use crate::http::head::HttpMethod;
+use crate::jsonrpc::{Message, MessageKind};
+use crate::mcp::Method;
+use crate::observe::access::{AccessLog, Value};
+use crate::observe::Outcome;
+
+use super::client::Client;
+use super::state::WorkerState;
+
+/// Bytes copied out of the body for later phases (ids, tool names): inline up to 47 bytes, so
+/// the common case allocates nothing.
+#[derive(Clone)]
+pub struct Short {
+    inline: [u8; 47],
+    len: u8,
+    heap: Vec<u8>,
+}
+
+impl Short {
+    pub fn new(raw: &[u8]) -> Self {
+        let mut s = Short {
+            inline: [0; 47],
+            len: 0,
+            heap: Vec::new(),
+        };
+        if raw.len() <= s.inline.len() {
+            s.inline[..raw.len()].copy_from_slice(raw);
+            s.len = raw.len() as u8;
+        } else {
+            s.heap = raw.to_vec();
+        }
+        s
+    }
+
+    pub fn get(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len as usize]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// What the gateway read of one JSON-RPC message: every message of a batch gets its own, so a
+/// decision per tool cannot be dodged by putting the call second in a batch.
+pub struct MessageCtx {
+    pub kind: MessageKind,
+    pub method: Method,
+    /// The raw JSON text of the id, as the client spelled it.
+    pub id: Option<Short>,
+    /// `params.name` (a tool or prompt name), decoded.
+    pub name: Option<Short>,
+    /// `params.uri` (a resource), decoded.
+    pub uri: Option<Short>,
+}
+
+impl MessageCtx {
+    pub fn of(m: &Message<'_>) -> Self {
+        MessageCtx {
+            kind: m.kind,
+            method: m
+                .method
+                .as_ref()
+                .map_or(Method::Other, |s| Method::parse(&s.value)),
+            id: m.id.as_ref().map(|r| Short::new(r.text)),
+            name: m.name.as_ref().map(|s| Short::new(s.value.as_bytes())),
+            uri: m.uri.as_ref().map(|s| Short::new(s.value.as_bytes())),
+        }
+    }
+}
+
+/// A refusal the gateway answered with (kind and the reason it gave).
+pub struct Refused {
+    pub kind: Kind,
+    pub reason: String,
+}
+
+/// The upstream exchange of a request, for metrics and the access line.
+#[derive(Clone, Copy)]
+pub struct UpstreamCall {
+    pub upstream: usize,
+    /// The upstream's HTTP status, or why there was no usable one.
+    pub result: Result<u16, Kind>,
+    /// From sending the request to having the response head (and, for a vetted reply, its body).
+    pub elapsed: Duration,
+}
+
+/// Everything known about one request, phase after phase.
+pub struct Ctx {
+    pub started: Instant,
+    pub http_method: HttpMethod,
+    /// HTTP/1.0 client.
+    pub http10: bool,
+    pub era: Era,
+    /// The client wants the connection kept and the worker is not shutting down.
+    pub keep: bool,
+    /// The request has body bytes still unread: a refusal now must close the connection.
+    pub body_pending: bool,
+    /// CORS response headers for an allowed browser origin (empty without one).
+    pub cors: Vec<u8>,
+    /// Index of the routed server in the running config, and its path.
+    pub server: Option<usize>,
+    /// Index of the upstream the request went to.
+    pub upstream: Option<usize>,
+    /// The client session's random id, once its token was opened or sealed.
+    pub session: Option<[u8; 16]>,
+    /// The JSON-RPC messages of a POST body, in order (one unless a batch).
+    pub messages: SmallVec<[MessageCtx; 1]>,
+    pub batch: bool,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    pub upstream_call: Option<UpstreamCall>,
+    /// The HTTP status sent to the client (0 if nothing was sent).
+    pub status: u16,
+    pub outcome: Outcome,
+    pub refused: Option<Refused>,
+    /// Bytes written to the client before this request (to count this one's).
+    sent_before: u64,
+}
+
+impl Ctx {
+    pub fn new(c: &Client, http_method: HttpMethod, http10: bool, keep: bool) -> Self {
+        Ctx {
+            started: Instant::now(),
+            http_method,
+            http10,
+            era: Era::Session,
+            keep,
+            body_pending: false,
+            cors: Vec::new(),
+            server: None,
+            upstream: None,
+            session: None,
+            messages: SmallVec::new(),
+            batch: false,
+            bytes_in: 0,
+            upstream_call: None,
+            status: 0,
+            outcome: Outcome::Ok,
+            refused: None,
+            sent_before: c.sent,
+        }
+    }
+
+    /// The single message, or the first of a batch.
+    pub fn first(&self) -> Option<&MessageCtx> {
+        self.messages.first()
+    }
+
+    /// The method the request is counted under: the single message's, `Other` for anything else.
+    pub fn method(&self) -> Method {
+        match (self.batch, self.first()) {
+            (false, Some(m)) => m.method,
+            _ => Method::Other,
+        }
+    }
+
+    /// The raw id a refusal answers to: a single request's id (never a batch's or a
+    /// notification's).
+    pub fn answer_id(&self) -> Option<&[u8]> {
+        match (self.batch, self.first()) {
+            (false, Some(m)) if m.kind == MessageKind::Request => m.id.as_ref().map(Short::get),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection may stay open after refusing with `kind`: decided here only.
+    pub fn keep_after(&self, kind: Kind) -> bool {
+        self.keep && !self.body_pending && !kind.closes_connection()
+    }
+
+    /// Whether the connection may stay open after a response the gateway wrote itself.
+    pub fn keep_after_response(&self) -> bool {
+        self.keep && !self.body_pending
+    }
+
+    /// Records a refusal (the renderer sets `status`).
+    pub fn refuse(&mut self, kind: Kind, reason: String) {
+        self.outcome = match kind.side() {
+            Side::Upstream => Outcome::UpstreamError,
+            _ => Outcome::Rejected,
+        };
+        self.refused = Some(Refused { kind, reason });
+    }
+}
+
+/// Phase: record. Runs once for every request that got this far, refused or not.
+pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
+    let elapsed = ctx.started.elapsed();
+    w.metrics
+        .request(ctx.method(), ctx.outcome, elapsed.as_secs_f64());
+    if let Some(r) = &ctx.refused {
+        w.metrics.rejected(r.kind);
+    }
+    if let Some(u) = ctx.upstream_call {
+        w.metrics
+            .upstream(u.upstream, u.result, u.elapsed.as_secs_f64());
+    }
+    let log = match (w.gw.config.log.access, &ctx.refused) {
+        (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,
+        _ => true,
+    };
+    if log {
+        access_line(w, c, ctx, elapsed);
+    }
+}
+
+fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
+    let gw = &*w.gw;
+    let level = match &ctx.refused {
+        Some(r) if r.kind.side() != Side::Client => "WARN",
+        _ => "INFO",
+    };
+    let server = ctx.server.map(|s| gw.config.servers[s].path.as_str());
+    let upstream = ctx.upstream.map(|u| gw.upstreams[u].name.as_str());
+    let mut session = [0u8; 16];
+    let session = ctx.session.map(|id| {
+        // The first 8 bytes of the random session id, as hex: enough to follow one session.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in id[..8].iter().enumerate() {
+            session[2 * i] = HEX[usize::from(b >> 4)];
+            session[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        &session[..]
+    });
+    let (rpc, id, name) = if ctx.batch {
+        (Some(Value::Str("batch")), None, None)
+    } else {
+        match ctx.first() {
+            Some(m) => (
+                Some(Value::Str(m.method_label())),
+                m.id.as_ref().map(|i| Value::Bytes(i.get())),
+                m.name
+                    .as_ref()
+                    .or(m.uri.as_ref())
+                    .map(|n| Value::Bytes(n.get())),
+            ),
+            None => (None, None, None),
+        }
+    };
+    let batch_methods;
+    let batch = if ctx.batch {
+        // Each message as `method` or `method:name` (tool, prompt or resource).
+        batch_methods = ctx
+            .messages
+            .iter()
+            .map(|m| match m.name.as_ref().or(m.uri.as_ref()) {
+                Some(n) => format!("{}:{}", m.method_label(), String::from_utf8_lossy(n.get())),
+                None => m.method_label().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Some(Value::Str(&batch_methods))
+    } else {
+        None
+    };
+    let (up_status, up_us) = match ctx.upstream_call {
+        Some(u) => (
+            u.result.ok().map(|s| Value::U64(u64::from(s))),
+            Some(Value::U64(u.elapsed.as_micros() as u64)),
+        ),
+        None => (None, None),
+    };
+    let peer = c.peer.map(|p| p.to_string());
+    w.access.line(
+        level,
+        &[
+            ("worker", Some(Value::U64(w.index as u64))),
+            ("peer", peer.as_deref().map(Value::Str)),
+            ("http", Some(Value::Str(ctx.http_method.as_str()))),
+            ("server", server.map(Value::Str)),
+            ("rpc", rpc),
+            ("messages", batch),
+            ("name", name),
+            ("id", id),
+            ("session", session.map(Value::Bytes)),
+            ("upstream", upstream.map(Value::Str)),
+            ("status", Some(Value::U64(u64::from(ctx.status)))),
+            ("upstream_status", up_status),
+            ("outcome", Some(Value::Str(ctx.outcome.as_str()))),
+            (
+                "refused",
+                ctx.refused.as_ref().map(|r| Value::Str(r.kind.as_str())),
+            ),
+            (
+                "reason",
+                ctx.refused
+                    .as_ref()
+                    .filter(|r| !r.reason.is_empty())
+                    .map(|r| Value::Str(&r.reason)),
+            ),
+            ("duration_us", Some(Value::U64(elapsed.as_micros() as u64))),
+            ("upstream_us", up_us),
+            ("bytes_in", Some(Value::U64(ctx.bytes_in))),
+            ("bytes_out", Some(Value::U64(c.sent - ctx.sent_before))),
+        ],
+    );
+}
+
+impl MessageCtx {
+    /// The method's label; a response or error message (a client answering a server request)
+    /// has no method: `response`.
+    pub fn method_label(&self) -> &'static str {
+        match self.kind {
+            MessageKind::Response | MessageKind::Error => "response",
+            _ => self.method.as_str(),
+        }
+    }
+}
