@@ -28,9 +28,22 @@ struct Idle {
     expires: Instant,
 }
 
-/// Idle upstream connections of one worker.
+/// Idle upstream connections of one worker: one stack per upstream *target*, each under a key
+/// that changes whenever what a connection is bound to changes (the upstream's name, resolved
+/// addresses, request head prefix). Requests address a stack by `Slot` (position + key): after a
+/// reload reorders the stacks, a request begun on the old config still finds its own by key, and
+/// a connection to a target that no longer exists is closed instead of pooled.
 pub struct Pool {
     idle: Vec<Vec<Idle>>,
+    keys: Vec<u64>,
+}
+
+/// Where a request's upstream connections live in the pool: the upstream's position in the
+/// config the request runs on, and its target key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub index: usize,
+    pub key: u64,
 }
 
 /// Why a pooled connection was dropped instead of reused (a metric label).
@@ -130,21 +143,49 @@ pub fn expiry(now: Instant, idle_timeout: Duration, upstream_hint: Option<u32>) 
 }
 
 impl Pool {
-    pub fn new(upstreams: usize) -> Self {
+    /// A pool for targets with these keys (in config order).
+    pub fn new(keys: Vec<u64>) -> Self {
         Pool {
-            idle: (0..upstreams).map(|_| Vec::new()).collect(),
+            idle: keys.iter().map(|_| Vec::new()).collect(),
+            keys,
         }
+    }
+
+    /// The stack of `slot`: its position when the key matches (always, but across a reload),
+    /// else found by key; `None` when the target is gone.
+    fn stack(&mut self, slot: Slot) -> Option<&mut Vec<Idle>> {
+        let i = if self.keys.get(slot.index) == Some(&slot.key) {
+            slot.index
+        } else {
+            self.keys.iter().position(|k| *k == slot.key)?
+        };
+        self.idle.get_mut(i)
+    }
+
+    /// Re-orders the stacks for a new config (`keys` in its order): connections to targets that
+    /// stay are kept, the others closed; returns how many were closed.
+    pub fn rekey(&mut self, keys: Vec<u64>) -> usize {
+        let mut old: Vec<(u64, Vec<Idle>)> = self.keys.drain(..).zip(self.idle.drain(..)).collect();
+        self.idle = keys
+            .iter()
+            .map(|k| match old.iter().position(|(ok, _)| ok == k) {
+                Some(i) => old.swap_remove(i).1,
+                None => Vec::new(),
+            })
+            .collect();
+        self.keys = keys;
+        old.iter().map(|(_, s)| s.len()).sum()
     }
 
     /// The newest idle connection to `upstream` that has not expired and is silent; expired,
     /// closed and noisy ones are dropped (closed) on the way, each reported to `discarded`.
     pub fn take(
         &mut self,
-        upstream: usize,
+        slot: Slot,
         now: Instant,
         mut discarded: impl FnMut(Discard),
     ) -> Option<UpstreamConn> {
-        let stack = self.idle.get_mut(upstream)?;
+        let stack = self.stack(slot)?;
         while let Some(idle) = stack.pop() {
             let fd = idle.conn.io.as_raw_fd();
             if now >= idle.expires {
@@ -164,7 +205,7 @@ impl Pool {
     /// body is given back first, so idle connections stay small.
     pub fn put(
         &mut self,
-        upstream: usize,
+        slot: Slot,
         mut conn: UpstreamConn,
         max_idle: usize,
         expires: Instant,
@@ -173,7 +214,7 @@ impl Pool {
             return Err(Discard::Unsolicited);
         }
         conn.shrink_idle(IDLE_BUFFER);
-        if let Some(stack) = self.idle.get_mut(upstream) {
+        if let Some(stack) = self.stack(slot) {
             if stack.len() < max_idle {
                 stack.push(Idle { conn, expires });
             }
@@ -200,8 +241,8 @@ impl Pool {
         }
     }
 
-    pub fn idle_count(&self, upstream: usize) -> usize {
-        self.idle.get(upstream).map_or(0, Vec::len)
+    pub fn idle_count(&self, index: usize) -> usize {
+        self.idle.get(index).map_or(0, Vec::len)
     }
 }
 

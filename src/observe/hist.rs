@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::names::LATENCY_BUCKETS;
 
@@ -49,16 +49,29 @@ impl Hist {
 pub struct WorkerHistograms {
     /// `tollgate_request_duration_seconds{method}`, indexed like `Method::ALL`.
     pub request: Vec<Hist>,
-    /// `tollgate_upstream_duration_seconds{upstream}`, indexed like `Config::upstreams`.
-    pub upstream: Vec<Hist>,
+    /// `tollgate_upstream_duration_seconds{upstream}`, by upstream name. The worker holds the
+    /// `Arc`s it records into (resolved when a config is installed), so the lock is taken only
+    /// then and by the scrape; a reload adds names, and a removed upstream keeps its series.
+    upstream: Mutex<Vec<(String, Arc<Hist>)>>,
 }
 
 impl WorkerHistograms {
-    pub fn new(methods: usize, upstreams: usize) -> Self {
+    pub fn new(methods: usize) -> Self {
         WorkerHistograms {
             request: (0..methods).map(|_| Hist::default()).collect(),
-            upstream: (0..upstreams).map(|_| Hist::default()).collect(),
+            upstream: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The histogram of upstream `name` (made on first use).
+    pub fn upstream(&self, name: &str) -> Arc<Hist> {
+        let mut list = self.upstream.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = list.iter().find(|(n, _)| n == name) {
+            return h.clone();
+        }
+        let h = Arc::new(Hist::default());
+        list.push((name.to_string(), h.clone()));
+        h
     }
 }
 
@@ -67,63 +80,93 @@ impl WorkerHistograms {
 pub struct HistogramSet {
     pub workers: Vec<Arc<WorkerHistograms>>,
     pub methods: Vec<&'static str>,
-    pub upstreams: Vec<String>,
 }
 
 impl HistogramSet {
-    pub fn new(workers: usize, methods: Vec<&'static str>, upstreams: Vec<String>) -> Self {
-        let per = |_| Arc::new(WorkerHistograms::new(methods.len(), upstreams.len()));
+    pub fn new(workers: usize, methods: Vec<&'static str>) -> Self {
+        let per = |_| Arc::new(WorkerHistograms::new(methods.len()));
         HistogramSet {
             workers: (0..workers).map(per).collect(),
             methods,
-            upstreams,
         }
     }
 
     /// Appends both families in Prometheus text format (series with at least one observation).
     pub fn render(&self, out: &mut String) {
-        self.family(
+        let requests = self
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let hs: Vec<&Hist> = self.workers.iter().map(|w| &w.request[i]).collect();
+                (m.to_string(), sum_of(&hs))
+            })
+            .collect::<Vec<_>>();
+        family(
             out,
             super::names::REQUEST_DURATION_SECONDS,
             "Time from a complete request head to the end of the response, by method.",
             "method",
-            &self
-                .methods
-                .iter()
-                .map(|m| m.to_string())
-                .collect::<Vec<_>>(),
-            |w| &w.request,
+            &requests,
         );
-        self.family(
+        // Upstream names in order of first appearance across workers.
+        let lists: Vec<Vec<(String, Arc<Hist>)>> = self
+            .workers
+            .iter()
+            .map(|w| w.upstream.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for (n, _) in lists.iter().flatten() {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+        let upstreams = names
+            .iter()
+            .map(|name| {
+                let hs: Vec<&Hist> = lists
+                    .iter()
+                    .flatten()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, h)| &**h)
+                    .collect();
+                (name.to_string(), sum_of(&hs))
+            })
+            .collect::<Vec<_>>();
+        family(
             out,
             super::names::UPSTREAM_DURATION_SECONDS,
             "Time from sending to an upstream to its response head.",
             "upstream",
-            &self.upstreams,
-            |w| &w.upstream,
+            &upstreams,
         );
     }
+}
 
-    fn family(
-        &self,
-        out: &mut String,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: &[String],
-        pick: impl Fn(&WorkerHistograms) -> &Vec<Hist>,
-    ) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, value) in values.iter().enumerate() {
-            let mut counts = [0u64; N];
-            let mut sum = 0u64;
-            for w in &self.workers {
-                let h = &pick(w)[i];
-                for (c, b) in counts.iter_mut().zip(&h.buckets) {
-                    *c += b.load(Relaxed);
-                }
-                sum += h.sum_nanos.load(Relaxed);
-            }
+/// Bucket counts and the sum (nanoseconds) of several workers' histograms of one series.
+fn sum_of(hs: &[&Hist]) -> ([u64; N], u64) {
+    let mut counts = [0u64; N];
+    let mut sum = 0u64;
+    for h in hs {
+        for (c, b) in counts.iter_mut().zip(&h.buckets) {
+            *c += b.load(Relaxed);
+        }
+        sum += h.sum_nanos.load(Relaxed);
+    }
+    (counts, sum)
+}
+
+fn family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(String, ([u64; N], u64))],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    {
+        for (value, (counts, sum)) in series {
+            let (counts, sum) = (*counts, *sum);
             let total: u64 = counts.iter().sum();
             if total == 0 {
                 continue;
@@ -156,11 +199,12 @@ mod tests {
 
     #[test]
     fn merges_workers_into_cumulative_buckets() {
-        let set = HistogramSet::new(2, vec!["tools/call", "ping"], vec!["demo".into()]);
+        let set = HistogramSet::new(2, vec!["tools/call", "ping"]);
         set.workers[0].request[0].record(0.0002);
         set.workers[1].request[0].record(0.0002);
         set.workers[1].request[0].record(3.0);
-        set.workers[0].upstream[0].record(100.0);
+        set.workers[0].upstream("demo").record(100.0);
+        set.workers[1].upstream("other");
         let mut out = String::new();
         set.render(&mut out);
         assert!(out.contains(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod hist;
 pub mod names;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
@@ -105,9 +106,26 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 const UPSTREAM_RESULTS: [&str; 5] = ["ok", "status", "unavailable", "timeout", "protocol"];
 
 pub struct UpstreamMetrics {
+    /// The upstream's stable id (`mcp::session::upstream_id`).
+    id: u64,
     results: [Counter; 5],
     /// Indexed by `http::pool::Discard`.
     discards: [Counter; 3],
+    hist: Arc<hist::Hist>,
+}
+
+impl UpstreamMetrics {
+    fn new(id: u64, name: &str, hists: &hist::WorkerHistograms) -> Self {
+        let n = name.to_string();
+        UpstreamMetrics {
+            id,
+            results: UPSTREAM_RESULTS.map(|r| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "upstream" => n.clone(), "result" => r)),
+            discards: crate::http::pool::Discard::ALL.map(|d| {
+                metrics::counter!(names::UPSTREAM_POOL_DISCARDS_TOTAL, "upstream" => n.clone(), "reason" => d.as_str())
+            }),
+            hist: hists.upstream(name),
+        }
+    }
 }
 
 /// Handles one worker records into, resolved once when the worker starts.
@@ -115,7 +133,9 @@ pub struct WorkerMetrics {
     requests: Vec<[Counter; 4]>,
     /// Latency histograms this worker alone writes (merged at scrape time, see `hist`).
     hists: Arc<hist::WorkerHistograms>,
-    upstreams: Vec<UpstreamMetrics>,
+    /// By position in the running config; each knows its upstream's id, so a request begun on
+    /// a config a reload replaced still records under its own upstream (`install_upstreams`).
+    upstreams: RefCell<Vec<UpstreamMetrics>>,
     rejections: Vec<Counter>,
     limits: Vec<Option<Counter>>,
     pub connections_open: Gauge,
@@ -125,23 +145,20 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new(upstream_names: &[String], hists: Arc<hist::WorkerHistograms>) -> Self {
+    /// `upstreams`: (stable id, name) of each upstream, in config order.
+    pub fn new(upstreams: &[(u64, &str)], hists: Arc<hist::WorkerHistograms>) -> Self {
         let requests = Method::ALL
             .iter()
             .map(|m| {
                 Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, "method" => m.as_str(), "outcome" => o.as_str()))
             })
             .collect();
-        let upstreams = upstream_names
-            .iter()
-            .map(|u| UpstreamMetrics {
-                results: UPSTREAM_RESULTS
-                    .map(|r| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "upstream" => u.clone(), "result" => r)),
-                discards: crate::http::pool::Discard::ALL.map(|d| {
-                    metrics::counter!(names::UPSTREAM_POOL_DISCARDS_TOTAL, "upstream" => u.clone(), "reason" => d.as_str())
-                }),
-            })
-            .collect();
+        let upstreams = RefCell::new(
+            upstreams
+                .iter()
+                .map(|(id, name)| UpstreamMetrics::new(*id, name, &hists))
+                .collect(),
+        );
         // Limit kinds get no `rejections_total` series: they are counted only as limits.
         let rejections = Kind::ALL
             .iter()
@@ -193,19 +210,46 @@ impl WorkerMetrics {
         }
     }
 
-    /// A pooled upstream connection dropped instead of reused.
-    pub fn pool_discard(&self, upstream: usize, why: crate::http::pool::Discard) {
-        if let Some(u) = self.upstreams.get(upstream) {
-            u.discards[why as usize].increment(1);
+    /// Handles for a newly installed config's upstreams (`(id, name)` in its order): kept for
+    /// upstreams that stay, made for new ones.
+    pub fn install_upstreams(&self, upstreams: &[(u64, &str)]) {
+        let mut old = std::mem::take(&mut *self.upstreams.borrow_mut());
+        let new = upstreams
+            .iter()
+            .map(|(id, name)| match old.iter().position(|m| m.id == *id) {
+                Some(i) => old.swap_remove(i),
+                None => UpstreamMetrics::new(*id, name, &self.hists),
+            })
+            .collect();
+        *self.upstreams.borrow_mut() = new;
+    }
+
+    /// Runs `f` with the handles of upstream `id` (at `index` unless a reload moved it).
+    #[inline]
+    fn with_upstream(&self, index: usize, id: u64, f: impl FnOnce(&UpstreamMetrics)) {
+        let list = self.upstreams.borrow();
+        match list.get(index) {
+            Some(m) if m.id == id => f(m),
+            _ => {
+                if let Some(m) = list.iter().find(|m| m.id == id) {
+                    f(m)
+                }
+            }
         }
+    }
+
+    /// A pooled upstream connection dropped instead of reused.
+    pub fn pool_discard(&self, index: usize, id: u64, why: crate::http::pool::Discard) {
+        self.with_upstream(index, id, |u| u.discards[why as usize].increment(1));
     }
 
     /// An upstream exchange: `Ok(status)` or the error kind.
     #[inline]
-    pub fn upstream(&self, upstream: usize, result: Result<u16, Kind>, seconds: f64) {
-        let Some(u) = self.upstreams.get(upstream) else {
-            return;
-        };
+    pub fn upstream(&self, index: usize, id: u64, result: Result<u16, Kind>, seconds: f64) {
+        self.with_upstream(index, id, |u| Self::record_upstream(u, result, seconds));
+    }
+
+    fn record_upstream(u: &UpstreamMetrics, result: Result<u16, Kind>, seconds: f64) {
         let slot = match result {
             Ok(s) if (200..300).contains(&s) => 0,
             Ok(_) => 1,
@@ -215,7 +259,7 @@ impl WorkerMetrics {
         };
         u.results[slot].increment(1);
         if result.is_ok() {
-            self.hists.upstream[upstream].record(seconds);
+            u.hist.record(seconds);
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct Client {
 impl Client {
     /// A client starts with only a small read buffer; write buffers are lent per request.
     pub fn new(stream: TcpStream, w: std::rc::Rc<WorkerState>) -> Self {
-        let write_timeout = w.gw.config.limits.write_timeout;
+        let write_timeout = w.gw().config.limits.write_timeout;
         let peer = stream.peer_addr().ok();
         Client {
             sent: 0,

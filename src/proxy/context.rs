@@ -4,6 +4,7 @@
 //! refusals included: it counts the request, writes its access line, and is where the audit
 //! record of a later issue is produced. No phase takes more than (worker, client, context).
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
@@ -16,7 +17,7 @@ use crate::observe::access::{AccessLog, Value};
 use crate::observe::Outcome;
 
 use super::client::Client;
-use super::state::WorkerState;
+use super::state::{Gateway, Generation, WorkerState};
 
 /// Bytes copied out of the body for later phases (ids, tool names): inline up to 47 bytes, so
 /// the common case allocates nothing.
@@ -98,6 +99,9 @@ pub struct UpstreamCall {
 
 /// Everything known about one request, phase after phase.
 pub struct Ctx {
+    /// The config this request runs on, from its first phase to its record (a reload in
+    /// between changes nothing for it).
+    pub gen: Rc<Generation>,
     pub started: Instant,
     pub http_method: HttpMethod,
     /// HTTP/1.0 client.
@@ -130,8 +134,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(c: &Client, http_method: HttpMethod, http10: bool, keep: bool) -> Self {
+    /// The gateway (config) this request runs on.
+    pub fn gw(&self) -> &Gateway {
+        &self.gen.gw
+    }
+
+    pub fn new(
+        gen: Rc<Generation>,
+        c: &Client,
+        http_method: HttpMethod,
+        http10: bool,
+        keep: bool,
+    ) -> Self {
         Ctx {
+            gen,
             started: Instant::now(),
             http_method,
             http10,
@@ -204,10 +220,11 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         w.metrics.rejected(r.kind);
     }
     if let Some(u) = ctx.upstream_call {
+        let id = ctx.gw().upstreams[u.upstream].id;
         w.metrics
-            .upstream(u.upstream, u.result, u.elapsed.as_secs_f64());
+            .upstream(u.upstream, id, u.result, u.elapsed.as_secs_f64());
     }
-    let log = match (w.gw.config.log.access, &ctx.refused) {
+    let log = match (ctx.gw().config.log.access, &ctx.refused) {
         (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,
         _ => true,
     };
@@ -217,7 +234,7 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
 }
 
 fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
-    let gw = &*w.gw;
+    let gw = ctx.gw();
     let level = match &ctx.refused {
         Some(r) if r.kind.side() != Side::Client => "WARN",
         _ => "INFO",

@@ -11,7 +11,7 @@ use crate::mcp::ProtocolVersion;
 use super::client::Client;
 use super::context::Ctx;
 use super::reject::Refusal;
-use super::state::WorkerState;
+use super::state::{Gateway, WorkerState};
 use super::upstream;
 use super::{client_head, refuse, unix_now, Next};
 
@@ -27,14 +27,14 @@ struct Negotiated {
 /// Finds the JSON-RPC response with `id` in an initialize reply (JSON, or SSE events) and returns
 /// the protocol version it negotiated.
 fn negotiated_version(
-    w: &WorkerState,
+    gw: &Gateway,
     body: &[u8],
     sse: bool,
     id: &[u8],
 ) -> Result<Negotiated, String> {
     // `origin`: where `payload` starts in `body`, when it is one contiguous piece of it.
     let check = |payload: &[u8], origin: Option<usize>| -> Option<Result<Negotiated, String>> {
-        let Ok(Body::Single(m)) = jsonrpc::scan(payload, &w.gw.scan_limits) else {
+        let Ok(Body::Single(m)) = jsonrpc::scan(payload, &gw.scan_limits) else {
             return None;
         };
         let mid = m.id.as_ref()?;
@@ -111,6 +111,7 @@ struct Sealed {
 #[allow(clippy::too_many_arguments)]
 fn seal_session(
     w: &WorkerState,
+    gw: &Gateway,
     status: u16,
     body: &[u8],
     sse: bool,
@@ -122,28 +123,28 @@ fn seal_session(
     if status != 200 {
         return Ok((None, None));
     }
-    let negotiated = negotiated_version(w, body, sse, id)?;
+    let negotiated = negotiated_version(gw, body, sse, id)?;
     let Some(version) = negotiated.version else {
         return Ok((None, negotiated.respell));
     };
     let now = unix_now();
     let claims = SessionClaims {
         id: SessionSealer::new_id(),
-        server: w.gw.server_ids[server],
+        server: gw.server_ids[server],
         protocol_version: version,
         issued_at: now,
-        expires_at: now + w.gw.config.session.ttl.as_secs(),
+        expires_at: now + gw.config.session.ttl.as_secs(),
         upstreams: vec![UpstreamSession {
-            upstream: w.gw.upstreams[u].id,
+            upstream: gw.upstreams[u].id,
             session_id: upstream_sid,
             protocol_version: version,
         }],
         principal: None,
     };
-    let token =
-        w.gw.sealer
-            .try_seal(&claims)
-            .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
+    let token = gw
+        .sealer
+        .try_seal(&claims)
+        .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
     w.metrics.sessions_opened.increment(1);
     Ok((
         Some(Sealed {
@@ -165,7 +166,8 @@ pub(super) async fn initialize_reply(
     server: usize,
     u: usize,
 ) -> Next {
-    let gw = &*w.gw;
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
     let up = &gw.upstreams[u];
     let id = ctx.answer_id().unwrap_or(b"null").to_vec();
     let id = &id[..];
@@ -184,15 +186,15 @@ pub(super) async fn initialize_reply(
         {
             Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
             Ok(()) => {
-                w.pool_put(u, up_conn, &rhead);
-                seal_session(w, rhead.status, &body, sse, id, server, u, upstream_sid)
+                w.pool_put(gw, u, up_conn, &rhead);
+                seal_session(w, gw, rhead.status, &body, sse, id, server, u, upstream_sid)
             }
         };
     let (token, respell) = match token {
         Ok(t) => t,
         Err(why) => {
             let msg = format!("upstream \"{}\" {why}", up.name);
-            return refuse(w, c, ctx, Refusal::because(Kind::UpstreamProtocol, msg)).await;
+            return refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, msg)).await;
         }
     };
     ctx.session = token.as_ref().map(|t| t.id);

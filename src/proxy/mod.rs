@@ -80,15 +80,15 @@ pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
 
 /// A head that admission refused: answered, recorded, and the connection closes.
 async fn refuse_head(w: &WorkerState, c: &mut Client, e: Error) {
-    let mut ctx = Ctx::new(c, HttpMethod::Other, false, false);
-    refuse(w, c, &mut ctx, e.into()).await;
+    let mut ctx = Ctx::new(w.current(), c, HttpMethod::Other, false, false);
+    refuse(c, &mut ctx, e.into()).await;
     record(w, c, &ctx);
 }
 
 /// One request: its context, the phases, then the record phase (whatever happened).
 async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let keep = head.keep_alive && !w.shutdown.is_fired();
-    let mut ctx = Ctx::new(c, head.method(), head.minor == 0, keep);
+    let mut ctx = Ctx::new(w.current(), c, head.method(), head.minor == 0, keep);
     ctx.body_pending = head.has_body();
     let next = handle(w, c, &mut ctx, head).await;
     record(w, c, &ctx);
@@ -99,18 +99,22 @@ async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
 /// `idle_timeout` for a first byte (or until shutdown), then up to `header_read_timeout` for
 /// the whole head. `Ok(None)`: the connection ended quietly.
 async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead>, Error> {
-    let limits = &w.gw.config.limits;
     let mut deadline: Option<Instant> = None;
     loop {
+        // The config is looked up afresh each time, never held across the wait: an idle
+        // connection keeps no config alive, and a reload applies to its next request.
+        let gen = w.current();
+        let limits = &gen.gw.config.limits;
         if !c.conn.buffered().is_empty() {
             let mut scratch = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-            if let Some(h) = checks::admit_head(&w.gw.config, c.conn.buffered(), &mut scratch)? {
+            if let Some(h) = checks::admit_head(&gen.gw.config, c.conn.buffered(), &mut scratch)? {
                 return Ok(Some(h));
             }
             deadline.get_or_insert_with(|| w.shutdown.now() + limits.header_read_timeout);
         }
         // One await point, and no runtime timer: this state lives in every idle connection.
         let until = deadline.unwrap_or_else(|| w.shutdown.now() + limits.idle_timeout);
+        drop(gen);
         let read = monoio::select! {
             r = c.conn.fill(0) => r,
             why = w.shutdown.wait_until(until) => match (why, deadline) {
@@ -127,7 +131,7 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
 
 /// Renders and writes a refusal and notes it in the context (the record phase counts and logs
 /// it). Whether the connection stays open is `Ctx::keep_after`'s decision, nobody else's.
-async fn refuse(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, r: Refusal) -> Next {
+async fn refuse(c: &mut Client, ctx: &mut Ctx, r: Refusal) -> Next {
     let keep = ctx.keep_after(r.kind);
     let to = To {
         id: ctx.answer_id(),
@@ -136,7 +140,7 @@ async fn refuse(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, r: Refusal) -> N
         keep_alive: keep,
         extra_headers: &ctx.cors,
     };
-    let status = w.gw.rejects.render(&mut c.out, &r, &to);
+    let status = ctx.gw().rejects.render(&mut c.out, &r, &to);
     ctx.status = status;
     ctx.refuse(r.kind, r.reason.unwrap_or_default());
     if c.head_only {
@@ -162,11 +166,12 @@ fn cors_headers(origin: &[u8]) -> Vec<u8> {
 
 /// Phases: route → dispatch by HTTP method (the head was admitted by `read_head`).
 async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
-    let gw = &*w.gw;
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
     let buf = c.conn.buffered();
     let Some(server) = gw.route(head.path(buf)) else {
         c.conn.consume(head.len);
-        return refuse(w, c, ctx, Refusal::new(Kind::NotFound)).await;
+        return refuse(c, ctx, Refusal::new(Kind::NotFound)).await;
     };
     ctx.server = Some(server);
     if let Some(r) = head.origin.clone() {
@@ -182,7 +187,7 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
         }
         _ => {
             c.conn.consume(head.len);
-            refuse(w, c, ctx, Refusal::new(Kind::MethodNotAllowed)).await
+            refuse(c, ctx, Refusal::new(Kind::MethodNotAllowed)).await
         }
     }
 }
@@ -239,9 +244,9 @@ async fn fill_body(
 async fn read_body(
     w: &WorkerState,
     c: &mut Client,
+    limits: &crate::config::Limits,
     head: &RequestHead,
 ) -> Result<(BodyAt, usize), Error> {
-    let limits = &w.gw.config.limits;
     let deadline = w.shutdown.now() + limits.body_read_timeout;
     if !head.chunked {
         let n = head.content_length.unwrap_or(0) as usize;
@@ -281,8 +286,9 @@ async fn read_body(
 /// Phase: scan. Reads each message's method, id and name without building a tree, into the
 /// context (every message of a batch on its own); a body the scanner refuses never reaches an
 /// upstream.
-fn scan(w: &WorkerState, ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
-    match jsonrpc::scan(body, &w.gw.scan_limits) {
+fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
+    let gen = ctx.gen.clone();
+    match jsonrpc::scan(body, &gen.gw.scan_limits) {
         Ok(Body::Single(m)) => {
             ctx.messages.push(MessageCtx::of(&m));
             Ok(())
@@ -320,6 +326,7 @@ fn is_initialize(ctx: &Ctx) -> bool {
 /// Phase: session. Opens the sealed session id and checks it belongs here and is still live.
 fn open_session(
     w: &WorkerState,
+    gw: &state::Gateway,
     head: &RequestHead,
     buf: &[u8],
     server: usize,
@@ -333,7 +340,7 @@ fn open_session(
     let claims = match cached {
         Some(c) => c,
         None => {
-            let opened = w.gw.sealer.open(token, now).map_err(|e| {
+            let opened = gw.sealer.open(token, now).map_err(|e| {
                 let why = match e {
                     crate::mcp::session::SessionError::Expired => {
                         "session expired: initialize a new one"
@@ -347,7 +354,7 @@ fn open_session(
             opened
         }
     };
-    if claims.server != w.gw.server_ids[server] {
+    if claims.server != gw.server_ids[server] {
         return Err(Refusal::because(
             Kind::SessionUnknown,
             "session belongs to another endpoint",
@@ -393,17 +400,18 @@ fn upstream_session_headers(
 
 /// The upstream session a client session holds with upstream `u` (by its stable id).
 fn upstream_session<'a>(
-    w: &WorkerState,
+    gw: &state::Gateway,
     claims: Option<&'a SessionClaims>,
     u: usize,
 ) -> Option<&'a UpstreamSession> {
-    let id = w.gw.upstreams[u].id;
+    let id = gw.upstreams[u].id;
     claims.and_then(|cl| cl.upstreams.iter().find(|s| s.upstream == id))
 }
 
 /// POST: one JSON-RPC message (or a batch in 2025-03-26 sessions) to the server's upstream.
 async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
-    let gw = &*w.gw;
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
     let limits = &gw.config.limits;
     let buf = c.conn.buffered();
     let json = head
@@ -425,7 +433,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     };
     if let Some(kind) = early {
         c.conn.consume(head.len);
-        return refuse(w, c, ctx, Refusal::new(kind)).await;
+        return refuse(c, ctx, Refusal::new(kind)).await;
     }
     if head.expect_continue {
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -433,9 +441,9 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             return Next::Close;
         }
     }
-    let (at, used) = match read_body(w, c, &head).await {
+    let (at, used) = match read_body(w, c, limits, &head).await {
         Ok(x) => x,
-        Err(e) => return refuse(w, c, ctx, e.into()).await,
+        Err(e) => return refuse(c, ctx, e.into()).await,
     };
     ctx.body_pending = false;
     let buf = c.conn.buffered();
@@ -444,9 +452,9 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         BodyAt::Decoded => &c.body,
     };
     ctx.bytes_in = body.len() as u64;
-    if let Err(r) = scan(w, ctx, body) {
+    if let Err(r) = scan(ctx, body) {
         c.conn.consume(used);
-        return refuse(w, c, ctx, r).await;
+        return refuse(c, ctx, r).await;
     }
     let server = ctx.server.unwrap_or_default();
     let u = gw.config.servers[server].upstream;
@@ -456,11 +464,11 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     let claims = if initialize {
         None
     } else {
-        match open_session(w, &head, buf, server) {
+        match open_session(w, gw, &head, buf, server) {
             Ok(cl) => Some(cl),
             Err(r) => {
                 c.conn.consume(used);
-                return refuse(w, c, ctx, r).await;
+                return refuse(c, ctx, r).await;
             }
         }
     };
@@ -471,20 +479,20 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             .is_some_and(|cl| cl.protocol_version.allows_batches())
     {
         c.conn.consume(used);
-        return refuse(w, c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
+        return refuse(c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();
     c.up_out.extend_from_slice(&up.post_prefix);
     response::content_length(&mut c.up_out, body.len() as u64);
-    let up_session = upstream_session(w, claims.as_deref(), u);
+    let up_session = upstream_session(gw, claims.as_deref(), u);
     upstream_session_headers(&mut c.up_out, up_session, &head, buf);
     c.up_out.extend_from_slice(b"\r\n");
     c.up_out.extend_from_slice(body);
     c.conn.consume(used);
 
     let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+    let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     let (up_conn, rhead) = match res {
         Ok(x) => x,
@@ -495,7 +503,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
                 elapsed: t_up.elapsed(),
             });
             tracing::warn!(upstream = %up.name, error = %e.reason, "upstream exchange failed");
-            return refuse(w, c, ctx, e.into()).await;
+            return refuse(c, ctx, e.into()).await;
         }
     };
     ctx.outcome = if (200..300).contains(&rhead.status) {
@@ -529,7 +537,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             );
             c.out.extend_from_slice(&body);
             ctx.status = rhead.status;
-            w.pool_put(u, up_conn, &rhead);
+            w.pool_put(gw, u, up_conn, &rhead);
             return match c.flush().await {
                 Ok(()) if keep => Next::KeepAlive,
                 _ => Next::Close,
@@ -541,12 +549,12 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             reusable,
         } => {
             if reusable {
-                w.pool_put(u, up_conn, &rhead);
+                w.pool_put(gw, u, up_conn, &rhead);
             } else {
                 drop(up_conn);
             }
             let had_session = up_session.is_some_and(|s| s.session_id.is_some());
-            return unusable_reply(w, c, ctx, (u, kind, rhead.status), &why, had_session).await;
+            return unusable_reply(c, ctx, (u, kind, rhead.status), &why, had_session).await;
         }
     }
     if initialize {
@@ -570,14 +578,14 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
 /// its HTTP status in `error.data`. A 404 to a request that carried the upstream's session id
 /// means that session ended: the client gets a 404 too, so it initializes a new one.
 async fn unusable_reply(
-    w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
     (u, kind, status): (usize, Kind, u16),
     why: &str,
     had_session: bool,
 ) -> Next {
-    let name = &w.gw.upstreams[u].name;
+    let gen = ctx.gen.clone();
+    let name = &gen.gw.upstreams[u].name;
     tracing::warn!(upstream = %name, status, error = %why, "unusable upstream reply");
     let ended = status == 404 && had_session;
     let (kind, msg) = if ended {
@@ -597,7 +605,7 @@ async fn unusable_reply(
     data.extend_from_slice(b"{\"upstream\":");
     crate::error::json_escape_into(&mut data, name);
     data.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
-    refuse(w, c, ctx, Refusal::because(kind, msg).with_data(data)).await
+    refuse(c, ctx, Refusal::because(kind, msg).with_data(data)).await
 }
 
 /// Writes the client's response head for an upstream response; returns the keep-alive decision.
@@ -676,7 +684,7 @@ async fn relay(
     match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
         Ok(reusable) => {
             if reusable {
-                w.pool_put(u, up_conn, rhead);
+                w.pool_put(ctx.gw(), u, up_conn, rhead);
             }
             if keep {
                 Next::KeepAlive
@@ -686,7 +694,7 @@ async fn relay(
         }
         Err(e) => {
             if let upstream::RelayError::Upstream(why) = e {
-                tracing::warn!(upstream = %w.gw.upstreams[u].name, error = why, "relay aborted");
+                tracing::warn!(upstream = %ctx.gw().upstreams[u].name, error = why, "relay aborted");
             }
             Next::Close
         }

@@ -30,23 +30,25 @@ async fn session_request(
     if head.has_body() {
         c.conn.consume(head.len);
         let why = "GET and DELETE take no body";
-        return Err(refuse(w, c, ctx, Refusal::because(Kind::MalformedHttp, why)).await);
+        return Err(refuse(c, ctx, Refusal::because(Kind::MalformedHttp, why)).await);
     }
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let u = w.gw.config.servers[server].upstream;
+    let u = gw.config.servers[server].upstream;
     ctx.upstream = Some(u);
     let buf = c.conn.buffered();
-    let claims = match open_session(w, head, buf, server) {
+    let claims = match open_session(w, gw, head, buf, server) {
         Ok(cl) => cl,
         Err(r) => {
             c.conn.consume(head.len);
-            return Err(refuse(w, c, ctx, r).await);
+            return Err(refuse(c, ctx, r).await);
         }
     };
     ctx.session = Some(claims.id);
     c.up_out.clear();
-    c.up_out.extend_from_slice(prefix(&w.gw.upstreams[u]));
-    let up_session = upstream_session(w, Some(&claims), u);
+    c.up_out.extend_from_slice(prefix(&gw.upstreams[u]));
+    let up_session = upstream_session(gw, Some(&claims), u);
     upstream_session_headers(&mut c.up_out, up_session, head, buf);
     if let Some(r) = head.last_event_id.clone() {
         response::header(&mut c.up_out, b"last-event-id", &buf[r]);
@@ -62,9 +64,10 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
         Ok(x) => x,
         Err(next) => return next,
     };
-    let up = &w.gw.upstreams[u];
+    let gen = ctx.gen.clone();
+    let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+    let (res, req) = upstream::exchange(w, &gen.gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     match res {
         Ok((up_conn, rhead)) => {
@@ -87,7 +90,7 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
                 result: Err(e.kind),
                 elapsed: t_up.elapsed(),
             });
-            refuse(w, c, ctx, e.into()).await
+            refuse(c, ctx, e.into()).await
         }
     }
 }
@@ -103,8 +106,10 @@ pub(super) async fn delete(
         Ok(x) => x,
         Err(next) => return next,
     };
-    let up = &w.gw.upstreams[u];
-    let up_session = upstream_session(w, Some(&claims), u);
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let up = &gw.upstreams[u];
+    let up_session = upstream_session(gw, Some(&claims), u);
     w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,
@@ -112,7 +117,7 @@ pub(super) async fn delete(
     w.metrics.sessions_closed.increment(1);
     if up_session.is_some_and(|s| s.session_id.is_some()) {
         let t_up = Instant::now();
-        let (res, req) = upstream::exchange(w, u, std::mem::take(&mut c.up_out)).await;
+        let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
         c.up_out = req;
         match res {
             Ok((mut up_conn, rhead)) => {
@@ -132,7 +137,7 @@ pub(super) async fn delete(
                 )
                 .await;
                 if ok.is_ok() {
-                    w.pool_put(u, up_conn, &rhead);
+                    w.pool_put(gw, u, up_conn, &rhead);
                 }
             }
             Err(e) => {

@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub struct UpstreamRuntime {
     pub name: String,
     /// Stable, name-derived id (`mcp::session::upstream_id`): what session tokens carry.
     pub id: u64,
+    /// Changes whenever what a pooled connection is bound to changes (name, addresses, request
+    /// head prefixes): a reload keeps an upstream's idle connections only while it is equal.
+    pub pool_key: u64,
     pub addrs: Vec<SocketAddr>,
     /// `POST <path> HTTP/1.1`, Host, configured headers, content type and accept.
     pub post_prefix: Vec<u8>,
@@ -60,14 +64,22 @@ impl UpstreamRuntime {
             }
             v
         };
+        let post_prefix = prefix(
+            "POST",
+            "content-type: application/json\r\naccept: application/json, text/event-stream\r\n",
+        );
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&cfg.name, &addrs, &post_prefix).hash(&mut h);
+            h.finish()
+        };
         UpstreamRuntime {
             id: crate::mcp::session::upstream_id(&cfg.name),
+            pool_key,
             name: cfg.name.clone(),
             addrs,
-            post_prefix: prefix(
-                "POST",
-                "content-type: application/json\r\naccept: application/json, text/event-stream\r\n",
-            ),
+            post_prefix,
             get_prefix: prefix("GET", "accept: text/event-stream\r\n"),
             delete_prefix: prefix("DELETE", "content-length: 0\r\n"),
             connect_timeout: cfg.connect_timeout,
@@ -120,6 +132,25 @@ impl Gateway {
     pub fn upstream_by_id(&self, id: u64) -> Option<usize> {
         self.upstreams.iter().position(|u| u.id == id)
     }
+
+    /// Where upstream `u`'s idle connections live in a worker's pool.
+    pub fn pool_slot(&self, u: usize) -> crate::http::pool::Slot {
+        crate::http::pool::Slot {
+            index: u,
+            key: self.upstreams[u].pool_key,
+        }
+    }
+
+    fn upstream_labels(&self) -> Vec<(u64, &str)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.id, u.name.as_str()))
+            .collect()
+    }
+
+    fn pool_keys(&self) -> Vec<u64> {
+        self.upstreams.iter().map(|u| u.pool_key).collect()
+    }
 }
 
 /// Opened session ids each worker remembers (~300 bytes each).
@@ -135,9 +166,15 @@ const MAX_POOLED_BUFFERS: usize = 1024;
 /// Revoked session ids live at most this long past their expiry in the local set.
 const MAX_REVOKED: usize = 1 << 20;
 
+/// The config a worker runs, as installed: a request takes the current one when it begins and
+/// keeps it to its end, so a reload never changes a request (or a stream) in flight.
+pub struct Generation {
+    pub gw: Arc<Gateway>,
+}
+
 /// State owned by one worker.
 pub struct WorkerState {
-    pub gw: Arc<Gateway>,
+    generation: RefCell<Rc<Generation>>,
     pub index: usize,
     pub pool: RefCell<Pool>,
     pub metrics: WorkerMetrics,
@@ -161,10 +198,9 @@ impl WorkerState {
         revoke_rx: Receiver<Revocation>,
         hists: Arc<crate::observe::hist::WorkerHistograms>,
     ) -> Self {
-        let names: Vec<String> = gw.upstreams.iter().map(|u| u.name.clone()).collect();
         WorkerState {
-            pool: RefCell::new(Pool::new(gw.upstreams.len())),
-            metrics: WorkerMetrics::new(&names, hists),
+            pool: RefCell::new(Pool::new(gw.pool_keys())),
+            metrics: WorkerMetrics::new(&gw.upstream_labels(), hists),
             access: crate::observe::access::AccessWriter::new(gw.config.log.json),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
@@ -172,9 +208,29 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             revoke_rx,
-            gw,
+            generation: RefCell::new(Rc::new(Generation { gw })),
             index,
         }
+    }
+
+    /// The config new requests run on.
+    pub fn current(&self) -> Rc<Generation> {
+        self.generation.borrow().clone()
+    }
+
+    /// The gateway new requests run on (`current().gw`).
+    pub fn gw(&self) -> Arc<Gateway> {
+        self.generation.borrow().gw.clone()
+    }
+
+    /// Makes `gw` the config of every request that begins from now on. Requests in flight keep
+    /// theirs; idle upstream connections are kept for targets that did not change, and metric
+    /// handles for upstreams that stay. Returns how many idle connections were closed.
+    pub fn install(&self, gw: Arc<Gateway>) -> usize {
+        let closed = self.pool.borrow_mut().rekey(gw.pool_keys());
+        self.metrics.install_upstreams(&gw.upstream_labels());
+        *self.generation.borrow_mut() = Rc::new(Generation { gw });
+        closed
     }
 
     /// A cleared buffer from the pool (or a new one).
@@ -201,6 +257,7 @@ impl WorkerState {
     /// (which says whether the upstream keeps it open, and for how long).
     pub fn pool_put(
         &self,
+        gw: &Gateway,
         u: usize,
         conn: crate::http::pool::UpstreamConn,
         head: &crate::http::head::ResponseHead,
@@ -208,24 +265,28 @@ impl WorkerState {
         if !head.keep_alive {
             return;
         }
-        let up = &self.gw.upstreams[u];
+        let up = &gw.upstreams[u];
         let now = self.shutdown.now();
         if let Some(expires) =
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
-            let put = self.pool.borrow_mut().put(u, conn, up.max_idle, expires);
+            let put = self
+                .pool
+                .borrow_mut()
+                .put(gw.pool_slot(u), conn, up.max_idle, expires);
             if let Err(why) = put {
-                self.pool_discarded(u, why);
+                self.pool_discarded(gw, u, why);
             }
         }
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.
-    pub fn pool_discarded(&self, u: usize, why: crate::http::pool::Discard) {
-        self.metrics.pool_discard(u, why);
+    pub fn pool_discarded(&self, gw: &Gateway, u: usize, why: crate::http::pool::Discard) {
+        let up = &gw.upstreams[u];
+        self.metrics.pool_discard(u, up.id, why);
         if why == crate::http::pool::Discard::Unsolicited {
             tracing::warn!(
-                upstream = %self.gw.upstreams[u].name,
+                upstream = %up.name,
                 "idle upstream connection had unsolicited bytes (a stray response?): dropped"
             );
         }
@@ -234,7 +295,7 @@ impl WorkerState {
     /// Ends a session on every worker of this process.
     pub fn revoke(&self, r: Revocation) {
         self.revoked.borrow_mut().insert(r.id, r.expires_at);
-        for (i, tx) in self.gw.revocations.iter().enumerate() {
+        for (i, tx) in self.gw().revocations.iter().enumerate() {
             if i != self.index {
                 let _ = tx.try_send(r);
             }

@@ -12,7 +12,7 @@ use crate::http::Conn;
 
 use super::client::Client;
 use super::shutdown::LocalShutdown;
-use super::state::WorkerState;
+use super::state::{Gateway, WorkerState};
 
 /// Initial read buffer of an upstream connection; it grows for large bodies while relaying.
 const UPSTREAM_READ_BUFFER: usize = 8 * 1024;
@@ -86,10 +86,11 @@ async fn read_response_head(
 /// The request buffer is always handed back.
 pub async fn exchange(
     w: &WorkerState,
+    gw: &Gateway,
     u: usize,
     mut req: Vec<u8>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    let up = &w.gw.upstreams[u];
+    let up = &gw.upstreams[u];
     let mut retried = false;
     loop {
         // The retry always takes a fresh connection: another pooled one may be just as stale.
@@ -99,7 +100,7 @@ pub async fn exchange(
             let now = w.shutdown.now();
             w.pool
                 .borrow_mut()
-                .take(u, now, |why| w.pool_discarded(u, why))
+                .take(gw.pool_slot(u), now, |why| w.pool_discarded(gw, u, why))
         };
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -107,7 +108,7 @@ pub async fn exchange(
             None => match connect(&up.addrs, up.connect_timeout).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
                 Err(e) => {
-                    w.gw.health.upstream_failed(u);
+                    gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
                     return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
                 }
@@ -125,7 +126,7 @@ pub async fn exchange(
         };
         match outcome {
             Ok(head) => {
-                w.gw.health.upstream_ok(u);
+                gw.health.upstream_ok(u);
                 return (Ok((conn, head)), req);
             }
             // A pooled connection the upstream closed while idle: nothing was processed, retry
@@ -144,7 +145,7 @@ pub async fn exchange(
                 return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
             }
             Err(HeadRead::Timeout) => {
-                w.gw.health.upstream_failed(u);
+                gw.health.upstream_failed(u);
                 let msg = format!(
                     "upstream \"{}\" did not answer within {} ms (upstreams[].request_timeout)",
                     up.name,

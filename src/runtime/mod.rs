@@ -181,7 +181,6 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let hists = crate::observe::hist::HistogramSet::new(
         workers,
         crate::mcp::Method::ALL.iter().map(|m| m.as_str()).collect(),
-        gw.upstreams.iter().map(|u| u.name.clone()).collect(),
     );
 
     // Admin thread and histogram upkeep.
@@ -377,7 +376,7 @@ async fn worker_main(
         let w = w.clone();
         monoio::spawn(async move {
             let mut ticks = 0u64;
-            while !w.gw.shutdown.load(Ordering::Acquire) {
+            while !w.gw().shutdown.load(Ordering::Acquire) {
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 w.shutdown.tick(Instant::now());
                 w.access.flush();
@@ -385,9 +384,11 @@ async fn worker_main(
                 // Every second: idle upstream connections that expired or were closed by the
                 // upstream go (upstreams close idle connections after a few seconds).
                 if ticks % 20 == 0 {
+                    // The pool is ordered like the current config (`install` re-keys it).
+                    let gw = w.gw();
                     w.pool
                         .borrow_mut()
-                        .sweep(Instant::now(), |u, why| w.pool_discarded(u, why));
+                        .sweep(Instant::now(), |u, why| w.pool_discarded(&gw, u, why));
                 }
                 if ticks % 200 == 0 {
                     w.sweep(
@@ -401,7 +402,6 @@ async fn worker_main(
         });
     }
     started.fetch_add(1, Ordering::AcqRel);
-    let max_conns = w.gw.config.listen.max_connections_per_worker;
     loop {
         let accepted = monoio::select! {
             a = listener.accept() => a,
@@ -416,6 +416,8 @@ async fn worker_main(
             }
         };
         w.metrics.connections_accepted.increment(1);
+        // Read per connection: a reload may change the limit.
+        let max_conns = w.gw().config.listen.max_connections_per_worker;
         if w.connections.get() >= max_conns {
             let w = w.clone();
             monoio::spawn(async move { refuse_connection(&w, stream).await });
@@ -434,7 +436,7 @@ async fn worker_main(
     }
     drop(listener);
     // Drain: in-flight requests finish; idle connections closed when the signal fired.
-    let deadline = Instant::now() + w.gw.config.shutdown.drain_timeout;
+    let deadline = Instant::now() + w.gw().config.shutdown.drain_timeout;
     while w.connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
         w.access.flush();
@@ -446,7 +448,8 @@ async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
     w.metrics.rejected(crate::error::Kind::TooManyConnections);
     let mut out = Vec::new();
-    w.gw.rejects
+    w.gw()
+        .rejects
         .render_bare(&mut out, crate::error::Kind::TooManyConnections);
     let mut stream = stream;
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
