@@ -3,6 +3,7 @@
 //! it turns a file into `Config` or into a list of every problem with its path in the file.
 
 mod file;
+pub mod reload;
 
 pub use file::{load_file, load_str, load_str_with_env, render_effective, ConfigErrors};
 
