@@ -371,6 +371,24 @@ fn open_session(
             return Err(Refusal::new(Kind::UnsupportedProtocolVersion));
         }
     }
+    // A reload may have taken the session's upstream away from this endpoint: its upstream
+    // session cannot be continued elsewhere.
+    let u = gw.config.servers[server].upstream;
+    if !claims.upstreams.is_empty() && upstream_session(gw, Some(&claims), u).is_none() {
+        let gone = claims
+            .upstreams
+            .iter()
+            .map(|s| gw.upstream_name(s.upstream))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Refusal::because(
+            Kind::SessionUnknown,
+            format!(
+                "this session's upstream ({gone}) is no longer behind {}: initialize a new one",
+                gw.config.servers[server].path
+            ),
+        ));
+    }
     Ok(claims)
 }
 

@@ -104,6 +104,9 @@ pub struct Gateway {
     pub revocations: Vec<Sender<Revocation>>,
     /// Stable id of each server (`mcp::session::server_id` of its path), by config position.
     pub server_ids: Vec<u64>,
+    /// Upstreams earlier configs had and this one does not (id, name): to name them to clients
+    /// whose sessions they held.
+    pub retired: Vec<(u64, String)>,
 }
 
 impl Gateway {
@@ -126,6 +129,22 @@ impl Gateway {
             .iter()
             .map(|s| crate::mcp::session::server_id(&s.path))
             .collect()
+    }
+
+    /// The name of the upstream with stable id `id`: a configured one, one an earlier config had
+    /// (a reload removed it), or the id in hex.
+    pub fn upstream_name(&self, id: u64) -> String {
+        self.upstreams
+            .iter()
+            .find(|u| u.id == id)
+            .map(|u| u.name.as_str())
+            .or_else(|| {
+                self.retired
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, n)| n.as_str())
+            })
+            .map_or_else(|| format!("{id:016x}"), |n| format!("\"{n}\""))
     }
 
     /// Position of the upstream whose stable id is `id`, if the running config has it.

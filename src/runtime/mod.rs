@@ -171,6 +171,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         revocations: senders,
         server_ids: Gateway::server_ids_of(&config),
+        retired: Vec::new(),
         config,
     });
     if gw.config.session.key_source == crate::config::KeySource::Generated {

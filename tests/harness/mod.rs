@@ -206,6 +206,18 @@ impl Gateway {
         String::from_utf8(r.body).unwrap()
     }
 
+    /// The config file the gateway was started with (a reload re-reads it).
+    pub fn config_path(&self) -> PathBuf {
+        self.proc.dir.join("tollgate.yaml")
+    }
+
+    /// Writes `text` as the config file and sends SIGHUP (a reload).
+    pub fn reload_with(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) };
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.child.id()
     }
