@@ -301,19 +301,15 @@ impl Decoder {
                 self.event.clear();
                 self.event.extend_from_slice(value);
             }
-            b"id" => {
-                if memchr::memchr(0, value).is_none() {
-                    let id = self.last_id.get_or_insert_with(Vec::new);
-                    id.clear();
-                    id.extend_from_slice(value);
-                }
+            b"id" if memchr::memchr(0, value).is_none() => {
+                let id = self.last_id.get_or_insert_with(Vec::new);
+                id.clear();
+                id.extend_from_slice(value);
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // All digits: only overflow can fail, and a time that long is ignored.
-                    if let Ok(ms) = std::str::from_utf8(value).unwrap_or("").parse::<u64>() {
-                        on(Item::Retry(ms));
-                    }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // All digits: only overflow can fail, and a time that long is ignored.
+                if let Ok(ms) = std::str::from_utf8(value).unwrap_or("").parse::<u64>() {
+                    on(Item::Retry(ms));
                 }
             }
             _ => {}
