@@ -2,8 +2,10 @@
 //! read head → route → check host/origin → read body → scan → session → forward → relay → record.
 //! Every refusal goes through `refuse`, which renders it with `reject::Rejects`.
 
+pub mod build;
 pub mod checks;
 pub mod client;
+pub mod control;
 mod initialize;
 pub mod reject;
 pub mod session_cache;
