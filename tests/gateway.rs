@@ -1034,3 +1034,53 @@ fn sighup_does_not_stop_the_gateway_and_json_logs_hold_plain_values() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }
+
+#[test]
+fn an_sse_initialize_reply_is_read_however_the_stream_is_written() {
+    // A BOM, a comment, CR and CRLF line ends, a notification before the response, an `id`
+    // field, and the response's id spelled `0E0` for the client's `0`: the gateway still finds
+    // the response, seals the session, and gives the client its own id bytes back.
+    use harness::scripted;
+    let result = scripted::initialize_result().to_string();
+    let up = scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            let reply = if req.rpc_method() == "initialize" {
+                let body = format!(
+                    "\u{FEFF}: warming up\r\nevent: message\rdata: \
+                     {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{}}}}\r\r\
+                     id: 9\r\ndata: {{\"jsonrpc\":\"2.0\",\"id\":0E0,\"result\":{result}}}\r\n\r\n"
+                );
+                scripted::response(
+                    "200 OK",
+                    &[
+                        ("Content-Type", "text/event-stream"),
+                        ("Mcp-Session-Id", "up-sse"),
+                    ],
+                    body.as_bytes(),
+                )
+            } else {
+                scripted::mcp_basics(&req).unwrap_or_else(|| {
+                    scripted::json_response(&scripted::text_result(&req.id(), "ok"))
+                })
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream("sse", &up.url())
+        .serve("/mcp", "sse")
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    let r = mcp.initialize("2025-06-18");
+    assert!(mcp
+        .session
+        .as_deref()
+        .is_some_and(|s| s.starts_with("tg1.")));
+    let msgs = r.sse_messages();
+    assert_eq!(msgs.len(), 2, "{}", r.text());
+    assert_eq!(msgs[1]["result"]["protocolVersion"], "2025-06-18");
+    assert!(r.text().contains("\"id\":0,"), "{}", r.text());
+    assert_eq!(mcp.request("tools/list", json!({})).status, 200);
+}
