@@ -956,31 +956,40 @@ fn the_clients_credentials_never_reach_the_upstream_but_its_own_do() {
 #[test]
 fn delete_is_enforced_by_every_worker_even_when_the_upstream_would_answer() {
     // The upstream here keeps no sessions and answers anything: only the gateway's own
-    // revocation (a message to every worker) can turn a deleted session away.
-    let (up, _seen) = recording_upstream();
-    let gw = Gateway::builder()
-        .upstream("rec", &up.url())
-        .serve("/mcp", "rec")
-        .workers(2)
-        .start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
-    let sid = mcp.session.clone().unwrap();
-    // Before DELETE, fresh connections (spread over both workers) are served.
-    for _ in 0..6 {
-        let mut other = Mcp::new(gw.addr, "/mcp");
-        other.session = Some(sid.clone());
-        assert_eq!(other.request("tools/list", json!({})).status, 200);
-    }
-    let d = mcp
-        .http
-        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
-    assert_eq!(d.status, 200);
-    for _ in 0..12 {
-        let mut other = Mcp::new(gw.addr, "/mcp");
-        other.session = Some(sid.clone());
-        let r = other.request("tools/list", json!({}));
-        assert_eq!(r.status, 404, "a deleted session was served: {}", r.text());
+    // revocation (a control message to every worker, awaited by each worker's control task on
+    // either driver) can turn a deleted session away.
+    for driver in [harness::Driver::IoUring, harness::Driver::Legacy] {
+        let (up, _seen) = recording_upstream();
+        let gw = Gateway::builder()
+            .upstream("rec", &up.url())
+            .serve("/mcp", "rec")
+            .workers(2)
+            .driver(driver)
+            .start();
+        let mut mcp = Mcp::new(gw.addr, "/mcp");
+        mcp.initialize("2025-06-18");
+        let sid = mcp.session.clone().unwrap();
+        // Before DELETE, fresh connections (spread over both workers) are served.
+        for _ in 0..6 {
+            let mut other = Mcp::new(gw.addr, "/mcp");
+            other.session = Some(sid.clone());
+            assert_eq!(other.request("tools/list", json!({})).status, 200);
+        }
+        let d = mcp
+            .http
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
+        assert_eq!(d.status, 200);
+        for _ in 0..12 {
+            let mut other = Mcp::new(gw.addr, "/mcp");
+            other.session = Some(sid.clone());
+            let r = other.request("tools/list", json!({}));
+            assert_eq!(
+                r.status,
+                404,
+                "{driver:?}: a deleted session was served: {}",
+                r.text()
+            );
+        }
     }
 }
 
