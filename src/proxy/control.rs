@@ -444,7 +444,8 @@ impl Broadcast {
 
     /// Waits, inside a monoio runtime, until every worker has answered or `timeout` passed,
     /// without blocking the thread (the last ack wakes it through a socket, on either driver).
-    pub async fn wait_async(&self, timeout: Duration) -> Result<(), NotAcked> {
+    /// `&mut`: one async waiter at a time (the wake slot holds one socket).
+    pub async fn wait_async(&mut self, timeout: Duration) -> Result<(), NotAcked> {
         if self.is_settled() {
             return self.state.result();
         }

@@ -127,7 +127,7 @@ pub(super) async fn delete(
         };
     let up = &w.gw.upstreams[u];
     let up_session = claims.upstreams.iter().find(|s| s.upstream as usize == u);
-    let revoked = w.revoke(Revocation {
+    let mut revoked = w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,
     });

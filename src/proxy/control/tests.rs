@@ -151,9 +151,9 @@ fn worker_runtimes_apply_in_order_and_acknowledge() {
     let b2 = bus.clone();
     std::thread::spawn(move || {
         on_runtime(Driver::Legacy, || async move {
-            let b = b2.broadcast(revoke(200), None);
+            let mut b = b2.broadcast(revoke(200), None);
             assert_eq!(b.wait_async(Duration::from_secs(10)).await, Ok(()));
-            let b = b2.broadcast(revoke(201), None);
+            let mut b = b2.broadcast(revoke(201), None);
             assert_eq!(b.wait_async(Duration::from_secs(10)).await, Ok(()));
         })
     })
@@ -174,7 +174,7 @@ fn worker_runtimes_apply_in_order_and_acknowledge() {
 fn wait_async_times_out_without_blocking_its_runtime() {
     let (bus, _inboxes) = Bus::new(1, 4).unwrap();
     on_runtime(Driver::Auto, || async move {
-        let b = bus.broadcast(revoke(1), None);
+        let mut b = bus.broadcast(revoke(1), None);
         let ticker = monoio::spawn(async {
             // Runs while the wait is pending: the runtime is not blocked.
             monoio::time::sleep(Duration::from_millis(10)).await;
