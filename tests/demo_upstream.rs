@@ -71,30 +71,15 @@ impl Response {
 }
 
 fn parse_events(text: &str) -> Vec<Event> {
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .filter_map(|block| {
-            let mut ev = Event {
-                id: None,
-                event: None,
-                data: String::new(),
-            };
-            let mut any = false;
-            for line in block.lines() {
-                if line.starts_with(':') {
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                any = true;
-                match field {
-                    "id" => ev.id = Some(value.to_string()),
-                    "event" => ev.event = Some(value.to_string()),
-                    "data" => ev.data.push_str(value),
-                    _ => {}
-                }
-            }
-            any.then_some(ev)
+    use tollgate::http::sse;
+    let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    sse::decode_all(text.as_bytes(), text.len(), sse::AtEnd::Dispatch)
+        .unwrap()
+        .into_iter()
+        .map(|e| Event {
+            id: e.id.map(s),
+            event: (!e.event.is_empty()).then(|| s(e.event)),
+            data: s(e.data),
         })
         .collect()
 }

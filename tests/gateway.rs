@@ -956,31 +956,40 @@ fn the_clients_credentials_never_reach_the_upstream_but_its_own_do() {
 #[test]
 fn delete_is_enforced_by_every_worker_even_when_the_upstream_would_answer() {
     // The upstream here keeps no sessions and answers anything: only the gateway's own
-    // revocation (a message to every worker) can turn a deleted session away.
-    let (up, _seen) = recording_upstream();
-    let gw = Gateway::builder()
-        .upstream("rec", &up.url())
-        .serve("/mcp", "rec")
-        .workers(2)
-        .start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
-    let sid = mcp.session.clone().unwrap();
-    // Before DELETE, fresh connections (spread over both workers) are served.
-    for _ in 0..6 {
-        let mut other = Mcp::new(gw.addr, "/mcp");
-        other.session = Some(sid.clone());
-        assert_eq!(other.request("tools/list", json!({})).status, 200);
-    }
-    let d = mcp
-        .http
-        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
-    assert_eq!(d.status, 200);
-    for _ in 0..12 {
-        let mut other = Mcp::new(gw.addr, "/mcp");
-        other.session = Some(sid.clone());
-        let r = other.request("tools/list", json!({}));
-        assert_eq!(r.status, 404, "a deleted session was served: {}", r.text());
+    // revocation (a control message to every worker, awaited by each worker's control task on
+    // either driver) can turn a deleted session away.
+    for driver in [harness::Driver::IoUring, harness::Driver::Legacy] {
+        let (up, _seen) = recording_upstream();
+        let gw = Gateway::builder()
+            .upstream("rec", &up.url())
+            .serve("/mcp", "rec")
+            .workers(2)
+            .driver(driver)
+            .start();
+        let mut mcp = Mcp::new(gw.addr, "/mcp");
+        mcp.initialize("2025-06-18");
+        let sid = mcp.session.clone().unwrap();
+        // Before DELETE, fresh connections (spread over both workers) are served.
+        for _ in 0..6 {
+            let mut other = Mcp::new(gw.addr, "/mcp");
+            other.session = Some(sid.clone());
+            assert_eq!(other.request("tools/list", json!({})).status, 200);
+        }
+        let d = mcp
+            .http
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], b"");
+        assert_eq!(d.status, 200);
+        for _ in 0..12 {
+            let mut other = Mcp::new(gw.addr, "/mcp");
+            other.session = Some(sid.clone());
+            let r = other.request("tools/list", json!({}));
+            assert_eq!(
+                r.status,
+                404,
+                "{driver:?}: a deleted session was served: {}",
+                r.text()
+            );
+        }
     }
 }
 
@@ -1033,4 +1042,54 @@ fn sighup_does_not_stop_the_gateway_and_json_logs_hold_plain_values() {
     assert!(gw
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn an_sse_initialize_reply_is_read_however_the_stream_is_written() {
+    // A BOM, a comment, CR and CRLF line ends, a notification before the response, an `id`
+    // field, and the response's id spelled `0E0` for the client's `0`: the gateway still finds
+    // the response, seals the session, and gives the client its own id bytes back.
+    use harness::scripted;
+    let result = scripted::initialize_result().to_string();
+    let up = scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            let reply = if req.rpc_method() == "initialize" {
+                let body = format!(
+                    "\u{FEFF}: warming up\r\nevent: message\rdata: \
+                     {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{}}}}\r\r\
+                     id: 9\r\ndata: {{\"jsonrpc\":\"2.0\",\"id\":0E0,\"result\":{result}}}\r\n\r\n"
+                );
+                scripted::response(
+                    "200 OK",
+                    &[
+                        ("Content-Type", "text/event-stream"),
+                        ("Mcp-Session-Id", "up-sse"),
+                    ],
+                    body.as_bytes(),
+                )
+            } else {
+                scripted::mcp_basics(&req).unwrap_or_else(|| {
+                    scripted::json_response(&scripted::text_result(&req.id(), "ok"))
+                })
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream("sse", &up.url())
+        .serve("/mcp", "sse")
+        .start();
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    let r = mcp.initialize("2025-06-18");
+    assert!(mcp
+        .session
+        .as_deref()
+        .is_some_and(|s| s.starts_with("tg2.")));
+    let msgs = r.sse_messages();
+    assert_eq!(msgs.len(), 2, "{}", r.text());
+    assert_eq!(msgs[1]["result"]["protocolVersion"], "2025-06-18");
+    assert!(r.text().contains("\"id\":0,"), "{}", r.text());
+    assert_eq!(mcp.request("tools/list", json!({})).status, 200);
 }

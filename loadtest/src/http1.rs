@@ -197,33 +197,13 @@ pub fn decode_chunks(raw: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Result<b
     }
 }
 
-/// The `data:` payloads of each SSE event in `body` (multi-line data joined with '\n').
+/// The `data:` payloads of each SSE event in `body` (multi-line data joined with '\n'), read by
+/// the gateway's own decoder; an event cut short by the end of the body counts.
 pub fn sse_events(body: &[u8]) -> Vec<Vec<u8>> {
-    let mut events = Vec::new();
-    let mut cur: Option<Vec<u8>> = None;
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if let Some(d) = cur.take() {
-                events.push(d);
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            match &mut cur {
-                Some(d) => {
-                    d.push(b'\n');
-                    d.extend_from_slice(rest);
-                }
-                None => cur = Some(rest.to_vec()),
-            }
-        }
-    }
-    if let Some(d) = cur.take() {
-        events.push(d);
-    }
-    events
+    // The body is already whole, so an event can be as large as it.
+    tollgate::http::sse::decode_all(body, body.len(), tollgate::http::sse::AtEnd::Dispatch)
+        .map(|evs| evs.into_iter().map(|e| e.data).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::session::{Claim, Sessions};
 use crate::error::code;
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{parse_request, HttpMethod};
-use crate::http::{response, Conn};
+use crate::http::{response, sse, Conn};
 use crate::mcp::ProtocolVersion;
 
 pub const MAX_HEAD: usize = 1 << 20;
@@ -555,22 +555,27 @@ impl SseStream {
     /// Appends one `message` event (rendered by `render`) as one chunk to `bufs.out`.
     fn event(&mut self, bufs: &mut Bufs, render: impl FnOnce(&mut Vec<u8>)) {
         self.seq += 1;
-        let ev = &mut bufs.scratch;
-        ev.clear();
-        ev.extend_from_slice(
-            format!("id: {}-{}\nevent: message\ndata: ", self.stream, self.seq).as_bytes(),
-        );
-        render(ev);
-        ev.extend_from_slice(b"\n\n");
-        encode_chunk(&mut bufs.out, ev);
+        let id = format!("{}-{}", self.stream, self.seq);
+        let fields = sse::Fields {
+            id: Some(id.as_bytes()),
+            event: Some(b"message"),
+            retry: None,
+        };
+        bufs.scratch.clear();
+        sse::write_event_with(&mut bufs.scratch, &fields, render);
+        encode_chunk(&mut bufs.out, &bufs.scratch);
     }
 
     /// The priming event: an id and empty data, so the client has a Last-Event-ID to resume from.
     fn priming(&mut self, bufs: &mut Bufs) {
-        let ev = &mut bufs.scratch;
-        ev.clear();
-        ev.extend_from_slice(format!("id: {}-{}\ndata: \n\n", self.stream, self.seq).as_bytes());
-        encode_chunk(&mut bufs.out, ev);
+        let id = format!("{}-{}", self.stream, self.seq);
+        let fields = sse::Fields {
+            id: Some(id.as_bytes()),
+            ..sse::Fields::default()
+        };
+        bufs.scratch.clear();
+        sse::write_event(&mut bufs.scratch, &fields, b"");
+        encode_chunk(&mut bufs.out, &bufs.scratch);
     }
 }
 
@@ -627,7 +632,10 @@ async fn get_stream(
                     let _ = flush(conn, &mut bufs.out).await;
                     return Ok(Next::Close);
                 }
-                encode_chunk(&mut bufs.out, b": keep-alive\n\n");
+                bufs.scratch.clear();
+                sse::write_comment(&mut bufs.scratch, b" keep-alive");
+                bufs.scratch.push(b'\n');
+                encode_chunk(&mut bufs.out, &bufs.scratch);
                 flush(conn, &mut bufs.out).await?;
             }
         }

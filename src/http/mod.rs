@@ -8,6 +8,7 @@ pub mod conn;
 pub mod head;
 pub mod pool;
 pub mod response;
+pub mod sse;
 
 pub use chunked::{ChunkError, ChunkedDecoder};
 pub use conn::Conn;

@@ -93,6 +93,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         names::ADMIN_LIMIT_REJECTIONS_TOTAL,
         "Admin connections refused (max_connections) or cut off (request_timeout)."
     );
+    describe_counter!(
+        names::CONTROL_UNDELIVERABLE_TOTAL,
+        "Control messages to workers (kind: revoke = a session ended by DELETE) not delivered \
+         because the worker's queue was full or the worker had stopped; each is also logged."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(
         names::BUILD_INFO,

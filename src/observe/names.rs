@@ -15,6 +15,8 @@ pub const SESSIONS_OPENED_TOTAL: &str = "tollgate_sessions_opened_total";
 pub const SESSIONS_CLOSED_TOTAL: &str = "tollgate_sessions_closed_total";
 /// The admin listener's own limits (`admin.max_connections`, `admin.request_timeout`).
 pub const ADMIN_LIMIT_REJECTIONS_TOTAL: &str = "tollgate_admin_limit_rejections_total";
+/// Control messages (session revocations, …) a worker's queue could not take, by kind.
+pub const CONTROL_UNDELIVERABLE_TOTAL: &str = "tollgate_control_undeliverable_total";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

@@ -4,6 +4,7 @@
 use crate::error::Kind;
 use crate::http::head::ResponseHead;
 use crate::http::pool::UpstreamConn;
+use crate::http::sse;
 use crate::jsonrpc::{self, Body, MessageKind};
 use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
 use crate::mcp::ProtocolVersion;
@@ -71,32 +72,25 @@ fn negotiated_version(
             Err("sent an initialize reply that is not the matching JSON-RPC response".into())
         });
     }
-    let mut data = Vec::new();
-    let mut origin = None;
-    let mut lines = 0;
-    let mut at = 0;
-    for line in body.split(|b| *b == b'\n') {
-        let start = at;
-        at += line.len() + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if let Some(r) = check(&data, origin.filter(|_| lines == 1)) {
-                return r;
-            }
-            data.clear();
-            lines = 0;
-        } else if let Some(d) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            let d_trim = d.strip_prefix(b" ").unwrap_or(d);
-            origin = Some(start + (line.len() - d_trim.len()));
-            lines += 1;
-            data.extend_from_slice(d_trim);
+    // The body is whole and already within `max_body_bytes`, so no event can be larger.
+    let mut decoder = sse::Decoder::new(body.len());
+    let mut found = None;
+    let mut on = |item: sse::Item<'_>| {
+        if let (None, sse::Item::Event(e)) = (&found, item) {
+            // A single `data` line lies in the body as is: its id can be respelled in place.
+            let origin = e.data_span.map(|r| r.start as usize);
+            found = check(e.data, origin);
         }
+    };
+    // A stream cut right before its final blank line still counts (as it always has).
+    let decoded = decoder
+        .feed(body, &mut on)
+        .and_then(|()| decoder.finish(sse::AtEnd::Dispatch, &mut on));
+    match (found, decoded) {
+        (Some(r), _) => r,
+        (None, Err(e)) => Err(format!("sent an invalid initialize stream: {e}")),
+        (None, Ok(())) => Err("ended its initialize stream without the response".into()),
     }
-    check(&data, origin.filter(|_| lines == 1))
-        .unwrap_or_else(|| Err("ended its initialize stream without the response".into()))
 }
 
 /// A session sealed for an initialize reply: the client's token and the session's random id.

@@ -3,9 +3,11 @@
 //! One `context::Ctx` travels the phases; `context::record` runs once for every request.
 //! Every refusal goes through `refuse`, which renders a `reject::Refusal` with `reject::Rejects`.
 
+pub mod build;
 pub mod checks;
 pub mod client;
 pub mod context;
+pub mod control;
 mod initialize;
 pub mod reject;
 pub mod session_cache;

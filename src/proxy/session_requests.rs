@@ -2,7 +2,7 @@
 //! body that act on an existing session.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Kind;
 use crate::http::head::RequestHead;
@@ -16,6 +16,9 @@ use super::reject::Refusal;
 use super::state::{self, Revocation, WorkerState};
 use super::upstream;
 use super::{open_session, refuse, relay, upstream_session, upstream_session_headers, Next};
+
+/// How long DELETE waits for every worker to acknowledge a revocation before answering anyway.
+const REVOKE_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// GET and DELETE: refuses a body, opens the session, and writes the upstream request head
 /// (`prefix` of the session's upstream, session and trace headers, `Last-Event-ID`).
@@ -110,7 +113,7 @@ pub(super) async fn delete(
     let gw = &*gen.gw;
     let up = &gw.upstreams[u];
     let up_session = upstream_session(gw, Some(&claims), u);
-    w.revoke(Revocation {
+    let mut revoked = w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,
     });
@@ -149,6 +152,11 @@ pub(super) async fn delete(
                 tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
             }
         }
+    }
+    // Answer once every worker refuses the session, so no request sent after this answer is
+    // served with it; a stalled worker delays DELETE by at most REVOKE_ACK_TIMEOUT.
+    if let Err(e) = revoked.wait_async(REVOKE_ACK_TIMEOUT).await {
+        tracing::warn!(error = %e, "session revocation not acknowledged by every worker");
     }
     let keep = ctx.keep_after_response();
     response::status_line(&mut c.out, 200);

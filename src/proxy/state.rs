@@ -1,5 +1,6 @@
 //! What the request path reads: `Gateway` (immutable, shared by all workers, built once from
-//! Config) and `WorkerState` (owned by one worker: pool, metrics handles, revoked sessions).
+//! Config, see `build`) and `WorkerState` (owned by one worker: pool, metrics handles, revoked
+//! sessions, and the task that applies its control messages).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -9,8 +10,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-
 use crate::config::Config;
 use crate::http::pool::Pool;
 use crate::jsonrpc::ScanLimits;
@@ -18,6 +17,7 @@ use crate::mcp::session::SessionSealer;
 use crate::observe::admin::Health;
 use crate::observe::WorkerMetrics;
 
+use super::control::{Broadcast, Bus, Control, WorkerInbox};
 use super::reject::Rejects;
 use super::shutdown::LocalShutdown;
 
@@ -100,8 +100,8 @@ pub struct Gateway {
     pub health: Arc<Health>,
     /// Set once when shutdown begins; workers poll it.
     pub shutdown: Arc<AtomicBool>,
-    /// One sender per worker, for session revocations.
-    pub revocations: Vec<Sender<Revocation>>,
+    /// The control channel to every worker (session revocations, later config swaps).
+    pub control: Bus,
     /// Stable id of each server (`mcp::session::server_id` of its path), by config position.
     pub server_ids: Vec<u64>,
     /// Upstreams earlier configs had and this one does not (id, name): to name them to clients
@@ -207,14 +207,12 @@ pub struct WorkerState {
     /// Session ids this worker has opened (bounded).
     pub sessions: RefCell<super::session_cache::SessionCache>,
     revoked: RefCell<HashMap<[u8; 16], u64>>,
-    revoke_rx: Receiver<Revocation>,
 }
 
 impl WorkerState {
     pub fn new(
         gw: Arc<Gateway>,
         index: usize,
-        revoke_rx: Receiver<Revocation>,
         hists: Arc<crate::observe::hist::WorkerHistograms>,
     ) -> Self {
         WorkerState {
@@ -226,7 +224,6 @@ impl WorkerState {
             buffers: RefCell::new(Vec::new()),
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
-            revoke_rx,
             generation: RefCell::new(Rc::new(Generation { gw })),
             index,
         }
@@ -311,22 +308,19 @@ impl WorkerState {
         }
     }
 
-    /// Ends a session on every worker of this process.
-    pub fn revoke(&self, r: Revocation) {
+    /// Ends a session on every worker of this process: here at once, on the others through the
+    /// control channel (the handle says when they have applied it).
+    pub fn revoke(&self, r: Revocation) -> Broadcast {
         self.revoked.borrow_mut().insert(r.id, r.expires_at);
-        for (i, tx) in self.gw().revocations.iter().enumerate() {
-            if i != self.index {
-                let _ = tx.try_send(r);
-            }
-        }
+        self.gw()
+            .control
+            .broadcast(Control::Revoke(r), Some(self.index))
     }
 
-    /// Whether a session id was ended by DELETE (on any worker of this process).
+    /// Whether a session id was ended by DELETE (here, or on another worker whose revocation this
+    /// worker has applied). Reads only the local set: the channel is the control task's.
     pub fn is_revoked(&self, id: &[u8; 16], now_unix: u64) -> bool {
         let mut set = self.revoked.borrow_mut();
-        for r in self.revoke_rx.try_iter() {
-            set.insert(r.id, r.expires_at);
-        }
         if set.len() > MAX_REVOKED {
             set.retain(|_, exp| *exp >= now_unix);
         }
@@ -335,10 +329,24 @@ impl WorkerState {
 
     /// Drops revocations of sessions that have expired anyway (called from a timer).
     pub fn sweep(&self, now_unix: u64) {
-        let mut set = self.revoked.borrow_mut();
-        for r in self.revoke_rx.try_iter() {
-            set.insert(r.id, r.expires_at);
+        self.revoked.borrow_mut().retain(|_, exp| *exp >= now_unix);
+    }
+
+    /// Applies one control message to this worker.
+    pub fn apply(&self, msg: Control) {
+        match msg {
+            Control::Revoke(r) => {
+                self.revoked.borrow_mut().insert(r.id, r.expires_at);
+            }
         }
-        set.retain(|_, exp| *exp >= now_unix);
+    }
+
+    /// The worker's control task: awaits each message, applies it, acknowledges it. Ends when
+    /// the gateway's bus is gone (or with the runtime).
+    pub async fn run_control(self: std::rc::Rc<Self>, mut inbox: WorkerInbox) {
+        while let Some(d) = inbox.recv().await {
+            self.apply(d.msg);
+            d.ack.done();
+        }
     }
 }

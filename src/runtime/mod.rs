@@ -1,6 +1,7 @@
 //! The only code that knows about threads: one monoio runtime per worker, pinned to a core,
 //! each with its own SO_REUSEPORT listener; the admin thread; signals; the drain on shutdown.
-//! Workers share only the immutable `Gateway` and talk by lock-free channels (revocations).
+//! Workers share only the immutable `Gateway` and talk through its control channel. Building the
+//! gateway is `proxy::build`'s business; this module only runs threads.
 
 pub mod driver;
 pub mod listen;
@@ -14,18 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::config::{Config, UpstreamTarget};
-use crate::jsonrpc::ScanLimits;
-use crate::mcp::session::SessionSealer;
-use crate::observe::admin::{Health, UpstreamHealth};
-use crate::proxy::reject::Rejects;
-use crate::proxy::state::{Gateway, UpstreamRuntime, WorkerState};
+use crate::config::Config;
+use crate::proxy::control::Inbox;
+use crate::proxy::state::{Gateway, WorkerState};
 
-/// What each worker thread takes at start: its listener and its revocation inbox.
-type WorkerInit = (
-    std::net::TcpListener,
-    crossbeam_channel::Receiver<crate::proxy::state::Revocation>,
-);
+/// What each worker thread takes at start: its listener and its control inbox.
+type WorkerInit = (std::net::TcpListener, Inbox);
 
 /// Options from the command line that are not part of the config file.
 #[derive(Default)]
@@ -60,62 +55,16 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// Resolves every upstream (starting the built-in demo where configured).
-fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
-    let mut demo_addr: Option<SocketAddr> = None;
-    config
-        .upstreams
-        .iter()
-        .map(|u| match &u.target {
-            UpstreamTarget::BuiltinDemo => {
-                let addr = match demo_addr {
-                    Some(a) => a,
-                    None => {
-                        let opts = crate::demo::DemoOptions {
-                            workers: 1,
-                            sse: false,
-                            extra_tools: 0,
-                        };
-                        let a = crate::demo::spawn_with_driver(
-                            "127.0.0.1:0".parse().expect("literal address"),
-                            opts,
-                            config.runtime.driver,
-                        )
-                        .context("starting the built-in demo upstream")?;
-                        tracing::info!(upstream = %u.name, addr = %a, "built-in demo upstream started");
-                        demo_addr = Some(a);
-                        a
-                    }
-                };
-                Ok(UpstreamRuntime::new(
-                    u,
-                    vec![addr],
-                    &addr.to_string(),
-                    "/mcp",
-                ))
-            }
-            UpstreamTarget::Http(t) => {
-                let addrs = t
-                    .resolve()
-                    .with_context(|| format!("upstreams: resolving {}", t.authority))?;
-                anyhow::ensure!(
-                    !addrs.is_empty(),
-                    "upstreams: {} resolves to no address",
-                    t.authority
-                );
-                Ok(UpstreamRuntime::new(u, addrs, &t.authority, &t.path))
-            }
-        })
-        .collect()
-}
-
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
 pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     raise_nofile_limit();
     tune_allocator();
     let handle = crate::observe::install()?;
-    let upstreams = upstream_runtimes(&config)?;
     let workers = config.workers.get();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (gw, inboxes) = Gateway::build(config, shutdown.clone())?;
+    let health = gw.health.clone();
+    let config = &gw.config;
 
     // Bind everything before starting anything, so a taken port fails the start loudly.
     let listeners = listen::bind_group(config.listen.addr, workers, config.listen.backlog)?;
@@ -130,53 +79,6 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| crossbeam_channel::bounded(65536))
-        .unzip();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(Health {
-        upstreams: config
-            .upstreams
-            .iter()
-            .zip(&upstreams)
-            .enumerate()
-            .map(|(i, (cfg, rt))| {
-                let endpoints = config
-                    .servers
-                    .iter()
-                    .filter(|s| s.upstream == i)
-                    .map(|s| s.path.clone())
-                    .collect();
-                UpstreamHealth::new(
-                    cfg.name.clone(),
-                    rt.addrs.clone(),
-                    cfg.connect_timeout,
-                    cfg.unhealthy_after,
-                    endpoints,
-                )
-            })
-            .collect(),
-        ..Health::default()
-    });
-    let gw = Arc::new(Gateway {
-        sealer: SessionSealer::new(&config.session.key),
-        rejects: Rejects::new(&config),
-        scan_limits: ScanLimits {
-            max_depth: config.limits.max_json_depth,
-            max_batch_len: config.limits.max_batch_len,
-        },
-        upstreams,
-        health: health.clone(),
-        shutdown: shutdown.clone(),
-        revocations: senders,
-        server_ids: Gateway::server_ids_of(&config),
-        retired: Vec::new(),
-        config,
-    });
-    if gw.config.session.key_source == crate::config::KeySource::Generated {
-        tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
-    }
 
     // Latency histograms: one set per worker, merged when /metrics is scraped.
     let hists = crate::observe::hist::HistogramSet::new(
@@ -219,7 +121,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     // Workers.
     let started = Arc::new(AtomicUsize::new(0));
     let slots: Arc<std::sync::Mutex<Vec<Option<WorkerInit>>>> = Arc::new(std::sync::Mutex::new(
-        listeners.into_iter().zip(receivers).map(Some).collect(),
+        listeners.into_iter().zip(inboxes).map(Some).collect(),
     ));
     let rt = &gw.config.runtime;
     let handles = {
@@ -237,11 +139,13 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 let taken = slots.lock().ok().and_then(|mut s| s[i].take());
                 let my_hists = per_worker[i].clone();
                 async move {
-                    let Some((listener, rx)) = taken else { return };
+                    let Some((listener, inbox)) = taken else {
+                        return;
+                    };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
-                    let state = WorkerState::new(gw, i, rx, my_hists);
-                    worker_main(Rc::new(state), listener, started).await;
+                    let state = WorkerState::new(gw, i, my_hists);
+                    worker_main(Rc::new(state), listener, inbox, started).await;
                 }
             },
         )?
@@ -262,24 +166,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     health.ready.store(true, Ordering::Release);
     {
-        let c = &gw.config;
-        let endpoints = c
-            .servers
-            .iter()
-            .map(|s| format!("{} -> {}", s.path, c.upstreams[s.upstream].name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let upstreams = c
-            .upstreams
-            .iter()
-            .map(|u| match &u.target {
-                crate::config::UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
-                crate::config::UpstreamTarget::Http(t) => {
-                    format!("{} (http://{}{})", u.name, t.authority, t.path)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (endpoints, upstreams) = (gw.endpoints_summary(), gw.upstreams_summary());
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(listen = %listen_addr, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
     }
@@ -363,6 +250,7 @@ pub fn write_ready_file(
 async fn worker_main(
     w: Rc<WorkerState>,
     listener: std::net::TcpListener,
+    inbox: Inbox,
     started: Arc<AtomicUsize>,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -372,6 +260,16 @@ async fn worker_main(
             return;
         }
     };
+    // Control messages (revocations from other workers): one task awaiting its inbox.
+    match inbox.register() {
+        Ok(inbox) => {
+            monoio::spawn(w.clone().run_control(inbox));
+        }
+        Err(e) => {
+            tracing::error!(worker = w.index, error = %e, "cannot register the control channel");
+            return;
+        }
+    }
     // Watcher: the only place that polls the process-wide flag; also sweeps per-worker state.
     {
         let w = w.clone();

@@ -510,21 +510,16 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
-    /// Every JSON message carried in SSE `data:` fields, in order.
+    /// Every JSON message carried in SSE `data:` fields, in order (the gateway's own decoder;
+    /// events with empty data, like priming events, carry none).
     pub fn sse_messages(&self) -> Vec<serde_json::Value> {
-        let text = self.text();
-        let mut out = vec![];
-        for event in text.split("\n\n") {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if !data.is_empty() && !data.concat().is_empty() {
-                out.push(serde_json::from_str(&data.join("\n")).unwrap());
-            }
-        }
-        out
+        use tollgate::http::sse;
+        sse::decode_all(&self.body, self.body.len(), sse::AtEnd::Dispatch)
+            .unwrap()
+            .into_iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| serde_json::from_slice(&e.data).unwrap())
+            .collect()
     }
 }
 
