@@ -70,14 +70,17 @@ fn init_logs(level: &str, json: bool) {
 
 /// Loads `--config`, else `DEFAULT_CONFIG` if it exists, else the built-in defaults (`run` and
 /// `check` alike). Also returns where the config came from, to be said at start.
-fn load(path: Option<PathBuf>) -> Result<(tollgate::config::Config, String), ExitCode> {
+/// The third value is the file (`None`: built-in defaults), which a reload re-reads.
+type Loaded = (tollgate::config::Config, String, Option<PathBuf>);
+
+fn load(path: Option<PathBuf>) -> Result<Loaded, ExitCode> {
     let default = std::path::Path::new(DEFAULT_CONFIG);
     let result = match path {
         Some(p) => tollgate::config::load_file(&p)
-            .map(|c| (c, p.display().to_string()))
+            .map(|c| (c, p.display().to_string(), Some(p.clone())))
             .map_err(|e| (p.display().to_string(), e)),
         None if default.exists() => tollgate::config::load_file(default)
-            .map(|c| (c, DEFAULT_CONFIG.to_string()))
+            .map(|c| (c, DEFAULT_CONFIG.to_string(), Some(default.to_path_buf())))
             .map_err(|e| (DEFAULT_CONFIG.to_string(), e)),
         None => {
             let cwd = std::env::current_dir()
@@ -87,7 +90,7 @@ fn load(path: Option<PathBuf>) -> Result<(tollgate::config::Config, String), Exi
                 .map(|c| {
                     let source =
                         format!("built-in defaults (no --config, and no {DEFAULT_CONFIG}{cwd})");
-                    (c, source)
+                    (c, source, None)
                 })
                 .map_err(|e| ("<defaults>".to_string(), e))
         }
@@ -105,13 +108,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, ready_file } => {
-            let (config, source) = match load(config) {
+            let (config, source, config_path) = match load(config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logs(&config.log.level, config.log.json);
             tracing::info!("config: {source}");
-            match tollgate::runtime::run(config, tollgate::runtime::RunOptions { ready_file }) {
+            match tollgate::runtime::run(
+                config,
+                tollgate::runtime::RunOptions {
+                    ready_file,
+                    config_path,
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tollgate: {e:#}");
@@ -120,7 +129,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => match load(config) {
-            Ok((c, source)) => {
+            Ok((c, source, _)) => {
                 // stdout is the effective config (loadable YAML); where it came from goes to stderr.
                 eprintln!("tollgate: config: {source}");
                 print!("{}", tollgate::config::render_effective(&c));

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
@@ -135,11 +135,57 @@ impl Health {
     }
 }
 
+/// The running config's `Health`, replaced by a reload. The lifecycle flags (`ready`,
+/// `draining`) are carried into each replacement under the same lock, so a swap never loses one.
+pub struct HealthSlot(Mutex<Arc<Health>>);
+
+impl HealthSlot {
+    pub fn new(h: Arc<Health>) -> Self {
+        HealthSlot(Mutex::new(h))
+    }
+
+    pub fn current(&self) -> Arc<Health> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs the health of a new config: its lifecycle flags come from the running one, and
+    /// each upstream that keeps its name keeps its failure count.
+    pub fn replace(&self, new: Arc<Health>) {
+        let mut cur = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        new.ready
+            .store(cur.ready.load(Ordering::Acquire), Ordering::Release);
+        new.draining
+            .store(cur.draining.load(Ordering::Acquire), Ordering::Release);
+        for h in &new.upstreams {
+            if let Some(old) = cur.upstreams.iter().find(|o| o.name == h.name) {
+                h.failures
+                    .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        *cur = new;
+    }
+
+    pub fn set_ready(&self) {
+        let cur = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cur.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        let cur = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cur.draining.store(true, Ordering::Release);
+    }
+}
+
+/// Re-reads and installs the config file: `Ok` with a one-line summary, `Err` with every problem.
+pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// What the admin listener serves, shared by its connection threads.
 pub struct Admin {
     pub handle: PrometheusHandle,
     pub hists: super::hist::HistogramSet,
-    pub health: Arc<Health>,
+    pub health: Arc<HealthSlot>,
+    /// `POST /admin/reload` (from a loopback peer only); `None`: not offered.
+    pub reload: Option<ReloadFn>,
     /// `admin.request_timeout`: from accept to the last byte of the response.
     pub request_timeout: Duration,
     /// `admin.max_connections`: connections served at once.
@@ -316,6 +362,9 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
                     .next()
                     .unwrap_or("/")
                     .to_string();
+                if path == "/admin/reload" {
+                    return admin_reload(&mut s, deadline, admin, method);
+                }
                 if method != "GET" && method != "HEAD" {
                     return respond(&mut s, deadline, 405, "text/plain", b"method not allowed\n");
                 }
@@ -341,7 +390,7 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
         }
         "/healthz" => (200, "text/plain", b"ok\n"),
         "/readyz" => {
-            not_ready = admin.health.not_ready(deadline);
+            not_ready = admin.health.current().not_ready(deadline);
             match &not_ready {
                 None => (200, "text/plain", b"ready\n"),
                 Some(why) => (503, "text/plain", why.as_bytes()),
@@ -361,6 +410,53 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
         return write_all_before(&mut s, deadline, &out);
     }
     respond(&mut s, deadline, status, ctype, body)
+}
+
+/// `POST /admin/reload`: re-reads the config file and installs it (what SIGHUP does). Only from a
+/// loopback peer, whatever address the admin listener is bound to: a reload is an operator's
+/// act on this host. 200 with the summary, 422 with every problem, 403/405/404 otherwise.
+fn admin_reload(
+    s: &mut TcpStream,
+    deadline: Instant,
+    admin: &Admin,
+    method: &str,
+) -> std::io::Result<()> {
+    if method != "POST" {
+        let mut out = Vec::with_capacity(128);
+        let body = b"method not allowed: POST /admin/reload\n";
+        crate::http::response::simple(&mut out, 405, b"text/plain", body, false);
+        let end = out.len() - body.len() - 2;
+        out.splice(end..end, b"allow: POST\r\n".iter().copied());
+        return write_all_before(s, deadline, &out);
+    }
+    let Some(reload) = &admin.reload else {
+        return respond(s, deadline, 404, "text/plain", b"reload is not available\n");
+    };
+    if !s.peer_addr().is_ok_and(|p| p.ip().is_loopback()) {
+        return respond(
+            s,
+            deadline,
+            403,
+            "text/plain",
+            b"reload is only accepted from this host (a loopback address)\n",
+        );
+    }
+    match reload() {
+        Ok(summary) => respond(
+            s,
+            deadline,
+            200,
+            "text/plain",
+            format!("reloaded: {summary}\n").as_bytes(),
+        ),
+        Err(problems) => respond(
+            s,
+            deadline,
+            422,
+            "text/plain",
+            format!("reload refused, the running config stays:\n{problems}\n").as_bytes(),
+        ),
+    }
 }
 
 /// Writes the whole response before `deadline` (the socket timeout is the time left before

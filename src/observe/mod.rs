@@ -95,8 +95,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     );
     describe_counter!(
         names::CONTROL_UNDELIVERABLE_TOTAL,
-        "Control messages to workers (kind: revoke = a session ended by DELETE) not delivered \
-         because the worker's queue was full or the worker had stopped; each is also logged."
+        "Control messages to workers (kind: revoke = a session ended by DELETE; prepare, commit, \
+         abort = a hot reload) not delivered because the worker's queue was full or the worker \
+         had stopped; each is also logged."
+    );
+    describe_counter!(
+        names::CONFIG_RELOADS_TOTAL,
+        "Hot reloads (SIGHUP or POST /admin/reload) by result: ok, or error (the config had \
+         problems, or not every worker took it; the running config stayed)."
+    );
+    describe_gauge!(
+        names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+        "Unix time the running config was loaded: at start, then at each successful reload."
     );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(

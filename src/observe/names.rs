@@ -17,6 +17,10 @@ pub const SESSIONS_CLOSED_TOTAL: &str = "tollgate_sessions_closed_total";
 pub const ADMIN_LIMIT_REJECTIONS_TOTAL: &str = "tollgate_admin_limit_rejections_total";
 /// Control messages (session revocations, …) a worker's queue could not take, by kind.
 pub const CONTROL_UNDELIVERABLE_TOTAL: &str = "tollgate_control_undeliverable_total";
+/// Hot reloads by result (ok, error), and when the running config was last loaded successfully.
+pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "tollgate_config_last_reload_success_timestamp_seconds";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::config::{Config, KeySource, UpstreamTarget};
 use crate::jsonrpc::ScanLimits;
-use crate::mcp::session::SessionSealer;
+use crate::mcp::session::{upstream_id, SessionSealer};
 use crate::observe::admin::{Health, UpstreamHealth};
 
 use super::control::{self, Bus, Inbox};
@@ -26,7 +26,55 @@ impl Gateway {
         config: Config,
         shutdown: Arc<AtomicBool>,
     ) -> anyhow::Result<(Arc<Gateway>, Vec<Inbox>)> {
-        let upstreams = upstream_runtimes(&config)?;
+        let (bus, inboxes) = Bus::new(config.workers.get(), control::CAPACITY)
+            .context("creating the workers' control channels")?;
+        if config.session.key_source == KeySource::Generated {
+            tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
+        }
+        let sealer = SessionSealer::new(&config.session.key);
+        let gw = Gateway::assemble(config, shutdown, Arc::new(bus), None, sealer, Vec::new())?;
+        Ok((Arc::new(gw), inboxes))
+    }
+
+    /// Builds the gateway of a reloaded `config` beside this one: the same shutdown flag,
+    /// control channel and built-in demo; a changed session key rotates (the old one still opens
+    /// tokens); upstreams this config drops are remembered by name for the clients whose
+    /// sessions they held. `config` has been through `config::reload::carry_over`.
+    pub fn rebuild(&self, config: Config) -> anyhow::Result<Arc<Gateway>> {
+        let sealer = if crate::config::reload::key_rotated(&self.config, &config) {
+            SessionSealer::new(&config.session.key).with_previous(&[self.config.session.key])
+        } else {
+            self.sealer.clone()
+        };
+        let mut retired = self.retired.clone();
+        retired.retain(|(id, _)| !config.upstreams.iter().any(|u| upstream_id(&u.name) == *id));
+        for u in &self.upstreams {
+            if !config.upstreams.iter().any(|n| n.name == u.name)
+                && !retired.iter().any(|(id, _)| *id == u.id)
+            {
+                retired.push((u.id, u.name.clone()));
+            }
+        }
+        let gw = Gateway::assemble(
+            config,
+            self.shutdown.clone(),
+            self.control.clone(),
+            self.demo,
+            sealer,
+            retired,
+        )?;
+        Ok(Arc::new(gw))
+    }
+
+    fn assemble(
+        config: Config,
+        shutdown: Arc<AtomicBool>,
+        control: Arc<Bus>,
+        demo: Option<SocketAddr>,
+        sealer: SessionSealer,
+        retired: Vec<(u64, String)>,
+    ) -> anyhow::Result<Gateway> {
+        let (upstreams, demo) = upstream_runtimes(&config, demo)?;
         let health = Arc::new(Health {
             upstreams: config
                 .upstreams
@@ -51,10 +99,8 @@ impl Gateway {
                 .collect(),
             ..Health::default()
         });
-        let (bus, inboxes) = Bus::new(config.workers.get(), control::CAPACITY)
-            .context("creating the workers' control channels")?;
-        let gw = Gateway {
-            sealer: SessionSealer::new(&config.session.key),
+        Ok(Gateway {
+            sealer,
             rejects: Rejects::new(&config),
             scan_limits: ScanLimits {
                 max_depth: config.limits.max_json_depth,
@@ -63,15 +109,12 @@ impl Gateway {
             upstreams,
             health,
             shutdown,
-            control: bus,
+            control,
+            demo,
             server_ids: Gateway::server_ids_of(&config),
-            retired: Vec::new(),
+            retired,
             config,
-        };
-        if gw.config.session.key_source == KeySource::Generated {
-            tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
-        }
-        Ok((Arc::new(gw), inboxes))
+        })
     }
 
     /// `path -> upstream` for each endpoint, comma-separated (the ready line).
@@ -98,10 +141,14 @@ impl Gateway {
     }
 }
 
-/// Resolves every upstream (starting the built-in demo where configured).
-fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
-    let mut demo_addr: Option<SocketAddr> = None;
-    config
+/// Resolves every upstream, starting the built-in demo where configured unless `demo` says
+/// where it already runs; returns the demo's address too.
+fn upstream_runtimes(
+    config: &Config,
+    demo: Option<SocketAddr>,
+) -> anyhow::Result<(Vec<UpstreamRuntime>, Option<SocketAddr>)> {
+    let mut demo_addr: Option<SocketAddr> = demo;
+    let ups = config
         .upstreams
         .iter()
         .map(|u| match &u.target {
@@ -144,5 +191,6 @@ fn upstream_runtimes(config: &Config) -> anyhow::Result<Vec<UpstreamRuntime>> {
                 Ok(UpstreamRuntime::new(u, addrs, &t.authority, &t.path))
             }
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((ups, demo_addr))
 }

@@ -33,20 +33,45 @@ use super::state::Revocation;
 pub enum Control {
     /// End a session on this worker (DELETE on another worker).
     Revoke(Revocation),
+    /// Hot reload, phase one: hold this gateway ready (build what the worker needs for it); new
+    /// requests still use the running one.
+    Prepare(Prepared),
+    /// Hot reload, phase two: new requests use the prepared gateway from now on.
+    Commit,
+    /// Hot reload abandoned: drop the prepared gateway.
+    Abort,
+}
+
+/// A gateway built by a reload, on its way to the workers.
+#[derive(Clone)]
+pub struct Prepared(pub Arc<super::state::Gateway>);
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared(..)")
+    }
 }
 
 /// The kind of a message: the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
     Revoke,
+    Prepare,
+    Commit,
+    Abort,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::Revoke];
+    /// In discriminant order (`ALL[k as usize] == k`, checked by a test).
+    pub const ALL: [Kind; 4] = [Kind::Revoke, Kind::Prepare, Kind::Commit, Kind::Abort];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Revoke => "revoke",
+            Kind::Prepare => "prepare",
+            Kind::Commit => "commit",
+            Kind::Abort => "abort",
         }
     }
 }
@@ -55,6 +80,9 @@ impl Control {
     pub fn kind(&self) -> Kind {
         match self {
             Control::Revoke(_) => Kind::Revoke,
+            Control::Prepare(_) => Kind::Prepare,
+            Control::Commit => Kind::Commit,
+            Control::Abort => Kind::Abort,
         }
     }
 }
@@ -185,7 +213,7 @@ impl Bus {
 
     /// Messages of `kind` that could not be delivered so far.
     pub fn undeliverable(&self, kind: Kind) -> u64 {
-        let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        let i = kind as usize;
         self.undeliverable[i].1.load(Ordering::Relaxed)
     }
 
@@ -220,7 +248,7 @@ impl Bus {
                 };
                 let kind = env.msg.kind();
                 env.ack.finish(Finish::Undeliverable);
-                let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                let i = kind as usize;
                 self.undeliverable[i].0.increment(1);
                 self.undeliverable[i].1.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(

@@ -10,6 +10,7 @@ pub mod context;
 pub mod control;
 mod initialize;
 pub mod reject;
+pub mod reload;
 pub mod session_cache;
 mod session_requests;
 pub mod shutdown;

@@ -100,8 +100,11 @@ pub struct Gateway {
     pub health: Arc<Health>,
     /// Set once when shutdown begins; workers poll it.
     pub shutdown: Arc<AtomicBool>,
-    /// The control channel to every worker (session revocations, later config swaps).
-    pub control: Bus,
+    /// The control channel to every worker (session revocations, config swaps); shared by every
+    /// generation of the gateway.
+    pub control: Arc<Bus>,
+    /// Where the built-in demo upstream runs, once started (a reload reuses it).
+    pub demo: Option<SocketAddr>,
     /// Stable id of each server (`mcp::session::server_id` of its path), by config position.
     pub server_ids: Vec<u64>,
     /// Upstreams earlier configs had and this one does not (id, name): to name them to clients
@@ -194,6 +197,8 @@ pub struct Generation {
 /// State owned by one worker.
 pub struct WorkerState {
     generation: RefCell<Rc<Generation>>,
+    /// A reload's gateway between its prepare and commit messages.
+    prepared: RefCell<Option<Arc<Gateway>>>,
     pub index: usize,
     pub pool: RefCell<Pool>,
     pub metrics: WorkerMetrics,
@@ -225,6 +230,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             generation: RefCell::new(Rc::new(Generation { gw })),
+            prepared: RefCell::new(None),
             index,
         }
     }
@@ -337,6 +343,22 @@ impl WorkerState {
         match msg {
             Control::Revoke(r) => {
                 self.revoked.borrow_mut().insert(r.id, r.expires_at);
+            }
+            Control::Prepare(p) => {
+                *self.prepared.borrow_mut() = Some(p.0);
+            }
+            Control::Commit => {
+                if let Some(gw) = self.prepared.borrow_mut().take() {
+                    let closed = self.install(gw);
+                    tracing::debug!(
+                        worker = self.index,
+                        closed,
+                        "worker runs the reloaded config"
+                    );
+                }
+            }
+            Control::Abort => {
+                self.prepared.borrow_mut().take();
             }
         }
     }

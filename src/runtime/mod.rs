@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::observe::admin::HealthSlot;
 use crate::proxy::control::Inbox;
+use crate::proxy::reload::Reloader;
 use crate::proxy::state::{Gateway, WorkerState};
 
 /// What each worker thread takes at start: its listener and its control inbox.
@@ -27,6 +29,8 @@ type WorkerInit = (std::net::TcpListener, Inbox);
 pub struct RunOptions {
     /// Written (atomically) once every worker accepts: `{"listen":…,"admin":…,"pid":…}`.
     pub ready_file: Option<PathBuf>,
+    /// The config file the gateway runs (re-read by a reload); `None`: built-in defaults.
+    pub config_path: Option<PathBuf>,
 }
 
 /// Tunes glibc malloc for the request path: each request boxes its ~6 KB state machine, and by
@@ -63,7 +67,12 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let workers = config.workers.get();
     let shutdown = Arc::new(AtomicBool::new(false));
     let (gw, inboxes) = Gateway::build(config, shutdown.clone())?;
-    let health = gw.health.clone();
+    let health = Arc::new(HealthSlot::new(gw.health.clone()));
+    let reloader = Arc::new(Reloader::new(
+        opts.config_path.clone(),
+        gw.clone(),
+        health.clone(),
+    ));
     let config = &gw.config;
 
     // Bind everything before starting anything, so a taken port fails the start loudly.
@@ -94,6 +103,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             handle: handle.clone(),
             hists: hists.clone(),
             health: health.clone(),
+            reload: Some({
+                let r = reloader.clone();
+                Arc::new(move || r.reload("POST /admin/reload"))
+            }),
             request_timeout: gw.config.admin.request_timeout,
             max_connections: gw.config.admin.max_connections,
         };
@@ -164,7 +177,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    health.ready.store(true, Ordering::Release);
+    health.set_ready();
     {
         let (endpoints, upstreams) = (gw.endpoints_summary(), gw.upstreams_summary());
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -174,8 +187,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         write_ready_file(path, listen_addr, Some(admin_addr))?;
     }
 
-    // Wait for a signal. SIGHUP (by convention "reload") must not kill the gateway: hot reload is
-    // not built yet, so it is logged and the running configuration stays.
+    // Wait for a signal. SIGHUP reloads the config file (here, on this thread: a reload may block
+    // on the workers' acknowledgements, which a worker thread must never do).
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -184,10 +197,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut sig = None;
     for s in signals.forever() {
         if s == signal_hook::consts::SIGHUP {
-            tracing::warn!(
-                signal = "SIGHUP",
-                "configuration reload is not supported yet: the running configuration stays"
-            );
+            // The outcome is logged and counted by the reloader.
+            let _ = reloader.reload("SIGHUP");
             continue;
         }
         sig = Some(s);
@@ -198,12 +209,14 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         Some(signal_hook::consts::SIGINT) => "SIGINT",
         _ => "other",
     };
+    // The drain follows the running config (a reload may have changed it).
+    let gw = reloader.current();
     tracing::info!(
         signal,
         drain_timeout_ms = gw.config.shutdown.drain_timeout.as_millis() as u64,
         "shutting down"
     );
-    health.draining.store(true, Ordering::Release);
+    health.set_draining();
     shutdown.store(true, Ordering::Release);
     let deadline = Instant::now() + gw.config.shutdown.drain_timeout + Duration::from_millis(500);
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {

@@ -12,6 +12,7 @@ fn revoke(n: u8) -> Control {
 fn id(msg: &Control) -> u8 {
     match msg {
         Control::Revoke(r) => r.id[0],
+        other => panic!("only revocations in these tests: {other:?}"),
     }
 }
 
@@ -184,4 +185,11 @@ fn wait_async_times_out_without_blocking_its_runtime() {
         assert_eq!(r.unwrap_err().pending, 1);
         assert!(ticker.await);
     });
+}
+
+#[test]
+fn kinds_are_listed_in_discriminant_order() {
+    for (i, k) in Kind::ALL.iter().enumerate() {
+        assert_eq!(*k as usize, i, "{k:?}");
+    }
 }
