@@ -425,7 +425,9 @@ async fn worker_main(
         w.metrics.connections_open.increment(1.0);
         let w = w.clone();
         monoio::spawn(async move {
-            crate::proxy::serve(w.clone(), stream).await;
+            if let Some(stream) = crate::tls::serving(&w, stream).await {
+                crate::proxy::serve(w.clone(), stream).await;
+            }
             w.connections.set(w.connections.get() - 1);
             w.metrics.connections_open.decrement(1.0);
         });

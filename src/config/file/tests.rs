@@ -220,6 +220,7 @@ servers:
             port: 3101,
             path: "/mcp?tenant=1".into(),
             authority: "10.0.0.2:3101".into(),
+            tls: false,
         })
     );
     assert_eq!(b.connect_timeout, Duration::from_secs(1));

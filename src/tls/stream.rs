@@ -1,0 +1,427 @@
+//! TLS over a monoio `TcpStream`, written against rustls's buffered `Connection` API (no
+//! readiness assumptions, so it runs the same on io_uring and on the legacy epoll driver), and
+//! `Stream`, what a connection carries: plain TCP or TLS.
+//!
+//! Why not `monoio-rustls`: the gateway needs what a generic wrapper hides: whether decrypted
+//! bytes are waiting inside rustls (an event-stream relay waits on socket readiness, which says
+//! nothing about them), a non-blocking settle of records that arrived on an idle pooled
+//! connection (session tickets, close_notify), the raw socket (`SO_LINGER`, the shutdown on drop)
+//! and a ciphertext buffer sized to what is asked, so an idle connection stays small.
+//!
+//! Reads: ciphertext is read into an owned buffer (lent to the kernel operation, as monoio's
+//! rent API wants), handed to rustls (`read_tls` + `process_new_packets`), and plaintext is copied
+//! out of rustls's buffer into the caller's. Writes: plaintext goes into rustls (`writer`), the
+//! records it makes are written with one `write_all` per flush. A read or write that is
+//! cancelled (a timeout) leaves the TLS state unusable for more I/O; the gateway closes such
+//! connections anyway (`http::conn`: a cancelled read always closes the connection).
+
+use std::io::{self, BufRead, Write as _};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::Connection;
+
+use super::PeerIdentity;
+use crate::http::pool::{idleness, Idleness};
+
+/// The smallest ciphertext read: a request of a few hundred bytes arrives in one read. rustls
+/// gathers a record that spans reads in its own buffer.
+const MIN_TLS_READ: usize = 4 * 1024;
+/// The largest ciphertext read: one full record (16 KiB of plaintext plus its overhead).
+const MAX_TLS_READ: usize = 16 * 1024 + 512;
+/// A ciphertext write buffer that grew past this (a large reply) is not kept.
+const MAX_KEPT_WRITE_BUFFER: usize = 32 * 1024;
+
+/// A TLS connection (client or server side) over a TCP stream.
+pub struct TlsStream {
+    io: TcpStream,
+    tls: Connection,
+    /// Ciphertext read buffer; lent to each socket read.
+    rbuf: Vec<u8>,
+    /// Ciphertext waiting to be written; lent to each socket write.
+    wbuf: Vec<u8>,
+    /// Plaintext rustls holds that the caller has not read yet.
+    pending: usize,
+    /// The verified client certificate's identity (server side, mTLS only).
+    peer: Option<Rc<PeerIdentity>>,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    pub fn new(io: TcpStream, tls: Connection) -> Self {
+        TlsStream {
+            io,
+            tls,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            pending: 0,
+            peer: None,
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.tls
+    }
+
+    pub fn peer(&self) -> Option<&Rc<PeerIdentity>> {
+        self.peer.as_ref()
+    }
+
+    pub fn set_peer(&mut self, peer: Option<Rc<PeerIdentity>>) {
+        self.peer = peer;
+    }
+
+    /// Plaintext waiting inside rustls (readable without touching the socket).
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Runs the handshake to its end (both sides). An error names what failed (rustls's words:
+    /// "invalid peer certificate: UnknownIssuer", "peer is incompatible: …"); the alert rustls
+    /// made for it has been sent.
+    pub async fn handshake(&mut self) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            self.flush_tls().await?;
+            if !self.tls.is_handshaking() {
+                break;
+            }
+            if self.tls.wants_read() && self.read_tls(0).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the TLS handshake",
+                ));
+            }
+        }
+        // The last flight (a client's Finished, a server's session tickets).
+        self.flush_tls().await
+    }
+
+    /// Writes every record rustls has ready.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            let mut out = std::mem::take(&mut self.wbuf);
+            out.clear();
+            self.tls.write_tls(&mut out)?;
+            let (res, mut out) = self.io.write_all(out).await;
+            res?;
+            if out.capacity() <= MAX_KEPT_WRITE_BUFFER {
+                out.clear();
+                self.wbuf = out;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands ciphertext to rustls and processes it. A protocol or certificate error is returned
+    /// after rustls's alert for it has been queued (the caller's flush sends it).
+    fn absorb(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            self.tls.read_tls(&mut data)?;
+            let state = self.tls.process_new_packets().map_err(tls_error)?;
+            self.pending = state.plaintext_bytes_to_read();
+        }
+        Ok(())
+    }
+
+    /// One socket read into rustls. Returns the ciphertext bytes read (0: end of stream, which
+    /// rustls is told about). `want` sizes the read (0: the smallest).
+    async fn read_tls(&mut self, want: usize) -> io::Result<usize> {
+        let size = want.clamp(MIN_TLS_READ, MAX_TLS_READ);
+        let mut buf = std::mem::take(&mut self.rbuf);
+        buf.clear();
+        if buf.capacity() < size {
+            buf = Vec::with_capacity(size);
+        }
+        let (res, buf) = self.io.read(buf).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                self.rbuf = buf;
+                return Err(e);
+            }
+        };
+        let result = if n == 0 {
+            // Tells rustls the stream ended (a read without close_notify is then an error).
+            self.tls.read_tls(&mut &[][..]).map(|_| ())
+        } else {
+            match self.absorb(&buf[..n]) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.flush_tls().await;
+                    Err(e)
+                }
+            }
+        };
+        // A buffer that grew for a large body is not kept by an idle connection.
+        self.rbuf = if buf.capacity() > MIN_TLS_READ {
+            Vec::new()
+        } else {
+            buf
+        };
+        result.map(|()| n)
+    }
+
+    /// Reads plaintext into `dst` (at most `cap` bytes). 0: the peer closed (with close_notify,
+    /// or without it when nothing was pending; an unclean close mid-data is an error).
+    async fn read_plain(&mut self, dst: *mut u8, cap: usize) -> io::Result<usize> {
+        if cap == 0 {
+            return Ok(0);
+        }
+        loop {
+            match self.tls.reader().fill_buf() {
+                Ok(chunk) if !chunk.is_empty() => {
+                    let n = chunk.len().min(cap);
+                    // SAFETY: `dst` is valid for `cap` bytes (the caller's buffer); `chunk` is
+                    // rustls's buffer, so the two do not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
+                    self.tls.reader().consume(n);
+                    self.pending = self.pending.saturating_sub(n);
+                    return Ok(n);
+                }
+                Ok(_) => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            // Anything rustls wants to say first (a key update's answer).
+            self.flush_tls().await?;
+            if self.read_tls(cap).await? == 0 {
+                // rustls now knows of the EOF: the next fill_buf says clean or not.
+                continue;
+            }
+        }
+    }
+
+    /// Encrypts as much of `data` as rustls takes and writes it out.
+    async fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = self.tls.writer().write(data)?;
+        self.flush_tls().await?;
+        Ok(n)
+    }
+
+    /// Sends close_notify (best effort, not waited on beyond the write).
+    pub async fn close_notify(&mut self) -> io::Result<()> {
+        self.tls.send_close_notify();
+        self.flush_tls().await
+    }
+
+    /// For an idle connection (no operation in flight): processes whatever records arrived
+    /// without blocking (session tickets, a key update, close_notify) and says what is left.
+    /// A pooled upstream connection whose server sent TLS 1.3 session tickets after the reply
+    /// is readable at the socket, yet has nothing to say: this keeps it.
+    pub fn settle(&mut self) -> Idleness {
+        let fd = self.io.as_raw_fd();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: a recv into a stack buffer on a socket this stream owns; no operation is
+            // in flight on it (the connection is idle), so no byte is taken from a pending read.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return Idleness::Closed;
+            }
+            if n < 0 {
+                return match io::Error::last_os_error().kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => break,
+                    _ => Idleness::Closed,
+                };
+            }
+            if self.absorb(&buf[..n as usize]).is_err() {
+                return Idleness::Closed;
+            }
+        }
+        if self.pending > 0 {
+            return Idleness::Unsolicited;
+        }
+        // close_notify: the reader says end of stream.
+        match self.tls.reader().fill_buf() {
+            Ok(_) => Idleness::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.tls.wants_write() {
+                    // Something to answer (a key update) cannot be sent from here: not reusable.
+                    Idleness::Closed
+                } else {
+                    Idleness::Silent
+                }
+            }
+            Err(_) => Idleness::Closed,
+        }
+    }
+}
+
+/// What a connection carries: plain TCP, or TLS (boxed: the rustls state is a few KiB and a
+/// plain connection should not carry its size; one allocation per TLS connection, none per read).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Plain(s)
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.io.as_raw_fd(),
+        }
+    }
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.io,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The verified client certificate's identity (a TLS listener with client certificates).
+    pub fn peer(&self) -> Option<Rc<PeerIdentity>> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.peer.clone(),
+        }
+    }
+
+    /// Bytes readable without touching the socket: decrypted plaintext rustls holds.
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t.pending > 0,
+        }
+    }
+
+    /// Waits until a read may make progress: plaintext already decrypted, or the socket is
+    /// readable (for TLS that may turn out to be a record with no data in it; the read then
+    /// waits on, which is what a relay's next read does anyway). Cancels cleanly: no buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.has_pending() {
+            return Ok(());
+        }
+        self.tcp().readable(false).await
+    }
+
+    /// A peek at the peer without consuming anything: decrypted bytes waiting count as
+    /// `Unsolicited`; otherwise the socket says (for TLS, bytes at the socket are records not
+    /// yet read, reported as `Unsolicited` too).
+    pub fn idleness(&self) -> Idleness {
+        if self.has_pending() {
+            return Idleness::Unsolicited;
+        }
+        idleness(self.as_raw_fd())
+    }
+}
+
+impl AsyncReadRent for Stream {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(t) => {
+                // As monoio's own reads: write at write_ptr, at most bytes_total, set_init(n).
+                let (dst, cap) = (buf.write_ptr(), buf.bytes_total());
+                let res = t.read_plain(dst, cap).await;
+                if let Ok(n) = res {
+                    // SAFETY: read_plain initialised n <= cap bytes at write_ptr.
+                    unsafe { buf.set_init(n) };
+                }
+                (res, buf)
+            }
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.readv(buf).await,
+            Stream::Tls(t) => {
+                // The first buffer only (the gateway never reads vectored).
+                // SAFETY: RawBuf borrows `buf`'s first iovec while `buf` is held here.
+                let res = match unsafe { RawBuf::new_from_iovec_mut(&mut buf) } {
+                    Some(mut raw) => t.read_plain(raw.write_ptr(), raw.bytes_total()).await,
+                    None => Ok(0),
+                };
+                if let Ok(n) = res {
+                    unsafe { buf.set_init(n) };
+                }
+                (res, buf)
+            }
+        }
+    }
+}
+
+impl AsyncWriteRent for Stream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write(buf).await,
+            Stream::Tls(t) => {
+                // SAFETY: read_ptr is valid for bytes_init bytes while `buf` is held here.
+                let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+                let res = t.write_plain(data).await;
+                (res, buf)
+            }
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.writev(buf).await,
+            Stream::Tls(t) => {
+                // SAFETY: RawBuf borrows `buf`'s first iovec while `buf` is held here.
+                let res = match unsafe { RawBuf::new_from_iovec(&buf) } {
+                    Some(raw) => {
+                        let data = unsafe {
+                            std::slice::from_raw_parts(raw.read_ptr(), raw.bytes_init())
+                        };
+                        t.write_plain(data).await
+                    }
+                    None => Ok(0),
+                };
+                (res, buf)
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush().await,
+            Stream::Tls(t) => t.flush_tls().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(t) => {
+                let _ = t.close_notify().await;
+                t.io.shutdown().await
+            }
+        }
+    }
+}
