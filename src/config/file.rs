@@ -381,9 +381,9 @@ fn listen_tls(p: &mut Problems, listen: &Section) -> Option<ListenTls> {
     }
     let cert_file = s.required(p, "cert_file", file_path);
     let key_file = s.required(p, "key_file", file_path);
-    let client_ca_file = s.value("client_ca_file").and_then(|(at, v)| {
-        file_path(v).map_err(|e| p.add(&at, e)).ok()
-    });
+    let client_ca_file = s
+        .value("client_ca_file")
+        .and_then(|(at, v)| file_path(v).map_err(|e| p.add(&at, e)).ok());
     let client_auth = match s.value("client_auth") {
         None if client_ca_file.is_some() => crate::tls::ClientAuth::Required,
         None => crate::tls::ClientAuth::Off,

@@ -219,7 +219,7 @@ pub struct UpstreamTls {
     pub ca_file: Option<String>,
     /// `tls.server_name`: sent as SNI and verified against the certificate; default the URL's host.
     pub server_name: String,
-    /// Whether `server_name` was written (rendering shows the default otherwise as a comment).
+    /// Whether `server_name` was written (else it is the URL's host).
     pub server_name_set: bool,
     pub name: rustls::pki_types::ServerName<'static>,
     pub client: std::sync::Arc<rustls::ClientConfig>,

@@ -176,9 +176,8 @@ impl WorkerMetrics {
             limits,
             connections_open: metrics::gauge!(names::CONNECTIONS_OPEN),
             connections_accepted: metrics::counter!(names::CONNECTIONS_ACCEPTED_TOTAL),
-            tls_handshake_failures: ["timeout", "error"].map(
-                |r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r),
-            ),
+            tls_handshake_failures: ["timeout", "error"]
+                .map(|r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r)),
             sessions_opened: metrics::counter!(names::SESSIONS_OPENED_TOTAL),
             sessions_closed: metrics::counter!(names::SESSIONS_CLOSED_TOTAL),
         }

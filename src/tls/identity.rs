@@ -238,7 +238,12 @@ mod tests {
 
     #[test]
     fn garbage_is_none_not_a_panic() {
-        for input in [&b""[..], b"\x30", b"\x30\x85\xff\xff\xff\xff\xff", b"\x30\x02\x30\x00"] {
+        for input in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x85\xff\xff\xff\xff\xff",
+            b"\x30\x02\x30\x00",
+        ] {
             assert!(PeerIdentity::from_der(input).is_none());
         }
     }

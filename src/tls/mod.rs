@@ -172,12 +172,11 @@ pub fn server_config(f: &ServerFiles) -> Result<Arc<ServerConfig>, Vec<(&'static
     if !problems.is_empty() {
         return Err(problems);
     }
-    let builder = match ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-    {
-        Ok(b) => b,
-        Err(e) => return Err(vec![("cert_file", format!("TLS setup failed: {e}"))]),
-    };
+    let builder =
+        match ServerConfig::builder_with_provider(provider()).with_protocol_versions(VERSIONS) {
+            Ok(b) => b,
+            Err(e) => return Err(vec![("cert_file", format!("TLS setup failed: {e}"))]),
+        };
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -231,10 +230,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 fn shut_down(tls: &TlsStream) {
     // SAFETY: shutdown on the socket this stream owns; it is closed right after.
     unsafe {
-        libc::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(tls.tcp()),
-            libc::SHUT_RDWR,
-        );
+        libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(tls.tcp()), libc::SHUT_RDWR);
     }
 }
 
@@ -290,7 +286,10 @@ pub async fn accept(
 /// TLS listener the stream after a handshake within `limits.tls_handshake_timeout` (`None`:
 /// the handshake failed or timed out, which is counted and logged, and the socket is closed).
 /// The handshake is boxed so a plain connection's task does not carry its size.
-pub async fn serving(w: &crate::proxy::state::WorkerState, tcp: monoio::net::TcpStream) -> Option<Stream> {
+pub async fn serving(
+    w: &crate::proxy::state::WorkerState,
+    tcp: monoio::net::TcpStream,
+) -> Option<Stream> {
     let Some(tls) = &w.gw.config.listen.tls else {
         return Some(Stream::Plain(tcp));
     };

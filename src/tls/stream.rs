@@ -18,6 +18,8 @@
 use std::io::{self, BufRead, Write as _};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+#[cfg(test)]
+use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -134,71 +136,83 @@ impl TlsStream {
         Ok(())
     }
 
-    /// One socket read into rustls. Returns the ciphertext bytes read (0: end of stream, which
-    /// rustls is told about). `want` sizes the read (0: the smallest).
-    async fn read_tls(&mut self, want: usize) -> io::Result<usize> {
+    /// A ciphertext buffer for one socket read of about `want` bytes.
+    fn read_buffer(&mut self, want: usize) -> Vec<u8> {
         let size = want.clamp(MIN_TLS_READ, MAX_TLS_READ);
         let mut buf = std::mem::take(&mut self.rbuf);
         buf.clear();
         if buf.capacity() < size {
             buf = Vec::with_capacity(size);
         }
-        let (res, buf) = self.io.read(buf).await;
-        let n = match res {
-            Ok(n) => n,
-            Err(e) => {
-                self.rbuf = buf;
-                return Err(e);
-            }
-        };
-        let result = if n == 0 {
-            // Tells rustls the stream ended (a read without close_notify is then an error).
-            self.tls.read_tls(&mut &[][..]).map(|_| ())
-        } else {
-            match self.absorb(&buf[..n]) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let _ = self.flush_tls().await;
-                    Err(e)
-                }
-            }
-        };
-        // A buffer that grew for a large body is not kept by an idle connection.
-        self.rbuf = if buf.capacity() > MIN_TLS_READ {
-            Vec::new()
-        } else {
-            buf
-        };
-        result.map(|()| n)
+        buf
     }
 
-    /// Reads plaintext into `dst` (at most `cap` bytes). 0: the peer closed (with close_notify,
-    /// or without it when nothing was pending; an unclean close mid-data is an error).
+    /// Takes the result of a socket read into rustls (0 bytes: the stream ended, which rustls is
+    /// told about). An error is rustls's (its alert is queued: flush it) or the socket's.
+    fn absorb_read(&mut self, res: io::Result<usize>, buf: Vec<u8>) -> io::Result<usize> {
+        let result = match res {
+            Ok(0) => self.tls.read_tls(&mut &[][..]).map(|_| 0),
+            Ok(n) => self.absorb(&buf[..n]).map(|()| n),
+            Err(e) => Err(e),
+        };
+        // A buffer that grew for a large body is not kept by an idle connection.
+        if buf.capacity() <= MIN_TLS_READ {
+            self.rbuf = buf;
+        }
+        result
+    }
+
+    /// One socket read into rustls (the handshake's). Returns the ciphertext bytes read.
+    async fn read_tls(&mut self, want: usize) -> io::Result<usize> {
+        let buf = self.read_buffer(want);
+        let (res, buf) = self.io.read(buf).await;
+        let result = self.absorb_read(res, buf);
+        if result.is_err() {
+            let _ = self.flush_tls().await;
+        }
+        result
+    }
+
+    /// Copies decrypted bytes out of rustls: `Some(n)` when there were some (or the stream
+    /// ended: 0), `None` when more must be read.
+    fn take_plain(&mut self, dst: *mut u8, cap: usize) -> Option<io::Result<usize>> {
+        match self.tls.reader().fill_buf() {
+            Ok(chunk) if !chunk.is_empty() => {
+                let n = chunk.len().min(cap);
+                // SAFETY: `dst` is valid for `cap` bytes (the caller's buffer); `chunk` is
+                // rustls's buffer, so the two do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
+                self.tls.reader().consume(n);
+                self.pending = self.pending.saturating_sub(n);
+                Some(Ok(n))
+            }
+            Ok(_) => Some(Ok(0)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Reads plaintext into `dst` (at most `cap` bytes). 0: the peer closed (close_notify, or a
+    /// TCP close: HTTP framing tells a cut-short body). Kept to one socket-read await on the
+    /// common path (this future is part of every idle connection's state); writing what rustls
+    /// has to say mid-read (an alert, a key update's answer) is rare and boxed.
     async fn read_plain(&mut self, dst: *mut u8, cap: usize) -> io::Result<usize> {
         if cap == 0 {
             return Ok(0);
         }
         loop {
-            match self.tls.reader().fill_buf() {
-                Ok(chunk) if !chunk.is_empty() => {
-                    let n = chunk.len().min(cap);
-                    // SAFETY: `dst` is valid for `cap` bytes (the caller's buffer); `chunk` is
-                    // rustls's buffer, so the two do not overlap.
-                    unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
-                    self.tls.reader().consume(n);
-                    self.pending = self.pending.saturating_sub(n);
-                    return Ok(n);
-                }
-                Ok(_) => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            if let Some(r) = self.take_plain(dst, cap) {
+                return r;
             }
-            // Anything rustls wants to say first (a key update's answer).
-            self.flush_tls().await?;
-            if self.read_tls(cap).await? == 0 {
-                // rustls now knows of the EOF: the next fill_buf says clean or not.
-                continue;
+            if self.tls.wants_write() {
+                Box::pin(self.flush_tls()).await?;
+            }
+            let buf = self.read_buffer(cap);
+            let (res, buf) = self.io.read(buf).await;
+            if let Err(e) = self.absorb_read(res, buf) {
+                let _ = Box::pin(self.flush_tls()).await;
+                return Err(e);
             }
         }
     }
@@ -229,14 +243,8 @@ impl TlsStream {
         loop {
             // SAFETY: a recv into a stack buffer on a socket this stream owns; no operation is
             // in flight on it (the connection is idle), so no byte is taken from a pending read.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n == 0 {
                 return Idleness::Closed;
             }
@@ -396,9 +404,8 @@ impl AsyncWriteRent for Stream {
                 // SAFETY: RawBuf borrows `buf`'s first iovec while `buf` is held here.
                 let res = match unsafe { RawBuf::new_from_iovec(&buf) } {
                     Some(raw) => {
-                        let data = unsafe {
-                            std::slice::from_raw_parts(raw.read_ptr(), raw.bytes_init())
-                        };
+                        let data =
+                            unsafe { std::slice::from_raw_parts(raw.read_ptr(), raw.bytes_init()) };
                         t.write_plain(data).await
                     }
                     None => Ok(0),
@@ -423,5 +430,44 @@ impl AsyncWriteRent for Stream {
                 t.io.shutdown().await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read future is part of every idle connection's state (`proxy::serve`'s size test):
+    /// the TLS branch must not make a plain connection's much larger than a bare socket read.
+    #[test]
+    fn read_futures_stay_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut t = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let tcp = std::mem::size_of_val(&t.read(Vec::<u8>::new()));
+            let mut s = Stream::Plain(t);
+            let stream = std::mem::size_of_val(&s.read(Vec::<u8>::new()));
+            assert!(
+                stream <= tcp + 160,
+                "Stream read {stream} B, TcpStream read {tcp} B"
+            );
+            let Stream::Plain(t) = s else { unreachable!() };
+            let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = crate::tls::server_name("localhost").unwrap();
+            let c = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+            let mut ts = TlsStream::new(t, Connection::Client(c));
+            let plain = std::mem::size_of_val(&ts.read_plain(std::ptr::null_mut(), 0));
+            assert!(
+                plain <= tcp + 96,
+                "TLS read {plain} B, TcpStream read {tcp} B"
+            );
+        });
     }
 }

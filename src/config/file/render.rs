@@ -216,12 +216,7 @@ pub fn render_effective(c: &Config) -> String {
                     let _ = writeln!(o, "      ca_file: null  # the system's CA certificates");
                 }
             }
-            let note = if t.server_name_set {
-                ""
-            } else {
-                "  # the URL's host"
-            };
-            let _ = writeln!(o, "      server_name: {}{note}", q(&t.server_name));
+            let _ = writeln!(o, "      server_name: {}", q(&t.server_name));
         }
     }
     let _ = writeln!(o, "servers:");
