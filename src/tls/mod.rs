@@ -297,7 +297,18 @@ pub async fn serving(
     let timeout = w.gw.config.limits.tls_handshake_timeout;
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     match Box::pin(accept(tcp, tls.server.clone(), &w.shutdown, timeout)).await {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Some(id) = s.peer() {
+                tracing::debug!(
+                    worker = w.index,
+                    peer,
+                    subject = %id.subject,
+                    sans = %id.sans.join(","),
+                    "client certificate verified"
+                );
+            }
+            Some(s)
+        }
         Err((why, error)) => {
             w.metrics.tls_handshake_failures[why as usize].increment(1);
             tracing::info!(worker = w.index, peer, error = %error, "TLS handshake failed");
