@@ -379,7 +379,10 @@ fn tls_listener_serves_mcp_on_tls12_and_tls13() {
         }
         let m = gw.metrics();
         assert_eq!(
-            metric_value(&m, "tollgate_tls_handshake_failures_total{reason=\"error\"}"),
+            metric_value(
+                &m,
+                "tollgate_tls_handshake_failures_total{reason=\"error\"}"
+            ),
             0.0,
             "{m}"
         );
@@ -437,11 +440,17 @@ fn plain_http_to_the_tls_port_is_closed_and_the_gateway_keeps_serving() {
         mcp_round_trip(&mut c);
         let m = gw.metrics();
         assert!(
-            metric_value(&m, "tollgate_tls_handshake_failures_total{reason=\"error\"}") >= 1.0,
+            metric_value(
+                &m,
+                "tollgate_tls_handshake_failures_total{reason=\"error\"}"
+            ) >= 1.0,
             "{m}"
         );
         assert!(
-            metric_value(&m, "tollgate_tls_handshake_failures_total{reason=\"timeout\"}") >= 1.0,
+            metric_value(
+                &m,
+                "tollgate_tls_handshake_failures_total{reason=\"timeout\"}"
+            ) >= 1.0,
             "{m}"
         );
         assert!(harness::eventually(Duration::from_secs(5), || gw
@@ -478,7 +487,10 @@ fn client_certificates_required() {
                 "{driver:?}: no certificate is refused"
             );
             assert!(
-                !served(gw.addr, client_config(&pki.ca.pem, version, Some(&stranger))),
+                !served(
+                    gw.addr,
+                    client_config(&pki.ca.pem, version, Some(&stranger))
+                ),
                 "{driver:?}: a certificate from another CA is refused"
             );
         }
@@ -494,7 +506,10 @@ fn client_certificates_required() {
         );
         let m = gw.metrics();
         assert!(
-            metric_value(&m, "tollgate_tls_handshake_failures_total{reason=\"error\"}") >= 2.0,
+            metric_value(
+                &m,
+                "tollgate_tls_handshake_failures_total{reason=\"error\"}"
+            ) >= 2.0,
             "{m}"
         );
     }
@@ -532,7 +547,11 @@ fn through_https(pki: &Pki, driver: Driver, tls: &str) -> (Gateway, Gateway) {
 fn https_upstream_with_a_ca_file() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let (front, gw) = through_https(&pki, driver, &format!("{{ca_file: {}}}", pki.path("ca.pem")));
+        let (front, gw) = through_https(
+            &pki,
+            driver,
+            &format!("{{ca_file: {}}}", pki.path("ca.pem")),
+        );
         let mut c = Client::new(TcpStream::connect(gw.addr).unwrap());
         mcp_round_trip(&mut c);
         for i in 0..20 {
@@ -559,7 +578,10 @@ fn https_upstream_with_a_ca_file() {
         let (_front, gw) = through_https(
             &pki,
             driver,
-            &format!("{{ca_file: {}, server_name: localhost}}", pki.path("ca.pem")),
+            &format!(
+                "{{ca_file: {}, server_name: localhost}}",
+                pki.path("ca.pem")
+            ),
         );
         let mut c = Client::new(TcpStream::connect(gw.addr).unwrap());
         assert_eq!(c.initialize().unwrap().status, 200);
@@ -612,7 +634,10 @@ fn https_upstream_failures_are_upstream_errors() {
             ),
         );
         let msg = upstream_tls_error(&gw);
-        assert!(msg.contains("not valid for name \"wrong.example\""), "{msg}");
+        assert!(
+            msg.contains("not valid for name \"wrong.example\""),
+            "{msg}"
+        );
     }
     // No ca_file: the system's roots, which do not know the test CA.
     if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {

@@ -470,4 +470,102 @@ mod tests {
             );
         });
     }
+
+    /// A client connection right after its handshake, with the server's `after` thread
+    /// deciding what it sends then (TLS 1.3 session tickets always come after the client's
+    /// handshake ended).
+    fn idle_client(
+        after: fn(&mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>),
+    ) -> Idleness {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        assert!(server.send_tls13_tickets > 0);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let (tcp, _) = l.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).unwrap();
+            }
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut s.sock).unwrap();
+            }
+            after(&mut s);
+            // Held open until the client is done.
+            let mut b = [0u8; 64];
+            let _ = std::io::Read::read(&mut s.sock, &mut b);
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let seen = rt.block_on(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = crate::tls::server_name("localhost").unwrap();
+            let c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+            let mut t = TlsStream::new(tcp, Connection::Client(c));
+            t.handshake().await.unwrap();
+            // Whatever the server sends after the handshake has arrived, unread.
+            t.tcp().readable(false).await.unwrap();
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let fd = t.tcp().as_raw_fd();
+            assert!(!crate::http::pool::is_quiet(fd), "nothing arrived");
+            let seen = t.settle();
+            if seen == Idleness::Silent {
+                assert!(
+                    crate::http::pool::is_quiet(fd),
+                    "settled but still readable"
+                );
+                assert_eq!(t.pending(), 0);
+            }
+            seen
+        });
+        thread.join().unwrap();
+        seen
+    }
+
+    /// A pooled TLS connection whose server sent session tickets after the reply is still
+    /// reusable: `settle` reads them and the socket is quiet again.
+    #[test]
+    fn settle_keeps_a_connection_that_only_got_session_tickets() {
+        assert_eq!(idle_client(|_| {}), Idleness::Silent);
+    }
+
+    #[test]
+    fn settle_reports_data_and_close_notify() {
+        assert_eq!(
+            idle_client(|s| {
+                std::io::Write::write_all(s, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            }),
+            Idleness::Unsolicited
+        );
+        assert_eq!(
+            idle_client(|s| {
+                s.conn.send_close_notify();
+                s.conn.write_tls(&mut s.sock).unwrap();
+            }),
+            Idleness::Closed
+        );
+    }
 }
