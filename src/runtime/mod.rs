@@ -440,9 +440,15 @@ async fn worker_main(
     }
 }
 
+/// Over `listen.max_connections_per_worker`: a plain listener answers 503 and closes; a TLS
+/// listener closes (a TLS client could not read a plaintext answer).
 async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
     w.metrics.rejected(crate::error::Kind::TooManyConnections);
+    // A TLS listener's clients expect a handshake, not a plaintext 503: just close.
+    if w.gw.config.listen.tls.is_some() {
+        return;
+    }
     let mut out = Vec::new();
     w.gw.rejects.render(
         &mut out,
