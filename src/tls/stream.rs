@@ -30,13 +30,12 @@ use rustls::Connection;
 use super::PeerIdentity;
 use crate::http::pool::{idleness, Idleness};
 
-/// The smallest ciphertext read: a request of a few hundred bytes arrives in one read. rustls
-/// gathers a record that spans reads in its own buffer.
-const MIN_TLS_READ: usize = 4 * 1024;
+/// The smallest ciphertext read, and the most an idle connection keeps lent to its pending read
+/// (the size of `proxy::client`'s idle read buffer): a request of a few hundred bytes arrives in
+/// one read; rustls gathers a record that spans reads in its own (4 KiB) buffer.
+const MIN_TLS_READ: usize = 2 * 1024;
 /// The largest ciphertext read: one full record (16 KiB of plaintext plus its overhead).
 const MAX_TLS_READ: usize = 16 * 1024 + 512;
-/// A ciphertext write buffer that grew past this (a large reply) is not kept.
-const MAX_KEPT_WRITE_BUFFER: usize = 32 * 1024;
 
 /// A TLS connection (client or server side) over a TCP stream.
 pub struct TlsStream {
@@ -44,8 +43,6 @@ pub struct TlsStream {
     tls: Connection,
     /// Ciphertext read buffer; lent to each socket read.
     rbuf: Vec<u8>,
-    /// Ciphertext waiting to be written; lent to each socket write.
-    wbuf: Vec<u8>,
     /// Plaintext rustls holds that the caller has not read yet.
     pending: usize,
     /// The verified client certificate's identity (server side, mTLS only).
@@ -62,7 +59,6 @@ impl TlsStream {
             io,
             tls,
             rbuf: Vec::new(),
-            wbuf: Vec::new(),
             pending: 0,
             peer: None,
         }
@@ -111,16 +107,13 @@ impl TlsStream {
 
     /// Writes every record rustls has ready.
     async fn flush_tls(&mut self) -> io::Result<()> {
+        // A fresh buffer per flush (write_tls sizes it once): an idle connection keeps no
+        // write buffer, and one malloc is noise beside the encryption.
         while self.tls.wants_write() {
-            let mut out = std::mem::take(&mut self.wbuf);
-            out.clear();
+            let mut out = Vec::new();
             self.tls.write_tls(&mut out)?;
-            let (res, mut out) = self.io.write_all(out).await;
+            let (res, _) = self.io.write_all(out).await;
             res?;
-            if out.capacity() <= MAX_KEPT_WRITE_BUFFER {
-                out.clear();
-                self.wbuf = out;
-            }
         }
         Ok(())
     }
