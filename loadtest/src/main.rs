@@ -125,24 +125,24 @@ fn main() {
             target_pid,
             tls_ca,
             ov,
-        } => match {
+        } => {
             if let Some(ca) = tls_ca {
                 let _ = gen::TLS_CA.set(ca);
             }
-            run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov)
-        } {
-            Ok(ok) => {
-                if ok {
-                    0
-                } else {
-                    1
+            match run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov) {
+                Ok(ok) => {
+                    if ok {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tollgate-load: {e:#}");
+                    2
                 }
             }
-            Err(e) => {
-                eprintln!("tollgate-load: {e:#}");
-                2
-            }
-        },
+        }
         Cmd::Compare(a) => compare::main(a),
     };
     std::process::exit(code);
