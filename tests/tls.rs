@@ -332,6 +332,23 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
+/// A `progress` call (an SSE reply relayed as it arrives, chunked): its progress events and result.
+fn progress_call<S: Read + Write>(c: &mut Client<S>) {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":77,"method":"tools/call","params":{
+        "name":"progress","arguments":{"steps":3,"interval_ms":20},"_meta":{"progressToken":"p1"}}});
+    let r = c.post(body.to_string().as_bytes()).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/event-stream")));
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(text.matches("notifications/progress").count(), 3, "{text}");
+    assert!(
+        text.contains("\"id\":77") && text.contains("\"result\""),
+        "{text}"
+    );
+}
+
 /// initialize, then echo a short and a large message on the same connection.
 fn mcp_round_trip<S: Read + Write>(c: &mut Client<S>) {
     let init = c.initialize().expect("initialize");
@@ -347,6 +364,7 @@ fn mcp_round_trip<S: Read + Write>(c: &mut Client<S>) {
         .call("echo", serde_json::json!({"text": big.clone()}))
         .unwrap();
     assert_eq!(r["result"]["content"][0]["text"].as_str(), Some(&big[..]));
+    progress_call(c);
 }
 
 fn tls_gateway(pki: &Pki, driver: Driver, client_ca: Option<(&str, &str)>) -> Gateway {
@@ -644,5 +662,34 @@ fn https_upstream_failures_are_upstream_errors() {
         let (_front, gw) = through_https(&pki, Driver::IoUring, "{}");
         let msg = upstream_tls_error(&gw);
         assert!(msg.contains("UnknownIssuer"), "{msg}");
+    }
+}
+
+#[test]
+fn an_idle_tls_connection_is_closed_with_close_notify() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let gw = Gateway::builder()
+            .driver(driver)
+            .upstream("demo", "builtin:demo")
+            .serve("/mcp", "demo")
+            .listen("tls", &pki.listen_tls(None))
+            .limit("idle_timeout", "300ms")
+            .start();
+        let mut c = Client::new(
+            tls_connect(
+                gw.addr,
+                client_config(&pki.ca.pem, &rustls::version::TLS13, None),
+            )
+            .unwrap(),
+        );
+        assert_eq!(c.initialize().unwrap().status, 200);
+        // The gateway closes the idle connection: a clean TLS end (close_notify, read as 0),
+        // not a bare TCP close (rustls: UnexpectedEof).
+        let mut b = [0u8; 64];
+        match c.s.read(&mut b) {
+            Ok(0) => {}
+            other => panic!("{driver:?}: expected close_notify, got {other:?}"),
+        }
     }
 }

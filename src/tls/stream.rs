@@ -226,6 +226,28 @@ impl TlsStream {
         self.flush_tls().await
     }
 
+    /// Queues close_notify and sends it without blocking (see `Socket for Stream`). After a
+    /// cancelled write the record may land after a partial one: the connection is going anyway.
+    fn close_now(&mut self) {
+        if self.tls.is_handshaking() {
+            return;
+        }
+        self.tls.send_close_notify();
+        let mut out = Vec::new();
+        if self.tls.write_tls(&mut out).is_err() || out.is_empty() {
+            return;
+        }
+        // SAFETY: a non-blocking send from a live buffer on the socket this stream owns.
+        unsafe {
+            libc::send(
+                self.io.as_raw_fd(),
+                out.as_ptr().cast(),
+                out.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+    }
+
     /// For an idle connection (no operation in flight): processes whatever records arrived
     /// without blocking (session tickets, a key update, close_notify) and says what is left.
     /// A pooled upstream connection whose server sent TLS 1.3 session tickets after the reply
@@ -288,6 +310,18 @@ impl AsRawFd for Stream {
         match self {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Tls(t) => t.io.as_raw_fd(),
+        }
+    }
+}
+
+/// A TLS connection the gateway closes says so (close_notify), so the peer can tell the end
+/// from a cut (an HTTP/1.0 client's close-delimited body, a pooled upstream connection that
+/// expired). Best effort and non-blocking: one `send` of the alert record just before `Conn`
+/// shuts the socket down; a peer that does not read its socket does not get it.
+impl crate::http::conn::Socket for Stream {
+    fn closing(&mut self) {
+        if let Stream::Tls(t) = self {
+            t.close_now();
         }
     }
 }
