@@ -693,3 +693,49 @@ fn an_idle_tls_connection_is_closed_with_close_notify() {
         }
     }
 }
+
+/// A GET stream over TLS ends when its client leaves, even when the client says goodbye with
+/// close_notify first (bytes on the socket that are not a request).
+#[test]
+fn a_get_stream_over_tls_ends_when_its_client_leaves() {
+    let pki = Pki::new();
+    for driver in DRIVERS {
+        let gw = tls_gateway(&pki, driver, None);
+        let cfg = client_config(&pki.ca.pem, &rustls::version::TLS13, None);
+        let mut c = Client::new(tls_connect(gw.addr, cfg.clone()).unwrap());
+        assert_eq!(c.initialize().unwrap().status, 200);
+        let sid = c.session.clone().unwrap();
+        drop(c);
+        let mut s = tls_connect(gw.addr, cfg).unwrap();
+        s.write_all(
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\
+                 Mcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-06-18\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = s.read(&mut tmp).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&tmp[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let open = |gw: &Gateway| metric_value(&gw.metrics(), "tollgate_connections_open");
+        assert_eq!(open(&gw), 1.0);
+        // close_notify, then the TCP close.
+        s.conn.send_close_notify();
+        s.conn.complete_io(&mut s.sock).unwrap();
+        drop(s);
+        assert!(
+            harness::eventually(Duration::from_secs(5), || open(&gw) == 0.0),
+            "{driver:?}: the relay did not notice its TLS client left"
+        );
+    }
+}

@@ -471,7 +471,7 @@ enum StreamEvent {
 /// Waits on an event stream without lending a buffer: the upstream's next bytes, the client
 /// going away, or shutdown. Readiness polls cancel cleanly, unlike a read that owns a buffer.
 async fn stream_wait(
-    c: &Client,
+    c: &mut Client,
     up: &UpstreamConn,
     end_on: Option<&LocalShutdown>,
     watch_client: &mut bool,
@@ -495,13 +495,15 @@ async fn stream_wait(
         monoio::select! {
             _ = up.io.readable() => return StreamEvent::UpstreamReadable,
             _ = &mut shutdown => return StreamEvent::Shutdown,
-            // On TLS, bytes from the client (even its close_notify) read as "sent more".
-            _ = c.conn.io.readable() => match c.conn.io.idleness() {
-                Idleness::Closed => return StreamEvent::ClientGone,
-                // The client sent more (pipelining): it is still there; stop watching it.
-                Idleness::Unsolicited => *watch_client = false,
-                Idleness::Silent => {}
-            },
+            _ = c.conn.io.readable() => {}
+        }
+        // No read is in flight on the client: a TLS client's records are taken into rustls here
+        // (its close_notify is a close, a pipelined request stays buffered for the next read).
+        match c.conn.io.peer_state() {
+            Idleness::Closed => return StreamEvent::ClientGone,
+            // The client sent more (pipelining): it is still there; stop watching it.
+            Idleness::Unsolicited => *watch_client = false,
+            Idleness::Silent => {}
         }
     }
 }

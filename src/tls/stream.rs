@@ -272,9 +272,10 @@ impl TlsStream {
             if self.absorb(&buf[..n as usize]).is_err() {
                 return Idleness::Closed;
             }
-        }
-        if self.pending > 0 {
-            return Idleness::Unsolicited;
+            // Data: the answer is known; the rest stays in the socket for the next read.
+            if self.pending > 0 {
+                return Idleness::Unsolicited;
+            }
         }
         // close_notify: the reader says end of stream.
         match self.tls.reader().fill_buf() {
@@ -364,14 +365,17 @@ impl Stream {
         self.tcp().readable(false).await
     }
 
-    /// A peek at the peer without consuming anything: decrypted bytes waiting count as
-    /// `Unsolicited`; otherwise the socket says (for TLS, bytes at the socket are records not
-    /// yet read, reported as `Unsolicited` too).
-    pub fn idleness(&self) -> Idleness {
-        if self.has_pending() {
-            return Idleness::Unsolicited;
+    /// What the peer of a connection with no read in flight has done: closed it, sent bytes
+    /// (`Unsolicited`: decrypted plaintext waiting counts), or nothing. Plain TCP is peeked at
+    /// without consuming anything; TLS records are read into rustls without blocking
+    /// (`TlsStream::settle`), so a close_notify is seen as the close it is, and plaintext stays
+    /// buffered for the next read.
+    pub fn peer_state(&mut self) -> Idleness {
+        match self {
+            Stream::Plain(s) => idleness(s.as_raw_fd()),
+            Stream::Tls(t) if t.pending > 0 => Idleness::Unsolicited,
+            Stream::Tls(t) => t.settle(),
         }
-        idleness(self.as_raw_fd())
     }
 }
 
