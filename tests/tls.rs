@@ -495,6 +495,11 @@ fn client_certificates_required() {
     let stranger = pki.other.client("agent-7");
     for driver in DRIVERS {
         let gw = tls_gateway(&pki, driver, Some(("ca.pem", "required")));
+        assert!(
+            gw.log.text().contains("tls=on, client certificates required"),
+            "the ready line says how the listener is secured: {}",
+            gw.log.text()
+        );
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
             assert!(
                 served(gw.addr, client_config(&pki.ca.pem, version, Some(&agent))),

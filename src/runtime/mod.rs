@@ -274,13 +274,22 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             .map(|u| match &u.target {
                 crate::config::UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
                 crate::config::UpstreamTarget::Http(t) => {
-                    format!("{} (http://{}{})", u.name, t.authority, t.path)
+                    let scheme = if t.tls { "https" } else { "http" };
+                    format!("{} ({scheme}://{}{})", u.name, t.authority, t.path)
                 }
             })
             .collect::<Vec<_>>()
             .join(", ");
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(listen = %listen_addr, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
+        // "off", "on", or "on, client certificates required|optional".
+        let tls = c.listen.tls.as_ref().map_or_else(
+            || "off".to_string(),
+            |t| match t.client_auth {
+                crate::tls::ClientAuth::Off => "on".to_string(),
+                a => format!("on, client certificates {}", a.as_str()),
+            },
+        );
+        tracing::info!(listen = %listen_addr, tls = %tls, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
     }
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, listen_addr, Some(admin_addr))?;
