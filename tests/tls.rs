@@ -496,7 +496,10 @@ fn client_certificates_required() {
     for driver in DRIVERS {
         let gw = tls_gateway(&pki, driver, Some(("ca.pem", "required")));
         assert!(
-            gw.log.text().contains("tls=on, client certificates required"),
+            harness::eventually(Duration::from_secs(5), || gw
+                .log
+                .text()
+                .contains("tls=on, client certificates required")),
             "the ready line says how the listener is secured: {}",
             gw.log.text()
         );
