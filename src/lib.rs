@@ -11,3 +11,4 @@ pub mod mcp;
 pub mod observe;
 pub mod proxy;
 pub mod runtime;
+pub mod tls;

@@ -1012,7 +1012,10 @@ fn sighup_does_not_stop_the_gateway_and_json_logs_hold_plain_values() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = gw.log.text();
-    assert!(log.contains("config reloaded"), "SIGHUP reloads the config: {log}");
+    assert!(
+        log.contains("config reloaded"),
+        "SIGHUP reloads the config: {log}"
+    );
     // Every line is JSON, and none carries Rust's debug spelling of an Option.
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =

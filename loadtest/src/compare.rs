@@ -695,21 +695,31 @@ http {{
                 ),
             ))
         }
-        "tollgate" | "tollgate-base" => {
+        "tollgate" | "tollgate-base" | "tollgate-tls" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
                     tollgate.display()
                 );
             }
-            let cfg = tmp.join("tollgate.yaml");
             let base = format!(
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
-            let text = merge_yaml(&base, &s.gateway_config_extra)?;
+            let mut text = merge_yaml(&base, &s.gateway_config_extra)?;
+            // TLS on the listener (plain upstream): a throwaway CA and certificate for it.
+            let tls = name == "tollgate-tls";
+            if tls {
+                let (cert, key, ca) = make_cert(&tmp.join("tls"))?;
+                let _ = crate::gen::TLS_CA.set(ca);
+                text = merge_yaml(
+                    &text,
+                    &format!("listen:\n  tls:\n    cert_file: {cert}\n    key_file: {key}\n"),
+                )?;
+            }
+            let cfg = tmp.join(format!("{name}.yaml"));
             std::fs::write(&cfg, &text)?;
-            let ready = tmp.join("tollgate.ready");
-            let log = tmp.join("tollgate.log");
+            let ready = tmp.join(format!("{name}.ready"));
+            let log = tmp.join(format!("{name}.log"));
             let mut c = Command::new(tollgate);
             c.arg("run")
                 .arg("--config")
@@ -719,17 +729,108 @@ http {{
             let mut p = spawn("tollgate", c, cpu, &log)?;
             let v = wait_ready(&mut p, &ready, Duration::from_secs(15), &log)?;
             let pid = v["pid"].as_i64().map(|x| x as i32).unwrap_or(p.pid);
+            let scheme = if tls { "https" } else { "http" };
             Ok(mk(
-                format!("http://{}/mcp", v["listen"].as_str().unwrap_or("")),
+                format!("{scheme}://{}/mcp", v["listen"].as_str().unwrap_or("")),
                 pid,
                 vec![p],
-                "workers: 1".into(),
+                if tls {
+                    "workers: 1, TLS listener (ECDSA P-256, keep-alive: one handshake per connection)"
+                        .into()
+                } else {
+                    "workers: 1".into()
+                },
             ))
         }
         other => {
-            anyhow::bail!("unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base)")
+            anyhow::bail!(
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls)"
+            )
         }
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1/localhost (ECDSA P-256), made with the
+/// `openssl` command in `dir`: (cert, key, CA) paths.
+fn make_cert(dir: &Path) -> anyhow::Result<(String, String, String)> {
+    std::fs::create_dir_all(dir)?;
+    let p = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )?;
+    let steps: [Vec<String>; 3] = [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tollgate-load CA",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &p("key.pem"),
+            "-out",
+            &p("req.csr"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &p("req.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+            "-out",
+            &p("cert.pem"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .map_err(|e| anyhow::anyhow!("openssl (needed for tollgate-tls): {e}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {}: {}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((p("cert.pem"), p("key.pem"), p("ca.pem")))
 }
 
 fn measure(

@@ -21,6 +21,11 @@ use crate::scenario::{Mode, Scenario};
 /// Everything a generator thread needs, immutable during a run.
 pub struct Plan {
     pub addr: SocketAddr,
+    /// `https://` targets: the client config (trusting `--tls-ca`) and the name to verify.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub host: String,
     pub path: String,
     pub extra_headers: String,
@@ -55,7 +60,19 @@ impl Plan {
         url: &str,
         extra_headers: &[(String, String)],
     ) -> anyhow::Result<Plan> {
-        let (addr, host, path) = parse_url(url)?;
+        let (addr, host, path, https) = parse_url(url)?;
+        let tls = if https {
+            let ca = TLS_CA.get().ok_or_else(|| {
+                anyhow::anyhow!("{url}: an https target needs --tls-ca FILE (the CA to trust)")
+            })?;
+            let client = tollgate::tls::client_config(Some(ca)).map_err(|e| anyhow::anyhow!(e))?;
+            let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+            let name = tollgate::tls::server_name(name.trim_matches(['[', ']']))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some((client, name))
+        } else {
+            None
+        };
         let mut hdrs = String::new();
         for (k, v) in s.headers.iter() {
             hdrs.push_str(&format!("{k}: {v}\r\n"));
@@ -120,6 +137,7 @@ impl Plan {
         let total_weight = mix.iter().map(|t| t.weight).sum();
         Ok(Plan {
             addr,
+            tls,
             host,
             path,
             extra_headers: hdrs,
@@ -204,16 +222,24 @@ impl Plan {
     }
 }
 
-pub fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported: {url}"))?;
+/// The CA file `https://` targets are verified against (`--tls-ca`; compare sets its own).
+pub static TLS_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// (address, host[:port] as written, path, https).
+pub fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String, bool)> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => anyhow::bail!("only http:// and https:// URLs are supported: {url}"),
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, "/".to_string()),
     };
     let hp = if hostport.contains(':') {
         hostport.to_string()
+    } else if https {
+        format!("{hostport}:443")
     } else {
         format!("{hostport}:80")
     };
@@ -222,7 +248,7 @@ pub fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {hp}"))?;
-    Ok((addr, hostport.to_string(), path))
+    Ok((addr, hostport.to_string(), path, https))
 }
 
 #[derive(Clone)]
@@ -540,7 +566,16 @@ impl Worker {
             .await
         {
             Ok(Ok(s)) => {
-                self.conn = Some(Conn::new(s));
+                // TLS: one handshake per connection, then keep-alive like plain.
+                let stream = match &self.plan.tls {
+                    None => tollgate::tls::Stream::Plain(s),
+                    Some((cfg, name)) => {
+                        tollgate::tls::connect(s, cfg.clone(), name.clone(), self.plan.timeout)
+                            .await
+                            .map_err(|e| format!("TLS handshake with {}: {e}", self.plan.addr))?
+                    }
+                };
+                self.conn = Some(Conn::new(stream));
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("connect {}: {e}", self.plan.addr)),

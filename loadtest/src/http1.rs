@@ -3,7 +3,7 @@
 //! It only has to be correct for what the harness sends; it never sees untrusted input beyond the target's replies.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use tollgate::tls::Stream;
 
 #[derive(Debug)]
 pub enum ReadError {
@@ -22,13 +22,14 @@ pub struct Response {
 
 /// One connection with its read buffer (bytes past the end of one response stay for the next).
 pub struct Conn {
-    pub stream: TcpStream,
+    /// Plain TCP, or TLS for an `https://` target (the gateway's own rustls adapter).
+    pub stream: Stream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: Stream) -> Conn {
+        let _ = stream.tcp().set_nodelay(true);
         Conn {
             stream,
             buf: Vec::with_capacity(16 * 1024),

@@ -103,6 +103,9 @@ enum Cmd {
         /// Process under test: CPU per request and RSS are read from /proc/PID.
         #[arg(long)]
         target_pid: Option<i32>,
+        /// For an https:// URL: the CA certificate(s) (PEM) to verify the target against.
+        #[arg(long)]
+        tls_ca: Option<String>,
         #[command(flatten)]
         ov: Overrides,
     },
@@ -120,20 +123,26 @@ fn main() {
             mode,
             rate,
             target_pid,
+            tls_ca,
             ov,
-        } => match run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov) {
-            Ok(ok) => {
-                if ok {
-                    0
-                } else {
-                    1
+        } => {
+            if let Some(ca) = tls_ca {
+                let _ = gen::TLS_CA.set(ca);
+            }
+            match run_cmd(&scenario, url, &headers, mode, rate, target_pid, &ov) {
+                Ok(ok) => {
+                    if ok {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tollgate-load: {e:#}");
+                    2
                 }
             }
-            Err(e) => {
-                eprintln!("tollgate-load: {e:#}");
-                2
-            }
-        },
+        }
         Cmd::Compare(a) => compare::main(a),
     };
     std::process::exit(code);

@@ -44,6 +44,35 @@ pub struct Listen {
     /// be same-origin with the request's authority, or (default on a loopback listener) be a
     /// loopback origin. An invalid Origin is refused under any rule.
     pub allowed_origins: OriginRule,
+    /// `listen.tls`: absent or null = plain HTTP; set = every connection is TLS first.
+    pub tls: Option<ListenTls>,
+}
+
+/// `listen.tls`: the listener's certificate and key (PEM files), and client certificates.
+/// `server` is built when the config is loaded (every file problem is a config problem at its
+/// key); a reload loads a new `Config`, which re-reads the files.
+#[derive(Clone)]
+pub struct ListenTls {
+    /// `listen.tls.cert_file`: the certificate chain, leaf first.
+    pub cert_file: String,
+    /// `listen.tls.key_file`: its private key (never shown).
+    pub key_file: String,
+    /// `listen.tls.client_ca_file`: CA certificates client certificates must chain to (mTLS).
+    pub client_ca_file: Option<String>,
+    /// `listen.tls.client_auth`: `required` (default with a client_ca_file) or `optional`.
+    pub client_auth: crate::tls::ClientAuth,
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ListenTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenTls")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("client_ca_file", &self.client_ca_file)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +112,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `limits.write_timeout`, default 30s: a client that does not read its response is dropped.
     pub write_timeout: Duration,
+    /// `limits.tls_handshake_timeout`, default 10s: a TLS listener's handshake must end within
+    /// this after accept, or the connection is closed.
+    pub tls_handshake_timeout: Duration,
     /// `limits.max_json_depth`, default 64: deeper JSON bodies are rejected (-32700).
     pub max_json_depth: u32,
     /// `limits.max_batch_len`, default 100: longest JSON-RPC batch (2025-03-26 sessions only).
@@ -178,6 +210,31 @@ pub struct Upstream {
     /// Where each of `headers` came from, same order: lets `tollgate check` show the reference
     /// instead of the secret it read.
     pub header_sources: Vec<HeaderSource>,
+    /// `https://` URLs only: the TLS client config and the name sent and verified.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// An https upstream's TLS (`upstreams[].tls`, optional): roots and the name to verify.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// `tls.ca_file`: CA certificates (PEM) to verify the upstream against; `None` = the
+    /// system's roots.
+    pub ca_file: Option<String>,
+    /// `tls.server_name`: sent as SNI and verified against the certificate; default the URL's host.
+    pub server_name: String,
+    /// Whether `server_name` was written (else it is the URL's host).
+    pub server_name_set: bool,
+    pub name: rustls::pki_types::ServerName<'static>,
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_file", &self.ca_file)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -197,6 +254,7 @@ impl std::fmt::Debug for Upstream {
             .field("unhealthy_after", &self.unhealthy_after)
             .field("headers", &headers)
             .field("header_sources", &self.header_sources)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -216,7 +274,7 @@ pub enum HeaderSource {
 pub enum UpstreamTarget {
     /// `url: builtin:demo`: the built-in demo MCP server, started in-process on 127.0.0.1:0.
     BuiltinDemo,
-    /// `url: http://host[:port]/path`.
+    /// `url: http://host[:port]/path` or `https://…` (`HttpTarget::tls`).
     Http(HttpTarget),
 }
 
@@ -229,6 +287,8 @@ pub struct HttpTarget {
     pub path: String,
     /// Value for the `Host` header sent upstream (`host` or `host:port`).
     pub authority: String,
+    /// `https://`: TLS to the upstream (default port 443).
+    pub tls: bool,
 }
 
 impl HttpTarget {

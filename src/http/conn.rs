@@ -14,7 +14,16 @@ const MIN_GROW: usize = 8 * 1024;
 /// The most a single read asks for.
 const MAX_READ: usize = 1 << 20;
 
-pub struct Conn<S: AsRawFd> {
+/// What a `Conn` is over: a socket (its fd is shut down when the `Conn` goes), with a last word
+/// before that: TLS sends its close_notify; plain TCP has nothing to say.
+pub trait Socket: AsRawFd {
+    /// Called once, just before the socket is shut down; must not block.
+    fn closing(&mut self) {}
+}
+
+impl Socket for monoio::net::TcpStream {}
+
+pub struct Conn<S: Socket> {
     pub io: S,
     rbuf: Vec<u8>,
     rpos: usize,
@@ -27,8 +36,9 @@ pub struct Conn<S: AsRawFd> {
 /// the close, the memory is freed), on either driver, and costs one syscall per connection.
 /// (monoio's `async-cancel` feature would cancel each dropped operation instead; shutting the
 /// socket down covers every path at once without depending on it.)
-impl<S: AsRawFd> Drop for Conn<S> {
+impl<S: Socket> Drop for Conn<S> {
     fn drop(&mut self) {
+        self.io.closing();
         // SAFETY: shutdown on the socket this connection owns; it is closed right after.
         unsafe {
             libc::shutdown(self.io.as_raw_fd(), libc::SHUT_RDWR);
@@ -36,7 +46,7 @@ impl<S: AsRawFd> Drop for Conn<S> {
     }
 }
 
-impl<S: AsRawFd> Conn<S> {
+impl<S: Socket> Conn<S> {
     pub fn new(io: S, capacity: usize) -> Self {
         Conn {
             io,
@@ -89,7 +99,7 @@ impl<S: AsRawFd> Conn<S> {
     }
 }
 
-impl<S: AsyncReadRent + AsRawFd> Conn<S> {
+impl<S: AsyncReadRent + Socket> Conn<S> {
     /// Reads more bytes into the buffer. Returns how many were read; 0 means end of stream.
     /// `want` is how many more bytes are expected (a body's remaining length), or 0 when unknown:
     /// then whatever free space there is gets used, so an idle connection keeps a small buffer.
@@ -123,7 +133,7 @@ impl<S: AsyncReadRent + AsRawFd> Conn<S> {
     }
 }
 
-impl<S: AsyncWriteRent + AsRawFd> Conn<S> {
+impl<S: AsyncWriteRent + Socket> Conn<S> {
     /// Writes all of `buf`, handing the buffer back for reuse.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, buf) = self.io.write_all(buf).await;

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::Conn;
+use crate::tls::Stream;
 
-pub type UpstreamConn = Conn<TcpStream>;
+/// Plain TCP or TLS (`https://` upstreams); the pool treats both alike, except that a TLS
+/// connection that is readable while idle first gets its records read (`settle`).
+pub type UpstreamConn = Conn<Stream>;
 
 /// The most read buffer an idle pooled connection keeps.
 const IDLE_BUFFER: usize = 16 * 1024;
@@ -73,6 +76,21 @@ fn discard_reason(fd: std::os::fd::RawFd) -> Discard {
     match idleness(fd) {
         Idleness::Unsolicited => Discard::Unsolicited,
         _ => Discard::Closed,
+    }
+}
+
+/// An idle connection that is not quiet: why it must go, or `None` when it is still good. A TLS
+/// connection's readable bytes may be records with nothing for the application (TLS 1.3 session
+/// tickets sent after the handshake, a key update): they are processed without blocking, and
+/// only plaintext, close_notify, an error or a close discard it.
+fn settle(s: &mut Stream) -> Option<Discard> {
+    match s {
+        Stream::Plain(t) => Some(discard_reason(t.as_raw_fd())),
+        Stream::Tls(t) => match t.settle() {
+            Idleness::Silent if is_quiet(s.as_raw_fd()) => None,
+            Idleness::Silent | Idleness::Closed => Some(Discard::Closed),
+            Idleness::Unsolicited => Some(Discard::Unsolicited),
+        },
     }
 }
 
@@ -186,14 +204,17 @@ impl Pool {
         mut discarded: impl FnMut(Discard),
     ) -> Option<UpstreamConn> {
         let stack = self.stack(slot)?;
-        while let Some(idle) = stack.pop() {
+        while let Some(mut idle) = stack.pop() {
             let fd = idle.conn.io.as_raw_fd();
             if now >= idle.expires {
                 discarded(Discard::Expired);
             } else if is_quiet(fd) {
                 return Some(idle.conn);
             } else {
-                discarded(discard_reason(fd));
+                match settle(&mut idle.conn.io) {
+                    None => return Some(idle.conn),
+                    Some(why) => discarded(why),
+                }
             }
         }
         None
@@ -210,7 +231,7 @@ impl Pool {
         max_idle: usize,
         expires: Instant,
     ) -> Result<(), Discard> {
-        if !conn.buffered().is_empty() {
+        if !conn.buffered().is_empty() || conn.io.has_pending() {
             return Err(Discard::Unsolicited);
         }
         conn.shrink_idle(IDLE_BUFFER);
@@ -226,14 +247,17 @@ impl Pool {
     /// their sockets do not linger in CLOSE_WAIT). Called from the worker's timer.
     pub fn sweep(&mut self, now: Instant, mut discarded: impl FnMut(usize, Discard)) {
         for (u, stack) in self.idle.iter_mut().enumerate() {
-            stack.retain(|c| {
+            stack.retain_mut(|c| {
                 let fd = c.conn.io.as_raw_fd();
                 let why = if now >= c.expires {
                     Discard::Expired
                 } else if is_quiet(fd) {
                     return true;
                 } else {
-                    discard_reason(fd)
+                    match settle(&mut c.conn.io) {
+                        None => return true,
+                        Some(why) => why,
+                    }
                 };
                 discarded(u, why);
                 false

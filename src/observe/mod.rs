@@ -72,6 +72,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Client connections accepted."
     );
     describe_counter!(
+        names::TLS_HANDSHAKE_FAILURES_TOTAL,
+        "Client connections to a TLS listener closed without a TLS session: the handshake \
+         failed (a refused or missing client certificate, no common version, not TLS) or did \
+         not finish within limits.tls_handshake_timeout."
+    );
+    describe_counter!(
         names::REJECTIONS_TOTAL,
         "Requests refused by the gateway, by reason; a refusal for a configured limit is \
          counted in tollgate_limit_rejections_total instead, never in both."
@@ -155,6 +161,8 @@ pub struct WorkerMetrics {
     limits: Vec<Option<Counter>>,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
+    /// Indexed by `tls::HandshakeFailure` (timeout, error).
+    pub tls_handshake_failures: [Counter; 2],
     pub sessions_opened: Counter,
     pub sessions_closed: Counter,
 }
@@ -201,6 +209,8 @@ impl WorkerMetrics {
             limits,
             connections_open: metrics::gauge!(names::CONNECTIONS_OPEN),
             connections_accepted: metrics::counter!(names::CONNECTIONS_ACCEPTED_TOTAL),
+            tls_handshake_failures: ["timeout", "error"]
+                .map(|r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r)),
             sessions_opened: metrics::counter!(names::SESSIONS_OPENED_TOTAL),
             sessions_closed: metrics::counter!(names::SESSIONS_CLOSED_TOTAL),
         }

@@ -7,6 +7,7 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "tollgate_upstream_requests_total";
 pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tollgate_tls_handshake_failures_total";
 pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "tollgate_limit_rejections_total";
 /// Pooled upstream connections dropped instead of reused, by reason (closed, unsolicited, expired).

@@ -134,7 +134,10 @@ impl Gateway {
             .iter()
             .map(|u| match &u.target {
                 UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
-                UpstreamTarget::Http(t) => format!("{} (http://{}{})", u.name, t.authority, t.path),
+                UpstreamTarget::Http(t) => {
+                    let scheme = if t.tls { "https" } else { "http" };
+                    format!("{} ({scheme}://{}{})", u.name, t.authority, t.path)
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -1,11 +1,11 @@
 //! The client side of a connection: its buffered reader, the write buffers lent to it for one
 //! request, and the write with a deadline. Knows nothing of upstreams.
 
+use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
-
 use crate::http::Conn;
+use crate::tls::{PeerIdentity, Stream};
 
 use super::state::WorkerState;
 
@@ -14,7 +14,10 @@ pub const IDLE_READ_BUFFER: usize = 2048;
 
 /// The client side of a connection: its buffered reader and reusable write buffers.
 pub struct Client {
-    pub conn: Conn<TcpStream>,
+    /// Plain TCP or TLS (the handshake is done before a `Client` exists).
+    pub conn: Conn<Stream>,
+    /// The verified client certificate's identity (a TLS listener with `client_ca_file`).
+    peer: Option<Rc<PeerIdentity>>,
     /// The worker this connection runs on (its coarse clock and deadlines).
     w: std::rc::Rc<WorkerState>,
     /// Bytes to write to the client.
@@ -29,18 +32,19 @@ pub struct Client {
     /// Bytes written to the client so far (the record phase counts each request's share).
     pub sent: u64,
     /// The client's address, for the access log.
-    pub peer: Option<std::net::SocketAddr>,
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 impl Client {
     /// A client starts with only a small read buffer; write buffers are lent per request.
-    pub fn new(stream: TcpStream, w: std::rc::Rc<WorkerState>) -> Self {
+    pub fn new(stream: Stream, w: std::rc::Rc<WorkerState>) -> Self {
         let write_timeout = w.gw().config.limits.write_timeout;
-        let peer = stream.peer_addr().ok();
+        let addr = stream.tcp().peer_addr().ok();
         Client {
             sent: 0,
-            peer,
+            addr,
             w,
+            peer: stream.peer(),
             conn: Conn::new(stream, IDLE_READ_BUFFER),
             out: Vec::new(),
             up_out: Vec::new(),
@@ -48,6 +52,14 @@ impl Client {
             write_timeout,
             head_only: false,
         }
+    }
+
+    /// Who the client proved to be with a certificate: on a TLS listener with
+    /// `listen.tls.client_ca_file`, the verified leaf certificate's subject and SANs; `None` for
+    /// plain HTTP, a TLS listener without client certificates, or `client_auth: optional` with
+    /// a client that sent none. For the request context (authentication, audit).
+    pub fn peer(&self) -> Option<&Rc<PeerIdentity>> {
+        self.peer.as_ref()
     }
 
     /// Borrows write buffers from the worker's pool for one request.
@@ -99,8 +111,8 @@ impl Client {
 }
 
 /// Makes the socket's close send RST and drop unsent data (`SO_LINGER` 0).
-pub fn abort_on_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
+/// On a TLS connection this is the TCP socket under it: nothing more is sent (no close_notify).
+pub fn abort_on_close(s: &impl std::os::fd::AsRawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

@@ -289,7 +289,7 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
         ),
         None => (None, None),
     };
-    let peer = c.peer.map(|p| p.to_string());
+    let peer = c.addr.map(|p| p.to_string());
     w.access.line(
         level,
         &[

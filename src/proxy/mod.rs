@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use monoio::net::TcpStream;
+use crate::tls::Stream;
 
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
@@ -57,8 +57,8 @@ fn unix_now() -> u64 {
 }
 
 /// Serves one client connection until it closes, idles out, or the worker shuts down.
-pub async fn serve(w: Rc<WorkerState>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(w: Rc<WorkerState>, stream: Stream) {
+    let _ = stream.tcp().set_nodelay(true);
     let mut c = Client::new(stream, w.clone());
     // A refused head is answered after the loop: awaiting inside the `match` would keep its
     // whole `Result` (a `RequestHead`) in the state of every idle connection.
@@ -728,7 +728,7 @@ mod size_tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Rc<WorkerState>, TcpStream) -> Fut,
+        F: Fn(Rc<WorkerState>, Stream) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -45,6 +45,11 @@ pub struct UpstreamRuntime {
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// `https://`: the client config and the name sent as SNI and verified.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl UpstreamRuntime {
@@ -86,6 +91,7 @@ impl UpstreamRuntime {
             request_timeout: cfg.request_timeout,
             idle_timeout: cfg.idle_timeout,
             max_idle: cfg.max_idle_per_worker,
+            tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Kind};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{parse_response, Framing, ResponseHead};
-use crate::http::pool::{connect, idleness, Idleness, UpstreamConn};
+use crate::http::pool::{connect, Idleness, UpstreamConn};
 use crate::http::Conn;
 
 use super::client::Client;
@@ -82,6 +82,23 @@ async fn read_response_head(
     }
 }
 
+/// A new connection to an upstream: TCP, then for `https://` the TLS handshake (SNI and
+/// verification against `tls.server_name` or the URL's host), each within `connect_timeout`.
+/// A TLS failure reads "TLS handshake failed: invalid peer certificate: UnknownIssuer" and the
+/// like, and is logged.
+async fn open(up: &super::state::UpstreamRuntime) -> std::io::Result<crate::tls::Stream> {
+    let tcp = connect(&up.addrs, up.connect_timeout).await?;
+    let Some((config, name)) = &up.tls else {
+        return Ok(crate::tls::Stream::Plain(tcp));
+    };
+    crate::tls::connect(tcp, config.clone(), name.clone(), up.connect_timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(upstream = %up.name, error = %e, "upstream TLS handshake failed");
+            std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+        })
+}
+
 /// Sends `req` to upstream `u` and returns the connection positioned after the response head.
 /// The request buffer is always handed back.
 pub async fn exchange(
@@ -105,7 +122,7 @@ pub async fn exchange(
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => match connect(&up.addrs, up.connect_timeout).await {
+            None => match open(up).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
                 Err(e) => {
                     gw.health.upstream_failed(u);
@@ -455,12 +472,11 @@ enum StreamEvent {
 /// Waits on an event stream without lending a buffer: the upstream's next bytes, the client
 /// going away, or shutdown. Readiness polls cancel cleanly, unlike a read that owns a buffer.
 async fn stream_wait(
-    c: &Client,
+    c: &mut Client,
     up: &UpstreamConn,
     end_on: Option<&LocalShutdown>,
     watch_client: &mut bool,
 ) -> StreamEvent {
-    use std::os::fd::AsRawFd;
     let shutdown = async {
         match end_on {
             Some(s) => {
@@ -473,19 +489,22 @@ async fn stream_wait(
     loop {
         if !*watch_client {
             return monoio::select! {
-                _ = up.io.readable(false) => StreamEvent::UpstreamReadable,
+                _ = up.io.readable() => StreamEvent::UpstreamReadable,
                 _ = &mut shutdown => StreamEvent::Shutdown,
             };
         }
         monoio::select! {
-            _ = up.io.readable(false) => return StreamEvent::UpstreamReadable,
+            _ = up.io.readable() => return StreamEvent::UpstreamReadable,
             _ = &mut shutdown => return StreamEvent::Shutdown,
-            _ = c.conn.io.readable(false) => match idleness(c.conn.io.as_raw_fd()) {
-                Idleness::Closed => return StreamEvent::ClientGone,
-                // The client sent more (pipelining): it is still there; stop watching it.
-                Idleness::Unsolicited => *watch_client = false,
-                Idleness::Silent => {}
-            },
+            _ = c.conn.io.readable() => {}
+        }
+        // No read is in flight on the client: a TLS client's records are taken into rustls here
+        // (its close_notify is a close, a pipelined request stays buffered for the next read).
+        match c.conn.io.peer_state() {
+            Idleness::Closed => return StreamEvent::ClientGone,
+            // The client sent more (pipelining): it is still there; stop watching it.
+            Idleness::Unsolicited => *watch_client = false,
+            Idleness::Silent => {}
         }
     }
 }

@@ -180,8 +180,17 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     health.set_ready();
     {
         let (endpoints, upstreams) = (gw.endpoints_summary(), gw.upstreams_summary());
+        let c = &gw.config;
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(listen = %listen_addr, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
+        // "off", "on", or "on, client certificates required|optional".
+        let tls = c.listen.tls.as_ref().map_or_else(
+            || "off".to_string(),
+            |t| match t.client_auth {
+                crate::tls::ClientAuth::Off => "on".to_string(),
+                a => format!("on, client certificates {}", a.as_str()),
+            },
+        );
+        tracing::info!(listen = %listen_addr, tls = %tls, admin = %admin, workers, endpoints = %endpoints, upstreams = %upstreams, "tollgate ready");
     }
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, listen_addr, Some(admin_addr))?;
@@ -341,7 +350,9 @@ async fn worker_main(
         w.metrics.connections_open.increment(1.0);
         let w = w.clone();
         monoio::spawn(async move {
-            crate::proxy::serve(w.clone(), stream).await;
+            if let Some(stream) = crate::tls::serving(&w, stream).await {
+                crate::proxy::serve(w.clone(), stream).await;
+            }
             w.connections.set(w.connections.get() - 1);
             w.metrics.connections_open.decrement(1.0);
         });
@@ -356,9 +367,15 @@ async fn worker_main(
     w.access.flush();
 }
 
+/// Over `listen.max_connections_per_worker`: a plain listener answers 503 and closes; a TLS
+/// listener closes (a TLS client could not read a plaintext answer).
 async fn refuse_connection(w: &WorkerState, stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
     w.metrics.rejected(crate::error::Kind::TooManyConnections);
+    // A TLS listener's clients expect a handshake, not a plaintext 503: just close.
+    if w.gw().config.listen.tls.is_some() {
+        return;
+    }
     let mut out = Vec::new();
     w.gw()
         .rejects

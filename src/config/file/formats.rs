@@ -184,15 +184,16 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
             "expected builtin:demo or http://host[:port]/path, got {s:?}"
         ));
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => {
             return Err(format!(
-                "unsupported scheme {scheme:?} (TLS upstreams are not supported yet)"
+                "unsupported scheme {scheme:?} (expected http or https)"
             ))
         }
-        _ => return Err(format!("unsupported scheme {scheme:?} (expected http)")),
-    }
+    };
+    let default_port = if tls { 443 } else { 80 };
     if !is_visible_ascii(rest) {
         return Err("URL must be visible ASCII without spaces (percent-encode the rest)".into());
     }
@@ -219,7 +220,7 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
     };
     let (host_part, port) = match port_sep {
         Some(i) => (&authority[..i], port(&authority[i + 1..])?),
-        None => (authority, 80),
+        None => (authority, default_port),
     };
     let host = host(host_part)?;
     // No silent `/`: MCP servers serve one endpoint path (often `/mcp`), and a gateway that
@@ -236,7 +237,7 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
     } else {
         host.clone()
     };
-    let authority = if port == 80 {
+    let authority = if port == default_port {
         bracketed
     } else {
         format!("{bracketed}:{port}")
@@ -246,6 +247,7 @@ pub fn upstream_url(s: &str) -> Result<UpstreamTarget, String> {
         port,
         path,
         authority,
+        tls,
     }))
 }
 
@@ -581,6 +583,7 @@ mod tests {
             port,
             path: path.into(),
             authority: authority.into(),
+            tls: false,
         })
     }
 
@@ -625,9 +628,26 @@ mod tests {
         );
 
         let err = |s: &str| upstream_url(s).unwrap_err();
+        let https = |host: &str, port: u16, path: &str, authority: &str| {
+            UpstreamTarget::Http(HttpTarget {
+                host: host.into(),
+                port,
+                path: path.into(),
+                authority: authority.into(),
+                tls: true,
+            })
+        };
         assert_eq!(
-            err("https://x/mcp"),
-            r#"unsupported scheme "https" (TLS upstreams are not supported yet)"#
+            upstream_url("https://x/mcp"),
+            Ok(https("x", 443, "/mcp", "x"))
+        );
+        assert_eq!(
+            upstream_url("HTTPS://x:8443/mcp"),
+            Ok(https("x", 8443, "/mcp", "x:8443"))
+        );
+        assert_eq!(
+            upstream_url("https://x:80/mcp"),
+            Ok(https("x", 80, "/mcp", "x:80"))
         );
         assert!(err("ftp://x/").contains("unsupported scheme \"ftp\""));
         assert!(err("builtin:other").contains("unknown builtin \"other\" (known: demo)"));

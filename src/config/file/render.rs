@@ -57,6 +57,20 @@ pub fn render_effective(c: &Config) -> String {
         "  allowed_origins: {}{origins_note}",
         list(&l.allowed_origins.list)
     );
+    match &l.tls {
+        None => {
+            let _ = writeln!(o, "  tls: null  # plain HTTP");
+        }
+        Some(t) => {
+            let _ = writeln!(o, "  tls:");
+            let _ = writeln!(o, "    cert_file: {}", q(&t.cert_file));
+            let _ = writeln!(o, "    key_file: {}", q(&t.key_file));
+            if let Some(ca) = &t.client_ca_file {
+                let _ = writeln!(o, "    client_ca_file: {}", q(ca));
+                let _ = writeln!(o, "    client_auth: {}", t.client_auth.as_str());
+            }
+        }
+    }
 
     let m = &c.limits;
     let _ = writeln!(o, "limits:");
@@ -88,6 +102,11 @@ pub fn render_effective(c: &Config) -> String {
     );
     let _ = writeln!(o, "  idle_timeout: {}", render_duration(m.idle_timeout));
     let _ = writeln!(o, "  write_timeout: {}", render_duration(m.write_timeout));
+    let _ = writeln!(
+        o,
+        "  tls_handshake_timeout: {}",
+        render_duration(m.tls_handshake_timeout)
+    );
     let _ = writeln!(o, "  max_json_depth: {}", m.max_json_depth);
     let _ = writeln!(o, "  max_batch_len: {}", m.max_batch_len);
 
@@ -155,7 +174,8 @@ pub fn render_effective(c: &Config) -> String {
                 } else {
                     h.host.clone()
                 };
-                format!("http://{host}:{}{}", h.port, h.path)
+                let scheme = if h.tls { "https" } else { "http" };
+                format!("{scheme}://{host}:{}{}", h.port, h.path)
             }
         };
         let _ = writeln!(o, "  - name: {}", q(&u.name));
@@ -186,6 +206,18 @@ pub fn render_effective(c: &Config) -> String {
                 };
                 let _ = writeln!(o, "      {}: {shown}", q(name));
             }
+        }
+        if let Some(t) = &u.tls {
+            let _ = writeln!(o, "    tls:");
+            match &t.ca_file {
+                Some(ca) => {
+                    let _ = writeln!(o, "      ca_file: {}", q(ca));
+                }
+                None => {
+                    let _ = writeln!(o, "      ca_file: null  # the system's CA certificates");
+                }
+            }
+            let _ = writeln!(o, "      server_name: {}", q(&t.server_name));
         }
     }
     let _ = writeln!(o, "servers:");
