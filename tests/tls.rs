@@ -520,6 +520,15 @@ fn client_certificates_required() {
                 "{driver:?}: a certificate from another CA is refused"
             );
         }
+        // The verified subject is in the request context: the access line names it.
+        assert!(
+            harness::eventually(Duration::from_secs(5), || gw
+                .log
+                .text()
+                .contains("client_cert=\"O=Example Agents,CN=agent-7\"")),
+            "{driver:?}: {}",
+            gw.log.text()
+        );
         // The verified identity reaches the connection (logged at debug with its subject).
         assert!(
             harness::eventually(Duration::from_secs(5), || {
@@ -746,4 +755,45 @@ fn a_get_stream_over_tls_ends_when_its_client_leaves() {
             "{driver:?}: the relay did not notice its TLS client left"
         );
     }
+}
+
+#[test]
+fn a_reload_swaps_the_listener_certificate_and_keeps_connections() {
+    let pki = Pki::new();
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .listen("tls", &pki.listen_tls(None))
+        .rust_log("info")
+        .start();
+    let old_ca = client_config(&pki.ca.pem, &rustls::version::TLS13, None);
+    let new_ca = client_config(&pki.other.pem, &rustls::version::TLS13, None);
+    let mut before = Client::new(tls_connect(gw.addr, old_ca.clone()).unwrap());
+    assert_eq!(before.initialize().unwrap().status, 200);
+    assert!(tls_connect(gw.addr, new_ca.clone()).is_err());
+
+    // Same file names, a certificate from another CA: a reload reads them again.
+    let (cert, key) = pki.other.server();
+    pki.write("server.pem", &cert);
+    pki.write("server-key.pem", &key);
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.reload_with(&text);
+    assert!(
+        harness::eventually(Duration::from_secs(10), || gw
+            .log
+            .text()
+            .contains("config reloaded")),
+        "{}",
+        gw.log.text()
+    );
+    assert!(
+        served(gw.addr, new_ca),
+        "new connections get the new certificate"
+    );
+    assert!(
+        tls_connect(gw.addr, old_ca).is_err(),
+        "and no longer the old one"
+    );
+    // A connection made before the reload keeps working.
+    assert_eq!(before.initialize().unwrap().status, 200);
 }

@@ -119,6 +119,8 @@ pub struct Ctx {
     pub upstream: Option<usize>,
     /// The client session's random id, once its token was opened or sealed.
     pub session: Option<[u8; 16]>,
+    /// The verified client certificate (mTLS listener): what the identity phase will read.
+    pub peer: Option<Rc<crate::tls::PeerIdentity>>,
     /// The JSON-RPC messages of a POST body, in order (one unless a batch).
     pub messages: SmallVec<[MessageCtx; 1]>,
     pub batch: bool,
@@ -158,6 +160,7 @@ impl Ctx {
             server: None,
             upstream: None,
             session: None,
+            peer: c.peer().cloned(),
             messages: SmallVec::new(),
             batch: false,
             bytes_in: 0,
@@ -295,6 +298,10 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
         &[
             ("worker", Some(Value::U64(w.index as u64))),
             ("peer", peer.as_deref().map(Value::Str)),
+            (
+                "client_cert",
+                ctx.peer.as_ref().map(|p| Value::Str(p.subject.as_str())),
+            ),
             ("http", Some(Value::Str(ctx.http_method.as_str()))),
             ("server", server.map(Value::Str)),
             ("rpc", rpc),
