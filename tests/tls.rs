@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{metric_value, read_until_closed, Driver, Gateway};
+use harness::{metric_value, read_until_closed, Driver, Gateway, Http, Response};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -173,29 +173,9 @@ fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Res
     Ok(s)
 }
 
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// HTTP/1.1 over any stream, with its read buffer (keep-alive: one per connection).
+/// An MCP session over HTTP/1.1 over any stream (the harness's `Http`).
 struct Client<S: Read + Write> {
-    s: S,
-    buf: Vec<u8>,
+    http: Http<S>,
     session: Option<String>,
     next_id: u64,
 }
@@ -203,113 +183,36 @@ struct Client<S: Read + Write> {
 impl<S: Read + Write> Client<S> {
     fn new(s: S) -> Self {
         Client {
-            s,
-            buf: Vec::new(),
+            http: Http::over(s, "localhost"),
             session: None,
             next_id: 1,
         }
     }
 
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let mut tmp = [0u8; 16384];
-        let n = self.s.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
+    /// The TLS stream under the HTTP client.
+    fn stream(&mut self) -> &mut S {
+        &mut self.http.stream
     }
 
-    fn post(&mut self, body: &[u8]) -> std::io::Result<Resp> {
-        let mut req = format!(
-            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n\
-             Content-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(s) = &self.session {
-            req.push_str(&format!("Mcp-Session-Id: {s}\r\n"));
+    /// A POST to /mcp; `Err` when the connection refuses or closes (a handshake the server
+    /// rejected shows here under TLS 1.3).
+    fn post(&mut self, body: &[u8]) -> std::io::Result<Response> {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("MCP-Protocol-Version", "2025-06-18"),
+        ];
+        let session = self.session.clone();
+        if let Some(s) = &session {
+            headers.push(("Mcp-Session-Id", s));
         }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        self.s.write_all(&bytes)?;
-        self.s.flush()?;
-        self.read_response()
-    }
-
-    fn read_response(&mut self) -> std::io::Result<Resp> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = r.parse(&self.buf) {
-                let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                self.buf.drain(..n);
-                let mut resp = Resp {
-                    status,
-                    headers,
-                    body: vec![],
-                };
-                if resp
-                    .header("transfer-encoding")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-                {
-                    resp.body = self.read_chunked()?;
-                } else {
-                    let len: usize = resp
-                        .header("content-length")
-                        .map_or(0, |v| v.parse().unwrap());
-                    while self.buf.len() < len {
-                        if self.fill()? == 0 {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        }
-                    }
-                    resp.body = self.buf.drain(..len).collect();
-                }
-                return Ok(resp);
-            }
-            if self.fill()? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut body = vec![];
-        loop {
-            let end = loop {
-                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                    break p;
-                }
-                if self.fill()? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            };
-            let line = String::from_utf8_lossy(&self.buf[..end]).to_string();
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
-            self.buf.drain(..end + 2);
-            while self.buf.len() < size + 2 {
-                if self.fill()? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            body.extend_from_slice(&self.buf[..size]);
-            self.buf.drain(..size + 2);
-            if size == 0 {
-                return Ok(body);
-            }
-        }
+        self.http
+            .try_request("POST", "/mcp", &headers, body)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
     }
 
     /// initialize + notifications/initialized.
-    fn initialize(&mut self) -> std::io::Result<Resp> {
+    fn initialize(&mut self) -> std::io::Result<Response> {
         let r = self.post(
             br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"tls-test","version":"1"}}}"#,
         )?;
@@ -704,7 +607,7 @@ fn an_idle_tls_connection_is_closed_with_close_notify() {
         // The gateway closes the idle connection: a clean TLS end (close_notify, read as 0),
         // not a bare TCP close (rustls: UnexpectedEof).
         let mut b = [0u8; 64];
-        match c.s.read(&mut b) {
+        match c.stream().read(&mut b) {
             Ok(0) => {}
             other => panic!("{driver:?}: expected close_notify, got {other:?}"),
         }

@@ -524,59 +524,22 @@ impl Response {
 }
 
 /// A raw HTTP/1.1 client on one keep-alive connection.
-pub struct Http {
-    pub stream: TcpStream,
+/// HTTP/1.1 over a stream (plain TCP by default; the TLS tests use a rustls stream), with its
+/// read buffer: one per connection, so keep-alive and pipelining stay in step.
+pub struct Http<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
     pub host: String,
 }
 
-impl Http {
+impl Http<TcpStream> {
     pub fn connect(addr: SocketAddr) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
-        Http {
-            stream,
-            buf: vec![],
-            host: format!("localhost:{}", addr.port()),
-        }
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        let mut req = format!("{method} {path} HTTP/1.1\r\n");
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: {}\r\n", self.host));
-        }
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        self.send_raw(&bytes);
-        self.read_response().expect("response")
-    }
-
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let mut tmp = [0u8; 65536];
-        let n = self.stream.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
+        Http::over(stream, &format!("localhost:{}", addr.port()))
     }
 
     /// Whether the server closed the connection (EOF or reset) within `wait`; bytes that
@@ -596,6 +559,66 @@ impl Http {
                 false
             }
         }
+    }
+}
+
+impl<S: Read + Write> Http<S> {
+    /// HTTP over an established `stream`; requests name `host` unless they set Host.
+    pub fn over(stream: S, host: &str) -> Http<S> {
+        Http {
+            stream,
+            buf: vec![],
+            host: host.to_string(),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .expect("response")
+    }
+
+    /// `request`, but `None` when the request cannot be written or no response head arrives
+    /// (the server refused or closed the connection).
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.host));
+        }
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes).ok()?;
+        self.stream.flush().ok()?;
+        self.read_response()
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut tmp = [0u8; 65536];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
     }
 
     /// Reads one response; `None` if the connection closed before a head arrived.
