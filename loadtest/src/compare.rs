@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::gen::{self, Phase};
 use crate::procstat::{self, Snap};
 use crate::report::{self, Summary};
-use crate::scenario::{Mode, Scenario};
+use crate::scenario::{Mode, Pacing, Scenario};
 use crate::Overrides;
 
 #[derive(clap::Args)]
@@ -384,9 +384,13 @@ fn run(a: Args) -> anyhow::Result<bool> {
     );
     let mut md = String::new();
     md.push_str(&format!("# {} — {time}\n\n", s.name));
-    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n\n",
+    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n- open-loop pacing: {}\n\n",
         ncpu, machine["kernel"].as_str().unwrap_or(""), machine["cpu"].as_str().unwrap_or(""),
-        if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" }));
+        if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" },
+        match s.load.pacing {
+            Pacing::Precise => "precise (a timerfd per connection, read through io_uring: ns resolution)",
+            Pacing::Coarse => "coarse (monoio's 1 ms timer)",
+        }));
     let bare_c = setups
         .iter()
         .find(|x| x.name == "bare")
@@ -433,7 +437,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
         }
     } else {
         println!("{}", report::table_header());
-        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | service p99 µs | send lag p99 µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | service p50 µs | service p99 µs | service p99.9 µs | send lag p50 / p99 / max µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for st in &setups {
             if let Some(f) = &st.failure {
                 all_ok = false;
@@ -459,9 +463,10 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     println!("{l}");
                 }
                 md.push_str(&format!(
-                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     st.name, label, sum.target_rate.map(|r| format!(" @{r:.0}/s")).unwrap_or_default(), sum.completed, sum.errors_total, sum.rps,
-                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us, sum.service_p99_us, sum.send_lag_p99_us,
+                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us, sum.service_p50_us, sum.service_p99_us, sum.service_p999_us,
+                    if label == "open" { format!("{:.1} / {:.1} / {:.0}", sum.send_lag_p50_us, sum.send_lag_p99_us, sum.send_lag_max_us) } else { "-".into() },
                     sum.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or("-".into()),
                     sum.rss_kib.map(|v| v.to_string()).unwrap_or("-".into()), sum.peak_rss_kib.map(|v| v.to_string()).unwrap_or("-".into())
                 ));
@@ -555,7 +560,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
     md.push_str("\nCPU µs/req: utime+stime of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests; clock-tick resolution (10 ms). Peak RSS is VmHWM (process lifetime).\n");
     let out = serde_json::json!({
         "scenario": s.name, "date": time, "commit": commit, "machine": machine, "command": command,
-        "upstream": up_note, "pinned": pin, "connections": s.connections, "sessions": s.sessions,
+        "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "connections": s.connections, "sessions": s.sessions,
         "setups": json_setups,
     });
     if a.results_dir != "-" {
@@ -761,7 +766,7 @@ fn measure(
     } else {
         "closed"
     };
-    let sum = Summary::new(mode, phase.rate, &st, g[0].0, g[0].1);
+    let sum = Summary::new(mode, phase.rate, s.load.pacing, &st, g[0].0, g[0].1);
     let up = match (g[1].0, g[1].1) {
         (Some(b), Some(a)) if st.completed > 0 => {
             Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64)

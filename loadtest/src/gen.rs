@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::AuthPlan;
 use crate::http1::{sse_events, Conn, ReadError};
-use crate::scenario::{Mode, Scenario};
+use crate::scenario::{Mode, Pacing, Scenario};
 
 /// Everything a generator thread needs, immutable during a run.
 pub struct Plan {
@@ -35,6 +35,7 @@ pub struct Plan {
     pub auth: Option<AuthPlan>,
     pub progress_min: u32,
     pub throttle_ok: bool,
+    pub pacing: Pacing,
 }
 
 pub struct Template {
@@ -137,6 +138,7 @@ impl Plan {
             },
             progress_min: s.expect.progress_min,
             throttle_ok: s.expect.throttle_ok,
+            pacing: s.load.pacing,
         })
     }
 
@@ -292,7 +294,7 @@ pub struct PhaseStats {
     pub hist: Histogram<u64>,
     /// From the actual write to the end of the reply.
     pub service: Histogram<u64>,
-    /// Open loop: how late the write was against its intended time (harness timer + no free connection).
+    /// Open loop: how late the write was against its intended time (pacer wake-up + no free connection), in ns.
     pub send_lag: Histogram<u64>,
     pub completed: u64,
     pub errors: Errors,
@@ -302,6 +304,8 @@ pub struct PhaseStats {
     pub wall: Duration,
     /// Last error text seen, to say why a run failed.
     pub last_error: Option<String>,
+    /// Precise pacing was asked for but a connection had to use monoio's 1 ms timer (no io_uring, no timerfd).
+    pub coarse_fallback: bool,
 }
 
 impl PhaseStats {
@@ -309,7 +313,7 @@ impl PhaseStats {
         PhaseStats {
             hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
             service: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
-            send_lag: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            send_lag: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
             completed: 0,
             errors: Errors::default(),
             throttled: 0,
@@ -317,6 +321,7 @@ impl PhaseStats {
             bytes_in: 0,
             wall: Duration::ZERO,
             last_error: None,
+            coarse_fallback: false,
         }
     }
     fn merge(&mut self, o: &PhaseStats) {
@@ -332,6 +337,7 @@ impl PhaseStats {
         if o.last_error.is_some() {
             self.last_error = o.last_error.clone();
         }
+        self.coarse_fallback |= o.coarse_fallback;
     }
 }
 
@@ -423,6 +429,72 @@ impl StartGate {
     }
 }
 
+thread_local! {
+    /// Whether this thread's runtime is io_uring (the precise pacer needs it: under the legacy driver a
+    /// file read would block the whole thread).
+    static ON_URING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The open-loop pacer of one connection: a timerfd armed with the time left to the slot (nanoseconds)
+/// and read through io_uring, so the wait ends when the kernel's hrtimer fires, not at monoio's next
+/// 1 ms wheel tick. The timerfd is blocking and supports non-blocking reads from io_uring (kernel ≥ 6.9),
+/// so the read is poll-armed in the ring, with no worker thread.
+pub struct SlotTimer {
+    file: monoio::fs::File,
+    buf: Option<Vec<u8>>,
+}
+
+impl SlotTimer {
+    pub fn new() -> std::io::Result<SlotTimer> {
+        use std::os::fd::FromRawFd;
+        if !ON_URING.with(|u| u.get()) {
+            return Err(std::io::Error::other("not on an io_uring runtime"));
+        }
+        // SAFETY: a plain syscall; the fd is owned by the File below from here on.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let std = unsafe { std::fs::File::from_raw_fd(fd) };
+        Ok(SlotTimer {
+            file: monoio::fs::File::from_std(std)?,
+            buf: Some(Vec::with_capacity(8)),
+        })
+    }
+
+    /// Returns once `t` has passed (at once if it already has).
+    pub async fn sleep_until(&mut self, t: Instant) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let now = Instant::now();
+        if t <= now {
+            return Ok(());
+        }
+        let d = t - now;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: valid fd and pointers for the duration of the call.
+        let r =
+            unsafe { libc::timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = self.buf.take().unwrap_or_else(|| Vec::with_capacity(8));
+        buf.clear();
+        let (res, buf) = self.file.read_at(buf, 0).await;
+        self.buf = Some(buf);
+        res.map(|_| ())
+    }
+}
+
 /// Build a monoio runtime (io_uring, legacy fallback) on this thread and run `f`'s future on it.
 pub fn with_runtime<F, Fut, T>(f: F) -> T
 where
@@ -437,8 +509,12 @@ where
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(f()),
+        Ok(mut rt) => {
+            ON_URING.with(|u| u.set(true));
+            rt.block_on(f())
+        }
         Err(_) => {
+            ON_URING.with(|u| u.set(false));
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
@@ -809,7 +885,7 @@ impl Worker {
         (req, id)
     }
 
-    fn record(&self, out: &Outcome, latency: Duration, service: Duration, lag: Duration) {
+    fn record(&self, out: &Outcome, latency: Duration, service: Duration) {
         let mut st = self.stats.borrow_mut();
         match out {
             Outcome::Ok {
@@ -826,7 +902,6 @@ impl Worker {
                 let us = |d: Duration| d.as_micros().clamp(1, 120_000_000) as u64;
                 st.hist.saturating_record(us(latency));
                 st.service.saturating_record(us(service));
-                st.send_lag.saturating_record(us(lag));
             }
             Outcome::Err(k, m) => {
                 st.errors.add(*k);
@@ -841,17 +916,19 @@ impl Worker {
     async fn drive(mut self, phase: Phase, start: Instant, quota: u64, slots: Rc<Slots>) -> Worker {
         let deadline = start + phase.duration;
         let mut k: u64 = 0;
+        let mut timer = match (phase.mode, self.plan.pacing) {
+            (Mode::Open, Pacing::Precise) => SlotTimer::new().ok(),
+            _ => None,
+        };
+        if phase.mode == Mode::Open && self.plan.pacing == Pacing::Precise && timer.is_none() {
+            self.stats.borrow_mut().coarse_fallback = true;
+        }
         loop {
             let intended = match phase.mode {
                 Mode::Open => {
                     let Some(t) = slots.take(start) else { break };
                     if t >= deadline {
                         break;
-                    }
-                    let now = Instant::now();
-                    if t > now {
-                        // monoio's timer has 1 ms resolution: the write may be up to ~1 ms late (reported as send lag).
-                        monoio::time::sleep(t - now).await;
                     }
                     t
                 }
@@ -864,7 +941,19 @@ impl Worker {
                 }
             };
             k += 1;
+            // Rendered before the wait, so the write follows the wake-up at once.
             let (req, id) = self.next_request();
+            if phase.mode == Mode::Open {
+                let waited = match timer.as_mut() {
+                    Some(tm) => tm.sleep_until(intended).await.is_ok(),
+                    None => false,
+                };
+                let now = Instant::now();
+                if !waited && intended > now {
+                    // monoio's timer has 1 ms resolution: the write may be up to ~1 ms late (reported as send lag).
+                    monoio::time::sleep(intended - now).await;
+                }
+            }
             let sent = Instant::now();
             let (out, _) = self.exchange(req, id).await;
             let done = Instant::now();
@@ -872,12 +961,13 @@ impl Worker {
                 // Do not spin on a dead target.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            self.record(
-                &out,
-                done - intended,
-                done - sent,
-                sent.saturating_duration_since(intended),
-            );
+            let lag = sent.saturating_duration_since(intended);
+            if phase.mode == Mode::Open {
+                // Every send counts, answered or not: this is the generator's own precision.
+                let ns = lag.as_nanos().clamp(1, 120_000_000_000) as u64;
+                self.stats.borrow_mut().send_lag.saturating_record(ns);
+            }
+            self.record(&out, done - intended, done - sent);
         }
         self
     }

@@ -4,6 +4,12 @@ use serde::Serialize;
 
 use crate::gen::{Errors, PhaseStats};
 use crate::procstat::Snap;
+use crate::scenario::Pacing;
+
+/// ns → µs with one decimal.
+fn lag_us(ns: u64) -> f64 {
+    (ns as f64 / 100.0).round() / 10.0
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -26,8 +32,15 @@ pub struct Summary {
     pub service_p50_us: u64,
     pub service_p99_us: u64,
     pub service_p999_us: u64,
-    /// Open loop: p99 of (actual write − intended send time): harness timer resolution plus waiting for a free connection.
-    pub send_lag_p99_us: u64,
+    /// Open loop: (actual write − intended send time), every send: the pacer's wake-up lateness plus any wait
+    /// for a free connection. Recorded in ns, reported in µs (0.1 µs).
+    pub send_lag_p50_us: f64,
+    pub send_lag_p99_us: f64,
+    pub send_lag_p999_us: f64,
+    pub send_lag_max_us: f64,
+    /// Open loop: "precise" (timerfd through io_uring) or "coarse" (monoio's 1 ms timer);
+    /// "coarse (fallback)" when precise was asked for and could not be had.
+    pub pacing: Option<String>,
     /// CPU time (utime+stime) of the process under test during the phase, per completed request.
     pub cpu_us_per_req: Option<f64>,
     pub target_cpu_ms: Option<f64>,
@@ -42,6 +55,7 @@ impl Summary {
     pub fn new(
         mode: &'static str,
         target_rate: Option<f64>,
+        pacing: Pacing,
         s: &PhaseStats,
         before: Option<Snap>,
         after: Option<Snap>,
@@ -73,7 +87,15 @@ impl Summary {
             service_p50_us: s.service.value_at_quantile(0.50),
             service_p99_us: s.service.value_at_quantile(0.99),
             service_p999_us: s.service.value_at_quantile(0.999),
-            send_lag_p99_us: s.send_lag.value_at_quantile(0.99),
+            send_lag_p50_us: lag_us(s.send_lag.value_at_quantile(0.50)),
+            send_lag_p99_us: lag_us(s.send_lag.value_at_quantile(0.99)),
+            send_lag_p999_us: lag_us(s.send_lag.value_at_quantile(0.999)),
+            send_lag_max_us: lag_us(s.send_lag.max()),
+            pacing: (mode == "open").then(|| match (pacing, s.coarse_fallback) {
+                (Pacing::Precise, false) => "precise".to_string(),
+                (Pacing::Precise, true) => "coarse (fallback)".to_string(),
+                (Pacing::Coarse, _) => "coarse".to_string(),
+            }),
             cpu_us_per_req: cpu.filter(|_| done > 0).map(|c| c / done as f64),
             target_cpu_ms: cpu.map(|c| c / 1000.0),
             rss_kib: after.map(|a| a.rss_kib),
@@ -86,15 +108,15 @@ impl Summary {
 
 pub fn table_header() -> String {
     format!(
-        "{:<10} {:<6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
-        "setup", "mode", "completed", "errors", "rps", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "svc_p99", "lag_p99", "cpu_us/req", "rss_kib", "hwm_kib"
+        "{:<10} {:<6} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "setup", "mode", "completed", "errors", "rps", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "svc_p99", "lag_p50", "lag_p99", "lag_max", "cpu_us/req", "rss_kib", "hwm_kib"
     )
 }
 
 pub fn table_row(name: &str, s: &Summary) -> String {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     format!(
-        "{:<10} {:<6} {:>9} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "{:<10} {:<6} {:>9} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8.1} {:>8.1} {:>8.0} {:>10} {:>9} {:>9}",
         name,
         s.mode,
         s.completed,
@@ -106,7 +128,9 @@ pub fn table_row(name: &str, s: &Summary) -> String {
         s.p999_us,
         s.max_us,
         s.service_p99_us,
+        s.send_lag_p50_us,
         s.send_lag_p99_us,
+        s.send_lag_max_us,
         s.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
         opt(s.rss_kib),
         opt(s.peak_rss_kib),
