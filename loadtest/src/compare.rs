@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::gen::{self, Phase};
-use crate::procstat::{self, Snap};
+use crate::procstat::{self, Sched, Snap};
 use crate::report::{self, Summary};
 use crate::scenario::{Mode, Pacing, Scenario};
 use crate::Overrides;
@@ -322,7 +322,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 "--- {}: closed loop, {} connections, ≤{} requests, ≤{}s",
                 st.name, s.connections, base.requests, s.load.duration_secs
             );
-            let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid)?;
+            let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid, pin)?;
             st.upstream_cpu_us_per_req = up_cpu;
             st.closed = Some(sum);
         }
@@ -345,7 +345,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 };
                 for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
                     println!("--- {}: open loop at {rate:.0} req/s", st.name);
-                    let (sum, _) = measure(&s, &st.url, &headers, open, st.pid, up_pid)?;
+                    let (sum, _) = measure(&s, &st.url, &headers, open, st.pid, up_pid, pin)?;
                     st.open = Some(sum);
                 }
             }
@@ -744,12 +744,20 @@ fn measure(
     phase: Phase,
     pid: i32,
     up_pid: i32,
+    pinned: bool,
 ) -> anyhow::Result<(Summary, Option<f64>)> {
     let plan = Arc::new(gen::Plan::new(s, url, headers)?);
     let snaps: Mutex<[(Option<Snap>, Option<Snap>); 2]> = Mutex::new([(None, None), (None, None)]);
+    type SchedSnap = (Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>);
+    let scheds: Mutex<[Option<SchedSnap>; 2]> = Mutex::new([None, None]);
     let hook = |start: bool| {
         let t = procstat::snap(pid);
         let u = procstat::snap(up_pid);
+        let sc = (
+            procstat::sched_pid(pid),
+            procstat::sched_pid(up_pid),
+            procstat::cpu_times(),
+        );
         let mut g = snaps.lock().expect("lock");
         if start {
             g[0].0 = t;
@@ -758,6 +766,7 @@ fn measure(
             g[0].1 = t;
             g[1].1 = u;
         }
+        scheds.lock().expect("lock")[usize::from(!start)] = Some(sc);
     };
     let st = gen::run_phase(plan, phase, &hook);
     let g = snaps.lock().expect("lock");
@@ -766,7 +775,10 @@ fn measure(
     } else {
         "closed"
     };
-    let sum = Summary::new(mode, phase.rate, s.load.pacing, &st, g[0].0, g[0].1);
+    let mut sum = Summary::new(mode, phase.rate, s.load.pacing, &st, g[0].0, g[0].1);
+    if let [Some(b), Some(a)] = &*scheds.lock().expect("lock") {
+        fill_sched(&mut sum.sched, b, a, pid == up_pid, pinned);
+    }
     let up = match (g[1].0, g[1].1) {
         (Some(b), Some(a)) if st.completed > 0 => {
             Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64)
@@ -777,6 +789,10 @@ fn measure(
     if let Some(l) = report::error_line("", &sum) {
         println!("{l}");
     }
+    if let Some(l) = report::lag_line(&sum) {
+        println!("{l}");
+    }
+    println!("{}", report::sched_line(&sum.sched));
     Ok((sum, up))
 }
 
@@ -806,4 +822,53 @@ fn merge_yaml(base: &str, extra: &str) -> anyhow::Result<String> {
         merge(&mut doc, extra);
     }
     Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
+/// Scheduler figures of a phase from the snapshots before (`b`) and after (`a`): the target's and the
+/// upstream's run and wait time, busy and softirq time per CPU, and (pinned) the busy time on each CPU that
+/// none of the pinned processes accounts for: generator + upstream on CPU 0, the proxy on CPU 1.
+fn fill_sched(
+    f: &mut report::SchedFigures,
+    b: &(Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>),
+    a: &(Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>),
+    direct: bool,
+    pinned: bool,
+) {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let target = match (a.0, b.0) {
+        (Some(a), Some(b)) => Some(a.since(b)),
+        _ => None,
+    };
+    let up = match (a.1, b.1) {
+        (Some(a), Some(b)) => Some(a.since(b)),
+        _ => None,
+    };
+    f.target_run_ms = target.map(|t| ms(t.run_ns));
+    f.target_wait_ms = target.map(|t| ms(t.wait_ns));
+    f.upstream_run_ms = up.map(|t| ms(t.run_ns));
+    f.upstream_wait_ms = up.map(|t| ms(t.wait_ns));
+    let cpus: Vec<(f64, f64)> =
+        a.2.iter()
+            .zip(&b.2)
+            .map(|(a, b)| {
+                (
+                    a.busy_us.saturating_sub(b.busy_us) as f64 / 1e3,
+                    a.softirq_us.saturating_sub(b.softirq_us) as f64 / 1e3,
+                )
+            })
+            .collect();
+    f.cpu_busy_ms = cpus.iter().map(|c| c.0).collect();
+    f.cpu_softirq_ms = cpus.iter().map(|c| c.1).collect();
+    if pinned && cpus.len() >= 2 {
+        let up_run = f.upstream_run_ms.unwrap_or(0.0);
+        let proxy_run = if direct {
+            0.0
+        } else {
+            f.target_run_ms.unwrap_or(0.0)
+        };
+        f.others_ms = vec![
+            (cpus[0].0 - cpus[0].1 - f.gen_run_ms - up_run).max(0.0),
+            (cpus[1].0 - cpus[1].1 - proxy_run).max(0.0),
+        ];
+    }
 }

@@ -306,6 +306,14 @@ pub struct PhaseStats {
     pub last_error: Option<String>,
     /// Precise pacing was asked for but a connection had to use monoio's 1 ms timer (no io_uring, no timerfd).
     pub coarse_fallback: bool,
+    /// The generator threads over the measured phase: CPU time, time waiting for a CPU, preemptions.
+    pub gen_sched: crate::procstat::Sched,
+    /// Open loop, ns: the part of the send lag after a connection had the slot (the pacer's wake-up,
+    /// or the write right away when the slot was overdue), for every send.
+    pub pacer_lag: Histogram<u64>,
+    /// Open loop, ns: for slots a connection took only after they were due, how late that was.
+    pub conn_wait: Histogram<u64>,
+    pub late_slots: u64,
 }
 
 impl PhaseStats {
@@ -322,6 +330,10 @@ impl PhaseStats {
             wall: Duration::ZERO,
             last_error: None,
             coarse_fallback: false,
+            gen_sched: crate::procstat::Sched::default(),
+            pacer_lag: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            conn_wait: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            late_slots: 0,
         }
     }
     fn merge(&mut self, o: &PhaseStats) {
@@ -338,6 +350,10 @@ impl PhaseStats {
             self.last_error = o.last_error.clone();
         }
         self.coarse_fallback |= o.coarse_fallback;
+        self.gen_sched.add(o.gen_sched);
+        let _ = self.pacer_lag.add(&o.pacer_lag);
+        let _ = self.conn_wait.add(&o.conn_wait);
+        self.late_slots += o.late_slots;
     }
 }
 
@@ -916,6 +932,8 @@ impl Worker {
     async fn drive(mut self, phase: Phase, start: Instant, quota: u64, slots: Rc<Slots>) -> Worker {
         let deadline = start + phase.duration;
         let mut k: u64 = 0;
+        // When this connection took its slot: after the slot was due means no connection was free in time.
+        let mut taken = start;
         let mut timer = match (phase.mode, self.plan.pacing) {
             (Mode::Open, Pacing::Precise) => SlotTimer::new().ok(),
             _ => None,
@@ -930,6 +948,7 @@ impl Worker {
                     if t >= deadline {
                         break;
                     }
+                    taken = Instant::now();
                     t
                 }
                 Mode::Closed => {
@@ -961,11 +980,20 @@ impl Worker {
                 // Do not spin on a dead target.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            let lag = sent.saturating_duration_since(intended);
             if phase.mode == Mode::Open {
-                // Every send counts, answered or not: this is the generator's own precision.
-                let ns = lag.as_nanos().clamp(1, 120_000_000_000) as u64;
-                self.stats.borrow_mut().send_lag.saturating_record(ns);
+                // Every send counts, answered or not. The lag splits in two: waiting for a free connection
+                // (the slot was already due when a connection took it: every connection was busy with the
+                // target, or the generator thread was off its CPU), and the pacer's own lateness after that.
+                let ns = |d: Duration| d.as_nanos().clamp(1, 120_000_000_000) as u64;
+                let mut st = self.stats.borrow_mut();
+                st.send_lag
+                    .saturating_record(ns(sent.saturating_duration_since(intended)));
+                if taken > intended {
+                    st.late_slots += 1;
+                    st.conn_wait.saturating_record(ns(taken - intended));
+                }
+                st.pacer_lag
+                    .saturating_record(ns(sent.saturating_duration_since(taken.max(intended))));
             }
             self.record(&out, done - intended, done - sent);
         }
@@ -1074,6 +1102,7 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
         }
     }
     barrier.wait();
+    let sched0 = crate::procstat::sched_thread();
     let start = Instant::now();
     let rate = phase.rate.unwrap_or(1.0).max(0.001) / plan.threads as f64;
     let slots = Rc::new(Slots {
@@ -1100,6 +1129,9 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
         .expect("workers dropped")
         .into_inner();
     st.wall = wall;
+    if let (Some(a), Some(b)) = (crate::procstat::sched_thread(), sched0) {
+        st.gen_sched = a.since(b);
+    }
     st
 }
 

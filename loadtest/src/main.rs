@@ -233,6 +233,10 @@ fn run_cmd(
     );
     println!("{}", report::table_header());
     println!("{}", report::table_row("target", &sum));
+    if let Some(l) = report::lag_line(&sum) {
+        println!("{l}");
+    }
+    println!("{}", report::sched_line(&sum.sched));
     if let Some(l) = report::error_line("target", &sum) {
         println!("{l}");
     }

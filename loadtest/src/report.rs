@@ -38,6 +38,16 @@ pub struct Summary {
     pub send_lag_p99_us: f64,
     pub send_lag_p999_us: f64,
     pub send_lag_max_us: f64,
+    /// Open loop: the send lag split. `pacer_lag_*`: after a connection had the slot (the pacer's wake-up
+    /// lateness); `late_slots`: sends whose slot was already due when a connection took it (every
+    /// connection busy with the target, or the generator off its CPU), `conn_wait_*` how late (over those).
+    pub pacer_lag_p50_us: f64,
+    pub pacer_lag_p99_us: f64,
+    pub pacer_lag_max_us: f64,
+    pub late_slots: u64,
+    pub conn_wait_p50_us: f64,
+    pub conn_wait_p99_us: f64,
+    pub conn_wait_max_us: f64,
     /// Open loop: "precise" (timerfd through io_uring) or "coarse" (monoio's 1 ms timer);
     /// "coarse (fallback)" when precise was asked for and could not be had.
     pub pacing: Option<String>,
@@ -49,6 +59,26 @@ pub struct Summary {
     pub peak_rss_kib: Option<u64>,
     pub mib_in_per_s: f64,
     pub last_error: Option<String>,
+    /// Where CPU time went during the phase (scheduler evidence for the send lag).
+    pub sched: SchedFigures,
+}
+
+/// Scheduler figures of one phase, in ms. `gen_*`: the generator threads; `upstream_*`, `target_*`: every
+/// thread of those processes; `cpu_busy_ms`/`cpu_softirq_ms`: per CPU from /proc/stat (10 ms ticks);
+/// `others_ms`: busy time on each CPU not accounted for by the pinned processes (other tenants of the
+/// machine, kernel threads) — compare fills it when pinning is on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SchedFigures {
+    pub gen_run_ms: f64,
+    pub gen_wait_ms: f64,
+    pub gen_preempted: u64,
+    pub upstream_run_ms: Option<f64>,
+    pub upstream_wait_ms: Option<f64>,
+    pub target_run_ms: Option<f64>,
+    pub target_wait_ms: Option<f64>,
+    pub cpu_busy_ms: Vec<f64>,
+    pub cpu_softirq_ms: Vec<f64>,
+    pub others_ms: Vec<f64>,
 }
 
 impl Summary {
@@ -91,6 +121,13 @@ impl Summary {
             send_lag_p99_us: lag_us(s.send_lag.value_at_quantile(0.99)),
             send_lag_p999_us: lag_us(s.send_lag.value_at_quantile(0.999)),
             send_lag_max_us: lag_us(s.send_lag.max()),
+            pacer_lag_p50_us: lag_us(s.pacer_lag.value_at_quantile(0.50)),
+            pacer_lag_p99_us: lag_us(s.pacer_lag.value_at_quantile(0.99)),
+            pacer_lag_max_us: lag_us(s.pacer_lag.max()),
+            late_slots: s.late_slots,
+            conn_wait_p50_us: lag_us(s.conn_wait.value_at_quantile(0.50)),
+            conn_wait_p99_us: lag_us(s.conn_wait.value_at_quantile(0.99)),
+            conn_wait_max_us: lag_us(s.conn_wait.max()),
             pacing: (mode == "open").then(|| match (pacing, s.coarse_fallback) {
                 (Pacing::Precise, false) => "precise".to_string(),
                 (Pacing::Precise, true) => "coarse (fallback)".to_string(),
@@ -102,6 +139,12 @@ impl Summary {
             peak_rss_kib: after.map(|a| a.hwm_kib),
             mib_in_per_s: s.bytes_in as f64 / wall / (1024.0 * 1024.0),
             last_error: s.last_error.clone(),
+            sched: SchedFigures {
+                gen_run_ms: s.gen_sched.run_ns as f64 / 1e6,
+                gen_wait_ms: s.gen_sched.wait_ns as f64 / 1e6,
+                gen_preempted: s.gen_sched.involuntary,
+                ..SchedFigures::default()
+            },
         }
     }
 }
@@ -153,4 +196,48 @@ pub fn error_line(name: &str, s: &Summary) -> Option<String> {
         e.mismatch,
         s.last_error.as_deref().unwrap_or("-")
     ))
+}
+
+/// Open loop: the send lag split into the pacer's lateness and waiting for a free connection.
+pub fn lag_line(s: &Summary) -> Option<String> {
+    s.pacing.as_ref()?;
+    Some(format!(
+        "           send lag µs: p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.0}; pacer p50 {:.1} p99 {:.1} max {:.0}; slots taken late {} ({:.2}%), by p50 {:.0} p99 {:.0} max {:.0}",
+        s.send_lag_p50_us,
+        s.send_lag_p99_us,
+        s.send_lag_p999_us,
+        s.send_lag_max_us,
+        s.pacer_lag_p50_us,
+        s.pacer_lag_p99_us,
+        s.pacer_lag_max_us,
+        s.late_slots,
+        100.0 * s.late_slots as f64 / (s.completed + s.errors_total).max(1) as f64,
+        s.conn_wait_p50_us,
+        s.conn_wait_p99_us,
+        s.conn_wait_max_us,
+    ))
+}
+
+/// One line of scheduler evidence per phase.
+pub fn sched_line(f: &SchedFigures) -> String {
+    let o = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    let v = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    format!(
+        "           sched ms: generator ran {:.0}, waited {:.0} for a CPU ({} preemptions); upstream ran {}, waited {}; target ran {}, waited {}; per CPU busy {} softirq {} others {}",
+        f.gen_run_ms,
+        f.gen_wait_ms,
+        f.gen_preempted,
+        o(f.upstream_run_ms),
+        o(f.upstream_wait_ms),
+        o(f.target_run_ms),
+        o(f.target_wait_ms),
+        v(&f.cpu_busy_ms),
+        v(&f.cpu_softirq_ms),
+        if f.others_ms.is_empty() { "-".into() } else { v(&f.others_ms) },
+    )
 }
