@@ -44,6 +44,9 @@ pub struct Args {
     /// Where the results files go; "-" writes none.
     #[arg(long, default_value = "loadtest/results")]
     results_dir: String,
+    /// Appended to the results file names (`<date>-<commit>-<scenario>-<tag>`), e.g. the rate of the run.
+    #[arg(long)]
+    results_tag: Option<String>,
     #[command(flatten)]
     ov: Overrides,
 }
@@ -565,7 +568,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
     });
     if a.results_dir != "-" {
         std::fs::create_dir_all(&a.results_dir)?;
-        let stem = format!("{}/{date}-{commit}-{}", a.results_dir, s.name);
+        let tag = a
+            .results_tag
+            .as_deref()
+            .map(|t| format!("-{t}"))
+            .unwrap_or_default();
+        let stem = format!("{}/{date}-{commit}-{}{tag}", a.results_dir, s.name);
         std::fs::write(
             format!("{stem}.json"),
             serde_json::to_string_pretty(&out)? + "\n",

@@ -1222,3 +1222,43 @@ pub fn run_idle(
     hook(false);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_timer_never_wakes_early() {
+        with_runtime(|| async {
+            let Ok(mut t) = SlotTimer::new() else {
+                eprintln!("skipped: no io_uring runtime or no timerfd here");
+                return;
+            };
+            for us in [50u64, 300, 2_000] {
+                let due = Instant::now() + Duration::from_micros(us);
+                t.sleep_until(due).await.expect("sleep");
+                assert!(Instant::now() >= due, "woke before {us} µs");
+            }
+            // A slot already due returns at once.
+            t.sleep_until(Instant::now() - Duration::from_millis(1))
+                .await
+                .expect("past slot");
+        });
+    }
+
+    #[test]
+    fn slots_are_spaced_by_the_period() {
+        let s = Slots {
+            next: Cell::new(0),
+            total: 3,
+            period: Duration::from_micros(100),
+            offset: Duration::from_micros(7),
+        };
+        let start = Instant::now();
+        let got: Vec<_> = std::iter::from_fn(|| s.take(start)).collect();
+        assert_eq!(
+            got.iter().map(|t| *t - start).collect::<Vec<_>>(),
+            [7, 107, 207].map(Duration::from_micros)
+        );
+    }
+}

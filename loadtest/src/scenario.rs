@@ -284,3 +284,17 @@ impl Scenario {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_defaults_to_precise_and_parses() {
+        assert_eq!(Load::default().pacing, Pacing::Precise);
+        let l: Load = serde_yaml_ng::from_str("pacing: coarse").expect("yaml");
+        assert_eq!(l.pacing, Pacing::Coarse);
+        assert_eq!("precise".parse::<Pacing>(), Ok(Pacing::Precise));
+        assert!("spin".parse::<Pacing>().is_err());
+    }
+}
