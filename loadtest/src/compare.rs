@@ -38,12 +38,19 @@ pub struct Args {
     /// Fixed open-loop rate instead of a fraction of the lowest saturation.
     #[arg(long)]
     rate: Option<f64>,
+    /// Run the generator, the upstream and every proxy at this nice value (inherited; negative needs root),
+    /// so that other tenants of a shared machine take less CPU from the measurement.
+    #[arg(long, allow_hyphen_values = true)]
+    nice: Option<i32>,
     /// Skip the open-loop phase.
     #[arg(long)]
     closed_only: bool,
     /// Where the results files go; "-" writes none.
     #[arg(long, default_value = "loadtest/results")]
     results_dir: String,
+    /// Write each open-loop phase's 10 ms timeline (sends, late slots, max lag, service) as CSV here.
+    #[arg(long)]
+    timeline_dir: Option<PathBuf>,
     /// Appended to the results file names (`<date>-<commit>-<scenario>-<tag>`), e.g. the rate of the run.
     #[arg(long)]
     results_tag: Option<String>,
@@ -244,6 +251,14 @@ fn run(a: Args) -> anyhow::Result<bool> {
         );
     }
     println!("RLIMIT_NOFILE raised to {nofile}");
+    if let Some(n) = a.nice {
+        // Per thread on Linux: this thread's value is inherited by the generator threads and, through
+        // fork and exec, by the upstream and the proxies, all started from here.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            anyhow::bail!("--nice {n}: {}", std::io::Error::last_os_error());
+        }
+        println!("nice: {n} (generator, upstream and proxies)");
+    }
 
     // Upstream: the built-in demo MCP server, as its own process.
     let up_ready = tmp.join("upstream.ready");
@@ -348,7 +363,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 };
                 for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
                     println!("--- {}: open loop at {rate:.0} req/s", st.name);
-                    let (sum, _) = measure(&s, &st.url, &headers, open, st.pid, up_pid, pin)?;
+                    let tl = a
+                        .timeline_dir
+                        .as_ref()
+                        .map(|d| d.join(format!("{}-open.csv", st.name)));
+                    let (sum, _) =
+                        measure_tl(&s, &st.url, &headers, open, st.pid, up_pid, pin, tl)?;
                     st.open = Some(sum);
                 }
             }
@@ -387,13 +407,14 @@ fn run(a: Args) -> anyhow::Result<bool> {
     );
     let mut md = String::new();
     md.push_str(&format!("# {} — {time}\n\n", s.name));
-    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n- open-loop pacing: {}\n\n",
+    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n- open-loop pacing: {}\n- nice: {}\n\n",
         ncpu, machine["kernel"].as_str().unwrap_or(""), machine["cpu"].as_str().unwrap_or(""),
         if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" },
         match s.load.pacing {
             Pacing::Precise => "precise (a timerfd per connection, read through io_uring: ns resolution)",
             Pacing::Coarse => "coarse (monoio's 1 ms timer)",
-        }));
+        },
+        a.nice.map(|n| n.to_string()).unwrap_or_else(|| "unchanged".into())));
     let bare_c = setups
         .iter()
         .find(|x| x.name == "bare")
@@ -524,12 +545,34 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     "added_service_p99_us_over_bare".into(),
                     serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64),
                 );
+                j.insert(
+                    "added_p50_us_over_bare".into(),
+                    serde_json::json!(o.p50_us as i64 - bo.p50_us as i64),
+                );
+                j.insert(
+                    "added_p999_us_over_bare".into(),
+                    serde_json::json!(o.p999_us as i64 - bo.p999_us as i64),
+                );
             }
             json_setups.insert(st.name.clone(), serde_json::Value::Object(j));
         }
+        md.push_str("\nSend lag (open loop: pacer lateness vs slots no connection could take in time) and where CPU time went, per phase:\n\n");
+        for st in setups.iter().filter(|x| x.failure.is_none()) {
+            for (label, sum) in [("closed", &st.closed), ("open", &st.open)] {
+                let Some(sum) = sum else { continue };
+                if let Some(l) = report::lag_line(sum) {
+                    md.push_str(&format!("- {} {label}: {}\n", st.name, l.trim()));
+                }
+                md.push_str(&format!(
+                    "- {} {label}: {}\n",
+                    st.name,
+                    report::sched_line(&sum.sched).trim()
+                ));
+            }
+        }
         // Ratios.
         println!();
-        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p99 over bare (open loop, from intended send time; from the actual write) |\n|---|---|---|---|\n");
+        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p50 / p99 / p99.9 over bare µs (open loop, from the intended send time) | added p99 over bare (open loop, from intended send time; from the actual write) |\n|---|---|---|---|---|\n");
         for (name, v) in &json_setups {
             if v.get("not_run").is_some() {
                 continue;
@@ -548,13 +591,25 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 (Some(a), Some(s)) => format!("{a} µs (service time: {s} µs)"),
                 _ => "-".into(),
             };
+            let i = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_i64())
+                    .map(|x| x.to_string())
+                    .unwrap_or("-".into())
+            };
+            let added3 = format!(
+                "{} / {} / {}",
+                i("added_p50_us_over_bare"),
+                i("added_p99_us_over_bare"),
+                i("added_p999_us_over_bare")
+            );
             println!(
-                "{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p99 over bare {added}",
+                "{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p50/p99/p99.9 over bare {added3} µs; p99 {added}",
                 f("cpu_ratio_to_bare"),
                 f("rps_ratio_to_bare")
             );
             md.push_str(&format!(
-                "| {name} | {} | {} | {added} |\n",
+                "| {name} | {} | {} | {added3} | {added} |\n",
                 f("cpu_ratio_to_bare"),
                 f("rps_ratio_to_bare")
             ));
@@ -563,7 +618,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
     md.push_str("\nCPU µs/req: utime+stime of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests; clock-tick resolution (10 ms). Peak RSS is VmHWM (process lifetime).\n");
     let out = serde_json::json!({
         "scenario": s.name, "date": time, "commit": commit, "machine": machine, "command": command,
-        "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "connections": s.connections, "sessions": s.sessions,
+        "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "nice": a.nice, "connections": s.connections, "sessions": s.sessions,
         "setups": json_setups,
     });
     if a.results_dir != "-" {
@@ -754,6 +809,20 @@ fn measure(
     up_pid: i32,
     pinned: bool,
 ) -> anyhow::Result<(Summary, Option<f64>)> {
+    measure_tl(s, url, headers, phase, pid, up_pid, pinned, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_tl(
+    s: &Scenario,
+    url: &str,
+    headers: &[(String, String)],
+    phase: Phase,
+    pid: i32,
+    up_pid: i32,
+    pinned: bool,
+    timeline: Option<PathBuf>,
+) -> anyhow::Result<(Summary, Option<f64>)> {
     let plan = Arc::new(gen::Plan::new(s, url, headers)?);
     let snaps: Mutex<[(Option<Snap>, Option<Snap>); 2]> = Mutex::new([(None, None), (None, None)]);
     type SchedSnap = (Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>);
@@ -777,6 +846,22 @@ fn measure(
         scheds.lock().expect("lock")[usize::from(!start)] = Some(sc);
     };
     let st = gen::run_phase(plan, phase, &hook);
+    if let Some(path) = timeline {
+        let mut csv =
+            String::from("t_ms,sends,late_slots,max_send_lag_us,max_service_us,mean_service_us\n");
+        for (i, b) in st.timeline.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                i as u128 * gen::TIMELINE_BUCKET.as_millis(),
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4] / b[0].max(1)
+            ));
+        }
+        std::fs::write(&path, csv)?;
+    }
     let g = snaps.lock().expect("lock");
     let mode = if phase.mode == Mode::Open {
         "open"

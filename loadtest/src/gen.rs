@@ -314,7 +314,12 @@ pub struct PhaseStats {
     /// Open loop, ns: for slots a connection took only after they were due, how late that was.
     pub conn_wait: Histogram<u64>,
     pub late_slots: u64,
+    /// Open loop, per 10 ms of schedule (by intended send time): sends, slots taken late,
+    /// max send lag (µs), max service time (µs), sum of service times (µs).
+    pub timeline: Vec<[u64; 5]>,
 }
+
+pub const TIMELINE_BUCKET: Duration = Duration::from_millis(10);
 
 impl PhaseStats {
     fn new() -> PhaseStats {
@@ -334,6 +339,7 @@ impl PhaseStats {
             pacer_lag: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
             conn_wait: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
             late_slots: 0,
+            timeline: Vec::new(),
         }
     }
     fn merge(&mut self, o: &PhaseStats) {
@@ -354,6 +360,16 @@ impl PhaseStats {
         let _ = self.pacer_lag.add(&o.pacer_lag);
         let _ = self.conn_wait.add(&o.conn_wait);
         self.late_slots += o.late_slots;
+        if self.timeline.len() < o.timeline.len() {
+            self.timeline.resize(o.timeline.len(), [0; 5]);
+        }
+        for (a, b) in self.timeline.iter_mut().zip(&o.timeline) {
+            a[0] += b[0];
+            a[1] += b[1];
+            a[2] = a[2].max(b[2]);
+            a[3] = a[3].max(b[3]);
+            a[4] += b[4];
+        }
     }
 }
 
@@ -994,6 +1010,19 @@ impl Worker {
                 }
                 st.pacer_lag
                     .saturating_record(ns(sent.saturating_duration_since(taken.max(intended))));
+                let b = ((intended - start).as_nanos() / TIMELINE_BUCKET.as_nanos()) as usize;
+                if b < 100_000 {
+                    if st.timeline.len() <= b {
+                        st.timeline.resize(b + 1, [0; 5]);
+                    }
+                    let svc = (done - sent).as_micros() as u64;
+                    let e = &mut st.timeline[b];
+                    e[0] += 1;
+                    e[1] += u64::from(taken > intended);
+                    e[2] = e[2].max(sent.saturating_duration_since(intended).as_micros() as u64);
+                    e[3] = e[3].max(svc);
+                    e[4] += svc;
+                }
             }
             self.record(&out, done - intended, done - sent);
         }
