@@ -561,7 +561,11 @@ fn run(a: Args) -> anyhow::Result<bool> {
             for (label, sum) in [("closed", &st.closed), ("open", &st.open)] {
                 let Some(sum) = sum else { continue };
                 if let Some(l) = report::lag_line(sum) {
-                    md.push_str(&format!("- {} {label}: {}\n", st.name, l.trim()));
+                    md.push_str(&format!(
+                        "- {} {label}: {}\n",
+                        st.name,
+                        l.trim().replace("\n           ", " ")
+                    ));
                 }
                 md.push_str(&format!(
                     "- {} {label}: {}\n",

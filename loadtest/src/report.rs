@@ -61,6 +61,9 @@ pub struct Summary {
     pub last_error: Option<String>,
     /// Where CPU time went during the phase (scheduler evidence for the send lag).
     pub sched: SchedFigures,
+    /// Set when the generator itself was short of CPU (it waited for one more than 15% of an open-loop
+    /// phase): the from-intended latency then measures the harness's CPU as much as the target.
+    pub harness_warning: Option<String>,
 }
 
 /// Scheduler figures of one phase, in ms. `gen_*`: the generator threads; `upstream_*`, `target_*`: every
@@ -139,6 +142,15 @@ impl Summary {
             peak_rss_kib: after.map(|a| a.hwm_kib),
             mib_in_per_s: s.bytes_in as f64 / wall / (1024.0 * 1024.0),
             last_error: s.last_error.clone(),
+            harness_warning: {
+                let waited = s.gen_sched.wait_ns as f64 / 1e9;
+                (mode == "open" && waited > 0.15 * wall).then(|| {
+                    format!(
+                        "the generator waited {:.0}% of the phase for a CPU: its CPU is saturated (on 2 CPUs it shares one with the upstream), so these latencies measure the harness too",
+                        100.0 * waited / wall
+                    )
+                })
+            },
             sched: SchedFigures {
                 gen_run_ms: s.gen_sched.run_ns as f64 / 1e6,
                 gen_wait_ms: s.gen_sched.wait_ns as f64 / 1e6,
@@ -201,8 +213,13 @@ pub fn error_line(name: &str, s: &Summary) -> Option<String> {
 /// Open loop: the send lag split into the pacer's lateness and waiting for a free connection.
 pub fn lag_line(s: &Summary) -> Option<String> {
     s.pacing.as_ref()?;
+    let warn = s
+        .harness_warning
+        .as_ref()
+        .map(|w| format!("\n           WARNING: {w}"))
+        .unwrap_or_default();
     Some(format!(
-        "           send lag µs: p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.0}; pacer p50 {:.1} p99 {:.1} max {:.0}; slots taken late {} ({:.2}%), by p50 {:.0} p99 {:.0} max {:.0}",
+        "           send lag µs: p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.0}; pacer p50 {:.1} p99 {:.1} max {:.0}; slots taken late {} ({:.2}%), by p50 {:.0} p99 {:.0} max {:.0}{warn}",
         s.send_lag_p50_us,
         s.send_lag_p99_us,
         s.send_lag_p999_us,
