@@ -146,7 +146,7 @@ impl Summary {
                 let waited = s.gen_sched.wait_ns as f64 / 1e9;
                 (mode == "open" && waited > 0.15 * wall).then(|| {
                     format!(
-                        "the generator waited {:.0}% of the phase for a CPU: its CPU is saturated (on 2 CPUs it shares one with the upstream), so these latencies measure the harness too",
+                        "the generator waited {:.0}% of the phase for its CPU (shared with the upstream when pinned on 2 CPUs): these latencies include the harness's own CPU contention",
                         100.0 * waited / wall
                     )
                 })
