@@ -469,8 +469,8 @@ thread_local! {
 
 /// The open-loop pacer of one connection: a timerfd armed with the time left to the slot (nanoseconds)
 /// and read through io_uring, so the wait ends when the kernel's hrtimer fires, not at monoio's next
-/// 1 ms wheel tick. The timerfd is blocking and supports non-blocking reads from io_uring (kernel ≥ 6.9),
-/// so the read is poll-armed in the ring, with no worker thread.
+/// 1 ms wheel tick. The timerfd is blocking; recent kernels (checked on 6.18) let io_uring read it
+/// non-blocking, so the read is poll-armed in the ring with no io-wq worker thread (older ones punt it to one).
 pub struct SlotTimer {
     file: monoio::fs::File,
     buf: Option<Vec<u8>>,
