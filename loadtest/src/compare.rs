@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::gen::{self, Phase};
-use crate::procstat::{self, Snap};
+use crate::procstat::{self, Sched, Snap};
 use crate::report::{self, Summary};
-use crate::scenario::{Mode, Scenario};
+use crate::scenario::{Mode, Pacing, Scenario};
 use crate::Overrides;
 
 #[derive(clap::Args)]
@@ -38,12 +38,22 @@ pub struct Args {
     /// Fixed open-loop rate instead of a fraction of the lowest saturation.
     #[arg(long)]
     rate: Option<f64>,
+    /// Run the generator, the upstream and every proxy at this nice value (inherited; negative needs root),
+    /// so that other tenants of a shared machine take less CPU from the measurement.
+    #[arg(long, allow_hyphen_values = true)]
+    nice: Option<i32>,
     /// Skip the open-loop phase.
     #[arg(long)]
     closed_only: bool,
     /// Where the results files go; "-" writes none.
     #[arg(long, default_value = "loadtest/results")]
     results_dir: String,
+    /// Write each open-loop phase's 10 ms timeline (sends, late slots, max lag, service) as CSV here.
+    #[arg(long)]
+    timeline_dir: Option<PathBuf>,
+    /// Appended to the results file names (`<date>-<commit>-<scenario>-<tag>`), e.g. the rate of the run.
+    #[arg(long)]
+    results_tag: Option<String>,
     #[command(flatten)]
     ov: Overrides,
 }
@@ -241,6 +251,14 @@ fn run(a: Args) -> anyhow::Result<bool> {
         );
     }
     println!("RLIMIT_NOFILE raised to {nofile}");
+    if let Some(n) = a.nice {
+        // Per thread on Linux: this thread's value is inherited by the generator threads and, through
+        // fork and exec, by the upstream and the proxies, all started from here.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            anyhow::bail!("--nice {n}: {}", std::io::Error::last_os_error());
+        }
+        println!("nice: {n} (generator, upstream and proxies)");
+    }
 
     // Upstream: the built-in demo MCP server, as its own process.
     let up_ready = tmp.join("upstream.ready");
@@ -322,7 +340,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 "--- {}: closed loop, {} connections, ≤{} requests, ≤{}s",
                 st.name, s.connections, base.requests, s.load.duration_secs
             );
-            let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid)?;
+            let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid, pin)?;
             st.upstream_cpu_us_per_req = up_cpu;
             st.closed = Some(sum);
         }
@@ -345,7 +363,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 };
                 for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
                     println!("--- {}: open loop at {rate:.0} req/s", st.name);
-                    let (sum, _) = measure(&s, &st.url, &headers, open, st.pid, up_pid)?;
+                    let tl = a
+                        .timeline_dir
+                        .as_ref()
+                        .map(|d| d.join(format!("{}-open.csv", st.name)));
+                    let (sum, _) =
+                        measure_tl(&s, &st.url, &headers, open, st.pid, up_pid, pin, tl)?;
                     st.open = Some(sum);
                 }
             }
@@ -384,9 +407,14 @@ fn run(a: Args) -> anyhow::Result<bool> {
     );
     let mut md = String::new();
     md.push_str(&format!("# {} — {time}\n\n", s.name));
-    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n\n",
+    md.push_str(&format!("- commit: `{commit}`\n- machine: {} CPUs, kernel {}, {}; /proc/loadavg at start: {loadavg_start}\n- command: `{command}`\n- upstream: {up_note}\n- pinning: {}\n- open-loop pacing: {}\n- nice: {}\n\n",
         ncpu, machine["kernel"].as_str().unwrap_or(""), machine["cpu"].as_str().unwrap_or(""),
-        if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" }));
+        if pin { "generator + upstream on CPU 0, proxy on CPU 1" } else { "off" },
+        match s.load.pacing {
+            Pacing::Precise => "precise (a timerfd per connection, read through io_uring: ns resolution)",
+            Pacing::Coarse => "coarse (monoio's 1 ms timer)",
+        },
+        a.nice.map(|n| n.to_string()).unwrap_or_else(|| "unchanged".into())));
     let bare_c = setups
         .iter()
         .find(|x| x.name == "bare")
@@ -433,7 +461,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
         }
     } else {
         println!("{}", report::table_header());
-        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | service p99 µs | send lag p99 µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| setup | mode | completed | errors | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | service p50 µs | service p99 µs | service p99.9 µs | send lag p50 / p99 / max µs | CPU µs/req (target) | RSS KiB | peak RSS KiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for st in &setups {
             if let Some(f) = &st.failure {
                 all_ok = false;
@@ -459,9 +487,10 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     println!("{l}");
                 }
                 md.push_str(&format!(
-                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     st.name, label, sum.target_rate.map(|r| format!(" @{r:.0}/s")).unwrap_or_default(), sum.completed, sum.errors_total, sum.rps,
-                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us, sum.service_p99_us, sum.send_lag_p99_us,
+                    sum.p50_us, sum.p90_us, sum.p99_us, sum.p999_us, sum.max_us, sum.service_p50_us, sum.service_p99_us, sum.service_p999_us,
+                    if label == "open" { format!("{:.1} / {:.1} / {:.0}", sum.send_lag_p50_us, sum.send_lag_p99_us, sum.send_lag_max_us) } else { "-".into() },
                     sum.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or("-".into()),
                     sum.rss_kib.map(|v| v.to_string()).unwrap_or("-".into()), sum.peak_rss_kib.map(|v| v.to_string()).unwrap_or("-".into())
                 ));
@@ -516,12 +545,38 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     "added_service_p99_us_over_bare".into(),
                     serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64),
                 );
+                j.insert(
+                    "added_p50_us_over_bare".into(),
+                    serde_json::json!(o.p50_us as i64 - bo.p50_us as i64),
+                );
+                j.insert(
+                    "added_p999_us_over_bare".into(),
+                    serde_json::json!(o.p999_us as i64 - bo.p999_us as i64),
+                );
             }
             json_setups.insert(st.name.clone(), serde_json::Value::Object(j));
         }
+        md.push_str("\nSend lag (open loop: pacer lateness vs slots no connection could take in time) and where CPU time went, per phase:\n\n");
+        for st in setups.iter().filter(|x| x.failure.is_none()) {
+            for (label, sum) in [("closed", &st.closed), ("open", &st.open)] {
+                let Some(sum) = sum else { continue };
+                if let Some(l) = report::lag_line(sum) {
+                    md.push_str(&format!(
+                        "- {} {label}: {}\n",
+                        st.name,
+                        l.trim().replace("\n           ", " ")
+                    ));
+                }
+                md.push_str(&format!(
+                    "- {} {label}: {}\n",
+                    st.name,
+                    report::sched_line(&sum.sched).trim()
+                ));
+            }
+        }
         // Ratios.
         println!();
-        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p99 over bare (open loop, from intended send time; from the actual write) |\n|---|---|---|---|\n");
+        md.push_str("\n| setup | CPU/req ÷ bare | req/s ÷ bare | added p50 / p99 / p99.9 over bare µs (open loop, from the intended send time) | added p99 over bare (open loop, from intended send time; from the actual write) |\n|---|---|---|---|---|\n");
         for (name, v) in &json_setups {
             if v.get("not_run").is_some() {
                 continue;
@@ -540,13 +595,25 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 (Some(a), Some(s)) => format!("{a} µs (service time: {s} µs)"),
                 _ => "-".into(),
             };
+            let i = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_i64())
+                    .map(|x| x.to_string())
+                    .unwrap_or("-".into())
+            };
+            let added3 = format!(
+                "{} / {} / {}",
+                i("added_p50_us_over_bare"),
+                i("added_p99_us_over_bare"),
+                i("added_p999_us_over_bare")
+            );
             println!(
-                "{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p99 over bare {added}",
+                "{name:<10} cpu/req ÷ bare {:>6}   rps ÷ bare {:>6}   added p50/p99/p99.9 over bare {added3} µs; p99 {added}",
                 f("cpu_ratio_to_bare"),
                 f("rps_ratio_to_bare")
             );
             md.push_str(&format!(
-                "| {name} | {} | {} | {added} |\n",
+                "| {name} | {} | {} | {added3} | {added} |\n",
                 f("cpu_ratio_to_bare"),
                 f("rps_ratio_to_bare")
             ));
@@ -555,12 +622,17 @@ fn run(a: Args) -> anyhow::Result<bool> {
     md.push_str("\nCPU µs/req: utime+stime of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests; clock-tick resolution (10 ms). Peak RSS is VmHWM (process lifetime).\n");
     let out = serde_json::json!({
         "scenario": s.name, "date": time, "commit": commit, "machine": machine, "command": command,
-        "upstream": up_note, "pinned": pin, "connections": s.connections, "sessions": s.sessions,
+        "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "nice": a.nice, "connections": s.connections, "sessions": s.sessions,
         "setups": json_setups,
     });
     if a.results_dir != "-" {
         std::fs::create_dir_all(&a.results_dir)?;
-        let stem = format!("{}/{date}-{commit}-{}", a.results_dir, s.name);
+        let tag = a
+            .results_tag
+            .as_deref()
+            .map(|t| format!("-{t}"))
+            .unwrap_or_default();
+        let stem = format!("{}/{date}-{commit}-{}{tag}", a.results_dir, s.name);
         std::fs::write(
             format!("{stem}.json"),
             serde_json::to_string_pretty(&out)? + "\n",
@@ -840,12 +912,34 @@ fn measure(
     phase: Phase,
     pid: i32,
     up_pid: i32,
+    pinned: bool,
+) -> anyhow::Result<(Summary, Option<f64>)> {
+    measure_tl(s, url, headers, phase, pid, up_pid, pinned, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_tl(
+    s: &Scenario,
+    url: &str,
+    headers: &[(String, String)],
+    phase: Phase,
+    pid: i32,
+    up_pid: i32,
+    pinned: bool,
+    timeline: Option<PathBuf>,
 ) -> anyhow::Result<(Summary, Option<f64>)> {
     let plan = Arc::new(gen::Plan::new(s, url, headers)?);
     let snaps: Mutex<[(Option<Snap>, Option<Snap>); 2]> = Mutex::new([(None, None), (None, None)]);
+    type SchedSnap = (Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>);
+    let scheds: Mutex<[Option<SchedSnap>; 2]> = Mutex::new([None, None]);
     let hook = |start: bool| {
         let t = procstat::snap(pid);
         let u = procstat::snap(up_pid);
+        let sc = (
+            procstat::sched_pid(pid),
+            procstat::sched_pid(up_pid),
+            procstat::cpu_times(),
+        );
         let mut g = snaps.lock().expect("lock");
         if start {
             g[0].0 = t;
@@ -854,15 +948,35 @@ fn measure(
             g[0].1 = t;
             g[1].1 = u;
         }
+        scheds.lock().expect("lock")[usize::from(!start)] = Some(sc);
     };
     let st = gen::run_phase(plan, phase, &hook);
+    if let Some(path) = timeline {
+        let mut csv =
+            String::from("t_ms,sends,late_slots,max_send_lag_us,max_service_us,mean_service_us\n");
+        for (i, b) in st.timeline.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                i as u128 * gen::TIMELINE_BUCKET.as_millis(),
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4] / b[0].max(1)
+            ));
+        }
+        std::fs::write(&path, csv)?;
+    }
     let g = snaps.lock().expect("lock");
     let mode = if phase.mode == Mode::Open {
         "open"
     } else {
         "closed"
     };
-    let sum = Summary::new(mode, phase.rate, &st, g[0].0, g[0].1);
+    let mut sum = Summary::new(mode, phase.rate, s.load.pacing, &st, g[0].0, g[0].1);
+    if let [Some(b), Some(a)] = &*scheds.lock().expect("lock") {
+        fill_sched(&mut sum.sched, b, a, pid == up_pid, pinned);
+    }
     let up = match (g[1].0, g[1].1) {
         (Some(b), Some(a)) if st.completed > 0 => {
             Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64)
@@ -873,6 +987,10 @@ fn measure(
     if let Some(l) = report::error_line("", &sum) {
         println!("{l}");
     }
+    if let Some(l) = report::lag_line(&sum) {
+        println!("{l}");
+    }
+    println!("{}", report::sched_line(&sum.sched));
     Ok((sum, up))
 }
 
@@ -902,4 +1020,53 @@ fn merge_yaml(base: &str, extra: &str) -> anyhow::Result<String> {
         merge(&mut doc, extra);
     }
     Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
+/// Scheduler figures of a phase from the snapshots before (`b`) and after (`a`): the target's and the
+/// upstream's run and wait time, busy and softirq time per CPU, and (pinned) the busy time on each CPU that
+/// none of the pinned processes accounts for: generator + upstream on CPU 0, the proxy on CPU 1.
+fn fill_sched(
+    f: &mut report::SchedFigures,
+    b: &(Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>),
+    a: &(Option<Sched>, Option<Sched>, Vec<procstat::CpuTime>),
+    direct: bool,
+    pinned: bool,
+) {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let target = match (a.0, b.0) {
+        (Some(a), Some(b)) => Some(a.since(b)),
+        _ => None,
+    };
+    let up = match (a.1, b.1) {
+        (Some(a), Some(b)) => Some(a.since(b)),
+        _ => None,
+    };
+    f.target_run_ms = target.map(|t| ms(t.run_ns));
+    f.target_wait_ms = target.map(|t| ms(t.wait_ns));
+    f.upstream_run_ms = up.map(|t| ms(t.run_ns));
+    f.upstream_wait_ms = up.map(|t| ms(t.wait_ns));
+    let cpus: Vec<(f64, f64)> =
+        a.2.iter()
+            .zip(&b.2)
+            .map(|(a, b)| {
+                (
+                    a.busy_us.saturating_sub(b.busy_us) as f64 / 1e3,
+                    a.softirq_us.saturating_sub(b.softirq_us) as f64 / 1e3,
+                )
+            })
+            .collect();
+    f.cpu_busy_ms = cpus.iter().map(|c| c.0).collect();
+    f.cpu_softirq_ms = cpus.iter().map(|c| c.1).collect();
+    if pinned && cpus.len() >= 2 {
+        let up_run = f.upstream_run_ms.unwrap_or(0.0);
+        let proxy_run = if direct {
+            0.0
+        } else {
+            f.target_run_ms.unwrap_or(0.0)
+        };
+        f.others_ms = vec![
+            (cpus[0].0 - cpus[0].1 - f.gen_run_ms - up_run).max(0.0),
+            (cpus[1].0 - cpus[1].1 - proxy_run).max(0.0),
+        ];
+    }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::AuthPlan;
 use crate::http1::{sse_events, Conn, ReadError};
-use crate::scenario::{Mode, Scenario};
+use crate::scenario::{Mode, Pacing, Scenario};
 
 /// Everything a generator thread needs, immutable during a run.
 pub struct Plan {
@@ -40,6 +40,7 @@ pub struct Plan {
     pub auth: Option<AuthPlan>,
     pub progress_min: u32,
     pub throttle_ok: bool,
+    pub pacing: Pacing,
 }
 
 pub struct Template {
@@ -155,6 +156,7 @@ impl Plan {
             },
             progress_min: s.expect.progress_min,
             throttle_ok: s.expect.throttle_ok,
+            pacing: s.load.pacing,
         })
     }
 
@@ -318,7 +320,7 @@ pub struct PhaseStats {
     pub hist: Histogram<u64>,
     /// From the actual write to the end of the reply.
     pub service: Histogram<u64>,
-    /// Open loop: how late the write was against its intended time (harness timer + no free connection).
+    /// Open loop: how late the write was against its intended time (pacer wake-up + no free connection), in ns.
     pub send_lag: Histogram<u64>,
     pub completed: u64,
     pub errors: Errors,
@@ -328,14 +330,29 @@ pub struct PhaseStats {
     pub wall: Duration,
     /// Last error text seen, to say why a run failed.
     pub last_error: Option<String>,
+    /// Precise pacing was asked for but a connection had to use monoio's 1 ms timer (no io_uring, no timerfd).
+    pub coarse_fallback: bool,
+    /// The generator threads over the measured phase: CPU time, time waiting for a CPU, preemptions.
+    pub gen_sched: crate::procstat::Sched,
+    /// Open loop, ns: the part of the send lag after a connection had the slot (the pacer's wake-up,
+    /// or the write right away when the slot was overdue), for every send.
+    pub pacer_lag: Histogram<u64>,
+    /// Open loop, ns: for slots a connection took only after they were due, how late that was.
+    pub conn_wait: Histogram<u64>,
+    pub late_slots: u64,
+    /// Open loop, per 10 ms of schedule (by intended send time): sends, slots taken late,
+    /// max send lag (µs), max service time (µs), sum of service times (µs).
+    pub timeline: Vec<[u64; 5]>,
 }
+
+pub const TIMELINE_BUCKET: Duration = Duration::from_millis(10);
 
 impl PhaseStats {
     fn new() -> PhaseStats {
         PhaseStats {
             hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
             service: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
-            send_lag: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            send_lag: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
             completed: 0,
             errors: Errors::default(),
             throttled: 0,
@@ -343,6 +360,12 @@ impl PhaseStats {
             bytes_in: 0,
             wall: Duration::ZERO,
             last_error: None,
+            coarse_fallback: false,
+            gen_sched: crate::procstat::Sched::default(),
+            pacer_lag: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            conn_wait: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            late_slots: 0,
+            timeline: Vec::new(),
         }
     }
     fn merge(&mut self, o: &PhaseStats) {
@@ -357,6 +380,21 @@ impl PhaseStats {
         self.wall = self.wall.max(o.wall);
         if o.last_error.is_some() {
             self.last_error = o.last_error.clone();
+        }
+        self.coarse_fallback |= o.coarse_fallback;
+        self.gen_sched.add(o.gen_sched);
+        let _ = self.pacer_lag.add(&o.pacer_lag);
+        let _ = self.conn_wait.add(&o.conn_wait);
+        self.late_slots += o.late_slots;
+        if self.timeline.len() < o.timeline.len() {
+            self.timeline.resize(o.timeline.len(), [0; 5]);
+        }
+        for (a, b) in self.timeline.iter_mut().zip(&o.timeline) {
+            a[0] += b[0];
+            a[1] += b[1];
+            a[2] = a[2].max(b[2]);
+            a[3] = a[3].max(b[3]);
+            a[4] += b[4];
         }
     }
 }
@@ -449,6 +487,72 @@ impl StartGate {
     }
 }
 
+thread_local! {
+    /// Whether this thread's runtime is io_uring (the precise pacer needs it: under the legacy driver a
+    /// file read would block the whole thread).
+    static ON_URING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The open-loop pacer of one connection: a timerfd armed with the time left to the slot (nanoseconds)
+/// and read through io_uring, so the wait ends when the kernel's hrtimer fires, not at monoio's next
+/// 1 ms wheel tick. The timerfd is blocking; recent kernels (checked on 6.18) let io_uring read it
+/// non-blocking, so the read is poll-armed in the ring with no io-wq worker thread (older ones punt it to one).
+pub struct SlotTimer {
+    file: monoio::fs::File,
+    buf: Option<Vec<u8>>,
+}
+
+impl SlotTimer {
+    pub fn new() -> std::io::Result<SlotTimer> {
+        use std::os::fd::FromRawFd;
+        if !ON_URING.with(|u| u.get()) {
+            return Err(std::io::Error::other("not on an io_uring runtime"));
+        }
+        // SAFETY: a plain syscall; the fd is owned by the File below from here on.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let std = unsafe { std::fs::File::from_raw_fd(fd) };
+        Ok(SlotTimer {
+            file: monoio::fs::File::from_std(std)?,
+            buf: Some(Vec::with_capacity(8)),
+        })
+    }
+
+    /// Returns once `t` has passed (at once if it already has).
+    pub async fn sleep_until(&mut self, t: Instant) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let now = Instant::now();
+        if t <= now {
+            return Ok(());
+        }
+        let d = t - now;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: valid fd and pointers for the duration of the call.
+        let r =
+            unsafe { libc::timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = self.buf.take().unwrap_or_else(|| Vec::with_capacity(8));
+        buf.clear();
+        let (res, buf) = self.file.read_at(buf, 0).await;
+        self.buf = Some(buf);
+        res.map(|_| ())
+    }
+}
+
 /// Build a monoio runtime (io_uring, legacy fallback) on this thread and run `f`'s future on it.
 pub fn with_runtime<F, Fut, T>(f: F) -> T
 where
@@ -463,8 +567,12 @@ where
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(f()),
+        Ok(mut rt) => {
+            ON_URING.with(|u| u.set(true));
+            rt.block_on(f())
+        }
         Err(_) => {
+            ON_URING.with(|u| u.set(false));
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()
@@ -844,7 +952,7 @@ impl Worker {
         (req, id)
     }
 
-    fn record(&self, out: &Outcome, latency: Duration, service: Duration, lag: Duration) {
+    fn record(&self, out: &Outcome, latency: Duration, service: Duration) {
         let mut st = self.stats.borrow_mut();
         match out {
             Outcome::Ok {
@@ -861,7 +969,6 @@ impl Worker {
                 let us = |d: Duration| d.as_micros().clamp(1, 120_000_000) as u64;
                 st.hist.saturating_record(us(latency));
                 st.service.saturating_record(us(service));
-                st.send_lag.saturating_record(us(lag));
             }
             Outcome::Err(k, m) => {
                 st.errors.add(*k);
@@ -876,6 +983,15 @@ impl Worker {
     async fn drive(mut self, phase: Phase, start: Instant, quota: u64, slots: Rc<Slots>) -> Worker {
         let deadline = start + phase.duration;
         let mut k: u64 = 0;
+        // When this connection took its slot: after the slot was due means no connection was free in time.
+        let mut taken = start;
+        let mut timer = match (phase.mode, self.plan.pacing) {
+            (Mode::Open, Pacing::Precise) => SlotTimer::new().ok(),
+            _ => None,
+        };
+        if phase.mode == Mode::Open && self.plan.pacing == Pacing::Precise && timer.is_none() {
+            self.stats.borrow_mut().coarse_fallback = true;
+        }
         loop {
             let intended = match phase.mode {
                 Mode::Open => {
@@ -883,11 +999,7 @@ impl Worker {
                     if t >= deadline {
                         break;
                     }
-                    let now = Instant::now();
-                    if t > now {
-                        // monoio's timer has 1 ms resolution: the write may be up to ~1 ms late (reported as send lag).
-                        monoio::time::sleep(t - now).await;
-                    }
+                    taken = Instant::now();
                     t
                 }
                 Mode::Closed => {
@@ -899,7 +1011,19 @@ impl Worker {
                 }
             };
             k += 1;
+            // Rendered before the wait, so the write follows the wake-up at once.
             let (req, id) = self.next_request();
+            if phase.mode == Mode::Open {
+                let waited = match timer.as_mut() {
+                    Some(tm) => tm.sleep_until(intended).await.is_ok(),
+                    None => false,
+                };
+                let now = Instant::now();
+                if !waited && intended > now {
+                    // monoio's timer has 1 ms resolution: the write may be up to ~1 ms late (reported as send lag).
+                    monoio::time::sleep(intended - now).await;
+                }
+            }
             let sent = Instant::now();
             let (out, _) = self.exchange(req, id).await;
             let done = Instant::now();
@@ -907,12 +1031,35 @@ impl Worker {
                 // Do not spin on a dead target.
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            self.record(
-                &out,
-                done - intended,
-                done - sent,
-                sent.saturating_duration_since(intended),
-            );
+            if phase.mode == Mode::Open {
+                // Every send counts, answered or not. The lag splits in two: waiting for a free connection
+                // (the slot was already due when a connection took it: every connection was busy with the
+                // target, or the generator thread was off its CPU), and the pacer's own lateness after that.
+                let ns = |d: Duration| d.as_nanos().clamp(1, 120_000_000_000) as u64;
+                let mut st = self.stats.borrow_mut();
+                st.send_lag
+                    .saturating_record(ns(sent.saturating_duration_since(intended)));
+                if taken > intended {
+                    st.late_slots += 1;
+                    st.conn_wait.saturating_record(ns(taken - intended));
+                }
+                st.pacer_lag
+                    .saturating_record(ns(sent.saturating_duration_since(taken.max(intended))));
+                let b = ((intended - start).as_nanos() / TIMELINE_BUCKET.as_nanos()) as usize;
+                if b < 100_000 {
+                    if st.timeline.len() <= b {
+                        st.timeline.resize(b + 1, [0; 5]);
+                    }
+                    let svc = (done - sent).as_micros() as u64;
+                    let e = &mut st.timeline[b];
+                    e[0] += 1;
+                    e[1] += u64::from(taken > intended);
+                    e[2] = e[2].max(sent.saturating_duration_since(intended).as_micros() as u64);
+                    e[3] = e[3].max(svc);
+                    e[4] += svc;
+                }
+            }
+            self.record(&out, done - intended, done - sent);
         }
         self
     }
@@ -1019,6 +1166,7 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
         }
     }
     barrier.wait();
+    let sched0 = crate::procstat::sched_thread();
     let start = Instant::now();
     let rate = phase.rate.unwrap_or(1.0).max(0.001) / plan.threads as f64;
     let slots = Rc::new(Slots {
@@ -1045,6 +1193,9 @@ async fn thread_main(plan: Arc<Plan>, phase: Phase, t: usize, barrier: StartGate
         .expect("workers dropped")
         .into_inner();
     st.wall = wall;
+    if let (Some(a), Some(b)) = (crate::procstat::sched_thread(), sched0) {
+        st.gen_sched = a.since(b);
+    }
     st
 }
 
@@ -1134,4 +1285,44 @@ pub fn run_idle(
     });
     hook(false);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_timer_never_wakes_early() {
+        with_runtime(|| async {
+            let Ok(mut t) = SlotTimer::new() else {
+                eprintln!("skipped: no io_uring runtime or no timerfd here");
+                return;
+            };
+            for us in [50u64, 300, 2_000] {
+                let due = Instant::now() + Duration::from_micros(us);
+                t.sleep_until(due).await.expect("sleep");
+                assert!(Instant::now() >= due, "woke before {us} µs");
+            }
+            // A slot already due returns at once.
+            t.sleep_until(Instant::now() - Duration::from_millis(1))
+                .await
+                .expect("past slot");
+        });
+    }
+
+    #[test]
+    fn slots_are_spaced_by_the_period() {
+        let s = Slots {
+            next: Cell::new(0),
+            total: 3,
+            period: Duration::from_micros(100),
+            offset: Duration::from_micros(7),
+        };
+        let start = Instant::now();
+        let got: Vec<_> = std::iter::from_fn(|| s.take(start)).collect();
+        assert_eq!(
+            got.iter().map(|t| *t - start).collect::<Vec<_>>(),
+            [7, 107, 207].map(Duration::from_micros)
+        );
+    }
 }

@@ -50,6 +50,9 @@ pub struct Overrides {
     /// Skip initialize (stateless, 2026-07-28 era).
     #[arg(long)]
     pub stateless: bool,
+    /// Open-loop pacing: precise (timerfd via io_uring, ns) or coarse (monoio's 1 ms timer).
+    #[arg(long)]
+    pub pacing: Option<scenario::Pacing>,
 }
 
 impl Overrides {
@@ -78,6 +81,9 @@ impl Overrides {
         }
         if self.stateless {
             s.stateless = true;
+        }
+        if let Some(p) = self.pacing {
+            s.load.pacing = p;
         }
     }
 }
@@ -229,12 +235,17 @@ fn run_cmd(
     let sum = report::Summary::new(
         mode_s,
         s.load.rate,
+        s.load.pacing,
         &st,
         *before.lock().expect("lock"),
         *after.lock().expect("lock"),
     );
     println!("{}", report::table_header());
     println!("{}", report::table_row("target", &sum));
+    if let Some(l) = report::lag_line(&sum) {
+        println!("{l}");
+    }
+    println!("{}", report::sched_line(&sum.sched));
     if let Some(l) = report::error_line("target", &sum) {
         println!("{l}");
     }

@@ -67,3 +67,104 @@ pub fn ncpus() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// Scheduler figures of a thread or a whole process (/proc/…/schedstat, status): where its time went.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Sched {
+    /// Time on a CPU (ns).
+    pub run_ns: u64,
+    /// Time runnable but waiting for a CPU (ns): what other tasks on its CPU cost it.
+    pub wait_ns: u64,
+    /// Times it was switched out while still runnable (preempted).
+    pub involuntary: u64,
+}
+
+impl Sched {
+    pub fn since(self, before: Sched) -> Sched {
+        Sched {
+            run_ns: self.run_ns.saturating_sub(before.run_ns),
+            wait_ns: self.wait_ns.saturating_sub(before.wait_ns),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
+    pub fn add(&mut self, o: Sched) {
+        self.run_ns += o.run_ns;
+        self.wait_ns += o.wait_ns;
+        self.involuntary += o.involuntary;
+    }
+}
+
+fn sched_dir(dir: &str) -> Option<Sched> {
+    let ss = std::fs::read_to_string(format!("{dir}/schedstat")).ok()?;
+    let mut f = ss.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+    let run_ns = f.next()?;
+    let wait_ns = f.next()?;
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let involuntary = status
+        .lines()
+        .find(|l| l.starts_with("nonvoluntary_ctxt_switches:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some(Sched {
+        run_ns,
+        wait_ns,
+        involuntary,
+    })
+}
+
+/// The calling thread.
+pub fn sched_thread() -> Option<Sched> {
+    sched_dir("/proc/thread-self")
+}
+
+/// Every thread of `pid`, summed.
+pub fn sched_pid(pid: i32) -> Option<Sched> {
+    let mut sum = Sched::default();
+    let mut any = false;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        if let Some(s) = sched_dir(&e.path().to_string_lossy()) {
+            sum.add(s);
+            any = true;
+        }
+    }
+    any.then_some(sum)
+}
+
+/// Per-CPU time from /proc/stat, in µs (clock-tick resolution): busy (everything but idle and iowait)
+/// and the part of it spent in softirq (on loopback, TCP receive work done on the sender's CPU).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuTime {
+    pub busy_us: u64,
+    pub softirq_us: u64,
+}
+
+pub fn cpu_times() -> Vec<CpuTime> {
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("cpu") else {
+            continue;
+        };
+        if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let g = |i: usize| v.get(i).copied().unwrap_or(0);
+        let busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
+        out.push(CpuTime {
+            busy_us: busy * 1_000_000 / tck,
+            softirq_us: g(6) * 1_000_000 / tck,
+        });
+    }
+    out
+}

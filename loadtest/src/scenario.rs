@@ -100,6 +100,28 @@ pub struct Load {
     pub warmup_requests: u64,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Open loop: how a send waits for its slot (`precise`: a nanosecond timerfd read through io_uring;
+    /// `coarse`: monoio's 1 ms timer, the harness before the precise pacer).
+    #[serde(default = "precise")]
+    pub pacing: Pacing,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pacing {
+    Precise,
+    Coarse,
+}
+
+impl std::str::FromStr for Pacing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Pacing, String> {
+        match s {
+            "precise" => Ok(Pacing::Precise),
+            "coarse" => Ok(Pacing::Coarse),
+            _ => Err(format!("pacing {s:?}: expected precise or coarse")),
+        }
+    }
 }
 
 impl Default for Load {
@@ -181,6 +203,9 @@ fn yes() -> bool {
 fn closed() -> Mode {
     Mode::Closed
 }
+fn precise() -> Pacing {
+    Pacing::Precise
+}
 fn half() -> f64 {
     0.5
 }
@@ -257,5 +282,19 @@ impl Scenario {
         } else {
             Err(errs.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_defaults_to_precise_and_parses() {
+        assert_eq!(Load::default().pacing, Pacing::Precise);
+        let l: Load = serde_yaml_ng::from_str("pacing: coarse").expect("yaml");
+        assert_eq!(l.pacing, Pacing::Coarse);
+        assert_eq!("precise".parse::<Pacing>(), Ok(Pacing::Precise));
+        assert!("spin".parse::<Pacing>().is_err());
     }
 }
