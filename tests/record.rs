@@ -42,6 +42,7 @@ fn every_request_and_every_refusal_gets_one_access_line() {
     let gw = Gateway::builder()
         .upstream("demo", &demo.url())
         .serve("/mcp", "demo")
+        .yaml("log:\n  access: all\n")
         .start();
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
@@ -131,6 +132,7 @@ fn a_batch_is_read_message_by_message() {
     let gw = Gateway::builder()
         .upstream("demo", &demo.url())
         .serve("/mcp", "demo")
+        .yaml("log:\n  access: all\n")
         .start();
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-03-26");

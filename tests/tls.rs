@@ -276,6 +276,7 @@ fn tls_gateway(pki: &Pki, driver: Driver, client_ca: Option<(&str, &str)>) -> Ga
         .upstream("demo", "builtin:demo")
         .serve("/mcp", "demo")
         .listen("tls", &pki.listen_tls(client_ca))
+        .yaml("log:\n  access: all\n")
         .rust_log("warn,tollgate=debug")
         .start()
 }

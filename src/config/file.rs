@@ -222,7 +222,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
             "json" => Ok(true),
             other => Err(format!("expected text or json, got {other:?}")),
         }),
-        access: s.get(p, "access", AccessLog::All, |v| match string(v)? {
+        access: s.get(p, "access", AccessLog::Refusals, |v| match string(v)? {
             "all" => Ok(AccessLog::All),
             "refusals" => Ok(AccessLog::Refusals),
             "off" => Ok(AccessLog::Off),

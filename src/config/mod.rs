@@ -182,7 +182,7 @@ pub struct Log {
     pub level: String,
     /// `log.format`: `text` (default) or `json`.
     pub json: bool,
-    /// `log.access`: which requests get an access line (`all`, default; `refusals`; `off`).
+    /// `log.access`: which requests get an access line (`refusals`, default; `all`; `off`).
     pub access: crate::observe::access::AccessLog,
 }
 

@@ -40,12 +40,16 @@ pub enum Value<'a> {
     /// Bytes from the wire, shown as text (invalid UTF-8 replaced, control characters escaped).
     Bytes(&'a [u8]),
     U64(u64),
+    Addr(std::net::SocketAddr),
 }
 
 /// One worker's access log buffer.
 pub struct AccessWriter {
     json: bool,
     buf: RefCell<Vec<u8>>,
+    /// The timestamp up to its seconds (`2026-11-28T04:50:00`), for the second it was made in:
+    /// formatted once a second, not once a line.
+    second: RefCell<(u64, String)>,
 }
 
 impl AccessWriter {
@@ -53,17 +57,41 @@ impl AccessWriter {
         AccessWriter {
             json,
             buf: RefCell::new(Vec::new()),
+            second: RefCell::new((u64::MAX, String::new())),
         }
+    }
+
+    /// `2026-11-28T04:50:00.123456Z` for now, from the cached second.
+    fn timestamp(&self, out: &mut Vec<u8>) {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut sec = self.second.borrow_mut();
+        if sec.0 != d.as_secs() {
+            sec.1.clear();
+            rfc3339_micros(
+                &mut sec.1,
+                UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()),
+            );
+            let keep = sec.1.len() - ".000000Z".len();
+            sec.1.truncate(keep);
+            sec.0 = d.as_secs();
+        }
+        out.extend_from_slice(sec.1.as_bytes());
+        out.push(b'.');
+        let us = d.subsec_micros();
+        for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+            out.push(b'0' + (us / div % 10) as u8);
+        }
+        out.push(b'Z');
     }
 
     /// Appends one line: `level` is `INFO` or `WARN`; fields in order, `None` values skipped.
     pub fn line(&self, level: &str, fields: &[(&str, Option<Value<'_>>)]) {
         let mut b = self.buf.borrow_mut();
-        let mut ts = String::with_capacity(32);
-        rfc3339_micros(&mut ts, SystemTime::now());
         if self.json {
             b.extend_from_slice(b"{\"timestamp\":\"");
-            b.extend_from_slice(ts.as_bytes());
+            self.timestamp(&mut b);
             b.extend_from_slice(b"\",\"level\":\"");
             b.extend_from_slice(level.as_bytes());
             b.extend_from_slice(b"\",\"target\":\"access\"");
@@ -77,12 +105,17 @@ impl AccessWriter {
                     Value::Bytes(s) => {
                         crate::error::json_escape_into(&mut b, &String::from_utf8_lossy(s))
                     }
-                    Value::U64(n) => b.extend_from_slice(n.to_string().as_bytes()),
+                    Value::U64(n) => crate::http::response::push_u64(&mut b, *n),
+                    Value::Addr(a) => {
+                        b.push(b'"');
+                        let _ = write!(Adapter(&mut b), "{a}");
+                        b.push(b'"');
+                    }
                 }
             }
             b.extend_from_slice(b"}\n");
         } else {
-            b.extend_from_slice(ts.as_bytes());
+            self.timestamp(&mut b);
             b.extend_from_slice(if level == "WARN" {
                 b"  WARN"
             } else {
@@ -97,7 +130,10 @@ impl AccessWriter {
                 match v {
                     Value::Str(s) => text_value(&mut b, s.as_bytes()),
                     Value::Bytes(s) => text_value(&mut b, s),
-                    Value::U64(n) => b.extend_from_slice(n.to_string().as_bytes()),
+                    Value::U64(n) => crate::http::response::push_u64(&mut b, *n),
+                    Value::Addr(a) => {
+                        let _ = write!(Adapter(&mut b), "{a}");
+                    }
                 }
             }
             b.push(b'\n');
@@ -236,6 +272,17 @@ mod tests {
     #[test]
     fn json_lines_are_json() {
         let w = AccessWriter::new(true);
+        w.line(
+            "INFO",
+            &[("peer", Some(Value::Addr("127.0.0.1:9".parse().unwrap())))],
+        );
+        let first = String::from_utf8(w.buf.borrow().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(first.trim_end()).unwrap();
+        assert_eq!(v["peer"], "127.0.0.1:9");
+        let ts = v["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-11-28T04:50:00.123456Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+        w.buf.borrow_mut().clear();
         w.line(
             "INFO",
             &[

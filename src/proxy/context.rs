@@ -292,12 +292,11 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
         ),
         None => (None, None),
     };
-    let peer = c.addr.map(|p| p.to_string());
     w.access.line(
         level,
         &[
             ("worker", Some(Value::U64(w.index as u64))),
-            ("peer", peer.as_deref().map(Value::Str)),
+            ("peer", c.addr.map(Value::Addr)),
             (
                 "client_cert",
                 ctx.peer.as_ref().map(|p| Value::Str(p.subject.as_str())),
