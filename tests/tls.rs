@@ -701,3 +701,27 @@ fn a_reload_swaps_the_listener_certificate_and_keeps_connections() {
     // A connection made before the reload keeps working.
     assert_eq!(before.initialize().unwrap().status, 200);
 }
+
+#[test]
+fn readiness_verifies_an_https_upstreams_certificate() {
+    let pki = Pki::new();
+    // The gateway trusts another CA: every exchange fails its handshake.
+    let (_front, gw) = through_https(
+        &pki,
+        Driver::IoUring,
+        &format!("{{ca_file: {}}}", pki.path("other-ca.pem")),
+    );
+    let ready = |gw: &Gateway| {
+        let mut h = Http::connect(gw.admin.unwrap());
+        h.request("GET", "/readyz", &[], b"")
+    };
+    assert_eq!(ready(&gw).status, 200, "ready before any failure");
+    for _ in 0..3 {
+        upstream_tls_error(&gw);
+    }
+    // Known-down after `unhealthy_after` (3) failures; the probe's TCP connect succeeds, but its
+    // TLS handshake does not: still not ready.
+    let r = ready(&gw);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("upstream \"up\" is down"), "{}", r.text());
+}

@@ -45,6 +45,15 @@ pub struct UpstreamHealth {
     pub failures: AtomicU32,
     /// The endpoint paths (`servers[].path`) this upstream serves; none: not part of readiness.
     pub endpoints: Vec<String>,
+    /// An https upstream: the probe completes a TLS handshake (certificate and name verified)
+    /// after the connect, so an upstream whose certificate fails is not reported ready.
+    pub tls: Option<ProbeTls>,
+}
+
+/// What a probe of an https upstream verifies against.
+pub struct ProbeTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 impl UpstreamHealth {
@@ -62,7 +71,14 @@ impl UpstreamHealth {
             unhealthy_after: unhealthy_after.max(1),
             failures: AtomicU32::new(0),
             endpoints,
+            tls: None,
         }
+    }
+
+    /// The probe also completes a TLS handshake (https upstreams).
+    pub fn with_tls(mut self, tls: Option<ProbeTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn is_down(&self) -> bool {
@@ -70,21 +86,43 @@ impl UpstreamHealth {
     }
 
     /// One TCP connect to any of the upstream's addresses within `connect_timeout` (and
-    /// `deadline`); on success the failure count is cleared, so readiness recovers without
-    /// traffic. A connect proves reachability only: an upstream that accepts and never
-    /// answers is marked down again by the next timeouts.
+    /// `deadline`), and for an https upstream a TLS handshake verifying its certificate and
+    /// name; on success the failure count is cleared, so readiness recovers without traffic.
+    /// A probe proves reachability only: an upstream that accepts and never answers is marked
+    /// down again by the next timeouts.
     fn probe(&self, deadline: Instant) -> bool {
         for a in &self.addrs {
             let Ok(left) = left(deadline) else {
                 return false;
             };
-            if TcpStream::connect_timeout(a, self.connect_timeout.min(left)).is_ok() {
-                self.failures.store(0, Ordering::Relaxed);
-                return true;
+            let limit = self.connect_timeout.min(left);
+            let Ok(tcp) = TcpStream::connect_timeout(a, limit) else {
+                continue;
+            };
+            if let Some(tls) = &self.tls {
+                if let Err(e) = tls_handshake(tcp, tls, Instant::now() + limit) {
+                    tracing::debug!(upstream = %self.name, error = %e, "readiness probe: TLS handshake failed");
+                    continue;
+                }
             }
+            self.failures.store(0, Ordering::Relaxed);
+            return true;
         }
         false
     }
+}
+
+/// A blocking TLS client handshake on `tcp` before `deadline` (the probe's; then closed).
+fn tls_handshake(tcp: TcpStream, tls: &ProbeTls, deadline: Instant) -> std::io::Result<()> {
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .map_err(std::io::Error::other)?;
+    let mut tcp = tcp;
+    while conn.is_handshaking() {
+        tcp.set_read_timeout(Some(left(deadline)?))?;
+        tcp.set_write_timeout(Some(left(deadline)?))?;
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(())
 }
 
 impl Health {

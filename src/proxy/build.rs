@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use crate::config::{Config, KeySource, UpstreamTarget};
 use crate::jsonrpc::ScanLimits;
 use crate::mcp::session::{upstream_id, SessionSealer};
-use crate::observe::admin::{Health, UpstreamHealth};
+use crate::observe::admin::{Health, ProbeTls, UpstreamHealth};
 
 use super::control::{self, Bus, Inbox};
 use super::reject::Rejects;
@@ -95,6 +95,10 @@ impl Gateway {
                         cfg.unhealthy_after,
                         endpoints,
                     )
+                    .with_tls(rt.tls.as_ref().map(|(config, name)| ProbeTls {
+                        config: config.clone(),
+                        name: name.clone(),
+                    }))
                 })
                 .collect(),
             ..Health::default()
