@@ -102,6 +102,11 @@ pub struct Bus {
     /// Undeliverable messages by kind (index in `Kind::ALL`): the exported counter and a copy
     /// the process can read.
     undeliverable: Vec<(metrics::Counter, AtomicU64)>,
+    /// When an undeliverable message was last logged (ms since `started`): at most one warning a
+    /// second, so a stuck worker under a burst of DELETEs does not flood the log (the counter
+    /// still counts each).
+    last_warn_ms: AtomicU64,
+    started: Instant,
 }
 
 /// One worker's sending side: its queue, the "a wake is pending" flag it shares with the worker,
@@ -202,6 +207,8 @@ impl Bus {
             Bus {
                 outboxes,
                 undeliverable,
+                last_warn_ms: AtomicU64::new(u64::MAX),
+                started: Instant::now(),
             },
             inboxes,
         ))
@@ -251,12 +258,24 @@ impl Bus {
                 let i = kind as usize;
                 self.undeliverable[i].0.increment(1);
                 self.undeliverable[i].1.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    worker,
-                    kind = kind.as_str(),
-                    capacity = out.tx.capacity().unwrap_or(0),
-                    "control message not delivered: {why}"
-                );
+                let now = self.started.elapsed().as_millis() as u64;
+                let last = self.last_warn_ms.load(Ordering::Relaxed);
+                let due = last == u64::MAX || now.saturating_sub(last) >= 1000;
+                if due
+                    && self
+                        .last_warn_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        worker,
+                        kind = kind.as_str(),
+                        capacity = out.tx.capacity().unwrap_or(0),
+                        undeliverable_so_far = self.undeliverable[i].1.load(Ordering::Relaxed),
+                        "control message not delivered: {why} (logged at most once a second; \
+                         tollgate_control_undeliverable_total counts each)"
+                    );
+                }
             }
         }
     }
