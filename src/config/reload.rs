@@ -73,10 +73,17 @@ pub fn summary(old: &Config, new: &Config) -> String {
             let _ = write!(out, "{what} {}", items.join(" "));
         }
     };
+    // `Debug` redacts header values; a hash of them (never printed) makes a changed credential
+    // show as a changed upstream too.
     let upstreams = |c: &Config| {
         c.upstreams
             .iter()
-            .map(|u| (u.name.clone(), format!("{u:?}")))
+            .map(|u| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                u.headers.hash(&mut h);
+                (u.name.clone(), format!("{u:?} {:x}", h.finish()))
+            })
             .collect::<Vec<_>>()
     };
     // A server is its path; it changes when its upstream (by name) does.
@@ -139,5 +146,11 @@ mod tests {
         );
         assert_eq!(summary(&old, &new), "upstreams +c ~a -b; servers +/c -/b");
         assert_eq!(summary(&old, &old), "no route changes");
+        // A header value alone (a rotated credential) is a change too, and is not shown.
+        let mut rotated = old.clone();
+        rotated.upstreams[0].headers = vec![("x-api-key".into(), "s3cret-2".into())];
+        let said = summary(&old, &rotated);
+        assert_eq!(said, "upstreams ~a");
+        assert!(!said.contains("s3cret"));
     }
 }
