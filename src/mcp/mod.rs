@@ -2,6 +2,7 @@
 //! names and list cursors.
 //! No I/O here; `now` is always an argument.
 
+pub mod cursor;
 pub mod method;
 pub mod names;
 pub mod session;
