@@ -288,6 +288,31 @@ impl Namer {
     }
 }
 
+/// Pairs of a server's namers (positions in `namers`) whose plain names can meet: one's
+/// `prefix + separator` begins the other's (an unprefixed namer begins every other). With one
+/// separator and `Namer::new`'s prefix rule this is exactly "the same prefix"; with mixed
+/// separators it also catches `a` + `__` against `a` + `_` (both spell `a__x`). Names that do meet are still
+/// caught by `NameTable::build`, but only once the lists are known: `tollgate check` should
+/// refuse an overlap up front. Hashed names of different namers meet only if SHA-256 does.
+pub fn prefix_overlaps(namers: &[Namer]) -> Vec<(usize, usize)> {
+    let joined: Vec<String> = namers
+        .iter()
+        .map(|n| match n.prefix() {
+            Some(p) => format!("{p}{}", n.separator()),
+            None => String::new(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, a) in joined.iter().enumerate() {
+        for (j, b) in joined.iter().enumerate().skip(i + 1) {
+            if a.starts_with(b.as_str()) || b.starts_with(a.as_str()) {
+                out.push((i, j));
+            }
+        }
+    }
+    out
+}
+
 /// Which upstream of the server: its position in the list given to the table builder (the
 /// server's upstreams in config order). The integrator maps it to the upstream's stable id.
 pub type UpstreamIndex = usize;

@@ -141,6 +141,27 @@ fn prefixes_that_could_confuse_upstreams_are_refused() {
 }
 
 #[test]
+fn overlapping_prefixes_are_found_before_any_list_is_known() {
+    let n = |p: Option<&str>, sep: &str| Namer::new(p, sep, 64).expect("valid");
+    let namers = [
+        n(Some("gh"), "__"),
+        n(Some("fs"), "__"),
+        n(Some("gh"), "__"),
+        n(Some("a"), "__"),
+        n(Some("a"), "_"),
+        n(Some("ab"), "__"),
+    ];
+    assert_eq!(prefix_overlaps(&namers), [(0, 2), (3, 4)]);
+    assert_eq!(
+        prefix_overlaps(&[n(None, ""), n(Some("x"), "__")]),
+        [(0, 1)]
+    );
+    assert_eq!(prefix_overlaps(&[n(None, ""), n(None, "")]), [(0, 1)]);
+    assert!(prefix_overlaps(&[n(None, "")]).is_empty());
+    assert!(prefix_overlaps(&[n(Some("x"), "__"), n(Some("xa"), "__")]).is_empty());
+}
+
+#[test]
 fn table_routes_both_ways_in_listing_order() {
     let (gh, fs) = (namer("gh"), namer("fs"));
     let (t, problems) = NameTable::build(
@@ -519,6 +540,7 @@ proptest! {
         p in arb_prefix(), q in arb_prefix(), a in arb_original(), b in arb_original(),
     ) {
         prop_assume!(p != q);
+        prop_assert!(prefix_overlaps(&[namer(&p), namer(&q)]).is_empty());
         prop_assert_ne!(namer(&p).expose(&a).0, namer(&q).expose(&b).0);
     }
 
