@@ -46,6 +46,18 @@ fn long_names_are_shortened_to_the_maximum_with_a_hash() {
     assert_eq!(namer("github").expose(&fits).1, Rewrite::None);
     let over = "y".repeat(DEFAULT_MAX_LEN - "github__".len() + 1);
     assert_eq!(namer("github").expose(&over).1, Rewrite::TooLong);
+    // A megabyte of anything: still one valid name of the maximum length.
+    for huge in [
+        "é".repeat(1 << 19),
+        "a".repeat(1 << 20),
+        "\u{0}".repeat(1 << 20),
+    ] {
+        let (e, _) = namer("github").expose(&huge);
+        assert!(
+            valid(&e, DEFAULT_MAX_LEN) && e.len() == DEFAULT_MAX_LEN,
+            "{e}"
+        );
+    }
 }
 
 #[test]
