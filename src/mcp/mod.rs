@@ -1,7 +1,10 @@
-//! MCP rules: methods as a closed enum, protocol revisions, sealed session ids.
+//! MCP rules: methods as a closed enum, protocol revisions, sealed session ids, federation's
+//! names and list cursors.
 //! No I/O here; `now` is always an argument.
 
+pub mod cursor;
 pub mod method;
+pub mod names;
 pub mod session;
 pub mod version;
 
