@@ -63,6 +63,9 @@ pub struct Message<'a> {
     pub name: Option<Str<'a>>,
     /// `params.uri` when it is a string.
     pub uri: Option<Str<'a>>,
+    /// `params.cursor` when it is a string (a list request's page: the gateway's own cursor
+    /// once lists are aggregated across upstreams).
+    pub cursor: Option<Str<'a>>,
     /// `params._meta.progressToken` (string with quotes, or number), raw.
     pub progress_token: Option<Raw<'a>>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.

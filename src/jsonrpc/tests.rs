@@ -187,6 +187,26 @@ fn checks_jsonrpc_id_method_params_types() {
 }
 
 #[test]
+fn reads_a_list_cursor_and_refuses_two() {
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"tc1.\u0041b"}}"#,
+    );
+    let c = m.cursor.unwrap();
+    assert_eq!(c.value, "tc1.Ab", "escapes decoded");
+    assert_eq!(m.name, None);
+    // Not a string: not read (the upstream or the gateway answers -32602).
+    let m = single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":7}}"#);
+    assert_eq!(m.cursor, None);
+    // Two cursors: parsers would disagree on which page was asked for.
+    assert!(matches!(
+        kind(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"a","cursor":"b"}}"#
+        ),
+        ScanErrorKind::DuplicateKey(_)
+    ));
+}
+
+#[test]
 fn refuses_ambiguous_shapes() {
     let not = |b: &str| matches!(kind(b), ScanErrorKind::NotAMessage(_));
     assert!(not(r#"{"jsonrpc":"2.0","id":1,"method":"a","result":{}}"#));
