@@ -3,6 +3,7 @@
 //! No I/O here; `now` is always an argument.
 
 pub mod cursor;
+pub mod idmap;
 pub mod method;
 pub mod names;
 pub mod session;
