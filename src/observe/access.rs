@@ -33,6 +33,24 @@ impl AccessLog {
 const FLUSH_AT: usize = 16 * 1024;
 /// Largest single write (POSIX guarantees atomic pipe writes up to PIPE_BUF = 4096 on Linux).
 const MAX_WRITE: usize = 4096;
+/// Most bytes of one field taken from the wire (a tool name, an id, a URI): a client cannot
+/// make a line longer than the pipe writes it in, nor fill a disk with one request.
+pub const MAX_WIRE_FIELD: usize = 256;
+/// Most bytes of any other text field (a refusal's reason).
+const MAX_TEXT_FIELD: usize = 1024;
+
+/// `v`, cut to `max` bytes (on a UTF-8 boundary) with how long it was: `(kept, Some(len))`.
+fn bounded(v: &[u8], max: usize) -> (&[u8], Option<usize>) {
+    if v.len() <= max {
+        return (v, None);
+    }
+    let mut end = max;
+    // Do not cut inside a UTF-8 sequence (continuation bytes are 10xxxxxx).
+    while end > 0 && (v[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    (&v[..end], Some(v.len()))
+}
 
 /// A field value in a line.
 pub enum Value<'a> {
@@ -101,10 +119,8 @@ impl AccessWriter {
                 b.extend_from_slice(k.as_bytes());
                 b.extend_from_slice(b"\":");
                 match v {
-                    Value::Str(s) => crate::error::json_escape_into(&mut b, s),
-                    Value::Bytes(s) => {
-                        crate::error::json_escape_into(&mut b, &String::from_utf8_lossy(s))
-                    }
+                    Value::Str(s) => json_bounded(&mut b, s.as_bytes(), MAX_TEXT_FIELD),
+                    Value::Bytes(s) => json_bounded(&mut b, s, MAX_WIRE_FIELD),
                     Value::U64(n) => crate::http::response::push_u64(&mut b, *n),
                     Value::Addr(a) => {
                         b.push(b'"');
@@ -128,8 +144,8 @@ impl AccessWriter {
                 b.extend_from_slice(k.as_bytes());
                 b.push(b'=');
                 match v {
-                    Value::Str(s) => text_value(&mut b, s.as_bytes()),
-                    Value::Bytes(s) => text_value(&mut b, s),
+                    Value::Str(s) => text_bounded(&mut b, s.as_bytes(), MAX_TEXT_FIELD),
+                    Value::Bytes(s) => text_bounded(&mut b, s, MAX_WIRE_FIELD),
                     Value::U64(n) => crate::http::response::push_u64(&mut b, *n),
                     Value::Addr(a) => {
                         let _ = write!(Adapter(&mut b), "{a}");
@@ -173,6 +189,29 @@ impl AccessWriter {
         b.clear();
         if b.capacity() > 4 * FLUSH_AT {
             b.shrink_to(FLUSH_AT);
+        }
+    }
+}
+
+/// A JSON string of `v` cut to `max` bytes, with `…(N bytes)` when it was cut.
+fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
+    match bounded(v, max) {
+        (v, None) => crate::error::json_escape_into(b, &String::from_utf8_lossy(v)),
+        (v, Some(n)) => crate::error::json_escape_into(
+            b,
+            &format!("{}…({n} bytes)", String::from_utf8_lossy(v)),
+        ),
+    }
+}
+
+/// A text-format value of `v` cut to `max` bytes, with `…(N bytes)` when it was cut.
+fn text_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
+    match bounded(v, max) {
+        (v, None) => text_value(b, v),
+        (v, Some(n)) => {
+            let mut cut = v.to_vec();
+            cut.extend_from_slice(format!("…({n} bytes)").as_bytes());
+            text_value(b, &cut);
         }
     }
 }
@@ -267,6 +306,22 @@ mod tests {
             String::from_utf8(b).unwrap(),
             "tools/call \"a \\\"b\\\"\\x0ac=d\""
         );
+    }
+
+    #[test]
+    fn fields_from_the_wire_are_bounded() {
+        let w = AccessWriter::new(false);
+        let huge = vec![1u8; 1 << 20];
+        w.line("INFO", &[("name", Some(Value::Bytes(&huge)))]);
+        let line = String::from_utf8(w.buf.borrow().clone()).unwrap();
+        assert!(line.len() < 4 * MAX_WIRE_FIELD + 200, "{}", line.len());
+        assert!(line.contains("…(1048576 bytes)"), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+        // A cut never splits a UTF-8 character.
+        let accents = "é".repeat(200);
+        let (kept, n) = bounded(accents.as_bytes(), 255);
+        assert_eq!(n, Some(400));
+        assert!(std::str::from_utf8(kept).is_ok());
     }
 
     #[test]

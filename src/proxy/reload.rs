@@ -26,8 +26,11 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Reloader {
     /// The config file the gateway was started with; `None`: built-in defaults.
     path: Option<PathBuf>,
-    /// The running gateway (also serializes reloads).
+    /// The running gateway; locked only to read or swap it, so a shutdown never waits behind a
+    /// reload.
     current: Mutex<Arc<Gateway>>,
+    /// Held for a whole reload: one at a time.
+    running: Mutex<()>,
     health: Arc<HealthSlot>,
     ok: Counter,
     error: Counter,
@@ -53,6 +56,7 @@ impl Reloader {
         Reloader {
             path,
             current: Mutex::new(gw),
+            running: Mutex::new(()),
             health,
             ok: counter("ok"),
             error: counter("error"),
@@ -71,7 +75,8 @@ impl Reloader {
     /// Re-reads the config file and installs it; `trigger` names what asked (for the log).
     /// `Ok`: what changed (one line). `Err`: every problem, one a line; the running config stays.
     pub fn reload(&self, trigger: &str) -> Result<String, String> {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.current();
         let refused = |why: String| {
             self.error.increment(1);
             tracing::error!(trigger, problems = %why, "config reload refused: the running config stays");
@@ -109,17 +114,30 @@ impl Reloader {
                 .wait(ACK_TIMEOUT);
             return refused(format!("not every worker prepared the new config: {e}"));
         }
+        if cur.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = cur
+                .control
+                .broadcast(Control::Abort, None)
+                .wait(ACK_TIMEOUT);
+            return refused("the gateway began shutting down during the reload".into());
+        }
         // Phase two: every worker switches. Messages are queued in order, so a worker slower
-        // than the timeout still switches when it gets to it.
-        if let Err(e) = cur
+        // than the timeout still switches when it gets to it; one whose queue refused the commit
+        // never will, and the reload says so.
+        let committed = cur
             .control
             .broadcast(Control::Commit, None)
-            .wait(ACK_TIMEOUT)
-        {
+            .wait(ACK_TIMEOUT);
+        self.health.replace(new.health.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        if let Err(e) = committed {
+            if e.undeliverable > 0 {
+                return refused(format!(
+                    "the new config was committed on some workers only ({e}): reload again"
+                ));
+            }
             tracing::warn!(trigger, error = %e, "not every worker confirmed the new config in time");
         }
-        self.health.replace(new.health.clone());
-        *cur = new;
         self.ok.increment(1);
         self.last_success.set(unix_now());
         let mut said = changes.clone();

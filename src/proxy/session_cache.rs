@@ -23,6 +23,12 @@ fn key(token: &[u8]) -> u64 {
 }
 
 impl SessionCache {
+    /// Forgets every opened token (a reload changed the session keys: a token of a key that
+    /// was dropped must be opened again, and refused).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     pub fn new(capacity: usize) -> Self {
         SessionCache {
             entries: HashMap::with_capacity(capacity.min(1024)),

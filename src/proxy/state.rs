@@ -255,6 +255,11 @@ impl WorkerState {
     /// theirs; idle upstream connections are kept for targets that did not change, and metric
     /// handles for upstreams that stay. Returns how many idle connections were closed.
     pub fn install(&self, gw: Arc<Gateway>) -> usize {
+        if gw.config.session.key != self.gw().config.session.key {
+            // Opened tokens were checked against the old keys: a key the new config dropped must
+            // not keep opening them from this cache.
+            self.sessions.borrow_mut().clear();
+        }
         let closed = self.pool.borrow_mut().rekey(gw.pool_keys());
         self.metrics.install_upstreams(&gw.upstream_labels());
         *self.generation.borrow_mut() = Rc::new(Generation { gw });

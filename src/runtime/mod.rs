@@ -206,8 +206,17 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut sig = None;
     for s in signals.forever() {
         if s == signal_hook::consts::SIGHUP {
-            // The outcome is logged and counted by the reloader.
-            let _ = reloader.reload("SIGHUP");
+            // On a thread of its own, so a SIGTERM right after is not kept waiting behind it
+            // (reloads take turns inside the reloader). The outcome is logged and counted there.
+            let r = reloader.clone();
+            let spawned = std::thread::Builder::new()
+                .name("reload".into())
+                .spawn(move || {
+                    let _ = r.reload("SIGHUP");
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a reload thread: SIGHUP ignored");
+            }
             continue;
         }
         sig = Some(s);

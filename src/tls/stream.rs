@@ -36,6 +36,9 @@ use crate::http::pool::{idleness, Idleness};
 const MIN_TLS_READ: usize = 2 * 1024;
 /// The largest ciphertext read: one full record (16 KiB of plaintext plus its overhead).
 const MAX_TLS_READ: usize = 16 * 1024 + 512;
+/// rustls refuses more ciphertext while it holds more plaintext than this (its default
+/// received-plaintext limit); `absorb` carries the rest over instead.
+const PLAINTEXT_LIMIT: usize = 16 * 1024;
 
 /// A TLS connection (client or server side) over a TCP stream.
 pub struct TlsStream {
@@ -45,6 +48,12 @@ pub struct TlsStream {
     rbuf: Vec<u8>,
     /// Plaintext rustls holds that the caller has not read yet.
     pending: usize,
+    /// Ciphertext read from the socket that rustls could not take yet (its plaintext buffer was
+    /// full: small records decrypt to more than it holds before a large read is fed whole). It
+    /// is fed before the socket is read again, and counts as readable.
+    carry: Vec<u8>,
+    /// The peer's close_notify was processed: whatever follows it is ignored (RFC 8446 §6.1).
+    closed: bool,
     /// The verified client certificate's identity (server side, mTLS only).
     peer: Option<Rc<PeerIdentity>>,
 }
@@ -60,6 +69,8 @@ impl TlsStream {
             tls,
             rbuf: Vec::new(),
             pending: 0,
+            carry: Vec::new(),
+            closed: false,
             peer: None,
         }
     }
@@ -83,6 +94,11 @@ impl TlsStream {
     /// Plaintext waiting inside rustls (readable without touching the socket).
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// Something to read without touching the socket: plaintext, or ciphertext carried over.
+    fn has_data(&self) -> bool {
+        self.pending > 0 || !self.carry.is_empty()
     }
 
     /// Runs the handshake to its end (both sides). An error names what failed (rustls's words:
@@ -120,13 +136,41 @@ impl TlsStream {
 
     /// Hands ciphertext to rustls and processes it. A protocol or certificate error is returned
     /// after rustls's alert for it has been queued (the caller's flush sends it).
+    ///
+    /// Bounded: it stops when rustls takes nothing more (after a close_notify everything that
+    /// follows is dropped, as RFC 8446 §6.1 says; a loop on it would never end), and keeps what
+    /// rustls cannot take while its plaintext buffer is full in `carry`, for after the caller
+    /// has read some plaintext.
     fn absorb(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            self.tls.read_tls(&mut data)?;
+            if self.closed {
+                return Ok(());
+            }
+            if self.pending > PLAINTEXT_LIMIT {
+                self.carry.extend_from_slice(data);
+                return Ok(());
+            }
+            if self.tls.read_tls(&mut data)? == 0 {
+                // rustls takes no more ciphertext: the peer's close_notify came before this.
+                self.closed = true;
+                return Ok(());
+            }
             let state = self.tls.process_new_packets().map_err(tls_error)?;
             self.pending = state.plaintext_bytes_to_read();
+            if state.peer_has_closed() {
+                self.closed = true;
+            }
         }
         Ok(())
+    }
+
+    /// Feeds ciphertext carried over from an earlier read (none: nothing to do).
+    fn absorb_carry(&mut self) -> io::Result<()> {
+        if self.carry.is_empty() {
+            return Ok(());
+        }
+        let carry = std::mem::take(&mut self.carry);
+        self.absorb(&carry)
     }
 
     /// A ciphertext buffer for one socket read of about `want` bytes.
@@ -198,6 +242,13 @@ impl TlsStream {
             if let Some(r) = self.take_plain(dst, cap) {
                 return r;
             }
+            if !self.carry.is_empty() {
+                if let Err(e) = self.absorb_carry() {
+                    let _ = Box::pin(self.flush_tls()).await;
+                    return Err(e);
+                }
+                continue;
+            }
             if self.tls.wants_write() {
                 Box::pin(self.flush_tls()).await?;
             }
@@ -255,6 +306,10 @@ impl TlsStream {
     pub fn settle(&mut self) -> Idleness {
         let fd = self.io.as_raw_fd();
         let mut buf = [0u8; 4096];
+        // Record framing of what arrives here: a record cut short is a message on its way (a
+        // stray reply whose first record rustls holds in part, with no plaintext yet), which
+        // must not be mistaken for silence.
+        let mut frame = RecordWalk::default();
         loop {
             // SAFETY: a recv into a stack buffer on a socket this stream owns; no operation is
             // in flight on it (the connection is idle), so no byte is taken from a pending read.
@@ -269,6 +324,7 @@ impl TlsStream {
                     _ => Idleness::Closed,
                 };
             }
+            frame.feed(&buf[..n as usize]);
             if self.absorb(&buf[..n as usize]).is_err() {
                 return Idleness::Closed;
             }
@@ -276,6 +332,12 @@ impl TlsStream {
             if self.pending > 0 {
                 return Idleness::Unsolicited;
             }
+        }
+        if self.closed {
+            return Idleness::Closed;
+        }
+        if !frame.at_boundary() || !self.carry.is_empty() {
+            return Idleness::Unsolicited;
         }
         // close_notify: the reader says end of stream.
         match self.tls.reader().fill_buf() {
@@ -290,6 +352,41 @@ impl TlsStream {
             }
             Err(_) => Idleness::Closed,
         }
+    }
+}
+
+/// Follows TLS record framing (5-byte header, then the length it gives) over bytes seen in
+/// order; says whether they end exactly at a record's end.
+#[derive(Default)]
+struct RecordWalk {
+    header: [u8; 5],
+    have: usize,
+    /// Body bytes still to come of the current record.
+    body_left: usize,
+}
+
+impl RecordWalk {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.have = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.body_left == 0
     }
 }
 
@@ -351,7 +448,7 @@ impl Stream {
     pub fn has_pending(&self) -> bool {
         match self {
             Stream::Plain(_) => false,
-            Stream::Tls(t) => t.pending > 0,
+            Stream::Tls(t) => t.has_data(),
         }
     }
 
@@ -373,7 +470,7 @@ impl Stream {
     pub fn peer_state(&mut self) -> Idleness {
         match self {
             Stream::Plain(s) => idleness(s.as_raw_fd()),
-            Stream::Tls(t) if t.pending > 0 => Idleness::Unsolicited,
+            Stream::Tls(t) if t.has_data() => Idleness::Unsolicited,
             Stream::Tls(t) => t.settle(),
         }
     }
@@ -598,5 +695,53 @@ mod tests {
             }),
             Idleness::Closed
         );
+    }
+
+    /// Bytes after a close_notify, in the same read: rustls takes none of them, and `absorb`
+    /// must stop rather than offer them forever (the worker would spin).
+    #[test]
+    fn bytes_after_close_notify_end_the_stream() {
+        assert_eq!(
+            idle_client(|s| {
+                s.conn.send_close_notify();
+                let mut out = Vec::new();
+                s.conn.write_tls(&mut out).unwrap();
+                out.extend_from_slice(&[0x17; 8192]);
+                std::io::Write::write_all(&mut s.sock, &out).unwrap();
+            }),
+            Idleness::Closed
+        );
+    }
+
+    /// A record that has only partly arrived is a message on its way, not silence.
+    #[test]
+    fn settle_sees_a_record_cut_short() {
+        assert_eq!(
+            idle_client(|s| {
+                std::io::Write::write_all(&mut s.conn.writer(), b"HTTP/1.1 200 OK\r\n\r\n")
+                    .unwrap();
+                let mut out = Vec::new();
+                s.conn.write_tls(&mut out).unwrap();
+                std::io::Write::write_all(&mut s.sock, &out[..out.len() / 2]).unwrap();
+            }),
+            Idleness::Unsolicited
+        );
+    }
+
+    #[test]
+    fn record_walk_follows_framing() {
+        let mut w = RecordWalk::default();
+        assert!(w.at_boundary());
+        let rec = [0x17, 3, 3, 0, 4, 1, 2, 3, 4];
+        for b in rec {
+            w.feed(&[b]);
+        }
+        assert!(w.at_boundary());
+        w.feed(&rec[..6]);
+        assert!(!w.at_boundary());
+        w.feed(&rec[6..]);
+        assert!(w.at_boundary());
+        w.feed(&rec[..3]);
+        assert!(!w.at_boundary());
     }
 }
