@@ -473,7 +473,7 @@ enum StreamEvent {
 /// going away, or shutdown. Readiness polls cancel cleanly, unlike a read that owns a buffer.
 async fn stream_wait(
     c: &mut Client,
-    up: &UpstreamConn,
+    up: &mut UpstreamConn,
     end_on: Option<&LocalShutdown>,
     watch_client: &mut bool,
 ) -> StreamEvent {
@@ -487,16 +487,27 @@ async fn stream_wait(
     };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        if !*watch_client {
-            return monoio::select! {
-                _ = up.io.readable() => StreamEvent::UpstreamReadable,
-                _ = &mut shutdown => StreamEvent::Shutdown,
-            };
-        }
-        monoio::select! {
-            _ = up.io.readable() => return StreamEvent::UpstreamReadable,
-            _ = &mut shutdown => return StreamEvent::Shutdown,
-            _ = c.conn.io.readable() => {}
+        let upstream_readable = if !*watch_client {
+            monoio::select! {
+                _ = up.io.readable() => true,
+                _ = &mut shutdown => return StreamEvent::Shutdown,
+            }
+        } else {
+            monoio::select! {
+                _ = up.io.readable() => true,
+                _ = &mut shutdown => return StreamEvent::Shutdown,
+                _ = c.conn.io.readable() => false,
+            }
+        };
+        if upstream_readable {
+            // A TLS upstream's readable socket may carry only a record with no data in it (a
+            // session ticket, a key update): take such records in without blocking and wait on,
+            // rather than start a read that would watch neither the client nor shutdown.
+            if up.io.is_tls() && up.buffered().is_empty() && up.io.peer_state() == Idleness::Silent
+            {
+                continue;
+            }
+            return StreamEvent::UpstreamReadable;
         }
         // No read is in flight on the client: a TLS client's records are taken into rustls here
         // (its close_notify is a close, a pipelined request stays buffered for the next read).
@@ -580,7 +591,7 @@ pub async fn relay_body(
                 Ok(r) => r,
                 Err(_) => return Err(RelayError::Upstream("upstream body timed out")),
             },
-            None => match stream_wait(c, up, mode.end_on, &mut watch_client).await {
+            None => match stream_wait(c, &mut *up, mode.end_on, &mut watch_client).await {
                 StreamEvent::UpstreamReadable => up.fill(want).await,
                 StreamEvent::ClientGone => return Err(RelayError::Client),
                 StreamEvent::Shutdown => {
