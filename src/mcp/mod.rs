@@ -2,6 +2,7 @@
 //! names and list cursors.
 //! No I/O here; `now` is always an argument.
 
+pub mod aead;
 pub mod cursor;
 pub mod idmap;
 pub mod method;

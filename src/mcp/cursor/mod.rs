@@ -6,20 +6,16 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
-use ring::rand::{SecureRandom, SystemRandom};
+
+use super::aead::{Envelope, OpenError, TAG_LEN};
 
 /// Cursor prefix; it names the format and is bound to the ciphertext as AAD. A new payload
 /// layout gets a new prefix (`tc2.`), and old cursors become `Malformed` (-32602: the client
 /// lists again from the start).
 pub const PREFIX: &str = "tc1.";
-const AAD: &[u8] = b"tc1";
-const TAG_LEN: usize = 16;
 /// HKDF salt and info: the cursor key is derived from the session key, never the session key
 /// itself, so a cursor can never be opened as a session token or the other way round, and
 /// the two AEAD uses count their nonces under different keys.
@@ -208,9 +204,8 @@ impl std::error::Error for SealError {}
 /// rotating the session key rotates this one.
 #[derive(Clone)]
 pub struct CursorSealer {
-    /// `keys[0]` seals; every key opens (current first).
-    keys: Arc<[LessSafeKey]>,
-    rng: SystemRandom,
+    /// `tc1.` envelopes: the first key seals; every key opens (current first).
+    env: Envelope,
     max_age: u64,
 }
 
@@ -218,7 +213,7 @@ impl fmt::Debug for CursorSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("CursorSealer")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.env.key_count())
             .field("max_age", &self.max_age)
             .finish()
     }
@@ -239,8 +234,7 @@ impl CursorSealer {
     /// A sealer keyed from the session key (`session.key`), with `DEFAULT_MAX_AGE_SECS`.
     pub fn new(session_key: &[u8; 32]) -> Self {
         CursorSealer {
-            keys: Arc::from(vec![derive_key(session_key)]),
-            rng: SystemRandom::new(),
+            env: Envelope::new(PREFIX, derive_key(session_key)),
             max_age: DEFAULT_MAX_AGE_SECS,
         }
     }
@@ -248,10 +242,8 @@ impl CursorSealer {
     /// Also open cursors sealed under these previous session keys (key rotation, like
     /// `SessionSealer::with_previous`).
     pub fn with_previous(self, session_keys: &[[u8; 32]]) -> Self {
-        let mut all: Vec<LessSafeKey> = self.keys.iter().cloned().collect();
-        all.extend(session_keys.iter().map(derive_key));
         CursorSealer {
-            keys: Arc::from(all),
+            env: self.env.with_previous(session_keys.iter().map(derive_key)),
             ..self
         }
     }
@@ -271,25 +263,9 @@ impl CursorSealer {
         if upstream_cursor.is_some_and(|u| u.len() > MAX_UPSTREAM_CURSOR_LEN) {
             return Err(SealError::UpstreamCursorTooLong);
         }
-        let mut buf = Vec::with_capacity(NONCE_LEN + MAX_PAYLOAD_LEN + TAG_LEN);
-        buf.extend_from_slice(&[0u8; NONCE_LEN]);
-        encode(c, upstream_cursor, &mut buf);
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
-        buf[..NONCE_LEN].copy_from_slice(&nonce);
-        let tag = self.keys[0]
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                &mut buf[NONCE_LEN..],
-            )
-            // Only for inputs of ~64 GiB; our payload is ≤ 2 KiB.
-            .map_err(|_| SealError::UpstreamCursorTooLong)?;
-        buf.extend_from_slice(tag.as_ref());
-        let mut out = String::with_capacity(MAX_CURSOR_LEN);
-        out.push_str(PREFIX);
-        URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
-        Ok(out)
+        let mut payload = Vec::with_capacity(MAX_PAYLOAD_LEN);
+        encode(c, upstream_cursor, &mut payload);
+        self.env.seal(&payload).map_err(|_| SealError::Random)
     }
 
     /// Authenticates a cursor (the `params.cursor` string) and holds it to the request:
@@ -297,36 +273,15 @@ impl CursorSealer {
     /// key authenticates it, then `WrongList`, `WrongServer`, `WrongSession`, and `Expired` if
     /// `now_unix ≥ issued_at + max_age` or `issued_at > now_unix + CLOCK_SKEW_SECS`.
     pub fn open(&self, text: &[u8], now_unix: u64, expect: &Expect) -> Result<Cursor, CursorError> {
-        if text.len() > MAX_CURSOR_LEN {
-            return Err(CursorError::Malformed);
-        }
-        let body = text
-            .strip_prefix(PREFIX.as_bytes())
-            .ok_or(CursorError::Malformed)?;
-        // Strict decoding (no padding, canonical trailing bits): one spelling per cursor.
-        let raw = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| CursorError::Malformed)?;
-        if raw.len() < NONCE_LEN + FIXED_LEN + TAG_LEN {
-            return Err(CursorError::Malformed);
-        }
-        let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CursorError::Malformed)?;
-        let mut scratch = Vec::with_capacity(sealed.len());
-        for key in self.keys.iter() {
-            scratch.clear();
-            scratch.extend_from_slice(sealed);
-            let opened = key.open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                &mut scratch,
-            );
-            if let Ok(plain) = opened {
-                let c = decode(plain).ok_or(CursorError::Malformed)?;
-                return self.hold(c, now_unix, expect);
-            }
-        }
-        Err(CursorError::Tampered)
+        let plain = self
+            .env
+            .open(text, MAX_CURSOR_LEN, FIXED_LEN)
+            .map_err(|e| match e {
+                OpenError::Malformed => CursorError::Malformed,
+                OpenError::Tampered => CursorError::Tampered,
+            })?;
+        let c = decode(&plain).ok_or(CursorError::Malformed)?;
+        self.hold(c, now_unix, expect)
     }
 
     fn hold(&self, c: Cursor, now: u64, expect: &Expect) -> Result<Cursor, CursorError> {

@@ -1,5 +1,7 @@
 //! Cursors: round trips, tampering, foreign and expired cursors, hostile input, `advance`.
 use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use proptest::prelude::*;
 
 const KEY: [u8; 32] = [7; 32];
@@ -298,20 +300,9 @@ fn garbage_is_malformed() {
 
 /// Seals an arbitrary payload with the sealer's key, as only someone holding it could.
 fn seal_raw(payload: &[u8]) -> String {
-    let key = derive_key(&KEY);
-    let nonce = [3u8; NONCE_LEN];
-    let mut buf = payload.to_vec();
-    let tag = key
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(AAD),
-            &mut buf,
-        )
-        .expect("seal");
-    let mut raw = nonce.to_vec();
-    raw.extend_from_slice(&buf);
-    raw.extend_from_slice(tag.as_ref());
-    format!("tc1.{}", URL_SAFE_NO_PAD.encode(raw))
+    Envelope::new(PREFIX, derive_key(&KEY))
+        .seal(payload)
+        .expect("seal")
 }
 
 #[test]

@@ -4,12 +4,11 @@
 //! Must not trust a token before `open` has authenticated it; must not panic on any input.
 
 use std::fmt;
-use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
+
+use super::aead::{Envelope, OpenError};
 
 use crate::mcp::ProtocolVersion;
 
@@ -17,10 +16,7 @@ use crate::mcp::ProtocolVersion;
 /// cannot be re-labelled as another version. A new payload layout gets a new prefix (`tg2.`).
 /// `tg1.` (positional u16 server and upstream indices) is no longer opened: such a token is
 /// `Malformed`, i.e. an unknown session (404), and the client initializes again.
-const PREFIX: &[u8] = b"tg2.";
-/// The AAD: the prefix without its separator.
-const AAD: &[u8] = b"tg2";
-const TAG_LEN: usize = 16;
+const PREFIX: &str = "tg2.";
 /// Longest token `open` looks at, and longest `try_seal` produces: room for a federated session
 /// (a dozen upstream sessions with UUID-sized ids take ~800 bytes), and well under the 8 KiB a
 /// header line may take in common servers and clients.
@@ -183,16 +179,15 @@ impl std::error::Error for ClaimsError {}
 /// `with_previous`) well within that, e.g. monthly; every instance sharing the key counts.
 #[derive(Clone)]
 pub struct SessionSealer {
-    /// `keys[0]` seals; every key opens. Trial decryption in order: current key first.
-    keys: Arc<[LessSafeKey]>,
-    rng: SystemRandom,
+    /// `tg2.` envelopes: the first key seals; every key opens, current first.
+    env: Envelope,
 }
 
 impl fmt::Debug for SessionSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("SessionSealer")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.env.key_count())
             .finish()
     }
 }
@@ -209,19 +204,15 @@ fn aead_key(key: &[u8; 32]) -> LessSafeKey {
 impl SessionSealer {
     pub fn new(key: &[u8; 32]) -> Self {
         SessionSealer {
-            keys: Arc::from(vec![aead_key(key)]),
-            rng: SystemRandom::new(),
+            env: Envelope::new(PREFIX, aead_key(key)),
         }
     }
 
     /// Also accept tokens sealed with these keys (key rotation: new key seals, old keys still
     /// open until their tokens have expired, i.e. for one `session.ttl`).
     pub fn with_previous(self, keys: &[[u8; 32]]) -> Self {
-        let mut all: Vec<LessSafeKey> = self.keys.iter().cloned().collect();
-        all.extend(keys.iter().map(aead_key));
         SessionSealer {
-            keys: Arc::from(all),
-            rng: self.rng,
+            env: self.env.with_previous(keys.iter().map(aead_key)),
         }
     }
 
@@ -249,66 +240,30 @@ impl SessionSealer {
 
     /// Like `seal`, but says why claims cannot be sealed.
     pub fn try_seal(&self, claims: &SessionClaims) -> Result<String, ClaimsError> {
-        let mut buf = Vec::with_capacity(NONCE_LEN + encoded_len(claims)? + TAG_LEN);
-        buf.extend_from_slice(&[0u8; NONCE_LEN]);
-        encode(claims, &mut buf);
-        let token_len = PREFIX.len() + (buf.len() + TAG_LEN).div_ceil(3) * 4;
-        if token_len > MAX_TOKEN_LEN {
+        let mut payload = Vec::with_capacity(encoded_len(claims)?);
+        encode(claims, &mut payload);
+        if self.env.sealed_len(payload.len()) > MAX_TOKEN_LEN {
             return Err(ClaimsError::TooLarge);
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| ClaimsError::Random)?;
-        buf[..NONCE_LEN].copy_from_slice(&nonce);
-        let payload = &mut buf[NONCE_LEN..];
-        let tag = self.keys[0]
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                payload,
-            )
-            .map_err(|_| ClaimsError::TooLarge)?;
-        buf.extend_from_slice(tag.as_ref());
-        let mut out = String::with_capacity(token_len);
-        out.push_str("tg2.");
-        URL_SAFE_NO_PAD.encode_string(&buf, &mut out);
-        Ok(out)
+        self.env.seal(&payload).map_err(|_| ClaimsError::Random)
     }
 
     /// Authenticates and decodes a token (the raw `Mcp-Session-Id` header value).
     /// `Malformed` before authentication, `Tampered` if no key authenticates it, `Expired` if
     /// authentic but `now_unix >= expires_at`.
     pub fn open(&self, token: &[u8], now_unix: u64) -> Result<SessionClaims, SessionError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(SessionError::Malformed);
+        let plain = self
+            .env
+            .open(token, MAX_TOKEN_LEN, FIXED_LEN)
+            .map_err(|e| match e {
+                OpenError::Malformed => SessionError::Malformed,
+                OpenError::Tampered => SessionError::Tampered,
+            })?;
+        let claims = decode(&plain).ok_or(SessionError::Malformed)?;
+        if now_unix >= claims.expires_at {
+            return Err(SessionError::Expired);
         }
-        let body = token.strip_prefix(PREFIX).ok_or(SessionError::Malformed)?;
-        // Strict decoding: no padding, canonical trailing bits, so each token has one spelling.
-        let raw = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| SessionError::Malformed)?;
-        if raw.len() < NONCE_LEN + FIXED_LEN + TAG_LEN {
-            return Err(SessionError::Malformed);
-        }
-        let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SessionError::Malformed)?;
-        let mut scratch = Vec::with_capacity(sealed.len());
-        for key in self.keys.iter() {
-            scratch.clear();
-            scratch.extend_from_slice(sealed);
-            let opened = key.open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                &mut scratch,
-            );
-            if let Ok(plain) = opened {
-                let claims = decode(plain).ok_or(SessionError::Malformed)?;
-                if now_unix >= claims.expires_at {
-                    return Err(SessionError::Expired);
-                }
-                return Ok(claims);
-            }
-        }
-        Err(SessionError::Tampered)
+        Ok(claims)
     }
 }
 
