@@ -36,14 +36,20 @@ fn line_with(gw: &Gateway, parts: &[&str]) -> String {
     })
 }
 
-#[test]
-fn every_request_and_every_refusal_gets_one_access_line() {
+/// The demo upstream (kept alive by the first value) behind a gateway at /mcp, with `yaml`.
+fn demo_gateway(yaml: &str) -> (Demo, Gateway) {
     let demo = Demo::start(&[]);
     let gw = Gateway::builder()
         .upstream("demo", &demo.url())
         .serve("/mcp", "demo")
-        .yaml("log:\n  access: all\n")
+        .yaml(yaml)
         .start();
+    (demo, gw)
+}
+
+#[test]
+fn every_request_and_every_refusal_gets_one_access_line() {
+    let (_demo, gw) = demo_gateway("log:\n  access: all\n");
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     let r = mcp.call_tool("echo", json!({"text": "hi"}));
@@ -128,12 +134,7 @@ fn every_request_and_every_refusal_gets_one_access_line() {
 
 #[test]
 fn a_batch_is_read_message_by_message() {
-    let demo = Demo::start(&[]);
-    let gw = Gateway::builder()
-        .upstream("demo", &demo.url())
-        .serve("/mcp", "demo")
-        .yaml("log:\n  access: all\n")
-        .start();
+    let (_demo, gw) = demo_gateway("log:\n  access: all\n");
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-03-26");
     // The tool call is second: the context still holds its name.
@@ -150,12 +151,7 @@ fn a_batch_is_read_message_by_message() {
 
 #[test]
 fn json_access_lines_are_json_and_access_can_be_limited_to_refusals() {
-    let demo = Demo::start(&[]);
-    let gw = Gateway::builder()
-        .upstream("demo", &demo.url())
-        .serve("/mcp", "demo")
-        .yaml("log:\n  format: json\n  access: refusals\n")
-        .start();
+    let (_demo, gw) = demo_gateway("log:\n  format: json\n  access: refusals\n");
     let mut mcp = Mcp::new(gw.addr, "/mcp");
     mcp.initialize("2025-06-18");
     mcp.call_tool("echo", json!({"text": "hi"}));

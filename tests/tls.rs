@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{metric_value, read_until_closed, Driver, Gateway, Http, Response};
+use harness::{metric_value, read_until_closed, Driver, Gateway, GatewayBuilder, Http, Response};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -270,12 +270,18 @@ fn mcp_round_trip<S: Read + Write>(c: &mut Client<S>) {
     progress_call(c);
 }
 
-fn tls_gateway(pki: &Pki, driver: Driver, client_ca: Option<(&str, &str)>) -> Gateway {
+/// A gateway on `driver` with a TLS listener (the test CA's server certificate) in front of the
+/// built-in demo at /mcp.
+fn tls_builder(pki: &Pki, driver: Driver, client_ca: Option<(&str, &str)>) -> GatewayBuilder {
     Gateway::builder()
         .driver(driver)
         .upstream("demo", "builtin:demo")
         .serve("/mcp", "demo")
         .listen("tls", &pki.listen_tls(client_ca))
+}
+
+fn tls_gateway(pki: &Pki, driver: Driver, client_ca: Option<(&str, &str)>) -> Gateway {
+    tls_builder(pki, driver, client_ca)
         .yaml("log:\n  access: all\n")
         .rust_log("warn,tollgate=debug")
         .start()
@@ -329,11 +335,7 @@ fn a_client_offering_only_another_protocol_is_refused() {
 fn plain_http_to_the_tls_port_is_closed_and_the_gateway_keeps_serving() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let gw = Gateway::builder()
-            .driver(driver)
-            .upstream("demo", "builtin:demo")
-            .serve("/mcp", "demo")
-            .listen("tls", &pki.listen_tls(None))
+        let gw = tls_builder(&pki, driver, None)
             .limit("tls_handshake_timeout", "500ms")
             .rust_log("info")
             .start();
@@ -590,11 +592,7 @@ fn https_upstream_failures_are_upstream_errors() {
 fn an_idle_tls_connection_is_closed_with_close_notify() {
     let pki = Pki::new();
     for driver in DRIVERS {
-        let gw = Gateway::builder()
-            .driver(driver)
-            .upstream("demo", "builtin:demo")
-            .serve("/mcp", "demo")
-            .listen("tls", &pki.listen_tls(None))
+        let gw = tls_builder(&pki, driver, None)
             .limit("idle_timeout", "300ms")
             .start();
         let mut c = Client::new(
@@ -664,10 +662,7 @@ fn a_get_stream_over_tls_ends_when_its_client_leaves() {
 #[test]
 fn a_reload_swaps_the_listener_certificate_and_keeps_connections() {
     let pki = Pki::new();
-    let gw = Gateway::builder()
-        .upstream("demo", "builtin:demo")
-        .serve("/mcp", "demo")
-        .listen("tls", &pki.listen_tls(None))
+    let gw = tls_builder(&pki, Driver::IoUring, None)
         .rust_log("info")
         .start();
     let old_ca = client_config(&pki.ca.pem, &rustls::version::TLS13, None);

@@ -537,22 +537,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 );
             }
             if let (Some(bo), Some(o)) = (&bare_o, st.open.as_ref()) {
-                j.insert(
-                    "added_p99_us_over_bare".into(),
-                    serde_json::json!(o.p99_us as i64 - bo.p99_us as i64),
-                );
-                j.insert(
-                    "added_service_p99_us_over_bare".into(),
-                    serde_json::json!(o.service_p99_us as i64 - bo.service_p99_us as i64),
-                );
-                j.insert(
-                    "added_p50_us_over_bare".into(),
-                    serde_json::json!(o.p50_us as i64 - bo.p50_us as i64),
-                );
-                j.insert(
-                    "added_p999_us_over_bare".into(),
-                    serde_json::json!(o.p999_us as i64 - bo.p999_us as i64),
-                );
+                let added = [
+                    ("added_p99_us_over_bare", o.p99_us, bo.p99_us),
+                    (
+                        "added_service_p99_us_over_bare",
+                        o.service_p99_us,
+                        bo.service_p99_us,
+                    ),
+                    ("added_p50_us_over_bare", o.p50_us, bo.p50_us),
+                    ("added_p999_us_over_bare", o.p999_us, bo.p999_us),
+                ];
+                for (key, ours, bare) in added {
+                    j.insert(key.into(), serde_json::json!(ours as i64 - bare as i64));
+                }
             }
             json_setups.insert(st.name.clone(), serde_json::Value::Object(j));
         }
