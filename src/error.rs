@@ -197,11 +197,6 @@ impl Kind {
         }
     }
 
-    /// `status_for(Era::Session, true)`.
-    pub const fn status_for_request(self) -> u16 {
-        self.status_for(Era::Session, true)
-    }
-
     pub const fn rpc_code(self) -> i32 {
         self.row().code
     }
@@ -315,9 +310,12 @@ mod tests {
 
     #[test]
     fn upstream_failures_keep_the_session_alive() {
-        assert_eq!(Kind::UpstreamUnavailable.status_for_request(), 200);
+        assert_eq!(
+            Kind::UpstreamUnavailable.status_for(Era::Session, true),
+            200
+        );
         assert_eq!(Kind::UpstreamUnavailable.status(), 502);
-        assert_eq!(Kind::SessionUnknown.status_for_request(), 404);
+        assert_eq!(Kind::SessionUnknown.status_for(Era::Session, true), 404);
     }
 
     #[test]

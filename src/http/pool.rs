@@ -264,10 +264,6 @@ impl Pool {
             });
         }
     }
-
-    pub fn idle_count(&self, index: usize) -> usize {
-        self.idle.get(index).map_or(0, Vec::len)
-    }
 }
 
 /// Connects to the first address that answers within `timeout` (each address gets the full timeout).

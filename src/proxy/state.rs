@@ -156,11 +156,6 @@ impl Gateway {
             .map_or_else(|| format!("{id:016x}"), |n| format!("\"{n}\""))
     }
 
-    /// Position of the upstream whose stable id is `id`, if the running config has it.
-    pub fn upstream_by_id(&self, id: u64) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.id == id)
-    }
-
     /// Where upstream `u`'s idle connections live in a worker's pool.
     pub fn pool_slot(&self, u: usize) -> crate::http::pool::Slot {
         crate::http::pool::Slot {
