@@ -164,6 +164,10 @@ kinds! {
     SessionMissing => row(400, INVALID_REQUEST, Client, "session_missing");
     SessionUnknown => row(404, INVALID_REQUEST, Client, "session_unknown");
     UnsupportedProtocolVersion => row(400, INVALID_REQUEST, Client, "unsupported_protocol_version");
+    // Federation: a request the client may correct (HTTP 200, as a server answers them).
+    UnknownName => row(200, INVALID_PARAMS, Client, "unknown_name");
+    BadCursor => row(200, INVALID_PARAMS, Client, "bad_cursor");
+    MethodNotFound => row(200, METHOD_NOT_FOUND, Client, "method_not_found");
     // Upstream. A request with an id gets these as HTTP 200 + JSON-RPC error (see
     // `Kind::status_for`): a non-2xx ends the session in some official clients.
     UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");

@@ -19,7 +19,7 @@ fn served_at<'c>(c: &'c Config, path: &str) -> &'c tollgate::config::Upstream {
         .iter()
         .find(|s| s.path == path)
         .unwrap_or_else(|| panic!("nothing served at {path}"));
-    &c.upstreams[server.upstream]
+    &c.upstreams[server.primary()]
 }
 
 fn assert_standard_addresses(c: &Config) {

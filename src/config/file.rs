@@ -5,6 +5,7 @@
 mod extract;
 mod formats;
 mod render;
+mod servers;
 mod tls;
 
 use std::collections::HashMap;
@@ -145,6 +146,10 @@ pub mod defaults {
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
+    /// Items per page of an aggregated list (what most clients ask for at once anyway).
+    pub const LIST_PAGE_SIZE: usize = 100;
+    /// Routing tables older than this are rebuilt by the next request that needs them.
+    pub const LIST_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 }
 
 const MS: Duration = Duration::from_millis(1);
@@ -583,10 +588,7 @@ fn routes(
                 "demo".into(),
                 UpstreamTarget::BuiltinDemo,
             )],
-            vec![Server {
-                path: "/mcp".into(),
-                upstream: 0,
-            }],
+            vec![single_server("/mcp", 0)],
         );
     }
     let mut names_broken = false;
@@ -635,80 +637,49 @@ fn routes(
             Vec::new()
         }
     };
-    let mut servers = Vec::new();
-    match srvs {
-        None => p.add(
-            "servers",
-            "missing: add at least one {path, upstream} to serve the upstreams",
-        ),
-        Some((path, Value::Sequence(list))) => {
-            if list.is_empty() {
-                p.add(&path, "empty list: add at least one {path, upstream}");
-            }
-            if list.len() > usize::from(u16::MAX) {
-                p.add(&path, "more than 65535 servers");
-            }
-            let mut seen: HashMap<String, usize> = HashMap::new();
-            for (i, v) in list.iter().enumerate() {
-                let at = item(&path, i);
-                if !matches!(v, Value::Mapping(_)) {
-                    p.add(
-                        &at,
-                        format!(
-                            "expected a mapping with path and upstream, got {}",
-                            describe(v)
-                        ),
-                    );
-                    continue;
-                }
-                let s = Section::open(p, at.clone(), Some(v), &["path", "upstream"]);
-                let spath = s.required(p, "path", |v| {
-                    let sp = string(v)?;
-                    formats::server_path(sp)?;
-                    Ok(sp.to_string())
-                });
-                let target = match s.value("upstream") {
-                    None => {
-                        p.add(&format!("{at}.upstream"), "missing (required)");
-                        None
-                    }
-                    Some((upath, v)) => match string(v) {
-                        Err(e) => {
-                            p.add(&upath, e);
-                            None
-                        }
-                        Ok(name) => {
-                            let found = upstreams.iter().position(|u| u.name == name);
-                            if found.is_none() && !names_broken {
-                                p.add(&upath, unknown_upstream(name, &upstreams));
-                            }
-                            found
-                        }
-                    },
-                };
-                if let Some(sp) = &spath {
-                    if let Some(first) = seen.get(sp) {
-                        p.add(
-                            &format!("{at}.path"),
-                            format!("duplicate path {sp:?} (also servers[{first}])"),
-                        );
-                    } else {
-                        seen.insert(sp.clone(), i);
-                    }
-                }
-                if let (Some(path), Some(upstream)) = (spath, target) {
-                    servers.push(Server { path, upstream });
-                }
-            }
+    let servers = match srvs {
+        None => {
+            p.add(
+                "servers",
+                "missing: add at least one {path, upstream} to serve the upstreams",
+            );
+            Vec::new()
         }
-        Some((path, other)) => p.add(
-            &path,
-            format!("expected a list of servers, got {}", describe(other)),
-        ),
-    }
-    servers.sort_by(|a, b| a.path.cmp(&b.path));
-    servers.dedup_by(|a, b| a.path == b.path);
+        Some((path, Value::Sequence(list))) => {
+            servers::servers(p, &path, list, &upstreams, names_broken)
+        }
+        Some((path, other)) => {
+            p.add(
+                &path,
+                format!("expected a list of servers, got {}", describe(other)),
+            );
+            Vec::new()
+        }
+    };
     (upstreams, servers)
+}
+
+/// A server with one upstream and every default (the built-in demo's endpoint).
+fn single_server(path: &str, upstream: usize) -> Server {
+    Server {
+        path: path.into(),
+        upstreams: vec![ServerUpstream {
+            upstream,
+            namer: crate::mcp::names::Namer::new(
+                None,
+                crate::mcp::names::SEPARATOR,
+                crate::mcp::names::DEFAULT_MAX_LEN,
+            )
+            .expect("the default namer is valid"),
+        }],
+        prefix_names: PrefixNames::Auto,
+        max_name_length: crate::mcp::names::DEFAULT_MAX_LEN,
+        tools: NameFilter::default(),
+        prompts: NameFilter::default(),
+        resources: NameFilter::default(),
+        list_page_size: defaults::LIST_PAGE_SIZE,
+        list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
+    }
 }
 
 fn unknown_upstream(name: &str, upstreams: &[Upstream]) -> String {
@@ -736,6 +707,8 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         headers: Vec::new(),
         header_sources: Vec::new(),
         tls: None,
+        prefix: None,
+        separator: crate::mcp::names::SEPARATOR.to_string(),
     }
 }
 
@@ -767,6 +740,8 @@ fn upstream(
             "unhealthy_after",
             "headers",
             "tls",
+            "prefix",
+            "separator",
         ],
     );
     let name = s
@@ -840,6 +815,21 @@ fn upstream(
         }
     }
     u.tls = upstream_tls(p, &s, &u.target);
+    u.separator = s.get(p, "separator", u.separator, |v| {
+        let sep = string(v)?;
+        crate::mcp::names::Namer::new(Some("x"), sep, crate::mcp::names::MAX_MAX_LEN)
+            .map_err(|e| e.to_string())?;
+        Ok(sep.to_string())
+    });
+    let sep = u.separator.clone();
+    u.prefix = s.get(p, "prefix", None, |v| {
+        let prefix = string(v)?;
+        if !prefix.is_empty() {
+            crate::mcp::names::Namer::new(Some(prefix), &sep, crate::mcp::names::MAX_MAX_LEN)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Some(prefix.to_string()))
+    });
     u
 }
 

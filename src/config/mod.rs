@@ -212,6 +212,23 @@ pub struct Upstream {
     pub header_sources: Vec<HeaderSource>,
     /// `https://` URLs only: the TLS client config and the name sent and verified.
     pub tls: Option<UpstreamTls>,
+    /// `prefix`: what this upstream's tool and prompt names are prefixed with on a server that
+    /// prefixes names (several upstreams, or `prefix_names: always`). `None` = its name;
+    /// `Some("")` = unprefixed (its names are exposed as they are).
+    pub prefix: Option<String>,
+    /// `separator`, default `__`: between the prefix and the name.
+    pub separator: String,
+}
+
+impl Upstream {
+    /// The prefix its names get on a server that prefixes names (`None`: unprefixed).
+    pub fn effective_prefix(&self) -> Option<&str> {
+        match self.prefix.as_deref() {
+            None => Some(self.name.as_str()),
+            Some("") => None,
+            Some(p) => Some(p),
+        }
+    }
 }
 
 /// An https upstream's TLS (`upstreams[].tls`, optional): roots and the name to verify.
@@ -255,6 +272,8 @@ impl std::fmt::Debug for Upstream {
             .field("headers", &headers)
             .field("header_sources", &self.header_sources)
             .field("tls", &self.tls)
+            .field("prefix", &self.prefix)
+            .field("separator", &self.separator)
             .finish()
     }
 }
@@ -303,6 +322,89 @@ impl HttpTarget {
 pub struct Server {
     /// `servers[].path`: the MCP endpoint path, e.g. `/mcp`. Exact match (a trailing `/` is also accepted).
     pub path: String,
+    /// `servers[].upstreams` (or the single `upstream`): the upstreams behind this endpoint, in
+    /// listing order, each with how its names are exposed here. Never empty, no repeats.
+    pub upstreams: Vec<ServerUpstream>,
+    /// `servers[].prefix_names`: `auto` (default: prefix when more than one upstream) or `always`.
+    pub prefix_names: PrefixNames,
+    /// `servers[].max_name_length`, default 64 (16..=128): longest exposed tool or prompt name.
+    pub max_name_length: usize,
+    /// `servers[].tools`: which tools (by exposed name) this endpoint exposes.
+    pub tools: NameFilter,
+    /// `servers[].prompts`: which prompts (by exposed name).
+    pub prompts: NameFilter,
+    /// `servers[].resources`: which resources and templates (by URI / URI template).
+    pub resources: NameFilter,
+    /// `servers[].list_page_size`, default 100 (1..=10000): items per page of an aggregated list.
+    pub list_page_size: usize,
+    /// `servers[].list_refresh_interval`, default 5m: how old a worker's routing tables may get
+    /// before the next call that needs them lists the upstreams again.
+    pub list_refresh_interval: Duration,
+}
+
+impl Server {
+    /// The first upstream (the only one on a plain endpoint).
+    pub fn primary(&self) -> usize {
+        self.upstreams.first().map_or(0, |u| u.upstream)
+    }
+
+    /// `a` or `a+b+c` (upstream names, for summaries).
+    pub fn upstream_names(&self, upstreams: &[Upstream]) -> String {
+        self.upstreams
+            .iter()
+            .map(|su| upstreams.get(su.upstream).map_or("?", |u| u.name.as_str()))
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// Everything that decides what the endpoint serves, for reload's change summary.
+    pub fn describe(&self, upstreams: &[Upstream]) -> String {
+        format!(
+            "{} {:?} {} {:?} {:?} {:?} {} {:?}",
+            self.upstream_names(upstreams),
+            self.prefix_names,
+            self.max_name_length,
+            (&self.tools.allow, &self.tools.deny),
+            (&self.prompts.allow, &self.prompts.deny),
+            (&self.resources.allow, &self.resources.deny),
+            self.list_page_size,
+            self.list_refresh_interval,
+        )
+    }
+
+    /// Whether the gateway aggregates this endpoint (opens every upstream's session, merges
+    /// lists, routes by name) instead of passing one upstream through untouched: more than one
+    /// upstream, prefixed names, or a filter.
+    pub fn federated(&self) -> bool {
+        self.upstreams.len() > 1
+            || self.prefix_names == PrefixNames::Always
+            || !(self.tools.filter.is_all()
+                && self.prompts.filter.is_all()
+                && self.resources.filter.is_all())
+    }
+}
+
+/// One upstream of a server.
+#[derive(Clone, Debug)]
+pub struct ServerUpstream {
     /// Index into `Config::upstreams`.
     pub upstream: usize,
+    /// How its tool and prompt names are exposed on this server.
+    pub namer: crate::mcp::names::Namer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixNames {
+    /// Prefix names when the server has more than one upstream.
+    Auto,
+    /// Prefix names even for a single upstream.
+    Always,
+}
+
+/// An allow/deny list of globs (`servers[].tools` etc.), as written and compiled.
+#[derive(Clone, Debug, Default)]
+pub struct NameFilter {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub filter: crate::mcp::names::Filter,
 }

@@ -90,7 +90,7 @@ pub fn summary(old: &Config, new: &Config) -> String {
     let servers = |c: &Config| {
         c.servers
             .iter()
-            .map(|s| (s.path.clone(), c.upstreams[s.upstream].name.clone()))
+            .map(|s| (s.path.clone(), format!("{:?}", s.describe(&c.upstreams))))
             .collect::<Vec<_>>()
     };
     part("upstreams", upstreams(old), upstreams(new));

@@ -114,6 +114,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
         "Unix time the running config was loaded: at start, then at each successful reload."
     );
+    describe_counter!(
+        names::FEDERATION_UPSTREAM_FAILURES_TOTAL,
+        "On endpoints with several upstreams: an upstream that failed its part of a request the \
+         gateway answers for all of them (step: initialize, list, fanout); the others answered."
+    );
+    describe_counter!(
+        names::FEDERATION_TABLE_REFRESHES_TOTAL,
+        "On endpoints with several upstreams: a worker's routing table rebuilt from the \
+         upstreams' lists, by list (tools, prompts, resources)."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(
         names::BUILD_INFO,

@@ -22,6 +22,10 @@ pub const CONTROL_UNDELIVERABLE_TOTAL: &str = "tollgate_control_undeliverable_to
 pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "tollgate_config_last_reload_success_timestamp_seconds";
+/// Federated endpoints: an upstream's part that failed (initialize, a list), by upstream and step.
+pub const FEDERATION_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_federation_upstream_failures_total";
+/// Federated endpoints: routing tables rebuilt by listing the upstreams, by list kind.
+pub const FEDERATION_TABLE_REFRESHES_TOTAL: &str = "tollgate_federation_table_refreshes_total";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

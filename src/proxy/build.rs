@@ -55,7 +55,8 @@ impl Gateway {
                 retired.push((u.id, u.name.clone()));
             }
         }
-        let gw = Gateway::assemble(
+        let rotated = crate::config::reload::key_rotated(&self.config, &config);
+        let mut gw = Gateway::assemble(
             config,
             self.shutdown.clone(),
             self.control.clone(),
@@ -63,6 +64,11 @@ impl Gateway {
             sealer,
             retired,
         )?;
+        if rotated {
+            // Cursors handed out under the old key stay readable, like session tokens.
+            gw.cursors = crate::mcp::cursor::CursorSealer::new(&gw.config.session.key)
+                .with_previous(&[self.config.session.key]);
+        }
         Ok(Arc::new(gw))
     }
 
@@ -85,7 +91,7 @@ impl Gateway {
                     let endpoints = config
                         .servers
                         .iter()
-                        .filter(|s| s.upstream == i)
+                        .filter(|s| s.upstreams.iter().any(|su| su.upstream == i))
                         .map(|s| s.path.clone())
                         .collect();
                     UpstreamHealth::new(
@@ -117,6 +123,8 @@ impl Gateway {
             demo,
             server_ids: Gateway::server_ids_of(&config),
             retired,
+            cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
+            idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
             config,
         })
     }
@@ -126,7 +134,7 @@ impl Gateway {
         let c = &self.config;
         c.servers
             .iter()
-            .map(|s| format!("{} -> {}", s.path, c.upstreams[s.upstream].name))
+            .map(|s| format!("{} -> {}", s.path, s.upstream_names(&c.upstreams)))
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -64,6 +64,11 @@ pub struct MessageCtx {
     pub name: Option<Short>,
     /// `params.uri` (a resource), decoded.
     pub uri: Option<Short>,
+    /// Where `params.name`'s string token (quotes included) lies in the body: federation
+    /// splices the upstream's own name there.
+    pub name_span: Option<std::ops::Range<u32>>,
+    /// Where the id's token starts in the body (a wrapped id is replaced there).
+    pub id_start: Option<u32>,
 }
 
 impl MessageCtx {
@@ -77,6 +82,11 @@ impl MessageCtx {
             id: m.id.as_ref().map(|r| Short::new(r.text)),
             name: m.name.as_ref().map(|s| Short::new(s.value.as_bytes())),
             uri: m.uri.as_ref().map(|s| Short::new(s.value.as_bytes())),
+            name_span: m
+                .name
+                .as_ref()
+                .map(|s| s.span.start as u32..s.span.end as u32),
+            id_start: m.id.as_ref().map(|r| r.start as u32),
         }
     }
 }

@@ -17,9 +17,9 @@ use super::upstream;
 use super::{client_head, refuse, unix_now, Next};
 
 /// What the gateway learned from an initialize reply.
-struct Negotiated {
+pub(super) struct Negotiated {
     /// `None`: the upstream answered with a JSON-RPC error.
-    version: Option<ProtocolVersion>,
+    pub version: Option<ProtocolVersion>,
     /// Where the response's id token sits in the body, when it is spelled differently from the
     /// client's (`1E2` for `100`) and can be replaced in place by the client's own bytes.
     respell: Option<std::ops::Range<usize>>,
@@ -27,7 +27,7 @@ struct Negotiated {
 
 /// Finds the JSON-RPC response with `id` in an initialize reply (JSON, or SSE events) and returns
 /// the protocol version it negotiated.
-fn negotiated_version(
+pub(super) fn negotiated_version(
     gw: &Gateway,
     body: &[u8],
     sse: bool,

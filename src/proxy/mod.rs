@@ -8,6 +8,7 @@ pub mod checks;
 pub mod client;
 pub mod context;
 pub mod control;
+mod federate;
 mod initialize;
 pub mod reject;
 pub mod reload;
@@ -376,8 +377,18 @@ fn open_session(
     }
     // A reload may have taken the session's upstream away from this endpoint: its upstream
     // session cannot be continued elsewhere.
-    let u = gw.config.servers[server].upstream;
-    if !claims.upstreams.is_empty() && upstream_session(gw, Some(&claims), u).is_none() {
+    let s = &gw.config.servers[server];
+    let still_here = if s.federated() {
+        // A federated session goes on with whichever of its upstreams are still behind it.
+        claims.upstreams.iter().any(|cs| {
+            s.upstreams
+                .iter()
+                .any(|m| gw.upstreams[m.upstream].id == cs.upstream)
+        })
+    } else {
+        upstream_session(gw, Some(&claims), s.primary()).is_some()
+    };
+    if !claims.upstreams.is_empty() && !still_here {
         let gone = claims
             .upstreams
             .iter()
@@ -478,9 +489,12 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return refuse(c, ctx, r).await;
     }
     let server = ctx.server.unwrap_or_default();
-    let u = gw.config.servers[server].upstream;
+    let federated = gw.config.servers[server].federated();
+    let u = gw.config.servers[server].primary();
     let up = &gw.upstreams[u];
-    ctx.upstream = Some(u);
+    if !federated {
+        ctx.upstream = Some(u);
+    }
     let initialize = is_initialize(ctx);
     let claims = if initialize {
         None
@@ -502,6 +516,17 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
+    if federated {
+        let mut trace = Vec::new();
+        upstream_session_headers(&mut trace, None, &head, buf);
+        let req = federate::FedRequest {
+            claims,
+            trace,
+            body: body.to_vec(),
+        };
+        c.conn.consume(used);
+        return federate::post(w, c, ctx, req).await;
+    }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();
     c.up_out.extend_from_slice(&up.post_prefix);
@@ -511,7 +536,38 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     c.up_out.extend_from_slice(b"\r\n");
     c.up_out.extend_from_slice(body);
     c.conn.consume(used);
+    let had_session = up_session.is_some_and(|s| s.session_id.is_some());
+    let then = if initialize {
+        Then::Initialize(server)
+    } else {
+        Then::Relay
+    };
+    forward(w, c, ctx, u, had_session, then).await
+}
 
+/// What `forward` does with a usable reply.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Relay it as it arrives.
+    Relay,
+    /// Read it whole and seal the session (single-upstream `initialize` on this server).
+    Initialize(usize),
+}
+
+/// Phases: forward (the request already rendered in `c.up_out`) → vet → relay to upstream `u`.
+/// `had_session`: the request carried an upstream session id (a 404 then means it ended).
+async fn forward(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    had_session: bool,
+    then: Then,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let up = &gw.upstreams[u];
+    ctx.upstream = Some(u);
     let t_up = Instant::now();
     let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
@@ -574,24 +630,26 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             } else {
                 drop(up_conn);
             }
-            let had_session = up_session.is_some_and(|s| s.session_id.is_some());
             return unusable_reply(c, ctx, (u, kind, rhead.status), &why, had_session).await;
         }
     }
-    if initialize {
-        initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
-    } else {
-        relay(
-            w,
-            c,
-            ctx,
-            up_conn,
-            &rhead,
-            u,
-            Some(up.request_timeout),
-            false,
-        )
-        .await
+    match then {
+        Then::Initialize(server) => {
+            initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
+        }
+        Then::Relay => {
+            relay(
+                w,
+                c,
+                ctx,
+                up_conn,
+                &rhead,
+                u,
+                Some(up.request_timeout),
+                false,
+            )
+            .await
+        }
     }
 }
 

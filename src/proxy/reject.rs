@@ -92,6 +92,9 @@ impl Rejects {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                    Kind::UnknownName => "unknown name".into(),
+                    Kind::BadCursor => "invalid cursor: list again from the start".into(),
+                    Kind::MethodNotFound => "method not found".into(),
                     Kind::UpstreamUnavailable => "upstream unavailable".into(),
                     Kind::UpstreamTimeout => "upstream timed out".into(),
                     Kind::UpstreamProtocol => "upstream sent an invalid response".into(),

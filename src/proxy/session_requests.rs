@@ -38,7 +38,7 @@ async fn session_request(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let u = gw.config.servers[server].upstream;
+    let u = gw.config.servers[server].primary();
     ctx.upstream = Some(u);
     let buf = c.conn.buffered();
     let claims = match open_session(w, gw, head, buf, server) {
@@ -63,6 +63,15 @@ async fn session_request(
 
 /// GET: opens the server-to-client event stream of the session's upstream and relays it.
 pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
+    let server = ctx.server.unwrap_or_default();
+    if ctx.gw().config.servers[server].federated() {
+        // The merged stream of every upstream's GET stream is not built yet; 405 is what the
+        // transport allows a server without one, and clients go on without it.
+        c.conn.consume(head.len);
+        let why = "this endpoint has several upstreams and offers no GET stream yet; \
+                   server messages arrive on each POST's response stream";
+        return refuse(c, ctx, Refusal::because(Kind::MethodNotAllowed, why)).await;
+    }
     let (_claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
         Ok(x) => x,
         Err(next) => return next,
@@ -98,6 +107,48 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
     }
 }
 
+/// Sends DELETE (`req`) to upstream `u` and reads its answer; failures are logged.
+async fn end_upstream_session(
+    w: &WorkerState,
+    gw: &state::Gateway,
+    u: usize,
+    req: Vec<u8>,
+) -> Option<UpstreamCall> {
+    let up = &gw.upstreams[u];
+    let t_up = Instant::now();
+    let (res, _) = upstream::exchange(w, gw, u, req).await;
+    match res {
+        Ok((mut up_conn, rhead)) => {
+            up_conn.consume(rhead.len);
+            let mut sink = Vec::new();
+            let ok = upstream::read_full_body(
+                &mut up_conn,
+                &rhead,
+                64 * 1024,
+                up.request_timeout,
+                &mut sink,
+            )
+            .await;
+            if ok.is_ok() {
+                w.pool_put(gw, u, up_conn, &rhead);
+            }
+            Some(UpstreamCall {
+                upstream: u,
+                result: Ok(rhead.status),
+                elapsed: t_up.elapsed(),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
+            Some(UpstreamCall {
+                upstream: u,
+                result: Err(e.kind),
+                elapsed: t_up.elapsed(),
+            })
+        }
+    }
+}
+
 /// DELETE: ends the session here (on every worker) and at the upstream.
 pub(super) async fn delete(
     w: &WorkerState,
@@ -111,46 +162,35 @@ pub(super) async fn delete(
     };
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
-    let up = &gw.upstreams[u];
-    let up_session = upstream_session(gw, Some(&claims), u);
     let mut revoked = w.revoke(Revocation {
         id: claims.id,
         expires_at: claims.expires_at,
     });
     w.metrics.sessions_closed.increment(1);
-    if up_session.is_some_and(|s| s.session_id.is_some()) {
-        let t_up = Instant::now();
-        let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
-        c.up_out = req;
-        match res {
-            Ok((mut up_conn, rhead)) => {
-                ctx.upstream_call = Some(UpstreamCall {
-                    upstream: u,
-                    result: Ok(rhead.status),
-                    elapsed: t_up.elapsed(),
-                });
-                up_conn.consume(rhead.len);
-                let mut sink = Vec::new();
-                let ok = upstream::read_full_body(
-                    &mut up_conn,
-                    &rhead,
-                    64 * 1024,
-                    up.request_timeout,
-                    &mut sink,
-                )
-                .await;
-                if ok.is_ok() {
-                    w.pool_put(gw, u, up_conn, &rhead);
-                }
+    let server = ctx.server.unwrap_or_default();
+    let s = &gw.config.servers[server];
+    if s.federated() {
+        // Every upstream session the client session holds ends with it, at once. (The head
+        // was consumed: these requests carry the upstream session headers only.)
+        let ends = s.upstreams.iter().filter_map(|m| {
+            let su = upstream_session(gw, Some(&claims), m.upstream)?;
+            su.session_id.as_ref()?;
+            let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
+            if let Some(sid) = &su.session_id {
+                response::header(&mut req, b"mcp-session-id", sid.as_bytes());
             }
-            Err(e) => {
-                ctx.upstream_call = Some(UpstreamCall {
-                    upstream: u,
-                    result: Err(e.kind),
-                    elapsed: t_up.elapsed(),
-                });
-                tracing::warn!(upstream = %up.name, error = %e.reason, "could not end the upstream session");
+            if su.protocol_version.has_version_header() {
+                let v = su.protocol_version.as_str().as_bytes();
+                response::header(&mut req, b"mcp-protocol-version", v);
             }
+            req.extend_from_slice(b"\r\n");
+            Some(end_upstream_session(w, gw, m.upstream, req))
+        });
+        futures_util::future::join_all(ends).await;
+    } else if upstream_session(gw, Some(&claims), u).is_some_and(|s| s.session_id.is_some()) {
+        let req = std::mem::take(&mut c.up_out);
+        if let Some(call) = end_upstream_session(w, gw, u, req).await {
+            ctx.upstream_call = Some(call);
         }
     }
     // Answer once every worker refuses the session, so no request sent after this answer is

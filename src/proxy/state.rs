@@ -116,6 +116,10 @@ pub struct Gateway {
     /// Upstreams earlier configs had and this one does not (id, name): to name them to clients
     /// whose sessions they held.
     pub retired: Vec<(u64, String)>,
+    /// Seals and opens the `nextCursor`s of aggregated lists (federated endpoints).
+    pub cursors: crate::mcp::cursor::CursorSealer,
+    /// Wraps the ids of server→client requests relayed on federated endpoints.
+    pub idmap: crate::mcp::idmap::IdMapper,
 }
 
 impl Gateway {
@@ -213,6 +217,8 @@ pub struct WorkerState {
     /// Session ids this worker has opened (bounded).
     pub sessions: RefCell<super::session_cache::SessionCache>,
     revoked: RefCell<HashMap<[u8; 16], u64>>,
+    /// Routing tables of federated endpoints (built from the upstreams' lists).
+    pub catalogs: super::federate::Catalogs,
 }
 
 impl WorkerState {
@@ -230,6 +236,7 @@ impl WorkerState {
             buffers: RefCell::new(Vec::new()),
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
+            catalogs: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,

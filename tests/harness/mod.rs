@@ -101,10 +101,15 @@ pub struct Demo {
 
 impl Demo {
     pub fn start(extra: &[&str]) -> Demo {
+        Demo::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A demo upstream on `addr` (e.g. again on the address of one that was stopped).
+    pub fn start_on(addr: &str, extra: &[&str]) -> Demo {
         let dir = temp_dir();
         let ready = dir.join("ready.json");
         let mut child = Command::new(BIN)
-            .args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
+            .args(["demo-upstream", "--listen", addr, "--ready-file"])
             .arg(&ready)
             .args(extra)
             .stdout(Stdio::null())

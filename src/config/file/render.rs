@@ -193,6 +193,15 @@ pub fn render_effective(c: &Config) -> String {
         let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
         let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
         let _ = writeln!(o, "    unhealthy_after: {}", u.unhealthy_after);
+        match &u.prefix {
+            None => {
+                let _ = writeln!(o, "    prefix: null  # its name");
+            }
+            Some(p) => {
+                let _ = writeln!(o, "    prefix: {}", q(p));
+            }
+        }
+        let _ = writeln!(o, "    separator: {}", q(&u.separator));
         if u.headers.is_empty() {
             let _ = writeln!(o, "    headers: {{}}");
         } else {
@@ -222,9 +231,43 @@ pub fn render_effective(c: &Config) -> String {
     }
     let _ = writeln!(o, "servers:");
     for s in &c.servers {
-        let upstream = c.upstreams.get(s.upstream).map_or("?", |u| u.name.as_str());
+        let name = |su: &crate::config::ServerUpstream| {
+            q(c.upstreams
+                .get(su.upstream)
+                .map_or("?", |u| u.name.as_str()))
+        };
         let _ = writeln!(o, "  - path: {}", q(&s.path));
-        let _ = writeln!(o, "    upstream: {}", q(upstream));
+        if s.upstreams.len() == 1 {
+            let _ = writeln!(o, "    upstream: {}", name(&s.upstreams[0]));
+        } else {
+            let names: Vec<String> = s.upstreams.iter().map(name).collect();
+            let _ = writeln!(o, "    upstreams: [{}]", names.join(", "));
+        }
+        let prefix_names = match s.prefix_names {
+            crate::config::PrefixNames::Auto => "auto",
+            crate::config::PrefixNames::Always => "always",
+        };
+        let _ = writeln!(o, "    prefix_names: {prefix_names}");
+        let _ = writeln!(o, "    max_name_length: {}", s.max_name_length);
+        for (key, f) in [
+            ("tools", &s.tools),
+            ("prompts", &s.prompts),
+            ("resources", &s.resources),
+        ] {
+            let list = |l: &[String]| l.iter().map(|g| q(g)).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                o,
+                "    {key}: {{allow: [{}], deny: [{}]}}",
+                list(&f.allow),
+                list(&f.deny)
+            );
+        }
+        let _ = writeln!(o, "    list_page_size: {}", s.list_page_size);
+        let _ = writeln!(
+            o,
+            "    list_refresh_interval: {}",
+            render_duration(s.list_refresh_interval)
+        );
     }
     o
 }

@@ -88,7 +88,7 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert!(u.headers.is_empty());
         assert_eq!(c.servers.len(), 1);
         assert_eq!(
-            (c.servers[0].path.as_str(), c.servers[0].upstream),
+            (c.servers[0].path.as_str(), c.servers[0].primary()),
             ("/mcp", 0)
         );
     }
@@ -239,7 +239,7 @@ servers:
     let routes: Vec<(&str, usize)> = c
         .servers
         .iter()
-        .map(|s| (s.path.as_str(), s.upstream))
+        .map(|s| (s.path.as_str(), s.primary()))
         .collect();
     assert_eq!(routes, vec![("/b/mcp", 0), ("/z", 1)]);
 }
@@ -583,7 +583,7 @@ fn server_validation() {
     );
     assert_eq!(
         err(&with("{path: /x}")),
-        "servers[0].upstream: missing (required)"
+        "servers[0].upstream: missing (required): name one upstream, or several with `upstreams: [a, b]`"
     );
     assert!(err(&with("~")).starts_with("servers[0]: expected a mapping"));
 }
@@ -1126,4 +1126,112 @@ fn https_upstreams() {
         "{name: a, url: \"https://x/mcp\", tls: {cafile: /x}}"
     ))
     .contains("upstreams[0].tls.cafile: unknown key (did you mean \"ca_file\"?)"));
+}
+
+/// `servers[].upstreams`: several upstreams behind one endpoint, their prefixes and filters.
+#[test]
+fn federated_servers() {
+    let base = "upstreams:\n  - {name: notes, url: \"http://127.0.0.1:1/mcp\"}\n  - {name: weather, url: \"http://127.0.0.1:2/mcp\"}\n  - {name: bare, url: \"http://127.0.0.1:3/mcp\", prefix: \"\"}\n";
+    let c = load_str(&format!(
+        "{base}servers:\n  - {{path: /mcp, upstreams: [notes, weather], tools: {{deny: [\"weather__*\"]}}, list_page_size: 7}}\n  - {{path: /one, upstream: notes}}\n  - {{path: /all, upstreams: [bare, notes]}}\n"
+    ))
+    .unwrap();
+    let s = c.servers.iter().find(|s| s.path == "/mcp").unwrap();
+    assert_eq!(s.upstreams.len(), 2);
+    assert!(s.federated());
+    assert_eq!(s.upstreams[0].namer.prefix(), Some("notes"));
+    assert_eq!(s.upstreams[1].namer.prefix(), Some("weather"));
+    assert!(!s.tools.filter.allows("weather__now"));
+    assert!(s.tools.filter.allows("notes__add"));
+    assert_eq!(s.list_page_size, 7);
+    let one = c.servers.iter().find(|s| s.path == "/one").unwrap();
+    assert!(!one.federated(), "one upstream, no filter: passed through");
+    assert_eq!(one.upstreams[0].namer.prefix(), None);
+    let all = c.servers.iter().find(|s| s.path == "/all").unwrap();
+    assert_eq!(
+        all.upstreams[0].namer.prefix(),
+        None,
+        "prefix \"\" = unprefixed"
+    );
+    assert_eq!(all.upstreams[1].namer.prefix(), Some("notes"));
+    assert_eq!(all.upstream_names(&c.upstreams), "bare+notes");
+
+    // prefix_names: always prefixes a single upstream too.
+    let c = load_str(&format!(
+        "{base}servers: [{{path: /mcp, upstream: weather, prefix_names: always}}]"
+    ))
+    .unwrap();
+    assert_eq!(c.servers[0].upstreams[0].namer.prefix(), Some("weather"));
+    assert!(c.servers[0].federated());
+
+    let e = |servers: &str| err(&format!("{base}servers: [{servers}]"));
+    assert_eq!(
+        e("{path: /mcp, upstream: notes, upstreams: [weather]}"),
+        "servers[0].upstreams: give either `upstream` (one) or `upstreams` (a list), not both"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstreams: [notes, notes]}"),
+        "servers[0].upstreams[1]: upstream \"notes\" is listed twice"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstreams: []}"),
+        "servers[0].upstreams: empty list: name at least one upstream"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstreams: [notes, nope]}"),
+        "servers[0].upstreams[1]: no upstream named \"nope\" (known: notes, weather, bare)"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstreams: notes}"),
+        "servers[0].upstreams: expected a list of upstream names, got \"notes\""
+    );
+    assert_eq!(
+        e("{path: /mcp, upstream: notes, prefix_names: never}"),
+        "servers[0].prefix_names: expected auto or always, got \"never\""
+    );
+    assert_eq!(
+        e("{path: /mcp, upstream: notes, max_name_length: 8}"),
+        "servers[0].max_name_length: expected a whole number from 16 to 128, got 8"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstream: notes, tools: {allow: [\"\"]}}"),
+        "servers[0].tools.allow[0]: empty glob (matches nothing; `*` matches everything)"
+    );
+    assert_eq!(
+        e("{path: /mcp, upstream: notes, tools: {only: [a]}}"),
+        "servers[0].tools.only: unknown key"
+    );
+}
+
+/// Prefixes and separators are checked where they are written, and again per server (its
+/// maximum name length, and two upstreams with the same prefix).
+#[test]
+fn upstream_prefixes() {
+    let up = |extra: &str| {
+        format!(
+            "upstreams:\n  - {{name: a, url: \"builtin:demo\"{extra}}}\n  - {{name: b, url: \"http://127.0.0.1:2/mcp\"}}\nservers: [{{path: /mcp, upstreams: [a, b]}}]"
+        )
+    };
+    assert_eq!(
+        err(&up(", prefix: \"a b\"")),
+        "upstreams[0].prefix: prefix has characters outside [A-Za-z0-9_.-]"
+    );
+    assert_eq!(
+        err(&up(", separator: \".\"")),
+        "upstreams[0].separator: separator must be 1 or more characters of [A-Za-z0-9_-]"
+    );
+    assert!(err(&up(", prefix: x__y"))
+        .starts_with("upstreams[0].prefix: prefix contains the separator"));
+    assert_eq!(
+        err(&up(", prefix: b")),
+        "servers[0].upstreams[1]: upstreams \"a\" and \"b\" expose names with the same prefix \"b\": set a different `prefix` on one of them"
+    );
+    let long = "p".repeat(40);
+    let text = format!(
+        "upstreams:\n  - {{name: a, url: \"builtin:demo\", prefix: {long}}}\n  - {{name: b, url: \"http://127.0.0.1:2/mcp\"}}\nservers: [{{path: /mcp, upstreams: [a, b], max_name_length: 32}}]"
+    );
+    assert_eq!(
+        err(&text),
+        "servers[0].upstreams[0]: upstream \"a\": its names cannot be exposed here: prefix and separator leave no room for the name in a shortened name"
+    );
 }

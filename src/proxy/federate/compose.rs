@@ -1,0 +1,205 @@
+//! `initialize` on a federated endpoint: the client's request goes to every upstream at once
+//! (so each upstream sees the client's own capabilities: sampling, elicitation, roots, tasks),
+//! and the gateway answers with its own result: its `serverInfo`, the capabilities it proxies
+//! (the union of the upstreams'), `instructions` composed from theirs, and one session token
+//! holding every upstream session that opened.
+//!
+//! All at once, not lazily: a client session cannot learn a new `Mcp-Session-Id` later, and
+//! the upstream sessions live in the token, so every upstream session must exist when the
+//! token is sealed. An upstream that fails here is left out of this session (its tools are
+//! absent from its lists, calls to them name it), logged and counted; each new session tries
+//! it again.
+
+use futures_util::future::join_all;
+use serde_json::{json, Map, Value};
+
+use crate::error::Kind;
+use crate::mcp::session::{SessionClaims, SessionSealer, UpstreamSession};
+use crate::mcp::ProtocolVersion;
+use crate::observe::names;
+
+use super::super::client::Client;
+use super::super::context::Ctx;
+use super::super::initialize::negotiated_version;
+use super::super::reject::Refusal;
+use super::super::state::{Gateway, WorkerState};
+use super::super::{refuse, unix_now, Next};
+use super::exchange::{self, Reply};
+use super::FedRequest;
+
+/// What one upstream's initialize gave.
+struct Opened {
+    u: usize,
+    version: ProtocolVersion,
+    session_id: Option<String>,
+    result: sonic_rs::Value,
+}
+
+pub(super) async fn initialize(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    req: FedRequest,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let server = ctx.server.unwrap_or_default();
+    let id = ctx.answer_id().unwrap_or(b"null").to_vec();
+    let members: Vec<usize> = gw.config.servers[server]
+        .upstreams
+        .iter()
+        .map(|m| m.upstream)
+        .collect();
+    let calls = members.iter().map(|&u| {
+        let r = exchange::post_request(gw, u, None, &req.trace, &req.body);
+        async move { (u, exchange::whole(w, gw, u, r).await) }
+    });
+    let replies = join_all(calls).await;
+    let mut opened = Vec::with_capacity(replies.len());
+    let mut failed = Vec::new();
+    for (u, reply) in replies {
+        match reply
+            .map_err(|e| e.reason)
+            .and_then(|r| opened_from(gw, u, r, &id))
+        {
+            Ok(o) => opened.push(o),
+            Err(why) => {
+                let name = &gw.upstreams[u].name;
+                tracing::warn!(upstream = %name, error = %why, "federated initialize: upstream left out of the session");
+                metrics::counter!(names::FEDERATION_UPSTREAM_FAILURES_TOTAL, "upstream" => name.clone(), "step" => "initialize").increment(1);
+                failed.push(why);
+            }
+        }
+    }
+    if opened.is_empty() {
+        let why = format!("no upstream could be initialized: {}", failed.join("; "));
+        return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
+    }
+    // Every upstream negotiated on its own; the client gets the oldest of them, which each of
+    // the others also speaks (they answered the client's request with it or a newer one).
+    let version = opened
+        .iter()
+        .map(|o| o.version)
+        .min()
+        .unwrap_or(ProtocolVersion::LATEST_LEGACY);
+    let now = unix_now();
+    let claims = SessionClaims {
+        id: SessionSealer::new_id(),
+        server: gw.server_ids[server],
+        protocol_version: version,
+        issued_at: now,
+        expires_at: now + gw.config.session.ttl.as_secs(),
+        upstreams: opened
+            .iter()
+            .map(|o| UpstreamSession {
+                upstream: gw.upstreams[o.u].id,
+                session_id: o.session_id.clone(),
+                protocol_version: o.version,
+            })
+            .collect(),
+        principal: None,
+    };
+    let token = match gw.sealer.try_seal(&claims) {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("the upstream sessions do not fit in a session id: {e}");
+            return refuse(c, ctx, Refusal::because(Kind::Internal, why)).await;
+        }
+    };
+    w.metrics.sessions_opened.increment(1);
+    ctx.session = Some(claims.id);
+    let result = compose(gw, version, &opened);
+    let mut body = Vec::with_capacity(512);
+    body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    body.extend_from_slice(&id);
+    body.extend_from_slice(b",\"result\":");
+    body.extend_from_slice(result.to_string().as_bytes());
+    body.push(b'}');
+    super::reply_json(c, ctx, 200, &body, Some(&token)).await
+}
+
+/// What one upstream's initialize reply says, or why it cannot join the session.
+fn opened_from(gw: &Gateway, u: usize, reply: Reply, id: &[u8]) -> Result<Opened, String> {
+    let name = &gw.upstreams[u].name;
+    if reply.status != 200 {
+        return Err(format!(
+            "upstream \"{name}\" answered initialize with HTTP {}",
+            reply.status
+        ));
+    }
+    let negotiated = negotiated_version(gw, &reply.body, reply.sse, id)
+        .map_err(|why| format!("upstream \"{name}\" {why}"))?;
+    let Some(version) = negotiated.version else {
+        return Err(format!("upstream \"{name}\" refused initialize"));
+    };
+    let result = exchange::result_of(gw, u, &reply, id)?;
+    Ok(Opened {
+        u,
+        version,
+        session_id: reply.session_id,
+        result,
+    })
+}
+
+/// The gateway's initialize result for the client.
+fn compose(gw: &Gateway, version: ProtocolVersion, opened: &[Opened]) -> Value {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    let mut caps = Map::new();
+    let flag = |caps: &mut Map<String, Value>, key: &str, sub: Option<&str>| {
+        let entry = caps
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let (Some(sub), Value::Object(m)) = (sub, entry) {
+            m.insert(sub.to_string(), Value::Bool(true));
+        }
+    };
+    let mut instructions = Vec::new();
+    for o in opened {
+        let Some(c) = o.result.get("capabilities") else {
+            continue;
+        };
+        // What the gateway proxies: tools, prompts, resources (with subscribe), logging and
+        // completions. `listChanged` is relayed from any upstream that announces it.
+        for key in ["tools", "prompts", "resources"] {
+            if let Some(v) = c.get(key) {
+                flag(&mut caps, key, None);
+                if v.get("listChanged").and_then(|b| b.as_bool()) == Some(true) {
+                    flag(&mut caps, key, Some("listChanged"));
+                }
+                if key == "resources" && v.get("subscribe").and_then(|b| b.as_bool()) == Some(true)
+                {
+                    flag(&mut caps, key, Some("subscribe"));
+                }
+            }
+        }
+        for key in ["logging", "completions"] {
+            if c.get(key).is_some_and(|v| v.as_object().is_some()) {
+                flag(&mut caps, key, None);
+            }
+        }
+        if let Some(text) = o.result.get("instructions").and_then(|v| v.as_str()) {
+            if !text.trim().is_empty() {
+                let up = &gw.upstreams[o.u];
+                instructions.push(format!("## {}\n{}", up.name, text.trim()));
+            }
+        }
+    }
+    let mut result = json!({
+        "protocolVersion": version.as_str(),
+        "capabilities": Value::Object(caps),
+        "serverInfo": {
+            "name": "tollgate",
+            "title": "tollgate MCP gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+    });
+    if !instructions.is_empty() {
+        let text = format!(
+            "This server combines several MCP servers; each section is one server's own \
+             instructions.\n\n{}",
+            instructions.join("\n\n")
+        );
+        result["instructions"] = Value::String(text);
+    }
+    result
+}

@@ -1,0 +1,169 @@
+//! The gateway's own exchanges with upstreams on a federated endpoint: a request (the client's,
+//! or one the gateway made) sent with that upstream's session, the reply read whole, and the
+//! JSON-RPC response found in it (a JSON body, or an event of an event stream).
+
+use crate::error::{Error, Kind};
+use crate::http::response;
+use crate::http::sse;
+use crate::jsonrpc::{self, Body, MessageKind};
+use crate::mcp::session::{SessionClaims, UpstreamSession};
+
+use super::super::state::{Gateway, WorkerState};
+use super::super::upstream;
+
+/// Replies the gateway reads whole may be this much larger than a request body may be (a list
+/// of a thousand tools with schemas is a few hundred KiB).
+const WHOLE_REPLY_FACTOR: usize = 4;
+
+/// An upstream's whole reply.
+pub struct Reply {
+    pub status: u16,
+    /// The `Mcp-Session-Id` it set (initialize).
+    pub session_id: Option<String>,
+    pub body: Vec<u8>,
+    pub sse: bool,
+}
+
+/// The upstream session a client session holds with upstream `u`.
+pub fn session_of<'a>(
+    gw: &Gateway,
+    claims: Option<&'a SessionClaims>,
+    u: usize,
+) -> Option<&'a UpstreamSession> {
+    let id = gw.upstreams[u].id;
+    claims.and_then(|cl| cl.upstreams.iter().find(|s| s.upstream == id))
+}
+
+/// A POST of `body` to upstream `u` with its session (if any) and the request's trace headers.
+pub fn post_request(
+    gw: &Gateway,
+    u: usize,
+    session: Option<&UpstreamSession>,
+    trace: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    let up = &gw.upstreams[u];
+    let mut req = Vec::with_capacity(up.post_prefix.len() + 160 + trace.len() + body.len());
+    req.extend_from_slice(&up.post_prefix);
+    response::content_length(&mut req, body.len() as u64);
+    if let Some(s) = session {
+        if let Some(sid) = &s.session_id {
+            response::header(&mut req, b"mcp-session-id", sid.as_bytes());
+        }
+        if s.protocol_version.has_version_header() {
+            response::header(
+                &mut req,
+                b"mcp-protocol-version",
+                s.protocol_version.as_str().as_bytes(),
+            );
+        }
+    }
+    req.extend_from_slice(trace);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    req
+}
+
+/// Sends `req` to upstream `u` and reads the whole reply (bounded), pooling the connection.
+pub async fn whole(w: &WorkerState, gw: &Gateway, u: usize, req: Vec<u8>) -> Result<Reply, Error> {
+    let up = &gw.upstreams[u];
+    let (res, _) = upstream::exchange(w, gw, u, req).await;
+    let (mut conn, head) = res?;
+    let head_bytes = conn.buffered()[..head.len].to_vec();
+    let sse = head.is_sse(&head_bytes);
+    let session_id = head
+        .session_id
+        .clone()
+        .map(|r| String::from_utf8_lossy(&head_bytes[r]).into_owned());
+    conn.consume(head.len);
+    let mut body = Vec::new();
+    let max = gw
+        .config
+        .limits
+        .max_body_bytes
+        .saturating_mul(WHOLE_REPLY_FACTOR);
+    match upstream::read_full_body(&mut conn, &head, max, up.request_timeout, &mut body).await {
+        Ok(()) => w.pool_put(gw, u, conn, &head),
+        Err(why) => {
+            return Err(Error::new(
+                Kind::UpstreamProtocol,
+                format!("upstream \"{}\" sent an unreadable reply: {why}", up.name),
+            ))
+        }
+    }
+    Ok(Reply {
+        status: head.status,
+        session_id,
+        body,
+        sse,
+    })
+}
+
+/// The JSON-RPC response (result or error) to the request with id `id` in a whole reply: its
+/// message's bytes. An event stream is searched event by event.
+pub fn find_response(gw: &Gateway, reply: &Reply, id: &[u8]) -> Option<Vec<u8>> {
+    let matches = |payload: &[u8]| -> bool {
+        let Ok(Body::Single(m)) = jsonrpc::scan(payload, &REPLY_LIMITS) else {
+            return false;
+        };
+        matches!(m.kind, MessageKind::Response | MessageKind::Error)
+            && m.id.as_ref().is_some_and(|i| jsonrpc::same_id(i.text, id))
+    };
+    let _ = gw;
+    if !reply.sse {
+        return matches(&reply.body).then(|| reply.body.clone());
+    }
+    let mut decoder = sse::Decoder::new(reply.body.len().max(1));
+    let mut found = None;
+    let mut on = |item: sse::Item<'_>| {
+        if let (None, sse::Item::Event(e)) = (&found, item) {
+            if matches(e.data) {
+                found = Some(e.data.to_vec());
+            }
+        }
+    };
+    let _ = decoder
+        .feed(&reply.body, &mut on)
+        .and_then(|()| decoder.finish(sse::AtEnd::Dispatch, &mut on));
+    found
+}
+
+/// Replies are results: deeper than requests may be.
+const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
+    max_depth: 120,
+    max_batch_len: 10_000,
+};
+
+/// What a reply to one of the gateway's requests says: the `result` value (parsed), or why
+/// there is none (an error from the upstream, or a reply without the response).
+pub fn result_of(
+    gw: &Gateway,
+    u: usize,
+    reply: &Reply,
+    id: &[u8],
+) -> Result<sonic_rs::Value, String> {
+    use sonic_rs::JsonValueTrait;
+    let name = &gw.upstreams[u].name;
+    if !(200..300).contains(&reply.status) {
+        return Err(format!(
+            "upstream \"{name}\" answered HTTP {}",
+            reply.status
+        ));
+    }
+    let Some(msg) = find_response(gw, reply, id) else {
+        return Err(format!(
+            "upstream \"{name}\" sent no response to the request"
+        ));
+    };
+    let v: sonic_rs::Value = sonic_rs::from_slice(&msg)
+        .map_err(|e| format!("upstream \"{name}\" sent invalid JSON: {e}"))?;
+    if let Some(err) = v.get("error") {
+        let text = sonic_rs::to_string(err).unwrap_or_default();
+        return Err(format!(
+            "upstream \"{name}\" answered with an error: {text}"
+        ));
+    }
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| format!("upstream \"{name}\" sent a response without a result"))
+}

@@ -1,0 +1,625 @@
+//! Aggregated lists and the per-worker routing tables of federated endpoints.
+//!
+//! A list request is answered page by page from the upstreams' own pages, in the server's
+//! upstream order, each upstream from its first page to its last (`mcp::cursor::advance`),
+//! with the gateway's sealed cursors as `nextCursor`. Tool and prompt names are exposed through
+//! each upstream's `Namer`; every kind passes the server's filter.
+//!
+//! Routing tables (`Catalogs`): per worker and federated server, one `NameTable` for tools, one
+//! for prompts and one `UriTable` for resources and templates, each built from a full listing of
+//! the upstreams (through the session of the request that needed it) when first needed, when
+//! older than `list_refresh_interval`, after an upstream announced `list_changed`, and when a
+//! name is missing from it (at most once a second, so unknown names cannot make the gateway list
+//! the upstreams on every request). They are `Rc`s in a `RefCell` owned by the worker: a
+//! lookup is a hash probe with no lock. Names are a pure function of (upstream, original name),
+//! so a table built through one session routes every session's calls; an upstream whose
+//! tools differ per session still decides for itself what it runs.
+//!
+//! An upstream that fails while listing (down, timed out, an error) is skipped: the page holds
+//! the others' items, the failure is logged and counted, and its tools are absent until it
+//! answers again (calls to them then get a JSON-RPC error naming it).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sonic_rs::{JsonValueMutTrait, JsonValueTrait};
+
+use crate::config::Server;
+use crate::error::Kind;
+use crate::jsonrpc;
+use crate::mcp::cursor::{self, Cursor, Expect, ListKind, Position, Step};
+use crate::mcp::names::{NameTable, UpstreamNames, UriTable};
+use crate::mcp::session::SessionClaims;
+use crate::mcp::Method;
+use crate::observe::names;
+
+use super::super::client::Client;
+use super::super::context::Ctx;
+use super::super::reject::Refusal;
+use super::super::state::{Gateway, WorkerState};
+use super::super::{refuse, unix_now, Next};
+use super::exchange;
+use super::FedRequest;
+
+/// Upstream pages one client list request may fetch (an upstream may answer empty pages with a
+/// `nextCursor` forever): past it the client gets what was gathered and a cursor to go on.
+const FETCH_BUDGET: usize = 16;
+/// Pages of one upstream a table refresh follows at most.
+const REFRESH_PAGES: usize = 100;
+/// A name missing from a table rebuilds it at most this often.
+const MISS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The id of the gateway's own list requests (one at a time per upstream connection).
+const LIST_ID: &[u8] = b"\"tollgate-list\"";
+
+/// Which routing table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl TableKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+        }
+    }
+}
+
+struct Built<T> {
+    table: Rc<T>,
+    at: Instant,
+    stale: bool,
+}
+
+#[derive(Default)]
+struct ServerTables {
+    tools: Option<Built<NameTable>>,
+    prompts: Option<Built<NameTable>>,
+    resources: Option<Built<UriTable>>,
+}
+
+/// One worker's routing tables, by federated server (position in the config), for one config
+/// generation (a reload starts over: the namers and filters may have changed).
+#[derive(Default)]
+pub struct Catalogs {
+    inner: RefCell<(usize, HashMap<usize, ServerTables>)>,
+}
+
+impl Catalogs {
+    fn with<R>(&self, gw: &Gateway, server: usize, f: impl FnOnce(&mut ServerTables) -> R) -> R {
+        let mut inner = self.inner.borrow_mut();
+        let generation = gw as *const Gateway as usize;
+        if inner.0 != generation {
+            *inner = (generation, HashMap::new());
+        }
+        f(inner.1.entry(server).or_default())
+    }
+
+    /// Marks a server's table stale (an upstream announced `list_changed`).
+    pub fn mark_stale(&self, gw: &Gateway, server: usize, kind: TableKind) {
+        self.with(gw, server, |t| match kind {
+            TableKind::Tools => t.tools.iter_mut().for_each(|b| b.stale = true),
+            TableKind::Prompts => t.prompts.iter_mut().for_each(|b| b.stale = true),
+            TableKind::Resources => t.resources.iter_mut().for_each(|b| b.stale = true),
+        })
+    }
+
+    fn names(
+        &self,
+        gw: &Gateway,
+        server: usize,
+        kind: TableKind,
+    ) -> Option<(Rc<NameTable>, Instant, bool)> {
+        self.with(gw, server, |t| {
+            let b = match kind {
+                TableKind::Tools => t.tools.as_ref(),
+                _ => t.prompts.as_ref(),
+            }?;
+            Some((b.table.clone(), b.at, b.stale))
+        })
+    }
+
+    fn uris(&self, gw: &Gateway, server: usize) -> Option<(Rc<UriTable>, Instant, bool)> {
+        self.with(gw, server, |t| {
+            let b = t.resources.as_ref()?;
+            Some((b.table.clone(), b.at, b.stale))
+        })
+    }
+}
+
+/// The tools or prompts table of `server` for routing `name`: the current one if it is fresh
+/// and knows the name, else rebuilt through `claims` (a miss at most once a second).
+pub(super) async fn names_for(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    claims: &SessionClaims,
+    trace: &[u8],
+    kind: TableKind,
+    name: &str,
+) -> Rc<NameTable> {
+    let interval = gw.config.servers[server].list_refresh_interval;
+    if let Some((t, at, stale)) = w.catalogs.names(gw, server, kind) {
+        let fresh = !stale && at.elapsed() < interval;
+        if fresh && (t.resolve(name).is_some() || at.elapsed() < MISS_REFRESH) {
+            return t;
+        }
+    }
+    let list = if kind == TableKind::Tools {
+        ListKind::Tools
+    } else {
+        ListKind::Prompts
+    };
+    let s = &gw.config.servers[server];
+    let fetched = fetch_all(w, gw, server, claims, trace, list).await;
+    let names: Vec<Vec<String>> = fetched
+        .iter()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    let parts: Vec<UpstreamNames<'_, String>> = s
+        .upstreams
+        .iter()
+        .zip(&names)
+        .map(|(m, names)| UpstreamNames {
+            namer: &m.namer,
+            names,
+        })
+        .collect();
+    let filter = if kind == TableKind::Tools {
+        &s.tools.filter
+    } else {
+        &s.prompts.filter
+    };
+    let (table, problems) = NameTable::build(&parts, filter);
+    for p in &problems {
+        tracing::warn!(server = %s.path, problem = %p, "federated {} table", kind.label());
+    }
+    metrics::counter!(names::FEDERATION_TABLE_REFRESHES_TOTAL, "list" => kind.label()).increment(1);
+    let table = Rc::new(table);
+    let built = Built {
+        table: table.clone(),
+        at: Instant::now(),
+        stale: false,
+    };
+    w.catalogs.with(gw, server, |t| match kind {
+        TableKind::Tools => t.tools = Some(built),
+        _ => t.prompts = Some(built),
+    });
+    table
+}
+
+/// The resources table of `server` for routing `uri` (same rules as `names_for`).
+pub(super) async fn uris_for(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    claims: &SessionClaims,
+    trace: &[u8],
+    uri: &str,
+) -> Rc<UriTable> {
+    let interval = gw.config.servers[server].list_refresh_interval;
+    if let Some((t, at, stale)) = w.catalogs.uris(gw, server) {
+        let fresh = !stale && at.elapsed() < interval;
+        if fresh && (t.route(uri).is_some() || at.elapsed() < MISS_REFRESH) {
+            return t;
+        }
+    }
+    let s = &gw.config.servers[server];
+    let field = |items: &Vec<sonic_rs::Value>, key: &str| -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|i| i.get(key).and_then(|n| n.as_str()).map(str::to_owned))
+            .collect()
+    };
+    let resources: Vec<Vec<String>> = fetch_all(w, gw, server, claims, trace, ListKind::Resources)
+        .await
+        .iter()
+        .map(|items| field(items, "uri"))
+        .collect();
+    let templates: Vec<Vec<String>> =
+        fetch_all(w, gw, server, claims, trace, ListKind::ResourceTemplates)
+            .await
+            .iter()
+            .map(|items| field(items, "uriTemplate"))
+            .collect();
+    let r: Vec<&[String]> = resources.iter().map(Vec::as_slice).collect();
+    let tpl: Vec<&[String]> = templates.iter().map(Vec::as_slice).collect();
+    let (table, problems) = UriTable::build(&r, &tpl, &s.resources.filter);
+    for p in &problems {
+        tracing::warn!(server = %s.path, problem = %p, "federated resources table");
+    }
+    metrics::counter!(names::FEDERATION_TABLE_REFRESHES_TOTAL, "list" => "resources").increment(1);
+    let table = Rc::new(table);
+    let built = Built {
+        table: table.clone(),
+        at: Instant::now(),
+        stale: false,
+    };
+    w.catalogs.with(gw, server, |t| t.resources = Some(built));
+    table
+}
+
+/// The resources table as it stands, rebuilt first when absent, stale or expired (not on a
+/// miss: a list shows new URIs and marks the table stale instead).
+async fn current_uris(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    claims: &SessionClaims,
+    trace: &[u8],
+) -> Rc<UriTable> {
+    let interval = gw.config.servers[server].list_refresh_interval;
+    match w.catalogs.uris(gw, server) {
+        Some((t, at, false)) if at.elapsed() < interval => t,
+        // A URI no upstream lists never routes, and the table is not older than a second, so
+        // this rebuilds it.
+        _ => {
+            w.catalogs.mark_stale(gw, server, TableKind::Resources);
+            uris_for(w, gw, server, claims, trace, "").await
+        }
+    }
+}
+
+/// Every item of `list` from every upstream of the server, by member position (an upstream the
+/// session does not hold, or that failed, lists nothing). Upstreams are listed at once.
+async fn fetch_all(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    claims: &SessionClaims,
+    trace: &[u8],
+    list: ListKind,
+) -> Vec<Vec<sonic_rs::Value>> {
+    let s = &gw.config.servers[server];
+    let calls = s.upstreams.iter().map(|m| async move {
+        let u = m.upstream;
+        let session = exchange::session_of(gw, Some(claims), u)?;
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..REFRESH_PAGES {
+            match fetch_page(w, gw, u, session, trace, list, cursor.as_deref()).await {
+                Ok((page, next)) => {
+                    items.extend(page);
+                    match next {
+                        Some(n) => cursor = Some(n),
+                        None => break,
+                    }
+                }
+                Err(why) => {
+                    failed(gw, u, &why);
+                    break;
+                }
+            }
+        }
+        Some(items)
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect()
+}
+
+fn failed(gw: &Gateway, u: usize, why: &str) {
+    let name = &gw.upstreams[u].name;
+    tracing::warn!(upstream = %name, error = %why, "federated list: upstream skipped");
+    metrics::counter!(names::FEDERATION_UPSTREAM_FAILURES_TOTAL, "upstream" => name.clone(), "step" => "list").increment(1);
+}
+
+/// One page of `list` from upstream `u`: its items and its `nextCursor`.
+async fn fetch_page(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    session: &crate::mcp::session::UpstreamSession,
+    trace: &[u8],
+    list: ListKind,
+    cursor: Option<&str>,
+) -> Result<(Vec<sonic_rs::Value>, Option<String>), String> {
+    let mut body = Vec::with_capacity(96);
+    body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    body.extend_from_slice(LIST_ID);
+    body.extend_from_slice(b",\"method\":\"");
+    body.extend_from_slice(list.method().as_bytes());
+    body.extend_from_slice(b"\"");
+    if let Some(c) = cursor {
+        body.extend_from_slice(b",\"params\":{\"cursor\":");
+        crate::error::json_escape_into(&mut body, c);
+        body.push(b'}');
+    }
+    body.push(b'}');
+    let req = exchange::post_request(gw, u, Some(session), trace, &body);
+    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    let mut result = exchange::result_of(gw, u, &reply, LIST_ID)?;
+    let key = items_key(list);
+    let items = match result.get_mut(key).map(std::mem::take) {
+        Some(v) => match v.into_array() {
+            Some(a) => a.into_iter().collect(),
+            None => {
+                return Err(format!(
+                    "its {} result's {key} is not a list",
+                    list.method()
+                ))
+            }
+        },
+        None => Vec::new(),
+    };
+    let next = result
+        .get("nextCursor")
+        .and_then(|c| c.as_str())
+        .filter(|c| !c.is_empty() && c.len() <= cursor::MAX_UPSTREAM_CURSOR_LEN)
+        .map(str::to_owned);
+    Ok((items, next))
+}
+
+fn items_key(list: ListKind) -> &'static str {
+    match list {
+        ListKind::Tools => "tools",
+        ListKind::Prompts => "prompts",
+        ListKind::Resources => "resources",
+        ListKind::ResourceTemplates => "resourceTemplates",
+    }
+}
+
+/// An aggregated list request: one page of the server's listing.
+pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: FedRequest) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let server = ctx.server.unwrap_or_default();
+    let s = &gw.config.servers[server];
+    let Some(claims) = req.claims.clone() else {
+        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
+    };
+    let list = match ctx.method() {
+        Method::ToolsList => ListKind::Tools,
+        Method::PromptsList => ListKind::Prompts,
+        Method::ResourcesList => ListKind::Resources,
+        _ => ListKind::ResourceTemplates,
+    };
+    // The upstreams this session holds, in the server's order: the listing's order.
+    let order: Vec<u64> = s
+        .upstreams
+        .iter()
+        .filter_map(|m| exchange::session_of(gw, Some(&claims), m.upstream).map(|x| x.upstream))
+        .collect();
+    let expect = Expect {
+        list,
+        server: gw.server_ids[server],
+        session: Some(claims.id),
+    };
+    let start = match client_cursor(&req.body) {
+        None => Position::start(&order),
+        Some(text) => match gw.cursors.open(text.as_bytes(), unix_now(), &expect) {
+            Ok(c) => Some(c.position),
+            Err(e) => {
+                tracing::debug!(error = ?e, "federated list: cursor refused");
+                let why = "invalid cursor: list again without one";
+                return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+            }
+        },
+    };
+    let table = match list {
+        ListKind::Tools => w.catalogs.names(gw, server, TableKind::Tools),
+        ListKind::Prompts => w.catalogs.names(gw, server, TableKind::Prompts),
+        _ => None,
+    };
+    let uri_table = match list {
+        ListKind::Resources | ListKind::ResourceTemplates => {
+            Some(current_uris(w, gw, server, &claims, &req.trace).await)
+        }
+        _ => None,
+    };
+    let mut items: Vec<sonic_rs::Value> = Vec::new();
+    let mut next: Option<Position> = None;
+    let mut at = start;
+    let mut budget = FETCH_BUDGET;
+    let mut new_names = false;
+    while let Some(pos) = at.take() {
+        let Some(member) = s
+            .upstreams
+            .iter()
+            .position(|m| gw.upstreams[m.upstream].id == pos.upstream)
+        else {
+            let why = "invalid cursor: its upstream left this endpoint; list again";
+            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+        };
+        let u = s.upstreams[member].upstream;
+        let Some(session) = exchange::session_of(gw, Some(&claims), u) else {
+            let why = "invalid cursor: not from this session";
+            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+        };
+        budget -= 1;
+        let (page, upstream_next) = match fetch_page(
+            w,
+            gw,
+            u,
+            session,
+            &req.trace,
+            list,
+            pos.upstream_cursor.as_deref(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(why) => {
+                failed(gw, u, &why);
+                (Vec::new(), None)
+            }
+        };
+        let room = s.list_page_size.saturating_sub(items.len());
+        let Some((range, step)) =
+            cursor::advance(&order, &pos, page.len(), upstream_next.as_deref(), room)
+        else {
+            break;
+        };
+        for mut item in page.into_iter().skip(range.start).take(range.len()) {
+            let tables = Tables {
+                names: table.as_ref().map(|t| &*t.0),
+                uris: uri_table.as_deref(),
+            };
+            if expose(s, member, list, &mut item, tables, &mut new_names) {
+                items.push(item);
+            }
+        }
+        match step {
+            Step::Fetch(p) if budget > 0 => at = Some(p),
+            Step::Fetch(p) | Step::Full(p) => next = Some(p),
+            Step::End => {}
+        }
+    }
+    if new_names {
+        // A name the table does not know yet: the next call that needs the table rebuilds it.
+        let kind = match list {
+            ListKind::Tools => TableKind::Tools,
+            ListKind::Prompts => TableKind::Prompts,
+            _ => TableKind::Resources,
+        };
+        w.catalogs.mark_stale(gw, server, kind);
+    }
+    let mut out = Vec::with_capacity(256 + items.len() * 256);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(items_key(list).as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = sonic_rs::to_writer(&mut out, item);
+    }
+    out.push(b']');
+    if let Some(p) = next {
+        let sealed = gw.cursors.seal(&Cursor {
+            list,
+            server: gw.server_ids[server],
+            position: p,
+            issued_at: unix_now(),
+            session: Some(claims.id),
+        });
+        match sealed {
+            Ok(text) => {
+                out.extend_from_slice(b",\"nextCursor\":");
+                crate::error::json_escape_into(&mut out, &text);
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "federated list: cursor not sealed; page ends the listing")
+            }
+        }
+    }
+    out.push(b'}');
+    super::reply_result(c, ctx, &out).await
+}
+
+/// `params.cursor` of the client's list request.
+fn client_cursor(body: &[u8]) -> Option<String> {
+    let limits = jsonrpc::ScanLimits {
+        max_depth: 120,
+        max_batch_len: 1,
+    };
+    match jsonrpc::scan(body, &limits) {
+        Ok(jsonrpc::Body::Single(m)) => m.cursor.map(|c| c.value.into_owned()),
+        _ => None,
+    }
+}
+
+/// The routing tables a listing is held to (whichever exist).
+#[derive(Clone, Copy)]
+struct Tables<'a> {
+    names: Option<&'a NameTable>,
+    uris: Option<&'a UriTable>,
+}
+
+/// Rewrites one listed item for the client (tools and prompts get their exposed name) and says
+/// whether the server exposes it (its filter; a name another upstream holds in the table).
+fn expose(
+    s: &Server,
+    member: usize,
+    list: ListKind,
+    item: &mut sonic_rs::Value,
+    tables: Tables<'_>,
+    new_names: &mut bool,
+) -> bool {
+    let table = tables.names;
+    match list {
+        ListKind::Tools | ListKind::Prompts => {
+            let Some(original) = item.get("name").and_then(|n| n.as_str()).map(str::to_owned)
+            else {
+                return false;
+            };
+            let (exposed, _) = s.upstreams[member].namer.expose(&original);
+            let filter = if list == ListKind::Tools {
+                &s.tools.filter
+            } else {
+                &s.prompts.filter
+            };
+            if !filter.allows(&exposed) {
+                return false;
+            }
+            if let Some(t) = table {
+                match t.resolve(&exposed) {
+                    Some((m, o)) if m != member || o != original => return false,
+                    Some(_) => {}
+                    None => *new_names = true,
+                }
+            }
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("name", sonic_rs::Value::from(exposed.as_str()));
+            }
+            true
+        }
+        ListKind::Resources => {
+            let Some(uri) = item.get("uri").and_then(|u| u.as_str()) else {
+                return false;
+            };
+            if !s.resources.filter.allows(uri) {
+                return false;
+            }
+            match tables.uris {
+                // Listed by this upstream in the table: shown. Routed elsewhere (the same URI
+                // from an earlier upstream): hidden, as reads go there. Unknown: new, shown.
+                Some(t) if t.exposes(member, uri) => true,
+                Some(t) if t.route(uri).is_some() => false,
+                Some(_) => {
+                    *new_names = true;
+                    true
+                }
+                None => true,
+            }
+        }
+        ListKind::ResourceTemplates => {
+            let Some(tpl) = item.get("uriTemplate").and_then(|u| u.as_str()) else {
+                return false;
+            };
+            if !s.resources.filter.allows(tpl) {
+                return false;
+            }
+            match tables.uris {
+                Some(t) if t.exposes_template(member, tpl) => true,
+                Some(t) if t.templates().any(|(m, x)| m != member && overlaps(x, tpl)) => false,
+                Some(_) => {
+                    *new_names = true;
+                    true
+                }
+                None => true,
+            }
+        }
+    }
+}
+
+/// Whether two URI templates can match the same URI (one literal beginning begins the other).
+fn overlaps(a: &str, b: &str) -> bool {
+    let lit = |t: &str| t.find('{').map_or(t.len(), |i| i);
+    let (a, b) = (&a[..lit(a)], &b[..lit(b)]);
+    a.starts_with(b) || b.starts_with(a)
+}

@@ -1,0 +1,137 @@
+//! Federation: one endpoint in front of several upstreams (`Server::federated`). The client has
+//! one session with the gateway; the gateway holds one upstream session per upstream (sealed
+//! into the client's token at `initialize`), lists what every upstream offers under exposed
+//! names with its own cursors, and routes each call to the upstream that listed the name, which
+//! always receives its own original name.
+//!
+//! What the gateway answers itself: `initialize` (fanned out, then composed), `ping`, the four
+//! lists (aggregated), `logging/setLevel` and client notifications (fanned out). What it routes
+//! by name: `tools/call`, `prompts/get` (exposed name), `resources/read`, `resources/subscribe`,
+//! `resources/unsubscribe` (URI), `completion/complete` (its `ref`). Client responses to
+//! server→client requests go back to the upstream whose wrapped id they carry.
+//!
+//! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
+//! (initialize fan-out and the composed result), `lists` (aggregated lists and the per-worker
+//! routing tables), `route` (routed requests).
+
+mod compose;
+mod exchange;
+mod lists;
+mod route;
+
+pub use lists::Catalogs;
+
+use std::rc::Rc;
+
+use crate::error::Kind;
+use crate::http::response;
+use crate::jsonrpc::MessageKind;
+use crate::mcp::session::SessionClaims;
+use crate::mcp::Method;
+
+use super::client::Client;
+use super::context::Ctx;
+use super::reject::Refusal;
+use super::state::WorkerState;
+use super::{refuse, Next};
+
+/// What a federated request carries beside the body: the client's session (none for
+/// `initialize`) and the request headers every upstream request repeats (trace context).
+pub(super) struct FedRequest {
+    pub claims: Option<Rc<SessionClaims>>,
+    pub trace: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// POST on a federated endpoint, after the body was scanned and the session opened.
+pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: FedRequest) -> Next {
+    if ctx.batch {
+        // Each message would go to its own upstream and the answers be merged into one reply.
+        let why = "JSON-RPC batches are not supported on an endpoint with several upstreams: \
+                   send the messages one by one";
+        return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, why)).await;
+    }
+    let Some(first) = ctx.first() else {
+        return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
+    };
+    let (kind, method) = (first.kind, first.method);
+    match kind {
+        MessageKind::Response | MessageKind::Error => {
+            return route::client_response(w, c, ctx, req).await;
+        }
+        MessageKind::Notification => return route::notification(w, c, ctx, req).await,
+        MessageKind::Request => {}
+    }
+    match method {
+        Method::Initialize => compose::initialize(w, c, ctx, req).await,
+        Method::Ping => reply_result(c, ctx, b"{}").await,
+        Method::ToolsList
+        | Method::PromptsList
+        | Method::ResourcesList
+        | Method::ResourcesTemplatesList => lists::list(w, c, ctx, req).await,
+        Method::ToolsCall | Method::PromptsGet => route::by_name(w, c, ctx, req).await,
+        Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+            route::by_uri(w, c, ctx, req).await
+        }
+        Method::CompletionComplete => route::completion(w, c, ctx, req).await,
+        Method::LoggingSetLevel => route::set_level(w, c, ctx, req).await,
+        _ => {
+            let why = "method not available on an endpoint with several upstreams";
+            refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await
+        }
+    }
+}
+
+/// Answers the request with `{"jsonrpc":"2.0","id":<its id>,"result":<result>}` as JSON.
+pub(super) async fn reply_result(c: &mut Client, ctx: &mut Ctx, result: &[u8]) -> Next {
+    let mut body = Vec::with_capacity(result.len() + 48);
+    body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    body.extend_from_slice(ctx.answer_id().unwrap_or(b"null"));
+    body.extend_from_slice(b",\"result\":");
+    body.extend_from_slice(result);
+    body.push(b'}');
+    reply_json(c, ctx, 200, &body, None).await
+}
+
+/// A JSON reply the gateway wrote itself (with the session token after initialize).
+pub(super) async fn reply_json(
+    c: &mut Client,
+    ctx: &mut Ctx,
+    status: u16,
+    body: &[u8],
+    session: Option<&str>,
+) -> Next {
+    let keep = ctx.keep_after_response();
+    response::status_line(&mut c.out, status);
+    response::header(&mut c.out, b"content-type", b"application/json");
+    if let Some(s) = session {
+        response::header(&mut c.out, b"mcp-session-id", s.as_bytes());
+    }
+    c.out.extend_from_slice(&ctx.cors);
+    response::content_length(&mut c.out, body.len() as u64);
+    response::connection(&mut c.out, keep);
+    c.out.extend_from_slice(b"\r\n");
+    if !c.head_only {
+        c.out.extend_from_slice(body);
+    }
+    ctx.status = status;
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// 202 Accepted with no body (notifications and client responses).
+pub(super) async fn accepted(c: &mut Client, ctx: &mut Ctx) -> Next {
+    let keep = ctx.keep_after_response();
+    response::status_line(&mut c.out, 202);
+    c.out.extend_from_slice(&ctx.cors);
+    response::content_length(&mut c.out, 0);
+    response::connection(&mut c.out, keep);
+    c.out.extend_from_slice(b"\r\n");
+    ctx.status = 202;
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
