@@ -764,7 +764,7 @@ http {{
                 ),
             ))
         }
-        "tollgate" | "tollgate-base" | "tollgate-tls" => {
+        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -775,6 +775,31 @@ http {{
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
             let mut text = merge_yaml(&base, &s.gateway_config_extra)?;
+            // Federation: the measured upstream (unprefixed, so the scenario's names are
+            // unchanged) and two more demo upstreams (same arguments; names prefixed) behind one
+            // endpoint.
+            let mut procs = Vec::new();
+            if name == "tollgate-fed3" {
+                let mut ups = format!("upstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\n    prefix: \"\"\n");
+                for extra in ["fed_b", "fed_c"] {
+                    let ready = tmp.join(format!("{extra}.ready"));
+                    let log = tmp.join(format!("{extra}.log"));
+                    let mut c = Command::new(tollgate);
+                    c.args(["demo-upstream", "--listen", "127.0.0.1:0", "--ready-file"])
+                        .arg(&ready)
+                        .args(["--workers", "1"])
+                        .args(&s.upstream_args);
+                    let mut p = spawn(extra, c, None, &log)?;
+                    let v = wait_ready(&mut p, &ready, Duration::from_secs(10), &log)?;
+                    let addr = v["listen"].as_str().unwrap_or_default();
+                    ups.push_str(&format!(
+                        "  - name: {extra}\n    url: \"http://{addr}/mcp\"\n"
+                    ));
+                    procs.push(p);
+                }
+                ups.push_str("servers:\n  - path: /mcp\n    upstreams: [demo, fed_b, fed_c]\n");
+                text = merge_yaml(&text, &ups)?;
+            }
             // TLS on the listener (plain upstream): a throwaway CA and certificate for it.
             let tls = name == "tollgate-tls";
             if tls {
@@ -799,11 +824,15 @@ http {{
             let v = wait_ready(&mut p, &ready, Duration::from_secs(15), &log)?;
             let pid = v["pid"].as_i64().map(|x| x as i32).unwrap_or(p.pid);
             let scheme = if tls { "https" } else { "http" };
+            procs.insert(0, p);
             Ok(mk(
                 format!("{scheme}://{}/mcp", v["listen"].as_str().unwrap_or("")),
                 pid,
-                vec![p],
-                if tls {
+                procs,
+                if name == "tollgate-fed3" {
+                    "workers: 1, one endpoint over three demo upstreams (the measured one unprefixed)"
+                        .into()
+                } else if tls {
                     "workers: 1, TLS listener (ECDSA P-256, keep-alive: one handshake per connection)"
                         .into()
                 } else {
@@ -813,7 +842,7 @@ http {{
         }
         other => {
             anyhow::bail!(
-                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls)"
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3)"
             )
         }
     }

@@ -517,6 +517,13 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return refuse(c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
     if federated {
+        // The common case, a call whose name the worker's table routes: the request is built
+        // straight from the client's bytes (the original name spliced in), like a plain one.
+        let direct = federated_direct(w, ctx, (&head, buf, body), claims.as_deref(), &mut c.up_out);
+        if let Some((u, had_session)) = direct {
+            c.conn.consume(used);
+            return forward(w, c, ctx, u, had_session, Then::Relay).await;
+        }
         let mut trace = Vec::new();
         upstream_session_headers(&mut trace, None, &head, buf);
         let req = federate::FedRequest {
@@ -543,6 +550,48 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         Then::Relay
     };
     forward(w, c, ctx, u, had_session, then).await
+}
+
+/// A federated `tools/call` or `prompts/get` whose name the worker's fresh table routes: renders
+/// the upstream request into `c.up_out` (the upstream's own name spliced into the body) and
+/// returns the upstream and whether the request carries its session id. `None`: anything else
+/// (the federated path decides, refreshing tables as needed).
+fn federated_direct(
+    w: &WorkerState,
+    ctx: &Ctx,
+    (head, buf, body): (&RequestHead, &[u8], &[u8]),
+    claims: Option<&SessionClaims>,
+    out: &mut Vec<u8>,
+) -> Option<(usize, bool)> {
+    let gw = ctx.gw();
+    let m = ctx
+        .first()
+        .filter(|m| !ctx.batch && m.kind == MessageKind::Request)?;
+    let kind = match m.method {
+        Method::ToolsCall => federate::TableKind::Tools,
+        Method::PromptsGet => federate::TableKind::Prompts,
+        _ => return None,
+    };
+    let name = std::str::from_utf8(m.name.as_ref()?.get()).ok()?;
+    let span = m.name_span.clone()?;
+    let server = ctx.server?;
+    let (table, member) = federate::fresh_route(w, gw, server, kind, name)?;
+    let original = table.resolve(name)?.1;
+    let u = gw.config.servers[server].upstreams[member].upstream;
+    let session = upstream_session(gw, claims, u)?;
+    let (start, end) = (span.start as usize, span.end as usize);
+    let up = &gw.upstreams[u];
+    out.clear();
+    out.extend_from_slice(&up.post_prefix);
+    let mut quoted = Vec::with_capacity(original.len() + 2);
+    crate::error::json_escape_into(&mut quoted, original);
+    response::content_length(out, (body.len() - (end - start) + quoted.len()) as u64);
+    upstream_session_headers(out, Some(session), head, buf);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(&quoted);
+    out.extend_from_slice(&body[end..]);
+    Some((u, session.session_id.is_some()))
 }
 
 /// What `forward` does with a usable reply.

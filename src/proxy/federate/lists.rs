@@ -134,6 +134,24 @@ impl Catalogs {
     }
 }
 
+/// The tools or prompts table of `server` if it is fresh and routes `name`: the request path's
+/// synchronous lookup (no await, no clock read beyond the worker's coarse one).
+pub(in crate::proxy) fn fresh_route(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    kind: TableKind,
+    name: &str,
+) -> Option<(Rc<NameTable>, usize)> {
+    let interval = gw.config.servers[server].list_refresh_interval;
+    let (t, at, stale) = w.catalogs.names(gw, server, kind)?;
+    if stale || w.shutdown.now().saturating_duration_since(at) >= interval {
+        return None;
+    }
+    let member = t.resolve(name)?.0;
+    Some((t, member))
+}
+
 /// The tools or prompts table of `server` for routing `name`: the current one if it is fresh
 /// and knows the name, else rebuilt through `claims` (a miss at most once a second).
 pub(super) async fn names_for(
@@ -147,8 +165,9 @@ pub(super) async fn names_for(
 ) -> Rc<NameTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
     if let Some((t, at, stale)) = w.catalogs.names(gw, server, kind) {
-        let fresh = !stale && at.elapsed() < interval;
-        if fresh && (t.resolve(name).is_some() || at.elapsed() < MISS_REFRESH) {
+        let age = w.shutdown.now().saturating_duration_since(at);
+        let fresh = !stale && age < interval;
+        if fresh && (t.resolve(name).is_some() || age < MISS_REFRESH) {
             return t;
         }
     }
@@ -190,7 +209,7 @@ pub(super) async fn names_for(
     let table = Rc::new(table);
     let built = Built {
         table: table.clone(),
-        at: Instant::now(),
+        at: w.shutdown.now(),
         stale: false,
     };
     w.catalogs.with(gw, server, |t| match kind {
@@ -211,8 +230,9 @@ pub(super) async fn uris_for(
 ) -> Rc<UriTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
     if let Some((t, at, stale)) = w.catalogs.uris(gw, server) {
-        let fresh = !stale && at.elapsed() < interval;
-        if fresh && (t.route(uri).is_some() || at.elapsed() < MISS_REFRESH) {
+        let age = w.shutdown.now().saturating_duration_since(at);
+        let fresh = !stale && age < interval;
+        if fresh && (t.route(uri).is_some() || age < MISS_REFRESH) {
             return t;
         }
     }
@@ -244,7 +264,7 @@ pub(super) async fn uris_for(
     let table = Rc::new(table);
     let built = Built {
         table: table.clone(),
-        at: Instant::now(),
+        at: w.shutdown.now(),
         stale: false,
     };
     w.catalogs.with(gw, server, |t| t.resources = Some(built));
@@ -262,7 +282,7 @@ async fn current_uris(
 ) -> Rc<UriTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
     match w.catalogs.uris(gw, server) {
-        Some((t, at, false)) if at.elapsed() < interval => t,
+        Some((t, at, false)) if w.shutdown.now().saturating_duration_since(at) < interval => t,
         // A URI no upstream lists never routes, and the table is not older than a second, so
         // this rebuilds it.
         _ => {

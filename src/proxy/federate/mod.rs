@@ -20,6 +20,7 @@ mod lists;
 mod route;
 
 pub use lists::Catalogs;
+pub(super) use lists::{fresh_route, TableKind};
 
 use std::rc::Rc;
 
