@@ -6,9 +6,11 @@
 
 mod id;
 mod lex;
+mod list;
 mod message;
 
 pub use id::same_id;
+pub use list::{list_page, ListError, ListPage};
 
 use std::borrow::Cow;
 use std::fmt;

@@ -101,24 +101,25 @@ pub async fn whole(w: &WorkerState, gw: &Gateway, u: usize, req: Vec<u8>) -> Res
 
 /// The JSON-RPC response (result or error) to the request with id `id` in a whole reply: its
 /// message's bytes. An event stream is searched event by event.
-pub fn find_response(gw: &Gateway, reply: &Reply, id: &[u8]) -> Option<Vec<u8>> {
-    let matches = |payload: &[u8]| -> bool {
+pub fn find_response(gw: &Gateway, reply: &Reply, id: &[u8]) -> Option<(Vec<u8>, MessageKind)> {
+    let matches = |payload: &[u8]| -> Option<MessageKind> {
         let Ok(Body::Single(m)) = jsonrpc::scan(payload, &REPLY_LIMITS) else {
-            return false;
+            return None;
         };
-        matches!(m.kind, MessageKind::Response | MessageKind::Error)
-            && m.id.as_ref().is_some_and(|i| jsonrpc::same_id(i.text, id))
+        (matches!(m.kind, MessageKind::Response | MessageKind::Error)
+            && m.id.as_ref().is_some_and(|i| jsonrpc::same_id(i.text, id)))
+        .then_some(m.kind)
     };
     let _ = gw;
     if !reply.sse {
-        return matches(&reply.body).then(|| reply.body.clone());
+        return matches(&reply.body).map(|k| (reply.body.clone(), k));
     }
     let mut decoder = sse::Decoder::new(reply.body.len().max(1));
     let mut found = None;
     let mut on = |item: sse::Item<'_>| {
         if let (None, sse::Item::Event(e)) = (&found, item) {
-            if matches(e.data) {
-                found = Some(e.data.to_vec());
+            if let Some(k) = matches(e.data) {
+                found = Some((e.data.to_vec(), k));
             }
         }
     };
@@ -134,8 +135,33 @@ const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
     max_batch_len: 10_000,
 };
 
+/// The response message (bytes) to one of the gateway's requests, checked to be a result: an
+/// error from the upstream, a non-2xx reply or a reply without the response is why not.
+pub fn result_message(gw: &Gateway, u: usize, reply: &Reply, id: &[u8]) -> Result<Vec<u8>, String> {
+    let name = &gw.upstreams[u].name;
+    if !(200..300).contains(&reply.status) {
+        return Err(format!(
+            "upstream \"{name}\" answered HTTP {}",
+            reply.status
+        ));
+    }
+    let Some((msg, kind)) = find_response(gw, reply, id) else {
+        return Err(format!(
+            "upstream \"{name}\" sent no response to the request"
+        ));
+    };
+    if kind == MessageKind::Error {
+        let err = sonic_rs::get(&msg[..], ["error"]);
+        let text = err.as_ref().map_or("?", |e| e.as_raw_str());
+        return Err(format!(
+            "upstream \"{name}\" answered with an error: {text}"
+        ));
+    }
+    Ok(msg)
+}
+
 /// What a reply to one of the gateway's requests says: the `result` value (parsed), or why
-/// there is none (an error from the upstream, or a reply without the response).
+/// there is none (see `result_message`).
 pub fn result_of(
     gw: &Gateway,
     u: usize,
@@ -144,25 +170,9 @@ pub fn result_of(
 ) -> Result<sonic_rs::Value, String> {
     use sonic_rs::JsonValueTrait;
     let name = &gw.upstreams[u].name;
-    if !(200..300).contains(&reply.status) {
-        return Err(format!(
-            "upstream \"{name}\" answered HTTP {}",
-            reply.status
-        ));
-    }
-    let Some(msg) = find_response(gw, reply, id) else {
-        return Err(format!(
-            "upstream \"{name}\" sent no response to the request"
-        ));
-    };
+    let msg = result_message(gw, u, reply, id)?;
     let v: sonic_rs::Value = sonic_rs::from_slice(&msg)
         .map_err(|e| format!("upstream \"{name}\" sent invalid JSON: {e}"))?;
-    if let Some(err) = v.get("error") {
-        let text = sonic_rs::to_string(err).unwrap_or_default();
-        return Err(format!(
-            "upstream \"{name}\" answered with an error: {text}"
-        ));
-    }
     v.get("result")
         .cloned()
         .ok_or_else(|| format!("upstream \"{name}\" sent a response without a result"))

@@ -177,16 +177,7 @@ pub(super) async fn names_for(
         ListKind::Prompts
     };
     let s = &gw.config.servers[server];
-    let fetched = fetch_all(w, gw, server, claims, trace, list).await;
-    let names: Vec<Vec<String>> = fetched
-        .iter()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-                .collect()
-        })
-        .collect();
+    let names = fetch_all(w, gw, server, claims, trace, list, "name").await;
     let parts: Vec<UpstreamNames<'_, String>> = s
         .upstreams
         .iter()
@@ -237,23 +228,17 @@ pub(super) async fn uris_for(
         }
     }
     let s = &gw.config.servers[server];
-    let field = |items: &Vec<sonic_rs::Value>, key: &str| -> Vec<String> {
-        items
-            .iter()
-            .filter_map(|i| i.get(key).and_then(|n| n.as_str()).map(str::to_owned))
-            .collect()
-    };
-    let resources: Vec<Vec<String>> = fetch_all(w, gw, server, claims, trace, ListKind::Resources)
-        .await
-        .iter()
-        .map(|items| field(items, "uri"))
-        .collect();
-    let templates: Vec<Vec<String>> =
-        fetch_all(w, gw, server, claims, trace, ListKind::ResourceTemplates)
-            .await
-            .iter()
-            .map(|items| field(items, "uriTemplate"))
-            .collect();
+    let resources = fetch_all(w, gw, server, claims, trace, ListKind::Resources, "uri").await;
+    let templates = fetch_all(
+        w,
+        gw,
+        server,
+        claims,
+        trace,
+        ListKind::ResourceTemplates,
+        "uriTemplate",
+    )
+    .await;
     let r: Vec<&[String]> = resources.iter().map(Vec::as_slice).collect();
     let tpl: Vec<&[String]> = templates.iter().map(Vec::as_slice).collect();
     let (table, problems) = UriTable::build(&r, &tpl, &s.resources.filter);
@@ -292,8 +277,9 @@ async fn current_uris(
     }
 }
 
-/// Every item of `list` from every upstream of the server, by member position (an upstream the
-/// session does not hold, or that failed, lists nothing). Upstreams are listed at once.
+/// The string `field` (`name`, `uri`, `uriTemplate`) of every item of `list` from every upstream
+/// of the server, by member position (an upstream the session does not hold, or that failed,
+/// lists nothing). Upstreams are listed at once.
 async fn fetch_all(
     w: &WorkerState,
     gw: &Gateway,
@@ -301,7 +287,8 @@ async fn fetch_all(
     claims: &SessionClaims,
     trace: &[u8],
     list: ListKind,
-) -> Vec<Vec<sonic_rs::Value>> {
+    key: &str,
+) -> Vec<Vec<String>> {
     let s = &gw.config.servers[server];
     let calls = s.upstreams.iter().map(|m| async move {
         let u = m.upstream;
@@ -310,9 +297,9 @@ async fn fetch_all(
         let mut cursor: Option<String> = None;
         for _ in 0..REFRESH_PAGES {
             match fetch_page(w, gw, u, session, trace, list, cursor.as_deref()).await {
-                Ok((page, next)) => {
-                    items.extend(page);
-                    match next {
+                Ok(page) => {
+                    items.extend(page.items().filter_map(|i| field(i, key)));
+                    match page.next {
                         Some(n) => cursor = Some(n),
                         None => break,
                     }
@@ -338,7 +325,30 @@ fn failed(gw: &Gateway, u: usize, why: &str) {
     metrics::counter!(names::FEDERATION_UPSTREAM_FAILURES_TOTAL, "upstream" => name.clone(), "step" => "list").increment(1);
 }
 
-/// One page of `list` from upstream `u`: its items and its `nextCursor`.
+/// One page of an upstream's list: each item's JSON text (as the upstream wrote it; only the
+/// items a client page takes are parsed), and its `nextCursor`.
+struct Page {
+    /// The response message.
+    text: String,
+    /// Where each item's text is in `text`.
+    spans: Vec<std::ops::Range<usize>>,
+    next: Option<String>,
+}
+
+impl Page {
+    fn items(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|r| &self.text[r.clone()])
+    }
+}
+
+/// A string field of an item's JSON text (`name`, `uri`, `uriTemplate`).
+fn field(item: &str, key: &str) -> Option<String> {
+    sonic_rs::get(item, [key])
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+}
+
+/// One page of `list` from upstream `u`.
 async fn fetch_page(
     w: &WorkerState,
     gw: &Gateway,
@@ -347,7 +357,7 @@ async fn fetch_page(
     trace: &[u8],
     list: ListKind,
     cursor: Option<&str>,
-) -> Result<(Vec<sonic_rs::Value>, Option<String>), String> {
+) -> Result<Page, String> {
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     body.extend_from_slice(LIST_ID);
@@ -362,26 +372,25 @@ async fn fetch_page(
     body.push(b'}');
     let req = exchange::post_request(gw, u, Some(session), trace, &body);
     let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
-    let mut result = exchange::result_of(gw, u, &reply, LIST_ID)?;
+    let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
+    // One pass with the scanner's lexer finds each item's text: a page of a thousand tools is
+    // not built into a thousand trees (only the items a client page takes are parsed).
+    let msg = String::from_utf8(msg).map_err(|_| "sent a list that is not UTF-8".to_string())?;
     let key = items_key(list);
-    let items = match result.get_mut(key).map(std::mem::take) {
-        Some(v) => match v.into_array() {
-            Some(a) => a.into_iter().collect(),
-            None => {
-                return Err(format!(
-                    "its {} result's {key} is not a list",
-                    list.method()
-                ))
-            }
-        },
-        None => Vec::new(),
-    };
-    let next = result
-        .get("nextCursor")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.is_empty() && c.len() <= cursor::MAX_UPSTREAM_CURSOR_LEN)
-        .map(str::to_owned);
-    Ok((items, next))
+    let page = jsonrpc::list_page(&msg, key, 120).map_err(|e| match e {
+        jsonrpc::ListError::NotAList => {
+            format!("its {} result's {key} is not a list", list.method())
+        }
+        other => format!("sent an unreadable {} result: {other:?}", list.method()),
+    })?;
+    let next = page
+        .next_cursor
+        .filter(|c| !c.is_empty() && c.len() <= cursor::MAX_UPSTREAM_CURSOR_LEN);
+    Ok(Page {
+        text: msg,
+        spans: page.items,
+        next,
+    })
 }
 
 fn items_key(list: ListKind) -> &'static str {
@@ -461,7 +470,7 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
         };
         budget -= 1;
-        let (page, upstream_next) = match fetch_page(
+        let page = match fetch_page(
             w,
             gw,
             u,
@@ -475,16 +484,25 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             Ok(p) => p,
             Err(why) => {
                 failed(gw, u, &why);
-                (Vec::new(), None)
+                Page {
+                    text: String::new(),
+                    spans: Vec::new(),
+                    next: None,
+                }
             }
         };
         let room = s.list_page_size.saturating_sub(items.len());
         let Some((range, step)) =
-            cursor::advance(&order, &pos, page.len(), upstream_next.as_deref(), room)
+            cursor::advance(&order, &pos, page.spans.len(), page.next.as_deref(), room)
         else {
             break;
         };
-        for mut item in page.into_iter().skip(range.start).take(range.len()) {
+        for raw in page.items().skip(range.start).take(range.len()) {
+            // Parsed and written again: the client reads exactly the item the gateway decided
+            // on (a duplicated `name` key cannot show one name and route another).
+            let Ok(mut item) = sonic_rs::from_str::<sonic_rs::Value>(raw) else {
+                continue;
+            };
             let tables = Tables {
                 names: table.as_ref().map(|t| &*t.0),
                 uris: uri_table.as_deref(),
