@@ -21,9 +21,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::names;
 
 /// Readiness as the admin listener reports it: ready = every worker accepting, not draining,
-/// and no endpoint's upstream known-down.
+/// and every endpoint has an upstream that is not known-down (an endpoint with several
+/// upstreams serves with some of them down: it is reported degraded, still ready).
 #[derive(Default)]
 pub struct Health {
+    /// Each endpoint's path and its upstreams (indices into `upstreams`).
+    pub endpoints: Vec<(String, Vec<usize>)>,
     /// Every worker is accepting.
     pub ready: AtomicBool,
     /// Shutdown has begun: /readyz answers 503 so load balancers drain us.
@@ -126,6 +129,49 @@ fn tls_handshake(tcp: TcpStream, tls: &ProbeTls, deadline: Instant) -> std::io::
 }
 
 impl Health {
+    /// Endpoints that serve with some of their upstreams known-down (ready, degraded): one line
+    /// each, for the /readyz body. Reads the counters only (no probe).
+    pub fn degraded(&self) -> String {
+        let mut out = String::new();
+        for (path, ups) in &self.endpoints {
+            let down: Vec<&str> = ups
+                .iter()
+                .filter_map(|&u| self.upstreams.get(u))
+                .filter(|h| h.is_down())
+                .map(|h| h.name.as_str())
+                .collect();
+            if !down.is_empty() && down.len() < ups.len() {
+                out.push_str(&format!(
+                    "degraded: endpoint {path} serves without upstream(s) {} (down)\n",
+                    down.join(", ")
+                ));
+            }
+        }
+        out
+    }
+
+    /// `tollgate_upstream_up{upstream}`: 1 unless the upstream is known-down (its failure count
+    /// reached `unhealthy_after`), written at scrape time.
+    pub fn render_up(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP {} 1 unless the upstream is known-down (upstreams[].unhealthy_after consecutive \
+             connect failures or timeouts, no success since).\n# TYPE {} gauge",
+            names::UPSTREAM_UP,
+            names::UPSTREAM_UP
+        );
+        for h in &self.upstreams {
+            let up = if h.is_down() { 0 } else { 1 };
+            let _ = writeln!(
+                out,
+                "{}{{upstream=\"{}\"}} {up}",
+                names::UPSTREAM_UP,
+                h.name
+            );
+        }
+    }
+
     /// A connect failure or response-head timeout on upstream `u` (the cold path).
     #[inline]
     pub fn upstream_failed(&self, u: usize) {
@@ -157,17 +203,26 @@ impl Health {
             return Some("not ready: workers starting\n".into());
         }
         let mut why = String::new();
-        for h in &self.upstreams {
-            if h.endpoints.is_empty() || !h.is_down() || h.probe(deadline) {
+        // Known-down upstreams that serve an endpoint are probed once; the rest is judged on
+        // the result.
+        let down: Vec<bool> = self
+            .upstreams
+            .iter()
+            .map(|h| !h.endpoints.is_empty() && h.is_down() && !h.probe(deadline))
+            .collect();
+        for (path, ups) in &self.endpoints {
+            if ups.is_empty() || !ups.iter().all(|&u| down.get(u).copied().unwrap_or(false)) {
                 continue;
             }
-            why.push_str(&format!(
-                "not ready: endpoint {} cannot serve: upstream \"{}\" is down ({} consecutive \
-                 connect failures or timeouts, upstreams[].unhealthy_after; a connect probe failed)\n",
-                h.endpoints.join(", "),
-                h.name,
-                h.unhealthy_after
-            ));
+            for &u in ups {
+                let h = &self.upstreams[u];
+                why.push_str(&format!(
+                    "not ready: endpoint {path} cannot serve: upstream \"{}\" is down ({} \
+                     consecutive connect failures or timeouts, upstreams[].unhealthy_after; a \
+                     connect probe failed)\n",
+                    h.name, h.unhealthy_after
+                ));
+            }
         }
         (!why.is_empty()).then_some(why)
     }
@@ -419,6 +474,7 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
         "/metrics" => {
             let mut text = admin.handle.render();
             admin.hists.render(&mut text);
+            admin.health.current().render_up(&mut text);
             metrics = text;
             (
                 200,
@@ -428,10 +484,14 @@ fn handle_one(mut s: TcpStream, deadline: Instant, admin: &Admin) -> std::io::Re
         }
         "/healthz" => (200, "text/plain", b"ok\n"),
         "/readyz" => {
-            not_ready = admin.health.current().not_ready(deadline);
+            let health = admin.health.current();
+            not_ready = match health.not_ready(deadline) {
+                None => Err(format!("ready\n{}", health.degraded())),
+                Some(why) => Ok(why),
+            };
             match &not_ready {
-                None => (200, "text/plain", b"ready\n"),
-                Some(why) => (503, "text/plain", why.as_bytes()),
+                Err(ready) => (200, "text/plain", ready.as_bytes()),
+                Ok(why) => (503, "text/plain", why.as_bytes()),
             }
         }
         _ => (
@@ -559,10 +619,52 @@ mod tests {
                 3,
                 endpoints.iter().map(|e| e.to_string()).collect(),
             )],
+            endpoints: endpoints.iter().map(|e| (e.to_string(), vec![0])).collect(),
             ..Health::default()
         };
         h.ready.store(true, Ordering::Relaxed);
         h
+    }
+
+    /// An endpoint with several upstreams is ready while one of them is up (reported degraded);
+    /// not ready once every one is down.
+    #[test]
+    fn a_federated_endpoint_is_ready_while_one_upstream_serves() {
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = dead.local_addr().unwrap();
+        drop(dead);
+        let up = |name: &str| {
+            UpstreamHealth::new(
+                name.into(),
+                vec![addr],
+                Duration::from_millis(200),
+                1,
+                vec!["/fed".into()],
+            )
+        };
+        let h = Health {
+            upstreams: vec![up("a"), up("b")],
+            endpoints: vec![("/fed".into(), vec![0, 1])],
+            ..Health::default()
+        };
+        h.ready.store(true, Ordering::Relaxed);
+        let soon = || Instant::now() + Duration::from_secs(2);
+        h.upstream_failed(0);
+        assert_eq!(h.not_ready(soon()), None);
+        assert_eq!(
+            h.degraded(),
+            "degraded: endpoint /fed serves without upstream(s) a (down)\n"
+        );
+        let mut m = String::new();
+        h.render_up(&mut m);
+        assert!(m.contains("tollgate_upstream_up{upstream=\"a\"} 0"), "{m}");
+        assert!(m.contains("tollgate_upstream_up{upstream=\"b\"} 1"), "{m}");
+        h.upstream_failed(1);
+        let why = h.not_ready(soon()).unwrap();
+        assert!(
+            why.contains("endpoint /fed cannot serve: upstream \"a\"") && why.contains("\"b\""),
+            "{why}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
 pub const FEDERATION_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_federation_upstream_failures_total";
 /// Federated endpoints: routing tables rebuilt by listing the upstreams, by list kind.
 pub const FEDERATION_TABLE_REFRESHES_TOTAL: &str = "tollgate_federation_table_refreshes_total";
+/// 1 unless the upstream is known-down (written at scrape time from the readiness counters).
+pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

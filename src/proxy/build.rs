@@ -107,6 +107,14 @@ impl Gateway {
                     }))
                 })
                 .collect(),
+            endpoints: config
+                .servers
+                .iter()
+                .map(|s| {
+                    let ups = s.upstreams.iter().map(|su| su.upstream).collect();
+                    (s.path.clone(), ups)
+                })
+                .collect(),
             ..Health::default()
         });
         Ok(Gateway {
