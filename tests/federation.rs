@@ -275,7 +275,7 @@ fn two_clients_with_the_same_id_and_progress_token() {
 }
 
 #[test]
-fn delete_ends_the_session_and_get_says_405() {
+fn delete_ends_the_session() {
     let (alpha, beta) = (Demo::start(&[]), Demo::start(&[]));
     let gw = federated(&alpha, &beta);
     let mut m = Mcp::new(gw.addr, "/mcp");
@@ -289,10 +289,240 @@ fn delete_ends_the_session_and_get_says_405() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let r = m.http.request("GET", "/mcp", &hs, b"");
-    assert_eq!(r.status, 405, "{}", r.text());
     let r = m.http.request("DELETE", "/mcp", &hs, b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let r = m.request("tools/list", json!({}));
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// A scripted MCP upstream for server→client traffic: `ask` sends the client a sampling request
+/// on its reply stream and answers with what the client sampled; GET opens a stream with one
+/// event (`<name>-g1`, then a tools/list_changed) and records the Last-Event-ID it was sent.
+struct Asker {
+    up: harness::scripted::Scripted,
+    last_event_ids: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+fn asker(name: &'static str) -> Asker {
+    use harness::scripted::{mcp_basics, read_request, response, rpc_result};
+    use std::io::Write;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (tx, rx) = mpsc::channel::<Value>();
+    let rx = Arc::new(Mutex::new(rx));
+    let tx = Arc::new(Mutex::new(tx));
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let last_event_ids = seen.clone();
+    let up = harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            let v = req.json();
+            if req.method == "GET" {
+                seen.lock()
+                    .unwrap()
+                    .push(req.header("last-event-id").map(str::to_string));
+                let ev = format!(
+                    "id: {name}-g1\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}}\n\n"
+                );
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let _ = s.write_all(format!("{head}{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+                // Held open until the gateway closes it.
+                let mut b = [0u8; 64];
+                let _ = std::io::Read::read(&mut s, &mut b);
+                return;
+            }
+            if v.get("method").is_none() && v.get("id").is_some() {
+                // The client's answer to our sampling request.
+                tx.lock().unwrap().send(v).unwrap();
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let out = match v["method"].as_str() {
+                Some("tools/list") => harness::scripted::json_response(&rpc_result(
+                    &v["id"],
+                    json!({"tools": [{"name": "ask", "inputSchema": {"type": "object"}}]}),
+                )),
+                Some("tools/call") => {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let ask = format!("id: {name}-1\ndata: {{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{{\"messages\":[],\"maxTokens\":5}}}}\n\n");
+                    let _ = s.write_all(format!("{head}{:x}\r\n{ask}\r\n", ask.len()).as_bytes());
+                    let answer = rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .unwrap_or(Value::Null);
+                    let text = format!(
+                        "{name} got id {} and {}",
+                        answer["id"], answer["result"]["content"]["text"]
+                    );
+                    let done = format!(
+                        "id: {name}-2\ndata: {}\n\n",
+                        harness::scripted::text_result(&v["id"], &text)
+                    );
+                    let _ =
+                        s.write_all(format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len()).as_bytes());
+                    continue;
+                }
+                _ => response("400 Bad Request", &[], b""),
+            };
+            let _ = s.write_all(&out);
+        }
+    });
+    Asker { up, last_event_ids }
+}
+
+fn asker_gateway(a: &Asker, b: &Asker) -> Gateway {
+    Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
+        .start()
+}
+
+/// Reads a chunked SSE reply from `s` until `until` holds on the decoded events so far.
+fn read_events(
+    s: &mut std::net::TcpStream,
+    raw: &mut Vec<u8>,
+    until: impl Fn(&[sse_event::Ev]) -> bool,
+) -> Vec<sse_event::Ev> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let evs = sse_event::parse(raw);
+        if until(&evs) {
+            return evs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {}",
+            String::from_utf8_lossy(raw)
+        );
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(raw));
+        raw.extend_from_slice(&b[..n]);
+    }
+}
+
+/// A rough SSE view of a raw HTTP response (head, chunk sizes and all): each `id:`/`data:`
+/// pair, good enough for events written on one line each.
+mod sse_event {
+    #[derive(Debug, Clone)]
+    pub struct Ev {
+        pub id: Option<String>,
+        pub data: String,
+    }
+    pub fn parse(raw: &[u8]) -> Vec<Ev> {
+        let text = String::from_utf8_lossy(raw);
+        let mut out = Vec::new();
+        let mut id = None;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                out.push(Ev {
+                    id: id.take(),
+                    data: v.to_string(),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn raw_post(addr: std::net::SocketAddr, session: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// An upstream's sampling request reaches the client with an id the gateway wrapped; the
+/// client's answer goes back to that upstream with the upstream's own id.
+#[test]
+fn a_server_request_reaches_the_client_and_its_answer_the_right_upstream() {
+    let (a, b) = (asker("a"), asker("b"));
+    let gw = asker_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let sid = m.session.clone().unwrap();
+    let mut ids = Vec::new();
+    // Both upstreams send id 0; the client sees two different ids.
+    let mut streams = Vec::new();
+    for tool in ["a__ask", "b__ask"] {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool,"arguments":{}}});
+        let mut s = raw_post(gw.addr, &sid, &body.to_string());
+        let mut raw = Vec::new();
+        let evs = read_events(&mut s, &mut raw, |e| {
+            e.iter().any(|e| e.data.contains("sampling"))
+        });
+        let ask: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+        assert!(ask["id"].as_str().unwrap().starts_with("tg~"), "{ask}");
+        assert!(evs
+            .last()
+            .unwrap()
+            .id
+            .as_deref()
+            .unwrap()
+            .starts_with("tge1."));
+        ids.push(ask["id"].clone());
+        streams.push((s, raw));
+    }
+    assert_ne!(ids[0], ids[1]);
+    for (i, (mut s, mut raw)) in streams.into_iter().enumerate() {
+        let answer = json!({"jsonrpc":"2.0","id":ids[i],"result":{"role":"assistant","model":"m","content":{"type":"text","text":format!("answer {i}")}}});
+        let r = m.post_raw(answer.to_string().as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        let evs = read_events(&mut s, &mut raw, |e| {
+            e.iter().any(|e| e.data.contains("got id"))
+        });
+        let done: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+        let who = ["a", "b"][i];
+        assert_eq!(text_of(&done), format!("{who} got id 0 and \"answer {i}\""));
+    }
+    // An id the gateway did not issue is refused.
+    let forged = json!({"jsonrpc":"2.0","id":"tg~AAAA","result":{}});
+    assert_eq!(m.post_raw(forged.to_string().as_bytes()).status, 400);
+}
+
+/// GET merges every upstream's stream; each event's id says where every stream stands, and a
+/// client resuming with it gets each upstream resumed from its own last id. list_changed from
+/// either upstream reaches the client.
+#[test]
+fn get_merges_upstream_streams_and_resumes_each_from_its_own_id() {
+    use std::io::Write;
+    let (a, b) = (asker("a"), asker("b"));
+    let gw = asker_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let sid = m.session.clone().unwrap();
+    let get = |last: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        let extra = last.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
+        let req = format!("GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-06-18\r\n{extra}\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        s
+    };
+    let mut s = get(None);
+    let mut raw = Vec::new();
+    let evs = read_events(&mut s, &mut raw, |e| e.len() >= 2);
+    assert!(
+        evs.iter().all(|e| e.data.contains("tools/list_changed")),
+        "{evs:?}"
+    );
+    let last = evs[1].id.clone().unwrap();
+    drop(s);
+    let mut s = get(Some(&last));
+    let mut raw = Vec::new();
+    read_events(&mut s, &mut raw, |e| e.len() >= 2);
+    let la = a.last_event_ids.lock().unwrap().clone();
+    let lb = b.last_event_ids.lock().unwrap().clone();
+    assert_eq!(la, [None, Some("a-g1".to_string())]);
+    assert_eq!(lb, [None, Some("b-g1".to_string())]);
 }

@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod idmap;
 pub mod method;
 pub mod names;
+pub mod relay;
 pub mod session;
 pub mod version;
 

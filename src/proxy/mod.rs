@@ -520,9 +520,10 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         // The common case, a call whose name the worker's table routes: the request is built
         // straight from the client's bytes (the original name spliced in), like a plain one.
         let direct = federated_direct(w, ctx, (&head, buf, body), claims.as_deref(), &mut c.up_out);
-        if let Some((u, had_session)) = direct {
+        if let (Some((u, had_session)), Some(cl)) = (direct, claims.as_ref()) {
             c.conn.consume(used);
-            return forward(w, c, ctx, u, had_session, Then::Relay).await;
+            let then = Then::RelayFederated(cl.id);
+            return forward(w, c, ctx, u, had_session, then).await;
         }
         let mut trace = Vec::new();
         upstream_session_headers(&mut trace, None, &head, buf);
@@ -599,6 +600,9 @@ fn federated_direct(
 enum Then {
     /// Relay it as it arrives.
     Relay,
+    /// Relay it as it arrives; an event stream goes through the federated rewriter (the
+    /// server→client requests in it get wrapped ids bound to this client session).
+    RelayFederated([u8; 16]),
     /// Read it whole and seal the session (single-upstream `initialize` on this server).
     Initialize(usize),
 }
@@ -686,7 +690,29 @@ async fn forward(
         Then::Initialize(server) => {
             initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
         }
-        Then::Relay => {
+        Then::RelayFederated(session) if rhead.is_sse(up_conn.buffered()) => {
+            let keep = client_head(
+                &mut c.out,
+                &rhead,
+                up_conn.buffered(),
+                ctx.keep_after_response(),
+                ctx.http10,
+                &ctx.cors,
+                None,
+                None,
+            );
+            ctx.status = rhead.status;
+            up_conn.consume(rhead.len);
+            let s = federate::stream::UpStream::new(gw, u, up_conn, &rhead, session);
+            let mut ids = crate::mcp::relay::EventIdState::default();
+            let next = federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
+            if keep {
+                next
+            } else {
+                Next::Close
+            }
+        }
+        Then::Relay | Then::RelayFederated(_) => {
             relay(
                 w,
                 c,

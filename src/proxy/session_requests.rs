@@ -65,12 +65,17 @@ async fn session_request(
 pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead) -> Next {
     let server = ctx.server.unwrap_or_default();
     if ctx.gw().config.servers[server].federated() {
-        // The merged stream of every upstream's GET stream is not built yet; 405 is what the
-        // transport allows a server without one, and clients go on without it.
-        c.conn.consume(head.len);
-        let why = "this endpoint has several upstreams and offers no GET stream yet; \
-                   server messages arrive on each POST's response stream";
-        return refuse(c, ctx, Refusal::because(Kind::MethodNotAllowed, why)).await;
+        // One stream merging every upstream's GET stream (see federate::stream).
+        let last_event_id = head
+            .last_event_id
+            .clone()
+            .map(|r| c.conn.buffered()[r].to_vec());
+        let (claims, _) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
+            Ok(x) => x,
+            Err(next) => return next,
+        };
+        c.up_out.clear();
+        return super::federate::stream::get(w, c, ctx, &head, &claims, last_event_id).await;
     }
     let (_claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
         Ok(x) => x,

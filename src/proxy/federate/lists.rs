@@ -50,6 +50,8 @@ const FETCH_BUDGET: usize = 16;
 const REFRESH_PAGES: usize = 100;
 /// A name missing from a table rebuilds it at most this often.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
+/// Rebuilds per second per server for a name a partial table lacks (see `rebuild_partial`).
+const PARTIAL_REBUILDS: u32 = 10;
 
 /// The id of the gateway's own list requests (one at a time per upstream connection).
 const LIST_ID: &[u8] = b"\"tollgate-list\"";
@@ -76,10 +78,15 @@ struct Built<T> {
     table: Rc<T>,
     at: Instant,
     stale: bool,
+    /// Stable ids of the server's upstreams whose names are not in the table (the session that
+    /// built it did not hold them, or they failed to list).
+    missing: Vec<u64>,
 }
 
 #[derive(Default)]
 struct ServerTables {
+    /// Rebuilds for a name a partial table lacks, this second: (second, count).
+    partial_rebuilds: (u64, u32),
     tools: Option<Built<NameTable>>,
     prompts: Option<Built<NameTable>>,
     resources: Option<Built<UriTable>>,
@@ -126,6 +133,43 @@ impl Catalogs {
         })
     }
 
+    /// Whether a name missing from a table should rebuild it now although the table is less
+    /// than `MISS_REFRESH` old: the asking session holds an upstream the table was built
+    /// without (it came back, or another session could not reach it). At most
+    /// `PARTIAL_REBUILDS` a second per server, so calls to unknown names cannot make the
+    /// gateway list the upstreams without bound.
+    fn rebuild_partial(
+        &self,
+        gw: &Gateway,
+        server: usize,
+        kind: TableKind,
+        claims: &SessionClaims,
+        now_sec: u64,
+    ) -> bool {
+        self.with(gw, server, |t| {
+            let missing = match kind {
+                TableKind::Tools => t.tools.as_ref().map(|b| &b.missing),
+                TableKind::Prompts => t.prompts.as_ref().map(|b| &b.missing),
+                TableKind::Resources => t.resources.as_ref().map(|b| &b.missing),
+            };
+            let held = missing.is_some_and(|m| {
+                m.iter()
+                    .any(|id| claims.upstreams.iter().any(|s| s.upstream == *id))
+            });
+            if !held {
+                return false;
+            }
+            if t.partial_rebuilds.0 != now_sec {
+                t.partial_rebuilds = (now_sec, 0);
+            }
+            if t.partial_rebuilds.1 >= PARTIAL_REBUILDS {
+                return false;
+            }
+            t.partial_rebuilds.1 += 1;
+            true
+        })
+    }
+
     fn uris(&self, gw: &Gateway, server: usize) -> Option<(Rc<UriTable>, Instant, bool)> {
         self.with(gw, server, |t| {
             let b = t.resources.as_ref()?;
@@ -167,7 +211,18 @@ pub(super) async fn names_for(
     if let Some((t, at, stale)) = w.catalogs.names(gw, server, kind) {
         let age = w.shutdown.now().saturating_duration_since(at);
         let fresh = !stale && age < interval;
-        if fresh && (t.resolve(name).is_some() || age < MISS_REFRESH) {
+        let hit = t.resolve(name).is_some();
+        if fresh
+            && (hit
+                || age < MISS_REFRESH
+                    && !w.catalogs.rebuild_partial(
+                        gw,
+                        server,
+                        kind,
+                        claims,
+                        super::super::unix_now(),
+                    ))
+        {
             return t;
         }
     }
@@ -177,7 +232,9 @@ pub(super) async fn names_for(
         ListKind::Prompts
     };
     let s = &gw.config.servers[server];
-    let names = fetch_all(w, gw, server, claims, trace, list, "name").await;
+    let fetched = fetch_all(w, gw, server, claims, trace, list, "name").await;
+    let missing = missing_of(gw, server, &fetched);
+    let names: Vec<Vec<String>> = fetched.into_iter().map(Option::unwrap_or_default).collect();
     let parts: Vec<UpstreamNames<'_, String>> = s
         .upstreams
         .iter()
@@ -202,6 +259,7 @@ pub(super) async fn names_for(
         table: table.clone(),
         at: w.shutdown.now(),
         stale: false,
+        missing,
     };
     w.catalogs.with(gw, server, |t| match kind {
         TableKind::Tools => t.tools = Some(built),
@@ -223,12 +281,28 @@ pub(super) async fn uris_for(
     if let Some((t, at, stale)) = w.catalogs.uris(gw, server) {
         let age = w.shutdown.now().saturating_duration_since(at);
         let fresh = !stale && age < interval;
-        if fresh && (t.route(uri).is_some() || age < MISS_REFRESH) {
+        let hit = t.route(uri).is_some();
+        if fresh
+            && (hit
+                || age < MISS_REFRESH
+                    && !w.catalogs.rebuild_partial(
+                        gw,
+                        server,
+                        TableKind::Resources,
+                        claims,
+                        super::super::unix_now(),
+                    ))
+        {
             return t;
         }
     }
     let s = &gw.config.servers[server];
     let resources = fetch_all(w, gw, server, claims, trace, ListKind::Resources, "uri").await;
+    let mut missing = missing_of(gw, server, &resources);
+    let resources: Vec<Vec<String>> = resources
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let templates = fetch_all(
         w,
         gw,
@@ -239,6 +313,15 @@ pub(super) async fn uris_for(
         "uriTemplate",
     )
     .await;
+    for id in missing_of(gw, server, &templates) {
+        if !missing.contains(&id) {
+            missing.push(id);
+        }
+    }
+    let templates: Vec<Vec<String>> = templates
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let r: Vec<&[String]> = resources.iter().map(Vec::as_slice).collect();
     let tpl: Vec<&[String]> = templates.iter().map(Vec::as_slice).collect();
     let (table, problems) = UriTable::build(&r, &tpl, &s.resources.filter);
@@ -251,6 +334,7 @@ pub(super) async fn uris_for(
         table: table.clone(),
         at: w.shutdown.now(),
         stale: false,
+        missing,
     };
     w.catalogs.with(gw, server, |t| t.resources = Some(built));
     table
@@ -288,7 +372,7 @@ async fn fetch_all(
     trace: &[u8],
     list: ListKind,
     key: &str,
-) -> Vec<Vec<String>> {
+) -> Vec<Option<Vec<String>>> {
     let s = &gw.config.servers[server];
     let calls = s.upstreams.iter().map(|m| async move {
         let u = m.upstream;
@@ -306,16 +390,23 @@ async fn fetch_all(
                 }
                 Err(why) => {
                     failed(gw, u, &why);
-                    break;
+                    return None;
                 }
             }
         }
         Some(items)
     });
-    futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(Option::unwrap_or_default)
+    futures_util::future::join_all(calls).await
+}
+
+/// Stable ids of the members a listing has nothing from.
+fn missing_of<T>(gw: &Gateway, server: usize, fetched: &[Option<T>]) -> Vec<u64> {
+    gw.config.servers[server]
+        .upstreams
+        .iter()
+        .zip(fetched)
+        .filter(|(_, f)| f.is_none())
+        .map(|(m, _)| gw.upstreams[m.upstream].id)
         .collect()
 }
 

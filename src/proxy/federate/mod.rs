@@ -18,6 +18,7 @@ mod compose;
 mod exchange;
 mod lists;
 mod route;
+pub(super) mod stream;
 
 pub use lists::Catalogs;
 pub(super) use lists::{fresh_route, TableKind};

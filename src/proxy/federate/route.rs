@@ -56,7 +56,7 @@ async fn send(
     };
     c.up_out = exchange::post_request(gw, u, Some(session), &req.trace, body);
     let had_session = session.session_id.is_some();
-    forward(w, c, ctx, u, had_session, Then::Relay).await
+    forward(w, c, ctx, u, had_session, Then::RelayFederated(claims.id)).await
 }
 
 /// `tools/call` and `prompts/get`: the exposed name → (upstream, original name); the upstream
@@ -90,6 +90,20 @@ pub(super) async fn by_name(
     };
     let table = lists::names_for(w, gw, server, &claims, &req.trace, kind, &name).await;
     let Some((member, original)) = table.resolve(&name) else {
+        // A name in the space of an upstream this session does not hold: say so (the session
+        // could not open it), rather than that the name is unknown.
+        let s = &gw.config.servers[server];
+        let absent = s.upstreams.iter().find(|m| {
+            m.namer.prefix().is_some_and(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with(m.namer.separator()))
+            }) && exchange::session_of(gw, Some(&claims), m.upstream).is_none()
+        });
+        if let Some(m) = absent {
+            if let Err(r) = held(gw, &claims, m.upstream) {
+                return refuse(c, ctx, r).await;
+            }
+        }
         let why = format!("Unknown {what}: {name}");
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
     };

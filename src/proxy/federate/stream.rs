@@ -1,0 +1,362 @@
+//! Event streams on a federated endpoint: a POST's SSE reply and the GET stream that merges
+//! every upstream's GET stream. Each upstream stream is decoded (`mcp::relay::Rewriter`), its
+//! server→client requests get ids the gateway wraps (`mcp::idmap`: the client's answer finds its
+//! way back), its `notifications/cancelled` the same wrapped request id, and every event an id
+//! saying where each upstream stream stands (`mcp::relay::EventIdState`), so `Last-Event-ID`
+//! resumes each upstream stream where the client left it and never replays one into another.
+//! `list_changed` notifications mark the worker's routing tables stale (and reach the client).
+//!
+//! The relay waits on readiness of every upstream socket and the client (never on a read that
+//! owns a buffer), so a client that leaves ends it at once, and GET streams end at shutdown.
+
+use futures_util::future::{select_all, FutureExt, LocalBoxFuture};
+
+use crate::error::Kind;
+use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http::head::{Framing, RequestHead, ResponseHead};
+use crate::http::pool::{Idleness, UpstreamConn};
+use crate::http::response;
+use crate::mcp::relay::{self, EventIdState, Rewriter, Seen};
+use crate::mcp::session::SessionClaims;
+use crate::observe::Outcome;
+
+use super::super::client::Client;
+use super::super::context::Ctx;
+use super::super::reject::Refusal;
+use super::super::state::{Gateway, WorkerState};
+use super::super::{refuse, Next};
+use super::lists::TableKind;
+
+/// Largest event the gateway decodes from an upstream stream (a tool result can be large).
+const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+/// Chunk trailers the decoder accepts.
+const MAX_TRAILER: usize = 64 * 1024;
+
+/// One upstream event stream being relayed.
+pub(in crate::proxy) struct UpStream {
+    pub u: usize,
+    pub conn: UpstreamConn,
+    framing: Framing,
+    /// Bytes left of a Content-Length body.
+    left: u64,
+    chunks: ChunkedDecoder,
+    rewriter: Rewriter,
+    done: bool,
+}
+
+impl UpStream {
+    /// A stream whose response head (`head`) has been consumed from `conn`.
+    pub fn new(
+        gw: &Gateway,
+        u: usize,
+        conn: UpstreamConn,
+        head: &ResponseHead,
+        session: [u8; 16],
+    ) -> Self {
+        UpStream {
+            u,
+            conn,
+            framing: head.framing,
+            left: match head.framing {
+                Framing::Length(n) => n,
+                _ => u64::MAX,
+            },
+            chunks: ChunkedDecoder::new(MAX_TRAILER),
+            rewriter: Rewriter::new(gw.upstreams[u].id, session, MAX_EVENT_BYTES),
+            done: head.framing == Framing::None,
+        }
+    }
+
+    /// Takes the buffered bytes in: the payload goes through the rewriter into `out` (as SSE).
+    fn take(
+        &mut self,
+        gw: &Gateway,
+        ids: &mut EventIdState,
+        out: &mut Vec<u8>,
+        seen: &mut Seen,
+    ) -> Result<(), String> {
+        let name = &gw.upstreams[self.u].name;
+        let buf = self.conn.buffered();
+        let mut payload = Vec::new();
+        let used = match self.framing {
+            Framing::Length(_) => {
+                let n = (self.left.min(buf.len() as u64)) as usize;
+                payload.extend_from_slice(&buf[..n]);
+                self.left -= n as u64;
+                if self.left == 0 {
+                    self.done = true;
+                }
+                n
+            }
+            Framing::Chunked => {
+                let n = self
+                    .chunks
+                    .feed(buf, |d| payload.extend_from_slice(d))
+                    .map_err(|e| {
+                        format!("upstream \"{name}\" sent a malformed chunked stream: {e}")
+                    })?;
+                if self.chunks.is_done() {
+                    self.done = true;
+                }
+                n
+            }
+            Framing::UntilClose => {
+                payload.extend_from_slice(buf);
+                buf.len()
+            }
+            Framing::None => 0,
+        };
+        self.conn.consume(used);
+        self.rewriter
+            .feed(&payload, ids, &gw.idmap, out, seen)
+            .map_err(|e| format!("upstream \"{name}\" sent an unusable event stream: {e}"))?;
+        if self.done {
+            self.rewriter
+                .finish(ids, &gw.idmap, out, seen)
+                .map_err(|e| format!("upstream \"{name}\" ended its event stream badly: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What ended a relay.
+enum Woke {
+    Upstream(usize),
+    Client,
+    Shutdown,
+}
+
+/// Relays `streams` to the client (whose response head is already in `c.out`) until every one
+/// ends, the client leaves, or (`end_on_shutdown`) the worker shuts down. The client's chunked
+/// body is one SSE stream. Returns whether the client connection may be kept.
+pub(in crate::proxy) async fn relay(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    mut streams: Vec<UpStream>,
+    ids: &mut EventIdState,
+    end_on_shutdown: bool,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let server = ctx.server.unwrap_or_default();
+    let keep = ctx.keep_after_response();
+    let mut watch_client = true;
+    loop {
+        let mut seen = Seen::default();
+        let mut events = Vec::new();
+        for s in streams.iter_mut() {
+            if let Err(why) = s.take(gw, ids, &mut events, &mut seen) {
+                tracing::warn!(error = %why, "federated stream: upstream stream dropped");
+                s.done = true;
+                s.conn.consume(s.conn.buffered().len());
+            }
+        }
+        for (kind, changed) in [
+            (TableKind::Tools, seen.tools_changed),
+            (TableKind::Prompts, seen.prompts_changed),
+            (TableKind::Resources, seen.resources_changed),
+        ] {
+            if changed {
+                w.catalogs.mark_stale(gw, server, kind);
+            }
+        }
+        if !events.is_empty() {
+            if ctx.http10 {
+                c.out.extend_from_slice(&events);
+            } else {
+                encode_chunk(&mut c.out, &events);
+            }
+        }
+        streams.retain(|s| !s.done);
+        if streams.is_empty() {
+            if !ctx.http10 {
+                c.out.extend_from_slice(LAST_CHUNK);
+            }
+            return match c.flush().await {
+                Ok(()) if keep && !ctx.http10 => Next::KeepAlive,
+                _ => Next::Close,
+            };
+        }
+        if c.flush().await.is_err() {
+            return Next::Close;
+        }
+        match wait(w, c, &mut streams, end_on_shutdown, &mut watch_client).await {
+            Woke::Upstream(i) => {
+                let s = &mut streams[i];
+                match s.conn.fill(0).await {
+                    Ok(0) | Err(_) => {
+                        if s.framing != Framing::UntilClose {
+                            let name = &gw.upstreams[s.u].name;
+                            tracing::warn!(upstream = %name, "federated stream: upstream closed its stream mid-body");
+                        }
+                        s.done = true;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            Woke::Client => return Next::Close,
+            Woke::Shutdown => {
+                if !ctx.http10 {
+                    c.out.extend_from_slice(LAST_CHUNK);
+                    let _ = c.flush().await;
+                }
+                return Next::Close;
+            }
+        }
+    }
+}
+
+/// Waits, without lending a buffer, for an upstream stream to be readable, the client to go
+/// away, or shutdown.
+async fn wait(
+    w: &WorkerState,
+    c: &mut Client,
+    streams: &mut [UpStream],
+    end_on_shutdown: bool,
+    watch_client: &mut bool,
+) -> Woke {
+    loop {
+        let which = {
+            let mut waits: Vec<LocalBoxFuture<'_, Woke>> = streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.conn
+                        .io
+                        .readable()
+                        .map(move |_| Woke::Upstream(i))
+                        .boxed_local()
+                })
+                .collect();
+            if *watch_client {
+                waits.push(c.conn.io.readable().map(|_| Woke::Client).boxed_local());
+            }
+            if end_on_shutdown {
+                waits.push(w.shutdown.wait().map(|_| Woke::Shutdown).boxed_local());
+            }
+            select_all(waits).await.0
+        };
+        match which {
+            Woke::Upstream(i) => {
+                let s = &mut streams[i];
+                // A TLS record with no data (a ticket, a key update) is taken in; wait on.
+                if s.conn.io.is_tls()
+                    && s.conn.buffered().is_empty()
+                    && s.conn.io.peer_state() == Idleness::Silent
+                {
+                    continue;
+                }
+                return Woke::Upstream(i);
+            }
+            Woke::Client => match c.conn.io.peer_state() {
+                Idleness::Closed => return Woke::Client,
+                // A pipelined request: the client is there; stop watching it.
+                Idleness::Unsolicited => *watch_client = false,
+                Idleness::Silent => {}
+            },
+            Woke::Shutdown => return Woke::Shutdown,
+        }
+    }
+}
+
+/// The response head of a relayed event stream (chunked, or close-delimited for HTTP/1.0).
+pub(in crate::proxy) fn stream_head(c: &mut Client, ctx: &mut Ctx, status: u16) {
+    response::status_line(&mut c.out, status);
+    c.out.extend_from_slice(
+        b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
+    );
+    c.out.extend_from_slice(&ctx.cors);
+    if ctx.http10 {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    } else {
+        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        response::connection(&mut c.out, ctx.keep_after_response());
+    }
+    c.out.extend_from_slice(b"\r\n");
+    ctx.status = status;
+}
+
+/// GET on a federated endpoint: every upstream stream of the session, merged. An upstream that
+/// offers none (405) is left out; when none does, the client gets 405 too.
+pub(in crate::proxy) async fn get(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    claims: &SessionClaims,
+    last_event_id: Option<Vec<u8>>,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let server = ctx.server.unwrap_or_default();
+    let mut ids = EventIdState::default();
+    let resume = match last_event_id.as_deref().map(relay::parse_last_event_id) {
+        None => Vec::new(),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            // Not an id this gateway issued (or from an older layout): start fresh.
+            tracing::debug!(error = ?e, "federated GET: Last-Event-ID not ours, not resumed");
+            Vec::new()
+        }
+    };
+    for (upstream, id) in &resume {
+        ids.record(*upstream, id);
+    }
+    let _ = head;
+    let opens = gw.config.servers[server].upstreams.iter().filter_map(|m| {
+        let u = m.upstream;
+        let su = super::exchange::session_of(gw, Some(claims), u)?;
+        let mut req = gw.upstreams[u].get_prefix.clone();
+        if let Some(sid) = &su.session_id {
+            response::header(&mut req, b"mcp-session-id", sid.as_bytes());
+        }
+        if su.protocol_version.has_version_header() {
+            response::header(
+                &mut req,
+                b"mcp-protocol-version",
+                su.protocol_version.as_str().as_bytes(),
+            );
+        }
+        if let Some((_, id)) = resume.iter().find(|(up, _)| *up == gw.upstreams[u].id) {
+            response::header(&mut req, b"last-event-id", id);
+        }
+        req.extend_from_slice(b"\r\n");
+        Some(async move { (u, super::super::upstream::exchange(w, gw, u, req).await.0) })
+    });
+    let opened = futures_util::future::join_all(opens).await;
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    let mut failures = Vec::new();
+    for (u, res) in opened {
+        match res {
+            Ok((mut conn, rhead)) if rhead.status == 200 && rhead.is_sse(conn.buffered()) => {
+                conn.consume(rhead.len);
+                streams.push(UpStream::new(gw, u, conn, &rhead, claims.id));
+            }
+            Ok((_, rhead)) if rhead.status == 405 => refused += 1,
+            Ok((_, rhead)) => failures.push(format!(
+                "upstream \"{}\" answered GET with HTTP {}",
+                gw.upstreams[u].name, rhead.status
+            )),
+            Err(e) => failures.push(e.reason),
+        }
+    }
+    for f in &failures {
+        tracing::warn!(error = %f, "federated GET: upstream stream not opened");
+    }
+    if streams.is_empty() {
+        let r = if failures.is_empty() || refused > 0 && failures.is_empty() {
+            Refusal::because(
+                Kind::MethodNotAllowed,
+                "no upstream behind this endpoint offers a server-to-client stream",
+            )
+        } else {
+            Refusal::because(Kind::UpstreamUnavailable, failures.join("; "))
+        };
+        return refuse(c, ctx, r).await;
+    }
+    ctx.outcome = Outcome::Ok;
+    stream_head(c, ctx, 200);
+    relay(w, c, ctx, streams, &mut ids, true).await
+}
