@@ -131,6 +131,10 @@ impl Gateway {
             demo,
             server_ids: Gateway::server_ids_of(&config),
             retired,
+            generation: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
             config,

@@ -116,6 +116,9 @@ pub struct Gateway {
     /// Upstreams earlier configs had and this one does not (id, name): to name them to clients
     /// whose sessions they held.
     pub retired: Vec<(u64, String)>,
+    /// Distinct for every gateway built in this process (caches keyed by config generation use
+    /// it; an address could be reused once a generation is freed).
+    pub generation: u64,
     /// Seals and opens the `nextCursor`s of aggregated lists (federated endpoints).
     pub cursors: crate::mcp::cursor::CursorSealer,
     /// Wraps the ids of server→client requests relayed on federated endpoints.

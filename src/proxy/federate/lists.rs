@@ -96,13 +96,13 @@ struct ServerTables {
 /// generation (a reload starts over: the namers and filters may have changed).
 #[derive(Default)]
 pub struct Catalogs {
-    inner: RefCell<(usize, HashMap<usize, ServerTables>)>,
+    inner: RefCell<(u64, HashMap<usize, ServerTables>)>,
 }
 
 impl Catalogs {
     fn with<R>(&self, gw: &Gateway, server: usize, f: impl FnOnce(&mut ServerTables) -> R) -> R {
         let mut inner = self.inner.borrow_mut();
-        let generation = gw as *const Gateway as usize;
+        let generation = gw.generation;
         if inner.0 != generation {
             *inner = (generation, HashMap::new());
         }
