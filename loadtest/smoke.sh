@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI smoke test for the load harness: a few seconds, small N, whatever build is already there.
-# Runs compare with direct + bare + tollgate + tollgate-tls (no nginx) on the small tools/call scenario and asserts only that
+# Runs compare with direct + bare + tollgate + tollgate-tls + tollgate-fed3 (no nginx) on the small tools/call scenario and asserts only that
 # requests completed with zero errors and that the final JSON line parses. Never a timing threshold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ else
   cargo build -q --bin tollgate-load --bin bare-forwarder --bin tollgate
 fi
 BIN="target/$PROFILE"
-SETUPS="${SETUPS:-direct,bare,tollgate,tollgate-tls}"
+SETUPS="${SETUPS:-direct,bare,tollgate,tollgate-tls,tollgate-fed3}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
