@@ -77,6 +77,16 @@ fn cancelled_request_id_is_wrapped_like_the_request() {
 }
 
 #[test]
+fn a_cancelled_without_a_readable_request_id_passes_unchanged() {
+    let stream =
+        one(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":null}}"#);
+    let mut seen = Seen::default();
+    let out = relay(A, stream.as_bytes(), &mut EventIdState::new(), &mut seen);
+    assert_eq!(out, stream.as_bytes());
+    assert_eq!((seen.dropped, seen.unscanned), (0, 0));
+}
+
+#[test]
 fn a_batch_gets_every_id_wrapped_in_place() {
     let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"roots/list"},{"jsonrpc":"2.0","id":2,"result":{}},{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}},{"jsonrpc":"2.0","id":"x","method":"ping"}]"#;
     let mut seen = Seen::default();
