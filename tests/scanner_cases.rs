@@ -49,6 +49,7 @@ fn render_message(out: &mut String, m: &Message<'_>) {
     render_str(out, "name", &m.name);
     render_str(out, "uri", &m.uri);
     render_raw(out, "progress_token", &m.progress_token);
+    render_raw(out, "request_id", &m.request_id);
     render_str(out, "meta_protocol_version", &m.meta_protocol_version);
     render_str(out, "protocol_version", &m.protocol_version);
 }

@@ -169,6 +169,7 @@ fn text() -> impl Strategy<Value = String> {
         1 => prop::sample::select(vec![
             "tools/call", "tools/list", "initialize", "name", "uri", "_meta", "method", "id",
             "progressToken", "protocolVersion", "io.modelcontextprotocol/protocolVersion",
+            "requestId",
         ]).prop_map(String::from),
     ]
 }
@@ -241,9 +242,13 @@ fn params() -> impl Strategy<Value = Option<Value>> {
         maybe_str(),
         prop::option::of(prop_oneof![4 => meta(), 1 => json(1)]),
         prop::collection::vec((text(), json(3)), 0..3),
+        // requestId: an id (other values come from `extra`, whose keys include "requestId").
+        // Boxed: a deeper value tree here overflowed the test thread's stack.
+        prop::option::of(id()).boxed(),
     )
-        .prop_map(|(name, uri, version, meta, extra)| {
+        .prop_map(|(name, uri, version, meta, extra, request_id)| {
             let mut o: Map<String, Value> = extra.into_iter().collect();
+            put(&mut o, "requestId", request_id);
             put(&mut o, "name", name);
             put(&mut o, "uri", uri);
             put(&mut o, "protocolVersion", version);

@@ -433,6 +433,13 @@ pub fn write_comment(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'\n');
 }
 
+/// Appends a `retry` field on its own, closed by a blank line: the client takes the reconnection
+/// time and, with no `data`, dispatches nothing. For relaying a `retry` that came without an event.
+pub fn write_retry(out: &mut Vec<u8>, ms: u64) {
+    field(out, b"retry", ms.to_string().as_bytes());
+    out.push(b'\n');
+}
+
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

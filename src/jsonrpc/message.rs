@@ -28,6 +28,7 @@ enum Key {
     ProtocolVersion,
     ProgressToken,
     MetaProtocolVersion,
+    RequestId,
     Other,
 }
 
@@ -46,6 +47,7 @@ impl Key {
             6 if s == "cursor" => (true, Key::Cursor),
             6 => (s == "result", Key::Result),
             7 => (s == "jsonrpc", Key::Jsonrpc),
+            9 => (s == "requestId", Key::RequestId),
             13 => (s == "progressToken", Key::ProgressToken),
             15 => (s == "protocolVersion", Key::ProtocolVersion),
             39 => (
@@ -76,10 +78,14 @@ impl Key {
             Key::ProtocolVersion => "protocolVersion",
             Key::ProgressToken => "progressToken",
             Key::MetaProtocolVersion => "io.modelcontextprotocol/protocolVersion",
+            Key::RequestId => "requestId",
             Key::Other => OTHER_KEY,
         }
     }
 }
+
+// `KeySet::known` has one bit per read key.
+const _: () = assert!((Key::Other as u32) < u16::BITS);
 
 const INLINE_KEYS: usize = 8;
 
@@ -218,6 +224,7 @@ impl<'a> Message<'a> {
             uri: None,
             cursor: None,
             progress_token: None,
+            request_id: None,
             meta_protocol_version: None,
             protocol_version: None,
             span: 0..0,
@@ -337,6 +344,10 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             Key::Uri => m.uri = string_or_skip(cur, depth)?,
             Key::Cursor => m.cursor = string_or_skip(cur, depth)?,
             Key::ProtocolVersion => m.protocol_version = string_or_skip(cur, depth)?,
+            // Read for every method (only `notifications/cancelled` has one in MCP); a value that
+            // is not a string or number is validated and left unread, not refused: nothing the
+            // gateway forwards depends on it, and the relay only rewrites one it could read.
+            Key::RequestId => m.request_id = string_or_number(cur, depth)?,
             Key::Meta if cur.peek() == Some(b'{') => meta(cur, depth + 1, m)?,
             _ => cur.skip_value(depth)?,
         }

@@ -70,6 +70,9 @@ pub struct Message<'a> {
     pub cursor: Option<Str<'a>>,
     /// `params._meta.progressToken` (string with quotes, or number), raw.
     pub progress_token: Option<Raw<'a>>,
+    /// `params.requestId` (string with quotes, or number), raw, when it is one of those; any
+    /// other value is left unread (`None`), not refused. `notifications/cancelled` carries it.
+    pub request_id: Option<Raw<'a>>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub meta_protocol_version: Option<Str<'a>>,
     /// `params.protocolVersion` (request, notification) or `result.protocolVersion` (response).

@@ -187,6 +187,37 @@ fn checks_jsonrpc_id_method_params_types() {
 }
 
 #[test]
+fn reads_a_cancelled_request_id_and_refuses_two() {
+    let body = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r\u0031","reason":"x"}}"#;
+    let m = single(body);
+    assert_eq!(m.kind, MessageKind::Notification);
+    let r = m.request_id.unwrap();
+    assert_eq!(r.text, br#""r\u0031""#, "raw text, escapes kept");
+    assert_eq!(&body.as_bytes()[r.start..r.start + r.text.len()], r.text);
+    let m =
+        single(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":-7}}"#);
+    assert_eq!(m.request_id.unwrap().text, b"-7");
+    // Not a string or number: validated, left unread, not refused.
+    for v in ["null", "true", "{\"a\":1}", "[1]"] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{v}}}}}"#
+        );
+        assert_eq!(single(&body).request_id, None, "{v}");
+    }
+    // Only at params level: elsewhere it is any other key.
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"_meta":{"requestId":1}},"requestId":2}"#,
+    );
+    assert_eq!(m.request_id, None);
+    assert_eq!(
+        kind(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"request\u0049d":2}}"#
+        ),
+        ScanErrorKind::DuplicateKey("requestId")
+    );
+}
+
+#[test]
 fn reads_a_list_cursor_and_refuses_two() {
     let m = single(
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"tc1.\u0041b"}}"#,

@@ -1,5 +1,5 @@
 //! MCP rules: methods as a closed enum, protocol revisions, sealed session ids, federation's
-//! names and list cursors.
+//! names, list cursors and event-stream relay.
 //! No I/O here; `now` is always an argument.
 
 pub mod aead;

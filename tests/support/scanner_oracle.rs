@@ -275,6 +275,13 @@ fn check_message(
             return Err(format!("scanner accepted progressToken {t}"));
         }
     }
+    check_raw(
+        "requestId",
+        params.get("requestId"),
+        &m.request_id,
+        body,
+        parse,
+    )?;
     check_str(
         "meta protocolVersion",
         meta.get("io.modelcontextprotocol/protocolVersion"),

@@ -153,9 +153,9 @@ pub(in crate::proxy) async fn relay(
             }
         }
         for (kind, changed) in [
-            (TableKind::Tools, seen.tools_changed),
-            (TableKind::Prompts, seen.prompts_changed),
-            (TableKind::Resources, seen.resources_changed),
+            (TableKind::Tools, seen.tools_list_changed),
+            (TableKind::Prompts, seen.prompts_list_changed),
+            (TableKind::Resources, seen.resources_list_changed),
         ] {
             if changed {
                 w.catalogs.mark_stale(gw, server, kind);
@@ -301,7 +301,7 @@ pub(in crate::proxy) async fn get(
         }
     };
     for (upstream, id) in &resume {
-        ids.record(*upstream, id);
+        ids.set(*upstream, id);
     }
     let _ = head;
     let opens = gw.config.servers[server].upstreams.iter().filter_map(|m| {
