@@ -152,6 +152,13 @@ pub(in crate::proxy) async fn relay(
                 s.conn.consume(s.conn.buffered().len());
             }
         }
+        if seen.dropped > 0 {
+            tracing::warn!(
+                dropped = seen.dropped,
+                reason = ?seen.last_drop,
+                "federated stream: server-to-client messages dropped (their ids cannot be wrapped)"
+            );
+        }
         for (kind, changed) in [
             (TableKind::Tools, seen.tools_list_changed),
             (TableKind::Prompts, seen.prompts_list_changed),
