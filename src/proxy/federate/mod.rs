@@ -17,6 +17,7 @@
 mod compose;
 mod exchange;
 mod lists;
+pub mod probe;
 mod route;
 
 pub use lists::Catalogs;
