@@ -5,7 +5,13 @@ mod harness;
 
 use std::process::Command;
 
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use harness::scripted::{self, Scripted};
 use harness::{Demo, BIN};
+use serde_json::json;
 
 /// Runs `tollgate check --probe` on `yaml`; returns the exit code and stdout.
 fn probe(name: &str, yaml: &str) -> (i32, String) {
@@ -110,7 +116,7 @@ fn unmatched_globs_and_unreachable_upstream() {
     assert!(r.contains(&"server /gone (single upstream):".to_string()));
     assert!(
         r.iter()
-            .any(|l| l.starts_with("  problem: upstream gone unreachable: initialize:")),
+            .any(|l| l.starts_with("  problem: upstream gone could not be probed: initialize:")),
         "{r:?}"
     );
     // (a and local are both demos: their resources meet too, which is reported as well.)
@@ -152,4 +158,94 @@ fn config_error_exits_two_without_probing() {
     let (code, out) = probe("bad", "servers:\n  - path: /mcp\n    upstream: nope\n");
     assert_eq!(code, 2);
     assert!(!out.contains("--probe"));
+}
+
+/// An upstream whose tool names the gateway must rewrite (a character outside the set, a name
+/// too long once prefixed), listed over two pages: each is reported as `original -> exposed
+/// (why)`, which is not a problem; the probe's session is initialized, then ended with DELETE.
+/// A scripted upstream `notes` with tools only, listed over two pages (`fail_list`: its
+/// tools/list answers an error); counts the notifications/initialized and DELETEs it received.
+fn notes_upstream(fail_list: bool) -> (Scripted, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let initialized = Arc::new(AtomicUsize::new(0));
+    let (d, i) = (deletes.clone(), initialized.clone());
+    let up = Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            let v = req.json();
+            let reply = if req.method == "DELETE" {
+                assert_eq!(req.header("mcp-session-id"), Some("up-1"));
+                d.fetch_add(1, Ordering::SeqCst);
+                scripted::response("200 OK", &[], b"")
+            } else if v["method"] == "notifications/initialized" {
+                i.fetch_add(1, Ordering::SeqCst);
+                scripted::response("202 Accepted", &[], b"")
+            } else if v["method"] == "tools/list" && fail_list {
+                let e = json!({"jsonrpc": "2.0", "id": v["id"], "error": {"code": -32603, "message": "broken"}});
+                scripted::json_response(&e.to_string())
+            } else if v["method"] == "tools/list" {
+                assert_eq!(req.header("mcp-session-id"), Some("up-1"));
+                let result = if v["params"]["cursor"] == "p2" {
+                    json!({"tools": [{"name": "a_rather_long_tool_name_that_goes_on_and_on_and_on_and_on_and_on_and_on", "inputSchema": {}}]})
+                } else {
+                    json!({"tools": [{"name": "make note!", "inputSchema": {}}, {"name": "plain", "inputSchema": {}}], "nextCursor": "p2"})
+                };
+                scripted::json_response(&scripted::rpc_result(&v["id"], result))
+            } else if let Some(r) = scripted::mcp_basics(&req) {
+                r
+            } else {
+                scripted::response("500 Internal Server Error", &[], b"")
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    (up, deletes, initialized)
+}
+
+/// An upstream whose list fails is a problem, and its session is still ended.
+#[test]
+fn failing_list_is_a_problem_and_the_session_still_ends() {
+    let (up, deletes, _) = notes_upstream(true);
+    let yaml = format!(
+        "upstreams:\n  - {{name: notes, url: \"{}\"}}\nservers:\n  - path: /mcp\n    upstream: notes\n",
+        up.url()
+    );
+    let (code, out) = probe("failing", &yaml);
+    assert_eq!(code, 1, "{out}");
+    let r = report(&out);
+    assert!(
+        r.iter().any(|l| l
+            .starts_with("  problem: upstream notes could not be probed: tools/list: ")
+            && l.contains("broken")),
+        "{r:?}"
+    );
+    assert_eq!(deletes.load(Ordering::SeqCst), 1);
+}
+
+/// An upstream whose tool names the gateway must rewrite (a character outside the set, a name
+/// too long once prefixed), listed over two pages: each is reported as `original -> exposed
+/// (why)`, which is not a problem; the probe's session is initialized, then ended with DELETE.
+#[test]
+fn rewritten_names_are_reported_across_pages() {
+    let (up, deletes, initialized) = notes_upstream(false);
+    let yaml = format!(
+        "upstreams:\n  - {{name: notes, url: \"{}\"}}\n\
+         servers:\n  - path: /mcp\n    upstream: notes\n    prefix_names: always\n",
+        up.url()
+    );
+    let (code, out) = probe("rewritten", &yaml);
+    assert_eq!(code, 0, "{out}");
+    let r = report(&out);
+    assert!(r.iter().any(|l| l == "  upstream notes: tools 3, prompts -, resources -, resource templates -"), "{r:?}");
+    let rewritten: Vec<&String> = r.iter().filter(|l| l.starts_with("  rewritten:")).collect();
+    assert_eq!(rewritten.len(), 2, "{r:?}");
+    assert!(rewritten[0]
+        .starts_with("  rewritten: tools of notes: \"make note!\" -> \"notes__make_note_--"));
+    assert!(rewritten[0].ends_with("(characters outside [A-Za-z0-9_.-])"));
+    assert!(rewritten[1]
+        .contains("\"a_rather_long_tool_name_that_goes_on_and_on_and_on_and_on_and_on_and_on\" -> \"notes__a_rather"));
+    assert!(rewritten[1].ends_with("(too long)"));
+    assert_eq!(initialized.load(Ordering::SeqCst), 1);
+    assert_eq!(deletes.load(Ordering::SeqCst), 1);
 }

@@ -143,19 +143,24 @@ async fn upstream(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Listed, Str
         Ok(_) => {
             let caps = result.get("capabilities");
             let has = |k: &str| caps.is_some_and(|c| c.get(k).is_some());
-            let mut l = Listed::default();
-            if has("tools") {
-                l.tools = Some(list(w, gw, u, &session, ListKind::Tools, "name").await?);
-            }
-            if has("prompts") {
-                l.prompts = Some(list(w, gw, u, &session, ListKind::Prompts, "name").await?);
-            }
-            if has("resources") {
-                l.resources = Some(list(w, gw, u, &session, ListKind::Resources, "uri").await?);
-                let t = ListKind::ResourceTemplates;
-                l.templates = Some(list(w, gw, u, &session, t, "uriTemplate").await?);
-            }
-            Ok(l)
+            // In a block of its own: a list that fails still ends the session below.
+            let lists = async {
+                let mut l = Listed::default();
+                let s = &session;
+                if has("tools") {
+                    l.tools = Some(list(w, gw, u, s, ListKind::Tools, "name").await?);
+                }
+                if has("prompts") {
+                    l.prompts = Some(list(w, gw, u, s, ListKind::Prompts, "name").await?);
+                }
+                if has("resources") {
+                    l.resources = Some(list(w, gw, u, s, ListKind::Resources, "uri").await?);
+                    let t = ListKind::ResourceTemplates;
+                    l.templates = Some(list(w, gw, u, s, t, "uriTemplate").await?);
+                }
+                Ok::<_, String>(l)
+            };
+            lists.await
         }
     };
     if let Some(sid) = &session.session_id {
@@ -237,7 +242,7 @@ fn server(
             }
             Err(why) => {
                 problems += 1;
-                let _ = writeln!(out, "  problem: upstream {name} unreachable: {why}");
+                let _ = writeln!(out, "  problem: upstream {name} could not be probed: {why}");
                 listed.push(&empty);
             }
         }
