@@ -78,7 +78,8 @@ fn two_unprefixed_upstreams_collide() {
 }
 
 /// Filter globs that match no exposed name (a prefix typo), an unprefixed upstream beside a
-/// prefixed one (a note, not a problem) and an upstream nobody listens on.
+/// prefixed one (a note, not a problem) and an upstream nobody listens on (on its own endpoint;
+/// beside others it leaves the globs unchecked, as they may be meant for its names).
 #[test]
 fn unmatched_globs_and_unreachable_upstream() {
     let a = Demo::start(&[]);
@@ -96,6 +97,7 @@ fn unmatched_globs_and_unreachable_upstream() {
     );
     let (code, out) = probe("unmatched", &yaml);
     assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("globs not checked"));
     let r = report(&out);
     assert!(
         r.contains(
@@ -148,6 +150,35 @@ fn clean_config_exits_zero() {
     assert!(r.contains(&"server /b (single upstream):".to_string()));
     assert!(
         r.contains(&"probe: 0 problem(s) in 2 server(s)".to_string()),
+        "{r:?}"
+    );
+}
+
+/// With an upstream of the endpoint down, globs are not judged (they may match its names).
+#[test]
+fn globs_unchecked_when_an_upstream_is_down() {
+    let a = Demo::start(&[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "upstreams:\n  - {{name: a, url: \"{}\"}}\n  - {{name: gone, url: \"http://{dead}/mcp\"}}\n\
+         servers:\n  - path: /mcp\n    upstreams: [a, gone]\n    tools: {{allow: [\"gone__*\"]}}\n",
+        a.url()
+    );
+    let (code, out) = probe("down", &yaml);
+    assert_eq!(code, 1, "{out}");
+    let r = report(&out);
+    assert!(
+        r.contains(
+            &"  note: filter globs not checked: not every upstream could be probed".to_string()
+        ),
+        "{r:?}"
+    );
+    assert!(!r.iter().any(|l| l.contains("matches no")), "{r:?}");
+    assert!(
+        r.contains(&"probe: 1 problem(s) in 1 server(s)".to_string()),
         "{r:?}"
     );
 }
