@@ -183,6 +183,30 @@ fn globs_unchecked_when_an_upstream_is_down() {
     );
 }
 
+/// An upstream that accepts and never answers is given up on after its `request_timeout`.
+#[test]
+fn stalled_upstream_is_bounded_by_its_timeout() {
+    let up = Scripted::start(|mut s, _| {
+        let _req = scripted::read_request(&mut s);
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    });
+    let yaml = format!(
+        "upstreams:\n  - {{name: mute, url: \"{}\", request_timeout: 300ms}}\nservers:\n  - path: /mcp\n    upstream: mute\n",
+        up.url()
+    );
+    let t = std::time::Instant::now();
+    let (code, out) = probe("stalled", &yaml);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(report(&out)
+        .iter()
+        .any(|l| l.starts_with("  problem: upstream mute could not be probed: initialize:")));
+}
+
 /// A config error is still exit 2, without a probe.
 #[test]
 fn config_error_exits_two_without_probing() {
