@@ -32,6 +32,11 @@ enum Command {
         /// else the built-in defaults, as for `run`]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also contact every upstream (initialize, list tools, prompts, resources, templates)
+        /// and report name collisions, rewritten names, filter globs that match nothing and
+        /// unreachable upstreams (report on stdout as YAML comments; exit 1 on any).
+        #[arg(long)]
+        probe: bool,
     },
     /// Run the built-in demo MCP server on its own (tests, load tests, trying things out).
     DemoUpstream {
@@ -104,6 +109,29 @@ fn load(path: Option<PathBuf>) -> Result<Loaded, ExitCode> {
     })
 }
 
+/// `check --probe`: the upstreams' answers, reported after the effective config as YAML
+/// comments (stdout stays loadable). 1 when the report holds a problem or the probe could not run.
+fn check_probe(c: tollgate::config::Config) -> ExitCode {
+    init_logs("error", false);
+    match tollgate::proxy::probe::probe(c) {
+        Ok(out) => {
+            println!("# tollgate check --probe");
+            for line in out.report.lines() {
+                println!("# {line}");
+            }
+            if out.problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tollgate: probe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -128,11 +156,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load(config) {
+        Command::Check { config, probe } => match load(config) {
             Ok((c, source, _)) => {
                 // stdout is the effective config (loadable YAML); where it came from goes to stderr.
                 eprintln!("tollgate: config: {source}");
                 print!("{}", tollgate::config::render_effective(&c));
+                if probe {
+                    return check_probe(c);
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

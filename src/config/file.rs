@@ -663,6 +663,7 @@ fn routes(
 fn single_server(path: &str, upstream: usize) -> Server {
     Server {
         path: path.into(),
+        file_index: 0,
         upstreams: vec![ServerUpstream {
             upstream,
             namer: crate::mcp::names::Namer::new(

@@ -322,6 +322,9 @@ impl HttpTarget {
 pub struct Server {
     /// `servers[].path`: the MCP endpoint path, e.g. `/mcp`. Exact match (a trailing `/` is also accepted).
     pub path: String,
+    /// Where it is in the file's `servers` list (servers are kept sorted by path), for
+    /// messages that name its keys (`tollgate check --probe`); 0 for the built-in default.
+    pub file_index: usize,
     /// `servers[].upstreams` (or the single `upstream`): the upstreams behind this endpoint, in
     /// listing order, each with how its names are exposed here. Never empty, no repeats.
     pub upstreams: Vec<ServerUpstream>,

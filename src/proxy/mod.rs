@@ -9,6 +9,7 @@ pub mod client;
 pub mod context;
 pub mod control;
 mod federate;
+pub use federate::probe;
 mod initialize;
 pub mod reject;
 pub mod reload;

@@ -120,6 +120,7 @@ pub(super) fn servers(
         if let (Some(path), true) = (spath, namers_ok) {
             out.push(Server {
                 path,
+                file_index: i,
                 upstreams: server_upstreams,
                 prefix_names,
                 max_name_length,

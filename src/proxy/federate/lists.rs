@@ -418,29 +418,29 @@ fn failed(gw: &Gateway, u: usize, why: &str) {
 
 /// One page of an upstream's list: each item's JSON text (as the upstream wrote it; only the
 /// items a client page takes are parsed), and its `nextCursor`.
-struct Page {
+pub(super) struct Page {
     /// The response message.
     text: String,
     /// Where each item's text is in `text`.
     spans: Vec<std::ops::Range<usize>>,
-    next: Option<String>,
+    pub(super) next: Option<String>,
 }
 
 impl Page {
-    fn items(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn items(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|r| &self.text[r.clone()])
     }
 }
 
 /// A string field of an item's JSON text (`name`, `uri`, `uriTemplate`).
-fn field(item: &str, key: &str) -> Option<String> {
+pub(super) fn field(item: &str, key: &str) -> Option<String> {
     sonic_rs::get(item, [key])
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
 }
 
 /// One page of `list` from upstream `u`.
-async fn fetch_page(
+pub(super) async fn fetch_page(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,

@@ -12,11 +12,13 @@
 //!
 //! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
 //! (initialize fan-out and the composed result), `lists` (aggregated lists and the per-worker
-//! routing tables), `route` (routed requests).
+//! routing tables), `route` (routed requests), `probe` (`tollgate check --probe`: the same
+//! exchanges and tables, reported).
 
 mod compose;
 mod exchange;
 mod lists;
+pub mod probe;
 mod route;
 pub(super) mod stream;
 
