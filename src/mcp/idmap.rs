@@ -47,6 +47,8 @@ pub enum WrapError {
 #[derive(Clone)]
 pub struct IdMapper {
     key: hmac::Key,
+    /// Keys of earlier session keys (a rotation): ids they wrapped still unwrap.
+    previous: Vec<hmac::Key>,
 }
 
 impl std::fmt::Debug for IdMapper {
@@ -67,28 +69,46 @@ impl IdMapper {
     /// Keyed from the session key (`session.key`) through HKDF-SHA256 with its own label, so the
     /// key is never the session token's or the cursors'.
     pub fn new(session_key: &[u8; 32]) -> Self {
+        IdMapper {
+            key: Self::derive(session_key),
+            previous: Vec::new(),
+        }
+    }
+
+    fn derive(session_key: &[u8; 32]) -> hmac::Key {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(session_key);
         let mut k = [0u8; 32];
         // 32 bytes is far below HKDF's limit, so neither call can fail; no unwrap either way.
         if let Ok(okm) = prk.expand(&[HKDF_INFO], HmacLen) {
             let _ = okm.fill(&mut k);
         }
-        IdMapper {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &k),
-        }
+        hmac::Key::new(hmac::HMAC_SHA256, &k)
+    }
+
+    /// Also unwraps ids wrapped under these earlier session keys (key rotation on reload: a
+    /// sampling request in flight across it still finds its way back).
+    pub fn with_previous(mut self, session_keys: &[[u8; 32]]) -> Self {
+        self.previous = session_keys.iter().map(Self::derive).collect();
+        self
     }
 
     fn tag(&self, session: &[u8; 16], upstream: u64, original: &[u8]) -> [u8; TAG_LEN] {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(session);
-        ctx.update(&upstream.to_be_bytes());
-        ctx.update(original);
-        let t = ctx.sign();
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(&t.as_ref()[..TAG_LEN]);
-        out
+        tag_with(&self.key, session, upstream, original)
     }
+}
 
+fn tag_with(key: &hmac::Key, session: &[u8; 16], upstream: u64, original: &[u8]) -> [u8; TAG_LEN] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(session);
+    ctx.update(&upstream.to_be_bytes());
+    ctx.update(original);
+    let t = ctx.sign();
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&t.as_ref()[..TAG_LEN]);
+    out
+}
+
+impl IdMapper {
     /// The JSON text (a string literal, quotes included) of the id the client sees for
     /// upstream `upstream`'s id whose JSON text is `original`, in client session `session`.
     pub fn wrap(
@@ -141,8 +161,10 @@ impl IdMapper {
         if original.len() != len || len > MAX_ORIGINAL_LEN {
             return Err(IdError::Forged);
         }
-        let want = self.tag(session, upstream, original);
-        if !same_tag(&want, tag) {
+        let verifies = std::iter::once(&self.key)
+            .chain(&self.previous)
+            .any(|k| same_tag(&tag_with(k, session, upstream, original), tag));
+        if !verifies {
             return Err(IdError::Forged);
         }
         Ok((upstream, original.to_vec()))
@@ -168,6 +190,16 @@ mod tests {
     const KEY: [u8; 32] = [3; 32];
     const S1: [u8; 16] = [1; 16];
     const S2: [u8; 16] = [2; 16];
+
+    #[test]
+    fn ids_wrapped_under_a_previous_key_still_unwrap() {
+        let old = IdMapper::new(&KEY);
+        let w = old.wrap(&S1, 9, b"4").unwrap();
+        let new = IdMapper::new(&[4; 32]);
+        assert_eq!(new.unwrap(&S1, w.as_bytes()), Err(IdError::Forged));
+        let rotated = IdMapper::new(&[4; 32]).with_previous(&[KEY]);
+        assert_eq!(rotated.unwrap(&S1, w.as_bytes()), Ok((9, b"4".to_vec())));
+    }
 
     #[test]
     fn round_trips_numbers_and_strings() {

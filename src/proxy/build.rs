@@ -68,6 +68,8 @@ impl Gateway {
             // Cursors handed out under the old key stay readable, like session tokens.
             gw.cursors = crate::mcp::cursor::CursorSealer::new(&gw.config.session.key)
                 .with_previous(&[self.config.session.key]);
+            gw.idmap = crate::mcp::idmap::IdMapper::new(&gw.config.session.key)
+                .with_previous(&[self.config.session.key]);
         }
         Ok(Arc::new(gw))
     }

@@ -692,9 +692,13 @@ async fn forward(
             initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
         }
         Then::RelayFederated(session) if rhead.is_sse(up_conn.buffered()) => {
+            // The events are written again (other ids), so the upstream's length does not
+            // hold: chunked (close-delimited for HTTP/1.0), whatever the upstream framed.
+            let mut streamed = rhead.clone();
+            streamed.framing = Framing::Chunked;
             let keep = client_head(
                 &mut c.out,
-                &rhead,
+                &streamed,
                 up_conn.buffered(),
                 ctx.keep_after_response(),
                 ctx.http10,

@@ -132,6 +132,14 @@ fn opened_from(gw: &Gateway, u: usize, reply: Reply, id: &[u8]) -> Result<Opened
     let Some(version) = negotiated.version else {
         return Err(format!("upstream \"{name}\" refused initialize"));
     };
+    if let Some(sid) = &reply.session_id {
+        if !crate::mcp::session::UpstreamSession::is_valid_session_id(sid.as_bytes()) {
+            return Err(format!(
+                "upstream \"{name}\" sent an Mcp-Session-Id the gateway cannot carry (1 to 255 \
+                 visible ASCII characters)"
+            ));
+        }
+    }
     let result = exchange::result_of(gw, u, &reply, id)?;
     Ok(Opened {
         u,

@@ -50,6 +50,8 @@ const FETCH_BUDGET: usize = 16;
 const REFRESH_PAGES: usize = 100;
 /// A name missing from a table rebuilds it at most this often.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
+/// How often a request polls for a first table another request is building.
+const WAIT_FOR_BUILD: Duration = Duration::from_millis(5);
 /// Rebuilds per second per server for a name a partial table lacks (see `rebuild_partial`).
 const PARTIAL_REBUILDS: u32 = 10;
 
@@ -87,6 +89,10 @@ struct Built<T> {
 struct ServerTables {
     /// Rebuilds for a name a partial table lacks, this second: (second, count).
     partial_rebuilds: (u64, u32),
+    /// Per table (tools, prompts, resources): a rebuild is in flight (one at a time: the
+    /// others use the table there is), and when the last one began.
+    building: [bool; 3],
+    attempted: [Option<Instant>; 3],
     tools: Option<Built<NameTable>>,
     prompts: Option<Built<NameTable>>,
     resources: Option<Built<UriTable>>,
@@ -99,14 +105,89 @@ pub struct Catalogs {
     inner: RefCell<(u64, HashMap<usize, ServerTables>)>,
 }
 
+impl TableKind {
+    fn slot(self) -> usize {
+        match self {
+            Self::Tools => 0,
+            Self::Prompts => 1,
+            Self::Resources => 2,
+        }
+    }
+}
+
+/// A table rebuild in flight; dropping it (done, or the request went away) ends it.
+struct Rebuilding<'a> {
+    catalogs: &'a Catalogs,
+    generation: u64,
+    server: usize,
+    slot: usize,
+}
+
+impl Drop for Rebuilding<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.catalogs.inner.borrow_mut();
+        if inner.0 == self.generation {
+            if let Some(t) = inner.1.get_mut(&self.server) {
+                t.building[self.slot] = false;
+            }
+        }
+    }
+}
+
 impl Catalogs {
+    /// Runs `f` on the tables of `server` for `gw`'s generation. A newer generation starts
+    /// over; a request of an older one (still in flight after a reload) works on throwaway
+    /// tables, so it cannot wipe the current generation's.
     fn with<R>(&self, gw: &Gateway, server: usize, f: impl FnOnce(&mut ServerTables) -> R) -> R {
         let mut inner = self.inner.borrow_mut();
         let generation = gw.generation;
-        if inner.0 != generation {
+        if generation > inner.0 {
             *inner = (generation, HashMap::new());
         }
+        if generation < inner.0 {
+            return f(&mut ServerTables::default());
+        }
         f(inner.1.entry(server).or_default())
+    }
+
+    /// How long ago the last rebuild of this table began (`None`: never).
+    fn since_attempt(
+        &self,
+        gw: &Gateway,
+        server: usize,
+        kind: TableKind,
+        now: Instant,
+    ) -> Option<Duration> {
+        self.with(gw, server, |t| {
+            t.attempted[kind.slot()].map(|a| now.saturating_duration_since(a))
+        })
+    }
+
+    /// Starts a rebuild of this table unless one is in flight.
+    fn begin_rebuild(
+        &self,
+        gw: &Gateway,
+        server: usize,
+        kind: TableKind,
+        now: Instant,
+    ) -> Option<Rebuilding<'_>> {
+        let slot = kind.slot();
+        let started = self.with(gw, server, |t| {
+            if t.building[slot] {
+                return false;
+            }
+            t.building[slot] = true;
+            t.attempted[slot] = Some(now);
+            true
+        });
+        // (An older generation works on throwaway tables: it always starts, and its guard
+        // touches nothing when dropped.)
+        started.then_some(Rebuilding {
+            catalogs: self,
+            generation: gw.generation,
+            server,
+            slot,
+        })
     }
 
     /// Marks a server's table stale (an upstream announced `list_changed`).
@@ -208,13 +289,17 @@ pub(super) async fn names_for(
     name: &str,
 ) -> Rc<NameTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
+    let now = w.shutdown.now();
     if let Some((t, at, stale)) = w.catalogs.names(gw, server, kind) {
-        let age = w.shutdown.now().saturating_duration_since(at);
-        let fresh = !stale && age < interval;
+        let fresh = !stale && now.saturating_duration_since(at) < interval;
         let hit = t.resolve(name).is_some();
+        let recent = w
+            .catalogs
+            .since_attempt(gw, server, kind, now)
+            .is_some_and(|d| d < MISS_REFRESH);
         if fresh
             && (hit
-                || age < MISS_REFRESH
+                || recent
                     && !w.catalogs.rebuild_partial(
                         gw,
                         server,
@@ -226,6 +311,17 @@ pub(super) async fn names_for(
             return t;
         }
     }
+    let _rebuilding = loop {
+        if let Some(r) = w.catalogs.begin_rebuild(gw, server, kind, now) {
+            break r;
+        }
+        // Another request of this worker is rebuilding it: use the table there is, or wait
+        // for the first one.
+        if let Some((t, _, _)) = w.catalogs.names(gw, server, kind) {
+            return t;
+        }
+        monoio::time::sleep(WAIT_FOR_BUILD).await;
+    };
     let list = if kind == TableKind::Tools {
         ListKind::Tools
     } else {
@@ -278,17 +374,22 @@ pub(super) async fn uris_for(
     uri: &str,
 ) -> Rc<UriTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
+    let now = w.shutdown.now();
+    let kind = TableKind::Resources;
     if let Some((t, at, stale)) = w.catalogs.uris(gw, server) {
-        let age = w.shutdown.now().saturating_duration_since(at);
-        let fresh = !stale && age < interval;
+        let fresh = !stale && now.saturating_duration_since(at) < interval;
         let hit = t.route(uri).is_some();
+        let recent = w
+            .catalogs
+            .since_attempt(gw, server, kind, now)
+            .is_some_and(|d| d < MISS_REFRESH);
         if fresh
             && (hit
-                || age < MISS_REFRESH
+                || recent
                     && !w.catalogs.rebuild_partial(
                         gw,
                         server,
-                        TableKind::Resources,
+                        kind,
                         claims,
                         super::super::unix_now(),
                     ))
@@ -296,6 +397,15 @@ pub(super) async fn uris_for(
             return t;
         }
     }
+    let _rebuilding = loop {
+        if let Some(r) = w.catalogs.begin_rebuild(gw, server, kind, now) {
+            break r;
+        }
+        if let Some((t, _, _)) = w.catalogs.uris(gw, server) {
+            return t;
+        }
+        monoio::time::sleep(WAIT_FOR_BUILD).await;
+    };
     let s = &gw.config.servers[server];
     let resources = fetch_all(w, gw, server, claims, trace, ListKind::Resources, "uri").await;
     let mut missing = missing_of(gw, server, &resources);
@@ -714,6 +824,12 @@ fn expose(
             if !s.resources.filter.allows(uri) {
                 return false;
             }
+            // Written back as decided: a duplicated `uri` key cannot show a client another.
+            let uri = uri.to_owned();
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("uri", sonic_rs::Value::from(uri.as_str()));
+            }
+            let uri = uri.as_str();
             match tables.uris {
                 // Listed by this upstream in the table: shown. Routed elsewhere (the same URI
                 // from an earlier upstream): hidden, as reads go there. Unknown: new, shown.
@@ -733,6 +849,11 @@ fn expose(
             if !s.resources.filter.allows(tpl) {
                 return false;
             }
+            let tpl = tpl.to_owned();
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("uriTemplate", sonic_rs::Value::from(tpl.as_str()));
+            }
+            let tpl = tpl.as_str();
             match tables.uris {
                 Some(t) if t.exposes_template(member, tpl) => true,
                 Some(t) if t.templates().any(|(m, x)| m != member && overlaps(x, tpl)) => false,

@@ -135,6 +135,11 @@ pub(super) async fn by_uri(
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
     };
     let uri = String::from_utf8_lossy(uri.get()).into_owned();
+    // The URI itself must pass the filter: an allowed template must not open a denied URI.
+    if !gw.config.servers[server].resources.filter.allows(&uri) {
+        let why = format!("Unknown resource: {uri}");
+        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+    }
     let table = lists::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
     let Some(member) = table.route(&uri) else {
         let why = format!("Unknown resource: {uri}");
@@ -189,8 +194,12 @@ pub(super) async fn completion(
         }
         "ref/resource" => {
             let uri = r["uri"].as_str().unwrap_or_default().to_string();
-            let table = lists::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
-            table.route(&uri)
+            if gw.config.servers[server].resources.filter.allows(&uri) {
+                let table = lists::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
+                table.route(&uri)
+            } else {
+                None
+            }
         }
         _ => None,
     };
@@ -199,7 +208,19 @@ pub(super) async fn completion(
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
-    let body = serde_json::to_vec(&v).unwrap_or_default();
+    // Written again, but with the client's own id bytes (serde would respell `1E2` as `100.0`).
+    const MARK: &str = "\u{0}tollgate-id\u{0}";
+    let id = ctx.answer_id().map(<[u8]>::to_vec);
+    if id.is_some() {
+        v["id"] = serde_json::Value::String(MARK.into());
+    }
+    let mut body = serde_json::to_vec(&v).unwrap_or_default();
+    if let Some(id) = id {
+        let mark = serde_json::to_vec(MARK).unwrap_or_default();
+        if let Some(at) = memchr::memmem::find(&body, &mark) {
+            body.splice(at..at + mark.len(), id);
+        }
+    }
     send(w, c, ctx, &req, u, &body).await
 }
 
