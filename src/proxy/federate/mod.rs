@@ -11,8 +11,8 @@
 //! server→client requests go back to the upstream whose wrapped id they carry.
 //!
 //! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
-//! (initialize fan-out and the composed result), `lists` (aggregated lists and the per-worker
-//! routing tables), `route` (routed requests), `probe` (`tollgate check --probe`: the same
+//! (initialize fan-out and the composed result), `lists` (aggregated lists), `tables` (the per-worker
+//! routing tables), `route` (routed requests), `stream` (event streams: rewritten POST replies, the merged GET), `probe` (`tollgate check --probe`: the same
 //! exchanges and tables, reported).
 
 mod compose;
@@ -21,9 +21,10 @@ mod lists;
 pub mod probe;
 mod route;
 pub(super) mod stream;
+mod tables;
 
-pub use lists::Catalogs;
-pub(super) use lists::{fresh_route, TableKind};
+pub use tables::Catalogs;
+pub(super) use tables::{fresh_route, TableKind};
 
 use std::rc::Rc;
 

@@ -15,7 +15,7 @@ use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{forward, refuse, Next, Then};
 use super::exchange;
-use super::lists::{self, TableKind};
+use super::tables::{self, TableKind};
 use super::FedRequest;
 
 /// The upstream session of member `u`, or the refusal naming the upstream the session lacks.
@@ -88,7 +88,7 @@ pub(super) async fn by_name(
             return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
         }
     };
-    let table = lists::names_for(w, gw, server, &claims, &req.trace, kind, &name).await;
+    let table = tables::names_for(w, gw, server, &claims, &req.trace, kind, &name).await;
     let Some((member, original)) = table.resolve(&name) else {
         // A name in the space of an upstream this session does not hold: say so (the session
         // could not open it), rather than that the name is unknown.
@@ -140,7 +140,7 @@ pub(super) async fn by_uri(
         let why = format!("Unknown resource: {uri}");
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
     }
-    let table = lists::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
+    let table = tables::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
     let Some(member) = table.route(&uri) else {
         let why = format!("Unknown resource: {uri}");
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
@@ -174,7 +174,7 @@ pub(super) async fn completion(
     let member = match kind.as_str() {
         "ref/prompt" => {
             let name = r["name"].as_str().unwrap_or_default().to_string();
-            let table = lists::names_for(
+            let table = tables::names_for(
                 w,
                 gw,
                 server,
@@ -195,7 +195,7 @@ pub(super) async fn completion(
         "ref/resource" => {
             let uri = r["uri"].as_str().unwrap_or_default().to_string();
             if gw.config.servers[server].resources.filter.allows(&uri) {
-                let table = lists::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
+                let table = tables::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
                 table.route(&uri)
             } else {
                 None

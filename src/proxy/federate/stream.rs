@@ -25,7 +25,7 @@ use super::super::context::Ctx;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{refuse, Next};
-use super::lists::TableKind;
+use super::tables::TableKind;
 
 /// Largest event the gateway decodes from an upstream stream (a tool result can be large).
 const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
