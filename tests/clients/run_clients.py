@@ -33,6 +33,7 @@ REPO = HERE.parent.parent
 TOOLS = Path(os.environ.get("TOLLGATE_TOOLS_DIR", REPO / ".tools"))
 NODE_BIN = TOOLS / "node" / "node_modules" / ".bin"
 NPM_DIR = TOOLS / "npm"
+PY_MCP1_BIN = TOOLS / "py-mcp1" / "bin" / "python"  # runs python/py_server.py (mcp 1.x FastMCP)
 EVERYTHING_JS = NPM_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 
 READY_DEADLINE_S = 60.0  # debug build, 2 shared cores: generous, but bounded
@@ -201,7 +202,8 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp"}
+SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp"}
+TARGETS = ("demo", "everything", "py")
 
 
 def write_config(path: Path, upstreams: dict[str, str]) -> None:
@@ -253,18 +255,20 @@ def main() -> int:
         everything = Service("server-everything", [str(NODE_BIN / "node"), "--require", str(HERE / "lib" / "loopback.cjs"),
                                                    str(EVERYTHING_JS), "streamableHttp"], workdir, env=env, ready_via_env=True)
         services.append(everything)
+        py_server = Service("py-server", [str(PY_MCP1_BIN), str(HERE / "python" / "py_server.py")], workdir, env=env)
+        services.append(py_server)
         for svc in list(services):
             try:
                 ready = svc.wait_ready()
                 tally.ok(f"start {svc.name} ({ready['listen']})")
-                target = "demo" if svc.name == "demo-upstream" else "everything"
+                target = {"demo-upstream": "demo", "server-everything": "everything", "py-server": "py"}[svc.name]
                 urls[("direct", target)] = f"http://{ready['listen']}/mcp"
             except Exception as exc:
                 tally.fail(f"start {svc.name}", str(exc))
 
         # Put tollgate in front of whichever upstreams came up, so one broken upstream
         # does not hide what the gateway does with the other.
-        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in ("demo", "everything") if ("direct", t) in urls}
+        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in TARGETS if ("direct", t) in urls}
         if args.via != "direct" and upstreams:
             config = workdir / "tollgate.yaml"
             write_config(config, upstreams)
@@ -288,7 +292,7 @@ def main() -> int:
 
         vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
         for via in vias:
-            for target in ("demo", "everything"):
+            for target in TARGETS:
                 url = urls.get((via, target))
                 if url is None:
                     tally.fail(f"{via} {target}", "not reachable: every client check skipped")

@@ -34,7 +34,7 @@ class Adapter(Protocol):
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("url", help="MCP endpoint, e.g. http://127.0.0.1:PORT/mcp")
-    parser.add_argument("profile", choices=["demo", "everything"], help="which fixture set the upstream serves")
+    parser.add_argument("profile", choices=[k for k in json.loads(FIXTURES.read_text()) if not k.startswith("_")], help="which fixture set the upstream serves")
     return parser.parse_args()
 
 
