@@ -202,8 +202,10 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp"}
-TARGETS = ("demo", "everything", "py")
+SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp"}
+TARGETS = ("demo", "everything", "py", "federated")
+FEDERATED = ("demo", "everything", "py")  # upstreams behind /fed/mcp, in this order
+TOLLGATE_ONLY = {"federated"}  # targets with no direct URL: each upstream's own target is the control
 
 
 def write_config(path: Path, upstreams: dict[str, str]) -> None:
@@ -215,6 +217,9 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
     lines += [f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
     lines.append("servers:")
     lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams]
+    fed = [name for name in FEDERATED if name in upstreams]
+    if fed:
+        lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -277,7 +282,7 @@ def main() -> int:
             try:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
-                for target in upstreams:
+                for target in [*upstreams, "federated"]:
                     urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")
@@ -293,6 +298,9 @@ def main() -> int:
         vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
         for via in vias:
             for target in TARGETS:
+                if via == "direct" and target in TOLLGATE_ONLY:
+                    print(f"---- direct -> {target}: none (reachable only through tollgate)", flush=True)
+                    continue
                 url = urls.get((via, target))
                 if url is None:
                     tally.fail(f"{via} {target}", "not reachable: every client check skipped")

@@ -2,7 +2,7 @@
 // The same checks as tests/clients/python/checks.py, from tests/clients/fixtures.json,
 // one line per check (`ok NAME` / `FAIL NAME: why`); exit code = number of failures.
 //
-// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py
+// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py|federated
 // The SDK is resolved from .tools/npm (installed by scripts/install-tools.sh).
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -16,8 +16,8 @@ const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
 const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
 
 const [url, profile] = process.argv.slice(2);
-if (!url || !["demo", "everything", "py"].includes(profile)) {
-  console.error("usage: sdk1_client.mjs URL demo|everything|py");
+if (!url || !["demo", "everything", "py", "federated"].includes(profile)) {
+  console.error("usage: sdk1_client.mjs URL demo|everything|py|federated");
   process.exit(2);
 }
 const fx = JSON.parse(readFileSync(join(here, "..", "fixtures.json"), "utf8"))[profile];
