@@ -4,11 +4,17 @@
 Starts, on 127.0.0.1 and ephemeral ports, each waited for through its ready file:
   - `tollgate demo-upstream` (the built-in demo MCP server),
   - @modelcontextprotocol/server-everything (pinned to loopback by lib/loopback.cjs),
-  - `tollgate run` with both behind it (/mcp -> demo, /everything/mcp -> everything).
+  - python/py_server.py (a Python SDK mcp 1.x FastMCP server, the py-mcp1 venv),
+  - `tollgate run` with them behind it (/mcp -> demo, /everything/mcp -> everything,
+    /py/mcp -> py) and one federated endpoint /fed/mcp with upstreams: [demo, everything, py].
 Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x, Inspector CLI)
-against each upstream, first directly, then through tollgate, and prints one line per check:
+against each target, first directly, then through tollgate, and prints one line per check:
 `ok CLIENT VIA UPSTREAM: CHECK` or `FAIL ...`. A check that fails through tollgate but
-passes directly is the gateway's. Everything it started is stopped on exit, failure or signal.
+passes directly is the gateway's. The `federated` target exists only through tollgate (each
+upstream's own target is its control); on it the clients call a tool and read a resource of
+each upstream, and a client with handlers answers the sampling and elicitation requests the py
+upstream sends (fixtures "sampling"/"elicitation"; a client without one prints an
+`ok ... skipped: reason` line). Everything it started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
 Needs scripts/install-tools.sh to have run (stdlib only otherwise).
