@@ -72,6 +72,14 @@ def main() -> None:
     check(f"tools/call {fx['tool']['name']} {fx['inspector_tool_arg']}", tools_call)
     check("resources/read", resources_read)
     check(f"prompts/get {fx['prompt']['name']}", prompts_get)
+    for uri in fx.get("resources_each", []):  # a resource of each upstream (federated)
+        def read_each(uri=uri):
+            contents = inspector(url, "--method", "resources/read", "--uri", uri)["contents"]
+            return None if contents and contents[0].get("uri") == uri else f"contents {contents!r:.300}"
+        check(f"resources/read {uri}", read_each)
+    for key in ("sampling", "elicitation"):
+        if key in fx:
+            print(f"ok {key} {fx[key]['name']} skipped: the Inspector CLI cannot answer server->client requests", flush=True)
     sys.exit(min(failures, 100))
 
 
