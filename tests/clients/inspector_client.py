@@ -1,7 +1,7 @@
 """The MCP Inspector CLI (`mcp-inspector --cli URL --transport http --method ...`) against one endpoint.
 
 Each check is one CLI process (a fresh session), as a person would run it.
-Usage: python3 tests/clients/inspector_client.py URL demo|everything   (stdlib only)
+Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated   (stdlib only)
 Needs `mcp-inspector` and Node 22 first on PATH (the driver sets both).
 """
 
@@ -44,8 +44,8 @@ def check(name: str, body) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything"):
-        sys.exit("usage: inspector_client.py URL demo|everything")
+    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything", "py", "federated"):
+        sys.exit("usage: inspector_client.py URL demo|everything|py|federated")
     url, profile = sys.argv[1], sys.argv[2]
     fx = json.loads(FIXTURES.read_text())[profile]
 
@@ -72,6 +72,14 @@ def main() -> None:
     check(f"tools/call {fx['tool']['name']} {fx['inspector_tool_arg']}", tools_call)
     check("resources/read", resources_read)
     check(f"prompts/get {fx['prompt']['name']}", prompts_get)
+    for uri in fx.get("resources_each", []):  # a resource of each upstream (federated)
+        def read_each(uri=uri):
+            contents = inspector(url, "--method", "resources/read", "--uri", uri)["contents"]
+            return None if contents and contents[0].get("uri") == uri else f"contents {contents!r:.300}"
+        check(f"resources/read {uri}", read_each)
+    for key in ("sampling", "elicitation"):
+        if key in fx:
+            print(f"ok {key} {fx[key]['name']} skipped: the Inspector CLI cannot answer server->client requests", flush=True)
     sys.exit(min(failures, 100))
 
 

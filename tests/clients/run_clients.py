@@ -4,11 +4,17 @@
 Starts, on 127.0.0.1 and ephemeral ports, each waited for through its ready file:
   - `tollgate demo-upstream` (the built-in demo MCP server),
   - @modelcontextprotocol/server-everything (pinned to loopback by lib/loopback.cjs),
-  - `tollgate run` with both behind it (/mcp -> demo, /everything/mcp -> everything).
+  - python/py_server.py (a Python SDK mcp 1.x FastMCP server, the py-mcp1 venv),
+  - `tollgate run` with them behind it (/mcp -> demo, /everything/mcp -> everything,
+    /py/mcp -> py) and one federated endpoint /fed/mcp with upstreams: [demo, everything, py].
 Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x, Inspector CLI)
-against each upstream, first directly, then through tollgate, and prints one line per check:
+against each target, first directly, then through tollgate, and prints one line per check:
 `ok CLIENT VIA UPSTREAM: CHECK` or `FAIL ...`. A check that fails through tollgate but
-passes directly is the gateway's. Everything it started is stopped on exit, failure or signal.
+passes directly is the gateway's. The `federated` target exists only through tollgate (each
+upstream's own target is its control); on it the clients call a tool and read a resource of
+each upstream, and a client with handlers answers the sampling and elicitation requests the py
+upstream sends (fixtures "sampling"/"elicitation"; a client without one prints an
+`ok ... skipped: reason` line). Everything it started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
 Needs scripts/install-tools.sh to have run (stdlib only otherwise).
@@ -33,6 +39,7 @@ REPO = HERE.parent.parent
 TOOLS = Path(os.environ.get("TOLLGATE_TOOLS_DIR", REPO / ".tools"))
 NODE_BIN = TOOLS / "node" / "node_modules" / ".bin"
 NPM_DIR = TOOLS / "npm"
+PY_MCP1_BIN = TOOLS / "py-mcp1" / "bin" / "python"  # runs python/py_server.py (mcp 1.x FastMCP)
 EVERYTHING_JS = NPM_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 
 READY_DEADLINE_S = 60.0  # debug build, 2 shared cores: generous, but bounded
@@ -201,7 +208,10 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp"}
+SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp"}
+TARGETS = ("demo", "everything", "py", "federated")
+FEDERATED = ("demo", "everything", "py")  # upstreams behind /fed/mcp, in this order
+TOLLGATE_ONLY = {"federated"}  # targets with no direct URL: each upstream's own target is the control
 
 
 def write_config(path: Path, upstreams: dict[str, str]) -> None:
@@ -213,6 +223,9 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
     lines += [f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
     lines.append("servers:")
     lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams]
+    fed = [name for name in FEDERATED if name in upstreams]
+    if fed:
+        lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -253,18 +266,20 @@ def main() -> int:
         everything = Service("server-everything", [str(NODE_BIN / "node"), "--require", str(HERE / "lib" / "loopback.cjs"),
                                                    str(EVERYTHING_JS), "streamableHttp"], workdir, env=env, ready_via_env=True)
         services.append(everything)
+        py_server = Service("py-server", [str(PY_MCP1_BIN), str(HERE / "python" / "py_server.py")], workdir, env=env)
+        services.append(py_server)
         for svc in list(services):
             try:
                 ready = svc.wait_ready()
                 tally.ok(f"start {svc.name} ({ready['listen']})")
-                target = "demo" if svc.name == "demo-upstream" else "everything"
+                target = {"demo-upstream": "demo", "server-everything": "everything", "py-server": "py"}[svc.name]
                 urls[("direct", target)] = f"http://{ready['listen']}/mcp"
             except Exception as exc:
                 tally.fail(f"start {svc.name}", str(exc))
 
         # Put tollgate in front of whichever upstreams came up, so one broken upstream
         # does not hide what the gateway does with the other.
-        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in ("demo", "everything") if ("direct", t) in urls}
+        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in TARGETS if ("direct", t) in urls}
         if args.via != "direct" and upstreams:
             config = workdir / "tollgate.yaml"
             write_config(config, upstreams)
@@ -273,7 +288,7 @@ def main() -> int:
             try:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
-                for target in upstreams:
+                for target in [*upstreams, "federated"]:
                     urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")
@@ -288,7 +303,10 @@ def main() -> int:
 
         vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
         for via in vias:
-            for target in ("demo", "everything"):
+            for target in TARGETS:
+                if via == "direct" and target in TOLLGATE_ONLY:
+                    print(f"---- direct -> {target}: none (reachable only through tollgate)", flush=True)
+                    continue
                 url = urls.get((via, target))
                 if url is None:
                     tally.fail(f"{via} {target}", "not reachable: every client check skipped")

@@ -34,7 +34,7 @@ class Adapter(Protocol):
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("url", help="MCP endpoint, e.g. http://127.0.0.1:PORT/mcp")
-    parser.add_argument("profile", choices=["demo", "everything"], help="which fixture set the upstream serves")
+    parser.add_argument("profile", choices=[k for k in json.loads(FIXTURES.read_text()) if not k.startswith("_")], help="which fixture set the upstream serves")
     return parser.parse_args()
 
 
@@ -188,6 +188,28 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
     await report.check("prompts/list", prompts_list)
     await report.check(f"prompts/get {fx['prompt']['name']}", prompts_get)
     await report.check(f"progress {fx['progress']['name']}", progress)
+    for spec in fx.get("calls_each", []):  # a tool of each upstream (federated)
+        async def call_each(spec=spec):
+            result = await adapter.call_tool(spec["name"], spec["arguments"])
+            got = " ".join(texts(result))
+            return None if not result.get("isError") and spec["expect_contains"] in got else f"result {got[:200]!r}"
+        await report.check(f"tools/call {spec['name']}", call_each)
+    for uri in fx.get("resources_each", []):  # a resource of each upstream (federated)
+        async def read_each(uri=uri):
+            contents = (await adapter.read_resource(uri)).get("contents", [])
+            return None if contents and contents[0].get("uri") == uri else f"contents {contents!r:.200}"
+        await report.check(f"resources/read {uri}", read_each)
+    for key in ("sampling", "elicitation"):  # the client's handler answers with fixtures' "answer"
+        if key not in fx:
+            continue
+        if not getattr(adapter, "answers_" + key, False):
+            report.ok(f"{key} {fx[key]['name']} skipped: this client has no {key} handler here")
+            continue
+        async def server_request(spec=fx[key]):
+            result = await adapter.call_tool(spec["name"], spec["arguments"])
+            got = " ".join(texts(result))
+            return None if not result.get("isError") and spec["expect_contains"] in got else f"result {got[:200]!r}"
+        await report.check(f"{key} {fx[key]['name']}", server_request)
     if "structured" in fx:
         await report.check(f"structuredContent {fx['structured']['name']}", structured)
     if "large" in fx:

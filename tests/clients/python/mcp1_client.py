@@ -9,7 +9,7 @@ import warnings
 from datetime import timedelta
 from typing import Any
 
-from mcp import ClientSession
+from mcp import ClientSession, types
 
 # `streamablehttp_client` is deprecated in late 1.x, but it is what most 1.x code in the
 # wild calls, so it is the one worth testing.
@@ -24,6 +24,9 @@ def as_wire(model: Any) -> dict:
 
 
 class Mcp1(checks.Adapter):
+    answers_sampling = True
+    answers_elicitation = True
+
     def __init__(self, session: ClientSession) -> None:
         self.session = session
 
@@ -47,8 +50,16 @@ class Mcp1(checks.Adapter):
 
 
 async def connect(url: str, fx: dict, report: checks.Report) -> None:
+    async def sampling(_ctx, _params):  # fixed content; the tool's result must carry it
+        answer = fx.get("sampling", {}).get("answer", "")
+        return types.CreateMessageResult(role="assistant", model="fixed", content=types.TextContent(type="text", text=answer))
+
+    async def elicitation(_ctx, _params):
+        return types.ElicitResult(action="accept", content=fx.get("elicitation", {}).get("answer", {}))
+
     async with streamablehttp_client(url, timeout=30) as (read, write, _session_id):
-        async with ClientSession(read, write, read_timeout_seconds=timedelta(seconds=30)) as session:
+        async with ClientSession(read, write, read_timeout_seconds=timedelta(seconds=30),
+                                 sampling_callback=sampling, elicitation_callback=elicitation) as session:
             init = await session.initialize()
             report.ok(f"initialize ({init.protocolVersion})")
             await checks.run_checks(Mcp1(session), fx, report)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mcp import Client
+from mcp import Client, types
 
 import checks
 
@@ -20,6 +20,9 @@ def as_wire(model: Any) -> dict:
 
 
 class Mcp2(checks.Adapter):
+    answers_sampling = True
+    answers_elicitation = True
+
     def __init__(self, client: Client) -> None:
         self.client = client
 
@@ -44,7 +47,15 @@ class Mcp2(checks.Adapter):
 
 async def connect(url: str, fx: dict, report: checks.Report) -> None:
     mode = os.environ.get("MCP_CLIENT_MODE", "legacy")
-    async with Client(url, mode=mode, read_timeout_seconds=30) as client:
+    async def sampling(_ctx, _params):  # fixed content; the tool's result must carry it
+        answer = fx.get("sampling", {}).get("answer", "")
+        return types.CreateMessageResult(role="assistant", model="fixed", content=types.TextContent(type="text", text=answer))
+
+    async def elicitation(_ctx, _params):
+        return types.ElicitResult(action="accept", content=fx.get("elicitation", {}).get("answer", {}))
+
+    async with Client(url, mode=mode, read_timeout_seconds=30,
+                      sampling_callback=sampling, elicitation_callback=elicitation) as client:
         report.ok(f"initialize ({client.protocol_version})")
         await checks.run_checks(Mcp2(client), fx, report)
 

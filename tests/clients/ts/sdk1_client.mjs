@@ -2,7 +2,7 @@
 // The same checks as tests/clients/python/checks.py, from tests/clients/fixtures.json,
 // one line per check (`ok NAME` / `FAIL NAME: why`); exit code = number of failures.
 //
-// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything
+// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py|federated
 // The SDK is resolved from .tools/npm (installed by scripts/install-tools.sh).
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -14,10 +14,11 @@ const repo = join(here, "..", "..", "..");
 const require = createRequire(join(process.env.TOLLGATE_NPM_DIR || join(repo, ".tools", "npm"), "package.json"));
 const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
 const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
+const { CreateMessageRequestSchema, ElicitRequestSchema } = require("@modelcontextprotocol/sdk/types.js");
 
 const [url, profile] = process.argv.slice(2);
-if (!url || !["demo", "everything"].includes(profile)) {
-  console.error("usage: sdk1_client.mjs URL demo|everything");
+if (!url || !["demo", "everything", "py", "federated"].includes(profile)) {
+  console.error("usage: sdk1_client.mjs URL demo|everything|py|federated");
   process.exit(2);
 }
 const fx = JSON.parse(readFileSync(join(here, "..", "fixtures.json"), "utf8"))[profile];
@@ -41,7 +42,12 @@ async function check(name, body) {
 const texts = (result) => (result.content ?? []).filter((c) => c.type === "text").map((c) => c.text);
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
-const client = new Client({ name: "tollgate-tests-sdk1", version: "0" });
+const client = new Client({ name: "tollgate-tests-sdk1", version: "0" }, { capabilities: { sampling: {}, elicitation: {} } });
+// Fixed answers to an upstream's server->client requests; the tool result must carry them.
+client.setRequestHandler(CreateMessageRequestSchema, async () => ({
+  role: "assistant", model: "fixed", content: { type: "text", text: fx.sampling?.answer ?? "" },
+}));
+client.setRequestHandler(ElicitRequestSchema, async () => ({ action: "accept", content: fx.elicitation?.answer ?? {} }));
 try {
   await client.connect(new StreamableHTTPClientTransport(new URL(url)), TIMEOUT);
   ok(`initialize (${client.transport?.protocolVersion ?? "?"})`);
@@ -91,6 +97,28 @@ await check(`progress ${fx.progress.name}`, async () => {
   if (seen.length < fx.progress.min_notifications) return `${seen.length} progress notifications, wanted >= ${fx.progress.min_notifications}`;
   return same(seen, [...seen].sort((a, b) => a - b)) ? null : `progress not increasing: ${seen}`;
 });
+for (const spec of fx.calls_each ?? []) {  // a tool of each upstream (federated)
+  await check(`tools/call ${spec.name}`, async () => {
+    const result = await client.callTool({ name: spec.name, arguments: spec.arguments }, undefined, TIMEOUT);
+    const got = texts(result).join(" ");
+    return !result.isError && got.includes(spec.expect_contains) ? null : `result ${got.slice(0, 200)}`;
+  });
+}
+for (const uri of fx.resources_each ?? []) {  // a resource of each upstream (federated)
+  await check(`resources/read ${uri}`, async () => {
+    const contents = (await client.readResource({ uri }, TIMEOUT)).contents;
+    return contents.length && contents[0].uri === uri ? null : `contents ${JSON.stringify(contents).slice(0, 200)}`;
+  });
+}
+for (const key of ["sampling", "elicitation"]) {
+  const spec = fx[key];
+  if (!spec) continue;
+  await check(`${key} ${spec.name}`, async () => {
+    const result = await client.callTool({ name: spec.name, arguments: spec.arguments }, undefined, TIMEOUT);
+    const got = texts(result).join(" ");
+    return !result.isError && got.includes(spec.expect_contains) ? null : `result ${got.slice(0, 200)}`;
+  });
+}
 if (fx.structured) {
   await check(`structuredContent ${fx.structured.name}`, async () => {
     const result = await client.callTool({ name: fx.structured.name, arguments: fx.structured.arguments }, undefined, TIMEOUT);
