@@ -68,7 +68,8 @@ class Proc:
                                      env=env, cwd=cwd, start_new_session=True)
 
     def text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
@@ -133,10 +134,15 @@ def run_suite(cli: Path, extra: list[str], url: str, out: Path, scenario: str | 
     """Runs the suite (or one scenario) and returns {(scenario, check id): status}."""
     if out.exists():
         shutil.rmtree(out)
+    if scenario:
+        # One scenario: a requirement set cannot be combined with --scenario (it fixes the
+        # scenarios itself), and the scenario is the same one either way.
+        extra = [a for i, a in enumerate(extra)
+                 if a != "--requirements" and (i == 0 or extra[i - 1] != "--requirements")]
     argv = [str(NODE), str(cli), "server", "--url", url, "-o", str(out), *extra]
     if scenario:
         argv += ["--scenario", scenario]
-    log = out.with_suffix(".log")
+    log = out.parent / (out.name + ".log")
     with open(log, "wb") as f:
         try:
             subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
