@@ -261,6 +261,18 @@ pub fn render_rpc_error(out: &mut Vec<u8>, id: &[u8], code: i32, message: &str) 
 }
 
 /// Appends `s` as a JSON string literal (with quotes).
+/// How many bytes `json_escape_into` writes for `s` (quotes included), without writing them.
+pub fn json_escaped_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            b if b < 0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 pub fn json_escape_into(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for c in s.chars() {
@@ -285,6 +297,22 @@ pub fn json_escape_into(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_len_is_what_escape_writes() {
+        for t in [
+            "",
+            "echo",
+            "a\"b\\c",
+            "line\nnext\r\ttab",
+            "\u{1}\u{1f}",
+            "h\u{e9}llo \u{1F600}",
+        ] {
+            let mut out = Vec::new();
+            json_escape_into(&mut out, t);
+            assert_eq!(json_escaped_len(t), out.len(), "{t:?}");
+        }
+    }
 
     #[test]
     fn labels_are_unique_and_indexes_stable() {

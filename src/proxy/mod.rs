@@ -415,19 +415,25 @@ fn upstream_session_headers(
     buf: &[u8],
 ) {
     if let Some(up) = up {
-        if let Some(sid) = &up.session_id {
-            response::header(out, b"mcp-session-id", sid.as_bytes());
-        }
-        if up.protocol_version.has_version_header() {
-            response::header(
-                out,
-                b"mcp-protocol-version",
-                up.protocol_version.as_str().as_bytes(),
-            );
-        }
+        session_header_lines(out, up);
     }
     for (n, v) in &head.trace {
         response::header(out, &buf[n.clone()], &buf[v.clone()]);
+    }
+}
+
+/// The header lines an upstream request in session `up` carries: its `Mcp-Session-Id` (if it
+/// issued one) and `MCP-Protocol-Version` (revisions that have the header).
+fn session_header_lines(out: &mut Vec<u8>, up: &UpstreamSession) {
+    if let Some(sid) = &up.session_id {
+        response::header(out, b"mcp-session-id", sid.as_bytes());
+    }
+    if up.protocol_version.has_version_header() {
+        response::header(
+            out,
+            b"mcp-protocol-version",
+            up.protocol_version.as_str().as_bytes(),
+        );
     }
 }
 
@@ -528,13 +534,9 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         }
         let mut trace = Vec::new();
         upstream_session_headers(&mut trace, None, &head, buf);
-        let req = federate::FedRequest {
-            claims,
-            trace,
-            body: body.to_vec(),
-        };
+        let body = body.to_vec();
         c.conn.consume(used);
-        return federate::post(w, c, ctx, req).await;
+        return federate::post(w, c, ctx, claims, trace, body).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();
@@ -577,21 +579,20 @@ fn federated_direct(
     let name = std::str::from_utf8(m.name.as_ref()?.get()).ok()?;
     let span = m.name_span.clone()?;
     let server = ctx.server?;
-    let (table, member) = federate::fresh_route(w, gw, server, kind, name)?;
-    let original = table.resolve(name)?.1;
+    let table = federate::fresh_names(w, gw, server, kind)?;
+    let (member, original) = table.resolve(name)?;
     let u = gw.config.servers[server].upstreams[member].upstream;
     let session = upstream_session(gw, claims, u)?;
     let (start, end) = (span.start as usize, span.end as usize);
     let up = &gw.upstreams[u];
     out.clear();
     out.extend_from_slice(&up.post_prefix);
-    let mut quoted = Vec::with_capacity(original.len() + 2);
-    crate::error::json_escape_into(&mut quoted, original);
-    response::content_length(out, (body.len() - (end - start) + quoted.len()) as u64);
+    let name_len = crate::error::json_escaped_len(original);
+    response::content_length(out, (body.len() - (end - start) + name_len) as u64);
     upstream_session_headers(out, Some(session), head, buf);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(&quoted);
+    crate::error::json_escape_into(out, original);
     out.extend_from_slice(&body[end..]);
     Some((u, session.session_id.is_some()))
 }

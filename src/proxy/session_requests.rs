@@ -181,13 +181,7 @@ pub(super) async fn delete(
             let su = upstream_session(gw, Some(&claims), m.upstream)?;
             su.session_id.as_ref()?;
             let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
-            if let Some(sid) = &su.session_id {
-                response::header(&mut req, b"mcp-session-id", sid.as_bytes());
-            }
-            if su.protocol_version.has_version_header() {
-                let v = su.protocol_version.as_str().as_bytes();
-                response::header(&mut req, b"mcp-protocol-version", v);
-            }
+            super::session_header_lines(&mut req, su);
             req.extend_from_slice(b"\r\n");
             Some(end_upstream_session(w, gw, m.upstream, req))
         });

@@ -25,7 +25,6 @@ use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{refuse, unix_now, Next};
 use super::exchange::{self, Reply};
-use super::FedRequest;
 
 /// What one upstream's initialize gave.
 struct Opened {
@@ -39,7 +38,8 @@ pub(super) async fn initialize(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
-    req: FedRequest,
+    trace: &[u8],
+    body: &[u8],
 ) -> Next {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
@@ -51,7 +51,7 @@ pub(super) async fn initialize(
         .map(|m| m.upstream)
         .collect();
     let calls = members.iter().map(|&u| {
-        let r = exchange::post_request(gw, u, None, &req.trace, &req.body);
+        let r = exchange::post_request(gw, u, None, trace, body);
         async move { (u, exchange::whole(w, gw, u, r).await) }
     });
     let replies = join_all(calls).await;

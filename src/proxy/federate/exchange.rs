@@ -6,7 +6,7 @@ use crate::error::{Error, Kind};
 use crate::http::response;
 use crate::http::sse;
 use crate::jsonrpc::{self, Body, MessageKind};
-use crate::mcp::session::{SessionClaims, UpstreamSession};
+use crate::mcp::session::UpstreamSession;
 
 use super::super::state::{Gateway, WorkerState};
 use super::super::upstream;
@@ -24,16 +24,6 @@ pub struct Reply {
     pub sse: bool,
 }
 
-/// The upstream session a client session holds with upstream `u`.
-pub fn session_of<'a>(
-    gw: &Gateway,
-    claims: Option<&'a SessionClaims>,
-    u: usize,
-) -> Option<&'a UpstreamSession> {
-    let id = gw.upstreams[u].id;
-    claims.and_then(|cl| cl.upstreams.iter().find(|s| s.upstream == id))
-}
-
 /// A POST of `body` to upstream `u` with its session (if any) and the request's trace headers.
 pub fn post_request(
     gw: &Gateway,
@@ -47,16 +37,7 @@ pub fn post_request(
     req.extend_from_slice(&up.post_prefix);
     response::content_length(&mut req, body.len() as u64);
     if let Some(s) = session {
-        if let Some(sid) = &s.session_id {
-            response::header(&mut req, b"mcp-session-id", sid.as_bytes());
-        }
-        if s.protocol_version.has_version_header() {
-            response::header(
-                &mut req,
-                b"mcp-protocol-version",
-                s.protocol_version.as_str().as_bytes(),
-            );
-        }
+        super::super::session_header_lines(&mut req, s);
     }
     req.extend_from_slice(trace);
     req.extend_from_slice(b"\r\n");

@@ -115,9 +115,7 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
     let s = &gw.config.servers[server];
-    let Some(claims) = req.claims.clone() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = req.claims.clone();
     let list = match ctx.method() {
         Method::ToolsList => ListKind::Tools,
         Method::PromptsList => ListKind::Prompts,
@@ -128,7 +126,9 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
     let order: Vec<u64> = s
         .upstreams
         .iter()
-        .filter_map(|m| exchange::session_of(gw, Some(&claims), m.upstream).map(|x| x.upstream))
+        .filter_map(|m| {
+            super::super::upstream_session(gw, Some(&claims), m.upstream).map(|x| x.upstream)
+        })
         .collect();
     let expect = Expect {
         list,
@@ -172,7 +172,7 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
         };
         let u = s.upstreams[member].upstream;
-        let Some(session) = exchange::session_of(gw, Some(&claims), u) else {
+        let Some(session) = super::super::upstream_session(gw, Some(&claims), u) else {
             let why = "invalid cursor: not from this session";
             return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
         };

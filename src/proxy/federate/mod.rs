@@ -24,7 +24,7 @@ pub(super) mod stream;
 mod tables;
 
 pub use tables::Catalogs;
-pub(super) use tables::{fresh_route, TableKind};
+pub(super) use tables::{fresh_names, TableKind};
 
 use std::rc::Rc;
 
@@ -40,16 +40,25 @@ use super::reject::Refusal;
 use super::state::WorkerState;
 use super::{refuse, Next};
 
-/// What a federated request carries beside the body: the client's session (none for
-/// `initialize`) and the request headers every upstream request repeats (trace context).
+/// What a federated request carries beside the body: the client's session and the request
+/// headers every upstream request repeats (trace context).
 pub(super) struct FedRequest {
-    pub claims: Option<Rc<SessionClaims>>,
+    pub claims: Rc<SessionClaims>,
     pub trace: Vec<u8>,
     pub body: Vec<u8>,
 }
 
 /// POST on a federated endpoint, after the body was scanned and the session opened.
-pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: FedRequest) -> Next {
+/// `claims` is `None` only for `initialize` (`open_session` refused every other request that
+/// came without a session).
+pub(super) async fn post(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    claims: Option<Rc<SessionClaims>>,
+    trace: Vec<u8>,
+    body: Vec<u8>,
+) -> Next {
     if ctx.batch {
         // Each message would go to its own upstream and the answers be merged into one reply.
         let why = "JSON-RPC batches are not supported on an endpoint with several upstreams: \
@@ -60,6 +69,14 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
     };
     let (kind, method) = (first.kind, first.method);
+    let Some(claims) = claims else {
+        return compose::initialize(w, c, ctx, &trace, &body).await;
+    };
+    let req = FedRequest {
+        claims,
+        trace,
+        body,
+    };
     match kind {
         MessageKind::Response | MessageKind::Error => {
             return route::client_response(w, c, ctx, req).await;
@@ -68,7 +85,6 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         MessageKind::Request => {}
     }
     match method {
-        Method::Initialize => compose::initialize(w, c, ctx, req).await,
         Method::Ping => reply_result(c, ctx, b"{}").await,
         Method::ToolsList
         | Method::PromptsList

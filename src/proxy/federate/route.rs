@@ -24,7 +24,7 @@ fn held<'a>(
     claims: &'a crate::mcp::session::SessionClaims,
     u: usize,
 ) -> Result<&'a crate::mcp::session::UpstreamSession, Refusal> {
-    exchange::session_of(gw, Some(claims), u).ok_or_else(|| {
+    super::super::upstream_session(gw, Some(claims), u).ok_or_else(|| {
         Refusal::because(
             Kind::UpstreamUnavailable,
             format!(
@@ -47,9 +47,7 @@ async fn send(
 ) -> Next {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
-    let Some(claims) = req.claims.as_deref() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = &*req.claims;
     let session = match held(gw, claims, u) {
         Ok(s) => s,
         Err(r) => return refuse(c, ctx, r).await,
@@ -75,9 +73,7 @@ pub(super) async fn by_name(
     } else {
         (TableKind::Prompts, "prompt")
     };
-    let Some(claims) = req.claims.clone() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = req.claims.clone();
     let (name, span) = match ctx
         .first()
         .and_then(|m| Some((m.name.as_ref()?, m.name_span.clone()?)))
@@ -97,7 +93,7 @@ pub(super) async fn by_name(
             m.namer.prefix().is_some_and(|p| {
                 name.strip_prefix(p)
                     .is_some_and(|rest| rest.starts_with(m.namer.separator()))
-            }) && exchange::session_of(gw, Some(&claims), m.upstream).is_none()
+            }) && super::super::upstream_session(gw, Some(&claims), m.upstream).is_none()
         });
         if let Some(m) = absent {
             if let Err(r) = held(gw, &claims, m.upstream) {
@@ -127,9 +123,7 @@ pub(super) async fn by_uri(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let Some(claims) = req.claims.clone() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = req.claims.clone();
     let Some(uri) = ctx.first().and_then(|m| m.uri.as_ref()) else {
         let why = "params.uri is required";
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
@@ -146,8 +140,7 @@ pub(super) async fn by_uri(
         return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
-    let body = req.body.clone();
-    send(w, c, ctx, &req, u, &body).await
+    send(w, c, ctx, &req, u, &req.body).await
 }
 
 /// `completion/complete`: by its `ref` (a prompt's exposed name, rewritten to the original;
@@ -162,9 +155,7 @@ pub(super) async fn completion(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let Some(claims) = req.claims.clone() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = req.claims.clone();
     let mut v: serde_json::Value = match serde_json::from_slice(&req.body) {
         Ok(v) => v,
         Err(e) => return refuse(c, ctx, Refusal::because(Kind::ParseError, e.to_string())).await,
@@ -226,12 +217,10 @@ pub(super) async fn completion(
 
 /// Sends `req`'s body to every upstream the session holds, at once; returns how many failed.
 async fn fan_out(w: &WorkerState, gw: &Gateway, req: &FedRequest, server: usize) -> (usize, usize) {
-    let Some(claims) = req.claims.as_deref() else {
-        return (0, 0);
-    };
+    let claims = &*req.claims;
     let calls = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
-        let session = exchange::session_of(gw, Some(claims), u)?;
+        let session = super::super::upstream_session(gw, Some(claims), u)?;
         let r = exchange::post_request(gw, u, Some(session), &req.trace, &req.body);
         Some(async move { (u, exchange::whole(w, gw, u, r).await) })
     });
@@ -266,9 +255,6 @@ pub(super) async fn notification(
 ) -> Next {
     let gen = ctx.gen.clone();
     let server = ctx.server.unwrap_or_default();
-    if req.claims.is_none() {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    }
     fan_out(w, &gen.gw, &req, server).await;
     super::accepted(c, ctx).await
 }
@@ -282,9 +268,6 @@ pub(super) async fn set_level(
 ) -> Next {
     let gen = ctx.gen.clone();
     let server = ctx.server.unwrap_or_default();
-    if req.claims.is_none() {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    }
     let (total, failed) = fan_out(w, &gen.gw, &req, server).await;
     if total > 0 && failed == total {
         let why = "no upstream accepted logging/setLevel";
@@ -305,9 +288,7 @@ pub(super) async fn client_response(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let Some(claims) = req.claims.clone() else {
-        return refuse(c, ctx, Refusal::new(Kind::SessionMissing)).await;
-    };
+    let claims = req.claims.clone();
     let Some((id, start)) = ctx
         .first()
         .and_then(|m| Some((m.id.as_ref()?.get().to_vec(), m.id_start?)))

@@ -313,18 +313,9 @@ pub(in crate::proxy) async fn get(
     let _ = head;
     let opens = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
-        let su = super::exchange::session_of(gw, Some(claims), u)?;
+        let su = super::super::upstream_session(gw, Some(claims), u)?;
         let mut req = gw.upstreams[u].get_prefix.clone();
-        if let Some(sid) = &su.session_id {
-            response::header(&mut req, b"mcp-session-id", sid.as_bytes());
-        }
-        if su.protocol_version.has_version_header() {
-            response::header(
-                &mut req,
-                b"mcp-protocol-version",
-                su.protocol_version.as_str().as_bytes(),
-            );
-        }
+        super::super::session_header_lines(&mut req, su);
         if let Some((_, id)) = resume.iter().find(|(up, _)| *up == gw.upstreams[u].id) {
             response::header(&mut req, b"last-event-id", id);
         }

@@ -20,7 +20,6 @@ use crate::mcp::session::SessionClaims;
 use crate::observe::names;
 
 use super::super::state::{Gateway, WorkerState};
-use super::exchange;
 use super::lists::{fetch_page, field};
 
 /// Pages of one upstream a table refresh follows at most.
@@ -233,22 +232,20 @@ impl Catalogs {
     }
 }
 
-/// The tools or prompts table of `server` if it is fresh and routes `name`: the request path's
-/// synchronous lookup (no await, no clock read beyond the worker's coarse one).
-pub(in crate::proxy) fn fresh_route(
+/// The tools or prompts table of `server` if it is fresh: the request path's synchronous lookup
+/// (no await, no clock read beyond the worker's coarse one).
+pub(in crate::proxy) fn fresh_names(
     w: &WorkerState,
     gw: &Gateway,
     server: usize,
     kind: TableKind,
-    name: &str,
-) -> Option<(Rc<NameTable>, usize)> {
+) -> Option<Rc<NameTable>> {
     let interval = gw.config.servers[server].list_refresh_interval;
     let (t, at, stale) = w.catalogs.names(gw, server, kind)?;
     if stale || w.shutdown.now().saturating_duration_since(at) >= interval {
         return None;
     }
-    let member = t.resolve(name)?.0;
-    Some((t, member))
+    Some(t)
 }
 
 /// The tools or prompts table of `server` for routing `name`: the current one if it is fresh
@@ -460,7 +457,7 @@ async fn fetch_all(
     let s = &gw.config.servers[server];
     let calls = s.upstreams.iter().map(|m| async move {
         let u = m.upstream;
-        let session = exchange::session_of(gw, Some(claims), u)?;
+        let session = super::super::upstream_session(gw, Some(claims), u)?;
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..REFRESH_PAGES {
