@@ -82,7 +82,7 @@ pub async fn whole(w: &WorkerState, gw: &Gateway, u: usize, req: Vec<u8>) -> Res
 
 /// The JSON-RPC response (result or error) to the request with id `id` in a whole reply: its
 /// message's bytes. An event stream is searched event by event.
-pub fn find_response(gw: &Gateway, reply: &Reply, id: &[u8]) -> Option<(Vec<u8>, MessageKind)> {
+pub fn find_response(reply: &Reply, id: &[u8]) -> Option<(Vec<u8>, MessageKind)> {
     let matches = |payload: &[u8]| -> Option<MessageKind> {
         let Ok(Body::Single(m)) = jsonrpc::scan(payload, &REPLY_LIMITS) else {
             return None;
@@ -91,7 +91,6 @@ pub fn find_response(gw: &Gateway, reply: &Reply, id: &[u8]) -> Option<(Vec<u8>,
             && m.id.as_ref().is_some_and(|i| jsonrpc::same_id(i.text, id)))
         .then_some(m.kind)
     };
-    let _ = gw;
     if !reply.sse {
         return matches(&reply.body).map(|k| (reply.body.clone(), k));
     }
@@ -126,7 +125,7 @@ pub fn result_message(gw: &Gateway, u: usize, reply: &Reply, id: &[u8]) -> Resul
             reply.status
         ));
     }
-    let Some((msg, kind)) = find_response(gw, reply, id) else {
+    let Some((msg, kind)) = find_response(reply, id) else {
         return Err(format!(
             "upstream \"{name}\" sent no response to the request"
         ));

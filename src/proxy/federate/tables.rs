@@ -248,6 +248,60 @@ pub(in crate::proxy) fn fresh_names(
     Some(t)
 }
 
+/// What a request that needs a table does: use the one there is, or rebuild it.
+enum Turn<'a, T> {
+    Use(Rc<T>),
+    Build(Rebuilding<'a>),
+}
+
+/// The one decision `names_for` and `uris_for` share. The current table is used when it is
+/// fresh (not stale, younger than `list_refresh_interval`) and the lookup hits; a miss uses it
+/// too while the last rebuild began less than `MISS_REFRESH` ago, unless the asking session
+/// holds an upstream the table was built without (`rebuild_partial`). Otherwise this request
+/// rebuilds it, unless another request of the worker already is: then the table there is is
+/// used, or, when there is none yet, the first one is waited for.
+async fn turn<'a, T>(
+    w: &'a WorkerState,
+    gw: &Gateway,
+    server: usize,
+    kind: TableKind,
+    claims: &SessionClaims,
+    current: impl Fn() -> Option<(Rc<T>, Instant, bool)>,
+    hit: impl Fn(&T) -> bool,
+) -> Turn<'a, T> {
+    let interval = gw.config.servers[server].list_refresh_interval;
+    let now = w.shutdown.now();
+    if let Some((t, at, stale)) = current() {
+        let fresh = !stale && now.saturating_duration_since(at) < interval;
+        let recent = w
+            .catalogs
+            .since_attempt(gw, server, kind, now)
+            .is_some_and(|d| d < MISS_REFRESH);
+        if fresh
+            && (hit(&t)
+                || recent
+                    && !w.catalogs.rebuild_partial(
+                        gw,
+                        server,
+                        kind,
+                        claims,
+                        super::super::unix_now(),
+                    ))
+        {
+            return Turn::Use(t);
+        }
+    }
+    loop {
+        if let Some(r) = w.catalogs.begin_rebuild(gw, server, kind, now) {
+            return Turn::Build(r);
+        }
+        if let Some((t, _, _)) = current() {
+            return Turn::Use(t);
+        }
+        monoio::time::sleep(WAIT_FOR_BUILD).await;
+    }
+}
+
 /// The tools or prompts table of `server` for routing `name`: the current one if it is fresh
 /// and knows the name, else rebuilt through `claims` (a miss at most once a second).
 pub(super) async fn names_for(
@@ -259,39 +313,11 @@ pub(super) async fn names_for(
     kind: TableKind,
     name: &str,
 ) -> Rc<NameTable> {
-    let interval = gw.config.servers[server].list_refresh_interval;
-    let now = w.shutdown.now();
-    if let Some((t, at, stale)) = w.catalogs.names(gw, server, kind) {
-        let fresh = !stale && now.saturating_duration_since(at) < interval;
-        let hit = t.resolve(name).is_some();
-        let recent = w
-            .catalogs
-            .since_attempt(gw, server, kind, now)
-            .is_some_and(|d| d < MISS_REFRESH);
-        if fresh
-            && (hit
-                || recent
-                    && !w.catalogs.rebuild_partial(
-                        gw,
-                        server,
-                        kind,
-                        claims,
-                        super::super::unix_now(),
-                    ))
-        {
-            return t;
-        }
-    }
-    let _rebuilding = loop {
-        if let Some(r) = w.catalogs.begin_rebuild(gw, server, kind, now) {
-            break r;
-        }
-        // Another request of this worker is rebuilding it: use the table there is, or wait
-        // for the first one.
-        if let Some((t, _, _)) = w.catalogs.names(gw, server, kind) {
-            return t;
-        }
-        monoio::time::sleep(WAIT_FOR_BUILD).await;
+    let current = || w.catalogs.names(gw, server, kind);
+    let hit = |t: &NameTable| t.resolve(name).is_some();
+    let _rebuilding = match turn(w, gw, server, kind, claims, current, hit).await {
+        Turn::Use(t) => return t,
+        Turn::Build(r) => r,
     };
     let list = if kind == TableKind::Tools {
         ListKind::Tools
@@ -344,38 +370,12 @@ pub(super) async fn uris_for(
     trace: &[u8],
     uri: &str,
 ) -> Rc<UriTable> {
-    let interval = gw.config.servers[server].list_refresh_interval;
-    let now = w.shutdown.now();
+    let current = || w.catalogs.uris(gw, server);
+    let hit = |t: &UriTable| t.route(uri).is_some();
     let kind = TableKind::Resources;
-    if let Some((t, at, stale)) = w.catalogs.uris(gw, server) {
-        let fresh = !stale && now.saturating_duration_since(at) < interval;
-        let hit = t.route(uri).is_some();
-        let recent = w
-            .catalogs
-            .since_attempt(gw, server, kind, now)
-            .is_some_and(|d| d < MISS_REFRESH);
-        if fresh
-            && (hit
-                || recent
-                    && !w.catalogs.rebuild_partial(
-                        gw,
-                        server,
-                        kind,
-                        claims,
-                        super::super::unix_now(),
-                    ))
-        {
-            return t;
-        }
-    }
-    let _rebuilding = loop {
-        if let Some(r) = w.catalogs.begin_rebuild(gw, server, kind, now) {
-            break r;
-        }
-        if let Some((t, _, _)) = w.catalogs.uris(gw, server) {
-            return t;
-        }
-        monoio::time::sleep(WAIT_FOR_BUILD).await;
+    let _rebuilding = match turn(w, gw, server, kind, claims, current, hit).await {
+        Turn::Use(t) => return t,
+        Turn::Build(r) => r,
     };
     let s = &gw.config.servers[server];
     let resources = fetch_all(w, gw, server, claims, trace, ListKind::Resources, "uri").await;
