@@ -6,7 +6,8 @@
 #   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
 #   .tools/conformance-alpha  the conformance suite 0.2.0-alpha.12 (pinned in tests/conformance/alpha)
 #   .tools/confsrv  the conformance suite's server fixture, copied from ../shared/conformance/
-#                   fixture-v0.1.16 (read-only there) and npm ci'd here; skipped with a warning
+#                   fixture-v0.1.16 (read-only there) and npm ci'd here (.tools/confsrv-head:
+#                   the same for fixture-head, which also speaks 2026-07-28); skipped with a warning
 #                   when ../shared is absent (the conformance step then says so and fails)
 #   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), and
 #   openssl         Debian's `openssl` (loadtest/smoke.sh's tollgate-tls CA), each when missing
@@ -136,26 +137,31 @@ else
   echo "$want" >"$tools/conformance-alpha/.stamp"
 fi
 
-# 5. The conformance server fixture (test data kept in ../shared; used, never copied into the
-#    repository): copied into .tools/confsrv and installed with its own lockfile.
-fixture="$repo/../shared/conformance/fixture-v0.1.16"
-if [[ -d "$fixture" ]]; then
-  want="$(cd "$fixture" && cat package.json package-lock.json ./*.ts | sha256sum | cut -d' ' -f1)"
-  if is_current "$tools/confsrv" "$want" && [[ -d "$tools/confsrv/node_modules/tsx" ]]; then
-    log "conformance fixture already installed"
-  else
-    log "installing the conformance fixture into $tools/confsrv"
-    rm -rf "$tools/confsrv"
-    mkdir -p "$tools/confsrv"
-    (cd "$fixture" && tar cf - --exclude=node_modules .) | (cd "$tools/confsrv" && tar xf -)
-    chmod -R u+w "$tools/confsrv"
-    (cd "$tools/confsrv" && npm ci --no-audit --no-fund >"$tools/confsrv/.npm-ci.log" 2>&1) \
-      || { cat "$tools/confsrv/.npm-ci.log" >&2; die "npm ci failed for the conformance fixture"; }
-    echo "$want" >"$tools/confsrv/.stamp"
+# 5. The conformance server fixtures (test data kept in ../shared; used, never copied into the
+#    repository): each copied into .tools/ and installed with its own lockfile. confsrv is the
+#    v0.1.16 fixture (session era), confsrv-head the head fixture (also 2026-07-28).
+install_fixture() { # install_fixture SOURCE_DIR TARGET_DIR
+  local fixture="$1" target="$2" want
+  if [[ ! -d "$fixture" ]]; then
+    log "WARNING: $fixture not found: the conformance fixture is not installed"
+    return 0
   fi
-else
-  log "WARNING: $fixture not found: the conformance fixture is not installed"
-fi
+  want="$(cd "$fixture" && cat package.json package-lock.json ./*.ts | sha256sum | cut -d' ' -f1)"
+  if is_current "$target" "$want" && [[ -d "$target/node_modules/tsx" ]]; then
+    log "conformance fixture $(basename "$fixture") already installed"
+    return 0
+  fi
+  log "installing the conformance fixture $(basename "$fixture") into $target"
+  rm -rf "$target"
+  mkdir -p "$target"
+  (cd "$fixture" && tar cf - --exclude=node_modules .) | (cd "$target" && tar xf -)
+  chmod -R u+w "$target"
+  (cd "$target" && npm ci --no-audit --no-fund >"$target/.npm-ci.log" 2>&1) \
+    || { cat "$target/.npm-ci.log" >&2; die "npm ci failed for the conformance fixture in $target"; }
+  echo "$want" >"$target/.stamp"
+}
+install_fixture "$repo/../shared/conformance/fixture-v0.1.16" "$tools/confsrv"
+install_fixture "$repo/../shared/conformance/fixture-head" "$tools/confsrv-head"
 
 log "done: node $(node --version), $(cd "$tools/npm" && node -e '
   const l = require("./package-lock.json").packages;

@@ -9,6 +9,10 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i32 = -32601;
     pub const INVALID_PARAMS: i32 = -32602;
     pub const INTERNAL_ERROR: i32 = -32603;
+    /// 2026-07-28: a header that mirrors the body is missing or disagrees with it.
+    pub const HEADER_MISMATCH: i32 = -32020;
+    /// 2026-07-28: the revision the request names is not served (`data.supported`).
+    pub const UNSUPPORTED_VERSION: i32 = -32022;
     /// The gateway refused the request at the HTTP layer (limits, host, origin, session).
     pub const GATEWAY_REJECTED: i32 = -31000;
     /// The upstream could not be reached (connect failed or refused).
@@ -164,10 +168,18 @@ kinds! {
     SessionMissing => row(400, INVALID_REQUEST, Client, "session_missing");
     SessionUnknown => row(404, INVALID_REQUEST, Client, "session_unknown");
     UnsupportedProtocolVersion => row(400, INVALID_REQUEST, Client, "unsupported_protocol_version");
+    // The stateless revision (2026-07-28): only requests that speak it get these.
+    HeaderMismatch => row(400, HEADER_MISMATCH, Client, "header_mismatch");
+    MissingMeta => row(400, INVALID_PARAMS, Client, "missing_meta");
+    StatelessVersionUnsupported => row(400, UNSUPPORTED_VERSION, Client, "stateless_version_unsupported");
     // Federation: a request the client may correct (HTTP 200, as a server answers them).
     UnknownName => row(200, INVALID_PARAMS, Client, "unknown_name");
     BadCursor => row(200, INVALID_PARAMS, Client, "bad_cursor");
-    MethodNotFound => row(200, METHOD_NOT_FOUND, Client, "method_not_found");
+    // 2026-07-28 answers an unknown or removed method with 404 as well.
+    MethodNotFound => Row {
+        stateless_status: 404,
+        ..row(200, METHOD_NOT_FOUND, Client, "method_not_found")
+    };
     // Upstream. A request with an id gets these as HTTP 200 + JSON-RPC error (see
     // `Kind::status_for`): a non-2xx ends the session in some official clients.
     UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");

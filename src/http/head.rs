@@ -73,6 +73,11 @@ pub struct RequestHead {
     pub protocol_version: Option<Range<usize>>,
     pub last_event_id: Option<Range<usize>>,
     pub authorization: Option<Range<usize>>,
+    /// `Mcp-Method` and `Mcp-Name` (2026-07-28: they mirror the body and are checked against it).
+    pub mcp_method: Option<Range<usize>>,
+    pub mcp_name: Option<Range<usize>>,
+    /// `Mcp-Param-*` headers (2026-07-28), (name, value): forwarded to upstreams of that revision.
+    pub mcp_params: Vec<(Range<usize>, Range<usize>)>,
     /// Trace context headers passed through to the upstream: (name, value).
     pub trace: Vec<(Range<usize>, Range<usize>)>,
 }
@@ -381,6 +386,12 @@ pub fn parse_request<'b>(
                 r,
                 "more than one Authorization header",
             )?;
+        } else if name.eq_ignore_ascii_case("mcp-method") {
+            set_once(&mut head.mcp_method, r, "more than one Mcp-Method header")?;
+        } else if name.eq_ignore_ascii_case("mcp-name") {
+            set_once(&mut head.mcp_name, r, "more than one Mcp-Name header")?;
+        } else if name.len() > 10 && name.as_bytes()[..10].eq_ignore_ascii_case(b"mcp-param-") {
+            head.mcp_params.push((offset(buf, name.as_bytes()), r));
         } else if name.eq_ignore_ascii_case("expect") {
             // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
             if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {

@@ -28,6 +28,7 @@ enum Key {
     ProtocolVersion,
     ProgressToken,
     MetaProtocolVersion,
+    MetaClientCapabilities,
     RequestId,
     Other,
 }
@@ -54,6 +55,10 @@ impl Key {
                 s == "io.modelcontextprotocol/protocolVersion",
                 Key::MetaProtocolVersion,
             ),
+            42 => (
+                s == "io.modelcontextprotocol/clientCapabilities",
+                Key::MetaClientCapabilities,
+            ),
             _ => (false, Key::Other),
         };
         if k.0 {
@@ -78,6 +83,7 @@ impl Key {
             Key::ProtocolVersion => "protocolVersion",
             Key::ProgressToken => "progressToken",
             Key::MetaProtocolVersion => "io.modelcontextprotocol/protocolVersion",
+            Key::MetaClientCapabilities => "io.modelcontextprotocol/clientCapabilities",
             Key::RequestId => "requestId",
             Key::Other => OTHER_KEY,
         }
@@ -85,7 +91,7 @@ impl Key {
 }
 
 // `KeySet::known` has one bit per read key.
-const _: () = assert!((Key::Other as u32) < u16::BITS);
+const _: () = assert!((Key::Other as u32) < u32::BITS);
 
 const INLINE_KEYS: usize = 8;
 
@@ -94,7 +100,7 @@ const INLINE_KEYS: usize = 8;
 /// have a handful of keys), and past 8 of them, or for an escaped one, a hash set takes over, so
 /// an object with 100k keys costs O(n), not O(n²). Allocates only in those two cases.
 struct KeySet<'a> {
-    known: u16,
+    known: u32,
     inline: [&'a str; INLINE_KEYS],
     len: usize,
     spill: Option<HashSet<Cow<'a, str>>>,
@@ -115,7 +121,7 @@ impl<'a> KeySet<'a> {
     #[inline]
     fn insert(&mut self, key: Key, k: Cow<'a, str>) -> bool {
         if key != Key::Other {
-            let bit = 1u16 << (key as u16);
+            let bit = 1u32 << (key as u32);
             let new = self.known & bit == 0;
             self.known |= bit;
             return new;
@@ -225,7 +231,9 @@ impl<'a> Message<'a> {
             cursor: None,
             progress_token: None,
             request_id: None,
+            meta: false,
             meta_protocol_version: None,
+            meta_client_capabilities: None,
             protocol_version: None,
             span: 0..0,
         }
@@ -348,7 +356,10 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             // is not a string or number is validated and left unread, not refused: nothing the
             // gateway forwards depends on it, and the relay only rewrites one it could read.
             Key::RequestId => m.request_id = string_or_number(cur, depth)?,
-            Key::Meta if cur.peek() == Some(b'{') => meta(cur, depth + 1, m)?,
+            Key::Meta if cur.peek() == Some(b'{') => {
+                m.meta = true;
+                meta(cur, depth + 1, m)?
+            }
             _ => cur.skip_value(depth)?,
         }
         Ok(())
@@ -369,6 +380,19 @@ fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> {
                 }
             }
             Key::MetaProtocolVersion => m.meta_protocol_version = string_or_skip(cur, depth)?,
+            Key::MetaClientCapabilities => {
+                // Kept raw: the 2026-07-28 path needs to know it is there (and an object), and
+                // translation toward a session-era upstream reads it.
+                let start = cur.i;
+                let object = cur.peek() == Some(b'{');
+                cur.skip_value(depth)?;
+                if object {
+                    m.meta_client_capabilities = Some(Raw {
+                        text: cur.b.get(start..cur.i).unwrap_or_default(),
+                        start,
+                    });
+                }
+            }
             _ => cur.skip_value(depth)?,
         }
         Ok(())

@@ -73,8 +73,12 @@ pub struct Message<'a> {
     /// `params.requestId` (string with quotes, or number), raw, when it is one of those; any
     /// other value is left unread (`None`), not refused. `notifications/cancelled` carries it.
     pub request_id: Option<Raw<'a>>,
+    /// `params._meta` is there (an object).
+    pub meta: bool,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub meta_protocol_version: Option<Str<'a>>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` when it is an object, raw.
+    pub meta_client_capabilities: Option<Raw<'a>>,
     /// `params.protocolVersion` (request, notification) or `result.protocolVersion` (response).
     pub protocol_version: Option<Str<'a>>,
     /// This message's bytes within the body.

@@ -17,6 +17,7 @@ pub enum Method {
     CompletionComplete,
     LoggingSetLevel,
     ServerDiscover,
+    SubscriptionsListen,
     NotificationsInitialized,
     NotificationsCancelled,
     NotificationsProgress,
@@ -27,7 +28,7 @@ pub enum Method {
 
 impl Method {
     /// Every variant, in label order (used to pre-resolve per-method metric handles).
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 21] = [
         Self::Initialize,
         Self::Ping,
         Self::ToolsList,
@@ -42,6 +43,7 @@ impl Method {
         Self::CompletionComplete,
         Self::LoggingSetLevel,
         Self::ServerDiscover,
+        Self::SubscriptionsListen,
         Self::NotificationsInitialized,
         Self::NotificationsCancelled,
         Self::NotificationsProgress,
@@ -66,6 +68,7 @@ impl Method {
             "completion/complete" => Self::CompletionComplete,
             "logging/setLevel" => Self::LoggingSetLevel,
             "server/discover" => Self::ServerDiscover,
+            "subscriptions/listen" => Self::SubscriptionsListen,
             "notifications/initialized" => Self::NotificationsInitialized,
             "notifications/cancelled" => Self::NotificationsCancelled,
             "notifications/progress" => Self::NotificationsProgress,
@@ -92,6 +95,7 @@ impl Method {
             Self::CompletionComplete => "completion/complete",
             Self::LoggingSetLevel => "logging/setLevel",
             Self::ServerDiscover => "server/discover",
+            Self::SubscriptionsListen => "subscriptions/listen",
             Self::NotificationsInitialized => "notifications/initialized",
             Self::NotificationsCancelled => "notifications/cancelled",
             Self::NotificationsProgress => "notifications/progress",

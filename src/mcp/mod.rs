@@ -6,6 +6,7 @@ pub mod aead;
 pub mod cursor;
 pub mod idmap;
 pub mod method;
+pub mod modern;
 pub mod names;
 pub mod relay;
 pub mod session;

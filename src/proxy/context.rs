@@ -69,16 +69,35 @@ pub struct MessageCtx {
     pub name_span: Option<std::ops::Range<u32>>,
     /// Where the id's token starts in the body (a wrapped id is replaced there).
     pub id_start: Option<u32>,
+    /// The method as the body spells it, for methods the enum does not name (`Other`,
+    /// `OtherNotification`): what `Mcp-Method` must mirror.
+    pub method_text: Option<Short>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]` (2026-07-28), decoded.
+    pub meta_version: Option<Short>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` is there (an object).
+    pub meta_capabilities: bool,
 }
 
 impl MessageCtx {
     pub fn of(m: &Message<'_>) -> Self {
+        let method = m
+            .method
+            .as_ref()
+            .map_or(Method::Other, |s| Method::parse(&s.value));
         MessageCtx {
             kind: m.kind,
-            method: m
-                .method
+            method,
+            method_text: match method {
+                Method::Other | Method::OtherNotification => {
+                    m.method.as_ref().map(|s| Short::new(s.value.as_bytes()))
+                }
+                _ => None,
+            },
+            meta_version: m
+                .meta_protocol_version
                 .as_ref()
-                .map_or(Method::Other, |s| Method::parse(&s.value)),
+                .map(|s| Short::new(s.value.as_bytes())),
+            meta_capabilities: m.meta_client_capabilities.is_some(),
             id: m.id.as_ref().map(|r| Short::new(r.text)),
             name: m.name.as_ref().map(|s| Short::new(s.value.as_bytes())),
             uri: m.uri.as_ref().map(|s| Short::new(s.value.as_bytes())),

@@ -17,6 +17,7 @@ pub mod session_cache;
 mod session_requests;
 pub mod shutdown;
 pub mod state;
+mod stateless;
 pub mod upstream;
 
 use std::mem::MaybeUninit;
@@ -495,6 +496,33 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, r).await;
     }
+    // Phase: era. A request that speaks the stateless revision takes its own path from here.
+    if let Some(m) = ctx.first() {
+        let signals = crate::mcp::modern::Signals {
+            header_version: head.protocol_version.clone().map(|r| &buf[r]),
+            meta_version: m
+                .meta_version
+                .as_ref()
+                .and_then(|v| std::str::from_utf8(v.get()).ok()),
+            meta_capabilities: m.meta_capabilities,
+            has_session: head.session_id.is_some(),
+        };
+        let action = match crate::mcp::modern::route(&signals) {
+            Ok(crate::mcp::modern::Route::Session) => None,
+            Ok(crate::mcp::modern::Route::Stateless(_)) => {
+                ctx.era = crate::error::Era::Stateless;
+                Some(stateless::prepare(ctx, (&head, buf, body), &mut c.up_out))
+            }
+            Err(r) => {
+                ctx.era = crate::error::Era::Stateless;
+                Some(stateless::Action::Refuse(stateless::refusal(r)))
+            }
+        };
+        if let Some(action) = action {
+            c.conn.consume(used);
+            return stateless::finish(w, c, ctx, action).await;
+        }
+    }
     let server = ctx.server.unwrap_or_default();
     let federated = gw.config.servers[server].federated();
     let u = gw.config.servers[server].primary();
@@ -607,6 +635,9 @@ enum Then {
     RelayFederated([u8; 16]),
     /// Read it whole and seal the session (single-upstream `initialize` on this server).
     Initialize(usize),
+    /// Relay a long-lived stream (2026-07-28 `subscriptions/listen`): no read timeout whatever
+    /// its content type, ended when the worker shuts down.
+    Listen,
 }
 
 /// Phases: forward (the request already rendered in `c.up_out`) → vet → relay to upstream `u`.
@@ -718,6 +749,7 @@ async fn forward(
                 Next::Close
             }
         }
+        Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
         Then::Relay | Then::RelayFederated(_) => {
             relay(
                 w,

@@ -92,6 +92,11 @@ impl Rejects {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                    Kind::HeaderMismatch => {
+                        "a header that mirrors the body is missing or disagrees with it".into()
+                    }
+                    Kind::MissingMeta => "a required params._meta field is missing".into(),
+                    Kind::StatelessVersionUnsupported => "Unsupported protocol version".into(),
                     Kind::UnknownName => "unknown name".into(),
                     Kind::BadCursor => "invalid cursor: list again from the start".into(),
                     Kind::MethodNotFound => "method not found".into(),

@@ -35,6 +35,22 @@ async fn session_request(
         let why = "GET and DELETE take no body";
         return Err(refuse(c, ctx, Refusal::because(Kind::MalformedHttp, why)).await);
     }
+    let stateless = head.session_id.is_none()
+        && head
+            .protocol_version
+            .clone()
+            .and_then(|r| {
+                crate::mcp::ProtocolVersion::parse_bytes(c.conn.buffered()[r].trim_ascii())
+            })
+            .is_some_and(|v| !v.is_legacy());
+    if stateless {
+        // 2026-07-28 has no sessions to stream from or end.
+        c.conn.consume(head.len);
+        ctx.era = crate::error::Era::Stateless;
+        let why = "protocol version 2026-07-28 has no sessions: GET and DELETE serve sessions \
+                   of earlier revisions (send requests as POSTs)";
+        return Err(refuse(c, ctx, Refusal::because(Kind::MethodNotAllowed, why)).await);
+    }
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();

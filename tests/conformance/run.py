@@ -2,25 +2,27 @@
 """The official MCP conformance suite through tollgate, compared check by check with the same
 suite straight at the same fixture.
 
-Starts, on 127.0.0.1 and ephemeral ports: the suite's server fixture (installed into .tools/confsrv
-from ../shared/conformance/fixture-v0.1.16 by scripts/install-tools.sh), and tollgate from each
-checked-in config (config/conformance.yaml: the fixture alone behind /mcp; and
-config/conformance-federated.yaml: the fixture, unprefixed, and the built-in demo behind the
-same endpoint), with the fixture's port substituted in a derived copy. Then runs
+Starts, on 127.0.0.1 and ephemeral ports: the suite's server fixtures (installed into .tools/confsrv
+from ../shared/conformance/fixture-v0.1.16 and into .tools/confsrv-head from fixture-head by
+scripts/install-tools.sh), and tollgate from each checked-in config in front of them
+(config/conformance.yaml: the fixture alone behind /mcp; and config/conformance-federated.yaml:
+the fixture, unprefixed, and the built-in demo behind the same endpoint), with the fixture's port
+substituted in a derived copy. Then runs (RUNS below)
 
-  - @modelcontextprotocol/conformance 0.1.16, all active scenarios, and
-  - 0.2.0-alpha.12 with --requirements 2025-11-25,
+  - @modelcontextprotocol/conformance 0.1.16, all active scenarios (v0.1.16 fixture, both configs),
+  - 0.2.0-alpha.12 with --requirements 2025-11-25 (v0.1.16 fixture, both configs), and
+  - 0.2.0-alpha.12 with --requirements 2026-07-28 (head fixture, config/conformance.yaml),
 
 directly against the fixture and through each gateway, reads every check's result (`-o`), and
 fails if a check that passes directly does not pass through tollgate, unless
-tests/conformance/baseline.json lists it with a reason.
+tests/conformance/baseline.json lists it (run label, scenario, check) with a reason.
 
 Races of the fixture: some scenarios have the fixture send a request to the client on the
 session's GET stream, which its SDK drops when the stream is not open yet (the client opens it
 and calls the tool at the same moment; see baseline.json). A scenario that fails (directly or
 through tollgate) is run once more on its own; its second result counts, and the report says so.
 
-Usage: python3 tests/conformance/run.py [--tollgate PATH] [--keep]
+Usage: python3 tests/conformance/run.py [--tollgate PATH] [--keep] [--only LABEL-PART]
 """
 
 from __future__ import annotations
@@ -43,15 +45,23 @@ REPO = HERE.parent.parent
 TOOLS = Path(os.environ.get("TOLLGATE_TOOLS_DIR", REPO / ".tools"))
 NODE = TOOLS / "node" / "node_modules" / ".bin" / "node"
 SHARED = REPO.parent / "shared" / "conformance"
-FIXTURE_DIR = TOOLS / "confsrv"
-SUITES = [
-    # (label, the suite's CLI, extra arguments)
-    ("0.1.16", TOOLS / "npm" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js", []),
-    ("0.2.0-alpha.12 --requirements 2025-11-25",
-     TOOLS / "conformance-alpha" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js",
-     ["--requirements", "2025-11-25"]),
+FIXTURES = {
+    # name: installed fixture (scripts/install-tools.sh copies them from ../shared/conformance)
+    "v0.1.16": TOOLS / "confsrv",
+    "head": TOOLS / "confsrv-head",
+}
+ALPHA = TOOLS / "conformance-alpha" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+RUNS = [
+    # (label, the suite's CLI, extra arguments, fixture, gateway configs in front of it)
+    ("0.1.16", TOOLS / "npm" / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js", [],
+     "v0.1.16", ["config/conformance.yaml", "config/conformance-federated.yaml"]),
+    ("0.2.0-alpha.12 --requirements 2025-11-25", ALPHA, ["--requirements", "2025-11-25"],
+     "v0.1.16", ["config/conformance.yaml", "config/conformance-federated.yaml"]),
+    # The stateless revision, through the single-upstream endpoint (federated endpoints answer
+    # it with a session-era error for now, see src/proxy/stateless.rs).
+    ("0.2.0-alpha.12 --requirements 2026-07-28", ALPHA, ["--requirements", "2026-07-28"],
+     "head", ["config/conformance.yaml"]),
 ]
-CONFIGS = ["config/conformance.yaml", "config/conformance-federated.yaml"]
 # The fixture's port as written in the checked-in configs.
 FIXTURE_PLACEHOLDER = "127.0.0.1:3100"
 READY_DEADLINE_S = 60.0
@@ -98,11 +108,12 @@ def wait_for(what: str, cond, proc: Proc):
     raise RuntimeError(f"{proc.name}: no {what} within {READY_DEADLINE_S:.0f}s:\n{proc.text()[-2000:]}")
 
 
-def start_fixture(workdir: Path) -> tuple[Proc, str]:
+def start_fixture(name: str, workdir: Path) -> tuple[Proc, str]:
     env = dict(os.environ)
     env["PORT"] = "0"
     env["NODE_OPTIONS"] = f"-r {SHARED / 'loopback-port.cjs'}"
-    p = Proc("fixture", [str(NODE), "node_modules/tsx/dist/cli.mjs", "everything-server.ts"], workdir, env=env, cwd=FIXTURE_DIR)
+    p = Proc(f"fixture-{name}", [str(NODE), "node_modules/tsx/dist/cli.mjs", "everything-server.ts"], workdir,
+             env=env, cwd=FIXTURES[name])
 
     def listening():
         m = re.search(r"LISTENING (127\.0\.0\.1:\d+)", p.text())
@@ -110,8 +121,8 @@ def start_fixture(workdir: Path) -> tuple[Proc, str]:
     return p, wait_for("LISTENING line", listening, p)
 
 
-def start_gateway(tollgate: str, config: str, fixture: str, workdir: Path) -> tuple[Proc, str]:
-    name = Path(config).stem
+def start_gateway(tollgate: str, config: str, fixture: str, workdir: Path, tag: str) -> tuple[Proc, str]:
+    name = f"{Path(config).stem}-{tag}"
     text = (REPO / config).read_text()
     if FIXTURE_PLACEHOLDER not in text:
         raise RuntimeError(f"{config} does not name the fixture as {FIXTURE_PLACEHOLDER}")
@@ -136,9 +147,8 @@ def run_suite(cli: Path, extra: list[str], url: str, out: Path, scenario: str | 
         shutil.rmtree(out)
     if scenario:
         # One scenario: a requirement set cannot be combined with --scenario (it fixes the
-        # scenarios itself), and the scenario is the same one either way.
-        extra = [a for i, a in enumerate(extra)
-                 if a != "--requirements" and (i == 0 or extra[i - 1] != "--requirements")]
+        # scenarios itself); --spec-version runs the scenario at the same revision.
+        extra = ["--spec-version" if a == "--requirements" else a for a in extra]
     argv = [str(NODE), str(cli), "server", "--url", url, "-o", str(out), *extra]
     if scenario:
         argv += ["--scenario", scenario]
@@ -225,7 +235,11 @@ def main() -> int:
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     parser.add_argument("--tollgate", default=str(target_dir / "debug" / "tollgate"))
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--only", help="run only the runs whose label contains this (development)")
     args = parser.parse_args()
+    global RUNS
+    if args.only:
+        RUNS = [r for r in RUNS if args.only in r[0]]
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
@@ -233,7 +247,8 @@ def main() -> int:
         signal.signal(sig, on_signal)
 
     problems: list[str] = []
-    for need in [NODE, FIXTURE_DIR / "node_modules" / "tsx", SHARED / "loopback-port.cjs", Path(args.tollgate)] + [s[1] for s in SUITES]:
+    for need in ([NODE, SHARED / "loopback-port.cjs", Path(args.tollgate)] + [f / "node_modules" / "tsx" for f in FIXTURES.values()]
+                 + [r[1] for r in RUNS]):
         if not Path(need).exists():
             problems.append(f"missing {need} (scripts/install-tools.sh installs the tools; ../shared must be beside the repository)")
     if problems:
@@ -241,7 +256,8 @@ def main() -> int:
             print(f"conformance: {p}")
         return 1
     baseline = json.loads((HERE / "baseline.json").read_text())
-    allowed = {(e["scenario"], e["check"]) for e in baseline.get("exceptions", [])}
+    # An exception names its run (the label above), scenario and check, with the reason.
+    allowed = {(e["run"], e["scenario"], e["check"]) for e in baseline.get("exceptions", [])}
 
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-conformance-"))
     procs: list[Proc] = []
@@ -249,43 +265,49 @@ def main() -> int:
     notes: list[str] = []
     summary: list[str] = []
     try:
-        fixture, fixture_addr = start_fixture(workdir)
-        procs.append(fixture)
-        gateways = []
-        for cfg in CONFIGS:
-            gw, listen = start_gateway(args.tollgate, cfg, fixture_addr, workdir)
-            procs.append(gw)
-            gateways.append((cfg, f"http://{listen}/mcp"))
-        print(f"fixture at {fixture_addr}; " + "; ".join(f"{c} at {u}" for c, u in gateways), flush=True)
+        fixtures: dict[str, str] = {}
+        gateways: dict[tuple[str, str], str] = {}  # (fixture, config) -> endpoint URL
+        for fx in sorted({r[3] for r in RUNS}):
+            proc, addr = start_fixture(fx, workdir)
+            procs.append(proc)
+            fixtures[fx] = addr
+            for cfg in sorted({c for r in RUNS if r[3] == fx for c in r[4]}):
+                gw, listen = start_gateway(args.tollgate, cfg, addr, workdir, fx)
+                procs.append(gw)
+                gateways[(fx, cfg)] = f"http://{listen}/mcp"
+        print("; ".join(f"fixture {f} at {a}" for f, a in fixtures.items()) + "; "
+              + "; ".join(f"{c} ({f}) at {u}" for (f, c), u in gateways.items()), flush=True)
 
-        fed_url = dict(gateways)["config/conformance-federated.yaml"]
-        why = check_federated_listing(fed_url)
+        fed = gateways.get(("v0.1.16", "config/conformance-federated.yaml"))
+        why = fed and check_federated_listing(fed)
         if why:
             regressions.append(f"federated listing: {why}")
-        else:
+        elif fed:
             print("ok   federated: the fixture's tools keep their names, the demo's are listed beside them (demo__echo)", flush=True)
 
-        for i, (label, cli, extra) in enumerate(SUITES):
-            direct = run_suite(cli, extra, f"http://{fixture_addr}/mcp", workdir / f"s{i}-direct")
-            retry_failed(cli, extra, f"http://{fixture_addr}/mcp", direct, workdir, f"[{label}] direct", notes)
+        for i, (label, cli, extra, fx, configs) in enumerate(RUNS):
+            direct_url = f"http://{fixtures[fx]}/mcp"
+            direct = run_suite(cli, extra, direct_url, workdir / f"s{i}-direct")
+            retry_failed(cli, extra, direct_url, direct, workdir, f"[{label}] direct", notes)
             d_ok = sum(passed(v) for v in direct.values())
-            summary.append(f"[{label}] direct: {d_ok} passed, {len(direct) - d_ok} failed")
+            summary.append(f"[{label}] direct ({fx} fixture): {d_ok} passed, {len(direct) - d_ok} failed")
             if not direct:
                 regressions.append(f"[{label}] the suite produced no results directly (see {workdir})")
-            for cfg, url in gateways:
+            for cfg in configs:
+                url = gateways[(fx, cfg)]
                 through = run_suite(cli, extra, url, workdir / f"s{i}-{Path(cfg).stem}")
                 retry_failed(cli, extra, url, through, workdir, f"[{label}] {cfg}", notes)
                 t_ok = sum(passed(v) for v in through.values())
                 lost = sorted(k for k, v in direct.items() if passed(v) and not passed(through.get(k, "MISSING")))
                 gained = sorted(k for k, v in through.items() if passed(v) and not passed(direct.get(k, "MISSING")))
-                base = [k for k in lost if k in allowed]
-                lost = [k for k in lost if k not in allowed]
+                base = [k for k in lost if (label, *k) in allowed]
+                lost = [k for k in lost if (label, *k) not in allowed]
                 summary.append(f"[{label}] through {cfg}: {t_ok} passed, {len(through) - t_ok} failed; "
                                f"{len(lost)} regressions, {len(base)} baselined, {len(gained)} passing only through tollgate")
-                for s, c in lost:
-                    regressions.append(f"[{label}] {cfg}: {s} / {c}: passes directly, {through.get((s, c), 'MISSING')} through tollgate")
-                for s, c in gained:
-                    notes.append(f"[{label}] {cfg}: {s} / {c} passes through tollgate only (directly: {direct.get((s, c), 'MISSING')})")
+                for s_, c in lost:
+                    regressions.append(f"[{label}] {cfg}: {s_} / {c}: passes directly, {through.get((s_, c), 'MISSING')} through tollgate")
+                for s_, c in gained:
+                    notes.append(f"[{label}] {cfg}: {s_} / {c} passes through tollgate only (directly: {direct.get((s_, c), 'MISSING')})")
     except RuntimeError as exc:
         regressions.append(str(exc))
     finally:
@@ -293,7 +315,7 @@ def main() -> int:
             p.stop()
         if regressions:
             for p in procs:
-                if p.name != "fixture":
+                if not p.name.startswith("fixture"):
                     tail = "\n".join(p.text().splitlines()[-20:]) if p.log_path.exists() else ""
                     print(f"---- last lines of {p.name}:\n{tail}")
         if args.keep or regressions:

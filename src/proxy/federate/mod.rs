@@ -16,7 +16,7 @@
 //! exchanges and tables, reported).
 
 mod compose;
-mod exchange;
+pub(super) mod exchange;
 mod lists;
 pub mod probe;
 mod route;

@@ -1,0 +1,389 @@
+//! The request rules of the stateless revision (2026-07-28), as pure functions over what the head
+//! parser and the scanner read: which path a POST takes (`route`), and whether the headers that
+//! mirror the body (`Mcp-Method`, `Mcp-Name`) agree with it (`check_mirrored`).
+//!
+//! Order of the checks (the spec's validation order, which the official suite and the reference
+//! server follow): the version header missing → -32020; a required `_meta` key missing → -32602;
+//! header and `_meta` disagreeing → -32020; a version not served → -32022; then the mirrored
+//! headers → -32020. Only a request that speaks the revision (a `_meta` protocol version, or a
+//! version header naming it) ever gets one of these codes: a session-era client, which sends
+//! neither, keeps the session-era answers, so a client probing in "auto" mode falls back.
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use super::{Method, ProtocolVersion};
+
+/// The revisions the stateless path serves, newest first (`data.supported` of -32022,
+/// `supportedVersions` of `server/discover`).
+pub const STATELESS_VERSIONS: [ProtocolVersion; 1] = [ProtocolVersion::V2026_07_28];
+
+/// What decides the path of a POST.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signals<'a> {
+    /// The `MCP-Protocol-Version` header.
+    pub header_version: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+    pub meta_version: Option<&'a str>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` is there (an object).
+    pub meta_capabilities: bool,
+    /// The request carries `Mcp-Session-Id`.
+    pub has_session: bool,
+}
+
+/// The path a POST takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The session era (initialize, then `Mcp-Session-Id`).
+    Session,
+    /// The stateless revision.
+    Stateless(ProtocolVersion),
+}
+
+/// Why a request that speaks the stateless revision is refused before anything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refuse {
+    /// -32020 (HTTP 400): a header that must mirror the body is missing or disagrees.
+    HeaderMismatch(String),
+    /// -32602 (HTTP 400): a required `_meta` field is missing.
+    MissingMeta(String),
+    /// -32022 (HTTP 400): the revision named is not one the gateway serves.
+    Unsupported { requested: String },
+}
+
+const META_VERSION: &str = "params._meta[\"io.modelcontextprotocol/protocolVersion\"]";
+const META_CAPS: &str = "params._meta[\"io.modelcontextprotocol/clientCapabilities\"]";
+
+/// Which path a POST takes, or why it is refused. A request with a session id is a session-era
+/// request whatever else it carries (as the reference server decides).
+pub fn route(s: &Signals<'_>) -> Result<Route, Refuse> {
+    if s.has_session {
+        return Ok(Route::Session);
+    }
+    let header = s.header_version.map(<[u8]>::trim_ascii);
+    let Some(meta) = s.meta_version else {
+        return match header.and_then(ProtocolVersion::parse_bytes) {
+            Some(v) if !v.is_legacy() => Err(Refuse::MissingMeta(format!(
+                "{META_VERSION} is required in a {} request",
+                v.as_str()
+            ))),
+            // No version at all, a session-era one, or one nobody knows: the session era's
+            // rules answer (an unknown header version gets its -32600 there).
+            _ => Ok(Route::Session),
+        };
+    };
+    let Some(header) = header else {
+        return Err(Refuse::HeaderMismatch(format!(
+            "MCP-Protocol-Version header is missing (the body names {meta})"
+        )));
+    };
+    if !s.meta_capabilities {
+        return Err(Refuse::MissingMeta(format!("{META_CAPS} is required")));
+    }
+    if header != meta.as_bytes() {
+        return Err(Refuse::HeaderMismatch(format!(
+            "Header mismatch: MCP-Protocol-Version header value '{}' does not match body value '{meta}'",
+            String::from_utf8_lossy(header)
+        )));
+    }
+    match ProtocolVersion::parse(meta) {
+        Some(v) if STATELESS_VERSIONS.contains(&v) => Ok(Route::Stateless(v)),
+        _ => Err(Refuse::Unsupported {
+            requested: meta.to_string(),
+        }),
+    }
+}
+
+/// `error.data` of -32022: `{"supported":[…],"requested":"…"}`.
+pub fn unsupported_data(requested: &str) -> Vec<u8> {
+    let mut d = Vec::with_capacity(64 + requested.len());
+    d.extend_from_slice(b"{\"supported\":[");
+    for (i, v) in STATELESS_VERSIONS.iter().enumerate() {
+        if i > 0 {
+            d.push(b',');
+        }
+        d.push(b'"');
+        d.extend_from_slice(v.as_str().as_bytes());
+        d.push(b'"');
+    }
+    d.extend_from_slice(b"],\"requested\":");
+    crate::error::json_escape_into(&mut d, requested);
+    d.push(b'}');
+    d
+}
+
+/// Which body value `Mcp-Name` mirrors for `method`: `params.name` or `params.uri`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameSource {
+    Name,
+    Uri,
+}
+
+/// The body field `Mcp-Name` must mirror, for the methods that require it.
+pub fn name_source(method: Method) -> Option<NameSource> {
+    match method {
+        Method::ToolsCall | Method::PromptsGet => Some(NameSource::Name),
+        Method::ResourcesRead => Some(NameSource::Uri),
+        _ => None,
+    }
+}
+
+/// The mirrored headers of one message and what the scanner read from its body.
+#[derive(Clone, Copy, Debug)]
+pub struct Mirrored<'a> {
+    pub header_method: Option<&'a [u8]>,
+    pub header_name: Option<&'a [u8]>,
+    /// The body's `method`.
+    pub method: &'a [u8],
+    /// Whether the message is a request (notifications need no `Mcp-Method`).
+    pub request: bool,
+    /// The body value `Mcp-Name` mirrors (`params.name` or `params.uri`), decoded, when the
+    /// method has one (`name_source`); `None` inside means the body has none.
+    pub name: Option<Option<&'a [u8]>>,
+}
+
+/// Checks `Mcp-Method` and `Mcp-Name` against the body: required where the revision requires
+/// them, equal (after decoding a `=?base64?…?=` value and dropping surrounding whitespace, and
+/// case-sensitive) wherever present. The error is the sentence for -32020.
+pub fn check_mirrored(m: &Mirrored<'_>) -> Result<(), String> {
+    match m.header_method {
+        None if m.request => return Err("Mcp-Method header is missing".into()),
+        None => {}
+        Some(h) => {
+            let h = header_value(h).map_err(|why| format!("Mcp-Method header: {why}"))?;
+            if *h != *m.method {
+                return Err(mismatch("Mcp-Method", &h, m.method));
+            }
+        }
+    }
+    let Some(body) = m.name else {
+        return Ok(());
+    };
+    let Some(h) = m.header_name else {
+        return Err("Mcp-Name header is missing".into());
+    };
+    let h = header_value(h).map_err(|why| format!("Mcp-Name header: {why}"))?;
+    match body {
+        Some(b) if *h == *b => Ok(()),
+        Some(b) => Err(mismatch("Mcp-Name", &h, b)),
+        None => Err(format!(
+            "Header mismatch: Mcp-Name header value '{}' has no body value to match",
+            String::from_utf8_lossy(&h)
+        )),
+    }
+}
+
+fn mismatch(header: &str, h: &[u8], body: &[u8]) -> String {
+    format!(
+        "Header mismatch: {header} header value '{}' does not match body value '{}'",
+        String::from_utf8_lossy(h),
+        String::from_utf8_lossy(body)
+    )
+}
+
+/// A mirrored header's value as the body would spell it: surrounding spaces and tabs dropped,
+/// a `=?base64?…?=` value decoded (strict base64 with padding; it must be UTF-8). A plain value
+/// must be visible ASCII, spaces and tabs; anything else is refused.
+pub fn header_value(v: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
+    let v = v.trim_ascii();
+    if let Some(inner) = v
+        .strip_prefix(b"=?base64?")
+        .and_then(|r| r.strip_suffix(b"?="))
+    {
+        let bytes = STANDARD
+            .decode(inner)
+            .map_err(|_| "invalid base64 in a =?base64?…?= value")?;
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err("a =?base64?…?= value that is not UTF-8");
+        }
+        return Ok(Cow::Owned(bytes));
+    }
+    if v.iter()
+        .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        Ok(Cow::Borrowed(v))
+    } else {
+        Err("invalid characters (non-ASCII values are sent as =?base64?…?=)")
+    }
+}
+
+/// Spells `value` as a mirrored header value: as it is when it is plain visible ASCII (inner
+/// spaces allowed) and does not look like an encoded value, else `=?base64?…?=`.
+pub fn encode_header_value(out: &mut Vec<u8>, value: &[u8]) {
+    let plain = !value.is_empty()
+        && value.iter().all(|&b| b == b' ' || b.is_ascii_graphic())
+        && value.first() != Some(&b' ')
+        && value.last() != Some(&b' ')
+        && !(value.starts_with(b"=?") && value.ends_with(b"?="));
+    if plain {
+        out.extend_from_slice(value);
+    } else {
+        out.extend_from_slice(b"=?base64?");
+        out.extend_from_slice(STANDARD.encode(value).as_bytes());
+        out.extend_from_slice(b"?=");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig<'a>(h: Option<&'a str>, m: Option<&'a str>, caps: bool) -> Signals<'a> {
+        Signals {
+            header_version: h.map(str::as_bytes),
+            meta_version: m,
+            meta_capabilities: caps,
+            has_session: false,
+        }
+    }
+
+    #[test]
+    fn the_path_follows_the_revision_the_request_speaks() {
+        let modern = Ok(Route::Stateless(ProtocolVersion::V2026_07_28));
+        assert_eq!(
+            route(&sig(Some("2026-07-28"), Some("2026-07-28"), true)),
+            modern
+        );
+        assert_eq!(
+            route(&sig(Some(" 2026-07-28 "), Some("2026-07-28"), true)),
+            modern
+        );
+        // Session-era clients: no version, a session-era one, or an unknown header alone.
+        for h in [None, Some("2025-06-18"), Some("2025-11-25"), Some("v999")] {
+            assert_eq!(route(&sig(h, None, false)), Ok(Route::Session), "{h:?}");
+        }
+        // A session id decides, whatever the body says.
+        let mut s = sig(None, Some("2026-07-28"), false);
+        s.has_session = true;
+        assert_eq!(route(&s), Ok(Route::Session));
+    }
+
+    #[test]
+    fn refusals_come_in_the_spec_order() {
+        // Header missing first, even when _meta lacks capabilities too.
+        assert!(matches!(
+            route(&sig(None, Some("2026-07-28"), false)),
+            Err(Refuse::HeaderMismatch(m)) if m.contains("missing")
+        ));
+        // Then a missing _meta key.
+        assert!(matches!(
+            route(&sig(Some("2026-07-28"), None, false)),
+            Err(Refuse::MissingMeta(m)) if m.contains("protocolVersion")
+        ));
+        assert!(matches!(
+            route(&sig(Some("2026-07-28"), Some("2026-07-28"), false)),
+            Err(Refuse::MissingMeta(m)) if m.contains("clientCapabilities")
+        ));
+        // Then header ≠ body.
+        assert!(matches!(
+            route(&sig(Some("2026-07-28"), Some("v999.0.0"), true)),
+            Err(Refuse::HeaderMismatch(m)) if m.contains("v999.0.0")
+        ));
+        // Then a revision not served (unknown, or a session-era one on the stateless wire).
+        for v in ["v999.0.0", "2025-11-25"] {
+            assert_eq!(
+                route(&sig(Some(v), Some(v), true)),
+                Err(Refuse::Unsupported {
+                    requested: v.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_data_names_both_sides() {
+        let d: serde_json::Value = serde_json::from_slice(&unsupported_data("v\"9")).unwrap();
+        assert_eq!(d["supported"], serde_json::json!(["2026-07-28"]));
+        assert_eq!(d["requested"], "v\"9");
+    }
+
+    fn mirrored<'a>(
+        hm: Option<&'a str>,
+        hn: Option<&'a str>,
+        method: &'a str,
+        name: Option<Option<&'a str>>,
+    ) -> Mirrored<'a> {
+        Mirrored {
+            header_method: hm.map(str::as_bytes),
+            header_name: hn.map(str::as_bytes),
+            method: method.as_bytes(),
+            request: true,
+            name: name.map(|n| n.map(str::as_bytes)),
+        }
+    }
+
+    #[test]
+    fn mirrored_headers_must_match_the_body() {
+        let ok = |hm, hn, method, name| check_mirrored(&mirrored(hm, hn, method, name));
+        assert_eq!(ok(Some("tools/list"), None, "tools/list", None), Ok(()));
+        assert_eq!(ok(Some("  tools/list\t"), None, "tools/list", None), Ok(()));
+        assert!(ok(None, None, "tools/list", None)
+            .unwrap_err()
+            .contains("missing"));
+        // Values are case-sensitive.
+        assert!(ok(Some("TOOLS/LIST"), None, "tools/list", None)
+            .unwrap_err()
+            .contains("does not match"));
+        let call = Some(Some("echo"));
+        assert_eq!(
+            ok(Some("tools/call"), Some("echo"), "tools/call", call),
+            Ok(())
+        );
+        assert!(ok(Some("tools/call"), None, "tools/call", call)
+            .unwrap_err()
+            .contains("Mcp-Name header is missing"));
+        assert!(ok(Some("tools/call"), Some("other"), "tools/call", call).is_err());
+        // A header with nothing in the body to mirror.
+        assert!(ok(Some("tools/call"), Some("echo"), "tools/call", Some(None)).is_err());
+        // Base64 values are decoded first.
+        assert_eq!(
+            ok(
+                Some("tools/call"),
+                Some("=?base64?ZWNobw==?="),
+                "tools/call",
+                call
+            ),
+            Ok(())
+        );
+        assert!(ok(
+            Some("tools/call"),
+            Some("=?base64?ZWNobw?="),
+            "tools/call",
+            call
+        )
+        .unwrap_err()
+        .contains("base64"));
+        // A notification needs no Mcp-Method, but one present must match.
+        let mut n = mirrored(None, None, "notifications/cancelled", None);
+        n.request = false;
+        assert_eq!(check_mirrored(&n), Ok(()));
+        n.header_method = Some(b"notifications/other");
+        assert!(check_mirrored(&n).is_err());
+    }
+
+    #[test]
+    fn header_values_decode_and_encode_round_trip() {
+        for v in [
+            "echo",
+            "a b",
+            "héllo",
+            " lead",
+            "=?base64?x?=",
+            "",
+            "tab\there",
+        ] {
+            let mut out = Vec::new();
+            encode_header_value(&mut out, v.as_bytes());
+            assert_eq!(&*header_value(&out).unwrap(), v.as_bytes(), "{v:?}");
+        }
+        assert!(header_value("caf\u{e9}".as_bytes()).is_err());
+        assert!(header_value(b"=?base64?/w==?=").is_err(), "not UTF-8");
+        // Without both markers a value is taken literally.
+        assert_eq!(
+            &*header_value(b"=?base64?ZWNobw==").unwrap(),
+            b"=?base64?ZWNobw=="
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The stateless revision (2026-07-28) on the request path: a POST whose `_meta` (or version
+//! header) names it takes this path instead of the session phase. Nothing is opened or sealed:
+//! every request is checked on its own (`mcp::modern`: version, `_meta`, and the headers that
+//! mirror the body, before any decision), then forwarded to the endpoint's upstream with the
+//! headers that revision carries, or answered by the gateway (`server/discover`, the methods
+//! the revision removed).
+//!
+//! Served today: endpoints with one upstream that speaks 2026-07-28, passed through (the reply
+//! relayed as it comes: JSON, an event stream, or a long-lived `subscriptions/listen` stream).
+//! Not yet: federated endpoints, and translation toward session-era upstreams; a request that
+//! would need them gets a session-era error (-32600, HTTP 400), which makes a client in "auto"
+//! mode fall back to `initialize`.
+
+use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
+
+use crate::error::Kind;
+use crate::http::head::RequestHead;
+use crate::http::response;
+use crate::jsonrpc::MessageKind;
+use crate::mcp::modern::{self, Mirrored, Refuse, STATELESS_VERSIONS};
+use crate::mcp::{Method, ProtocolVersion};
+
+use super::client::Client;
+use super::context::{Ctx, Short};
+use super::federate::exchange;
+use super::reject::Refusal;
+use super::state::WorkerState;
+use super::{forward, refuse, Next, Then};
+
+/// What the checks decided; the upstream request (if any) is already in `c.up_out`.
+pub(super) enum Action {
+    Refuse(Refusal),
+    /// Forward to upstream `u` and relay its reply; `listen`: a `subscriptions/listen` stream
+    /// (no read timeout, ends at shutdown).
+    Forward {
+        u: usize,
+        listen: bool,
+    },
+    /// `server/discover`, answered by the gateway from its upstream's own answer.
+    Discover {
+        u: usize,
+    },
+}
+
+/// The refusal for a request that speaks the stateless revision but fails its first checks.
+pub(super) fn refusal(r: Refuse) -> Refusal {
+    match r {
+        Refuse::HeaderMismatch(why) => Refusal::because(Kind::HeaderMismatch, why),
+        Refuse::MissingMeta(why) => Refusal::because(Kind::MissingMeta, why),
+        Refuse::Unsupported { requested } => Refusal::new(Kind::StatelessVersionUnsupported)
+            .with_data(modern::unsupported_data(&requested)),
+    }
+}
+
+/// Methods the revision removed (a client of it that sends one gets 404, -32601).
+fn removed(m: Method) -> bool {
+    matches!(
+        m,
+        Method::Initialize
+            | Method::NotificationsInitialized
+            | Method::Ping
+            | Method::LoggingSetLevel
+            | Method::ResourcesSubscribe
+            | Method::ResourcesUnsubscribe
+            | Method::NotificationsRootsListChanged
+    )
+}
+
+/// Checks the request and renders the upstream request into `out` (the caller consumes the
+/// request's bytes, then calls `finish`).
+pub(super) fn prepare(
+    ctx: &Ctx,
+    (head, buf, body): (&RequestHead, &[u8], &[u8]),
+    out: &mut Vec<u8>,
+) -> Action {
+    let gw = ctx.gw();
+    if ctx.batch {
+        return Action::Refuse(Refusal::because(
+            Kind::InvalidRequest,
+            "JSON-RPC batches are not part of protocol version 2026-07-28",
+        ));
+    }
+    let Some(m) = ctx.first() else {
+        return Action::Refuse(Refusal::new(Kind::InvalidRequest));
+    };
+    match m.kind {
+        MessageKind::Request | MessageKind::Notification => {}
+        MessageKind::Response | MessageKind::Error => {
+            return Action::Refuse(Refusal::because(
+                Kind::InvalidRequest,
+                "protocol version 2026-07-28 has no server-to-client requests to answer: \
+                 input is sent with the retried request (inputResponses)",
+            ));
+        }
+    }
+    let method: &[u8] = match &m.method_text {
+        Some(t) => t.get(),
+        None => m.method.as_str().as_bytes(),
+    };
+    let name = modern::name_source(m.method).map(|src| {
+        match src {
+            modern::NameSource::Name => m.name.as_ref(),
+            modern::NameSource::Uri => m.uri.as_ref(),
+        }
+        .map(Short::get)
+    });
+    let mirrored = Mirrored {
+        header_method: head.mcp_method.clone().map(|r| &buf[r]),
+        header_name: head.mcp_name.clone().map(|r| &buf[r]),
+        method,
+        request: m.kind == MessageKind::Request,
+        name,
+    };
+    if let Err(why) = modern::check_mirrored(&mirrored) {
+        return Action::Refuse(Refusal::because(Kind::HeaderMismatch, why));
+    }
+    if removed(m.method) {
+        let why = format!(
+            "{} is not part of protocol version 2026-07-28",
+            m.method.as_str()
+        );
+        return Action::Refuse(Refusal::because(Kind::MethodNotFound, why));
+    }
+    let server = ctx.server.unwrap_or_default();
+    let s = &gw.config.servers[server];
+    if s.federated() {
+        // Session-era error on purpose: a client in "auto" mode falls back to initialize.
+        return Action::Refuse(Refusal::because(
+            Kind::InvalidRequest,
+            format!(
+                "{} fronts several upstreams and serves protocol version 2026-07-28 requests \
+                 only in sessions for now: send initialize",
+                s.path
+            ),
+        ));
+    }
+    let u = s.primary();
+    let up = &gw.upstreams[u];
+    out.clear();
+    out.extend_from_slice(&up.post_prefix);
+    response::content_length(out, body.len() as u64);
+    if let Some(r) = head.protocol_version.clone() {
+        response::header(out, b"mcp-protocol-version", buf[r].trim_ascii());
+    }
+    if let Some(r) = head.mcp_method.clone() {
+        response::header(out, b"mcp-method", buf[r].trim_ascii());
+    }
+    if let Some(r) = head.mcp_name.clone() {
+        response::header(out, b"mcp-name", buf[r].trim_ascii());
+    }
+    for (n, v) in head.mcp_params.iter().chain(head.trace.iter()) {
+        response::header(out, &buf[n.clone()], &buf[v.clone()]);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    match m.method {
+        Method::ServerDiscover => Action::Discover { u },
+        Method::SubscriptionsListen => Action::Forward { u, listen: true },
+        _ => Action::Forward { u, listen: false },
+    }
+}
+
+/// Carries out what `prepare` decided.
+pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
+    match a {
+        Action::Refuse(r) => refuse(c, ctx, r).await,
+        Action::Forward { u, listen } => {
+            let then = if listen { Then::Listen } else { Then::Relay };
+            forward(w, c, ctx, u, false, then).await
+        }
+        Action::Discover { u } => discover(w, c, ctx, u).await,
+    }
+}
+
+/// `server/discover`: the upstream's own answer (so the capabilities are what it really offers),
+/// re-issued as the gateway's: its server info, the revisions this endpoint accepts, the
+/// upstream's caching hints. An upstream that does not answer it does not speak the revision:
+/// the client gets a session-era error and falls back to `initialize`.
+async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    let req = std::mem::take(&mut c.up_out);
+    let id = ctx.answer_id().map(<[u8]>::to_vec).unwrap_or_default();
+    let reply = exchange::whole(w, gw, u, req).await;
+    let upstream_result = match reply {
+        Ok(r) => exchange::result_of(gw, u, &r, &id),
+        Err(e) => Err(e.reason),
+    };
+    let result = match upstream_result {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::info!(upstream = %gw.upstreams[u].name, error = %why, "server/discover not answered upstream");
+            let msg = format!(
+                "{why}; this endpoint serves protocol version 2026-07-28 only where its upstream \
+                 does: send initialize"
+            );
+            return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, msg)).await;
+        }
+    };
+    let body = discover_result(&result);
+    super::federate::reply_result(c, ctx, body.as_bytes()).await
+}
+
+/// The gateway's `server/discover` result from its upstream's.
+fn discover_result(upstream: &Value) -> String {
+    let upstream_versions: Vec<&str> = upstream
+        .get("supportedVersions")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    // The stateless revisions both sides speak, then every session-era one (served through
+    // initialize whatever the upstream speaks).
+    let mut versions: Vec<&str> = STATELESS_VERSIONS
+        .iter()
+        .map(|v| v.as_str())
+        .filter(|v| upstream_versions.contains(v))
+        .collect();
+    versions.extend(
+        ProtocolVersion::ALL
+            .iter()
+            .rev()
+            .filter(|v| v.is_legacy())
+            .map(|v| v.as_str()),
+    );
+    let ttl = upstream.get("ttlMs").and_then(|v| v.as_u64()).unwrap_or(0);
+    let scope = match upstream.get("cacheScope").and_then(|v| v.as_str()) {
+        Some("private") => "private",
+        _ => "public",
+    };
+    let mut r = json!({
+        "resultType": "complete",
+        "supportedVersions": versions,
+        "capabilities": upstream.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+        "_meta": {
+            "io.modelcontextprotocol/serverInfo": {
+                "name": "tollgate",
+                "title": "tollgate MCP gateway",
+                "version": env!("CARGO_PKG_VERSION"),
+            }
+        },
+        "ttlMs": ttl,
+        "cacheScope": scope,
+    });
+    if let Some(i) = upstream.get("instructions").and_then(|v| v.as_str()) {
+        r["instructions"] = Value::from(i);
+    }
+    r.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discover_keeps_the_upstream_capabilities_and_names_the_gateway() {
+        let up: Value = sonic_rs::from_str(
+            r#"{"resultType":"complete","supportedVersions":["2026-07-28"],
+                "capabilities":{"tools":{"listChanged":true}},"instructions":"hi",
+                "_meta":{"io.modelcontextprotocol/serverInfo":{"name":"fixture","version":"1"}},
+                "ttlMs":300000,"cacheScope":"public"}"#,
+        )
+        .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&discover_result(&up)).unwrap();
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["supportedVersions"][0], "2026-07-28");
+        assert!(r["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&"2025-11-25".into()));
+        assert_eq!(r["capabilities"]["tools"]["listChanged"], true);
+        assert_eq!(
+            r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+            "tollgate"
+        );
+        assert_eq!(r["ttlMs"], 300000);
+        assert_eq!(r["cacheScope"], "public");
+        assert_eq!(r["instructions"], "hi");
+    }
+
+    #[test]
+    fn discover_offers_no_stateless_revision_the_upstream_lacks() {
+        let up: Value = sonic_rs::from_str(r#"{"supportedVersions":["2099-01-01"]}"#).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&discover_result(&up)).unwrap();
+        assert!(!r["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&"2026-07-28".into()));
+        assert_eq!(r["ttlMs"], 0);
+    }
+}

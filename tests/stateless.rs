@@ -1,0 +1,408 @@
+//! The stateless revision (2026-07-28) through the real binary: the version and `_meta` checks,
+//! the headers that mirror the body (checked before the upstream sees anything), the fallback
+//! answers a session-era client gets, `server/discover`, removed methods, GET/DELETE, and a
+//! `subscriptions/listen` stream that outlives the request timeout. The upstream is scripted: it
+//! records every request and answers like a 2026-07-28 server.
+
+mod harness;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use harness::scripted::{self, read_request, response, Request, Scripted};
+use harness::{Demo, Gateway, Http, Response};
+use serde_json::{json, Value};
+
+const V: &str = "2026-07-28";
+
+/// A 2026-07-28 upstream that records what it receives. `tools/call` echoes its name;
+/// `server/discover` names it; `subscriptions/listen` acknowledges, waits `listen_wait`, sends
+/// one notification and ends.
+fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scripted {
+    Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            seen.lock().unwrap().push(req.clone());
+            let v = req.json();
+            let id = v["id"].clone();
+            let reply = match v["method"].as_str().unwrap_or("") {
+                "server/discover" => scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "supportedVersions": [V],
+                           "capabilities": {"tools": {"listChanged": true}},
+                           "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "modern", "version": "1"}},
+                           "ttlMs": 60000, "cacheScope": "public"}),
+                )),
+                "tools/call" => scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete",
+                           "content": [{"type": "text", "text": req.tool()}]}),
+                )),
+                "subscriptions/listen" => {
+                    let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                        "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": id},
+                                   "notifications": {"toolsListChanged": true}}});
+                    let change = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                        "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": id}}});
+                    let chunk = |s: &mut TcpStream, data: &Value| {
+                        let ev = format!("event: message\ndata: {data}\n\n");
+                        let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+                    };
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    );
+                    chunk(&mut s, &ack);
+                    std::thread::sleep(listen_wait);
+                    chunk(&mut s, &change);
+                    let _ = s.write_all(b"0\r\n\r\n");
+                    continue;
+                }
+                _ => response("202 Accepted", &[], b""),
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": V,
+           "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+/// A 2026-07-28 request body.
+fn body(id: u64, method: &str, mut params: Value) -> Vec<u8> {
+    params["_meta"] = meta();
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        .to_string()
+        .into_bytes()
+}
+
+fn post(gw: &Gateway, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(headers);
+    gw.client().request("POST", "/mcp", &h, body)
+}
+
+fn error_of(r: &Response) -> (u16, i64, String) {
+    let v = r.json();
+    (
+        r.status,
+        v["error"]["code"].as_i64().unwrap_or(0),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn setup(listen_wait: Duration) -> (Scripted, Gateway, Arc<Mutex<Vec<Request>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = modern_upstream(seen.clone(), listen_wait);
+    let gw = Gateway::builder()
+        .upstream_with("modern", &up.url(), &[("request_timeout", "500ms")])
+        .serve("/mcp", "modern")
+        .start();
+    (up, gw, seen)
+}
+
+#[test]
+fn a_stateless_call_passes_through_with_the_headers_of_its_revision() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    let b = body(
+        1,
+        "tools/call",
+        json!({"name": "weather", "arguments": {"region": "eu"}}),
+    );
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "weather"),
+            ("mcp-param-region", "eu"),
+        ],
+        &b,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["result"]["content"][0]["text"], "weather");
+    assert!(r.header("mcp-session-id").is_none(), "no session is issued");
+    let seen = seen.lock().unwrap();
+    let req = seen.last().unwrap();
+    assert_eq!(req.header("mcp-protocol-version"), Some(V));
+    assert_eq!(req.header("mcp-method"), Some("tools/call"));
+    assert_eq!(req.header("mcp-name"), Some("weather"));
+    assert_eq!(req.header("mcp-param-region"), Some("eu"));
+    assert!(req.header("mcp-session-id").is_none());
+    assert_eq!(req.body, b, "the body is forwarded as sent");
+}
+
+#[test]
+fn mirrored_headers_are_checked_before_the_upstream_sees_the_request() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    let call = body(2, "tools/call", json!({"name": "weather", "arguments": {}}));
+    let base = [("mcp-protocol-version", V)];
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![("mcp-name", "weather")],
+            "Mcp-Method header is missing",
+        ),
+        (
+            vec![("mcp-method", "tools/list"), ("mcp-name", "weather")],
+            "does not match",
+        ),
+        (
+            vec![("mcp-method", "TOOLS/CALL"), ("mcp-name", "weather")],
+            "does not match",
+        ),
+        (
+            vec![("mcp-method", "tools/call")],
+            "Mcp-Name header is missing",
+        ),
+        (
+            vec![("mcp-method", "tools/call"), ("mcp-name", "Weather")],
+            "does not match",
+        ),
+        (
+            vec![
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "=?base64?d2VhdGhlcg?="),
+            ],
+            "base64",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut h = base.to_vec();
+        h.extend(extra.iter().copied());
+        let r = post(&gw, &h, &call);
+        let (status, code, msg) = error_of(&r);
+        assert_eq!((status, code), (400, -32020), "{extra:?}: {}", r.text());
+        assert!(msg.contains(want), "{extra:?}: {msg}");
+    }
+    // Base64, surrounding whitespace and the header name's case are all accepted.
+    for (n, v) in [
+        ("mcp-name", "=?base64?d2VhdGhlcg==?="),
+        ("MCP-NAME", "  weather "),
+    ] {
+        let r = post(
+            &gw,
+            &[
+                ("mcp-protocol-version", V),
+                ("Mcp-Method", "tools/call"),
+                (n, v),
+            ],
+            &call,
+        );
+        assert_eq!(r.status, 200, "{n}: {v}: {}", r.text());
+    }
+    // A resource read mirrors its uri.
+    let read = body(3, "resources/read", json!({"uri": "file:///a b"}));
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "resources/read"),
+            ("mcp-name", "file:///a c"),
+        ],
+        &read,
+    );
+    assert_eq!(error_of(&r).1, -32020);
+    // Two Mcp-Method headers are no request at all.
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "tools/call"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "weather"),
+        ],
+        &call,
+    );
+    assert_eq!(r.status, 400);
+    let calls = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.rpc_method() == "tools/call")
+        .count();
+    assert_eq!(
+        calls, 2,
+        "only the two well-formed calls reached the upstream"
+    );
+}
+
+#[test]
+fn version_and_meta_problems_get_the_codes_of_the_revision() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    let discover = |v: &str| {
+        let mut m = meta();
+        m["io.modelcontextprotocol/protocolVersion"] = v.into();
+        json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {"_meta": m}})
+            .to_string()
+    };
+    let hdr = |v: &'static str| {
+        vec![
+            ("mcp-protocol-version", v),
+            ("mcp-method", "server/discover"),
+        ]
+    };
+    // Unsupported: 400, -32022, data names both sides.
+    let r = post(&gw, &hdr("v999.0.0"), discover("v999.0.0").as_bytes());
+    let (status, code, _) = error_of(&r);
+    assert_eq!((status, code), (400, -32022), "{}", r.text());
+    let data = &r.json()["error"]["data"];
+    assert_eq!(data["requested"], "v999.0.0");
+    assert_eq!(data["supported"], json!([V]));
+    assert_eq!(r.json()["id"], 9);
+    // The header disagreeing with _meta, or missing: -32020.
+    let r = post(&gw, &hdr(V), discover("v999.0.0").as_bytes());
+    assert_eq!(error_of(&r).0..=error_of(&r).0, 400..=400);
+    assert_eq!(error_of(&r).1, -32020);
+    let r = post(
+        &gw,
+        &[("mcp-method", "server/discover")],
+        discover(V).as_bytes(),
+    );
+    assert_eq!(error_of(&r).1, -32020, "{}", r.text());
+    // _meta missing, or without clientCapabilities: 400, -32602.
+    let bare = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}});
+    let r = post(&gw, &hdr(V), bare.to_string().as_bytes());
+    assert_eq!(
+        (error_of(&r).0, error_of(&r).1),
+        (400, -32602),
+        "{}",
+        r.text()
+    );
+    let no_caps = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": V}}});
+    let r = post(&gw, &hdr(V), no_caps.to_string().as_bytes());
+    assert_eq!(error_of(&r).1, -32602);
+    assert!(error_of(&r).2.contains("clientCapabilities"));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+#[test]
+fn session_era_clients_never_get_the_new_codes() {
+    let (_up, gw, _seen) = setup(Duration::ZERO);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    for h in [
+        vec![],
+        vec![("mcp-protocol-version", "2025-06-18")],
+        vec![("mcp-protocol-version", "v999")],
+    ] {
+        let r = post(&gw, &h, list.as_bytes());
+        let (status, code, _) = error_of(&r);
+        assert_eq!(status, 400, "{h:?}");
+        assert_eq!(code, -32600, "{h:?}: {}", r.text());
+    }
+}
+
+#[test]
+fn removed_methods_are_404_and_get_delete_are_405() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    for m in [
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+    ] {
+        let r = post(
+            &gw,
+            &[("mcp-protocol-version", V), ("mcp-method", m)],
+            &body(4, m, json!({})),
+        );
+        let (status, code, msg) = error_of(&r);
+        assert_eq!((status, code), (404, -32601), "{m}: {}", r.text());
+        assert!(msg.contains(m), "{msg}");
+    }
+    for method in ["GET", "DELETE"] {
+        let r = gw.client().request(
+            method,
+            "/mcp",
+            &[("accept", "text/event-stream"), ("mcp-protocol-version", V)],
+            b"",
+        );
+        assert_eq!(r.status, 405, "{method}: {}", r.text());
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn discover_is_answered_by_the_gateway_from_its_upstream() {
+    let (_up, gw, _seen) = setup(Duration::ZERO);
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "server/discover"),
+        ],
+        &body(5, "server/discover", json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let res = &r.json()["result"];
+    assert_eq!(res["resultType"], "complete");
+    assert_eq!(res["supportedVersions"][0], V);
+    assert_eq!(res["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(
+        res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "tollgate"
+    );
+    assert_eq!(res["ttlMs"], 60000);
+    assert_eq!(res["cacheScope"], "public");
+}
+
+#[test]
+fn discover_in_front_of_a_session_era_upstream_makes_clients_fall_back() {
+    let demo = Demo::start(&[]);
+    let gw = Gateway::in_front_of(&demo.url());
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "server/discover"),
+        ],
+        &body(6, "server/discover", json!({})),
+    );
+    let (status, code, msg) = error_of(&r);
+    assert_eq!((status, code), (400, -32600), "{}", r.text());
+    assert!(msg.contains("initialize"), "{msg}");
+}
+
+#[test]
+fn a_listen_stream_outlives_the_request_timeout() {
+    // The upstream's request_timeout is 500 ms; the notification comes 1.2 s after the ack.
+    let (_up, gw, _seen) = setup(Duration::from_millis(1200));
+    let mut c: Http = gw.client();
+    let r = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", V),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        &body(
+            7,
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = r.sse_messages();
+    let methods: Vec<&str> = msgs.iter().filter_map(|m| m["method"].as_str()).collect();
+    assert_eq!(
+        methods,
+        [
+            "notifications/subscriptions/acknowledged",
+            "notifications/tools/list_changed"
+        ],
+        "{}",
+        r.text()
+    );
+}
