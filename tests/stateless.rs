@@ -358,8 +358,23 @@ fn discover_is_answered_by_the_gateway_from_its_upstream() {
 
 #[test]
 fn discover_in_front_of_a_session_era_upstream_makes_clients_fall_back() {
-    let demo = Demo::start(&[]);
-    let gw = Gateway::in_front_of(&demo.url());
+    // What a session-era SDK server answers a request without a session.
+    let legacy = Scripted::start(|mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            let err = json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32000, "message": "Bad Request: No valid session ID provided"}});
+            let r = response(
+                "400 Bad Request",
+                &[("Content-Type", "application/json")],
+                err.to_string().as_bytes(),
+            );
+            let _ = req;
+            if s.write_all(&r).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::in_front_of(&legacy.url());
     let r = post(
         &gw,
         &[
@@ -405,4 +420,108 @@ fn a_listen_stream_outlives_the_request_timeout() {
         "{}",
         r.text()
     );
+}
+
+/// The built-in demo speaks 2026-07-28 too: straight at it and through the gateway, a call, a
+/// call streaming progress, a list with its caching hints, and its own refusals.
+#[test]
+fn the_demo_speaks_the_stateless_revision_directly_and_through_the_gateway() {
+    let demo = Demo::start(&[]);
+    let gw = Gateway::in_front_of(&demo.url());
+    let direct_addr: std::net::SocketAddr = demo.url()["http://".len()..]
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    for (label, addr) in [("direct", direct_addr), ("tollgate", gw.addr)] {
+        let post = |headers: &[(&str, &str)], b: &[u8]| {
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", V),
+            ];
+            h.extend_from_slice(headers);
+            Http::connect(addr).request("POST", "/mcp", &h, b)
+        };
+        let r = post(
+            &[("mcp-method", "tools/call"), ("mcp-name", "echo")],
+            &body(
+                1,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "hi"}}),
+            ),
+        );
+        assert_eq!(r.status, 200, "{label}: {}", r.text());
+        assert_eq!(r.json()["result"]["resultType"], "complete", "{label}");
+        assert_eq!(r.json()["result"]["content"][0]["text"], "hi", "{label}");
+        assert!(r.header("mcp-session-id").is_none(), "{label}");
+
+        let mut params = json!({"name": "progress", "arguments": {"steps": 3, "interval_ms": 1}});
+        params["_meta"] = meta();
+        params["_meta"]["progressToken"] = "p1".into();
+        let b = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params});
+        let r = post(
+            &[("mcp-method", "tools/call"), ("mcp-name", "progress")],
+            b.to_string().as_bytes(),
+        );
+        let msgs = r.sse_messages();
+        let progress = msgs
+            .iter()
+            .filter(|m| {
+                m["method"] == "notifications/progress" && m["params"]["progressToken"] == "p1"
+            })
+            .count();
+        assert_eq!(progress, 3, "{label}: {}", r.text());
+        assert_eq!(
+            msgs.last().unwrap()["result"]["resultType"],
+            "complete",
+            "{label}"
+        );
+
+        let r = post(
+            &[("mcp-method", "tools/list")],
+            &body(3, "tools/list", json!({})),
+        );
+        let res = &r.json()["result"];
+        assert_eq!(res["resultType"], "complete", "{label}");
+        assert!(
+            res["ttlMs"].as_u64().is_some() && res["cacheScope"] == "public",
+            "{label}: {res}"
+        );
+        assert!(
+            res["tools"].as_array().is_some_and(|t| !t.is_empty()),
+            "{label}"
+        );
+
+        let r = post(&[("mcp-method", "ping")], &body(4, "ping", json!({})));
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_i64()),
+            (404, Some(-32601)),
+            "{label}"
+        );
+        let r = post(
+            &[("mcp-method", "tools/call")],
+            &body(5, "tools/call", json!({"name": "echo"})),
+        );
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_i64()),
+            (400, Some(-32020)),
+            "{label}"
+        );
+    }
+    // Discover: the demo's own directly, the gateway's in front of it.
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "server/discover"),
+        ],
+        &body(6, "server/discover", json!({})),
+    );
+    let res = &r.json()["result"];
+    assert_eq!(res["supportedVersions"][0], V, "{}", r.text());
+    assert_eq!(
+        res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "tollgate"
+    );
+    assert!(res["capabilities"]["tools"].is_object());
 }

@@ -321,6 +321,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
     }
 
     let headers: Vec<(String, String)> = vec![];
+    // Setup tollgate-stateless measures the same scenario sent as 2026-07-28 requests.
+    let stateless = {
+        let mut st = s.clone();
+        st.stateless = true;
+        st
+    };
+    let scenario_for = |st: &Setup| {
+        if st.name == "tollgate-stateless" {
+            &stateless
+        } else {
+            &s
+        }
+    };
     if let Some(idle) = s.idle.clone() {
         for st in setups.iter_mut().filter(|x| x.failure.is_none()) {
             println!("--- {}: {} idle connections", st.name, idle.connections);
@@ -340,7 +353,15 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 "--- {}: closed loop, {} connections, ≤{} requests, ≤{}s",
                 st.name, s.connections, base.requests, s.load.duration_secs
             );
-            let (sum, up_cpu) = measure(&s, &st.url, &headers, base, st.pid, up_pid, pin)?;
+            let (sum, up_cpu) = measure(
+                scenario_for(st),
+                &st.url,
+                &headers,
+                base,
+                st.pid,
+                up_pid,
+                pin,
+            )?;
             st.upstream_cpu_us_per_req = up_cpu;
             st.closed = Some(sum);
         }
@@ -367,8 +388,16 @@ fn run(a: Args) -> anyhow::Result<bool> {
                         .timeline_dir
                         .as_ref()
                         .map(|d| d.join(format!("{}-open.csv", st.name)));
-                    let (sum, _) =
-                        measure_tl(&s, &st.url, &headers, open, st.pid, up_pid, pin, tl)?;
+                    let (sum, _) = measure_tl(
+                        scenario_for(st),
+                        &st.url,
+                        &headers,
+                        open,
+                        st.pid,
+                        up_pid,
+                        pin,
+                        tl,
+                    )?;
                     st.open = Some(sum);
                 }
             }
@@ -764,7 +793,7 @@ http {{
                 ),
             ))
         }
-        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" => {
+        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -835,6 +864,9 @@ http {{
                 } else if tls {
                     "workers: 1, TLS listener (ECDSA P-256, keep-alive: one handshake per connection)"
                         .into()
+                } else if name == "tollgate-stateless" {
+                    "workers: 1, the scenario sent as 2026-07-28 stateless requests (no session; _meta and Mcp-* headers)"
+                        .into()
                 } else {
                     "workers: 1".into()
                 },
@@ -842,7 +874,7 @@ http {{
         }
         other => {
             anyhow::bail!(
-                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3)"
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless)"
             )
         }
     }

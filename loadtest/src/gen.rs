@@ -53,6 +53,16 @@ pub struct Template {
     pub is_notification: bool,
 }
 
+/// The revision a stateless run speaks: the scenario's `protocol_version` when it names a
+/// stateless one, else 2026-07-28 (a session-era scenario run with `--stateless`).
+fn stateless_version(s: &Scenario) -> &str {
+    if s.protocol_version.as_str() < "2026" {
+        "2026-07-28"
+    } else {
+        &s.protocol_version
+    }
+}
+
 const PT_PLACEHOLDER: &str = "__TOLLGATE_LOAD_PROGRESS_TOKEN__";
 
 impl Plan {
@@ -113,6 +123,27 @@ impl Plan {
                         serde_json::Value::String(PT_PLACEHOLDER.into()),
                     );
             }
+            if s.stateless {
+                // 2026-07-28: every request carries its revision and capabilities in `_meta`.
+                if params.is_null() {
+                    params = serde_json::json!({});
+                }
+                let o = params.as_object_mut().ok_or_else(|| {
+                    anyhow::anyhow!("stateless requests need params to be an object")
+                })?;
+                let meta = o.entry("_meta").or_insert_with(|| serde_json::json!({}));
+                let meta = meta
+                    .as_object_mut()
+                    .ok_or_else(|| anyhow::anyhow!("_meta must be an object"))?;
+                meta.insert(
+                    "io.modelcontextprotocol/protocolVersion".into(),
+                    serde_json::Value::String(stateless_version(s).into()),
+                );
+                meta.insert(
+                    "io.modelcontextprotocol/clientCapabilities".into(),
+                    serde_json::json!({}),
+                );
+            }
             let rendered = if params.is_null() {
                 String::new()
             } else {
@@ -142,7 +173,11 @@ impl Plan {
             host,
             path,
             extra_headers: hdrs,
-            protocol_version: s.protocol_version.clone(),
+            protocol_version: if s.stateless {
+                stateless_version(s).to_string()
+            } else {
+                s.protocol_version.clone()
+            },
             stateless: s.stateless,
             mix,
             total_weight,
@@ -201,7 +236,7 @@ impl Plan {
             }
         }
         if self.stateless {
-            // Seam for the 2026-07-28 era: the headers must match the body.
+            // 2026-07-28: the headers mirror the body.
             req.push_str("MCP-Protocol-Version: ");
             req.push_str(&self.protocol_version);
             req.push_str("\r\nMcp-Method: ");

@@ -358,19 +358,46 @@ fn get_prompt<'c>(params: Option<&Value>) -> Reply<'c> {
 /// Renders a complete JSON-RPC response for `id`. `Slow` and `Progress` must be resolved first;
 /// if one slips through it is answered as an internal error rather than a panic.
 pub fn render_reply(out: &mut Vec<u8>, id: &Value, reply: &Reply<'_>) {
+    render_reply_stamped(out, id, reply, b"")
+}
+
+/// `render_reply`, with `stamp` (members, e.g. `"resultType":"complete"`) first in the result
+/// object: what the stateless revision adds to every result.
+pub fn render_reply_stamped(out: &mut Vec<u8>, id: &Value, reply: &Reply<'_>, stamp: &[u8]) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     let _ = serde_json::to_writer(&mut *out, id);
+    // An object result, stamped: `{` stamp (`,` rest)?
+    let object = |out: &mut Vec<u8>, rendered: &[u8]| match rendered.strip_prefix(b"{") {
+        Some(rest) if !stamp.is_empty() => {
+            out.push(b'{');
+            out.extend_from_slice(stamp);
+            if rest.trim_ascii_start() != b"}" {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+        }
+        _ => out.extend_from_slice(rendered),
+    };
     match reply {
         Reply::Result(v) => {
             out.extend_from_slice(b",\"result\":");
-            let _ = serde_json::to_writer(&mut *out, v);
+            if stamp.is_empty() {
+                let _ = serde_json::to_writer(&mut *out, v);
+            } else {
+                object(out, &serde_json::to_vec(v).unwrap_or_default());
+            }
         }
         Reply::Raw(raw) => {
             out.extend_from_slice(b",\"result\":");
-            out.extend_from_slice(raw);
+            object(out, raw);
         }
         Reply::Large(n) => {
-            out.extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"");
+            out.extend_from_slice(b",\"result\":{");
+            if !stamp.is_empty() {
+                out.extend_from_slice(stamp);
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"content\":[{\"type\":\"text\",\"text\":\"");
             fill_ascii(out, *n);
             out.extend_from_slice(b"\"}]}");
         }

@@ -21,6 +21,8 @@ use crate::http::head::{parse_request, HttpMethod};
 use crate::http::{response, sse, Conn};
 use crate::mcp::ProtocolVersion;
 
+mod stateless;
+
 pub const MAX_HEAD: usize = 1 << 20;
 pub const MAX_BODY: usize = 16 << 20;
 const MAX_HEADERS: usize = 128;
@@ -121,6 +123,10 @@ struct Req {
     version_header: Option<Option<ProtocolVersion>>,
     origin_ok: bool,
     keep_alive: bool,
+    /// The raw `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` values (2026-07-28).
+    version_raw: Option<Vec<u8>>,
+    mcp_method: Option<Vec<u8>>,
+    mcp_name: Option<Vec<u8>>,
 }
 
 enum Body {
@@ -228,6 +234,9 @@ async fn serve_one(
             .map(|v| ProtocolVersion::parse_bytes(v.trim_ascii()).filter(|p| p.is_legacy())),
         origin_ok: !shared.loopback || field(&head.origin).is_none_or(is_local_origin),
         keep_alive: head.keep_alive,
+        version_raw: field(&head.protocol_version).map(<[u8]>::to_vec),
+        mcp_method: field(&head.mcp_method).map(<[u8]>::to_vec),
+        mcp_name: field(&head.mcp_name).map(<[u8]>::to_vec),
     };
     conn.consume(head.len);
 
@@ -382,6 +391,11 @@ async fn post(
     msg: &Value,
 ) -> io::Result<Next> {
     let ka = req.keep_alive;
+    if req.session.is_none() {
+        if let Some(route) = stateless::route(req, msg) {
+            return stateless::post(conn, shared, bufs, req, msg, route).await;
+        }
+    }
     let classified = handler::classify(msg);
     // `initialize` starts a session, so it is the one request that needs none.
     if let Message::Request {
@@ -393,7 +407,7 @@ async fn post(
         let (version, result) = handler::initialize(params);
         let sid = shared.sessions.create(version);
         let replies = vec![(id, Reply::Result(result))];
-        return answer(conn, shared, bufs, replies, false, Some(&sid), ka).await;
+        return answer(conn, shared, bufs, replies, false, Some(&sid), ka, b"").await;
     }
     let Some(sid) = req.session.as_deref() else {
         return reject(conn, bufs, Reject::SessionMissing, None, ka).await;
@@ -449,11 +463,12 @@ async fn post(
         return Ok(next(ka));
     }
     let batch = msg.is_array();
-    answer(conn, shared, bufs, replies, batch, None, ka).await
+    answer(conn, shared, bufs, replies, batch, None, ka, b"").await
 }
 
 /// Answers one request or a batch: as JSON, or as an SSE stream when the server is in SSE mode
-/// or a reply streams progress.
+/// or a reply streams progress. `stamp`: members every result starts with (2026-07-28).
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     conn: &mut Conn<TcpStream>,
     shared: &Shared,
@@ -462,6 +477,7 @@ async fn answer(
     batch: bool,
     session: Option<&str>,
     keep_alive: bool,
+    stamp: &[u8],
 ) -> io::Result<Next> {
     let sse = shared.sse
         || replies
@@ -481,7 +497,7 @@ async fn answer(
                 if i > 0 {
                     b.push(b',');
                 }
-                handler::render_reply(b, id, reply);
+                handler::render_reply_stamped(b, id, reply, stamp);
             }
             if batch {
                 b.push(b']');
@@ -495,7 +511,9 @@ async fn answer(
     let mut stream = SseStream::new();
     for (id, reply) in replies {
         let reply = resolve(conn, bufs, Some(&mut stream), reply).await?;
-        stream.event(bufs, |b| handler::render_reply(b, id, &reply));
+        stream.event(bufs, |b| {
+            handler::render_reply_stamped(b, id, &reply, stamp)
+        });
     }
     bufs.out.extend_from_slice(LAST_CHUNK);
     flush(conn, &mut bufs.out).await?;
