@@ -356,25 +356,74 @@ fn discover_is_answered_by_the_gateway_from_its_upstream() {
     assert_eq!(res["cacheScope"], "public");
 }
 
-#[test]
-fn discover_in_front_of_a_session_era_upstream_makes_clients_fall_back() {
-    // What a session-era SDK server answers a request without a session.
-    let legacy = Scripted::start(|mut s: TcpStream, _| {
+/// A session-era upstream (what an SDK server of 2025 answers): `initialize` opens session
+/// `up-<n>`; without a session (a stateless probe) → 400 -32000; `tools/call` echoes its name
+/// and the session it came in; from the `end_after`th call on, the first call of each session
+/// is answered 404 (the upstream forgot the session).
+fn session_era_upstream(seen: Arc<Mutex<Vec<Request>>>, end_after: usize) -> Scripted {
+    let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Scripted::start(move |mut s: TcpStream, _| {
+        use std::sync::atomic::Ordering::SeqCst;
         while let Some(req) = read_request(&mut s) {
-            let err = json!({"jsonrpc": "2.0", "id": null,
-                "error": {"code": -32000, "message": "Bad Request: No valid session ID provided"}});
-            let r = response(
-                "400 Bad Request",
-                &[("Content-Type", "application/json")],
-                err.to_string().as_bytes(),
-            );
-            let _ = req;
-            if s.write_all(&r).is_err() {
+            seen.lock().unwrap().push(req.clone());
+            let v = req.json();
+            let reply = if v["method"] == "initialize" {
+                let n = sessions.fetch_add(1, SeqCst) + 1;
+                scripted::with_header(
+                    &response(
+                        "200 OK",
+                        &[("Content-Type", "application/json")],
+                        scripted::rpc_result(&v["id"], scripted::initialize_result()).as_bytes(),
+                    ),
+                    "Mcp-Session-Id",
+                    &format!("up-{n}"),
+                )
+            } else if req.header("mcp-session-id").is_none() {
+                let err = json!({"jsonrpc": "2.0", "id": null,
+                    "error": {"code": -32000, "message": "Bad Request: No valid session ID provided"}});
+                response(
+                    "400 Bad Request",
+                    &[("Content-Type", "application/json")],
+                    err.to_string().as_bytes(),
+                )
+            } else if v.get("id").is_none() {
+                response("202 Accepted", &[], b"")
+            } else {
+                let n = calls.fetch_add(1, SeqCst) + 1;
+                let sid = req.header("mcp-session-id").unwrap_or("").to_string();
+                let current = format!("up-{}", sessions.load(SeqCst));
+                if n >= end_after && sid == current && sessions.load(SeqCst) == 1 {
+                    response("404 Not Found", &[("Content-Type", "application/json")],
+                        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#)
+                } else {
+                    let text = format!("{} in {sid}", req.tool());
+                    response(
+                        "200 OK",
+                        &[("Content-Type", "application/json")],
+                        scripted::text_result(&v["id"], &text).as_bytes(),
+                    )
+                }
+            };
+            if s.write_all(&reply).is_err() {
                 return;
             }
         }
-    });
-    let gw = Gateway::in_front_of(&legacy.url());
+    })
+}
+
+#[test]
+fn a_stateless_client_reaches_a_session_era_upstream_through_a_held_session() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = session_era_upstream(seen.clone(), usize::MAX);
+    // One worker: each worker holds its own session.
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("old", &up.url())
+        .serve("/mcp", "old")
+        .start();
+    // Discover: answered from the held session's initialize, naming the revision tollgate
+    // serves for it.
     let r = post(
         &gw,
         &[
@@ -383,9 +432,91 @@ fn discover_in_front_of_a_session_era_upstream_makes_clients_fall_back() {
         ],
         &body(6, "server/discover", json!({})),
     );
-    let (status, code, msg) = error_of(&r);
-    assert_eq!((status, code), (400, -32600), "{}", r.text());
-    assert!(msg.contains("initialize"), "{msg}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let res = &r.json()["result"];
+    assert_eq!(res["supportedVersions"][0], V, "{res}");
+    assert!(res["capabilities"]["tools"].is_object(), "{res}");
+    for id in 7..10 {
+        let r = post(
+            &gw,
+            &[
+                ("mcp-protocol-version", V),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+            &body(id, "tools/call", json!({"name": "echo", "arguments": {}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["id"], id);
+        assert_eq!(r.json()["result"]["content"][0]["text"], "echo in up-1");
+    }
+    let seen = seen.lock().unwrap();
+    let inits = seen
+        .iter()
+        .filter(|r| r.rpc_method() == "initialize")
+        .count();
+    assert_eq!(inits, 1, "one held session, opened once");
+    let call = seen
+        .iter()
+        .rev()
+        .find(|r| r.rpc_method() == "tools/call")
+        .unwrap();
+    assert_eq!(call.header("mcp-session-id"), Some("up-1"));
+    assert_eq!(call.header("mcp-protocol-version"), Some("2025-06-18"));
+    assert!(seen
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/initialized"));
+    let init = seen
+        .iter()
+        .find(|r| r.rpc_method() == "initialize")
+        .unwrap();
+    assert_eq!(
+        init.json()["params"]["capabilities"],
+        json!({}),
+        "the held session declares nothing"
+    );
+}
+
+#[test]
+fn a_held_session_the_upstream_ended_is_opened_again_and_the_call_resent() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // The second call gets 404 in session up-1.
+    let up = session_era_upstream(seen.clone(), 2);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .serve("/mcp", "old")
+        .start();
+    for (id, want) in [
+        (1, "echo in up-1"),
+        (2, "echo in up-2"),
+        (3, "echo in up-2"),
+    ] {
+        let r = post(
+            &gw,
+            &[
+                ("mcp-protocol-version", V),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+            &body(id, "tools/call", json!({"name": "echo", "arguments": {}})),
+        );
+        assert_eq!(
+            r.json()["result"]["content"][0]["text"],
+            want,
+            "{}",
+            r.text()
+        );
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter()
+            .filter(|r| r.rpc_method() == "initialize")
+            .count(),
+        2
+    );
+    // era: session is configured, so the upstream is never probed.
+    assert!(!seen.iter().any(|r| r.rpc_method() == "server/discover"));
 }
 
 #[test]

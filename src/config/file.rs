@@ -710,6 +710,7 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         tls: None,
         prefix: None,
         separator: crate::mcp::names::SEPARATOR.to_string(),
+        era: crate::config::UpstreamEra::Auto,
     }
 }
 
@@ -743,6 +744,7 @@ fn upstream(
             "tls",
             "prefix",
             "separator",
+            "era",
         ],
     );
     let name = s
@@ -816,6 +818,14 @@ fn upstream(
         }
     }
     u.tls = upstream_tls(p, &s, &u.target);
+    u.era = s.get(p, "era", u.era, |v| match string(v)? {
+        "auto" => Ok(crate::config::UpstreamEra::Auto),
+        "session" => Ok(crate::config::UpstreamEra::Session),
+        "stateless" => Ok(crate::config::UpstreamEra::Stateless),
+        other => Err(format!(
+            "expected auto, session or stateless, got {other:?}"
+        )),
+    });
     u.separator = s.get(p, "separator", u.separator, |v| {
         let sep = string(v)?;
         crate::mcp::names::Namer::new(Some("x"), sep, crate::mcp::names::MAX_MAX_LEN)

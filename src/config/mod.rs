@@ -218,6 +218,32 @@ pub struct Upstream {
     pub prefix: Option<String>,
     /// `separator`, default `__`: between the prefix and the name.
     pub separator: String,
+    /// `era`, default `auto`: which MCP era the upstream speaks, for clients of the other era.
+    pub era: UpstreamEra,
+}
+
+/// `upstreams[].era`: the protocol era an upstream speaks. The gateway translates between a
+/// client's era and its upstream's (see `proxy::held`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamEra {
+    /// Learned per worker: the upstream answers `server/discover` naming 2026-07-28 (stateless),
+    /// or it does not (session era); learned again every few minutes.
+    Auto,
+    /// Sessions only (2024-11-05 … 2025-11-25): stateless clients reach it through a session the
+    /// gateway holds per worker.
+    Session,
+    /// It serves 2026-07-28 requests (it may serve sessions too).
+    Stateless,
+}
+
+impl UpstreamEra {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamEra::Auto => "auto",
+            UpstreamEra::Session => "session",
+            UpstreamEra::Stateless => "stateless",
+        }
+    }
 }
 
 impl Upstream {
@@ -269,6 +295,7 @@ impl std::fmt::Debug for Upstream {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_idle_per_worker", &self.max_idle_per_worker)
             .field("unhealthy_after", &self.unhealthy_after)
+            .field("era", &self.era)
             .field("headers", &headers)
             .field("header_sources", &self.header_sources)
             .field("tls", &self.tls)

@@ -9,6 +9,7 @@ pub mod client;
 pub mod context;
 pub mod control;
 mod federate;
+mod held;
 pub use federate::probe;
 mod initialize;
 pub mod reject;
@@ -511,7 +512,12 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             Ok(crate::mcp::modern::Route::Session) => None,
             Ok(crate::mcp::modern::Route::Stateless(_)) => {
                 ctx.era = crate::error::Era::Stateless;
-                Some(stateless::prepare(ctx, (&head, buf, body), &mut c.up_out))
+                Some(stateless::prepare(
+                    w,
+                    ctx,
+                    (&head, buf, body),
+                    &mut c.up_out,
+                ))
             }
             Err(r) => {
                 ctx.era = crate::error::Era::Stateless;
@@ -650,13 +656,26 @@ async fn forward(
     had_session: bool,
     then: Then,
 ) -> Next {
+    ctx.upstream = Some(u);
+    let t_up = Instant::now();
+    let (res, req) = upstream::exchange(w, ctx.gw(), u, std::mem::take(&mut c.up_out)).await;
+    c.up_out = req;
+    respond(w, c, ctx, (u, res, t_up), had_session, then).await
+}
+
+/// Phases: vet → relay, for the outcome of an upstream exchange begun at `t_up`.
+async fn respond(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    (u, res, t_up): (usize, Result<(UpstreamConn, ResponseHead), Error>, Instant),
+    had_session: bool,
+    then: Then,
+) -> Next {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let up = &gw.upstreams[u];
     ctx.upstream = Some(u);
-    let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
-    c.up_out = req;
     let (up_conn, rhead) = match res {
         Ok(x) => x,
         Err(e) => {
@@ -779,7 +798,8 @@ async fn unusable_reply(
     let gen = ctx.gen.clone();
     let name = &gen.gw.upstreams[u].name;
     tracing::warn!(upstream = %name, status, error = %why, "unusable upstream reply");
-    let ended = status == 404 && had_session;
+    // (A stateless client has no session to renew: it gets the upstream error.)
+    let ended = status == 404 && had_session && ctx.era == crate::error::Era::Session;
     let (kind, msg) = if ended {
         (
             Kind::SessionUnknown,

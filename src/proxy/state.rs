@@ -222,6 +222,8 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// Upstream eras learned and upstream sessions held for stateless clients (`proxy::held`).
+    pub held: super::held::Held,
 }
 
 impl WorkerState {
@@ -240,6 +242,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            held: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,

@@ -13,35 +13,64 @@
 
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 
+use std::rc::Rc;
+
 use crate::error::Kind;
 use crate::http::head::RequestHead;
 use crate::http::response;
 use crate::jsonrpc::MessageKind;
 use crate::mcp::modern::{self, Mirrored, Refuse, STATELESS_VERSIONS};
+use crate::mcp::session::UpstreamSession;
 use crate::mcp::{Method, ProtocolVersion};
 
 use super::client::Client;
 use super::context::{Ctx, Short};
 use super::federate::exchange;
+use super::held::{self, Era, HeldSession};
 use super::reject::Refusal;
-use super::state::WorkerState;
-use super::{forward, refuse, Next, Then};
+use super::state::{Gateway, WorkerState};
+use super::upstream;
+use super::{forward, refuse, respond, Next, Then};
 
-/// What the checks decided; the upstream request (if any) is already in `c.up_out`.
-pub(super) enum Action {
-    Refuse(Refusal),
-    /// Forward to upstream `u` and relay its reply; `listen`: a `subscriptions/listen` stream
-    /// (no read timeout, ends at shutdown).
-    Forward {
-        u: usize,
-        listen: bool,
-    },
-    /// `server/discover`, answered by the gateway from its upstream's own answer.
-    Discover {
-        u: usize,
-    },
+/// What a forwarded request is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forwarded {
+    Call,
+    /// `subscriptions/listen`: a long-lived stream (no read timeout, ends at shutdown).
+    Listen,
+    /// `server/discover`: answered by the gateway from its upstream's own answer.
+    Discover,
 }
 
+/// What the checks decided; a request to forward is already rendered in `c.up_out` when the
+/// upstream's era (and held session) were known, else carried in `Pending`.
+pub(super) enum Action {
+    Refuse(Refusal),
+    /// To a 2026-07-28 upstream, as the client sent it.
+    Forward {
+        u: usize,
+        kind: Forwarded,
+    },
+    /// To a session-era upstream, in the worker's held session.
+    Held {
+        u: usize,
+        kind: Forwarded,
+        held: Rc<HeldSession>,
+    },
+    /// The era or the held session must be learned or opened first (an await): the body and
+    /// the header lines to repeat, copied.
+    Pending(Box<Pending>),
+}
+
+pub(super) struct Pending {
+    u: usize,
+    kind: Forwarded,
+    /// The client's `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` lines.
+    modern_lines: Vec<u8>,
+    /// Trace context lines.
+    trace_lines: Vec<u8>,
+    body: Vec<u8>,
+}
 /// The refusal for a request that speaks the stateless revision but fails its first checks.
 pub(super) fn refusal(r: Refuse) -> Refusal {
     match r {
@@ -69,6 +98,7 @@ fn removed(m: Method) -> bool {
 /// Checks the request and renders the upstream request into `out` (the caller consumes the
 /// request's bytes, then calls `finish`).
 pub(super) fn prepare(
+    w: &WorkerState,
     ctx: &Ctx,
     (head, buf, body): (&RequestHead, &[u8], &[u8]),
     out: &mut Vec<u8>,
@@ -135,10 +165,49 @@ pub(super) fn prepare(
         ));
     }
     let u = s.primary();
-    let up = &gw.upstreams[u];
-    out.clear();
-    out.extend_from_slice(&up.post_prefix);
-    response::content_length(out, body.len() as u64);
+    let kind = match m.method {
+        Method::ServerDiscover => Forwarded::Discover,
+        Method::SubscriptionsListen => Forwarded::Listen,
+        _ => Forwarded::Call,
+    };
+    let now = w.shutdown.now();
+    let held = w.held.session_now(gw, u, now);
+    match (w.held.era_now(gw, u, now), held) {
+        (Some(Era::Stateless), _) => {
+            let modern = |o: &mut Vec<u8>| modern_lines(o, head, buf);
+            render(
+                out,
+                gw,
+                u,
+                None,
+                modern,
+                |o| trace_lines(o, head, buf),
+                body,
+            );
+            Action::Forward { u, kind }
+        }
+        (Some(Era::Session), Some(held)) if kind != Forwarded::Discover => {
+            let trace = |o: &mut Vec<u8>| trace_lines(o, head, buf);
+            render(out, gw, u, Some(&held.session), |_| {}, trace, body);
+            Action::Held { u, kind, held }
+        }
+        _ => {
+            let mut p = Pending {
+                u,
+                kind,
+                modern_lines: Vec::new(),
+                trace_lines: Vec::new(),
+                body: body.to_vec(),
+            };
+            modern_lines(&mut p.modern_lines, head, buf);
+            trace_lines(&mut p.trace_lines, head, buf);
+            Action::Pending(Box::new(p))
+        }
+    }
+}
+
+/// The client's 2026-07-28 header lines, repeated to an upstream of that revision.
+fn modern_lines(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8]) {
     if let Some(r) = head.protocol_version.clone() {
         response::header(out, b"mcp-protocol-version", buf[r].trim_ascii());
     }
@@ -148,15 +217,44 @@ pub(super) fn prepare(
     if let Some(r) = head.mcp_name.clone() {
         response::header(out, b"mcp-name", buf[r].trim_ascii());
     }
-    for (n, v) in head.mcp_params.iter().chain(head.trace.iter()) {
+    for (n, v) in &head.mcp_params {
         response::header(out, &buf[n.clone()], &buf[v.clone()]);
     }
+}
+
+fn trace_lines(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8]) {
+    for (n, v) in &head.trace {
+        response::header(out, &buf[n.clone()], &buf[v.clone()]);
+    }
+}
+
+/// Renders the upstream request into `out`: a 2026-07-28 one (`session` None: the client's
+/// header lines) or one in a held session (its session headers instead).
+fn render(
+    out: &mut Vec<u8>,
+    gw: &Gateway,
+    u: usize,
+    session: Option<&UpstreamSession>,
+    modern: impl FnOnce(&mut Vec<u8>),
+    trace: impl FnOnce(&mut Vec<u8>),
+    body: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(&gw.upstreams[u].post_prefix);
+    response::content_length(out, body.len() as u64);
+    match session {
+        Some(s) => super::session_header_lines(out, s),
+        None => modern(out),
+    }
+    trace(out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    match m.method {
-        Method::ServerDiscover => Action::Discover { u },
-        Method::SubscriptionsListen => Action::Forward { u, listen: true },
-        _ => Action::Forward { u, listen: false },
+}
+
+fn then_for(kind: Forwarded) -> Then {
+    match kind {
+        Forwarded::Listen => Then::Listen,
+        _ => Then::Relay,
     }
 }
 
@@ -164,12 +262,121 @@ pub(super) fn prepare(
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
     match a {
         Action::Refuse(r) => refuse(c, ctx, r).await,
-        Action::Forward { u, listen } => {
-            let then = if listen { Then::Listen } else { Then::Relay };
-            forward(w, c, ctx, u, false, then).await
+        Action::Forward { u, kind } => match kind {
+            Forwarded::Discover => discover(w, c, ctx, u).await,
+            _ => forward(w, c, ctx, u, false, then_for(kind)).await,
+        },
+        Action::Held { u, kind, held } => forward_held(w, c, ctx, u, kind, held).await,
+        Action::Pending(p) => {
+            let gen = ctx.gen.clone();
+            let gw = &*gen.gw;
+            let u = p.u;
+            ctx.upstream = Some(u);
+            match held::era(w, gw, u).await {
+                Era::Stateless => {
+                    let modern = |o: &mut Vec<u8>| o.extend_from_slice(&p.modern_lines);
+                    let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
+                    render(&mut c.up_out, gw, u, None, modern, trace, &p.body);
+                    match p.kind {
+                        Forwarded::Discover => discover(w, c, ctx, u).await,
+                        kind => forward(w, c, ctx, u, false, then_for(kind)).await,
+                    }
+                }
+                Era::Session => {
+                    let held = match held::session(w, gw, u).await {
+                        Ok(h) => h,
+                        Err(e) => return refuse(c, ctx, e.into()).await,
+                    };
+                    if p.kind == Forwarded::Discover {
+                        let body = discover_result(&held_discover(&held));
+                        return super::federate::reply_result(c, ctx, body.as_bytes()).await;
+                    }
+                    let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
+                    render(
+                        &mut c.up_out,
+                        gw,
+                        u,
+                        Some(&held.session),
+                        |_| {},
+                        trace,
+                        &p.body,
+                    );
+                    forward_held(w, c, ctx, u, p.kind, held).await
+                }
+            }
         }
-        Action::Discover { u } => discover(w, c, ctx, u).await,
     }
+}
+
+/// Forwards the request rendered in `c.up_out` in the held session `held`. A 404 means the
+/// upstream ended that session: it is forgotten, a new one opened, and the request sent once
+/// more (the upstream did not process it).
+async fn forward_held(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    kind: Forwarded,
+    held: Rc<HeldSession>,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    let t_up = std::time::Instant::now();
+    let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
+    c.up_out = req;
+    let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
+    if !ended {
+        return respond(w, c, ctx, (u, res, t_up), true, then_for(kind)).await;
+    }
+    drop(res);
+    w.held.forget(gw, u, &held.session);
+    let fresh = match held::session(w, gw, u).await {
+        Ok(h) => h,
+        Err(e) => return refuse(c, ctx, e.into()).await,
+    };
+    // Again with the new session: the body is what follows the request head, and the trace
+    // lines are kept.
+    let req = std::mem::take(&mut c.up_out);
+    let at = memchr::memmem::find(&req, b"\r\n\r\n").map_or(req.len(), |i| i + 4);
+    let mut trace = Vec::new();
+    for line in req[..at].split(|b| *b == b'\n') {
+        let l = line.strip_suffix(b"\r").unwrap_or(line);
+        let name = l.split(|b| *b == b':').next().unwrap_or_default();
+        if ["traceparent", "tracestate", "baggage"]
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t.as_bytes()))
+        {
+            trace.extend_from_slice(l);
+            trace.extend_from_slice(b"\r\n");
+        }
+    }
+    let t = |o: &mut Vec<u8>| o.extend_from_slice(&trace);
+    render(
+        &mut c.up_out,
+        gw,
+        u,
+        Some(&fresh.session),
+        |_| {},
+        t,
+        &req[at..],
+    );
+    forward(w, c, ctx, u, true, then_for(kind)).await
+}
+
+/// What a held session's `initialize` result says, in the shape of a `server/discover` result:
+/// its capabilities and instructions, and the stateless revisions, which the gateway serves for
+/// it by translation.
+fn held_discover(held: &HeldSession) -> Value {
+    let versions: Vec<&str> = STATELESS_VERSIONS.iter().map(|v| v.as_str()).collect();
+    let mut r = json!({
+        "supportedVersions": versions,
+        "capabilities": held.initialize.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+    });
+    if let Some(i) = held.initialize.get("instructions").and_then(|v| v.as_str()) {
+        r["instructions"] = Value::from(i);
+    }
+    r
 }
 
 /// `server/discover`: the upstream's own answer (so the capabilities are what it really offers),

@@ -193,6 +193,7 @@ pub fn render_effective(c: &Config) -> String {
         let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
         let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
         let _ = writeln!(o, "    unhealthy_after: {}", u.unhealthy_after);
+        let _ = writeln!(o, "    era: {}", u.era.as_str());
         match &u.prefix {
             None => {
                 let _ = writeln!(o, "    prefix: null  # its name");
