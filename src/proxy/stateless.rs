@@ -365,10 +365,13 @@ async fn forward_held(
 }
 
 /// What a held session's `initialize` result says, in the shape of a `server/discover` result:
-/// its capabilities and instructions, and the stateless revisions, which the gateway serves for
-/// it by translation.
+/// its capabilities and instructions, and no stateless revision. The gateway does serve
+/// 2026-07-28 requests for it (through the held session), but a session gives the client more
+/// (the upstream's sampling, elicitation and roots requests, which a held session cannot
+/// carry), so a client that can fall back to `initialize` is told to; one that speaks only the
+/// stateless revision is still served.
 fn held_discover(held: &HeldSession) -> Value {
-    let versions: Vec<&str> = STATELESS_VERSIONS.iter().map(|v| v.as_str()).collect();
+    let versions: Vec<&str> = Vec::new();
     let mut r = json!({
         "supportedVersions": versions,
         "capabilities": held.initialize.get("capabilities").cloned().unwrap_or_else(|| json!({})),
