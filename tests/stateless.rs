@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, response, Request, Scripted};
-use harness::{Demo, Gateway, Http, Response};
+use harness::{Demo, Gateway, Http, Mcp, Response};
 use serde_json::{json, Value};
 
 const V: &str = "2026-07-28";
@@ -58,6 +58,15 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                     let _ = s.write_all(b"0\r\n\r\n");
                     continue;
                 }
+                // A server of 2026-07-28 only: initialize is a method it does not have.
+                "initialize" => response(
+                    "404 Not Found",
+                    &[("Content-Type", "application/json")],
+                    json!({"jsonrpc": "2.0", "id": id,
+                           "error": {"code": -32601, "message": "Method not found: initialize"}})
+                    .to_string()
+                    .as_bytes(),
+                ),
                 _ => response("202 Accepted", &[], b""),
             };
             if s.write_all(&reply).is_err() {
@@ -664,4 +673,64 @@ fn the_demo_speaks_the_stateless_revision_directly_and_through_the_gateway() {
         "tollgate"
     );
     assert!(res["capabilities"]["tools"].is_object());
+}
+
+#[test]
+fn a_session_era_client_reaches_an_upstream_of_the_stateless_revision_only() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    // initialize: answered by the gateway from the upstream's server/discover.
+    let init = m.initialize("2025-06-18");
+    let res = &init.json()["result"];
+    assert_eq!(res["protocolVersion"], "2025-06-18", "{res}");
+    assert_eq!(res["capabilities"]["tools"]["listChanged"], true, "{res}");
+    assert!(m.session.is_some());
+    let r = m.post_raw(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    assert_eq!(r.status, 202);
+    // A call: the body gains the revision's _meta, the headers mirror it, no session upstream.
+    let r = m.request(
+        "tools/call",
+        json!({"name": "weather", "arguments": {"q": 1}, "_meta": {"progressToken": 5}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["result"]["content"][0]["text"], "weather");
+    {
+        let seen = seen.lock().unwrap();
+        let call = seen
+            .iter()
+            .rev()
+            .find(|r| r.rpc_method() == "tools/call")
+            .unwrap();
+        assert_eq!(call.header("mcp-protocol-version"), Some(V));
+        assert_eq!(call.header("mcp-method"), Some("tools/call"));
+        assert_eq!(call.header("mcp-name"), Some("weather"));
+        assert!(call.header("mcp-session-id").is_none());
+        let p = &call.json()["params"];
+        assert_eq!(p["_meta"]["io.modelcontextprotocol/protocolVersion"], V);
+        assert_eq!(
+            p["_meta"]["io.modelcontextprotocol/clientCapabilities"],
+            json!({})
+        );
+        assert_eq!(p["_meta"]["progressToken"], 5, "the client's _meta is kept");
+        assert_eq!(p["arguments"], json!({"q": 1}));
+        assert!(
+            !seen
+                .iter()
+                .any(|r| r.rpc_method() == "notifications/initialized"),
+            "nothing to tell a stateless upstream"
+        );
+    }
+    // The methods the revision removed: ping and setLevel answered here.
+    assert_eq!(m.request("ping", json!({})).json()["result"], json!({}));
+    // No server-to-client stream to open; DELETE ends the session here.
+    let h = m.headers();
+    let r = gw.client().request(
+        "GET",
+        "/mcp",
+        &[h[2], h[3], ("accept", "text/event-stream")],
+        b"",
+    );
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = gw.client().request("DELETE", "/mcp", &[h[2], h[3]], b"");
+    assert!((200..300).contains(&r.status), "{}", r.text());
 }

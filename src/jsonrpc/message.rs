@@ -232,6 +232,8 @@ impl<'a> Message<'a> {
             progress_token: None,
             request_id: None,
             meta: false,
+            params_open: None,
+            meta_open: None,
             meta_protocol_version: None,
             meta_client_capabilities: None,
             protocol_version: None,
@@ -272,7 +274,10 @@ pub(crate) fn message<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>)
                 }
             }
             Key::Params => match cur.peek() {
-                Some(b'{') => params(cur, depth + 1, m)?,
+                Some(b'{') => {
+                    m.params_open = Some(cur.i);
+                    params(cur, depth + 1, m)?
+                }
                 Some(b'[') => cur.skip_value(depth)?,
                 _ => {
                     cur.skip_value(depth)?;
@@ -358,6 +363,7 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             Key::RequestId => m.request_id = string_or_number(cur, depth)?,
             Key::Meta if cur.peek() == Some(b'{') => {
                 m.meta = true;
+                m.meta_open = Some(cur.i);
                 meta(cur, depth + 1, m)?
             }
             _ => cur.skip_value(depth)?,

@@ -75,6 +75,10 @@ pub struct Message<'a> {
     pub request_id: Option<Raw<'a>>,
     /// `params._meta` is there (an object).
     pub meta: bool,
+    /// Where the `{` of `params` (an object) and of `params._meta` are in the body: the
+    /// translation toward a 2026-07-28 upstream adds `_meta` fields there.
+    pub params_open: Option<usize>,
+    pub meta_open: Option<usize>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub meta_protocol_version: Option<Str<'a>>,
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` when it is an object, raw.

@@ -226,6 +226,45 @@ pub fn encode_header_value(out: &mut Vec<u8>, value: &[u8]) {
     }
 }
 
+/// `body` (one JSON-RPC message) with `members` (JSON object members, e.g.
+/// `"io.modelcontextprotocol/protocolVersion":"2026-07-28"`) added to its `params._meta`: into
+/// `_meta` when it is there (`meta_at`: where its `{` is), else as a new `_meta` first in `params`
+/// (`params_at`), else as new `params`. What a session-era client sends is made a request of the
+/// stateless revision this way, bytes unchanged otherwise.
+pub fn with_meta(
+    body: &[u8],
+    params_at: Option<usize>,
+    meta_at: Option<usize>,
+    members: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + members.len() + 24);
+    // After the `{` at `at`: the members, and a comma unless the object was empty.
+    let into = |out: &mut Vec<u8>, at: usize, what: &[&[u8]]| {
+        let (head, rest) = body.split_at(at + 1);
+        out.extend_from_slice(head);
+        for part in what {
+            out.extend_from_slice(part);
+        }
+        if rest.trim_ascii_start().first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+    };
+    match (meta_at, params_at) {
+        (Some(m), _) if m < body.len() => into(&mut out, m, &[members]),
+        (_, Some(p)) if p < body.len() => into(&mut out, p, &[b"\"_meta\":{", members, b"}"]),
+        _ => {
+            let end = body.iter().rposition(|&b| b == b'}').unwrap_or(body.len());
+            out.extend_from_slice(&body[..end]);
+            out.extend_from_slice(b",\"params\":{\"_meta\":{");
+            out.extend_from_slice(members);
+            out.extend_from_slice(b"}}");
+            out.extend_from_slice(&body[end..]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +400,44 @@ mod tests {
         assert_eq!(check_mirrored(&n), Ok(()));
         n.header_method = Some(b"notifications/other");
         assert!(check_mirrored(&n).is_err());
+    }
+
+    #[test]
+    fn meta_is_added_where_it_belongs() {
+        let m = br#""k":1"#;
+        let case = |body: &str| {
+            let Ok(crate::jsonrpc::Body::Single(msg)) =
+                crate::jsonrpc::scan(body.as_bytes(), &Default::default())
+            else {
+                panic!("{body}")
+            };
+            let out = with_meta(body.as_bytes(), msg.params_open, msg.meta_open, m);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            (String::from_utf8(out).unwrap(), v)
+        };
+        let (_, v) = case(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        assert_eq!(v["params"]["_meta"]["k"], 1);
+        let (_, v) = case(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{ }}"#);
+        assert_eq!(v["params"]["_meta"]["k"], 1);
+        let (_, v) =
+            case(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#);
+        assert_eq!(
+            (
+                v["params"]["_meta"]["k"].clone(),
+                v["params"]["name"].clone()
+            ),
+            (1.into(), "a".into())
+        );
+        let (_, v) = case(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"progressToken":7}}}"#,
+        );
+        assert_eq!(v["params"]["_meta"]["k"], 1);
+        assert_eq!(v["params"]["_meta"]["progressToken"], 7);
+        let (_, v) = case(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{}}}"#);
+        assert_eq!(v["params"]["_meta"], serde_json::json!({"k": 1}));
+        // The rest of the bytes are untouched.
+        let (s, _) = case(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"é"}}"#);
+        assert!(s.contains(r#""a":"é""#), "{s}");
     }
 
     #[test]

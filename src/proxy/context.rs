@@ -76,6 +76,11 @@ pub struct MessageCtx {
     pub meta_version: Option<Short>,
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` is there (an object).
     pub meta_capabilities: bool,
+    /// Where `params`' and `params._meta`'s `{` are in the body.
+    pub params_at: Option<u32>,
+    pub meta_at: Option<u32>,
+    /// `initialize` only: the `params.protocolVersion` the client asked for, when it is one.
+    pub requested_version: Option<crate::mcp::ProtocolVersion>,
 }
 
 impl MessageCtx {
@@ -98,6 +103,15 @@ impl MessageCtx {
                 .as_ref()
                 .map(|s| Short::new(s.value.as_bytes())),
             meta_capabilities: m.meta_client_capabilities.is_some(),
+            params_at: m.params_open.map(|i| i as u32),
+            meta_at: m.meta_open.map(|i| i as u32),
+            requested_version: match method {
+                Method::Initialize => m
+                    .protocol_version
+                    .as_ref()
+                    .and_then(|v| crate::mcp::ProtocolVersion::parse(&v.value)),
+                _ => None,
+            },
             id: m.id.as_ref().map(|r| Short::new(r.text)),
             name: m.name.as_ref().map(|s| Short::new(s.value.as_bytes())),
             uri: m.uri.as_ref().map(|s| Short::new(s.value.as_bytes())),

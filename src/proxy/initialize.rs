@@ -121,6 +121,24 @@ fn seal_session(
     let Some(version) = negotiated.version else {
         return Ok((None, negotiated.respell));
     };
+    let up = UpstreamSession {
+        upstream: gw.upstreams[u].id,
+        session_id: upstream_sid,
+        protocol_version: version,
+    };
+    let sealed = seal(w, gw, server, version, up)
+        .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
+    Ok((Some(sealed), negotiated.respell))
+}
+
+/// Seals a new client session at `version` holding the upstream session `up`.
+fn seal(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    version: ProtocolVersion,
+    up: UpstreamSession,
+) -> Result<Sealed, String> {
     let now = unix_now();
     let claims = SessionClaims {
         id: SessionSealer::new_id(),
@@ -128,25 +146,83 @@ fn seal_session(
         protocol_version: version,
         issued_at: now,
         expires_at: now + gw.config.session.ttl.as_secs(),
-        upstreams: vec![UpstreamSession {
-            upstream: gw.upstreams[u].id,
-            session_id: upstream_sid,
-            protocol_version: version,
-        }],
+        upstreams: vec![up],
         principal: None,
     };
-    let token = gw
-        .sealer
-        .try_seal(&claims)
-        .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
+    let token = gw.sealer.try_seal(&claims).map_err(|e| e.to_string())?;
     w.metrics.sessions_opened.increment(1);
-    Ok((
-        Some(Sealed {
-            token,
-            id: claims.id,
-        }),
-        negotiated.respell,
-    ))
+    Ok(Sealed {
+        token,
+        id: claims.id,
+    })
+}
+
+/// Answers a refused `initialize` for an upstream that speaks only the stateless revision
+/// (`stateless_upstream`); `None`: it does not, and the refusal is the answer.
+pub(super) async fn stateless_fallback(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    server: usize,
+    u: usize,
+) -> Option<Next> {
+    Some(match stateless_upstream(w, ctx, server, u).await? {
+        Ok((sealed, body)) => {
+            ctx.session = Some(sealed.id);
+            let token = sealed.token;
+            super::federate::reply_json(c, ctx, 200, &body, Some(&token)).await
+        }
+        Err(why) => {
+            let name = &ctx.gw().upstreams[u].name;
+            let msg = format!("upstream \"{name}\" speaks only 2026-07-28 and {why}");
+            refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, msg)).await
+        }
+    })
+}
+
+/// A session-era client's `initialize` that its upstream refused, when that upstream speaks the
+/// stateless revision: the gateway answers it from the upstream's `server/discover` (its
+/// capabilities, server info and instructions) and seals a session whose upstream entry is
+/// stateless (no upstream session id, revision 2026-07-28), so every request of the session is
+/// translated (`stateless::translated`). `None`: the upstream does not speak it (the refusal is
+/// relayed as it is).
+async fn stateless_upstream(
+    w: &WorkerState,
+    ctx: &Ctx,
+    server: usize,
+    u: usize,
+) -> Option<Result<(Sealed, Vec<u8>), String>> {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    if super::held::era(w, gw, u).await != super::held::Era::Stateless {
+        return None;
+    }
+    let discovered = match super::stateless::discover_upstream(w, gw, u).await {
+        Ok(d) => d,
+        Err(why) => return Some(Err(why)),
+    };
+    let version = ctx
+        .first()
+        .and_then(|m| m.requested_version)
+        .filter(|v| v.is_legacy())
+        .unwrap_or(ProtocolVersion::LATEST_LEGACY);
+    let up = UpstreamSession {
+        upstream: gw.upstreams[u].id,
+        session_id: None,
+        protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
+    };
+    let sealed = match seal(w, gw, server, version, up) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    let result = super::stateless::initialize_result(&discovered, version);
+    let mut body = Vec::with_capacity(result.len() + 48);
+    body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    body.extend_from_slice(ctx.answer_id().unwrap_or(b"null"));
+    body.extend_from_slice(b",\"result\":");
+    body.extend_from_slice(result.as_bytes());
+    body.push(b'}');
+    Some(Ok((sealed, body)))
 }
 
 /// initialize: the gateway reads the upstream's whole reply (it is small), learns the negotiated
@@ -191,6 +267,11 @@ pub(super) async fn initialize_reply(
             return refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, msg)).await;
         }
     };
+    if token.is_none() {
+        if let Some(next) = stateless_fallback(w, c, ctx, server, u).await {
+            return next;
+        }
+    }
     ctx.session = token.as_ref().map(|t| t.id);
     // The client gets its own id bytes back, however the upstream spelled the same value.
     if let Some(r) = respell {

@@ -573,10 +573,16 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return federate::post(w, c, ctx, claims, trace, body).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
+    let up_session = upstream_session(gw, claims.as_deref(), u);
+    if let Some(s) = up_session.filter(|s| !s.protocol_version.is_legacy()) {
+        // A session-era client of an upstream that speaks only 2026-07-28: translated.
+        let t = stateless::translated(ctx, (&head, buf, body), u, s, &mut c.up_out);
+        c.conn.consume(used);
+        return stateless::finish_translated(w, c, ctx, u, t).await;
+    }
     c.up_out.clear();
     c.up_out.extend_from_slice(&up.post_prefix);
     response::content_length(&mut c.up_out, body.len() as u64);
-    let up_session = upstream_session(gw, claims.as_deref(), u);
     upstream_session_headers(&mut c.up_out, up_session, &head, buf);
     c.up_out.extend_from_slice(b"\r\n");
     c.up_out.extend_from_slice(body);
@@ -707,6 +713,30 @@ async fn respond(
     match vetted {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
+            if let Then::Initialize(server) = then {
+                // A refused initialize: an upstream of the stateless revision only is answered
+                // for by the gateway.
+                w.pool_put(gw, u, up_conn, &rhead);
+                if let Some(next) = initialize::stateless_fallback(w, c, ctx, server, u).await {
+                    return next;
+                }
+                let keep = client_head(
+                    &mut c.out,
+                    &rhead,
+                    &hb,
+                    ctx.keep_after_response(),
+                    ctx.http10,
+                    &ctx.cors,
+                    None,
+                    Some(body.len()),
+                );
+                c.out.extend_from_slice(&body);
+                ctx.status = rhead.status;
+                return match c.flush().await {
+                    Ok(()) if keep => Next::KeepAlive,
+                    _ => Next::Close,
+                };
+            }
             let keep = client_head(
                 &mut c.out,
                 &rhead,

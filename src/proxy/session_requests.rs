@@ -93,10 +93,18 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
         c.up_out.clear();
         return super::federate::stream::get(w, c, ctx, &head, &claims, last_event_id).await;
     }
-    let (_claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
+    let (claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
         Ok(x) => x,
         Err(next) => return next,
     };
+    let stateless_upstream = upstream_session(ctx.gw(), Some(&claims), u)
+        .is_some_and(|s| !s.protocol_version.is_legacy());
+    if stateless_upstream {
+        // Its revision has no server-to-client stream to open (405 is how a server says so).
+        let why = "this endpoint's upstream speaks protocol version 2026-07-28, which has no \
+                   server-to-client stream";
+        return refuse(c, ctx, Refusal::because(Kind::MethodNotAllowed, why)).await;
+    }
     let gen = ctx.gen.clone();
     let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();

@@ -412,6 +412,156 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     super::federate::reply_result(c, ctx, body.as_bytes()).await
 }
 
+/// The members a session-era request gets in `params._meta` toward a 2026-07-28 upstream (only
+/// those it lacks, so no key is ever doubled): the revision, and no client capabilities (the
+/// upstream then asks nothing of the client, which a session-era client could not answer as an
+/// input-required result).
+fn translated_members(m: &super::context::MessageCtx) -> Vec<u8> {
+    let mut members = Vec::with_capacity(120);
+    if m.meta_version.is_none() {
+        members.extend_from_slice(b"\"io.modelcontextprotocol/protocolVersion\":\"");
+        members.extend_from_slice(STATELESS_VERSIONS[0].as_str().as_bytes());
+        members.push(b'"');
+    }
+    if !m.meta_capabilities {
+        if !members.is_empty() {
+            members.push(b',');
+        }
+        members.extend_from_slice(b"\"io.modelcontextprotocol/clientCapabilities\":{}");
+    }
+    members
+}
+
+/// What a request of a session whose upstream speaks only 2026-07-28 becomes.
+pub(super) enum Translated {
+    Refuse(Refusal),
+    /// Answered by the gateway with this result (methods the revision removed that are no-ops).
+    Result(&'static [u8]),
+    /// A notification or client response: nothing in the revision to pass it to.
+    Accepted,
+    /// Rendered in `c.up_out`: forward it.
+    Forward,
+}
+
+/// Translates a session-era request for a 2026-07-28 upstream (`s`: the session's upstream
+/// entry): `_meta` added to the body, `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` set from
+/// the body, the methods the revision removed answered or refused here.
+pub(super) fn translated(
+    ctx: &Ctx,
+    (head, buf, body): (&RequestHead, &[u8], &[u8]),
+    u: usize,
+    s: &UpstreamSession,
+    out: &mut Vec<u8>,
+) -> Translated {
+    let gw = ctx.gw();
+    if ctx.batch {
+        return Translated::Refuse(Refusal::because(
+            Kind::InvalidRequest,
+            "this endpoint's upstream speaks protocol version 2026-07-28, which has no batches: \
+             send the messages one by one",
+        ));
+    }
+    let Some(m) = ctx.first() else {
+        return Translated::Refuse(Refusal::new(Kind::InvalidRequest));
+    };
+    if m.kind != MessageKind::Request {
+        return Translated::Accepted;
+    }
+    match m.method {
+        Method::Ping | Method::LoggingSetLevel => return Translated::Result(b"{}"),
+        Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+            let why = format!(
+                "{} is not available: this endpoint's upstream speaks protocol version 2026-07-28",
+                m.method.as_str()
+            );
+            return Translated::Refuse(Refusal::because(Kind::MethodNotFound, why));
+        }
+        _ => {}
+    }
+    let members = translated_members(m);
+    let body = if members.is_empty() {
+        body.to_vec()
+    } else {
+        let at = |x: Option<u32>| x.map(|i| i as usize);
+        modern::with_meta(body, at(m.params_at), at(m.meta_at), &members)
+    };
+    out.clear();
+    out.extend_from_slice(&gw.upstreams[u].post_prefix);
+    response::content_length(out, body.len() as u64);
+    super::session_header_lines(out, s);
+    let method: &[u8] = match &m.method_text {
+        Some(t) => t.get(),
+        None => m.method.as_str().as_bytes(),
+    };
+    response::header(out, b"mcp-method", method);
+    let name = match modern::name_source(m.method) {
+        Some(modern::NameSource::Name) => m.name.as_ref(),
+        Some(modern::NameSource::Uri) => m.uri.as_ref(),
+        None => None,
+    };
+    if let Some(n) = name {
+        let mut v = Vec::with_capacity(n.get().len() + 16);
+        modern::encode_header_value(&mut v, n.get());
+        response::header(out, b"mcp-name", &v);
+    }
+    trace_lines(out, head, buf);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    Translated::Forward
+}
+
+/// Carries out what `translated` decided.
+pub(super) async fn finish_translated(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    t: Translated,
+) -> Next {
+    match t {
+        Translated::Refuse(r) => refuse(c, ctx, r).await,
+        Translated::Result(r) => super::federate::reply_result(c, ctx, r).await,
+        Translated::Accepted => super::federate::accepted(c, ctx).await,
+        Translated::Forward => forward(w, c, ctx, u, false, Then::Relay).await,
+    }
+}
+
+/// The upstream's own `server/discover` result (a request of the gateway's).
+pub(super) async fn discover_upstream(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+) -> Result<Value, String> {
+    let v = STATELESS_VERSIONS[0].as_str();
+    let body = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":\"tollgate-discover\",\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{v}\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}"
+    );
+    let mut headers = Vec::new();
+    response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
+    response::header(&mut headers, b"mcp-method", b"server/discover");
+    let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
+    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    exchange::result_of(gw, u, &reply, b"\"tollgate-discover\"")
+}
+
+/// An `initialize` result for a session-era client, from a 2026-07-28 upstream's discover result.
+pub(super) fn initialize_result(discovered: &Value, version: ProtocolVersion) -> String {
+    let info = discovered
+        .get("_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/serverInfo"))
+        .cloned()
+        .unwrap_or_else(|| json!({"name": "tollgate", "version": env!("CARGO_PKG_VERSION")}));
+    let mut r = json!({
+        "protocolVersion": version.as_str(),
+        "capabilities": discovered.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+        "serverInfo": info,
+    });
+    if let Some(i) = discovered.get("instructions").and_then(|v| v.as_str()) {
+        r["instructions"] = Value::from(i);
+    }
+    r.to_string()
+}
+
 /// The gateway's `server/discover` result from its upstream's.
 fn discover_result(upstream: &Value) -> String {
     let upstream_versions: Vec<&str> = upstream
