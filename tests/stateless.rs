@@ -206,6 +206,32 @@ fn mirrored_headers_are_checked_before_the_upstream_sees_the_request() {
         );
         assert_eq!(r.status, 200, "{n}: {v}: {}", r.text());
     }
+    // A body name spelled with JSON escapes is compared decoded: "café" as \u00e9 in the body,
+    // base64 of its UTF-8 in the header.
+    let cafe = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"caf\u00e9","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let h = [("mcp-protocol-version", V), ("mcp-method", "tools/call")];
+    let ok = post(
+        &gw,
+        &[h[0], h[1], ("mcp-name", "=?base64?Y2Fmw6k=?=")],
+        cafe,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let bad = post(&gw, &[h[0], h[1], ("mcp-name", "cafe")], cafe);
+    assert_eq!(error_of(&bad).1, -32020);
+    // A Mcp-Param value that is no value at all.
+    let r = post(
+        &gw,
+        &[
+            h[0],
+            h[1],
+            ("mcp-name", "weather"),
+            ("mcp-param-region", "=?base64?%%%?="),
+        ],
+        &call,
+    );
+    let (status, code, msg) = error_of(&r);
+    assert_eq!((status, code), (400, -32020), "{}", r.text());
+    assert!(msg.contains("mcp-param-region"), "{msg}");
     // A resource read mirrors its uri.
     let read = body(3, "resources/read", json!({"uri": "file:///a b"}));
     let r = post(
@@ -237,8 +263,8 @@ fn mirrored_headers_are_checked_before_the_upstream_sees_the_request() {
         .filter(|r| r.rpc_method() == "tools/call")
         .count();
     assert_eq!(
-        calls, 2,
-        "only the two well-formed calls reached the upstream"
+        calls, 3,
+        "only the three well-formed calls reached the upstream"
     );
 }
 

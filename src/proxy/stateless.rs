@@ -144,6 +144,18 @@ pub(super) fn prepare(
     if let Err(why) = modern::check_mirrored(&mirrored) {
         return Action::Refuse(Refusal::because(Kind::HeaderMismatch, why));
     }
+    // `Mcp-Param-*` values mirror arguments the tool's schema names (`x-mcp-header`); the
+    // gateway decides nothing on them and forwards them, but one that is not a valid value at all
+    // (bad base64, characters a value cannot hold) is refused here like the others.
+    for (n, v) in &head.mcp_params {
+        if let Err(why) = modern::header_value(&buf[v.clone()]) {
+            let name = String::from_utf8_lossy(&buf[n.clone()]);
+            return Action::Refuse(Refusal::because(
+                Kind::HeaderMismatch,
+                format!("{name} header: {why}"),
+            ));
+        }
+    }
     if removed(m.method) {
         let why = format!(
             "{} is not part of protocol version 2026-07-28",
