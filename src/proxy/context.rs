@@ -81,6 +81,9 @@ pub struct MessageCtx {
     pub meta_at: Option<u32>,
     /// `initialize` only: the `params.protocolVersion` the client asked for, when it is one.
     pub requested_version: Option<crate::mcp::ProtocolVersion>,
+    /// `server/discover` only: the client's `_meta` capabilities name sampling, elicitation or
+    /// roots (what a held upstream session cannot carry).
+    pub asks_client_features: bool,
 }
 
 impl MessageCtx {
@@ -105,6 +108,15 @@ impl MessageCtx {
             meta_capabilities: m.meta_client_capabilities.is_some(),
             params_at: m.params_open.map(|i| i as u32),
             meta_at: m.meta_open.map(|i| i as u32),
+            asks_client_features: method == Method::ServerDiscover
+                && m.meta_client_capabilities.as_ref().is_some_and(|raw| {
+                    ["sampling", "elicitation", "roots"].iter().any(|k| {
+                        sonic_rs::get(raw.text, [*k]).is_ok_and(|v| {
+                            use sonic_rs::JsonValueTrait;
+                            !v.is_null()
+                        })
+                    })
+                }),
             requested_version: match method {
                 Method::Initialize => m
                     .protocol_version

@@ -300,7 +300,8 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
                         Err(e) => return refuse(c, ctx, e.into()).await,
                     };
                     if p.kind == Forwarded::Discover {
-                        let body = discover_result(&held_discover(&held));
+                        let asks = ctx.first().is_some_and(|m| m.asks_client_features);
+                        let body = discover_result(&held_discover(&held, asks));
                         return super::federate::reply_result(c, ctx, body.as_bytes()).await;
                     }
                     let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
@@ -377,13 +378,17 @@ async fn forward_held(
 }
 
 /// What a held session's `initialize` result says, in the shape of a `server/discover` result:
-/// its capabilities and instructions, and no stateless revision. The gateway does serve
-/// 2026-07-28 requests for it (through the held session), but a session gives the client more
-/// (the upstream's sampling, elicitation and roots requests, which a held session cannot
-/// carry), so a client that can fall back to `initialize` is told to; one that speaks only the
-/// stateless revision is still served.
-fn held_discover(held: &HeldSession) -> Value {
-    let versions: Vec<&str> = Vec::new();
+/// its capabilities and instructions, and the stateless revision, which the gateway serves for
+/// it through the held session, unless the client asks for sampling, elicitation or roots
+/// (`asks`): a held session cannot carry those, a session of the client's own can, so such a
+/// client is told of the session-era revisions only (in "auto" mode it then falls back to
+/// `initialize`, and keeps them).
+fn held_discover(held: &HeldSession, asks: bool) -> Value {
+    let versions: Vec<&str> = if asks {
+        Vec::new()
+    } else {
+        STATELESS_VERSIONS.iter().map(|v| v.as_str()).collect()
+    };
     let mut r = json!({
         "supportedVersions": versions,
         "capabilities": held.initialize.get("capabilities").cloned().unwrap_or_else(|| json!({})),

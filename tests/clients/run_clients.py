@@ -54,6 +54,9 @@ CLIENTS = {
     "mcp2-auto": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "auto"}),
     "mcp1": ([str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")], {}),
     "sdk1": ([str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")], {}),
+    # The TypeScript client 2.x in "auto" mode: the stateless revision where the server offers it
+    # (the demo, directly and through tollgate), a session where it does not.
+    "client2": ([str(NODE_BIN / "node"), str(HERE / "ts" / "client2_client.mjs")], {"MCP_CLIENT_MODE": "auto"}),
     "inspector": ([sys.executable, str(HERE / "inspector_client.py")], {}),
 }
 
