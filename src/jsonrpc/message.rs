@@ -30,6 +30,7 @@ enum Key {
     MetaProtocolVersion,
     MetaClientCapabilities,
     RequestId,
+    ResultType,
     Other,
 }
 
@@ -49,6 +50,7 @@ impl Key {
             6 => (s == "result", Key::Result),
             7 => (s == "jsonrpc", Key::Jsonrpc),
             9 => (s == "requestId", Key::RequestId),
+            10 => (s == "resultType", Key::ResultType),
             13 => (s == "progressToken", Key::ProgressToken),
             15 => (s == "protocolVersion", Key::ProtocolVersion),
             39 => (
@@ -85,6 +87,7 @@ impl Key {
             Key::MetaProtocolVersion => "io.modelcontextprotocol/protocolVersion",
             Key::MetaClientCapabilities => "io.modelcontextprotocol/clientCapabilities",
             Key::RequestId => "requestId",
+            Key::ResultType => "resultType",
             Key::Other => OTHER_KEY,
         }
     }
@@ -234,6 +237,8 @@ impl<'a> Message<'a> {
             meta: false,
             params_open: None,
             meta_open: None,
+            result_open: None,
+            result_type: false,
             meta_protocol_version: None,
             meta_client_capabilities: None,
             protocol_version: None,
@@ -287,13 +292,17 @@ pub(crate) fn message<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>)
             Key::Result => {
                 has_result = true;
                 if cur.peek() == Some(b'{') {
-                    object(cur, depth + 1, |cur, key| {
-                        if key == Key::ProtocolVersion {
+                    m.result_open = Some(cur.i);
+                    object(cur, depth + 1, |cur, key| match key {
+                        Key::ProtocolVersion => {
                             result_protocol_version = string_or_skip(cur, depth + 1)?;
                             Ok(())
-                        } else {
+                        }
+                        Key::ResultType => {
+                            m.result_type = true;
                             cur.skip_value(depth + 1)
                         }
+                        _ => cur.skip_value(depth + 1),
                     })?;
                 } else {
                     cur.skip_value(depth)?;

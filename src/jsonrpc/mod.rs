@@ -79,6 +79,10 @@ pub struct Message<'a> {
     /// translation toward a 2026-07-28 upstream adds `_meta` fields there.
     pub params_open: Option<usize>,
     pub meta_open: Option<usize>,
+    /// A response: where its `result` object's `{` is, and whether it has `resultType` (what
+    /// the gateway adds to a session-era upstream's results for a 2026-07-28 client).
+    pub result_open: Option<usize>,
+    pub result_type: bool,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub meta_protocol_version: Option<Str<'a>>,
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` when it is an object, raw.

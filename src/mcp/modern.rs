@@ -231,6 +231,34 @@ pub fn encode_header_value(out: &mut Vec<u8>, value: &[u8]) {
 /// `_meta` when it is there (`meta_at`: where its `{` is), else as a new `_meta` first in `params`
 /// (`params_at`), else as new `params`. What a session-era client sends is made a request of the
 /// stateless revision this way, bytes unchanged otherwise.
+/// `body` with `what` (object members) inserted first in the object whose `{` is at `at`, and a
+/// comma after them unless the object was empty.
+fn into(body: &[u8], out: &mut Vec<u8>, at: usize, what: &[&[u8]]) {
+    let (head, rest) = body.split_at(at + 1);
+    out.extend_from_slice(head);
+    for part in what {
+        out.extend_from_slice(part);
+    }
+    if rest.trim_ascii_start().first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+}
+
+/// A response (`body`, one message) with `members` first in its `result` object (whose `{` is
+/// at `result_at`): how a session-era upstream's result gets the `resultType` (and caching
+/// hints) the stateless revision requires.
+pub fn stamp_result(body: &[u8], result_at: usize, members: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + members.len() + 1);
+    into(
+        body,
+        &mut out,
+        result_at.min(body.len().saturating_sub(1)),
+        &[members],
+    );
+    out
+}
+
 pub fn with_meta(
     body: &[u8],
     params_at: Option<usize>,
@@ -238,18 +266,7 @@ pub fn with_meta(
     members: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + members.len() + 24);
-    // After the `{` at `at`: the members, and a comma unless the object was empty.
-    let into = |out: &mut Vec<u8>, at: usize, what: &[&[u8]]| {
-        let (head, rest) = body.split_at(at + 1);
-        out.extend_from_slice(head);
-        for part in what {
-            out.extend_from_slice(part);
-        }
-        if rest.trim_ascii_start().first() != Some(&b'}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest);
-    };
+    let into = |out: &mut Vec<u8>, at: usize, what: &[&[u8]]| into(body, out, at, what);
     match (meta_at, params_at) {
         (Some(m), _) if m < body.len() => into(&mut out, m, &[members]),
         (_, Some(p)) if p < body.len() => into(&mut out, p, &[b"\"_meta\":{", members, b"}"]),
@@ -438,6 +455,37 @@ mod tests {
         // The rest of the bytes are untouched.
         let (s, _) = case(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":"é"}}"#);
         assert!(s.contains(r#""a":"é""#), "{s}");
+    }
+
+    #[test]
+    fn results_are_stamped_first_in_their_object() {
+        let stamp = br#""resultType":"complete""#;
+        for (body, want) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","tools":[]}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{ }}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete" }}"#,
+            ),
+        ] {
+            let Ok(crate::jsonrpc::Body::Single(m)) =
+                crate::jsonrpc::scan(body.as_bytes(), &Default::default())
+            else {
+                panic!("{body}")
+            };
+            assert!(!m.result_type);
+            let out = stamp_result(body.as_bytes(), m.result_open.unwrap(), stamp);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        let Ok(crate::jsonrpc::Body::Single(m)) = crate::jsonrpc::scan(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}"#,
+            &Default::default(),
+        ) else {
+            panic!()
+        };
+        assert!(m.result_type, "a result that has one is seen to");
     }
 
     #[test]

@@ -650,6 +650,10 @@ enum Then {
     /// Relay a long-lived stream (2026-07-28 `subscriptions/listen`): no read timeout whatever
     /// its content type, ended when the worker shuts down.
     Listen,
+    /// A session-era upstream's reply to a 2026-07-28 client (held session): a whole JSON
+    /// result gets `resultType` (and the caching hints when `true`) stamped in; anything else
+    /// is relayed as `Relay` does.
+    Stamped(bool),
 }
 
 /// Phases: forward (the request already rendered in `c.up_out`) → vet → relay to upstream `u`.
@@ -799,7 +803,10 @@ async fn respond(
             }
         }
         Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
-        Then::Relay | Then::RelayFederated(_) => {
+        Then::Stamped(cacheable) if stateless::stampable(&rhead, up_conn.buffered()) => {
+            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, cacheable).await
+        }
+        Then::Relay | Then::RelayFederated(_) | Then::Stamped(_) => {
             relay(
                 w,
                 c,

@@ -16,8 +16,10 @@ use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 use std::rc::Rc;
 
 use crate::error::Kind;
-use crate::http::head::RequestHead;
+use crate::http::head::{Framing, RequestHead, ResponseHead};
+use crate::http::pool::UpstreamConn as UpConn;
 use crate::http::response;
+use crate::jsonrpc;
 use crate::jsonrpc::MessageKind;
 use crate::mcp::modern::{self, Mirrored, Refuse, STATELESS_VERSIONS};
 use crate::mcp::session::UpstreamSession;
@@ -270,6 +272,84 @@ fn then_for(kind: Forwarded) -> Then {
     }
 }
 
+/// How a held session's reply is relayed: stamped with what the revision adds to results.
+fn then_held(ctx: &Ctx, kind: Forwarded) -> Then {
+    let cacheable = ctx.first().is_some_and(|m| {
+        matches!(
+            m.method,
+            Method::ToolsList
+                | Method::PromptsList
+                | Method::ResourcesList
+                | Method::ResourcesTemplatesList
+                | Method::ResourcesRead
+        )
+    });
+    match kind {
+        Forwarded::Listen => Then::Listen,
+        _ => Then::Stamped(cacheable),
+    }
+}
+
+/// Whether a reply can be stamped: a JSON body with a length, all of it already read (the
+/// vetting reads small replies whole).
+pub(super) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
+    match rhead.framing {
+        Framing::Length(n) => !rhead.is_sse(buffered) && buffered.len() >= rhead.len + n as usize,
+        _ => false,
+    }
+}
+
+/// `resultType` (and, for lists and reads, `ttlMs` 0 and `cacheScope`) the revision requires;
+/// a session-era upstream's results have neither. The held session is the worker's, not the
+/// client's, so what it lists is the same for every client: `public`, but not to be kept.
+const STAMP: &[u8] = br#""resultType":"complete""#;
+const STAMP_CACHEABLE: &[u8] = br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#;
+
+/// Relays a whole JSON reply with its result stamped (`stampable` said it is all buffered).
+pub(super) async fn relay_stamped(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    mut up_conn: UpConn,
+    rhead: ResponseHead,
+    u: usize,
+    cacheable: bool,
+) -> Next {
+    let Framing::Length(n) = rhead.framing else {
+        unreachable!("stampable checked the framing")
+    };
+    let (head_len, n) = (rhead.len, n as usize);
+    let body = &up_conn.buffered()[head_len..head_len + n];
+    let stamped = match jsonrpc::scan(body, &ctx.gw().scan_limits) {
+        Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => {
+            m.result_open.map(|at| {
+                let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
+                modern::stamp_result(body, at, stamp)
+            })
+        }
+        _ => None,
+    };
+    let body = stamped.unwrap_or_else(|| body.to_vec());
+    let keep = super::client_head(
+        &mut c.out,
+        &rhead,
+        up_conn.buffered(),
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
+        None,
+        Some(body.len()),
+    );
+    c.out.extend_from_slice(&body);
+    ctx.status = rhead.status;
+    up_conn.consume(head_len + n);
+    w.pool_put(ctx.gw(), u, up_conn, &rhead);
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
 /// Carries out what `prepare` decided.
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
     match a {
@@ -340,7 +420,7 @@ async fn forward_held(
     c.up_out = req;
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
     if !ended {
-        return respond(w, c, ctx, (u, res, t_up), true, then_for(kind)).await;
+        return respond(w, c, ctx, (u, res, t_up), true, then_held(ctx, kind)).await;
     }
     drop(res);
     w.held.forget(gw, u, &held.session);
