@@ -752,3 +752,303 @@ fn concurrent_misses_rebuild_the_table_once_and_filters_hold() {
         after - before
     );
 }
+
+// ---- JSON-RPC batches (2025-03-26 sessions) on a federated endpoint ----
+
+/// A scripted upstream that speaks whichever version the client asks for (so a 2025-03-26
+/// session is possible) and records every message it gets: `echo` answers `<name>: <text>` as
+/// JSON; `ask` sends the client a sampling request on an event stream and answers with what the
+/// client sampled.
+struct Batcher {
+    up: harness::scripted::Scripted,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+fn batcher(name: &'static str) -> Batcher {
+    use harness::scripted::{json_response, read_request, response, rpc_result, text_result};
+    use std::io::Write;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (tx, rx) = mpsc::channel::<Value>();
+    let (tx, rx) = (Arc::new(Mutex::new(tx)), Arc::new(Mutex::new(rx)));
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let up = harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if req.method != "POST" {
+                let _ = s.write_all(&response("405 Method Not Allowed", &[], b""));
+                continue;
+            }
+            let v = req.json();
+            log.lock().unwrap().push(v.clone());
+            if v.get("method").is_none() {
+                tx.lock().unwrap().send(v).unwrap();
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            if v.get("id").is_none() {
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            let out = match v["method"].as_str() {
+                Some("initialize") => json_response(&rpc_result(
+                    &v["id"],
+                    json!({"protocolVersion": v["params"]["protocolVersion"],
+                           "capabilities": {"tools": {}},
+                           "serverInfo": {"name": name, "version": "1"}}),
+                )),
+                Some("tools/list") => json_response(&rpc_result(
+                    &v["id"],
+                    json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}},
+                                     {"name": "ask", "inputSchema": {"type": "object"}}]}),
+                )),
+                Some("tools/call") if req.tool() == "echo" => json_response(&text_result(
+                    &v["id"],
+                    &format!("{name}: {}", req.text_arg()),
+                )),
+                Some("tools/call") => {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let ask = format!("id: {name}-1\ndata: {{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{{\"messages\":[],\"maxTokens\":5}}}}\n\n");
+                    let _ = s.write_all(format!("{head}{:x}\r\n{ask}\r\n", ask.len()).as_bytes());
+                    let answer = rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .unwrap_or(Value::Null);
+                    let text = format!(
+                        "{name} got id {} and {}",
+                        answer["id"], answer["result"]["content"]["text"]
+                    );
+                    let done = format!("id: {name}-2\ndata: {}\n\n", text_result(&v["id"], &text));
+                    let _ =
+                        s.write_all(format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len()).as_bytes());
+                    continue;
+                }
+                _ => response("400 Bad Request", &[], b""),
+            };
+            let _ = s.write_all(&out);
+        }
+    });
+    Batcher { up, seen }
+}
+
+fn batch_gateway(a: &Batcher, b: &Batcher) -> Gateway {
+    Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .limit("max_batch_concurrency", "2")
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
+        .start()
+}
+
+/// The messages (methods, or "response") an upstream received after its session began.
+fn received(b: &Batcher) -> Vec<Value> {
+    b.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["method"] != "initialize" && v["method"] != "notifications/initialized")
+        .cloned()
+        .collect()
+}
+
+/// Each message of a batch is decided and routed on its own: a call to each upstream, a list
+/// and a ping the gateway answers, a notification to every upstream, an unknown tool refused
+/// alone. The answers come back as one JSON array, each with the client's exact id bytes.
+#[test]
+fn a_batch_routes_each_message_on_its_own() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let init = m.initialize("2025-03-26").json();
+    assert_eq!(init["result"]["protocolVersion"], "2025-03-26");
+    let batch = r#"[
+        {"jsonrpc":"2.0","id":1.50,"method":"tools/call","params":{"name":"a__echo","arguments":{"text":"x"}}},
+        {"jsonrpc":"2.0","id":"two","method":"tools/call","params":{"name":"b__echo","arguments":{"text":"y"}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":4,"method":"ping"},
+        {"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+        {"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"nope","arguments":{}}}
+    ]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // The client's id bytes, not a respelling (`1.50`, not `1.5`).
+    assert!(r.text().contains(r#""id":1.50"#), "{}", r.text());
+    let answers = r.json();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(
+        answers.len(),
+        5,
+        "a notification gets no answer: {answers:?}"
+    );
+    let by_id = |id: Value| answers.iter().find(|a| a["id"] == id).cloned().unwrap();
+    assert_eq!(text_of(&by_id(json!(1.5))), "a: x");
+    assert_eq!(text_of(&by_id(json!("two"))), "b: y");
+    let tools = names(
+        by_id(json!(3))["result"]["tools"].as_array().unwrap(),
+        "name",
+    );
+    assert_eq!(tools, ["a__echo", "a__ask", "b__echo", "b__ask"]);
+    assert_eq!(by_id(json!(4))["result"], json!({}));
+    let unknown = by_id(json!(5));
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    assert_eq!(unknown["error"]["message"], "Unknown tool: nope");
+    // Each upstream got its own call (with its own name), and both got the notification.
+    for (up, tool) in [(&a, "echo"), (&b, "echo")] {
+        let got = received(up);
+        let calls: Vec<&Value> = got.iter().filter(|v| v["method"] == "tools/call").collect();
+        assert_eq!(calls.len(), 1, "{got:?}");
+        assert_eq!(calls[0]["params"]["name"], tool);
+        assert!(
+            got.iter()
+                .any(|v| v["method"] == "notifications/roots/list_changed"),
+            "{got:?}"
+        );
+    }
+    // The refusal inside the batch is counted like any other.
+    let counted = || {
+        harness::metric_value(
+            &gw.metrics(),
+            "tollgate_rejections_total{reason=\"unknown_name\"}",
+        )
+    };
+    assert!(
+        harness::eventually(std::time::Duration::from_secs(5), || counted() == 1.0),
+        "{}",
+        gw.metrics()
+    );
+}
+
+/// A batch of notifications (and nothing that needs an answer) is accepted with 202 and no
+/// body, once every upstream has it.
+#[test]
+fn a_batch_of_notifications_is_accepted() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = r#"[{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+                    {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}}]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(r.body.is_empty());
+    for up in [&a, &b] {
+        let methods: Vec<Value> = received(up).iter().map(|v| v["method"].clone()).collect();
+        assert_eq!(
+            methods,
+            [
+                json!("notifications/roots/list_changed"),
+                json!("notifications/cancelled")
+            ]
+        );
+    }
+}
+
+/// Batches exist in 2025-03-26 only: a 2025-06-18 session's batch is refused whole, as on a
+/// single-upstream endpoint, and the same request id twice in one batch refuses it whole too
+/// (nothing is sent: the answers could not be told apart).
+#[test]
+fn batches_outside_2025_03_26_and_with_a_repeated_id_are_refused_whole() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.post_raw(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32600);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2025-03-26"));
+
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__echo","arguments":{}}},
+                    {"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"b__echo","arguments":{}}}]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.json()["error"]["code"], -32600, "{}", r.text());
+    assert!(r.text().contains("used by two requests"), "{}", r.text());
+    assert!(received(&a).is_empty() && received(&b).is_empty());
+}
+
+/// A batch whose call's upstream answers with an event stream is answered with one event
+/// stream: the other answers, the upstream's sampling request (its id wrapped), and once the
+/// client has answered that, the call's result.
+#[test]
+fn a_batch_streams_when_an_upstream_part_asks_the_client() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let sid = m.session.clone().unwrap();
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__ask","arguments":{}}},
+                    {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"b__echo","arguments":{"text":"z"}}},
+                    {"jsonrpc":"2.0","id":3,"method":"ping"}]"#;
+    let mut s = raw_post_version(gw.addr, &sid, "2025-03-26", batch);
+    let mut raw = Vec::new();
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("sampling"))
+    });
+    let head = String::from_utf8_lossy(&raw).to_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let msgs: Vec<Value> = evs
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let ask = msgs
+        .iter()
+        .find(|v| v["method"] == "sampling/createMessage")
+        .unwrap();
+    assert!(ask["id"].as_str().unwrap().starts_with("tg~"), "{ask}");
+    assert!(
+        msgs.iter().any(|v| v["id"] == 2 && text_of(v) == "b: z"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|v| v["id"] == 3 && v["result"] == json!({})),
+        "{msgs:?}"
+    );
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],"result":{"role":"assistant","model":"m","content":{"type":"text","text":"sampled"}}});
+    let r = m.post_raw(answer.to_string().as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("got id"))
+    });
+    let done: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert_eq!(done["id"], 1);
+    assert_eq!(text_of(&done), "a got id 0 and \"sampled\"");
+    // The stream ends once every part is answered (chunked: the last chunk).
+    read_until_ends_with(&mut s, &mut raw, b"\r\n0\r\n\r\n");
+}
+
+fn raw_post_version(
+    addr: std::net::SocketAddr,
+    session: &str,
+    version: &str,
+    body: &str,
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: {version}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Reads from `s` into `raw` until `raw` ends with `end` (panics if the peer closes first).
+fn read_until_ends_with(s: &mut std::net::TcpStream, raw: &mut Vec<u8>, end: &[u8]) {
+    use std::io::Read;
+    while !raw.ends_with(end) {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).unwrap();
+        assert!(
+            n > 0,
+            "closed before the end: {}",
+            String::from_utf8_lossy(raw)
+        );
+        raw.extend_from_slice(&b[..n]);
+    }
+}

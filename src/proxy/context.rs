@@ -69,6 +69,8 @@ pub struct MessageCtx {
     pub name_span: Option<std::ops::Range<u32>>,
     /// Where the id's token starts in the body (a wrapped id is replaced there).
     pub id_start: Option<u32>,
+    /// This message's bytes in the body (a batch's element: federation sends it on its own).
+    pub span: std::ops::Range<u32>,
 }
 
 impl MessageCtx {
@@ -87,6 +89,7 @@ impl MessageCtx {
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
             id_start: m.id.as_ref().map(|r| r.start as u32),
+            span: m.span.start as u32..m.span.end as u32,
         }
     }
 }
@@ -141,6 +144,9 @@ pub struct Ctx {
     pub status: u16,
     pub outcome: Outcome,
     pub refused: Option<Refused>,
+    /// Refusals of single messages of a batch the gateway answered (each counted like a
+    /// refused request; the batch itself was served).
+    pub refused_messages: Vec<Kind>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -178,6 +184,7 @@ impl Ctx {
             status: 0,
             outcome: Outcome::Ok,
             refused: None,
+            refused_messages: Vec::new(),
             sent_before: c.sent,
         }
     }
@@ -231,6 +238,9 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         .request(ctx.method(), ctx.outcome, elapsed.as_secs_f64());
     if let Some(r) = &ctx.refused {
         w.metrics.rejected(r.kind);
+    }
+    for &kind in &ctx.refused_messages {
+        w.metrics.rejected(kind);
     }
     if let Some(u) = ctx.upstream_call {
         let id = ctx.gw().upstreams[u.upstream].id;

@@ -110,7 +110,7 @@ pub fn find_response(reply: &Reply, id: &[u8]) -> Option<(Vec<u8>, MessageKind)>
 }
 
 /// Replies are results: deeper than requests may be.
-const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
+pub(super) const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
     max_depth: 120,
     max_batch_len: 10_000,
 };

@@ -17,11 +17,9 @@ use crate::mcp::cursor::{self, Cursor, Expect, ListKind, Position, Step};
 use crate::mcp::names::{NameTable, UriTable};
 use crate::mcp::Method;
 
-use super::super::client::Client;
-use super::super::context::Ctx;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
-use super::super::{refuse, unix_now, Next};
+use super::super::unix_now;
 use super::exchange;
 use super::tables::{current_uris, failed, TableKind};
 use super::FedRequest;
@@ -109,14 +107,19 @@ fn items_key(list: ListKind) -> &'static str {
     }
 }
 
-/// An aggregated list request: one page of the server's listing.
-pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: FedRequest) -> Next {
-    let gen = ctx.gen.clone();
-    let gw = &*gen.gw;
-    let server = ctx.server.unwrap_or_default();
+/// An aggregated list request (`msg`: its bytes): the result of one page of the server's
+/// listing, or why not.
+pub(super) async fn page(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    method: Method,
+    msg: &[u8],
+) -> Result<Vec<u8>, Refusal> {
     let s = &gw.config.servers[server];
     let claims = req.claims.clone();
-    let list = match ctx.method() {
+    let list = match method {
         Method::ToolsList => ListKind::Tools,
         Method::PromptsList => ListKind::Prompts,
         Method::ResourcesList => ListKind::Resources,
@@ -135,14 +138,14 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         server: gw.server_ids[server],
         session: Some(claims.id),
     };
-    let start = match client_cursor(&req.body) {
+    let start = match client_cursor(msg) {
         None => Position::start(&order),
         Some(text) => match gw.cursors.open(text.as_bytes(), unix_now(), &expect) {
             Ok(c) => Some(c.position),
             Err(e) => {
                 tracing::debug!(error = ?e, "federated list: cursor refused");
                 let why = "invalid cursor: list again without one";
-                return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+                return Err(Refusal::because(Kind::BadCursor, why));
             }
         },
     };
@@ -169,12 +172,12 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             .position(|m| gw.upstreams[m.upstream].id == pos.upstream)
         else {
             let why = "invalid cursor: its upstream left this endpoint; list again";
-            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+            return Err(Refusal::because(Kind::BadCursor, why));
         };
         let u = s.upstreams[member].upstream;
         let Some(session) = super::super::upstream_session(gw, Some(&claims), u) else {
             let why = "invalid cursor: not from this session";
-            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+            return Err(Refusal::because(Kind::BadCursor, why));
         };
         budget -= 1;
         let page = match fetch_page(
@@ -263,7 +266,7 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         }
     }
     out.push(b'}');
-    super::reply_result(c, ctx, &out).await
+    Ok(out)
 }
 
 /// `params.cursor` of the client's list request.
