@@ -893,9 +893,22 @@ fn a_batch_routes_each_message_on_its_own() {
     let unknown = by_id(json!(5));
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
     assert_eq!(unknown["error"]["message"], "Unknown tool: nope");
-    // Each upstream got its own call (with its own name), and both got the notification.
+    // Each upstream got its own call (with its own name), and both got the notification. The
+    // gateway's own list requests (the batch's list, the routing tables') each had their own id:
+    // several were in flight in one upstream session.
     for (up, tool) in [(&a, "echo"), (&b, "echo")] {
         let got = received(up);
+        let list_ids: Vec<String> = got
+            .iter()
+            .filter(|v| v["method"] == "tools/list")
+            .map(|v| v["id"].to_string())
+            .collect();
+        assert!(list_ids.len() >= 2, "{got:?}");
+        assert_eq!(
+            list_ids.iter().collect::<HashSet<_>>().len(),
+            list_ids.len(),
+            "{list_ids:?}"
+        );
         let calls: Vec<&Value> = got.iter().filter(|v| v["method"] == "tools/call").collect();
         assert_eq!(calls.len(), 1, "{got:?}");
         assert_eq!(calls[0]["params"]["name"], tool);

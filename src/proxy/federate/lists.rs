@@ -27,8 +27,10 @@ use super::FedRequest;
 /// Upstream pages one client list request may fetch (an upstream may answer empty pages with a
 /// `nextCursor` forever): past it the client gets what was gathered and a cursor to go on.
 const FETCH_BUDGET: usize = 16;
-/// The id of the gateway's own list requests (one at a time per upstream connection).
-const LIST_ID: &[u8] = b"\"tollgate-list\"";
+/// Numbers the gateway's own list requests: each gets its own id (`"tollgate-list-N"`), since
+/// several may be in flight in one upstream session at once (a batch's list beside a table
+/// rebuild), and an upstream that maps its replies by id would give one of them none.
+static LIST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One page of an upstream's list: each item's JSON text (as the upstream wrote it; only the
 /// items a client page takes are parsed), and its `nextCursor`.
@@ -63,9 +65,11 @@ pub(super) async fn fetch_page(
     list: ListKind,
     cursor: Option<&str>,
 ) -> Result<Page, String> {
+    let n = LIST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("\"tollgate-list-{n}\"");
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    body.extend_from_slice(LIST_ID);
+    body.extend_from_slice(id.as_bytes());
     body.extend_from_slice(b",\"method\":\"");
     body.extend_from_slice(list.method().as_bytes());
     body.extend_from_slice(b"\"");
@@ -77,7 +81,7 @@ pub(super) async fn fetch_page(
     body.push(b'}');
     let req = exchange::post_request(gw, u, Some(session), trace, &body);
     let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
-    let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
+    let msg = exchange::result_message(gw, u, &reply, id.as_bytes())?;
     // One pass with the scanner's lexer finds each item's text: a page of a thousand tools is
     // not built into a thousand trees (only the items a client page takes are parsed).
     let msg = String::from_utf8(msg).map_err(|_| "sent a list that is not UTF-8".to_string())?;
