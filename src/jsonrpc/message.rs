@@ -29,6 +29,8 @@ enum Key {
     ProgressToken,
     MetaProtocolVersion,
     RequestId,
+    Task,
+    TaskId,
     Other,
 }
 
@@ -39,13 +41,15 @@ impl Key {
         let k = match s.len() {
             2 => (s == "id", Key::Id),
             3 => (s == "uri", Key::Uri),
-            4 => (s == "name", Key::Name),
+            4 if s == "name" => (true, Key::Name),
+            4 => (s == "task", Key::Task),
             5 if s == "error" => (true, Key::Error),
             5 => (s == "_meta", Key::Meta),
             6 if s == "method" => (true, Key::Method),
             6 if s == "params" => (true, Key::Params),
             6 if s == "cursor" => (true, Key::Cursor),
-            6 => (s == "result", Key::Result),
+            6 if s == "result" => (true, Key::Result),
+            6 => (s == "taskId", Key::TaskId),
             7 => (s == "jsonrpc", Key::Jsonrpc),
             9 => (s == "requestId", Key::RequestId),
             13 => (s == "progressToken", Key::ProgressToken),
@@ -79,13 +83,15 @@ impl Key {
             Key::ProgressToken => "progressToken",
             Key::MetaProtocolVersion => "io.modelcontextprotocol/protocolVersion",
             Key::RequestId => "requestId",
+            Key::Task => "task",
+            Key::TaskId => "taskId",
             Key::Other => OTHER_KEY,
         }
     }
 }
 
 // `KeySet::known` has one bit per read key.
-const _: () = assert!((Key::Other as u32) < u16::BITS);
+const _: () = assert!((Key::Other as u32) < u32::BITS);
 
 const INLINE_KEYS: usize = 8;
 
@@ -94,7 +100,7 @@ const INLINE_KEYS: usize = 8;
 /// have a handful of keys), and past 8 of them, or for an escaped one, a hash set takes over, so
 /// an object with 100k keys costs O(n), not O(n²). Allocates only in those two cases.
 struct KeySet<'a> {
-    known: u16,
+    known: u32,
     inline: [&'a str; INLINE_KEYS],
     len: usize,
     spill: Option<HashSet<Cow<'a, str>>>,
@@ -115,7 +121,7 @@ impl<'a> KeySet<'a> {
     #[inline]
     fn insert(&mut self, key: Key, k: Cow<'a, str>) -> bool {
         if key != Key::Other {
-            let bit = 1u16 << (key as u16);
+            let bit = 1u32 << (key as u32);
             let new = self.known & bit == 0;
             self.known |= bit;
             return new;
@@ -227,6 +233,8 @@ impl<'a> Message<'a> {
             request_id: None,
             meta_protocol_version: None,
             protocol_version: None,
+            task: false,
+            task_id: None,
             span: 0..0,
         }
     }
@@ -348,6 +356,14 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             // is not a string or number is validated and left unread, not refused: nothing the
             // gateway forwards depends on it, and the relay only rewrites one it could read.
             Key::RequestId => m.request_id = string_or_number(cur, depth)?,
+            // A task-augmented request (2025-11-25 tasks): its reply carries a task id the
+            // gateway rewrites on a federated endpoint.
+            Key::Task => {
+                m.task = true;
+                cur.skip_value(depth)?
+            }
+            // `tasks/get`, `tasks/result`, `tasks/cancel`: the task the request is about.
+            Key::TaskId => m.task_id = string_or_skip(cur, depth)?,
             Key::Meta if cur.peek() == Some(b'{') => meta(cur, depth + 1, m)?,
             _ => cur.skip_value(depth)?,
         }

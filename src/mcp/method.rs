@@ -17,6 +17,10 @@ pub enum Method {
     CompletionComplete,
     LoggingSetLevel,
     ServerDiscover,
+    TasksGet,
+    TasksResult,
+    TasksCancel,
+    TasksList,
     NotificationsInitialized,
     NotificationsCancelled,
     NotificationsProgress,
@@ -27,7 +31,7 @@ pub enum Method {
 
 impl Method {
     /// Every variant, in label order (used to pre-resolve per-method metric handles).
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 24] = [
         Self::Initialize,
         Self::Ping,
         Self::ToolsList,
@@ -42,6 +46,10 @@ impl Method {
         Self::CompletionComplete,
         Self::LoggingSetLevel,
         Self::ServerDiscover,
+        Self::TasksGet,
+        Self::TasksResult,
+        Self::TasksCancel,
+        Self::TasksList,
         Self::NotificationsInitialized,
         Self::NotificationsCancelled,
         Self::NotificationsProgress,
@@ -66,6 +74,10 @@ impl Method {
             "completion/complete" => Self::CompletionComplete,
             "logging/setLevel" => Self::LoggingSetLevel,
             "server/discover" => Self::ServerDiscover,
+            "tasks/get" => Self::TasksGet,
+            "tasks/result" => Self::TasksResult,
+            "tasks/cancel" => Self::TasksCancel,
+            "tasks/list" => Self::TasksList,
             "notifications/initialized" => Self::NotificationsInitialized,
             "notifications/cancelled" => Self::NotificationsCancelled,
             "notifications/progress" => Self::NotificationsProgress,
@@ -92,6 +104,10 @@ impl Method {
             Self::CompletionComplete => "completion/complete",
             Self::LoggingSetLevel => "logging/setLevel",
             Self::ServerDiscover => "server/discover",
+            Self::TasksGet => "tasks/get",
+            Self::TasksResult => "tasks/result",
+            Self::TasksCancel => "tasks/cancel",
+            Self::TasksList => "tasks/list",
             Self::NotificationsInitialized => "notifications/initialized",
             Self::NotificationsCancelled => "notifications/cancelled",
             Self::NotificationsProgress => "notifications/progress",
