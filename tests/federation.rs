@@ -1065,3 +1065,291 @@ fn read_until_ends_with(s: &mut std::net::TcpStream, raw: &mut Vec<u8>, end: &[u
         raw.extend_from_slice(&b[..n]);
     }
 }
+
+// ---- Tasks (2025-11-25) on a federated endpoint ----
+
+/// A scripted upstream with tasks: `slow` called with `params.task` creates task `task-1`
+/// (every tasker uses the same ids, so they would collide without the gateway's); tasks/get,
+/// tasks/result (an event stream with a status notification first), tasks/cancel and
+/// tasks/list (when `list`) answer about the task id they got, naming the upstream. `ask`
+/// sends the client a task-augmented sampling request, then polls the client's task with
+/// tasks/get, and answers with what it saw.
+fn tasker(name: &'static str, list: bool) -> Batcher {
+    use harness::scripted::{json_response, read_request, response, rpc_result, text_result};
+    use std::io::Write;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (tx, rx) = mpsc::channel::<Value>();
+    let (tx, rx) = (Arc::new(Mutex::new(tx)), Arc::new(Mutex::new(rx)));
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let sse_head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |ev: String| format!("{:x}\r\n{ev}\r\n", ev.len());
+    let task = move |id: &Value, status: &str| {
+        json!({"taskId": id, "status": status, "statusMessage": format!("{name} has {}", id.as_str().unwrap_or("?")),
+               "createdAt": "2025-11-25T10:30:00Z", "lastUpdatedAt": "2025-11-25T10:30:00Z", "ttl": 60000})
+    };
+    let up = harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if req.method != "POST" {
+                let _ = s.write_all(&response("405 Method Not Allowed", &[], b""));
+                continue;
+            }
+            let v = req.json();
+            log.lock().unwrap().push(v.clone());
+            if v.get("method").is_none() {
+                tx.lock().unwrap().send(v).unwrap();
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            if v.get("id").is_none() {
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            let id = &v["id"];
+            let task_id = &v["params"]["taskId"];
+            let out = match v["method"].as_str() {
+                Some("initialize") => {
+                    let tasks = if list {
+                        json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}})
+                    } else {
+                        json!({"requests": {"tools": {"call": {}}}})
+                    };
+                    json_response(&rpc_result(
+                        id,
+                        json!({"protocolVersion": v["params"]["protocolVersion"],
+                               "capabilities": {"tools": {}, "tasks": tasks},
+                               "serverInfo": {"name": name, "version": "1"}}),
+                    ))
+                }
+                Some("tools/list") => json_response(&rpc_result(
+                    id,
+                    json!({"tools": [
+                        {"name": "slow", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "optional"}},
+                        {"name": "ask", "inputSchema": {"type": "object"}}]}),
+                )),
+                Some("tools/call") if req.tool() == "slow" && v["params"].get("task").is_some() => {
+                    json_response(&rpc_result(
+                        id,
+                        json!({"task": task(&json!("task-1"), "working")}),
+                    ))
+                }
+                Some("tools/call") if req.tool() == "slow" => {
+                    json_response(&text_result(id, "done now"))
+                }
+                Some("tools/call") => {
+                    // Client-side task: sampling as a task, then polling the client's task.
+                    let ask = json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage",
+                        "params":{"messages":[],"maxTokens":5,"task":{"ttl":60000}}});
+                    let _ = s.write_all(
+                        format!("{sse_head}{}", chunk(format!("data: {ask}\n\n"))).as_bytes(),
+                    );
+                    let wait = || {
+                        rx.lock()
+                            .unwrap()
+                            .recv_timeout(std::time::Duration::from_secs(10))
+                            .unwrap_or(Value::Null)
+                    };
+                    let created = wait();
+                    let client_task = created["result"]["task"]["taskId"].clone();
+                    let poll = json!({"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId": client_task}});
+                    let _ = s.write_all(chunk(format!("data: {poll}\n\n")).as_bytes());
+                    let polled = wait();
+                    let text = format!(
+                        "{name} saw ids {} {} and task {} {}",
+                        created["id"], polled["id"], client_task, polled["result"]["status"]
+                    );
+                    let done = format!("data: {}\n\n", text_result(id, &text));
+                    let _ = s.write_all(format!("{}0\r\n\r\n", chunk(done)).as_bytes());
+                    continue;
+                }
+                Some("tasks/get") => json_response(&rpc_result(id, task(task_id, "completed"))),
+                Some("tasks/cancel") => json_response(&rpc_result(id, task(task_id, "cancelled"))),
+                Some("tasks/result") => {
+                    let status = json!({"jsonrpc":"2.0","method":"notifications/tasks/status","params": task(task_id, "completed")});
+                    let result = json!({"jsonrpc":"2.0","id":id,"result":{
+                        "content":[{"type":"text","text":format!("{name} result of {}", task_id.as_str().unwrap_or("?"))}],
+                        "_meta":{"io.modelcontextprotocol/related-task":{"taskId":task_id}}}});
+                    let body = format!(
+                        "{}{}0\r\n\r\n",
+                        chunk(format!("data: {status}\n\n")),
+                        chunk(format!("data: {result}\n\n"))
+                    );
+                    let _ = s.write_all(format!("{sse_head}{body}").as_bytes());
+                    continue;
+                }
+                Some("tasks/list") if list => json_response(&rpc_result(
+                    id,
+                    json!({"tasks": [task(&json!("task-1"), "working"), task(&json!("task-2"), "completed")]}),
+                )),
+                _ => json_response(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32601,"message":"Method not found"}}}}"#
+                )),
+            };
+            let _ = s.write_all(&out);
+        }
+    });
+    Batcher { up, seen }
+}
+
+fn task_gateway(a: &Batcher, b: &Batcher) -> Gateway {
+    Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n    list_page_size: 1\n")
+        .start()
+}
+
+/// Task ids cross a federated endpoint as gateway task ids: two upstreams that create the same
+/// task id give the client two ids, each routed back to its upstream (which gets its own id) on
+/// tasks/get, tasks/result and tasks/cancel, in status notifications and related-task `_meta`;
+/// tasks/list is aggregated with the gateway's cursors; a forged, unknown or other session's
+/// task id is -32602 saying which.
+#[test]
+fn task_ids_are_the_gateways_and_find_their_upstream() {
+    let (a, b) = (tasker("a", true), tasker("b", false));
+    let gw = task_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let init = m.initialize("2025-11-25").json();
+    assert_eq!(
+        init["result"]["capabilities"]["tasks"],
+        json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
+        "the union of what the upstreams offer: {init}"
+    );
+    // The routing table is fresh: a task-augmented call must still not take the direct path.
+    let tools = list_all(&mut m, "tools/list", "tools").0;
+    assert_eq!(tools[0]["execution"]["taskSupport"], "optional");
+    assert_eq!(text_of(&m.call_tool("a__slow", json!({}))), "done now");
+
+    let mut ids = Vec::new();
+    for tool in ["a__slow", "b__slow"] {
+        let r = m
+            .request(
+                "tools/call",
+                json!({"name": tool, "arguments": {}, "task": {"ttl": 60000}}),
+            )
+            .json();
+        let id = r["result"]["task"]["taskId"].as_str().unwrap().to_string();
+        assert!(id.starts_with("tgt~"), "{r}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "both upstreams said task-1");
+
+    for (id, who) in ids.iter().zip(["a", "b"]) {
+        let r = m.request("tasks/get", json!({"taskId": id})).json();
+        assert_eq!(
+            r["result"]["statusMessage"],
+            format!("{who} has task-1"),
+            "{r}"
+        );
+        assert_eq!(r["result"]["taskId"], *id);
+    }
+    // tasks/result streams: the status notification and the result's related task carry the
+    // gateway's id.
+    let msgs = m
+        .request("tasks/result", json!({"taskId": ids[1]}))
+        .sse_messages();
+    let status = msgs
+        .iter()
+        .find(|v| v["method"] == "notifications/tasks/status")
+        .unwrap();
+    assert_eq!(status["params"]["taskId"], ids[1]);
+    let result = msgs.last().unwrap();
+    assert_eq!(text_of(result), "b result of task-1");
+    assert_eq!(
+        result["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+        ids[1]
+    );
+    let r = m.request("tasks/cancel", json!({"taskId": ids[0]})).json();
+    assert_eq!(r["result"]["status"], "cancelled");
+    assert_eq!(r["result"]["taskId"], ids[0]);
+    // Each upstream got its own id back.
+    for up in [&a, &b] {
+        let got = received(up);
+        let asked: Vec<&Value> = got
+            .iter()
+            .filter(|v| v["method"].as_str().unwrap_or("").starts_with("tasks/"))
+            .map(|v| &v["params"]["taskId"])
+            .collect();
+        assert!(
+            !asked.is_empty() && asked.iter().all(|t| **t == "task-1"),
+            "{got:?}"
+        );
+    }
+
+    // tasks/list: a's two tasks (b lists none), a page each (list_page_size 1), gateway ids.
+    // (The last page may be empty: the cursor after a full page points at b, which lists none.)
+    let (listed, pages) = list_all(&mut m, "tasks/list", "tasks");
+    assert!(pages >= 2, "{pages}");
+    let listed_ids = names(&listed, "taskId");
+    assert_eq!(listed_ids.len(), 2, "{listed:?}");
+    assert_eq!(listed_ids[0], ids[0], "the same task, the same gateway id");
+    let r = m
+        .request("tasks/get", json!({"taskId": listed_ids[1]}))
+        .json();
+    assert_eq!(r["result"]["statusMessage"], "a has task-2", "{r}");
+
+    // Ids that are not this session's.
+    let mut other = Mcp::new(gw.addr, "/mcp");
+    other.initialize("2025-11-25");
+    let forged = format!("tgt~{}", &ids[0][4..].replace('A', "B").replace('a', "A"));
+    for (in_other, id, says) in [
+        (true, ids[0].as_str(), "not issued to this session"),
+        (false, forged.as_str(), "not issued to this session"),
+        (false, "task-1", "not a task id this gateway issued"),
+    ] {
+        let client = if in_other { &mut other } else { &mut m };
+        let r = client.request("tasks/get", json!({"taskId": id})).json();
+        assert_eq!(r["error"]["code"], -32602, "{id}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    let r = m.request("tasks/get", json!({})).json();
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+/// A client-side task (an upstream's task-augmented sampling request, then the upstream polling
+/// the client's task with tasks/get) keeps working through the wrapped request ids: the client's
+/// own task id passes untouched both ways.
+#[test]
+fn a_client_side_task_is_polled_through_wrapped_ids() {
+    let (a, b) = (tasker("a", true), tasker("b", false));
+    let gw = task_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-11-25");
+    let sid = m.session.clone().unwrap();
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__ask","arguments":{}}});
+    let mut s = raw_post_version(gw.addr, &sid, "2025-11-25", &body.to_string());
+    let mut raw = Vec::new();
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("sampling"))
+    });
+    let ask: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert!(ask["id"].as_str().unwrap().starts_with("tg~"), "{ask}");
+    assert_eq!(ask["params"]["task"]["ttl"], 60000);
+    let created = json!({"jsonrpc":"2.0","id":ask["id"],"result":{"task":{"taskId":"client-t","status":"working",
+        "createdAt":"2025-11-25T10:30:00Z","lastUpdatedAt":"2025-11-25T10:30:00Z","ttl":60000}}});
+    assert_eq!(m.post_raw(created.to_string().as_bytes()).status, 202);
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("tasks/get"))
+    });
+    let poll: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert!(poll["id"].as_str().unwrap().starts_with("tg~"), "{poll}");
+    assert_eq!(
+        poll["params"]["taskId"], "client-t",
+        "the client's own task id: {poll}"
+    );
+    let status = json!({"jsonrpc":"2.0","id":poll["id"],"result":{"taskId":"client-t","status":"completed",
+        "createdAt":"2025-11-25T10:30:00Z","lastUpdatedAt":"2025-11-25T10:31:00Z","ttl":60000}});
+    assert_eq!(m.post_raw(status.to_string().as_bytes()).status, 202);
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("saw ids"))
+    });
+    let done: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert_eq!(
+        text_of(&done),
+        "a saw ids 0 1 and task \"client-t\" \"completed\""
+    );
+}

@@ -71,6 +71,12 @@ pub struct MessageCtx {
     pub id_start: Option<u32>,
     /// This message's bytes in the body (a batch's element: federation sends it on its own).
     pub span: std::ops::Range<u32>,
+    /// `params.task` is present (a task-augmented request: its reply names a task).
+    pub task: bool,
+    /// Where `params.taskId`'s string token (quotes included) lies in the body (`tasks/get`,
+    /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
+    /// the upstream's back.
+    pub task_id_span: Option<std::ops::Range<u32>>,
 }
 
 impl MessageCtx {
@@ -90,6 +96,11 @@ impl MessageCtx {
                 .map(|s| s.span.start as u32..s.span.end as u32),
             id_start: m.id.as_ref().map(|r| r.start as u32),
             span: m.span.start as u32..m.span.end as u32,
+            task: m.task,
+            task_id_span: m
+                .task_id
+                .as_ref()
+                .map(|s| s.span.start as u32..s.span.end as u32),
         }
     }
 }

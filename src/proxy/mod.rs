@@ -570,7 +570,7 @@ fn federated_direct(
     let gw = ctx.gw();
     let m = ctx
         .first()
-        .filter(|m| !ctx.batch && m.kind == MessageKind::Request)?;
+        .filter(|m| !ctx.batch && m.kind == MessageKind::Request && !m.task)?;
     let kind = match m.method {
         Method::ToolsCall => federate::TableKind::Tools,
         Method::PromptsGet => federate::TableKind::Prompts,

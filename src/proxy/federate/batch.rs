@@ -22,9 +22,10 @@ use super::FedRequest;
 
 /// What one message of the batch turned into, after its upstream (if any) answered.
 enum Done {
-    /// Its response message (a request's answer: the gateway's or the upstream's), and the
-    /// kind of refusal when it is one.
-    Answer(usize, Vec<u8>, Option<Kind>),
+    /// Its response message (a request's answer: the gateway's or the upstream's).
+    Answer(usize, Vec<u8>),
+    /// The gateway refuses it (its upstream failed).
+    Failed(usize, Refusal),
     /// Its upstream answers with an event stream: relayed (its response is in it).
     Stream(Box<UpStream>),
     /// Nothing to answer (a notification, a client response).
@@ -69,7 +70,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
     let mut jobs = Vec::new();
     for (i, (m, d)) in messages.iter().zip(decisions).enumerate() {
         match d {
-            Ok(Decision::Result(r)) => done.push(Done::Answer(i, result_message(m, &r), None)),
+            Ok(Decision::Result(r)) => done.push(Done::Answer(i, result_message(m, &r))),
             Ok(Decision::Upstream { u, body }) => jobs.push(Job::Send { i, u, body }),
             Ok(Decision::FanOut) => jobs.push(Job::FanOut {
                 i,
@@ -85,7 +86,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
                     "federated batch: message refused"
                 );
                 if m.kind == MessageKind::Request {
-                    done.push(Done::Answer(i, refusal_message(gw, m, &r), None));
+                    done.push(Done::Answer(i, refusal_message(gw, m, &r)));
                 }
             }
         }
@@ -105,11 +106,10 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
                     if m.kind != MessageKind::Request {
                         return Done::Quiet;
                     }
-                    let answer = match route::fanned_out(total, failed) {
-                        Ok(r) => (result_message(m, r), None),
-                        Err(r) => (refusal_message(gw, m, &r), Some(r.kind)),
-                    };
-                    Done::Answer(i, answer.0, answer.1)
+                    match route::fanned_out(total, failed) {
+                        Ok(r) => Done::Answer(i, result_message(m, r)),
+                        Err(r) => Done::Failed(i, r),
+                    }
                 }
             }
         })
@@ -123,9 +123,10 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
     let mut streams = Vec::new();
     for d in done {
         match d {
-            Done::Answer(i, a, kind) => {
-                refused.extend(kind);
-                answers.push((i, a));
+            Done::Answer(i, a) => answers.push((i, a)),
+            Done::Failed(i, r) => {
+                refused.push(r.kind);
+                answers.push((i, refusal_message(gw, &messages[i], &r)));
             }
             Done::Stream(s) => streams.push(*s),
             Done::Quiet => {}
@@ -231,7 +232,7 @@ async fn send(
             data.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
             r = r.with_data(data);
         }
-        Done::Answer(i, refusal_message(gw, m, &r), Some(kind))
+        Done::Failed(i, r)
     };
     let Some(session_of_u) = super::super::upstream_session(gw, Some(&req.claims), u) else {
         let why = format!(
@@ -279,11 +280,60 @@ async fn send(
         sse,
     };
     match exchange::find_response(&reply, id) {
-        Some((msg, _)) => Done::Answer(i, with_id(msg, id), None),
+        Some((msg, _)) if route::names_task(m) => match task_ids(gw, &msg, session, u) {
+            Ok(msg) => Done::Answer(i, with_id(msg, id)),
+            Err(why) => failed(Kind::UpstreamProtocol, why, None),
+        },
+        Some((msg, _)) => Done::Answer(i, with_id(msg, id)),
         None => {
             let why = format!("upstream \"{}\" sent no response to the request", up.name);
             failed(Kind::UpstreamProtocol, why, Some(head.status))
         }
+    }
+}
+
+/// The response `msg` from upstream `u` with its task ids made the gateway's (`mcp::tasks`).
+fn task_ids(gw: &Gateway, msg: &[u8], session: [u8; 16], u: usize) -> Result<Vec<u8>, String> {
+    let Ok(Body::Single(m)) = jsonrpc::scan(msg, &exchange::REPLY_LIMITS) else {
+        return Ok(msg.to_vec());
+    };
+    let upstream = gw.upstreams[u].id;
+    match crate::mcp::tasks::wrap_message(msg, &m, &gw.taskids, &session, upstream) {
+        Ok(Some(out)) => Ok(out),
+        Ok(None) => Ok(msg.to_vec()),
+        Err(e) => Err(format!(
+            "upstream \"{}\" sent a task id the gateway cannot carry ({e:?})",
+            gw.upstreams[u].name
+        )),
+    }
+}
+
+/// One request whose reply names a task (`route::names_task`), on its own: sent like a part of
+/// a batch, so a JSON reply is read and its task ids rewritten, and an event stream goes through
+/// the rewriter (which rewrites them too).
+pub(super) async fn one(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    req: &FedRequest,
+    u: usize,
+    body: &[u8],
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    let Some(m) = ctx.first() else {
+        return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
+    };
+    match send(w, gw, req, (0, m), u, body, req.claims.id).await {
+        Done::Answer(_, a) => super::reply_json(c, ctx, 200, &a, None).await,
+        Done::Failed(_, r) => refuse(c, ctx, r).await,
+        Done::Stream(s) => {
+            stream_head(c, ctx, 200);
+            let mut ids = crate::mcp::relay::EventIdState::default();
+            relay(w, c, ctx, vec![*s], &mut ids, false).await
+        }
+        Done::Quiet => super::accepted(c, ctx).await,
     }
 }
 

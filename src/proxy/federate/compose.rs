@@ -162,6 +162,7 @@ fn compose(gw: &Gateway, version: ProtocolVersion, opened: &[Opened]) -> Value {
         }
     };
     let mut instructions = Vec::new();
+    let mut tasks = (false, false, false);
     for o in opened {
         let Some(c) = o.result.get("capabilities") else {
             continue;
@@ -185,12 +186,39 @@ fn compose(gw: &Gateway, version: ProtocolVersion, opened: &[Opened]) -> Value {
                 flag(&mut caps, key, None);
             }
         }
+        // Tasks (2025-11-25): the parts the gateway proxies, where any upstream offers them:
+        // tasks/list (aggregated), tasks/cancel (routed by task id), task-augmented tools/call.
+        if let Some(t) = c.get("tasks").filter(|t| t.as_object().is_some()) {
+            let has = |path: &[&str]| {
+                let mut v = Some(t);
+                for k in path {
+                    v = v.and_then(|x| x.get(*k));
+                }
+                v.is_some_and(|x| x.as_object().is_some())
+            };
+            tasks.0 |= has(&["list"]);
+            tasks.1 |= has(&["cancel"]);
+            tasks.2 |= has(&["requests", "tools", "call"]);
+        }
         if let Some(text) = o.result.get("instructions").and_then(|v| v.as_str()) {
             if !text.trim().is_empty() {
                 let up = &gw.upstreams[o.u];
                 instructions.push(format!("## {}\n{}", up.name, text.trim()));
             }
         }
+    }
+    if tasks != (false, false, false) {
+        let mut t = Map::new();
+        if tasks.0 {
+            t.insert("list".to_string(), json!({}));
+        }
+        if tasks.1 {
+            t.insert("cancel".to_string(), json!({}));
+        }
+        if tasks.2 {
+            t.insert("requests".to_string(), json!({"tools": {"call": {}}}));
+        }
+        caps.insert("tasks".to_string(), Value::Object(t));
     }
     let mut result = json!({
         "protocolVersion": version.as_str(),

@@ -6,6 +6,7 @@ use futures_util::future::join_all;
 
 use crate::error::{json_escape_into, Kind};
 use crate::mcp::idmap::IdError;
+use crate::mcp::tasks::{self, TaskIdError};
 use crate::mcp::Method;
 use crate::observe::names;
 
@@ -114,7 +115,8 @@ pub(super) async fn decide(
         Method::ToolsList
         | Method::PromptsList
         | Method::ResourcesList
-        | Method::ResourcesTemplatesList => lists::page(w, gw, server, req, m.method, msg.bytes)
+        | Method::ResourcesTemplatesList
+        | Method::TasksList => lists::page(w, gw, server, req, m.method, msg.bytes)
             .await
             .map(Decision::Result),
         Method::ToolsCall | Method::PromptsGet => by_name(w, gw, server, req, msg).await,
@@ -122,6 +124,9 @@ pub(super) async fn decide(
             by_uri(w, gw, server, req, msg).await
         }
         Method::CompletionComplete => completion(w, gw, server, req, msg).await,
+        Method::TasksGet | Method::TasksResult | Method::TasksCancel => {
+            by_task(gw, server, req, msg)
+        }
         Method::LoggingSetLevel => Ok(Decision::FanOut),
         _ => {
             let why = "method not available on an endpoint with several upstreams";
@@ -154,6 +159,10 @@ pub(super) async fn single(
     match decide(w, gw, server, &req, &msg).await {
         Err(r) => refuse(c, ctx, r).await,
         Ok(Decision::Result(r)) => super::reply_result(c, ctx, &r).await,
+        // A reply that names a task is read (or streamed) and its task ids rewritten.
+        Ok(Decision::Upstream { u, body }) if names_task(m) => {
+            super::batch::one(w, c, ctx, &req, u, &body).await
+        }
         Ok(Decision::Upstream { u, body }) => send(w, c, ctx, &req, u, &body).await,
         Ok(Decision::FanOut) => {
             let (total, failed) = fan_out(w, gw, &req, server, &req.body).await;
@@ -166,6 +175,58 @@ pub(super) async fn single(
             }
         }
     }
+}
+
+/// Whether the reply to request `m` carries an upstream's task id in its result (a
+/// task-augmented request, or `tasks/get|result|cancel`): it must be rewritten.
+pub(super) fn names_task(m: &MessageCtx) -> bool {
+    m.kind == MessageKind::Request
+        && (m.task
+            || matches!(
+                m.method,
+                Method::TasksGet | Method::TasksResult | Method::TasksCancel
+            ))
+}
+
+/// `tasks/get`, `tasks/result`, `tasks/cancel`: `params.taskId` is a gateway task id
+/// (`mcp::tasks`); it names the upstream, which gets its own task id back.
+fn by_task(
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let Some(span) = msg.m.task_id_span.clone() else {
+        let why = "params.taskId is required (a task id this gateway gave)";
+        return Err(Refusal::because(Kind::UnknownName, why));
+    };
+    let (start, end) = (msg.at(span.start), msg.at(span.end));
+    let text = &msg.bytes[start..end];
+    let (upstream_id, original) = tasks::open(&gw.taskids, &req.claims.id, text).map_err(|e| {
+        let why = match e {
+            TaskIdError::NotOurs => "Unknown task: not a task id this gateway issued",
+            TaskIdError::Foreign => {
+                "Unknown task: this task id was not issued to this session (altered, or \
+                     from another session)"
+            }
+        };
+        Refusal::because(Kind::UnknownName, why)
+    })?;
+    let Some(u) = gw.config.servers[server]
+        .upstreams
+        .iter()
+        .map(|m| m.upstream)
+        .find(|&u| gw.upstreams[u].id == upstream_id)
+    else {
+        let why = "Unknown task: its upstream is no longer behind this endpoint";
+        return Err(Refusal::because(Kind::UnknownName, why));
+    };
+    held(gw, &req.claims, u)?;
+    let mut body = Vec::with_capacity(msg.bytes.len());
+    body.extend_from_slice(&msg.bytes[..start]);
+    body.extend_from_slice(&original);
+    body.extend_from_slice(&msg.bytes[end..]);
+    Ok(Decision::Upstream { u, body })
 }
 
 /// The answer to a fanned-out request (`logging/setLevel`): an empty result unless every
@@ -390,5 +451,16 @@ fn client_response(
     body.extend_from_slice(&msg.bytes[..start]);
     body.extend_from_slice(&original);
     body.extend_from_slice(&msg.bytes[start + id.len()..]);
+    // An answer tied to one of the upstream's tasks names it by the gateway task id the
+    // client saw: the upstream gets its own back.
+    match tasks::restore_related(&body, &gw.taskids, &req.claims.id, upstream_id) {
+        Ok(Some(restored)) => body = restored,
+        Ok(None) => {}
+        Err(_) => {
+            let why = "this response's related task was not issued to this session for that \
+                       upstream";
+            return Err(Refusal::because(Kind::InvalidRequest, why));
+        }
+    }
     Ok(Decision::Upstream { u, body })
 }
