@@ -180,6 +180,33 @@ if (fx.calls_each && fx.sampling) {
     }
   });
 }
+// Federated only: a 2025-11-25 task through the SDK's experimental tasks client (server-everything's
+// task tool): the task id the client sees is the gateway's (`tgt~`), polling, the result, tasks/get
+// and tasks/list all find their way to the upstream that owns the task.
+if (fx.task) {
+  await check(`task ${fx.task.name}`, async () => {
+    let taskId;
+    let text = "";
+    for await (const msg of client.experimental.tasks.callToolStream(
+      { name: fx.task.name, arguments: fx.task.arguments }, undefined, { ...TIMEOUT, task: { ttl: 60_000 } })) {
+      if (msg.type === "taskCreated") taskId = msg.task.taskId;
+      if (msg.type === "result") text = texts(msg.result).join(" ");
+      if (msg.type === "error") return `stream error: ${msg.error?.message ?? msg.error}`;
+    }
+    if (!taskId?.startsWith("tgt~")) return `task id ${taskId} is not the gateway's`;
+    if (!text.includes(fx.task.expect_contains)) return `result ${text.slice(0, 200)}`;
+    const got = await client.experimental.tasks.getTask(taskId, TIMEOUT);
+    if (got.taskId !== taskId || got.status !== "completed") return `tasks/get ${JSON.stringify(got).slice(0, 200)}`;
+    const listed = [];
+    let cursor;
+    do {
+      const page = await client.experimental.tasks.listTasks(cursor, TIMEOUT);
+      listed.push(...page.tasks.map((t) => t.taskId));
+      cursor = page.nextCursor;
+    } while (cursor && listed.length < 1000);
+    return listed.includes(taskId) ? null : `tasks/list ${listed.length} tasks, not ${taskId}`;
+  });
+}
 if (fx.structured) {
   await check(`structuredContent ${fx.structured.name}`, async () => {
     const result = await client.callTool({ name: fx.structured.name, arguments: fx.structured.arguments }, undefined, TIMEOUT);
