@@ -7,8 +7,10 @@
 //! What the gateway answers itself: `initialize` (fanned out, then composed), `ping`, the four
 //! lists (aggregated), `logging/setLevel` and client notifications (fanned out). What it routes
 //! by name: `tools/call`, `prompts/get` (exposed name), `resources/read`, `resources/subscribe`,
-//! `resources/unsubscribe` (URI), `completion/complete` (its `ref`). Client responses to
-//! server→client requests go back to the upstream whose wrapped id they carry.
+//! `resources/unsubscribe` (URI), `completion/complete` (its `ref`), `tasks/get|result|cancel`
+//! (the gateway task id, `mcp::tasks`; `tasks/list` is aggregated). Client responses to
+//! server→client requests go back to the upstream whose wrapped id they carry. Batches
+//! (2025-03-26) are split and each message decided on its own (`route::decide`).
 //!
 //! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
 //! (initialize fan-out and the composed result), `lists` (aggregated lists), `tables` (the per-worker
