@@ -752,3 +752,604 @@ fn concurrent_misses_rebuild_the_table_once_and_filters_hold() {
         after - before
     );
 }
+
+// ---- JSON-RPC batches (2025-03-26 sessions) on a federated endpoint ----
+
+/// A scripted upstream that speaks whichever version the client asks for (so a 2025-03-26
+/// session is possible) and records every message it gets: `echo` answers `<name>: <text>` as
+/// JSON; `ask` sends the client a sampling request on an event stream and answers with what the
+/// client sampled.
+struct Batcher {
+    up: harness::scripted::Scripted,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+fn batcher(name: &'static str) -> Batcher {
+    use harness::scripted::{json_response, read_request, response, rpc_result, text_result};
+    use std::io::Write;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (tx, rx) = mpsc::channel::<Value>();
+    let (tx, rx) = (Arc::new(Mutex::new(tx)), Arc::new(Mutex::new(rx)));
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let up = harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if req.method != "POST" {
+                let _ = s.write_all(&response("405 Method Not Allowed", &[], b""));
+                continue;
+            }
+            let v = req.json();
+            log.lock().unwrap().push(v.clone());
+            if v.get("method").is_none() {
+                tx.lock().unwrap().send(v).unwrap();
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            if v.get("id").is_none() {
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            let out = match v["method"].as_str() {
+                Some("initialize") => json_response(&rpc_result(
+                    &v["id"],
+                    json!({"protocolVersion": v["params"]["protocolVersion"],
+                           "capabilities": {"tools": {}},
+                           "serverInfo": {"name": name, "version": "1"}}),
+                )),
+                Some("tools/list") => json_response(&rpc_result(
+                    &v["id"],
+                    json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}},
+                                     {"name": "ask", "inputSchema": {"type": "object"}}]}),
+                )),
+                Some("tools/call") if req.tool() == "echo" => json_response(&text_result(
+                    &v["id"],
+                    &format!("{name}: {}", req.text_arg()),
+                )),
+                Some("tools/call") => {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let ask = format!("id: {name}-1\ndata: {{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{{\"messages\":[],\"maxTokens\":5}}}}\n\n");
+                    let _ = s.write_all(format!("{head}{:x}\r\n{ask}\r\n", ask.len()).as_bytes());
+                    let answer = rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .unwrap_or(Value::Null);
+                    let text = format!(
+                        "{name} got id {} and {}",
+                        answer["id"], answer["result"]["content"]["text"]
+                    );
+                    let done = format!("id: {name}-2\ndata: {}\n\n", text_result(&v["id"], &text));
+                    let _ =
+                        s.write_all(format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len()).as_bytes());
+                    continue;
+                }
+                _ => response("400 Bad Request", &[], b""),
+            };
+            let _ = s.write_all(&out);
+        }
+    });
+    Batcher { up, seen }
+}
+
+fn batch_gateway(a: &Batcher, b: &Batcher) -> Gateway {
+    Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .limit("max_batch_concurrency", "2")
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
+        .start()
+}
+
+/// The messages (methods, or "response") an upstream received after its session began.
+fn received(b: &Batcher) -> Vec<Value> {
+    b.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["method"] != "initialize" && v["method"] != "notifications/initialized")
+        .cloned()
+        .collect()
+}
+
+/// Each message of a batch is decided and routed on its own: a call to each upstream, a list
+/// and a ping the gateway answers, a notification to every upstream, an unknown tool refused
+/// alone. The answers come back as one JSON array, each with the client's exact id bytes.
+#[test]
+fn a_batch_routes_each_message_on_its_own() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let init = m.initialize("2025-03-26").json();
+    assert_eq!(init["result"]["protocolVersion"], "2025-03-26");
+    let batch = r#"[
+        {"jsonrpc":"2.0","id":1.50,"method":"tools/call","params":{"name":"a__echo","arguments":{"text":"x"}}},
+        {"jsonrpc":"2.0","id":"two","method":"tools/call","params":{"name":"b__echo","arguments":{"text":"y"}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":4,"method":"ping"},
+        {"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+        {"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"nope","arguments":{}}}
+    ]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // The client's id bytes, not a respelling (`1.50`, not `1.5`).
+    assert!(r.text().contains(r#""id":1.50"#), "{}", r.text());
+    let answers = r.json();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(
+        answers.len(),
+        5,
+        "a notification gets no answer: {answers:?}"
+    );
+    let by_id = |id: Value| answers.iter().find(|a| a["id"] == id).cloned().unwrap();
+    assert_eq!(text_of(&by_id(json!(1.5))), "a: x");
+    assert_eq!(text_of(&by_id(json!("two"))), "b: y");
+    let tools = names(
+        by_id(json!(3))["result"]["tools"].as_array().unwrap(),
+        "name",
+    );
+    assert_eq!(tools, ["a__echo", "a__ask", "b__echo", "b__ask"]);
+    assert_eq!(by_id(json!(4))["result"], json!({}));
+    let unknown = by_id(json!(5));
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    assert_eq!(unknown["error"]["message"], "Unknown tool: nope");
+    // Each upstream got its own call (with its own name), and both got the notification. The
+    // gateway's own list requests (the batch's list, the routing tables') each had their own id:
+    // several were in flight in one upstream session.
+    for (up, tool) in [(&a, "echo"), (&b, "echo")] {
+        let got = received(up);
+        let list_ids: Vec<String> = got
+            .iter()
+            .filter(|v| v["method"] == "tools/list")
+            .map(|v| v["id"].to_string())
+            .collect();
+        assert!(list_ids.len() >= 2, "{got:?}");
+        assert_eq!(
+            list_ids.iter().collect::<HashSet<_>>().len(),
+            list_ids.len(),
+            "{list_ids:?}"
+        );
+        let calls: Vec<&Value> = got.iter().filter(|v| v["method"] == "tools/call").collect();
+        assert_eq!(calls.len(), 1, "{got:?}");
+        assert_eq!(calls[0]["params"]["name"], tool);
+        assert!(
+            got.iter()
+                .any(|v| v["method"] == "notifications/roots/list_changed"),
+            "{got:?}"
+        );
+    }
+    // The refusal inside the batch is counted like any other.
+    let counted = || {
+        harness::metric_value(
+            &gw.metrics(),
+            "tollgate_rejections_total{reason=\"unknown_name\"}",
+        )
+    };
+    assert!(
+        harness::eventually(std::time::Duration::from_secs(5), || counted() == 1.0),
+        "{}",
+        gw.metrics()
+    );
+}
+
+/// A batch of notifications (and nothing that needs an answer) is accepted with 202 and no
+/// body, once every upstream has it.
+#[test]
+fn a_batch_of_notifications_is_accepted() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = r#"[{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+                    {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}}]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(r.body.is_empty());
+    for up in [&a, &b] {
+        let methods: Vec<Value> = received(up).iter().map(|v| v["method"].clone()).collect();
+        assert_eq!(
+            methods,
+            [
+                json!("notifications/roots/list_changed"),
+                json!("notifications/cancelled")
+            ]
+        );
+    }
+}
+
+/// Batches exist in 2025-03-26 only: a 2025-06-18 session's batch is refused whole, as on a
+/// single-upstream endpoint, and the same request id twice in one batch refuses it whole too
+/// (nothing is sent: the answers could not be told apart).
+#[test]
+fn batches_outside_2025_03_26_and_with_a_repeated_id_are_refused_whole() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.post_raw(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32600);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2025-03-26"));
+
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__echo","arguments":{}}},
+                    {"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"b__echo","arguments":{}}}]"#;
+    let r = m.post_raw(batch.as_bytes());
+    assert_eq!(r.json()["error"]["code"], -32600, "{}", r.text());
+    assert!(r.text().contains("used by two requests"), "{}", r.text());
+    assert!(received(&a).is_empty() && received(&b).is_empty());
+}
+
+/// A batch whose call's upstream answers with an event stream is answered with one event
+/// stream: the other answers, the upstream's sampling request (its id wrapped), and once the
+/// client has answered that, the call's result.
+#[test]
+fn a_batch_streams_when_an_upstream_part_asks_the_client() {
+    let (a, b) = (batcher("a"), batcher("b"));
+    let gw = batch_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let sid = m.session.clone().unwrap();
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__ask","arguments":{}}},
+                    {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"b__echo","arguments":{"text":"z"}}},
+                    {"jsonrpc":"2.0","id":3,"method":"ping"}]"#;
+    let mut s = raw_post_version(gw.addr, &sid, "2025-03-26", batch);
+    let mut raw = Vec::new();
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("sampling"))
+    });
+    let head = String::from_utf8_lossy(&raw).to_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let msgs: Vec<Value> = evs
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let ask = msgs
+        .iter()
+        .find(|v| v["method"] == "sampling/createMessage")
+        .unwrap();
+    assert!(ask["id"].as_str().unwrap().starts_with("tg~"), "{ask}");
+    assert!(
+        msgs.iter().any(|v| v["id"] == 2 && text_of(v) == "b: z"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|v| v["id"] == 3 && v["result"] == json!({})),
+        "{msgs:?}"
+    );
+    let answer = json!({"jsonrpc":"2.0","id":ask["id"],"result":{"role":"assistant","model":"m","content":{"type":"text","text":"sampled"}}});
+    let r = m.post_raw(answer.to_string().as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("got id"))
+    });
+    let done: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert_eq!(done["id"], 1);
+    assert_eq!(text_of(&done), "a got id 0 and \"sampled\"");
+    // The stream ends once every part is answered (chunked: the last chunk).
+    read_until_ends_with(&mut s, &mut raw, b"\r\n0\r\n\r\n");
+}
+
+fn raw_post_version(
+    addr: std::net::SocketAddr,
+    session: &str,
+    version: &str,
+    body: &str,
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: {version}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Reads from `s` into `raw` until `raw` ends with `end` (panics if the peer closes first).
+fn read_until_ends_with(s: &mut std::net::TcpStream, raw: &mut Vec<u8>, end: &[u8]) {
+    use std::io::Read;
+    while !raw.ends_with(end) {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).unwrap();
+        assert!(
+            n > 0,
+            "closed before the end: {}",
+            String::from_utf8_lossy(raw)
+        );
+        raw.extend_from_slice(&b[..n]);
+    }
+}
+
+// ---- Tasks (2025-11-25) on a federated endpoint ----
+
+/// A scripted upstream with tasks: `slow` called with `params.task` creates task `task-1`
+/// (every tasker uses the same ids, so they would collide without the gateway's); tasks/get,
+/// tasks/result (an event stream with a status notification first), tasks/cancel and
+/// tasks/list (when `list`) answer about the task id they got, naming the upstream. `ask`
+/// sends the client a task-augmented sampling request, then polls the client's task with
+/// tasks/get, and answers with what it saw.
+fn tasker(name: &'static str, list: bool) -> Batcher {
+    use harness::scripted::{json_response, read_request, response, rpc_result, text_result};
+    use std::io::Write;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (tx, rx) = mpsc::channel::<Value>();
+    let (tx, rx) = (Arc::new(Mutex::new(tx)), Arc::new(Mutex::new(rx)));
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let sse_head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |ev: String| format!("{:x}\r\n{ev}\r\n", ev.len());
+    let task = move |id: &Value, status: &str| {
+        json!({"taskId": id, "status": status, "statusMessage": format!("{name} has {}", id.as_str().unwrap_or("?")),
+               "createdAt": "2025-11-25T10:30:00Z", "lastUpdatedAt": "2025-11-25T10:30:00Z", "ttl": 60000})
+    };
+    let up = harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if req.method != "POST" {
+                let _ = s.write_all(&response("405 Method Not Allowed", &[], b""));
+                continue;
+            }
+            let v = req.json();
+            log.lock().unwrap().push(v.clone());
+            if v.get("method").is_none() {
+                tx.lock().unwrap().send(v).unwrap();
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            if v.get("id").is_none() {
+                let _ = s.write_all(&response("202 Accepted", &[], b""));
+                continue;
+            }
+            let id = &v["id"];
+            let task_id = &v["params"]["taskId"];
+            let out = match v["method"].as_str() {
+                Some("initialize") => {
+                    let tasks = if list {
+                        json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}})
+                    } else {
+                        json!({"requests": {"tools": {"call": {}}}})
+                    };
+                    json_response(&rpc_result(
+                        id,
+                        json!({"protocolVersion": v["params"]["protocolVersion"],
+                               "capabilities": {"tools": {}, "tasks": tasks},
+                               "serverInfo": {"name": name, "version": "1"}}),
+                    ))
+                }
+                Some("tools/list") => json_response(&rpc_result(
+                    id,
+                    json!({"tools": [
+                        {"name": "slow", "inputSchema": {"type": "object"}, "execution": {"taskSupport": "optional"}},
+                        {"name": "ask", "inputSchema": {"type": "object"}}]}),
+                )),
+                Some("tools/call") if req.tool() == "slow" && v["params"].get("task").is_some() => {
+                    json_response(&rpc_result(
+                        id,
+                        json!({"task": task(&json!("task-1"), "working")}),
+                    ))
+                }
+                Some("tools/call") if req.tool() == "slow" => {
+                    json_response(&text_result(id, "done now"))
+                }
+                Some("tools/call") => {
+                    // Client-side task: sampling as a task, then polling the client's task.
+                    let ask = json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage",
+                        "params":{"messages":[],"maxTokens":5,"task":{"ttl":60000}}});
+                    let _ = s.write_all(
+                        format!("{sse_head}{}", chunk(format!("data: {ask}\n\n"))).as_bytes(),
+                    );
+                    let wait = || {
+                        rx.lock()
+                            .unwrap()
+                            .recv_timeout(std::time::Duration::from_secs(10))
+                            .unwrap_or(Value::Null)
+                    };
+                    let created = wait();
+                    let client_task = created["result"]["task"]["taskId"].clone();
+                    let poll = json!({"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId": client_task}});
+                    let _ = s.write_all(chunk(format!("data: {poll}\n\n")).as_bytes());
+                    let polled = wait();
+                    let text = format!(
+                        "{name} saw ids {} {} and task {} {}",
+                        created["id"], polled["id"], client_task, polled["result"]["status"]
+                    );
+                    let done = format!("data: {}\n\n", text_result(id, &text));
+                    let _ = s.write_all(format!("{}0\r\n\r\n", chunk(done)).as_bytes());
+                    continue;
+                }
+                Some("tasks/get") => json_response(&rpc_result(id, task(task_id, "completed"))),
+                Some("tasks/cancel") => json_response(&rpc_result(id, task(task_id, "cancelled"))),
+                Some("tasks/result") => {
+                    let status = json!({"jsonrpc":"2.0","method":"notifications/tasks/status","params": task(task_id, "completed")});
+                    let result = json!({"jsonrpc":"2.0","id":id,"result":{
+                        "content":[{"type":"text","text":format!("{name} result of {}", task_id.as_str().unwrap_or("?"))}],
+                        "_meta":{"io.modelcontextprotocol/related-task":{"taskId":task_id}}}});
+                    let body = format!(
+                        "{}{}0\r\n\r\n",
+                        chunk(format!("data: {status}\n\n")),
+                        chunk(format!("data: {result}\n\n"))
+                    );
+                    let _ = s.write_all(format!("{sse_head}{body}").as_bytes());
+                    continue;
+                }
+                Some("tasks/list") if list => json_response(&rpc_result(
+                    id,
+                    json!({"tasks": [task(&json!("task-1"), "working"), task(&json!("task-2"), "completed")]}),
+                )),
+                _ => json_response(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32601,"message":"Method not found"}}}}"#
+                )),
+            };
+            let _ = s.write_all(&out);
+        }
+    });
+    Batcher { up, seen }
+}
+
+fn task_gateway(a: &Batcher, b: &Batcher) -> Gateway {
+    Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n    list_page_size: 1\n")
+        .start()
+}
+
+/// Task ids cross a federated endpoint as gateway task ids: two upstreams that create the same
+/// task id give the client two ids, each routed back to its upstream (which gets its own id) on
+/// tasks/get, tasks/result and tasks/cancel, in status notifications and related-task `_meta`;
+/// tasks/list is aggregated with the gateway's cursors; a forged, unknown or other session's
+/// task id is -32602 saying which.
+#[test]
+fn task_ids_are_the_gateways_and_find_their_upstream() {
+    let (a, b) = (tasker("a", true), tasker("b", false));
+    let gw = task_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let init = m.initialize("2025-11-25").json();
+    assert_eq!(
+        init["result"]["capabilities"]["tasks"],
+        json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
+        "the union of what the upstreams offer: {init}"
+    );
+    // The routing table is fresh: a task-augmented call must still not take the direct path.
+    let tools = list_all(&mut m, "tools/list", "tools").0;
+    assert_eq!(tools[0]["execution"]["taskSupport"], "optional");
+    assert_eq!(text_of(&m.call_tool("a__slow", json!({}))), "done now");
+
+    let mut ids = Vec::new();
+    for tool in ["a__slow", "b__slow"] {
+        let r = m
+            .request(
+                "tools/call",
+                json!({"name": tool, "arguments": {}, "task": {"ttl": 60000}}),
+            )
+            .json();
+        let id = r["result"]["task"]["taskId"].as_str().unwrap().to_string();
+        assert!(id.starts_with("tgt~"), "{r}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "both upstreams said task-1");
+
+    for (id, who) in ids.iter().zip(["a", "b"]) {
+        let r = m.request("tasks/get", json!({"taskId": id})).json();
+        assert_eq!(
+            r["result"]["statusMessage"],
+            format!("{who} has task-1"),
+            "{r}"
+        );
+        assert_eq!(r["result"]["taskId"], *id);
+    }
+    // tasks/result streams: the status notification and the result's related task carry the
+    // gateway's id.
+    let msgs = m
+        .request("tasks/result", json!({"taskId": ids[1]}))
+        .sse_messages();
+    let status = msgs
+        .iter()
+        .find(|v| v["method"] == "notifications/tasks/status")
+        .unwrap();
+    assert_eq!(status["params"]["taskId"], ids[1]);
+    let result = msgs.last().unwrap();
+    assert_eq!(text_of(result), "b result of task-1");
+    assert_eq!(
+        result["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+        ids[1]
+    );
+    let r = m.request("tasks/cancel", json!({"taskId": ids[0]})).json();
+    assert_eq!(r["result"]["status"], "cancelled");
+    assert_eq!(r["result"]["taskId"], ids[0]);
+    // Each upstream got its own id back.
+    for up in [&a, &b] {
+        let got = received(up);
+        let asked: Vec<&Value> = got
+            .iter()
+            .filter(|v| v["method"].as_str().unwrap_or("").starts_with("tasks/"))
+            .map(|v| &v["params"]["taskId"])
+            .collect();
+        assert!(
+            !asked.is_empty() && asked.iter().all(|t| **t == "task-1"),
+            "{got:?}"
+        );
+    }
+
+    // tasks/list: a's two tasks (b lists none), a page each (list_page_size 1), gateway ids.
+    // (The last page may be empty: the cursor after a full page points at b, which lists none.)
+    let (listed, pages) = list_all(&mut m, "tasks/list", "tasks");
+    assert!(pages >= 2, "{pages}");
+    let listed_ids = names(&listed, "taskId");
+    assert_eq!(listed_ids.len(), 2, "{listed:?}");
+    assert_eq!(listed_ids[0], ids[0], "the same task, the same gateway id");
+    let r = m
+        .request("tasks/get", json!({"taskId": listed_ids[1]}))
+        .json();
+    assert_eq!(r["result"]["statusMessage"], "a has task-2", "{r}");
+
+    // Ids that are not this session's.
+    let mut other = Mcp::new(gw.addr, "/mcp");
+    other.initialize("2025-11-25");
+    let forged = format!("tgt~{}", &ids[0][4..].replace('A', "B").replace('a', "A"));
+    for (in_other, id, says) in [
+        (true, ids[0].as_str(), "not issued to this session"),
+        (false, forged.as_str(), "not issued to this session"),
+        (false, "task-1", "not a task id this gateway issued"),
+    ] {
+        let client = if in_other { &mut other } else { &mut m };
+        let r = client.request("tasks/get", json!({"taskId": id})).json();
+        assert_eq!(r["error"]["code"], -32602, "{id}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(says),
+            "{r}"
+        );
+    }
+    let r = m.request("tasks/get", json!({})).json();
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+/// A client-side task (an upstream's task-augmented sampling request, then the upstream polling
+/// the client's task with tasks/get) keeps working through the wrapped request ids: the client's
+/// own task id passes untouched both ways.
+#[test]
+fn a_client_side_task_is_polled_through_wrapped_ids() {
+    let (a, b) = (tasker("a", true), tasker("b", false));
+    let gw = task_gateway(&a, &b);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-11-25");
+    let sid = m.session.clone().unwrap();
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__ask","arguments":{}}});
+    let mut s = raw_post_version(gw.addr, &sid, "2025-11-25", &body.to_string());
+    let mut raw = Vec::new();
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("sampling"))
+    });
+    let ask: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert!(ask["id"].as_str().unwrap().starts_with("tg~"), "{ask}");
+    assert_eq!(ask["params"]["task"]["ttl"], 60000);
+    let created = json!({"jsonrpc":"2.0","id":ask["id"],"result":{"task":{"taskId":"client-t","status":"working",
+        "createdAt":"2025-11-25T10:30:00Z","lastUpdatedAt":"2025-11-25T10:30:00Z","ttl":60000}}});
+    assert_eq!(m.post_raw(created.to_string().as_bytes()).status, 202);
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("tasks/get"))
+    });
+    let poll: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert!(poll["id"].as_str().unwrap().starts_with("tg~"), "{poll}");
+    assert_eq!(
+        poll["params"]["taskId"], "client-t",
+        "the client's own task id: {poll}"
+    );
+    let status = json!({"jsonrpc":"2.0","id":poll["id"],"result":{"taskId":"client-t","status":"completed",
+        "createdAt":"2025-11-25T10:30:00Z","lastUpdatedAt":"2025-11-25T10:31:00Z","ttl":60000}});
+    assert_eq!(m.post_raw(status.to_string().as_bytes()).status, 202);
+    let evs = read_events(&mut s, &mut raw, |e| {
+        e.iter().any(|e| e.data.contains("saw ids"))
+    });
+    let done: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert_eq!(
+        text_of(&done),
+        "a saw ids 0 1 and task \"client-t\" \"completed\""
+    );
+}

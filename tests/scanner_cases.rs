@@ -52,6 +52,10 @@ fn render_message(out: &mut String, m: &Message<'_>) {
     render_raw(out, "request_id", &m.request_id);
     render_str(out, "meta_protocol_version", &m.meta_protocol_version);
     render_str(out, "protocol_version", &m.protocol_version);
+    if m.task {
+        out.push_str("  task: present\n");
+    }
+    render_str(out, "task_id", &m.task_id);
 }
 
 /// The readable result of scanning one body.

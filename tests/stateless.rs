@@ -58,6 +58,11 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                     let _ = s.write_all(b"0\r\n\r\n");
                     continue;
                 }
+                "tools/list" => scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "ttlMs": 1000, "cacheScope": "public",
+                           "tools": [{"name": "weather", "inputSchema": {"type": "object"}}]}),
+                )),
                 // A server of 2026-07-28 only: initialize is a method it does not have.
                 "initialize" => response(
                     "404 Not Found",
@@ -772,4 +777,168 @@ fn a_session_era_client_reaches_an_upstream_of_the_stateless_revision_only() {
     assert_eq!(r.status, 405, "{}", r.text());
     let r = gw.client().request("DELETE", "/mcp", &[h[2], h[3]], b"");
     assert!((200..300).contains(&r.status), "{}", r.text());
+}
+
+/// A federated endpoint: the scripted 2026-07-28-only upstream (`modern`, prefixed) beside a
+/// demo process (`alpha`, which speaks both eras).
+fn federated_setup() -> (Scripted, Demo, Gateway, Arc<Mutex<Vec<Request>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = modern_upstream(seen.clone(), Duration::ZERO);
+    let alpha = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .upstream("modern", &up.url())
+        .upstream("alpha", &alpha.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, alpha]\n")
+        .start();
+    (up, alpha, gw, seen)
+}
+
+#[test]
+fn a_federated_endpoint_serves_stateless_requests_per_request() {
+    let (_up, _alpha, gw, seen) = federated_setup();
+    let h = |m: &'static str| vec![("mcp-protocol-version", V), ("mcp-method", m)];
+    // The list: both upstreams, prefixed, stamped with the revision's fields.
+    let r = post(&gw, &h("tools/list"), &body(1, "tools/list", json!({})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let res = &r.json()["result"];
+    assert_eq!(res["resultType"], "complete", "{res}");
+    assert!(
+        res["ttlMs"].is_u64() && res["cacheScope"] == "public",
+        "{res}"
+    );
+    let names: Vec<&str> = res["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"modern__weather") && names.contains(&"alpha__echo"),
+        "{names:?}"
+    );
+    // Calls, routed by name; each upstream gets its own name, in the body and in Mcp-Name.
+    let mut hn = h("tools/call");
+    hn.push(("mcp-name", "modern__weather"));
+    let r = post(
+        &gw,
+        &hn,
+        &body(
+            2,
+            "tools/call",
+            json!({"name": "modern__weather", "arguments": {}}),
+        ),
+    );
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "weather",
+        "{}",
+        r.text()
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let call = seen
+            .iter()
+            .rev()
+            .find(|r| r.rpc_method() == "tools/call")
+            .unwrap();
+        assert_eq!(call.header("mcp-name"), Some("weather"));
+        assert_eq!(call.header("mcp-method"), Some("tools/call"));
+        assert_eq!(call.header("mcp-protocol-version"), Some(V));
+        assert!(call.header("mcp-session-id").is_none());
+        assert_eq!(call.json()["params"]["name"], "weather");
+        // The gateway's own list request was made one of the revision too.
+        let list = seen
+            .iter()
+            .find(|r| r.rpc_method() == "tools/list")
+            .unwrap();
+        assert_eq!(list.header("mcp-method"), Some("tools/list"));
+        assert_eq!(
+            list.json()["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+            V
+        );
+    }
+    let mut hn = h("tools/call");
+    hn.push(("mcp-name", "alpha__echo"));
+    let r = post(
+        &gw,
+        &hn,
+        &body(
+            3,
+            "tools/call",
+            json!({"name": "alpha__echo", "arguments": {"text": "hi"}}),
+        ),
+    );
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "hi",
+        "{}",
+        r.text()
+    );
+    // An unknown name: -32602, HTTP 200.
+    let mut hn = h("tools/call");
+    hn.push(("mcp-name", "nope"));
+    let r = post(&gw, &hn, &body(4, "tools/call", json!({"name": "nope"})));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (200, Some(-32602)),
+        "{}",
+        r.text()
+    );
+    // Discover: the union, the gateway's server info, no listChanged (listen is not merged).
+    let r = post(
+        &gw,
+        &h("server/discover"),
+        &body(5, "server/discover", json!({})),
+    );
+    let res = &r.json()["result"];
+    assert_eq!(res["supportedVersions"][0], V, "{res}");
+    assert!(res["capabilities"]["tools"].is_object(), "{res}");
+    assert!(
+        res["capabilities"]["tools"].get("listChanged").is_none(),
+        "{res}"
+    );
+    assert_eq!(
+        res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "tollgate"
+    );
+    let r = post(
+        &gw,
+        &h("subscriptions/listen"),
+        &body(6, "subscriptions/listen", json!({"notifications": {}})),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (404, Some(-32601))
+    );
+}
+
+#[test]
+fn a_session_era_client_of_a_federated_endpoint_reaches_its_stateless_upstream() {
+    let (_up, _alpha, gw, seen) = federated_setup();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let init = m.initialize("2025-06-18");
+    assert_eq!(
+        init.json()["result"]["protocolVersion"],
+        "2025-06-18",
+        "{}",
+        init.text()
+    );
+    let out = m.call_tool("modern__weather", json!({}));
+    assert_eq!(out["result"]["content"][0]["text"], "weather", "{out}");
+    let seen = seen.lock().unwrap();
+    let call = seen
+        .iter()
+        .rev()
+        .find(|r| r.rpc_method() == "tools/call")
+        .unwrap();
+    assert_eq!(call.header("mcp-protocol-version"), Some(V));
+    assert_eq!(call.header("mcp-name"), Some("weather"));
+    assert_eq!(
+        call.json()["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+        V
+    );
+    assert!(call.header("mcp-session-id").is_none());
+    drop(seen);
+    let out = m.call_tool("alpha__echo", json!({"text": "x"}));
+    assert_eq!(out["result"]["content"][0]["text"], "x", "{out}");
 }

@@ -125,6 +125,7 @@ pub mod defaults {
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_JSON_DEPTH: u64 = 64;
     pub const MAX_BATCH_LEN: u64 = 100;
+    pub const MAX_BATCH_CONCURRENCY: u64 = 8;
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
@@ -392,6 +393,7 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "tls_handshake_timeout",
             "max_json_depth",
             "max_batch_len",
+            "max_batch_concurrency",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -458,6 +460,12 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "max_batch_len",
             defaults::MAX_BATCH_LEN as usize,
             usize_count(1, 100_000),
+        ),
+        max_batch_concurrency: s.get(
+            p,
+            "max_batch_concurrency",
+            defaults::MAX_BATCH_CONCURRENCY as usize,
+            usize_count(1, 1_000),
         ),
     }
 }

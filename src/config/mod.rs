@@ -119,6 +119,9 @@ pub struct Limits {
     pub max_json_depth: u32,
     /// `limits.max_batch_len`, default 100: longest JSON-RPC batch (2025-03-26 sessions only).
     pub max_batch_len: usize,
+    /// `limits.max_batch_concurrency`, default 8: upstream requests one batch on a federated
+    /// endpoint has in flight at once (the rest wait their turn).
+    pub max_batch_concurrency: usize,
 }
 
 #[derive(Clone, Debug)]

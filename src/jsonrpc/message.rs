@@ -31,6 +31,8 @@ enum Key {
     MetaClientCapabilities,
     RequestId,
     ResultType,
+    Task,
+    TaskId,
     Other,
 }
 
@@ -41,13 +43,15 @@ impl Key {
         let k = match s.len() {
             2 => (s == "id", Key::Id),
             3 => (s == "uri", Key::Uri),
-            4 => (s == "name", Key::Name),
+            4 if s == "name" => (true, Key::Name),
+            4 => (s == "task", Key::Task),
             5 if s == "error" => (true, Key::Error),
             5 => (s == "_meta", Key::Meta),
             6 if s == "method" => (true, Key::Method),
             6 if s == "params" => (true, Key::Params),
             6 if s == "cursor" => (true, Key::Cursor),
-            6 => (s == "result", Key::Result),
+            6 if s == "result" => (true, Key::Result),
+            6 => (s == "taskId", Key::TaskId),
             7 => (s == "jsonrpc", Key::Jsonrpc),
             9 => (s == "requestId", Key::RequestId),
             10 => (s == "resultType", Key::ResultType),
@@ -88,6 +92,8 @@ impl Key {
             Key::MetaClientCapabilities => "io.modelcontextprotocol/clientCapabilities",
             Key::RequestId => "requestId",
             Key::ResultType => "resultType",
+            Key::Task => "task",
+            Key::TaskId => "taskId",
             Key::Other => OTHER_KEY,
         }
     }
@@ -242,6 +248,8 @@ impl<'a> Message<'a> {
             meta_protocol_version: None,
             meta_client_capabilities: None,
             protocol_version: None,
+            task: false,
+            task_id: None,
             span: 0..0,
         }
     }
@@ -375,6 +383,14 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
                 m.meta_open = Some(cur.i);
                 meta(cur, depth + 1, m)?
             }
+            // A task-augmented request (2025-11-25 tasks): its reply carries a task id the
+            // gateway rewrites on a federated endpoint.
+            Key::Task => {
+                m.task = true;
+                cur.skip_value(depth)?
+            }
+            // `tasks/get`, `tasks/result`, `tasks/cancel`: the task the request is about.
+            Key::TaskId => m.task_id = string_or_skip(cur, depth)?,
             _ => cur.skip_value(depth)?,
         }
         Ok(())

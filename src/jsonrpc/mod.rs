@@ -89,6 +89,10 @@ pub struct Message<'a> {
     pub meta_client_capabilities: Option<Raw<'a>>,
     /// `params.protocolVersion` (request, notification) or `result.protocolVersion` (response).
     pub protocol_version: Option<Str<'a>>,
+    /// `params.task` is present: a task-augmented request (2025-11-25 tasks).
+    pub task: bool,
+    /// `params.taskId` when it is a string (`tasks/get`, `tasks/result`, `tasks/cancel`).
+    pub task_id: Option<Str<'a>>,
     /// This message's bytes within the body.
     pub span: Range<usize>,
 }

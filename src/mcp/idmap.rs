@@ -12,6 +12,10 @@
 //! client cannot forge an id that routes to an upstream of its choice, nor replay one from
 //! another session. The original id is carried, not hidden (it is the upstream's own, which the
 //! client may see). No I/O; never panics on input.
+//!
+//! Task ids (2025-11-25 tasks) are wrapped the same way by a mapper of their own
+//! (`IdMapper::tasks`: prefix `tgt~`, its own HKDF label), so a wrapped request id is never
+//! accepted as a task id nor the other way round.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -19,6 +23,9 @@ use ring::{hkdf, hmac};
 
 /// What a wrapped id starts with (inside its JSON string).
 pub const PREFIX: &str = "tg~";
+/// What a wrapped task id starts with.
+pub const TASK_PREFIX: &str = "tgt~";
+const TASK_HKDF_INFO: &[u8] = b"tgt~ task id HMAC-SHA256 key";
 /// Longest original id (its JSON text) that is wrapped; longer ones are refused (`TooLong`).
 pub const MAX_ORIGINAL_LEN: usize = 256;
 const TAG_LEN: usize = 12;
@@ -46,6 +53,10 @@ pub enum WrapError {
 /// Wraps and unwraps ids under one key (`Send + Sync`, cheap to clone).
 #[derive(Clone)]
 pub struct IdMapper {
+    /// `PREFIX` or `TASK_PREFIX`.
+    prefix: &'static str,
+    /// The HKDF label its keys are derived with.
+    info: &'static [u8],
     key: hmac::Key,
     /// Keys of earlier session keys (a rotation): ids they wrapped still unwrap.
     previous: Vec<hmac::Key>,
@@ -70,16 +81,28 @@ impl IdMapper {
     /// key is never the session token's or the cursors'.
     pub fn new(session_key: &[u8; 32]) -> Self {
         IdMapper {
-            key: Self::derive(session_key),
+            prefix: PREFIX,
+            info: HKDF_INFO,
+            key: Self::derive(session_key, HKDF_INFO),
             previous: Vec::new(),
         }
     }
 
-    fn derive(session_key: &[u8; 32]) -> hmac::Key {
+    /// The mapper of task ids: prefix `tgt~`, a key of its own.
+    pub fn tasks(session_key: &[u8; 32]) -> Self {
+        IdMapper {
+            prefix: TASK_PREFIX,
+            info: TASK_HKDF_INFO,
+            key: Self::derive(session_key, TASK_HKDF_INFO),
+            previous: Vec::new(),
+        }
+    }
+
+    fn derive(session_key: &[u8; 32], info: &[u8]) -> hmac::Key {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(session_key);
         let mut k = [0u8; 32];
         // 32 bytes is far below HKDF's limit, so neither call can fail; no unwrap either way.
-        if let Ok(okm) = prk.expand(&[HKDF_INFO], HmacLen) {
+        if let Ok(okm) = prk.expand(&[info], HmacLen) {
             let _ = okm.fill(&mut k);
         }
         hmac::Key::new(hmac::HMAC_SHA256, &k)
@@ -88,7 +111,8 @@ impl IdMapper {
     /// Also unwraps ids wrapped under these earlier session keys (key rotation on reload: a
     /// sampling request in flight across it still finds its way back).
     pub fn with_previous(mut self, session_keys: &[[u8; 32]]) -> Self {
-        self.previous = session_keys.iter().map(Self::derive).collect();
+        let info = self.info;
+        self.previous = session_keys.iter().map(|k| Self::derive(k, info)).collect();
         self
     }
 
@@ -128,9 +152,9 @@ impl IdMapper {
         raw.extend_from_slice(&(original.len() as u16).to_be_bytes());
         raw.extend_from_slice(original);
         raw.extend_from_slice(&self.tag(session, upstream, original));
-        let mut out = String::with_capacity(2 + PREFIX.len() + raw.len().div_ceil(3) * 4);
+        let mut out = String::with_capacity(2 + self.prefix.len() + raw.len().div_ceil(3) * 4);
         out.push('"');
-        out.push_str(PREFIX);
+        out.push_str(self.prefix);
         URL_SAFE_NO_PAD.encode_string(&raw, &mut out);
         out.push('"');
         Ok(out)
@@ -143,7 +167,7 @@ impl IdMapper {
         let Some(inner) = id
             .strip_prefix(b"\"")
             .and_then(|s| s.strip_suffix(b"\""))
-            .and_then(|s| s.strip_prefix(PREFIX.as_bytes()))
+            .and_then(|s| s.strip_prefix(self.prefix.as_bytes()))
         else {
             return Err(IdError::NotOurs);
         };
@@ -190,6 +214,29 @@ mod tests {
     const KEY: [u8; 32] = [3; 32];
     const S1: [u8; 16] = [1; 16];
     const S2: [u8; 16] = [2; 16];
+
+    #[test]
+    fn task_ids_and_request_ids_never_pass_for_each_other() {
+        let (ids, tasks) = (IdMapper::new(&KEY), IdMapper::tasks(&KEY));
+        let t = tasks.wrap(&S1, 9, b"\"task-1\"").unwrap();
+        assert!(t.starts_with("\"tgt~"), "{t}");
+        assert_eq!(
+            tasks.unwrap(&S1, t.as_bytes()),
+            Ok((9, b"\"task-1\"".to_vec()))
+        );
+        assert_eq!(tasks.unwrap(&S2, t.as_bytes()), Err(IdError::Forged));
+        assert_eq!(ids.unwrap(&S1, t.as_bytes()), Err(IdError::NotOurs));
+        let r = ids.wrap(&S1, 9, b"\"task-1\"").unwrap();
+        assert_eq!(tasks.unwrap(&S1, r.as_bytes()), Err(IdError::NotOurs));
+        // Same bytes after the prefix, other key: forged.
+        let moved = r.replacen("tg~", "tgt~", 1);
+        assert_eq!(tasks.unwrap(&S1, moved.as_bytes()), Err(IdError::Forged));
+        let rotated = IdMapper::tasks(&[4; 32]).with_previous(&[KEY]);
+        assert_eq!(
+            rotated.unwrap(&S1, t.as_bytes()),
+            Ok((9, b"\"task-1\"".to_vec()))
+        );
+    }
 
     #[test]
     fn ids_wrapped_under_a_previous_key_still_unwrap() {

@@ -18,6 +18,10 @@ pub enum Method {
     LoggingSetLevel,
     ServerDiscover,
     SubscriptionsListen,
+    TasksGet,
+    TasksResult,
+    TasksCancel,
+    TasksList,
     NotificationsInitialized,
     NotificationsCancelled,
     NotificationsProgress,
@@ -28,7 +32,7 @@ pub enum Method {
 
 impl Method {
     /// Every variant, in label order (used to pre-resolve per-method metric handles).
-    pub const ALL: [Method; 21] = [
+    pub const ALL: [Method; 25] = [
         Self::Initialize,
         Self::Ping,
         Self::ToolsList,
@@ -44,6 +48,10 @@ impl Method {
         Self::LoggingSetLevel,
         Self::ServerDiscover,
         Self::SubscriptionsListen,
+        Self::TasksGet,
+        Self::TasksResult,
+        Self::TasksCancel,
+        Self::TasksList,
         Self::NotificationsInitialized,
         Self::NotificationsCancelled,
         Self::NotificationsProgress,
@@ -69,6 +77,10 @@ impl Method {
             "logging/setLevel" => Self::LoggingSetLevel,
             "server/discover" => Self::ServerDiscover,
             "subscriptions/listen" => Self::SubscriptionsListen,
+            "tasks/get" => Self::TasksGet,
+            "tasks/result" => Self::TasksResult,
+            "tasks/cancel" => Self::TasksCancel,
+            "tasks/list" => Self::TasksList,
             "notifications/initialized" => Self::NotificationsInitialized,
             "notifications/cancelled" => Self::NotificationsCancelled,
             "notifications/progress" => Self::NotificationsProgress,
@@ -96,6 +108,10 @@ impl Method {
             Self::LoggingSetLevel => "logging/setLevel",
             Self::ServerDiscover => "server/discover",
             Self::SubscriptionsListen => "subscriptions/listen",
+            Self::TasksGet => "tasks/get",
+            Self::TasksResult => "tasks/result",
+            Self::TasksCancel => "tasks/cancel",
+            Self::TasksList => "tasks/list",
             Self::NotificationsInitialized => "notifications/initialized",
             Self::NotificationsCancelled => "notifications/cancelled",
             Self::NotificationsProgress => "notifications/progress",

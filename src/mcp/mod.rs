@@ -1,5 +1,5 @@
 //! MCP rules: methods as a closed enum, protocol revisions, sealed session ids, federation's
-//! names, list cursors and event-stream relay.
+//! names, list cursors, task ids and event-stream relay.
 //! No I/O here; `now` is always an argument.
 
 pub mod aead;
@@ -10,6 +10,7 @@ pub mod modern;
 pub mod names;
 pub mod relay;
 pub mod session;
+pub mod tasks;
 pub mod version;
 
 pub use method::Method;

@@ -70,6 +70,8 @@ impl Gateway {
                 .with_previous(&[self.config.session.key]);
             gw.idmap = crate::mcp::idmap::IdMapper::new(&gw.config.session.key)
                 .with_previous(&[self.config.session.key]);
+            gw.taskids = crate::mcp::idmap::IdMapper::tasks(&gw.config.session.key)
+                .with_previous(&[self.config.session.key]);
         }
         Ok(Arc::new(gw))
     }
@@ -139,6 +141,7 @@ impl Gateway {
             },
             cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
+            taskids: crate::mcp::idmap::IdMapper::tasks(&config.session.key),
             config,
         })
     }

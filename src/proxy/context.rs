@@ -84,6 +84,14 @@ pub struct MessageCtx {
     /// `server/discover` only: the client's `_meta` capabilities name sampling, elicitation or
     /// roots (what a held upstream session cannot carry).
     pub asks_client_features: bool,
+    /// This message's bytes in the body (a batch's element: federation sends it on its own).
+    pub span: std::ops::Range<u32>,
+    /// `params.task` is present (a task-augmented request: its reply names a task).
+    pub task: bool,
+    /// Where `params.taskId`'s string token (quotes included) lies in the body (`tasks/get`,
+    /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
+    /// the upstream's back.
+    pub task_id_span: Option<std::ops::Range<u32>>,
 }
 
 impl MessageCtx {
@@ -132,6 +140,12 @@ impl MessageCtx {
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
             id_start: m.id.as_ref().map(|r| r.start as u32),
+            span: m.span.start as u32..m.span.end as u32,
+            task: m.task,
+            task_id_span: m
+                .task_id
+                .as_ref()
+                .map(|s| s.span.start as u32..s.span.end as u32),
         }
     }
 }
@@ -186,6 +200,9 @@ pub struct Ctx {
     pub status: u16,
     pub outcome: Outcome,
     pub refused: Option<Refused>,
+    /// Refusals of single messages of a batch the gateway answered (each counted like a
+    /// refused request; the batch itself was served).
+    pub refused_messages: Vec<Kind>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -223,6 +240,7 @@ impl Ctx {
             status: 0,
             outcome: Outcome::Ok,
             refused: None,
+            refused_messages: Vec::new(),
             sent_before: c.sent,
         }
     }
@@ -276,6 +294,9 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         .request(ctx.method(), ctx.outcome, elapsed.as_secs_f64());
     if let Some(r) = &ctx.refused {
         w.metrics.rejected(r.kind);
+    }
+    for &kind in &ctx.refused_messages {
+        w.metrics.rejected(kind);
     }
     if let Some(u) = ctx.upstream_call {
         let id = ctx.gw().upstreams[u.upstream].id;

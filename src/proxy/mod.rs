@@ -610,7 +610,7 @@ fn federated_direct(
     let gw = ctx.gw();
     let m = ctx
         .first()
-        .filter(|m| !ctx.batch && m.kind == MessageKind::Request)?;
+        .filter(|m| !ctx.batch && m.kind == MessageKind::Request && !m.task)?;
     let kind = match m.method {
         Method::ToolsCall => federate::TableKind::Tools,
         Method::PromptsGet => federate::TableKind::Prompts,
@@ -622,7 +622,9 @@ fn federated_direct(
     let table = federate::fresh_names(w, gw, server, kind)?;
     let (member, original) = table.resolve(name)?;
     let u = gw.config.servers[server].upstreams[member].upstream;
-    let session = upstream_session(gw, claims, u)?;
+    // An upstream reached in the stateless revision needs its request made one of it
+    // (`federate::exchange::post_request`).
+    let session = upstream_session(gw, claims, u).filter(|s| s.protocol_version.is_legacy())?;
     let (start, end) = (span.start as usize, span.end as usize);
     let up = &gw.upstreams[u];
     out.clear();

@@ -115,8 +115,39 @@ impl Rejects {
     }
 
     /// The default message for `kind` (as JSON string text).
-    fn message(&self, kind: Kind) -> &[u8] {
+    fn default_message(&self, kind: Kind) -> &[u8] {
         &self.messages[kind.index()]
+    }
+
+    /// Appends the JSON-RPC response message refusing request `id` (a batch's entry): an error,
+    /// or for a tool call of a kind the table answers in band, a tool result with `isError`.
+    pub fn message(&self, out: &mut Vec<u8>, r: &Refusal, id: &[u8], tool_call: bool) {
+        let in_band = r.kind.row().answer == Answer::ToolError && tool_call;
+        self.message_as(out, r, id, in_band);
+    }
+
+    fn message_as(&self, body: &mut Vec<u8>, r: &Refusal, id: &[u8], in_band: bool) {
+        let message = |body: &mut Vec<u8>| match r.reason.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => json_escape_into(body, m),
+            None => body.extend_from_slice(self.default_message(r.kind)),
+        };
+        body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        body.extend_from_slice(id);
+        if in_band {
+            body.extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":");
+            message(body);
+            body.extend_from_slice(b"}],\"isError\":true}}");
+        } else {
+            body.extend_from_slice(b",\"error\":{\"code\":");
+            body.extend_from_slice(r.kind.rpc_code().to_string().as_bytes());
+            body.extend_from_slice(b",\"message\":");
+            message(body);
+            if let Some(data) = &r.data {
+                body.extend_from_slice(b",\"data\":");
+                body.extend_from_slice(data);
+            }
+            body.extend_from_slice(b"}}");
+        }
     }
 
     /// Appends a complete HTTP response for a refusal with no request context (a connection
@@ -141,27 +172,7 @@ impl Rejects {
             r.kind.status_for(to.era, to.id.is_some())
         };
         let mut body = Vec::with_capacity(160);
-        let message = |body: &mut Vec<u8>| match r.reason.as_deref().filter(|m| !m.is_empty()) {
-            Some(m) => json_escape_into(body, m),
-            None => body.extend_from_slice(self.message(r.kind)),
-        };
-        body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        body.extend_from_slice(to.id.unwrap_or(b"null"));
-        if in_band {
-            body.extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":");
-            message(&mut body);
-            body.extend_from_slice(b"}],\"isError\":true}}");
-        } else {
-            body.extend_from_slice(b",\"error\":{\"code\":");
-            body.extend_from_slice(r.kind.rpc_code().to_string().as_bytes());
-            body.extend_from_slice(b",\"message\":");
-            message(&mut body);
-            if let Some(data) = &r.data {
-                body.extend_from_slice(b",\"data\":");
-                body.extend_from_slice(data);
-            }
-            body.extend_from_slice(b"}}");
-        }
+        self.message_as(&mut body, r, to.id.unwrap_or(b"null"), in_band);
         response::status_line(out, status);
         out.extend_from_slice(b"content-type: application/json\r\n");
         match row.extra {

@@ -123,6 +123,8 @@ pub struct Gateway {
     pub cursors: crate::mcp::cursor::CursorSealer,
     /// Wraps the ids of server→client requests relayed on federated endpoints.
     pub idmap: crate::mcp::idmap::IdMapper,
+    /// Wraps upstream task ids (federated endpoints): `tgt~…`, bound to session and upstream.
+    pub taskids: crate::mcp::idmap::IdMapper,
 }
 
 impl Gateway {

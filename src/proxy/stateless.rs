@@ -62,6 +62,15 @@ pub(super) enum Action {
     /// The era or the held session must be learned or opened first (an await): the body and
     /// the header lines to repeat, copied.
     Pending(Box<Pending>),
+    /// On a federated endpoint: decided per request by the federated path, over the endpoint's
+    /// upstreams as they are reached in this revision (`federate::stateless_members`).
+    Federated(Box<Federated>),
+}
+
+pub(super) struct Federated {
+    kind: Forwarded,
+    trace: Vec<u8>,
+    body: Vec<u8>,
 }
 
 pub(super) struct Pending {
@@ -167,23 +176,21 @@ pub(super) fn prepare(
     }
     let server = ctx.server.unwrap_or_default();
     let s = &gw.config.servers[server];
-    if s.federated() {
-        // Session-era error on purpose: a client in "auto" mode falls back to initialize.
-        return Action::Refuse(Refusal::because(
-            Kind::InvalidRequest,
-            format!(
-                "{} fronts several upstreams and serves protocol version 2026-07-28 requests \
-                 only in sessions for now: send initialize",
-                s.path
-            ),
-        ));
-    }
-    let u = s.primary();
     let kind = match m.method {
         Method::ServerDiscover => Forwarded::Discover,
         Method::SubscriptionsListen => Forwarded::Listen,
         _ => Forwarded::Call,
     };
+    if s.federated() {
+        let mut trace = Vec::new();
+        trace_lines(&mut trace, head, buf);
+        return Action::Federated(Box::new(Federated {
+            kind,
+            trace,
+            body: body.to_vec(),
+        }));
+    }
+    let u = s.primary();
     let now = w.shutdown.now();
     let held = w.held.session_now(gw, u, now);
     match (w.held.era_now(gw, u, now), held) {
@@ -359,6 +366,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
             _ => forward(w, c, ctx, u, false, then_for(kind)).await,
         },
         Action::Held { u, kind, held } => forward_held(w, c, ctx, u, kind, held).await,
+        Action::Federated(f) => federated(w, c, ctx, *f).await,
         Action::Pending(p) => {
             let gen = ctx.gen.clone();
             let gw = &*gen.gw;
@@ -399,6 +407,46 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
             }
         }
     }
+}
+
+/// A 2026-07-28 request on a federated endpoint. The federated path decides it as it decides a
+/// session's (lists with the gateway's cursors, routing by name, the upstream's own name back),
+/// over a session made for this request alone: one entry per upstream, stateless or the
+/// worker's held session (so nothing is sealed or kept for the client). Its random id is zero:
+/// cursors and task ids it issues are bound to the endpoint, not to a client.
+async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let server = ctx.server.unwrap_or_default();
+    match f.kind {
+        Forwarded::Discover => {
+            let asks = ctx.first().is_some_and(|m| m.asks_client_features);
+            let body = super::federate::stateless_discover(w, gw, server, asks).await;
+            return super::federate::reply_result(c, ctx, body.as_bytes()).await;
+        }
+        Forwarded::Listen => {
+            let why = "subscriptions/listen is not served yet on an endpoint with several \
+                       upstreams (its server/discover declares no listChanged)";
+            return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+        }
+        Forwarded::Call => {}
+    }
+    let upstreams = super::federate::stateless_members(w, gw, server).await;
+    if upstreams.is_empty() {
+        let why = "none of this endpoint's upstreams could be reached";
+        return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
+    }
+    let now = super::unix_now();
+    let claims = crate::mcp::session::SessionClaims {
+        id: [0; 16],
+        server: gw.server_ids[server],
+        protocol_version: STATELESS_VERSIONS[0],
+        issued_at: now,
+        expires_at: now + 60,
+        upstreams,
+        principal: None,
+    };
+    super::federate::post(w, c, ctx, Some(Rc::new(claims)), f.trace, f.body).await
 }
 
 /// Forwards the request rendered in `c.up_out` in the held session `held`. A 404 means the

@@ -282,6 +282,14 @@ fn check_message(
         body,
         parse,
     )?;
+    check_str("taskId", params.get("taskId"), &m.task_id, body, parse)?;
+    if m.task != params.contains_key("task") {
+        return Err(format!(
+            "task: scanner read {}, parser {}",
+            m.task,
+            params.contains_key("task")
+        ));
+    }
     check_str(
         "meta protocolVersion",
         meta.get("io.modelcontextprotocol/protocolVersion"),

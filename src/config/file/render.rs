@@ -109,6 +109,7 @@ pub fn render_effective(c: &Config) -> String {
     );
     let _ = writeln!(o, "  max_json_depth: {}", m.max_json_depth);
     let _ = writeln!(o, "  max_batch_len: {}", m.max_batch_len);
+    let _ = writeln!(o, "  max_batch_concurrency: {}", m.max_batch_concurrency);
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {

@@ -47,14 +47,17 @@ pub enum ListKind {
     Prompts = 2,
     Resources = 3,
     ResourceTemplates = 4,
+    /// `tasks/list` (2025-11-25 tasks).
+    Tasks = 5,
 }
 
 impl ListKind {
-    pub const ALL: [ListKind; 4] = [
+    pub const ALL: [ListKind; 5] = [
         Self::Tools,
         Self::Prompts,
         Self::Resources,
         Self::ResourceTemplates,
+        Self::Tasks,
     ];
 
     pub const fn from_u8(b: u8) -> Option<Self> {
@@ -63,6 +66,7 @@ impl ListKind {
             2 => Self::Prompts,
             3 => Self::Resources,
             4 => Self::ResourceTemplates,
+            5 => Self::Tasks,
             _ => return None,
         })
     }
@@ -74,6 +78,7 @@ impl ListKind {
             Self::Prompts => "prompts/list",
             Self::Resources => "resources/list",
             Self::ResourceTemplates => "resources/templates/list",
+            Self::Tasks => "tasks/list",
         }
     }
 }

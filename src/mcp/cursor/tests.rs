@@ -326,7 +326,7 @@ fn authentic_but_unreadable_payloads_are_malformed() {
     kind[0] = 0;
     cases.push(kind);
     let mut kind = good.clone();
-    kind[0] = 5;
+    kind[0] = 6; // one past the last kind (5, tasks)
     cases.push(kind);
     // Session flag 2.
     let mut flag = good.clone();

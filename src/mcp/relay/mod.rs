@@ -10,7 +10,9 @@
 //!   a `notifications/cancelled`'s `params.requestId` is wrapped the same way, so it names the
 //!   id the client saw. Both are spliced in place; nothing else in the data changes. A batch is
 //!   handled message by message.
-//! - Responses pass unchanged and their id is recorded in `Seen::responses` (how the proxy knows
+//! - With `Rewriter::with_tasks`, an upstream's task ids become gateway task ids
+//!   (`mcp::tasks::wrap_edits`), spliced the same way.
+//! - Responses pass unchanged (but for task ids) and their id is recorded in `Seen::responses` (how the proxy knows
 //!   the answer to the client's request went by). `notifications/{tools,prompts,resources}/
 //!   list_changed` pass and set a flag in `Seen` (the proxy refreshes its tables).
 //! - A data the scanner refuses (not JSON, not JSON-RPC, or a shape it refuses such as duplicate
@@ -293,6 +295,8 @@ pub struct Rewriter {
     upstream: u64,
     session: [u8; 16],
     decoder: Decoder,
+    /// Wraps the upstream's task ids (`mcp::tasks`) when set.
+    tasks: Option<IdMapper>,
 }
 
 impl Rewriter {
@@ -303,7 +307,14 @@ impl Rewriter {
             upstream,
             session,
             decoder: Decoder::new(max_event_bytes),
+            tasks: None,
         }
+    }
+
+    /// Also gives the client gateway task ids for the upstream's (`mcp::tasks::wrap_edits`).
+    pub fn with_tasks(mut self, tasks: IdMapper) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// Decodes the next bytes of the upstream's stream (any split) and appends the client's
@@ -320,6 +331,7 @@ impl Rewriter {
             upstream: self.upstream,
             session: &self.session,
             mapper,
+            tasks: self.tasks.as_ref(),
         };
         self.decoder
             .feed(input, |item| ctx.item(item, ids, out, seen))?;
@@ -338,6 +350,7 @@ impl Rewriter {
             upstream: self.upstream,
             session: &self.session,
             mapper,
+            tasks: self.tasks.as_ref(),
         };
         self.decoder
             .finish(AtEnd::Discard, |item| ctx.item(item, ids, out, seen))?;
@@ -349,6 +362,7 @@ struct Ctx<'m> {
     upstream: u64,
     session: &'m [u8; 16],
     mapper: &'m IdMapper,
+    tasks: Option<&'m IdMapper>,
 }
 
 impl Ctx<'_> {
@@ -406,6 +420,12 @@ impl Ctx<'_> {
                     .wrap(self.session, self.upstream, raw.text)
                     .map_err(DropReason::Unwrappable)?;
                 wrapped.push((raw.start..raw.start + raw.text.len(), new));
+            }
+            if let Some(tasks) = self.tasks {
+                let edits =
+                    crate::mcp::tasks::wrap_edits(data, m, tasks, self.session, self.upstream)
+                        .map_err(DropReason::Unwrappable)?;
+                wrapped.extend(edits);
             }
         }
         for m in messages {

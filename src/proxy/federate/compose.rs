@@ -58,10 +58,16 @@ pub(super) async fn initialize(
     let mut opened = Vec::with_capacity(replies.len());
     let mut failed = Vec::new();
     for (u, reply) in replies {
-        match reply
+        let o = match reply
             .map_err(|e| e.reason)
             .and_then(|r| opened_from(gw, u, r, &id))
         {
+            Ok(o) => Ok(o),
+            // An upstream of the stateless revision only refuses initialize: it joins the
+            // session as a stateless entry (its requests are made ones of its revision).
+            Err(why) => stateless_member(w, gw, u).await.ok_or(why),
+        };
+        match o {
             Ok(o) => opened.push(o),
             Err(why) => {
                 let name = &gw.upstreams[u].name;
@@ -80,6 +86,7 @@ pub(super) async fn initialize(
     let version = opened
         .iter()
         .map(|o| o.version)
+        .filter(|v| v.is_legacy())
         .min()
         .unwrap_or(ProtocolVersion::LATEST_LEGACY);
     let now = unix_now();
@@ -116,6 +123,134 @@ pub(super) async fn initialize(
     body.extend_from_slice(result.to_string().as_bytes());
     body.push(b'}');
     super::reply_json(c, ctx, 200, &body, Some(&token)).await
+}
+
+/// An upstream that speaks the stateless revision (it answers `server/discover`): its discover
+/// result stands for an initialize result (capabilities, instructions). `None` otherwise.
+async fn stateless_member(w: &WorkerState, gw: &Gateway, u: usize) -> Option<Opened> {
+    if super::super::held::era(w, gw, u).await != super::super::held::Era::Stateless {
+        return None;
+    }
+    let result = super::super::stateless::discover_upstream(w, gw, u)
+        .await
+        .ok()?;
+    Some(Opened {
+        u,
+        version: crate::mcp::modern::STATELESS_VERSIONS[0],
+        session_id: None,
+        result,
+    })
+}
+
+/// Every upstream of `server` as a member of a 2026-07-28 request: a stateless entry for one
+/// that speaks that revision, the worker's held session for a session-era one; an upstream that
+/// cannot be reached is left out (logged and counted, like a failed initialize).
+pub(in super::super) async fn stateless_members(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+) -> Vec<UpstreamSession> {
+    use super::super::held::{self, Era};
+    let mut out = Vec::new();
+    for m in &gw.config.servers[server].upstreams {
+        let u = m.upstream;
+        match held::era(w, gw, u).await {
+            Era::Stateless => out.push(UpstreamSession {
+                upstream: gw.upstreams[u].id,
+                session_id: None,
+                protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
+            }),
+            Era::Session => match held::session(w, gw, u).await {
+                Ok(h) => out.push(h.session.clone()),
+                Err(e) => {
+                    let name = &gw.upstreams[u].name;
+                    tracing::warn!(upstream = %name, error = %e.reason, "stateless request: upstream left out");
+                    metrics::counter!(names::FEDERATION_UPSTREAM_FAILURES_TOTAL, "upstream" => name.clone(), "step" => "held_session").increment(1);
+                }
+            },
+        }
+    }
+    out
+}
+
+/// The `server/discover` result of a federated endpoint for a 2026-07-28 client: the union of
+/// what its upstreams offer (a stateless one's discover, a session-era one's held `initialize`),
+/// as `compose` unites initialize results, in the revision's shape. No `listChanged` (the
+/// gateway does not merge `subscriptions/listen` streams yet) and no `subscribe` (the revision
+/// has none). The stateless revision is offered unless the client asks for sampling, elicitation
+/// or roots and a session-era upstream is behind (a held session cannot carry them).
+pub(in super::super) async fn stateless_discover(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    asks_client_features: bool,
+) -> String {
+    use super::super::held::{self, Era};
+    let mut opened = Vec::new();
+    let mut held_any = false;
+    for m in &gw.config.servers[server].upstreams {
+        let u = m.upstream;
+        let result = match held::era(w, gw, u).await {
+            Era::Stateless => super::super::stateless::discover_upstream(w, gw, u)
+                .await
+                .ok(),
+            Era::Session => {
+                held_any = true;
+                held::session(w, gw, u)
+                    .await
+                    .ok()
+                    .map(|h| h.initialize.clone())
+            }
+        };
+        if let Some(result) = result {
+            opened.push(Opened {
+                u,
+                version: crate::mcp::modern::STATELESS_VERSIONS[0],
+                session_id: None,
+                result,
+            });
+        }
+    }
+    let composed = compose(gw, ProtocolVersion::LATEST_LEGACY, &opened);
+    let mut caps = composed
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(obj) = caps.as_object_mut() {
+        for (_, v) in obj.iter_mut() {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("listChanged");
+                o.remove("subscribe");
+            }
+        }
+    }
+    let mut versions: Vec<&str> = Vec::new();
+    if !(held_any && asks_client_features) {
+        versions.extend(
+            crate::mcp::modern::STATELESS_VERSIONS
+                .iter()
+                .map(|v| v.as_str()),
+        );
+    }
+    versions.extend(
+        ProtocolVersion::ALL
+            .iter()
+            .rev()
+            .filter(|v| v.is_legacy())
+            .map(|v| v.as_str()),
+    );
+    let mut r = json!({
+        "resultType": "complete",
+        "supportedVersions": versions,
+        "capabilities": caps,
+        "_meta": {"io.modelcontextprotocol/serverInfo": composed.get("serverInfo").cloned().unwrap_or_default()},
+        "ttlMs": 0,
+        "cacheScope": "public",
+    });
+    if let Some(i) = composed.get("instructions") {
+        r["instructions"] = i.clone();
+    }
+    r.to_string()
 }
 
 /// What one upstream's initialize reply says, or why it cannot join the session.
@@ -162,6 +297,7 @@ fn compose(gw: &Gateway, version: ProtocolVersion, opened: &[Opened]) -> Value {
         }
     };
     let mut instructions = Vec::new();
+    let mut tasks = (false, false, false);
     for o in opened {
         let Some(c) = o.result.get("capabilities") else {
             continue;
@@ -185,12 +321,39 @@ fn compose(gw: &Gateway, version: ProtocolVersion, opened: &[Opened]) -> Value {
                 flag(&mut caps, key, None);
             }
         }
+        // Tasks (2025-11-25): the parts the gateway proxies, where any upstream offers them:
+        // tasks/list (aggregated), tasks/cancel (routed by task id), task-augmented tools/call.
+        if let Some(t) = c.get("tasks").filter(|t| t.as_object().is_some()) {
+            let has = |path: &[&str]| {
+                let mut v = Some(t);
+                for k in path {
+                    v = v.and_then(|x| x.get(*k));
+                }
+                v.is_some_and(|x| x.as_object().is_some())
+            };
+            tasks.0 |= has(&["list"]);
+            tasks.1 |= has(&["cancel"]);
+            tasks.2 |= has(&["requests", "tools", "call"]);
+        }
         if let Some(text) = o.result.get("instructions").and_then(|v| v.as_str()) {
             if !text.trim().is_empty() {
                 let up = &gw.upstreams[o.u];
                 instructions.push(format!("## {}\n{}", up.name, text.trim()));
             }
         }
+    }
+    if tasks != (false, false, false) {
+        let mut t = Map::new();
+        if tasks.0 {
+            t.insert("list".to_string(), json!({}));
+        }
+        if tasks.1 {
+            t.insert("cancel".to_string(), json!({}));
+        }
+        if tasks.2 {
+            t.insert("requests".to_string(), json!({"tools": {"call": {}}}));
+        }
+        caps.insert("tasks".to_string(), Value::Object(t));
     }
     let mut result = json!({
         "protocolVersion": version.as_str(),

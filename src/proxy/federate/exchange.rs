@@ -25,6 +25,12 @@ pub struct Reply {
 }
 
 /// A POST of `body` to upstream `u` with its session (if any) and the request's trace headers.
+///
+/// Toward an upstream the session reaches in the stateless revision (its entry names
+/// 2026-07-28: no upstream session), the request is made one of that revision here, whoever
+/// wrote it (the client, or the gateway: a list page, a fan-out): `_meta` with the revision and
+/// empty client capabilities added where the body lacks them, and `Mcp-Method`/`Mcp-Name` set
+/// from the body.
 pub fn post_request(
     gw: &Gateway,
     u: usize,
@@ -32,6 +38,9 @@ pub fn post_request(
     trace: &[u8],
     body: &[u8],
 ) -> Vec<u8> {
+    if let Some(s) = session.filter(|s| !s.protocol_version.is_legacy()) {
+        return stateless_request(gw, u, s, trace, body);
+    }
     let up = &gw.upstreams[u];
     let mut req = Vec::with_capacity(up.post_prefix.len() + 160 + trace.len() + body.len());
     req.extend_from_slice(&up.post_prefix);
@@ -42,6 +51,60 @@ pub fn post_request(
     req.extend_from_slice(trace);
     req.extend_from_slice(b"\r\n");
     req.extend_from_slice(body);
+    req
+}
+
+/// `post_request` toward a 2026-07-28 upstream (see there).
+fn stateless_request(
+    gw: &Gateway,
+    u: usize,
+    s: &UpstreamSession,
+    trace: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    use crate::mcp::modern;
+    let up = &gw.upstreams[u];
+    let mut headers = Vec::with_capacity(128);
+    super::super::session_header_lines(&mut headers, s);
+    let mut body = std::borrow::Cow::Borrowed(body);
+    if let Ok(Body::Single(m)) = jsonrpc::scan(&body, &gw.scan_limits) {
+        let mut members = Vec::new();
+        if m.meta_protocol_version.is_none() {
+            members.extend_from_slice(b"\"io.modelcontextprotocol/protocolVersion\":\"");
+            members.extend_from_slice(s.protocol_version.as_str().as_bytes());
+            members.push(b'"');
+        }
+        if m.meta_client_capabilities.is_none() {
+            if !members.is_empty() {
+                members.push(b',');
+            }
+            members.extend_from_slice(b"\"io.modelcontextprotocol/clientCapabilities\":{}");
+        }
+        if let Some(method) = &m.method {
+            response::header(&mut headers, b"mcp-method", method.value.as_bytes());
+            let method = crate::mcp::Method::parse(&method.value);
+            let name = match modern::name_source(method) {
+                Some(modern::NameSource::Name) => m.name.as_ref(),
+                Some(modern::NameSource::Uri) => m.uri.as_ref(),
+                None => None,
+            };
+            if let Some(n) = name {
+                let mut v = Vec::with_capacity(n.value.len() + 16);
+                modern::encode_header_value(&mut v, n.value.as_bytes());
+                response::header(&mut headers, b"mcp-name", &v);
+            }
+        }
+        if !members.is_empty() && m.kind == MessageKind::Request {
+            body = modern::with_meta(&body, m.params_open, m.meta_open, &members).into();
+        }
+    }
+    let mut req = Vec::with_capacity(up.post_prefix.len() + 200 + trace.len() + body.len());
+    req.extend_from_slice(&up.post_prefix);
+    response::content_length(&mut req, body.len() as u64);
+    req.extend_from_slice(&headers);
+    req.extend_from_slice(trace);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(&body);
     req
 }
 
@@ -110,7 +173,7 @@ pub fn find_response(reply: &Reply, id: &[u8]) -> Option<(Vec<u8>, MessageKind)>
 }
 
 /// Replies are results: deeper than requests may be.
-const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
+pub(super) const REPLY_LIMITS: jsonrpc::ScanLimits = jsonrpc::ScanLimits {
     max_depth: 120,
     max_batch_len: 10_000,
 };

@@ -17,11 +17,9 @@ use crate::mcp::cursor::{self, Cursor, Expect, ListKind, Position, Step};
 use crate::mcp::names::{NameTable, UriTable};
 use crate::mcp::Method;
 
-use super::super::client::Client;
-use super::super::context::Ctx;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
-use super::super::{refuse, unix_now, Next};
+use super::super::unix_now;
 use super::exchange;
 use super::tables::{current_uris, failed, TableKind};
 use super::FedRequest;
@@ -29,8 +27,10 @@ use super::FedRequest;
 /// Upstream pages one client list request may fetch (an upstream may answer empty pages with a
 /// `nextCursor` forever): past it the client gets what was gathered and a cursor to go on.
 const FETCH_BUDGET: usize = 16;
-/// The id of the gateway's own list requests (one at a time per upstream connection).
-const LIST_ID: &[u8] = b"\"tollgate-list\"";
+/// Numbers the gateway's own list requests: each gets its own id (`"tollgate-list-N"`), since
+/// several may be in flight in one upstream session at once (a batch's list beside a table
+/// rebuild), and an upstream that maps its replies by id would give one of them none.
+static LIST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One page of an upstream's list: each item's JSON text (as the upstream wrote it; only the
 /// items a client page takes are parsed), and its `nextCursor`.
@@ -65,9 +65,11 @@ pub(super) async fn fetch_page(
     list: ListKind,
     cursor: Option<&str>,
 ) -> Result<Page, String> {
+    let n = LIST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("\"tollgate-list-{n}\"");
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    body.extend_from_slice(LIST_ID);
+    body.extend_from_slice(id.as_bytes());
     body.extend_from_slice(b",\"method\":\"");
     body.extend_from_slice(list.method().as_bytes());
     body.extend_from_slice(b"\"");
@@ -79,7 +81,7 @@ pub(super) async fn fetch_page(
     body.push(b'}');
     let req = exchange::post_request(gw, u, Some(session), trace, &body);
     let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
-    let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
+    let msg = exchange::result_message(gw, u, &reply, id.as_bytes())?;
     // One pass with the scanner's lexer finds each item's text: a page of a thousand tools is
     // not built into a thousand trees (only the items a client page takes are parsed).
     let msg = String::from_utf8(msg).map_err(|_| "sent a list that is not UTF-8".to_string())?;
@@ -106,20 +108,27 @@ fn items_key(list: ListKind) -> &'static str {
         ListKind::Prompts => "prompts",
         ListKind::Resources => "resources",
         ListKind::ResourceTemplates => "resourceTemplates",
+        ListKind::Tasks => "tasks",
     }
 }
 
-/// An aggregated list request: one page of the server's listing.
-pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: FedRequest) -> Next {
-    let gen = ctx.gen.clone();
-    let gw = &*gen.gw;
-    let server = ctx.server.unwrap_or_default();
+/// An aggregated list request (`msg`: its bytes): the result of one page of the server's
+/// listing, or why not.
+pub(super) async fn page(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    method: Method,
+    msg: &[u8],
+) -> Result<Vec<u8>, Refusal> {
     let s = &gw.config.servers[server];
     let claims = req.claims.clone();
-    let list = match ctx.method() {
+    let list = match method {
         Method::ToolsList => ListKind::Tools,
         Method::PromptsList => ListKind::Prompts,
         Method::ResourcesList => ListKind::Resources,
+        Method::TasksList => ListKind::Tasks,
         _ => ListKind::ResourceTemplates,
     };
     // The upstreams this session holds, in the server's order: the listing's order.
@@ -135,14 +144,14 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         server: gw.server_ids[server],
         session: Some(claims.id),
     };
-    let start = match client_cursor(&req.body) {
+    let start = match client_cursor(msg) {
         None => Position::start(&order),
         Some(text) => match gw.cursors.open(text.as_bytes(), unix_now(), &expect) {
             Ok(c) => Some(c.position),
             Err(e) => {
                 tracing::debug!(error = ?e, "federated list: cursor refused");
                 let why = "invalid cursor: list again without one";
-                return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+                return Err(Refusal::because(Kind::BadCursor, why));
             }
         },
     };
@@ -169,12 +178,12 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             .position(|m| gw.upstreams[m.upstream].id == pos.upstream)
         else {
             let why = "invalid cursor: its upstream left this endpoint; list again";
-            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+            return Err(Refusal::because(Kind::BadCursor, why));
         };
         let u = s.upstreams[member].upstream;
         let Some(session) = super::super::upstream_session(gw, Some(&claims), u) else {
             let why = "invalid cursor: not from this session";
-            return refuse(c, ctx, Refusal::because(Kind::BadCursor, why)).await;
+            return Err(Refusal::because(Kind::BadCursor, why));
         };
         budget -= 1;
         let page = match fetch_page(
@@ -190,7 +199,13 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         {
             Ok(p) => p,
             Err(why) => {
-                failed(gw, u, &why);
+                if list == ListKind::Tasks {
+                    // Most upstreams have no tasks (and answer tasks/list with an error): they
+                    // list none, which is not a failure.
+                    tracing::debug!(upstream = %gw.upstreams[u].name, error = %why, "federated tasks/list: upstream lists no tasks");
+                } else {
+                    failed(gw, u, &why);
+                }
                 Page {
                     text: String::new(),
                     spans: Vec::new(),
@@ -210,6 +225,13 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             let Ok(mut item) = sonic_rs::from_str::<sonic_rs::Value>(raw) else {
                 continue;
             };
+            if list == ListKind::Tasks {
+                // A task is listed under the gateway task id that names its upstream.
+                if task_exposed(gw, &claims.id, gw.upstreams[u].id, &mut item) {
+                    items.push(item);
+                }
+                continue;
+            }
             let tables = Tables {
                 names: table.as_ref().map(|t| &*t.0),
                 uris: uri_table.as_deref(),
@@ -263,7 +285,7 @@ pub(super) async fn list(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         }
     }
     out.push(b'}');
-    super::reply_result(c, ctx, &out).await
+    Ok(out)
 }
 
 /// `params.cursor` of the client's list request.
@@ -348,6 +370,7 @@ fn expose(
                 None => true,
             }
         }
+        ListKind::Tasks => true,
         ListKind::ResourceTemplates => {
             let Some(tpl) = item.get("uriTemplate").and_then(|u| u.as_str()) else {
                 return false;
@@ -371,6 +394,34 @@ fn expose(
             }
         }
     }
+}
+
+/// Gives a listed task the gateway task id of upstream `upstream`'s; false (left out) when it
+/// has no string `taskId` or one too long to wrap.
+fn task_exposed(
+    gw: &Gateway,
+    session: &[u8; 16],
+    upstream: u64,
+    item: &mut sonic_rs::Value,
+) -> bool {
+    let Some(id) = item
+        .get("taskId")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
+        return false;
+    };
+    let mut text = Vec::with_capacity(id.len() + 2);
+    crate::error::json_escape_into(&mut text, &id);
+    let Ok(wrapped) = gw.taskids.wrap(session, upstream, &text) else {
+        return false;
+    };
+    // The wrapped id is base64url between quotes: its value is the text inside them.
+    let value = wrapped.trim_matches('"');
+    if let Some(obj) = item.as_object_mut() {
+        obj.insert("taskId", sonic_rs::Value::from(value));
+    }
+    true
 }
 
 /// Whether two URI templates can match the same URI (one literal beginning begins the other).

@@ -7,14 +7,17 @@
 //! What the gateway answers itself: `initialize` (fanned out, then composed), `ping`, the four
 //! lists (aggregated), `logging/setLevel` and client notifications (fanned out). What it routes
 //! by name: `tools/call`, `prompts/get` (exposed name), `resources/read`, `resources/subscribe`,
-//! `resources/unsubscribe` (URI), `completion/complete` (its `ref`). Client responses to
-//! server→client requests go back to the upstream whose wrapped id they carry.
+//! `resources/unsubscribe` (URI), `completion/complete` (its `ref`), `tasks/get|result|cancel`
+//! (the gateway task id, `mcp::tasks`; `tasks/list` is aggregated). Client responses to
+//! server→client requests go back to the upstream whose wrapped id they carry. Batches
+//! (2025-03-26) are split and each message decided on its own (`route::decide`).
 //!
 //! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
 //! (initialize fan-out and the composed result), `lists` (aggregated lists), `tables` (the per-worker
-//! routing tables), `route` (routed requests), `stream` (event streams: rewritten POST replies, the merged GET), `probe` (`tollgate check --probe`: the same
+//! routing tables), `route` (the per-message decision and routed requests), `batch` (JSON-RPC batches), `stream` (event streams: rewritten POST replies, the merged GET), `probe` (`tollgate check --probe`: the same
 //! exchanges and tables, reported).
 
+mod batch;
 mod compose;
 pub(super) mod exchange;
 mod lists;
@@ -23,22 +26,19 @@ mod route;
 pub(super) mod stream;
 mod tables;
 
+pub(super) use compose::{stateless_discover, stateless_members};
 pub use tables::Catalogs;
 pub(super) use tables::{fresh_names, TableKind};
 
 use std::rc::Rc;
 
-use crate::error::Kind;
 use crate::http::response;
-use crate::jsonrpc::MessageKind;
 use crate::mcp::session::SessionClaims;
-use crate::mcp::Method;
 
 use super::client::Client;
 use super::context::Ctx;
-use super::reject::Refusal;
 use super::state::WorkerState;
-use super::{refuse, Next};
+use super::Next;
 
 /// What a federated request carries beside the body: the client's session and the request
 /// headers every upstream request repeats (trace context).
@@ -59,16 +59,6 @@ pub(super) async fn post(
     trace: Vec<u8>,
     body: Vec<u8>,
 ) -> Next {
-    if ctx.batch {
-        // Each message would go to its own upstream and the answers be merged into one reply.
-        let why = "JSON-RPC batches are not supported on an endpoint with several upstreams: \
-                   send the messages one by one";
-        return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, why)).await;
-    }
-    let Some(first) = ctx.first() else {
-        return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
-    };
-    let (kind, method) = (first.kind, first.method);
     let Some(claims) = claims else {
         return compose::initialize(w, c, ctx, &trace, &body).await;
     };
@@ -77,30 +67,10 @@ pub(super) async fn post(
         trace,
         body,
     };
-    match kind {
-        MessageKind::Response | MessageKind::Error => {
-            return route::client_response(w, c, ctx, req).await;
-        }
-        MessageKind::Notification => return route::notification(w, c, ctx, req).await,
-        MessageKind::Request => {}
+    if ctx.batch {
+        return batch::post(w, c, ctx, req).await;
     }
-    match method {
-        Method::Ping => reply_result(c, ctx, b"{}").await,
-        Method::ToolsList
-        | Method::PromptsList
-        | Method::ResourcesList
-        | Method::ResourcesTemplatesList => lists::list(w, c, ctx, req).await,
-        Method::ToolsCall | Method::PromptsGet => route::by_name(w, c, ctx, req).await,
-        Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
-            route::by_uri(w, c, ctx, req).await
-        }
-        Method::CompletionComplete => route::completion(w, c, ctx, req).await,
-        Method::LoggingSetLevel => route::set_level(w, c, ctx, req).await,
-        _ => {
-            let why = "method not available on an endpoint with several upstreams";
-            refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await
-        }
-    }
+    route::single(w, c, ctx, req).await
 }
 
 /// Answers the request with `{"jsonrpc":"2.0","id":<its id>,"result":<result>}` as JSON.

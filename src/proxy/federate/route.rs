@@ -6,17 +6,20 @@ use futures_util::future::join_all;
 
 use crate::error::{json_escape_into, Kind};
 use crate::mcp::idmap::IdError;
+use crate::mcp::tasks::{self, TaskIdError};
 use crate::mcp::Method;
 use crate::observe::names;
 
+use crate::jsonrpc::MessageKind;
+
 use super::super::client::Client;
-use super::super::context::Ctx;
+use super::super::context::{Ctx, MessageCtx};
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{forward, refuse, Next, Then};
-use super::exchange;
 use super::tables::{self, TableKind};
 use super::FedRequest;
+use super::{exchange, lists};
 
 /// The upstream session of member `u`, or the refusal naming the upstream the session lacks.
 fn held<'a>(
@@ -57,9 +60,83 @@ async fn send(
     forward(w, c, ctx, u, had_session, Then::RelayFederated(claims.id)).await
 }
 
-/// `tools/call` and `prompts/get`: the exposed name → (upstream, original name); the upstream
-/// gets its own name, spliced into the client's bytes.
-pub(super) async fn by_name(
+/// One message to decide on: its scanned view, its bytes, and where those bytes start in the
+/// body the view's offsets refer to (0 for a single message; its place in a batch).
+pub(super) struct Msg<'a> {
+    pub m: &'a MessageCtx,
+    pub bytes: &'a [u8],
+    pub base: usize,
+}
+
+impl<'a> Msg<'a> {
+    /// Message `m` of `body` (a batch's element, or the whole body).
+    pub fn of(m: &'a MessageCtx, body: &'a [u8]) -> Self {
+        let r = m.span.start as usize..m.span.end as usize;
+        Msg {
+            m,
+            bytes: &body[r.clone()],
+            base: r.start,
+        }
+    }
+
+    fn at(&self, offset: u32) -> usize {
+        offset as usize - self.base
+    }
+}
+
+/// Where one message goes: the decision made for each message on its own (a batch's too).
+pub(super) enum Decision {
+    /// The gateway answers it itself with this `result` (ping, lists).
+    Result(Vec<u8>),
+    /// To upstream `u` as `body` (a routed request, or a client response going back).
+    Upstream { u: usize, body: Vec<u8> },
+    /// To every upstream of the session, as it came (client notifications, `logging/setLevel`).
+    FanOut,
+}
+
+/// The per-message decision point: what the gateway does with one message of a federated
+/// endpoint, or the refusal it answers. Every message of a batch goes through here on its own
+/// (the seam where a later per-message authorization belongs).
+pub(super) async fn decide(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let m = msg.m;
+    match m.kind {
+        MessageKind::Response | MessageKind::Error => return client_response(gw, server, req, msg),
+        MessageKind::Notification => return Ok(Decision::FanOut),
+        MessageKind::Request => {}
+    }
+    match m.method {
+        Method::Ping => Ok(Decision::Result(b"{}".to_vec())),
+        Method::ToolsList
+        | Method::PromptsList
+        | Method::ResourcesList
+        | Method::ResourcesTemplatesList
+        | Method::TasksList => lists::page(w, gw, server, req, m.method, msg.bytes)
+            .await
+            .map(Decision::Result),
+        Method::ToolsCall | Method::PromptsGet => by_name(w, gw, server, req, msg).await,
+        Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+            by_uri(w, gw, server, req, msg).await
+        }
+        Method::CompletionComplete => completion(w, gw, server, req, msg).await,
+        Method::TasksGet | Method::TasksResult | Method::TasksCancel => {
+            by_task(gw, server, req, msg)
+        }
+        Method::LoggingSetLevel => Ok(Decision::FanOut),
+        _ => {
+            let why = "method not available on an endpoint with several upstreams";
+            Err(Refusal::because(Kind::MethodNotFound, why))
+        }
+    }
+}
+
+/// A single message: decided, then answered, sent or fanned out.
+pub(super) async fn single(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
@@ -68,23 +145,144 @@ pub(super) async fn by_name(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
-    let (kind, what) = if ctx.method() == Method::ToolsCall {
+    let Some(m) = ctx.first() else {
+        return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
+    };
+    let (kind, msg) = (
+        m.kind,
+        Msg {
+            m,
+            bytes: &req.body,
+            base: 0,
+        },
+    );
+    match decide(w, gw, server, &req, &msg).await {
+        Err(r) => refuse(c, ctx, r).await,
+        Ok(Decision::Result(r)) if ctx.era == crate::error::Era::Stateless => {
+            // What the stateless revision adds to every result (the gateway's own lists
+            // included: each page is computed afresh, so clients are told not to keep it).
+            let stamp: &[u8] = if is_list(m.method) {
+                br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#
+            } else {
+                br#""resultType":"complete""#
+            };
+            let r = crate::mcp::modern::stamp_result(&r, 0, stamp);
+            super::reply_result(c, ctx, &r).await
+        }
+        Ok(Decision::Result(r)) => super::reply_result(c, ctx, &r).await,
+        // A reply that names a task is read (or streamed) and its task ids rewritten.
+        Ok(Decision::Upstream { u, body }) if names_task(m) => {
+            super::batch::one(w, c, ctx, &req, u, &body).await
+        }
+        Ok(Decision::Upstream { u, body }) => send(w, c, ctx, &req, u, &body).await,
+        Ok(Decision::FanOut) => {
+            let (total, failed) = fan_out(w, gw, &req, server, &req.body).await;
+            if kind == MessageKind::Notification {
+                return super::accepted(c, ctx).await;
+            }
+            match fanned_out(total, failed) {
+                Ok(r) => super::reply_result(c, ctx, r).await,
+                Err(r) => refuse(c, ctx, r).await,
+            }
+        }
+    }
+}
+
+fn is_list(m: Method) -> bool {
+    matches!(
+        m,
+        Method::ToolsList
+            | Method::PromptsList
+            | Method::ResourcesList
+            | Method::ResourcesTemplatesList
+    )
+}
+
+/// Whether the reply to request `m` carries an upstream's task id in its result (a
+/// task-augmented request, or `tasks/get|result|cancel`): it must be rewritten.
+pub(super) fn names_task(m: &MessageCtx) -> bool {
+    m.kind == MessageKind::Request
+        && (m.task
+            || matches!(
+                m.method,
+                Method::TasksGet | Method::TasksResult | Method::TasksCancel
+            ))
+}
+
+/// `tasks/get`, `tasks/result`, `tasks/cancel`: `params.taskId` is a gateway task id
+/// (`mcp::tasks`); it names the upstream, which gets its own task id back.
+fn by_task(
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let Some(span) = msg.m.task_id_span.clone() else {
+        let why = "params.taskId is required (a task id this gateway gave)";
+        return Err(Refusal::because(Kind::UnknownName, why));
+    };
+    let (start, end) = (msg.at(span.start), msg.at(span.end));
+    let text = &msg.bytes[start..end];
+    let (upstream_id, original) = tasks::open(&gw.taskids, &req.claims.id, text).map_err(|e| {
+        let why = match e {
+            TaskIdError::NotOurs => "Unknown task: not a task id this gateway issued",
+            TaskIdError::Foreign => {
+                "Unknown task: this task id was not issued to this session (altered, or \
+                     from another session)"
+            }
+        };
+        Refusal::because(Kind::UnknownName, why)
+    })?;
+    let Some(u) = gw.config.servers[server]
+        .upstreams
+        .iter()
+        .map(|m| m.upstream)
+        .find(|&u| gw.upstreams[u].id == upstream_id)
+    else {
+        let why = "Unknown task: its upstream is no longer behind this endpoint";
+        return Err(Refusal::because(Kind::UnknownName, why));
+    };
+    held(gw, &req.claims, u)?;
+    let mut body = Vec::with_capacity(msg.bytes.len());
+    body.extend_from_slice(&msg.bytes[..start]);
+    body.extend_from_slice(&original);
+    body.extend_from_slice(&msg.bytes[end..]);
+    Ok(Decision::Upstream { u, body })
+}
+
+/// The answer to a fanned-out request (`logging/setLevel`): an empty result unless every
+/// upstream failed.
+pub(super) fn fanned_out(total: usize, failed: usize) -> Result<&'static [u8], Refusal> {
+    if total > 0 && failed == total {
+        let why = "no upstream accepted logging/setLevel";
+        return Err(Refusal::because(Kind::UpstreamUnavailable, why));
+    }
+    Ok(b"{}")
+}
+
+/// `tools/call` and `prompts/get`: the exposed name → (upstream, original name); the upstream
+/// gets its own name, spliced into the client's bytes.
+async fn by_name(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let (kind, what) = if msg.m.method == Method::ToolsCall {
         (TableKind::Tools, "tool")
     } else {
         (TableKind::Prompts, "prompt")
     };
-    let claims = req.claims.clone();
-    let (name, span) = match ctx
-        .first()
-        .and_then(|m| Some((m.name.as_ref()?, m.name_span.clone()?)))
-    {
+    let claims = &req.claims;
+    let (name, span) = match msg.m.name.as_ref().zip(msg.m.name_span.clone()) {
         Some((n, span)) => (String::from_utf8_lossy(n.get()).into_owned(), span),
         None => {
             let why = format!("params.name is required (the {what}'s name)");
-            return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+            return Err(Refusal::because(Kind::UnknownName, why));
         }
     };
-    let table = tables::names_for(w, gw, server, &claims, &req.trace, kind, &name).await;
+    let table = tables::names_for(w, gw, server, claims, &req.trace, kind, &name).await;
     let Some((member, original)) = table.resolve(&name) else {
         // A name in the space of an upstream this session does not hold: say so (the session
         // could not open it), rather than that the name is unknown.
@@ -93,88 +291,75 @@ pub(super) async fn by_name(
             m.namer.prefix().is_some_and(|p| {
                 name.strip_prefix(p)
                     .is_some_and(|rest| rest.starts_with(m.namer.separator()))
-            }) && super::super::upstream_session(gw, Some(&claims), m.upstream).is_none()
+            }) && super::super::upstream_session(gw, Some(&**claims), m.upstream).is_none()
         });
         if let Some(m) = absent {
-            if let Err(r) = held(gw, &claims, m.upstream) {
-                return refuse(c, ctx, r).await;
-            }
+            held(gw, claims, m.upstream)?;
         }
         let why = format!("Unknown {what}: {name}");
-        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+        return Err(Refusal::because(Kind::UnknownName, why));
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
-    let mut body = Vec::with_capacity(req.body.len() + original.len());
-    let (start, end) = (span.start as usize, span.end as usize);
-    body.extend_from_slice(&req.body[..start]);
+    let mut body = Vec::with_capacity(msg.bytes.len() + original.len());
+    let (start, end) = (msg.at(span.start), msg.at(span.end));
+    body.extend_from_slice(&msg.bytes[..start]);
     json_escape_into(&mut body, original);
-    body.extend_from_slice(&req.body[end..]);
-    send(w, c, ctx, &req, u, &body).await
+    body.extend_from_slice(&msg.bytes[end..]);
+    Ok(Decision::Upstream { u, body })
 }
 
 /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`: by URI (URIs are not
 /// rewritten, so the body goes as it came).
-pub(super) async fn by_uri(
+async fn by_uri(
     w: &WorkerState,
-    c: &mut Client,
-    ctx: &mut Ctx,
-    req: FedRequest,
-) -> Next {
-    let gen = ctx.gen.clone();
-    let gw = &*gen.gw;
-    let server = ctx.server.unwrap_or_default();
-    let claims = req.claims.clone();
-    let Some(uri) = ctx.first().and_then(|m| m.uri.as_ref()) else {
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let Some(uri) = msg.m.uri.as_ref() else {
         let why = "params.uri is required";
-        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+        return Err(Refusal::because(Kind::UnknownName, why));
     };
     let uri = String::from_utf8_lossy(uri.get()).into_owned();
     // The URI itself must pass the filter: an allowed template must not open a denied URI.
     if !gw.config.servers[server].resources.filter.allows(&uri) {
         let why = format!("Unknown resource: {uri}");
-        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+        return Err(Refusal::because(Kind::UnknownName, why));
     }
-    let table = tables::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
+    let table = tables::uris_for(w, gw, server, &req.claims, &req.trace, &uri).await;
     let Some(member) = table.route(&uri) else {
         let why = format!("Unknown resource: {uri}");
-        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+        return Err(Refusal::because(Kind::UnknownName, why));
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
-    send(w, c, ctx, &req, u, &req.body).await
+    Ok(Decision::Upstream {
+        u,
+        body: msg.bytes.to_vec(),
+    })
 }
 
 /// `completion/complete`: by its `ref` (a prompt's exposed name, rewritten to the original;
 /// a resource template's URI). The body is parsed and written again: it is small and rare, and
 /// what the upstream reads is then exactly what the gateway decided on.
-pub(super) async fn completion(
+async fn completion(
     w: &WorkerState,
-    c: &mut Client,
-    ctx: &mut Ctx,
-    req: FedRequest,
-) -> Next {
-    let gen = ctx.gen.clone();
-    let gw = &*gen.gw;
-    let server = ctx.server.unwrap_or_default();
-    let claims = req.claims.clone();
-    let mut v: serde_json::Value = match serde_json::from_slice(&req.body) {
-        Ok(v) => v,
-        Err(e) => return refuse(c, ctx, Refusal::because(Kind::ParseError, e.to_string())).await,
-    };
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let claims = &req.claims;
+    let mut v: serde_json::Value = serde_json::from_slice(msg.bytes)
+        .map_err(|e| Refusal::because(Kind::ParseError, e.to_string()))?;
     let r = &v["params"]["ref"];
     let kind = r["type"].as_str().unwrap_or_default().to_string();
     let member = match kind.as_str() {
         "ref/prompt" => {
             let name = r["name"].as_str().unwrap_or_default().to_string();
-            let table = tables::names_for(
-                w,
-                gw,
-                server,
-                &claims,
-                &req.trace,
-                TableKind::Prompts,
-                &name,
-            )
-            .await;
+            let table =
+                tables::names_for(w, gw, server, claims, &req.trace, TableKind::Prompts, &name)
+                    .await;
             match table.resolve(&name) {
                 Some((m, original)) => {
                     v["params"]["ref"]["name"] = serde_json::Value::String(original.to_string());
@@ -186,7 +371,7 @@ pub(super) async fn completion(
         "ref/resource" => {
             let uri = r["uri"].as_str().unwrap_or_default().to_string();
             if gw.config.servers[server].resources.filter.allows(&uri) {
-                let table = tables::uris_for(w, gw, server, &claims, &req.trace, &uri).await;
+                let table = tables::uris_for(w, gw, server, claims, &req.trace, &uri).await;
                 table.route(&uri)
             } else {
                 None
@@ -196,12 +381,12 @@ pub(super) async fn completion(
     };
     let Some(member) = member else {
         let why = "Unknown reference: params.ref must name a prompt or resource of this server";
-        return refuse(c, ctx, Refusal::because(Kind::UnknownName, why)).await;
+        return Err(Refusal::because(Kind::UnknownName, why));
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
     // Written again, but with the client's own id bytes (serde would respell `1E2` as `100.0`).
     const MARK: &str = "\u{0}tollgate-id\u{0}";
-    let id = ctx.answer_id().map(<[u8]>::to_vec);
+    let id = msg.m.id.as_ref().map(|i| i.get().to_vec());
     if id.is_some() {
         v["id"] = serde_json::Value::String(MARK.into());
     }
@@ -212,16 +397,23 @@ pub(super) async fn completion(
             body.splice(at..at + mark.len(), id);
         }
     }
-    send(w, c, ctx, &req, u, &body).await
+    Ok(Decision::Upstream { u, body })
 }
 
-/// Sends `req`'s body to every upstream the session holds, at once; returns how many failed.
-async fn fan_out(w: &WorkerState, gw: &Gateway, req: &FedRequest, server: usize) -> (usize, usize) {
+/// Sends `body` to every upstream the session holds, at once; returns how many there were and
+/// how many failed.
+pub(super) async fn fan_out(
+    w: &WorkerState,
+    gw: &Gateway,
+    req: &FedRequest,
+    server: usize,
+    body: &[u8],
+) -> (usize, usize) {
     let claims = &*req.claims;
     let calls = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
         let session = super::super::upstream_session(gw, Some(claims), u)?;
-        let r = exchange::post_request(gw, u, Some(session), &req.trace, &req.body);
+        let r = exchange::post_request(gw, u, Some(session), &req.trace, body);
         Some(async move { (u, exchange::whole(w, gw, u, r).await) })
     });
     let results = join_all(calls).await;
@@ -243,73 +435,29 @@ async fn fan_out(w: &WorkerState, gw: &Gateway, req: &FedRequest, server: usize)
     (total, failed)
 }
 
-/// Client notifications (`initialized`, `cancelled`, `roots/list_changed`, ...): to every
-/// upstream of the session; 202. A cancellation names the client's own request id, which only
-/// the upstream that got the request knows; the others ignore it (MCP lets a receiver ignore a
-/// cancellation of a request it does not know).
-pub(super) async fn notification(
-    w: &WorkerState,
-    c: &mut Client,
-    ctx: &mut Ctx,
-    req: FedRequest,
-) -> Next {
-    let gen = ctx.gen.clone();
-    let server = ctx.server.unwrap_or_default();
-    fan_out(w, &gen.gw, &req, server).await;
-    super::accepted(c, ctx).await
-}
-
-/// `logging/setLevel`: to every upstream; an empty result unless all of them failed.
-pub(super) async fn set_level(
-    w: &WorkerState,
-    c: &mut Client,
-    ctx: &mut Ctx,
-    req: FedRequest,
-) -> Next {
-    let gen = ctx.gen.clone();
-    let server = ctx.server.unwrap_or_default();
-    let (total, failed) = fan_out(w, &gen.gw, &req, server).await;
-    if total > 0 && failed == total {
-        let why = "no upstream accepted logging/setLevel";
-        return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
-    }
-    super::reply_result(c, ctx, b"{}").await
-}
-
 /// A client's response to a server→client request (sampling, elicitation, roots/list): its id
 /// is one the gateway wrapped (`mcp::idmap`) when it relayed the request; it goes back to that
 /// upstream with the upstream's own id.
-pub(super) async fn client_response(
-    w: &WorkerState,
-    c: &mut Client,
-    ctx: &mut Ctx,
-    req: FedRequest,
-) -> Next {
-    let gen = ctx.gen.clone();
-    let gw = &*gen.gw;
-    let server = ctx.server.unwrap_or_default();
-    let claims = req.claims.clone();
-    let Some((id, start)) = ctx
-        .first()
-        .and_then(|m| Some((m.id.as_ref()?.get().to_vec(), m.id_start?)))
-    else {
-        return refuse(
-            c,
-            ctx,
-            Refusal::because(Kind::InvalidRequest, "a response needs an id"),
-        )
-        .await;
+fn client_response(
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    msg: &Msg<'_>,
+) -> Result<Decision, Refusal> {
+    let Some((id, start)) = msg.m.id.as_ref().zip(msg.m.id_start) else {
+        return Err(Refusal::because(
+            Kind::InvalidRequest,
+            "a response needs an id",
+        ));
     };
-    let (upstream_id, original) = match gw.idmap.unwrap(&claims.id, &id) {
-        Ok(x) => x,
-        Err(e) => {
-            let why = match e {
-                IdError::NotOurs => "this response answers no request the gateway relayed",
-                IdError::Forged => "this response's id was not issued to this session",
-            };
-            return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, why)).await;
-        }
-    };
+    let id = id.get();
+    let (upstream_id, original) = gw.idmap.unwrap(&req.claims.id, id).map_err(|e| {
+        let why = match e {
+            IdError::NotOurs => "this response answers no request the gateway relayed",
+            IdError::Forged => "this response's id was not issued to this session",
+        };
+        Refusal::because(Kind::InvalidRequest, why)
+    })?;
     let Some(u) = gw.config.servers[server]
         .upstreams
         .iter()
@@ -317,12 +465,23 @@ pub(super) async fn client_response(
         .find(|&u| gw.upstreams[u].id == upstream_id)
     else {
         let why = "the upstream this response is for is no longer behind this endpoint";
-        return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, why)).await;
+        return Err(Refusal::because(Kind::InvalidRequest, why));
     };
-    let start = start as usize;
-    let mut body = Vec::with_capacity(req.body.len());
-    body.extend_from_slice(&req.body[..start]);
+    let start = msg.at(start);
+    let mut body = Vec::with_capacity(msg.bytes.len());
+    body.extend_from_slice(&msg.bytes[..start]);
     body.extend_from_slice(&original);
-    body.extend_from_slice(&req.body[start + id.len()..]);
-    send(w, c, ctx, &req, u, &body).await
+    body.extend_from_slice(&msg.bytes[start + id.len()..]);
+    // An answer tied to one of the upstream's tasks names it by the gateway task id the
+    // client saw: the upstream gets its own back.
+    match tasks::restore_related(&body, &gw.taskids, &req.claims.id, upstream_id) {
+        Ok(Some(restored)) => body = restored,
+        Ok(None) => {}
+        Err(_) => {
+            let why = "this response's related task was not issued to this session for that \
+                       upstream";
+            return Err(Refusal::because(Kind::InvalidRequest, why));
+        }
+    }
+    Ok(Decision::Upstream { u, body })
 }

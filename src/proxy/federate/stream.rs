@@ -62,7 +62,8 @@ impl UpStream {
                 _ => u64::MAX,
             },
             chunks: ChunkedDecoder::new(MAX_TRAILER),
-            rewriter: Rewriter::new(gw.upstreams[u].id, session, MAX_EVENT_BYTES),
+            rewriter: Rewriter::new(gw.upstreams[u].id, session, MAX_EVENT_BYTES)
+                .with_tasks(gw.taskids.clone()),
             done: head.framing == Framing::None,
         }
     }
