@@ -5,11 +5,11 @@
 //! headers that revision carries, or answered by the gateway (`server/discover`, the methods
 //! the revision removed).
 //!
-//! Served today: endpoints with one upstream that speaks 2026-07-28, passed through (the reply
-//! relayed as it comes: JSON, an event stream, or a long-lived `subscriptions/listen` stream).
-//! Not yet: federated endpoints, and translation toward session-era upstreams; a request that
-//! would need them gets a session-era error (-32600, HTTP 400), which makes a client in "auto"
-//! mode fall back to `initialize`.
+//! One upstream that speaks 2026-07-28: passed through (the reply relayed as it comes: JSON, an
+//! event stream, or a long-lived `subscriptions/listen` stream). One that speaks only sessions:
+//! through the worker's held session (`held`), results stamped. A federated endpoint: the
+//! federated path, over a session made for the request (`federated`). The other direction (a
+//! session-era client, an upstream of this revision only) is `translated`.
 
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 

@@ -57,10 +57,9 @@ RUNS = [
      "v0.1.16", ["config/conformance.yaml", "config/conformance-federated.yaml"]),
     ("0.2.0-alpha.12 --requirements 2025-11-25", ALPHA, ["--requirements", "2025-11-25"],
      "v0.1.16", ["config/conformance.yaml", "config/conformance-federated.yaml"]),
-    # The stateless revision, through the single-upstream endpoint (federated endpoints answer
-    # it with a session-era error for now, see src/proxy/stateless.rs).
+    # The stateless revision, through the single-upstream endpoint and the federated one.
     ("0.2.0-alpha.12 --requirements 2026-07-28", ALPHA, ["--requirements", "2026-07-28"],
-     "head", ["config/conformance.yaml"]),
+     "head", ["config/conformance.yaml", "config/conformance-federated.yaml"]),
 ]
 # The fixture's port as written in the checked-in configs.
 FIXTURE_PLACEHOLDER = "127.0.0.1:3100"
