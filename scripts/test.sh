@@ -11,7 +11,7 @@
 #   7. conformance tests/conformance/run.py (the official conformance suite, 0.1.16 and
 #                 0.2.0-alpha.12 --requirements 2025-11-25, straight at its fixture and through
 #                 tollgate: the fixture alone, and federated beside the built-in demo; and
-#                 --requirements 2026-07-28 at the head fixture, alone; check by check)
+#                 --requirements 2026-07-28 at the head fixture, alone and federated; check by check)
 #   8. fuzz       scripts/fuzz-smoke.sh 20   (each fuzz target, bounded)
 #   9. load       loadtest/smoke.sh          (a few seconds of tollgate-load: direct, bare, tollgate, federated)
 # Ends with `tests: N passed, M failed` (N, M count steps); exits non-zero on any failure.

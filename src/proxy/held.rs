@@ -168,7 +168,22 @@ pub async fn session(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Rc<HeldS
         monoio::time::sleep(WAIT_STEP).await;
     }
     w.held.sessions.borrow_mut().insert(id, Slot::Opening);
+    // If this request is dropped mid-open (its client went away), the slot must not stay
+    // `Opening`, or every later request would wait for an open nobody is doing.
+    struct Unclaim<'a>(&'a Held, u64, bool);
+    impl Drop for Unclaim<'_> {
+        fn drop(&mut self) {
+            if !self.2 {
+                let mut m = self.0.sessions.borrow_mut();
+                if matches!(m.get(&self.1), Some(Slot::Opening)) {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+    let mut claim = Unclaim(&w.held, id, false);
     let opened = open(w, gw, u).await;
+    claim.2 = true;
     let mut m = w.held.sessions.borrow_mut();
     match opened {
         Ok(s) => {

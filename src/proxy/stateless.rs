@@ -103,6 +103,9 @@ fn removed(m: Method) -> bool {
             | Method::ResourcesSubscribe
             | Method::ResourcesUnsubscribe
             | Method::NotificationsRootsListChanged
+            // The tasks extension of this revision has no tasks/result and no tasks/list.
+            | Method::TasksResult
+            | Method::TasksList
     )
 }
 
