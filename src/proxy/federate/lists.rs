@@ -167,6 +167,11 @@ pub(super) async fn page(
         _ => None,
     };
     let mut items: Vec<sonic_rs::Value> = Vec::new();
+    // A 2026-07-28 request (its session made for it names that revision): the page carries the
+    // revision's caching hints, the smallest TTL of the upstream pages it was made from (a page
+    // without one counts as 0) and `private` if any of them is.
+    let stateless = !claims.protocol_version.is_legacy();
+    let (mut ttl, mut private): (Option<u64>, bool) = (None, false);
     let mut next: Option<Position> = None;
     let mut at = start;
     let mut budget = FETCH_BUDGET;
@@ -213,6 +218,12 @@ pub(super) async fn page(
                 }
             }
         };
+        if stateless && !page.text.is_empty() {
+            let hint = |k: &str| sonic_rs::get(&page.text, ["result", k]).ok();
+            let t = hint("ttlMs").and_then(|v| v.as_u64()).unwrap_or(0);
+            ttl = Some(ttl.map_or(t, |x| x.min(t)));
+            private |= hint("cacheScope").is_some_and(|v| v.as_str() == Some("private"));
+        }
         let room = s.list_page_size.saturating_sub(items.len());
         let Some((range, step)) =
             cursor::advance(&order, &pos, page.spans.len(), page.next.as_deref(), room)
@@ -283,6 +294,11 @@ pub(super) async fn page(
                 tracing::warn!(error = ?e, "federated list: cursor not sealed; page ends the listing")
             }
         }
+    }
+    if stateless {
+        let scope = if private { "private" } else { "public" };
+        let hints = format!(",\"ttlMs\":{},\"cacheScope\":\"{scope}\"", ttl.unwrap_or(0));
+        out.extend_from_slice(hints.as_bytes());
     }
     out.push(b'}');
     Ok(out)

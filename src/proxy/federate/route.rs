@@ -159,14 +159,9 @@ pub(super) async fn single(
     match decide(w, gw, server, &req, &msg).await {
         Err(r) => refuse(c, ctx, r).await,
         Ok(Decision::Result(r)) if ctx.era == crate::error::Era::Stateless => {
-            // What the stateless revision adds to every result (the gateway's own lists
-            // included: each page is computed afresh, so clients are told not to keep it).
-            let stamp: &[u8] = if is_list(m.method) {
-                br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#
-            } else {
-                br#""resultType":"complete""#
-            };
-            let r = crate::mcp::modern::stamp_result(&r, 0, stamp);
+            // What the stateless revision adds to every result (a list page carries its
+            // caching hints already: `lists::page`).
+            let r = crate::mcp::modern::stamp_result(&r, 0, br#""resultType":"complete""#);
             super::reply_result(c, ctx, &r).await
         }
         Ok(Decision::Result(r)) => super::reply_result(c, ctx, &r).await,
@@ -186,16 +181,6 @@ pub(super) async fn single(
             }
         }
     }
-}
-
-fn is_list(m: Method) -> bool {
-    matches!(
-        m,
-        Method::ToolsList
-            | Method::PromptsList
-            | Method::ResourcesList
-            | Method::ResourcesTemplatesList
-    )
 }
 
 /// Whether the reply to request `m` carries an upstream's task id in its result (a
