@@ -125,6 +125,11 @@ pub mod defaults {
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_JSON_DEPTH: u64 = 64;
     pub const MAX_BATCH_LEN: u64 = 100;
+    /// Legacy (HTTP+SSE) upstream streams one worker holds: one per client session with such an
+    /// upstream, each an open connection.
+    pub const MAX_LEGACY_STREAMS: u64 = 1024;
+    /// Messages a legacy upstream stream keeps for a client that has no GET stream open.
+    pub const LEGACY_BUFFERED_MESSAGES: u64 = 64;
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
@@ -392,6 +397,8 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "tls_handshake_timeout",
             "max_json_depth",
             "max_batch_len",
+            "max_legacy_streams",
+            "legacy_buffered_messages",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -458,6 +465,18 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "max_batch_len",
             defaults::MAX_BATCH_LEN as usize,
             usize_count(1, 100_000),
+        ),
+        max_legacy_streams: s.get(
+            p,
+            "max_legacy_streams",
+            defaults::MAX_LEGACY_STREAMS as usize,
+            usize_count(1, 1_000_000),
+        ),
+        legacy_buffered_messages: s.get(
+            p,
+            "legacy_buffered_messages",
+            defaults::LEGACY_BUFFERED_MESSAGES as usize,
+            usize_count(0, 100_000),
         ),
     }
 }
@@ -646,7 +665,25 @@ fn routes(
             Vec::new()
         }
         Some((path, Value::Sequence(list))) => {
-            servers::servers(p, &path, list, &upstreams, names_broken)
+            let servers = servers::servers(p, &path, list, &upstreams, names_broken);
+            // The legacy transport's upstream session is one stream on one worker
+            // (`proxy::legacy`); the federated path (fan-out, merged streams) does not speak it.
+            for s in &servers {
+                let legacy = s.upstreams.iter().filter_map(|m| upstreams.get(m.upstream));
+                for u in legacy.filter(|u| u.transport == Transport::Sse) {
+                    if s.federated() {
+                        p.add(
+                            &format!("{path}[{}]", s.file_index),
+                            format!(
+                                "upstream {:?} has transport: sse, which is served on single-upstream \
+                                 endpoints only (no prefixes or filters) for now",
+                                u.name
+                            ),
+                        );
+                    }
+                }
+            }
+            servers
         }
         Some((path, other)) => {
             p.add(
@@ -710,6 +747,7 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         tls: None,
         prefix: None,
         separator: crate::mcp::names::SEPARATOR.to_string(),
+        transport: Transport::StreamableHttp,
     }
 }
 
@@ -743,6 +781,7 @@ fn upstream(
             "tls",
             "prefix",
             "separator",
+            "transport",
         ],
     );
     let name = s
@@ -774,6 +813,16 @@ fn upstream(
     });
     u.unhealthy_after = s.get(p, "unhealthy_after", u.unhealthy_after, |v| {
         count(1, 1_000_000)(v).map(|n| n as u32)
+    });
+    u.transport = s.get(p, "transport", u.transport, |v| match string(v)? {
+        "streamable_http" => Ok(Transport::StreamableHttp),
+        "sse" if u.target == UpstreamTarget::BuiltinDemo => {
+            Err("the built-in demo speaks streamable_http only".to_string())
+        }
+        "sse" => Ok(Transport::Sse),
+        other => Err(format!(
+            "unknown transport {other:?} (streamable_http, or sse for the 2024-11-05 HTTP+SSE transport)"
+        )),
     });
     if let Some((hpath, hv)) = s.value("headers") {
         match hv {

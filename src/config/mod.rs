@@ -119,6 +119,12 @@ pub struct Limits {
     pub max_json_depth: u32,
     /// `limits.max_batch_len`, default 100: longest JSON-RPC batch (2025-03-26 sessions only).
     pub max_batch_len: usize,
+    /// `limits.max_legacy_streams`, default 1024: legacy (HTTP+SSE) upstream streams one worker
+    /// holds (one per client session with such an upstream). Over → initialize refused (503).
+    pub max_legacy_streams: usize,
+    /// `limits.legacy_buffered_messages`, default 64: server→client messages of a legacy
+    /// upstream kept while the client has no GET stream open; beyond it they are dropped (counted).
+    pub legacy_buffered_messages: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -218,6 +224,28 @@ pub struct Upstream {
     pub prefix: Option<String>,
     /// `separator`, default `__`: between the prefix and the name.
     pub separator: String,
+    /// `transport`, default `streamable_http`; `sse`: the 2024-11-05 HTTP+SSE transport (the
+    /// URL is the upstream's SSE URL; see `proxy::legacy`).
+    pub transport: Transport,
+}
+
+/// How the gateway speaks to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP (2025-03-26 and later): one endpoint, POST/GET/DELETE, sessions by header.
+    StreamableHttp,
+    /// HTTP+SSE (2024-11-05): `GET` the SSE URL, POST to the endpoint it announces; the
+    /// upstream session is that stream.
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable_http",
+            Transport::Sse => "sse",
+        }
+    }
 }
 
 impl Upstream {
