@@ -19,11 +19,7 @@ impl Tag {
     /// Appends the tag as a JSON string token (quotes included).
     pub fn write(&self, out: &mut Vec<u8>) {
         use std::io::Write;
-        let _ = write!(
-            out,
-            "\"tgl.{}.{}.{}\"",
-            self.worker, self.slot, self.nonce
-        );
+        let _ = write!(out, "\"tgl.{}.{}.{}\"", self.worker, self.slot, self.nonce);
     }
 
     /// The tag as a JSON string token.
@@ -145,7 +141,11 @@ pub fn resolve_endpoint(origin: &Origin<'_>, data: &[u8]) -> Result<String, Stri
         (&data[data.len() - rest.len()..], Some("https"))
     } else if let Some(rest) = data.strip_prefix("//") {
         (rest, None)
-    } else if lower.split(['/', '?']).next().is_some_and(|s| s.contains(':')) {
+    } else if lower
+        .split(['/', '?'])
+        .next()
+        .is_some_and(|s| s.contains(':'))
+    {
         return Err(format!("endpoint {data:?} has a scheme other than http(s)"));
     } else {
         let path = if data.starts_with('/') {

@@ -11,6 +11,7 @@ pub mod control;
 mod federate;
 pub use federate::probe;
 mod initialize;
+mod legacy;
 pub mod reject;
 pub mod reload;
 pub mod session_cache;
@@ -537,6 +538,12 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         let body = body.to_vec();
         c.conn.consume(used);
         return federate::post(w, c, ctx, claims, trace, body).await;
+    }
+    if up.legacy {
+        // An upstream that speaks only HTTP+SSE: its session is a stream one worker holds.
+        let body = body.to_vec();
+        c.conn.consume(used);
+        return legacy::post(w, c, ctx, body, claims, u, server).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();

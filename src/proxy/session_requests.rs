@@ -77,11 +77,15 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
         c.up_out.clear();
         return super::federate::stream::get(w, c, ctx, &head, &claims, last_event_id).await;
     }
-    let (_claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
+    let (claims, u) = match session_request(w, c, ctx, &head, |u| &u.get_prefix).await {
         Ok(x) => x,
         Err(next) => return next,
     };
     let gen = ctx.gen.clone();
+    if gen.gw.upstreams[u].legacy {
+        c.up_out.clear();
+        return super::legacy::get(w, c, ctx, &claims, u).await;
+    }
     let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();
     let (res, req) = upstream::exchange(w, &gen.gw, u, std::mem::take(&mut c.up_out)).await;
@@ -186,6 +190,9 @@ pub(super) async fn delete(
             Some(end_upstream_session(w, gw, m.upstream, req))
         });
         futures_util::future::join_all(ends).await;
+    } else if gw.upstreams[u].legacy {
+        // The upstream session is the stream its holder reads: closing it ends the session.
+        super::legacy::end(w, gw, &claims, u);
     } else if upstream_session(gw, Some(&claims), u).is_some_and(|s| s.session_id.is_some()) {
         let req = std::mem::take(&mut c.up_out);
         if let Some(call) = end_upstream_session(w, gw, u, req).await {

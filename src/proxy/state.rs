@@ -50,6 +50,8 @@ pub struct UpstreamRuntime {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// `transport: sse`: the 2024-11-05 HTTP+SSE transport (`proxy::legacy`).
+    pub legacy: bool,
 }
 
 impl UpstreamRuntime {
@@ -92,6 +94,7 @@ impl UpstreamRuntime {
             idle_timeout: cfg.idle_timeout,
             max_idle: cfg.max_idle_per_worker,
             tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
+            legacy: cfg.transport == crate::config::Transport::Sse,
         }
     }
 }
@@ -222,6 +225,9 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// HTTP+SSE upstream streams this worker holds and the mailboxes its requests wait on.
+    pub legacy: super::legacy::Hub,
+    pub legacy_metrics: super::legacy::Metrics,
 }
 
 impl WorkerState {
@@ -240,6 +246,8 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            legacy: Default::default(),
+            legacy_metrics: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,
@@ -376,6 +384,7 @@ impl WorkerState {
             Control::Abort => {
                 self.prepared.borrow_mut().take();
             }
+            Control::Legacy(m) => super::legacy::apply(self, m),
         }
     }
 
