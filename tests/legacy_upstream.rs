@@ -346,3 +346,29 @@ fn the_stream_limit_refuses_new_sessions() {
     assert_eq!(up.open_streams(), 1);
     assert!(failures(&gw, "limit") >= 1.0);
 }
+
+#[test]
+fn a_refused_initialize_closes_the_stream_it_opened() {
+    let up = LegacyServer::start(Announce::RefuseInitialize);
+    let gw = gateway(&up, 1, &[]);
+    let mut h = gw.client();
+    let body = json!({"jsonrpc":"2.0","id":"i","method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = h.request(
+        "POST",
+        "/mcp",
+        &harness::JSON_HEADERS,
+        body.to_string().as_bytes(),
+    );
+    assert!(r.header("mcp-session-id").is_none());
+    let v = r.json();
+    assert_eq!(v["id"], "i");
+    assert_eq!(
+        v["error"]["message"], "not today",
+        "the upstream's own error: {v}"
+    );
+    assert!(eventually(Duration::from_secs(10), || up.closed_streams() == 1));
+    assert!(eventually(Duration::from_secs(10), || {
+        metric_value(&gw.metrics(), "tollgate_legacy_upstream_streams_open") == 0.0
+    }));
+}

@@ -26,6 +26,8 @@ pub enum Announce {
     Relative,
     /// An absolute URL on another origin: the gateway must refuse it.
     OtherOrigin,
+    /// `/messages?session_id=N`, and `initialize` is answered with a JSON-RPC error.
+    RefuseInitialize,
 }
 
 #[derive(Default)]
@@ -116,7 +118,8 @@ fn serve(mut s: TcpStream, st: &Arc<Mutex<State>>, announce: Announce) {
         st.lock().unwrap().answers.insert(id, tx);
         let st2 = st.clone();
         // Answered off the POST connection's thread, as servers do (a tool may wait).
-        std::thread::spawn(move || answer(&msg, &stream, rx, &st2, id));
+        let refuse = announce == Announce::RefuseInitialize;
+        std::thread::spawn(move || answer(&msg, &stream, rx, &st2, id, refuse));
     }
 }
 
@@ -134,7 +137,7 @@ fn sse_stream(mut s: TcpStream, st: &Arc<Mutex<State>>, announce: Announce) {
         id
     };
     let endpoint = match announce {
-        Announce::Path => format!("/messages?session_id={id}"),
+        Announce::Path | Announce::RefuseInitialize => format!("/messages?session_id={id}"),
         Announce::Relative => format!("messages?session_id={id}"),
         Announce::OtherOrigin => format!("http://169.254.169.254/messages?session_id={id}"),
     };
@@ -160,9 +163,14 @@ fn answer(
     rx: Receiver<Value>,
     st: &Arc<Mutex<State>>,
     session: u64,
+    refuse_initialize: bool,
 ) {
     let id = &msg["id"];
     let reply = match msg["method"].as_str().unwrap_or("") {
+        "initialize" if refuse_initialize => {
+            json!({"jsonrpc":"2.0","id":id,"error":{"code":-32600,"message":"not today"}})
+                .to_string()
+        }
         "initialize" => json!({"jsonrpc":"2.0","id":id,"result":{
             "protocolVersion":"2024-11-05","capabilities":{"tools":{}},
             "serverInfo":{"name":"legacy-test","version":"1"}}})

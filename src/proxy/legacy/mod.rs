@@ -720,7 +720,12 @@ async fn initialize(
         slot,
         nonce,
     };
-    call(w, c, ctx, u, &endpoint, stream, body, Some(sealing)).await
+    let next = call(w, c, ctx, u, &endpoint, stream, body, Some(sealing)).await;
+    if ctx.session != Some(owner) {
+        // No session was sealed (refused, timed out, unusable reply): nobody can use the stream.
+        w.legacy.close_stream(slot, nonce, &owner);
+    }
+    next
 }
 
 type OpenError = (&'static str, Kind, String);
