@@ -65,6 +65,15 @@ pub(super) async fn fetch_page(
     list: ListKind,
     cursor: Option<&str>,
 ) -> Result<Page, String> {
+    let body = page_request(list, cursor);
+    let req = exchange::post_request(gw, u, Some(session), trace, &body);
+    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
+    read_page(list, msg)
+}
+
+/// The JSON-RPC request for one page of `list`.
+pub(super) fn page_request(list: ListKind, cursor: Option<&str>) -> Vec<u8> {
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     body.extend_from_slice(LIST_ID);
@@ -77,9 +86,11 @@ pub(super) async fn fetch_page(
         body.push(b'}');
     }
     body.push(b'}');
-    let req = exchange::post_request(gw, u, Some(session), trace, &body);
-    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
-    let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
+    body
+}
+
+/// A page from the list response message `msg`.
+pub(super) fn read_page(list: ListKind, msg: Vec<u8>) -> Result<Page, String> {
     // One pass with the scanner's lexer finds each item's text: a page of a thousand tools is
     // not built into a thousand trees (only the items a client page takes are parsed).
     let msg = String::from_utf8(msg).map_err(|_| "sent a list that is not UTF-8".to_string())?;

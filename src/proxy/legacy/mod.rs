@@ -249,7 +249,7 @@ async fn send(
     u: usize,
     endpoint: &str,
     body: &[u8],
-    ctx: &mut Ctx,
+    mut ctx: Option<&mut Ctx>,
 ) -> Result<(), PostError> {
     let up = &gw.upstreams[u];
     let t = Instant::now();
@@ -257,20 +257,24 @@ async fn send(
     let (mut conn, rhead) = match res {
         Ok(x) => x,
         Err(e) => {
-            ctx.upstream_call = Some(UpstreamCall {
-                upstream: u,
-                result: Err(e.kind),
-                elapsed: t.elapsed(),
-            });
+            if let Some(ctx) = ctx.as_deref_mut() {
+                ctx.upstream_call = Some(UpstreamCall {
+                    upstream: u,
+                    result: Err(e.kind),
+                    elapsed: t.elapsed(),
+                });
+            }
             w.legacy_metrics.failed("post");
             return Err(PostError::Failed(e.kind, e.reason));
         }
     };
-    ctx.upstream_call = Some(UpstreamCall {
-        upstream: u,
-        result: Ok(rhead.status),
-        elapsed: t.elapsed(),
-    });
+    if let Some(ctx) = ctx {
+        ctx.upstream_call = Some(UpstreamCall {
+            upstream: u,
+            result: Ok(rhead.status),
+            elapsed: t.elapsed(),
+        });
+    }
     conn.consume(rhead.len);
     let mut sink = Vec::new();
     let read =
@@ -392,7 +396,7 @@ pub(super) async fn post(
     if kind != MessageKind::Request {
         // A notification, or the client's answer to a server→client request (its id was never
         // rewritten: this upstream session is this client's alone).
-        return match send(w, gw, u, &b.endpoint, &body, ctx).await {
+        return match send(w, gw, u, &b.endpoint, &body, Some(ctx)).await {
             Ok(()) => accepted(c, ctx).await,
             Err(PostError::Ended) => refuse(c, ctx, ended_refusal(gw, u)).await,
             Err(PostError::Failed(k, why)) => refuse(c, ctx, Refusal::because(k, why)).await,
@@ -465,7 +469,7 @@ async fn call(
     for s in spans {
         sent = splice(&sent, s, &tag_token);
     }
-    if let Err(e) = send(w, gw, u, endpoint, &sent, ctx).await {
+    if let Err(e) = send(w, gw, u, endpoint, &sent, Some(ctx)).await {
         w.legacy.close_box(tag);
         if let Some(s) = &sealing {
             w.legacy.close_stream(s.slot, s.nonce, &s.owner);
@@ -1048,4 +1052,128 @@ pub(super) fn end(w: &WorkerState, gw: &Gateway, claims: &SessionClaims, u: usiz
         };
         let _ = gw.control.send(usize::from(b.holder), Control::Legacy(msg));
     }
+}
+
+/// An upstream session opened outside a client's request (`tollgate check --probe`): the same
+/// stream, holder task and mailboxes as a client session's.
+pub(in crate::proxy) struct Link {
+    endpoint: String,
+    slot: u32,
+    nonce: u32,
+    owner: [u8; 16],
+}
+
+/// Opens upstream `u`'s stream and holds it on this worker.
+pub(in crate::proxy) async fn link(
+    w: &Rc<WorkerState>,
+    gw: Arc<Gateway>,
+    u: usize,
+) -> Result<Link, String> {
+    let (conn, reader, endpoint) = open_stream(w, &gw, u).await.map_err(|(_, _, why)| why)?;
+    let owner = SessionSealer::new_id();
+    let (slot, nonce) = w.legacy.streams.borrow_mut().insert(StreamSlot {
+        owner,
+        upstream: gw.upstreams[u].id,
+        get: None,
+        buffered: Default::default(),
+        closing: false,
+        waker: None,
+    });
+    w.legacy_metrics.open.increment(1.0);
+    monoio::spawn(hold(w.clone(), gw, u, conn, reader, slot, nonce));
+    Ok(Link {
+        endpoint,
+        slot,
+        nonce,
+        owner,
+    })
+}
+
+/// Sends a request (any id) and returns its response message (with that id), skipping
+/// notifications; an error response is `Err` with its `error`.
+pub(in crate::proxy) async fn ask(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    link: &Link,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let name = &gw.upstreams[u].name;
+    let Ok(Body::Single(m)) = jsonrpc::scan(body, &gw.scan_limits) else {
+        return Err("the gateway's own request does not scan".into());
+    };
+    let Some(id) =
+        m.id.as_ref()
+            .map(|r| (r.start..r.start + r.text.len(), r.text.to_vec()))
+    else {
+        return Err("the gateway's own request has no id".into());
+    };
+    let stream = (w.index as u16, link.slot, link.nonce);
+    let tag = w.legacy.open_box(w.index as u16, stream);
+    let tag_token = tag.to_token();
+    let sent = splice(body, id.0, &tag_token);
+    let got = async {
+        send(w, gw, u, &link.endpoint, &sent, None)
+            .await
+            .map_err(|e| match e {
+                PostError::Ended => format!("upstream \"{name}\" ended the session"),
+                PostError::Failed(_, why) => why,
+            })?;
+        let deadline = w.shutdown.now() + gw.upstreams[u].request_timeout;
+        loop {
+            let mail = monoio::select! {
+                m = w.legacy.recv(tag) => Some(m),
+                _ = w.shutdown.deadline(deadline) => None,
+            };
+            match mail {
+                None => {
+                    return Err(format!(
+                        "upstream \"{name}\" did not answer within its request_timeout"
+                    ))
+                }
+                Some(Mail::Ended) => {
+                    return Err(format!("upstream \"{name}\" closed its event stream"))
+                }
+                Some(Mail::Message(msg)) => {
+                    if let Some(Reply::Response(r)) = classify(gw, msg, &id.1, &tag_token, None) {
+                        return Ok(r);
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    w.legacy.close_box(tag);
+    let r = got?;
+    if let Ok(Body::Single(m)) = jsonrpc::scan(&r, &gw.scan_limits) {
+        if m.kind == MessageKind::Error {
+            let err = sonic_rs::get(&r[..], ["error"]);
+            let text = err.as_ref().map_or("?", |e| e.as_raw_str());
+            return Err(format!(
+                "upstream \"{name}\" answered with an error: {text}"
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// Sends a notification.
+pub(in crate::proxy) async fn tell(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    link: &Link,
+    body: &[u8],
+) -> Result<(), String> {
+    send(w, gw, u, &link.endpoint, body, None)
+        .await
+        .map_err(|e| match e {
+            PostError::Ended => format!("upstream \"{}\" ended the session", gw.upstreams[u].name),
+            PostError::Failed(_, why) => why,
+        })
+}
+
+/// Ends the session: its holder closes the stream.
+pub(in crate::proxy) fn unlink(w: &WorkerState, link: Link) {
+    w.legacy.close_stream(link.slot, link.nonce, &link.owner);
 }
