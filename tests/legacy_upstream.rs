@@ -372,3 +372,80 @@ fn a_refused_initialize_closes_the_stream_it_opened() {
         metric_value(&gw.metrics(), "tollgate_legacy_upstream_streams_open") == 0.0
     }));
 }
+
+#[test]
+fn a_request_in_flight_when_the_stream_closes_fails_at_once() {
+    let up = LegacyServer::start(Announce::Path);
+    // A request timeout far beyond the test's bound: the answer must come from the stream's end.
+    let gw = gateway(&up, 2, &[("request_timeout", "10m")]);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let mut waiting = same_session(&gw, &m);
+    let hung = std::thread::spawn(move || {
+        waiting
+            .request("tools/call", json!({"name": "hang", "arguments": {}}))
+            .json()
+    });
+    // The hang call reached the upstream before the stream is closed.
+    assert!(eventually(Duration::from_secs(10), || up
+        .received()
+        .iter()
+        .any(|r| r["params"]["name"] == "hang")));
+    assert_eq!(text_of(&m.call_tool("close", json!({}))), "closing");
+    let v = hung.join().unwrap();
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("closed its event stream"), "{v}");
+}
+
+/// Upstreams that do not behave: an SSE URL that answers JSON, and a stream that never
+/// announces its endpoint. Each initialize fails with an error naming the upstream, and the
+/// gateway keeps no stream.
+#[test]
+fn a_stream_without_an_endpoint_is_refused() {
+    use harness::scripted::{read_request, response, Scripted};
+    let not_sse = Scripted::start(|mut s, _| {
+        if read_request(&mut s).is_some() {
+            let _ = s.write_all(&response(
+                "200 OK",
+                &[("Content-Type", "application/json")],
+                b"{}",
+            ));
+        }
+    });
+    let silent = Scripted::start(|mut s, _| {
+        if read_request(&mut s).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n9\r\n: hello\n\n\r\n");
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    for (up, expect) in [
+        (&not_sse, "not an event stream"),
+        (&silent, "announced no endpoint"),
+    ] {
+        let gw = Gateway::builder()
+            .workers(1)
+            .upstream_with(
+                "odd",
+                &format!("http://{}/sse", up.addr),
+                &[("transport", "sse"), ("request_timeout", "300ms")],
+            )
+            .serve("/mcp", "odd")
+            .start();
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+        let r = gw.client().request(
+            "POST",
+            "/mcp",
+            &harness::JSON_HEADERS,
+            body.to_string().as_bytes(),
+        );
+        assert!(r.header("mcp-session-id").is_none());
+        let v = r.json();
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(expect) && msg.contains("\"odd\""), "{v}");
+        assert_eq!(
+            metric_value(&gw.metrics(), "tollgate_legacy_upstream_streams_open"),
+            0.0
+        );
+    }
+}
