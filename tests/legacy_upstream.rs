@@ -118,6 +118,22 @@ fn initialize_list_call_and_progress_through_a_legacy_upstream() {
         metric_value(&gw.metrics(), "tollgate_legacy_upstream_streams_open"),
         1.0
     );
+
+    // Trace context goes upstream with the message.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = m.headers();
+    headers.push(("traceparent", tp));
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &headers,
+        br#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#,
+    );
+    assert_eq!(r.json()["id"], 8);
+    assert_eq!(
+        up.traceparents().last().cloned().flatten().as_deref(),
+        Some(tp)
+    );
 }
 
 #[test]
@@ -448,4 +464,39 @@ fn a_stream_without_an_endpoint_is_refused() {
             0.0
         );
     }
+}
+
+#[test]
+fn a_second_get_stream_replaces_the_first() {
+    let up = LegacyServer::start(Announce::Path);
+    let gw = gateway(&up, 2, &[]);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let session = m.session.clone().unwrap();
+    let open = || {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        write!(
+            s,
+            "GET /mcp HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2024-11-05\r\n\r\n",
+            gw.addr
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&b[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        s
+    };
+    let mut first = open();
+    let _second = open();
+    let closed = harness::read_until_closed(&mut first, Instant::now() + Duration::from_secs(10));
+    assert!(
+        closed.is_ok(),
+        "the first GET stream ends once another takes its place"
+    );
 }

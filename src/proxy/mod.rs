@@ -541,9 +541,11 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     }
     if up.legacy {
         // An upstream that speaks only HTTP+SSE: its session is a stream one worker holds.
+        let mut trace = Vec::new();
+        upstream_session_headers(&mut trace, None, &head, buf);
         let body = body.to_vec();
         c.conn.consume(used);
-        return legacy::post(w, c, ctx, body, claims, u, server).await;
+        return legacy::post(w, c, ctx, (trace, body), claims, u, server).await;
     }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     c.up_out.clear();

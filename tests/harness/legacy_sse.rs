@@ -41,6 +41,8 @@ struct State {
     received: Vec<Value>,
     /// Streams that ended (the gateway closed them).
     closed: u64,
+    /// The `traceparent` header of each POST, in order.
+    traceparents: Vec<Option<String>>,
 }
 
 pub struct LegacyServer {
@@ -63,6 +65,10 @@ impl LegacyServer {
 
     pub fn received(&self) -> Vec<Value> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().traceparents.clone()
     }
 
     pub fn open_streams(&self) -> usize {
@@ -98,7 +104,12 @@ fn serve(mut s: TcpStream, st: &Arc<Mutex<State>>, announce: Announce) {
             continue;
         };
         let msg = req.json();
-        st.lock().unwrap().received.push(msg.clone());
+        {
+            let mut g = st.lock().unwrap();
+            g.received.push(msg.clone());
+            g.traceparents
+                .push(req.header("traceparent").map(str::to_string));
+        }
         if s.write_all(&response("202 Accepted", &[], b"Accepted"))
             .is_err()
         {

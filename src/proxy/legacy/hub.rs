@@ -240,18 +240,19 @@ impl Hub {
         }
     }
 
-    /// Attaches a client's GET stream to a stream here; returns what was buffered for it.
+    /// Attaches a client's GET stream to a stream here; returns what was buffered for it and the
+    /// GET stream it replaces (a client that opens another one: the older one ends).
     pub fn attach(
         &self,
         slot: u32,
         nonce: u32,
         owner: &[u8; 16],
         target: Tag,
-    ) -> Option<Vec<Vec<u8>>> {
+    ) -> Option<(Vec<Vec<u8>>, Option<Tag>)> {
         let mut streams = self.streams.borrow_mut();
         let s = streams.get_mut(slot, nonce).filter(|s| s.owner == *owner)?;
-        s.get = Some(target);
-        Some(s.buffered.drain(..).collect())
+        let old = s.get.replace(target).filter(|t| *t != target);
+        Some((s.buffered.drain(..).collect(), old))
     }
 
     pub fn detach(&self, slot: u32, nonce: u32, target: Tag) {

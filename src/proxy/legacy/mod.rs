@@ -53,6 +53,8 @@ pub enum Msg {
     },
     /// To every other worker: the stream ended (its mailboxes end, later requests get 404).
     Ended { stream: StreamRef },
+    /// To a GET stream's worker: another GET stream of the session took its place; it ends.
+    Finish { tag: Tag },
 }
 
 /// Metric handles (resolved once per worker).
@@ -126,13 +128,24 @@ pub fn apply(w: &WorkerState, m: Msg) {
         } => hub.detach(slot, nonce, target),
         Msg::Close { slot, nonce, owner } => hub.close_stream(slot, nonce, &owner),
         Msg::Ended { stream } => hub.stream_ended(stream),
+        Msg::Finish { tag } => hub.end_box(tag),
     }
 }
 
 fn attach_here(w: &WorkerState, slot: u32, nonce: u32, owner: &[u8; 16], target: Tag) {
     let gw = w.gw();
     match w.legacy.attach(slot, nonce, owner, target) {
-        Some(backlog) => {
+        Some((backlog, replaced)) => {
+            if let Some(old) = replaced {
+                if usize::from(old.worker) == w.index {
+                    w.legacy.end_box(old);
+                } else if usize::from(old.worker) < gw.control.workers() {
+                    let to = usize::from(old.worker);
+                    let _ = gw
+                        .control
+                        .send(to, Control::Legacy(Msg::Finish { tag: old }));
+                }
+            }
             for m in backlog {
                 route(w, &gw, target, m);
             }
@@ -219,8 +232,9 @@ impl Reader {
     }
 }
 
-/// POST to the upstream's endpoint: `POST <endpoint>` and the rest of the upstream's head.
-fn post_request(gw: &Gateway, u: usize, endpoint: &str, body: &[u8]) -> Vec<u8> {
+/// POST to the upstream's endpoint: `POST <endpoint>`, the rest of the upstream's head, and the
+/// client request's trace context lines (`trace`).
+fn post_request(gw: &Gateway, u: usize, endpoint: &str, trace: &[u8], body: &[u8]) -> Vec<u8> {
     let up = &gw.upstreams[u];
     let tail = memchr::memmem::find(&up.post_prefix, b"\r\n")
         .map_or(&[][..], |i| &up.post_prefix[i + 2..]);
@@ -230,6 +244,7 @@ fn post_request(gw: &Gateway, u: usize, endpoint: &str, body: &[u8]) -> Vec<u8> 
     req.extend_from_slice(b" HTTP/1.1\r\n");
     req.extend_from_slice(tail);
     response::content_length(&mut req, body.len() as u64);
+    req.extend_from_slice(trace);
     req.extend_from_slice(b"\r\n");
     req.extend_from_slice(body);
     req
@@ -248,12 +263,12 @@ async fn send(
     gw: &Gateway,
     u: usize,
     endpoint: &str,
-    body: &[u8],
+    (trace, body): (&[u8], &[u8]),
     mut ctx: Option<&mut Ctx>,
 ) -> Result<(), PostError> {
     let up = &gw.upstreams[u];
     let t = Instant::now();
-    let (res, _) = upstream::exchange(w, gw, u, post_request(gw, u, endpoint, body)).await;
+    let (res, _) = upstream::exchange(w, gw, u, post_request(gw, u, endpoint, trace, body)).await;
     let (mut conn, rhead) = match res {
         Ok(x) => x,
         Err(e) => {
@@ -371,7 +386,7 @@ pub(super) async fn post(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
-    body: Vec<u8>,
+    (trace, body): (Vec<u8>, Vec<u8>),
     claims: Option<Rc<SessionClaims>>,
     u: usize,
     server: usize,
@@ -384,7 +399,7 @@ pub(super) async fn post(
         return refuse(c, ctx, Refusal::because(Kind::InvalidRequest, why)).await;
     }
     let Some(claims) = claims else {
-        return initialize(w, c, ctx, body, u, server).await;
+        return initialize(w, c, ctx, (&trace, body), u, server).await;
     };
     let Some(b) = binding(gw, &claims, u) else {
         return refuse(c, ctx, ended_refusal(gw, u)).await;
@@ -396,7 +411,7 @@ pub(super) async fn post(
     if kind != MessageKind::Request {
         // A notification, or the client's answer to a server→client request (its id was never
         // rewritten: this upstream session is this client's alone).
-        return match send(w, gw, u, &b.endpoint, &body, Some(ctx)).await {
+        return match send(w, gw, u, &b.endpoint, (&trace, &body), Some(ctx)).await {
             Ok(()) => accepted(c, ctx).await,
             Err(PostError::Ended) => refuse(c, ctx, ended_refusal(gw, u)).await,
             Err(PostError::Failed(k, why)) => refuse(c, ctx, Refusal::because(k, why)).await,
@@ -404,7 +419,7 @@ pub(super) async fn post(
     }
     let stream = (b.holder, b.slot, b.nonce);
     let endpoint = b.endpoint;
-    call(w, c, ctx, u, &endpoint, stream, body, None).await
+    call(w, c, ctx, u, (&endpoint, stream), (&trace, body), None).await
 }
 
 /// 202 to a notification or response the upstream accepted.
@@ -440,9 +455,8 @@ async fn call(
     c: &mut Client,
     ctx: &mut Ctx,
     u: usize,
-    endpoint: &str,
-    stream: StreamRef,
-    body: Vec<u8>,
+    (endpoint, stream): (&str, StreamRef),
+    (trace, body): (&[u8], Vec<u8>),
     sealing: Option<Sealing>,
 ) -> Next {
     let gen = ctx.gen.clone();
@@ -469,7 +483,7 @@ async fn call(
     for s in spans {
         sent = splice(&sent, s, &tag_token);
     }
-    if let Err(e) = send(w, gw, u, endpoint, &sent, Some(ctx)).await {
+    if let Err(e) = send(w, gw, u, endpoint, (trace, &sent), Some(ctx)).await {
         w.legacy.close_box(tag);
         if let Some(s) = &sealing {
             w.legacy.close_stream(s.slot, s.nonce, &s.owner);
@@ -672,7 +686,7 @@ async fn initialize(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
-    body: Vec<u8>,
+    (trace, body): (&[u8], Vec<u8>),
     u: usize,
     server: usize,
 ) -> Next {
@@ -724,7 +738,16 @@ async fn initialize(
         slot,
         nonce,
     };
-    let next = call(w, c, ctx, u, &endpoint, stream, body, Some(sealing)).await;
+    let next = call(
+        w,
+        c,
+        ctx,
+        u,
+        (&endpoint, stream),
+        (trace, body),
+        Some(sealing),
+    )
+    .await;
     if ctx.session != Some(owner) {
         // No session was sealed (refused, timed out, unusable reply): nobody can use the stream.
         w.legacy.close_stream(slot, nonce, &owner);
@@ -1113,7 +1136,7 @@ pub(in crate::proxy) async fn ask(
     let tag_token = tag.to_token();
     let sent = splice(body, id.0, &tag_token);
     let got = async {
-        send(w, gw, u, &link.endpoint, &sent, None)
+        send(w, gw, u, &link.endpoint, (b"", &sent), None)
             .await
             .map_err(|e| match e {
                 PostError::Ended => format!("upstream \"{name}\" ended the session"),
@@ -1165,7 +1188,7 @@ pub(in crate::proxy) async fn tell(
     link: &Link,
     body: &[u8],
 ) -> Result<(), String> {
-    send(w, gw, u, &link.endpoint, body, None)
+    send(w, gw, u, &link.endpoint, (b"", body), None)
         .await
         .map_err(|e| match e {
             PostError::Ended => format!("upstream \"{}\" ended the session", gw.upstreams[u].name),
