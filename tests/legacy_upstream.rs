@@ -26,7 +26,7 @@ fn gateway(up: &LegacyServer, workers: usize, keys: &[(&str, &str)]) -> Gateway 
 /// A client on a fresh connection (so, with several workers, likely another worker) in `of`'s
 /// session.
 fn same_session(gw: &Gateway, of: &Mcp) -> Mcp {
-    let mut m = Mcp::new(gw.addr, "/mcp");
+    let mut m = Mcp::new(gw.addr, &of.path);
     m.session = of.session.clone();
     m.version = of.version.clone();
     m
@@ -499,4 +499,121 @@ fn a_second_get_stream_replaces_the_first() {
         closed.is_ok(),
         "the first GET stream ends once another takes its place"
     );
+}
+
+/// Reads an SSE stream (raw, chunked) until a `data:` line holds `needle`; returns that JSON.
+fn read_event_with(s: &mut TcpStream, needle: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(line) = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .find(|l| l.contains(needle))
+        {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no event with {needle}: {text}");
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "stream closed: {text}");
+        got.extend_from_slice(&b[..n]);
+    }
+}
+
+#[test]
+fn a_legacy_upstream_behind_a_federated_endpoint_beside_the_demo() {
+    let up = LegacyServer::start(Announce::Path);
+    let demo = harness::Demo::start(&[]);
+    let gw = Gateway::builder()
+        .workers(2)
+        .upstream_with("old", &up.url(), &[("transport", "sse")])
+        .upstream("demo", &demo.url())
+        .yaml("servers:\n  - path: /fed/mcp\n    upstreams: [demo, old]\n")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/fed/mcp");
+    let init = m.initialize("2025-06-18").json();
+    assert_eq!(init["result"]["serverInfo"]["name"], "tollgate", "{init}");
+    assert_eq!(init["id"], 0);
+
+    let list = m.request("tools/list", json!({})).json();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"old__echo") && names.contains(&"demo__echo"),
+        "{names:?}"
+    );
+
+    // Calls on fresh connections (either worker), the upstream's own name sent.
+    for i in 0..6 {
+        let mut other = same_session(&gw, &m);
+        let t = format!("fed{i}");
+        assert_eq!(
+            text_of(&other.call_tool("old__echo", json!({"text": t}))),
+            t
+        );
+        assert_eq!(
+            text_of(&other.call_tool("demo__echo", json!({"text": t}))),
+            t
+        );
+    }
+    let call = up
+        .received()
+        .into_iter()
+        .find(|r| r["params"]["arguments"]["text"] == "fed0")
+        .unwrap();
+    assert_eq!(call["params"]["name"], "echo");
+
+    let r = m.post_raw(
+        br#"{"jsonrpc":"2.0","id":"pr","method":"tools/call","params":{"name":"old__progress","arguments":{},"_meta":{"progressToken":"t"}}}"#,
+    );
+    let msgs = r.sse_messages();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs[0]["params"]["progressToken"], "t");
+    assert_eq!(msgs[2]["id"], "pr");
+
+    // Sampling: the request reaches the merged GET stream with an id the gateway wrapped; the
+    // client's answer with that id goes back to the legacy upstream.
+    let session = m.session.clone().unwrap();
+    let mut get = TcpStream::connect(gw.addr).unwrap();
+    get.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        get,
+        "GET /fed/mcp HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2024-11-05\r\n\r\n",
+        gw.addr
+    )
+    .unwrap();
+    let mut caller = same_session(&gw, &m);
+    let call = std::thread::spawn(move || caller.call_tool("old__sample", json!({})));
+    let req = read_event_with(&mut get, "sampling/createMessage");
+    let wrapped = req["id"].as_str().unwrap().to_string();
+    assert_ne!(
+        wrapped, "s-1",
+        "the upstream's id is wrapped on a federated endpoint"
+    );
+    let mut answer = same_session(&gw, &m);
+    let body = json!({"jsonrpc":"2.0","id":wrapped,"result":{"role":"assistant","content":{"type":"text","text":"fed-sampled"},"model":"m"}});
+    let r = answer.post_raw(body.to_string().as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(text_of(&call.join().unwrap()), "fed-sampled");
+    assert_eq!(
+        up.received().last().unwrap()["id"],
+        "s-1",
+        "the upstream gets its own id back"
+    );
+
+    // DELETE ends the legacy member's stream too.
+    let headers = m.headers();
+    assert_eq!(
+        gw.client()
+            .request("DELETE", "/fed/mcp", &headers, b"")
+            .status,
+        200
+    );
+    assert!(eventually(Duration::from_secs(10), || up.closed_streams() == 1));
 }

@@ -665,25 +665,7 @@ fn routes(
             Vec::new()
         }
         Some((path, Value::Sequence(list))) => {
-            let servers = servers::servers(p, &path, list, &upstreams, names_broken);
-            // The legacy transport's upstream session is one stream on one worker
-            // (`proxy::legacy`); the federated path (fan-out, merged streams) does not speak it.
-            for s in &servers {
-                let legacy = s.upstreams.iter().filter_map(|m| upstreams.get(m.upstream));
-                for u in legacy.filter(|u| u.transport == Transport::Sse) {
-                    if s.federated() {
-                        p.add(
-                            &format!("{path}[{}]", s.file_index),
-                            format!(
-                                "upstream {:?} has transport: sse, which is served on single-upstream \
-                                 endpoints only (no prefixes or filters) for now",
-                                u.name
-                            ),
-                        );
-                    }
-                }
-            }
-            servers
+            servers::servers(p, &path, list, &upstreams, names_broken)
         }
         Some((path, other)) => {
             p.add(

@@ -591,6 +591,10 @@ fn federated_direct(
     let table = federate::fresh_names(w, gw, server, kind)?;
     let (member, original) = table.resolve(name)?;
     let u = gw.config.servers[server].upstreams[member].upstream;
+    if gw.upstreams[u].legacy {
+        // Through the upstream's event stream: the federated path (`route`) does that.
+        return None;
+    }
     let session = upstream_session(gw, claims, u)?;
     let (start, end) = (span.start as usize, span.end as usize);
     let up = &gw.upstreams[u];

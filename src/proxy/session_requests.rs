@@ -184,6 +184,11 @@ pub(super) async fn delete(
         let ends = s.upstreams.iter().filter_map(|m| {
             let su = upstream_session(gw, Some(&claims), m.upstream)?;
             su.session_id.as_ref()?;
+            if gw.upstreams[m.upstream].legacy {
+                // Its session is the stream its holder reads: closing it ends the session.
+                super::legacy::end(w, gw, &claims, m.upstream);
+                return None;
+            }
             let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
             super::session_header_lines(&mut req, su);
             req.extend_from_slice(b"\r\n");

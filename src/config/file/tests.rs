@@ -1236,8 +1236,8 @@ fn upstream_prefixes() {
     );
 }
 
-/// `upstreams[].transport`: `sse` reaches a 2024-11-05 HTTP+SSE upstream, on single-upstream
-/// endpoints only; anything else is refused with what is allowed.
+/// `upstreams[].transport`: `sse` reaches a 2024-11-05 HTTP+SSE upstream (alone behind an
+/// endpoint or as a federated member); anything else is refused with what is allowed.
 #[test]
 fn legacy_sse_transport() {
     let base = "upstreams:\n  - {name: old, url: \"http://127.0.0.1:1/sse\", transport: sse}\n  - {name: new, url: \"http://127.0.0.1:2/mcp\"}\n";
@@ -1246,10 +1246,10 @@ fn legacy_sse_transport() {
     assert_eq!(c.upstreams[1].transport, Transport::StreamableHttp);
     assert_eq!(c.limits.max_legacy_streams, 1024);
     assert_eq!(c.limits.legacy_buffered_messages, 64);
-    assert_eq!(
-        err(&format!("{base}servers: [{{path: /fed, upstreams: [old, new]}}]")),
-        "servers[0]: upstream \"old\" has transport: sse, which is served on single-upstream endpoints only (no prefixes or filters) for now"
-    );
+    let fed = ok(&format!(
+        "{base}servers: [{{path: /fed, upstreams: [old, new]}}]"
+    ));
+    assert!(fed.servers[0].federated());
     assert!(err(
         "upstreams: [{name: a, url: \"http://127.0.0.1:1/mcp\", transport: websocket}]\nservers: [{path: /a, upstream: a}]"
     )

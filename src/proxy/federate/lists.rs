@@ -66,8 +66,9 @@ pub(super) async fn fetch_page(
     cursor: Option<&str>,
 ) -> Result<Page, String> {
     let body = page_request(list, cursor);
-    let req = exchange::post_request(gw, u, Some(session), trace, &body);
-    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    let reply = exchange::rpc(w, gw, u, session, trace, &body)
+        .await
+        .map_err(|e| e.reason)?;
     let msg = exchange::result_message(gw, u, &reply, LIST_ID)?;
     read_page(list, msg)
 }

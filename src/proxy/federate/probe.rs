@@ -222,7 +222,7 @@ async fn legacy_upstream(
         let result = v.get("result").cloned().ok_or("initialize: no result")?;
         let (_, [tools, prompts, resources]) = offers(&result)?;
         let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
-        legacy::tell(w, gw, u, &link, note)
+        legacy::tell(w, gw, u, &link, (b"", note))
             .await
             .map_err(|e| format!("notifications/initialized: {e}"))?;
         let list = |kind: ListKind, key: &'static str| {

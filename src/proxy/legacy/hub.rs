@@ -228,6 +228,14 @@ impl Hub {
             .is_some_and(|s| s.owner == *owner && !s.closing)
     }
 
+    /// Whether this worker holds `slot` (with `nonce`), whichever session it is for.
+    pub fn holds_any(&self, slot: u32, nonce: u32) -> bool {
+        self.streams
+            .borrow_mut()
+            .get_mut(slot, nonce)
+            .is_some_and(|s| !s.closing)
+    }
+
     /// Asks the holder task of a stream here to close it (DELETE).
     pub fn close_stream(&self, slot: u32, nonce: u32, owner: &[u8; 16]) {
         if let Some(s) = self.streams.borrow_mut().get_mut(slot, nonce) {

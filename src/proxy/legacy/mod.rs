@@ -1077,23 +1077,42 @@ pub(super) fn end(w: &WorkerState, gw: &Gateway, claims: &SessionClaims, u: usiz
     }
 }
 
-/// An upstream session opened outside a client's request (`tollgate check --probe`): the same
-/// stream, holder task and mailboxes as a client session's.
+/// An upstream session reached from outside a single-upstream client request: `check --probe`
+/// (opened here, `link`) and a federated endpoint's member upstream (opened at the federated
+/// initialize, `open_member`; later found from the token, `member_link`). The same stream,
+/// holder task and mailboxes as a single-upstream session's.
 pub(in crate::proxy) struct Link {
+    holder: u16,
     endpoint: String,
     slot: u32,
     nonce: u32,
-    owner: [u8; 16],
+    owner: Option<[u8; 16]>,
 }
 
-/// Opens upstream `u`'s stream and holds it on this worker.
-pub(in crate::proxy) async fn link(
+impl Link {
+    fn stream(&self) -> StreamRef {
+        (self.holder, self.slot, self.nonce)
+    }
+}
+
+/// Opens upstream `u`'s stream and holds it on this worker, for the session `owner`.
+async fn link_for(
     w: &Rc<WorkerState>,
     gw: Arc<Gateway>,
     u: usize,
+    owner: [u8; 16],
 ) -> Result<Link, String> {
-    let (conn, reader, endpoint) = open_stream(w, &gw, u).await.map_err(|(_, _, why)| why)?;
-    let owner = SessionSealer::new_id();
+    if w.legacy.streams.borrow().len() >= gw.config.limits.max_legacy_streams {
+        w.legacy_metrics.failed("limit");
+        return Err(format!(
+            "limits.max_legacy_streams ({}) reached on this worker",
+            gw.config.limits.max_legacy_streams
+        ));
+    }
+    let (conn, reader, endpoint) = open_stream(w, &gw, u).await.map_err(|(step, _, why)| {
+        w.legacy_metrics.failed(step);
+        why
+    })?;
     let (slot, nonce) = w.legacy.streams.borrow_mut().insert(StreamSlot {
         owner,
         upstream: gw.upstreams[u].id,
@@ -1105,11 +1124,126 @@ pub(in crate::proxy) async fn link(
     w.legacy_metrics.open.increment(1.0);
     monoio::spawn(hold(w.clone(), gw, u, conn, reader, slot, nonce));
     Ok(Link {
+        holder: w.index as u16,
         endpoint,
         slot,
         nonce,
+        owner: Some(owner),
+    })
+}
+
+/// Opens upstream `u`'s stream and holds it on this worker (`check --probe`).
+pub(in crate::proxy) async fn link(
+    w: &Rc<WorkerState>,
+    gw: Arc<Gateway>,
+    u: usize,
+) -> Result<Link, String> {
+    link_for(w, gw, u, SessionSealer::new_id()).await
+}
+
+/// A federated session's member upstream `u` with `transport: sse`: opens its stream here for
+/// the client session `owner`, sends the client's initialize (`body`) through it, and returns
+/// the response (with the client's id) and the binding to carry in the token. The stream is
+/// closed again if the upstream does not accept.
+pub(in crate::proxy) async fn open_member(
+    w: &Rc<WorkerState>,
+    gw: Arc<Gateway>,
+    u: usize,
+    owner: [u8; 16],
+    (trace, body): (&[u8], &[u8]),
+) -> Result<(Vec<u8>, String), String> {
+    let link = link_for(w, gw.clone(), u, owner).await?;
+    let answered = ask_raw(w, &gw, u, &link, trace, body).await;
+    let carried = Binding {
+        holder: link.holder,
+        slot: link.slot,
+        nonce: link.nonce,
+        endpoint: link.endpoint.clone(),
+    }
+    .encode();
+    match (answered, carried) {
+        (Ok(msg), Some(b)) => Ok((msg, b)),
+        (Err(e), _) => {
+            unlink(w, link);
+            Err(e)
+        }
+        (Ok(_), None) => {
+            unlink(w, link);
+            Err(format!(
+                "upstream \"{}\" announced an endpoint too long to carry in a session",
+                gw.upstreams[u].name
+            ))
+        }
+    }
+}
+
+/// The link a federated session's token carries for member `u` (`None`: not a binding).
+pub(in crate::proxy) fn member_link(
+    session: &UpstreamSession,
+    owner: Option<[u8; 16]>,
+) -> Option<Link> {
+    let b = Binding::parse(session.session_id.as_deref()?)?;
+    Some(Link {
+        holder: b.holder,
+        endpoint: b.endpoint,
+        slot: b.slot,
+        nonce: b.nonce,
         owner,
     })
+}
+
+/// Whether a link's stream is still there, as this worker can tell (for its session, when the
+/// link knows it: the gateway's own requests of a federated session do not carry it).
+fn link_alive(w: &WorkerState, link: &Link) -> bool {
+    if usize::from(link.holder) == w.index {
+        match link.owner {
+            Some(owner) => w.legacy.holds(link.slot, link.nonce, &owner),
+            None => w.legacy.holds_any(link.slot, link.nonce),
+        }
+    } else {
+        !w.legacy.is_ended(link.stream())
+    }
+}
+
+/// A client's message to a federated member upstream `u` (the name already the upstream's):
+/// a request is answered like on a single-upstream endpoint, anything else gets 202.
+pub(in crate::proxy) async fn dispatch(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    link: &Link,
+    (trace, body): (&[u8], Vec<u8>),
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    if !link_alive(w, link) {
+        return refuse(c, ctx, ended_refusal(gw, u)).await;
+    }
+    let kind = jsonrpc::scan(&body, &gw.scan_limits)
+        .ok()
+        .and_then(|b| match b {
+            Body::Single(m) => Some(m.kind),
+            Body::Batch(_) => None,
+        });
+    if kind != Some(MessageKind::Request) {
+        return match send(w, gw, u, &link.endpoint, (trace, &body), Some(ctx)).await {
+            Ok(()) => accepted(c, ctx).await,
+            Err(PostError::Ended) => refuse(c, ctx, ended_refusal(gw, u)).await,
+            Err(PostError::Failed(k, why)) => refuse(c, ctx, Refusal::because(k, why)).await,
+        };
+    }
+    call(
+        w,
+        c,
+        ctx,
+        u,
+        (&link.endpoint, link.stream()),
+        (trace, body),
+        None,
+    )
+    .await
 }
 
 /// Sends a request (any id) and returns its response message (with that id), skipping
@@ -1122,21 +1256,48 @@ pub(in crate::proxy) async fn ask(
     body: &[u8],
 ) -> Result<Vec<u8>, String> {
     let name = &gw.upstreams[u].name;
+    let r = ask_raw(w, gw, u, link, b"", body).await?;
+    if let Ok(Body::Single(m)) = jsonrpc::scan(&r, &gw.scan_limits) {
+        if m.kind == MessageKind::Error {
+            let err = sonic_rs::get(&r[..], ["error"]);
+            let text = err.as_ref().map_or("?", |e| e.as_raw_str());
+            return Err(format!(
+                "upstream \"{name}\" answered with an error: {text}"
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// Sends a request (any id) and returns its response message, error responses included.
+pub(in crate::proxy) async fn ask_raw(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    link: &Link,
+    trace: &[u8],
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let name = &gw.upstreams[u].name;
+    if !link_alive(w, link) {
+        return Err(format!(
+            "upstream \"{name}\" ended the session (its event stream closed)"
+        ));
+    }
     let Ok(Body::Single(m)) = jsonrpc::scan(body, &gw.scan_limits) else {
-        return Err("the gateway's own request does not scan".into());
+        return Err("the request does not scan".into());
     };
     let Some(id) =
         m.id.as_ref()
             .map(|r| (r.start..r.start + r.text.len(), r.text.to_vec()))
     else {
-        return Err("the gateway's own request has no id".into());
+        return Err("the request has no id".into());
     };
-    let stream = (w.index as u16, link.slot, link.nonce);
-    let tag = w.legacy.open_box(w.index as u16, stream);
+    let tag = w.legacy.open_box(w.index as u16, link.stream());
     let tag_token = tag.to_token();
     let sent = splice(body, id.0, &tag_token);
     let got = async {
-        send(w, gw, u, &link.endpoint, (b"", &sent), None)
+        send(w, gw, u, &link.endpoint, (trace, &sent), None)
             .await
             .map_err(|e| match e {
                 PostError::Ended => format!("upstream \"{name}\" ended the session"),
@@ -1150,9 +1311,10 @@ pub(in crate::proxy) async fn ask(
             };
             match mail {
                 None => {
+                    w.legacy_metrics.failed("timeout");
                     return Err(format!(
                         "upstream \"{name}\" did not answer within its request_timeout"
-                    ))
+                    ));
                 }
                 Some(Mail::Ended) => {
                     return Err(format!("upstream \"{name}\" closed its event stream"))
@@ -1167,28 +1329,18 @@ pub(in crate::proxy) async fn ask(
     }
     .await;
     w.legacy.close_box(tag);
-    let r = got?;
-    if let Ok(Body::Single(m)) = jsonrpc::scan(&r, &gw.scan_limits) {
-        if m.kind == MessageKind::Error {
-            let err = sonic_rs::get(&r[..], ["error"]);
-            let text = err.as_ref().map_or("?", |e| e.as_raw_str());
-            return Err(format!(
-                "upstream \"{name}\" answered with an error: {text}"
-            ));
-        }
-    }
-    Ok(r)
+    got
 }
 
-/// Sends a notification.
+/// Sends a notification (or a client's response).
 pub(in crate::proxy) async fn tell(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,
     link: &Link,
-    body: &[u8],
+    (trace, body): (&[u8], &[u8]),
 ) -> Result<(), String> {
-    send(w, gw, u, &link.endpoint, (b"", body), None)
+    send(w, gw, u, &link.endpoint, (trace, body), None)
         .await
         .map_err(|e| match e {
             PostError::Ended => format!("upstream \"{}\" ended the session", gw.upstreams[u].name),
@@ -1196,7 +1348,84 @@ pub(in crate::proxy) async fn tell(
         })
 }
 
-/// Ends the session: its holder closes the stream.
+/// Ends the session: its holder closes the stream (only a link that knows its session can).
 pub(in crate::proxy) fn unlink(w: &WorkerState, link: Link) {
-    w.legacy.close_stream(link.slot, link.nonce, &link.owner);
+    let Some(owner) = link.owner else {
+        return;
+    };
+    if usize::from(link.holder) == w.index {
+        w.legacy.close_stream(link.slot, link.nonce, &owner);
+    } else {
+        let msg = Msg::Close {
+            slot: link.slot,
+            nonce: link.nonce,
+            owner,
+        };
+        let _ = w
+            .gw()
+            .control
+            .send(usize::from(link.holder), Control::Legacy(msg));
+    }
+}
+
+/// A federated GET stream's part for member `u`: a mailbox attached to the holder.
+pub(in crate::proxy) struct MemberBox {
+    pub u: usize,
+    link: Link,
+    tag: Tag,
+}
+
+/// Attaches a mailbox here to member `u`'s stream (the federated GET stream).
+pub(in crate::proxy) fn attach_member(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    link: Link,
+) -> Option<MemberBox> {
+    if !link_alive(w, &link) {
+        return None;
+    }
+    let tag = w.legacy.open_box(w.index as u16, link.stream());
+    let owner = link.owner?;
+    if usize::from(link.holder) == w.index {
+        attach_here(w, link.slot, link.nonce, &owner, tag);
+    } else {
+        let msg = Msg::Attach {
+            slot: link.slot,
+            nonce: link.nonce,
+            owner,
+            target: tag,
+        };
+        let _ = gw
+            .control
+            .send(usize::from(link.holder), Control::Legacy(msg));
+    }
+    Some(MemberBox { u, link, tag })
+}
+
+impl MemberBox {
+    /// The next message for the GET stream (`None`: the member's stream ended).
+    pub async fn next(&self, w: &WorkerState) -> Option<Vec<u8>> {
+        match w.legacy.recv(self.tag).await {
+            Mail::Message(m) => Some(m),
+            Mail::Ended => None,
+        }
+    }
+
+    /// The GET stream ended: detach.
+    pub fn close(self, w: &WorkerState, gw: &Gateway) {
+        w.legacy.close_box(self.tag);
+        if usize::from(self.link.holder) == w.index {
+            w.legacy.detach(self.link.slot, self.link.nonce, self.tag);
+        } else {
+            let msg = Msg::Detach {
+                slot: self.link.slot,
+                nonce: self.link.nonce,
+                target: self.tag,
+            };
+            let _ = gw
+                .control
+                .send(usize::from(self.link.holder), Control::Legacy(msg));
+        }
+    }
 }
