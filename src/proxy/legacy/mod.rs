@@ -1,5 +1,5 @@
 //! Upstreams that speak only the 2024-11-05 HTTP+SSE transport (`upstreams[].transport: sse`),
-//! behind single-upstream endpoints. The upstream session is a stream held by the worker that
+//! alone behind an endpoint or as a federated member. The upstream session is a stream held by the worker that
 //! handled `initialize` (`hold`); any worker POSTs to the announced endpoint, with the request's
 //! id (and progress token) replaced by a `Tag` naming its own mailbox; the holder routes what the
 //! stream brings back, over the control channel when the mailbox is on another worker.
