@@ -19,7 +19,9 @@ each upstream, and a client with handlers answers the sampling and elicitation r
 upstream sends (fixtures "sampling"/"elicitation"; a client without one prints an
 `ok ... skipped: reason` line). The SSE-mode targets exist only through tollgate too (the
 clients speak Streamable HTTP to tollgate, tollgate speaks HTTP+SSE to them): their control is
-the same server's streamable HTTP target, with the same fixtures. Everything it started is stopped on exit, failure or signal.
+the same server's streamable HTTP target, with the same fixtures; and `/fed-sse/mcp` fronts
+[demo, everything-sse, py-sse] (the legacy ones as federated members), checked like `federated`
+(fixture "federated-sse", its control). Everything it started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
 Needs scripts/install-tools.sh to have run (stdlib only otherwise).
@@ -214,10 +216,11 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp",
-                "everything-sse": "/everything-sse/mcp", "py-sse": "/py-sse/mcp"}
-TARGETS = ("demo", "everything", "py", "federated", "everything-sse", "py-sse")
+                "everything-sse": "/everything-sse/mcp", "py-sse": "/py-sse/mcp", "federated-sse": "/fed-sse/mcp"}
+TARGETS = ("demo", "everything", "py", "federated", "everything-sse", "py-sse", "federated-sse")
 FEDERATED = ("demo", "everything", "py")  # upstreams behind /fed/mcp, in this order
-TOLLGATE_ONLY = {"federated", "everything-sse", "py-sse"}  # no direct URL: the control is another target
+TOLLGATE_ONLY = {"federated", "everything-sse", "py-sse", "federated-sse"}  # no direct URL: the control is another target
+FEDERATED_SSE = ("demo", "everything-sse", "py-sse")  # upstreams behind /fed-sse/mcp (the legacy ones as members)
 LEGACY_SSE = {"everything-sse", "py-sse"}  # upstreams reached with transport: sse (URL: their /sse)
 PROFILE = {"everything-sse": "everything", "py-sse": "py"}  # fixture set of a target (default: its name)
 
@@ -235,6 +238,9 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
     fed = [name for name in FEDERATED if name in upstreams]
     if fed:
         lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")
+    fed_sse = [name for name in FEDERATED_SSE if name in upstreams]
+    if any(name in LEGACY_SSE for name in fed_sse):
+        lines.append(f"  - {{ path: {SERVER_PATHS['federated-sse']}, upstreams: [{', '.join(fed_sse)}] }}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -305,7 +311,9 @@ def main() -> int:
             try:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
-                for target in [*upstreams, *(["federated"] if any(t in FEDERATED for t in upstreams) else [])]:
+                extra = [*(["federated"] if any(t in FEDERATED for t in upstreams) else []),
+                         *(["federated-sse"] if any(t in LEGACY_SSE for t in upstreams) else [])]
+                for target in [*upstreams, *extra]:
                     urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")
