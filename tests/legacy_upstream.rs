@@ -617,3 +617,31 @@ fn a_legacy_upstream_behind_a_federated_endpoint_beside_the_demo() {
     );
     assert!(eventually(Duration::from_secs(10), || up.closed_streams() == 1));
 }
+
+#[test]
+fn a_reload_that_removes_the_upstream_closes_its_streams() {
+    let up = LegacyServer::start(Announce::Path);
+    let demo = harness::Demo::start(&[]);
+    let builder = || {
+        Gateway::builder()
+            .workers(2)
+            .rust_log("info")
+            .upstream("demo", &demo.url())
+            .serve("/demo/mcp", "demo")
+    };
+    let gw = builder()
+        .upstream_with("old", &up.url(), &[("transport", "sse")])
+        .serve("/mcp", "old")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(up.open_streams(), 1);
+    gw.reload_with(&builder().config_text());
+    assert!(eventually(Duration::from_secs(10), || up.closed_streams() == 1));
+    assert!(eventually(Duration::from_secs(10), || gw
+        .log
+        .text()
+        .contains("HTTP+SSE upstream streams closed")));
+    let r = m.request("ping", json!({}));
+    assert_eq!(r.status, 404, "{}", r.text());
+}

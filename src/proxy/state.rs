@@ -274,6 +274,16 @@ impl WorkerState {
             self.sessions.borrow_mut().clear();
         }
         let closed = self.pool.borrow_mut().rekey(gw.pool_keys());
+        let ended = self
+            .legacy
+            .close_unless(|id| gw.upstreams.iter().any(|u| u.id == id && u.legacy));
+        if ended > 0 {
+            tracing::info!(
+                worker = self.index,
+                streams = ended,
+                "HTTP+SSE upstream streams closed: their upstream left the config or changed transport"
+            );
+        }
         self.metrics.install_upstreams(&gw.upstream_labels());
         *self.generation.borrow_mut() = Rc::new(Generation { gw });
         closed

@@ -248,6 +248,23 @@ impl Hub {
         }
     }
 
+    /// Closes every stream here whose upstream `keep` refuses (a reload took the upstream away
+    /// or changed its transport: its sessions are 404 now, nobody can use the stream).
+    /// Returns how many.
+    pub fn close_unless(&self, keep: impl Fn(u64) -> bool) -> usize {
+        let mut n = 0;
+        for s in self.streams.borrow_mut().iter_mut() {
+            if !s.closing && !keep(s.upstream) {
+                s.closing = true;
+                n += 1;
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        n
+    }
+
     /// Attaches a client's GET stream to a stream here; returns what was buffered for it and the
     /// GET stream it replaces (a client that opens another one: the older one ends).
     pub fn attach(
