@@ -147,6 +147,11 @@ kinds! {
         extra: Extra::RetryAfter,
         ..limit(503, "too_many_connections", true)
     };
+    TooManyLegacyStreams => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "max_legacy_streams", false)
+    };
     // HTTP-layer protocol.
     MalformedHttp => closing(row(400, GATEWAY_REJECTED, Client, "malformed_http"));
     UnsupportedTransferEncoding =>

@@ -304,3 +304,46 @@ fn rewritten_names_are_reported_across_pages() {
     assert_eq!(initialized.load(Ordering::SeqCst), 1);
     assert_eq!(deletes.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream with `transport: sse` is probed through its event stream like a worker would
+/// reach it (and its session ends with the probe); an SSE URL that announces an endpoint on
+/// another origin cannot be probed, and says why.
+#[test]
+fn a_legacy_sse_upstream_is_probed_through_its_stream() {
+    use harness::legacy_sse::{Announce, LegacyServer};
+    let up = LegacyServer::start(Announce::Path);
+    let yaml = format!(
+        "upstreams:\n  - {{name: old, url: \"{}\", transport: sse}}\nservers:\n  - {{path: /mcp, upstream: old}}\n",
+        up.url()
+    );
+    let (code, out) = probe("legacy", &yaml);
+    assert_eq!(code, 0, "{out}");
+    let r = report(&out);
+    assert!(
+        r.iter().any(|l| l.contains("upstream old: tools 6")),
+        "{r:?}"
+    );
+    let methods: Vec<String> = up
+        .received()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        methods,
+        ["initialize", "notifications/initialized", "tools/list"]
+    );
+    assert!(harness::eventually(
+        std::time::Duration::from_secs(10),
+        || up.closed_streams() == 1
+    ));
+
+    let evil = LegacyServer::start(Announce::OtherOrigin);
+    let yaml = format!(
+        "upstreams:\n  - {{name: evil, url: \"{}\", transport: sse}}\nservers:\n  - {{path: /mcp, upstream: evil}}\n",
+        evil.url()
+    );
+    let (code, out) = probe("legacy-evil", &yaml);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another origin"), "{out}");
+    assert!(evil.received().is_empty());
+}

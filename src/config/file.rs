@@ -126,6 +126,11 @@ pub mod defaults {
     pub const MAX_JSON_DEPTH: u64 = 64;
     pub const MAX_BATCH_LEN: u64 = 100;
     pub const MAX_BATCH_CONCURRENCY: u64 = 8;
+    /// Legacy (HTTP+SSE) upstream streams one worker holds: one per client session with such an
+    /// upstream, each an open connection.
+    pub const MAX_LEGACY_STREAMS: u64 = 1024;
+    /// Messages a legacy upstream stream keeps for a client that has no GET stream open.
+    pub const LEGACY_BUFFERED_MESSAGES: u64 = 64;
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
@@ -394,6 +399,8 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "max_json_depth",
             "max_batch_len",
             "max_batch_concurrency",
+            "max_legacy_streams",
+            "legacy_buffered_messages",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -466,6 +473,18 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "max_batch_concurrency",
             defaults::MAX_BATCH_CONCURRENCY as usize,
             usize_count(1, 1_000),
+        ),
+        max_legacy_streams: s.get(
+            p,
+            "max_legacy_streams",
+            defaults::MAX_LEGACY_STREAMS as usize,
+            usize_count(1, 1_000_000),
+        ),
+        legacy_buffered_messages: s.get(
+            p,
+            "legacy_buffered_messages",
+            defaults::LEGACY_BUFFERED_MESSAGES as usize,
+            usize_count(0, 100_000),
         ),
     }
 }
@@ -719,6 +738,7 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         prefix: None,
         separator: crate::mcp::names::SEPARATOR.to_string(),
         era: crate::config::UpstreamEra::Auto,
+        transport: Transport::StreamableHttp,
     }
 }
 
@@ -753,6 +773,7 @@ fn upstream(
             "prefix",
             "separator",
             "era",
+            "transport",
         ],
     );
     let name = s
@@ -784,6 +805,16 @@ fn upstream(
     });
     u.unhealthy_after = s.get(p, "unhealthy_after", u.unhealthy_after, |v| {
         count(1, 1_000_000)(v).map(|n| n as u32)
+    });
+    u.transport = s.get(p, "transport", u.transport, |v| match string(v)? {
+        "streamable_http" => Ok(Transport::StreamableHttp),
+        "sse" if u.target == UpstreamTarget::BuiltinDemo => {
+            Err("the built-in demo speaks streamable_http only".to_string())
+        }
+        "sse" => Ok(Transport::Sse),
+        other => Err(format!(
+            "unknown transport {other:?} (streamable_http, or sse for the 2024-11-05 HTTP+SSE transport)"
+        )),
     });
     if let Some((hpath, hv)) = s.value("headers") {
         match hv {

@@ -122,6 +122,12 @@ pub struct Limits {
     /// `limits.max_batch_concurrency`, default 8: upstream requests one batch on a federated
     /// endpoint has in flight at once (the rest wait their turn).
     pub max_batch_concurrency: usize,
+    /// `limits.max_legacy_streams`, default 1024: legacy (HTTP+SSE) upstream streams one worker
+    /// holds (one per client session with such an upstream). Over → initialize refused (503).
+    pub max_legacy_streams: usize,
+    /// `limits.legacy_buffered_messages`, default 64: server→client messages of a legacy
+    /// upstream kept while the client has no GET stream open; beyond it they are dropped (counted).
+    pub legacy_buffered_messages: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +229,9 @@ pub struct Upstream {
     pub separator: String,
     /// `era`, default `auto`: which MCP era the upstream speaks, for clients of the other era.
     pub era: UpstreamEra,
+    /// `transport`, default `streamable_http`; `sse`: the 2024-11-05 HTTP+SSE transport (the
+    /// URL is the upstream's SSE URL; see `proxy::legacy`).
+    pub transport: Transport,
 }
 
 /// `upstreams[].era`: the protocol era an upstream speaks. The gateway translates between a
@@ -245,6 +254,25 @@ impl UpstreamEra {
             UpstreamEra::Auto => "auto",
             UpstreamEra::Session => "session",
             UpstreamEra::Stateless => "stateless",
+        }
+    }
+}
+
+/// How the gateway speaks to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP (2025-03-26 and later): one endpoint, POST/GET/DELETE, sessions by header.
+    StreamableHttp,
+    /// HTTP+SSE (2024-11-05): `GET` the SSE URL, POST to the endpoint it announces; the
+    /// upstream session is that stream.
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable_http",
+            Transport::Sse => "sse",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod aead;
 pub mod cursor;
 pub mod idmap;
+pub mod legacy;
 pub mod method;
 pub mod modern;
 pub mod names;

@@ -67,6 +67,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          unsolicited bytes from it (a stray response), or expired."
     );
     describe_gauge!(names::CONNECTIONS_OPEN, "Client connections open now.");
+    describe_gauge!(
+        names::LEGACY_UPSTREAM_STREAMS_OPEN,
+        "Event streams open to upstreams with transport: sse (one per client session)."
+    );
+    describe_counter!(
+        names::LEGACY_UPSTREAM_HANDOFFS_TOTAL,
+        "Messages from an HTTP+SSE upstream stream handed by its holding worker to the worker \
+         whose request or GET stream waits for them."
+    );
+    describe_counter!(
+        names::LEGACY_UPSTREAM_FAILURES_TOTAL,
+        "HTTP+SSE upstream failures by step: connect, endpoint, post, timeout, ended, \
+         unroutable, dropped, limit."
+    );
     describe_counter!(
         names::CONNECTIONS_ACCEPTED_TOTAL,
         "Client connections accepted."

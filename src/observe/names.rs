@@ -26,6 +26,13 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
 pub const FEDERATION_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_federation_upstream_failures_total";
 /// Federated endpoints: routing tables rebuilt by listing the upstreams, by list kind.
 pub const FEDERATION_TABLE_REFRESHES_TOTAL: &str = "tollgate_federation_table_refreshes_total";
+/// Upstreams with `transport: sse`: their event streams open now (one per client session).
+pub const LEGACY_UPSTREAM_STREAMS_OPEN: &str = "tollgate_legacy_upstream_streams_open";
+/// Upstreams with `transport: sse`: messages the holding worker handed to another worker.
+pub const LEGACY_UPSTREAM_HANDOFFS_TOTAL: &str = "tollgate_legacy_upstream_handoffs_total";
+/// Upstreams with `transport: sse`: failures by step (connect, endpoint, post, timeout, ended,
+/// unroutable, dropped, limit).
+pub const LEGACY_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_legacy_upstream_failures_total";
 /// 1 unless the upstream is known-down (written at scrape time from the readiness counters).
 pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
 pub const WORKERS: &str = "tollgate_workers";

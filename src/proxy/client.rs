@@ -54,6 +54,11 @@ impl Client {
         }
     }
 
+    /// The worker this connection runs on (for tasks that outlive the request).
+    pub fn worker(&self) -> std::rc::Rc<WorkerState> {
+        self.w.clone()
+    }
+
     /// Who the client proved to be with a certificate: on a TLS listener with
     /// `listen.tls.client_ca_file`, the verified leaf certificate's subject and SANs; `None` for
     /// plain HTTP, a TLS listener without client certificates, or `client_auth: optional` with

@@ -12,6 +12,7 @@ mod federate;
 mod held;
 pub use federate::probe;
 mod initialize;
+mod legacy;
 pub mod reject;
 pub mod reload;
 pub mod session_cache;
@@ -572,6 +573,14 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return federate::post(w, c, ctx, claims, trace, body).await;
     }
+    if up.legacy {
+        // An upstream that speaks only HTTP+SSE: its session is a stream one worker holds.
+        let mut trace = Vec::new();
+        upstream_session_headers(&mut trace, None, &head, buf);
+        let body = body.to_vec();
+        c.conn.consume(used);
+        return legacy::post(w, c, ctx, (trace, body), claims, u, server).await;
+    }
     // Phase: forward. The body is spliced in as bytes; it is never re-serialized.
     let up_session = upstream_session(gw, claims.as_deref(), u);
     if let Some(s) = up_session.filter(|s| !s.protocol_version.is_legacy()) {
@@ -622,6 +631,10 @@ fn federated_direct(
     let table = federate::fresh_names(w, gw, server, kind)?;
     let (member, original) = table.resolve(name)?;
     let u = gw.config.servers[server].upstreams[member].upstream;
+    if gw.upstreams[u].legacy {
+        // Through the upstream's event stream: the federated path (`route`) does that.
+        return None;
+    }
     // An upstream reached in the stateless revision needs its request made one of it
     // (`federate::exchange::post_request`).
     let session = upstream_session(gw, claims, u).filter(|s| s.protocol_version.is_legacy())?;

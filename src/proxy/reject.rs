@@ -57,6 +57,10 @@ impl Rejects {
                         "too many connections: listen.max_connections_per_worker ({}) reached",
                         c.listen.max_connections_per_worker
                     ),
+                    Kind::TooManyLegacyStreams => format!(
+                        "too many upstream HTTP+SSE sessions on this worker: limits.max_legacy_streams ({}) reached",
+                        l.max_legacy_streams
+                    ),
                     Kind::MalformedHttp => "malformed HTTP request".into(),
                     Kind::UnsupportedTransferEncoding => {
                         "only Transfer-Encoding: chunked is supported".into()

@@ -106,6 +106,10 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
         return refuse(c, ctx, Refusal::because(Kind::MethodNotAllowed, why)).await;
     }
     let gen = ctx.gen.clone();
+    if gen.gw.upstreams[u].legacy {
+        c.up_out.clear();
+        return super::legacy::get(w, c, ctx, &claims, u).await;
+    }
     let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();
     let (res, req) = upstream::exchange(w, &gen.gw, u, std::mem::take(&mut c.up_out)).await;
@@ -204,12 +208,20 @@ pub(super) async fn delete(
         let ends = s.upstreams.iter().filter_map(|m| {
             let su = upstream_session(gw, Some(&claims), m.upstream)?;
             su.session_id.as_ref()?;
+            if gw.upstreams[m.upstream].legacy {
+                // Its session is the stream its holder reads: closing it ends the session.
+                super::legacy::end(w, gw, &claims, m.upstream);
+                return None;
+            }
             let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
             super::session_header_lines(&mut req, su);
             req.extend_from_slice(b"\r\n");
             Some(end_upstream_session(w, gw, m.upstream, req))
         });
         futures_util::future::join_all(ends).await;
+    } else if gw.upstreams[u].legacy {
+        // The upstream session is the stream its holder reads: closing it ends the session.
+        super::legacy::end(w, gw, &claims, u);
     } else if upstream_session(gw, Some(&claims), u).is_some_and(|s| s.session_id.is_some()) {
         let req = std::mem::take(&mut c.up_out);
         if let Some(call) = end_upstream_session(w, gw, u, req).await {

@@ -50,6 +50,8 @@ pub struct UpstreamRuntime {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// `transport: sse`: the 2024-11-05 HTTP+SSE transport (`proxy::legacy`).
+    pub legacy: bool,
 }
 
 impl UpstreamRuntime {
@@ -92,6 +94,7 @@ impl UpstreamRuntime {
             idle_timeout: cfg.idle_timeout,
             max_idle: cfg.max_idle_per_worker,
             tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
+            legacy: cfg.transport == crate::config::Transport::Sse,
         }
     }
 }
@@ -226,6 +229,9 @@ pub struct WorkerState {
     pub catalogs: super::federate::Catalogs,
     /// Upstream eras learned and upstream sessions held for stateless clients (`proxy::held`).
     pub held: super::held::Held,
+    /// HTTP+SSE upstream streams this worker holds and the mailboxes its requests wait on.
+    pub legacy: super::legacy::Hub,
+    pub legacy_metrics: super::legacy::Metrics,
 }
 
 impl WorkerState {
@@ -245,6 +251,8 @@ impl WorkerState {
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
             held: Default::default(),
+            legacy: Default::default(),
+            legacy_metrics: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,
@@ -271,6 +279,16 @@ impl WorkerState {
             self.sessions.borrow_mut().clear();
         }
         let closed = self.pool.borrow_mut().rekey(gw.pool_keys());
+        let ended = self
+            .legacy
+            .close_unless(|id| gw.upstreams.iter().any(|u| u.id == id && u.legacy));
+        if ended > 0 {
+            tracing::info!(
+                worker = self.index,
+                streams = ended,
+                "HTTP+SSE upstream streams closed: their upstream left the config or changed transport"
+            );
+        }
         self.metrics.install_upstreams(&gw.upstream_labels());
         *self.generation.borrow_mut() = Rc::new(Generation { gw });
         closed
@@ -381,6 +399,7 @@ impl WorkerState {
             Control::Abort => {
                 self.prepared.borrow_mut().take();
             }
+            Control::Legacy(m) => super::legacy::apply(self, m),
         }
     }
 

@@ -194,6 +194,16 @@ pub(super) fn prepare(
         }));
     }
     let u = s.primary();
+    if gw.upstreams[u].legacy {
+        // Its session is an event stream on one worker (`proxy::legacy`); a held session cannot
+        // stand for it. A session-era error, so an "auto" client falls back to initialize.
+        let why = format!(
+            "upstream \"{}\" speaks only the 2024-11-05 HTTP+SSE transport: send initialize \
+             (protocol version 2026-07-28 is not served for it)",
+            gw.upstreams[u].name
+        );
+        return Action::Refuse(Refusal::because(Kind::InvalidRequest, why));
+    }
     let now = w.shutdown.now();
     let held = w.held.session_now(gw, u, now);
     match (w.held.era_now(gw, u, now), held) {

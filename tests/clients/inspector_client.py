@@ -1,7 +1,7 @@
 """The MCP Inspector CLI (`mcp-inspector --cli URL --transport http --method ...`) against one endpoint.
 
 Each check is one CLI process (a fresh session), as a person would run it.
-Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated   (stdlib only)
+Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated|federated-sse   (stdlib only)
 Needs `mcp-inspector` and Node 22 first on PATH (the driver sets both).
 """
 
@@ -44,8 +44,8 @@ def check(name: str, body) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything", "py", "federated"):
-        sys.exit("usage: inspector_client.py URL demo|everything|py|federated")
+    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything", "py", "federated", "federated-sse"):
+        sys.exit("usage: inspector_client.py URL demo|everything|py|federated|federated-sse")
     url, profile = sys.argv[1], sys.argv[2]
     fx = json.loads(FIXTURES.read_text())[profile]
 

@@ -5,8 +5,11 @@ Starts, on 127.0.0.1 and ephemeral ports, each waited for through its ready file
   - `tollgate demo-upstream` (the built-in demo MCP server),
   - @modelcontextprotocol/server-everything (pinned to loopback by lib/loopback.cjs),
   - python/py_server.py (a Python SDK mcp 1.x FastMCP server, the py-mcp1 venv),
+  - the same two servers again in their legacy HTTP+SSE mode (2024-11-05: server-everything
+    `sse`, py_server.py --transport sse),
   - `tollgate run` with them behind it (/mcp -> demo, /everything/mcp -> everything,
-    /py/mcp -> py) and one federated endpoint /fed/mcp with upstreams: [demo, everything, py].
+    /py/mcp -> py, /everything-sse/mcp and /py-sse/mcp -> the SSE-mode servers with
+    `transport: sse`) and one federated endpoint /fed/mcp with upstreams: [demo, everything, py].
 Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x, Inspector CLI)
 against each target, first directly, then through tollgate, and prints one line per check:
 `ok CLIENT VIA UPSTREAM: CHECK` or `FAIL ...`. A check that fails through tollgate but
@@ -14,7 +17,11 @@ passes directly is the gateway's. The `federated` target exists only through tol
 upstream's own target is its control); on it the clients call a tool and read a resource of
 each upstream, and a client with handlers answers the sampling and elicitation requests the py
 upstream sends (fixtures "sampling"/"elicitation"; a client without one prints an
-`ok ... skipped: reason` line). Everything it started is stopped on exit, failure or signal.
+`ok ... skipped: reason` line). The SSE-mode targets exist only through tollgate too (the
+clients speak Streamable HTTP to tollgate, tollgate speaks HTTP+SSE to them): their control is
+the same server's streamable HTTP target, with the same fixtures; and `/fed-sse/mcp` fronts
+[demo, everything-sse, py-sse] (the legacy ones as federated members), checked like `federated`
+(fixture "federated-sse", its control). Everything it started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
 Needs scripts/install-tools.sh to have run (stdlib only otherwise).
@@ -180,7 +187,7 @@ def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: 
         argv, extra_env = CLIENTS[client]
         if client in IDLE_PAUSE_CLIENTS:
             extra_env = {**extra_env, IDLE_PAUSE_ENV: "1"}  # the fixture decides which upstreams
-        proc = subprocess.run([*argv, url, target], stdin=subprocess.DEVNULL, capture_output=True,
+        proc = subprocess.run([*argv, url, PROFILE.get(target, target)], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=CLIENT_TIMEOUT_S, env={**env, **extra_env}, cwd=REPO)
     except subprocess.TimeoutExpired as exc:
         tally.fail(label, f"timed out after {CLIENT_TIMEOUT_S:.0f}s; output so far: {(exc.stdout or '')!s:.400}")
@@ -211,10 +218,14 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp"}
-TARGETS = ("demo", "everything", "py", "federated")
+SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp",
+                "everything-sse": "/everything-sse/mcp", "py-sse": "/py-sse/mcp", "federated-sse": "/fed-sse/mcp"}
+TARGETS = ("demo", "everything", "py", "federated", "everything-sse", "py-sse", "federated-sse")
 FEDERATED = ("demo", "everything", "py")  # upstreams behind /fed/mcp, in this order
-TOLLGATE_ONLY = {"federated"}  # targets with no direct URL: each upstream's own target is the control
+TOLLGATE_ONLY = {"federated", "everything-sse", "py-sse", "federated-sse"}  # no direct URL: the control is another target
+FEDERATED_SSE = ("demo", "everything-sse", "py-sse")  # upstreams behind /fed-sse/mcp (the legacy ones as members)
+LEGACY_SSE = {"everything-sse", "py-sse"}  # upstreams reached with transport: sse (URL: their /sse)
+PROFILE = {"everything-sse": "everything", "py-sse": "py"}  # fixture set of a target (default: its name)
 
 
 def write_config(path: Path, upstreams: dict[str, str]) -> None:
@@ -223,12 +234,16 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
              "listen: { address: 127.0.0.1:0 }",
              "admin: { address: 127.0.0.1:0 }",
              "upstreams:"]
-    lines += [f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
+    lines += [f'  - {{ name: {name}, url: "http://{addr}/sse", transport: sse }}' if name in LEGACY_SSE
+              else f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
     lines.append("servers:")
     lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams]
     fed = [name for name in FEDERATED if name in upstreams]
     if fed:
         lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")
+    fed_sse = [name for name in FEDERATED_SSE if name in upstreams]
+    if any(name in LEGACY_SSE for name in fed_sse):
+        lines.append(f"  - {{ path: {SERVER_PATHS['federated-sse']}, upstreams: [{', '.join(fed_sse)}] }}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -271,18 +286,26 @@ def main() -> int:
         services.append(everything)
         py_server = Service("py-server", [str(PY_MCP1_BIN), str(HERE / "python" / "py_server.py")], workdir, env=env)
         services.append(py_server)
+        if args.via != "direct":
+            services.append(Service("server-everything-sse", [str(NODE_BIN / "node"), "--require", str(HERE / "lib" / "loopback.cjs"),
+                                                               str(EVERYTHING_JS), "sse"], workdir, env=env, ready_via_env=True))
+            services.append(Service("py-server-sse", [str(PY_MCP1_BIN), str(HERE / "python" / "py_server.py"), "--transport", "sse"],
+                                    workdir, env=env))
         for svc in list(services):
             try:
                 ready = svc.wait_ready()
                 tally.ok(f"start {svc.name} ({ready['listen']})")
-                target = {"demo-upstream": "demo", "server-everything": "everything", "py-server": "py"}[svc.name]
-                urls[("direct", target)] = f"http://{ready['listen']}/mcp"
+                target = {"demo-upstream": "demo", "server-everything": "everything", "py-server": "py",
+                          "server-everything-sse": "everything-sse", "py-server-sse": "py-sse"}[svc.name]
+                urls[("upstream", target)] = ready["listen"]
+                if target not in TOLLGATE_ONLY:
+                    urls[("direct", target)] = f"http://{ready['listen']}/mcp"
             except Exception as exc:
                 tally.fail(f"start {svc.name}", str(exc))
 
         # Put tollgate in front of whichever upstreams came up, so one broken upstream
         # does not hide what the gateway does with the other.
-        upstreams = {t: urls[("direct", t)][len("http://"):-len("/mcp")] for t in TARGETS if ("direct", t) in urls}
+        upstreams = {t: urls[("upstream", t)] for t in TARGETS if ("upstream", t) in urls}
         if args.via != "direct" and upstreams:
             config = workdir / "tollgate.yaml"
             write_config(config, upstreams)
@@ -291,7 +314,9 @@ def main() -> int:
             try:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
-                for target in [*upstreams, "federated"]:
+                extra = [*(["federated"] if any(t in FEDERATED for t in upstreams) else []),
+                         *(["federated-sse"] if any(t in LEGACY_SSE for t in upstreams) else [])]
+                for target in [*upstreams, *extra]:
                     urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")

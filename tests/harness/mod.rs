@@ -6,6 +6,7 @@
 //! upstream whose every byte a test decides.
 #![allow(dead_code)]
 
+pub mod legacy_sse;
 pub mod scripted;
 
 use std::io::{Read, Write};

@@ -110,6 +110,12 @@ pub fn render_effective(c: &Config) -> String {
     let _ = writeln!(o, "  max_json_depth: {}", m.max_json_depth);
     let _ = writeln!(o, "  max_batch_len: {}", m.max_batch_len);
     let _ = writeln!(o, "  max_batch_concurrency: {}", m.max_batch_concurrency);
+    let _ = writeln!(o, "  max_legacy_streams: {}", m.max_legacy_streams);
+    let _ = writeln!(
+        o,
+        "  legacy_buffered_messages: {}",
+        m.legacy_buffered_messages
+    );
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {
@@ -181,6 +187,7 @@ pub fn render_effective(c: &Config) -> String {
         };
         let _ = writeln!(o, "  - name: {}", q(&u.name));
         let _ = writeln!(o, "    url: {}", q(&url));
+        let _ = writeln!(o, "    transport: {}", u.transport.as_str());
         let _ = writeln!(
             o,
             "    connect_timeout: {}",

@@ -1235,3 +1235,30 @@ fn upstream_prefixes() {
         "servers[0].upstreams[0]: upstream \"a\": its names cannot be exposed here: prefix and separator leave no room for the name in a shortened name"
     );
 }
+
+/// `upstreams[].transport`: `sse` reaches a 2024-11-05 HTTP+SSE upstream (alone behind an
+/// endpoint or as a federated member); anything else is refused with what is allowed.
+#[test]
+fn legacy_sse_transport() {
+    let base = "upstreams:\n  - {name: old, url: \"http://127.0.0.1:1/sse\", transport: sse}\n  - {name: new, url: \"http://127.0.0.1:2/mcp\"}\n";
+    let c = ok(&format!("{base}servers: [{{path: /old, upstream: old}}]"));
+    assert_eq!(c.upstreams[0].transport, Transport::Sse);
+    assert_eq!(c.upstreams[1].transport, Transport::StreamableHttp);
+    assert_eq!(c.limits.max_legacy_streams, 1024);
+    assert_eq!(c.limits.legacy_buffered_messages, 64);
+    let fed = ok(&format!(
+        "{base}servers: [{{path: /fed, upstreams: [old, new]}}]"
+    ));
+    assert!(fed.servers[0].federated());
+    assert!(err(
+        "upstreams: [{name: a, url: \"http://127.0.0.1:1/mcp\", transport: websocket}]\nservers: [{path: /a, upstream: a}]"
+    )
+    .contains("unknown transport \"websocket\""));
+    assert!(err(
+        "upstreams: [{name: a, url: \"builtin:demo\", transport: sse}]\nservers: [{path: /a, upstream: a}]"
+    )
+    .contains("built-in demo"));
+    let c = ok("limits: {max_legacy_streams: 3, legacy_buffered_messages: 0}");
+    assert_eq!(c.limits.max_legacy_streams, 3);
+    assert_eq!(c.limits.legacy_buffered_messages, 0);
+}

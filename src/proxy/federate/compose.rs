@@ -50,14 +50,40 @@ pub(super) async fn initialize(
         .iter()
         .map(|m| m.upstream)
         .collect();
+    // The session's id is chosen now: an upstream with `transport: sse` binds its stream to it.
+    let session_id = SessionSealer::new_id();
+    let me = c.worker();
     let calls = members.iter().map(|&u| {
-        let r = exchange::post_request(gw, u, None, trace, body);
-        async move { (u, exchange::whole(w, gw, u, r).await) }
+        let (me, gen) = (me.clone(), gen.clone());
+        async move {
+            if gw.upstreams[u].legacy {
+                let opened = super::super::legacy::open_member(
+                    &me,
+                    gen.gw.clone(),
+                    u,
+                    session_id,
+                    (trace, body),
+                )
+                .await;
+                let reply = opened
+                    .map(|(msg, binding)| Reply {
+                        status: 200,
+                        session_id: Some(binding),
+                        body: msg,
+                        sse: false,
+                    })
+                    .map_err(|why| crate::error::Error::new(Kind::UpstreamUnavailable, why));
+                return (u, reply);
+            }
+            let r = exchange::post_request(gw, u, None, trace, body);
+            (u, exchange::whole(w, gw, u, r).await)
+        }
     });
     let replies = join_all(calls).await;
     let mut opened = Vec::with_capacity(replies.len());
     let mut failed = Vec::new();
     for (u, reply) in replies {
+        let binding = reply.as_ref().ok().and_then(|r| r.session_id.clone());
         let o = match reply
             .map_err(|e| e.reason)
             .and_then(|r| opened_from(gw, u, r, &id))
@@ -71,6 +97,9 @@ pub(super) async fn initialize(
             Ok(o) => opened.push(o),
             Err(why) => {
                 let name = &gw.upstreams[u].name;
+                if let Some(sid) = &binding {
+                    close_legacy_binding(w, gw, u, session_id, sid);
+                }
                 tracing::warn!(upstream = %name, error = %why, "federated initialize: upstream left out of the session");
                 metrics::counter!(names::FEDERATION_UPSTREAM_FAILURES_TOTAL, "upstream" => name.clone(), "step" => "initialize").increment(1);
                 failed.push(why);
@@ -91,7 +120,7 @@ pub(super) async fn initialize(
         .unwrap_or(ProtocolVersion::LATEST_LEGACY);
     let now = unix_now();
     let claims = SessionClaims {
-        id: SessionSealer::new_id(),
+        id: session_id,
         server: gw.server_ids[server],
         protocol_version: version,
         issued_at: now,
@@ -110,6 +139,11 @@ pub(super) async fn initialize(
         Ok(t) => t,
         Err(e) => {
             let why = format!("the upstream sessions do not fit in a session id: {e}");
+            for o in &opened {
+                if let Some(sid) = &o.session_id {
+                    close_legacy_binding(w, gw, o.u, session_id, sid);
+                }
+            }
             return refuse(c, ctx, Refusal::because(Kind::Internal, why)).await;
         }
     };
@@ -154,6 +188,11 @@ pub(in super::super) async fn stateless_members(
     let mut out = Vec::new();
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
+        if gw.upstreams[u].legacy {
+            // An HTTP+SSE member's session is an event stream the client's own session holds;
+            // there is none to hold for a stateless request (its tools are absent from it).
+            continue;
+        }
         match held::era(w, gw, u).await {
             Era::Stateless => out.push(UpstreamSession {
                 upstream: gw.upstreams[u].id,
@@ -190,6 +229,9 @@ pub(in super::super) async fn stateless_discover(
     let mut held_any = false;
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
+        if gw.upstreams[u].legacy {
+            continue;
+        }
         let result = match held::era(w, gw, u).await {
             Era::Stateless => super::super::stateless::discover_upstream(w, gw, u)
                 .await
@@ -251,6 +293,22 @@ pub(in super::super) async fn stateless_discover(
         r["instructions"] = i.clone();
     }
     r.to_string()
+}
+
+/// Closes the stream a member with `transport: sse` holds for `session` (binding `sid`): it
+/// opened, but cannot join the session.
+fn close_legacy_binding(w: &WorkerState, gw: &Gateway, u: usize, session: [u8; 16], sid: &str) {
+    if !gw.upstreams[u].legacy {
+        return;
+    }
+    let s = UpstreamSession {
+        upstream: gw.upstreams[u].id,
+        session_id: Some(sid.to_string()),
+        protocol_version: ProtocolVersion::LATEST_LEGACY,
+    };
+    if let Some(link) = super::super::legacy::member_link(&s, Some(session)) {
+        super::super::legacy::unlink(w, link);
+    }
 }
 
 /// What one upstream's initialize reply says, or why it cannot join the session.

@@ -108,6 +108,52 @@ fn stateless_request(
     req
 }
 
+/// One of the gateway's own messages (`body`, with the request's trace lines) to upstream `u`
+/// in `session`, the reply read whole. An upstream with `transport: sse` is reached through its
+/// event stream (`legacy::ask_raw`/`tell`): a request's reply is its response message (200), a
+/// notification's is 202.
+pub async fn rpc(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    session: &UpstreamSession,
+    trace: &[u8],
+    body: &[u8],
+) -> Result<Reply, Error> {
+    if !gw.upstreams[u].legacy {
+        return whole(w, gw, u, post_request(gw, u, Some(session), trace, body)).await;
+    }
+    use super::super::legacy;
+    let fail = |why: String| Error::new(Kind::UpstreamUnavailable, why);
+    let link = legacy::member_link(session, None).ok_or_else(|| {
+        fail(format!(
+            "upstream \"{}\" has no HTTP+SSE session here",
+            gw.upstreams[u].name
+        ))
+    })?;
+    let request = matches!(
+        jsonrpc::scan(body, &gw.scan_limits),
+        Ok(Body::Single(m)) if m.kind == MessageKind::Request
+    );
+    let reply = |status, body| Reply {
+        status,
+        session_id: None,
+        body,
+        sse: false,
+    };
+    if request {
+        let msg = legacy::ask_raw(w, gw, u, &link, trace, body)
+            .await
+            .map_err(fail)?;
+        Ok(reply(200, msg))
+    } else {
+        legacy::tell(w, gw, u, &link, (trace, body))
+            .await
+            .map_err(fail)?;
+        Ok(reply(202, Vec::new()))
+    }
+}
+
 /// Sends `req` to upstream `u` and reads the whole reply (bounded), pooling the connection.
 pub async fn whole(w: &WorkerState, gw: &Gateway, u: usize, req: Vec<u8>) -> Result<Reply, Error> {
     let up = &gw.upstreams[u];

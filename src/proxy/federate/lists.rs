@@ -65,8 +65,23 @@ pub(super) async fn fetch_page(
     list: ListKind,
     cursor: Option<&str>,
 ) -> Result<Page, String> {
+    let id = next_list_id();
+    let body = page_request(list, cursor, &id);
+    let reply = exchange::rpc(w, gw, u, session, trace, &body)
+        .await
+        .map_err(|e| e.reason)?;
+    let msg = exchange::result_message(gw, u, &reply, id.as_bytes())?;
+    read_page(list, msg)
+}
+
+/// A fresh id for one of the gateway's own list requests (JSON text).
+pub(super) fn next_list_id() -> String {
     let n = LIST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = format!("\"tollgate-list-{n}\"");
+    format!("\"tollgate-list-{n}\"")
+}
+
+/// The JSON-RPC request with id `id` (JSON text) for one page of `list`.
+pub(super) fn page_request(list: ListKind, cursor: Option<&str>, id: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     body.extend_from_slice(id.as_bytes());
@@ -79,9 +94,11 @@ pub(super) async fn fetch_page(
         body.push(b'}');
     }
     body.push(b'}');
-    let req = exchange::post_request(gw, u, Some(session), trace, &body);
-    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
-    let msg = exchange::result_message(gw, u, &reply, id.as_bytes())?;
+    body
+}
+
+/// A page from the list response message `msg`.
+pub(super) fn read_page(list: ListKind, msg: Vec<u8>) -> Result<Page, String> {
     // One pass with the scanner's lexer finds each item's text: a page of a thousand tools is
     // not built into a thousand trees (only the items a client page takes are parsed).
     let msg = String::from_utf8(msg).map_err(|_| "sent a list that is not UTF-8".to_string())?;

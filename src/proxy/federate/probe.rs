@@ -23,7 +23,7 @@ use crate::mcp::ProtocolVersion;
 
 use super::super::state::{Gateway, WorkerState};
 use super::exchange;
-use super::lists::{fetch_page, field};
+use super::lists::{fetch_page, field, next_list_id, page_request, read_page};
 
 const PROBE_ID: &[u8] = b"\"tollgate-probe\"";
 /// Pages of one list followed at most (as a table refresh does).
@@ -73,7 +73,7 @@ pub fn probe(config: Config) -> anyhow::Result<Outcome> {
     )
 }
 
-async fn run(w: &WorkerState, gw: &Gateway) -> Outcome {
+async fn run(w: &Rc<WorkerState>, gw: &Arc<Gateway>) -> Outcome {
     // Every upstream some server uses, probed once (at once).
     let mut used: Vec<usize> = gw
         .config
@@ -106,16 +106,36 @@ async fn run(w: &WorkerState, gw: &Gateway) -> Outcome {
     }
 }
 
-/// Initializes upstream `u`, reads its lists, ends its session.
-async fn upstream(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Listed, String> {
-    let init = format!(
+/// The probe's initialize request.
+fn initialize_request() -> String {
+    format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"initialize\",\"params\":{{\
          \"protocolVersion\":\"{}\",\"capabilities\":{{}},\
          \"clientInfo\":{{\"name\":\"tollgate-check\",\"version\":\"{}\"}}}}}}",
         std::str::from_utf8(PROBE_ID).unwrap_or("1"),
         ProtocolVersion::LATEST_LEGACY.as_str(),
         env!("CARGO_PKG_VERSION"),
-    );
+    )
+}
+
+/// What an initialize result says: the protocol version and which lists the upstream offers.
+fn offers(result: &sonic_rs::Value) -> Result<(ProtocolVersion, [bool; 3]), String> {
+    let version = result
+        .get("protocolVersion")
+        .and_then(|v| v.as_str())
+        .and_then(ProtocolVersion::parse)
+        .ok_or("initialize: no protocol version the gateway speaks")?;
+    let caps = result.get("capabilities");
+    let has = |k: &str| caps.is_some_and(|c| c.get(k).is_some());
+    Ok((version, [has("tools"), has("prompts"), has("resources")]))
+}
+
+/// Initializes upstream `u`, reads its lists, ends its session.
+async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Listed, String> {
+    if gw.upstreams[u].legacy {
+        return legacy_upstream(w, gw, u).await;
+    }
+    let init = initialize_request();
     let req = exchange::post_request(gw, u, None, b"", init.as_bytes());
     let reply = exchange::whole(w, gw, u, req)
         .await
@@ -178,6 +198,68 @@ async fn upstream(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Listed, Str
             tracing::debug!(error = %e.reason, "probe: session not ended");
         }
     }
+    listed
+}
+
+/// `upstream` for an upstream with `transport: sse`: the same requests through its event
+/// stream (held by this probe's worker, as a gateway worker would).
+async fn legacy_upstream(
+    w: &Rc<WorkerState>,
+    gw: &Arc<Gateway>,
+    u: usize,
+) -> Result<Listed, String> {
+    use super::super::legacy;
+    let link = legacy::link(w, gw.clone(), u)
+        .await
+        .map_err(|e| format!("initialize: {e}"))?;
+    let listed = async {
+        let init = initialize_request();
+        let msg = legacy::ask(w, gw, u, &link, init.as_bytes())
+            .await
+            .map_err(|e| format!("initialize: {e}"))?;
+        let v: sonic_rs::Value =
+            sonic_rs::from_slice(&msg).map_err(|e| format!("initialize: {e}"))?;
+        let result = v.get("result").cloned().ok_or("initialize: no result")?;
+        let (_, [tools, prompts, resources]) = offers(&result)?;
+        let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
+        legacy::tell(w, gw, u, &link, (b"", note))
+            .await
+            .map_err(|e| format!("notifications/initialized: {e}"))?;
+        let list = |kind: ListKind, key: &'static str| {
+            let link = &link;
+            async move {
+                let mut items = Vec::new();
+                let mut cursor: Option<String> = None;
+                for _ in 0..MAX_PAGES {
+                    let body = page_request(kind, cursor.as_deref(), &next_list_id());
+                    let page = legacy::ask(w, gw, u, link, &body)
+                        .await
+                        .and_then(|msg| read_page(kind, msg))
+                        .map_err(|e| format!("{}: {e}", kind.method()))?;
+                    items.extend(page.items().filter_map(|i| field(i, key)));
+                    match page.next {
+                        Some(n) => cursor = Some(n),
+                        None => break,
+                    }
+                }
+                Ok::<_, String>(items)
+            }
+        };
+        let mut l = Listed::default();
+        if tools {
+            l.tools = Some(list(ListKind::Tools, "name").await?);
+        }
+        if prompts {
+            l.prompts = Some(list(ListKind::Prompts, "name").await?);
+        }
+        if resources {
+            l.resources = Some(list(ListKind::Resources, "uri").await?);
+            l.templates = Some(list(ListKind::ResourceTemplates, "uriTemplate").await?);
+        }
+        Ok::<_, String>(l)
+    }
+    .await;
+    legacy::unlink(w, link);
     listed
 }
 

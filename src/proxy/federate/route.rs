@@ -55,6 +55,18 @@ async fn send(
         Ok(s) => s,
         Err(r) => return refuse(c, ctx, r).await,
     };
+    if gw.upstreams[u].legacy {
+        // Through its event stream (`proxy::legacy`); the token holds the stream's binding.
+        let Some(link) = super::super::legacy::member_link(session, Some(claims.id)) else {
+            let why = format!(
+                "upstream \"{}\" has no HTTP+SSE session here",
+                gw.upstreams[u].name
+            );
+            return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
+        };
+        let body = (&req.trace[..], body.to_vec());
+        return super::super::legacy::dispatch(w, c, ctx, u, &link, body).await;
+    }
     c.up_out = exchange::post_request(gw, u, Some(session), &req.trace, body);
     let had_session = session.session_id.is_some();
     forward(w, c, ctx, u, had_session, Then::RelayFederated(claims.id)).await
@@ -398,8 +410,8 @@ pub(super) async fn fan_out(
     let calls = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
         let session = super::super::upstream_session(gw, Some(claims), u)?;
-        let r = exchange::post_request(gw, u, Some(session), &req.trace, body);
-        Some(async move { (u, exchange::whole(w, gw, u, r).await) })
+        let trace = &req.trace;
+        Some(async move { (u, exchange::rpc(w, gw, u, session, trace, body).await) })
     });
     let results = join_all(calls).await;
     let total = results.len();

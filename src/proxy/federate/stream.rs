@@ -22,6 +22,7 @@ use crate::observe::Outcome;
 
 use super::super::client::Client;
 use super::super::context::Ctx;
+use super::super::legacy::MemberBox;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{refuse, Next};
@@ -120,9 +121,21 @@ impl UpStream {
     }
 }
 
+/// A member with `transport: sse` on the merged GET stream: its mailbox (attached to the
+/// holder of its upstream stream) and the rewriter its messages go through like any stream's.
+pub(in crate::proxy) struct MemberStream {
+    mb: MemberBox,
+    rewriter: Rewriter,
+    /// Messages received, framed as SSE, not yet rewritten.
+    pending: Vec<u8>,
+    done: bool,
+}
+
 /// What ended a relay.
 enum Woke {
     Upstream(usize),
+    /// A member mailbox: a message, or `None` when its stream ended.
+    Mail(usize, Option<Vec<u8>>),
     Client,
     Shutdown,
 }
@@ -134,7 +147,36 @@ pub(in crate::proxy) async fn relay(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
+    streams: Vec<UpStream>,
+    ids: &mut EventIdState,
+    end_on_shutdown: bool,
+) -> Next {
+    relay_with(w, c, ctx, (streams, Vec::new()), ids, end_on_shutdown).await
+}
+
+/// `relay`, with members' mailboxes beside the upstream streams; detaches them at the end.
+async fn relay_with(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    (streams, mut members): (Vec<UpStream>, Vec<MemberStream>),
+    ids: &mut EventIdState,
+    end_on_shutdown: bool,
+) -> Next {
+    let next = relay_all(w, c, ctx, streams, &mut members, ids, end_on_shutdown).await;
+    let gen = ctx.gen.clone();
+    for m in members {
+        m.mb.close(w, &gen.gw);
+    }
+    next
+}
+
+async fn relay_all(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
     mut streams: Vec<UpStream>,
+    members: &mut Vec<MemberStream>,
     ids: &mut EventIdState,
     end_on_shutdown: bool,
 ) -> Next {
@@ -151,6 +193,20 @@ pub(in crate::proxy) async fn relay(
                 tracing::warn!(error = %why, "federated stream: upstream stream dropped");
                 s.done = true;
                 s.conn.consume(s.conn.buffered().len());
+            }
+        }
+        for m in members.iter_mut() {
+            if m.pending.is_empty() {
+                continue;
+            }
+            let fed = m
+                .rewriter
+                .feed(&m.pending, ids, &gw.idmap, &mut events, &mut seen);
+            m.pending.clear();
+            if let Err(e) = fed {
+                let name = &gw.upstreams[m.mb.u].name;
+                tracing::warn!(upstream = %name, error = %e, "federated stream: member messages dropped");
+                m.done = true;
             }
         }
         if seen.dropped > 0 {
@@ -177,7 +233,16 @@ pub(in crate::proxy) async fn relay(
             }
         }
         streams.retain(|s| !s.done);
-        if streams.is_empty() {
+        let mut i = 0;
+        while i < members.len() {
+            if members[i].done {
+                let m = members.swap_remove(i);
+                m.mb.close(w, gw);
+            } else {
+                i += 1;
+            }
+        }
+        if streams.is_empty() && members.is_empty() {
             if !ctx.http10 {
                 c.out.extend_from_slice(LAST_CHUNK);
             }
@@ -189,7 +254,20 @@ pub(in crate::proxy) async fn relay(
         if c.flush().await.is_err() {
             return Next::Close;
         }
-        match wait(w, c, &mut streams, end_on_shutdown, &mut watch_client).await {
+        match wait(
+            w,
+            c,
+            (&mut streams, members),
+            end_on_shutdown,
+            &mut watch_client,
+        )
+        .await
+        {
+            Woke::Mail(i, Some(msg)) => {
+                let m = &mut members[i];
+                crate::http::sse::write_event(&mut m.pending, &Default::default(), &msg);
+            }
+            Woke::Mail(i, None) => members[i].done = true,
             Woke::Upstream(i) => {
                 let s = &mut streams[i];
                 match s.conn.fill(0).await {
@@ -220,7 +298,7 @@ pub(in crate::proxy) async fn relay(
 async fn wait(
     w: &WorkerState,
     c: &mut Client,
-    streams: &mut [UpStream],
+    (streams, members): (&mut [UpStream], &[MemberStream]),
     end_on_shutdown: bool,
     watch_client: &mut bool,
 ) -> Woke {
@@ -237,6 +315,13 @@ async fn wait(
                         .boxed_local()
                 })
                 .collect();
+            for (i, m) in members.iter().enumerate() {
+                waits.push(
+                    m.mb.next(w)
+                        .map(move |msg| Woke::Mail(i, msg))
+                        .boxed_local(),
+                );
+            }
             if *watch_client {
                 waits.push(c.conn.io.readable().map(|_| Woke::Client).boxed_local());
             }
@@ -264,6 +349,7 @@ async fn wait(
                 Idleness::Silent => {}
             },
             Woke::Shutdown => return Woke::Shutdown,
+            mail @ Woke::Mail(..) => return mail,
         }
     }
 }
@@ -312,8 +398,29 @@ pub(in crate::proxy) async fn get(
         ids.set(*upstream, id);
     }
     let _ = head;
+    // Members with `transport: sse`: a mailbox attached to their stream's holder each.
+    let members: Vec<MemberStream> = gw.config.servers[server]
+        .upstreams
+        .iter()
+        .filter(|m| gw.upstreams[m.upstream].legacy)
+        .filter_map(|m| {
+            let u = m.upstream;
+            let su = super::super::upstream_session(gw, Some(claims), u)?;
+            let link = super::super::legacy::member_link(su, Some(claims.id))?;
+            let mb = super::super::legacy::attach_member(w, gw, u, link)?;
+            Some(MemberStream {
+                mb,
+                rewriter: Rewriter::new(gw.upstreams[u].id, claims.id, MAX_EVENT_BYTES),
+                pending: Vec::new(),
+                done: false,
+            })
+        })
+        .collect();
     let opens = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
+        if gw.upstreams[u].legacy {
+            return None;
+        }
         let su = super::super::upstream_session(gw, Some(claims), u)?;
         let mut req = gw.upstreams[u].get_prefix.clone();
         super::super::session_header_lines(&mut req, su);
@@ -344,7 +451,7 @@ pub(in crate::proxy) async fn get(
     for f in &failures {
         tracing::warn!(error = %f, "federated GET: upstream stream not opened");
     }
-    if streams.is_empty() {
+    if streams.is_empty() && members.is_empty() {
         let r = if failures.is_empty() || refused > 0 && failures.is_empty() {
             Refusal::because(
                 Kind::MethodNotAllowed,
@@ -357,5 +464,5 @@ pub(in crate::proxy) async fn get(
     }
     ctx.outcome = Outcome::Ok;
     stream_head(c, ctx, 200);
-    relay(w, c, ctx, streams, &mut ids, true).await
+    relay_with(w, c, ctx, (streams, members), &mut ids, true).await
 }

@@ -73,12 +73,15 @@ def greet_prompt_py(name: str) -> str:
     return f"Please greet {name} (py prompt)."
 
 
-async def serve(ready_file: str | None) -> None:
+async def serve(ready_file: str | None, transport: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(mcp.streamable_http_app(), log_level="warning", lifespan="on")
+    # "sse": the 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages/), for tollgate's
+    # `transport: sse` upstreams; the same tools as the streamable HTTP mode (the control).
+    app = mcp.sse_app() if transport == "sse" else mcp.streamable_http_app()
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -97,8 +100,9 @@ async def serve(ready_file: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ready-file", default=os.environ.get("READY_FILE"))
+    parser.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     args = parser.parse_args()
-    asyncio.run(serve(args.ready_file))
+    asyncio.run(serve(args.ready_file, args.transport))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 // The same checks as tests/clients/python/checks.py, from tests/clients/fixtures.json,
 // one line per check (`ok NAME` / `FAIL NAME: why`); exit code = number of failures.
 //
-// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py|federated
+// Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py|federated|federated-sse
 // The SDK is resolved from .tools/npm (installed by scripts/install-tools.sh).
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -17,8 +17,8 @@ const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/cli
 const { CreateMessageRequestSchema, ElicitRequestSchema } = require("@modelcontextprotocol/sdk/types.js");
 
 const [url, profile] = process.argv.slice(2);
-if (!url || !["demo", "everything", "py", "federated"].includes(profile)) {
-  console.error("usage: sdk1_client.mjs URL demo|everything|py|federated");
+if (!url || !["demo", "everything", "py", "federated", "federated-sse"].includes(profile)) {
+  console.error("usage: sdk1_client.mjs URL demo|everything|py|federated|federated-sse");
   process.exit(2);
 }
 const fx = JSON.parse(readFileSync(join(here, "..", "fixtures.json"), "utf8"))[profile];
