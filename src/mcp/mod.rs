@@ -5,6 +5,7 @@
 pub mod aead;
 pub mod cursor;
 pub mod idmap;
+pub mod legacy_id;
 pub mod method;
 pub mod names;
 pub mod relay;

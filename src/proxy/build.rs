@@ -70,6 +70,8 @@ impl Gateway {
                 .with_previous(&[self.config.session.key]);
             gw.idmap = crate::mcp::idmap::IdMapper::new(&gw.config.session.key)
                 .with_previous(&[self.config.session.key]);
+            gw.legacy_ids = crate::mcp::legacy_id::StreamIds::new(&gw.config.session.key)
+                .with_previous(&[self.config.session.key]);
         }
         Ok(Arc::new(gw))
     }
@@ -139,6 +141,7 @@ impl Gateway {
             },
             cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
+            legacy_ids: crate::mcp::legacy_id::StreamIds::new(&config.session.key),
             config,
         })
     }

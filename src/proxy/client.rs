@@ -54,6 +54,11 @@ impl Client {
         }
     }
 
+    /// The worker serving this connection (for tasks a request spawns that outlive it).
+    pub fn worker(&self) -> &Rc<WorkerState> {
+        &self.w
+    }
+
     /// Who the client proved to be with a certificate: on a TLS listener with
     /// `listen.tls.client_ca_file`, the verified leaf certificate's subject and SANs; `None` for
     /// plain HTTP, a TLS listener without client certificates, or `client_auth: optional` with

@@ -40,6 +40,9 @@ pub enum Control {
     Commit,
     /// Hot reload abandoned: drop the prepared gateway.
     Abort,
+    /// A message POSTed to a legacy HTTP+SSE stream this worker holds (the POST arrived on
+    /// another worker, which answers the client once this one has queued it or refused it).
+    LegacyPost(Arc<super::legacy::HandedOver>),
 }
 
 /// A gateway built by a reload, on its way to the workers.
@@ -60,11 +63,18 @@ pub enum Kind {
     Prepare,
     Commit,
     Abort,
+    LegacyPost,
 }
 
 impl Kind {
     /// In discriminant order (`ALL[k as usize] == k`, checked by a test).
-    pub const ALL: [Kind; 4] = [Kind::Revoke, Kind::Prepare, Kind::Commit, Kind::Abort];
+    pub const ALL: [Kind; 5] = [
+        Kind::Revoke,
+        Kind::Prepare,
+        Kind::Commit,
+        Kind::Abort,
+        Kind::LegacyPost,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,6 +82,7 @@ impl Kind {
             Kind::Prepare => "prepare",
             Kind::Commit => "commit",
             Kind::Abort => "abort",
+            Kind::LegacyPost => "legacy_post",
         }
     }
 }
@@ -83,6 +94,7 @@ impl Control {
             Control::Prepare(_) => Kind::Prepare,
             Control::Commit => Kind::Commit,
             Control::Abort => Kind::Abort,
+            Control::LegacyPost(_) => Kind::LegacyPost,
         }
     }
 }

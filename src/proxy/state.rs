@@ -123,6 +123,8 @@ pub struct Gateway {
     pub cursors: crate::mcp::cursor::CursorSealer,
     /// Wraps the ids of server→client requests relayed on federated endpoints.
     pub idmap: crate::mcp::idmap::IdMapper,
+    /// Seals and opens the ids of legacy HTTP+SSE streams (`super::legacy`).
+    pub legacy_ids: crate::mcp::legacy_id::StreamIds,
 }
 
 impl Gateway {
@@ -136,6 +138,21 @@ impl Gateway {
             .servers
             .iter()
             .position(|s| s.path.as_bytes() == path)
+    }
+
+    /// The server whose legacy HTTP+SSE path this is (`servers[].legacy_sse`): looked up only
+    /// when `route` found no server, so the Streamable HTTP path pays nothing for it.
+    pub fn route_legacy(&self, path: &[u8]) -> Option<(usize, super::legacy::Route)> {
+        self.config.servers.iter().enumerate().find_map(|(i, s)| {
+            let l = s.legacy.as_ref()?;
+            if l.sse.as_bytes() == path {
+                Some((i, super::legacy::Route::Sse))
+            } else if l.messages.as_bytes() == path {
+                Some((i, super::legacy::Route::Messages))
+            } else {
+                None
+            }
+        })
     }
 
     /// Stable ids of the servers of `config`, by position (what `server_ids` holds).
@@ -222,6 +239,8 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// The legacy HTTP+SSE streams this worker holds.
+    pub legacy: super::legacy::Streams,
 }
 
 impl WorkerState {
@@ -240,6 +259,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            legacy: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,
@@ -376,6 +396,7 @@ impl WorkerState {
             Control::Abort => {
                 self.prepared.borrow_mut().take();
             }
+            Control::LegacyPost(p) => self.legacy.deliver_handed_over(&p),
         }
     }
 
