@@ -1,12 +1,11 @@
-//! One request through the gateway's own request path, over an in-memory connection: an
-//! AF_UNIX socketpair whose one end `proxy::serve` serves like any client connection (carried
-//! as a `tls::Stream::Plain`: the request path only reads, writes, polls and shuts the socket
-//! down, which are the same calls on any stream socket; `set_nodelay` and `peer_addr` fail and
-//! are ignored), and whose other end is read here like an upstream's reply. Nothing of the
-//! request path is copied or bypassed: routing, sessions, federation, refusals, metrics and
-//! the access log all apply, and the hot path is unchanged (it never sees this module).
+//! One request through the gateway's own request path, over a connection inside the worker:
+//! a loopback TCP pair (`Loopback`), one end served by `proxy::serve` like any client
+//! connection, the other read here like an upstream's reply. Nothing of the request path is
+//! copied or bypassed: routing, sessions, federation, refusals, metrics and the access log all
+//! apply, and the hot path is unchanged (it never sees this module).
 
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::cell::RefCell;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -27,12 +26,52 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// leaving a task behind forever.
 const HEAD_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-fn socket(s: std::os::unix::net::UnixStream) -> std::io::Result<Stream> {
+/// A worker's private loopback listener, made on first use. Each pair is checked: the accepted
+/// end's peer must be the connecting end's own address, so a stranger's connection to the port
+/// is closed, never served in place of ours (it could only have reached the public listener's
+/// request path anyway).
+#[derive(Default)]
+pub struct Loopback {
+    listener: RefCell<Option<(TcpListener, SocketAddr)>>,
+}
+
+impl Loopback {
+    /// Two connected ends: (served, ours).
+    async fn pair(&self) -> std::io::Result<(TcpStream, TcpStream)> {
+        if self.listener.borrow().is_none() {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr()?;
+            *self.listener.borrow_mut() = Some((l, addr));
+        }
+        let addr = self.listener.borrow().as_ref().map(|(_, a)| *a);
+        let addr = addr.ok_or_else(|| std::io::Error::other("no loopback listener"))?;
+        // Loopback: the handshake is done when connect returns.
+        let ours = TcpStream::connect(addr)?;
+        let want = ours.local_addr()?;
+        for _ in 0..1000 {
+            let accepted = match self.listener.borrow().as_ref() {
+                Some((l, _)) => l.accept(),
+                None => return Err(std::io::Error::other("no loopback listener")),
+            };
+            match accepted {
+                Ok((s, peer)) if peer == want => return Ok((s, ours)),
+                // Not ours: dropped (closed).
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("loopback connection never arrived"))
+    }
+}
+
+fn socket(s: TcpStream) -> std::io::Result<Stream> {
     s.set_nonblocking(true)?;
-    // SAFETY: the fd comes straight from `into_raw_fd`, so this is its only owner. A stream
-    // socket of another family under `TcpStream`: see the module comment.
-    let std_tcp = unsafe { std::net::TcpStream::from_raw_fd(s.into_raw_fd()) };
-    Ok(Stream::Plain(monoio::net::TcpStream::from_std(std_tcp)?))
+    s.set_nodelay(true)?;
+    Ok(Stream::Plain(monoio::net::TcpStream::from_std(s)?))
 }
 
 /// Sends `req` (a whole HTTP/1.1 request) through the request path on worker `w`; returns the
@@ -41,10 +80,10 @@ pub async fn exchange(
     w: &Rc<WorkerState>,
     req: Vec<u8>,
 ) -> Result<(UpstreamConn, ResponseHead), String> {
-    let (served, ours) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let served = socket(served).map_err(|e| format!("socketpair: {e}"))?;
-    let ours = socket(ours).map_err(|e| format!("socketpair: {e}"))?;
+    let pair = w.legacy.loopback.pair().await;
+    let (served, ours) = pair.map_err(|e| format!("loopback connection: {e}"))?;
+    let served = socket(served).map_err(|e| format!("loopback connection: {e}"))?;
+    let ours = socket(ours).map_err(|e| format!("loopback connection: {e}"))?;
     monoio::spawn(super::super::serve(w.clone(), served));
     let mut conn = Conn::new(ours, 8 * 1024);
     let (res, _) = conn.write_all(req).await;

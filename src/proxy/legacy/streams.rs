@@ -222,6 +222,8 @@ pub struct Streams {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     open: Cell<usize>,
+    /// Where the worker's in-process requests connect (`inner`).
+    pub loopback: super::inner::Loopback,
 }
 
 impl Streams {
