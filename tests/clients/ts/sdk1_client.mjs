@@ -2,6 +2,9 @@
 // The same checks as tests/clients/python/checks.py, from tests/clients/fixtures.json,
 // one line per check (`ok NAME` / `FAIL NAME: why`); exit code = number of failures.
 //
+// With MCP_TRANSPORT=sse it speaks the legacy HTTP+SSE transport (`SSEClientTransport`; URL is
+// then the event stream's, e.g. http://HOST/mcp/sse).
+//
 // Usage: node tests/clients/ts/sdk1_client.mjs URL demo|everything|py|federated
 // The SDK is resolved from .tools/npm (installed by scripts/install-tools.sh).
 import { createRequire } from "node:module";
@@ -14,6 +17,7 @@ const repo = join(here, "..", "..", "..");
 const require = createRequire(join(process.env.TOLLGATE_NPM_DIR || join(repo, ".tools", "npm"), "package.json"));
 const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
 const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
+const { SSEClientTransport } = require("@modelcontextprotocol/sdk/client/sse.js");
 const { CreateMessageRequestSchema, ElicitRequestSchema } = require("@modelcontextprotocol/sdk/types.js");
 
 const [url, profile] = process.argv.slice(2);
@@ -49,7 +53,9 @@ client.setRequestHandler(CreateMessageRequestSchema, async () => ({
 }));
 client.setRequestHandler(ElicitRequestSchema, async () => ({ action: "accept", content: fx.elicitation?.answer ?? {} }));
 try {
-  await client.connect(new StreamableHTTPClientTransport(new URL(url)), TIMEOUT);
+  const legacy = process.env.MCP_TRANSPORT === "sse";
+  const transport = legacy ? new SSEClientTransport(new URL(url)) : new StreamableHTTPClientTransport(new URL(url));
+  await client.connect(transport, TIMEOUT);
   ok(`initialize (${client.transport?.protocolVersion ?? "?"})`);
 } catch (err) {
   fail("session", `connect raised ${err?.message ?? err}`);
