@@ -146,7 +146,11 @@ fn a_single_upstream_endpoint_speaks_legacy_sse() {
         .serve("/mcp", "demo")
         .start();
     let mut l = Legacy::open(gw.addr, "/mcp/sse");
-    assert!(l.endpoint.starts_with("/mcp/messages?sessionId=tl1."), "{}", l.endpoint);
+    assert!(
+        l.endpoint.starts_with("/mcp/messages?sessionId=tl1."),
+        "{}",
+        l.endpoint
+    );
     let init = l.initialize();
     assert_eq!(init["result"]["protocolVersion"], "2024-11-05");
     let tools = l.request(1, "tools/list", json!({}));
@@ -157,7 +161,11 @@ fn a_single_upstream_endpoint_speaks_legacy_sse() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert!(names.contains(&"echo"), "{names:?}");
-    let echo = l.request(2, "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}));
+    let echo = l.request(
+        2,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    );
     assert_eq!(tool_text(&echo), "hi");
     // Notifications of a request's reply stream come before its response, as events.
     let done = l.request(
@@ -175,7 +183,10 @@ fn a_single_upstream_endpoint_speaks_legacy_sse() {
     assert_eq!(progress[2]["params"]["progressToken"], "p");
     // Errors of the request path arrive like any reply.
     let unknown = l.request(4, "tools/call", json!({"name": "nope", "arguments": {}}));
-    assert!(unknown.get("error").is_some() || unknown["result"]["isError"] == true, "{unknown}");
+    assert!(
+        unknown.get("error").is_some() || unknown["result"]["isError"] == true,
+        "{unknown}"
+    );
     // The Streamable HTTP endpoint is unchanged beside it.
     let mut m = harness::Mcp::new(gw.addr, "/mcp");
     assert_eq!(m.initialize("2025-06-18").status, 200);
@@ -195,7 +206,11 @@ fn forged_and_ended_stream_ids_are_404_with_a_json_rpc_error() {
     let last = forged.len() - 1;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = format!("{base}sessionId={}", String::from_utf8(forged).unwrap());
-    for target in [forged.as_str(), "/mcp/messages", "/mcp/messages?sessionId=x"] {
+    for target in [
+        forged.as_str(),
+        "/mcp/messages",
+        "/mcp/messages?sessionId=x",
+    ] {
         let r = post_to(gw.addr, target, &ping);
         assert_eq!(r.status, 404, "{target}");
         assert_eq!(r.json()["error"]["code"], -32600, "{target}");
@@ -222,12 +237,20 @@ fn forged_and_ended_stream_ids_are_404_with_a_json_rpc_error() {
             && metric_value(&m, "tollgate_legacy_sse_streams_open") == 0.0
     }));
     let m = gw.metrics();
-    assert!(m.contains("tollgate_legacy_sse_streams_ended_total{reason=\"client_closed\"} 1"), "{m}");
+    assert!(
+        m.contains("tollgate_legacy_sse_streams_ended_total{reason=\"client_closed\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("tollgate_rejections_total{reason=\"legacy_stream_unknown\"}"));
     // Wrong methods on the legacy paths.
     let r = gw.client().request("GET", "/mcp/messages", &[], b"");
     assert_eq!(r.status, 405);
-    let r = gw.client().request("POST", "/mcp/sse", &[("content-type", "application/json")], b"{}");
+    let r = gw.client().request(
+        "POST",
+        "/mcp/sse",
+        &[("content-type", "application/json")],
+        b"{}",
+    );
     assert_eq!(r.status, 405);
 }
 
@@ -250,10 +273,21 @@ fn a_federated_endpoint_speaks_legacy_sse() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert!(names.contains(&"alpha__echo") && names.contains(&"echo"), "{names:?}");
-    let a = l.request(2, "tools/call", json!({"name": "alpha__echo", "arguments": {"text": "a"}}));
+    assert!(
+        names.contains(&"alpha__echo") && names.contains(&"echo"),
+        "{names:?}"
+    );
+    let a = l.request(
+        2,
+        "tools/call",
+        json!({"name": "alpha__echo", "arguments": {"text": "a"}}),
+    );
     assert_eq!(tool_text(&a), "a");
-    let b = l.request(3, "tools/call", json!({"name": "echo", "arguments": {"text": "b"}}));
+    let b = l.request(
+        3,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "b"}}),
+    );
     assert_eq!(tool_text(&b), "b");
     let r = l.request(4, "resources/read", json!({"uri": "demo://readme"}));
     assert!(r["result"]["contents"].is_array(), "{r}");
@@ -284,7 +318,10 @@ fn sampling_upstream() -> scripted::Scripted {
             }
             if req.rpc_method() == "tools/list" {
                 let tools = json!({"tools": [{"name": "ask", "inputSchema": {"type": "object"}}]});
-                let _ = s.write_all(&scripted::json_response(&scripted::rpc_result(&req.id(), tools)));
+                let _ = s.write_all(&scripted::json_response(&scripted::rpc_result(
+                    &req.id(),
+                    tools,
+                )));
                 continue;
             }
             // tools/call ask: an event stream with the sampling request, then the result.
@@ -306,7 +343,9 @@ fn sampling_upstream() -> scripted::Scripted {
             let said = format!(
                 "{}|{}",
                 answer["id"],
-                answer["result"]["content"]["text"].as_str().unwrap_or("none")
+                answer["result"]["content"]["text"]
+                    .as_str()
+                    .unwrap_or("none")
             );
             chunk(&mut s, &scripted::text_result(&req.id(), &said));
             let _ = s.write_all(b"0\r\n\r\n");
@@ -362,7 +401,11 @@ fn posts_reach_a_stream_held_by_another_worker() {
     };
     while handed(&gw) < 3.0 {
         assert!(id < 200, "no POST was ever handed to another worker");
-        let r = l.request(id, "tools/call", json!({"name": "echo", "arguments": {"text": format!("n{id}")}}));
+        let r = l.request(
+            id,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": format!("n{id}")}}),
+        );
         assert_eq!(tool_text(&r), format!("n{id}"));
         id += 1;
     }
@@ -377,10 +420,16 @@ fn the_stream_limit_refuses_with_503_and_names_the_key() {
         .limit("legacy_sse_streams_per_worker", "1")
         .start();
     let _l = Legacy::open(gw.addr, "/mcp/sse");
-    let r = gw.client().request("GET", "/mcp/sse", &[("accept", "text/event-stream")], b"");
+    let r = gw
+        .client()
+        .request("GET", "/mcp/sse", &[("accept", "text/event-stream")], b"");
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some());
-    assert!(r.text().contains("limits.legacy_sse_streams_per_worker"), "{}", r.text());
+    assert!(
+        r.text().contains("limits.legacy_sse_streams_per_worker"),
+        "{}",
+        r.text()
+    );
     let m = gw.metrics();
     assert!(
         m.contains("tollgate_limit_rejections_total{limit=\"legacy_sse_streams_per_worker\"} 1"),

@@ -92,7 +92,9 @@ impl StreamIds {
         if text.len() != ID_LEN {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(text.strip_prefix(PREFIX.as_bytes())?).ok()?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(text.strip_prefix(PREFIX.as_bytes())?)
+            .ok()?;
         if raw.len() != PAYLOAD + TAG {
             return None;
         }

@@ -28,8 +28,8 @@ use super::shutdown::Woken;
 use super::state::WorkerState;
 use super::{read_body, refuse, BodyAt, Next};
 
-pub use streams::{HandedOver, Streams};
 use streams::{End, LegacyStream, Order, Posted, Verdict};
+pub use streams::{HandedOver, Streams};
 
 /// Which legacy path a request came to (`Gateway::route_legacy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +149,7 @@ async fn open(
     stream.end(why);
     w.legacy.close(&id);
     open_gauge.decrement(1.0);
-    metrics::counter!(names::LEGACY_SSE_STREAMS_ENDED_TOTAL, "reason" => why.as_str())
-        .increment(1);
+    metrics::counter!(names::LEGACY_SSE_STREAMS_ENDED_TOTAL, "reason" => why.as_str()).increment(1);
     if why == End::SlowReader {
         tracing::info!(
             queued = limits.legacy_sse_queued_messages,
@@ -182,7 +181,11 @@ async fn write_stream(
     };
     let mut watch_client = true;
     loop {
-        for m in stream.outbox.borrow_mut().drain(..) {
+        // One message a write: clients dispatch the events of one read back to back, and the
+        // TypeScript SDK then runs a response before the progress notifications read with it
+        // (their handlers are deferred), dropping them as "unknown token".
+        let next = stream.outbox.borrow_mut().pop_front();
+        if let Some(m) = next {
             sse::write_event(&mut c.out, &message, &m);
         }
         if let Some(why) = stream.ended.get() {
@@ -314,8 +317,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             .send(usize::from(id.worker), Control::LegacyPost(h.clone()));
         let _ = sent.wait_async(HANDOVER_TIMEOUT).await;
         let v = h.verdict();
-        metrics::counter!(names::LEGACY_SSE_HANDOVERS_TOTAL, "result" => v.as_str())
-            .increment(1);
+        metrics::counter!(names::LEGACY_SSE_HANDOVERS_TOTAL, "result" => v.as_str()).increment(1);
         v
     };
     let refusal = match verdict {
@@ -330,7 +332,8 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     let keep = ctx.keep_after_response();
     response::status_line(&mut c.out, 202);
     c.out.extend_from_slice(&ctx.cors);
-    c.out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    c.out
+        .extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
     response::content_length(&mut c.out, 8);
     response::connection(&mut c.out, keep);
     c.out.extend_from_slice(b"\r\nAccepted");
@@ -389,7 +392,12 @@ async fn dispatch(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: String) {
 
 /// One POSTed message through the request path; its reply's messages go onto the stream.
 /// Returns the session an `initialize` opened. Given up when the stream ends.
-async fn run(w: &Rc<WorkerState>, stream: &LegacyStream, path: &str, p: &Posted) -> Option<Vec<u8>> {
+async fn run(
+    w: &Rc<WorkerState>,
+    stream: &LegacyStream,
+    path: &str,
+    p: &Posted,
+) -> Option<Vec<u8>> {
     let mut req = Vec::with_capacity(p.body.len() + p.headers.len() + 256);
     req.extend_from_slice(format!("POST {path} HTTP/1.1\r\n").as_bytes());
     req.extend_from_slice(&p.headers);
@@ -406,10 +414,7 @@ async fn run(w: &Rc<WorkerState>, stream: &LegacyStream, path: &str, p: &Posted)
     req.extend_from_slice(&p.body);
     let exchange = async {
         let (mut conn, head) = inner::exchange(w, req).await?;
-        let token = head
-            .session_id
-            .clone()
-            .map(|r| conn.buffered()[r].to_vec());
+        let token = head.session_id.clone().map(|r| conn.buffered()[r].to_vec());
         inner::messages(&mut conn, &head, |m| stream.send(m)).await?;
         Ok::<_, String>(token)
     };
@@ -460,7 +465,10 @@ mod tests {
     #[test]
     fn the_session_parameter_is_found_among_others() {
         assert_eq!(session_param(b"/m?sessionId=abc"), Some(&b"abc"[..]));
-        assert_eq!(session_param(b"/m?x=1&sessionId=abc&y=2"), Some(&b"abc"[..]));
+        assert_eq!(
+            session_param(b"/m?x=1&sessionId=abc&y=2"),
+            Some(&b"abc"[..])
+        );
         assert_eq!(session_param(b"/m?session_id=abc"), None);
         assert_eq!(session_param(b"/m"), None);
     }

@@ -344,7 +344,11 @@ mod tests {
         assert_eq!(streams.deliver(&forged, posted()), Verdict::Unknown);
         assert_eq!(streams.deliver(&b, posted()), Verdict::Queued);
         assert_eq!(streams.deliver(&b, posted()), Verdict::Queued);
-        assert_eq!(streams.deliver(&b, posted()), Verdict::Full, "2 queued at most");
+        assert_eq!(
+            streams.deliver(&b, posted()),
+            Verdict::Full,
+            "2 queued at most"
+        );
         assert_eq!(streams.open_count(), 2);
     }
 
