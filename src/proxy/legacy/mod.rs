@@ -290,7 +290,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     let order = match jsonrpc::scan(&body, &gw.scan_limits) {
         Ok(Body::Single(m)) => match (m.kind, m.method.as_ref().map(|s| Method::parse(&s.value))) {
             (MessageKind::Request, Some(Method::Initialize)) => Order::Initialize,
-            (MessageKind::Notification, _) => Order::InOrder,
+            (MessageKind::Notification, _) => Order::Sequential,
             _ => Order::Concurrent,
         },
         Ok(Body::Batch(_)) => Order::Concurrent,
@@ -369,7 +369,7 @@ async fn dispatch(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: String) {
                     }
                 }
             }
-            Order::InOrder => {
+            Order::Sequential => {
                 run(&w, &stream, &path, &p).await;
             }
             Order::Concurrent => {

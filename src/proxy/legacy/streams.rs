@@ -51,7 +51,7 @@ pub enum Order {
     Initialize,
     /// Notifications: run in the order they were posted, before what was posted after them
     /// (`notifications/initialized` must reach the upstream before the next request).
-    InOrder,
+    Sequential,
     /// Requests and responses: at once, side by side (a tool call waiting for the client's
     /// answer to a sampling request must not hold that answer up).
     Concurrent,
