@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::scripted::{self, read_request};
-use harness::{eventually, metric_value, Demo, Gateway, Http, Response};
+use harness::{eventually, metric_value, Demo, Driver, Gateway, Http, Response};
 use serde_json::{json, Value};
 
 /// A legacy client: the event stream it holds and the endpoint it was told to POST to.
@@ -141,9 +141,19 @@ fn tool_text(r: &Value) -> String {
 
 #[test]
 fn a_single_upstream_endpoint_speaks_legacy_sse() {
+    single_upstream_on(Driver::IoUring);
+}
+
+#[test]
+fn a_single_upstream_endpoint_speaks_legacy_sse_on_the_legacy_driver() {
+    single_upstream_on(Driver::Legacy);
+}
+
+fn single_upstream_on(driver: Driver) {
     let gw = Gateway::builder()
         .upstream("demo", "builtin:demo")
         .serve("/mcp", "demo")
+        .driver(driver)
         .start();
     let mut l = Legacy::open(gw.addr, "/mcp/sse");
     assert!(
@@ -445,4 +455,40 @@ fn legacy_sse_false_leaves_the_paths_unserved() {
         .start();
     let r = gw.client().request("GET", "/mcp/sse", &[], b"");
     assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_stream_and_memory_stays_bounded() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .limit("legacy_sse_queued_messages", "2")
+        .start();
+    let mut l = Legacy::open(gw.addr, "/mcp/sse");
+    l.initialize();
+    // From here the client reads nothing: 1 MiB results fill the socket buffers, then the
+    // stream's queue (2), then the stream ends. Each POST is still answered at once.
+    let mut posted = 0;
+    let ended = |gw: &Gateway| {
+        gw.metrics()
+            .contains("tollgate_legacy_sse_streams_ended_total{reason=\"slow_reader\"} 1")
+    };
+    while !ended(&gw) {
+        assert!(posted < 64, "64 MiB unread and the stream is still open");
+        let r = l.post(
+            &json!({"jsonrpc": "2.0", "id": 100 + posted, "method": "tools/call",
+                               "params": {"name": "large", "arguments": {"bytes": 1 << 20}}}),
+        );
+        if r.status == 404 {
+            break; // it ended between the check and this POST
+        }
+        assert_eq!(r.status, 202);
+        posted += 1;
+    }
+    assert!(eventually(Duration::from_secs(10), || ended(&gw)));
+    assert!(eventually(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        metric_value(&m, "tollgate_legacy_sse_streams_open") == 0.0
+            && metric_value(&m, "tollgate_sessions_closed_total") == 1.0
+    }));
 }

@@ -195,8 +195,16 @@ async fn write_stream(
             }
             return why;
         }
-        // A client that does not read within limits.write_timeout is cut off here.
-        if c.flush().await.is_err() {
+        // A client that does not read within limits.write_timeout is cut off here, and one
+        // that let its queue overflow meanwhile at once (the write is given up, the socket reset).
+        let flushed = monoio::select! {
+            r = c.flush() => r.is_ok(),
+            _ = stream.until_ended() => {
+                super::client::abort_on_close(&c.conn.io);
+                return stream.ended.get().unwrap_or(End::SlowReader);
+            }
+        };
+        if !flushed {
             return End::ClientClosed;
         }
         if !stream.outbox.borrow().is_empty() {
