@@ -245,12 +245,9 @@ fn forged_and_ended_stream_ids_are_404_with_a_json_rpc_error() {
         let m = gw.metrics();
         metric_value(&m, "tollgate_sessions_closed_total") == 1.0
             && metric_value(&m, "tollgate_legacy_sse_streams_open") == 0.0
+            && m.contains("tollgate_legacy_sse_streams_ended_total{reason=\"client_closed\"} 1")
     }));
     let m = gw.metrics();
-    assert!(
-        m.contains("tollgate_legacy_sse_streams_ended_total{reason=\"client_closed\"} 1"),
-        "{m}"
-    );
     assert!(m.contains("tollgate_rejections_total{reason=\"legacy_stream_unknown\"}"));
     // Wrong methods on the legacy paths.
     let r = gw.client().request("GET", "/mcp/messages", &[], b"");
@@ -440,11 +437,11 @@ fn the_stream_limit_refuses_with_503_and_names_the_key() {
         "{}",
         r.text()
     );
-    let m = gw.metrics();
-    assert!(
-        m.contains("tollgate_limit_rejections_total{limit=\"legacy_sse_streams_per_worker\"} 1"),
-        "{m}"
-    );
+    // The record phase runs after the answer is written: the count follows it.
+    assert!(eventually(Duration::from_secs(10), || {
+        gw.metrics()
+            .contains("tollgate_limit_rejections_total{limit=\"legacy_sse_streams_per_worker\"} 1")
+    }));
 }
 
 #[test]
@@ -491,4 +488,25 @@ fn a_client_that_stops_reading_loses_its_stream_and_memory_stays_bounded() {
         metric_value(&m, "tollgate_legacy_sse_streams_open") == 0.0
             && metric_value(&m, "tollgate_sessions_closed_total") == 1.0
     }));
+}
+
+#[test]
+fn a_second_initialize_on_one_stream_ends_the_session_it_replaces() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .start();
+    let mut l = Legacy::open(gw.addr, "/mcp/sse");
+    l.initialize();
+    l.initialize();
+    assert!(eventually(Duration::from_secs(10), || {
+        metric_value(&gw.metrics(), "tollgate_sessions_closed_total") == 1.0
+    }));
+    // The stream goes on with the new session.
+    let echo = l.request(
+        9,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "again"}}),
+    );
+    assert_eq!(tool_text(&echo), "again");
 }

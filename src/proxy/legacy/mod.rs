@@ -367,12 +367,24 @@ async fn dispatch(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: String) {
         let Some(p) = stream.inbox.borrow_mut().pop_front() else {
             continue;
         };
+        // The session's server stream, if the upstream ended it: opened again with the next
+        // message (the client's activity paces it; an upstream that refuses it costs one GET a
+        // message at most).
+        if !stream.server_stream_open.get() && stream.token.borrow().is_some() {
+            stream.server_stream_open.set(true);
+            monoio::spawn(server_stream(w.clone(), stream.clone(), path.clone()));
+        }
         match p.order {
             Order::Initialize => {
                 let token = run(&w, &stream, &path, &p).await;
                 if let Some(t) = token {
-                    let first = stream.token.replace(Some(t)).is_none();
-                    if first {
+                    if let Some(old) = stream.token.replace(Some(t)) {
+                        // A second initialize on one stream: the session it replaces ends.
+                        let (w, stream, path) = (w.clone(), stream.clone(), path.clone());
+                        monoio::spawn(async move { end_session(&w, &stream, &path, &old).await });
+                    }
+                    if !stream.server_stream_open.get() {
+                        stream.server_stream_open.set(true);
                         monoio::spawn(server_stream(w.clone(), stream.clone(), path.clone()));
                     }
                 }
@@ -388,13 +400,19 @@ async fn dispatch(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: String) {
     }
     let token = stream.token.borrow_mut().take();
     if let (Some(t), false) = (token, w.shutdown.is_fired()) {
-        let mut req = format!("DELETE {path} HTTP/1.1\r\n").into_bytes();
-        req.extend_from_slice(&stream.headers);
-        response::header(&mut req, b"mcp-session-id", &t);
-        req.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
-        if let Ok((mut conn, head)) = inner::exchange(&w, req).await {
-            let _ = inner::messages(&mut conn, &head, |_| {}).await;
-        }
+        end_session(&w, &stream, &path, &t).await;
+    }
+}
+
+/// DELETE through the request path: the gateway session ends on every worker, and its upstream
+/// sessions with it.
+async fn end_session(w: &Rc<WorkerState>, stream: &LegacyStream, path: &str, token: &[u8]) {
+    let mut req = format!("DELETE {path} HTTP/1.1\r\n").into_bytes();
+    req.extend_from_slice(&stream.headers);
+    response::header(&mut req, b"mcp-session-id", token);
+    req.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
+    if let Ok((mut conn, head)) = inner::exchange(w, req).await {
+        let _ = inner::messages(&mut conn, &head, |_| {}).await;
     }
 }
 
@@ -443,6 +461,7 @@ async fn run(
 /// upstream's, or the merged one of a federated endpoint), relayed onto the legacy stream.
 async fn server_stream(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: String) {
     let Some(token) = stream.token.borrow().clone() else {
+        stream.server_stream_open.set(false);
         return;
     };
     let mut req = format!("GET {path} HTTP/1.1\r\n").into_bytes();
@@ -452,17 +471,26 @@ async fn server_stream(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: Strin
     let relay = async {
         let (mut conn, head) = inner::exchange(&w, req).await?;
         if head.status != 200 {
-            // 405: the upstream offers no such stream; the legacy stream carries replies only.
-            return Ok(());
+            // 405: the upstream offers no such stream (the legacy stream carries what travels
+            // on each request's own stream); any other refusal will not change either.
+            return Ok(false);
         }
-        inner::messages(&mut conn, &head, |m| stream.send(m)).await
+        inner::messages(&mut conn, &head, |m| stream.send(m)).await?;
+        Ok::<_, String>(true)
     };
     let done = monoio::select! {
         r = relay => r,
         _ = stream.until_ended() => return,
     };
-    if let Err(why) = done {
-        tracing::debug!(error = %why, "legacy SSE: the session's server stream ended");
+    match done {
+        // The upstream ended a stream it served: open it again with the next message.
+        Ok(true) => stream.server_stream_open.set(false),
+        // Refused: not asked again (the flag stays set).
+        Ok(false) => {}
+        Err(why) => {
+            stream.server_stream_open.set(false);
+            tracing::debug!(error = %why, "legacy SSE: the session's server stream ended");
+        }
     }
 }
 

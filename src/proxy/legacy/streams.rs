@@ -96,6 +96,8 @@ pub struct LegacyStream {
     /// The gateway session (`Mcp-Session-Id`) the stream's `initialize` opened.
     pub token: RefCell<Option<Vec<u8>>>,
     pub ended: Cell<Option<End>>,
+    /// The session's server→client stream is being relayed (`server_stream`).
+    pub server_stream_open: Cell<bool>,
     pub changed: Wake,
     /// Header lines of the `GET <path>/sse` (Host, Origin, …) for the requests the stream makes
     /// on its own (the session's GET stream and its DELETE).
@@ -110,6 +112,7 @@ impl LegacyStream {
             outbox: RefCell::default(),
             token: RefCell::default(),
             ended: Cell::new(None),
+            server_stream_open: Cell::new(false),
             changed: Wake::default(),
             headers,
             max_queued,
