@@ -42,7 +42,7 @@ pub enum Control {
     Abort,
     /// A message POSTed to a legacy HTTP+SSE stream this worker holds (the POST arrived on
     /// another worker, which answers the client once this one has queued it or refused it).
-    LegacyPost(Arc<super::legacy::HandedOver>),
+    LegacyPost(Arc<super::legacy_sse::HandedOver>),
 }
 
 /// A gateway built by a reload, on its way to the workers.

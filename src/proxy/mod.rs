@@ -11,7 +11,7 @@ pub mod control;
 mod federate;
 pub use federate::probe;
 mod initialize;
-mod legacy;
+mod legacy_sse;
 pub mod reject;
 pub mod reload;
 pub mod session_cache;
@@ -182,7 +182,7 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
                 ctx.cors = cors_headers(&buf[r]);
             }
             // Boxed: a legacy stream's state stays out of every request's future.
-            return Box::pin(legacy::handle(w, c, ctx, head, server, route)).await;
+            return Box::pin(legacy_sse::handle(w, c, ctx, head, server, route)).await;
         }
         c.conn.consume(head.len);
         return refuse(c, ctx, Refusal::new(Kind::NotFound)).await;

@@ -142,13 +142,13 @@ impl Gateway {
 
     /// The server whose legacy HTTP+SSE path this is (`servers[].legacy_sse`): looked up only
     /// when `route` found no server, so the Streamable HTTP path pays nothing for it.
-    pub fn route_legacy(&self, path: &[u8]) -> Option<(usize, super::legacy::Route)> {
+    pub fn route_legacy(&self, path: &[u8]) -> Option<(usize, super::legacy_sse::Route)> {
         self.config.servers.iter().enumerate().find_map(|(i, s)| {
             let l = s.legacy.as_ref()?;
             if l.sse.as_bytes() == path {
-                Some((i, super::legacy::Route::Sse))
+                Some((i, super::legacy_sse::Route::Sse))
             } else if l.messages.as_bytes() == path {
-                Some((i, super::legacy::Route::Messages))
+                Some((i, super::legacy_sse::Route::Messages))
             } else {
                 None
             }
@@ -240,7 +240,7 @@ pub struct WorkerState {
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
     /// The legacy HTTP+SSE streams this worker holds.
-    pub legacy: super::legacy::Streams,
+    pub legacy_sse: super::legacy_sse::Streams,
 }
 
 impl WorkerState {
@@ -259,7 +259,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
-            legacy: Default::default(),
+            legacy_sse: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,
@@ -396,7 +396,7 @@ impl WorkerState {
             Control::Abort => {
                 self.prepared.borrow_mut().take();
             }
-            Control::LegacyPost(p) => self.legacy.deliver_handed_over(&p),
+            Control::LegacyPost(p) => self.legacy_sse.deliver_handed_over(&p),
         }
     }
 

@@ -119,7 +119,7 @@ async fn open(
         headers,
         limits.legacy_sse_queued_messages,
     ));
-    let Some(id) = w.legacy.open(
+    let Some(id) = w.legacy_sse.open(
         w.index as u16,
         limits.legacy_sse_streams_per_worker,
         random_u64(),
@@ -147,7 +147,7 @@ async fn open(
     monoio::spawn(dispatch(c.worker().clone(), stream.clone(), s.path.clone()));
     let why = write_stream(w, c, &stream, limits.legacy_sse_keepalive).await;
     stream.end(why);
-    w.legacy.close(&id);
+    w.legacy_sse.close(&id);
     open_gauge.decrement(1.0);
     metrics::counter!(names::LEGACY_SSE_STREAMS_ENDED_TOTAL, "reason" => why.as_str()).increment(1);
     if why == End::SlowReader {
@@ -317,7 +317,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         headers,
     };
     let verdict = if usize::from(id.worker) == w.index {
-        w.legacy.deliver(&id, posted)
+        w.legacy_sse.deliver(&id, posted)
     } else {
         let h = Arc::new(HandedOver::new(id, posted));
         let mut sent = gw

@@ -80,7 +80,7 @@ pub async fn exchange(
     w: &Rc<WorkerState>,
     req: Vec<u8>,
 ) -> Result<(UpstreamConn, ResponseHead), String> {
-    let pair = w.legacy.loopback.pair().await;
+    let pair = w.legacy_sse.loopback.pair().await;
     let (served, ours) = pair.map_err(|e| format!("loopback connection: {e}"))?;
     let served = socket(served).map_err(|e| format!("loopback connection: {e}"))?;
     let ours = socket(ours).map_err(|e| format!("loopback connection: {e}"))?;
