@@ -190,6 +190,24 @@ kinds! {
     UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");
     UpstreamTimeout => row(504, UPSTREAM_TIMEOUT, Upstream, "upstream_timeout");
     UpstreamProtocol => row(502, UPSTREAM_PROTOCOL, Upstream, "upstream_protocol");
+    // The legacy HTTP+SSE transport (2024-11-05): a POST to a stream that does not exist here
+    // (forged, ended, or from an earlier process), the limits of its streams, and a worker that
+    // could not take a POST handed over to it.
+    LegacyStreamUnknown => row(404, INVALID_REQUEST, Client, "legacy_stream_unknown");
+    LegacyStreams => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "legacy_sse_streams_per_worker", false)
+    };
+    LegacyQueueFull => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "legacy_sse_queued_messages", false)
+    };
+    LegacyHandover => Row {
+        extra: Extra::RetryAfter,
+        ..row(503, GATEWAY_REJECTED, Gateway, "legacy_handover_failed")
+    };
     // Gateway.
     ShuttingDown => Row {
         extra: Extra::RetryAfter,

@@ -131,6 +131,11 @@ pub mod defaults {
     pub const MAX_LEGACY_STREAMS: u64 = 1024;
     /// Messages a legacy upstream stream keeps for a client that has no GET stream open.
     pub const LEGACY_BUFFERED_MESSAGES: u64 = 64;
+    pub const LEGACY_SSE_STREAMS_PER_WORKER: usize = 1024;
+    /// Enough for the concurrent POSTs an agent makes; a stream this far behind is stuck.
+    pub const LEGACY_SSE_QUEUED_MESSAGES: usize = 64;
+    /// Below the 30-60 s after which proxies commonly cut an idle response.
+    pub const LEGACY_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
@@ -401,6 +406,9 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "max_batch_concurrency",
             "max_legacy_streams",
             "legacy_buffered_messages",
+            "legacy_sse_streams_per_worker",
+            "legacy_sse_queued_messages",
+            "legacy_sse_keepalive",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -485,6 +493,24 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "legacy_buffered_messages",
             defaults::LEGACY_BUFFERED_MESSAGES as usize,
             usize_count(0, 100_000),
+        ),
+        legacy_sse_streams_per_worker: s.get(
+            p,
+            "legacy_sse_streams_per_worker",
+            defaults::LEGACY_SSE_STREAMS_PER_WORKER,
+            usize_count(1, 1_000_000),
+        ),
+        legacy_sse_queued_messages: s.get(
+            p,
+            "legacy_sse_queued_messages",
+            defaults::LEGACY_SSE_QUEUED_MESSAGES,
+            usize_count(1, 100_000),
+        ),
+        legacy_sse_keepalive: s.get(
+            p,
+            "legacy_sse_keepalive",
+            defaults::LEGACY_SSE_KEEPALIVE,
+            extract::duration(MS),
         ),
     }
 }
@@ -707,6 +733,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         resources: NameFilter::default(),
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
+        legacy: Some(crate::config::LegacyPaths::of(path)),
     }
 }
 

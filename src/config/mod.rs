@@ -128,6 +128,15 @@ pub struct Limits {
     /// `limits.legacy_buffered_messages`, default 64: server→client messages of a legacy
     /// upstream kept while the client has no GET stream open; beyond it they are dropped (counted).
     pub legacy_buffered_messages: usize,
+    /// `limits.legacy_sse_streams_per_worker`, default 1024: legacy HTTP+SSE streams one worker
+    /// holds open at once. Over → 503 with Retry-After.
+    pub legacy_sse_streams_per_worker: usize,
+    /// `limits.legacy_sse_queued_messages`, default 64: messages waiting on one legacy stream
+    /// (POSTed and not yet sent on, or to be written to a client that reads slowly). A POST
+    /// beyond it → 503; a reader that falls that far behind has its stream ended.
+    pub legacy_sse_queued_messages: usize,
+    /// `limits.legacy_sse_keepalive`, default 15s: a `:` comment on an idle legacy stream.
+    pub legacy_sse_keepalive: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -401,6 +410,29 @@ pub struct Server {
     /// `servers[].list_refresh_interval`, default 5m: how old a worker's routing tables may get
     /// before the next call that needs them lists the upstreams again.
     pub list_refresh_interval: Duration,
+    /// `servers[].legacy_sse`, default true: the legacy HTTP+SSE transport (2024-11-05) is
+    /// offered to clients at `<path>/sse` (the event stream) and `<path>/messages` (the POSTs).
+    pub legacy: Option<LegacyPaths>,
+}
+
+/// Where a server's legacy HTTP+SSE transport lives (`servers[].legacy_sse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyPaths {
+    /// `GET` opens the event stream: `<path>/sse` (`/sse` for the server at `/`).
+    pub sse: String,
+    /// Where the `endpoint` event tells the client to POST: `<path>/messages`.
+    pub messages: String,
+}
+
+impl LegacyPaths {
+    /// The legacy paths of the server at `path`.
+    pub fn of(path: &str) -> Self {
+        let base = path.trim_end_matches('/');
+        LegacyPaths {
+            sse: format!("{base}/sse"),
+            messages: format!("{base}/messages"),
+        }
+    }
 }
 
 impl Server {

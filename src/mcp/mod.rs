@@ -6,6 +6,7 @@ pub mod aead;
 pub mod cursor;
 pub mod idmap;
 pub mod legacy;
+pub mod legacy_id;
 pub mod method;
 pub mod modern;
 pub mod names;

@@ -81,6 +81,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "HTTP+SSE upstream failures by step: connect, endpoint, post, timeout, ended, \
          unroutable, dropped, limit."
     );
+    describe_gauge!(
+        names::LEGACY_SSE_STREAMS_OPEN,
+        "Legacy HTTP+SSE (2024-11-05) event streams open now."
+    );
+    describe_counter!(
+        names::LEGACY_SSE_HANDOVERS_TOTAL,
+        "Messages POSTed to a legacy HTTP+SSE stream held by another worker, handed to it over \
+         the control channel, by result (queued, unknown, full, undelivered)."
+    );
+    describe_counter!(
+        names::LEGACY_SSE_STREAMS_ENDED_TOTAL,
+        "Legacy HTTP+SSE event streams ended, by reason (client_closed, slow_reader, shutdown)."
+    );
     describe_counter!(
         names::CONNECTIONS_ACCEPTED_TOTAL,
         "Client connections accepted."

@@ -34,6 +34,11 @@ pub const LEGACY_UPSTREAM_HANDOFFS_TOTAL: &str = "tollgate_legacy_upstream_hando
 /// unroutable, dropped, limit).
 pub const LEGACY_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_legacy_upstream_failures_total";
 /// 1 unless the upstream is known-down (written at scrape time from the readiness counters).
+/// Legacy HTTP+SSE transport: streams open now; POSTs handed to the worker holding their
+/// stream; streams ended by how (client closed, slow reader, shutdown, lifetime).
+pub const LEGACY_SSE_STREAMS_OPEN: &str = "tollgate_legacy_sse_streams_open";
+pub const LEGACY_SSE_HANDOVERS_TOTAL: &str = "tollgate_legacy_sse_handovers_total";
+pub const LEGACY_SSE_STREAMS_ENDED_TOTAL: &str = "tollgate_legacy_sse_streams_ended_total";
 pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";

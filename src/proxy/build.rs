@@ -72,6 +72,8 @@ impl Gateway {
                 .with_previous(&[self.config.session.key]);
             gw.taskids = crate::mcp::idmap::IdMapper::tasks(&gw.config.session.key)
                 .with_previous(&[self.config.session.key]);
+            gw.legacy_ids = crate::mcp::legacy_id::StreamIds::new(&gw.config.session.key)
+                .with_previous(&[self.config.session.key]);
         }
         Ok(Arc::new(gw))
     }
@@ -142,6 +144,7 @@ impl Gateway {
             cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
             taskids: crate::mcp::idmap::IdMapper::tasks(&config.session.key),
+            legacy_ids: crate::mcp::legacy_id::StreamIds::new(&config.session.key),
             config,
         })
     }

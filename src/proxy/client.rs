@@ -54,9 +54,9 @@ impl Client {
         }
     }
 
-    /// The worker this connection runs on (for tasks that outlive the request).
-    pub fn worker(&self) -> std::rc::Rc<WorkerState> {
-        self.w.clone()
+    /// The worker serving this connection (for tasks a request spawns that outlive it).
+    pub fn worker(&self) -> &Rc<WorkerState> {
+        &self.w
     }
 
     /// Who the client proved to be with a certificate: on a TLS listener with

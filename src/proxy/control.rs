@@ -43,6 +43,9 @@ pub enum Control {
     /// HTTP+SSE upstream streams: a message for a waiting request, attach/detach a GET stream,
     /// close a stream, a stream ended (`proxy::legacy`).
     Legacy(super::legacy::Msg),
+    /// A message POSTed to a legacy HTTP+SSE stream this worker holds (the POST arrived on
+    /// another worker, which answers the client once this one has queued it or refused it).
+    LegacyPost(Arc<super::legacy_sse::HandedOver>),
 }
 
 /// A gateway built by a reload, on its way to the workers.
@@ -64,16 +67,18 @@ pub enum Kind {
     Commit,
     Abort,
     Legacy,
+    LegacyPost,
 }
 
 impl Kind {
     /// In discriminant order (`ALL[k as usize] == k`, checked by a test).
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Revoke,
         Kind::Prepare,
         Kind::Commit,
         Kind::Abort,
         Kind::Legacy,
+        Kind::LegacyPost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +88,7 @@ impl Kind {
             Kind::Commit => "commit",
             Kind::Abort => "abort",
             Kind::Legacy => "legacy",
+            Kind::LegacyPost => "legacy_post",
         }
     }
 }
@@ -95,6 +101,7 @@ impl Control {
             Control::Commit => Kind::Commit,
             Control::Abort => Kind::Abort,
             Control::Legacy(_) => Kind::Legacy,
+            Control::LegacyPost(_) => Kind::LegacyPost,
         }
     }
 }

@@ -13,6 +13,7 @@ mod held;
 pub use federate::probe;
 mod initialize;
 mod legacy;
+mod legacy_sse;
 pub mod reject;
 pub mod reload;
 pub mod session_cache;
@@ -178,6 +179,14 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
     let gw = &*gen.gw;
     let buf = c.conn.buffered();
     let Some(server) = gw.route(head.path(buf)) else {
+        if let Some((server, route)) = gw.route_legacy(head.path(buf)) {
+            ctx.server = Some(server);
+            if let Some(r) = head.origin.clone() {
+                ctx.cors = cors_headers(&buf[r]);
+            }
+            // Boxed: a legacy stream's state stays out of every request's future.
+            return Box::pin(legacy_sse::handle(w, c, ctx, head, server, route)).await;
+        }
         c.conn.consume(head.len);
         return refuse(c, ctx, Refusal::new(Kind::NotFound)).await;
     };

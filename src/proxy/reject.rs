@@ -107,6 +107,20 @@ impl Rejects {
                     Kind::UpstreamUnavailable => "upstream unavailable".into(),
                     Kind::UpstreamTimeout => "upstream timed out".into(),
                     Kind::UpstreamProtocol => "upstream sent an invalid response".into(),
+                    Kind::LegacyStreamUnknown => {
+                        "unknown legacy SSE session: open a new stream (GET the sse endpoint)".into()
+                    }
+                    Kind::LegacyStreams => format!(
+                        "too many legacy SSE streams on this worker (limits.legacy_sse_streams_per_worker = {})",
+                        l.legacy_sse_streams_per_worker
+                    ),
+                    Kind::LegacyQueueFull => format!(
+                        "too many messages waiting on this legacy SSE stream (limits.legacy_sse_queued_messages = {})",
+                        l.legacy_sse_queued_messages
+                    ),
+                    Kind::LegacyHandover => {
+                        "the worker holding this legacy SSE stream could not take the message: retry".into()
+                    }
                     Kind::ShuttingDown => "gateway is shutting down".into(),
                     Kind::Internal => "internal error".into(),
                 };

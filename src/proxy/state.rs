@@ -128,6 +128,8 @@ pub struct Gateway {
     pub idmap: crate::mcp::idmap::IdMapper,
     /// Wraps upstream task ids (federated endpoints): `tgt~…`, bound to session and upstream.
     pub taskids: crate::mcp::idmap::IdMapper,
+    /// Seals and opens the ids of legacy HTTP+SSE streams (`super::legacy_sse`).
+    pub legacy_ids: crate::mcp::legacy_id::StreamIds,
 }
 
 impl Gateway {
@@ -141,6 +143,21 @@ impl Gateway {
             .servers
             .iter()
             .position(|s| s.path.as_bytes() == path)
+    }
+
+    /// The server whose legacy HTTP+SSE path this is (`servers[].legacy_sse`): looked up only
+    /// when `route` found no server, so the Streamable HTTP path pays nothing for it.
+    pub fn route_legacy(&self, path: &[u8]) -> Option<(usize, super::legacy_sse::Route)> {
+        self.config.servers.iter().enumerate().find_map(|(i, s)| {
+            let l = s.legacy.as_ref()?;
+            if l.sse.as_bytes() == path {
+                Some((i, super::legacy_sse::Route::Sse))
+            } else if l.messages.as_bytes() == path {
+                Some((i, super::legacy_sse::Route::Messages))
+            } else {
+                None
+            }
+        })
     }
 
     /// Stable ids of the servers of `config`, by position (what `server_ids` holds).
@@ -232,6 +249,8 @@ pub struct WorkerState {
     /// HTTP+SSE upstream streams this worker holds and the mailboxes its requests wait on.
     pub legacy: super::legacy::Hub,
     pub legacy_metrics: super::legacy::Metrics,
+    /// The legacy HTTP+SSE streams this worker holds.
+    pub legacy_sse: super::legacy_sse::Streams,
 }
 
 impl WorkerState {
@@ -253,6 +272,7 @@ impl WorkerState {
             held: Default::default(),
             legacy: Default::default(),
             legacy_metrics: Default::default(),
+            legacy_sse: Default::default(),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,
@@ -400,6 +420,7 @@ impl WorkerState {
                 self.prepared.borrow_mut().take();
             }
             Control::Legacy(m) => super::legacy::apply(self, m),
+            Control::LegacyPost(p) => self.legacy_sse.deliver_handed_over(&p),
         }
     }
 

@@ -1,6 +1,7 @@
 """The MCP Inspector CLI (`mcp-inspector --cli URL --transport http --method ...`) against one endpoint.
 
-Each check is one CLI process (a fresh session), as a person would run it.
+Each check is one CLI process (a fresh session), as a person would run it. With
+MCP_TRANSPORT=sse it passes `--transport sse` (URL is then the event stream's, e.g. .../mcp/sse).
 Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated|federated-sse   (stdlib only)
 Needs `mcp-inspector` and Node 22 first on PATH (the driver sets both).
 """
@@ -8,6 +9,7 @@ Needs `mcp-inspector` and Node 22 first on PATH (the driver sets both).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ def inspector(url: str, *args: str) -> dict:
     if exe is None:
         raise RuntimeError("mcp-inspector not on PATH (run scripts/install-tools.sh)")
     proc = subprocess.run(
-        [exe, "--cli", url, "--transport", "http", *args],
+        [exe, "--cli", url, "--transport", os.environ.get("MCP_TRANSPORT", "http"), *args],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     if proc.returncode != 0:

@@ -10,8 +10,11 @@ Starts, on 127.0.0.1 and ephemeral ports, each waited for through its ready file
   - `tollgate run` with them behind it (/mcp -> demo, /everything/mcp -> everything,
     /py/mcp -> py, /everything-sse/mcp and /py-sse/mcp -> the SSE-mode servers with
     `transport: sse`) and one federated endpoint /fed/mcp with upstreams: [demo, everything, py].
-Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x, Inspector CLI)
-against each target, first directly, then through tollgate, and prints one line per check:
+Then runs every client (Python mcp 2.x, Python mcp 1.x, TypeScript SDK 1.x and client 2.x,
+Inspector CLI, and mcp 1.x, SDK 1.x and the Inspector again over the legacy HTTP+SSE transport at
+<path>/sse, through tollgate only: the upstreams do not speak it, so their control is the same
+client over Streamable HTTP through tollgate) against each target, first directly, then through
+tollgate, and prints one line per check:
 `ok CLIENT VIA UPSTREAM: CHECK` or `FAIL ...`. A check that fails through tollgate but
 passes directly is the gateway's. The `federated` target exists only through tollgate (each
 upstream's own target is its control); on it the clients call a tool and read a resource of
@@ -65,7 +68,14 @@ CLIENTS = {
     # (the demo, directly and through tollgate), a session where it does not.
     "client2": ([str(NODE_BIN / "node"), str(HERE / "ts" / "client2_client.mjs")], {"MCP_CLIENT_MODE": "auto"}),
     "inspector": ([sys.executable, str(HERE / "inspector_client.py")], {}),
+    # The legacy HTTP+SSE transport (2024-11-05): the same clients and checks with their SSE
+    # transport, at <server path>/sse. Through tollgate only: the upstreams speak Streamable HTTP
+    # only, so each one's control is the same client over Streamable HTTP through tollgate.
+    "mcp1-sse": ([str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")], {"MCP_TRANSPORT": "sse"}),
+    "sdk1-sse": ([str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")], {"MCP_TRANSPORT": "sse"}),
+    "inspector-sse": ([sys.executable, str(HERE / "inspector_client.py")], {"MCP_TRANSPORT": "sse"}),
 }
+LEGACY_SSE_CLIENTS = ("mcp1-sse", "sdk1-sse", "inspector-sse")
 
 # One TypeScript and one Python client also make tool calls with a pause longer than the
 # upstream's keep-alive idle timeout between them (fixtures.json "idle_pause": server-everything,
@@ -183,6 +193,11 @@ def client_env(workdir: Path) -> dict[str, str]:
 
 def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: dict[str, str]) -> None:
     label = f"{client} {via} {target}"
+    if client in LEGACY_SSE_CLIENTS:
+        if via == "direct":
+            print(f"     [{label}] none: the upstreams do not speak HTTP+SSE (control: {client[:-4]} through tollgate)", flush=True)
+            return
+        url = f"{url}/sse"
     try:
         argv, extra_env = CLIENTS[client]
         if client in IDLE_PAUSE_CLIENTS:

@@ -116,6 +116,21 @@ pub fn render_effective(c: &Config) -> String {
         "  legacy_buffered_messages: {}",
         m.legacy_buffered_messages
     );
+    let _ = writeln!(
+        o,
+        "  legacy_sse_streams_per_worker: {}",
+        m.legacy_sse_streams_per_worker
+    );
+    let _ = writeln!(
+        o,
+        "  legacy_sse_queued_messages: {}",
+        m.legacy_sse_queued_messages
+    );
+    let _ = writeln!(
+        o,
+        "  legacy_sse_keepalive: {}",
+        render_duration(m.legacy_sse_keepalive)
+    );
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {
@@ -277,6 +292,7 @@ pub fn render_effective(c: &Config) -> String {
             "    list_refresh_interval: {}",
             render_duration(s.list_refresh_interval)
         );
+        let _ = writeln!(o, "    legacy_sse: {}", s.legacy.is_some());
     }
     o
 }

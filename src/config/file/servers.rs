@@ -21,6 +21,7 @@ const KEYS: &[&str] = &[
     "resources",
     "list_page_size",
     "list_refresh_interval",
+    "legacy_sse",
 ];
 
 /// Every `servers[i]`; `names_broken`: an upstream entry had no usable name (already reported),
@@ -89,6 +90,7 @@ pub(super) fn servers(
             defaults::LIST_REFRESH_INTERVAL,
             super::extract::duration(MS),
         );
+        let legacy_sse = s.get(p, "legacy_sse", true, super::extract::boolean);
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
         let mut server_upstreams = Vec::with_capacity(members.len());
@@ -118,6 +120,7 @@ pub(super) fn servers(
             same_prefix(p, &at, &s, &server_upstreams, upstreams);
         }
         if let (Some(path), true) = (spath, namers_ok) {
+            let legacy = legacy_sse.then(|| crate::config::LegacyPaths::of(&path));
             out.push(Server {
                 path,
                 file_index: i,
@@ -129,12 +132,39 @@ pub(super) fn servers(
                 resources,
                 list_page_size,
                 list_refresh_interval,
+                legacy,
             });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
+    legacy_collisions(p, path, &out);
     out
+}
+
+/// A legacy path (`<path>/sse`, `<path>/messages`) must not be another server's path or legacy
+/// path: every request path routes to exactly one thing.
+fn legacy_collisions(p: &mut Problems, path: &str, servers: &[Server]) {
+    let mut taken: HashMap<&str, usize> = servers
+        .iter()
+        .map(|s| (s.path.as_str(), s.file_index))
+        .collect();
+    for s in servers {
+        let Some(l) = &s.legacy else { continue };
+        for lp in [&l.sse, &l.messages] {
+            if let Some(&other) = taken.get(lp.as_str()) {
+                p.add(
+                    &format!("{}.legacy_sse", item(path, s.file_index)),
+                    format!(
+                        "its legacy path {lp:?} is also used by servers[{other}]: \
+                         set legacy_sse: false on one of them, or change a path"
+                    ),
+                );
+            } else {
+                taken.insert(lp, s.file_index);
+            }
+        }
+    }
 }
 
 /// Where upstream `j` of a server is written: `upstreams[j]`, or `upstream` for the single key.

@@ -1262,3 +1262,24 @@ fn legacy_sse_transport() {
     assert_eq!(c.limits.max_legacy_streams, 3);
     assert_eq!(c.limits.legacy_buffered_messages, 0);
 }
+
+#[test]
+fn legacy_sse_paths_are_derived_and_collisions_refused() {
+    let c = ok("upstreams: [{name: a, url: 'http://127.0.0.1:1/mcp'}]\n\
+         servers: [{path: /mcp, upstream: a}, {path: /b, upstream: a, legacy_sse: false}]\n");
+    let l = c.servers[1].legacy.as_ref().expect("on by default");
+    assert_eq!(
+        (l.sse.as_str(), l.messages.as_str()),
+        ("/mcp/sse", "/mcp/messages")
+    );
+    assert!(c.servers[0].legacy.is_none());
+    let e = errs(
+        "upstreams: [{name: a, url: 'http://127.0.0.1:1/mcp'}]\n\
+         servers: [{path: /x, upstream: a}, {path: /x/sse, upstream: a, legacy_sse: false}]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("servers[0].legacy_sse:") && l.contains("\"/x/sse\"")),
+        "{e:?}"
+    );
+}

@@ -52,7 +52,7 @@ pub(super) async fn initialize(
         .collect();
     // The session's id is chosen now: an upstream with `transport: sse` binds its stream to it.
     let session_id = SessionSealer::new_id();
-    let me = c.worker();
+    let me = c.worker().clone();
     let calls = members.iter().map(|&u| {
         let (me, gen) = (me.clone(), gen.clone());
         async move {

@@ -723,7 +723,7 @@ async fn initialize(
     });
     w.legacy_metrics.open.increment(1.0);
     monoio::spawn(hold(
-        c.worker(),
+        c.worker().clone(),
         gen.gw.clone(),
         u,
         conn,

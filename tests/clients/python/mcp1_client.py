@@ -1,10 +1,13 @@
 """Python `mcp` 1.x (`streamablehttp_client` + `ClientSession`) against one MCP endpoint.
+With MCP_TRANSPORT=sse it speaks the legacy HTTP+SSE transport instead (`sse_client`; URL is
+then the event stream's, e.g. http://HOST/mcp/sse).
 
 Usage: .tools/py-mcp1/bin/python tests/clients/python/mcp1_client.py URL demo|everything
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from datetime import timedelta
 from typing import Any
@@ -14,6 +17,7 @@ from mcp import ClientSession, types
 # `streamablehttp_client` is deprecated in late 1.x, but it is what most 1.x code in the
 # wild calls, so it is the one worth testing.
 warnings.simplefilter("ignore", DeprecationWarning)
+from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
 
 import checks  # noqa: E402
@@ -57,7 +61,12 @@ async def connect(url: str, fx: dict, report: checks.Report) -> None:
     async def elicitation(_ctx, _params):
         return types.ElicitResult(action="accept", content=fx.get("elicitation", {}).get("answer", {}))
 
-    async with streamablehttp_client(url, timeout=30) as (read, write, _session_id):
+    if os.environ.get("MCP_TRANSPORT") == "sse":
+        transport = sse_client(url, timeout=30)
+    else:
+        transport = streamablehttp_client(url, timeout=30)
+    async with transport as streams:
+        read, write = streams[0], streams[1]
         async with ClientSession(read, write, read_timeout_seconds=timedelta(seconds=30),
                                  sampling_callback=sampling, elicitation_callback=elicitation) as session:
             init = await session.initialize()
