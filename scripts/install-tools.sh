@@ -165,5 +165,5 @@ install_fixture "$repo/../shared/conformance/fixture-head" "$tools/confsrv-head"
 
 log "done: node $(node --version), $(cd "$tools/npm" && node -e '
   const l = require("./package-lock.json").packages;
-  console.log(Object.keys(l).filter(k => /^node_modules\/@modelcontextprotocol\/(sdk|inspector|server-everything|conformance)$/.test(k))
+  console.log(Object.keys(l).filter(k => /^node_modules\/@modelcontextprotocol\/(sdk|client|inspector|server-everything|conformance)$/.test(k))
     .map(k => k.slice(13) + "@" + l[k].version).join(", "))')"
