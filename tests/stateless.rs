@@ -569,6 +569,8 @@ fn a_held_session_the_upstream_ended_is_opened_again_and_the_call_resent() {
             "{}",
             r.text()
         );
+        // The call resent in a new session is stamped like the others.
+        assert_eq!(r.json()["result"]["resultType"], "complete", "{}", r.text());
     }
     let seen = seen.lock().unwrap();
     assert_eq!(
@@ -941,4 +943,39 @@ fn a_session_era_client_of_a_federated_endpoint_reaches_its_stateless_upstream()
     drop(seen);
     let out = m.call_tool("alpha__echo", json!({"text": "x"}));
     assert_eq!(out["result"]["content"][0]["text"], "x", "{out}");
+}
+
+/// Review regressions: a method holding CR/LF never becomes a header line toward an upstream;
+/// `_meta` is never written twice; a held session's notifications stay with the gateway.
+#[test]
+fn what_a_body_says_never_becomes_a_header_line_or_a_second_key() {
+    let (_up, _alpha, gw, seen) = federated_setup();
+    // A stateless notification, fanned out to the modern member (no Mcp-Method needed).
+    let evil = json!({"jsonrpc": "2.0", "method": "notifications/x\r\nx-injected: fed",
+        "params": {"_meta": meta()}});
+    let r = post(
+        &gw,
+        &[("mcp-protocol-version", V)],
+        evil.to_string().as_bytes(),
+    );
+    assert!(r.status < 500, "{}", r.text());
+    // A session-era client of the federated endpoint: its request to the modern member is
+    // translated; a method with CR/LF, and params that are not an object.
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let _ =
+        m.post_raw(br#"{"jsonrpc":"2.0","method":"notifications/y\r\nx-injected: translated"}"#);
+    let _ = m.post_raw(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"modern__weather","_meta":{"io.modelcontextprotocol/clientCapabilities":null}}}"#);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|r| r.header("x-injected").is_none()),
+        "a header line came from a body"
+    );
+    for r in seen.iter() {
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            text.matches("clientCapabilities").count() <= 1,
+            "a _meta key written twice: {text}"
+        );
+    }
 }

@@ -8,6 +8,10 @@ use std::collections::HashSet;
 use super::lex::{Cursor, Lex, StrTok};
 use super::{Message, MessageKind, Raw, ScanErrorKind, Str};
 
+/// `Message::meta_keys` bits: the `_meta` key is there, whatever its value.
+pub const META_VERSION_KEY: u8 = 1;
+pub const META_CAPABILITIES_KEY: u8 = 2;
+
 /// `DuplicateKey` names a key the scanner reads; any other duplicate gets this name.
 pub(crate) const OTHER_KEY: &str = "(other)";
 
@@ -243,6 +247,9 @@ impl<'a> Message<'a> {
             meta: false,
             params_open: None,
             meta_open: None,
+            params_not_object: false,
+            meta_not_object: false,
+            meta_keys: 0,
             result_open: None,
             result_type: false,
             meta_protocol_version: None,
@@ -291,7 +298,10 @@ pub(crate) fn message<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>)
                     m.params_open = Some(cur.i);
                     params(cur, depth + 1, m)?
                 }
-                Some(b'[') => cur.skip_value(depth)?,
+                Some(b'[') => {
+                    m.params_not_object = true;
+                    cur.skip_value(depth)?
+                }
                 _ => {
                     cur.skip_value(depth)?;
                     cur.note(ScanErrorKind::BadParams, at);
@@ -383,6 +393,11 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
                 m.meta_open = Some(cur.i);
                 meta(cur, depth + 1, m)?
             }
+            // `_meta` that is not an object: nothing can be added to it.
+            Key::Meta => {
+                m.meta_not_object = true;
+                cur.skip_value(depth)?
+            }
             // A task-augmented request (2025-11-25 tasks): its reply carries a task id the
             // gateway rewrites on a federated endpoint.
             Key::Task => {
@@ -410,8 +425,12 @@ fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> {
                     cur.note(ScanErrorKind::BadParams, at);
                 }
             }
-            Key::MetaProtocolVersion => m.meta_protocol_version = string_or_skip(cur, depth)?,
+            Key::MetaProtocolVersion => {
+                m.meta_keys |= META_VERSION_KEY;
+                m.meta_protocol_version = string_or_skip(cur, depth)?
+            }
             Key::MetaClientCapabilities => {
+                m.meta_keys |= META_CAPABILITIES_KEY;
                 // Kept raw: the 2026-07-28 path needs to know it is there (and an object), and
                 // translation toward a session-era upstream reads it.
                 let start = cur.i;

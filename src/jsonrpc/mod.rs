@@ -8,6 +8,7 @@ mod id;
 mod lex;
 mod list;
 mod message;
+pub use message::{META_CAPABILITIES_KEY, META_VERSION_KEY};
 
 pub use id::same_id;
 pub use list::{list_page, ListError, ListPage};
@@ -79,6 +80,13 @@ pub struct Message<'a> {
     /// translation toward a 2026-07-28 upstream adds `_meta` fields there.
     pub params_open: Option<usize>,
     pub meta_open: Option<usize>,
+    /// `params` is an array, `params._meta` is there but not an object: `_meta` fields cannot
+    /// be added (a second key would be written).
+    pub params_not_object: bool,
+    pub meta_not_object: bool,
+    /// Which `io.modelcontextprotocol/…` keys `params._meta` has, whatever their values
+    /// (`message::META_VERSION_KEY`, `META_CAPABILITIES_KEY`).
+    pub meta_keys: u8,
     /// A response: where its `result` object's `{` is, and whether it has `resultType` (what
     /// the gateway adds to a session-era upstream's results for a 2026-07-28 client).
     pub result_open: Option<usize>,

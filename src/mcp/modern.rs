@@ -231,6 +231,26 @@ pub fn encode_header_value(out: &mut Vec<u8>, value: &[u8]) {
 /// `_meta` when it is there (`meta_at`: where its `{` is), else as a new `_meta` first in `params`
 /// (`params_at`), else as new `params`. What a session-era client sends is made a request of the
 /// stateless revision this way, bytes unchanged otherwise.
+/// The `_meta` members a request becomes one of revision `version` with: those of
+/// `io.modelcontextprotocol/protocolVersion` and `…/clientCapabilities` (empty) that `_meta`
+/// does not have already (`keys`: `jsonrpc::META_VERSION_KEY` / `META_CAPABILITIES_KEY`, set
+/// whatever the value), so no key is ever written twice. Empty: nothing to add.
+pub fn meta_members(version: &str, keys: u8) -> Vec<u8> {
+    let mut members = Vec::with_capacity(120);
+    if keys & crate::jsonrpc::META_VERSION_KEY == 0 {
+        members.extend_from_slice(b"\"io.modelcontextprotocol/protocolVersion\":\"");
+        members.extend_from_slice(version.as_bytes());
+        members.push(b'"');
+    }
+    if keys & crate::jsonrpc::META_CAPABILITIES_KEY == 0 {
+        if !members.is_empty() {
+            members.push(b',');
+        }
+        members.extend_from_slice(b"\"io.modelcontextprotocol/clientCapabilities\":{}");
+    }
+    members
+}
+
 /// `body` with `what` (object members) inserted first in the object whose `{` is at `at`, and a
 /// comma after them unless the object was empty.
 fn into(body: &[u8], out: &mut Vec<u8>, at: usize, what: &[&[u8]]) {

@@ -79,6 +79,10 @@ pub struct MessageCtx {
     /// Where `params`' and `params._meta`'s `{` are in the body.
     pub params_at: Option<u32>,
     pub meta_at: Option<u32>,
+    /// `_meta` fields can be added (`params` and `_meta` are objects or absent), and which
+    /// `io.modelcontextprotocol/…` keys `_meta` has (`jsonrpc::META_*_KEY`).
+    pub meta_splice_ok: bool,
+    pub meta_keys: u8,
     /// `initialize` only: the `params.protocolVersion` the client asked for, when it is one.
     pub requested_version: Option<crate::mcp::ProtocolVersion>,
     /// `server/discover` only: the client's `_meta` capabilities name sampling, elicitation or
@@ -115,6 +119,8 @@ impl MessageCtx {
                 .map(|s| Short::new(s.value.as_bytes())),
             meta_capabilities: m.meta_client_capabilities.is_some(),
             params_at: m.params_open.map(|i| i as u32),
+            meta_splice_ok: !m.params_not_object && !m.meta_not_object,
+            meta_keys: m.meta_keys,
             meta_at: m.meta_open.map(|i| i as u32),
             asks_client_features: method == Method::ServerDiscover
                 && m.meta_client_capabilities.as_ref().is_some_and(|raw| {

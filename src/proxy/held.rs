@@ -59,6 +59,45 @@ enum Slot {
 pub struct Held {
     eras: RefCell<HashMap<u64, (Era, Instant)>>,
     sessions: RefCell<HashMap<u64, Slot>>,
+    /// Held sessions with a request in flight (`turn`).
+    busy: RefCell<std::collections::HashSet<u64>>,
+}
+
+/// A request's turn in a held session: while it lives no other request of the worker is in
+/// that session (they wait in `turn`).
+pub struct Turn<'a> {
+    held: &'a Held,
+    id: u64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.held.busy.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Waits for the held session with upstream `u` to be free (within the upstream's request
+/// timeout) and takes it: requests of different clients never meet in one upstream session
+/// (their ids and progress tokens are the clients' own, and could be equal).
+pub async fn turn<'a>(w: &'a WorkerState, gw: &Gateway, u: usize) -> Result<Turn<'a>, Error> {
+    let id = gw.upstreams[u].id;
+    let deadline = w.shutdown.now() + gw.upstreams[u].request_timeout;
+    loop {
+        if w.held.busy.borrow_mut().insert(id) {
+            return Ok(Turn { held: &w.held, id });
+        }
+        if w.shutdown.now() >= deadline {
+            return Err(Error::new(
+                Kind::UpstreamTimeout,
+                format!(
+                    "upstream \"{}\": the gateway's session with it stayed busy past its \
+                     request_timeout",
+                    gw.upstreams[u].name
+                ),
+            ));
+        }
+        monoio::time::sleep(WAIT_STEP).await;
+    }
 }
 
 impl Held {
@@ -116,9 +155,14 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize) -> Era {
     let era = match exchange::whole(w, gw, u, req).await {
         Ok(reply) => match exchange::result_of(gw, u, &reply, b"\"tollgate-era\"") {
             Ok(r) if names_stateless(&r) => Era::Stateless,
+            // A server error, or one that may pass (401, 408, 429): decide nothing for long
+            // (the next request asks again).
+            _ if reply.status >= 500 || matches!(reply.status, 401 | 408 | 429) => {
+                return Era::Session
+            }
             _ => Era::Session,
         },
-        // Unreachable: decide nothing for long (the next request asks again).
+        // Unreachable: likewise.
         Err(_) => return Era::Session,
     };
     tracing::info!(upstream = %gw.upstreams[u].name, era = ?era, "learned the upstream's protocol era");

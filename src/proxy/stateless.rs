@@ -11,7 +11,7 @@
 //! federated path, over a session made for the request (`federated`). The other direction (a
 //! session-era client, an upstream of this revision only) is `translated`.
 
-use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
+use sonic_rs::{json, JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
 use std::rc::Rc;
 
@@ -476,6 +476,23 @@ async fn forward_held(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     ctx.upstream = Some(u);
+    if ctx.first().is_some_and(|m| m.kind != MessageKind::Request) {
+        // The held session is shared by every stateless client of the worker: a notification
+        // (a cancel naming some request id) must not reach another client's request in it.
+        return super::federate::accepted(c, ctx).await;
+    }
+    if kind == Forwarded::Listen {
+        let why = "subscriptions/listen is not served for an upstream reached through a held \
+                   session (it speaks only the session era)";
+        return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+    }
+    // One request at a time in the held session: it is shared by every stateless client of the
+    // worker, and two clients' requests with the same id (or progress token) in flight in one
+    // upstream session would meet.
+    let _turn = match held::turn(w, gw, u).await {
+        Ok(t) => t,
+        Err(e) => return refuse(c, ctx, e.into()).await,
+    };
     let t_up = std::time::Instant::now();
     let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
@@ -515,7 +532,7 @@ async fn forward_held(
         t,
         &req[at..],
     );
-    forward(w, c, ctx, u, true, then_for(kind)).await
+    forward(w, c, ctx, u, true, then_held(ctx, kind)).await
 }
 
 /// What a held session's `initialize` result says, in the shape of a `server/discover` result:
@@ -530,9 +547,25 @@ fn held_discover(held: &HeldSession, asks: bool) -> Value {
     } else {
         STATELESS_VERSIONS.iter().map(|v| v.as_str()).collect()
     };
+    let mut caps = held
+        .initialize
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    // What a held session cannot deliver: list changes (no listen through it), subscriptions
+    // (not in the revision), tasks (session-bound in its era).
+    if let Some(obj) = caps.as_object_mut() {
+        obj.remove(&"tasks");
+        for (_, v) in obj.iter_mut() {
+            if let Some(o) = v.as_object_mut() {
+                o.remove(&"listChanged");
+                o.remove(&"subscribe");
+            }
+        }
+    }
     let mut r = json!({
         "supportedVersions": versions,
-        "capabilities": held.initialize.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+        "capabilities": caps,
     });
     if let Some(i) = held.initialize.get("instructions").and_then(|v| v.as_str()) {
         r["instructions"] = Value::from(i);
@@ -568,26 +601,6 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     };
     let body = discover_result(&result);
     super::federate::reply_result(c, ctx, body.as_bytes()).await
-}
-
-/// The members a session-era request gets in `params._meta` toward a 2026-07-28 upstream (only
-/// those it lacks, so no key is ever doubled): the revision, and no client capabilities (the
-/// upstream then asks nothing of the client, which a session-era client could not answer as an
-/// input-required result).
-fn translated_members(m: &super::context::MessageCtx) -> Vec<u8> {
-    let mut members = Vec::with_capacity(120);
-    if m.meta_version.is_none() {
-        members.extend_from_slice(b"\"io.modelcontextprotocol/protocolVersion\":\"");
-        members.extend_from_slice(STATELESS_VERSIONS[0].as_str().as_bytes());
-        members.push(b'"');
-    }
-    if !m.meta_capabilities {
-        if !members.is_empty() {
-            members.push(b',');
-        }
-        members.extend_from_slice(b"\"io.modelcontextprotocol/clientCapabilities\":{}");
-    }
-    members
 }
 
 /// What a request of a session whose upstream speaks only 2026-07-28 becomes.
@@ -636,8 +649,10 @@ pub(super) fn translated(
         }
         _ => {}
     }
-    let members = translated_members(m);
-    let body = if members.is_empty() {
+    // Only keys `_meta` lacks (no key written twice), and none where `params` or `_meta` is not
+    // an object (the upstream then refuses the request as it would anyone's).
+    let members = modern::meta_members(STATELESS_VERSIONS[0].as_str(), m.meta_keys);
+    let body = if members.is_empty() || !m.meta_splice_ok {
         body.to_vec()
     } else {
         let at = |x: Option<u32>| x.map(|i| i as usize);
@@ -651,7 +666,10 @@ pub(super) fn translated(
         Some(t) => t.get(),
         None => m.method.as_str().as_bytes(),
     };
-    response::header(out, b"mcp-method", method);
+    // Spelled as a header value (never raw: a method may hold any character, CR and LF too).
+    let mut v = Vec::with_capacity(method.len() + 16);
+    modern::encode_header_value(&mut v, method);
+    response::header(out, b"mcp-method", &v);
     let name = match modern::name_source(m.method) {
         Some(modern::NameSource::Name) => m.name.as_ref(),
         Some(modern::NameSource::Uri) => m.uri.as_ref(),

@@ -241,6 +241,14 @@ async fn send(
         );
         return failed(Kind::UpstreamUnavailable, why, None);
     };
+    if up.legacy {
+        // An HTTP+SSE member: through its event stream, the reply whole (`exchange::rpc`).
+        let reply = match exchange::rpc(w, gw, u, session_of_u, &req.trace, body).await {
+            Ok(r) => r,
+            Err(e) => return failed(e.kind, e.reason, None),
+        };
+        return answered(gw, (i, m), reply, session, u, failed);
+    }
     let out = exchange::post_request(gw, u, Some(session_of_u), &req.trace, body);
     let (res, _) = upstream::exchange(w, gw, u, out).await;
     let (mut conn, head) = match res {
@@ -267,17 +275,31 @@ async fn send(
         let why = format!("upstream \"{}\" answered HTTP {}", up.name, head.status);
         return failed(Kind::UpstreamUnavailable, why, Some(head.status));
     }
-    if m.kind != MessageKind::Request {
-        return Done::Quiet;
-    }
-    let Some(id) = m.id.as_ref().map(|i| i.get()) else {
-        return Done::Quiet;
-    };
     let reply = Reply {
         status: head.status,
         session_id: None,
         body: reply_body,
         sse,
+    };
+    answered(gw, (i, m), reply, session, u, failed)
+}
+
+/// A part's whole reply from upstream `u`: its answer (the client's id bytes back, task ids
+/// made the gateway's), or why there is none.
+fn answered(
+    gw: &Gateway,
+    (i, m): (usize, &MessageCtx),
+    reply: Reply,
+    session: [u8; 16],
+    u: usize,
+    failed: impl Fn(Kind, String, Option<u16>) -> Done,
+) -> Done {
+    let up = &gw.upstreams[u];
+    if m.kind != MessageKind::Request {
+        return Done::Quiet;
+    }
+    let Some(id) = m.id.as_ref().map(|i| i.get()) else {
+        return Done::Quiet;
     };
     match exchange::find_response(&reply, id) {
         Some((msg, _)) if route::names_task(m) => match task_ids(gw, &msg, session, u) {
@@ -287,7 +309,7 @@ async fn send(
         Some((msg, _)) => Done::Answer(i, with_id(msg, id)),
         None => {
             let why = format!("upstream \"{}\" sent no response to the request", up.name);
-            failed(Kind::UpstreamProtocol, why, Some(head.status))
+            failed(Kind::UpstreamProtocol, why, Some(reply.status))
         }
     }
 }

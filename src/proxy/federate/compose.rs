@@ -227,9 +227,13 @@ pub(in super::super) async fn stateless_discover(
     use super::super::held::{self, Era};
     let mut opened = Vec::new();
     let mut held_any = false;
+    // A member with `transport: sse` cannot be reached by a stateless request: a client that
+    // can fall back to a session should (the stateless revision is then not offered).
+    let mut sse_member = false;
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
         if gw.upstreams[u].legacy {
+            sse_member = true;
             continue;
         }
         let result = match held::era(w, gw, u).await {
@@ -267,7 +271,7 @@ pub(in super::super) async fn stateless_discover(
         }
     }
     let mut versions: Vec<&str> = Vec::new();
-    if !(held_any && asks_client_features) {
+    if !sse_member && !(held_any && asks_client_features) {
         versions.extend(
             crate::mcp::modern::STATELESS_VERSIONS
                 .iter()

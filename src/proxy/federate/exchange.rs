@@ -68,20 +68,14 @@ fn stateless_request(
     super::super::session_header_lines(&mut headers, s);
     let mut body = std::borrow::Cow::Borrowed(body);
     if let Ok(Body::Single(m)) = jsonrpc::scan(&body, &gw.scan_limits) {
-        let mut members = Vec::new();
-        if m.meta_protocol_version.is_none() {
-            members.extend_from_slice(b"\"io.modelcontextprotocol/protocolVersion\":\"");
-            members.extend_from_slice(s.protocol_version.as_str().as_bytes());
-            members.push(b'"');
-        }
-        if m.meta_client_capabilities.is_none() {
-            if !members.is_empty() {
-                members.push(b',');
-            }
-            members.extend_from_slice(b"\"io.modelcontextprotocol/clientCapabilities\":{}");
-        }
+        // Only keys `_meta` lacks, and only into objects (no key is ever written twice).
+        let members = modern::meta_members(s.protocol_version.as_str(), m.meta_keys);
+        let splice_ok = !m.params_not_object && !m.meta_not_object;
         if let Some(method) = &m.method {
-            response::header(&mut headers, b"mcp-method", method.value.as_bytes());
+            // Spelled as a header value, never raw (a method may hold CR and LF).
+            let mut v = Vec::with_capacity(method.value.len() + 16);
+            modern::encode_header_value(&mut v, method.value.as_bytes());
+            response::header(&mut headers, b"mcp-method", &v);
             let method = crate::mcp::Method::parse(&method.value);
             let name = match modern::name_source(method) {
                 Some(modern::NameSource::Name) => m.name.as_ref(),
@@ -94,7 +88,7 @@ fn stateless_request(
                 response::header(&mut headers, b"mcp-name", &v);
             }
         }
-        if !members.is_empty() && m.kind == MessageKind::Request {
+        if !members.is_empty() && splice_ok && m.kind == MessageKind::Request {
             body = modern::with_meta(&body, m.params_open, m.meta_open, &members).into();
         }
     }

@@ -5,7 +5,7 @@
 // tests/clients/fixtures.json, one line per check (`ok NAME` / `FAIL NAME: why`); exit code =
 // number of failures.
 //
-// Usage: node tests/clients/ts/client2_client.mjs URL demo|everything|py|federated
+// Usage: node tests/clients/ts/client2_client.mjs URL demo|everything|py|federated|federated-sse
 // The client is resolved from .tools/npm (installed by scripts/install-tools.sh).
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -20,8 +20,8 @@ const { Client, StreamableHTTPClientTransport } = await import(require.resolve("
 const mode = process.env.MCP_CLIENT_MODE || "auto";
 const versionNegotiation = mode === "legacy" || mode === "auto" ? { mode } : { mode: { pin: mode } };
 const [url, profile] = process.argv.slice(2);
-if (!url || !["demo", "everything", "py", "federated"].includes(profile)) {
-  console.error("usage: client2_client.mjs URL demo|everything|py|federated");
+if (!url || !["demo", "everything", "py", "federated", "federated-sse"].includes(profile)) {
+  console.error("usage: client2_client.mjs URL demo|everything|py|federated|federated-sse");
   process.exit(2);
 }
 const fx = JSON.parse(readFileSync(join(here, "..", "fixtures.json"), "utf8"))[profile];
