@@ -271,7 +271,8 @@ pub(in super::super) async fn stateless_discover(
         }
     }
     let mut versions: Vec<&str> = Vec::new();
-    if !sse_member && !(held_any && asks_client_features) {
+    let offer_stateless = !(sse_member || held_any && asks_client_features);
+    if offer_stateless {
         versions.extend(
             crate::mcp::modern::STATELESS_VERSIONS
                 .iter()
