@@ -979,3 +979,26 @@ fn what_a_body_says_never_becomes_a_header_line_or_a_second_key() {
         );
     }
 }
+
+/// `_meta` is required in a request's params only: a notification with the revision's header
+/// passes without it.
+#[test]
+fn a_stateless_notification_needs_no_meta() {
+    let (_up, gw, seen) = setup(Duration::ZERO);
+    let n =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}});
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "notifications/cancelled"),
+        ],
+        n.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/cancelled"));
+}

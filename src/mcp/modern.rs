@@ -31,6 +31,8 @@ pub struct Signals<'a> {
     pub meta_capabilities: bool,
     /// The request carries `Mcp-Session-Id`.
     pub has_session: bool,
+    /// The message is a request (`_meta` is required in a request's params only).
+    pub request: bool,
 }
 
 /// The path a POST takes.
@@ -65,6 +67,10 @@ pub fn route(s: &Signals<'_>) -> Result<Route, Refuse> {
     let header = s.header_version.map(<[u8]>::trim_ascii);
     let Some(meta) = s.meta_version else {
         return match header.and_then(ProtocolVersion::parse_bytes) {
+            // A notification's params need no `_meta`: the header says the revision.
+            Some(v) if !v.is_legacy() && !s.request && STATELESS_VERSIONS.contains(&v) => {
+                Ok(Route::Stateless(v))
+            }
             Some(v) if !v.is_legacy() => Err(Refuse::MissingMeta(format!(
                 "{META_VERSION} is required in a {} request",
                 v.as_str()
@@ -79,7 +85,7 @@ pub fn route(s: &Signals<'_>) -> Result<Route, Refuse> {
             "MCP-Protocol-Version header is missing (the body names {meta})"
         )));
     };
-    if !s.meta_capabilities {
+    if !s.meta_capabilities && s.request {
         return Err(Refuse::MissingMeta(format!("{META_CAPS} is required")));
     }
     if header != meta.as_bytes() {
@@ -312,7 +318,24 @@ mod tests {
             meta_version: m,
             meta_capabilities: caps,
             has_session: false,
+            request: true,
         }
+    }
+
+    #[test]
+    fn a_notification_needs_no_meta() {
+        let mut s = sig(Some("2026-07-28"), None, false);
+        s.request = false;
+        assert_eq!(
+            route(&s),
+            Ok(Route::Stateless(ProtocolVersion::V2026_07_28))
+        );
+        let mut s = sig(Some("2026-07-28"), Some("2026-07-28"), false);
+        s.request = false;
+        assert_eq!(
+            route(&s),
+            Ok(Route::Stateless(ProtocolVersion::V2026_07_28))
+        );
     }
 
     #[test]

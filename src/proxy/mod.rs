@@ -517,6 +517,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
                 .and_then(|v| std::str::from_utf8(v.get()).ok()),
             meta_capabilities: m.meta_capabilities,
             has_session: head.session_id.is_some(),
+            request: m.kind == MessageKind::Request,
         };
         let action = match crate::mcp::modern::route(&signals) {
             Ok(crate::mcp::modern::Route::Session) => None,

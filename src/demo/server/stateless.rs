@@ -29,6 +29,7 @@ pub(super) fn route(req: &Req, msg: &Value) -> Option<Result<(), Refuse>> {
             .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
             .is_some_and(Value::is_object),
         has_session: false,
+        request: msg.get("id").is_some() && msg.get("method").is_some(),
     };
     match modern::route(&signals) {
         Ok(Route::Session) => None,
