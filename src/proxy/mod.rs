@@ -742,29 +742,13 @@ async fn respond(
     match vetted {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
+            w.pool_put(gw, u, up_conn, &rhead);
             if let Then::Initialize(server) = then {
                 // A refused initialize: an upstream of the stateless revision only is answered
                 // for by the gateway.
-                w.pool_put(gw, u, up_conn, &rhead);
                 if let Some(next) = initialize::stateless_fallback(w, c, ctx, server, u).await {
                     return next;
                 }
-                let keep = client_head(
-                    &mut c.out,
-                    &rhead,
-                    &hb,
-                    ctx.keep_after_response(),
-                    ctx.http10,
-                    &ctx.cors,
-                    None,
-                    Some(body.len()),
-                );
-                c.out.extend_from_slice(&body);
-                ctx.status = rhead.status;
-                return match c.flush().await {
-                    Ok(()) if keep => Next::KeepAlive,
-                    _ => Next::Close,
-                };
             }
             let keep = client_head(
                 &mut c.out,
@@ -778,7 +762,6 @@ async fn respond(
             );
             c.out.extend_from_slice(&body);
             ctx.status = rhead.status;
-            w.pool_put(gw, u, up_conn, &rhead);
             return match c.flush().await {
                 Ok(()) if keep => Next::KeepAlive,
                 _ => Next::Close,
