@@ -105,28 +105,17 @@ pub(super) async fn post(
         request: true,
         name,
     };
-    if let Err(why) = modern::check_mirrored(&mirrored) {
-        return error(
-            conn,
-            bufs,
-            Some(id),
-            400,
-            (code::HEADER_MISMATCH, why, None),
-            ka,
-        )
-        .await;
-    }
-    if removed(m) {
-        let why = format!("Method not found: {method} is not part of protocol version 2026-07-28");
-        return error(
-            conn,
-            bufs,
-            Some(id),
+    let refused = match modern::check_mirrored(&mirrored) {
+        Err(why) => Some((400, code::HEADER_MISMATCH, why)),
+        Ok(()) if removed(m) => Some((
             404,
-            (code::METHOD_NOT_FOUND, why, None),
-            ka,
-        )
-        .await;
+            code::METHOD_NOT_FOUND,
+            format!("Method not found: {method} is not part of protocol version 2026-07-28"),
+        )),
+        Ok(()) => None,
+    };
+    if let Some((status, code, why)) = refused {
+        return error(conn, bufs, Some(id), status, (code, why, None), ka).await;
     }
     let (reply, stamp) = match m {
         Method::ServerDiscover => (Reply::Result(discover()), STAMP_CACHEABLE),

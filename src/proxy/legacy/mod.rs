@@ -425,17 +425,7 @@ pub(super) async fn post(
 /// 202 to a notification or response the upstream accepted.
 async fn accepted(c: &mut Client, ctx: &mut Ctx) -> Next {
     ctx.outcome = Outcome::Ok;
-    let keep = ctx.keep_after_response();
-    response::status_line(&mut c.out, 202);
-    c.out.extend_from_slice(&ctx.cors);
-    response::content_length(&mut c.out, 0);
-    response::connection(&mut c.out, keep);
-    c.out.extend_from_slice(b"\r\n");
-    ctx.status = 202;
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
-    }
+    super::federate::accepted(c, ctx).await
 }
 
 /// What `call` does with an initialize response: seal this session around the stream.

@@ -29,7 +29,12 @@ function announce(server) {
 }
 
 net.Server.prototype.listen = function (...args) {
-  // Keep only the callback; every shape of listen() becomes port 0 on loopback.
+  // A Unix socket or pipe (a path, or {path}; e.g. tsx's IPC server) is left as it is and not
+  // announced: it is not the server's port.
+  const a = args[0];
+  const isPath = (typeof a === "string" && !/^\d+$/.test(a)) || (a && typeof a === "object" && a.path !== undefined);
+  if (isPath) return originalListen.apply(this, args);
+  // Keep only the callback; every other shape of listen() becomes port 0 on loopback.
   const callback = typeof args[args.length - 1] === "function" ? args.pop() : undefined;
   this.once("listening", () => announce(this));
   return callback

@@ -49,6 +49,13 @@ def describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip().replace("\n", " | ")[:600]
 
 
+def answer(fx: dict, key: str, default):
+    """The fixed answer a client's `key` handler ("sampling"/"elicitation") gives: from the
+    session-era check of that name, or from the input-required check (2026-07-28)."""
+    spec = fx.get(key) or fx.get("input_required", {}).get(key) or {}
+    return spec.get("answer", default)
+
+
 def texts(result: dict) -> list[str]:
     return [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
 
@@ -116,8 +123,7 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
         found = [m for m in messages if m.get("role") == "user" and spec["expect_contains"] in m.get("content", {}).get("text", "")]
         return None if found else f"no user message containing {spec['expect_contains']!r} in {messages!r:.300}"
 
-    async def progress() -> str | None:
-        spec = fx["progress"]
+    async def progress(spec: dict = fx["progress"]) -> str | None:
         seen: list[float] = []
 
         async def on_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -188,6 +194,8 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
     await report.check("prompts/list", prompts_list)
     await report.check(f"prompts/get {fx['prompt']['name']}", prompts_get)
     await report.check(f"progress {fx['progress']['name']}", progress)
+    for spec in fx.get("progress_each", []):  # progress from each upstream (mixed eras)
+        await report.check(f"progress {spec['name']}", lambda spec=spec: progress(spec))
     for spec in fx.get("calls_each", []):  # a tool of each upstream (federated)
         async def call_each(spec=spec):
             result = await adapter.call_tool(spec["name"], spec["arguments"])
@@ -210,6 +218,16 @@ async def run_checks(adapter: Adapter, fx: dict, report: Report) -> None:
             got = " ".join(texts(result))
             return None if not result.get("isError") and spec["expect_contains"] in got else f"result {got[:200]!r}"
         await report.check(f"{key} {fx[key]['name']}", server_request)
+    # Input-required results (2026-07-28): the handler answers, the client retries with the answer.
+    for key, spec in fx.get("input_required", {}).items():
+        if not getattr(adapter, "modern", False):
+            report.ok(f"input_required {key} {spec['name']} skipped: a session-era client cannot answer an input-required result")
+            continue
+        async def input_required(spec=spec):
+            result = await adapter.call_tool(spec["name"], spec["arguments"])
+            got = " ".join(texts(result))
+            return None if not result.get("isError") and spec["expect_contains"] in got else f"result {got[:200]!r}"
+        await report.check(f"input_required {key} {spec['name']}", input_required)
     if "structured" in fx:
         await report.check(f"structuredContent {fx['structured']['name']}", structured)
     if "large" in fx:
