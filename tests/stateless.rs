@@ -1002,3 +1002,60 @@ fn a_stateless_notification_needs_no_meta() {
         .iter()
         .any(|r| r.rpc_method() == "notifications/cancelled"));
 }
+
+/// The revisions a federated endpoint's `server/discover` offers a client declaring `caps`.
+fn discover_at(gw: &Gateway, path: &str, caps: Value) -> Vec<String> {
+    let mut params = json!({});
+    params["_meta"] = meta();
+    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = caps;
+    let b = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": params});
+    let h = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", V),
+        ("mcp-method", "server/discover"),
+    ];
+    let r = gw
+        .client()
+        .request("POST", path, &h, b.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["result"]["supportedVersions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.text()))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_federated_endpoint_offers_the_revision_to_a_client_asking_for_input_when_a_member_speaks_it() {
+    // /mcp: an upstream of the revision beside one held to the session era; /old: two held to
+    // the session era.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = modern_upstream(seen, Duration::ZERO);
+    let alpha = Demo::start(&[]);
+    let beta = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .upstream("modern", &up.url())
+        .upstream_with("alpha", &alpha.url(), &[("era", "session")])
+        .upstream_with("beta", &beta.url(), &[("era", "session")])
+        .yaml(
+            "servers:\n  - path: /mcp\n    upstreams: [modern, alpha]\n  - path: /old\n    \
+             upstreams: [alpha, beta]\n",
+        )
+        .start();
+    let asks = json!({"elicitation": {}, "sampling": {}});
+    // Input-required results of the modern upstream reach the client only in the revision: it
+    // is offered (the held member sees a client without those capabilities).
+    let v = discover_at(&gw, "/mcp", asks.clone());
+    assert_eq!(v[0], V, "{v:?}");
+    // Only held sessions behind: a client that asks for them is better served by a session of
+    // its own (it falls back to initialize), which carries them.
+    let v = discover_at(&gw, "/old", asks);
+    assert!(
+        !v.iter().any(|x| x == V) && v.iter().any(|x| x == "2025-11-25"),
+        "{v:?}"
+    );
+    // Asking for nothing: offered everywhere.
+    assert_eq!(discover_at(&gw, "/old", json!({}))[0], V);
+}

@@ -217,7 +217,11 @@ pub(in super::super) async fn stateless_members(
 /// as `compose` unites initialize results, in the revision's shape. No `listChanged` (the
 /// gateway does not merge `subscriptions/listen` streams yet) and no `subscribe` (the revision
 /// has none). The stateless revision is offered unless the client asks for sampling, elicitation
-/// or roots and a session-era upstream is behind (a held session cannot carry them).
+/// or roots and every upstream behind is of the session era: a held session cannot carry them,
+/// and the client's own session (it falls back to `initialize`) can, losing nothing. With an
+/// upstream of the stateless revision behind, the revision is offered all the same: its
+/// input-required results reach the client only in it, and a session-era member then sees a
+/// client without those capabilities (its held session declares none; ARCHITECTURE.md).
 pub(in super::super) async fn stateless_discover(
     w: &WorkerState,
     gw: &Gateway,
@@ -227,6 +231,7 @@ pub(in super::super) async fn stateless_discover(
     use super::super::held::{self, Era};
     let mut opened = Vec::new();
     let mut held_any = false;
+    let mut stateless_any = false;
     // A member with `transport: sse` cannot be reached by a stateless request: a client that
     // can fall back to a session should (the stateless revision is then not offered).
     let mut sse_member = false;
@@ -237,9 +242,12 @@ pub(in super::super) async fn stateless_discover(
             continue;
         }
         let result = match held::era(w, gw, u).await {
-            Era::Stateless => super::super::stateless::discover_upstream(w, gw, u)
-                .await
-                .ok(),
+            Era::Stateless => {
+                stateless_any = true;
+                super::super::stateless::discover_upstream(w, gw, u)
+                    .await
+                    .ok()
+            }
             Era::Session => {
                 held_any = true;
                 held::session(w, gw, u)
@@ -271,7 +279,7 @@ pub(in super::super) async fn stateless_discover(
         }
     }
     let mut versions: Vec<&str> = Vec::new();
-    let offer_stateless = !(sse_member || held_any && asks_client_features);
+    let offer_stateless = !(sse_member || held_any && !stateless_any && asks_client_features);
     if offer_stateless {
         versions.extend(
             crate::mcp::modern::STATELESS_VERSIONS
