@@ -750,6 +750,7 @@ fn a_session_era_client_reaches_an_upstream_of_the_stateless_revision_only() {
         assert_eq!(call.header("mcp-protocol-version"), Some(V));
         assert_eq!(call.header("mcp-method"), Some("tools/call"));
         assert_eq!(call.header("mcp-name"), Some("weather"));
+        assert_eq!(call.header("mcp-param-region"), Some("=?base64?ZXU=?="));
         assert!(call.header("mcp-session-id").is_none());
         let p = &call.json()["params"];
         assert_eq!(p["_meta"]["io.modelcontextprotocol/protocolVersion"], V);
@@ -821,6 +822,9 @@ fn a_federated_endpoint_serves_stateless_requests_per_request() {
     // Calls, routed by name; each upstream gets its own name, in the body and in Mcp-Name.
     let mut hn = h("tools/call");
     hn.push(("mcp-name", "modern__weather"));
+    // An Mcp-Param header mirrors an argument the upstream's own schema names: it goes with
+    // the request to that upstream.
+    hn.push(("mcp-param-region", "=?base64?ZXU=?="));
     let r = post(
         &gw,
         &hn,

@@ -70,6 +70,8 @@ pub(super) enum Action {
 pub(super) struct Federated {
     kind: Forwarded,
     trace: Vec<u8>,
+    /// The client's `Mcp-Param-*` lines, for the upstream the request is routed to.
+    params: Vec<u8>,
     body: Vec<u8>,
 }
 
@@ -187,9 +189,14 @@ pub(super) fn prepare(
     if s.federated() {
         let mut trace = Vec::new();
         trace_lines(&mut trace, head, buf);
+        let mut params = Vec::new();
+        for (n, v) in &head.mcp_params {
+            response::header(&mut params, &buf[n.clone()], &buf[v.clone()]);
+        }
         return Action::Federated(Box::new(Federated {
             kind,
             trace,
+            params,
             body: body.to_vec(),
         }));
     }
@@ -459,7 +466,8 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
         upstreams,
         principal: None,
     };
-    super::federate::post(w, c, ctx, Some(Rc::new(claims)), f.trace, f.body).await
+    let claims = Rc::new(claims);
+    super::federate::post_stateless(w, c, ctx, claims, (f.trace, f.params), f.body).await
 }
 
 /// Forwards the request rendered in `c.up_out` in the held session `held`. A 404 means the

@@ -45,6 +45,9 @@ use super::Next;
 pub(super) struct FedRequest {
     pub claims: Rc<SessionClaims>,
     pub trace: Vec<u8>,
+    /// A 2026-07-28 request's `Mcp-Param-*` header lines: forwarded with the request to the
+    /// upstream of that revision it is routed to (whose tool schema they mirror), to no other.
+    pub params: Vec<u8>,
     pub body: Vec<u8>,
 }
 
@@ -65,11 +68,31 @@ pub(super) async fn post(
     let req = FedRequest {
         claims,
         trace,
+        params: Vec::new(),
         body,
     };
     if ctx.batch {
         return batch::post(w, c, ctx, req).await;
     }
+    route::single(w, c, ctx, req).await
+}
+
+/// A 2026-07-28 request on a federated endpoint, over the session `stateless::federated` made
+/// for it alone (never a batch: the revision has none). `params`: its `Mcp-Param-*` lines.
+pub(super) async fn post_stateless(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    claims: Rc<SessionClaims>,
+    (trace, params): (Vec<u8>, Vec<u8>),
+    body: Vec<u8>,
+) -> Next {
+    let req = FedRequest {
+        claims,
+        trace,
+        params,
+        body,
+    };
     route::single(w, c, ctx, req).await
 }
 

@@ -67,7 +67,12 @@ async fn send(
         let body = (&req.trace[..], body.to_vec());
         return super::super::legacy::dispatch(w, c, ctx, u, &link, body).await;
     }
-    c.up_out = exchange::post_request(gw, u, Some(session), &req.trace, body);
+    let headers = if req.params.is_empty() || session.protocol_version.is_legacy() {
+        std::borrow::Cow::Borrowed(&req.trace[..])
+    } else {
+        std::borrow::Cow::Owned([&req.trace[..], &req.params[..]].concat())
+    };
+    c.up_out = exchange::post_request(gw, u, Some(session), &headers, body);
     let had_session = session.session_id.is_some();
     forward(w, c, ctx, u, had_session, Then::RelayFederated(claims.id)).await
 }
