@@ -34,6 +34,16 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "modern", "version": "1"}},
                            "ttlMs": 60000, "cacheScope": "public"}),
                 )),
+                // A tool that needs a capability the request did not declare (-32021, 400).
+                "tools/call" if req.tool() == "needs_sampling" => response(
+                    "400 Bad Request",
+                    &[("Content-Type", "application/json")],
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32021,
+                           "message": "Missing required client capability",
+                           "data": {"requiredCapabilities": {"sampling": {}}}}})
+                    .to_string()
+                    .as_bytes(),
+                ),
                 "tools/call" => scripted::json_response(&scripted::rpc_result(
                     &id,
                     json!({"resultType": "complete",
@@ -61,14 +71,16 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                 "tools/list" => scripted::json_response(&scripted::rpc_result(
                     &id,
                     json!({"resultType": "complete", "ttlMs": 1000, "cacheScope": "public",
-                           "tools": [{"name": "weather", "inputSchema": {"type": "object"}}]}),
+                           "tools": [{"name": "weather", "inputSchema": {"type": "object"}},
+                                     {"name": "needs_sampling", "inputSchema": {"type": "object"}}]}),
                 )),
-                // A server of 2026-07-28 only: initialize is a method it does not have.
-                "initialize" => response(
+                // A server of 2026-07-28 only: initialize is a method it does not have, nor
+                // completions.
+                "initialize" | "completion/complete" => response(
                     "404 Not Found",
                     &[("Content-Type", "application/json")],
                     json!({"jsonrpc": "2.0", "id": id,
-                           "error": {"code": -32601, "message": "Method not found: initialize"}})
+                           "error": {"code": -32601, "message": "Method not found"}})
                     .to_string()
                     .as_bytes(),
                 ),
@@ -766,6 +778,26 @@ fn a_session_era_client_reaches_an_upstream_of_the_stateless_revision_only() {
             "nothing to tell a stateless upstream"
         );
     }
+    // The upstream's errors in the codes of its revision reach this client in its own: the
+    // codes 2026-07-28 added become -32600 (data kept), and a 404 (an unknown method there) is
+    // no "session ended" here.
+    let r = m.request("tools/call", json!({"name": "needs_sampling"}));
+    let e = &r.json()["error"];
+    assert_eq!(
+        (r.status, e["code"].as_i64()),
+        (400, Some(-32600)),
+        "{}",
+        r.text()
+    );
+    assert!(e["message"].as_str().unwrap().contains("-32021"), "{e}");
+    assert_eq!(e["data"]["requiredCapabilities"], json!({"sampling": {}}));
+    assert!(r.json()["id"].is_u64(), "the client's id: {}", r.text());
+    let r = m.request(
+        "completion/complete",
+        json!({"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": "a", "value": ""}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32601, "{}", r.text());
     // The methods the revision removed: ping and setLevel answered here.
     assert_eq!(m.request("ping", json!({})).json()["result"], json!({}));
     // No server-to-client stream to open; DELETE ends the session here.
@@ -947,6 +979,14 @@ fn a_session_era_client_of_a_federated_endpoint_reaches_its_stateless_upstream()
     drop(seen);
     let out = m.call_tool("alpha__echo", json!({"text": "x"}));
     assert_eq!(out["result"]["content"][0]["text"], "x", "{out}");
+    // Its errors in the codes of its revision reach this client in the client's own.
+    let r = m.request("tools/call", json!({"name": "modern__needs_sampling"}));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (400, Some(-32600)),
+        "{}",
+        r.text()
+    );
 }
 
 /// Review regressions: a method holding CR/LF never becomes a header line toward an upstream;

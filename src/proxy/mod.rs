@@ -679,6 +679,10 @@ enum Then {
     /// result gets `resultType` (and the caching hints when `true`) stamped in; anything else
     /// is relayed as `Relay` does.
     Stamped(bool),
+    /// A 2026-07-28 upstream's reply to a translated request of a session-era client: relayed
+    /// as `Relay` does, but an error reply is made one that client's revision has
+    /// (`stateless::for_session_client`).
+    Translated,
 }
 
 /// Phases: forward (the request already rendered in `c.up_out`) → vet → relay to upstream `u`.
@@ -750,6 +754,10 @@ async fn respond(
                     return next;
                 }
             }
+            let (rhead, body) = match then {
+                Then::Translated => stateless::for_session_client(rhead, body),
+                _ => (rhead, body),
+            };
             let keep = client_head(
                 &mut c.out,
                 &rhead,
@@ -814,7 +822,7 @@ async fn respond(
         Then::Stamped(cacheable) if stateless::stampable(&rhead, up_conn.buffered()) => {
             stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, cacheable).await
         }
-        Then::Relay | Then::RelayFederated(_) | Then::Stamped(_) => {
+        Then::Relay | Then::RelayFederated(_) | Then::Stamped(_) | Then::Translated => {
             relay(
                 w,
                 c,

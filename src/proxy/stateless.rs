@@ -706,8 +706,42 @@ pub(super) async fn finish_translated(
         Translated::Refuse(r) => refuse(c, ctx, r).await,
         Translated::Result(r) => super::federate::reply_result(c, ctx, r).await,
         Translated::Accepted => super::federate::accepted(c, ctx).await,
-        Translated::Forward => forward(w, c, ctx, u, false, Then::Relay).await,
+        Translated::Forward => forward(w, c, ctx, u, false, Then::Translated).await,
     }
+}
+
+/// An error reply of a 2026-07-28 upstream to a translated request, made one a session-era
+/// client reads as its own revision's: the codes that revision added (-32020, -32021, -32022:
+/// about the translated request, which the client did not write) become -32600 with the
+/// upstream's message and data kept, and a 404 becomes 200 (to a session-era client a 404
+/// means its session ended, and it would start a new one; the upstream meant an unknown method).
+pub(super) fn for_session_client(
+    mut rhead: ResponseHead,
+    body: Vec<u8>,
+) -> (ResponseHead, Vec<u8>) {
+    use crate::error::code;
+    if rhead.status == 404 {
+        rhead.status = 200;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (rhead, body);
+    };
+    let modern = [code::HEADER_MISMATCH, -32021, code::UNSUPPORTED_VERSION];
+    let c = v["error"]["code"].as_i64().unwrap_or(0);
+    if !modern.iter().any(|m| i64::from(*m) == c) {
+        return (rhead, body);
+    }
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    v["error"]["code"] = code::INVALID_REQUEST.into();
+    v["error"]["message"] = format!(
+        "the upstream (protocol version 2026-07-28) refused the request the gateway translated          for this session ({c}: {msg})"
+    )
+    .into();
+    rhead.status = 400;
+    (rhead, serde_json::to_vec(&v).unwrap_or(body))
 }
 
 /// The upstream's own `server/discover` result (a request of the gateway's).

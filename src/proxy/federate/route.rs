@@ -74,7 +74,14 @@ async fn send(
     };
     c.up_out = exchange::post_request(gw, u, Some(session), &headers, body);
     let had_session = session.session_id.is_some();
-    forward(w, c, ctx, u, had_session, Then::RelayFederated(claims.id)).await
+    // A session-era client's request made one of the 2026-07-28 revision: the upstream's
+    // errors are made ones of the client's revision (`stateless::for_session_client`).
+    let then = if !session.protocol_version.is_legacy() && ctx.era == crate::error::Era::Session {
+        Then::Translated
+    } else {
+        Then::RelayFederated(claims.id)
+    };
+    forward(w, c, ctx, u, had_session, then).await
 }
 
 /// One message to decide on: its scanned view, its bytes, and where those bytes start in the
