@@ -321,14 +321,16 @@ fn run(a: Args) -> anyhow::Result<bool> {
     }
 
     let headers: Vec<(String, String)> = vec![];
-    // Setup tollgate-stateless measures the same scenario sent as 2026-07-28 requests.
+    // Setups tollgate-stateless and tollgate-held measure the same scenario sent as 2026-07-28
+    // requests (tollgate-held: to the demo held to the session era, through the gateway's held
+    // upstream session, i.e. translated).
     let stateless = {
         let mut st = s.clone();
         st.stateless = true;
         st
     };
     let scenario_for = |st: &Setup| {
-        if st.name == "tollgate-stateless" {
+        if st.name == "tollgate-stateless" || st.name == "tollgate-held" {
             &stateless
         } else {
             &s
@@ -793,7 +795,8 @@ http {{
                 ),
             ))
         }
-        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless" => {
+        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless"
+        | "tollgate-held" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -804,6 +807,14 @@ http {{
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
             let mut text = merge_yaml(&base, &s.gateway_config_extra)?;
+            if name == "tollgate-held" {
+                // The demo answers both eras; held to the session era, a stateless request
+                // reaches it through the worker's held upstream session.
+                let ups = format!(
+                    "upstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\n    era: session\n"
+                );
+                text = merge_yaml(&text, &ups)?;
+            }
             // Federation: the measured upstream (unprefixed, so the scenario's names are
             // unchanged) and two more demo upstreams (same arguments; names prefixed) behind one
             // endpoint.
@@ -867,6 +878,9 @@ http {{
                 } else if name == "tollgate-stateless" {
                     "workers: 1, the scenario sent as 2026-07-28 stateless requests (no session; _meta and Mcp-* headers)"
                         .into()
+                } else if name == "tollgate-held" {
+                    "workers: 1, 2026-07-28 stateless requests to the demo held to the session era (era: session): translated through the worker's held upstream session"
+                        .into()
                 } else {
                     "workers: 1".into()
                 },
@@ -874,7 +888,7 @@ http {{
         }
         other => {
             anyhow::bail!(
-                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless)"
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless, tollgate-held)"
             )
         }
     }
