@@ -438,9 +438,7 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
             return super::federate::reply_result(c, ctx, body.as_bytes()).await;
         }
         Forwarded::Listen => {
-            let why = "subscriptions/listen is not served yet on an endpoint with several \
-                       upstreams (its server/discover declares no listChanged)";
-            return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+            return super::federate::listen(w, c, ctx, f.trace, f.body).await;
         }
         Forwarded::Call => {}
     }
