@@ -508,3 +508,42 @@ fn listen_streams_are_limited_per_worker_and_end_with_their_result_at_shutdown()
     assert!(s.text().ends_with("0\r\n\r\n"), "{}", s.text());
     assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
 }
+
+#[test]
+fn a_single_upstreams_listen_takes_a_place_on_the_worker_too() {
+    let a = member(Script {
+        caps: json!({"tools": {"listChanged": true}}),
+        ndjson: false,
+        sends: vec![],
+        end: false,
+    });
+    let gw = Gateway::builder()
+        .upstream("a", &a.up.url())
+        .serve("/mcp", "a")
+        .workers(1)
+        .limit("listen_streams_per_worker", "1")
+        .start();
+    let mut s = Stream::open(&gw, json!(1), json!({"toolsListChanged": true}));
+    s.read_until(|s| !s.messages().is_empty());
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        LISTEN_HEADERS,
+        &listen_body(json!(2), json!({"toolsListChanged": true})),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The first stream's place is given back when it ends: then a new one is served.
+    drop(s);
+    assert!(eventually(Duration::from_secs(10), || a
+        .closed
+        .load(Ordering::Acquire)
+        == 1));
+    let mut s = Stream::open(&gw, json!(3), json!({"toolsListChanged": true}));
+    s.read_until(|s| !s.messages().is_empty());
+    assert_eq!(
+        s.messages()[0]["method"],
+        "notifications/subscriptions/acknowledged",
+        "{}",
+        s.text()
+    );
+}

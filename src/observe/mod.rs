@@ -92,7 +92,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     );
     describe_gauge!(
         names::LISTEN_STREAMS_OPEN,
-        "2026-07-28 subscriptions/listen streams a federated endpoint merges, open now."
+        "2026-07-28 subscriptions/listen streams open now (merged or relayed from one upstream)."
     );
     describe_counter!(
         names::LISTEN_STREAMS_ENDED_TOTAL,

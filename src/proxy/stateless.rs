@@ -372,6 +372,20 @@ pub(super) async fn relay_stamped(
 
 /// Carries out what `prepare` decided.
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
+    // A listen to the one upstream holds a place on the worker for as long as it streams, as a
+    // merged one does (`limits.listen_streams_per_worker`).
+    let listen = matches!(
+        &a,
+        Action::Forward {
+            kind: Forwarded::Listen,
+            ..
+        }
+    ) || matches!(&a, Action::Pending(p) if p.kind == Forwarded::Listen);
+    let max = ctx.gw().config.limits.listen_streams_per_worker;
+    let _slot = match listen.then(|| super::federate::ListenSlot::take(w, max)) {
+        Some(None) => return refuse(c, ctx, Refusal::new(Kind::ListenStreams)).await,
+        slot => slot.flatten(),
+    };
     match a {
         Action::Refuse(r) => refuse(c, ctx, r).await,
         Action::Forward { u, kind } => match kind {

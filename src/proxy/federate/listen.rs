@@ -37,16 +37,20 @@ const MAX_TRAILER: usize = 64 * 1024;
 const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// A listen stream's place on its worker (`limits.listen_streams_per_worker`): counted while
-/// it lives.
+/// it lives. Merged streams and a single upstream's relayed ones take one alike.
 pub(in crate::proxy) struct Slot<'a> {
     w: &'a WorkerState,
 }
 
 impl<'a> Slot<'a> {
-    /// A place, unless `max` streams are open on the worker already.
+    /// A place, unless `max` streams are open on the worker already (then logged).
     pub fn take(w: &'a WorkerState, max: usize) -> Option<Self> {
         let n = w.listens.get();
         if n >= max {
+            tracing::warn!(
+                limit = max,
+                "subscriptions/listen refused: limits.listen_streams_per_worker reached on this worker"
+            );
             return None;
         }
         w.listens.set(n + 1);
@@ -425,10 +429,6 @@ pub(in crate::proxy) async fn listen(
     let server = ctx.server.unwrap_or_default();
     let limits = &gw.config.limits;
     let Some(_slot) = Slot::take(w, limits.listen_streams_per_worker) else {
-        tracing::warn!(
-            limit = limits.listen_streams_per_worker,
-            "subscriptions/listen refused: limits.listen_streams_per_worker reached on this worker"
-        );
         return refuse(c, ctx, Refusal::new(Kind::ListenStreams)).await;
     };
     let raw_id = ctx.answer_id().unwrap_or(b"null").to_vec();

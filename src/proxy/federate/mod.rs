@@ -28,7 +28,7 @@ pub(super) mod stream;
 mod tables;
 
 pub(super) use compose::{stateless_discover, stateless_members};
-pub(super) use listen::listen;
+pub(super) use listen::{listen, Slot as ListenSlot};
 pub use tables::Catalogs;
 pub(super) use tables::{fresh_names, TableKind};
 
