@@ -547,3 +547,110 @@ fn a_single_upstreams_listen_takes_a_place_on_the_worker_too() {
         s.text()
     );
 }
+
+/// A member whose listen answers with something unusable: `status` and `body` raw.
+fn broken_member(status: &'static str, ctype: &'static str, body: Vec<u8>) -> Scripted {
+    Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            let v = req.json();
+            let id = v["id"].clone();
+            let reply = match v["method"].as_str().unwrap_or("") {
+                "server/discover" => scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "supportedVersions": [V],
+                           "capabilities": {"tools": {"listChanged": true}},
+                           "ttlMs": 0, "cacheScope": "public"}),
+                )),
+                "subscriptions/listen" => {
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = s.write_all(&body);
+                    continue;
+                }
+                _ => response("202 Accepted", &[], b""),
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn members_that_refuse_or_send_garbage_are_left_out_and_counted() {
+    let good = member(Script {
+        caps: json!({"tools": {"listChanged": true}}),
+        ndjson: false,
+        sends: vec![change("tools")],
+        end: true,
+    });
+    // A 500; a 200 whose body is one line larger than any message may be; a 200 that is not
+    // JSON at all and ends without an acknowledgement.
+    let refused = broken_member("500 Internal Server Error", "text/plain", b"no".to_vec());
+    let mut huge = vec![b'x'; 2 * 1024 * 1024];
+    huge.push(b'\n');
+    let oversized = broken_member("200 OK", "application/json", huge);
+    let garbage = broken_member("200 OK", "application/json", b"{{{ not json\n".to_vec());
+    let gw = Gateway::builder()
+        .upstream("good", &good.up.url())
+        .upstream("refused", &refused.url())
+        .upstream("oversized", &oversized.url())
+        .upstream("garbage", &garbage.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [good, refused, oversized, garbage]\n")
+        .workers(1)
+        .start();
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        LISTEN_HEADERS,
+        &listen_body(json!(5), json!({"toolsListChanged": true})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = r.sse_messages();
+    assert_eq!(
+        methods(&msgs),
+        [
+            "notifications/subscriptions/acknowledged",
+            "notifications/tools/list_changed",
+            "<result>"
+        ],
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        msgs[0]["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    let scrape = gw.metrics();
+    for name in ["refused", "oversized", "garbage"] {
+        assert_eq!(
+            metric(
+                &scrape,
+                "tollgate_listen_member_ends_total",
+                &[("upstream", name), ("reason", "not_opened")]
+            ),
+            1.0,
+            "{name}: {scrape}"
+        );
+    }
+    // None of them usable: the client is told, not given an empty stream.
+    let gw = Gateway::builder()
+        .upstream("refused", &refused.url())
+        .upstream("garbage", &garbage.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [refused, garbage]\n")
+        .start();
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        LISTEN_HEADERS,
+        &listen_body(json!(6), json!({"toolsListChanged": true})),
+    );
+    let v = r.json();
+    assert_eq!(v["id"], 6, "{}", r.text());
+    assert_eq!(v["error"]["code"], -31001, "{}", r.text());
+}

@@ -544,7 +544,8 @@ pub(in crate::proxy) async fn listen(
     }))
     .await;
     members.retain(|m| {
-        let gone = m.done && m.msgs.is_empty() && !m.acked;
+        // Ended without acknowledging: whatever it sent before is not a subscription's.
+        let gone = m.done && !m.acked;
         if gone {
             let name = &gw.upstreams[m.u].name;
             tracing::warn!(upstream = %name, "subscriptions/listen: member stream ended before its acknowledgement");
