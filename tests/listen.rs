@@ -39,13 +39,17 @@ struct Member {
     seen: Arc<Mutex<Vec<Request>>>,
     closed: Arc<AtomicUsize>,
     trigger: Arc<AtomicBool>,
+    /// The tools it lists (and answers `tools/call` for, with the tool's name).
+    tools: Arc<Mutex<Vec<String>>>,
 }
 
 fn member(script: Script) -> Member {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let closed = Arc::new(AtomicUsize::new(0));
     let trigger = Arc::new(AtomicBool::new(false));
+    let tools = Arc::new(Mutex::new(vec!["t".to_string()]));
     let (seen2, closed2, trigger2) = (seen.clone(), closed.clone(), trigger.clone());
+    let tools2 = tools.clone();
     let up = Scripted::start(move |mut s: TcpStream, _| {
         while let Some(req) = read_request(&mut s) {
             seen2.lock().unwrap().push(req.clone());
@@ -59,10 +63,23 @@ fn member(script: Script) -> Member {
                            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "m", "version": "1"}},
                            "ttlMs": 0, "cacheScope": "public"}),
                 )),
-                "tools/list" => scripted::json_response(&scripted::rpc_result(
+                "tools/list" => {
+                    let tools: Vec<Value> = tools2
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|t| json!({"name": t, "inputSchema": {"type": "object"}}))
+                        .collect();
+                    scripted::json_response(&scripted::rpc_result(
+                        &id,
+                        json!({"resultType": "complete", "ttlMs": 0, "cacheScope": "public",
+                               "tools": tools}),
+                    ))
+                }
+                "tools/call" => scripted::json_response(&scripted::rpc_result(
                     &id,
-                    json!({"resultType": "complete", "ttlMs": 0, "cacheScope": "public",
-                           "tools": [{"name": "t", "inputSchema": {"type": "object"}}]}),
+                    json!({"resultType": "complete",
+                           "content": [{"type": "text", "text": req.tool()}]}),
                 )),
                 "subscriptions/listen" => {
                     listen_stream(&mut s, &script, &id, &v, &closed2, &trigger2);
@@ -91,6 +108,7 @@ fn member(script: Script) -> Member {
         seen,
         closed,
         trigger,
+        tools,
     }
 }
 
@@ -653,4 +671,65 @@ fn members_that_refuse_or_send_garbage_are_left_out_and_counted() {
     let v = r.json();
     assert_eq!(v["id"], 6, "{}", r.text());
     assert_eq!(v["error"]["code"], -31001, "{}", r.text());
+}
+
+fn call(gw: &Gateway, id: u64, name: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": V,
+                                           "io.modelcontextprotocol/clientCapabilities": {}},
+                                 "name": name, "arguments": {}}})
+    .to_string();
+    gw.client()
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", V),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", name),
+            ],
+            body.as_bytes(),
+        )
+        .json()
+}
+
+#[test]
+fn a_list_change_on_the_listen_stream_makes_the_routing_table_fresh() {
+    let a = member(Script {
+        caps: json!({"tools": {"listChanged": true}}),
+        ndjson: false,
+        sends: vec![],
+        end: false,
+    });
+    let b = member(Script {
+        caps: json!({}),
+        ndjson: true,
+        sends: vec![],
+        end: false,
+    });
+    // One worker: the listen and the calls share its routing tables; they are rebuilt only
+    // when stale, older than an hour, or on a miss a second after the last rebuild.
+    let gw = Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n    list_refresh_interval: 1h\n")
+        .workers(1)
+        .start();
+    // The table is built, and knows a__t.
+    assert_eq!(call(&gw, 1, "a__t")["result"]["content"][0]["text"], "t");
+    let mut s = Stream::open(&gw, json!(7), json!({"toolsListChanged": true}));
+    s.read_until(|s| !s.messages().is_empty());
+    // The upstream gains a tool and says so on its listen stream.
+    a.tools.lock().unwrap().push("u".into());
+    a.trigger.store(true, Ordering::Release);
+    s.read_until(|s| s.messages().len() >= 2);
+    assert_eq!(
+        s.messages()[1]["method"],
+        "notifications/tools/list_changed"
+    );
+    // At once (not waiting for a miss to be allowed a rebuild): the new tool is routed.
+    let r = call(&gw, 2, "a__u");
+    assert_eq!(r["result"]["content"][0]["text"], "u", "{r}");
 }
