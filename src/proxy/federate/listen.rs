@@ -652,6 +652,9 @@ async fn relay(
     let keepalive = gw.config.limits.listen_keepalive;
     let mut events = first;
     let mut watch_client = true;
+    // When the client was last written to: keep-alives count from it (a member whose messages
+    // are all dropped does not keep the client's stream warm).
+    let mut last_write = w.shutdown.now();
     let fin = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"resultType\":\"complete\",\"_meta\":{{\"{SUBSCRIPTION_ID}\":{id}}}}}}}",
         id = String::from_utf8_lossy(raw_id)
@@ -704,6 +707,7 @@ async fn relay(
         if !events.is_empty() {
             write(c, ctx, &events);
             events.clear();
+            last_write = w.shutdown.now();
         }
         if over {
             if !ctx.http10 {
@@ -715,7 +719,7 @@ async fn relay(
         if c.flush().await.is_err() {
             return "client_closed";
         }
-        let until = w.shutdown.now() + keepalive;
+        let until = last_write + keepalive;
         let woke = loop {
             let which = {
                 let mut waits: Vec<LocalBoxFuture<'_, Woke>> = members
@@ -762,6 +766,7 @@ async fn relay(
                 sse::write_comment(&mut k, b" keep-alive");
                 k.push(b'\n');
                 write(c, ctx, &k);
+                last_write = w.shutdown.now();
             }
             Woke::Shutdown => {
                 let mut e = Vec::new();
