@@ -204,6 +204,12 @@ kinds! {
         extra: Extra::RetryAfter,
         ..limit(503, "legacy_sse_queued_messages", false)
     };
+    // 2026-07-28 `subscriptions/listen`: streams a worker holds open.
+    ListenStreams => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "listen_streams_per_worker", false)
+    };
     LegacyHandover => Row {
         extra: Extra::RetryAfter,
         ..row(503, GATEWAY_REJECTED, Gateway, "legacy_handover_failed")

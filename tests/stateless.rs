@@ -922,7 +922,8 @@ fn a_federated_endpoint_serves_stateless_requests_per_request() {
         "{}",
         r.text()
     );
-    // Discover: the union, the gateway's server info, no listChanged (listen is not merged).
+    // Discover: the union, the gateway's server info; tools.listChanged because the stateless
+    // upstream declares it (the gateway merges its listen stream), none for the demo's prompts.
     let r = post(
         &gw,
         &h("server/discover"),
@@ -930,24 +931,36 @@ fn a_federated_endpoint_serves_stateless_requests_per_request() {
     );
     let res = &r.json()["result"];
     assert_eq!(res["supportedVersions"][0], V, "{res}");
-    assert!(res["capabilities"]["tools"].is_object(), "{res}");
+    assert_eq!(res["capabilities"]["tools"]["listChanged"], true, "{res}");
     assert!(
-        res["capabilities"]["tools"].get("listChanged").is_none(),
+        res["capabilities"]["prompts"].get("listChanged").is_none(),
         "{res}"
     );
     assert_eq!(
         res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
         "tollgate"
     );
+    // Listen asking for nothing anyone delivers: acknowledged with nothing, then over.
     let r = post(
         &gw,
         &h("subscriptions/listen"),
-        &body(6, "subscriptions/listen", json!({"notifications": {}})),
+        &body(
+            6,
+            "subscriptions/listen",
+            json!({"notifications": {"promptsListChanged": true}}),
+        ),
     );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = r.sse_messages();
     assert_eq!(
-        (r.status, r.json()["error"]["code"].as_i64()),
-        (404, Some(-32601))
+        msgs[0]["method"],
+        "notifications/subscriptions/acknowledged",
+        "{}",
+        r.text()
     );
+    assert_eq!(msgs[0]["params"]["notifications"], json!({}));
+    assert_eq!(msgs.last().unwrap()["id"], 6, "{}", r.text());
+    assert_eq!(msgs.len(), 2, "{}", r.text());
 }
 
 #[test]

@@ -136,6 +136,10 @@ pub mod defaults {
     pub const LEGACY_SSE_QUEUED_MESSAGES: usize = 64;
     /// Below the 30-60 s after which proxies commonly cut an idle response.
     pub const LEGACY_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+    /// As many as legacy streams: each holds a client connection and one upstream stream per
+    /// federated member.
+    pub const LISTEN_STREAMS_PER_WORKER: usize = 1024;
+    pub const LISTEN_KEEPALIVE: Duration = Duration::from_secs(15);
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
     pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Scrapes and probes come a few at a time; each admin connection is a thread while it lasts.
@@ -409,6 +413,8 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "legacy_sse_streams_per_worker",
             "legacy_sse_queued_messages",
             "legacy_sse_keepalive",
+            "listen_streams_per_worker",
+            "listen_keepalive",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -510,6 +516,18 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             p,
             "legacy_sse_keepalive",
             defaults::LEGACY_SSE_KEEPALIVE,
+            extract::duration(MS),
+        ),
+        listen_streams_per_worker: s.get(
+            p,
+            "listen_streams_per_worker",
+            defaults::LISTEN_STREAMS_PER_WORKER,
+            usize_count(1, 1_000_000),
+        ),
+        listen_keepalive: s.get(
+            p,
+            "listen_keepalive",
+            defaults::LISTEN_KEEPALIVE,
             extract::duration(MS),
         ),
     }

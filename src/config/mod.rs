@@ -137,6 +137,12 @@ pub struct Limits {
     pub legacy_sse_queued_messages: usize,
     /// `limits.legacy_sse_keepalive`, default 15s: a `:` comment on an idle legacy stream.
     pub legacy_sse_keepalive: Duration,
+    /// `limits.listen_streams_per_worker`, default 1024: 2026-07-28 `subscriptions/listen`
+    /// streams one worker holds open at once. Over → 503 with Retry-After.
+    pub listen_streams_per_worker: usize,
+    /// `limits.listen_keepalive`, default 15s: a `:` comment on an idle listen stream the
+    /// gateway writes itself (a federated endpoint's merged one).
+    pub listen_keepalive: Duration,
 }
 
 #[derive(Clone, Debug)]

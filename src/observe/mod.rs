@@ -90,6 +90,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Messages POSTed to a legacy HTTP+SSE stream held by another worker, handed to it over \
          the control channel, by result (queued, unknown, full, undelivered)."
     );
+    describe_gauge!(
+        names::LISTEN_STREAMS_OPEN,
+        "2026-07-28 subscriptions/listen streams open now (merged or relayed from one upstream)."
+    );
+    describe_counter!(
+        names::LISTEN_STREAMS_ENDED_TOTAL,
+        "Merged subscriptions/listen streams ended, by reason (client_closed, shutdown, members_gone)."
+    );
+    describe_counter!(
+        names::LISTEN_MEMBER_ENDS_TOTAL,
+        "Upstream subscriptions/listen streams of a merged one that ended or could not be opened, \
+         by upstream and reason (not_opened, ended, unusable)."
+    );
     describe_counter!(
         names::LEGACY_SSE_STREAMS_ENDED_TOTAL,
         "Legacy HTTP+SSE event streams ended, by reason (client_closed, slow_reader, shutdown)."

@@ -39,6 +39,12 @@ pub const LEGACY_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_legacy_upstream_failu
 pub const LEGACY_SSE_STREAMS_OPEN: &str = "tollgate_legacy_sse_streams_open";
 pub const LEGACY_SSE_HANDOVERS_TOTAL: &str = "tollgate_legacy_sse_handovers_total";
 pub const LEGACY_SSE_STREAMS_ENDED_TOTAL: &str = "tollgate_legacy_sse_streams_ended_total";
+/// 2026-07-28 `subscriptions/listen`: streams open now (merged on a federated endpoint, or a
+/// single upstream's relayed); merged streams ended by reason (client_closed, shutdown, members_gone), member streams that ended while the
+/// client's went on or could not be opened (by upstream and reason).
+pub const LISTEN_STREAMS_OPEN: &str = "tollgate_listen_streams_open";
+pub const LISTEN_STREAMS_ENDED_TOTAL: &str = "tollgate_listen_streams_ended_total";
+pub const LISTEN_MEMBER_ENDS_TOTAL: &str = "tollgate_listen_member_ends_total";
 pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";

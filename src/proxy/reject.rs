@@ -114,6 +114,10 @@ impl Rejects {
                         "too many legacy SSE streams on this worker (limits.legacy_sse_streams_per_worker = {})",
                         l.legacy_sse_streams_per_worker
                     ),
+                    Kind::ListenStreams => format!(
+                        "too many subscriptions/listen streams on this worker (limits.listen_streams_per_worker = {})",
+                        l.listen_streams_per_worker
+                    ),
                     Kind::LegacyQueueFull => format!(
                         "too many messages waiting on this legacy SSE stream (limits.legacy_sse_queued_messages = {})",
                         l.legacy_sse_queued_messages

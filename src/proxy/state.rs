@@ -251,6 +251,10 @@ pub struct WorkerState {
     pub legacy_metrics: super::legacy::Metrics,
     /// The legacy HTTP+SSE streams this worker holds.
     pub legacy_sse: super::legacy_sse::Streams,
+    /// `subscriptions/listen` streams open on this worker (`limits.listen_streams_per_worker`).
+    pub listens: Cell<usize>,
+    /// Numbers the gateway's own listen requests to members (their ids).
+    pub listen_serial: Cell<u64>,
 }
 
 impl WorkerState {
@@ -273,6 +277,8 @@ impl WorkerState {
             legacy: Default::default(),
             legacy_metrics: Default::default(),
             legacy_sse: Default::default(),
+            listens: Cell::new(0),
+            listen_serial: Cell::new(0),
             generation: RefCell::new(Rc::new(Generation { gw })),
             prepared: RefCell::new(None),
             index,

@@ -379,6 +379,20 @@ pub(super) async fn relay_stamped(
 
 /// Carries out what `prepare` decided.
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
+    // A listen to the one upstream holds a place on the worker for as long as it streams, as a
+    // merged one does (`limits.listen_streams_per_worker`).
+    let listen = matches!(
+        &a,
+        Action::Forward {
+            kind: Forwarded::Listen,
+            ..
+        }
+    ) || matches!(&a, Action::Pending(p) if p.kind == Forwarded::Listen);
+    let max = ctx.gw().config.limits.listen_streams_per_worker;
+    let _slot = match listen.then(|| super::federate::ListenSlot::take(w, max)) {
+        Some(None) => return refuse(c, ctx, Refusal::new(Kind::ListenStreams)).await,
+        slot => slot.flatten(),
+    };
     match a {
         Action::Refuse(r) => refuse(c, ctx, r).await,
         Action::Forward { u, kind } => match kind {
@@ -445,9 +459,7 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
             return super::federate::reply_result(c, ctx, body.as_bytes()).await;
         }
         Forwarded::Listen => {
-            let why = "subscriptions/listen is not served yet on an endpoint with several \
-                       upstreams (its server/discover declares no listChanged)";
-            return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+            return super::federate::listen(w, c, ctx, f.trace, f.body).await;
         }
         Forwarded::Call => {}
     }

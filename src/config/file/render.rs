@@ -131,6 +131,16 @@ pub fn render_effective(c: &Config) -> String {
         "  legacy_sse_keepalive: {}",
         render_duration(m.legacy_sse_keepalive)
     );
+    let _ = writeln!(
+        o,
+        "  listen_streams_per_worker: {}",
+        m.listen_streams_per_worker
+    );
+    let _ = writeln!(
+        o,
+        "  listen_keepalive: {}",
+        render_duration(m.listen_keepalive)
+    );
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {

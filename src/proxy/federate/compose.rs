@@ -214,14 +214,15 @@ pub(in super::super) async fn stateless_members(
 
 /// The `server/discover` result of a federated endpoint for a 2026-07-28 client: the union of
 /// what its upstreams offer (a stateless one's discover, a session-era one's held `initialize`),
-/// as `compose` unites initialize results, in the revision's shape. No `listChanged` (the
-/// gateway does not merge `subscriptions/listen` streams yet) and no `subscribe` (the revision
-/// has none). The stateless revision is offered unless the client asks for sampling, elicitation
-/// or roots and every upstream behind is of the session era: a held session cannot carry them,
-/// and the client's own session (it falls back to `initialize`) can, losing nothing. With an
-/// upstream of the stateless revision behind, the revision is offered all the same: its
-/// input-required results reach the client only in it, and a session-era member then sees a
-/// client without those capabilities (its held session declares none; ARCHITECTURE.md).
+/// as `compose` unites initialize results, in the revision's shape. `listChanged` only for a kind
+/// some stateless member declares it for (the gateway merges their `subscriptions/listen`
+/// streams, `federate::listen`; a held session cannot listen, so a session-era member's does
+/// not count), and no `subscribe`. The stateless revision is offered unless the client asks for
+/// sampling, elicitation or roots and every upstream behind is of the session era: a held session
+/// cannot carry them, and the client's own session (it falls back to `initialize`) can, losing
+/// nothing. With an upstream of the stateless revision behind, the revision is offered all the
+/// same: its input-required results reach the client only in it, and a session-era member then
+/// sees a client without those capabilities (its held session declares none; ARCHITECTURE.md).
 pub(in super::super) async fn stateless_discover(
     w: &WorkerState,
     gw: &Gateway,
@@ -235,6 +236,8 @@ pub(in super::super) async fn stateless_discover(
     // A member with `transport: sse` cannot be reached by a stateless request: a client that
     // can fall back to a session should (the stateless revision is then not offered).
     let mut sse_member = false;
+    // Kinds some stateless member announces list changes for (on its listen stream).
+    let mut list_changed: Vec<String> = Vec::new();
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
         if gw.upstreams[u].legacy {
@@ -243,10 +246,19 @@ pub(in super::super) async fn stateless_discover(
         }
         let result = match held::era(w, gw, u).await {
             Era::Stateless => {
+                use sonic_rs::{JsonContainerTrait, JsonValueTrait};
                 stateless_any = true;
-                super::super::stateless::discover_upstream(w, gw, u)
+                let r = super::super::stateless::discover_upstream(w, gw, u)
                     .await
-                    .ok()
+                    .ok();
+                if let Some(caps) = r.as_ref().and_then(|r| r.get("capabilities")) {
+                    for (kind, c) in caps.as_object().into_iter().flat_map(|o| o.iter()) {
+                        if c.get("listChanged").and_then(|v| v.as_bool()) == Some(true) {
+                            list_changed.push(kind.to_string());
+                        }
+                    }
+                }
+                r
             }
             Era::Session => {
                 held_any = true;
@@ -271,10 +283,15 @@ pub(in super::super) async fn stateless_discover(
         .cloned()
         .unwrap_or_else(|| json!({}));
     if let Some(obj) = caps.as_object_mut() {
-        for (_, v) in obj.iter_mut() {
+        for (kind, v) in obj.iter_mut() {
             if let Some(o) = v.as_object_mut() {
                 o.remove("listChanged");
                 o.remove("subscribe");
+                if matches!(kind.as_str(), "tools" | "prompts" | "resources")
+                    && list_changed.contains(kind)
+                {
+                    o.insert("listChanged".into(), Value::Bool(true));
+                }
             }
         }
     }

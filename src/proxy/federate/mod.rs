@@ -14,12 +14,13 @@
 //!
 //! Module map: `exchange` (the gateway's own requests to upstreams, read whole), `compose`
 //! (initialize fan-out and the composed result), `lists` (aggregated lists), `tables` (the per-worker
-//! routing tables), `route` (the per-message decision and routed requests), `batch` (JSON-RPC batches), `stream` (event streams: rewritten POST replies, the merged GET), `probe` (`tollgate check --probe`: the same
+//! routing tables), `route` (the per-message decision and routed requests), `batch` (JSON-RPC batches), `stream` (event streams: rewritten POST replies, the merged GET), `listen` (the merged 2026-07-28 `subscriptions/listen`), `probe` (`tollgate check --probe`: the same
 //! exchanges and tables, reported).
 
 mod batch;
 mod compose;
 pub(super) mod exchange;
+mod listen;
 mod lists;
 pub mod probe;
 mod route;
@@ -27,6 +28,7 @@ pub(super) mod stream;
 mod tables;
 
 pub(super) use compose::{stateless_discover, stateless_members};
+pub(super) use listen::{listen, Slot as ListenSlot};
 pub use tables::Catalogs;
 pub(super) use tables::{fresh_names, TableKind};
 
