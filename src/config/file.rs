@@ -134,6 +134,7 @@ pub mod defaults {
     pub const LEGACY_SSE_STREAMS_PER_WORKER: usize = 1024;
     /// Enough for the concurrent POSTs an agent makes; a stream this far behind is stuck.
     pub const LEGACY_SSE_QUEUED_MESSAGES: usize = 64;
+    pub const HELD_SESSIONS_PER_UPSTREAM: usize = 4;
     /// Below the 30-60 s after which proxies commonly cut an idle response.
     pub const LEGACY_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -409,6 +410,7 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "legacy_sse_streams_per_worker",
             "legacy_sse_queued_messages",
             "legacy_sse_keepalive",
+            "held_sessions_per_upstream",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -511,6 +513,12 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "legacy_sse_keepalive",
             defaults::LEGACY_SSE_KEEPALIVE,
             extract::duration(MS),
+        ),
+        held_sessions_per_upstream: s.get(
+            p,
+            "held_sessions_per_upstream",
+            defaults::HELD_SESSIONS_PER_UPSTREAM,
+            usize_count(1, 10_000),
         ),
     }
 }

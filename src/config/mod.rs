@@ -137,6 +137,11 @@ pub struct Limits {
     pub legacy_sse_queued_messages: usize,
     /// `limits.legacy_sse_keepalive`, default 15s: a `:` comment on an idle legacy stream.
     pub legacy_sse_keepalive: Duration,
+    /// `limits.held_sessions_per_upstream`, default 4: upstream sessions one worker holds with
+    /// a session-era upstream for clients of the stateless revision (`proxy::held`), each
+    /// carrying one request at a time. A request that finds all busy waits, up to the
+    /// upstream's `request_timeout`; then it is refused (503).
+    pub held_sessions_per_upstream: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -28,7 +28,7 @@ use crate::mcp::{Method, ProtocolVersion};
 use super::client::Client;
 use super::context::{Ctx, Short};
 use super::federate::exchange;
-use super::held::{self, Era, HeldSession};
+use super::held::{self, Era, HeldSession, Lease};
 use super::reject::Refusal;
 use super::state::{Gateway, WorkerState};
 use super::upstream;
@@ -53,11 +53,10 @@ pub(super) enum Action {
         u: usize,
         kind: Forwarded,
     },
-    /// To a session-era upstream, in the worker's held session.
+    /// To a session-era upstream, in a held session of the worker's that was idle (taken).
     Held {
         u: usize,
-        kind: Forwarded,
-        held: Rc<HeldSession>,
+        lease: Lease,
     },
     /// The era or the held session must be learned or opened first (an await): the body and
     /// the header lines to repeat, copied.
@@ -205,8 +204,16 @@ pub(super) fn prepare(
         return Action::Refuse(Refusal::because(Kind::InvalidRequest, why));
     }
     let now = w.shutdown.now();
-    let held = w.held.session_now(gw, u, now);
-    match (w.held.era_now(gw, u, now), held) {
+    let era = w.held.era_now(gw, u, now);
+    // An idle held session is taken now, only for a request it will carry (not a notification,
+    // a listen or a discover: those are answered without one, or from any).
+    let lease = match era {
+        Some(Era::Session) if kind == Forwarded::Call && m.kind == MessageKind::Request => {
+            w.held.try_lease(gw, u, now)
+        }
+        _ => None,
+    };
+    match (era, lease) {
         (Some(Era::Stateless), _) => {
             let modern = |o: &mut Vec<u8>| modern_lines(o, head, buf);
             render(
@@ -220,10 +227,10 @@ pub(super) fn prepare(
             );
             Action::Forward { u, kind }
         }
-        (Some(Era::Session), Some(held)) if kind != Forwarded::Discover => {
+        (Some(Era::Session), Some(lease)) => {
             let trace = |o: &mut Vec<u8>| trace_lines(o, head, buf);
-            render(out, gw, u, Some(&held.session), |_| {}, trace, body);
-            Action::Held { u, kind, held }
+            render(out, gw, u, Some(&lease.session), |_| {}, trace, body);
+            Action::Held { u, lease }
         }
         _ => {
             let mut p = Pending {
@@ -292,9 +299,17 @@ fn then_for(kind: Forwarded) -> Then {
     }
 }
 
-/// How a held session's reply is relayed: stamped with what the revision adds to results.
-fn then_held(ctx: &Ctx, kind: Forwarded) -> Then {
-    let cacheable = ctx.first().is_some_and(|m| {
+/// How a held session's reply reaches a stateless client: stamped with what the revision adds
+/// to results (`cacheable`: the caching hints too), server→client requests in an event stream
+/// answered in `held` instead of relayed.
+pub(super) struct Stamp {
+    pub cacheable: bool,
+    pub held: Rc<HeldSession>,
+}
+
+/// How the reply of a held session to request `m` is relayed.
+pub(super) fn then_held(m: Option<&crate::proxy::context::MessageCtx>, held: &Lease) -> Then {
+    let cacheable = m.is_some_and(|m| {
         matches!(
             m.method,
             Method::ToolsList
@@ -304,10 +319,10 @@ fn then_held(ctx: &Ctx, kind: Forwarded) -> Then {
                 | Method::ResourcesRead
         )
     });
-    match kind {
-        Forwarded::Listen => Then::Listen,
-        _ => Then::Stamped(cacheable),
-    }
+    Then::Stamped(Stamp {
+        cacheable,
+        held: held.held.clone(),
+    })
 }
 
 /// Whether a reply can be stamped: a JSON body with a length, all of it already read (the
@@ -340,15 +355,8 @@ pub(super) async fn relay_stamped(
     };
     let (head_len, n) = (rhead.len, n as usize);
     let body = &up_conn.buffered()[head_len..head_len + n];
-    let stamped = match jsonrpc::scan(body, &ctx.gw().scan_limits) {
-        Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => {
-            m.result_open.map(|at| {
-                let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
-                modern::stamp_result(body, at, stamp)
-            })
-        }
-        _ => None,
-    };
+    let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
+    let stamped = stamp_body(body, stamp, ctx);
     let body = stamped.unwrap_or_else(|| body.to_vec());
     let keep = super::client_head(
         &mut c.out,
@@ -370,6 +378,88 @@ pub(super) async fn relay_stamped(
     }
 }
 
+/// Relays a held session's reply that is not one whole JSON body with a length: an event stream
+/// event by event (`federate::stream::UpStream::held`: the final response stamped, notifications
+/// as they are, server→client requests answered upstream), or a chunked or close-delimited JSON
+/// body read whole (within 4 × `limits.max_body_bytes`), stamped and sent with a length.
+pub(super) async fn relay_held_stream(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    mut up_conn: UpConn,
+    rhead: ResponseHead,
+    u: usize,
+    st: Stamp,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let stamp = if st.cacheable { STAMP_CACHEABLE } else { STAMP };
+    if rhead.is_sse(up_conn.buffered()) {
+        // The events are written again, so the upstream's length does not hold: chunked
+        // (close-delimited for HTTP/1.0).
+        let mut streamed = rhead.clone();
+        streamed.framing = Framing::Chunked;
+        let keep = super::client_head(
+            &mut c.out,
+            &streamed,
+            up_conn.buffered(),
+            ctx.keep_after_response(),
+            ctx.http10,
+            &ctx.cors,
+            None,
+            None,
+        );
+        ctx.status = rhead.status;
+        up_conn.consume(rhead.len);
+        let s = super::federate::stream::UpStream::held(gw, u, up_conn, &rhead, stamp, st.held);
+        let mut ids = crate::mcp::relay::EventIdState::default();
+        let next = super::federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
+        return if keep { next } else { Next::Close };
+    }
+    let up = &gw.upstreams[u];
+    // The head's bytes, for the header lines relayed (the body is read after them).
+    let head_bytes = up_conn.buffered()[..rhead.len].to_vec();
+    up_conn.consume(rhead.len);
+    let mut body = Vec::new();
+    let max = gw.config.limits.max_body_bytes.saturating_mul(4);
+    if let Err(why) =
+        upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body).await
+    {
+        let why = format!("upstream \"{}\" sent an unreadable reply: {why}", up.name);
+        tracing::warn!(upstream = %up.name, error = %why, "held session reply dropped");
+        return refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, why)).await;
+    }
+    w.pool_put(gw, u, up_conn, &rhead);
+    let body = stamp_body(&body, stamp, ctx).unwrap_or(body);
+    let keep = super::client_head(
+        &mut c.out,
+        &rhead,
+        &head_bytes,
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
+        None,
+        Some(body.len()),
+    );
+    c.out.extend_from_slice(&body);
+    ctx.status = rhead.status;
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// `body` (one JSON-RPC response) with its result stamped, or `None` when it has no result to
+/// stamp or has `resultType` already.
+fn stamp_body(body: &[u8], stamp: &[u8], ctx: &Ctx) -> Option<Vec<u8>> {
+    match jsonrpc::scan(body, &ctx.gw().scan_limits) {
+        Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => m
+            .result_open
+            .map(|at| modern::stamp_result(body, at, stamp)),
+        _ => None,
+    }
+}
+
 /// Carries out what `prepare` decided.
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
     match a {
@@ -378,7 +468,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
             Forwarded::Discover => discover(w, c, ctx, u).await,
             _ => forward(w, c, ctx, u, false, then_for(kind)).await,
         },
-        Action::Held { u, kind, held } => forward_held(w, c, ctx, u, kind, held).await,
+        Action::Held { u, lease } => forward_held(w, c, ctx, u, lease).await,
         Action::Federated(f) => federated(w, c, ctx, *f).await,
         Action::Pending(p) => {
             let gen = ctx.gen.clone();
@@ -396,26 +486,42 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
                     }
                 }
                 Era::Session => {
-                    let held = match held::session(w, gw, u).await {
-                        Ok(h) => h,
-                        Err(e) => return refuse(c, ctx, e.into()).await,
-                    };
                     if p.kind == Forwarded::Discover {
+                        let held = match held::any_session(w, gw, u).await {
+                            Ok(h) => h,
+                            Err(e) => return refuse(c, ctx, e.into()).await,
+                        };
                         let asks = ctx.first().is_some_and(|m| m.asks_client_features);
                         let body = discover_result(&held_discover(&held, asks));
                         return super::federate::reply_result(c, ctx, body.as_bytes()).await;
                     }
+                    if ctx.first().is_some_and(|m| m.kind != MessageKind::Request) {
+                        // The held sessions are shared by every stateless client of the worker:
+                        // a notification (a cancel naming some request id) must not reach
+                        // another client's request in one.
+                        return super::federate::accepted(c, ctx).await;
+                    }
+                    if p.kind == Forwarded::Listen {
+                        let why = "subscriptions/listen is not served for an upstream reached \
+                                   through a held session (it speaks only the session era)";
+                        let r = Refusal::because(Kind::MethodNotFound, why);
+                        return refuse(c, ctx, r).await;
+                    }
+                    let lease = match held::lease(w, gw, u).await {
+                        Ok(l) => l,
+                        Err(e) => return refuse(c, ctx, e.into()).await,
+                    };
                     let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
                     render(
                         &mut c.up_out,
                         gw,
                         u,
-                        Some(&held.session),
+                        Some(&lease.session),
                         |_| {},
                         trace,
                         &p.body,
                     );
-                    forward_held(w, c, ctx, u, p.kind, held).await
+                    forward_held(w, c, ctx, u, lease).await
                 }
             }
         }
@@ -462,56 +568,46 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
     super::federate::post(w, c, ctx, Some(Rc::new(claims)), f.trace, f.body).await
 }
 
-/// Forwards the request rendered in `c.up_out` in the held session `held`. A 404 means the
-/// upstream ended that session: it is forgotten, a new one opened, and the request sent once
-/// more (the upstream did not process it).
+/// Forwards the request rendered in `c.up_out` in the held session `lease` holds (for the whole
+/// exchange, relay included). A 404 means the upstream ended that session: it is forgotten,
+/// another taken (or opened), and the request sent once more (the upstream did not process it).
 async fn forward_held(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
     u: usize,
-    kind: Forwarded,
-    held: Rc<HeldSession>,
+    lease: Lease,
 ) -> Next {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     ctx.upstream = Some(u);
-    if ctx.first().is_some_and(|m| m.kind != MessageKind::Request) {
-        // The held session is shared by every stateless client of the worker: a notification
-        // (a cancel naming some request id) must not reach another client's request in it.
-        return super::federate::accepted(c, ctx).await;
-    }
-    if kind == Forwarded::Listen {
-        let why = "subscriptions/listen is not served for an upstream reached through a held \
-                   session (it speaks only the session era)";
-        return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
-    }
-    // One request at a time in the held session: it is shared by every stateless client of the
-    // worker, and two clients' requests with the same id (or progress token) in flight in one
-    // upstream session would meet.
-    let _turn = match held::turn(w, gw, u).await {
-        Ok(t) => t,
-        Err(e) => return refuse(c, ctx, e.into()).await,
-    };
     let t_up = std::time::Instant::now();
     let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
     if !ended {
-        return respond(w, c, ctx, (u, res, t_up), true, then_held(ctx, kind)).await;
+        let then = then_held(ctx.first(), &lease);
+        return respond(w, c, ctx, (u, res, t_up), true, then).await;
     }
     drop(res);
-    w.held.forget(gw, u, &held.session);
-    let fresh = match held::session(w, gw, u).await {
-        Ok(h) => h,
+    w.held.forget(gw, u, &lease);
+    drop(lease);
+    let fresh = match held::lease(w, gw, u).await {
+        Ok(l) => l,
         Err(e) => return refuse(c, ctx, e.into()).await,
     };
-    // Again with the new session: the body is what follows the request head, and the trace
-    // lines are kept.
-    let req = std::mem::take(&mut c.up_out);
-    let at = memchr::memmem::find(&req, b"\r\n\r\n").map_or(req.len(), |i| i + 4);
+    resend_in(gw, u, &fresh.session, &mut c.up_out);
+    let then = then_held(ctx.first(), &fresh);
+    forward(w, c, ctx, u, true, then).await
+}
+
+/// Renders the request in `req` (one in a held session that ended) again for `session`: the
+/// same body, the same trace lines.
+pub(super) fn resend_in(gw: &Gateway, u: usize, session: &UpstreamSession, req: &mut Vec<u8>) {
+    let old = std::mem::take(req);
+    let at = memchr::memmem::find(&old, b"\r\n\r\n").map_or(old.len(), |i| i + 4);
     let mut trace = Vec::new();
-    for line in req[..at].split(|b| *b == b'\n') {
+    for line in old[..at].split(|b| *b == b'\n') {
         let l = line.strip_suffix(b"\r").unwrap_or(line);
         let name = l.split(|b| *b == b':').next().unwrap_or_default();
         if ["traceparent", "tracestate", "baggage"]
@@ -523,16 +619,7 @@ async fn forward_held(
         }
     }
     let t = |o: &mut Vec<u8>| o.extend_from_slice(&trace);
-    render(
-        &mut c.up_out,
-        gw,
-        u,
-        Some(&fresh.session),
-        |_| {},
-        t,
-        &req[at..],
-    );
-    forward(w, c, ctx, u, true, then_held(ctx, kind)).await
+    render(req, gw, u, Some(session), |_| {}, t, &old[at..]);
 }
 
 /// What a held session's `initialize` result says, in the shape of a `server/discover` result:

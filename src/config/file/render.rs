@@ -131,6 +131,11 @@ pub fn render_effective(c: &Config) -> String {
         "  legacy_sse_keepalive: {}",
         render_duration(m.legacy_sse_keepalive)
     );
+    let _ = writeln!(
+        o,
+        "  held_sessions_per_upstream: {}",
+        m.held_sessions_per_upstream
+    );
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {
