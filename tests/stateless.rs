@@ -1360,3 +1360,82 @@ fn a_server_request_in_a_held_stream_is_answered_upstream_and_never_reaches_the_
         .metrics()
         .contains("tollgate_held_server_requests_total{method=\"sampling\"} 1"));
 }
+
+#[test]
+fn a_federated_stateless_call_in_an_ended_held_session_is_sent_again_in_a_new_one() {
+    let st = Arc::new(Pooled::default());
+    st.end_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    let r = call_on(&mut gw.client(), 4, "old__echo", "x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = final_message(&r);
+    assert_eq!(m["id"], 4, "{m}");
+    // up-1 answered 404 (it ended the session): forgotten, up-2 opened, the call sent again.
+    assert_eq!(m["result"]["content"][0]["text"], "x in up-2", "{m}");
+    assert_eq!(m["result"]["resultType"], "complete", "{m}");
+    let calls = st.calls("echo");
+    let sessions: Vec<_> = calls
+        .iter()
+        .map(|r| r.header("mcp-session-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sessions, ["up-1", "up-2"]);
+    assert_eq!(
+        calls[1].json()["params"]["name"],
+        "echo",
+        "its own name upstream"
+    );
+    // The next call takes the new session; none is opened.
+    let r = call_on(&mut gw.client(), 5, "old__echo", "y");
+    assert_eq!(
+        final_message(&r)["result"]["content"][0]["text"],
+        "y in up-2"
+    );
+    assert_eq!(st.inits(), 2);
+}
+
+#[test]
+fn federated_stateless_calls_with_the_same_id_use_two_held_sessions() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    // Tables first, so both calls route at once.
+    let r = post(
+        &gw,
+        &[("mcp-protocol-version", V), ("mcp-method", "tools/list")],
+        &body(1, "tools/list", json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a, b) = std::thread::scope(|s| {
+        let (mut ca, mut cb) = (gw.client(), gw.client());
+        let a = s.spawn(move || call_on(&mut ca, 9, "old__pair", "a"));
+        let b = s.spawn(move || call_on(&mut cb, 9, "old__pair", "b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (final_message(&a), final_message(&b));
+    let text = |v: &Value| {
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(text(&a).starts_with("a in up-"), "{a}");
+    assert!(text(&b).starts_with("b in up-"), "{b}");
+    assert_ne!(text(&a)[1..], text(&b)[1..], "in two upstream sessions");
+    assert_eq!(b["result"]["resultType"], "complete", "{b}");
+}

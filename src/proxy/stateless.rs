@@ -7,7 +7,9 @@
 //!
 //! One upstream that speaks 2026-07-28: passed through (the reply relayed as it comes: JSON, an
 //! event stream, or a long-lived `subscriptions/listen` stream). One that speaks only sessions:
-//! through the worker's held session (`held`), results stamped. A federated endpoint: the
+//! in a held session leased from the worker's pool (`held`), results stamped whether the reply
+//! is JSON or an event stream (whose server→client requests are answered upstream, never
+//! relayed). A federated endpoint: the
 //! federated path, over a session made for the request (`federated`). The other direction (a
 //! session-era client, an upstream of this revision only) is `translated`.
 
@@ -337,7 +339,7 @@ pub(super) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
 /// `resultType` (and, for lists and reads, `ttlMs` 0 and `cacheScope`) the revision requires;
 /// a session-era upstream's results have neither. The held session is the worker's, not the
 /// client's, so what it lists is the same for every client: `public`, but not to be kept.
-const STAMP: &[u8] = br#""resultType":"complete""#;
+pub(super) const STAMP: &[u8] = br#""resultType":"complete""#;
 const STAMP_CACHEABLE: &[u8] = br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#;
 
 /// Relays a whole JSON reply with its result stamped (`stampable` said it is all buffered).
@@ -451,7 +453,7 @@ pub(super) async fn relay_held_stream(
 
 /// `body` (one JSON-RPC response) with its result stamped, or `None` when it has no result to
 /// stamp or has `resultType` already.
-fn stamp_body(body: &[u8], stamp: &[u8], ctx: &Ctx) -> Option<Vec<u8>> {
+pub(super) fn stamp_body(body: &[u8], stamp: &[u8], ctx: &Ctx) -> Option<Vec<u8>> {
     match jsonrpc::scan(body, &ctx.gw().scan_limits) {
         Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => m
             .result_open
@@ -530,8 +532,11 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
 
 /// A 2026-07-28 request on a federated endpoint. The federated path decides it as it decides a
 /// session's (lists with the gateway's cursors, routing by name, the upstream's own name back),
-/// over a session made for this request alone: one entry per upstream, stateless or the
-/// worker's held session (so nothing is sealed or kept for the client). Its random id is zero:
+/// over a session made for this request alone: one entry per upstream, stateless or one of the
+/// worker's held sessions (so nothing is sealed or kept for the client). That held session is
+/// what the gateway's own list requests go in (their ids are the gateway's); a request routed to
+/// the member leases a held session for its exchange instead (`send_held`, `federate::batch::
+/// one`), and notifications are not fanned out into held sessions. Its random id is zero:
 /// cursors and task ids it issues are bound to the endpoint, not to a client.
 async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated) -> Next {
     let gen = ctx.gen.clone();
@@ -566,6 +571,28 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
         principal: None,
     };
     super::federate::post(w, c, ctx, Some(Rc::new(claims)), f.trace, f.body).await
+}
+
+/// A 2026-07-28 request of a federated endpoint routed to a session-era member (`body`: the
+/// message as that upstream gets it): sent in a held session leased for the exchange, the reply
+/// stamped, a 404 answered by sending it again in another (`forward_held`).
+pub(super) async fn send_held(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    trace: &[u8],
+    body: &[u8],
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    let lease = match held::lease(w, gw, u).await {
+        Ok(l) => l,
+        Err(e) => return refuse(c, ctx, e.into()).await,
+    };
+    c.up_out = exchange::post_request(gw, u, Some(&lease.session), trace, body);
+    forward_held(w, c, ctx, u, lease).await
 }
 
 /// Forwards the request rendered in `c.up_out` in the held session `lease` holds (for the whole
