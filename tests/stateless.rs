@@ -1041,7 +1041,8 @@ impl Pooled {
 /// `echo` answers "<text> in <session>" as JSON; `pair` does too once two `pair` calls are in
 /// flight at once; `slow` answers with an event stream (a progress notification, then the
 /// result once `gate` opens); `progress` streams a progress and a log notification before its
-/// result; `ask` sends a sampling request in its stream and answers with what came back.
+/// result; `ask` sends a sampling request in its stream and answers with what came back;
+/// `chunked` answers like `echo` with a chunked JSON body.
 fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
     use std::sync::atomic::Ordering::SeqCst;
     Scripted::start(move |mut s: TcpStream, _| {
@@ -1152,6 +1153,16 @@ fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
                         let r = scripted::text_result(&id, &format!("answered {got}"));
                         event(&mut s, &serde_json::from_str(&r).unwrap());
                         b"0\r\n\r\n".to_vec()
+                    }
+                    "chunked" => {
+                        let d = done.to_string();
+                        let (a, b) = d.split_at(d.len() / 2);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                            a.len(),
+                            b.len()
+                        )
+                        .into_bytes()
                     }
                     _ => json(done.to_string()),
                 }
@@ -1326,6 +1337,19 @@ fn a_held_session_event_stream_reaches_the_client_with_its_result_stamped() {
     assert_eq!(msgs[2]["id"], 7);
     assert_eq!(msgs[2]["result"]["resultType"], "complete", "{}", msgs[2]);
     assert_eq!(msgs[2]["result"]["content"][0]["text"], "p in up-1");
+}
+
+#[test]
+fn a_chunked_json_reply_of_a_held_session_is_stamped_too() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    let r = call_on(&mut gw.client(), 3, "chunked", "c");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["id"], 3);
+    assert_eq!(v["result"]["content"][0]["text"], "c in up-1", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
 }
 
 #[test]
