@@ -19,8 +19,9 @@
 //! Keyed by the upstream's stable id, so a reload that keeps the upstream keeps what was learned.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
@@ -38,8 +39,6 @@ use super::state::{Gateway, WorkerState};
 const ERA_TTL: Duration = Duration::from_secs(300);
 /// A held session older than this is replaced (upstreams expire idle sessions on their own).
 const HELD_MAX_AGE: Duration = Duration::from_secs(1800);
-/// How often a request waiting for a held session (opening or busy) looks again.
-const WAIT_STEP: Duration = Duration::from_millis(2);
 
 /// The era an upstream speaks, as far as the gateway translates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +73,67 @@ enum SlotState {
 }
 
 /// The held sessions of one worker with one upstream: at most
-/// `limits.held_sessions_per_upstream` slots.
-type Pool = Rc<RefCell<Vec<Slot>>>;
+/// `limits.held_sessions_per_upstream` slots, and the requests waiting for one.
+type Pool = Rc<RefCell<PoolState>>;
+
+#[derive(Default)]
+struct PoolState {
+    slots: Vec<Slot>,
+    /// Requests waiting for a session, first come first served: a ticket, and the waker of the
+    /// request once it waits. Only the first may take a session that comes free (or open one),
+    /// so a steady stream of new requests cannot starve one that waits.
+    queue: VecDeque<(u64, Option<Waker>)>,
+}
+
+impl PoolState {
+    /// Something came free (a session, or room for one): the first waiting request looks.
+    fn wake_first(&self) {
+        if let Some((_, Some(w))) = self.queue.front() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A request's place in a pool's queue; leaving it (served, refused, or dropped with its
+/// client) lets the next one look.
+struct Ticket {
+    pool: Pool,
+    id: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut p = self.pool.borrow_mut();
+        if let Some(i) = p.queue.iter().position(|(t, _)| *t == self.id) {
+            p.queue.remove(i);
+            if i == 0 {
+                p.wake_first();
+            }
+        }
+    }
+}
+
+/// Waits until the request holding ticket `id` is woken (`PoolState::wake_first`).
+struct Woken<'a> {
+    pool: &'a Pool,
+    id: u64,
+    waiting: bool,
+}
+
+impl std::future::Future for Woken<'_> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.waiting {
+            return Poll::Ready(());
+        }
+        self.waiting = true;
+        let mut p = self.pool.borrow_mut();
+        if let Some((_, w)) = p.queue.iter_mut().find(|(t, _)| *t == self.id) {
+            *w = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
 
 /// Per worker: learned eras and held sessions, by upstream id.
 #[derive(Default)]
@@ -96,13 +154,15 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // The slot may be gone (the session was forgotten): nothing to return then.
-        for slot in self.pool.borrow_mut().iter_mut() {
+        let mut p = self.pool.borrow_mut();
+        for slot in p.slots.iter_mut() {
             if let SlotState::Ready { session, busy, .. } = &mut slot.state {
                 if Rc::ptr_eq(session, &self.held) {
                     *busy = false;
                 }
             }
         }
+        p.wake_first();
     }
 }
 
@@ -157,7 +217,14 @@ impl Held {
     /// `lease` waits for one or opens one.
     pub fn try_lease(&self, gw: &Gateway, u: usize, now: Instant) -> Option<Lease> {
         let pool = self.pools.borrow().get(&gw.upstreams[u].id)?.clone();
-        let held = take_idle(&mut pool.borrow_mut(), now)?;
+        let held = {
+            let mut p = pool.borrow_mut();
+            if !p.queue.is_empty() {
+                // Others wait: not ahead of them.
+                return None;
+            }
+            take_idle(&mut p.slots, now)?
+        };
         Some(Lease { pool, held })
     }
 
@@ -165,7 +232,7 @@ impl Held {
     fn any_now(&self, gw: &Gateway, u: usize, now: Instant) -> Option<Rc<HeldSession>> {
         let pools = self.pools.borrow();
         let pool = pools.get(&gw.upstreams[u].id)?.borrow();
-        pool.iter().find_map(|slot| match &slot.state {
+        pool.slots.iter().find_map(|slot| match &slot.state {
             SlotState::Ready {
                 session, opened, ..
             } if now.saturating_duration_since(*opened) < HELD_MAX_AGE => Some(session.clone()),
@@ -178,10 +245,12 @@ impl Held {
         let Some(pool) = self.pools.borrow().get(&gw.upstreams[u].id).cloned() else {
             return;
         };
-        pool.borrow_mut().retain(|slot| match &slot.state {
+        let mut p = pool.borrow_mut();
+        p.slots.retain(|slot| match &slot.state {
             SlotState::Ready { session, .. } => session.session.session_id != s.session.session_id,
             SlotState::Opening => true,
         });
+        p.wake_first();
     }
 }
 
@@ -244,34 +313,52 @@ pub async fn lease(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Lease, Err
     let up = &gw.upstreams[u];
     let cap = gw.config.limits.held_sessions_per_upstream;
     let pool = w.held.pool(up.id);
-    let deadline = w.shutdown.now() + up.request_timeout;
-    let mut waited = false;
+    // The precise clock: the coarse one may lag the timer that wakes a request at the deadline.
+    let deadline = Instant::now() + up.request_timeout;
+    let mut ticket: Option<Ticket> = None;
     let key = loop {
-        let now = w.shutdown.now();
+        let now = Instant::now();
         {
             let mut p = pool.borrow_mut();
-            if let Some(held) = take_idle(&mut p, now) {
-                drop(p);
-                return Ok(Lease { pool, held });
+            let first = match &ticket {
+                None => p.queue.is_empty(),
+                Some(t) => p.queue.front().is_some_and(|(id, _)| *id == t.id),
+            };
+            if first {
+                if let Some(held) = take_idle(&mut p.slots, now) {
+                    drop(p);
+                    // Leaving the queue lets the next request look (another may be idle).
+                    drop(ticket);
+                    return Ok(Lease { pool, held });
+                }
+                if p.slots.len() < cap {
+                    let key = w.held.next_key.get();
+                    w.held.next_key.set(key + 1);
+                    p.slots.push(Slot {
+                        key,
+                        state: SlotState::Opening,
+                    });
+                    drop(p);
+                    drop(ticket);
+                    break key;
+                }
             }
-            if p.len() < cap {
-                let key = w.held.next_key.get();
-                w.held.next_key.set(key + 1);
-                p.push(Slot {
-                    key,
-                    state: SlotState::Opening,
+            if ticket.is_none() {
+                let id = w.held.next_key.get();
+                w.held.next_key.set(id + 1);
+                p.queue.push_back((id, None));
+                ticket = Some(Ticket {
+                    pool: pool.clone(),
+                    id,
                 });
-                break key;
+                metrics::counter!(names::HELD_SESSION_WAITS_TOTAL, "upstream" => up.name.clone())
+                    .increment(1);
             }
-        }
-        if !waited {
-            waited = true;
-            metrics::counter!(names::HELD_SESSION_WAITS_TOTAL, "upstream" => up.name.clone())
-                .increment(1);
         }
         if now >= deadline {
             let opening = pool
                 .borrow()
+                .slots
                 .iter()
                 .all(|s| matches!(s.state, SlotState::Opening));
             if opening {
@@ -293,7 +380,13 @@ pub async fn lease(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Lease, Err
                 ),
             ));
         }
-        monoio::time::sleep(WAIT_STEP).await;
+        let id = ticket.as_ref().map_or(0, |t| t.id);
+        let woken = Woken {
+            pool: &pool,
+            id,
+            waiting: false,
+        };
+        let _ = monoio::time::timeout(deadline.saturating_duration_since(now), woken).await;
     };
     // If this request is dropped mid-open (its client went away), its slot must not stay
     // `Opening`: the pool would count a session nobody is opening.
@@ -301,7 +394,9 @@ pub async fn lease(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Lease, Err
     impl Drop for Unclaim<'_> {
         fn drop(&mut self) {
             if !self.2 {
-                self.0.borrow_mut().retain(|s| s.key != self.1);
+                let mut p = self.0.borrow_mut();
+                p.slots.retain(|s| s.key != self.1);
+                p.wake_first();
             }
         }
     }
@@ -313,7 +408,7 @@ pub async fn lease(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Lease, Err
     match opened {
         Ok(s) => {
             let held = Rc::new(s);
-            if let Some(slot) = p.iter_mut().find(|s| s.key == key) {
+            if let Some(slot) = p.slots.iter_mut().find(|s| s.key == key) {
                 slot.state = SlotState::Ready {
                     session: held.clone(),
                     opened: w.shutdown.now(),
@@ -324,7 +419,8 @@ pub async fn lease(w: &WorkerState, gw: &Gateway, u: usize) -> Result<Lease, Err
             Ok(Lease { pool, held })
         }
         Err(e) => {
-            p.retain(|s| s.key != key);
+            p.slots.retain(|s| s.key != key);
+            p.wake_first();
             Err(e)
         }
     }
