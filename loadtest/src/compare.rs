@@ -321,14 +321,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
     }
 
     let headers: Vec<(String, String)> = vec![];
-    // Setup tollgate-stateless measures the same scenario sent as 2026-07-28 requests.
+    // Setup tollgate-stateless measures the same scenario sent as 2026-07-28 requests; so do
+    // tollgate-held and tollgate-held1 (through held sessions with the upstream, declared
+    // session-era: the pool of 4 by default, or one session).
     let stateless = {
         let mut st = s.clone();
         st.stateless = true;
         st
     };
     let scenario_for = |st: &Setup| {
-        if st.name == "tollgate-stateless" {
+        if matches!(
+            st.name.as_str(),
+            "tollgate-stateless" | "tollgate-held" | "tollgate-held1"
+        ) {
             &stateless
         } else {
             &s
@@ -793,7 +798,8 @@ http {{
                 ),
             ))
         }
-        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless" => {
+        "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless"
+        | "tollgate-held" | "tollgate-held1" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -804,6 +810,17 @@ http {{
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
             let mut text = merge_yaml(&base, &s.gateway_config_extra)?;
+            // Held sessions: the upstream declared session-era, so 2026-07-28 requests go through
+            // the sessions each worker holds with it (`limits.held_sessions_per_upstream`).
+            if name.starts_with("tollgate-held") {
+                let mut held = format!(
+                    "upstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\n    era: session\n"
+                );
+                if name == "tollgate-held1" {
+                    held.push_str("limits:\n  held_sessions_per_upstream: 1\n");
+                }
+                text = merge_yaml(&text, &held)?;
+            }
             // Federation: the measured upstream (unprefixed, so the scenario's names are
             // unchanged) and two more demo upstreams (same arguments; names prefixed) behind one
             // endpoint.
@@ -864,6 +881,12 @@ http {{
                 } else if tls {
                     "workers: 1, TLS listener (ECDSA P-256, keep-alive: one handshake per connection)"
                         .into()
+                } else if name == "tollgate-held" {
+                    "workers: 1, 2026-07-28 requests to a session-era upstream through held sessions (pool of 4)"
+                        .into()
+                } else if name == "tollgate-held1" {
+                    "workers: 1, 2026-07-28 requests to a session-era upstream through one held session"
+                        .into()
                 } else if name == "tollgate-stateless" {
                     "workers: 1, the scenario sent as 2026-07-28 stateless requests (no session; _meta and Mcp-* headers)"
                         .into()
@@ -874,7 +897,7 @@ http {{
         }
         other => {
             anyhow::bail!(
-                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless)"
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless, tollgate-held, tollgate-held1)"
             )
         }
     }
