@@ -1017,6 +1017,8 @@ struct Pooled {
     /// Answer the first `tools/call` in session up-1 with 404 (the session ended).
     end_first: std::sync::atomic::AtomicBool,
     ended: std::sync::atomic::AtomicBool,
+    /// Answer `tools/list` in session up-1 with 404.
+    end_lists: std::sync::atomic::AtomicBool,
 }
 
 impl Pooled {
@@ -1042,7 +1044,7 @@ impl Pooled {
 /// flight at once; `slow` answers with an event stream (a progress notification, then the
 /// result once `gate` opens); `progress` streams a progress and a log notification before its
 /// result; `ask` sends a sampling request in its stream and answers with what came back;
-/// `chunked` answers like `echo` with a chunked JSON body.
+/// `pinger` does the same with a ping; `chunked` answers like `echo` with a chunked JSON body.
 fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
     use std::sync::atomic::Ordering::SeqCst;
     Scripted::start(move |mut s: TcpStream, _| {
@@ -1089,6 +1091,9 @@ fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
             } else if sid.is_empty() {
                 response("400 Bad Request", &[("Content-Type", "application/json")],
                     br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}"#)
+            } else if v["method"] == "tools/list" && sid == "up-1" && st.end_lists.load(SeqCst) {
+                response("404 Not Found", &[("Content-Type", "application/json")],
+                    br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#)
             } else if v["method"] == "tools/list" {
                 let tools: Vec<Value> = ["echo", "pair", "slow", "progress", "ask"]
                     .iter()
@@ -1135,20 +1140,26 @@ fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
                         event(&mut s, &done);
                         b"0\r\n\r\n".to_vec()
                     }
-                    "ask" => {
+                    "ask" | "pinger" => {
+                        let asked = if req.tool() == "ask" {
+                            json!({"jsonrpc": "2.0", "id": "srv-1",
+                                "method": "sampling/createMessage",
+                                "params": {"messages": [], "maxTokens": 10}})
+                        } else {
+                            json!({"jsonrpc": "2.0", "id": "srv-1", "method": "ping"})
+                        };
+                        *st.answer.0.lock().unwrap() = None;
                         sse_head(&mut s);
-                        event(
-                            &mut s,
-                            &json!({"jsonrpc": "2.0", "id": "srv-1",
-                            "method": "sampling/createMessage",
-                            "params": {"messages": [], "maxTokens": 10}}),
-                        );
+                        event(&mut s, &asked);
                         let (m, cv) = &st.answer;
                         let a = m.lock().unwrap();
                         let a = cv.wait_timeout_while(a, wait, |a| a.is_none()).unwrap().0;
                         let got = a
                             .as_ref()
-                            .map(|a| a["error"]["code"].to_string())
+                            .map(|a| match a.get("result") {
+                                Some(r) => format!("result {r}"),
+                                None => a["error"]["code"].to_string(),
+                            })
                             .unwrap_or_else(|| "nothing".into());
                         let r = scripted::text_result(&id, &format!("answered {got}"));
                         event(&mut s, &serde_json::from_str(&r).unwrap());
@@ -1383,6 +1394,13 @@ fn a_server_request_in_a_held_stream_is_answered_upstream_and_never_reaches_the_
     assert!(gw
         .metrics()
         .contains("tollgate_held_server_requests_total{method=\"sampling\"} 1"));
+    // A ping is answered as a client answers it: an empty result.
+    let r = call_on(&mut gw.client(), 9, "pinger", "q");
+    let last = final_message(&r);
+    assert_eq!(
+        last["result"]["content"][0]["text"], "answered result {}",
+        "{last}"
+    );
 }
 
 #[test]
@@ -1462,4 +1480,40 @@ fn federated_stateless_calls_with_the_same_id_use_two_held_sessions() {
     assert!(text(&b).starts_with("b in up-"), "{b}");
     assert_ne!(text(&a)[1..], text(&b)[1..], "in two upstream sessions");
     assert_eq!(b["result"]["resultType"], "complete", "{b}");
+}
+
+#[test]
+fn a_held_session_that_ends_under_a_federated_list_is_replaced_for_the_next_request() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    let list = || {
+        let r = post(
+            &gw,
+            &[("mcp-protocol-version", V), ("mcp-method", "tools/list")],
+            &body(1, "tools/list", json!({})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(list().contains(&"old__echo".to_string()));
+    st.end_lists
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // up-1 answers this list 404: the member is left out of it, and the session forgotten.
+    assert!(!list().contains(&"old__echo".to_string()));
+    // The next request gets a new held session, and the member is back.
+    assert!(list().contains(&"old__echo".to_string()));
+    assert_eq!(st.inits(), 2);
 }

@@ -242,12 +242,17 @@ impl Held {
 
     /// Forgets the held session `s` (its upstream ended it): its slot is free for a new one.
     pub fn forget(&self, gw: &Gateway, u: usize, s: &HeldSession) {
+        self.forget_session(gw, u, &s.session)
+    }
+
+    /// `forget`, by the upstream session (none if it is not a held session).
+    pub fn forget_session(&self, gw: &Gateway, u: usize, s: &UpstreamSession) {
         let Some(pool) = self.pools.borrow().get(&gw.upstreams[u].id).cloned() else {
             return;
         };
         let mut p = pool.borrow_mut();
         p.slots.retain(|slot| match &slot.state {
-            SlotState::Ready { session, .. } => session.session.session_id != s.session.session_id,
+            SlotState::Ready { session, .. } => session.session.session_id != s.session_id,
             SlotState::Opening => true,
         });
         p.wake_first();
