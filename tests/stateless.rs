@@ -1517,3 +1517,42 @@ fn a_held_session_that_ends_under_a_federated_list_is_replaced_for_the_next_requ
     assert!(list().contains(&"old__echo".to_string()));
     assert_eq!(st.inits(), 2);
 }
+
+#[test]
+fn a_federated_stateless_notification_is_not_fanned_out_into_held_sessions() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen.clone(), Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    // A cancel naming id 1: in a held session it could cancel another client's request 1.
+    let mut note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 1, "_meta": meta()}});
+    note["params"]["reason"] = json!("user");
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "notifications/cancelled"),
+        ],
+        note.to_string().as_bytes(),
+    );
+    assert!((200..300).contains(&r.status), "{}", r.text());
+    // The stateless member got it; the session-era one did not.
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/cancelled"));
+    assert!(!st
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/cancelled"));
+}
