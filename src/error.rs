@@ -210,6 +210,12 @@ kinds! {
         extra: Extra::RetryAfter,
         ..limit(503, "listen_streams_per_worker", false)
     };
+    // Clients of 2026-07-28 through a worker's held sessions with a session-era upstream.
+    HeldSessions => Row {
+        side: Gateway,
+        extra: Extra::RetryAfter,
+        ..limit(503, "held_sessions_per_upstream", false)
+    };
     LegacyHandover => Row {
         extra: Extra::RetryAfter,
         ..row(503, GATEWAY_REJECTED, Gateway, "legacy_handover_failed")

@@ -1116,3 +1116,557 @@ fn a_federated_endpoint_offers_the_revision_to_a_client_asking_for_input_when_a_
     // Asking for nothing: offered everywhere.
     assert_eq!(discover_at(&gw, "/old", json!({}))[0], V);
 }
+
+/// What `pooled_upstream` shares between its connections.
+#[derive(Default)]
+struct Pooled {
+    seen: Mutex<Vec<Request>>,
+    sessions: std::sync::atomic::AtomicUsize,
+    /// `pair` calls in flight; each waits for the other.
+    pairs: (Mutex<usize>, std::sync::Condvar),
+    /// `slow` calls wait until this is true.
+    gate: (Mutex<bool>, std::sync::Condvar),
+    /// The client's answer to the `ask` tool's server→client request.
+    answer: (Mutex<Option<Value>>, std::sync::Condvar),
+    /// Answer the first `tools/call` in session up-1 with 404 (the session ended).
+    end_first: std::sync::atomic::AtomicBool,
+    ended: std::sync::atomic::AtomicBool,
+    /// Answer `tools/list` in session up-1 with 404.
+    end_lists: std::sync::atomic::AtomicBool,
+}
+
+impl Pooled {
+    fn calls(&self, tool: &str) -> Vec<Request> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.rpc_method() == "tools/call" && r.tool() == tool)
+            .cloned()
+            .collect()
+    }
+    fn inits(&self) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|r| r.rpc_method() == "initialize")
+            .count()
+    }
+}
+
+/// A session-era upstream (sessions `up-<n>`) whose tools say which session they ran in:
+/// `echo` answers "<text> in <session>" as JSON; `pair` does too once two `pair` calls are in
+/// flight at once; `slow` answers with an event stream (a progress notification, then the
+/// result once `gate` opens); `progress` streams a progress and a log notification before its
+/// result; `ask` sends a sampling request in its stream and answers with what came back;
+/// `pinger` does the same with a ping; `chunked` answers like `echo` with a chunked JSON body.
+fn pooled_upstream(st: Arc<Pooled>) -> Scripted {
+    use std::sync::atomic::Ordering::SeqCst;
+    Scripted::start(move |mut s: TcpStream, _| {
+        let sse_head = |s: &mut TcpStream| {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+        };
+        let event = |s: &mut TcpStream, data: &Value| {
+            let ev = format!("event: message\ndata: {data}\n\n");
+            let _ = s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+        };
+        let wait = Duration::from_secs(20);
+        while let Some(req) = read_request(&mut s) {
+            st.seen.lock().unwrap().push(req.clone());
+            let v = req.json();
+            let id = v["id"].clone();
+            let sid = req.header("mcp-session-id").unwrap_or("").to_string();
+            let text = v["params"]["arguments"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let json = |body: String| {
+                response(
+                    "200 OK",
+                    &[("Content-Type", "application/json")],
+                    body.as_bytes(),
+                )
+            };
+            let reply = if v["method"] == "initialize" {
+                let n = st.sessions.fetch_add(1, SeqCst) + 1;
+                scripted::with_header(
+                    &json(scripted::rpc_result(&id, scripted::initialize_result())),
+                    "Mcp-Session-Id",
+                    &format!("up-{n}"),
+                )
+            } else if v.get("method").is_none() {
+                // The client's answer to a request of ours.
+                *st.answer.0.lock().unwrap() = Some(v.clone());
+                st.answer.1.notify_all();
+                response("202 Accepted", &[], b"")
+            } else if v.get("id").is_none() {
+                response("202 Accepted", &[], b"")
+            } else if sid.is_empty() {
+                response("400 Bad Request", &[("Content-Type", "application/json")],
+                    br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}"#)
+            } else if v["method"] == "tools/list" && sid == "up-1" && st.end_lists.load(SeqCst) {
+                response("404 Not Found", &[("Content-Type", "application/json")],
+                    br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#)
+            } else if v["method"] == "tools/list" {
+                let tools: Vec<Value> = ["echo", "pair", "slow", "progress", "ask"]
+                    .iter()
+                    .map(|n| json!({"name": n, "inputSchema": {"type": "object"}}))
+                    .collect();
+                json(scripted::rpc_result(&id, json!({"tools": tools})))
+            } else if v["method"] != "tools/call" {
+                json(scripted::rpc_result(&id, json!({})))
+            } else if st.end_first.load(SeqCst) && sid == "up-1" && !st.ended.swap(true, SeqCst) {
+                response("404 Not Found", &[("Content-Type", "application/json")],
+                    br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#)
+            } else {
+                let done = scripted::text_result(&id, &format!("{text} in {sid}"));
+                let done: Value = serde_json::from_str(&done).unwrap();
+                let token = v["params"]["_meta"]["progressToken"].clone();
+                let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": 1, "total": 2}});
+                match req.tool().as_str() {
+                    "pair" => {
+                        let (m, cv) = &st.pairs;
+                        let mut n = m.lock().unwrap();
+                        *n += 1;
+                        cv.notify_all();
+                        let _ = cv.wait_timeout_while(n, wait, |n| *n < 2).unwrap();
+                        json(done.to_string())
+                    }
+                    "slow" => {
+                        sse_head(&mut s);
+                        event(&mut s, &progress);
+                        let (m, cv) = &st.gate;
+                        let g = m.lock().unwrap();
+                        let _ = cv.wait_timeout_while(g, wait, |open| !*open).unwrap();
+                        event(&mut s, &done);
+                        b"0\r\n\r\n".to_vec()
+                    }
+                    "progress" => {
+                        sse_head(&mut s);
+                        event(&mut s, &progress);
+                        event(
+                            &mut s,
+                            &json!({"jsonrpc": "2.0", "method": "notifications/message",
+                            "params": {"level": "info", "data": "half way"}}),
+                        );
+                        event(&mut s, &done);
+                        b"0\r\n\r\n".to_vec()
+                    }
+                    "ask" | "pinger" => {
+                        let asked = if req.tool() == "ask" {
+                            json!({"jsonrpc": "2.0", "id": "srv-1",
+                                "method": "sampling/createMessage",
+                                "params": {"messages": [], "maxTokens": 10}})
+                        } else {
+                            json!({"jsonrpc": "2.0", "id": "srv-1", "method": "ping"})
+                        };
+                        *st.answer.0.lock().unwrap() = None;
+                        sse_head(&mut s);
+                        event(&mut s, &asked);
+                        let (m, cv) = &st.answer;
+                        let a = m.lock().unwrap();
+                        let a = cv.wait_timeout_while(a, wait, |a| a.is_none()).unwrap().0;
+                        let got = a
+                            .as_ref()
+                            .map(|a| match a.get("result") {
+                                Some(r) => format!("result {r}"),
+                                None => a["error"]["code"].to_string(),
+                            })
+                            .unwrap_or_else(|| "nothing".into());
+                        let r = scripted::text_result(&id, &format!("answered {got}"));
+                        event(&mut s, &serde_json::from_str(&r).unwrap());
+                        b"0\r\n\r\n".to_vec()
+                    }
+                    "chunked" => {
+                        let d = done.to_string();
+                        let (a, b) = d.split_at(d.len() / 2);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                            a.len(),
+                            b.len()
+                        )
+                        .into_bytes()
+                    }
+                    _ => json(done.to_string()),
+                }
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn held_gateway(up: &Scripted, keys: &[(&str, &str)], limit: Option<&str>) -> Gateway {
+    let mut keys = keys.to_vec();
+    keys.push(("era", "session"));
+    let mut b = Gateway::builder()
+        .workers(1)
+        .upstream_with("old", &up.url(), &keys)
+        .serve("/mcp", "old");
+    if let Some(n) = limit {
+        b = b.limit("held_sessions_per_upstream", n);
+    }
+    b.start()
+}
+
+/// A stateless `tools/call` of `tool` with `text`, JSON-RPC id `id`, on connection `c`.
+fn call_on(c: &mut Http, id: u64, tool: &str, text: &str) -> Response {
+    let b = body(
+        id,
+        "tools/call",
+        json!({"name": tool, "arguments": {"text": text}}),
+    );
+    let b = String::from_utf8(b)
+        .unwrap()
+        .replace("\"_meta\":{", "\"_meta\":{\"progressToken\":\"tok\",");
+    c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", V),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", tool),
+        ],
+        b.as_bytes(),
+    )
+}
+
+/// The last message of a reply (JSON, or the last event of a stream).
+fn final_message(r: &Response) -> Value {
+    if r.header("content-type")
+        .is_some_and(|t| t.contains("event-stream"))
+    {
+        r.sse_messages().pop().unwrap_or(Value::Null)
+    } else {
+        r.json()
+    }
+}
+
+#[test]
+fn two_stateless_calls_with_the_same_id_through_one_worker_each_get_their_own_answer() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    // Both calls have id 1; each `pair` call waits upstream until the other is in flight too,
+    // so they are in the upstream at once: in two held sessions, never in one.
+    let (a, b) = std::thread::scope(|s| {
+        let (mut ca, mut cb) = (gw.client(), gw.client());
+        let a = s.spawn(move || call_on(&mut ca, 1, "pair", "a"));
+        let b = s.spawn(move || call_on(&mut cb, 1, "pair", "b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (final_message(&a), final_message(&b));
+    let text = |v: &Value| {
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(a["id"], 1, "{a}");
+    assert_eq!(b["id"], 1, "{b}");
+    assert!(text(&a).starts_with("a in up-"), "{a}");
+    assert!(text(&b).starts_with("b in up-"), "{b}");
+    assert_ne!(
+        text(&a)["a".len()..],
+        text(&b)["b".len()..],
+        "two requests in flight at once are in two upstream sessions"
+    );
+    assert_eq!(a["result"]["resultType"], "complete");
+    assert_eq!(st.inits(), 2);
+    // Both sessions stay held: the next calls reuse them, opening none.
+    for id in 2..5 {
+        let r = call_on(&mut gw.client(), id, "echo", "c");
+        assert_eq!(final_message(&r)["id"], id);
+    }
+    assert_eq!(st.inits(), 2);
+}
+
+#[test]
+fn at_the_cap_a_call_waits_for_a_held_session_and_past_the_timeout_is_refused() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[("request_timeout", "2s")], Some("1"));
+    let waits = |gw: &Gateway| {
+        harness::metric_value(
+            &gw.metrics(),
+            "tollgate_held_session_waits_total{upstream=\"old\"}",
+        )
+    };
+    std::thread::scope(|s| {
+        // A: a slow call holds the one session until the gate opens (an event stream: no read
+        // timeout while it lasts).
+        let mut ca = gw.client();
+        let a = s.spawn(move || call_on(&mut ca, 1, "slow", "a"));
+        assert!(harness::eventually(Duration::from_secs(10), || !st
+            .calls("slow")
+            .is_empty()));
+        // C: no session comes free within the upstream's request_timeout: refused, naming the
+        // limit, counted as that limit.
+        let r = call_on(&mut gw.client(), 3, "echo", "c");
+        let (status, _, msg) = error_of(&r);
+        assert_eq!(status, 503, "{}", r.text());
+        assert!(msg.contains("held_sessions_per_upstream"), "{msg}");
+        assert!(
+            gw.metrics().contains(
+                "tollgate_limit_rejections_total{limit=\"held_sessions_per_upstream\"} 1"
+            ),
+            "{}",
+            gw.metrics()
+        );
+        assert!(st.calls("echo").is_empty(), "C never reached the upstream");
+        // B: waits (counted) until A is done, then takes A's session.
+        let mut cb = gw.client();
+        let b = s.spawn(move || call_on(&mut cb, 2, "echo", "b"));
+        assert!(harness::eventually(Duration::from_secs(10), || waits(&gw) == 2.0));
+        assert!(
+            st.calls("echo").is_empty(),
+            "B waits while A holds the session"
+        );
+        *st.gate.0.lock().unwrap() = true;
+        st.gate.1.notify_all();
+        let a = final_message(&a.join().unwrap());
+        assert_eq!(a["result"]["content"][0]["text"], "a in up-1", "{a}");
+        assert_eq!(a["result"]["resultType"], "complete", "{a}");
+        let b = final_message(&b.join().unwrap());
+        assert_eq!(b["result"]["content"][0]["text"], "b in up-1", "{b}");
+    });
+    assert_eq!(st.inits(), 1, "the cap is one session");
+}
+
+#[test]
+fn a_held_session_event_stream_reaches_the_client_with_its_result_stamped() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    let r = call_on(&mut gw.client(), 7, "progress", "p");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.contains("text/event-stream")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let msgs = r.sse_messages();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    // Notifications pass as they are.
+    assert_eq!(msgs[0]["method"], "notifications/progress");
+    assert_eq!(msgs[0]["params"]["progressToken"], "tok");
+    assert_eq!(msgs[1]["method"], "notifications/message");
+    assert!(msgs[1].get("result").is_none());
+    // The response gets what the revision adds to results.
+    assert_eq!(msgs[2]["id"], 7);
+    assert_eq!(msgs[2]["result"]["resultType"], "complete", "{}", msgs[2]);
+    assert_eq!(msgs[2]["result"]["content"][0]["text"], "p in up-1");
+}
+
+#[test]
+fn a_chunked_json_reply_of_a_held_session_is_stamped_too() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    let r = call_on(&mut gw.client(), 3, "chunked", "c");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["id"], 3);
+    assert_eq!(v["result"]["content"][0]["text"], "c in up-1", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+}
+
+#[test]
+fn a_server_request_in_a_held_stream_is_answered_upstream_and_never_reaches_the_client() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    let r = call_on(&mut gw.client(), 8, "ask", "q");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msgs = r.sse_messages();
+    assert!(
+        !msgs.iter().any(|m| m.get("method").is_some()),
+        "the sampling request is not relayed: {msgs:?}"
+    );
+    let last = msgs.last().unwrap();
+    assert_eq!(last["id"], 8);
+    assert_eq!(
+        last["result"]["content"][0]["text"], "answered -32601",
+        "{last}"
+    );
+    assert_eq!(last["result"]["resultType"], "complete");
+    // The upstream got the gateway's answer in the session the request came in.
+    let seen = st.seen.lock().unwrap();
+    let answer = seen
+        .iter()
+        .find(|r| r.json().get("method").is_none() && r.json()["id"] == "srv-1")
+        .expect("an answer to srv-1");
+    assert_eq!(answer.header("mcp-session-id"), Some("up-1"));
+    assert_eq!(answer.json()["error"]["code"], -32601);
+    drop(seen);
+    assert!(gw
+        .metrics()
+        .contains("tollgate_held_server_requests_total{method=\"sampling\"} 1"));
+    // A ping is answered as a client answers it: an empty result.
+    let r = call_on(&mut gw.client(), 9, "pinger", "q");
+    let last = final_message(&r);
+    assert_eq!(
+        last["result"]["content"][0]["text"], "answered result {}",
+        "{last}"
+    );
+}
+
+#[test]
+fn a_federated_stateless_call_in_an_ended_held_session_is_sent_again_in_a_new_one() {
+    let st = Arc::new(Pooled::default());
+    st.end_first
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    let r = call_on(&mut gw.client(), 4, "old__echo", "x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = final_message(&r);
+    assert_eq!(m["id"], 4, "{m}");
+    // up-1 answered 404 (it ended the session): forgotten, up-2 opened, the call sent again.
+    assert_eq!(m["result"]["content"][0]["text"], "x in up-2", "{m}");
+    assert_eq!(m["result"]["resultType"], "complete", "{m}");
+    let calls = st.calls("echo");
+    let sessions: Vec<_> = calls
+        .iter()
+        .map(|r| r.header("mcp-session-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sessions, ["up-1", "up-2"]);
+    assert_eq!(
+        calls[1].json()["params"]["name"],
+        "echo",
+        "its own name upstream"
+    );
+    // The next call takes the new session; none is opened.
+    let r = call_on(&mut gw.client(), 5, "old__echo", "y");
+    assert_eq!(
+        final_message(&r)["result"]["content"][0]["text"],
+        "y in up-2"
+    );
+    assert_eq!(st.inits(), 2);
+}
+
+#[test]
+fn federated_stateless_calls_with_the_same_id_use_two_held_sessions() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    // Tables first, so both calls route at once.
+    let r = post(
+        &gw,
+        &[("mcp-protocol-version", V), ("mcp-method", "tools/list")],
+        &body(1, "tools/list", json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a, b) = std::thread::scope(|s| {
+        let (mut ca, mut cb) = (gw.client(), gw.client());
+        let a = s.spawn(move || call_on(&mut ca, 9, "old__pair", "a"));
+        let b = s.spawn(move || call_on(&mut cb, 9, "old__pair", "b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (final_message(&a), final_message(&b));
+    let text = |v: &Value| {
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(text(&a).starts_with("a in up-"), "{a}");
+    assert!(text(&b).starts_with("b in up-"), "{b}");
+    assert_ne!(text(&a)[1..], text(&b)[1..], "in two upstream sessions");
+    assert_eq!(b["result"]["resultType"], "complete", "{b}");
+}
+
+#[test]
+fn a_held_session_that_ends_under_a_federated_list_is_replaced_for_the_next_request() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen, Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    let list = || {
+        let r = post(
+            &gw,
+            &[("mcp-protocol-version", V), ("mcp-method", "tools/list")],
+            &body(1, "tools/list", json!({})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(list().contains(&"old__echo".to_string()));
+    st.end_lists
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // up-1 answers this list 404: the member is left out of it, and the session forgotten.
+    assert!(!list().contains(&"old__echo".to_string()));
+    // The next request gets a new held session, and the member is back.
+    assert!(list().contains(&"old__echo".to_string()));
+    assert_eq!(st.inits(), 2);
+}
+
+#[test]
+fn a_federated_stateless_notification_is_not_fanned_out_into_held_sessions() {
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let modern = modern_upstream(seen.clone(), Duration::ZERO);
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &modern.url())
+        .upstream_with("old", &up.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, old]\n")
+        .start();
+    // A cancel naming id 1: in a held session it could cancel another client's request 1.
+    let mut note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 1, "_meta": meta()}});
+    note["params"]["reason"] = json!("user");
+    let r = post(
+        &gw,
+        &[
+            ("mcp-protocol-version", V),
+            ("mcp-method", "notifications/cancelled"),
+        ],
+        note.to_string().as_bytes(),
+    );
+    assert!((200..300).contains(&r.status), "{}", r.text());
+    // The stateless member got it; the session-era one did not.
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/cancelled"));
+    assert!(!st
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.rpc_method() == "notifications/cancelled"));
+}

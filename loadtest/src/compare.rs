@@ -321,16 +321,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
     }
 
     let headers: Vec<(String, String)> = vec![];
-    // Setups tollgate-stateless and tollgate-held measure the same scenario sent as 2026-07-28
-    // requests (tollgate-held: to the demo held to the session era, through the gateway's held
-    // upstream session, i.e. translated).
+    // Setup tollgate-stateless measures the same scenario sent as 2026-07-28 requests; so do
+    // tollgate-held and tollgate-held1 (through held sessions with the upstream, declared
+    // session-era: the pool of 4 by default, or one session).
     let stateless = {
         let mut st = s.clone();
         st.stateless = true;
         st
     };
     let scenario_for = |st: &Setup| {
-        if st.name == "tollgate-stateless" || st.name == "tollgate-held" {
+        if matches!(
+            st.name.as_str(),
+            "tollgate-stateless" | "tollgate-held" | "tollgate-held1"
+        ) {
             &stateless
         } else {
             &s
@@ -796,7 +799,7 @@ http {{
             ))
         }
         "tollgate" | "tollgate-base" | "tollgate-tls" | "tollgate-fed3" | "tollgate-stateless"
-        | "tollgate-held" => {
+        | "tollgate-held" | "tollgate-held1" => {
             if !tollgate.exists() {
                 anyhow::bail!(
                     "{} not found (cargo build --release --bin tollgate)",
@@ -807,13 +810,16 @@ http {{
                 "workers: 1\nlisten:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\nservers:\n  - path: /mcp\n    upstream: demo\n"
             );
             let mut text = merge_yaml(&base, &s.gateway_config_extra)?;
-            if name == "tollgate-held" {
-                // The demo answers both eras; held to the session era, a stateless request
-                // reaches it through the worker's held upstream session.
-                let ups = format!(
+            // Held sessions: the upstream declared session-era, so 2026-07-28 requests go through
+            // the sessions each worker holds with it (`limits.held_sessions_per_upstream`).
+            if name.starts_with("tollgate-held") {
+                let mut held = format!(
                     "upstreams:\n  - name: demo\n    url: \"http://{up_addr}/mcp\"\n    era: session\n"
                 );
-                text = merge_yaml(&text, &ups)?;
+                if name == "tollgate-held1" {
+                    held.push_str("limits:\n  held_sessions_per_upstream: 1\n");
+                }
+                text = merge_yaml(&text, &held)?;
             }
             // Federation: the measured upstream (unprefixed, so the scenario's names are
             // unchanged) and two more demo upstreams (same arguments; names prefixed) behind one
@@ -875,11 +881,14 @@ http {{
                 } else if tls {
                     "workers: 1, TLS listener (ECDSA P-256, keep-alive: one handshake per connection)"
                         .into()
+                } else if name == "tollgate-held" {
+                    "workers: 1, 2026-07-28 requests to a session-era upstream through held sessions (pool of 4)"
+                        .into()
+                } else if name == "tollgate-held1" {
+                    "workers: 1, 2026-07-28 requests to a session-era upstream through one held session"
+                        .into()
                 } else if name == "tollgate-stateless" {
                     "workers: 1, the scenario sent as 2026-07-28 stateless requests (no session; _meta and Mcp-* headers)"
-                        .into()
-                } else if name == "tollgate-held" {
-                    "workers: 1, 2026-07-28 stateless requests to the demo held to the session era (era: session): translated through the worker's held upstream session"
                         .into()
                 } else {
                     "workers: 1".into()
@@ -888,7 +897,7 @@ http {{
         }
         other => {
             anyhow::bail!(
-                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless, tollgate-held)"
+                "unknown setup {other} (direct, bare, nginx, tollgate, tollgate-base, tollgate-tls, tollgate-fed3, tollgate-stateless, tollgate-held, tollgate-held1)"
             )
         }
     }

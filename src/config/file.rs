@@ -134,6 +134,7 @@ pub mod defaults {
     pub const LEGACY_SSE_STREAMS_PER_WORKER: usize = 1024;
     /// Enough for the concurrent POSTs an agent makes; a stream this far behind is stuck.
     pub const LEGACY_SSE_QUEUED_MESSAGES: usize = 64;
+    pub const HELD_SESSIONS_PER_UPSTREAM: usize = 4;
     /// Below the 30-60 s after which proxies commonly cut an idle response.
     pub const LEGACY_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
     /// As many as legacy streams: each holds a client connection and one upstream stream per
@@ -415,6 +416,7 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "legacy_sse_keepalive",
             "listen_streams_per_worker",
             "listen_keepalive",
+            "held_sessions_per_upstream",
         ],
     );
     let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
@@ -529,6 +531,12 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             "listen_keepalive",
             defaults::LISTEN_KEEPALIVE,
             extract::duration(MS),
+        ),
+        held_sessions_per_upstream: s.get(
+            p,
+            "held_sessions_per_upstream",
+            defaults::HELD_SESSIONS_PER_UPSTREAM,
+            usize_count(1, 10_000),
         ),
     }
 }

@@ -143,6 +143,11 @@ pub struct Limits {
     /// `limits.listen_keepalive`, default 15s: a `:` comment on an idle listen stream the
     /// gateway writes itself (a federated endpoint's merged one).
     pub listen_keepalive: Duration,
+    /// `limits.held_sessions_per_upstream`, default 4: upstream sessions one worker holds with
+    /// a session-era upstream for clients of the stateless revision (`proxy::held`), each
+    /// carrying one request at a time. A request that finds all busy waits, up to the
+    /// upstream's `request_timeout`; then it is refused (503).
+    pub held_sessions_per_upstream: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -164,6 +164,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "On endpoints with several upstreams: a worker's routing table rebuilt from the \
          upstreams' lists, by list (tools, prompts, resources)."
     );
+    describe_counter!(
+        names::HELD_SESSION_WAITS_TOTAL,
+        "Clients of 2026-07-28 reaching a session-era upstream: requests that found every \
+         session the worker holds with it busy (limits.held_sessions_per_upstream) and waited."
+    );
+    describe_counter!(
+        names::HELD_SERVER_REQUESTS_TOTAL,
+        "Server-to-client requests a session-era upstream sent in a session held for clients of \
+         2026-07-28: not relayed, answered by the gateway (ping) or refused, by method."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(
         names::BUILD_INFO,

@@ -26,6 +26,14 @@ pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
 pub const FEDERATION_UPSTREAM_FAILURES_TOTAL: &str = "tollgate_federation_upstream_failures_total";
 /// Federated endpoints: routing tables rebuilt by listing the upstreams, by list kind.
 pub const FEDERATION_TABLE_REFRESHES_TOTAL: &str = "tollgate_federation_table_refreshes_total";
+/// Server→client requests a session-era upstream sent in a session the gateway holds for
+/// clients of 2026-07-28 (`proxy::held`): answered by the gateway (ping) or refused (-32601),
+/// never relayed; by method (sampling, elicitation, roots, ping, other).
+pub const HELD_SERVER_REQUESTS_TOTAL: &str = "tollgate_held_server_requests_total";
+/// Requests that found every held session with an upstream busy at
+/// `limits.held_sessions_per_upstream` and had to wait for one (refused when the wait outlasts
+/// the upstream's request_timeout: `tollgate_limit_rejections_total`), by upstream.
+pub const HELD_SESSION_WAITS_TOTAL: &str = "tollgate_held_session_waits_total";
 /// Upstreams with `transport: sse`: their event streams open now (one per client session).
 pub const LEGACY_UPSTREAM_STREAMS_OPEN: &str = "tollgate_legacy_upstream_streams_open";
 /// Upstreams with `transport: sse`: messages the holding worker handed to another worker.

@@ -663,7 +663,6 @@ fn federated_direct(
 }
 
 /// What `forward` does with a usable reply.
-#[derive(Clone, Copy)]
 enum Then {
     /// Relay it as it arrives.
     Relay,
@@ -675,10 +674,10 @@ enum Then {
     /// Relay a long-lived stream (2026-07-28 `subscriptions/listen`): no read timeout whatever
     /// its content type, ended when the worker shuts down.
     Listen,
-    /// A session-era upstream's reply to a 2026-07-28 client (held session): a whole JSON
-    /// result gets `resultType` (and the caching hints when `true`) stamped in; anything else
-    /// is relayed as `Relay` does.
-    Stamped(bool),
+    /// A session-era upstream's reply to a 2026-07-28 client (held session): the result gets
+    /// `resultType` (and the caching hints when cacheable) stamped in, whether the reply is one
+    /// JSON body or an event stream (`stateless::relay_held_stream`).
+    Stamped(stateless::Stamp),
     /// A 2026-07-28 upstream's reply to a translated request of a session-era client: relayed
     /// as `Relay` does, but an error reply is made one that client's revision has
     /// (`stateless::for_session_client`).
@@ -819,10 +818,11 @@ async fn respond(
             }
         }
         Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
-        Then::Stamped(cacheable) if stateless::stampable(&rhead, up_conn.buffered()) => {
-            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, cacheable).await
+        Then::Stamped(st) if stateless::stampable(&rhead, up_conn.buffered()) => {
+            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, st.cacheable).await
         }
-        Then::Relay | Then::RelayFederated(_) | Then::Stamped(_) | Then::Translated => {
+        Then::Stamped(st) => stateless::relay_held_stream(w, c, ctx, up_conn, rhead, u, st).await,
+        Then::Relay | Then::RelayFederated(_) | Then::Translated => {
             relay(
                 w,
                 c,

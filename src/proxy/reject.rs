@@ -122,6 +122,11 @@ impl Rejects {
                         "too many messages waiting on this legacy SSE stream (limits.legacy_sse_queued_messages = {})",
                         l.legacy_sse_queued_messages
                     ),
+                    Kind::HeldSessions => format!(
+                        "every session the gateway holds with this upstream stayed busy \
+                         (limits.held_sessions_per_upstream = {})",
+                        l.held_sessions_per_upstream
+                    ),
                     Kind::LegacyHandover => {
                         "the worker holding this legacy SSE stream could not take the message: retry".into()
                     }

@@ -7,7 +7,9 @@
 //!
 //! One upstream that speaks 2026-07-28: passed through (the reply relayed as it comes: JSON, an
 //! event stream, or a long-lived `subscriptions/listen` stream). One that speaks only sessions:
-//! through the worker's held session (`held`), results stamped. A federated endpoint: the
+//! in a held session leased from the worker's pool (`held`), results stamped whether the reply
+//! is JSON or an event stream (whose server→client requests are answered upstream, never
+//! relayed). A federated endpoint: the
 //! federated path, over a session made for the request (`federated`). The other direction (a
 //! session-era client, an upstream of this revision only) is `translated`.
 
@@ -28,7 +30,7 @@ use crate::mcp::{Method, ProtocolVersion};
 use super::client::Client;
 use super::context::{Ctx, Short};
 use super::federate::exchange;
-use super::held::{self, Era, HeldSession};
+use super::held::{self, Era, HeldSession, Lease};
 use super::reject::Refusal;
 use super::state::{Gateway, WorkerState};
 use super::upstream;
@@ -53,11 +55,10 @@ pub(super) enum Action {
         u: usize,
         kind: Forwarded,
     },
-    /// To a session-era upstream, in the worker's held session.
+    /// To a session-era upstream, in a held session of the worker's that was idle (taken).
     Held {
         u: usize,
-        kind: Forwarded,
-        held: Rc<HeldSession>,
+        lease: Lease,
     },
     /// The era or the held session must be learned or opened first (an await): the body and
     /// the header lines to repeat, copied.
@@ -212,8 +213,16 @@ pub(super) fn prepare(
         return Action::Refuse(Refusal::because(Kind::InvalidRequest, why));
     }
     let now = w.shutdown.now();
-    let held = w.held.session_now(gw, u, now);
-    match (w.held.era_now(gw, u, now), held) {
+    let era = w.held.era_now(gw, u, now);
+    // An idle held session is taken now, only for a request it will carry (not a notification,
+    // a listen or a discover: those are answered without one, or from any).
+    let lease = match era {
+        Some(Era::Session) if kind == Forwarded::Call && m.kind == MessageKind::Request => {
+            w.held.try_lease(gw, u, now)
+        }
+        _ => None,
+    };
+    match (era, lease) {
         (Some(Era::Stateless), _) => {
             let modern = |o: &mut Vec<u8>| modern_lines(o, head, buf);
             render(
@@ -227,10 +236,10 @@ pub(super) fn prepare(
             );
             Action::Forward { u, kind }
         }
-        (Some(Era::Session), Some(held)) if kind != Forwarded::Discover => {
+        (Some(Era::Session), Some(lease)) => {
             let trace = |o: &mut Vec<u8>| trace_lines(o, head, buf);
-            render(out, gw, u, Some(&held.session), |_| {}, trace, body);
-            Action::Held { u, kind, held }
+            render(out, gw, u, Some(&lease.session), |_| {}, trace, body);
+            Action::Held { u, lease }
         }
         _ => {
             let mut p = Pending {
@@ -299,9 +308,17 @@ fn then_for(kind: Forwarded) -> Then {
     }
 }
 
-/// How a held session's reply is relayed: stamped with what the revision adds to results.
-fn then_held(ctx: &Ctx, kind: Forwarded) -> Then {
-    let cacheable = ctx.first().is_some_and(|m| {
+/// How a held session's reply reaches a stateless client: stamped with what the revision adds
+/// to results (`cacheable`: the caching hints too), server→client requests in an event stream
+/// answered in `held` instead of relayed.
+pub(super) struct Stamp {
+    pub cacheable: bool,
+    pub held: Rc<HeldSession>,
+}
+
+/// How the reply of a held session to request `m` is relayed.
+pub(super) fn then_held(m: Option<&crate::proxy::context::MessageCtx>, held: &Lease) -> Then {
+    let cacheable = m.is_some_and(|m| {
         matches!(
             m.method,
             Method::ToolsList
@@ -311,10 +328,10 @@ fn then_held(ctx: &Ctx, kind: Forwarded) -> Then {
                 | Method::ResourcesRead
         )
     });
-    match kind {
-        Forwarded::Listen => Then::Listen,
-        _ => Then::Stamped(cacheable),
-    }
+    Then::Stamped(Stamp {
+        cacheable,
+        held: held.held.clone(),
+    })
 }
 
 /// Whether a reply can be stamped: a JSON body with a length, all of it already read (the
@@ -329,7 +346,7 @@ pub(super) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
 /// `resultType` (and, for lists and reads, `ttlMs` 0 and `cacheScope`) the revision requires;
 /// a session-era upstream's results have neither. The held session is the worker's, not the
 /// client's, so what it lists is the same for every client: `public`, but not to be kept.
-const STAMP: &[u8] = br#""resultType":"complete""#;
+pub(super) const STAMP: &[u8] = br#""resultType":"complete""#;
 const STAMP_CACHEABLE: &[u8] = br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#;
 
 /// Relays a whole JSON reply with its result stamped (`stampable` said it is all buffered).
@@ -347,15 +364,8 @@ pub(super) async fn relay_stamped(
     };
     let (head_len, n) = (rhead.len, n as usize);
     let body = &up_conn.buffered()[head_len..head_len + n];
-    let stamped = match jsonrpc::scan(body, &ctx.gw().scan_limits) {
-        Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => {
-            m.result_open.map(|at| {
-                let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
-                modern::stamp_result(body, at, stamp)
-            })
-        }
-        _ => None,
-    };
+    let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
+    let stamped = stamp_body(body, stamp, ctx);
     let body = stamped.unwrap_or_else(|| body.to_vec());
     let keep = super::client_head(
         &mut c.out,
@@ -374,6 +384,88 @@ pub(super) async fn relay_stamped(
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,
+    }
+}
+
+/// Relays a held session's reply that is not one whole JSON body with a length: an event stream
+/// event by event (`federate::stream::UpStream::held`: the final response stamped, notifications
+/// as they are, server→client requests answered upstream), or a chunked or close-delimited JSON
+/// body read whole (within 4 × `limits.max_body_bytes`), stamped and sent with a length.
+pub(super) async fn relay_held_stream(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    mut up_conn: UpConn,
+    rhead: ResponseHead,
+    u: usize,
+    st: Stamp,
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let stamp = if st.cacheable { STAMP_CACHEABLE } else { STAMP };
+    if rhead.is_sse(up_conn.buffered()) {
+        // The events are written again, so the upstream's length does not hold: chunked
+        // (close-delimited for HTTP/1.0).
+        let mut streamed = rhead.clone();
+        streamed.framing = Framing::Chunked;
+        let keep = super::client_head(
+            &mut c.out,
+            &streamed,
+            up_conn.buffered(),
+            ctx.keep_after_response(),
+            ctx.http10,
+            &ctx.cors,
+            None,
+            None,
+        );
+        ctx.status = rhead.status;
+        up_conn.consume(rhead.len);
+        let s = super::federate::stream::UpStream::held(gw, u, up_conn, &rhead, stamp, st.held);
+        let mut ids = crate::mcp::relay::EventIdState::default();
+        let next = super::federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
+        return if keep { next } else { Next::Close };
+    }
+    let up = &gw.upstreams[u];
+    // The head's bytes, for the header lines relayed (the body is read after them).
+    let head_bytes = up_conn.buffered()[..rhead.len].to_vec();
+    up_conn.consume(rhead.len);
+    let mut body = Vec::new();
+    let max = gw.config.limits.max_body_bytes.saturating_mul(4);
+    if let Err(why) =
+        upstream::read_full_body(&mut up_conn, &rhead, max, up.request_timeout, &mut body).await
+    {
+        let why = format!("upstream \"{}\" sent an unreadable reply: {why}", up.name);
+        tracing::warn!(upstream = %up.name, error = %why, "held session reply dropped");
+        return refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, why)).await;
+    }
+    w.pool_put(gw, u, up_conn, &rhead);
+    let body = stamp_body(&body, stamp, ctx).unwrap_or(body);
+    let keep = super::client_head(
+        &mut c.out,
+        &rhead,
+        &head_bytes,
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
+        None,
+        Some(body.len()),
+    );
+    c.out.extend_from_slice(&body);
+    ctx.status = rhead.status;
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// `body` (one JSON-RPC response) with its result stamped, or `None` when it has no result to
+/// stamp or has `resultType` already.
+pub(super) fn stamp_body(body: &[u8], stamp: &[u8], ctx: &Ctx) -> Option<Vec<u8>> {
+    match jsonrpc::scan(body, &ctx.gw().scan_limits) {
+        Ok(jsonrpc::Body::Single(m)) if m.kind == MessageKind::Response && !m.result_type => m
+            .result_open
+            .map(|at| modern::stamp_result(body, at, stamp)),
+        _ => None,
     }
 }
 
@@ -399,7 +491,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
             Forwarded::Discover => discover(w, c, ctx, u).await,
             _ => forward(w, c, ctx, u, false, then_for(kind)).await,
         },
-        Action::Held { u, kind, held } => forward_held(w, c, ctx, u, kind, held).await,
+        Action::Held { u, lease } => forward_held(w, c, ctx, u, lease).await,
         Action::Federated(f) => federated(w, c, ctx, *f).await,
         Action::Pending(p) => {
             let gen = ctx.gen.clone();
@@ -417,26 +509,42 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
                     }
                 }
                 Era::Session => {
-                    let held = match held::session(w, gw, u).await {
-                        Ok(h) => h,
-                        Err(e) => return refuse(c, ctx, e.into()).await,
-                    };
                     if p.kind == Forwarded::Discover {
+                        let held = match held::any_session(w, gw, u).await {
+                            Ok(h) => h,
+                            Err(e) => return refuse(c, ctx, e.into()).await,
+                        };
                         let asks = ctx.first().is_some_and(|m| m.asks_client_features);
                         let body = discover_result(&held_discover(&held, asks));
                         return super::federate::reply_result(c, ctx, body.as_bytes()).await;
                     }
+                    if ctx.first().is_some_and(|m| m.kind != MessageKind::Request) {
+                        // The held sessions are shared by every stateless client of the worker:
+                        // a notification (a cancel naming some request id) must not reach
+                        // another client's request in one.
+                        return super::federate::accepted(c, ctx).await;
+                    }
+                    if p.kind == Forwarded::Listen {
+                        let why = "subscriptions/listen is not served for an upstream reached \
+                                   through a held session (it speaks only the session era)";
+                        let r = Refusal::because(Kind::MethodNotFound, why);
+                        return refuse(c, ctx, r).await;
+                    }
+                    let lease = match held::lease(w, gw, u).await {
+                        Ok(l) => l,
+                        Err(e) => return refuse(c, ctx, e.into()).await,
+                    };
                     let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
                     render(
                         &mut c.up_out,
                         gw,
                         u,
-                        Some(&held.session),
+                        Some(&lease.session),
                         |_| {},
                         trace,
                         &p.body,
                     );
-                    forward_held(w, c, ctx, u, p.kind, held).await
+                    forward_held(w, c, ctx, u, lease).await
                 }
             }
         }
@@ -445,8 +553,11 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
 
 /// A 2026-07-28 request on a federated endpoint. The federated path decides it as it decides a
 /// session's (lists with the gateway's cursors, routing by name, the upstream's own name back),
-/// over a session made for this request alone: one entry per upstream, stateless or the
-/// worker's held session (so nothing is sealed or kept for the client). Its random id is zero:
+/// over a session made for this request alone: one entry per upstream, stateless or one of the
+/// worker's held sessions (so nothing is sealed or kept for the client). That held session is
+/// what the gateway's own list requests go in (their ids are the gateway's); a request routed to
+/// the member leases a held session for its exchange instead (`send_held`, `federate::batch::
+/// one`), and notifications are not fanned out into held sessions. Its random id is zero:
 /// cursors and task ids it issues are bound to the endpoint, not to a client.
 async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated) -> Next {
     let gen = ctx.gen.clone();
@@ -482,56 +593,68 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
     super::federate::post_stateless(w, c, ctx, claims, (f.trace, f.params), f.body).await
 }
 
-/// Forwards the request rendered in `c.up_out` in the held session `held`. A 404 means the
-/// upstream ended that session: it is forgotten, a new one opened, and the request sent once
-/// more (the upstream did not process it).
+/// A 2026-07-28 request of a federated endpoint routed to a session-era member (`body`: the
+/// message as that upstream gets it): sent in a held session leased for the exchange, the reply
+/// stamped, a 404 answered by sending it again in another (`forward_held`).
+pub(super) async fn send_held(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    u: usize,
+    trace: &[u8],
+    body: &[u8],
+) -> Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    ctx.upstream = Some(u);
+    let lease = match held::lease(w, gw, u).await {
+        Ok(l) => l,
+        Err(e) => return refuse(c, ctx, e.into()).await,
+    };
+    c.up_out = exchange::post_request(gw, u, Some(&lease.session), trace, body);
+    forward_held(w, c, ctx, u, lease).await
+}
+
+/// Forwards the request rendered in `c.up_out` in the held session `lease` holds (for the whole
+/// exchange, relay included). A 404 means the upstream ended that session: it is forgotten,
+/// another taken (or opened), and the request sent once more (the upstream did not process it).
 async fn forward_held(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
     u: usize,
-    kind: Forwarded,
-    held: Rc<HeldSession>,
+    lease: Lease,
 ) -> Next {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     ctx.upstream = Some(u);
-    if ctx.first().is_some_and(|m| m.kind != MessageKind::Request) {
-        // The held session is shared by every stateless client of the worker: a notification
-        // (a cancel naming some request id) must not reach another client's request in it.
-        return super::federate::accepted(c, ctx).await;
-    }
-    if kind == Forwarded::Listen {
-        let why = "subscriptions/listen is not served for an upstream reached through a held \
-                   session (it speaks only the session era)";
-        return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
-    }
-    // One request at a time in the held session: it is shared by every stateless client of the
-    // worker, and two clients' requests with the same id (or progress token) in flight in one
-    // upstream session would meet.
-    let _turn = match held::turn(w, gw, u).await {
-        Ok(t) => t,
-        Err(e) => return refuse(c, ctx, e.into()).await,
-    };
     let t_up = std::time::Instant::now();
     let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
     if !ended {
-        return respond(w, c, ctx, (u, res, t_up), true, then_held(ctx, kind)).await;
+        let then = then_held(ctx.first(), &lease);
+        return respond(w, c, ctx, (u, res, t_up), true, then).await;
     }
     drop(res);
-    w.held.forget(gw, u, &held.session);
-    let fresh = match held::session(w, gw, u).await {
-        Ok(h) => h,
+    w.held.forget(gw, u, &lease);
+    drop(lease);
+    let fresh = match held::lease(w, gw, u).await {
+        Ok(l) => l,
         Err(e) => return refuse(c, ctx, e.into()).await,
     };
-    // Again with the new session: the body is what follows the request head, and the trace
-    // lines are kept.
-    let req = std::mem::take(&mut c.up_out);
-    let at = memchr::memmem::find(&req, b"\r\n\r\n").map_or(req.len(), |i| i + 4);
+    resend_in(gw, u, &fresh.session, &mut c.up_out);
+    let then = then_held(ctx.first(), &fresh);
+    forward(w, c, ctx, u, true, then).await
+}
+
+/// Renders the request in `req` (one in a held session that ended) again for `session`: the
+/// same body, the same trace lines.
+pub(super) fn resend_in(gw: &Gateway, u: usize, session: &UpstreamSession, req: &mut Vec<u8>) {
+    let old = std::mem::take(req);
+    let at = memchr::memmem::find(&old, b"\r\n\r\n").map_or(old.len(), |i| i + 4);
     let mut trace = Vec::new();
-    for line in req[..at].split(|b| *b == b'\n') {
+    for line in old[..at].split(|b| *b == b'\n') {
         let l = line.strip_suffix(b"\r").unwrap_or(line);
         let name = l.split(|b| *b == b':').next().unwrap_or_default();
         if ["traceparent", "tracestate", "baggage"]
@@ -543,16 +666,7 @@ async fn forward_held(
         }
     }
     let t = |o: &mut Vec<u8>| o.extend_from_slice(&trace);
-    render(
-        &mut c.up_out,
-        gw,
-        u,
-        Some(&fresh.session),
-        |_| {},
-        t,
-        &req[at..],
-    );
-    forward(w, c, ctx, u, true, then_held(ctx, kind)).await
+    render(req, gw, u, Some(session), |_| {}, t, &old[at..]);
 }
 
 /// What a held session's `initialize` result says, in the shape of a `server/discover` result:

@@ -141,6 +141,11 @@ pub fn render_effective(c: &Config) -> String {
         "  listen_keepalive: {}",
         render_duration(m.listen_keepalive)
     );
+    let _ = writeln!(
+        o,
+        "  held_sessions_per_upstream: {}",
+        m.held_sessions_per_upstream
+    );
 
     let _ = writeln!(o, "admin:");
     match c.admin.addr {

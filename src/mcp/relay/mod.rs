@@ -29,6 +29,15 @@
 //!
 //! `out` only ever receives whole events and comment lines, so the caller may interleave the
 //! output of several rewriters (one per upstream) between `feed` calls.
+//!
+//! `Rewriter::held` is the other use: a held session's reply stream to a client of the
+//! stateless revision (`proxy::held`), one upstream, no ids to wrap. The final response's
+//! result is stamped with what the revision adds (`resultType`, and caching hints when asked);
+//! notifications pass; a server→client request is not relayed (the revision has none on a
+//! response stream) but recorded in `Seen::held_requests` for the proxy to answer upstream; a
+//! `notifications/cancelled` (it could only name such a request) is dropped. A batch event is
+//! relayed as one event per message it keeps. The upstream's event ids are not relayed: the
+//! client has no session to resume the stream in.
 
 use std::ops::Range;
 
@@ -112,7 +121,13 @@ pub struct Seen {
     /// Events whose data was relayed unchanged because it is not a JSON-RPC message the
     /// scanner accepts.
     pub unscanned: u64,
+    /// `Rewriter::held`: the server→client requests not relayed.
+    pub held_requests: Vec<HeldRequest>,
 }
+
+/// A server→client request `Rewriter::held` did not relay: its id (JSON text, empty if it had
+/// none) and method.
+pub type HeldRequest = (Vec<u8>, String);
 
 /// Per client stream, the last event id of each upstream stream relayed on it (upstreams in the
 /// order first seen). The client's event id is its `encode()`:
@@ -297,6 +312,8 @@ pub struct Rewriter {
     decoder: Decoder,
     /// Wraps the upstream's task ids (`mcp::tasks`) when set.
     tasks: Option<IdMapper>,
+    /// `Rewriter::held`: what a response's result gets stamped with.
+    stamp: Option<&'static [u8]>,
 }
 
 impl Rewriter {
@@ -308,6 +325,16 @@ impl Rewriter {
             session,
             decoder: Decoder::new(max_event_bytes),
             tasks: None,
+            stamp: None,
+        }
+    }
+
+    /// For a held session's reply stream to a stateless client (see the module's
+    /// documentation): results stamped with `stamp` (members written first in the result).
+    pub fn held(upstream: u64, stamp: &'static [u8], max_event_bytes: usize) -> Self {
+        Rewriter {
+            stamp: Some(stamp),
+            ..Rewriter::new(upstream, [0; 16], max_event_bytes)
         }
     }
 
@@ -332,6 +359,7 @@ impl Rewriter {
             session: &self.session,
             mapper,
             tasks: self.tasks.as_ref(),
+            stamp: self.stamp,
         };
         self.decoder
             .feed(input, |item| ctx.item(item, ids, out, seen))?;
@@ -351,6 +379,7 @@ impl Rewriter {
             session: &self.session,
             mapper,
             tasks: self.tasks.as_ref(),
+            stamp: self.stamp,
         };
         self.decoder
             .finish(AtEnd::Discard, |item| ctx.item(item, ids, out, seen))?;
@@ -363,6 +392,7 @@ struct Ctx<'m> {
     session: &'m [u8; 16],
     mapper: &'m IdMapper,
     tasks: Option<&'m IdMapper>,
+    stamp: Option<&'static [u8]>,
 }
 
 impl Ctx<'_> {
@@ -375,6 +405,9 @@ impl Ctx<'_> {
     }
 
     fn event(&self, e: &Event<'_>, ids: &mut EventIdState, out: &mut Vec<u8>, seen: &mut Seen) {
+        if let Some(stamp) = self.stamp {
+            return held_event(e, stamp, out, seen);
+        }
         let data = match self.rewrite(e.data, seen) {
             Ok(d) => d,
             Err(reason) => {
@@ -466,6 +499,62 @@ impl Ctx<'_> {
                 m.request_id.as_ref()
             }
             _ => None,
+        }
+    }
+}
+
+/// `Rewriter::held`: one event of a held session's reply stream.
+fn held_event(e: &Event<'_>, stamp: &[u8], out: &mut Vec<u8>, seen: &mut Seen) {
+    let fields = Fields {
+        id: None,
+        event: (!e.event.is_empty()).then_some(e.event),
+        retry: None,
+    };
+    let body = match jsonrpc::scan(e.data, &LIMITS) {
+        Ok(b) => b,
+        Err(_) => {
+            seen.unscanned += 1;
+            return sse::write_event(out, &fields, e.data);
+        }
+    };
+    let messages = match &body {
+        Body::Single(m) => std::slice::from_ref(m),
+        Body::Batch(ms) => ms.as_slice(),
+    };
+    let single = matches!(body, Body::Single(_));
+    for m in messages {
+        let data = if single {
+            e.data
+        } else {
+            &e.data[m.span.clone()]
+        };
+        let method = m.method.as_ref().map(|s| &*s.value);
+        match m.kind {
+            MessageKind::Request => {
+                let id = m.id.as_ref().map(|i| i.text.to_vec()).unwrap_or_default();
+                seen.held_requests
+                    .push((id, method.unwrap_or_default().to_string()));
+            }
+            MessageKind::Notification if method == Some("notifications/cancelled") => {}
+            MessageKind::Response if !m.result_type => {
+                seen.responses
+                    .extend(m.id.as_ref().map(|i| i.text.to_vec()));
+                match m.result_open {
+                    // Offsets of a batch element are the body's: made the element's own.
+                    Some(at) => {
+                        let at = if single { at } else { at - m.span.start };
+                        let stamped = crate::mcp::modern::stamp_result(data, at, stamp);
+                        sse::write_event(out, &fields, &stamped)
+                    }
+                    None => sse::write_event(out, &fields, data),
+                }
+            }
+            MessageKind::Response | MessageKind::Error => {
+                seen.responses
+                    .extend(m.id.as_ref().map(|i| i.text.to_vec()));
+                sse::write_event(out, &fields, data)
+            }
+            MessageKind::Notification => sse::write_event(out, &fields, data),
         }
     }
 }

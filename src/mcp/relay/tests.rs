@@ -495,3 +495,44 @@ proptest! {
         prop_assert_eq!(parse_last_event_id(text.as_bytes()), Ok(ids.entries().to_vec()));
     }
 }
+
+#[test]
+fn a_held_stream_stamps_results_and_keeps_server_requests_back() {
+    let stream = [
+        "id: 5\n".to_string() + &one(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}}"#),
+        one(r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{}}"#),
+        one(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"s1"}}"#),
+        one(r#"[{"jsonrpc":"2.0","id":2,"method":"roots/list"},{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}]"#),
+        one(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
+    ]
+    .concat();
+    let (mut ids, mut seen) = (EventIdState::new(), Seen::default());
+    let mut r = Rewriter::held(A, br#""resultType":"complete""#, MAX);
+    let mut out = Vec::new();
+    r.feed(stream.as_bytes(), &mut ids, &mapper(), &mut out, &mut seen)
+        .unwrap();
+    r.finish(&mut ids, &mapper(), &mut out, &mut seen).unwrap();
+    let ev = events(&out);
+    let data: Vec<&[u8]> = ev.iter().map(|e| e.data.as_slice()).collect();
+    assert_eq!(data.len(), 3, "{:?}", String::from_utf8_lossy(&out));
+    assert!(data[0].starts_with(br#"{"jsonrpc":"2.0","method":"notifications/progress""#));
+    // The upstream's event ids are not relayed (nothing to resume them in).
+    assert!(ev.iter().all(|e| e.id.is_none()));
+    // A batch keeps its notification, as an event of its own; its request is held back.
+    assert_eq!(
+        data[1],
+        br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#
+    );
+    assert_eq!(
+        data[2],
+        br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[]}}"#
+    );
+    assert_eq!(
+        seen.held_requests,
+        vec![
+            (b"\"s1\"".to_vec(), "sampling/createMessage".to_string()),
+            (b"2".to_vec(), "roots/list".to_string()),
+        ]
+    );
+    assert_eq!(seen.responses, vec![b"1".to_vec()]);
+}

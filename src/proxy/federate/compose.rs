@@ -199,7 +199,7 @@ pub(in super::super) async fn stateless_members(
                 session_id: None,
                 protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
             }),
-            Era::Session => match held::session(w, gw, u).await {
+            Era::Session => match held::any_session(w, gw, u).await {
                 Ok(h) => out.push(h.session.clone()),
                 Err(e) => {
                     let name = &gw.upstreams[u].name;
@@ -262,7 +262,7 @@ pub(in super::super) async fn stateless_discover(
             }
             Era::Session => {
                 held_any = true;
-                held::session(w, gw, u)
+                held::any_session(w, gw, u)
                     .await
                     .ok()
                     .map(|h| h.initialize.clone())

@@ -70,6 +70,11 @@ pub(super) async fn fetch_page(
     let reply = exchange::rpc(w, gw, u, session, trace, &body)
         .await
         .map_err(|e| e.reason)?;
+    if reply.status == 404 && session.session_id.is_some() {
+        // If it is one of the worker's held sessions, the upstream ended it: the next request
+        // gets another (a client's own session is not in the pool; nothing happens then).
+        w.held.forget_session(gw, u, session);
+    }
     let msg = exchange::result_message(gw, u, &reply, id.as_bytes())?;
     read_page(list, msg)
 }

@@ -67,6 +67,11 @@ async fn send(
         let body = (&req.trace[..], body.to_vec());
         return super::super::legacy::dispatch(w, c, ctx, u, &link, body).await;
     }
+    if session.protocol_version.is_legacy() && !claims.protocol_version.is_legacy() {
+        // A 2026-07-28 request to a session-era member: in a held session of its own for the
+        // exchange, the reply stamped (`stateless::send_held`).
+        return super::super::stateless::send_held(w, c, ctx, u, &req.trace, body).await;
+    }
     let headers = if req.params.is_empty() || session.protocol_version.is_legacy() {
         std::borrow::Cow::Borrowed(&req.trace[..])
     } else {
@@ -419,9 +424,13 @@ pub(super) async fn fan_out(
     body: &[u8],
 ) -> (usize, usize) {
     let claims = &*req.claims;
+    // A 2026-07-28 request's held sessions are shared by every such client of the worker: a
+    // notification (a cancel naming some request id) must not reach another client's request.
+    let stateless = !claims.protocol_version.is_legacy();
     let calls = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
-        let session = super::super::upstream_session(gw, Some(claims), u)?;
+        let session = super::super::upstream_session(gw, Some(claims), u)
+            .filter(|s| !(stateless && s.protocol_version.is_legacy()))?;
         let trace = &req.trace;
         Some(async move { (u, exchange::rpc(w, gw, u, session, trace, body).await) })
     });

@@ -20,8 +20,11 @@ use crate::mcp::relay::{self, EventIdState, Rewriter, Seen};
 use crate::mcp::session::SessionClaims;
 use crate::observe::Outcome;
 
+use std::rc::Rc;
+
 use super::super::client::Client;
 use super::super::context::Ctx;
+use super::super::held::HeldSession;
 use super::super::legacy::MemberBox;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
@@ -43,6 +46,9 @@ pub(in crate::proxy) struct UpStream {
     chunks: ChunkedDecoder,
     rewriter: Rewriter,
     done: bool,
+    /// A held session's reply to a stateless client (`UpStream::held`): the session, and the
+    /// server→client requests seen in the stream, to be answered in it.
+    held: Option<(Rc<HeldSession>, Vec<relay::HeldRequest>)>,
 }
 
 impl UpStream {
@@ -66,6 +72,25 @@ impl UpStream {
             rewriter: Rewriter::new(gw.upstreams[u].id, session, MAX_EVENT_BYTES)
                 .with_tasks(gw.taskids.clone()),
             done: head.framing == Framing::None,
+            held: None,
+        }
+    }
+
+    /// The reply stream of held session `held` to a client of the stateless revision
+    /// (`Rewriter::held`): results stamped with `stamp`, server→client requests answered to the
+    /// upstream instead of relayed.
+    pub fn held(
+        gw: &Gateway,
+        u: usize,
+        conn: UpstreamConn,
+        head: &ResponseHead,
+        stamp: &'static [u8],
+        held: Rc<HeldSession>,
+    ) -> Self {
+        UpStream {
+            rewriter: Rewriter::held(gw.upstreams[u].id, stamp, MAX_EVENT_BYTES),
+            held: Some((held, Vec::new())),
+            ..UpStream::new(gw, u, conn, head, [0; 16])
         }
     }
 
@@ -109,8 +134,25 @@ impl UpStream {
             Framing::None => 0,
         };
         self.conn.consume(used);
+        let requests_before = seen.held_requests.len();
+        let fed = self.take_payload(gw, &payload, ids, out, seen);
+        if let Some((_, answer)) = &mut self.held {
+            answer.extend(seen.held_requests.drain(requests_before..));
+        }
+        fed
+    }
+
+    fn take_payload(
+        &mut self,
+        gw: &Gateway,
+        payload: &[u8],
+        ids: &mut EventIdState,
+        out: &mut Vec<u8>,
+        seen: &mut Seen,
+    ) -> Result<(), String> {
+        let name = &gw.upstreams[self.u].name;
         self.rewriter
-            .feed(&payload, ids, &gw.idmap, out, seen)
+            .feed(payload, ids, &gw.idmap, out, seen)
             .map_err(|e| format!("upstream \"{name}\" sent an unusable event stream: {e}"))?;
         if self.done {
             self.rewriter
@@ -193,6 +235,14 @@ async fn relay_all(
                 tracing::warn!(error = %why, "federated stream: upstream stream dropped");
                 s.done = true;
                 s.conn.consume(s.conn.buffered().len());
+            }
+        }
+        // A held session's server→client requests: answered in it (the client cannot be asked).
+        for s in streams.iter_mut() {
+            if let Some((held, answer)) = &mut s.held {
+                for (id, method) in std::mem::take(answer) {
+                    super::super::held::refuse_server_request(w, gw, s.u, held, &id, &method).await;
+                }
             }
         }
         for m in members.iter_mut() {
