@@ -44,6 +44,30 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                     .to_string()
                     .as_bytes(),
                 ),
+                // Results that leave out the resultType the revision requires (as the
+                // conformance suite's own head fixture does), whole and streamed.
+                "tools/call" if req.tool() == "bare" => {
+                    scripted::json_response(&scripted::rpc_result(
+                        &id,
+                        json!({"content": [{"type": "text", "text": "bare"}]}),
+                    ))
+                }
+                "tools/call" if req.tool() == "streamy" => {
+                    let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                        "params": {"progressToken": 1, "progress": 1}});
+                    let result = scripted::rpc_result(
+                        &id,
+                        json!({"content": [{"type": "text", "text": "streamy"}]}),
+                    );
+                    let body = format!(
+                        "event: message\ndata: {progress}\n\nevent: message\ndata: {result}\n\n"
+                    );
+                    response(
+                        "200 OK",
+                        &[("Content-Type", "text/event-stream")],
+                        body.as_bytes(),
+                    )
+                }
                 "tools/call" => scripted::json_response(&scripted::rpc_result(
                     &id,
                     json!({"resultType": "complete",
@@ -72,6 +96,8 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                     &id,
                     json!({"resultType": "complete", "ttlMs": 1000, "cacheScope": "public",
                            "tools": [{"name": "weather", "inputSchema": {"type": "object"}},
+                                     {"name": "bare", "inputSchema": {"type": "object"}},
+                                     {"name": "streamy", "inputSchema": {"type": "object"}},
                                      {"name": "needs_sampling", "inputSchema": {"type": "object"}}]}),
                 )),
                 // A server of 2026-07-28 only: initialize is a method it does not have, nor
@@ -1669,4 +1695,49 @@ fn a_federated_stateless_notification_is_not_fanned_out_into_held_sessions() {
         .unwrap()
         .iter()
         .any(|r| r.rpc_method() == "notifications/cancelled"));
+}
+
+/// The JSON-RPC messages of a reply: its JSON body, or each `data:` of its event stream.
+fn messages_of(r: &Response) -> Vec<Value> {
+    let text = r.text();
+    if text.trim_start().starts_with('{') {
+        return vec![r.json()];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_upstream_of_the_revision_gets_the_result_type_it_left_out_added() {
+    let (_up, gw, _seen) = setup(Duration::ZERO);
+    let (_up2, _alpha, fed, _seen2) = federated_setup();
+    for (gw, prefix) in [(&gw, ""), (&fed, "modern__")] {
+        for (id, tool) in [(1, "bare"), (2, "streamy"), (3, "weather")] {
+            let name = format!("{prefix}{tool}");
+            let h = [
+                ("mcp-protocol-version", V),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", name.as_str()),
+            ];
+            let b = body(id, "tools/call", json!({"name": name, "arguments": {}}));
+            let r = post(gw, &h, &b);
+            assert_eq!(r.status, 200, "{}", r.text());
+            let msgs = messages_of(&r);
+            let last = msgs.last().unwrap();
+            assert_eq!(
+                last["result"]["resultType"],
+                "complete",
+                "{name}: {}",
+                r.text()
+            );
+            assert_eq!(last["result"]["content"][0]["text"], tool, "{}", r.text());
+            // Written once: a result that had it is not given a second one.
+            assert_eq!(r.text().matches("resultType").count(), 1, "{}", r.text());
+            if tool == "streamy" {
+                assert_eq!(msgs[0]["method"], "notifications/progress", "{}", r.text());
+            }
+        }
+    }
 }

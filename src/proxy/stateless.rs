@@ -304,16 +304,25 @@ fn render(
 fn then_for(kind: Forwarded) -> Then {
     match kind {
         Forwarded::Listen => Then::Listen,
-        _ => Then::Relay,
+        _ => Then::Stamped(Stamp::MODERN),
     }
 }
 
-/// How a held session's reply reaches a stateless client: stamped with what the revision adds
-/// to results (`cacheable`: the caching hints too), server→client requests in an event stream
-/// answered in `held` instead of relayed.
+/// How a reply reaches a stateless client: stamped with what the revision adds to results where
+/// the result lacks it (`cacheable`: the caching hints too); in a held session's event stream
+/// (`held`), server→client requests answered in it instead of relayed. An upstream of the
+/// revision gets `MODERN`: `resultType` where it left it out (the revision requires it, a client
+/// reads its absence as `complete`, and some clients refuse a result without it), nothing else.
 pub(super) struct Stamp {
     pub cacheable: bool,
-    pub held: Rc<HeldSession>,
+    pub held: Option<Rc<HeldSession>>,
+}
+
+impl Stamp {
+    pub const MODERN: Stamp = Stamp {
+        cacheable: false,
+        held: None,
+    };
 }
 
 /// How the reply of a held session to request `m` is relayed.
@@ -330,7 +339,7 @@ pub(super) fn then_held(m: Option<&crate::proxy::context::MessageCtx>, held: &Le
     });
     Then::Stamped(Stamp {
         cacheable,
-        held: held.held.clone(),
+        held: Some(held.held.clone()),
     })
 }
 
@@ -366,7 +375,7 @@ pub(super) async fn relay_stamped(
     let body = &up_conn.buffered()[head_len..head_len + n];
     let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
     let stamped = stamp_body(body, stamp, ctx);
-    let body = stamped.unwrap_or_else(|| body.to_vec());
+    let len = stamped.as_ref().map_or(n, Vec::len);
     let keep = super::client_head(
         &mut c.out,
         &rhead,
@@ -375,9 +384,15 @@ pub(super) async fn relay_stamped(
         ctx.http10,
         &ctx.cors,
         None,
-        Some(body.len()),
+        Some(len),
     );
-    c.out.extend_from_slice(&body);
+    // (A result that has its `resultType` already goes as the upstream wrote it.)
+    match &stamped {
+        Some(b) => c.out.extend_from_slice(b),
+        None => c
+            .out
+            .extend_from_slice(&up_conn.buffered()[head_len..head_len + n]),
+    }
     ctx.status = rhead.status;
     up_conn.consume(head_len + n);
     w.pool_put(ctx.gw(), u, up_conn, &rhead);
@@ -403,6 +418,12 @@ pub(super) async fn relay_held_stream(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let stamp = if st.cacheable { STAMP_CACHEABLE } else { STAMP };
+    if st.held.is_none() && !rhead.is_sse(up_conn.buffered()) {
+        // An upstream of the revision: a large or chunked JSON body streams through as it
+        // comes (it is not read whole to add a member its writer should have written).
+        let read_timeout = Some(gw.upstreams[u].request_timeout);
+        return super::relay(w, c, ctx, up_conn, &rhead, u, read_timeout, false).await;
+    }
     if rhead.is_sse(up_conn.buffered()) {
         // The events are written again, so the upstream's length does not hold: chunked
         // (close-delimited for HTTP/1.0).

@@ -81,10 +81,12 @@ async fn send(
     let had_session = session.session_id.is_some();
     // A session-era client's request made one of the 2026-07-28 revision: the upstream's
     // errors are made ones of the client's revision (`stateless::for_session_client`).
-    let then = if !session.protocol_version.is_legacy() && ctx.era == crate::error::Era::Session {
-        Then::Translated
-    } else {
-        Then::RelayFederated(claims.id)
+    // A 2026-07-28 client's, to an upstream of that revision: `resultType` added where its
+    // result lacks it, as on a single-upstream endpoint.
+    let then = match ctx.era {
+        _ if session.protocol_version.is_legacy() => Then::RelayFederated(claims.id),
+        crate::error::Era::Session => Then::Translated,
+        crate::error::Era::Stateless => Then::Stamped(super::super::stateless::Stamp::MODERN),
     };
     forward(w, c, ctx, u, had_session, then).await
 }

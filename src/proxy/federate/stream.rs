@@ -85,11 +85,11 @@ impl UpStream {
         conn: UpstreamConn,
         head: &ResponseHead,
         stamp: &'static [u8],
-        held: Rc<HeldSession>,
+        held: Option<Rc<HeldSession>>,
     ) -> Self {
         UpStream {
             rewriter: Rewriter::held(gw.upstreams[u].id, stamp, MAX_EVENT_BYTES),
-            held: Some((held, Vec::new())),
+            held: held.map(|h| (h, Vec::new())),
             ..UpStream::new(gw, u, conn, head, [0; 16])
         }
     }
@@ -136,8 +136,11 @@ impl UpStream {
         self.conn.consume(used);
         let requests_before = seen.held_requests.len();
         let fed = self.take_payload(gw, &payload, ids, out, seen);
-        if let Some((_, answer)) = &mut self.held {
-            answer.extend(seen.held_requests.drain(requests_before..));
+        match &mut self.held {
+            Some((_, answer)) => answer.extend(seen.held_requests.drain(requests_before..)),
+            // An upstream of the revision has no session to be answered in: a request it
+            // sends on a response stream (which the revision forbids) is dropped.
+            None => seen.held_requests.truncate(requests_before),
         }
         fed
     }
