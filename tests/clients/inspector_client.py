@@ -2,7 +2,7 @@
 
 Each check is one CLI process (a fresh session), as a person would run it. With
 MCP_TRANSPORT=sse it passes `--transport sse` (URL is then the event stream's, e.g. .../mcp/sse).
-Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated|federated-sse   (stdlib only)
+Usage: python3 tests/clients/inspector_client.py URL demo|everything|py|federated|federated-sse|mixed   (stdlib only)
 Needs `mcp-inspector` and Node 22 first on PATH (the driver sets both).
 """
 
@@ -46,8 +46,8 @@ def check(name: str, body) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything", "py", "federated", "federated-sse"):
-        sys.exit("usage: inspector_client.py URL demo|everything|py|federated|federated-sse")
+    if len(sys.argv) != 3 or sys.argv[2] not in ("demo", "everything", "py", "federated", "federated-sse", "mixed"):
+        sys.exit("usage: inspector_client.py URL demo|everything|py|federated|federated-sse|mixed")
     url, profile = sys.argv[1], sys.argv[2]
     fx = json.loads(FIXTURES.read_text())[profile]
 

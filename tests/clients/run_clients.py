@@ -24,9 +24,17 @@ upstream sends (fixtures "sampling"/"elicitation"; a client without one prints a
 clients speak Streamable HTTP to tollgate, tollgate speaks HTTP+SSE to them): their control is
 the same server's streamable HTTP target, with the same fixtures; and `/fed-sse/mcp` fronts
 [demo, everything-sse, py-sse] (the legacy ones as federated members), checked like `federated`
-(fixture "federated-sse", its control). Everything it started is stopped on exit, failure or signal.
+(fixture "federated-sse", its control). Both eras behind one endpoint: `/mixed/mcp` fronts the
+demo held to the session era (a second upstream entry, `era: session`) and the conformance suite's
+head fixture (a server of the 2026-07-28 revision, started here too), and every client runs on it
+(fixture "mixed"): a client of the stateless revision (mcp2 pinned to 2026-07-28, mcp2 and client2
+in auto mode) reaches the demo through the gateway's held session and answers the head fixture's
+input-required results (elicitation, sampling); a session-era client reaches the head fixture
+through the gateway's translation and says it skips the input-required checks. Everything it
+started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
+                                           [--targets TARGET,...]
 Needs scripts/install-tools.sh to have run (stdlib only otherwise).
 """
 
@@ -51,6 +59,9 @@ NODE_BIN = TOOLS / "node" / "node_modules" / ".bin"
 NPM_DIR = TOOLS / "npm"
 PY_MCP1_BIN = TOOLS / "py-mcp1" / "bin" / "python"  # runs python/py_server.py (mcp 1.x FastMCP)
 EVERYTHING_JS = NPM_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+# The conformance suite's head fixture (a server of the 2026-07-28 revision), installed by
+# scripts/install-tools.sh from ../shared/conformance/fixture-head; run from its own folder.
+HEAD_FIXTURE_DIR = TOOLS / "confsrv-head"
 
 READY_DEADLINE_S = 60.0  # debug build, 2 shared cores: generous, but bounded
 CLIENT_TIMEOUT_S = 180.0
@@ -62,6 +73,8 @@ CLIENTS = {
     "mcp2": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "legacy"}),
     # mode="auto" first probes server/discover (2026-07-28): a legacy upstream must make it fall back cleanly.
     "mcp2-auto": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "auto"}),
+    # Pinned to the stateless revision (no initialize at all): what the gateway serves in it.
+    "mcp2-2026": ([str(TOOLS / "py-mcp2" / "bin" / "python"), str(HERE / "python" / "mcp2_client.py")], {"MCP_CLIENT_MODE": "2026-07-28"}),
     "mcp1": ([str(TOOLS / "py-mcp1" / "bin" / "python"), str(HERE / "python" / "mcp1_client.py")], {}),
     "sdk1": ([str(NODE_BIN / "node"), str(HERE / "ts" / "sdk1_client.mjs")], {}),
     # The TypeScript client 2.x in "auto" mode: the stateless revision where the server offers it
@@ -114,7 +127,8 @@ class Tally:
 class Service:
     """A child process we started, its logs, and what its ready file said."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None, ready_via_env: bool = False):
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None, ready_via_env: bool = False,
+                 cwd: Path | None = None):
         self.name = name
         self.ready_file = workdir / f"{name}.ready.json"
         self.log_path = workdir / f"{name}.log"
@@ -128,7 +142,7 @@ class Service:
         self.log = open(self.log_path, "wb")
         # Own process group, so stopping it also stops anything it spawned.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, cwd=cwd)
 
     def wait_ready(self) -> dict:
         deadline = time.monotonic() + READY_DEADLINE_S
@@ -234,13 +248,18 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 SERVER_PATHS = {"demo": "/mcp", "everything": "/everything/mcp", "py": "/py/mcp", "federated": "/fed/mcp",
-                "everything-sse": "/everything-sse/mcp", "py-sse": "/py-sse/mcp", "federated-sse": "/fed-sse/mcp"}
-TARGETS = ("demo", "everything", "py", "federated", "everything-sse", "py-sse", "federated-sse")
+                "everything-sse": "/everything-sse/mcp", "py-sse": "/py-sse/mcp", "federated-sse": "/fed-sse/mcp",
+                "mixed": "/mixed/mcp"}
+TARGETS = ("demo", "everything", "py", "federated", "everything-sse", "py-sse", "federated-sse", "mixed")
 FEDERATED = ("demo", "everything", "py")  # upstreams behind /fed/mcp, in this order
-TOLLGATE_ONLY = {"federated", "everything-sse", "py-sse", "federated-sse"}  # no direct URL: the control is another target
+TOLLGATE_ONLY = {"federated", "everything-sse", "py-sse", "federated-sse", "mixed"}  # no direct URL: the control is another target
 FEDERATED_SSE = ("demo", "everything-sse", "py-sse")  # upstreams behind /fed-sse/mcp (the legacy ones as members)
 LEGACY_SSE = {"everything-sse", "py-sse"}  # upstreams reached with transport: sse (URL: their /sse)
 PROFILE = {"everything-sse": "everything", "py-sse": "py"}  # fixture set of a target (default: its name)
+# /mixed/mcp: both eras behind one endpoint. The demo again, as upstream demo-session held to the
+# session era (era: session, names prefixed demo), and the head fixture (of the 2026-07-28
+# revision; its era learned by the gateway's probe).
+MIXED = ("demo", "head")
 
 
 def write_config(path: Path, upstreams: dict[str, str]) -> None:
@@ -251,8 +270,12 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
              "upstreams:"]
     lines += [f'  - {{ name: {name}, url: "http://{addr}/sse", transport: sse }}' if name in LEGACY_SSE
               else f'  - {{ name: {name}, url: "http://{addr}/mcp" }}' for name, addr in upstreams.items()]
+    if all(name in upstreams for name in MIXED):
+        lines.append(f'  - {{ name: demo-session, url: "http://{upstreams["demo"]}/mcp", era: session, prefix: demo }}')
     lines.append("servers:")
-    lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams]
+    lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams if name in SERVER_PATHS]
+    if all(name in upstreams for name in MIXED):
+        lines.append(f"  - {{ path: {SERVER_PATHS['mixed']}, upstreams: [demo-session, head] }}")
     fed = [name for name in FEDERATED if name in upstreams]
     if fed:
         lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")
@@ -268,6 +291,7 @@ def main() -> int:
     parser.add_argument("--tollgate", default=str(target_dir / "debug" / "tollgate"), help="tollgate binary (default: the debug build)")
     parser.add_argument("--only", default=",".join(CLIENTS), help=f"comma-separated clients (default: all of {','.join(CLIENTS)})")
     parser.add_argument("--via", choices=["direct", "tollgate", "both"], default="both")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets (development; default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, config, ready files)")
     args = parser.parse_args()
     clients = [c for c in args.only.split(",") if c]
@@ -306,21 +330,26 @@ def main() -> int:
                                                                str(EVERYTHING_JS), "sse"], workdir, env=env, ready_via_env=True))
             services.append(Service("py-server-sse", [str(PY_MCP1_BIN), str(HERE / "python" / "py_server.py"), "--transport", "sse"],
                                     workdir, env=env))
+        if args.via != "direct":
+            # tsx runs the server in a child process: the preload goes there through NODE_OPTIONS.
+            head_env = {**env, "PORT": "0", "NODE_OPTIONS": f"--require {HERE / 'lib' / 'loopback.cjs'}"}
+            services.append(Service("head-fixture", [str(NODE_BIN / "node"), "node_modules/tsx/dist/cli.mjs", "everything-server.ts"], workdir,
+                                    env=head_env, ready_via_env=True, cwd=HEAD_FIXTURE_DIR))
         for svc in list(services):
             try:
                 ready = svc.wait_ready()
                 tally.ok(f"start {svc.name} ({ready['listen']})")
                 target = {"demo-upstream": "demo", "server-everything": "everything", "py-server": "py",
-                          "server-everything-sse": "everything-sse", "py-server-sse": "py-sse"}[svc.name]
+                          "server-everything-sse": "everything-sse", "py-server-sse": "py-sse", "head-fixture": "head"}[svc.name]
                 urls[("upstream", target)] = ready["listen"]
-                if target not in TOLLGATE_ONLY:
+                if target not in TOLLGATE_ONLY and target in SERVER_PATHS:
                     urls[("direct", target)] = f"http://{ready['listen']}/mcp"
             except Exception as exc:
                 tally.fail(f"start {svc.name}", str(exc))
 
         # Put tollgate in front of whichever upstreams came up, so one broken upstream
         # does not hide what the gateway does with the other.
-        upstreams = {t: urls[("upstream", t)] for t in TARGETS if ("upstream", t) in urls}
+        upstreams = {t: urls[("upstream", t)] for t in (*TARGETS, "head") if ("upstream", t) in urls}
         if args.via != "direct" and upstreams:
             config = workdir / "tollgate.yaml"
             write_config(config, upstreams)
@@ -330,8 +359,9 @@ def main() -> int:
                 ready = gateway.wait_ready()
                 tally.ok(f"start tollgate (listen {ready['listen']}, admin {ready['admin']})")
                 extra = [*(["federated"] if any(t in FEDERATED for t in upstreams) else []),
-                         *(["federated-sse"] if any(t in LEGACY_SSE for t in upstreams) else [])]
-                for target in [*upstreams, *extra]:
+                         *(["federated-sse"] if any(t in LEGACY_SSE for t in upstreams) else []),
+                         *(["mixed"] if all(t in upstreams for t in MIXED) else [])]
+                for target in [*(t for t in upstreams if t in SERVER_PATHS), *extra]:
                     urls[("tollgate", target)] = f"http://{ready['listen']}{SERVER_PATHS[target]}"
                 for path in ("/healthz", "/readyz", "/metrics"):
                     status, body = http_get(f"http://{ready['admin']}{path}")
@@ -346,7 +376,7 @@ def main() -> int:
 
         vias = ["direct", "tollgate"] if args.via == "both" else [args.via]
         for via in vias:
-            for target in TARGETS:
+            for target in [t for t in TARGETS if t in args.targets.split(",")]:
                 if via == "direct" and target in TOLLGATE_ONLY:
                     print(f"---- direct -> {target}: none (reachable only through tollgate)", flush=True)
                     continue
