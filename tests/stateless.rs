@@ -1111,9 +1111,9 @@ fn discover_at(gw: &Gateway, path: &str, caps: Value) -> Vec<String> {
 }
 
 #[test]
-fn a_federated_endpoint_offers_the_revision_to_a_client_asking_for_input_when_a_member_speaks_it() {
-    // /mcp: an upstream of the revision beside one held to the session era; /old: two held to
-    // the session era.
+fn a_federated_endpoint_sends_a_client_asking_for_input_to_a_session_when_a_member_is_held() {
+    // /mcp: an upstream of the revision beside one held to the session era; /new: the upstream
+    // of the revision alone beside the demo, which speaks both (no held session).
     let seen = Arc::new(Mutex::new(Vec::new()));
     let up = modern_upstream(seen, Duration::ZERO);
     let alpha = Demo::start(&[]);
@@ -1121,26 +1121,28 @@ fn a_federated_endpoint_offers_the_revision_to_a_client_asking_for_input_when_a_
     let gw = Gateway::builder()
         .upstream("modern", &up.url())
         .upstream_with("alpha", &alpha.url(), &[("era", "session")])
-        .upstream_with("beta", &beta.url(), &[("era", "session")])
+        .upstream("beta", &beta.url())
         .yaml(
-            "servers:\n  - path: /mcp\n    upstreams: [modern, alpha]\n  - path: /old\n    \
-             upstreams: [alpha, beta]\n",
+            "servers:\n  - path: /mcp\n    upstreams: [modern, alpha]\n  - path: /new\n    \
+             upstreams: [modern, beta]\n  - path: /always\n    upstreams: [modern, alpha]\n    \
+             offer_stateless: always\n",
         )
         .start();
     let asks = json!({"elicitation": {}, "sampling": {}});
-    // Input-required results of the modern upstream reach the client only in the revision: it
-    // is offered (the held member sees a client without those capabilities).
+    // A held member cannot carry sampling or elicitation (its tools that ask would get -32601):
+    // a client asking for them is offered the session era only, where its own session carries
+    // them (an "auto" client falls back to initialize).
     let v = discover_at(&gw, "/mcp", asks.clone());
-    assert_eq!(v[0], V, "{v:?}");
-    // Only held sessions behind: a client that asks for them is better served by a session of
-    // its own (it falls back to initialize), which carries them.
-    let v = discover_at(&gw, "/old", asks);
     assert!(
         !v.iter().any(|x| x == V) && v.iter().any(|x| x == "2025-11-25"),
         "{v:?}"
     );
-    // Asking for nothing: offered everywhere.
-    assert_eq!(discover_at(&gw, "/old", json!({}))[0], V);
+    // Asking for nothing, or with no held member: offered.
+    assert_eq!(discover_at(&gw, "/mcp", json!({}))[0], V);
+    assert_eq!(discover_at(&gw, "/new", asks.clone())[0], V);
+    // An operator whose clients speak the revision (and whose held upstreams ask for nothing)
+    // says so: offered all the same.
+    assert_eq!(discover_at(&gw, "/always", asks)[0], V);
 }
 
 /// What `pooled_upstream` shares between its connections.

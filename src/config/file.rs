@@ -757,6 +757,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         tools: NameFilter::default(),
         prompts: NameFilter::default(),
         resources: NameFilter::default(),
+        offer_stateless_always: false,
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
         legacy: Some(crate::config::LegacyPaths::of(path)),

@@ -424,6 +424,12 @@ pub struct Server {
     /// `servers[].legacy_sse`, default true: the legacy HTTP+SSE transport (2024-11-05) is
     /// offered to clients at `<path>/sse` (the event stream) and `<path>/messages` (the POSTs).
     pub legacy: Option<LegacyPaths>,
+    /// `servers[].offer_stateless`, default `auto`: whether `server/discover` offers 2026-07-28
+    /// to a client that asks for sampling, elicitation or roots while an upstream here is reached
+    /// through held sessions (which cannot carry them). `auto`: not offered, so an "auto" client
+    /// keeps them in a session of its own; `always` (true): offered, and that upstream's
+    /// requests for them are answered -32601.
+    pub offer_stateless_always: bool,
 }
 
 /// Where a server's legacy HTTP+SSE transport lives (`servers[].legacy_sse`).

@@ -535,7 +535,10 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
                             Ok(h) => h,
                             Err(e) => return refuse(c, ctx, e.into()).await,
                         };
-                        let asks = ctx.first().is_some_and(|m| m.asks_client_features);
+                        // (`servers[].offer_stateless: always` offers the revision regardless.)
+                        let always = gw.config.servers[ctx.server.unwrap_or_default()]
+                            .offer_stateless_always;
+                        let asks = ctx.first().is_some_and(|m| m.asks_client_features) && !always;
                         let body = discover_result(&held_discover(&held, asks));
                         return super::federate::reply_result(c, ctx, body.as_bytes()).await;
                     }

@@ -26,11 +26,12 @@ the same server's streamable HTTP target, with the same fixtures; and `/fed-sse/
 [demo, everything-sse, py-sse] (the legacy ones as federated members), checked like `federated`
 (fixture "federated-sse", its control). Both eras behind one endpoint: `/mixed/mcp` fronts the
 demo held to the session era (a second upstream entry, `era: session`) and the conformance suite's
-head fixture (a server of the 2026-07-28 revision, started here too), and every client runs on it
-(fixture "mixed"): a client of the stateless revision (mcp2 pinned to 2026-07-28, mcp2 and client2
-in auto mode) reaches the demo through the gateway's held session and answers the head fixture's
-input-required results (elicitation, sampling); a session-era client reaches the head fixture
-through the gateway's translation and says it skips the input-required checks. Everything it
+head fixture (a server of the 2026-07-28 revision, started here too), with `offer_stateless:
+always` (the demo asks its clients for nothing), and every client runs on it (fixture "mixed"): a
+client of the stateless revision (mcp2 and client2 pinned to 2026-07-28, on this target and the
+demo only, and mcp2 and client2 in auto mode) reaches the demo through the gateway's held session
+and answers the head fixture's input-required results (elicitation, sampling); a session-era
+client reaches the head fixture in a session and says it skips the input-required checks. Everything it
 started is stopped on exit, failure or signal.
 
 Usage: python3 tests/clients/run_clients.py [--tollgate PATH] [--only CLIENT,...] [--via direct|tollgate]
@@ -80,6 +81,8 @@ CLIENTS = {
     # The TypeScript client 2.x in "auto" mode: the stateless revision where the server offers it
     # (the demo, directly and through tollgate), a session where it does not.
     "client2": ([str(NODE_BIN / "node"), str(HERE / "ts" / "client2_client.mjs")], {"MCP_CLIENT_MODE": "auto"}),
+    # Pinned to the stateless revision, like mcp2-2026.
+    "client2-2026": ([str(NODE_BIN / "node"), str(HERE / "ts" / "client2_client.mjs")], {"MCP_CLIENT_MODE": "2026-07-28"}),
     "inspector": ([sys.executable, str(HERE / "inspector_client.py")], {}),
     # The legacy HTTP+SSE transport (2024-11-05): the same clients and checks with their SSE
     # transport, at <server path>/sse. Through tollgate only: the upstreams speak Streamable HTTP
@@ -89,6 +92,10 @@ CLIENTS = {
     "inspector-sse": ([sys.executable, str(HERE / "inspector_client.py")], {"MCP_TRANSPORT": "sse"}),
 }
 LEGACY_SSE_CLIENTS = ("mcp1-sse", "sdk1-sse", "inspector-sse")
+# Clients pinned to 2026-07-28 run only where that revision is served: the demo (directly and
+# through tollgate) and /mixed/mcp; the other upstreams speak sessions only.
+PINNED_2026_CLIENTS = ("mcp2-2026", "client2-2026")
+PINNED_2026_TARGETS = ("demo", "mixed")
 
 # One TypeScript and one Python client also make tool calls with a pause longer than the
 # upstream's keep-alive idle timeout between them (fixtures.json "idle_pause": server-everything,
@@ -207,6 +214,9 @@ def client_env(workdir: Path) -> dict[str, str]:
 
 def run_client(tally: Tally, client: str, via: str, target: str, url: str, env: dict[str, str]) -> None:
     label = f"{client} {via} {target}"
+    if client in PINNED_2026_CLIENTS and target not in PINNED_2026_TARGETS:
+        print(f"     [{label}] none: the upstream does not serve 2026-07-28 (pinned clients run on {', '.join(PINNED_2026_TARGETS)})", flush=True)
+        return
     if client in LEGACY_SSE_CLIENTS:
         if via == "direct":
             print(f"     [{label}] none: the upstreams do not speak HTTP+SSE (control: {client[:-4]} through tollgate)", flush=True)
@@ -275,7 +285,10 @@ def write_config(path: Path, upstreams: dict[str, str]) -> None:
     lines.append("servers:")
     lines += [f"  - {{ path: {SERVER_PATHS[name]}, upstream: {name} }}" for name in upstreams if name in SERVER_PATHS]
     if all(name in upstreams for name in MIXED):
-        lines.append(f"  - {{ path: {SERVER_PATHS['mixed']}, upstreams: [demo-session, head] }}")
+        # offer_stateless: always: the demo asks its clients for nothing, so clients that ask for
+        # sampling and elicitation lose nothing in 2026-07-28 there, and the head fixture's
+        # input-required results reach them only in it.
+        lines.append(f"  - {{ path: {SERVER_PATHS['mixed']}, upstreams: [demo-session, head], offer_stateless: always }}")
     fed = [name for name in FEDERATED if name in upstreams]
     if fed:
         lines.append(f"  - {{ path: {SERVER_PATHS['federated']}, upstreams: [{', '.join(fed)}] }}")

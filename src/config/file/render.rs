@@ -308,6 +308,12 @@ pub fn render_effective(c: &Config) -> String {
             render_duration(s.list_refresh_interval)
         );
         let _ = writeln!(o, "    legacy_sse: {}", s.legacy.is_some());
+        let offer = if s.offer_stateless_always {
+            "always"
+        } else {
+            "auto"
+        };
+        let _ = writeln!(o, "    offer_stateless: {offer}");
     }
     o
 }

@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "list_page_size",
     "list_refresh_interval",
     "legacy_sse",
+    "offer_stateless",
 ];
 
 /// Every `servers[i]`; `names_broken`: an upstream entry had no usable name (already reported),
@@ -91,6 +92,11 @@ pub(super) fn servers(
             super::extract::duration(MS),
         );
         let legacy_sse = s.get(p, "legacy_sse", true, super::extract::boolean);
+        let offer_stateless_always = s.get(p, "offer_stateless", false, |v| match string(v)? {
+            "auto" => Ok(false),
+            "always" => Ok(true),
+            other => Err(format!("expected auto or always, got {other:?}")),
+        });
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
         let mut server_upstreams = Vec::with_capacity(members.len());
@@ -133,6 +139,7 @@ pub(super) fn servers(
                 list_page_size,
                 list_refresh_interval,
                 legacy,
+                offer_stateless_always,
             });
         }
     }

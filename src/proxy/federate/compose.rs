@@ -218,11 +218,11 @@ pub(in super::super) async fn stateless_members(
 /// some stateless member declares it for (the gateway merges their `subscriptions/listen`
 /// streams, `federate::listen`; a held session cannot listen, so a session-era member's does
 /// not count), and no `subscribe`. The stateless revision is offered unless the client asks for
-/// sampling, elicitation or roots and every upstream behind is of the session era: a held session
-/// cannot carry them, and the client's own session (it falls back to `initialize`) can, losing
-/// nothing. With an upstream of the stateless revision behind, the revision is offered all the
-/// same: its input-required results reach the client only in it, and a session-era member then
-/// sees a client without those capabilities (its held session declares none; ARCHITECTURE.md).
+/// sampling, elicitation or roots and a session-era upstream is behind: a held session cannot
+/// carry them (its upstream's tools that ask would get -32601), a session of the client's own
+/// (an "auto" client falls back to `initialize`) can; `servers[].offer_stateless: always` offers
+/// it regardless. A client pinned to 2026-07-28 is served all the same, the held members seeing
+/// a client without those capabilities.
 pub(in super::super) async fn stateless_discover(
     w: &WorkerState,
     gw: &Gateway,
@@ -232,7 +232,6 @@ pub(in super::super) async fn stateless_discover(
     use super::super::held::{self, Era};
     let mut opened = Vec::new();
     let mut held_any = false;
-    let mut stateless_any = false;
     // A member with `transport: sse` cannot be reached by a stateless request: a client that
     // can fall back to a session should (the stateless revision is then not offered).
     let mut sse_member = false;
@@ -247,7 +246,6 @@ pub(in super::super) async fn stateless_discover(
         let result = match held::era(w, gw, u).await {
             Era::Stateless => {
                 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
-                stateless_any = true;
                 let r = super::super::stateless::discover_upstream(w, gw, u)
                     .await
                     .ok();
@@ -296,7 +294,8 @@ pub(in super::super) async fn stateless_discover(
         }
     }
     let mut versions: Vec<&str> = Vec::new();
-    let offer_stateless = !(sse_member || held_any && !stateless_any && asks_client_features);
+    let always = gw.config.servers[server].offer_stateless_always;
+    let offer_stateless = !(sse_member || held_any && asks_client_features && !always);
     if offer_stateless {
         versions.extend(
             crate::mcp::modern::STATELESS_VERSIONS
