@@ -1743,3 +1743,45 @@ fn an_upstream_of_the_revision_gets_the_result_type_it_left_out_added() {
         }
     }
 }
+
+#[test]
+fn a_held_session_whose_client_went_away_mid_reply_is_not_given_to_the_next_request() {
+    use std::io::Read;
+    let st = Arc::new(Pooled::default());
+    let up = pooled_upstream(st.clone());
+    let gw = held_gateway(&up, &[], None);
+    // A: `slow` sends a progress event, then runs until the gate opens. The client reads the
+    // start of the stream and goes away (in this revision that is how a request is cancelled).
+    let b = String::from_utf8(body(
+        1,
+        "tools/call",
+        json!({"name": "slow", "arguments": {"text": "a"}}),
+    ))
+    .unwrap();
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: {V}\r\nmcp-method: tools/call\r\nmcp-name: slow\r\ncontent-length: {}\r\n\r\n{b}",
+        gw.addr,
+        b.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("notifications/progress") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    // The upstream is still running A's request (id 1) in that session: it is not handed to
+    // the next request, which could carry the same id.
+    assert!(harness::eventually(Duration::from_secs(10), || {
+        harness::metric_value(&gw.metrics(), "tollgate_held_sessions_abandoned_total") == 1.0
+    }));
+    let r = call_on(&mut gw.client(), 1, "echo", "b");
+    let m = final_message(&r);
+    let text = m["result"]["content"][0]["text"].as_str().unwrap_or("");
+    assert_eq!(text, "b in up-2", "{m}");
+    *st.gate.0.lock().unwrap() = true;
+    st.gate.1.notify_all();
+}

@@ -170,6 +170,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          session the worker holds with it busy (limits.held_sessions_per_upstream) and waited."
     );
     describe_counter!(
+        names::HELD_SESSIONS_ABANDONED_TOTAL,
+        "Sessions held for clients of 2026-07-28 with a session-era upstream, left out of the \
+         pool because a request in them ended before its reply (client gone, timeout): the \
+         upstream may still be running it."
+    );
+    describe_counter!(
         names::HELD_SERVER_REQUESTS_TOTAL,
         "Server-to-client requests a session-era upstream sent in a session held for clients of \
          2026-07-28: not relayed, answered by the gateway (ping) or refused, by method."

@@ -34,6 +34,9 @@ pub const HELD_SERVER_REQUESTS_TOTAL: &str = "tollgate_held_server_requests_tota
 /// `limits.held_sessions_per_upstream` and had to wait for one (refused when the wait outlasts
 /// the upstream's request_timeout: `tollgate_limit_rejections_total`), by upstream.
 pub const HELD_SESSION_WAITS_TOTAL: &str = "tollgate_held_session_waits_total";
+/// Held sessions left out of the pool because a request in them ended before its reply did
+/// (the client went away, a timeout): the upstream may still be running it.
+pub const HELD_SESSIONS_ABANDONED_TOTAL: &str = "tollgate_held_sessions_abandoned_total";
 /// Upstreams with `transport: sse`: their event streams open now (one per client session).
 pub const LEGACY_UPSTREAM_STREAMS_OPEN: &str = "tollgate_legacy_upstream_streams_open";
 /// Upstreams with `transport: sse`: messages the holding worker handed to another worker.

@@ -52,6 +52,22 @@ pub enum Era {
 pub struct HeldSession {
     pub session: UpstreamSession,
     pub initialize: sonic_rs::Value,
+    /// A request was sent in it and its reply not read to the end (`begin`/`complete`). A lease
+    /// dropped then (the client went away, a timeout) does not give the session back: the
+    /// upstream may still be running that request, and another client's request with the same
+    /// id would meet it there; the session is left out of the pool instead.
+    in_flight: std::cell::Cell<bool>,
+}
+
+impl HeldSession {
+    /// A request is about to be sent in this session.
+    pub fn begin(&self) {
+        self.in_flight.set(true);
+    }
+    /// The reply to it has been read to its end.
+    pub fn complete(&self) {
+        self.in_flight.set(false);
+    }
 }
 
 /// One place in an upstream's pool.
@@ -155,6 +171,16 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // The slot may be gone (the session was forgotten): nothing to return then.
         let mut p = self.pool.borrow_mut();
+        if self.held.in_flight.get() {
+            // Its last request may still run upstream: not given to another request.
+            let held = &self.held;
+            p.slots.retain(|slot| {
+                !matches!(&slot.state, SlotState::Ready { session, .. } if Rc::ptr_eq(session, held))
+            });
+            metrics::counter!(crate::observe::names::HELD_SESSIONS_ABANDONED_TOTAL).increment(1);
+            p.wake_first();
+            return;
+        }
         for slot in p.slots.iter_mut() {
             if let SlotState::Ready { session, busy, .. } = &mut slot.state {
                 if Rc::ptr_eq(session, &self.held) {
@@ -548,5 +574,6 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
     Ok(HeldSession {
         session,
         initialize: result,
+        in_flight: std::cell::Cell::new(false),
     })
 }

@@ -745,6 +745,9 @@ async fn respond(
     match vetted {
         upstream::Vetted::Relay => {}
         upstream::Vetted::Whole { head: hb, body } => {
+            if let Then::Stamped(stateless::Stamp { held: Some(h), .. }) = &then {
+                h.complete();
+            }
             w.pool_put(gw, u, up_conn, &rhead);
             if let Then::Initialize(server) = then {
                 // A refused initialize: an upstream of the stateless revision only is answered
@@ -819,7 +822,7 @@ async fn respond(
         }
         Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
         Then::Stamped(st) if stateless::stampable(&rhead, up_conn.buffered()) => {
-            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, st.cacheable).await
+            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, &st).await
         }
         Then::Stamped(st) => stateless::relay_held_stream(w, c, ctx, up_conn, rhead, u, st).await,
         Then::Relay | Then::RelayFederated(_) | Then::Translated => {

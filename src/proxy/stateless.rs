@@ -366,8 +366,9 @@ pub(super) async fn relay_stamped(
     mut up_conn: UpConn,
     rhead: ResponseHead,
     u: usize,
-    cacheable: bool,
+    st: &Stamp,
 ) -> Next {
+    let cacheable = st.cacheable;
     let Framing::Length(n) = rhead.framing else {
         unreachable!("stampable checked the framing")
     };
@@ -395,6 +396,9 @@ pub(super) async fn relay_stamped(
     }
     ctx.status = rhead.status;
     up_conn.consume(head_len + n);
+    if let Some(h) = &st.held {
+        h.complete();
+    }
     w.pool_put(ctx.gw(), u, up_conn, &rhead);
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
@@ -458,6 +462,9 @@ pub(super) async fn relay_held_stream(
         let why = format!("upstream \"{}\" sent an unreadable reply: {why}", up.name);
         tracing::warn!(upstream = %up.name, error = %why, "held session reply dropped");
         return refuse(c, ctx, Refusal::because(Kind::UpstreamProtocol, why)).await;
+    }
+    if let Some(h) = &st.held {
+        h.complete();
     }
     w.pool_put(gw, u, up_conn, &rhead);
     let body = stamp_body(&body, stamp, ctx).unwrap_or(body);
@@ -653,6 +660,7 @@ async fn forward_held(
     let gw = &*gen.gw;
     ctx.upstream = Some(u);
     let t_up = std::time::Instant::now();
+    lease.begin();
     let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
     c.up_out = req;
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
@@ -662,6 +670,8 @@ async fn forward_held(
     }
     drop(res);
     w.held.forget(gw, u, &lease);
+    // (It processed nothing: not a request left running.)
+    lease.complete();
     drop(lease);
     let fresh = match held::lease(w, gw, u).await {
         Ok(l) => l,
@@ -669,6 +679,7 @@ async fn forward_held(
     };
     resend_in(gw, u, &fresh.session, &mut c.up_out);
     let then = then_held(ctx.first(), &fresh);
+    fresh.begin();
     forward(w, c, ctx, u, true, then).await
 }
 

@@ -260,10 +260,17 @@ pub(in super::super) async fn stateless_discover(
             }
             Era::Session => {
                 held_any = true;
-                held::any_session(w, gw, u)
-                    .await
-                    .ok()
-                    .map(|h| h.initialize.clone())
+                use sonic_rs::JsonValueMutTrait;
+                held::any_session(w, gw, u).await.ok().map(|h| {
+                    // Tasks are bound to one upstream session in its era, and a held session
+                    // is one of a pool shared by every stateless client: not offered.
+                    let mut init = h.initialize.clone();
+                    if let Some(caps) = init.get_mut("capabilities").and_then(|c| c.as_object_mut())
+                    {
+                        caps.remove(&"tasks");
+                    }
+                    init
+                })
             }
         };
         if let Some(result) = result {

@@ -88,7 +88,13 @@ impl UpStream {
         held: Option<Rc<HeldSession>>,
     ) -> Self {
         UpStream {
-            rewriter: Rewriter::held(gw.upstreams[u].id, stamp, MAX_EVENT_BYTES),
+            // One event may be a whole result (an embedded file): as large as a held session's
+            // JSON reply may be (4 × limits.max_body_bytes), at least MAX_EVENT_BYTES.
+            rewriter: Rewriter::held(
+                gw.upstreams[u].id,
+                stamp,
+                MAX_EVENT_BYTES.max(gw.config.limits.max_body_bytes.saturating_mul(4)),
+            ),
             held: held.map(|h| (h, Vec::new())),
             ..UpStream::new(gw, u, conn, head, [0; 16])
         }
@@ -161,6 +167,10 @@ impl UpStream {
             self.rewriter
                 .finish(ids, &gw.idmap, out, seen)
                 .map_err(|e| format!("upstream \"{name}\" ended its event stream badly: {e}"))?;
+            // A held session's reply read to its end: the session may carry another request.
+            if let Some((held, _)) = &self.held {
+                held.complete();
+            }
         }
         Ok(())
     }
