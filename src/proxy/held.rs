@@ -268,7 +268,17 @@ impl Held {
 
     /// Forgets the held session `s` (its upstream ended it): its slot is free for a new one.
     pub fn forget(&self, gw: &Gateway, u: usize, s: &HeldSession) {
-        self.forget_session(gw, u, &s.session)
+        // By identity: an upstream that issues no session id gives every held session the
+        // same (none), and only this one ended.
+        let Some(pool) = self.pools.borrow().get(&gw.upstreams[u].id).cloned() else {
+            return;
+        };
+        let mut p = pool.borrow_mut();
+        p.slots.retain(|slot| match &slot.state {
+            SlotState::Ready { session, .. } => !std::ptr::eq(Rc::as_ptr(session), s),
+            SlotState::Opening => true,
+        });
+        p.wake_first();
     }
 
     /// `forget`, by the upstream session (none if it is not a held session).
