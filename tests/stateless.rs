@@ -1785,3 +1785,69 @@ fn a_held_session_whose_client_went_away_mid_reply_is_not_given_to_the_next_requ
     *st.gate.0.lock().unwrap() = true;
     st.gate.1.notify_all();
 }
+
+#[test]
+fn a_worker_asks_an_upstream_its_era_once_while_requests_wait_for_the_answer() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    // A 2026-07-28 upstream that takes its time to answer server/discover.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            s2.lock().unwrap().push(req.clone());
+            let v = req.json();
+            let id = v["id"].clone();
+            let reply = if v["method"] == "server/discover" {
+                std::thread::sleep(Duration::from_millis(300));
+                scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "supportedVersions": [V],
+                           "capabilities": {"tools": {}}, "ttlMs": 0, "cacheScope": "public"}),
+                ))
+            } else {
+                scripted::json_response(&scripted::rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "content": [{"type": "text", "text": "ok"}]}),
+                ))
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("modern", &up.url())
+        .serve("/mcp", "modern")
+        .start();
+    let results: Vec<Response> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (1..=4u64)
+            .map(|id| {
+                let gw = &gw;
+                sc.spawn(move || {
+                    let h = [
+                        ("mcp-protocol-version", V),
+                        ("mcp-method", "tools/call"),
+                        ("mcp-name", "t"),
+                    ];
+                    post(gw, &h, &body(id, "tools/call", json!({"name": "t"})))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert_eq!(
+            r.json()["result"]["content"][0]["text"],
+            "ok",
+            "{}",
+            r.text()
+        );
+    }
+    let probes = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.rpc_method() == "server/discover")
+        .count();
+    assert_eq!(probes, 1, "one era probe per worker and upstream");
+}

@@ -39,6 +39,9 @@ use super::state::{Gateway, WorkerState};
 const ERA_TTL: Duration = Duration::from_secs(300);
 /// A held session older than this is replaced (upstreams expire idle sessions on their own).
 const HELD_MAX_AGE: Duration = Duration::from_secs(1800);
+/// How often a request that waits for another one's era probe (the first for an upstream on
+/// this worker) looks again; bounded by the upstream's request_timeout.
+const PROBE_WAIT_STEP: Duration = Duration::from_millis(2);
 
 /// The era an upstream speaks, as far as the gateway translates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +158,8 @@ impl std::future::Future for Woken<'_> {
 #[derive(Default)]
 pub struct Held {
     eras: RefCell<HashMap<u64, (Era, Instant)>>,
+    /// Upstreams this worker is sending its era probe to now (one at a time per upstream).
+    probing: RefCell<std::collections::HashSet<u64>>,
     pools: RefCell<HashMap<u64, Pool>>,
     next_key: Cell<u64>,
 }
@@ -303,6 +308,33 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize) -> Era {
     if let Some(e) = w.held.era_now(gw, u, now) {
         return e;
     }
+    // One probe per worker and upstream at a time: the others use the era learned before
+    // (it is being asked again), or, the first time, wait for the answer.
+    let id = gw.upstreams[u].id;
+    if !w.held.probing.borrow_mut().insert(id) {
+        if let Some((e, _)) = w.held.eras.borrow().get(&id) {
+            return *e;
+        }
+        let deadline = now + gw.upstreams[u].request_timeout;
+        loop {
+            monoio::time::sleep(PROBE_WAIT_STEP).await;
+            let now = w.shutdown.now();
+            if let Some(e) = w.held.era_now(gw, u, now) {
+                return e;
+            }
+            // The probe learned nothing to keep (the upstream failed): as it decided.
+            if !w.held.probing.borrow().contains(&id) || now >= deadline {
+                return Era::Session;
+            }
+        }
+    }
+    struct Unprobe<'a>(&'a Held, u64);
+    impl Drop for Unprobe<'_> {
+        fn drop(&mut self) {
+            self.0.probing.borrow_mut().remove(&self.1);
+        }
+    }
+    let _probe = Unprobe(&w.held, id);
     let v = crate::mcp::modern::STATELESS_VERSIONS[0].as_str();
     let body = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":\"tollgate-era\",\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{v}\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}"
