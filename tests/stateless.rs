@@ -1851,3 +1851,41 @@ fn a_worker_asks_an_upstream_its_era_once_while_requests_wait_for_the_answer() {
         .count();
     assert_eq!(probes, 1, "one era probe per worker and upstream");
 }
+
+#[test]
+fn a_stateless_request_naming_a_task_is_refused_for_a_held_member() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = modern_upstream(seen, Duration::ZERO);
+    let alpha = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .upstream("modern", &up.url())
+        .upstream_with("alpha", &alpha.url(), &[("era", "session")])
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [modern, alpha]\n")
+        .start();
+    let h = [
+        ("mcp-protocol-version", V),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "alpha__echo"),
+    ];
+    let b = body(
+        1,
+        "tools/call",
+        json!({"name": "alpha__echo", "arguments": {"text": "x"}, "task": {"ttl": 60000}}),
+    );
+    let (status, code, msg) = error_of(&post(&gw, &h, &b));
+    assert_eq!((status, code), (404, -32601), "{msg}");
+    assert!(msg.contains("tasks are not available"), "{msg}");
+    // Without the task, the same call goes through the held session.
+    let b = body(
+        2,
+        "tools/call",
+        json!({"name": "alpha__echo", "arguments": {"text": "x"}}),
+    );
+    let r = post(&gw, &h, &b);
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "x",
+        "{}",
+        r.text()
+    );
+}

@@ -8,7 +8,6 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::error::Kind;
 use crate::jsonrpc::{self, Body, MessageKind};
-use crate::mcp::session::UpstreamSession;
 use crate::mcp::Method;
 
 use super::super::client::Client;
@@ -99,7 +98,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         .map(|job| async move {
             match job {
                 Job::Send { i, u, body } => {
-                    send(w, gw, req, (i, &messages[i]), u, &body, (claims_id, None)).await
+                    send(w, gw, req, (i, &messages[i]), u, &body, claims_id).await
                 }
                 Job::FanOut { i, msg } => {
                     let (total, failed) = route::fan_out(w, gw, req, server, msg).await;
@@ -211,7 +210,6 @@ fn refusal_message(gw: &Gateway, m: &MessageCtx, r: &Refusal) -> Vec<u8> {
 
 /// Sends one message to upstream `u` and turns its reply into what the batch answers: an event
 /// stream is kept to relay; a JSON reply gives the response (with the client's own id bytes).
-/// `held`: the upstream session to use instead of the client session's (a held one leased).
 async fn send(
     w: &WorkerState,
     gw: &Gateway,
@@ -219,7 +217,7 @@ async fn send(
     (i, m): (usize, &MessageCtx),
     u: usize,
     body: &[u8],
-    (session, held): ([u8; 16], Option<&UpstreamSession>),
+    session: [u8; 16],
 ) -> Done {
     let up = &gw.upstreams[u];
     let failed = |kind: Kind, why: String, status: Option<u16>| {
@@ -236,8 +234,7 @@ async fn send(
         }
         Done::Failed(i, r)
     };
-    let Some(session_of_u) = held.or(super::super::upstream_session(gw, Some(&req.claims), u))
-    else {
+    let Some(session_of_u) = super::super::upstream_session(gw, Some(&req.claims), u) else {
         let why = format!(
             "upstream \"{}\" is not part of this session: initialize a new session to try it again",
             up.name
@@ -350,28 +347,23 @@ pub(super) async fn one(
     let Some(m) = ctx.first() else {
         return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
     };
-    // A 2026-07-28 request to a session-era member: in a held session leased for the exchange
-    // (another client's request with the same id could be in flight in any other).
+    // A 2026-07-28 request naming a task, for a session-era member: its tasks are bound to one
+    // upstream session, and a held session is one of a pool every stateless client shares (its
+    // discover offers no tasks for it).
     let stateless_held = !req.claims.protocol_version.is_legacy()
         && !gw.upstreams[u].legacy
         && super::super::upstream_session(gw, Some(&req.claims), u)
             .is_some_and(|s| s.protocol_version.is_legacy());
-    let lease = if stateless_held {
-        match super::super::held::lease(w, gw, u).await {
-            Ok(l) => Some(l),
-            Err(e) => return refuse(c, ctx, e.into()).await,
-        }
-    } else {
-        None
-    };
-    let held = lease.as_ref().map(|l| &l.session);
-    match send(w, gw, req, (0, m), u, body, (req.claims.id, held)).await {
-        Done::Answer(_, a) if lease.is_some() => {
-            // What the revision adds to results, which a session-era upstream does not write.
-            let a = super::super::stateless::stamp_body(&a, super::super::stateless::STAMP, ctx)
-                .unwrap_or(a);
-            super::reply_json(c, ctx, 200, &a, None).await
-        }
+    if stateless_held {
+        let why = format!(
+            "tasks are not available for upstream \"{}\" to protocol version 2026-07-28 (it \
+             speaks only the session era, where a task belongs to one session): send the \
+             request without a task",
+            gw.upstreams[u].name
+        );
+        return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+    }
+    match send(w, gw, req, (0, m), u, body, req.claims.id).await {
         Done::Answer(_, a) => super::reply_json(c, ctx, 200, &a, None).await,
         Done::Failed(_, r) => refuse(c, ctx, r).await,
         Done::Stream(s) => {
