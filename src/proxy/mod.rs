@@ -795,30 +795,10 @@ async fn respond(
             initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
         }
         Then::RelayFederated(session) if rhead.is_sse(up_conn.buffered()) => {
-            // The events are written again (other ids), so the upstream's length does not
-            // hold: chunked (close-delimited for HTTP/1.0), whatever the upstream framed.
-            let mut streamed = rhead.clone();
-            streamed.framing = Framing::Chunked;
-            let keep = client_head(
-                &mut c.out,
-                &streamed,
-                up_conn.buffered(),
-                ctx.keep_after_response(),
-                ctx.http10,
-                &ctx.cors,
-                None,
-                None,
-            );
-            ctx.status = rhead.status;
-            up_conn.consume(rhead.len);
-            let s = federate::stream::UpStream::new(gw, u, up_conn, &rhead, session);
-            let mut ids = crate::mcp::relay::EventIdState::default();
-            let next = federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
-            if keep {
-                next
-            } else {
-                Next::Close
-            }
+            relay_rewritten(w, c, ctx, up_conn, &rhead, |conn| {
+                federate::stream::UpStream::new(gw, u, conn, &rhead, session)
+            })
+            .await
         }
         Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
         Then::Stamped(st) if stateless::stampable(&rhead, up_conn.buffered()) => {
@@ -838,6 +818,41 @@ async fn respond(
             )
             .await
         }
+    }
+}
+
+/// Relays an upstream event stream through a rewriter (`make` wraps the connection, its head
+/// consumed, in the `UpStream` that rewrites it). The events are written again, so the
+/// upstream's length does not hold: chunked (close-delimited for HTTP/1.0), whatever it framed.
+async fn relay_rewritten(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    mut up_conn: UpstreamConn,
+    rhead: &ResponseHead,
+    make: impl FnOnce(UpstreamConn) -> federate::stream::UpStream,
+) -> Next {
+    let mut streamed = rhead.clone();
+    streamed.framing = Framing::Chunked;
+    let keep = client_head(
+        &mut c.out,
+        &streamed,
+        up_conn.buffered(),
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
+        None,
+        None,
+    );
+    ctx.status = rhead.status;
+    up_conn.consume(rhead.len);
+    let s = make(up_conn);
+    let mut ids = crate::mcp::relay::EventIdState::default();
+    let next = federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
+    if keep {
+        next
+    } else {
+        Next::Close
     }
 }
 

@@ -129,27 +129,11 @@ pub(in crate::proxy) async fn relay_held_stream(
         return super::super::relay(w, c, ctx, up_conn, &rhead, u, read_timeout, false).await;
     }
     if rhead.is_sse(up_conn.buffered()) {
-        // The events are written again, so the upstream's length does not hold: chunked
-        // (close-delimited for HTTP/1.0).
-        let mut streamed = rhead.clone();
-        streamed.framing = Framing::Chunked;
-        let keep = super::super::client_head(
-            &mut c.out,
-            &streamed,
-            up_conn.buffered(),
-            ctx.keep_after_response(),
-            ctx.http10,
-            &ctx.cors,
-            None,
-            None,
-        );
-        ctx.status = rhead.status;
-        up_conn.consume(rhead.len);
-        let s =
-            super::super::federate::stream::UpStream::held(gw, u, up_conn, &rhead, stamp, st.held);
-        let mut ids = crate::mcp::relay::EventIdState::default();
-        let next = super::super::federate::stream::relay(w, c, ctx, vec![s], &mut ids, false).await;
-        return if keep { next } else { Next::Close };
+        let held = st.held;
+        return super::super::relay_rewritten(w, c, ctx, up_conn, &rhead, |conn| {
+            super::super::federate::stream::UpStream::held(gw, u, conn, &rhead, stamp, held)
+        })
+        .await;
     }
     let up = &gw.upstreams[u];
     // The head's bytes, for the header lines relayed (the body is read after them).
