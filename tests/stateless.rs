@@ -98,6 +98,10 @@ fn modern_upstream(seen: Arc<Mutex<Vec<Request>>>, listen_wait: Duration) -> Scr
                            "tools": [{"name": "weather", "inputSchema": {"type": "object"}},
                                      {"name": "bare", "inputSchema": {"type": "object"}},
                                      {"name": "streamy", "inputSchema": {"type": "object"}},
+                                     {"name": "good_header", "inputSchema": {"type": "object",
+                                        "properties": {"r": {"type": "string", "x-mcp-header": "Region"}}}},
+                                     {"name": "bad_header", "inputSchema": {"type": "object",
+                                        "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}},
                                      {"name": "needs_sampling", "inputSchema": {"type": "object"}}]}),
                 )),
                 // A server of 2026-07-28 only: initialize is a method it does not have, nor
@@ -875,6 +879,30 @@ fn a_federated_endpoint_serves_stateless_requests_per_request() {
     assert!(
         names.contains(&"modern__weather") && names.contains(&"alpha__echo"),
         "{names:?}"
+    );
+    // A tool whose x-mcp-header annotation the revision forbids (on a number) is left out, as a
+    // client on HTTP must; one with a valid annotation stays.
+    assert!(names.contains(&"modern__good_header"), "{names:?}");
+    assert!(!names.contains(&"modern__bad_header"), "{names:?}");
+    let mut hb = h("tools/call");
+    hb.push(("mcp-name", "modern__bad_header"));
+    let r = post(
+        &gw,
+        &hb,
+        &body(9, "tools/call", json!({"name": "modern__bad_header"})),
+    );
+    assert_eq!(
+        r.json()["error"]["code"],
+        -32602,
+        "not routed either: {}",
+        r.text()
+    );
+    assert!(
+        gw.metrics().contains(
+            "tollgate_federation_tools_dropped_total{upstream=\"modern\",reason=\"x_mcp_header\"}"
+        ),
+        "{}",
+        gw.metrics()
     );
     // Calls, routed by name; each upstream gets its own name, in the body and in Mcp-Name.
     let mut hn = h("tools/call");

@@ -308,6 +308,98 @@ pub fn with_meta(
     out
 }
 
+/// Whether a tool's `inputSchema` annotates its parameters with `x-mcp-header` as the revision
+/// allows (a client on HTTP, as the gateway is toward its upstreams, drops a tool that does not):
+/// each value a non-empty header-name token, unique case-insensitively in the schema, on an
+/// `integer`, `string` or `boolean` property reached from the root through `properties` only
+/// (never inside `items`, `oneOf`/`anyOf`/`allOf`/`not`, `if`/`then`/`else`, `$ref`'d
+/// definitions or other subschemas). `Err` says what is wrong.
+pub fn x_mcp_headers_valid(input_schema: &sonic_rs::Value) -> Result<(), String> {
+    let mut seen = Vec::new();
+    walk_schema(input_schema, true, &mut seen)
+}
+
+/// Keywords whose value is a subschema or an array of them (JSON Schema 2020-12, and the older
+/// drafts' `additionalItems`), apart from `properties`.
+const SUBSCHEMA_KEYWORDS: &[&str] = &[
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "propertyNames",
+    "contains",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+];
+/// Keywords whose value maps names to subschemas (`definitions`/`dependencies`: older drafts).
+const SCHEMA_MAP_KEYWORDS: &[&str] = &[
+    "$defs",
+    "definitions",
+    "patternProperties",
+    "dependentSchemas",
+    "dependencies",
+];
+
+fn walk_schema(v: &sonic_rs::Value, reachable: bool, seen: &mut Vec<String>) -> Result<(), String> {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    if let Some(a) = v.as_array() {
+        for x in a.iter() {
+            walk_schema(x, false, seen)?;
+        }
+        return Ok(());
+    }
+    let Some(obj) = v.as_object() else {
+        return Ok(());
+    };
+    if let Some(h) = obj.get(&"x-mcp-header") {
+        if !reachable {
+            return Err("x-mcp-header on a schema not reached through properties alone".into());
+        }
+        let Some(name) = h.as_str() else {
+            return Err("x-mcp-header is not a string".into());
+        };
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(format!("x-mcp-header {name:?} is not a header-name token"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if seen.contains(&lower) {
+            return Err(format!("x-mcp-header {name:?} appears twice"));
+        }
+        seen.push(lower);
+        let ty = obj.get(&"type").and_then(|t| t.as_str());
+        if !matches!(ty, Some("integer" | "string" | "boolean")) {
+            return Err(format!(
+                "x-mcp-header {name:?} on a property of type {}",
+                ty.unwrap_or("(none)")
+            ));
+        }
+    }
+    for (k, child) in obj.iter() {
+        if k == "properties" {
+            if let Some(props) = child.as_object() {
+                for (_, p) in props.iter() {
+                    walk_schema(p, reachable, seen)?;
+                }
+            }
+        } else if SCHEMA_MAP_KEYWORDS.contains(&k) {
+            for (_, x) in child.as_object().into_iter().flat_map(|m| m.iter()) {
+                walk_schema(x, false, seen)?;
+            }
+        } else if SUBSCHEMA_KEYWORDS.contains(&k) {
+            walk_schema(child, false, seen)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,6 +644,44 @@ mod tests {
         assert_eq!(
             &*header_value(b"=?base64?ZWNobw==").unwrap(),
             b"=?base64?ZWNobw=="
+        );
+    }
+
+    #[test]
+    fn x_mcp_header_annotations_are_checked_as_the_revision_says() {
+        let ok = |v: serde_json::Value| {
+            let v: sonic_rs::Value = sonic_rs::from_str(&v.to_string()).unwrap();
+            x_mcp_headers_valid(&v)
+        };
+        let prop = |t: &str, h: &str| serde_json::json!({"type": t, "x-mcp-header": h});
+        let schema =
+            |props: serde_json::Value| serde_json::json!({"type": "object", "properties": props});
+        assert!(ok(schema(serde_json::json!({"a": prop("string", "Region")}))).is_ok());
+        assert!(ok(schema(
+            serde_json::json!({"o": {"type": "object", "properties": {"n": prop("integer", "N")}}})
+        ))
+        .is_ok());
+        assert!(ok(serde_json::json!({"type": "object"})).is_ok());
+        // A number, a bad token, a duplicate (case-insensitive), an empty name.
+        assert!(ok(schema(serde_json::json!({"a": prop("number", "A")}))).is_err());
+        assert!(ok(schema(serde_json::json!({"a": prop("string", "Bad Name")}))).is_err());
+        assert!(ok(schema(
+            serde_json::json!({"a": prop("string", "X"), "b": prop("string", "x")})
+        ))
+        .is_err());
+        assert!(ok(schema(serde_json::json!({"a": prop("string", "")}))).is_err());
+        // Not reached through properties alone.
+        assert!(ok(schema(
+            serde_json::json!({"l": {"type": "array", "items": prop("string", "I")}})
+        ))
+        .is_err());
+        assert!(ok(serde_json::json!({"type": "object", "anyOf": [{"properties": {"a": prop("string", "A")}}]})).is_err());
+        assert!(
+            ok(serde_json::json!({"type": "object", "$defs": {"d": prop("string", "D")}})).is_err()
+        );
+        // Data is not a schema: an example holding the key is fine.
+        assert!(
+            ok(serde_json::json!({"type": "object", "examples": [{"x-mcp-header": 1}]})).is_ok()
         );
     }
 }

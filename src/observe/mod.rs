@@ -170,6 +170,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          session the worker holds with it busy (limits.held_sessions_per_upstream) and waited."
     );
     describe_counter!(
+        names::FEDERATION_TOOLS_DROPPED_TOTAL,
+        "On endpoints with several upstreams: tools left out of lists and routing, by upstream \
+         and reason (x_mcp_header: an invalid x-mcp-header annotation in the tool's schema)."
+    );
+    describe_counter!(
         names::HELD_SESSIONS_ABANDONED_TOTAL,
         "Sessions held for clients of 2026-07-28 with a session-era upstream, left out of the \
          pool because a request in them ended before its reply (client gone, timeout): the \

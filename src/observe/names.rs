@@ -34,6 +34,9 @@ pub const HELD_SERVER_REQUESTS_TOTAL: &str = "tollgate_held_server_requests_tota
 /// `limits.held_sessions_per_upstream` and had to wait for one (refused when the wait outlasts
 /// the upstream's request_timeout: `tollgate_limit_rejections_total`), by upstream.
 pub const HELD_SESSION_WAITS_TOTAL: &str = "tollgate_held_session_waits_total";
+/// Tools of an upstream a federated endpoint leaves out of its lists and routing tables, by
+/// upstream and reason (`x_mcp_header`: an invalid `x-mcp-header` annotation in its schema).
+pub const FEDERATION_TOOLS_DROPPED_TOTAL: &str = "tollgate_federation_tools_dropped_total";
 /// Held sessions left out of the pool because a request in them ended before its reply did
 /// (the client went away, a timeout): the upstream may still be running it.
 pub const HELD_SESSIONS_ABANDONED_TOTAL: &str = "tollgate_held_sessions_abandoned_total";

@@ -48,6 +48,32 @@ impl Page {
     }
 }
 
+/// Whether a listed tool (`item`, its JSON text) of upstream `u` may be offered: a tool whose
+/// `inputSchema` annotates `x-mcp-header` in a way the 2026-07-28 revision forbids is dropped,
+/// as a client on HTTP must (`mcp::modern::x_mcp_headers_valid`), logged and counted. Only a
+/// tool that mentions the annotation at all is parsed for it.
+pub(super) fn tool_usable(gw: &Gateway, u: usize, item: &str) -> bool {
+    if memchr::memmem::find(item.as_bytes(), b"x-mcp-header").is_none() {
+        return true;
+    }
+    let Ok(schema) = sonic_rs::get(item, ["inputSchema"]) else {
+        return true;
+    };
+    let Ok(schema) = sonic_rs::from_str::<sonic_rs::Value>(schema.as_raw_str()) else {
+        return true;
+    };
+    match crate::mcp::modern::x_mcp_headers_valid(&schema) {
+        Ok(()) => true,
+        Err(why) => {
+            let name = &gw.upstreams[u].name;
+            let tool = field(item, "name").unwrap_or_default();
+            tracing::warn!(upstream = %name, tool = %tool, error = %why, "tool left out: its x-mcp-header annotation is invalid");
+            metrics::counter!(crate::observe::names::FEDERATION_TOOLS_DROPPED_TOTAL, "upstream" => name.clone(), "reason" => "x_mcp_header").increment(1);
+            false
+        }
+    }
+}
+
 /// A string field of an item's JSON text (`name`, `uri`, `uriTemplate`).
 pub(super) fn field(item: &str, key: &str) -> Option<String> {
     sonic_rs::get(item, [key])
@@ -253,6 +279,9 @@ pub(super) async fn page(
             break;
         };
         for raw in page.items().skip(range.start).take(range.len()) {
+            if list == ListKind::Tools && !tool_usable(gw, u, raw) {
+                continue;
+            }
             // Parsed and written again: the client reads exactly the item the gateway decided
             // on (a duplicated `name` key cannot show one name and route another).
             let Ok(mut item) = sonic_rs::from_str::<sonic_rs::Value>(raw) else {

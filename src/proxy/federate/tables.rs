@@ -20,7 +20,7 @@ use crate::mcp::session::SessionClaims;
 use crate::observe::names;
 
 use super::super::state::{Gateway, WorkerState};
-use super::lists::{fetch_page, field};
+use super::lists::{fetch_page, field, tool_usable};
 
 /// Pages of one upstream a table refresh follows at most.
 const REFRESH_PAGES: usize = 100;
@@ -463,7 +463,11 @@ async fn fetch_all(
         for _ in 0..REFRESH_PAGES {
             match fetch_page(w, gw, u, session, trace, list, cursor.as_deref()).await {
                 Ok(page) => {
-                    items.extend(page.items().filter_map(|i| field(i, key)));
+                    items.extend(
+                        page.items()
+                            .filter(|i| list != ListKind::Tools || tool_usable(gw, u, i))
+                            .filter_map(|i| field(i, key)),
+                    );
                     match page.next {
                         Some(n) => cursor = Some(n),
                         None => break,
