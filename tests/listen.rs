@@ -28,8 +28,19 @@ struct Script {
     ndjson: bool,
     /// Sent right after its acknowledgement (each gets the member's subscription id).
     sends: Vec<Value>,
-    /// Then: its final result and the end of the body (else the stream stays open).
-    end: bool,
+    /// Then: what ends its stream, if anything.
+    end: End,
+}
+
+/// How a scripted member's listen stream ends.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    /// It stays open until the gateway closes it.
+    Open,
+    /// Its final result, then the end of the body: an orderly end.
+    Result,
+    /// The end of the body with no final result (an upstream restarting).
+    Cut,
 }
 
 /// A member: what it received, how many of its listen streams the gateway closed, and a switch
@@ -83,7 +94,7 @@ fn member(script: Script) -> Member {
                 )),
                 "subscriptions/listen" => {
                     listen_stream(&mut s, &script, &id, &v, &closed2, &trigger2);
-                    if script.end {
+                    if script.end != End::Open {
                         continue;
                     }
                     return;
@@ -159,11 +170,13 @@ fn listen_stream(
     for m in &script.sends {
         send(s, &tag(m.clone()));
     }
-    if script.end {
-        send(
-            s,
-            &json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "complete"}}),
-        );
+    if script.end != End::Open {
+        if script.end == End::Result {
+            send(
+                s,
+                &json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "complete"}}),
+            );
+        }
         let _ = s.write_all(b"0\r\n\r\n");
         return;
     }
@@ -312,14 +325,14 @@ fn a_merged_listen_acks_first_then_relays_both_members_retagged_and_filtered() {
                    "params": {"level": "info", "data": "x"}}),
             json!({"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage", "params": {}}),
         ],
-        end: true,
+        end: End::Result,
     });
     // b: NDJSON like the conformance fixture.
     let b = member(Script {
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: true,
         sends: vec![change("tools")],
-        end: true,
+        end: End::Result,
     });
     let gw = federated(&a, &b, &[]);
     // Resources list changes: nobody declares them, so the ack leaves them out.
@@ -402,13 +415,13 @@ fn a_member_that_ends_leaves_the_others_and_closing_the_client_stream_closes_the
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: false,
         sends: vec![],
-        end: false,
+        end: End::Open,
     });
     let b = member(Script {
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: true,
         sends: vec![change("tools")],
-        end: true,
+        end: End::Result,
     });
     let gw = federated(&a, &b, &[("listen_keepalive", "50ms")]);
     // A numeric id: the ack carries it as a number.
@@ -475,7 +488,7 @@ fn listen_streams_are_limited_per_worker_and_end_with_their_result_at_shutdown()
         caps: json!({"prompts": {"listChanged": true}}),
         ndjson: true,
         sends: vec![],
-        end: false,
+        end: End::Open,
     };
     let (a, b) = (member(open()), member(open()));
     let mut gw = federated(&a, &b, &[("listen_streams_per_worker", "1")]);
@@ -533,7 +546,7 @@ fn a_single_upstreams_listen_takes_a_place_on_the_worker_too() {
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: false,
         sends: vec![],
-        end: false,
+        end: End::Open,
     });
     let gw = Gateway::builder()
         .upstream("a", &a.up.url())
@@ -605,7 +618,7 @@ fn members_that_refuse_or_send_garbage_are_left_out_and_counted() {
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: false,
         sends: vec![change("tools")],
-        end: true,
+        end: End::Result,
     });
     // A 500; a 200 whose body is one line larger than any message may be; a 200 that is not
     // JSON at all and ends without an acknowledgement.
@@ -701,13 +714,13 @@ fn a_list_change_on_the_listen_stream_makes_the_routing_table_fresh() {
         caps: json!({"tools": {"listChanged": true}}),
         ndjson: false,
         sends: vec![],
-        end: false,
+        end: End::Open,
     });
     let b = member(Script {
         caps: json!({}),
         ndjson: true,
         sends: vec![],
-        end: false,
+        end: End::Open,
     });
     // One worker: the listen and the calls share its routing tables; they are rebuilt only
     // when stale, older than an hour, or on a miss a second after the last rebuild.
@@ -732,4 +745,50 @@ fn a_list_change_on_the_listen_stream_makes_the_routing_table_fresh() {
     // At once (not waiting for a miss to be allowed a rebuild): the new tool is routed.
     let r = call(&gw, 2, "a__u");
     assert_eq!(r["result"]["content"][0]["text"], "u", "{r}");
+}
+
+#[test]
+fn members_that_break_off_end_the_client_stream_without_a_final_result() {
+    // Both members end their streams with no final result of their own (upstreams restarting):
+    // the client's stream ends the same way, so it listens again; a final result would tell it
+    // the subscription is over.
+    let script = Script {
+        caps: json!({"tools": {"listChanged": true}}),
+        ndjson: false,
+        sends: vec![change("tools")],
+        end: End::Cut,
+    };
+    let (a, b) = (member(script.clone()), member(script));
+    let gw = federated(&a, &b, &[]);
+    // Read raw: the stream ends with no last chunk, as a connection that broke off does.
+    let body = listen_body(json!("sub-9"), json!({"toolsListChanged": true}));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let mut req = format!("POST /mcp HTTP/1.1\r\nhost: {}\r\n", gw.addr);
+    for (k, v) in LISTEN_HEADERS {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("notifications/subscriptions/acknowledged"),
+        "{text}"
+    );
+    assert!(text.contains("notifications/tools/list_changed"), "{text}");
+    assert!(!text.contains("\"result\""), "no final result: {text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "no last chunk: {text}");
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric(
+            &scrape,
+            "tollgate_listen_streams_ended_total",
+            &[("reason", "members_lost")]
+        ),
+        1.0,
+        "{scrape}"
+    );
 }

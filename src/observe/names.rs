@@ -54,7 +54,7 @@ pub const LEGACY_SSE_STREAMS_OPEN: &str = "tollgate_legacy_sse_streams_open";
 pub const LEGACY_SSE_HANDOVERS_TOTAL: &str = "tollgate_legacy_sse_handovers_total";
 pub const LEGACY_SSE_STREAMS_ENDED_TOTAL: &str = "tollgate_legacy_sse_streams_ended_total";
 /// 2026-07-28 `subscriptions/listen`: streams open now (merged on a federated endpoint, or a
-/// single upstream's relayed); merged streams ended by reason (client_closed, shutdown, members_gone), member streams that ended while the
+/// single upstream's relayed); merged streams ended by reason (client_closed, shutdown, members_gone: every member ended its own subscription, members_lost: a member stream broke off, the client's ends with no final result so it listens again), member streams that ended while the
 /// client's went on or could not be opened (by upstream and reason).
 pub const LISTEN_STREAMS_OPEN: &str = "tollgate_listen_streams_open";
 pub const LISTEN_STREAMS_ENDED_TOTAL: &str = "tollgate_listen_streams_ended_total";

@@ -194,12 +194,14 @@ pub(super) enum Verdict {
     Drop,
 }
 
-/// Judges one message from a member stream (`member_id`: the gateway's id for that listen).
-/// Also returns the list whose change it announces, if any (the routing tables go stale).
+/// Judges one message from a member stream (`member_id`: the gateway's id for that listen;
+/// `exposed`: whether the endpoint exposes a resource URI, so an update for a sub-resource it
+/// hides is dropped). Also returns the list whose change it announces, if any (the routing
+/// tables go stale).
 pub(super) fn judge(
     msg: &[u8],
     client_id: &Value,
-    filter: &Filter,
+    (filter, exposed): (&Filter, &dyn Fn(&str) -> bool),
     member_id: &str,
 ) -> (Verdict, Option<TableKind>) {
     let Ok(mut v) = serde_json::from_slice::<Value>(msg) else {
@@ -234,7 +236,7 @@ pub(super) fn judge(
                 .get("params")
                 .and_then(|p| p.get("uri"))
                 .and_then(Value::as_str);
-            (uri.is_some_and(|u| filter.wants_uri(u)), None)
+            (uri.is_some_and(|u| filter.wants_uri(u) && exposed(u)), None)
         }
         // Progress and log messages never go on a listen stream; anything else was not asked.
         _ => (false, None),
@@ -279,6 +281,8 @@ struct Member {
     done: bool,
     /// Why it ended, for the log and metric.
     ended: Option<&'static str>,
+    /// It ended its subscription itself (its final result): an orderly end.
+    finished: bool,
 }
 
 impl Member {
@@ -438,7 +442,11 @@ pub(in crate::proxy) async fn listen(
     ) else {
         return refuse(c, ctx, Refusal::new(Kind::InvalidRequest)).await;
     };
-    let asked = Filter::from_json(&req["params"]["notifications"]);
+    let mut asked = Filter::from_json(&req["params"]["notifications"]);
+    // Only URIs the endpoint exposes (as a read of them would be refused); a notification for a
+    // sub-resource is checked again when it comes (`relay`).
+    let resources = &gw.config.servers[server].resources.filter;
+    asked.uris.retain(|u| resources.allows(u));
 
     // Which members can deliver what: stateless ones, by what their discover declares.
     let mut stateless = Vec::new();
@@ -517,6 +525,7 @@ pub(in crate::proxy) async fn listen(
                     msgs: VecDeque::new(),
                     done: false,
                     ended: None,
+                    finished: false,
                 });
             }
             Ok((_, rhead)) => {
@@ -599,18 +608,17 @@ async fn await_ack(
             m.done = true;
             return;
         }
-        // Messages before the ack stay queued (judged once the client's stream is open).
-        let at = m
-            .msgs
-            .iter()
-            .position(|msg| matches!(judge(msg, client_id, &m.filter, &m.id).0, Verdict::Ack(_)));
-        if let Some(i) = at {
-            let msg = m.msgs.remove(i).unwrap_or_default();
-            if let (Verdict::Ack(said), _) = judge(&msg, client_id, &m.filter, &m.id) {
+        // Each message judged once; nothing may come before the ack, so what does is dropped
+        // (not queued: a member cannot grow the gateway's memory before it acknowledges).
+        // What follows the ack stays queued, for the client's stream.
+        while let Some(msg) = m.msgs.pop_front() {
+            if let (Verdict::Ack(said), _) = judge(&msg, client_id, (&m.filter, &|_| true), &m.id) {
                 m.filter = m.filter.both(&said);
+                m.acked = true;
+                return;
             }
-            m.acked = true;
-            return;
+            let name = &gw.upstreams[m.u].name;
+            tracing::debug!(upstream = %name, "subscriptions/listen: a message before the member's acknowledgement dropped");
         }
         if m.done {
             return;
@@ -655,6 +663,8 @@ async fn relay(
     // When the client was last written to: keep-alives count from it (a member whose messages
     // are all dropped does not keep the client's stream warm).
     let mut last_write = w.shutdown.now();
+    // A member stream ended without its own final result.
+    let mut lost = false;
     let fin = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"resultType\":\"complete\",\"_meta\":{{\"{SUBSCRIPTION_ID}\":{id}}}}}}}",
         id = String::from_utf8_lossy(raw_id)
@@ -669,7 +679,8 @@ async fn relay(
                 m.ended = Some("unusable");
             }
             while let Some(msg) = m.msgs.pop_front() {
-                let (verdict, changed) = judge(&msg, client_id, &m.filter, &m.id);
+                let exposed = |u: &str| gw.config.servers[server].resources.filter.allows(u);
+                let (verdict, changed) = judge(&msg, client_id, (&m.filter, &exposed), &m.id);
                 if let Some(k) = changed {
                     stale[k as usize] = true;
                 }
@@ -677,6 +688,7 @@ async fn relay(
                     Verdict::Relay(b) => sse::write_event(&mut events, &Default::default(), &b),
                     Verdict::End => {
                         m.done = true;
+                        m.finished = true;
                         m.ended.get_or_insert("ended");
                     }
                     Verdict::Ack(_) | Verdict::Drop => {}
@@ -693,6 +705,7 @@ async fn relay(
         }
         members.retain(|m| {
             if m.done {
+                lost |= !m.finished;
                 let reason = m.ended.unwrap_or("ended");
                 let name = &gw.upstreams[m.u].name;
                 tracing::info!(upstream = %name, reason, "subscriptions/listen: a member stream ended; the others go on");
@@ -701,6 +714,14 @@ async fn relay(
             !m.done
         });
         let over = members.is_empty();
+        if over && lost {
+            // A member stream broke off (an upstream restarting, a connection lost): the
+            // client's ends the same way, with no final result, so it listens again (a final
+            // result is an orderly end, after which it would not).
+            write(c, ctx, &events);
+            let _ = c.flush().await;
+            return "members_lost";
+        }
         if over {
             sse::write_event(&mut events, &Default::default(), fin.as_bytes());
         }
@@ -826,7 +847,7 @@ mod tests {
         let f = filter(json!({"toolsListChanged": true, "resourceSubscriptions": ["file:///d"]}));
         let id = json!(7);
         let msg = br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":"7"}}}"#;
-        let (v, changed) = judge(msg, &id, &f, "m-1");
+        let (v, changed) = judge(msg, &id, (&f, &|_| true), "m-1");
         assert_eq!(changed, Some(TableKind::Tools));
         let Verdict::Relay(b) = v else {
             panic!("{v:?}")
@@ -836,14 +857,17 @@ mod tests {
         // Not opted in: dropped, but the tables still go stale.
         let msg = br#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}"#;
         assert_eq!(
-            judge(msg, &id, &f, "m-1"),
+            judge(msg, &id, (&f, &|_| true), "m-1"),
             (Verdict::Drop, Some(TableKind::Prompts))
         );
         // No params at all: given some, with the tag.
         let msg = br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///d/e"}}"#;
-        assert!(matches!(judge(msg, &id, &f, "m-1").0, Verdict::Relay(_)));
+        assert!(matches!(
+            judge(msg, &id, (&f, &|_| true), "m-1").0,
+            Verdict::Relay(_)
+        ));
         let msg = br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///dx"}}"#;
-        assert_eq!(judge(msg, &id, &f, "m-1").0, Verdict::Drop);
+        assert_eq!(judge(msg, &id, (&f, &|_| true), "m-1").0, Verdict::Drop);
         for never in [
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
             r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#,
@@ -852,17 +876,39 @@ mod tests {
             r#"not json"#,
         ] {
             assert_eq!(
-                judge(never.as_bytes(), &id, &f, "m-1").0,
+                judge(never.as_bytes(), &id, (&f, &|_| true), "m-1").0,
                 Verdict::Drop,
                 "{never}"
             );
         }
         let fin = br#"{"jsonrpc":"2.0","id":"m-1","result":{"resultType":"complete"}}"#;
-        assert_eq!(judge(fin, &id, &f, "m-1").0, Verdict::End);
+        assert_eq!(judge(fin, &id, (&f, &|_| true), "m-1").0, Verdict::End);
         let ack = br#"{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{"notifications":{"toolsListChanged":true}}}"#;
         assert_eq!(
-            judge(ack, &id, &f, "m-1").0,
+            judge(ack, &id, (&f, &|_| true), "m-1").0,
             Verdict::Ack(filter(json!({"toolsListChanged": true})))
+        );
+    }
+
+    #[test]
+    fn a_resource_update_for_a_uri_the_endpoint_hides_is_dropped() {
+        let id = json!(1);
+        let f = filter(json!({"resourceSubscriptions": ["file:///docs/"]}));
+        let upd = |uri: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{{"uri":"{uri}"}}}}"#
+            )
+        };
+        let hides_secret = |u: &str| !u.contains("secret");
+        let shown = upd("file:///docs/a.md");
+        let hidden = upd("file:///docs/secret.md");
+        assert!(matches!(
+            judge(shown.as_bytes(), &id, (&f, &hides_secret), "m-1").0,
+            Verdict::Relay(_)
+        ));
+        assert_eq!(
+            judge(hidden.as_bytes(), &id, (&f, &hides_secret), "m-1").0,
+            Verdict::Drop
         );
     }
 
