@@ -742,8 +742,8 @@ async fn respond(
         },
         elapsed: t_up.elapsed(),
     });
-    match vetted {
-        upstream::Vetted::Relay => {}
+    let bare_result = match vetted {
+        upstream::Vetted::Relay { bare_result } => bare_result,
         upstream::Vetted::Whole { head: hb, body } => {
             if let Then::Stamped(stateless::Stamp { held: Some(h), .. }) = &then {
                 h.complete();
@@ -789,7 +789,7 @@ async fn respond(
             }
             return unusable_reply(c, ctx, (u, kind, rhead.status), &why, had_session).await;
         }
-    }
+    };
     match then {
         Then::Initialize(server) => {
             initialize::initialize_reply(w, c, ctx, up_conn, rhead, server, u).await
@@ -802,7 +802,7 @@ async fn respond(
         }
         Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
         Then::Stamped(st) if stateless::stampable(&rhead, up_conn.buffered()) => {
-            stateless::relay_stamped(w, c, ctx, up_conn, rhead, u, &st).await
+            stateless::relay_stamped(w, c, ctx, up_conn, rhead, (u, bare_result), &st).await
         }
         Then::Stamped(st) => stateless::relay_held_stream(w, c, ctx, up_conn, rhead, u, st).await,
         Then::Relay | Then::RelayFederated(_) | Then::Translated => {

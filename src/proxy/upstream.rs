@@ -190,7 +190,10 @@ const REPLY_SCAN_LIMITS: crate::jsonrpc::ScanLimits = crate::jsonrpc::ScanLimits
 /// The verdict on an upstream reply, decided before anything is written to the client.
 pub enum Vetted {
     /// Relay it as it arrives (its head is still at the start of the connection's buffer).
-    Relay,
+    /// `bare_result`: a small JSON reply read whole and scanned here was one response whose
+    /// result has no `resultType`; the offset of that result's `{` in the body (what a client of
+    /// 2026-07-28 gets stamped in, without scanning it again).
+    Relay { bare_result: Option<usize> },
     /// A non-2xx JSON-RPC reply, read whole: relay `head` (a copy of the head's bytes) + `body`.
     Whole { head: Vec<u8>, body: Vec<u8> },
     /// Nothing a client could parse: answer with a JSON-RPC error naming the upstream.
@@ -226,7 +229,8 @@ fn describe(head: &ResponseHead, buf: &[u8]) -> String {
 
 /// What a scan of a reply body says about relaying it.
 enum ReplyScan {
-    Ok,
+    /// Relayable; the offset of a result without `resultType` (one response), if any.
+    Ok(Option<usize>),
     /// A JSON-RPC response to another id than the request's.
     OtherId(String),
     Bad(String),
@@ -248,14 +252,17 @@ fn scan_reply(body: &[u8], expect_id: Option<&[u8]>) -> ReplyScan {
                     String::from_utf8_lossy(&got.text[..got.text.len().min(64)]).into_owned(),
                 )
             }
-            _ => ReplyScan::Ok,
+            _ if m.kind == crate::jsonrpc::MessageKind::Response && !m.result_type => {
+                ReplyScan::Ok(m.result_open)
+            }
+            _ => ReplyScan::Ok(None),
         },
-        Ok(Body::Batch(_)) => ReplyScan::Ok,
+        Ok(Body::Batch(_)) => ReplyScan::Ok(None),
         Err(e) => match e.kind {
             ScanErrorKind::LoneSurrogate
             | ScanErrorKind::NumberOutOfRange
             | ScanErrorKind::DuplicateKey(_)
-            | ScanErrorKind::TooDeep => ReplyScan::Ok,
+            | ScanErrorKind::TooDeep => ReplyScan::Ok(None),
             _ => ReplyScan::Bad(e.to_string()),
         },
     }
@@ -300,7 +307,7 @@ pub async fn vet_reply(
             || head.framing == Framing::Length(0)
             || head.is_sse(buf)
         {
-            return Vetted::Relay;
+            return Vetted::Relay { bare_result: None };
         }
         // No Content-Type at all is judged by the body.
         if !ct.is_empty() && !super::checks::is_json_content_type(ct) {
@@ -335,7 +342,7 @@ pub async fn vet_reply(
                 }
                 let body = &up.buffered()[head.len..need];
                 return match scan_reply(body, expect_id) {
-                    ReplyScan::Ok => Vetted::Relay,
+                    ReplyScan::Ok(bare_result) => Vetted::Relay { bare_result },
                     // Out of step: its next bytes cannot be trusted either.
                     ReplyScan::OtherId(id) => unusable(
                         format!("answered with the response to another request (id {id})"),
@@ -355,12 +362,12 @@ pub async fn vet_reply(
         // A large or streamed JSON body is relayed as it arrives; one whose first bytes are
         // here must at least start as JSON (chunked bodies are not decoded for this).
         if head.framing == Framing::Chunked {
-            return Vetted::Relay;
+            return Vetted::Relay { bare_result: None };
         }
         let buf = up.buffered();
         let first = buf[head.len..].iter().find(|b| !b.is_ascii_whitespace());
         return match first {
-            Some(b'{' | b'[') | None => Vetted::Relay,
+            Some(b'{' | b'[') | None => Vetted::Relay { bare_result: None },
             Some(_) => unusable(
                 format!(
                     "answered {} with a body that is not JSON",
@@ -385,7 +392,7 @@ pub async fn vet_reply(
         return unusable(format!("answered {what}: {why}"), false);
     }
     match scan_reply(&body, expect_id) {
-        ReplyScan::Ok => Vetted::Whole {
+        ReplyScan::Ok(_) => Vetted::Whole {
             head: head_bytes,
             body,
         },

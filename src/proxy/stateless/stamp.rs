@@ -46,7 +46,13 @@ pub(in crate::proxy) fn then_held(
 /// vetting reads small replies whole).
 pub(in crate::proxy) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
     match rhead.framing {
-        Framing::Length(n) => !rhead.is_sse(buffered) && buffered.len() >= rhead.len + n as usize,
+        // (Exactly the replies `upstream::vet_reply` reads whole and scans: it says where a
+        // result lacks `resultType`.)
+        Framing::Length(n) => {
+            !rhead.is_sse(buffered)
+                && n as usize <= upstream::MAX_VETTED_REPLY
+                && buffered.len() >= rhead.len + n as usize
+        }
         _ => false,
     }
 }
@@ -58,14 +64,15 @@ pub(in crate::proxy) const STAMP: &[u8] = br#""resultType":"complete""#;
 
 const STAMP_CACHEABLE: &[u8] = br#""resultType":"complete","ttlMs":0,"cacheScope":"public""#;
 
-/// Relays a whole JSON reply with its result stamped (`stampable` said it is all buffered).
+/// Relays a whole JSON reply with its result stamped at `bare_result` (where
+/// `upstream::vet_reply` found a result lacking `resultType`) (`stampable` said it is all buffered).
 pub(in crate::proxy) async fn relay_stamped(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
     mut up_conn: UpConn,
     rhead: ResponseHead,
-    u: usize,
+    (u, bare_result): (usize, Option<usize>),
     st: &Stamp,
 ) -> Next {
     let cacheable = st.cacheable;
@@ -75,7 +82,8 @@ pub(in crate::proxy) async fn relay_stamped(
     let (head_len, n) = (rhead.len, n as usize);
     let body = &up_conn.buffered()[head_len..head_len + n];
     let stamp = if cacheable { STAMP_CACHEABLE } else { STAMP };
-    let stamped = stamp_body(body, stamp, ctx);
+    // Where the vetting found a result without `resultType` (it scanned the body already).
+    let stamped = bare_result.map(|at| modern::stamp_result(body, at, stamp));
     let len = stamped.as_ref().map_or(n, Vec::len);
     let keep = super::super::client_head(
         &mut c.out,
