@@ -14,7 +14,7 @@ use super::context::Ctx;
 use super::reject::Refusal;
 use super::state::{Gateway, WorkerState};
 use super::upstream;
-use super::{client_head, refuse, unix_now, Next};
+use super::{refuse, unix_now, Next};
 
 /// What the gateway learned from an initialize reply.
 pub(super) struct Negotiated {
@@ -277,20 +277,7 @@ pub(super) async fn initialize_reply(
     if let Some(r) = respell {
         body.splice(r, id.iter().copied());
     }
-    let keep = client_head(
-        &mut c.out,
-        &rhead,
-        &upbuf_head,
-        ctx.keep_after_response(),
-        false,
-        &ctx.cors,
-        token.as_ref().map(|t| t.token.as_str()),
-        Some(body.len()),
-    );
-    c.out.extend_from_slice(&body);
-    ctx.status = rhead.status;
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
-    }
+    // (With a length, the client's HTTP version changes nothing in the head.)
+    let session = token.as_ref().map(|t| t.token.as_str());
+    super::write_whole(c, ctx, (&rhead, &upbuf_head), &body, session).await
 }

@@ -760,22 +760,7 @@ async fn respond(
                 Then::Translated => stateless::for_session_client(rhead, body),
                 _ => (rhead, body),
             };
-            let keep = client_head(
-                &mut c.out,
-                &rhead,
-                &hb,
-                ctx.keep_after_response(),
-                ctx.http10,
-                &ctx.cors,
-                None,
-                Some(body.len()),
-            );
-            c.out.extend_from_slice(&body);
-            ctx.status = rhead.status;
-            return match c.flush().await {
-                Ok(()) if keep => Next::KeepAlive,
-                _ => Next::Close,
-            };
+            return write_whole(c, ctx, (&rhead, &hb), &body, None).await;
         }
         upstream::Vetted::Unusable {
             kind,
@@ -818,6 +803,34 @@ async fn respond(
             )
             .await
         }
+    }
+}
+
+/// Answers with an upstream reply the gateway read whole (`head_bytes`: its head's bytes, for
+/// the header lines relayed) and `body` (maybe rewritten), with a length; `session`: an
+/// `Mcp-Session-Id` to give the client.
+async fn write_whole(
+    c: &mut Client,
+    ctx: &mut Ctx,
+    (rhead, head_bytes): (&ResponseHead, &[u8]),
+    body: &[u8],
+    session: Option<&str>,
+) -> Next {
+    let keep = client_head(
+        &mut c.out,
+        rhead,
+        head_bytes,
+        ctx.keep_after_response(),
+        ctx.http10,
+        &ctx.cors,
+        session,
+        Some(body.len()),
+    );
+    c.out.extend_from_slice(body);
+    ctx.status = rhead.status;
+    match c.flush().await {
+        Ok(()) if keep => Next::KeepAlive,
+        _ => Next::Close,
     }
 }
 

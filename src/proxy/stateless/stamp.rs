@@ -161,22 +161,7 @@ pub(in crate::proxy) async fn relay_held_stream(
     }
     w.pool_put(gw, u, up_conn, &rhead);
     let body = stamp_body(&body, stamp, ctx).unwrap_or(body);
-    let keep = super::super::client_head(
-        &mut c.out,
-        &rhead,
-        &head_bytes,
-        ctx.keep_after_response(),
-        ctx.http10,
-        &ctx.cors,
-        None,
-        Some(body.len()),
-    );
-    c.out.extend_from_slice(&body);
-    ctx.status = rhead.status;
-    match c.flush().await {
-        Ok(()) if keep => Next::KeepAlive,
-        _ => Next::Close,
-    }
+    super::super::write_whole(c, ctx, (&rhead, &head_bytes), &body, None).await
 }
 
 /// `body` (one JSON-RPC response) with its result stamped, or `None` when it has no result to
