@@ -9,6 +9,7 @@ pub mod http;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod tls;
