@@ -21,6 +21,8 @@ pub mod code {
     pub const UPSTREAM_TIMEOUT: i32 = -31002;
     /// The upstream answered with something that is not a valid MCP HTTP response.
     pub const UPSTREAM_PROTOCOL: i32 = -31003;
+    /// The caller may not do this here and now (an authorization rule; the message says why).
+    pub const FORBIDDEN: i32 = -31004;
 }
 
 /// Which side caused an error: decides log level and whether a retry could help.
@@ -61,6 +63,8 @@ pub enum Extra {
     Allow,
     /// `Retry-After: <seconds>`: the refusal passes; the client may try again.
     RetryAfter,
+    /// `WWW-Authenticate: <the refusal's challenge>` (401, 403 `insufficient_scope`).
+    WwwAuthenticate,
 }
 
 /// One row of the table: everything about a kind that is not the request's own data.
@@ -177,6 +181,21 @@ kinds! {
     HeaderMismatch => row(400, HEADER_MISMATCH, Client, "header_mismatch");
     MissingMeta => row(400, INVALID_PARAMS, Client, "missing_meta");
     StatelessVersionUnsupported => row(400, UNSUPPORTED_VERSION, Client, "stateless_version_unsupported");
+    // Identity and authorization (src/policy/): no or a bad credential; a token without an
+    // OAuth scope the item needs; a visible item a rule denies here and now (a tool gets it in
+    // band, so the model reads why).
+    Unauthenticated => Row {
+        extra: Extra::WwwAuthenticate,
+        ..row(401, GATEWAY_REJECTED, Client, "unauthenticated")
+    };
+    InsufficientScope => Row {
+        extra: Extra::WwwAuthenticate,
+        ..row(403, GATEWAY_REJECTED, Client, "insufficient_scope")
+    };
+    Forbidden => Row {
+        answer: Answer::ToolError,
+        ..row(200, FORBIDDEN, Client, "forbidden")
+    };
     // Federation: a request the client may correct (HTTP 200, as a server answers them).
     UnknownName => row(200, INVALID_PARAMS, Client, "unknown_name");
     BadCursor => row(200, INVALID_PARAMS, Client, "bad_cursor");

@@ -5,6 +5,7 @@
 mod extract;
 mod formats;
 mod render;
+mod rules;
 mod servers;
 mod tls;
 
@@ -758,6 +759,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         prompts: NameFilter::default(),
         resources: NameFilter::default(),
         offer_stateless_always: false,
+        rules: None,
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
         legacy: Some(crate::config::LegacyPaths::of(path)),

@@ -430,6 +430,10 @@ pub struct Server {
     /// keeps them in a session of its own; `always` (true): offered, and that upstream's
     /// requests for them are answered -32601.
     pub offer_stateless_always: bool,
+    /// `servers[].rules`, default none: the endpoint's authorization rules, compiled
+    /// (`policy::rules`). Present (even empty), the endpoint is federated: lists are filtered
+    /// and every call decided per caller.
+    pub rules: Option<std::sync::Arc<crate::policy::rules::Rules>>,
 }
 
 /// Where a server's legacy HTTP+SSE transport lives (`servers[].legacy_sse`).
@@ -488,6 +492,7 @@ impl Server {
     pub fn federated(&self) -> bool {
         self.upstreams.len() > 1
             || self.prefix_names == PrefixNames::Always
+            || self.rules.is_some()
             || !(self.tools.filter.is_all()
                 && self.prompts.filter.is_all()
                 && self.resources.filter.is_all())

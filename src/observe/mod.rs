@@ -236,6 +236,10 @@ pub struct WorkerMetrics {
     pub tls_handshake_failures: [Counter; 2],
     pub sessions_opened: Counter,
     pub sessions_closed: Counter,
+    /// `[allowed][policy::rules::Reason::index]`.
+    authz: [Vec<Counter>; 2],
+    /// By `policy::AuthFailure` (position in `AuthFailure::ALL`).
+    auth_failures: Vec<Counter>,
 }
 
 impl WorkerMetrics {
@@ -284,6 +288,16 @@ impl WorkerMetrics {
                 .map(|r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r)),
             sessions_opened: metrics::counter!(names::SESSIONS_OPENED_TOTAL),
             sessions_closed: metrics::counter!(names::SESSIONS_CLOSED_TOTAL),
+            authz: ["deny", "allow"].map(|d| {
+                crate::policy::rules::Reason::ALL
+                    .iter()
+                    .map(|r| metrics::counter!(names::AUTHZ_DECISIONS_TOTAL, "decision" => d, "reason" => r.as_str()))
+                    .collect()
+            }),
+            auth_failures: crate::policy::AuthFailure::ALL
+                .iter()
+                .map(|f| metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => f.reason()))
+                .collect(),
         }
     }
 
@@ -292,6 +306,21 @@ impl WorkerMetrics {
         let i = method.index();
         self.requests[i][outcome as usize].increment(1);
         self.hists.request[i].record(seconds);
+    }
+
+    /// One authorization decision.
+    #[inline]
+    pub fn authz(&self, allowed: bool, reason: crate::policy::rules::Reason) {
+        self.authz[usize::from(allowed)][reason.index()].increment(1);
+    }
+
+    /// A request refused 401, by why.
+    pub fn auth_failure(&self, f: crate::policy::AuthFailure) {
+        let i = crate::policy::AuthFailure::ALL
+            .iter()
+            .position(|x| *x == f)
+            .unwrap_or(0);
+        self.auth_failures[i].increment(1);
     }
 
     /// A refusal by the gateway, counted exactly once (whether or not a method is known): a

@@ -68,3 +68,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
+/// Authorization decisions, one per decided item (a tool call, a prompt, a resource, a method;
+/// every message of a batch on its own), by decision (allow, deny) and reason
+/// (`policy::rules::Reason`: rule, authenticated, open, hidden, source, time,
+/// insufficient_scope, rego, rego_error).
+pub const AUTHZ_DECISIONS_TOTAL: &str = "tollgate_authz_decisions_total";
+/// Requests refused 401 by why their credential failed (`policy::AuthFailure::reason`).
+pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";

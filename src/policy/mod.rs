@@ -67,6 +67,9 @@ impl Principal {
 }
 
 /// A shared principal (the token cache hands out clones of the `Rc`).
+pub mod challenge;
+pub mod rules;
+
 pub type PrincipalRef = Rc<Principal>;
 
 /// Why a request could not be authenticated: always a 401 with `WWW-Authenticate`, counted in

@@ -194,8 +194,15 @@ pub struct Ctx {
     pub upstream: Option<usize>,
     /// The client session's random id, once its token was opened or sealed.
     pub session: Option<[u8; 16]>,
-    /// The verified client certificate (mTLS listener): what the identity phase will read.
+    /// The verified client certificate (mTLS listener): what the identity phase reads.
     pub peer: Option<Rc<crate::tls::PeerIdentity>>,
+    /// The client's address (rules with `sources` decide on it).
+    pub source: Option<std::net::IpAddr>,
+    /// Who is calling, once the authenticate phase established it (endpoints with `auth`).
+    pub principal: Option<crate::policy::PrincipalRef>,
+    /// Every authorization decision made for this request (one per decided item: each message
+    /// of a batch on its own), in order; counted by the record phase.
+    pub decisions: SmallVec<[super::authorize::Decided; 1]>,
     /// The JSON-RPC messages of a POST body, in order (one unless a batch).
     pub messages: SmallVec<[MessageCtx; 1]>,
     pub batch: bool,
@@ -239,6 +246,9 @@ impl Ctx {
             upstream: None,
             session: None,
             peer: c.peer().cloned(),
+            source: c.addr.map(|a| a.ip()),
+            principal: None,
+            decisions: SmallVec::new(),
             messages: SmallVec::new(),
             batch: false,
             bytes_in: 0,
@@ -249,6 +259,12 @@ impl Ctx {
             refused_messages: Vec::new(),
             sent_before: c.sent,
         }
+    }
+
+    /// What a session opened by this request is bound to: its principal's stable id (none on
+    /// an endpoint without authentication).
+    pub fn binding(&self) -> Option<Vec<u8>> {
+        self.principal.as_ref().map(|p| p.id.to_vec())
     }
 
     /// The single message, or the first of a batch.
@@ -303,6 +319,9 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     }
     for &kind in &ctx.refused_messages {
         w.metrics.rejected(kind);
+    }
+    for d in &ctx.decisions {
+        w.metrics.authz(d.allowed, d.reason);
     }
     if let Some(u) = ctx.upstream_call {
         let id = ctx.gw().upstreams[u.upstream].id;

@@ -113,6 +113,7 @@ fn seal_session(
     server: usize,
     u: usize,
     upstream_sid: Option<String>,
+    principal: Option<Vec<u8>>,
 ) -> Result<(Option<Sealed>, Option<std::ops::Range<usize>>), String> {
     if status != 200 {
         return Ok((None, None));
@@ -126,7 +127,7 @@ fn seal_session(
         session_id: upstream_sid,
         protocol_version: version,
     };
-    let sealed = seal(w, gw, server, version, up)
+    let sealed = seal(w, gw, server, version, up, principal)
         .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
     Ok((Some(sealed), negotiated.respell))
 }
@@ -138,6 +139,7 @@ fn seal(
     server: usize,
     version: ProtocolVersion,
     up: UpstreamSession,
+    principal: Option<Vec<u8>>,
 ) -> Result<Sealed, String> {
     let now = unix_now();
     let claims = SessionClaims {
@@ -147,7 +149,7 @@ fn seal(
         issued_at: now,
         expires_at: now + gw.config.session.ttl.as_secs(),
         upstreams: vec![up],
-        principal: None,
+        principal,
     };
     let token = gw.sealer.try_seal(&claims).map_err(|e| e.to_string())?;
     w.metrics.sessions_opened.increment(1);
@@ -211,7 +213,7 @@ async fn stateless_upstream(
         session_id: None,
         protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
     };
-    let sealed = match seal(w, gw, server, version, up) {
+    let sealed = match seal(w, gw, server, version, up, ctx.binding()) {
         Ok(s) => s,
         Err(e) => return Some(Err(e)),
     };
@@ -257,7 +259,18 @@ pub(super) async fn initialize_reply(
             Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
             Ok(()) => {
                 w.pool_put(gw, u, up_conn, &rhead);
-                seal_session(w, gw, rhead.status, &body, sse, id, server, u, upstream_sid)
+                seal_session(
+                    w,
+                    gw,
+                    rhead.status,
+                    &body,
+                    sse,
+                    id,
+                    server,
+                    u,
+                    upstream_sid,
+                    ctx.binding(),
+                )
             }
         };
     let (token, respell) = match token {

@@ -3,6 +3,7 @@
 //! One `context::Ctx` travels the phases; `context::record` runs once for every request.
 //! Every refusal goes through `refuse`, which renders a `reject::Refusal` with `reject::Rejects`.
 
+mod authorize;
 pub mod build;
 pub mod checks;
 pub mod client;
@@ -347,6 +348,7 @@ fn open_session(
     head: &RequestHead,
     buf: &[u8],
     server: usize,
+    principal: Option<&crate::policy::Principal>,
 ) -> Result<Rc<SessionClaims>, Refusal> {
     let Some(r) = head.session_id.clone() else {
         return Err(Refusal::new(Kind::SessionMissing));
@@ -381,6 +383,14 @@ fn open_session(
         return Err(Refusal::because(
             Kind::SessionUnknown,
             "session was deleted: initialize a new one",
+        ));
+    }
+    // A session is never authentication: presented by another principal (or by none, on an
+    // endpoint that authenticates it), it is unknown here.
+    if claims.principal.as_deref() != principal.map(|p| &p.id[..]) {
+        return Err(Refusal::because(
+            Kind::SessionUnknown,
+            "unknown session: initialize a new one",
         ));
     }
     if let Some(r) = head.protocol_version.clone() {
@@ -507,6 +517,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, r).await;
     }
+    authorize::pass_through(ctx);
     // Phase: era. A request that speaks the stateless revision takes its own path from here.
     if let Some(m) = ctx.first() {
         let signals = crate::mcp::modern::Signals {
@@ -551,7 +562,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     let claims = if initialize {
         None
     } else {
-        match open_session(w, gw, &head, buf, server) {
+        match open_session(w, gw, &head, buf, server, ctx.principal.as_deref()) {
             Ok(cl) => Some(cl),
             Err(r) => {
                 c.conn.consume(used);
@@ -572,7 +583,8 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         // The common case, a call whose name the worker's table routes: the request is built
         // straight from the client's bytes (the original name spliced in), like a plain one.
         let direct = federated_direct(w, ctx, (&head, buf, body), claims.as_deref(), &mut c.up_out);
-        if let (Some((u, had_session)), Some(cl)) = (direct, claims.as_ref()) {
+        if let (Some((u, had_session, decided)), Some(cl)) = (direct, claims.as_ref()) {
+            ctx.decisions.push(decided);
             c.conn.consume(used);
             let then = Then::RelayFederated(cl.id);
             return forward(w, c, ctx, u, had_session, then).await;
@@ -625,7 +637,7 @@ fn federated_direct(
     (head, buf, body): (&RequestHead, &[u8], &[u8]),
     claims: Option<&SessionClaims>,
     out: &mut Vec<u8>,
-) -> Option<(usize, bool)> {
+) -> Option<(usize, bool, authorize::Decided)> {
     let gw = ctx.gw();
     let m = ctx
         .first()
@@ -641,6 +653,29 @@ fn federated_direct(
     let table = federate::fresh_names(w, gw, server, kind)?;
     let (member, original) = table.resolve(name)?;
     let u = gw.config.servers[server].upstreams[member].upstream;
+    // Phase: authorize. Anything but an allow takes the federated path, which decides again
+    // and answers (and records) the refusal.
+    let item = crate::policy::rules::Item {
+        kind: if kind == federate::TableKind::Tools {
+            crate::policy::rules::ItemKind::Tool
+        } else {
+            crate::policy::rules::ItemKind::Prompt
+        },
+        name,
+        method: m.method,
+        upstream: Some(u),
+        annotations: federate::annotations(w, gw, server, kind, name),
+    };
+    let access = authorize::Access::of(ctx);
+    let verdict = authorize::verdict(w, gw, server, &access, &item);
+    if !verdict.allowed() {
+        return None;
+    }
+    let decided = authorize::Decided {
+        allowed: true,
+        reason: verdict.reason(),
+        rule: verdict.rule(),
+    };
     if gw.upstreams[u].legacy {
         // Through the upstream's event stream: the federated path (`route`) does that.
         return None;
@@ -659,7 +694,7 @@ fn federated_direct(
     out.extend_from_slice(&body[..start]);
     crate::error::json_escape_into(out, original);
     out.extend_from_slice(&body[end..]);
-    Some((u, session.session_id.is_some()))
+    Some((u, session.session_id.is_some(), decided))
 }
 
 /// What `forward` does with a usable reply.

@@ -101,6 +101,9 @@ impl Rejects {
                     }
                     Kind::MissingMeta => "a required params._meta field is missing".into(),
                     Kind::StatelessVersionUnsupported => "Unsupported protocol version".into(),
+                    Kind::Unauthenticated => "authentication required".into(),
+                    Kind::InsufficientScope => "the access token lacks a required scope".into(),
+                    Kind::Forbidden => "not allowed".into(),
                     Kind::UnknownName => "unknown name".into(),
                     Kind::BadCursor => "invalid cursor: list again from the start".into(),
                     Kind::MethodNotFound => "method not found".into(),
@@ -209,6 +212,11 @@ impl Rejects {
                 let secs = r.retry_after_secs.unwrap_or(1);
                 out.extend_from_slice(format!("retry-after: {secs}\r\n").as_bytes());
             }
+            Extra::WwwAuthenticate => {
+                if let Some(c) = &r.challenge {
+                    response::header(out, b"www-authenticate", c.as_bytes());
+                }
+            }
         }
         out.extend_from_slice(to.extra_headers);
         response::content_length(out, body.len() as u64);
@@ -230,6 +238,8 @@ pub struct Refusal {
     pub data: Option<Vec<u8>>,
     /// `Retry-After` seconds for kinds that carry it (default 1).
     pub retry_after_secs: Option<u32>,
+    /// The `WWW-Authenticate` value for kinds that carry it (`policy::challenge`).
+    pub challenge: Option<String>,
 }
 
 impl Refusal {
@@ -239,6 +249,7 @@ impl Refusal {
             reason: None,
             data: None,
             retry_after_secs: None,
+            challenge: None,
         }
     }
 

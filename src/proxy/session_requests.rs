@@ -57,7 +57,7 @@ async fn session_request(
     let u = gw.config.servers[server].primary();
     ctx.upstream = Some(u);
     let buf = c.conn.buffered();
-    let claims = match open_session(w, gw, head, buf, server) {
+    let claims = match open_session(w, gw, head, buf, server, ctx.principal.as_deref()) {
         Ok(cl) => cl,
         Err(r) => {
             c.conn.consume(head.len);

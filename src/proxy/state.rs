@@ -244,6 +244,8 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// Per item name, the authorization rules whose target names it (`policy::rules::Memo`).
+    pub rules_memo: crate::policy::rules::Memo,
     /// Upstream eras learned and upstream sessions held for stateless clients (`proxy::held`).
     pub held: super::held::Held,
     /// HTTP+SSE upstream streams this worker holds and the mailboxes its requests wait on.
@@ -273,6 +275,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            rules_memo: Default::default(),
             held: Default::default(),
             legacy: Default::default(),
             legacy_metrics: Default::default(),

@@ -61,6 +61,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The allow globs, as written.
+    pub fn allow_globs(&self) -> &[Box<str>] {
+        &self.allow
+    }
+
     pub fn new<A: AsRef<str>, D: AsRef<str>>(allow: &[A], deny: &[D]) -> Result<Filter, GlobError> {
         fn read<S: AsRef<str>>(list: FilterList, globs: &[S]) -> Result<Vec<Box<str>>, GlobError> {
             globs

@@ -65,6 +65,15 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         .buffered(concurrency)
         .collect()
         .await;
+    // A message whose item needs an OAuth scope the token lacks refuses the whole batch with
+    // 403 `insufficient_scope`: the client must get another token, which HTTP says once.
+    if let Some(r) = decisions.iter().find_map(|d| match d {
+        Err(r) if r.kind == Kind::InsufficientScope => Some(r.clone()),
+        _ => None,
+    }) {
+        ctx.decisions.extend(req.access.decided.take());
+        return refuse(c, ctx, r).await;
+    }
     let mut done = Vec::with_capacity(messages.len());
     let mut refused = Vec::new();
     let mut jobs = Vec::new();
@@ -135,6 +144,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
     answers.sort_by_key(|(i, _)| *i);
     let expects_answers = messages.iter().any(|m| m.kind == MessageKind::Request);
     ctx.refused_messages = refused;
+    ctx.decisions.extend(req.access.decided.take());
     if !expects_answers {
         return super::accepted(c, ctx).await;
     }

@@ -133,7 +133,7 @@ pub(super) async fn initialize(
                 protocol_version: o.version,
             })
             .collect(),
-        principal: None,
+        principal: ctx.binding(),
     };
     let token = match gw.sealer.try_seal(&claims) {
         Ok(t) => t,

@@ -298,7 +298,9 @@ pub(super) async fn page(
                 names: table.as_ref().map(|t| &*t.0),
                 uris: uri_table.as_deref(),
             };
-            if expose(s, member, list, &mut item, tables, &mut new_names) {
+            if expose(s, member, list, &mut item, tables, &mut new_names)
+                && shown(w, gw, server, &req.access, (list, u, raw), &item)
+            {
                 items.push(item);
             }
         }
@@ -347,12 +349,52 @@ pub(super) async fn page(
         }
     }
     if stateless {
+        // What a caller sees depends on who it is wherever rules decide.
+        let private = private || s.rules.is_some();
         let scope = if private { "private" } else { "public" };
         let hints = format!(",\"ttlMs\":{},\"cacheScope\":\"{scope}\"", ttl.unwrap_or(0));
         out.extend_from_slice(hints.as_bytes());
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Whether an exposed item (`item`, as the client will see it; `raw`: as upstream `u` listed
+/// it) is shown to the caller: the rules' visibility (`proxy::authorize::visible`).
+fn shown(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    access: &super::super::authorize::Access,
+    (list, u, raw): (ListKind, usize, &str),
+    item: &sonic_rs::Value,
+) -> bool {
+    use crate::policy::rules::{ann, Item, ItemKind};
+    if gw.config.servers[server].rules.is_none() {
+        return true;
+    }
+    let (kind, key, method) = match list {
+        ListKind::Tools => (ItemKind::Tool, "name", Method::ToolsCall),
+        ListKind::Prompts => (ItemKind::Prompt, "name", Method::PromptsGet),
+        ListKind::Resources => (ItemKind::Resource, "uri", Method::ResourcesRead),
+        ListKind::ResourceTemplates => (ItemKind::Resource, "uriTemplate", Method::ResourcesRead),
+        ListKind::Tasks => return true,
+    };
+    let Some(name) = item.get(key).and_then(|n| n.as_str()) else {
+        return false;
+    };
+    let it = Item {
+        kind,
+        name,
+        method,
+        upstream: Some(u),
+        annotations: if kind == ItemKind::Tool {
+            ann::of_tool(raw)
+        } else {
+            0
+        },
+    };
+    super::super::authorize::visible(w, gw, server, access, &it)
 }
 
 /// `params.cursor` of the client's list request.

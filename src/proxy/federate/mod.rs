@@ -30,7 +30,7 @@ mod tables;
 pub(super) use compose::{stateless_discover, stateless_members};
 pub(super) use listen::{listen, Slot as ListenSlot};
 pub use tables::Catalogs;
-pub(super) use tables::{fresh_names, TableKind};
+pub(super) use tables::{annotations, fresh_names, TableKind};
 
 use std::rc::Rc;
 
@@ -51,6 +51,8 @@ pub(super) struct FedRequest {
     /// upstream of that revision it is routed to (whose tool schema they mirror), to no other.
     pub params: Vec<u8>,
     pub body: Vec<u8>,
+    /// Who asks, and the authorization decisions made for it (`proxy::authorize`).
+    pub access: super::authorize::Access,
 }
 
 /// POST on a federated endpoint, after the body was scanned and the session opened.
@@ -72,6 +74,7 @@ pub(super) async fn post(
         trace,
         params: Vec::new(),
         body,
+        access: super::authorize::Access::of(ctx),
     };
     if ctx.batch {
         return batch::post(w, c, ctx, req).await;
@@ -94,6 +97,7 @@ pub(super) async fn post_stateless(
         trace,
         params,
         body,
+        access: super::authorize::Access::of(ctx),
     };
     route::single(w, c, ctx, req).await
 }

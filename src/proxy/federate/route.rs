@@ -9,9 +9,11 @@ use crate::mcp::idmap::IdError;
 use crate::mcp::tasks::{self, TaskIdError};
 use crate::mcp::Method;
 use crate::observe::names;
+use crate::policy::rules::{Item, ItemKind};
 
 use crate::jsonrpc::MessageKind;
 
+use super::super::authorize;
 use super::super::client::Client;
 use super::super::context::{Ctx, MessageCtx};
 use super::super::reject::Refusal;
@@ -154,16 +156,41 @@ pub(super) async fn decide(
         Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
             by_uri(w, gw, server, req, msg).await
         }
-        Method::CompletionComplete => completion(w, gw, server, req, msg).await,
+        Method::CompletionComplete => {
+            method_item(w, gw, server, req, m.method)?;
+            completion(w, gw, server, req, msg).await
+        }
         Method::TasksGet | Method::TasksResult | Method::TasksCancel => {
+            method_item(w, gw, server, req, m.method)?;
             by_task(gw, server, req, msg)
         }
-        Method::LoggingSetLevel => Ok(Decision::FanOut),
+        Method::LoggingSetLevel => {
+            method_item(w, gw, server, req, m.method)?;
+            Ok(Decision::FanOut)
+        }
         _ => {
             let why = "method not available on an endpoint with several upstreams";
             Err(Refusal::because(Kind::MethodNotFound, why))
         }
     }
+}
+
+/// Authorizes a method that names no tool, prompt or resource.
+fn method_item(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    req: &FedRequest,
+    method: Method,
+) -> Result<(), Refusal> {
+    let item = Item {
+        kind: ItemKind::Method,
+        name: method.as_str(),
+        method,
+        upstream: None,
+        annotations: 0,
+    };
+    authorize::check(w, gw, server, &req.access, &item)
 }
 
 /// A single message: decided, then answered, sent or fanned out.
@@ -187,7 +214,10 @@ pub(super) async fn single(
             base: 0,
         },
     );
-    match decide(w, gw, server, &req, &msg).await {
+    let decided = decide(w, gw, server, &req, &msg).await;
+    let task = names_task(m);
+    ctx.decisions.extend(req.access.decided.take());
+    match decided {
         Err(r) => refuse(c, ctx, r).await,
         Ok(Decision::Result(r)) if ctx.era == crate::error::Era::Stateless => {
             // What the stateless revision adds to every result (a list page carries its
@@ -197,7 +227,7 @@ pub(super) async fn single(
         }
         Ok(Decision::Result(r)) => super::reply_result(c, ctx, &r).await,
         // A reply that names a task is read (or streamed) and its task ids rewritten.
-        Ok(Decision::Upstream { u, body }) if names_task(m) => {
+        Ok(Decision::Upstream { u, body }) if task => {
             super::batch::one(w, c, ctx, &req, u, &body).await
         }
         Ok(Decision::Upstream { u, body }) => send(w, c, ctx, &req, u, &body).await,
@@ -316,6 +346,18 @@ async fn by_name(
         return Err(Refusal::because(Kind::UnknownName, why));
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
+    let item = Item {
+        kind: if kind == TableKind::Tools {
+            ItemKind::Tool
+        } else {
+            ItemKind::Prompt
+        },
+        name: &name,
+        method: msg.m.method,
+        upstream: Some(u),
+        annotations: tables::annotations(w, gw, server, kind, &name),
+    };
+    authorize::check(w, gw, server, &req.access, &item)?;
     let mut body = Vec::with_capacity(msg.bytes.len() + original.len());
     let (start, end) = (msg.at(span.start), msg.at(span.end));
     body.extend_from_slice(&msg.bytes[..start]);
@@ -349,6 +391,14 @@ async fn by_uri(
         return Err(Refusal::because(Kind::UnknownName, why));
     };
     let u = gw.config.servers[server].upstreams[member].upstream;
+    let item = Item {
+        kind: ItemKind::Resource,
+        name: &uri,
+        method: msg.m.method,
+        upstream: Some(u),
+        annotations: 0,
+    };
+    authorize::check(w, gw, server, &req.access, &item)?;
     Ok(Decision::Upstream {
         u,
         body: msg.bytes.to_vec(),
@@ -376,19 +426,38 @@ async fn completion(
             let table =
                 tables::names_for(w, gw, server, claims, &req.trace, TableKind::Prompts, &name)
                     .await;
+            let shown = |m: usize| {
+                let item = Item {
+                    kind: ItemKind::Prompt,
+                    name: &name,
+                    method: Method::PromptsGet,
+                    upstream: Some(gw.config.servers[server].upstreams[m].upstream),
+                    annotations: 0,
+                };
+                authorize::visible(w, gw, server, &req.access, &item)
+            };
             match table.resolve(&name) {
-                Some((m, original)) => {
+                Some((m, original)) if shown(m) => {
                     v["params"]["ref"]["name"] = serde_json::Value::String(original.to_string());
                     Some(m)
                 }
-                None => None,
+                _ => None,
             }
         }
         "ref/resource" => {
             let uri = r["uri"].as_str().unwrap_or_default().to_string();
             if gw.config.servers[server].resources.filter.allows(&uri) {
                 let table = tables::uris_for(w, gw, server, claims, &req.trace, &uri).await;
-                table.route(&uri)
+                table.route(&uri).filter(|&m| {
+                    let item = Item {
+                        kind: ItemKind::Resource,
+                        name: &uri,
+                        method: Method::ResourcesRead,
+                        upstream: Some(gw.config.servers[server].upstreams[m].upstream),
+                        annotations: 0,
+                    };
+                    authorize::visible(w, gw, server, &req.access, &item)
+                })
             } else {
                 None
             }

@@ -67,6 +67,8 @@ struct ServerTables {
     building: [bool; 3],
     attempted: [Option<Instant>; 3],
     tools: Option<Built<NameTable>>,
+    /// Annotation flags (`policy::rules::ann`) of the tools table's tools, by exposed name.
+    tool_flags: Rc<HashMap<Box<str>, u8>>,
     prompts: Option<Built<NameTable>>,
     resources: Option<Built<UriTable>>,
 }
@@ -232,6 +234,24 @@ impl Catalogs {
     }
 }
 
+/// A tool's annotation flags as the worker's tools table of `server` knows them (the MCP
+/// defaults for a tool it does not know, and for prompts).
+pub(in crate::proxy) fn annotations(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    kind: TableKind,
+    name: &str,
+) -> u8 {
+    use crate::policy::rules::ann;
+    if kind != TableKind::Tools {
+        return 0;
+    }
+    w.catalogs.with(gw, server, |t| {
+        t.tool_flags.get(name).copied().unwrap_or(ann::DEFAULT)
+    })
+}
+
 /// The tools or prompts table of `server` if it is fresh: the request path's synchronous lookup
 /// (no await, no clock read beyond the worker's coarse one).
 pub(in crate::proxy) fn fresh_names(
@@ -327,7 +347,12 @@ pub(super) async fn names_for(
     let s = &gw.config.servers[server];
     let fetched = fetch_all(w, gw, server, claims, trace, list, "name").await;
     let missing = missing_of(gw, server, &fetched);
-    let names: Vec<Vec<String>> = fetched.into_iter().map(Option::unwrap_or_default).collect();
+    let fetched: Vec<Vec<(String, u8)>> =
+        fetched.into_iter().map(Option::unwrap_or_default).collect();
+    let names: Vec<Vec<String>> = fetched
+        .iter()
+        .map(|l| l.iter().map(|(n, _)| n.clone()).collect())
+        .collect();
     let parts: Vec<UpstreamNames<'_, String>> = s
         .upstreams
         .iter()
@@ -347,6 +372,21 @@ pub(super) async fn names_for(
         tracing::warn!(server = %s.path, problem = %p, "federated {} table", kind.label());
     }
     metrics::counter!(names::FEDERATION_TABLE_REFRESHES_TOTAL, "list" => kind.label()).increment(1);
+    // Each tool's annotation flags by exposed name, for rules that target annotations.
+    let flags: HashMap<Box<str>, u8> = if kind == TableKind::Tools {
+        fetched
+            .iter()
+            .enumerate()
+            .flat_map(|(m, l)| {
+                let table = &table;
+                l.iter().filter_map(move |(n, f)| {
+                    table.exposed(m, n).map(|e| (Box::<str>::from(e), *f))
+                })
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let table = Rc::new(table);
     let built = Built {
         table: table.clone(),
@@ -355,7 +395,10 @@ pub(super) async fn names_for(
         missing,
     };
     w.catalogs.with(gw, server, |t| match kind {
-        TableKind::Tools => t.tools = Some(built),
+        TableKind::Tools => {
+            t.tools = Some(built);
+            t.tool_flags = Rc::new(flags);
+        }
         _ => t.prompts = Some(built),
     });
     table
@@ -382,7 +425,7 @@ pub(super) async fn uris_for(
     let mut missing = missing_of(gw, server, &resources);
     let resources: Vec<Vec<String>> = resources
         .into_iter()
-        .map(Option::unwrap_or_default)
+        .map(|l| l.unwrap_or_default().into_iter().map(|(u, _)| u).collect())
         .collect();
     let templates = fetch_all(
         w,
@@ -401,7 +444,7 @@ pub(super) async fn uris_for(
     }
     let templates: Vec<Vec<String>> = templates
         .into_iter()
-        .map(Option::unwrap_or_default)
+        .map(|l| l.unwrap_or_default().into_iter().map(|(t, _)| t).collect())
         .collect();
     let r: Vec<&[String]> = resources.iter().map(Vec::as_slice).collect();
     let tpl: Vec<&[String]> = templates.iter().map(Vec::as_slice).collect();
@@ -453,7 +496,7 @@ async fn fetch_all(
     trace: &[u8],
     list: ListKind,
     key: &str,
-) -> Vec<Option<Vec<String>>> {
+) -> Vec<Option<Vec<(String, u8)>>> {
     let s = &gw.config.servers[server];
     let calls = s.upstreams.iter().map(|m| async move {
         let u = m.upstream;
@@ -466,7 +509,14 @@ async fn fetch_all(
                     items.extend(
                         page.items()
                             .filter(|i| list != ListKind::Tools || tool_usable(gw, u, i))
-                            .filter_map(|i| field(i, key)),
+                            .filter_map(|i| {
+                                let flags = if list == ListKind::Tools {
+                                    crate::policy::rules::ann::of_tool(i)
+                                } else {
+                                    0
+                                };
+                                field(i, key).map(|f| (f, flags))
+                            }),
                     );
                     match page.next {
                         Some(n) => cursor = Some(n),

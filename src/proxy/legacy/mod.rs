@@ -601,7 +601,7 @@ fn seal(
             session_id: Some(carried),
             protocol_version: version,
         }],
-        principal: None,
+        principal: ctx.binding(),
     };
     let token = gw
         .sealer

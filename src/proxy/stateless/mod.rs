@@ -443,7 +443,7 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
         issued_at: now,
         expires_at: now + 60,
         upstreams,
-        principal: None,
+        principal: ctx.binding(),
     };
     let claims = Rc::new(claims);
     super::federate::post_stateless(w, c, ctx, claims, (f.trace, f.params), f.body).await

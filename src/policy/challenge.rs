@@ -1,0 +1,112 @@
+//! What a 401 or 403 says in `WWW-Authenticate` (RFC 6750 §3, RFC 9728 §5.1), and where an
+//! endpoint's Protected Resource Metadata lives (RFC 9728 §3.1): the client follows
+//! `resource_metadata` to find the authorization server.
+
+use crate::proxy::state::Gateway;
+
+/// The resource URI of `server`: what tokens must name as their audience (RFC 8707).
+pub fn resource(gw: &Gateway, server: usize) -> String {
+    let s = &gw.config.servers[server];
+    let scheme = if gw.config.listen.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}{}", gw.config.listen.addr, s.path)
+}
+
+/// The metadata URL of resource `resource`: `/.well-known/oauth-protected-resource` inserted
+/// between its origin and its path (a path of `/` adds nothing).
+pub fn metadata_url(resource: &str) -> String {
+    let after_scheme = resource.find("://").map_or(0, |i| i + 3);
+    let path_at = resource[after_scheme..]
+        .find('/')
+        .map_or(resource.len(), |i| after_scheme + i);
+    let (origin, path) = resource.split_at(path_at);
+    let path = path.trim_end_matches('/');
+    format!("{origin}/.well-known/oauth-protected-resource{path}")
+}
+
+/// Appends `, key="value"` (quotes and backslashes escaped, RFC 9110 quoted-string).
+fn param(out: &mut String, key: &str, value: &str) {
+    if !out.ends_with(' ') {
+        out.push_str(", ");
+    }
+    out.push_str(key);
+    out.push_str("=\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// The challenge of a 401: `error` (`invalid_token`) and its description when a credential was
+/// presented and failed, nothing when none was; always `resource_metadata`, and `scope` when
+/// the endpoint requires scopes.
+pub fn unauthorized(resource: &str, scopes: &[String], error: Option<&str>) -> String {
+    let mut out = String::from("Bearer ");
+    if let Some(description) = error {
+        param(&mut out, "error", "invalid_token");
+        param(&mut out, "error_description", description);
+    }
+    param(&mut out, "resource_metadata", &metadata_url(resource));
+    if !scopes.is_empty() {
+        param(&mut out, "scope", &scopes.join(" "));
+    }
+    out
+}
+
+/// The challenge of a 403 for a missing scope.
+pub fn insufficient_scope(gw: &Gateway, server: usize, scope: &str) -> String {
+    let resource = resource(gw, server);
+    let mut out = String::from("Bearer ");
+    param(&mut out, "error", "insufficient_scope");
+    param(&mut out, "scope", scope);
+    param(&mut out, "resource_metadata", &metadata_url(&resource));
+    param(
+        &mut out,
+        "error_description",
+        &format!("the access token lacks the scope {scope}"),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_urls_follow_rfc_9728() {
+        assert_eq!(
+            metadata_url("http://127.0.0.1:8080/mcp"),
+            "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://api.example/"),
+            "https://api.example/.well-known/oauth-protected-resource"
+        );
+        assert_eq!(
+            metadata_url("https://api.example"),
+            "https://api.example/.well-known/oauth-protected-resource"
+        );
+    }
+
+    #[test]
+    fn challenges_quote_their_values() {
+        assert_eq!(
+            unauthorized("http://h/mcp", &[], None),
+            r#"Bearer resource_metadata="http://h/.well-known/oauth-protected-resource/mcp""#
+        );
+        assert_eq!(
+            unauthorized(
+                "http://h/mcp",
+                &["a".into(), "b".into()],
+                Some("the token has \"expired\"")
+            ),
+            r#"Bearer error="invalid_token", error_description="the token has \"expired\"", resource_metadata="http://h/.well-known/oauth-protected-resource/mcp", scope="a b""#
+        );
+    }
+}
