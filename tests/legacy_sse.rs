@@ -510,3 +510,30 @@ fn a_second_initialize_on_one_stream_ends_the_session_it_replaces() {
     );
     assert_eq!(tool_text(&echo), "again");
 }
+
+/// Messages a legacy client POSTs run through the request path on the gateway's own loopback
+/// connections, but are judged as that client: here it comes from ::1 (the internal pair is
+/// 127.0.0.1), and a rule allows `echo` from ::1 only.
+#[test]
+fn rules_judge_a_legacy_clients_messages_by_the_clients_own_address() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .yaml(concat!(
+            "listen:\n  address: \"[::1]:0\"\n",
+            "servers:\n",
+            "  - path: /mcp\n",
+            "    upstream: demo\n",
+            "    rules:\n",
+            "      - {name: v6-only, effect: allow, tools: [echo], sources: [\"::1/128\"]}\n",
+        ))
+        .start();
+    let mut l = Legacy::open(gw.addr, "/mcp/sse");
+    l.initialize();
+    let r = l.request(
+        1,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "v6"}}),
+    );
+    assert_eq!(tool_text(&r), "v6", "{r}");
+    assert!(r["result"].get("isError").is_none_or(|e| e == false), "{r}");
+}

@@ -35,16 +35,26 @@ pub struct Client {
     pub addr: Option<std::net::SocketAddr>,
 }
 
+/// Who a connection is served as when it is not its socket's peer: the gateway's own loopback
+/// connections that carry a legacy HTTP+SSE client's messages (`legacy_sse::inner`).
+pub struct Who {
+    pub addr: Option<std::net::SocketAddr>,
+    pub peer: Option<Rc<PeerIdentity>>,
+}
+
 impl Client {
     /// A client starts with only a small read buffer; write buffers are lent per request.
-    pub fn new(stream: Stream, w: std::rc::Rc<WorkerState>) -> Self {
+    pub fn new(stream: Stream, w: std::rc::Rc<WorkerState>, who: Option<Who>) -> Self {
         let write_timeout = w.gw().config.limits.write_timeout;
-        let addr = stream.tcp().peer_addr().ok();
+        let (addr, peer) = match who {
+            Some(who) => (who.addr, who.peer),
+            None => (stream.tcp().peer_addr().ok(), stream.peer()),
+        };
         Client {
             sent: 0,
             addr,
             w,
-            peer: stream.peer(),
+            peer,
             conn: Conn::new(stream, IDLE_READ_BUFFER),
             out: Vec::new(),
             up_out: Vec::new(),

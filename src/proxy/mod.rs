@@ -64,9 +64,14 @@ fn unix_now() -> u64 {
 }
 
 /// Serves one client connection until it closes, idles out, or the worker shuts down.
-pub async fn serve(w: Rc<WorkerState>, stream: Stream) {
+pub fn serve(w: Rc<WorkerState>, stream: Stream) -> impl std::future::Future<Output = ()> {
+    serve_as(w, stream, None)
+}
+
+/// `serve`, for a connection served as another client (`client::Who`).
+async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) {
     let _ = stream.tcp().set_nodelay(true);
-    let mut c = Client::new(stream, w.clone());
+    let mut c = Client::new(stream, w.clone(), who);
     // A refused head is answered after the loop: awaiting inside the `match` would keep its
     // whole `Result` (a `RequestHead`) in the state of every idle connection.
     let refused = loop {

@@ -79,12 +79,19 @@ fn socket(s: TcpStream) -> std::io::Result<Stream> {
 pub async fn exchange(
     w: &Rc<WorkerState>,
     req: Vec<u8>,
+    from: &super::streams::From,
 ) -> Result<(UpstreamConn, ResponseHead), String> {
     let pair = w.legacy_sse.loopback.pair().await;
     let (served, ours) = pair.map_err(|e| format!("loopback connection: {e}"))?;
     let served = socket(served).map_err(|e| format!("loopback connection: {e}"))?;
     let ours = socket(ours).map_err(|e| format!("loopback connection: {e}"))?;
-    monoio::spawn(super::super::serve(w.clone(), served));
+    // Served as the client it comes from: rules and the identity phase judge the client's
+    // address and certificate, never this loopback pair's.
+    let who = super::super::client::Who {
+        addr: from.addr,
+        peer: from.peer.clone().map(Rc::new),
+    };
+    monoio::spawn(super::super::serve_as(w.clone(), served, Some(who)));
     let mut conn = Conn::new(ours, 8 * 1024);
     let (res, _) = conn.write_all(req).await;
     res.map_err(|e| format!("writing the request: {e}"))?;

@@ -66,6 +66,14 @@ pub(super) async fn handle(
     }
 }
 
+/// Who the client is, for the requests the stream makes on its behalf.
+fn from(c: &Client) -> streams::From {
+    streams::From {
+        addr: c.addr,
+        peer: c.peer().map(|p| (**p).clone()),
+    }
+}
+
 /// Header lines of a client request that the request path reads (Host and Origin for
 /// admission, Authorization for the authentication phase, trace context to forward).
 fn carried_headers(head: &RequestHead, buf: &[u8]) -> Vec<u8> {
@@ -117,6 +125,7 @@ async fn open(
     c.conn.consume(head.len);
     let stream = Rc::new(LegacyStream::new(
         headers,
+        from(c),
         limits.legacy_sse_queued_messages,
     ));
     let Some(id) = w.legacy_sse.open(
@@ -315,6 +324,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         body,
         order,
         headers,
+        from: from(c),
     };
     let verdict = if usize::from(id.worker) == w.index {
         w.legacy_sse.deliver(&id, posted)
@@ -411,7 +421,7 @@ async fn end_session(w: &Rc<WorkerState>, stream: &LegacyStream, path: &str, tok
     req.extend_from_slice(&stream.headers);
     response::header(&mut req, b"mcp-session-id", token);
     req.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
-    if let Ok((mut conn, head)) = inner::exchange(w, req).await {
+    if let Ok((mut conn, head)) = inner::exchange(w, req, &stream.from).await {
         let _ = inner::messages(&mut conn, &head, |_| {}).await;
     }
 }
@@ -439,7 +449,7 @@ async fn run(
     req.extend_from_slice(b"connection: close\r\n\r\n");
     req.extend_from_slice(&p.body);
     let exchange = async {
-        let (mut conn, head) = inner::exchange(w, req).await?;
+        let (mut conn, head) = inner::exchange(w, req, &p.from).await?;
         let token = head.session_id.clone().map(|r| conn.buffered()[r].to_vec());
         inner::messages(&mut conn, &head, |m| stream.send(m)).await?;
         Ok::<_, String>(token)
@@ -469,7 +479,7 @@ async fn server_stream(w: Rc<WorkerState>, stream: Rc<LegacyStream>, path: Strin
     response::header(&mut req, b"mcp-session-id", &token);
     req.extend_from_slice(b"accept: text/event-stream\r\nconnection: close\r\n\r\n");
     let relay = async {
-        let (mut conn, head) = inner::exchange(&w, req).await?;
+        let (mut conn, head) = inner::exchange(&w, req, &stream.from).await?;
         if head.status != 200 {
             // 405: the upstream offers no such stream (the legacy stream carries what travels
             // on each request's own stream); any other refusal will not change either.

@@ -57,6 +57,14 @@ pub enum Order {
     Concurrent,
 }
 
+/// Who sent a request the stream carries on: the address and verified client certificate the
+/// request path judges it by (`sources` rules, the mTLS principal), as if it had come itself.
+#[derive(Clone, Debug, Default)]
+pub struct From {
+    pub addr: Option<std::net::SocketAddr>,
+    pub peer: Option<crate::tls::PeerIdentity>,
+}
+
 /// A message POSTed to a legacy stream, with the request headers the request path reads.
 pub struct Posted {
     pub body: Vec<u8>,
@@ -64,6 +72,8 @@ pub struct Posted {
     /// Header lines (`name: value\r\n`) of the POST that the request path uses: Host, Origin,
     /// Authorization, trace context.
     pub headers: Vec<u8>,
+    /// Who POSTed it.
+    pub from: From,
 }
 
 /// Why a stream ended (the label of `tollgate_legacy_sse_streams_ended_total`).
@@ -102,12 +112,15 @@ pub struct LegacyStream {
     /// Header lines of the `GET <path>/sse` (Host, Origin, …) for the requests the stream makes
     /// on its own (the session's GET stream and its DELETE).
     pub headers: Vec<u8>,
+    /// Who opened the stream (for those requests).
+    pub from: From,
     max_queued: usize,
 }
 
 impl LegacyStream {
-    pub fn new(headers: Vec<u8>, max_queued: usize) -> Self {
+    pub fn new(headers: Vec<u8>, from: From, max_queued: usize) -> Self {
         LegacyStream {
+            from,
             inbox: RefCell::default(),
             outbox: RefCell::default(),
             token: RefCell::default(),
@@ -326,13 +339,14 @@ mod tests {
             body: b"{}".to_vec(),
             order: Order::Concurrent,
             headers: Vec::new(),
+            from: From::default(),
         }
     }
 
     #[test]
     fn slots_are_bounded_and_a_reused_slot_refuses_the_old_id() {
         let streams = Streams::default();
-        let s = || Rc::new(LegacyStream::new(Vec::new(), 2));
+        let s = || Rc::new(LegacyStream::new(Vec::new(), From::default(), 2));
         let a = streams.open(0, 2, 11, s()).expect("room");
         let b = streams.open(0, 2, 12, s()).expect("room");
         assert!(streams.open(0, 2, 13, s()).is_none(), "limit of 2");
@@ -357,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_client_that_does_not_read_loses_its_stream() {
-        let s = LegacyStream::new(Vec::new(), 2);
+        let s = LegacyStream::new(Vec::new(), From::default(), 2);
         s.send(b"1");
         s.send(b"2");
         assert!(!s.is_ended());
@@ -370,7 +384,12 @@ mod tests {
     fn a_handed_over_message_carries_its_verdict_back() {
         let streams = Streams::default();
         let id = streams
-            .open(1, 4, 5, Rc::new(LegacyStream::new(Vec::new(), 4)))
+            .open(
+                1,
+                4,
+                5,
+                Rc::new(LegacyStream::new(Vec::new(), From::default(), 4)),
+            )
             .expect("room");
         let h = HandedOver::new(id, posted());
         assert_eq!(h.verdict(), Verdict::Pending);
