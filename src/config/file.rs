@@ -42,6 +42,12 @@ impl std::error::Error for ConfigErrors {}
 pub const DEFAULT_KEY_ENV: &str = "TOLLGATE_SESSION_KEY";
 
 /// Loads a config from YAML text, reading the session key variable from the process environment.
+/// An `http(s)://host[:port]/path` URL as the config reads upstream URLs (for URLs the gateway
+/// fetches itself: key sets, authorization server metadata).
+pub fn parse_http_url(s: &str) -> Result<crate::config::UpstreamTarget, String> {
+    formats::upstream_url(s)
+}
+
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     // var_os: a non-UTF-8 value must be reported as a bad key, not silently treated as unset.
     load_str_with_env(text, &|name| {

@@ -5,7 +5,9 @@
 mod file;
 pub mod reload;
 
-pub use file::{load_file, load_str, load_str_with_env, render_effective, ConfigErrors};
+pub use file::{
+    load_file, load_str, load_str_with_env, parse_http_url, render_effective, ConfigErrors,
+};
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

@@ -74,6 +74,33 @@ pub fn insufficient_scope(gw: &Gateway, server: usize, scope: &str) -> String {
     out
 }
 
+/// The path part of `metadata_url(resource)`: where this gateway serves the document.
+pub fn metadata_path(resource: &str) -> String {
+    let url = metadata_url(resource);
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    url[after_scheme..]
+        .find('/')
+        .map_or_else(|| "/".to_string(), |i| url[after_scheme + i..].to_string())
+}
+
+/// The Protected Resource Metadata document (RFC 9728 §2) of a resource: where to get tokens
+/// for it, which scopes it knows, and that tokens go in the Authorization header only.
+pub fn metadata_document(
+    resource: &str,
+    authorization_servers: &[String],
+    scopes_supported: &[String],
+) -> Vec<u8> {
+    let mut doc = serde_json::json!({
+        "resource": resource,
+        "authorization_servers": authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !scopes_supported.is_empty() {
+        doc["scopes_supported"] = serde_json::json!(scopes_supported);
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +119,27 @@ mod tests {
             metadata_url("https://api.example"),
             "https://api.example/.well-known/oauth-protected-resource"
         );
+    }
+
+    #[test]
+    fn metadata_is_served_where_its_url_points() {
+        assert_eq!(
+            metadata_path("http://127.0.0.1:8080/mcp"),
+            "/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_path("https://api.example/"),
+            "/.well-known/oauth-protected-resource"
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&metadata_document(
+            "http://h/mcp",
+            &["https://issuer.example".into()],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(doc["resource"], "http://h/mcp");
+        assert_eq!(doc["authorization_servers"][0], "https://issuer.example");
+        assert!(doc.get("scopes_supported").is_none());
     }
 
     #[test]

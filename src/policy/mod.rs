@@ -68,6 +68,7 @@ impl Principal {
 
 /// A shared principal (the token cache hands out clones of the `Rc`).
 pub mod challenge;
+pub mod fetch;
 pub mod rules;
 
 pub type PrincipalRef = Rc<Principal>;

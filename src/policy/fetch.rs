@@ -1,0 +1,545 @@
+//! Documents the identity phase needs from authorization servers (JWKS, OIDC / RFC 8414
+//! discovery metadata), fetched by a background thread, never on the request path: a blocking
+//! HTTP/1.1 GET over TCP or TLS (rustls, ring), bounded in time and size, that reports how long
+//! the answer may be cached (`Cache-Control: max-age`, `Expires` is not read).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{HttpTarget, UpstreamTarget};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::head::{parse_response, Framing};
+
+/// Largest document accepted (a JWKS with dozens of RSA keys is far below this).
+pub const MAX_DOCUMENT: usize = 1024 * 1024;
+
+/// How a fetch is bounded.
+#[derive(Clone)]
+pub struct Fetcher {
+    /// Connect, and then each read and write.
+    pub timeout: Duration,
+    /// For https URLs (system roots unless configured otherwise).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A fetched document.
+#[derive(Debug)]
+pub struct Fetched {
+    pub body: Vec<u8>,
+    /// `Cache-Control: max-age` (none when absent; `no-store`/`no-cache` give zero).
+    pub max_age: Option<Duration>,
+}
+
+/// Parses an `http(s)://host[:port]/path` URL.
+pub fn url(s: &str) -> Result<HttpTarget, String> {
+    match crate::config::parse_http_url(s)? {
+        UpstreamTarget::Http(t) => Ok(t),
+        UpstreamTarget::BuiltinDemo => Err(format!("{s:?} is not an http(s) URL")),
+    }
+}
+
+impl Fetcher {
+    /// GETs `target`, expecting 200 and a JSON body.
+    pub fn get(&self, target: &HttpTarget) -> Result<Fetched, String> {
+        let addrs: Vec<_> = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{}: cannot resolve: {e}", target.host))?
+            .collect();
+        let mut last = format!("{}: no address", target.host);
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, self.timeout) {
+                Ok(tcp) => return self.exchange(target, tcp),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    fn exchange(&self, target: &HttpTarget, tcp: TcpStream) -> Result<Fetched, String> {
+        tcp.set_read_timeout(Some(self.timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {}\r\naccept: application/json\r\nuser-agent: tollgate\r\nconnection: close\r\n\r\n",
+            target.path, target.authority
+        );
+        let raw = if target.tls {
+            let cfg = self
+                .tls
+                .clone()
+                .ok_or("https needs a TLS configuration".to_string())?;
+            let name = crate::tls::server_name(&target.host)?;
+            let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS: {e}"))?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.write_all(request.as_bytes())
+                .map_err(|e| format!("TLS: {e}"))?;
+            read_all(&mut s)?
+        } else {
+            let mut s = tcp;
+            s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+            read_all(&mut s)?
+        };
+        parse(&raw)
+    }
+}
+
+/// Reads until the peer closes (the request said `connection: close`), at most the bound.
+fn read_all(s: &mut impl Read) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > MAX_DOCUMENT + 64 * 1024 {
+                    return Err(format!("document larger than {MAX_DOCUMENT} bytes"));
+                }
+            }
+            // A TLS peer that closes without close_notify: what arrived is judged by its framing.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A whole response: 200, framed by length, chunks or the close.
+fn parse(raw: &[u8]) -> Result<Fetched, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let head = parse_response(raw, &mut headers, 64 * 1024, false)
+        .map_err(|e| e.reason.to_string())?
+        .ok_or("the response ended inside its head")?;
+    if head.status != 200 {
+        return Err(format!("HTTP {}", head.status));
+    }
+    let max_age = max_age(raw, head.len);
+    let rest = &raw[head.len..];
+    let body = match head.framing {
+        Framing::Length(n) => {
+            let n = usize::try_from(n).map_err(|_| "length too large")?;
+            if rest.len() < n {
+                return Err("the response ended inside its body".into());
+            }
+            rest[..n].to_vec()
+        }
+        Framing::Chunked => {
+            let mut d = ChunkedDecoder::new(8 * 1024);
+            let mut body = Vec::new();
+            d.feed(rest, |b| body.extend_from_slice(b))
+                .map_err(|e| format!("bad chunked body: {e:?}"))?;
+            if !d.is_done() {
+                return Err("the response ended inside its body".into());
+            }
+            body
+        }
+        _ => rest.to_vec(),
+    };
+    if body.len() > MAX_DOCUMENT {
+        return Err(format!("document larger than {MAX_DOCUMENT} bytes"));
+    }
+    Ok(Fetched { body, max_age })
+}
+
+/// `Cache-Control` of the head `raw[..head_len]`.
+fn max_age(raw: &[u8], head_len: usize) -> Option<Duration> {
+    let head = std::str::from_utf8(&raw[..head_len]).ok()?;
+    let mut age = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim().eq_ignore_ascii_case("cache-control") {
+            continue;
+        }
+        for d in value.split(',') {
+            let d = d.trim().to_ascii_lowercase();
+            if d == "no-store" || d == "no-cache" {
+                return Some(Duration::ZERO);
+            }
+            if let Some(v) = d.strip_prefix("max-age=") {
+                age = v
+                    .trim_matches('"')
+                    .parse::<u64>()
+                    .ok()
+                    .map(Duration::from_secs);
+            }
+        }
+    }
+    age
+}
+
+/// Where an issuer's metadata may be (RFC 8414 §3.1 first, then OpenID Connect Discovery's
+/// `/.well-known/openid-configuration` appended to the issuer).
+pub fn metadata_urls(issuer: &str) -> Vec<String> {
+    let issuer = issuer.trim_end_matches('/');
+    let after_scheme = issuer.find("://").map_or(0, |i| i + 3);
+    let path_at = issuer[after_scheme..]
+        .find('/')
+        .map_or(issuer.len(), |i| after_scheme + i);
+    let (origin, path) = issuer.split_at(path_at);
+    vec![
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+        format!("{issuer}/.well-known/openid-configuration"),
+    ]
+}
+
+/// What the identity phase reads of an issuer's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pub jwks_uri: Option<String>,
+    pub introspection_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+}
+
+/// Fetches `issuer`'s metadata: the first candidate URL that answers with a document whose
+/// `issuer` is exactly `issuer` (RFC 8414 §3.3: anything else is refused, or a server could
+/// speak for another).
+pub fn discover(f: &Fetcher, issuer: &str) -> Result<(Metadata, Option<Duration>), String> {
+    let mut errors = Vec::new();
+    for u in metadata_urls(issuer) {
+        let target = url(&u)?;
+        match f.get(&target) {
+            Ok(doc) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&doc.body).map_err(|e| format!("{u}: not JSON: {e}"))?;
+                if v["issuer"].as_str() != Some(issuer) {
+                    return Err(format!(
+                        "{u}: its issuer is {}, not {issuer:?}",
+                        v["issuer"]
+                    ));
+                }
+                let s = |k: &str| v[k].as_str().map(str::to_owned);
+                let m = Metadata {
+                    jwks_uri: s("jwks_uri"),
+                    introspection_endpoint: s("introspection_endpoint"),
+                    token_endpoint: s("token_endpoint"),
+                };
+                return Ok((m, doc.max_age));
+            }
+            Err(e) => errors.push(format!("{u}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Clone, Debug)]
+pub struct KeySource {
+    /// Index into `auth.issuers`.
+    pub issuer: usize,
+    /// The issuer's name (logs, metric label) and URL (`iss`, discovery).
+    pub name: String,
+    pub issuer_url: String,
+    /// `jwks_url`, or found through discovery when `None`.
+    pub jwks_url: Option<String>,
+}
+
+/// How often keys are fetched.
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshPolicy {
+    /// Never more often than this, whatever the cache headers say (also the floor for
+    /// `max-age=0`).
+    pub min: Duration,
+    /// When the answer has no `max-age`.
+    pub default: Duration,
+    /// Never less often than this.
+    pub max: Duration,
+    /// After a failure, the first retry (doubling up to `default`).
+    pub retry: Duration,
+    /// A token with an unknown `kid` asks for a refetch at most this often per issuer.
+    pub unknown_kid: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            min: Duration::from_secs(60),
+            default: Duration::from_secs(300),
+            max: Duration::from_secs(24 * 3600),
+            retry: Duration::from_secs(5),
+            unknown_kid: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a fetch round delivers: an issuer's JWKS document (raw JSON), fetched and parsed as
+/// JSON. On failure nothing is delivered: workers keep the last good keys.
+pub type Deliver = Box<dyn Fn(&KeySource, Arc<[u8]>) + Send>;
+
+/// Handle of the key refresher thread: ask for a refetch when a token names an unknown `kid`.
+#[derive(Clone)]
+pub struct Refresher {
+    ask: crossbeam_channel::Sender<usize>,
+}
+
+impl Refresher {
+    /// Asks (never blocks; a full queue drops the ask) for issuer `issuer`'s keys again.
+    pub fn unknown_kid(&self, issuer: usize) {
+        let _ = self.ask.try_send(issuer);
+    }
+}
+
+/// Starts the thread that fetches every source's keys now, then again as their cache lifetime
+/// says (`policy`), and whenever a worker meets an unknown `kid` (rate-limited per issuer).
+/// Stops when `stop` is set (checked every second).
+pub fn spawn(
+    sources: Vec<KeySource>,
+    fetcher: Fetcher,
+    policy: RefreshPolicy,
+    deliver: Deliver,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<(Refresher, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded::<usize>(64);
+    let handle = std::thread::Builder::new()
+        .name("tollgate-keys".into())
+        .spawn(move || run(sources, fetcher, policy, deliver, stop, rx))?;
+    Ok((Refresher { ask: tx }, handle))
+}
+
+struct State {
+    due: std::time::Instant,
+    last_attempt: Option<std::time::Instant>,
+    failures: u32,
+    /// Found by discovery (kept when a later discovery fails).
+    jwks_url: Option<String>,
+}
+
+fn run(
+    sources: Vec<KeySource>,
+    fetcher: Fetcher,
+    policy: RefreshPolicy,
+    deliver: Deliver,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    asks: crossbeam_channel::Receiver<usize>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    let now = Instant::now();
+    let mut states: Vec<State> = sources
+        .iter()
+        .map(|s| State {
+            due: now,
+            last_attempt: None,
+            failures: 0,
+            jwks_url: s.jwks_url.clone(),
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for (src, st) in sources.iter().zip(states.iter_mut()) {
+            if st.due <= now {
+                refresh(src, st, &fetcher, &policy, &deliver);
+            }
+        }
+        let next = states.iter().map(|s| s.due).min();
+        let wait = next
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
+        if let Ok(issuer) = asks.recv_timeout(wait) {
+            let Some(i) = sources.iter().position(|s| s.issuer == issuer) else {
+                continue;
+            };
+            let st = &mut states[i];
+            let recent = st
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < policy.unknown_kid);
+            if !recent {
+                st.due = Instant::now();
+            }
+        }
+    }
+}
+
+/// One fetch of `src`'s keys (discovering the JWKS URL first when needed).
+fn refresh(
+    src: &KeySource,
+    st: &mut State,
+    fetcher: &Fetcher,
+    policy: &RefreshPolicy,
+    deliver: &Deliver,
+) {
+    use std::time::Instant;
+    st.last_attempt = Some(Instant::now());
+    let result = (|| -> Result<Option<Duration>, String> {
+        if src.jwks_url.is_none() {
+            let (m, _) = discover(fetcher, &src.issuer_url)?;
+            st.jwks_url = Some(m.jwks_uri.ok_or("its metadata has no jwks_uri")?);
+        }
+        let u = st.jwks_url.clone().ok_or("no JWKS URL")?;
+        let doc = fetcher.get(&url(&u)?)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&doc.body).map_err(|e| format!("{u}: not JSON: {e}"))?;
+        if !v["keys"].is_array() {
+            return Err(format!("{u}: not a JWK set (no \"keys\" list)"));
+        }
+        deliver(src, doc.body.into());
+        Ok(doc.max_age)
+    })();
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    metrics::counter!(crate::observe::names::AUTH_KEY_REFRESHES_TOTAL, "issuer" => src.name.clone(), "result" => label).increment(1);
+    match result {
+        Ok(max_age) => {
+            st.failures = 0;
+            let every = max_age
+                .unwrap_or(policy.default)
+                .clamp(policy.min, policy.max);
+            st.due = Instant::now() + every;
+            tracing::debug!(issuer = %src.name, next_in_secs = every.as_secs(), "signing keys fetched");
+        }
+        Err(why) => {
+            st.failures = st.failures.saturating_add(1);
+            let backoff = policy
+                .retry
+                .saturating_mul(1 << st.failures.min(10).saturating_sub(1))
+                .min(policy.default);
+            st.due = Instant::now() + backoff;
+            tracing::warn!(issuer = %src.name, error = %why, retry_in_secs = backoff.as_secs(), "signing keys could not be fetched; the last good keys stay in use");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Serves each canned response once, in order, on 127.0.0.1.
+    fn serve(responses: Vec<String>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for r in responses {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(r.as_bytes());
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn fetcher() -> Fetcher {
+        Fetcher {
+            timeout: Duration::from_secs(5),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_document_comes_with_its_cache_lifetime() {
+        let base = serve(vec![
+            "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=300\r\nContent-Length: 11\r\n\r\n{\"keys\":[]}".into(),
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n".into(),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+        ]);
+        let t = url(&format!("{base}/jwks")).unwrap();
+        let a = fetcher().get(&t).unwrap();
+        assert_eq!(a.body, b"{\"keys\":[]}");
+        assert_eq!(a.max_age, Some(Duration::from_secs(300)));
+        let b = fetcher().get(&t).unwrap();
+        assert_eq!(b.body, b"{\"a\":1}");
+        assert_eq!(b.max_age, Some(Duration::ZERO));
+        assert_eq!(fetcher().get(&t).unwrap_err(), "HTTP 404");
+    }
+
+    #[test]
+    fn the_refresher_delivers_keys_found_through_discovery_and_refetches_on_an_unknown_kid() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", l.local_addr().unwrap());
+        let meta = format!("{{\"issuer\":\"{issuer}\",\"jwks_uri\":\"{issuer}/jwks\"}}");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if req.starts_with("GET /jwks") {
+                    let k = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    format!("{{\"keys\":[{{\"kid\":\"k{k}\"}}]}}")
+                } else if req.starts_with("GET /.well-known/oauth-authorization-server") {
+                    meta.clone()
+                } else {
+                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    continue;
+                };
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let policy = RefreshPolicy {
+            unknown_kid: Duration::ZERO,
+            ..RefreshPolicy::default()
+        };
+        let src = KeySource {
+            issuer: 3,
+            name: "test".into(),
+            issuer_url: issuer.clone(),
+            jwks_url: None,
+        };
+        let deliver: Deliver = Box::new(move |s, doc| {
+            let _ = tx.send((s.issuer, String::from_utf8_lossy(&doc).to_string()));
+        });
+        let (refresher, handle) =
+            spawn(vec![src], fetcher(), policy, deliver, stop.clone()).unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first, (3, "{\"keys\":[{\"kid\":\"k0\"}]}".to_string()));
+        // max-age=3600: nothing more until a token names a kid the keys lack.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        refresher.unknown_kid(3);
+        let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k1\"}]}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn discovery_tries_rfc_8414_then_openid_and_checks_the_issuer() {
+        assert_eq!(
+            metadata_urls("https://as.example/tenant1"),
+            [
+                "https://as.example/.well-known/oauth-authorization-server/tenant1",
+                "https://as.example/tenant1/.well-known/openid-configuration"
+            ]
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", l.local_addr().unwrap());
+        let doc = format!(
+            "{{\"issuer\":\"{issuer}\",\"jwks_uri\":\"{issuer}/jwks\",\"token_endpoint\":\"{issuer}/token\"}}"
+        );
+        let responses = vec![
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{doc}",
+                doc.len()
+            ),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{doc}",
+                doc.len()
+            ),
+        ];
+        std::thread::spawn(move || {
+            for r in responses {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(r.as_bytes());
+            }
+        });
+        let (m, _) = discover(&fetcher(), &issuer).unwrap();
+        assert_eq!(m.jwks_uri, Some(format!("{issuer}/jwks")));
+        assert_eq!(m.token_endpoint, Some(format!("{issuer}/token")));
+        // Another issuer's document is refused (the same server answers for a look-alike).
+        let err = discover(&fetcher(), &format!("{issuer}/other")).unwrap_err();
+        assert!(err.contains("not"), "{err}");
+    }
+}
