@@ -69,6 +69,7 @@ impl Principal {
 /// A shared principal (the token cache hands out clones of the `Rc`).
 pub mod challenge;
 pub mod fetch;
+pub mod jwt_ring;
 pub mod rules;
 
 pub type PrincipalRef = Rc<Principal>;
