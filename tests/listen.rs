@@ -792,3 +792,48 @@ fn members_that_break_off_end_the_client_stream_without_a_final_result() {
         "{scrape}"
     );
 }
+
+/// The endpoint's rules judge every relayed resource update: one the caller may not see is
+/// dropped although it subscribed to it.
+#[test]
+fn updates_of_resources_the_rules_hide_are_not_relayed() {
+    let update = |uri: &str| json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}});
+    let a = member(Script {
+        caps: json!({"resources": {"subscribe": true, "listChanged": true}}),
+        ndjson: false,
+        sends: vec![update("file:///secret"), update("file:///open")],
+        end: End::Result,
+    });
+    let b = member(Script {
+        caps: json!({"tools": {"listChanged": true}}),
+        ndjson: false,
+        sends: vec![],
+        end: End::Result,
+    });
+    let gw = Gateway::builder()
+        .upstream("a", &a.up.url())
+        .upstream("b", &b.up.url())
+        .yaml(concat!(
+            "servers:\n  - path: /mcp\n    upstreams: [a, b]\n    rules:\n",
+            "      - {name: open-files, effect: allow, resources: [\"file:///open\"]}\n",
+        ))
+        .workers(1)
+        .start();
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        LISTEN_HEADERS,
+        &listen_body(
+            json!(1),
+            json!({"resourceSubscriptions": ["file:///secret", "file:///open"]}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let uris: Vec<Value> = r
+        .sse_messages()
+        .iter()
+        .filter(|m| m["method"] == "notifications/resources/updated")
+        .map(|m| m["params"]["uri"].clone())
+        .collect();
+    assert_eq!(uris, [json!("file:///open")], "{}", r.text());
+}

@@ -194,6 +194,26 @@ pub(super) enum Verdict {
     Drop,
 }
 
+/// Whether the caller may see resource `uri` (of upstream `u`, when known): its updates are
+/// relayed only then (the endpoint's rules, `proxy::authorize::visible`).
+fn resource_shown(
+    w: &WorkerState,
+    gw: &crate::proxy::state::Gateway,
+    server: usize,
+    access: &super::super::authorize::Access,
+    u: usize,
+    uri: &str,
+) -> bool {
+    let item = crate::policy::rules::Item {
+        kind: crate::policy::rules::ItemKind::Resource,
+        name: uri,
+        method: crate::mcp::Method::ResourcesRead,
+        upstream: Some(u),
+        annotations: 0,
+    };
+    super::super::authorize::visible(w, gw, server, access, &item)
+}
+
 /// Judges one message from a member stream (`member_id`: the gateway's id for that listen;
 /// `exposed`: whether the endpoint exposes a resource URI, so an update for a sub-resource it
 /// hides is dropped). Also returns the list whose change it announces, if any (the routing
@@ -445,6 +465,7 @@ pub(in crate::proxy) async fn listen(
     let mut asked = Filter::from_json(&req["params"]["notifications"]);
     // Only URIs the endpoint exposes (as a read of them would be refused); a notification for a
     // sub-resource is checked again when it comes (`relay`).
+    // (The endpoint's rules judge each update as it comes, knowing its upstream.)
     let resources = &gw.config.servers[server].resources.filter;
     asked.uris.retain(|u| resources.allows(u));
 
@@ -658,6 +679,7 @@ async fn relay(
     let gw = &*gen.gw;
     let server = ctx.server.unwrap_or_default();
     let keepalive = gw.config.limits.listen_keepalive;
+    let access = super::super::authorize::Access::of(ctx);
     let mut events = first;
     let mut watch_client = true;
     // When the client was last written to: keep-alives count from it (a member whose messages
@@ -679,7 +701,11 @@ async fn relay(
                 m.ended = Some("unusable");
             }
             while let Some(msg) = m.msgs.pop_front() {
-                let exposed = |u: &str| gw.config.servers[server].resources.filter.allows(u);
+                let member = m.u;
+                let exposed = |u: &str| {
+                    gw.config.servers[server].resources.filter.allows(u)
+                        && resource_shown(w, gw, server, &access, member, u)
+                };
                 let (verdict, changed) = judge(&msg, client_id, (&m.filter, &exposed), &m.id);
                 if let Some(k) = changed {
                     stale[k as usize] = true;
