@@ -139,7 +139,9 @@ const provider = new Provider(issuer, {
   })),
   jwks: { keys: signingKeys },
   cookies: { keys: [secret()] },
-  scopes: ['openid', 'offline_access'],
+  // The resource scopes too, so registered clients may name them in their `scope` metadata (and
+  // discovery's scopes_supported lists them).
+  scopes: ['openid', 'offline_access', ...resourceScope.split(' ').filter(Boolean)],
   claims: { openid: ['sub'], profile: ['roles', 'tenant'] },
   ttl: {
     AccessToken: ttl, ClientCredentials: ttl, AuthorizationCode: 60, Grant: 3600, Interaction: 600, Session: 3600,

@@ -85,8 +85,18 @@ impl AuthServer {
     }
 
     pub fn try_start_with(opts: &AuthOptions) -> Option<AuthServer> {
+        if !AuthServer::available() {
+            return None;
+        }
+        let (node, oidc) = node_and_oidc().unwrap();
+        Some(AuthServer::spawn(&node, &oidc, opts))
+    }
+
+    /// Whether Node 22 and oidc-provider are installed: `false` after saying why, a panic when
+    /// CI is set (the test command installs them first, so missing there is a failure).
+    pub fn available() -> bool {
         match node_and_oidc() {
-            Ok((node, oidc)) => Some(AuthServer::spawn(&node, &oidc, opts)),
+            Ok(_) => true,
             Err(why) if std::env::var_os("CI").is_some() => panic!(
                 "the test authorization server cannot run ({why}), and CI is set: \
                  scripts/install-tools.sh installs it"
@@ -96,7 +106,7 @@ impl AuthServer {
                     "\n*** SKIPPED: the test authorization server cannot run: {why} \
                      (run scripts/install-tools.sh) ***\n"
                 );
-                None
+                false
             }
         }
     }
