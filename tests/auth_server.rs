@@ -321,3 +321,38 @@ fn python_sdk_oauth_client_completes_the_code_flow() {
         "{stdout}"
     );
 }
+
+#[test]
+fn user_tokens_through_the_code_flow() {
+    let Some(auth) = AuthServer::try_start(&[RESOURCE, UPSTREAM]) else {
+        return;
+    };
+    let token = auth.user_token(RESOURCE, "mcp:tools");
+    verify(&token, &auth.jwks()).unwrap();
+    let (_, claims) = jwt_parts(&token);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["roles"], json!(["reader"]));
+    assert_eq!(claims["aud"], RESOURCE);
+    assert_eq!(claims["iss"], auth.issuer());
+    assert_eq!(claims["scope"], "mcp:tools");
+    assert!(claims["client_id"].is_string());
+
+    // Exchanged for the upstream on the user's behalf: still alice, acted for by the gateway.
+    let (_, swapped) = jwt_parts(&auth.exchange(&token, UPSTREAM));
+    assert_eq!(swapped["sub"], "alice");
+    assert_eq!(swapped["aud"], UPSTREAM);
+    assert_eq!(swapped["roles"], json!(["reader"]));
+    assert_eq!(swapped["act"], json!({"sub": "gateway"}));
+
+    let Some(as_bob) = AuthServer::try_start_with(&AuthOptions {
+        resources: &[RESOURCE],
+        login_as: Some("bob"),
+        ..AuthOptions::default()
+    }) else {
+        return;
+    };
+    let (_, claims) = jwt_parts(&as_bob.user_token(RESOURCE, "mcp:tools mcp:admin"));
+    assert_eq!(claims["sub"], "bob");
+    assert_eq!(claims["roles"], json!(["admin"]));
+    assert_eq!(claims["scope"], "mcp:tools mcp:admin");
+}

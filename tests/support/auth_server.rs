@@ -318,6 +318,145 @@ impl AuthServer {
         v["access_token"].as_str().unwrap().to_string()
     }
 
+    /// A user's access token through the authorization code flow with PKCE, as an MCP client
+    /// gets one: registers a public client (RFC 7591), follows the authorization URL (with
+    /// `resource` and `scope`) through the server's automatic login of `--login-as` (`alice`
+    /// unless `AuthOptions::login_as`) and consent, and redeems the code. `scope` "" = none.
+    pub fn user_token(&self, resource: &str, scope: &str) -> String {
+        const REDIRECT: &str = "http://127.0.0.1:47001/callback";
+        let reg = serde_json::json!({
+            "client_name": "auth_server.rs",
+            "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "native",
+            "scope": scope,
+        });
+        let (status, _, body) = http_full(
+            "POST",
+            self.ready["registration_endpoint"].as_str().unwrap(),
+            &[("Content-Type", "application/json")],
+            reg.to_string().as_bytes(),
+        );
+        assert_eq!(
+            status,
+            201,
+            "registration: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let client: Value = serde_json::from_slice(&body).unwrap();
+        let client_id = client["client_id"].as_str().unwrap();
+
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut random = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).unwrap();
+        let verifier = b64.encode(random);
+        let challenge = b64.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            verifier.as_bytes(),
+        ));
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("state", "s1"),
+            ("resource", resource),
+        ];
+        if !scope.is_empty() {
+            params.push(("scope", scope));
+        }
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect();
+        let mut url = format!(
+            "{}?{}",
+            self.ready["authorization_endpoint"].as_str().unwrap(),
+            query.join("&")
+        );
+        // The "browser": follow redirects, carrying the cookies the server sets, until it sends
+        // us back to the redirect URI.
+        let mut cookies: Vec<(String, String)> = Vec::new();
+        let code = 'follow: {
+            for _ in 0..10 {
+                let jar = cookies
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let headers: Vec<(&str, &str)> = if jar.is_empty() {
+                    vec![]
+                } else {
+                    vec![("Cookie", jar.as_str())]
+                };
+                let (status, fields, body) = http_full("GET", &url, &headers, b"");
+                for (name, value) in &fields {
+                    if name.eq_ignore_ascii_case("set-cookie") {
+                        let pair = value.split(';').next().unwrap();
+                        if let Some((n, v)) = pair.split_once('=') {
+                            cookies.retain(|(have, _)| have != n);
+                            cookies.push((n.to_string(), v.to_string()));
+                        }
+                    }
+                }
+                let location = fields
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("location"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "authorization stopped at {url} ({status}): {}\n{}",
+                            String::from_utf8_lossy(&body),
+                            self.log()
+                        )
+                    });
+                if let Some(query) = location.strip_prefix(&format!("{REDIRECT}?")) {
+                    let got: Vec<(&str, &str)> = query
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .collect();
+                    let code = got.iter().find(|(k, _)| *k == "code");
+                    assert!(
+                        code.is_some() && got.contains(&("state", "s1")),
+                        "redirected back without a code: {location}"
+                    );
+                    break 'follow code.unwrap().1.to_string();
+                }
+                url = if location.starts_with('/') {
+                    format!("{}{location}", self.issuer())
+                } else {
+                    location
+                };
+            }
+            panic!("no redirect back within 10 hops (last {url})");
+        };
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier.as_str()),
+            ("client_id", client_id),
+            ("resource", resource),
+        ];
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let (status, _, body) = http_full(
+            "POST",
+            self.token_endpoint(),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "code redemption: {v}\n{}", self.log());
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
     /// The published key set.
     pub fn jwks(&self) -> Value {
         let (status, body) = http("GET", self.jwks_uri(), &[], b"");
@@ -363,6 +502,17 @@ pub fn form_encode(s: &str) -> String {
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`): status and body.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_full(method, url, headers, body);
+    (status, body)
+}
+
+/// `http`, with the response's header lines (name, value) too.
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -393,7 +543,13 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (
     if chunked {
         payload = dechunk(&payload);
     }
-    (status, payload)
+    let fields = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (status, fields, payload)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
