@@ -9,7 +9,7 @@
 //
 // Usage: node tests/auth/as.mjs --resource URI [--resource URI ...] [--opaque-resource URI ...]
 //          [--scopes "mcp:tools mcp:admin"] [--alg RS256|ES256] [--ttl SECONDS] [--login-as alice]
-//          [--port N] [--keep-stdin-closed-ok]
+//          [--port N] [--ignore-stdin]
 // Environment: TOLLGATE_OIDC_DIR (where node_modules/oidc-provider is; default <repo>/.tools/oidc).
 import { createServer } from 'node:http';
 import { generateKeyPairSync, randomBytes, createPublicKey } from 'node:crypto';
@@ -46,6 +46,10 @@ if (!['RS256', 'ES256'].includes(args.alg)) {
   process.exit(2);
 }
 const ttl = Number(args.ttl);
+if (!Number.isInteger(ttl) || ttl < 1) {
+  console.error(`as.mjs: --ttl must be a whole number of seconds, not ${args.ttl}`);
+  process.exit(2);
+}
 const resourceScope = args.scopes;
 // Resource indicators the server issues tokens for: JWT ones and opaque (introspected) ones.
 const resources = new Map();
