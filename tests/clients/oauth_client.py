@@ -31,7 +31,6 @@ import logging
 import socket
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -240,18 +239,14 @@ def selftest() -> int:
         threading.Thread(
             target=_standin_server, args=(sock, resource, auth.issuer, auth.jwks_uri), daemon=True
         ).start()
-        # The stand-in's 401 carries resource_metadata and the PRM names the AS.
+        # The stand-in's 401 carries resource_metadata and the PRM names the AS. (Its socket
+        # listens already: this request waits in the backlog until the server runs, no polling.)
         req = urllib.request.Request(resource, data=b"{}", headers={"Content-Type": "application/json"})
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(req, timeout=5)
-                status, challenge = 200, ""
-            except urllib.error.HTTPError as e:
-                status, challenge = e.code, e.headers.get("WWW-Authenticate", "")
-            except OSError:
-                time.sleep(0.05)
-                continue
-            break
+        try:
+            urllib.request.urlopen(req, timeout=30)
+            status, challenge = 200, ""
+        except urllib.error.HTTPError as e:
+            status, challenge = e.code, e.headers.get("WWW-Authenticate", "")
         report.check("unauthenticated request: 401 with resource_metadata", status == 401 and "resource_metadata=" in challenge, challenge)
 
         # The stand-in's verifier can refuse: a real token for another audience gets 401 too.
