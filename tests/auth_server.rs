@@ -356,3 +356,30 @@ fn user_tokens_through_the_code_flow() {
     assert_eq!(claims["roles"], json!(["admin"]));
     assert_eq!(claims["scope"], "mcp:tools mcp:admin");
 }
+
+#[test]
+fn key_rotation_publishes_a_new_kid_beside_the_old() {
+    let Some(mut auth) = AuthServer::try_start(&[RESOURCE]) else {
+        return;
+    };
+    let before = auth.client_credentials("reader-bot", RESOURCE, "");
+    let old_jwks = auth.jwks();
+    let old_kid = auth.kid("RS256").to_string();
+    assert_eq!(old_jwks["keys"].as_array().unwrap().len(), 2, "{old_jwks}");
+
+    let kids = auth.rotate_keys();
+    assert_ne!(kids["RS256"], json!(old_kid));
+    assert_eq!(auth.kid("RS256"), kids["RS256"]);
+    let after = auth.client_credentials("reader-bot", RESOURCE, "");
+    let (header, _) = jwt_parts(&after);
+    assert_eq!(header["kid"], kids["RS256"]);
+    // The cached set does not know the new kid; the refetched one verifies old and new tokens.
+    assert_eq!(verify(&after, &old_jwks), Err("unknown kid".to_string()));
+    let new_jwks = auth.jwks();
+    verify(&after, &new_jwks).unwrap();
+    verify(&before, &new_jwks).unwrap();
+    assert_eq!(new_jwks["keys"].as_array().unwrap().len(), 4);
+    // A token signed by the new key is still a valid subject for an exchange.
+    let (_, swapped) = jwt_parts(&auth.exchange(&after, RESOURCE));
+    assert_eq!(swapped["sub"], "reader-bot");
+}

@@ -18,6 +18,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
+// stdout carries only this script's JSON lines: everything else logged (oidc-provider prints
+// notices with console.info) goes to stderr.
+console.log = console.error;
+console.info = console.error;
+
 const here = dirname(fileURLToPath(import.meta.url));
 const oidcDir = process.env.TOLLGATE_OIDC_DIR || resolve(here, '..', '..', '.tools', 'oidc');
 const providerEntry = join(oidcDir, 'node_modules', 'oidc-provider', 'lib', 'index.js');
@@ -80,22 +85,28 @@ const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 
-// Signing keys, fresh each run: one RSA and one P-256 key, both published in the JWKS.
+// Signing keys, fresh each run: two generations of one RSA and one P-256 key. The first is
+// published and signs; a `rotate` line on stdin publishes the second beside it and signs with it
+// from then on (what a resource server meets as an unknown `kid` that a JWKS refetch resolves).
+// All four are in the provider's keystore; /jwks shows only the published ones.
 function privateJwk(kind, options, kid, alg) {
   const { privateKey } = generateKeyPairSync(kind, options);
   return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
 }
 const runId = randomBytes(4).toString('hex');
-const signingKeys = [
-  privateJwk('rsa', { modulusLength: 2048 }, `rsa-${runId}`, 'RS256'),
-  privateJwk('ec', { namedCurve: 'P-256' }, `ec-${runId}`, 'ES256'),
-];
-// The public half, for verifying subject tokens of a token exchange.
-const publicJwks = jose.createLocalJWKSet({
-  keys: signingKeys.map((k) => ({
-    ...createPublicKey({ key: k, format: 'jwk' }).export({ format: 'jwk' }), kid: k.kid, alg: k.alg, use: 'sig',
-  })),
+const generations = [1, 2].map((n) => [
+  privateJwk('rsa', { modulusLength: 2048 }, `rsa-${runId}-${n}`, 'RS256'),
+  privateJwk('ec', { namedCurve: 'P-256' }, `ec-${runId}-${n}`, 'ES256'),
+]);
+const signingKeys = generations.flat();
+const publicOf = (k) => ({
+  ...createPublicKey({ key: k, format: 'jwk' }).export({ format: 'jwk' }), kid: k.kid, alg: k.alg, use: 'sig',
 });
+let generation = 0; // index into generations: the keys that sign now
+let published = generations[0].map(publicOf);
+const currentKid = (alg) => generations[generation].find((k) => k.alg === alg).kid;
+// The public halves of every key ever published, for verifying subject tokens of a token exchange.
+const publicJwks = (header, token) => jose.createLocalJWKSet({ keys: published })(header, token);
 
 // The issuer must be known before the Provider exists, so bind the port first.
 const server = createServer();
@@ -114,7 +125,7 @@ function resourceServerInfo(indicator, client) {
     audience: indicator,
     accessTokenTTL: ttl,
     accessTokenFormat: opaque ? 'opaque' : 'jwt',
-    ...(opaque ? {} : { jwt: { sign: { alg: args.alg } } }),
+    ...(opaque ? {} : { jwt: { sign: { alg: args.alg, kid: currentKid(args.alg) } } }),
   };
 }
 
@@ -159,8 +170,13 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
-    introspection: { enabled: true },
-    revocation: { enabled: true },
+    // Introspection and revocation by confidential clients only (the gateway introspects
+    // anyone's token; a public client could otherwise probe tokens).
+    introspection: { enabled: true, allowedPolicy: async (_ctx, client) => client.clientAuthMethod !== 'none' },
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => client.clientAuthMethod !== 'none' || token.clientId === client.clientId,
+    },
     // Open dynamic registration (RFC 7591): the MCP SDKs register themselves.
     registration: { enabled: true },
     resourceIndicators: {
@@ -259,9 +275,15 @@ async function interaction(req, res) {
 }
 
 const callback = provider.callback();
+let jwksPath = '/jwks'; // oidc-provider's route, confirmed from its discovery document below
 server.on('request', (req, res) => {
   // RFC 8414 metadata at its own well-known name too (oidc-provider serves the OpenID one).
   if (req.url === '/.well-known/oauth-authorization-server') req.url = '/.well-known/openid-configuration';
+  if (req.method === 'GET' && req.url === jwksPath) {
+    res.setHeader('Content-Type', 'application/jwk-set+json; charset=utf-8');
+    res.end(JSON.stringify({ keys: published }));
+    return;
+  }
   if (req.url.startsWith('/interaction/')) {
     interaction(req, res).catch((e) => {
       console.error('as.mjs: interaction failed:', e);
@@ -277,6 +299,7 @@ provider.on('grant.error', (_ctx, e) => console.error('as.mjs: grant.error', e.m
 
 // Endpoints as the server itself publishes them (its discovery document), not as assumed here.
 const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+jwksPath = new URL(meta.jwks_uri).pathname;
 const ready = {
   issuer,
   discovery: `${issuer}/.well-known/openid-configuration`,
@@ -287,7 +310,7 @@ const ready = {
   registration_endpoint: meta.registration_endpoint,
   revocation_endpoint: meta.revocation_endpoint,
   alg: args.alg,
-  kids: Object.fromEntries(signingKeys.map((k) => [k.alg, k.kid])),
+  kids: { RS256: currentKid('RS256'), ES256: currentKid('ES256') },
   resources: Object.fromEntries(resources),
   scopes: resourceScope,
   clients: Object.fromEntries(Object.entries(machineClients).map(([id, c]) => [id, {
@@ -304,5 +327,22 @@ process.on('SIGINT', stop);
 if (!args['ignore-stdin']) {
   process.stdin.on('end', stop);
   process.stdin.on('close', stop);
-  process.stdin.resume();
+  // Commands, one a line; each answered with one JSON line on stdout.
+  let pending = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    pending += chunk;
+    let nl;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const command = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      if (command === 'rotate' && generation + 1 < generations.length) {
+        generation += 1;
+        published = [...published, ...generations[generation].map(publicOf)];
+        process.stdout.write(`${JSON.stringify({ rotated: true, kids: { RS256: currentKid('RS256'), ES256: currentKid('ES256') } })}\n`);
+      } else {
+        process.stdout.write(`${JSON.stringify({ error: `unknown or exhausted command: ${command}` })}\n`);
+      }
+    }
+  });
 }

@@ -182,6 +182,18 @@ class AuthServer:
             client,
         )
 
+    def rotate_keys(self) -> dict:
+        """Publishes the second key generation beside the first and signs with it from now on
+        (once): returns the new kids {"RS256": ..., "ES256": ...}."""
+        self.proc.stdin.write("rotate\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        answer = json.loads(line)
+        if not answer.get("rotated"):
+            raise RuntimeError(f"rotate: {answer}")
+        self.ready["kids"] = answer["kids"]
+        return answer["kids"]
+
     def jwks(self) -> dict:
         with urllib.request.urlopen(self.jwks_uri, timeout=10) as resp:
             return json.load(resp)
@@ -226,6 +238,10 @@ def selftest() -> int:
             check("exchange refused to a client without the grant", False)
         except OAuthError as e:
             check("exchange refused to a client without the grant", e.status == 400)
+        kids = auth.rotate_keys()
+        rotated, _ = jwt_parts(auth.client_credentials("reader-bot", resource))
+        check("after rotate_keys: the new kid signs and is published",
+              rotated["kid"] == kids["RS256"] != header["kid"] and rotated["kid"] in [k["kid"] for k in auth.jwks()["keys"]])
         try:
             auth.client_credentials("reader-bot", "http://127.0.0.1:1/unknown")
             check("unknown resource refused", False)

@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ pub struct AuthOptions<'a> {
 /// stdin closes).
 pub struct AuthServer {
     child: Child,
-    _stdin: ChildStdin,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
     ready: Value,
     log: Arc<Mutex<Vec<u8>>>,
 }
@@ -158,11 +159,7 @@ impl AuthServer {
         }
         // The ready line: as.mjs prints it once its port is bound and its discovery answers.
         let mut stdout = child.stdout.take().unwrap();
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
+        let line = read_line(&mut stdout);
         let ready: Value = match serde_json::from_slice(&line) {
             Ok(v) => v,
             Err(_) => {
@@ -176,7 +173,8 @@ impl AuthServer {
         };
         AuthServer {
             child,
-            _stdin: stdin,
+            stdin,
+            stdout,
             ready,
             log,
         }
@@ -457,6 +455,21 @@ impl AuthServer {
         v["access_token"].as_str().unwrap().to_string()
     }
 
+    /// Key rotation: the server publishes a second generation of keys beside the first and
+    /// signs with it from now on (once; a second call panics). Returns the new kids
+    /// (`{"RS256": …, "ES256": …}`), which `kid()` reports from then on. A resource server that
+    /// cached the old JWKS meets an unknown `kid` on the next token.
+    pub fn rotate_keys(&mut self) -> Value {
+        self.stdin.write_all(b"rotate\n").unwrap();
+        self.stdin.flush().unwrap();
+        let line = read_line(&mut self.stdout);
+        let v: Value = serde_json::from_slice(&line)
+            .unwrap_or_else(|e| panic!("rotate: {e}: {}", String::from_utf8_lossy(&line)));
+        assert_eq!(v["rotated"], true, "rotate: {v}");
+        self.ready["kids"] = v["kids"].clone();
+        v["kids"].clone()
+    }
+
     /// The published key set.
     pub fn jwks(&self) -> Value {
         let (status, body) = http("GET", self.jwks_uri(), &[], b"");
@@ -470,6 +483,16 @@ impl Drop for AuthServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One line from the server's stdout, read a byte at a time (no buffer to hold back the next).
+fn read_line(stdout: &mut ChildStdout) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    line
 }
 
 /// Header and claims of a JWT, NOT verified.
