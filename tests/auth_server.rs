@@ -367,6 +367,9 @@ fn key_rotation_publishes_a_new_kid_beside_the_old() {
     let old_kid = auth.kid("RS256").to_string();
     assert_eq!(old_jwks["keys"].as_array().unwrap().len(), 2, "{old_jwks}");
 
+    // Other traffic first: nothing but the command's answer may come out on stdout (oidc-provider
+    // prints notices with console.info; as.mjs sends them to stderr).
+    assert_eq!(auth.introspect("x"), json!({"active": false}));
     let kids = auth.rotate_keys();
     assert_ne!(kids["RS256"], json!(old_kid));
     assert_eq!(auth.kid("RS256"), kids["RS256"]);
