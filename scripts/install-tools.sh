@@ -5,6 +5,8 @@
 #   .tools/npm      MCP SDK 1.x, Inspector, server-everything, conformance suite
 #   .tools/py-mcp2  Python venv with mcp 2.x      .tools/py-mcp1  Python venv with mcp 1.x
 #   .tools/conformance-alpha  the conformance suite 0.2.0-alpha.12 (pinned in tests/conformance/alpha)
+#   .tools/oidc     npm oidc-provider (pinned in tests/auth): the authorization server that
+#                   tests/auth/as.mjs runs for the auth tests
 #   .tools/confsrv  the conformance suite's server fixture, copied from ../shared/conformance/
 #                   fixture-v0.1.16 (read-only there) and npm ci'd here (.tools/confsrv-head:
 #                   the same for fixture-head, which also speaks 2026-07-28); skipped with a warning
@@ -135,6 +137,17 @@ else
   log "installing conformance 0.2.0-alpha into $tools/conformance-alpha"
   npm_ci_into "$repo/tests/conformance/alpha" "$tools/conformance-alpha"
   echo "$want" >"$tools/conformance-alpha/.stamp"
+fi
+
+# 4b. The test authorization server's package (oidc-provider, pinned in tests/auth); as.mjs itself
+#     stays in the repository and finds it through TOLLGATE_OIDC_MODULES / .tools/oidc.
+want="$(stamp_of "$repo/tests/auth/package.json" "$repo/tests/auth/package-lock.json")"
+if is_current "$tools/oidc" "$want" && [[ -d "$tools/oidc/node_modules/oidc-provider" ]]; then
+  log "oidc-provider already installed"
+else
+  log "installing oidc-provider into $tools/oidc"
+  npm_ci_into "$repo/tests/auth" "$tools/oidc"
+  echo "$want" >"$tools/oidc/.stamp"
 fi
 
 # 5. The conformance server fixtures (test data kept in ../shared; used, never copied into the
