@@ -729,6 +729,8 @@ pub struct Mcp {
     pub path: String,
     pub session: Option<String>,
     pub version: String,
+    /// Sent with every request (credentials: `bearer`, `header`).
+    pub extra: Vec<(String, String)>,
     next_id: u64,
 }
 
@@ -744,18 +746,32 @@ impl Mcp {
             path: path.into(),
             session: None,
             version: "2025-06-18".into(),
+            extra: Vec::new(),
             next_id: 1,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` from now on (replacing an earlier one).
+    pub fn bearer(&mut self, token: &str) {
+        self.header("authorization", &format!("Bearer {token}"));
+    }
+
+    /// Sends `name: value` with every request from now on (replacing an earlier value).
+    pub fn header(&mut self, name: &str, value: &str) {
+        self.extra.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.extra.push((name.into(), value.into()));
     }
 
     /// initialize + notifications/initialized; returns the initialize response.
     pub fn initialize(&mut self, version: &str) -> Response {
         let body = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
             "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"harness","version":"1"}}});
+        let mut headers: Vec<(&str, &str)> = JSON_HEADERS.to_vec();
+        headers.extend(self.extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let r = self.http.request(
             "POST",
             &self.path.clone(),
-            &JSON_HEADERS,
+            &headers,
             body.to_string().as_bytes(),
         );
         assert_eq!(r.status, 200, "initialize: {}", r.text());
@@ -775,6 +791,7 @@ impl Mcp {
             h.push(("Mcp-Session-Id", s));
         }
         h.push(("MCP-Protocol-Version", &self.version));
+        h.extend(self.extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         h
     }
 
