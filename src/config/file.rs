@@ -2,6 +2,7 @@
 //! The only module that knows the file's keys and spellings; it reports every problem at once,
 //! each as `path: problem`. It must not leak secrets (session key, header values) into messages.
 
+mod auth;
 mod extract;
 mod formats;
 mod render;
@@ -101,6 +102,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "servers",
+    "auth",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -253,7 +255,8 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         }),
     };
 
-    let (upstreams, servers) = routes(p, &top, env);
+    let auth = auth::auth(p, &top, env);
+    let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     Config {
         workers,
         listen,
@@ -265,6 +268,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         log,
         upstreams,
         servers,
+        auth,
     }
 }
 
@@ -658,6 +662,8 @@ fn routes(
     p: &mut Problems,
     top: &Section,
     env: &dyn Fn(&str) -> Option<String>,
+    auth: &Auth,
+    listen: &Listen,
 ) -> (Vec<Upstream>, Vec<Server>) {
     let ups = top.value("upstreams");
     let srvs = top.value("servers");
@@ -725,7 +731,7 @@ fn routes(
             Vec::new()
         }
         Some((path, Value::Sequence(list))) => {
-            servers::servers(p, &path, list, &upstreams, names_broken)
+            servers::servers(p, &path, list, &upstreams, names_broken, auth, listen)
         }
         Some((path, other)) => {
             p.add(
@@ -758,6 +764,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         prompts: NameFilter::default(),
         resources: NameFilter::default(),
         offer_stateless_always: false,
+        auth: None,
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
         legacy: Some(crate::config::LegacyPaths::of(path)),

@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "list_refresh_interval",
     "legacy_sse",
     "offer_stateless",
+    "auth",
 ];
 
 /// Every `servers[i]`; `names_broken`: an upstream entry had no usable name (already reported),
@@ -33,6 +34,8 @@ pub(super) fn servers(
     list: &[Value],
     upstreams: &[Upstream],
     names_broken: bool,
+    auth: &crate::config::Auth,
+    listen: &crate::config::Listen,
 ) -> Vec<Server> {
     if list.is_empty() {
         p.add(path, "empty list: add at least one {path, upstream}");
@@ -97,6 +100,7 @@ pub(super) fn servers(
             "always" => Ok(true),
             other => Err(format!("expected auto or always, got {other:?}")),
         });
+        let server_auth = super::auth::server_auth(p, &s, spath.as_deref(), auth, listen);
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
         let mut server_upstreams = Vec::with_capacity(members.len());
@@ -140,6 +144,7 @@ pub(super) fn servers(
                 list_refresh_interval,
                 legacy,
                 offer_stateless_always,
+                auth: server_auth,
             });
         }
     }
