@@ -110,10 +110,23 @@ fn rsa_verification(alg: Algorithm) -> &'static sig::RsaParameters {
     }
 }
 
+/// Whether `key` can verify `alg`: the same family, and for ECDSA the curve (a P-256 point is
+/// 65 bytes uncompressed, a P-384 one 97).
+pub fn key_can(alg: Algorithm, key: &DecodingKey) -> bool {
+    if key.family() != alg.family() {
+        return false;
+    }
+    match (alg, key.kind()) {
+        (Algorithm::ES256, DecodingKeyKind::SecretOrDer(point)) => point.len() == 65,
+        (Algorithm::ES384, DecodingKeyKind::SecretOrDer(point)) => point.len() == 97,
+        _ => true,
+    }
+}
+
 /// A verifier of `alg` with `key`; an error when the key's family is not the algorithm's (an
 /// HMAC algorithm over an RSA public key is refused here, whatever the bytes are).
 pub fn verifier(alg: Algorithm, key: &DecodingKey) -> Result<RingVerifier> {
-    if key.family() != alg.family() {
+    if !key_can(alg, key) {
         return Err(ErrorKind::InvalidAlgorithm.into());
     }
     let check = match (alg.family(), key.kind()) {
@@ -274,7 +287,9 @@ fn rsa_components_of_public(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
             if n == 0 || n > 4 || rest.len() < n {
                 return Err(bad());
             }
-            let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
             (len, &rest[n..])
         };
         if rest.len() < len {

@@ -7,7 +7,7 @@
 //! The types here are what the proxy's phases see: a `Principal` in the request context, an
 //! `AuthFailure` (401, with a reason code) or a `Decision` with its reason code.
 
-
+pub mod authn;
 pub mod jwt_ring;
 
 use std::rc::Rc;

@@ -12,6 +12,7 @@ use super::extract::{boolean, count, describe, item, size, string, Problems, Sec
 use super::formats;
 use crate::config::auth::*;
 use crate::config::Listen;
+use crate::policy::jwt_ring;
 
 const ISSUER_KEYS: &[&str] = &[
     "name",
@@ -54,7 +55,7 @@ fn strings(p: &mut Problems, s: &Section, key: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (i, it) in items.iter().enumerate() {
         match string(it) {
-            Ok(st) if st.is_empty() => p.add(&item(&path, i), "must not be empty"),
+            Ok("") => p.add(&item(&path, i), "must not be empty"),
             Ok(st) if out.iter().any(|o| o == st) => {
                 p.add(&item(&path, i), format!("duplicate entry {st:?}"))
             }
@@ -476,20 +477,22 @@ fn issuer(
             );
         }
         for (i, a) in algorithms.iter().enumerate() {
-            if !keys.is_empty() && !keys.iter().any(|k| k.key.family() == a.family()) {
+            if !keys.is_empty() && !keys.iter().any(|k| jwt_ring::key_can(*a, &k.key)) {
+                let what = match a {
+                    Algorithm::ES256 => "a P-256 EC key",
+                    Algorithm::ES384 => "a P-384 EC key",
+                    _ => family_name(a.family()),
+                };
                 p.add(
                     &format!("{at}.algorithms[{i}]"),
-                    format!(
-                        "{a:?} needs {}, and none is configured",
-                        family_name(a.family())
-                    ),
+                    format!("{a:?} needs {what}, and none is configured"),
                 );
             }
         }
     }
     if algs_ok {
         for k in &keys {
-            if !algorithms.iter().any(|a| a.family() == k.key.family()) {
+            if !algorithms.iter().any(|a| jwt_ring::key_can(*a, &k.key)) {
                 let where_ = if k.from == "secret" {
                     format!("{at}.secret")
                 } else {
