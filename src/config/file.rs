@@ -2,6 +2,7 @@
 //! The only module that knows the file's keys and spellings; it reports every problem at once,
 //! each as `path: problem`. It must not leak secrets (session key, header values) into messages.
 
+mod auth;
 mod extract;
 mod formats;
 mod render;
@@ -108,6 +109,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "servers",
+    "auth",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -260,7 +262,8 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         }),
     };
 
-    let (upstreams, servers) = routes(p, &top, env);
+    let auth = auth::auth(p, &top, env);
+    let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     Config {
         workers,
         listen,
@@ -272,6 +275,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         log,
         upstreams,
         servers,
+        auth,
     }
 }
 
@@ -665,6 +669,8 @@ fn routes(
     p: &mut Problems,
     top: &Section,
     env: &dyn Fn(&str) -> Option<String>,
+    auth: &Auth,
+    listen: &Listen,
 ) -> (Vec<Upstream>, Vec<Server>) {
     let ups = top.value("upstreams");
     let srvs = top.value("servers");
@@ -732,7 +738,7 @@ fn routes(
             Vec::new()
         }
         Some((path, Value::Sequence(list))) => {
-            servers::servers(p, &path, list, &upstreams, names_broken)
+            servers::servers(p, &path, list, &upstreams, names_broken, auth, listen)
         }
         Some((path, other)) => {
             p.add(
@@ -765,6 +771,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         prompts: NameFilter::default(),
         resources: NameFilter::default(),
         offer_stateless_always: false,
+        auth: None,
         rules: None,
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,

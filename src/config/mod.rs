@@ -2,9 +2,11 @@
 //! `file` is the only module that knows the YAML format (and the only one that deserializes);
 //! it turns a file into `Config` or into a list of every problem with its path in the file.
 
+pub mod auth;
 mod file;
 pub mod reload;
 
+pub use auth::{Auth, ServerAuth};
 pub use file::{
     load_file, load_str, load_str_with_env, parse_http_url, render_effective, ConfigErrors,
 };
@@ -29,6 +31,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Endpoints the gateway serves (path → upstream). Sorted by path, unique.
     pub servers: Vec<Server>,
+    /// `auth`: issuers, API keys, mTLS and development principals (`policy::authn`).
+    pub auth: Auth,
 }
 
 #[derive(Clone, Debug)]
@@ -432,6 +436,8 @@ pub struct Server {
     /// keeps them in a session of its own; `always` (true): offered, and that upstream's
     /// requests for them are answered -32601.
     pub offer_stateless_always: bool,
+    /// `servers[].auth`: absent = open endpoint; present = every request must authenticate.
+    pub auth: Option<ServerAuth>,
     /// `servers[].rules`, default none: the endpoint's authorization rules, compiled
     /// (`policy::rules`). Present (even empty), the endpoint is federated: lists are filtered
     /// and every call decided per caller.

@@ -7,6 +7,12 @@
 //! The types here are what the proxy's phases see: a `Principal` in the request context, an
 //! `AuthFailure` (401, with a reason code) or a `Decision` with its reason code.
 
+pub mod authn;
+pub mod challenge;
+pub mod fetch;
+pub mod jwt_ring;
+pub mod rules;
+
 use std::rc::Rc;
 
 /// Where a principal's identity came from.
@@ -67,11 +73,6 @@ impl Principal {
 }
 
 /// A shared principal (the token cache hands out clones of the `Rc`).
-pub mod challenge;
-pub mod fetch;
-pub mod jwt_ring;
-pub mod rules;
-
 pub type PrincipalRef = Rc<Principal>;
 
 /// Why a request could not be authenticated: always a 401 with `WWW-Authenticate`, counted in

@@ -314,9 +314,137 @@ pub fn render_effective(c: &Config) -> String {
             "auto"
         };
         let _ = writeln!(o, "    offer_stateless: {offer}");
+        match &s.auth {
+            None => {
+                let _ = writeln!(o, "    auth: null  # open: no authentication");
+            }
+            Some(a) => {
+                let issuers: Vec<String> = a
+                    .issuers
+                    .iter()
+                    .map(|&i| c.auth.issuers.get(i).map_or("?".into(), |is| q(&is.name)))
+                    .collect();
+                let _ = writeln!(o, "    auth:");
+                let _ = writeln!(o, "      resource: {}", q(&a.resource));
+                let _ = writeln!(o, "      issuers: [{}]", issuers.join(", "));
+                let _ = writeln!(o, "      api_keys: {}", a.api_keys);
+                let _ = writeln!(o, "      mtls: {}", a.mtls);
+                let _ = writeln!(o, "      development: {}", a.development);
+                let _ = writeln!(o, "      scopes: {}", list(&a.scopes));
+                let _ = writeln!(o, "      scopes_supported: {}", list(&a.scopes_supported));
+            }
+        }
         render_rules(&mut o, c, s.rules.as_deref());
     }
+    render_auth(&mut o, &c.auth);
     o
+}
+
+/// `auth:`. Secrets are shown as where they come from (`${env:NAME}`, `${file:PATH}`) or
+/// `<redacted>`; API keys only by their hash (which is what the file holds).
+fn render_auth(o: &mut String, a: &crate::config::Auth) {
+    let _ = writeln!(o, "auth:");
+    if a.issuers.is_empty() {
+        let _ = writeln!(o, "  issuers: []");
+    } else {
+        let _ = writeln!(o, "  issuers:");
+    }
+    for i in &a.issuers {
+        let algs: Vec<String> = i.algorithms.iter().map(|x| format!("{x:?}")).collect();
+        let _ = writeln!(o, "    - name: {}", q(&i.name));
+        let _ = writeln!(o, "      issuer: {}", q(&i.issuer));
+        let _ = writeln!(o, "      algorithms: [{}]", algs.join(", "));
+        match &i.secret_ref {
+            Some(s) => {
+                let _ = writeln!(o, "      secret: {}", q(s));
+            }
+            None => {
+                let _ = writeln!(o, "      secret: null");
+            }
+        }
+        let _ = writeln!(o, "      keys: {}", list(&i.key_files));
+        match &i.jwks_url {
+            Some(u) => {
+                let _ = writeln!(o, "      jwks_url: {}  # not fetched by this version", q(u));
+            }
+            None => {
+                let _ = writeln!(o, "      jwks_url: null");
+            }
+        }
+        let note = if i.discovery {
+            "  # not used by this version"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "      discovery: {}{note}", i.discovery);
+        match &i.audience {
+            Some(a) => {
+                let _ = writeln!(o, "      audience: {}", list(a));
+            }
+            None => {
+                let _ = writeln!(o, "      audience: null  # each server's resource");
+            }
+        }
+        let _ = writeln!(o, "      leeway: {}", render_duration(i.leeway));
+        let path = |p: &Option<crate::config::auth::ClaimPath>| {
+            p.as_ref().map_or("null".to_string(), |p| q(&p.dotted()))
+        };
+        let _ = writeln!(
+            o,
+            "      claims: {{subject: {}, client: {}, tenant: {}, roles: {}, scopes: {}}}",
+            q(&i.claims.subject.dotted()),
+            path(&i.claims.client),
+            path(&i.claims.tenant),
+            path(&i.claims.roles),
+            path(&i.claims.scopes)
+        );
+    }
+    if a.api_keys.is_empty() {
+        let _ = writeln!(o, "  api_keys: []");
+    } else {
+        let _ = writeln!(o, "  api_keys:");
+    }
+    for k in &a.api_keys {
+        let hex: String = k.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(o, "    - name: {}", q(&k.name));
+        let _ = writeln!(o, "      sha256: {}", q(&hex));
+        let _ = writeln!(o, "      roles: {}", list(&k.roles));
+        let _ = writeln!(o, "      scopes: {}", list(&k.scopes));
+        let tenant = k.tenant.as_deref().map_or("null".to_string(), q);
+        let _ = writeln!(o, "      tenant: {tenant}");
+    }
+    let _ = writeln!(o, "  mtls:");
+    let _ = writeln!(o, "    subject: {}", a.mtls.subject.as_str());
+    if a.mtls.principals.is_empty() {
+        let _ = writeln!(o, "    principals: []");
+    } else {
+        let _ = writeln!(o, "    principals:");
+    }
+    for p in &a.mtls.principals {
+        let tenant = p.tenant.as_deref().map_or("null".to_string(), q);
+        let _ = writeln!(
+            o,
+            "      - {{subject: {}, roles: {}, tenant: {tenant}}}",
+            q(&p.subject),
+            list(&p.roles)
+        );
+    }
+    match &a.development {
+        None => {
+            let _ = writeln!(o, "  development: null  # off");
+        }
+        Some(d) => {
+            let _ = writeln!(o, "  development:");
+            let _ = writeln!(o, "    subject: {}", q(&d.subject));
+            let _ = writeln!(o, "    roles: {}", list(&d.roles));
+        }
+    }
+    let _ = writeln!(o, "  token_cache_entries: {}", a.token_cache_entries);
+    let _ = writeln!(
+        o,
+        "  max_token_bytes: {}",
+        render_size(a.max_token_bytes as u64)
+    );
 }
 
 /// `servers[].rules`, as compiled (names, upstream names, methods, windows).

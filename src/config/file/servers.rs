@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "list_refresh_interval",
     "legacy_sse",
     "offer_stateless",
+    "auth",
     "rules",
 ];
 
@@ -34,6 +35,8 @@ pub(super) fn servers(
     list: &[Value],
     upstreams: &[Upstream],
     names_broken: bool,
+    auth: &crate::config::Auth,
+    listen: &crate::config::Listen,
 ) -> Vec<Server> {
     if list.is_empty() {
         p.add(path, "empty list: add at least one {path, upstream}");
@@ -98,6 +101,7 @@ pub(super) fn servers(
             "always" => Ok(true),
             other => Err(format!("expected auto or always, got {other:?}")),
         });
+        let server_auth = super::auth::server_auth(p, &s, spath.as_deref(), auth, listen);
         let rules = super::rules::rules(p, &at, &s, members.as_deref(), upstreams);
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
@@ -142,6 +146,7 @@ pub(super) fn servers(
                 list_refresh_interval,
                 legacy,
                 offer_stateless_always,
+                auth: server_auth,
                 rules: rules.map(std::sync::Arc::new),
             });
         }

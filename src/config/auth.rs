@@ -1,0 +1,180 @@
+//! `auth:` and `servers[].auth`, resolved: issuer indices, decoded keys, secret bytes. `Debug`
+//! never shows a secret (the `jsonwebtoken` key types redact themselves; API keys are hashes).
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+/// `auth`: who may call (the identity phase, `policy::authn`).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// `auth.issuers`: JWT issuers, referenced by index (`Source::Jwt { issuer }`).
+    pub issuers: Vec<Issuer>,
+    /// `auth.api_keys`: static keys, referenced by index (`Source::ApiKey { key }`).
+    pub api_keys: Vec<ApiKey>,
+    /// `auth.mtls`: the principal of a verified client certificate.
+    pub mtls: Mtls,
+    /// `auth.development`, default null: the loopback-only development principal.
+    pub development: Option<Development>,
+    /// `auth.token_cache_entries`, default 4096: verified tokens one worker remembers.
+    pub token_cache_entries: usize,
+    /// `auth.max_token_bytes`, default 8 KiB: a longer token or API key is refused (TooLarge).
+    pub max_token_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    /// `name`: `[A-Za-z0-9_.-]{1,64}`, unique; what `servers[].auth.issuers` names.
+    pub name: String,
+    /// `issuer`: the exact `iss` value.
+    pub issuer: String,
+    /// `algorithms`: pinned; never `none`; each one some configured key can verify (unless keys
+    /// come from `jwks_url`/`discovery`).
+    pub algorithms: Vec<Algorithm>,
+    /// `secret` as written (`${env:NAME}`, `${file:PATH}` or `<redacted>` for a literal): for
+    /// `render`; the bytes are in `keys`.
+    pub secret_ref: Option<String>,
+    /// `keys`: the files as written.
+    pub key_files: Vec<String>,
+    /// The decoded keys (secret first, then each file's), the initial key set of the issuer.
+    pub keys: Vec<IssuerKey>,
+    /// `jwks_url`: kept, not fetched yet (no fetcher in this version).
+    pub jwks_url: Option<String>,
+    /// `discovery`: kept, not used yet.
+    pub discovery: bool,
+    /// `audience`: null = each server's `resource`; a list overrides.
+    pub audience: Option<Vec<String>>,
+    /// `leeway`, default 30s: allowed clock skew for `exp`, `nbf` and `iat`.
+    pub leeway: std::time::Duration,
+    pub claims: ClaimPaths,
+}
+
+/// One verification key of an issuer.
+#[derive(Clone, Debug)]
+pub struct IssuerKey {
+    /// The JWK's `kid`; `None` for a secret or a PEM key.
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    /// Where it came from (`secret` or the file), for messages.
+    pub from: String,
+}
+
+/// Where claims are read (dotted paths into the claims object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimPaths {
+    /// Default `sub`.
+    pub subject: ClaimPath,
+    /// Default `client_id`.
+    pub client: Option<ClaimPath>,
+    /// Default null.
+    pub tenant: Option<ClaimPath>,
+    /// Default `roles`.
+    pub roles: Option<ClaimPath>,
+    /// Default `scope`.
+    pub scopes: Option<ClaimPath>,
+}
+
+/// `realm_access.roles` → `["realm_access", "roles"]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimPath(pub Vec<String>);
+
+impl ClaimPath {
+    pub fn parse(s: &str) -> Self {
+        ClaimPath(s.split('.').map(str::to_string).collect())
+    }
+    pub fn dotted(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    /// `name`: the principal's subject.
+    pub name: String,
+    /// `sha256`: the key's SHA-256 (never the key).
+    pub sha256: [u8; 32],
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mtls {
+    /// `auth.mtls.subject`, default `subject`: which part of the certificate is the subject.
+    pub subject: MtlsSubject,
+    /// `auth.mtls.principals`: roles and tenant per certificate subject.
+    pub principals: Vec<MtlsPrincipal>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsSubject {
+    SanUri,
+    SanDns,
+    SanEmail,
+    Cn,
+    /// The subject as an RFC 4514 string.
+    Subject,
+}
+
+impl MtlsSubject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsSubject::SanUri => "san_uri",
+            MtlsSubject::SanDns => "san_dns",
+            MtlsSubject::SanEmail => "san_email",
+            MtlsSubject::Cn => "cn",
+            MtlsSubject::Subject => "subject",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MtlsPrincipal {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Development {
+    /// Default `dev`.
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+/// `servers[].auth`: present = every request to the endpoint must authenticate.
+#[derive(Clone, Debug)]
+pub struct ServerAuth {
+    /// `resource`: the RFC 8707 canonical URI of the endpoint, the default audience.
+    pub resource: String,
+    /// `issuers`: indices into `Auth::issuers`; default all.
+    pub issuers: Vec<usize>,
+    /// `api_keys`, default true when `auth.api_keys` is not empty.
+    pub api_keys: bool,
+    /// `mtls`, default false.
+    pub mtls: bool,
+    /// `development`, default false; only on a loopback listener.
+    pub development: bool,
+    /// `scopes`: required on every request (403 insufficient_scope).
+    pub scopes: Vec<String>,
+    /// `scopes_supported`: for the protected resource metadata; default `scopes`.
+    pub scopes_supported: Vec<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            issuers: Vec::new(),
+            api_keys: Vec::new(),
+            mtls: Mtls {
+                subject: MtlsSubject::Subject,
+                principals: Vec::new(),
+            },
+            development: None,
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
