@@ -73,6 +73,8 @@ pub struct RequestHead {
     pub protocol_version: Option<Range<usize>>,
     pub last_event_id: Option<Range<usize>>,
     pub authorization: Option<Range<usize>>,
+    /// `X-API-Key` (an API key for a machine client, `auth.api_keys`).
+    pub api_key: Option<Range<usize>>,
     /// `Mcp-Method` and `Mcp-Name` (2026-07-28: they mirror the body and are checked against it).
     pub mcp_method: Option<Range<usize>>,
     pub mcp_name: Option<Range<usize>>,
@@ -386,6 +388,8 @@ pub fn parse_request<'b>(
                 r,
                 "more than one Authorization header",
             )?;
+        } else if name.eq_ignore_ascii_case("x-api-key") {
+            set_once(&mut head.api_key, r, "more than one X-API-Key header")?;
         } else if name.eq_ignore_ascii_case("mcp-method") {
             set_once(&mut head.mcp_method, r, "more than one Mcp-Method header")?;
         } else if name.eq_ignore_ascii_case("mcp-name") {

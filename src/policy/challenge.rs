@@ -4,9 +4,13 @@
 
 use crate::proxy::state::Gateway;
 
-/// The resource URI of `server`: what tokens must name as their audience (RFC 8707).
+/// The resource URI of `server`: what tokens must name as their audience (RFC 8707); its
+/// `auth.resource`, or where it is served when it does not authenticate.
 pub fn resource(gw: &Gateway, server: usize) -> String {
     let s = &gw.config.servers[server];
+    if let Some(a) = &s.auth {
+        return a.resource.clone();
+    }
     let scheme = if gw.config.listen.tls.is_some() {
         "https"
     } else {

@@ -200,6 +200,8 @@ pub struct Ctx {
     pub source: Option<std::net::IpAddr>,
     /// Who is calling, once the authenticate phase established it (endpoints with `auth`).
     pub principal: Option<crate::policy::PrincipalRef>,
+    /// Why the authenticate phase refused the request (401), for the access line and audit.
+    pub auth_failure: Option<crate::policy::AuthFailure>,
     /// Every authorization decision made for this request (one per decided item: each message
     /// of a batch on its own), in order; counted by the record phase.
     pub decisions: SmallVec<[super::authorize::Decided; 1]>,
@@ -248,6 +250,7 @@ impl Ctx {
             peer: c.peer().cloned(),
             source: c.addr.map(|a| a.ip()),
             principal: None,
+            auth_failure: None,
             decisions: SmallVec::new(),
             messages: SmallVec::new(),
             batch: false,
@@ -401,6 +404,14 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             (
                 "client_cert",
                 ctx.peer.as_ref().map(|p| Value::Str(p.subject.as_str())),
+            ),
+            (
+                "principal",
+                ctx.principal.as_ref().map(|p| Value::Str(&p.subject)),
+            ),
+            (
+                "auth_failure",
+                ctx.auth_failure.map(|f| Value::Str(f.reason())),
             ),
             ("http", Some(Value::Str(ctx.http_method.as_str()))),
             ("server", server.map(Value::Str)),

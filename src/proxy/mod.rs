@@ -11,6 +11,7 @@ pub mod context;
 pub mod control;
 mod federate;
 mod held;
+mod identity;
 pub use federate::probe;
 mod initialize;
 mod legacy;
@@ -184,11 +185,21 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let buf = c.conn.buffered();
+    if let Some(prm) = identity::metadata_server(gw, head.path(buf)) {
+        return identity::metadata(c, ctx, &head, prm).await;
+    }
     let Some(server) = gw.route(head.path(buf)) else {
         if let Some((server, route)) = gw.route_legacy(head.path(buf)) {
             ctx.server = Some(server);
             if let Some(r) = head.origin.clone() {
                 ctx.cors = cors_headers(&buf[r]);
+            }
+            // Phase: authenticate (the legacy transport's stream and POSTs too).
+            if head.method() != HttpMethod::Options {
+                if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
+                    c.conn.consume(head.len);
+                    return refuse(c, ctx, r).await;
+                }
             }
             // Boxed: a legacy stream's state stays out of every request's future.
             return Box::pin(legacy_sse::handle(w, c, ctx, head, server, route)).await;
@@ -199,6 +210,13 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
     ctx.server = Some(server);
     if let Some(r) = head.origin.clone() {
         ctx.cors = cors_headers(&buf[r]);
+    }
+    // Phase: authenticate. Every request but a CORS preflight (which carries no credentials).
+    if head.method() != HttpMethod::Options {
+        if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
+            c.conn.consume(head.len);
+            return refuse(c, ctx, r).await;
+        }
     }
     match head.method() {
         HttpMethod::Post => post(w, c, ctx, head).await,

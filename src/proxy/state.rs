@@ -222,6 +222,15 @@ const MAX_REVOKED: usize = 1 << 20;
 /// keeps it to its end, so a reload never changes a request (or a stream) in flight.
 pub struct Generation {
     pub gw: Arc<Gateway>,
+    /// This worker's authentication for this config (its keys, its verified-token cache).
+    pub authn: crate::policy::authn::Authn,
+}
+
+impl Generation {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        let authn = crate::policy::authn::Authn::new(&gw.config);
+        Generation { gw, authn }
+    }
 }
 
 /// State owned by one worker.
@@ -282,7 +291,7 @@ impl WorkerState {
             legacy_sse: Default::default(),
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
-            generation: RefCell::new(Rc::new(Generation { gw })),
+            generation: RefCell::new(Rc::new(Generation::new(gw))),
             prepared: RefCell::new(None),
             index,
         }
@@ -319,7 +328,7 @@ impl WorkerState {
             );
         }
         self.metrics.install_upstreams(&gw.upstream_labels());
-        *self.generation.borrow_mut() = Rc::new(Generation { gw });
+        *self.generation.borrow_mut() = Rc::new(Generation::new(gw));
         closed
     }
 

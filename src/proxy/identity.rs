@@ -1,0 +1,151 @@
+//! Phase: authenticate. On an endpoint with `auth`, every request (POST, GET, DELETE, the
+//! legacy transport's GET and POSTs, every stateless request) says who it is before anything
+//! else is read of it: the per-worker `policy::authn::Authn` turns the presented credential into a
+//! `Principal` (a verified-token cache hit costs no signature check) or an `AuthFailure`, which
+//! is answered 401 with the `WWW-Authenticate` challenge pointing at the endpoint's Protected
+//! Resource Metadata, logged and counted by reason. The metadata documents themselves
+//! (RFC 9728) are served here too, without authentication.
+
+use crate::error::Kind;
+use crate::http::head::{HttpMethod, RequestHead};
+use crate::http::response;
+use crate::policy::authn::Presented;
+use crate::policy::{challenge, AuthFailure};
+
+use super::client::Client;
+use super::context::Ctx;
+use super::reject::Refusal;
+use super::state::{Gateway, WorkerState};
+use super::unix_now;
+
+/// The well-known prefix of Protected Resource Metadata (RFC 9728 §3).
+const PRM: &[u8] = b"/.well-known/oauth-protected-resource";
+
+/// Authenticates the request on `server` (which has `auth`): sets `ctx.principal`, or the 401
+/// that refuses it.
+pub fn authenticate(
+    w: &WorkerState,
+    c: &Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    server: usize,
+) -> Result<(), Refusal> {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let Some(auth) = gw.config.servers[server].auth.as_ref() else {
+        return Ok(());
+    };
+    let buf = c.conn.buffered();
+    let target = &buf[head.target.clone()];
+    let query = memchr::memchr(b'?', target).map(|q| &target[q + 1..]);
+    let presented = Presented {
+        authorization: head.authorization.clone().map(|r| &buf[r]),
+        api_key: head.api_key.clone().map(|r| &buf[r]),
+        query,
+        peer: ctx.peer.as_deref(),
+        loopback: ctx.source.is_some_and(|ip| ip.is_loopback()),
+    };
+    match gen
+        .authn
+        .authenticate(&gw.config, server, &presented, unix_now())
+    {
+        Ok(p) => {
+            ctx.principal = Some(p);
+            Ok(())
+        }
+        Err(f) => {
+            w.metrics.auth_failure(f);
+            let error = (f != AuthFailure::Missing).then(|| f.description());
+            let mut r = Refusal::because(Kind::Unauthenticated, unauthenticated_message(f));
+            r.challenge = Some(challenge::unauthorized(&auth.resource, &auth.scopes, error));
+            tracing::debug!(server = %gw.config.servers[server].path, reason = f.reason(), "request not authenticated");
+            ctx.auth_failure = Some(f);
+            Err(r)
+        }
+    }
+}
+
+fn unauthenticated_message(f: AuthFailure) -> String {
+    match f {
+        AuthFailure::Missing => {
+            "authentication required: send Authorization: Bearer <token>".into()
+        }
+        f => format!("authentication failed: {}", f.description()),
+    }
+}
+
+/// The server whose metadata `path` asks for: `/.well-known/oauth-protected-resource<p>` where
+/// `<p>` is the path of an authenticating server's resource URI; the bare well-known path
+/// names the server whose resource has no path, or else the only authenticating server.
+pub fn metadata_server(gw: &Gateway, path: &[u8]) -> Option<Option<usize>> {
+    let rest = path.strip_prefix(PRM)?;
+    if !(rest.is_empty() || rest.starts_with(b"/")) {
+        return None;
+    }
+    let authenticating = || {
+        gw.config
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.auth.as_ref().map(|a| (i, a)))
+    };
+    let want = std::str::from_utf8(path).ok()?;
+    let exact = authenticating()
+        .find(|(_, a)| challenge::metadata_path(&a.resource) == want.trim_end_matches('/'))
+        .map(|(i, _)| i);
+    let only = || {
+        let mut it = authenticating();
+        match (it.next(), it.next()) {
+            (Some((i, _)), None) if rest.is_empty() || rest == b"/" => Some(i),
+            _ => None,
+        }
+    };
+    Some(exact.or_else(only))
+}
+
+/// Answers a metadata request for `server` (`None`: no such resource here → 404).
+pub async fn metadata(
+    c: &mut Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    server: Option<usize>,
+) -> super::Next {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    c.conn.consume(head.len);
+    let Some(server) = server else {
+        return super::refuse(c, ctx, Refusal::new(Kind::NotFound)).await;
+    };
+    if !matches!(head.method(), HttpMethod::Get | HttpMethod::Head) {
+        return super::refuse(c, ctx, Refusal::new(Kind::MethodNotAllowed)).await;
+    }
+    ctx.server = Some(server);
+    let Some(auth) = gw.config.servers[server].auth.as_ref() else {
+        return super::refuse(c, ctx, Refusal::new(Kind::NotFound)).await;
+    };
+    // The authorization servers are the issuers whose tokens this endpoint accepts.
+    let issuers: Vec<String> = auth
+        .issuers
+        .iter()
+        .filter_map(|&i| gw.config.auth.issuers.get(i))
+        .map(|i| i.issuer.clone())
+        .collect();
+    let body = challenge::metadata_document(&auth.resource, &issuers, &auth.scopes_supported);
+    let keep = ctx.keep_after_response();
+    response::status_line(&mut c.out, 200);
+    response::header(&mut c.out, b"content-type", b"application/json");
+    response::header(&mut c.out, b"cache-control", b"max-age=300");
+    // Browser-based clients read it cross-origin.
+    response::header(&mut c.out, b"access-control-allow-origin", b"*");
+    response::content_length(&mut c.out, body.len() as u64);
+    response::connection(&mut c.out, keep);
+    c.out.extend_from_slice(b"\r\n");
+    if !c.head_only {
+        c.out.extend_from_slice(&body);
+    }
+    ctx.status = 200;
+    match c.flush().await {
+        Ok(()) if keep => super::Next::KeepAlive,
+        _ => super::Next::Close,
+    }
+}

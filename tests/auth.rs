@@ -1,0 +1,377 @@
+//! Identity end to end (issue 10): bearer JWTs, API keys, the development principal, the 401
+//! and 403 answers byte by byte, RFC 9728 metadata, sessions bound to their principal, the
+//! client's token never forwarded, and per-principal lists in both eras; through the real binary.
+
+mod harness;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use harness::scripted::{self, read_request, Request, Scripted};
+use harness::{metric_value, Gateway, Mcp, Response, JSON_HEADERS};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
+const ISS: &str = "https://issuer.example";
+const AUD: &str = "http://127.0.0.1:8080/mcp";
+const PRM_URL: &str = "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 JWT over `header` and `claims`, signed with `key`.
+fn sign(header: &Value, claims: &Value, key: &[u8]) -> String {
+    let msg = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let sig = ring::hmac::sign(&k, msg.as_bytes());
+    format!("{msg}.{}", b64(sig.as_ref()))
+}
+
+fn claims(sub: &str, roles: &[&str]) -> Value {
+    json!({"iss": ISS, "aud": AUD, "sub": sub, "roles": roles, "scope": "mcp:tools",
+           "iat": now(), "exp": now() + 600})
+}
+
+fn token(sub: &str, roles: &[&str]) -> String {
+    sign(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims(sub, roles),
+        SECRET.as_bytes(),
+    )
+}
+
+/// The issue's example (auth-jwt.yaml) with a literal secret, plus an API key and `upstream`.
+fn gateway_in_front_of(upstream: &str) -> Gateway {
+    let key_hash = hex(ring::digest::digest(&ring::digest::SHA256, b"machine-key-1").as_ref());
+    Gateway::builder()
+        .upstream("demo", upstream)
+        // Heads large enough for a 100 KB token to reach the identity phase (by default the
+        // head limit refuses it first, 431).
+        .limit("max_header_bytes", "256KiB")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: example\n      issuer: {ISS}\n      algorithms: [HS256]\n      secret: \"{SECRET}\"\n      claims: {{roles: roles}}\n  api_keys:\n    - {{name: ci-bot, sha256: \"{key_hash}\", roles: [admin]}}\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [example]}}\n    rules:\n      - {{name: admins, effect: allow, roles: [admin]}}\n      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}\n"
+        ))
+        .start()
+}
+
+fn gateway() -> Gateway {
+    gateway_in_front_of("builtin:demo")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn post(gw: &Gateway, extra: &[(&str, &str)], body: &Value) -> Response {
+    let mut h = JSON_HEADERS.to_vec();
+    h.extend_from_slice(extra);
+    gw.client()
+        .request("POST", "/mcp", &h, body.to_string().as_bytes())
+}
+
+fn initialize_body() -> Value {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+}
+
+#[test]
+fn no_token_is_401_with_the_metadata_challenge_byte_for_byte() {
+    let gw = gateway();
+    let r = post(&gw, &[], &initialize_body());
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!("Bearer resource_metadata=\"{PRM_URL}\"").as_str())
+    );
+    // The metadata it points at, served without a token, at the path-aware and the root URL.
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let m = gw.client().request("GET", path, &[], b"");
+        assert_eq!(m.status, 200, "{path}: {}", m.text());
+        let doc = m.json();
+        assert_eq!(doc["resource"], AUD);
+        assert_eq!(doc["authorization_servers"], json!([ISS]));
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    }
+    // GET and DELETE need it too.
+    for method in ["GET", "DELETE"] {
+        let r = gw.client().request(
+            method,
+            "/mcp",
+            &[("accept", "text/event-stream"), ("mcp-session-id", "x")],
+            b"",
+        );
+        assert_eq!(r.status, 401, "{method}");
+    }
+}
+
+#[test]
+fn jwt_attacks_are_each_401_with_a_counted_reason() {
+    let gw = gateway();
+    let rsa_public_pem = include_bytes!("auth/rsa-public.pem");
+    let alg = |a: &str| json!({"alg": a, "typ": "JWT"});
+    let mut expired = claims("alice", &["reader"]);
+    expired["exp"] = json!(now() - 3600);
+    let mut future = claims("alice", &["reader"]);
+    future["nbf"] = json!(now() + 3600);
+    let mut wrong_aud = claims("alice", &["reader"]);
+    wrong_aud["aud"] = json!("http://elsewhere/mcp");
+    let mut wrong_iss = claims("alice", &["reader"]);
+    wrong_iss["iss"] = json!("https://evil.example");
+    let none = format!(
+        "{}.{}.",
+        b64(alg("none").to_string().as_bytes()),
+        b64(claims("alice", &["admin"]).to_string().as_bytes())
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", none, "alg_not_allowed"),
+        (
+            "HS256 keyed with an RSA public key",
+            sign(&alg("HS256"), &claims("alice", &["admin"]), rsa_public_pem),
+            "bad_signature",
+        ),
+        (
+            "RS256 header on an HS256 issuer",
+            sign(&alg("RS256"), &claims("a", &[]), SECRET.as_bytes()),
+            "alg_not_allowed",
+        ),
+        (
+            "wrong aud",
+            sign(&alg("HS256"), &wrong_aud, SECRET.as_bytes()),
+            "wrong_audience",
+        ),
+        (
+            "wrong iss",
+            sign(&alg("HS256"), &wrong_iss, SECRET.as_bytes()),
+            "wrong_issuer",
+        ),
+        (
+            "expired",
+            sign(&alg("HS256"), &expired, SECRET.as_bytes()),
+            "expired",
+        ),
+        (
+            "future nbf",
+            sign(&alg("HS256"), &future, SECRET.as_bytes()),
+            "not_yet_valid",
+        ),
+        (
+            "unknown kid",
+            sign(
+                &json!({"alg": "HS256", "kid": "nope"}),
+                &claims("a", &[]),
+                SECRET.as_bytes(),
+            ),
+            "unknown_kid",
+        ),
+        (
+            "wrong secret",
+            sign(&alg("HS256"), &claims("a", &[]), b"another-secret"),
+            "bad_signature",
+        ),
+        ("garbage", "not.a.jwt!".into(), "token_malformed"),
+        ("100 KB token", "a".repeat(100 * 1024), "token_too_large"),
+    ];
+    for (what, tok, reason) in &cases {
+        let auth = format!("Bearer {tok}");
+        let r = post(&gw, &[("authorization", &auth)], &initialize_body());
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+            "{what}: {challenge}"
+        );
+        assert!(
+            challenge.contains(&format!("resource_metadata=\"{PRM_URL}\"")),
+            "{what}: {challenge}"
+        );
+        let m = gw.metrics();
+        let n = metric_value(
+            &m,
+            &format!("tollgate_auth_failures_total{{reason=\"{reason}\"}}"),
+        );
+        assert!(n >= 1.0, "{what}: {reason} not counted\n{m}");
+    }
+    // A token in the query string is refused even when it is valid.
+    let good = token("alice", &["reader"]);
+    let mut h = JSON_HEADERS.to_vec();
+    let auth = format!("Bearer {good}");
+    h.push(("authorization", &auth));
+    let r = gw.client().request(
+        "POST",
+        &format!("/mcp?access_token={good}"),
+        &h,
+        initialize_body().to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let m = gw.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "tollgate_auth_failures_total{reason=\"token_in_query\"}"
+        ),
+        1.0
+    );
+}
+
+/// An MCP client with a bearer token.
+fn client(gw: &Gateway, tok: &str) -> Mcp {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.bearer(tok);
+    m
+}
+
+fn tool_names(r: &Value) -> Vec<String> {
+    let mut n: Vec<String> = r["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn readers_see_and_call_echo_only_admins_everything_and_api_keys_are_principals() {
+    let gw = gateway();
+    let mut reader = client(&gw, &token("alice", &["reader"]));
+    reader.initialize("2025-06-18");
+    let listed = reader.request("tools/list", json!({})).json();
+    assert_eq!(tool_names(&listed), ["echo"]);
+    let ok = reader
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
+        .json();
+    assert_eq!(ok["result"]["content"][0]["text"], "hi", "{ok}");
+    let hidden = reader
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .json();
+    assert_eq!(hidden["error"]["code"], -32602, "{hidden}");
+    assert_eq!(hidden["error"]["message"], "Unknown tool: add");
+
+    let mut admin = client(&gw, &token("bob", &["admin"]));
+    admin.initialize("2025-06-18");
+    assert!(tool_names(&admin.request("tools/list", json!({})).json()).len() >= 6);
+
+    // The API key (X-API-Key) is the admin machine client.
+    let mut bot = Mcp::new(gw.addr, "/mcp");
+    bot.header("x-api-key", "machine-key-1");
+    bot.initialize("2025-06-18");
+    assert!(tool_names(&bot.request("tools/list", json!({})).json()).len() >= 6);
+    let mut wrong = Mcp::new(gw.addr, "/mcp");
+    wrong.header("x-api-key", "machine-key-2");
+    let r = wrong.post_raw(initialize_body().to_string().as_bytes());
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn a_session_presented_by_another_principal_is_404() {
+    let gw = gateway();
+    let mut alice = client(&gw, &token("alice", &["reader"]));
+    alice.initialize("2025-06-18");
+    let mut mallory = client(&gw, &token("mallory", &["admin"]));
+    mallory.session = alice.session.clone();
+    mallory.version = "2025-06-18".into();
+    let r = mallory.request("tools/list", json!({}));
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Alice's own next token (another jti, same subject) keeps the session.
+    let again = token("alice", &["reader"]);
+    alice.bearer(&again);
+    assert_eq!(alice.request("tools/list", json!({})).status, 200);
+}
+
+/// An upstream that records every request and answers like a tiny MCP server.
+fn recording_upstream(seen: Arc<Mutex<Vec<Request>>>) -> Scripted {
+    Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            seen.lock().unwrap().push(req.clone());
+            let reply = scripted::mcp_basics(&req).unwrap_or_else(|| {
+                let v = req.json();
+                let result = match v["method"].as_str().unwrap_or("") {
+                    "tools/list" => {
+                        json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
+                    }
+                    _ => json!({"content": [{"type": "text", "text": "ok"}]}),
+                };
+                scripted::json_response(&scripted::rpc_result(&v["id"], result))
+            });
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn the_upstream_never_sees_the_clients_token() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = recording_upstream(seen.clone());
+    let gw = gateway_in_front_of(&up.url());
+    let tok = token("alice", &["reader"]);
+    let mut m = client(&gw, &tok);
+    m.initialize("2025-06-18");
+    let r = m
+        .request("tools/call", json!({"name": "echo", "arguments": {}}))
+        .json();
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2);
+    for req in seen.iter() {
+        assert!(req.header("authorization").is_none(), "{:?}", req.headers);
+        for (n, v) in &req.headers {
+            assert!(!v.contains(&tok), "token forwarded in {n}");
+        }
+        assert!(!String::from_utf8_lossy(&req.body).contains(&tok));
+    }
+}
+
+#[test]
+fn stateless_requests_are_authenticated_and_filtered_per_principal() {
+    let gw = gateway();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let list = |tok: Option<&str>| {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}});
+        let auth = tok.map(|t| format!("Bearer {t}"));
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ];
+        if let Some(a) = &auth {
+            h.push(("authorization", a));
+        }
+        gw.client()
+            .request("POST", "/mcp", &h, body.to_string().as_bytes())
+    };
+    assert_eq!(list(None).status, 401);
+    let r = list(Some(&token("alice", &["reader"]))).json();
+    assert_eq!(tool_names(&r), ["echo"]);
+    assert_eq!(r["result"]["cacheScope"], "private");
+    let r = list(Some(&token("bob", &["admin"]))).json();
+    assert!(tool_names(&r).len() >= 6, "{r}");
+}
