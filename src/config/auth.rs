@@ -18,6 +18,36 @@ pub struct Auth {
     pub token_cache_entries: usize,
     /// `auth.max_token_bytes`, default 8 KiB: a longer token or API key is refused (TooLarge).
     pub max_token_bytes: usize,
+    /// `auth.key_refresh`: how issuers' keys from `jwks_url`/`discovery` are fetched.
+    pub key_refresh: KeyRefresh,
+}
+
+/// `auth.key_refresh`: bounds on fetching key sets (`policy::fetch::RefreshPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRefresh {
+    /// `min_interval`, default 60s: never fetched more often, whatever `Cache-Control` says.
+    pub min_interval: std::time::Duration,
+    /// `default_interval`, default 5m: when the answer carries no `max-age`.
+    pub default_interval: std::time::Duration,
+    /// `max_interval`, default 24h: never fetched less often.
+    pub max_interval: std::time::Duration,
+    /// `unknown_kid_interval`, default 30s: a token naming an unknown key asks for a refetch at
+    /// most this often per issuer.
+    pub unknown_kid_interval: std::time::Duration,
+    /// `timeout`, default 5s: connect, and each read and write, of one fetch.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for KeyRefresh {
+    fn default() -> Self {
+        KeyRefresh {
+            min_interval: std::time::Duration::from_secs(60),
+            default_interval: std::time::Duration::from_secs(300),
+            max_interval: std::time::Duration::from_secs(24 * 3600),
+            unknown_kid_interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -171,6 +201,7 @@ impl Default for Auth {
             development: None,
             token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            key_refresh: KeyRefresh::default(),
         }
     }
 }

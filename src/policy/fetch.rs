@@ -301,6 +301,8 @@ pub fn spawn(
 struct State {
     due: std::time::Instant,
     last_attempt: Option<std::time::Instant>,
+    /// When an unknown kid last made it fetch (the rate limit counts only those).
+    last_asked: Option<std::time::Instant>,
     failures: u32,
     /// Found by discovery (kept when a later discovery fails).
     jwks_url: Option<String>,
@@ -322,6 +324,7 @@ fn run(
         .map(|s| State {
             due: now,
             last_attempt: None,
+            last_asked: None,
             failures: 0,
             jwks_url: s.jwks_url.clone(),
         })
@@ -345,9 +348,10 @@ fn run(
             };
             let st = &mut states[i];
             let recent = st
-                .last_attempt
+                .last_asked
                 .is_some_and(|t| t.elapsed() < policy.unknown_kid);
             if !recent {
+                st.last_asked = Some(Instant::now());
                 st.due = Instant::now();
             }
         }

@@ -32,7 +32,9 @@ impl Gateway {
             tracing::warn!("session.key not set: using a random key; sessions end on restart and are not valid on other instances");
         }
         let sealer = SessionSealer::new(&config.session.key);
-        let gw = Gateway::assemble(config, shutdown, Arc::new(bus), None, sealer, Vec::new())?;
+        let bus = Arc::new(bus);
+        let mut gw = Gateway::assemble(config, shutdown, bus.clone(), None, sealer, Vec::new())?;
+        gw.keys = super::keys::KeyRefresh::start(&gw.config, bus);
         Ok((Arc::new(gw), inboxes))
     }
 
@@ -64,6 +66,7 @@ impl Gateway {
             sealer,
             retired,
         )?;
+        gw.keys = super::keys::KeyRefresh::start(&gw.config, self.control.clone());
         if rotated {
             // Cursors handed out under the old key stay readable, like session tokens.
             gw.cursors = crate::mcp::cursor::CursorSealer::new(&gw.config.session.key)
@@ -124,6 +127,7 @@ impl Gateway {
             ..Health::default()
         });
         Ok(Gateway {
+            keys: None,
             sealer,
             rejects: Rejects::new(&config),
             scan_limits: ScanLimits {

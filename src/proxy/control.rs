@@ -46,6 +46,19 @@ pub enum Control {
     /// A message POSTed to a legacy HTTP+SSE stream this worker holds (the POST arrived on
     /// another worker, which answers the client once this one has queued it or refused it).
     LegacyPost(Arc<super::legacy_sse::HandedOver>),
+    /// An issuer's signing keys as the key refresher fetched them (`policy::fetch`): installed
+    /// for the issuer of that name in every config generation that has it.
+    Keys(Arc<FetchedKeys>),
+}
+
+/// Keys fetched for one issuer, parsed once by the refresher thread.
+#[derive(Debug)]
+pub struct FetchedKeys {
+    /// The issuer's name (`auth.issuers[].name`) and URL (a reload that changes the URL
+    /// ignores keys fetched for the old one).
+    pub name: String,
+    pub issuer: String,
+    pub keys: Vec<crate::config::auth::IssuerKey>,
 }
 
 /// A gateway built by a reload, on its way to the workers.
@@ -68,17 +81,19 @@ pub enum Kind {
     Abort,
     Legacy,
     LegacyPost,
+    Keys,
 }
 
 impl Kind {
     /// In discriminant order (`ALL[k as usize] == k`, checked by a test).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Revoke,
         Kind::Prepare,
         Kind::Commit,
         Kind::Abort,
         Kind::Legacy,
         Kind::LegacyPost,
+        Kind::Keys,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +104,7 @@ impl Kind {
             Kind::Abort => "abort",
             Kind::Legacy => "legacy",
             Kind::LegacyPost => "legacy_post",
+            Kind::Keys => "keys",
         }
     }
 }
@@ -102,6 +118,7 @@ impl Control {
             Control::Abort => Kind::Abort,
             Control::Legacy(_) => Kind::Legacy,
             Control::LegacyPost(_) => Kind::LegacyPost,
+            Control::Keys(_) => Kind::Keys,
         }
     }
 }

@@ -55,6 +55,11 @@ pub fn authenticate(
         }
         Err(f) => {
             w.metrics.auth_failure(f);
+            if matches!(f, AuthFailure::UnknownKey | AuthFailure::KeysUnavailable) {
+                if let Some(k) = &gw.keys {
+                    k.unknown_kid(&auth.issuers);
+                }
+            }
             let error = (f != AuthFailure::Missing).then(|| f.description());
             let mut r = Refusal::because(Kind::Unauthenticated, unauthenticated_message(f));
             r.challenge = Some(challenge::unauthorized(&auth.resource, &auth.scopes, error));

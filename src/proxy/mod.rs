@@ -12,6 +12,7 @@ pub mod control;
 mod federate;
 mod held;
 mod identity;
+pub mod keys;
 pub use federate::probe;
 mod initialize;
 mod legacy;

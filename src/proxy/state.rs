@@ -102,6 +102,9 @@ impl UpstreamRuntime {
 /// Shared, immutable gateway state.
 pub struct Gateway {
     pub config: Config,
+    /// The background fetcher of this generation's issuers' keys (none without `jwks_url` or
+    /// `discovery`); stops when the generation is dropped.
+    pub keys: Option<super::keys::KeyRefresh>,
     pub sealer: SessionSealer,
     pub upstreams: Vec<UpstreamRuntime>,
     pub rejects: Rejects,
@@ -227,9 +230,30 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(gw: Arc<Gateway>) -> Self {
+    /// The worker's generation of `gw`, with the issuers' keys fetched so far (`fetched`).
+    pub fn new<'a>(
+        gw: Arc<Gateway>,
+        fetched: impl IntoIterator<Item = &'a Arc<super::control::FetchedKeys>>,
+    ) -> Self {
         let authn = crate::policy::authn::Authn::new(&gw.config);
-        Generation { gw, authn }
+        let g = Generation { gw, authn };
+        for k in fetched {
+            g.install_fetched(k);
+        }
+        g
+    }
+
+    /// Installs keys the refresher fetched for the issuer of that name and URL, if this
+    /// generation has it.
+    pub fn install_fetched(&self, k: &super::control::FetchedKeys) {
+        let issuers = &self.gw.config.auth.issuers;
+        if let Some(i) = issuers
+            .iter()
+            .position(|i| i.name == k.name && i.issuer == k.issuer)
+        {
+            let set = crate::policy::authn::KeySet::new(&issuers[i].algorithms, &k.keys);
+            self.authn.install_keys(i, Rc::new(set));
+        }
     }
 }
 
@@ -255,6 +279,8 @@ pub struct WorkerState {
     pub catalogs: super::federate::Catalogs,
     /// Per item name, the authorization rules whose target names it (`policy::rules::Memo`).
     pub rules_memo: crate::policy::rules::Memo,
+    /// The latest keys the refresher fetched, by issuer name (a new generation starts with them).
+    fetched_keys: RefCell<HashMap<String, Arc<super::control::FetchedKeys>>>,
     /// Upstream eras learned and upstream sessions held for stateless clients (`proxy::held`).
     pub held: super::held::Held,
     /// HTTP+SSE upstream streams this worker holds and the mailboxes its requests wait on.
@@ -285,13 +311,14 @@ impl WorkerState {
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
             rules_memo: Default::default(),
+            fetched_keys: Default::default(),
             held: Default::default(),
             legacy: Default::default(),
             legacy_metrics: Default::default(),
             legacy_sse: Default::default(),
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
-            generation: RefCell::new(Rc::new(Generation::new(gw))),
+            generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
             index,
         }
@@ -328,7 +355,8 @@ impl WorkerState {
             );
         }
         self.metrics.install_upstreams(&gw.upstream_labels());
-        *self.generation.borrow_mut() = Rc::new(Generation::new(gw));
+        let fetched: Vec<_> = self.fetched_keys.borrow().values().cloned().collect();
+        *self.generation.borrow_mut() = Rc::new(Generation::new(gw, &fetched));
         closed
     }
 
@@ -439,6 +467,14 @@ impl WorkerState {
             }
             Control::Legacy(m) => super::legacy::apply(self, m),
             Control::LegacyPost(p) => self.legacy_sse.deliver_handed_over(&p),
+            Control::Keys(k) => {
+                let gen = self.current();
+                gen.install_fetched(&k);
+                // A reload prepared now gets them too when it commits (`Generation::new`).
+                self.fetched_keys
+                    .borrow_mut()
+                    .insert(k.name.clone(), k.clone());
+            }
         }
     }
 

@@ -82,6 +82,7 @@ pub(super) fn auth(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option
             "development",
             "token_cache_entries",
             "max_token_bytes",
+            "key_refresh",
         ],
     );
     let mut issuers: Vec<Issuer> = Vec::new();
@@ -244,7 +245,42 @@ pub(super) fn auth(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option
             }
             Ok(n)
         }),
+        key_refresh: key_refresh(p, &s),
     }
+}
+
+/// `auth.key_refresh`.
+fn key_refresh(p: &mut Problems, s: &Section) -> crate::config::auth::KeyRefresh {
+    let d = crate::config::auth::KeyRefresh::default();
+    let k = Section::open(
+        p,
+        "auth.key_refresh".into(),
+        s.raw("key_refresh"),
+        &[
+            "min_interval",
+            "default_interval",
+            "max_interval",
+            "unknown_kid_interval",
+            "timeout",
+        ],
+    );
+    let second = std::time::Duration::from_secs(1);
+    let dur =
+        |p: &mut Problems, key: &str, def| k.get(p, key, def, super::extract::duration(second));
+    let r = crate::config::auth::KeyRefresh {
+        min_interval: dur(p, "min_interval", d.min_interval),
+        default_interval: dur(p, "default_interval", d.default_interval),
+        max_interval: dur(p, "max_interval", d.max_interval),
+        unknown_kid_interval: dur(p, "unknown_kid_interval", d.unknown_kid_interval),
+        timeout: dur(p, "timeout", d.timeout),
+    };
+    if !(r.min_interval <= r.default_interval && r.default_interval <= r.max_interval) {
+        p.add(
+            "auth.key_refresh",
+            "expected min_interval <= default_interval <= max_interval",
+        );
+    }
+    r
 }
 
 fn algorithm(v: &Value) -> Result<Algorithm, String> {

@@ -365,18 +365,13 @@ fn render_auth(o: &mut String, a: &crate::config::Auth) {
         let _ = writeln!(o, "      keys: {}", list(&i.key_files));
         match &i.jwks_url {
             Some(u) => {
-                let _ = writeln!(o, "      jwks_url: {}  # not fetched by this version", q(u));
+                let _ = writeln!(o, "      jwks_url: {}", q(u));
             }
             None => {
                 let _ = writeln!(o, "      jwks_url: null");
             }
         }
-        let note = if i.discovery {
-            "  # not used by this version"
-        } else {
-            ""
-        };
-        let _ = writeln!(o, "      discovery: {}{note}", i.discovery);
+        let _ = writeln!(o, "      discovery: {}", i.discovery);
         match &i.audience {
             Some(a) => {
                 let _ = writeln!(o, "      audience: {}", list(a));
@@ -445,6 +440,21 @@ fn render_auth(o: &mut String, a: &crate::config::Auth) {
         "  max_token_bytes: {}",
         render_size(a.max_token_bytes as u64)
     );
+    let k = &a.key_refresh;
+    let _ = writeln!(o, "  key_refresh:");
+    let _ = writeln!(o, "    min_interval: {}", render_duration(k.min_interval));
+    let _ = writeln!(
+        o,
+        "    default_interval: {}",
+        render_duration(k.default_interval)
+    );
+    let _ = writeln!(o, "    max_interval: {}", render_duration(k.max_interval));
+    let _ = writeln!(
+        o,
+        "    unknown_kid_interval: {}",
+        render_duration(k.unknown_kid_interval)
+    );
+    let _ = writeln!(o, "    timeout: {}", render_duration(k.timeout));
 }
 
 /// `servers[].rules`, as compiled (names, upstream names, methods, windows).

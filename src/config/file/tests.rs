@@ -1389,12 +1389,12 @@ fn issuer_problems_are_reported_at_their_keys() {
         "{}",
     ));
     assert!(e.starts_with("auth.issuers[0]: no keys"), "{e}");
-    // jwks_url is kept (not fetched here): no key needed at load.
+    // With jwks_url the keys come from the background fetcher: none needed at load.
     let c = ok(&with_auth(
         "{issuers: [{name: x, issuer: \"https://i\", algorithms: [RS256], jwks_url: \"https://i/jwks\"}]}",
         "{}",
     ));
-    assert!(render_effective(&c).contains("not fetched"));
+    assert!(render_effective(&c).contains("jwks_url: \"https://i/jwks\""));
 }
 
 #[test]
