@@ -7,6 +7,8 @@
 //! The types here are what the proxy's phases see: a `Principal` in the request context, an
 //! `AuthFailure` (401, with a reason code) or a `Decision` with its reason code.
 
+pub mod rego;
+
 use std::rc::Rc;
 
 /// Where a principal's identity came from.
