@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "list_refresh_interval",
     "legacy_sse",
     "offer_stateless",
+    "rego",
 ];
 
 /// Every `servers[i]`; `names_broken`: an upstream entry had no usable name (already reported),
@@ -97,6 +98,7 @@ pub(super) fn servers(
             "always" => Ok(true),
             other => Err(format!("expected auto or always, got {other:?}")),
         });
+        let rego = super::rego::rego(p, &s);
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
         let mut server_upstreams = Vec::with_capacity(members.len());
@@ -140,6 +142,7 @@ pub(super) fn servers(
                 list_refresh_interval,
                 legacy,
                 offer_stateless_always,
+                rego,
             });
         }
     }
