@@ -245,7 +245,8 @@ fn the_cache_is_bounded() {
 #[test]
 fn errors_deny_with_rego_error() {
     let p = principal(&[], 1, None);
-    let cases: [(&str, fn(&RegoError) -> bool); 5] = [
+    type Check = fn(&RegoError) -> bool;
+    let cases: [(&str, Check); 5] = [
         // Undefined: no rule body matched and no default.
         (
             "package tollgate\nimport rego.v1\ndecision := true if input.method == \"x\"\n",
