@@ -184,3 +184,59 @@ fn run_logs_which_config_file_it_loaded() {
     assert!(stderr.contains("already in use"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rego_example_policy_decides_as_its_comments_say() {
+    use tollgate::policy::rego::{RegoInput, RegoPolicy};
+    use tollgate::policy::{Principal, Source};
+
+    // Policy paths are relative to the working directory: the repository root, as the
+    // example's comment says (cargo runs tests there).
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let c = load(&repo("config/examples/rego.yaml"));
+    let server = c.servers.iter().find(|s| s.path == "/mcp").unwrap();
+    let rego = server.rego.as_ref().expect("the example has a policy");
+    assert_eq!(rego.cache_ttl, std::time::Duration::from_secs(30));
+    let policy = RegoPolicy::new(rego.program.clone(), &server.path);
+
+    let who = |roles: &[&str], id: u8| Principal {
+        source: Source::ApiKey { key: 0 },
+        subject: format!("p{id}").into(),
+        client: None,
+        tenant: None,
+        roles: roles.iter().map(|r| Box::from(*r)).collect(),
+        scopes: Box::new([]),
+        expires_at: None,
+        id: [id; 16],
+    };
+    let (reader, admin, nobody) = (who(&["reader"], 1), who(&["admin"], 2), who(&[], 3));
+    let decide = |p: &Principal, method: &str, tool: Option<&str>, annotations: Option<&[u8]>| {
+        policy.decide(&RegoInput {
+            principal: p,
+            server: "/mcp",
+            upstream: Some("demo"),
+            method,
+            tool,
+            argument_keys: &["message"],
+            annotations,
+            time_unix: 1_800_000_000,
+            source: None,
+        })
+    };
+    let destructive: Option<&[u8]> = Some(br#"{"destructiveHint": true}"#);
+    let read_only: Option<&[u8]> = Some(br#"{"readOnlyHint": true}"#);
+
+    let d = decide(&reader, "tools/call", Some("echo"), read_only);
+    assert_eq!((d.allow, &*d.reason), (true, "reader_echo"));
+    let d = decide(&reader, "tools/call", Some("add"), read_only);
+    assert_eq!((d.allow, &*d.reason), (false, "not_allowed"));
+    assert!(d.message.is_some());
+    let d = decide(&reader, "tools/call", Some("echo"), destructive);
+    assert_eq!((d.allow, &*d.reason), (false, "destructive_needs_admin"));
+    let d = decide(&admin, "tools/call", Some("echo"), destructive);
+    assert_eq!((d.allow, &*d.reason, d.cacheable), (true, "admin", true));
+    let d = decide(&nobody, "tools/list", None, None);
+    assert_eq!((d.allow, &*d.reason), (true, "rego_allow"));
+    let d = decide(&nobody, "tools/call", Some("echo"), None);
+    assert!(!d.allow);
+}

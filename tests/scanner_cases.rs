@@ -56,6 +56,11 @@ fn render_message(out: &mut String, m: &Message<'_>) {
         out.push_str("  task: present\n");
     }
     render_str(out, "task_id", &m.task_id);
+    render_raw(out, "arguments", &m.arguments);
+    if m.arguments.is_some() {
+        let keys: Vec<_> = m.argument_keys().collect();
+        let _ = writeln!(out, "  argument_keys: {keys:?}");
+    }
 }
 
 /// The readable result of scanning one body.

@@ -245,10 +245,18 @@ fn params() -> impl Strategy<Value = Option<Value>> {
         // requestId: an id (other values come from `extra`, whose keys include "requestId").
         // Boxed: a deeper value tree here overflowed the test thread's stack.
         prop::option::of(id()).boxed(),
+        // arguments: mostly an object (its top-level keys are read), sometimes another value.
+        prop::option::of(prop_oneof![
+            4 => prop::collection::vec((text(), json(2)), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            1 => json(1),
+        ])
+        .boxed(),
     )
-        .prop_map(|(name, uri, version, meta, extra, request_id)| {
+        .prop_map(|(name, uri, version, meta, extra, request_id, arguments)| {
             let mut o: Map<String, Value> = extra.into_iter().collect();
             put(&mut o, "requestId", request_id);
+            put(&mut o, "arguments", arguments);
             put(&mut o, "name", name);
             put(&mut o, "uri", uri);
             put(&mut o, "protocolVersion", version);

@@ -5,6 +5,7 @@
 mod auth;
 mod extract;
 mod formats;
+mod rego;
 mod render;
 mod rules;
 mod servers;
@@ -175,6 +176,9 @@ pub mod defaults {
     pub const LIST_PAGE_SIZE: usize = 100;
     /// Routing tables older than this are rebuilt by the next request that needs them.
     pub const LIST_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+    /// `servers[].rego`: cacheable decisions per worker, and how long one holds.
+    pub const REGO_CACHE_ENTRIES: u64 = 1024;
+    pub const REGO_CACHE_TTL: Duration = Duration::from_secs(60);
 }
 
 const MS: Duration = Duration::from_millis(1);
@@ -776,6 +780,7 @@ fn single_server(path: &str, upstream: usize) -> Server {
         list_page_size: defaults::LIST_PAGE_SIZE,
         list_refresh_interval: defaults::LIST_REFRESH_INTERVAL,
         legacy: Some(crate::config::LegacyPaths::of(path)),
+        rego: None,
     }
 }
 

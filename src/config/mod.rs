@@ -442,6 +442,24 @@ pub struct Server {
     /// (`policy::rules`). Present (even empty), the endpoint is federated: lists are filtered
     /// and every call decided per caller.
     pub rules: Option<std::sync::Arc<crate::policy::rules::Rules>>,
+    /// `servers[].rego`, default null (off): an OPA Rego policy every request here is decided by.
+    pub rego: Option<RegoConfig>,
+}
+
+/// `servers[].rego`: the policy files, compiled when the config is loaded (and reloaded).
+#[derive(Clone, Debug)]
+pub struct RegoConfig {
+    /// `policy`: the `.rego` files (one or more), as written (relative to the working directory).
+    pub policy: Vec<String>,
+    /// `query`, default `data.tollgate.decision`: the rule whose value is the decision.
+    pub query: String,
+    /// `cache_entries`, default 1024 (0..=1000000, 0 = off): cacheable decisions one worker keeps.
+    pub cache_entries: usize,
+    /// `cache_ttl`, default 60s (at least 1s): how long a cached decision holds (never past the
+    /// principal's `expires_at`).
+    pub cache_ttl: Duration,
+    /// The compiled policy; each worker makes its `policy::rego::RegoPolicy` from it.
+    pub program: std::sync::Arc<crate::policy::rego::RegoProgram>,
 }
 
 /// Where a server's legacy HTTP+SSE transport lives (`servers[].legacy_sse`).

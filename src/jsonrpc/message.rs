@@ -34,6 +34,7 @@ enum Key {
     MetaProtocolVersion,
     MetaClientCapabilities,
     RequestId,
+    Arguments,
     ResultType,
     Task,
     TaskId,
@@ -57,7 +58,8 @@ impl Key {
             6 if s == "result" => (true, Key::Result),
             6 => (s == "taskId", Key::TaskId),
             7 => (s == "jsonrpc", Key::Jsonrpc),
-            9 => (s == "requestId", Key::RequestId),
+            9 if s == "requestId" => (true, Key::RequestId),
+            9 => (s == "arguments", Key::Arguments),
             10 => (s == "resultType", Key::ResultType),
             13 => (s == "progressToken", Key::ProgressToken),
             15 => (s == "protocolVersion", Key::ProtocolVersion),
@@ -95,6 +97,7 @@ impl Key {
             Key::MetaProtocolVersion => "io.modelcontextprotocol/protocolVersion",
             Key::MetaClientCapabilities => "io.modelcontextprotocol/clientCapabilities",
             Key::RequestId => "requestId",
+            Key::Arguments => "arguments",
             Key::ResultType => "resultType",
             Key::Task => "task",
             Key::TaskId => "taskId",
@@ -257,6 +260,7 @@ impl<'a> Message<'a> {
             protocol_version: None,
             task: false,
             task_id: None,
+            arguments: None,
             span: 0..0,
         }
     }
@@ -388,6 +392,17 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             // is not a string or number is validated and left unread, not refused: nothing the
             // gateway forwards depends on it, and the relay only rewrites one it could read.
             Key::RequestId => m.request_id = string_or_number(cur, depth)?,
+            // `tools/call`'s arguments: a policy may decide on their top-level keys, so those
+            // are a read level (duplicates refused: parsers disagree on which one counts);
+            // the values below are only validated. Any other value is left unread.
+            Key::Arguments if cur.peek() == Some(b'{') => {
+                let start = cur.i;
+                object(cur, depth + 1, |cur, _| cur.skip_value(depth + 1))?;
+                m.arguments = Some(Raw {
+                    text: cur.b.get(start..cur.i).unwrap_or_default(),
+                    start,
+                });
+            }
             Key::Meta if cur.peek() == Some(b'{') => {
                 m.meta = true;
                 m.meta_open = Some(cur.i);
@@ -410,6 +425,60 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
         }
         Ok(())
     })
+}
+
+/// The top-level keys of a JSON object the scanner accepted (`Message::arguments`), in order,
+/// unescaped: borrowed from the body unless a key has escapes. Made for the scanner's own
+/// `Raw` spans: on anything that is not a valid object it ends early rather than fail.
+pub struct ObjectKeys<'a> {
+    cur: Cursor<'a>,
+    done: bool,
+}
+
+impl<'a> ObjectKeys<'a> {
+    pub(crate) fn new(object: &'a [u8]) -> Self {
+        match std::str::from_utf8(object) {
+            Ok(s) => {
+                let mut cur = Cursor::new(s, u32::MAX);
+                cur.ws();
+                let done = cur.peek() != Some(b'{');
+                cur.i += 1;
+                cur.ws();
+                let done = done || cur.peek() == Some(b'}');
+                ObjectKeys { cur, done }
+            }
+            Err(_) => ObjectKeys {
+                cur: Cursor::new("", 0),
+                done: true,
+            },
+        }
+    }
+}
+
+impl<'a> Iterator for ObjectKeys<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        if self.done {
+            return None;
+        }
+        let cur = &mut self.cur;
+        let Ok(k) = cur.key() else {
+            self.done = true;
+            return None;
+        };
+        let key = cur.decode(k);
+        if cur.skip_value(1).is_err() {
+            self.done = true;
+            return None;
+        }
+        cur.ws();
+        match cur.peek() {
+            Some(b',') => cur.i += 1,
+            _ => self.done = true,
+        }
+        Some(key)
+    }
 }
 
 /// The `params._meta` object (at nesting `depth`).

@@ -8,7 +8,7 @@ mod id;
 mod lex;
 mod list;
 mod message;
-pub use message::{META_CAPABILITIES_KEY, META_VERSION_KEY};
+pub use message::{ObjectKeys, META_CAPABILITIES_KEY, META_VERSION_KEY};
 
 pub use id::same_id;
 pub use list::{list_page, ListError, ListPage};
@@ -101,8 +101,19 @@ pub struct Message<'a> {
     pub task: bool,
     /// `params.taskId` when it is a string (`tasks/get`, `tasks/result`, `tasks/cancel`).
     pub task_id: Option<Str<'a>>,
+    /// `params.arguments` when it is an object, raw (`tools/call`, `prompts/get`): its top-level
+    /// keys are a read level (no duplicates); `argument_keys` lists them.
+    pub arguments: Option<Raw<'a>>,
     /// This message's bytes within the body.
     pub span: Range<usize>,
+}
+
+impl<'a> Message<'a> {
+    /// The top-level keys of `params.arguments`, in body order, unescaped (borrowed unless a key
+    /// has escapes); empty when there are no arguments or they are not an object.
+    pub fn argument_keys(&self) -> ObjectKeys<'a> {
+        ObjectKeys::new(self.arguments.as_ref().map_or(b"", |r| r.text))
+    }
 }
 
 /// A JSON value's raw text and where it starts in the body.
@@ -231,9 +242,10 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///
 /// Refused because full parsers read them differently (or not at all): invalid UTF-8, a BOM, lone
 /// surrogates, numbers of magnitude 1e308 and more, depth over `max_depth`, and duplicate keys
-/// (compared after unescaping) in a message object, its `params`, `params._meta` and `result`:
-/// every duplicate there, not only the keys the scanner reads. Duplicates deeper down (inside
-/// `arguments`, say) are forwarded untouched: the gateway decides nothing on them.
+/// (compared after unescaping) in a message object, its `params`, `params._meta`,
+/// `params.arguments` and `result`: every duplicate there, not only the keys the scanner reads.
+/// Duplicates deeper down (inside an argument's value, say) are forwarded untouched: the gateway
+/// decides nothing on them.
 pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
     if body.starts_with(BOM) {
         return Err(lex::err(ScanErrorKind::Syntax("UTF-8 byte order mark"), 0));

@@ -110,10 +110,15 @@ fn rejects_other_duplicates_at_read_levels_only() {
     );
     assert_eq!(
         kind(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{},"arguments":{}}}"#),
+        ScanErrorKind::DuplicateKey("arguments")
+    );
+    // The top level of `arguments` is read (a policy decides on its keys).
+    assert_eq!(
+        kind(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{"x":1,"\u0078":2}}}"#),
         ScanErrorKind::DuplicateKey(message::OTHER_KEY)
     );
     // Below the levels the scanner reads, duplicates are forwarded as bytes.
-    single(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{"x":1,"x":2}}}"#);
+    single(r#"{"jsonrpc":"2.0","method":"a","params":{"arguments":{"x":{"y":1,"y":2}}}}"#);
     single(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"a":1,"a":2}]}}"#);
 }
 
@@ -379,4 +384,54 @@ fn every_error_displays_on_one_line() {
         );
         assert!(!e.kind.as_str().is_empty());
     }
+}
+
+#[test]
+fn reads_the_top_level_keys_of_arguments() {
+    let m = single(TOOLS_CALL);
+    let args = m.arguments.as_ref().expect("arguments read");
+    assert_eq!(args.text, br#"{"city":"Paris","days":[1,2]}"#);
+    assert_eq!(&TOOLS_CALL.as_bytes()[args.start..args.start + 1], b"{");
+    let keys: Vec<_> = m.argument_keys().collect();
+    assert_eq!(keys, ["city", "days"]);
+    assert!(keys.iter().all(|k| matches!(k, Cow::Borrowed(_))));
+
+    // Escaped keys are decoded; nested objects' keys are not listed.
+    let m = single(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments": { "a\u0062" : {"c":1} , "" : [] } }}"#,
+    );
+    let keys: Vec<_> = m.argument_keys().collect();
+    assert_eq!(keys, ["ab", ""]);
+    assert!(matches!(keys[0], Cow::Owned(_)));
+
+    // Empty, absent, not an object: no keys (and `arguments` None unless an object).
+    let m = single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#);
+    assert_eq!(m.arguments.as_ref().map(|a| a.text), Some(&b"{}"[..]));
+    assert_eq!(m.argument_keys().count(), 0);
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":[1,{"a":1}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":"{\"a\":1}"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[{"arguments":{"a":1}}]}"#,
+    ] {
+        let m = single(body);
+        assert_eq!(m.arguments, None, "{body}");
+        assert_eq!(m.argument_keys().count(), 0, "{body}");
+    }
+}
+
+#[test]
+fn arguments_keep_the_depth_limit() {
+    // `arguments` at depth 3; the limit counts the same whether or not its keys are read.
+    let limits = ScanLimits {
+        max_depth: 4,
+        max_batch_len: 10,
+    };
+    let ok = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"arguments":{"a":{}}}}"#;
+    assert!(scan(ok.as_bytes(), &limits).is_ok());
+    let deep = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"arguments":{"a":{"b":{}}}}}"#;
+    assert_eq!(
+        scan(deep.as_bytes(), &limits).map(|_| ()).unwrap_err().kind,
+        ScanErrorKind::TooDeep
+    );
 }

@@ -185,6 +185,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Server-to-client requests a session-era upstream sent in a session held for clients of \
          2026-07-28: not relayed, answered by the gateway (ping) or refused, by method."
     );
+    describe_counter!(
+        names::REGO_ERRORS_TOTAL,
+        "Rego policy evaluations that failed (undefined, wrong_type, runtime, input) and so \
+         denied the request with reason rego_error, by server and kind."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(
         names::BUILD_INFO,

@@ -12,6 +12,7 @@ pub mod challenge;
 pub mod fetch;
 pub mod jwt_ring;
 pub mod rules;
+pub mod rego;
 
 use std::rc::Rc;
 

@@ -222,6 +222,50 @@ fn check_raw(
     }
 }
 
+/// `params.arguments`: read (raw) exactly when it is an object, and its top-level keys are the
+/// parser's. Duplicates there were refused, so the parser's keys (last or first wins) are one
+/// set, and the scanner's list must be that set.
+fn check_arguments(
+    expect: Option<&Value>,
+    body: &[u8],
+    m: &Message<'_>,
+    parse: Parse,
+) -> Result<(), String> {
+    match (expect, &m.arguments) {
+        (Some(Value::Object(o)), Some(g)) => {
+            if body.get(g.start..g.start + g.text.len()) != Some(g.text) {
+                return Err(format!(
+                    "arguments: start {} does not point at its text",
+                    g.start
+                ));
+            }
+            if !same(&parse(g.text)?, &Value::Object(o.clone())) {
+                return Err("arguments: the span is not the arguments object".into());
+            }
+            // As sets: sonic-rs's objects do not keep the body's order (the unit tests and the
+            // data-file cases check the order).
+            let mut keys: Vec<String> = m.argument_keys().map(|k| k.into_owned()).collect();
+            let mut want: Vec<&String> = o.keys().collect();
+            keys.sort();
+            want.sort();
+            if keys.iter().collect::<Vec<_>>() != want {
+                return Err(format!(
+                    "argument keys: scanner read {keys:?}, parser {want:?}"
+                ));
+            }
+            Ok(())
+        }
+        (Some(Value::Object(_)), None) => Err("arguments: an object, not read".into()),
+        (_, None) => {
+            if m.argument_keys().next().is_some() {
+                return Err("argument keys listed without arguments".into());
+            }
+            Ok(())
+        }
+        (_, Some(_)) => Err("arguments: read, but not an object".into()),
+    }
+}
+
 fn check_message(
     o: &Map<String, Value>,
     body: &[u8],
@@ -283,6 +327,7 @@ fn check_message(
         parse,
     )?;
     check_str("taskId", params.get("taskId"), &m.task_id, body, parse)?;
+    check_arguments(params.get("arguments"), body, m, parse)?;
     if m.task != params.contains_key("task") {
         return Err(format!(
             "task: scanner read {}, parser {}",

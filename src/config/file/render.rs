@@ -335,6 +335,18 @@ pub fn render_effective(c: &Config) -> String {
             }
         }
         render_rules(&mut o, c, s.rules.as_deref());
+        match &s.rego {
+            None => {
+                let _ = writeln!(o, "    rego: null");
+            }
+            Some(r) => {
+                let _ = writeln!(o, "    rego:");
+                let _ = writeln!(o, "      policy: {}", list(&r.policy));
+                let _ = writeln!(o, "      query: {}", q(&r.query));
+                let _ = writeln!(o, "      cache_entries: {}", r.cache_entries);
+                let _ = writeln!(o, "      cache_ttl: {}", render_duration(r.cache_ttl));
+            }
+        }
     }
     render_auth(&mut o, &c.auth);
     o

@@ -25,6 +25,7 @@ const KEYS: &[&str] = &[
     "offer_stateless",
     "auth",
     "rules",
+    "rego",
 ];
 
 /// Every `servers[i]`; `names_broken`: an upstream entry had no usable name (already reported),
@@ -103,6 +104,7 @@ pub(super) fn servers(
         });
         let server_auth = super::auth::server_auth(p, &s, spath.as_deref(), auth, listen);
         let rules = super::rules::rules(p, &at, &s, members.as_deref(), upstreams);
+        let rego = super::rego::rego(p, &s);
         let Some(members) = members else { continue };
         let prefixed = members.len() > 1 || prefix_names == PrefixNames::Always;
         let mut server_upstreams = Vec::with_capacity(members.len());
@@ -148,6 +150,7 @@ pub(super) fn servers(
                 offer_stateless_always,
                 auth: server_auth,
                 rules: rules.map(std::sync::Arc::new),
+                rego,
             });
         }
     }
