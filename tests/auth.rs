@@ -375,3 +375,52 @@ fn stateless_requests_are_authenticated_and_filtered_per_principal() {
     let r = list(Some(&token("bob", &["admin"]))).json();
     assert!(tool_names(&r).len() >= 6, "{r}");
 }
+
+#[test]
+fn a_rego_policy_decides_each_call_with_the_principal_and_the_tools_annotations() {
+    let policy =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/tollgate.rego");
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: example\n      issuer: {ISS}\n      algorithms: [HS256]\n      secret: \"{SECRET}\"\n      claims: {{roles: roles}}\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [example]}}\n    rego: {{policy: \"{}\"}}\n",
+            policy.display()
+        ))
+        .start();
+    let call = |m: &mut Mcp, name: &str| {
+        m.request(
+            "tools/call",
+            json!({"name": name, "arguments": {"text": "x", "a": 1, "b": 2, "ms": 1}}),
+        )
+        .json()
+    };
+    let mut reader = client(&gw, &token("alice", &["reader"]));
+    reader.initialize("2025-06-18");
+    let r = call(&mut reader, "echo");
+    assert_eq!(r["result"]["content"][0]["text"], "x", "{r}");
+    // add is read-only: not for readers; slow is destructive (the MCP default): admins only.
+    let r = call(&mut reader, "add");
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        "Your role does not allow this tool."
+    );
+    let r = call(&mut reader, "slow");
+    assert_eq!(
+        r["result"]["content"][0]["text"], "This tool changes data; only an admin may call it.",
+        "{r}"
+    );
+    let mut admin = client(&gw, &token("bob", &["admin"]));
+    admin.initialize("2025-06-18");
+    let r = call(&mut admin, "add");
+    assert_eq!(r["result"]["content"][0]["text"], "3", "{r}");
+    let scrape = gw.metrics();
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_authz_decisions_total{decision=\"deny\",reason=\"rego\"}"
+        ) >= 2.0,
+        "{scrape}"
+    );
+}

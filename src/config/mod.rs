@@ -519,6 +519,7 @@ impl Server {
         self.upstreams.len() > 1
             || self.prefix_names == PrefixNames::Always
             || self.rules.is_some()
+            || self.rego.is_some()
             || !(self.tools.filter.is_all()
                 && self.prompts.filter.is_all()
                 && self.resources.filter.is_all())

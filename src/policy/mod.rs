@@ -11,8 +11,8 @@ pub mod authn;
 pub mod challenge;
 pub mod fetch;
 pub mod jwt_ring;
-pub mod rules;
 pub mod rego;
+pub mod rules;
 
 use std::rc::Rc;
 
@@ -29,6 +29,8 @@ pub enum Source {
     Mtls,
     /// `auth.development`: the loopback-only development principal.
     Development,
+    /// Nobody in particular: an endpoint without `auth` (what a Rego policy sees there).
+    Anonymous,
 }
 
 impl Source {
@@ -39,6 +41,7 @@ impl Source {
             Source::ApiKey { .. } => "api_key",
             Source::Mtls => "mtls",
             Source::Development => "development",
+            Source::Anonymous => "anonymous",
         }
     }
 }

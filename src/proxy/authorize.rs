@@ -69,21 +69,6 @@ pub fn verdict(
     rules.decide(&cand, item, &facts)
 }
 
-/// Decides `item` and records the decision: `Ok` to go on, or the refusal that answers it
-/// (hidden: unknown, as if it did not exist; denied: `Forbidden` with the sentence for the
-/// model; a missing scope: 403 `insufficient_scope`).
-pub fn check(
-    w: &WorkerState,
-    gw: &Gateway,
-    server: usize,
-    access: &Access,
-    item: &Item<'_>,
-) -> Result<(), Refusal> {
-    let v = verdict(w, gw, server, access, item);
-    record(access, &v);
-    refusal(gw, server, item, v)
-}
-
 /// Keeps `v` in the request's decisions.
 pub fn record(access: &Access, v: &Verdict) {
     access.decided.borrow_mut().push(Decided {
@@ -122,6 +107,126 @@ pub fn refusal(gw: &Gateway, server: usize, item: &Item<'_>, v: Verdict) -> Resu
             Err(r)
         }
     }
+}
+
+/// The Rego policy's verdict on `item` (after the rules allowed it), when the server has one:
+/// `body` is the request message (its `params.arguments` keys go into the input). A deny is
+/// `Denied` (a tool result with the policy's message, or a sentence of ours); an evaluation
+/// error denies too (`rego_error`).
+pub fn rego_verdict(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    access: &Access,
+    item: &Item<'_>,
+    body: &[u8],
+) -> Option<Verdict> {
+    let s = &gw.config.servers[server];
+    let rego = s.rego.as_ref()?;
+    let policy = {
+        let mut slot = w.rego.borrow_mut();
+        if slot.0 != gw.generation {
+            *slot = (gw.generation, vec![None; gw.config.servers.len()]);
+        }
+        slot.1[server]
+            .get_or_insert_with(|| {
+                std::rc::Rc::new(crate::policy::rego::RegoPolicy::new(
+                    rego.program.clone(),
+                    &s.path,
+                ))
+            })
+            .clone()
+    };
+    let anonymous;
+    let principal = match access.principal.as_deref() {
+        Some(p) => p,
+        None => {
+            anonymous = anonymous_principal();
+            &anonymous
+        }
+    };
+    let keys: Vec<std::borrow::Cow<'_, str>> = match crate::jsonrpc::scan(body, &gw.scan_limits) {
+        Ok(crate::jsonrpc::Body::Single(m)) => m.argument_keys().collect(),
+        _ => Vec::new(),
+    };
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
+    let annotations = (item.kind == ItemKind::Tool).then(|| annotations_json(item.annotations));
+    let input = crate::policy::rego::RegoInput {
+        principal,
+        server: &s.path,
+        upstream: item.upstream.map(|u| gw.upstreams[u].name.as_str()),
+        method: item.method.as_str(),
+        tool: Some(item.name),
+        argument_keys: &keys,
+        annotations: annotations.as_deref(),
+        time_unix: super::unix_now(),
+        source: access.source,
+    };
+    let d = policy.decide(&input);
+    let reason = if &*d.reason == "rego_error" {
+        Reason::RegoError
+    } else {
+        Reason::Rego
+    };
+    Some(if d.allow {
+        Verdict::Allow { reason, rule: None }
+    } else {
+        let message = d.message.map(String::from).unwrap_or_else(|| {
+            format!(
+                "{} is not allowed for you by this endpoint's policy ({}); do not retry it.",
+                item.name, d.reason
+            )
+        });
+        Verdict::Denied {
+            reason,
+            rule: None,
+            message,
+        }
+    })
+}
+
+/// A tool's annotations as a JSON object, from its flags (the MCP defaults filled in).
+fn annotations_json(flags: u8) -> Vec<u8> {
+    use crate::policy::rules::ann;
+    let mut o = serde_json::Map::new();
+    for (name, bit) in ann::NAMES {
+        o.insert(name.into(), serde_json::Value::Bool(flags & bit != 0));
+    }
+    serde_json::to_vec(&o).unwrap_or_default()
+}
+
+fn anonymous_principal() -> crate::policy::Principal {
+    crate::policy::Principal {
+        source: crate::policy::Source::Anonymous,
+        subject: "anonymous".into(),
+        client: None,
+        tenant: None,
+        roles: Box::new([]),
+        scopes: Box::new([]),
+        expires_at: None,
+        id: [0; 16],
+    }
+}
+
+/// Decides `item` (the rules, then the Rego policy when they allowed it) and records the
+/// decision: `Ok` to go on, or the refusal that answers it (hidden: unknown, as if it did not
+/// exist; denied: `Forbidden` with the sentence for the model; a missing scope: 403
+/// `insufficient_scope`).
+pub fn check_all(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    access: &Access,
+    item: &Item<'_>,
+    body: &[u8],
+) -> Result<(), Refusal> {
+    let v = verdict(w, gw, server, access, item);
+    let v = match v {
+        Verdict::Allow { .. } => rego_verdict(w, gw, server, access, item, body).unwrap_or(v),
+        other => other,
+    };
+    record(access, &v);
+    refusal(gw, server, item, v)
 }
 
 /// Whether `item` is listed for `access` (no rules: everything is).

@@ -691,7 +691,12 @@ fn federated_direct(
         annotations: federate::annotations(w, gw, server, kind, name),
     };
     let access = authorize::Access::of(ctx);
-    let verdict = authorize::verdict(w, gw, server, &access, &item);
+    let mut verdict = authorize::verdict(w, gw, server, &access, &item);
+    if verdict.allowed() {
+        if let Some(v) = authorize::rego_verdict(w, gw, server, &access, &item, body) {
+            verdict = v;
+        }
+    }
     if !verdict.allowed() {
         return None;
     }

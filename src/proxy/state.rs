@@ -279,6 +279,8 @@ pub struct WorkerState {
     pub catalogs: super::federate::Catalogs,
     /// Per item name, the authorization rules whose target names it (`policy::rules::Memo`).
     pub rules_memo: crate::policy::rules::Memo,
+    /// Per config generation, each server's Rego evaluator on this worker (`servers[].rego`).
+    pub rego: RefCell<(u64, Vec<Option<Rc<crate::policy::rego::RegoPolicy>>>)>,
     /// The latest keys the refresher fetched, by issuer name (a new generation starts with them).
     fetched_keys: RefCell<HashMap<String, Arc<super::control::FetchedKeys>>>,
     /// Upstream eras learned and upstream sessions held for stateless clients (`proxy::held`).
@@ -312,6 +314,7 @@ impl WorkerState {
             catalogs: Default::default(),
             rules_memo: Default::default(),
             fetched_keys: Default::default(),
+            rego: RefCell::new((u64::MAX, Vec::new())),
             held: Default::default(),
             legacy: Default::default(),
             legacy_metrics: Default::default(),

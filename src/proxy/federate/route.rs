@@ -190,7 +190,7 @@ fn method_item(
         upstream: None,
         annotations: 0,
     };
-    authorize::check(w, gw, server, &req.access, &item)
+    authorize::check_all(w, gw, server, &req.access, &item, &req.body)
 }
 
 /// A single message: decided, then answered, sent or fanned out.
@@ -357,7 +357,7 @@ async fn by_name(
         upstream: Some(u),
         annotations: tables::annotations(w, gw, server, kind, &name),
     };
-    authorize::check(w, gw, server, &req.access, &item)?;
+    authorize::check_all(w, gw, server, &req.access, &item, msg.bytes)?;
     let mut body = Vec::with_capacity(msg.bytes.len() + original.len());
     let (start, end) = (msg.at(span.start), msg.at(span.end));
     body.extend_from_slice(&msg.bytes[..start]);
@@ -398,7 +398,7 @@ async fn by_uri(
         upstream: Some(u),
         annotations: 0,
     };
-    authorize::check(w, gw, server, &req.access, &item)?;
+    authorize::check_all(w, gw, server, &req.access, &item, msg.bytes)?;
     Ok(Decision::Upstream {
         u,
         body: msg.bytes.to_vec(),
