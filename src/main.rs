@@ -53,9 +53,69 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Print the SHA-256 (hex) of an API key read from standard input, for `auth.api_keys[].sha256`
+    /// (one trailing newline is not part of the key).
+    HashKey,
+    /// Mint an HS256 access token for local use and tests (never for production: anyone with
+    /// the secret can mint any identity). The secret comes from the environment variable named.
+    MintToken {
+        #[arg(long, default_value = "TOLLGATE_JWT_SECRET")]
+        secret_env: String,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        aud: String,
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated roles (the `roles` claim).
+        #[arg(long, default_value = "")]
+        roles: String,
+        /// Space-separated scopes (the `scope` claim).
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime, e.g. 15m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "config/tollgate.yaml";
+
+/// `tollgate mint-token`: an HS256 JWT with `iss`, `aud`, `sub`, `iat`, `exp`, `roles` and `scope`.
+fn mint_token(
+    secret_env: &str,
+    (iss, aud, sub): (&str, &str, &str),
+    roles: &str,
+    scope: &str,
+    ttl: &str,
+) -> Result<String, String> {
+    let secret = std::env::var(secret_env)
+        .map_err(|_| format!("environment variable {secret_env} is not set"))?;
+    if secret.len() < 32 {
+        return Err(format!(
+            "{secret_env} is {} bytes; HMAC secrets must be at least 32 bytes",
+            secret.len()
+        ));
+    }
+    let ttl = tollgate::config::parse_duration(ttl)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let roles: Vec<&str> = roles.split(',').filter(|r| !r.is_empty()).collect();
+    let mut claims = serde_json::json!({
+        "iss": iss, "aud": aud, "sub": sub, "iat": now, "exp": now + ttl.as_secs(), "roles": roles,
+    });
+    if !scope.is_empty() {
+        claims["scope"] = serde_json::Value::String(scope.into());
+    }
+    tollgate::policy::jwt_ring::install();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("signing: {e}"))
+}
 
 fn init_logs(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
@@ -167,6 +227,41 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(code) => code,
+        },
+        Command::HashKey => {
+            let mut key = String::new();
+            if std::io::Read::read_to_string(&mut std::io::stdin(), &mut key).is_err() {
+                eprintln!("tollgate: the key on standard input is not UTF-8");
+                return ExitCode::FAILURE;
+            }
+            let key = key.strip_suffix('\n').unwrap_or(&key);
+            let key = key.strip_suffix('\r').unwrap_or(key);
+            if key.is_empty() {
+                eprintln!("tollgate: no key on standard input");
+                return ExitCode::FAILURE;
+            }
+            let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+            let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            println!("{hex}");
+            ExitCode::SUCCESS
+        }
+        Command::MintToken {
+            secret_env,
+            iss,
+            aud,
+            sub,
+            roles,
+            scope,
+            ttl,
+        } => match mint_token(&secret_env, (&iss, &aud, &sub), &roles, &scope, &ttl) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                ExitCode::FAILURE
+            }
         },
         Command::DemoUpstream {
             listen,

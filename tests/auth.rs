@@ -424,3 +424,65 @@ fn a_rego_policy_decides_each_call_with_the_principal_and_the_tools_annotations(
         "{scrape}"
     );
 }
+
+/// `config/examples/auth-jwt.yaml` as shipped (only its port made ephemeral), with tokens from
+/// `tollgate mint-token` and an API key hash from `tollgate hash-key`.
+#[test]
+fn the_auth_jwt_example_works_with_minted_tokens() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(dir.join("config/examples/auth-jwt.yaml")).unwrap();
+    let example = example.replace("address: \"127.0.0.1:8080\"", "address: \"127.0.0.1:0\"");
+    assert!(example.contains("127.0.0.1:0"));
+    let secret = "an-example-secret-of-thirty-two-bytes";
+    let gw = Gateway::builder()
+        .env("TOLLGATE_JWT_SECRET", secret)
+        .yaml(&example)
+        .start();
+    let mint = |sub: &str, roles: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args([
+                "mint-token",
+                "--iss",
+                ISS,
+                "--aud",
+                AUD,
+                "--sub",
+                sub,
+                "--roles",
+                roles,
+            ])
+            .env("TOLLGATE_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut reader = client(&gw, &mint("alice", "reader"));
+    reader.initialize("2025-06-18");
+    assert_eq!(
+        tool_names(&reader.request("tools/list", json!({})).json()),
+        ["echo"]
+    );
+    let mut admin = client(&gw, &mint("bob", "admin"));
+    admin.initialize("2025-06-18");
+    assert!(tool_names(&admin.request("tools/list", json!({})).json()).len() >= 6);
+
+    let mut hk = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    hk.stdin
+        .take()
+        .unwrap()
+        .write_all(b"machine-key-1\n")
+        .unwrap();
+    let out = hk.wait_with_output().unwrap();
+    let want = hex(ring::digest::digest(&ring::digest::SHA256, b"machine-key-1").as_ref());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want);
+}

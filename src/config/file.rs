@@ -50,6 +50,11 @@ pub fn parse_http_url(s: &str) -> Result<crate::config::UpstreamTarget, String> 
     formats::upstream_url(s)
 }
 
+/// A duration as the config writes them (`250ms`, `10s`, `5m`, `24h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    formats::duration(s)
+}
+
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     // var_os: a non-UTF-8 value must be reported as a bad key, not silently treated as unset.
     load_str_with_env(text, &|name| {

@@ -177,6 +177,8 @@ pub struct GatewayBuilder {
     listen: Keys,
     /// `RUST_LOG` for the gateway (default `warn`: faults only).
     rust_log: &'static str,
+    /// Environment variables for the gateway process.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -190,6 +192,7 @@ impl Gateway {
             limits: vec![],
             listen: vec![],
             rust_log: "warn",
+            env: Vec::new(),
         }
     }
 
@@ -374,6 +377,11 @@ impl GatewayBuilder {
         self.rust_log = filter;
         self
     }
+    /// Sets an environment variable of the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
     /// `runtime.driver`; `start` then checks every worker really runs on it.
     pub fn driver(mut self, d: Driver) -> Self {
         self.driver = Some(d);
@@ -454,6 +462,7 @@ impl GatewayBuilder {
             .arg("--ready-file")
             .arg(&ready)
             .env("RUST_LOG", self.rust_log)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
