@@ -486,3 +486,85 @@ fn the_auth_jwt_example_works_with_minted_tokens() {
     let want = hex(ring::digest::digest(&ring::digest::SHA256, b"machine-key-1").as_ref());
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want);
 }
+
+/// A rule that needs an OAuth scope the token lacks: 403 with `insufficient_scope` naming it
+/// (the client can ask for it), byte for byte; with the scope, the call goes through.
+#[test]
+fn a_missing_scope_is_403_insufficient_scope_naming_it() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: example\n      issuer: {ISS}\n      algorithms: [HS256]\n      secret: \"{SECRET}\"\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [example]}}\n    rules:\n      - {{name: writers, effect: allow, tools: [echo], scopes: [\"tools:write\"]}}\n"
+        ))
+        .start();
+    let mut c = claims("alice", &[]);
+    c["scope"] = json!("mcp:tools");
+    let without = sign(&json!({"alg": "HS256"}), &c, SECRET.as_bytes());
+    let mut m = client(&gw, &without);
+    m.initialize("2025-06-18");
+    let r = m.request(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "x"}}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"tools:write\", resource_metadata=\"{PRM_URL}\", error_description=\"the access token lacks the scope tools:write\""
+        )
+        .as_str())
+    );
+    c["scope"] = json!("mcp:tools tools:write");
+    let with = sign(&json!({"alg": "HS256"}), &c, SECRET.as_bytes());
+    let mut m = client(&gw, &with);
+    m.initialize("2025-06-18");
+    let r = m
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        )
+        .json();
+    assert_eq!(r["result"]["content"][0]["text"], "x", "{r}");
+}
+
+/// `servers[].auth.scopes`: required of every request; a token without them is 403.
+#[test]
+fn an_endpoints_required_scopes_are_checked_on_every_request() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: example\n      issuer: {ISS}\n      algorithms: [HS256]\n      secret: \"{SECRET}\"\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [example], scopes: [\"mcp:tools\", \"mcp:admin\"]}}\n"
+        ))
+        .start();
+    let r = post(
+        &gw,
+        &[("authorization", &format!("Bearer {}", token("a", &[])))],
+        &initialize_body(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\", scope=\"mcp:admin\""),
+        "{challenge}"
+    );
+    // The 401 names the scopes to ask for.
+    let r = post(&gw, &[], &initialize_body());
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!("Bearer resource_metadata=\"{PRM_URL}\", scope=\"mcp:tools mcp:admin\"")
+                .as_str()
+        )
+    );
+    let mut c = claims("a", &[]);
+    c["scope"] = json!("mcp:tools mcp:admin");
+    let ok = sign(&json!({"alg": "HS256"}), &c, SECRET.as_bytes());
+    let r = post(
+        &gw,
+        &[("authorization", &format!("Bearer {ok}"))],
+        &initialize_body(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -50,7 +50,24 @@ pub fn authenticate(
         .authenticate(&gw.config, server, &presented, unix_now())
     {
         Ok(p) => {
+            // Scopes the endpoint requires of every request: a token without one is 403
+            // `insufficient_scope` (another token can be asked for), not 401.
+            let missing: Vec<&str> = auth
+                .scopes
+                .iter()
+                .filter(|s| !p.has_scope(s))
+                .map(String::as_str)
+                .collect();
             ctx.principal = Some(p);
+            if !missing.is_empty() {
+                let scope = missing.join(" ");
+                let mut r = Refusal::because(
+                    Kind::InsufficientScope,
+                    format!("the access token lacks the scope {scope}"),
+                );
+                r.challenge = Some(challenge::insufficient_scope(gw, server, &scope));
+                return Err(r);
+            }
             Ok(())
         }
         Err(f) => {
