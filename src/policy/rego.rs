@@ -218,14 +218,14 @@ fn one_line(msg: &str) -> String {
 }
 
 /// The per-worker evaluator of one server's program: a clone of the prepared engine (made on
-/// first use), a bounded decision cache, and the error counter. Not `Send`: a worker owns it.
+/// first use), a bounded decision cache, and the error counters. Not `Sync`: one worker owns it.
 pub struct RegoPolicy {
     program: Arc<RegoProgram>,
     engine: OnceCell<RefCell<Engine>>,
     cache: RefCell<DecisionCache>,
     errors: [metrics::Counter; 4],
-    /// Rate limit for error logs: the second the last one was written, and how many were
-    /// left out since.
+    /// Rate limit for error logs: the second the last one was written (`u64::MAX`: none yet),
+    /// and how many were left out since.
     last_log: Cell<u64>,
     suppressed: Cell<u64>,
 }
@@ -243,7 +243,7 @@ impl RegoPolicy {
             engine: OnceCell::new(),
             cache: RefCell::new(cache),
             errors,
-            last_log: Cell::new(0),
+            last_log: Cell::new(u64::MAX),
             suppressed: Cell::new(0),
         }
     }
