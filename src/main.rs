@@ -38,6 +38,29 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Print the SHA-256 (hex) of an API key read from stdin (one trailing newline ignored),
+    /// for `auth.api_keys[].sha256`.
+    HashKey,
+    /// Print an HS256 JWT signed with the secret in an environment variable (development aid).
+    MintToken {
+        /// The environment variable holding the secret (the issuer's `secret`).
+        #[arg(long)]
+        secret_env: String,
+        /// `iss`: the issuer's `issuer`.
+        #[arg(long)]
+        iss: String,
+        /// `aud`: the endpoint's resource URI, e.g. http://127.0.0.1:8080/mcp
+        #[arg(long)]
+        aud: String,
+        #[arg(long)]
+        sub: String,
+        /// Roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime: a number with s, m, h or d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Run the built-in demo MCP server on its own (tests, load tests, trying things out).
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:3001")]
@@ -53,6 +76,19 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+}
+
+/// `--ttl`: `90s`, `15m`, `1h`, `7d`.
+fn ttl_seconds(s: &str) -> Option<u64> {
+    let unit = match s.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = s[..s.len() - 1].parse().ok()?;
+    n.checked_mul(unit).filter(|&t| t > 0)
 }
 
 const DEFAULT_CONFIG: &str = "config/tollgate.yaml";
@@ -168,6 +204,54 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::HashKey => {
+            let mut key = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut key) {
+                eprintln!("tollgate: reading stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = key.strip_suffix(b"\n").unwrap_or(&key);
+            let key = key.strip_suffix(b"\r").unwrap_or(key);
+            if key.is_empty() {
+                eprintln!("tollgate: no key on stdin");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", tollgate::policy::authn::hash_key(key));
+            ExitCode::SUCCESS
+        }
+        Command::MintToken {
+            secret_env,
+            iss,
+            aud,
+            sub,
+            roles,
+            ttl,
+        } => {
+            let Some(secret) = std::env::var_os(&secret_env) else {
+                eprintln!("tollgate: environment variable {secret_env} is not set");
+                return ExitCode::FAILURE;
+            };
+            let Some(ttl_secs) = ttl_seconds(&ttl) else {
+                eprintln!("tollgate: --ttl {ttl:?}: expected a number with s, m, h or d, e.g. 1h");
+                return ExitCode::FAILURE;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let secret = std::os::unix::ffi::OsStrExt::as_bytes(secret.as_os_str()).to_vec();
+            match tollgate::policy::authn::mint_hs256(
+                &secret, &iss, &aud, &sub, &roles, ttl_secs, now,
+            ) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DemoUpstream {
             listen,
             workers,
