@@ -190,6 +190,21 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Rego policy evaluations that failed (undefined, wrong_type, runtime, input) and so \
          denied the request with reason rego_error, by server and kind."
     );
+    describe_counter!(
+        names::AUTHZ_DECISIONS_TOTAL,
+        "Authorization decisions, one per decided item (tool call, prompt, resource, method; each \
+         batch message on its own), by decision (allow, deny) and reason."
+    );
+    describe_counter!(
+        names::AUTH_FAILURES_TOTAL,
+        "Requests refused 401 (not authenticated), by reason (token_missing, expired, \
+         wrong_audience, alg_not_allowed, unknown_kid, ...)."
+    );
+    describe_counter!(
+        names::AUTH_KEY_REFRESHES_TOTAL,
+        "Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the \
+         background refresher, by issuer and result; on error the last good keys stay in use."
+    );
     describe_gauge!(names::WORKERS, "Worker threads by I/O driver.");
     describe_gauge!(
         names::BUILD_INFO,
