@@ -200,6 +200,9 @@ pub struct Ctx {
     pub source: Option<std::net::IpAddr>,
     /// Who is calling, once the authenticate phase established it (endpoints with `auth`).
     pub principal: Option<crate::policy::PrincipalRef>,
+    /// The raw bearer token the caller presented (set by the authenticate phase): the
+    /// `subject_token` of an upstream token exchange (`proxy::credentials`). Never forwarded.
+    pub credential: Option<std::rc::Rc<str>>,
     /// Every authorization decision made for this request (one per decided item: each message
     /// of a batch on its own), in order; counted by the record phase.
     pub decisions: SmallVec<[super::authorize::Decided; 1]>,
@@ -222,6 +225,15 @@ pub struct Ctx {
 
 impl Ctx {
     /// The gateway (config) this request runs on.
+    /// The caller an upstream token exchange is made for: principal and its own token, when both
+    /// are known.
+    pub fn caller(&self) -> Option<super::credentials::Caller<'_>> {
+        Some(super::credentials::Caller {
+            principal: self.principal.as_ref()?.id,
+            token: self.credential.as_deref()?,
+        })
+    }
+
     pub fn gw(&self) -> &Gateway {
         &self.gen.gw
     }
@@ -248,6 +260,7 @@ impl Ctx {
             peer: c.peer().cloned(),
             source: c.addr.map(|a| a.ip()),
             principal: None,
+            credential: None,
             decisions: SmallVec::new(),
             messages: SmallVec::new(),
             batch: false,
