@@ -16,6 +16,14 @@ use serde_json::json;
 
 /// A token endpoint answering `tok-<n>` (n from 1) with `expires_in`; records every request.
 fn token_endpoint(expires_in: u64) -> (Scripted, Arc<Mutex<Vec<Request>>>) {
+    token_endpoint_failing(expires_in, Arc::default())
+}
+
+/// `token_endpoint`, answering 503 while `down` is set.
+fn token_endpoint_failing(
+    expires_in: u64,
+    down: Arc<AtomicBool>,
+) -> (Scripted, Arc<Mutex<Vec<Request>>>) {
     let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
     let s = {
@@ -23,6 +31,17 @@ fn token_endpoint(expires_in: u64) -> (Scripted, Arc<Mutex<Vec<Request>>>) {
         Scripted::start(move |mut s: TcpStream, _| {
             while let Some(req) = read_request(&mut s) {
                 seen.lock().unwrap().push(req);
+                if down.load(Ordering::Acquire) {
+                    let resp = scripted::response(
+                        "503 Service Unavailable",
+                        &[("Content-Type", "application/json")],
+                        br#"{"error":"temporarily_unavailable"}"#,
+                    );
+                    if s.write_all(&resp).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let n = count.fetch_add(1, Ordering::AcqRel) + 1;
                 let body = json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": expires_in}).to_string();
                 let resp = scripted::response(
@@ -248,4 +267,42 @@ fn the_clients_own_authorization_never_reaches_the_upstream() {
             }
         }
     }
+}
+
+#[test]
+fn while_the_token_endpoint_fails_the_last_token_serves_and_failures_are_counted() {
+    // expires_in 30 s, refresh_before 60 s: every request tries a refresh; the token is valid.
+    let down = Arc::new(AtomicBool::new(false));
+    let (tokens, token_reqs) = token_endpoint_failing(30, down.clone());
+    let (up, up_seen) = upstream(Arc::default());
+    let gw = gateway(&up.url(), &tokens.url(), ", refresh_before: 60s");
+    let mut mcp = Mcp::new(gw.addr, "/mcp");
+    assert_eq!(mcp.initialize("2025-06-18").status, 200);
+    down.store(true, Ordering::Release);
+    let before = token_reqs.lock().unwrap().len();
+    assert_eq!(
+        mcp.request("tools/call", json!({"name": "t", "arguments": {}}))
+            .status,
+        200
+    );
+    assert!(
+        token_reqs.lock().unwrap().len() > before,
+        "a refresh was tried"
+    );
+    assert_eq!(
+        up_seen.lock().unwrap().last().cloned().flatten(),
+        Some(format!("Bearer tok-{before}"))
+    );
+    let m = gw.metrics();
+    let line = |result: &str| {
+        format!("tollgate_upstream_token_requests_total{{upstream=\"up\",grant=\"client_credentials\",result=\"{result}\"}}")
+    };
+    let value = |result: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&line(result)))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {} in\n{m}", line(result)))
+    };
+    assert!(value("ok") >= 1.0);
+    assert!(value("error") >= 1.0);
 }

@@ -24,6 +24,9 @@ pub struct Caller<'a> {
     pub token: &'a str,
 }
 
+/// (principal id, upstream name).
+type ExchangeKey = ([u8; 16], String);
+
 #[derive(Default)]
 struct Slot {
     /// The config these tokens were fetched under (a reload that changes it starts afresh).
@@ -39,7 +42,7 @@ struct Slot {
 #[derive(Default)]
 pub struct Tokens {
     own: RefCell<HashMap<String, Slot>>,
-    exchanged: RefCell<HashMap<([u8; 16], String), (Arc<Credentials>, Token)>>,
+    exchanged: RefCell<HashMap<ExchangeKey, (Arc<Credentials>, Token)>>,
 }
 
 fn usable(t: &Token, now: Instant) -> bool {
@@ -295,5 +298,144 @@ mod tests {
             r,
             b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nauthorization: Bearer tok\r\n\r\n{}"
         );
+    }
+
+    /// A token endpoint on a thread: answers `x-<n>` to each request; returns the bodies seen.
+    fn endpoint() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let bodies = seen.clone();
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().enumerate() {
+                let Ok(mut s) = s else { return };
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // Head, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(k) = s.read(&mut tmp) else { break None };
+                    if k == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&tmp[..k]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(at) = text.find("\r\n\r\n") {
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= at + 4 + len {
+                            break Some(text[at + 4..at + 4 + len].to_string());
+                        }
+                    }
+                };
+                let Some(body) = body else { continue };
+                bodies.lock().unwrap().push(body);
+                let json = format!(
+                    "{{\"access_token\":\"x-{}\",\"token_type\":\"Bearer\",\"expires_in\":3600,\"issued_token_type\":\"urn:ietf:params:oauth:token-type:access_token\"}}",
+                    n + 1
+                );
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+                        json.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        (addr, seen)
+    }
+
+    fn exchange_config(addr: std::net::SocketAddr, cache_entries: usize) -> Arc<Credentials> {
+        use crate::config::credentials::defaults;
+        Arc::new(Credentials {
+            grant: Grant::TokenExchange,
+            token_url: format!("http://{addr}/token"),
+            token_target: crate::config::HttpTarget {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                path: "/token".into(),
+                authority: addr.to_string(),
+                tls: false,
+            },
+            ca_file: None,
+            tls: None,
+            client_id: "tg".into(),
+            client_secret: "s".into(),
+            client_secret_source: crate::config::HeaderSource::Literal,
+            scope: Some("notes:read".into()),
+            resource: Some("https://notes/mcp".into()),
+            resource_set: true,
+            audience: None,
+            refresh_before: defaults::REFRESH_BEFORE,
+            actor: false,
+            cache_entries,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_response_bytes: defaults::MAX_RESPONSE_BYTES,
+        })
+    }
+
+    #[test]
+    fn token_exchange_sends_the_callers_token_and_caches_per_principal() {
+        let (addr, seen) = endpoint();
+        let c = exchange_config(addr, 2);
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tokens = Tokens::default();
+            let a = Caller {
+                principal: [1; 16],
+                token: "caller A/token",
+            };
+            let b = Caller {
+                principal: [2; 16],
+                token: "caller-B",
+            };
+            let t1 = tokens.exchanged("notes", &c, Some(a)).await.unwrap();
+            let t2 = tokens.exchanged("notes", &c, Some(a)).await.unwrap();
+            assert_eq!(
+                (&*t1, &*t2),
+                ("x-1", "x-1"),
+                "cached for the same principal"
+            );
+            let t3 = tokens.exchanged("notes", &c, Some(b)).await.unwrap();
+            assert_eq!(&*t3, "x-2", "another principal gets its own");
+            // No caller: refused, nothing asked of the token endpoint.
+            let e = tokens.exchanged("notes", &c, None).await.unwrap_err();
+            assert_eq!(e.kind, Kind::UpstreamCredentials);
+            assert!(e.reason.contains("upstream \"notes\""), "{}", e.reason);
+            // A 401 forgets A's token; the cache is bounded (2 here).
+            tokens.rejected("notes", Some([1; 16]));
+            assert_eq!(
+                &*tokens.exchanged("notes", &c, Some(a)).await.unwrap(),
+                "x-3"
+            );
+            let third = Caller {
+                principal: [3; 16],
+                token: "caller-C",
+            };
+            tokens.exchanged("notes", &c, Some(third)).await.unwrap();
+            assert_eq!(tokens.exchanged_len(), 2);
+        });
+        let bodies = seen.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 4);
+        assert_eq!(
+            bodies[0],
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token=caller+A%2Ftoken\
+             &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &resource=https%3A%2F%2Fnotes%2Fmcp&scope=notes%3Aread"
+        );
+        assert!(bodies[1].contains("subject_token=caller-B&"));
     }
 }

@@ -6,6 +6,10 @@ use super::extract::{self, boolean, count, describe, size, string, Problems, Sec
 use crate::config::credentials::{defaults, Credentials, Grant};
 use crate::config::{HeaderSource, UpstreamTarget};
 
+/// How a secret value is read (`file::header_value`: literal, `${env:}` or `${file:}`).
+type ReadSecret =
+    dyn Fn(&str, &dyn Fn(&str) -> Option<String>) -> Result<(String, HeaderSource), String>;
+
 const GRANT_KEYS: &[&str] = &[
     "token_url",
     "client_id",
@@ -26,10 +30,7 @@ pub fn credentials(
     s: &Section,
     upstream_url: &UpstreamTarget,
     env: &dyn Fn(&str) -> Option<String>,
-    secret: &dyn Fn(
-        &str,
-        &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(String, HeaderSource), String>,
+    secret: &ReadSecret,
 ) -> Option<Credentials> {
     let (path, v) = s.value("credentials")?;
     let c = Section::open(
