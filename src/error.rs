@@ -209,6 +209,9 @@ kinds! {
     UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");
     UpstreamTimeout => row(504, UPSTREAM_TIMEOUT, Upstream, "upstream_timeout");
     UpstreamProtocol => row(502, UPSTREAM_PROTOCOL, Upstream, "upstream_protocol");
+    // The gateway could not obtain its own token for an upstream (`upstreams[].credentials`):
+    // the token endpoint failed and no unexpired token is left, or no caller token to exchange.
+    UpstreamCredentials => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_credentials");
     // The legacy HTTP+SSE transport (2024-11-05): a POST to a stream that does not exist here
     // (forged, ended, or from an earlier process), the limits of its streams, and a worker that
     // could not take a POST handed over to it.

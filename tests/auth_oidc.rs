@@ -174,3 +174,113 @@ fn the_typescript_sdks_call_with_a_bearer_token() {
         );
     }
 }
+
+/// An upstream that records the Authorization header of every request it gets and answers
+/// like a tiny MCP server.
+fn recording_upstream(
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) -> harness::scripted::Scripted {
+    use harness::scripted::{self, read_request};
+    use std::io::Write;
+    harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            seen.lock()
+                .unwrap()
+                .push(req.header("authorization").map(str::to_string));
+            let reply = scripted::mcp_basics(&req).unwrap_or_else(|| {
+                let v = req.json();
+                let result = match v["method"].as_str().unwrap_or("") {
+                    "tools/list" => {
+                        json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
+                    }
+                    _ => json!({"content": [{"type": "text", "text": "ok"}]}),
+                };
+                scripted::json_response(&scripted::rpc_result(&v["id"], result))
+            });
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Each upstream gets a token of its own from the authorization server, never the caller's:
+/// one by token exchange for the caller (RFC 8693: the caller's subject, the upstream's
+/// audience, the gateway as actor) behind /mcp, one by the gateway's client credentials
+/// behind /machine. (Token exchange reaches single-upstream endpoints only so far: a federated
+/// endpoint's own requests to its members do not carry the caller's token yet.)
+#[test]
+fn upstreams_get_their_own_tokens_by_exchange_and_client_credentials() {
+    let port = free_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let (ex_aud, cc_aud) = (
+        "http://127.0.0.1:9/exchanged/mcp",
+        "http://127.0.0.1:9/machine/mcp",
+    );
+    let opts = AuthOptions {
+        resources: &[resource.as_str(), ex_aud, cc_aud],
+        ..AuthOptions::default()
+    };
+    let Some(auth) = AuthServer::try_start_with(&opts) else {
+        return;
+    };
+    let seen_ex = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_cc = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (up_ex, up_cc) = (
+        recording_upstream(seen_ex.clone()),
+        recording_upstream(seen_cc.clone()),
+    );
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "listen:\n  address: 127.0.0.1:{port}\n\
+             auth:\n  issuers:\n    - name: oidc\n      issuer: \"{issuer}\"\n      discovery: true\n      algorithms: [RS256]\n\
+             upstreams:\n  - name: ex\n    url: \"{ex_url}\"\n    credentials:\n      token_exchange: {{token_url: \"{token}\", client_id: gateway, client_secret: \"{gw_secret}\", resource: \"{ex_aud}\"}}\n\
+             \x20 - name: cc\n    url: \"{cc_url}\"\n    credentials:\n      client_credentials: {{token_url: \"{token}\", client_id: admin-bot, client_secret: \"{cc_secret}\", resource: \"{cc_aud}\"}}\n\
+             servers:\n  - path: /mcp\n    upstream: ex\n    auth: {{resource: \"{resource}\", issuers: [oidc]}}\n  - path: /machine\n    upstream: cc\n    auth: {{resource: \"{resource}\", issuers: [oidc]}}\n",
+            issuer = auth.issuer(),
+            token = auth.token_endpoint(),
+            gw_secret = auth.client_secret("gateway"),
+            cc_secret = auth.client_secret("admin-bot"),
+            ex_url = up_ex.url(),
+            cc_url = up_cc.url(),
+        ))
+        .start();
+    let caller = auth.client_credentials("reader-bot", &resource, "");
+    let listed = list_with(&gw, &caller);
+    assert_eq!(tool_names(&listed), ["echo"], "{listed}\n{}", gw.log.text());
+    for path in ["/mcp", "/machine"] {
+        let mut m = Mcp::new(gw.addr, path);
+        m.bearer(&caller);
+        m.initialize("2025-06-18");
+        let r = m
+            .request("tools/call", json!({"name": "echo", "arguments": {}}))
+            .json();
+        assert_eq!(
+            r["result"]["content"][0]["text"],
+            "ok",
+            "{path}: {r}\n{}",
+            gw.log.text()
+        );
+    }
+    let token_of = |seen: &std::sync::Mutex<Vec<Option<String>>>| -> Value {
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        let mut claims = Vec::new();
+        for a in seen.iter() {
+            let a = a
+                .as_deref()
+                .expect("every upstream request carries the gateway's token");
+            let t = a.strip_prefix("Bearer ").expect("a bearer token");
+            assert_ne!(t, caller, "the caller's token reached an upstream");
+            claims.push(auth_server::jwt_parts(t).1);
+        }
+        claims.pop().unwrap()
+    };
+    let ex = token_of(&seen_ex);
+    assert_eq!(ex["aud"], ex_aud, "{ex}");
+    assert_eq!(ex["sub"], "reader-bot", "{ex}");
+    assert_eq!(ex["act"]["sub"], "gateway", "{ex}");
+    let cc = token_of(&seen_cc);
+    assert_eq!(cc["aud"], cc_aud, "{cc}");
+    assert_eq!(cc["sub"], "admin-bot", "{cc}");
+}

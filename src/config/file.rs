@@ -3,6 +3,7 @@
 //! each as `path: problem`. It must not leak secrets (session key, header values) into messages.
 
 mod auth;
+mod credentials;
 mod extract;
 mod formats;
 mod rego;
@@ -813,6 +814,7 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         unhealthy_after: defaults::UNHEALTHY_AFTER as u32,
         headers: Vec::new(),
         header_sources: Vec::new(),
+        credentials: None,
         tls: None,
         prefix: None,
         separator: crate::mcp::names::SEPARATOR.to_string(),
@@ -848,6 +850,7 @@ fn upstream(
             "max_idle_per_worker",
             "unhealthy_after",
             "headers",
+            "credentials",
             "tls",
             "prefix",
             "separator",
@@ -936,6 +939,14 @@ fn upstream(
         }
     }
     u.tls = upstream_tls(p, &s, &u.target);
+    u.credentials = credentials::credentials(p, &s, &u.target, env, &header_value).map(Box::new);
+    if u.credentials.is_some() && u.transport == Transport::Sse {
+        p.add(
+            &extract::child(&s.path, "credentials"),
+            "not supported with transport: sse (use headers)",
+        );
+        u.credentials = None;
+    }
     u.era = s.get(p, "era", u.era, |v| match string(v)? {
         "auto" => Ok(crate::config::UpstreamEra::Auto),
         "session" => Ok(crate::config::UpstreamEra::Session),

@@ -3,6 +3,7 @@
 //! it turns a file into `Config` or into a list of every problem with its path in the file.
 
 pub mod auth;
+pub mod credentials;
 mod file;
 pub mod reload;
 
@@ -246,6 +247,9 @@ pub struct Upstream {
     /// Where each of `headers` came from, same order: lets `tollgate check` show the reference
     /// instead of the secret it read.
     pub header_sources: Vec<HeaderSource>,
+    /// `credentials`: the gateway obtains a bearer token for this upstream (OAuth2 client
+    /// credentials or RFC 8693 token exchange); `None` = only `headers`.
+    pub credentials: Option<Box<credentials::Credentials>>,
     /// `https://` URLs only: the TLS client config and the name sent and verified.
     pub tls: Option<UpstreamTls>,
     /// `prefix`: what this upstream's tool and prompt names are prefixed with on a server that

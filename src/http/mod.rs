@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod head;
 pub mod pool;

@@ -4,6 +4,9 @@
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "tollgate_upstream_requests_total";
+/// Requests to upstreams' token endpoints (`upstreams[].credentials`), by upstream, grant
+/// (client_credentials, token_exchange) and result (ok, error).
+pub const UPSTREAM_TOKEN_REQUESTS_TOTAL: &str = "tollgate_upstream_token_requests_total";
 pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";

@@ -202,6 +202,9 @@ pub struct Ctx {
     pub principal: Option<crate::policy::PrincipalRef>,
     /// Why the authenticate phase refused the request (401), for the access line and audit.
     pub auth_failure: Option<crate::policy::AuthFailure>,
+    /// The raw bearer token the caller presented (set by the authenticate phase): the
+    /// `subject_token` of an upstream token exchange (`proxy::credentials`). Never forwarded.
+    pub credential: Option<std::rc::Rc<str>>,
     /// Every authorization decision made for this request (one per decided item: each message
     /// of a batch on its own), in order; counted by the record phase.
     pub decisions: SmallVec<[super::authorize::Decided; 1]>,
@@ -224,6 +227,15 @@ pub struct Ctx {
 
 impl Ctx {
     /// The gateway (config) this request runs on.
+    /// The caller an upstream token exchange is made for: principal and its own token, when both
+    /// are known.
+    pub fn caller(&self) -> Option<super::credentials::Caller<'_>> {
+        Some(super::credentials::Caller {
+            principal: self.principal.as_ref()?.id,
+            token: self.credential.as_deref()?,
+        })
+    }
+
     pub fn gw(&self) -> &Gateway {
         &self.gen.gw
     }
@@ -251,6 +263,7 @@ impl Ctx {
             source: c.addr.map(|a| a.ip()),
             principal: None,
             auth_failure: None,
+            credential: None,
             decisions: SmallVec::new(),
             messages: SmallVec::new(),
             batch: false,

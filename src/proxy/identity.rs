@@ -58,6 +58,16 @@ pub fn authenticate(
                 .filter(|s| !p.has_scope(s))
                 .map(String::as_str)
                 .collect();
+            // The caller's own token is kept only where an upstream exchanges it for one of its
+            // own (RFC 8693); it never goes upstream itself.
+            if matches!(p.source, crate::policy::Source::Jwt { .. })
+                && exchanges_tokens(gw, server)
+            {
+                ctx.credential = presented
+                    .authorization
+                    .and_then(bearer_token)
+                    .map(std::rc::Rc::from);
+            }
             ctx.principal = Some(p);
             if !missing.is_empty() {
                 let scope = missing.join(" ");
@@ -85,6 +95,26 @@ pub fn authenticate(
             Err(r)
         }
     }
+}
+
+/// Whether an upstream of `server` gets its token by exchanging the caller's.
+fn exchanges_tokens(gw: &Gateway, server: usize) -> bool {
+    gw.config.servers[server].upstreams.iter().any(|m| {
+        gw.config.upstreams[m.upstream]
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.grant == crate::config::credentials::Grant::TokenExchange)
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_token(v: &[u8]) -> Option<&str> {
+    let v = std::str::from_utf8(v).ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn unauthenticated_message(f: AuthFailure) -> String {

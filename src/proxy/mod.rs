@@ -9,6 +9,7 @@ pub mod checks;
 pub mod client;
 pub mod context;
 pub mod control;
+pub mod credentials;
 mod federate;
 mod held;
 mod identity;
@@ -760,7 +761,9 @@ async fn forward(
 ) -> Next {
     ctx.upstream = Some(u);
     let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, ctx.gw(), u, std::mem::take(&mut c.up_out)).await;
+    let caller = ctx.caller();
+    let req = std::mem::take(&mut c.up_out);
+    let (res, req) = upstream::exchange_as(w, ctx.gw(), u, req, caller).await;
     c.up_out = req;
     respond(w, c, ctx, (u, res, t_up), had_session, then).await
 }

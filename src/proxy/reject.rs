@@ -110,6 +110,9 @@ impl Rejects {
                     Kind::UpstreamUnavailable => "upstream unavailable".into(),
                     Kind::UpstreamTimeout => "upstream timed out".into(),
                     Kind::UpstreamProtocol => "upstream sent an invalid response".into(),
+                    Kind::UpstreamCredentials => {
+                        "the gateway could not obtain its credentials for the upstream".into()
+                    }
                     Kind::LegacyStreamUnknown => {
                         "unknown legacy SSE session: open a new stream (GET the sse endpoint)".into()
                     }

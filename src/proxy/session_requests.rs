@@ -112,7 +112,8 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
     }
     let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();
-    let (res, req) = upstream::exchange(w, &gen.gw, u, std::mem::take(&mut c.up_out)).await;
+    let req = std::mem::take(&mut c.up_out);
+    let (res, req) = upstream::exchange_as(w, &gen.gw, u, req, ctx.caller()).await;
     c.up_out = req;
     match res {
         Ok((up_conn, rhead)) => {

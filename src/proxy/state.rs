@@ -52,6 +52,8 @@ pub struct UpstreamRuntime {
     )>,
     /// `transport: sse`: the 2024-11-05 HTTP+SSE transport (`proxy::legacy`).
     pub legacy: bool,
+    /// `credentials`: the gateway's own token for it (`proxy::credentials`).
+    pub credentials: Option<Arc<crate::config::credentials::Credentials>>,
 }
 
 impl UpstreamRuntime {
@@ -95,6 +97,7 @@ impl UpstreamRuntime {
             max_idle: cfg.max_idle_per_worker,
             tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
             legacy: cfg.transport == crate::config::Transport::Sse,
+            credentials: cfg.credentials.as_deref().cloned().map(Arc::new),
         }
     }
 }
@@ -294,6 +297,8 @@ pub struct WorkerState {
     pub listens: Cell<usize>,
     /// Numbers the gateway's own listen requests to members (their ids).
     pub listen_serial: Cell<u64>,
+    /// Tokens for upstreams with `credentials` (`proxy::credentials`).
+    pub tokens: super::credentials::Tokens,
 }
 
 impl WorkerState {
@@ -321,6 +326,7 @@ impl WorkerState {
             legacy_sse: Default::default(),
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
+            tokens: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
             index,

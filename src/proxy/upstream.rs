@@ -105,9 +105,28 @@ pub async fn exchange(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,
+    req: Vec<u8>,
+) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
+    exchange_as(w, gw, u, req, None).await
+}
+
+/// `exchange` for a request made on behalf of `caller` (an upstream with `token_exchange`
+/// credentials gets a token issued for it; without a caller such an upstream is refused).
+pub async fn exchange_as(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
     mut req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
+    if let Some(cr) = &up.credentials {
+        if let Err(e) =
+            super::credentials::authorize(&w.tokens, &up.name, cr, caller, &mut req).await
+        {
+            return (Err(e), req);
+        }
+    }
     let mut retried = false;
     loop {
         // The retry always takes a fresh connection: another pooled one may be just as stale.
@@ -144,6 +163,9 @@ pub async fn exchange(
         match outcome {
             Ok(head) => {
                 gw.health.upstream_ok(u);
+                if head.status == 401 && up.credentials.is_some() {
+                    w.tokens.rejected(&up.name, caller.map(|c| c.principal));
+                }
                 return (Ok((conn, head)), req);
             }
             // A pooled connection the upstream closed while idle: nothing was processed, retry

@@ -255,6 +255,7 @@ pub fn render_effective(c: &Config) -> String {
                 let _ = writeln!(o, "      {}: {shown}", q(name));
             }
         }
+        render_credentials(&mut o, u.credentials.as_deref());
         if let Some(t) = &u.tls {
             let _ = writeln!(o, "    tls:");
             match &t.ca_file {
@@ -558,5 +559,57 @@ fn render_rules(o: &mut String, c: &Config, rules: Option<&crate::policy::rules:
         if let Some(m) = &r.message {
             let _ = writeln!(o, "        message: {}", q(m));
         }
+    }
+}
+
+/// `upstreams[].credentials`: the secret as its reference (`${env:…}`/`${file:…}`) or redacted.
+fn render_credentials(o: &mut String, c: Option<&crate::config::credentials::Credentials>) {
+    use crate::config::credentials::Grant;
+    let Some(c) = c else {
+        let _ = writeln!(o, "    credentials: null");
+        return;
+    };
+    let _ = writeln!(o, "    credentials:");
+    let _ = writeln!(o, "      {}:", c.grant.as_str());
+    let _ = writeln!(o, "        token_url: {}", q(&c.token_url));
+    let _ = writeln!(o, "        client_id: {}", q(&c.client_id));
+    let shown = match &c.client_secret_source {
+        HeaderSource::Env(var) => q(&format!("${{env:{var}}}")),
+        HeaderSource::File(path) => q(&format!("${{file:{path}}}")),
+        HeaderSource::Literal => "\"<redacted>\"".to_string(),
+    };
+    let _ = writeln!(o, "        client_secret: {shown}");
+    let opt = |v: &Option<String>| v.as_deref().map_or("null".to_string(), q);
+    let _ = writeln!(o, "        scope: {}", opt(&c.scope));
+    if c.resource_set {
+        let _ = writeln!(o, "        resource: {}", opt(&c.resource));
+    } else {
+        let _ = writeln!(
+            o,
+            "        resource: {}  # the upstream's url",
+            opt(&c.resource)
+        );
+    }
+    let _ = writeln!(o, "        audience: {}", opt(&c.audience));
+    let _ = writeln!(
+        o,
+        "        refresh_before: {}",
+        render_duration(c.refresh_before)
+    );
+    let _ = writeln!(o, "        ca_file: {}", opt(&c.ca_file));
+    let _ = writeln!(
+        o,
+        "        connect_timeout: {}",
+        render_duration(c.connect_timeout)
+    );
+    let _ = writeln!(
+        o,
+        "        request_timeout: {}",
+        render_duration(c.request_timeout)
+    );
+    let _ = writeln!(o, "        max_response_bytes: {}", c.max_response_bytes);
+    if c.grant == Grant::TokenExchange {
+        let _ = writeln!(o, "        actor: {}", c.actor);
+        let _ = writeln!(o, "        cache_entries: {}", c.cache_entries);
     }
 }

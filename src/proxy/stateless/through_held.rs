@@ -41,7 +41,8 @@ pub(super) async fn forward_held(
     ctx.upstream = Some(u);
     let t_up = std::time::Instant::now();
     lease.begin();
-    let (res, req) = upstream::exchange(w, gw, u, std::mem::take(&mut c.up_out)).await;
+    let req = std::mem::take(&mut c.up_out);
+    let (res, req) = upstream::exchange_as(w, gw, u, req, ctx.caller()).await;
     c.up_out = req;
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
     if !ended {
