@@ -60,8 +60,7 @@ pub fn authenticate(
                 .collect();
             // The caller's own token is kept only where an upstream exchanges it for one of its
             // own (RFC 8693); it never goes upstream itself.
-            if matches!(p.source, crate::policy::Source::Jwt { .. })
-                && exchanges_tokens(gw, server)
+            if matches!(p.source, crate::policy::Source::Jwt { .. }) && exchanges_tokens(gw, server)
             {
                 ctx.credential = presented
                     .authorization

@@ -1499,6 +1499,8 @@ fn api_keys_are_hashes_and_turn_on_by_default() {
     assert!(!e.iter().any(|e| e.contains("my-secret")), "{e:?}");
     let e = err("auth: {max_token_bytes: 2MiB}");
     assert!(e.starts_with("auth.max_token_bytes: at most 1MiB"), "{e}");
+}
+
 #[test]
 fn upstream_credentials_parse_check_and_render_without_the_secret() {
     let base = |creds: &str| {
