@@ -568,3 +568,77 @@ fn an_endpoints_required_scopes_are_checked_on_every_request() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A legacy HTTP+SSE stream takes POSTs only from the principal that opened it: another
+/// principal who learned its session id is told it does not exist.
+#[test]
+fn a_legacy_stream_is_bound_to_the_principal_that_opened_it() {
+    use std::io::{BufRead, BufReader};
+    let gw = gateway();
+    let alice = token("alice", &["reader"]);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET /mcp/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nAuthorization: Bearer {alice}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let endpoint = loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream closed");
+        if let Some(d) = line.strip_prefix("data: ") {
+            break d.trim().to_string();
+        }
+    };
+    assert!(endpoint.contains("sessionId="), "{endpoint}");
+    let post = |tok: &str| {
+        let auth = format!("Bearer {tok}");
+        gw.client().request(
+            "POST",
+            &endpoint,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            initialize_body().to_string().as_bytes(),
+        )
+    };
+    assert_eq!(post(&token("mallory", &["admin"])).status, 404);
+    assert_eq!(post(&alice).status, 202);
+}
+
+/// On an authenticated endpoint in the 2026-07-28 revision, the gateway's upstream sessions are
+/// shared by every caller, so it cannot tell whose tasks an upstream lists: tasks/list is
+/// refused rather than showing others' tasks.
+#[test]
+fn stateless_tasks_list_is_refused_where_callers_share_upstream_sessions() {
+    let gw = gateway();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {"_meta": meta}});
+    let auth = format!("Bearer {}", token("bob", &["admin"]));
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tasks/list"),
+            ("authorization", &auth),
+        ],
+        body.to_string().as_bytes(),
+    );
+    let v = r.json();
+    assert_eq!(v["error"]["code"], -32601, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tasks/list"),
+        "{v}"
+    );
+}

@@ -174,6 +174,7 @@ fn rules_with_problems_are_refused_at_load() {
         "      - {effect: allow, tools: []}\n",
         "      - {effect: allow, sources: [10.0.0.0/33], hours: \"8-18\", methods: [tools/destroy]}\n",
         "      - {effect: deny, upstreams: [nope], days: [funday]}\n",
+        "      - {effect: allow, roles: []}\n",
     );
     let err = tollgate::config::load_str(text).unwrap_err().to_string();
     for want in [
@@ -184,6 +185,7 @@ fn rules_with_problems_are_refused_at_load() {
         "servers[0].rules[2].methods[0]",
         "servers[0].rules[3].upstreams[0]: no upstream named \"nope\"",
         "servers[0].rules[3].days[0]",
+        "servers[0].rules[4].roles: an empty list would match everyone",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -58,7 +58,13 @@ pub struct FetchedKeys {
     /// ignores keys fetched for the old one).
     pub name: String,
     pub issuer: String,
+    /// Where they came from (`jwks_url`, or `None`: discovery): a config generation whose
+    /// issuer of that name takes its keys from elsewhere ignores them.
+    pub jwks_url: Option<String>,
     pub keys: Vec<crate::config::auth::IssuerKey>,
+    /// SHA-256 of the fetched document: an unchanged key set is not installed again (installing
+    /// clears the workers' token caches).
+    pub digest: [u8; 32],
 }
 
 /// A gateway built by a reload, on its way to the workers.

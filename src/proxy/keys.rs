@@ -71,10 +71,14 @@ impl KeyRefresh {
         };
         let deliver: fetch::Deliver = Box::new(move |src, doc| match keys_of(&doc, &src.name) {
             Ok(keys) => {
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &doc).as_ref());
                 let k = FetchedKeys {
                     name: src.name.clone(),
                     issuer: src.issuer_url.clone(),
+                    jwks_url: src.jwks_url.clone(),
                     keys,
+                    digest,
                 };
                 bus.broadcast(Control::Keys(Arc::new(k)), None);
             }

@@ -247,16 +247,23 @@ impl Generation {
     }
 
     /// Installs keys the refresher fetched for the issuer of that name and URL, if this
-    /// generation has it.
+    /// generation has it and takes its keys from the same place (its `jwks_url`, or discovery):
+    /// a reload that changed where an issuer's keys come from never gets the old ones. Keys the
+    /// config names itself (`keys`, `secret`) stay beside the fetched ones.
     pub fn install_fetched(&self, k: &super::control::FetchedKeys) {
         let issuers = &self.gw.config.auth.issuers;
-        if let Some(i) = issuers
-            .iter()
-            .position(|i| i.name == k.name && i.issuer == k.issuer)
-        {
-            let set = crate::policy::authn::KeySet::new(&issuers[i].algorithms, &k.keys);
-            self.authn.install_keys(i, Rc::new(set));
-        }
+        let Some(i) = issuers.iter().position(|i| {
+            i.name == k.name
+                && i.issuer == k.issuer
+                && i.jwks_url == k.jwks_url
+                && (i.jwks_url.is_some() || i.discovery)
+        }) else {
+            return;
+        };
+        let mut keys = issuers[i].keys.clone();
+        keys.extend(k.keys.iter().cloned());
+        let set = crate::policy::authn::KeySet::new(&issuers[i].algorithms, &keys);
+        self.authn.install_keys(i, Rc::new(set));
     }
 }
 
@@ -477,6 +484,16 @@ impl WorkerState {
             Control::Legacy(m) => super::legacy::apply(self, m),
             Control::LegacyPost(p) => self.legacy_sse.deliver_handed_over(&p),
             Control::Keys(k) => {
+                let same = self
+                    .fetched_keys
+                    .borrow()
+                    .get(&k.name)
+                    .is_some_and(|old| old.digest == k.digest && old.jwks_url == k.jwks_url);
+                if same {
+                    // An unchanged key set (a scheduled refetch, or one an unknown kid asked
+                    // for): the token caches stay.
+                    return;
+                }
                 let gen = self.current();
                 gen.install_fetched(&k);
                 // A reload prepared now gets them too when it commits (`Generation::new`).

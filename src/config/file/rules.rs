@@ -157,6 +157,14 @@ pub(super) fn rules(
             set
         });
         let words = |p: &mut Problems, key: &str| -> Vec<Box<str>> {
+            if let Some((wpath, Value::Sequence(items))) = r.value(key) {
+                if items.is_empty() {
+                    // `roles: []` would mean "anyone": a list that names nobody is refused.
+                    let why = "an empty list would match everyone: leave the key out for that";
+                    p.add(&wpath, why);
+                    return Vec::new();
+                }
+            }
             super::string_list(p, &r, key, |w| {
                 if w.is_empty() {
                     Err("empty".into())

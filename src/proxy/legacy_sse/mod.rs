@@ -67,15 +67,17 @@ pub(super) async fn handle(
 }
 
 /// Who the client is, for the requests the stream makes on its behalf.
-fn from(c: &Client) -> streams::From {
+fn from(c: &Client, ctx: &Ctx) -> streams::From {
     streams::From {
         addr: c.addr,
         peer: c.peer().map(|p| (**p).clone()),
+        principal: ctx.principal.as_ref().map(|p| p.id),
     }
 }
 
 /// Header lines of a client request that the request path reads (Host and Origin for
-/// admission, Authorization for the authentication phase, trace context to forward).
+/// admission, Authorization and X-API-Key for the authentication phase, trace context to
+/// forward).
 fn carried_headers(head: &RequestHead, buf: &[u8]) -> Vec<u8> {
     let mut h = Vec::with_capacity(128);
     let mut add = |name: &[u8], r: &Option<std::ops::Range<usize>>| {
@@ -86,6 +88,7 @@ fn carried_headers(head: &RequestHead, buf: &[u8]) -> Vec<u8> {
     add(b"host", &head.host);
     add(b"origin", &head.origin);
     add(b"authorization", &head.authorization);
+    add(b"x-api-key", &head.api_key);
     for (n, v) in &head.trace {
         response::header(&mut h, &buf[n.clone()], &buf[v.clone()]);
     }
@@ -125,7 +128,7 @@ async fn open(
     c.conn.consume(head.len);
     let stream = Rc::new(LegacyStream::new(
         headers,
-        from(c),
+        from(c, ctx),
         limits.legacy_sse_queued_messages,
     ));
     let Some(id) = w.legacy_sse.open(
@@ -324,7 +327,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         body,
         order,
         headers,
-        from: from(c),
+        from: from(c, ctx),
     };
     let verdict = if usize::from(id.worker) == w.index {
         w.legacy_sse.deliver(&id, posted)

@@ -63,6 +63,9 @@ pub enum Order {
 pub struct From {
     pub addr: Option<std::net::SocketAddr>,
     pub peer: Option<crate::tls::PeerIdentity>,
+    /// The authenticated principal's id (endpoints with `auth`): a stream takes POSTs only from
+    /// the principal that opened it.
+    pub principal: Option<[u8; 16]>,
 }
 
 /// A message POSTed to a legacy stream, with the request headers the request path reads.
@@ -308,6 +311,11 @@ impl Streams {
         let Some(s) = self.get(id).filter(|s| !s.is_ended()) else {
             return Verdict::Unknown;
         };
+        if s.from.principal != posted.from.principal {
+            // Another principal's stream is unknown to this one (its messages and replies
+            // would mix into the stream's owner's).
+            return Verdict::Unknown;
+        }
         let mut inbox = s.inbox.borrow_mut();
         if inbox.len() >= s.max_queued {
             return Verdict::Full;

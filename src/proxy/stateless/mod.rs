@@ -435,9 +435,22 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
         let why = "none of this endpoint's upstreams could be reached";
         return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
     }
+    // Task ids and cursors are bound to this id: on an endpoint that authenticates, the
+    // principal's (a task created for one caller cannot be named by another); nobody's otherwise.
+    if gw.config.servers[server].auth.is_some()
+        && ctx
+            .first()
+            .is_some_and(|m| m.method == crate::mcp::Method::TasksList)
+    {
+        // The upstream sessions here are the worker's, shared by every caller: the gateway
+        // cannot tell whose tasks an upstream lists, so it lists none rather than others'.
+        let why = "tasks/list is not available on an authenticated endpoint in protocol \
+                   version 2026-07-28: keep the task ids your calls returned";
+        return refuse(c, ctx, Refusal::because(Kind::MethodNotFound, why)).await;
+    }
     let now = super::unix_now();
     let claims = crate::mcp::session::SessionClaims {
-        id: [0; 16],
+        id: ctx.principal.as_ref().map_or([0; 16], |p| p.id),
         server: gw.server_ids[server],
         protocol_version: STATELESS_VERSIONS[0],
         issued_at: now,
