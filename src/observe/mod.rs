@@ -66,6 +66,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Idle upstream connections dropped instead of reused: closed by the upstream, \
          unsolicited bytes from it (a stray response), or expired."
     );
+    describe_counter!(
+        names::UPSTREAM_TOKEN_REQUESTS_TOTAL,
+        "Requests to upstreams' token endpoints (upstreams[].credentials), by upstream, grant \
+         (client_credentials, token_exchange) and result (ok, error)."
+    );
     describe_gauge!(names::CONNECTIONS_OPEN, "Client connections open now.");
     describe_gauge!(
         names::LEGACY_UPSTREAM_STREAMS_OPEN,
