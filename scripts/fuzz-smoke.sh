@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes each target (the JSON-RPC scanner against serde_json and sonic-rs, the HTTP head parsers
-# + chunked decoder, the 2026-07-28 mirrored headers against the body) for SECONDS
-# (default 20) each and exits non-zero on a crash.
+# + chunked decoder, the Mcp-Method/Mcp-Name check against both parsers) for SECONDS (default 20)
+# each and exits non-zero on a crash.
 # Installs cargo-fuzz into .tools/cargo when missing. The machine has only stable Rust, so
 # RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z sanitizer flags.
 # New inputs go to .tools/fuzz-corpus (not committed); fuzz/corpus/scanner holds the reviewed
-# seeds. A crash is written under fuzz/artifacts/scanner/: turn it into a named case in
+# seeds (fuzz/corpus/<target> for each). A crash is written under fuzz/artifacts/<target>/: turn it into a named case in
 # tests/scanner/cases/ before fixing it.
 set -euo pipefail
 

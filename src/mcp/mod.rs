@@ -8,6 +8,7 @@ pub mod idmap;
 pub mod legacy;
 pub mod legacy_id;
 pub mod method;
+pub mod mirrored;
 pub mod modern;
 pub mod names;
 pub mod relay;

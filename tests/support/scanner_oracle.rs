@@ -43,7 +43,7 @@ pub fn check_scan(body: &[u8]) -> Result<(), String> {
 pub fn check_against_serde(body: &[u8], scanned: &Body<'_>) -> Result<(), String> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| format!("scanner accepted what serde_json refuses: {e}"))?;
-    check_against(&v, body, scanned, serde_parse).map_err(|e| format!("serde_json: {e}"))
+    check_read(&v, body, scanned, serde_parse, true).map_err(|e| format!("serde_json: {e}"))
 }
 
 /// Same as `check_against_serde` with sonic-rs as the parser, read through sonic-rs's own value
@@ -51,7 +51,8 @@ pub fn check_against_serde(body: &[u8], scanned: &Body<'_>) -> Result<(), String
 pub fn check_against_sonic(body: &[u8], scanned: &Body<'_>) -> Result<(), String> {
     let v: sonic_rs::Value = sonic_rs::from_slice(body)
         .map_err(|e| format!("scanner accepted what sonic-rs refuses: {e}"))?;
-    check_against(&from_sonic(&v), body, scanned, sonic_parse).map_err(|e| format!("sonic-rs: {e}"))
+    check_read(&from_sonic(&v), body, scanned, sonic_parse, true)
+        .map_err(|e| format!("sonic-rs: {e}"))
 }
 
 /// sonic-rs's reading as a serde_json value, first duplicate key winning as `sonic_rs::get` does.
@@ -105,16 +106,28 @@ pub fn sonic_parse(text: &[u8]) -> Result<Value, String> {
         .map_err(|e| format!("{:?} does not parse: {e}", String::from_utf8_lossy(text)))
 }
 
-/// Checks the scanner's reading of `body` against `v`, the full parser's reading of it; `parse`
-/// is that parser, used on the spans the scanner reports.
+/// Checks the scanner's reading of `body` against `v`, the value `body` was written from (floats
+/// compared with `same`'s tolerance); `parse` is the parser used on the spans the scanner reports.
 pub fn check_against(
     v: &Value,
     body: &[u8],
     scanned: &Body<'_>,
     parse: Parse,
 ) -> Result<(), String> {
+    check_read(v, body, scanned, parse, false)
+}
+
+/// `check_against`; with `exact`, `v` is `parse`'s own reading of `body` and ids must then match
+/// it exactly (`check_id_exact`).
+fn check_read(
+    v: &Value,
+    body: &[u8],
+    scanned: &Body<'_>,
+    parse: Parse,
+    exact: bool,
+) -> Result<(), String> {
     match (v, scanned) {
-        (Value::Object(o), Body::Single(m)) => check_message(o, body, m, parse),
+        (Value::Object(o), Body::Single(m)) => check_message(o, body, m, parse, exact),
         (Value::Array(a), Body::Batch(ms)) => {
             if a.len() != ms.len() {
                 return Err(format!("batch of {} read as {}", a.len(), ms.len()));
@@ -123,7 +136,7 @@ pub fn check_against(
                 let o = e
                     .as_object()
                     .ok_or(format!("batch element {i} is not an object"))?;
-                check_message(o, body, m, parse)
+                check_message(o, body, m, parse, exact)
                     .map_err(|err| format!("batch element {i}: {err}"))?;
             }
             Ok(())
@@ -266,11 +279,31 @@ fn check_arguments(
     }
 }
 
+/// An id is matched exactly, not with `same`'s float tolerance: two ids that differ in the last
+/// bits are two requests. The scanner's id text, parsed by this parser, must equal the parser's
+/// id value bit for bit (numbers as the parser sees them, strings after unescaping).
+fn check_id_exact(
+    expect: Option<&Value>,
+    got: &Option<Raw<'_>>,
+    parse: Parse,
+) -> Result<(), String> {
+    let (Some(e), Some(g)) = (expect, got) else {
+        return Ok(());
+    };
+    let parsed = parse(g.text)?;
+    let equal = parsed == *e;
+    if !equal {
+        return Err(format!("id: scanner's text reads {parsed}, parser {e}"));
+    }
+    Ok(())
+}
+
 fn check_message(
     o: &Map<String, Value>,
     body: &[u8],
     m: &Message<'_>,
     parse: Parse,
+    exact: bool,
 ) -> Result<(), String> {
     if o.get("jsonrpc") != Some(&Value::String("2.0".into())) {
         return Err("scanner accepted a message whose jsonrpc is not \"2.0\"".into());
@@ -293,6 +326,9 @@ fn check_message(
         }
     }
     check_raw("id", o.get("id"), &m.id, body, parse)?;
+    if exact {
+        check_id_exact(o.get("id"), &m.id, parse)?;
+    }
     check_str("method", o.get("method"), &m.method, body, parse)?;
     let empty = Map::new();
     let params = match o.get("params") {
@@ -307,6 +343,14 @@ fn check_message(
     let result = o.get("result").and_then(Value::as_object).unwrap_or(&empty);
     check_str("name", params.get("name"), &m.name, body, parse)?;
     check_str("uri", params.get("uri"), &m.uri, body, parse)?;
+    check_str("cursor", params.get("cursor"), &m.cursor, body, parse)?;
+    if m.meta != params.get("_meta").is_some_and(Value::is_object) {
+        return Err(format!(
+            "meta: scanner read {}, parser {:?}",
+            m.meta,
+            params.get("_meta")
+        ));
+    }
     check_raw(
         "progressToken",
         meta.get("progressToken"),
