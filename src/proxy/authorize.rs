@@ -229,6 +229,20 @@ pub fn check_all(
     refusal(gw, server, item, v)
 }
 
+/// Whether `item` may be used by `access` here and now: the rules, then the Rego policy, allow
+/// it (not recorded). What a completion's reference and a resource update on a listen stream
+/// are held to: not merely visible, but usable.
+pub fn usable(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    access: &Access,
+    item: &Item<'_>,
+) -> bool {
+    verdict(w, gw, server, access, item).allowed()
+        && rego_verdict(w, gw, server, access, item, b"").is_none_or(|v| v.allowed())
+}
+
 /// Whether `item` is listed for `access` (no rules: everything is).
 pub fn visible(
     w: &WorkerState,

@@ -1,4 +1,6 @@
-//! A worker's cache of cacheable Rego decisions, keyed by (principal id, server, method, tool).
+//! A worker's cache of cacheable Rego decisions, keyed by (principal id, server, method, tool)
+//! and what the principal carries (roles, scopes, tenant, client): a new token of the same
+//! subject with other roles is decided again, never served the old decision.
 //! Bounded (`cache_entries`); an entry lives until min(now + `cache_ttl`, the principal's
 //! `expires_at`). A lookup hashes the borrowed key parts and compares them with the stored
 //! ones, so a hit allocates nothing but the decision's clone.
@@ -11,6 +13,8 @@ use super::{RegoDecision, RegoInput};
 
 struct Entry {
     principal: [u8; 16],
+    /// A keyed hash of the principal's roles, scopes, tenant and client (`DecisionCache::attrs`).
+    attrs: u64,
     server: Box<str>,
     method: Box<str>,
     tool: Option<Box<str>>,
@@ -20,8 +24,9 @@ struct Entry {
 }
 
 impl Entry {
-    fn is_for(&self, i: &RegoInput) -> bool {
+    fn is_for(&self, i: &RegoInput, attrs: u64) -> bool {
         self.principal == i.principal.id
+            && self.attrs == attrs
             && *self.server == *i.server
             && *self.method == *i.method
             && self.tool.as_deref() == i.tool
@@ -52,9 +57,34 @@ impl DecisionCache {
         self.entries.len()
     }
 
+    /// What the principal carries that a policy may decide on besides its id.
+    fn attrs(&self, i: &RegoInput) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        let p = i.principal;
+        for list in [&p.roles, &p.scopes] {
+            h.write_usize(list.len());
+            for x in list.iter() {
+                h.write_usize(x.len());
+                h.write(x.as_bytes());
+            }
+        }
+        for x in [p.tenant.as_deref(), p.client.as_deref()] {
+            match x {
+                Some(v) => {
+                    h.write_u8(1);
+                    h.write_usize(v.len());
+                    h.write(v.as_bytes());
+                }
+                None => h.write_u8(0),
+            }
+        }
+        h.finish()
+    }
+
     fn key(&self, i: &RegoInput) -> u64 {
         let mut h = self.hasher.build_hasher();
         h.write(&i.principal.id);
+        h.write_u64(self.attrs(i));
         // Lengths first, so ("ab", "c") and ("a", "bc") hash apart.
         h.write_usize(i.server.len());
         h.write(i.server.as_bytes());
@@ -77,7 +107,7 @@ impl DecisionCache {
         }
         let key = self.key(i);
         let e = self.entries.get(&key)?;
-        if !e.is_for(i) {
+        if !e.is_for(i, self.attrs(i)) {
             return None;
         }
         if i.time_unix >= e.expires {
@@ -119,6 +149,7 @@ impl DecisionCache {
             key,
             Entry {
                 principal: i.principal.id,
+                attrs: self.attrs(i),
                 server: i.server.into(),
                 method: i.method.into(),
                 tool: i.tool.map(Into::into),

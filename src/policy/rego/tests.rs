@@ -213,6 +213,13 @@ fn cacheable_decisions_are_cached_until_the_ttl_or_the_token_expires() {
     assert_eq!(&*r(100), "t100");
     assert_eq!(&*r(109), "t100");
     assert_eq!(&*r(110), "t110");
+
+    // The same subject (same id) with other roles, as a new token would carry them after a
+    // role was taken away: decided again, not served the old decision.
+    let mut demoted = principal(&[], 1, None);
+    demoted.roles = vec![Box::<str>::from("former-admin")].into_boxed_slice();
+    let d = pol.decide(&input(&demoted, "tools/call", Some("a"), 170));
+    assert_eq!(&*d.reason, "t170");
 }
 
 #[test]

@@ -194,8 +194,8 @@ pub(super) enum Verdict {
     Drop,
 }
 
-/// Whether the caller may see resource `uri` (of upstream `u`, when known): its updates are
-/// relayed only then (the endpoint's rules, `proxy::authorize::visible`).
+/// Whether the caller may read resource `uri` (of upstream `u`) here and now: its updates are
+/// relayed only then (the endpoint's rules and Rego, `proxy::authorize::usable`).
 fn resource_shown(
     w: &WorkerState,
     gw: &crate::proxy::state::Gateway,
@@ -211,7 +211,7 @@ fn resource_shown(
         upstream: Some(u),
         annotations: 0,
     };
-    super::super::authorize::visible(w, gw, server, access, &item)
+    super::super::authorize::usable(w, gw, server, access, &item)
 }
 
 /// Judges one message from a member stream (`member_id`: the gateway's id for that listen;

@@ -434,7 +434,7 @@ async fn completion(
                     upstream: Some(gw.config.servers[server].upstreams[m].upstream),
                     annotations: 0,
                 };
-                authorize::visible(w, gw, server, &req.access, &item)
+                authorize::usable(w, gw, server, &req.access, &item)
             };
             match table.resolve(&name) {
                 Some((m, original)) if shown(m) => {
@@ -456,7 +456,7 @@ async fn completion(
                         upstream: Some(gw.config.servers[server].upstreams[m].upstream),
                         annotations: 0,
                     };
-                    authorize::visible(w, gw, server, &req.access, &item)
+                    authorize::usable(w, gw, server, &req.access, &item)
                 })
             } else {
                 None
