@@ -67,6 +67,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Nobody in particular (`Source::Anonymous`): what a policy sees on an open endpoint.
+    pub fn anonymous() -> Principal {
+        Principal {
+            source: Source::Anonymous,
+            subject: "anonymous".into(),
+            client: None,
+            tenant: None,
+            roles: Box::new([]),
+            scopes: Box::new([]),
+            expires_at: None,
+            id: [0; 16],
+        }
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| &**r == role)
     }

@@ -481,16 +481,7 @@ fn input_document(i: &RegoInput) -> Result<Value, RegoError> {
 
 /// The input with every field empty: what `compile` evaluates the query on once.
 fn empty_input() -> Value {
-    let principal = Principal {
-        source: super::Source::Development,
-        subject: "".into(),
-        client: None,
-        tenant: None,
-        roles: Box::new([]),
-        scopes: Box::new([]),
-        expires_at: None,
-        id: [0; 16],
-    };
+    let principal = Principal::anonymous();
     let input = RegoInput {
         principal: &principal,
         server: "",

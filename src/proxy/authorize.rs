@@ -141,7 +141,7 @@ pub fn rego_verdict(
     let principal = match access.principal.as_deref() {
         Some(p) => p,
         None => {
-            anonymous = anonymous_principal();
+            anonymous = crate::policy::Principal::anonymous();
             &anonymous
         }
     };
@@ -193,19 +193,6 @@ fn annotations_json(flags: u8) -> Vec<u8> {
         o.insert(name.into(), serde_json::Value::Bool(flags & bit != 0));
     }
     serde_json::to_vec(&o).unwrap_or_default()
-}
-
-fn anonymous_principal() -> crate::policy::Principal {
-    crate::policy::Principal {
-        source: crate::policy::Source::Anonymous,
-        subject: "anonymous".into(),
-        client: None,
-        tenant: None,
-        roles: Box::new([]),
-        scopes: Box::new([]),
-        expires_at: None,
-        id: [0; 16],
-    }
 }
 
 /// Decides `item` (the rules, then the Rego policy when they allowed it) and records the
