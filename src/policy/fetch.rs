@@ -224,6 +224,18 @@ pub fn discover(f: &Fetcher, issuer: &str) -> Result<(Metadata, Option<Duration>
     Err(errors.join("; "))
 }
 
+/// A discovered `jwks_uri` of an `https` issuer must be `https` too: the metadata was fetched
+/// over TLS, and keys fetched in the clear could be replaced on the way.
+fn jwks_uri_allowed(issuer: &str, jwks_uri: &str) -> Result<(), String> {
+    let https = |u: &str| u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    if https(issuer) && !https(jwks_uri) {
+        return Err(format!(
+            "its metadata names jwks_uri {jwks_uri:?}, which is not https like the issuer"
+        ));
+    }
+    Ok(())
+}
+
 /// Where an issuer's signing keys come from.
 #[derive(Clone, Debug)]
 pub struct KeySource {
@@ -370,8 +382,20 @@ fn refresh(
     st.last_attempt = Some(Instant::now());
     let result = (|| -> Result<Option<Duration>, String> {
         if src.jwks_url.is_none() {
-            let (m, _) = discover(fetcher, &src.issuer_url)?;
-            st.jwks_url = Some(m.jwks_uri.ok_or("its metadata has no jwks_uri")?);
+            // Discovery runs on every refresh, so a moved `jwks_uri` is followed; when it fails
+            // but an earlier one succeeded, the URL found then is used (the keys may still be
+            // reachable while the metadata document is not).
+            match discover(fetcher, &src.issuer_url).and_then(|(m, _)| {
+                let u = m.jwks_uri.ok_or("its metadata has no jwks_uri")?;
+                jwks_uri_allowed(&src.issuer_url, &u)?;
+                Ok(u)
+            }) {
+                Ok(u) => st.jwks_url = Some(u),
+                Err(why) if st.jwks_url.is_some() => {
+                    tracing::warn!(issuer = %src.name, error = %why, "discovery failed; fetching keys from the JWKS URL found before");
+                }
+                Err(why) => return Err(why),
+            }
         }
         let u = st.jwks_url.clone().ok_or("no JWKS URL")?;
         let doc = fetcher.get(&url(&u)?)?;
@@ -504,6 +528,72 @@ mod tests {
         assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k1\"}]}");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn keys_come_from_the_known_jwks_url_when_discovery_fails_later() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", l.local_addr().unwrap());
+        let meta = format!("{{\"issuer\":\"{issuer}\",\"jwks_uri\":\"{issuer}/jwks\"}}");
+        std::thread::spawn(move || {
+            let mut metadata_served = false;
+            let mut k = 0;
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if req.starts_with("GET /jwks") {
+                    k += 1;
+                    format!("{{\"keys\":[{{\"kid\":\"k{k}\"}}]}}")
+                } else if req.starts_with("GET /.well-known/") && !metadata_served {
+                    metadata_served = true;
+                    meta.clone()
+                } else {
+                    // The metadata document is gone after its first answer.
+                    let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                    continue;
+                };
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let policy = RefreshPolicy {
+            unknown_kid: Duration::ZERO,
+            ..RefreshPolicy::default()
+        };
+        let src = KeySource {
+            issuer: 0,
+            name: "test".into(),
+            issuer_url: issuer.clone(),
+            jwks_url: None,
+        };
+        let deliver: Deliver = Box::new(move |_, doc| {
+            let _ = tx.send(String::from_utf8_lossy(&doc).to_string());
+        });
+        let (refresher, handle) =
+            spawn(vec![src], fetcher(), policy, deliver, stop.clone()).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "{\"keys\":[{\"kid\":\"k1\"}]}"
+        );
+        refresher.unknown_kid(0);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "{\"keys\":[{\"kid\":\"k2\"}]}"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn an_https_issuer_keys_come_over_https_only() {
+        assert!(jwks_uri_allowed("https://as.example", "https://keys.example/jwks").is_ok());
+        assert!(jwks_uri_allowed("HTTPS://as.example", "https://as.example/jwks").is_ok());
+        assert!(jwks_uri_allowed("https://as.example", "http://as.example/jwks").is_err());
+        // A plain-HTTP issuer (loopback tests, internal networks) may name either.
+        assert!(jwks_uri_allowed("http://127.0.0.1:9", "http://127.0.0.1:9/jwks").is_ok());
     }
 
     #[test]
