@@ -185,6 +185,7 @@ pub mod defaults {
     /// `servers[].rego`: cacheable decisions per worker, and how long one holds.
     pub const REGO_CACHE_ENTRIES: u64 = 1024;
     pub const REGO_CACHE_TTL: Duration = Duration::from_secs(60);
+    pub const REGO_EVAL_TIMEOUT: Duration = Duration::from_millis(10);
 }
 
 const MS: Duration = Duration::from_millis(1);

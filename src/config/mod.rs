@@ -463,6 +463,9 @@ pub struct RegoConfig {
     /// `cache_ttl`, default 60s (at least 1s): how long a cached decision holds (never past the
     /// principal's `expires_at`).
     pub cache_ttl: Duration,
+    /// `eval_timeout`, default 10ms (1ms..=10s): one evaluation running longer is stopped and
+    /// denies (`rego_error`): a runaway policy cannot hold a worker's core.
+    pub eval_timeout: Duration,
     /// The compiled policy; each worker makes its `policy::rego::RegoPolicy` from it.
     pub program: std::sync::Arc<crate::policy::rego::RegoProgram>,
 }

@@ -227,7 +227,10 @@ pub fn discover(f: &Fetcher, issuer: &str) -> Result<(Metadata, Option<Duration>
 /// A discovered `jwks_uri` of an `https` issuer must be `https` too: the metadata was fetched
 /// over TLS, and keys fetched in the clear could be replaced on the way.
 fn jwks_uri_allowed(issuer: &str, jwks_uri: &str) -> Result<(), String> {
-    let https = |u: &str| u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    let https = |u: &str| {
+        u.get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+    };
     if https(issuer) && !https(jwks_uri) {
         return Err(format!(
             "its metadata names jwks_uri {jwks_uri:?}, which is not https like the issuer"
@@ -551,7 +554,9 @@ mod tests {
                     meta.clone()
                 } else {
                     // The metadata document is gone after its first answer.
-                    let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                    let _ = s.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                    );
                     continue;
                 };
                 let _ = write!(s, "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {}\r\n\r\n{body}", body.len());

@@ -188,6 +188,20 @@ impl RegoProgram {
     }
 }
 
+impl RegoProgram {
+    /// Stops any one evaluation after `limit` (regorus checks its clock every few steps): the
+    /// evaluation fails, which denies like any error (`rego_error`). Workers' engines are
+    /// clones, so they carry it.
+    pub fn with_eval_timeout(mut self, limit: Duration) -> RegoProgram {
+        self.engine
+            .set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+                limit,
+                check_interval: std::num::NonZeroU32::new(32).expect("nonzero"),
+            });
+        self
+    }
+}
+
 /// `data.a.b`: `data` then one or more dot-separated identifiers.
 fn is_rule_path(q: &str) -> bool {
     let mut parts = q.split('.');

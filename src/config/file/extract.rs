@@ -262,6 +262,25 @@ pub fn duration(min: Duration) -> impl Fn(&Value) -> Result<Duration, String> {
     }
 }
 
+/// A duration in `min..=max`.
+pub fn duration_within(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&Value) -> Result<Duration, String> {
+    let at_least = duration(min);
+    move |v| {
+        let d = at_least(v)?;
+        if d > max {
+            return Err(format!(
+                "must be at most {}, got {}",
+                formats::render_duration(max),
+                formats::render_duration(d)
+            ));
+        }
+        Ok(d)
+    }
+}
+
 /// A size in bytes of at least `min` (`formats::size`), as usize.
 pub fn size(min: u64) -> impl Fn(&Value) -> Result<usize, String> {
     move |v| {

@@ -7,11 +7,19 @@ use std::sync::Arc;
 use serde_yaml_ng::Value;
 
 use super::defaults;
-use super::extract::{child, count, describe, duration, item, string, Problems, Section};
+use super::extract::{
+    child, count, describe, duration, duration_within, item, string, Problems, Section,
+};
 use crate::config::RegoConfig;
 use crate::policy::rego::{CompileProblem, PolicySource, RegoProgram, DEFAULT_QUERY};
 
-const KEYS: &[&str] = &["policy", "query", "cache_entries", "cache_ttl"];
+const KEYS: &[&str] = &[
+    "policy",
+    "query",
+    "cache_entries",
+    "cache_ttl",
+    "eval_timeout",
+];
 
 /// `servers[i].rego` in section `s`; absent or null = off.
 pub(super) fn rego(p: &mut Problems, s: &Section) -> Option<RegoConfig> {
@@ -35,6 +43,15 @@ pub(super) fn rego(p: &mut Problems, s: &Section) -> Option<RegoConfig> {
         "cache_ttl",
         defaults::REGO_CACHE_TTL,
         duration(std::time::Duration::from_secs(1)),
+    );
+    let eval_timeout = r.get(
+        p,
+        "eval_timeout",
+        defaults::REGO_EVAL_TIMEOUT,
+        duration_within(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(10),
+        ),
     );
     let (files, single) = files?;
     // Every file is read before any is compiled, so each unreadable one is reported.
@@ -64,7 +81,8 @@ pub(super) fn rego(p: &mut Problems, s: &Section) -> Option<RegoConfig> {
             query,
             cache_entries,
             cache_ttl,
-            program: Arc::new(program),
+            eval_timeout,
+            program: Arc::new(program.with_eval_timeout(eval_timeout)),
         }),
         Err(problems) => {
             for problem in problems {
@@ -212,9 +230,10 @@ mod tests {
         assert_eq!(r.query, "data.tollgate.decision");
         assert_eq!(r.cache_entries, 1024);
         assert_eq!(r.cache_ttl, std::time::Duration::from_secs(60));
+        assert_eq!(r.eval_timeout, std::time::Duration::from_millis(10));
 
         let c = load(&config(&format!(
-            "      policy: [{a:?}, {b:?}]\n      query: data.other.x\n      cache_entries: 0\n      cache_ttl: 5m\n"
+            "      policy: [{a:?}, {b:?}]\n      query: data.other.x\n      cache_entries: 0\n      cache_ttl: 5m\n      eval_timeout: 250ms\n"
         )))
         .unwrap();
         let r = c.servers[0].rego.as_ref().unwrap();
@@ -229,6 +248,7 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("      cache_ttl: 5m\n"), "{shown}");
+        assert!(shown.contains("      eval_timeout: 250ms\n"), "{shown}");
         let again = load(&shown.replace("  key: \"<redacted (from generated)>\"\n", ""))
             .map(|c| render_effective(&c));
         assert_eq!(again.ok(), Some(shown));
@@ -294,9 +314,13 @@ mod tests {
 
         // The limits, a missing policy, an unknown key, the wrong shape.
         let e = errs(&config(&format!(
-            "      policy: {ok:?}\n      cache_entries: -1\n      cache_ttl: 10ms\n"
+            "      policy: {ok:?}\n      cache_entries: -1\n      cache_ttl: 10ms\n      eval_timeout: 11s\n"
         )));
-        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[2].starts_with(&format!("{at}.eval_timeout: must be at most 10s")),
+            "{e:?}"
+        );
         assert!(
             e[0].starts_with(&format!(
                 "{at}.cache_entries: expected a whole number from 0 to 1000000"

@@ -346,6 +346,7 @@ pub fn render_effective(c: &Config) -> String {
                 let _ = writeln!(o, "      query: {}", q(&r.query));
                 let _ = writeln!(o, "      cache_entries: {}", r.cache_entries);
                 let _ = writeln!(o, "      cache_ttl: {}", render_duration(r.cache_ttl));
+                let _ = writeln!(o, "      eval_timeout: {}", render_duration(r.eval_timeout));
             }
         }
     }

@@ -296,6 +296,28 @@ fn errors_deny_with_rego_error() {
 }
 
 #[test]
+fn a_runaway_evaluation_is_stopped_by_eval_timeout_and_denies() {
+    // Nine million steps when asked for real (the compile-time probe has time 0).
+    let text = "package tollgate\nimport rego.v1\ndecision := count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000)]) > 0 if input.time > 0\n";
+    let program = RegoProgram::compile(&src(text), DEFAULT_QUERY, 16, Duration::from_secs(60))
+        .expect("compiles")
+        .with_eval_timeout(Duration::from_millis(1));
+    let pol = RegoPolicy::new(Arc::new(program), "/mcp");
+    let p = principal(&[], 1, None);
+    let e = pol
+        .evaluate(&input(&p, "tools/call", Some("a"), 5))
+        .expect_err("stopped");
+    assert!(
+        matches!(&e, RegoError::Runtime(why) if why.contains("time limit")),
+        "{e:?}"
+    );
+    assert_eq!(
+        pol.decide(&input(&p, "tools/call", Some("a"), 5)),
+        RegoDecision::error()
+    );
+}
+
+#[test]
 fn compile_problems_name_the_file_line_or_the_query() {
     let bad = RegoProgram::compile(
         &[
