@@ -88,6 +88,53 @@ fn lists_show_only_what_the_rules_allow_and_calls_get_the_right_shape() {
     assert_eq!(count("deny", "source"), 1.0);
 }
 
+/// A completion's reference is held to what its caller may use here and now, not merely to
+/// what it may see: `greet` is listed from anywhere but usable only from 10.0.0.0/8, so from
+/// loopback completing its argument is refused like an unknown reference; once a rule lets
+/// loopback use it, the same completion is answered.
+#[test]
+fn a_completion_reference_must_be_usable_not_only_visible() {
+    let start = |where_from: &str| {
+        Gateway::builder()
+            .upstream("demo", "builtin:demo")
+            .yaml(&format!(
+                concat!(
+                    "servers:\n",
+                    "  - path: /mcp\n",
+                    "    upstream: demo\n",
+                    "    rules:\n",
+                    "      - {{name: greet, effect: allow, prompts: [greet], sources: [{}]}}\n",
+                    "      - {{name: lists, effect: allow, methods: [prompts/list, completion/complete]}}\n",
+                ),
+                where_from
+            ))
+            .start()
+    };
+    let complete = json!({
+        "ref": {"type": "ref/prompt", "name": "greet"},
+        "argument": {"name": "name", "value": "A"}
+    });
+    for (sources, usable) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
+        let gw = start(sources);
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        m.initialize("2025-06-18");
+        let listed = m.request("prompts/list", json!({})).json();
+        assert_eq!(listed["result"]["prompts"][0]["name"], "greet", "{listed}");
+        let r = m.request("completion/complete", complete.clone()).json();
+        if usable {
+            assert!(r["result"]["completion"]["values"].is_array(), "{r}");
+        } else {
+            assert_eq!(r["error"]["code"], -32602, "{sources}: {r}");
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Unknown reference")),
+                "{r}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_message_of_a_batch_is_decided_on_its_own() {
     let gw = gateway();
