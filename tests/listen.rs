@@ -794,14 +794,19 @@ fn members_that_break_off_end_the_client_stream_without_a_final_result() {
 }
 
 /// The endpoint's rules judge every relayed resource update: one the caller may not see is
-/// dropped although it subscribed to it.
+/// dropped although it subscribed to it, and so is one it may see but not read from where it
+/// is (a rule by source network).
 #[test]
 fn updates_of_resources_the_rules_hide_are_not_relayed() {
     let update = |uri: &str| json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}});
     let a = member(Script {
         caps: json!({"resources": {"subscribe": true, "listChanged": true}}),
         ndjson: false,
-        sends: vec![update("file:///secret"), update("file:///open")],
+        sends: vec![
+            update("file:///secret"),
+            update("file:///office"),
+            update("file:///open"),
+        ],
         end: End::Result,
     });
     let b = member(Script {
@@ -816,6 +821,7 @@ fn updates_of_resources_the_rules_hide_are_not_relayed() {
         .yaml(concat!(
             "servers:\n  - path: /mcp\n    upstreams: [a, b]\n    rules:\n",
             "      - {name: open-files, effect: allow, resources: [\"file:///open\"]}\n",
+            "      - {name: office-files, effect: allow, resources: [\"file:///office\"], sources: [10.0.0.0/8]}\n",
         ))
         .workers(1)
         .start();
@@ -825,7 +831,7 @@ fn updates_of_resources_the_rules_hide_are_not_relayed() {
         LISTEN_HEADERS,
         &listen_body(
             json!(1),
-            json!({"resourceSubscriptions": ["file:///secret", "file:///open"]}),
+            json!({"resourceSubscriptions": ["file:///secret", "file:///office", "file:///open"]}),
         ),
     );
     assert_eq!(r.status, 200, "{}", r.text());
