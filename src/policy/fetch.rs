@@ -480,31 +480,49 @@ mod tests {
         assert_eq!(fetcher().get(&t).unwrap_err(), "HTTP 404");
     }
 
-    #[test]
-    fn the_refresher_delivers_keys_found_through_discovery_and_refetches_on_an_unknown_kid() {
+    /// An issuer on 127.0.0.1 whose metadata names its `/jwks`: `metadata(n)` says whether the
+    /// n-th metadata request (from 0) is answered (else 503); each JWKS answer names a new key
+    /// `k1`, `k2`, … with `max-age=3600`.
+    fn scripted_issuer(metadata: fn(usize) -> bool) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let issuer = format!("http://{}", l.local_addr().unwrap());
         let meta = format!("{{\"issuer\":\"{issuer}\",\"jwks_uri\":\"{issuer}/jwks\"}}");
-        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = served.clone();
         std::thread::spawn(move || {
+            let (mut metadata_asked, mut keys_served) = (0, 0);
             for s in l.incoming() {
                 let mut s = s.unwrap();
                 let mut buf = [0u8; 4096];
                 let n = s.read(&mut buf).unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 let body = if req.starts_with("GET /jwks") {
-                    let k = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    format!("{{\"keys\":[{{\"kid\":\"k{k}\"}}]}}")
-                } else if req.starts_with("GET /.well-known/oauth-authorization-server") {
+                    keys_served += 1;
+                    format!("{{\"keys\":[{{\"kid\":\"k{keys_served}\"}}]}}")
+                } else if req.starts_with("GET /.well-known/oauth-authorization-server") && {
+                    metadata_asked += 1;
+                    metadata(metadata_asked - 1)
+                } {
                     meta.clone()
                 } else {
-                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    let _ = s.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                    );
                     continue;
                 };
                 let _ = write!(s, "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {}\r\n\r\n{body}", body.len());
             }
         });
+        issuer
+    }
+
+    /// Runs the refresher for `issuer` (found through discovery, as `auth.issuers[3]`), with no
+    /// rate limit on unknown-kid asks; the documents it delivers arrive on the receiver.
+    fn refresher_of(
+        issuer: &str,
+    ) -> (
+        Refresher,
+        std::sync::mpsc::Receiver<(usize, String)>,
+        impl FnOnce(),
+    ) {
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let policy = RefreshPolicy {
@@ -514,7 +532,7 @@ mod tests {
         let src = KeySource {
             issuer: 3,
             name: "test".into(),
-            issuer_url: issuer.clone(),
+            issuer_url: issuer.to_string(),
             jwks_url: None,
         };
         let deliver: Deliver = Box::new(move |s, doc| {
@@ -522,74 +540,36 @@ mod tests {
         });
         let (refresher, handle) =
             spawn(vec![src], fetcher(), policy, deliver, stop.clone()).unwrap();
+        let end = move || {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            handle.join().unwrap();
+        };
+        (refresher, rx, end)
+    }
+
+    #[test]
+    fn the_refresher_delivers_keys_found_through_discovery_and_refetches_on_an_unknown_kid() {
+        let (refresher, rx, end) = refresher_of(&scripted_issuer(|_| true));
         let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(first, (3, "{\"keys\":[{\"kid\":\"k0\"}]}".to_string()));
+        assert_eq!(first, (3, "{\"keys\":[{\"kid\":\"k1\"}]}".to_string()));
         // max-age=3600: nothing more until a token names a kid the keys lack.
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
         refresher.unknown_kid(3);
         let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k1\"}]}");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        handle.join().unwrap();
+        assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k2\"}]}");
+        end();
     }
 
     #[test]
     fn keys_come_from_the_known_jwks_url_when_discovery_fails_later() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let issuer = format!("http://{}", l.local_addr().unwrap());
-        let meta = format!("{{\"issuer\":\"{issuer}\",\"jwks_uri\":\"{issuer}/jwks\"}}");
-        std::thread::spawn(move || {
-            let mut metadata_served = false;
-            let mut k = 0;
-            for s in l.incoming() {
-                let mut s = s.unwrap();
-                let mut buf = [0u8; 4096];
-                let n = s.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let body = if req.starts_with("GET /jwks") {
-                    k += 1;
-                    format!("{{\"keys\":[{{\"kid\":\"k{k}\"}}]}}")
-                } else if req.starts_with("GET /.well-known/") && !metadata_served {
-                    metadata_served = true;
-                    meta.clone()
-                } else {
-                    // The metadata document is gone after its first answer.
-                    let _ = s.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-                    );
-                    continue;
-                };
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let policy = RefreshPolicy {
-            unknown_kid: Duration::ZERO,
-            ..RefreshPolicy::default()
-        };
-        let src = KeySource {
-            issuer: 0,
-            name: "test".into(),
-            issuer_url: issuer.clone(),
-            jwks_url: None,
-        };
-        let deliver: Deliver = Box::new(move |_, doc| {
-            let _ = tx.send(String::from_utf8_lossy(&doc).to_string());
-        });
-        let (refresher, handle) =
-            spawn(vec![src], fetcher(), policy, deliver, stop.clone()).unwrap();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            "{\"keys\":[{\"kid\":\"k1\"}]}"
-        );
-        refresher.unknown_kid(0);
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            "{\"keys\":[{\"kid\":\"k2\"}]}"
-        );
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        handle.join().unwrap();
+        // The metadata document is gone after its first answer.
+        let (refresher, rx, end) = refresher_of(&scripted_issuer(|n| n == 0));
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first.1, "{\"keys\":[{\"kid\":\"k1\"}]}");
+        refresher.unknown_kid(3);
+        let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k2\"}]}");
+        end();
     }
 
     #[test]
