@@ -6,10 +6,11 @@ mod harness;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{metric_value, Gateway, Mcp, Response, JSON_HEADERS};
+use harness::{eventually, metric_value, Gateway, Mcp, Response, JSON_HEADERS};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
@@ -284,6 +285,22 @@ fn readers_see_and_call_echo_only_admins_everything_and_api_keys_are_principals(
     wrong.header("x-api-key", "machine-key-2");
     let r = wrong.post_raw(initialize_body().to_string().as_bytes());
     assert_eq!(r.status, 401);
+
+    // Each JWT was verified once (per worker that saw it) and then served from the cache; the
+    // counts reach the metrics on the workers' one-second timer.
+    let cache = |result: &str| {
+        metric_value(
+            &gw.metrics(),
+            &format!("tollgate_auth_token_cache_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || cache("hit") >= 3.0
+            && cache("miss") >= 2.0),
+        "hits {} misses {}",
+        cache("hit"),
+        cache("miss")
+    );
 }
 
 #[test]

@@ -206,6 +206,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          wrong_audience, alg_not_allowed, unknown_kid, ...)."
     );
     describe_counter!(
+        names::AUTH_TOKEN_CACHE_TOTAL,
+        "Bearer tokens looked up in the per-worker verified-token cache, by result (hit: no \
+         signature check; miss: verified in full). Added up once a second per worker."
+    );
+    describe_counter!(
         names::AUTH_KEY_REFRESHES_TOTAL,
         "Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the \
          background refresher, by issuer and result; on error the last good keys stay in use."
@@ -265,6 +270,8 @@ pub struct WorkerMetrics {
     authz: [Vec<Counter>; 2],
     /// By `policy::AuthFailure` (position in `AuthFailure::ALL`).
     auth_failures: Vec<Counter>,
+    /// `tollgate_auth_token_cache_total{result}`: hit, miss.
+    token_cache: [Counter; 2],
 }
 
 impl WorkerMetrics {
@@ -323,6 +330,8 @@ impl WorkerMetrics {
                 .iter()
                 .map(|f| metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => f.reason()))
                 .collect(),
+            token_cache: ["hit", "miss"]
+                .map(|r| metrics::counter!(names::AUTH_TOKEN_CACHE_TOTAL, "result" => r)),
         }
     }
 
@@ -337,6 +346,12 @@ impl WorkerMetrics {
     #[inline]
     pub fn authz(&self, allowed: bool, reason: crate::policy::rules::Reason) {
         self.authz[usize::from(allowed)][reason.index()].increment(1);
+    }
+
+    /// Token cache lookups since the last call (`policy::authn::Authn::unpublished`).
+    pub fn token_cache(&self, (hits, misses): (u64, u64)) {
+        self.token_cache[0].increment(hits);
+        self.token_cache[1].increment(misses);
     }
 
     /// A request refused 401, by why.

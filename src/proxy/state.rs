@@ -372,6 +372,9 @@ impl WorkerState {
         }
         self.metrics.install_upstreams(&gw.upstream_labels());
         let fetched: Vec<_> = self.fetched_keys.borrow().values().cloned().collect();
+        // The old generation's lookups are counted before it goes (requests still on it count
+        // in their own authn, which nothing reads after this).
+        self.publish_token_cache();
         *self.generation.borrow_mut() = Rc::new(Generation::new(gw, &fetched));
         closed
     }
@@ -452,6 +455,13 @@ impl WorkerState {
             set.retain(|_, exp| *exp >= now_unix);
         }
         set.contains_key(id)
+    }
+
+    /// Adds the verified-token cache's hits and misses since the last call to the metrics
+    /// (called from the worker's one-second timer, and before a new config is installed).
+    pub fn publish_token_cache(&self) {
+        let gen = self.generation.borrow().clone();
+        self.metrics.token_cache(gen.authn.unpublished());
     }
 
     /// Drops revocations of sessions that have expired anyway (called from a timer).

@@ -319,6 +319,7 @@ async fn worker_main(
                     w.pool
                         .borrow_mut()
                         .sweep(Instant::now(), |u, why| w.pool_discarded(&gw, u, why));
+                    w.publish_token_cache();
                 }
                 if ticks % 200 == 0 {
                     w.sweep(

@@ -131,6 +131,8 @@ pub struct Authn {
     /// Token cache lookups that found a valid entry / did not.
     pub cache_hits: Cell<u64>,
     pub cache_misses: Cell<u64>,
+    /// The hits and misses already counted in the metrics (`unpublished`).
+    published: Cell<(u64, u64)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -196,6 +198,7 @@ impl Authn {
             )),
             cache_hits: Cell::new(0),
             cache_misses: Cell::new(0),
+            published: Cell::new((0, 0)),
         }
     }
 
@@ -206,6 +209,14 @@ impl Authn {
             *slot = keys;
             self.cache.borrow_mut().clear();
         }
+    }
+
+    /// Token cache hits and misses since the last call (the worker adds them to its metrics
+    /// on a timer, so the request path touches only these cells).
+    pub fn unpublished(&self) -> (u64, u64) {
+        let now = (self.cache_hits.get(), self.cache_misses.get());
+        let before = self.published.replace(now);
+        (now.0 - before.0, now.1 - before.1)
     }
 
     /// Live entries in the token cache.
