@@ -471,6 +471,58 @@ fn client_certificates_optional() {
     ));
 }
 
+/// `auth.mtls`: the verified client certificate is the principal (here its SAN URI, mapped to
+/// a role), the rules decide by that role, and a connection without a certificate is 401 on the
+/// authenticated endpoint (the listener only asks for one).
+#[test]
+fn the_client_certificate_is_the_principal_the_rules_decide_by() {
+    let pki = Pki::new();
+    let agent = pki.ca.client("agent-8");
+    let unmapped = pki.ca.client("agent-9");
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .listen("tls", &pki.listen_tls(Some(("ca.pem", "optional"))))
+        .yaml(concat!(
+            "auth:\n",
+            "  mtls:\n",
+            "    subject: san_uri\n",
+            "    principals:\n",
+            "      - {subject: \"spiffe://example.test/agent-8\", roles: [reader]}\n",
+            "servers:\n",
+            "  - path: /mcp\n",
+            "    upstream: demo\n",
+            "    auth: {resource: \"https://localhost/mcp\", mtls: true}\n",
+            "    rules:\n",
+            "      - {name: readers, effect: allow, roles: [reader], tools: [echo]}\n",
+        ))
+        .start();
+    let v = &rustls::version::TLS13;
+    let connect = |cert: Option<&(String, String)>| {
+        Client::new(tls_connect(gw.addr, client_config(&pki.ca.pem, v, cert)).unwrap())
+    };
+
+    let mut c = connect(Some(&agent));
+    assert_eq!(c.initialize().unwrap().status, 200);
+    let r = c.call("echo", serde_json::json!({"text": "mine"})).unwrap();
+    assert_eq!(r["result"]["content"][0]["text"], "mine", "{r}");
+    let r = c.call("add", serde_json::json!({"a": 1, "b": 2})).unwrap();
+    assert_eq!(r["error"]["message"], "Unknown tool: add", "{r}");
+
+    // A certificate the config maps to no role: a principal without roles, so nothing to call.
+    let mut c = connect(Some(&unmapped));
+    assert_eq!(c.initialize().unwrap().status, 200);
+    let r = c.call("echo", serde_json::json!({"text": "x"})).unwrap();
+    assert_eq!(r["error"]["message"], "Unknown tool: echo", "{r}");
+
+    // No certificate: not authenticated.
+    let mut c = connect(None);
+    let r = c.initialize().unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer resource_metadata=")));
+}
+
 /// A TLS gateway in front of the demo (the https upstream), and a plain gateway in front of it
 /// with `tls` keys for that upstream.
 fn through_https(pki: &Pki, driver: Driver, tls: &str) -> (Gateway, Gateway) {
