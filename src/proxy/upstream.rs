@@ -121,9 +121,12 @@ pub async fn exchange_as(
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
     if let Some(cr) = &up.credentials {
-        if let Err(e) =
-            super::credentials::authorize(&w.tokens, &up.name, cr, caller, &mut req).await
-        {
+        // Boxed: a token fetch (an HTTP client, maybe TLS) is rare and large; inlined, its
+        // state would be moved and allocated with every request's future.
+        let authorized = Box::pin(super::credentials::authorize(
+            &w.tokens, &up.name, cr, caller, &mut req,
+        ));
+        if let Err(e) = authorized.await {
             return (Err(e), req);
         }
     }
@@ -141,7 +144,8 @@ pub async fn exchange_as(
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => match open(up).await {
+            // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
+            None => match Box::pin(open(up)).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
                 Err(e) => {
                     gw.health.upstream_failed(u);
