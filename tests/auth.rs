@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{eventually, metric_value, Gateway, Mcp, Response, JSON_HEADERS};
+use harness::{eventually, metric_value, tool_names, Gateway, Mcp, Response, JSON_HEADERS};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
@@ -236,17 +236,6 @@ fn client(gw: &Gateway, tok: &str) -> Mcp {
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.bearer(tok);
     m
-}
-
-fn tool_names(r: &Value) -> Vec<String> {
-    let mut n: Vec<String> = r["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect();
-    n.sort();
-    n
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{metric_value, Gateway, Mcp};
+use harness::{metric_value, tool_names, Gateway, Mcp};
 use serde_json::{json, Value};
 
 /// The demo behind /mcp with rules: `fail` denied outright (hidden), `slow` allowed only from
@@ -25,17 +25,6 @@ fn gateway() -> Gateway {
             "      - {name: lists, effect: allow, methods: [logging/setLevel, completion/complete]}\n",
         ))
         .start()
-}
-
-fn tool_names(r: &Value) -> Vec<String> {
-    let mut n: Vec<String> = r["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect();
-    n.sort();
-    n
 }
 
 fn call(m: &mut Mcp, name: &str) -> Value {

@@ -276,6 +276,18 @@ pub fn metric_value(scrape: &str, name: &str) -> f64 {
         .map_or(-1.0, |v| v.trim().parse().unwrap_or(-1.0))
 }
 
+/// The sorted tool names of a `tools/list` answer (panics, showing it, when it has none).
+pub fn tool_names(r: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = r["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
 /// Socket descriptors of process `pid`, as `fd -> socket:[inode]` lines.
 pub fn socket_fds(pid: u32) -> Vec<String> {
     let mut out = vec![];
