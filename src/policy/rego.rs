@@ -284,6 +284,13 @@ impl RegoPolicy {
         }
     }
 
+    /// The cached decision for `input`, if any. The key is the principal, server, method and
+    /// tool (a cacheable decision must read nothing else), so a caller may ask before it builds
+    /// the rest of the input.
+    pub fn cached_decision(&self, input: &RegoInput) -> Option<RegoDecision> {
+        self.cache.borrow_mut().get(input)
+    }
+
     /// `evaluate`, with an error turned into the fail-closed deny (reason `rego_error`).
     pub fn decide(&self, input: &RegoInput) -> RegoDecision {
         self.evaluate(input)

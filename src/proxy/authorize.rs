@@ -145,24 +145,36 @@ pub fn rego_verdict(
             &anonymous
         }
     };
-    let keys: Vec<std::borrow::Cow<'_, str>> = match crate::jsonrpc::scan(body, &gw.scan_limits) {
-        Ok(crate::jsonrpc::Body::Single(m)) => m.argument_keys().collect(),
-        _ => Vec::new(),
-    };
-    let keys: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
-    let annotations = (item.kind == ItemKind::Tool).then(|| annotations_json(item.annotations));
-    let input = crate::policy::rego::RegoInput {
+    let mut input = crate::policy::rego::RegoInput {
         principal,
         server: &s.path,
         upstream: item.upstream.map(|u| gw.upstreams[u].name.as_str()),
         method: item.method.as_str(),
         tool: Some(item.name),
-        argument_keys: &keys,
-        annotations: annotations.as_deref(),
+        argument_keys: &[],
+        annotations: None,
         time_unix: super::unix_now(),
         source: access.source,
     };
-    let d = policy.decide(&input);
+    // A cached decision is found by who, where and what alone: the body is scanned for the
+    // argument keys, and the annotations written out, only when the policy has to run.
+    let (scanned, keys, annotations);
+    let d = match policy.cached_decision(&input) {
+        Some(d) => d,
+        None => {
+            scanned = match crate::jsonrpc::scan(body, &gw.scan_limits) {
+                Ok(crate::jsonrpc::Body::Single(m)) => m
+                    .argument_keys()
+                    .collect::<Vec<std::borrow::Cow<'_, str>>>(),
+                _ => Vec::new(),
+            };
+            keys = scanned.iter().map(|k| k.as_ref()).collect::<Vec<&str>>();
+            annotations = (item.kind == ItemKind::Tool).then(|| annotations_json(item.annotations));
+            input.argument_keys = &keys;
+            input.annotations = annotations.as_deref();
+            policy.decide(&input)
+        }
+    };
     let reason = if &*d.reason == "rego_error" {
         Reason::RegoError
     } else {

@@ -81,10 +81,10 @@ impl DecisionCache {
         h.finish()
     }
 
-    fn key(&self, i: &RegoInput) -> u64 {
+    fn key(&self, i: &RegoInput, attrs: u64) -> u64 {
         let mut h = self.hasher.build_hasher();
         h.write(&i.principal.id);
-        h.write_u64(self.attrs(i));
+        h.write_u64(attrs);
         // Lengths first, so ("ab", "c") and ("a", "bc") hash apart.
         h.write_usize(i.server.len());
         h.write(i.server.as_bytes());
@@ -105,9 +105,10 @@ impl DecisionCache {
         if self.capacity == 0 {
             return None;
         }
-        let key = self.key(i);
+        let attrs = self.attrs(i);
+        let key = self.key(i, attrs);
         let e = self.entries.get(&key)?;
-        if !e.is_for(i, self.attrs(i)) {
+        if !e.is_for(i, attrs) {
             return None;
         }
         if i.time_unix >= e.expires {
@@ -131,7 +132,8 @@ impl DecisionCache {
         if expires <= now {
             return;
         }
-        let key = self.key(i);
+        let attrs = self.attrs(i);
+        let key = self.key(i, attrs);
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.entries.retain(|_, e| e.expires > now);
             if self.entries.len() >= self.capacity {
@@ -149,7 +151,7 @@ impl DecisionCache {
             key,
             Entry {
                 principal: i.principal.id,
-                attrs: self.attrs(i),
+                attrs,
                 server: i.server.into(),
                 method: i.method.into(),
                 tool: i.tool.map(Into::into),
