@@ -24,6 +24,23 @@ pub struct Caller<'a> {
     pub token: &'a str,
 }
 
+/// A `Caller` that owns its token (an `Rc`, no copy of the text): for work on a request's
+/// behalf that also needs the request's context mutably.
+#[derive(Clone)]
+pub struct OwnedCaller {
+    pub principal: [u8; 16],
+    pub token: std::rc::Rc<str>,
+}
+
+impl OwnedCaller {
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            principal: self.principal,
+            token: &self.token,
+        }
+    }
+}
+
 /// (principal id, upstream name).
 type ExchangeKey = ([u8; 16], String);
 

@@ -53,6 +53,10 @@ pub(super) async fn initialize(
     // The session's id is chosen now: an upstream with `transport: sse` binds its stream to it.
     let session_id = SessionSealer::new_id();
     let me = c.worker().clone();
+    // Members are initialized on behalf of the caller: the session is bound to its principal,
+    // so every later request in it is the same caller's.
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     let calls = members.iter().map(|&u| {
         let (me, gen) = (me.clone(), gen.clone());
         async move {
@@ -76,7 +80,7 @@ pub(super) async fn initialize(
                 return (u, reply);
             }
             let r = exchange::post_request(gw, u, None, trace, body);
-            (u, exchange::whole(w, gw, u, r).await)
+            (u, exchange::whole(w, gw, u, r, caller).await)
         }
     });
     let replies = join_all(calls).await;

@@ -508,6 +508,8 @@ pub(in crate::proxy) async fn listen(
     // Open them all at once; the client's ack waits until each is open.
     let serial = w.listen_serial.get().wrapping_add(1);
     w.listen_serial.set(serial);
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     let opens = plans.into_iter().map(|(u, filter)| {
         let id = format!("tollgate-listen-{}-{serial}", w.index);
         let session = UpstreamSession {
@@ -517,7 +519,14 @@ pub(in crate::proxy) async fn listen(
         };
         let msg = member_body(&req, &id, &filter);
         let out = exchange::post_request(gw, u, Some(&session), &trace, &msg);
-        async move { (u, id, filter, upstream::exchange(w, gw, u, out).await.0) }
+        async move {
+            (
+                u,
+                id,
+                filter,
+                upstream::exchange_as(w, gw, u, out, caller).await.0,
+            )
+        }
     });
     let opened = join_all(opens).await;
     let asked_any = !opened.is_empty();

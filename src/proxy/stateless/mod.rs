@@ -472,7 +472,7 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     ctx.upstream = Some(u);
     let req = std::mem::take(&mut c.up_out);
     let id = ctx.answer_id().map(<[u8]>::to_vec).unwrap_or_default();
-    let reply = exchange::whole(w, gw, u, req).await;
+    let reply = exchange::whole(w, gw, u, req, ctx.caller()).await;
     let upstream_result = match reply {
         Ok(r) => exchange::result_of(gw, u, &r, &id),
         Err(e) => Err(e.reason),
@@ -506,7 +506,9 @@ pub(super) async fn discover_upstream(
     response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
     response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
-    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    let reply = exchange::whole(w, gw, u, req, None)
+        .await
+        .map_err(|e| e.reason)?;
     exchange::result_of(gw, u, &reply, b"\"tollgate-discover\"")
 }
 
