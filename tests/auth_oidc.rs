@@ -207,6 +207,12 @@ fn recording_upstream(seen: Seen) -> harness::scripted::Scripted {
                         "tools/list" => {
                             json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
                         }
+                        // It speaks the stateless revision too (2026-07-28 clients reach it so).
+                        "server/discover" => json!({
+                            "supportedVersions": ["2026-07-28"],
+                            "capabilities": {"tools": {}},
+                            "serverInfo": {"name": "recording", "version": "1"}
+                        }),
                         _ => json!({"content": [{"type": "text", "text": "ok"}]}),
                     };
                     scripted::json_response(&scripted::rpc_result(&v["id"], result))
@@ -424,5 +430,73 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
             plain.iter().all(|(_, a)| a.is_none()),
             "{who}: the member without credentials got a token: {plain:?}"
         );
+    }
+
+    // The stateless revision (2026-07-28): each request stands alone, its members reached per
+    // request (the era probe, the list, the routed call), each for the caller that sent it.
+    for who in ["admin-bot", "reader-bot"] {
+        let caller = auth.client_credentials(who, &resource, "");
+        let auth_header = format!("Bearer {caller}");
+        let post = |method: &str, name: Option<&str>, params: Value| -> Value {
+            let mut params = params;
+            params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                     "io.modelcontextprotocol/clientCapabilities": {}});
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method),
+                ("authorization", auth_header.as_str()),
+            ];
+            if let Some(n) = name {
+                h.push(("mcp-name", n));
+            }
+            gw.client()
+                .request("POST", "/fed", &h, body.to_string().as_bytes())
+                .json()
+        };
+        let listed = post("tools/list", None, json!({}));
+        assert_eq!(
+            tool_names(&listed),
+            ["ex__echo", "plain__echo"],
+            "{who}: {listed}\n{}",
+            gw.log.text()
+        );
+        // A member asked with a token exchanged for this caller may list per identity.
+        assert_eq!(listed["result"]["cacheScope"], "private", "{listed}");
+        for tool in ["ex__echo", "plain__echo"] {
+            let r = post(
+                "tools/call",
+                Some(tool),
+                json!({"name": tool, "arguments": {}}),
+            );
+            assert_eq!(r["result"]["content"][0]["text"], "ok", "{who} {tool}: {r}");
+        }
+        let seen: Vec<_> = std::mem::take(&mut *seen_ex.lock().unwrap());
+        let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+        for want in ["tools/list", "tools/call"] {
+            assert!(
+                methods.contains(&want),
+                "{who}: no {want} reached ex: {methods:?}"
+            );
+        }
+        for (method, a) in &seen {
+            let a = a
+                .as_deref()
+                .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
+            let t = a.strip_prefix("Bearer ").expect("a bearer token");
+            assert_ne!(
+                t, caller,
+                "{who}: the caller's own token reached ex ({method})"
+            );
+            let claims = auth_server::jwt_parts(t).1;
+            assert_eq!(claims["sub"], who, "{method}: {claims}");
+            assert_eq!(claims["aud"], ex_aud, "{method}: {claims}");
+            assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
+        }
+        let plain: Vec<_> = std::mem::take(&mut *seen_plain.lock().unwrap());
+        assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
+        assert!(plain.iter().all(|(_, a)| a.is_none()), "{who}: {plain:?}");
     }
 }

@@ -469,20 +469,23 @@ pub(in crate::proxy) async fn listen(
     let resources = &gw.config.servers[server].resources.filter;
     asked.uris.retain(|u| resources.allows(u));
 
+    // The members are asked on the caller's behalf.
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     // Which members can deliver what: stateless ones, by what their discover declares.
     let mut stateless = Vec::new();
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
         // A session-era member is reached through the worker's held session, which cannot
         // listen; an HTTP+SSE member's stream belongs to a client session. Neither contributes.
-        if !gw.upstreams[u].legacy && held::era(w, gw, u).await == Era::Stateless {
+        if !gw.upstreams[u].legacy && held::era(w, gw, u, caller).await == Era::Stateless {
             stateless.push(u);
         }
     }
     let discovered = join_all(stateless.iter().map(|&u| async move {
         (
             u,
-            super::super::stateless::discover_upstream(w, gw, u).await,
+            super::super::stateless::discover_upstream(w, gw, u, caller).await,
         )
     }))
     .await;
@@ -508,8 +511,6 @@ pub(in crate::proxy) async fn listen(
     // Open them all at once; the client's ack waits until each is open.
     let serial = w.listen_serial.get().wrapping_add(1);
     w.listen_serial.set(serial);
-    let on_behalf = ctx.caller_owned();
-    let caller = on_behalf.as_ref().map(|o| o.caller());
     let opens = plans.into_iter().map(|(u, filter)| {
         let id = format!("tollgate-listen-{}-{serial}", w.index);
         let session = UpstreamSession {
