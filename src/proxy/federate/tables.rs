@@ -1,9 +1,9 @@
 //! The per-worker routing tables of federated endpoints (`Catalogs`): per worker and federated
 //! server, one `NameTable` for tools, one for prompts and one `UriTable` for resources and
 //! templates, each built from a full listing of the upstreams (through the session of the request
-//! that needed it, for its caller) when first needed, when older than `list_refresh_interval`, after an upstream
-//! announced `list_changed`, and when a name is missing from it (at most once a second, so
-//! unknown names cannot make the gateway list the upstreams on every request). They are `Rc`s in
+//! that needed it, for its caller) when first needed, when older than `list_refresh_interval`,
+//! after an upstream announced `list_changed`, and when a name is missing from it (at most once a
+//! second, so unknown names cannot make the gateway list the upstreams on every request). They are `Rc`s in
 //! a `RefCell` owned by the worker: a lookup is a hash probe with no lock. Names are a pure
 //! function of (upstream, original name), so a table built through one session routes every
 //! session's calls; an upstream whose tools differ per session still decides for itself what it
