@@ -331,7 +331,7 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
     let gw = Gateway::builder()
         .yaml(&format!(
             "listen:\n  address: 127.0.0.1:{port}\n\
-             auth:\n  issuers:\n    - name: oidc\n      issuer: \"{issuer}\"\n      discovery: true\n      algorithms: [RS256]\n\
+             auth:\n  issuers:\n    - name: oidc\n      issuer: \"{issuer}\"\n      discovery: true\n      algorithms: [RS256]\n  api_keys:\n    - {{name: ci-bot, sha256: \"{key_hash}\"}}\n\
              upstreams:\n  - name: ex\n    url: \"{ex_url}\"\n    credentials:\n      token_exchange: {{token_url: \"{token}\", client_id: gateway, client_secret: \"{gw_secret}\", resource: \"{ex_aud}\"}}\n\
              \x20 - name: plain\n    url: \"{plain_url}\"\n\
              servers:\n  - path: /fed\n    upstreams: [ex, plain]\n    auth: {{resource: \"{resource}\", issuers: [oidc]}}\n",
@@ -340,6 +340,7 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
             gw_secret = auth.client_secret("gateway"),
             ex_url = up_ex.url(),
             plain_url = up_plain.url(),
+            key_hash = hex_sha256(b"machine-key-1"),
         ))
         .start();
     for who in ["reader-bot", "admin-bot"] {
@@ -499,4 +500,38 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
         assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
         assert!(plain.iter().all(|(_, a)| a.is_none()), "{who}: {plain:?}");
     }
+
+    // A caller with an API key has no token to exchange: the member with token_exchange is
+    // refused (never asked, the reason logged), the other serves it.
+    let mut m = Mcp::new(gw.addr, "/fed");
+    m.header("x-api-key", "machine-key-1");
+    m.initialize("2025-06-18");
+    let listed = m.request("tools/list", json!({})).json();
+    assert_eq!(tool_names(&listed), ["plain__echo"], "{listed}");
+    let r = m
+        .request(
+            "tools/call",
+            json!({"name": "plain__echo", "arguments": {}}),
+        )
+        .json();
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    assert!(
+        seen_ex.lock().unwrap().is_empty(),
+        "ex was asked without a caller's token"
+    );
+    assert!(
+        gw.log
+            .text()
+            .contains("token_exchange needs the caller's own token"),
+        "{}",
+        gw.log.text()
+    );
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
