@@ -175,28 +175,48 @@ fn the_typescript_sdks_call_with_a_bearer_token() {
     }
 }
 
+/// What a recording upstream saw: per request, its JSON-RPC method (the HTTP method for a
+/// body without one: DELETE) and its Authorization header.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
 /// An upstream that records the Authorization header of every request it gets and answers
 /// like a tiny MCP server.
-fn recording_upstream(
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
-) -> harness::scripted::Scripted {
+fn recording_upstream(seen: Seen) -> harness::scripted::Scripted {
     use harness::scripted::{self, read_request};
     use std::io::Write;
     harness::scripted::Scripted::start(move |mut s, _| {
         while let Some(req) = read_request(&mut s) {
+            let method = match req.rpc_method() {
+                m if m.is_empty() => req.method.clone(),
+                m => m,
+            };
             seen.lock()
                 .unwrap()
-                .push(req.header("authorization").map(str::to_string));
-            let reply = scripted::mcp_basics(&req).unwrap_or_else(|| {
-                let v = req.json();
-                let result = match v["method"].as_str().unwrap_or("") {
-                    "tools/list" => {
-                        json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
-                    }
-                    _ => json!({"content": [{"type": "text", "text": "ok"}]}),
-                };
-                scripted::json_response(&scripted::rpc_result(&v["id"], result))
+                .push((method, req.header("authorization").map(str::to_string)));
+            let v = req.json();
+            // The client's revision (2025-03-26 too: batches), as a server that speaks it.
+            let init = (v["method"] == "initialize").then(|| {
+                let mut r = scripted::initialize_result();
+                r["protocolVersion"] = v["params"]["protocolVersion"].clone();
+                scripted::json_response(&scripted::rpc_result(&v["id"], r))
             });
+            let reply = init
+                .or_else(|| scripted::mcp_basics(&req))
+                .unwrap_or_else(|| {
+                    let result = match v["method"].as_str().unwrap_or("") {
+                        "tools/list" => {
+                            json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]})
+                        }
+                        // It speaks the stateless revision too (2026-07-28 clients reach it so).
+                        "server/discover" => json!({
+                            "supportedVersions": ["2026-07-28"],
+                            "capabilities": {"tools": {}},
+                            "serverInfo": {"name": "recording", "version": "1"}
+                        }),
+                        _ => json!({"content": [{"type": "text", "text": "ok"}]}),
+                    };
+                    scripted::json_response(&scripted::rpc_result(&v["id"], result))
+                });
             if s.write_all(&reply).is_err() {
                 return;
             }
@@ -207,8 +227,7 @@ fn recording_upstream(
 /// Each upstream gets a token of its own from the authorization server, never the caller's:
 /// one by token exchange for the caller (RFC 8693: the caller's subject, the upstream's
 /// audience, the gateway as actor) behind /mcp, one by the gateway's client credentials
-/// behind /machine. (Token exchange reaches single-upstream endpoints only so far: a federated
-/// endpoint's own requests to its members do not carry the caller's token yet.)
+/// behind /machine. (Federated endpoints: `a_federated_member_gets_tokens_exchanged_for_each_caller`.)
 #[test]
 fn upstreams_get_their_own_tokens_by_exchange_and_client_credentials() {
     let port = free_port();
@@ -262,11 +281,11 @@ fn upstreams_get_their_own_tokens_by_exchange_and_client_credentials() {
             gw.log.text()
         );
     }
-    let token_of = |seen: &std::sync::Mutex<Vec<Option<String>>>| -> Value {
+    let token_of = |seen: &std::sync::Mutex<Vec<(String, Option<String>)>>| -> Value {
         let seen = seen.lock().unwrap();
         assert!(!seen.is_empty());
         let mut claims = Vec::new();
-        for a in seen.iter() {
+        for (_, a) in seen.iter() {
             let a = a
                 .as_deref()
                 .expect("every upstream request carries the gateway's token");
@@ -283,4 +302,236 @@ fn upstreams_get_their_own_tokens_by_exchange_and_client_credentials() {
     let cc = token_of(&seen_cc);
     assert_eq!(cc["aud"], cc_aud, "{cc}");
     assert_eq!(cc["sub"], "admin-bot", "{cc}");
+}
+
+/// A federated endpoint's own requests to its members (initialize, the aggregated list and the
+/// routing table behind it, routed calls, a batch, DELETE) are made on behalf of the caller: the
+/// member with `token_exchange` gets a token exchanged for that caller (its subject, the
+/// member's audience, the gateway as actor), never the caller's own, and a second caller gets
+/// one of its own subject (no token reused across callers); the member without credentials
+/// gets no Authorization at all.
+#[test]
+fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
+    let port = free_port();
+    let resource = format!("http://127.0.0.1:{port}/fed");
+    let ex_aud = "http://127.0.0.1:9/exchanged/mcp";
+    let opts = AuthOptions {
+        resources: &[resource.as_str(), ex_aud],
+        ..AuthOptions::default()
+    };
+    let Some(auth) = AuthServer::try_start_with(&opts) else {
+        return;
+    };
+    let seen_ex: Seen = Default::default();
+    let seen_plain: Seen = Default::default();
+    let (up_ex, up_plain) = (
+        recording_upstream(seen_ex.clone()),
+        recording_upstream(seen_plain.clone()),
+    );
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "listen:\n  address: 127.0.0.1:{port}\n\
+             auth:\n  issuers:\n    - name: oidc\n      issuer: \"{issuer}\"\n      discovery: true\n      algorithms: [RS256]\n  api_keys:\n    - {{name: ci-bot, sha256: \"{key_hash}\"}}\n\
+             upstreams:\n  - name: ex\n    url: \"{ex_url}\"\n    credentials:\n      token_exchange: {{token_url: \"{token}\", client_id: gateway, client_secret: \"{gw_secret}\", resource: \"{ex_aud}\"}}\n\
+             \x20 - name: plain\n    url: \"{plain_url}\"\n\
+             servers:\n  - path: /fed\n    upstreams: [ex, plain]\n    auth: {{resource: \"{resource}\", issuers: [oidc]}}\n",
+            issuer = auth.issuer(),
+            token = auth.token_endpoint(),
+            gw_secret = auth.client_secret("gateway"),
+            ex_url = up_ex.url(),
+            plain_url = up_plain.url(),
+            key_hash = hex_sha256(b"machine-key-1"),
+        ))
+        .start();
+    for who in ["reader-bot", "admin-bot"] {
+        let caller = auth.client_credentials(who, &resource, "");
+        // The keys are fetched in the background: the first attempts may find none yet.
+        let mut m = Mcp::new(gw.addr, "/fed");
+        m.bearer(&caller);
+        let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name":"t","version":"1"}}});
+        let ok = eventually(Duration::from_secs(15), || {
+            let r = m.post_raw(body.to_string().as_bytes());
+            m.session = r.header("mcp-session-id").map(str::to_string);
+            r.status == 200
+        });
+        assert!(ok, "{who}: never initialized:\n{}", gw.log.text());
+        m.version = "2025-03-26".to_string();
+        let listed = m.request("tools/list", json!({})).json();
+        assert_eq!(
+            tool_names(&listed),
+            ["ex__echo", "plain__echo"],
+            "{who}: {listed}\n{}",
+            gw.log.text()
+        );
+        for tool in ["ex__echo", "plain__echo"] {
+            let r = m
+                .request("tools/call", json!({"name": tool, "arguments": {}}))
+                .json();
+            assert_eq!(r["result"]["content"][0]["text"], "ok", "{who} {tool}: {r}");
+        }
+        let batch = json!([
+            {"jsonrpc":"2.0","id":"b1","method":"tools/call","params":{"name":"ex__echo","arguments":{}}},
+            {"jsonrpc":"2.0","id":"b2","method":"tools/call","params":{"name":"plain__echo","arguments":{}}}
+        ]);
+        let r = m.post_raw(batch.to_string().as_bytes()).json();
+        let answers = r.as_array().unwrap_or_else(|| panic!("{who}: batch: {r}"));
+        assert_eq!(answers.len(), 2, "{r}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| a["result"]["content"][0]["text"] == "ok"),
+            "{r}"
+        );
+        let path = m.path.clone();
+        let headers: Vec<(String, String)> = m
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let r = m.http.request("DELETE", &path, &headers, b"");
+        assert!(r.status < 300, "{who}: DELETE: {}", r.text());
+
+        // What the member with token_exchange saw, for this caller only.
+        let seen: Vec<_> = std::mem::take(&mut *seen_ex.lock().unwrap());
+        let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+        for want in ["initialize", "tools/list", "tools/call", "DELETE"] {
+            assert!(
+                methods.contains(&want),
+                "{who}: no {want} reached ex: {methods:?}"
+            );
+        }
+        // Two calls of its own: the routed one and the batch's.
+        assert_eq!(
+            methods.iter().filter(|m| **m == "tools/call").count(),
+            2,
+            "{methods:?}"
+        );
+        for (method, a) in &seen {
+            let a = a
+                .as_deref()
+                .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
+            let t = a.strip_prefix("Bearer ").expect("a bearer token");
+            assert_ne!(
+                t, caller,
+                "{who}: the caller's own token reached ex ({method})"
+            );
+            let claims = auth_server::jwt_parts(t).1;
+            assert_eq!(claims["sub"], who, "{method}: {claims}");
+            assert_eq!(claims["aud"], ex_aud, "{method}: {claims}");
+            assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
+        }
+        let plain: Vec<_> = std::mem::take(&mut *seen_plain.lock().unwrap());
+        assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
+        assert!(
+            plain.iter().all(|(_, a)| a.is_none()),
+            "{who}: the member without credentials got a token: {plain:?}"
+        );
+    }
+
+    // The stateless revision (2026-07-28): each request stands alone, its members reached per
+    // request (the era probe, the list, the routed call), each for the caller that sent it.
+    for who in ["admin-bot", "reader-bot"] {
+        let caller = auth.client_credentials(who, &resource, "");
+        let auth_header = format!("Bearer {caller}");
+        let post = |method: &str, name: Option<&str>, params: Value| -> Value {
+            let mut params = params;
+            params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                     "io.modelcontextprotocol/clientCapabilities": {}});
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method),
+                ("authorization", auth_header.as_str()),
+            ];
+            if let Some(n) = name {
+                h.push(("mcp-name", n));
+            }
+            gw.client()
+                .request("POST", "/fed", &h, body.to_string().as_bytes())
+                .json()
+        };
+        let listed = post("tools/list", None, json!({}));
+        assert_eq!(
+            tool_names(&listed),
+            ["ex__echo", "plain__echo"],
+            "{who}: {listed}\n{}",
+            gw.log.text()
+        );
+        // A member asked with a token exchanged for this caller may list per identity.
+        assert_eq!(listed["result"]["cacheScope"], "private", "{listed}");
+        for tool in ["ex__echo", "plain__echo"] {
+            let r = post(
+                "tools/call",
+                Some(tool),
+                json!({"name": tool, "arguments": {}}),
+            );
+            assert_eq!(r["result"]["content"][0]["text"], "ok", "{who} {tool}: {r}");
+        }
+        let seen: Vec<_> = std::mem::take(&mut *seen_ex.lock().unwrap());
+        let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+        for want in ["tools/list", "tools/call"] {
+            assert!(
+                methods.contains(&want),
+                "{who}: no {want} reached ex: {methods:?}"
+            );
+        }
+        for (method, a) in &seen {
+            let a = a
+                .as_deref()
+                .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
+            let t = a.strip_prefix("Bearer ").expect("a bearer token");
+            assert_ne!(
+                t, caller,
+                "{who}: the caller's own token reached ex ({method})"
+            );
+            let claims = auth_server::jwt_parts(t).1;
+            assert_eq!(claims["sub"], who, "{method}: {claims}");
+            assert_eq!(claims["aud"], ex_aud, "{method}: {claims}");
+            assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
+        }
+        let plain: Vec<_> = std::mem::take(&mut *seen_plain.lock().unwrap());
+        assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
+        assert!(plain.iter().all(|(_, a)| a.is_none()), "{who}: {plain:?}");
+    }
+
+    // A caller with an API key has no token to exchange: the member with token_exchange is
+    // refused (never asked, the reason logged), the other serves it.
+    let mut m = Mcp::new(gw.addr, "/fed");
+    m.header("x-api-key", "machine-key-1");
+    m.initialize("2025-06-18");
+    let listed = m.request("tools/list", json!({})).json();
+    assert_eq!(tool_names(&listed), ["plain__echo"], "{listed}");
+    let r = m
+        .request(
+            "tools/call",
+            json!({"name": "plain__echo", "arguments": {}}),
+        )
+        .json();
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    assert!(
+        seen_ex.lock().unwrap().is_empty(),
+        "ex was asked without a caller's token"
+    );
+    assert!(
+        gw.log
+            .text()
+            .contains("token_exchange needs the caller's own token"),
+        "{}",
+        gw.log.text()
+    );
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }

@@ -52,7 +52,8 @@ pub struct Credentials {
     /// `token_exchange.actor`, default false: also send the gateway's client-credentials token
     /// (from the same token endpoint and client) as `actor_token`.
     pub actor: bool,
-    /// `token_exchange.cache_entries`, default 4096: exchanged tokens kept per worker.
+    /// `token_exchange.cache_entries`, default 4096: this upstream's exchanged tokens kept per
+    /// worker (one a caller).
     pub cache_entries: usize,
     /// `connect_timeout`, default 2s; `request_timeout`, default 10s (to the whole response).
     pub connect_timeout: Duration,

@@ -30,6 +30,9 @@ pub struct Decided {
 pub struct Access {
     pub principal: Option<PrincipalRef>,
     pub source: Option<IpAddr>,
+    /// The caller's own bearer token, kept only where a member exchanges it (`Ctx::credential`):
+    /// every request the gateway makes to a member for this request is made on its behalf.
+    pub credential: Option<std::rc::Rc<str>>,
     /// What was decided, in order (moved into the request context when the request is done).
     pub decided: RefCell<SmallVec<[Decided; 1]>>,
 }
@@ -39,8 +42,17 @@ impl Access {
         Access {
             principal: ctx.principal.clone(),
             source: ctx.source,
+            credential: ctx.credential.clone(),
             decided: RefCell::default(),
         }
+    }
+
+    /// Who the gateway's requests to members are made for (`Ctx::caller`).
+    pub fn caller(&self) -> Option<super::credentials::Caller<'_>> {
+        Some(super::credentials::Caller {
+            principal: self.principal.as_ref()?.id,
+            token: self.credential.as_deref()?,
+        })
     }
 }
 

@@ -236,6 +236,14 @@ impl Ctx {
         })
     }
 
+    /// `caller` owning its token (an `Rc` clone, only where a member exchanges tokens).
+    pub fn caller_owned(&self) -> Option<super::credentials::OwnedCaller> {
+        Some(super::credentials::OwnedCaller {
+            principal: self.principal.as_ref()?.id,
+            token: self.credential.clone()?,
+        })
+    }
+
     pub fn gw(&self) -> &Gateway {
         &self.gen.gw
     }

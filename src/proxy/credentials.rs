@@ -24,8 +24,25 @@ pub struct Caller<'a> {
     pub token: &'a str,
 }
 
-/// (principal id, upstream name).
-type ExchangeKey = ([u8; 16], String);
+/// A `Caller` that owns its token (an `Rc`, no copy of the text): for work on a request's
+/// behalf that also needs the request's context mutably.
+#[derive(Clone)]
+pub struct OwnedCaller {
+    pub principal: [u8; 16],
+    pub token: std::rc::Rc<str>,
+}
+
+impl OwnedCaller {
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            principal: self.principal,
+            token: &self.token,
+        }
+    }
+}
+
+/// Exchanged tokens of one upstream, by principal id.
+type Exchanged = HashMap<[u8; 16], (Arc<Credentials>, Token)>;
 
 #[derive(Default)]
 struct Slot {
@@ -37,12 +54,12 @@ struct Slot {
     last_error: Option<String>,
 }
 
-/// Per worker: the client-credentials token per upstream name, exchanged tokens per
-/// (principal id, upstream name).
+/// Per worker: the client-credentials token per upstream name, exchanged tokens per upstream
+/// name and principal id (looked up by `&str` and id: a cached token costs no allocation).
 #[derive(Default)]
 pub struct Tokens {
     own: RefCell<HashMap<String, Slot>>,
-    exchanged: RefCell<HashMap<ExchangeKey, (Arc<Credentials>, Token)>>,
+    exchanged: RefCell<HashMap<String, Exchanged>>,
 }
 
 fn usable(t: &Token, now: Instant) -> bool {
@@ -180,9 +197,9 @@ impl Tokens {
                 "token_exchange needs the caller's own token, and this request has none (an endpoint without auth, or a request the gateway makes itself)",
             ));
         };
-        let key = (caller.principal, name.to_string());
+        let key = caller.principal;
         let now = Instant::now();
-        if let Some((cfg, t)) = self.exchanged.borrow().get(&key) {
+        if let Some((cfg, t)) = self.exchanged.borrow().get(name).and_then(|m| m.get(&key)) {
             if Arc::ptr_eq(cfg, c) && fresh(t, c, now) {
                 return Ok(t.access_token.clone());
             }
@@ -224,7 +241,14 @@ impl Tokens {
             refused(name, &e)
         })?;
         let out = t.access_token.clone();
-        let mut map = self.exchanged.borrow_mut();
+        let mut all = self.exchanged.borrow_mut();
+        if !all.contains_key(name) {
+            all.insert(name.to_string(), HashMap::new());
+        }
+        let Some(map) = all.get_mut(name) else {
+            return Ok(out);
+        };
+        // `cache_entries` bounds this upstream's tokens (one per caller).
         if map.len() >= c.cache_entries && !map.contains_key(&key) {
             let now = Instant::now();
             map.retain(|_, (_, t)| usable(t, now));
@@ -233,7 +257,7 @@ impl Tokens {
                 if let Some(k) = map
                     .iter()
                     .min_by_key(|(_, (_, t))| t.expires_at)
-                    .map(|(k, _)| k.clone())
+                    .map(|(k, _)| *k)
                 {
                     map.remove(&k);
                 }
@@ -250,13 +274,15 @@ impl Tokens {
             s.token = None;
         }
         if let Some(p) = caller {
-            self.exchanged.borrow_mut().remove(&(p, name.to_string()));
+            if let Some(m) = self.exchanged.borrow_mut().get_mut(name) {
+                m.remove(&p);
+            }
         }
     }
 
     /// Exchanged tokens held (for tests and the cache bound).
     pub fn exchanged_len(&self) -> usize {
-        self.exchanged.borrow().len()
+        self.exchanged.borrow().values().map(HashMap::len).sum()
     }
 }
 
@@ -425,9 +451,12 @@ mod tests {
             };
             tokens.exchanged("notes", &c, Some(third)).await.unwrap();
             assert_eq!(tokens.exchanged_len(), 2);
+            // The bound is per upstream: another upstream's tokens take none of its room.
+            tokens.exchanged("wiki", &c, Some(third)).await.unwrap();
+            assert_eq!(tokens.exchanged_len(), 3);
         });
         let bodies = seen.lock().unwrap().clone();
-        assert_eq!(bodies.len(), 4);
+        assert_eq!(bodies.len(), 5);
         assert_eq!(
             bodies[0],
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\

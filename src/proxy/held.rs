@@ -302,8 +302,10 @@ impl Held {
 
 /// The era of upstream `u`: configured, learned, or learned now by sending it a
 /// `server/discover` of the stateless revision (an upstream that answers it with a result naming
-/// 2026-07-28 speaks it; anything else, including no answer, means sessions).
-pub async fn era(w: &WorkerState, gw: &Gateway, u: usize) -> Era {
+/// 2026-07-28 speaks it; anything else, including no answer, means sessions). The probe is made
+/// for `caller` (an upstream with `token_exchange` answers nobody else); what it learns is the
+/// upstream's, kept for every caller.
+pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Caller<'_>) -> Era {
     let now = w.shutdown.now();
     if let Some(e) = w.held.era_now(gw, u, now) {
         return e;
@@ -343,7 +345,7 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize) -> Era {
     crate::http::response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
     crate::http::response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
-    let era = match exchange::whole(w, gw, u, req).await {
+    let era = match exchange::whole(w, gw, u, req, caller).await {
         Ok(reply) => match exchange::result_of(gw, u, &reply, b"\"tollgate-era\"") {
             Ok(r) if names_stateless(&r) => Era::Stateless,
             // A server error, or one that may pass (401, 408, 429): decide nothing for long
@@ -553,7 +555,7 @@ pub async fn refuse_server_request(
         );
     }
     let req = exchange::post_request(gw, u, Some(&held.session), &[], &body);
-    match exchange::whole(w, gw, u, req).await {
+    match exchange::whole(w, gw, u, req, None).await {
         Ok(r) if (200..300).contains(&r.status) => {}
         Ok(r) => {
             tracing::warn!(upstream = %up.name, status = r.status, "held session: the answer to a server-to-client request was not accepted")
@@ -582,7 +584,7 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
         env!("CARGO_PKG_VERSION")
     );
     let req = exchange::post_request(gw, u, None, &[], body.as_bytes());
-    let reply = exchange::whole(w, gw, u, req)
+    let reply = exchange::whole(w, gw, u, req, None)
         .await
         .map_err(|e| fail(e.reason))?;
     let result = exchange::result_of(gw, u, &reply, b"\"tollgate-held\"").map_err(fail)?;
@@ -603,7 +605,7 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
     };
     let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let req = exchange::post_request(gw, u, Some(&session), &[], note);
-    let reply = exchange::whole(w, gw, u, req)
+    let reply = exchange::whole(w, gw, u, req, None)
         .await
         .map_err(|e| fail(e.reason))?;
     if !(200..300).contains(&reply.status) {

@@ -97,7 +97,7 @@ pub fn authenticate(
 }
 
 /// Whether an upstream of `server` gets its token by exchanging the caller's.
-fn exchanges_tokens(gw: &Gateway, server: usize) -> bool {
+pub(super) fn exchanges_tokens(gw: &Gateway, server: usize) -> bool {
     gw.config.servers[server].upstreams.iter().any(|m| {
         gw.config.upstreams[m.upstream]
             .credentials

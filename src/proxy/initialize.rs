@@ -196,10 +196,10 @@ async fn stateless_upstream(
 ) -> Option<Result<(Sealed, Vec<u8>), String>> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
-    if super::held::era(w, gw, u).await != super::held::Era::Stateless {
+    if super::held::era(w, gw, u, ctx.caller()).await != super::held::Era::Stateless {
         return None;
     }
-    let discovered = match super::stateless::discover_upstream(w, gw, u).await {
+    let discovered = match super::stateless::discover_upstream(w, gw, u, ctx.caller()).await {
         Ok(d) => d,
         Err(why) => return Some(Err(why)),
     };

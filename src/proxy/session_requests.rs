@@ -141,16 +141,18 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
     }
 }
 
-/// Sends DELETE (`req`) to upstream `u` and reads its answer; failures are logged.
+/// Sends DELETE (`req`) to upstream `u` for `caller` and reads its answer; failures are
+/// logged.
 async fn end_upstream_session(
     w: &WorkerState,
     gw: &state::Gateway,
     u: usize,
     req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'_>>,
 ) -> Option<UpstreamCall> {
     let up = &gw.upstreams[u];
     let t_up = Instant::now();
-    let (res, _) = upstream::exchange(w, gw, u, req).await;
+    let (res, _) = upstream::exchange_as(w, gw, u, req, caller).await;
     match res {
         Ok((mut up_conn, rhead)) => {
             up_conn.consume(rhead.len);
@@ -203,6 +205,9 @@ pub(super) async fn delete(
     w.metrics.sessions_closed.increment(1);
     let server = ctx.server.unwrap_or_default();
     let s = &gw.config.servers[server];
+    // The session's principal is the caller (the session is bound to it).
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     if s.federated() {
         // Every upstream session the client session holds ends with it, at once. (The head
         // was consumed: these requests carry the upstream session headers only.)
@@ -217,7 +222,7 @@ pub(super) async fn delete(
             let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
             super::session_header_lines(&mut req, su);
             req.extend_from_slice(b"\r\n");
-            Some(end_upstream_session(w, gw, m.upstream, req))
+            Some(end_upstream_session(w, gw, m.upstream, req, caller))
         });
         futures_util::future::join_all(ends).await;
     } else if gw.upstreams[u].legacy {
@@ -225,7 +230,7 @@ pub(super) async fn delete(
         super::legacy::end(w, gw, &claims, u);
     } else if upstream_session(gw, Some(&claims), u).is_some_and(|s| s.session_id.is_some()) {
         let req = std::mem::take(&mut c.up_out);
-        if let Some(call) = end_upstream_session(w, gw, u, req).await {
+        if let Some(call) = end_upstream_session(w, gw, u, req, caller).await {
             ctx.upstream_call = Some(call);
         }
     }

@@ -253,14 +253,23 @@ async fn send(
     };
     if up.legacy {
         // An HTTP+SSE member: through its event stream, the reply whole (`exchange::rpc`).
-        let reply = match exchange::rpc(w, gw, u, session_of_u, &req.trace, body).await {
+        let reply = match exchange::rpc(
+            w,
+            gw,
+            u,
+            session_of_u,
+            (&req.trace, req.access.caller()),
+            body,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => return failed(e.kind, e.reason, None),
         };
         return answered(gw, (i, m), reply, session, u, failed);
     }
     let out = exchange::post_request(gw, u, Some(session_of_u), &req.trace, body);
-    let (res, _) = upstream::exchange(w, gw, u, out).await;
+    let (res, _) = upstream::exchange_as(w, gw, u, out, req.access.caller()).await;
     let (mut conn, head) = match res {
         Ok(x) => x,
         Err(e) => return failed(e.kind, e.reason, None),

@@ -53,6 +53,10 @@ pub(super) async fn initialize(
     // The session's id is chosen now: an upstream with `transport: sse` binds its stream to it.
     let session_id = SessionSealer::new_id();
     let me = c.worker().clone();
+    // Members are initialized on behalf of the caller: the session is bound to its principal,
+    // so every later request in it is the same caller's.
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     let calls = members.iter().map(|&u| {
         let (me, gen) = (me.clone(), gen.clone());
         async move {
@@ -76,7 +80,7 @@ pub(super) async fn initialize(
                 return (u, reply);
             }
             let r = exchange::post_request(gw, u, None, trace, body);
-            (u, exchange::whole(w, gw, u, r).await)
+            (u, exchange::whole(w, gw, u, r, caller).await)
         }
     });
     let replies = join_all(calls).await;
@@ -91,7 +95,7 @@ pub(super) async fn initialize(
             Ok(o) => Ok(o),
             // An upstream of the stateless revision only refuses initialize: it joins the
             // session as a stateless entry (its requests are made ones of its revision).
-            Err(why) => stateless_member(w, gw, u).await.ok_or(why),
+            Err(why) => stateless_member(w, gw, u, caller).await.ok_or(why),
         };
         match o {
             Ok(o) => opened.push(o),
@@ -161,11 +165,16 @@ pub(super) async fn initialize(
 
 /// An upstream that speaks the stateless revision (it answers `server/discover`): its discover
 /// result stands for an initialize result (capabilities, instructions). `None` otherwise.
-async fn stateless_member(w: &WorkerState, gw: &Gateway, u: usize) -> Option<Opened> {
-    if super::super::held::era(w, gw, u).await != super::super::held::Era::Stateless {
+async fn stateless_member(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    caller: exchange::Caller<'_>,
+) -> Option<Opened> {
+    if super::super::held::era(w, gw, u, caller).await != super::super::held::Era::Stateless {
         return None;
     }
-    let result = super::super::stateless::discover_upstream(w, gw, u)
+    let result = super::super::stateless::discover_upstream(w, gw, u, caller)
         .await
         .ok()?;
     Some(Opened {
@@ -183,6 +192,7 @@ pub(in super::super) async fn stateless_members(
     w: &WorkerState,
     gw: &Gateway,
     server: usize,
+    caller: exchange::Caller<'_>,
 ) -> Vec<UpstreamSession> {
     use super::super::held::{self, Era};
     let mut out = Vec::new();
@@ -193,7 +203,7 @@ pub(in super::super) async fn stateless_members(
             // there is none to hold for a stateless request (its tools are absent from it).
             continue;
         }
-        match held::era(w, gw, u).await {
+        match held::era(w, gw, u, caller).await {
             Era::Stateless => out.push(UpstreamSession {
                 upstream: gw.upstreams[u].id,
                 session_id: None,
@@ -228,6 +238,7 @@ pub(in super::super) async fn stateless_discover(
     gw: &Gateway,
     server: usize,
     asks_client_features: bool,
+    caller: exchange::Caller<'_>,
 ) -> String {
     use super::super::held::{self, Era};
     let mut opened = Vec::new();
@@ -243,10 +254,10 @@ pub(in super::super) async fn stateless_discover(
             sse_member = true;
             continue;
         }
-        let result = match held::era(w, gw, u).await {
+        let result = match held::era(w, gw, u, caller).await {
             Era::Stateless => {
                 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
-                let r = super::super::stateless::discover_upstream(w, gw, u)
+                let r = super::super::stateless::discover_upstream(w, gw, u, caller)
                     .await
                     .ok();
                 if let Some(caps) = r.as_ref().and_then(|r| r.get("capabilities")) {

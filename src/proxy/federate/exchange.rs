@@ -102,8 +102,13 @@ fn stateless_request(
     req
 }
 
+/// Who a request to a member is made for: an upstream with `token_exchange` credentials gets a
+/// token issued for this caller (`upstream::exchange_as`); `None` where the gateway asks for
+/// itself (such an upstream is then refused).
+pub type Caller<'a> = Option<super::super::credentials::Caller<'a>>;
+
 /// One of the gateway's own messages (`body`, with the request's trace lines) to upstream `u`
-/// in `session`, the reply read whole. An upstream with `transport: sse` is reached through its
+/// in `session`, the reply read whole, made for `caller`. An upstream with `transport: sse` is reached through its
 /// event stream (`legacy::ask_raw`/`tell`): a request's reply is its response message (200), a
 /// notification's is 202.
 pub async fn rpc(
@@ -111,11 +116,12 @@ pub async fn rpc(
     gw: &Gateway,
     u: usize,
     session: &UpstreamSession,
-    trace: &[u8],
+    (trace, caller): (&[u8], Caller<'_>),
     body: &[u8],
 ) -> Result<Reply, Error> {
     if !gw.upstreams[u].legacy {
-        return whole(w, gw, u, post_request(gw, u, Some(session), trace, body)).await;
+        let req = post_request(gw, u, Some(session), trace, body);
+        return whole(w, gw, u, req, caller).await;
     }
     use super::super::legacy;
     let fail = |why: String| Error::new(Kind::UpstreamUnavailable, why);
@@ -148,10 +154,17 @@ pub async fn rpc(
     }
 }
 
-/// Sends `req` to upstream `u` and reads the whole reply (bounded), pooling the connection.
-pub async fn whole(w: &WorkerState, gw: &Gateway, u: usize, req: Vec<u8>) -> Result<Reply, Error> {
+/// Sends `req` to upstream `u` for `caller` and reads the whole reply (bounded), pooling the
+/// connection.
+pub async fn whole(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    req: Vec<u8>,
+    caller: Caller<'_>,
+) -> Result<Reply, Error> {
     let up = &gw.upstreams[u];
-    let (res, _) = upstream::exchange(w, gw, u, req).await;
+    let (res, _) = upstream::exchange_as(w, gw, u, req, caller).await;
     let (mut conn, head) = res?;
     let head_bytes = conn.buffered()[..head.len].to_vec();
     let sse = head.is_sse(&head_bytes);

@@ -469,20 +469,23 @@ pub(in crate::proxy) async fn listen(
     let resources = &gw.config.servers[server].resources.filter;
     asked.uris.retain(|u| resources.allows(u));
 
+    // The members are asked on the caller's behalf.
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     // Which members can deliver what: stateless ones, by what their discover declares.
     let mut stateless = Vec::new();
     for m in &gw.config.servers[server].upstreams {
         let u = m.upstream;
         // A session-era member is reached through the worker's held session, which cannot
         // listen; an HTTP+SSE member's stream belongs to a client session. Neither contributes.
-        if !gw.upstreams[u].legacy && held::era(w, gw, u).await == Era::Stateless {
+        if !gw.upstreams[u].legacy && held::era(w, gw, u, caller).await == Era::Stateless {
             stateless.push(u);
         }
     }
     let discovered = join_all(stateless.iter().map(|&u| async move {
         (
             u,
-            super::super::stateless::discover_upstream(w, gw, u).await,
+            super::super::stateless::discover_upstream(w, gw, u, caller).await,
         )
     }))
     .await;
@@ -517,7 +520,14 @@ pub(in crate::proxy) async fn listen(
         };
         let msg = member_body(&req, &id, &filter);
         let out = exchange::post_request(gw, u, Some(&session), &trace, &msg);
-        async move { (u, id, filter, upstream::exchange(w, gw, u, out).await.0) }
+        async move {
+            (
+                u,
+                id,
+                filter,
+                upstream::exchange_as(w, gw, u, out, caller).await.0,
+            )
+        }
     });
     let opened = join_all(opens).await;
     let asked_any = !opened.is_empty();

@@ -87,13 +87,13 @@ pub(super) async fn fetch_page(
     gw: &Gateway,
     u: usize,
     session: &crate::mcp::session::UpstreamSession,
-    trace: &[u8],
+    (trace, caller): (&[u8], exchange::Caller<'_>),
     list: ListKind,
     cursor: Option<&str>,
 ) -> Result<Page, String> {
     let id = next_list_id();
     let body = page_request(list, cursor, &id);
-    let reply = exchange::rpc(w, gw, u, session, trace, &body)
+    let reply = exchange::rpc(w, gw, u, session, (trace, caller), &body)
         .await
         .map_err(|e| e.reason)?;
     if reply.status == 404 && session.session_id.is_some() {
@@ -210,7 +210,7 @@ pub(super) async fn page(
     };
     let uri_table = match list {
         ListKind::Resources | ListKind::ResourceTemplates => {
-            Some(current_uris(w, gw, server, &claims, &req.trace).await)
+            Some(current_uris(w, gw, server, &claims, (&req.trace, req.access.caller())).await)
         }
         _ => None,
     };
@@ -244,7 +244,7 @@ pub(super) async fn page(
             gw,
             u,
             session,
-            &req.trace,
+            (&req.trace, req.access.caller()),
             list,
             pos.upstream_cursor.as_deref(),
         )
@@ -349,8 +349,10 @@ pub(super) async fn page(
         }
     }
     if stateless {
-        // What a caller sees depends on who it is wherever rules decide.
-        let private = private || s.rules.is_some();
+        // What a caller sees depends on who it is wherever rules decide, and where a member
+        // was asked with a token exchanged for this caller (it may list per identity).
+        let private =
+            private || s.rules.is_some() || super::super::identity::exchanges_tokens(gw, server);
         let scope = if private { "private" } else { "public" };
         let hints = format!(",\"ttlMs\":{},\"cacheScope\":\"{scope}\"", ttl.unwrap_or(0));
         out.extend_from_slice(hints.as_bytes());

@@ -137,7 +137,7 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
     }
     let init = initialize_request();
     let req = exchange::post_request(gw, u, None, b"", init.as_bytes());
-    let reply = exchange::whole(w, gw, u, req)
+    let reply = exchange::whole(w, gw, u, req, None)
         .await
         .map_err(|e| format!("initialize: {}", e.reason))?;
     let result =
@@ -154,7 +154,7 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
     };
     let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
     let req = exchange::post_request(gw, u, Some(&session), b"", note);
-    let listed = match exchange::whole(w, gw, u, req).await {
+    let listed = match exchange::whole(w, gw, u, req, None).await {
         Err(e) => Err(format!("notifications/initialized: {}", e.reason)),
         Ok(r) if !(200..300).contains(&r.status) => Err(format!(
             "notifications/initialized: answered HTTP {}",
@@ -194,7 +194,7 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
             );
         }
         req.extend_from_slice(b"\r\n");
-        if let Err(e) = exchange::whole(w, gw, u, req).await {
+        if let Err(e) = exchange::whole(w, gw, u, req, None).await {
             tracing::debug!(error = %e.reason, "probe: session not ended");
         }
     }
@@ -275,7 +275,7 @@ async fn list(
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let page = fetch_page(w, gw, u, session, b"", kind, cursor.as_deref())
+        let page = fetch_page(w, gw, u, session, (b"", None), kind, cursor.as_deref())
             .await
             .map_err(|e| format!("{}: {e}", kind.method()))?;
         items.extend(page.items().filter_map(|i| field(i, key)));

@@ -328,7 +328,16 @@ async fn by_name(
             return Err(Refusal::because(Kind::UnknownName, why));
         }
     };
-    let table = tables::names_for(w, gw, server, claims, &req.trace, kind, &name).await;
+    let table = tables::names_for(
+        w,
+        gw,
+        server,
+        claims,
+        (&req.trace, req.access.caller()),
+        kind,
+        &name,
+    )
+    .await;
     let Some((member, original)) = table.resolve(&name) else {
         // A name in the space of an upstream this session does not hold: say so (the session
         // could not open it), rather than that the name is unknown.
@@ -385,7 +394,15 @@ async fn by_uri(
         let why = format!("Unknown resource: {uri}");
         return Err(Refusal::because(Kind::UnknownName, why));
     }
-    let table = tables::uris_for(w, gw, server, &req.claims, &req.trace, &uri).await;
+    let table = tables::uris_for(
+        w,
+        gw,
+        server,
+        &req.claims,
+        (&req.trace, req.access.caller()),
+        &uri,
+    )
+    .await;
     let Some(member) = table.route(&uri) else {
         let why = format!("Unknown resource: {uri}");
         return Err(Refusal::because(Kind::UnknownName, why));
@@ -423,9 +440,16 @@ async fn completion(
     let member = match kind.as_str() {
         "ref/prompt" => {
             let name = r["name"].as_str().unwrap_or_default().to_string();
-            let table =
-                tables::names_for(w, gw, server, claims, &req.trace, TableKind::Prompts, &name)
-                    .await;
+            let table = tables::names_for(
+                w,
+                gw,
+                server,
+                claims,
+                (&req.trace, req.access.caller()),
+                TableKind::Prompts,
+                &name,
+            )
+            .await;
             let shown = |m: usize| {
                 let item = Item {
                     kind: ItemKind::Prompt,
@@ -447,7 +471,15 @@ async fn completion(
         "ref/resource" => {
             let uri = r["uri"].as_str().unwrap_or_default().to_string();
             if gw.config.servers[server].resources.filter.allows(&uri) {
-                let table = tables::uris_for(w, gw, server, claims, &req.trace, &uri).await;
+                let table = tables::uris_for(
+                    w,
+                    gw,
+                    server,
+                    claims,
+                    (&req.trace, req.access.caller()),
+                    &uri,
+                )
+                .await;
                 table.route(&uri).filter(|&m| {
                     let item = Item {
                         kind: ItemKind::Resource,
@@ -502,8 +534,8 @@ pub(super) async fn fan_out(
         let u = m.upstream;
         let session = super::super::upstream_session(gw, Some(claims), u)
             .filter(|s| !(stateless && s.protocol_version.is_legacy()))?;
-        let trace = &req.trace;
-        Some(async move { (u, exchange::rpc(w, gw, u, session, trace, body).await) })
+        let at = (&req.trace[..], req.access.caller());
+        Some(async move { (u, exchange::rpc(w, gw, u, session, at, body).await) })
     });
     let results = join_all(calls).await;
     let total = results.len();

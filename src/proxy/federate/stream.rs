@@ -479,6 +479,9 @@ pub(in crate::proxy) async fn get(
             })
         })
         .collect();
+    // The streams are opened on the caller's behalf (the session is bound to its principal).
+    let on_behalf = ctx.caller_owned();
+    let caller = on_behalf.as_ref().map(|o| o.caller());
     let opens = gw.config.servers[server].upstreams.iter().filter_map(|m| {
         let u = m.upstream;
         if gw.upstreams[u].legacy {
@@ -491,7 +494,14 @@ pub(in crate::proxy) async fn get(
             response::header(&mut req, b"last-event-id", id);
         }
         req.extend_from_slice(b"\r\n");
-        Some(async move { (u, super::super::upstream::exchange(w, gw, u, req).await.0) })
+        Some(async move {
+            (
+                u,
+                super::super::upstream::exchange_as(w, gw, u, req, caller)
+                    .await
+                    .0,
+            )
+        })
     });
     let opened = futures_util::future::join_all(opens).await;
     let mut streams = Vec::new();

@@ -1,9 +1,9 @@
 //! The per-worker routing tables of federated endpoints (`Catalogs`): per worker and federated
 //! server, one `NameTable` for tools, one for prompts and one `UriTable` for resources and
 //! templates, each built from a full listing of the upstreams (through the session of the request
-//! that needed it) when first needed, when older than `list_refresh_interval`, after an upstream
-//! announced `list_changed`, and when a name is missing from it (at most once a second, so
-//! unknown names cannot make the gateway list the upstreams on every request). They are `Rc`s in
+//! that needed it, for its caller) when first needed, when older than `list_refresh_interval`,
+//! after an upstream announced `list_changed`, and when a name is missing from it (at most once a
+//! second, so unknown names cannot make the gateway list the upstreams on every request). They are `Rc`s in
 //! a `RefCell` owned by the worker: a lookup is a hash probe with no lock. Names are a pure
 //! function of (upstream, original name), so a table built through one session routes every
 //! session's calls; an upstream whose tools differ per session still decides for itself what it
@@ -329,7 +329,7 @@ pub(super) async fn names_for(
     gw: &Gateway,
     server: usize,
     claims: &SessionClaims,
-    trace: &[u8],
+    at: (&[u8], super::exchange::Caller<'_>),
     kind: TableKind,
     name: &str,
 ) -> Rc<NameTable> {
@@ -345,7 +345,7 @@ pub(super) async fn names_for(
         ListKind::Prompts
     };
     let s = &gw.config.servers[server];
-    let fetched = fetch_all(w, gw, server, claims, trace, list, "name").await;
+    let fetched = fetch_all(w, gw, server, claims, at, list, "name").await;
     let missing = missing_of(gw, server, &fetched);
     let fetched: Vec<Vec<(String, u8)>> =
         fetched.into_iter().map(Option::unwrap_or_default).collect();
@@ -410,7 +410,7 @@ pub(super) async fn uris_for(
     gw: &Gateway,
     server: usize,
     claims: &SessionClaims,
-    trace: &[u8],
+    at: (&[u8], super::exchange::Caller<'_>),
     uri: &str,
 ) -> Rc<UriTable> {
     let current = || w.catalogs.uris(gw, server);
@@ -421,7 +421,7 @@ pub(super) async fn uris_for(
         Turn::Build(r) => r,
     };
     let s = &gw.config.servers[server];
-    let resources = fetch_all(w, gw, server, claims, trace, ListKind::Resources, "uri").await;
+    let resources = fetch_all(w, gw, server, claims, at, ListKind::Resources, "uri").await;
     let mut missing = missing_of(gw, server, &resources);
     let resources: Vec<Vec<String>> = resources
         .into_iter()
@@ -432,7 +432,7 @@ pub(super) async fn uris_for(
         gw,
         server,
         claims,
-        trace,
+        at,
         ListKind::ResourceTemplates,
         "uriTemplate",
     )
@@ -471,7 +471,7 @@ pub(super) async fn current_uris(
     gw: &Gateway,
     server: usize,
     claims: &SessionClaims,
-    trace: &[u8],
+    at: (&[u8], super::exchange::Caller<'_>),
 ) -> Rc<UriTable> {
     let interval = gw.config.servers[server].list_refresh_interval;
     match w.catalogs.uris(gw, server) {
@@ -480,7 +480,7 @@ pub(super) async fn current_uris(
         // this rebuilds it.
         _ => {
             w.catalogs.mark_stale(gw, server, TableKind::Resources);
-            uris_for(w, gw, server, claims, trace, "").await
+            uris_for(w, gw, server, claims, at, "").await
         }
     }
 }
@@ -493,7 +493,7 @@ async fn fetch_all(
     gw: &Gateway,
     server: usize,
     claims: &SessionClaims,
-    trace: &[u8],
+    at: (&[u8], super::exchange::Caller<'_>),
     list: ListKind,
     key: &str,
 ) -> Vec<Option<Vec<(String, u8)>>> {
@@ -504,7 +504,7 @@ async fn fetch_all(
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..REFRESH_PAGES {
-            match fetch_page(w, gw, u, session, trace, list, cursor.as_deref()).await {
+            match fetch_page(w, gw, u, session, at, list, cursor.as_deref()).await {
                 Ok(page) => {
                     items.extend(
                         page.items()

@@ -351,7 +351,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
             let gw = &*gen.gw;
             let u = p.u;
             ctx.upstream = Some(u);
-            match held::era(w, gw, u).await {
+            match held::era(w, gw, u, ctx.caller()).await {
                 Era::Stateless => {
                     let modern = |o: &mut Vec<u8>| o.extend_from_slice(&p.modern_lines);
                     let trace = |o: &mut Vec<u8>| o.extend_from_slice(&p.trace_lines);
@@ -422,7 +422,7 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
     match f.kind {
         Forwarded::Discover => {
             let asks = ctx.first().is_some_and(|m| m.asks_client_features);
-            let body = super::federate::stateless_discover(w, gw, server, asks).await;
+            let body = super::federate::stateless_discover(w, gw, server, asks, ctx.caller()).await;
             return super::federate::reply_result(c, ctx, body.as_bytes()).await;
         }
         Forwarded::Listen => {
@@ -430,7 +430,7 @@ async fn federated(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, f: Federated)
         }
         Forwarded::Call => {}
     }
-    let upstreams = super::federate::stateless_members(w, gw, server).await;
+    let upstreams = super::federate::stateless_members(w, gw, server, ctx.caller()).await;
     if upstreams.is_empty() {
         let why = "none of this endpoint's upstreams could be reached";
         return refuse(c, ctx, Refusal::because(Kind::UpstreamUnavailable, why)).await;
@@ -472,7 +472,7 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     ctx.upstream = Some(u);
     let req = std::mem::take(&mut c.up_out);
     let id = ctx.answer_id().map(<[u8]>::to_vec).unwrap_or_default();
-    let reply = exchange::whole(w, gw, u, req).await;
+    let reply = exchange::whole(w, gw, u, req, ctx.caller()).await;
     let upstream_result = match reply {
         Ok(r) => exchange::result_of(gw, u, &r, &id),
         Err(e) => Err(e.reason),
@@ -492,11 +492,12 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     super::federate::reply_result(c, ctx, body.as_bytes()).await
 }
 
-/// The upstream's own `server/discover` result (a request of the gateway's).
+/// The upstream's own `server/discover` result (a request of the gateway's, for `caller`).
 pub(super) async fn discover_upstream(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,
+    caller: exchange::Caller<'_>,
 ) -> Result<Value, String> {
     let v = STATELESS_VERSIONS[0].as_str();
     let body = format!(
@@ -506,7 +507,9 @@ pub(super) async fn discover_upstream(
     response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
     response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
-    let reply = exchange::whole(w, gw, u, req).await.map_err(|e| e.reason)?;
+    let reply = exchange::whole(w, gw, u, req, caller)
+        .await
+        .map_err(|e| e.reason)?;
     exchange::result_of(gw, u, &reply, b"\"tollgate-discover\"")
 }
 
