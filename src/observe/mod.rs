@@ -206,6 +206,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          wrong_audience, alg_not_allowed, unknown_kid, ...)."
     );
     describe_counter!(
+        names::AUTH_INTROSPECTIONS_TOTAL,
+        "Calls to an issuer's token introspection endpoint (RFC 7662) for opaque tokens, by \
+         result (active, inactive, error); on error the request is refused 401 \
+         introspection_failed."
+    );
+    describe_counter!(
         names::AUTH_KEY_REFRESHES_TOTAL,
         "Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the \
          background refresher, by issuer and result; on error the last good keys stay in use."
@@ -265,6 +271,8 @@ pub struct WorkerMetrics {
     authz: [Vec<Counter>; 2],
     /// By `policy::AuthFailure` (position in `AuthFailure::ALL`).
     auth_failures: Vec<Counter>,
+    /// By `proxy::introspect::Outcome` (position in `Outcome::ALL`).
+    introspections: [Counter; 3],
 }
 
 impl WorkerMetrics {
@@ -323,6 +331,8 @@ impl WorkerMetrics {
                 .iter()
                 .map(|f| metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => f.reason()))
                 .collect(),
+            introspections: crate::proxy::introspect::Outcome::ALL
+                .map(|o| metrics::counter!(names::AUTH_INTROSPECTIONS_TOTAL, "result" => o.as_str())),
         }
     }
 
@@ -340,6 +350,14 @@ impl WorkerMetrics {
     }
 
     /// A request refused 401, by why.
+    pub fn introspection(&self, o: crate::proxy::introspect::Outcome) {
+        let i = crate::proxy::introspect::Outcome::ALL
+            .iter()
+            .position(|x| *x == o)
+            .unwrap_or(0);
+        self.introspections[i].increment(1);
+    }
+
     pub fn auth_failure(&self, f: crate::policy::AuthFailure) {
         let i = crate::policy::AuthFailure::ALL
             .iter()

@@ -81,6 +81,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const AUTHZ_DECISIONS_TOTAL: &str = "tollgate_authz_decisions_total";
 /// Requests refused 401 by why their credential failed (`policy::AuthFailure::reason`).
 pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
+/// Calls to an issuer's token introspection endpoint (RFC 7662) for opaque tokens, by result
+/// (active, inactive, error: unreachable, timed out, not 200 or not JSON; the request is refused).
+pub const AUTH_INTROSPECTIONS_TOTAL: &str = "tollgate_auth_introspections_total";
 /// Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the key
 /// refresher thread, by issuer and result (ok, error: the last good keys stay in use).
 pub const AUTH_KEY_REFRESHES_TOTAL: &str = "tollgate_auth_key_refreshes_total";

@@ -16,6 +16,7 @@ mod identity;
 pub mod keys;
 pub use federate::probe;
 mod initialize;
+pub mod introspect;
 mod legacy;
 mod legacy_sse;
 pub mod reject;
@@ -199,8 +200,10 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
             // Phase: authenticate (the legacy transport's stream and POSTs too).
             if head.method() != HttpMethod::Options {
                 if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
-                    c.conn.consume(head.len);
-                    return refuse(c, ctx, r).await;
+                    if let Some(r) = not_yet(w, c, ctx, &head, server, r).await {
+                        c.conn.consume(head.len);
+                        return refuse(c, ctx, r).await;
+                    }
                 }
             }
             // Boxed: a legacy stream's state stays out of every request's future.
@@ -216,8 +219,10 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
     // Phase: authenticate. Every request but a CORS preflight (which carries no credentials).
     if head.method() != HttpMethod::Options {
         if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
-            c.conn.consume(head.len);
-            return refuse(c, ctx, r).await;
+            if let Some(r) = not_yet(w, c, ctx, &head, server, r).await {
+                c.conn.consume(head.len);
+                return refuse(c, ctx, r).await;
+            }
         }
     }
     match head.method() {
@@ -231,6 +236,26 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
         _ => {
             c.conn.consume(head.len);
             refuse(c, ctx, Refusal::new(Kind::MethodNotAllowed)).await
+        }
+    }
+}
+
+/// The authenticate phase's refusal, or (an opaque token) its introspection: boxed, so the
+/// introspection's state is not part of every request's future.
+async fn not_yet(
+    w: &WorkerState,
+    c: &Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    server: usize,
+    n: identity::NotYet,
+) -> Option<Refusal> {
+    match n {
+        identity::NotYet::Refused(r) => Some(r),
+        identity::NotYet::Introspect(issuer) => {
+            Box::pin(identity::introspect(w, c, ctx, head, server, issuer))
+                .await
+                .err()
         }
     }
 }
