@@ -21,13 +21,15 @@ use crate::http::client;
 use crate::policy::authn::Authn;
 use crate::policy::{AuthFailure, Principal};
 
+/// (server, token) being introspected → the requests waiting for it.
+type InFlight = RefCell<HashMap<(u32, Box<[u8]>), Vec<Waker>>>;
+
 /// One worker's introspection state for one config generation.
 #[derive(Default)]
 pub struct Introspector {
     /// Per `auth.issuers[i]`: its introspection endpoint found through discovery.
     discovered: RefCell<HashMap<usize, Rc<(String, HttpTarget)>>>,
-    /// (server, token) being introspected → the requests waiting for it.
-    inflight: RefCell<HashMap<(u32, Box<[u8]>), Vec<Waker>>>,
+    inflight: InFlight,
 }
 
 /// What one call to the endpoint came to (`tollgate_auth_introspections_total{result}`).
@@ -51,7 +53,7 @@ impl Outcome {
 
 /// Ends a flight however its future ends (completed or dropped): wakes the waiters.
 struct Flight<'a> {
-    map: &'a RefCell<HashMap<(u32, Box<[u8]>), Vec<Waker>>>,
+    map: &'a InFlight,
     key: Option<(u32, Box<[u8]>)>,
 }
 
