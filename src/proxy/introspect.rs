@@ -281,3 +281,91 @@ fn tls_for(
     };
     Ok(Some((cfg, crate::tls::server_name(&target.host)?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Three requests with one token on one worker: the first asks, the two others wait for
+    /// its answer (the endpoint holds it until both are waiting), and all three are admitted.
+    #[test]
+    fn concurrent_requests_with_one_token_share_one_call() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"token_type_hint=access_token") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Held until the test says both others wait (or gives up waiting).
+                let _ = go_rx.recv();
+                let body = format!(
+                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+                    unix_now() + 600
+                );
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, issuer: \"https://corp\", introspection: \
+             {{endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        );
+        let cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
+        let authn = Authn::new(&cfg);
+        let intro = Introspector::default();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (a, b, c, waiting) = rt.block_on(async {
+            let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
+            let release = async {
+                // Bounded, so a broken single flight fails the asserts below instead of hanging.
+                let mut waiting = 0;
+                for _ in 0..2000 {
+                    waiting = intro.inflight.borrow().values().next().map_or(0, Vec::len);
+                    if waiting == 2 {
+                        break;
+                    }
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                let _ = go_tx.send(());
+                drop(go_tx);
+                waiting
+            };
+            monoio::join!(one(), one(), one(), release)
+        });
+        assert_eq!(waiting, 2, "two requests waited for the first one's call");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for p in [a, b, c] {
+            assert_eq!(&*p.unwrap().subject, "s");
+        }
+        assert!(intro.inflight.borrow().is_empty());
+        assert!(authn.cached(0, b"tok-1", unix_now()).is_some());
+    }
+}
