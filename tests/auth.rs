@@ -648,3 +648,204 @@ fn stateless_tasks_list_is_refused_where_callers_share_upstream_sessions() {
         "{v}"
     );
 }
+
+// ---- opaque tokens through a scripted introspection endpoint (RFC 7662) ----
+
+const INTRO_ID: &str = "tollgate gw";
+const INTRO_SECRET: &str = "s3cret:with&odd=chars";
+
+/// An introspection endpoint that records every request and answers by the form's token:
+/// `good-*` active for AUD (roles from the answer), `other-aud` active for another resource,
+/// anything else inactive.
+fn introspection_endpoint(seen: Arc<Mutex<Vec<Request>>>, status: &'static str) -> Scripted {
+    Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            seen.lock().unwrap().push(req.clone());
+            let form = String::from_utf8_lossy(&req.body).to_string();
+            let token = form
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .unwrap_or("");
+            let answer = if token.starts_with("good-") {
+                json!({"active": true, "iss": ISS, "aud": [AUD], "sub": token, "client_id": "app",
+                       "scope": "mcp:tools", "roles": ["reader"], "exp": now() + 600})
+            } else if token == "other-aud" {
+                json!({"active": true, "iss": ISS, "aud": "https://elsewhere/mcp", "sub": "x",
+                       "exp": now() + 600})
+            } else {
+                json!({"active": false})
+            };
+            let body = answer.to_string();
+            let reply = scripted::response(
+                status,
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            );
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One worker (the caches are per worker), an opaque-only issuer introspected at `endpoint`.
+fn opaque_gateway(endpoint: &str, max_cache: &str) -> Gateway {
+    Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: corp\n      issuer: \"{ISS}\"\n      introspection:\n        endpoint: \"{endpoint}\"\n        client_id: \"{INTRO_ID}\"\n        client_secret: \"{INTRO_SECRET}\"\n        max_cache: {max_cache}\n        negative_cache: 1h\n        timeout: 2s\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\"}}\n    rules:\n      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}\n"
+        ))
+        .start()
+}
+
+fn ping_with(gw: &Gateway, token: &str) -> Response {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.bearer(token);
+    m.post_raw(br#"{"jsonrpc":"2.0","id":0,"method":"ping"}"#)
+}
+
+fn calls_for(seen: &Mutex<Vec<Request>>, token: &str) -> usize {
+    let want = format!("token={token}&");
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).starts_with(&want))
+        .count()
+}
+
+#[test]
+fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let endpoint = introspection_endpoint(seen.clone(), "200 OK");
+    let gw = opaque_gateway(&format!("http://{}/oauth/introspect", endpoint.addr), "1s");
+    // Many requests with one token, one introspection (the per-worker cache).
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.bearer("good-alice");
+    m.initialize("2025-06-18");
+    let listed = m.request("tools/list", json!({})).json();
+    assert_eq!(
+        listed["result"]["tools"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(listed["result"]["tools"][0]["name"], "echo");
+    for _ in 0..5 {
+        assert_eq!(m.request("ping", json!({})).status, 200);
+    }
+    assert_eq!(calls_for(&seen, "good-alice"), 1, "{}", gw.log.text());
+    // The request as RFC 7662 §2.1 and client_secret_basic (RFC 6749 §2.3.1) say.
+    let first = seen.lock().unwrap()[0].clone();
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.target, "/oauth/introspect");
+    assert_eq!(
+        first.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&first.body),
+        "token=good-alice&token_type_hint=access_token"
+    );
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("tollgate+gw:s3cret%3Awith%26odd%3Dchars")
+    );
+    assert_eq!(first.header("authorization"), Some(expected.as_str()));
+    // max_cache (1s) bounds the trust in an active answer though exp is 10 minutes away: once
+    // it has passed, the next request asks again.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(m.request("ping", json!({})).status, 200);
+    assert_eq!(calls_for(&seen, "good-alice"), 2);
+
+    // An inactive token: 401, and remembered (negative_cache 1h): asked about once.
+    for _ in 0..3 {
+        let r = ping_with(&gw, "revoked-token");
+        assert_eq!(r.status, 401);
+        assert!(
+            r.header("www-authenticate")
+                .unwrap_or("")
+                .contains("error_description=\"the token is not active\""),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(calls_for(&seen, "revoked-token"), 1);
+    // Active, but for another resource: 401 wrong audience (remembered too).
+    assert_eq!(ping_with(&gw, "other-aud").status, 401);
+    assert_eq!(ping_with(&gw, "other-aud").status, 401);
+    assert_eq!(calls_for(&seen, "other-aud"), 1);
+    let scrape = gw.metrics();
+    for (series, want) in [
+        ("tollgate_auth_introspections_total{result=\"active\"}", 3.0),
+        (
+            "tollgate_auth_introspections_total{result=\"inactive\"}",
+            1.0,
+        ),
+        ("tollgate_auth_introspections_total{result=\"error\"}", 0.0),
+        (
+            "tollgate_auth_failures_total{reason=\"token_inactive\"}",
+            3.0,
+        ),
+        (
+            "tollgate_auth_failures_total{reason=\"wrong_audience\"}",
+            2.0,
+        ),
+    ] {
+        assert_eq!(metric_value(&scrape, series), want, "{series}\n{scrape}");
+    }
+}
+
+#[test]
+fn an_introspection_endpoint_that_fails_refuses_the_request() {
+    // Down: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}/introspect", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = opaque_gateway(&down, "60s");
+    let r = ping_with(&gw, "good-bob");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or("")
+            .contains("error_description=\"the token could not be introspected\""),
+        "{:?}",
+        r.headers
+    );
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_auth_introspections_total{result=\"error\"}"
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_auth_failures_total{reason=\"introspection_failed\"}"
+        ),
+        1.0
+    );
+    assert!(
+        gw.log.text().contains("token introspection failed"),
+        "{}",
+        gw.log.text()
+    );
+
+    // A 5xx: refused too, and not cached (each request asks again).
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let broken = introspection_endpoint(seen.clone(), "503 Service Unavailable");
+    let gw = opaque_gateway(&format!("http://{}/introspect", broken.addr), "60s");
+    assert_eq!(ping_with(&gw, "good-carol").status, 401);
+    assert_eq!(ping_with(&gw, "good-carol").status, 401);
+    assert_eq!(calls_for(&seen, "good-carol"), 2);
+    assert_eq!(
+        metric_value(
+            &gw.metrics(),
+            "tollgate_auth_introspections_total{result=\"error\"}"
+        ),
+        2.0
+    );
+}

@@ -535,3 +535,91 @@ fn hex_sha256(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// Opaque tokens (RFC 7662): the endpoint's resource is one the authorization server issues
+/// opaque tokens for; the gateway finds the introspection endpoint through discovery and asks
+/// it as the `gateway` client. Roles come from the introspection answer and reach the rules.
+#[test]
+fn opaque_tokens_are_introspected_at_the_real_authorization_server() {
+    let port = free_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let other_opaque = "http://127.0.0.1:9/opaque-other/mcp";
+    let opts = AuthOptions {
+        resources: &[OTHER],
+        opaque_resources: &[resource.as_str(), other_opaque],
+        ..AuthOptions::default()
+    };
+    let Some(auth) = AuthServer::try_start_with(&opts) else {
+        return;
+    };
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "listen:\n  address: 127.0.0.1:{port}\n\
+             auth:\n  issuers:\n    - name: oidc\n      issuer: \"{issuer}\"\n      discovery: true\n      algorithms: [RS256, ES256]\n      claims: {{roles: roles, tenant: tenant}}\n      introspection: {{client_id: gateway, client_secret: \"{secret}\"}}\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{resource}\", issuers: [oidc]}}\n    rules:\n      - {{name: admins, effect: allow, roles: [admin]}}\n      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}\n",
+            issuer = auth.issuer(),
+            secret = auth.client_secret("gateway"),
+        ))
+        .start();
+    let reader = auth.opaque_token(&resource, "");
+    assert!(!reader.contains('.'), "an opaque token: {reader}");
+    // opaque-bot has roles [reader]: echo only.
+    assert_eq!(tool_names(&list_with(&gw, &reader)), ["echo"]);
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.bearer(&reader);
+    m.initialize("2025-06-18");
+    let r = m.call_tool("echo", json!({"text": "hi"}));
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hi"),
+        "{r}"
+    );
+    // An admin (opaque too: the resource is opaque) sees more; the reader may not call those.
+    let admin = auth.client_credentials("admin-bot", &resource, "");
+    assert!(!admin.contains('.'));
+    let all = tool_names(&list_with(&gw, &admin));
+    assert!(all.len() >= 2, "{all:?}");
+    let hidden = all.iter().find(|t| *t != "echo").unwrap();
+    let r = m.call_tool(hidden, json!({}));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+
+    // Garbage, and a token of another resource: 401.
+    for (token, why) in [
+        ("garbage-token-that-was-never-issued", "inactive"),
+        (&*auth.opaque_token(other_opaque, ""), "wrong audience"),
+    ] {
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        m.bearer(token);
+        let r = m.post_raw(br#"{"jsonrpc":"2.0","id":0,"method":"ping"}"#);
+        assert_eq!(r.status, 401, "{why}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or("");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{why}: {challenge}"
+        );
+    }
+    let scrape = gw.metrics();
+    for (series, at_least) in [
+        ("tollgate_auth_introspections_total{result=\"active\"}", 3.0),
+        (
+            "tollgate_auth_introspections_total{result=\"inactive\"}",
+            1.0,
+        ),
+        (
+            "tollgate_auth_failures_total{reason=\"token_inactive\"}",
+            1.0,
+        ),
+        (
+            "tollgate_auth_failures_total{reason=\"wrong_audience\"}",
+            1.0,
+        ),
+    ] {
+        assert!(
+            metric_value(&scrape, series) >= at_least,
+            "{series}\n{scrape}"
+        );
+    }
+}

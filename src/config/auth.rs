@@ -75,6 +75,54 @@ pub struct Issuer {
     /// `leeway`, default 30s: allowed clock skew for `exp`, `nbf` and `iat`.
     pub leeway: std::time::Duration,
     pub claims: ClaimPaths,
+    /// `introspection`, default null: opaque tokens are asked about at the issuer's RFC 7662
+    /// endpoint; null = they are refused.
+    pub introspection: Option<std::sync::Arc<Introspection>>,
+}
+
+/// `auth.issuers[].introspection`: how opaque access tokens are checked (RFC 7662). `Debug` is by
+/// hand: the secret must not reach a log line.
+#[derive(Clone)]
+pub struct Introspection {
+    /// `endpoint` as written; `None` = the `introspection_endpoint` of the issuer's metadata
+    /// (needs `discovery: true`), discovered by each worker on first use.
+    pub endpoint: Option<String>,
+    pub target: Option<super::HttpTarget>,
+    /// The TLS client config (system roots) for an https endpoint or issuer.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub client_id: String,
+    /// Resolved secret and where it came from.
+    pub client_secret: String,
+    pub client_secret_source: super::HeaderSource,
+    /// `max_cache`, default 60s: an active answer is trusted at most this long (never past `exp`).
+    pub max_cache: std::time::Duration,
+    /// `negative_cache`, default 5s: an inactive answer is remembered this long; zero = off.
+    pub negative_cache: std::time::Duration,
+    /// `timeout`, default 3s: the whole call (connect, request, answer).
+    pub timeout: std::time::Duration,
+    /// `max_response_bytes`, default 64KiB: a longer answer is an error.
+    pub max_response_bytes: usize,
+}
+
+impl std::fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("max_cache", &self.max_cache)
+            .field("negative_cache", &self.negative_cache)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+pub mod introspection_defaults {
+    use std::time::Duration;
+    pub const MAX_CACHE: Duration = Duration::from_secs(60);
+    pub const NEGATIVE_CACHE: Duration = Duration::from_secs(5);
+    pub const TIMEOUT: Duration = Duration::from_secs(3);
+    pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 }
 
 /// One verification key of an issuer.

@@ -976,7 +976,7 @@ fn upstream(
 
 /// An upstream header value: a literal (with `$${` unescaped) or the secret a `${env:NAME}` /
 /// `${file:PATH}` reference reads. Problems name the variable or file, never the value.
-fn header_value(
+pub(super) fn header_value(
     written: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(String, HeaderSource), String> {

@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 client for OAuth2 token endpoints (RFC 6749 §4.4, RFC 8693) on the worker's
-//! runtime: one POST of a form with HTTP Basic client authentication (client_secret_basic,
+//! A small HTTP/1.1 client for OAuth2 token endpoints (RFC 6749 §4.4, RFC 8693), introspection
+//! endpoints (RFC 7662) and metadata documents (RFC 8414) on the worker's runtime: one POST of a form with HTTP Basic client authentication (client_secret_basic,
 //! RFC 6749 §2.3.1), over plain TCP or TLS, one connection per request (tokens are fetched once
 //! per lifetime, not per request), bounded in time and size. Errors say what failed; they never
 //! carry the secret or a token.
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use crate::config::credentials::Credentials;
+use crate::config::HttpTarget;
 use crate::http::head::{parse_response, Framing};
 use crate::http::{ChunkedDecoder, Conn};
 
@@ -90,37 +91,74 @@ pub async fn request_token(c: &Credentials, body: &str) -> Result<Token, String>
 }
 
 async fn exchange(c: &Credentials, body: &str) -> Result<Token, String> {
-    let t = &c.token_target;
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        format!("token endpoint {}: {what}: {e}", c.token_url)
-    };
-    // Resolved per fetch (a token is fetched once per lifetime, and the name may move). A
-    // name is resolved by the system resolver on this thread: brief, and once per token.
+    let tls = c.tls.as_ref().map(|(cfg, name)| (cfg, name));
+    let (status, out) = call(
+        &c.token_target,
+        tls,
+        c.connect_timeout,
+        Some(&basic_auth(&c.client_id, &c.client_secret)),
+        Some(body),
+        c.max_response_bytes,
+    )
+    .await
+    .map_err(|e| format!("token endpoint {}: {e}", c.token_url))?;
+    parse_token(status, &out, Instant::now())
+        .map_err(|e| format!("token endpoint {}: {e}", c.token_url))
+}
+
+/// One request on a fresh connection (`connection: close`): a POST of the form `body` with
+/// `authorization`, or a GET when `body` is `None`; the answer's status and body (at most
+/// `max` bytes). The caller bounds the whole call in time; errors name the step that failed,
+/// never the authorization or the body.
+pub async fn call(
+    t: &HttpTarget,
+    tls: Option<(
+        &std::sync::Arc<rustls::ClientConfig>,
+        &rustls::pki_types::ServerName<'static>,
+    )>,
+    connect_timeout: Duration,
+    authorization: Option<&str>,
+    body: Option<&str>,
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    // Resolved per call (the name may move). A name is resolved by the system resolver on this
+    // thread: brief, and these calls are rare (once per token lifetime or cache lifetime).
     let addrs = t.resolve().map_err(|e| fail("resolve", &e))?;
-    let tcp = crate::http::pool::connect(&addrs, c.connect_timeout)
+    let tcp = crate::http::pool::connect(&addrs, connect_timeout)
         .await
         .map_err(|e| fail("connect", &e))?;
-    let stream = match &c.tls {
-        None => crate::tls::Stream::Plain(tcp),
-        Some((cfg, name)) => crate::tls::connect(tcp, cfg.clone(), name.clone(), c.connect_timeout)
-            .await
-            .map_err(|e| fail("TLS", &e))?,
+    let stream = match (t.tls, tls) {
+        (false, _) => crate::tls::Stream::Plain(tcp),
+        (true, Some((cfg, name))) => {
+            crate::tls::connect(tcp, cfg.clone(), name.clone(), connect_timeout)
+                .await
+                .map_err(|e| fail("TLS", &e))?
+        }
+        (true, None) => return Err("https needs a TLS configuration".into()),
     };
     let mut conn = Conn::new(stream, 4096);
-    let mut req = String::with_capacity(256 + body.len());
-    req.push_str("POST ");
+    let body_len = body.map_or(0, str::len);
+    let mut req = String::with_capacity(256 + body_len);
+    req.push_str(if body.is_some() { "POST " } else { "GET " });
     req.push_str(&t.path);
     req.push_str(" HTTP/1.1\r\nhost: ");
     req.push_str(&t.authority);
-    req.push_str("\r\nauthorization: ");
-    req.push_str(&basic_auth(&c.client_id, &c.client_secret));
-    req.push_str("\r\ncontent-type: application/x-www-form-urlencoded\r\naccept: application/json\r\nconnection: close\r\ncontent-length: ");
-    req.push_str(&body.len().to_string());
-    req.push_str("\r\n\r\n");
-    req.push_str(body);
+    if let Some(a) = authorization {
+        req.push_str("\r\nauthorization: ");
+        req.push_str(a);
+    }
+    req.push_str("\r\naccept: application/json\r\nuser-agent: tollgate\r\nconnection: close");
+    if let Some(body) = body {
+        req.push_str("\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: ");
+        req.push_str(&body.len().to_string());
+        req.push_str("\r\n\r\n");
+        req.push_str(body);
+    } else {
+        req.push_str("\r\n\r\n");
+    }
     let (res, _) = conn.write_all(req.into_bytes()).await;
     res.map_err(|e| fail("send", &e))?;
-    let max = c.max_response_bytes;
     let head = loop {
         let buf = conn.buffered();
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -192,8 +230,7 @@ async fn exchange(c: &Credentials, body: &str) -> Result<Token, String> {
             }
         },
     }
-    parse_token(head.status, &out, Instant::now())
-        .map_err(|e| format!("token endpoint {}: {e}", c.token_url))
+    Ok((head.status, out))
 }
 
 #[derive(serde::Deserialize)]

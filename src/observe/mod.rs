@@ -211,6 +211,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          signature check; miss: verified in full). Added up once a second per worker."
     );
     describe_counter!(
+        names::AUTH_INTROSPECTIONS_TOTAL,
+        "Calls to an issuer's token introspection endpoint (RFC 7662) for opaque tokens, by \
+         result (active, inactive, error); on error the request is refused 401 \
+         introspection_failed."
+    );
+    describe_counter!(
         names::AUTH_KEY_REFRESHES_TOTAL,
         "Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the \
          background refresher, by issuer and result; on error the last good keys stay in use."
@@ -272,6 +278,8 @@ pub struct WorkerMetrics {
     auth_failures: Vec<Counter>,
     /// `tollgate_auth_token_cache_total{result}`: hit, miss.
     token_cache: [Counter; 2],
+    /// By `proxy::introspect::Outcome` (position in `Outcome::ALL`).
+    introspections: [Counter; 3],
 }
 
 impl WorkerMetrics {
@@ -332,6 +340,8 @@ impl WorkerMetrics {
                 .collect(),
             token_cache: ["hit", "miss"]
                 .map(|r| metrics::counter!(names::AUTH_TOKEN_CACHE_TOTAL, "result" => r)),
+            introspections: crate::proxy::introspect::Outcome::ALL
+                .map(|o| metrics::counter!(names::AUTH_INTROSPECTIONS_TOTAL, "result" => o.as_str())),
         }
     }
 
@@ -355,6 +365,14 @@ impl WorkerMetrics {
     }
 
     /// A request refused 401, by why.
+    pub fn introspection(&self, o: crate::proxy::introspect::Outcome) {
+        let i = crate::proxy::introspect::Outcome::ALL
+            .iter()
+            .position(|x| *x == o)
+            .unwrap_or(0);
+        self.introspections[i].increment(1);
+    }
+
     pub fn auth_failure(&self, f: crate::policy::AuthFailure) {
         let i = crate::policy::AuthFailure::ALL
             .iter()

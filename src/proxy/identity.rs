@@ -9,7 +9,7 @@
 use crate::error::Kind;
 use crate::http::head::{HttpMethod, RequestHead};
 use crate::http::response;
-use crate::policy::authn::Presented;
+use crate::policy::authn::{Presented, Unresolved};
 use crate::policy::{challenge, AuthFailure};
 
 use super::client::Client;
@@ -21,20 +21,29 @@ use super::unix_now;
 /// The well-known prefix of Protected Resource Metadata (RFC 9728 §3).
 const PRM: &[u8] = b"/.well-known/oauth-protected-resource";
 
-/// Authenticates the request on `server` (which has `auth`): sets `ctx.principal`, or the 401
-/// that refuses it.
+/// Why the authenticate phase did not admit the request by itself.
+pub enum NotYet {
+    /// Refused (401, or 403 for a missing scope).
+    Refused(Refusal),
+    /// An opaque token for `auth.issuers[issuer]`'s introspection endpoint: `introspect`.
+    Introspect(usize),
+}
+
+/// Authenticates the request on `server` (which has `auth`): sets `ctx.principal`, or says why
+/// not. Synchronous: a cached token, a JWT, an API key, a certificate are decided here; an
+/// opaque token not in the cache is left to `introspect`.
 pub fn authenticate(
     w: &WorkerState,
     c: &Client,
     ctx: &mut Ctx,
     head: &RequestHead,
     server: usize,
-) -> Result<(), Refusal> {
+) -> Result<(), NotYet> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
-    let Some(auth) = gw.config.servers[server].auth.as_ref() else {
+    if gw.config.servers[server].auth.is_none() {
         return Ok(());
-    };
+    }
     let buf = c.conn.buffered();
     let target = &buf[head.target.clone()];
     let query = memchr::memchr(b'?', target).map(|q| &target[q + 1..]);
@@ -45,55 +54,116 @@ pub fn authenticate(
         peer: ctx.peer.as_deref(),
         loopback: ctx.source.is_some_and(|ip| ip.is_loopback()),
     };
-    match gen
+    let decided = gen
         .authn
-        .authenticate(&gw.config, server, &presented, unix_now())
-    {
+        .authenticate(&gw.config, server, &presented, unix_now());
+    match decided {
         Ok(p) => {
-            // Scopes the endpoint requires of every request: a token without one is 403
-            // `insufficient_scope` (another token can be asked for), not 401.
-            let missing: Vec<&str> = auth
-                .scopes
-                .iter()
-                .filter(|s| !p.has_scope(s))
-                .map(String::as_str)
-                .collect();
-            // The caller's own token is kept only where an upstream exchanges it for one of its
-            // own (RFC 8693); it never goes upstream itself.
-            if matches!(p.source, crate::policy::Source::Jwt { .. }) && exchanges_tokens(gw, server)
-            {
-                ctx.credential = presented
-                    .authorization
-                    .and_then(bearer_token)
-                    .map(std::rc::Rc::from);
-            }
-            ctx.principal = Some(p);
-            if !missing.is_empty() {
-                let scope = missing.join(" ");
-                let mut r = Refusal::because(
-                    Kind::InsufficientScope,
-                    format!("the access token lacks the scope {scope}"),
-                );
-                r.challenge = Some(challenge::insufficient_scope(gw, server, &scope));
-                return Err(r);
-            }
-            Ok(())
+            let authorization = head.authorization.clone().map(|r| &buf[r]);
+            admit(gw, ctx, server, p, authorization).map_err(NotYet::Refused)
         }
-        Err(f) => {
-            w.metrics.auth_failure(f);
-            if matches!(f, AuthFailure::UnknownKey | AuthFailure::KeysUnavailable) {
-                if let Some(k) = &gw.keys {
-                    k.unknown_kid(&auth.issuers);
-                }
-            }
-            let error = (f != AuthFailure::Missing).then(|| f.description());
-            let mut r = Refusal::because(Kind::Unauthenticated, unauthenticated_message(f));
-            r.challenge = Some(challenge::unauthorized(&auth.resource, &auth.scopes, error));
-            tracing::debug!(server = %gw.config.servers[server].path, reason = f.reason(), "request not authenticated");
-            ctx.auth_failure = Some(f);
-            Err(r)
+        Err(Unresolved::Failed(f)) => Err(NotYet::Refused(refuse(w, gw, ctx, server, f))),
+        Err(Unresolved::Introspect { issuer }) => Err(NotYet::Introspect(issuer)),
+    }
+}
+
+/// The rest of the authenticate phase for an opaque token: asks `auth.issuers[issuer]`'s
+/// introspection endpoint (single flight per worker and token, bounded by its timeout), then
+/// admits or refuses like `authenticate`. Kept out of line (the caller boxes it): its state is
+/// not part of every request's future.
+pub async fn introspect(
+    w: &WorkerState,
+    c: &Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    server: usize,
+    issuer: usize,
+) -> Result<(), Refusal> {
+    let gen = ctx.gen.clone();
+    let gw = &*gen.gw;
+    let header: Option<Box<[u8]>> = head
+        .authorization
+        .clone()
+        .map(|r| c.conn.buffered()[r].into());
+    let Some(token) = header.as_deref().and_then(bearer_token) else {
+        return Err(refuse(w, gw, ctx, server, AuthFailure::Malformed));
+    };
+    let got = gen
+        .introspect
+        .principal(
+            &gen.authn,
+            &gw.config,
+            server,
+            issuer,
+            token.as_bytes(),
+            unix_now,
+            |o| w.metrics.introspection(o),
+        )
+        .await;
+    match got {
+        Ok(p) => admit(gw, ctx, server, p, header.as_deref()),
+        Err(f) => Err(refuse(w, gw, ctx, server, f)),
+    }
+}
+
+/// An authenticated principal: kept in the context, held to the endpoint's required scopes.
+fn admit(
+    gw: &Gateway,
+    ctx: &mut Ctx,
+    server: usize,
+    p: std::rc::Rc<crate::policy::Principal>,
+    authorization: Option<&[u8]>,
+) -> Result<(), Refusal> {
+    let Some(auth) = gw.config.servers[server].auth.as_ref() else {
+        return Ok(());
+    };
+    // Scopes the endpoint requires of every request: a token without one is 403
+    // `insufficient_scope` (another token can be asked for), not 401.
+    let missing: Vec<&str> = auth
+        .scopes
+        .iter()
+        .filter(|s| !p.has_scope(s))
+        .map(String::as_str)
+        .collect();
+    // The caller's own token is kept only where an upstream exchanges it for one of its own
+    // (RFC 8693); it never goes upstream itself.
+    if matches!(
+        p.source,
+        crate::policy::Source::Jwt { .. } | crate::policy::Source::Introspection { .. }
+    ) && exchanges_tokens(gw, server)
+    {
+        ctx.credential = authorization.and_then(bearer_token).map(std::rc::Rc::from);
+    }
+    ctx.principal = Some(p);
+    if !missing.is_empty() {
+        let scope = missing.join(" ");
+        let mut r = Refusal::because(
+            Kind::InsufficientScope,
+            format!("the access token lacks the scope {scope}"),
+        );
+        r.challenge = Some(challenge::insufficient_scope(gw, server, &scope));
+        return Err(r);
+    }
+    Ok(())
+}
+
+/// The 401 for failure `f`, counted and logged.
+fn refuse(w: &WorkerState, gw: &Gateway, ctx: &mut Ctx, server: usize, f: AuthFailure) -> Refusal {
+    w.metrics.auth_failure(f);
+    let auth = gw.config.servers[server].auth.as_ref();
+    if matches!(f, AuthFailure::UnknownKey | AuthFailure::KeysUnavailable) {
+        if let (Some(k), Some(auth)) = (&gw.keys, auth) {
+            k.unknown_kid(&auth.issuers);
         }
     }
+    let error = (f != AuthFailure::Missing).then(|| f.description());
+    let mut r = Refusal::because(Kind::Unauthenticated, unauthenticated_message(f));
+    if let Some(auth) = auth {
+        r.challenge = Some(challenge::unauthorized(&auth.resource, &auth.scopes, error));
+    }
+    tracing::debug!(server = %gw.config.servers[server].path, reason = f.reason(), "request not authenticated");
+    ctx.auth_failure = Some(f);
+    r
 }
 
 /// Whether an upstream of `server` gets its token by exchanging the caller's.

@@ -39,7 +39,8 @@ impl KeyRefresh {
             .issuers
             .iter()
             .enumerate()
-            .filter(|(_, i)| i.jwks_url.is_some() || i.discovery)
+            // An opaque-only issuer (introspection, no algorithms) has no keys to fetch.
+            .filter(|(_, i)| (i.jwks_url.is_some() || i.discovery) && !i.algorithms.is_empty())
             .map(|(n, i)| KeySource {
                 issuer: n,
                 name: i.name.clone(),

@@ -16,6 +16,7 @@ mod identity;
 pub mod keys;
 pub use federate::probe;
 mod initialize;
+pub mod introspect;
 mod legacy;
 mod legacy_sse;
 pub mod reject;
@@ -201,9 +202,10 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
             }
             // Phase: authenticate (the legacy transport's stream and POSTs too).
             if head.method() != HttpMethod::Options {
-                if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
-                    c.conn.consume(head.len);
-                    return refuse(c, ctx, r).await;
+                if let Err(n) = identity::authenticate(w, c, ctx, &head, server) {
+                    if let Some(next) = Box::pin(not_yet(w, c, ctx, &head, server, n)).await {
+                        return next;
+                    }
                 }
             }
             // Boxed: a legacy stream's state stays out of every request's future.
@@ -218,9 +220,10 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
     }
     // Phase: authenticate. Every request but a CORS preflight (which carries no credentials).
     if head.method() != HttpMethod::Options {
-        if let Err(r) = identity::authenticate(w, c, ctx, &head, server) {
-            c.conn.consume(head.len);
-            return refuse(c, ctx, r).await;
+        if let Err(n) = identity::authenticate(w, c, ctx, &head, server) {
+            if let Some(next) = Box::pin(not_yet(w, c, ctx, &head, server, n)).await {
+                return next;
+            }
         }
     }
     match head.method() {
@@ -236,6 +239,30 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHea
             refuse(c, ctx, Refusal::new(Kind::MethodNotAllowed)).await
         }
     }
+}
+
+/// A request the authenticate phase could not pass at once: an opaque token is introspected
+/// (and may pass: `None`), anything else is refused here (the head consumed). Boxed where it
+/// is called, so neither the introspection's state nor the refusal's is part of every
+/// request's future.
+async fn not_yet(
+    w: &WorkerState,
+    c: &mut Client,
+    ctx: &mut Ctx,
+    head: &RequestHead,
+    server: usize,
+    n: identity::NotYet,
+) -> Option<Next> {
+    let r = match n {
+        identity::NotYet::Refused(r) => r,
+        identity::NotYet::Introspect(issuer) => {
+            identity::introspect(w, c, ctx, head, server, issuer)
+                .await
+                .err()?
+        }
+    };
+    c.conn.consume(head.len);
+    Some(refuse(c, ctx, r).await)
 }
 
 async fn preflight(c: &mut Client, ctx: &mut Ctx) -> Next {

@@ -230,6 +230,8 @@ pub struct Generation {
     pub gw: Arc<Gateway>,
     /// This worker's authentication for this config (its keys, its verified-token cache).
     pub authn: crate::policy::authn::Authn,
+    /// This worker's introspection calls for this config (single flight, discovered endpoints).
+    pub introspect: super::introspect::Introspector,
 }
 
 impl Generation {
@@ -239,7 +241,11 @@ impl Generation {
         fetched: impl IntoIterator<Item = &'a Arc<super::control::FetchedKeys>>,
     ) -> Self {
         let authn = crate::policy::authn::Authn::new(&gw.config);
-        let g = Generation { gw, authn };
+        let g = Generation {
+            gw,
+            authn,
+            introspect: Default::default(),
+        };
         for k in fetched {
             g.install_fetched(k);
         }

@@ -25,6 +25,17 @@ const ISSUER_KEYS: &[&str] = &[
     "audience",
     "leeway",
     "claims",
+    "introspection",
+];
+
+const INTROSPECTION_KEYS: &[&str] = &[
+    "endpoint",
+    "client_id",
+    "client_secret",
+    "max_cache",
+    "negative_cache",
+    "timeout",
+    "max_response_bytes",
 ];
 
 fn name_check(s: &str) -> Result<(), String> {
@@ -413,7 +424,17 @@ fn issuer(
     });
     let mut algorithms: Vec<Algorithm> = Vec::new();
     let mut algs_ok = true;
+    let opaque_only = s.value("introspection").is_some_and(|(_, v)| !v.is_null())
+        && ["algorithms", "secret", "keys", "jwks_url"]
+            .iter()
+            .all(|k| match s.value(k) {
+                None | Some((_, Value::Null)) => true,
+                Some((_, Value::Sequence(l))) => l.is_empty(),
+                Some(_) => false,
+            });
     match s.value("algorithms") {
+        // Opaque tokens only: no algorithms (`[]`, as rendered, or absent), no keys.
+        _ if opaque_only => algs_ok = false,
         None => {
             p.add(
                 &format!("{at}.algorithms"),
@@ -501,6 +522,7 @@ fn issuer(
         Ok(d)
     });
     let claims = claims(p, &s);
+    let introspection = introspection(p, &s, discovery, iss.as_deref(), env);
     // Every pinned algorithm needs a key that can verify it, unless keys are fetched.
     let fetched = jwks_url.is_some() || discovery;
     let written = s.value("secret").is_some() || s.value("keys").is_some();
@@ -557,6 +579,106 @@ fn issuer(
         audience,
         leeway,
         claims,
+        introspection: introspection.map(std::sync::Arc::new),
+    })
+}
+
+/// `auth.issuers[i].introspection` (RFC 7662); absent or null: opaque tokens are refused.
+fn introspection(
+    p: &mut Problems,
+    s: &Section,
+    discovery: bool,
+    issuer: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Introspection> {
+    use crate::config::auth::introspection_defaults as d;
+    let (at, v) = s.value("introspection")?;
+    if !matches!(v, Value::Mapping(_)) {
+        p.add(
+            &at,
+            format!(
+                "expected a mapping with client_id and client_secret (or null), got {}",
+                describe(v)
+            ),
+        );
+        return None;
+    }
+    let g = Section::open(p, at.clone(), Some(v), INTROSPECTION_KEYS);
+    let endpoint = g.get(p, "endpoint", None, |v| {
+        let u = string(v)?;
+        let t =
+            crate::policy::fetch::url(u).map_err(|e| format!("{e}: expected an http(s) URL"))?;
+        Ok(Some((u.to_string(), t)))
+    });
+    if endpoint.is_none() && g.value("endpoint").is_none_or(|(_, v)| v.is_null()) && !discovery {
+        p.add(
+            &format!("{at}.endpoint"),
+            "null needs discovery: true on the issuer (its metadata's introspection_endpoint); \
+             or give the endpoint's URL",
+        );
+    }
+    let client_id = g.required(p, "client_id", |v| {
+        let id = string(v)?;
+        if id.is_empty() || id.chars().any(char::is_control) {
+            return Err("must be non-empty text without control characters".to_string());
+        }
+        Ok(id.to_string())
+    });
+    let secret = g.required(p, "client_secret", |v| match v {
+        Value::String(s) => super::header_value(s, env),
+        _ => Err("expected a string value (put it in quotes)".to_string()),
+    });
+    let max_cache = g.get(
+        p,
+        "max_cache",
+        d::MAX_CACHE,
+        super::extract::duration(std::time::Duration::from_secs(1)),
+    );
+    let negative_cache = g.get(
+        p,
+        "negative_cache",
+        d::NEGATIVE_CACHE,
+        super::extract::duration(std::time::Duration::ZERO),
+    );
+    let timeout = g.get(
+        p,
+        "timeout",
+        d::TIMEOUT,
+        super::extract::duration(std::time::Duration::from_millis(1)),
+    );
+    let max_response_bytes = g.get(p, "max_response_bytes", d::MAX_RESPONSE_BYTES, size(256));
+    // https to the endpoint, or to the issuer's metadata when the endpoint is discovered.
+    let https = match &endpoint {
+        Some((_, t)) => t.tls,
+        None => issuer.is_some_and(|i| i.starts_with("https://")),
+    };
+    let tls = if https {
+        match crate::tls::client_config(None) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                p.add(&at, e);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let (client_secret, client_secret_source) = secret?;
+    let (endpoint, target) = match endpoint {
+        Some((e, t)) => (Some(e), Some(t)),
+        None => (None, None),
+    };
+    Some(Introspection {
+        endpoint,
+        target,
+        tls,
+        client_id: client_id?,
+        client_secret,
+        client_secret_source,
+        max_cache,
+        negative_cache,
+        timeout,
+        max_response_bytes,
     })
 }
 
@@ -697,6 +819,23 @@ pub(super) fn server_auth(
         None => scopes.clone(),
         Some(_) => strings(p, &a, "scopes_supported"),
     };
+    // Opaque tokens carry no issuer: one introspecting issuer per endpoint says which to ask.
+    let introspecting: Vec<&str> = issuers
+        .iter()
+        .filter_map(|&i| auth.issuers.get(i))
+        .filter(|i| i.introspection.is_some())
+        .map(|i| i.name.as_str())
+        .collect();
+    if introspecting.len() > 1 {
+        p.add(
+            &format!("{at}.issuers"),
+            format!(
+                "more than one issuer with introspection ({}): an opaque token names no issuer, \
+                 so an endpoint accepts opaque tokens of one issuer only",
+                introspecting.join(", ")
+            ),
+        );
+    }
     // (Unknown issuer names were reported above.)
     if issuers.is_empty() && named == 0 && !api_keys && !mtls && !development {
         p.add(

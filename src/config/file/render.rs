@@ -407,6 +407,7 @@ fn render_auth(o: &mut String, a: &crate::config::Auth) {
             path(&i.claims.roles),
             path(&i.claims.scopes)
         );
+        render_introspection(o, i.introspection.as_deref());
     }
     if a.api_keys.is_empty() {
         let _ = writeln!(o, "  api_keys: []");
@@ -561,6 +562,41 @@ fn render_rules(o: &mut String, c: &Config, rules: Option<&crate::policy::rules:
             let _ = writeln!(o, "        message: {}", q(m));
         }
     }
+}
+
+/// `auth.issuers[].introspection`: the secret as its reference or redacted.
+fn render_introspection(o: &mut String, i: Option<&crate::config::auth::Introspection>) {
+    let Some(i) = i else {
+        let _ = writeln!(o, "      introspection: null");
+        return;
+    };
+    let _ = writeln!(o, "      introspection:");
+    match &i.endpoint {
+        Some(e) => {
+            let _ = writeln!(o, "        endpoint: {}", q(e));
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "        endpoint: null  # the issuer's metadata's introspection_endpoint"
+            );
+        }
+    }
+    let _ = writeln!(o, "        client_id: {}", q(&i.client_id));
+    let shown = match &i.client_secret_source {
+        HeaderSource::Env(var) => q(&format!("${{env:{var}}}")),
+        HeaderSource::File(path) => q(&format!("${{file:{path}}}")),
+        HeaderSource::Literal => "\"<redacted>\"".to_string(),
+    };
+    let _ = writeln!(o, "        client_secret: {shown}");
+    let _ = writeln!(o, "        max_cache: {}", render_duration(i.max_cache));
+    let _ = writeln!(
+        o,
+        "        negative_cache: {}",
+        render_duration(i.negative_cache)
+    );
+    let _ = writeln!(o, "        timeout: {}", render_duration(i.timeout));
+    let _ = writeln!(o, "        max_response_bytes: {}", i.max_response_bytes);
 }
 
 /// `upstreams[].credentials`: the secret as its reference (`${env:…}`/`${file:…}`) or redacted.

@@ -1572,3 +1572,99 @@ fn upstream_credentials_parse_check_and_render_without_the_secret() {
     );
     assert!(ok(&base("null")).upstreams[0].credentials.is_none());
 }
+
+#[test]
+fn an_introspecting_issuer_may_be_opaque_only_and_its_secret_is_never_shown() {
+    let text = with_auth(
+        &format!(
+            "{{issuers: [{{name: corp, issuer: \"https://as.example\", introspection: \
+             {{endpoint: \"https://as.example/introspect\", client_id: tollgate, \
+             client_secret: \"{SECRET}\", max_cache: 10s, negative_cache: 0s}}}}]}}"
+        ),
+        "{}",
+    );
+    let c = ok(&text);
+    let i = &c.auth.issuers[0];
+    assert!(i.algorithms.is_empty() && i.keys.is_empty());
+    let x = i.introspection.as_deref().expect("introspection");
+    assert_eq!(x.endpoint.as_deref(), Some("https://as.example/introspect"));
+    assert_eq!(x.max_cache, std::time::Duration::from_secs(10));
+    assert_eq!(x.negative_cache, std::time::Duration::ZERO);
+    assert_eq!(x.timeout, std::time::Duration::from_secs(3));
+    assert!(x.tls.is_some(), "an https endpoint gets a TLS config");
+    assert!(!format!("{c:?}").contains(SECRET));
+    let shown = render_effective(&c);
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(shown.contains("client_secret: \"<redacted>\""), "{shown}");
+    // The rendering loads back to the same thing (the secret put back).
+    let again = ok(&loadable(&shown).replace("<redacted>", SECRET));
+    assert_eq!(loadable(&render_effective(&again)), loadable(&shown));
+    // Defaults: a minute's trust, five seconds of memory for an inactive token.
+    let c = ok(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", discovery: true, introspection: \
+         {client_id: t, client_secret: s}}]}",
+        "{}",
+    ));
+    let x = c.auth.issuers[0].introspection.as_deref().unwrap();
+    assert_eq!(x.endpoint, None, "from discovery");
+    assert_eq!(x.max_cache, std::time::Duration::from_secs(60));
+    assert_eq!(x.negative_cache, std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn introspection_problems_are_reported_at_their_keys() {
+    // No endpoint and no discovery to find it.
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", introspection: {client_id: t, client_secret: s}}]}",
+        "{}",
+    ));
+    assert!(
+        e.starts_with("auth.issuers[0].introspection.endpoint:") && e.contains("discovery"),
+        "{e}"
+    );
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", introspection: {endpoint: \"ftp://x\", client_id: t, client_secret: s}}]}",
+        "{}",
+    ));
+    assert!(
+        e.starts_with("auth.issuers[0].introspection.endpoint:"),
+        "{e}"
+    );
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", introspection: {endpoint: \"http://as/i\", client_secret: s}}]}",
+        "{}",
+    ));
+    assert!(
+        e.starts_with("auth.issuers[0].introspection.client_id:"),
+        "{e}"
+    );
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", introspection: {endpoint: \"http://as/i\", client_id: t, client_secret: s, max_cache: 0s}}]}",
+        "{}",
+    ));
+    assert!(
+        e.starts_with("auth.issuers[0].introspection.max_cache:"),
+        "{e}"
+    );
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\", introspection: {endpoint: \"http://as/i\", client_id: t, client_secret: s, ttl: 1s}}]}",
+        "{}",
+    ));
+    assert!(e.starts_with("auth.issuers[0].introspection.ttl:"), "{e}");
+    // Without introspection, algorithms stay required.
+    let e = err(&with_auth(
+        "{issuers: [{name: corp, issuer: \"http://as\"}]}",
+        "{}",
+    ));
+    assert!(e.starts_with("auth.issuers[0].algorithms:"), "{e}");
+    // Two introspecting issuers on one endpoint: an opaque token would not say which to ask.
+    let two = "{issuers: [\
+        {name: a, issuer: \"http://a\", introspection: {endpoint: \"http://a/i\", client_id: t, client_secret: s}},\
+        {name: b, issuer: \"http://b\", introspection: {endpoint: \"http://b/i\", client_id: t, client_secret: s}}]}";
+    let e = err(&with_auth(two, "{}"));
+    assert!(
+        e.starts_with("servers[0].auth.issuers:") && e.contains("a, b"),
+        "{e}"
+    );
+    ok(&with_auth(two, "{issuers: [b]}"));
+}

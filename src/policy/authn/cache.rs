@@ -15,18 +15,18 @@ use crate::policy::Principal;
 
 const WAYS: usize = 4;
 
-struct Slot {
+struct Slot<V> {
     hash: u64,
     server: u32,
     /// Unix seconds; the entry is served while `now < expires`.
     expires: u64,
     referenced: bool,
     token: Box<[u8]>,
-    principal: Option<Rc<Principal>>,
+    principal: Option<V>,
 }
 
-impl Slot {
-    fn empty() -> Slot {
+impl<V> Slot<V> {
+    fn empty() -> Slot<V> {
         Slot {
             hash: 0,
             server: 0,
@@ -45,8 +45,10 @@ impl Slot {
     }
 }
 
-pub struct TokenCache {
-    slots: Box<[Slot]>,
+/// `V`: what a hit hands out (a clone): the principal of a verified token, or the failure of an
+/// opaque token introspection said is inactive (the negative cache).
+pub struct TokenCache<V = Rc<Principal>> {
+    slots: Box<[Slot<V>]>,
     ways: usize,
     sets: usize,
     /// Each set's CLOCK hand.
@@ -54,9 +56,9 @@ pub struct TokenCache {
     seed: u64,
 }
 
-impl TokenCache {
+impl<V: Clone> TokenCache<V> {
     /// At most `entries` slots (rounded down to whole sets); `entries` ≥ 1.
-    pub fn new(entries: usize, seed: u64) -> TokenCache {
+    pub fn new(entries: usize, seed: u64) -> TokenCache<V> {
         let entries = entries.max(1);
         let ways = WAYS.min(entries);
         let sets = entries / ways;
@@ -96,7 +98,7 @@ impl TokenCache {
 
     /// The principal a still-valid entry for (`server`, `token`) holds.
     #[inline]
-    pub fn get(&mut self, server: u32, token: &[u8], now: u64) -> Option<Rc<Principal>> {
+    pub fn get(&mut self, server: u32, token: &[u8], now: u64) -> Option<V> {
         let hash = hash(self.seed, server, token);
         let range = self.set(hash);
         for slot in &mut self.slots[range] {
@@ -114,14 +116,7 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until `expires` (its `exp`).
-    pub fn insert(
-        &mut self,
-        server: u32,
-        token: &[u8],
-        principal: Rc<Principal>,
-        expires: u64,
-        now: u64,
-    ) {
+    pub fn insert(&mut self, server: u32, token: &[u8], principal: V, expires: u64, now: u64) {
         if expires <= now {
             return;
         }
@@ -215,7 +210,7 @@ mod tests {
 
     #[test]
     fn hit_needs_same_server_same_bytes_and_time_before_expiry() {
-        let mut c = TokenCache::new(16, 7);
+        let mut c: TokenCache = TokenCache::new(16, 7);
         c.insert(1, b"token-a", principal("a"), 100, 10);
         assert_eq!(&*c.get(1, b"token-a", 50).unwrap().subject, "a");
         assert!(c.get(2, b"token-a", 50).is_none(), "another server");
@@ -228,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_bound_holds_and_recently_used_entries_survive() {
-        let mut c = TokenCache::new(10, 1);
+        let mut c: TokenCache = TokenCache::new(10, 1);
         assert!(c.capacity() <= 10);
         for i in 0..1000u32 {
             c.insert(0, format!("t{i}").as_bytes(), principal("x"), 1000, 0);
@@ -236,7 +231,7 @@ mod tests {
         }
         assert_eq!(c.len(), c.capacity());
         // One set: a used entry gets a second chance over unused ones.
-        let mut c = TokenCache::new(4, 1);
+        let mut c: TokenCache = TokenCache::new(4, 1);
         for i in 0..4 {
             c.insert(0, &[i], principal("x"), 1000, 0);
         }

@@ -9,10 +9,18 @@
 //! issuer's leeway, `aud` against the endpoint's audience, and the configured claims. A verified
 //! token is cached per (endpoint, token) until its `exp` (`cache`).
 //!
-//! Keys live in a per-issuer `KeySet` behind an `Rc`, initially the configured ones; a key
-//! fetcher (JWKS, discovery: not built yet) replaces them per worker with `install_keys`.
+//! Keys live in a per-issuer `KeySet` behind an `Rc`, initially the configured ones; the key
+//! refresher (JWKS, discovery) replaces them per worker with `install_keys`.
+//!
+//! An opaque token (not JWT-shaped, or any token on an endpoint whose issuers have no keys) that
+//! is not an API key of the endpoint cannot be decided here: `authenticate` answers
+//! `Unresolved::Introspect`, the proxy asks the issuer's RFC 7662 endpoint and hands the answer
+//! to `introspected`, which checks it (`introspection`) and caches the outcome: an active token
+//! in the same cache as verified JWTs (until `exp`, at most `max_cache`), a refused one in the
+//! negative cache for `negative_cache`.
 
 mod cache;
+pub mod introspection;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -29,6 +37,27 @@ use crate::config::{Config, ServerAuth};
 use crate::tls::PeerIdentity;
 
 pub use cache::TokenCache;
+
+/// What `authenticate` could not settle by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// Refused (401).
+    Failed(AuthFailure),
+    /// An opaque token: ask `auth.issuers[issuer]`'s introspection endpoint, then `introspected`.
+    Introspect { issuer: usize },
+}
+
+impl From<AuthFailure> for Unresolved {
+    fn from(f: AuthFailure) -> Self {
+        Unresolved::Failed(f)
+    }
+}
+
+impl PartialEq<AuthFailure> for Unresolved {
+    fn eq(&self, f: &AuthFailure) -> bool {
+        *self == Unresolved::Failed(*f)
+    }
+}
 
 /// What one request presents, as the proxy read it from the head and the connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -128,6 +157,9 @@ pub struct Authn {
     api_keys: Vec<([u8; 32], Rc<Principal>)>,
     development: Option<Rc<Principal>>,
     cache: RefCell<TokenCache>,
+    /// Opaque tokens introspection refused (inactive, or active but not for here), for their
+    /// issuer's `negative_cache`.
+    negative: RefCell<TokenCache<AuthFailure>>,
     /// Token cache lookups that found a valid entry / did not.
     pub cache_hits: Cell<u64>,
     pub cache_misses: Cell<u64>,
@@ -196,6 +228,10 @@ impl Authn {
                 cfg.auth.token_cache_entries,
                 u64::from_le_bytes(seed),
             )),
+            negative: RefCell::new(TokenCache::new(
+                cfg.auth.token_cache_entries,
+                u64::from_le_bytes(seed).rotate_left(17),
+            )),
             cache_hits: Cell::new(0),
             cache_misses: Cell::new(0),
             published: Cell::new((0, 0)),
@@ -226,18 +262,19 @@ impl Authn {
 
     /// Who the request is, for `cfg.servers[server]` (which must have `auth`; an endpoint
     /// without it is open and never asks). `now_unix`: the current time in Unix seconds.
+    /// `Unresolved::Introspect`: an opaque token the caller must introspect (`introspected`).
     pub fn authenticate(
         &self,
         cfg: &Config,
         server: usize,
         req: &Presented<'_>,
         now_unix: u64,
-    ) -> Result<Rc<Principal>, AuthFailure> {
+    ) -> Result<Rc<Principal>, Unresolved> {
         let Some(sa) = cfg.servers.get(server).and_then(|s| s.auth.as_ref()) else {
-            return Err(AuthFailure::Missing);
+            return Err(AuthFailure::Missing.into());
         };
         if req.query.is_some_and(query_has_token) {
-            return Err(AuthFailure::InQuery);
+            return Err(AuthFailure::InQuery.into());
         }
         let max = cfg.auth.max_token_bytes;
         if let Some(header) = req.authorization {
@@ -249,32 +286,123 @@ impl Authn {
                 return Ok(p);
             }
             if !token68(token) {
-                return Err(AuthFailure::Malformed);
+                return Err(AuthFailure::Malformed.into());
             }
-            if token.iter().filter(|&&b| b == b'.').count() == 2 {
-                return self.jwt(cfg, sa, server, token, now_unix);
+            let jwt_shaped = token.iter().filter(|&&b| b == b'.').count() == 2;
+            let introspecting = introspecting_issuer(cfg, sa);
+            // JWT-shaped tokens are verified when some issuer here has keys (algorithms); an
+            // endpoint whose issuers only introspect sends every token to introspection.
+            if jwt_shaped && (introspecting.is_none() || verifies_jwts(cfg, sa)) {
+                return Ok(self.jwt(cfg, sa, server, token, now_unix)?);
             }
-            return if sa.api_keys {
-                self.api_key(token)
+            let api = if sa.api_keys {
+                match self.api_key(token) {
+                    Ok(p) => return Ok(p),
+                    Err(f) => f,
+                }
             } else {
-                Err(AuthFailure::Malformed)
+                AuthFailure::Malformed
             };
+            let Some(issuer) = introspecting else {
+                return Err(api.into());
+            };
+            self.cache_misses.set(self.cache_misses.get() + 1);
+            if let Some(f) = self
+                .negative
+                .borrow_mut()
+                .get(server as u32, token, now_unix)
+            {
+                return Err(f.into());
+            }
+            return Err(Unresolved::Introspect { issuer });
         }
         if let (Some(key), true) = (req.api_key, sa.api_keys) {
             if key.len() > max {
-                return Err(AuthFailure::TooLarge);
+                return Err(AuthFailure::TooLarge.into());
             }
-            return self.api_key(key);
+            return Ok(self.api_key(key)?);
         }
         if let (Some(peer), true) = (req.peer, sa.mtls) {
-            return mtls_principal(cfg, peer).map(Rc::new);
+            return Ok(mtls_principal(cfg, peer).map(Rc::new)?);
         }
         if sa.development && req.loopback {
             if let Some(d) = &self.development {
                 return Ok(d.clone());
             }
         }
-        Err(AuthFailure::Missing)
+        Err(AuthFailure::Missing.into())
+    }
+
+    /// What the caches say of `token` on `cfg.servers[server]` (a request that waited for
+    /// another's introspection of the same token reads its outcome here).
+    pub fn cached(
+        &self,
+        server: usize,
+        token: &[u8],
+        now: u64,
+    ) -> Option<Result<Rc<Principal>, AuthFailure>> {
+        if let Some(p) = self.cache.borrow_mut().get(server as u32, token, now) {
+            return Some(Ok(p));
+        }
+        self.negative
+            .borrow_mut()
+            .get(server as u32, token, now)
+            .map(Err)
+    }
+
+    /// The introspection endpoint's answer (`status`, `body`) for `token` on `cfg.servers[server]`,
+    /// asked of `auth.issuers[issuer]` (what `authenticate` said): checked, and its outcome
+    /// cached (an active token until min(`exp`, now + `max_cache`); a refused one for
+    /// `negative_cache`; an answer that is not one, never).
+    pub fn introspected(
+        &self,
+        cfg: &Config,
+        server: usize,
+        issuer: usize,
+        token: &[u8],
+        answer: Result<(u16, &[u8]), ()>,
+        now: u64,
+    ) -> Result<Rc<Principal>, AuthFailure> {
+        let (Some(sa), Some(is)) = (
+            cfg.servers.get(server).and_then(|s| s.auth.as_ref()),
+            cfg.auth.issuers.get(issuer),
+        ) else {
+            return Err(AuthFailure::IntrospectionFailed);
+        };
+        let Some(conf) = is.introspection.as_deref() else {
+            return Err(AuthFailure::IntrospectionFailed);
+        };
+        let (status, body) = answer.map_err(|()| AuthFailure::IntrospectionFailed)?;
+        if status != 200 {
+            return Err(AuthFailure::IntrospectionFailed);
+        }
+        match introspection::check(issuer, is, sa, body, now) {
+            Ok(p) => {
+                let until = p
+                    .expires_at
+                    .unwrap_or(u64::MAX)
+                    .min(now.saturating_add(conf.max_cache.as_secs()));
+                let p = Rc::new(p);
+                self.cache
+                    .borrow_mut()
+                    .insert(server as u32, token, p.clone(), until, now);
+                Ok(p)
+            }
+            Err(AuthFailure::IntrospectionFailed) => Err(AuthFailure::IntrospectionFailed),
+            Err(f) => {
+                let secs = conf.negative_cache.as_secs();
+                if secs > 0 {
+                    self.negative.borrow_mut().insert(
+                        server as u32,
+                        token,
+                        f,
+                        now.saturating_add(secs),
+                        now,
+                    );
+                }
+                Err(f)
+            }
+        }
     }
 
     fn api_key(&self, presented: &[u8]) -> Result<Rc<Principal>, AuthFailure> {
@@ -484,6 +612,26 @@ pub fn mint_hs256(
     .map_err(|e| e.to_string())
 }
 
+/// The issuer of endpoint `sa` that introspects opaque tokens (at most one, checked at load).
+fn introspecting_issuer(cfg: &Config, sa: &ServerAuth) -> Option<usize> {
+    sa.issuers.iter().copied().find(|&i| {
+        cfg.auth
+            .issuers
+            .get(i)
+            .is_some_and(|is| is.introspection.is_some())
+    })
+}
+
+/// Whether some issuer of endpoint `sa` verifies JWTs (has pinned algorithms).
+fn verifies_jwts(cfg: &Config, sa: &ServerAuth) -> bool {
+    sa.issuers.iter().any(|&i| {
+        cfg.auth
+            .issuers
+            .get(i)
+            .is_some_and(|is| !is.algorithms.is_empty())
+    })
+}
+
 fn boxed(list: &[String]) -> Box<[Box<str>]> {
     list.iter().map(|s| s.as_str().into()).collect()
 }
@@ -503,7 +651,7 @@ pub fn principal_id(kind: &str, scope: &str, subject: &str) -> [u8; 16] {
 }
 
 /// A NumericDate: seconds since the epoch, possibly fractional (rounded down).
-fn numeric_date(v: &Value) -> Option<u64> {
+pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| {
         v.as_f64()
             .filter(|f| f.is_finite() && *f >= 0.0)
@@ -511,12 +659,12 @@ fn numeric_date(v: &Value) -> Option<u64> {
     })
 }
 
-fn lookup<'v>(claims: &'v Value, path: &ClaimPath) -> Option<&'v Value> {
+pub(crate) fn lookup<'v>(claims: &'v Value, path: &ClaimPath) -> Option<&'v Value> {
     path.0.iter().try_fold(claims, |v, key| v.get(key.as_str()))
 }
 
 /// An array of strings or one space-separated string; absent or null = none.
-fn string_set(v: Option<&Value>) -> Result<Box<[Box<str>]>, AuthFailure> {
+pub(crate) fn string_set(v: Option<&Value>) -> Result<Box<[Box<str>]>, AuthFailure> {
     match v {
         None | Some(Value::Null) => Ok(Box::new([])),
         Some(Value::String(s)) => Ok(s

@@ -131,6 +131,15 @@ fn auth_header(
         ..Presented::default()
     };
     a.authenticate(cfg, server(cfg, path), &req, now)
+        .map_err(settled)
+}
+
+/// A failure `authenticate` settled by itself (no introspection asked).
+fn settled(u: Unresolved) -> AuthFailure {
+    match u {
+        Unresolved::Failed(f) => f,
+        Unresolved::Introspect { issuer } => panic!("introspection of issuer {issuer} asked"),
+    }
 }
 
 fn token(a: &Authn, cfg: &Config, path: &str, token: &str) -> Result<Rc<Principal>, AuthFailure> {
@@ -512,4 +521,235 @@ fn mtls_principal_from_the_certificate() {
         a.authenticate(&cfg, 1, &req, NOW).unwrap_err(),
         AuthFailure::Missing
     );
+}
+
+// ---- opaque tokens (introspection) ----
+
+const OPAQUE_RES: &str = "https://o.example/mcp";
+
+/// /o: an opaque-only issuer (introspection, no keys) and an API key; /m: the same issuer
+/// beside the HS256 one (JWTs verified, other tokens introspected); /j: JWTs only.
+fn opaque_setup() -> Config {
+    let key_hash = hash_key(API_KEY.as_bytes());
+    let yaml = format!(
+        r#"
+upstreams: [{{name: d, url: "builtin:demo"}}]
+servers:
+  - {{path: /o, upstream: d, auth: {{issuers: [corp], resource: "{OPAQUE_RES}"}}}}
+  - {{path: /m, upstream: d, auth: {{issuers: [hs, corp], api_keys: false, resource: "{OPAQUE_RES}"}}}}
+  - {{path: /j, upstream: d, auth: {{issuers: [hs], api_keys: false}}}}
+auth:
+  issuers:
+    - {{name: hs, issuer: "https://hs", algorithms: [HS256], secret: "{SECRET}"}}
+    - name: corp
+      issuer: "https://corp"
+      claims: {{tenant: org.id}}
+      introspection: {{endpoint: "http://127.0.0.1:1/introspect", client_id: tollgate,
+                      client_secret: s, max_cache: 60s, negative_cache: 5s}}
+  api_keys: [{{name: ci-bot, sha256: "{key_hash}", roles: [admin]}}]
+"#
+    );
+    crate::config::load_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn active(extra: serde_json::Value) -> Vec<u8> {
+    let mut v = json!({"active": true, "iss": "https://corp", "aud": OPAQUE_RES, "sub": "alice",
+        "client_id": "app-1", "scope": "mcp:tools mcp:read", "roles": ["reader"],
+        "org": {"id": "acme"}, "exp": NOW + 3600, "iat": NOW - 5});
+    for (k, x) in extra.as_object().unwrap() {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x.clone();
+        }
+    }
+    v.to_string().into_bytes()
+}
+
+fn opaque(
+    a: &Authn,
+    cfg: &Config,
+    path: &str,
+    tok: &str,
+    now: u64,
+) -> Result<Rc<Principal>, Unresolved> {
+    let req = Presented {
+        authorization: Some(&bearer_of(tok)),
+        ..Presented::default()
+    };
+    a.authenticate(cfg, server(cfg, path), &req, now)
+}
+
+const CORP: usize = 1;
+
+#[test]
+fn an_opaque_token_asks_for_introspection_of_the_endpoints_introspecting_issuer() {
+    let cfg = opaque_setup();
+    let a = Authn::new(&cfg);
+    let ask = Err(Unresolved::Introspect { issuer: CORP });
+    assert_eq!(
+        opaque(&a, &cfg, "/o", "opaque-abc_123", NOW).map(|_| ()),
+        ask
+    );
+    // An opaque-only endpoint sends JWT-shaped tokens to introspection too.
+    assert_eq!(opaque(&a, &cfg, "/o", "a.b.c", NOW).map(|_| ()), ask);
+    // Beside an issuer with keys, a JWT is verified here, other tokens introspected.
+    let mut c = claims("https://hs");
+    c["aud"] = json!(OPAQUE_RES);
+    let jwt = mint(
+        Algorithm::HS256,
+        None,
+        &c,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    );
+    assert!(opaque(&a, &cfg, "/m", &jwt, NOW).is_ok());
+    assert_eq!(opaque(&a, &cfg, "/m", "opaque-abc", NOW).map(|_| ()), ask);
+    // Without an introspecting issuer an opaque token stays malformed; an API key is a key.
+    assert_eq!(
+        opaque(&a, &cfg, "/j", "opaque-abc", NOW).unwrap_err(),
+        AuthFailure::Malformed
+    );
+    assert_eq!(
+        &*opaque(&a, &cfg, "/o", API_KEY, NOW).unwrap().subject,
+        "ci-bot"
+    );
+    assert_eq!(
+        opaque(&a, &cfg, "/o", "not valid!", NOW).unwrap_err(),
+        AuthFailure::Malformed
+    );
+}
+
+#[test]
+fn an_active_answer_becomes_a_principal_cached_at_most_max_cache() {
+    let cfg = opaque_setup();
+    let a = Authn::new(&cfg);
+    let o = server(&cfg, "/o");
+    let p = a
+        .introspected(&cfg, o, CORP, b"tok-1", Ok((200, &active(json!({})))), NOW)
+        .unwrap();
+    assert_eq!(
+        p.source,
+        Source::Introspection {
+            issuer: CORP as u16
+        }
+    );
+    assert_eq!(&*p.subject, "alice");
+    assert_eq!(p.client.as_deref(), Some("app-1"));
+    assert_eq!(p.tenant.as_deref(), Some("acme"));
+    assert!(p.has_role("reader") && p.has_scope("mcp:tools") && p.has_scope("mcp:read"));
+    assert_eq!(p.expires_at, Some(NOW + 3600));
+    assert_eq!(p.id, principal_id("introspection", "https://corp", "alice"));
+    // Cached: the next request is a hit, until max_cache (60s), well before exp.
+    assert_eq!(
+        &*opaque(&a, &cfg, "/o", "tok-1", NOW + 59).unwrap().subject,
+        "alice"
+    );
+    assert_eq!(
+        opaque(&a, &cfg, "/o", "tok-1", NOW + 60).map(|_| ()),
+        Err(Unresolved::Introspect { issuer: CORP })
+    );
+    // Never past exp.
+    let soon = active(json!({"exp": NOW + 10}));
+    a.introspected(&cfg, o, CORP, b"tok-2", Ok((200, &soon)), NOW)
+        .unwrap();
+    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 9).is_ok());
+    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 10).is_err());
+    // A machine token without sub is its client; an aud list that names the resource will do;
+    // no exp: max_cache alone bounds it.
+    let p = a
+        .introspected(
+            &cfg,
+            o,
+            CORP,
+            b"tok-3",
+            Ok((
+                200,
+                &active(json!({"sub": null, "aud": ["x", OPAQUE_RES], "exp": null, "iss": null})),
+            )),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!((&*p.subject, p.expires_at), ("app-1", None));
+    assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 59).is_ok());
+    assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 60).is_err());
+}
+
+#[test]
+fn answers_that_do_not_admit_are_refused_for_a_reason_and_remembered_briefly() {
+    let cfg = opaque_setup();
+    let a = Authn::new(&cfg);
+    let o = server(&cfg, "/o");
+    let cases: Vec<(serde_json::Value, AuthFailure)> = vec![
+        (json!({"active": false}), AuthFailure::Inactive),
+        (json!({"active": "true"}), AuthFailure::Inactive),
+        (json!({"iss": "https://other"}), AuthFailure::WrongIssuer),
+        (
+            json!({"aud": "https://another/mcp"}),
+            AuthFailure::WrongAudience,
+        ),
+        (
+            json!({"aud": ["https://another/mcp"]}),
+            AuthFailure::WrongAudience,
+        ),
+        (json!({"aud": null}), AuthFailure::WrongAudience),
+        (json!({"exp": NOW - 31}), AuthFailure::Expired),
+        (json!({"exp": "soon"}), AuthFailure::BadClaims),
+        (json!({"nbf": NOW + 31}), AuthFailure::NotYetValid),
+        (
+            json!({"sub": null, "client_id": null}),
+            AuthFailure::BadClaims,
+        ),
+        (
+            json!({"roles": "reader", "org": {"id": 7}}),
+            AuthFailure::BadClaims,
+        ),
+    ];
+    for (i, (extra, want)) in cases.iter().enumerate() {
+        let tok = format!("bad-{i}");
+        let body = if extra == &json!({"active": false}) {
+            br#"{"active":false}"#.to_vec()
+        } else {
+            active(extra.clone())
+        };
+        let got = a.introspected(&cfg, o, CORP, tok.as_bytes(), Ok((200, &body)), NOW);
+        assert_eq!(got.unwrap_err(), *want, "{extra}");
+        // Remembered for negative_cache (5s): no second call meanwhile.
+        assert_eq!(
+            opaque(&a, &cfg, "/o", &tok, NOW + 4).unwrap_err(),
+            *want,
+            "{extra}"
+        );
+        assert_eq!(
+            opaque(&a, &cfg, "/o", &tok, NOW + 5).map(|_| ()),
+            Err(Unresolved::Introspect { issuer: CORP })
+        );
+    }
+    // Leeway: 30s past exp still passes.
+    assert!(a
+        .introspected(
+            &cfg,
+            o,
+            CORP,
+            b"late",
+            Ok((200, &active(json!({"exp": NOW - 30})))),
+            NOW
+        )
+        .is_ok());
+    // Not an answer (not 200, not a JSON object, no answer at all): failed, never cached.
+    for (tok, answer) in [
+        ("e1", Ok((500, &b"{\"active\":true}"[..]))),
+        ("e2", Ok((200, &b"<html>"[..]))),
+        ("e3", Ok((200, &b"[true]"[..]))),
+        ("e4", Err(())),
+    ] {
+        assert_eq!(
+            a.introspected(&cfg, o, CORP, tok.as_bytes(), answer, NOW)
+                .unwrap_err(),
+            AuthFailure::IntrospectionFailed
+        );
+        assert_eq!(
+            opaque(&a, &cfg, "/o", tok, NOW).map(|_| ()),
+            Err(Unresolved::Introspect { issuer: CORP })
+        );
+    }
 }

@@ -1,0 +1,371 @@
+//! Opaque access tokens asked about at the issuer's introspection endpoint (RFC 7662), on the
+//! worker: a POST of `token=…&token_type_hint=access_token` with client_secret_basic through
+//! `http::client`, bounded by the issuer's `introspection.timeout` (discovery of the endpoint
+//! included), failing closed (401 `introspection_failed`). The answer is judged and cached by
+//! `policy::authn` (`Authn::introspected`); this file only does the I/O.
+//!
+//! Single flight per (worker, endpoint, token): a request whose token is being introspected
+//! already waits for that call and then reads the cache; only when the call left nothing in it
+//! (an error) does it ask itself. An endpoint left `null` is found in the issuer's metadata
+//! (RFC 8414, then OpenID Connect discovery, whose `issuer` must be the issuer) once per
+//! worker and config generation.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use crate::config::auth::Introspection;
+use crate::config::{Config, HttpTarget};
+use crate::http::client;
+use crate::policy::authn::Authn;
+use crate::policy::{AuthFailure, Principal};
+
+/// (server, token) being introspected → the requests waiting for it.
+type InFlight = RefCell<HashMap<(u32, Box<[u8]>), Vec<Waker>>>;
+
+/// One worker's introspection state for one config generation.
+#[derive(Default)]
+pub struct Introspector {
+    /// Per `auth.issuers[i]`: its introspection endpoint found through discovery.
+    discovered: RefCell<HashMap<usize, Rc<(String, HttpTarget)>>>,
+    inflight: InFlight,
+}
+
+/// What one call to the endpoint came to (`tollgate_auth_introspections_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Active,
+    Inactive,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Active, Outcome::Inactive, Outcome::Error];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Active => "active",
+            Outcome::Inactive => "inactive",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Ends a flight however its future ends (completed or dropped): wakes the waiters.
+struct Flight<'a> {
+    map: &'a InFlight,
+    key: Option<(u32, Box<[u8]>)>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Some(waiters) = self.map.borrow_mut().remove(&key) {
+                for w in waiters {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
+impl Introspector {
+    /// The principal of opaque `token` on `cfg.servers[server]`, asked of `auth.issuers[issuer]`
+    /// (what `Authn::authenticate` said). `count` records each call's outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn principal(
+        &self,
+        authn: &Authn,
+        cfg: &Config,
+        server: usize,
+        issuer: usize,
+        token: &[u8],
+        now: impl Fn() -> u64,
+        count: impl Fn(Outcome),
+    ) -> Result<Rc<Principal>, AuthFailure> {
+        let Some(is) = cfg.auth.issuers.get(issuer) else {
+            return Err(AuthFailure::IntrospectionFailed);
+        };
+        let Some(conf) = is.introspection.as_deref() else {
+            return Err(AuthFailure::IntrospectionFailed);
+        };
+        let key = (server as u32, Box::<[u8]>::from(token));
+        let mut waited = false;
+        loop {
+            if waited {
+                if let Some(r) = authn.cached(server, token, now()) {
+                    return r;
+                }
+            }
+            let leading = {
+                let mut map = self.inflight.borrow_mut();
+                if map.contains_key(&key) {
+                    false
+                } else {
+                    map.insert(key.clone(), Vec::new());
+                    true
+                }
+            };
+            if leading {
+                break;
+            }
+            let mut registered = false;
+            std::future::poll_fn(|cx| {
+                let mut map = self.inflight.borrow_mut();
+                match map.get_mut(&key) {
+                    Some(waiters) if !registered => {
+                        waiters.push(cx.waker().clone());
+                        registered = true;
+                        Poll::Pending
+                    }
+                    Some(waiters) => {
+                        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                            waiters.push(cx.waker().clone());
+                        }
+                        Poll::Pending
+                    }
+                    None => Poll::Ready(()),
+                }
+            })
+            .await;
+            waited = true;
+        }
+        let _flight = Flight {
+            map: &self.inflight,
+            key: Some(key),
+        };
+        let answer =
+            match monoio::time::timeout(conf.timeout, self.ask(cfg, issuer, conf, token)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no answer within {} ms (introspection.timeout)",
+                    conf.timeout.as_millis()
+                )),
+            };
+        let result = match &answer {
+            Ok((status, body)) => {
+                let r = authn.introspected(
+                    cfg,
+                    server,
+                    issuer,
+                    token,
+                    Ok((*status, body.as_slice())),
+                    now(),
+                );
+                if matches!(r, Err(AuthFailure::IntrospectionFailed)) {
+                    let why = if *status == 200 {
+                        "the answer is not a JSON object".to_string()
+                    } else {
+                        format!("HTTP {status}")
+                    };
+                    tracing::warn!(issuer = %is.name, error = %why, "token introspection failed; the request is refused");
+                }
+                r
+            }
+            Err(why) => {
+                tracing::warn!(issuer = %is.name, error = %why, "token introspection failed; the request is refused");
+                authn.introspected(cfg, server, issuer, token, Err(()), now())
+            }
+        };
+        count(match result {
+            Err(AuthFailure::IntrospectionFailed) => Outcome::Error,
+            Err(AuthFailure::Inactive) => Outcome::Inactive,
+            _ => Outcome::Active,
+        });
+        result
+    }
+
+    /// One call: the endpoint (discovered if need be), then the POST.
+    async fn ask(
+        &self,
+        cfg: &Config,
+        issuer: usize,
+        conf: &Introspection,
+        token: &[u8],
+    ) -> Result<(u16, Vec<u8>), String> {
+        let found;
+        let (url, target) = match (&conf.endpoint, &conf.target) {
+            (Some(u), Some(t)) => (u.as_str(), t),
+            _ => {
+                found = self.discover(cfg, issuer, conf).await?;
+                (found.0.as_str(), &found.1)
+            }
+        };
+        let token = std::str::from_utf8(token).map_err(|_| "the token is not text".to_string())?;
+        let body = client::form(&[
+            ("token", Some(token)),
+            ("token_type_hint", Some("access_token")),
+        ]);
+        let tls = tls_for(conf, target)?;
+        client::call(
+            target,
+            tls.as_ref().map(|(c, n)| (c, n)),
+            conf.timeout,
+            Some(&client::basic_auth(&conf.client_id, &conf.client_secret)),
+            Some(&body),
+            conf.max_response_bytes,
+        )
+        .await
+        .map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// The issuer's `introspection_endpoint` from its metadata (cached per worker).
+    async fn discover(
+        &self,
+        cfg: &Config,
+        issuer: usize,
+        conf: &Introspection,
+    ) -> Result<Rc<(String, HttpTarget)>, String> {
+        if let Some(d) = self.discovered.borrow().get(&issuer) {
+            return Ok(d.clone());
+        }
+        let iss = &cfg.auth.issuers[issuer].issuer;
+        let mut errors = Vec::new();
+        for u in crate::policy::fetch::metadata_urls(iss) {
+            let target = crate::policy::fetch::url(&u)?;
+            let tls = tls_for(conf, &target)?;
+            let got = client::call(
+                &target,
+                tls.as_ref().map(|(c, n)| (c, n)),
+                conf.timeout,
+                None,
+                None,
+                crate::policy::fetch::MAX_DOCUMENT,
+            )
+            .await;
+            let doc = match got {
+                Ok((200, doc)) => doc,
+                Ok((status, _)) => {
+                    errors.push(format!("{u}: HTTP {status}"));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(format!("{u}: {e}"));
+                    continue;
+                }
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(&doc).map_err(|e| format!("{u}: not JSON: {e}"))?;
+            if v["issuer"].as_str() != Some(iss.as_str()) {
+                return Err(format!("{u}: its issuer is {}, not {iss:?}", v["issuer"]));
+            }
+            let endpoint = v["introspection_endpoint"]
+                .as_str()
+                .ok_or_else(|| format!("{u}: the metadata has no introspection_endpoint"))?;
+            let t = crate::policy::fetch::url(endpoint)?;
+            let d = Rc::new((endpoint.to_string(), t));
+            self.discovered.borrow_mut().insert(issuer, d.clone());
+            return Ok(d);
+        }
+        Err(errors.join("; "))
+    }
+}
+
+/// The TLS config and name for an https `target` (system roots, built at config load).
+fn tls_for(
+    conf: &Introspection,
+    target: &HttpTarget,
+) -> Result<
+    Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    String,
+> {
+    if !target.tls {
+        return Ok(None);
+    }
+    let cfg = match &conf.tls {
+        Some(c) => c.clone(),
+        None => crate::tls::client_config(None)?,
+    };
+    Ok(Some((cfg, crate::tls::server_name(&target.host)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Three requests with one token on one worker: the first asks, the two others wait for
+    /// its answer (the endpoint holds it until both are waiting), and all three are admitted.
+    #[test]
+    fn concurrent_requests_with_one_token_share_one_call() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"token_type_hint=access_token") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Held until the test says both others wait (or gives up waiting).
+                let _ = go_rx.recv();
+                let body = format!(
+                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+                    unix_now() + 600
+                );
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, issuer: \"https://corp\", introspection: \
+             {{endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        );
+        let cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
+        let authn = Authn::new(&cfg);
+        let intro = Introspector::default();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (a, b, c, waiting) = rt.block_on(async {
+            let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
+            let release = async {
+                // Bounded, so a broken single flight fails the asserts below instead of hanging.
+                let mut waiting = 0;
+                for _ in 0..2000 {
+                    waiting = intro.inflight.borrow().values().next().map_or(0, Vec::len);
+                    if waiting == 2 {
+                        break;
+                    }
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                let _ = go_tx.send(());
+                drop(go_tx);
+                waiting
+            };
+            monoio::join!(one(), one(), one(), release)
+        });
+        assert_eq!(waiting, 2, "two requests waited for the first one's call");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for p in [a, b, c] {
+            assert_eq!(&*p.unwrap().subject, "s");
+        }
+        assert!(intro.inflight.borrow().is_empty());
+        assert!(authn.cached(0, b"tok-1", unix_now()).is_some());
+    }
+}
