@@ -41,17 +41,7 @@ pub fn check(
         Some(Value::String(s)) if *s == issuer.issuer => {}
         Some(_) => return Err(WrongIssuer),
     }
-    let resource = std::slice::from_ref(&sa.resource);
-    let audiences = issuer.audience.as_deref().unwrap_or(resource);
-    let aud_ok = match answer.get("aud") {
-        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| audiences.iter().any(|x| x == a)),
-        _ => false,
-    };
-    if !aud_ok {
+    if !super::audience_ok(answer.get("aud"), issuer, sa) {
         return Err(WrongAudience);
     }
     let leeway = issuer.leeway.as_secs();

@@ -527,17 +527,7 @@ impl Authn {
                 },
             }
         }
-        let resource = std::slice::from_ref(&sa.resource);
-        let audiences = issuer.audience.as_deref().unwrap_or(resource);
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !aud_ok {
+        if !audience_ok(claims.get("aud"), issuer, sa) {
             return Err(WrongAudience);
         }
 
@@ -657,6 +647,25 @@ pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
             .filter(|f| f.is_finite() && *f >= 0.0)
             .map(|f| f as u64)
     })
+}
+
+/// Whether `aud` (a string or a list of them) names the endpoint's resource, or one of the
+/// issuer's `audience` when it has them. Absent or of another shape: it does not.
+pub(super) fn audience_ok(
+    aud: Option<&Value>,
+    issuer: &crate::config::auth::Issuer,
+    sa: &ServerAuth,
+) -> bool {
+    let resource = std::slice::from_ref(&sa.resource);
+    let audiences = issuer.audience.as_deref().unwrap_or(resource);
+    match aud {
+        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.iter().any(|x| x == a)),
+        _ => false,
+    }
 }
 
 pub(crate) fn lookup<'v>(claims: &'v Value, path: &ClaimPath) -> Option<&'v Value> {
