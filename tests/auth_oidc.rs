@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use auth_server::{AuthOptions, AuthServer};
-use harness::{eventually, metric_value, Gateway, Mcp};
+use harness::{eventually, metric_value, tool_names, Gateway, Mcp};
 use serde_json::{json, Value};
 
 /// A resource the authorization server also issues tokens for: not this endpoint.
@@ -54,17 +54,6 @@ fn setup() -> Option<(AuthServer, Gateway, String)> {
         ))
         .start();
     Some((auth, gw, resource))
-}
-
-fn tool_names(r: &Value) -> Vec<String> {
-    let mut n: Vec<String> = r["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect();
-    n.sort();
-    n
 }
 
 /// Lists the tools with `token` once the gateway has the keys (they are fetched in the
@@ -304,6 +293,26 @@ fn upstreams_get_their_own_tokens_by_exchange_and_client_credentials() {
     assert_eq!(cc["sub"], "admin-bot", "{cc}");
 }
 
+/// Every request in `seen` (method, Authorization) reached the member with a token exchanged
+/// for `who` (its subject, the member's audience `aud`, the gateway as actor), never `caller`'s
+/// own token.
+fn assert_exchanged_for(who: &str, caller: &str, aud: &str, seen: &[(String, Option<String>)]) {
+    for (method, a) in seen {
+        let a = a
+            .as_deref()
+            .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
+        let t = a.strip_prefix("Bearer ").expect("a bearer token");
+        assert_ne!(
+            t, caller,
+            "{who}: the caller's own token reached ex ({method})"
+        );
+        let claims = auth_server::jwt_parts(t).1;
+        assert_eq!(claims["sub"], who, "{method}: {claims}");
+        assert_eq!(claims["aud"], aud, "{method}: {claims}");
+        assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
+    }
+}
+
 /// A federated endpoint's own requests to its members (initialize, the aggregated list and the
 /// routing table behind it, routed calls, a batch, DELETE) are made on behalf of the caller: the
 /// member with `token_exchange` gets a token exchanged for that caller (its subject, the
@@ -411,20 +420,7 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
             2,
             "{methods:?}"
         );
-        for (method, a) in &seen {
-            let a = a
-                .as_deref()
-                .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
-            let t = a.strip_prefix("Bearer ").expect("a bearer token");
-            assert_ne!(
-                t, caller,
-                "{who}: the caller's own token reached ex ({method})"
-            );
-            let claims = auth_server::jwt_parts(t).1;
-            assert_eq!(claims["sub"], who, "{method}: {claims}");
-            assert_eq!(claims["aud"], ex_aud, "{method}: {claims}");
-            assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
-        }
+        assert_exchanged_for(who, &caller, ex_aud, &seen);
         let plain: Vec<_> = std::mem::take(&mut *seen_plain.lock().unwrap());
         assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
         assert!(
@@ -482,20 +478,7 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
                 "{who}: no {want} reached ex: {methods:?}"
             );
         }
-        for (method, a) in &seen {
-            let a = a
-                .as_deref()
-                .unwrap_or_else(|| panic!("{who}: {method} reached ex without a token"));
-            let t = a.strip_prefix("Bearer ").expect("a bearer token");
-            assert_ne!(
-                t, caller,
-                "{who}: the caller's own token reached ex ({method})"
-            );
-            let claims = auth_server::jwt_parts(t).1;
-            assert_eq!(claims["sub"], who, "{method}: {claims}");
-            assert_eq!(claims["aud"], ex_aud, "{method}: {claims}");
-            assert_eq!(claims["act"]["sub"], "gateway", "{method}: {claims}");
-        }
+        assert_exchanged_for(who, &caller, ex_aud, &seen);
         let plain: Vec<_> = std::mem::take(&mut *seen_plain.lock().unwrap());
         assert!(plain.iter().any(|(m, _)| m == "tools/call"), "{plain:?}");
         assert!(plain.iter().all(|(_, a)| a.is_none()), "{who}: {plain:?}");
