@@ -356,23 +356,10 @@ fn the_upstream_never_sees_the_clients_token() {
 #[test]
 fn stateless_requests_are_authenticated_and_filtered_per_principal() {
     let gw = gateway();
-    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}});
     let list = |tok: Option<&str>| {
-        let body =
-            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}});
         let auth = tok.map(|t| format!("Bearer {t}"));
-        let mut h = vec![
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/list"),
-        ];
-        if let Some(a) = &auth {
-            h.push(("authorization", a));
-        }
-        gw.client()
-            .request("POST", "/mcp", &h, body.to_string().as_bytes())
+        let extra: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        gw.stateless("/mcp", "tools/list", None, json!({}), &extra)
     };
     assert_eq!(list(None).status, 401);
     let r = list(Some(&token("alice", &["reader"]))).json();
@@ -621,22 +608,13 @@ fn a_legacy_stream_is_bound_to_the_principal_that_opened_it() {
 #[test]
 fn stateless_tasks_list_is_refused_where_callers_share_upstream_sessions() {
     let gw = gateway();
-    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}});
-    let body =
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {"_meta": meta}});
     let auth = format!("Bearer {}", token("bob", &["admin"]));
-    let r = gw.client().request(
-        "POST",
+    let r = gw.stateless(
         "/mcp",
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tasks/list"),
-            ("authorization", &auth),
-        ],
-        body.to_string().as_bytes(),
+        "tasks/list",
+        None,
+        json!({}),
+        &[("authorization", &auth)],
     );
     let v = r.json();
     assert_eq!(v["error"]["code"], -32601, "{v}");

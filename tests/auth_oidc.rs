@@ -435,23 +435,14 @@ fn a_federated_member_gets_tokens_exchanged_for_each_caller() {
         let caller = auth.client_credentials(who, &resource, "");
         let auth_header = format!("Bearer {caller}");
         let post = |method: &str, name: Option<&str>, params: Value| -> Value {
-            let mut params = params;
-            params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                                     "io.modelcontextprotocol/clientCapabilities": {}});
-            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-            let mut h = vec![
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", method),
-                ("authorization", auth_header.as_str()),
-            ];
-            if let Some(n) = name {
-                h.push(("mcp-name", n));
-            }
-            gw.client()
-                .request("POST", "/fed", &h, body.to_string().as_bytes())
-                .json()
+            gw.stateless(
+                "/fed",
+                method,
+                name,
+                params,
+                &[("authorization", auth_header.as_str())],
+            )
+            .json()
         };
         let listed = post("tools/list", None, json!({}));
         assert_eq!(

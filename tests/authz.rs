@@ -154,23 +154,8 @@ fn every_message_of_a_batch_is_decided_on_its_own() {
 #[test]
 fn stateless_requests_are_decided_and_their_lists_are_private() {
     let gw = gateway();
-    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}});
     let post = |method: &str, name: Option<&str>, params: Value| {
-        let mut params = params;
-        params["_meta"] = meta.clone();
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let mut h = vec![
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", method),
-        ];
-        if let Some(n) = name {
-            h.push(("mcp-name", n));
-        }
-        gw.client()
-            .request("POST", "/mcp", &h, body.to_string().as_bytes())
+        gw.stateless("/mcp", method, name, params, &[])
     };
     let listed = post("tools/list", None, json!({})).json();
     assert_eq!(tool_names(&listed), ["add", "echo", "slow"], "{listed}");

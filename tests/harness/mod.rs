@@ -208,6 +208,37 @@ impl Gateway {
         Http::connect(self.addr)
     }
 
+    /// One 2026-07-28 (stateless) request to `path`: `params` get the per-request `_meta`
+    /// (version, no client capabilities), the headers mirror the method and `name` (Mcp-Name),
+    /// and `extra` headers are added (an Authorization, say).
+    pub fn stateless(
+        &self,
+        path: &str,
+        method: &str,
+        name: Option<&str>,
+        params: serde_json::Value,
+        extra: &[(&str, &str)],
+    ) -> Response {
+        let mut params = params;
+        params["_meta"] = serde_json::json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}});
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
+        if let Some(n) = name {
+            h.push(("mcp-name", n));
+        }
+        h.extend_from_slice(extra);
+        self.client()
+            .request("POST", path, &h, body.to_string().as_bytes())
+    }
+
     pub fn metrics(&self) -> String {
         let mut h = Http::connect(self.admin.expect("admin listener"));
         let r = h.request("GET", "/metrics", &[], b"");
