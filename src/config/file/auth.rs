@@ -617,13 +617,7 @@ fn introspection(
              or give the endpoint's URL",
         );
     }
-    let client_id = g.required(p, "client_id", |v| {
-        let id = string(v)?;
-        if id.is_empty() || id.chars().any(char::is_control) {
-            return Err("must be non-empty text without control characters".to_string());
-        }
-        Ok(id.to_string())
-    });
+    let client_id = g.required(p, "client_id", super::credentials::client_id);
     let secret = g.required(p, "client_secret", |v| match v {
         Value::String(s) => super::header_value(s, env),
         _ => Err("expected a string value (put it in quotes)".to_string()),

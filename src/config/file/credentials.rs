@@ -25,6 +25,16 @@ const GRANT_KEYS: &[&str] = &[
 ];
 
 /// Reads `credentials` under the upstream section `s`; `None` when absent, null or broken.
+/// An OAuth client id: non-empty text without control characters (it goes into a Basic
+/// header and a form).
+pub(super) fn client_id(v: &Value) -> Result<String, String> {
+    let id = string(v)?;
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return Err("must be non-empty text without control characters".to_string());
+    }
+    Ok(id.to_string())
+}
+
 pub fn credentials(
     p: &mut Problems,
     s: &Section,
@@ -81,13 +91,7 @@ pub fn credentials(
             UpstreamTarget::BuiltinDemo => Err("expected an http:// or https:// URL".to_string()),
         }
     });
-    let client_id = g.required(p, "client_id", |v| {
-        let id = string(v)?;
-        if id.is_empty() || id.chars().any(char::is_control) {
-            return Err("must be non-empty text without control characters".to_string());
-        }
-        Ok(id.to_string())
-    });
+    let client_id = g.required(p, "client_id", client_id);
     let secret = g.required(p, "client_secret", |v| match v {
         Value::String(s) => secret(s, env),
         _ => Err("expected a string value (put it in quotes)".to_string()),
