@@ -56,6 +56,9 @@ struct Built<T> {
     /// Stable ids of the server's upstreams whose names are not in the table (the session that
     /// built it did not hold them, or they failed to list).
     missing: Vec<u64>,
+    /// The protocol version of the session it was built through: upstreams may list other
+    /// items to another revision (2026-07-28-only tools, say).
+    version: crate::mcp::ProtocolVersion,
 }
 
 #[derive(Default)]
@@ -191,7 +194,8 @@ impl Catalogs {
 
     /// Whether a name missing from a table should rebuild it now although the table is less
     /// than `MISS_REFRESH` old: the asking session holds an upstream the table was built
-    /// without (it came back, or another session could not reach it). At most
+    /// without (it came back, or another session could not reach it), or speaks another
+    /// protocol revision than the session it was built through. At most
     /// `PARTIAL_REBUILDS` a second per server, so calls to unknown names cannot make the
     /// gateway list the upstreams without bound.
     fn rebuild_partial(
@@ -203,16 +207,20 @@ impl Catalogs {
         now_sec: u64,
     ) -> bool {
         self.with(gw, server, |t| {
-            let missing = match kind {
-                TableKind::Tools => t.tools.as_ref().map(|b| &b.missing),
-                TableKind::Prompts => t.prompts.as_ref().map(|b| &b.missing),
-                TableKind::Resources => t.resources.as_ref().map(|b| &b.missing),
-            };
+            let (missing, version) = match kind {
+                TableKind::Tools => t.tools.as_ref().map(|b| (&b.missing, b.version)),
+                TableKind::Prompts => t.prompts.as_ref().map(|b| (&b.missing, b.version)),
+                TableKind::Resources => t.resources.as_ref().map(|b| (&b.missing, b.version)),
+            }
+            .unzip();
             let held = missing.is_some_and(|m| {
                 m.iter()
                     .any(|id| claims.upstreams.iter().any(|s| s.upstream == *id))
             });
-            if !held {
+            // Built through a session of another revision: the name may be one the upstreams
+            // list only to this one.
+            let other_revision = version.is_some_and(|v| v != claims.protocol_version);
+            if !held && !other_revision {
                 return false;
             }
             if t.partial_rebuilds.0 != now_sec {
@@ -393,6 +401,7 @@ pub(super) async fn names_for(
         at: w.shutdown.now(),
         stale: false,
         missing,
+        version: claims.protocol_version,
     };
     w.catalogs.with(gw, server, |t| match kind {
         TableKind::Tools => {
@@ -459,6 +468,7 @@ pub(super) async fn uris_for(
         at: w.shutdown.now(),
         stale: false,
         missing,
+        version: claims.protocol_version,
     };
     w.catalogs.with(gw, server, |t| t.resources = Some(built));
     table
