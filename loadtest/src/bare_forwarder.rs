@@ -58,13 +58,20 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun().setup_single_issuer();
-    let uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(urb)
-        .with_entries(4096)
-        .enable_timer()
-        .build();
+    // The same ring as tollgate's workers (src/runtime/driver.rs), so the floor is a fair one.
+    let build = |defer: bool| {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun().setup_single_issuer();
+        if defer {
+            urb.setup_defer_taskrun();
+        }
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+    };
+    let uring = build(true).or_else(|_| build(false));
     match uring {
         Ok(mut rt) => rt.block_on(serve(args, "io_uring")),
         Err(e) => {

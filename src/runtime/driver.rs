@@ -1,6 +1,10 @@
 //! Building one monoio runtime per thread: io_uring with a tuned ring, or the legacy epoll driver.
 //! The tuned ring (cooperative task running, single issuer) costs markedly less CPU per request
-//! than monoio's default; when it cannot be built (old kernel, seccomp) we fall back to epoll.
+//! than monoio's default. With deferred task running on top, completions are run only when the
+//! worker waits on its ring, never at the exit of another syscall (the pool's readiness `poll`
+//! was interrupted and restarted by them): ~2% less CPU per request, none for the bare
+//! forwarder (loadtest/README.md, issue 10). Where a flag is refused (older kernel) the ring
+//! is built without it; where no ring can be built (old kernel, seccomp) we fall back to epoll.
 
 use std::future::Future;
 
@@ -39,19 +43,26 @@ where
 {
     let mut uring_error = None;
     if want != Driver::Legacy {
-        let mut urb = io_uring::IoUring::builder();
-        urb.setup_coop_taskrun().setup_single_issuer();
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(entries)
-            .uring_builder(urb)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => {
-                on_driver(DriverKind::IoUring, None);
-                return rt.block_on(make(DriverKind::IoUring));
+        // Deferred task running first (Linux 6.1+), then without it (5.19+); the ring is built
+        // on the thread that will be its only issuer.
+        for defer in [true, false] {
+            let mut urb = io_uring::IoUring::builder();
+            urb.setup_coop_taskrun().setup_single_issuer();
+            if defer {
+                urb.setup_defer_taskrun();
             }
-            Err(e) => uring_error = Some(e.to_string()),
+            match RuntimeBuilder::<IoUringDriver>::new()
+                .with_entries(entries)
+                .uring_builder(urb)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => {
+                    on_driver(DriverKind::IoUring, None);
+                    return rt.block_on(make(DriverKind::IoUring));
+                }
+                Err(e) => uring_error = Some(e.to_string()),
+            }
         }
     }
     // `want == IoUring` still falls back, but the caller is told why so it can log loudly.
