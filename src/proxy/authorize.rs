@@ -76,7 +76,7 @@ pub fn verdict(
     let facts = Facts {
         principal: access.principal.as_deref(),
         source: access.source,
-        now_unix: super::unix_now(),
+        now_unix: w.shutdown.unix_now(),
     };
     rules.decide(&cand, item, &facts)
 }
@@ -165,7 +165,7 @@ pub fn rego_verdict(
         tool: Some(item.name),
         argument_keys: &[],
         annotations: None,
-        time_unix: super::unix_now(),
+        time_unix: w.shutdown.unix_now(),
         source: access.source,
     };
     // A cached decision is found by who, where and what alone: the body is scanned for the

@@ -54,9 +54,17 @@ pub fn authenticate(
         peer: ctx.peer.as_deref(),
         loopback: ctx.source.is_some_and(|ip| ip.is_loopback()),
     };
-    let decided = gen
+    // The coarse clock (at most one tick behind): a hit is then lenient by that much at a
+    // token's `exp`; a token refused as not yet valid is tried again on the exact clock, so a
+    // fresh token's `nbf` never meets a clock that lags (with `leeway: 0`).
+    let mut decided = gen
         .authn
-        .authenticate(&gw.config, server, &presented, unix_now());
+        .authenticate(&gw.config, server, &presented, w.shutdown.unix_now());
+    if matches!(decided, Err(Unresolved::Failed(AuthFailure::NotYetValid))) {
+        decided = gen
+            .authn
+            .authenticate(&gw.config, server, &presented, unix_now());
+    }
     match decided {
         Ok(p) => {
             let authorization = head.authorization.clone().map(|r| &buf[r]);

@@ -14,6 +14,7 @@ mod federate;
 mod held;
 mod identity;
 pub mod keys;
+mod recycle;
 pub use federate::probe;
 mod initialize;
 pub mod introspect;
@@ -84,13 +85,13 @@ async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) 
             Ok(None) => return,
             Err(e) => break e,
         };
-        // Boxed: an idle connection should not carry the per-request state machine. Boxing
-        // copies it whole, so its rare branches (a new session, the stateless and federated
+        // Boxed (in a block the worker reuses, see `recycle`): an idle connection should not
+        // carry the per-request state machine. Boxing copies it whole, so its rare branches (a new session, the stateless and federated
         // paths, streams, refusals of unusable replies) are boxed where they are taken: a plain
         // call's future is ~6 KiB instead of 18.
         c.lend(&w);
         c.head_only = head.method() == HttpMethod::Head;
-        let next = Box::pin(request(&w, &mut c, head)).await;
+        let next = recycle::Recycled::new(request(&w, &mut c, head)).await;
         c.head_only = false;
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
@@ -409,7 +410,7 @@ fn open_session(
         return Err(Refusal::new(Kind::SessionMissing));
     };
     let token = &buf[r];
-    let now = unix_now();
+    let now = w.shutdown.unix_now();
     let cached = w.sessions.borrow().get(token, now);
     let claims = match cached {
         Some(c) => c,
