@@ -3,10 +3,18 @@
 //! (it is the least likely to have been closed by the upstream's own idle timer).
 //!
 //! A pooled connection must be *silent*: nothing buffered when it goes in, nothing readable when
-//! it comes out. `take` peeks at the socket (one non-blocking `recv(MSG_PEEK)`); a connection the
-//! upstream closed, or one on which the upstream wrote something nobody asked for (a late duplicate
-//! response, an unsolicited one), is dropped, so such bytes can never be read as the answer to
-//! another client's request.
+//! it comes out. A connection the upstream closed, or one on which the upstream wrote something
+//! nobody asked for (a late duplicate response, an unsolicited one), is dropped, so such bytes
+//! are not read as the answer to another client's request.
+//!
+//! `take` looks at readiness with one zero-timeout `poll` over the whole stack it takes from
+//! (at most `CHECK_BATCH` idle connections), and trusts what it saw for `CHECK_WINDOW`: a busy
+//! worker takes many connections between two checks, one syscall for all of them instead of
+//! one each (~2% of a small call's CPU). Like the readiness an event loop (nginx, Envoy) keeps
+//! for its idle upstream connections, bytes that arrive less than `CHECK_WINDOW` before a
+//! connection is reused are not seen before it: like bytes arriving just after any check, they
+//! would be read as the reply. A connection put back after the last check is always checked
+//! before it is reused.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -24,11 +32,19 @@ pub type UpstreamConn = Conn<Stream>;
 /// The most read buffer an idle pooled connection keeps.
 const IDLE_BUFFER: usize = 16 * 1024;
 
+/// How long a readiness check of idle connections is trusted by `take` (see the module doc).
+pub const CHECK_WINDOW: Duration = Duration::from_micros(100);
+
+/// The most idle connections (the newest of one stack) one check looks at.
+const CHECK_BATCH: usize = 32;
+
 struct Idle {
     conn: UpstreamConn,
     /// After this the connection is not reused (our idle timeout, or the upstream's own
     /// `Keep-Alive: timeout=N` with a safety margin, whichever comes first).
     expires: Instant,
+    /// The check (`Pool::checks`) that last found it quiet; 0: none since it was put back.
+    quiet_at: u64,
 }
 
 /// Idle upstream connections of one worker: one stack per upstream *target*, each under a key
@@ -39,6 +55,9 @@ struct Idle {
 pub struct Pool {
     idle: Vec<Vec<Idle>>,
     keys: Vec<u64>,
+    /// Readiness checks made so far (the id of the latest), and when the latest was made.
+    checks: u64,
+    checked_at: Option<Instant>,
 }
 
 /// Where a request's upstream connections live in the pool: the upstream's position in the
@@ -166,17 +185,23 @@ impl Pool {
         Pool {
             idle: keys.iter().map(|_| Vec::new()).collect(),
             keys,
+            checks: 0,
+            checked_at: None,
         }
     }
 
-    /// The stack of `slot`: its position when the key matches (always, but across a reload),
-    /// else found by key; `None` when the target is gone.
-    fn stack(&mut self, slot: Slot) -> Option<&mut Vec<Idle>> {
-        let i = if self.keys.get(slot.index) == Some(&slot.key) {
-            slot.index
+    /// The position of `slot`'s stack: its index when the key matches (always, but across a
+    /// reload), else found by key; `None` when the target is gone.
+    fn position(&self, slot: Slot) -> Option<usize> {
+        if self.keys.get(slot.index) == Some(&slot.key) {
+            Some(slot.index)
         } else {
-            self.keys.iter().position(|k| *k == slot.key)?
-        };
+            self.keys.iter().position(|k| *k == slot.key)
+        }
+    }
+
+    fn stack(&mut self, slot: Slot) -> Option<&mut Vec<Idle>> {
+        let i = self.position(slot)?;
         self.idle.get_mut(i)
     }
 
@@ -197,27 +222,91 @@ impl Pool {
 
     /// The newest idle connection to `upstream` that has not expired and is silent; expired,
     /// closed and noisy ones are dropped (closed) on the way, each reported to `discarded`.
+    /// `now` is the exact time (it decides whether the last readiness check still holds).
     pub fn take(
         &mut self,
         slot: Slot,
         now: Instant,
         mut discarded: impl FnMut(Discard),
     ) -> Option<UpstreamConn> {
-        let stack = self.stack(slot)?;
-        while let Some(mut idle) = stack.pop() {
-            let fd = idle.conn.io.as_raw_fd();
-            if now >= idle.expires {
+        let i = self.position(slot)?;
+        loop {
+            let fresh = self
+                .checked_at
+                .is_some_and(|t| now.saturating_duration_since(t) < CHECK_WINDOW);
+            let latest = self.checks;
+            let stack = self.idle.get_mut(i)?;
+            let top = stack.last()?;
+            if now >= top.expires {
+                stack.pop();
                 discarded(Discard::Expired);
-            } else if is_quiet(fd) {
-                return Some(idle.conn);
-            } else {
-                match settle(&mut idle.conn.io) {
-                    None => return Some(idle.conn),
-                    Some(why) => discarded(why),
+                continue;
+            }
+            if fresh && top.quiet_at == latest && latest != 0 {
+                return stack.pop().map(|idle| idle.conn);
+            }
+            // Not covered by a check that still holds: check the stack's newest connections
+            // at once (this one among them), then decide on what that check saw.
+            self.check(i, now, &mut discarded);
+        }
+    }
+
+    /// One readiness check of the newest `CHECK_BATCH` connections of stack `i`: the quiet ones
+    /// are marked with the check's id, the others settled (TLS) or dropped.
+    fn check(&mut self, i: usize, now: Instant, discarded: &mut impl FnMut(Discard)) {
+        self.checks += 1;
+        self.checked_at = Some(now);
+        let id = self.checks;
+        let Some(stack) = self.idle.get_mut(i) else {
+            return;
+        };
+        let from = stack.len().saturating_sub(CHECK_BATCH);
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; CHECK_BATCH];
+        let n = stack.len() - from;
+        for (p, idle) in fds.iter_mut().zip(&stack[from..]) {
+            *p = libc::pollfd {
+                fd: idle.conn.io.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+        }
+        // SAFETY: poll on `n` valid pollfds owned by this frame, zero timeout.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, 0) };
+        if ready < 0 {
+            // Cannot tell (EINTR, ENOMEM): nothing is marked, so each is looked at alone.
+            for idle in &mut stack[from..] {
+                idle.quiet_at = 0;
+            }
+            let mut k = from;
+            while k < stack.len() {
+                if is_quiet(stack[k].conn.io.as_raw_fd()) {
+                    stack[k].quiet_at = id;
+                    k += 1;
+                } else if let Some(why) = settle(&mut stack[k].conn.io) {
+                    stack.remove(k);
+                    discarded(why);
+                } else {
+                    stack[k].quiet_at = id;
+                    k += 1;
                 }
             }
+            return;
         }
-        None
+        // Walk from the newest down, so removals do not shift what is still to be read.
+        for k in (from..stack.len()).rev() {
+            if fds[k - from].revents == 0 {
+                stack[k].quiet_at = id;
+            } else if let Some(why) = settle(&mut stack[k].conn.io) {
+                stack.remove(k);
+                discarded(why);
+            } else {
+                stack[k].quiet_at = id;
+            }
+        }
     }
 
     /// Returns a connection whose last response was read completely; `expires` comes from
@@ -237,7 +326,11 @@ impl Pool {
         conn.shrink_idle(IDLE_BUFFER);
         if let Some(stack) = self.stack(slot) {
             if stack.len() < max_idle {
-                stack.push(Idle { conn, expires });
+                stack.push(Idle {
+                    conn,
+                    expires,
+                    quiet_at: 0,
+                });
             }
         }
         Ok(())
@@ -340,5 +433,67 @@ mod tests {
         );
         let _s3 = l.accept().unwrap();
         assert!(is_quiet(c3.as_raw_fd()));
+    }
+
+    /// One check covers the stack for `CHECK_WINDOW`; a connection put back after it, and any
+    /// taken after the window, is checked again; noisy and closed ones never come out.
+    #[test]
+    fn take_checks_the_stack_at_once_and_rechecks_what_it_did_not_see() {
+        use std::io::Write;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut peers = Vec::new();
+            let mut open = || {
+                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (s, _) = l.accept().unwrap();
+                c.set_nonblocking(true).unwrap();
+                let t = TcpStream::from_std(c).unwrap();
+                (Conn::new(Stream::from(t), 1024), s)
+            };
+            let slot = Slot { index: 0, key: 7 };
+            let mut pool = Pool::new(vec![7]);
+            let far = Instant::now() + Duration::from_secs(60);
+            for _ in 0..3 {
+                let (c, s) = open();
+                pool.put(slot, c, 8, far).unwrap();
+                peers.push(s);
+            }
+            let settle = || std::thread::sleep(Duration::from_millis(20));
+            let mut discards = Vec::new();
+            // The newest has bytes nobody asked for: dropped; the next one comes out.
+            peers[2].write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+            settle();
+            let t0 = Instant::now();
+            let got = pool.take(slot, t0, |d| discards.push(d));
+            assert!(got.is_some());
+            assert_eq!(discards, vec![Discard::Unsolicited]);
+            // The oldest, seen quiet by that check, is then closed by its peer. Within the
+            // window the check still holds (the documented limit); past it, it is looked at again.
+            drop(peers.remove(0));
+            settle();
+            let got = pool.take(slot, t0 + CHECK_WINDOW * 2, |d| discards.push(d));
+            assert!(got.is_none());
+            assert_eq!(discards, vec![Discard::Unsolicited, Discard::Closed]);
+            // Put back after the last check: checked before it is reused, however soon.
+            let (quiet, _s1) = open();
+            let (noisy, mut s2) = open();
+            pool.put(slot, quiet, 8, far).unwrap();
+            let t1 = Instant::now();
+            assert!(pool.take(slot, t1, |d| discards.push(d)).is_some());
+            pool.put(slot, noisy, 8, far).unwrap();
+            s2.write_all(b"x").unwrap();
+            settle();
+            let n = discards.len();
+            let got = pool.take(slot, t1, |d| discards.push(d));
+            assert!(
+                got.is_none(),
+                "put back after the check, noisy: never reused"
+            );
+            assert_eq!(&discards[n..], &[Discard::Unsolicited]);
+        });
     }
 }

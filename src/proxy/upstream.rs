@@ -136,7 +136,7 @@ pub async fn exchange_as(
         let pooled = if retried {
             None
         } else {
-            let now = w.shutdown.now();
+            let now = Instant::now();
             w.pool
                 .borrow_mut()
                 .take(gw.pool_slot(u), now, |why| w.pool_discarded(gw, u, why))
