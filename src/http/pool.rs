@@ -447,7 +447,7 @@ mod tests {
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut peers = Vec::new();
-            let mut open = || {
+            let open = || {
                 let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
                 let (s, _) = l.accept().unwrap();
                 c.set_nonblocking(true).unwrap();
