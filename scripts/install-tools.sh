@@ -11,7 +11,8 @@
 #                   fixture-v0.1.16 (read-only there) and npm ci'd here (.tools/confsrv-head:
 #                   the same for fixture-head, which also speaks 2026-07-28); skipped with a warning
 #                   when ../shared is absent (the conformance step then says so and fails)
-#   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs), and
+#   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs; the same package
+#                   gives the Prometheus server that test scrapes tollgate with), and
 #   openssl         Debian's `openssl` (loadtest/smoke.sh's tollgate-tls CA), each when missing
 #                   and we are root with apt-get; otherwise says why it is skipped
 # Idempotent: each part is skipped when its stamp matches the hash of its lockfile.
