@@ -607,8 +607,10 @@ pub struct Memo {
 
 const MEMO_ENTRIES: usize = 4096;
 
-/// (server, item kind, method) → item name → candidate rule indices.
-type MemoMap = HashMap<(usize, ItemKind, Method), HashMap<Box<str>, Rc<[u16]>>>;
+/// (server, item kind, method) → item name → candidate rule indices. The outer key is a few
+/// small values of ours (a fast hasher); names come from requests (SipHash).
+type MemoMap =
+    HashMap<(usize, ItemKind, Method), HashMap<Box<str>, Rc<[u16]>>, foldhash::fast::RandomState>;
 
 impl Memo {
     /// The candidate rules of `item` on `server` for config generation `generation`.
@@ -621,7 +623,7 @@ impl Memo {
     ) -> Rc<[u16]> {
         let mut inner = self.inner.borrow_mut();
         if inner.0 != generation {
-            *inner = (generation, HashMap::new());
+            *inner = (generation, HashMap::default());
         }
         let names = inner.1.entry((server, item.kind, item.method)).or_default();
         if let Some(c) = names.get(item.name) {

@@ -36,7 +36,8 @@ impl Entry {
 pub(super) struct DecisionCache {
     /// By the key's hash (SipHash with a per-cache random key: a client cannot aim collisions).
     /// Two keys with one hash share the slot: the later insert replaces the earlier.
-    entries: HashMap<u64, Entry>,
+    /// The map itself only needs a fast hasher: its keys are already SipHash outputs.
+    entries: HashMap<u64, Entry, foldhash::fast::RandomState>,
     hasher: RandomState,
     capacity: usize,
     ttl_secs: u64,
@@ -46,7 +47,7 @@ impl DecisionCache {
     /// `capacity` 0 turns caching off. The TTL counts in whole seconds (at least 1).
     pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
         DecisionCache {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             hasher: RandomState::new(),
             capacity,
             ttl_secs: ttl.as_secs().max(1),
