@@ -9,10 +9,13 @@ use std::rc::Rc;
 
 use crate::mcp::session::SessionClaims;
 
+/// Opened tokens by their key: the token's bytes (to compare) and its claims.
+type Opened = HashMap<u64, (Box<[u8]>, Rc<SessionClaims>), foldhash::fast::RandomState>;
+
 pub struct SessionCache {
     /// Keyed by the token's AEAD tag, which no client can choose for a token that opened: a
     /// fast hasher is enough (SipHash cost ~2% of a small call's user-space time).
-    entries: HashMap<u64, (Box<[u8]>, Rc<SessionClaims>), foldhash::fast::RandomState>,
+    entries: Opened,
     capacity: usize,
 }
 
