@@ -5,8 +5,9 @@
 //! `policy::authn` (`Authn::introspected`); this file only does the I/O.
 //!
 //! Single flight per (worker, endpoint, token): a request whose token is being introspected
-//! already waits for that call and then reads the cache; only when the call left nothing in it
-//! (an error) does it ask itself. An endpoint left `null` is found in the issuer's metadata
+//! already joins that call and answers from its outcome (a principal, a refusal, or a failure,
+//! which stays uncached for later requests); only when the leader's future is dropped (its
+//! client went away) does a waiter take the lead. An endpoint left `null` is found in the issuer's metadata
 //! (RFC 8414, then OpenID Connect discovery, whose `issuer` must be the issuer) once per
 //! worker and config generation.
 
@@ -21,8 +22,17 @@ use crate::http::client;
 use crate::policy::authn::Authn;
 use crate::policy::{AuthFailure, Principal};
 
-/// (server, token) being introspected → the requests waiting for it.
-type InFlight = RefCell<HashMap<(u32, Box<[u8]>), Vec<Waker>>>;
+/// (server, token) being introspected → its flight.
+type InFlight = RefCell<HashMap<(u32, Box<[u8]>), Rc<RefCell<Slot>>>>;
+
+/// One call to the endpoint as its waiters see it.
+#[derive(Default)]
+struct Slot {
+    waiters: Vec<Waker>,
+    /// Set once the flight ended: `Some` when the leader finished with an outcome, `None` when its
+    /// future was dropped before (a waiter then takes the lead).
+    ended: Option<Option<Result<Rc<Principal>, AuthFailure>>>,
+}
 
 /// One worker's introspection state for one config generation.
 #[derive(Default)]
@@ -51,20 +61,25 @@ impl Outcome {
     }
 }
 
-/// Ends a flight however its future ends (completed or dropped): wakes the waiters.
+/// Ends a flight however its future ends: with the leader's outcome (`finish`), or with none
+/// when it is dropped; either way the flight leaves the map and its waiters are woken.
 struct Flight<'a> {
     map: &'a InFlight,
-    key: Option<(u32, Box<[u8]>)>,
+    key: (u32, Box<[u8]>),
+    slot: Rc<RefCell<Slot>>,
+    outcome: Option<Result<Rc<Principal>, AuthFailure>>,
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            if let Some(waiters) = self.map.borrow_mut().remove(&key) {
-                for w in waiters {
-                    w.wake();
-                }
-            }
+        self.map.borrow_mut().remove(&self.key);
+        let waiters = {
+            let mut slot = self.slot.borrow_mut();
+            slot.ended = Some(self.outcome.take());
+            std::mem::take(&mut slot.waiters)
+        };
+        for w in waiters {
+            w.wake();
         }
     }
 }
@@ -91,48 +106,48 @@ impl Introspector {
         };
         let key = (server as u32, Box::<[u8]>::from(token));
         let mut waited = false;
-        loop {
+        let slot = loop {
+            // A flight whose leader went away left no outcome: the cache may still have one.
             if waited {
                 if let Some(r) = authn.cached(server, token, now()) {
                     return r;
                 }
             }
-            let leading = {
+            let joined = {
                 let mut map = self.inflight.borrow_mut();
-                if map.contains_key(&key) {
-                    false
-                } else {
-                    map.insert(key.clone(), Vec::new());
-                    true
+                match map.get(&key) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        let slot = Rc::new(RefCell::new(Slot::default()));
+                        map.insert(key.clone(), slot.clone());
+                        break slot;
+                    }
                 }
             };
-            if leading {
-                break;
-            }
             let mut registered = false;
-            std::future::poll_fn(|cx| {
-                let mut map = self.inflight.borrow_mut();
-                match map.get_mut(&key) {
-                    Some(waiters) if !registered => {
-                        waiters.push(cx.waker().clone());
-                        registered = true;
-                        Poll::Pending
-                    }
-                    Some(waiters) => {
-                        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                            waiters.push(cx.waker().clone());
-                        }
-                        Poll::Pending
-                    }
-                    None => Poll::Ready(()),
+            let ended = std::future::poll_fn(|cx| {
+                let mut slot = joined.borrow_mut();
+                if let Some(ended) = &slot.ended {
+                    return Poll::Ready(ended.clone());
                 }
+                // Each waiter once; a later poll only if its waker changed.
+                if !registered || !slot.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    slot.waiters.push(cx.waker().clone());
+                    registered = true;
+                }
+                Poll::Pending
             })
             .await;
+            if let Some(outcome) = ended {
+                return outcome;
+            }
             waited = true;
-        }
-        let _flight = Flight {
+        };
+        let mut flight = Flight {
             map: &self.inflight,
-            key: Some(key),
+            key,
+            slot,
+            outcome: None,
         };
         let answer =
             match monoio::time::timeout(conf.timeout, self.ask(cfg, issuer, conf, token)).await {
@@ -172,6 +187,7 @@ impl Introspector {
             Err(AuthFailure::Inactive) => Outcome::Inactive,
             _ => Outcome::Active,
         });
+        flight.outcome = Some(result.clone());
         result
     }
 
@@ -295,10 +311,20 @@ mod tests {
             .map_or(0, |d| d.as_secs())
     }
 
-    /// Three requests with one token on one worker: the first asks, the two others wait for
-    /// its answer (the endpoint holds it until both are waiting), and all three are admitted.
-    #[test]
-    fn concurrent_requests_with_one_token_share_one_call() {
+    /// Three requests with one token on one worker against an endpoint that answers `status`
+    /// and `body` to every call, holding its first answer until two requests wait for it (or
+    /// the test gives up waiting). Returns the three results, how many waited, how many calls
+    /// the endpoint saw, and what the caches then say of the token.
+    #[allow(clippy::type_complexity)]
+    fn three_with_one_token(
+        status: &'static str,
+        body: String,
+    ) -> (
+        Vec<Result<Rc<Principal>, AuthFailure>>,
+        usize,
+        usize,
+        Option<Result<Rc<Principal>, AuthFailure>>,
+    ) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -318,13 +344,9 @@ mod tests {
                 }
                 // Held until the test says both others wait (or gives up waiting).
                 let _ = go_rx.recv();
-                let body = format!(
-                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
-                    unix_now() + 600
-                );
                 let _ = write!(
                     s,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
             }
@@ -345,10 +367,15 @@ mod tests {
         let (a, b, c, waiting) = rt.block_on(async {
             let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
             let release = async {
-                // Bounded, so a broken single flight fails the asserts below instead of hanging.
+                // Bounded, so a broken single flight fails the asserts instead of hanging.
                 let mut waiting = 0;
                 for _ in 0..2000 {
-                    waiting = intro.inflight.borrow().values().next().map_or(0, Vec::len);
+                    waiting = intro
+                        .inflight
+                        .borrow()
+                        .values()
+                        .next()
+                        .map_or(0, |s| s.borrow().waiters.len());
                     if waiting == 2 {
                         break;
                     }
@@ -360,12 +387,44 @@ mod tests {
             };
             monoio::join!(one(), one(), one(), release)
         });
+        assert!(intro.inflight.borrow().is_empty());
+        let cached = authn.cached(0, b"tok-1", unix_now());
+        (vec![a, b, c], waiting, calls.load(Ordering::SeqCst), cached)
+    }
+
+    /// The first asks, the two others wait for its answer, and all three are admitted.
+    #[test]
+    fn concurrent_requests_with_one_token_share_one_call() {
+        let body = format!(
+            "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+            unix_now() + 600
+        );
+        let (results, waiting, calls, cached) = three_with_one_token("200 OK", body);
         assert_eq!(waiting, 2, "two requests waited for the first one's call");
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        for p in [a, b, c] {
+        assert_eq!(calls, 1);
+        for p in results {
             assert_eq!(&*p.unwrap().subject, "s");
         }
-        assert!(intro.inflight.borrow().is_empty());
-        assert!(authn.cached(0, b"tok-1", unix_now()).is_some());
+        assert!(cached.is_some());
+    }
+
+    /// A failing endpoint: the two waiters answer from the leader's failure (one call, not
+    /// three in a row each bounded by the timeout), and the failure is not cached.
+    #[test]
+    fn concurrent_requests_with_one_token_share_one_failure() {
+        let (results, waiting, calls, cached) =
+            three_with_one_token("503 Service Unavailable", "{}".to_string());
+        assert_eq!(waiting, 2, "two requests waited for the first one's call");
+        assert_eq!(
+            calls, 1,
+            "the waiters did not call the failing endpoint again"
+        );
+        for r in results {
+            assert_eq!(r.unwrap_err(), AuthFailure::IntrospectionFailed);
+        }
+        assert!(
+            cached.is_none(),
+            "a failure is not cached for later requests"
+        );
     }
 }
