@@ -268,6 +268,8 @@ impl Introspector {
             let endpoint = v["introspection_endpoint"]
                 .as_str()
                 .ok_or_else(|| format!("{u}: the metadata has no introspection_endpoint"))?;
+            crate::policy::fetch::discovered_url_allowed(iss, "introspection_endpoint", endpoint)
+                .map_err(|e| format!("{u}: {e}"))?;
             let t = crate::policy::fetch::url(endpoint)?;
             let d = Rc::new((endpoint.to_string(), t));
             self.discovered.borrow_mut().insert(issuer, d.clone());
@@ -425,6 +427,119 @@ mod tests {
         assert!(
             cached.is_none(),
             "a failure is not cached for later requests"
+        );
+    }
+
+    /// An https issuer whose metadata names an http introspection endpoint: the token and the
+    /// client secret would go in the clear, so the endpoint is never called; the request is
+    /// refused as an introspection failure (logged, counted as `error`).
+    #[test]
+    fn an_https_issuer_introspection_endpoint_must_be_https() {
+        // The introspection endpoint, which would admit the token if it were asked.
+        let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint_addr = endpoint.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            for s in endpoint.incoming() {
+                let Ok(mut s) = s else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut chunk = [0u8; 4096];
+                let _ = s.read(&mut chunk);
+                let body = format!(
+                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+                    unix_now() + 600
+                );
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        // The issuer, over TLS with a certificate made here, serving its metadata at any path.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("https://{}", l.local_addr().unwrap());
+        let server = Arc::new(
+            rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap(),
+        );
+        let metadata = format!(
+            "{{\"issuer\":\"{issuer}\",\"introspection_endpoint\":\"http://{endpoint_addr}/i\"}}"
+        );
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(tcp) = s else { return };
+                let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{metadata}",
+                    metadata.len()
+                );
+                let _ = s.flush();
+                s.conn.send_close_notify();
+                let _ = s.conn.complete_io(&mut s.sock);
+            }
+        });
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, issuer: \"{issuer}\", discovery: true, introspection: \
+             {{client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        );
+        let mut cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
+        // Trust the certificate made above instead of the system roots.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let is = &mut cfg.auth.issuers[0];
+        let mut conf = (**is.introspection.as_ref().unwrap()).clone();
+        conf.tls = Some(Arc::new(tls));
+        is.introspection = Some(Arc::new(conf));
+        let authn = Authn::new(&cfg);
+        let intro = Introspector::default();
+        let outcomes = RefCell::new(Vec::new());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let r = rt.block_on(
+            intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |o| {
+                outcomes.borrow_mut().push(o)
+            }),
+        );
+        assert_eq!(r.unwrap_err(), AuthFailure::IntrospectionFailed);
+        assert_eq!(*outcomes.borrow(), [Outcome::Error]);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "the http endpoint was never called"
         );
     }
 }
