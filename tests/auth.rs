@@ -756,9 +756,14 @@ fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
     assert_eq!(calls_for(&seen, "other-aud"), 1);
     let scrape = gw.metrics();
     for (series, want) in [
-        ("tollgate_auth_introspections_total{result=\"active\"}", 3.0),
+        ("tollgate_auth_introspections_total{result=\"active\"}", 2.0),
         (
             "tollgate_auth_introspections_total{result=\"inactive\"}",
+            1.0,
+        ),
+        // other-aud: active, then refused for its audience.
+        (
+            "tollgate_auth_introspections_total{result=\"refused\"}",
             1.0,
         ),
         ("tollgate_auth_introspections_total{result=\"error\"}", 0.0),

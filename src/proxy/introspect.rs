@@ -47,15 +47,23 @@ pub struct Introspector {
 pub enum Outcome {
     Active,
     Inactive,
+    /// Active, but refused by the gateway's own checks (`iss`, `aud`, `exp`, `nbf`, claims).
+    Refused,
     Error,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Active, Outcome::Inactive, Outcome::Error];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Active,
+        Outcome::Inactive,
+        Outcome::Refused,
+        Outcome::Error,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Active => "active",
             Outcome::Inactive => "inactive",
+            Outcome::Refused => "refused",
             Outcome::Error => "error",
         }
     }
@@ -185,7 +193,8 @@ impl Introspector {
         count(match result {
             Err(AuthFailure::IntrospectionFailed) => Outcome::Error,
             Err(AuthFailure::Inactive) => Outcome::Inactive,
-            _ => Outcome::Active,
+            Err(_) => Outcome::Refused,
+            Ok(_) => Outcome::Active,
         });
         flight.outcome = Some(result.clone());
         result
