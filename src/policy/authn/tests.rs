@@ -670,6 +670,23 @@ fn an_active_answer_becomes_a_principal_cached_at_most_max_cache() {
         )
         .unwrap();
     assert_eq!((&*p.subject, p.expires_at), ("app-1", None));
+    // Its id is not the one of a user whose sub is "app-1".
+    assert_eq!(
+        p.id,
+        principal_id("introspection_client", "https://corp", "app-1")
+    );
+    let user = a
+        .introspected(
+            &cfg,
+            o,
+            CORP,
+            b"tok-4",
+            Ok((200, &active(json!({"sub": "app-1"})))),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*user.subject, "app-1");
+    assert_ne!(user.id, p.id);
     assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 59).is_ok());
     assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 60).is_err());
 }
