@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use crate::config::auth::Introspection;
@@ -39,6 +40,9 @@ struct Slot {
 pub struct Introspector {
     /// Per `auth.issuers[i]`: its introspection endpoint found through discovery.
     discovered: RefCell<HashMap<usize, Rc<(String, HttpTarget)>>>,
+    /// The system-roots TLS config for an https endpoint of an issuer whose config has none
+    /// (an http issuer whose metadata names an https endpoint), built once per worker.
+    system_tls: RefCell<Option<Arc<rustls::ClientConfig>>>,
     inflight: InFlight,
 }
 
@@ -221,7 +225,7 @@ impl Introspector {
             ("token", Some(token)),
             ("token_type_hint", Some("access_token")),
         ]);
-        let tls = tls_for(conf, target)?;
+        let tls = self.tls_for(conf, target)?;
         client::call(
             target,
             tls.as_ref().map(|(c, n)| (c, n)),
@@ -248,7 +252,7 @@ impl Introspector {
         let mut errors = Vec::new();
         for u in crate::policy::fetch::metadata_urls(iss) {
             let target = crate::policy::fetch::url(&u)?;
-            let tls = tls_for(conf, &target)?;
+            let tls = self.tls_for(conf, &target)?;
             let got = client::call(
                 &target,
                 tls.as_ref().map(|(c, n)| (c, n)),
@@ -286,27 +290,36 @@ impl Introspector {
         }
         Err(errors.join("; "))
     }
-}
 
-/// The TLS config and name for an https `target` (system roots, built at config load).
-fn tls_for(
-    conf: &Introspection,
-    target: &HttpTarget,
-) -> Result<
-    Option<(
-        std::sync::Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-    String,
-> {
-    if !target.tls {
-        return Ok(None);
+    /// The TLS config and name for an https `target`: the issuer's (built at config load), else
+    /// the worker's system-roots one (built on first use).
+    #[allow(clippy::type_complexity)]
+    fn tls_for(
+        &self,
+        conf: &Introspection,
+        target: &HttpTarget,
+    ) -> Result<
+        Option<(
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+        String,
+    > {
+        if !target.tls {
+            return Ok(None);
+        }
+        let cfg = match &conf.tls {
+            Some(c) => c.clone(),
+            None => {
+                let mut built = self.system_tls.borrow_mut();
+                match &*built {
+                    Some(c) => c.clone(),
+                    None => built.insert(crate::tls::client_config(None)?).clone(),
+                }
+            }
+        };
+        Ok(Some((cfg, crate::tls::server_name(&target.host)?)))
     }
-    let cfg = match &conf.tls {
-        Some(c) => c.clone(),
-        None => crate::tls::client_config(None)?,
-    };
-    Ok(Some((cfg, crate::tls::server_name(&target.host)?)))
 }
 
 #[cfg(test)]
@@ -550,5 +563,32 @@ mod tests {
             0,
             "the http endpoint was never called"
         );
+    }
+
+    /// An issuer at `issuer` with discovery and `negative_cache`, its endpoint left to discovery.
+    fn discovering(issuer: &str, negative_cache: &str) -> Config {
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, issuer: \"{issuer}\", discovery: true, introspection: \
+             {{client_id: c, client_secret: s, timeout: 30s, negative_cache: {negative_cache}}}}}]}}\n"
+        );
+        crate::config::load_str_with_env(&yaml, &|_| None).unwrap()
+    }
+
+    /// An https endpoint of an issuer without a TLS config of its own (an http issuer) gets the
+    /// worker's system-roots config, built once.
+    #[test]
+    fn the_system_roots_tls_config_is_built_once_per_worker() {
+        let cfg = discovering("http://127.0.0.1:9", "5s");
+        let conf = cfg.auth.issuers[0].introspection.as_deref().unwrap();
+        assert!(conf.tls.is_none());
+        let target = crate::policy::fetch::url("https://as.example/introspect").unwrap();
+        let intro = Introspector::default();
+        let (a, _) = intro.tls_for(conf, &target).unwrap().unwrap();
+        let (b, _) = intro.tls_for(conf, &target).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let plain = crate::policy::fetch::url("http://as.example/introspect").unwrap();
+        assert!(intro.tls_for(conf, &plain).unwrap().is_none());
     }
 }
