@@ -7,9 +7,9 @@
 //! Single flight per (worker, endpoint, token): a request whose token is being introspected
 //! already joins that call and answers from its outcome (a principal, a refusal, or a failure,
 //! which stays uncached for later requests); only when the leader's future is dropped (its
-//! client went away) does a waiter take the lead. An endpoint left `null` is found in the issuer's metadata
-//! (RFC 8414, then OpenID Connect discovery, whose `issuer` must be the issuer) once per
-//! worker and config generation.
+//! client went away) does a waiter take the lead. An endpoint left `null` is found in the
+//! issuer's metadata (RFC 8414, then OpenID Connect discovery, whose `issuer` must be the issuer)
+//! once per worker and config generation; a failed discovery is remembered for `negative_cache`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -40,6 +40,9 @@ struct Slot {
 pub struct Introspector {
     /// Per `auth.issuers[i]`: its introspection endpoint found through discovery.
     discovered: RefCell<HashMap<usize, Rc<(String, HttpTarget)>>>,
+    /// Per `auth.issuers[i]`: why its discovery failed, remembered until the instant given
+    /// (`negative_cache` after the failure), so opaque tokens do not each ask again.
+    undiscovered: RefCell<HashMap<usize, (std::time::Instant, String)>>,
     /// The system-roots TLS config for an https endpoint of an issuer whose config has none
     /// (an http issuer whose metadata names an https endpoint), built once per worker.
     system_tls: RefCell<Option<Arc<rustls::ClientConfig>>>,
@@ -238,7 +241,8 @@ impl Introspector {
         .map_err(|e| format!("{url}: {e}"))
     }
 
-    /// The issuer's `introspection_endpoint` from its metadata (cached per worker).
+    /// The issuer's `introspection_endpoint` from its metadata (cached per worker; a failure
+    /// for `negative_cache`).
     async fn discover(
         &self,
         cfg: &Config,
@@ -248,6 +252,37 @@ impl Introspector {
         if let Some(d) = self.discovered.borrow().get(&issuer) {
             return Ok(d.clone());
         }
+        if let Some((until, why)) = self.undiscovered.borrow().get(&issuer) {
+            if std::time::Instant::now() < *until {
+                return Err(format!(
+                    "{why} (discovery failed less than negative_cache ago)"
+                ));
+            }
+        }
+        let found = self.discover_now(cfg, issuer, conf).await;
+        match &found {
+            Ok(d) => {
+                self.discovered.borrow_mut().insert(issuer, d.clone());
+                self.undiscovered.borrow_mut().remove(&issuer);
+            }
+            Err(why) if !conf.negative_cache.is_zero() => {
+                let until = std::time::Instant::now() + conf.negative_cache;
+                self.undiscovered
+                    .borrow_mut()
+                    .insert(issuer, (until, why.clone()));
+            }
+            Err(_) => {}
+        }
+        found
+    }
+
+    /// The metadata URLs in turn: the first that answers a JSON document decides.
+    async fn discover_now(
+        &self,
+        cfg: &Config,
+        issuer: usize,
+        conf: &Introspection,
+    ) -> Result<Rc<(String, HttpTarget)>, String> {
         let iss = &cfg.auth.issuers[issuer].issuer;
         let mut errors = Vec::new();
         for u in crate::policy::fetch::metadata_urls(iss) {
@@ -273,8 +308,14 @@ impl Introspector {
                     continue;
                 }
             };
-            let v: serde_json::Value =
-                serde_json::from_slice(&doc).map_err(|e| format!("{u}: not JSON: {e}"))?;
+            // A 200 that is not JSON (a login page, say) is not this issuer's metadata.
+            let v: serde_json::Value = match serde_json::from_slice(&doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(format!("{u}: not JSON: {e}"));
+                    continue;
+                }
+            };
             if v["issuer"].as_str() != Some(iss.as_str()) {
                 return Err(format!("{u}: its issuer is {}, not {iss:?}", v["issuer"]));
             }
@@ -284,9 +325,7 @@ impl Introspector {
             crate::policy::fetch::discovered_url_allowed(iss, "introspection_endpoint", endpoint)
                 .map_err(|e| format!("{u}: {e}"))?;
             let t = crate::policy::fetch::url(endpoint)?;
-            let d = Rc::new((endpoint.to_string(), t));
-            self.discovered.borrow_mut().insert(issuer, d.clone());
-            return Ok(d);
+            return Ok(Rc::new((endpoint.to_string(), t)));
         }
         Err(errors.join("; "))
     }
@@ -565,6 +604,51 @@ mod tests {
         );
     }
 
+    /// A plain-HTTP server on loopback answering each request with `answer(path)` (status line
+    /// and body); counts requests.
+    fn http_server(
+        answer: impl Fn(&str, std::net::SocketAddr) -> (&'static str, String) + Send + 'static,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                let (status, body) = answer(&path, addr);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (addr, calls)
+    }
+
     /// An issuer at `issuer` with discovery and `negative_cache`, its endpoint left to discovery.
     fn discovering(issuer: &str, negative_cache: &str) -> Config {
         let yaml = format!(
@@ -574,6 +658,70 @@ mod tests {
              {{client_id: c, client_secret: s, timeout: 30s, negative_cache: {negative_cache}}}}}]}}\n"
         );
         crate::config::load_str_with_env(&yaml, &|_| None).unwrap()
+    }
+
+    fn principal_of(
+        intro: &Introspector,
+        cfg: &Config,
+        token: &[u8],
+    ) -> Result<Rc<Principal>, AuthFailure> {
+        let authn = Authn::new(cfg);
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(intro.principal(&authn, cfg, 0, 0, token, unix_now, |_| {}))
+    }
+
+    /// A 200 that is not JSON at the RFC 8414 URL (a login page, say) is not the end of
+    /// discovery: the OpenID Connect URL is asked next.
+    #[test]
+    fn discovery_goes_on_past_a_metadata_url_that_answers_no_json() {
+        let (addr, _) = http_server(|path, addr| {
+            match path {
+            "/.well-known/oauth-authorization-server" => ("200 OK", "<html>login</html>".into()),
+            "/.well-known/openid-configuration" => (
+                "200 OK",
+                format!(
+                    "{{\"issuer\":\"http://{addr}\",\"introspection_endpoint\":\"http://{addr}/i\"}}"
+                ),
+            ),
+            "/i" => (
+                "200 OK",
+                format!(
+                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+                    unix_now() + 600
+                ),
+            ),
+            _ => ("404 Not Found", String::new()),
+        }
+        });
+        let cfg = discovering(&format!("http://{addr}"), "5s");
+        let p = principal_of(&Introspector::default(), &cfg, b"tok-1").unwrap();
+        assert_eq!(&*p.subject, "s");
+    }
+
+    /// A failed discovery is remembered for negative_cache: the next opaque token does not ask
+    /// the metadata URLs again.
+    #[test]
+    fn a_failed_discovery_is_remembered_for_negative_cache() {
+        let (addr, calls) = http_server(|_, _| ("404 Not Found", String::new()));
+        let cfg = discovering(&format!("http://{addr}"), "1h");
+        let intro = Introspector::default();
+        for token in [&b"tok-1"[..], b"tok-2"] {
+            assert_eq!(
+                principal_of(&intro, &cfg, token).unwrap_err(),
+                AuthFailure::IntrospectionFailed
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "both metadata URLs, once");
+        // negative_cache 0s: not remembered.
+        let cfg = discovering(&format!("http://{addr}"), "0s");
+        let intro = Introspector::default();
+        for token in [&b"tok-1"[..], b"tok-2"] {
+            assert!(principal_of(&intro, &cfg, token).is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
     }
 
     /// An https endpoint of an issuer without a TLS config of its own (an http issuer) gets the
