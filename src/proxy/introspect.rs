@@ -739,4 +739,85 @@ mod tests {
         let plain = crate::policy::fetch::url("http://as.example/introspect").unwrap();
         assert!(intro.tls_for(conf, &plain).unwrap().is_none());
     }
+
+    /// A leader whose future is dropped (its client went away) hands the lead on: the request
+    /// that waited for it makes the call itself and is answered.
+    #[test]
+    fn a_dropped_leader_hands_the_lead_to_a_waiter() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"token_type_hint=access_token") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if n == 0 {
+                    // The first call is never answered (its caller goes away).
+                    held.push(s);
+                    continue;
+                }
+                let body = format!(
+                    "{{\"active\":true,\"aud\":\"https://o.example/mcp\",\"sub\":\"s\",\"exp\":{}}}",
+                    unix_now() + 600
+                );
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, issuer: \"https://corp\", introspection: \
+             {{endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        );
+        let cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
+        let authn = Authn::new(&cfg);
+        let intro = Introspector::default();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (leader, waiter) = rt.block_on(async {
+            let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
+            // The leader goes away once the other request waits for it (or the test gives up).
+            let went_away = async {
+                for _ in 0..2000 {
+                    let waiting = intro
+                        .inflight
+                        .borrow()
+                        .values()
+                        .next()
+                        .map_or(0, |s| s.borrow().waiters.len());
+                    if waiting == 1 {
+                        break;
+                    }
+                    monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            let leader = async {
+                monoio::select! {
+                    r = one() => Some(r),
+                    _ = went_away => None,
+                }
+            };
+            monoio::join!(leader, one())
+        });
+        assert!(leader.is_none(), "the leader went away before its answer");
+        assert_eq!(&*waiter.unwrap().subject, "s");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(intro.inflight.borrow().is_empty());
+    }
 }
