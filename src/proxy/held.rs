@@ -366,7 +366,7 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Call
 
 /// The era a reply to the probe decides, if any. It is the upstream's for every caller, while
 /// the probe is made with one caller's credential: only a JSON-RPC answer decides. Our id's
-/// result (2xx) names 2026-07-28 or does not; an error for our id, or one without an id (how a
+/// result (2xx) names 2026-07-28 or does not; a JSON-RPC error, for our id or another (how a
 /// session-era server refuses a request without a session, often with 400 or 404), means
 /// sessions. Anything else decides nothing: 401/403 (this caller's credential), 408/429/5xx
 /// (may pass), and a body that is no JSON-RPC answer (a proxy's or framework's error page).
@@ -386,15 +386,15 @@ fn decided(reply: &exchange::Reply) -> Option<Era> {
             })
         }
         Some(_) => None,
-        // The scanner refuses a null id: this one error is read whole (the probe is rare).
+        // An error under another id (`null`, which the scanner refuses, or the Python SDK's
+        // "server-error"): read whole (the probe is rare).
         None if !reply.sse => {
             let v: sonic_rs::Value = sonic_rs::from_slice(&reply.body).ok()?;
-            let no_id = v.get("id").is_none_or(|i| i.is_null());
             let error = v
                 .get("error")
                 .and_then(|e| e.get("code"))
                 .is_some_and(|c| c.is_i64());
-            (v.get("jsonrpc").and_then(|j| j.as_str()) == Some("2.0") && no_id && error)
+            (v.get("jsonrpc").and_then(|j| j.as_str()) == Some("2.0") && error)
                 .then_some(Era::Session)
         }
         None => None,
@@ -704,7 +704,13 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#.into(),
                 Some(Era::Session),
             ),
+            (
+                400,
+                r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad Request: Missing session ID"}}"#.into(),
+                Some(Era::Session),
+            ),
             (403, r#"{"error":"forbidden"}"#.into(), None),
+            (400, r#"{"jsonrpc":"2.0","error":"bad"}"#.into(), None),
             (
                 403,
                 r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Forbidden"}}"#.into(),
