@@ -697,7 +697,7 @@ fn calls_for(seen: &Mutex<Vec<Request>>, token: &str) -> usize {
 fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let endpoint = introspection_endpoint(seen.clone(), "200 OK");
-    let gw = opaque_gateway(&format!("http://{}/oauth/introspect", endpoint.addr), "1s");
+    let gw = opaque_gateway(&format!("http://{}/oauth/introspect", endpoint.addr), "3s");
     // Many requests with one token, one introspection (the per-worker cache).
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.bearer("good-alice");
@@ -730,9 +730,10 @@ fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
         base64::engine::general_purpose::STANDARD.encode("tollgate+gw:s3cret%3Awith%26odd%3Dchars")
     );
     assert_eq!(first.header("authorization"), Some(expected.as_str()));
-    // max_cache (1s) bounds the trust in an active answer though exp is 10 minutes away: once
-    // it has passed, the next request asks again.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // max_cache (3s) bounds the trust in an active answer though exp is 10 minutes away: once
+    // it has passed, the next request asks again. The cache counts whole Unix seconds, so the
+    // answer is trusted 2 to 3 s: the requests above fit in 2 s, and 4.1 s is past 3.
+    std::thread::sleep(std::time::Duration::from_millis(4100));
     assert_eq!(m.request("ping", json!({})).status, 200);
     assert_eq!(calls_for(&seen, "good-alice"), 2);
 
@@ -755,9 +756,14 @@ fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
     assert_eq!(calls_for(&seen, "other-aud"), 1);
     let scrape = gw.metrics();
     for (series, want) in [
-        ("tollgate_auth_introspections_total{result=\"active\"}", 3.0),
+        ("tollgate_auth_introspections_total{result=\"active\"}", 2.0),
         (
             "tollgate_auth_introspections_total{result=\"inactive\"}",
+            1.0,
+        ),
+        // other-aud: active, then refused for its audience.
+        (
+            "tollgate_auth_introspections_total{result=\"refused\"}",
             1.0,
         ),
         ("tollgate_auth_introspections_total{result=\"error\"}", 0.0),

@@ -577,9 +577,15 @@ fn opaque_tokens_are_introspected_at_the_real_authorization_server() {
     }
     let scrape = gw.metrics();
     for (series, at_least) in [
-        ("tollgate_auth_introspections_total{result=\"active\"}", 3.0),
+        // The reader's and the admin's tokens.
+        ("tollgate_auth_introspections_total{result=\"active\"}", 2.0),
         (
             "tollgate_auth_introspections_total{result=\"inactive\"}",
+            1.0,
+        ),
+        // The other resource's token: active, refused for its audience.
+        (
+            "tollgate_auth_introspections_total{result=\"refused\"}",
             1.0,
         ),
         (

@@ -1358,3 +1358,82 @@ fn a_client_side_task_is_polled_through_wrapped_ids() {
         "a saw ids 0 1 and task \"client-t\" \"completed\""
     );
 }
+
+// ---- routing tables across protocol revisions ----
+
+/// An upstream that speaks both eras and lists `t26` only to 2026-07-28 requests (as the
+/// conformance head fixture lists its 2026-only tools); `tools/call` answers with the tool's name.
+fn dual_era_upstream() -> harness::scripted::Scripted {
+    use harness::scripted::{json_response, mcp_basics, read_request, response, rpc_result};
+    use std::io::Write;
+    harness::scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let v = req.json();
+            let id = v["id"].clone();
+            let modern =
+                v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28";
+            let tool = |name: &str| json!({"name": name, "inputSchema": {"type": "object"}});
+            let out = match v["method"].as_str() {
+                Some("server/discover") => json_response(&rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "supportedVersions": ["2026-07-28", "2025-06-18"],
+                           "capabilities": {"tools": {}},
+                           "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "dual", "version": "1"}}}),
+                )),
+                Some("tools/list") if modern => json_response(&rpc_result(
+                    &id,
+                    json!({"resultType": "complete", "tools": [tool("t"), tool("t26")]}),
+                )),
+                Some("tools/list") => {
+                    json_response(&rpc_result(&id, json!({"tools": [tool("t")]})))
+                }
+                Some("tools/call") => json_response(&rpc_result(
+                    &id,
+                    json!({"resultType": "complete",
+                           "content": [{"type": "text", "text": req.tool()}]}),
+                )),
+                _ => response("400 Bad Request", &[], b""),
+            };
+            let _ = s.write_all(&out);
+        }
+    })
+}
+
+/// A routing table built through a session-era session (where `t26` is not listed) does not
+/// make a 2026-07-28 call to `a__t26` right after it "Unknown tool": the name is missing from a
+/// table of another revision, so it is rebuilt through the caller's revision.
+#[test]
+fn a_name_listed_only_to_another_revision_is_routed() {
+    let (a, b) = (dual_era_upstream(), dual_era_upstream());
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("a", &a.url())
+        .upstream("b", &b.url())
+        .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
+        .start();
+    // A session-era client builds the table (its listing has no t26).
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.call_tool("a__t", json!({}));
+    assert_eq!(text_of(&r), "t", "{r}");
+    let r = m.call_tool("a__t26", json!({}));
+    assert_eq!(
+        r["error"]["code"], -32602,
+        "not listed to this revision: {r}"
+    );
+    // A 2026-07-28 call right after: routed to a, which lists t26 to that revision.
+    let r = gw
+        .stateless(
+            "/mcp",
+            "tools/call",
+            Some("a__t26"),
+            json!({"name": "a__t26", "arguments": {}}),
+            &[],
+        )
+        .json();
+    assert_eq!(text_of(&r), "t26", "{r}\n{}", gw.log.text());
+}

@@ -94,7 +94,8 @@ pub struct Introspection {
     /// Resolved secret and where it came from.
     pub client_secret: String,
     pub client_secret_source: super::HeaderSource,
-    /// `max_cache`, default 60s: an active answer is trusted at most this long (never past `exp`).
+    /// `max_cache`, default 60s: an active answer is trusted at most this long (never past
+    /// `exp` + leeway).
     pub max_cache: std::time::Duration,
     /// `negative_cache`, default 5s: an inactive answer is remembered this long; zero = off.
     pub negative_cache: std::time::Duration,

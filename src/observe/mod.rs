@@ -279,7 +279,7 @@ pub struct WorkerMetrics {
     /// `tollgate_auth_token_cache_total{result}`: hit, miss.
     token_cache: [Counter; 2],
     /// By `proxy::introspect::Outcome` (position in `Outcome::ALL`).
-    introspections: [Counter; 3],
+    introspections: [Counter; crate::proxy::introspect::Outcome::ALL.len()],
 }
 
 impl WorkerMetrics {
@@ -364,7 +364,7 @@ impl WorkerMetrics {
         self.token_cache[1].increment(misses);
     }
 
-    /// A request refused 401, by why.
+    /// One call to an introspection endpoint, by what it came to.
     pub fn introspection(&self, o: crate::proxy::introspect::Outcome) {
         let i = crate::proxy::introspect::Outcome::ALL
             .iter()
@@ -373,6 +373,7 @@ impl WorkerMetrics {
         self.introspections[i].increment(1);
     }
 
+    /// A request refused 401, by why.
     pub fn auth_failure(&self, f: crate::policy::AuthFailure) {
         let i = crate::policy::AuthFailure::ALL
             .iter()

@@ -85,7 +85,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
 /// check; miss: verified in full). Added up once a second per worker.
 pub const AUTH_TOKEN_CACHE_TOTAL: &str = "tollgate_auth_token_cache_total";
 /// Calls to an issuer's token introspection endpoint (RFC 7662) for opaque tokens, by result
-/// (active, inactive, error: unreachable, timed out, not 200 or not JSON; the request is refused).
+/// (active; inactive; refused: active but failing the gateway's iss/aud/exp/nbf/claim checks;
+/// error: unreachable, timed out, not 200 or not JSON; the request is refused but for active).
 pub const AUTH_INTROSPECTIONS_TOTAL: &str = "tollgate_auth_introspections_total";
 /// Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the key
 /// refresher thread, by issuer and result (ok, error: the last good keys stay in use).

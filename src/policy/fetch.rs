@@ -224,16 +224,17 @@ pub fn discover(f: &Fetcher, issuer: &str) -> Result<(Metadata, Option<Duration>
     Err(errors.join("; "))
 }
 
-/// A discovered `jwks_uri` of an `https` issuer must be `https` too: the metadata was fetched
-/// over TLS, and keys fetched in the clear could be replaced on the way.
-fn jwks_uri_allowed(issuer: &str, jwks_uri: &str) -> Result<(), String> {
+/// A URL an `https` issuer's metadata names (`member`: `jwks_uri`, `introspection_endpoint`)
+/// must be `https` too: the metadata was fetched over TLS, and keys fetched in the clear could
+/// be replaced on the way, a token and client secret sent in the clear read.
+pub fn discovered_url_allowed(issuer: &str, member: &str, url: &str) -> Result<(), String> {
     let https = |u: &str| {
         u.get(..8)
             .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
     };
-    if https(issuer) && !https(jwks_uri) {
+    if https(issuer) && !https(url) {
         return Err(format!(
-            "its metadata names jwks_uri {jwks_uri:?}, which is not https like the issuer"
+            "its metadata names {member} {url:?}, which is not https like the issuer"
         ));
     }
     Ok(())
@@ -390,7 +391,7 @@ fn refresh(
             // reachable while the metadata document is not).
             match discover(fetcher, &src.issuer_url).and_then(|(m, _)| {
                 let u = m.jwks_uri.ok_or("its metadata has no jwks_uri")?;
-                jwks_uri_allowed(&src.issuer_url, &u)?;
+                discovered_url_allowed(&src.issuer_url, "jwks_uri", &u)?;
                 Ok(u)
             }) {
                 Ok(u) => st.jwks_url = Some(u),
@@ -574,11 +575,12 @@ mod tests {
 
     #[test]
     fn an_https_issuer_keys_come_over_https_only() {
-        assert!(jwks_uri_allowed("https://as.example", "https://keys.example/jwks").is_ok());
-        assert!(jwks_uri_allowed("HTTPS://as.example", "https://as.example/jwks").is_ok());
-        assert!(jwks_uri_allowed("https://as.example", "http://as.example/jwks").is_err());
+        let allowed = |i, u| discovered_url_allowed(i, "jwks_uri", u);
+        assert!(allowed("https://as.example", "https://keys.example/jwks").is_ok());
+        assert!(allowed("HTTPS://as.example", "https://as.example/jwks").is_ok());
+        assert!(allowed("https://as.example", "http://as.example/jwks").is_err());
         // A plain-HTTP issuer (loopback tests, internal networks) may name either.
-        assert!(jwks_uri_allowed("http://127.0.0.1:9", "http://127.0.0.1:9/jwks").is_ok());
+        assert!(allowed("http://127.0.0.1:9", "http://127.0.0.1:9/jwks").is_ok());
     }
 
     #[test]

@@ -302,9 +302,10 @@ impl Held {
 
 /// The era of upstream `u`: configured, learned, or learned now by sending it a
 /// `server/discover` of the stateless revision (an upstream that answers it with a result naming
-/// 2026-07-28 speaks it; anything else, including no answer, means sessions). The probe is made
-/// for `caller` (an upstream with `token_exchange` answers nobody else); what it learns is the
-/// upstream's, kept for every caller.
+/// 2026-07-28 speaks it; a JSON-RPC answer that does not means sessions; see `decided`). The
+/// probe is made for `caller` (an upstream with `token_exchange` answers nobody else); what it
+/// learns is the upstream's, kept for every caller, so a reply that decides nothing (this
+/// caller refused, no answer) is not kept, and this request goes as to a session-era upstream.
 pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Caller<'_>) -> Era {
     let now = w.shutdown.now();
     if let Some(e) = w.held.era_now(gw, u, now) {
@@ -346,14 +347,11 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Call
     crate::http::response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
     let era = match exchange::whole(w, gw, u, req, caller).await {
-        Ok(reply) => match exchange::result_of(gw, u, &reply, b"\"tollgate-era\"") {
-            Ok(r) if names_stateless(&r) => Era::Stateless,
-            // A server error, or one that may pass (401, 408, 429): decide nothing for long
-            // (the next request asks again).
-            _ if reply.status >= 500 || matches!(reply.status, 401 | 408 | 429) => {
-                return Era::Session
-            }
-            _ => Era::Session,
+        Ok(reply) => match decided(&reply) {
+            Some(era) => era,
+            // Nothing decided (see `decided`): this request goes as to a session-era upstream,
+            // and the next one asks again.
+            None => return Era::Session,
         },
         // Unreachable: likewise.
         Err(_) => return Era::Session,
@@ -365,6 +363,46 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Call
         .insert(gw.upstreams[u].id, (era, w.shutdown.now()));
     era
 }
+
+/// The era a reply to the probe decides, if any. It is the upstream's for every caller, while
+/// the probe is made with one caller's credential: only a JSON-RPC answer decides. Our id's
+/// result (2xx) names 2026-07-28 or does not; a JSON-RPC error, for our id or another (how a
+/// session-era server refuses a request without a session, often with 400 or 404), means
+/// sessions. Anything else decides nothing: 401/403 (this caller's credential), 408/429/5xx
+/// (may pass), and a body that is no JSON-RPC answer (a proxy's or framework's error page).
+fn decided(reply: &exchange::Reply) -> Option<Era> {
+    if reply.status >= 500 || matches!(reply.status, 401 | 403 | 408 | 429) {
+        return None;
+    }
+    match exchange::find_response(reply, PROBE_ID) {
+        Some((_, crate::jsonrpc::MessageKind::Error)) => Some(Era::Session),
+        Some((msg, _)) if (200..300).contains(&reply.status) => {
+            let v: sonic_rs::Value = sonic_rs::from_slice(&msg).ok()?;
+            let result = v.get("result")?;
+            Some(if names_stateless(result) {
+                Era::Stateless
+            } else {
+                Era::Session
+            })
+        }
+        Some(_) => None,
+        // An error under another id (`null`, which the scanner refuses, or the Python SDK's
+        // "server-error"): read whole (the probe is rare).
+        None if !reply.sse => {
+            let v: sonic_rs::Value = sonic_rs::from_slice(&reply.body).ok()?;
+            let error = v
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .is_some_and(|c| c.is_i64());
+            (v.get("jsonrpc").and_then(|j| j.as_str()) == Some("2.0") && error)
+                .then_some(Era::Session)
+        }
+        None => None,
+    }
+}
+
+/// The id of the era probe (raw JSON).
+const PROBE_ID: &[u8] = b"\"tollgate-era\"";
 
 fn names_stateless(result: &sonic_rs::Value) -> bool {
     result
@@ -620,4 +658,83 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
         initialize: result,
         in_flight: std::cell::Cell::new(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> exchange::Reply {
+        exchange::Reply {
+            status,
+            session_id: None,
+            body: body.as_bytes().to_vec(),
+            sse: false,
+        }
+    }
+
+    /// Only a JSON-RPC answer decides an upstream's era for every caller: one caller's refusal,
+    /// a transient failure or an error page decides nothing.
+    #[test]
+    fn only_a_json_rpc_answer_decides_the_era() {
+        let ours = r#"{"jsonrpc":"2.0","id":"tollgate-era","#;
+        let cases: &[(u16, String, Option<Era>)] = &[
+            (
+                200,
+                format!(r#"{ours}"result":{{"supportedVersions":["2026-07-28"]}}}}"#),
+                Some(Era::Stateless),
+            ),
+            (
+                200,
+                format!(r#"{ours}"result":{{"supportedVersions":["2025-06-18"]}}}}"#),
+                Some(Era::Session),
+            ),
+            (
+                200,
+                format!(r#"{ours}"error":{{"code":-32601,"message":"Method not found"}}}}"#),
+                Some(Era::Session),
+            ),
+            (
+                400,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}"#.into(),
+                Some(Era::Session),
+            ),
+            (
+                404,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#.into(),
+                Some(Era::Session),
+            ),
+            (
+                400,
+                r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad Request: Missing session ID"}}"#.into(),
+                Some(Era::Session),
+            ),
+            (403, r#"{"error":"forbidden"}"#.into(), None),
+            (400, r#"{"jsonrpc":"2.0","error":"bad"}"#.into(), None),
+            (
+                403,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Forbidden"}}"#.into(),
+                None,
+            ),
+            (401, String::new(), None),
+            (400, "<html>Bad Request</html>".into(), None),
+            (404, "Not Found".into(), None),
+            (200, "not json".into(), None),
+            (200, r#"{"jsonrpc":"2.0","id":"other","result":{}}"#.into(), None),
+            (
+                400,
+                format!(r#"{ours}"result":{{"supportedVersions":["2026-07-28"]}}}}"#),
+                None,
+            ),
+            (503, format!(r#"{ours}"error":{{"code":-32603,"message":"x"}}}}"#), None),
+            (429, String::new(), None),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                decided(&reply(*status, body)),
+                *want,
+                "HTTP {status} {body}"
+            );
+        }
+    }
 }

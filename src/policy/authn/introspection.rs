@@ -10,8 +10,8 @@
 //! here (the confused deputy RFC 8707 and the MCP authorization spec guard against).
 //! oidc-provider, the AS of the tests, answers `aud` for resource-bound tokens. Then `exp` and
 //! `nbf` with the issuer's leeway, and the claims through the issuer's claim paths: subject
-//! (`sub`, else `client_id` for a machine token), client (`client_id`), tenant, roles, scopes
-//! (`scope`, space-separated).
+//! (`sub`, else `client_id` for a machine token, whose id is then of its own kind), client
+//! (`client_id`), tenant, roles, scopes (`scope`, space-separated).
 
 use serde_json::Value;
 
@@ -67,10 +67,14 @@ pub fn check(
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(BadClaims),
     };
-    // A machine token (client credentials) may have no `sub`: its client is who calls.
-    let subject = match lookup(&answer, &paths.subject) {
-        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-        None | Some(Value::Null) => client.filter(|c| !c.is_empty()).ok_or(BadClaims)?,
+    // A machine token (client credentials) may have no `sub`: its client is who calls, under
+    // an id of its own kind, so a client and a user of the same name are not one principal.
+    let (subject, kind) = match lookup(&answer, &paths.subject) {
+        Some(Value::String(s)) if !s.is_empty() => (s.as_str(), "introspection"),
+        None | Some(Value::Null) => (
+            client.filter(|c| !c.is_empty()).ok_or(BadClaims)?,
+            "introspection_client",
+        ),
         _ => return Err(BadClaims),
     };
     let tenant = match paths.tenant.as_ref().and_then(|p| lookup(&answer, p)) {
@@ -90,6 +94,6 @@ pub fn check(
         roles,
         scopes,
         expires_at: exp,
-        id: principal_id("introspection", &issuer.issuer, subject),
+        id: principal_id(kind, &issuer.issuer, subject),
     })
 }

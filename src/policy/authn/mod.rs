@@ -352,7 +352,7 @@ impl Authn {
 
     /// The introspection endpoint's answer (`status`, `body`) for `token` on `cfg.servers[server]`,
     /// asked of `auth.issuers[issuer]` (what `authenticate` said): checked, and its outcome
-    /// cached (an active token until min(`exp`, now + `max_cache`); a refused one for
+    /// cached (an active token until min(`exp` + leeway, now + `max_cache`); a refused one for
     /// `negative_cache`; an answer that is not one, never).
     pub fn introspected(
         &self,
@@ -378,9 +378,13 @@ impl Authn {
         }
         match introspection::check(issuer, is, sa, body, now) {
             Ok(p) => {
+                // Served while `now < until`: as long as `check` would accept it again (to
+                // exp + leeway, inclusive), so a token admitted within the leeway is cached too.
                 let until = p
                     .expires_at
-                    .unwrap_or(u64::MAX)
+                    .map_or(u64::MAX, |e| {
+                        e.saturating_add(is.leeway.as_secs()).saturating_add(1)
+                    })
                     .min(now.saturating_add(conf.max_cache.as_secs()));
                 let p = Rc::new(p);
                 self.cache

@@ -648,12 +648,21 @@ fn an_active_answer_becomes_a_principal_cached_at_most_max_cache() {
         opaque(&a, &cfg, "/o", "tok-1", NOW + 60).map(|_| ()),
         Err(Unresolved::Introspect { issuer: CORP })
     );
-    // Never past exp.
+    // Never past exp and its leeway (30s), while it would be accepted again.
     let soon = active(json!({"exp": NOW + 10}));
     a.introspected(&cfg, o, CORP, b"tok-2", Ok((200, &soon)), NOW)
         .unwrap();
-    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 9).is_ok());
-    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 10).is_err());
+    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 40).is_ok());
+    assert!(opaque(&a, &cfg, "/o", "tok-2", NOW + 41).is_err());
+    // A token admitted only within the leeway is cached too, as long as it would be admitted.
+    let late = active(json!({"exp": NOW - 29}));
+    a.introspected(&cfg, o, CORP, b"tok-late", Ok((200, &late)), NOW)
+        .unwrap();
+    assert!(opaque(&a, &cfg, "/o", "tok-late", NOW + 1).is_ok());
+    assert_eq!(
+        opaque(&a, &cfg, "/o", "tok-late", NOW + 2).map(|_| ()),
+        Err(Unresolved::Introspect { issuer: CORP })
+    );
     // A machine token without sub is its client; an aud list that names the resource will do;
     // no exp: max_cache alone bounds it.
     let p = a
@@ -670,6 +679,23 @@ fn an_active_answer_becomes_a_principal_cached_at_most_max_cache() {
         )
         .unwrap();
     assert_eq!((&*p.subject, p.expires_at), ("app-1", None));
+    // Its id is not the one of a user whose sub is "app-1".
+    assert_eq!(
+        p.id,
+        principal_id("introspection_client", "https://corp", "app-1")
+    );
+    let user = a
+        .introspected(
+            &cfg,
+            o,
+            CORP,
+            b"tok-4",
+            Ok((200, &active(json!({"sub": "app-1"})))),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*user.subject, "app-1");
+    assert_ne!(user.id, p.id);
     assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 59).is_ok());
     assert!(opaque(&a, &cfg, "/o", "tok-3", NOW + 60).is_err());
 }
