@@ -239,11 +239,16 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn token(sub: &str) -> String {
+    token_with(sub, &[])
+}
+
+fn token_with(sub: &str, roles: &[&str]) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = json!({"iss": ISS, "aud": AUD, "sub": sub, "iat": now, "exp": now + 600});
+    let claims =
+        json!({"iss": ISS, "aud": AUD, "sub": sub, "roles": roles, "iat": now, "exp": now + 600});
     let msg = format!(
         "{}.{}",
         b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes()),
@@ -354,4 +359,28 @@ fn a_global_limit_holds_across_cores_within_the_documented_bound() {
         admitted <= LIMIT + bound,
         "over-admitted: {admitted} > {LIMIT} + {bound}"
     );
+}
+
+/// `config/examples/limits.yaml` as shipped (only its port made ephemeral; `workers: auto`):
+/// each principal calls `echo` 5 times, the 6th is refused in band, another principal has its
+/// own 5.
+#[test]
+fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(dir.join("config/examples/limits.yaml")).unwrap();
+    let example = example
+        .replace("address: \"127.0.0.1:8080\"", "address: \"127.0.0.1:0\"")
+        .replace("${env:TOLLGATE_JWT_SECRET}", &format!("\"{SECRET}\""));
+    assert!(example.contains("127.0.0.1:0") && example.contains(SECRET));
+    let gw = Gateway::builder().yaml(&example).start();
+    for who in ["alice", "bob"] {
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        m.bearer(&token_with(who, &["reader"]));
+        m.initialize("2025-06-18");
+        for i in 0..5 {
+            let r = echo(&mut m);
+            assert!(ok(&r), "{who} call {i}: {}", r.text());
+        }
+        assert_in_band(&echo(&mut m), "echo");
+    }
 }

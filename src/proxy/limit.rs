@@ -596,8 +596,7 @@ pub enum Stop {
 }
 
 /// How long a request waits in all for a larger share before it is refused.
-pub fn max_wait(w: &WorkerState, ctx: &Ctx) -> Duration {
-    let _ = w;
+fn max_wait(ctx: &Ctx) -> Duration {
     ctx.gw().config.traffic.sync_interval * 3
 }
 
@@ -766,7 +765,7 @@ pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop>
 /// Waits (1 ms at a time, at most `max_wait`) for the exchange to bring this worker a larger
 /// share, then decides for good. Only a request over its worker's share gets here.
 pub async fn wait(w: &WorkerState, ctx: &mut Ctx) -> Result<(), Refusal> {
-    let until = std::time::Instant::now() + max_wait(w, ctx);
+    let until = std::time::Instant::now() + max_wait(ctx);
     loop {
         monoio::time::sleep(Duration::from_millis(1)).await;
         let last = std::time::Instant::now() >= until;
