@@ -465,6 +465,120 @@ impl Local {
         e
     }
 
+    /// One limit's decision for `key` on this worker (nothing committed): `already` calls of
+    /// this request are pending on the same entry. A refusal asks the exchange for more (at
+    /// most once a sync interval) and says whether the global budget may still have room.
+    fn judge(
+        &self,
+        map: &mut Map,
+        t: &Traffic,
+        l: &crate::policy::traffic::Limit,
+        key: u64,
+        now: u64,
+        already: u64,
+    ) -> Judged {
+        let workers = self.exchange.workers;
+        let now_s = (now / 1_000_000) as i64;
+        let sync_ms = (t.sync_interval.as_millis() as u64).max(1);
+        let window_end = match l.kind {
+            LimitKind::Quota { window, .. } => self.window(l.fp, window, &t.tz, now_s),
+            _ => 0,
+        };
+        let k = (l.fp, key);
+        if !map.contains_key(&k) {
+            let e = Entry {
+                epoch: self.epoch(),
+                level: 0,
+                cap: initial_share(l.kind.budget(), workers),
+                window_end,
+                left: None,
+                demand_at: 0,
+                touched: true,
+                concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
+            };
+            self.insert(map, k, e, t.max_keys);
+        }
+        let Some(e) = map.get_mut(&k) else {
+            return Judged::Admit { window_end };
+        };
+        e.touched = true;
+        if window_end != 0 && e.window_end != window_end {
+            // A new calendar window: this worker starts it with its first share.
+            e.epoch = self.epoch();
+            e.level = 0;
+            e.cap = initial_share(l.kind.budget(), workers);
+            e.window_end = window_end;
+            e.left = None;
+        }
+        if e.level + already < e.cap {
+            return Judged::Admit { window_end };
+        }
+        if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
+            e.demand_at = now;
+            self.send(l.fp, key, e.epoch, What::Demand, now, window_end);
+        }
+        let retry_ms = match l.kind {
+            // Globally out, the next call conforms within one emission interval; on a core
+            // whose share is out, the next sync brings more.
+            LimitKind::Rate { limit, per, burst } => Gcra::new(limit, per, burst).t / 1000 + sync_ms,
+            LimitKind::Quota { .. } => {
+                if workers == 1 || e.left == Some(0) {
+                    ((window_end - now_s).max(0) as u64) * 1000
+                } else {
+                    sync_ms
+                }
+            }
+            LimitKind::Concurrency { .. } => sync_ms.max(1000),
+        };
+        Judged::Over {
+            retry_ms,
+            room: e.left != Some(0),
+        }
+    }
+
+    /// `rule`'s decision for `key` with nothing else around it (`bench/limit.rs`): updates
+    /// applied, every limit judged, the call counted when all admit. Concurrency calls are
+    /// released at once.
+    pub fn decide(&self, t: &Traffic, rule: &LimitRule, key: u64) -> bool {
+        let now = now_us();
+        let mut map = self.map.borrow_mut();
+        self.apply(&mut map, t.max_keys);
+        let mut admitted: SmallVec<[(u64, i64, bool); 4]> = SmallVec::new();
+        for l in &rule.limits {
+            match self.judge(&mut map, t, l, key, now, 0) {
+                Judged::Admit { window_end } => admitted.push((
+                    l.fp,
+                    window_end,
+                    matches!(l.kind, LimitKind::Concurrency { .. }),
+                )),
+                Judged::Over { .. } => return false,
+            }
+        }
+        for (fp, window_end, concurrency) in admitted {
+            if let Some(e) = map.get_mut(&(fp, key)) {
+                if !concurrency {
+                    e.level += 1;
+                }
+                let epoch = e.epoch;
+                self.send(fp, key, epoch, What::Admit, now, window_end);
+                if concurrency {
+                    self.send(fp, key, epoch, What::Release, now, 0);
+                }
+            }
+        }
+        true
+    }
+
+    /// A key from its parts, hashed as the request path hashes them.
+    pub fn key_of(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = self.exchange.hasher.build_hasher();
+        for p in parts {
+            h.write_usize(p.len());
+            h.write(p);
+        }
+        h.finish()
+    }
+
     fn release(&self, fp: u64, key: u64) {
         let mut map = self.map.borrow_mut();
         if let Some(e) = map.get_mut(&(fp, key)) {
@@ -577,6 +691,12 @@ fn key_hash(
     h.finish()
 }
 
+enum Judged {
+    Admit { window_end: i64 },
+    /// `room`: the global budget may still have room (no update said it is out).
+    Over { retry_ms: u64, room: bool },
+}
+
 /// A refusal by one limit, before it is worded.
 struct Over<'a> {
     rule: &'a LimitRule,
@@ -618,8 +738,6 @@ pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop>
     let local = &w.traffic;
     let x = &*local.exchange;
     let now = now_us();
-    let now_s = (now / 1_000_000) as i64;
-    let sync_ms = (traffic.sync_interval.as_millis() as u64).max(1);
     let mut map = local.map.borrow_mut();
     local.apply(&mut map, traffic.max_keys);
     let principal = ctx.principal.clone();
@@ -661,62 +779,18 @@ pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop>
             }
             let key = key_hash(x, gw, r, &facts, p);
             for l in &r.limits {
-                let window_end = match l.kind {
-                    LimitKind::Quota { window, .. } => {
-                        local.window(l.fp, window, &traffic.tz, now_s)
-                    }
-                    _ => 0,
-                };
-                let k = (l.fp, key);
-                if !map.contains_key(&k) {
-                    let e = Entry {
-                        epoch: local.epoch(),
-                        level: 0,
-                        cap: initial_share(l.kind.budget(), x.workers),
-                        window_end,
-                        left: None,
-                        demand_at: 0,
-                        touched: true,
-                        concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
-                    };
-                    local.insert(&mut map, k, e, traffic.max_keys);
-                }
-                let Some(e) = map.get_mut(&k) else { continue };
-                e.touched = true;
-                if window_end != 0 && e.window_end != window_end {
-                    // A new calendar window: this worker starts it with its first share.
-                    e.epoch = local.epoch();
-                    e.level = 0;
-                    e.cap = initial_share(l.kind.budget(), x.workers);
-                    e.window_end = window_end;
-                    e.left = None;
-                }
                 let already = pending.iter().filter(|q| q.0 == l.fp && q.1 == key).count() as u64;
-                if e.level + already < e.cap {
-                    pending.push((l.fp, key, l.kind, window_end));
-                    continue;
-                }
-                if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
-                    e.demand_at = now;
-                    local.send(l.fp, key, e.epoch, What::Demand, now, window_end);
-                }
-                if may_wait && e.left != Some(0) {
-                    return Err(Stop::Wait);
-                }
-                let retry_ms = match l.kind {
-                    // Globally out, the next call conforms within one emission interval; on a
-                    // core whose share is out, the next sync brings more.
-                    LimitKind::Rate { limit, per, burst } => {
-                        Gcra::new(limit, per, burst).t / 1000 + sync_ms
+                let retry_ms = match local.judge(&mut map, traffic, l, key, now, already) {
+                    Judged::Admit { window_end } => {
+                        pending.push((l.fp, key, l.kind, window_end));
+                        continue;
                     }
-                    LimitKind::Quota { .. } => {
-                        if x.workers == 1 || e.left == Some(0) {
-                            ((window_end - now_s).max(0) as u64) * 1000
-                        } else {
-                            sync_ms
+                    Judged::Over { retry_ms, room } => {
+                        if may_wait && room {
+                            return Err(Stop::Wait);
                         }
+                        retry_ms
                     }
-                    LimitKind::Concurrency { .. } => sync_ms.max(1000),
                 };
                 over = Some(Over {
                     rule: r,
