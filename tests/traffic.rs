@@ -155,7 +155,7 @@ fn a_minute_quota_refuses_until_the_window_ends() {
     };
     assert!((2..=4).contains(&admitted), "{admitted}");
     let ms = assert_throttled(&refused, "q", "quota");
-    assert!(ms <= 60_000, "{ms}");
+    assert!(ms <= 61_000, "{ms}");
 }
 
 #[test]
@@ -331,16 +331,22 @@ fn a_global_limit_holds_across_cores_within_the_documented_bound() {
             std::thread::spawn(move || {
                 let mut m = Mcp::new(addr, "/mcp");
                 m.initialize("2025-06-18");
+                // Until told to come back in minutes (the budget is out everywhere); a short
+                // retryAfterMs (a share that ran out on this core) is honoured, as a client would.
                 let (mut admitted, mut refused_in_a_row) = (0usize, 0);
-                while refused_in_a_row < 5 {
+                while refused_in_a_row < 200 {
                     let r = echo(&mut m);
                     if ok(&r) {
                         admitted += 1;
                         refused_in_a_row = 0;
-                    } else {
-                        assert_throttled(&r, "hot", "rate");
-                        refused_in_a_row += 1;
+                        continue;
                     }
+                    let ms = assert_throttled(&r, "hot", "rate");
+                    refused_in_a_row += 1;
+                    if ms > 60_000 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(ms));
                 }
                 admitted
             })

@@ -305,8 +305,9 @@ struct Entry {
     /// Admit while `level < cap`.
     cap: u64,
     window_end: i64,
-    /// Globally left at the last update (`None`: no update yet).
+    /// Globally left at the last update (`None`: no update yet), and this worker's level then.
     left: Option<u64>,
+    base: u64,
     /// When this worker last told the exchange it wants more (µs).
     demand_at: u64,
     /// Used since the eviction clock last passed.
@@ -407,6 +408,7 @@ impl Local {
                     let seen = if u.epoch == e.epoch { u.seen } else { 0 };
                     e.cap = seen + u.share;
                     e.left = Some(u.left);
+                    e.base = e.level;
                 }
                 None if u.forget => {}
                 None => {
@@ -416,6 +418,7 @@ impl Local {
                         cap: u.share,
                         window_end: u.window_end,
                         left: Some(u.left),
+                        base: 0,
                         demand_at: 0,
                         touched: false,
                         concurrency: u.concurrency,
@@ -492,6 +495,7 @@ impl Local {
                 cap: initial_share(l.kind.budget(), workers),
                 window_end,
                 left: None,
+                base: 0,
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
@@ -517,22 +521,23 @@ impl Local {
             e.demand_at = now;
             self.send(l.fp, key, e.epoch, What::Demand, now, window_end);
         }
+        // Room: what was left globally at the last update is more than this worker has used
+        // since (others may not have used their shares: the next sync moves them here).
+        let room = workers > 1 && e.left.is_none_or(|l| l > e.level.saturating_sub(e.base));
         let retry_ms = match l.kind {
-            // Globally out, the next call conforms within one emission interval; on a core
-            // whose share is out, the next sync brings more.
-            LimitKind::Rate { limit, per, burst } => Gcra::new(limit, per, burst).t / 1000 + sync_ms,
-            LimitKind::Quota { .. } => {
-                if workers == 1 || e.left == Some(0) {
-                    ((window_end - now_s).max(0) as u64) * 1000
-                } else {
-                    sync_ms
-                }
+            _ if room => sync_ms,
+            // Globally out: the next call conforms within one emission interval.
+            LimitKind::Rate { limit, per, burst } => {
+                Gcra::new(limit, per, burst).t / 1000 + sync_ms
             }
+            LimitKind::Quota { .. } => ((window_end - now_s).max(0) as u64) * 1000 + sync_ms,
             LimitKind::Concurrency { .. } => sync_ms.max(1000),
         };
         Judged::Over {
             retry_ms,
-            room: e.left != Some(0),
+            // Only before the exchange said anything about this entry (its first share, or a
+            // new window's): under sustained load calls over the share are refused, not queued.
+            wait: workers > 1 && e.left.is_none(),
         }
     }
 
@@ -692,9 +697,15 @@ fn key_hash(
 }
 
 enum Judged {
-    Admit { window_end: i64 },
-    /// `room`: the global budget may still have room (no update said it is out).
-    Over { retry_ms: u64, room: bool },
+    Admit {
+        window_end: i64,
+    },
+    /// `wait`: this worker has had no share from the exchange for the entry yet; a moment's
+    /// wait brings one.
+    Over {
+        retry_ms: u64,
+        wait: bool,
+    },
 }
 
 /// A refusal by one limit, before it is worded.
@@ -785,8 +796,8 @@ pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop>
                         pending.push((l.fp, key, l.kind, window_end));
                         continue;
                     }
-                    Judged::Over { retry_ms, room } => {
-                        if may_wait && room {
+                    Judged::Over { retry_ms, wait } => {
+                        if may_wait && wait {
                             return Err(Stop::Wait);
                         }
                         retry_ms
