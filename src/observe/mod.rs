@@ -201,6 +201,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          quota); also counted in tollgate_rejections_total as throttled or tool_limited."
     );
     describe_counter!(
+        names::TRAFFIC_EXCHANGE_DROPPED_TOTAL,
+        "Usage messages between workers and the traffic exchange dropped because a queue was \
+         full (65536 each): the global count misses them."
+    );
+    describe_counter!(
         names::TRAFFIC_KEYS_EVICTED_TOTAL,
         "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys."
     );

@@ -98,7 +98,7 @@ pub struct Exchange {
     /// The sync thread, woken early when a worker's share ran out.
     thread: std::sync::OnceLock<std::thread::Thread>,
     /// Events the queue could not take, and updates a worker's queue could not take.
-    pub dropped: AtomicU64,
+    dropped: metrics::Counter,
 }
 
 impl Exchange {
@@ -116,7 +116,7 @@ impl Exchange {
             sync_us: AtomicU64::new(20_000),
             started: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
-            dropped: AtomicU64::new(0),
+            dropped: metrics::counter!(crate::observe::names::TRAFFIC_EXCHANGE_DROPPED_TOTAL),
         })
     }
 
@@ -283,7 +283,7 @@ fn sync_once(
                     concurrency: matches!(def.kind, LimitKind::Concurrency { .. }),
                 };
                 if let Err(TrySendError::Full(_)) = tx.try_send(u) {
-                    x.dropped.fetch_add(1, Ordering::Relaxed);
+                    x.dropped.increment(1);
                 }
             }
         }
@@ -380,7 +380,7 @@ impl Local {
             window_end,
         };
         if self.exchange.events.try_send(ev).is_err() {
-            self.exchange.dropped.fetch_add(1, Ordering::Relaxed);
+            self.exchange.dropped.increment(1);
         }
         if what == What::Demand {
             if let Some(t) = self.exchange.thread.get() {
