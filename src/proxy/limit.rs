@@ -432,6 +432,13 @@ impl Local {
     /// Inserts, evicting the oldest idle entry when the map is full (second chance: a touched
     /// one goes round again; one with calls in flight is never evicted).
     fn insert(&self, map: &mut Map, k: (u64, u64), e: Entry, max_keys: usize) {
+        self.evict(map, max_keys);
+        self.clock.borrow_mut().push_back(k);
+        map.insert(k, e);
+    }
+
+    /// Evicts until the map has room for one more.
+    fn evict(&self, map: &mut Map, max_keys: usize) {
         let mut clock = self.clock.borrow_mut();
         let mut turns = clock.len() * 2 + 1;
         while map.len() >= max_keys && turns > 0 {
@@ -449,8 +456,6 @@ impl Local {
                 }
             }
         }
-        clock.push_back(k);
-        map.insert(k, e);
     }
 
     fn window(&self, fp: u64, window: CalWindow, tz: &jiff::tz::TimeZone, now_s: i64) -> i64 {
@@ -488,8 +493,13 @@ impl Local {
             _ => 0,
         };
         let k = (l.fp, key);
-        if !map.contains_key(&k) {
-            let e = Entry {
+        // A full map makes room first (the lookup then happens once more, on this rare path).
+        if map.len() >= t.max_keys && !map.contains_key(&k) {
+            self.evict(map, t.max_keys);
+        }
+        let e = map.entry(k).or_insert_with(|| {
+            self.clock.borrow_mut().push_back(k);
+            Entry {
                 epoch: self.epoch(),
                 level: 0,
                 cap: initial_share(l.kind.budget(), workers),
@@ -499,12 +509,8 @@ impl Local {
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
-            };
-            self.insert(map, k, e, t.max_keys);
-        }
-        let Some(e) = map.get_mut(&k) else {
-            return Judged::Admit { window_end };
-        };
+            }
+        });
         e.touched = true;
         if window_end != 0 && e.window_end != window_end {
             // A new calendar window: this worker starts it with its first share.
@@ -736,10 +742,15 @@ fn max_wait(ctx: &Ctx) -> Duration {
 /// Admitted calls are counted (and those under a concurrency limit held in `ctx.held`) only
 /// when every limit admitted them. `may_wait`: a share that ran out while the global budget
 /// may have room answers `Stop::Wait` (else it refuses).
+#[inline]
 pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
     if ctx.gw().config.traffic.rules.is_empty() {
         return Ok(());
     }
+    check_rules(w, ctx, may_wait)
+}
+
+fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let traffic = &*gw.config.traffic;
@@ -1038,5 +1049,28 @@ mod tests {
         // Idle everywhere: forgotten.
         sync_once(&x, &mut keys, &mut s, &mut d, now);
         assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn a_full_map_evicts_the_oldest_idle_key() {
+        let cfg = crate::config::load_str(
+            "traffic:\n  max_keys: 2\n  rules:\n    - {name: r, key: [principal], rate: {limit: 10, per: 1s}}\n",
+        )
+        .unwrap();
+        let local = Local::new(Exchange::new(1), 0);
+        let rule = &cfg.traffic.rules[0];
+        for k in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, k));
+        }
+        assert_eq!(local.map.borrow().len(), 2);
+        // The most recent keys stay; an evicted one starts again from its first share.
+        assert!(local.map.borrow().contains_key(&(rule.limits[0].fp, 4)));
+        for _ in 0..9 {
+            assert!(local.decide(&cfg.traffic, rule, 4));
+        }
+        assert!(
+            !local.decide(&cfg.traffic, rule, 4),
+            "the 11th call of a 10/s burst"
+        );
     }
 }
