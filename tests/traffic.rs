@@ -164,16 +164,13 @@ fn a_concurrency_limit_holds_a_slot_while_a_call_runs_and_frees_it_after() {
         1,
         "traffic:\n  rules:\n    - {name: one-slow, tools: [slow], concurrency: 1}\n",
     );
-    let addr = gw.addr;
-    let slow = std::thread::spawn(move || {
-        let mut m = Mcp::new(addr, "/mcp");
-        m.initialize("2025-06-18");
-        ok(&call(&mut m, "slow", json!({"ms": 3000})))
-    });
+    // The long call goes out first, raw, before the polling session even initializes.
+    let mut first = session(&gw);
+    send_call(&gw, &mut first, "slow", json!({"ms": 4000}));
     let mut m = session(&gw);
     let mut refusal = None;
     assert!(
-        eventually(Duration::from_millis(2500), || {
+        eventually(Duration::from_millis(5000), || {
             let r = call(&mut m, "slow", json!({"ms": 0}));
             if ok(&r) {
                 return false;
@@ -186,7 +183,8 @@ fn a_concurrency_limit_holds_a_slot_while_a_call_runs_and_frees_it_after() {
     assert_in_band(&refusal.unwrap(), "slow");
     // Other tools are not held back.
     assert!(ok(&echo(&mut m)));
-    assert!(slow.join().unwrap());
+    let reply = first.http.read_response().expect("the long call's reply");
+    assert!(ok(&reply), "{}", reply.text());
     // The slot is free once the first call ended.
     assert!(ok(&call(&mut m, "slow", json!({"ms": 0}))));
 }
@@ -199,21 +197,7 @@ fn a_concurrency_slot_is_freed_when_the_client_goes_away() {
     );
     {
         let mut m = session(&gw);
-        let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"slow","arguments":{"ms":1500}}});
-        let headers: Vec<(String, String)> = m
-            .headers()
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let mut req = format!("POST /mcp HTTP/1.1\r\nhost: {}\r\n", gw.addr);
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!(
-            "content-length: {}\r\n\r\n{body}",
-            body.to_string().len()
-        ));
-        m.http.send_raw(req.as_bytes());
+        send_call(&gw, &mut m, "slow", json!({"ms": 1500}));
         // Held: the next call is refused while the first runs.
         let mut other = session(&gw);
         assert!(eventually(Duration::from_millis(1200), || !ok(&call(
@@ -232,6 +216,18 @@ fn a_concurrency_slot_is_freed_when_the_client_goes_away() {
         ))),
         "the slot of a call whose client left was never freed"
     );
+}
+
+/// Sends a tools/call in `m`'s session without waiting for its reply.
+fn send_call(gw: &Gateway, m: &mut Mcp, tool: &str, args: Value) {
+    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":tool,"arguments":args}})
+        .to_string();
+    let mut req = format!("POST /mcp HTTP/1.1\r\nhost: {}\r\n", gw.addr);
+    for (k, v) in m.headers() {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    m.http.send_raw(req.as_bytes());
 }
 
 fn b64(b: &[u8]) -> String {

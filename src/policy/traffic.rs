@@ -250,19 +250,22 @@ pub fn initial_share(budget: u64, workers: usize) -> u64 {
     budget.div_ceil(n)
 }
 
-/// Splits `remaining` among workers in proportion to their demand in the last interval
-/// (`demand[w]` + 1 each, so an idle worker keeps a little); what rounding leaves goes one by
-/// one to the most demanding. The shares add up to exactly `remaining`: a key hot on one core
-/// gets nearly all of it at the next sync, and none is lost to rounding.
+/// Splits `remaining` among workers in proportion to their demand in the last interval (evenly
+/// when nobody asked); what rounding leaves goes one by one to the most demanding. The shares
+/// add up to exactly `remaining`: a key hot on one core gets all of it at the next sync, and
+/// none is lost to rounding. A worker left without a share waits for the next sync on its
+/// first call (`proxy::limit`), which its demand brings at once.
 pub fn split(remaining: u64, demand: &[u64], out: &mut [u64]) {
     let n = demand.len().min(out.len());
     if n == 0 {
         return;
     }
-    let total: u128 = demand[..n].iter().map(|&d| u128::from(d) + 1).sum();
+    let even = demand[..n].iter().all(|&d| d == 0);
+    let weight = |d: u64| u128::from(d) + u128::from(even);
+    let total: u128 = demand[..n].iter().map(|&d| weight(d)).sum();
     let mut given = 0u64;
     for w in 0..n {
-        let s = (u128::from(remaining) * (u128::from(demand[w]) + 1) / total) as u64;
+        let s = (u128::from(remaining) * weight(demand[w]) / total) as u64;
         out[w] = s;
         given += s;
     }
@@ -361,8 +364,9 @@ mod tests {
     fn split_follows_demand_and_loses_nothing() {
         let mut out = [0u64; 2];
         split(100, &[98, 0], &mut out);
-        assert_eq!(out.iter().sum::<u64>(), 100);
-        assert!(out[0] >= 98, "{out:?}");
+        assert_eq!(out, [100, 0]);
+        split(100, &[3, 1], &mut out);
+        assert_eq!(out, [75, 25]);
         split(1, &[0, 5], &mut out);
         assert_eq!(out, [0, 1]);
         split(0, &[3, 3], &mut out);

@@ -305,9 +305,11 @@ struct Entry {
     /// Admit while `level < cap`.
     cap: u64,
     window_end: i64,
-    /// Globally left at the last update (`None`: no update yet), and this worker's level then.
+    /// Globally left at the last update (`None`: no update yet), this worker's level then, and
+    /// the share it was given.
     left: Option<u64>,
     base: u64,
+    share: u64,
     /// When this worker last told the exchange it wants more (µs).
     demand_at: u64,
     /// Used since the eviction clock last passed.
@@ -409,6 +411,7 @@ impl Local {
                     e.cap = seen + u.share;
                     e.left = Some(u.left);
                     e.base = e.level;
+                    e.share = u.share;
                 }
                 None if u.forget => {}
                 None => {
@@ -419,6 +422,7 @@ impl Local {
                         window_end: u.window_end,
                         left: Some(u.left),
                         base: 0,
+                        share: u.share,
                         demand_at: 0,
                         touched: false,
                         concurrency: u.concurrency,
@@ -506,6 +510,7 @@ impl Local {
                 window_end,
                 left: None,
                 base: 0,
+                share: 0,
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
@@ -541,9 +546,10 @@ impl Local {
         };
         Judged::Over {
             retry_ms,
-            // Only before the exchange said anything about this entry (its first share, or a
-            // new window's): under sustained load calls over the share are refused, not queued.
-            wait: workers > 1 && e.left.is_none(),
+            // Only while this worker has had no share from the exchange (before its word on
+            // this entry, or given nothing because it had no demand) and others may have room:
+            // a worker whose share ran out under load is refused at once, nothing queues.
+            wait: room && (e.left.is_none() || e.share == 0),
         }
     }
 
