@@ -23,6 +23,9 @@ pub mod code {
     pub const UPSTREAM_PROTOCOL: i32 = -31003;
     /// The caller may not do this here and now (an authorization rule; the message says why).
     pub const FORBIDDEN: i32 = -31004;
+    /// A traffic rule's rate limit, concurrency limit or quota was reached (`data.retryAfterMs`,
+    /// `data.limit` the rule, `data.kind`).
+    pub const THROTTLED: i32 = -31005;
 }
 
 /// Which side caused an error: decides log level and whether a retry could help.
@@ -195,6 +198,18 @@ kinds! {
     Forbidden => Row {
         answer: Answer::ToolError,
         ..row(200, FORBIDDEN, Client, "forbidden")
+    };
+    // Traffic rules (`traffic.rules`, src/proxy/limit.rs): HTTP 200 in both eras (a 429 ends
+    // sessions in Python mcp 1.x), with Retry-After. A rule that names tools answers a tool
+    // call in band, so the model reads when to retry; any other throttle is a JSON-RPC error.
+    Throttled => Row {
+        extra: Extra::RetryAfter,
+        ..row(200, THROTTLED, Client, "throttled")
+    };
+    ToolLimited => Row {
+        answer: Answer::ToolError,
+        extra: Extra::RetryAfter,
+        ..row(200, THROTTLED, Client, "tool_limited")
     };
     // Federation: a request the client may correct (HTTP 200, as a server answers them).
     UnknownName => row(200, INVALID_PARAMS, Client, "unknown_name");

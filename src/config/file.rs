@@ -11,6 +11,7 @@ mod render;
 mod rules;
 mod servers;
 mod tls;
+mod traffic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -117,6 +118,7 @@ const TOP_KEYS: &[&str] = &[
     "upstreams",
     "servers",
     "auth",
+    "traffic",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -275,6 +277,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
 
     let auth = auth::auth(p, &top, env);
     let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
+    let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
     Config {
         workers,
         listen,
@@ -287,6 +290,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         upstreams,
         servers,
         auth,
+        traffic,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub servers: Vec<Server>,
     /// `auth`: issuers, API keys, mTLS and development principals (`policy::authn`).
     pub auth: Auth,
+    /// `traffic`: rate limits, concurrency limits and quotas (`policy::traffic`, `proxy::limit`).
+    pub traffic: std::sync::Arc<crate::policy::traffic::Traffic>,
 }
 
 #[derive(Clone, Debug)]

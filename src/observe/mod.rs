@@ -196,6 +196,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          denied the request with reason rego_error, by server and kind."
     );
     describe_counter!(
+        names::TRAFFIC_REJECTIONS_TOTAL,
+        "Calls refused by a traffic rule (traffic.rules), by rule and kind (rate, concurrency, \
+         quota); also counted in tollgate_rejections_total as throttled or tool_limited."
+    );
+    describe_counter!(
+        names::TRAFFIC_EXCHANGE_DROPPED_TOTAL,
+        "Usage messages between workers and the traffic exchange dropped because a queue was \
+         full (65536 each): the global count misses them."
+    );
+    describe_counter!(
+        names::TRAFFIC_KEYS_EVICTED_TOTAL,
+        "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys."
+    );
+    describe_counter!(
         names::AUTHZ_DECISIONS_TOTAL,
         "Authorization decisions, one per decided item (tool call, prompt, resource, method; each \
          batch message on its own), by decision (allow, deny) and reason."

@@ -69,6 +69,14 @@ pub const BUILD_INFO: &str = "tollgate_build_info";
 /// `servers[].rego`: evaluations that failed and so denied (reason `rego_error`), by server and
 /// kind (undefined, wrong_type, runtime, input).
 pub const REGO_ERRORS_TOTAL: &str = "tollgate_rego_errors_total";
+/// `traffic.rules`: calls refused by a rate limit, concurrency limit or quota, by rule and kind
+/// (rate, concurrency, quota). Rule names are bounded by the config.
+pub const TRAFFIC_REJECTIONS_TOTAL: &str = "tollgate_traffic_rejections_total";
+/// `traffic.max_keys`: limiter keys a worker evicted (the oldest idle) to stay within it.
+pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_total";
+/// Usage messages between the workers and the traffic exchange that a full queue could not take
+/// (the global count misses them: over-admission beyond the documented bound).
+pub const TRAFFIC_EXCHANGE_DROPPED_TOTAL: &str = "tollgate_traffic_exchange_dropped_total";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

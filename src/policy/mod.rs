@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod jwt_ring;
 pub mod rego;
 pub mod rules;
+pub mod traffic;
 
 use std::rc::Rc;
 

@@ -33,7 +33,14 @@ impl Gateway {
         }
         let sealer = SessionSealer::new(&config.session.key);
         let bus = Arc::new(bus);
-        let mut gw = Gateway::assemble(config, shutdown, bus.clone(), None, sealer, Vec::new())?;
+        let traffic = super::limit::Exchange::new(config.workers.get());
+        let mut gw = Gateway::assemble(
+            config,
+            (shutdown, bus.clone(), traffic),
+            None,
+            sealer,
+            Vec::new(),
+        )?;
         gw.keys = super::keys::KeyRefresh::start(&gw.config, bus);
         Ok((Arc::new(gw), inboxes))
     }
@@ -60,8 +67,11 @@ impl Gateway {
         let rotated = crate::config::reload::key_rotated(&self.config, &config);
         let mut gw = Gateway::assemble(
             config,
-            self.shutdown.clone(),
-            self.control.clone(),
+            (
+                self.shutdown.clone(),
+                self.control.clone(),
+                self.traffic.clone(),
+            ),
             self.demo,
             sealer,
             retired,
@@ -83,8 +93,7 @@ impl Gateway {
 
     fn assemble(
         config: Config,
-        shutdown: Arc<AtomicBool>,
-        control: Arc<Bus>,
+        (shutdown, control, traffic): (Arc<AtomicBool>, Arc<Bus>, Arc<super::limit::Exchange>),
         demo: Option<SocketAddr>,
         sealer: SessionSealer,
         retired: Vec<(u64, String)>,
@@ -149,6 +158,10 @@ impl Gateway {
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
             taskids: crate::mcp::idmap::IdMapper::tasks(&config.session.key),
             legacy_ids: crate::mcp::legacy_id::StreamIds::new(&config.session.key),
+            traffic: {
+                traffic.install(&config.traffic);
+                traffic
+            },
             config,
         })
     }

@@ -221,6 +221,9 @@ pub struct Ctx {
     /// Refusals of single messages of a batch the gateway answered (each counted like a
     /// refused request; the batch itself was served).
     pub refused_messages: Vec<Kind>,
+    /// Calls this request holds under concurrency limits (`proxy::limit`): released when the
+    /// context is dropped, however the request ended.
+    pub held: Vec<super::limit::Held>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -281,6 +284,7 @@ impl Ctx {
             outcome: Outcome::Ok,
             refused: None,
             refused_messages: Vec::new(),
+            held: Vec::new(),
             sent_before: c.sent,
         }
     }

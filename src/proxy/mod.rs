@@ -14,6 +14,7 @@ mod federate;
 mod held;
 mod identity;
 pub mod keys;
+pub mod limit;
 mod recycle;
 pub use federate::probe;
 mod initialize;
@@ -574,6 +575,17 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return refuse(c, ctx, r).await;
     }
     authorize::pass_through(ctx);
+    // Phase: limit (`traffic.rules`; nothing to do without rules).
+    if let Err(stop) = limit::check(w, ctx, true) {
+        let r = match stop {
+            limit::Stop::Refuse(r) => Some(r),
+            limit::Stop::Wait => limit::wait(w, ctx).await.err(),
+        };
+        if let Some(r) = r {
+            c.conn.consume(used);
+            return refuse(c, ctx, r).await;
+        }
+    }
     // Phase: era. A request that speaks the stateless revision takes its own path from here.
     if let Some(m) = ctx.first() {
         let signals = crate::mcp::modern::Signals {

@@ -104,6 +104,9 @@ impl Rejects {
                     Kind::Unauthenticated => "authentication required".into(),
                     Kind::InsufficientScope => "the access token lacks a required scope".into(),
                     Kind::Forbidden => "not allowed".into(),
+                    Kind::Throttled | Kind::ToolLimited => {
+                        "a traffic limit was reached (traffic.rules)".into()
+                    }
                     Kind::UnknownName => "unknown name".into(),
                     Kind::BadCursor => "invalid cursor: list again from the start".into(),
                     Kind::MethodNotFound => "method not found".into(),

@@ -136,6 +136,9 @@ pub struct Gateway {
     pub taskids: crate::mcp::idmap::IdMapper,
     /// Seals and opens the ids of legacy HTTP+SSE streams (`super::legacy_sse`).
     pub legacy_ids: crate::mcp::legacy_id::StreamIds,
+    /// The cross-core exchange of the traffic limits (`super::limit`); one per process, shared
+    /// by every generation, so a reload keeps the counters of unchanged rules.
+    pub traffic: Arc<super::limit::Exchange>,
 }
 
 impl Gateway {
@@ -312,6 +315,8 @@ pub struct WorkerState {
     pub listen_serial: Cell<u64>,
     /// Tokens for upstreams with `credentials` (`proxy::credentials`).
     pub tokens: super::credentials::Tokens,
+    /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
+    pub traffic: Rc<super::limit::Local>,
 }
 
 impl WorkerState {
@@ -340,6 +345,7 @@ impl WorkerState {
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
             tokens: Default::default(),
+            traffic: super::limit::Local::new(gw.traffic.clone(), index),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
             index,

@@ -1668,3 +1668,56 @@ fn introspection_problems_are_reported_at_their_keys() {
     );
     ok(&with_auth(two, "{issuers: [b]}"));
 }
+
+#[test]
+fn traffic_rules_load_render_and_load_again_with_the_same_fingerprints() {
+    let text = "upstreams:\n  - {name: demo, url: builtin:demo}\nservers:\n  - {path: /mcp, upstream: demo}\n\
+        traffic:\n  time_zone: Europe/Berlin\n  sync_interval: 5ms\n  max_keys: 10\n  rules:\n\
+        \x20   - {name: a, servers: [/mcp], tools: [\"echo*\"], key: [principal, tool], rate: {limit: 5, per: 60s}, concurrency: 2}\n\
+        \x20   - {name: b, upstreams: [demo], roles: [admin], methods: [tools/call], quota: {limit: 100, window: month}}\n";
+    let c = ok(text);
+    let t = &c.traffic;
+    assert_eq!((&*t.time_zone, t.max_keys), ("Europe/Berlin", 10));
+    assert_eq!(t.rules.len(), 2);
+    assert_eq!(t.rules[0].limits.len(), 2);
+    assert!(t.rules[0].per_tool() && !t.rules[1].per_tool());
+    let shown = render_effective(&c);
+    assert!(
+        shown.contains("rate: {limit: 5, per: 1m, burst: 5}"),
+        "{shown}"
+    );
+    assert!(shown.contains("key: [principal, tool]"), "{shown}");
+    let again = ok(&loadable(&shown));
+    assert_eq!(render_effective(&again), shown);
+    // Same definitions, same fingerprints (a reload keeps their state); a change makes new ones.
+    let fps = |c: &Config| -> Vec<u64> {
+        c.traffic
+            .rules
+            .iter()
+            .flat_map(|r| r.limits.iter().map(|l| l.fp))
+            .collect()
+    };
+    assert_eq!(fps(&again), fps(&c));
+    let changed = ok(&text.replace("limit: 100,", "limit: 101,"));
+    assert_eq!(fps(&changed)[..2], fps(&c)[..2]);
+    assert_ne!(fps(&changed)[2], fps(&c)[2]);
+}
+
+#[test]
+fn traffic_rule_problems_are_reported_at_their_keys() {
+    let e = errs(
+        "traffic:\n  time_zone: Mars/Olympus\n  rules:\n    - {name: x}\n    - {name: x, servers: [/nope], key: [user], rate: {limit: 0, per: 1s}, quota: {limit: 5, window: week}}\n",
+    );
+    let all = e.join("\n");
+    for want in [
+        "traffic.time_zone:",
+        "traffic.rules[0]: a rule needs rate, concurrency or quota",
+        "traffic.rules[1].name: duplicate rule name",
+        "traffic.rules[1].servers[0]: no server with path \"/nope\"",
+        "traffic.rules[1].key[0]:",
+        "traffic.rules[1].rate.limit:",
+        "traffic.rules[1].quota.window:",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}

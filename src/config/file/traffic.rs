@@ -1,0 +1,304 @@
+//! `traffic:`: rate limits, concurrency limits and calendar quotas (`policy::traffic`),
+//! compiled here (server paths and upstream names to indices, globs, the time zone's rules,
+//! each limit's fingerprint) so the request path parses nothing.
+
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+
+use super::extract::{count, describe, duration, item, string, Problems, Section};
+use crate::config::{Server, Upstream};
+use crate::mcp::names::Filter;
+use crate::mcp::Method;
+use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, Traffic};
+
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(20);
+pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+/// Rules at most (their names are metric labels).
+const MAX_RULES: usize = 256;
+
+const KEYS: &[&str] = &[
+    "name",
+    "servers",
+    "upstreams",
+    "tools",
+    "methods",
+    "subjects",
+    "clients",
+    "tenants",
+    "roles",
+    "key",
+    "rate",
+    "concurrency",
+    "quota",
+];
+
+/// The `IANA name` as a time zone (the bundled database: no file read at run time).
+pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(name)
+        .map_err(|_| format!("{name:?} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"))
+}
+
+pub(super) fn traffic(
+    p: &mut Problems,
+    top: &Section,
+    servers: &[Server],
+    upstreams: &[Upstream],
+) -> Traffic {
+    let s = Section::open(
+        p,
+        "traffic".into(),
+        top.raw("traffic"),
+        &["time_zone", "sync_interval", "max_keys", "rules"],
+    );
+    let zone = s.get(p, "time_zone", DEFAULT_TIME_ZONE.to_string(), |v| {
+        let n = string(v)?;
+        time_zone(n).map(|_| n.to_string())
+    });
+    let tz = time_zone(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let sync_interval = s.get(p, "sync_interval", DEFAULT_SYNC_INTERVAL, |v| {
+        let d = duration(Duration::from_millis(1))(v)?;
+        if d > Duration::from_secs(10) {
+            return Err("at most 10s (shares would go stale)".into());
+        }
+        Ok(d)
+    });
+    let max_keys = s.get(p, "max_keys", DEFAULT_MAX_KEYS as usize, |v| {
+        count(1, 10_000_000)(v).map(|n| n as usize)
+    });
+    let rules = rules(p, &s, servers, upstreams, &zone);
+    Traffic {
+        time_zone: zone.into(),
+        tz,
+        sync_interval,
+        max_keys,
+        rules,
+    }
+}
+
+fn rules(
+    p: &mut Problems,
+    s: &Section,
+    servers: &[Server],
+    upstreams: &[Upstream],
+    zone: &str,
+) -> Vec<LimitRule> {
+    let Some((path, v)) = s.value("rules") else {
+        return Vec::new();
+    };
+    let list = match v {
+        Value::Null => return Vec::new(),
+        Value::Sequence(list) => list,
+        other => {
+            p.add(
+                &path,
+                format!("expected a list of rules, got {}", describe(other)),
+            );
+            return Vec::new();
+        }
+    };
+    if list.len() > MAX_RULES {
+        p.add(&path, format!("more than {MAX_RULES} rules"));
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let rpath = item(&path, i);
+        if !matches!(v, Value::Mapping(_)) {
+            p.add(
+                &rpath,
+                format!("expected a mapping (a rule), got {}", describe(v)),
+            );
+            continue;
+        }
+        let r = Section::open(p, rpath.clone(), Some(v), KEYS);
+        let name = r.required(p, "name", |v| {
+            let n = string(v)?;
+            if n.is_empty()
+                || n.len() > 64
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(format!("{n:?}: a rule name is 1 to 64 of [A-Za-z0-9_.-]"));
+            }
+            Ok(n.to_string())
+        });
+        if let Some(n) = &name {
+            if names.contains(n) {
+                p.add(
+                    &format!("{rpath}.name"),
+                    format!("duplicate rule name {n:?}"),
+                );
+            }
+            names.push(n.clone());
+        }
+        let mut describe_target = String::new();
+        let rule_servers = super::string_list(p, &r, "servers", |_| Ok(())).map(|paths| {
+            let mut idx = Vec::new();
+            for (j, sp) in paths.iter().enumerate() {
+                match servers.iter().position(|s| s.path == *sp) {
+                    Some(k) => idx.push(k),
+                    None => p.add(
+                        &item(&format!("{rpath}.servers"), j),
+                        format!(
+                            "no server with path {sp:?} (known: {})",
+                            servers
+                                .iter()
+                                .map(|s| s.path.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+            }
+            describe_target.push_str(&format!("servers={paths:?};"));
+            idx
+        });
+        let rule_upstreams = super::string_list(p, &r, "upstreams", |_| Ok(())).map(|ns| {
+            let mut idx = Vec::new();
+            for (j, n) in ns.iter().enumerate() {
+                match upstreams.iter().position(|u| u.name == *n) {
+                    Some(k) => idx.push(k),
+                    None => p.add(
+                        &item(&format!("{rpath}.upstreams"), j),
+                        super::unknown_upstream(n, upstreams),
+                    ),
+                }
+            }
+            describe_target.push_str(&format!("upstreams={ns:?};"));
+            idx
+        });
+        let tools = super::string_list(p, &r, "tools", |_| Ok(())).and_then(|list| {
+            if list.is_empty() {
+                let why = "an empty list matches nothing: leave the key out to match everything";
+                p.add(&format!("{rpath}.tools"), why);
+                return None;
+            }
+            describe_target.push_str(&format!("tools={list:?};"));
+            match Filter::new(&list, &[] as &[&str]) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    p.add(&format!("{rpath}.tools[{}]", e.index), e.reason);
+                    None
+                }
+            }
+        });
+        let methods = super::string_list(p, &r, "methods", |m| match Method::parse(m) {
+            Method::Other | Method::OtherNotification => {
+                Err(format!("{m:?} is not an MCP method tollgate knows"))
+            }
+            _ => Ok(()),
+        })
+        .map(|l| {
+            describe_target.push_str(&format!("methods={l:?};"));
+            l.iter().map(|m| Method::parse(m)).collect::<Vec<_>>()
+        });
+        let mut words = |p: &mut Problems, key: &str| -> Vec<Box<str>> {
+            if let Some((wpath, Value::Sequence(items))) = r.value(key) {
+                if items.is_empty() {
+                    let why = "an empty list would match everyone: leave the key out for that";
+                    p.add(&wpath, why);
+                    return Vec::new();
+                }
+            }
+            let l = super::string_list(p, &r, key, |w| {
+                if w.is_empty() {
+                    Err("empty".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_or_default();
+            if !l.is_empty() {
+                describe_target.push_str(&format!("{key}={l:?};"));
+            }
+            l.into_iter().map(Into::into).collect()
+        };
+        let subjects = words(p, "subjects");
+        let clients = words(p, "clients");
+        let tenants = words(p, "tenants");
+        let roles = words(p, "roles");
+        let key = super::string_list(p, &r, "key", |k| {
+            if part::NAMES.iter().any(|(n, _)| *n == k) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{k:?}: expected one of {}",
+                    part::NAMES.map(|(n, _)| n).join(", ")
+                ))
+            }
+        })
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| part::NAMES.iter().find(|(n, _)| n == k).map(|(_, b)| *b))
+        .fold(0u8, |m, b| m | b);
+        let mut limits = Vec::new();
+        if let Some((lpath, v)) = r.value("rate") {
+            let l = Section::open(p, lpath, Some(v), &["limit", "per", "burst"]);
+            let limit = l.required(p, "limit", count(1, 1_000_000_000));
+            let per = l.required(p, "per", |v| {
+                let d = duration(Duration::from_millis(1))(v)?;
+                if d > Duration::from_secs(366 * 86_400) {
+                    return Err("at most a year (366d); for calendar budgets use quota".into());
+                }
+                Ok(d)
+            });
+            let burst = l.get(p, "burst", None, |v| count(1, 1_000_000_000)(v).map(Some));
+            if let (Some(limit), Some(per)) = (limit, per) {
+                limits.push(LimitKind::Rate {
+                    limit,
+                    per,
+                    burst: burst.unwrap_or(limit),
+                });
+            }
+        }
+        if let Some(n) = r.get(p, "concurrency", None, |v| count(1, 1_000_000)(v).map(Some)) {
+            limits.push(LimitKind::Concurrency { limit: n });
+        }
+        if let Some((qpath, v)) = r.value("quota") {
+            let q = Section::open(p, qpath, Some(v), &["limit", "window"]);
+            let limit = q.required(p, "limit", count(1, 1_000_000_000_000));
+            let window = q.required(p, "window", |v| match string(v)? {
+                "minute" => Ok(CalWindow::Minute),
+                "hour" => Ok(CalWindow::Hour),
+                "day" => Ok(CalWindow::Day),
+                "month" => Ok(CalWindow::Month),
+                other => Err(format!(
+                    "expected minute, hour, day or month, got {other:?}"
+                )),
+            });
+            if let (Some(limit), Some(window)) = (limit, window) {
+                limits.push(LimitKind::Quota { limit, window });
+            }
+        }
+        if r.raw("rate").is_none() && r.raw("concurrency").is_none() && r.raw("quota").is_none() {
+            p.add(
+                &rpath,
+                "a rule needs rate, concurrency or quota (or several)",
+            );
+        }
+        let Some(name) = name else { continue };
+        let mut rule = LimitRule {
+            name: name.into(),
+            servers: rule_servers,
+            upstreams: rule_upstreams,
+            tools,
+            methods,
+            subjects,
+            clients,
+            tenants,
+            roles,
+            key,
+            limits: limits
+                .into_iter()
+                .map(|kind| Limit { kind, fp: 0 })
+                .collect(),
+        };
+        rule.seal(&describe_target, zone);
+        out.push(rule);
+    }
+    out
+}
