@@ -114,6 +114,7 @@ impl Gateway {
                         config: config.clone(),
                         name: name.clone(),
                     }))
+                    .with_breaker(cfg.circuit_breaker)
                 })
                 .collect(),
             endpoints: config

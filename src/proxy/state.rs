@@ -54,6 +54,21 @@ pub struct UpstreamRuntime {
     pub legacy: bool,
     /// `credentials`: the gateway's own token for it (`proxy::credentials`).
     pub credentials: Option<Arc<crate::config::credentials::Credentials>>,
+    /// `tool_timeouts`: (glob over its own tool names, timeout), first match wins.
+    pub tool_timeouts: Vec<(String, Duration)>,
+    /// `retries`: further connect attempts after a failed connect.
+    pub retries: crate::config::Retries,
+}
+
+impl UpstreamRuntime {
+    /// The timeout of a `tools/call` of `tool` (the upstream's own name): the first
+    /// `tool_timeouts` glob it matches; `None`: `request_timeout` applies.
+    pub fn tool_timeout(&self, tool: &str) -> Option<Duration> {
+        self.tool_timeouts
+            .iter()
+            .find(|(glob, _)| crate::mcp::names::glob_match(glob, tool))
+            .map(|(_, d)| *d)
+    }
 }
 
 impl UpstreamRuntime {
@@ -98,6 +113,8 @@ impl UpstreamRuntime {
             tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
             legacy: cfg.transport == crate::config::Transport::Sse,
             credentials: cfg.credentials.as_deref().cloned().map(Arc::new),
+            tool_timeouts: cfg.tool_timeouts.clone(),
+            retries: cfg.retries,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The upstream half of the request path: send a request (pooled connection, one retry when a
-//! reused connection turns out stale before any response byte), read the response head, and
+//! The upstream half of the request path: ask the upstream's circuit breaker, send a request
+//! (pooled connection, one retry when a reused connection turns out stale before any response
+//! byte, `retries` of a failed connect), read the response head (`request_timeout`, or a
+//! tool's `tool_timeouts`), and
 //! relay the body to the client as it arrives (SSE event by event, never buffering a stream).
 
 use std::time::{Duration, Instant};
@@ -116,10 +118,57 @@ pub async fn exchange_as(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,
-    mut req: Vec<u8>,
+    req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
+    exchange_within(w, gw, u, req, caller, None).await
+}
+
+/// The refusal of a request to an upstream whose circuit is open.
+#[cold]
+fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
+    let retry = Duration::from_millis(retry_ms.max(1));
+    let msg = format!(
+        "upstream \"{}\" is failing: its circuit is open (upstreams[].circuit_breaker), retry in {} ms",
+        up.name,
+        retry.as_millis()
+    );
+    Error {
+        data: Some(super::breaker::refusal_data(&up.name, retry)),
+        ..Error::new(Kind::UpstreamCircuitOpen, msg)
+    }
+}
+
+/// `exchange_as` with the response head awaited for `tool_timeout` (a `tools/call` of a tool
+/// with its own `tool_timeouts` entry) instead of the upstream's `request_timeout`.
+///
+/// The upstream's circuit breaker is asked first (an open circuit refuses at once) and told the
+/// outcome: a response head is a success unless it is a 5xx; a connect failure, a head timeout,
+/// a connection closed before any reply, or an unreadable head are failures. A connect that
+/// fails is tried again `retries.attempts` times (nothing reached the upstream); a request that
+/// was sent is never sent again, except on a pooled connection found closed before any
+/// response byte (once, on a new connection: the upstream processed nothing on it).
+pub async fn exchange_within(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    mut req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'_>>,
+    tool_timeout: Option<Duration>,
+) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
+    let breaker = gw.health.upstreams.get(u).map(|h| &h.breaker);
+    // Held to the end of the exchange: a half-open probe's slot comes back when it drops.
+    let _admitted = match breaker.map(|b| b.admit(&up.name)) {
+        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req),
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    let failed = |why: &str| {
+        if let Some(b) = breaker {
+            b.failed(&up.name, why);
+        }
+    };
     if let Some(cr) = &up.credentials {
         // Boxed: a token fetch (an HTTP client, maybe TLS) is rare and large; inlined, its
         // state would be moved and allocated with every request's future.
@@ -131,6 +180,7 @@ pub async fn exchange_as(
         }
     }
     let mut retried = false;
+    let mut connects_failed = 0u32;
     loop {
         // The retry always takes a fresh connection: another pooled one may be just as stale.
         let pooled = if retried {
@@ -147,16 +197,27 @@ pub async fn exchange_as(
             // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
             None => match Box::pin(open(up)).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
+                Err(e) if connects_failed < up.retries.attempts => {
+                    // Nothing reached the upstream: try again after the backoff.
+                    connects_failed += 1;
+                    tracing::debug!(upstream = %up.name, error = %e, attempt = connects_failed, "upstream connect failed; retrying (upstreams[].retries)");
+                    if !up.retries.backoff.is_zero() {
+                        Box::pin(monoio::time::sleep(up.retries.backoff)).await;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
+                    failed(&msg);
                     return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
                 }
             },
         };
         let (res, back) = conn.write_all(req).await;
         req = back;
-        let deadline = w.shutdown.now() + up.request_timeout;
+        let timeout = tool_timeout.unwrap_or(up.request_timeout);
+        let deadline = w.shutdown.now() + timeout;
         let outcome = match res {
             Err(e) => Err(HeadRead::Closed {
                 got_bytes: false,
@@ -167,6 +228,11 @@ pub async fn exchange_as(
         match outcome {
             Ok(head) => {
                 gw.health.upstream_ok(u);
+                if head.status >= 500 {
+                    failed("a 5xx response");
+                } else if let Some(b) = breaker {
+                    b.succeeded(&up.name);
+                }
                 if head.status == 401 && up.credentials.is_some() {
                     w.tokens.rejected(&up.name, caller.map(|c| c.principal));
                 }
@@ -185,19 +251,27 @@ pub async fn exchange_as(
                     e.to_string()
                 });
                 let msg = format!("upstream \"{}\" is unavailable: {why}", up.name);
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
             }
             Err(HeadRead::Timeout) => {
                 gw.health.upstream_failed(u);
+                let key = if tool_timeout.is_some() {
+                    "upstreams[].tool_timeouts"
+                } else {
+                    "upstreams[].request_timeout"
+                };
                 let msg = format!(
-                    "upstream \"{}\" did not answer within {} ms (upstreams[].request_timeout)",
+                    "upstream \"{}\" did not answer within {} ms ({key})",
                     up.name,
-                    up.request_timeout.as_millis()
+                    timeout.as_millis()
                 );
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamTimeout, msg)), req);
             }
             Err(HeadRead::Invalid(why)) => {
                 let msg = format!("upstream \"{}\" sent an invalid response: {why}", up.name);
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamProtocol, msg)), req);
             }
         }
