@@ -220,3 +220,41 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
     let r = fresh.request("tools/list", json!({})).json();
     assert!(r["result"]["tools"].is_array(), "{r}");
 }
+
+#[test]
+fn an_idempotent_request_is_resent_when_a_new_connection_closed_before_replying() {
+    let lists = Arc::new(AtomicUsize::new(0));
+    let seen = lists.clone();
+    // The first tools/list is read and its connection closed without a byte; later ones answer.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            if req.rpc_method() == "tools/list" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                return;
+            }
+            let body = scripted::rpc_result(&req.id(), json!({"tools": []}));
+            let _ = s.write_all(&scripted::json_response(&body));
+        }
+    });
+    let gw = Gateway::builder()
+        // No pooling: every request goes out on a new connection, so the stale-connection retry
+        // cannot be what resends it.
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[
+                ("max_idle_per_worker", "0"),
+                ("retries", "{attempts: 1, backoff: 1ms}"),
+            ],
+        )
+        .serve("/mcp", "up")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.request("tools/list", json!({})).json();
+    assert!(r["result"]["tools"].is_array(), "{r}");
+    assert_eq!(lists.load(Ordering::SeqCst), 2);
+}

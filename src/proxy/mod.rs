@@ -798,9 +798,45 @@ async fn forward(
     let t_up = Instant::now();
     let caller = ctx.caller();
     let req = std::mem::take(&mut c.up_out);
-    let (res, req) = upstream::exchange_within(w, ctx.gw(), u, req, caller, ctx.tool_timeout).await;
+    let safe = || retry_safe(w, ctx);
+    let (res, req) =
+        upstream::exchange_within(w, ctx.gw(), u, req, caller, ctx.tool_timeout, Some(&safe)).await;
     c.up_out = req;
     respond(w, c, ctx, (u, res, t_up), had_session, then).await
+}
+
+/// Whether the request may be sent again after its upstream connection closed before any byte
+/// of a reply: one message, an idempotent method, or on a federated endpoint a `tools/call` of a
+/// tool its upstream annotates `readOnlyHint` or `idempotentHint` (a single-upstream endpoint
+/// keeps no tool list, so its tool calls are never resent). Asked only on that failure.
+#[cold]
+fn retry_safe(w: &WorkerState, ctx: &Ctx) -> bool {
+    use crate::policy::rules::ann;
+    let [m] = &ctx.messages[..] else {
+        return false;
+    };
+    if m.kind != MessageKind::Request {
+        return false;
+    }
+    if m.method.idempotent() {
+        return true;
+    }
+    let gw = ctx.gw();
+    match ctx.server {
+        Some(server) if m.method == Method::ToolsCall && gw.config.servers[server].federated() => {
+            let Some(name) = m
+                .name
+                .as_ref()
+                .and_then(|n| std::str::from_utf8(n.get()).ok())
+            else {
+                return false;
+            };
+            federate::annotations(w, gw, server, federate::TableKind::Tools, name)
+                & (ann::READ_ONLY | ann::IDEMPOTENT)
+                != 0
+        }
+        _ => false,
+    }
 }
 
 /// The `upstreams[].tool_timeouts` entry of the request's tool, when it is one `tools/call`

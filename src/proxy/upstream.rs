@@ -121,7 +121,7 @@ pub async fn exchange_as(
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    exchange_within(w, gw, u, req, caller, None).await
+    exchange_within(w, gw, u, req, caller, None, None).await
 }
 
 /// The refusal of a request to an upstream whose circuit is open.
@@ -147,7 +147,10 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// a connection closed before any reply, or an unreadable head are failures. A connect that
 /// fails is tried again `retries.attempts` times (nothing reached the upstream); a request that
 /// was sent is never sent again, except on a pooled connection found closed before any
-/// response byte (once, on a new connection: the upstream processed nothing on it).
+/// response byte (once, on a new connection: the upstream processed nothing on it), and when
+/// `retry_safe` says the request is idempotent (asked only then): a new connection closed
+/// before any response byte is tried again within `retries.attempts` too. Nothing is ever
+/// retried once a response byte arrived.
 pub async fn exchange_within(
     w: &WorkerState,
     gw: &Gateway,
@@ -155,6 +158,7 @@ pub async fn exchange_within(
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     tool_timeout: Option<Duration>,
+    retry_safe: Option<&dyn Fn() -> bool>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
     let breaker = gw.health.upstreams.get(u).map(|h| &h.breaker);
@@ -180,7 +184,8 @@ pub async fn exchange_within(
         }
     }
     let mut retried = false;
-    let mut connects_failed = 0u32;
+    // Further attempts taken from `retries.attempts` (failed connects, idempotent resends).
+    let mut attempts = 0u32;
     loop {
         // The retry always takes a fresh connection: another pooled one may be just as stale.
         let pooled = if retried {
@@ -197,10 +202,10 @@ pub async fn exchange_within(
             // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
             None => match Box::pin(open(up)).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
-                Err(e) if connects_failed < up.retries.attempts => {
+                Err(e) if attempts < up.retries.attempts => {
                     // Nothing reached the upstream: try again after the backoff.
-                    connects_failed += 1;
-                    tracing::debug!(upstream = %up.name, error = %e, attempt = connects_failed, "upstream connect failed; retrying (upstreams[].retries)");
+                    attempts += 1;
+                    tracing::debug!(upstream = %up.name, error = %e, attempt = attempts, "upstream connect failed; retrying (upstreams[].retries)");
                     if !up.retries.backoff.is_zero() {
                         Box::pin(monoio::time::sleep(up.retries.backoff)).await;
                     }
@@ -244,6 +249,19 @@ pub async fn exchange_within(
                 got_bytes: false, ..
             }) if reused && !retried => {
                 retried = true;
+                continue;
+            }
+            // A new connection closed before any response byte: the upstream may have run the
+            // request, so only an idempotent one is sent again.
+            Err(HeadRead::Closed {
+                got_bytes: false, ..
+            }) if attempts < up.retries.attempts && retry_safe.is_some_and(|safe| safe()) => {
+                attempts += 1;
+                retried = true;
+                tracing::debug!(upstream = %up.name, attempt = attempts, "upstream closed before replying to an idempotent request; retrying (upstreams[].retries)");
+                if !up.retries.backoff.is_zero() {
+                    Box::pin(monoio::time::sleep(up.retries.backoff)).await;
+                }
                 continue;
             }
             Err(HeadRead::Closed { err, .. }) => {
