@@ -258,3 +258,54 @@ fn an_idempotent_request_is_resent_when_a_new_connection_closed_before_replying(
     assert!(r["result"]["tools"].is_array(), "{r}");
     assert_eq!(lists.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    // tools/list: 503, 200, 503, 200, … never two failures in a row.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let r = if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                scripted::response("503 Service Unavailable", &[], b"")
+            } else {
+                scripted::json_response(&scripted::rpc_result(&req.id(), json!({"tools": []})))
+            };
+            let _ = s.write_all(&r);
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[(
+                "circuit_breaker",
+                "{consecutive_failures: 0, error_ratio: 0.4, min_requests: 4, window: 1h}",
+            )],
+        )
+        .serve("/mcp", "up")
+        .workers(1)
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    // initialize and notifications/initialized succeeded; then 503, 200, 503: 2 of 5 failed.
+    for _ in 0..3 {
+        let r = m.request("tools/list", json!({})).json();
+        assert!(!r.to_string().contains("circuit is open"), "{r}");
+    }
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    let r = m.request("tools/list", json!({})).json();
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("circuit is open"),
+        "{r}"
+    );
+    assert_eq!(n.load(Ordering::SeqCst), 3, "an open circuit sends nothing");
+    assert_eq!(circuit_state(&gw, "up"), 1.0);
+}

@@ -180,6 +180,8 @@ pub mod defaults {
     pub const BREAKER_FAILURES: u64 = 5;
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
     pub const BREAKER_PROBES: u64 = 1;
+    pub const BREAKER_MIN_REQUESTS: u64 = 20;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
@@ -833,6 +835,9 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         },
         circuit_breaker: crate::config::CircuitBreaker {
             consecutive_failures: defaults::BREAKER_FAILURES as u32,
+            error_ratio: 0.0,
+            min_requests: defaults::BREAKER_MIN_REQUESTS as u32,
+            window: defaults::BREAKER_WINDOW,
             open_for: defaults::BREAKER_OPEN_FOR,
             half_open_probes: defaults::BREAKER_PROBES as u32,
         },
@@ -1038,7 +1043,14 @@ fn resilience(p: &mut Problems, s: &Section<'_>, u: &mut Upstream) {
         p,
         extract::child(&s.path, "circuit_breaker"),
         s.raw("circuit_breaker"),
-        &["consecutive_failures", "open_for", "half_open_probes"],
+        &[
+            "consecutive_failures",
+            "error_ratio",
+            "min_requests",
+            "window",
+            "open_for",
+            "half_open_probes",
+        ],
     );
     let cb = &mut u.circuit_breaker;
     cb.consecutive_failures = b.get(p, "consecutive_failures", cb.consecutive_failures, |v| {
@@ -1054,6 +1066,20 @@ fn resilience(p: &mut Problems, s: &Section<'_>, u: &mut Upstream) {
     cb.half_open_probes = b.get(p, "half_open_probes", cb.half_open_probes, |v| {
         count(1, 1000)(v).map(|n| n as u32)
     });
+    cb.error_ratio = b.get(p, "error_ratio", cb.error_ratio, |v| match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => Err(format!("expected a share from 0 to 1 (0 = off), got {n}")),
+        },
+        other => Err(format!(
+            "expected a share from 0 to 1 (0 = off), got {}",
+            describe(other)
+        )),
+    });
+    cb.min_requests = b.get(p, "min_requests", cb.min_requests, |v| {
+        count(1, 1_000_000)(v).map(|n| n as u32)
+    });
+    cb.window = b.get(p, "window", cb.window, extract::duration(MS));
 }
 
 /// An upstream header value: a literal (with `$${` unescaped) or the secret a `${env:NAME}` /

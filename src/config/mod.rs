@@ -288,10 +288,17 @@ pub struct Retries {
 /// response-head timeouts, connections closed before a reply, 5xx replies; on any worker, no
 /// success since) → fails fast for `open_for` → half-open: `half_open_probes` requests are let
 /// through; a success closes it, a failure opens it again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CircuitBreaker {
     /// `consecutive_failures`, default 5; 0 = no breaker.
     pub consecutive_failures: u32,
+    /// `error_ratio`, default 0 (off): also open when, within one `window` on one worker, at
+    /// least `min_requests` exchanges were made and this share of them failed.
+    pub error_ratio: f64,
+    /// `min_requests`, default 20.
+    pub min_requests: u32,
+    /// `window`, default 10s.
+    pub window: Duration,
     /// `open_for`, default 10s.
     pub open_for: Duration,
     /// `half_open_probes`, default 1: requests let through at once while half-open.

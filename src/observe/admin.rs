@@ -79,6 +79,9 @@ impl UpstreamHealth {
             tls: None,
             breaker: crate::proxy::breaker::Breaker::new(crate::config::CircuitBreaker {
                 consecutive_failures: 0,
+                error_ratio: 0.0,
+                min_requests: 20,
+                window: Duration::from_secs(10),
                 open_for: Duration::from_secs(10),
                 half_open_probes: 1,
             }),

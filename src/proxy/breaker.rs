@@ -152,19 +152,30 @@ impl Breaker {
     /// A failed exchange: connect failure, response-head timeout, closed before a reply, 5xx.
     #[cold]
     pub fn failed(&self, upstream: &str, why: &str) {
-        if self.cfg.consecutive_failures == 0 {
-            return;
-        }
         match self.state.load(Ordering::Acquire) {
-            CLOSED => {
+            CLOSED if self.cfg.consecutive_failures != 0 => {
                 let n = self.run.fetch_add(1, Ordering::AcqRel).saturating_add(1);
                 if n >= self.cfg.consecutive_failures {
                     self.open(CLOSED, upstream, why, n);
                 }
             }
+            CLOSED => {}
             HALF_OPEN => self.open(HALF_OPEN, upstream, why, 0),
             // Already open: a request admitted before it opened.
             _ => {}
+        }
+    }
+
+    /// A worker's window saw `error_ratio` of its exchanges fail (`ErrorWindow`): open.
+    #[cold]
+    pub fn trip(&self, upstream: &str, failed: u32, total: u32) {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            let why = format!(
+                "{failed} of {total} exchanges failed within {} ms (error_ratio {})",
+                self.cfg.window.as_millis(),
+                self.cfg.error_ratio
+            );
+            self.open(CLOSED, upstream, &why, 0);
         }
     }
 
@@ -213,8 +224,49 @@ impl Breaker {
             CLOSED => CLOSED,
             _ => OPEN,
         };
-        if self.cfg.consecutive_failures != 0 {
+        if self.cfg.consecutive_failures != 0 || self.cfg.error_ratio > 0.0 {
             self.state.store(state, Ordering::Release);
+        }
+    }
+}
+
+/// One worker's count of an upstream's exchanges in the current `circuit_breaker.window`, for
+/// `error_ratio`. Per worker, not shared: a shared count would be an atomic read-modify-write
+/// on one cache line by every worker for every request; the state it trips is shared.
+#[derive(Clone, Copy, Default)]
+pub struct ErrorWindow {
+    /// The upstream's stable id (`UpstreamRuntime::id`): a reload that moves upstreams around
+    /// starts a new window rather than count into another upstream's.
+    id: u64,
+    start: Option<Instant>,
+    total: u32,
+    failed: u32,
+}
+
+impl ErrorWindow {
+    /// Counts one exchange ended at `now`; trips `b` when the window's failures reach the ratio.
+    pub fn count(&mut self, b: &Breaker, id: u64, upstream: &str, failed: bool, now: Instant) {
+        let cfg = &b.cfg;
+        let fresh = self.id != id
+            || self
+                .start
+                .is_none_or(|s| now.duration_since(s) >= cfg.window);
+        if fresh {
+            *self = ErrorWindow {
+                id,
+                start: Some(now),
+                total: 0,
+                failed: 0,
+            };
+        }
+        self.total += 1;
+        self.failed += u32::from(failed);
+        if failed
+            && self.total >= cfg.min_requests
+            && f64::from(self.failed) >= cfg.error_ratio * f64::from(self.total)
+        {
+            b.trip(upstream, self.failed, self.total);
+            self.start = None;
         }
     }
 }
@@ -235,6 +287,9 @@ mod tests {
     fn breaker(n: u32, open_for: Duration, probes: u32) -> Breaker {
         Breaker::new(CircuitBreaker {
             consecutive_failures: n,
+            error_ratio: 0.0,
+            min_requests: 20,
+            window: Duration::from_secs(60),
             open_for,
             half_open_probes: probes,
         })
@@ -284,6 +339,37 @@ mod tests {
             ),
             (2, 2, 1)
         );
+    }
+
+    #[test]
+    fn an_error_ratio_over_a_window_opens_it() {
+        let b = Breaker::new(CircuitBreaker {
+            consecutive_failures: 0,
+            error_ratio: 0.5,
+            min_requests: 4,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_secs(60),
+            half_open_probes: 1,
+        });
+        let mut w = ErrorWindow::default();
+        let t = Instant::now();
+        // Alternating: never two failures in a row, half of them failed.
+        for (i, failed) in [true, false, true, false].into_iter().enumerate() {
+            assert_eq!(b.state(), CLOSED, "after {i}");
+            w.count(&b, 7, "u", failed, t);
+        }
+        // The 4th exchange was a success: only a failure trips it.
+        assert_eq!(b.state(), CLOSED);
+        w.count(&b, 7, "u", true, t);
+        assert_eq!(b.state(), OPEN);
+        // A new window (past `window`, or another upstream id) starts from nothing.
+        let b2 = breaker(0, Duration::from_secs(60), 1);
+        let mut w2 = ErrorWindow::default();
+        w2.count(&b2, 1, "u", true, t);
+        w2.count(&b2, 2, "u", true, t);
+        assert_eq!(w2.total, 1);
+        w2.count(&b2, 2, "u", true, t + Duration::from_secs(61));
+        assert_eq!(w2.total, 1);
     }
 
     #[test]

@@ -310,6 +310,8 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// Per upstream index: this worker's `circuit_breaker.error_ratio` window (`breaker`).
+    pub error_windows: RefCell<Vec<super::breaker::ErrorWindow>>,
     /// Per item name, the authorization rules whose target names it (`policy::rules::Memo`).
     pub rules_memo: crate::policy::rules::Memo,
     /// Per config generation, each server's Rego evaluator on this worker (`servers[].rego`).
@@ -347,6 +349,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            error_windows: Default::default(),
             rules_memo: Default::default(),
             fetched_keys: Default::default(),
             rego: RefCell::new((u64::MAX, Vec::new())),
@@ -447,6 +450,22 @@ impl WorkerState {
                 self.pool_discarded(gw, u, why);
             }
         }
+    }
+
+    /// Counts one exchange with upstream `u` in this worker's error-ratio window of breaker `b`.
+    #[cold]
+    pub fn count_exchange(
+        &self,
+        b: &super::breaker::Breaker,
+        u: usize,
+        up: &UpstreamRuntime,
+        failed: bool,
+    ) {
+        let mut ws = self.error_windows.borrow_mut();
+        if ws.len() <= u {
+            ws.resize(u + 1, Default::default());
+        }
+        ws[u].count(b, up.id, &up.name, failed, self.shutdown.now());
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.

@@ -168,9 +168,14 @@ pub async fn exchange_within(
         Some(Ok(a)) => Some(a),
         None => None,
     };
+    // `error_ratio` on: every outcome is counted in this worker's window.
+    let ratio = breaker.filter(|b| b.config().error_ratio > 0.0);
     let failed = |why: &str| {
         if let Some(b) = breaker {
             b.failed(&up.name, why);
+        }
+        if let Some(b) = ratio {
+            w.count_exchange(b, u, up, true);
         }
     };
     if let Some(cr) = &up.credentials {
@@ -237,6 +242,9 @@ pub async fn exchange_within(
                     failed("a 5xx response");
                 } else if let Some(b) = breaker {
                     b.succeeded(&up.name);
+                    if ratio.is_some() {
+                        w.count_exchange(b, u, up, false);
+                    }
                 }
                 if head.status == 401 && up.credentials.is_some() {
                     w.tokens.rejected(&up.name, caller.map(|c| c.principal));

@@ -668,6 +668,9 @@ fn render_resilience(o: &mut String, u: &crate::config::Upstream) {
     let cb = &u.circuit_breaker;
     let _ = writeln!(o, "    circuit_breaker:");
     let _ = writeln!(o, "      consecutive_failures: {}", cb.consecutive_failures);
+    let _ = writeln!(o, "      error_ratio: {}", cb.error_ratio);
+    let _ = writeln!(o, "      min_requests: {}", cb.min_requests);
+    let _ = writeln!(o, "      window: {}", render_duration(cb.window));
     let _ = writeln!(o, "      open_for: {}", render_duration(cb.open_for));
     let _ = writeln!(o, "      half_open_probes: {}", cb.half_open_probes);
 }
