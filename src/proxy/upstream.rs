@@ -455,7 +455,7 @@ pub async fn vet_reply(
                             return Vetted::Unusable {
                                 kind: Kind::UpstreamTimeout,
                                 why: format!(
-                                    "did not send its whole reply within {} ms (upstreams[].request_timeout)",
+                                    "did not send its whole reply within {} ms (upstreams[].request_timeout, or the tool's tool_timeouts)",
                                     timeout.as_millis()
                                 ),
                                 reusable: false,
