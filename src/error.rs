@@ -224,6 +224,11 @@ kinds! {
     UpstreamUnavailable => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_unavailable");
     UpstreamTimeout => row(504, UPSTREAM_TIMEOUT, Upstream, "upstream_timeout");
     UpstreamProtocol => row(502, UPSTREAM_PROTOCOL, Upstream, "upstream_protocol");
+    // `upstreams[].circuit_breaker` is open: failed at once, without trying the upstream.
+    UpstreamCircuitOpen => Row {
+        extra: Extra::RetryAfter,
+        ..row(503, UPSTREAM_UNAVAILABLE, Upstream, "upstream_circuit_open")
+    };
     // The gateway could not obtain its own token for an upstream (`upstreams[].credentials`):
     // the token endpoint failed and no unexpired token is left, or no caller token to exchange.
     UpstreamCredentials => row(502, UPSTREAM_UNAVAILABLE, Upstream, "upstream_credentials");
@@ -321,6 +326,8 @@ impl Kind {
 pub struct Error {
     pub kind: Kind,
     pub reason: String,
+    /// JSON text for the refusal's `error.data` (a circuit-open refusal's `retryAfterMs`).
+    pub data: Option<Vec<u8>>,
 }
 
 impl Error {
@@ -328,6 +335,7 @@ impl Error {
         Error {
             kind,
             reason: reason.into(),
+            data: None,
         }
     }
 }

@@ -177,6 +177,13 @@ pub mod defaults {
     pub const MAX_IDLE_PER_WORKER: u64 = 256;
     /// Three in a row rules out one unlucky connect without keeping a dead upstream "ready" long.
     pub const UNHEALTHY_AFTER: u64 = 3;
+    pub const RETRY_ATTEMPTS: u64 = 1;
+    pub const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+    pub const BREAKER_FAILURES: u64 = 5;
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
+    pub const BREAKER_PROBES: u64 = 1;
+    pub const BREAKER_MIN_REQUESTS: u64 = 20;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
@@ -825,6 +832,19 @@ fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
         separator: crate::mcp::names::SEPARATOR.to_string(),
         era: crate::config::UpstreamEra::Auto,
         transport: Transport::StreamableHttp,
+        tool_timeouts: Vec::new(),
+        retries: crate::config::Retries {
+            attempts: defaults::RETRY_ATTEMPTS as u32,
+            backoff: defaults::RETRY_BACKOFF,
+        },
+        circuit_breaker: crate::config::CircuitBreaker {
+            consecutive_failures: defaults::BREAKER_FAILURES as u32,
+            error_ratio: 0.0,
+            min_requests: defaults::BREAKER_MIN_REQUESTS as u32,
+            window: defaults::BREAKER_WINDOW,
+            open_for: defaults::BREAKER_OPEN_FOR,
+            half_open_probes: defaults::BREAKER_PROBES as u32,
+        },
     }
 }
 
@@ -861,6 +881,9 @@ fn upstream(
             "separator",
             "era",
             "transport",
+            "tool_timeouts",
+            "retries",
+            "circuit_breaker",
         ],
     );
     let name = s
@@ -966,6 +989,7 @@ fn upstream(
             .map_err(|e| e.to_string())?;
         Ok(sep.to_string())
     });
+    resilience(p, &s, &mut u);
     let sep = u.separator.clone();
     u.prefix = s.get(p, "prefix", None, |v| {
         let prefix = string(v)?;
@@ -976,6 +1000,90 @@ fn upstream(
         Ok(Some(prefix.to_string()))
     });
     u
+}
+
+/// `tool_timeouts`, `retries` and `circuit_breaker` of one upstream.
+fn resilience(p: &mut Problems, s: &Section<'_>, u: &mut Upstream) {
+    if let Some((tpath, tv)) = s.value("tool_timeouts") {
+        match tv {
+            Value::Mapping(m) => {
+                for (k, val) in m {
+                    let Value::String(glob) = k else {
+                        p.add(&tpath, "tool name globs must be strings");
+                        continue;
+                    };
+                    let at = extract::child(&tpath, glob);
+                    if glob.is_empty() {
+                        p.add(&at, "an empty glob matches no tool");
+                        continue;
+                    }
+                    match extract::duration(MS)(val) {
+                        Ok(d) if d.is_zero() => p.add(&at, "must be more than 0s"),
+                        Ok(d) => u.tool_timeouts.push((glob.clone(), d)),
+                        Err(e) => p.add(&at, e),
+                    }
+                }
+            }
+            other => p.add(
+                &tpath,
+                format!(
+                    "expected a mapping of tool name globs to durations, got {}",
+                    describe(other)
+                ),
+            ),
+        }
+    }
+    let r = Section::open(
+        p,
+        extract::child(&s.path, "retries"),
+        s.raw("retries"),
+        &["attempts", "backoff"],
+    );
+    u.retries.attempts = r.get(p, "attempts", u.retries.attempts, |v| {
+        count(0, 10)(v).map(|n| n as u32)
+    });
+    u.retries.backoff = r.get(p, "backoff", u.retries.backoff, extract::duration(MS));
+    let b = Section::open(
+        p,
+        extract::child(&s.path, "circuit_breaker"),
+        s.raw("circuit_breaker"),
+        &[
+            "consecutive_failures",
+            "error_ratio",
+            "min_requests",
+            "window",
+            "open_for",
+            "half_open_probes",
+        ],
+    );
+    let cb = &mut u.circuit_breaker;
+    cb.consecutive_failures = b.get(p, "consecutive_failures", cb.consecutive_failures, |v| {
+        count(0, 1_000_000)(v).map(|n| n as u32)
+    });
+    cb.open_for = b.get(p, "open_for", cb.open_for, |v| {
+        let d = extract::duration(MS)(v)?;
+        if d.is_zero() {
+            return Err("must be more than 0s".into());
+        }
+        Ok(d)
+    });
+    cb.half_open_probes = b.get(p, "half_open_probes", cb.half_open_probes, |v| {
+        count(1, 1000)(v).map(|n| n as u32)
+    });
+    cb.error_ratio = b.get(p, "error_ratio", cb.error_ratio, |v| match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => Err(format!("expected a share from 0 to 1 (0 = off), got {n}")),
+        },
+        other => Err(format!(
+            "expected a share from 0 to 1 (0 = off), got {}",
+            describe(other)
+        )),
+    });
+    cb.min_requests = b.get(p, "min_requests", cb.min_requests, |v| {
+        count(1, 1_000_000)(v).map(|n| n as u32)
+    });
+    cb.window = b.get(p, "window", cb.window, extract::duration(MS));
 }
 
 /// An upstream header value: a literal (with `$${` unescaped) or the secret a `${env:NAME}` /

@@ -265,6 +265,46 @@ pub struct Upstream {
     /// `transport`, default `streamable_http`; `sse`: the 2024-11-05 HTTP+SSE transport (the
     /// URL is the upstream's SSE URL; see `proxy::legacy`).
     pub transport: Transport,
+    /// `tool_timeouts`, default none: `tools/call` of a tool whose own name matches a glob
+    /// waits this long (instead of `request_timeout`) for the response head, and at most this
+    /// long between body reads. First match wins, in the order written.
+    pub tool_timeouts: Vec<(String, Duration)>,
+    /// `retries`: new connections that could not be opened (nothing reached the upstream).
+    pub retries: Retries,
+    /// `circuit_breaker`: fail fast while the upstream keeps failing.
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// `upstreams[].retries`. Only what the upstream cannot have processed is retried: a connect
+/// that failed (refused, timed out, TLS handshake) and, as always, a pooled connection found
+/// closed before any response byte (that one once, on a new connection, not counted here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// `attempts`, default 1: further connect attempts after a failed one (0 = none).
+    pub attempts: u32,
+    /// `backoff`, default 50ms: the wait before each further attempt.
+    pub backoff: Duration,
+}
+
+/// `upstreams[].circuit_breaker`: closed → open after `consecutive_failures` (connect failures,
+/// response-head timeouts, connections closed before a reply, 5xx replies; on any worker, no
+/// success since) → fails fast for `open_for` → half-open: `half_open_probes` requests are let
+/// through; a success closes it, a failure opens it again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CircuitBreaker {
+    /// `consecutive_failures`, default 5; 0 = no breaker.
+    pub consecutive_failures: u32,
+    /// `error_ratio`, default 0 (off): also open when, within one `window` on one worker, at
+    /// least `min_requests` exchanges were made and this share of them failed.
+    pub error_ratio: f64,
+    /// `min_requests`, default 20.
+    pub min_requests: u32,
+    /// `window`, default 10s.
+    pub window: Duration,
+    /// `open_for`, default 10s.
+    pub open_for: Duration,
+    /// `half_open_probes`, default 1: requests let through at once while half-open.
+    pub half_open_probes: u32,
 }
 
 /// `upstreams[].era`: the protocol era an upstream speaks. The gateway translates between a
@@ -359,6 +399,9 @@ impl std::fmt::Debug for Upstream {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_idle_per_worker", &self.max_idle_per_worker)
             .field("unhealthy_after", &self.unhealthy_after)
+            .field("tool_timeouts", &self.tool_timeouts)
+            .field("retries", &self.retries)
+            .field("circuit_breaker", &self.circuit_breaker)
             .field("era", &self.era)
             .field("headers", &headers)
             .field("header_sources", &self.header_sources)

@@ -31,6 +31,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// Requests that change nothing on the server (reads and lists), so sending one twice is
+    /// harmless: an upstream connection that closed before any byte of the reply may be retried.
+    pub const fn idempotent(self) -> bool {
+        matches!(
+            self,
+            Self::Ping
+                | Self::ToolsList
+                | Self::ResourcesList
+                | Self::ResourcesTemplatesList
+                | Self::ResourcesRead
+                | Self::PromptsList
+                | Self::PromptsGet
+                | Self::CompletionComplete
+                | Self::ServerDiscover
+                | Self::TasksGet
+                | Self::TasksList
+        )
+    }
+
     /// Every variant, in label order (used to pre-resolve per-method metric handles).
     pub const ALL: [Method; 25] = [
         Self::Initialize,

@@ -51,6 +51,8 @@ pub struct UpstreamHealth {
     /// An https upstream: the probe completes a TLS handshake (certificate and name verified)
     /// after the connect, so an upstream whose certificate fails is not reported ready.
     pub tls: Option<ProbeTls>,
+    /// `upstreams[].circuit_breaker` (`proxy::breaker`).
+    pub breaker: crate::proxy::breaker::Breaker,
 }
 
 /// What a probe of an https upstream verifies against.
@@ -75,7 +77,21 @@ impl UpstreamHealth {
             failures: AtomicU32::new(0),
             endpoints,
             tls: None,
+            breaker: crate::proxy::breaker::Breaker::new(crate::config::CircuitBreaker {
+                consecutive_failures: 0,
+                error_ratio: 0.0,
+                min_requests: 20,
+                window: Duration::from_secs(10),
+                open_for: Duration::from_secs(10),
+                half_open_probes: 1,
+            }),
         }
+    }
+
+    /// The upstream's circuit breaker (none by default: `consecutive_failures: 0`).
+    pub fn with_breaker(mut self, cfg: crate::config::CircuitBreaker) -> Self {
+        self.breaker = crate::proxy::breaker::Breaker::new(cfg);
+        self
     }
 
     /// The probe also completes a TLS handshake (https upstreams).
@@ -170,6 +186,45 @@ impl Health {
                 h.name
             );
         }
+        self.render_circuits(out);
+    }
+
+    /// `tollgate_upstream_circuit_state{upstream}` and
+    /// `tollgate_upstream_circuit_transitions_total{upstream,to}`, written at scrape time from
+    /// the breakers (upstreams without one: state 0, no transitions).
+    fn render_circuits(&self, out: &mut String) {
+        use crate::proxy::breaker::STATE_NAMES;
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP {n} The upstream's circuit breaker: 0 closed, 1 open, 2 half-open.\n# TYPE {n} gauge",
+            n = names::UPSTREAM_CIRCUIT_STATE
+        );
+        for h in &self.upstreams {
+            let _ = writeln!(
+                out,
+                "{}{{upstream=\"{}\"}} {}",
+                names::UPSTREAM_CIRCUIT_STATE,
+                h.name,
+                h.breaker.state()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {n} Circuit breaker state changes, by upstream and the state entered.\n# TYPE {n} counter",
+            n = names::UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL
+        );
+        for h in &self.upstreams {
+            for (to, label) in STATE_NAMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{}{{upstream=\"{}\",to=\"{label}\"}} {}",
+                    names::UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL,
+                    h.name,
+                    h.breaker.transitions(to as u8)
+                );
+            }
+        }
     }
 
     /// A connect failure or response-head timeout on upstream `u` (the cold path).
@@ -253,6 +308,7 @@ impl HealthSlot {
             if let Some(old) = cur.upstreams.iter().find(|o| o.name == h.name) {
                 h.failures
                     .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+                h.breaker.carry_from(&old.breaker);
             }
         }
         *cur = new;

@@ -63,6 +63,10 @@ pub const LISTEN_STREAMS_OPEN: &str = "tollgate_listen_streams_open";
 pub const LISTEN_STREAMS_ENDED_TOTAL: &str = "tollgate_listen_streams_ended_total";
 pub const LISTEN_MEMBER_ENDS_TOTAL: &str = "tollgate_listen_member_ends_total";
 pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
+/// `upstreams[].circuit_breaker`: its state (0 closed, 1 open, 2 half-open) and its changes by
+/// the state entered (closed, open, half_open); written at scrape time like `UPSTREAM_UP`.
+pub const UPSTREAM_CIRCUIT_STATE: &str = "tollgate_upstream_circuit_state";
+pub const UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL: &str = "tollgate_upstream_circuit_transitions_total";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

@@ -123,6 +123,7 @@ impl Gateway {
                         config: config.clone(),
                         name: name.clone(),
                     }))
+                    .with_breaker(cfg.circuit_breaker)
                 })
                 .collect(),
             endpoints: config

@@ -214,6 +214,9 @@ pub struct Ctx {
     /// Request body bytes.
     pub bytes_in: u64,
     pub upstream_call: Option<UpstreamCall>,
+    /// A `tools/call` whose tool has its own `upstreams[].tool_timeouts` entry: the wait for
+    /// the response head and between body reads, instead of `request_timeout`.
+    pub tool_timeout: Option<Duration>,
     /// The HTTP status sent to the client (0 if nothing was sent).
     pub status: u16,
     pub outcome: Outcome,
@@ -280,6 +283,7 @@ impl Ctx {
             batch: false,
             bytes_in: 0,
             upstream_call: None,
+            tool_timeout: None,
             status: 0,
             outcome: Outcome::Ok,
             refused: None,

@@ -4,6 +4,7 @@
 //! Every refusal goes through `refuse`, which renders a `reject::Refusal` with `reject::Rejects`.
 
 mod authorize;
+pub mod breaker;
 pub mod build;
 pub mod checks;
 pub mod client;
@@ -803,12 +804,71 @@ async fn forward(
     then: Then,
 ) -> Next {
     ctx.upstream = Some(u);
+    if !ctx.gw().upstreams[u].tool_timeouts.is_empty() {
+        ctx.tool_timeout = tool_timeout(w, ctx, u);
+    }
     let t_up = Instant::now();
     let caller = ctx.caller();
     let req = std::mem::take(&mut c.up_out);
-    let (res, req) = upstream::exchange_as(w, ctx.gw(), u, req, caller).await;
+    let safe = || retry_safe(w, ctx);
+    let (res, req) =
+        upstream::exchange_within(w, ctx.gw(), u, req, caller, ctx.tool_timeout, Some(&safe)).await;
     c.up_out = req;
     respond(w, c, ctx, (u, res, t_up), had_session, then).await
+}
+
+/// Whether the request may be sent again after its upstream connection closed before any byte
+/// of a reply: one message, an idempotent method, or on a federated endpoint a `tools/call` of a
+/// tool its upstream annotates `readOnlyHint` or `idempotentHint` (a single-upstream endpoint
+/// keeps no tool list, so its tool calls are never resent). Asked only on that failure.
+#[cold]
+fn retry_safe(w: &WorkerState, ctx: &Ctx) -> bool {
+    use crate::policy::rules::ann;
+    let [m] = &ctx.messages[..] else {
+        return false;
+    };
+    if m.kind != MessageKind::Request {
+        return false;
+    }
+    if m.method.idempotent() {
+        return true;
+    }
+    let gw = ctx.gw();
+    match ctx.server {
+        Some(server) if m.method == Method::ToolsCall && gw.config.servers[server].federated() => {
+            let Some(name) = m
+                .name
+                .as_ref()
+                .and_then(|n| std::str::from_utf8(n.get()).ok())
+            else {
+                return false;
+            };
+            federate::annotations(w, gw, server, federate::TableKind::Tools, name)
+                & (ann::READ_ONLY | ann::IDEMPOTENT)
+                != 0
+        }
+        _ => false,
+    }
+}
+
+/// The `upstreams[].tool_timeouts` entry of the request's tool, when it is one `tools/call`
+/// (matched against the upstream's own name: on a federated endpoint, as its table routes it).
+#[cold]
+fn tool_timeout(w: &WorkerState, ctx: &Ctx, u: usize) -> Option<std::time::Duration> {
+    let [m] = &ctx.messages[..] else {
+        return None;
+    };
+    if m.method != Method::ToolsCall || m.kind != MessageKind::Request {
+        return None;
+    }
+    let name = std::str::from_utf8(m.name.as_ref()?.get()).ok()?;
+    let gw = ctx.gw();
+    match ctx.server {
+        Some(server) if gw.config.servers[server].federated() => {
+            federate::own_tool_timeout(w, gw, server, u, name)
+        }
+        _ => gw.upstreams[u].tool_timeout(name),
+    }
 }
 
 /// Phases: vet → relay, for the outcome of an upstream exchange begun at `t_up`.
@@ -843,7 +903,8 @@ async fn respond(
     };
     let mut up_conn = up_conn;
     let expect_id = ctx.answer_id();
-    let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, up.request_timeout, expect_id).await;
+    let timeout = ctx.tool_timeout.unwrap_or(up.request_timeout);
+    let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, timeout, expect_id).await;
     ctx.upstream_call = Some(UpstreamCall {
         upstream: u,
         result: match &vetted {
@@ -927,17 +988,7 @@ async fn respond(
             .await
         }
         Then::Relay | Then::RelayFederated(_) | Then::Translated => {
-            relay(
-                w,
-                c,
-                ctx,
-                up_conn,
-                &rhead,
-                u,
-                Some(up.request_timeout),
-                false,
-            )
-            .await
+            relay(w, c, ctx, up_conn, &rhead, u, Some(timeout), false).await
         }
     }
 }

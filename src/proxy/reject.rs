@@ -113,6 +113,9 @@ impl Rejects {
                     Kind::UpstreamUnavailable => "upstream unavailable".into(),
                     Kind::UpstreamTimeout => "upstream timed out".into(),
                     Kind::UpstreamProtocol => "upstream sent an invalid response".into(),
+                    Kind::UpstreamCircuitOpen => {
+                        "upstream circuit open (upstreams[].circuit_breaker): retry later".into()
+                    }
                     Kind::UpstreamCredentials => {
                         "the gateway could not obtain its credentials for the upstream".into()
                     }
@@ -274,7 +277,10 @@ impl Refusal {
 
 impl From<crate::error::Error> for Refusal {
     fn from(e: crate::error::Error) -> Self {
-        Refusal::because(e.kind, e.reason)
+        Refusal {
+            data: e.data,
+            ..Refusal::because(e.kind, e.reason)
+        }
     }
 }
 

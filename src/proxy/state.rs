@@ -54,6 +54,21 @@ pub struct UpstreamRuntime {
     pub legacy: bool,
     /// `credentials`: the gateway's own token for it (`proxy::credentials`).
     pub credentials: Option<Arc<crate::config::credentials::Credentials>>,
+    /// `tool_timeouts`: (glob over its own tool names, timeout), first match wins.
+    pub tool_timeouts: Vec<(String, Duration)>,
+    /// `retries`: further connect attempts after a failed connect.
+    pub retries: crate::config::Retries,
+}
+
+impl UpstreamRuntime {
+    /// The timeout of a `tools/call` of `tool` (the upstream's own name): the first
+    /// `tool_timeouts` glob it matches; `None`: `request_timeout` applies.
+    pub fn tool_timeout(&self, tool: &str) -> Option<Duration> {
+        self.tool_timeouts
+            .iter()
+            .find(|(glob, _)| crate::mcp::names::glob_match(glob, tool))
+            .map(|(_, d)| *d)
+    }
 }
 
 impl UpstreamRuntime {
@@ -98,6 +113,8 @@ impl UpstreamRuntime {
             tls: cfg.tls.as_ref().map(|t| (t.client.clone(), t.name.clone())),
             legacy: cfg.transport == crate::config::Transport::Sse,
             credentials: cfg.credentials.as_deref().cloned().map(Arc::new),
+            tool_timeouts: cfg.tool_timeouts.clone(),
+            retries: cfg.retries,
         }
     }
 }
@@ -296,6 +313,8 @@ pub struct WorkerState {
     revoked: RefCell<HashMap<[u8; 16], u64>>,
     /// Routing tables of federated endpoints (built from the upstreams' lists).
     pub catalogs: super::federate::Catalogs,
+    /// Per upstream index: this worker's `circuit_breaker.error_ratio` window (`breaker`).
+    pub error_windows: RefCell<Vec<super::breaker::ErrorWindow>>,
     /// Per item name, the authorization rules whose target names it (`policy::rules::Memo`).
     pub rules_memo: crate::policy::rules::Memo,
     /// Per config generation, each server's Rego evaluator on this worker (`servers[].rego`).
@@ -335,6 +354,7 @@ impl WorkerState {
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
+            error_windows: Default::default(),
             rules_memo: Default::default(),
             fetched_keys: Default::default(),
             rego: RefCell::new((u64::MAX, Vec::new())),
@@ -436,6 +456,22 @@ impl WorkerState {
                 self.pool_discarded(gw, u, why);
             }
         }
+    }
+
+    /// Counts one exchange with upstream `u` in this worker's error-ratio window of breaker `b`.
+    #[cold]
+    pub fn count_exchange(
+        &self,
+        b: &super::breaker::Breaker,
+        u: usize,
+        up: &UpstreamRuntime,
+        failed: bool,
+    ) {
+        let mut ws = self.error_windows.borrow_mut();
+        if ws.len() <= u {
+            ws.resize(u + 1, Default::default());
+        }
+        ws[u].count(b, up.id, &up.name, failed, self.shutdown.now());
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.

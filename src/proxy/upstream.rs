@@ -1,5 +1,7 @@
-//! The upstream half of the request path: send a request (pooled connection, one retry when a
-//! reused connection turns out stale before any response byte), read the response head, and
+//! The upstream half of the request path: ask the upstream's circuit breaker, send a request
+//! (pooled connection, one retry when a reused connection turns out stale before any response
+//! byte, `retries` of a failed connect), read the response head (`request_timeout`, or a
+//! tool's `tool_timeouts`), and
 //! relay the body to the client as it arrives (SSE event by event, never buffering a stream).
 
 use std::time::{Duration, Instant};
@@ -116,10 +118,66 @@ pub async fn exchange_as(
     w: &WorkerState,
     gw: &Gateway,
     u: usize,
-    mut req: Vec<u8>,
+    req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
+    exchange_within(w, gw, u, req, caller, None, None).await
+}
+
+/// The refusal of a request to an upstream whose circuit is open.
+#[cold]
+fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
+    let retry = Duration::from_millis(retry_ms.max(1));
+    let msg = format!(
+        "upstream \"{}\" is failing: its circuit is open (upstreams[].circuit_breaker), retry in {} ms",
+        up.name,
+        retry.as_millis()
+    );
+    Error {
+        data: Some(super::breaker::refusal_data(&up.name, retry)),
+        ..Error::new(Kind::UpstreamCircuitOpen, msg)
+    }
+}
+
+/// `exchange_as` with the response head awaited for `tool_timeout` (a `tools/call` of a tool
+/// with its own `tool_timeouts` entry) instead of the upstream's `request_timeout`.
+///
+/// The upstream's circuit breaker is asked first (an open circuit refuses at once) and told the
+/// outcome: a response head is a success unless it is a 5xx; a connect failure, a head timeout,
+/// a connection closed before any reply, or an unreadable head are failures. A connect that
+/// fails is tried again `retries.attempts` times (nothing reached the upstream); a request that
+/// was sent is never sent again, except on a pooled connection found closed before any
+/// response byte (once, on a new connection: the upstream processed nothing on it), and when
+/// `retry_safe` says the request is idempotent (asked only then): a new connection closed
+/// before any response byte is tried again within `retries.attempts` too. Nothing is ever
+/// retried once a response byte arrived.
+pub async fn exchange_within(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    mut req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'_>>,
+    tool_timeout: Option<Duration>,
+    retry_safe: Option<&dyn Fn() -> bool>,
+) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
+    let breaker = gw.health.upstreams.get(u).map(|h| &h.breaker);
+    // Held to the end of the exchange: a half-open probe's slot comes back when it drops.
+    let _admitted = match breaker.map(|b| b.admit(&up.name)) {
+        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req),
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    // `error_ratio` on: every outcome is counted in this worker's window.
+    let ratio = breaker.filter(|b| b.config().error_ratio > 0.0);
+    let failed = |why: &str| {
+        if let Some(b) = breaker {
+            b.failed(&up.name, why);
+        }
+        if let Some(b) = ratio {
+            w.count_exchange(b, u, up, true);
+        }
+    };
     if let Some(cr) = &up.credentials {
         // Boxed: a token fetch (an HTTP client, maybe TLS) is rare and large; inlined, its
         // state would be moved and allocated with every request's future.
@@ -131,6 +189,8 @@ pub async fn exchange_as(
         }
     }
     let mut retried = false;
+    // Further attempts taken from `retries.attempts` (failed connects, idempotent resends).
+    let mut attempts = 0u32;
     loop {
         // The retry always takes a fresh connection: another pooled one may be just as stale.
         let pooled = if retried {
@@ -147,16 +207,27 @@ pub async fn exchange_as(
             // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
             None => match Box::pin(open(up)).await {
                 Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
+                Err(e) if attempts < up.retries.attempts => {
+                    // Nothing reached the upstream: try again after the backoff.
+                    attempts += 1;
+                    tracing::debug!(upstream = %up.name, error = %e, attempt = attempts, "upstream connect failed; retrying (upstreams[].retries)");
+                    if !up.retries.backoff.is_zero() {
+                        Box::pin(monoio::time::sleep(up.retries.backoff)).await;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
+                    failed(&msg);
                     return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
                 }
             },
         };
         let (res, back) = conn.write_all(req).await;
         req = back;
-        let deadline = w.shutdown.now() + up.request_timeout;
+        let timeout = tool_timeout.unwrap_or(up.request_timeout);
+        let deadline = w.shutdown.now() + timeout;
         let outcome = match res {
             Err(e) => Err(HeadRead::Closed {
                 got_bytes: false,
@@ -167,6 +238,14 @@ pub async fn exchange_as(
         match outcome {
             Ok(head) => {
                 gw.health.upstream_ok(u);
+                if head.status >= 500 {
+                    failed("a 5xx response");
+                } else if let Some(b) = breaker {
+                    b.succeeded(&up.name);
+                    if ratio.is_some() {
+                        w.count_exchange(b, u, up, false);
+                    }
+                }
                 if head.status == 401 && up.credentials.is_some() {
                     w.tokens.rejected(&up.name, caller.map(|c| c.principal));
                 }
@@ -180,24 +259,45 @@ pub async fn exchange_as(
                 retried = true;
                 continue;
             }
+            // A new connection closed before any response byte: the upstream may have run the
+            // request, so only an idempotent one is sent again.
+            Err(HeadRead::Closed {
+                got_bytes: false, ..
+            }) if attempts < up.retries.attempts && retry_safe.is_some_and(|safe| safe()) => {
+                attempts += 1;
+                retried = true;
+                tracing::debug!(upstream = %up.name, attempt = attempts, "upstream closed before replying to an idempotent request; retrying (upstreams[].retries)");
+                if !up.retries.backoff.is_zero() {
+                    Box::pin(monoio::time::sleep(up.retries.backoff)).await;
+                }
+                continue;
+            }
             Err(HeadRead::Closed { err, .. }) => {
                 let why = err.map_or("connection closed before a response".to_string(), |e| {
                     e.to_string()
                 });
                 let msg = format!("upstream \"{}\" is unavailable: {why}", up.name);
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
             }
             Err(HeadRead::Timeout) => {
                 gw.health.upstream_failed(u);
+                let key = if tool_timeout.is_some() {
+                    "upstreams[].tool_timeouts"
+                } else {
+                    "upstreams[].request_timeout"
+                };
                 let msg = format!(
-                    "upstream \"{}\" did not answer within {} ms (upstreams[].request_timeout)",
+                    "upstream \"{}\" did not answer within {} ms ({key})",
                     up.name,
-                    up.request_timeout.as_millis()
+                    timeout.as_millis()
                 );
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamTimeout, msg)), req);
             }
             Err(HeadRead::Invalid(why)) => {
                 let msg = format!("upstream \"{}\" sent an invalid response: {why}", up.name);
+                failed(&msg);
                 return (Err(Error::new(Kind::UpstreamProtocol, msg)), req);
             }
         }
@@ -355,7 +455,7 @@ pub async fn vet_reply(
                             return Vetted::Unusable {
                                 kind: Kind::UpstreamTimeout,
                                 why: format!(
-                                    "did not send its whole reply within {} ms (upstreams[].request_timeout)",
+                                    "did not send its whole reply within {} ms (upstreams[].request_timeout, or the tool's tool_timeouts)",
                                     timeout.as_millis()
                                 ),
                                 reusable: false,

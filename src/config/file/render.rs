@@ -231,6 +231,7 @@ pub fn render_effective(c: &Config) -> String {
         let _ = writeln!(o, "    idle_timeout: {}", render_duration(u.idle_timeout));
         let _ = writeln!(o, "    max_idle_per_worker: {}", u.max_idle_per_worker);
         let _ = writeln!(o, "    unhealthy_after: {}", u.unhealthy_after);
+        render_resilience(&mut o, u);
         let _ = writeln!(o, "    era: {}", u.era.as_str());
         match &u.prefix {
             None => {
@@ -727,4 +728,27 @@ fn render_credentials(o: &mut String, c: Option<&crate::config::credentials::Cre
         let _ = writeln!(o, "        actor: {}", c.actor);
         let _ = writeln!(o, "        cache_entries: {}", c.cache_entries);
     }
+}
+
+/// `tool_timeouts`, `retries` and `circuit_breaker` of one upstream.
+fn render_resilience(o: &mut String, u: &crate::config::Upstream) {
+    if u.tool_timeouts.is_empty() {
+        let _ = writeln!(o, "    tool_timeouts: {{}}");
+    } else {
+        let _ = writeln!(o, "    tool_timeouts:");
+        for (glob, d) in &u.tool_timeouts {
+            let _ = writeln!(o, "      {}: {}", q(glob), render_duration(*d));
+        }
+    }
+    let _ = writeln!(o, "    retries:");
+    let _ = writeln!(o, "      attempts: {}", u.retries.attempts);
+    let _ = writeln!(o, "      backoff: {}", render_duration(u.retries.backoff));
+    let cb = &u.circuit_breaker;
+    let _ = writeln!(o, "    circuit_breaker:");
+    let _ = writeln!(o, "      consecutive_failures: {}", cb.consecutive_failures);
+    let _ = writeln!(o, "      error_ratio: {}", cb.error_ratio);
+    let _ = writeln!(o, "      min_requests: {}", cb.min_requests);
+    let _ = writeln!(o, "      window: {}", render_duration(cb.window));
+    let _ = writeln!(o, "      open_for: {}", render_duration(cb.open_for));
+    let _ = writeln!(o, "      half_open_probes: {}", cb.half_open_probes);
 }

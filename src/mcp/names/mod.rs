@@ -9,7 +9,7 @@ use std::fmt;
 
 mod glob;
 
-pub use glob::{Filter, FilterList, GlobError, Unmatched};
+pub use glob::{glob_match, Filter, FilterList, GlobError, Unmatched};
 
 /// Default separator between prefix and name. Two underscores: within `[a-zA-Z0-9_-]`, the
 /// strictest rule common clients apply to tool names (the spec allows `.` too, 2025-11-25

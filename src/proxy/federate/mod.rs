@@ -30,7 +30,7 @@ mod tables;
 pub(super) use compose::{stateless_discover, stateless_members};
 pub(super) use listen::{listen, Slot as ListenSlot};
 pub use tables::Catalogs;
-pub(super) use tables::{annotations, fresh_names, TableKind};
+pub(super) use tables::{annotations, fresh_names, own_tool_timeout, TableKind};
 
 use std::rc::Rc;
 

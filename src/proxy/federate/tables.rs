@@ -260,6 +260,22 @@ pub(in crate::proxy) fn annotations(
     })
 }
 
+/// The upstream's own name of a tool exposed as `exposed` on federated endpoint `server`, as
+/// the worker's table has it (stale or not: a name only picks a timeout), if it routes to `u`.
+pub(in crate::proxy) fn own_tool_timeout(
+    w: &WorkerState,
+    gw: &Gateway,
+    server: usize,
+    u: usize,
+    exposed: &str,
+) -> Option<std::time::Duration> {
+    let (t, _, _) = w.catalogs.names(gw, server, TableKind::Tools)?;
+    let (member, original) = t.resolve(exposed)?;
+    (gw.config.servers[server].upstreams.get(member)?.upstream == u)
+        .then(|| gw.upstreams[u].tool_timeout(original))
+        .flatten()
+}
+
 /// The tools or prompts table of `server` if it is fresh: the request path's synchronous lookup
 /// (no await, no clock read beyond the worker's coarse one).
 pub(in crate::proxy) fn fresh_names(

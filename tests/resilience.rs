@@ -1,0 +1,311 @@
+//! Resilience toward upstreams: per-tool timeouts, what is (not) retried, and the circuit breaker.
+
+mod harness;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::scripted::{self, read_request, Scripted};
+use harness::{eventually, Demo, Gateway, Mcp};
+use serde_json::json;
+
+/// An upstream that answers `initialize`, never answers `slow_*` tools (holds the connection),
+/// and answers every other tool after `delay`; counts the tools/call requests it received.
+fn upstream(delay: Duration, calls: Arc<AtomicUsize>) -> Scripted {
+    Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            calls.fetch_add(1, Ordering::SeqCst);
+            let tool = req.tool();
+            if tool.starts_with("slow_") {
+                std::thread::sleep(Duration::from_secs(20));
+                return;
+            }
+            if tool == "cut" {
+                // Part of a head, then gone: response bytes arrived, nothing may be retried.
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Ty");
+                return;
+            }
+            if tool == "vanish" {
+                // The request reached the upstream, which closed without a byte: it may have
+                // run the tool, so this is not retried either.
+                return;
+            }
+            std::thread::sleep(delay);
+            let body = scripted::text_result(&req.id(), &format!("ran {tool}"));
+            let _ = s.write_all(&scripted::json_response(&body));
+        }
+    })
+}
+
+#[test]
+fn a_tool_with_its_own_timeout_times_out_while_others_wait_longer() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    // `patient` answers after 1 s: past the slow tools' timeout, well within request_timeout.
+    let up = upstream(Duration::from_secs(1), calls.clone());
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[("tool_timeouts", "{\"slow_*\": 300ms, \"other\": 10s}")],
+        )
+        .serve("/mcp", "up")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.call_tool("slow_report", json!({}));
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        msg.contains("300 ms") && msg.contains("upstreams[].tool_timeouts"),
+        "{r}"
+    );
+    // Another client: the timed-out exchange closed the first connection's upstream side only.
+    let mut m2 = Mcp::new(gw.addr, "/mcp");
+    m2.initialize("2025-06-18");
+    let r = m2.call_tool("patient", json!({}));
+    assert_eq!(r["result"]["content"][0]["text"], "ran patient", "{r}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("tollgate_upstream_requests_total{upstream=\"up\",result=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_request_that_reached_the_upstream_is_never_sent_again() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let up = upstream(Duration::ZERO, calls.clone());
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[("retries", "{attempts: 3, backoff: 1ms}")],
+        )
+        .serve("/mcp", "up")
+        // One worker, one pool: `vanish` finds the pool empty (`cut` took and dropped the one
+        // pooled connection), so it goes out on a new connection.
+        .workers(1)
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    for (tool, n) in [("cut", 1), ("vanish", 2)] {
+        let mut c = Mcp::new(gw.addr, "/mcp");
+        c.session = m.session.clone();
+        c.version = m.version.clone();
+        let r = c.call_tool(tool, json!({}));
+        assert!(r["error"]["message"].as_str().is_some(), "{tool}: {r}");
+        assert_eq!(calls.load(Ordering::SeqCst), n, "{tool} was sent again");
+    }
+}
+
+#[test]
+fn a_connect_that_failed_is_retried_then_reported() {
+    // A port nobody listens on: every connect is refused.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::builder()
+        .upstream_with(
+            "gone",
+            &format!("http://{dead}/mcp"),
+            &[("retries", "{attempts: 2, backoff: 1ms}")],
+        )
+        .serve("/mcp", "gone")
+        .rust_log("tollgate=debug")
+        .start();
+    let mut http = harness::Http::connect(gw.addr);
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = http.request(
+        "POST",
+        "/mcp",
+        &harness::JSON_HEADERS,
+        body.to_string().as_bytes(),
+    );
+    assert!(r.text().contains("is unavailable"), "{}", r.text());
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            gw.log
+                .text()
+                .matches("retrying (upstreams[].retries)")
+                .count()
+                == 2
+        }),
+        "{}",
+        gw.log.text()
+    );
+}
+
+fn circuit_state(gw: &Gateway, upstream: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!("tollgate_upstream_circuit_state{{upstream=\"{upstream}\"}}"),
+    )
+}
+
+#[test]
+fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
+    let demo = Demo::start(&[]);
+    let addr = demo.addr.to_string();
+    let gw = Gateway::builder()
+        .upstream_with(
+            "flaky",
+            &demo.url(),
+            &[
+                ("retries", "{attempts: 0}"),
+                (
+                    "circuit_breaker",
+                    "{consecutive_failures: 3, open_for: 1s, half_open_probes: 1}",
+                ),
+            ],
+        )
+        .serve("/mcp", "flaky")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(circuit_state(&gw, "flaky"), 0.0);
+    drop(demo);
+    for i in 0..3 {
+        let r = m.request("tools/list", json!({})).json();
+        let msg = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("is unavailable"), "failure {i}: {r}");
+    }
+    assert_eq!(circuit_state(&gw, "flaky"), 1.0);
+    // Open: refused at once, naming the upstream, with when to retry.
+    let r = m.request("tools/list", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let err = &v["error"];
+    assert!(
+        err["message"].as_str().unwrap().contains("\"flaky\"")
+            && err["message"].as_str().unwrap().contains("circuit is open"),
+        "{v}"
+    );
+    assert_eq!(err["data"]["upstream"], "flaky", "{v}");
+    let retry = err["data"]["retryAfterMs"].as_u64().expect("retryAfterMs");
+    assert!(retry > 0 && retry <= 1000, "{v}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("tollgate_rejections_total{reason=\"upstream_circuit_open\"}"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains("tollgate_upstream_circuit_transitions_total{upstream=\"flaky\",to=\"open\"} 1"));
+    // Back up: after open_for, a probe goes through and closes the circuit. The new process
+    // does not know the old upstream session: the client is told to initialize again.
+    let _demo = Demo::start_on(&addr, &[]);
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = m.request("tools/list", json!({}));
+        r.status == 404
+    }));
+    assert_eq!(circuit_state(&gw, "flaky"), 0.0);
+    let metrics = gw.metrics();
+    for to in ["half_open", "closed"] {
+        let line = format!(
+            "tollgate_upstream_circuit_transitions_total{{upstream=\"flaky\",to=\"{to}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    let mut fresh = Mcp::new(gw.addr, "/mcp");
+    fresh.initialize("2025-06-18");
+    let r = fresh.request("tools/list", json!({})).json();
+    assert!(r["result"]["tools"].is_array(), "{r}");
+}
+
+#[test]
+fn an_idempotent_request_is_resent_when_a_new_connection_closed_before_replying() {
+    let lists = Arc::new(AtomicUsize::new(0));
+    let seen = lists.clone();
+    // The first tools/list is read and its connection closed without a byte; later ones answer.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            if req.rpc_method() == "tools/list" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                return;
+            }
+            let body = scripted::rpc_result(&req.id(), json!({"tools": []}));
+            let _ = s.write_all(&scripted::json_response(&body));
+        }
+    });
+    let gw = Gateway::builder()
+        // No pooling: every request goes out on a new connection, so the stale-connection retry
+        // cannot be what resends it.
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[
+                ("max_idle_per_worker", "0"),
+                ("retries", "{attempts: 1, backoff: 1ms}"),
+            ],
+        )
+        .serve("/mcp", "up")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.request("tools/list", json!({})).json();
+    assert!(r["result"]["tools"].is_array(), "{r}");
+    assert_eq!(lists.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    // tools/list: 503, 200, 503, 200, … never two failures in a row.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let r = if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                scripted::response("503 Service Unavailable", &[], b"")
+            } else {
+                scripted::json_response(&scripted::rpc_result(&req.id(), json!({"tools": []})))
+            };
+            let _ = s.write_all(&r);
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[(
+                "circuit_breaker",
+                "{consecutive_failures: 0, error_ratio: 0.4, min_requests: 4, window: 1h}",
+            )],
+        )
+        .serve("/mcp", "up")
+        .workers(1)
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    // initialize and notifications/initialized succeeded; then 503, 200, 503: 2 of 5 failed.
+    for _ in 0..3 {
+        let r = m.request("tools/list", json!({})).json();
+        assert!(!r.to_string().contains("circuit is open"), "{r}");
+    }
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    let r = m.request("tools/list", json!({})).json();
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("circuit is open"),
+        "{r}"
+    );
+    assert_eq!(n.load(Ordering::SeqCst), 3, "an open circuit sends nothing");
+    assert_eq!(circuit_state(&gw, "up"), 1.0);
+}
