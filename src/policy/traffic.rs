@@ -140,7 +140,7 @@ impl LimitRule {
     }
 
     /// Computes the fingerprints of the rule's limits from its definition (`describe`: the
-    /// target and key as written, resolved names included).
+    /// rule's target keys as written; its key parts and each limit are hashed beside it).
     pub fn seal(&mut self, describe: &str, time_zone: &str) {
         for l in &mut self.limits {
             let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -69,18 +69,7 @@ pub(super) fn rules(
             continue;
         }
         let r = Section::open(p, rpath.clone(), Some(v), KEYS);
-        let name = r.get(p, "name", format!("#{i}"), |v| {
-            let n = string(v)?;
-            if n.is_empty()
-                || n.len() > 64
-                || !n
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                return Err(format!("{n:?}: a rule name is 1 to 64 of [A-Za-z0-9_.-]"));
-            }
-            Ok(n.to_string())
-        });
+        let name = r.get(p, "name", format!("#{i}"), rule_name);
         if names.contains(&name) {
             p.add(
                 &format!("{rpath}.name"),
@@ -117,31 +106,10 @@ pub(super) fn rules(
             }
             idx
         });
-        let globs = |p: &mut Problems, key: &str| -> Option<Filter> {
-            let list = super::string_list(p, &r, key, |_| Ok(()))?;
-            if list.is_empty() {
-                let why = "an empty list matches nothing: leave the key out to match everything";
-                p.add(&format!("{rpath}.{key}"), why);
-                return None;
-            }
-            match Filter::new(&list, &[] as &[&str]) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    p.add(&format!("{rpath}.{key}[{}]", e.index), e.reason);
-                    None
-                }
-            }
-        };
-        let tools = globs(p, "tools");
-        let prompts = globs(p, "prompts");
-        let resources = globs(p, "resources");
-        let methods = super::string_list(p, &r, "methods", |m| match Method::parse(m) {
-            Method::Other | Method::OtherNotification => {
-                Err(format!("{m:?} is not an MCP method tollgate knows"))
-            }
-            _ => Ok(()),
-        })
-        .map(|l| l.iter().map(|m| Method::parse(m)).collect::<Vec<_>>());
+        let tools = globs(p, &r, "tools");
+        let prompts = globs(p, &r, "prompts");
+        let resources = globs(p, &r, "resources");
+        let methods = methods(p, &r);
         let annotations = r.value("annotations").map_or((0, 0), |(apath, v)| {
             let a = Section::open(p, apath, Some(v), &ann::NAMES.map(|(n, _)| n));
             let mut set = (0u8, 0u8);
@@ -156,32 +124,11 @@ pub(super) fn rules(
             }
             set
         });
-        let words = |p: &mut Problems, key: &str| -> Vec<Box<str>> {
-            if let Some((wpath, Value::Sequence(items))) = r.value(key) {
-                if items.is_empty() {
-                    // `roles: []` would mean "anyone": a list that names nobody is refused.
-                    let why = "an empty list would match everyone: leave the key out for that";
-                    p.add(&wpath, why);
-                    return Vec::new();
-                }
-            }
-            super::string_list(p, &r, key, |w| {
-                if w.is_empty() {
-                    Err("empty".into())
-                } else {
-                    Ok(())
-                }
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .map(Into::into)
-            .collect()
-        };
-        let subjects = words(p, "subjects");
-        let clients = words(p, "clients");
-        let tenants = words(p, "tenants");
-        let roles = words(p, "roles");
-        let scopes = words(p, "scopes");
+        let subjects = words(p, &r, "subjects");
+        let clients = words(p, &r, "clients");
+        let tenants = words(p, &r, "tenants");
+        let roles = words(p, &r, "roles");
+        let scopes = words(p, &r, "scopes");
         let sources = super::string_list(p, &r, "sources", |c| Cidr::parse(c).map(|_| ()))
             .unwrap_or_default()
             .iter()
@@ -240,6 +187,72 @@ pub(super) fn rules(
         }
     }
     Some(Rules { rules: out })
+}
+
+/// A rule's `name` (authorization and traffic rules alike): 1 to 64 of [A-Za-z0-9_.-].
+pub(super) fn rule_name(v: &Value) -> Result<String, String> {
+    let n = string(v)?;
+    if n.is_empty()
+        || n.len() > 64
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!("{n:?}: a rule name is 1 to 64 of [A-Za-z0-9_.-]"));
+    }
+    Ok(n.to_string())
+}
+
+/// A rule's list of globs over exposed names (`tools`, `prompts`, `resources`); `[]` is refused
+/// (it would match nothing).
+pub(super) fn globs(p: &mut Problems, r: &Section, key: &str) -> Option<Filter> {
+    let list = super::string_list(p, r, key, |_| Ok(()))?;
+    if list.is_empty() {
+        let why = "an empty list matches nothing: leave the key out to match everything";
+        p.add(&format!("{}.{key}", r.path), why);
+        return None;
+    }
+    match Filter::new(&list, &[] as &[&str]) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            p.add(&format!("{}.{key}[{}]", r.path, e.index), e.reason);
+            None
+        }
+    }
+}
+
+/// A rule's `methods`: MCP methods tollgate knows.
+pub(super) fn methods(p: &mut Problems, r: &Section) -> Option<Vec<Method>> {
+    super::string_list(p, r, "methods", |m| match Method::parse(m) {
+        Method::Other | Method::OtherNotification => {
+            Err(format!("{m:?} is not an MCP method tollgate knows"))
+        }
+        _ => Ok(()),
+    })
+    .map(|l| l.iter().map(|m| Method::parse(m)).collect())
+}
+
+/// A rule's identity list (`subjects`, `clients`, `tenants`, `roles`, `scopes`): non-empty
+/// words. `roles: []` would mean "anyone": a list that names nobody is refused.
+pub(super) fn words(p: &mut Problems, r: &Section, key: &str) -> Vec<Box<str>> {
+    if let Some((wpath, Value::Sequence(items))) = r.value(key) {
+        if items.is_empty() {
+            let why = "an empty list would match everyone: leave the key out for that";
+            p.add(&wpath, why);
+            return Vec::new();
+        }
+    }
+    super::string_list(p, r, key, |w| {
+        if w.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_or_default()
+    .into_iter()
+    .map(Into::into)
+    .collect()
 }
 
 /// `HH:MM-HH:MM` (UTC) as minutes since midnight; `00:00-00:00` is the whole day, an end before

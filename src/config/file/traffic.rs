@@ -8,8 +8,6 @@ use serde_yaml_ng::Value;
 
 use super::extract::{count, describe, duration, item, string, Problems, Section};
 use crate::config::{Server, Upstream};
-use crate::mcp::names::Filter;
-use crate::mcp::Method;
 use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, Traffic};
 
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
@@ -32,6 +30,18 @@ const KEYS: &[&str] = &[
     "rate",
     "concurrency",
     "quota",
+];
+
+/// The keys that say which requests a rule counts (its fingerprint includes them as written).
+const TARGET_KEYS: [&str; 8] = [
+    "servers",
+    "upstreams",
+    "tools",
+    "methods",
+    "subjects",
+    "clients",
+    "tenants",
+    "roles",
 ];
 
 /// The `IANA name` as a time zone (the bundled database: no file read at run time).
@@ -114,18 +124,7 @@ fn rules(
             continue;
         }
         let r = Section::open(p, rpath.clone(), Some(v), KEYS);
-        let name = r.required(p, "name", |v| {
-            let n = string(v)?;
-            if n.is_empty()
-                || n.len() > 64
-                || !n
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                return Err(format!("{n:?}: a rule name is 1 to 64 of [A-Za-z0-9_.-]"));
-            }
-            Ok(n.to_string())
-        });
+        let name = r.required(p, "name", super::rules::rule_name);
         if let Some(n) = &name {
             if names.contains(n) {
                 p.add(
@@ -135,7 +134,14 @@ fn rules(
             }
             names.push(n.clone());
         }
+        // What the rule's target is, as written: with its name and limits, the fingerprint
+        // under which a reload keeps its state.
         let mut describe_target = String::new();
+        for key in TARGET_KEYS {
+            if let Some(v) = r.raw(key) {
+                describe_target.push_str(&format!("{key}={v:?};"));
+            }
+        }
         let rule_servers = super::string_list(p, &r, "servers", |_| Ok(())).map(|paths| {
             let mut idx = Vec::new();
             for (j, sp) in paths.iter().enumerate() {
@@ -154,7 +160,6 @@ fn rules(
                     ),
                 }
             }
-            describe_target.push_str(&format!("servers={paths:?};"));
             idx
         });
         let rule_upstreams = super::string_list(p, &r, "upstreams", |_| Ok(())).map(|ns| {
@@ -168,59 +173,14 @@ fn rules(
                     ),
                 }
             }
-            describe_target.push_str(&format!("upstreams={ns:?};"));
             idx
         });
-        let tools = super::string_list(p, &r, "tools", |_| Ok(())).and_then(|list| {
-            if list.is_empty() {
-                let why = "an empty list matches nothing: leave the key out to match everything";
-                p.add(&format!("{rpath}.tools"), why);
-                return None;
-            }
-            describe_target.push_str(&format!("tools={list:?};"));
-            match Filter::new(&list, &[] as &[&str]) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    p.add(&format!("{rpath}.tools[{}]", e.index), e.reason);
-                    None
-                }
-            }
-        });
-        let methods = super::string_list(p, &r, "methods", |m| match Method::parse(m) {
-            Method::Other | Method::OtherNotification => {
-                Err(format!("{m:?} is not an MCP method tollgate knows"))
-            }
-            _ => Ok(()),
-        })
-        .map(|l| {
-            describe_target.push_str(&format!("methods={l:?};"));
-            l.iter().map(|m| Method::parse(m)).collect::<Vec<_>>()
-        });
-        let mut words = |p: &mut Problems, key: &str| -> Vec<Box<str>> {
-            if let Some((wpath, Value::Sequence(items))) = r.value(key) {
-                if items.is_empty() {
-                    let why = "an empty list would match everyone: leave the key out for that";
-                    p.add(&wpath, why);
-                    return Vec::new();
-                }
-            }
-            let l = super::string_list(p, &r, key, |w| {
-                if w.is_empty() {
-                    Err("empty".into())
-                } else {
-                    Ok(())
-                }
-            })
-            .unwrap_or_default();
-            if !l.is_empty() {
-                describe_target.push_str(&format!("{key}={l:?};"));
-            }
-            l.into_iter().map(Into::into).collect()
-        };
-        let subjects = words(p, "subjects");
-        let clients = words(p, "clients");
-        let tenants = words(p, "tenants");
-        let roles = words(p, "roles");
+        let tools = super::rules::globs(p, &r, "tools");
+        let methods = super::rules::methods(p, &r);
+        let subjects = super::rules::words(p, &r, "subjects");
+        let clients = super::rules::words(p, &r, "clients");
+        let tenants = super::rules::words(p, &r, "tenants");
+        let roles = super::rules::words(p, &r, "roles");
         let key = super::string_list(p, &r, "key", |k| {
             if part::NAMES.iter().any(|(n, _)| *n == k) {
                 Ok(())
