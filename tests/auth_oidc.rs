@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use auth_server::{AuthOptions, AuthServer};
-use harness::{eventually, metric_value, tool_names, Gateway, Mcp};
+use harness::{eventually, free_port, metric_value, tool_names, Gateway, Mcp};
 use serde_json::{json, Value};
 
 /// A resource the authorization server also issues tokens for: not this endpoint.
@@ -23,15 +23,6 @@ const OTHER: &str = "http://127.0.0.1:9/other/mcp";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A port free now (the gateway binds it next: its resource URI must name it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The AS issuing tokens for `http://127.0.0.1:PORT/mcp`, and tollgate on PORT finding its keys

@@ -6,7 +6,7 @@ mod harness;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use harness::{Demo, Gateway, Mcp, JSON_HEADERS};
+use harness::{free_port, Demo, Gateway, Mcp, JSON_HEADERS};
 use serde_json::json;
 
 /// `promtool` on PATH, or `None` after saying why the test cannot run (a failure under CI).
@@ -99,15 +99,6 @@ fn metrics_pass_promtool_check_metrics() {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics reported problems:\n{said}\n--- scrape ---\n{m}"
     );
-}
-
-/// A port free on loopback a moment ago (Prometheus takes its listen address as a flag).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `data.result` of an instant query to Prometheus's HTTP API, or why not.

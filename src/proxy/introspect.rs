@@ -368,6 +368,24 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    /// The demo at /o behind one issuer `corp` (`issuer`: its fields besides the name) that
+    /// introspects with `introspection` (the block's fields).
+    fn issuer_config(issuer: &str, introspection: &str) -> Config {
+        let yaml = format!(
+            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
+             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
+             auth: {{issuers: [{{name: corp, {issuer}, introspection: {{{introspection}}}}}]}}\n"
+        );
+        crate::config::load_str_with_env(&yaml, &|_| None).unwrap()
+    }
+
+    fn legacy_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
     fn unix_now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -414,19 +432,13 @@ mod tests {
                 );
             }
         });
-        let yaml = format!(
-            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
-             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
-             auth: {{issuers: [{{name: corp, issuer: \"https://corp\", introspection: \
-             {{endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        let cfg = issuer_config(
+            "issuer: \"https://corp\"",
+            &format!("endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s"),
         );
-        let cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
         let authn = Authn::new(&cfg);
         let intro = Introspector::default();
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = legacy_runtime();
         let (a, b, c, waiting) = rt.block_on(async {
             let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
             let release = async {
@@ -563,13 +575,10 @@ mod tests {
                 let _ = s.conn.complete_io(&mut s.sock);
             }
         });
-        let yaml = format!(
-            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
-             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
-             auth: {{issuers: [{{name: corp, issuer: \"{issuer}\", discovery: true, introspection: \
-             {{client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        let mut cfg = issuer_config(
+            &format!("issuer: \"{issuer}\", discovery: true"),
+            "client_id: c, client_secret: s, timeout: 30s",
         );
-        let mut cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
         // Trust the certificate made above instead of the system roots.
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
@@ -586,10 +595,7 @@ mod tests {
         let authn = Authn::new(&cfg);
         let intro = Introspector::default();
         let outcomes = RefCell::new(Vec::new());
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = legacy_runtime();
         let r = rt.block_on(
             intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |o| {
                 outcomes.borrow_mut().push(o)
@@ -651,13 +657,12 @@ mod tests {
 
     /// An issuer at `issuer` with discovery and `negative_cache`, its endpoint left to discovery.
     fn discovering(issuer: &str, negative_cache: &str) -> Config {
-        let yaml = format!(
-            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
-             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
-             auth: {{issuers: [{{name: corp, issuer: \"{issuer}\", discovery: true, introspection: \
-             {{client_id: c, client_secret: s, timeout: 30s, negative_cache: {negative_cache}}}}}]}}\n"
-        );
-        crate::config::load_str_with_env(&yaml, &|_| None).unwrap()
+        issuer_config(
+            &format!("issuer: \"{issuer}\", discovery: true"),
+            &format!(
+                "client_id: c, client_secret: s, timeout: 30s, negative_cache: {negative_cache}"
+            ),
+        )
     }
 
     fn principal_of(
@@ -666,10 +671,7 @@ mod tests {
         token: &[u8],
     ) -> Result<Rc<Principal>, AuthFailure> {
         let authn = Authn::new(cfg);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = legacy_runtime();
         rt.block_on(intro.principal(&authn, cfg, 0, 0, token, unix_now, |_| {}))
     }
 
@@ -777,19 +779,13 @@ mod tests {
                 );
             }
         });
-        let yaml = format!(
-            "upstreams: [{{name: d, url: \"builtin:demo\"}}]\n\
-             servers: [{{path: /o, upstream: d, auth: {{resource: \"https://o.example/mcp\"}}}}]\n\
-             auth: {{issuers: [{{name: corp, issuer: \"https://corp\", introspection: \
-             {{endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s}}}}]}}\n"
+        let cfg = issuer_config(
+            "issuer: \"https://corp\"",
+            &format!("endpoint: \"http://{addr}/i\", client_id: c, client_secret: s, timeout: 30s"),
         );
-        let cfg = crate::config::load_str_with_env(&yaml, &|_| None).unwrap();
         let authn = Authn::new(&cfg);
         let intro = Introspector::default();
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = legacy_runtime();
         let (leader, waiter) = rt.block_on(async {
             let one = || intro.principal(&authn, &cfg, 0, 0, b"tok-1", unix_now, |_| {});
             // The leader goes away once the other request waits for it (or the test gives up).

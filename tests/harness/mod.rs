@@ -351,6 +351,16 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A loopback port free a moment ago, for a process that takes its listen address as a flag
+/// (or a config that must name its own port before the gateway starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` every 25 ms until it holds or `bound` has passed; returns whether it held.
 pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + bound;
