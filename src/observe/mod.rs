@@ -5,6 +5,8 @@ pub mod access;
 pub mod admin;
 pub mod hist;
 pub mod names;
+pub mod tokens;
+pub mod trace;
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -227,6 +227,8 @@ pub struct Ctx {
     /// Calls this request holds under concurrency limits (`proxy::limit`): released when the
     /// context is dropped, however the request ended.
     pub held: Vec<super::limit::Held>,
+    /// The W3C trace this request belongs to and the gateway's span for it, once known.
+    pub trace: Option<crate::observe::trace::TraceIds>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -289,6 +291,7 @@ impl Ctx {
             refused: None,
             refused_messages: Vec::new(),
             held: Vec::new(),
+            trace: None,
             sent_before: c.sent,
         }
     }
