@@ -131,10 +131,21 @@ fn escaped(raw: &[u8]) -> String {
         .collect()
 }
 
-/// Where cargo unpacked `http_desync_guardian` (the registry, a vendor dir, …).
+/// Where cargo unpacked `http_desync_guardian` (the registry, a vendor dir, …). Offline and for
+/// this host only: a fresh machine has downloaded just the packages this platform builds, and
+/// `cargo metadata` for every platform would want the others too (Windows-only crates).
 fn guardian_dir() -> PathBuf {
+    let host = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    let host = String::from_utf8_lossy(&host.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host");
     let out = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .output()
