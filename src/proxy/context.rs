@@ -96,6 +96,9 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
+    /// The arguments' keys (or values) as the audit record shows them, when `audit` records
+    /// this message's method (`proxy::audit_record::capture`); `None` otherwise.
+    pub audit_args: Option<Box<[u8]>>,
 }
 
 impl MessageCtx {
@@ -152,6 +155,7 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
+            audit_args: None,
         }
     }
 }
@@ -362,6 +366,9 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         let id = ctx.gw().upstreams[u.upstream].id;
         w.metrics
             .upstream(u.upstream, id, u.result, u.elapsed.as_secs_f64());
+    }
+    if ctx.gw().config.audit.enabled {
+        super::audit_record::write(w, ctx, elapsed, c.sent - ctx.sent_before);
     }
     let log = match (ctx.gw().config.log.access, &ctx.refused) {
         (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,

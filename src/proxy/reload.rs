@@ -101,6 +101,16 @@ impl Reloader {
             Ok(g) => g,
             Err(e) => return refused(format!("{e:#}")),
         };
+        // A changed `audit:` opens its sinks now (a path that cannot be written refuses the
+        // reload); the writer switches to them after the commit, in order with the records.
+        let audit = if new.config.audit != cur.config.audit && new.config.audit.enabled {
+            match crate::observe::audit::Sinks::open(&new.config.audit) {
+                Ok(s) => Some(s),
+                Err(e) => return refused(format!("audit: {e:#}")),
+            }
+        } else {
+            None
+        };
         // Phase one: every worker holds the new gateway. A worker that cannot take it in time
         // aborts the reload for all.
         let prepared = cur
@@ -128,6 +138,9 @@ impl Reloader {
             .control
             .broadcast(Control::Commit, None)
             .wait(ACK_TIMEOUT);
+        if let Some(sinks) = audit {
+            new.audit.swap(sinks);
+        }
         self.health.replace(new.health.clone());
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = new;
         if let Err(e) = committed {
