@@ -565,3 +565,49 @@ fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
         gw.log.text()
     );
 }
+
+#[test]
+fn a_batch_gives_one_record_per_recorded_message() {
+    let file = temp_path("audit.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call, tools/list]\n",
+            file.display()
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{"text":"1"}}},
+        {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},
+        {"jsonrpc":"2.0","id":"b","method":"tools/list"},
+        {"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo","arguments":{"text":"2"}}}
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, String)> = recs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["batch"], 4, "{r}");
+            (
+                r["request_id"].as_str().unwrap().to_string(),
+                r["method"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("a", "tools/call"),
+        ("b", "tools/list"),
+        ("c", "tools/call"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(i, m)| (i.to_string(), m.to_string())).to_vec(),
+        "{recs:?}"
+    );
+    // Keys only (no `arguments.values`).
+    assert_eq!(recs[0]["arguments"], json!(["text"]));
+}

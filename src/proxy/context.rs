@@ -1,8 +1,8 @@
 //! The request context: one value that travels the phases of a request and collects what each
 //! learned (server, upstream, era, session, each JSON-RPC message's method, id and name, timings,
 //! bytes, the decision and its reason), and the record phase that runs once for every request,
-//! refusals included: it counts the request, writes its access line, and is where the audit
-//! record of a later issue is produced. No phase takes more than (worker, client, context).
+//! refusals included: it counts the request, writes its access line and its audit records
+//! (`proxy::audit_record`). No phase takes more than (worker, client, context).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
