@@ -611,3 +611,41 @@ fn a_batch_gives_one_record_per_recorded_message() {
     // Keys only (no `arguments.values`).
     assert_eq!(recs[0]["arguments"], json!(["text"]));
 }
+
+#[test]
+fn a_reload_turns_audit_on_and_a_file_that_cannot_be_written_refuses_it() {
+    let file = temp_path("late.jsonl");
+    let builder = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo");
+    let plain = builder.config_text();
+    let mut gw = builder.start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(try_echo(&mut m, 1, "before"), Some(200));
+    let with = |p: &Path| {
+        format!(
+            "{plain}audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  arguments: {{values: [echo]}}\n",
+            p.display()
+        )
+    };
+    gw.reload_with(&with(&file.with_file_name("no-such-dir").join("x.jsonl")));
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"error\"} 1")
+    }));
+    gw.reload_with(&with(&file));
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"ok\"} 1")
+    }));
+    let answered: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    for (i, t) in answered.iter().enumerate() {
+        assert_eq!(try_echo(&mut m, 10 + i as u64, t), Some(200));
+    }
+    stop(&mut gw);
+    let recs = records(&file);
+    assert_eq!(recs.len(), 10, "{recs:?}");
+    assert_one_record_each(&answered, &recs);
+    assert!(gw.log.text().contains("audit file"), "{}", gw.log.text());
+}

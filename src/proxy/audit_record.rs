@@ -141,8 +141,8 @@ fn line(
         }
     }
     if let Some(t) = &ctx.trace {
-        text(b, "trace_id", t.trace_id_hex().as_bytes(), 32);
-        text(b, "span_id", t.span_id_hex().as_bytes(), 16);
+        hex(b, "trace_id", &t.trace_id);
+        hex(b, "span_id", &t.span_id);
     }
     if let Some(p) = &ctx.principal {
         text(b, "subject", p.subject.as_bytes(), MAX_WIRE_FIELD);
@@ -257,4 +257,17 @@ fn line(
         crate::observe::tokens::estimated_tokens(bytes_out),
     );
     b.push(b'}');
+}
+
+/// `,"key":"<lower-case hex of bytes>"`, without allocating.
+fn hex(b: &mut Vec<u8>, key: &str, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(b"\":\"");
+    for x in bytes {
+        b.push(DIGITS[usize::from(x >> 4)]);
+        b.push(DIGITS[usize::from(x & 15)]);
+    }
+    b.push(b'"');
 }

@@ -102,7 +102,7 @@ impl Reloader {
             Err(e) => return refused(format!("{e:#}")),
         };
         // A changed `audit:` opens its sinks now (a path that cannot be written refuses the
-        // reload); the writer switches to them after the commit, in order with the records.
+        // reload); the writer switches to them just before the commit, in order with the records.
         let audit = if new.config.audit != cur.config.audit && new.config.audit.enabled {
             match crate::observe::audit::Sinks::open(&new.config.audit) {
                 Ok(s) => Some(s),
@@ -131,6 +131,11 @@ impl Reloader {
                 .wait(ACK_TIMEOUT);
             return refused("the gateway began shutting down during the reload".into());
         }
+        // The writer switches sinks before any worker formats a record under the new config (a
+        // writer first started here is running when the first one arrives).
+        if let Some(sinks) = audit {
+            new.audit.swap(sinks);
+        }
         // Phase two: every worker switches. Messages are queued in order, so a worker slower
         // than the timeout still switches when it gets to it; one whose queue refused the commit
         // never will, and the reload says so.
@@ -138,9 +143,6 @@ impl Reloader {
             .control
             .broadcast(Control::Commit, None)
             .wait(ACK_TIMEOUT);
-        if let Some(sinks) = audit {
-            new.audit.swap(sinks);
-        }
         self.health.replace(new.health.clone());
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = new;
         if let Err(e) = committed {
