@@ -21,7 +21,22 @@ const MAX_KEYS: usize = 64;
 /// Keeps `m`'s arguments for its record when `settings` records its method: their keys, or for
 /// a tool listed in `arguments.values` their values as text (a string's content, any other value
 /// as its JSON), each redacted by every `arguments.redact` pattern.
-pub fn capture(settings: &Settings, mc: &mut MessageCtx, m: &Message<'_>) {
+/// Each message's arguments as its record shows them, by message index.
+#[derive(Default)]
+pub struct Args(Vec<Option<Box<[u8]>>>);
+
+impl Args {
+    fn of(&self, i: usize) -> Option<&[u8]> {
+        self.0.get(i).and_then(|a| a.as_deref())
+    }
+}
+
+pub fn capture(
+    settings: &Settings,
+    args: &mut Option<Box<Args>>,
+    (i, mc): (usize, &MessageCtx),
+    m: &Message<'_>,
+) {
     if !settings.records(mc.method) {
         return;
     }
@@ -66,7 +81,11 @@ pub fn capture(settings: &Settings, mc: &mut MessageCtx, m: &Message<'_>) {
         }
         out.push(b']');
     }
-    mc.audit_args = Some(out.into_boxed_slice());
+    let all = &mut args.get_or_insert_with(Default::default).0;
+    if all.len() <= i {
+        all.resize_with(i + 1, || None);
+    }
+    all[i] = Some(out.into_boxed_slice());
 }
 
 /// The record phase's part: one line per recorded message of the request.
@@ -76,7 +95,7 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     // The index among decided items of each message: `ctx.decisions` holds one per item, in
     // message order.
     let mut decided = 0usize;
-    for m in &ctx.messages {
+    for (i, m) in ctx.messages.iter().enumerate() {
         let decision = if m.kind == MessageKind::Request && Item::kind_of(m.method).is_some() {
             decided += 1;
             ctx.decisions.get(decided - 1)
@@ -89,7 +108,8 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
             continue;
         }
         w.audit.push(&gw.audit, settings, |b| {
-            line(b, w, ctx, Some(m), decision, elapsed, bytes_out);
+            let args = ctx.audit_args.as_ref().and_then(|a| a.of(i));
+            line(b, w, ctx, Some((m, args)), decision, elapsed, bytes_out);
         });
     }
     // A POST refused before its body was read (authentication, mostly) has no message to say
@@ -108,7 +128,7 @@ fn line(
     b: &mut Vec<u8>,
     w: &WorkerState,
     ctx: &Ctx,
-    m: Option<&MessageCtx>,
+    m: Option<(&MessageCtx, Option<&[u8]>)>,
     decision: Option<&super::authorize::Decided>,
     elapsed: Duration,
     bytes_out: u64,
@@ -130,7 +150,7 @@ fn line(
     w.access.timestamp(b);
     b.push(b'"');
     num(b, "worker", w.index as u64);
-    if let Some(id) = m.and_then(|m| m.id.as_ref()) {
+    if let Some(id) = m.and_then(|(m, _)| m.id.as_ref()) {
         let id = id.get();
         // The id as the client spelled it (the scanner checked it is a JSON number or string).
         if id.len() <= MAX_WIRE_FIELD {
@@ -177,7 +197,7 @@ fn line(
             MAX_TEXT_FIELD,
         );
     }
-    if let Some(m) = m {
+    if let Some((m, args)) = m {
         text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
         let name_key = match m.method {
             Method::ToolsCall => "tool",
@@ -190,7 +210,7 @@ fn line(
         if let Some(u) = &m.uri {
             text(b, "resource", u.get(), MAX_WIRE_FIELD);
         }
-        if let Some(a) = &m.audit_args {
+        if let Some(a) = args {
             b.extend_from_slice(b",\"arguments\":");
             b.extend_from_slice(a);
         }

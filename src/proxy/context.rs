@@ -96,9 +96,6 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
-    /// The arguments' keys (or values) as the audit record shows them, when `audit` records
-    /// this message's method (`proxy::audit_record::capture`); `None` otherwise.
-    pub audit_args: Option<Box<[u8]>>,
 }
 
 impl MessageCtx {
@@ -155,7 +152,6 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
-            audit_args: None,
         }
     }
 }
@@ -233,6 +229,9 @@ pub struct Ctx {
     pub held: Vec<super::limit::Held>,
     /// The W3C trace this request belongs to and the gateway's span for it, once known.
     pub trace: Option<crate::observe::trace::TraceIds>,
+    /// The messages' arguments as their audit records show them, when `audit` records a method
+    /// of this request (`proxy::audit_record::capture`): boxed, one pointer in every request.
+    pub audit_args: Option<Box<super::audit_record::Args>>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -296,6 +295,7 @@ impl Ctx {
             refused_messages: Vec::new(),
             held: Vec::new(),
             trace: None,
+            audit_args: None,
             sent_before: c.sent,
         }
     }

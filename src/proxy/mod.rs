@@ -367,9 +367,9 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let gen = ctx.gen.clone();
     match jsonrpc::scan(body, &gen.gw.scan_limits) {
         Ok(Body::Single(m)) => {
-            let mut mc = MessageCtx::of(&m);
+            let mc = MessageCtx::of(&m);
             if gen.gw.config.audit.enabled {
-                audit_record::capture(&gen.gw.config.audit, &mut mc, &m);
+                audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, &mc), &m);
             }
             ctx.messages.push(mc);
             Ok(())
@@ -377,10 +377,11 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
         Ok(Body::Batch(msgs)) => {
             ctx.batch = true;
             let audit = &gen.gw.config.audit;
-            ctx.messages.extend(msgs.iter().map(|m| {
-                let mut mc = MessageCtx::of(m);
+            let args = &mut ctx.audit_args;
+            ctx.messages.extend(msgs.iter().enumerate().map(|(i, m)| {
+                let mc = MessageCtx::of(m);
                 if audit.enabled {
-                    audit_record::capture(audit, &mut mc, m);
+                    audit_record::capture(audit, args, (i, &mc), m);
                 }
                 mc
             }));
