@@ -66,10 +66,12 @@ fn every_example_loads() {
         .collect();
     entries.sort();
     for path in entries {
-        // The auth examples read their secret from the environment.
+        // The auth examples read their secret from the environment, limits.yaml its audit file.
         let text = std::fs::read_to_string(&path).unwrap();
         let env = |k: &str| match k {
             "TOLLGATE_JWT_SECRET" => Some("an-example-secret-of-32-bytes-or-more".to_string()),
+            // limits.yaml writes its audit records where this names (opened only by `run`).
+            "TOLLGATE_AUDIT_FILE" => Some("/tmp/tollgate-example-audit.jsonl".to_string()),
             _ => std::env::var(k).ok(),
         };
         let c = tollgate::config::load_str_with_env(&text, &env)

@@ -374,7 +374,15 @@ fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
         .replace("address: \"127.0.0.1:8080\"", "address: \"127.0.0.1:0\"")
         .replace("${env:TOLLGATE_JWT_SECRET}", &format!("\"{SECRET}\""));
     assert!(example.contains("127.0.0.1:0") && example.contains(SECRET));
-    let gw = Gateway::builder().yaml(&example).start();
+    let audit = std::env::temp_dir().join(format!(
+        "tollgate-limits-audit-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&audit);
+    let mut gw = Gateway::builder()
+        .yaml(&example)
+        .env("TOLLGATE_AUDIT_FILE", audit.to_str().unwrap())
+        .start();
     for who in ["alice", "bob"] {
         let mut m = Mcp::new(gw.addr, "/mcp");
         m.bearer(&token_with(who, &["reader"]));
@@ -385,4 +393,24 @@ fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
         }
         assert_in_band(&echo(&mut m), "echo");
     }
+    // Its audit part: every call is a record in the file, the refused ones too, once the
+    // gateway has drained.
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 12, "{text}");
+    for who in ["alice", "bob"] {
+        let mine: Vec<&Value> = records.iter().filter(|r| r["subject"] == who).collect();
+        assert_eq!(mine.len(), 6, "{text}");
+        assert_eq!(
+            mine.iter().filter(|r| r["decision"] == "allow").count(),
+            5,
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_file(&audit);
 }

@@ -2,6 +2,7 @@
 //! The only module that knows the file's keys and spellings; it reports every problem at once,
 //! each as `path: problem`. It must not leak secrets (session key, header values) into messages.
 
+mod audit;
 mod auth;
 mod credentials;
 mod extract;
@@ -119,6 +120,7 @@ const TOP_KEYS: &[&str] = &[
     "servers",
     "auth",
     "traffic",
+    "audit",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -285,6 +287,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let auth = auth::auth(p, &top, env);
     let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
+    let audit = std::sync::Arc::new(audit::audit(p, &top, env));
     Config {
         workers,
         listen,
@@ -298,6 +301,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         servers,
         auth,
         traffic,
+        audit,
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Config {
     pub auth: Auth,
     /// `traffic`: rate limits, concurrency limits and quotas (`policy::traffic`, `proxy::limit`).
     pub traffic: std::sync::Arc<crate::policy::traffic::Traffic>,
+    /// `audit`: the audit log (`observe::audit`); off by default.
+    pub audit: std::sync::Arc<crate::observe::audit::Settings>,
 }
 
 #[derive(Clone, Debug)]

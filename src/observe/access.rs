@@ -37,7 +37,7 @@ const MAX_WRITE: usize = 4096;
 /// make a line longer than the pipe writes it in, nor fill a disk with one request.
 pub const MAX_WIRE_FIELD: usize = 256;
 /// Most bytes of any other text field (a refusal's reason).
-const MAX_TEXT_FIELD: usize = 1024;
+pub const MAX_TEXT_FIELD: usize = 1024;
 
 /// `v`, cut to `max` bytes (on a UTF-8 boundary) with how long it was: `(kept, Some(len))`.
 fn bounded(v: &[u8], max: usize) -> (&[u8], Option<usize>) {
@@ -80,7 +80,7 @@ impl AccessWriter {
     }
 
     /// `2026-11-28T04:50:00.123456Z` for now, from the cached second.
-    fn timestamp(&self, out: &mut Vec<u8>) {
+    pub fn timestamp(&self, out: &mut Vec<u8>) {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -194,7 +194,7 @@ impl AccessWriter {
 }
 
 /// A JSON string of `v` cut to `max` bytes, with `…(N bytes)` when it was cut.
-fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
+pub fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
     match bounded(v, max) {
         (v, None) => crate::error::json_escape_into(b, &String::from_utf8_lossy(v)),
         (v, Some(n)) => crate::error::json_escape_into(

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod hist;
 pub mod names;
 pub mod tokens;
@@ -243,6 +244,23 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Always 1; the version label is the running tollgate version."
     );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_counter!(
+        names::AUDIT_RECORDS_TOTAL,
+        "Audit records written, by sink (file, stdout, http)."
+    );
+    describe_counter!(
+        names::AUDIT_RECORDS_DROPPED_TOTAL,
+        "Audit records lost, by reason (overflow: audit.buffer full with overflow: drop; \
+         sink_failed: a sink could not write them; closed: the writer had stopped)."
+    );
+    describe_counter!(
+        names::AUDIT_SINK_ERRORS_TOTAL,
+        "Failed audit writes, syncs, rotations and HTTP attempts, by sink."
+    );
+    describe_gauge!(
+        names::AUDIT_QUEUE_RECORDS,
+        "Audit records waiting for the writer thread (at most audit.buffer)."
+    );
     Ok(handle)
 }
 

@@ -103,3 +103,13 @@ pub const AUTH_INTROSPECTIONS_TOTAL: &str = "tollgate_auth_introspections_total"
 /// Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the key
 /// refresher thread, by issuer and result (ok, error: the last good keys stay in use).
 pub const AUTH_KEY_REFRESHES_TOTAL: &str = "tollgate_auth_key_refreshes_total";
+/// `audit`: records written, by sink (file, stdout, http).
+pub const AUDIT_RECORDS_TOTAL: &str = "tollgate_audit_records_total";
+/// `audit`: records lost, by reason (overflow: `audit.buffer` full with `overflow: drop`;
+/// sink_failed: a sink could not write them, the HTTP collector after every retry; closed: the
+/// writer had stopped).
+pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "tollgate_audit_records_dropped_total";
+/// `audit`: failed writes, syncs, rotations and HTTP attempts, by sink.
+pub const AUDIT_SINK_ERRORS_TOTAL: &str = "tollgate_audit_sink_errors_total";
+/// `audit`: records handed to the writer thread and not yet written (at most `audit.buffer`).
+pub const AUDIT_QUEUE_RECORDS: &str = "tollgate_audit_queue_records";

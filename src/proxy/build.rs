@@ -34,9 +34,11 @@ impl Gateway {
         let sealer = SessionSealer::new(&config.session.key);
         let bus = Arc::new(bus);
         let traffic = super::limit::Exchange::new(config.workers.get());
+        let audit = Arc::new(crate::observe::audit::Hub::new());
+        audit.start(&config.audit).context("audit")?;
         let mut gw = Gateway::assemble(
             config,
-            (shutdown, bus.clone(), traffic),
+            (shutdown, bus.clone(), traffic, audit),
             None,
             sealer,
             Vec::new(),
@@ -71,6 +73,7 @@ impl Gateway {
                 self.shutdown.clone(),
                 self.control.clone(),
                 self.traffic.clone(),
+                self.audit.clone(),
             ),
             self.demo,
             sealer,
@@ -93,7 +96,12 @@ impl Gateway {
 
     fn assemble(
         config: Config,
-        (shutdown, control, traffic): (Arc<AtomicBool>, Arc<Bus>, Arc<super::limit::Exchange>),
+        (shutdown, control, traffic, audit): (
+            Arc<AtomicBool>,
+            Arc<Bus>,
+            Arc<super::limit::Exchange>,
+            Arc<crate::observe::audit::Hub>,
+        ),
         demo: Option<SocketAddr>,
         sealer: SessionSealer,
         retired: Vec<(u64, String)>,
@@ -163,6 +171,7 @@ impl Gateway {
                 traffic.install(&config.traffic);
                 traffic
             },
+            audit,
             config,
         })
     }

@@ -1,8 +1,8 @@
 //! The request context: one value that travels the phases of a request and collects what each
 //! learned (server, upstream, era, session, each JSON-RPC message's method, id and name, timings,
 //! bytes, the decision and its reason), and the record phase that runs once for every request,
-//! refusals included: it counts the request, writes its access line, and is where the audit
-//! record of a later issue is produced. No phase takes more than (worker, client, context).
+//! refusals included: it counts the request, writes its access line and its audit records
+//! (`proxy::audit_record`). No phase takes more than (worker, client, context).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -229,6 +229,9 @@ pub struct Ctx {
     pub held: Vec<super::limit::Held>,
     /// The W3C trace this request belongs to and the gateway's span for it, once known.
     pub trace: Option<crate::observe::trace::TraceIds>,
+    /// The messages' arguments as their audit records show them, when `audit` records a method
+    /// of this request (`proxy::audit_record::capture`): boxed, one pointer in every request.
+    pub audit_args: Option<Box<super::audit_record::Args>>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -292,6 +295,7 @@ impl Ctx {
             refused_messages: Vec::new(),
             held: Vec::new(),
             trace: None,
+            audit_args: None,
             sent_before: c.sent,
         }
     }
@@ -362,6 +366,9 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         let id = ctx.gw().upstreams[u.upstream].id;
         w.metrics
             .upstream(u.upstream, id, u.result, u.elapsed.as_secs_f64());
+    }
+    if ctx.gw().config.audit.enabled {
+        super::audit_record::write(w, ctx, elapsed, c.sent - ctx.sent_before);
     }
     let log = match (ctx.gw().config.log.access, &ctx.refused) {
         (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,

@@ -3,6 +3,7 @@
 //! One `context::Ctx` travels the phases; `context::record` runs once for every request.
 //! Every refusal goes through `refuse`, which renders a `reject::Refusal` with `reject::Rejects`.
 
+mod audit_record;
 mod authorize;
 pub mod breaker;
 pub mod build;
@@ -366,12 +367,24 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let gen = ctx.gen.clone();
     match jsonrpc::scan(body, &gen.gw.scan_limits) {
         Ok(Body::Single(m)) => {
-            ctx.messages.push(MessageCtx::of(&m));
+            let mc = MessageCtx::of(&m);
+            if gen.gw.config.audit.enabled {
+                audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, &mc), &m);
+            }
+            ctx.messages.push(mc);
             Ok(())
         }
         Ok(Body::Batch(msgs)) => {
             ctx.batch = true;
-            ctx.messages.extend(msgs.iter().map(MessageCtx::of));
+            let audit = &gen.gw.config.audit;
+            let args = &mut ctx.audit_args;
+            ctx.messages.extend(msgs.iter().enumerate().map(|(i, m)| {
+                let mc = MessageCtx::of(m);
+                if audit.enabled {
+                    audit_record::capture(audit, args, (i, &mc), m);
+                }
+                mc
+            }));
             if ctx.messages.iter().any(|m| m.method == Method::Initialize) {
                 return Err(Refusal::because(
                     Kind::InvalidRequest,

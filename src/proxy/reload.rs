@@ -101,6 +101,16 @@ impl Reloader {
             Ok(g) => g,
             Err(e) => return refused(format!("{e:#}")),
         };
+        // A changed `audit:` opens its sinks now (a path that cannot be written refuses the
+        // reload); the writer switches to them just before the commit, in order with the records.
+        let audit = if new.config.audit != cur.config.audit && new.config.audit.enabled {
+            match crate::observe::audit::Sinks::open(&new.config.audit) {
+                Ok(s) => Some(s),
+                Err(e) => return refused(format!("audit: {e:#}")),
+            }
+        } else {
+            None
+        };
         // Phase one: every worker holds the new gateway. A worker that cannot take it in time
         // aborts the reload for all.
         let prepared = cur
@@ -120,6 +130,11 @@ impl Reloader {
                 .broadcast(Control::Abort, None)
                 .wait(ACK_TIMEOUT);
             return refused("the gateway began shutting down during the reload".into());
+        }
+        // The writer switches sinks before any worker formats a record under the new config (a
+        // writer first started here is running when the first one arrives).
+        if let Some(sinks) = audit {
+            new.audit.swap(sinks);
         }
         // Phase two: every worker switches. Messages are queued in order, so a worker slower
         // than the timeout still switches when it gets to it; one whose queue refused the commit

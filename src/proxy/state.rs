@@ -156,6 +156,9 @@ pub struct Gateway {
     /// The cross-core exchange of the traffic limits (`super::limit`); one per process, shared
     /// by every generation, so a reload keeps the counters of unchanged rules.
     pub traffic: Arc<super::limit::Exchange>,
+    /// The audit pipeline (`observe::audit::Hub`): one per process, shared by every generation
+    /// (a reload swaps its sinks), so no record is lost across reloads.
+    pub audit: Arc<crate::observe::audit::Hub>,
 }
 
 impl Gateway {
@@ -336,6 +339,8 @@ pub struct WorkerState {
     pub tokens: super::credentials::Tokens,
     /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
     pub traffic: Rc<super::limit::Local>,
+    /// This worker's audit records not yet handed to the writer (`observe::audit::Batch`).
+    pub audit: crate::observe::audit::Batch,
 }
 
 impl WorkerState {
@@ -366,6 +371,7 @@ impl WorkerState {
             listen_serial: Cell::new(0),
             tokens: Default::default(),
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
+            audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
             index,
@@ -412,6 +418,15 @@ impl WorkerState {
     }
 
     /// A cleared buffer from the pool (or a new one).
+    /// Hands this worker's audit records to the writer (on the tick, in the drain and at exit).
+    pub fn flush_audit(&self) {
+        if self.audit.is_empty() {
+            return;
+        }
+        let gw = self.gw();
+        self.audit.flush(&gw.audit, &gw.config.audit);
+    }
+
     pub fn take_buffer(&self) -> Vec<u8> {
         self.buffers
             .borrow_mut()

@@ -243,6 +243,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     if handles.iter().any(|h| !h.is_finished()) {
         tracing::warn!("drain timeout reached with requests in flight; exiting");
     }
+    // Every worker that finished has handed its audit records over: write, flush, fsync.
+    gw.audit.close();
     // The admin listener answers (/readyz: 503) through the drain, then closes: its accept loop
     // sees the flag within 50 ms. Admin connections still open end with the process.
     admin_stop.store(true, Ordering::Release);
@@ -310,6 +312,7 @@ async fn worker_main(
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 w.shutdown.tick(Instant::now());
                 w.access.flush();
+                w.flush_audit();
                 ticks += 1;
                 // Every second: idle upstream connections that expired or were closed by the
                 // upstream go (upstreams close idle connections after a few seconds).
@@ -373,8 +376,10 @@ async fn worker_main(
     while w.connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
         w.access.flush();
+        w.flush_audit();
     }
     w.access.flush();
+    w.flush_audit();
 }
 
 /// Over `listen.max_connections_per_worker`: a plain listener answers 503 and closes; a TLS

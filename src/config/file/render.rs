@@ -353,6 +353,7 @@ pub fn render_effective(c: &Config) -> String {
     }
     render_auth(&mut o, &c.auth);
     render_traffic(&mut o, c);
+    super::audit::render(&mut o, &c.audit);
     o
 }
 

@@ -1,0 +1,67 @@
+//! The writer thread: takes records in the order workers sent them, writes them to the sinks,
+//! and between messages flushes files, sends due HTTP batches and rotates files by age.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{Msg, Sinks, BATCH_BYTES};
+
+/// The longest the writer sleeps without looking at its sinks (age rotation, HTTP batches).
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) fn run(
+    rx: Receiver<Msg>,
+    mut sinks: Sinks,
+    queued: Arc<AtomicUsize>,
+    spare: Sender<Vec<u8>>,
+    gauge: metrics::Gauge,
+) {
+    let write = |sinks: &mut Sinks, mut buf: Vec<u8>, n: usize| {
+        sinks.write(&buf, n);
+        queued.fetch_sub(n, Ordering::AcqRel);
+        gauge.decrement(n as f64);
+        buf.clear();
+        if buf.capacity() <= 4 * BATCH_BYTES {
+            let _ = spare.try_send(buf);
+        }
+    };
+    loop {
+        match rx.recv_timeout(sinks.next_due().min(TICK)) {
+            Ok(Msg::Records(buf, n)) => write(&mut sinks, buf, n),
+            Ok(Msg::Swap(new)) => {
+                sinks.finish();
+                sinks = *new;
+            }
+            Ok(Msg::Close(ack)) => {
+                // Everything sent before the close is in the channel already: write it all.
+                let mut acks = vec![ack];
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        Msg::Records(buf, n) => write(&mut sinks, buf, n),
+                        Msg::Swap(new) => {
+                            sinks.finish();
+                            sinks = *new;
+                        }
+                        Msg::Close(a) => acks.push(a),
+                    }
+                }
+                sinks.finish();
+                for a in acks {
+                    let _ = a.send(());
+                }
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                sinks.finish();
+                return;
+            }
+        }
+        if rx.is_empty() {
+            sinks.idle();
+        }
+    }
+}

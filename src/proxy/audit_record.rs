@@ -1,0 +1,293 @@
+//! The audit record of a request (`audit:`): what the scan phase keeps of a recorded message's
+//! arguments (`capture`, the only part that reads the body) and the JSON line per recorded
+//! message the record phase formats into its worker's buffer (`write`). Nothing here runs, or
+//! costs anything, when `audit.enabled` is false.
+
+use std::time::Duration;
+
+use crate::error::Side;
+use crate::jsonrpc::{Message, MessageKind};
+use crate::mcp::Method;
+use crate::observe::access::{json_bounded, MAX_TEXT_FIELD, MAX_WIRE_FIELD};
+use crate::observe::audit::Settings;
+use crate::policy::rules::Item;
+
+use super::context::{Ctx, MessageCtx};
+use super::state::WorkerState;
+
+/// Argument keys recorded at most (more are counted: `"…":N`).
+const MAX_KEYS: usize = 64;
+
+/// Keeps `m`'s arguments for its record when `settings` records its method: their keys, or for
+/// a tool listed in `arguments.values` their values as text (a string's content, any other value
+/// as its JSON), each redacted by every `arguments.redact` pattern.
+/// Each message's arguments as its record shows them, by message index.
+#[derive(Default)]
+pub struct Args(Vec<Option<Box<[u8]>>>);
+
+impl Args {
+    fn of(&self, i: usize) -> Option<&[u8]> {
+        self.0.get(i).and_then(|a| a.as_deref())
+    }
+}
+
+pub fn capture(
+    settings: &Settings,
+    args: &mut Option<Box<Args>>,
+    (i, mc): (usize, &MessageCtx),
+    m: &Message<'_>,
+) {
+    if !settings.records(mc.method) {
+        return;
+    }
+    let Some(raw) = m.arguments.as_ref() else {
+        return;
+    };
+    let mut out = Vec::with_capacity(64);
+    let tool = m.name.as_ref().map(|n| &*n.value);
+    if mc.method == Method::ToolsCall && tool.is_some_and(|t| settings.values_of(t)) {
+        use sonic_rs::JsonValueTrait;
+        out.push(b'{');
+        for (i, kv) in sonic_rs::to_object_iter(raw.text).enumerate() {
+            let Ok((k, v)) = kv else { break };
+            if i == MAX_KEYS {
+                break;
+            }
+            if i > 0 {
+                out.push(b',');
+            }
+            json_bounded(&mut out, k.as_bytes(), MAX_WIRE_FIELD);
+            out.push(b':');
+            let text = v.as_str().unwrap_or_else(|| v.as_raw_str());
+            let mut value = std::borrow::Cow::Borrowed(text);
+            for r in &settings.redact {
+                if let std::borrow::Cow::Owned(s) = r.replace_all(&value, "[redacted]") {
+                    value = std::borrow::Cow::Owned(s);
+                }
+            }
+            json_bounded(&mut out, value.as_bytes(), MAX_TEXT_FIELD);
+        }
+        out.push(b'}');
+    } else {
+        out.push(b'[');
+        for (i, k) in m.argument_keys().enumerate() {
+            if i == MAX_KEYS {
+                break;
+            }
+            if i > 0 {
+                out.push(b',');
+            }
+            json_bounded(&mut out, k.as_bytes(), MAX_WIRE_FIELD);
+        }
+        out.push(b']');
+    }
+    let all = &mut args.get_or_insert_with(Default::default).0;
+    if all.len() <= i {
+        all.resize_with(i + 1, || None);
+    }
+    all[i] = Some(out.into_boxed_slice());
+}
+
+/// The record phase's part: one line per recorded message of the request.
+pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
+    let gw = ctx.gw();
+    let settings = &gw.config.audit;
+    // The index among decided items of each message: `ctx.decisions` holds one per item, in
+    // message order.
+    let mut decided = 0usize;
+    for (i, m) in ctx.messages.iter().enumerate() {
+        let decision = if m.kind == MessageKind::Request && Item::kind_of(m.method).is_some() {
+            decided += 1;
+            ctx.decisions.get(decided - 1)
+        } else {
+            None
+        };
+        if !settings.records(m.method)
+            || !matches!(m.kind, MessageKind::Request | MessageKind::Notification)
+        {
+            continue;
+        }
+        w.audit.push(&gw.audit, settings, |b| {
+            let args = ctx.audit_args.as_ref().and_then(|a| a.of(i));
+            line(b, w, ctx, Some((m, args)), decision, elapsed, bytes_out);
+        });
+    }
+    // A POST refused before its body was read (authentication, mostly) has no message to say
+    // what it asked for; who was refused, and why, is still a record, whatever `methods` says.
+    if ctx.messages.is_empty()
+        && ctx.refused.is_some()
+        && ctx.http_method == crate::http::head::HttpMethod::Post
+    {
+        w.audit.push(&gw.audit, settings, |b| {
+            line(b, w, ctx, None, None, elapsed, bytes_out);
+        });
+    }
+}
+
+fn line(
+    b: &mut Vec<u8>,
+    w: &WorkerState,
+    ctx: &Ctx,
+    m: Option<(&MessageCtx, Option<&[u8]>)>,
+    decision: Option<&super::authorize::Decided>,
+    elapsed: Duration,
+    bytes_out: u64,
+) {
+    let gw = ctx.gw();
+    let num = |b: &mut Vec<u8>, key: &str, n: u64| {
+        b.extend_from_slice(b",\"");
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(b"\":");
+        crate::http::response::push_u64(b, n);
+    };
+    let text = |b: &mut Vec<u8>, key: &str, v: &[u8], max: usize| {
+        b.extend_from_slice(b",\"");
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(b"\":");
+        json_bounded(b, v, max);
+    };
+    b.extend_from_slice(b"{\"time\":\"");
+    w.access.timestamp(b);
+    b.push(b'"');
+    num(b, "worker", w.index as u64);
+    if let Some(id) = m.and_then(|(m, _)| m.id.as_ref()) {
+        let id = id.get();
+        // The id as the client spelled it (the scanner checked it is a JSON number or string).
+        if id.len() <= MAX_WIRE_FIELD {
+            b.extend_from_slice(b",\"request_id\":");
+            b.extend_from_slice(id);
+        } else {
+            text(b, "request_id", id, MAX_WIRE_FIELD);
+        }
+    }
+    if let Some(t) = &ctx.trace {
+        hex(b, "trace_id", &t.trace_id);
+        hex(b, "span_id", &t.span_id);
+    }
+    if let Some(p) = &ctx.principal {
+        text(b, "subject", p.subject.as_bytes(), MAX_WIRE_FIELD);
+        if let Some(cl) = &p.client {
+            text(b, "client", cl.as_bytes(), MAX_WIRE_FIELD);
+        }
+        if let Some(t) = &p.tenant {
+            text(b, "tenant", t.as_bytes(), MAX_WIRE_FIELD);
+        }
+    }
+    if let Some(f) = ctx.auth_failure {
+        text(b, "auth_failure", f.reason().as_bytes(), MAX_TEXT_FIELD);
+    }
+    if let Some(id) = &ctx.session {
+        let mut h = [0u8; 16];
+        gw.audit.session_hash(id, &mut h);
+        text(b, "session", &h, 16);
+    }
+    if let Some(s) = ctx.server {
+        text(
+            b,
+            "server",
+            gw.config.servers[s].path.as_bytes(),
+            MAX_TEXT_FIELD,
+        );
+    }
+    if let Some(u) = ctx.upstream {
+        text(
+            b,
+            "upstream",
+            gw.upstreams[u].name.as_bytes(),
+            MAX_TEXT_FIELD,
+        );
+    }
+    if let Some((m, args)) = m {
+        text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
+        let name_key = match m.method {
+            Method::ToolsCall => "tool",
+            Method::PromptsGet => "prompt",
+            _ => "name",
+        };
+        if let Some(n) = &m.name {
+            text(b, name_key, n.get(), MAX_WIRE_FIELD);
+        }
+        if let Some(u) = &m.uri {
+            text(b, "resource", u.get(), MAX_WIRE_FIELD);
+        }
+        if let Some(a) = args {
+            b.extend_from_slice(b",\"arguments\":");
+            b.extend_from_slice(a);
+        }
+    }
+    if ctx.batch {
+        num(b, "batch", ctx.messages.len() as u64);
+    }
+    // Decision and reason: the gateway's refusal of the request decides; else this message's
+    // authorization decision; else the request was relayed as it came (`relayed`).
+    let (verdict, reason, code) = match (&ctx.refused, decision) {
+        (Some(r), _) => (
+            match r.kind.side() {
+                Side::Client => "deny",
+                _ => "error",
+            },
+            r.kind.as_str(),
+            Some(r.kind.rpc_code()),
+        ),
+        (None, Some(d)) => (
+            if d.allowed { "allow" } else { "deny" },
+            d.reason.as_str(),
+            None,
+        ),
+        (None, None) => ("allow", "relayed", None),
+    };
+    text(b, "decision", verdict.as_bytes(), 16);
+    text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);
+    if let Some(d) = decision {
+        if ctx.refused.is_some() {
+            text(b, "authz", d.reason.as_str().as_bytes(), MAX_TEXT_FIELD);
+        }
+        if let (Some(rule), Some(s)) = (d.rule, ctx.server) {
+            if let Some(name) = gw.config.servers[s]
+                .rules
+                .as_deref()
+                .and_then(|r| r.rules.get(usize::from(rule)))
+                .map(|r| &*r.name)
+            {
+                text(b, "rule", name.as_bytes(), MAX_TEXT_FIELD);
+            }
+        }
+    }
+    if let Some(r) = ctx.refused.as_ref().filter(|r| !r.reason.is_empty()) {
+        text(b, "detail", r.reason.as_bytes(), MAX_TEXT_FIELD);
+    }
+    if let Some(code) = code {
+        b.extend_from_slice(b",\"error_code\":");
+        if code < 0 {
+            b.push(b'-');
+        }
+        crate::http::response::push_u64(b, u64::from(code.unsigned_abs()));
+    }
+    num(b, "status", u64::from(ctx.status));
+    if let Some(Ok(s)) = ctx.upstream_call.map(|u| u.result) {
+        num(b, "upstream_status", u64::from(s));
+    }
+    text(b, "outcome", ctx.outcome.as_str().as_bytes(), 32);
+    num(b, "latency_us", elapsed.as_micros() as u64);
+    num(b, "bytes_in", ctx.bytes_in);
+    num(b, "bytes_out", bytes_out);
+    num(
+        b,
+        "estimated_tokens",
+        crate::observe::tokens::estimated_tokens(bytes_out),
+    );
+    b.push(b'}');
+}
+
+/// `,"key":"<lower-case hex of bytes>"`, without allocating.
+fn hex(b: &mut Vec<u8>, key: &str, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(b"\":\"");
+    for x in bytes {
+        b.push(DIGITS[usize::from(x >> 4)]);
+        b.push(DIGITS[usize::from(x & 15)]);
+    }
+    b.push(b'"');
+}

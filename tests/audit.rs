@@ -1,0 +1,651 @@
+//! The audit log end to end (issue 11): the real binary under bounded loads with refusals
+//! (denied by a rule, over a rate limit, unauthenticated), SIGTERM and a reload mid-run, file
+//! rotation by size, an HTTP collector that fails first, and a stalled one with `overflow: drop`.
+//! Every request that got a response has exactly one record.
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use harness::{eventually, Gateway, Mcp};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
+const ISS: &str = "https://issuer.example";
+const AUD: &str = "http://127.0.0.1:8080/mcp";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn token(sub: &str, roles: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"iss": ISS, "aud": AUD, "sub": sub, "roles": roles, "client_id": "cli-1",
+        "iat": now, "exp": now + 600});
+    let msg = format!(
+        "{}.{}",
+        b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    format!(
+        "{msg}.{}",
+        b64(ring::hmac::sign(&k, msg.as_bytes()).as_ref())
+    )
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "tollgate-audit-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// The records in `path` and its rotated files (`path.1` …), oldest file first.
+fn records(path: &Path) -> Vec<Value> {
+    let dir = path.parent().unwrap();
+    let base = path.file_name().unwrap().to_str().unwrap();
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(base)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    files.push(path.to_path_buf());
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+fn files_of(path: &Path) -> usize {
+    std::fs::read_dir(path.parent().unwrap()).unwrap().count()
+}
+
+fn stop(gw: &mut Gateway) {
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(30)).expect("exited");
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+}
+
+fn call_body(id: u64, tool: &str, args: Value) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+        .to_string()
+        .into_bytes()
+}
+
+/// One `echo` call on `m`'s session; `None` when the gateway closed the connection instead.
+fn try_echo(m: &mut Mcp, id: u64, text: &str) -> Option<u16> {
+    let headers: Vec<(String, String)> = m
+        .headers()
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let hs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let body = call_body(id, "echo", json!({"text": text}));
+    m.http
+        .try_request("POST", "/mcp", &hs, &body)
+        .map(|r| r.status)
+}
+
+#[test]
+fn a_load_with_refusals_yields_exactly_one_record_per_call() {
+    let file = temp_path("audit.jsonl");
+    let yaml = format!(
+        r#"
+auth:
+  issuers:
+    - name: example
+      issuer: {ISS}
+      algorithms: [HS256]
+      secret: "{SECRET}"
+      claims: {{roles: roles}}
+servers:
+  - path: /mcp
+    upstream: demo
+    auth: {{resource: "{AUD}", issuers: [example]}}
+    rules:
+      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}
+upstreams:
+  - name: demo
+    url: builtin:demo
+traffic:
+  rules:
+    - {{name: echo-rate, tools: [echo], key: [principal], rate: {{limit: 3, per: 60s}}}}
+audit:
+  enabled: true
+  file: {{path: "${{env:AUDIT_FILE}}"}}
+  arguments:
+    values: ["ech*"]
+    redact: ["sk-[A-Za-z0-9]+"]
+"#
+    );
+    let mut gw = Gateway::builder()
+        .yaml(&yaml)
+        .env("AUDIT_FILE", file.to_str().unwrap())
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.bearer(&token("alice", &["reader"]));
+    m.initialize("2025-06-18");
+    let session = m
+        .headers()
+        .iter()
+        .find(|(n, _)| *n == "Mcp-Session-Id")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    let mut statuses = Vec::new();
+    // 5 echo calls: 3 within the rate, 2 over it.
+    for i in 0..5 {
+        let r = m.request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": format!("key sk-abc{i}Z here"), "n": i}}),
+        );
+        statuses.push(r.status);
+    }
+    // 2 calls no rule allows alice.
+    for _ in 0..2 {
+        let r = m.request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        );
+        statuses.push(r.status);
+    }
+    // 2 calls without a token.
+    for i in 0..2 {
+        let r = gw.client().request(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+            ],
+            &call_body(100 + i, "echo", json!({"text": "x"})),
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    stop(&mut gw);
+    let all = records(&file);
+    let dump = || {
+        all.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(all.len(), 9, "{}", dump());
+    for r in &all {
+        assert!(r["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{r}");
+        assert!(r["latency_us"].as_u64().is_some(), "{r}");
+        // A refusal before the body was read counts no body bytes.
+        assert!(
+            r["bytes_in"].as_u64().unwrap() > 0 || r["status"] == 401,
+            "{r}"
+        );
+        let out = r["bytes_out"].as_u64().unwrap();
+        assert_eq!(
+            r["estimated_tokens"].as_u64().unwrap(),
+            out.div_ceil(4),
+            "{r}"
+        );
+        assert_eq!(r["server"], "/mcp", "{r}");
+    }
+    let alice: Vec<&Value> = all.iter().filter(|r| r["subject"] == "alice").collect();
+    assert_eq!(alice.len(), 7, "{}", dump());
+    for r in &alice {
+        assert_eq!(r["method"], "tools/call", "{r}");
+        assert_eq!(r["client"], "cli-1", "{r}");
+        assert!(r["request_id"].as_u64().is_some(), "{r}");
+        // The traffic limit decides before the session is opened: a throttled call has none.
+        if r["reason"] == "tool_limited" {
+            continue;
+        }
+        let hash = r["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}", dump()));
+        assert_eq!(hash.len(), 16, "{r}");
+        assert!(!session.contains(hash), "the session id must not show: {r}");
+    }
+    let hashes: BTreeSet<&str> = alice.iter().filter_map(|r| r["session"].as_str()).collect();
+    assert_eq!(hashes.len(), 1, "one session, one hash");
+    let echo: Vec<&&Value> = alice.iter().filter(|r| r["tool"] == "echo").collect();
+    assert_eq!(echo.len(), 5);
+    for (i, r) in echo.iter().enumerate() {
+        // Values recorded for echo (a configured tool), the secret redacted.
+        assert_eq!(
+            r["arguments"],
+            json!({"text": "key [redacted] here", "n": i.to_string()}),
+            "{r}"
+        );
+    }
+    let allowed: Vec<_> = echo.iter().filter(|r| r["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), 3, "{}", dump());
+    for r in &allowed {
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(
+            (&r["reason"], &r["rule"]),
+            (&json!("rule"), &json!("readers")),
+            "{r}"
+        );
+        assert_eq!(r["upstream"], "demo", "{r}");
+        assert!(r.get("error_code").is_none(), "{r}");
+    }
+    let limited: Vec<_> = echo.iter().filter(|r| r["decision"] == "deny").collect();
+    assert_eq!(limited.len(), 2, "{}", dump());
+    for r in &limited {
+        assert_eq!(r["reason"], "tool_limited", "{r}");
+        assert_eq!(r["error_code"], -31005, "{r}");
+        assert!(r["error_code"].as_i64().is_some(), "{r}");
+    }
+    let add: Vec<&&Value> = alice.iter().filter(|r| r["tool"] == "add").collect();
+    assert_eq!(add.len(), 2);
+    for r in &add {
+        // Keys only: add is not in arguments.values.
+        assert_eq!(r["arguments"], json!(["a", "b"]), "{r}");
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["authz"], "hidden", "{r}");
+        assert!(r["error_code"].as_i64().is_some(), "{r}");
+    }
+    let anonymous: Vec<&Value> = all.iter().filter(|r| r.get("subject").is_none()).collect();
+    assert_eq!(anonymous.len(), 2, "{}", dump());
+    for r in &anonymous {
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["status"], 401, "{r}");
+        assert_eq!(r["reason"], "unauthenticated", "{r}");
+        assert_eq!(r["auth_failure"], "token_missing", "{r}");
+    }
+    assert_eq!(statuses.len(), 7);
+}
+
+/// `threads` clients calling echo on their own sessions until `stop` is set or the gateway
+/// closes on them; each answered call's text (`t<thread>-<n>`) is collected.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answered: Arc<Mutex<Vec<String>>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..threads)
+            .map(|t| {
+                let (stop, answered, addr) = (stop.clone(), answered.clone(), gw.addr);
+                std::thread::spawn(move || {
+                    let mut m = Mcp::new(addr, "/mcp");
+                    m.initialize("2025-06-18");
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let text = format!("t{t}-{n}");
+                        match try_echo(&mut m, n + 10, &text) {
+                            Some(200) => answered.lock().unwrap().push(text),
+                            _ => return,
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            handles,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.answered.lock().unwrap().len()
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        Arc::try_unwrap(self.answered)
+            .unwrap()
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Every answered call has exactly one record, and no record is for a call never made.
+fn assert_one_record_each(answered: &[String], recs: &[Value]) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in recs {
+        let text = r["arguments"]["text"].as_str().expect("text").to_string();
+        *seen.entry(text).or_default() += 1;
+    }
+    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "duplicate records: {dup:?}");
+    let missing: Vec<_> = answered.iter().filter(|t| !seen.contains_key(*t)).collect();
+    assert!(missing.is_empty(), "answered without a record: {missing:?}");
+    // A call may get its record and lose its answer to the shutdown, never the other way.
+    assert!(recs.len() >= answered.len());
+}
+
+fn open_gateway(audit: &str, env: &[(&str, &str)]) -> Gateway {
+    let mut b = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml(audit);
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    b.start()
+}
+
+#[test]
+fn sigterm_mid_run_loses_no_record_and_rotation_keeps_them_all() {
+    let file = temp_path("audit.jsonl");
+    let mut gw = open_gateway(
+        "audit:\n  enabled: true\n  file: {path: \"${env:AUDIT_FILE}\", max_bytes: 8KiB, keep: 10000}\n  arguments: {values: [echo]}\n",
+        &[("AUDIT_FILE", file.to_str().unwrap())],
+    );
+    let load = Load::start(&gw, 4);
+    assert!(eventually(Duration::from_secs(30), || load.count() >= 200));
+    gw.sigterm();
+    let answered = load.finish();
+    assert!(gw.wait_exit(Duration::from_secs(30)).is_some());
+    let recs = records(&file);
+    assert_one_record_each(&answered, &recs);
+    assert!(files_of(&file) >= 2, "8 KiB files: rotated");
+}
+
+#[test]
+fn a_reload_mid_run_swaps_the_file_and_loses_nothing() {
+    let (a, b) = (temp_path("a.jsonl"), temp_path("b.jsonl"));
+    let audit = |p: &Path| {
+        format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  arguments: {{values: [echo]}}\n",
+            p.display()
+        )
+    };
+    let builder = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml(&audit(&a));
+    let text_b = builder.config_text().replace(&audit(&a), &audit(&b));
+    let mut gw = builder.start();
+    let load = Load::start(&gw, 3);
+    assert!(eventually(Duration::from_secs(30), || load.count() >= 100));
+    gw.reload_with(&text_b);
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"ok\"} 1")
+    }));
+    let at_reload = load.count();
+    assert!(eventually(Duration::from_secs(30), || load.count() >= at_reload + 100));
+    let answered = load.finish();
+    stop(&mut gw);
+    let (ra, rb) = (records(&a), records(&b));
+    assert!(
+        !ra.is_empty() && !rb.is_empty(),
+        "{} {}",
+        ra.len(),
+        rb.len()
+    );
+    let all: Vec<Value> = ra.into_iter().chain(rb).collect();
+    assert_one_record_each(&answered, &all);
+}
+
+/// A collector on 127.0.0.1:0: answers 500 to the first `fail` POSTs, then 200 (keeping the
+/// lines), or never answers at all when `stall`.
+struct Collector {
+    addr: std::net::SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    posts: Arc<AtomicUsize>,
+}
+
+impl Collector {
+    fn start(fail: usize, stall: bool) -> Collector {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let posts = Arc::new(AtomicUsize::new(0));
+        let (lines2, posts2) = (lines.clone(), posts.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let n = posts2.fetch_add(1, Ordering::SeqCst);
+                if stall {
+                    held.push(s);
+                    continue;
+                }
+                let Some(body) = read_post(&mut s) else {
+                    continue;
+                };
+                if n < fail {
+                    let _ = s.write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                }
+                lines2
+                    .lock()
+                    .unwrap()
+                    .extend(body.lines().map(str::to_string));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        Collector { addr, lines, posts }
+    }
+}
+
+fn read_post(s: &mut std::net::TcpStream) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    assert!(head.starts_with("post /audit http/1.1"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap())
+}
+
+#[test]
+fn the_http_collector_gets_every_record_after_failing_first() {
+    let c = Collector::start(3, false);
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  http: {{url: \"http://{}/audit\", batch: 7, flush_interval: 20ms, max_retries: 10, backoff: 10ms}}\n  arguments: {{values: [echo]}}\n",
+            c.addr
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let mut answered = Vec::new();
+    for i in 0..25 {
+        let text = format!("h-{i}");
+        assert_eq!(try_echo(&mut m, i, &text), Some(200));
+        answered.push(text);
+    }
+    assert!(eventually(Duration::from_secs(30), || c
+        .lines
+        .lock()
+        .unwrap()
+        .len()
+        >= 25));
+    let errors = gw.metrics();
+    assert!(
+        errors.contains("tollgate_audit_sink_errors_total{sink=\"http\"} 3"),
+        "{errors}"
+    );
+    stop(&mut gw);
+    let recs: Vec<Value> = c
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 25);
+    assert_one_record_each(&answered, &recs);
+    assert!(c.posts.load(Ordering::SeqCst) >= 3 + 25 / 7);
+}
+
+#[test]
+fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
+    let c = Collector::start(0, true);
+    let gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            c.addr
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    // The writer is stuck on its first POST; every call is still answered.
+    for i in 0..200 {
+        assert_eq!(try_echo(&mut m, i, "x"), Some(200), "call {i}");
+    }
+    assert!(eventually(Duration::from_secs(30), || {
+        let text = gw.metrics();
+        let dropped = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tollgate_audit_records_dropped_total{reason=\"overflow\"} ")
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        dropped > 0.0
+    }));
+    assert!(c.posts.load(Ordering::SeqCst) >= 1);
+    assert!(
+        gw.log.text().contains("audit records dropped"),
+        "{}",
+        gw.log.text()
+    );
+}
+
+#[test]
+fn a_batch_gives_one_record_per_recorded_message() {
+    let file = temp_path("audit.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call, tools/list]\n",
+            file.display()
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{"text":"1"}}},
+        {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},
+        {"jsonrpc":"2.0","id":"b","method":"tools/list"},
+        {"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo","arguments":{"text":"2"}}}
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, String)> = recs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["batch"], 4, "{r}");
+            (
+                r["request_id"].as_str().unwrap().to_string(),
+                r["method"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("a", "tools/call"),
+        ("b", "tools/list"),
+        ("c", "tools/call"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(i, m)| (i.to_string(), m.to_string())).to_vec(),
+        "{recs:?}"
+    );
+    // Keys only (no `arguments.values`).
+    assert_eq!(recs[0]["arguments"], json!(["text"]));
+}
+
+#[test]
+fn a_reload_turns_audit_on_and_a_file_that_cannot_be_written_refuses_it() {
+    let file = temp_path("late.jsonl");
+    let builder = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo");
+    let plain = builder.config_text();
+    let mut gw = builder.start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(try_echo(&mut m, 1, "before"), Some(200));
+    let with = |p: &Path| {
+        format!(
+            "{plain}audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  arguments: {{values: [echo]}}\n",
+            p.display()
+        )
+    };
+    gw.reload_with(&with(&file.with_file_name("no-such-dir").join("x.jsonl")));
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"error\"} 1")
+    }));
+    gw.reload_with(&with(&file));
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"ok\"} 1")
+    }));
+    let answered: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    for (i, t) in answered.iter().enumerate() {
+        assert_eq!(try_echo(&mut m, 10 + i as u64, t), Some(200));
+    }
+    stop(&mut gw);
+    let recs = records(&file);
+    assert_eq!(recs.len(), 10, "{recs:?}");
+    assert_one_record_each(&answered, &recs);
+    assert!(gw.log.text().contains("audit file"), "{}", gw.log.text());
+}
