@@ -386,3 +386,75 @@ fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
         assert_in_band(&echo(&mut m), "echo");
     }
 }
+
+/// An endpoint with authorization rules (the demo's `fail` hidden, `slow` visible but denied
+/// from loopback) and limits on everything and on the hidden tool.
+fn ruled_gateway(traffic: &str) -> Gateway {
+    Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "servers:\n  - path: /mcp\n    upstream: demo\n    rules:\n\
+             \x20     - {{name: no-fail, effect: deny, tools: [fail]}}\n\
+             \x20     - {{name: office, effect: allow, tools: [slow], sources: [10.0.0.0/8]}}\n\
+             \x20     - {{name: safe, effect: allow, annotations: {{destructiveHint: false}}}}\n\
+             {traffic}"
+        ))
+        .start()
+}
+
+fn assert_unknown(r: &Response, tool: &str) {
+    let v = r.json();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        format!("Unknown tool: {tool}"),
+        "{v}"
+    );
+}
+
+fn assert_denied(r: &Response) {
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(!text.contains("retry after"), "denied, not limited: {text}");
+    assert!(r.header("retry-after").is_none(), "{v}");
+}
+
+#[test]
+fn denied_and_hidden_calls_consume_no_quota_and_are_never_refused_as_limited() {
+    let gw = ruled_gateway(
+        "traffic:\n  rules:\n    - {name: all, rate: {limit: 2, per: 60s}}\n\
+         \x20   - {name: fail-once, tools: [fail], rate: {limit: 1, per: 60s}}\n",
+    );
+    let mut m = session(&gw);
+    let stateless = |tool: &str| {
+        gw.stateless(
+            "/mcp",
+            "tools/call",
+            Some(tool),
+            json!({"name": tool, "arguments": {"text": "x", "ms": 1}}),
+            &[],
+        )
+    };
+    for _ in 0..3 {
+        assert_unknown(&call(&mut m, "fail", json!({})), "fail");
+        assert_unknown(&stateless("fail"), "fail");
+        assert_denied(&call(&mut m, "slow", json!({"ms": 1})));
+        assert_denied(&stateless("slow"));
+    }
+    // Twelve refused calls later, the budget of two is whole.
+    assert!(ok(&echo(&mut m)));
+    assert!(ok(&stateless("echo")));
+    assert_throttled(&echo(&mut m), "all", "rate");
+    // Still unknown once the budget is out: authorization answers first.
+    assert_unknown(&call(&mut m, "fail", json!({})), "fail");
+    let scrape = gw.metrics();
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_traffic_rejections_total{rule=\"fail-once\",kind=\"rate\"}"
+        ) <= 0.0,
+        "{scrape}"
+    );
+}

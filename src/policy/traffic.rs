@@ -134,11 +134,6 @@ impl LimitRule {
         self.tools.is_some()
     }
 
-    /// Whether the upstream must be known to match or key this rule.
-    pub fn needs_upstream(&self) -> bool {
-        self.upstreams.is_some() || self.key & part::UPSTREAM != 0
-    }
-
     /// Computes the fingerprints of the rule's limits from its definition (`describe`: the
     /// rule's target keys as written; its key parts and each limit are hashed beside it).
     pub fn seal(&mut self, describe: &str, time_zone: &str) {

@@ -743,20 +743,49 @@ fn max_wait(ctx: &Ctx) -> Duration {
     ctx.gw().config.traffic.sync_interval * 3
 }
 
-/// Phase: limit. Every rule that matches a message applies (a message must pass all of them);
-/// a batch is counted message by message and refused whole when one of them is over a limit.
-/// Admitted calls are counted (and those under a concurrency limit held in `ctx.held`) only
-/// when every limit admitted them. `may_wait`: a share that ran out while the global budget
-/// may have room answers `Stop::Wait` (else it refuses).
+/// What authorization and routing made of one message, for the limit phase: refused (never
+/// charged: a denied or hidden item costs the caller nothing, and a limit naming it must not
+/// reveal it), or allowed and sent to an upstream (`None`: answered by the gateway or fanned
+/// out, so rules naming `upstreams` do not match it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Refused,
+    To(Option<usize>),
+}
+
+/// The routes of a request on an endpoint with one upstream: every message allowed (it has no
+/// rules), sent to that upstream.
+pub const PASS_THROUGH: &[Route] = &[];
+
+/// Phase: limit, after authorization and routing (`routes`: one per message of `ctx.messages`,
+/// or `PASS_THROUGH`). Every rule that matches a message applies (a message must pass all of
+/// them); a batch is counted message by message and refused whole when one of them is over a
+/// limit. Admitted calls are counted (and those under a concurrency limit held in `ctx.held`)
+/// only when every limit admitted them. `may_wait`: a share that ran out while the global
+/// budget may have room answers `Stop::Wait` (else it refuses).
 #[inline]
-pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
+pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool, routes: &[Route]) -> Result<(), Stop> {
     if ctx.gw().config.traffic.rules.is_empty() {
         return Ok(());
     }
-    check_rules(w, ctx, may_wait)
+    check_rules(w, ctx, may_wait, routes)
 }
 
-fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
+/// `check`, waiting for a larger share when that may help (`wait`): the whole phase.
+pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
+    match check(w, ctx, true, routes) {
+        Ok(()) => Ok(()),
+        Err(Stop::Refuse(r)) => Err(r),
+        Err(Stop::Wait) => wait(w, ctx, routes).await,
+    }
+}
+
+fn check_rules(
+    w: &WorkerState,
+    ctx: &mut Ctx,
+    may_wait: bool,
+    routes: &[Route],
+) -> Result<(), Stop> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let traffic = &*gw.config.traffic;
@@ -775,10 +804,16 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
     // (fingerprint, key, kind, window end) of each admission, committed when all passed.
     let mut pending: SmallVec<[(u64, u64, LimitKind, i64); 4]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
-    'messages: for m in &ctx.messages {
+    'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
             continue;
         }
+        let upstream = match routes.get(i) {
+            Some(Route::Refused) => continue,
+            Some(Route::To(u)) => *u,
+            None if federated => None,
+            None => Some(s.primary()),
+        };
         let name = match m.method {
             Method::ToolsCall | Method::PromptsGet => m
                 .name
@@ -786,9 +821,9 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
                 .and_then(|n| std::str::from_utf8(n.get()).ok()),
             _ => None,
         };
-        let mut facts = Facts {
+        let facts = Facts {
             server,
-            upstream: (!federated).then(|| s.primary()),
+            upstream,
             tool: if m.method == Method::ToolsCall {
                 name
             } else {
@@ -796,12 +831,7 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
             },
             method: m.method,
         };
-        let mut resolved = !federated;
         for r in &traffic.rules {
-            if r.needs_upstream() && !resolved {
-                resolved = true;
-                facts.upstream = federated_upstream(w, gw, server, m.method, name);
-            }
             if !matches(r, &facts, p) {
                 continue;
             }
@@ -866,36 +896,17 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
 
 /// Waits (1 ms at a time, at most `max_wait`) for the exchange to bring this worker a larger
 /// share, then decides for good. Only a request over its worker's share gets here.
-pub async fn wait(w: &WorkerState, ctx: &mut Ctx) -> Result<(), Refusal> {
+pub async fn wait(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
     let until = std::time::Instant::now() + max_wait(ctx);
     loop {
         monoio::time::sleep(Duration::from_millis(1)).await;
         let last = std::time::Instant::now() >= until;
-        match check(w, ctx, !last) {
+        match check(w, ctx, !last, routes) {
             Ok(()) => return Ok(()),
             Err(Stop::Refuse(r)) => return Err(r),
             Err(Stop::Wait) => {}
         }
     }
-}
-
-/// The upstream a federated endpoint routes a tool call or prompt to, when the worker's table
-/// knows the name now (else unknown: a rule naming upstreams does not match).
-fn federated_upstream(
-    w: &WorkerState,
-    gw: &super::state::Gateway,
-    server: usize,
-    method: Method,
-    name: Option<&str>,
-) -> Option<usize> {
-    let kind = match method {
-        Method::ToolsCall => super::federate::TableKind::Tools,
-        Method::PromptsGet => super::federate::TableKind::Prompts,
-        _ => return None,
-    };
-    let table = super::federate::fresh_names(w, gw, server, kind)?;
-    let (member, _) = table.resolve(name?)?;
-    Some(gw.config.servers[server].upstreams[member].upstream)
 }
 
 fn key_names(key: u8) -> &'static str {

@@ -576,17 +576,6 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return refuse(c, ctx, r).await;
     }
     authorize::pass_through(ctx);
-    // Phase: limit (`traffic.rules`; nothing to do without rules).
-    if let Err(stop) = limit::check(w, ctx, true) {
-        let r = match stop {
-            limit::Stop::Refuse(r) => Some(r),
-            limit::Stop::Wait => limit::wait(w, ctx).await.err(),
-        };
-        if let Some(r) = r {
-            c.conn.consume(used);
-            return refuse(c, ctx, r).await;
-        }
-    }
     // Phase: era. A request that speaks the stateless revision takes its own path from here.
     if let Some(m) = ctx.first() {
         let signals = crate::mcp::modern::Signals {
@@ -648,12 +637,25 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
+    // Phase: limit, after the session checks and authorization (`traffic.rules`; nothing to do
+    // without rules). An endpoint with one upstream has no rules: everything is allowed there.
+    // A federated endpoint limits where each message was decided and routed (`federate`).
+    if !federated {
+        if let Err(r) = limit::phase(w, ctx, limit::PASS_THROUGH).await {
+            c.conn.consume(used);
+            return refuse(c, ctx, r).await;
+        }
+    }
     if federated {
         // The common case, a call whose name the worker's table routes: the request is built
         // straight from the client's bytes (the original name spliced in), like a plain one.
         let direct = federated_direct(w, ctx, (&head, buf, body), claims.as_deref(), &mut c.up_out);
         if let (Some((u, had_session, decided)), Some(cl)) = (direct, claims.as_ref()) {
             ctx.decisions.push(decided);
+            if let Err(r) = limit::phase(w, ctx, &[limit::Route::To(Some(u))]).await {
+                c.conn.consume(used);
+                return refuse(c, ctx, r).await;
+            }
             c.conn.consume(used);
             let then = Then::RelayFederated(cl.id);
             return forward(w, c, ctx, u, had_session, then).await;
