@@ -458,3 +458,33 @@ fn denied_and_hidden_calls_consume_no_quota_and_are_never_refused_as_limited() {
         "{scrape}"
     );
 }
+
+/// A federated endpoint whose routing tables are stale at every call (`list_refresh_interval:
+/// 1ms`): a rule naming an upstream still matches the calls routed there, in both eras (it is
+/// matched on the routing decision, not on the worker's table).
+#[test]
+fn a_rule_naming_an_upstream_holds_while_the_routing_table_is_stale() {
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("a", "builtin:demo")
+        .upstream("b", "builtin:demo")
+        .yaml(
+            "servers:\n  - path: /mcp\n    upstreams: [a, b]\n    list_refresh_interval: 1ms\n\
+             traffic:\n  rules:\n    - {name: b-only, upstreams: [b], rate: {limit: 2, per: 60s}}\n",
+        )
+        .start();
+    let mut m = session(&gw);
+    let text = json!({"text": "x"});
+    assert!(ok(&call(&mut m, "b__echo", text.clone())));
+    assert!(ok(&call(&mut m, "b__echo", text.clone())));
+    assert_throttled(&call(&mut m, "b__echo", text.clone()), "b-only", "rate");
+    assert!(ok(&call(&mut m, "a__echo", text.clone())), "a has no rule");
+    let r = gw.stateless(
+        "/mcp",
+        "tools/call",
+        Some("b__echo"),
+        json!({"name": "b__echo", "arguments": text}),
+        &[],
+    );
+    assert_throttled(&r, "b-only", "rate");
+}
