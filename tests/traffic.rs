@@ -488,3 +488,91 @@ fn a_rule_naming_an_upstream_holds_while_the_routing_table_is_stale() {
     );
     assert_throttled(&r, "b-only", "rate");
 }
+
+/// A scripted upstream whose tool `work` answers with an event stream: a priming event at once,
+/// the result only when `finish` gets a message (`quick: true` calls are answered at once).
+fn streaming_upstream(finish: std::sync::mpsc::Receiver<()>) -> harness::scripted::Scripted {
+    use harness::scripted;
+    use std::io::Write;
+    let finish = std::sync::Mutex::new(finish);
+    scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let id = req.id();
+            if req.json()["params"]["arguments"]["quick"] == true {
+                let r = scripted::json_response(&scripted::text_result(&id, "quick"));
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let chunk = |s: &mut std::net::TcpStream, e: &str| {
+                let _ = write!(s, "{:x}\r\n{e}\r\n", e.len());
+            };
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nmcp-session-id: up-1\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            );
+            chunk(&mut s, "id: e1\ndata: \n\n");
+            let _ = finish.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            chunk(
+                &mut s,
+                &format!("data: {}\n\n", scripted::text_result(&id, "done")),
+            );
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+    })
+}
+
+/// The client of a call under a concurrency limit goes away while the upstream still streams
+/// its reply: the slot stays taken until the upstream ends the call, then is free.
+#[test]
+fn a_concurrency_slot_is_held_until_the_upstream_ends_a_call_whose_client_left() {
+    use std::io::Read;
+    let (finish, rx) = std::sync::mpsc::channel();
+    let up = streaming_upstream(rx);
+    let gw = Gateway::builder()
+        .workers(1)
+        .rust_log("info")
+        .upstream("s", &up.url())
+        .serve("/mcp", "s")
+        .yaml("traffic:\n  rules:\n    - {name: one, tools: [work], concurrency: 1}\n")
+        .start();
+    {
+        let mut a = session(&gw);
+        send_call(&gw, &mut a, "work", json!({}));
+        // Wait for the priming event: the reply is being relayed.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("id: e1") {
+            let n = a
+                .http
+                .stream
+                .read(&mut buf)
+                .expect("the stream's first event");
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The client goes away mid-reply.
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .log
+            .text()
+            .contains("client left mid-reply")),
+        "{}",
+        gw.log.text()
+    );
+    let mut b = session(&gw);
+    assert_in_band(&call(&mut b, "work", json!({"quick": true})), "work");
+    finish.send(()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ok(&call(
+            &mut b,
+            "work",
+            json!({"quick": true})
+        ))),
+        "the slot was never freed once the upstream ended the call"
+    );
+}

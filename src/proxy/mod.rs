@@ -1161,10 +1161,19 @@ async fn relay(
         read_timeout
     };
     up_conn.consume(rhead.len);
+    // A call under a concurrency limit keeps its slot while the upstream still runs it, even
+    // when its client left: in the session era a client that goes away does not cancel the call
+    // (a 2026-07-28 client closing its stream does, and the upstream sees its connection close).
+    let finish_within =
+        (!ctx.held.is_empty() && ctx.era == crate::error::Era::Session).then(|| {
+            ctx.tool_timeout
+                .unwrap_or(ctx.gw().upstreams[u].request_timeout)
+        });
     let mode = RelayMode {
         http10: ctx.http10,
         read_timeout,
         end_on: end_on_shutdown.then_some(&w.shutdown),
+        finish_within,
     };
     match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
         Ok(reusable) => {
