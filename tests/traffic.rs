@@ -576,3 +576,67 @@ fn a_concurrency_slot_is_held_until_the_upstream_ends_a_call_whose_client_left()
         "the slot was never freed once the upstream ended the call"
     );
 }
+
+/// A loop refusal: a tool result with isError and the sentence that tells the model what to do.
+fn assert_loop(r: &Response, tool: &str) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "You called {tool} with the same arguments 3 times in 1m; change the arguments or stop"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
+    let gw = gateway(
+        1,
+        "traffic:\n  rules:\n    - {name: loops, loop: {max: 3, window: 60s}}\n",
+    );
+    let mut m = session(&gw);
+    for _ in 0..3 {
+        assert!(ok(&call(&mut m, "echo", json!({"text": "same"}))));
+    }
+    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo");
+    // The same arguments spelled with other whitespace are the same call.
+    let spaced = br#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"echo","arguments":{ "text" : "same" }}}"#;
+    assert_loop(&m.post_raw(spaced), "echo");
+    // Other arguments, another tool: not a loop.
+    assert!(ok(&call(&mut m, "echo", json!({"text": "other"}))));
+    for _ in 0..3 {
+        let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#);
+        assert!(ok(&r), "{}", r.text());
+    }
+    // Top-level keys in another order: the same arguments.
+    let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"b":2,"a":1}}}"#);
+    assert_loop(&r, "add");
+    // Other methods are never a loop.
+    for _ in 0..5 {
+        assert_eq!(m.request("tools/list", json!({})).status, 200);
+        assert!(m
+            .request("tools/list", json!({}))
+            .json()
+            .get("result")
+            .is_some());
+    }
+    let r = gw.stateless(
+        "/mcp",
+        "tools/call",
+        Some("echo"),
+        json!({"name": "echo", "arguments": {"text": "same"}}),
+        &[],
+    );
+    assert_loop(&r, "echo");
+    let scrape = gw.metrics();
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_traffic_rejections_total{rule=\"loops\",kind=\"loop\"}"
+        ) >= 4.0,
+        "{scrape}"
+    );
+}

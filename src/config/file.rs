@@ -57,6 +57,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     formats::duration(s)
 }
 
+/// A duration spelled as the config writes them (the shortest exact spelling).
+pub fn render_duration(d: std::time::Duration) -> String {
+    formats::render_duration(d)
+}
+
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     // var_os: a non-UTF-8 value must be reported as a bad key, not silently treated as unset.
     load_str_with_env(text, &|name| {

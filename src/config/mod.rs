@@ -9,8 +9,8 @@ pub mod reload;
 
 pub use auth::{Auth, ServerAuth};
 pub use file::{
-    load_file, load_str, load_str_with_env, parse_duration, parse_http_url, render_effective,
-    ConfigErrors,
+    load_file, load_str, load_str_with_env, parse_duration, parse_http_url, render_duration,
+    render_effective, ConfigErrors,
 };
 
 use std::net::SocketAddr;

@@ -96,6 +96,9 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
+    /// `tools/call` only, and only when a traffic rule keys by `arguments`: the hash of
+    /// `params.arguments` (`policy::traffic::arguments_hash`; `Some(0)`: none, or not an object).
+    pub arguments_hash: Option<u64>,
 }
 
 impl MessageCtx {
@@ -152,7 +155,21 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
+            arguments_hash: None,
         }
+    }
+
+    /// `of`, with the arguments hashed when `hash` (a rule keys by them) and this is a call.
+    pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
+        let mut x = MessageCtx::of(m);
+        if hash && x.method == crate::mcp::Method::ToolsCall {
+            x.arguments_hash = Some(
+                m.arguments
+                    .as_ref()
+                    .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text)),
+            );
+        }
+        x
     }
 }
 

@@ -638,6 +638,8 @@ struct Facts<'a> {
     upstream: Option<usize>,
     tool: Option<&'a str>,
     method: Method,
+    /// `arguments_hash` of a `tools/call` (when a rule keys by arguments).
+    arguments: Option<u64>,
 }
 
 fn matches(r: &LimitRule, f: &Facts<'_>, p: Option<&crate::policy::Principal>) -> bool {
@@ -652,6 +654,7 @@ fn matches(r: &LimitRule, f: &Facts<'_>, p: Option<&crate::policy::Principal>) -
             .as_ref()
             .is_none_or(|t| f.method == Method::ToolsCall && f.tool.is_some_and(|n| t.allows(n)))
         && r.methods.as_ref().is_none_or(|m| m.contains(&f.method))
+        && (r.loop_guard.is_none() || f.method == Method::ToolsCall)
         && any(&r.subjects, p.map(|p| &*p.subject))
         && any(&r.clients, p.and_then(|p| p.client.as_deref()))
         && any(&r.tenants, p.and_then(|p| p.tenant.as_deref()))
@@ -705,6 +708,10 @@ fn key_hash(
     if r.key & part::METHOD != 0 {
         text(&mut h, part::METHOD, f.method.as_str().as_bytes());
     }
+    if r.key & part::ARGUMENTS != 0 {
+        h.write_u8(part::ARGUMENTS);
+        h.write_u64(f.arguments.unwrap_or(0));
+    }
     h.finish()
 }
 
@@ -728,6 +735,16 @@ struct Over<'a> {
     retry_ms: u64,
     tool: Option<&'a str>,
     method: Method,
+}
+
+impl Over<'_> {
+    /// The refusal's kind (`data.kind`, the metric label): the limit's, or `loop`.
+    fn label(&self) -> &'static str {
+        match self.rule.loop_guard {
+            Some(_) => "loop",
+            None => self.kind.label(),
+        }
+    }
 }
 
 /// Why `check` did not admit.
@@ -830,6 +847,7 @@ fn check_rules(
                 None
             },
             method: m.method,
+            arguments: m.arguments_hash,
         };
         for r in &traffic.rules {
             if !matches(r, &facts, p) {
@@ -865,11 +883,11 @@ fn check_rules(
     if let Some(o) = over {
         drop(map);
         local
-            .reject_counter(o.fp, &o.rule.name, o.kind.label())
+            .reject_counter(o.fp, &o.rule.name, o.label())
             .increment(1);
         tracing::debug!(
             rule = &*o.rule.name,
-            kind = o.kind.label(),
+            kind = o.label(),
             key = key_names(o.rule.key),
             retry_ms = o.retry_ms,
             "traffic limit reached"
@@ -917,6 +935,7 @@ fn key_names(key: u8) -> &'static str {
         k if k == part::PRINCIPAL | part::TOOL => "principal+tool",
         k if k == part::TENANT => "tenant",
         k if k == part::CLIENT => "client",
+        k if k == part::PRINCIPAL | part::TOOL | part::ARGUMENTS => "principal+tool+arguments",
         _ => "composite",
     }
 }
@@ -932,18 +951,30 @@ fn refusal(o: &Over<'_>) -> Refusal {
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",
         o.retry_ms,
         serde_json::to_string(&*o.rule.name).unwrap_or_default(),
-        o.kind.label()
+        o.label()
     )
     .into_bytes();
-    let mut r = match (o.rule.per_tool(), o.method, o.tool) {
-        (true, Method::ToolsCall, Some(tool)) => Refusal::because(
+    let mut r = match (o.rule.loop_guard, o.rule.per_tool(), o.method, o.tool) {
+        // A loop is stopped in band, whatever the rule names: the model reads why.
+        (Some(g), _, _, tool) => Refusal::because(
+            Kind::ToolLimited,
+            format!(
+                "You called {} with the same arguments {} times in {}; change the arguments or \
+                 stop (traffic rule {}: the same call is refused for {secs} s).",
+                tool.unwrap_or("this tool"),
+                g.max,
+                crate::config::render_duration(g.window),
+                o.rule.name
+            ),
+        ),
+        (None, true, Method::ToolsCall, Some(tool)) => Refusal::because(
             Kind::ToolLimited,
             format!(
                 "{what} reached for tool {tool} (traffic rule {}); retry after {secs} s.",
                 o.rule.name
             ),
         ),
-        _ => Refusal::because(
+        (None, ..) => Refusal::because(
             Kind::Throttled,
             format!(
                 "{what} reached (traffic rule {}); retry after {secs} s.",

@@ -364,14 +364,16 @@ async fn read_body(
 /// upstream.
 fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let gen = ctx.gen.clone();
+    let hash = gen.gw.config.traffic.hashes_arguments;
     match jsonrpc::scan(body, &gen.gw.scan_limits) {
         Ok(Body::Single(m)) => {
-            ctx.messages.push(MessageCtx::of(&m));
+            ctx.messages.push(MessageCtx::hashed(&m, hash));
             Ok(())
         }
         Ok(Body::Batch(msgs)) => {
             ctx.batch = true;
-            ctx.messages.extend(msgs.iter().map(MessageCtx::of));
+            ctx.messages
+                .extend(msgs.iter().map(|m| MessageCtx::hashed(m, hash)));
             if ctx.messages.iter().any(|m| m.method == Method::Initialize) {
                 return Err(Refusal::because(
                     Kind::InvalidRequest,

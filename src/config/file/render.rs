@@ -409,6 +409,11 @@ fn render_traffic(o: &mut String, c: &Config) {
             .map(|(n, _)| *n)
             .collect();
         let _ = writeln!(o, "      key: [{}]", key.join(", "));
+        if let Some(g) = r.loop_guard {
+            let window = render_duration(g.window);
+            let _ = writeln!(o, "      loop: {{max: {}, window: {window}}}", g.max);
+            continue;
+        }
         for l in &r.limits {
             match l.kind {
                 LimitKind::Rate { limit, per, burst } => {
