@@ -6,6 +6,7 @@ mod auth;
 mod credentials;
 mod extract;
 mod formats;
+mod observe;
 mod rego;
 mod render;
 mod rules;
@@ -124,6 +125,7 @@ const TOP_KEYS: &[&str] = &[
     "servers",
     "auth",
     "traffic",
+    "observe",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -290,6 +292,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let auth = auth::auth(p, &top, env);
     let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
+    let observe = observe::observe(p, &top);
     Config {
         workers,
         listen,
@@ -303,6 +306,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         servers,
         auth,
         traffic,
+        observe,
     }
 }
 

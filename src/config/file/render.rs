@@ -353,6 +353,15 @@ pub fn render_effective(c: &Config) -> String {
     }
     render_auth(&mut o, &c.auth);
     render_traffic(&mut o, c);
+    let tools = c
+        .observe
+        .tools
+        .as_ref()
+        .map_or(&[][..], |f| f.allow_globs());
+    let tools: Vec<String> = tools.iter().map(|g| q(g)).collect();
+    let _ = writeln!(o, "observe:");
+    let _ = writeln!(o, "  tools: [{}]", tools.join(", "));
+    let _ = writeln!(o, "  max_tool_series: {}", c.observe.max_tool_series);
     o
 }
 
