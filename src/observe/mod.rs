@@ -306,11 +306,14 @@ impl ToolHandles {
 #[derive(Default)]
 struct ToolCache {
     generation: u64,
-    servers: Vec<(
-        Option<Rc<ToolHandles>>,
-        HashMap<Box<str>, Option<Rc<ToolHandles>>>,
-    )>,
+    servers: Vec<ServerTools>,
 }
+
+/// One endpoint's `other` handles and its tools' by name.
+type ServerTools = (
+    Option<Rc<ToolHandles>>,
+    HashMap<Box<str>, Option<Rc<ToolHandles>>>,
+);
 
 /// The (endpoint, tool) labels the process has made, shared by the workers: taken only when a
 /// worker meets a named tool for the first time, so `observe.max_tool_series` holds for the
