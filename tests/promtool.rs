@@ -73,6 +73,8 @@ fn metrics_pass_promtool_check_metrics() {
         "tollgate_requests_total",
         "tollgate_request_duration_seconds_bucket",
         "tollgate_upstream_duration_seconds_bucket",
+        "tollgate_tool_calls_total{",
+        "tollgate_tool_duration_seconds_bucket{server=\"/mcp\",tool=\"other\"",
         "tollgate_rejections_total",
         "tollgate_limit_rejections_total",
         "tollgate_build_info",

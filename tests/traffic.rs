@@ -414,3 +414,257 @@ fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
     }
     let _ = std::fs::remove_file(&audit);
 }
+
+/// An endpoint with authorization rules (the demo's `fail` hidden, `slow` visible but denied
+/// from loopback) and limits on everything and on the hidden tool.
+fn ruled_gateway(traffic: &str) -> Gateway {
+    Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "servers:\n  - path: /mcp\n    upstream: demo\n    rules:\n\
+             \x20     - {{name: no-fail, effect: deny, tools: [fail]}}\n\
+             \x20     - {{name: office, effect: allow, tools: [slow], sources: [10.0.0.0/8]}}\n\
+             \x20     - {{name: safe, effect: allow, annotations: {{destructiveHint: false}}}}\n\
+             {traffic}"
+        ))
+        .start()
+}
+
+fn assert_unknown(r: &Response, tool: &str) {
+    let v = r.json();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        format!("Unknown tool: {tool}"),
+        "{v}"
+    );
+}
+
+fn assert_denied(r: &Response) {
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(!text.contains("retry after"), "denied, not limited: {text}");
+    assert!(r.header("retry-after").is_none(), "{v}");
+}
+
+#[test]
+fn denied_and_hidden_calls_consume_no_quota_and_are_never_refused_as_limited() {
+    let gw = ruled_gateway(
+        "traffic:\n  rules:\n    - {name: all, rate: {limit: 2, per: 60s}}\n\
+         \x20   - {name: fail-once, tools: [fail], rate: {limit: 1, per: 60s}}\n",
+    );
+    let mut m = session(&gw);
+    let stateless = |tool: &str| {
+        gw.stateless(
+            "/mcp",
+            "tools/call",
+            Some(tool),
+            json!({"name": tool, "arguments": {"text": "x", "ms": 1}}),
+            &[],
+        )
+    };
+    for _ in 0..3 {
+        assert_unknown(&call(&mut m, "fail", json!({})), "fail");
+        assert_unknown(&stateless("fail"), "fail");
+        assert_denied(&call(&mut m, "slow", json!({"ms": 1})));
+        assert_denied(&stateless("slow"));
+    }
+    // Twelve refused calls later, the budget of two is whole.
+    assert!(ok(&echo(&mut m)));
+    assert!(ok(&stateless("echo")));
+    assert_throttled(&echo(&mut m), "all", "rate");
+    // Still unknown once the budget is out: authorization answers first.
+    assert_unknown(&call(&mut m, "fail", json!({})), "fail");
+    let scrape = gw.metrics();
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_traffic_rejections_total{rule=\"fail-once\",kind=\"rate\"}"
+        ) <= 0.0,
+        "{scrape}"
+    );
+}
+
+/// A federated endpoint whose routing tables are stale at every call (`list_refresh_interval:
+/// 1ms`): a rule naming an upstream still matches the calls routed there, in both eras (it is
+/// matched on the routing decision, not on the worker's table).
+#[test]
+fn a_rule_naming_an_upstream_holds_while_the_routing_table_is_stale() {
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("a", "builtin:demo")
+        .upstream("b", "builtin:demo")
+        .yaml(
+            "servers:\n  - path: /mcp\n    upstreams: [a, b]\n    list_refresh_interval: 1ms\n\
+             traffic:\n  rules:\n    - {name: b-only, upstreams: [b], rate: {limit: 2, per: 60s}}\n",
+        )
+        .start();
+    let mut m = session(&gw);
+    let text = json!({"text": "x"});
+    assert!(ok(&call(&mut m, "b__echo", text.clone())));
+    assert!(ok(&call(&mut m, "b__echo", text.clone())));
+    assert_throttled(&call(&mut m, "b__echo", text.clone()), "b-only", "rate");
+    assert!(ok(&call(&mut m, "a__echo", text.clone())), "a has no rule");
+    let r = gw.stateless(
+        "/mcp",
+        "tools/call",
+        Some("b__echo"),
+        json!({"name": "b__echo", "arguments": text}),
+        &[],
+    );
+    assert_throttled(&r, "b-only", "rate");
+}
+
+/// A scripted upstream whose tool `work` answers with an event stream: a priming event at once,
+/// the result only when `finish` gets a message (`quick: true` calls are answered at once).
+fn streaming_upstream(finish: std::sync::mpsc::Receiver<()>) -> harness::scripted::Scripted {
+    use harness::scripted;
+    use std::io::Write;
+    let finish = std::sync::Mutex::new(finish);
+    scripted::Scripted::start(move |mut s, _| {
+        while let Some(req) = scripted::read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let id = req.id();
+            if req.json()["params"]["arguments"]["quick"] == true {
+                let r = scripted::json_response(&scripted::text_result(&id, "quick"));
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let chunk = |s: &mut std::net::TcpStream, e: &str| {
+                let _ = write!(s, "{:x}\r\n{e}\r\n", e.len());
+            };
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nmcp-session-id: up-1\r\n\
+                  transfer-encoding: chunked\r\n\r\n",
+            );
+            chunk(&mut s, "id: e1\ndata: \n\n");
+            let _ = finish.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            chunk(
+                &mut s,
+                &format!("data: {}\n\n", scripted::text_result(&id, "done")),
+            );
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+    })
+}
+
+/// The client of a call under a concurrency limit goes away while the upstream still streams
+/// its reply: the slot stays taken until the upstream ends the call, then is free.
+#[test]
+fn a_concurrency_slot_is_held_until_the_upstream_ends_a_call_whose_client_left() {
+    use std::io::Read;
+    let (finish, rx) = std::sync::mpsc::channel();
+    let up = streaming_upstream(rx);
+    let gw = Gateway::builder()
+        .workers(1)
+        .rust_log("info")
+        .upstream("s", &up.url())
+        .serve("/mcp", "s")
+        .yaml("traffic:\n  rules:\n    - {name: one, tools: [work], concurrency: 1}\n")
+        .start();
+    {
+        let mut a = session(&gw);
+        send_call(&gw, &mut a, "work", json!({}));
+        // Wait for the priming event: the reply is being relayed.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("id: e1") {
+            let n = a
+                .http
+                .stream
+                .read(&mut buf)
+                .expect("the stream's first event");
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The client goes away mid-reply.
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .log
+            .text()
+            .contains("client left mid-reply")),
+        "{}",
+        gw.log.text()
+    );
+    let mut b = session(&gw);
+    assert_in_band(&call(&mut b, "work", json!({"quick": true})), "work");
+    finish.send(()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ok(&call(
+            &mut b,
+            "work",
+            json!({"quick": true})
+        ))),
+        "the slot was never freed once the upstream ended the call"
+    );
+}
+
+/// A loop refusal: a tool result with isError and the sentence that tells the model what to do.
+fn assert_loop(r: &Response, tool: &str) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "You called {tool} with the same arguments 3 times in 1m; change the arguments or stop"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
+    let gw = gateway(
+        1,
+        "traffic:\n  rules:\n    - {name: loops, loop: {max: 3, window: 60s}}\n",
+    );
+    let mut m = session(&gw);
+    for _ in 0..3 {
+        assert!(ok(&call(&mut m, "echo", json!({"text": "same"}))));
+    }
+    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo");
+    // The same arguments spelled with other whitespace are the same call.
+    let spaced = br#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"echo","arguments":{ "text" : "same" }}}"#;
+    assert_loop(&m.post_raw(spaced), "echo");
+    // Other arguments, another tool: not a loop.
+    assert!(ok(&call(&mut m, "echo", json!({"text": "other"}))));
+    for _ in 0..3 {
+        let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#);
+        assert!(ok(&r), "{}", r.text());
+    }
+    // Top-level keys in another order: the same arguments.
+    let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"b":2,"a":1}}}"#);
+    assert_loop(&r, "add");
+    // Other methods are never a loop.
+    for _ in 0..5 {
+        assert_eq!(m.request("tools/list", json!({})).status, 200);
+        assert!(m
+            .request("tools/list", json!({}))
+            .json()
+            .get("result")
+            .is_some());
+    }
+    let r = gw.stateless(
+        "/mcp",
+        "tools/call",
+        Some("echo"),
+        json!({"name": "echo", "arguments": {"text": "same"}}),
+        &[],
+    );
+    assert_loop(&r, "echo");
+    let scrape = gw.metrics();
+    assert!(
+        metric_value(
+            &scrape,
+            "tollgate_traffic_rejections_total{rule=\"loops\",kind=\"loop\"}"
+        ) >= 4.0,
+        "{scrape}"
+    );
+}

@@ -7,6 +7,7 @@ mod auth;
 mod credentials;
 mod extract;
 mod formats;
+mod observe;
 mod rego;
 mod render;
 mod rules;
@@ -56,6 +57,11 @@ pub fn parse_http_url(s: &str) -> Result<crate::config::UpstreamTarget, String> 
 /// A duration as the config writes them (`250ms`, `10s`, `5m`, `24h`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     formats::duration(s)
+}
+
+/// A duration spelled as the config writes them (the shortest exact spelling).
+pub fn render_duration(d: std::time::Duration) -> String {
+    formats::render_duration(d)
 }
 
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
@@ -121,6 +127,7 @@ const TOP_KEYS: &[&str] = &[
     "auth",
     "traffic",
     "audit",
+    "observe",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -288,6 +295,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
     let audit = std::sync::Arc::new(audit::audit(p, &top, env));
+    let observe = observe::observe(p, &top);
     Config {
         workers,
         listen,
@@ -302,6 +310,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         auth,
         traffic,
         audit,
+        observe,
     }
 }
 

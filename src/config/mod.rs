@@ -9,8 +9,8 @@ pub mod reload;
 
 pub use auth::{Auth, ServerAuth};
 pub use file::{
-    load_file, load_str, load_str_with_env, parse_duration, parse_http_url, render_effective,
-    ConfigErrors,
+    load_file, load_str, load_str_with_env, parse_duration, parse_http_url, render_duration,
+    render_effective, ConfigErrors,
 };
 
 use std::net::SocketAddr;
@@ -39,6 +39,50 @@ pub struct Config {
     pub traffic: std::sync::Arc<crate::policy::traffic::Traffic>,
     /// `audit`: the audit log (`observe::audit`); off by default.
     pub audit: std::sync::Arc<crate::observe::audit::Settings>,
+    /// `observe`: per-tool metric labels.
+    pub observe: Observe,
+}
+
+/// `observe:`.
+#[derive(Clone, Debug)]
+pub struct Observe {
+    /// `observe.tools`, default none: tool globs (exposed names) that get a label of their own
+    /// in the per-tool metrics, besides the tools an authorization or traffic rule names.
+    pub tools: Option<crate::mcp::names::Filter>,
+    /// `observe.max_tool_series`, default 100: tool labels the process makes at most; calls of
+    /// further tools are counted as `other`.
+    pub max_tool_series: usize,
+}
+
+impl Config {
+    /// Whether any key names tools (`observe.tools`, a rule's `tools`): otherwise every call
+    /// is `other`, and the tool's name is not even looked up.
+    pub fn names_tools(&self) -> bool {
+        self.observe.tools.is_some()
+            || self.traffic.rules.iter().any(|r| r.tools.is_some())
+            || self.servers.iter().any(|s| {
+                s.rules
+                    .as_ref()
+                    .is_some_and(|r| r.rules.iter().any(|r| r.tools.is_some()))
+            })
+    }
+
+    /// Whether tool `name` on server `server` gets a label of its own (named by config).
+    pub fn names_tool(&self, server: usize, name: &str) -> bool {
+        self.observe.tools.as_ref().is_some_and(|f| f.allows(name))
+            || self
+                .traffic
+                .rules
+                .iter()
+                .any(|r| r.tools.as_ref().is_some_and(|f| f.allows(name)))
+            || self.servers.get(server).is_some_and(|s| {
+                s.rules.as_ref().is_some_and(|r| {
+                    r.rules
+                        .iter()
+                        .any(|r| r.tools.as_ref().is_some_and(|f| f.allows(name)))
+                })
+            })
+    }
 }
 
 #[derive(Clone, Debug)]

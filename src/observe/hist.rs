@@ -53,6 +53,8 @@ pub struct WorkerHistograms {
     /// `Arc`s it records into (resolved when a config is installed), so the lock is taken only
     /// then and by the scrape; a reload adds names, and a removed upstream keeps its series.
     upstream: Mutex<Vec<(String, Arc<Hist>)>>,
+    /// `tollgate_tool_duration_seconds{server,tool}`, by their rendered labels (as `upstream`).
+    tools: Mutex<Vec<(String, Arc<Hist>)>>,
 }
 
 impl WorkerHistograms {
@@ -60,7 +62,24 @@ impl WorkerHistograms {
         WorkerHistograms {
             request: (0..methods).map(|_| Hist::default()).collect(),
             upstream: Mutex::new(Vec::new()),
+            tools: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The histogram of tool `tool` on endpoint `server` (made on first use).
+    pub fn tool(&self, server: &str, tool: &str) -> Arc<Hist> {
+        let labels = format!(
+            "server=\"{}\",tool=\"{}\"",
+            escape_label(server),
+            escape_label(tool)
+        );
+        let mut list = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = list.iter().find(|(n, _)| *n == labels) {
+            return h.clone();
+        }
+        let h = Arc::new(Hist::default());
+        list.push((labels, h.clone()));
+        h
     }
 
     /// The histogram of upstream `name` (made on first use).
@@ -91,7 +110,7 @@ impl HistogramSet {
         }
     }
 
-    /// Appends both families in Prometheus text format (series with at least one observation).
+    /// Appends the families in Prometheus text format (series with at least one observation).
     pub fn render(&self, out: &mut String) {
         let requests = self
             .methods
@@ -99,48 +118,76 @@ impl HistogramSet {
             .enumerate()
             .map(|(i, m)| {
                 let hs: Vec<&Hist> = self.workers.iter().map(|w| &w.request[i]).collect();
-                (m.to_string(), sum_of(&hs))
+                (format!("method=\"{m}\""), sum_of(&hs))
             })
             .collect::<Vec<_>>();
         family(
             out,
             super::names::REQUEST_DURATION_SECONDS,
             "Time from a complete request head to the end of the response, by method.",
-            "method",
             &requests,
         );
-        // Upstream names in order of first appearance across workers.
-        let lists: Vec<Vec<(String, Arc<Hist>)>> = self
-            .workers
-            .iter()
-            .map(|w| w.upstream.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
-        let mut names: Vec<&str> = Vec::new();
-        for (n, _) in lists.iter().flatten() {
-            if !names.contains(&n.as_str()) {
-                names.push(n);
-            }
-        }
-        let upstreams = names
-            .iter()
-            .map(|name| {
-                let hs: Vec<&Hist> = lists
-                    .iter()
-                    .flatten()
-                    .filter(|(n, _)| n == name)
-                    .map(|(_, h)| &**h)
-                    .collect();
-                (name.to_string(), sum_of(&hs))
-            })
-            .collect::<Vec<_>>();
+        let upstreams = merged(
+            &self.workers,
+            |w| &w.upstream,
+            |n| format!("upstream=\"{}\"", escape_label(n)),
+        );
         family(
             out,
             super::names::UPSTREAM_DURATION_SECONDS,
             "Time from sending to an upstream to its response head.",
-            "upstream",
             &upstreams,
         );
+        let tools = merged(&self.workers, |w| &w.tools, str::to_string);
+        family(
+            out,
+            super::names::TOOL_DURATION_SECONDS,
+            "Time from a complete tools/call request head to the end of the response, by endpoint and tool.",
+            &tools,
+        );
     }
+}
+
+/// A keyed family's series merged over the workers (keys in order of first appearance), each
+/// key rendered as its labels by `labels`.
+fn merged(
+    workers: &[Arc<WorkerHistograms>],
+    list: impl Fn(&WorkerHistograms) -> &Mutex<Vec<(String, Arc<Hist>)>>,
+    labels: impl Fn(&str) -> String,
+) -> Vec<(String, ([u64; N], u64))> {
+    let lists: Vec<Vec<(String, Arc<Hist>)>> = workers
+        .iter()
+        .map(|w| list(w).lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect();
+    let mut names: Vec<&str> = Vec::new();
+    for (n, _) in lists.iter().flatten() {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            let hs: Vec<&Hist> = lists
+                .iter()
+                .flatten()
+                .filter(|(n, _)| n == name)
+                .map(|(_, h)| &**h)
+                .collect();
+            (labels(name), sum_of(&hs))
+        })
+        .collect()
+}
+
+/// A label value as Prometheus text writes it (`\`, `"` and newlines escaped).
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
 
 /// Bucket counts and the sum (nanoseconds) of several workers' histograms of one series.
@@ -156,16 +203,11 @@ fn sum_of(hs: &[&Hist]) -> ([u64; N], u64) {
     (counts, sum)
 }
 
-fn family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: &[(String, ([u64; N], u64))],
-) {
+/// One histogram family; each series is (its labels rendered, e.g. `method="x"`, counts).
+fn family(out: &mut String, name: &str, help: &str, series: &[(String, ([u64; N], u64))]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     {
-        for (value, (counts, sum)) in series {
+        for (labels, (counts, sum)) in series {
             let (counts, sum) = (*counts, *sum);
             let total: u64 = counts.iter().sum();
             if total == 0 {
@@ -174,21 +216,11 @@ fn family(
             let mut cumulative = 0;
             for (bound, count) in LATENCY_BUCKETS.iter().zip(&counts) {
                 cumulative += count;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {cumulative}"
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {total}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{{label}=\"{value}\"}} {}",
-                sum as f64 / 1e9
-            );
-            let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {total}");
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / 1e9);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod tokens;
 pub mod trace;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
@@ -63,6 +65,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::UPSTREAM_REQUESTS_TOTAL,
         "Requests sent to each upstream, by result."
+    );
+    describe_counter!(
+        names::TOOL_CALLS_TOTAL,
+        "tools/call requests by endpoint, tool (its name when config names it, else other) and outcome."
     );
     describe_counter!(
         names::UPSTREAM_POOL_DISCARDS_TOTAL,
@@ -290,6 +296,75 @@ impl UpstreamMetrics {
     }
 }
 
+/// The label of the tools config does not name, and of those past `observe.max_tool_series`.
+pub const OTHER_TOOL: &str = "other";
+
+/// One tool's handles on one endpoint.
+struct ToolHandles {
+    calls: [Counter; 4],
+    hist: Arc<hist::Hist>,
+}
+
+impl ToolHandles {
+    fn new(server: &str, tool: &str, hists: &hist::WorkerHistograms) -> Rc<Self> {
+        let (s, t) = (server.to_string(), tool.to_string());
+        Rc::new(ToolHandles {
+            calls: Outcome::ALL.map(|o| {
+                metrics::counter!(names::TOOL_CALLS_TOTAL, "server" => s.clone(), "tool" => t.clone(), "outcome" => o.as_str())
+            }),
+            hist: hists.tool(server, tool),
+        })
+    }
+}
+
+/// A worker's tool handles for one config generation, per endpoint: `other`, and by tool name
+/// (`None`: counted as `other`; remembered so a name is judged once). At most
+/// `2 * max_tool_series` names per endpoint are remembered: a client calling ever new names
+/// costs a glob match each, never memory.
+#[derive(Default)]
+struct ToolCache {
+    generation: u64,
+    servers: Vec<ServerTools>,
+}
+
+/// One endpoint's `other` handles and its tools' by name.
+type ServerTools = (
+    Option<Rc<ToolHandles>>,
+    HashMap<Box<str>, Option<Rc<ToolHandles>>>,
+);
+
+/// The (endpoint, tool) labels the process has made, shared by the workers: taken only when a
+/// worker meets a named tool for the first time, so `observe.max_tool_series` holds for the
+/// process, not per worker.
+static TOOL_SERIES: std::sync::Mutex<Vec<(Box<str>, Box<str>)>> = std::sync::Mutex::new(Vec::new());
+
+fn admit_tool_series(server: &str, tool: &str, cap: usize) -> bool {
+    let mut l = TOOL_SERIES.lock().unwrap_or_else(|e| e.into_inner());
+    if l.iter().any(|(s, t)| &**s == server && &**t == tool) {
+        return true;
+    }
+    if l.len() >= cap {
+        return false;
+    }
+    l.push((server.into(), tool.into()));
+    true
+}
+
+/// One `tools/call`, for `WorkerMetrics::tool_call`.
+pub struct ToolCall<'a> {
+    /// The config generation, and its endpoints: their count, this one's index and path.
+    pub generation: u64,
+    pub servers: usize,
+    pub server: usize,
+    pub path: &'a str,
+    pub tool: &'a str,
+    /// Whether config names any tool (`Config::names_tools`); `named` judges one.
+    pub names_tools: bool,
+    pub max_series: usize,
+    pub outcome: Outcome,
+    pub seconds: f64,
+}
+
 /// Handles one worker records into, resolved once when the worker starts.
 pub struct WorkerMetrics {
     requests: Vec<[Counter; 4]>,
@@ -314,6 +389,8 @@ pub struct WorkerMetrics {
     token_cache: [Counter; 2],
     /// By `proxy::introspect::Outcome` (position in `Outcome::ALL`).
     introspections: [Counter; crate::proxy::introspect::Outcome::ALL.len()],
+    /// Per-tool handles, resolved when a tool is first called (`tool_call`).
+    tools: RefCell<ToolCache>,
 }
 
 impl WorkerMetrics {
@@ -376,7 +453,47 @@ impl WorkerMetrics {
                 .map(|r| metrics::counter!(names::AUTH_TOKEN_CACHE_TOTAL, "result" => r)),
             introspections: crate::proxy::introspect::Outcome::ALL
                 .map(|o| metrics::counter!(names::AUTH_INTROSPECTIONS_TOTAL, "result" => o.as_str())),
+            tools: RefCell::default(),
         }
+    }
+
+    /// One `tools/call`: counted, and its duration recorded, under its tool's label. A name is
+    /// hashed only when config names tools; handles are made once per worker, generation and
+    /// name (nothing allocated after that).
+    pub fn tool_call(&self, c: ToolCall<'_>, named: impl FnOnce(&str) -> bool) {
+        let mut cache = self.tools.borrow_mut();
+        if cache.generation != c.generation || cache.servers.len() != c.servers {
+            *cache = ToolCache {
+                generation: c.generation,
+                servers: (0..c.servers).map(|_| Default::default()).collect(),
+            };
+        }
+        let Some((other, by_name)) = cache.servers.get_mut(c.server) else {
+            return;
+        };
+        let own = if c.names_tools {
+            match by_name.get(c.tool) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = (named(c.tool) && admit_tool_series(c.path, c.tool, c.max_series))
+                        .then(|| ToolHandles::new(c.path, c.tool, &self.hists));
+                    if by_name.len() < c.max_series.saturating_mul(2) {
+                        by_name.insert(c.tool.into(), h.clone());
+                    }
+                    h
+                }
+            }
+        } else {
+            None
+        };
+        let h = match own {
+            Some(h) => h,
+            None => other
+                .get_or_insert_with(|| ToolHandles::new(c.path, OTHER_TOOL, &self.hists))
+                .clone(),
+        };
+        h.calls[c.outcome as usize].increment(1);
+        h.hist.record(c.seconds);
     }
 
     #[inline]

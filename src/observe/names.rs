@@ -8,6 +8,10 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "tollgate_upstream_requests_total";
 /// (client_credentials, token_exchange) and result (ok, error).
 pub const UPSTREAM_TOKEN_REQUESTS_TOTAL: &str = "tollgate_upstream_token_requests_total";
 pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
+/// Tool calls by endpoint, tool (its name when config names it, else `other`; at most
+/// `observe.max_tool_series` names) and outcome; and their duration.
+pub const TOOL_CALLS_TOTAL: &str = "tollgate_tool_calls_total";
+pub const TOOL_DURATION_SECONDS: &str = "tollgate_tool_duration_seconds";
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tollgate_tls_handshake_failures_total";

@@ -18,8 +18,10 @@ pub mod part {
     pub const UPSTREAM: u8 = 16;
     pub const TOOL: u8 = 32;
     pub const METHOD: u8 = 64;
+    /// A hash of a `tools/call`'s `params.arguments` (`arguments_hash`).
+    pub const ARGUMENTS: u8 = 128;
     /// In the order `render` writes them.
-    pub const NAMES: [(&str, u8); 7] = [
+    pub const NAMES: [(&str, u8); 8] = [
         ("principal", PRINCIPAL),
         ("client", CLIENT),
         ("tenant", TENANT),
@@ -27,6 +29,7 @@ pub mod part {
         ("upstream", UPSTREAM),
         ("tool", TOOL),
         ("method", METHOD),
+        ("arguments", ARGUMENTS),
     ];
 }
 
@@ -41,6 +44,9 @@ pub struct Traffic {
     /// Keys one worker tracks at most (the oldest idle ones are evicted past it).
     pub max_keys: usize,
     pub rules: Vec<LimitRule>,
+    /// Some rule keys by `arguments`: the scan phase hashes each `tools/call`'s arguments
+    /// (nothing is hashed otherwise).
+    pub hashes_arguments: bool,
 }
 
 /// A calendar window of a quota.
@@ -125,6 +131,76 @@ pub struct LimitRule {
     /// `part` bits; 0 = one counter for everything the rule matches.
     pub key: u8,
     pub limits: Vec<Limit>,
+    /// A runaway-loop guard (`loop: {max, window}`): its one limit is a rate of `max` calls per
+    /// `window` (burst `max`) keyed by principal, tool and arguments; matches `tools/call` only.
+    pub loop_guard: Option<LoopGuard>,
+}
+
+/// `loop: {max, window}` as written (for the refusal's sentence and `render`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopGuard {
+    pub max: u64,
+    pub window: Duration,
+}
+
+impl LoopGuard {
+    /// The limit a loop guard runs on: `max` identical calls at once, then one per
+    /// `window / max` (a loop slower than that is not stopped).
+    pub fn limit(&self) -> LimitKind {
+        LimitKind::Rate {
+            limit: self.max,
+            per: self.window,
+            burst: self.max,
+        }
+    }
+}
+
+/// A hash of a `tools/call`'s `params.arguments` object as the scanner found it (`text`), for
+/// keys with `arguments`. Insignificant whitespace does not count, nor does the order of the
+/// top-level members (each is hashed apart and the hashes added); deeper key order and string
+/// escapes do (`{"a":"x"}` and `{"a":"\u0078"}` differ): a model repeating a call sends the
+/// same bytes, and this stays one pass over them with nothing allocated.
+pub fn arguments_hash(text: &[u8]) -> u64 {
+    let mut total: u64 = 0;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
+    for &b in text {
+        if in_string {
+            h.write_u8(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    continue;
+                }
+            }
+            b',' if depth == 1 => {
+                total = total.wrapping_add(h.finish());
+                h = std::collections::hash_map::DefaultHasher::new();
+                continue;
+            }
+            _ => {}
+        }
+        h.write_u8(b);
+    }
+    total.wrapping_add(h.finish())
 }
 
 impl LimitRule {
@@ -132,11 +208,6 @@ impl LimitRule {
     /// `isError`, so the model reads them; other rules throttle with a JSON-RPC error.
     pub fn per_tool(&self) -> bool {
         self.tools.is_some()
-    }
-
-    /// Whether the upstream must be known to match or key this rule.
-    pub fn needs_upstream(&self) -> bool {
-        self.upstreams.is_some() || self.key & part::UPSTREAM != 0
     }
 
     /// Computes the fingerprints of the rule's limits from its definition (`describe`: the
@@ -285,6 +356,33 @@ pub fn split(remaining: u64, demand: &[u64], out: &mut [u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arguments_hash_ignores_whitespace_and_top_level_order_only() {
+        let h = |s: &str| arguments_hash(s.as_bytes());
+        let base = h(r#"{"city":"Paris","days":[1,2]}"#);
+        assert_eq!(
+            base,
+            h(r#"{ "city" : "Paris",
+            "days": [1, 2] }"#)
+        );
+        assert_eq!(base, h(r#"{"days":[1,2],"city":"Paris"}"#));
+        // Values, nesting, order below the top level and spaces inside strings count.
+        for other in [
+            r#"{"city":"Paris","days":[2,1]}"#,
+            r#"{"city":"Pari","days":[1,2]}"#,
+            r#"{"city":"Par is","days":[1,2]}"#,
+            r#"{"city":"Paris"}"#,
+            r#"{"city":"Paris","days":[1,2],"x":null}"#,
+            r#"{"city":{"a":1,"b":2},"days":[1,2]}"#,
+        ] {
+            assert_ne!(base, h(other), "{other}");
+        }
+        assert_ne!(h(r#"{"a":{"x":1,"y":2}}"#), h(r#"{"a":{"y":2,"x":1}}"#));
+        // A quote escaped inside a string does not end it.
+        assert_ne!(h(r#"{"a":"x\" ,\"b"}"#), h(r#"{"a":"x\",\"b"}"#));
+        assert_ne!(h("{}"), h(r#"{"a":1}"#));
+    }
 
     #[test]
     fn gcra_admits_the_burst_then_one_per_interval() {

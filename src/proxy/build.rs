@@ -163,6 +163,7 @@ impl Gateway {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            names_tools: config.names_tools(),
             cursors: crate::mcp::cursor::CursorSealer::new(&config.session.key),
             idmap: crate::mcp::idmap::IdMapper::new(&config.session.key),
             taskids: crate::mcp::idmap::IdMapper::tasks(&config.session.key),

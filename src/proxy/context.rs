@@ -96,6 +96,9 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
+    /// `tools/call` only, and only when a traffic rule keys by `arguments`: the hash of
+    /// `params.arguments` (`policy::traffic::arguments_hash`; `Some(0)`: none, or not an object).
+    pub arguments_hash: Option<u64>,
 }
 
 impl MessageCtx {
@@ -152,7 +155,21 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
+            arguments_hash: None,
         }
+    }
+
+    /// `of`, with the arguments hashed when `hash` (a rule keys by them) and this is a call.
+    pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
+        let mut x = MessageCtx::of(m);
+        if hash && x.method == crate::mcp::Method::ToolsCall {
+            x.arguments_hash = Some(
+                m.arguments
+                    .as_ref()
+                    .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text)),
+            );
+        }
+        x
     }
 }
 
@@ -362,6 +379,11 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     for d in &ctx.decisions {
         w.metrics.authz(d.allowed, d.reason);
     }
+    if let (false, Some(server), Some(m)) = (ctx.batch, ctx.server, ctx.first()) {
+        if m.method == crate::mcp::Method::ToolsCall && m.kind == MessageKind::Request {
+            tool_call(w, ctx, server, m, elapsed);
+        }
+    }
     if let Some(u) = ctx.upstream_call {
         let id = ctx.gw().upstreams[u.upstream].id;
         w.metrics
@@ -377,6 +399,30 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     if log {
         access_line(w, c, ctx, elapsed);
     }
+}
+
+/// A single `tools/call`, in the per-tool metrics (a batch's calls are not: they share one
+/// duration).
+fn tool_call(w: &WorkerState, ctx: &Ctx, server: usize, m: &MessageCtx, elapsed: Duration) {
+    let gw = ctx.gw();
+    let tool = m
+        .name
+        .as_ref()
+        .and_then(|n| std::str::from_utf8(n.get()).ok())
+        .unwrap_or("");
+    let call = crate::observe::ToolCall {
+        generation: gw.generation,
+        servers: gw.config.servers.len(),
+        server,
+        path: &gw.config.servers[server].path,
+        tool,
+        names_tools: gw.names_tools,
+        max_series: gw.config.observe.max_tool_series,
+        outcome: ctx.outcome,
+        seconds: elapsed.as_secs_f64(),
+    };
+    w.metrics
+        .tool_call(call, |name| gw.config.names_tool(server, name));
 }
 
 fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {

@@ -366,16 +366,22 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Call
 
 /// The era a reply to the probe decides, if any. It is the upstream's for every caller, while
 /// the probe is made with one caller's credential: only a JSON-RPC answer decides. Our id's
-/// result (2xx) names 2026-07-28 or does not; a JSON-RPC error, for our id or another (how a
-/// session-era server refuses a request without a session, often with 400 or 404), means
-/// sessions. Anything else decides nothing: 401/403 (this caller's credential), 408/429/5xx
-/// (may pass), and a body that is no JSON-RPC answer (a proxy's or framework's error page).
+/// result (2xx) names 2026-07-28 or does not. A JSON-RPC error (for our id or another) means
+/// sessions only when it is how a session-era server refuses the probe (`session_era_error`):
+/// any other error (invalid params, an internal error, an application code) may be this
+/// request's or this caller's, and decides nothing. Neither do 401/403 (this caller's
+/// credential), 408/429/5xx (may pass), and a body that is no JSON-RPC answer (a proxy's or
+/// framework's error page).
 fn decided(reply: &exchange::Reply) -> Option<Era> {
     if reply.status >= 500 || matches!(reply.status, 401 | 403 | 408 | 429) {
         return None;
     }
+    let code = |v: &sonic_rs::Value| v.get("error")?.get("code")?.as_i64();
     match exchange::find_response(reply, PROBE_ID) {
-        Some((_, crate::jsonrpc::MessageKind::Error)) => Some(Era::Session),
+        Some((msg, crate::jsonrpc::MessageKind::Error)) => {
+            let v: sonic_rs::Value = sonic_rs::from_slice(&msg).ok()?;
+            session_era_error(reply.status, code(&v)?).then_some(Era::Session)
+        }
         Some((msg, _)) if (200..300).contains(&reply.status) => {
             let v: sonic_rs::Value = sonic_rs::from_slice(&msg).ok()?;
             let result = v.get("result")?;
@@ -390,15 +396,24 @@ fn decided(reply: &exchange::Reply) -> Option<Era> {
         // "server-error"): read whole (the probe is rare).
         None if !reply.sse => {
             let v: sonic_rs::Value = sonic_rs::from_slice(&reply.body).ok()?;
-            let error = v
-                .get("error")
-                .and_then(|e| e.get("code"))
-                .is_some_and(|c| c.is_i64());
-            (v.get("jsonrpc").and_then(|j| j.as_str()) == Some("2.0") && error)
-                .then_some(Era::Session)
+            let jsonrpc = v.get("jsonrpc").and_then(|j| j.as_str()) == Some("2.0");
+            (jsonrpc && session_era_error(reply.status, code(&v)?)).then_some(Era::Session)
         }
         None => None,
     }
+}
+
+/// Whether a JSON-RPC error with `code` under HTTP `status` is how a session-era server refuses
+/// a 2026-07-28 `server/discover` without a session: -32601 (it has no such method) or -32600
+/// (an invalid request to it: the Python SDK's "Missing session ID", 400, and "Invalid or
+/// expired session ID", 404), under any status; or the TypeScript SDK's session errors, -32000
+/// with 400 ("Server not initialized", "Mcp-Session-Id header is required") and -32001 with 404
+/// ("Session not found").
+fn session_era_error(status: u16, code: i64) -> bool {
+    matches!(
+        (code, status),
+        (-32601 | -32600, _) | (-32000, 400) | (-32001, 404)
+    )
 }
 
 /// The id of the era probe (raw JSON).
@@ -727,6 +742,42 @@ mod tests {
                 None,
             ),
             (503, format!(r#"{ours}"error":{{"code":-32603,"message":"x"}}}}"#), None),
+            // Errors that are this request's or this caller's, not the era's: nothing decided.
+            (
+                200,
+                format!(r#"{ours}"error":{{"code":-32602,"message":"Invalid params"}}}}"#),
+                None,
+            ),
+            (
+                200,
+                format!(r#"{ours}"error":{{"code":-32603,"message":"Internal error"}}}}"#),
+                None,
+            ),
+            (
+                200,
+                format!(r#"{ours}"error":{{"code":-32000,"message":"quota exceeded"}}}}"#),
+                None,
+            ),
+            (
+                404,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32002,"message":"Resource not found"}}"#.into(),
+                None,
+            ),
+            (
+                400,
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-31005,"message":"Throttled"}}"#.into(),
+                None,
+            ),
+            (
+                404,
+                r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Not Found: Invalid or expired session ID"}}"#.into(),
+                Some(Era::Session),
+            ),
+            (
+                200,
+                format!(r#"{ours}"error":{{"code":"x","message":"no number"}}}}"#),
+                None,
+            ),
             (429, String::new(), None),
         ];
         for (status, body, want) in cases {

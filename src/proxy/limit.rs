@@ -638,6 +638,8 @@ struct Facts<'a> {
     upstream: Option<usize>,
     tool: Option<&'a str>,
     method: Method,
+    /// `arguments_hash` of a `tools/call` (when a rule keys by arguments).
+    arguments: Option<u64>,
 }
 
 fn matches(r: &LimitRule, f: &Facts<'_>, p: Option<&crate::policy::Principal>) -> bool {
@@ -652,6 +654,7 @@ fn matches(r: &LimitRule, f: &Facts<'_>, p: Option<&crate::policy::Principal>) -
             .as_ref()
             .is_none_or(|t| f.method == Method::ToolsCall && f.tool.is_some_and(|n| t.allows(n)))
         && r.methods.as_ref().is_none_or(|m| m.contains(&f.method))
+        && (r.loop_guard.is_none() || f.method == Method::ToolsCall)
         && any(&r.subjects, p.map(|p| &*p.subject))
         && any(&r.clients, p.and_then(|p| p.client.as_deref()))
         && any(&r.tenants, p.and_then(|p| p.tenant.as_deref()))
@@ -705,6 +708,10 @@ fn key_hash(
     if r.key & part::METHOD != 0 {
         text(&mut h, part::METHOD, f.method.as_str().as_bytes());
     }
+    if r.key & part::ARGUMENTS != 0 {
+        h.write_u8(part::ARGUMENTS);
+        h.write_u64(f.arguments.unwrap_or(0));
+    }
     h.finish()
 }
 
@@ -730,6 +737,16 @@ struct Over<'a> {
     method: Method,
 }
 
+impl Over<'_> {
+    /// The refusal's kind (`data.kind`, the metric label): the limit's, or `loop`.
+    fn label(&self) -> &'static str {
+        match self.rule.loop_guard {
+            Some(_) => "loop",
+            None => self.kind.label(),
+        }
+    }
+}
+
 /// Why `check` did not admit.
 pub enum Stop {
     Refuse(Refusal),
@@ -743,20 +760,49 @@ fn max_wait(ctx: &Ctx) -> Duration {
     ctx.gw().config.traffic.sync_interval * 3
 }
 
-/// Phase: limit. Every rule that matches a message applies (a message must pass all of them);
-/// a batch is counted message by message and refused whole when one of them is over a limit.
-/// Admitted calls are counted (and those under a concurrency limit held in `ctx.held`) only
-/// when every limit admitted them. `may_wait`: a share that ran out while the global budget
-/// may have room answers `Stop::Wait` (else it refuses).
+/// What authorization and routing made of one message, for the limit phase: refused (never
+/// charged: a denied or hidden item costs the caller nothing, and a limit naming it must not
+/// reveal it), or allowed and sent to an upstream (`None`: answered by the gateway or fanned
+/// out, so rules naming `upstreams` do not match it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Refused,
+    To(Option<usize>),
+}
+
+/// The routes of a request on an endpoint with one upstream: every message allowed (it has no
+/// rules), sent to that upstream.
+pub const PASS_THROUGH: &[Route] = &[];
+
+/// Phase: limit, after authorization and routing (`routes`: one per message of `ctx.messages`,
+/// or `PASS_THROUGH`). Every rule that matches a message applies (a message must pass all of
+/// them); a batch is counted message by message and refused whole when one of them is over a
+/// limit. Admitted calls are counted (and those under a concurrency limit held in `ctx.held`)
+/// only when every limit admitted them. `may_wait`: a share that ran out while the global
+/// budget may have room answers `Stop::Wait` (else it refuses).
 #[inline]
-pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
+pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool, routes: &[Route]) -> Result<(), Stop> {
     if ctx.gw().config.traffic.rules.is_empty() {
         return Ok(());
     }
-    check_rules(w, ctx, may_wait)
+    check_rules(w, ctx, may_wait, routes)
 }
 
-fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Stop> {
+/// `check`, waiting for a larger share when that may help (`wait`): the whole phase.
+pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
+    match check(w, ctx, true, routes) {
+        Ok(()) => Ok(()),
+        Err(Stop::Refuse(r)) => Err(r),
+        Err(Stop::Wait) => wait(w, ctx, routes).await,
+    }
+}
+
+fn check_rules(
+    w: &WorkerState,
+    ctx: &mut Ctx,
+    may_wait: bool,
+    routes: &[Route],
+) -> Result<(), Stop> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     let traffic = &*gw.config.traffic;
@@ -775,10 +821,16 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
     // (fingerprint, key, kind, window end) of each admission, committed when all passed.
     let mut pending: SmallVec<[(u64, u64, LimitKind, i64); 4]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
-    'messages: for m in &ctx.messages {
+    'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
             continue;
         }
+        let upstream = match routes.get(i) {
+            Some(Route::Refused) => continue,
+            Some(Route::To(u)) => *u,
+            None if federated => None,
+            None => Some(s.primary()),
+        };
         let name = match m.method {
             Method::ToolsCall | Method::PromptsGet => m
                 .name
@@ -786,22 +838,18 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
                 .and_then(|n| std::str::from_utf8(n.get()).ok()),
             _ => None,
         };
-        let mut facts = Facts {
+        let facts = Facts {
             server,
-            upstream: (!federated).then(|| s.primary()),
+            upstream,
             tool: if m.method == Method::ToolsCall {
                 name
             } else {
                 None
             },
             method: m.method,
+            arguments: m.arguments_hash,
         };
-        let mut resolved = !federated;
         for r in &traffic.rules {
-            if r.needs_upstream() && !resolved {
-                resolved = true;
-                facts.upstream = federated_upstream(w, gw, server, m.method, name);
-            }
             if !matches(r, &facts, p) {
                 continue;
             }
@@ -835,11 +883,11 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
     if let Some(o) = over {
         drop(map);
         local
-            .reject_counter(o.fp, &o.rule.name, o.kind.label())
+            .reject_counter(o.fp, &o.rule.name, o.label())
             .increment(1);
         tracing::debug!(
             rule = &*o.rule.name,
-            kind = o.kind.label(),
+            kind = o.label(),
             key = key_names(o.rule.key),
             retry_ms = o.retry_ms,
             "traffic limit reached"
@@ -866,36 +914,17 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
 
 /// Waits (1 ms at a time, at most `max_wait`) for the exchange to bring this worker a larger
 /// share, then decides for good. Only a request over its worker's share gets here.
-pub async fn wait(w: &WorkerState, ctx: &mut Ctx) -> Result<(), Refusal> {
+pub async fn wait(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
     let until = std::time::Instant::now() + max_wait(ctx);
     loop {
         monoio::time::sleep(Duration::from_millis(1)).await;
         let last = std::time::Instant::now() >= until;
-        match check(w, ctx, !last) {
+        match check(w, ctx, !last, routes) {
             Ok(()) => return Ok(()),
             Err(Stop::Refuse(r)) => return Err(r),
             Err(Stop::Wait) => {}
         }
     }
-}
-
-/// The upstream a federated endpoint routes a tool call or prompt to, when the worker's table
-/// knows the name now (else unknown: a rule naming upstreams does not match).
-fn federated_upstream(
-    w: &WorkerState,
-    gw: &super::state::Gateway,
-    server: usize,
-    method: Method,
-    name: Option<&str>,
-) -> Option<usize> {
-    let kind = match method {
-        Method::ToolsCall => super::federate::TableKind::Tools,
-        Method::PromptsGet => super::federate::TableKind::Prompts,
-        _ => return None,
-    };
-    let table = super::federate::fresh_names(w, gw, server, kind)?;
-    let (member, _) = table.resolve(name?)?;
-    Some(gw.config.servers[server].upstreams[member].upstream)
 }
 
 fn key_names(key: u8) -> &'static str {
@@ -906,6 +935,7 @@ fn key_names(key: u8) -> &'static str {
         k if k == part::PRINCIPAL | part::TOOL => "principal+tool",
         k if k == part::TENANT => "tenant",
         k if k == part::CLIENT => "client",
+        k if k == part::PRINCIPAL | part::TOOL | part::ARGUMENTS => "principal+tool+arguments",
         _ => "composite",
     }
 }
@@ -921,18 +951,30 @@ fn refusal(o: &Over<'_>) -> Refusal {
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",
         o.retry_ms,
         serde_json::to_string(&*o.rule.name).unwrap_or_default(),
-        o.kind.label()
+        o.label()
     )
     .into_bytes();
-    let mut r = match (o.rule.per_tool(), o.method, o.tool) {
-        (true, Method::ToolsCall, Some(tool)) => Refusal::because(
+    let mut r = match (o.rule.loop_guard, o.rule.per_tool(), o.method, o.tool) {
+        // A loop is stopped in band, whatever the rule names: the model reads why.
+        (Some(g), _, _, tool) => Refusal::because(
+            Kind::ToolLimited,
+            format!(
+                "You called {} with the same arguments {} times in {}; change the arguments or \
+                 stop (traffic rule {}: the same call is refused for {secs} s).",
+                tool.unwrap_or("this tool"),
+                g.max,
+                crate::config::render_duration(g.window),
+                o.rule.name
+            ),
+        ),
+        (None, true, Method::ToolsCall, Some(tool)) => Refusal::because(
             Kind::ToolLimited,
             format!(
                 "{what} reached for tool {tool} (traffic rule {}); retry after {secs} s.",
                 o.rule.name
             ),
         ),
-        _ => Refusal::because(
+        (None, ..) => Refusal::because(
             Kind::Throttled,
             format!(
                 "{what} reached (traffic rule {}); retry after {secs} s.",

@@ -365,9 +365,10 @@ async fn read_body(
 /// upstream.
 fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let gen = ctx.gen.clone();
+    let hash = gen.gw.config.traffic.hashes_arguments;
     match jsonrpc::scan(body, &gen.gw.scan_limits) {
         Ok(Body::Single(m)) => {
-            let mc = MessageCtx::of(&m);
+            let mc = MessageCtx::hashed(&m, hash);
             if gen.gw.config.audit.enabled {
                 audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, &mc), &m);
             }
@@ -379,7 +380,7 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
             let audit = &gen.gw.config.audit;
             let args = &mut ctx.audit_args;
             ctx.messages.extend(msgs.iter().enumerate().map(|(i, m)| {
-                let mc = MessageCtx::of(m);
+                let mc = MessageCtx::hashed(m, hash);
                 if audit.enabled {
                     audit_record::capture(audit, args, (i, &mc), m);
                 }
@@ -589,17 +590,6 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         return refuse(c, ctx, r).await;
     }
     authorize::pass_through(ctx);
-    // Phase: limit (`traffic.rules`; nothing to do without rules).
-    if let Err(stop) = limit::check(w, ctx, true) {
-        let r = match stop {
-            limit::Stop::Refuse(r) => Some(r),
-            limit::Stop::Wait => limit::wait(w, ctx).await.err(),
-        };
-        if let Some(r) = r {
-            c.conn.consume(used);
-            return refuse(c, ctx, r).await;
-        }
-    }
     // Phase: era. A request that speaks the stateless revision takes its own path from here.
     if let Some(m) = ctx.first() {
         let signals = crate::mcp::modern::Signals {
@@ -661,12 +651,25 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, Refusal::new(Kind::BatchNotAllowed)).await;
     }
+    // Phase: limit, after the session checks and authorization (`traffic.rules`; nothing to do
+    // without rules). An endpoint with one upstream has no rules: everything is allowed there.
+    // A federated endpoint limits where each message was decided and routed (`federate`).
+    if !federated {
+        if let Err(r) = limit::phase(w, ctx, limit::PASS_THROUGH).await {
+            c.conn.consume(used);
+            return refuse(c, ctx, r).await;
+        }
+    }
     if federated {
         // The common case, a call whose name the worker's table routes: the request is built
         // straight from the client's bytes (the original name spliced in), like a plain one.
         let direct = federated_direct(w, ctx, (&head, buf, body), claims.as_deref(), &mut c.up_out);
         if let (Some((u, had_session, decided)), Some(cl)) = (direct, claims.as_ref()) {
             ctx.decisions.push(decided);
+            if let Err(r) = limit::phase(w, ctx, &[limit::Route::To(Some(u))]).await {
+                c.conn.consume(used);
+                return refuse(c, ctx, r).await;
+            }
             c.conn.consume(used);
             let then = Then::RelayFederated(cl.id);
             return forward(w, c, ctx, u, had_session, then).await;
@@ -1172,10 +1175,19 @@ async fn relay(
         read_timeout
     };
     up_conn.consume(rhead.len);
+    // A call under a concurrency limit keeps its slot while the upstream still runs it, even
+    // when its client left: in the session era a client that goes away does not cancel the call
+    // (a 2026-07-28 client closing its stream does, and the upstream sees its connection close).
+    let finish_within =
+        (!ctx.held.is_empty() && ctx.era == crate::error::Era::Session).then(|| {
+            ctx.tool_timeout
+                .unwrap_or(ctx.gw().upstreams[u].request_timeout)
+        });
     let mode = RelayMode {
         http10: ctx.http10,
         read_timeout,
         end_on: end_on_shutdown.then_some(&w.shutdown),
+        finish_within,
     };
     match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
         Ok(reusable) => {

@@ -145,6 +145,8 @@ pub struct Gateway {
     /// Distinct for every gateway built in this process (caches keyed by config generation use
     /// it; an address could be reused once a generation is freed).
     pub generation: u64,
+    /// `Config::names_tools`: some tool gets a metric label of its own (`observe::ToolCall`).
+    pub names_tools: bool,
     /// Seals and opens the `nextCursor`s of aggregated lists (federated endpoints).
     pub cursors: crate::mcp::cursor::CursorSealer,
     /// Wraps the ids of server→client requests relayed on federated endpoints.

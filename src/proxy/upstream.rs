@@ -594,6 +594,10 @@ pub struct RelayMode<'a> {
     pub read_timeout: Option<Duration>,
     /// Ends the stream when the worker shuts down (GET streams: not an in-flight request).
     pub end_on: Option<&'a LocalShutdown>,
+    /// When the client goes away mid-body, the upstream body is still read to its end (and
+    /// dropped) within this long: the call is still running upstream, and what it holds (a
+    /// concurrency slot, `limit::Held`) is let go only when it ends. `None`: stop at once.
+    pub finish_within: Option<Duration>,
 }
 
 enum StreamEvent {
@@ -653,6 +657,18 @@ async fn stream_wait(
     }
 }
 
+/// The client went away mid-body: stop (`Err`), or, with `finish_within`, read the upstream
+/// body on until that deadline (`Ok(Some(deadline))`), its bytes dropped.
+fn client_gone(c: &mut Client, mode: RelayMode<'_>) -> Result<Option<Instant>, RelayError> {
+    let within = mode.finish_within.ok_or(RelayError::Client)?;
+    c.out.clear();
+    tracing::info!(
+        within_ms = within.as_millis() as u64,
+        "client left mid-reply: the upstream reply is read to its end, its call's limits held until then"
+    );
+    Ok(Some(Instant::now() + within))
+}
+
 /// Why a relay stopped early. The client connection must be closed either way.
 #[derive(Debug)]
 pub enum RelayError {
@@ -671,6 +687,8 @@ pub async fn relay_body(
     mode: RelayMode<'_>,
 ) -> Result<bool, RelayError> {
     let mut watch_client = true;
+    // Set when the client went away and the body is read to its end anyway (`finish_within`).
+    let mut gone: Option<Instant> = None;
     let mut dec = ChunkedDecoder::new(MAX_UPSTREAM_HEAD);
     let mut left = match head.framing {
         Framing::Length(n) => n,
@@ -710,23 +728,41 @@ pub async fn relay_body(
         };
         up.consume(used);
         let finished = left == 0 || dec.is_done();
-        c.flush().await.map_err(|_| RelayError::Client)?;
+        if gone.is_some() {
+            c.out.clear();
+        } else if c.flush().await.is_err() {
+            gone = client_gone(c, mode)?;
+            watch_client = false;
+        }
         if finished {
-            return Ok(head.keep_alive);
+            return match gone {
+                Some(_) => Err(RelayError::Client),
+                None => Ok(head.keep_alive),
+            };
         }
         let want = if left == u64::MAX {
             0
         } else {
             left.min(1 << 20) as usize
         };
-        let read = match mode.read_timeout {
-            Some(t) => match monoio::time::timeout(t, up.fill(want)).await {
+        let read = match (gone, mode.read_timeout) {
+            (Some(until), _) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                match monoio::time::timeout(wait, up.fill(want)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(RelayError::Client),
+                }
+            }
+            (None, Some(t)) => match monoio::time::timeout(t, up.fill(want)).await {
                 Ok(r) => r,
                 Err(_) => return Err(RelayError::Upstream("upstream body timed out")),
             },
-            None => match stream_wait(c, &mut *up, mode.end_on, &mut watch_client).await {
+            (None, None) => match stream_wait(c, &mut *up, mode.end_on, &mut watch_client).await {
                 StreamEvent::UpstreamReadable => up.fill(want).await,
-                StreamEvent::ClientGone => return Err(RelayError::Client),
+                StreamEvent::ClientGone => {
+                    gone = client_gone(c, mode)?;
+                    continue;
+                }
                 StreamEvent::Shutdown => {
                     if !mode.http10 && head.framing != Framing::Length(left) {
                         c.out.extend_from_slice(LAST_CHUNK);
@@ -738,6 +774,9 @@ pub async fn relay_body(
         };
         match read {
             Ok(0) if head.framing == Framing::UntilClose => {
+                if gone.is_some() {
+                    return Err(RelayError::Client);
+                }
                 if !mode.http10 {
                     c.out.extend_from_slice(LAST_CHUNK);
                     c.flush().await.map_err(|_| RelayError::Client)?;

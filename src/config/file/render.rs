@@ -354,6 +354,15 @@ pub fn render_effective(c: &Config) -> String {
     render_auth(&mut o, &c.auth);
     render_traffic(&mut o, c);
     super::audit::render(&mut o, &c.audit);
+    let tools = c
+        .observe
+        .tools
+        .as_ref()
+        .map_or(&[][..], |f| f.allow_globs());
+    let tools: Vec<String> = tools.iter().map(|g| q(g)).collect();
+    let _ = writeln!(o, "observe:");
+    let _ = writeln!(o, "  tools: [{}]", tools.join(", "));
+    let _ = writeln!(o, "  max_tool_series: {}", c.observe.max_tool_series);
     o
 }
 
@@ -410,6 +419,11 @@ fn render_traffic(o: &mut String, c: &Config) {
             .map(|(n, _)| *n)
             .collect();
         let _ = writeln!(o, "      key: [{}]", key.join(", "));
+        if let Some(g) = r.loop_guard {
+            let window = render_duration(g.window);
+            let _ = writeln!(o, "      loop: {{max: {}, window: {window}}}", g.max);
+            continue;
+        }
         for l in &r.limits {
             match l.kind {
                 LimitKind::Rate { limit, per, burst } => {

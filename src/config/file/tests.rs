@@ -1711,7 +1711,7 @@ fn traffic_rule_problems_are_reported_at_their_keys() {
     let all = e.join("\n");
     for want in [
         "traffic.time_zone:",
-        "traffic.rules[0]: a rule needs rate, concurrency or quota",
+        "traffic.rules[0]: a rule needs rate, concurrency, quota (or several) or loop",
         "traffic.rules[1].name: duplicate rule name",
         "traffic.rules[1].servers[0]: no server with path \"/nope\"",
         "traffic.rules[1].key[0]:",
@@ -1719,5 +1719,51 @@ fn traffic_rule_problems_are_reported_at_their_keys() {
         "traffic.rules[1].quota.window:",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn a_loop_rule_keys_by_principal_tool_and_arguments_and_renders_as_written() {
+    use crate::policy::traffic::{part, LimitKind};
+    let text = "upstreams:\n  - {name: demo, url: builtin:demo}\nservers:\n  - {path: /mcp, upstream: demo}\n\
+        traffic:\n  rules:\n    - {name: loops, tools: [\"*\"], loop: {max: 5, window: 60s}}\n";
+    let c = ok(text);
+    let r = &c.traffic.rules[0];
+    assert!(c.traffic.hashes_arguments);
+    assert_eq!(r.key, part::PRINCIPAL | part::TOOL | part::ARGUMENTS);
+    assert_eq!(
+        r.limits[0].kind,
+        LimitKind::Rate {
+            limit: 5,
+            per: std::time::Duration::from_secs(60),
+            burst: 5
+        }
+    );
+    let shown = render_effective(&c);
+    assert!(shown.contains("loop: {max: 5, window: 1m}"), "{shown}");
+    assert!(
+        shown.contains("key: [principal, tool, arguments]"),
+        "{shown}"
+    );
+    let again = ok(&loadable(&shown));
+    assert_eq!(render_effective(&again), shown);
+    assert_eq!(again.traffic.rules[0].limits[0].fp, r.limits[0].fp);
+    // Without a rule keyed by arguments nothing is hashed.
+    assert!(
+        !ok("traffic:\n  rules:\n    - {name: r, rate: {limit: 1, per: 1s}}\n")
+            .traffic
+            .hashes_arguments
+    );
+    let e = errs(
+        "traffic:\n  rules:\n    - {name: a, loop: {max: 0, window: 0s}}\n    - {name: b, rate: {limit: 1, per: 1s}, loop: {max: 2, window: 1m}}\n    - {name: c, loop: {max: 2}}\n",
+    )
+    .join("\n");
+    for want in [
+        "traffic.rules[0].loop.max:",
+        "traffic.rules[0].loop.window:",
+        "traffic.rules[1]: loop counts calls by their arguments",
+        "traffic.rules[2].loop.window:",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
 }

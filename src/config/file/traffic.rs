@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 
 use super::extract::{count, describe, duration, item, string, Problems, Section};
 use crate::config::{Server, Upstream};
-use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, Traffic};
+use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, LoopGuard, Traffic};
 
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(20);
@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "rate",
     "concurrency",
     "quota",
+    "loop",
 ];
 
 /// The keys that say which requests a rule counts (its fingerprint includes them as written).
@@ -83,6 +84,7 @@ pub(super) fn traffic(
         tz,
         sync_interval,
         max_keys,
+        hashes_arguments: rules.iter().any(|r| r.key & part::ARGUMENTS != 0),
         rules,
     }
 }
@@ -234,10 +236,40 @@ fn rules(
                 limits.push(LimitKind::Quota { limit, window });
             }
         }
-        if r.raw("rate").is_none() && r.raw("concurrency").is_none() && r.raw("quota").is_none() {
+        let mut key = key;
+        let mut loop_guard = None;
+        if let Some((lpath, v)) = r.value("loop") {
+            let l = Section::open(p, lpath, Some(v), &["max", "window"]);
+            let max = l.required(p, "max", count(1, 1_000_000));
+            let window = l.required(p, "window", |v| {
+                let d = duration(Duration::from_secs(1))(v)?;
+                if d > Duration::from_secs(86_400) {
+                    return Err("at most a day (24h)".into());
+                }
+                Ok(d)
+            });
+            if !limits.is_empty() {
+                p.add(
+                    &rpath,
+                    "loop counts calls by their arguments: give rate, concurrency and quota \
+                     their own rule",
+                );
+            }
+            if let (Some(max), Some(window)) = (max, window) {
+                let g = LoopGuard { max, window };
+                limits.push(g.limit());
+                loop_guard = Some(g);
+            }
+            // The same principal calling the same tool with the same arguments.
+            key |= part::PRINCIPAL | part::TOOL | part::ARGUMENTS;
+        }
+        if ["rate", "concurrency", "quota", "loop"]
+            .iter()
+            .all(|k| r.raw(k).is_none())
+        {
             p.add(
                 &rpath,
-                "a rule needs rate, concurrency or quota (or several)",
+                "a rule needs rate, concurrency, quota (or several) or loop",
             );
         }
         let Some(name) = name else { continue };
@@ -256,6 +288,7 @@ fn rules(
                 .into_iter()
                 .map(|kind| Limit { kind, fp: 0 })
                 .collect(),
+            loop_guard,
         };
         rule.seal(&describe_target, zone);
         out.push(rule);

@@ -12,6 +12,7 @@ use crate::mcp::Method;
 
 use super::super::client::Client;
 use super::super::context::{Ctx, MessageCtx};
+use super::super::limit;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{refuse, upstream, Next};
@@ -74,6 +75,21 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         ctx.decisions.extend(req.access.decided.take());
         return refuse(c, ctx, r).await;
     }
+    // Phase: limit, on the messages authorization allowed (a batch over a limit is refused
+    // whole, nothing sent).
+    let routes: Vec<limit::Route> = decisions
+        .iter()
+        .map(|d| match d {
+            Ok(Decision::Upstream { u, .. }) => limit::Route::To(Some(*u)),
+            Ok(_) => limit::Route::To(None),
+            Err(_) => limit::Route::Refused,
+        })
+        .collect();
+    if let Err(r) = limit::phase(w, ctx, &routes).await {
+        ctx.decisions.extend(req.access.decided.take());
+        return refuse(c, ctx, r).await;
+    }
+    let messages = &ctx.messages;
     let mut done = Vec::with_capacity(messages.len());
     let mut refused = Vec::new();
     let mut jobs = Vec::new();

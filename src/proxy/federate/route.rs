@@ -16,6 +16,7 @@ use crate::jsonrpc::MessageKind;
 use super::super::authorize;
 use super::super::client::Client;
 use super::super::context::{Ctx, MessageCtx};
+use super::super::limit;
 use super::super::reject::Refusal;
 use super::super::state::{Gateway, WorkerState};
 use super::super::{forward, refuse, Next, Then};
@@ -217,6 +218,17 @@ pub(super) async fn single(
     let decided = decide(w, gw, server, &req, &msg).await;
     let task = names_task(m);
     ctx.decisions.extend(req.access.decided.take());
+    // Phase: limit, on what authorization allowed, keyed by where it was routed.
+    let route = match &decided {
+        Ok(Decision::Upstream { u, .. }) => Some(Some(*u)),
+        Ok(_) => Some(None),
+        Err(_) => None,
+    };
+    if let Some(u) = route {
+        if let Err(r) = limit::phase(w, ctx, &[limit::Route::To(u)]).await {
+            return refuse(c, ctx, r).await;
+        }
+    }
     match decided {
         Err(r) => refuse(c, ctx, r).await,
         Ok(Decision::Result(r)) if ctx.era == crate::error::Era::Stateless => {

@@ -324,6 +324,13 @@ fn then_for(kind: Forwarded) -> Then {
 
 /// Carries out what `prepare` decided.
 pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Action) -> Next {
+    // Phase: limit, on a request `prepare` let through to the one upstream (it has no rules:
+    // everything is allowed). A federated endpoint limits where it decides (`federate`).
+    if !matches!(a, Action::Refuse(_) | Action::Federated(_)) {
+        if let Err(r) = super::limit::phase(w, ctx, super::limit::PASS_THROUGH).await {
+            return refuse(c, ctx, r).await;
+        }
+    }
     // A listen to the one upstream holds a place on the worker for as long as it streams, as a
     // merged one does (`limits.listen_streams_per_worker`).
     let listen = matches!(
