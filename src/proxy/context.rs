@@ -19,36 +19,32 @@ use crate::observe::Outcome;
 use super::client::Client;
 use super::state::{Gateway, Generation, WorkerState};
 
-/// Bytes copied out of the body for later phases (ids, tool names): inline up to 47 bytes, so
-/// the common case allocates nothing.
+/// Bytes copied out of the body for later phases (ids, tool names): inline up to 46 bytes, so
+/// the common case allocates nothing; 48 bytes either way (every message carries five).
 #[derive(Clone)]
-pub struct Short {
-    inline: [u8; 47],
-    len: u8,
-    heap: Vec<u8>,
+pub enum Short {
+    Inline { len: u8, bytes: [u8; 46] },
+    Heap(Box<[u8]>),
 }
 
 impl Short {
     pub fn new(raw: &[u8]) -> Self {
-        let mut s = Short {
-            inline: [0; 47],
-            len: 0,
-            heap: Vec::new(),
-        };
-        if raw.len() <= s.inline.len() {
-            s.inline[..raw.len()].copy_from_slice(raw);
-            s.len = raw.len() as u8;
+        if raw.len() <= 46 {
+            let mut bytes = [0; 46];
+            bytes[..raw.len()].copy_from_slice(raw);
+            Short::Inline {
+                len: raw.len() as u8,
+                bytes,
+            }
         } else {
-            s.heap = raw.to_vec();
+            Short::Heap(raw.into())
         }
-        s
     }
 
     pub fn get(&self) -> &[u8] {
-        if self.heap.is_empty() {
-            &self.inline[..self.len as usize]
-        } else {
-            &self.heap
+        match self {
+            Short::Inline { len, bytes } => &bytes[..*len as usize],
+            Short::Heap(b) => b,
         }
     }
 }

@@ -793,7 +793,8 @@ pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(
     match check(w, ctx, true, routes) {
         Ok(()) => Ok(()),
         Err(Stop::Refuse(r)) => Err(r),
-        Err(Stop::Wait) => wait(w, ctx, routes).await,
+        // Rare: boxed, so the request future does not carry the wait's timer.
+        Err(Stop::Wait) => Box::pin(wait(w, ctx, routes)).await,
     }
 }
 
