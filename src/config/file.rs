@@ -10,6 +10,7 @@ mod rego;
 mod render;
 mod rules;
 mod servers;
+mod telemetry;
 mod tls;
 mod traffic;
 
@@ -119,6 +120,7 @@ const TOP_KEYS: &[&str] = &[
     "servers",
     "auth",
     "traffic",
+    "tracing",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -285,6 +287,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let auth = auth::auth(p, &top, env);
     let (upstreams, servers) = routes(p, &top, env, &auth, &listen);
     let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
+    let tracing = telemetry::tracing(p, &top, env);
     Config {
         workers,
         listen,
@@ -298,6 +301,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         servers,
         auth,
         traffic,
+        tracing,
     }
 }
 

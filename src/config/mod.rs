@@ -6,6 +6,7 @@ pub mod auth;
 pub mod credentials;
 mod file;
 pub mod reload;
+pub mod telemetry;
 
 pub use auth::{Auth, ServerAuth};
 pub use file::{
@@ -37,6 +38,8 @@ pub struct Config {
     pub auth: Auth,
     /// `traffic`: rate limits, concurrency limits and quotas (`policy::traffic`, `proxy::limit`).
     pub traffic: std::sync::Arc<crate::policy::traffic::Traffic>,
+    /// `tracing`: trace context and span export (`telemetry`).
+    pub tracing: telemetry::Tracing,
 }
 
 #[derive(Clone, Debug)]

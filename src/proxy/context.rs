@@ -96,6 +96,9 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
+    /// Where an unescaped `params._meta.traceparent` string's contents (no quotes) lie in the
+    /// body (`proxy::trace_context` reads it and puts the gateway's span there).
+    pub traceparent: Option<std::ops::Range<u32>>,
 }
 
 impl MessageCtx {
@@ -152,6 +155,11 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
+            traceparent: m
+                .meta_traceparent
+                .as_ref()
+                .filter(|s| matches!(s.value, std::borrow::Cow::Borrowed(_)))
+                .map(|s| s.span.start as u32 + 1..s.span.end as u32 - 1),
         }
     }
 }
