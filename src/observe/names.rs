@@ -103,3 +103,8 @@ pub const AUTH_INTROSPECTIONS_TOTAL: &str = "tollgate_auth_introspections_total"
 /// Fetches of an issuer's signing keys (JWKS, after discovery when configured) by the key
 /// refresher thread, by issuer and result (ok, error: the last good keys stay in use).
 pub const AUTH_KEY_REFRESHES_TOTAL: &str = "tollgate_auth_key_refreshes_total";
+/// OTLP span export (`tracing.otlp`): spans sent, spans dropped by reason (queue_full,
+/// export_failed), and POSTs the collector did not accept.
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "tollgate_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "tollgate_trace_spans_dropped_total";
+pub const TRACE_EXPORT_ERRORS_TOTAL: &str = "tollgate_trace_export_errors_total";

@@ -371,6 +371,11 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
         w.metrics
             .upstream(u.upstream, id, u.result, u.elapsed.as_secs_f64());
     }
+    if let (Some(t), Some(x)) = (&ctx.trace, &ctx.gw().spans) {
+        if t.sampled {
+            x.offer(super::trace_context::span(ctx, t, elapsed));
+        }
+    }
     let log = match (ctx.gw().config.log.access, &ctx.refused) {
         (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,
         _ => true,
@@ -397,6 +402,16 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             session[2 * i + 1] = HEX[usize::from(b & 15)];
         }
         &session[..]
+    });
+    // Hex without allocating; the span id is in the audit record and the exported span.
+    let trace_id = ctx.trace.as_ref().map(|t| {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 32];
+        for (i, b) in t.trace_id.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        hex
     });
     let (rpc, id, name) = if ctx.batch {
         (Some(Value::Str("batch")), None, None)
@@ -460,6 +475,7 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             ("name", name),
             ("id", id),
             ("session", session.map(Value::Bytes)),
+            ("trace_id", trace_id.as_ref().map(|t| Value::Bytes(&t[..]))),
             ("upstream", upstream.map(Value::Str)),
             ("status", Some(Value::U64(u64::from(ctx.status)))),
             ("upstream_status", up_status),

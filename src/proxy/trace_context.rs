@@ -144,3 +144,84 @@ pub fn spliced<'a>(ctx: &Ctx, body: &'a [u8]) -> Cow<'a, [u8]> {
     splice_tail(ctx, &mut v, n);
     Cow::Owned(v)
 }
+
+/// The request's span for the exporter (record phase; only with `tracing.otlp`, sampled).
+/// Attributes follow OpenTelemetry's MCP and HTTP conventions where they have a name
+/// (`mcp.method.name`, `gen_ai.tool.name`, `http.response.status_code`, `error.type`, …); the
+/// gateway's own facts are `tollgate.*`. Argument values and principals are never included.
+pub fn span(
+    ctx: &Ctx,
+    t: &TraceIds,
+    elapsed: std::time::Duration,
+) -> crate::observe::otlp::Span {
+    use crate::mcp::Method;
+    use crate::observe::otlp::{AttrValue, Span};
+    let gw = ctx.gw();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut attributes: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
+    let method = if ctx.batch {
+        "batch"
+    } else {
+        ctx.first().map_or(ctx.http_method.as_str(), |m| m.method_label())
+    };
+    attributes.push(("mcp.method.name", AttrValue::Str(method.to_string())));
+    let mut name = method.to_string();
+    if let (false, Some(m)) = (ctx.batch, ctx.first()) {
+        let target = match m.method {
+            Method::ToolsCall => m.name.as_ref().map(|n| ("gen_ai.tool.name", n)),
+            Method::PromptsGet => m.name.as_ref().map(|n| ("gen_ai.prompt.name", n)),
+            _ => m.uri.as_ref().map(|u| ("mcp.resource.uri", u)),
+        };
+        if let Some((key, v)) = target {
+            let v = text(v.get());
+            name.push(' ');
+            name.push_str(&v);
+            attributes.push((key, AttrValue::Str(v)));
+        }
+        if let Some(id) = &m.id {
+            attributes.push(("jsonrpc.request.id", AttrValue::Str(text(id.get()))));
+        }
+    }
+    if let Some(s) = ctx.server {
+        attributes.push((
+            "tollgate.server",
+            AttrValue::Str(gw.config.servers[s].path.clone()),
+        ));
+    }
+    if let Some(u) = ctx.upstream {
+        attributes.push(("tollgate.upstream", AttrValue::Str(gw.upstreams[u].name.clone())));
+    }
+    attributes.push((
+        "http.request.method",
+        AttrValue::Str(ctx.http_method.as_str().to_string()),
+    ));
+    attributes.push((
+        "http.response.status_code",
+        AttrValue::Int(i64::from(ctx.status)),
+    ));
+    if let Some(Ok(status)) = ctx.upstream_call.map(|u| u.result) {
+        attributes.push(("tollgate.upstream.status_code", AttrValue::Int(i64::from(status))));
+    }
+    attributes.push((
+        "tollgate.outcome",
+        AttrValue::Str(ctx.outcome.as_str().to_string()),
+    ));
+    let mut error = None;
+    if let Some(r) = &ctx.refused {
+        attributes.push(("error.type", AttrValue::Str(r.kind.as_str().to_string())));
+        attributes.push(("rpc.jsonrpc.error_code", AttrValue::Int(i64::from(r.kind.rpc_code()))));
+        // A server span's status is an error only for what was not the client's fault.
+        if r.kind.side() != crate::error::Side::Client {
+            error = Some(r.kind.as_str().to_string());
+        }
+    }
+    let end = crate::observe::otlp::unix_nanos_ago(std::time::Duration::ZERO);
+    Span {
+        trace: *t,
+        name,
+        start_unix_nanos: end.saturating_sub(elapsed.as_nanos() as u64),
+        end_unix_nanos: end,
+        attributes,
+        error,
+    }
+}
