@@ -82,9 +82,6 @@ pub struct RequestHead {
     pub mcp_params: Vec<(Range<usize>, Range<usize>)>,
     /// Trace context headers passed through to the upstream: (name, value).
     pub trace: Vec<(Range<usize>, Range<usize>)>,
-    /// The `traceparent` value (also in `trace`). Sent twice, it is an empty range: W3C Trace
-    /// Context has no way to combine two, so neither is read (a new trace starts).
-    pub traceparent: Option<Range<usize>>,
 }
 
 impl RequestHead {
@@ -105,6 +102,22 @@ impl RequestHead {
         } else {
             p
         }
+    }
+
+    /// The `traceparent` value, from the trace headers already captured (no field of its own:
+    /// the head is in every request's future). Sent twice, none: W3C Trace Context has no way
+    /// to combine two, so a new trace starts.
+    pub fn traceparent<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        let mut found = None;
+        for (n, v) in &self.trace {
+            if buf[n.clone()].eq_ignore_ascii_case(b"traceparent") {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(&buf[v.clone()]);
+            }
+        }
+        found
     }
 
     pub fn has_body(&self) -> bool {
@@ -404,13 +417,8 @@ pub fn parse_request<'b>(
             if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 head.expect_continue = true;
             }
-        } else if name.eq_ignore_ascii_case("traceparent") {
-            head.traceparent = match head.traceparent {
-                None => Some(r.clone()),
-                Some(_) => Some(0..0),
-            };
-            head.trace.push((offset(buf, name.as_bytes()), r));
-        } else if name.eq_ignore_ascii_case("tracestate")
+        } else if name.eq_ignore_ascii_case("traceparent")
+            || name.eq_ignore_ascii_case("tracestate")
             || name.eq_ignore_ascii_case("baggage")
         {
             head.trace.push((offset(buf, name.as_bytes()), r));

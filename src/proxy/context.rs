@@ -96,9 +96,10 @@ pub struct MessageCtx {
     /// `tasks/result`, `tasks/cancel`): federation reads the gateway task id there and puts
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
-    /// Where an unescaped `params._meta.traceparent` string's contents (no quotes) lie in the
-    /// body (`proxy::trace_context` reads it and puts the gateway's span there).
-    pub traceparent: Option<std::ops::Range<u32>>,
+    /// Where an unescaped `params._meta.traceparent` string of the version-00 length (55)
+    /// starts in the body, after its quote (`proxy::trace_context` reads it and puts the
+    /// gateway's span there). Four bytes: every request's future holds this struct.
+    pub traceparent: Option<std::num::NonZeroU32>,
 }
 
 impl MessageCtx {
@@ -159,7 +160,8 @@ impl MessageCtx {
                 .meta_traceparent
                 .as_ref()
                 .filter(|s| matches!(s.value, std::borrow::Cow::Borrowed(_)))
-                .map(|s| s.span.start as u32 + 1..s.span.end as u32 - 1),
+                .filter(|s| s.span.len() == crate::observe::trace::TRACEPARENT_LEN + 2)
+                .and_then(|s| std::num::NonZeroU32::new(s.span.start as u32 + 1)),
         }
     }
 }

@@ -18,7 +18,7 @@ pub fn begin(ctx: &mut Ctx, head: &RequestHead, buf: &[u8]) {
     if !t.enabled {
         return;
     }
-    let header = head.traceparent.clone().map(|r| &buf[r]);
+    let header = head.traceparent(buf);
     ctx.trace = Some(trace::begin(
         Sampling::of_ratio(t.sample_ratio),
         header,
@@ -27,7 +27,8 @@ pub fn begin(ctx: &mut Ctx, head: &RequestHead, buf: &[u8]) {
 }
 
 /// After the scan: without a valid header `traceparent`, the first message's
-/// `params._meta.traceparent` (what MCP SDKs set) names the caller's trace. The header wins
+/// `params._meta.traceparent` (what MCP SDKs set) names the caller's trace (read when it has
+/// the version-00 length; a longer value of a later version is passed on untouched). The header wins
 /// when both are valid: it is set by the HTTP client, the caller's span nearest the gateway.
 pub fn adopt_meta(ctx: &mut Ctx, body: &[u8]) {
     let Some(t) = ctx.trace.as_mut() else {
@@ -36,11 +37,12 @@ pub fn adopt_meta(ctx: &mut Ctx, body: &[u8]) {
     if t.parent_span_id.is_some() {
         return;
     }
-    let Some(r) = ctx.messages.iter().find_map(|m| m.traceparent.clone()) else {
+    let Some(at) = ctx.messages.iter().find_map(|m| m.traceparent) else {
         return;
     };
+    let at = at.get() as usize;
     let Some(p) = body
-        .get(r.start as usize..r.end as usize)
+        .get(at..at + TRACEPARENT_LEN)
         .and_then(trace::parse_traceparent)
     else {
         return;
@@ -61,9 +63,8 @@ pub fn upstream_lines(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8], trace: 
         return;
     };
     let followed = head
-        .traceparent
-        .clone()
-        .and_then(|r| trace::parse_traceparent(&buf[r]))
+        .traceparent(buf)
+        .and_then(trace::parse_traceparent)
         .is_some_and(|p| p.trace_id == t.trace_id);
     for (n, v) in &head.trace {
         let name = &buf[n.clone()];
@@ -85,15 +86,14 @@ pub fn upstream_lines_vec(head: &RequestHead, buf: &[u8], trace: Option<&TraceId
     v
 }
 
-/// Where the body's `_meta.traceparent` values are that take the gateway's (version 00, so the
-/// same length): none with tracing off.
+/// Where the body's `_meta.traceparent` values are that take the gateway's (the version-00
+/// length, so the same length): none with tracing off.
 fn meta_spans(ctx: &Ctx) -> impl Iterator<Item = Range<usize>> + '_ {
     ctx.trace
         .iter()
         .flat_map(move |_| ctx.messages.iter())
-        .filter_map(|m| m.traceparent.clone())
-        .map(|r| r.start as usize..r.end as usize)
-        .filter(|r| r.len() == TRACEPARENT_LEN)
+        .filter_map(|m| m.traceparent)
+        .map(|at| at.get() as usize..at.get() as usize + TRACEPARENT_LEN)
 }
 
 /// Replaces each `_meta.traceparent` of the body that ends `out` (`body_len` bytes) with the
