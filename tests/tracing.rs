@@ -132,7 +132,11 @@ fn a_client_traceparent_header_reaches_the_upstream_with_the_gateways_span_as_pa
     assert_eq!(flags, "01");
     assert_eq!(call.header("tracestate"), Some("vendor=abc"));
     assert_eq!(call.header("baggage"), Some("user=1"));
-    let n = call.headers.iter().filter(|(n, _)| n == "traceparent").count();
+    let n = call
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "traceparent")
+        .count();
     assert_eq!(n, 1, "one traceparent upstream: {:?}", call.headers);
     // The access line names the trace.
     let logged = eventually(Duration::from_secs(5), || {
@@ -141,7 +145,11 @@ fn a_client_traceparent_header_reaches_the_upstream_with_the_gateways_span_as_pa
             .lines()
             .any(|l| l.contains(" access: ") && l.contains("tools/call") && l.contains(TRACE))
     });
-    assert!(logged, "no access line with the trace id:\n{}", gw.log.text());
+    assert!(
+        logged,
+        "no access line with the trace id:\n{}",
+        gw.log.text()
+    );
 }
 
 #[test]
@@ -250,7 +258,11 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
         .unwrap_or_else(|| panic!("no tools/call echo span in {spans:#?}"));
     assert_eq!(call["traceId"], TRACE);
     assert_eq!(call["parentSpanId"], CALLER_SPAN);
-    assert_eq!(call["spanId"], upstream_parent.as_str(), "the span the upstream was told of");
+    assert_eq!(
+        call["spanId"],
+        upstream_parent.as_str(),
+        "the span the upstream was told of"
+    );
     assert_eq!(call["kind"], 2);
     let attr = |s: &Value, k: &str| -> Value {
         s["attributes"]
@@ -275,8 +287,14 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
         .find(|s| s["traceId"] == TRACE && s["spanId"] != call["spanId"])
         .unwrap_or_else(|| panic!("no span of the refused call in {spans:#?}"));
     assert_eq!(refused["name"], "tools/call echo");
-    assert_eq!(attr(refused, "error.type")["stringValue"], "session_unknown");
-    assert_eq!(attr(refused, "http.response.status_code")["intValue"], "404");
+    assert_eq!(
+        attr(refused, "error.type")["stringValue"],
+        "session_unknown"
+    );
+    assert_eq!(
+        attr(refused, "http.response.status_code")["intValue"],
+        "404"
+    );
     assert!(attr(refused, "rpc.jsonrpc.error_code")["intValue"].is_string());
     assert_eq!(attr(refused, "tollgate.outcome")["stringValue"], "rejected");
 
@@ -302,7 +320,11 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
 fn an_unreachable_collector_is_counted_and_requests_are_served() {
     let (up, _seen) = recording_upstream();
     // A port nothing listens on (bound, then closed).
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = format!(
         "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://127.0.0.1:{port}/v1/traces\n    flush_interval: 20ms\n    timeout: 500ms\n"
     );
@@ -318,5 +340,39 @@ fn an_unreachable_collector_is_counted_and_requests_are_served() {
     });
     assert!(errors >= 1.0, "export errors: {errors}");
     let m = gw.metrics();
-    assert!(m.contains("tollgate_trace_spans_dropped_total{reason=\"export_failed\"}"), "{m}");
+    assert!(
+        m.contains("tollgate_trace_spans_dropped_total{reason=\"export_failed\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_meta_traceparent_of_another_trace_than_the_header_wins() {
+    let (up, seen) = recording_upstream();
+    let gw = gateway(&up, ON);
+    let mut c = Mcp::new(gw.addr, "/mcp");
+    c.initialize("2025-06-18");
+    // An HTTP instrumentation that lost the MCP context: a trace of one POST in the header.
+    c.header(
+        "traceparent",
+        &traceparent("11111111111111111111111111111111", "2222222222222222"),
+    );
+    c.header("tracestate", "http=1");
+    let tp = traceparent(TRACE, CALLER_SPAN);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"echo","_meta":{{"traceparent":"{tp}"}}}}}}"#
+    );
+    assert_eq!(c.post_raw(body.as_bytes()).status, 200);
+    let call = last_call(&seen);
+    let (trace, parent, _) = parts(call.header("traceparent").unwrap());
+    assert_eq!(trace, TRACE, "the MCP-level trace (SEP-414)");
+    assert_eq!(
+        call.json()["params"]["_meta"]["traceparent"],
+        traceparent(TRACE, &parent).as_str()
+    );
+    assert_eq!(
+        call.header("tracestate"),
+        None,
+        "the header's tracestate is of the other trace"
+    );
 }

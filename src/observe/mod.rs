@@ -5,8 +5,8 @@ pub mod access;
 pub mod admin;
 pub mod hist;
 pub mod names;
-pub mod tokens;
 pub mod otlp;
+pub mod tokens;
 pub mod trace;
 
 use std::cell::RefCell;

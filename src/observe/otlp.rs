@@ -60,8 +60,7 @@ impl Exporter {
 
     /// Queues a span; never waits. A full queue drops it (counted by the exporter thread).
     pub fn offer(&self, span: Span) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(span)
-        {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(span) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -88,13 +88,26 @@ impl Sampling {
     }
 }
 
-/// The request's trace: the caller's `traceparent` from the HTTP header, else from
-/// `params._meta.traceparent`, else a new trace (sampled by `sampling`). The caller's sampled
+/// Which of the caller's two `traceparent`s the gateway's span is a child of. Both in one trace:
+/// the header's (the HTTP client's span, nearer the gateway than the MCP request span that
+/// contains it). In different traces: `_meta`'s, the MCP-level trace SEP-414 defines (an HTTP
+/// instrumentation that lost the MCP context starts a trace of one POST). Either alone: that one.
+pub fn choose(header: Option<Parent>, meta: Option<Parent>) -> Option<Parent> {
+    match (header, meta) {
+        (Some(h), Some(m)) if h.trace_id != m.trace_id => Some(m),
+        (Some(h), _) => Some(h),
+        (None, m) => m,
+    }
+}
+
+/// The request's trace: the caller's `traceparent` (`choose` between the HTTP header and
+/// `params._meta.traceparent`), else a new trace (sampled by `sampling`). The caller's sampled
 /// flag is kept (parent-based sampling). The gateway's span id is always new.
 pub fn begin(sampling: Sampling, header: Option<&[u8]>, meta: Option<&[u8]>) -> TraceIds {
-    let parent = header
-        .and_then(parse_traceparent)
-        .or_else(|| meta.and_then(parse_traceparent));
+    let parent = choose(
+        header.and_then(parse_traceparent),
+        meta.and_then(parse_traceparent),
+    );
     let span_id = random_span_id();
     match parent {
         Some(p) => TraceIds {
@@ -233,7 +246,10 @@ mod tests {
         assert_eq!(p.trace_id[15], 0x36);
         assert_eq!(p.span_id, [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
         assert_eq!(p.flags, 1);
-        assert_eq!(parse_traceparent(b" \t00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "), Some(p));
+        assert_eq!(
+            parse_traceparent(b" \t00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "),
+            Some(p)
+        );
     }
 
     #[test]
@@ -264,13 +280,20 @@ mod tests {
     }
 
     #[test]
-    fn the_header_wins_over_meta_and_a_new_trace_starts_without_either() {
+    fn the_nearer_parent_of_one_trace_wins_and_a_new_trace_starts_without_either() {
         let always = Sampling::of_ratio(1.0);
+        let same_trace = b"00-4bf92f3577b34da6a3ce929d0e0e4736-3333333333333333-01";
+        let t = begin(always, Some(TP), Some(same_trace));
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.parent_span_id,
+            Some([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert!(t.sampled);
         let other = b"00-11111111111111111111111111111111-2222222222222222-00";
         let t = begin(always, Some(TP), Some(other));
-        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_span_id, Some([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
-        assert!(t.sampled);
+        assert_eq!(t.trace_id, [0x11; 16], "another trace: the MCP-level one");
+        assert_eq!(t.parent_span_id, Some([0x22; 8]));
         let t = begin(always, Some(b"garbage"), Some(other));
         assert_eq!(t.trace_id, [0x11; 16]);
         assert!(!t.sampled, "the caller's sampled flag is kept");

@@ -26,17 +26,14 @@ pub fn begin(ctx: &mut Ctx, head: &RequestHead, buf: &[u8]) {
     ));
 }
 
-/// After the scan: without a valid header `traceparent`, the first message's
-/// `params._meta.traceparent` (what MCP SDKs set) names the caller's trace (read when it has
-/// the version-00 length; a longer value of a later version is passed on untouched). The header wins
-/// when both are valid: it is set by the HTTP client, the caller's span nearest the gateway.
+/// After the scan: the first message's `params._meta.traceparent` (what MCP SDKs set, SEP-414;
+/// read when it has the version-00 length, a longer value of a later version is passed on
+/// untouched) against the header's, as `trace::choose` decides: the header's when both are of
+/// one trace, `_meta`'s when they differ or the header had none.
 pub fn adopt_meta(ctx: &mut Ctx, body: &[u8]) {
     let Some(t) = ctx.trace.as_mut() else {
         return;
     };
-    if t.parent_span_id.is_some() {
-        return;
-    }
     let Some(at) = ctx.messages.iter().find_map(|m| m.traceparent) else {
         return;
     };
@@ -47,6 +44,9 @@ pub fn adopt_meta(ctx: &mut Ctx, body: &[u8]) {
     else {
         return;
     };
+    if t.parent_span_id.is_some() && p.trace_id == t.trace_id {
+        return;
+    }
     t.trace_id = p.trace_id;
     t.parent_span_id = Some(p.span_id);
     t.sampled = p.flags & 1 == 1;
@@ -113,7 +113,13 @@ pub fn splice_tail(ctx: &Ctx, out: &mut [u8], body_len: usize) {
 
 /// `splice_tail` for a body whose bytes `cut` were replaced by `new_len` bytes (a federated
 /// name): values after the cut move with it.
-pub fn splice_tail_cut(ctx: &Ctx, out: &mut [u8], body_len: usize, cut: Range<usize>, new_len: usize) {
+pub fn splice_tail_cut(
+    ctx: &Ctx,
+    out: &mut [u8],
+    body_len: usize,
+    cut: Range<usize>,
+    new_len: usize,
+) {
     let Some(t) = ctx.trace.as_ref() else {
         return;
     };
@@ -149,11 +155,7 @@ pub fn spliced<'a>(ctx: &Ctx, body: &'a [u8]) -> Cow<'a, [u8]> {
 /// Attributes follow OpenTelemetry's MCP and HTTP conventions where they have a name
 /// (`mcp.method.name`, `gen_ai.tool.name`, `http.response.status_code`, `error.type`, …); the
 /// gateway's own facts are `tollgate.*`. Argument values and principals are never included.
-pub fn span(
-    ctx: &Ctx,
-    t: &TraceIds,
-    elapsed: std::time::Duration,
-) -> crate::observe::otlp::Span {
+pub fn span(ctx: &Ctx, t: &TraceIds, elapsed: std::time::Duration) -> crate::observe::otlp::Span {
     use crate::mcp::Method;
     use crate::observe::otlp::{AttrValue, Span};
     let gw = ctx.gw();
@@ -162,7 +164,8 @@ pub fn span(
     let method = if ctx.batch {
         "batch"
     } else {
-        ctx.first().map_or(ctx.http_method.as_str(), |m| m.method_label())
+        ctx.first()
+            .map_or(ctx.http_method.as_str(), |m| m.method_label())
     };
     attributes.push(("mcp.method.name", AttrValue::Str(method.to_string())));
     let mut name = method.to_string();
@@ -189,7 +192,10 @@ pub fn span(
         ));
     }
     if let Some(u) = ctx.upstream {
-        attributes.push(("tollgate.upstream", AttrValue::Str(gw.upstreams[u].name.clone())));
+        attributes.push((
+            "tollgate.upstream",
+            AttrValue::Str(gw.upstreams[u].name.clone()),
+        ));
     }
     attributes.push((
         "http.request.method",
@@ -200,7 +206,10 @@ pub fn span(
         AttrValue::Int(i64::from(ctx.status)),
     ));
     if let Some(Ok(status)) = ctx.upstream_call.map(|u| u.result) {
-        attributes.push(("tollgate.upstream.status_code", AttrValue::Int(i64::from(status))));
+        attributes.push((
+            "tollgate.upstream.status_code",
+            AttrValue::Int(i64::from(status)),
+        ));
     }
     attributes.push((
         "tollgate.outcome",
@@ -209,7 +218,10 @@ pub fn span(
     let mut error = None;
     if let Some(r) = &ctx.refused {
         attributes.push(("error.type", AttrValue::Str(r.kind.as_str().to_string())));
-        attributes.push(("rpc.jsonrpc.error_code", AttrValue::Int(i64::from(r.kind.rpc_code()))));
+        attributes.push((
+            "rpc.jsonrpc.error_code",
+            AttrValue::Int(i64::from(r.kind.rpc_code())),
+        ));
         // A server span's status is an error only for what was not the client's fault.
         if r.kind.side() != crate::error::Side::Client {
             error = Some(r.kind.as_str().to_string());

@@ -376,7 +376,11 @@ fn render_tracing(o: &mut String, t: &crate::config::telemetry::Tracing) {
     let url = format!("http://{host}:{}{}", e.port, e.path);
     let _ = writeln!(o, "    endpoint: {}", q(&url));
     let _ = writeln!(o, "    batch: {}", x.batch);
-    let _ = writeln!(o, "    flush_interval: {}", render_duration(x.flush_interval));
+    let _ = writeln!(
+        o,
+        "    flush_interval: {}",
+        render_duration(x.flush_interval)
+    );
     let _ = writeln!(o, "    timeout: {}", render_duration(x.timeout));
     let _ = writeln!(o, "    queue: {}", x.queue);
     let _ = writeln!(o, "    service_name: {}", q(&x.service_name));

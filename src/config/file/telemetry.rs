@@ -61,12 +61,14 @@ fn otlp(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Otlp> {
     let s = Section::open(p, path, Some(v), OTLP_KEYS);
-    let endpoint = s.required(p, "endpoint", |v| match formats::upstream_url(string(v)?)? {
-        UpstreamTarget::Http(h) if !h.tls => Ok(h),
-        UpstreamTarget::Http(_) => Err(
-            "https is not supported here yet: export to a local collector over http://".into(),
-        ),
-        UpstreamTarget::BuiltinDemo => Err("expected http://host:port/v1/traces".into()),
+    let endpoint = s.required(p, "endpoint", |v| {
+        match formats::upstream_url(string(v)?)? {
+            UpstreamTarget::Http(h) if !h.tls => Ok(h),
+            UpstreamTarget::Http(_) => Err(
+                "https is not supported here yet: export to a local collector over http://".into(),
+            ),
+            UpstreamTarget::BuiltinDemo => Err("expected http://host:port/v1/traces".into()),
+        }
     });
     let batch = s.get(p, "batch", defaults::BATCH, |v| {
         count(1, defaults::MAX_BATCH)(v).map(|n| n as usize)
