@@ -29,7 +29,14 @@ fn recording_upstream() -> (Scripted, Arc<Mutex<Vec<Request>>>) {
         while let Some(req) = read_request(&mut s) {
             keep.lock().unwrap().push(req.clone());
             let out = scripted::mcp_basics(&req).unwrap_or_else(|| {
-                scripted::json_response(&scripted::text_result(&req.id(), "ok"))
+                let result = match req.rpc_method().as_str() {
+                    "tools/list" => scripted::rpc_result(
+                        &req.id(),
+                        json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}),
+                    ),
+                    _ => scripted::text_result(&req.id(), "ok"),
+                };
+                scripted::json_response(&result)
             });
             if s.write_all(&out).is_err() {
                 return;
@@ -375,4 +382,77 @@ fn a_meta_traceparent_of_another_trace_than_the_header_wins() {
         None,
         "the header's tracestate is of the other trace"
     );
+}
+
+#[test]
+fn a_stateless_call_through_a_held_session_carries_the_gateways_span_too() {
+    let (up, seen) = recording_upstream();
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream_with("up", &up.url(), &[("era", "session")])
+        .serve("/mcp", "up")
+        .yaml(ON)
+        .start();
+    let tp = traceparent(TRACE, CALLER_SPAN);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"echo","arguments":{{}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}},"traceparent":"{tp}"}}}}}}"#
+    );
+    let r = gw.client().request(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let call = last_call(&seen);
+    let (trace, parent, _) = parts(call.header("traceparent").unwrap());
+    assert_eq!(trace, TRACE);
+    assert_ne!(parent, CALLER_SPAN);
+    assert_eq!(
+        call.json()["params"]["_meta"]["traceparent"],
+        traceparent(TRACE, &parent).as_str()
+    );
+}
+
+#[test]
+fn a_federated_call_gets_the_gateways_span_in_meta_after_its_name_is_replaced() {
+    let (a, seen_a) = recording_upstream();
+    let (b, _seen_b) = recording_upstream();
+    let gw = Gateway::builder()
+        .upstream("a", &a.url())
+        .upstream("b", &b.url())
+        .yaml(&format!(
+            "servers:\n  - path: /mcp\n    upstreams: [a, b]\n{ON}"
+        ))
+        .start();
+    let mut c = Mcp::new(gw.addr, "/mcp");
+    c.initialize("2025-06-18");
+    assert_eq!(c.request("tools/list", json!({})).status, 200);
+    let tp = traceparent(TRACE, CALLER_SPAN);
+    for _ in 0..2 {
+        // The name (`a__echo`) is longer than the upstream's (`echo`): what follows it moves.
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{{"name":"a__echo","arguments":{{}},"_meta":{{"traceparent":"{tp}"}}}}}}"#
+        );
+        let r = c.post_raw(body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let call = last_call(&seen_a);
+        let sent = call.json();
+        assert_eq!(sent["params"]["name"], "echo");
+        let (trace, parent, _) = parts(call.header("traceparent").unwrap());
+        assert_eq!(trace, TRACE);
+        assert_ne!(parent, CALLER_SPAN);
+        assert_eq!(
+            sent["params"]["_meta"]["traceparent"],
+            traceparent(TRACE, &parent).as_str(),
+            "{}",
+            String::from_utf8_lossy(&call.body)
+        );
+    }
 }
