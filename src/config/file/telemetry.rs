@@ -150,3 +150,94 @@ fn otlp(
         header_sources,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str_with_env, render_effective};
+
+    fn errors(text: &str) -> String {
+        match load_str_with_env(text, &|_| None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_off_with_no_exporter() {
+        let c = load_str_with_env("", &|_| None).unwrap();
+        assert!(!c.tracing.enabled);
+        assert_eq!(c.tracing.sample_ratio, 1.0);
+        assert!(c.tracing.otlp.is_none());
+    }
+
+    #[test]
+    fn an_exporter_is_read_and_rendered_without_its_header_values() {
+        let text = "tracing:\n  enabled: true\n  sample_ratio: 0.25\n  otlp:\n    endpoint: http://127.0.0.1:4318/v1/traces\n    batch: 10\n    flush_interval: 100ms\n    headers:\n      X-Api-Key: secret-value\n      authorization: \"${env:OTLP_TOKEN}\"\n";
+        let c =
+            load_str_with_env(text, &|n| (n == "OTLP_TOKEN").then(|| "Bearer t".into())).unwrap();
+        let o = c.tracing.otlp.as_ref().unwrap();
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        assert_eq!(o.endpoint.port, 4318);
+        assert_eq!(o.endpoint.path, "/v1/traces");
+        assert_eq!(o.batch, 10);
+        assert_eq!(o.flush_interval, std::time::Duration::from_millis(100));
+        assert_eq!(o.service_name, "tollgate");
+        assert_eq!(o.headers[0], ("x-api-key".into(), "secret-value".into()));
+        assert_eq!(o.headers[1].1, "Bearer t");
+        let r = render_effective(&c);
+        assert!(
+            !r.contains("secret-value") && !r.contains("Bearer t"),
+            "{r}"
+        );
+        assert!(r.contains("${env:OTLP_TOKEN}"), "{r}");
+        assert!(!format!("{o:?}").contains("secret-value"));
+        // What is rendered reads back the same.
+        let section = &r[r.find("\ntracing:").unwrap() + 1..];
+        let again = load_str_with_env(&section.replace("\"<redacted>\"", "\"x\""), &|n| {
+            (n == "OTLP_TOKEN").then(|| "Bearer t".into())
+        })
+        .unwrap();
+        let a = again.tracing.otlp.unwrap();
+        assert_eq!(a.endpoint, o.endpoint);
+        assert_eq!(
+            (a.batch, a.flush_interval, a.timeout),
+            (o.batch, o.flush_interval, o.timeout)
+        );
+        assert_eq!(again.tracing.sample_ratio, 0.25);
+    }
+
+    #[test]
+    fn problems_are_reported_with_their_path() {
+        let e = errors("tracing:\n  sample_ratio: 2\n");
+        assert!(
+            e.contains("tracing.sample_ratio: expected a number from 0 to 1"),
+            "{e}"
+        );
+        let e = errors("tracing:\n  otlp:\n    endpoint: http://127.0.0.1:4318/v1/traces\n");
+        assert!(
+            e.contains("tracing.otlp: spans are only made with tracing.enabled"),
+            "{e}"
+        );
+        let e =
+            errors("tracing:\n  enabled: true\n  otlp:\n    endpoint: https://c:4318/v1/traces\n");
+        assert!(
+            e.contains("tracing.otlp.endpoint: https is not supported"),
+            "{e}"
+        );
+        let e = errors("tracing:\n  enabled: true\n  otlp: {}\n");
+        assert!(
+            e.contains("tracing.otlp.endpoint: missing (required)"),
+            "{e}"
+        );
+        let e = errors(
+            "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://c:4318/v1/traces\n    headers: {content-type: x}\n    batch: 0\n",
+        );
+        assert!(
+            e.contains("tracing.otlp.headers.content-type: set by the exporter"),
+            "{e}"
+        );
+        assert!(e.contains("tracing.otlp.batch:"), "{e}");
+        let e = errors("tracing:\n  enable: true\n");
+        assert!(e.contains("tracing.enable: unknown key"), "{e}");
+    }
+}
