@@ -285,6 +285,7 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
     assert_eq!(attr(call, "tollgate.upstream")["stringValue"], "up");
     assert_eq!(attr(call, "http.response.status_code")["intValue"], "200");
     assert_eq!(attr(call, "tollgate.outcome")["stringValue"], "ok");
+    assert!(attr(call, "jsonrpc.request.id")["stringValue"].is_string());
     let start: u64 = call["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
     let end: u64 = call["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
     assert!(start > 0 && start <= end);

@@ -182,7 +182,13 @@ pub fn span(ctx: &Ctx, t: &TraceIds, elapsed: std::time::Duration) -> crate::obs
             attributes.push((key, AttrValue::Str(v)));
         }
         if let Some(id) = &m.id {
-            attributes.push(("jsonrpc.request.id", AttrValue::Str(text(id.get()))));
+            // The raw id: a string's quotes are not part of it.
+            let raw = id.get();
+            let id = match raw {
+                [b'"', inner @ .., b'"'] => inner,
+                other => other,
+            };
+            attributes.push(("jsonrpc.request.id", AttrValue::Str(text(id))));
         }
     }
     if let Some(s) = ctx.server {
