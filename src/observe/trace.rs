@@ -175,7 +175,8 @@ pub struct TraceIds {
     pub span_id: [u8; 8],
     /// The caller's span (the `parent-id` of the `traceparent` it sent), if it sent one.
     pub parent_span_id: Option<[u8; 8]>,
-    /// The caller's `sampled` flag (true when the gateway started the trace itself).
+    /// The caller's `sampled` flag; for a trace the gateway started, `tracing.sample_ratio`'s
+    /// decision. Only sampled spans are exported; the flag is passed on upstream either way.
     pub sampled: bool,
 }
 
