@@ -132,11 +132,7 @@ pub fn encode(cfg: &Otlp, spans: &[Span]) -> Vec<u8> {
                 "flags": 0x100 | u32::from(s.trace.sampled),
             });
             if let Some(p) = s.trace.parent_span_id {
-                v["parentSpanId"] = json!(TraceIds {
-                    span_id: p,
-                    ..s.trace
-                }
-                .span_id_hex());
+                v["parentSpanId"] = json!(super::trace::hex(&p));
             }
             if let Some(e) = &s.error {
                 v["status"] = json!({"code": 2, "message": e});

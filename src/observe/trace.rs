@@ -212,7 +212,8 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of any id.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
