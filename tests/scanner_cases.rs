@@ -51,6 +51,7 @@ fn render_message(out: &mut String, m: &Message<'_>) {
     render_raw(out, "progress_token", &m.progress_token);
     render_raw(out, "request_id", &m.request_id);
     render_str(out, "meta_protocol_version", &m.meta_protocol_version);
+    render_str(out, "meta_traceparent", &m.meta_traceparent);
     render_str(out, "protocol_version", &m.protocol_version);
     if m.task {
         out.push_str("  task: present\n");

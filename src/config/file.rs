@@ -12,6 +12,7 @@ mod rego;
 mod render;
 mod rules;
 mod servers;
+mod telemetry;
 mod tls;
 mod traffic;
 
@@ -128,6 +129,7 @@ const TOP_KEYS: &[&str] = &[
     "traffic",
     "audit",
     "observe",
+    "tracing",
 ];
 
 /// Defaults as constants, so `render` and the tests agree with the doc comments in `mod.rs`.
@@ -296,6 +298,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
     let traffic = std::sync::Arc::new(traffic::traffic(p, &top, &servers, &upstreams));
     let audit = std::sync::Arc::new(audit::audit(p, &top, env));
     let observe = observe::observe(p, &top);
+    let tracing = telemetry::tracing(p, &top, env);
     Config {
         workers,
         listen,
@@ -311,6 +314,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         traffic,
         audit,
         observe,
+        tracing,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod credentials;
 mod file;
 pub mod reload;
+pub mod telemetry;
 
 pub use auth::{Auth, ServerAuth};
 pub use file::{
@@ -41,6 +42,8 @@ pub struct Config {
     pub audit: std::sync::Arc<crate::observe::audit::Settings>,
     /// `observe`: per-tool metric labels.
     pub observe: Observe,
+    /// `tracing`: trace context and span export (`telemetry`).
+    pub tracing: telemetry::Tracing,
 }
 
 /// `observe:`.

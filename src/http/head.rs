@@ -104,6 +104,22 @@ impl RequestHead {
         }
     }
 
+    /// The `traceparent` value, from the trace headers already captured (no field of its own:
+    /// the head is in every request's future). Sent twice, none: W3C Trace Context has no way
+    /// to combine two, so a new trace starts.
+    pub fn traceparent<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        let mut found = None;
+        for (n, v) in &self.trace {
+            if buf[n.clone()].eq_ignore_ascii_case(b"traceparent") {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(&buf[v.clone()]);
+            }
+        }
+        found
+    }
+
     pub fn has_body(&self) -> bool {
         self.chunked || self.content_length.is_some_and(|n| n > 0)
     }

@@ -38,6 +38,7 @@ enum Key {
     ResultType,
     Task,
     TaskId,
+    Traceparent,
     Other,
 }
 
@@ -61,6 +62,7 @@ impl Key {
             9 if s == "requestId" => (true, Key::RequestId),
             9 => (s == "arguments", Key::Arguments),
             10 => (s == "resultType", Key::ResultType),
+            11 => (s == "traceparent", Key::Traceparent),
             13 => (s == "progressToken", Key::ProgressToken),
             15 => (s == "protocolVersion", Key::ProtocolVersion),
             39 => (
@@ -101,6 +103,7 @@ impl Key {
             Key::ResultType => "resultType",
             Key::Task => "task",
             Key::TaskId => "taskId",
+            Key::Traceparent => "traceparent",
             Key::Other => OTHER_KEY,
         }
     }
@@ -257,6 +260,7 @@ impl<'a> Message<'a> {
             result_type: false,
             meta_protocol_version: None,
             meta_client_capabilities: None,
+            meta_traceparent: None,
             protocol_version: None,
             task: false,
             task_id: None,
@@ -494,6 +498,9 @@ fn meta<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> {
                     cur.note(ScanErrorKind::BadParams, at);
                 }
             }
+            // W3C trace context in `_meta` (the MCP SDKs' convention): read where it is, so the
+            // gateway can put its own span in its place (`proxy::trace_context`).
+            Key::Traceparent => m.meta_traceparent = string_or_skip(cur, depth)?,
             Key::MetaProtocolVersion => {
                 m.meta_keys |= META_VERSION_KEY;
                 m.meta_protocol_version = string_or_skip(cur, depth)?

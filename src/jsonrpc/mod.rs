@@ -95,6 +95,8 @@ pub struct Message<'a> {
     pub meta_protocol_version: Option<Str<'a>>,
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` when it is an object, raw.
     pub meta_client_capabilities: Option<Raw<'a>>,
+    /// `params._meta.traceparent` when it is a string (span includes the quotes).
+    pub meta_traceparent: Option<Str<'a>>,
     /// `params.protocolVersion` (request, notification) or `result.protocolVersion` (response).
     pub protocol_version: Option<Str<'a>>,
     /// `params.task` is present: a task-augmented request (2025-11-25 tasks).

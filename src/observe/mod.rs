@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod hist;
 pub mod names;
+pub mod otlp;
 pub mod tokens;
 pub mod trace;
 
@@ -61,6 +62,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::REQUESTS_TOTAL,
         "MCP requests by JSON-RPC method and outcome."
+    );
+    describe_counter!(
+        names::TRACE_SPANS_EXPORTED_TOTAL,
+        "Spans sent to the OTLP collector (tracing.otlp)."
+    );
+    describe_counter!(
+        names::TRACE_SPANS_DROPPED_TOTAL,
+        "Spans not exported, by reason: queue_full (tracing.otlp.queue) or export_failed."
+    );
+    describe_counter!(
+        names::TRACE_EXPORT_ERRORS_TOTAL,
+        "OTLP export POSTs that failed (unreachable, timed out, or not a 2xx answer)."
     );
     describe_counter!(
         names::UPSTREAM_REQUESTS_TOTAL,

@@ -117,3 +117,8 @@ pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "tollgate_audit_records_dropped_to
 pub const AUDIT_SINK_ERRORS_TOTAL: &str = "tollgate_audit_sink_errors_total";
 /// `audit`: records handed to the writer thread and not yet written (at most `audit.buffer`).
 pub const AUDIT_QUEUE_RECORDS: &str = "tollgate_audit_queue_records";
+/// OTLP span export (`tracing.otlp`): spans sent, spans dropped by reason (queue_full,
+/// export_failed), and POSTs the collector did not accept.
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "tollgate_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "tollgate_trace_spans_dropped_total";
+pub const TRACE_EXPORT_ERRORS_TOTAL: &str = "tollgate_trace_export_errors_total";

@@ -146,6 +146,11 @@ impl Gateway {
         });
         Ok(Gateway {
             keys: None,
+            spans: config
+                .tracing
+                .otlp
+                .as_ref()
+                .and_then(crate::observe::otlp::Exporter::start),
             sealer,
             rejects: Rejects::new(&config),
             scan_limits: ScanLimits {

@@ -95,6 +95,10 @@ pub struct MessageCtx {
     /// `tools/call` only, and only when a traffic rule keys by `arguments`: the hash of
     /// `params.arguments` (`policy::traffic::arguments_hash`; `Some(0)`: none, or not an object).
     pub arguments_hash: Option<u64>,
+    /// Where an unescaped `params._meta.traceparent` string of the version-00 length (55)
+    /// starts in the body, after its quote (`proxy::trace_context` reads it and puts the
+    /// gateway's span there). Four bytes: every request's future holds this struct.
+    pub traceparent: Option<std::num::NonZeroU32>,
 }
 
 impl MessageCtx {
@@ -152,6 +156,12 @@ impl MessageCtx {
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
             arguments_hash: None,
+            traceparent: m
+                .meta_traceparent
+                .as_ref()
+                .filter(|s| matches!(s.value, std::borrow::Cow::Borrowed(_)))
+                .filter(|s| s.span.len() == crate::observe::trace::TRACEPARENT_LEN + 2)
+                .and_then(|s| std::num::NonZeroU32::new(s.span.start as u32 + 1)),
         }
     }
 
@@ -388,6 +398,11 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     if ctx.gw().config.audit.enabled {
         super::audit_record::write(w, ctx, elapsed, c.sent - ctx.sent_before);
     }
+    if let (Some(t), Some(x)) = (&ctx.trace, &ctx.gw().spans) {
+        if t.sampled {
+            x.offer(super::trace_context::span(ctx, t, elapsed));
+        }
+    }
     let log = match (ctx.gw().config.log.access, &ctx.refused) {
         (AccessLog::Off, _) | (AccessLog::Refusals, None) => return,
         _ => true,
@@ -438,6 +453,16 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             session[2 * i + 1] = HEX[usize::from(b & 15)];
         }
         &session[..]
+    });
+    // Hex without allocating; the span id is in the audit record and the exported span.
+    let trace_id = ctx.trace.as_ref().map(|t| {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 32];
+        for (i, b) in t.trace_id.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        hex
     });
     let (rpc, id, name) = if ctx.batch {
         (Some(Value::Str("batch")), None, None)
@@ -501,6 +526,7 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             ("name", name),
             ("id", id),
             ("session", session.map(Value::Bytes)),
+            ("trace_id", trace_id.as_ref().map(|t| Value::Bytes(&t[..]))),
             ("upstream", upstream.map(Value::Str)),
             ("status", Some(Value::U64(u64::from(ctx.status)))),
             ("upstream_status", up_status),

@@ -30,6 +30,7 @@ mod session_requests;
 pub mod shutdown;
 pub mod state;
 mod stateless;
+mod trace_context;
 pub mod upstream;
 
 use std::mem::MaybeUninit;
@@ -116,6 +117,7 @@ async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let keep = head.keep_alive && !w.shutdown.is_fired();
     let mut ctx = Ctx::new(w.current(), c, head.method(), head.minor == 0, keep);
     ctx.body_pending = head.has_body();
+    trace_context::begin(&mut ctx, &head, c.conn.buffered());
     let next = handle(w, c, &mut ctx, head).await;
     record(w, c, &ctx);
     next
@@ -501,19 +503,18 @@ fn open_session(
     Ok(claims)
 }
 
-/// Appends the per-request upstream headers: session, version, trace context.
+/// Appends the per-request upstream headers: session, version, trace context (`trace`: the
+/// request's, with tracing on).
 fn upstream_session_headers(
     out: &mut Vec<u8>,
     up: Option<&UpstreamSession>,
-    head: &RequestHead,
-    buf: &[u8],
+    (head, buf): (&RequestHead, &[u8]),
+    trace: Option<&crate::observe::trace::TraceIds>,
 ) {
     if let Some(up) = up {
         session_header_lines(out, up);
     }
-    for (n, v) in &head.trace {
-        response::header(out, &buf[n.clone()], &buf[v.clone()]);
-    }
+    trace_context::upstream_lines(out, head, buf, trace);
 }
 
 /// The header lines an upstream request in session `up` carries: its `Mcp-Session-Id` (if it
@@ -589,6 +590,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
         c.conn.consume(used);
         return refuse(c, ctx, r).await;
     }
+    trace_context::adopt_meta(ctx, body);
     authorize::pass_through(ctx);
     // Phase: era. A request that speaks the stateless revision takes its own path from here.
     if let Some(m) = ctx.first() {
@@ -674,17 +676,15 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             let then = Then::RelayFederated(cl.id);
             return forward(w, c, ctx, u, had_session, then).await;
         }
-        let mut trace = Vec::new();
-        upstream_session_headers(&mut trace, None, &head, buf);
-        let body = body.to_vec();
+        let trace = trace_context::upstream_lines_vec(&head, buf, ctx.trace.as_ref());
+        let body = trace_context::spliced(ctx, body).into_owned();
         c.conn.consume(used);
         return Box::pin(federate::post(w, c, ctx, claims, trace, body)).await;
     }
     if up.legacy {
         // An upstream that speaks only HTTP+SSE: its session is a stream one worker holds.
-        let mut trace = Vec::new();
-        upstream_session_headers(&mut trace, None, &head, buf);
-        let body = body.to_vec();
+        let trace = trace_context::upstream_lines_vec(&head, buf, ctx.trace.as_ref());
+        let body = trace_context::spliced(ctx, body).into_owned();
         c.conn.consume(used);
         return Box::pin(legacy::post(w, c, ctx, (trace, body), claims, u, server)).await;
     }
@@ -699,9 +699,10 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     c.up_out.clear();
     c.up_out.extend_from_slice(&up.post_prefix);
     response::content_length(&mut c.up_out, body.len() as u64);
-    upstream_session_headers(&mut c.up_out, up_session, &head, buf);
+    upstream_session_headers(&mut c.up_out, up_session, (&head, buf), ctx.trace.as_ref());
     c.up_out.extend_from_slice(b"\r\n");
     c.up_out.extend_from_slice(body);
+    trace_context::splice_tail(ctx, &mut c.up_out, body.len());
     c.conn.consume(used);
     let had_session = up_session.is_some_and(|s| s.session_id.is_some());
     let then = if initialize {
@@ -779,11 +780,13 @@ fn federated_direct(
     out.extend_from_slice(&up.post_prefix);
     let name_len = crate::error::json_escaped_len(original);
     response::content_length(out, (body.len() - (end - start) + name_len) as u64);
-    upstream_session_headers(out, Some(session), head, buf);
+    upstream_session_headers(out, Some(session), (head, buf), ctx.trace.as_ref());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body[..start]);
     crate::error::json_escape_into(out, original);
     out.extend_from_slice(&body[end..]);
+    let body_len = body.len() - (end - start) + name_len;
+    trace_context::splice_tail_cut(ctx, out, body_len, start..end, name_len);
     Some((u, session.session_id.is_some(), decided))
 }
 

@@ -68,7 +68,7 @@ async fn session_request(
     c.up_out.clear();
     c.up_out.extend_from_slice(prefix(&gw.upstreams[u]));
     let up_session = upstream_session(gw, Some(&claims), u);
-    upstream_session_headers(&mut c.up_out, up_session, head, buf);
+    upstream_session_headers(&mut c.up_out, up_session, (head, buf), ctx.trace.as_ref());
     if let Some(r) = head.last_event_id.clone() {
         response::header(&mut c.up_out, b"last-event-id", &buf[r]);
     }

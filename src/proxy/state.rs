@@ -125,6 +125,9 @@ pub struct Gateway {
     /// The background fetcher of this generation's issuers' keys (none without `jwks_url` or
     /// `discovery`); stops when the generation is dropped.
     pub keys: Option<super::keys::KeyRefresh>,
+    /// The OTLP span exporter of this generation (`tracing.otlp`); its thread flushes and ends
+    /// when the generation is dropped.
+    pub spans: Option<crate::observe::otlp::Exporter>,
     pub sealer: SessionSealer,
     pub upstreams: Vec<UpstreamRuntime>,
     pub rejects: Rejects,

@@ -386,6 +386,13 @@ fn check_message(
         body,
         parse,
     )?;
+    check_str(
+        "meta traceparent",
+        meta.get("traceparent"),
+        &m.meta_traceparent,
+        body,
+        parse,
+    )?;
     let pv = match kind {
         MessageKind::Request | MessageKind::Notification => params.get("protocolVersion"),
         MessageKind::Response | MessageKind::Error => result.get("protocolVersion"),

@@ -363,7 +363,50 @@ pub fn render_effective(c: &Config) -> String {
     let _ = writeln!(o, "observe:");
     let _ = writeln!(o, "  tools: [{}]", tools.join(", "));
     let _ = writeln!(o, "  max_tool_series: {}", c.observe.max_tool_series);
+    render_tracing(&mut o, &c.tracing);
     o
+}
+
+/// `tracing:`: header values are shown as written references or redacted, like upstreams'.
+fn render_tracing(o: &mut String, t: &crate::config::telemetry::Tracing) {
+    let _ = writeln!(o, "tracing:");
+    let _ = writeln!(o, "  enabled: {}", t.enabled);
+    let _ = writeln!(o, "  sample_ratio: {}", t.sample_ratio);
+    let Some(x) = &t.otlp else {
+        let _ = writeln!(o, "  otlp: null");
+        return;
+    };
+    let e = &x.endpoint;
+    let host = if e.host.contains(':') {
+        format!("[{}]", e.host)
+    } else {
+        e.host.clone()
+    };
+    let _ = writeln!(o, "  otlp:");
+    let url = format!("http://{host}:{}{}", e.port, e.path);
+    let _ = writeln!(o, "    endpoint: {}", q(&url));
+    let _ = writeln!(o, "    batch: {}", x.batch);
+    let _ = writeln!(
+        o,
+        "    flush_interval: {}",
+        render_duration(x.flush_interval)
+    );
+    let _ = writeln!(o, "    timeout: {}", render_duration(x.timeout));
+    let _ = writeln!(o, "    queue: {}", x.queue);
+    let _ = writeln!(o, "    service_name: {}", q(&x.service_name));
+    if x.headers.is_empty() {
+        let _ = writeln!(o, "    headers: {{}}");
+    } else {
+        let _ = writeln!(o, "    headers:");
+        for (i, (name, _)) in x.headers.iter().enumerate() {
+            let shown = match x.header_sources.get(i) {
+                Some(HeaderSource::Env(var)) => q(&format!("${{env:{var}}}")),
+                Some(HeaderSource::File(path)) => q(&format!("${{file:{path}}}")),
+                _ => "\"<redacted>\"".to_string(),
+            };
+            let _ = writeln!(o, "      {}: {shown}", q(name));
+        }
+    }
 }
 
 /// `traffic:`: every rule as compiled (names for indices, the time zone as written).

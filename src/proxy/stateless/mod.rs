@@ -203,7 +203,7 @@ pub(super) fn prepare(
     };
     if s.federated() {
         let mut trace = Vec::new();
-        trace_lines(&mut trace, head, buf);
+        trace_lines(&mut trace, (head, buf), ctx);
         let mut params = Vec::new();
         for (n, v) in &head.mcp_params {
             response::header(&mut params, &buf[n.clone()], &buf[v.clone()]);
@@ -212,7 +212,7 @@ pub(super) fn prepare(
             kind,
             trace,
             params,
-            body: body.to_vec(),
+            body: super::trace_context::spliced(ctx, body).into_owned(),
         }));
     }
     let u = s.primary();
@@ -245,14 +245,16 @@ pub(super) fn prepare(
                 u,
                 None,
                 modern,
-                |o| trace_lines(o, head, buf),
+                |o| trace_lines(o, (head, buf), ctx),
                 body,
             );
+            super::trace_context::splice_tail(ctx, out, body.len());
             Action::Forward { u, kind }
         }
         (Some(Era::Session), Some(lease)) => {
-            let trace = |o: &mut Vec<u8>| trace_lines(o, head, buf);
+            let trace = |o: &mut Vec<u8>| trace_lines(o, (head, buf), ctx);
             render(out, gw, u, Some(&lease.session), |_| {}, trace, body);
+            super::trace_context::splice_tail(ctx, out, body.len());
             Action::Held { u, lease }
         }
         _ => {
@@ -261,10 +263,10 @@ pub(super) fn prepare(
                 kind,
                 modern_lines: Vec::new(),
                 trace_lines: Vec::new(),
-                body: body.to_vec(),
+                body: super::trace_context::spliced(ctx, body).into_owned(),
             };
             modern_lines(&mut p.modern_lines, head, buf);
-            trace_lines(&mut p.trace_lines, head, buf);
+            trace_lines(&mut p.trace_lines, (head, buf), ctx);
             Action::Pending(Box::new(p))
         }
     }
@@ -286,10 +288,8 @@ fn modern_lines(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8]) {
     }
 }
 
-fn trace_lines(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8]) {
-    for (n, v) in &head.trace {
-        response::header(out, &buf[n.clone()], &buf[v.clone()]);
-    }
+fn trace_lines(out: &mut Vec<u8>, (head, buf): (&RequestHead, &[u8]), ctx: &Ctx) {
+    super::trace_context::upstream_lines(out, head, buf, ctx.trace.as_ref());
 }
 
 /// Renders the upstream request into `out`: a 2026-07-28 one (`session` None: the client's

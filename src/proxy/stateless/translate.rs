@@ -52,11 +52,12 @@ pub(in crate::proxy) fn translated(
     // Only keys `_meta` lacks (no key written twice), and none where `params` or `_meta` is not
     // an object (the upstream then refuses the request as it would anyone's).
     let members = modern::meta_members(STATELESS_VERSIONS[0].as_str(), m.meta_keys);
+    let body = super::super::trace_context::spliced(ctx, body);
     let body = if members.is_empty() || !m.meta_splice_ok {
-        body.to_vec()
+        body.into_owned()
     } else {
         let at = |x: Option<u32>| x.map(|i| i as usize);
-        modern::with_meta(body, at(m.params_at), at(m.meta_at), &members)
+        modern::with_meta(&body, at(m.params_at), at(m.meta_at), &members)
     };
     out.clear();
     out.extend_from_slice(&gw.upstreams[u].post_prefix);
@@ -80,7 +81,7 @@ pub(in crate::proxy) fn translated(
         modern::encode_header_value(&mut v, n.get());
         response::header(out, b"mcp-name", &v);
     }
-    trace_lines(out, head, buf);
+    trace_lines(out, (head, buf), ctx);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     Translated::Forward
