@@ -15,12 +15,9 @@ use crate::policy::rules::Item;
 use super::context::{Ctx, MessageCtx};
 use super::state::WorkerState;
 
-/// Argument keys recorded at most (more are counted: `"…":N`).
+/// Arguments recorded at most per message (the rest are left out: a record stays bounded).
 const MAX_KEYS: usize = 64;
 
-/// Keeps `m`'s arguments for its record when `settings` records its method: their keys, or for
-/// a tool listed in `arguments.values` their values as text (a string's content, any other value
-/// as its JSON), each redacted by every `arguments.redact` pattern.
 /// Each message's arguments as its record shows them, by message index.
 #[derive(Default)]
 pub struct Args(Vec<Option<Box<[u8]>>>);
@@ -31,6 +28,9 @@ impl Args {
     }
 }
 
+/// Keeps message `i`'s arguments for its record when `settings` records its method: their keys,
+/// or for a tool listed in `arguments.values` their values as text (a string's content, any
+/// other value as its JSON), each redacted by every `arguments.redact` pattern.
 pub fn capture(
     settings: &Settings,
     args: &mut Option<Box<Args>>,

@@ -34,8 +34,8 @@ impl Gateway {
         let sealer = SessionSealer::new(&config.session.key);
         let bus = Arc::new(bus);
         let traffic = super::limit::Exchange::new(config.workers.get());
+        // Its writer starts with `runtime::run` (`check --probe` builds a gateway too).
         let audit = Arc::new(crate::observe::audit::Hub::new());
-        audit.start(&config.audit).context("audit")?;
         let mut gw = Gateway::assemble(
             config,
             (shutdown, bus.clone(), traffic, audit),

@@ -67,6 +67,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let workers = config.workers.get();
     let shutdown = Arc::new(AtomicBool::new(false));
     let (gw, inboxes) = Gateway::build(config, shutdown.clone())?;
+    // The audit sinks open before anything is served: a file that cannot be written fails the start.
+    gw.audit.start(&gw.config.audit).context("audit")?;
     let health = Arc::new(HealthSlot::new(gw.health.clone()));
     let reloader = Arc::new(Reloader::new(
         opts.config_path.clone(),
