@@ -97,8 +97,9 @@ pub struct MessageCtx {
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
     /// `tools/call` only, and only when a traffic rule keys by `arguments`: the hash of
-    /// `params.arguments` (`policy::traffic::arguments_hash`; `Some(0)`: none, or not an object).
-    pub arguments_hash: Option<u64>,
+    /// `params.arguments` (`policy::traffic::arguments_hash`); 0 otherwise, and for a call with
+    /// no arguments object.
+    pub arguments_hash: u64,
 }
 
 impl MessageCtx {
@@ -155,7 +156,7 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
-            arguments_hash: None,
+            arguments_hash: 0,
         }
     }
 
@@ -163,11 +164,10 @@ impl MessageCtx {
     pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
         let mut x = MessageCtx::of(m);
         if hash && x.method == crate::mcp::Method::ToolsCall {
-            x.arguments_hash = Some(
-                m.arguments
-                    .as_ref()
-                    .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text)),
-            );
+            x.arguments_hash = m
+                .arguments
+                .as_ref()
+                .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text));
         }
         x
     }
