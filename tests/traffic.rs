@@ -668,3 +668,35 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
         "{scrape}"
     );
 }
+
+/// A 2025-03-26 batch on an endpoint with rules: only the messages authorization allowed are
+/// charged, and the denied and hidden ones get their own answers.
+#[test]
+fn a_batch_is_charged_only_for_the_messages_authorization_allowed() {
+    let gw = ruled_gateway("traffic:\n  rules:\n    - {name: all, rate: {limit: 2, per: 60s}}\n");
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"ms":1}}},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fail","arguments":{}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a"}}}
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answers = r.json();
+    let by_id = |id: i64| {
+        answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no answer {id}: {answers}"))
+    };
+    assert_eq!(by_id(1)["result"]["isError"], true, "{answers}");
+    assert_eq!(by_id(2)["error"]["code"], -32602, "{answers}");
+    assert_eq!(by_id(3)["result"]["content"][0]["text"], "a", "{answers}");
+    // One of two charged: one more call passes, the next is over.
+    assert!(ok(&echo(&mut m)));
+    assert_throttled(&echo(&mut m), "all", "rate");
+}

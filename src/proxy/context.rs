@@ -93,8 +93,9 @@ pub struct MessageCtx {
     /// the upstream's back.
     pub task_id_span: Option<std::ops::Range<u32>>,
     /// `tools/call` only, and only when a traffic rule keys by `arguments`: the hash of
-    /// `params.arguments` (`policy::traffic::arguments_hash`; `Some(0)`: none, or not an object).
-    pub arguments_hash: Option<u64>,
+    /// `params.arguments` (`policy::traffic::arguments_hash`); 0 otherwise, and for a call with
+    /// no arguments object.
+    pub arguments_hash: u64,
     /// Where an unescaped `params._meta.traceparent` string of the version-00 length (55)
     /// starts in the body, after its quote (`proxy::trace_context` reads it and puts the
     /// gateway's span there). Four bytes: every request's future holds this struct.
@@ -155,7 +156,7 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
-            arguments_hash: None,
+            arguments_hash: 0,
             traceparent: m
                 .meta_traceparent
                 .as_ref()
@@ -169,11 +170,10 @@ impl MessageCtx {
     pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
         let mut x = MessageCtx::of(m);
         if hash && x.method == crate::mcp::Method::ToolsCall {
-            x.arguments_hash = Some(
-                m.arguments
-                    .as_ref()
-                    .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text)),
-            );
+            x.arguments_hash = m
+                .arguments
+                .as_ref()
+                .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text));
         }
         x
     }

@@ -638,8 +638,8 @@ struct Facts<'a> {
     upstream: Option<usize>,
     tool: Option<&'a str>,
     method: Method,
-    /// `arguments_hash` of a `tools/call` (when a rule keys by arguments).
-    arguments: Option<u64>,
+    /// `arguments_hash` of a `tools/call` (when a rule keys by arguments; else 0).
+    arguments: u64,
 }
 
 fn matches(r: &LimitRule, f: &Facts<'_>, p: Option<&crate::policy::Principal>) -> bool {
@@ -710,7 +710,7 @@ fn key_hash(
     }
     if r.key & part::ARGUMENTS != 0 {
         h.write_u8(part::ARGUMENTS);
-        h.write_u64(f.arguments.unwrap_or(0));
+        h.write_u64(f.arguments);
     }
     h.finish()
 }
@@ -788,12 +788,12 @@ pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool, routes: &[Route]) -
     check_rules(w, ctx, may_wait, routes)
 }
 
-/// `check`, waiting for a larger share when that may help (`wait`): the whole phase.
+/// `check`, waiting for a larger share when that may help (`wait`): the whole phase. The wait
+/// is boxed: it is rare, and every request's future would otherwise carry its state.
 pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
     match check(w, ctx, true, routes) {
         Ok(()) => Ok(()),
         Err(Stop::Refuse(r)) => Err(r),
-        // Rare: boxed, so the request future does not carry the wait's timer.
         Err(Stop::Wait) => Box::pin(wait(w, ctx, routes)).await,
     }
 }

@@ -657,18 +657,6 @@ async fn stream_wait(
     }
 }
 
-/// The client went away mid-body: stop (`Err`), or, with `finish_within`, read the upstream
-/// body on until that deadline (`Ok(Some(deadline))`), its bytes dropped.
-fn client_gone(c: &mut Client, mode: RelayMode<'_>) -> Result<Option<Instant>, RelayError> {
-    let within = mode.finish_within.ok_or(RelayError::Client)?;
-    c.out.clear();
-    tracing::info!(
-        within_ms = within.as_millis() as u64,
-        "client left mid-reply: the upstream reply is read to its end, its call's limits held until then"
-    );
-    Ok(Some(Instant::now() + within))
-}
-
 /// Why a relay stopped early. The client connection must be closed either way.
 #[derive(Debug)]
 pub enum RelayError {
@@ -687,8 +675,6 @@ pub async fn relay_body(
     mode: RelayMode<'_>,
 ) -> Result<bool, RelayError> {
     let mut watch_client = true;
-    // Set when the client went away and the body is read to its end anyway (`finish_within`).
-    let mut gone: Option<Instant> = None;
     let mut dec = ChunkedDecoder::new(MAX_UPSTREAM_HEAD);
     let mut left = match head.framing {
         Framing::Length(n) => n,
@@ -728,40 +714,29 @@ pub async fn relay_body(
         };
         up.consume(used);
         let finished = left == 0 || dec.is_done();
-        if gone.is_some() {
-            c.out.clear();
-        } else if c.flush().await.is_err() {
-            gone = client_gone(c, mode)?;
-            watch_client = false;
+        if c.flush().await.is_err() {
+            if finished {
+                return Err(RelayError::Client);
+            }
+            return after_client_left(c, up, head, (&mut dec, left), mode).await;
         }
         if finished {
-            return match gone {
-                Some(_) => Err(RelayError::Client),
-                None => Ok(head.keep_alive),
-            };
+            return Ok(head.keep_alive);
         }
         let want = if left == u64::MAX {
             0
         } else {
             left.min(1 << 20) as usize
         };
-        let read = match (gone, mode.read_timeout) {
-            (Some(until), _) => {
-                let wait = until.saturating_duration_since(Instant::now());
-                match monoio::time::timeout(wait, up.fill(want)).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(RelayError::Client),
-                }
-            }
-            (None, Some(t)) => match monoio::time::timeout(t, up.fill(want)).await {
+        let read = match mode.read_timeout {
+            Some(t) => match monoio::time::timeout(t, up.fill(want)).await {
                 Ok(r) => r,
                 Err(_) => return Err(RelayError::Upstream("upstream body timed out")),
             },
-            (None, None) => match stream_wait(c, &mut *up, mode.end_on, &mut watch_client).await {
+            None => match stream_wait(c, &mut *up, mode.end_on, &mut watch_client).await {
                 StreamEvent::UpstreamReadable => up.fill(want).await,
                 StreamEvent::ClientGone => {
-                    gone = client_gone(c, mode)?;
-                    continue;
+                    return after_client_left(c, up, head, (&mut dec, left), mode).await
                 }
                 StreamEvent::Shutdown => {
                     if !mode.http10 && head.framing != Framing::Length(left) {
@@ -774,9 +749,6 @@ pub async fn relay_body(
         };
         match read {
             Ok(0) if head.framing == Framing::UntilClose => {
-                if gone.is_some() {
-                    return Err(RelayError::Client);
-                }
                 if !mode.http10 {
                     c.out.extend_from_slice(LAST_CHUNK);
                     c.flush().await.map_err(|_| RelayError::Client)?;
@@ -789,6 +761,69 @@ pub async fn relay_body(
                 ))
             }
             Ok(_) => {}
+        }
+    }
+}
+
+/// The client went away mid-body: the relay stops. With `finish_within`, the rest of the
+/// upstream body is read first (and dropped) until it ends or that long has passed, so what the
+/// call holds is let go when the upstream is done with it. Boxed: a rare path, kept out of every
+/// request's future.
+async fn after_client_left(
+    c: &mut Client,
+    up: &mut UpstreamConn,
+    head: &ResponseHead,
+    (dec, left): (&mut ChunkedDecoder, u64),
+    mode: RelayMode<'_>,
+) -> Result<bool, RelayError> {
+    let Some(within) = mode.finish_within else {
+        return Err(RelayError::Client);
+    };
+    c.out.clear();
+    tracing::info!(
+        within_ms = within.as_millis() as u64,
+        "client left mid-reply: the upstream reply is read to its end, its call's limits held until then"
+    );
+    Box::pin(drain_body(up, head, dec, left, Instant::now() + within)).await;
+    Err(RelayError::Client)
+}
+
+/// Reads and drops the rest of `head`'s body (`left` bytes of a length, or what `dec` has not
+/// seen of a chunked one, or until close) until it ends, fails, or `until`.
+async fn drain_body(
+    up: &mut UpstreamConn,
+    head: &ResponseHead,
+    dec: &mut ChunkedDecoder,
+    mut left: u64,
+    until: Instant,
+) {
+    loop {
+        let buf = up.buffered();
+        let used = match head.framing {
+            Framing::Length(_) => {
+                let take = left.min(buf.len() as u64);
+                left -= take;
+                take as usize
+            }
+            Framing::Chunked => match dec.feed(buf, |_| {}) {
+                Ok(k) => k,
+                Err(_) => return,
+            },
+            _ => buf.len(),
+        };
+        up.consume(used);
+        if left == 0 || dec.is_done() {
+            return;
+        }
+        let want = if left == u64::MAX {
+            0
+        } else {
+            left.min(1 << 20) as usize
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, up.fill(want)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }
