@@ -17,6 +17,7 @@ mod identity;
 pub mod keys;
 pub mod limit;
 mod recycle;
+pub mod replicas;
 pub use federate::probe;
 mod initialize;
 pub mod introspect;
@@ -656,7 +657,8 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
             ctx.decisions.push(decided);
             c.conn.consume(used);
             let then = Then::RelayFederated(cl.id);
-            return forward(w, c, ctx, u, had_session, then).await;
+            let replica = upstream_session(gw, Some(cl), u).map_or(0, |s| s.replica);
+            return forward(w, c, ctx, (u, replica), had_session, then).await;
         }
         let mut trace = Vec::new();
         upstream_session_headers(&mut trace, None, &head, buf);
@@ -693,7 +695,8 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: RequestHead)
     } else {
         Then::Relay
     };
-    forward(w, c, ctx, u, had_session, then).await
+    let replica = up_session.map_or(0, |s| s.replica);
+    forward(w, c, ctx, (u, replica), had_session, then).await
 }
 
 /// A federated `tools/call` or `prompts/get` whose name the worker's fresh table routes: renders
@@ -799,7 +802,7 @@ async fn forward(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
-    u: usize,
+    (u, replica): (usize, u64),
     had_session: bool,
     then: Then,
 ) -> Next {
@@ -811,8 +814,16 @@ async fn forward(
     let caller = ctx.caller();
     let req = std::mem::take(&mut c.up_out);
     let safe = || retry_safe(w, ctx);
-    let (res, req) =
-        upstream::exchange_within(w, ctx.gw(), u, req, caller, ctx.tool_timeout, Some(&safe)).await;
+    let (res, req) = upstream::exchange_within(
+        w,
+        ctx.gw(),
+        (u, replica),
+        req,
+        caller,
+        ctx.tool_timeout,
+        Some(&safe),
+    )
+    .await;
     c.up_out = req;
     respond(w, c, ctx, (u, res, t_up), had_session, then).await
 }
