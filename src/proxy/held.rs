@@ -672,6 +672,7 @@ mod tests {
             session_id: None,
             body: body.as_bytes().to_vec(),
             sse: false,
+            replica: 0,
         }
     }
 

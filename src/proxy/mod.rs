@@ -1222,9 +1222,12 @@ mod size_tests {
 
     /// Every request's future is allocated and copied whole: its rare branches are boxed where
     /// they are taken, so what a plain call carries stays a few KiB (it was 18 KiB before).
+    /// The future is 128-byte aligned, so it grows in steps of 128: it was exactly 8 KiB when
+    /// upstream replicas (the pinned replica an exchange takes, the one a connection is open to)
+    /// took one more step.
     #[test]
     fn a_request_future_stays_a_few_kib() {
         let size = request_size(request);
-        assert!(size <= 8 * 1024, "request future is {size} bytes");
+        assert!(size <= 8 * 1024 + 128, "request future is {size} bytes");
     }
 }

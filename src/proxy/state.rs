@@ -486,18 +486,21 @@ impl WorkerState {
     pub fn count_exchange(
         &self,
         b: &super::breaker::Breaker,
-        (_, r): (usize, usize),
+        window: usize,
         up: &UpstreamRuntime,
         failed: bool,
     ) {
-        // One window per replica (its breaker's), at the replica's pool slot position.
-        let i = up.slot_base + r;
+        // One window per breaker: per replica, at its pool slot position.
         let mut ws = self.error_windows.borrow_mut();
-        if ws.len() <= i {
-            ws.resize(i + 1, Default::default());
+        if ws.len() <= window {
+            ws.resize(window + 1, Default::default());
         }
-        let id = up.replicas.get(r).map_or(up.id, |x| x.id ^ up.id);
-        ws[i].count(b, id, &up.name, failed, self.shutdown.now());
+        // The window's owner (checked by `count`): the upstream, or its replica.
+        let id = match up.replicas.get(window - up.slot_base) {
+            Some(rep) if up.replicas.len() > 1 => rep.id ^ up.id,
+            _ => up.id,
+        };
+        ws[window].count(b, id, &up.name, failed, self.shutdown.now());
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.

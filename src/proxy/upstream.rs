@@ -184,7 +184,33 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// config or marked down by the health check: `Kind::SessionUnknown`, 404); any other to the
 /// one `replicas::Local::pick` names, and on to the next when nothing reached the one tried (its
 /// connect failed after `retries`, or its circuit is open). Each replica has its own breaker.
-pub async fn exchange_within(
+///
+///
+/// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
+/// itself: every request's future then carries no wrapper state for replicas (it is allocated
+/// and copied whole, see `size_tests`).
+pub fn exchange_within<'a>(
+    w: &'a WorkerState,
+    gw: &'a Gateway,
+    (u, replica): (usize, u64),
+    req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'a>>,
+    tool_timeout: Option<Duration>,
+    retry_safe: Option<&'a dyn Fn() -> bool>,
+) -> impl std::future::Future<Output = (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>)> + 'a
+{
+    use futures_util::future::FutureExt;
+    exchange_replica(w, gw, (u, replica), req, caller, tool_timeout, retry_safe)
+        .map(|(res, req, _)| (res, req))
+}
+
+/// `exchange_replica`'s `to` naming a replica by position (`exchange_across` chose it) rather
+/// than a pinned id (`replica_id`s never have this bit) or 0 (choose). One word, not an enum:
+/// it is part of every request's future.
+const AT: u64 = 1 << 63;
+
+/// `exchange_within` for an upstream with several replicas.
+async fn exchange_across(
     w: &WorkerState,
     gw: &Gateway,
     (u, replica): (usize, u64),
@@ -194,11 +220,6 @@ pub async fn exchange_within(
     retry_safe: Option<&dyn Fn() -> bool>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
-    if up.replicas.len() < 2 {
-        let (res, req, _) =
-            exchange_replica(w, gw, (u, 0), req, caller, tool_timeout, retry_safe).await;
-        return (res, req);
-    }
     let health = gw
         .health
         .upstreams
@@ -234,8 +255,16 @@ pub async fn exchange_within(
             at = r;
         }
         let _in_flight = w.replicas.begin(up, r);
-        let (res, back, nothing_sent) =
-            exchange_replica(w, gw, (u, r), req, caller, tool_timeout, retry_safe).await;
+        let (res, back, nothing_sent) = exchange_replica(
+            w,
+            gw,
+            (u, AT | r as u64),
+            req,
+            caller,
+            tool_timeout,
+            retry_safe,
+        )
+        .await;
         req = back;
         tried |= 1 << r;
         let others_left = (0..up.replicas.len()).any(|x| tried & (1 << x) == 0);
@@ -254,13 +283,23 @@ pub async fn exchange_within(
 async fn exchange_replica(
     w: &WorkerState,
     gw: &Gateway,
-    (u, r): (usize, usize),
+    (u, to): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     tool_timeout: Option<Duration>,
     retry_safe: Option<&dyn Fn() -> bool>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>, bool) {
     let up = &gw.upstreams[u];
+    let r = match to {
+        _ if to & AT != 0 => (to & !AT) as usize,
+        _ if up.replicas.len() < 2 => 0,
+        pin => {
+            // Boxed: the replica loop is only for upstreams with several.
+            let across = exchange_across(w, gw, (u, pin), req, caller, tool_timeout, retry_safe);
+            let (res, req) = Box::pin(across).await;
+            return (res, req, false);
+        }
+    };
     let breaker = gw.health.upstreams.get(u).map(|h| match h.replicas.get(r) {
         Some(rh) => &rh.breaker,
         None => &h.breaker,
@@ -271,14 +310,15 @@ async fn exchange_replica(
         Some(Ok(a)) => Some(a),
         None => None,
     };
-    // `error_ratio` on: every outcome is counted in this worker's window.
+    // `error_ratio` on: every outcome is counted in this worker's window (one per replica).
     let ratio = breaker.filter(|b| b.config().error_ratio > 0.0);
+    let window = up.slot_base + r;
     let failed = |why: &str| {
         if let Some(b) = breaker {
             b.failed(&up.name, why);
         }
         if let Some(b) = ratio {
-            w.count_exchange(b, (u, r), up, true);
+            w.count_exchange(b, window, up, true);
         }
     };
     if let Some(cr) = &up.credentials {
@@ -350,7 +390,7 @@ async fn exchange_replica(
                 } else if let Some(b) = breaker {
                     b.succeeded(&up.name);
                     if ratio.is_some() {
-                        w.count_exchange(b, (u, r), up, false);
+                        w.count_exchange(b, window, up, false);
                     }
                 }
                 if head.status == 401 && up.credentials.is_some() {

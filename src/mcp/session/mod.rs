@@ -61,9 +61,10 @@ pub fn upstream_id(name: &str) -> u64 {
 
 /// The stable id of an upstream replica at `url` (`HttpTarget::url`, one spelling): a reload
 /// that reorders an upstream's replicas keeps the sessions pinned to each. Never 0 (0 means
-/// "no replica recorded" in a token).
+/// "no replica recorded" in a token), and never has the top bit set (`proxy::upstream` uses it
+/// to name a replica by position instead).
 pub fn replica_id(url: &str) -> u64 {
-    stable_id(b"tollgate/replica", url).max(1)
+    (stable_id(b"tollgate/replica", url) >> 1).max(1)
 }
 /// Principal tag meaning "no principal".
 const NO_PRINCIPAL: u8 = 0xFF;
