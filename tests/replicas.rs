@@ -245,3 +245,92 @@ fn check_names_what_is_wrong_with_replicas() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config of a gateway with upstream `pair` on replicas `urls` (in that order), served at
+/// `/mcp`, and federated with the built-in demo at `/fed`.
+fn pair_config(urls: &[String], extra: &str) -> String {
+    let list = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  - name: pair\n    replicas: [{list}]\n    retries: {{attempts: 0}}\n{extra}  \
+         - name: solo\n    url: builtin:demo\n\
+         servers:\n  - path: /mcp\n    upstream: pair\n  - path: /fed\n    upstreams: [pair, solo]\n"
+    )
+}
+
+#[test]
+fn a_reload_that_reorders_replicas_keeps_sessions_on_theirs() {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let urls = [a.url(), b.url()];
+    let gw = Gateway::builder()
+        .yaml(&pair_config(&urls, ""))
+        .workers(1)
+        .rust_log("info")
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/mcp");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    let base = std::fs::read_to_string(gw.config_path()).unwrap();
+    let reordered = base.replace(
+        &pair_config(&urls, ""),
+        &pair_config(&[urls[1].clone(), urls[0].clone()], ""),
+    );
+    assert_ne!(base, reordered);
+    gw.reload_with(&reordered);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .log
+            .text()
+            .contains("config reloaded")),
+        "{}",
+        gw.log.text()
+    );
+    for _ in 0..3 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            assert!(works(m), "session {i} lost its replica across the reload");
+        }
+    }
+}
+
+#[test]
+fn federated_member_sessions_stay_on_their_replica() {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .yaml(&pair_config(&[a.url(), b.url()], ""))
+        .workers(1)
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/fed");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    for _ in 0..3 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            let r = m.call_tool("pair__echo", json!({"text": "hi"}));
+            assert_eq!(r["result"]["content"][0]["text"], "hi", "session {i}: {r}");
+        }
+    }
+    // Clients of the stateless revision reach it through sessions the gateway holds, each on
+    // one replica.
+    for i in 0..6 {
+        let r = gw.stateless(
+            "/mcp",
+            "tools/call",
+            Some("echo"),
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+            &[],
+        );
+        assert_eq!(r.status, 200, "{i}: {}", r.text());
+    }
+}
