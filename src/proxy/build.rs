@@ -194,12 +194,19 @@ impl Gateway {
         self.config
             .upstreams
             .iter()
-            .map(|u| match &u.target {
-                UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
-                UpstreamTarget::Http(t) => {
-                    let scheme = if t.tls { "https" } else { "http" };
-                    format!("{} ({scheme}://{}{})", u.name, t.authority, t.path)
-                }
+            .map(|u| {
+                let urls: Vec<String> = u
+                    .replicas
+                    .iter()
+                    .map(|t| match t {
+                        UpstreamTarget::BuiltinDemo => "builtin:demo".to_string(),
+                        UpstreamTarget::Http(t) => {
+                            let scheme = if t.tls { "https" } else { "http" };
+                            format!("{scheme}://{}{}", t.authority, t.path)
+                        }
+                    })
+                    .collect();
+                format!("{} ({})", u.name, urls.join(" | "))
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -45,7 +45,9 @@ pub(super) async fn forward_held(
     let (res, req) =
         upstream::exchange_as(w, gw, (u, lease.session.replica), req, ctx.caller()).await;
     c.up_out = req;
-    let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
+    // A 404, or its replica gone or down (`upstream::exchange_within`): the session is over.
+    let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404)
+        || matches!(&res, Err(e) if e.kind == crate::error::Kind::SessionUnknown);
     if !ended {
         let then = then_held(ctx.first(), &lease);
         return respond(w, c, ctx, (u, res, t_up), true, then).await;
