@@ -446,6 +446,53 @@ mod tests {
     }
 
     #[test]
+    fn pick_takes_the_healthy_one_with_fewest_in_flight_and_ties_in_turn() {
+        let urls = [
+            "http://127.0.0.1:1/mcp",
+            "http://127.0.0.1:2/mcp",
+            "http://127.0.0.1:3/mcp",
+        ];
+        let yaml = format!(
+            "upstreams:\n  - name: u\n    replicas: [{}]\nservers:\n  - path: /mcp\n    upstream: u\n",
+            urls.map(|u| format!("\"{u}\"")).join(", ")
+        );
+        let cfg = crate::config::load_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let c = &cfg.upstreams[0];
+        assert_eq!(c.replicas.len(), 3);
+        let mut up = UpstreamRuntime::new(c, Vec::new(), "127.0.0.1:1", "/mcp");
+        up.replicas = urls
+            .iter()
+            .map(|u| replica(u, "127.0.0.1", "/mcp"))
+            .collect();
+        let health: Vec<ReplicaHealth> = up
+            .replicas
+            .iter()
+            .map(|r| ReplicaHealth::new(r, c.circuit_breaker))
+            .collect();
+        let l = Local::default();
+        // Nothing in flight: each in turn.
+        let mut turns: Vec<usize> = (0..3).filter_map(|_| l.pick(&up, &health, 0)).collect();
+        turns.sort_unstable();
+        assert_eq!(turns, [0, 1, 2]);
+        // The fewest in flight wins.
+        let a = l.begin(&up, 0);
+        let _b = l.begin(&up, 1);
+        for _ in 0..3 {
+            assert_eq!(l.pick(&up, &health, 0), Some(2));
+        }
+        // A replica that failed its check is left out while a healthy one remains.
+        health[2].healthy.store(false, Ordering::Relaxed);
+        drop(a);
+        for _ in 0..3 {
+            assert_eq!(l.pick(&up, &health, 0), Some(0));
+        }
+        // Tried ones are skipped; when only an unhealthy one is left, it is still tried.
+        assert_eq!(l.pick(&up, &health, 0b001), Some(1));
+        assert_eq!(l.pick(&up, &health, 0b011), Some(2));
+        assert_eq!(l.pick(&up, &health, 0b111), None);
+    }
+
+    #[test]
     fn status_lines() {
         assert_eq!(status_of(b"HTTP/1.1 405 Method Not Allowed\r\n"), Some(405));
         assert_eq!(status_of(b"HTTP/1.0 200\r\n"), Some(200));

@@ -185,7 +185,6 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// one `replicas::Local::pick` names, and on to the next when nothing reached the one tried (its
 /// connect failed after `retries`, or its circuit is open). Each replica has its own breaker.
 ///
-///
 /// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
 /// itself: every request's future then carries no wrapper state for replicas (it is allocated
 /// and copied whole, see `size_tests`).
@@ -208,6 +207,9 @@ pub fn exchange_within<'a>(
 /// than a pinned id (`replica_id`s never have this bit) or 0 (choose). One word, not an enum:
 /// it is part of every request's future.
 const AT: u64 = 1 << 63;
+/// With `AT`: the request already carries the upstream's credential (`exchange_across` added it
+/// once, for whichever replica takes it).
+const AUTHORIZED: u64 = 1 << 62;
 
 /// `exchange_within` for an upstream with several replicas.
 async fn exchange_across(
@@ -234,6 +236,12 @@ async fn exchange_across(
                 .position(|x| req[sp..].starts_with(&x.line))
         })
         .unwrap_or(0);
+    if let Some(cr) = &up.credentials {
+        let authorized = super::credentials::authorize(&w.tokens, &up.name, cr, caller, &mut req);
+        if let Err(e) = authorized.await {
+            return (Err(e), req);
+        }
+    }
     let mut tried = 0u64;
     loop {
         let r = if replica != 0 {
@@ -247,7 +255,11 @@ async fn exchange_across(
         } else {
             match w.replicas.pick(up, health, tried) {
                 Some(r) => r,
-                None => unreachable!("an untried replica remains while the loop goes on"),
+                // (Not reached: the loop goes on only while one is left.)
+                None => {
+                    let why = format!("upstream \"{}\": every replica was tried", up.name);
+                    return (Err(Error::new(Kind::UpstreamUnavailable, why)), req);
+                }
             }
         };
         if r != at {
@@ -258,7 +270,7 @@ async fn exchange_across(
         let (res, back, nothing_sent) = exchange_replica(
             w,
             gw,
-            (u, AT | r as u64),
+            (u, AT | AUTHORIZED | r as u64),
             req,
             caller,
             tool_timeout,
@@ -291,7 +303,7 @@ async fn exchange_replica(
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>, bool) {
     let up = &gw.upstreams[u];
     let r = match to {
-        _ if to & AT != 0 => (to & !AT) as usize,
+        _ if to & AT != 0 => (to & !(AT | AUTHORIZED)) as usize,
         _ if up.replicas.len() < 2 => 0,
         pin => {
             // Boxed: the replica loop is only for upstreams with several.
@@ -321,7 +333,11 @@ async fn exchange_replica(
             w.count_exchange(b, window, up, true);
         }
     };
-    if let Some(cr) = &up.credentials {
+    if let Some(cr) = up
+        .credentials
+        .as_ref()
+        .filter(|_| to & (AT | AUTHORIZED) != AT | AUTHORIZED)
+    {
         // Boxed: a token fetch (an HTTP client, maybe TLS) is rare and large; inlined, its
         // state would be moved and allocated with every request's future.
         let authorized = Box::pin(super::credentials::authorize(
