@@ -27,6 +27,7 @@ fn typical_claims() -> SessionClaims {
             upstream: 0,
             session_id: Some("6f1c2a7e-3b9d-4c55-8e21-0d6a9f4b7c13".into()),
             protocol_version: ProtocolVersion::V2025_06_18,
+            replica: 0,
         }],
         principal: Some(vec![0x5A; 32]),
     }

@@ -195,6 +195,13 @@ pub mod defaults {
     pub const BREAKER_PROBES: u64 = 1;
     pub const BREAKER_MIN_REQUESTS: u64 = 20;
     pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+    /// Replicas of one upstream (`upstreams[].replicas`).
+    pub const MAX_REPLICAS: usize = 64;
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Two in a row: one lost probe neither takes a replica out nor puts a dead one back.
+    pub const HEALTH_UNHEALTHY_AFTER: u64 = 2;
+    pub const HEALTH_HEALTHY_AFTER: u64 = 2;
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
@@ -835,7 +842,15 @@ fn unknown_upstream(name: &str, upstreams: &[Upstream]) -> String {
 fn upstream_with_defaults(name: String, target: UpstreamTarget) -> Upstream {
     Upstream {
         name,
+        replicas: vec![target.clone()],
         target,
+        health: crate::config::HealthCheck {
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            unhealthy_after: defaults::HEALTH_UNHEALTHY_AFTER as u32,
+            healthy_after: defaults::HEALTH_HEALTHY_AFTER as u32,
+            path: None,
+        },
         connect_timeout: defaults::CONNECT_TIMEOUT,
         request_timeout: defaults::REQUEST_TIMEOUT,
         idle_timeout: defaults::UPSTREAM_IDLE_TIMEOUT,
@@ -886,6 +901,8 @@ fn upstream(
         &[
             "name",
             "url",
+            "replicas",
+            "health",
             "connect_timeout",
             "request_timeout",
             "idle_timeout",
@@ -910,10 +927,15 @@ fn upstream(
             Ok(n.to_string())
         })
         .unwrap_or_default();
-    let target = s
-        .required(p, "url", |v| formats::upstream_url(string(v)?))
+    let replicas = replicas(p, &s);
+    let target = replicas
+        .first()
+        .cloned()
         .unwrap_or(UpstreamTarget::BuiltinDemo);
     let mut u = upstream_with_defaults(name, target);
+    if !replicas.is_empty() {
+        u.replicas = replicas;
+    }
     u.connect_timeout = s.get(
         p,
         "connect_timeout",
@@ -938,6 +960,10 @@ fn upstream(
         "sse" if u.target == UpstreamTarget::BuiltinDemo => {
             Err("the built-in demo speaks streamable_http only".to_string())
         }
+        "sse" if u.replicas.len() > 1 => Err(
+            "replicas are not supported with transport: sse (its session is a stream one worker holds)"
+                .to_string(),
+        ),
         "sse" => Ok(Transport::Sse),
         other => Err(format!(
             "unknown transport {other:?} (streamable_http, or sse for the 2024-11-05 HTTP+SSE transport)"
@@ -1007,6 +1033,7 @@ fn upstream(
         Ok(sep.to_string())
     });
     resilience(p, &s, &mut u);
+    health(p, &s, &mut u);
     let sep = u.separator.clone();
     u.prefix = s.get(p, "prefix", None, |v| {
         let prefix = string(v)?;
@@ -1017,6 +1044,109 @@ fn upstream(
         Ok(Some(prefix.to_string()))
     });
     u
+}
+
+/// `url` or `replicas` (exactly one of them): the upstream's replicas, in the order written;
+/// empty after a problem.
+fn replicas(p: &mut Problems, s: &Section<'_>) -> Vec<UpstreamTarget> {
+    let url = |v: &Value| formats::upstream_url(string(v)?);
+    match (s.value("url"), s.value("replicas")) {
+        (Some(_), Some((at, _))) => {
+            p.add(&at, "write either url (one replica) or replicas, not both");
+            Vec::new()
+        }
+        // Missing reads "url: missing (required)": one replica is the common case.
+        (_, None) => s.required(p, "url", url).into_iter().collect(),
+        (None, Some((at, Value::Sequence(list)))) => {
+            if list.is_empty() {
+                p.add(&at, "empty list: an upstream needs at least one replica");
+                return Vec::new();
+            }
+            if list.len() > defaults::MAX_REPLICAS {
+                p.add(
+                    &at,
+                    format!("more than {} replicas", defaults::MAX_REPLICAS),
+                );
+                return Vec::new();
+            }
+            let mut out: Vec<UpstreamTarget> = Vec::with_capacity(list.len());
+            let mut ok = true;
+            for (i, v) in list.iter().enumerate() {
+                let here = item(&at, i);
+                match url(v) {
+                    Ok(UpstreamTarget::BuiltinDemo) if list.len() > 1 => {
+                        p.add(&here, "builtin:demo cannot be one of several replicas");
+                        ok = false;
+                    }
+                    Ok(t) => match out.iter().position(|o| *o == t) {
+                        Some(first) => {
+                            p.add(&here, format!("duplicate replica (also replicas[{first}])"));
+                            ok = false;
+                        }
+                        None => out.push(t),
+                    },
+                    Err(e) => {
+                        p.add(&here, e);
+                        ok = false;
+                    }
+                }
+            }
+            let https = |t: &UpstreamTarget| matches!(t, UpstreamTarget::Http(h) if h.tls);
+            if ok && out.iter().any(https) && !out.iter().all(https) {
+                p.add(
+                    &at,
+                    "mixes http:// and https:// replicas (one tls applies to all)",
+                );
+                ok = false;
+            }
+            if ok {
+                out
+            } else {
+                Vec::new()
+            }
+        }
+        (None, Some((at, other))) => {
+            p.add(
+                &at,
+                format!("expected a list of URLs, got {}", describe(other)),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `health` of one upstream: the active check of each of its replicas.
+fn health(p: &mut Problems, s: &Section<'_>, u: &mut Upstream) {
+    let h = Section::open(
+        p,
+        extract::child(&s.path, "health"),
+        s.raw("health"),
+        &[
+            "interval",
+            "timeout",
+            "unhealthy_after",
+            "healthy_after",
+            "path",
+        ],
+    );
+    let hc = &mut u.health;
+    hc.interval = h.get(p, "interval", hc.interval, extract::duration(MS));
+    hc.timeout = h.get(p, "timeout", hc.timeout, extract::duration(MS));
+    hc.unhealthy_after = h.get(p, "unhealthy_after", hc.unhealthy_after, |v| {
+        count(1, 1000)(v).map(|n| n as u32)
+    });
+    hc.healthy_after = h.get(p, "healthy_after", hc.healthy_after, |v| {
+        count(1, 1000)(v).map(|n| n as u32)
+    });
+    hc.path = h.get(p, "path", None, |v| {
+        let path = string(v)?;
+        if !path.starts_with('/') || !formats::is_visible_ascii(path) {
+            return Err(format!(
+                "expected a path starting with / (visible ASCII), got {path:?}"
+            ));
+        }
+        Ok(Some(path.to_string()))
+    });
 }
 
 /// `tool_timeouts`, `retries` and `circuit_breaker` of one upstream.

@@ -279,7 +279,15 @@ pub struct Log {
 pub struct Upstream {
     /// `upstreams[].name`: unique, `[A-Za-z0-9_.-]{1,64}`; used in metrics labels and error messages.
     pub name: String,
+    /// The first of `replicas` (`url`, or `replicas[0]`).
     pub target: UpstreamTarget,
+    /// `url` (one replica) or `replicas: [url, …]`: the places that serve this upstream, in the
+    /// order written, without duplicates; http(s) only when more than one. Requests that open a
+    /// session or need none go to the least busy healthy one; sessions stay on theirs
+    /// (`proxy::replicas`).
+    pub replicas: Vec<UpstreamTarget>,
+    /// `health`: the active health check of each replica (upstreams with several replicas).
+    pub health: HealthCheck,
     /// `connect_timeout`, default 2s.
     pub connect_timeout: Duration,
     /// `request_timeout`, default 60s: from sending the request to the upstream's response head.
@@ -354,6 +362,22 @@ pub struct CircuitBreaker {
     pub open_for: Duration,
     /// `half_open_probes`, default 1: requests let through at once while half-open.
     pub half_open_probes: u32,
+}
+
+/// `upstreams[].health`: a background probe of each replica of an upstream with several
+/// (`proxy::replicas`): `GET path` expecting any answer below 500 within `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `interval`, default 5s: between two probes of one replica.
+    pub interval: Duration,
+    /// `timeout`, default 2s: connect, (TLS,) request and the response's status line.
+    pub timeout: Duration,
+    /// `unhealthy_after`, default 2: failed probes in a row that mark a healthy replica down.
+    pub unhealthy_after: u32,
+    /// `healthy_after`, default 2: passed probes in a row that mark a down replica healthy.
+    pub healthy_after: u32,
+    /// `path`, default none: the replica's own URL path (its MCP endpoint).
+    pub path: Option<String>,
 }
 
 /// `upstreams[].era`: the protocol era an upstream speaks. The gateway translates between a
@@ -443,6 +467,8 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.name)
             .field("target", &self.target)
+            .field("replicas", &self.replicas)
+            .field("health", &self.health)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -494,6 +520,18 @@ pub struct HttpTarget {
 }
 
 impl HttpTarget {
+    /// The URL, spelled one way (`scheme://host:port/path`): what a replica's id is made from,
+    /// so `http://h/p` and `http://h:80/p` are the same replica.
+    pub fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{}", self.port, self.path)
+    }
+
     /// Resolves the address now (called at start and, later, on reload).
     pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         use std::net::ToSocketAddrs;

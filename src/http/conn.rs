@@ -27,6 +27,10 @@ pub struct Conn<S: Socket> {
     pub io: S,
     rbuf: Vec<u8>,
     rpos: usize,
+    /// An upstream connection: which replica of its upstream it is open to (its position in
+    /// `UpstreamRuntime::replicas` of the generation that opened it; 0 with one replica), so it
+    /// goes back to that replica's pool stack and a session opened on it is pinned there.
+    pub replica: u32,
 }
 
 /// A connection the gateway lets go of is shut down before its descriptor is closed. On
@@ -52,6 +56,7 @@ impl<S: Socket> Conn<S> {
             io,
             rbuf: Vec::with_capacity(capacity),
             rpos: 0,
+            replica: 0,
         }
     }
 

@@ -51,8 +51,12 @@ pub struct UpstreamHealth {
     /// An https upstream: the probe completes a TLS handshake (certificate and name verified)
     /// after the connect, so an upstream whose certificate fails is not reported ready.
     pub tls: Option<ProbeTls>,
-    /// `upstreams[].circuit_breaker` (`proxy::breaker`).
+    /// `upstreams[].circuit_breaker` (`proxy::breaker`); with several replicas, each has its
+    /// own in `replicas` instead.
     pub breaker: crate::proxy::breaker::Breaker,
+    /// An upstream with several replicas: each one's health check and breaker, by position in
+    /// `UpstreamRuntime::replicas`; empty with one.
+    pub replicas: Vec<crate::proxy::replicas::ReplicaHealth>,
 }
 
 /// What a probe of an https upstream verifies against.
@@ -85,7 +89,14 @@ impl UpstreamHealth {
                 open_for: Duration::from_secs(10),
                 half_open_probes: 1,
             }),
+            replicas: Vec::new(),
         }
+    }
+
+    /// Its replicas' health (an upstream with several).
+    pub fn with_replicas(mut self, replicas: Vec<crate::proxy::replicas::ReplicaHealth>) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// The upstream's circuit breaker (none by default: `consecutive_failures: 0`).
@@ -187,6 +198,50 @@ impl Health {
             );
         }
         self.render_circuits(out);
+        self.render_replicas(out);
+    }
+
+    /// `tollgate_upstream_replica_healthy{upstream,replica}`,
+    /// `tollgate_upstream_replica_circuit_state{upstream,replica}` and
+    /// `tollgate_upstream_health_checks_total{upstream,replica,result}` of upstreams with
+    /// several replicas, written at scrape time.
+    fn render_replicas(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let families = [
+            (
+                names::UPSTREAM_REPLICA_HEALTHY,
+                "gauge",
+                "1 while the replica passes its health check (upstreams[].health).",
+            ),
+            (
+                names::UPSTREAM_REPLICA_CIRCUIT_STATE,
+                "gauge",
+                "The replica's circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ),
+            (
+                names::UPSTREAM_HEALTH_CHECKS_TOTAL,
+                "counter",
+                "Health check probes of upstream replicas, by result.",
+            ),
+        ];
+        for (i, (n, kind, help)) in families.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {n} {help}\n# TYPE {n} {kind}");
+            for h in &self.upstreams {
+                for r in &h.replicas {
+                    let labels = format!("upstream=\"{}\",replica=\"{}\"", h.name, r.url);
+                    let _ = match i {
+                        0 => writeln!(out, "{n}{{{labels}}} {}", u8::from(r.is_healthy())),
+                        1 => writeln!(out, "{n}{{{labels}}} {}", r.breaker.state()),
+                        _ => writeln!(
+                            out,
+                            "{n}{{{labels},result=\"passed\"}} {}\n{n}{{{labels},result=\"failed\"}} {}",
+                            r.passed.load(Ordering::Relaxed),
+                            r.failed.load(Ordering::Relaxed)
+                        ),
+                    };
+                }
+            }
+        }
     }
 
     /// `tollgate_upstream_circuit_state{upstream}` and
@@ -309,6 +364,11 @@ impl HealthSlot {
                 h.failures
                     .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
                 h.breaker.carry_from(&old.breaker);
+                for r in &h.replicas {
+                    if let Some(o) = old.replicas.iter().find(|o| o.id == r.id) {
+                        r.carry_from(o);
+                    }
+                }
             }
         }
         *cur = new;

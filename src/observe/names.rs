@@ -71,6 +71,12 @@ pub const UPSTREAM_UP: &str = "tollgate_upstream_up";
 /// the state entered (closed, open, half_open); written at scrape time like `UPSTREAM_UP`.
 pub const UPSTREAM_CIRCUIT_STATE: &str = "tollgate_upstream_circuit_state";
 pub const UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL: &str = "tollgate_upstream_circuit_transitions_total";
+/// `upstreams[].replicas` (upstreams with several): each replica's health check verdict (1
+/// healthy), its circuit breaker's state, and its health check probes by result (passed,
+/// failed); written at scrape time like `UPSTREAM_UP`.
+pub const UPSTREAM_REPLICA_HEALTHY: &str = "tollgate_upstream_replica_healthy";
+pub const UPSTREAM_REPLICA_CIRCUIT_STATE: &str = "tollgate_upstream_replica_circuit_state";
+pub const UPSTREAM_HEALTH_CHECKS_TOTAL: &str = "tollgate_upstream_health_checks_total";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

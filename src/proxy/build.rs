@@ -120,9 +120,11 @@ impl Gateway {
                         .filter(|s| s.upstreams.iter().any(|su| su.upstream == i))
                         .map(|s| s.path.clone())
                         .collect();
+                    // Ready while any replica answers: the probe tries each one's addresses.
+                    let addrs = rt.replicas.iter().flat_map(|r| r.addrs.clone()).collect();
                     UpstreamHealth::new(
                         cfg.name.clone(),
-                        rt.addrs.clone(),
+                        addrs,
                         cfg.connect_timeout,
                         cfg.unhealthy_after,
                         endpoints,
@@ -132,6 +134,14 @@ impl Gateway {
                         name: name.clone(),
                     }))
                     .with_breaker(cfg.circuit_breaker)
+                    .with_replicas(if rt.replicas.len() > 1 {
+                        rt.replicas
+                            .iter()
+                            .map(|r| super::replicas::ReplicaHealth::new(r, cfg.circuit_breaker))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    })
                 })
                 .collect(),
             endpoints: config
@@ -144,6 +154,7 @@ impl Gateway {
                 .collect(),
             ..Health::default()
         });
+        let checker = super::replicas::Checker::start(&config, &upstreams, &health);
         Ok(Gateway {
             keys: None,
             spans: config
@@ -151,6 +162,7 @@ impl Gateway {
                 .otlp
                 .as_ref()
                 .and_then(crate::observe::otlp::Exporter::start),
+            checker,
             sealer,
             rejects: Rejects::new(&config),
             scan_limits: ScanLimits {
@@ -197,12 +209,19 @@ impl Gateway {
         self.config
             .upstreams
             .iter()
-            .map(|u| match &u.target {
-                UpstreamTarget::BuiltinDemo => format!("{} (builtin:demo)", u.name),
-                UpstreamTarget::Http(t) => {
-                    let scheme = if t.tls { "https" } else { "http" };
-                    format!("{} ({scheme}://{}{})", u.name, t.authority, t.path)
-                }
+            .map(|u| {
+                let urls: Vec<String> = u
+                    .replicas
+                    .iter()
+                    .map(|t| match t {
+                        UpstreamTarget::BuiltinDemo => "builtin:demo".to_string(),
+                        UpstreamTarget::Http(t) => {
+                            let scheme = if t.tls { "https" } else { "http" };
+                            format!("{scheme}://{}{}", t.authority, t.path)
+                        }
+                    })
+                    .collect();
+                format!("{} ({})", u.name, urls.join(" | "))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -256,9 +275,78 @@ fn upstream_runtimes(
                     "upstreams: {} resolves to no address",
                     t.authority
                 );
-                Ok(UpstreamRuntime::new(u, addrs, &t.authority, &t.path))
+                let mut rt = UpstreamRuntime::new(u, addrs, &t.authority, &t.path);
+                rt.replicas = replicas(u, &rt)?;
+                Ok(rt)
             }
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<UpstreamRuntime>>>()?;
+    let mut ups = ups;
+    let mut base = 0;
+    for (rt, cfg) in ups.iter_mut().zip(&config.upstreams) {
+        if rt.replicas.is_empty() {
+            // The built-in demo: its one replica is where it runs.
+            let addr = rt.addrs.clone();
+            let authority = addr.first().map(|a| a.to_string()).unwrap_or_default();
+            let url = format!("http://{authority}/mcp");
+            rt.replicas = vec![super::replicas::Replica::new(
+                url,
+                addr,
+                (&authority, "/mcp"),
+                None,
+                cfg.health.path.as_deref(),
+                rt.pool_key,
+            )];
+        }
+        rt.slot_base = base;
+        base += rt.replicas.len();
+    }
     Ok((ups, demo_addr))
+}
+
+/// The replicas of an http(s) upstream, each resolved (the first is where `rt` points).
+fn replicas(
+    cfg: &crate::config::Upstream,
+    rt: &UpstreamRuntime,
+) -> anyhow::Result<Vec<super::replicas::Replica>> {
+    cfg.replicas
+        .iter()
+        .filter_map(|t| match t {
+            UpstreamTarget::Http(h) => Some(h),
+            UpstreamTarget::BuiltinDemo => None,
+        })
+        .enumerate()
+        .map(|(i, h)| {
+            let addrs = if i == 0 {
+                rt.addrs.clone()
+            } else {
+                let a = h
+                    .resolve()
+                    .with_context(|| format!("upstreams: resolving {}", h.authority))?;
+                anyhow::ensure!(
+                    !a.is_empty(),
+                    "upstreams: {} resolves to no address",
+                    h.authority
+                );
+                a
+            };
+            let tls_name = match &cfg.tls {
+                None => None,
+                Some(t) if t.server_name_set => Some(t.name.clone()),
+                Some(t) => Some(
+                    crate::tls::server_name(&h.host)
+                        .map_err(|e| anyhow::anyhow!("upstreams: {}: {e}", h.url()))
+                        .unwrap_or_else(|_| t.name.clone()),
+                ),
+            };
+            Ok(super::replicas::Replica::new(
+                h.url(),
+                addrs,
+                (&h.authority, &h.path),
+                tls_name,
+                cfg.health.path.as_deref(),
+                rt.pool_key,
+            ))
+        })
+        .collect()
 }

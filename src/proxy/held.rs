@@ -346,7 +346,7 @@ pub async fn era(w: &WorkerState, gw: &Gateway, u: usize, caller: exchange::Call
     crate::http::response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
     crate::http::response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
-    let era = match exchange::whole(w, gw, u, req, caller).await {
+    let era = match exchange::whole(w, gw, (u, 0), req, caller).await {
         Ok(reply) => match decided(&reply) {
             Some(era) => era,
             // Nothing decided (see `decided`): this request goes as to a session-era upstream,
@@ -608,7 +608,7 @@ pub async fn refuse_server_request(
         );
     }
     let req = exchange::post_request(gw, u, Some(&held.session), &[], &body);
-    match exchange::whole(w, gw, u, req, None).await {
+    match exchange::whole(w, gw, (u, held.session.replica), req, None).await {
         Ok(r) if (200..300).contains(&r.status) => {}
         Ok(r) => {
             tracing::warn!(upstream = %up.name, status = r.status, "held session: the answer to a server-to-client request was not accepted")
@@ -637,7 +637,7 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
         env!("CARGO_PKG_VERSION")
     );
     let req = exchange::post_request(gw, u, None, &[], body.as_bytes());
-    let reply = exchange::whole(w, gw, u, req, None)
+    let reply = exchange::whole(w, gw, (u, 0), req, None)
         .await
         .map_err(|e| fail(e.reason))?;
     let result = exchange::result_of(gw, u, &reply, b"\"tollgate-held\"").map_err(fail)?;
@@ -655,10 +655,12 @@ async fn open(w: &WorkerState, gw: &Gateway, u: usize) -> Result<HeldSession, Er
             .session_id
             .filter(|s| UpstreamSession::is_valid_session_id(s.as_bytes())),
         protocol_version: version,
+        // A held session stays on the replica that opened it.
+        replica: reply.replica,
     };
     let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let req = exchange::post_request(gw, u, Some(&session), &[], note);
-    let reply = exchange::whole(w, gw, u, req, None)
+    let reply = exchange::whole(w, gw, (u, session.replica), req, None)
         .await
         .map_err(|e| fail(e.reason))?;
     if !(200..300).contains(&reply.status) {
@@ -685,6 +687,7 @@ mod tests {
             session_id: None,
             body: body.as_bytes().to_vec(),
             sse: false,
+            replica: 0,
         }
     }
 

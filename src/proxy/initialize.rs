@@ -111,7 +111,7 @@ fn seal_session(
     sse: bool,
     id: &[u8],
     server: usize,
-    u: usize,
+    (u, replica): (usize, u64),
     upstream_sid: Option<String>,
     principal: Option<Vec<u8>>,
 ) -> Result<(Option<Sealed>, Option<std::ops::Range<usize>>), String> {
@@ -126,6 +126,7 @@ fn seal_session(
         upstream: gw.upstreams[u].id,
         session_id: upstream_sid,
         protocol_version: version,
+        replica,
     };
     let sealed = seal(w, gw, server, version, up, principal)
         .map_err(|e| format!("sent an unusable Mcp-Session-Id: {e}"))?;
@@ -212,6 +213,7 @@ async fn stateless_upstream(
         upstream: gw.upstreams[u].id,
         session_id: None,
         protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
+        replica: 0,
     };
     let sealed = match seal(w, gw, server, version, up, ctx.binding()) {
         Ok(s) => s,
@@ -250,6 +252,8 @@ pub(super) async fn initialize_reply(
         .clone()
         .map(|r| String::from_utf8_lossy(&upbuf_head[r]).into_owned());
     up_conn.consume(rhead.len);
+    // The session stays on the replica that opened it.
+    let replica = upstream::replica_of(gw, u, &up_conn);
     let mut body = Vec::new();
     let max = gw.config.limits.max_body_bytes;
     let token =
@@ -267,7 +271,7 @@ pub(super) async fn initialize_reply(
                     sse,
                     id,
                     server,
-                    u,
+                    (u, replica),
                     upstream_sid,
                     ctx.binding(),
                 )

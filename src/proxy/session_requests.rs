@@ -113,7 +113,8 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
     let up = &gen.gw.upstreams[u];
     let t_up = Instant::now();
     let req = std::mem::take(&mut c.up_out);
-    let (res, req) = upstream::exchange_as(w, &gen.gw, u, req, ctx.caller()).await;
+    let replica = upstream_session(&gen.gw, Some(&claims), u).map_or(0, |s| s.replica);
+    let (res, req) = upstream::exchange_as(w, &gen.gw, (u, replica), req, ctx.caller()).await;
     c.up_out = req;
     match res {
         Ok((up_conn, rhead)) => {
@@ -146,13 +147,13 @@ pub(super) async fn get(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: Re
 async fn end_upstream_session(
     w: &WorkerState,
     gw: &state::Gateway,
-    u: usize,
+    (u, replica): (usize, u64),
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> Option<UpstreamCall> {
     let up = &gw.upstreams[u];
     let t_up = Instant::now();
-    let (res, _) = upstream::exchange_as(w, gw, u, req, caller).await;
+    let (res, _) = upstream::exchange_as(w, gw, (u, replica), req, caller).await;
     match res {
         Ok((mut up_conn, rhead)) => {
             up_conn.consume(rhead.len);
@@ -222,15 +223,23 @@ pub(super) async fn delete(
             let mut req = gw.upstreams[m.upstream].delete_prefix.clone();
             super::session_header_lines(&mut req, su);
             req.extend_from_slice(b"\r\n");
-            Some(end_upstream_session(w, gw, m.upstream, req, caller))
+            Some(end_upstream_session(
+                w,
+                gw,
+                (m.upstream, su.replica),
+                req,
+                caller,
+            ))
         });
         futures_util::future::join_all(ends).await;
     } else if gw.upstreams[u].legacy {
         // The upstream session is the stream its holder reads: closing it ends the session.
         super::legacy::end(w, gw, &claims, u);
-    } else if upstream_session(gw, Some(&claims), u).is_some_and(|s| s.session_id.is_some()) {
+    } else if let Some(su) =
+        upstream_session(gw, Some(&claims), u).filter(|s| s.session_id.is_some())
+    {
         let req = std::mem::take(&mut c.up_out);
-        if let Some(call) = end_upstream_session(w, gw, u, req, caller).await {
+        if let Some(call) = end_upstream_session(w, gw, (u, su.replica), req, caller).await {
             ctx.upstream_call = Some(call);
         }
     }

@@ -58,6 +58,11 @@ pub struct UpstreamRuntime {
     pub tool_timeouts: Vec<(String, Duration)>,
     /// `retries`: further connect attempts after a failed connect.
     pub retries: crate::config::Retries,
+    /// `url` or `replicas`: at least one; requests are rendered for the first
+    /// (`post_prefix`…), and `replicas::retarget` sends them to another (`proxy::replicas`).
+    pub replicas: Vec<super::replicas::Replica>,
+    /// Where its replicas' pool stacks begin in a worker's pool (one stack per replica).
+    pub slot_base: usize,
 }
 
 impl UpstreamRuntime {
@@ -115,6 +120,8 @@ impl UpstreamRuntime {
             credentials: cfg.credentials.as_deref().cloned().map(Arc::new),
             tool_timeouts: cfg.tool_timeouts.clone(),
             retries: cfg.retries,
+            replicas: Vec::new(),
+            slot_base: 0,
         }
     }
 }
@@ -128,6 +135,9 @@ pub struct Gateway {
     /// The OTLP span exporter of this generation (`tracing.otlp`); its thread flushes and ends
     /// when the generation is dropped.
     pub spans: Option<crate::observe::otlp::Exporter>,
+    /// The active health check of this generation's upstream replicas (none without replicas);
+    /// stops when the generation is dropped.
+    pub checker: Option<super::replicas::Checker>,
     pub sealer: SessionSealer,
     pub upstreams: Vec<UpstreamRuntime>,
     pub rejects: Rejects,
@@ -219,12 +229,21 @@ impl Gateway {
             .map_or_else(|| format!("{id:016x}"), |n| format!("\"{n}\""))
     }
 
-    /// Where upstream `u`'s idle connections live in a worker's pool.
-    pub fn pool_slot(&self, u: usize) -> crate::http::pool::Slot {
+    /// Where the idle connections to replica `r` of upstream `u` live in a worker's pool.
+    pub fn pool_slot(&self, u: usize, r: usize) -> crate::http::pool::Slot {
+        let up = &self.upstreams[u];
         crate::http::pool::Slot {
-            index: u,
-            key: self.upstreams[u].pool_key,
+            index: up.slot_base + r,
+            key: up.replicas.get(r).map_or(up.pool_key, |x| x.pool_key),
         }
+    }
+
+    /// The upstream whose replica's pool stack is at `index` (`pool_slot`).
+    pub fn slot_upstream(&self, index: usize) -> usize {
+        self.upstreams
+            .iter()
+            .rposition(|up| up.slot_base <= index)
+            .unwrap_or(0)
     }
 
     fn upstream_labels(&self) -> Vec<(u64, &str)> {
@@ -235,7 +254,10 @@ impl Gateway {
     }
 
     fn pool_keys(&self) -> Vec<u64> {
-        self.upstreams.iter().map(|u| u.pool_key).collect()
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.replicas.iter().map(|r| r.pool_key))
+            .collect()
     }
 }
 
@@ -342,6 +364,8 @@ pub struct WorkerState {
     pub listen_serial: Cell<u64>,
     /// Tokens for upstreams with `credentials` (`proxy::credentials`).
     pub tokens: super::credentials::Tokens,
+    /// Requests in flight per upstream replica on this worker (`proxy::replicas`).
+    pub replicas: super::replicas::Local,
     /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
     pub traffic: Rc<super::limit::Local>,
     /// This worker's audit records not yet handed to the writer (`observe::audit::Batch`).
@@ -375,6 +399,7 @@ impl WorkerState {
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
             tokens: Default::default(),
+            replicas: Default::default(),
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
             audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
@@ -468,10 +493,8 @@ impl WorkerState {
         if let Some(expires) =
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
-            let put = self
-                .pool
-                .borrow_mut()
-                .put(gw.pool_slot(u), conn, up.max_idle, expires);
+            let slot = gw.pool_slot(u, conn.replica as usize);
+            let put = self.pool.borrow_mut().put(slot, conn, up.max_idle, expires);
             if let Err(why) = put {
                 self.pool_discarded(gw, u, why);
             }
@@ -483,15 +506,21 @@ impl WorkerState {
     pub fn count_exchange(
         &self,
         b: &super::breaker::Breaker,
-        u: usize,
+        window: usize,
         up: &UpstreamRuntime,
         failed: bool,
     ) {
+        // One window per breaker: per replica, at its pool slot position.
         let mut ws = self.error_windows.borrow_mut();
-        if ws.len() <= u {
-            ws.resize(u + 1, Default::default());
+        if ws.len() <= window {
+            ws.resize(window + 1, Default::default());
         }
-        ws[u].count(b, up.id, &up.name, failed, self.shutdown.now());
+        // The window's owner (checked by `count`): the upstream, or its replica.
+        let id = match up.replicas.get(window - up.slot_base) {
+            Some(rep) if up.replicas.len() > 1 => rep.id ^ up.id,
+            _ => up.id,
+        };
+        ws[window].count(b, id, &up.name, failed, self.shutdown.now());
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.

@@ -88,28 +88,32 @@ async fn read_response_head(
 /// verification against `tls.server_name` or the URL's host), each within `connect_timeout`.
 /// A TLS failure reads "TLS handshake failed: invalid peer certificate: UnknownIssuer" and the
 /// like, and is logged.
-async fn open(up: &super::state::UpstreamRuntime) -> std::io::Result<crate::tls::Stream> {
-    let tcp = connect(&up.addrs, up.connect_timeout).await?;
+async fn open(up: &super::state::UpstreamRuntime, r: usize) -> std::io::Result<crate::tls::Stream> {
+    let rep = &up.replicas[r];
+    let tcp = connect(&rep.addrs, up.connect_timeout).await?;
     let Some((config, name)) = &up.tls else {
         return Ok(crate::tls::Stream::Plain(tcp));
     };
+    let name = rep.tls_name.as_ref().unwrap_or(name);
     crate::tls::connect(tcp, config.clone(), name.clone(), up.connect_timeout)
         .await
         .map_err(|e| {
-            tracing::warn!(upstream = %up.name, error = %e, "upstream TLS handshake failed");
+            tracing::warn!(upstream = %up.name, replica = %rep.url, error = %e, "upstream TLS handshake failed");
             std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
         })
 }
 
 /// Sends `req` to upstream `u` and returns the connection positioned after the response head.
-/// The request buffer is always handed back.
+/// The request buffer is always handed back. `replica`: the replica a session is pinned to
+/// (`UpstreamSession::replica`), 0 for any (`proxy::replicas`); the connection's `replica`
+/// says which one answered.
 pub async fn exchange(
     w: &WorkerState,
     gw: &Gateway,
-    u: usize,
+    (u, replica): (usize, u64),
     req: Vec<u8>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    exchange_as(w, gw, u, req, None).await
+    exchange_as(w, gw, (u, replica), req, None).await
 }
 
 /// `exchange` for a request made on behalf of `caller` (an upstream with `token_exchange`
@@ -117,11 +121,35 @@ pub async fn exchange(
 pub async fn exchange_as(
     w: &WorkerState,
     gw: &Gateway,
-    u: usize,
+    (u, replica): (usize, u64),
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    exchange_within(w, gw, u, req, caller, None, None).await
+    exchange_within(w, gw, (u, replica), req, caller, None, None).await
+}
+
+/// The replica of upstream `u` that `conn` is open to, as a session records it: its id when
+/// the upstream has several replicas, else 0 (nothing to pin).
+pub fn replica_of(gw: &Gateway, u: usize, conn: &UpstreamConn) -> u64 {
+    let up = &gw.upstreams[u];
+    if up.replicas.len() > 1 {
+        up.replicas.get(conn.replica as usize).map_or(0, |r| r.id)
+    } else {
+        0
+    }
+}
+
+/// The refusal of a request whose session's replica is gone from the config or down: like a
+/// session whose upstream is gone, the client is told to initialize a new one (404).
+#[cold]
+fn replica_gone(up: &super::state::UpstreamRuntime, why: &str) -> Error {
+    Error::new(
+        Kind::SessionUnknown,
+        format!(
+            "this session's replica of upstream \"{}\" {why}: initialize a new one",
+            up.name
+        ),
+    )
 }
 
 /// The refusal of a request to an upstream whose circuit is open.
@@ -151,41 +179,172 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// `retry_safe` says the request is idempotent (asked only then): a new connection closed
 /// before any response byte is tried again within `retries.attempts` too. Nothing is ever
 /// retried once a response byte arrived.
-pub async fn exchange_within(
+///
+/// An upstream with several replicas: a pinned request goes to its replica (gone from the
+/// config or marked down by the health check: `Kind::SessionUnknown`, 404); any other to the
+/// one `replicas::Local::pick` names, and on to the next when nothing reached the one tried (its
+/// connect failed after `retries`, or its circuit is open). Each replica has its own breaker.
+///
+/// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
+/// itself: every request's future then carries no wrapper state for replicas (it is allocated
+/// and copied whole, see `size_tests`).
+pub fn exchange_within<'a>(
+    w: &'a WorkerState,
+    gw: &'a Gateway,
+    (u, replica): (usize, u64),
+    req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'a>>,
+    tool_timeout: Option<Duration>,
+    retry_safe: Option<&'a dyn Fn() -> bool>,
+) -> impl std::future::Future<Output = (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>)> + 'a
+{
+    use futures_util::future::FutureExt;
+    exchange_replica(w, gw, (u, replica), req, caller, tool_timeout, retry_safe)
+        .map(|(res, req, _)| (res, req))
+}
+
+/// `exchange_replica`'s `to` naming a replica by position (`exchange_across` chose it) rather
+/// than a pinned id (`replica_id`s never have this bit) or 0 (choose). One word, not an enum:
+/// it is part of every request's future.
+const AT: u64 = 1 << 63;
+/// With `AT`: the request already carries the upstream's credential (`exchange_across` added it
+/// once, for whichever replica takes it).
+const AUTHORIZED: u64 = 1 << 62;
+
+/// `exchange_within` for an upstream with several replicas.
+async fn exchange_across(
     w: &WorkerState,
     gw: &Gateway,
-    u: usize,
+    (u, replica): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     tool_timeout: Option<Duration>,
     retry_safe: Option<&dyn Fn() -> bool>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
-    let breaker = gw.health.upstreams.get(u).map(|h| &h.breaker);
+    let health = gw
+        .health
+        .upstreams
+        .get(u)
+        .map_or(&[][..], |h| &h.replicas[..]);
+    // The replica the request's bytes are rendered for: the first, unless they come back from
+    // an exchange (a resend) that retargeted them.
+    let mut at = memchr::memchr(b' ', &req)
+        .and_then(|sp| {
+            up.replicas
+                .iter()
+                .position(|x| req[sp..].starts_with(&x.line))
+        })
+        .unwrap_or(0);
+    if let Some(cr) = &up.credentials {
+        let authorized = super::credentials::authorize(&w.tokens, &up.name, cr, caller, &mut req);
+        if let Err(e) = authorized.await {
+            return (Err(e), req);
+        }
+    }
+    let mut tried = 0u64;
+    loop {
+        let r = if replica != 0 {
+            match up.replicas.iter().position(|x| x.id == replica) {
+                None => return (Err(replica_gone(up, "is no longer configured")), req),
+                Some(r) if health.get(r).is_some_and(|h| !h.is_healthy()) => {
+                    return (Err(replica_gone(up, "is down (health check)")), req)
+                }
+                Some(r) => r,
+            }
+        } else {
+            match w.replicas.pick(up, health, tried) {
+                Some(r) => r,
+                // (Not reached: the loop goes on only while one is left.)
+                None => {
+                    let why = format!("upstream \"{}\": every replica was tried", up.name);
+                    return (Err(Error::new(Kind::UpstreamUnavailable, why)), req);
+                }
+            }
+        };
+        if r != at {
+            super::replicas::retarget(&mut req, &up.replicas[at], &up.replicas[r]);
+            at = r;
+        }
+        let _in_flight = w.replicas.begin(up, r);
+        let (res, back, nothing_sent) = exchange_replica(
+            w,
+            gw,
+            (u, AT | AUTHORIZED | r as u64),
+            req,
+            caller,
+            tool_timeout,
+            retry_safe,
+        )
+        .await;
+        req = back;
+        tried |= 1 << r;
+        let others_left = (0..up.replicas.len()).any(|x| tried & (1 << x) == 0);
+        if replica == 0 && nothing_sent && others_left {
+            if let Err(e) = &res {
+                tracing::debug!(upstream = %up.name, replica = %up.replicas[r].url, error = %e.reason, "trying another replica");
+            }
+            continue;
+        }
+        return (res, req);
+    }
+}
+
+/// One replica's exchange (`exchange_within`); the flag says the request reached nothing (a
+/// failed connect or an open circuit), so another replica may take it.
+async fn exchange_replica(
+    w: &WorkerState,
+    gw: &Gateway,
+    (u, to): (usize, u64),
+    mut req: Vec<u8>,
+    caller: Option<super::credentials::Caller<'_>>,
+    tool_timeout: Option<Duration>,
+    retry_safe: Option<&dyn Fn() -> bool>,
+) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>, bool) {
+    let up = &gw.upstreams[u];
+    let r = match to {
+        _ if to & AT != 0 => (to & !(AT | AUTHORIZED)) as usize,
+        _ if up.replicas.len() < 2 => 0,
+        pin => {
+            // Boxed: the replica loop is only for upstreams with several.
+            let across = exchange_across(w, gw, (u, pin), req, caller, tool_timeout, retry_safe);
+            let (res, req) = Box::pin(across).await;
+            return (res, req, false);
+        }
+    };
+    let breaker = gw.health.upstreams.get(u).map(|h| match h.replicas.get(r) {
+        Some(rh) => &rh.breaker,
+        None => &h.breaker,
+    });
     // Held to the end of the exchange: a half-open probe's slot comes back when it drops.
     let _admitted = match breaker.map(|b| b.admit(&up.name)) {
-        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req),
+        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req, true),
         Some(Ok(a)) => Some(a),
         None => None,
     };
-    // `error_ratio` on: every outcome is counted in this worker's window.
+    // `error_ratio` on: every outcome is counted in this worker's window (one per replica).
     let ratio = breaker.filter(|b| b.config().error_ratio > 0.0);
+    let window = up.slot_base + r;
     let failed = |why: &str| {
         if let Some(b) = breaker {
             b.failed(&up.name, why);
         }
         if let Some(b) = ratio {
-            w.count_exchange(b, u, up, true);
+            w.count_exchange(b, window, up, true);
         }
     };
-    if let Some(cr) = &up.credentials {
+    if let Some(cr) = up
+        .credentials
+        .as_ref()
+        .filter(|_| to & (AT | AUTHORIZED) != AT | AUTHORIZED)
+    {
         // Boxed: a token fetch (an HTTP client, maybe TLS) is rare and large; inlined, its
         // state would be moved and allocated with every request's future.
         let authorized = Box::pin(super::credentials::authorize(
             &w.tokens, &up.name, cr, caller, &mut req,
         ));
         if let Err(e) = authorized.await {
-            return (Err(e), req);
+            return (Err(e), req, false);
         }
     }
     let mut retried = false;
@@ -199,14 +358,18 @@ pub async fn exchange_within(
             let now = Instant::now();
             w.pool
                 .borrow_mut()
-                .take(gw.pool_slot(u), now, |why| w.pool_discarded(gw, u, why))
+                .take(gw.pool_slot(u, r), now, |why| w.pool_discarded(gw, u, why))
         };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
             // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
-            None => match Box::pin(open(up)).await {
-                Ok(s) => Conn::new(s, UPSTREAM_READ_BUFFER),
+            None => match Box::pin(open(up, r)).await {
+                Ok(s) => {
+                    let mut c = Conn::new(s, UPSTREAM_READ_BUFFER);
+                    c.replica = r as u32;
+                    c
+                }
                 Err(e) if attempts < up.retries.attempts => {
                     // Nothing reached the upstream: try again after the backoff.
                     attempts += 1;
@@ -220,7 +383,7 @@ pub async fn exchange_within(
                     gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
                     failed(&msg);
-                    return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
+                    return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req, true);
                 }
             },
         };
@@ -243,13 +406,13 @@ pub async fn exchange_within(
                 } else if let Some(b) = breaker {
                     b.succeeded(&up.name);
                     if ratio.is_some() {
-                        w.count_exchange(b, u, up, false);
+                        w.count_exchange(b, window, up, false);
                     }
                 }
                 if head.status == 401 && up.credentials.is_some() {
                     w.tokens.rejected(&up.name, caller.map(|c| c.principal));
                 }
-                return (Ok((conn, head)), req);
+                return (Ok((conn, head)), req, false);
             }
             // A pooled connection the upstream closed while idle: nothing was processed, retry
             // once on a new connection.
@@ -278,7 +441,7 @@ pub async fn exchange_within(
                 });
                 let msg = format!("upstream \"{}\" is unavailable: {why}", up.name);
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req);
+                return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req, false);
             }
             Err(HeadRead::Timeout) => {
                 gw.health.upstream_failed(u);
@@ -293,12 +456,12 @@ pub async fn exchange_within(
                     timeout.as_millis()
                 );
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamTimeout, msg)), req);
+                return (Err(Error::new(Kind::UpstreamTimeout, msg)), req, false);
             }
             Err(HeadRead::Invalid(why)) => {
                 let msg = format!("upstream \"{}\" sent an invalid response: {why}", up.name);
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamProtocol, msg)), req);
+                return (Err(Error::new(Kind::UpstreamProtocol, msg)), req, false);
             }
         }
     }

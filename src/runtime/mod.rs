@@ -321,9 +321,9 @@ async fn worker_main(
                 if ticks % 20 == 0 {
                     // The pool is ordered like the current config (`install` re-keys it).
                     let gw = w.gw();
-                    w.pool
-                        .borrow_mut()
-                        .sweep(Instant::now(), |u, why| w.pool_discarded(&gw, u, why));
+                    w.pool.borrow_mut().sweep(Instant::now(), |i, why| {
+                        w.pool_discarded(&gw, gw.slot_upstream(i), why)
+                    });
                     w.publish_token_cache();
                 }
                 if ticks % 200 == 0 {

@@ -114,7 +114,7 @@ pub fn env_name(s: &str) -> Result<(), String> {
     }
 }
 
-fn is_visible_ascii(s: &str) -> bool {
+pub(super) fn is_visible_ascii(s: &str) -> bool {
     s.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 

@@ -203,20 +203,19 @@ pub fn render_effective(c: &Config) -> String {
 
     let _ = writeln!(o, "upstreams:");
     for u in &c.upstreams {
-        let url = match &u.target {
+        let url = |t: &UpstreamTarget| match t {
             UpstreamTarget::BuiltinDemo => "builtin:demo".to_string(),
-            UpstreamTarget::Http(h) => {
-                let host = if h.host.contains(':') {
-                    format!("[{}]", h.host)
-                } else {
-                    h.host.clone()
-                };
-                let scheme = if h.tls { "https" } else { "http" };
-                format!("{scheme}://{host}:{}{}", h.port, h.path)
-            }
+            UpstreamTarget::Http(h) => h.url(),
         };
         let _ = writeln!(o, "  - name: {}", q(&u.name));
-        let _ = writeln!(o, "    url: {}", q(&url));
+        if let [one] = &u.replicas[..] {
+            let _ = writeln!(o, "    url: {}", q(&url(one)));
+        } else {
+            let _ = writeln!(o, "    replicas:");
+            for r in &u.replicas {
+                let _ = writeln!(o, "      - {}", q(&url(r)));
+            }
+        }
         let _ = writeln!(o, "    transport: {}", u.transport.as_str());
         let _ = writeln!(
             o,
@@ -809,4 +808,18 @@ fn render_resilience(o: &mut String, u: &crate::config::Upstream) {
     let _ = writeln!(o, "      window: {}", render_duration(cb.window));
     let _ = writeln!(o, "      open_for: {}", render_duration(cb.open_for));
     let _ = writeln!(o, "      half_open_probes: {}", cb.half_open_probes);
+    let h = &u.health;
+    let _ = writeln!(o, "    health:");
+    let _ = writeln!(o, "      interval: {}", render_duration(h.interval));
+    let _ = writeln!(o, "      timeout: {}", render_duration(h.timeout));
+    let _ = writeln!(o, "      unhealthy_after: {}", h.unhealthy_after);
+    let _ = writeln!(o, "      healthy_after: {}", h.healthy_after);
+    match &h.path {
+        None => {
+            let _ = writeln!(o, "      path: null  # the replica's URL path");
+        }
+        Some(p) => {
+            let _ = writeln!(o, "      path: {}", q(p));
+        }
+    }
 }

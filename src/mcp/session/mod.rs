@@ -30,8 +30,10 @@ pub const MAX_UPSTREAMS: usize = 64;
 
 /// Fixed part of the payload: id 16, server 8, version 1, issued 8, expires 8, principal tag 1, count 1.
 const FIXED_LEN: usize = 16 + 8 + 1 + 8 + 8 + 1 + 1;
-/// Per upstream session: upstream 8, version 1, session id length 1.
+/// Per upstream session: upstream 8, version 1, session id length 1 (+ 8 with a replica).
 const PER_UPSTREAM_LEN: usize = 8 + 1 + 1;
+/// Set on an upstream session's version byte when a replica id follows it (versions are small).
+const WITH_REPLICA: u8 = 0x80;
 
 /// A stable, name-derived identity: the first 8 bytes of SHA-256 over a domain and the name.
 /// Tokens, pools and metrics refer to servers and upstreams by it, never by list position, so
@@ -55,6 +57,14 @@ pub fn server_id(path: &str) -> u64 {
 /// The stable id of the upstream named `name`.
 pub fn upstream_id(name: &str) -> u64 {
     stable_id(b"tollgate/upstream", name)
+}
+
+/// The stable id of an upstream replica at `url` (`HttpTarget::url`, one spelling): a reload
+/// that reorders an upstream's replicas keeps the sessions pinned to each. Never 0 (0 means
+/// "no replica recorded" in a token), and never has the top bit set (`proxy::upstream` uses it
+/// to name a replica by position instead).
+pub fn replica_id(url: &str) -> u64 {
+    (stable_id(b"tollgate/replica", url) >> 1).max(1)
 }
 /// Principal tag meaning "no principal".
 const NO_PRINCIPAL: u8 = 0xFF;
@@ -85,6 +95,10 @@ pub struct UpstreamSession {
     /// The upstream's own `Mcp-Session-Id`, if it issued one: visible ASCII, 1..=255 bytes.
     pub session_id: Option<String>,
     pub protocol_version: ProtocolVersion,
+    /// The replica the session was opened on (`replica_id` of its URL), when the upstream has
+    /// several; 0: none recorded (one replica, or a session of the stateless revision), and the
+    /// request may go to any.
+    pub replica: u64,
 }
 
 impl UpstreamSession {
@@ -284,6 +298,9 @@ fn encoded_len(c: &SessionClaims) -> Result<usize, ClaimsError> {
     }
     for u in &c.upstreams {
         len += PER_UPSTREAM_LEN;
+        if u.replica != 0 {
+            len += 8;
+        }
         if let Some(id) = &u.session_id {
             if !UpstreamSession::is_valid_session_id(id.as_bytes()) {
                 return Err(ClaimsError::UpstreamSessionId);
@@ -298,7 +315,9 @@ fn encoded_len(c: &SessionClaims) -> Result<usize, ClaimsError> {
 //   id[16] server:u64 version:u8 issued_at:u64 expires_at:u64
 //   principal_len:u8 (0xFF = none, else 0..=64) principal[principal_len]
 //   n_upstreams:u8 (≤ 64) then per upstream:
-//     upstream:u64 version:u8 sid_len:u8 (0 = none; ids are never empty) sid[sid_len]
+//     upstream:u64 version:u8 [replica:u64 when version has bit 0x80] sid_len:u8
+//     (0 = none; ids are never empty) sid[sid_len]
+// (The replica was added without a new prefix: a token without one reads as before.)
 // Server and upstreams are stable ids (`server_id`, `upstream_id`), never list positions.
 // The payload must be consumed exactly; any leftover or shortfall is Malformed.
 
@@ -319,7 +338,12 @@ fn encode(c: &SessionClaims, out: &mut Vec<u8>) {
     out.push(c.upstreams.len() as u8);
     for u in &c.upstreams {
         out.extend_from_slice(&u.upstream.to_be_bytes());
-        out.push(u.protocol_version as u8);
+        if u.replica == 0 {
+            out.push(u.protocol_version as u8);
+        } else {
+            out.push(u.protocol_version as u8 | WITH_REPLICA);
+            out.extend_from_slice(&u.replica.to_be_bytes());
+        }
         match &u.session_id {
             None => out.push(0),
             Some(id) => {
@@ -375,7 +399,16 @@ fn decode(payload: &[u8]) -> Option<SessionClaims> {
     let mut upstreams = Vec::with_capacity(count);
     for _ in 0..count {
         let upstream = r.u64()?;
-        let protocol_version = ProtocolVersion::from_u8(r.u8()?)?;
+        let v = r.u8()?;
+        let protocol_version = ProtocolVersion::from_u8(v & !WITH_REPLICA)?;
+        let replica = if v & WITH_REPLICA != 0 {
+            match r.u64()? {
+                0 => return None,
+                id => id,
+            }
+        } else {
+            0
+        };
         let session_id = match usize::from(r.u8()?) {
             0 => None,
             n => {
@@ -390,6 +423,7 @@ fn decode(payload: &[u8]) -> Option<SessionClaims> {
             upstream,
             session_id,
             protocol_version,
+            replica,
         });
     }
     if !r.0.is_empty() {

@@ -20,11 +20,13 @@ fn claims() -> SessionClaims {
                 upstream: 0,
                 session_id: Some("abc-123_XYZ".into()),
                 protocol_version: ProtocolVersion::V2025_03_26,
+                replica: 0,
             },
             UpstreamSession {
                 upstream: u64::MAX,
                 session_id: None,
                 protocol_version: ProtocolVersion::V2025_11_25,
+                replica: super::replica_id("http://10.0.0.2:3000/mcp"),
             },
         ],
         principal: Some(vec![1, 2, 3, 0xFF]),
@@ -82,6 +84,7 @@ fn round_trips_every_field() {
             upstream: 1,
             session_id: Some("~".repeat(255)),
             protocol_version: ProtocolVersion::V2024_11_05,
+            replica: u64::MAX,
         }],
         ..c.clone()
     });
@@ -234,6 +237,7 @@ fn invalid_claims_are_refused_by_try_seal_and_never_open() {
             upstream: 0,
             session_id: Some(sid.into()),
             protocol_version: ProtocolVersion::V2025_06_18,
+            replica: 0,
         }],
         ..claims()
     };
@@ -290,6 +294,7 @@ fn largest_sealable_token_fits_the_bound() {
         upstream: 0,
         session_id: Some("x".repeat(255)),
         protocol_version: ProtocolVersion::V2025_06_18,
+        replica: 0,
     };
     c.upstreams = vec![long.clone(); 5];
     let t = s.try_seal(&c).expect("five 255-byte upstream ids fit");
@@ -314,12 +319,16 @@ fn arb_upstream() -> impl Strategy<Value = UpstreamSession> {
         any::<u64>(),
         proptest::option::of("[!-~]{1,40}"),
         arb_version(),
+        any::<u64>(),
     )
-        .prop_map(|(upstream, session_id, protocol_version)| UpstreamSession {
-            upstream,
-            session_id,
-            protocol_version,
-        })
+        .prop_map(
+            |(upstream, session_id, protocol_version, replica)| UpstreamSession {
+                upstream,
+                session_id,
+                protocol_version,
+                replica,
+            },
+        )
 }
 
 fn arb_claims() -> impl Strategy<Value = SessionClaims> {
@@ -402,6 +411,7 @@ fn a_federated_session_fits() {
                 upstream: upstream_id(&format!("upstream-{i}")),
                 session_id: Some(format!("{i:08}-1b4e-4c5f-9a2d-6f1e2d3c4b5a")),
                 protocol_version: ProtocolVersion::V2025_06_18,
+                replica: super::replica_id(&format!("http://10.0.0.{i}:3000/mcp")),
             })
             .collect(),
         principal: Some(vec![0x5A; 32]),
@@ -410,4 +420,33 @@ fn a_federated_session_fits() {
     let t = s.try_seal(&c).expect("fits");
     assert!(t.len() < 1200, "{}", t.len());
     assert_eq!(s.open(t.as_bytes(), NOW), Ok(c));
+}
+
+#[test]
+fn a_replica_id_costs_its_eight_bytes_only_when_recorded() {
+    let s = SessionSealer::new(&KEY);
+    let mut c = claims();
+    c.upstreams.truncate(1);
+    let without = s.seal(&c);
+    c.upstreams[0].replica = super::replica_id("http://10.0.0.1:3000/mcp");
+    let with = s.seal(&c);
+    assert_eq!(
+        s.open(with.as_bytes(), NOW).map(|o| o.upstreams[0].replica),
+        Ok(c.upstreams[0].replica)
+    );
+    assert_eq!(
+        s.open(without.as_bytes(), NOW)
+            .map(|o| o.upstreams[0].replica),
+        Ok(0)
+    );
+    // base64 of 8 more payload bytes: 10 or 11 characters.
+    assert!(
+        (10..=11).contains(&(with.len() - without.len())),
+        "{without} {with}"
+    );
+    // Ids are never 0 (0 means none recorded), and differ by URL.
+    assert_ne!(
+        super::replica_id("http://a:1/mcp"),
+        super::replica_id("http://a:2/mcp")
+    );
 }

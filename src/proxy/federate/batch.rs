@@ -285,7 +285,8 @@ async fn send(
         return answered(gw, (i, m), reply, session, u, failed);
     }
     let out = exchange::post_request(gw, u, Some(session_of_u), &req.trace, body);
-    let (res, _) = upstream::exchange_as(w, gw, u, out, req.access.caller()).await;
+    let (res, _) =
+        upstream::exchange_as(w, gw, (u, session_of_u.replica), out, req.access.caller()).await;
     let (mut conn, head) = match res {
         Ok(x) => x,
         Err(e) => return failed(e.kind, e.reason, None),
@@ -313,6 +314,7 @@ async fn send(
     let reply = Reply {
         status: head.status,
         session_id: None,
+        replica: session_of_u.replica,
         body: reply_body,
         sse,
     };

@@ -32,6 +32,8 @@ struct Opened {
     version: ProtocolVersion,
     session_id: Option<String>,
     result: sonic_rs::Value,
+    /// The replica its session was opened on (0: one replica, or stateless).
+    replica: u64,
 }
 
 pub(super) async fn initialize(
@@ -75,12 +77,13 @@ pub(super) async fn initialize(
                         session_id: Some(binding),
                         body: msg,
                         sse: false,
+                        replica: 0,
                     })
                     .map_err(|why| crate::error::Error::new(Kind::UpstreamUnavailable, why));
                 return (u, reply);
             }
             let r = exchange::post_request(gw, u, None, trace, body);
-            (u, exchange::whole(w, gw, u, r, caller).await)
+            (u, exchange::whole(w, gw, (u, 0), r, caller).await)
         }
     });
     let replies = join_all(calls).await;
@@ -135,6 +138,7 @@ pub(super) async fn initialize(
                 upstream: gw.upstreams[o.u].id,
                 session_id: o.session_id.clone(),
                 protocol_version: o.version,
+                replica: o.replica,
             })
             .collect(),
         principal: ctx.binding(),
@@ -182,6 +186,7 @@ async fn stateless_member(
         version: crate::mcp::modern::STATELESS_VERSIONS[0],
         session_id: None,
         result,
+        replica: 0,
     })
 }
 
@@ -208,6 +213,7 @@ pub(in super::super) async fn stateless_members(
                 upstream: gw.upstreams[u].id,
                 session_id: None,
                 protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
+                replica: 0,
             }),
             Era::Session => match held::any_session(w, gw, u).await {
                 Ok(h) => out.push(h.session.clone()),
@@ -290,6 +296,7 @@ pub(in super::super) async fn stateless_discover(
                 version: crate::mcp::modern::STATELESS_VERSIONS[0],
                 session_id: None,
                 result,
+                replica: 0,
             });
         }
     }
@@ -352,6 +359,7 @@ fn close_legacy_binding(w: &WorkerState, gw: &Gateway, u: usize, session: [u8; 1
         upstream: gw.upstreams[u].id,
         session_id: Some(sid.to_string()),
         protocol_version: ProtocolVersion::LATEST_LEGACY,
+        replica: 0,
     };
     if let Some(link) = super::super::legacy::member_link(&s, Some(session)) {
         super::super::legacy::unlink(w, link);
@@ -386,6 +394,7 @@ fn opened_from(gw: &Gateway, u: usize, reply: Reply, id: &[u8]) -> Result<Opened
         version,
         session_id: reply.session_id,
         result,
+        replica: reply.replica,
     })
 }
 

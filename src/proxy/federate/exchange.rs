@@ -22,6 +22,9 @@ pub struct Reply {
     pub session_id: Option<String>,
     pub body: Vec<u8>,
     pub sse: bool,
+    /// The replica that answered (`upstream::replica_of`; 0 with one): where a session it
+    /// opened is pinned.
+    pub replica: u64,
 }
 
 /// A POST of `body` to upstream `u` with its session (if any) and the request's trace headers.
@@ -121,7 +124,7 @@ pub async fn rpc(
 ) -> Result<Reply, Error> {
     if !gw.upstreams[u].legacy {
         let req = post_request(gw, u, Some(session), trace, body);
-        return whole(w, gw, u, req, caller).await;
+        return whole(w, gw, (u, session.replica), req, caller).await;
     }
     use super::super::legacy;
     let fail = |why: String| Error::new(Kind::UpstreamUnavailable, why);
@@ -140,6 +143,7 @@ pub async fn rpc(
         session_id: None,
         body,
         sse: false,
+        replica: 0,
     };
     if request {
         let msg = legacy::ask_raw(w, gw, u, &link, trace, body)
@@ -159,13 +163,14 @@ pub async fn rpc(
 pub async fn whole(
     w: &WorkerState,
     gw: &Gateway,
-    u: usize,
+    (u, replica): (usize, u64),
     req: Vec<u8>,
     caller: Caller<'_>,
 ) -> Result<Reply, Error> {
     let up = &gw.upstreams[u];
-    let (res, _) = upstream::exchange_as(w, gw, u, req, caller).await;
+    let (res, _) = upstream::exchange_as(w, gw, (u, replica), req, caller).await;
     let (mut conn, head) = res?;
+    let replica = upstream::replica_of(gw, u, &conn);
     let head_bytes = conn.buffered()[..head.len].to_vec();
     let sse = head.is_sse(&head_bytes);
     let session_id = head
@@ -193,6 +198,7 @@ pub async fn whole(
         session_id,
         body,
         sse,
+        replica,
     })
 }
 

@@ -517,6 +517,7 @@ pub(in crate::proxy) async fn listen(
             upstream: gw.upstreams[u].id,
             session_id: None,
             protocol_version: crate::mcp::modern::STATELESS_VERSIONS[0],
+            replica: 0,
         };
         let msg = member_body(&req, &id, &filter);
         let out = exchange::post_request(gw, u, Some(&session), &trace, &msg);
@@ -525,7 +526,7 @@ pub(in crate::proxy) async fn listen(
                 u,
                 id,
                 filter,
-                upstream::exchange_as(w, gw, u, out, caller).await.0,
+                upstream::exchange_as(w, gw, (u, 0), out, caller).await.0,
             )
         }
     });

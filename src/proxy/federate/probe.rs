@@ -137,7 +137,7 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
     }
     let init = initialize_request();
     let req = exchange::post_request(gw, u, None, b"", init.as_bytes());
-    let reply = exchange::whole(w, gw, u, req, None)
+    let reply = exchange::whole(w, gw, (u, 0), req, None)
         .await
         .map_err(|e| format!("initialize: {}", e.reason))?;
     let result =
@@ -151,10 +151,11 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
         upstream: upstream_id(&gw.upstreams[u].name),
         session_id: reply.session_id.clone(),
         protocol_version: version,
+        replica: reply.replica,
     };
     let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}";
     let req = exchange::post_request(gw, u, Some(&session), b"", note);
-    let listed = match exchange::whole(w, gw, u, req, None).await {
+    let listed = match exchange::whole(w, gw, (u, session.replica), req, None).await {
         Err(e) => Err(format!("notifications/initialized: {}", e.reason)),
         Ok(r) if !(200..300).contains(&r.status) => Err(format!(
             "notifications/initialized: answered HTTP {}",
@@ -194,7 +195,7 @@ async fn upstream(w: &Rc<WorkerState>, gw: &Arc<Gateway>, u: usize) -> Result<Li
             );
         }
         req.extend_from_slice(b"\r\n");
-        if let Err(e) = exchange::whole(w, gw, u, req, None).await {
+        if let Err(e) = exchange::whole(w, gw, (u, session.replica), req, None).await {
             tracing::debug!(error = %e.reason, "probe: session not ended");
         }
     }

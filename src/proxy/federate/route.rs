@@ -91,7 +91,7 @@ async fn send(
         crate::error::Era::Session => Then::Translated,
         crate::error::Era::Stateless => Then::Stamped(super::super::stateless::Stamp::MODERN),
     };
-    forward(w, c, ctx, u, had_session, then).await
+    forward(w, c, ctx, (u, session.replica), had_session, then).await
 }
 
 /// One message to decide on: its scanned view, its bytes, and where those bytes start in the

@@ -497,7 +497,7 @@ pub(in crate::proxy) async fn get(
         Some(async move {
             (
                 u,
-                super::super::upstream::exchange_as(w, gw, u, req, caller)
+                super::super::upstream::exchange_as(w, gw, (u, su.replica), req, caller)
                     .await
                     .0,
             )

@@ -268,7 +268,8 @@ async fn send(
 ) -> Result<(), PostError> {
     let up = &gw.upstreams[u];
     let t = Instant::now();
-    let (res, _) = upstream::exchange(w, gw, u, post_request(gw, u, endpoint, trace, body)).await;
+    let (res, _) =
+        upstream::exchange(w, gw, (u, 0), post_request(gw, u, endpoint, trace, body)).await;
     let (mut conn, rhead) = match res {
         Ok(x) => x,
         Err(e) => {
@@ -600,6 +601,7 @@ fn seal(
             upstream: gw.upstreams[u].id,
             session_id: Some(carried),
             protocol_version: version,
+            replica: 0,
         }],
         principal: ctx.binding(),
     };
@@ -763,7 +765,7 @@ async fn open_stream(
     };
     let mut req = up.get_prefix.clone();
     req.extend_from_slice(b"\r\n");
-    let (res, _) = upstream::exchange(w, gw, u, req).await;
+    let (res, _) = upstream::exchange(w, gw, (u, 0), req).await;
     let (mut conn, rhead) = res.map_err(|e| ("connect", e.kind, e.reason))?;
     if rhead.status != 200 || !rhead.is_sse(conn.buffered()) {
         return Err((

@@ -349,7 +349,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
         Action::Refuse(r) => refuse(c, ctx, r).await,
         Action::Forward { u, kind } => match kind {
             Forwarded::Discover => discover(w, c, ctx, u).await,
-            _ => forward(w, c, ctx, u, false, then_for(kind)).await,
+            _ => forward(w, c, ctx, (u, 0), false, then_for(kind)).await,
         },
         Action::Held { u, lease } => forward_held(w, c, ctx, u, lease).await,
         Action::Federated(f) => federated(w, c, ctx, *f).await,
@@ -365,7 +365,7 @@ pub(super) async fn finish(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, a: Ac
                     render(&mut c.up_out, gw, u, None, modern, trace, &p.body);
                     match p.kind {
                         Forwarded::Discover => discover(w, c, ctx, u).await,
-                        kind => forward(w, c, ctx, u, false, then_for(kind)).await,
+                        kind => forward(w, c, ctx, (u, 0), false, then_for(kind)).await,
                     }
                 }
                 Era::Session => {
@@ -479,7 +479,7 @@ async fn discover(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, u: usize) -> N
     ctx.upstream = Some(u);
     let req = std::mem::take(&mut c.up_out);
     let id = ctx.answer_id().map(<[u8]>::to_vec).unwrap_or_default();
-    let reply = exchange::whole(w, gw, u, req, ctx.caller()).await;
+    let reply = exchange::whole(w, gw, (u, 0), req, ctx.caller()).await;
     let upstream_result = match reply {
         Ok(r) => exchange::result_of(gw, u, &r, &id),
         Err(e) => Err(e.reason),
@@ -514,7 +514,7 @@ pub(super) async fn discover_upstream(
     response::header(&mut headers, b"mcp-protocol-version", v.as_bytes());
     response::header(&mut headers, b"mcp-method", b"server/discover");
     let req = exchange::post_request(gw, u, None, &headers, body.as_bytes());
-    let reply = exchange::whole(w, gw, u, req, caller)
+    let reply = exchange::whole(w, gw, (u, 0), req, caller)
         .await
         .map_err(|e| e.reason)?;
     exchange::result_of(gw, u, &reply, b"\"tollgate-discover\"")

@@ -42,9 +42,12 @@ pub(super) async fn forward_held(
     let t_up = std::time::Instant::now();
     lease.begin();
     let req = std::mem::take(&mut c.up_out);
-    let (res, req) = upstream::exchange_as(w, gw, u, req, ctx.caller()).await;
+    let (res, req) =
+        upstream::exchange_as(w, gw, (u, lease.session.replica), req, ctx.caller()).await;
     c.up_out = req;
-    let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404);
+    // A 404, or its replica gone or down (`upstream::exchange_within`): the session is over.
+    let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404)
+        || matches!(&res, Err(e) if e.kind == crate::error::Kind::SessionUnknown);
     if !ended {
         let then = then_held(ctx.first(), &lease);
         return respond(w, c, ctx, (u, res, t_up), true, then).await;
@@ -61,7 +64,7 @@ pub(super) async fn forward_held(
     resend_in(gw, u, &fresh.session, &mut c.up_out);
     let then = then_held(ctx.first(), &fresh);
     fresh.begin();
-    forward(w, c, ctx, u, true, then).await
+    forward(w, c, ctx, (u, fresh.session.replica), true, then).await
 }
 
 /// Renders the request in `req` (one in a held session that ended) again for `session`: the

@@ -99,7 +99,7 @@ pub(in crate::proxy) async fn finish_translated(
         Translated::Refuse(r) => refuse(c, ctx, r).await,
         Translated::Result(r) => super::super::federate::reply_result(c, ctx, r).await,
         Translated::Accepted => super::super::federate::accepted(c, ctx).await,
-        Translated::Forward => forward(w, c, ctx, u, false, Then::Translated).await,
+        Translated::Forward => forward(w, c, ctx, (u, 0), false, Then::Translated).await,
     }
 }
 

@@ -1,0 +1,502 @@
+//! Replicas of one upstream (`upstreams[].replicas`): where each is (`Replica`), which one a
+//! request goes to (`Local::pick`: the fewest requests in flight on this worker among the healthy,
+//! ties in turn), their shared state (`ReplicaHealth`: an active check's verdict and a circuit
+//! breaker, atomics read with one relaxed load on the request path) and the active check itself
+//! (`Checker`: one thread per config generation, blocking probes, never on a worker).
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::breaker::Breaker;
+use super::state::UpstreamRuntime;
+use crate::observe::admin::Health;
+
+/// One replica of an upstream as the data path needs it.
+pub struct Replica {
+    /// `mcp::session::replica_id` of its URL: what a session token pins.
+    pub id: u64,
+    /// Its URL, one spelling (`HttpTarget::url`): metric label and log field.
+    pub url: String,
+    pub addrs: Vec<SocketAddr>,
+    /// Where its idle connections live in a worker's pool (changes with what they are bound to).
+    pub pool_key: u64,
+    /// ` <path> HTTP/1.1\r\nhost: <authority>\r\n`: what follows the method in a request to it.
+    /// Requests are rendered with the first replica's; `retarget` puts another's in.
+    pub line: Vec<u8>,
+    /// `https://`: the name sent as SNI and verified (`tls.server_name`, else its own host).
+    pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// The active check's request (`health.path`, else its own path).
+    probe: Vec<u8>,
+}
+
+impl Replica {
+    pub fn new(
+        url: String,
+        addrs: Vec<SocketAddr>,
+        (authority, path): (&str, &str),
+        tls_name: Option<rustls::pki_types::ServerName<'static>>,
+        probe_path: Option<&str>,
+        salt: u64,
+    ) -> Self {
+        let line = format!(" {path} HTTP/1.1\r\nhost: {authority}\r\n").into_bytes();
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (salt, &url, &addrs).hash(&mut h);
+            h.finish()
+        };
+        let probe = format!(
+            "GET {} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: tollgate-health\r\naccept: application/json, text/event-stream\r\nconnection: close\r\n\r\n",
+            probe_path.unwrap_or(path)
+        )
+        .into_bytes();
+        Replica {
+            id: crate::mcp::session::replica_id(&url),
+            url,
+            addrs,
+            pool_key,
+            line,
+            tls_name,
+            probe,
+        }
+    }
+}
+
+/// Rewrites the request target and `host` line of `req` (rendered for replica `from`) for
+/// replica `to`. Every request to an upstream starts with `METHOD` + the first replica's line.
+pub fn retarget(req: &mut Vec<u8>, from: &Replica, to: &Replica) {
+    let Some(sp) = memchr::memchr(b' ', req) else {
+        return;
+    };
+    if !req[sp..].starts_with(&from.line) {
+        return;
+    }
+    let range = sp..sp + from.line.len();
+    if from.line.len() == to.line.len() {
+        req[range].copy_from_slice(&to.line);
+    } else {
+        req.splice(range, to.line.iter().copied());
+    }
+}
+
+/// What every worker knows of one replica: written by the health check thread and the request
+/// path's breaker, read by `pick`.
+pub struct ReplicaHealth {
+    pub id: u64,
+    pub url: String,
+    /// The active check's verdict (healthy until `unhealthy_after` probes in a row failed).
+    pub healthy: AtomicBool,
+    /// `upstreams[].circuit_breaker`, this replica's own.
+    pub breaker: Breaker,
+    pub passed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl ReplicaHealth {
+    pub fn new(r: &Replica, breaker: crate::config::CircuitBreaker) -> Self {
+        ReplicaHealth {
+            id: r.id,
+            url: r.url.clone(),
+            healthy: AtomicBool::new(true),
+            breaker: Breaker::new(breaker),
+            passed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// A reload keeps what is known of a replica that stays (same upstream name and URL).
+    pub fn carry_from(&self, old: &ReplicaHealth) {
+        self.healthy.store(old.is_healthy(), Ordering::Relaxed);
+        self.passed
+            .store(old.passed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.failed
+            .store(old.failed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.breaker.carry_from(&old.breaker);
+    }
+}
+
+/// One worker's requests in flight per replica (by upstream id and replica id, so a reload that
+/// reorders replicas keeps the counts of requests still on the old generation), and its turn
+/// for ties.
+#[derive(Default)]
+pub struct Local {
+    in_flight: RefCell<Vec<((u64, u64), u32)>>,
+    turn: Cell<usize>,
+}
+
+/// A request in flight to a replica; the count goes down when it drops.
+pub struct InFlight<'a> {
+    local: &'a Local,
+    key: (u64, u64),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut v = self.local.in_flight.borrow_mut();
+        if let Some(e) = v.iter_mut().find(|(k, _)| *k == self.key) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+}
+
+impl Local {
+    fn count(&self, key: (u64, u64)) -> u32 {
+        self.in_flight
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Counts a request to replica `r` of `up` until the guard drops.
+    pub fn begin(&self, up: &UpstreamRuntime, r: usize) -> InFlight<'_> {
+        let key = (up.id, up.replicas[r].id);
+        let mut v = self.in_flight.borrow_mut();
+        match v.iter_mut().find(|(k, _)| *k == key) {
+            Some(e) => e.1 += 1,
+            None => v.push((key, 1)),
+        }
+        InFlight { local: self, key }
+    }
+
+    /// The replica of `up` a request that is not pinned goes to, skipping those in `tried` (a
+    /// bit per position): among the healthy ones whose circuit is not open (else the healthy
+    /// ones, else any), the one with the fewest requests in flight on this worker; ties are
+    /// taken in turn. `None` when every replica was tried.
+    pub fn pick(
+        &self,
+        up: &UpstreamRuntime,
+        health: &[ReplicaHealth],
+        tried: u64,
+    ) -> Option<usize> {
+        let n = up.replicas.len();
+        let untried = |r: usize| tried & (1 << r) == 0;
+        let healthy = |r: usize| health.get(r).is_none_or(|h| h.is_healthy());
+        let closed = |r: usize| health.get(r).is_none_or(|h| h.breaker.state() != 1);
+        let tiers: [&dyn Fn(usize) -> bool; 3] = [
+            &|r| untried(r) && healthy(r) && closed(r),
+            &|r| untried(r) && healthy(r),
+            &|r| untried(r),
+        ];
+        let start = self.turn.get();
+        self.turn.set(start.wrapping_add(1));
+        for ok in tiers {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..n {
+                let r = (start + i) % n;
+                if !ok(r) {
+                    continue;
+                }
+                let c = self.count((up.id, up.replicas[r].id));
+                if best.is_none_or(|(bc, _)| c < bc) {
+                    best = Some((c, r));
+                }
+            }
+            if let Some((_, r)) = best {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// The active health check of one config generation's replicas; stops when dropped (the thread
+/// notices at once unless a probe is under way, which its timeout bounds).
+pub struct Checker {
+    _stop: Sender<()>,
+}
+
+struct Target {
+    upstream: String,
+    u: usize,
+    r: usize,
+    addrs: Vec<SocketAddr>,
+    probe: Vec<u8>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    cfg: crate::config::HealthCheck,
+    due: Instant,
+    /// Probes in a row with the same outcome (passed > 0, failed < 0).
+    streak: i64,
+}
+
+impl Checker {
+    /// Starts the thread when some upstream has more than one replica.
+    pub fn start(
+        config: &crate::config::Config,
+        upstreams: &[UpstreamRuntime],
+        health: &Arc<Health>,
+    ) -> Option<Checker> {
+        let now = Instant::now();
+        let targets: Vec<Target> = upstreams
+            .iter()
+            .zip(&config.upstreams)
+            .enumerate()
+            .filter(|(_, (rt, _))| rt.replicas.len() > 1)
+            .flat_map(|(u, (rt, cfg))| {
+                rt.replicas.iter().enumerate().map(move |(r, rep)| Target {
+                    upstream: rt.name.clone(),
+                    u,
+                    r,
+                    addrs: rep.addrs.clone(),
+                    probe: rep.probe.clone(),
+                    tls: rt
+                        .tls
+                        .as_ref()
+                        .zip(rep.tls_name.as_ref())
+                        .map(|((c, _), name)| (c.clone(), name.clone())),
+                    cfg: cfg.health.clone(),
+                    due: now,
+                    streak: 0,
+                })
+            })
+            .collect();
+        if targets.is_empty() {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let health = health.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-health".into())
+            .spawn(move || run(targets, &health, rx));
+        match spawned {
+            Ok(_) => Some(Checker { _stop: tx }),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the replica health check thread");
+                None
+            }
+        }
+    }
+}
+
+fn run(mut targets: Vec<Target>, health: &Health, stop: Receiver<()>) {
+    loop {
+        let now = Instant::now();
+        for t in targets.iter_mut().filter(|t| t.due <= now) {
+            let outcome = probe(t);
+            t.due = Instant::now() + t.cfg.interval;
+            let Some(h) = health.upstreams.get(t.u).and_then(|h| h.replicas.get(t.r)) else {
+                continue;
+            };
+            match outcome {
+                Ok(status) => {
+                    h.passed.fetch_add(1, Ordering::Relaxed);
+                    t.streak = t.streak.max(0) + 1;
+                    if !h.is_healthy() && t.streak >= i64::from(t.cfg.healthy_after) {
+                        h.healthy.store(true, Ordering::Relaxed);
+                        tracing::info!(upstream = %t.upstream, replica = %h.url, status, "upstream replica is healthy again (health check)");
+                    }
+                }
+                Err(why) => {
+                    h.failed.fetch_add(1, Ordering::Relaxed);
+                    t.streak = t.streak.min(0) - 1;
+                    tracing::debug!(upstream = %t.upstream, replica = %h.url, error = %why, "upstream replica health check failed");
+                    if h.is_healthy() && -t.streak >= i64::from(t.cfg.unhealthy_after) {
+                        h.healthy.store(false, Ordering::Relaxed);
+                        tracing::warn!(upstream = %t.upstream, replica = %h.url, error = %why, failed = -t.streak, "upstream replica is down (health check): new sessions go to the others, its sessions get 404");
+                    }
+                }
+            }
+        }
+        let next = targets
+            .iter()
+            .map(|t| t.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // The generation is gone (its `Checker` dropped).
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// One probe: connect (TLS for https), send the check's GET, read the status line; any status
+/// below 500 passes. Everything within `health.timeout`.
+fn probe(t: &Target) -> Result<u16, String> {
+    let deadline = Instant::now() + t.cfg.timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| "timed out (health.timeout)".to_string())
+    };
+    let mut last = "no address".to_string();
+    let mut tcp = None;
+    for a in &t.addrs {
+        match TcpStream::connect_timeout(a, left()?) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = format!("connect {a}: {e}"),
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    let io = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            "timed out (health.timeout)".to_string()
+        } else {
+            e.to_string()
+        }
+    };
+    tcp.set_read_timeout(Some(left()?)).map_err(io)?;
+    tcp.set_write_timeout(Some(left()?)).map_err(io)?;
+    let mut head = Vec::with_capacity(64);
+    match &t.tls {
+        None => exchange(tcp, &t.probe, &mut head, &left).map_err(io)?,
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| format!("TLS: {e}"))?;
+            let s = rustls::StreamOwned::new(conn, tcp);
+            exchange(s, &t.probe, &mut head, &left).map_err(io)?
+        }
+    }
+    let status = status_of(&head).ok_or_else(|| {
+        format!(
+            "not an HTTP response: {:?}",
+            String::from_utf8_lossy(&head[..head.len().min(40)])
+        )
+    })?;
+    if status >= 500 {
+        return Err(format!("HTTP {status}"));
+    }
+    Ok(status)
+}
+
+/// Writes `req` and reads up to the end of the status line (at most 256 bytes).
+fn exchange<S: Read + Write>(
+    mut s: S,
+    req: &[u8],
+    head: &mut Vec<u8>,
+    left: &dyn Fn() -> Result<Duration, String>,
+) -> std::io::Result<()> {
+    s.write_all(req)?;
+    s.flush()?;
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 256 {
+        if left().is_err() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let n = s.read(&mut buf[..256 - head.len()])?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// The status code of `HTTP/1.x NNN …`.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let rest = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
+    let code = rest.get(..3)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(url: &str, authority: &str, path: &str) -> Replica {
+        Replica::new(url.into(), Vec::new(), (authority, path), None, None, 0)
+    }
+
+    #[test]
+    fn retarget_rewrites_the_target_and_host_only() {
+        let a = replica("http://a:1/mcp", "a:1", "/mcp");
+        let b = replica("http://bb:22/v2/mcp", "bb:22", "/v2/mcp");
+        let mut req = b"POST /mcp HTTP/1.1\r\nhost: a:1\r\nx: y\r\n\r\n{}".to_vec();
+        retarget(&mut req, &a, &b);
+        assert_eq!(
+            req,
+            b"POST /v2/mcp HTTP/1.1\r\nhost: bb:22\r\nx: y\r\n\r\n{}".to_vec()
+        );
+        retarget(&mut req, &b, &a);
+        assert_eq!(
+            req,
+            b"POST /mcp HTTP/1.1\r\nhost: a:1\r\nx: y\r\n\r\n{}".to_vec()
+        );
+        // Bytes not rendered for `from` are left alone.
+        let mut other = b"GET /elsewhere HTTP/1.1\r\nhost: c\r\n\r\n".to_vec();
+        retarget(&mut other, &a, &b);
+        assert_eq!(
+            other,
+            b"GET /elsewhere HTTP/1.1\r\nhost: c\r\n\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn pick_takes_the_healthy_one_with_fewest_in_flight_and_ties_in_turn() {
+        let urls = [
+            "http://127.0.0.1:1/mcp",
+            "http://127.0.0.1:2/mcp",
+            "http://127.0.0.1:3/mcp",
+        ];
+        let yaml = format!(
+            "upstreams:\n  - name: u\n    replicas: [{}]\nservers:\n  - path: /mcp\n    upstream: u\n",
+            urls.map(|u| format!("\"{u}\"")).join(", ")
+        );
+        let cfg = crate::config::load_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let c = &cfg.upstreams[0];
+        assert_eq!(c.replicas.len(), 3);
+        let mut up = UpstreamRuntime::new(c, Vec::new(), "127.0.0.1:1", "/mcp");
+        up.replicas = urls
+            .iter()
+            .map(|u| replica(u, "127.0.0.1", "/mcp"))
+            .collect();
+        let health: Vec<ReplicaHealth> = up
+            .replicas
+            .iter()
+            .map(|r| ReplicaHealth::new(r, c.circuit_breaker))
+            .collect();
+        let l = Local::default();
+        // Nothing in flight: each in turn.
+        let mut turns: Vec<usize> = (0..3).filter_map(|_| l.pick(&up, &health, 0)).collect();
+        turns.sort_unstable();
+        assert_eq!(turns, [0, 1, 2]);
+        // The fewest in flight wins.
+        let a = l.begin(&up, 0);
+        let _b = l.begin(&up, 1);
+        for _ in 0..3 {
+            assert_eq!(l.pick(&up, &health, 0), Some(2));
+        }
+        // A replica that failed its check is left out while a healthy one remains.
+        health[2].healthy.store(false, Ordering::Relaxed);
+        drop(a);
+        for _ in 0..3 {
+            assert_eq!(l.pick(&up, &health, 0), Some(0));
+        }
+        // Tried ones are skipped; when only an unhealthy one is left, it is still tried.
+        assert_eq!(l.pick(&up, &health, 0b001), Some(1));
+        assert_eq!(l.pick(&up, &health, 0b011), Some(2));
+        assert_eq!(l.pick(&up, &health, 0b111), None);
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 405 Method Not Allowed\r\n"), Some(405));
+        assert_eq!(status_of(b"HTTP/1.0 200\r\n"), Some(200));
+        assert_eq!(status_of(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(status_of(b"HTTP/1.1 5x0 \r\n"), None);
+    }
+}

@@ -1,0 +1,336 @@
+//! Upstream replicas: sessions spread over them and stay on theirs, the health check takes a
+//! dead replica out and puts it back, a connect that fails moves an initialize on, and `check`
+//! names what is wrong with a replica list.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{eventually, Demo, Gateway, Mcp};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn healthy(gw: &Gateway, upstream: &str, replica: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!(
+            "tollgate_upstream_replica_healthy{{upstream=\"{upstream}\",replica=\"{replica}\"}}"
+        ),
+    )
+}
+
+fn works(m: &mut Mcp) -> bool {
+    let r = m.request("tools/list", json!({}));
+    r.status == 200 && r.json()["result"]["tools"].is_array()
+}
+
+#[test]
+fn sessions_spread_stay_on_their_replica_and_move_when_it_dies() {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let a_addr = a.addr.to_string();
+    let (a_url, b_url) = (a.url(), b.url());
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: pair\n    replicas: [\"{a_url}\", \"{b_url}\"]\n    \
+             retries: {{attempts: 0}}\n    \
+             health: {{interval: 100ms, timeout: 1s, unhealthy_after: 2, healthy_after: 2}}\n\
+             servers:\n  - path: /mcp\n    upstream: pair\n"
+        ))
+        // One worker: its least-in-flight choice with nothing in flight takes them in turn.
+        .workers(1)
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/mcp");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    // Each session keeps reaching the demo that opened it: another would answer 404.
+    for _ in 0..5 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            assert!(works(m), "session {i} lost its replica");
+        }
+    }
+    assert_eq!(healthy(&gw, "pair", &a_url), 1.0);
+    assert_eq!(healthy(&gw, "pair", &b_url), 1.0);
+
+    drop(a);
+    assert!(
+        eventually(Duration::from_secs(10), || healthy(&gw, "pair", &a_url)
+            == 0.0),
+        "{}",
+        gw.metrics()
+    );
+    // Half the sessions were on the dead replica: 404, naming it; the others go on.
+    let mut lost = 0;
+    for m in &mut sessions {
+        let r = m.request("tools/list", json!({}));
+        if r.status == 404 {
+            assert!(
+                r.text().contains("initialize a new one") && r.text().contains("pair"),
+                "{}",
+                r.text()
+            );
+            lost += 1;
+        } else {
+            assert!(r.json()["result"]["tools"].is_array(), "{}", r.text());
+        }
+    }
+    assert_eq!(lost, 2, "sessions were not spread over both replicas");
+    // New sessions go to the live replica only, and work.
+    for _ in 0..4 {
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        m.initialize("2025-06-18");
+        assert!(works(&mut m));
+    }
+
+    // Back on its address: healthy again after `healthy_after` passed probes, and it takes new
+    // sessions again (two new sessions, one on each).
+    let _a = Demo::start_on(&a_addr, &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || healthy(&gw, "pair", &a_url)
+            == 1.0),
+        "{}",
+        gw.metrics()
+    );
+    let metrics = gw.metrics();
+    for result in ["passed", "failed"] {
+        let line = format!(
+            "tollgate_upstream_health_checks_total{{upstream=\"pair\",replica=\"{a_url}\",result=\"{result}\"}}"
+        );
+        assert!(
+            harness::metric_value(&metrics, &line) > 0.0,
+            "{line}\n{metrics}"
+        );
+    }
+    let mut fresh: Vec<Mcp> = (0..2)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/mcp");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    drop(b);
+    assert!(eventually(Duration::from_secs(10), || healthy(
+        &gw, "pair", &b_url
+    ) == 0.0));
+    let on_a = fresh.iter_mut().map(works).filter(|ok| *ok).count();
+    assert_eq!(on_a, 1, "the recovered replica took no new session");
+}
+
+#[test]
+fn an_initialize_moves_on_when_a_replica_refuses_connections() {
+    let demo = Demo::start(&[]);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/mcp", l.local_addr().unwrap())
+    };
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: pair\n    replicas: [\"{dead}\", \"{}\"]\n    retries: {{attempts: 0}}\n    \
+             circuit_breaker: {{consecutive_failures: 0}}\n    health: {{interval: 1h}}\n\
+             servers:\n  - path: /mcp\n    upstream: pair\n",
+            demo.url()
+        ))
+        .workers(1)
+        .start();
+    // The health check has not (yet) taken the dead one out: each initialize that picks it
+    // fails to connect and is sent to the other replica instead.
+    for i in 0..4 {
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        let r = m.initialize("2025-06-18");
+        assert_eq!(r.status, 200, "initialize {i}: {}", r.text());
+        assert!(works(&mut m), "session {i}");
+    }
+}
+
+#[test]
+fn check_names_what_is_wrong_with_replicas() {
+    let dir = std::env::temp_dir().join(format!("tollgate-replicas-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "url: \"http://127.0.0.1:1/mcp\"\n    replicas: [\"http://127.0.0.1:2/mcp\"]",
+            "upstreams[0].replicas: write either url (one replica) or replicas, not both",
+        ),
+        (
+            "replicas: [\"http://127.0.0.1:1/mcp\", \"http://127.0.0.1:1/mcp\"]",
+            "upstreams[0].replicas[1]: duplicate replica (also replicas[0])",
+        ),
+        (
+            "replicas: [\"http://127.0.0.1:1/mcp\", \"https://127.0.0.1:2/mcp\"]",
+            "mixes http:// and https:// replicas",
+        ),
+        ("replicas: []", "upstreams[0].replicas: empty list"),
+        (
+            "replicas: [\"http://127.0.0.1:1/mcp\", \"builtin:demo\"]",
+            "upstreams[0].replicas[1]: builtin:demo cannot be one of several replicas",
+        ),
+        (
+            "replicas: [\"http://127.0.0.1:1/sse\", \"http://127.0.0.1:2/sse\"]\n    transport: sse",
+            "replicas are not supported with transport: sse",
+        ),
+        (
+            "url: \"http://127.0.0.1:1/mcp\"\n    health: {interval: 0s, unhealthy_after: 0, path: \"nope\"}",
+            "upstreams[0].health.interval: must be at least 1ms",
+        ),
+    ];
+    for (i, (upstream, want)) in cases.iter().enumerate() {
+        let cfg = dir.join(format!("c{i}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "upstreams:\n  - name: up\n    {upstream}\nservers:\n  - path: /mcp\n    upstream: up\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "case {i}: want {want:?} in\n{stderr}"
+        );
+    }
+    // Every problem of the health section at once.
+    let stderr = {
+        let cfg = dir.join("c6.yaml");
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        stderr.contains("upstreams[0].health.unhealthy_after"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("upstreams[0].health.path"), "{stderr}");
+    // A good list renders as written, with the health defaults.
+    let cfg = dir.join("good.yaml");
+    std::fs::write(
+        &cfg,
+        "upstreams:\n  - name: up\n    replicas: [\"http://127.0.0.1:1/mcp\", \"http://localhost:2/mcp\"]\n\
+         servers:\n  - path: /mcp\n    upstream: up\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "    replicas:\n      - \"http://127.0.0.1:1/mcp\"\n      - \"http://localhost:2/mcp\"\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    health:\n      interval: 5s\n"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The config of a gateway with upstream `pair` on replicas `urls` (in that order), served at
+/// `/mcp`, and federated with the built-in demo at `/fed`.
+fn pair_config(urls: &[String], extra: &str) -> String {
+    let list = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  - name: pair\n    replicas: [{list}]\n    retries: {{attempts: 0}}\n{extra}  \
+         - name: solo\n    url: builtin:demo\n\
+         servers:\n  - path: /mcp\n    upstream: pair\n  - path: /fed\n    upstreams: [pair, solo]\n"
+    )
+}
+
+#[test]
+fn a_reload_that_reorders_replicas_keeps_sessions_on_theirs() {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let urls = [a.url(), b.url()];
+    let gw = Gateway::builder()
+        .yaml(&pair_config(&urls, ""))
+        .workers(1)
+        .rust_log("info")
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/mcp");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    let base = std::fs::read_to_string(gw.config_path()).unwrap();
+    let reordered = base.replace(
+        &pair_config(&urls, ""),
+        &pair_config(&[urls[1].clone(), urls[0].clone()], ""),
+    );
+    assert_ne!(base, reordered);
+    gw.reload_with(&reordered);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .log
+            .text()
+            .contains("config reloaded")),
+        "{}",
+        gw.log.text()
+    );
+    for _ in 0..3 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            assert!(works(m), "session {i} lost its replica across the reload");
+        }
+    }
+}
+
+#[test]
+fn federated_member_sessions_stay_on_their_replica() {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .yaml(&pair_config(&[a.url(), b.url()], ""))
+        .workers(1)
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/fed");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    for _ in 0..3 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            let r = m.call_tool("pair__echo", json!({"text": "hi"}));
+            assert_eq!(r["result"]["content"][0]["text"], "hi", "session {i}: {r}");
+        }
+    }
+    // Clients of the stateless revision reach it through sessions the gateway holds, each on
+    // one replica.
+    for i in 0..6 {
+        let r = gw.stateless(
+            "/mcp",
+            "tools/call",
+            Some("echo"),
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+            &[],
+        );
+        assert_eq!(r.status, 200, "{i}: {}", r.text());
+    }
+}
