@@ -649,3 +649,39 @@ fn a_reload_turns_audit_on_and_a_file_that_cannot_be_written_refuses_it() {
     assert_one_record_each(&answered, &recs);
     assert!(gw.log.text().contains("audit file"), "{}", gw.log.text());
 }
+
+#[test]
+fn records_carry_the_callers_trace_and_the_gateways_span() {
+    let file = temp_path("audit.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "tracing: {{enabled: true}}\naudit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ),
+        &[],
+    );
+    let header_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let meta_trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "00f067aa0ba902b7";
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    m.header("traceparent", &format!("00-{header_trace}-{parent}-01"));
+    let r = m.post_raw(&call_body(1, "echo", json!({"text": "h"})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut m2 = Mcp::new(gw.addr, "/mcp");
+    m2.initialize("2025-03-26");
+    let body = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo",
+        "arguments":{"text":"m"},"_meta":{"traceparent": format!("00-{meta_trace}-{parent}-01")}}});
+    let r = m2.post_raw(body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop(&mut gw);
+    let recs = records(&file);
+    let calls: Vec<&Value> = recs.iter().filter(|r| r["method"] == "tools/call").collect();
+    assert_eq!(calls.len(), 2, "{recs:?}");
+    for (rec, trace) in calls.iter().zip([header_trace, meta_trace]) {
+        assert_eq!(rec["trace_id"], trace, "{rec}");
+        let span = rec["span_id"].as_str().expect("a span id");
+        assert_eq!(span.len(), 16, "{rec}");
+        assert_ne!(span, parent, "the gateway's own span, not the caller's: {rec}");
+    }
+}
