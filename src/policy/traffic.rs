@@ -40,6 +40,9 @@ pub struct Traffic {
     pub sync_interval: Duration,
     /// Keys one worker tracks at most (the oldest idle ones are evicted past it).
     pub max_keys: usize,
+    /// Keys the exchange keeps at most (past it the longest idle are evicted: a quota key so
+    /// dropped starts its window's count afresh).
+    pub max_global_keys: usize,
     pub rules: Vec<LimitRule>,
 }
 

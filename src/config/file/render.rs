@@ -364,6 +364,7 @@ fn render_traffic(o: &mut String, c: &Config) {
     let _ = writeln!(o, "  time_zone: {}", q(&t.time_zone));
     let _ = writeln!(o, "  sync_interval: {}", render_duration(t.sync_interval));
     let _ = writeln!(o, "  max_keys: {}", t.max_keys);
+    let _ = writeln!(o, "  max_global_keys: {}", t.max_global_keys);
     if t.rules.is_empty() {
         let _ = writeln!(o, "  rules: []");
         return;

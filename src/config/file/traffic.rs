@@ -13,6 +13,7 @@ use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, Traff
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(20);
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+pub const DEFAULT_MAX_GLOBAL_KEYS: u64 = 400_000;
 /// Rules at most (their names are metric labels).
 const MAX_RULES: usize = 256;
 
@@ -60,7 +61,13 @@ pub(super) fn traffic(
         p,
         "traffic".into(),
         top.raw("traffic"),
-        &["time_zone", "sync_interval", "max_keys", "rules"],
+        &[
+            "time_zone",
+            "sync_interval",
+            "max_keys",
+            "max_global_keys",
+            "rules",
+        ],
     );
     let zone = s.get(p, "time_zone", DEFAULT_TIME_ZONE.to_string(), |v| {
         let n = string(v)?;
@@ -77,12 +84,19 @@ pub(super) fn traffic(
     let max_keys = s.get(p, "max_keys", DEFAULT_MAX_KEYS as usize, |v| {
         count(1, 10_000_000)(v).map(|n| n as usize)
     });
+    let max_global_keys = s.get(
+        p,
+        "max_global_keys",
+        DEFAULT_MAX_GLOBAL_KEYS as usize,
+        |v| count(1, 100_000_000)(v).map(|n| n as usize),
+    );
     let rules = rules(p, &s, servers, upstreams, &zone);
     Traffic {
         time_zone: zone.into(),
         tz,
         sync_interval,
         max_keys,
+        max_global_keys,
         rules,
     }
 }
