@@ -205,11 +205,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::TRAFFIC_EXCHANGE_DROPPED_TOTAL,
         "Usage messages between workers and the traffic exchange dropped because a queue was \
-         full (65536 each): the global count misses them."
+         full (sized from traffic.max_keys); a lost level is sent again later."
     );
     describe_counter!(
         names::TRAFFIC_KEYS_EVICTED_TOTAL,
-        "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys."
+        "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys, or \
+         the exchange to stay within traffic.max_global_keys."
     );
     describe_counter!(
         names::AUTHZ_DECISIONS_TOTAL,

@@ -76,10 +76,11 @@ pub const REGO_ERRORS_TOTAL: &str = "tollgate_rego_errors_total";
 /// `traffic.rules`: calls refused by a rate limit, concurrency limit or quota, by rule and kind
 /// (rate, concurrency, quota). Rule names are bounded by the config.
 pub const TRAFFIC_REJECTIONS_TOTAL: &str = "tollgate_traffic_rejections_total";
-/// `traffic.max_keys`: limiter keys a worker evicted (the oldest idle) to stay within it.
+/// `traffic.max_keys` / `max_global_keys`: limiter keys a worker or the exchange evicted (the
+/// oldest idle) to stay within it.
 pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_total";
 /// Usage messages between the workers and the traffic exchange that a full queue could not take
-/// (the global count misses them: over-admission beyond the documented bound).
+/// (a worker's level is sent again at its next decision; an update at the next change).
 pub const TRAFFIC_EXCHANGE_DROPPED_TOTAL: &str = "tollgate_traffic_exchange_dropped_total";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
