@@ -404,3 +404,70 @@ fn the_limits_example_gives_each_principal_five_echo_calls_a_minute() {
         assert_in_band(&echo(&mut m), "echo");
     }
 }
+
+/// A token quota (issue 11, token budgets): a call is admitted while the window's budget is
+/// not spent, charged its tool's cost when admitted and the estimated tokens of its reply
+/// (bytes / 4) once relayed; the next is refused once the budget is spent. The usage and the
+/// fullest key's fraction are metrics labelled by rule only.
+#[test]
+fn a_token_quota_charges_the_relayed_reply_and_refuses_once_spent() {
+    let gw = gateway(
+        1,
+        "traffic:\n  rules:\n    - {name: tok, tokens: {limit: 300, window: day, costs: {\"ec*\": 7, \"*\": 1}}}\n",
+    );
+    let mut m = session(&gw);
+    // A reply of at least 400 bytes: at least 100 tokens, plus the cost of 7.
+    let text = "x".repeat(400);
+    let first = call(&mut m, "echo", json!({"text": text}));
+    assert!(ok(&first));
+    let reply_bytes = first.text().len() as f64;
+    let used = |gw: &Gateway| {
+        metric_value(
+            &gw.metrics(),
+            "tollgate_traffic_quota_used_total{rule=\"tok\",kind=\"tokens\"}",
+        )
+    };
+    // Charged while recorded: the body's tokens and the cost (and the head's few bytes).
+    assert!(
+        eventually(Duration::from_secs(5), || used(&gw)
+            >= 7.0 + reply_bytes / 4.0),
+        "used {} after a reply of {reply_bytes} bytes",
+        used(&gw)
+    );
+    assert!(used(&gw) < 7.0 + reply_bytes / 4.0 + 200.0, "{}", used(&gw));
+    println!(
+        "token quota: reply {reply_bytes} bytes, charged {}",
+        used(&gw)
+    );
+    // Admitted while not spent (one call may overrun it), then refused until the day ends.
+    let mut admitted = 1;
+    let refused = loop {
+        let r = call(&mut m, "echo", json!({"text": text}));
+        if !ok(&r) {
+            break r;
+        }
+        admitted += 1;
+        assert!(
+            admitted <= 3,
+            "a budget of 300 tokens admitted {admitted} replies of 120+"
+        );
+    };
+    assert_eq!(
+        admitted, 3,
+        "300 tokens: a third call starts with ~290 used, a fourth with ~430"
+    );
+    let ms = assert_throttled(&refused, "tok", "tokens");
+    assert!(ms <= 86_400_000, "{ms}");
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Token quota reached"));
+    // Other tools share the budget (cost 1 each, but it is spent).
+    assert!(!ok(&call(&mut m, "add", json!({"a": 1, "b": 2}))));
+    assert!(eventually(Duration::from_secs(5), || {
+        metric_value(
+            &gw.metrics(),
+            "tollgate_traffic_quota_fullest_ratio{rule=\"tok\"}",
+        ) >= 1.0
+    }));
+}

@@ -82,6 +82,12 @@ pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_tota
 /// Usage messages between the workers and the traffic exchange that a full queue could not take
 /// (a worker's level is sent again at its next decision; an update at the next change).
 pub const TRAFFIC_EXCHANGE_DROPPED_TOTAL: &str = "tollgate_traffic_exchange_dropped_total";
+/// Quotas (`quota`, `tokens`): units counted (calls, or estimated tokens and costs), by rule
+/// and kind, summed over the rule's keys (a key is never a label).
+pub const TRAFFIC_QUOTA_USED_TOTAL: &str = "tollgate_traffic_quota_used_total";
+/// Quotas: the fullest key's share of its budget in the current window (0..1, above 1 when
+/// calls in flight overran it), by rule: alert on it nearing 1.
+pub const TRAFFIC_QUOTA_FULLEST_RATIO: &str = "tollgate_traffic_quota_fullest_ratio";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

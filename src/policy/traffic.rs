@@ -80,6 +80,10 @@ pub enum LimitKind {
     Concurrency { limit: u64 },
     /// Calls per calendar window (in `traffic.time_zone`).
     Quota { limit: u64, window: CalWindow },
+    /// Units per calendar window: the estimated tokens of the replies relayed
+    /// (`observe::tokens`), charged after each call, plus the rule's `costs` per call, charged
+    /// when it is admitted. A call is refused once the window's budget is spent.
+    Tokens { limit: u64, window: CalWindow },
 }
 
 impl LimitKind {
@@ -89,6 +93,7 @@ impl LimitKind {
             LimitKind::Rate { .. } => "rate",
             LimitKind::Concurrency { .. } => "concurrency",
             LimitKind::Quota { .. } => "quota",
+            LimitKind::Tokens { .. } => "tokens",
         }
     }
 
@@ -96,7 +101,17 @@ impl LimitKind {
     pub fn budget(&self) -> u64 {
         match *self {
             LimitKind::Rate { burst, .. } => burst,
-            LimitKind::Concurrency { limit } | LimitKind::Quota { limit, .. } => limit,
+            LimitKind::Concurrency { limit }
+            | LimitKind::Quota { limit, .. }
+            | LimitKind::Tokens { limit, .. } => limit,
+        }
+    }
+
+    /// The calendar window of a quota (in calls or tokens).
+    pub fn window(&self) -> Option<CalWindow> {
+        match *self {
+            LimitKind::Quota { window, .. } | LimitKind::Tokens { window, .. } => Some(window),
+            _ => None,
         }
     }
 }
@@ -128,6 +143,9 @@ pub struct LimitRule {
     /// `part` bits; 0 = one counter for everything the rule matches.
     pub key: u8,
     pub limits: Vec<Limit>,
+    /// `tokens.costs`: units a tool call is charged when admitted, by the first glob (over
+    /// exposed tool names) that matches; none: 0.
+    pub costs: Vec<(Box<str>, u64)>,
 }
 
 impl LimitRule {
@@ -135,6 +153,20 @@ impl LimitRule {
     /// `isError`, so the model reads them; other rules throttle with a JSON-RPC error.
     pub fn per_tool(&self) -> bool {
         self.tools.is_some()
+    }
+
+    /// What an admitted call adds to `kind`'s count: one call, or for a token quota the cost
+    /// of `tool` (its reply's tokens are charged after it).
+    pub fn units(&self, kind: &LimitKind, tool: Option<&str>) -> u64 {
+        match kind {
+            LimitKind::Tokens { .. } => tool.map_or(0, |t| {
+                self.costs
+                    .iter()
+                    .find(|(g, _)| crate::mcp::names::glob_match(g, t))
+                    .map_or(0, |c| c.1)
+            }),
+            _ => 1,
+        }
     }
 
     /// Whether the upstream must be known to match or key this rule.
@@ -151,7 +183,7 @@ impl LimitRule {
             describe.hash(&mut h);
             self.key.hash(&mut h);
             l.kind.hash(&mut h);
-            if matches!(l.kind, LimitKind::Quota { .. }) {
+            if l.kind.window().is_some() {
                 time_zone.hash(&mut h);
             }
             l.fp = h.finish();

@@ -87,9 +87,11 @@ struct Update {
 }
 
 /// A limit the exchange knows (by fingerprint): what it needs to keep the global truth.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Def {
     kind: LimitKind,
+    /// The rule's name: the label of the quota metrics.
+    rule: Arc<str>,
 }
 
 /// The queues and the filter of known keys, made by the first config with rules and sized from
@@ -236,7 +238,13 @@ impl Exchange {
             let mut next = HashMap::clone(&defs);
             for r in &traffic.rules {
                 for l in &r.limits {
-                    next.insert(l.fp, Def { kind: l.kind });
+                    next.insert(
+                        l.fp,
+                        Def {
+                            kind: l.kind,
+                            rule: r.name.as_ref().into(),
+                        },
+                    );
                 }
             }
             *defs = Arc::new(next);
@@ -292,6 +300,29 @@ struct Book {
     shares: Vec<u64>,
     demand: Vec<u64>,
     who: Vec<usize>,
+    /// Per quota limit: the fullest key's fraction of its budget in this sync.
+    fullest: HashMap<u64, f64>,
+    /// Per quota limit: units counted, and the fullest key's fraction.
+    metrics: HashMap<u64, (metrics::Counter, metrics::Gauge)>,
+}
+
+/// The quota metrics of limit `fp`, registered the first time.
+fn quota_metrics<'a>(
+    m: &'a mut HashMap<u64, (metrics::Counter, metrics::Gauge)>,
+    fp: u64,
+    def: &Def,
+) -> &'a (metrics::Counter, metrics::Gauge) {
+    {
+        m.entry(fp).or_insert_with(|| {
+            use crate::observe::names::{TRAFFIC_QUOTA_FULLEST_RATIO, TRAFFIC_QUOTA_USED_TOTAL};
+            let rule = def.rule.to_string();
+            (
+                metrics::counter!(TRAFFIC_QUOTA_USED_TOTAL,
+                    "rule" => rule.clone(), "kind" => def.kind.label()),
+                metrics::gauge!(TRAFFIC_QUOTA_FULLEST_RATIO, "rule" => rule),
+            )
+        })
+    }
 }
 
 fn sync_loop(weak: Weak<Exchange>) {
@@ -380,13 +411,18 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     .max(ev.at_us)
                     .saturating_add(gcra.t.saturating_mul(delta));
             }
-            LimitKind::Quota { .. } => {
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
                 if ev.window_end > g.window_end {
                     g.window_end = ev.window_end;
                     g.count = 0;
                 }
                 if ev.window_end == g.window_end {
                     g.count += delta;
+                }
+                if delta > 0 {
+                    quota_metrics(&mut book.metrics, ev.fp, def)
+                        .0
+                        .increment(delta);
                 }
             }
             _ => {}
@@ -399,8 +435,10 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         shares,
         demand,
         who,
+        fullest,
         ..
     } = book;
+    fullest.clear();
     keys.retain(|&(fp, key), g| {
         let Some(def) = defs.get(&fp) else {
             *removed += 1;
@@ -418,9 +456,13 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     gcra.next_at(g.tat, now),
                 )
             }
-            LimitKind::Quota { limit, .. } => {
+            LimitKind::Quota { limit, .. } | LimitKind::Tokens { limit, .. } => {
                 // Workers roll their windows themselves: an ended window is dropped here only.
                 let ended = wall_s >= g.window_end;
+                if !ended {
+                    let f = fullest.entry(fp).or_insert(0.0);
+                    *f = f.max(g.count as f64 / limit.max(1) as f64);
+                }
                 (limit.saturating_sub(g.count), !ended || g.active, false, 0)
             }
             LimitKind::Concurrency { limit } => {
@@ -443,6 +485,15 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         kept
     });
     evict_idle(x, ch, book, &defs);
+    // The fullest key of each quota, as a fraction of its budget (0 once none is left).
+    for (fp, def) in defs.iter() {
+        if def.kind.window().is_some() {
+            let f = book.fullest.get(fp).copied().unwrap_or(0.0);
+            if f > 0.0 || book.metrics.contains_key(fp) {
+                quota_metrics(&mut book.metrics, *fp, def).1.set(f);
+            }
+        }
+    }
     if book.removed > book.keys.len() / 2 + 1024 {
         book.removed = 0;
         ch.known.rebuild(book.keys.keys());
@@ -692,11 +743,26 @@ impl Local {
         }
     }
 
-    /// Counts one admitted call on `k`'s entry and tells the exchange.
-    fn admitted(&self, map: &mut Map, k: (u64, u64), now: u64) {
+    /// Counts an admitted call (`units`: 1, or a token quota's cost of it) on `k`'s entry and
+    /// tells the exchange.
+    fn admitted(&self, map: &mut Map, k: (u64, u64), units: u64, now: u64) {
         if let Some(e) = map.get_mut(&k) {
-            e.level += 1;
-            self.send(k, e, What::Use, now);
+            if units > 0 {
+                e.level += units;
+                self.send(k, e, What::Use, now);
+            }
+        }
+    }
+
+    /// Charges `tokens` relayed to a token quota's entry (after the call: its window's budget
+    /// may go over by what the calls in flight bring back).
+    fn charge(&self, fp: u64, key: u64, tokens: u64) {
+        let mut map = self.map.borrow_mut();
+        if let Some(e) = map.get_mut(&(fp, key)) {
+            if tokens > 0 {
+                e.level += tokens;
+                self.send((fp, key), e, What::Use, now_us());
+            }
         }
     }
 
@@ -809,13 +875,14 @@ impl Local {
     ) -> Judged {
         let workers = self.exchange.workers;
         let sync_ms = (t.sync_interval.as_millis() as u64).max(1);
-        let wall = match l.kind {
-            LimitKind::Quota { .. } => wall_ms(),
-            _ => 0,
+        let wall = if l.kind.window().is_some() {
+            wall_ms()
+        } else {
+            0
         };
-        let window_end = match l.kind {
-            LimitKind::Quota { window, .. } => self.window(l.fp, window, &t.tz, wall / 1000),
-            _ => 0,
+        let window_end = match l.kind.window() {
+            Some(window) => self.window(l.fp, window, &t.tz, wall / 1000),
+            None => 0,
         };
         let k = (l.fp, key);
         if !map.contains_key(&k) {
@@ -870,7 +937,7 @@ impl Local {
             e.dirty = false;
         }
         if e.level + already < e.cap {
-            return Judged::Admit { window_end };
+            return Judged::Admit;
         }
         if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
             e.demand_at = now;
@@ -891,7 +958,9 @@ impl Local {
                 Gcra::new(limit, per, burst).t.div_ceil(1000)
             }
             LimitKind::Rate { .. } => (e.next_us - now).div_ceil(1000),
-            LimitKind::Quota { .. } => (window_end * 1000 - wall).max(1) as u64,
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
+                (window_end * 1000 - wall).max(1) as u64
+            }
             LimitKind::Concurrency { .. } => sync_ms.max(1000),
         };
         Judged::Over {
@@ -913,7 +982,7 @@ impl Local {
         let mut admitted: SmallVec<[(u64, bool); 4]> = SmallVec::new();
         for l in &rule.limits {
             match self.judge(&mut map, t, l, key, now, 0) {
-                Judged::Admit { .. } => {
+                Judged::Admit => {
                     admitted.push((l.fp, matches!(l.kind, LimitKind::Concurrency { .. })))
                 }
                 Judged::Over { .. } => return false,
@@ -921,7 +990,7 @@ impl Local {
         }
         for (fp, concurrency) in admitted {
             if !concurrency {
-                self.admitted(&mut map, (fp, key), now);
+                self.admitted(&mut map, (fp, key), 1, now);
             }
         }
         true
@@ -964,11 +1033,25 @@ pub struct Held {
     local: Rc<Local>,
     fp: u64,
     key: u64,
+    /// A token quota's entry, charged what the reply relayed (`charge_relayed`), not a slot.
+    tokens: bool,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.local.release(self.fp, self.key);
+        if !self.tokens {
+            self.local.release(self.fp, self.key);
+        }
+    }
+}
+
+/// Phase: record (for token quotas). Charges the estimated tokens of the `bytes` of reply
+/// relayed to the client for this request to every token quota that admitted it, once each.
+/// Counted from what the relay wrote, so nothing is buffered to count it.
+pub fn charge_relayed(ctx: &Ctx, bytes: u64) {
+    let tokens = crate::observe::tokens::estimated_tokens(bytes);
+    for h in ctx.held.iter().filter(|h| h.tokens) {
+        h.local.charge(h.fp, h.key, tokens);
     }
 }
 
@@ -1049,9 +1132,7 @@ fn key_hash(
 }
 
 enum Judged {
-    Admit {
-        window_end: i64,
-    },
+    Admit,
     /// `wait`: this worker has had no share from the exchange for the entry yet; a moment's
     /// wait brings one.
     Over {
@@ -1112,8 +1193,8 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
     let p = principal.as_deref();
     let s = &gw.config.servers[server];
     let federated = s.federated();
-    // (fingerprint, key, kind, window end) of each admission, committed when all passed.
-    let mut pending: SmallVec<[(u64, u64, LimitKind, i64); 4]> = SmallVec::new();
+    // (fingerprint, key, kind, units) of each admission, committed when all passed.
+    let mut pending: SmallVec<[(u64, u64, LimitKind, u64); 4]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
     'messages: for m in &ctx.messages {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
@@ -1149,8 +1230,8 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
             for l in &r.limits {
                 let already = pending.iter().filter(|q| q.0 == l.fp && q.1 == key).count() as u64;
                 let retry_ms = match local.judge(&mut map, traffic, l, key, now, already) {
-                    Judged::Admit { window_end } => {
-                        pending.push((l.fp, key, l.kind, window_end));
+                    Judged::Admit => {
+                        pending.push((l.fp, key, l.kind, r.units(&l.kind, facts.tool)));
                         continue;
                     }
                     Judged::Over { retry_ms, wait } => {
@@ -1186,13 +1267,21 @@ fn check_rules(w: &WorkerState, ctx: &mut Ctx, may_wait: bool) -> Result<(), Sto
         );
         return Err(Stop::Refuse(refusal(&o)));
     }
-    for (fp, key, kind, _window_end) in pending {
-        local.admitted(&mut map, (fp, key), now);
-        if matches!(kind, LimitKind::Concurrency { .. }) {
+    for (fp, key, kind, units) in pending {
+        local.admitted(&mut map, (fp, key), units, now);
+        let tokens = matches!(kind, LimitKind::Tokens { .. });
+        if matches!(kind, LimitKind::Concurrency { .. })
+            || tokens
+                && !ctx
+                    .held
+                    .iter()
+                    .any(|h| h.tokens && (h.fp, h.key) == (fp, key))
+        {
             ctx.held.push(Held {
                 local: local.clone(),
                 fp,
                 key,
+                tokens,
             });
         }
     }
@@ -1251,6 +1340,7 @@ fn refusal(o: &Over<'_>) -> Refusal {
         LimitKind::Rate { .. } => "Rate limit",
         LimitKind::Concurrency { .. } => "Concurrency limit",
         LimitKind::Quota { .. } => "Quota",
+        LimitKind::Tokens { .. } => "Token quota",
     };
     let data = format!(
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",
@@ -1293,7 +1383,13 @@ mod tests {
         x.max_keys.store(max_keys * workers, Ordering::Relaxed);
         if let Ok(mut d) = x.defs.lock() {
             let mut m = HashMap::new();
-            m.insert(7, Def { kind });
+            m.insert(
+                7,
+                Def {
+                    kind,
+                    rule: "r".into(),
+                },
+            );
             *d = Arc::new(m);
         }
         x.sync_us.store(20_000, Ordering::Relaxed);
@@ -1527,9 +1623,9 @@ mod tests {
         let mut map = local.map.borrow_mut();
         assert!(matches!(
             local.judge(&mut map, &cfg.traffic, &rule.limits[0], 1, now, 0),
-            Judged::Admit { .. }
+            Judged::Admit
         ));
-        local.admitted(&mut map, (fp, 1), now);
+        local.admitted(&mut map, (fp, 1), 1, now);
         drop(map);
         sync_once(&x, &mut book, now, WALL);
         assert_eq!(book.keys[&(fp, 1)].sides[0].level, 1);
@@ -1582,7 +1678,7 @@ mod tests {
                     "one emission interval, not more: {retry_ms}"
                 );
             }
-            Judged::Admit { .. } => panic!("the 11th call of a burst of 10"),
+            Judged::Admit => panic!("the 11th call of a burst of 10"),
         }
     }
 }

@@ -429,6 +429,19 @@ fn render_traffic(o: &mut String, c: &Config) {
                         window.as_str()
                     );
                 }
+                LimitKind::Tokens { limit, window } => {
+                    let costs: Vec<String> = r
+                        .costs
+                        .iter()
+                        .map(|(g, n)| format!("{}: {n}", q(g)))
+                        .collect();
+                    let _ = writeln!(
+                        o,
+                        "      tokens: {{limit: {limit}, window: {}, costs: {{{}}}}}",
+                        window.as_str(),
+                        costs.join(", ")
+                    );
+                }
             }
         }
     }

@@ -1706,17 +1706,20 @@ fn traffic_rules_load_render_and_load_again_with_the_same_fingerprints() {
 #[test]
 fn traffic_rule_problems_are_reported_at_their_keys() {
     let e = errs(
-        "traffic:\n  time_zone: Mars/Olympus\n  rules:\n    - {name: x}\n    - {name: x, servers: [/nope], key: [user], rate: {limit: 0, per: 1s}, quota: {limit: 5, window: week}}\n",
+        "traffic:\n  time_zone: Mars/Olympus\n  rules:\n    - {name: x}\n    - {name: x, servers: [/nope], key: [user], rate: {limit: 0, per: 1s}, quota: {limit: 5, window: week}}\n    - {name: t, tokens: {limit: 5, window: day, costs: [a]}}\n    - {name: u, tokens: {window: day, costs: {\"a*\": -1}}}\n",
     );
     let all = e.join("\n");
     for want in [
         "traffic.time_zone:",
-        "traffic.rules[0]: a rule needs rate, concurrency or quota",
+        "traffic.rules[0]: a rule needs rate, concurrency, quota or tokens",
         "traffic.rules[1].name: duplicate rule name",
         "traffic.rules[1].servers[0]: no server with path \"/nope\"",
         "traffic.rules[1].key[0]:",
         "traffic.rules[1].rate.limit:",
         "traffic.rules[1].quota.window:",
+        "traffic.rules[2].tokens.costs: expected a mapping of tool glob to units",
+        "traffic.rules[3].tokens.limit:",
+        "traffic.rules[3].tokens.costs.a*:",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }

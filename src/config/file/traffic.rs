@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "rate",
     "concurrency",
     "quota",
+    "tokens",
 ];
 
 /// The keys that say which requests a rule counts (its fingerprint includes them as written).
@@ -232,26 +233,40 @@ fn rules(
         if let Some(n) = r.get(p, "concurrency", None, |v| count(1, 1_000_000)(v).map(Some)) {
             limits.push(LimitKind::Concurrency { limit: n });
         }
+        let calendar = |v: &Value| match string(v)? {
+            "minute" => Ok(CalWindow::Minute),
+            "hour" => Ok(CalWindow::Hour),
+            "day" => Ok(CalWindow::Day),
+            "month" => Ok(CalWindow::Month),
+            other => Err(format!(
+                "expected minute, hour, day or month, got {other:?}"
+            )),
+        };
         if let Some((qpath, v)) = r.value("quota") {
             let q = Section::open(p, qpath, Some(v), &["limit", "window"]);
             let limit = q.required(p, "limit", count(1, 1_000_000_000_000));
-            let window = q.required(p, "window", |v| match string(v)? {
-                "minute" => Ok(CalWindow::Minute),
-                "hour" => Ok(CalWindow::Hour),
-                "day" => Ok(CalWindow::Day),
-                "month" => Ok(CalWindow::Month),
-                other => Err(format!(
-                    "expected minute, hour, day or month, got {other:?}"
-                )),
-            });
+            let window = q.required(p, "window", calendar);
             if let (Some(limit), Some(window)) = (limit, window) {
                 limits.push(LimitKind::Quota { limit, window });
             }
         }
-        if r.raw("rate").is_none() && r.raw("concurrency").is_none() && r.raw("quota").is_none() {
+        let mut costs = Vec::new();
+        if let Some((tpath, v)) = r.value("tokens") {
+            let t = Section::open(p, tpath.clone(), Some(v), &["limit", "window", "costs"]);
+            let limit = t.required(p, "limit", count(1, 1_000_000_000_000_000));
+            let window = t.required(p, "window", calendar);
+            costs = token_costs(p, &t, &tpath);
+            if let (Some(limit), Some(window)) = (limit, window) {
+                limits.push(LimitKind::Tokens { limit, window });
+            }
+        }
+        if ["rate", "concurrency", "quota", "tokens"]
+            .iter()
+            .all(|k| r.raw(k).is_none())
+        {
             p.add(
                 &rpath,
-                "a rule needs rate, concurrency or quota (or several)",
+                "a rule needs rate, concurrency, quota or tokens (or several)",
             );
         }
         let Some(name) = name else { continue };
@@ -270,9 +285,44 @@ fn rules(
                 .into_iter()
                 .map(|kind| Limit { kind, fp: 0 })
                 .collect(),
+            costs,
         };
         rule.seal(&describe_target, zone);
         out.push(rule);
+    }
+    out
+}
+
+/// `tokens.costs`: a mapping from tool glob to the units a call is charged when admitted, in
+/// the order written (the first glob that matches a tool applies).
+fn token_costs(p: &mut Problems, t: &Section, tpath: &str) -> Vec<(Box<str>, u64)> {
+    let mut out = Vec::new();
+    let Some((cpath, v)) = t.value("costs") else {
+        return out;
+    };
+    let Value::Mapping(m) = v else {
+        p.add(
+            &cpath,
+            format!(
+                "expected a mapping of tool glob to units (e.g. {{\"search_*\": 5}}), got {}",
+                describe(v)
+            ),
+        );
+        return out;
+    };
+    for (g, n) in m {
+        let Some(glob) = g.as_str() else {
+            p.add(&cpath, format!("expected a tool glob, got {}", describe(g)));
+            continue;
+        };
+        if let Err(e) = crate::mcp::names::Filter::new(&[glob], &[] as &[&str]) {
+            p.add(&format!("{tpath}.costs.{glob}"), e.reason);
+            continue;
+        }
+        match count(0, 1_000_000_000)(n) {
+            Ok(units) => out.push((glob.into(), units)),
+            Err(why) => p.add(&format!("{tpath}.costs.{glob}"), why),
+        }
     }
     out
 }
