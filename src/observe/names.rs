@@ -88,6 +88,10 @@ pub const TRAFFIC_QUOTA_USED_TOTAL: &str = "tollgate_traffic_quota_used_total";
 /// Quotas: the fullest key's share of its budget in the current window (0..1, above 1 when
 /// calls in flight overran it), by rule: alert on it nearing 1.
 pub const TRAFFIC_QUOTA_FULLEST_RATIO: &str = "tollgate_traffic_quota_fullest_ratio";
+/// `traffic.redis`: 1 while the last sync with Redis succeeded, else 0.
+pub const TRAFFIC_REDIS_UP: &str = "tollgate_traffic_redis_up";
+/// `traffic.redis`: syncs with Redis by result (ok, error).
+pub const TRAFFIC_REDIS_SYNCS_TOTAL: &str = "tollgate_traffic_redis_syncs_total";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -44,6 +44,43 @@ pub struct Traffic {
     /// dropped starts its window's count afresh).
     pub max_global_keys: usize,
     pub rules: Vec<LimitRule>,
+    /// `redis`: usage shared with the other instances (none: this instance alone).
+    pub redis: Option<RedisBackend>,
+}
+
+/// `traffic.redis`: where the instances add up their usage of rate limits and quotas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisBackend {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: Box<str>,
+    /// How often the exchange sends its deltas and reads back the totals.
+    pub sync_interval: Duration,
+    /// How long one round trip (or a connect) may take before Redis counts as down.
+    pub timeout: Duration,
+    pub on_failure: OnFailure,
+    /// Prepended to every key (several fleets can share one Redis).
+    pub key_prefix: Box<str>,
+}
+
+/// What the limits of an instance do while Redis is down or slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit every call under a rate limit or quota (counted, and sent once Redis is back).
+    Open,
+    /// Refuse every call under a rate limit or quota.
+    Closed,
+    /// Limit with this instance's own count plus the others' as last seen.
+    Local,
+}
+
+impl OnFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Open => "open",
+            OnFailure::Closed => "closed",
+            OnFailure::Local => "local",
+        }
+    }
 }
 
 /// A calendar window of a quota.

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,16 @@ use crate::jsonrpc::MessageKind;
 use crate::mcp::Method;
 use crate::policy::rules::Item;
 use crate::policy::traffic::{
-    initial_share, part, split, window_bounds, CalWindow, Gcra, LimitKind, LimitRule, Traffic,
+    initial_share, part, split, window_bounds, CalWindow, Gcra, LimitKind, LimitRule, OnFailure,
+    RedisBackend, Traffic,
 };
+
+mod fleet;
+
+/// `Exchange::redis_state`: how workers treat rate limits and quotas while Redis is down.
+const REDIS_NORMAL: u8 = 0;
+const REDIS_OPEN: u8 = 1;
+const REDIS_CLOSED: u8 = 2;
 
 use super::context::Ctx;
 use super::reject::Refusal;
@@ -164,12 +172,56 @@ impl Known {
     }
 }
 
+/// Hashes a limit's key parts: SipHash seeded with a secret 128-bit key, random per process,
+/// or with `traffic.redis` derived from its URL and prefix, so every instance of a fleet
+/// names a key alike in Redis (a reload that sets it renames every key: their counts restart).
+pub struct KeyHasher {
+    k0: AtomicU64,
+    k1: AtomicU64,
+}
+
+impl KeyHasher {
+    fn random() -> KeyHasher {
+        let r = std::hash::RandomState::new();
+        KeyHasher {
+            k0: AtomicU64::new(r.hash_one(0u8)),
+            k1: AtomicU64::new(r.hash_one(1u8)),
+        }
+    }
+
+    fn fleet(&self, r: &RedisBackend) {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"tollgate traffic key\0");
+        ctx.update(r.url.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(r.key_prefix.as_bytes());
+        let d = ctx.finish();
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d.as_ref()[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        self.k0.store(word(0), Ordering::Relaxed);
+        self.k1.store(word(8), Ordering::Relaxed);
+    }
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = std::hash::DefaultHasher;
+    fn build_hasher(&self) -> std::hash::DefaultHasher {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.k0.load(Ordering::Relaxed));
+        h.write_u64(self.k1.load(Ordering::Relaxed));
+        h
+    }
+}
+
 /// The cross-core exchange: one per process, shared by every config generation (a reload keeps
 /// it, and with it the state of every limit whose fingerprint did not change).
 pub struct Exchange {
     workers: usize,
     /// Hashes key parts; one random key for all workers, so a key hashes alike everywhere.
-    hasher: std::hash::RandomState,
+    hasher: KeyHasher,
     chans: OnceLock<Chans>,
     /// Every limit a config (built in this process) defined, by fingerprint. Only grows: an
     /// aborted reload's limits are harmless, and a running one's are never missing.
@@ -183,13 +235,20 @@ pub struct Exchange {
     /// Events the queue could not take, and updates a worker's queue could not take.
     dropped: metrics::Counter,
     evictions: metrics::Counter,
+    /// `traffic.redis` of the latest config (the sync thread follows it).
+    redis: Mutex<Option<RedisBackend>>,
+    /// `REDIS_*`: set by the sync thread, read by workers (one relaxed load per limit).
+    redis_state: AtomicU8,
+    /// `traffic.redis` is set: a worker's new entry of a rate or quota gets no first share
+    /// (the exchange's first share comes with the other instances' usage read from Redis).
+    redis_on: AtomicBool,
 }
 
 impl Exchange {
     pub fn new(workers: usize) -> Arc<Exchange> {
         Arc::new(Exchange {
             workers: workers.max(1),
-            hasher: std::hash::RandomState::new(),
+            hasher: KeyHasher::random(),
             chans: OnceLock::new(),
             defs: Mutex::new(Arc::default()),
             sync_us: AtomicU64::new(20_000),
@@ -198,6 +257,9 @@ impl Exchange {
             thread: std::sync::OnceLock::new(),
             dropped: metrics::counter!(crate::observe::names::TRAFFIC_EXCHANGE_DROPPED_TOTAL),
             evictions: metrics::counter!(crate::observe::names::TRAFFIC_KEYS_EVICTED_TOTAL),
+            redis: Mutex::new(None),
+            redis_state: AtomicU8::new(REDIS_NORMAL),
+            redis_on: AtomicBool::new(false),
         })
     }
 
@@ -234,6 +296,17 @@ impl Exchange {
             .store(traffic.sync_interval.as_micros() as u64, Ordering::Relaxed);
         self.max_keys
             .store(traffic.max_global_keys, Ordering::Relaxed);
+        if let Some(r) = &traffic.redis {
+            self.hasher.fleet(r);
+        }
+        if let Ok(mut r) = self.redis.lock() {
+            if traffic.redis.is_none() {
+                self.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+            }
+            r.clone_from(&traffic.redis);
+            self.redis_on
+                .store(traffic.redis.is_some(), Ordering::Relaxed);
+        }
         if let Ok(mut defs) = self.defs.lock() {
             let mut next = HashMap::clone(&defs);
             for r in &traffic.rules {
@@ -288,6 +361,13 @@ struct Global {
     active: bool,
     /// The sync in which it was last active (the exchange evicts the longest idle first).
     last_active: u64,
+    /// `traffic.redis`: units counted here not yet sent; the Redis window (a rate's period
+    /// number, a quota's window end) the next two are for; units this instance sent in it;
+    /// the other instances' units in it, as last read.
+    pending: u64,
+    rwin: i64,
+    own: u64,
+    others: u64,
 }
 
 /// The exchange thread's state between syncs.
@@ -304,6 +384,98 @@ struct Book {
     fullest: HashMap<u64, f64>,
     /// Per quota limit: units counted, and the fullest key's fraction.
     metrics: HashMap<u64, (metrics::Counter, metrics::Gauge)>,
+    /// `traffic.redis`, when configured, and the keys of the sync in flight.
+    fleet: Option<fleet::Fleet>,
+    pushes: Vec<fleet::Push>,
+    pushed: Vec<((u64, u64), u64, i64)>,
+    /// A key was created in this sync: Redis is asked now (its first share waits for it).
+    fresh: bool,
+}
+
+/// How many syncs a key stays "recently active" for Redis: its total is read back (so the
+/// others' usage reaches this instance) for about a second after its last local use.
+const REDIS_RECENT_SYNCS: u64 = 50;
+
+/// `traffic.redis`: when due, sends this instance's new units of every rate and quota key used
+/// recently (one counter per key and window: a rate's period number `wall / per`, a quota's
+/// window end) and folds the others' part of the totals into the global state: a quota's
+/// `others`, a rate's TAT (each call of another instance moves it one emission interval).
+/// Down: `on_failure` tells the workers what to do (`redis_state`); units pile up in
+/// `pending` and are sent once Redis answers again.
+fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64, wall_s: i64) {
+    let cfg = x.redis.lock().ok().and_then(|r| r.clone());
+    let Some(cfg) = cfg else {
+        book.fleet = None;
+        return;
+    };
+    if book.fleet.as_ref().is_none_or(|f| f.cfg != cfg) {
+        book.fleet = Some(fleet::Fleet::new(cfg.clone()));
+    }
+    let Some(f) = book.fleet.as_mut() else { return };
+    if !f.due() && !std::mem::take(&mut book.fresh) {
+        return;
+    }
+    book.fresh = false;
+    let wall_ms = wall_s * 1000;
+    book.pushes.clear();
+    book.pushed.clear();
+    for (&k, g) in &book.keys {
+        let Some(def) = defs.get(&k.0) else { continue };
+        let (win, expire_at) = match def.kind {
+            LimitKind::Rate { per, .. } => {
+                let per_ms = (per.as_millis() as i64).max(1);
+                let n = wall_ms / per_ms;
+                (n, (n + 2) * per_ms / 1000 + 1)
+            }
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => (g.window_end, g.window_end + 60),
+            LimitKind::Concurrency { .. } => continue,
+        };
+        if g.pending == 0 && book.tick.saturating_sub(g.last_active) > REDIS_RECENT_SYNCS {
+            continue;
+        }
+        book.pushes.push(fleet::Push {
+            name: format!("{}{:016x}:{:016x}:{win}", cfg.key_prefix, k.0, k.1),
+            delta: g.pending,
+            expire_at,
+        });
+        book.pushed.push((k, g.pending, win));
+    }
+    match f.sync(&book.pushes) {
+        Ok(totals) => {
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+            for (&(k, delta, win), total) in book.pushed.iter().zip(totals) {
+                let Some(g) = book.keys.get_mut(&k) else {
+                    continue;
+                };
+                let Some(def) = defs.get(&k.0) else { continue };
+                g.pending = g.pending.saturating_sub(delta);
+                if g.rwin != win {
+                    (g.rwin, g.own, g.others) = (win, 0, 0);
+                }
+                g.own += delta;
+                let others = total.saturating_sub(g.own);
+                if let LimitKind::Rate { limit, per, burst } = def.kind {
+                    let new = others.saturating_sub(g.others);
+                    if new > 0 {
+                        let t = Gcra::new(limit, per, burst).t;
+                        g.tat = g.tat.max(now).saturating_add(t.saturating_mul(new));
+                        g.active = true;
+                    }
+                } else if others != g.others {
+                    g.active = true;
+                }
+                g.others = others;
+            }
+        }
+        Err(_) => {
+            let state = match cfg.on_failure {
+                OnFailure::Open => REDIS_OPEN,
+                OnFailure::Closed => REDIS_CLOSED,
+                OnFailure::Local => REDIS_NORMAL,
+            };
+            x.redis_state.store(state, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The quota metrics of limit `fp`, registered the first time.
@@ -375,8 +547,10 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             }
             continue;
         }
+        let fresh = &mut book.fresh;
         let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
             ch.known.insert(ev.fp, ev.key);
+            *fresh = true;
             Global {
                 sides: vec![Side::default(); n],
                 tat: 0,
@@ -384,6 +558,10 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 count: 0,
                 active: false,
                 last_active: tick,
+                pending: 0,
+                rwin: 0,
+                own: 0,
+                others: 0,
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -410,14 +588,17 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     .tat
                     .max(ev.at_us)
                     .saturating_add(gcra.t.saturating_mul(delta));
+                g.pending += delta;
             }
             LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
                 if ev.window_end > g.window_end {
                     g.window_end = ev.window_end;
                     g.count = 0;
+                    g.pending = 0;
                 }
                 if ev.window_end == g.window_end {
                     g.count += delta;
+                    g.pending += delta;
                 }
                 if delta > 0 {
                     quota_metrics(&mut book.metrics, ev.fp, def)
@@ -428,6 +609,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             _ => {}
         }
     }
+    redis_sync(x, book, &defs, now, wall_s);
     let interval = x.sync_us.load(Ordering::Relaxed);
     let Book {
         keys,
@@ -459,11 +641,12 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             LimitKind::Quota { limit, .. } | LimitKind::Tokens { limit, .. } => {
                 // Workers roll their windows themselves: an ended window is dropped here only.
                 let ended = wall_s >= g.window_end;
+                let used = g.count + g.others;
                 if !ended {
                     let f = fullest.entry(fp).or_insert(0.0);
-                    *f = f.max(g.count as f64 / limit.max(1) as f64);
+                    *f = f.max(used as f64 / limit.max(1) as f64);
                 }
-                (limit.saturating_sub(g.count), !ended || g.active, false, 0)
+                (limit.saturating_sub(used), !ended || g.active, false, 0)
             }
             LimitKind::Concurrency { limit } => {
                 let inflight: u64 = g.sides.iter().map(|s| s.level).sum();
@@ -861,6 +1044,13 @@ impl Local {
         e
     }
 
+    /// With `traffic.redis`, a rate's or quota's new entry waits for the exchange's share
+    /// (which counts the other instances' usage) instead of taking a first share.
+    fn fleet_first(&self, kind: &LimitKind) -> bool {
+        !matches!(kind, LimitKind::Concurrency { .. })
+            && self.exchange.redis_on.load(Ordering::Relaxed)
+    }
+
     /// One limit's decision for `key` on this worker (nothing committed): `already` calls of
     /// this request are pending on the same entry. A refusal asks the exchange for more (at
     /// most once a sync interval) and says whether the global budget may still have room.
@@ -902,7 +1092,7 @@ impl Local {
                 epoch: born,
                 born,
                 level: 0,
-                cap: if known {
+                cap: if known || self.fleet_first(&l.kind) {
                     0
                 } else {
                     initial_share(l.kind.budget(), workers)
@@ -931,10 +1121,27 @@ impl Local {
             // A new calendar window: this worker starts it with its first share.
             e.epoch = self.epoch();
             e.level = 0;
-            e.cap = initial_share(l.kind.budget(), workers);
+            e.cap = if self.fleet_first(&l.kind) {
+                0
+            } else {
+                initial_share(l.kind.budget(), workers)
+            };
             e.window_end = window_end;
             e.left = None;
             e.dirty = false;
+        }
+        if !e.concurrency {
+            // `traffic.redis` down: `on_failure` open or closed decides alone.
+            match self.exchange.redis_state.load(Ordering::Relaxed) {
+                REDIS_NORMAL => {}
+                REDIS_OPEN => return Judged::Admit,
+                _ => {
+                    return Judged::Over {
+                        retry_ms: sync_ms.max(1000),
+                        wait: false,
+                    }
+                }
+            }
         }
         if e.level + already < e.cap {
             return Judged::Admit;

@@ -8,12 +8,17 @@ use serde_yaml_ng::Value;
 
 use super::extract::{count, describe, duration, item, string, Problems, Section};
 use crate::config::{Server, Upstream};
-use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, Traffic};
+use crate::policy::traffic::{
+    part, CalWindow, Limit, LimitKind, LimitRule, OnFailure, RedisBackend, Traffic,
+};
 
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(20);
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
 pub const DEFAULT_MAX_GLOBAL_KEYS: u64 = 400_000;
+pub const DEFAULT_REDIS_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tollgate:";
 /// Rules at most (their names are metric labels).
 const MAX_RULES: usize = 256;
 
@@ -68,6 +73,7 @@ pub(super) fn traffic(
             "max_keys",
             "max_global_keys",
             "rules",
+            "redis",
         ],
     );
     let zone = s.get(p, "time_zone", DEFAULT_TIME_ZONE.to_string(), |v| {
@@ -92,6 +98,7 @@ pub(super) fn traffic(
         |v| count(1, 100_000_000)(v).map(|n| n as usize),
     );
     let rules = rules(p, &s, servers, upstreams, &zone);
+    let redis = redis(p, &s);
     Traffic {
         time_zone: zone.into(),
         tz,
@@ -99,6 +106,7 @@ pub(super) fn traffic(
         max_keys,
         max_global_keys,
         rules,
+        redis,
     }
 }
 
@@ -325,4 +333,56 @@ fn token_costs(p: &mut Problems, t: &Section, tpath: &str) -> Vec<(Box<str>, u64
         }
     }
     out
+}
+
+/// `traffic.redis` (null or absent: none).
+fn redis(p: &mut Problems, s: &Section) -> Option<RedisBackend> {
+    let (path, v) = s.value("redis")?;
+    let r = Section::open(
+        p,
+        path,
+        Some(v),
+        &[
+            "url",
+            "sync_interval",
+            "timeout",
+            "on_failure",
+            "key_prefix",
+        ],
+    );
+    let url = r.required(p, "url", |v| {
+        let u = string(v)?;
+        if !(u.starts_with("redis://") || u.starts_with("unix://")) {
+            return Err("expected redis://host:port[/db] or unix:///path".into());
+        }
+        redis::parse_redis_url(u)
+            .map(|_| u.to_string())
+            .ok_or_else(|| "not a Redis URL".to_string())
+    });
+    let sync_interval = r.get(p, "sync_interval", DEFAULT_REDIS_SYNC_INTERVAL, |v| {
+        super::extract::duration_within(Duration::from_millis(1), Duration::from_secs(60))(v)
+    });
+    let timeout = r.get(p, "timeout", DEFAULT_REDIS_TIMEOUT, |v| {
+        super::extract::duration_within(Duration::from_millis(1), Duration::from_secs(10))(v)
+    });
+    let on_failure = r.get(p, "on_failure", OnFailure::Local, |v| match string(v)? {
+        "open" => Ok(OnFailure::Open),
+        "closed" => Ok(OnFailure::Closed),
+        "local" => Ok(OnFailure::Local),
+        other => Err(format!("expected open, closed or local, got {other:?}")),
+    });
+    let key_prefix = r.get(p, "key_prefix", DEFAULT_REDIS_KEY_PREFIX.to_string(), |v| {
+        let k = string(v)?;
+        if k.len() > 64 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("at most 64 characters, no spaces".into());
+        }
+        Ok(k.to_string())
+    });
+    Some(RedisBackend {
+        url: url?.into(),
+        sync_interval,
+        timeout,
+        on_failure,
+        key_prefix: key_prefix.into(),
+    })
 }
