@@ -1724,3 +1724,29 @@ fn traffic_rule_problems_are_reported_at_their_keys() {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
 }
+
+#[test]
+fn traffic_redis_is_parsed_checked_and_rendered_without_its_password() {
+    let c = ok("traffic:\n  redis:\n    url: \"redis://app:s3cret@10.0.0.5:6379/2\"\n    on_failure: closed\n");
+    let r = c.traffic.redis.as_ref().expect("redis");
+    assert_eq!(r.on_failure, crate::policy::traffic::OnFailure::Closed);
+    assert_eq!(r.sync_interval, super::traffic::DEFAULT_REDIS_SYNC_INTERVAL);
+    assert_eq!(&*r.key_prefix, "tollgate:");
+    let shown = super::render::render_effective(&c);
+    assert!(
+        shown.contains("redis://app:<redacted>@10.0.0.5:6379/2"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cret"));
+    assert!(ok("traffic:\n  redis: null\n").traffic.redis.is_none());
+    let e =
+        errs("traffic:\n  redis:\n    url: \"http://x\"\n    on_failure: maybe\n    timeout: 0s\n")
+            .join("\n");
+    for want in [
+        "traffic.redis.url: expected redis://",
+        "traffic.redis.on_failure: expected open, closed or local",
+        "traffic.redis.timeout:",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
