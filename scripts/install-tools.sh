@@ -13,6 +13,7 @@
 #                   when ../shared is absent (the conformance step then says so and fails)
 #   promtool        system-wide, from Debian's `prometheus` package (tests/promtool.rs; the same package
 #                   gives the Prometheus server that test scrapes tollgate with), and
+#   redis-server    Debian's `redis-server` (tests/traffic_redis.rs starts its own on a free port),
 #   openssl         Debian's `openssl` (loadtest/smoke.sh's tollgate-tls CA), each when missing
 #                   and we are root with apt-get; otherwise says why it is skipped
 # Idempotent: each part is skipped when its stamp matches the hash of its lockfile.
@@ -70,6 +71,7 @@ apt_tool() {
 mkdir -p "$tools"
 apt_tool promtool prometheus
 apt_tool openssl openssl
+apt_tool redis-server redis-server
 
 command -v npm >/dev/null || die "npm not found (the machine's Node.js/npm is needed to bootstrap Node 22)"
 command -v python3 >/dev/null || die "python3 not found"

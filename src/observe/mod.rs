@@ -225,11 +225,28 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::TRAFFIC_EXCHANGE_DROPPED_TOTAL,
         "Usage messages between workers and the traffic exchange dropped because a queue was \
-         full (65536 each): the global count misses them."
+         full (sized from traffic.max_keys); a lost level is sent again later."
+    );
+    describe_counter!(
+        names::TRAFFIC_QUOTA_USED_TOTAL,
+        "Units counted by quota rules: calls (quota) or estimated tokens and costs (tokens)."
+    );
+    describe_gauge!(
+        names::TRAFFIC_QUOTA_FULLEST_RATIO,
+        "The fullest key of a quota rule: its fraction of the budget in the current window."
+    );
+    describe_gauge!(
+        names::TRAFFIC_REDIS_UP,
+        "1 while the last sync with traffic.redis succeeded, else 0."
+    );
+    describe_counter!(
+        names::TRAFFIC_REDIS_SYNCS_TOTAL,
+        "Syncs of the traffic exchange with traffic.redis, by result (ok, error)."
     );
     describe_counter!(
         names::TRAFFIC_KEYS_EVICTED_TOTAL,
-        "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys."
+        "Limiter keys a worker evicted (the oldest idle) to stay within traffic.max_keys, or \
+         the exchange to stay within traffic.max_global_keys."
     );
     describe_counter!(
         names::AUTHZ_DECISIONS_TOTAL,

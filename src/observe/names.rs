@@ -86,11 +86,22 @@ pub const REGO_ERRORS_TOTAL: &str = "tollgate_rego_errors_total";
 /// `traffic.rules`: calls refused by a rate limit, concurrency limit or quota, by rule and kind
 /// (rate, concurrency, quota). Rule names are bounded by the config.
 pub const TRAFFIC_REJECTIONS_TOTAL: &str = "tollgate_traffic_rejections_total";
-/// `traffic.max_keys`: limiter keys a worker evicted (the oldest idle) to stay within it.
+/// `traffic.max_keys` / `max_global_keys`: limiter keys a worker or the exchange evicted (the
+/// oldest idle) to stay within it.
 pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_total";
 /// Usage messages between the workers and the traffic exchange that a full queue could not take
-/// (the global count misses them: over-admission beyond the documented bound).
+/// (a worker's level is sent again at its next decision; an update at the next change).
 pub const TRAFFIC_EXCHANGE_DROPPED_TOTAL: &str = "tollgate_traffic_exchange_dropped_total";
+/// Quotas (`quota`, `tokens`): units counted (calls, or estimated tokens and costs), by rule
+/// and kind, summed over the rule's keys (a key is never a label).
+pub const TRAFFIC_QUOTA_USED_TOTAL: &str = "tollgate_traffic_quota_used_total";
+/// Quotas: the fullest key's share of its budget in the current window (0..1, above 1 when
+/// calls in flight overran it), by rule: alert on it nearing 1.
+pub const TRAFFIC_QUOTA_FULLEST_RATIO: &str = "tollgate_traffic_quota_fullest_ratio";
+/// `traffic.redis`: 1 while the last sync with Redis succeeded, else 0.
+pub const TRAFFIC_REDIS_UP: &str = "tollgate_traffic_redis_up";
+/// `traffic.redis`: syncs with Redis by result (ok, error).
+pub const TRAFFIC_REDIS_SYNCS_TOTAL: &str = "tollgate_traffic_redis_syncs_total";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -43,10 +43,50 @@ pub struct Traffic {
     pub sync_interval: Duration,
     /// Keys one worker tracks at most (the oldest idle ones are evicted past it).
     pub max_keys: usize,
+    /// Keys the exchange keeps at most (past it the longest idle are evicted: a quota key so
+    /// dropped starts its window's count afresh).
+    pub max_global_keys: usize,
     pub rules: Vec<LimitRule>,
     /// Some rule keys by `arguments`: the scan phase hashes each `tools/call`'s arguments
     /// (nothing is hashed otherwise).
     pub hashes_arguments: bool,
+    /// `redis`: usage shared with the other instances (none: this instance alone).
+    pub redis: Option<RedisBackend>,
+}
+
+/// `traffic.redis`: where the instances add up their usage of rate limits and quotas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisBackend {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: Box<str>,
+    /// How often the exchange sends its deltas and reads back the totals.
+    pub sync_interval: Duration,
+    /// How long one round trip (or a connect) may take before Redis counts as down.
+    pub timeout: Duration,
+    pub on_failure: OnFailure,
+    /// Prepended to every key (several fleets can share one Redis).
+    pub key_prefix: Box<str>,
+}
+
+/// What the limits of an instance do while Redis is down or slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit every call under a rate limit or quota (counted, and sent once Redis is back).
+    Open,
+    /// Refuse every call under a rate limit or quota.
+    Closed,
+    /// Limit with this instance's own count plus the others' as last seen.
+    Local,
+}
+
+impl OnFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Open => "open",
+            OnFailure::Closed => "closed",
+            OnFailure::Local => "local",
+        }
+    }
 }
 
 /// A calendar window of a quota.
@@ -83,6 +123,10 @@ pub enum LimitKind {
     Concurrency { limit: u64 },
     /// Calls per calendar window (in `traffic.time_zone`).
     Quota { limit: u64, window: CalWindow },
+    /// Units per calendar window: the estimated tokens of the replies relayed
+    /// (`observe::tokens`), charged after each call, plus the rule's `costs` per call, charged
+    /// when it is admitted. A call is refused once the window's budget is spent.
+    Tokens { limit: u64, window: CalWindow },
 }
 
 impl LimitKind {
@@ -92,6 +136,7 @@ impl LimitKind {
             LimitKind::Rate { .. } => "rate",
             LimitKind::Concurrency { .. } => "concurrency",
             LimitKind::Quota { .. } => "quota",
+            LimitKind::Tokens { .. } => "tokens",
         }
     }
 
@@ -99,7 +144,17 @@ impl LimitKind {
     pub fn budget(&self) -> u64 {
         match *self {
             LimitKind::Rate { burst, .. } => burst,
-            LimitKind::Concurrency { limit } | LimitKind::Quota { limit, .. } => limit,
+            LimitKind::Concurrency { limit }
+            | LimitKind::Quota { limit, .. }
+            | LimitKind::Tokens { limit, .. } => limit,
+        }
+    }
+
+    /// The calendar window of a quota (in calls or tokens).
+    pub fn window(&self) -> Option<CalWindow> {
+        match *self {
+            LimitKind::Quota { window, .. } | LimitKind::Tokens { window, .. } => Some(window),
+            _ => None,
         }
     }
 }
@@ -131,6 +186,9 @@ pub struct LimitRule {
     /// `part` bits; 0 = one counter for everything the rule matches.
     pub key: u8,
     pub limits: Vec<Limit>,
+    /// `tokens.costs`: units a tool call is charged when admitted, by the first glob (over
+    /// exposed tool names) that matches; none: 0.
+    pub costs: Vec<(Box<str>, u64)>,
     /// A runaway-loop guard (`loop: {max, window}`): its one limit is a rate of `max` calls per
     /// `window` (burst `max`) keyed by principal, tool and arguments; matches `tools/call` only.
     pub loop_guard: Option<LoopGuard>,
@@ -210,6 +268,20 @@ impl LimitRule {
         self.tools.is_some()
     }
 
+    /// What an admitted call adds to `kind`'s count: one call, or for a token quota the cost
+    /// of `tool` (its reply's tokens are charged after it).
+    pub fn units(&self, kind: &LimitKind, tool: Option<&str>) -> u64 {
+        match kind {
+            LimitKind::Tokens { .. } => tool.map_or(0, |t| {
+                self.costs
+                    .iter()
+                    .find(|(g, _)| crate::mcp::names::glob_match(g, t))
+                    .map_or(0, |c| c.1)
+            }),
+            _ => 1,
+        }
+    }
+
     /// Computes the fingerprints of the rule's limits from its definition (`describe`: the
     /// rule's target keys as written; its key parts and each limit are hashed beside it).
     pub fn seal(&mut self, describe: &str, time_zone: &str) {
@@ -219,7 +291,7 @@ impl LimitRule {
             describe.hash(&mut h);
             self.key.hash(&mut h);
             l.kind.hash(&mut h);
-            if matches!(l.kind, LimitKind::Quota { .. }) {
+            if l.kind.window().is_some() {
                 time_zone.hash(&mut h);
             }
             l.fp = h.finish();

@@ -374,6 +374,10 @@ impl Ctx {
 /// Phase: record. Runs once for every request that got this far, refused or not.
 pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     let elapsed = ctx.started.elapsed();
+    if !ctx.held.is_empty() {
+        // Token quotas: what this request's reply pulled into the client's context.
+        super::limit::charge_relayed(ctx, c.sent - ctx.sent_before);
+    }
     w.metrics
         .request(ctx.method(), ctx.outcome, elapsed.as_secs_f64());
     if let Some(r) = &ctx.refused {

@@ -1,16 +1,16 @@
 //! Phase: limit (`traffic.rules`). Each worker decides from its own share of every limit (no
 //! lock on the request path); the exchange thread collects what the workers admitted, keeps
-//! the global truth (GCRA state, quota counts, calls in flight) and hands each worker a new
-//! share every `traffic.sync_interval`, in proportion to where the demand is. A config without
-//! rules costs one branch (`check`). The arithmetic is `policy::traffic`.
+//! the global truth (GCRA state, quota counts, calls in flight) and hands each worker that uses
+//! a key a new share every `traffic.sync_interval`, in proportion to where the demand is. A
+//! config without rules costs one branch (`check`). The arithmetic is `policy::traffic`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use smallvec::SmallVec;
@@ -20,33 +20,50 @@ use crate::jsonrpc::MessageKind;
 use crate::mcp::Method;
 use crate::policy::rules::Item;
 use crate::policy::traffic::{
-    initial_share, part, split, window_bounds, CalWindow, Gcra, LimitKind, LimitRule, Traffic,
+    initial_share, part, split, window_bounds, CalWindow, Gcra, LimitKind, LimitRule, OnFailure,
+    RedisBackend, Traffic,
 };
+
+mod fleet;
+
+/// `Exchange::redis_state`: how workers treat rate limits and quotas while Redis is down.
+const REDIS_NORMAL: u8 = 0;
+const REDIS_OPEN: u8 = 1;
+const REDIS_CLOSED: u8 = 2;
 
 use super::context::Ctx;
 use super::reject::Refusal;
 use super::state::WorkerState;
 
-/// Events the workers' queue holds at most between two syncs (one per admitted call, release,
-/// and at most one demand per key and interval): past it events are dropped and counted.
-const EVENTS: usize = 1 << 16;
-/// Updates a worker's queue holds at most (one per active key and sync).
-const UPDATES: usize = 1 << 16;
-
+/// Microseconds on the monotonic clock (rates, concurrency, demand pacing): a wall clock
+/// stepped by NTP or a resumed VM must not refill or freeze a GCRA. Offset so that "long ago"
+/// (0) is more than a sync interval before the first call. Calendar quotas use `wall_ms`.
 fn now_us() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    (1 << 32) + base.elapsed().as_micros() as u64
+}
+
+/// Unix milliseconds: only calendar windows (which are wall time in `traffic.time_zone`).
+fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum What {
-    Admit,
-    Release,
+    /// The worker's level changed (admitted, released): the event carries the new level.
+    Use,
     /// A call was refused on this worker: it wants a larger share.
     Demand,
+    /// The worker evicted its entry: it wants no more updates for the key.
+    Gone,
 }
 
+/// What a worker tells the exchange about one of its entries. It carries the entry's level
+/// (calls counted in its epoch, or in flight), not a delta: a lost event is made good by the
+/// next one, so neither a count nor a concurrency slot is lost to a full queue.
 #[derive(Clone, Copy, Debug)]
 struct Event {
     fp: u64,
@@ -54,8 +71,9 @@ struct Event {
     worker: u16,
     epoch: u32,
     what: What,
+    level: u64,
     at_us: u64,
-    /// Quotas: the end of the window the call was counted in (Unix seconds).
+    /// Quotas: the end of the window the entry counts in (Unix seconds).
     window_end: i64,
 }
 
@@ -70,15 +88,132 @@ struct Update {
     /// What was left globally when the share was computed.
     left: u64,
     window_end: i64,
-    /// The key is idle everywhere: a worker drops its entry (and starts afresh next time).
+    /// A rate: when the next call conforms globally (`now_us` clock); 0 otherwise.
+    next_us: u64,
+    /// The key is idle everywhere (or evicted by the exchange): a worker drops its entry.
     forget: bool,
-    concurrency: bool,
 }
 
 /// A limit the exchange knows (by fingerprint): what it needs to keep the global truth.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Def {
     kind: LimitKind,
+    /// The rule's name: the label of the quota metrics.
+    rule: Arc<str>,
+}
+
+/// The queues and the filter of known keys, made by the first config with rules and sized from
+/// its `traffic.max_keys` and `max_global_keys` (a reload keeps them: larger ones take a
+/// restart to size).
+struct Chans {
+    events: Sender<Event>,
+    events_rx: Receiver<Event>,
+    updates: Vec<(Sender<Update>, Receiver<Update>)>,
+    known: Known,
+}
+
+/// The keys the exchange keeps state for, as a Bloom filter the workers read without a lock:
+/// a worker creating an entry for a key in it starts with no share and waits for the
+/// exchange's (an evicted and re-created entry must not get a first share again). A false
+/// positive costs that wait (at most 3 sync intervals); a key missing from it (a read racing a
+/// rebuild) costs a first share, as before the filter. Two buffers: the exchange rebuilds the
+/// idle one from its keys and switches, so removed keys leave the filter.
+struct Known {
+    bits: [Box<[AtomicU64]>; 2],
+    current: AtomicUsize,
+    mask: u64,
+}
+
+impl Known {
+    fn new(keys: usize) -> Known {
+        let bits = (keys.saturating_mul(8))
+            .next_power_of_two()
+            .clamp(1 << 12, 1 << 27);
+        let buf = || (0..bits / 64).map(|_| AtomicU64::new(0)).collect();
+        Known {
+            bits: [buf(), buf()],
+            current: AtomicUsize::new(0),
+            mask: bits as u64 - 1,
+        }
+    }
+
+    fn positions(&self, fp: u64, key: u64) -> [u64; 2] {
+        let h = (fp ^ key.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        [h & self.mask, (h >> 32 ^ h.rotate_left(17)) & self.mask]
+    }
+
+    fn contains(&self, fp: u64, key: u64) -> bool {
+        let b = &self.bits[self.current.load(Ordering::Acquire) & 1];
+        self.positions(fp, key)
+            .iter()
+            .all(|&p| b[(p / 64) as usize].load(Ordering::Relaxed) & (1 << (p % 64)) != 0)
+    }
+
+    fn set(&self, buf: usize, fp: u64, key: u64) {
+        for p in self.positions(fp, key) {
+            self.bits[buf][(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn insert(&self, fp: u64, key: u64) {
+        self.set(self.current.load(Ordering::Relaxed) & 1, fp, key);
+    }
+
+    /// Refills the idle buffer with `keys` and makes it current.
+    fn rebuild<'a>(&self, keys: impl Iterator<Item = &'a (u64, u64)>) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) & 1;
+        for w in self.bits[next].iter() {
+            w.store(0, Ordering::Relaxed);
+        }
+        for &(fp, key) in keys {
+            self.set(next, fp, key);
+        }
+        self.current.store(next, Ordering::Release);
+    }
+}
+
+/// Hashes a limit's key parts: SipHash seeded with a secret 128-bit key, random per process,
+/// or with `traffic.redis` derived from its URL and prefix, so every instance of a fleet
+/// names a key alike in Redis (a reload that sets it renames every key: their counts restart).
+pub struct KeyHasher {
+    k0: AtomicU64,
+    k1: AtomicU64,
+}
+
+impl KeyHasher {
+    fn random() -> KeyHasher {
+        let r = std::hash::RandomState::new();
+        KeyHasher {
+            k0: AtomicU64::new(r.hash_one(0u8)),
+            k1: AtomicU64::new(r.hash_one(1u8)),
+        }
+    }
+
+    fn fleet(&self, r: &RedisBackend) {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"tollgate traffic key\0");
+        ctx.update(r.url.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(r.key_prefix.as_bytes());
+        let d = ctx.finish();
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d.as_ref()[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        self.k0.store(word(0), Ordering::Relaxed);
+        self.k1.store(word(8), Ordering::Relaxed);
+    }
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = std::hash::DefaultHasher;
+    fn build_hasher(&self) -> std::hash::DefaultHasher {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.k0.load(Ordering::Relaxed));
+        h.write_u64(self.k1.load(Ordering::Relaxed));
+        h
+    }
 }
 
 /// The cross-core exchange: one per process, shared by every config generation (a reload keeps
@@ -86,37 +221,67 @@ struct Def {
 pub struct Exchange {
     workers: usize,
     /// Hashes key parts; one random key for all workers, so a key hashes alike everywhere.
-    hasher: std::hash::RandomState,
-    events: Sender<Event>,
-    events_rx: Receiver<Event>,
-    updates: Vec<(Sender<Update>, Receiver<Update>)>,
+    hasher: KeyHasher,
+    chans: OnceLock<Chans>,
     /// Every limit a config (built in this process) defined, by fingerprint. Only grows: an
     /// aborted reload's limits are harmless, and a running one's are never missing.
     defs: Mutex<Arc<HashMap<u64, Def>>>,
     sync_us: AtomicU64,
+    /// Keys the exchange keeps at most (`traffic.max_global_keys`).
+    max_keys: AtomicUsize,
     started: AtomicBool,
     /// The sync thread, woken early when a worker's share ran out.
     thread: std::sync::OnceLock<std::thread::Thread>,
     /// Events the queue could not take, and updates a worker's queue could not take.
     dropped: metrics::Counter,
+    evictions: metrics::Counter,
+    /// `traffic.redis` of the latest config (the sync thread follows it).
+    redis: Mutex<Option<RedisBackend>>,
+    /// `REDIS_*`: set by the sync thread, read by workers (one relaxed load per limit).
+    redis_state: AtomicU8,
+    /// `traffic.redis` is set: a worker's new entry of a rate or quota gets no first share
+    /// (the exchange's first share comes with the other instances' usage read from Redis).
+    redis_on: AtomicBool,
 }
 
 impl Exchange {
     pub fn new(workers: usize) -> Arc<Exchange> {
-        let (events, events_rx) = crossbeam_channel::bounded(EVENTS);
         Arc::new(Exchange {
             workers: workers.max(1),
-            hasher: std::hash::RandomState::new(),
-            events,
-            events_rx,
-            updates: (0..workers.max(1))
-                .map(|_| crossbeam_channel::bounded(UPDATES))
-                .collect(),
+            hasher: KeyHasher::random(),
+            chans: OnceLock::new(),
             defs: Mutex::new(Arc::default()),
             sync_us: AtomicU64::new(20_000),
+            max_keys: AtomicUsize::new(usize::MAX),
             started: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
             dropped: metrics::counter!(crate::observe::names::TRAFFIC_EXCHANGE_DROPPED_TOTAL),
+            evictions: metrics::counter!(crate::observe::names::TRAFFIC_KEYS_EVICTED_TOTAL),
+            redis: Mutex::new(None),
+            redis_state: AtomicU8::new(REDIS_NORMAL),
+            redis_on: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes the queues (sized from `max_keys`: the events of two keys' worth of calls per
+    /// key and sync, one update per key a worker holds) the first time.
+    fn chans(&self, max_keys: usize, global_keys: usize) -> &Chans {
+        self.chans.get_or_init(|| {
+            let (events, events_rx) = crossbeam_channel::bounded(
+                max_keys
+                    .saturating_mul(2)
+                    .next_power_of_two()
+                    .clamp(1 << 14, 1 << 20),
+            );
+            let per_worker = max_keys.next_power_of_two().clamp(1 << 10, 1 << 18);
+            Chans {
+                events,
+                events_rx,
+                updates: (0..self.workers)
+                    .map(|_| crossbeam_channel::bounded(per_worker))
+                    .collect(),
+                known: Known::new(global_keys),
+            }
         })
     }
 
@@ -126,13 +291,33 @@ impl Exchange {
         if traffic.rules.is_empty() {
             return;
         }
+        self.chans(traffic.max_keys, traffic.max_global_keys);
         self.sync_us
             .store(traffic.sync_interval.as_micros() as u64, Ordering::Relaxed);
+        self.max_keys
+            .store(traffic.max_global_keys, Ordering::Relaxed);
+        if let Some(r) = &traffic.redis {
+            self.hasher.fleet(r);
+        }
+        if let Ok(mut r) = self.redis.lock() {
+            if traffic.redis.is_none() {
+                self.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+            }
+            r.clone_from(&traffic.redis);
+            self.redis_on
+                .store(traffic.redis.is_some(), Ordering::Relaxed);
+        }
         if let Ok(mut defs) = self.defs.lock() {
             let mut next = HashMap::clone(&defs);
             for r in &traffic.rules {
                 for l in &r.limits {
-                    next.insert(l.fp, Def { kind: l.kind });
+                    next.insert(
+                        l.fp,
+                        Def {
+                            kind: l.kind,
+                            rule: r.name.as_ref().into(),
+                        },
+                    );
                 }
             }
             *defs = Arc::new(next);
@@ -154,145 +339,453 @@ impl Exchange {
     }
 }
 
+/// What the exchange knows of one worker for one key.
+#[derive(Clone, Copy, Debug, Default)]
+struct Side {
+    /// The epoch of the worker's entry; 0: the worker has no entry (no updates sent to it).
+    epoch: u32,
+    /// Its level in that epoch (calls counted, or in flight).
+    level: u64,
+    /// Calls and refusals since the last sync.
+    demand: u64,
+    /// The (share, left) last sent, to send again only what changed.
+    sent: Option<(u64, u64)>,
+}
+
 /// The global state of one key of one limit, on the exchange thread.
 struct Global {
-    /// Per worker: the epoch of its entry, the level seen (calls counted in the epoch, or in
-    /// flight), and the demand (calls and refusals) since the last sync.
-    workers: Vec<(u32, i64, u64)>,
+    sides: Vec<Side>,
     tat: u64,
     window_end: i64,
     count: u64,
     active: bool,
+    /// The sync in which it was last active (the exchange evicts the longest idle first).
+    last_active: u64,
+    /// `traffic.redis`: units counted here not yet sent; the Redis window (a rate's period
+    /// number, a quota's window end) the next two are for; units this instance sent in it;
+    /// the other instances' units in it, as last read.
+    pending: u64,
+    rwin: i64,
+    own: u64,
+    others: u64,
+}
+
+/// The exchange thread's state between syncs.
+#[derive(Default)]
+struct Book {
+    keys: HashMap<(u64, u64), Global>,
+    tick: u64,
+    /// Keys removed since the filter of known keys was last rebuilt.
+    removed: usize,
+    shares: Vec<u64>,
+    demand: Vec<u64>,
+    who: Vec<usize>,
+    /// Per quota limit: the fullest key's fraction of its budget in this sync.
+    fullest: HashMap<u64, f64>,
+    /// Per quota limit: units counted, and the fullest key's fraction.
+    metrics: HashMap<u64, (metrics::Counter, metrics::Gauge)>,
+    /// `traffic.redis`, when configured, and the keys of the sync in flight.
+    fleet: Option<fleet::Fleet>,
+    pushes: Vec<fleet::Push>,
+    pushed: Vec<((u64, u64), u64, i64)>,
+    /// A key was created in this sync: Redis is asked now (its first share waits for it).
+    fresh: bool,
+}
+
+/// How many syncs a key stays "recently active" for Redis: its total is read back (so the
+/// others' usage reaches this instance) for about a second after its last local use.
+const REDIS_RECENT_SYNCS: u64 = 50;
+
+/// `traffic.redis`: when due, sends this instance's new units of every rate and quota key used
+/// recently (one counter per key and window: a rate's period number `wall / per`, a quota's
+/// window end) and folds the others' part of the totals into the global state: a quota's
+/// `others`, a rate's TAT (each call of another instance moves it one emission interval).
+/// Down: `on_failure` tells the workers what to do (`redis_state`); units pile up in
+/// `pending` and are sent once Redis answers again.
+fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64, wall_s: i64) {
+    let cfg = x.redis.lock().ok().and_then(|r| r.clone());
+    let Some(cfg) = cfg else {
+        book.fleet = None;
+        return;
+    };
+    if book.fleet.as_ref().is_none_or(|f| f.cfg != cfg) {
+        book.fleet = Some(fleet::Fleet::new(cfg.clone()));
+    }
+    let Some(f) = book.fleet.as_mut() else { return };
+    if !f.due() && !std::mem::take(&mut book.fresh) {
+        return;
+    }
+    book.fresh = false;
+    let wall_ms = wall_s * 1000;
+    book.pushes.clear();
+    book.pushed.clear();
+    for (&k, g) in &book.keys {
+        let Some(def) = defs.get(&k.0) else { continue };
+        let (win, expire_at) = match def.kind {
+            LimitKind::Rate { per, .. } => {
+                let per_ms = (per.as_millis() as i64).max(1);
+                let n = wall_ms / per_ms;
+                (n, (n + 2) * per_ms / 1000 + 1)
+            }
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => (g.window_end, g.window_end + 60),
+            LimitKind::Concurrency { .. } => continue,
+        };
+        if g.pending == 0 && book.tick.saturating_sub(g.last_active) > REDIS_RECENT_SYNCS {
+            continue;
+        }
+        book.pushes.push(fleet::Push {
+            name: format!("{}{:016x}:{:016x}:{win}", cfg.key_prefix, k.0, k.1),
+            delta: g.pending,
+            expire_at,
+        });
+        book.pushed.push((k, g.pending, win));
+    }
+    match f.sync(&book.pushes) {
+        Ok(totals) => {
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+            for (&(k, delta, win), total) in book.pushed.iter().zip(totals) {
+                let Some(g) = book.keys.get_mut(&k) else {
+                    continue;
+                };
+                let Some(def) = defs.get(&k.0) else { continue };
+                g.pending = g.pending.saturating_sub(delta);
+                if g.rwin != win {
+                    (g.rwin, g.own, g.others) = (win, 0, 0);
+                }
+                g.own += delta;
+                let others = total.saturating_sub(g.own);
+                if let LimitKind::Rate { limit, per, burst } = def.kind {
+                    let new = others.saturating_sub(g.others);
+                    if new > 0 {
+                        let t = Gcra::new(limit, per, burst).t;
+                        g.tat = g.tat.max(now).saturating_add(t.saturating_mul(new));
+                        g.active = true;
+                    }
+                } else if others != g.others {
+                    g.active = true;
+                }
+                g.others = others;
+            }
+        }
+        Err(_) => {
+            let state = match cfg.on_failure {
+                OnFailure::Open => REDIS_OPEN,
+                OnFailure::Closed => REDIS_CLOSED,
+                OnFailure::Local => REDIS_NORMAL,
+            };
+            x.redis_state.store(state, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The quota metrics of limit `fp`, registered the first time.
+fn quota_metrics<'a>(
+    m: &'a mut HashMap<u64, (metrics::Counter, metrics::Gauge)>,
+    fp: u64,
+    def: &Def,
+) -> &'a (metrics::Counter, metrics::Gauge) {
+    {
+        m.entry(fp).or_insert_with(|| {
+            use crate::observe::names::{TRAFFIC_QUOTA_FULLEST_RATIO, TRAFFIC_QUOTA_USED_TOTAL};
+            let rule = def.rule.to_string();
+            (
+                metrics::counter!(TRAFFIC_QUOTA_USED_TOTAL,
+                    "rule" => rule.clone(), "kind" => def.kind.label()),
+                metrics::gauge!(TRAFFIC_QUOTA_FULLEST_RATIO, "rule" => rule),
+            )
+        })
+    }
 }
 
 fn sync_loop(weak: Weak<Exchange>) {
-    let mut keys: HashMap<(u64, u64), Global> = HashMap::new();
-    let mut shares: Vec<u64> = Vec::new();
-    let mut demand: Vec<u64> = Vec::new();
+    let mut book = Book::default();
+    let mut last = Instant::now();
     loop {
         let interval = match weak.upgrade() {
             Some(x) => Duration::from_micros(x.sync_us.load(Ordering::Relaxed)),
             None => return,
         };
-        // Woken early by a worker whose share ran out (`What::Demand`).
+        // Woken early by a worker whose share ran out (`What::Demand`), but never more often
+        // than four times an interval: a storm of demands does not become a storm of syncs.
         std::thread::park_timeout(interval);
+        let gap = (interval / 4).max(Duration::from_micros(250));
+        let since = last.elapsed();
+        if since < gap {
+            std::thread::sleep(gap - since);
+        }
+        last = Instant::now();
         let Some(x) = weak.upgrade() else { return };
-        sync_once(&x, &mut keys, &mut shares, &mut demand, now_us());
+        sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
     }
 }
 
-/// One sync: fold the queued events into the global state, then send every worker its share
-/// of each key that changed (or, for a rate, still refills), and drop idle keys.
-fn sync_once(
-    x: &Exchange,
-    keys: &mut HashMap<(u64, u64), Global>,
-    shares: &mut Vec<u64>,
-    demand: &mut Vec<u64>,
-    now: u64,
-) {
+/// One sync: fold the queued events into the global state, then send each worker that holds
+/// a key its share of it when that changed, forget idle keys, and keep the exchange's own map
+/// within `traffic.max_global_keys` (the longest idle keys go first, counted as evictions).
+fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
+    let Some(ch) = x.chans.get() else { return };
     let defs = match x.defs.lock() {
         Ok(d) => d.clone(),
         Err(_) => return,
     };
     let n = x.workers;
-    for ev in x.events_rx.try_iter() {
+    book.tick += 1;
+    let tick = book.tick;
+    for ev in ch.events_rx.try_iter() {
         let Some(def) = defs.get(&ev.fp) else {
             continue;
         };
-        let g = keys.entry((ev.fp, ev.key)).or_insert_with(|| Global {
-            workers: vec![(0, 0, 0); n],
-            tat: 0,
-            window_end: ev.window_end,
-            count: 0,
-            active: false,
-        });
-        let Some(ws) = g.workers.get_mut(usize::from(ev.worker)) else {
-            continue;
-        };
-        if ws.0 != ev.epoch {
-            *ws = (ev.epoch, 0, ws.2);
-        }
-        g.active = true;
-        match ev.what {
-            What::Demand => ws.2 += 1,
-            What::Release => ws.1 -= 1,
-            What::Admit => {
-                ws.1 += 1;
-                ws.2 += 1;
-                match def.kind {
-                    LimitKind::Rate { limit, per, burst } => {
-                        g.tat = Gcra::new(limit, per, burst).admit(g.tat, ev.at_us);
-                    }
-                    LimitKind::Quota { .. } => {
-                        if ev.window_end > g.window_end {
-                            g.window_end = ev.window_end;
-                            g.count = 0;
-                        }
-                        if ev.window_end == g.window_end {
-                            g.count += 1;
-                        }
-                    }
-                    LimitKind::Concurrency { .. } => {}
+        if ev.what == What::Gone {
+            if let Some(s) = book
+                .keys
+                .get_mut(&(ev.fp, ev.key))
+                .and_then(|g| g.sides.get_mut(usize::from(ev.worker)))
+            {
+                if s.epoch == ev.epoch {
+                    *s = Side::default();
                 }
             }
+            continue;
+        }
+        let fresh = &mut book.fresh;
+        let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
+            ch.known.insert(ev.fp, ev.key);
+            *fresh = true;
+            Global {
+                sides: vec![Side::default(); n],
+                tat: 0,
+                window_end: ev.window_end,
+                count: 0,
+                active: false,
+                last_active: tick,
+                pending: 0,
+                rwin: 0,
+                own: 0,
+                others: 0,
+            }
+        });
+        let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
+            continue;
+        };
+        if s.epoch != ev.epoch {
+            *s = Side {
+                epoch: ev.epoch,
+                demand: s.demand,
+                ..Side::default()
+            };
+        }
+        g.active = true;
+        g.last_active = tick;
+        // Calls counted since the last event this side sent (more than one when an event was
+        // lost to a full queue).
+        let delta = ev.level.saturating_sub(s.level);
+        s.level = ev.level;
+        s.demand += if ev.what == What::Demand { 1 } else { delta };
+        match def.kind {
+            LimitKind::Rate { limit, per, burst } if delta > 0 => {
+                let gcra = Gcra::new(limit, per, burst);
+                g.tat = g
+                    .tat
+                    .max(ev.at_us)
+                    .saturating_add(gcra.t.saturating_mul(delta));
+                g.pending += delta;
+            }
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
+                if ev.window_end > g.window_end {
+                    g.window_end = ev.window_end;
+                    g.count = 0;
+                    g.pending = 0;
+                }
+                if ev.window_end == g.window_end {
+                    g.count += delta;
+                    g.pending += delta;
+                }
+                if delta > 0 {
+                    quota_metrics(&mut book.metrics, ev.fp, def)
+                        .0
+                        .increment(delta);
+                }
+            }
+            _ => {}
         }
     }
+    redis_sync(x, book, &defs, now, wall_s);
     let interval = x.sync_us.load(Ordering::Relaxed);
-    shares.resize(n, 0);
-    demand.resize(n, 0);
+    let Book {
+        keys,
+        removed,
+        shares,
+        demand,
+        who,
+        fullest,
+        ..
+    } = book;
+    fullest.clear();
     keys.retain(|&(fp, key), g| {
         let Some(def) = defs.get(&fp) else {
+            *removed += 1;
             return false;
         };
-        let (left, keep, forget) = match def.kind {
+        let (left, keep, forget, next_us) = match def.kind {
             LimitKind::Rate { limit, per, burst } => {
                 let gcra = Gcra::new(limit, per, burst);
                 let refilling = g.tat > now;
+                let keep = g.active || refilling;
                 (
                     gcra.available(g.tat, now + interval),
-                    g.active || refilling,
-                    !g.active && !refilling,
+                    keep,
+                    !keep,
+                    gcra.next_at(g.tat, now),
                 )
             }
-            LimitKind::Quota { limit, .. } => {
-                let ended = now / 1_000_000 >= g.window_end.max(0) as u64;
-                (limit.saturating_sub(g.count), !ended || g.active, false)
+            LimitKind::Quota { limit, .. } | LimitKind::Tokens { limit, .. } => {
+                // Workers roll their windows themselves: an ended window is dropped here only.
+                let ended = wall_s >= g.window_end;
+                let used = g.count + g.others;
+                if !ended {
+                    let f = fullest.entry(fp).or_insert(0.0);
+                    *f = f.max(used as f64 / limit.max(1) as f64);
+                }
+                (limit.saturating_sub(used), !ended || g.active, false, 0)
             }
             LimitKind::Concurrency { limit } => {
-                let inflight: i64 = g.workers.iter().map(|w| w.1.max(0)).sum();
+                let inflight: u64 = g.sides.iter().map(|s| s.level).sum();
                 let idle = inflight == 0 && !g.active;
-                (limit.saturating_sub(inflight as u64), !idle, idle)
+                (limit.saturating_sub(inflight), !idle, idle, 0)
             }
         };
-        if g.active || forget || matches!(def.kind, LimitKind::Rate { .. }) && keep {
-            for (d, w) in demand.iter_mut().zip(&g.workers) {
-                *d = w.2;
-            }
-            split(left, demand, shares);
-            for (w, (tx, _)) in x.updates.iter().enumerate() {
-                let (epoch, level, _) = g.workers[w];
-                let u = Update {
-                    fp,
-                    key,
-                    epoch,
-                    seen: level.max(0) as u64,
-                    share: shares[w],
-                    left,
-                    window_end: g.window_end,
-                    forget,
-                    concurrency: matches!(def.kind, LimitKind::Concurrency { .. }),
-                };
-                if let Err(TrySendError::Full(_)) = tx.try_send(u) {
-                    x.dropped.increment(1);
-                }
-            }
-        }
-        for w in &mut g.workers {
-            w.2 = 0;
+        send_shares(
+            x, ch, fp, key, g, left, next_us, forget, who, demand, shares,
+        );
+        for s in &mut g.sides {
+            s.demand = 0;
         }
         g.active = false;
-        keep && !forget
+        let kept = keep && !forget;
+        if !kept {
+            *removed += 1;
+        }
+        kept
     });
+    evict_idle(x, ch, book, &defs);
+    // The fullest key of each quota, as a fraction of its budget (0 once none is left).
+    for (fp, def) in defs.iter() {
+        if def.kind.window().is_some() {
+            let f = book.fullest.get(fp).copied().unwrap_or(0.0);
+            if f > 0.0 || book.metrics.contains_key(fp) {
+                quota_metrics(&mut book.metrics, *fp, def).1.set(f);
+            }
+        }
+    }
+    if book.removed > book.keys.len() / 2 + 1024 {
+        book.removed = 0;
+        ch.known.rebuild(book.keys.keys());
+    }
+}
+
+/// Sends each worker that holds the key its `split` share of `left` (by its demand in the
+/// last interval), when it differs from the last one sent, or the key is forgotten.
+#[allow(clippy::too_many_arguments)]
+fn send_shares(
+    x: &Exchange,
+    ch: &Chans,
+    fp: u64,
+    key: u64,
+    g: &mut Global,
+    left: u64,
+    next_us: u64,
+    forget: bool,
+    who: &mut Vec<usize>,
+    demand: &mut Vec<u64>,
+    shares: &mut Vec<u64>,
+) {
+    who.clear();
+    demand.clear();
+    for (w, s) in g.sides.iter().enumerate() {
+        if s.epoch != 0 {
+            who.push(w);
+            demand.push(s.demand);
+        }
+    }
+    shares.clear();
+    shares.resize(who.len(), 0);
+    split(left, demand, shares);
+    for (i, &w) in who.iter().enumerate() {
+        let s = &mut g.sides[w];
+        let share = shares[i];
+        if !forget && s.sent == Some((share, left)) {
+            continue;
+        }
+        let u = Update {
+            fp,
+            key,
+            epoch: s.epoch,
+            seen: s.level,
+            share,
+            left,
+            window_end: g.window_end,
+            next_us,
+            forget,
+        };
+        match ch.updates[w].0.try_send(u) {
+            Ok(()) => s.sent = Some((share, left)),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                s.sent = None;
+                x.dropped.increment(1);
+            }
+        }
+    }
+}
+
+/// Keeps the exchange's map within `traffic.max_global_keys`: past it, the keys idle longest (no
+/// call in flight) are dropped (an evicted quota key starts its window's count afresh, so this
+/// is counted in `tollgate_traffic_keys_evicted_total`); their workers are told to forget them.
+fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def>) {
+    let cap = x.max_keys.load(Ordering::Relaxed).max(1);
+    if book.keys.len() <= cap {
+        return;
+    }
+    // Down to 90 % at once: the sort is paid once per tenth of the cap.
+    let excess = book.keys.len() - cap * 9 / 10;
+    let mut idle: Vec<(u64, (u64, u64))> = book
+        .keys
+        .iter()
+        .filter(|(k, g)| {
+            let busy = matches!(
+                defs.get(&k.0).map(|d| d.kind),
+                Some(LimitKind::Concurrency { .. })
+            ) && g.sides.iter().any(|s| s.level > 0);
+            !busy
+        })
+        .map(|(k, g)| (g.last_active, *k))
+        .collect();
+    idle.sort_unstable();
+    for &(_, k) in idle.iter().take(excess) {
+        let Some(mut g) = book.keys.remove(&k) else {
+            continue;
+        };
+        x.evictions.increment(1);
+        book.removed += 1;
+        for (w, s) in g.sides.iter_mut().enumerate() {
+            if s.epoch == 0 {
+                continue;
+            }
+            let u = Update {
+                fp: k.0,
+                key: k.1,
+                epoch: s.epoch,
+                seen: s.level,
+                share: 0,
+                left: 0,
+                window_end: g.window_end,
+                next_us: 0,
+                forget: true,
+            };
+            if ch.updates[w].0.try_send(u).is_err() {
+                x.dropped.increment(1);
+            }
+        }
+    }
 }
 
 /// This worker's view of one key of one limit.
@@ -300,6 +793,8 @@ struct Entry {
     /// Changes when the entry is created and when a quota window rolls: the exchange counts
     /// levels per epoch, so an evicted and re-created entry never inherits an old level.
     epoch: u32,
+    /// The epoch it was created with: names it in the eviction clock.
+    born: u32,
     /// Calls admitted here in this epoch (rate, quota) or in flight here (concurrency).
     level: u64,
     /// Admit while `level < cap`.
@@ -310,12 +805,17 @@ struct Entry {
     left: Option<u64>,
     base: u64,
     share: u64,
+    /// A rate: when the next call conforms globally, as of the last update (0: unknown).
+    next_us: u64,
     /// When this worker last told the exchange it wants more (µs).
     demand_at: u64,
     /// Used since the eviction clock last passed.
     touched: bool,
     /// A concurrency limit's entry: never evicted or forgotten with calls in flight.
     concurrency: bool,
+    /// Its last level never reached the exchange (a full queue): sent again at the next
+    /// decision or release on this worker.
+    dirty: bool,
 }
 
 #[derive(Default)]
@@ -343,7 +843,12 @@ pub struct Local {
     exchange: Arc<Exchange>,
     worker: u16,
     map: RefCell<Map>,
-    clock: RefCell<VecDeque<(u64, u64)>>,
+    /// Entries in creation order, as (key, born): an item whose entry is gone or re-created
+    /// is dead; compacted when dead items outnumber the live, so it stays within
+    /// `2 * max_keys + 64`.
+    clock: RefCell<VecDeque<((u64, u64), u32)>>,
+    /// Entries whose last level the exchange did not get (`Entry::dirty`).
+    resend: RefCell<Vec<(u64, u64)>>,
     next_epoch: Cell<u32>,
     /// (fingerprint, window start, window end) of quota limits: recomputed only when one ends.
     windows: RefCell<SmallVec<[(u64, i64, i64); 4]>>,
@@ -358,6 +863,7 @@ impl Local {
             worker: worker as u16,
             map: RefCell::new(Map::default()),
             clock: RefCell::new(VecDeque::new()),
+            resend: RefCell::default(),
             next_epoch: Cell::new(1),
             windows: RefCell::default(),
             rejections: RefCell::default(),
@@ -371,18 +877,30 @@ impl Local {
         e
     }
 
-    fn send(&self, fp: u64, key: u64, epoch: u32, what: What, at_us: u64, window_end: i64) {
-        let ev = Event {
-            fp,
-            key,
-            worker: self.worker,
-            epoch,
-            what,
-            at_us,
-            window_end,
+    /// Tells the exchange `e`'s level (`what`: a use or a demand). A level the full queue did
+    /// not take is sent again later (`flush`): levels, unlike events, are never lost.
+    fn send(&self, k: (u64, u64), e: &mut Entry, what: What, at_us: u64) {
+        let Some(ch) = self.exchange.chans.get() else {
+            return;
         };
-        if self.exchange.events.try_send(ev).is_err() {
+        let ev = Event {
+            fp: k.0,
+            key: k.1,
+            worker: self.worker,
+            epoch: e.epoch,
+            what,
+            level: e.level,
+            at_us,
+            window_end: e.window_end,
+        };
+        if ch.events.try_send(ev).is_err() {
             self.exchange.dropped.increment(1);
+            if !e.dirty {
+                e.dirty = true;
+                self.resend.borrow_mut().push(k);
+            }
+        } else {
+            e.dirty = false;
         }
         if what == What::Demand {
             if let Some(t) = self.exchange.thread.get() {
@@ -391,75 +909,124 @@ impl Local {
         }
     }
 
-    /// Applies the updates the exchange sent since the last decision.
-    fn apply(&self, map: &mut Map, max_keys: usize) {
-        let Some((_, rx)) = self.exchange.updates.get(usize::from(self.worker)) else {
+    /// Sends again the levels a full queue did not take.
+    fn flush(&self, map: &mut Map) {
+        if self.resend.borrow().is_empty() {
             return;
-        };
-        for u in rx.try_iter() {
-            match map.get_mut(&(u.fp, u.key)) {
-                Some(e) if u.forget => {
-                    if e.level == 0 || !e.concurrency {
-                        map.remove(&(u.fp, u.key));
-                    }
-                }
-                Some(e) => {
-                    if e.window_end != u.window_end {
-                        continue;
-                    }
-                    let seen = if u.epoch == e.epoch { u.seen } else { 0 };
-                    e.cap = seen + u.share;
-                    e.left = Some(u.left);
-                    e.base = e.level;
-                    e.share = u.share;
-                }
-                None if u.forget => {}
-                None => {
-                    let e = Entry {
-                        epoch: self.epoch(),
-                        level: 0,
-                        cap: u.share,
-                        window_end: u.window_end,
-                        left: Some(u.left),
-                        base: 0,
-                        share: u.share,
-                        demand_at: 0,
-                        touched: false,
-                        concurrency: u.concurrency,
-                    };
-                    self.insert(map, (u.fp, u.key), e, max_keys);
+        }
+        let pending = std::mem::take(&mut *self.resend.borrow_mut());
+        let now = now_us();
+        for k in pending {
+            if let Some(e) = map.get_mut(&k) {
+                if e.dirty {
+                    e.dirty = false;
+                    self.send(k, e, What::Use, now);
                 }
             }
         }
     }
 
-    /// Inserts, evicting the oldest idle entry when the map is full (second chance: a touched
-    /// one goes round again; one with calls in flight is never evicted).
-    fn insert(&self, map: &mut Map, k: (u64, u64), e: Entry, max_keys: usize) {
-        self.evict(map, max_keys);
-        self.clock.borrow_mut().push_back(k);
-        map.insert(k, e);
+    /// Counts an admitted call (`units`: 1, or a token quota's cost of it) on `k`'s entry and
+    /// tells the exchange.
+    fn admitted(&self, map: &mut Map, k: (u64, u64), units: u64, now: u64) {
+        if let Some(e) = map.get_mut(&k) {
+            if units > 0 {
+                e.level += units;
+                self.send(k, e, What::Use, now);
+            }
+        }
     }
 
-    /// Evicts until the map has room for one more.
+    /// Charges `tokens` relayed to a token quota's entry (after the call: its window's budget
+    /// may go over by what the calls in flight bring back).
+    fn charge(&self, fp: u64, key: u64, tokens: u64) {
+        let mut map = self.map.borrow_mut();
+        if let Some(e) = map.get_mut(&(fp, key)) {
+            if tokens > 0 {
+                e.level += tokens;
+                self.send((fp, key), e, What::Use, now_us());
+            }
+        }
+    }
+
+    /// Applies the updates the exchange sent since the last decision (only for keys this
+    /// worker holds: it never gets entries for keys it did not use).
+    fn apply(&self, map: &mut Map, _max_keys: usize) {
+        self.flush(map);
+        let Some(ch) = self.exchange.chans.get() else {
+            return;
+        };
+        let Some((_, rx)) = ch.updates.get(usize::from(self.worker)) else {
+            return;
+        };
+        for u in rx.try_iter() {
+            let k = (u.fp, u.key);
+            let Some(e) = map.get_mut(&k) else { continue };
+            if u.forget {
+                if e.level == 0 || !e.concurrency {
+                    map.remove(&k);
+                }
+                continue;
+            }
+            if e.window_end != u.window_end {
+                continue;
+            }
+            let seen = if u.epoch == e.epoch { u.seen } else { 0 };
+            e.cap = seen + u.share;
+            e.left = Some(u.left);
+            e.base = e.level;
+            e.share = u.share;
+            e.next_us = u.next_us;
+        }
+    }
+
+    /// Evicts until the map has room for one more (second chance: a touched entry goes round
+    /// again; one with calls in flight is never evicted).
     fn evict(&self, map: &mut Map, max_keys: usize) {
         let mut clock = self.clock.borrow_mut();
         let mut turns = clock.len() * 2 + 1;
         while map.len() >= max_keys && turns > 0 {
             turns -= 1;
-            let Some(old) = clock.pop_front() else { break };
+            let Some((old, born)) = clock.pop_front() else {
+                break;
+            };
             match map.get_mut(&old) {
+                Some(o) if o.born != born => {}
                 None => {}
                 Some(o) if o.touched || o.concurrency && o.level > 0 => {
                     o.touched = false;
-                    clock.push_back(old);
+                    clock.push_back((old, born));
                 }
-                Some(_) => {
+                Some(o) => {
+                    let (epoch, window_end) = (o.epoch, o.window_end);
                     map.remove(&old);
                     self.evictions.increment(1);
+                    // Best effort: a lost `Gone` only costs the exchange some updates.
+                    if let Some(ch) = self.exchange.chans.get() {
+                        let _ = ch.events.try_send(Event {
+                            fp: old.0,
+                            key: old.1,
+                            worker: self.worker,
+                            epoch,
+                            what: What::Gone,
+                            level: 0,
+                            at_us: 0,
+                            window_end,
+                        });
+                    }
                 }
             }
         }
+    }
+
+    /// Records a new entry in the eviction clock, first dropping dead items when they
+    /// outnumber the live (amortized: at most once per `map.len()` insertions).
+    fn clocked(&self, map: &Map, k: (u64, u64), born: u32) {
+        let mut clock = self.clock.borrow_mut();
+        if clock.len() > 2 * map.len() + 64 {
+            clock.retain(|(k, b)| map.get(k).is_some_and(|e| e.born == *b));
+        }
+        clock.push_back((k, born));
     }
 
     fn window(&self, fp: u64, window: CalWindow, tz: &jiff::tz::TimeZone, now_s: i64) -> i64 {
@@ -477,6 +1044,13 @@ impl Local {
         e
     }
 
+    /// With `traffic.redis`, a rate's or quota's new entry waits for the exchange's share
+    /// (which counts the other instances' usage) instead of taking a first share.
+    fn fleet_first(&self, kind: &LimitKind) -> bool {
+        !matches!(kind, LimitKind::Concurrency { .. })
+            && self.exchange.redis_on.load(Ordering::Relaxed)
+    }
+
     /// One limit's decision for `key` on this worker (nothing committed): `already` calls of
     /// this request are pending on the same entry. A refusal asks the exchange for more (at
     /// most once a sync interval) and says whether the global budget may still have room.
@@ -490,62 +1064,114 @@ impl Local {
         already: u64,
     ) -> Judged {
         let workers = self.exchange.workers;
-        let now_s = (now / 1_000_000) as i64;
         let sync_ms = (t.sync_interval.as_millis() as u64).max(1);
-        let window_end = match l.kind {
-            LimitKind::Quota { window, .. } => self.window(l.fp, window, &t.tz, now_s),
-            _ => 0,
+        let wall = if l.kind.window().is_some() {
+            wall_ms()
+        } else {
+            0
+        };
+        let window_end = match l.kind.window() {
+            Some(window) => self.window(l.fp, window, &t.tz, wall / 1000),
+            None => 0,
         };
         let k = (l.fp, key);
-        // A full map makes room first (the lookup then happens once more, on this rare path).
-        if map.len() >= t.max_keys && !map.contains_key(&k) {
-            self.evict(map, t.max_keys);
-        }
-        let e = map.entry(k).or_insert_with(|| {
-            self.clock.borrow_mut().push_back(k);
-            Entry {
-                epoch: self.epoch(),
+        if !map.contains_key(&k) {
+            // A full map makes room first (the lookup then happens once more, on this rare path).
+            if map.len() >= t.max_keys {
+                self.evict(map, t.max_keys);
+            }
+            // A key the exchange knows (this worker evicted it, or others use it) starts with
+            // no share: a first share would be spent again at each evict/re-create cycle.
+            let known = self
+                .exchange
+                .chans
+                .get()
+                .is_some_and(|c| c.known.contains(l.fp, key));
+            let born = self.epoch();
+            let e = Entry {
+                epoch: born,
+                born,
                 level: 0,
-                cap: initial_share(l.kind.budget(), workers),
+                cap: if known || self.fleet_first(&l.kind) {
+                    0
+                } else {
+                    initial_share(l.kind.budget(), workers)
+                },
                 window_end,
                 left: None,
                 base: 0,
                 share: 0,
+                next_us: 0,
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
-            }
-        });
+                dirty: false,
+            };
+            self.clocked(map, k, born);
+            map.insert(k, e);
+        }
+        let Some(e) = map.get_mut(&k) else {
+            return Judged::Over {
+                retry_ms: sync_ms,
+                wait: false,
+            };
+        };
         e.touched = true;
         if window_end != 0 && e.window_end != window_end {
             // A new calendar window: this worker starts it with its first share.
             e.epoch = self.epoch();
             e.level = 0;
-            e.cap = initial_share(l.kind.budget(), workers);
+            e.cap = if self.fleet_first(&l.kind) {
+                0
+            } else {
+                initial_share(l.kind.budget(), workers)
+            };
             e.window_end = window_end;
             e.left = None;
+            e.dirty = false;
+        }
+        if !e.concurrency {
+            // `traffic.redis` down: `on_failure` open or closed decides alone.
+            match self.exchange.redis_state.load(Ordering::Relaxed) {
+                REDIS_NORMAL => {}
+                REDIS_OPEN => return Judged::Admit,
+                _ => {
+                    return Judged::Over {
+                        retry_ms: sync_ms.max(1000),
+                        wait: false,
+                    }
+                }
+            }
         }
         if e.level + already < e.cap {
-            return Judged::Admit { window_end };
+            return Judged::Admit;
         }
         if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
             e.demand_at = now;
-            self.send(l.fp, key, e.epoch, What::Demand, now, window_end);
+            self.send(k, e, What::Demand, now);
         }
         // Room: what was left globally at the last update is more than this worker has used
-        // since (others may not have used their shares: the next sync moves them here).
-        let room = workers > 1 && e.left.is_none_or(|l| l > e.level.saturating_sub(e.base));
+        // since (others may not have used their shares: the next sync moves them here); before
+        // any update, room unless this worker's first share was the whole budget.
+        let room = match e.left {
+            None => workers > 1 || e.cap == 0,
+            Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
+        };
         let retry_ms = match l.kind {
             _ if room => sync_ms,
-            // Globally out: the next call conforms within one emission interval.
-            LimitKind::Rate { limit, per, burst } => {
-                Gcra::new(limit, per, burst).t / 1000 + sync_ms
+            // Globally out: when the next call conforms, as of the last update (before one,
+            // one emission interval: this worker's first share was the whole burst).
+            LimitKind::Rate { limit, per, burst } if e.next_us <= now => {
+                Gcra::new(limit, per, burst).t.div_ceil(1000)
             }
-            LimitKind::Quota { .. } => ((window_end - now_s).max(0) as u64) * 1000 + sync_ms,
+            LimitKind::Rate { .. } => (e.next_us - now).div_ceil(1000),
+            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
+                (window_end * 1000 - wall).max(1) as u64
+            }
             LimitKind::Concurrency { .. } => sync_ms.max(1000),
         };
         Judged::Over {
-            retry_ms,
+            retry_ms: retry_ms.max(1),
             // Only while this worker has had no share from the exchange (before its word on
             // this entry, or given nothing because it had no demand) and others may have room:
             // a worker whose share ran out under load is refused at once, nothing queues.
@@ -560,27 +1186,18 @@ impl Local {
         let now = now_us();
         let mut map = self.map.borrow_mut();
         self.apply(&mut map, t.max_keys);
-        let mut admitted: SmallVec<[(u64, i64, bool); 4]> = SmallVec::new();
+        let mut admitted: SmallVec<[(u64, bool); 4]> = SmallVec::new();
         for l in &rule.limits {
             match self.judge(&mut map, t, l, key, now, 0) {
-                Judged::Admit { window_end } => admitted.push((
-                    l.fp,
-                    window_end,
-                    matches!(l.kind, LimitKind::Concurrency { .. }),
-                )),
+                Judged::Admit => {
+                    admitted.push((l.fp, matches!(l.kind, LimitKind::Concurrency { .. })))
+                }
                 Judged::Over { .. } => return false,
             }
         }
-        for (fp, window_end, concurrency) in admitted {
-            if let Some(e) = map.get_mut(&(fp, key)) {
-                if !concurrency {
-                    e.level += 1;
-                }
-                let epoch = e.epoch;
-                self.send(fp, key, epoch, What::Admit, now, window_end);
-                if concurrency {
-                    self.send(fp, key, epoch, What::Release, now, 0);
-                }
+        for (fp, concurrency) in admitted {
+            if !concurrency {
+                self.admitted(&mut map, (fp, key), 1, now);
             }
         }
         true
@@ -598,11 +1215,10 @@ impl Local {
 
     fn release(&self, fp: u64, key: u64) {
         let mut map = self.map.borrow_mut();
+        self.flush(&mut map);
         if let Some(e) = map.get_mut(&(fp, key)) {
             e.level = e.level.saturating_sub(1);
-            let epoch = e.epoch;
-            drop(map);
-            self.send(fp, key, epoch, What::Release, now_us(), 0);
+            self.send((fp, key), e, What::Use, now_us());
         }
     }
 
@@ -624,11 +1240,25 @@ pub struct Held {
     local: Rc<Local>,
     fp: u64,
     key: u64,
+    /// A token quota's entry, charged what the reply relayed (`charge_relayed`), not a slot.
+    tokens: bool,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.local.release(self.fp, self.key);
+        if !self.tokens {
+            self.local.release(self.fp, self.key);
+        }
+    }
+}
+
+/// Phase: record (for token quotas). Charges the estimated tokens of the `bytes` of reply
+/// relayed to the client for this request to every token quota that admitted it, once each.
+/// Counted from what the relay wrote, so nothing is buffered to count it.
+pub fn charge_relayed(ctx: &Ctx, bytes: u64) {
+    let tokens = crate::observe::tokens::estimated_tokens(bytes);
+    for h in ctx.held.iter().filter(|h| h.tokens) {
+        h.local.charge(h.fp, h.key, tokens);
     }
 }
 
@@ -716,9 +1346,7 @@ fn key_hash(
 }
 
 enum Judged {
-    Admit {
-        window_end: i64,
-    },
+    Admit,
     /// `wait`: this worker has had no share from the exchange for the entry yet; a moment's
     /// wait brings one.
     Over {
@@ -819,8 +1447,8 @@ fn check_rules(
     let p = principal.as_deref();
     let s = &gw.config.servers[server];
     let federated = s.federated();
-    // (fingerprint, key, kind, window end) of each admission, committed when all passed.
-    let mut pending: SmallVec<[(u64, u64, LimitKind, i64); 4]> = SmallVec::new();
+    // (fingerprint, key, kind, units) of each admission, committed when all passed.
+    let mut pending: SmallVec<[(u64, u64, LimitKind, u64); 4]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
     'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
@@ -858,8 +1486,8 @@ fn check_rules(
             for l in &r.limits {
                 let already = pending.iter().filter(|q| q.0 == l.fp && q.1 == key).count() as u64;
                 let retry_ms = match local.judge(&mut map, traffic, l, key, now, already) {
-                    Judged::Admit { window_end } => {
-                        pending.push((l.fp, key, l.kind, window_end));
+                    Judged::Admit => {
+                        pending.push((l.fp, key, l.kind, r.units(&l.kind, facts.tool)));
                         continue;
                     }
                     Judged::Over { retry_ms, wait } => {
@@ -895,18 +1523,21 @@ fn check_rules(
         );
         return Err(Stop::Refuse(refusal(&o)));
     }
-    for (fp, key, kind, window_end) in pending {
-        let Some(e) = map.get_mut(&(fp, key)) else {
-            continue;
-        };
-        e.level += 1;
-        let epoch = e.epoch;
-        local.send(fp, key, epoch, What::Admit, now, window_end);
-        if matches!(kind, LimitKind::Concurrency { .. }) {
+    for (fp, key, kind, units) in pending {
+        local.admitted(&mut map, (fp, key), units, now);
+        let tokens = matches!(kind, LimitKind::Tokens { .. });
+        if matches!(kind, LimitKind::Concurrency { .. })
+            || tokens
+                && !ctx
+                    .held
+                    .iter()
+                    .any(|h| h.tokens && (h.fp, h.key) == (fp, key))
+        {
             ctx.held.push(Held {
                 local: local.clone(),
                 fp,
                 key,
+                tokens,
             });
         }
     }
@@ -947,6 +1578,7 @@ fn refusal(o: &Over<'_>) -> Refusal {
         LimitKind::Rate { .. } => "Rate limit",
         LimitKind::Concurrency { .. } => "Concurrency limit",
         LimitKind::Quota { .. } => "Quota",
+        LimitKind::Tokens { .. } => "Token quota",
     };
     let data = format!(
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",
@@ -993,56 +1625,88 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn exchange_with(kind: LimitKind, workers: usize) -> Arc<Exchange> {
+    /// An exchange that knows limit 7 of `kind`, with its queues, and no sync thread: the test
+    /// runs `sync_once` itself.
+    fn exchange_with(kind: LimitKind, workers: usize, max_keys: usize) -> Arc<Exchange> {
         let x = Exchange::new(workers);
+        x.chans(max_keys, max_keys * workers);
+        x.max_keys.store(max_keys * workers, Ordering::Relaxed);
         if let Ok(mut d) = x.defs.lock() {
             let mut m = HashMap::new();
-            m.insert(7, Def { kind });
+            m.insert(
+                7,
+                Def {
+                    kind,
+                    rule: "r".into(),
+                },
+            );
             *d = Arc::new(m);
         }
         x.sync_us.store(20_000, Ordering::Relaxed);
         x
     }
 
-    fn admit(x: &Exchange, worker: u16, epoch: u32, at: u64) {
-        x.events
+    fn event(x: &Exchange, worker: u16, epoch: u32, what: What, level: u64, at: u64, end: i64) {
+        x.chans
+            .get()
+            .unwrap()
+            .events
             .try_send(Event {
                 fp: 7,
                 key: 1,
                 worker,
                 epoch,
-                what: What::Admit,
+                what,
+                level,
                 at_us: at,
-                window_end: 0,
+                window_end: end,
             })
             .unwrap();
     }
 
     fn updates(x: &Exchange, worker: usize) -> Vec<Update> {
-        x.updates[worker].1.try_iter().collect()
+        x.chans.get().unwrap().updates[worker]
+            .1
+            .try_iter()
+            .collect()
     }
 
+    const WALL: i64 = 1_000_000;
+
     #[test]
-    fn a_sync_moves_the_budget_to_the_core_that_uses_it() {
+    fn a_sync_moves_the_budget_to_the_core_that_uses_it_and_tells_only_the_cores_that_hold_it() {
         let kind = LimitKind::Rate {
             limit: 100,
             per: Duration::from_secs(3600),
             burst: 100,
         };
-        let x = exchange_with(kind, 2);
+        let x = exchange_with(kind, 3, 100);
         let now = 1_000_000_000;
-        for _ in 0..40 {
-            admit(&x, 0, 1, now);
+        for level in 1..=40 {
+            event(&x, 0, 1, What::Use, level, now, 0);
         }
-        let (mut keys, mut s, mut d) = (HashMap::new(), Vec::new(), Vec::new());
-        sync_once(&x, &mut keys, &mut s, &mut d, now);
+        // Worker 1 asks (its first share ran out elsewhere); worker 2 never used the key.
+        event(&x, 1, 5, What::Demand, 0, now, 0);
+        let mut book = Book::default();
+        sync_once(&x, &mut book, now, WALL);
         let (u0, u1) = (updates(&x, 0), updates(&x, 1));
         assert_eq!((u0.len(), u1.len()), (1, 1));
-        // 60 left (the refill of one interval is far below one call): nearly all to worker 0.
+        assert!(updates(&x, 2).is_empty(), "a worker without the key");
+        // 60 left (the refill of one interval is far below one call), by demand 40 : 1.
         assert_eq!(u0[0].share + u1[0].share, 60);
         assert!(u0[0].share >= 58, "{:?}", u0[0]);
         assert_eq!((u0[0].seen, u0[0].epoch), (40, 1));
-        assert_eq!(u1[0].seen, 0);
+        assert_eq!((u1[0].seen, u1[0].epoch), (0, 5));
+        // No demand: split evenly once, then nothing changes and nothing is sent.
+        sync_once(&x, &mut book, now, WALL);
+        assert_eq!(updates(&x, 1)[0].share, 30);
+        assert_eq!(updates(&x, 0)[0].share, 30);
+        sync_once(&x, &mut book, now, WALL);
+        assert!(updates(&x, 0).is_empty() && updates(&x, 1).is_empty());
+        // A level sent after lost events counts every call it carries.
+        event(&x, 0, 1, What::Use, 45, now, 0);
+        sync_once(&x, &mut book, now, WALL);
+        assert_eq!(updates(&x, 0)[0].left, 55);
     }
 
     #[test]
@@ -1053,73 +1717,218 @@ mod tests {
                 window: CalWindow::Day,
             },
             1,
+            100,
         );
         let now = 1_000_000_000_000;
-        let end = (now / 1_000_000) as i64 + 100;
-        for _ in 0..4 {
-            x.events
-                .try_send(Event {
-                    fp: 7,
-                    key: 1,
-                    worker: 0,
-                    epoch: 3,
-                    what: What::Admit,
-                    at_us: now,
-                    window_end: end,
-                })
-                .unwrap();
+        let end = WALL + 100;
+        for level in 1..=4 {
+            event(&x, 0, 3, What::Use, level, now, end);
         }
-        let (mut keys, mut s, mut d) = (HashMap::new(), Vec::new(), Vec::new());
-        sync_once(&x, &mut keys, &mut s, &mut d, now);
+        let mut book = Book::default();
+        sync_once(&x, &mut book, now, WALL);
         let u = updates(&x, 0);
         assert_eq!((u[0].left, u[0].share, u[0].seen), (6, 6, 4));
+        // The window ended: the exchange drops the key.
+        sync_once(&x, &mut book, now, end);
+        assert!(book.keys.is_empty());
 
-        let x = exchange_with(LimitKind::Concurrency { limit: 2 }, 1);
-        admit(&x, 0, 1, now);
-        admit(&x, 0, 1, now);
-        let (mut keys, mut s, mut d) = (HashMap::new(), Vec::new(), Vec::new());
-        sync_once(&x, &mut keys, &mut s, &mut d, now);
+        let x = exchange_with(LimitKind::Concurrency { limit: 2 }, 1, 100);
+        event(&x, 0, 1, What::Use, 1, now, 0);
+        event(&x, 0, 1, What::Use, 2, now, 0);
+        let mut book = Book::default();
+        sync_once(&x, &mut book, now, WALL);
         assert_eq!(updates(&x, 0)[0].left, 0);
-        for _ in 0..2 {
-            x.events
-                .try_send(Event {
-                    fp: 7,
-                    key: 1,
-                    worker: 0,
-                    epoch: 1,
-                    what: What::Release,
-                    at_us: now,
-                    window_end: 0,
-                })
-                .unwrap();
-        }
-        sync_once(&x, &mut keys, &mut s, &mut d, now);
+        // One release event lost: the next level (0) frees both slots.
+        event(&x, 0, 1, What::Use, 0, now, 0);
+        sync_once(&x, &mut book, now, WALL);
         assert_eq!(updates(&x, 0)[0].left, 2);
         // Idle everywhere: forgotten.
-        sync_once(&x, &mut keys, &mut s, &mut d, now);
-        assert!(keys.is_empty());
+        sync_once(&x, &mut book, now, WALL);
+        assert!(book.keys.is_empty());
+        assert!(updates(&x, 0)[0].forget);
+    }
+
+    fn rate_config(max_keys: usize, limit: u64) -> crate::config::Config {
+        crate::config::load_str(&format!(
+            "traffic:\n  max_keys: {max_keys}\n  rules:\n    - {{name: r, key: [principal], rate: {{limit: {limit}, per: 1h}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    /// An exchange for `cfg`'s limits with no sync thread.
+    fn installed(cfg: &crate::config::Config, workers: usize) -> Arc<Exchange> {
+        let x = Exchange::new(workers);
+        x.started.store(true, Ordering::Relaxed);
+        x.install(&cfg.traffic);
+        x
     }
 
     #[test]
     fn a_full_map_evicts_the_oldest_idle_key() {
-        let cfg = crate::config::load_str(
-            "traffic:\n  max_keys: 2\n  rules:\n    - {name: r, key: [principal], rate: {limit: 10, per: 1s}}\n",
-        )
-        .unwrap();
+        let cfg = rate_config(2, 10);
         let local = Local::new(Exchange::new(1), 0);
         let rule = &cfg.traffic.rules[0];
         for k in 0..5 {
             assert!(local.decide(&cfg.traffic, rule, k));
         }
         assert_eq!(local.map.borrow().len(), 2);
-        // The most recent keys stay; an evicted one starts again from its first share.
         assert!(local.map.borrow().contains_key(&(rule.limits[0].fp, 4)));
-        for _ in 0..9 {
-            assert!(local.decide(&cfg.traffic, rule, 4));
+    }
+
+    #[test]
+    fn a_key_evicted_and_re_created_gets_no_second_first_share() {
+        let cfg = rate_config(2, 10);
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book::default();
+        for _ in 0..10 {
+            assert!(local.decide(&cfg.traffic, rule, 1));
         }
         assert!(
-            !local.decide(&cfg.traffic, rule, 4),
-            "the 11th call of a 10/s burst"
+            !local.decide(&cfg.traffic, rule, 1),
+            "the 11th of a burst of 10"
         );
+        sync_once(&x, &mut book, now_us(), WALL);
+        // Evicted by two other keys, then used again: the exchange knows it, so no fresh
+        // burst; its share comes from the exchange, and the exchange says it is spent.
+        for k in [2, 3] {
+            assert!(local.decide(&cfg.traffic, rule, k));
+        }
+        assert!(!local.map.borrow().contains_key(&(rule.limits[0].fp, 1)));
+        for i in 0..3 {
+            assert!(!local.decide(&cfg.traffic, rule, 1), "{i}");
+            sync_once(&x, &mut book, now_us(), WALL);
+        }
+        // A key the exchange never saw still starts with its first share.
+        assert!(local.decide(&cfg.traffic, rule, 99));
+    }
+
+    #[test]
+    fn the_eviction_clock_stays_bounded_through_evict_and_forget_cycles() {
+        let cfg = rate_config(8, 1_000_000);
+        let rule = &cfg.traffic.rules[0];
+        let local = Local::new(Exchange::new(1), 0);
+        let fp = rule.limits[0].fp;
+        for round in 0..500u64 {
+            for k in 0..20 {
+                assert!(local.decide(&cfg.traffic, rule, round * 100 + k));
+            }
+            // The exchange forgets some (as it does for refilled rates).
+            local
+                .map
+                .borrow_mut()
+                .retain(|k, _| k.1 % 3 != 0 || k.0 != fp);
+            let (clock, map) = (local.clock.borrow().len(), local.map.borrow().len());
+            assert!(map <= 8);
+            assert!(clock <= 2 * 8 + 64 + 1, "round {round}: clock {clock}");
+        }
+    }
+
+    #[test]
+    fn the_exchange_evicts_its_longest_idle_keys_past_max_keys() {
+        let kind = LimitKind::Quota {
+            limit: 1000,
+            window: CalWindow::Month,
+        };
+        let x = exchange_with(kind, 1, 10);
+        let ch = x.chans.get().unwrap();
+        let mut book = Book::default();
+        let now = 1_000_000_000;
+        // 30 keys, one sync apart, all in a window that has not ended.
+        for key in 0..30u64 {
+            ch.events
+                .try_send(Event {
+                    fp: 7,
+                    key,
+                    worker: 0,
+                    epoch: 1,
+                    what: What::Use,
+                    level: 1,
+                    at_us: now,
+                    window_end: WALL + 1_000_000,
+                })
+                .unwrap();
+            sync_once(&x, &mut book, now, WALL);
+        }
+        assert!(book.keys.len() <= 10, "{}", book.keys.len());
+        // The most recent stay, and the evicted were told to the worker.
+        assert!(book.keys.contains_key(&(7, 29)));
+        assert!(!book.keys.contains_key(&(7, 0)));
+        assert!(updates(&x, 0).iter().any(|u| u.forget && u.key == 0));
+    }
+
+    #[test]
+    fn a_release_the_full_queue_dropped_reaches_the_exchange_later() {
+        let cfg = crate::config::load_str(
+            "traffic:\n  rules:\n    - {name: c, tools: [slow], concurrency: 1}\n",
+        )
+        .unwrap();
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book::default();
+        let now = now_us();
+        let mut map = local.map.borrow_mut();
+        assert!(matches!(
+            local.judge(&mut map, &cfg.traffic, &rule.limits[0], 1, now, 0),
+            Judged::Admit
+        ));
+        local.admitted(&mut map, (fp, 1), 1, now);
+        drop(map);
+        sync_once(&x, &mut book, now, WALL);
+        assert_eq!(book.keys[&(fp, 1)].sides[0].level, 1);
+        // The queue is full when the call ends: its release is not taken.
+        let ch = x.chans.get().unwrap();
+        let filler = Event {
+            fp: 0,
+            key: 0,
+            worker: 0,
+            epoch: 0,
+            what: What::Demand,
+            level: 0,
+            at_us: 0,
+            window_end: 0,
+        };
+        while ch.events.try_send(filler).is_ok() {}
+        local.release(fp, 1);
+        assert!(local.map.borrow()[&(fp, 1)].dirty);
+        sync_once(&x, &mut book, now, WALL);
+        assert_eq!(book.keys[&(fp, 1)].sides[0].level, 1, "not yet");
+        // The next decision on this worker sends the level again.
+        assert!(local.decide(&cfg.traffic, rule, 2));
+        sync_once(&x, &mut book, now, WALL);
+        assert!(book
+            .keys
+            .get(&(fp, 1))
+            .is_none_or(|g| g.sides[0].level == 0));
+    }
+
+    #[test]
+    fn a_rate_refusal_says_when_the_next_call_conforms() {
+        // 10 an hour, burst 10: one every 360 s.
+        let cfg = rate_config(100, 10);
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book::default();
+        for _ in 0..10 {
+            assert!(local.decide(&cfg.traffic, rule, 1));
+        }
+        sync_once(&x, &mut book, now_us(), WALL);
+        let mut map = local.map.borrow_mut();
+        local.apply(&mut map, 100);
+        let now = now_us();
+        match local.judge(&mut map, &cfg.traffic, &rule.limits[0], 1, now, 0) {
+            Judged::Over { retry_ms, wait } => {
+                assert!(!wait);
+                assert!(
+                    (359_000..=360_000).contains(&retry_ms),
+                    "one emission interval, not more: {retry_ms}"
+                );
+            }
+            Judged::Admit => panic!("the 11th call of a burst of 10"),
+        }
     }
 }

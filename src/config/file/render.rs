@@ -416,6 +416,28 @@ fn render_traffic(o: &mut String, c: &Config) {
     let _ = writeln!(o, "  time_zone: {}", q(&t.time_zone));
     let _ = writeln!(o, "  sync_interval: {}", render_duration(t.sync_interval));
     let _ = writeln!(o, "  max_keys: {}", t.max_keys);
+    let _ = writeln!(o, "  max_global_keys: {}", t.max_global_keys);
+    match &t.redis {
+        None => {
+            let _ = writeln!(o, "  redis: null");
+        }
+        Some(r) => {
+            // The password of a URL is never shown.
+            let url = match r.url.split_once('@') {
+                Some((auth, host)) => match auth.rsplit_once(':') {
+                    Some((user, _)) => format!("{user}:<redacted>@{host}"),
+                    None => r.url.to_string(),
+                },
+                None => r.url.to_string(),
+            };
+            let _ = writeln!(o, "  redis:");
+            let _ = writeln!(o, "    url: {}", q(&url));
+            let _ = writeln!(o, "    sync_interval: {}", render_duration(r.sync_interval));
+            let _ = writeln!(o, "    timeout: {}", render_duration(r.timeout));
+            let _ = writeln!(o, "    on_failure: {}", r.on_failure.as_str());
+            let _ = writeln!(o, "    key_prefix: {}", q(&r.key_prefix));
+        }
+    }
     if t.rules.is_empty() {
         let _ = writeln!(o, "  rules: []");
         return;
@@ -483,6 +505,19 @@ fn render_traffic(o: &mut String, c: &Config) {
                         o,
                         "      quota: {{limit: {limit}, window: {}}}",
                         window.as_str()
+                    );
+                }
+                LimitKind::Tokens { limit, window } => {
+                    let costs: Vec<String> = r
+                        .costs
+                        .iter()
+                        .map(|(g, n)| format!("{}: {n}", q(g)))
+                        .collect();
+                    let _ = writeln!(
+                        o,
+                        "      tokens: {{limit: {limit}, window: {}, costs: {{{}}}}}",
+                        window.as_str(),
+                        costs.join(", ")
                     );
                 }
             }

@@ -1706,17 +1706,20 @@ fn traffic_rules_load_render_and_load_again_with_the_same_fingerprints() {
 #[test]
 fn traffic_rule_problems_are_reported_at_their_keys() {
     let e = errs(
-        "traffic:\n  time_zone: Mars/Olympus\n  rules:\n    - {name: x}\n    - {name: x, servers: [/nope], key: [user], rate: {limit: 0, per: 1s}, quota: {limit: 5, window: week}}\n",
+        "traffic:\n  time_zone: Mars/Olympus\n  rules:\n    - {name: x}\n    - {name: x, servers: [/nope], key: [user], rate: {limit: 0, per: 1s}, quota: {limit: 5, window: week}}\n    - {name: t, tokens: {limit: 5, window: day, costs: [a]}}\n    - {name: u, tokens: {window: day, costs: {\"a*\": -1}}}\n",
     );
     let all = e.join("\n");
     for want in [
         "traffic.time_zone:",
-        "traffic.rules[0]: a rule needs rate, concurrency, quota (or several) or loop",
+        "traffic.rules[0]: a rule needs rate, concurrency, quota or tokens (or several), or loop",
         "traffic.rules[1].name: duplicate rule name",
         "traffic.rules[1].servers[0]: no server with path \"/nope\"",
         "traffic.rules[1].key[0]:",
         "traffic.rules[1].rate.limit:",
         "traffic.rules[1].quota.window:",
+        "traffic.rules[2].tokens.costs: expected a mapping of tool glob to units",
+        "traffic.rules[3].tokens.limit:",
+        "traffic.rules[3].tokens.costs.a*:",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
@@ -1763,6 +1766,32 @@ fn a_loop_rule_keys_by_principal_tool_and_arguments_and_renders_as_written() {
         "traffic.rules[0].loop.window:",
         "traffic.rules[1]: loop counts calls by their arguments",
         "traffic.rules[2].loop.window:",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn traffic_redis_is_parsed_checked_and_rendered_without_its_password() {
+    let c = ok("traffic:\n  redis:\n    url: \"redis://app:s3cret@10.0.0.5:6379/2\"\n    on_failure: closed\n");
+    let r = c.traffic.redis.as_ref().expect("redis");
+    assert_eq!(r.on_failure, crate::policy::traffic::OnFailure::Closed);
+    assert_eq!(r.sync_interval, super::traffic::DEFAULT_REDIS_SYNC_INTERVAL);
+    assert_eq!(&*r.key_prefix, "tollgate:");
+    let shown = super::render::render_effective(&c);
+    assert!(
+        shown.contains("redis://app:<redacted>@10.0.0.5:6379/2"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cret"));
+    assert!(ok("traffic:\n  redis: null\n").traffic.redis.is_none());
+    let e =
+        errs("traffic:\n  redis:\n    url: \"http://x\"\n    on_failure: maybe\n    timeout: 0s\n")
+            .join("\n");
+    for want in [
+        "traffic.redis.url: expected redis://",
+        "traffic.redis.on_failure: expected open, closed or local",
+        "traffic.redis.timeout:",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }

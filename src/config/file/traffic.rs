@@ -8,11 +8,17 @@ use serde_yaml_ng::Value;
 
 use super::extract::{count, describe, duration, item, string, Problems, Section};
 use crate::config::{Server, Upstream};
-use crate::policy::traffic::{part, CalWindow, Limit, LimitKind, LimitRule, LoopGuard, Traffic};
+use crate::policy::traffic::{
+    part, CalWindow, Limit, LimitKind, LimitRule, LoopGuard, OnFailure, RedisBackend, Traffic,
+};
 
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(20);
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+pub const DEFAULT_MAX_GLOBAL_KEYS: u64 = 400_000;
+pub const DEFAULT_REDIS_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tollgate:";
 /// Rules at most (their names are metric labels).
 const MAX_RULES: usize = 256;
 
@@ -31,6 +37,7 @@ const KEYS: &[&str] = &[
     "concurrency",
     "quota",
     "loop",
+    "tokens",
 ];
 
 /// The keys that say which requests a rule counts (its fingerprint includes them as written).
@@ -61,7 +68,14 @@ pub(super) fn traffic(
         p,
         "traffic".into(),
         top.raw("traffic"),
-        &["time_zone", "sync_interval", "max_keys", "rules"],
+        &[
+            "time_zone",
+            "sync_interval",
+            "max_keys",
+            "max_global_keys",
+            "rules",
+            "redis",
+        ],
     );
     let zone = s.get(p, "time_zone", DEFAULT_TIME_ZONE.to_string(), |v| {
         let n = string(v)?;
@@ -78,14 +92,23 @@ pub(super) fn traffic(
     let max_keys = s.get(p, "max_keys", DEFAULT_MAX_KEYS as usize, |v| {
         count(1, 10_000_000)(v).map(|n| n as usize)
     });
+    let max_global_keys = s.get(
+        p,
+        "max_global_keys",
+        DEFAULT_MAX_GLOBAL_KEYS as usize,
+        |v| count(1, 100_000_000)(v).map(|n| n as usize),
+    );
     let rules = rules(p, &s, servers, upstreams, &zone);
+    let redis = redis(p, &s);
     Traffic {
         time_zone: zone.into(),
         tz,
         sync_interval,
         max_keys,
         hashes_arguments: rules.iter().any(|r| r.key & part::ARGUMENTS != 0),
+        max_global_keys,
         rules,
+        redis,
     }
 }
 
@@ -220,20 +243,31 @@ fn rules(
         if let Some(n) = r.get(p, "concurrency", None, |v| count(1, 1_000_000)(v).map(Some)) {
             limits.push(LimitKind::Concurrency { limit: n });
         }
+        let calendar = |v: &Value| match string(v)? {
+            "minute" => Ok(CalWindow::Minute),
+            "hour" => Ok(CalWindow::Hour),
+            "day" => Ok(CalWindow::Day),
+            "month" => Ok(CalWindow::Month),
+            other => Err(format!(
+                "expected minute, hour, day or month, got {other:?}"
+            )),
+        };
         if let Some((qpath, v)) = r.value("quota") {
             let q = Section::open(p, qpath, Some(v), &["limit", "window"]);
             let limit = q.required(p, "limit", count(1, 1_000_000_000_000));
-            let window = q.required(p, "window", |v| match string(v)? {
-                "minute" => Ok(CalWindow::Minute),
-                "hour" => Ok(CalWindow::Hour),
-                "day" => Ok(CalWindow::Day),
-                "month" => Ok(CalWindow::Month),
-                other => Err(format!(
-                    "expected minute, hour, day or month, got {other:?}"
-                )),
-            });
+            let window = q.required(p, "window", calendar);
             if let (Some(limit), Some(window)) = (limit, window) {
                 limits.push(LimitKind::Quota { limit, window });
+            }
+        }
+        let mut costs = Vec::new();
+        if let Some((tpath, v)) = r.value("tokens") {
+            let t = Section::open(p, tpath.clone(), Some(v), &["limit", "window", "costs"]);
+            let limit = t.required(p, "limit", count(1, 1_000_000_000_000_000));
+            let window = t.required(p, "window", calendar);
+            costs = token_costs(p, &t, &tpath);
+            if let (Some(limit), Some(window)) = (limit, window) {
+                limits.push(LimitKind::Tokens { limit, window });
             }
         }
         let mut key = key;
@@ -263,13 +297,13 @@ fn rules(
             // The same principal calling the same tool with the same arguments.
             key |= part::PRINCIPAL | part::TOOL | part::ARGUMENTS;
         }
-        if ["rate", "concurrency", "quota", "loop"]
+        if ["rate", "concurrency", "quota", "tokens", "loop"]
             .iter()
             .all(|k| r.raw(k).is_none())
         {
             p.add(
                 &rpath,
-                "a rule needs rate, concurrency, quota (or several) or loop",
+                "a rule needs rate, concurrency, quota or tokens (or several), or loop",
             );
         }
         let Some(name) = name else { continue };
@@ -289,9 +323,96 @@ fn rules(
                 .map(|kind| Limit { kind, fp: 0 })
                 .collect(),
             loop_guard,
+            costs,
         };
         rule.seal(&describe_target, zone);
         out.push(rule);
     }
     out
+}
+
+/// `tokens.costs`: a mapping from tool glob to the units a call is charged when admitted, in
+/// the order written (the first glob that matches a tool applies).
+fn token_costs(p: &mut Problems, t: &Section, tpath: &str) -> Vec<(Box<str>, u64)> {
+    let mut out = Vec::new();
+    let Some((cpath, v)) = t.value("costs") else {
+        return out;
+    };
+    let Value::Mapping(m) = v else {
+        p.add(
+            &cpath,
+            format!(
+                "expected a mapping of tool glob to units (e.g. {{\"search_*\": 5}}), got {}",
+                describe(v)
+            ),
+        );
+        return out;
+    };
+    for (g, n) in m {
+        let Some(glob) = g.as_str() else {
+            p.add(&cpath, format!("expected a tool glob, got {}", describe(g)));
+            continue;
+        };
+        if let Err(e) = crate::mcp::names::Filter::new(&[glob], &[] as &[&str]) {
+            p.add(&format!("{tpath}.costs.{glob}"), e.reason);
+            continue;
+        }
+        match count(0, 1_000_000_000)(n) {
+            Ok(units) => out.push((glob.into(), units)),
+            Err(why) => p.add(&format!("{tpath}.costs.{glob}"), why),
+        }
+    }
+    out
+}
+
+/// `traffic.redis` (null or absent: none).
+fn redis(p: &mut Problems, s: &Section) -> Option<RedisBackend> {
+    let (path, v) = s.value("redis")?;
+    let r = Section::open(
+        p,
+        path,
+        Some(v),
+        &[
+            "url",
+            "sync_interval",
+            "timeout",
+            "on_failure",
+            "key_prefix",
+        ],
+    );
+    let url = r.required(p, "url", |v| {
+        let u = string(v)?;
+        if !(u.starts_with("redis://") || u.starts_with("unix://")) {
+            return Err("expected redis://host:port[/db] or unix:///path".into());
+        }
+        redis::parse_redis_url(u)
+            .map(|_| u.to_string())
+            .ok_or_else(|| "not a Redis URL".to_string())
+    });
+    let sync_interval = r.get(p, "sync_interval", DEFAULT_REDIS_SYNC_INTERVAL, |v| {
+        super::extract::duration_within(Duration::from_millis(1), Duration::from_secs(60))(v)
+    });
+    let timeout = r.get(p, "timeout", DEFAULT_REDIS_TIMEOUT, |v| {
+        super::extract::duration_within(Duration::from_millis(1), Duration::from_secs(10))(v)
+    });
+    let on_failure = r.get(p, "on_failure", OnFailure::Local, |v| match string(v)? {
+        "open" => Ok(OnFailure::Open),
+        "closed" => Ok(OnFailure::Closed),
+        "local" => Ok(OnFailure::Local),
+        other => Err(format!("expected open, closed or local, got {other:?}")),
+    });
+    let key_prefix = r.get(p, "key_prefix", DEFAULT_REDIS_KEY_PREFIX.to_string(), |v| {
+        let k = string(v)?;
+        if k.len() > 64 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("at most 64 characters, no spaces".into());
+        }
+        Ok(k.to_string())
+    });
+    Some(RedisBackend {
+        url: url?.into(),
+        sync_interval,
+        timeout,
+        on_failure,
+        key_prefix: key_prefix.into(),
+    })
 }

@@ -1,0 +1,252 @@
+//! Traffic limits across instances through Redis (issue 11, `traffic.redis`): a real
+//! `redis-server` (Debian's package; scripts/install-tools.sh) on a free port, two tollgate
+//! processes sharing one quota, and Redis stopped mid-run and started again under
+//! `on_failure: closed` and `local`.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use harness::{eventually, free_port, metric_value, Gateway, Mcp, Response};
+use serde_json::json;
+
+/// A redis-server on 127.0.0.1:`port` without persistence, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+fn redis_server() -> Option<&'static str> {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("redis-server");
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "redis-server not installed, and CI is set: scripts/install-tools.sh installs it \
+             (apt-get install redis-server)"
+        );
+    }
+    eprintln!("\n*** SKIPPED: redis-server not installed (apt-get install redis-server) ***\n");
+    None
+}
+
+impl Redis {
+    fn start(port: u16) -> Option<Redis> {
+        let bin = redis_server()?;
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let r = Redis { port, child };
+        assert!(
+            eventually(Duration::from_secs(10), || r.ask("PING") == "+PONG"),
+            "redis-server did not answer on port {port}"
+        );
+        Some(r)
+    }
+
+    /// One inline command, its first reply line (empty when Redis does not answer).
+    fn ask(&self, cmd: &str) -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    }
+
+    /// The sum of every counter under `prefix`.
+    fn total(&self, prefix: &str) -> u64 {
+        let keys = self.ask(&format!("KEYS {prefix}*"));
+        keys.lines()
+            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+            .map(|k| {
+                let v = self.ask(&format!("GET {k}"));
+                v.lines()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(rule: &str, port: u16, on_failure: &str, prefix: &str) -> Gateway {
+    Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml(&format!(
+            "traffic:\n  rules:\n    - {rule}\n  redis:\n    url: \"redis://127.0.0.1:{port}/0\"\n    \
+             sync_interval: 20ms\n    timeout: 200ms\n    on_failure: {on_failure}\n    key_prefix: \"{prefix}\"\n"
+        ))
+        .start()
+}
+
+fn session(gw: &Gateway) -> Mcp {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    m
+}
+
+fn echo(m: &mut Mcp) -> Response {
+    m.request(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    )
+}
+
+fn ok(r: &Response) -> bool {
+    let v = r.json();
+    r.status == 200 && v.get("result").is_some() && v["result"]["isError"] != true
+}
+
+fn syncs(gw: &Gateway) -> f64 {
+    metric_value(
+        &gw.metrics(),
+        "tollgate_traffic_redis_syncs_total{result=\"ok\"}",
+    )
+}
+
+fn up(gw: &Gateway) -> f64 {
+    metric_value(&gw.metrics(), "tollgate_traffic_redis_up")
+}
+
+/// Waits until `gw` has synced with Redis twice more (so what it counted before is there).
+fn synced(gw: &Gateway) {
+    let base = syncs(gw);
+    assert!(
+        eventually(Duration::from_secs(10), || syncs(gw) >= base + 2.0),
+        "no sync with Redis"
+    );
+}
+
+fn calls_until_refused(m: &mut Mcp, most: usize) -> usize {
+    let mut admitted = 0;
+    loop {
+        let r = echo(m);
+        if !ok(&r) {
+            let v = r.json();
+            assert_eq!(v["error"]["data"]["kind"], "quota", "{v}");
+            return admitted;
+        }
+        admitted += 1;
+        assert!(admitted <= most, "admitted more than {most}");
+    }
+}
+
+#[test]
+fn two_instances_share_one_quota_through_redis() {
+    const LIMIT: usize = 20;
+    let Some(redis) = Redis::start(free_port()) else {
+        return;
+    };
+    let rule = format!("{{name: q, quota: {{limit: {LIMIT}, window: day}}}}");
+    let a = gateway(&rule, redis.port, "closed", "share:");
+    let b = gateway(&rule, redis.port, "closed", "share:");
+    let (mut ma, mut mb) = (session(&a), session(&b));
+    for i in 0..15 {
+        assert!(ok(&echo(&mut ma)), "call {i} on A");
+    }
+    synced(&a);
+    assert_eq!(redis.total("share:"), 15);
+    // B's first share of the key comes from its exchange, with A's 15 read from Redis.
+    let on_b = calls_until_refused(&mut mb, LIMIT);
+    synced(&b);
+    synced(&a);
+    let on_a = calls_until_refused(&mut ma, LIMIT);
+    println!("redis, sequential: A 15 + {on_a}, B {on_b} of {LIMIT}");
+    assert_eq!(15 + on_a + on_b, LIMIT, "A {on_a} more, B {on_b}");
+    assert_eq!(redis.total("share:"), LIMIT as u64);
+
+    // Both hammered at once on a fresh quota: each instance can admit what it last saw left
+    // globally before it hears of the other's calls (one Redis sync), so the total is bounded
+    // by LIMIT + (instances - 1) * LIMIT; measured and printed.
+    let rule = format!("{{name: hot, quota: {{limit: {LIMIT}, window: day}}}}");
+    let c = gateway(&rule, redis.port, "closed", "hot:");
+    let d = gateway(&rule, redis.port, "closed", "hot:");
+    let addrs = [c.addr, d.addr];
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            std::thread::spawn(move || {
+                let mut m = Mcp::new(addr, "/mcp");
+                m.initialize("2025-06-18");
+                calls_until_refused(&mut m, 2 * LIMIT)
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    println!(
+        "redis, 2 instances hammering one quota of {LIMIT}: admitted {admitted}, over-admission {}",
+        admitted as i64 - LIMIT as i64
+    );
+    assert!(admitted >= LIMIT, "starved: {admitted}");
+    assert!(
+        admitted <= 2 * LIMIT,
+        "over the documented bound: {admitted}"
+    );
+}
+
+#[test]
+fn redis_down_closed_refuses_local_keeps_counting_and_sync_resumes() {
+    let port = free_port();
+    let Some(redis) = Redis::start(port) else {
+        return;
+    };
+    let rule = "{name: q, quota: {limit: 1000, window: day}}";
+    let closed = gateway(rule, port, "closed", "closed:");
+    let local = gateway(rule, port, "local", "local:");
+    let (mut mc, mut ml) = (session(&closed), session(&local));
+    assert!(ok(&echo(&mut mc)));
+    assert!(ok(&echo(&mut ml)));
+    synced(&closed);
+    synced(&local);
+    assert_eq!(up(&closed), 1.0);
+
+    drop(redis);
+    assert!(eventually(Duration::from_secs(10), || up(&closed) == 0.0
+        && up(&local) == 0.0));
+    // Closed: every call under the quota is refused while Redis is down.
+    let r = echo(&mut mc);
+    assert!(!ok(&r), "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["kind"], "quota");
+    // Local: still limited by its own count, so still admitted here.
+    for i in 0..5 {
+        assert!(ok(&echo(&mut ml)), "local call {i} while Redis is down");
+    }
+
+    // Redis back (empty: no persistence): both sync again, and what `local` counted while it
+    // was down reaches it.
+    let redis = Redis::start(port).expect("redis-server again");
+    assert!(eventually(Duration::from_secs(10), || up(&closed) == 1.0
+        && up(&local) == 1.0));
+    assert!(ok(&echo(&mut mc)), "closed admits again once Redis answers");
+    assert!(
+        eventually(Duration::from_secs(10), || redis.total("local:") >= 5),
+        "the calls counted while Redis was down: {}",
+        redis.total("local:")
+    );
+}
