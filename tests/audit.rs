@@ -676,12 +676,18 @@ fn records_carry_the_callers_trace_and_the_gateways_span() {
     assert_eq!(r.status, 200, "{}", r.text());
     stop(&mut gw);
     let recs = records(&file);
-    let calls: Vec<&Value> = recs.iter().filter(|r| r["method"] == "tools/call").collect();
+    let calls: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .collect();
     assert_eq!(calls.len(), 2, "{recs:?}");
     for (rec, trace) in calls.iter().zip([header_trace, meta_trace]) {
         assert_eq!(rec["trace_id"], trace, "{rec}");
         let span = rec["span_id"].as_str().expect("a span id");
         assert_eq!(span.len(), 16, "{rec}");
-        assert_ne!(span, parent, "the gateway's own span, not the caller's: {rec}");
+        assert_ne!(
+            span, parent,
+            "the gateway's own span, not the caller's: {rec}"
+        );
     }
 }

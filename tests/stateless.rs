@@ -1469,9 +1469,8 @@ fn at_the_cap_a_call_waits_for_a_held_session_and_past_the_timeout_is_refused() 
         assert!(msg.contains("held_sessions_per_upstream"), "{msg}");
         // Counted by the record phase, which runs after the answer was sent.
         let counted = |gw: &Gateway| {
-            gw.metrics().contains(
-                "tollgate_limit_rejections_total{limit=\"held_sessions_per_upstream\"} 1",
-            )
+            gw.metrics()
+                .contains("tollgate_limit_rejections_total{limit=\"held_sessions_per_upstream\"} 1")
         };
         assert!(
             harness::eventually(Duration::from_secs(10), || counted(&gw)),

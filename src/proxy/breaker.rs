@@ -87,6 +87,22 @@ impl Breaker {
         self.admit_cold(upstream)
     }
 
+    /// Whether `admit` would let a request through now, without changing anything: closed,
+    /// open for `open_for` already (the next request is the half-open probe), or half-open
+    /// with a probe slot free. Replica choice prefers these, so an open replica is offered
+    /// again once it is due for its probe instead of being passed over for good.
+    pub fn would_admit(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                self.now_ms()
+                    .saturating_sub(self.opened_at.load(Ordering::Acquire))
+                    >= self.cfg.open_for.as_millis() as u64
+            }
+            _ => self.probes.load(Ordering::Acquire) < self.cfg.half_open_probes,
+        }
+    }
+
     #[cold]
     fn admit_cold(&self, upstream: &str) -> Result<Admitted<'_>, u64> {
         let open_for = self.cfg.open_for.as_millis() as u64;

@@ -169,8 +169,8 @@ impl Local {
     }
 
     /// The replica of `up` a request that is not pinned goes to, skipping those in `tried` (a
-    /// bit per position): among the healthy ones whose circuit is not open (else the healthy
-    /// ones, else any), the one with the fewest requests in flight on this worker; ties are
+    /// bit per position): among the healthy ones whose circuit would admit a request (closed,
+    /// or open and due for its half-open probe; else the healthy ones, else any), the one with the fewest requests in flight on this worker; ties are
     /// taken in turn. `None` when every replica was tried.
     pub fn pick(
         &self,
@@ -181,7 +181,9 @@ impl Local {
         let n = up.replicas.len();
         let untried = |r: usize| tried & (1 << r) == 0;
         let healthy = |r: usize| health.get(r).is_none_or(|h| h.is_healthy());
-        let closed = |r: usize| health.get(r).is_none_or(|h| h.breaker.state() != 1);
+        // Not open, or open long enough to be probed: a replica whose circuit opened is
+        // offered again when due, else nothing would ever close it (only requests probe).
+        let closed = |r: usize| health.get(r).is_none_or(|h| h.breaker.would_admit());
         let tiers: [&dyn Fn(usize) -> bool; 3] = [
             &|r| untried(r) && healthy(r) && closed(r),
             &|r| untried(r) && healthy(r),
@@ -490,6 +492,42 @@ mod tests {
         assert_eq!(l.pick(&up, &health, 0b001), Some(1));
         assert_eq!(l.pick(&up, &health, 0b011), Some(2));
         assert_eq!(l.pick(&up, &health, 0b111), None);
+    }
+
+    #[test]
+    fn a_replica_whose_circuit_opened_is_offered_again_when_due_for_its_probe() {
+        let urls = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"];
+        let yaml = format!(
+            "upstreams:\n  - name: u\n    replicas: [{}]\n    circuit_breaker: {{consecutive_failures: 1, open_for: 50ms}}\nservers:\n  - path: /mcp\n    upstream: u\n",
+            urls.map(|u| format!("\"{u}\"")).join(", ")
+        );
+        let cfg = crate::config::load_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let c = &cfg.upstreams[0];
+        let mut up = UpstreamRuntime::new(c, Vec::new(), "127.0.0.1:1", "/mcp");
+        up.replicas = urls
+            .iter()
+            .map(|u| replica(u, "127.0.0.1", "/mcp"))
+            .collect();
+        let health: Vec<ReplicaHealth> = up
+            .replicas
+            .iter()
+            .map(|r| ReplicaHealth::new(r, c.circuit_breaker))
+            .collect();
+        let l = Local::default();
+        health[0].breaker.failed("u", "test");
+        assert_eq!(health[0].breaker.state(), 1, "open after one failure");
+        // Open: the other replica takes everything, even with more in flight.
+        let _busy = l.begin(&up, 1);
+        for _ in 0..4 {
+            assert_eq!(l.pick(&up, &health, 0), Some(1));
+        }
+        // Due for its probe: offered again (fewest in flight), so a request can close it.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(l.pick(&up, &health, 0), Some(0));
+        let probe = health[0].breaker.admit("u").expect("the half-open probe");
+        health[0].breaker.succeeded("u");
+        drop(probe);
+        assert_eq!(health[0].breaker.state(), 0, "closed by its probe");
     }
 
     #[test]
