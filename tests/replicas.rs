@@ -334,3 +334,53 @@ fn federated_member_sessions_stay_on_their_replica() {
         assert_eq!(r.status, 200, "{i}: {}", r.text());
     }
 }
+
+#[test]
+fn a_reload_that_adds_replicas_keeps_sessions_on_the_one_they_began_on_and_one_that_drops_it_ends_them(
+) {
+    let a = Demo::start(&[]);
+    let b = Demo::start(&[]);
+    let one = pair_config(std::slice::from_ref(&a.url()), "");
+    let gw = Gateway::builder()
+        .yaml(&one)
+        .workers(1)
+        .rust_log("info")
+        .start();
+    let mut sessions: Vec<Mcp> = (0..4)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, "/mcp");
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect();
+    let base = std::fs::read_to_string(gw.config_path()).unwrap();
+    let reloaded = |n: usize| {
+        eventually(Duration::from_secs(5), || {
+            gw.log.text().matches("config reloaded").count() >= n
+        })
+    };
+    // One URL → two replicas: the sessions stay on the first (the second does not know them).
+    gw.reload_with(&base.replace(&one, &pair_config(&[a.url(), b.url()], "")));
+    assert!(reloaded(1), "{}", gw.log.text());
+    for _ in 0..3 {
+        for (i, m) in sessions.iter_mut().enumerate() {
+            assert!(works(m), "session {i} left its replica when one was added");
+        }
+    }
+    // Its replica dropped: the session is gone (404, initialize again), not sent elsewhere.
+    gw.reload_with(&base.replace(&one, &pair_config(std::slice::from_ref(&b.url()), "")));
+    assert!(reloaded(2), "{}", gw.log.text());
+    for (i, m) in sessions.iter_mut().enumerate() {
+        let r = m.request("tools/list", json!({}));
+        assert_eq!(r.status, 404, "session {i}: {}", r.text());
+        // The gateway's answer, not the other replica's (it would say 404 too, not knowing it).
+        assert!(
+            r.text().contains("no longer configured"),
+            "session {i}: {}",
+            r.text()
+        );
+    }
+    let mut fresh = Mcp::new(gw.addr, "/mcp");
+    fresh.initialize("2025-06-18");
+    assert!(works(&mut fresh));
+}

@@ -128,15 +128,13 @@ pub async fn exchange_as(
     exchange_within(w, gw, (u, replica), req, caller, None, None).await
 }
 
-/// The replica of upstream `u` that `conn` is open to, as a session records it: its id when
-/// the upstream has several replicas, else 0 (nothing to pin).
+/// The replica of upstream `u` that `conn` is open to, as a session records it: its id, also
+/// when the upstream has one URL. A reload that adds replicas then keeps the session on the
+/// server that knows its `Mcp-Session-Id`, and one that drops its replica answers 404 instead of
+/// sending it to another (8 bytes more in the token).
 pub fn replica_of(gw: &Gateway, u: usize, conn: &UpstreamConn) -> u64 {
     let up = &gw.upstreams[u];
-    if up.replicas.len() > 1 {
-        up.replicas.get(conn.replica as usize).map_or(0, |r| r.id)
-    } else {
-        0
-    }
+    up.replicas.get(conn.replica as usize).map_or(0, |r| r.id)
 }
 
 /// The refusal of a request whose session's replica is gone from the config or down: like a
@@ -304,7 +302,13 @@ async fn exchange_replica(
     let up = &gw.upstreams[u];
     let r = match to {
         _ if to & AT != 0 => (to & !(AT | AUTHORIZED)) as usize,
-        _ if up.replicas.len() < 2 => 0,
+        // One replica: a session pinned to another URL (the upstream had several) is gone.
+        _ if up.replicas.len() < 2 => {
+            if to != 0 && up.replicas.first().is_some_and(|x| x.id != to) {
+                return (Err(replica_gone(up, "is no longer configured")), req, false);
+            }
+            0
+        }
         pin => {
             // Boxed: the replica loop is only for upstreams with several.
             let across = exchange_across(w, gw, (u, pin), req, caller, tool_timeout, retry_safe);

@@ -95,9 +95,10 @@ pub struct UpstreamSession {
     /// The upstream's own `Mcp-Session-Id`, if it issued one: visible ASCII, 1..=255 bytes.
     pub session_id: Option<String>,
     pub protocol_version: ProtocolVersion,
-    /// The replica the session was opened on (`replica_id` of its URL), when the upstream has
-    /// several; 0: none recorded (one replica, or a session of the stateless revision), and the
-    /// request may go to any.
+    /// The replica the session was opened on (`replica_id` of its URL; recorded also when the
+    /// upstream has one URL, so a reload that adds or drops replicas keeps or ends the session
+    /// rightly); 0: none recorded (a token from before replicas, or a session of the stateless
+    /// revision), and the request may go to any.
     pub replica: u64,
 }
 
