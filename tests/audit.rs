@@ -691,3 +691,41 @@ fn records_carry_the_callers_trace_and_the_gateways_span() {
         );
     }
 }
+
+#[test]
+fn a_collector_that_is_down_does_not_hold_the_exit_and_the_file_keeps_every_record() {
+    // A port nothing listens on: every POST is refused at once. With the configured retries a
+    // batch would take 2 + 4 + 8 + 16 + 30 s of backoff; stopping gives each batch one attempt.
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = temp_path("audit.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", batch: 1000, flush_interval: 1h, max_retries: 5, backoff: 2s}}\n  arguments: {{values: [echo]}}\n",
+            file.display()
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let mut answered = Vec::new();
+    for i in 0..10 {
+        let text = format!("d-{i}");
+        assert_eq!(try_echo(&mut m, i, &text), Some(200));
+        answered.push(text);
+    }
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited without waiting out the collector's retries");
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+    let recs = records(&file);
+    assert_one_record_each(&answered, &recs);
+    assert!(
+        gw.log.text().contains("audit records dropped"),
+        "{}",
+        gw.log.text()
+    );
+}

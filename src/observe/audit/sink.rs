@@ -54,6 +54,8 @@ impl Sinks {
                 written: written("http"),
                 errors: errors("http"),
                 failed: sink_failed(),
+                closing: false,
+                gave_up: false,
             }),
         })
     }
@@ -89,6 +91,13 @@ impl Sinks {
     /// How long until a sink has something to do on its own (an HTTP batch falls due).
     pub(super) fn next_due(&self) -> Duration {
         self.http.as_ref().map_or(Duration::MAX, HttpOut::next_due)
+    }
+
+    /// The gateway is stopping: the HTTP sink stops retrying (see `HttpOut::closing`).
+    pub(super) fn closing(&mut self) {
+        if let Some(h) = &mut self.http {
+            h.closing = true;
+        }
     }
 
     /// Writes out everything held: the file flushed and synced to disk, the HTTP batch sent.
@@ -258,6 +267,11 @@ struct HttpOut {
     written: metrics::Counter,
     errors: metrics::Counter,
     failed: metrics::Counter,
+    /// The gateway is stopping (`Sinks::closing`): each batch gets one attempt, no backoff,
+    /// and after a failure the rest are dropped at once (counted), so a collector that is down
+    /// cannot hold the exit for `max_retries` × (timeout + backoff) per batch.
+    closing: bool,
+    gave_up: bool,
 }
 
 impl HttpOut {
@@ -293,8 +307,18 @@ impl HttpOut {
         if self.count == 0 {
             return;
         }
+        if self.gave_up {
+            self.failed.increment(self.count as u64);
+            self.clear();
+            return;
+        }
+        let retries = if self.closing {
+            0
+        } else {
+            self.cfg.max_retries
+        };
         let mut wait = self.cfg.backoff;
-        for attempt in 0..=self.cfg.max_retries {
+        for attempt in 0..=retries {
             match post_once(&self.cfg, &self.pending) {
                 Ok(()) => {
                     self.written.increment(self.count as u64);
@@ -304,14 +328,15 @@ impl HttpOut {
                 Err(e) => {
                     self.errors.increment(1);
                     tracing::warn!(url = %self.cfg.url, attempt = attempt + 1, records = self.count, error = %e, "audit collector failed");
-                    if attempt < self.cfg.max_retries {
+                    if attempt < retries {
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(30));
                     }
                 }
             }
         }
-        tracing::error!(url = %self.cfg.url, records = self.count, retries = self.cfg.max_retries, "audit records dropped: the collector failed every retry");
+        tracing::error!(url = %self.cfg.url, records = self.count, retries, closing = self.closing, "audit records dropped: the collector failed every retry");
+        self.gave_up = self.closing;
         self.failed.increment(self.count as u64);
         self.clear();
     }

@@ -36,7 +36,9 @@ pub(super) fn run(
                 sinks = *new;
             }
             Ok(Msg::Close(ack)) => {
-                // Everything sent before the close is in the channel already: write it all.
+                // Everything sent before the close is in the channel already: write it all
+                // (an HTTP collector gets one attempt per batch now, not its retries).
+                sinks.closing();
                 let mut acks = vec![ack];
                 while let Ok(m) = rx.try_recv() {
                     match m {
@@ -44,6 +46,7 @@ pub(super) fn run(
                         Msg::Swap(new) => {
                             sinks.finish();
                             sinks = *new;
+                            sinks.closing();
                         }
                         Msg::Close(a) => acks.push(a),
                     }
