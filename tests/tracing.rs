@@ -457,3 +457,33 @@ fn a_federated_call_gets_the_gateways_span_in_meta_after_its_name_is_replaced() 
         );
     }
 }
+
+#[test]
+fn spans_still_queued_are_exported_when_the_gateway_stops() {
+    let (up, _seen) = recording_upstream();
+    let collector = Collector::start();
+    // A batch that never fills and an interval that never comes: only the stop sends them.
+    let cfg = format!(
+        "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://{}/v1/traces\n    flush_interval: 1h\n    batch: 1000\n    headers:\n      x-collector-key: k1\n",
+        collector.addr
+    );
+    let mut gw = gateway(&up, &cfg);
+    let mut c = Mcp::new(gw.addr, "/mcp");
+    c.initialize("2025-06-18");
+    c.header("traceparent", &traceparent(TRACE, CALLER_SPAN));
+    c.call_tool("echo", json!({"text": "bye"}));
+    assert!(
+        collector.spans().is_empty(),
+        "nothing is sent before the stop"
+    );
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("exited");
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+    let spans = collector.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "tools/call echo" && s["traceId"] == TRACE),
+        "spans received: {spans:#?}"
+    );
+}

@@ -36,7 +36,7 @@ pub enum AttrValue {
 
 /// The sending side of a generation's exporter (in `Gateway::spans`).
 pub struct Exporter {
-    tx: Sender<Span>,
+    tx: Sender<Msg>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -60,13 +60,32 @@ impl Exporter {
 
     /// Queues a span; never waits. A full queue drops it (counted by the exporter thread).
     pub fn offer(&self, span: Span) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(span) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Span(span))
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// At exit: the thread sends what it holds (one POST per batch under `timeout`) and ends;
+    /// waits for that at most `within` (the spans of the drain are exported, not dropped with
+    /// the process).
+    pub fn close(&self, within: std::time::Duration) {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        if self.tx.send_timeout(Msg::Close(ack), within).is_ok() {
+            let _ = done.recv_timeout(within);
         }
     }
 }
 
-fn run(cfg: &Otlp, rx: &Receiver<Span>, dropped: &AtomicU64) {
+/// What the exporter thread is sent.
+enum Msg {
+    Span(Span),
+    /// Flush and end; answer when done.
+    Close(Sender<()>),
+}
+
+fn run(cfg: &Otlp, rx: &Receiver<Msg>, dropped: &AtomicU64) {
     let mut batch: Vec<Span> = Vec::with_capacity(cfg.batch.min(4096));
     let mut due: Option<Instant> = None;
     let mut dropped_seen = 0u64;
@@ -75,16 +94,34 @@ fn run(cfg: &Otlp, rx: &Receiver<Span>, dropped: &AtomicU64) {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(d) => rx.recv_deadline(d),
         };
-        let last = matches!(got, Err(RecvTimeoutError::Disconnected));
+        let mut last = matches!(got, Err(RecvTimeoutError::Disconnected));
+        let mut ack = None;
         match got {
-            Ok(span) => {
+            Ok(Msg::Span(span)) => {
                 batch.push(span);
                 due.get_or_insert_with(|| Instant::now() + cfg.flush_interval);
+            }
+            Ok(Msg::Close(a)) => {
+                // Everything offered before the close is queued ahead of it: take it all.
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Span(span) = m {
+                        batch.push(span);
+                    }
+                }
+                ack = Some(a);
+                last = true;
+                due = None;
             }
             Err(_) => due = None,
         }
         let now_due = due.is_none() || batch.len() >= cfg.batch;
         if now_due && !batch.is_empty() {
+            // (More than a batch only at a close: one POST per `batch` spans.)
+            while batch.len() > cfg.batch {
+                let rest = batch.split_off(cfg.batch);
+                flush(cfg, &mut batch);
+                batch = rest;
+            }
             flush(cfg, &mut batch);
             due = None;
         }
@@ -95,6 +132,9 @@ fn run(cfg: &Otlp, rx: &Receiver<Span>, dropped: &AtomicU64) {
             dropped_seen = d;
         }
         if last {
+            if let Some(a) = ack {
+                let _ = a.send(());
+            }
             return;
         }
     }

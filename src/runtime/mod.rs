@@ -247,6 +247,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     // Every worker that finished has handed its audit records over: write, flush, fsync.
     gw.audit.close();
+    // The spans of the drain too: the exporter sends what it holds (at most a few seconds).
+    if let Some(x) = &gw.spans {
+        x.close(Duration::from_secs(5));
+    }
     // The admin listener answers (/readyz: 503) through the drain, then closes: its accept loop
     // sees the flag within 50 ms. Admin connections still open end with the process.
     admin_stop.store(true, Ordering::Release);
