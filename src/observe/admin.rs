@@ -156,6 +156,21 @@ fn tls_handshake(tcp: TcpStream, tls: &ProbeTls, deadline: Instant) -> std::io::
 }
 
 impl Health {
+    /// Takes over `old`'s replica states (health verdict, breaker) by upstream name and replica
+    /// id: a reload does it while building, before the new health check starts, so neither the
+    /// fresh all-healthy state is seen after the commit nor the new checker's verdict undone.
+    pub fn carry_replicas_from(&self, old: &Health) {
+        for h in &self.upstreams {
+            if let Some(o) = old.upstreams.iter().find(|o| o.name == h.name) {
+                for r in &h.replicas {
+                    if let Some(or) = o.replicas.iter().find(|x| x.id == r.id) {
+                        r.carry_from(or);
+                    }
+                }
+            }
+        }
+    }
+
     /// Endpoints that serve with some of their upstreams known-down (ready, degraded): one line
     /// each, for the /readyz body. Reads the counters only (no probe).
     pub fn degraded(&self) -> String {
@@ -364,11 +379,6 @@ impl HealthSlot {
                 h.failures
                     .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
                 h.breaker.carry_from(&old.breaker);
-                for r in &h.replicas {
-                    if let Some(o) = old.replicas.iter().find(|o| o.id == r.id) {
-                        r.carry_from(o);
-                    }
-                }
             }
         }
         *cur = new;

@@ -41,7 +41,7 @@ impl Gateway {
             (shutdown, bus.clone(), traffic, audit),
             None,
             sealer,
-            Vec::new(),
+            (Vec::new(), None),
         )?;
         gw.keys = super::keys::KeyRefresh::start(&gw.config, bus);
         Ok((Arc::new(gw), inboxes))
@@ -77,7 +77,7 @@ impl Gateway {
             ),
             self.demo,
             sealer,
-            retired,
+            (retired, Some(&self.health)),
         )?;
         gw.keys = super::keys::KeyRefresh::start(&gw.config, self.control.clone());
         if rotated {
@@ -104,7 +104,7 @@ impl Gateway {
         ),
         demo: Option<SocketAddr>,
         sealer: SessionSealer,
-        retired: Vec<(u64, String)>,
+        (retired, prev): (Vec<(u64, String)>, Option<&Health>),
     ) -> anyhow::Result<Gateway> {
         let (upstreams, demo) = upstream_runtimes(&config, demo)?;
         let health = Arc::new(Health {
@@ -154,6 +154,9 @@ impl Gateway {
                 .collect(),
             ..Health::default()
         });
+        if let Some(prev) = prev {
+            health.carry_replicas_from(prev);
+        }
         let checker = super::replicas::Checker::start(&config, &upstreams, &health);
         Ok(Gateway {
             keys: None,
