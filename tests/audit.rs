@@ -729,3 +729,61 @@ fn a_collector_that_is_down_does_not_hold_the_exit_and_the_file_keeps_every_reco
         gw.log.text()
     );
 }
+
+#[test]
+fn refusals_with_no_message_read_have_their_records_too() {
+    let file = temp_path("audit.jsonl");
+    let yaml = format!(
+        "auth:\n  issuers:\n    - name: example\n      issuer: {ISS}\n      algorithms: [HS256]\n      secret: \"{SECRET}\"\n\
+         servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [example]}}\n\
+         upstreams:\n  - name: demo\n    url: builtin:demo\n\
+         audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+        file.display()
+    );
+    let mut gw = Gateway::builder().yaml(&yaml).start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    // A listen stream without a token, a session DELETE with a bad one.
+    let r = m
+        .http
+        .request("GET", "/mcp", &[("Accept", "text/event-stream")], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let r = m.http.request(
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", "Bearer not-a-token"),
+            ("Mcp-Session-Id", "x"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A browser origin the gateway does not allow: refused with the head.
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let r = m.http.try_request(
+        "POST",
+        "/mcp",
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        &call_body(1, "echo", json!({"text": "x"})),
+    );
+    assert_eq!(r.map(|r| r.status), Some(403));
+    // A path no endpoint serves: not a record.
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    let r = m.http.request("POST", "/nowhere", &[], b"{}");
+    assert_eq!(r.status, 404, "{}", r.text());
+    stop(&mut gw);
+    // (Each worker hands its records over on its own: the file is in order per worker.)
+    let mut recs = records(&file);
+    recs.sort_by_key(|r| r["status"].as_u64());
+    let statuses: Vec<u64> = recs.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [401, 401, 403], "{recs:#?}");
+    for r in &recs[..2] {
+        assert_eq!(r["server"], "/mcp", "{r}");
+        assert!(r["auth_failure"].is_string(), "{r}");
+        assert_eq!(r["decision"], "deny", "{r}");
+    }
+}

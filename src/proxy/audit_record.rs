@@ -112,11 +112,13 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
             line(b, w, ctx, Some((m, args)), decision, elapsed, bytes_out);
         });
     }
-    // A POST refused before its body was read (authentication, mostly) has no message to say
-    // what it asked for; who was refused, and why, is still a record, whatever `methods` says.
+    // A request refused with no message read (a POST refused before its body: authentication,
+    // mostly; a GET or DELETE of a session or stream; a head refused for its Host or Origin)
+    // has nothing to say what it asked for; who was refused, and why, is still a record,
+    // whatever `methods` says. A path no endpoint serves (404 before any phase) is not.
     if ctx.messages.is_empty()
         && ctx.refused.is_some()
-        && ctx.http_method == crate::http::head::HttpMethod::Post
+        && (ctx.server.is_some() || ctx.http_method == crate::http::head::HttpMethod::Other)
     {
         w.audit.push(&gw.audit, settings, |b| {
             line(b, w, ctx, None, None, elapsed, bytes_out);
