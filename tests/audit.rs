@@ -13,17 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use harness::{eventually, Gateway, Mcp};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
 const ISS: &str = "https://issuer.example";
 const AUD: &str = "http://127.0.0.1:8080/mcp";
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
 
 fn token(sub: &str, roles: &[&str]) -> String {
     let now = std::time::SystemTime::now()
@@ -32,16 +27,7 @@ fn token(sub: &str, roles: &[&str]) -> String {
         .as_secs();
     let claims = json!({"iss": ISS, "aud": AUD, "sub": sub, "roles": roles, "client_id": "cli-1",
         "iat": now, "exp": now + 600});
-    let msg = format!(
-        "{}.{}",
-        b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!(
-        "{msg}.{}",
-        b64(ring::hmac::sign(&k, msg.as_bytes()).as_ref())
-    )
+    harness::hs256_jwt(&claims, SECRET.as_bytes())
 }
 
 fn temp_path(name: &str) -> PathBuf {

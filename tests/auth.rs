@@ -19,7 +19,7 @@ const AUD: &str = "http://127.0.0.1:8080/mcp";
 const PRM_URL: &str = "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp";
 
 fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    harness::b64url(b)
 }
 
 fn now() -> u64 {
@@ -31,14 +31,7 @@ fn now() -> u64 {
 
 /// An HS256 JWT over `header` and `claims`, signed with `key`.
 fn sign(header: &Value, claims: &Value, key: &[u8]) -> String {
-    let msg = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let sig = ring::hmac::sign(&k, msg.as_bytes());
-    format!("{msg}.{}", b64(sig.as_ref()))
+    harness::hs256(header, claims, key)
 }
 
 fn claims(sub: &str, roles: &[&str]) -> Value {

@@ -433,14 +433,7 @@ mod sse_event {
 }
 
 fn raw_post(addr: std::net::SocketAddr, session: &str, body: &str) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    s
+    raw_post_version(addr, session, "2025-06-18", body)
 }
 
 /// An upstream's sampling request reaches the client with an id the gateway wrapped; the

@@ -7,7 +7,6 @@ mod harness;
 
 use std::time::Duration;
 
-use base64::Engine;
 use harness::{eventually, metric_value, Gateway, Mcp, Response};
 use serde_json::{json, Value};
 
@@ -248,10 +247,6 @@ fn send_call(gw: &Gateway, m: &mut Mcp, tool: &str, args: Value) {
     m.http.send_raw(req.as_bytes());
 }
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
 fn token(sub: &str) -> String {
     token_with(sub, &[])
 }
@@ -263,16 +258,7 @@ fn token_with(sub: &str, roles: &[&str]) -> String {
         .as_secs();
     let claims =
         json!({"iss": ISS, "aud": AUD, "sub": sub, "roles": roles, "iat": now, "exp": now + 600});
-    let msg = format!(
-        "{}.{}",
-        b64(json!({"alg": "HS256", "typ": "JWT"}).to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!(
-        "{msg}.{}",
-        b64(ring::hmac::sign(&k, msg.as_bytes()).as_ref())
-    )
+    harness::hs256_jwt(&claims, SECRET.as_bytes())
 }
 
 #[test]

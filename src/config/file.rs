@@ -969,46 +969,7 @@ fn upstream(
             "unknown transport {other:?} (streamable_http, or sse for the 2024-11-05 HTTP+SSE transport)"
         )),
     });
-    if let Some((hpath, hv)) = s.value("headers") {
-        match hv {
-            Value::Mapping(m) => {
-                for (k, val) in m {
-                    let kname = match k {
-                        Value::String(k) => k.clone(),
-                        other => describe(other),
-                    };
-                    let at = extract::child(&hpath, &kname);
-                    let name = match k {
-                        Value::String(k) => formats::header_name(k),
-                        _ => Err("header names must be strings".to_string()),
-                    };
-                    let value = match val {
-                        Value::String(s) => header_value(s, env),
-                        // Numbers and booleans would be re-spelled by YAML (0x10 → 16): ask for quotes.
-                        _ => Err("expected a string value (put it in quotes)".to_string()),
-                    };
-                    match (name, value) {
-                        (Ok(n), Ok(_)) if u.headers.iter().any(|(h, _)| *h == n) => p.add(
-                            &at,
-                            format!("duplicate header {n:?} (names are case-insensitive)"),
-                        ),
-                        (Ok(n), Ok((val, source))) => {
-                            u.headers.push((n, val));
-                            u.header_sources.push(source);
-                        }
-                        (Err(e), _) | (_, Err(e)) => p.add(&at, e),
-                    }
-                }
-            }
-            other => p.add(
-                &hpath,
-                format!(
-                    "expected a mapping of header names to values, got {}",
-                    describe(other)
-                ),
-            ),
-        }
-    }
+    header_map(p, &s, env, None, &mut u.headers, &mut u.header_sources);
     u.tls = upstream_tls(p, &s, &u.target);
     u.credentials = credentials::credentials(p, &s, &u.target, env, &header_value).map(Box::new);
     if u.credentials.is_some() && u.transport == Transport::Sse {
@@ -1231,6 +1192,62 @@ fn resilience(p: &mut Problems, s: &Section<'_>, u: &mut Upstream) {
         count(1, 1_000_000)(v).map(|n| n as u32)
     });
     cb.window = b.get(p, "window", cb.window, extract::duration(MS));
+}
+
+/// The `headers` mapping of a section: each name checked and lower-cased, each value read with
+/// [`header_value`]. `reserved` is a name the caller sets itself, refused with its reason; a
+/// repeated name is refused. Pushes onto `headers` and `sources` side by side.
+pub(super) fn header_map(
+    p: &mut Problems,
+    s: &Section,
+    env: &dyn Fn(&str) -> Option<String>,
+    reserved: Option<(&str, &str)>,
+    headers: &mut Vec<(String, String)>,
+    sources: &mut Vec<HeaderSource>,
+) {
+    let Some((hpath, hv)) = s.value("headers") else {
+        return;
+    };
+    let Value::Mapping(m) = hv else {
+        p.add(
+            &hpath,
+            format!(
+                "expected a mapping of header names to values, got {}",
+                describe(hv)
+            ),
+        );
+        return;
+    };
+    for (k, val) in m {
+        let kname = match k {
+            Value::String(k) => k.clone(),
+            other => describe(other),
+        };
+        let at = extract::child(&hpath, &kname);
+        let name = match k {
+            Value::String(k) => formats::header_name(k),
+            _ => Err("header names must be strings".to_string()),
+        };
+        let value = match val {
+            Value::String(s) => header_value(s, env),
+            // Numbers and booleans would be re-spelled by YAML (0x10 → 16): ask for quotes.
+            _ => Err("expected a string value (put it in quotes)".to_string()),
+        };
+        match (name, value) {
+            (Ok(n), _) if reserved.is_some_and(|(r, _)| n == r) => {
+                p.add(&at, reserved.map_or("", |(_, why)| why))
+            }
+            (Ok(n), Ok(_)) if headers.iter().any(|(h, _)| *h == n) => p.add(
+                &at,
+                format!("duplicate header {n:?} (names are case-insensitive)"),
+            ),
+            (Ok(n), Ok((val, source))) => {
+                headers.push((n, val));
+                sources.push(source);
+            }
+            (Err(e), _) | (_, Err(e)) => p.add(&at, e),
+        }
+    }
 }
 
 /// An upstream header value: a literal (with `$${` unescaped) or the secret a `${env:NAME}` /

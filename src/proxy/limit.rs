@@ -1767,6 +1767,18 @@ mod tests {
         x
     }
 
+    /// One worker on an installed exchange that has admitted ten calls of key 1 under the
+    /// first rule (not yet synced), and an empty book.
+    fn ten_calls_on_key_1(cfg: &crate::config::Config) -> (Arc<Exchange>, Rc<Local>, Book) {
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        for _ in 0..10 {
+            assert!(local.decide(&cfg.traffic, rule, 1));
+        }
+        (x, local, Book::default())
+    }
+
     #[test]
     fn a_full_map_evicts_the_oldest_idle_key() {
         let cfg = rate_config(2, 10);
@@ -1783,12 +1795,7 @@ mod tests {
     fn a_key_evicted_and_re_created_gets_no_second_first_share() {
         let cfg = rate_config(2, 10);
         let rule = &cfg.traffic.rules[0];
-        let x = installed(&cfg, 1);
-        let local = Local::new(x.clone(), 0);
-        let mut book = Book::default();
-        for _ in 0..10 {
-            assert!(local.decide(&cfg.traffic, rule, 1));
-        }
+        let (x, local, mut book) = ten_calls_on_key_1(&cfg);
         assert!(
             !local.decide(&cfg.traffic, rule, 1),
             "the 11th of a burst of 10"
@@ -1914,12 +1921,7 @@ mod tests {
         // 10 an hour, burst 10: one every 360 s.
         let cfg = rate_config(100, 10);
         let rule = &cfg.traffic.rules[0];
-        let x = installed(&cfg, 1);
-        let local = Local::new(x.clone(), 0);
-        let mut book = Book::default();
-        for _ in 0..10 {
-            assert!(local.decide(&cfg.traffic, rule, 1));
-        }
+        let (x, local, mut book) = ten_calls_on_key_1(&cfg);
         sync_once(&x, &mut book, now_us(), WALL);
         let mut map = local.map.borrow_mut();
         local.apply(&mut map, 100);

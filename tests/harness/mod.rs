@@ -887,3 +887,30 @@ impl Mcp {
         r.json()
     }
 }
+
+/// base64url without padding, as JWTs spell their parts.
+pub fn b64url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// An HS256 JWT over `header` and `claims`, signed with `key`.
+pub fn hs256(header: &serde_json::Value, claims: &serde_json::Value, key: &[u8]) -> String {
+    let msg = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let sig = ring::hmac::sign(&k, msg.as_bytes());
+    format!("{msg}.{}", b64url(sig.as_ref()))
+}
+
+/// An HS256 JWT with the usual `{"alg":"HS256","typ":"JWT"}` header.
+pub fn hs256_jwt(claims: &serde_json::Value, key: &[u8]) -> String {
+    hs256(
+        &serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+        claims,
+        key,
+    )
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::extract::{self, boolean, count, describe, string, Problems, Section};
-use super::{formats, header_value};
+use super::{formats, header_map};
 use crate::config::telemetry::{defaults, Otlp, Tracing};
 use crate::config::UpstreamTarget;
 
@@ -97,48 +97,14 @@ fn otlp(
     });
     let mut headers = Vec::new();
     let mut header_sources = Vec::new();
-    if let Some((hpath, hv)) = s.value("headers") {
-        match hv {
-            Value::Mapping(m) => {
-                for (k, val) in m {
-                    let kname = match k {
-                        Value::String(k) => k.clone(),
-                        other => describe(other),
-                    };
-                    let at = extract::child(&hpath, &kname);
-                    let name = match k {
-                        Value::String(k) => formats::header_name(k),
-                        _ => Err("header names must be strings".to_string()),
-                    };
-                    let value = match val {
-                        Value::String(s) => header_value(s, env),
-                        _ => Err("expected a string value (put it in quotes)".to_string()),
-                    };
-                    match (name, value) {
-                        (Ok(n), _) if n == "content-type" => {
-                            p.add(&at, "set by the exporter (application/json)")
-                        }
-                        (Ok(n), Ok(_)) if headers.iter().any(|(h, _)| *h == n) => p.add(
-                            &at,
-                            format!("duplicate header {n:?} (names are case-insensitive)"),
-                        ),
-                        (Ok(n), Ok((val, source))) => {
-                            headers.push((n, val));
-                            header_sources.push(source);
-                        }
-                        (Err(e), _) | (_, Err(e)) => p.add(&at, e),
-                    }
-                }
-            }
-            other => p.add(
-                &hpath,
-                format!(
-                    "expected a mapping of header names to values, got {}",
-                    describe(other)
-                ),
-            ),
-        }
-    }
+    header_map(
+        p,
+        &s,
+        env,
+        Some(("content-type", "set by the exporter (application/json)")),
+        &mut headers,
+        &mut header_sources,
+    );
     Some(Otlp {
         endpoint: endpoint?,
         batch,
