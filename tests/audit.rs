@@ -667,7 +667,12 @@ fn records_carry_the_callers_trace_and_the_gateways_span() {
         .filter(|r| r["method"] == "tools/call")
         .collect();
     assert_eq!(calls.len(), 2, "{recs:?}");
-    for (rec, trace) in calls.iter().zip([header_trace, meta_trace]) {
+    // (The two sessions may be on different workers: the file is in order per worker only.)
+    for (id, trace) in [(1, header_trace), (2, meta_trace)] {
+        let rec = calls
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record of call {id}: {recs:?}"));
         assert_eq!(rec["trace_id"], trace, "{rec}");
         let span = rec["span_id"].as_str().expect("a span id");
         assert_eq!(span.len(), 16, "{rec}");
