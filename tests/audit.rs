@@ -598,6 +598,139 @@ fn a_batch_gives_one_record_per_recorded_message() {
     assert_eq!(recs[0]["arguments"], json!(["text"]));
 }
 
+/// A batch on a federated endpoint decides its messages concurrently and refuses an unknown name
+/// before any decision: each record still carries its own message's decision.
+#[test]
+fn a_federated_batch_gives_each_record_its_own_messages_decision() {
+    let file = temp_path("federated.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("a", "builtin:demo")
+        .upstream("b", "builtin:demo")
+        .yaml(&format!(
+            concat!(
+                "servers:\n",
+                "  - path: /mcp\n",
+                "    upstreams: [a, b]\n",
+                "    rules:\n",
+                "      - {{name: no-add, effect: deny, tools: [b__add]}}\n",
+                "      - {{name: rest, effect: allow, tools: [\"*\"]}}\n",
+                "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call]\n",
+            ),
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let call = |id: &str, name: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+               "params":{"name":name,"arguments":{"text":"x","a":1,"b":2}}})
+    };
+    let batch = json!([
+        call("1", "a__echo"),
+        call("2", "b__add"),
+        call("3", "b__no_such_tool"),
+        call("4", "b__echo"),
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Three decisions made (the deny one hidden), each counted once: by the record phase,
+    // after the answer, so wait for three and then check there are no more.
+    let counted = |scrape: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with("tollgate_authz_decisions_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut scrape = String::new();
+    eventually(Duration::from_secs(30), || {
+        scrape = gw.metrics();
+        counted(&scrape) >= 3.0
+    });
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, String, String)> = recs
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("request_id"), s("decision"), s("rule"))
+        })
+        .collect();
+    // The unknown name was refused before any decision: its record names no rule (what it
+    // says otherwise is not this test's concern); every other record has its own decision.
+    assert_eq!(got.len(), 4, "{recs:?}");
+    assert_eq!(
+        (got[2].0.as_str(), got[2].2.as_str()),
+        ("3", ""),
+        "{recs:?}"
+    );
+    let want = [
+        ("1", "allow", "rest"),
+        ("2", "deny", "no-add"),
+        ("4", "allow", "rest"),
+    ];
+    assert_eq!(
+        [got[0].clone(), got[1].clone(), got[3].clone()].to_vec(),
+        want.map(|(i, d, r)| (i.to_string(), d.to_string(), r.to_string()))
+            .to_vec(),
+        "{recs:?}"
+    );
+    assert_eq!(counted(&scrape), 3.0, "{scrape}");
+}
+
+/// A federated endpoint without rules decides each item on the federated path: the decision is
+/// recorded and counted once, not also as passed through.
+#[test]
+fn a_federated_endpoint_without_rules_counts_each_decision_once() {
+    let file = temp_path("federated-open.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("a", "builtin:demo")
+        .upstream("b", "builtin:demo")
+        .yaml(&format!(
+            concat!(
+                "servers:\n",
+                "  - path: /mcp\n",
+                "    upstreams: [a, b]\n",
+                "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call]\n",
+            ),
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"1","method":"tools/call","params":{"name":"a__echo","arguments":{"text":"x"}}},
+        {"jsonrpc":"2.0","id":"2","method":"tools/call","params":{"name":"b__echo","arguments":{"text":"y"}}},
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let single = m.call_tool("b__echo", json!({"text": "z"}));
+    assert!(single.get("result").is_some(), "{single}");
+    // Counted by the record phase, after the answer: wait for three, then check there are no more.
+    let open = |s: &str| {
+        harness::metric_value(
+            s,
+            "tollgate_authz_decisions_total{decision=\"allow\",reason=\"open\"}",
+        )
+    };
+    let mut scrape = String::new();
+    eventually(Duration::from_secs(30), || {
+        scrape = gw.metrics();
+        open(&scrape) >= 3.0
+    });
+    stop(&mut gw);
+    assert_eq!(open(&scrape), 3.0, "{scrape}");
+    let recs = records(&file);
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    for r in &recs {
+        assert_eq!(
+            (&r["decision"], &r["reason"]),
+            (&json!("allow"), &json!("open")),
+            "{r}"
+        );
+    }
+}
+
 #[test]
 fn a_reload_turns_audit_on_and_a_file_that_cannot_be_written_refuses_it() {
     let file = temp_path("late.jsonl");

@@ -10,7 +10,6 @@ use crate::jsonrpc::{Message, MessageKind};
 use crate::mcp::Method;
 use crate::observe::access::{json_bounded, MAX_TEXT_FIELD, MAX_WIRE_FIELD};
 use crate::observe::audit::Settings;
-use crate::policy::rules::Item;
 
 use super::context::{Ctx, MessageCtx};
 use super::state::WorkerState;
@@ -92,16 +91,10 @@ pub fn capture(
 pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     let gw = ctx.gw();
     let settings = &gw.config.audit;
-    // The index among decided items of each message: `ctx.decisions` holds one per item, in
-    // message order.
-    let mut decided = 0usize;
     for (i, m) in ctx.messages.iter().enumerate() {
-        let decision = if m.kind == MessageKind::Request && Item::kind_of(m.method).is_some() {
-            decided += 1;
-            ctx.decisions.get(decided - 1)
-        } else {
-            None
-        };
+        // Decisions are kept in the order they were made (a batch decides its messages
+        // concurrently; a message refused before its check has none): each names its message.
+        let decision = ctx.decisions.iter().find(|d| usize::from(d.msg) == i);
         if !settings.records(m.method)
             || !matches!(m.kind, MessageKind::Request | MessageKind::Notification)
         {

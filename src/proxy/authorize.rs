@@ -19,6 +19,9 @@ use super::state::{Gateway, WorkerState};
 /// One decision, as the request context keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decided {
+    /// The message decided: its index in the request's messages (`Ctx::messages`). Decisions
+    /// are kept in the order they were made, which in a batch is not message order.
+    pub msg: u16,
     pub allowed: bool,
     pub reason: Reason,
     /// The deciding rule (`servers[].rules[i]`), when a rule decided.
@@ -81,9 +84,10 @@ pub fn verdict(
     rules.decide(&cand, item, &facts)
 }
 
-/// Keeps `v` in the request's decisions.
-pub fn record(access: &Access, v: &Verdict) {
+/// Keeps `v`, the decision on message `msg`, in the request's decisions.
+pub fn record(access: &Access, v: &Verdict, msg: u16) {
     access.decided.borrow_mut().push(Decided {
+        msg,
         allowed: v.allowed(),
         reason: v.reason(),
         rule: v.rule(),
@@ -222,13 +226,13 @@ fn annotations_json(flags: u8) -> Vec<u8> {
 /// Decides `item` (the rules, then the Rego policy when they allowed it) and records the
 /// decision: `Ok` to go on, or the refusal that answers it (hidden: unknown, as if it did not
 /// exist; denied: `Forbidden` with the sentence for the model; a missing scope: 403
-/// `insufficient_scope`).
+/// `insufficient_scope`). `msg` is the index of the message that names `item`.
 pub fn check_all(
     w: &WorkerState,
     gw: &Gateway,
     server: usize,
     access: &Access,
-    item: &Item<'_>,
+    (item, msg): (&Item<'_>, u16),
     body: &[u8],
 ) -> Result<(), Refusal> {
     let v = verdict(w, gw, server, access, item);
@@ -236,7 +240,7 @@ pub fn check_all(
         Verdict::Allow { .. } => rego_verdict(w, gw, server, access, item, body).unwrap_or(v),
         other => other,
     };
-    record(access, &v);
+    record(access, &v, msg);
     refusal(gw, server, item, v)
 }
 
@@ -271,11 +275,13 @@ pub fn visible(
 
 /// An endpoint without rules (passed through to one upstream, or federated only for names and
 /// filters): every item a request names is allowed, and recorded as such (`authenticated` when
-/// the endpoint knows the caller, `open` when it does not). Endpoints with rules decide per item
-/// on the federated path instead.
+/// the endpoint knows the caller, `open` when it does not). A federated endpoint decides (and
+/// records) per item on the federated path instead, rules or not: recording here too would count
+/// each decision twice.
 pub fn pass_through(ctx: &mut super::context::Ctx) {
     let Some(server) = ctx.server else { return };
-    if ctx.gw().config.servers[server].rules.is_some() {
+    let s = &ctx.gw().config.servers[server];
+    if s.rules.is_some() || s.federated() {
         return;
     }
     let reason = if ctx.principal.is_some() {
@@ -283,18 +289,25 @@ pub fn pass_through(ctx: &mut super::context::Ctx) {
     } else {
         Reason::Open
     };
-    let n = ctx
+    let decided: SmallVec<[Decided; 1]> = ctx
         .messages
         .iter()
-        .filter(|m| {
+        .enumerate()
+        .filter(|(_, m)| {
             m.kind == crate::jsonrpc::MessageKind::Request && Item::kind_of(m.method).is_some()
         })
-        .count();
-    for _ in 0..n {
-        ctx.decisions.push(Decided {
+        .map(|(i, _)| Decided {
+            msg: msg_index(i),
             allowed: true,
             reason,
             rule: None,
-        });
-    }
+        })
+        .collect();
+    ctx.decisions.extend(decided);
+}
+
+/// Message index `i` as a decision keeps it (a batch is far shorter than `u16::MAX`; a longer
+/// one saturates, and its later messages show no decision in the audit log).
+pub fn msg_index(i: usize) -> u16 {
+    u16::try_from(i).unwrap_or(u16::MAX)
 }

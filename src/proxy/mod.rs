@@ -780,6 +780,7 @@ fn federated_direct(
         return None;
     }
     let decided = authorize::Decided {
+        msg: 0,
         allowed: true,
         reason: verdict.reason(),
         rule: verdict.rule(),

@@ -61,8 +61,8 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
 
     // Phase: decide, message by message (in order, at most `concurrency` at once: a list may
     // fetch upstream pages, a name may rebuild a table).
-    let decisions: Vec<Result<Decision, Refusal>> = stream::iter(messages.iter())
-        .map(|m| async move { route::decide(w, gw, server, req, &Msg::of(m, body)).await })
+    let decisions: Vec<Result<Decision, Refusal>> = stream::iter(messages.iter().enumerate())
+        .map(|(i, m)| async move { route::decide(w, gw, server, req, &Msg::of(m, body, i)).await })
         .buffered(concurrency)
         .collect()
         .await;
@@ -99,7 +99,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             Ok(Decision::Upstream { u, body }) => jobs.push(Job::Send { i, u, body }),
             Ok(Decision::FanOut) => jobs.push(Job::FanOut {
                 i,
-                msg: Msg::of(m, body).bytes,
+                msg: Msg::of(m, body, i).bytes,
             }),
             Err(r) => {
                 // Logged here, counted by the record phase; only a request gets an answer.

@@ -100,16 +100,19 @@ pub(super) struct Msg<'a> {
     pub m: &'a MessageCtx,
     pub bytes: &'a [u8],
     pub base: usize,
+    /// Its index in the request's messages (what its decision is kept under).
+    pub index: u16,
 }
 
 impl<'a> Msg<'a> {
     /// Message `m` of `body` (a batch's element, or the whole body).
-    pub fn of(m: &'a MessageCtx, body: &'a [u8]) -> Self {
+    pub fn of(m: &'a MessageCtx, body: &'a [u8], index: usize) -> Self {
         let r = m.span.start as usize..m.span.end as usize;
         Msg {
             m,
             bytes: &body[r.clone()],
             base: r.start,
+            index: authorize::msg_index(index),
         }
     }
 
@@ -158,15 +161,15 @@ pub(super) async fn decide(
             by_uri(w, gw, server, req, msg).await
         }
         Method::CompletionComplete => {
-            method_item(w, gw, server, req, m.method)?;
+            method_item(w, gw, server, req, (m.method, msg.index))?;
             completion(w, gw, server, req, msg).await
         }
         Method::TasksGet | Method::TasksResult | Method::TasksCancel => {
-            method_item(w, gw, server, req, m.method)?;
+            method_item(w, gw, server, req, (m.method, msg.index))?;
             by_task(gw, server, req, msg)
         }
         Method::LoggingSetLevel => {
-            method_item(w, gw, server, req, m.method)?;
+            method_item(w, gw, server, req, (m.method, msg.index))?;
             Ok(Decision::FanOut)
         }
         _ => {
@@ -182,7 +185,7 @@ fn method_item(
     gw: &Gateway,
     server: usize,
     req: &FedRequest,
-    method: Method,
+    (method, index): (Method, u16),
 ) -> Result<(), Refusal> {
     let item = Item {
         kind: ItemKind::Method,
@@ -191,7 +194,7 @@ fn method_item(
         upstream: None,
         annotations: 0,
     };
-    authorize::check_all(w, gw, server, &req.access, &item, &req.body)
+    authorize::check_all(w, gw, server, &req.access, (&item, index), &req.body)
 }
 
 /// A single message: decided, then answered, sent or fanned out.
@@ -213,6 +216,7 @@ pub(super) async fn single(
             m,
             bytes: &req.body,
             base: 0,
+            index: 0,
         },
     );
     let decided = decide(w, gw, server, &req, &msg).await;
@@ -378,7 +382,7 @@ async fn by_name(
         upstream: Some(u),
         annotations: tables::annotations(w, gw, server, kind, &name),
     };
-    authorize::check_all(w, gw, server, &req.access, &item, msg.bytes)?;
+    authorize::check_all(w, gw, server, &req.access, (&item, msg.index), msg.bytes)?;
     let mut body = Vec::with_capacity(msg.bytes.len() + original.len());
     let (start, end) = (msg.at(span.start), msg.at(span.end));
     body.extend_from_slice(&msg.bytes[..start]);
@@ -427,7 +431,7 @@ async fn by_uri(
         upstream: Some(u),
         annotations: 0,
     };
-    authorize::check_all(w, gw, server, &req.access, &item, msg.bytes)?;
+    authorize::check_all(w, gw, server, &req.access, (&item, msg.index), msg.bytes)?;
     Ok(Decision::Upstream {
         u,
         body: msg.bytes.to_vec(),
