@@ -86,19 +86,8 @@ fn call_body(id: u64, tool: &str, args: Value) -> Vec<u8> {
 
 /// One `echo` call on `m`'s session; `None` when the gateway closed the connection instead.
 fn try_echo(m: &mut Mcp, id: u64, text: &str) -> Option<u16> {
-    let headers: Vec<(String, String)> = m
-        .headers()
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    let hs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
     let body = call_body(id, "echo", json!({"text": text}));
-    m.http
-        .try_request("POST", "/mcp", &hs, &body)
-        .map(|r| r.status)
+    m.try_send("POST", &body).map(|r| r.status)
 }
 
 #[test]

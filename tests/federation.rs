@@ -280,16 +280,7 @@ fn delete_ends_the_session() {
     let gw = federated(&alpha, &beta);
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
-    let headers: Vec<(String, String)> = m
-        .headers()
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    let hs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let r = m.http.request("DELETE", "/mcp", &hs, b"");
+    let r = m.try_send("DELETE", b"").expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
     let r = m.request("tools/list", json!({}));
     assert_eq!(r.status, 404, "{}", r.text());

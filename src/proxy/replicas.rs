@@ -447,30 +447,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pick_takes_the_healthy_one_with_fewest_in_flight_and_ties_in_turn() {
-        let urls = [
-            "http://127.0.0.1:1/mcp",
-            "http://127.0.0.1:2/mcp",
-            "http://127.0.0.1:3/mcp",
-        ];
+    /// Upstream `u` with a replica per URL (and `extra` keys), and their fresh health.
+    fn replicated(urls: &[&str], extra: &str) -> (UpstreamRuntime, Vec<ReplicaHealth>) {
         let yaml = format!(
-            "upstreams:\n  - name: u\n    replicas: [{}]\nservers:\n  - path: /mcp\n    upstream: u\n",
-            urls.map(|u| format!("\"{u}\"")).join(", ")
+            "upstreams:\n  - name: u\n    replicas: [{}]\n{extra}servers:\n  - path: /mcp\n    upstream: u\n",
+            urls.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ")
         );
         let cfg = crate::config::load_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
         let c = &cfg.upstreams[0];
-        assert_eq!(c.replicas.len(), 3);
+        assert_eq!(c.replicas.len(), urls.len());
         let mut up = UpstreamRuntime::new(c, Vec::new(), "127.0.0.1:1", "/mcp");
         up.replicas = urls
             .iter()
             .map(|u| replica(u, "127.0.0.1", "/mcp"))
             .collect();
-        let health: Vec<ReplicaHealth> = up
+        let health = up
             .replicas
             .iter()
             .map(|r| ReplicaHealth::new(r, c.circuit_breaker))
             .collect();
+        (up, health)
+    }
+
+    #[test]
+    fn pick_takes_the_healthy_one_with_fewest_in_flight_and_ties_in_turn() {
+        let (up, health) = replicated(
+            &[
+                "http://127.0.0.1:1/mcp",
+                "http://127.0.0.1:2/mcp",
+                "http://127.0.0.1:3/mcp",
+            ],
+            "",
+        );
         let l = Local::default();
         // Nothing in flight: each in turn.
         let mut turns: Vec<usize> = (0..3).filter_map(|_| l.pick(&up, &health, 0)).collect();
@@ -496,23 +504,10 @@ mod tests {
 
     #[test]
     fn a_replica_whose_circuit_opened_is_offered_again_when_due_for_its_probe() {
-        let urls = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"];
-        let yaml = format!(
-            "upstreams:\n  - name: u\n    replicas: [{}]\n    circuit_breaker: {{consecutive_failures: 1, open_for: 50ms}}\nservers:\n  - path: /mcp\n    upstream: u\n",
-            urls.map(|u| format!("\"{u}\"")).join(", ")
+        let (up, health) = replicated(
+            &["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"],
+            "    circuit_breaker: {consecutive_failures: 1, open_for: 50ms}\n",
         );
-        let cfg = crate::config::load_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
-        let c = &cfg.upstreams[0];
-        let mut up = UpstreamRuntime::new(c, Vec::new(), "127.0.0.1:1", "/mcp");
-        up.replicas = urls
-            .iter()
-            .map(|u| replica(u, "127.0.0.1", "/mcp"))
-            .collect();
-        let health: Vec<ReplicaHealth> = up
-            .replicas
-            .iter()
-            .map(|r| ReplicaHealth::new(r, c.circuit_breaker))
-            .collect();
         let l = Local::default();
         health[0].breaker.failed("u", "test");
         assert_eq!(health[0].breaker.state(), 1, "open after one failure");

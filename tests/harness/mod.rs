@@ -858,6 +858,12 @@ impl Mcp {
     }
 
     pub fn post_raw(&mut self, body: &[u8]) -> Response {
+        self.try_send("POST", body).expect("response")
+    }
+
+    /// `method` on the endpoint with this session's headers; `None` when no response came (the
+    /// gateway refused or closed the connection).
+    pub fn try_send(&mut self, method: &str, body: &[u8]) -> Option<Response> {
         let path = self.path.clone();
         let headers: Vec<(String, String)> = self
             .headers()
@@ -868,7 +874,7 @@ impl Mcp {
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
-        self.http.request("POST", &path, &hs, body)
+        self.http.try_request(method, &path, &hs, body)
     }
 
     pub fn request(&mut self, method: &str, params: serde_json::Value) -> Response {
