@@ -77,11 +77,8 @@ impl Sinks {
         if let Some(f) = &mut self.file {
             f.idle();
         }
-        if let Some(s) = &mut self.stdout {
-            let _ = std::io::stdout()
-                .lock()
-                .flush()
-                .map_err(|_| s.errors.increment(1));
+        if let Some(s) = &self.stdout {
+            s.flush();
         }
         if let Some(h) = &mut self.http {
             h.idle();
@@ -105,11 +102,8 @@ impl Sinks {
         if let Some(f) = &mut self.file {
             f.sync();
         }
-        if let Some(s) = &mut self.stdout {
-            let _ = std::io::stdout()
-                .lock()
-                .flush()
-                .map_err(|_| s.errors.increment(1));
+        if let Some(s) = &self.stdout {
+            s.flush();
         }
         if let Some(h) = &mut self.http {
             h.post();
@@ -247,6 +241,13 @@ struct StdoutOut {
 }
 
 impl StdoutOut {
+    /// Pushes the lines written so far to the OS (a failure is counted).
+    fn flush(&self) {
+        if std::io::stdout().lock().flush().is_err() {
+            self.errors.increment(1);
+        }
+    }
+
     fn write(&mut self, buf: &[u8], n: usize) {
         match std::io::stdout().lock().write_all(buf) {
             Ok(()) => self.written.increment(n as u64),
