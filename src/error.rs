@@ -366,23 +366,33 @@ pub fn json_escaped_len(s: &str) -> usize {
 }
 
 pub fn json_escape_into(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
+    // Runs of bytes that need no escape are copied whole; UTF-8 sequences (all bytes >= 0x80)
+    // are such bytes, so going by bytes keeps them intact.
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let short: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..0x20 => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        run = i + 1;
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 15)]);
+        } else {
+            out.extend_from_slice(short);
         }
     }
+    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
 }
 
@@ -403,6 +413,25 @@ mod tests {
             let mut out = Vec::new();
             json_escape_into(&mut out, t);
             assert_eq!(json_escaped_len(t), out.len(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_strings_read_back_as_they_were() {
+        for t in [
+            "",
+            "plain",
+            "a\"b\\c",
+            "line\nnext\r\ttab",
+            "\u{0}\u{1}\u{8}\u{c}\u{1f} ctl",
+            "h\u{e9}llo \u{1F600} \u{2028}",
+            "\"",
+            "end\\",
+        ] {
+            let mut out = Vec::new();
+            json_escape_into(&mut out, t);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+            assert_eq!(back, t);
         }
     }
 

@@ -196,7 +196,10 @@ impl AccessWriter {
 /// A JSON string of `v` cut to `max` bytes, with `…(N bytes)` when it was cut.
 pub fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
     match bounded(v, max) {
-        (v, None) => crate::error::json_escape_into(b, &String::from_utf8_lossy(v)),
+        (v, None) => match std::str::from_utf8(v) {
+            Ok(s) => crate::error::json_escape_into(b, s),
+            Err(_) => crate::error::json_escape_into(b, &String::from_utf8_lossy(v)),
+        },
         (v, Some(n)) => crate::error::json_escape_into(
             b,
             &format!("{}…({n} bytes)", String::from_utf8_lossy(v)),

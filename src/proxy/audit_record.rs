@@ -17,13 +17,18 @@ use super::state::WorkerState;
 /// Arguments recorded at most per message (the rest are left out: a record stays bounded).
 const MAX_KEYS: usize = 64;
 
-/// Each message's arguments as its record shows them, by message index.
+/// Each message's arguments as its record shows them: one buffer for the request, and where
+/// each message's part of it is (message index, start, end): one allocation, not one per message.
 #[derive(Default)]
-pub struct Args(Vec<Option<Box<[u8]>>>);
+pub struct Args {
+    text: Vec<u8>,
+    at: smallvec::SmallVec<[(u32, u32, u32); 1]>,
+}
 
 impl Args {
     fn of(&self, i: usize) -> Option<&[u8]> {
-        self.0.get(i).and_then(|a| a.as_deref())
+        let &(_, start, end) = self.at.iter().find(|a| a.0 as usize == i)?;
+        self.text.get(start as usize..end as usize)
     }
 }
 
@@ -42,7 +47,12 @@ pub fn capture(
     let Some(raw) = m.arguments.as_ref() else {
         return;
     };
-    let mut out = Vec::with_capacity(64);
+    let all = args.get_or_insert_with(Default::default);
+    let start = all.text.len();
+    if all.text.capacity() == 0 {
+        all.text.reserve(128);
+    }
+    let out = &mut all.text;
     let tool = m.name.as_ref().map(|n| &*n.value);
     if mc.method == Method::ToolsCall && tool.is_some_and(|t| settings.values_of(t)) {
         use sonic_rs::JsonValueTrait;
@@ -55,7 +65,7 @@ pub fn capture(
             if i > 0 {
                 out.push(b',');
             }
-            json_bounded(&mut out, k.as_bytes(), MAX_WIRE_FIELD);
+            json_bounded(out, k.as_bytes(), MAX_WIRE_FIELD);
             out.push(b':');
             let text = v.as_str().unwrap_or_else(|| v.as_raw_str());
             let mut value = std::borrow::Cow::Borrowed(text);
@@ -64,7 +74,7 @@ pub fn capture(
                     value = std::borrow::Cow::Owned(s);
                 }
             }
-            json_bounded(&mut out, value.as_bytes(), MAX_TEXT_FIELD);
+            json_bounded(out, value.as_bytes(), MAX_TEXT_FIELD);
         }
         out.push(b'}');
     } else {
@@ -76,15 +86,12 @@ pub fn capture(
             if i > 0 {
                 out.push(b',');
             }
-            json_bounded(&mut out, k.as_bytes(), MAX_WIRE_FIELD);
+            json_bounded(out, k.as_bytes(), MAX_WIRE_FIELD);
         }
         out.push(b']');
     }
-    let all = &mut args.get_or_insert_with(Default::default).0;
-    if all.len() <= i {
-        all.resize_with(i + 1, || None);
-    }
-    all[i] = Some(out.into_boxed_slice());
+    let end = all.text.len();
+    all.at.push((i as u32, start as u32, end as u32));
 }
 
 /// The record phase's part: one line per recorded message of the request.
@@ -173,7 +180,7 @@ fn line(
     }
     if let Some(id) = &ctx.session {
         let mut h = [0u8; 16];
-        gw.audit.session_hash(id, &mut h);
+        w.audit.session_hash(&gw.audit, id, &mut h);
         text(b, "session", &h, 16);
     }
     if let Some(s) = ctx.server {

@@ -573,6 +573,9 @@ impl WorkerState {
                 self.revoked.borrow_mut().insert(r.id, r.expires_at);
             }
             Control::Prepare(p) => {
+                // Records formatted under the old config go to its sinks: they reach the
+                // writer before the reload switches sinks (after every worker prepared).
+                self.flush_audit();
                 *self.prepared.borrow_mut() = Some(p.0);
             }
             Control::Commit => {

@@ -5,6 +5,9 @@
 //! Must never guess: a name that is not in a table is unknown (-32602); must not panic on input.
 
 use std::collections::HashMap;
+
+/// The tables' maps: foldhash, seeded at random per process (see `NameTable`).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 
 mod glob;
@@ -388,14 +391,15 @@ impl fmt::Display for NameProblem {
 /// for routing, (upstream, original) → exposed for rewriting list results, and the listing in
 /// a deterministic order (upstream order, then each upstream's own order).
 ///
-/// Lookups borrow the client's `&str` and allocate nothing. `std`'s SipHash: the keys come from
-/// upstreams, the probes from clients, and a lookup is a few dozen bytes (names over
-/// `MAX_MAX_LEN` are unknown without hashing them).
+/// Lookups borrow the client's `&str` and allocate nothing. foldhash with a per-process random
+/// seed (every `tools/call` on a federated endpoint resolves a name; SipHash cost more than the
+/// rest of the lookup): the keys come from upstreams' listings, never from clients, whose
+/// probes only look up; a name over `MAX_MAX_LEN` is unknown without hashing it.
 #[derive(Clone, Debug, Default)]
 pub struct NameTable {
     entries: Vec<Entry>,
-    by_exposed: HashMap<Box<str>, u32>,
-    by_original: Vec<HashMap<Box<str>, u32>>,
+    by_exposed: Map<Box<str>, u32>,
+    by_original: Vec<Map<Box<str>, u32>>,
 }
 
 impl NameTable {
@@ -408,8 +412,8 @@ impl NameTable {
     ) -> (NameTable, Vec<NameProblem>) {
         let mut t = NameTable {
             entries: Vec::new(),
-            by_exposed: HashMap::new(),
-            by_original: vec![HashMap::new(); upstreams.len()],
+            by_exposed: Map::default(),
+            by_original: vec![Map::default(); upstreams.len()],
         };
         let mut problems = Vec::new();
         for (upstream, u) in upstreams.iter().enumerate() {
@@ -506,7 +510,7 @@ impl NameTable {
 /// templates match: the route is never a guess.
 #[derive(Clone, Debug, Default)]
 pub struct UriTable {
-    exact: HashMap<Box<str>, UpstreamIndex>,
+    exact: Map<Box<str>, UpstreamIndex>,
     resources: Vec<(UpstreamIndex, Box<str>)>,
     templates: Vec<TemplateEntry>,
 }

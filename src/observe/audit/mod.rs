@@ -153,10 +153,16 @@ impl Settings {
     }
 }
 
-/// A worker hands its buffer over at this many records (or on its 50 ms tick).
-pub const BATCH_RECORDS: usize = 64;
+/// A worker hands its buffer over at this many records (or on its 50 ms tick): each hand-over
+/// wakes the writer thread, so fewer, larger batches cost the process less CPU.
+pub const BATCH_RECORDS: usize = 256;
 /// … or when the buffer holds this many bytes.
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 128 * 1024;
+/// Session hashes a worker remembers (direct-mapped by bytes of the session id).
+const SESSION_HASHES: usize = 256;
+
+/// A worker's remembered session hashes: (session id, its hash) per slot.
+type SessionHashes = [Option<([u8; 16], [u8; 16])>; SESSION_HASHES];
 
 /// What the writer thread is sent, in order.
 enum Msg {
@@ -363,9 +369,26 @@ fn warn_dropped(last: &AtomicU64, n: usize, reason: &str) {
 pub struct Batch {
     buf: RefCell<Vec<u8>>,
     records: Cell<usize>,
+    /// Session id → its keyed hash, for the sessions this worker saw last (an HMAC per record
+    /// otherwise; allocated with the first record that has a session).
+    sessions: RefCell<Option<Box<SessionHashes>>>,
 }
 
 impl Batch {
+    /// `id`'s keyed hash (`Hub::session_hash`), from this worker's cache when it is there.
+    pub fn session_hash(&self, hub: &Hub, id: &[u8; 16], out: &mut [u8; 16]) {
+        let mut cache = self.sessions.borrow_mut();
+        let cache = cache.get_or_insert_with(|| Box::new([None; SESSION_HASHES]));
+        let slot = &mut cache[usize::from(id[0] ^ id[7] ^ id[15]) % SESSION_HASHES];
+        match slot {
+            Some((k, h)) if k == id => *out = *h,
+            _ => {
+                hub.session_hash(id, out);
+                *slot = Some((*id, *out));
+            }
+        }
+    }
+
     /// Appends one record: `write` puts one JSON object (no newline) into the buffer.
     pub fn push(&self, hub: &Hub, settings: &Settings, write: impl FnOnce(&mut Vec<u8>)) {
         let full = {
@@ -373,7 +396,9 @@ impl Batch {
             write(&mut b);
             b.push(b'\n');
             self.records.set(self.records.get() + 1);
-            self.records.get() >= BATCH_RECORDS || b.len() >= BATCH_BYTES
+            // Never more records held than `buffer` lets wait for the writer.
+            self.records.get() >= BATCH_RECORDS.min(settings.buffer.max(1))
+                || b.len() >= BATCH_BYTES
         };
         if full {
             self.flush(hub, settings);

@@ -131,3 +131,23 @@ fn session_hashes_are_keyed_per_process() {
     assert_ne!(x, z, "another key, another hash");
     assert!(x.iter().all(|c| c.is_ascii_hexdigit()));
 }
+
+#[test]
+fn a_worker_cache_gives_the_hub_hash_and_tells_colliding_sessions_apart() {
+    let (hub, batch) = (Hub::new(), Batch::default());
+    // Same cache slot (first, eighth and last bytes alike), different sessions.
+    let a = [1u8; 16];
+    let mut b = [1u8; 16];
+    b[3] = 9;
+    let hash = |id: &[u8; 16]| {
+        let mut o = [0u8; 16];
+        hub.session_hash(id, &mut o);
+        o
+    };
+    for id in [a, b, a, a, b] {
+        let mut got = [0u8; 16];
+        batch.session_hash(&hub, &id, &mut got);
+        assert_eq!(got, hash(&id), "cached hash of {id:?}");
+    }
+    assert_ne!(hash(&a), hash(&b));
+}

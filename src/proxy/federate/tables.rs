@@ -71,16 +71,23 @@ struct ServerTables {
     attempted: [Option<Instant>; 3],
     tools: Option<Built<NameTable>>,
     /// Annotation flags (`policy::rules::ann`) of the tools table's tools, by exposed name.
-    tool_flags: Rc<HashMap<Box<str>, u8>>,
+    tool_flags: Rc<Flags>,
     prompts: Option<Built<NameTable>>,
     resources: Option<Built<UriTable>>,
 }
+
+/// Tool annotation flags by exposed name (looked up per federated `tools/call`: foldhash with a
+/// per-process random seed, as `NameTable`'s maps).
+type Flags = HashMap<Box<str>, u8, foldhash::fast::RandomState>;
 
 /// One worker's routing tables, by federated server (position in the config), for one config
 /// generation (a reload starts over: the namers and filters may have changed).
 #[derive(Default)]
 pub struct Catalogs {
-    inner: RefCell<(u64, HashMap<usize, ServerTables>)>,
+    inner: RefCell<(
+        u64,
+        HashMap<usize, ServerTables, foldhash::fast::RandomState>,
+    )>,
 }
 
 impl TableKind {
@@ -120,7 +127,7 @@ impl Catalogs {
         let mut inner = self.inner.borrow_mut();
         let generation = gw.generation;
         if generation > inner.0 {
-            *inner = (generation, HashMap::new());
+            *inner = (generation, HashMap::default());
         }
         if generation < inner.0 {
             return f(&mut ServerTables::default());
@@ -397,7 +404,7 @@ pub(super) async fn names_for(
     }
     metrics::counter!(names::FEDERATION_TABLE_REFRESHES_TOTAL, "list" => kind.label()).increment(1);
     // Each tool's annotation flags by exposed name, for rules that target annotations.
-    let flags: HashMap<Box<str>, u8> = if kind == TableKind::Tools {
+    let flags: Flags = if kind == TableKind::Tools {
         fetched
             .iter()
             .enumerate()
@@ -409,7 +416,7 @@ pub(super) async fn names_for(
             })
             .collect()
     } else {
-        HashMap::new()
+        Flags::default()
     };
     let table = Rc::new(table);
     let built = Built {
