@@ -195,6 +195,17 @@ impl AccessWriter {
 
 /// A JSON string of `v` cut to `max` bytes, with `…(N bytes)` when it was cut.
 pub fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
+    // Most values (names, paths, ids) are printable ASCII with nothing to escape: copied as
+    // they are, without the UTF-8 check and the escaper.
+    if v.len() <= max
+        && v.iter()
+            .all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
+    {
+        b.push(b'"');
+        b.extend_from_slice(v);
+        b.push(b'"');
+        return;
+    }
     match bounded(v, max) {
         (v, None) => match std::str::from_utf8(v) {
             Ok(s) => crate::error::json_escape_into(b, s),
@@ -325,6 +336,29 @@ mod tests {
         let (kept, n) = bounded(accents.as_bytes(), 255);
         assert_eq!(n, Some(400));
         assert!(std::str::from_utf8(kept).is_ok());
+    }
+
+    #[test]
+    fn json_values_read_back_as_they_were_or_say_they_were_cut() {
+        let cases: [&[u8]; 7] = [
+            b"echo",
+            b"/mcp",
+            b"a \"quoted\" \\ value",
+            b"tab\tnew\nline\x01\x7f",
+            "h\u{e9}llo".as_bytes(),
+            b"bad \xff utf-8",
+            b"",
+        ];
+        for v in cases {
+            let mut b = Vec::new();
+            json_bounded(&mut b, v, 64);
+            let back: String = serde_json::from_slice(&b).expect("a JSON string");
+            assert_eq!(back, String::from_utf8_lossy(v));
+        }
+        let mut b = Vec::new();
+        json_bounded(&mut b, b"0123456789", 4);
+        let back: String = serde_json::from_slice(&b).unwrap();
+        assert_eq!(back, "0123…(10 bytes)");
     }
 
     #[test]
