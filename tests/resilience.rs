@@ -200,6 +200,13 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
     );
     assert!(metrics
         .contains("tollgate_upstream_circuit_transitions_total{upstream=\"flaky\",to=\"open\"} 1"));
+    // The refusal sent nothing: the three failed exchanges are all the upstream's count.
+    assert!(
+        metrics.contains(
+            "tollgate_upstream_requests_total{upstream=\"flaky\",result=\"unavailable\"} 3"
+        ),
+        "{metrics}"
+    );
     // Back up: after open_for, a probe goes through and closes the circuit. The new process
     // does not know the old upstream session: the client is told to initialize again.
     let _demo = Demo::start_on(&addr, &[]);

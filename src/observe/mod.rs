@@ -616,6 +616,9 @@ impl WorkerMetrics {
 
     fn record_upstream(u: &UpstreamMetrics, result: Result<u16, Kind>, seconds: f64) {
         let slot = match result {
+            // Refused by the open circuit: nothing was sent, so no exchange to count (the
+            // refusal is in tollgate_rejections_total{reason="upstream_circuit_open"}).
+            Err(Kind::UpstreamCircuitOpen) => return,
             Ok(s) if (200..300).contains(&s) => 0,
             Ok(_) => 1,
             Err(Kind::UpstreamTimeout) => 3,
