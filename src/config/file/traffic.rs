@@ -22,23 +22,38 @@ pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tollgate:";
 /// Rules at most (their names are metric labels).
 const MAX_RULES: usize = 256;
 
-const KEYS: &[&str] = &[
-    "name",
-    "servers",
-    "upstreams",
-    "tools",
-    "methods",
-    "subjects",
-    "clients",
-    "tenants",
-    "roles",
-    "key",
-    "rate",
-    "concurrency",
-    "quota",
-    "loop",
-    "tokens",
-];
+/// A rule's keys: what it counts (`TARGET_KEYS`) and the rest.
+const KEYS: [&str; 15] = concat_keys(
+    TARGET_KEYS,
+    [
+        "name",
+        "key",
+        "rate",
+        "concurrency",
+        "quota",
+        "loop",
+        "tokens",
+    ],
+);
+
+/// `a` then `b` (`C` = `A + B`, checked when the constant is built).
+const fn concat_keys<const A: usize, const B: usize, const C: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; C] {
+    assert!(A + B == C);
+    let mut out = [""; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
 
 /// The keys that say which requests a rule counts (its fingerprint includes them as written).
 const TARGET_KEYS: [&str; 8] = [
@@ -148,7 +163,7 @@ fn rules(
             );
             continue;
         }
-        let r = Section::open(p, rpath.clone(), Some(v), KEYS);
+        let r = Section::open(p, rpath.clone(), Some(v), &KEYS);
         let name = r.required(p, "name", super::rules::rule_name);
         if let Some(n) = &name {
             if names.contains(n) {
