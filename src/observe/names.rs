@@ -77,6 +77,10 @@ pub const UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL: &str = "tollgate_upstream_circuit_
 pub const UPSTREAM_REPLICA_HEALTHY: &str = "tollgate_upstream_replica_healthy";
 pub const UPSTREAM_REPLICA_CIRCUIT_STATE: &str = "tollgate_upstream_replica_circuit_state";
 pub const UPSTREAM_HEALTH_CHECKS_TOTAL: &str = "tollgate_upstream_health_checks_total";
+/// Requests in flight to each replica (upstreams with several), summed over the workers' own
+/// counts at scrape time: from the pick to the end of the response body, so an open event
+/// stream counts (what the least-in-flight pick sees, per worker).
+pub const UPSTREAM_REPLICA_IN_FLIGHT: &str = "tollgate_upstream_replica_in_flight";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 

@@ -7,13 +7,14 @@
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::breaker::Breaker;
 use super::state::UpstreamRuntime;
+use crate::http::conn::Busy;
 use crate::observe::admin::Health;
 
 /// One replica of an upstream as the data path needs it.
@@ -95,6 +96,9 @@ pub struct ReplicaHealth {
     pub breaker: Breaker,
     pub passed: AtomicU64,
     pub failed: AtomicU64,
+    /// Each worker's count of requests in flight to it (`Local::register`, cold): summed at
+    /// scrape time.
+    workers: Mutex<Vec<Arc<AtomicU32>>>,
 }
 
 impl ReplicaHealth {
@@ -106,7 +110,16 @@ impl ReplicaHealth {
             breaker: Breaker::new(breaker),
             passed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            workers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Requests in flight to this replica on every worker, from its pick to the end of its
+    /// response (`tollgate_upstream_replica_in_flight`).
+    pub fn in_flight(&self) -> u64 {
+        self.workers.lock().map_or(0, |w| {
+            w.iter().map(|n| u64::from(n.load(Ordering::Relaxed))).sum()
+        })
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -126,26 +139,14 @@ impl ReplicaHealth {
 
 /// One worker's requests in flight per replica (by upstream id and replica id, so a reload that
 /// reorders replicas keeps the counts of requests still on the old generation), and its turn
-/// for ties.
+/// for ties. A request counts from the pick until its response ends: the count rides on the
+/// upstream connection (`Conn::busy`) once the head arrived, so a long event stream keeps its
+/// replica busy. Each count is changed by this worker only; the scrape sums them over workers
+/// (`ReplicaHealth::in_flight`).
 #[derive(Default)]
 pub struct Local {
-    in_flight: RefCell<Vec<((u64, u64), u32)>>,
+    in_flight: RefCell<Vec<((u64, u64), Arc<AtomicU32>)>>,
     turn: Cell<usize>,
-}
-
-/// A request in flight to a replica; the count goes down when it drops.
-pub struct InFlight<'a> {
-    local: &'a Local,
-    key: (u64, u64),
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut v = self.local.in_flight.borrow_mut();
-        if let Some(e) = v.iter_mut().find(|(k, _)| *k == self.key) {
-            e.1 = e.1.saturating_sub(1);
-        }
-    }
 }
 
 impl Local {
@@ -154,18 +155,47 @@ impl Local {
             .borrow()
             .iter()
             .find(|(k, _)| *k == key)
-            .map_or(0, |(_, n)| *n)
+            .map_or(0, |(_, n)| n.load(Ordering::Relaxed))
     }
 
-    /// Counts a request to replica `r` of `up` until the guard drops.
-    pub fn begin(&self, up: &UpstreamRuntime, r: usize) -> InFlight<'_> {
-        let key = (up.id, up.replicas[r].id);
+    fn counter(v: &mut Vec<((u64, u64), Arc<AtomicU32>)>, key: (u64, u64)) -> &Arc<AtomicU32> {
+        let at = match v.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                v.push((key, Arc::default()));
+                v.len() - 1
+            }
+        };
+        &v[at].1
+    }
+
+    /// Counts a request to replica `r` of `up` until the guard drops (`exchange_across` moves it
+    /// into the connection that carries the response).
+    pub fn begin(&self, up: &UpstreamRuntime, r: usize) -> Busy {
         let mut v = self.in_flight.borrow_mut();
-        match v.iter_mut().find(|(k, _)| *k == key) {
-            Some(e) => e.1 += 1,
-            None => v.push((key, 1)),
+        Busy::new(Self::counter(&mut v, (up.id, up.replicas[r].id)))
+    }
+
+    /// A generation is installed on this worker: its replicas' health learns where this
+    /// worker's counts are (the same counter for a replica that stays, so requests still in
+    /// flight on the old generation go on counting); counts of replicas no longer configured
+    /// are forgotten once nothing is in flight on them.
+    pub fn register(&self, upstreams: &[UpstreamRuntime], health: &Health) {
+        let mut v = self.in_flight.borrow_mut();
+        v.retain(|((u, r), n)| {
+            n.load(Ordering::Relaxed) > 0
+                || upstreams
+                    .iter()
+                    .any(|up| up.id == *u && up.replicas.iter().any(|x| x.id == *r))
+        });
+        for (up, h) in upstreams.iter().zip(&health.upstreams) {
+            for (rep, rh) in up.replicas.iter().zip(&h.replicas) {
+                let n = Self::counter(&mut v, (up.id, rep.id)).clone();
+                if let Ok(mut workers) = rh.workers.lock() {
+                    workers.push(n);
+                }
+            }
         }
-        InFlight { local: self, key }
     }
 
     /// The replica of `up` a request that is not pinned goes to, skipping those in `tried` (a

@@ -378,6 +378,8 @@ impl WorkerState {
         index: usize,
         hists: Arc<crate::observe::hist::WorkerHistograms>,
     ) -> Self {
+        let replicas = super::replicas::Local::default();
+        replicas.register(&gw.upstreams, &gw.health);
         WorkerState {
             pool: RefCell::new(Pool::new(gw.pool_keys())),
             metrics: WorkerMetrics::new(&gw.upstream_labels(), hists),
@@ -399,7 +401,7 @@ impl WorkerState {
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
             tokens: Default::default(),
-            replicas: Default::default(),
+            replicas,
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
             audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
@@ -439,6 +441,7 @@ impl WorkerState {
             );
         }
         self.metrics.install_upstreams(&gw.upstream_labels());
+        self.replicas.register(&gw.upstreams, &gw.health);
         let fetched: Vec<_> = self.fetched_keys.borrow().values().cloned().collect();
         // The old generation's lookups are counted before it goes (requests still on it count
         // in their own authn, which nothing reads after this).
