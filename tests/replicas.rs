@@ -475,3 +475,43 @@ fn an_open_event_stream_keeps_its_replica_busy_until_it_ends() {
     );
     assert_eq!(in_flight(&gw, other), 0.0);
 }
+
+fn checks(gw: &Gateway, replica: &str, result: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!(
+            "tollgate_upstream_health_checks_total{{upstream=\"pair\",replica=\"{replica}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
+#[test]
+fn a_stalled_replica_does_not_hold_up_the_other_replicas_probes() {
+    // Accepts connections (the kernel does) and never answers: each probe of it waits out
+    // the whole timeout.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_url = format!("http://{}/mcp", stalled.local_addr().unwrap());
+    let demo = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: pair\n    replicas: [\"{stalled_url}\", \"{}\"]\n    \
+             health: {{interval: 20ms, timeout: 30s}}\n\
+             servers:\n  - path: /mcp\n    upstream: pair\n",
+            demo.url()
+        ))
+        .start();
+    // The stalled replica's first probe is still under way (it ends only after 30 s), yet the
+    // other replica is probed again and again meanwhile.
+    assert!(
+        eventually(Duration::from_secs(20), || checks(
+            &gw,
+            &demo.url(),
+            "passed"
+        ) >= 5.0),
+        "{}",
+        gw.metrics()
+    );
+    assert_eq!(checks(&gw, &stalled_url, "failed"), 0.0, "{}", gw.metrics());
+    assert_eq!(checks(&gw, &stalled_url, "passed"), 0.0);
+    drop(stalled);
+}
