@@ -368,6 +368,8 @@ pub struct WorkerState {
     pub replicas: super::replicas::Local,
     /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
     pub traffic: Rc<super::limit::Local>,
+    /// This worker's loop guard windows (`proxy::loop_guard`), kept across reloads.
+    pub loops: super::loop_guard::Book,
     /// This worker's audit records not yet handed to the writer (`observe::audit::Batch`).
     pub audit: crate::observe::audit::Batch,
 }
@@ -403,6 +405,7 @@ impl WorkerState {
             tokens: Default::default(),
             replicas,
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
+            loops: Default::default(),
             audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
