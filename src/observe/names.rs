@@ -91,7 +91,7 @@ pub const REGO_ERRORS_TOTAL: &str = "tollgate_rego_errors_total";
 /// (rate, concurrency, quota). Rule names are bounded by the config.
 pub const TRAFFIC_REJECTIONS_TOTAL: &str = "tollgate_traffic_rejections_total";
 /// `traffic.max_keys` / `max_global_keys`: limiter keys a worker or the exchange evicted (the
-/// oldest idle) to stay within it.
+/// oldest idle), and open loop guard windows a worker evicted, to stay within it.
 pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_total";
 /// Usage messages between the workers and the traffic exchange that a full queue could not take
 /// (a worker's level is sent again at its next decision; an update at the next change).
