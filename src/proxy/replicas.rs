@@ -134,6 +134,9 @@ impl ReplicaHealth {
     }
 }
 
+/// Requests in flight by (upstream id, replica id).
+type Counts = Vec<((u64, u64), Arc<AtomicU32>)>;
+
 /// One worker's requests in flight per replica (by upstream id and replica id, so a reload that
 /// reorders replicas keeps the counts of requests still on the old generation), and its turn
 /// for ties. A request counts from the pick until its response ends: the count rides on the
@@ -142,7 +145,7 @@ impl ReplicaHealth {
 /// (`ReplicaHealth::in_flight`).
 #[derive(Default)]
 pub struct Local {
-    in_flight: RefCell<Vec<((u64, u64), Arc<AtomicU32>)>>,
+    in_flight: RefCell<Counts>,
     turn: Cell<usize>,
 }
 
@@ -155,7 +158,7 @@ impl Local {
             .map_or(0, |(_, n)| n.load(Ordering::Relaxed))
     }
 
-    fn counter(v: &mut Vec<((u64, u64), Arc<AtomicU32>)>, key: (u64, u64)) -> &Arc<AtomicU32> {
+    fn counter(v: &mut Counts, key: (u64, u64)) -> &Arc<AtomicU32> {
         let at = match v.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
