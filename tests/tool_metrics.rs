@@ -94,15 +94,20 @@ fn the_series_cap_holds_across_workers() {
     for tool in tools {
         call(&gw, tool);
     }
-    let m = gw.metrics();
+    // The record phase counts a call after its answer: wait for the last one (seen flaky).
+    let total = |m: &str| -> f64 { ["echo", "add", "other"].iter().map(|t| calls(m, t)).sum() };
+    let mut m = String::new();
+    harness::eventually(std::time::Duration::from_secs(10), || {
+        m = gw.metrics();
+        total(&m) >= tools.len() as f64
+    });
     let labelled: Vec<&str> = ["echo", "add", "slow"]
         .into_iter()
         .filter(|t| calls(&m, t) > 0.0)
         .collect();
     assert_eq!(labelled, ["echo", "add"], "the first two names: {m}");
     assert_eq!(calls(&m, "other"), 2.0, "slow, twice: {m}");
-    let total: f64 = ["echo", "add", "other"].iter().map(|t| calls(&m, t)).sum();
-    assert_eq!(total, tools.len() as f64);
+    assert_eq!(total(&m), tools.len() as f64, "{m}");
 }
 
 fn tool_call(id: u32, name: &str) -> serde_json::Value {
