@@ -702,6 +702,17 @@ fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
         text.contains(&format!("refused for another {secs} s")),
         "{text}"
     );
+    let data = &v["result"]["_meta"]["tollgate/refusal"];
+    assert_eq!(
+        (&data["kind"], &data["limit"]),
+        (&json!("loop"), &json!("loops")),
+        "{v}"
+    );
+    let ms = data["retryAfterMs"].as_u64().unwrap();
+    assert!(
+        ms > 30_000 && ms <= 60_000 && ms.div_ceil(1000) == secs,
+        "{v}"
+    );
     // The same call in the stateless era, by the same principal: the window is still full.
     let batch = gw.stateless(
         "/mcp",
