@@ -550,6 +550,59 @@ mod tests {
         assert_eq!(health[0].breaker.state(), 0, "closed by its probe");
     }
 
+    /// `Health` of `up` with `replicas` (what a generation's build makes).
+    fn health_of(up: &UpstreamRuntime, replicas: Vec<ReplicaHealth>) -> Health {
+        use crate::observe::admin::UpstreamHealth;
+        let u = UpstreamHealth::new(
+            up.name.clone(),
+            Vec::new(),
+            std::time::Duration::from_secs(1),
+            3,
+            Vec::new(),
+        )
+        .with_replicas(replicas);
+        Health {
+            endpoints: Vec::new(),
+            ready: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            upstreams: vec![u],
+        }
+    }
+
+    #[test]
+    fn the_scrape_sums_every_workers_count_and_a_reload_keeps_requests_in_flight_counted() {
+        let urls = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"];
+        let (up, replicas) = replicated(&urls, "");
+        let old = health_of(&up, replicas);
+        let (w1, w2) = (Local::default(), Local::default());
+        w1.register(std::slice::from_ref(&up), &old);
+        w2.register(std::slice::from_ref(&up), &old);
+        let a = w1.begin(&up, 0);
+        let b = w2.begin(&up, 0);
+        let c = w2.begin(&up, 1);
+        let in_flight = |h: &Health| {
+            h.upstreams[0]
+                .replicas
+                .iter()
+                .map(|r| r.in_flight())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(in_flight(&old), [2, 1]);
+        // Each worker picks by its own count only.
+        assert_eq!(w1.pick(&up, &old.upstreams[0].replicas, 0), Some(1));
+        drop(b);
+        assert_eq!(in_flight(&old), [1, 1]);
+        // A reload: the new generation's health sees the requests still in flight.
+        let (up2, replicas2) = replicated(&urls, "");
+        let new = health_of(&up2, replicas2);
+        w1.register(std::slice::from_ref(&up2), &new);
+        w2.register(std::slice::from_ref(&up2), &new);
+        assert_eq!(in_flight(&new), [1, 1]);
+        drop((a, c));
+        assert_eq!(in_flight(&new), [0, 0]);
+        assert_eq!(in_flight(&old), [0, 0]);
+    }
+
     #[test]
     fn status_lines() {
         assert_eq!(status_of(b"HTTP/1.1 405 Method Not Allowed\r\n"), Some(405));
