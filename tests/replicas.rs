@@ -384,3 +384,134 @@ fn a_reload_that_adds_replicas_keeps_sessions_on_the_one_they_began_on_and_one_t
     fresh.initialize("2025-06-18");
     assert!(works(&mut fresh));
 }
+
+fn in_flight(gw: &Gateway, replica: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!("tollgate_upstream_replica_in_flight{{upstream=\"pair\",replica=\"{replica}\"}}"),
+    )
+}
+
+/// Which demo a session is on: the one started with `--tools 1` lists one tool more.
+fn tools_listed(m: &mut Mcp) -> usize {
+    let r = m.request("tools/list", json!({}));
+    r.json()["result"]["tools"].as_array().unwrap().len()
+}
+
+#[test]
+fn an_open_event_stream_keeps_its_replica_busy_until_it_ends() {
+    use std::io::{Read, Write};
+    let a = Demo::start(&["--tools", "1"]);
+    let b = Demo::start(&[]);
+    let (a_url, b_url) = (a.url(), b.url());
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: pair\n    replicas: [\"{a_url}\", \"{b_url}\"]\n    \
+             health: {{interval: 1h}}\n\
+             servers:\n  - path: /mcp\n    upstream: pair\n"
+        ))
+        // One worker: the pick sees every request's count.
+        .workers(1)
+        .start();
+    let mut first = Mcp::new(gw.addr, "/mcp");
+    first.initialize("2025-06-18");
+    let on_a = tools_listed(&mut first) == 7;
+    let (busy, other) = if on_a {
+        (&a_url, &b_url)
+    } else {
+        (&b_url, &a_url)
+    };
+    // The other demo's tool count.
+    let quiet = if on_a { 6 } else { 7 };
+    assert!(eventually(Duration::from_secs(5), || in_flight(&gw, busy) == 0.0));
+
+    // A long progress stream in that session, read to its first event and then left open.
+    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{
+        "name":"progress","arguments":{"steps":1000,"interval_ms":50},"_meta":{"progressToken":"p"}}})
+    .to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost:{}\r\n",
+        gw.addr.port()
+    );
+    for (n, v) in first.headers() {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut stream = std::net::TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("notifications/progress") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("text/event-stream"));
+    // Past its response head, the stream still counts on its replica.
+    assert_eq!(in_flight(&gw, busy), 1.0, "{}", gw.metrics());
+    assert_eq!(in_flight(&gw, other), 0.0, "{}", gw.metrics());
+
+    // So every new session goes to the other replica (with nothing counted on either, they
+    // would alternate).
+    for i in 0..4 {
+        let mut m = Mcp::new(gw.addr, "/mcp");
+        m.initialize("2025-06-18");
+        assert_eq!(
+            tools_listed(&mut m),
+            quiet,
+            "session {i} went to the busy replica"
+        );
+    }
+
+    // The client leaves mid-stream: the count comes back.
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(10), || in_flight(&gw, busy) == 0.0),
+        "{}",
+        gw.metrics()
+    );
+    assert_eq!(in_flight(&gw, other), 0.0);
+}
+
+fn checks(gw: &Gateway, replica: &str, result: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!(
+            "tollgate_upstream_health_checks_total{{upstream=\"pair\",replica=\"{replica}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
+#[test]
+fn a_stalled_replica_does_not_hold_up_the_other_replicas_probes() {
+    // Accepts connections (the kernel does) and never answers: each probe of it waits out
+    // the whole timeout.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_url = format!("http://{}/mcp", stalled.local_addr().unwrap());
+    let demo = Demo::start(&[]);
+    let gw = Gateway::builder()
+        .yaml(&format!(
+            "upstreams:\n  - name: pair\n    replicas: [\"{stalled_url}\", \"{}\"]\n    \
+             health: {{interval: 20ms, timeout: 30s}}\n\
+             servers:\n  - path: /mcp\n    upstream: pair\n",
+            demo.url()
+        ))
+        .start();
+    // The stalled replica's first probe is still under way (it ends only after 30 s), yet the
+    // other replica is probed again and again meanwhile.
+    assert!(
+        eventually(Duration::from_secs(20), || checks(
+            &gw,
+            &demo.url(),
+            "passed"
+        ) >= 5.0),
+        "{}",
+        gw.metrics()
+    );
+    assert_eq!(checks(&gw, &stalled_url, "failed"), 0.0, "{}", gw.metrics());
+    assert_eq!(checks(&gw, &stalled_url, "passed"), 0.0);
+    drop(stalled);
+}

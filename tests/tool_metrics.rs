@@ -1,7 +1,7 @@
 //! Per-tool metrics (`tollgate_tool_calls_total{server,tool,outcome}`,
 //! `tollgate_tool_duration_seconds{server,tool}`): a tool has a label of its own only when config
 //! names it (`observe.tools`, a rule's `tools`), at most `observe.max_tool_series` of them in the
-//! process; every other call is `other`.
+//! process; every other call is `other`. Calls inside a JSON-RPC batch count one by one.
 
 mod harness;
 
@@ -94,13 +94,100 @@ fn the_series_cap_holds_across_workers() {
     for tool in tools {
         call(&gw, tool);
     }
-    let m = gw.metrics();
+    // The record phase counts a call after its answer: wait for the last one (seen flaky).
+    let total = |m: &str| -> f64 { ["echo", "add", "other"].iter().map(|t| calls(m, t)).sum() };
+    let mut m = String::new();
+    harness::eventually(std::time::Duration::from_secs(10), || {
+        m = gw.metrics();
+        total(&m) >= tools.len() as f64
+    });
     let labelled: Vec<&str> = ["echo", "add", "slow"]
         .into_iter()
         .filter(|t| calls(&m, t) > 0.0)
         .collect();
     assert_eq!(labelled, ["echo", "add"], "the first two names: {m}");
     assert_eq!(calls(&m, "other"), 2.0, "slow, twice: {m}");
-    let total: f64 = ["echo", "add", "other"].iter().map(|t| calls(&m, t)).sum();
-    assert_eq!(total, tools.len() as f64);
+    assert_eq!(total(&m), tools.len() as f64, "{m}");
+}
+
+fn tool_call(id: u32, name: &str) -> serde_json::Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+           "params":{"name":name,"arguments":{"text":"x","a":1,"b":2}}})
+}
+
+#[test]
+fn calls_inside_a_batch_are_counted_each_under_its_tool() {
+    let gw = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml("observe:\n  tools: [echo, add]\n")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([
+        tool_call(1, "echo"),
+        tool_call(2, "echo"),
+        tool_call(3, "add"),
+        {"jsonrpc":"2.0","id":4,"method":"tools/list"},
+        tool_call(5, "slow"),
+    ]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Counted by the record phase, after the answer.
+    let mut scrape = String::new();
+    assert!(
+        harness::eventually(std::time::Duration::from_secs(10), || {
+            scrape = gw.metrics();
+            calls(&scrape, "other") >= 1.0
+        }),
+        "{scrape}"
+    );
+    assert_eq!(calls(&scrape, "echo"), 2.0, "{scrape}");
+    assert_eq!(calls(&scrape, "add"), 1.0, "{scrape}");
+    assert_eq!(
+        calls(&scrape, "other"),
+        1.0,
+        "tools/list is no tool call: {scrape}"
+    );
+    assert_eq!(observed(&scrape, "echo"), 2.0, "{scrape}");
+}
+
+#[test]
+fn a_call_refused_inside_a_federated_batch_is_counted_as_rejected() {
+    let gw = Gateway::builder()
+        .upstream("a", "builtin:demo")
+        .upstream("b", "builtin:demo")
+        .yaml(concat!(
+            "servers:\n",
+            "  - path: /mcp\n",
+            "    upstreams: [a, b]\n",
+            "    rules:\n",
+            "      - {name: no-add, effect: deny, tools: [b__add]}\n",
+            "      - {name: rest, effect: allow, tools: [\"*\"]}\n",
+            "observe:\n  tools: [a__echo, b__add]\n",
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-03-26");
+    let batch = json!([tool_call(1, "a__echo"), tool_call(2, "b__add")]);
+    let r = m.post_raw(batch.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let count = |s: &str, tool: &str, outcome: &str| {
+        sample(
+            s,
+            "tollgate_tool_calls_total",
+            &[("server", "/mcp"), ("tool", tool), ("outcome", outcome)],
+        )
+    };
+    let mut scrape = String::new();
+    assert!(
+        harness::eventually(std::time::Duration::from_secs(10), || {
+            scrape = gw.metrics();
+            count(&scrape, "a__echo", "ok") + count(&scrape, "b__add", "rejected") >= 2.0
+        }),
+        "{scrape}"
+    );
+    assert_eq!(count(&scrape, "a__echo", "ok"), 1.0, "{scrape}");
+    assert_eq!(count(&scrape, "b__add", "rejected"), 1.0, "{scrape}");
+    assert_eq!(count(&scrape, "b__add", "ok"), 0.0, "{scrape}");
 }

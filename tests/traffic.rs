@@ -673,6 +673,57 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
     );
 }
 
+/// The loop guard counts in a window, not at a rate: `max` calls in `window`, then the same call
+/// is refused until the window that opened with the first one closes (a rate of 2 per minute
+/// would let the next one through after 30 s), and the refusal says when.
+#[test]
+fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
+    let gw = gateway(
+        1,
+        "traffic:\n  rules:\n    - {name: loops, loop: {max: 2, window: 60s}}\n",
+    );
+    let mut m = session(&gw);
+    for _ in 0..2 {
+        assert!(ok(&call(&mut m, "echo", json!({"text": "again"}))));
+    }
+    let r = call(&mut m, "echo", json!({"text": "again"}));
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(
+            "You called echo with the same arguments 2 times in 1m; change the arguments or stop"
+        ),
+        "{text}"
+    );
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((31..=60).contains(&secs), "Retry-After {secs}: {text}");
+    assert!(
+        text.contains(&format!("refused for another {secs} s")),
+        "{text}"
+    );
+    let data = &v["result"]["_meta"]["tollgate/refusal"];
+    assert_eq!(
+        (&data["kind"], &data["limit"]),
+        (&json!("loop"), &json!("loops")),
+        "{v}"
+    );
+    let ms = data["retryAfterMs"].as_u64().unwrap();
+    assert!(
+        ms > 30_000 && ms <= 60_000 && ms.div_ceil(1000) == secs,
+        "{v}"
+    );
+    // The same call in the stateless era, by the same principal: the window is still full.
+    let batch = gw.stateless(
+        "/mcp",
+        "tools/call",
+        Some("echo"),
+        json!({"name": "echo", "arguments": {"text": "again"}}),
+        &[],
+    );
+    assert_eq!(batch.json()["result"]["isError"], true, "{}", batch.text());
+}
+
 /// A 2025-03-26 batch on an endpoint with rules: only the messages authorization allowed are
 /// charged, and the denied and hidden ones get their own answers.
 #[test]

@@ -31,6 +31,28 @@ pub struct Conn<S: Socket> {
     /// `UpstreamRuntime::replicas` of the generation that opened it; 0 with one replica), so it
     /// goes back to that replica's pool stack and a session opened on it is pinned there.
     pub replica: u32,
+    /// An upstream connection carrying a response: what it counts in (`proxy::replicas`: its
+    /// replica's requests in flight on this worker), released when the connection goes back
+    /// to the pool (`Pool::put`) or is dropped, so every ending (a body read to its end, an
+    /// error, a client gone, a stream cut off) gives the count back.
+    pub busy: Option<Busy>,
+}
+
+/// A count held up while a connection is busy with a response; one less when it drops. Only
+/// the worker that owns the connection changes it (a scrape reads it from another thread).
+pub struct Busy(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Busy {
+    pub fn new(count: &std::sync::Arc<std::sync::atomic::AtomicU32>) -> Busy {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A connection the gateway lets go of is shut down before its descriptor is closed. On
@@ -57,6 +79,7 @@ impl<S: Socket> Conn<S> {
             rbuf: Vec::with_capacity(capacity),
             rpos: 0,
             replica: 0,
+            busy: None,
         }
     }
 

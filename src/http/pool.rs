@@ -320,6 +320,8 @@ impl Pool {
         max_idle: usize,
         expires: Instant,
     ) -> Result<(), Discard> {
+        // Idle: no longer a request in flight.
+        conn.busy = None;
         if !conn.buffered().is_empty() || conn.io.has_pending() {
             return Err(Discard::Unsolicited);
         }

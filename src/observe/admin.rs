@@ -218,8 +218,9 @@ impl Health {
 
     /// `tollgate_upstream_replica_healthy{upstream,replica}`,
     /// `tollgate_upstream_replica_circuit_state{upstream,replica}` and
-    /// `tollgate_upstream_health_checks_total{upstream,replica,result}` of upstreams with
-    /// several replicas, written at scrape time.
+    /// `tollgate_upstream_health_checks_total{upstream,replica,result}` and
+    /// `tollgate_upstream_replica_in_flight{upstream,replica}` of upstreams with several
+    /// replicas, written at scrape time.
     fn render_replicas(&self, out: &mut String) {
         use std::fmt::Write as _;
         let families = [
@@ -238,6 +239,11 @@ impl Health {
                 "counter",
                 "Health check probes of upstream replicas, by result.",
             ),
+            (
+                names::UPSTREAM_REPLICA_IN_FLIGHT,
+                "gauge",
+                "Requests in flight to the replica on every worker, from its pick to the end of its response (event streams included).",
+            ),
         ];
         for (i, (n, kind, help)) in families.iter().enumerate() {
             let _ = writeln!(out, "# HELP {n} {help}\n# TYPE {n} {kind}");
@@ -247,6 +253,7 @@ impl Health {
                     let _ = match i {
                         0 => writeln!(out, "{n}{{{labels}}} {}", u8::from(r.is_healthy())),
                         1 => writeln!(out, "{n}{{{labels}}} {}", r.breaker.state()),
+                        3 => writeln!(out, "{n}{{{labels}}} {}", r.in_flight()),
                         _ => writeln!(
                             out,
                             "{n}{{{labels},result=\"passed\"}} {}\n{n}{{{labels},result=\"failed\"}} {}",

@@ -77,6 +77,10 @@ pub const UPSTREAM_CIRCUIT_TRANSITIONS_TOTAL: &str = "tollgate_upstream_circuit_
 pub const UPSTREAM_REPLICA_HEALTHY: &str = "tollgate_upstream_replica_healthy";
 pub const UPSTREAM_REPLICA_CIRCUIT_STATE: &str = "tollgate_upstream_replica_circuit_state";
 pub const UPSTREAM_HEALTH_CHECKS_TOTAL: &str = "tollgate_upstream_health_checks_total";
+/// Requests in flight to each replica (upstreams with several), summed over the workers' own
+/// counts at scrape time: from the pick to the end of the response body, so an open event
+/// stream counts (what the least-in-flight pick sees, per worker).
+pub const UPSTREAM_REPLICA_IN_FLIGHT: &str = "tollgate_upstream_replica_in_flight";
 pub const WORKERS: &str = "tollgate_workers";
 pub const BUILD_INFO: &str = "tollgate_build_info";
 
@@ -87,7 +91,7 @@ pub const REGO_ERRORS_TOTAL: &str = "tollgate_rego_errors_total";
 /// (rate, concurrency, quota). Rule names are bounded by the config.
 pub const TRAFFIC_REJECTIONS_TOTAL: &str = "tollgate_traffic_rejections_total";
 /// `traffic.max_keys` / `max_global_keys`: limiter keys a worker or the exchange evicted (the
-/// oldest idle) to stay within it.
+/// oldest idle), and open loop guard windows a worker evicted, to stay within it.
 pub const TRAFFIC_KEYS_EVICTED_TOTAL: &str = "tollgate_traffic_keys_evicted_total";
 /// Usage messages between the workers and the traffic exchange that a full queue could not take
 /// (a worker's level is sent again at its next decision; an update at the next change).

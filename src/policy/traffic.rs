@@ -189,28 +189,19 @@ pub struct LimitRule {
     /// `tokens.costs`: units a tool call is charged when admitted, by the first glob (over
     /// exposed tool names) that matches; none: 0.
     pub costs: Vec<(Box<str>, u64)>,
-    /// A runaway-loop guard (`loop: {max, window}`): its one limit is a rate of `max` calls per
-    /// `window` (burst `max`) keyed by principal, tool and arguments; matches `tools/call` only.
+    /// A runaway-loop guard (`loop: {max, window}`; its rule has no `limits`): at most `max`
+    /// calls in a window keyed by principal, tool and arguments (`proxy::loop_guard`); matches
+    /// `tools/call` only.
     pub loop_guard: Option<LoopGuard>,
 }
 
-/// `loop: {max, window}` as written (for the refusal's sentence and `render`).
+/// `loop: {max, window}` as written, and its fingerprint (`LimitRule::seal`: the rule's name
+/// and definition; a reload that keeps the rule keeps its windows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoopGuard {
     pub max: u64,
     pub window: Duration,
-}
-
-impl LoopGuard {
-    /// The limit a loop guard runs on: `max` identical calls at once, then one per
-    /// `window / max` (a loop slower than that is not stopped).
-    pub fn limit(&self) -> LimitKind {
-        LimitKind::Rate {
-            limit: self.max,
-            per: self.window,
-            burst: self.max,
-        }
-    }
+    pub fp: u64,
 }
 
 /// A hash of a `tools/call`'s `params.arguments` object as the scanner found it (`text`), for
@@ -295,6 +286,11 @@ impl LimitRule {
                 time_zone.hash(&mut h);
             }
             l.fp = h.finish();
+        }
+        if let Some(g) = &mut self.loop_guard {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            ("loop", &self.name, describe, self.key, g.max, g.window).hash(&mut h);
+            g.fp = h.finish();
         }
     }
 }

@@ -244,9 +244,9 @@ pub struct Ctx {
     pub status: u16,
     pub outcome: Outcome,
     pub refused: Option<Refused>,
-    /// Refusals of single messages of a batch the gateway answered (each counted like a
-    /// refused request; the batch itself was served).
-    pub refused_messages: Vec<Kind>,
+    /// Refusals of single messages of a batch the gateway answered, by position in `messages`
+    /// (each counted like a refused request; the batch itself was served).
+    pub refused_messages: Vec<(u32, Kind)>,
     /// Calls this request holds under concurrency limits (`proxy::limit`): released when the
     /// context is dropped, however the request ended.
     pub held: Vec<super::limit::Held>,
@@ -363,11 +363,16 @@ impl Ctx {
 
     /// Records a refusal (the renderer sets `status`).
     pub fn refuse(&mut self, kind: Kind, reason: String) {
-        self.outcome = match kind.side() {
-            Side::Upstream => Outcome::UpstreamError,
-            _ => Outcome::Rejected,
-        };
+        self.outcome = outcome_of(kind);
         self.refused = Some(Refused { kind, reason });
+    }
+}
+
+/// How a request (or a batch's message) refused with `kind` ended, as the client sees it.
+fn outcome_of(kind: Kind) -> Outcome {
+    match kind.side() {
+        Side::Upstream => Outcome::UpstreamError,
+        _ => Outcome::Rejected,
     }
 }
 
@@ -383,7 +388,7 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     if let Some(r) = &ctx.refused {
         w.metrics.rejected(r.kind);
     }
-    for &kind in &ctx.refused_messages {
+    for &(_, kind) in &ctx.refused_messages {
         w.metrics.rejected(kind);
     }
     for d in &ctx.decisions {
@@ -391,8 +396,10 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     }
     if let (false, Some(server), Some(m)) = (ctx.batch, ctx.server, ctx.first()) {
         if m.method == crate::mcp::Method::ToolsCall && m.kind == MessageKind::Request {
-            tool_call(w, ctx, server, m, elapsed);
+            tool_call(w, ctx, server, m, ctx.outcome, elapsed);
         }
+    } else if let (true, Some(server)) = (ctx.batch, ctx.server) {
+        batch_tool_calls(w, ctx, server, elapsed);
     }
     if let Some(u) = ctx.upstream_call {
         let id = ctx.gw().upstreams[u.upstream].id;
@@ -416,9 +423,33 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     }
 }
 
-/// A single `tools/call`, in the per-tool metrics (a batch's calls are not: they share one
-/// duration).
-fn tool_call(w: &WorkerState, ctx: &Ctx, server: usize, m: &MessageCtx, elapsed: Duration) {
+/// Each `tools/call` of a batch, in the per-tool metrics: its outcome is its own when the
+/// gateway refused it alone (`refused_messages`), else the batch's; its duration is the batch's
+/// (one response carries them all).
+#[cold]
+fn batch_tool_calls(w: &WorkerState, ctx: &Ctx, server: usize, elapsed: Duration) {
+    for (i, m) in ctx.messages.iter().enumerate() {
+        if m.method != crate::mcp::Method::ToolsCall || m.kind != MessageKind::Request {
+            continue;
+        }
+        let outcome = ctx
+            .refused_messages
+            .iter()
+            .find(|(at, _)| *at as usize == i)
+            .map_or(ctx.outcome, |&(_, kind)| outcome_of(kind));
+        tool_call(w, ctx, server, m, outcome, elapsed);
+    }
+}
+
+/// A `tools/call`, in the per-tool metrics.
+fn tool_call(
+    w: &WorkerState,
+    ctx: &Ctx,
+    server: usize,
+    m: &MessageCtx,
+    outcome: Outcome,
+    elapsed: Duration,
+) {
     let gw = ctx.gw();
     let tool = m
         .name
@@ -433,7 +464,7 @@ fn tool_call(w: &WorkerState, ctx: &Ctx, server: usize, m: &MessageCtx, elapsed:
         tool,
         names_tools: gw.names_tools,
         max_series: gw.config.observe.max_tool_series,
-        outcome: ctx.outcome,
+        outcome,
         seconds: elapsed.as_secs_f64(),
     };
     w.metrics

@@ -1362,7 +1362,8 @@ enum Judged {
 /// A refusal by one limit, before it is worded.
 struct Over<'a> {
     rule: &'a LimitRule,
-    kind: LimitKind,
+    /// `None`: the rule's loop guard (`proxy::loop_guard`).
+    kind: Option<LimitKind>,
     fp: u64,
     retry_ms: u64,
     tool: Option<&'a str>,
@@ -1372,9 +1373,9 @@ struct Over<'a> {
 impl Over<'_> {
     /// The refusal's kind (`data.kind`, the metric label): the limit's, or `loop`.
     fn label(&self) -> &'static str {
-        match self.rule.loop_guard {
-            Some(_) => "loop",
-            None => self.kind.label(),
+        match self.kind {
+            Some(k) => k.label(),
+            None => "loop",
         }
     }
 }
@@ -1453,6 +1454,8 @@ fn check_rules(
     let federated = s.federated();
     // (fingerprint, key, kind, units) of each admission, committed when all passed.
     let mut pending: SmallVec<[(u64, u64, LimitKind, u64); 4]> = SmallVec::new();
+    // (loop guard, key) of each call a loop guard admitted, counted when all passed.
+    let mut loops: SmallVec<[(crate::policy::traffic::LoopGuard, u64); 2]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
     'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
@@ -1487,6 +1490,26 @@ fn check_rules(
                 continue;
             }
             let key = key_hash(x, gw, r, &facts, p);
+            if let Some(g) = r.loop_guard {
+                let already = loops
+                    .iter()
+                    .filter(|q| (q.0.fp, q.1) == (g.fp, key))
+                    .count();
+                match w.loops.judge(&g, key, now, already as u64) {
+                    Ok(()) => loops.push((g, key)),
+                    Err(retry_ms) => {
+                        over = Some(Over {
+                            rule: r,
+                            kind: None,
+                            fp: g.fp,
+                            retry_ms,
+                            tool: facts.tool,
+                            method: m.method,
+                        });
+                        break 'messages;
+                    }
+                }
+            }
             for l in &r.limits {
                 let already = pending.iter().filter(|q| q.0 == l.fp && q.1 == key).count() as u64;
                 let retry_ms = match local.judge(&mut map, traffic, l, key, now, already) {
@@ -1503,7 +1526,7 @@ fn check_rules(
                 };
                 over = Some(Over {
                     rule: r,
-                    kind: l.kind,
+                    kind: Some(l.kind),
                     fp: l.fp,
                     retry_ms,
                     tool: facts.tool,
@@ -1526,6 +1549,9 @@ fn check_rules(
             "traffic limit reached"
         );
         return Err(Stop::Refuse(refusal(&o)));
+    }
+    for (g, key) in loops {
+        w.loops.admit(&g, key, now, traffic.max_keys);
     }
     for (fp, key, kind, units) in pending {
         local.admitted(&mut map, (fp, key), units, now);
@@ -1579,10 +1605,11 @@ fn key_names(key: u8) -> &'static str {
 fn refusal(o: &Over<'_>) -> Refusal {
     let secs = o.retry_ms.div_ceil(1000).max(1);
     let what = match o.kind {
-        LimitKind::Rate { .. } => "Rate limit",
-        LimitKind::Concurrency { .. } => "Concurrency limit",
-        LimitKind::Quota { .. } => "Quota",
-        LimitKind::Tokens { .. } => "Token quota",
+        Some(LimitKind::Rate { .. }) => "Rate limit",
+        Some(LimitKind::Concurrency { .. }) => "Concurrency limit",
+        Some(LimitKind::Quota { .. }) => "Quota",
+        Some(LimitKind::Tokens { .. }) => "Token quota",
+        None => "Loop guard",
     };
     let data = format!(
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",
@@ -1597,7 +1624,7 @@ fn refusal(o: &Over<'_>) -> Refusal {
             Kind::ToolLimited,
             format!(
                 "You called {} with the same arguments {} times in {}; change the arguments or \
-                 stop (traffic rule {}: the same call is refused for {secs} s).",
+                 stop (traffic rule {}: the same call is refused for another {secs} s).",
                 tool.unwrap_or("this tool"),
                 g.max,
                 crate::config::render_duration(g.window),

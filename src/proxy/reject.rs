@@ -175,7 +175,15 @@ impl Rejects {
         if in_band {
             body.extend_from_slice(b",\"result\":{\"content\":[{\"type\":\"text\",\"text\":");
             message(body);
-            body.extend_from_slice(b"}],\"isError\":true}}");
+            body.extend_from_slice(b"}],\"isError\":true");
+            // What a JSON-RPC error carries as `data` (`retryAfterMs`, the limit): for the client
+            // program, beside the sentence the model reads.
+            if let Some(data) = &r.data {
+                body.extend_from_slice(b",\"_meta\":{\"tollgate/refusal\":");
+                body.extend_from_slice(data);
+                body.push(b'}');
+            }
+            body.extend_from_slice(b"}}");
         } else {
             body.extend_from_slice(b",\"error\":{\"code\":");
             body.extend_from_slice(r.kind.rpc_code().to_string().as_bytes());

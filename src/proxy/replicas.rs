@@ -1,19 +1,17 @@
 //! Replicas of one upstream (`upstreams[].replicas`): where each is (`Replica`), which one a
-//! request goes to (`Local::pick`: the fewest requests in flight on this worker among the healthy,
-//! ties in turn), their shared state (`ReplicaHealth`: an active check's verdict and a circuit
-//! breaker, atomics read with one relaxed load on the request path) and the active check itself
-//! (`Checker`: one thread per config generation, blocking probes, never on a worker).
+//! request goes to (`Local::pick`: the fewest in flight on this worker among the healthy, ties
+//! in turn), their shared state (`ReplicaHealth`: check verdict, circuit breaker, atomics read
+//! with one relaxed load on the request path) and the active check (`Checker`: one thread per
+//! config generation probing every replica concurrently on its own runtime, never a worker).
 
 use std::cell::{Cell, RefCell};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::breaker::Breaker;
 use super::state::UpstreamRuntime;
+use crate::http::conn::Busy;
 use crate::observe::admin::Health;
 
 /// One replica of an upstream as the data path needs it.
@@ -95,6 +93,9 @@ pub struct ReplicaHealth {
     pub breaker: Breaker,
     pub passed: AtomicU64,
     pub failed: AtomicU64,
+    /// Each worker's count of requests in flight to it (`Local::register`, cold): summed at
+    /// scrape time.
+    workers: Mutex<Vec<Arc<AtomicU32>>>,
 }
 
 impl ReplicaHealth {
@@ -106,7 +107,16 @@ impl ReplicaHealth {
             breaker: Breaker::new(breaker),
             passed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            workers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Requests in flight to this replica on every worker, from its pick to the end of its
+    /// response (`tollgate_upstream_replica_in_flight`).
+    pub fn in_flight(&self) -> u64 {
+        self.workers.lock().map_or(0, |w| {
+            w.iter().map(|n| u64::from(n.load(Ordering::Relaxed))).sum()
+        })
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -124,28 +134,19 @@ impl ReplicaHealth {
     }
 }
 
+/// Requests in flight by (upstream id, replica id).
+type Counts = Vec<((u64, u64), Arc<AtomicU32>)>;
+
 /// One worker's requests in flight per replica (by upstream id and replica id, so a reload that
 /// reorders replicas keeps the counts of requests still on the old generation), and its turn
-/// for ties.
+/// for ties. A request counts from the pick until its response ends: the count rides on the
+/// upstream connection (`Conn::busy`) once the head arrived, so a long event stream keeps its
+/// replica busy. Each count is changed by this worker only; the scrape sums them over workers
+/// (`ReplicaHealth::in_flight`).
 #[derive(Default)]
 pub struct Local {
-    in_flight: RefCell<Vec<((u64, u64), u32)>>,
+    in_flight: RefCell<Counts>,
     turn: Cell<usize>,
-}
-
-/// A request in flight to a replica; the count goes down when it drops.
-pub struct InFlight<'a> {
-    local: &'a Local,
-    key: (u64, u64),
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut v = self.local.in_flight.borrow_mut();
-        if let Some(e) = v.iter_mut().find(|(k, _)| *k == self.key) {
-            e.1 = e.1.saturating_sub(1);
-        }
-    }
 }
 
 impl Local {
@@ -154,18 +155,47 @@ impl Local {
             .borrow()
             .iter()
             .find(|(k, _)| *k == key)
-            .map_or(0, |(_, n)| *n)
+            .map_or(0, |(_, n)| n.load(Ordering::Relaxed))
     }
 
-    /// Counts a request to replica `r` of `up` until the guard drops.
-    pub fn begin(&self, up: &UpstreamRuntime, r: usize) -> InFlight<'_> {
-        let key = (up.id, up.replicas[r].id);
+    fn counter(v: &mut Counts, key: (u64, u64)) -> &Arc<AtomicU32> {
+        let at = match v.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                v.push((key, Arc::default()));
+                v.len() - 1
+            }
+        };
+        &v[at].1
+    }
+
+    /// Counts a request to replica `r` of `up` until the guard drops (`exchange_across` moves it
+    /// into the connection that carries the response).
+    pub fn begin(&self, up: &UpstreamRuntime, r: usize) -> Busy {
         let mut v = self.in_flight.borrow_mut();
-        match v.iter_mut().find(|(k, _)| *k == key) {
-            Some(e) => e.1 += 1,
-            None => v.push((key, 1)),
+        Busy::new(Self::counter(&mut v, (up.id, up.replicas[r].id)))
+    }
+
+    /// A generation is installed on this worker: its replicas' health learns where this
+    /// worker's counts are (the same counter for a replica that stays, so requests still in
+    /// flight on the old generation go on counting); counts of replicas no longer configured
+    /// are forgotten once nothing is in flight on them.
+    pub fn register(&self, upstreams: &[UpstreamRuntime], health: &Health) {
+        let mut v = self.in_flight.borrow_mut();
+        v.retain(|((u, r), n)| {
+            n.load(Ordering::Relaxed) > 0
+                || upstreams
+                    .iter()
+                    .any(|up| up.id == *u && up.replicas.iter().any(|x| x.id == *r))
+        });
+        for (up, h) in upstreams.iter().zip(&health.upstreams) {
+            for (rep, rh) in up.replicas.iter().zip(&h.replicas) {
+                let n = Self::counter(&mut v, (up.id, rep.id)).clone();
+                if let Ok(mut workers) = rh.workers.lock() {
+                    workers.push(n);
+                }
+            }
         }
-        InFlight { local: self, key }
     }
 
     /// The replica of `up` a request that is not pinned goes to, skipping those in `tried` (a
@@ -211,10 +241,10 @@ impl Local {
     }
 }
 
-/// The active health check of one config generation's replicas; stops when dropped (the thread
-/// notices at once unless a probe is under way, which its timeout bounds).
+/// The active health check of one config generation's replicas; stops when dropped (its end
+/// of a socket pair closes: the thread's runtime sees that at once, probes under way included).
 pub struct Checker {
-    _stop: Sender<()>,
+    _stop: std::os::unix::net::UnixStream,
 }
 
 struct Target {
@@ -228,7 +258,6 @@ struct Target {
         rustls::pki_types::ServerName<'static>,
     )>,
     cfg: crate::config::HealthCheck,
-    due: Instant,
     /// Probes in a row with the same outcome (passed > 0, failed < 0).
     streak: i64,
 }
@@ -240,7 +269,6 @@ impl Checker {
         upstreams: &[UpstreamRuntime],
         health: &Arc<Health>,
     ) -> Option<Checker> {
-        let now = Instant::now();
         let targets: Vec<Target> = upstreams
             .iter()
             .zip(&config.upstreams)
@@ -259,7 +287,6 @@ impl Checker {
                         .zip(rep.tls_name.as_ref())
                         .map(|((c, _), name)| (c.clone(), name.clone())),
                     cfg: cfg.health.clone(),
-                    due: now,
                     streak: 0,
                 })
             })
@@ -267,13 +294,19 @@ impl Checker {
         if targets.is_empty() {
             return None;
         }
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the replica health check");
+                return None;
+            }
+        };
         let health = health.clone();
         let spawned = std::thread::Builder::new()
             .name("tollgate-health".into())
-            .spawn(move || run(targets, &health, rx));
+            .spawn(move || run(targets, &health, theirs));
         match spawned {
-            Ok(_) => Some(Checker { _stop: tx }),
+            Ok(_) => Some(Checker { _stop: ours }),
             Err(e) => {
                 tracing::error!(error = %e, "could not start the replica health check thread");
                 None
@@ -282,93 +315,108 @@ impl Checker {
     }
 }
 
-fn run(mut targets: Vec<Target>, health: &Health, stop: Receiver<()>) {
-    loop {
-        let now = Instant::now();
-        for t in targets.iter_mut().filter(|t| t.due <= now) {
-            let outcome = probe(t);
-            t.due = Instant::now() + t.cfg.interval;
-            let Some(h) = health.upstreams.get(t.u).and_then(|h| h.replicas.get(t.r)) else {
-                continue;
-            };
-            match outcome {
-                Ok(status) => {
-                    h.passed.fetch_add(1, Ordering::Relaxed);
-                    t.streak = t.streak.max(0) + 1;
-                    if !h.is_healthy() && t.streak >= i64::from(t.cfg.healthy_after) {
-                        h.healthy.store(true, Ordering::Relaxed);
-                        tracing::info!(upstream = %t.upstream, replica = %h.url, status, "upstream replica is healthy again (health check)");
-                    }
-                }
-                Err(why) => {
-                    h.failed.fetch_add(1, Ordering::Relaxed);
-                    t.streak = t.streak.min(0) - 1;
-                    tracing::debug!(upstream = %t.upstream, replica = %h.url, error = %why, "upstream replica health check failed");
-                    if h.is_healthy() && -t.streak >= i64::from(t.cfg.unhealthy_after) {
-                        h.healthy.store(false, Ordering::Relaxed);
-                        tracing::warn!(upstream = %t.upstream, replica = %h.url, error = %why, failed = -t.streak, "upstream replica is down (health check): new sessions go to the others, its sessions get 404");
-                    }
+/// The check's thread: one small runtime (epoll) on which every replica has its own probe loop,
+/// so a replica that stalls holds up only its own probes (each bounded by `health.timeout`),
+/// with no thread per replica. Returns when `stop`'s other end closes.
+fn run(targets: Vec<Target>, health: &Health, stop: std::os::unix::net::UnixStream) {
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the replica health check runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let stopped = async {
+            use monoio::io::AsyncReadRent;
+            let stop = stop
+                .set_nonblocking(true)
+                .and_then(|()| monoio::net::UnixStream::from_std(stop));
+            match stop {
+                // Nothing is ever written: the read ends when the `Checker` is dropped.
+                Ok(mut s) => drop(s.read(vec![0u8; 1]).await),
+                Err(e) => {
+                    tracing::error!(error = %e, "replica health check: no stop signal; it runs until exit");
+                    std::future::pending::<()>().await;
                 }
             }
+        };
+        let watches =
+            futures_util::future::join_all(targets.into_iter().map(|t| watch(t, health)));
+        monoio::select! {
+            _ = watches => {}
+            // The generation is gone: every probe under way is dropped here, on the runtime.
+            _ = stopped => {}
         }
-        let next = targets
-            .iter()
-            .map(|t| t.due)
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => {}
-            // The generation is gone (its `Checker` dropped).
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+    });
+}
+
+/// One replica's probe loop: a probe, its verdict, `health.interval`, again.
+async fn watch(mut t: Target, health: &Health) {
+    loop {
+        let outcome = match monoio::time::timeout(t.cfg.timeout, probe(&t)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err("timed out (health.timeout)".to_string()),
+        };
+        if let Some(h) = health.upstreams.get(t.u).and_then(|h| h.replicas.get(t.r)) {
+            verdict(&mut t, h, outcome);
+        }
+        monoio::time::sleep(t.cfg.interval).await;
+    }
+}
+
+/// Counts a probe's outcome and marks the replica down after `unhealthy_after` failures in a
+/// row, up after `healthy_after` passes.
+fn verdict(t: &mut Target, h: &ReplicaHealth, outcome: Result<u16, String>) {
+    match outcome {
+        Ok(status) => {
+            h.passed.fetch_add(1, Ordering::Relaxed);
+            t.streak = t.streak.max(0) + 1;
+            if !h.is_healthy() && t.streak >= i64::from(t.cfg.healthy_after) {
+                h.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(upstream = %t.upstream, replica = %h.url, status, "upstream replica is healthy again (health check)");
+            }
+        }
+        Err(why) => {
+            h.failed.fetch_add(1, Ordering::Relaxed);
+            t.streak = t.streak.min(0) - 1;
+            tracing::debug!(upstream = %t.upstream, replica = %h.url, error = %why, "upstream replica health check failed");
+            if h.is_healthy() && -t.streak >= i64::from(t.cfg.unhealthy_after) {
+                h.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(upstream = %t.upstream, replica = %h.url, error = %why, failed = -t.streak, "upstream replica is down (health check): new sessions go to the others, its sessions get 404");
+            }
         }
     }
 }
 
 /// One probe: connect (TLS for https), send the check's GET, read the status line; any status
-/// below 500 passes. Everything within `health.timeout`.
-fn probe(t: &Target) -> Result<u16, String> {
-    let deadline = Instant::now() + t.cfg.timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| "timed out (health.timeout)".to_string())
-    };
-    let mut last = "no address".to_string();
-    let mut tcp = None;
-    for a in &t.addrs {
-        match TcpStream::connect_timeout(a, left()?) {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = format!("connect {a}: {e}"),
-        }
-    }
-    let tcp = tcp.ok_or(last)?;
-    let io = |e: std::io::Error| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            "timed out (health.timeout)".to_string()
-        } else {
-            e.to_string()
-        }
-    };
-    tcp.set_read_timeout(Some(left()?)).map_err(io)?;
-    tcp.set_write_timeout(Some(left()?)).map_err(io)?;
-    let mut head = Vec::with_capacity(64);
-    match &t.tls {
-        None => exchange(tcp, &t.probe, &mut head, &left).map_err(io)?,
+/// below 500 passes. The caller bounds it by `health.timeout`.
+async fn probe(t: &Target) -> Result<u16, String> {
+    let tcp = crate::http::pool::connect(&t.addrs, t.cfg.timeout)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let io = match &t.tls {
+        None => crate::tls::Stream::Plain(tcp),
         Some((config, name)) => {
-            let conn = rustls::ClientConnection::new(config.clone(), name.clone())
-                .map_err(|e| format!("TLS: {e}"))?;
-            let s = rustls::StreamOwned::new(conn, tcp);
-            exchange(s, &t.probe, &mut head, &left).map_err(io)?
+            crate::tls::connect(tcp, config.clone(), name.clone(), t.cfg.timeout)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?
+        }
+    };
+    let mut conn = crate::http::Conn::new(io, 512);
+    let (sent, _) = conn.write_all(t.probe.clone()).await;
+    sent.map_err(|e| e.to_string())?;
+    // Up to the end of the status line (at most 256 bytes).
+    while !conn.buffered().contains(&b'\n') && conn.buffered().len() < 256 {
+        if conn.fill(0).await.map_err(|e| e.to_string())? == 0 {
+            break;
         }
     }
-    let status = status_of(&head).ok_or_else(|| {
+    let head = conn.buffered();
+    let status = status_of(head).ok_or_else(|| {
         format!(
             "not an HTTP response: {:?}",
             String::from_utf8_lossy(&head[..head.len().min(40)])
@@ -378,29 +426,6 @@ fn probe(t: &Target) -> Result<u16, String> {
         return Err(format!("HTTP {status}"));
     }
     Ok(status)
-}
-
-/// Writes `req` and reads up to the end of the status line (at most 256 bytes).
-fn exchange<S: Read + Write>(
-    mut s: S,
-    req: &[u8],
-    head: &mut Vec<u8>,
-    left: &dyn Fn() -> Result<Duration, String>,
-) -> std::io::Result<()> {
-    s.write_all(req)?;
-    s.flush()?;
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 256 {
-        if left().is_err() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        let n = s.read(&mut buf[..256 - head.len()])?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    Ok(())
 }
 
 /// The status code of `HTTP/1.x NNN …`.
@@ -523,6 +548,59 @@ mod tests {
         health[0].breaker.succeeded("u");
         drop(probe);
         assert_eq!(health[0].breaker.state(), 0, "closed by its probe");
+    }
+
+    /// `Health` of `up` with `replicas` (what a generation's build makes).
+    fn health_of(up: &UpstreamRuntime, replicas: Vec<ReplicaHealth>) -> Health {
+        use crate::observe::admin::UpstreamHealth;
+        let u = UpstreamHealth::new(
+            up.name.clone(),
+            Vec::new(),
+            std::time::Duration::from_secs(1),
+            3,
+            Vec::new(),
+        )
+        .with_replicas(replicas);
+        Health {
+            endpoints: Vec::new(),
+            ready: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            upstreams: vec![u],
+        }
+    }
+
+    #[test]
+    fn the_scrape_sums_every_workers_count_and_a_reload_keeps_requests_in_flight_counted() {
+        let urls = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"];
+        let (up, replicas) = replicated(&urls, "");
+        let old = health_of(&up, replicas);
+        let (w1, w2) = (Local::default(), Local::default());
+        w1.register(std::slice::from_ref(&up), &old);
+        w2.register(std::slice::from_ref(&up), &old);
+        let a = w1.begin(&up, 0);
+        let b = w2.begin(&up, 0);
+        let c = w2.begin(&up, 1);
+        let in_flight = |h: &Health| {
+            h.upstreams[0]
+                .replicas
+                .iter()
+                .map(|r| r.in_flight())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(in_flight(&old), [2, 1]);
+        // Each worker picks by its own count only.
+        assert_eq!(w1.pick(&up, &old.upstreams[0].replicas, 0), Some(1));
+        drop(b);
+        assert_eq!(in_flight(&old), [1, 1]);
+        // A reload: the new generation's health sees the requests still in flight.
+        let (up2, replicas2) = replicated(&urls, "");
+        let new = health_of(&up2, replicas2);
+        w1.register(std::slice::from_ref(&up2), &new);
+        w2.register(std::slice::from_ref(&up2), &new);
+        assert_eq!(in_flight(&new), [1, 1]);
+        drop((a, c));
+        assert_eq!(in_flight(&new), [0, 0]);
+        assert_eq!(in_flight(&old), [0, 0]);
     }
 
     #[test]

@@ -368,6 +368,8 @@ pub struct WorkerState {
     pub replicas: super::replicas::Local,
     /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
     pub traffic: Rc<super::limit::Local>,
+    /// This worker's loop guard windows (`proxy::loop_guard`), kept across reloads.
+    pub loops: super::loop_guard::Book,
     /// This worker's audit records not yet handed to the writer (`observe::audit::Batch`).
     pub audit: crate::observe::audit::Batch,
 }
@@ -378,6 +380,8 @@ impl WorkerState {
         index: usize,
         hists: Arc<crate::observe::hist::WorkerHistograms>,
     ) -> Self {
+        let replicas = super::replicas::Local::default();
+        replicas.register(&gw.upstreams, &gw.health);
         WorkerState {
             pool: RefCell::new(Pool::new(gw.pool_keys())),
             metrics: WorkerMetrics::new(&gw.upstream_labels(), hists),
@@ -399,8 +403,9 @@ impl WorkerState {
             listens: Cell::new(0),
             listen_serial: Cell::new(0),
             tokens: Default::default(),
-            replicas: Default::default(),
+            replicas,
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
+            loops: Default::default(),
             audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),
@@ -439,6 +444,7 @@ impl WorkerState {
             );
         }
         self.metrics.install_upstreams(&gw.upstream_labels());
+        self.replicas.register(&gw.upstreams, &gw.health);
         let fetched: Vec<_> = self.fetched_keys.borrow().values().cloned().collect();
         // The old generation's lookups are counted before it goes (requests still on it count
         // in their own authn, which nothing reads after this).

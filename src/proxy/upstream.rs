@@ -264,8 +264,8 @@ async fn exchange_across(
             super::replicas::retarget(&mut req, &up.replicas[at], &up.replicas[r]);
             at = r;
         }
-        let _in_flight = w.replicas.begin(up, r);
-        let (res, back, nothing_sent) = exchange_replica(
+        let in_flight = w.replicas.begin(up, r);
+        let (mut res, back, nothing_sent) = exchange_replica(
             w,
             gw,
             (u, AT | AUTHORIZED | r as u64),
@@ -275,6 +275,11 @@ async fn exchange_across(
             retry_safe,
         )
         .await;
+        // A response came: the replica stays busy with it until its body ends (the connection
+        // goes back to the pool or is dropped, however the relay ended).
+        if let Ok((conn, _)) = &mut res {
+            conn.busy = Some(in_flight);
+        }
         req = back;
         tried |= 1 << r;
         let others_left = (0..up.replicas.len()).any(|x| tried & (1 << x) == 0);

@@ -1727,21 +1727,18 @@ fn traffic_rule_problems_are_reported_at_their_keys() {
 
 #[test]
 fn a_loop_rule_keys_by_principal_tool_and_arguments_and_renders_as_written() {
-    use crate::policy::traffic::{part, LimitKind};
+    use crate::policy::traffic::part;
     let text = "upstreams:\n  - {name: demo, url: builtin:demo}\nservers:\n  - {path: /mcp, upstream: demo}\n\
         traffic:\n  rules:\n    - {name: loops, tools: [\"*\"], loop: {max: 5, window: 60s}}\n";
     let c = ok(text);
     let r = &c.traffic.rules[0];
     assert!(c.traffic.hashes_arguments);
     assert_eq!(r.key, part::PRINCIPAL | part::TOOL | part::ARGUMENTS);
-    assert_eq!(
-        r.limits[0].kind,
-        LimitKind::Rate {
-            limit: 5,
-            per: std::time::Duration::from_secs(60),
-            burst: 5
-        }
-    );
+    // Its own count (`proxy::loop_guard`), not one of the limiter's.
+    assert!(r.limits.is_empty());
+    let g = r.loop_guard.expect("the loop guard");
+    assert_eq!((g.max, g.window), (5, std::time::Duration::from_secs(60)));
+    assert_ne!(g.fp, 0, "sealed");
     let shown = render_effective(&c);
     assert!(shown.contains("loop: {max: 5, window: 1m}"), "{shown}");
     assert!(
@@ -1750,7 +1747,7 @@ fn a_loop_rule_keys_by_principal_tool_and_arguments_and_renders_as_written() {
     );
     let again = ok(&loadable(&shown));
     assert_eq!(render_effective(&again), shown);
-    assert_eq!(again.traffic.rules[0].limits[0].fp, r.limits[0].fp);
+    assert_eq!(again.traffic.rules[0].loop_guard, r.loop_guard);
     // Without a rule keyed by arguments nothing is hashed.
     assert!(
         !ok("traffic:\n  rules:\n    - {name: r, rate: {limit: 1, per: 1s}}\n")

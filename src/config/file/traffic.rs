@@ -305,9 +305,7 @@ fn rules(
                 );
             }
             if let (Some(max), Some(window)) = (max, window) {
-                let g = LoopGuard { max, window };
-                limits.push(g.limit());
-                loop_guard = Some(g);
+                loop_guard = Some(LoopGuard { max, window, fp: 0 });
             }
             // The same principal calling the same tool with the same arguments.
             key |= part::PRINCIPAL | part::TOOL | part::ARGUMENTS;
