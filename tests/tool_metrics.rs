@@ -47,6 +47,23 @@ fn call(gw: &Gateway, tool: &str) {
     assert!(r.get("result").is_some(), "{r}");
 }
 
+/// A scrape taken once `n` calls are counted under any tool label (the record phase counts a
+/// call after its answer is written: the scrape may come first), or after 10 s, whatever it says.
+fn scrape_once_counted(gw: &Gateway, n: usize) -> String {
+    let total = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("tollgate_tool_calls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut m = String::new();
+    harness::eventually(std::time::Duration::from_secs(10), || {
+        m = gw.metrics();
+        total(&m) >= n as f64
+    });
+    m
+}
+
 #[test]
 fn named_tools_get_their_label_and_the_rest_are_other() {
     let gw = Gateway::builder()
@@ -60,7 +77,7 @@ fn named_tools_get_their_label_and_the_rest_are_other() {
     for tool in ["echo", "echo", "add", "slow", "slow", "slow"] {
         call(&gw, tool);
     }
-    let m = gw.metrics();
+    let m = scrape_once_counted(&gw, 6);
     assert_eq!(calls(&m, "echo"), 2.0, "{m}");
     assert_eq!(calls(&m, "add"), 1.0, "{m}");
     assert_eq!(calls(&m, "other"), 3.0, "{m}");
@@ -77,7 +94,7 @@ fn without_names_every_call_is_other() {
         .start();
     call(&gw, "echo");
     call(&gw, "add");
-    let m = gw.metrics();
+    let m = scrape_once_counted(&gw, 2);
     assert_eq!(calls(&m, "other"), 2.0, "{m}");
     assert_eq!(calls(&m, "echo"), 0.0, "{m}");
 }
@@ -94,13 +111,8 @@ fn the_series_cap_holds_across_workers() {
     for tool in tools {
         call(&gw, tool);
     }
-    // The record phase counts a call after its answer: wait for the last one (seen flaky).
     let total = |m: &str| -> f64 { ["echo", "add", "other"].iter().map(|t| calls(m, t)).sum() };
-    let mut m = String::new();
-    harness::eventually(std::time::Duration::from_secs(10), || {
-        m = gw.metrics();
-        total(&m) >= tools.len() as f64
-    });
+    let m = scrape_once_counted(&gw, tools.len());
     let labelled: Vec<&str> = ["echo", "add", "slow"]
         .into_iter()
         .filter(|t| calls(&m, t) > 0.0)
