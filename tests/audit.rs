@@ -900,3 +900,101 @@ fn refusals_with_no_message_read_have_their_records_too() {
         assert_eq!(r["decision"], "deny", "{r}");
     }
 }
+
+/// An upstream's own JSON-RPC error is in the record with its code, whether the reply was JSON
+/// (with a length, or chunked) or an event stream (after a notification that mentions an
+/// error in its params); a result, `isError` or not, carries none.
+#[test]
+fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
+    use harness::scripted::{json_response, mcp_basics, read_request, text_result, Scripted};
+    let up = Scripted::start(|mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let id = req.id();
+            let error = |code: i64| {
+                json!({"jsonrpc":"2.0","id":id,"error":{"message":"no","code":code}}).to_string()
+            };
+            let reply = match req.tool().as_str() {
+                "json_error" => json_response(&error(-32602)),
+                "chunked_error" => {
+                    let body = error(-32003);
+                    let (a, b) = body.split_at(body.len() / 2);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    )
+                    .into_bytes()
+                }
+                "sse_error" => {
+                    let note = json!({"jsonrpc":"2.0","method":"notifications/message",
+                        "params":{"level":"error","data":{"error":{"code":7}}}});
+                    let events = format!(
+                        "event: message\ndata: {note}\n\nevent: message\ndata: {}\n\n",
+                        error(-32001)
+                    );
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n0\r\n\r\n",
+                        events.len()
+                    )
+                    .into_bytes()
+                }
+                "tool_error" => json_response(
+                    &json!({"jsonrpc":"2.0","id":id,"result":{"isError":true,
+                        "content":[{"type":"text","text":"\"error\":{\"code\":1}"}]}})
+                    .to_string(),
+                ),
+                _ => json_response(&text_result(&id, "ok")),
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let file = temp_path("upstream-errors.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("up", &up.url())
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let tools = [
+        "json_error",
+        "chunked_error",
+        "sse_error",
+        "tool_error",
+        "fine",
+    ];
+    for (i, tool) in tools.iter().enumerate() {
+        let r = m.post_raw(&call_body(i as u64 + 1, tool, json!({})));
+        assert_eq!(r.status, 200, "{tool}: {}", r.text());
+    }
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, Value, String)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or_default().to_string(),
+                r["error_code"].clone(),
+                r["decision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("json_error", json!(-32602)),
+        ("chunked_error", json!(-32003)),
+        ("sse_error", json!(-32001)),
+        ("tool_error", Value::Null),
+        ("fine", Value::Null),
+    ]
+    .map(|(t, c)| (t.to_string(), c, "allow".to_string()));
+    assert_eq!(got, want.to_vec(), "{recs:?}");
+}

@@ -87,6 +87,23 @@ pub fn capture(
     all[i] = Some(out.into_boxed_slice());
 }
 
+/// Sets up the reply probe (`jsonrpc::probe`) before a reply is relayed, when a message of the
+/// request is recorded: its record then carries the upstream's JSON-RPC error code. Whether it
+/// did; with audit off this reads one flag.
+pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
+    let settings = &ctx.gw().config.audit;
+    if !settings.enabled
+        || !ctx
+            .messages
+            .iter()
+            .any(|m| m.kind == MessageKind::Request && m.id.is_some() && settings.records(m.method))
+    {
+        return false;
+    }
+    ctx.reply = Some(crate::jsonrpc::probe::ReplyProbe::new(sse));
+    true
+}
+
 /// The record phase's part: one line per recorded message of the request.
 pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     let gw = ctx.gw();
@@ -222,7 +239,7 @@ fn line(
                 _ => "error",
             },
             r.kind.as_str(),
-            Some(r.kind.rpc_code()),
+            Some(i64::from(r.kind.rpc_code())),
         ),
         (None, Some(d)) => (
             if d.allowed { "allow" } else { "deny" },
@@ -231,6 +248,12 @@ fn line(
         ),
         (None, None) => ("allow", "relayed", None),
     };
+    // Not refused by the gateway: the upstream's own JSON-RPC error, if its reply was one.
+    let code = code.or_else(|| {
+        let (m, _) = m?;
+        let id = m.id.as_ref()?.get();
+        ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch)
+    });
     text(b, "decision", verdict.as_bytes(), 16);
     text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);
     if let Some(d) = decision {
@@ -256,7 +279,7 @@ fn line(
         if code < 0 {
             b.push(b'-');
         }
-        crate::http::response::push_u64(b, u64::from(code.unsigned_abs()));
+        crate::http::response::push_u64(b, code.unsigned_abs());
     }
     num(b, "status", u64::from(ctx.status));
     if let Some(Ok(s)) = ctx.upstream_call.map(|u| u.result) {

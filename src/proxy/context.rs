@@ -255,6 +255,9 @@ pub struct Ctx {
     /// The messages' arguments as their audit records show them, when `audit` records a method
     /// of this request (`proxy::audit_record::capture`): boxed, one pointer in every request.
     pub audit_args: Option<Box<super::audit_record::Args>>,
+    /// The JSON-RPC errors of the relayed reply, read as it passed, when `audit` records a
+    /// message of this request (`proxy::audit_record::probe`).
+    pub reply: Option<Box<crate::jsonrpc::probe::ReplyProbe>>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -319,6 +322,7 @@ impl Ctx {
             held: Vec::new(),
             trace: None,
             audit_args: None,
+            reply: None,
             sent_before: c.sent,
         }
     }

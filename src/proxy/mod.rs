@@ -978,6 +978,11 @@ async fn respond(
                 Then::Translated => stateless::for_session_client(rhead, body),
                 _ => (rhead, body),
             };
+            if audit_record::probe(ctx, false) {
+                if let Some(p) = ctx.reply.as_deref_mut() {
+                    p.feed(&body);
+                }
+            }
             return write_whole(c, ctx, (&rhead, &hb), &body, None).await;
         }
         upstream::Vetted::Unusable {
@@ -1198,11 +1203,8 @@ async fn relay(
         None,
     );
     ctx.status = rhead.status;
-    let read_timeout = if rhead.is_sse(up_conn.buffered()) {
-        None
-    } else {
-        read_timeout
-    };
+    let sse = rhead.is_sse(up_conn.buffered());
+    let read_timeout = if sse { None } else { read_timeout };
     up_conn.consume(rhead.len);
     // A call under a concurrency limit keeps its slot while the upstream still runs it, even
     // when its client left: in the session era a client that goes away does not cancel the call
@@ -1218,7 +1220,8 @@ async fn relay(
         end_on: end_on_shutdown.then_some(&w.shutdown),
         finish_within,
     };
-    match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
+    audit_record::probe(ctx, sse);
+    match upstream::relay_body(c, &mut up_conn, rhead, mode, ctx.reply.as_deref_mut()).await {
         Ok(reusable) => {
             if reusable {
                 w.pool_put(ctx.gw(), u, up_conn, rhead);
