@@ -998,3 +998,59 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
     .map(|(t, c)| (t.to_string(), c, "allow".to_string()));
     assert_eq!(got, want.to_vec(), "{recs:?}");
 }
+
+/// A call still in flight when the drain deadline passes is cut by the gateway and still has
+/// its record: the decision as made, `outcome: cut`.
+#[test]
+fn a_call_cut_at_the_drain_deadline_is_recorded() {
+    use harness::scripted::{json_response, mcp_basics, read_request, text_result, Scripted};
+    let (called, upstream_has_it) = std::sync::mpsc::channel::<()>();
+    let called = Mutex::new(called);
+    let up = Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            if req.tool() == "stall" {
+                // Holds the call until the gateway closes the connection.
+                let _ = called.lock().unwrap().send(());
+                let _ = s.read(&mut [0u8; 1]);
+                return;
+            }
+            let _ = s.write_all(&json_response(&text_result(&req.id(), "ok")));
+        }
+    });
+    let file = temp_path("cut.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("up", &up.url())
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "shutdown: {{drain_timeout: 300ms}}\naudit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(m.post_raw(&call_body(1, "quick", json!({}))).status, 200);
+    let client = std::thread::spawn(move || {
+        m.try_send("POST", &call_body(2, "stall", json!({})))
+            .map(|r| r.status)
+    });
+    upstream_has_it
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call reached the upstream");
+    stop(&mut gw);
+    assert_eq!(client.join().unwrap(), None, "the cut call got no answer");
+    let recs = records(&file);
+    let got: Vec<(String, String, String)> = recs
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("tool"), s("decision"), s("outcome"))
+        })
+        .collect();
+    let want = [("quick", "allow", "ok"), ("stall", "allow", "cut")]
+        .map(|(t, d, o)| (t.to_string(), d.to_string(), o.to_string()));
+    assert_eq!(got, want.to_vec(), "{recs:?}\n{}", gw.log.text());
+}

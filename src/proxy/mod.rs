@@ -119,7 +119,17 @@ async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let mut ctx = Ctx::new(w.current(), c, head.method(), head.minor == 0, keep);
     ctx.body_pending = head.has_body();
     trace_context::begin(&mut ctx, &head, c.conn.buffered());
-    let next = handle(w, c, &mut ctx, head).await;
+    // With audit on, a request still running when the drain deadline passes is cut there and
+    // recorded (`Outcome::Cut`), not dropped with its worker unrecorded.
+    let cut = ctx.gw().config.audit.enabled.then(|| w.cut.wait());
+    let next = {
+        let inner = std::pin::pin!(handle(w, c, &mut ctx, head));
+        shutdown::UntilCut { inner, cut }.await
+    };
+    let next = next.unwrap_or_else(|| {
+        ctx.outcome = Outcome::Cut;
+        Next::Close
+    });
     record(w, c, &ctx);
     next
 }
