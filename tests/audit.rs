@@ -638,32 +638,41 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
     });
     stop(&mut gw);
     let recs = records(&file);
-    let got: Vec<(String, String, String)> = recs
+    let got: Vec<(String, String, String, String, Value)> = recs
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            (s("request_id"), s("decision"), s("rule"))
+            (
+                s("request_id"),
+                s("decision"),
+                s("reason"),
+                s("rule"),
+                r["error_code"].clone(),
+            )
         })
         .collect();
-    // The unknown name was refused before any decision: its record names no rule (what it
-    // says otherwise is not this test's concern); every other record has its own decision.
-    assert_eq!(got.len(), 4, "{recs:?}");
-    assert_eq!(
-        (got[2].0.as_str(), got[2].2.as_str()),
-        ("3", ""),
-        "{recs:?}"
-    );
+    // The unknown name was refused before any decision: its record says so (deny, the
+    // refusal's kind and code, no rule); every other record has its own decision. A tool a rule
+    // hides is refused as unknown too (what the client got), its rule named beside.
     let want = [
-        ("1", "allow", "rest"),
-        ("2", "deny", "no-add"),
-        ("4", "allow", "rest"),
+        ("1", "allow", "rule", "rest", Value::Null),
+        ("2", "deny", "unknown_name", "no-add", json!(-32602)),
+        ("3", "deny", "unknown_name", "", json!(-32602)),
+        ("4", "allow", "rule", "rest", Value::Null),
     ];
     assert_eq!(
-        [got[0].clone(), got[1].clone(), got[3].clone()].to_vec(),
-        want.map(|(i, d, r)| (i.to_string(), d.to_string(), r.to_string()))
-            .to_vec(),
+        got,
+        want.map(|(i, d, why, r, code)| (
+            i.to_string(),
+            d.to_string(),
+            why.to_string(),
+            r.to_string(),
+            code
+        ))
+        .to_vec(),
         "{recs:?}"
     );
+    assert_eq!(recs[1]["authz"], "hidden", "{recs:?}");
     assert_eq!(counted(&scrape), 3.0, "{scrape}");
 }
 

@@ -117,9 +117,23 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
         {
             continue;
         }
+        // A message of a batch the gateway refused on its own (an unknown name, say).
+        let refused = ctx
+            .refused_messages
+            .iter()
+            .find(|(j, _)| usize::from(*j) == i)
+            .map(|&(_, kind)| kind);
         w.audit.push(&gw.audit, settings, |b| {
             let args = ctx.audit_args.as_ref().and_then(|a| a.of(i));
-            line(b, w, ctx, Some((m, args)), decision, elapsed, bytes_out);
+            line(
+                b,
+                w,
+                ctx,
+                Some((m, args, refused)),
+                decision,
+                elapsed,
+                bytes_out,
+            );
         });
     }
     // A request refused with no message read (a POST refused before its body: authentication,
@@ -140,7 +154,7 @@ fn line(
     b: &mut Vec<u8>,
     w: &WorkerState,
     ctx: &Ctx,
-    m: Option<(&MessageCtx, Option<&[u8]>)>,
+    m: Option<(&MessageCtx, Option<&[u8]>, Option<crate::error::Kind>)>,
     decision: Option<&super::authorize::Decided>,
     elapsed: Duration,
     bytes_out: u64,
@@ -162,7 +176,7 @@ fn line(
     w.access.timestamp(b);
     b.push(b'"');
     num(b, "worker", w.index as u64);
-    if let Some(id) = m.and_then(|(m, _)| m.id.as_ref()) {
+    if let Some(id) = m.and_then(|(m, _, _)| m.id.as_ref()) {
         let id = id.get();
         // The id as the client spelled it (the scanner checked it is a JSON number or string).
         if id.len() <= MAX_WIRE_FIELD {
@@ -209,7 +223,7 @@ fn line(
             MAX_TEXT_FIELD,
         );
     }
-    if let Some((m, args)) = m {
+    if let Some((m, args, _)) = m {
         text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
         let name_key = match m.method {
             Method::ToolsCall => "tool",
@@ -230,16 +244,22 @@ fn line(
     if ctx.batch {
         num(b, "batch", ctx.messages.len() as u64);
     }
-    // Decision and reason: the gateway's refusal of the request decides; else this message's
-    // authorization decision; else the request was relayed as it came (`relayed`).
-    let (verdict, reason, code) = match (&ctx.refused, decision) {
-        (Some(r), _) => (
-            match r.kind.side() {
+    // Decision and reason: the gateway's refusal of the request decides; else its refusal of
+    // this message (in a batch); else this message's authorization decision; else the request
+    // was relayed as it came (`relayed`).
+    let refused = ctx
+        .refused
+        .as_ref()
+        .map(|r| r.kind)
+        .or(m.and_then(|(_, _, k)| k));
+    let (verdict, reason, code) = match (refused, decision) {
+        (Some(kind), _) => (
+            match kind.side() {
                 Side::Client => "deny",
                 _ => "error",
             },
-            r.kind.as_str(),
-            Some(i64::from(r.kind.rpc_code())),
+            kind.as_str(),
+            Some(i64::from(kind.rpc_code())),
         ),
         (None, Some(d)) => (
             if d.allowed { "allow" } else { "deny" },
@@ -250,14 +270,14 @@ fn line(
     };
     // Not refused by the gateway: the upstream's own JSON-RPC error, if its reply was one.
     let code = code.or_else(|| {
-        let (m, _) = m?;
+        let (m, _, _) = m?;
         let id = m.id.as_ref()?.get();
         ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch)
     });
     text(b, "decision", verdict.as_bytes(), 16);
     text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);
     if let Some(d) = decision {
-        if ctx.refused.is_some() {
+        if refused.is_some() {
             text(b, "authz", d.reason.as_str().as_bytes(), MAX_TEXT_FIELD);
         }
         if let (Some(rule), Some(s)) = (d.rule, ctx.server) {

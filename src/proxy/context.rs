@@ -244,9 +244,10 @@ pub struct Ctx {
     pub status: u16,
     pub outcome: Outcome,
     pub refused: Option<Refused>,
-    /// Refusals of single messages of a batch the gateway answered (each counted like a
-    /// refused request; the batch itself was served).
-    pub refused_messages: Vec<Kind>,
+    /// Refusals of single messages of a batch the gateway answered, by message index (each
+    /// counted like a refused request, and in its message's audit record; the batch itself was
+    /// served).
+    pub refused_messages: Vec<(u16, Kind)>,
     /// Calls this request holds under concurrency limits (`proxy::limit`): released when the
     /// context is dropped, however the request ended.
     pub held: Vec<super::limit::Held>,
@@ -387,7 +388,7 @@ pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
     if let Some(r) = &ctx.refused {
         w.metrics.rejected(r.kind);
     }
-    for &kind in &ctx.refused_messages {
+    for &(_, kind) in &ctx.refused_messages {
         w.metrics.rejected(kind);
     }
     for d in &ctx.decisions {

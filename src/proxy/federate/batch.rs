@@ -103,7 +103,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             }),
             Err(r) => {
                 // Logged here, counted by the record phase; only a request gets an answer.
-                refused.push(r.kind);
+                refused.push((i as u16, r.kind));
                 tracing::info!(
                     refused = r.kind.as_str(),
                     reason = r.reason.as_deref().unwrap_or_default(),
@@ -150,7 +150,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         match d {
             Done::Answer(i, a) => answers.push((i, a)),
             Done::Failed(i, r) => {
-                refused.push(r.kind);
+                refused.push((i as u16, r.kind));
                 answers.push((i, refusal_message(gw, &messages[i], &r)));
             }
             Done::Stream(s) => streams.push(*s),
