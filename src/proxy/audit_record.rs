@@ -125,15 +125,8 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
             .map(|&(_, kind)| kind);
         w.audit.push(&gw.audit, settings, |b| {
             let args = ctx.audit_args.as_ref().and_then(|a| a.of(i));
-            line(
-                b,
-                w,
-                ctx,
-                Some((m, args, refused)),
-                decision,
-                elapsed,
-                bytes_out,
-            );
+            let msg = Recorded { m, args, refused };
+            line(b, w, ctx, Some(msg), decision, elapsed, bytes_out);
         });
     }
     // A request refused with no message read (a POST refused before its body: authentication,
@@ -150,11 +143,19 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     }
 }
 
+/// The message a record is about: what the scan read, its recorded arguments, and the
+/// gateway's refusal of it alone (a batch's message), if any.
+struct Recorded<'a> {
+    m: &'a MessageCtx,
+    args: Option<&'a [u8]>,
+    refused: Option<crate::error::Kind>,
+}
+
 fn line(
     b: &mut Vec<u8>,
     w: &WorkerState,
     ctx: &Ctx,
-    m: Option<(&MessageCtx, Option<&[u8]>, Option<crate::error::Kind>)>,
+    m: Option<Recorded<'_>>,
     decision: Option<&super::authorize::Decided>,
     elapsed: Duration,
     bytes_out: u64,
@@ -176,7 +177,7 @@ fn line(
     w.access.timestamp(b);
     b.push(b'"');
     num(b, "worker", w.index as u64);
-    if let Some(id) = m.and_then(|(m, _, _)| m.id.as_ref()) {
+    if let Some(id) = m.as_ref().and_then(|r| r.m.id.as_ref()) {
         let id = id.get();
         // The id as the client spelled it (the scanner checked it is a JSON number or string).
         if id.len() <= MAX_WIRE_FIELD {
@@ -223,7 +224,7 @@ fn line(
             MAX_TEXT_FIELD,
         );
     }
-    if let Some((m, args, _)) = m {
+    if let Some(Recorded { m, args, .. }) = &m {
         text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
         let name_key = match m.method {
             Method::ToolsCall => "tool",
@@ -251,7 +252,7 @@ fn line(
         .refused
         .as_ref()
         .map(|r| r.kind)
-        .or(m.and_then(|(_, _, k)| k));
+        .or(m.as_ref().and_then(|r| r.refused));
     let (verdict, reason, code) = match (refused, decision) {
         (Some(kind), _) => (
             match kind.side() {
@@ -270,8 +271,7 @@ fn line(
     };
     // Not refused by the gateway: the upstream's own JSON-RPC error, if its reply was one.
     let code = code.or_else(|| {
-        let (m, _, _) = m?;
-        let id = m.id.as_ref()?.get();
+        let id = m.as_ref()?.m.id.as_ref()?.get();
         ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch)
     });
     text(b, "decision", verdict.as_bytes(), 16);
