@@ -506,33 +506,56 @@ fn the_http_collector_gets_every_record_after_failing_first() {
     assert!(c.posts.load(Ordering::SeqCst) >= 3 + 25 / 7);
 }
 
+/// A collector that stalls holds only the HTTP sink's own queue: every call is answered, the
+/// file gets every record meanwhile, and with `overflow: drop` what the HTTP queue has no room
+/// for is dropped for that sink alone and counted (`reason="http_overflow"`), none before the
+/// writer (`overflow`).
 #[test]
 fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
     let c = Collector::start(0, true);
+    let file = temp_path("beside-a-stalled-collector.jsonl");
     let gw = open_gateway(
         &format!(
-            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            file.display(),
             c.addr
         ),
         &[],
     );
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
-    // The writer is stuck on its first POST; every call is still answered.
+    // The HTTP sink is stuck on its first POST; every call is still answered.
     for i in 0..200 {
         assert_eq!(try_echo(&mut m, i, "x"), Some(200), "call {i}");
     }
-    assert!(eventually(Duration::from_secs(30), || {
-        let text = gw.metrics();
-        let dropped = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tollgate_audit_records_dropped_total{reason=\"overflow\"} ")
-            })
+    let value = |text: &str, series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        dropped > 0.0
-    }));
+            .unwrap_or(0.0)
+    };
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            text = gw.metrics();
+            value(&text, "tollgate_audit_records_total{sink=\"file\"}") >= 200.0
+                && value(
+                    &text,
+                    "tollgate_audit_records_dropped_total{reason=\"http_overflow\"}",
+                ) > 0.0
+        }),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_audit_records_dropped_total{reason=\"overflow\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    // Counted when written to the file's buffer; on disk at the writer's next idle moment.
+    assert!(eventually(Duration::from_secs(30), || records(&file).len() == 200));
     assert!(c.posts.load(Ordering::SeqCst) >= 1);
     assert!(
         gw.log.text().contains("audit records dropped"),
@@ -1062,4 +1085,45 @@ fn a_call_cut_at_the_drain_deadline_is_recorded() {
     let want = [("quick", "allow", "ok"), ("stall", "allow", "cut")]
         .map(|(t, d, o)| (t.to_string(), d.to_string(), o.to_string()));
     assert_eq!(got, want.to_vec(), "{recs:?}\n{}", gw.log.text());
+}
+
+/// SIGTERM while the HTTP sink is in a batch's backoff (a collector that is down, retries of
+/// up to a minute): the backoff ends there, the exit is not held, and the file, which never
+/// waited on the collector, has every record.
+#[test]
+fn a_collector_in_its_backoff_at_sigterm_does_not_hold_the_exit() {
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = temp_path("backoff.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", batch: 1, max_retries: 5, backoff: 4s}}\n  arguments: {{values: [echo]}}\n",
+            file.display()
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let mut answered = Vec::new();
+    for i in 0..10 {
+        let text = format!("b-{i}");
+        assert_eq!(try_echo(&mut m, i, &text), Some(200));
+        answered.push(text);
+    }
+    // The first batch failed its first attempt: its backoff has begun.
+    assert!(eventually(Duration::from_secs(30), || {
+        harness::metric_value(
+            &gw.metrics(),
+            "tollgate_audit_sink_errors_total{sink=\"http\"}",
+        ) >= 1.0
+    }));
+    assert!(eventually(Duration::from_secs(30), || records(&file).len() == 10));
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited without waiting out the collector's backoff");
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+    assert_one_record_each(&answered, &records(&file));
 }

@@ -291,7 +291,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::AUDIT_RECORDS_DROPPED_TOTAL,
         "Audit records lost, by reason (overflow: audit.buffer full with overflow: drop; \
-         sink_failed: a sink could not write them; closed: the writer had stopped)."
+         sink_failed: a sink could not write them; closed: the writer had stopped; \
+         http_overflow: the HTTP sink's queue full, lost to that sink only)."
     );
     describe_counter!(
         names::AUDIT_SINK_ERRORS_TOTAL,

@@ -4,6 +4,7 @@
 //! stdout or HTTP write happens on the writer thread. `proxy::audit_record` decides what a
 //! record says; this module never sees a request.
 
+mod http;
 mod sink;
 mod writer;
 
