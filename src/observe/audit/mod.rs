@@ -47,7 +47,8 @@ pub struct FileSink {
     pub written: String,
     /// Rotate before a line would take the file past this many bytes.
     pub max_bytes: u64,
-    /// Rotate a file this old (since it was opened) at the next record or writer tick.
+    /// Rotate at each multiple of this since the Unix epoch (`1h`: on the hour; `24h`: at
+    /// midnight UTC), at the next record or writer tick after it.
     pub rotate_every: Duration,
     /// Rotated files kept (`path.1` the newest … `path.keep`); older ones are deleted.
     pub keep: usize,

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
-use std::time::Instant;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
@@ -105,7 +105,9 @@ struct FileOut {
     out: BufWriter<File>,
     /// Bytes in the current file.
     size: u64,
-    opened: Instant,
+    /// When the file is rotated by age: the next multiple of `rotate_every` since the Unix
+    /// epoch (UTC) after it was opened, so `1h` rotates on the hour and `24h` at midnight UTC.
+    rotate_at: SystemTime,
     written: metrics::Counter,
     errors: metrics::Counter,
     failed: metrics::Counter,
@@ -119,7 +121,7 @@ impl FileOut {
             cfg: cfg.clone(),
             out: BufWriter::with_capacity(64 * 1024, file),
             size,
-            opened: Instant::now(),
+            rotate_at: next_boundary(SystemTime::now(), cfg.rotate_every),
             written: written("file"),
             errors: errors("file"),
             failed: sink_failed(),
@@ -132,8 +134,7 @@ impl FileOut {
         for line in lines(buf) {
             let len = line.len() as u64;
             if self.size > 0
-                && (self.size + len > self.cfg.max_bytes
-                    || self.opened.elapsed() >= self.cfg.rotate_every)
+                && (self.size + len > self.cfg.max_bytes || SystemTime::now() >= self.rotate_at)
             {
                 self.rotate();
             }
@@ -154,7 +155,7 @@ impl FileOut {
     }
 
     fn idle(&mut self) {
-        if self.size > 0 && self.opened.elapsed() >= self.cfg.rotate_every {
+        if self.size > 0 && SystemTime::now() >= self.rotate_at {
             self.rotate();
         }
         if let Err(e) = self.out.flush() {
@@ -195,7 +196,7 @@ impl FileOut {
             // Keep writing to the file we have: records are not lost, it only grows.
             self.errors.increment(1);
             tracing::error!(path = %path, error = %e, "audit file rotation failed");
-            self.opened = Instant::now();
+            self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
             self.size = 0;
             return;
         }
@@ -203,17 +204,26 @@ impl FileOut {
             Ok(f) => {
                 self.out = BufWriter::with_capacity(64 * 1024, f);
                 self.size = 0;
-                self.opened = Instant::now();
+                self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
             }
             Err(e) => {
                 // The renamed file is still open for writing: records go there until it works.
                 self.errors.increment(1);
                 tracing::error!(path = %path, error = %format!("{e:#}"), "audit file rotation: cannot open a new file");
-                self.opened = Instant::now();
+                self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
                 self.size = 0;
             }
         }
     }
+}
+
+/// The first multiple of `every` since the Unix epoch after `now` (wall-clock boundaries:
+/// `1h` on the hour, `24h` at midnight UTC). A clock before 1970 counts from the epoch.
+pub(super) fn next_boundary(now: SystemTime, every: Duration) -> SystemTime {
+    let every_ms = every.as_millis().max(1);
+    let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let next = (now_ms / every_ms + 1) * every_ms;
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(next).unwrap_or(u64::MAX))
 }
 
 fn open_append(path: &str) -> anyhow::Result<File> {

@@ -131,3 +131,29 @@ fn session_hashes_are_keyed_per_process() {
     assert_ne!(x, z, "another key, another hash");
     assert!(x.iter().all(|c| c.is_ascii_hexdigit()));
 }
+
+#[test]
+fn age_rotation_falls_on_wall_clock_boundaries() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+    let hour = Duration::from_secs(3600);
+    // 10:17:05 → 11:00:00; exactly on the hour → the next hour.
+    assert_eq!(
+        sink::next_boundary(at(10 * 3600 + 1025), hour),
+        at(11 * 3600)
+    );
+    assert_eq!(sink::next_boundary(at(11 * 3600), hour), at(12 * 3600));
+    // 24h: midnight UTC.
+    let day = Duration::from_secs(86_400);
+    assert_eq!(sink::next_boundary(at(3 * 86_400 + 5), day), at(4 * 86_400));
+    // Sub-second periods, and a clock before the epoch.
+    let ms = Duration::from_millis(250);
+    assert_eq!(
+        sink::next_boundary(UNIX_EPOCH + Duration::from_millis(1_100), ms),
+        UNIX_EPOCH + Duration::from_millis(1_250)
+    );
+    assert_eq!(
+        sink::next_boundary(SystemTime::UNIX_EPOCH - hour, hour),
+        at(3600)
+    );
+}
