@@ -642,11 +642,13 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
         call("2", "b__add"),
         call("3", "b__no_such_tool"),
         call("4", "b__echo"),
+        // Allowed and relayed; the upstream answers with a JSON-RPC error (no `ms`).
+        call("5", "a__slow"),
     ]);
     let r = m.post_raw(batch.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
-    // Three decisions made (the deny one hidden), each counted once: by the record phase,
-    // after the answer, so wait for three and then check there are no more.
+    // Four decisions made (the deny one hidden), each counted once: by the record phase,
+    // after the answer, so wait for four and then check there are no more.
     let counted = |scrape: &str| -> f64 {
         scrape
             .lines()
@@ -657,7 +659,7 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
     let mut scrape = String::new();
     eventually(Duration::from_secs(30), || {
         scrape = gw.metrics();
-        counted(&scrape) >= 3.0
+        counted(&scrape) >= 4.0
     });
     stop(&mut gw);
     let recs = records(&file);
@@ -682,6 +684,7 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
         ("2", "deny", "unknown_name", "no-add", json!(-32602)),
         ("3", "deny", "unknown_name", "", json!(-32602)),
         ("4", "allow", "rule", "rest", Value::Null),
+        ("5", "allow", "rule", "rest", json!(-32602)),
     ];
     assert_eq!(
         got,
@@ -696,7 +699,7 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
         "{recs:?}"
     );
     assert_eq!(recs[1]["authz"], "hidden", "{recs:?}");
-    assert_eq!(counted(&scrape), 3.0, "{scrape}");
+    assert_eq!(counted(&scrape), 4.0, "{scrape}");
 }
 
 /// A federated endpoint without rules decides each item on the federated path: the decision is

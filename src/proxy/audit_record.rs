@@ -104,6 +104,17 @@ pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
     true
 }
 
+/// `bytes` of the reply as the client gets them (a body the gateway wrote whole, or whole
+/// events of a stream it rewrote) to the reply probe, set up first (`probe`) if none is yet.
+pub fn reply_bytes(ctx: &mut Ctx, sse: bool, bytes: &[u8]) {
+    if ctx.reply.is_none() && !probe(ctx, sse) {
+        return;
+    }
+    if let Some(p) = ctx.reply.as_deref_mut() {
+        p.feed(bytes);
+    }
+}
+
 /// The record phase's part: one line per recorded message of the request.
 pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     let gw = ctx.gw();

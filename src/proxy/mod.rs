@@ -988,11 +988,6 @@ async fn respond(
                 Then::Translated => stateless::for_session_client(rhead, body),
                 _ => (rhead, body),
             };
-            if audit_record::probe(ctx, false) {
-                if let Some(p) = ctx.reply.as_deref_mut() {
-                    p.feed(&body);
-                }
-            }
             return write_whole(c, ctx, (&rhead, &hb), &body, None).await;
         }
         upstream::Vetted::Unusable {
@@ -1063,6 +1058,7 @@ async fn write_whole(
     body: &[u8],
     session: Option<&str>,
 ) -> Next {
+    audit_record::reply_bytes(ctx, false, body);
     let keep = client_head(
         &mut c.out,
         rhead,

@@ -175,6 +175,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             out.extend_from_slice(a);
         }
         out.push(b']');
+        crate::proxy::audit_record::reply_bytes(ctx, false, &out);
         return super::reply_json(c, ctx, 200, &out, None).await;
     }
     // One event stream: the answers already known first, then every upstream stream merged
@@ -192,6 +193,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         } else {
             crate::http::chunked::encode_chunk(&mut c.out, &events);
         }
+        crate::proxy::audit_record::reply_bytes(ctx, true, &events);
     }
     let mut ids = crate::mcp::relay::EventIdState::default();
     relay(w, c, ctx, streams, &mut ids, false).await
