@@ -24,7 +24,9 @@ const RESULT: &str = r#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"t
 fn large_result(size: usize) -> String {
     let mut text = String::new();
     while text.len() < size {
-        text.push_str("Lorem ipsum dolor sit amet, \\\"consectetur\\\" adipiscing elit. {\\\"error\\\":1} ");
+        text.push_str(
+            "Lorem ipsum dolor sit amet, \\\"consectetur\\\" adipiscing elit. {\\\"error\\\":1} ",
+        );
     }
     format!(
         r#"{{"jsonrpc":"2.0","id":42,"result":{{"content":[{{"type":"text","text":"{text}"}}]}}}}"#

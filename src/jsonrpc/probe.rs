@@ -136,11 +136,18 @@ impl Json {
 
     /// Feeds bytes; calls `found(id, code)` for each error message read to its end.
     fn feed(&mut self, bytes: &[u8], found: &mut impl FnMut(&[u8], i64)) {
-        for &b in bytes {
-            if self.done {
-                return;
+        let mut i = 0;
+        while i < bytes.len() && !self.done {
+            if self.in_str && !self.esc && self.keep == Keep::Nothing {
+                // A string nothing is kept of (most of a reply's bytes): on to its end or its
+                // next escape at once.
+                match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                    Some(p) => i += p,
+                    None => return,
+                }
             }
-            self.byte(b, found);
+            self.byte(bytes[i], found);
+            i += 1;
         }
     }
 
@@ -179,7 +186,7 @@ impl Json {
                 }
                 // An id or code that is not a scalar is not kept.
                 self.keep = Keep::Nothing;
-                self.depth += 1;
+                self.depth = self.depth.saturating_add(1);
                 if b == b'{' && self.depth == self.msg_depth {
                     self.member = Member::None;
                     self.in_error = false;
@@ -283,10 +290,8 @@ impl ReplyProbe {
             match self.line {
                 Line::Data => {
                     // The rest of the line is data: hand it over in one piece.
-                    let end = bytes[i..]
-                        .iter()
-                        .position(|&x| x == b'\n' || x == b'\r')
-                        .map_or(bytes.len(), |p| i + p);
+                    let end =
+                        memchr::memchr2(b'\n', b'\r', &bytes[i..]).map_or(bytes.len(), |p| i + p);
                     self.json.feed(&bytes[i..end], &mut found);
                     i = end;
                     if i < bytes.len() {
@@ -462,6 +467,51 @@ mod tests {
             ),
             one("2", 3)
         );
+    }
+
+    /// Arbitrary bytes (JSON-ish tokens, mostly) never panic, in JSON or event-stream mode,
+    /// and never yield more errors than messages closed.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        const TOKENS: [&[u8]; 16] = [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b"\"",
+            b"\\",
+            b"\"error\"",
+            b"\"code\"",
+            b"\"id\"",
+            b"-32",
+            b"data: ",
+            b"\n",
+            b"\r",
+            b"\"result\"",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            let mut body = Vec::new();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 5 == 0 {
+                    body.push((x >> 8) as u8);
+                } else {
+                    body.extend_from_slice(TOKENS[(x >> 8) as usize % TOKENS.len()]);
+                }
+            }
+            for sse in [false, true] {
+                let mut p = ReplyProbe::new(sse);
+                p.feed(&body);
+                let closes = body.iter().filter(|&&b| b == b'}').count();
+                assert!(p.errors.len() <= closes);
+                let _ = p.error_for(Some(b"1"), true);
+            }
+        }
     }
 
     #[test]
