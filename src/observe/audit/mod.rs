@@ -1,8 +1,8 @@
 //! The audit log's pipeline: settings (`audit:`), each worker's record buffer (`Batch`), and the
 //! process-wide `Hub` that hands full buffers to one writer thread (`writer`) through a channel
-//! bounded in records. The request path only formats into its worker's buffer; every file,
-//! stdout or HTTP write happens on the writer thread. `proxy::audit_record` decides what a
-//! record says; this module never sees a request.
+//! bounded in records. The request path only formats into its worker's buffer; every file and
+//! stdout write happens on the writer thread, every HTTP POST on the HTTP sink's (`http`).
+//! `proxy::audit_record` decides what a record says; this module never sees a request.
 
 mod http;
 mod sink;
