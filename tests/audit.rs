@@ -506,33 +506,57 @@ fn the_http_collector_gets_every_record_after_failing_first() {
     assert!(c.posts.load(Ordering::SeqCst) >= 3 + 25 / 7);
 }
 
+/// A collector that stalls holds only the HTTP sink's own queue: every call is answered, the
+/// file gets every record meanwhile, and with `overflow: drop` what the HTTP queue has no room
+/// for is dropped for that sink alone and counted (`reason="http_overflow"`), none before the
+/// writer (`overflow`).
 #[test]
 fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
     let c = Collector::start(0, true);
+    let file = temp_path("beside-a-stalled-collector.jsonl");
     let gw = open_gateway(
         &format!(
-            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            file.display(),
             c.addr
         ),
         &[],
     );
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
-    // The writer is stuck on its first POST; every call is still answered.
-    for i in 0..200 {
+    // The HTTP sink is stuck on its first POST; every call is still answered. More calls
+    // than a worker's batch (256): several batches reach the HTTP sink's queue.
+    for i in 0..600 {
         assert_eq!(try_echo(&mut m, i, "x"), Some(200), "call {i}");
     }
-    assert!(eventually(Duration::from_secs(30), || {
-        let text = gw.metrics();
-        let dropped = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tollgate_audit_records_dropped_total{reason=\"overflow\"} ")
-            })
+    let value = |text: &str, series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        dropped > 0.0
-    }));
+            .unwrap_or(0.0)
+    };
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            text = gw.metrics();
+            value(&text, "tollgate_audit_records_total{sink=\"file\"}") >= 600.0
+                && value(
+                    &text,
+                    "tollgate_audit_records_dropped_total{reason=\"http_overflow\"}",
+                ) > 0.0
+        }),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tollgate_audit_records_dropped_total{reason=\"overflow\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    // Counted when written to the file's buffer; on disk at the writer's next idle moment.
+    assert!(eventually(Duration::from_secs(30), || records(&file).len() == 600));
     assert!(c.posts.load(Ordering::SeqCst) >= 1);
     assert!(
         gw.log.text().contains("audit records dropped"),
@@ -619,11 +643,13 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
         call("2", "b__add"),
         call("3", "b__no_such_tool"),
         call("4", "b__echo"),
+        // Allowed and relayed; the upstream answers with a JSON-RPC error (no `ms`).
+        call("5", "a__slow"),
     ]);
     let r = m.post_raw(batch.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
-    // Three decisions made (the deny one hidden), each counted once: by the record phase,
-    // after the answer, so wait for three and then check there are no more.
+    // Four decisions made (the deny one hidden), each counted once: by the record phase,
+    // after the answer, so wait for four and then check there are no more.
     let counted = |scrape: &str| -> f64 {
         scrape
             .lines()
@@ -634,37 +660,47 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
     let mut scrape = String::new();
     eventually(Duration::from_secs(30), || {
         scrape = gw.metrics();
-        counted(&scrape) >= 3.0
+        counted(&scrape) >= 4.0
     });
     stop(&mut gw);
     let recs = records(&file);
-    let got: Vec<(String, String, String)> = recs
+    let got: Vec<(String, String, String, String, Value)> = recs
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            (s("request_id"), s("decision"), s("rule"))
+            (
+                s("request_id"),
+                s("decision"),
+                s("reason"),
+                s("rule"),
+                r["error_code"].clone(),
+            )
         })
         .collect();
-    // The unknown name was refused before any decision: its record names no rule (what it
-    // says otherwise is not this test's concern); every other record has its own decision.
-    assert_eq!(got.len(), 4, "{recs:?}");
-    assert_eq!(
-        (got[2].0.as_str(), got[2].2.as_str()),
-        ("3", ""),
-        "{recs:?}"
-    );
+    // The unknown name was refused before any decision: its record says so (deny, the
+    // refusal's kind and code, no rule); every other record has its own decision. A tool a rule
+    // hides is refused as unknown too (what the client got), its rule named beside.
     let want = [
-        ("1", "allow", "rest"),
-        ("2", "deny", "no-add"),
-        ("4", "allow", "rest"),
+        ("1", "allow", "rule", "rest", Value::Null),
+        ("2", "deny", "unknown_name", "no-add", json!(-32602)),
+        ("3", "deny", "unknown_name", "", json!(-32602)),
+        ("4", "allow", "rule", "rest", Value::Null),
+        ("5", "allow", "rule", "rest", json!(-32602)),
     ];
     assert_eq!(
-        [got[0].clone(), got[1].clone(), got[3].clone()].to_vec(),
-        want.map(|(i, d, r)| (i.to_string(), d.to_string(), r.to_string()))
-            .to_vec(),
+        got,
+        want.map(|(i, d, why, r, code)| (
+            i.to_string(),
+            d.to_string(),
+            why.to_string(),
+            r.to_string(),
+            code
+        ))
+        .to_vec(),
         "{recs:?}"
     );
-    assert_eq!(counted(&scrape), 3.0, "{scrape}");
+    assert_eq!(recs[1]["authz"], "hidden", "{recs:?}");
+    assert_eq!(counted(&scrape), 4.0, "{scrape}");
 }
 
 /// A federated endpoint without rules decides each item on the federated path: the decision is
@@ -899,4 +935,199 @@ fn refusals_with_no_message_read_have_their_records_too() {
         assert!(r["auth_failure"].is_string(), "{r}");
         assert_eq!(r["decision"], "deny", "{r}");
     }
+}
+
+/// An upstream's own JSON-RPC error is in the record with its code, whether the reply was JSON
+/// (with a length, or chunked) or an event stream (after a notification that mentions an
+/// error in its params); a result, `isError` or not, carries none.
+#[test]
+fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
+    use harness::scripted::{json_response, mcp_basics, read_request, text_result, Scripted};
+    let up = Scripted::start(|mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let id = req.id();
+            let error = |code: i64| {
+                json!({"jsonrpc":"2.0","id":id,"error":{"message":"no","code":code}}).to_string()
+            };
+            let reply = match req.tool().as_str() {
+                "json_error" => json_response(&error(-32602)),
+                "chunked_error" => {
+                    let body = error(-32003);
+                    let (a, b) = body.split_at(body.len() / 2);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    )
+                    .into_bytes()
+                }
+                "sse_error" => {
+                    let note = json!({"jsonrpc":"2.0","method":"notifications/message",
+                        "params":{"level":"error","data":{"error":{"code":7}}}});
+                    let events = format!(
+                        "event: message\ndata: {note}\n\nevent: message\ndata: {}\n\n",
+                        error(-32001)
+                    );
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n0\r\n\r\n",
+                        events.len()
+                    )
+                    .into_bytes()
+                }
+                "tool_error" => json_response(
+                    &json!({"jsonrpc":"2.0","id":id,"result":{"isError":true,
+                        "content":[{"type":"text","text":"\"error\":{\"code\":1}"}]}})
+                    .to_string(),
+                ),
+                _ => json_response(&text_result(&id, "ok")),
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let file = temp_path("upstream-errors.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("up", &up.url())
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let tools = [
+        "json_error",
+        "chunked_error",
+        "sse_error",
+        "tool_error",
+        "fine",
+    ];
+    for (i, tool) in tools.iter().enumerate() {
+        let r = m.post_raw(&call_body(i as u64 + 1, tool, json!({})));
+        assert_eq!(r.status, 200, "{tool}: {}", r.text());
+    }
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, Value, String)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or_default().to_string(),
+                r["error_code"].clone(),
+                r["decision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("json_error", json!(-32602)),
+        ("chunked_error", json!(-32003)),
+        ("sse_error", json!(-32001)),
+        ("tool_error", Value::Null),
+        ("fine", Value::Null),
+    ]
+    .map(|(t, c)| (t.to_string(), c, "allow".to_string()));
+    assert_eq!(got, want.to_vec(), "{recs:?}");
+}
+
+/// A call still in flight when the drain deadline passes is cut by the gateway and still has
+/// its record: the decision as made, `outcome: cut`.
+#[test]
+fn a_call_cut_at_the_drain_deadline_is_recorded() {
+    use harness::scripted::{json_response, mcp_basics, read_request, text_result, Scripted};
+    let (called, upstream_has_it) = std::sync::mpsc::channel::<()>();
+    let called = Mutex::new(called);
+    let up = Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            if req.tool() == "stall" {
+                // Holds the call until the gateway closes the connection.
+                let _ = called.lock().unwrap().send(());
+                let _ = s.read(&mut [0u8; 1]);
+                return;
+            }
+            let _ = s.write_all(&json_response(&text_result(&req.id(), "ok")));
+        }
+    });
+    let file = temp_path("cut.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("up", &up.url())
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "shutdown: {{drain_timeout: 300ms}}\naudit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    assert_eq!(m.post_raw(&call_body(1, "quick", json!({}))).status, 200);
+    let client = std::thread::spawn(move || {
+        m.try_send("POST", &call_body(2, "stall", json!({})))
+            .map(|r| r.status)
+    });
+    upstream_has_it
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call reached the upstream");
+    stop(&mut gw);
+    assert_eq!(client.join().unwrap(), None, "the cut call got no answer");
+    let recs = records(&file);
+    let got: Vec<(String, String, String)> = recs
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("tool"), s("decision"), s("outcome"))
+        })
+        .collect();
+    let want = [("quick", "allow", "ok"), ("stall", "allow", "cut")]
+        .map(|(t, d, o)| (t.to_string(), d.to_string(), o.to_string()));
+    assert_eq!(got, want.to_vec(), "{recs:?}\n{}", gw.log.text());
+}
+
+/// SIGTERM while the HTTP sink is in a batch's backoff (a collector that is down, retries of
+/// up to a minute): the backoff ends there, the exit is not held, and the file, which never
+/// waited on the collector, has every record.
+#[test]
+fn a_collector_in_its_backoff_at_sigterm_does_not_hold_the_exit() {
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = temp_path("backoff.jsonl");
+    let mut gw = open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", batch: 1, max_retries: 5, backoff: 4s}}\n  arguments: {{values: [echo]}}\n",
+            file.display()
+        ),
+        &[],
+    );
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let mut answered = Vec::new();
+    for i in 0..10 {
+        let text = format!("b-{i}");
+        assert_eq!(try_echo(&mut m, i, &text), Some(200));
+        answered.push(text);
+    }
+    // The first batch failed its first attempt: its backoff has begun.
+    assert!(eventually(Duration::from_secs(30), || {
+        harness::metric_value(
+            &gw.metrics(),
+            "tollgate_audit_sink_errors_total{sink=\"http\"}",
+        ) >= 1.0
+    }));
+    assert!(eventually(Duration::from_secs(30), || records(&file).len() == 10));
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited without waiting out the collector's backoff");
+    assert!(status.success(), "{status:?}\n{}", gw.log.text());
+    assert_one_record_each(&answered, &records(&file));
 }

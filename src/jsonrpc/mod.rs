@@ -8,6 +8,7 @@ mod id;
 mod lex;
 mod list;
 mod message;
+pub mod probe;
 pub use message::{ObjectKeys, META_CAPABILITIES_KEY, META_VERSION_KEY};
 
 pub use id::same_id;

@@ -32,14 +32,17 @@ pub enum Outcome {
     UpstreamError,
     /// The upstream answered with a non-2xx status (relayed as is).
     UpstreamStatus,
+    /// Still in flight when the drain deadline of a shutdown passed: the gateway closed it.
+    Cut,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Ok,
         Outcome::Rejected,
         Outcome::UpstreamError,
         Outcome::UpstreamStatus,
+        Outcome::Cut,
     ];
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +50,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamStatus => "upstream_status",
+            Outcome::Cut => "cut",
         }
     }
 }
@@ -287,7 +291,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::AUDIT_RECORDS_DROPPED_TOTAL,
         "Audit records lost, by reason (overflow: audit.buffer full with overflow: drop; \
-         sink_failed: a sink could not write them; closed: the writer had stopped)."
+         sink_failed: a sink could not write them; closed: the writer had stopped; \
+         http_overflow: the HTTP sink's queue full, lost to that sink only)."
     );
     describe_counter!(
         names::AUDIT_SINK_ERRORS_TOTAL,
@@ -331,7 +336,7 @@ pub const OTHER_TOOL: &str = "other";
 
 /// One tool's handles on one endpoint.
 struct ToolHandles {
-    calls: [Counter; 4],
+    calls: [Counter; Outcome::ALL.len()],
     hist: Arc<hist::Hist>,
 }
 
@@ -397,7 +402,7 @@ pub struct ToolCall<'a> {
 
 /// Handles one worker records into, resolved once when the worker starts.
 pub struct WorkerMetrics {
-    requests: Vec<[Counter; 4]>,
+    requests: Vec<[Counter; Outcome::ALL.len()]>,
     /// Latency histograms this worker alone writes (merged at scrape time, see `hist`).
     hists: Arc<hist::WorkerHistograms>,
     /// By position in the running config; each knows its upstream's id, so a request begun on

@@ -132,7 +132,8 @@ pub const AUTH_KEY_REFRESHES_TOTAL: &str = "tollgate_auth_key_refreshes_total";
 pub const AUDIT_RECORDS_TOTAL: &str = "tollgate_audit_records_total";
 /// `audit`: records lost, by reason (overflow: `audit.buffer` full with `overflow: drop`;
 /// sink_failed: a sink could not write them, the HTTP collector after every retry; closed: the
-/// writer had stopped).
+/// writer had stopped; http_overflow: the HTTP sink's queue full with `overflow: drop`, lost to
+/// that sink only).
 pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "tollgate_audit_records_dropped_total";
 /// `audit`: failed writes, syncs, rotations and HTTP attempts, by sink.
 pub const AUDIT_SINK_ERRORS_TOTAL: &str = "tollgate_audit_sink_errors_total";

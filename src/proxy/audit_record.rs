@@ -94,6 +94,34 @@ pub fn capture(
     all.at.push((i as u32, start as u32, end as u32));
 }
 
+/// Sets up the reply probe (`jsonrpc::probe`) before a reply is relayed, when a message of the
+/// request is recorded: its record then carries the upstream's JSON-RPC error code. Whether it
+/// did; with audit off this reads one flag.
+pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
+    let settings = &ctx.gw().config.audit;
+    if !settings.enabled
+        || !ctx
+            .messages
+            .iter()
+            .any(|m| m.kind == MessageKind::Request && m.id.is_some() && settings.records(m.method))
+    {
+        return false;
+    }
+    ctx.reply = Some(crate::jsonrpc::probe::ReplyProbe::new(sse));
+    true
+}
+
+/// `bytes` of the reply as the client gets them (a body the gateway wrote whole, or whole
+/// events of a stream it rewrote) to the reply probe, set up first (`probe`) if none is yet.
+pub fn reply_bytes(ctx: &mut Ctx, sse: bool, bytes: &[u8]) {
+    if ctx.reply.is_none() && !probe(ctx, sse) {
+        return;
+    }
+    if let Some(p) = ctx.reply.as_deref_mut() {
+        p.feed(bytes);
+    }
+}
+
 /// The record phase's part: one line per recorded message of the request.
 pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     let gw = ctx.gw();
@@ -107,9 +135,16 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
         {
             continue;
         }
+        // A message of a batch the gateway refused on its own (an unknown name, say).
+        let refused = ctx
+            .refused_messages
+            .iter()
+            .find(|(j, _)| usize::from(*j) == i)
+            .map(|&(_, kind)| kind);
         w.audit.push(&gw.audit, settings, |b| {
             let args = ctx.audit_args.as_ref().and_then(|a| a.of(i));
-            line(b, w, ctx, Some((m, args)), decision, elapsed, bytes_out);
+            let msg = Recorded { m, args, refused };
+            line(b, w, ctx, Some(msg), decision, elapsed, bytes_out);
         });
     }
     // A request refused with no message read (a POST refused before its body: authentication,
@@ -126,11 +161,19 @@ pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     }
 }
 
+/// The message a record is about: what the scan read, its recorded arguments, and the
+/// gateway's refusal of it alone (a batch's message), if any.
+struct Recorded<'a> {
+    m: &'a MessageCtx,
+    args: Option<&'a [u8]>,
+    refused: Option<crate::error::Kind>,
+}
+
 fn line(
     b: &mut Vec<u8>,
     w: &WorkerState,
     ctx: &Ctx,
-    m: Option<(&MessageCtx, Option<&[u8]>)>,
+    m: Option<Recorded<'_>>,
     decision: Option<&super::authorize::Decided>,
     elapsed: Duration,
     bytes_out: u64,
@@ -152,7 +195,7 @@ fn line(
     w.access.timestamp(b);
     b.push(b'"');
     num(b, "worker", w.index as u64);
-    if let Some(id) = m.and_then(|(m, _)| m.id.as_ref()) {
+    if let Some(id) = m.as_ref().and_then(|r| r.m.id.as_ref()) {
         let id = id.get();
         // The id as the client spelled it (the scanner checked it is a JSON number or string).
         if id.len() <= MAX_WIRE_FIELD {
@@ -199,7 +242,7 @@ fn line(
             MAX_TEXT_FIELD,
         );
     }
-    if let Some((m, args)) = m {
+    if let Some(Recorded { m, args, .. }) = &m {
         text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
         let name_key = match m.method {
             Method::ToolsCall => "tool",
@@ -220,16 +263,22 @@ fn line(
     if ctx.batch {
         num(b, "batch", ctx.messages.len() as u64);
     }
-    // Decision and reason: the gateway's refusal of the request decides; else this message's
-    // authorization decision; else the request was relayed as it came (`relayed`).
-    let (verdict, reason, code) = match (&ctx.refused, decision) {
-        (Some(r), _) => (
-            match r.kind.side() {
+    // Decision and reason: the gateway's refusal of the request decides; else its refusal of
+    // this message (in a batch); else this message's authorization decision; else the request
+    // was relayed as it came (`relayed`).
+    let refused = ctx
+        .refused
+        .as_ref()
+        .map(|r| r.kind)
+        .or(m.as_ref().and_then(|r| r.refused));
+    let (verdict, reason, code) = match (refused, decision) {
+        (Some(kind), _) => (
+            match kind.side() {
                 Side::Client => "deny",
                 _ => "error",
             },
-            r.kind.as_str(),
-            Some(r.kind.rpc_code()),
+            kind.as_str(),
+            Some(i64::from(kind.rpc_code())),
         ),
         (None, Some(d)) => (
             if d.allowed { "allow" } else { "deny" },
@@ -238,10 +287,15 @@ fn line(
         ),
         (None, None) => ("allow", "relayed", None),
     };
+    // Not refused by the gateway: the upstream's own JSON-RPC error, if its reply was one.
+    let code = code.or_else(|| {
+        let id = m.as_ref()?.m.id.as_ref()?.get();
+        ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch)
+    });
     text(b, "decision", verdict.as_bytes(), 16);
     text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);
     if let Some(d) = decision {
-        if ctx.refused.is_some() {
+        if refused.is_some() {
             text(b, "authz", d.reason.as_str().as_bytes(), MAX_TEXT_FIELD);
         }
         if let (Some(rule), Some(s)) = (d.rule, ctx.server) {
@@ -263,7 +317,7 @@ fn line(
         if code < 0 {
             b.push(b'-');
         }
-        crate::http::response::push_u64(b, u64::from(code.unsigned_abs()));
+        crate::http::response::push_u64(b, code.unsigned_abs());
     }
     num(b, "status", u64::from(ctx.status));
     if let Some(Ok(s)) = ctx.upstream_call.map(|u| u.result) {

@@ -244,9 +244,10 @@ pub struct Ctx {
     pub status: u16,
     pub outcome: Outcome,
     pub refused: Option<Refused>,
-    /// Refusals of single messages of a batch the gateway answered, by position in `messages`
-    /// (each counted like a refused request; the batch itself was served).
-    pub refused_messages: Vec<(u32, Kind)>,
+    /// Refusals of single messages of a batch the gateway answered, by message index (each
+    /// counted like a refused request, and in its message's audit record; the batch itself was
+    /// served).
+    pub refused_messages: Vec<(u16, Kind)>,
     /// Calls this request holds under concurrency limits (`proxy::limit`): released when the
     /// context is dropped, however the request ended.
     pub held: Vec<super::limit::Held>,
@@ -255,6 +256,9 @@ pub struct Ctx {
     /// The messages' arguments as their audit records show them, when `audit` records a method
     /// of this request (`proxy::audit_record::capture`): boxed, one pointer in every request.
     pub audit_args: Option<Box<super::audit_record::Args>>,
+    /// The JSON-RPC errors of the relayed reply, read as it passed, when `audit` records a
+    /// message of this request (`proxy::audit_record::probe`).
+    pub reply: Option<Box<crate::jsonrpc::probe::ReplyProbe>>,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -319,6 +323,7 @@ impl Ctx {
             held: Vec::new(),
             trace: None,
             audit_args: None,
+            reply: None,
             sent_before: c.sent,
         }
     }

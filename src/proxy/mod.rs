@@ -120,7 +120,17 @@ async fn request(w: &WorkerState, c: &mut Client, head: RequestHead) -> Next {
     let mut ctx = Ctx::new(w.current(), c, head.method(), head.minor == 0, keep);
     ctx.body_pending = head.has_body();
     trace_context::begin(&mut ctx, &head, c.conn.buffered());
-    let next = handle(w, c, &mut ctx, head).await;
+    // With audit on, a request still running when the drain deadline passes is cut there and
+    // recorded (`Outcome::Cut`), not dropped with its worker unrecorded.
+    let cut = ctx.gw().config.audit.enabled.then(|| w.cut.wait());
+    let next = {
+        let inner = std::pin::pin!(handle(w, c, &mut ctx, head));
+        shutdown::UntilCut { inner, cut }.await
+    };
+    let next = next.unwrap_or_else(|| {
+        ctx.outcome = Outcome::Cut;
+        Next::Close
+    });
     record(w, c, &ctx);
     next
 }
@@ -1049,6 +1059,7 @@ async fn write_whole(
     body: &[u8],
     session: Option<&str>,
 ) -> Next {
+    audit_record::reply_bytes(ctx, false, body);
     let keep = client_head(
         &mut c.out,
         rhead,
@@ -1199,11 +1210,8 @@ async fn relay(
         None,
     );
     ctx.status = rhead.status;
-    let read_timeout = if rhead.is_sse(up_conn.buffered()) {
-        None
-    } else {
-        read_timeout
-    };
+    let sse = rhead.is_sse(up_conn.buffered());
+    let read_timeout = if sse { None } else { read_timeout };
     up_conn.consume(rhead.len);
     // A call under a concurrency limit keeps its slot while the upstream still runs it, even
     // when its client left: in the session era a client that goes away does not cancel the call
@@ -1219,7 +1227,8 @@ async fn relay(
         end_on: end_on_shutdown.then_some(&w.shutdown),
         finish_within,
     };
-    match upstream::relay_body(c, &mut up_conn, rhead, mode).await {
+    audit_record::probe(ctx, sse);
+    match upstream::relay_body(c, &mut up_conn, rhead, mode, ctx.reply.as_deref_mut()).await {
         Ok(reusable) => {
             if reusable {
                 w.pool_put(ctx.gw(), u, up_conn, rhead);

@@ -125,6 +125,27 @@ impl LocalShutdown {
     }
 }
 
+/// `inner`, unless `cut` (when there is one) resolves first: then `None` (the caller drops
+/// `inner` where it stood). `inner` is polled first, so a request that is done is never cut.
+/// Holds `inner` pinned in the caller's state: moving it in would store it twice.
+pub struct UntilCut<'a, 'f, F> {
+    pub inner: Pin<&'f mut F>,
+    pub cut: Option<Wait<'a>>,
+}
+
+impl<F: Future> Future for UntilCut<'_, '_, F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.inner.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match self.cut.as_mut().map(|c| Pin::new(c).poll(cx)) {
+            Some(Poll::Ready(_)) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 pub struct Wait<'a> {
     sh: &'a LocalShutdown,
     slot: Option<usize>,

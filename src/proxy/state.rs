@@ -335,6 +335,9 @@ pub struct WorkerState {
     pub access: crate::observe::access::AccessWriter,
     pub connections: Cell<usize>,
     pub shutdown: LocalShutdown,
+    /// Fired when the drain deadline passes with requests still in flight: each (audit on) is
+    /// cut there and still recorded (`proxy::request`).
+    pub cut: LocalShutdown,
     /// Write buffers lent to connections for the length of one request, so an idle
     /// connection holds none and a busy one never allocates.
     buffers: RefCell<Vec<Vec<u8>>>,
@@ -388,6 +391,7 @@ impl WorkerState {
             access: crate::observe::access::AccessWriter::new(gw.config.log.json),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),
+            cut: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),

@@ -845,6 +845,7 @@ pub async fn relay_body(
     up: &mut UpstreamConn,
     head: &ResponseHead,
     mode: RelayMode<'_>,
+    mut probe: Option<&mut crate::jsonrpc::probe::ReplyProbe>,
 ) -> Result<bool, RelayError> {
     let mut watch_client = true;
     let mut dec = ChunkedDecoder::new(MAX_UPSTREAM_HEAD);
@@ -858,19 +859,29 @@ pub async fn relay_body(
     }
     loop {
         let buf = up.buffered();
+        // The body as the client reads it, to the probe (audit: the reply's JSON-RPC errors).
+        let mut probed = |d: &[u8]| {
+            if let Some(p) = probe.as_deref_mut() {
+                p.feed(d);
+            }
+        };
         let used = match head.framing {
             Framing::Length(_) => {
                 let take = (left.min(buf.len() as u64)) as usize;
                 c.out.extend_from_slice(&buf[..take]);
+                probed(&buf[..take]);
                 left -= take as u64;
                 take
             }
             Framing::Chunked if mode.http10 => dec
-                .feed(buf, |d| c.out.extend_from_slice(d))
+                .feed(buf, |d| {
+                    c.out.extend_from_slice(d);
+                    probed(d);
+                })
                 .map_err(|_| RelayError::Upstream("malformed chunked body"))?,
             Framing::Chunked => {
                 let k = dec
-                    .feed(buf, |_| {})
+                    .feed(buf, &mut probed)
                     .map_err(|_| RelayError::Upstream("malformed chunked body"))?;
                 c.out.extend_from_slice(&buf[..k]);
                 k
@@ -881,6 +892,7 @@ pub async fn relay_body(
                 } else {
                     encode_chunk(&mut c.out, buf);
                 }
+                probed(buf);
                 buf.len()
             }
         };

@@ -285,6 +285,10 @@ pub fn write_ready_file(
     Ok(())
 }
 
+/// How long a worker waits, after cutting its requests at the drain deadline, for them to be
+/// recorded (they end at their next poll; the rest of the 500 ms `run` allows is margin).
+const CUT_GRACE: Duration = Duration::from_millis(200);
+
 /// One worker: accept loop, shutdown watcher, per-worker timers; then the drain.
 async fn worker_main(
     w: Rc<WorkerState>,
@@ -383,6 +387,16 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(10)).await;
         w.access.flush();
         w.flush_audit();
+    }
+    if w.connections.get() > 0 {
+        // Requests still in flight (with audit on) are cut now and recorded as cut: they get
+        // a moment to run their record phase, well within the 500 ms `run` allows past the
+        // deadline before it closes the audit log.
+        w.cut.fire();
+        let cut_by = Instant::now() + CUT_GRACE;
+        while w.connections.get() > 0 && Instant::now() < cut_by {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     w.access.flush();
     w.flush_audit();

@@ -1,9 +1,10 @@
 //! The audit log's pipeline: settings (`audit:`), each worker's record buffer (`Batch`), and the
 //! process-wide `Hub` that hands full buffers to one writer thread (`writer`) through a channel
-//! bounded in records. The request path only formats into its worker's buffer; every file,
-//! stdout or HTTP write happens on the writer thread. `proxy::audit_record` decides what a
-//! record says; this module never sees a request.
+//! bounded in records. The request path only formats into its worker's buffer; every file and
+//! stdout write happens on the writer thread, every HTTP POST on the HTTP sink's (`http`).
+//! `proxy::audit_record` decides what a record says; this module never sees a request.
 
+mod http;
 mod sink;
 mod writer;
 
@@ -46,7 +47,8 @@ pub struct FileSink {
     pub written: String,
     /// Rotate before a line would take the file past this many bytes.
     pub max_bytes: u64,
-    /// Rotate a file this old (since it was opened) at the next record or writer tick.
+    /// Rotate at each multiple of this since the Unix epoch (`1h`: on the hour; `24h`: at
+    /// midnight UTC), at the next record or writer tick after it.
     pub rotate_every: Duration,
     /// Rotated files kept (`path.1` the newest … `path.keep`); older ones are deleted.
     pub keep: usize,
@@ -396,9 +398,7 @@ impl Batch {
             write(&mut b);
             b.push(b'\n');
             self.records.set(self.records.get() + 1);
-            // Never more records held than `buffer` lets wait for the writer.
-            self.records.get() >= BATCH_RECORDS.min(settings.buffer.max(1))
-                || b.len() >= BATCH_BYTES
+            self.records.get() >= BATCH_RECORDS || b.len() >= BATCH_BYTES
         };
         if full {
             self.flush(hub, settings);

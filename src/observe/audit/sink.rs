@@ -1,38 +1,38 @@
 //! The sinks the writer thread writes to: a file rotated by size and age, stdout, and an HTTP
-//! collector that gets batches of lines by POST, retried with backoff. Blocking I/O only (this
-//! runs on the writer thread, never on a worker).
+//! collector (`http`: its own thread, fed copies of the lines). Blocking I/O only (this runs
+//! on the writer thread, never on a worker).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::io::{BufWriter, Write as _};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use super::{FileSink, HttpSink, Settings};
+use super::http::HttpLane;
+use super::{FileSink, Settings};
 use crate::observe::names;
 
 /// The sinks of one audit configuration.
 pub struct Sinks {
     file: Option<FileOut>,
     stdout: Option<StdoutOut>,
-    http: Option<HttpOut>,
+    http: Option<HttpLane>,
 }
 
-fn written(sink: &'static str) -> metrics::Counter {
+pub(super) fn written(sink: &'static str) -> metrics::Counter {
     metrics::counter!(names::AUDIT_RECORDS_TOTAL, "sink" => sink)
 }
 
-fn errors(sink: &'static str) -> metrics::Counter {
+pub(super) fn errors(sink: &'static str) -> metrics::Counter {
     metrics::counter!(names::AUDIT_SINK_ERRORS_TOTAL, "sink" => sink)
 }
 
-fn sink_failed() -> metrics::Counter {
+pub(super) fn sink_failed() -> metrics::Counter {
     metrics::counter!(names::AUDIT_RECORDS_DROPPED_TOTAL, "reason" => "sink_failed")
 }
 
 /// The lines of `buf` (each with its newline).
-fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     buf.split_inclusive(|&b| b == b'\n')
 }
 
@@ -46,17 +46,12 @@ impl Sinks {
                 written: written("stdout"),
                 errors: errors("stdout"),
             }),
-            http: s.http.as_ref().map(|h| HttpOut {
-                cfg: h.clone(),
-                pending: Vec::new(),
-                count: 0,
-                since: None,
-                written: written("http"),
-                errors: errors("http"),
-                failed: sink_failed(),
-                closing: false,
-                gave_up: false,
-            }),
+            http: s
+                .http
+                .as_ref()
+                .map(|h| HttpLane::start(h, s))
+                .transpose()
+                .context("cannot start the audit HTTP sink's thread")?,
         })
     }
 
@@ -68,11 +63,12 @@ impl Sinks {
             s.write(buf, n);
         }
         if let Some(h) = &mut self.http {
-            h.write(buf);
+            h.write(buf, n);
         }
     }
 
-    /// Nothing is waiting: push buffered lines to the OS, send a due HTTP batch, rotate by age.
+    /// Nothing is waiting: push buffered lines to the OS, rotate by age (the HTTP sink's
+    /// thread sends its due batches itself).
     pub(super) fn idle(&mut self) {
         if let Some(f) = &mut self.file {
             f.idle();
@@ -80,24 +76,17 @@ impl Sinks {
         if let Some(s) = &self.stdout {
             s.flush();
         }
-        if let Some(h) = &mut self.http {
-            h.idle();
-        }
-    }
-
-    /// How long until a sink has something to do on its own (an HTTP batch falls due).
-    pub(super) fn next_due(&self) -> Duration {
-        self.http.as_ref().map_or(Duration::MAX, HttpOut::next_due)
     }
 
     /// The gateway is stopping: the HTTP sink stops retrying (see `HttpOut::closing`).
     pub(super) fn closing(&mut self) {
-        if let Some(h) = &mut self.http {
-            h.closing = true;
+        if let Some(h) = &self.http {
+            h.closing();
         }
     }
 
-    /// Writes out everything held: the file flushed and synced to disk, the HTTP batch sent.
+    /// Writes out everything held: the file flushed and synced to disk, the HTTP sink's queue
+    /// and batch sent (and its thread ended).
     pub(super) fn finish(&mut self) {
         if let Some(f) = &mut self.file {
             f.sync();
@@ -106,7 +95,7 @@ impl Sinks {
             s.flush();
         }
         if let Some(h) = &mut self.http {
-            h.post();
+            h.finish();
         }
     }
 }
@@ -116,7 +105,9 @@ struct FileOut {
     out: BufWriter<File>,
     /// Bytes in the current file.
     size: u64,
-    opened: Instant,
+    /// When the file is rotated by age: the next multiple of `rotate_every` since the Unix
+    /// epoch (UTC) after it was opened, so `1h` rotates on the hour and `24h` at midnight UTC.
+    rotate_at: SystemTime,
     written: metrics::Counter,
     errors: metrics::Counter,
     failed: metrics::Counter,
@@ -130,7 +121,7 @@ impl FileOut {
             cfg: cfg.clone(),
             out: BufWriter::with_capacity(64 * 1024, file),
             size,
-            opened: Instant::now(),
+            rotate_at: next_boundary(SystemTime::now(), cfg.rotate_every),
             written: written("file"),
             errors: errors("file"),
             failed: sink_failed(),
@@ -142,7 +133,9 @@ impl FileOut {
         // the batch goes out as it came, in one write (straight to the file when nothing is
         // buffered before it: no copy), with no per-line work.
         let len = buf.len() as u64;
-        if self.size + len <= self.cfg.max_bytes && self.opened.elapsed() < self.cfg.rotate_every {
+        if self.size + len <= self.cfg.max_bytes
+            && (self.size == 0 || SystemTime::now() < self.rotate_at)
+        {
             let r = if self.out.buffer().is_empty() {
                 self.out.get_mut().write_all(buf)
             } else {
@@ -169,8 +162,7 @@ impl FileOut {
         for line in lines(buf) {
             let len = line.len() as u64;
             if self.size > 0
-                && (self.size + len > self.cfg.max_bytes
-                    || self.opened.elapsed() >= self.cfg.rotate_every)
+                && (self.size + len > self.cfg.max_bytes || SystemTime::now() >= self.rotate_at)
             {
                 self.rotate();
             }
@@ -191,7 +183,7 @@ impl FileOut {
     }
 
     fn idle(&mut self) {
-        if self.size > 0 && self.opened.elapsed() >= self.cfg.rotate_every {
+        if self.size > 0 && SystemTime::now() >= self.rotate_at {
             self.rotate();
         }
         if let Err(e) = self.out.flush() {
@@ -232,7 +224,7 @@ impl FileOut {
             // Keep writing to the file we have: records are not lost, it only grows.
             self.errors.increment(1);
             tracing::error!(path = %path, error = %e, "audit file rotation failed");
-            self.opened = Instant::now();
+            self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
             self.size = 0;
             return;
         }
@@ -240,17 +232,26 @@ impl FileOut {
             Ok(f) => {
                 self.out = BufWriter::with_capacity(64 * 1024, f);
                 self.size = 0;
-                self.opened = Instant::now();
+                self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
             }
             Err(e) => {
                 // The renamed file is still open for writing: records go there until it works.
                 self.errors.increment(1);
                 tracing::error!(path = %path, error = %format!("{e:#}"), "audit file rotation: cannot open a new file");
-                self.opened = Instant::now();
+                self.rotate_at = next_boundary(SystemTime::now(), self.cfg.rotate_every);
                 self.size = 0;
             }
         }
     }
+}
+
+/// The first multiple of `every` since the Unix epoch after `now` (wall-clock boundaries:
+/// `1h` on the hour, `24h` at midnight UTC). A clock before 1970 counts from the epoch.
+pub(super) fn next_boundary(now: SystemTime, every: Duration) -> SystemTime {
+    let every_ms = every.as_millis().max(1);
+    let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let next = (now_ms / every_ms + 1) * every_ms;
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(next).unwrap_or(u64::MAX))
 }
 
 fn open_append(path: &str) -> anyhow::Result<File> {
@@ -282,154 +283,5 @@ impl StdoutOut {
                 sink_failed().increment(n as u64);
             }
         }
-    }
-}
-
-struct HttpOut {
-    cfg: HttpSink,
-    pending: Vec<u8>,
-    count: usize,
-    /// When the oldest pending line came.
-    since: Option<Instant>,
-    written: metrics::Counter,
-    errors: metrics::Counter,
-    failed: metrics::Counter,
-    /// The gateway is stopping (`Sinks::closing`): each batch gets one attempt, no backoff,
-    /// and after a failure the rest are dropped at once (counted), so a collector that is down
-    /// cannot hold the exit for `max_retries` × (timeout + backoff) per batch.
-    closing: bool,
-    gave_up: bool,
-}
-
-impl HttpOut {
-    fn write(&mut self, buf: &[u8]) {
-        for line in lines(buf) {
-            self.pending.extend_from_slice(line);
-            self.count += 1;
-            self.since.get_or_insert_with(Instant::now);
-            if self.count >= self.cfg.batch {
-                self.post();
-            }
-        }
-    }
-
-    fn next_due(&self) -> Duration {
-        self.since.map_or(Duration::MAX, |s| {
-            self.cfg.flush_interval.saturating_sub(s.elapsed())
-        })
-    }
-
-    fn idle(&mut self) {
-        if self
-            .since
-            .is_some_and(|s| s.elapsed() >= self.cfg.flush_interval)
-        {
-            self.post();
-        }
-    }
-
-    /// Sends the pending batch, retrying with doubling backoff; after `max_retries` it is dropped
-    /// and counted (`reason="sink_failed"`).
-    fn post(&mut self) {
-        if self.count == 0 {
-            return;
-        }
-        if self.gave_up {
-            self.failed.increment(self.count as u64);
-            self.clear();
-            return;
-        }
-        let retries = if self.closing {
-            0
-        } else {
-            self.cfg.max_retries
-        };
-        let mut wait = self.cfg.backoff;
-        for attempt in 0..=retries {
-            match post_once(&self.cfg, &self.pending) {
-                Ok(()) => {
-                    self.written.increment(self.count as u64);
-                    self.clear();
-                    return;
-                }
-                Err(e) => {
-                    self.errors.increment(1);
-                    tracing::warn!(url = %self.cfg.url, attempt = attempt + 1, records = self.count, error = %e, "audit collector failed");
-                    if attempt < retries {
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-        }
-        tracing::error!(url = %self.cfg.url, records = self.count, retries, closing = self.closing, "audit records dropped: the collector failed every retry");
-        self.gave_up = self.closing;
-        self.failed.increment(self.count as u64);
-        self.clear();
-    }
-
-    fn clear(&mut self) {
-        self.pending.clear();
-        if self.pending.capacity() > 4 << 20 {
-            self.pending.shrink_to(1 << 20);
-        }
-        self.count = 0;
-        self.since = None;
-    }
-}
-
-/// One POST of `body` (JSON lines); Ok on a 2xx answer.
-fn post_once(cfg: &HttpSink, body: &[u8]) -> Result<(), String> {
-    let addrs = cfg
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", cfg.authority))?;
-    let mut last = format!("{} resolved to no address", cfg.authority);
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, cfg.timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("connecting to {a}: {e}"),
-        }
-    }
-    let mut s = stream.ok_or(last)?;
-    let io = |e: std::io::Error| e.to_string();
-    s.set_read_timeout(Some(cfg.timeout)).map_err(io)?;
-    s.set_write_timeout(Some(cfg.timeout)).map_err(io)?;
-    let _ = s.set_nodelay(true);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        cfg.target,
-        cfg.authority,
-        body.len()
-    );
-    s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body).map_err(io)?;
-    // The status line is all that is needed (the connection closes after).
-    let mut got = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
-    while !got.windows(2).any(|w| w == b"\r\n") {
-        let n = s.read(&mut chunk).map_err(io)?;
-        if n == 0 {
-            return Err("the collector closed the connection without an answer".into());
-        }
-        got.extend_from_slice(&chunk[..n]);
-        if got.len() > 4096 {
-            return Err("no HTTP status line in the collector's answer".into());
-        }
-    }
-    let line = String::from_utf8_lossy(&got);
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| "no HTTP status line in the collector's answer".to_string())?;
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("the collector answered {status}"))
     }
 }

@@ -151,3 +151,29 @@ fn a_worker_cache_gives_the_hub_hash_and_tells_colliding_sessions_apart() {
     }
     assert_ne!(hash(&a), hash(&b));
 }
+
+#[test]
+fn age_rotation_falls_on_wall_clock_boundaries() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+    let hour = Duration::from_secs(3600);
+    // 10:17:05 → 11:00:00; exactly on the hour → the next hour.
+    assert_eq!(
+        sink::next_boundary(at(10 * 3600 + 1025), hour),
+        at(11 * 3600)
+    );
+    assert_eq!(sink::next_boundary(at(11 * 3600), hour), at(12 * 3600));
+    // 24h: midnight UTC.
+    let day = Duration::from_secs(86_400);
+    assert_eq!(sink::next_boundary(at(3 * 86_400 + 5), day), at(4 * 86_400));
+    // Sub-second periods, and a clock before the epoch.
+    let ms = Duration::from_millis(250);
+    assert_eq!(
+        sink::next_boundary(UNIX_EPOCH + Duration::from_millis(1_100), ms),
+        UNIX_EPOCH + Duration::from_millis(1_250)
+    );
+    assert_eq!(
+        sink::next_boundary(SystemTime::UNIX_EPOCH - hour, hour),
+        at(3600)
+    );
+}

@@ -1,5 +1,6 @@
-//! The writer thread: takes records in the order workers sent them, writes them to the sinks,
-//! and between messages flushes files, sends due HTTP batches and rotates files by age.
+//! The writer thread: takes records in the order workers sent them, writes them to the sinks
+//! (the HTTP sink's thread gets a copy), and between messages flushes files and rotates them by
+//! age.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Msg, Sinks, BATCH_BYTES};
 
-/// The longest the writer sleeps without looking at its sinks (age rotation, HTTP batches).
+/// The longest the writer sleeps without looking at its sinks (age rotation).
 const TICK: Duration = Duration::from_millis(100);
 
 pub(super) fn run(
@@ -29,7 +30,7 @@ pub(super) fn run(
         }
     };
     loop {
-        match rx.recv_timeout(sinks.next_due().min(TICK)) {
+        match rx.recv_timeout(TICK) {
             Ok(Msg::Records(buf, n)) => write(&mut sinks, buf, n),
             Ok(Msg::Swap(new)) => {
                 sinks.finish();

@@ -103,7 +103,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             }),
             Err(r) => {
                 // Logged here, counted by the record phase; only a request gets an answer.
-                refused.push((i as u32, r.kind));
+                refused.push((i as u16, r.kind));
                 tracing::info!(
                     refused = r.kind.as_str(),
                     reason = r.reason.as_deref().unwrap_or_default(),
@@ -150,7 +150,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         match d {
             Done::Answer(i, a) => answers.push((i, a)),
             Done::Failed(i, r) => {
-                refused.push((i as u32, r.kind));
+                refused.push((i as u16, r.kind));
                 answers.push((i, refusal_message(gw, &messages[i], &r)));
             }
             Done::Stream(s) => streams.push(*s),
@@ -175,6 +175,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
             out.extend_from_slice(a);
         }
         out.push(b']');
+        crate::proxy::audit_record::reply_bytes(ctx, false, &out);
         return super::reply_json(c, ctx, 200, &out, None).await;
     }
     // One event stream: the answers already known first, then every upstream stream merged
@@ -192,6 +193,7 @@ pub(super) async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, req: Fe
         } else {
             crate::http::chunked::encode_chunk(&mut c.out, &events);
         }
+        crate::proxy::audit_record::reply_bytes(ctx, true, &events);
     }
     let mut ids = crate::mcp::relay::EventIdState::default();
     relay(w, c, ctx, streams, &mut ids, false).await

@@ -294,6 +294,7 @@ async fn relay_all(
             } else {
                 encode_chunk(&mut c.out, &events);
             }
+            crate::proxy::audit_record::reply_bytes(ctx, true, &events);
         }
         streams.retain(|s| !s.done);
         let mut i = 0;

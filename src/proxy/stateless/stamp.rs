@@ -96,12 +96,12 @@ pub(in crate::proxy) async fn relay_stamped(
         Some(len),
     );
     // (A result that has its `resultType` already goes as the upstream wrote it.)
-    match &stamped {
-        Some(b) => c.out.extend_from_slice(b),
-        None => c
-            .out
-            .extend_from_slice(&up_conn.buffered()[head_len..head_len + n]),
-    }
+    let body = match &stamped {
+        Some(b) => &b[..],
+        None => &up_conn.buffered()[head_len..head_len + n],
+    };
+    c.out.extend_from_slice(body);
+    crate::proxy::audit_record::reply_bytes(ctx, false, body);
     ctx.status = rhead.status;
     up_conn.consume(head_len + n);
     if let Some(h) = &st.held {
