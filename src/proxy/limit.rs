@@ -85,8 +85,12 @@ struct Update {
     epoch: u32,
     seen: u64,
     share: u64,
-    /// What was left globally when the share was computed.
+    /// What was left globally when the share was computed (with `traffic.redis`: what is
+    /// left of this instance's allotment, when that is less).
     left: u64,
+    /// `traffic.redis`: the fleet has more left than this instance's allotment (a worker
+    /// out of share waits for the next Redis sync instead of refusing).
+    more: bool,
     window_end: i64,
     /// A rate: when the next call conforms globally (`now_us` clock); 0 otherwise.
     next_us: u64,
@@ -352,8 +356,8 @@ struct Side {
     level: u64,
     /// Calls and refusals since the last sync.
     demand: u64,
-    /// The (share, left) last sent, to send again only what changed.
-    sent: Option<(u64, u64)>,
+    /// The (share, left, more) last sent, to send again only what changed.
+    sent: Option<(u64, u64, bool)>,
 }
 
 /// The global state of one key of one limit, on the exchange thread.
@@ -372,6 +376,11 @@ struct Global {
     rwin: i64,
     own: u64,
     others: u64,
+    /// `traffic.redis`: this instance's allotment, the units it may still admit until its
+    /// next Redis read (`ceil(left / instances)` at each read, less what it counted since; a
+    /// rate's refills at `1 / instances` of the rate, as of `allot_at`).
+    allot: u64,
+    allot_at: u64,
 }
 
 /// The exchange thread's state between syncs.
@@ -392,8 +401,16 @@ struct Book {
     fleet: Option<fleet::Fleet>,
     pushes: Vec<fleet::Push>,
     pushed: Vec<((u64, u64), u64, i64)>,
-    /// A key was created in this sync: Redis is asked now (its first share waits for it).
+    /// A key was created (or a quota window rolled) in this sync: Redis is asked now (its
+    /// first share waits for it).
     fresh: bool,
+    /// `traffic.redis`: live instances as last read (0: never read, taken as 1).
+    live: u64,
+}
+
+/// `traffic.redis`: an instance's part of what the fleet has left, `ceil(left / instances)`.
+fn allotment(left: u64, live: u64) -> u64 {
+    left.div_ceil(live.max(1))
 }
 
 /// How many syncs a key stays "recently active" for Redis: its total is read back (so the
@@ -444,9 +461,11 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
         });
         book.pushed.push((k, g.pending, win));
     }
+    let interval = x.sync_us.load(Ordering::Relaxed);
     match f.sync(&book.pushes) {
         Ok(totals) => {
             x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+            book.live = f.live;
             for (&(k, delta, win), total) in book.pushed.iter().zip(totals) {
                 let Some(g) = book.keys.get_mut(&k) else {
                     continue;
@@ -469,6 +488,14 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                     g.active = true;
                 }
                 g.others = others;
+                // This instance's part of what the fleet has left, until the next read.
+                let left = match def.kind {
+                    LimitKind::Rate { limit, per, burst } => {
+                        Gcra::new(limit, per, burst).available(g.tat, now + interval)
+                    }
+                    kind => kind.budget().saturating_sub(g.count + g.others),
+                };
+                (g.allot, g.allot_at) = (allotment(left, book.live), now);
             }
         }
         Err(_) => {
@@ -552,6 +579,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             continue;
         }
         let fresh = &mut book.fresh;
+        let live = book.live;
         let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
             ch.known.insert(ev.fp, ev.key);
             *fresh = true;
@@ -566,6 +594,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 rwin: 0,
                 own: 0,
                 others: 0,
+                // Until Redis is read (at once when it answers): a share of the whole budget.
+                allot: allotment(def.kind.budget(), live),
+                allot_at: now,
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -593,16 +624,23 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     .max(ev.at_us)
                     .saturating_add(gcra.t.saturating_mul(delta));
                 g.pending += delta;
+                g.allot = g.allot.saturating_sub(delta);
             }
-            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
+            LimitKind::Quota { limit, .. } | LimitKind::Tokens { limit, .. } => {
                 if ev.window_end > g.window_end {
+                    // A new window: nothing used yet anywhere as far as this instance knows;
+                    // Redis is read at once (when it answers) for the others' part of it.
                     g.window_end = ev.window_end;
                     g.count = 0;
                     g.pending = 0;
+                    g.others = 0;
+                    (g.allot, g.allot_at) = (allotment(limit, book.live), now);
+                    book.fresh = true;
                 }
                 if ev.window_end == g.window_end {
                     g.count += delta;
                     g.pending += delta;
+                    g.allot = g.allot.saturating_sub(delta);
                 }
                 if delta > 0 {
                     quota_metrics(&mut book.metrics, ev.fp, def)
@@ -622,8 +660,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         demand,
         who,
         fullest,
+        fleet,
+        live,
         ..
     } = book;
+    let (fleet, live) = (fleet.is_some(), (*live).max(1));
     fullest.clear();
     keys.retain(|&(fp, key), g| {
         let Some(def) = defs.get(&fp) else {
@@ -633,6 +674,20 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         let (left, keep, forget, next_us) = match def.kind {
             LimitKind::Rate { limit, per, burst } => {
                 let gcra = Gcra::new(limit, per, burst);
+                if fleet {
+                    // The allotment refills at this instance's part of the rate, up to its
+                    // part of the burst (a Redis read sets it afresh).
+                    let step = gcra.t.saturating_mul(live);
+                    let cap = allotment(burst, live);
+                    let units = now.saturating_sub(g.allot_at) / step;
+                    if units > 0 {
+                        g.allot = g.allot.saturating_add(units);
+                        g.allot_at += units * step;
+                    }
+                    if g.allot >= cap {
+                        (g.allot, g.allot_at) = (cap, now);
+                    }
+                }
                 let refilling = g.tat > now;
                 let keep = g.active || refilling;
                 (
@@ -658,8 +713,15 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 (limit.saturating_sub(inflight), !idle, idle, 0)
             }
         };
+        // `traffic.redis`: the workers share this instance's allotment, and know when the
+        // fleet has more (they wait for the next Redis read instead of refusing).
+        let (left, more) = match def.kind {
+            LimitKind::Concurrency { .. } => (left, false),
+            _ if !fleet => (left, false),
+            _ => (left.min(g.allot), left > g.allot),
+        };
         send_shares(
-            x, ch, fp, key, g, left, next_us, forget, who, demand, shares,
+            x, ch, fp, key, g, left, more, next_us, forget, who, demand, shares,
         );
         for s in &mut g.sides {
             s.demand = 0;
@@ -697,6 +759,7 @@ fn send_shares(
     key: u64,
     g: &mut Global,
     left: u64,
+    more: bool,
     next_us: u64,
     forget: bool,
     who: &mut Vec<usize>,
@@ -717,7 +780,7 @@ fn send_shares(
     for (i, &w) in who.iter().enumerate() {
         let s = &mut g.sides[w];
         let share = shares[i];
-        if !forget && s.sent == Some((share, left)) {
+        if !forget && s.sent == Some((share, left, more)) {
             continue;
         }
         let u = Update {
@@ -727,12 +790,13 @@ fn send_shares(
             seen: s.level,
             share,
             left,
+            more,
             window_end: g.window_end,
             next_us,
             forget,
         };
         match ch.updates[w].0.try_send(u) {
-            Ok(()) => s.sent = Some((share, left)),
+            Ok(()) => s.sent = Some((share, left, more)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 s.sent = None;
                 x.dropped.increment(1);
@@ -781,6 +845,7 @@ fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def
                 seen: s.level,
                 share: 0,
                 left: 0,
+                more: false,
                 window_end: g.window_end,
                 next_us: 0,
                 forget: true,
@@ -811,6 +876,9 @@ struct Entry {
     share: u64,
     /// A rate: when the next call conforms globally, as of the last update (0: unknown).
     next_us: u64,
+    /// `traffic.redis`: the fleet had more left than this instance's allotment at the last
+    /// update (out of share, wait for the next Redis read).
+    more: bool,
     /// When this worker last told the exchange it wants more (µs).
     demand_at: u64,
     /// Used since the eviction clock last passed.
@@ -981,6 +1049,7 @@ impl Local {
             e.base = e.level;
             e.share = u.share;
             e.next_us = u.next_us;
+            e.more = u.more;
         }
     }
 
@@ -1106,6 +1175,7 @@ impl Local {
                 base: 0,
                 share: 0,
                 next_us: 0,
+                more: false,
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
@@ -1132,6 +1202,7 @@ impl Local {
             };
             e.window_end = window_end;
             e.left = None;
+            e.more = false;
             e.dirty = false;
         }
         if !e.concurrency {
@@ -1161,8 +1232,15 @@ impl Local {
             None => workers > 1 || e.cap == 0,
             Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
         };
+        // `traffic.redis`: this instance's allotment is spent but the fleet's budget is not:
+        // the next Redis read brings a new allotment.
+        let fleet = !room && e.more;
         let retry_ms = match l.kind {
             _ if room => sync_ms,
+            _ if fleet => t
+                .redis
+                .as_ref()
+                .map_or(sync_ms, |r| (r.sync_interval.as_millis() as u64).max(1)),
             // Globally out: when the next call conforms, as of the last update (before one,
             // one emission interval: this worker's first share was the whole burst).
             LimitKind::Rate { limit, per, burst } if e.next_us <= now => {
@@ -1179,7 +1257,8 @@ impl Local {
             // Only while this worker has had no share from the exchange (before its word on
             // this entry, or given nothing because it had no demand) and others may have room:
             // a worker whose share ran out under load is refused at once, nothing queues.
-            wait: room && (e.left.is_none() || e.share == 0),
+            // And while this instance waits for its next allotment from the fleet's budget.
+            wait: (room && (e.left.is_none() || e.share == 0)) || fleet,
         }
     }
 
@@ -1387,9 +1466,12 @@ pub enum Stop {
     Wait,
 }
 
-/// How long a request waits in all for a larger share before it is refused.
+/// How long a request waits in all for a larger share before it is refused: three syncs, of
+/// the exchange or (`traffic.redis`, for a new allotment) of Redis, whichever is slower.
 fn max_wait(ctx: &Ctx) -> Duration {
-    ctx.gw().config.traffic.sync_interval * 3
+    let t = &ctx.gw().config.traffic;
+    let redis = t.redis.as_ref().map_or(Duration::ZERO, |r| r.sync_interval);
+    t.sync_interval.max(redis) * 3
 }
 
 /// What authorization and routing made of one message, for the limit phase: refused (never

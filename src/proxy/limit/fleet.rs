@@ -3,6 +3,11 @@
 //! counter per key and window in Redis (INCRBY, with EXPIREAT at the window's end, pipelined)
 //! and reads the totals back. Workers never talk to Redis; a slow or absent Redis costs the
 //! exchange thread at most `redis.timeout` per sync.
+//!
+//! Each sync also announces this instance in the sorted set `<prefix>instances` (member: an id
+//! random per process, score: the wall clock in ms), drops the members not heard of for
+//! `liveness` and counts the rest: the live instances, among which the exchange splits what
+//! the fleet has left of each budget (`limit::redis_sync`).
 
 use std::time::{Duration, Instant};
 
@@ -22,14 +27,20 @@ pub(super) struct Fleet {
     next: Instant,
     /// Whether the last sync reached Redis.
     pub up: bool,
+    /// Live instances (this one included) as last read; 1 before the first read.
+    pub live: u64,
+    set: String,
     up_gauge: metrics::Gauge,
+    live_gauge: metrics::Gauge,
     ok: metrics::Counter,
     failed: metrics::Counter,
 }
 
 impl Fleet {
     pub fn new(cfg: RedisBackend) -> Fleet {
-        use crate::observe::names::{TRAFFIC_REDIS_SYNCS_TOTAL, TRAFFIC_REDIS_UP};
+        use crate::observe::names::{
+            TRAFFIC_REDIS_INSTANCES, TRAFFIC_REDIS_SYNCS_TOTAL, TRAFFIC_REDIS_UP,
+        };
         let client = match redis::Client::open(&*cfg.url) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -39,13 +50,18 @@ impl Fleet {
         };
         let up_gauge = metrics::gauge!(TRAFFIC_REDIS_UP);
         up_gauge.set(0.0);
+        let live_gauge = metrics::gauge!(TRAFFIC_REDIS_INSTANCES);
+        live_gauge.set(1.0);
         Fleet {
+            set: format!("{}instances", cfg.key_prefix),
             cfg,
             client,
             con: None,
             next: Instant::now(),
             up: false,
+            live: 1,
             up_gauge,
+            live_gauge,
             ok: metrics::counter!(TRAFFIC_REDIS_SYNCS_TOTAL, "result" => "ok"),
             failed: metrics::counter!(TRAFFIC_REDIS_SYNCS_TOTAL, "result" => "error"),
         }
@@ -61,14 +77,26 @@ impl Fleet {
         true
     }
 
-    /// Adds every push's delta and returns the totals, in order (a PING when there is none).
-    /// An error drops the connection (the next sync connects again) and marks Redis down.
+    /// How long an instance counts as live after its last heartbeat: ten syncs, at least 2 s
+    /// (hosts' clocks must agree well within that). Too long only makes the shares smaller
+    /// for a while after an instance stops; too short would let a live one's share be given
+    /// away.
+    pub fn liveness(&self) -> Duration {
+        (self.cfg.sync_interval * 10).max(Duration::from_secs(2))
+    }
+
+    /// Announces this instance, adds every push's delta and returns the totals, in order,
+    /// after reading how many instances are live. An error drops the connection (the next
+    /// sync connects again) and marks Redis down.
     pub fn sync(&mut self, pushes: &[Push]) -> Result<Vec<u64>, String> {
         let r = self.round_trip(pushes);
         self.up = r.is_ok();
         self.up_gauge.set(if self.up { 1.0 } else { 0.0 });
         match &r {
-            Ok(_) => self.ok.increment(1),
+            Ok(_) => {
+                self.ok.increment(1);
+                self.live_gauge.set(self.live as f64);
+            }
             Err(e) => {
                 self.failed.increment(1);
                 self.con = None;
@@ -91,16 +119,49 @@ impl Fleet {
                 .map_err(|e| e.to_string())?;
             self.con = Some(con);
         }
+        let liveness = self.liveness().as_millis() as i64;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let con = self.con.as_mut().ok_or("no connection")?;
-        if pushes.is_empty() {
-            let _: String = redis::cmd("PING").query(con).map_err(|e| e.to_string())?;
-            return Ok(Vec::new());
-        }
         let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&self.set)
+            .arg(now_ms)
+            .arg(instance_id())
+            .ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&self.set)
+            .arg("-inf")
+            .arg(now_ms - liveness)
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&self.set).arg(liveness).ignore();
+        pipe.cmd("ZCARD").arg(&self.set);
         for p in pushes {
             pipe.cmd("INCRBY").arg(&p.name).arg(p.delta);
             pipe.cmd("EXPIREAT").arg(&p.name).arg(p.expire_at).ignore();
         }
-        pipe.query(con).map_err(|e| e.to_string())
+        let mut r: Vec<u64> = pipe.query(con).map_err(|e| e.to_string())?;
+        if r.len() != pushes.len() + 1 {
+            return Err(format!("{} replies to {} counters", r.len(), pushes.len()));
+        }
+        self.live = r.remove(0).max(1);
+        Ok(r)
     }
+}
+
+/// This process's member of `<prefix>instances`: 128 random bits, drawn once.
+fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut b = [0u8; 16];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+            // No system randomness: the process id and start time keep instances apart.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            b = (t ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
 }
