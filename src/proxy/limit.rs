@@ -2019,4 +2019,102 @@ mod tests {
             Judged::Admit => panic!("the 11th call of a burst of 10"),
         }
     }
+
+    /// A config with `rule` and a `traffic.redis` nobody answers on (`on_failure: local`):
+    /// the exchange goes on with its allotments, which the test sets as a Redis read would.
+    fn fleet_config(rule: &str) -> crate::config::Config {
+        crate::config::load_str(&format!(
+            "traffic:\n  rules:\n    - {rule}\n  redis:\n    url: \"redis://127.0.0.1:1/0\"\n    \
+             timeout: 10ms\n    on_failure: local\n"
+        ))
+        .unwrap()
+    }
+
+    fn judged(local: &Local, cfg: &crate::config::Config) -> Judged {
+        let mut map = local.map.borrow_mut();
+        local.apply(&mut map, 100);
+        let l = &cfg.traffic.rules[0].limits[0];
+        local.judge(&mut map, &cfg.traffic, l, 1, now_us(), 0)
+    }
+
+    fn waits(j: Judged) -> bool {
+        match j {
+            Judged::Over { wait, .. } => wait,
+            Judged::Admit => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn with_redis_an_instance_admits_its_allotment_then_waits_while_the_fleet_has_more() {
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        // Two live instances: this one may admit ceil(10 / 2) until its next Redis read.
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let sync = |book: &mut Book| sync_once(&x, book, now_us(), wall_ms() / 1000);
+        assert!(waits(judged(&local, &cfg)), "no first share with Redis");
+        sync(&mut book);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        // Its allotment is spent, the fleet's budget is not: wait for the next read.
+        assert!(waits(judged(&local, &cfg)));
+        sync(&mut book);
+        assert_eq!(book.keys[&(fp, 1)].allot, 0);
+        assert!(waits(judged(&local, &cfg)));
+        // A read: the other instance used 2, so 3 are left, 2 of them here.
+        let g = book.keys.get_mut(&(fp, 1)).unwrap();
+        (g.others, g.allot) = (2, allotment(3, 2));
+        sync(&mut book);
+        for i in 0..2 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i} of the new allotment");
+        }
+        assert!(waits(judged(&local, &cfg)));
+        // The fleet's budget is spent: refused at once, until the window ends.
+        book.keys.get_mut(&(fp, 1)).unwrap().others = 3;
+        sync(&mut book);
+        match judged(&local, &cfg) {
+            Judged::Over { wait, retry_ms } => {
+                assert!(!wait);
+                assert!(retry_ms > 1000, "until the window's end: {retry_ms}");
+            }
+            Judged::Admit => panic!("over the fleet's budget"),
+        }
+    }
+
+    #[test]
+    fn with_redis_a_rate_allotment_refills_at_the_instance_part_of_the_rate() {
+        // 10 an hour (one per 360 s), burst 10; two live instances: 5 each, and one more
+        // per 720 s here.
+        let cfg = fleet_config("{name: r, key: [principal], rate: {limit: 10, per: 1h}}");
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let t0 = now_us();
+        assert!(waits(judged(&local, &cfg)));
+        sync_once(&x, &mut book, t0, WALL);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        sync_once(&x, &mut book, t0, WALL);
+        assert!(waits(judged(&local, &cfg)), "the fleet has 5 more");
+        sync_once(&x, &mut book, t0 + 719_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 0, "not yet");
+        sync_once(&x, &mut book, t0 + 720_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 1);
+        assert!(local.decide(&cfg.traffic, rule, 1));
+        // Idle for days: the allotment refills up to this instance's part of the burst.
+        sync_once(&x, &mut book, t0 + 400_000_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 5);
+    }
 }
