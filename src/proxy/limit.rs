@@ -2072,7 +2072,10 @@ mod tests {
         (g.others, g.allot) = (2, allotment(3, 2));
         sync(&mut book);
         for i in 0..2 {
-            assert!(local.decide(&cfg.traffic, rule, 1), "call {i} of the new allotment");
+            assert!(
+                local.decide(&cfg.traffic, rule, 1),
+                "call {i} of the new allotment"
+            );
         }
         assert!(waits(judged(&local, &cfg)));
         // The fleet's budget is spent: refused at once, until the window ends.
