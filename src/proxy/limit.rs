@@ -1630,12 +1630,22 @@ fn check_rules(
     Ok(())
 }
 
-/// Waits (1 ms at a time, at most `max_wait`) for the exchange to bring this worker a larger
-/// share, then decides for good. Only a request over its worker's share gets here.
+/// Waits (at most `max_wait`) for the exchange to bring this worker a larger share, then
+/// decides for good. Only a request over its worker's share gets here. It looks again every
+/// millisecond, or with `traffic.redis` every twentieth of a Redis sync (a new allotment comes
+/// no sooner: many calls waiting for it must not cost a core a check each per millisecond).
 pub async fn wait(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
     let until = std::time::Instant::now() + max_wait(ctx);
+    let step = ctx
+        .gw()
+        .config
+        .traffic
+        .redis
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.sync_interval / 20)
+        .max(Duration::from_millis(1));
     loop {
-        monoio::time::sleep(Duration::from_millis(1)).await;
+        monoio::time::sleep(step).await;
         let last = std::time::Instant::now() >= until;
         match check(w, ctx, !last, routes) {
             Ok(()) => return Ok(()),
