@@ -306,3 +306,29 @@ fn redis_down_closed_refuses_local_keeps_counting_and_sync_resumes() {
         redis.total("local:")
     );
 }
+
+#[test]
+fn a_key_used_on_one_of_two_instances_gets_the_whole_budget() {
+    // The budget is split among the instances that use the key, not all the live ones: A's
+    // allotment is all that is left, 20 then 19, not half of it. Redis is then stopped: under
+    // `on_failure: local` A goes on with its allotment as last read, so it admits exactly the
+    // rest of the budget (half of it, had B counted) with no read to wait for.
+    const LIMIT: usize = 20;
+    let Some(redis) = Redis::start(free_port()) else {
+        return;
+    };
+    let rule = format!("{{name: q, quota: {{limit: {LIMIT}, window: day}}}}");
+    let a = gateway(&rule, redis.port, "local", "alone:");
+    let b = gateway(&rule, redis.port, "local", "alone:");
+    see_each_other(&[&a, &b]);
+    let mut ma = session(&a);
+    assert!(call(&mut ma), "the first call on A");
+    synced(&a);
+    assert_eq!(redis.total("alone:"), 1);
+    drop(redis);
+    assert!(eventually(Duration::from_secs(10), || up(&a) == 0.0));
+    let more = calls_until_refused(&mut ma, LIMIT);
+    println!("redis, a key used on one instance of two: 1 + {more} of {LIMIT}");
+    assert_eq!(1 + more, LIMIT);
+    drop(b);
+}

@@ -377,10 +377,25 @@ struct Global {
     own: u64,
     others: u64,
     /// `traffic.redis`: this instance's allotment, the units it may still admit until its
-    /// next Redis read (`ceil(left / instances)` at each read, less what it counted since; a
-    /// rate's refills at `1 / instances` of the rate, as of `allot_at`).
+    /// next Redis read (`ceil(left / users)` at each read, less what it counted since; a
+    /// rate's refills at `1 / users` of the rate, as of `allot_at`).
     allot: u64,
     allot_at: u64,
+    /// `traffic.redis`: the instances among which the key's budget is split (those that used
+    /// it recently, at most the live ones; `split`), as last read; and whether this instance
+    /// used or wanted the key since its last Redis sync (it then joins the key's users), and
+    /// when it last joined (µs; 0: never).
+    users: u64,
+    used: bool,
+    joined_at: u64,
+}
+
+impl Global {
+    /// `traffic.redis`: how many ways the key's budget is split here: its users, at most the
+    /// live instances, at least 1.
+    fn split(&self, live: u64) -> u64 {
+        self.users.min(live).max(1)
+    }
 }
 
 /// The exchange thread's state between syncs.
@@ -400,7 +415,7 @@ struct Book {
     /// `traffic.redis`, when configured, and the keys of the sync in flight.
     fleet: Option<fleet::Fleet>,
     pushes: Vec<fleet::Push>,
-    pushed: Vec<((u64, u64), u64, i64)>,
+    pushed: Vec<((u64, u64), u64, i64, bool)>,
     /// A key was created (or a quota window rolled) in this sync: Redis is asked now (its
     /// first share waits for it).
     fresh: bool,
@@ -440,7 +455,7 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
     let wall_ms = wall_s * 1000;
     book.pushes.clear();
     book.pushed.clear();
-    for (&k, g) in &book.keys {
+    for (&k, g) in &mut book.keys {
         let Some(def) = defs.get(&k.0) else { continue };
         let (win, expire_at) = match def.kind {
             LimitKind::Rate { per, .. } => {
@@ -458,19 +473,34 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
             name: format!("{}{:016x}:{:016x}:{win}", cfg.key_prefix, k.0, k.1),
             delta: g.pending,
             expire_at,
+            join: g.used,
         });
-        book.pushed.push((k, g.pending, win));
+        book.pushed.push((k, g.pending, win, g.used));
     }
-    let interval = x.sync_us.load(Ordering::Relaxed);
+    let liveness_us = f.liveness().as_micros() as u64;
     match f.sync(&book.pushes) {
-        Ok(totals) => {
+        Ok(reads) => {
             x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
             book.live = f.live;
-            for (&(k, delta, win), total) in book.pushed.iter().zip(totals) {
+            for (&(k, delta, win, joined), read) in book.pushed.iter().zip(reads) {
                 let Some(g) = book.keys.get_mut(&k) else {
                     continue;
                 };
                 let Some(def) = defs.get(&k.0) else { continue };
+                let total = read.total;
+                // Its users as read; this instance counted among them even when it has not
+                // used the key within `liveness` (its next call would make it one). At its
+                // first join every live instance counts: others starting on the key in the
+                // same sync may not have joined yet when this one reads.
+                let member = g.joined_at != 0 && now.saturating_sub(g.joined_at) < liveness_us;
+                g.users = if g.joined_at == 0 {
+                    book.live
+                } else {
+                    read.users + u64::from(!member)
+                };
+                if joined {
+                    (g.used, g.joined_at) = (false, now);
+                }
                 g.pending = g.pending.saturating_sub(delta);
                 if g.rwin != win {
                     (g.rwin, g.own, g.others) = (win, 0, 0);
@@ -488,14 +518,17 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                     g.active = true;
                 }
                 g.others = others;
-                // This instance's part of what the fleet has left, until the next read.
+                // This instance's part of what the fleet has left, until the next read (a
+                // rate's burst room now: its refill from here on is `sync_once`'s, at the
+                // instance's part of the rate, from `allot_at`, which a read leaves alone so
+                // that a slow refill accrues across reads).
                 let left = match def.kind {
                     LimitKind::Rate { limit, per, burst } => {
-                        Gcra::new(limit, per, burst).available(g.tat, now + interval)
+                        Gcra::new(limit, per, burst).available(g.tat, now)
                     }
                     kind => kind.budget().saturating_sub(g.count + g.others),
                 };
-                (g.allot, g.allot_at) = (allotment(left, book.live), now);
+                g.allot = allotment(left, g.split(book.live));
             }
         }
         Err(_) => {
@@ -597,6 +630,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 // Until Redis is read (at once when it answers): a share of the whole budget.
                 allot: allotment(def.kind.budget(), live),
                 allot_at: now,
+                users: live,
+                used: true,
+                joined_at: 0,
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -610,6 +646,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             };
         }
         g.active = true;
+        g.used = true;
         g.last_active = tick;
         // Calls counted since the last event this side sent (more than one when an event was
         // lost to a full queue).
@@ -634,7 +671,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     g.count = 0;
                     g.pending = 0;
                     g.others = 0;
-                    (g.allot, g.allot_at) = (allotment(limit, book.live), now);
+                    (g.allot, g.allot_at) = (allotment(limit, g.split(book.live)), now);
                     book.fresh = true;
                 }
                 if ev.window_end == g.window_end {
@@ -677,8 +714,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 if fleet {
                     // The allotment refills at this instance's part of the rate, up to its
                     // part of the burst (a Redis read sets it afresh).
-                    let step = gcra.t.saturating_mul(live);
-                    let cap = allotment(burst, live);
+                    let split = g.split(live);
+                    let step = gcra.t.saturating_mul(split).max(1);
+                    let cap = allotment(burst, split);
                     let units = now.saturating_sub(g.allot_at) / step;
                     if units > 0 {
                         g.allot = g.allot.saturating_add(units);

@@ -13,11 +13,22 @@ use std::time::{Duration, Instant};
 
 use crate::policy::traffic::RedisBackend;
 
-/// One key's part of a sync: the counter, what this instance adds, when the counter expires.
+/// One key's part of a sync: the counter, what this instance adds, when the counter expires,
+/// and whether this instance used (or wanted) the key since the last sync: it then announces
+/// itself in the key's users (`<counter>:users`, a sorted set like `<prefix>instances`).
 pub(super) struct Push {
     pub name: String,
     pub delta: u64,
     pub expire_at: i64,
+    pub join: bool,
+}
+
+/// One key's part of a sync's answer: the counter's total, and the instances that used the
+/// key within `liveness` (as announced by `Push::join`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Read {
+    pub total: u64,
+    pub users: u64,
 }
 
 pub(super) struct Fleet {
@@ -88,7 +99,7 @@ impl Fleet {
     /// Announces this instance, adds every push's delta and returns the totals, in order,
     /// after reading how many instances are live. An error drops the connection (the next
     /// sync connects again) and marks Redis down.
-    pub fn sync(&mut self, pushes: &[Push]) -> Result<Vec<u64>, String> {
+    pub fn sync(&mut self, pushes: &[Push]) -> Result<Vec<Read>, String> {
         let r = self.round_trip(pushes);
         self.up = r.is_ok();
         self.up_gauge.set(if self.up { 1.0 } else { 0.0 });
@@ -106,7 +117,7 @@ impl Fleet {
         r
     }
 
-    fn round_trip(&mut self, pushes: &[Push]) -> Result<Vec<u64>, String> {
+    fn round_trip(&mut self, pushes: &[Push]) -> Result<Vec<Read>, String> {
         let timeout = self.cfg.timeout.max(Duration::from_millis(1));
         if self.con.is_none() {
             let client = self.client.as_ref().ok_or("no client")?;
@@ -125,6 +136,7 @@ impl Fleet {
             .map_or(0, |d| d.as_millis() as i64);
         let con = self.con.as_mut().ok_or("no connection")?;
         let mut pipe = redis::pipe();
+        let mut users = String::new();
         pipe.cmd("ZADD")
             .arg(&self.set)
             .arg(now_ms)
@@ -140,13 +152,34 @@ impl Fleet {
         for p in pushes {
             pipe.cmd("INCRBY").arg(&p.name).arg(p.delta);
             pipe.cmd("EXPIREAT").arg(&p.name).arg(p.expire_at).ignore();
+            users.clear();
+            users.push_str(&p.name);
+            users.push_str(":users");
+            if p.join {
+                pipe.cmd("ZADD")
+                    .arg(&users)
+                    .arg(now_ms)
+                    .arg(instance_id())
+                    .ignore();
+            }
+            pipe.cmd("ZCOUNT")
+                .arg(&users)
+                .arg(format!("({}", now_ms - liveness))
+                .arg("+inf");
+            pipe.cmd("PEXPIRE").arg(&users).arg(liveness).ignore();
         }
-        let mut r: Vec<u64> = pipe.query(con).map_err(|e| e.to_string())?;
-        if r.len() != pushes.len() + 1 {
+        let r: Vec<u64> = pipe.query(con).map_err(|e| e.to_string())?;
+        if r.len() != 2 * pushes.len() + 1 {
             return Err(format!("{} replies to {} counters", r.len(), pushes.len()));
         }
-        self.live = r.remove(0).max(1);
-        Ok(r)
+        self.live = r[0].max(1);
+        Ok(r[1..]
+            .chunks_exact(2)
+            .map(|c| Read {
+                total: c[0],
+                users: c[1],
+            })
+            .collect())
     }
 }
 
