@@ -332,3 +332,26 @@ fn a_key_used_on_one_of_two_instances_gets_the_whole_budget() {
     assert_eq!(1 + more, LIMIT);
     drop(b);
 }
+
+#[test]
+fn an_instance_shut_down_cleanly_leaves_the_fleet_at_once() {
+    let Some(redis) = Redis::start(free_port()) else {
+        return;
+    };
+    let rule = "{name: q, quota: {limit: 100, window: day}}";
+    let a = gateway(rule, redis.port, "closed", "leave:");
+    let mut b = gateway(rule, redis.port, "closed", "leave:");
+    see_each_other(&[&a, &b]);
+    let mut mb = session(&b);
+    assert!(call(&mut mb));
+    b.sigterm();
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "B did not exit"
+    );
+    // B removed itself (its last heartbeat is not 2 s old yet: nobody pruned it) and sent its
+    // call.
+    assert_eq!(redis.ask("ZCARD leave:instances"), ":1");
+    assert_eq!(redis.total("leave:"), 1);
+    drop(a);
+}

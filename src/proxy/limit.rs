@@ -246,6 +246,10 @@ pub struct Exchange {
     /// `traffic.redis` is set: a worker's new entry of a rate or quota gets no first share
     /// (the exchange's first share comes with the other instances' usage read from Redis).
     redis_on: AtomicBool,
+    /// Shutting down: the sync thread sends what is pending, leaves the fleet's instances and
+    /// sets `left`.
+    leaving: AtomicBool,
+    left: AtomicBool,
 }
 
 impl Exchange {
@@ -264,7 +268,27 @@ impl Exchange {
             redis: Mutex::new(None),
             redis_state: AtomicU8::new(REDIS_NORMAL),
             redis_on: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         })
+    }
+
+    /// On a clean shutdown (`traffic.redis`): a last sync sends the counts not yet sent, and
+    /// the instance leaves `<prefix>instances`, so the others' split no longer counts it.
+    /// Waits for that at most `bound`.
+    pub fn leave(&self, bound: Duration) {
+        let fleet = self.redis.lock().is_ok_and(|r| r.is_some());
+        if !fleet || !self.started.load(Ordering::Acquire) {
+            return;
+        }
+        self.leaving.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+        let until = Instant::now() + bound;
+        while !self.left.load(Ordering::Acquire) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Makes the queues the first time, sized from `max_keys` but capped: a bounded channel's
@@ -388,6 +412,8 @@ struct Global {
     users: u64,
     used: bool,
     joined_at: u64,
+    /// The users as read, falling no faster than `liveness` (`fleet::Sticky`).
+    users_read: fleet::Sticky,
 }
 
 impl Global {
@@ -478,7 +504,7 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
         book.pushed.push((k, g.pending, win, g.used));
     }
     let liveness_us = f.liveness().as_micros() as u64;
-    match f.sync(&book.pushes) {
+    match f.sync(&book.pushes, now) {
         Ok(reads) => {
             x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
             book.live = f.live;
@@ -492,12 +518,12 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                 // used the key within `liveness` (its next call would make it one). At its
                 // first join every live instance counts: others starting on the key in the
                 // same sync may not have joined yet when this one reads.
-                let member = g.joined_at != 0 && now.saturating_sub(g.joined_at) < liveness_us;
-                g.users = if g.joined_at == 0 {
-                    book.live
-                } else {
-                    read.users + u64::from(!member)
-                };
+                let member =
+                    joined || g.joined_at != 0 && now.saturating_sub(g.joined_at) < liveness_us;
+                let users = g
+                    .users_read
+                    .read(read.users + u64::from(!member), now, liveness_us);
+                g.users = if g.joined_at == 0 { book.live } else { users };
                 if joined {
                     (g.used, g.joined_at) = (false, now);
                 }
@@ -579,7 +605,17 @@ fn sync_loop(weak: Weak<Exchange>) {
         }
         last = Instant::now();
         let Some(x) = weak.upgrade() else { return };
+        let leaving = x.leaving.load(Ordering::Acquire);
+        // Leaving: Redis is synced now, whatever its interval.
+        book.fresh |= leaving;
         sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        if leaving {
+            if let Some(f) = book.fleet.as_mut() {
+                f.leave();
+            }
+            x.left.store(true, Ordering::Release);
+            return;
+        }
     }
 }
 
@@ -627,12 +663,18 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 rwin: 0,
                 own: 0,
                 others: 0,
-                // Until Redis is read (at once when it answers): a share of the whole budget.
-                allot: allotment(def.kind.budget(), live),
+                // Until Redis is read (at once when it answers): a share of the whole budget,
+                // as split at the last read; none before this instance's first read.
+                allot: if live == 0 {
+                    0
+                } else {
+                    allotment(def.kind.budget(), live)
+                },
                 allot_at: now,
                 users: live,
                 used: true,
                 joined_at: 0,
+                users_read: fleet::Sticky::default(),
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -671,7 +713,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     g.count = 0;
                     g.pending = 0;
                     g.others = 0;
-                    (g.allot, g.allot_at) = (allotment(limit, g.split(book.live)), now);
+                    g.allot = match book.live {
+                        0 => 0,
+                        live => allotment(limit, g.split(live)),
+                    };
+                    g.allot_at = now;
                     book.fresh = true;
                 }
                 if ev.window_end == g.window_end {
@@ -701,7 +747,8 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         live,
         ..
     } = book;
-    let (fleet, live) = (fleet.is_some(), (*live).max(1));
+    // Before this instance's first read of Redis its allotments do not refill.
+    let (fleet, read, live) = (fleet.is_some(), *live > 0, (*live).max(1));
     fullest.clear();
     keys.retain(|&(fp, key), g| {
         let Some(def) = defs.get(&fp) else {
@@ -711,7 +758,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         let (left, keep, forget, next_us) = match def.kind {
             LimitKind::Rate { limit, per, burst } => {
                 let gcra = Gcra::new(limit, per, burst);
-                if fleet {
+                if fleet && read {
                     // The allotment refills at this instance's part of the rate, up to its
                     // part of the burst (a Redis read sets it afresh).
                     let split = g.split(live);
@@ -2136,6 +2183,53 @@ mod tests {
             }
             Judged::Admit => panic!("over the fleet's budget"),
         }
+    }
+
+    #[test]
+    fn with_redis_an_instance_that_never_read_redis_gives_no_budget() {
+        // Redis never answered: how many instances share the budget is unknown, so no
+        // allotment, and none refills (a rate's) however long it waits.
+        for rule in [
+            "{name: q, quota: {limit: 10, window: day}}",
+            "{name: r, rate: {limit: 10, per: 1s}}",
+        ] {
+            let cfg = fleet_config(rule);
+            let fp = cfg.traffic.rules[0].limits[0].fp;
+            let x = installed(&cfg, 1);
+            let local = Local::new(x.clone(), 0);
+            let mut book = Book::default();
+            let t0 = now_us();
+            assert!(matches!(judged(&local, &cfg), Judged::Over { .. }));
+            sync_once(&x, &mut book, t0, wall_ms() / 1000);
+            assert_eq!(book.keys[&(fp, 1)].allot, 0, "{rule}");
+            // Ten seconds on, still in use.
+            let g = book.keys.get_mut(&(fp, 1)).unwrap();
+            g.active = true;
+            sync_once(&x, &mut book, t0 + 10_000_000, wall_ms() / 1000);
+            assert_eq!(book.live, 0, "{rule}");
+            assert_eq!(book.keys[&(fp, 1)].allot, 0, "{rule}");
+            assert!(
+                matches!(judged(&local, &cfg), Judged::Over { .. }),
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn instance_counts_rise_at_once_and_fall_only_after_liveness() {
+        let mut s = fleet::Sticky::default();
+        let hold = 2_000_000;
+        assert_eq!(s.read(3, 1_000, hold), 3);
+        // A lower reading (an outage pruned the set, a skewed clock) holds for `hold`.
+        assert_eq!(s.read(1, 2_000, hold), 3);
+        assert_eq!(s.read(2, 1_000_000, hold), 3);
+        assert_eq!(s.read(1, 2_001_999, hold), 3);
+        // Then the highest of the lower readings counts.
+        assert_eq!(s.read(1, 2_002_000, hold), 2);
+        // A higher reading counts at once and ends a fall under way.
+        assert_eq!(s.read(1, 2_003_000, hold), 2);
+        assert_eq!(s.read(4, 2_004_000, hold), 4);
+        assert_eq!(s.read(4, 9_000_000, hold), 4);
     }
 
     #[test]

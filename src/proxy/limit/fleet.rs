@@ -31,6 +31,41 @@ pub(super) struct Read {
     pub users: u64,
 }
 
+/// A count of instances that rises at once but falls only once lower readings have held for
+/// a while (`liveness`): after an outage, at startup or with a skewed clock, a reading may
+/// miss instances that are live, and the split must not hand their part away meanwhile.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Sticky {
+    pub value: u64,
+    /// The highest reading below `value` since `since` (µs; 0: none below).
+    low: u64,
+    since: u64,
+}
+
+impl Sticky {
+    pub fn new(value: u64) -> Sticky {
+        Sticky {
+            value,
+            ..Sticky::default()
+        }
+    }
+
+    /// Takes reading `v` at `now` (µs): the count that holds now.
+    pub fn read(&mut self, v: u64, now: u64, hold_us: u64) -> u64 {
+        if v >= self.value {
+            *self = Sticky::new(v);
+        } else if self.since == 0 {
+            (self.low, self.since) = (v, now.max(1));
+        } else {
+            self.low = self.low.max(v);
+            if now.saturating_sub(self.since) >= hold_us {
+                *self = Sticky::new(self.low);
+            }
+        }
+        self.value
+    }
+}
+
 pub(super) struct Fleet {
     pub cfg: RedisBackend,
     client: Option<redis::Client>,
@@ -38,8 +73,12 @@ pub(super) struct Fleet {
     next: Instant,
     /// Whether the last sync reached Redis.
     pub up: bool,
-    /// Live instances (this one included) as last read; 1 before the first read.
+    /// Live instances (this one included) as last read, falling no faster than `liveness`
+    /// (`Sticky`); 0 before the first read.
     pub live: u64,
+    live_read: Sticky,
+    /// Redis's clock less this host's (ms), from `TIME`: members are scored with Redis's.
+    skew_ms: i64,
     set: String,
     up_gauge: metrics::Gauge,
     live_gauge: metrics::Gauge,
@@ -70,7 +109,9 @@ impl Fleet {
             con: None,
             next: Instant::now(),
             up: false,
-            live: 1,
+            live: 0,
+            live_read: Sticky::default(),
+            skew_ms: 0,
             up_gauge,
             live_gauge,
             ok: metrics::counter!(TRAFFIC_REDIS_SYNCS_TOTAL, "result" => "ok"),
@@ -99,8 +140,8 @@ impl Fleet {
     /// Announces this instance, adds every push's delta and returns the totals, in order,
     /// after reading how many instances are live. An error drops the connection (the next
     /// sync connects again) and marks Redis down.
-    pub fn sync(&mut self, pushes: &[Push]) -> Result<Vec<Read>, String> {
-        let r = self.round_trip(pushes);
+    pub fn sync(&mut self, pushes: &[Push], now_us: u64) -> Result<Vec<Read>, String> {
+        let r = self.round_trip(pushes, now_us);
         self.up = r.is_ok();
         self.up_gauge.set(if self.up { 1.0 } else { 0.0 });
         match &r {
@@ -117,7 +158,7 @@ impl Fleet {
         r
     }
 
-    fn round_trip(&mut self, pushes: &[Push]) -> Result<Vec<Read>, String> {
+    fn round_trip(&mut self, pushes: &[Push], now_us: u64) -> Result<Vec<Read>, String> {
         let timeout = self.cfg.timeout.max(Duration::from_millis(1));
         if self.con.is_none() {
             let client = self.client.as_ref().ok_or("no client")?;
@@ -129,11 +170,15 @@ impl Fleet {
             con.set_write_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
             self.con = Some(con);
+            // Members are scored with Redis's clock: hosts' clocks need not agree. Read once
+            // per connection (one more round trip, on connecting only).
+            let con = self.con.as_mut().ok_or("no connection")?;
+            let (secs, micros): (i64, i64) =
+                redis::cmd("TIME").query(con).map_err(|e| e.to_string())?;
+            self.skew_ms = secs * 1000 + micros / 1000 - wall_ms();
         }
         let liveness = self.liveness().as_millis() as i64;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = wall_ms() + self.skew_ms;
         let con = self.con.as_mut().ok_or("no connection")?;
         let mut pipe = redis::pipe();
         let mut users = String::new();
@@ -172,7 +217,8 @@ impl Fleet {
         if r.len() != 2 * pushes.len() + 1 {
             return Err(format!("{} replies to {} counters", r.len(), pushes.len()));
         }
-        self.live = r[0].max(1);
+        let hold = self.liveness().as_micros() as u64;
+        self.live = self.live_read.read(r[0].max(1), now_us, hold);
         Ok(r[1..]
             .chunks_exact(2)
             .map(|c| Read {
@@ -181,6 +227,28 @@ impl Fleet {
             })
             .collect())
     }
+}
+
+impl Fleet {
+    /// On a clean shutdown: leaves `<prefix>instances` at once, so the others' split counts
+    /// this instance no longer (its keys' users sets let it go within `liveness`).
+    pub fn leave(&mut self) {
+        if let Some(con) = self.con.as_mut() {
+            let r: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(&self.set)
+                .arg(instance_id())
+                .query(con);
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "traffic.redis: could not leave the instances");
+            }
+        }
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// This process's member of `<prefix>instances`: 128 random bits, drawn once.
