@@ -30,6 +30,9 @@ mod fleet;
 const REDIS_NORMAL: u8 = 0;
 const REDIS_OPEN: u8 = 1;
 const REDIS_CLOSED: u8 = 2;
+/// Down under `on_failure: local`: the allotments as last read hold, and no read is coming,
+/// so a call over its share is refused at once instead of waiting for one.
+const REDIS_LOCAL: u8 = 3;
 
 use super::context::Ctx;
 use super::reject::Refusal;
@@ -561,7 +564,7 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
             let state = match cfg.on_failure {
                 OnFailure::Open => REDIS_OPEN,
                 OnFailure::Closed => REDIS_CLOSED,
-                OnFailure::Local => REDIS_NORMAL,
+                OnFailure::Local => REDIS_LOCAL,
             };
             x.redis_state.store(state, Ordering::Relaxed);
         }
@@ -1293,7 +1296,7 @@ impl Local {
         if !e.concurrency {
             // `traffic.redis` down: `on_failure` open or closed decides alone.
             match self.exchange.redis_state.load(Ordering::Relaxed) {
-                REDIS_NORMAL => {}
+                REDIS_NORMAL | REDIS_LOCAL => {}
                 REDIS_OPEN => return Judged::Admit,
                 _ => {
                     return Judged::Over {
@@ -1318,10 +1321,14 @@ impl Local {
             Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
         };
         // `traffic.redis`: this instance's allotment is spent but the fleet's budget is not:
-        // the next Redis read brings a new allotment.
-        let fleet = !room && e.more;
+        // the next Redis read brings a new allotment (none comes while Redis is down: then
+        // refused at once, to retry once it may be back). Waits too when other workers here
+        // hold the rest of the allotment: the next sync or read moves it.
+        let down = e.more && self.exchange.redis_state.load(Ordering::Relaxed) == REDIS_LOCAL;
+        let fleet = e.more && !down;
         let retry_ms = match l.kind {
             _ if room => sync_ms,
+            _ if down => sync_ms.max(1000),
             _ if fleet => t
                 .redis
                 .as_ref()
@@ -1552,12 +1559,19 @@ pub enum Stop {
 }
 
 /// How long a request waits in all for a larger share before it is refused: three syncs, of
-/// the exchange or (`traffic.redis`, for a new allotment) of Redis, whichever is slower.
+/// the exchange or (`traffic.redis`, for a new allotment) of Redis, whichever is slower, and
+/// at most a second.
 fn max_wait(ctx: &Ctx) -> Duration {
-    let t = &ctx.gw().config.traffic;
-    let redis = t.redis.as_ref().map_or(Duration::ZERO, |r| r.sync_interval);
-    t.sync_interval.max(redis) * 3
+    wait_bound(&ctx.gw().config.traffic)
 }
+
+fn wait_bound(t: &Traffic) -> Duration {
+    let redis = t.redis.as_ref().map_or(Duration::ZERO, |r| r.sync_interval);
+    (t.sync_interval.max(redis) * 3).min(MAX_WAIT)
+}
+
+/// The longest a request waits for a larger share, whatever the sync intervals.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// What authorization and routing made of one message, for the limit phase: refused (never
 /// charged: a denied or hidden item costs the caller nothing, and a limit naming it must not
@@ -2151,7 +2165,11 @@ mod tests {
             live: 2,
             ..Book::default()
         };
-        let sync = |book: &mut Book| sync_once(&x, book, now_us(), wall_ms() / 1000);
+        // As if each sync had read Redis (nobody answers the test's URL).
+        let sync = |book: &mut Book| {
+            sync_once(&x, book, now_us(), wall_ms() / 1000);
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+        };
         assert!(waits(judged(&local, &cfg)), "no first share with Redis");
         sync(&mut book);
         for i in 0..5 {
@@ -2183,6 +2201,76 @@ mod tests {
             }
             Judged::Admit => panic!("over the fleet's budget"),
         }
+    }
+
+    #[test]
+    fn with_redis_down_under_local_a_spent_allotment_is_refused_at_once() {
+        // Redis unreachable (`on_failure: local`), two instances as last read: 5 here, then
+        // refused without waiting for a read that is not coming, to retry in a second.
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let _ = judged(&local, &cfg);
+        sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        assert_eq!(x.redis_state.load(Ordering::Relaxed), REDIS_LOCAL);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        match judged(&local, &cfg) {
+            Judged::Over { wait, retry_ms } => {
+                assert!(!wait, "no read is coming");
+                assert_eq!(retry_ms, 1000);
+            }
+            Judged::Admit => panic!("over the allotment"),
+        }
+    }
+
+    #[test]
+    fn with_redis_a_worker_out_of_share_waits_while_the_fleet_has_more() {
+        // Two workers share an allotment of 5 (two live instances, a quota of 10): worker 0
+        // spends its share while worker 1 holds the rest; the fleet has more: it waits.
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 2);
+        let (w0, w1) = (Local::new(x.clone(), 0), Local::new(x.clone(), 1));
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let sync = |book: &mut Book| {
+            sync_once(&x, book, now_us(), wall_ms() / 1000);
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+        };
+        let _ = judged(&w0, &cfg);
+        let _ = judged(&w1, &cfg);
+        sync(&mut book);
+        let mut admitted = 0;
+        while w0.decide(&cfg.traffic, rule, 1) {
+            admitted += 1;
+        }
+        assert!(
+            admitted < 5,
+            "worker 1 holds part of the allotment: {admitted}"
+        );
+        assert!(waits(judged(&w0, &cfg)), "the fleet has more");
+    }
+
+    #[test]
+    fn a_wait_for_a_larger_share_lasts_at_most_a_second() {
+        let cfg = crate::config::load_str(
+            "traffic:\n  rules:\n    - {name: q, quota: {limit: 10, window: day}}\n  redis:\n    \
+             url: \"redis://127.0.0.1:1/0\"\n    sync_interval: 10s\n",
+        )
+        .unwrap();
+        assert_eq!(wait_bound(&cfg.traffic), Duration::from_secs(1));
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        assert_eq!(wait_bound(&cfg.traffic), Duration::from_millis(300));
     }
 
     #[test]
@@ -2252,6 +2340,8 @@ mod tests {
             assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
         }
         sync_once(&x, &mut book, t0, WALL);
+        // As if that sync had read Redis (nobody answers the test's URL).
+        x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
         assert!(waits(judged(&local, &cfg)), "the fleet has 5 more");
         sync_once(&x, &mut book, t0 + 719_000_000, WALL);
         assert_eq!(book.keys[&(fp, 1)].allot, 0, "not yet");
