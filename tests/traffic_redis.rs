@@ -355,3 +355,39 @@ fn an_instance_shut_down_cleanly_leaves_the_fleet_at_once() {
     assert_eq!(redis.total("leave:"), 1);
     drop(a);
 }
+
+#[test]
+fn a_command_redis_refuses_is_warned_of_once() {
+    let Some(redis) = Redis::start(free_port()) else {
+        return;
+    };
+    // An ACL without ZCARD (every sync sends it): every sync fails, one warning says why.
+    assert_eq!(redis.ask("ACL SETUSER default -zcard"), "+OK");
+    let gw = gateway(
+        "{name: q, quota: {limit: 10, window: day}}",
+        redis.port,
+        "closed",
+        "acl:",
+    );
+    let errors = || {
+        metric_value(
+            &gw.metrics(),
+            "tollgate_traffic_redis_syncs_total{result=\"error\"}",
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || errors() >= 5.0),
+        "the syncs did not fail"
+    );
+    let log = gw.log.text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Redis refused a command"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].to_lowercase().contains("noperm"),
+        "{}",
+        warned[0]
+    );
+}

@@ -80,6 +80,8 @@ pub(super) struct Fleet {
     /// Redis's clock less this host's (ms), from `TIME`: members are scored with Redis's.
     skew_ms: i64,
     set: String,
+    /// Redis refused a command (an ACL without it, say): warned once.
+    warned: bool,
     up_gauge: metrics::Gauge,
     live_gauge: metrics::Gauge,
     ok: metrics::Counter,
@@ -112,6 +114,7 @@ impl Fleet {
             live: 0,
             live_read: Sticky::default(),
             skew_ms: 0,
+            warned: false,
             up_gauge,
             live_gauge,
             ok: metrics::counter!(TRAFFIC_REDIS_SYNCS_TOTAL, "result" => "ok"),
@@ -173,8 +176,8 @@ impl Fleet {
             // Members are scored with Redis's clock: hosts' clocks need not agree. Read once
             // per connection (one more round trip, on connecting only).
             let con = self.con.as_mut().ok_or("no connection")?;
-            let (secs, micros): (i64, i64) =
-                redis::cmd("TIME").query(con).map_err(|e| e.to_string())?;
+            let time: redis::RedisResult<(i64, i64)> = redis::cmd("TIME").query(con);
+            let (secs, micros) = time.map_err(|e| self.failed_with(e))?;
             self.skew_ms = secs * 1000 + micros / 1000 - wall_ms();
         }
         let liveness = self.liveness().as_millis() as i64;
@@ -213,7 +216,8 @@ impl Fleet {
                 .arg("+inf");
             pipe.cmd("PEXPIRE").arg(&users).arg(liveness).ignore();
         }
-        let r: Vec<u64> = pipe.query(con).map_err(|e| e.to_string())?;
+        let r: redis::RedisResult<Vec<u64>> = pipe.query(con);
+        let r = r.map_err(|e| self.failed_with(e))?;
         if r.len() != 2 * pushes.len() + 1 {
             return Err(format!("{} replies to {} counters", r.len(), pushes.len()));
         }
@@ -230,6 +234,20 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// A failed command's error, warned of (once) when Redis refused the command itself
+    /// (`NOPERM` from an ACL, an unknown command): that does not mend by waiting.
+    fn failed_with(&mut self, e: redis::RedisError) -> String {
+        let refused = matches!(
+            e.kind(),
+            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+        );
+        if refused && !self.warned {
+            self.warned = true;
+            tracing::warn!(error = %e, "traffic.redis: Redis refused a command (its user needs TIME, ZADD, ZREMRANGEBYSCORE, ZCARD, ZCOUNT, ZREM, PEXPIRE, INCRBY and EXPIREAT); limits hold per on_failure until it accepts them");
+        }
+        e.to_string()
+    }
+
     /// On a clean shutdown: leaves `<prefix>instances` at once, so the others' split counts
     /// this instance no longer (its keys' users sets let it go within `liveness`).
     pub fn leave(&mut self) {
