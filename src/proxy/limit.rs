@@ -500,6 +500,7 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
         }
         book.pushes.push(fleet::Push {
             name: format!("{}{:016x}:{:016x}:{win}", cfg.key_prefix, k.0, k.1),
+            users: format!("{}{:016x}:{:016x}:users", cfg.key_prefix, k.0, k.1),
             delta: g.pending,
             expire_at,
             join: g.used,

@@ -15,9 +15,11 @@ use crate::policy::traffic::RedisBackend;
 
 /// One key's part of a sync: the counter, what this instance adds, when the counter expires,
 /// and whether this instance used (or wanted) the key since the last sync: it then announces
-/// itself in the key's users (`<counter>:users`, a sorted set like `<prefix>instances`).
+/// itself in the key's users (`users`: `<prefix><limit>:<key>:users`, one for every window, a
+/// sorted set like `<prefix>instances`).
 pub(super) struct Push {
     pub name: String,
+    pub users: String,
     pub delta: u64,
     pub expire_at: i64,
     pub join: bool,
@@ -184,7 +186,6 @@ impl Fleet {
         let now_ms = wall_ms() + self.skew_ms;
         let con = self.con.as_mut().ok_or("no connection")?;
         let mut pipe = redis::pipe();
-        let mut users = String::new();
         pipe.cmd("ZADD")
             .arg(&self.set)
             .arg(now_ms)
@@ -200,21 +201,18 @@ impl Fleet {
         for p in pushes {
             pipe.cmd("INCRBY").arg(&p.name).arg(p.delta);
             pipe.cmd("EXPIREAT").arg(&p.name).arg(p.expire_at).ignore();
-            users.clear();
-            users.push_str(&p.name);
-            users.push_str(":users");
             if p.join {
                 pipe.cmd("ZADD")
-                    .arg(&users)
+                    .arg(&p.users)
                     .arg(now_ms)
                     .arg(instance_id())
                     .ignore();
             }
             pipe.cmd("ZCOUNT")
-                .arg(&users)
+                .arg(&p.users)
                 .arg(format!("({}", now_ms - liveness))
                 .arg("+inf");
-            pipe.cmd("PEXPIRE").arg(&users).arg(liveness).ignore();
+            pipe.cmd("PEXPIRE").arg(&p.users).arg(liveness).ignore();
         }
         let r: redis::RedisResult<Vec<u64>> = pipe.query(con);
         let r = r.map_err(|e| self.failed_with(e))?;
