@@ -106,6 +106,9 @@ pub const TRAFFIC_QUOTA_FULLEST_RATIO: &str = "tollgate_traffic_quota_fullest_ra
 pub const TRAFFIC_REDIS_UP: &str = "tollgate_traffic_redis_up";
 /// `traffic.redis`: syncs with Redis by result (ok, error).
 pub const TRAFFIC_REDIS_SYNCS_TOTAL: &str = "tollgate_traffic_redis_syncs_total";
+/// `traffic.redis`: live instances sharing the Redis (heartbeats), as last read: what is left
+/// of a budget is split this many ways.
+pub const TRAFFIC_REDIS_INSTANCES: &str = "tollgate_traffic_redis_instances";
 /// Histogram buckets in seconds: 100 µs to 60 s, dense where a proxy's overhead lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

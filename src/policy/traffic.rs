@@ -75,7 +75,8 @@ pub enum OnFailure {
     Open,
     /// Refuse every call under a rate limit or quota.
     Closed,
-    /// Limit with this instance's own count plus the others' as last seen.
+    /// Limit with this instance's own count plus the others' as last seen, within its
+    /// allotment as last read (`proxy::limit`).
     Local,
 }
 

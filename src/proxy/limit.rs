@@ -30,6 +30,9 @@ mod fleet;
 const REDIS_NORMAL: u8 = 0;
 const REDIS_OPEN: u8 = 1;
 const REDIS_CLOSED: u8 = 2;
+/// Down under `on_failure: local`: the allotments as last read hold, and no read is coming,
+/// so a call over its share is refused at once instead of waiting for one.
+const REDIS_LOCAL: u8 = 3;
 
 use super::context::Ctx;
 use super::reject::Refusal;
@@ -85,8 +88,12 @@ struct Update {
     epoch: u32,
     seen: u64,
     share: u64,
-    /// What was left globally when the share was computed.
+    /// What was left globally when the share was computed (with `traffic.redis`: what is
+    /// left of this instance's allotment, when that is less).
     left: u64,
+    /// `traffic.redis`: the fleet has more left than this instance's allotment (a worker
+    /// out of share waits for the next Redis sync instead of refusing).
+    more: bool,
     window_end: i64,
     /// A rate: when the next call conforms globally (`now_us` clock); 0 otherwise.
     next_us: u64,
@@ -242,6 +249,10 @@ pub struct Exchange {
     /// `traffic.redis` is set: a worker's new entry of a rate or quota gets no first share
     /// (the exchange's first share comes with the other instances' usage read from Redis).
     redis_on: AtomicBool,
+    /// Shutting down: the sync thread sends what is pending, leaves the fleet's instances and
+    /// sets `left`.
+    leaving: AtomicBool,
+    left: AtomicBool,
 }
 
 impl Exchange {
@@ -260,7 +271,27 @@ impl Exchange {
             redis: Mutex::new(None),
             redis_state: AtomicU8::new(REDIS_NORMAL),
             redis_on: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         })
+    }
+
+    /// On a clean shutdown (`traffic.redis`): a last sync sends the counts not yet sent, and
+    /// the instance leaves `<prefix>instances`, so the others' split no longer counts it.
+    /// Waits for that at most `bound`.
+    pub fn leave(&self, bound: Duration) {
+        let fleet = self.redis.lock().is_ok_and(|r| r.is_some());
+        if !fleet || !self.started.load(Ordering::Acquire) {
+            return;
+        }
+        self.leaving.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+        let until = Instant::now() + bound;
+        while !self.left.load(Ordering::Acquire) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Makes the queues the first time, sized from `max_keys` but capped: a bounded channel's
@@ -352,8 +383,8 @@ struct Side {
     level: u64,
     /// Calls and refusals since the last sync.
     demand: u64,
-    /// The (share, left) last sent, to send again only what changed.
-    sent: Option<(u64, u64)>,
+    /// The (share, left, more) last sent, to send again only what changed.
+    sent: Option<(u64, u64, bool)>,
 }
 
 /// The global state of one key of one limit, on the exchange thread.
@@ -372,6 +403,28 @@ struct Global {
     rwin: i64,
     own: u64,
     others: u64,
+    /// `traffic.redis`: this instance's allotment, the units it may still admit until its
+    /// next Redis read (`ceil(left / users)` at each read, less what it counted since; a
+    /// rate's refills at `1 / users` of the rate, as of `allot_at`).
+    allot: u64,
+    allot_at: u64,
+    /// `traffic.redis`: the instances among which the key's budget is split (those that used
+    /// it recently, at most the live ones; `split`), as last read; and whether this instance
+    /// used or wanted the key since its last Redis sync (it then joins the key's users), and
+    /// when it last joined (µs; 0: never).
+    users: u64,
+    used: bool,
+    joined_at: u64,
+    /// The users as read, falling no faster than `liveness` (`fleet::Sticky`).
+    users_read: fleet::Sticky,
+}
+
+impl Global {
+    /// `traffic.redis`: how many ways the key's budget is split here: its users, at most the
+    /// live instances, at least 1.
+    fn split(&self, live: u64) -> u64 {
+        self.users.min(live).max(1)
+    }
 }
 
 /// The exchange thread's state between syncs.
@@ -391,9 +444,17 @@ struct Book {
     /// `traffic.redis`, when configured, and the keys of the sync in flight.
     fleet: Option<fleet::Fleet>,
     pushes: Vec<fleet::Push>,
-    pushed: Vec<((u64, u64), u64, i64)>,
-    /// A key was created in this sync: Redis is asked now (its first share waits for it).
+    pushed: Vec<((u64, u64), u64, i64, bool)>,
+    /// A key was created (or a quota window rolled) in this sync: Redis is asked now (its
+    /// first share waits for it).
     fresh: bool,
+    /// `traffic.redis`: live instances as last read (0: never read, taken as 1).
+    live: u64,
+}
+
+/// `traffic.redis`: an instance's part of what the fleet has left, `ceil(left / instances)`.
+fn allotment(left: u64, live: u64) -> u64 {
+    left.div_ceil(live.max(1))
 }
 
 /// How many syncs a key stays "recently active" for Redis: its total is read back (so the
@@ -423,7 +484,7 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
     let wall_ms = wall_s * 1000;
     book.pushes.clear();
     book.pushed.clear();
-    for (&k, g) in &book.keys {
+    for (&k, g) in &mut book.keys {
         let Some(def) = defs.get(&k.0) else { continue };
         let (win, expire_at) = match def.kind {
             LimitKind::Rate { per, .. } => {
@@ -439,19 +500,37 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
         }
         book.pushes.push(fleet::Push {
             name: format!("{}{:016x}:{:016x}:{win}", cfg.key_prefix, k.0, k.1),
+            users: format!("{}{:016x}:{:016x}:users", cfg.key_prefix, k.0, k.1),
             delta: g.pending,
             expire_at,
+            join: g.used,
         });
-        book.pushed.push((k, g.pending, win));
+        book.pushed.push((k, g.pending, win, g.used));
     }
-    match f.sync(&book.pushes) {
-        Ok(totals) => {
+    let liveness_us = f.liveness().as_micros() as u64;
+    match f.sync(&book.pushes, now) {
+        Ok(reads) => {
             x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
-            for (&(k, delta, win), total) in book.pushed.iter().zip(totals) {
+            book.live = f.live;
+            for (&(k, delta, win, joined), read) in book.pushed.iter().zip(reads) {
                 let Some(g) = book.keys.get_mut(&k) else {
                     continue;
                 };
                 let Some(def) = defs.get(&k.0) else { continue };
+                let total = read.total;
+                // Its users as read; this instance counted among them even when it has not
+                // used the key within `liveness` (its next call would make it one). At its
+                // first join every live instance counts: others starting on the key in the
+                // same sync may not have joined yet when this one reads.
+                let member =
+                    joined || g.joined_at != 0 && now.saturating_sub(g.joined_at) < liveness_us;
+                let users = g
+                    .users_read
+                    .read(read.users + u64::from(!member), now, liveness_us);
+                g.users = if g.joined_at == 0 { book.live } else { users };
+                if joined {
+                    (g.used, g.joined_at) = (false, now);
+                }
                 g.pending = g.pending.saturating_sub(delta);
                 if g.rwin != win {
                     (g.rwin, g.own, g.others) = (win, 0, 0);
@@ -469,13 +548,24 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                     g.active = true;
                 }
                 g.others = others;
+                // This instance's part of what the fleet has left, until the next read (a
+                // rate's burst room now: its refill from here on is `sync_once`'s, at the
+                // instance's part of the rate, from `allot_at`, which a read leaves alone so
+                // that a slow refill accrues across reads).
+                let left = match def.kind {
+                    LimitKind::Rate { limit, per, burst } => {
+                        Gcra::new(limit, per, burst).available(g.tat, now)
+                    }
+                    kind => kind.budget().saturating_sub(g.count + g.others),
+                };
+                g.allot = allotment(left, g.split(book.live));
             }
         }
         Err(_) => {
             let state = match cfg.on_failure {
                 OnFailure::Open => REDIS_OPEN,
                 OnFailure::Closed => REDIS_CLOSED,
-                OnFailure::Local => REDIS_NORMAL,
+                OnFailure::Local => REDIS_LOCAL,
             };
             x.redis_state.store(state, Ordering::Relaxed);
         }
@@ -519,7 +609,17 @@ fn sync_loop(weak: Weak<Exchange>) {
         }
         last = Instant::now();
         let Some(x) = weak.upgrade() else { return };
+        let leaving = x.leaving.load(Ordering::Acquire);
+        // Leaving: Redis is synced now, whatever its interval.
+        book.fresh |= leaving;
         sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        if leaving {
+            if let Some(f) = book.fleet.as_mut() {
+                f.leave();
+            }
+            x.left.store(true, Ordering::Release);
+            return;
+        }
     }
 }
 
@@ -552,6 +652,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             continue;
         }
         let fresh = &mut book.fresh;
+        let live = book.live;
         let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
             ch.known.insert(ev.fp, ev.key);
             *fresh = true;
@@ -566,6 +667,18 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 rwin: 0,
                 own: 0,
                 others: 0,
+                // Until Redis is read (at once when it answers): a share of the whole budget,
+                // as split at the last read; none before this instance's first read.
+                allot: if live == 0 {
+                    0
+                } else {
+                    allotment(def.kind.budget(), live)
+                },
+                allot_at: now,
+                users: live,
+                used: true,
+                joined_at: 0,
+                users_read: fleet::Sticky::default(),
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -579,6 +692,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             };
         }
         g.active = true;
+        g.used = true;
         g.last_active = tick;
         // Calls counted since the last event this side sent (more than one when an event was
         // lost to a full queue).
@@ -593,16 +707,27 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                     .max(ev.at_us)
                     .saturating_add(gcra.t.saturating_mul(delta));
                 g.pending += delta;
+                g.allot = g.allot.saturating_sub(delta);
             }
-            LimitKind::Quota { .. } | LimitKind::Tokens { .. } => {
+            LimitKind::Quota { limit, .. } | LimitKind::Tokens { limit, .. } => {
                 if ev.window_end > g.window_end {
+                    // A new window: nothing used yet anywhere as far as this instance knows;
+                    // Redis is read at once (when it answers) for the others' part of it.
                     g.window_end = ev.window_end;
                     g.count = 0;
                     g.pending = 0;
+                    g.others = 0;
+                    g.allot = match book.live {
+                        0 => 0,
+                        live => allotment(limit, g.split(live)),
+                    };
+                    g.allot_at = now;
+                    book.fresh = true;
                 }
                 if ev.window_end == g.window_end {
                     g.count += delta;
                     g.pending += delta;
+                    g.allot = g.allot.saturating_sub(delta);
                 }
                 if delta > 0 {
                     quota_metrics(&mut book.metrics, ev.fp, def)
@@ -622,8 +747,12 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         demand,
         who,
         fullest,
+        fleet,
+        live,
         ..
     } = book;
+    // Before this instance's first read of Redis its allotments do not refill.
+    let (fleet, read, live) = (fleet.is_some(), *live > 0, (*live).max(1));
     fullest.clear();
     keys.retain(|&(fp, key), g| {
         let Some(def) = defs.get(&fp) else {
@@ -633,6 +762,21 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         let (left, keep, forget, next_us) = match def.kind {
             LimitKind::Rate { limit, per, burst } => {
                 let gcra = Gcra::new(limit, per, burst);
+                if fleet && read {
+                    // The allotment refills at this instance's part of the rate, up to its
+                    // part of the burst (a Redis read sets it afresh).
+                    let split = g.split(live);
+                    let step = gcra.t.saturating_mul(split).max(1);
+                    let cap = allotment(burst, split);
+                    let units = now.saturating_sub(g.allot_at) / step;
+                    if units > 0 {
+                        g.allot = g.allot.saturating_add(units);
+                        g.allot_at += units * step;
+                    }
+                    if g.allot >= cap {
+                        (g.allot, g.allot_at) = (cap, now);
+                    }
+                }
                 let refilling = g.tat > now;
                 let keep = g.active || refilling;
                 (
@@ -658,8 +802,15 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 (limit.saturating_sub(inflight), !idle, idle, 0)
             }
         };
+        // `traffic.redis`: the workers share this instance's allotment, and know when the
+        // fleet has more (they wait for the next Redis read instead of refusing).
+        let (left, more) = match def.kind {
+            LimitKind::Concurrency { .. } => (left, false),
+            _ if !fleet => (left, false),
+            _ => (left.min(g.allot), left > g.allot),
+        };
         send_shares(
-            x, ch, fp, key, g, left, next_us, forget, who, demand, shares,
+            x, ch, fp, key, g, left, more, next_us, forget, who, demand, shares,
         );
         for s in &mut g.sides {
             s.demand = 0;
@@ -697,6 +848,7 @@ fn send_shares(
     key: u64,
     g: &mut Global,
     left: u64,
+    more: bool,
     next_us: u64,
     forget: bool,
     who: &mut Vec<usize>,
@@ -717,7 +869,7 @@ fn send_shares(
     for (i, &w) in who.iter().enumerate() {
         let s = &mut g.sides[w];
         let share = shares[i];
-        if !forget && s.sent == Some((share, left)) {
+        if !forget && s.sent == Some((share, left, more)) {
             continue;
         }
         let u = Update {
@@ -727,12 +879,13 @@ fn send_shares(
             seen: s.level,
             share,
             left,
+            more,
             window_end: g.window_end,
             next_us,
             forget,
         };
         match ch.updates[w].0.try_send(u) {
-            Ok(()) => s.sent = Some((share, left)),
+            Ok(()) => s.sent = Some((share, left, more)),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 s.sent = None;
                 x.dropped.increment(1);
@@ -781,6 +934,7 @@ fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def
                 seen: s.level,
                 share: 0,
                 left: 0,
+                more: false,
                 window_end: g.window_end,
                 next_us: 0,
                 forget: true,
@@ -811,6 +965,9 @@ struct Entry {
     share: u64,
     /// A rate: when the next call conforms globally, as of the last update (0: unknown).
     next_us: u64,
+    /// `traffic.redis`: the fleet had more left than this instance's allotment at the last
+    /// update (out of share, wait for the next Redis read).
+    more: bool,
     /// When this worker last told the exchange it wants more (µs).
     demand_at: u64,
     /// Used since the eviction clock last passed.
@@ -981,6 +1138,7 @@ impl Local {
             e.base = e.level;
             e.share = u.share;
             e.next_us = u.next_us;
+            e.more = u.more;
         }
     }
 
@@ -1106,6 +1264,7 @@ impl Local {
                 base: 0,
                 share: 0,
                 next_us: 0,
+                more: false,
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
@@ -1132,12 +1291,13 @@ impl Local {
             };
             e.window_end = window_end;
             e.left = None;
+            e.more = false;
             e.dirty = false;
         }
         if !e.concurrency {
             // `traffic.redis` down: `on_failure` open or closed decides alone.
             match self.exchange.redis_state.load(Ordering::Relaxed) {
-                REDIS_NORMAL => {}
+                REDIS_NORMAL | REDIS_LOCAL => {}
                 REDIS_OPEN => return Judged::Admit,
                 _ => {
                     return Judged::Over {
@@ -1161,8 +1321,19 @@ impl Local {
             None => workers > 1 || e.cap == 0,
             Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
         };
+        // `traffic.redis`: this instance's allotment is spent but the fleet's budget is not:
+        // the next Redis read brings a new allotment (none comes while Redis is down: then
+        // refused at once, to retry once it may be back). Waits too when other workers here
+        // hold the rest of the allotment: the next sync or read moves it.
+        let down = e.more && self.exchange.redis_state.load(Ordering::Relaxed) == REDIS_LOCAL;
+        let fleet = e.more && !down;
         let retry_ms = match l.kind {
             _ if room => sync_ms,
+            _ if down => sync_ms.max(1000),
+            _ if fleet => t
+                .redis
+                .as_ref()
+                .map_or(sync_ms, |r| (r.sync_interval.as_millis() as u64).max(1)),
             // Globally out: when the next call conforms, as of the last update (before one,
             // one emission interval: this worker's first share was the whole burst).
             LimitKind::Rate { limit, per, burst } if e.next_us <= now => {
@@ -1179,7 +1350,8 @@ impl Local {
             // Only while this worker has had no share from the exchange (before its word on
             // this entry, or given nothing because it had no demand) and others may have room:
             // a worker whose share ran out under load is refused at once, nothing queues.
-            wait: room && (e.left.is_none() || e.share == 0),
+            // And while this instance waits for its next allotment from the fleet's budget.
+            wait: (room && (e.left.is_none() || e.share == 0)) || fleet,
         }
     }
 
@@ -1388,10 +1560,20 @@ pub enum Stop {
     Wait,
 }
 
-/// How long a request waits in all for a larger share before it is refused.
+/// How long a request waits in all for a larger share before it is refused: three syncs, of
+/// the exchange or (`traffic.redis`, for a new allotment) of Redis, whichever is slower, and
+/// at most a second.
 fn max_wait(ctx: &Ctx) -> Duration {
-    ctx.gw().config.traffic.sync_interval * 3
+    wait_bound(&ctx.gw().config.traffic)
 }
+
+fn wait_bound(t: &Traffic) -> Duration {
+    let redis = t.redis.as_ref().map_or(Duration::ZERO, |r| r.sync_interval);
+    (t.sync_interval.max(redis) * 3).min(MAX_WAIT)
+}
+
+/// The longest a request waits for a larger share, whatever the sync intervals.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// What authorization and routing made of one message, for the limit phase: refused (never
 /// charged: a denied or hidden item costs the caller nothing, and a limit naming it must not
@@ -1574,12 +1756,22 @@ fn check_rules(
     Ok(())
 }
 
-/// Waits (1 ms at a time, at most `max_wait`) for the exchange to bring this worker a larger
-/// share, then decides for good. Only a request over its worker's share gets here.
+/// Waits (at most `max_wait`) for the exchange to bring this worker a larger share, then
+/// decides for good. Only a request over its worker's share gets here. It looks again every
+/// millisecond, or with `traffic.redis` every twentieth of a Redis sync (a new allotment comes
+/// no sooner: many calls waiting for it must not cost a core a check each per millisecond).
 pub async fn wait(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
     let until = std::time::Instant::now() + max_wait(ctx);
+    let step = ctx
+        .gw()
+        .config
+        .traffic
+        .redis
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.sync_interval / 20)
+        .max(Duration::from_millis(1));
     loop {
-        monoio::time::sleep(Duration::from_millis(1)).await;
+        monoio::time::sleep(step).await;
         let last = std::time::Instant::now() >= until;
         match check(w, ctx, !last, routes) {
             Ok(()) => return Ok(()),
@@ -1963,5 +2155,229 @@ mod tests {
             }
             Judged::Admit => panic!("the 11th call of a burst of 10"),
         }
+    }
+
+    /// A config with `rule` and a `traffic.redis` nobody answers on (`on_failure: local`):
+    /// the exchange goes on with its allotments, which the test sets as a Redis read would.
+    fn fleet_config(rule: &str) -> crate::config::Config {
+        crate::config::load_str(&format!(
+            "traffic:\n  rules:\n    - {rule}\n  redis:\n    url: \"redis://127.0.0.1:1/0\"\n    \
+             timeout: 10ms\n    on_failure: local\n"
+        ))
+        .unwrap()
+    }
+
+    fn judged(local: &Local, cfg: &crate::config::Config) -> Judged {
+        let mut map = local.map.borrow_mut();
+        local.apply(&mut map, 100);
+        let l = &cfg.traffic.rules[0].limits[0];
+        local.judge(&mut map, &cfg.traffic, l, 1, now_us(), 0)
+    }
+
+    fn waits(j: Judged) -> bool {
+        match j {
+            Judged::Over { wait, .. } => wait,
+            Judged::Admit => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn with_redis_an_instance_admits_its_allotment_then_waits_while_the_fleet_has_more() {
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        // Two live instances: this one may admit ceil(10 / 2) until its next Redis read.
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        // As if each sync had read Redis (nobody answers the test's URL).
+        let sync = |book: &mut Book| {
+            sync_once(&x, book, now_us(), wall_ms() / 1000);
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+        };
+        assert!(waits(judged(&local, &cfg)), "no first share with Redis");
+        sync(&mut book);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        // Its allotment is spent, the fleet's budget is not: wait for the next read.
+        assert!(waits(judged(&local, &cfg)));
+        sync(&mut book);
+        assert_eq!(book.keys[&(fp, 1)].allot, 0);
+        assert!(waits(judged(&local, &cfg)));
+        // A read: the other instance used 2, so 3 are left, 2 of them here.
+        let g = book.keys.get_mut(&(fp, 1)).unwrap();
+        (g.others, g.allot) = (2, allotment(3, 2));
+        sync(&mut book);
+        for i in 0..2 {
+            assert!(
+                local.decide(&cfg.traffic, rule, 1),
+                "call {i} of the new allotment"
+            );
+        }
+        assert!(waits(judged(&local, &cfg)));
+        // The fleet's budget is spent: refused at once, until the window ends.
+        book.keys.get_mut(&(fp, 1)).unwrap().others = 3;
+        sync(&mut book);
+        match judged(&local, &cfg) {
+            Judged::Over { wait, retry_ms } => {
+                assert!(!wait);
+                assert!(retry_ms > 1000, "until the window's end: {retry_ms}");
+            }
+            Judged::Admit => panic!("over the fleet's budget"),
+        }
+    }
+
+    #[test]
+    fn with_redis_down_under_local_a_spent_allotment_is_refused_at_once() {
+        // Redis unreachable (`on_failure: local`), two instances as last read: 5 here, then
+        // refused without waiting for a read that is not coming, to retry in a second.
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let _ = judged(&local, &cfg);
+        sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        assert_eq!(x.redis_state.load(Ordering::Relaxed), REDIS_LOCAL);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
+        match judged(&local, &cfg) {
+            Judged::Over { wait, retry_ms } => {
+                assert!(!wait, "no read is coming");
+                assert_eq!(retry_ms, 1000);
+            }
+            Judged::Admit => panic!("over the allotment"),
+        }
+    }
+
+    #[test]
+    fn with_redis_a_worker_out_of_share_waits_while_the_fleet_has_more() {
+        // Two workers share an allotment of 5 (two live instances, a quota of 10): worker 0
+        // spends its share while worker 1 holds the rest; the fleet has more: it waits.
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        let rule = &cfg.traffic.rules[0];
+        let x = installed(&cfg, 2);
+        let (w0, w1) = (Local::new(x.clone(), 0), Local::new(x.clone(), 1));
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let sync = |book: &mut Book| {
+            sync_once(&x, book, now_us(), wall_ms() / 1000);
+            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+        };
+        let _ = judged(&w0, &cfg);
+        let _ = judged(&w1, &cfg);
+        sync(&mut book);
+        let mut admitted = 0;
+        while w0.decide(&cfg.traffic, rule, 1) {
+            admitted += 1;
+        }
+        assert!(
+            admitted < 5,
+            "worker 1 holds part of the allotment: {admitted}"
+        );
+        assert!(waits(judged(&w0, &cfg)), "the fleet has more");
+    }
+
+    #[test]
+    fn a_wait_for_a_larger_share_lasts_at_most_a_second() {
+        let cfg = crate::config::load_str(
+            "traffic:\n  rules:\n    - {name: q, quota: {limit: 10, window: day}}\n  redis:\n    \
+             url: \"redis://127.0.0.1:1/0\"\n    sync_interval: 10s\n",
+        )
+        .unwrap();
+        assert_eq!(wait_bound(&cfg.traffic), Duration::from_secs(1));
+        let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
+        assert_eq!(wait_bound(&cfg.traffic), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn with_redis_an_instance_that_never_read_redis_gives_no_budget() {
+        // Redis never answered: how many instances share the budget is unknown, so no
+        // allotment, and none refills (a rate's) however long it waits.
+        for rule in [
+            "{name: q, quota: {limit: 10, window: day}}",
+            "{name: r, rate: {limit: 10, per: 1s}}",
+        ] {
+            let cfg = fleet_config(rule);
+            let fp = cfg.traffic.rules[0].limits[0].fp;
+            let x = installed(&cfg, 1);
+            let local = Local::new(x.clone(), 0);
+            let mut book = Book::default();
+            let t0 = now_us();
+            assert!(matches!(judged(&local, &cfg), Judged::Over { .. }));
+            sync_once(&x, &mut book, t0, wall_ms() / 1000);
+            assert_eq!(book.keys[&(fp, 1)].allot, 0, "{rule}");
+            // Ten seconds on, still in use.
+            let g = book.keys.get_mut(&(fp, 1)).unwrap();
+            g.active = true;
+            sync_once(&x, &mut book, t0 + 10_000_000, wall_ms() / 1000);
+            assert_eq!(book.live, 0, "{rule}");
+            assert_eq!(book.keys[&(fp, 1)].allot, 0, "{rule}");
+            assert!(
+                matches!(judged(&local, &cfg), Judged::Over { .. }),
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn instance_counts_rise_at_once_and_fall_only_after_liveness() {
+        let mut s = fleet::Sticky::default();
+        let hold = 2_000_000;
+        assert_eq!(s.read(3, 1_000, hold), 3);
+        // A lower reading (an outage pruned the set, a skewed clock) holds for `hold`.
+        assert_eq!(s.read(1, 2_000, hold), 3);
+        assert_eq!(s.read(2, 1_000_000, hold), 3);
+        assert_eq!(s.read(1, 2_001_999, hold), 3);
+        // Then the highest of the lower readings counts.
+        assert_eq!(s.read(1, 2_002_000, hold), 2);
+        // A higher reading counts at once and ends a fall under way.
+        assert_eq!(s.read(1, 2_003_000, hold), 2);
+        assert_eq!(s.read(4, 2_004_000, hold), 4);
+        assert_eq!(s.read(4, 9_000_000, hold), 4);
+    }
+
+    #[test]
+    fn with_redis_a_rate_allotment_refills_at_the_instance_part_of_the_rate() {
+        // 10 an hour (one per 360 s), burst 10; two live instances: 5 each, and one more
+        // per 720 s here.
+        let cfg = fleet_config("{name: r, key: [principal], rate: {limit: 10, per: 1h}}");
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        let t0 = now_us();
+        assert!(waits(judged(&local, &cfg)));
+        sync_once(&x, &mut book, t0, WALL);
+        for i in 0..5 {
+            assert!(local.decide(&cfg.traffic, rule, 1), "call {i}");
+        }
+        sync_once(&x, &mut book, t0, WALL);
+        // As if that sync had read Redis (nobody answers the test's URL).
+        x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+        assert!(waits(judged(&local, &cfg)), "the fleet has 5 more");
+        sync_once(&x, &mut book, t0 + 719_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 0, "not yet");
+        sync_once(&x, &mut book, t0 + 720_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 1);
+        assert!(local.decide(&cfg.traffic, rule, 1));
+        // Idle for days: the allotment refills up to this instance's part of the burst.
+        sync_once(&x, &mut book, t0 + 400_000_000_000, WALL);
+        assert_eq!(book.keys[&(fp, 1)].allot, 5);
     }
 }

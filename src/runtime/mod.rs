@@ -247,6 +247,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     // Every worker that finished has handed its audit records over: write, flush, fsync.
     gw.audit.close();
+    // `traffic.redis`: the last counts go out and this instance leaves the fleet's split.
+    gw.traffic.leave(Duration::from_secs(1));
     // The spans of the drain too: the exporter sends what it holds (at most a few seconds).
     if let Some(x) = &gw.spans {
         x.close(Duration::from_secs(5));
