@@ -826,3 +826,113 @@ fn an_introspection_endpoint_that_fails_refuses_the_request() {
         2.0
     );
 }
+
+/// An issuer's JWK set of HS256 (`oct`) keys at `/jwks`: the first fetch waits for `release`,
+/// then it serves `k1`, and `k1` and `k2` once `rotated` is set. `fetches` counts the fetches.
+fn jwks_endpoint(
+    release: std::sync::mpsc::Receiver<()>,
+    rotated: Arc<std::sync::atomic::AtomicBool>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+) -> Scripted {
+    use std::sync::atomic::Ordering;
+    let release = Mutex::new(release);
+    // One request per connection: the fetcher asks for `connection: close` and reads to the end.
+    Scripted::start(move |mut s, _| {
+        if read_request(&mut s).is_some() {
+            if fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = release.lock().unwrap().recv();
+            }
+            let jwk = |kid: &str, secret: &[u8]| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(secret)});
+            let mut keys = vec![jwk("k1", ROTATED[0])];
+            if rotated.load(Ordering::SeqCst) {
+                keys.push(jwk("k2", ROTATED[1]));
+            }
+            let body = json!({ "keys": keys }).to_string();
+            let reply = scripted::response(
+                "200 OK",
+                &[
+                    ("content-type", "application/json"),
+                    ("cache-control", "max-age=3600"),
+                ],
+                body.as_bytes(),
+            );
+            let _ = s.write_all(&reply);
+        }
+    })
+}
+
+/// The secrets of `jwks_endpoint`'s keys `k1` and `k2`.
+const ROTATED: [&[u8]; 2] = [
+    b"the-first-key-of-thirty-two-bytes!!",
+    b"the-second-key-of-thirty-two-bytes!",
+];
+
+#[test]
+fn a_rotation_right_after_a_slow_first_key_fetch_is_fetched_at_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (release, held) = std::sync::mpsc::channel();
+    let rotated = Arc::new(AtomicBool::new(false));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let jwks = jwks_endpoint(held, rotated.clone(), fetches.clone());
+    // An unknown kid may make it fetch once an hour: a second ask-made fetch in this test is
+    // never the interval running out.
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: rotating\n      issuer: {ISS}\n      algorithms: [HS256]\n      jwks_url: \"http://{}/jwks\"\n      claims: {{roles: roles}}\n  key_refresh: {{unknown_kid_interval: 1h, timeout: 1m}}\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [rotating]}}\n    rules:\n      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}\n",
+            jwks.addr
+        ))
+        .start();
+    let signed = |kid: &str, secret: &[u8]| {
+        sign(
+            &json!({"alg": "HS256", "typ": "JWT", "kid": kid}),
+            &claims("alice", &["reader"]),
+            secret,
+        )
+    };
+    let accepted = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        post(&gw, &[("authorization", &bearer)], &initialize_body()).status == 200
+    };
+    // The first fetch is under way and held: a request now finds no keys (and asks for them).
+    assert!(eventually(Duration::from_secs(10), || fetches
+        .load(Ordering::SeqCst)
+        == 1));
+    let first = signed("k1", ROTATED[0]);
+    let r = ping_with(&gw, &first);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or("")
+            .contains("keys are not available"),
+        "{:?}",
+        r.headers
+    );
+    release.send(()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&first)),
+        "{}",
+        gw.log.text()
+    );
+    // The issuer rotates: the new kid is fetched at once. (Had the ask of the request that came
+    // before the first keys spent the interval, it would wait an hour.)
+    rotated.store(true, Ordering::SeqCst);
+    let second = signed("k2", ROTATED[1]);
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&second)),
+        "{}",
+        gw.log.text()
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_auth_key_refreshes_total{issuer=\"rotating\",result=\"ok\"}"
+        ),
+        2.0,
+        "{scrape}"
+    );
+}
