@@ -805,8 +805,13 @@ fn an_introspection_endpoint_that_fails_refuses_the_request() {
         ),
         1.0
     );
+    // The gateway writes the line before it answers, but the harness reads its stderr on a
+    // thread of its own, which may not have read the pipe yet: wait for it (bounded).
     assert!(
-        gw.log.text().contains("token introspection failed"),
+        eventually(Duration::from_secs(10), || gw
+            .log
+            .text()
+            .contains("token introspection failed")),
         "{}",
         gw.log.text()
     );
