@@ -833,9 +833,10 @@ fn an_introspection_endpoint_that_fails_refuses_the_request() {
 }
 
 /// An issuer's JWK set of HS256 (`oct`) keys at `/jwks`: the first fetch waits for `release`,
-/// then it serves `k1`, and `k1` and `k2` once `rotated` is set. `fetches` counts the fetches.
+/// which says whether it is answered (else 503); then it serves `k1`, and `k1` and `k2` once
+/// `rotated` is set. `fetches` counts the fetches.
 fn jwks_endpoint(
-    release: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Receiver<bool>,
     rotated: Arc<std::sync::atomic::AtomicBool>,
     fetches: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Scripted {
@@ -843,26 +844,28 @@ fn jwks_endpoint(
     let release = Mutex::new(release);
     // One request per connection: the fetcher asks for `connection: close` and reads to the end.
     Scripted::start(move |mut s, _| {
-        if read_request(&mut s).is_some() {
-            if fetches.fetch_add(1, Ordering::SeqCst) == 0 {
-                let _ = release.lock().unwrap().recv();
-            }
-            let jwk = |kid: &str, secret: &[u8]| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(secret)});
-            let mut keys = vec![jwk("k1", ROTATED[0])];
-            if rotated.load(Ordering::SeqCst) {
-                keys.push(jwk("k2", ROTATED[1]));
-            }
-            let body = json!({ "keys": keys }).to_string();
-            let reply = scripted::response(
-                "200 OK",
-                &[
-                    ("content-type", "application/json"),
-                    ("cache-control", "max-age=3600"),
-                ],
-                body.as_bytes(),
-            );
-            let _ = s.write_all(&reply);
+        if read_request(&mut s).is_none() {
+            return;
         }
+        if fetches.fetch_add(1, Ordering::SeqCst) == 0 && !release.lock().unwrap().recv().unwrap() {
+            let _ = s.write_all(&scripted::response("503 Service Unavailable", &[], b""));
+            return;
+        }
+        let jwk = |kid: &str, secret: &[u8]| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(secret)});
+        let mut keys = vec![jwk("k1", ROTATED[0])];
+        if rotated.load(Ordering::SeqCst) {
+            keys.push(jwk("k2", ROTATED[1]));
+        }
+        let body = json!({ "keys": keys }).to_string();
+        let reply = scripted::response(
+            "200 OK",
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "max-age=3600"),
+            ],
+            body.as_bytes(),
+        );
+        let _ = s.write_all(&reply);
     })
 }
 
@@ -873,7 +876,13 @@ const ROTATED: [&[u8]; 2] = [
 ];
 
 #[test]
-fn a_rotation_right_after_a_slow_first_key_fetch_is_fetched_at_once() {
+fn a_rotation_right_after_a_slow_or_failed_first_key_fetch_is_fetched_at_once() {
+    for first_fetch_answered in [true, false] {
+        rotation_after_a_slow_start(first_fetch_answered);
+    }
+}
+
+fn rotation_after_a_slow_start(first_fetch_answered: bool) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let (release, held) = std::sync::mpsc::channel();
     let rotated = Arc::new(AtomicBool::new(false));
@@ -901,24 +910,30 @@ fn a_rotation_right_after_a_slow_first_key_fetch_is_fetched_at_once() {
         let bearer = format!("Bearer {token}");
         post(&gw, &[("authorization", &bearer)], &initialize_body()).status == 200
     };
+    let case = if first_fetch_answered {
+        "first fetch slow"
+    } else {
+        "first fetch failed"
+    };
     // The first fetch is under way and held: a request now finds no keys (and asks for them).
     assert!(eventually(Duration::from_secs(10), || fetches
         .load(Ordering::SeqCst)
         == 1));
     let first = signed("k1", ROTATED[0]);
     let r = ping_with(&gw, &first);
-    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.status, 401, "{case}: {}", r.text());
     assert!(
         r.header("www-authenticate")
             .unwrap_or("")
             .contains("keys are not available"),
-        "{:?}",
+        "{case}: {:?}",
         r.headers
     );
-    release.send(()).unwrap();
+    // Answered, or failed (then the ask fetches again at once rather than after the backoff).
+    release.send(first_fetch_answered).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || accepted(&first)),
-        "{}",
+        "{case}: {}",
         gw.log.text()
     );
     // The issuer rotates: the new kid is fetched at once. (Had the ask of the request that came
@@ -927,10 +942,11 @@ fn a_rotation_right_after_a_slow_first_key_fetch_is_fetched_at_once() {
     let second = signed("k2", ROTATED[1]);
     assert!(
         eventually(Duration::from_secs(10), || accepted(&second)),
-        "{}",
+        "{case}: {}",
         gw.log.text()
     );
-    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    let failed = usize::from(!first_fetch_answered);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2 + failed, "{case}");
     let scrape = gw.metrics();
     assert_eq!(
         metric_value(
@@ -938,6 +954,6 @@ fn a_rotation_right_after_a_slow_first_key_fetch_is_fetched_at_once() {
             "tollgate_auth_key_refreshes_total{issuer=\"rotating\",result=\"ok\"}"
         ),
         2.0,
-        "{scrape}"
+        "{case}: {scrape}"
     );
 }

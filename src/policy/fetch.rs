@@ -329,6 +329,8 @@ struct State {
     last_attempt: Option<std::time::Instant>,
     /// When an unknown kid last made it fetch (the rate limit counts only those).
     last_asked: Option<std::time::Instant>,
+    /// When a worker without keys last made it fetch (before any were delivered).
+    last_no_keys: Option<std::time::Instant>,
     /// A fetch delivered usable keys: the workers have them, or they are on their way.
     delivered: bool,
     failures: u32,
@@ -353,6 +355,7 @@ fn run(
             due: now,
             last_attempt: None,
             last_asked: None,
+            last_no_keys: None,
             delivered: false,
             failures: 0,
             jwks_url: s.jwks_url.clone(),
@@ -380,22 +383,22 @@ fn run(
     }
 }
 
-/// A worker's ask: makes the issuer's fetch due now unless one made for an ask ran less than
-/// `policy.unknown_kid` ago. A worker with no keys at all while usable ones were delivered is
-/// answered already (they are on their way to it: the asks of requests that came before the
-/// first keys, on a slow start), so that ask fetches nothing and leaves the interval alone; had
-/// it spent it, a rotation right after would wait it out. Whether it fetches now.
+/// A worker's ask: makes the issuer's fetch due now unless one made for the same kind of ask
+/// ran less than `policy.unknown_kid` ago. A worker with no keys at all while usable ones were
+/// delivered is answered already (they are on their way to it: the asks of requests that came
+/// before the first keys, on a slow start), and before any were delivered its ask only cuts the
+/// retry backoff short; neither spends the unknown kids' interval, which a rotation right after
+/// would otherwise wait out. Whether it fetches now.
 fn asked(st: &mut State, why: Ask, policy: &RefreshPolicy, now: std::time::Instant) -> bool {
-    if why == Ask::NoKeys && st.delivered {
+    let last = match why {
+        Ask::NoKeys if st.delivered => return false,
+        Ask::NoKeys => &mut st.last_no_keys,
+        Ask::UnknownKid => &mut st.last_asked,
+    };
+    if last.is_some_and(|t| now.saturating_duration_since(t) < policy.unknown_kid) {
         return false;
     }
-    let recent = st
-        .last_asked
-        .is_some_and(|t| now.saturating_duration_since(t) < policy.unknown_kid);
-    if recent {
-        return false;
-    }
-    st.last_asked = Some(now);
+    *last = Some(now);
     st.due = now;
     true
 }
@@ -604,6 +607,7 @@ mod tests {
             due: later,
             last_attempt: None,
             last_asked: None,
+            last_no_keys: None,
             delivered: false,
             failures: 0,
             jwks_url: None,
@@ -613,10 +617,10 @@ mod tests {
         assert!(asked(&mut st, Ask::NoKeys, &policy, t0));
         assert_eq!(st.due, t0);
         assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(1)));
+        assert_eq!(st.last_asked, None);
         // Keys delivered: the asks of requests that came before they reached the workers fetch
         // nothing and leave the interval alone...
         st.delivered = true;
-        st.last_asked = None;
         st.due = later;
         assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(2)));
         assert_eq!((st.due, st.last_asked), (later, None));
