@@ -805,8 +805,13 @@ fn an_introspection_endpoint_that_fails_refuses_the_request() {
         ),
         1.0
     );
+    // The gateway writes the line before it answers, but the harness reads its stderr on a
+    // thread of its own, which may not have read the pipe yet: wait for it (bounded).
     assert!(
-        gw.log.text().contains("token introspection failed"),
+        eventually(Duration::from_secs(10), || gw
+            .log
+            .text()
+            .contains("token introspection failed")),
         "{}",
         gw.log.text()
     );
@@ -824,5 +829,131 @@ fn an_introspection_endpoint_that_fails_refuses_the_request() {
             "tollgate_auth_introspections_total{result=\"error\"}"
         ),
         2.0
+    );
+}
+
+/// An issuer's JWK set of HS256 (`oct`) keys at `/jwks`: the first fetch waits for `release`,
+/// which says whether it is answered (else 503); then it serves `k1`, and `k1` and `k2` once
+/// `rotated` is set. `fetches` counts the fetches.
+fn jwks_endpoint(
+    release: std::sync::mpsc::Receiver<bool>,
+    rotated: Arc<std::sync::atomic::AtomicBool>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+) -> Scripted {
+    use std::sync::atomic::Ordering;
+    let release = Mutex::new(release);
+    // One request per connection: the fetcher asks for `connection: close` and reads to the end.
+    Scripted::start(move |mut s, _| {
+        if read_request(&mut s).is_none() {
+            return;
+        }
+        if fetches.fetch_add(1, Ordering::SeqCst) == 0 && !release.lock().unwrap().recv().unwrap() {
+            let _ = s.write_all(&scripted::response("503 Service Unavailable", &[], b""));
+            return;
+        }
+        let jwk = |kid: &str, secret: &[u8]| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(secret)});
+        let mut keys = vec![jwk("k1", ROTATED[0])];
+        if rotated.load(Ordering::SeqCst) {
+            keys.push(jwk("k2", ROTATED[1]));
+        }
+        let body = json!({ "keys": keys }).to_string();
+        let reply = scripted::response(
+            "200 OK",
+            &[
+                ("content-type", "application/json"),
+                ("cache-control", "max-age=3600"),
+            ],
+            body.as_bytes(),
+        );
+        let _ = s.write_all(&reply);
+    })
+}
+
+/// The secrets of `jwks_endpoint`'s keys `k1` and `k2`.
+const ROTATED: [&[u8]; 2] = [
+    b"the-first-key-of-thirty-two-bytes!!",
+    b"the-second-key-of-thirty-two-bytes!",
+];
+
+#[test]
+fn a_rotation_right_after_a_slow_or_failed_first_key_fetch_is_fetched_at_once() {
+    for first_fetch_answered in [true, false] {
+        rotation_after_a_slow_start(first_fetch_answered);
+    }
+}
+
+fn rotation_after_a_slow_start(first_fetch_answered: bool) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (release, held) = std::sync::mpsc::channel();
+    let rotated = Arc::new(AtomicBool::new(false));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let jwks = jwks_endpoint(held, rotated.clone(), fetches.clone());
+    // An unknown kid may make it fetch once an hour: a second ask-made fetch in this test is
+    // never the interval running out.
+    let gw = Gateway::builder()
+        .workers(1)
+        .upstream("demo", "builtin:demo")
+        .yaml(&format!(
+            "auth:\n  issuers:\n    - name: rotating\n      issuer: {ISS}\n      algorithms: [HS256]\n      jwks_url: \"http://{}/jwks\"\n      claims: {{roles: roles}}\n  key_refresh: {{unknown_kid_interval: 1h, timeout: 1m}}\n\
+             servers:\n  - path: /mcp\n    upstream: demo\n    auth: {{resource: \"{AUD}\", issuers: [rotating]}}\n    rules:\n      - {{name: readers, effect: allow, roles: [reader], tools: [echo]}}\n",
+            jwks.addr
+        ))
+        .start();
+    let signed = |kid: &str, secret: &[u8]| {
+        sign(
+            &json!({"alg": "HS256", "typ": "JWT", "kid": kid}),
+            &claims("alice", &["reader"]),
+            secret,
+        )
+    };
+    let accepted = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        post(&gw, &[("authorization", &bearer)], &initialize_body()).status == 200
+    };
+    let case = if first_fetch_answered {
+        "first fetch slow"
+    } else {
+        "first fetch failed"
+    };
+    // The first fetch is under way and held: a request now finds no keys (and asks for them).
+    assert!(eventually(Duration::from_secs(10), || fetches
+        .load(Ordering::SeqCst)
+        == 1));
+    let first = signed("k1", ROTATED[0]);
+    let r = ping_with(&gw, &first);
+    assert_eq!(r.status, 401, "{case}: {}", r.text());
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or("")
+            .contains("keys are not available"),
+        "{case}: {:?}",
+        r.headers
+    );
+    // Answered, or failed (then the ask fetches again at once rather than after the backoff).
+    release.send(first_fetch_answered).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&first)),
+        "{case}: {}",
+        gw.log.text()
+    );
+    // The issuer rotates: the new kid is fetched at once. (Had the ask of the request that came
+    // before the first keys spent the interval, it would wait an hour.)
+    rotated.store(true, Ordering::SeqCst);
+    let second = signed("k2", ROTATED[1]);
+    assert!(
+        eventually(Duration::from_secs(10), || accepted(&second)),
+        "{case}: {}",
+        gw.log.text()
+    );
+    let failed = usize::from(!first_fetch_answered);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2 + failed, "{case}");
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "tollgate_auth_key_refreshes_total{issuer=\"rotating\",result=\"ok\"}"
+        ),
+        2.0,
+        "{case}: {scrape}"
     );
 }

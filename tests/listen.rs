@@ -397,15 +397,19 @@ fn a_merged_listen_acks_first_then_relays_both_members_retagged_and_filtered() {
             V
         );
     }
-    let scrape = gw.metrics();
-    assert_eq!(
+    // Counted once the relay returns, which is after the client has its final result: wait
+    // for it (bounded).
+    let ended = || {
         metric(
-            &scrape,
+            &gw.metrics(),
             "tollgate_listen_streams_ended_total",
-            &[("reason", "members_gone")]
-        ),
-        1.0,
-        "{scrape}"
+            &[("reason", "members_gone")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || ended() == 1.0),
+        "{}",
+        gw.metrics()
     );
 }
 

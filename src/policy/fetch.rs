@@ -281,19 +281,29 @@ impl Default for RefreshPolicy {
 }
 
 /// What a fetch round delivers: an issuer's JWKS document (raw JSON), fetched and parsed as
-/// JSON. On failure nothing is delivered: workers keep the last good keys.
-pub type Deliver = Box<dyn Fn(&KeySource, Arc<[u8]>) + Send>;
+/// JSON. On failure nothing is delivered: workers keep the last good keys. Returns whether the
+/// document held keys the workers can use (and was sent to them).
+pub type Deliver = Box<dyn Fn(&KeySource, Arc<[u8]>) -> bool + Send>;
+
+/// Why a worker asks for an issuer's keys again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// A token names a `kid` the worker's keys lack: the issuer may have rotated its keys.
+    UnknownKid,
+    /// The worker has no keys of the issuer at all.
+    NoKeys,
+}
 
 /// Handle of the key refresher thread: ask for a refetch when a token names an unknown `kid`.
 #[derive(Clone)]
 pub struct Refresher {
-    ask: crossbeam_channel::Sender<usize>,
+    ask: crossbeam_channel::Sender<(usize, Ask)>,
 }
 
 impl Refresher {
     /// Asks (never blocks; a full queue drops the ask) for issuer `issuer`'s keys again.
-    pub fn unknown_kid(&self, issuer: usize) {
-        let _ = self.ask.try_send(issuer);
+    pub fn ask(&self, issuer: usize, why: Ask) {
+        let _ = self.ask.try_send((issuer, why));
     }
 }
 
@@ -307,7 +317,7 @@ pub fn spawn(
     deliver: Deliver,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<(Refresher, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = crossbeam_channel::bounded::<usize>(64);
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, Ask)>(64);
     let handle = std::thread::Builder::new()
         .name("tollgate-keys".into())
         .spawn(move || run(sources, fetcher, policy, deliver, stop, rx))?;
@@ -319,6 +329,10 @@ struct State {
     last_attempt: Option<std::time::Instant>,
     /// When an unknown kid last made it fetch (the rate limit counts only those).
     last_asked: Option<std::time::Instant>,
+    /// When a worker without keys last made it fetch (before any were delivered).
+    last_no_keys: Option<std::time::Instant>,
+    /// A fetch delivered usable keys: the workers have them, or they are on their way.
+    delivered: bool,
     failures: u32,
     /// Found by discovery (kept when a later discovery fails).
     jwks_url: Option<String>,
@@ -330,7 +344,7 @@ fn run(
     policy: RefreshPolicy,
     deliver: Deliver,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    asks: crossbeam_channel::Receiver<usize>,
+    asks: crossbeam_channel::Receiver<(usize, Ask)>,
 ) {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
@@ -341,6 +355,8 @@ fn run(
             due: now,
             last_attempt: None,
             last_asked: None,
+            last_no_keys: None,
+            delivered: false,
             failures: 0,
             jwks_url: s.jwks_url.clone(),
         })
@@ -358,20 +374,33 @@ fn run(
                 d.saturating_duration_since(Instant::now())
             })
             .min(Duration::from_secs(1));
-        if let Ok(issuer) = asks.recv_timeout(wait) {
+        if let Ok((issuer, why)) = asks.recv_timeout(wait) {
             let Some(i) = sources.iter().position(|s| s.issuer == issuer) else {
                 continue;
             };
-            let st = &mut states[i];
-            let recent = st
-                .last_asked
-                .is_some_and(|t| t.elapsed() < policy.unknown_kid);
-            if !recent {
-                st.last_asked = Some(Instant::now());
-                st.due = Instant::now();
-            }
+            asked(&mut states[i], why, &policy, Instant::now());
         }
     }
+}
+
+/// A worker's ask: makes the issuer's fetch due now unless one made for the same kind of ask
+/// ran less than `policy.unknown_kid` ago. A worker with no keys at all while usable ones were
+/// delivered is answered already (they are on their way to it: the asks of requests that came
+/// before the first keys, on a slow start), and before any were delivered its ask only cuts the
+/// retry backoff short; neither spends the unknown kids' interval, which a rotation right after
+/// would otherwise wait out. Whether it fetches now.
+fn asked(st: &mut State, why: Ask, policy: &RefreshPolicy, now: std::time::Instant) -> bool {
+    let last = match why {
+        Ask::NoKeys if st.delivered => return false,
+        Ask::NoKeys => &mut st.last_no_keys,
+        Ask::UnknownKid => &mut st.last_asked,
+    };
+    if last.is_some_and(|t| now.saturating_duration_since(t) < policy.unknown_kid) {
+        return false;
+    }
+    *last = Some(now);
+    st.due = now;
+    true
 }
 
 /// One fetch of `src`'s keys (discovering the JWKS URL first when needed).
@@ -408,7 +437,9 @@ fn refresh(
         if !v["keys"].is_array() {
             return Err(format!("{u}: not a JWK set (no \"keys\" list)"));
         }
-        deliver(src, doc.body.into());
+        if deliver(src, doc.body.into()) {
+            st.delivered = true;
+        }
         Ok(doc.max_age)
     })();
     let label = match &result {
@@ -537,7 +568,8 @@ mod tests {
             jwks_url: None,
         };
         let deliver: Deliver = Box::new(move |s, doc| {
-            let _ = tx.send((s.issuer, String::from_utf8_lossy(&doc).to_string()));
+            tx.send((s.issuer, String::from_utf8_lossy(&doc).to_string()))
+                .is_ok()
         });
         let (refresher, handle) =
             spawn(vec![src], fetcher(), policy, deliver, stop.clone()).unwrap();
@@ -555,10 +587,52 @@ mod tests {
         assert_eq!(first, (3, "{\"keys\":[{\"kid\":\"k1\"}]}".to_string()));
         // max-age=3600: nothing more until a token names a kid the keys lack.
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
-        refresher.unknown_kid(3);
+        refresher.ask(3, Ask::UnknownKid);
         let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k2\"}]}");
         end();
+    }
+
+    #[test]
+    fn asks_from_workers_without_keys_leave_the_interval_to_a_rotation() {
+        use std::time::Instant;
+        let policy = RefreshPolicy {
+            unknown_kid: Duration::from_secs(30),
+            ..RefreshPolicy::default()
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let later = t0 + s(300);
+        let mut st = State {
+            due: later,
+            last_attempt: None,
+            last_asked: None,
+            last_no_keys: None,
+            delivered: false,
+            failures: 0,
+            jwks_url: None,
+        };
+        // No keys delivered yet (the first fetch failed): a worker without keys makes it fetch
+        // now rather than after the backoff, once per interval.
+        assert!(asked(&mut st, Ask::NoKeys, &policy, t0));
+        assert_eq!(st.due, t0);
+        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(1)));
+        assert_eq!(st.last_asked, None);
+        // Keys delivered: the asks of requests that came before they reached the workers fetch
+        // nothing and leave the interval alone...
+        st.delivered = true;
+        st.due = later;
+        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(2)));
+        assert_eq!((st.due, st.last_asked), (later, None));
+        // ...so a rotation right after is fetched at once, and the next unknown kid within the
+        // interval is not.
+        assert!(asked(&mut st, Ask::UnknownKid, &policy, t0 + s(3)));
+        assert_eq!(st.due, t0 + s(3));
+        st.due = later;
+        assert!(!asked(&mut st, Ask::UnknownKid, &policy, t0 + s(32)));
+        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(32)));
+        assert_eq!(st.due, later);
+        assert!(asked(&mut st, Ask::UnknownKid, &policy, t0 + s(33)));
     }
 
     #[test]
@@ -567,7 +641,7 @@ mod tests {
         let (refresher, rx, end) = refresher_of(&scripted_issuer(|n| n == 0));
         let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(first.1, "{\"keys\":[{\"kid\":\"k1\"}]}");
-        refresher.unknown_kid(3);
+        refresher.ask(3, Ask::UnknownKid);
         let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(second.1, "{\"keys\":[{\"kid\":\"k2\"}]}");
         end();

@@ -159,10 +159,13 @@ fn admit(
 fn refuse(w: &WorkerState, gw: &Gateway, ctx: &mut Ctx, server: usize, f: AuthFailure) -> Refusal {
     w.metrics.auth_failure(f);
     let auth = gw.config.servers[server].auth.as_ref();
-    if matches!(f, AuthFailure::UnknownKey | AuthFailure::KeysUnavailable) {
-        if let (Some(k), Some(auth)) = (&gw.keys, auth) {
-            k.unknown_kid(&auth.issuers);
-        }
+    let ask = match f {
+        AuthFailure::UnknownKey => Some(crate::policy::fetch::Ask::UnknownKid),
+        AuthFailure::KeysUnavailable => Some(crate::policy::fetch::Ask::NoKeys),
+        _ => None,
+    };
+    if let (Some(why), Some(k), Some(auth)) = (ask, &gw.keys, auth) {
+        k.ask(&auth.issuers, why);
     }
     let error = (f != AuthFailure::Missing).then(|| f.description());
     let mut r = Refusal::because(Kind::Unauthenticated, unauthenticated_message(f));

@@ -1,7 +1,7 @@
 //! The issuers' signing keys fetched in the background (`policy::fetch`): one refresher thread
 //! per config generation that has issuers with `jwks_url` or `discovery`, delivering each fetched
 //! key set to every worker through the control channel (`Control::Keys`), where the worker's
-//! `Authn` installs it. Nothing here runs on the request path but `unknown_kid`, a non-blocking
+//! `Authn` installs it. Nothing here runs on the request path but `ask`, a non-blocking
 //! send.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,9 +82,11 @@ impl KeyRefresh {
                     digest,
                 };
                 bus.broadcast(Control::Keys(Arc::new(k)), None);
+                true
             }
             Err(why) => {
-                tracing::warn!(issuer = %src.name, error = %why, "fetched key set unusable; the last good keys stay in use")
+                tracing::warn!(issuer = %src.name, error = %why, "fetched key set unusable; the last good keys stay in use");
+                false
             }
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -97,11 +99,11 @@ impl KeyRefresh {
         }
     }
 
-    /// A token named a key the issuers of a server do not have: fetch their keys again (at most
-    /// once per `RefreshPolicy::unknown_kid` per issuer).
-    pub fn unknown_kid(&self, issuers: &[usize]) {
+    /// A token named a key the issuers of a server do not have (`why`): fetch their keys again
+    /// (at most once per `RefreshPolicy::unknown_kid` per issuer; see `fetch::Ask`).
+    pub fn ask(&self, issuers: &[usize], why: fetch::Ask) {
         for &i in issuers {
-            self.refresher.unknown_kid(i);
+            self.refresher.ask(i, why);
         }
     }
 }

@@ -19,8 +19,11 @@ tests/conformance/baseline.json lists it (run label, scenario, check) with a rea
 
 Races of the fixture: some scenarios have the fixture send a request to the client on the
 session's GET stream, which its SDK drops when the stream is not open yet (the client opens it
-and calls the tool at the same moment; see baseline.json). A scenario that fails (directly or
+and calls the tool at the same moment; see GET_STREAM_RACE). A scenario that fails (directly or
 through tollgate) is run once more on its own; its second result counts, and the report says so.
+One of GET_STREAM_RACE's scenarios that failed the race's way (its tool call timed out) is run up
+to RACE_RERUNS times; it passes only if one of them passes, and any other failure of it is
+treated like any scenario's.
 
 Usage: python3 tests/conformance/run.py [--tollgate PATH] [--keep] [--only LABEL-PART]
 """
@@ -66,6 +69,25 @@ FIXTURE_PLACEHOLDER = "127.0.0.1:3100"
 READY_DEADLINE_S = 60.0
 SUITE_TIMEOUT_S = 900.0
 SCENARIO_TIMEOUT_S = 150.0
+# The scenarios whose tool (in the v0.1.16 fixture) sends its sampling or elicitation request
+# with `mcpServer.server.request()`, which the fixture's SDK (1.27.1) puts on the session's GET
+# stream, not on the tool call's own SSE reply (the 2025-11-25 transport says requests related
+# to a client request SHOULD go on that request's stream; the head fixture's tools use
+# `sendRequest`, which does). The client opens its GET stream and calls the tool at once; when
+# the tool call reaches the fixture first, the request is stored for a replay nobody asks for
+# (a new GET has no Last-Event-ID) and the tool call waits until the suite gives up: a timeout.
+# Straight at the fixture the client's two requests arrive in the order it wrote them (the GET
+# about a millisecond first); a gateway passes each on its own connection and core, so the
+# order the fixture sees is not always the client's (measured with a debug build: 4 of 30 runs
+# of tools-call-elicitation through config/conformance.yaml idle, 1 of 30 under two busy loops;
+# 0 of 60 directly). A client that opens the GET after the call loses the request every time
+# straight at the fixture, with no gateway in between: get_stream_race.py shows it.
+GET_STREAM_RACE = {
+    "v0.1.16": {"tools-call-elicitation", "tools-call-sampling", "elicitation-sep1034-defaults",
+                "elicitation-sep1330-enums"},
+}
+# How often such a scenario is run again, on its own, after a failure that looks like the race.
+RACE_RERUNS = 4
 
 
 class Proc:
@@ -140,8 +162,10 @@ def start_gateway(tollgate: str, config: str, fixture: str, workdir: Path, tag: 
     return p, wait_for("ready file", is_ready, p)
 
 
-def run_suite(cli: Path, extra: list[str], url: str, out: Path, scenario: str | None = None) -> dict[tuple[str, str], str]:
-    """Runs the suite (or one scenario) and returns {(scenario, check id): status}."""
+def run_suite(cli: Path, extra: list[str], url: str, out: Path, scenario: str | None = None,
+              messages: dict[tuple[str, str], str] | None = None) -> dict[tuple[str, str], str]:
+    """Runs the suite (or one scenario) and returns {(scenario, check id): status}; fills
+    `messages` with the failed checks' error messages."""
     if out.exists():
         shutil.rmtree(out)
     if scenario:
@@ -168,6 +192,8 @@ def run_suite(cli: Path, extra: list[str], url: str, out: Path, scenario: str | 
         try:
             for c in json.loads(checks.read_text()):
                 results[(scen, c["id"])] = c.get("status", "?")
+                if messages is not None and not passed(c.get("status", "?")):
+                    messages[(scen, c["id"])] = str(c.get("errorMessage") or "")
         except (json.JSONDecodeError, KeyError, TypeError):
             results[(scen, "(unreadable checks.json)")] = "FAILURE"
     return results
@@ -177,26 +203,48 @@ def passed(status: str) -> bool:
     return status in ("SUCCESS", "INFO", "WARNING", "SKIPPED")
 
 
+def looks_like_get_stream_race(scen: str, res: dict, messages: dict) -> bool:
+    """Whether every failed check of `scen` is a timeout (the suite's scenario timeout, or the
+    tool call's request timing out), the way GET_STREAM_RACE's scenarios fail; a wrong answer
+    is not."""
+    failed = [k for k, v in res.items() if k[0] == scen and not passed(v)]
+    return bool(failed) and all(k[1] == "scenario-timeout" or "timed out" in messages.get(k, "") for k in failed)
+
+
 def retry_failed(cli: Path, extra: list[str], url: str, res: dict, workdir: Path, tag: str, notes: list[str],
-                 expected: set[str] | None = None) -> None:
+                 expected: set[str] | None = None, racy: set[str] = frozenset()) -> None:
     """Runs each scenario with a failed check once more on its own; its results replace the first.
     A scenario of `expected` (the scenarios the direct run reported) that reported nothing at all
-    (it hung until the suite moved on) counts as failed too."""
+    (it hung until the suite moved on) counts as failed too. A scenario of `racy`
+    (GET_STREAM_RACE) is run again up to RACE_RERUNS times while it keeps failing by timing out."""
     failed = {s for (s, _), st in res.items() if not passed(st)}
     if expected:
         failed |= expected - {s for (s, _) in res}
     failed = sorted(failed)
     for scen in failed:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tag}-retry-{scen}")
-        again = run_suite(cli, extra, url, workdir / safe, scenario=scen)
-        if not again:
+        runs, ok, race = 0, False, False
+        while True:
+            runs += 1
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tag}-retry{runs}-{scen}")
+            messages: dict[tuple[str, str], str] = {}
+            again = run_suite(cli, extra, url, workdir / safe, scenario=scen, messages=messages)
+            if not again:
+                break  # nothing reported: the first results stand
+            before = {k: v for k, v in res.items() if k[0] == scen}
+            for k in before:
+                res.pop(k)
+            res.update(again)
+            ok = all(passed(v) for v in again.values())
+            race = scen in racy and not ok and looks_like_get_stream_race(scen, again, messages)
+            if ok or not race or runs >= RACE_RERUNS:
+                break
+        if runs == 1 and not again:
             continue
-        before = {k: v for k, v in res.items() if k[0] == scen}
-        for k in before:
-            res.pop(k)
-        res.update(again)
-        ok = all(passed(v) for v in again.values())
-        notes.append(f"{tag}: {scen} failed, run again on its own: {'passed' if ok else 'failed again'}")
+        how = "passed" if ok else "failed again"
+        if scen in racy and (runs > 1 or race):
+            # GET_STREAM_RACE: say how many runs it took, or that every one timed out.
+            how += f" on run {runs} of up to {RACE_RERUNS} (the fixture's GET-stream race)"
+        notes.append(f"{tag}: {scen} failed, run again on its own: {how}")
 
 
 def check_federated_listing(gateway_url: str) -> str | None:
@@ -297,7 +345,8 @@ def main() -> int:
         for i, (label, cli, extra, fx, configs) in enumerate(RUNS):
             direct_url = f"http://{fixtures[fx]}/mcp"
             direct = run_suite(cli, extra, direct_url, workdir / f"s{i}-direct")
-            retry_failed(cli, extra, direct_url, direct, workdir, f"[{label}] direct", notes)
+            racy = GET_STREAM_RACE.get(fx, set())
+            retry_failed(cli, extra, direct_url, direct, workdir, f"[{label}] direct", notes, racy=racy)
             d_ok = sum(passed(v) for v in direct.values())
             summary.append(f"[{label}] direct ({fx} fixture): {d_ok} passed, {len(direct) - d_ok} failed")
             if not direct:
@@ -306,7 +355,7 @@ def main() -> int:
                 url = gateways[(fx, cfg)]
                 through = run_suite(cli, extra, url, workdir / f"s{i}-{Path(cfg).stem}")
                 retry_failed(cli, extra, url, through, workdir, f"[{label}] {cfg}", notes,
-                             expected={s for (s, _) in direct})
+                             expected={s for (s, _) in direct}, racy=racy)
                 t_ok = sum(passed(v) for v in through.values())
                 lost = sorted(k for k, v in direct.items() if passed(v) and not passed(through.get(k, "MISSING")))
                 gained = sorted(k for k, v in through.items() if passed(v) and not passed(direct.get(k, "MISSING")))
