@@ -1133,3 +1133,62 @@ fn assert_logged(gw: &Gateway, text: &str) {
         gw.log.text()
     );
 }
+
+/// A reload that moves the HTTP sink away from a collector that stalls does not wait for it:
+/// the file and the new collector get the records made after the reload at once, the old
+/// collector's lane finishes on its own, and the exit still ends it (one attempt per batch).
+#[test]
+fn a_reload_away_from_a_stalled_collector_does_not_stall_the_writer() {
+    let (stalled, fresh) = (Collector::start(0, true), Collector::start(0, false));
+    let file = temp_path("beside-a-reload.jsonl");
+    let audit = |c: &Collector| {
+        format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 3s, max_retries: 10, backoff: 1s}}\n  arguments: {{values: [echo]}}\n",
+            file.display(),
+            c.addr
+        )
+    };
+    let builder = Gateway::builder()
+        .upstream("demo", "builtin:demo")
+        .serve("/mcp", "demo")
+        .yaml(&audit(&stalled));
+    let text_fresh = builder
+        .config_text()
+        .replace(&audit(&stalled), &audit(&fresh));
+    let mut gw = builder.start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    for i in 0..5 {
+        assert_eq!(try_echo(&mut m, i, "before"), Some(200));
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        stalled.posts.load(Ordering::SeqCst) >= 1
+    }));
+    gw.reload_with(&text_fresh);
+    assert!(eventually(Duration::from_secs(30), || {
+        gw.metrics()
+            .contains("tollgate_config_reloads_total{result=\"ok\"} 1")
+    }));
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    for i in 100..105 {
+        assert_eq!(try_echo(&mut m, i, "after"), Some(200));
+    }
+    // Well within the stalled lane's retries (10 × (3 s + backoff)): the writer did not wait.
+    assert!(eventually(Duration::from_secs(10), || {
+        fresh.lines.lock().unwrap().len() >= 5
+            && records(&file)
+                .iter()
+                .filter(|r| r["arguments"]["text"] == "after")
+                .count()
+                == 5
+    }));
+    stop(&mut gw);
+    assert_eq!(
+        records(&file)
+            .iter()
+            .filter(|r| r["arguments"]["text"] == "before")
+            .count(),
+        5
+    );
+}

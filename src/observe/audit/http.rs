@@ -111,6 +111,37 @@ impl HttpLane {
     }
 }
 
+/// An HTTP lane whose sinks a reload replaced: its thread sends what it holds (with its
+/// retries) on its own, so the writer goes on with the new sinks at once; at exit it is told
+/// to stop retrying and waited for (`finish`).
+pub(super) struct Retired {
+    thread: std::thread::JoinHandle<()>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Retired {
+    pub(super) fn is_done(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// The gateway is stopping: one attempt per batch from now on; waits for the thread.
+    pub(super) fn finish(self) {
+        self.closing.store(true, Ordering::Release);
+        let _ = self.thread.join();
+    }
+}
+
+impl HttpLane {
+    /// Stops sending to this lane and lets its thread finish its queue on its own.
+    pub(super) fn retire(mut self) -> Option<Retired> {
+        self.tx.take();
+        Some(Retired {
+            thread: self.thread.take()?,
+            closing: self.closing.clone(),
+        })
+    }
+}
+
 impl Drop for HttpLane {
     /// Sinks opened for a reload that was then aborted: the thread ends when its queue closes.
     fn drop(&mut self) {

@@ -85,6 +85,19 @@ impl Sinks {
         }
     }
 
+    /// Replaced by a reload: the file flushed and synced, stdout flushed, at once; the HTTP
+    /// sink's thread goes on sending what it holds on its own (a collector that is down must
+    /// not stop the writer, and with it the new sinks, for its retries).
+    pub(super) fn retire(mut self) -> Option<super::http::Retired> {
+        if let Some(f) = &mut self.file {
+            f.sync();
+        }
+        if let Some(s) = &self.stdout {
+            s.flush();
+        }
+        self.http.take().and_then(super::http::HttpLane::retire)
+    }
+
     /// Writes out everything held: the file flushed and synced to disk, the HTTP sink's queue
     /// and batch sent (and its thread ended).
     pub(super) fn finish(&mut self) {

@@ -29,12 +29,14 @@ pub(super) fn run(
             let _ = spare.try_send(buf);
         }
     };
+    // HTTP lanes of sinks a reload replaced, still sending what they hold.
+    let mut retired: Vec<super::http::Retired> = Vec::new();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(Msg::Records(buf, n)) => write(&mut sinks, buf, n),
             Ok(Msg::Swap(new)) => {
-                sinks.finish();
-                sinks = *new;
+                retired.retain(|r| !r.is_done());
+                retired.extend(std::mem::replace(&mut sinks, *new).retire());
             }
             Ok(Msg::Close(ack)) => {
                 // Everything sent before the close is in the channel already: write it all
@@ -53,6 +55,9 @@ pub(super) fn run(
                     }
                 }
                 sinks.finish();
+                for r in retired {
+                    r.finish();
+                }
                 for a in acks {
                     let _ = a.send(());
                 }
@@ -61,6 +66,9 @@ pub(super) fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 sinks.finish();
+                for r in retired {
+                    r.finish();
+                }
                 return;
             }
         }
