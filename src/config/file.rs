@@ -539,7 +539,8 @@ fn limits(p: &mut Problems, top: &Section) -> Limits {
             p,
             "max_batch_len",
             defaults::MAX_BATCH_LEN as usize,
-            usize_count(1, 100_000),
+            // A message's index in its batch is 16 bits wide (decisions, refusals, records).
+            usize_count(1, u16::MAX as u64),
         ),
         max_batch_concurrency: s.get(
             p,
