@@ -384,14 +384,14 @@ fn run(
 }
 
 /// A worker's ask: makes the issuer's fetch due now unless one made for the same kind of ask
-/// ran less than `policy.unknown_kid` ago. A worker with no keys at all while usable ones were
-/// delivered is answered already (they are on their way to it: the asks of requests that came
-/// before the first keys, on a slow start), and before any were delivered its ask only cuts the
-/// retry backoff short; neither spends the unknown kids' interval, which a rotation right after
-/// would otherwise wait out. Whether it fetches now.
+/// ran less than `policy.unknown_kid` ago. A worker with no keys at all within that interval
+/// after usable ones were delivered is answered already (they are on their way to it: the asks
+/// of requests that came before the first keys, on a slow start); later, it missed them and
+/// its ask fetches again (once an interval); before any were delivered its ask only cuts the
+/// retry backoff short. No-keys asks never spend the unknown kids' interval, which a rotation
+/// right after would otherwise wait out. Whether it fetches now.
 fn asked(st: &mut State, why: Ask, policy: &RefreshPolicy, now: std::time::Instant) -> bool {
     let last = match why {
-        Ask::NoKeys if st.delivered => return false,
         Ask::NoKeys => &mut st.last_no_keys,
         Ask::UnknownKid => &mut st.last_asked,
     };
@@ -439,6 +439,9 @@ fn refresh(
         }
         if deliver(src, doc.body.into()) {
             st.delivered = true;
+            // Asks of workers without keys within the interval from now are answered by this
+            // delivery; one later means a worker missed it (its control queue was full).
+            st.last_no_keys = Some(Instant::now());
         }
         Ok(doc.max_age)
     })();
@@ -621,6 +624,7 @@ mod tests {
         // Keys delivered: the asks of requests that came before they reached the workers fetch
         // nothing and leave the interval alone...
         st.delivered = true;
+        st.last_no_keys = Some(t0 + s(2));
         st.due = later;
         assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(2)));
         assert_eq!((st.due, st.last_asked), (later, None));
@@ -630,9 +634,15 @@ mod tests {
         assert_eq!(st.due, t0 + s(3));
         st.due = later;
         assert!(!asked(&mut st, Ask::UnknownKid, &policy, t0 + s(32)));
-        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(32)));
+        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(31)));
         assert_eq!(st.due, later);
         assert!(asked(&mut st, Ask::UnknownKid, &policy, t0 + s(33)));
+        // A worker still without keys an interval after the delivery missed it (its control
+        // queue was full): its ask fetches again, once an interval.
+        st.due = later;
+        assert!(asked(&mut st, Ask::NoKeys, &policy, t0 + s(33)));
+        assert_eq!(st.due, t0 + s(33));
+        assert!(!asked(&mut st, Ask::NoKeys, &policy, t0 + s(40)));
     }
 
     #[test]
