@@ -70,7 +70,7 @@ impl Book {
     }
 
     /// The book is full: closed windows go; if that frees less than a sixteenth of `cap`, the
-    /// open windows that close soonest go too (counted), down to `cap - cap / 16`, so a full book
+    /// open windows with the fewest calls go too (counted), down to `cap - cap / 16`, so a full book
     /// does this once per `cap / 16` new keys rather than on every one.
     #[cold]
     fn make_room(&self, windows: &mut HashMap<(u64, u64), Window>, cap: usize, now_us: u64) {
@@ -79,17 +79,20 @@ impl Book {
         if windows.len() <= keep {
             return;
         }
-        let mut ends: Vec<u64> = windows.values().map(|w| w.ends_us).collect();
+        // The fewest calls first (then the soonest to close): a window near its `max` is the
+        // one tracking a loop, and a flood of calls with new arguments must not evict it.
+        let rank = |w: &Window| (w.count, w.ends_us);
+        let mut ranks: Vec<(u64, u64)> = windows.values().map(rank).collect();
         let drop = windows.len() - keep;
-        let (_, &mut cut, _) = ends.select_nth_unstable(drop - 1);
+        let (_, &mut cut, _) = ranks.select_nth_unstable(drop - 1);
         let before = windows.len();
-        // Every window closing before the cut, and at the cut while more must go.
-        let mut at_cut = drop - ends[..drop].iter().filter(|&&e| e < cut).count();
+        // Every window ranked below the cut, and at the cut while more must go.
+        let mut at_cut = drop - ranks[..drop].iter().filter(|&&r| r < cut).count();
         windows.retain(|_, w| {
-            if w.ends_us < cut {
+            if rank(w) < cut {
                 return false;
             }
-            if w.ends_us == cut && at_cut > 0 {
+            if rank(w) == cut && at_cut > 0 {
                 at_cut -= 1;
                 return false;
             }
@@ -176,12 +179,30 @@ mod tests {
         assert_eq!(b.len(), 64);
         b.admit(&g, 1000, 21 * S, 64);
         assert_eq!(b.len(), 33, "the closed windows went, the open ones stayed");
-        // Full of open windows: those closing soonest go, a sixteenth at a time.
+        // Full of open windows: those with the fewest calls go (all have one here: the soonest to close), a sixteenth at a time.
         for k in 2000..3000 {
             b.admit(&g, k, 22 * S, 64);
             assert!(b.len() <= 64);
         }
         // The newest key is still refused: its window was kept.
         assert!(b.judge(&g, 2999, 22 * S, 0).is_err());
+    }
+
+    #[test]
+    fn a_flood_of_new_arguments_does_not_evict_the_window_of_a_loop() {
+        let b = Book::default();
+        let g = guard(5, Duration::from_secs(60));
+        for _ in 0..4 {
+            b.admit(&g, 7, S, 64);
+        }
+        // Calls with ever new arguments, each opening a window of one call.
+        for k in 1000..3000 {
+            b.admit(&g, k, S + k, 64);
+            assert!(b.len() <= 64);
+        }
+        // The loop's window kept its four calls: one more, then refused.
+        assert!(b.judge(&g, 7, 2 * S, 0).is_ok());
+        b.admit(&g, 7, 2 * S, 64);
+        assert!(b.judge(&g, 7, 2 * S, 0).is_err());
     }
 }
