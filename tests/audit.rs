@@ -474,14 +474,7 @@ fn the_http_collector_gets_every_record_after_failing_first() {
         ),
         &[],
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    let mut answered = Vec::new();
-    for i in 0..25 {
-        let text = format!("h-{i}");
-        assert_eq!(try_echo(&mut m, i, &text), Some(200));
-        answered.push(text);
-    }
+    let answered = echo_answered(&gw, "h", 25);
     assert!(eventually(Duration::from_secs(30), || c
         .lines
         .lock()
@@ -841,26 +834,12 @@ fn records_carry_the_callers_trace_and_the_gateways_span() {
 fn a_collector_that_is_down_does_not_hold_the_exit_and_the_file_keeps_every_record() {
     // A port nothing listens on: every POST is refused at once. With the configured retries a
     // batch would take 2 + 4 + 8 + 16 + 30 s of backoff; stopping gives each batch one attempt.
-    let down = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
     let file = temp_path("audit.jsonl");
-    let mut gw = open_gateway(
-        &format!(
-            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", batch: 1000, flush_interval: 1h, max_retries: 5, backoff: 2s}}\n  arguments: {{values: [echo]}}\n",
-            file.display()
-        ),
-        &[],
+    let mut gw = beside_a_collector_that_is_down(
+        &file,
+        "batch: 1000, flush_interval: 1h, max_retries: 5, backoff: 2s",
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    let mut answered = Vec::new();
-    for i in 0..10 {
-        let text = format!("d-{i}");
-        assert_eq!(try_echo(&mut m, i, &text), Some(200));
-        answered.push(text);
-    }
+    let answered = echo_answered(&gw, "d", 10);
     gw.sigterm();
     let status = gw
         .wait_exit(Duration::from_secs(20))
@@ -1088,26 +1067,9 @@ fn a_call_cut_at_the_drain_deadline_is_recorded() {
 /// waited on the collector, has every record.
 #[test]
 fn a_collector_in_its_backoff_at_sigterm_does_not_hold_the_exit() {
-    let down = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
     let file = temp_path("backoff.jsonl");
-    let mut gw = open_gateway(
-        &format!(
-            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", batch: 1, max_retries: 5, backoff: 4s}}\n  arguments: {{values: [echo]}}\n",
-            file.display()
-        ),
-        &[],
-    );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    let mut answered = Vec::new();
-    for i in 0..10 {
-        let text = format!("b-{i}");
-        assert_eq!(try_echo(&mut m, i, &text), Some(200));
-        answered.push(text);
-    }
+    let mut gw = beside_a_collector_that_is_down(&file, "batch: 1, max_retries: 5, backoff: 4s");
+    let answered = echo_answered(&gw, "b", 10);
     // The first batch failed its first attempt: its backoff has begun.
     assert!(eventually(Duration::from_secs(30), || {
         harness::metric_value(
@@ -1191,4 +1153,33 @@ fn a_reload_away_from_a_stalled_collector_does_not_stall_the_writer() {
             .count(),
         5
     );
+}
+
+/// A gateway writing the audit log to `file` and to an HTTP collector on a port nothing
+/// listens on (every POST refused at once), with `http` the HTTP sink's other settings.
+fn beside_a_collector_that_is_down(file: &Path, http: &str) -> Gateway {
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    open_gateway(
+        &format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", {http}}}\n  arguments: {{values: [echo]}}\n",
+            file.display()
+        ),
+        &[],
+    )
+}
+
+/// `n` echo calls on a new session, each answered 200; their texts (`<prefix>-<i>`).
+fn echo_answered(gw: &Gateway, prefix: &str, n: u64) -> Vec<String> {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    (0..n)
+        .map(|i| {
+            let text = format!("{prefix}-{i}");
+            assert_eq!(try_echo(&mut m, i, &text), Some(200));
+            text
+        })
+        .collect()
 }
