@@ -41,13 +41,7 @@ fn sessions_spread_stay_on_their_replica_and_move_when_it_dies() {
         // One worker: its least-in-flight choice with nothing in flight takes them in turn.
         .workers(1)
         .start();
-    let mut sessions: Vec<Mcp> = (0..4)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/mcp");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let mut sessions = initialized(&gw, "/mcp", 4);
     // Each session keeps reaching the demo that opened it: another would answer 404.
     for _ in 0..5 {
         for (i, m) in sessions.iter_mut().enumerate() {
@@ -271,13 +265,7 @@ fn a_reload_that_reorders_replicas_keeps_sessions_on_theirs() {
         .workers(1)
         .rust_log("info")
         .start();
-    let mut sessions: Vec<Mcp> = (0..4)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/mcp");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let mut sessions = initialized(&gw, "/mcp", 4);
     let base = std::fs::read_to_string(gw.config_path()).unwrap();
     let reordered = base.replace(
         &pair_config(&urls, ""),
@@ -308,13 +296,7 @@ fn federated_member_sessions_stay_on_their_replica() {
         .yaml(&pair_config(&[a.url(), b.url()], ""))
         .workers(1)
         .start();
-    let mut sessions: Vec<Mcp> = (0..4)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/fed");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let mut sessions = initialized(&gw, "/fed", 4);
     for _ in 0..3 {
         for (i, m) in sessions.iter_mut().enumerate() {
             let r = m.call_tool("pair__echo", json!({"text": "hi"}));
@@ -346,13 +328,7 @@ fn a_reload_that_adds_replicas_keeps_sessions_on_the_one_they_began_on_and_one_t
         .workers(1)
         .rust_log("info")
         .start();
-    let mut sessions: Vec<Mcp> = (0..4)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/mcp");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let mut sessions = initialized(&gw, "/mcp", 4);
     let base = std::fs::read_to_string(gw.config_path()).unwrap();
     let reloaded = |n: usize| {
         eventually(Duration::from_secs(5), || {
@@ -514,4 +490,15 @@ fn a_stalled_replica_does_not_hold_up_the_other_replicas_probes() {
     assert_eq!(checks(&gw, &stalled_url, "failed"), 0.0, "{}", gw.metrics());
     assert_eq!(checks(&gw, &stalled_url, "passed"), 0.0);
     drop(stalled);
+}
+
+/// `n` sessions initialized on `path`, each on a connection of its own.
+fn initialized(gw: &Gateway, path: &str, n: usize) -> Vec<Mcp> {
+    (0..n)
+        .map(|_| {
+            let mut m = Mcp::new(gw.addr, path);
+            m.initialize("2025-06-18");
+            m
+        })
+        .collect()
 }
