@@ -10,11 +10,14 @@
 //! `take` looks at readiness with one zero-timeout `poll` over the whole stack it takes from
 //! (at most `CHECK_BATCH` idle connections), and trusts what it saw for `CHECK_WINDOW`: a busy
 //! worker takes many connections between two checks, one syscall for all of them instead of
-//! one each (~2% of a small call's CPU). Like the readiness an event loop (nginx, Envoy) keeps
-//! for its idle upstream connections, bytes that arrive less than `CHECK_WINDOW` before a
-//! connection is reused are not seen before it: like bytes arriving just after any check, they
-//! would be read as the reply. A connection put back after the last check is always checked
-//! before it is reused.
+//! one each (~2% of a small call's CPU). A connection put back with nothing buffered beyond its
+//! reply counts as seen quiet at that moment, for `CHECK_WINDOW` too: under load the newest
+//! connection is nearly always one just put back, and checking each of those cost a `poll`
+//! every few requests. Like the readiness an event loop (nginx, Envoy) keeps for its idle
+//! upstream connections, bytes that arrive less than `CHECK_WINDOW` before a connection is
+//! reused are not seen before it: like bytes arriving just after any check, they would be read
+//! as the reply. A close in that window is not lost: the request then fails before any reply
+//! byte, and a reused connection is retried once on a fresh one (`proxy/upstream.rs`).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -32,8 +35,10 @@ pub type UpstreamConn = Conn<Stream>;
 /// The most read buffer an idle pooled connection keeps.
 const IDLE_BUFFER: usize = 16 * 1024;
 
-/// How long a readiness check of idle connections is trusted by `take` (see the module doc).
-pub const CHECK_WINDOW: Duration = Duration::from_micros(100);
+/// How long a readiness check of idle connections (or a put back) is trusted by `take` (see the
+/// module doc): about one turn of a busy event loop. Under load a connection is mostly reused
+/// within it, so takes need no syscall; at 100 µs a busy worker still polled every ~15 requests.
+pub const CHECK_WINDOW: Duration = Duration::from_micros(1000);
 
 /// The most idle connections (the newest of one stack) one check looks at.
 const CHECK_BATCH: usize = 32;
@@ -45,6 +50,8 @@ struct Idle {
     expires: Instant,
     /// The check (`Pool::checks`) that last found it quiet; 0: none since it was put back.
     quiet_at: u64,
+    /// When it was put back (quiet then: nothing buffered), trusted for `CHECK_WINDOW`.
+    put_at: Instant,
 }
 
 /// Idle upstream connections of one worker: one stack per upstream *target*, each under a key
@@ -242,7 +249,8 @@ impl Pool {
                 discarded(Discard::Expired);
                 continue;
             }
-            if fresh && top.quiet_at == latest && latest != 0 {
+            let just_put = now.saturating_duration_since(top.put_at) < CHECK_WINDOW;
+            if just_put || (fresh && top.quiet_at == latest && latest != 0) {
                 return stack.pop().map(|idle| idle.conn);
             }
             // Not covered by a check that still holds: check the stack's newest connections
@@ -309,7 +317,8 @@ impl Pool {
         }
     }
 
-    /// Returns a connection whose last response was read completely; `expires` comes from
+    /// Returns a connection whose last response was read completely, at `now` (the exact
+    /// time: it is trusted to be quiet for `CHECK_WINDOW` from then); `expires` comes from
     /// `expiry`. A connection with unread bytes (a stray response came with the last one) is
     /// dropped and reported as `Err(Discard::Unsolicited)`. A read buffer that grew for a large
     /// body is given back first, so idle connections stay small.
@@ -319,6 +328,7 @@ impl Pool {
         mut conn: UpstreamConn,
         max_idle: usize,
         expires: Instant,
+        now: Instant,
     ) -> Result<(), Discard> {
         // Idle: no longer a request in flight.
         conn.busy = None;
@@ -332,6 +342,7 @@ impl Pool {
                     conn,
                     expires,
                     quiet_at: 0,
+                    put_at: now,
                 });
             }
         }
@@ -437,8 +448,8 @@ mod tests {
         assert!(is_quiet(c3.as_raw_fd()));
     }
 
-    /// One check covers the stack for `CHECK_WINDOW`; a connection put back after it, and any
-    /// taken after the window, is checked again; noisy and closed ones never come out.
+    /// One check covers the stack for `CHECK_WINDOW`, a put back covers its connection for as
+    /// long; past that a connection is checked again; noisy and closed ones never come out.
     #[test]
     fn take_checks_the_stack_at_once_and_rechecks_what_it_did_not_see() {
         use std::io::Write;
@@ -461,7 +472,7 @@ mod tests {
             let far = Instant::now() + Duration::from_secs(60);
             for _ in 0..3 {
                 let (c, s) = open();
-                pool.put(slot, c, 8, far).unwrap();
+                pool.put(slot, c, 8, far, Instant::now()).unwrap();
                 peers.push(s);
             }
             let settle = || std::thread::sleep(Duration::from_millis(20));
@@ -480,20 +491,28 @@ mod tests {
             let got = pool.take(slot, t0 + CHECK_WINDOW * 2, |d| discards.push(d));
             assert!(got.is_none());
             assert_eq!(discards, vec![Discard::Unsolicited, Discard::Closed]);
-            // Put back after the last check: checked before it is reused, however soon.
+            // Put back quiet: trusted for the window from then, no check (no syscall).
             let (quiet, _s1) = open();
             let (noisy, mut s2) = open();
-            pool.put(slot, quiet, 8, far).unwrap();
             let t1 = Instant::now();
-            assert!(pool.take(slot, t1, |d| discards.push(d)).is_some());
-            pool.put(slot, noisy, 8, far).unwrap();
+            pool.put(slot, quiet, 8, far, t1).unwrap();
+            let checks = pool.checks;
+            let got = pool.take(slot, t1 + CHECK_WINDOW / 2, |d| discards.push(d));
+            assert!(got.is_some());
+            assert_eq!(
+                pool.checks, checks,
+                "a connection just put back is not polled"
+            );
+            // Bytes that come after the put are not seen within the window (the documented
+            // limit); past it the connection is checked, and a noisy one never comes out.
+            pool.put(slot, noisy, 8, far, t1).unwrap();
             s2.write_all(b"x").unwrap();
             settle();
             let n = discards.len();
-            let got = pool.take(slot, t1, |d| discards.push(d));
+            let got = pool.take(slot, t1 + CHECK_WINDOW, |d| discards.push(d));
             assert!(
                 got.is_none(),
-                "put back after the check, noisy: never reused"
+                "put back, noisy, taken after the window: never reused"
             );
             assert_eq!(&discards[n..], &[Discard::Unsolicited]);
         });

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::http::pool::Pool;
@@ -504,7 +504,11 @@ impl WorkerState {
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
             let slot = gw.pool_slot(u, conn.replica as usize);
-            let put = self.pool.borrow_mut().put(slot, conn, up.max_idle, expires);
+            // The exact time: the put is trusted as a readiness check (`pool` module doc).
+            let put = self
+                .pool
+                .borrow_mut()
+                .put(slot, conn, up.max_idle, expires, Instant::now());
             if let Err(why) = put {
                 self.pool_discarded(gw, u, why);
             }
