@@ -135,21 +135,25 @@ fn session_hashes_are_keyed_per_process() {
 #[test]
 fn a_worker_cache_gives_the_hub_hash_and_tells_colliding_sessions_apart() {
     let (hub, batch) = (Hub::new(), Batch::default());
-    // Same cache slot (first, eighth and last bytes alike), different sessions.
+    // Same cache set (first, eighth and last bytes alike), different sessions: three, so one
+    // is evicted and computed again.
     let a = [1u8; 16];
     let mut b = [1u8; 16];
     b[3] = 9;
+    let mut c = [1u8; 16];
+    c[4] = 5;
     let hash = |id: &[u8; 16]| {
         let mut o = [0u8; 16];
         hub.session_hash(id, &mut o);
         o
     };
-    for id in [a, b, a, a, b] {
+    for id in [a, b, a, a, b, c, a, c, b, b, a] {
         let mut got = [0u8; 16];
         batch.session_hash(&hub, &id, &mut got);
         assert_eq!(got, hash(&id), "cached hash of {id:?}");
     }
     assert_ne!(hash(&a), hash(&b));
+    assert_ne!(hash(&b), hash(&c));
 }
 
 #[test]
