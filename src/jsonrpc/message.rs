@@ -39,6 +39,7 @@ enum Key {
     Task,
     TaskId,
     Traceparent,
+    Code,
     Other,
 }
 
@@ -50,6 +51,7 @@ impl Key {
             2 => (s == "id", Key::Id),
             3 => (s == "uri", Key::Uri),
             4 if s == "name" => (true, Key::Name),
+            4 if s == "code" => (true, Key::Code),
             4 => (s == "task", Key::Task),
             5 if s == "error" => (true, Key::Error),
             5 => (s == "_meta", Key::Meta),
@@ -104,6 +106,7 @@ impl Key {
             Key::Task => "task",
             Key::TaskId => "taskId",
             Key::Traceparent => "traceparent",
+            Key::Code => "code",
             Key::Other => OTHER_KEY,
         }
     }
@@ -265,6 +268,7 @@ impl<'a> Message<'a> {
             task: false,
             task_id: None,
             arguments: None,
+            error_code: None,
             span: 0..0,
         }
     }
@@ -336,9 +340,16 @@ pub(crate) fn message<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>)
             }
             Key::Error => {
                 has_error = true;
-                let is_object = cur.peek() == Some(b'{');
-                cur.skip_value(depth)?;
-                if !is_object {
+                if cur.peek() == Some(b'{') {
+                    object(cur, depth + 1, |cur, key| match key {
+                        Key::Code => {
+                            m.error_code = string_or_number(cur, depth + 1)?;
+                            Ok(())
+                        }
+                        _ => cur.skip_value(depth + 1),
+                    })?;
+                } else {
+                    cur.skip_value(depth)?;
                     cur.note(ScanErrorKind::NotAMessage("\"error\" is not an object"), at);
                 }
             }

@@ -107,6 +107,9 @@ pub struct Message<'a> {
     /// `params.arguments` when it is an object, raw (`tools/call`, `prompts/get`): its top-level
     /// keys are a read level (no duplicates); `argument_keys` lists them.
     pub arguments: Option<Raw<'a>>,
+    /// An error response's `error.code` when it is a number or a string, raw (what the audit
+    /// record of a reply the gateway read whole carries; a relayed one is probed instead).
+    pub error_code: Option<Raw<'a>>,
     /// This message's bytes within the body.
     pub span: Range<usize>,
 }

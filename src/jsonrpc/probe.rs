@@ -250,6 +250,17 @@ enum Line {
     Cr,
 }
 
+/// What the gateway learnt of a reply's JSON-RPC error without the probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplyCode {
+    /// Nothing: a relayed reply is read by the probe as it passes.
+    #[default]
+    Unread,
+    /// The reply was read whole before it was relayed and was one response to the request
+    /// (a single message): its error code, `None` for a result (or a code that is no integer).
+    Read(Option<i64>),
+}
+
 /// Errors read from a reply, by the id of the message that carried each.
 pub struct ReplyProbe {
     sse: bool,

@@ -100,6 +100,7 @@ pub fn capture(
 pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
     let settings = &ctx.gw().config.audit;
     if !settings.enabled
+        || ctx.reply_code != crate::jsonrpc::probe::ReplyCode::Unread
         || !ctx
             .messages
             .iter()
@@ -290,7 +291,11 @@ fn line(
     // Not refused by the gateway: the upstream's own JSON-RPC error, if its reply was one.
     let code = code.or_else(|| {
         let id = m.as_ref()?.m.id.as_ref()?.get();
-        ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch)
+        match ctx.reply_code {
+            // Read whole: one response, to this (single) request.
+            crate::jsonrpc::probe::ReplyCode::Read(code) if !ctx.batch => code,
+            _ => ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch),
+        }
     });
     text(b, "decision", verdict.as_bytes(), 16);
     text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);

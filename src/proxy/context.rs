@@ -259,6 +259,9 @@ pub struct Ctx {
     /// The JSON-RPC errors of the relayed reply, read as it passed, when `audit` records a
     /// message of this request (`proxy::audit_record::probe`).
     pub reply: Option<Box<crate::jsonrpc::probe::ReplyProbe>>,
+    /// The reply's error code when the gateway read the reply whole before relaying it (then
+    /// no probe is set up).
+    pub reply_code: crate::jsonrpc::probe::ReplyCode,
     /// Bytes written to the client before this request (to count this one's).
     sent_before: u64,
 }
@@ -324,6 +327,7 @@ impl Ctx {
             trace: None,
             audit_args: None,
             reply: None,
+            reply_code: crate::jsonrpc::probe::ReplyCode::Unread,
             sent_before: c.sent,
         }
     }

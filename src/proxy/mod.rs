@@ -970,7 +970,10 @@ async fn respond(
         elapsed: t_up.elapsed(),
     });
     let bare_result = match vetted {
-        upstream::Vetted::Relay { bare_result } => bare_result,
+        upstream::Vetted::Relay { bare_result, code } => {
+            ctx.reply_code = code;
+            bare_result
+        }
         upstream::Vetted::Whole { head: hb, body } => {
             if let Then::Stamped(stateless::Stamp { held: Some(h), .. }) = &then {
                 h.complete();

@@ -11,6 +11,7 @@ use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{parse_response, Framing, ResponseHead};
 use crate::http::pool::{connect, Idleness, UpstreamConn};
 use crate::http::Conn;
+use crate::jsonrpc::probe::ReplyCode;
 
 use super::client::Client;
 use super::shutdown::LocalShutdown;
@@ -491,7 +492,11 @@ pub enum Vetted {
     /// `bare_result`: a small JSON reply read whole and scanned here was one response whose
     /// result has no `resultType`; the offset of that result's `{` in the body (what a client of
     /// 2026-07-28 gets stamped in, without scanning it again).
-    Relay { bare_result: Option<usize> },
+    /// `code`: what the audit record says of its JSON-RPC error, when it was read whole here.
+    Relay {
+        bare_result: Option<usize>,
+        code: ReplyCode,
+    },
     /// A non-2xx JSON-RPC reply, read whole: relay `head` (a copy of the head's bytes) + `body`.
     Whole { head: Vec<u8>, body: Vec<u8> },
     /// Nothing a client could parse: answer with a JSON-RPC error naming the upstream.
@@ -527,8 +532,10 @@ fn describe(head: &ResponseHead, buf: &[u8]) -> String {
 
 /// What a scan of a reply body says about relaying it.
 enum ReplyScan {
-    /// Relayable; the offset of a result without `resultType` (one response), if any.
-    Ok(Option<usize>),
+    /// Relayable; the offset of a result without `resultType` (one response), if any, and the
+    /// error code of a response to the request (`ReplyCode::Read`: what the audit record says,
+    /// with no probe over the relayed bytes).
+    Ok(Option<usize>, ReplyCode),
     /// A JSON-RPC response to another id than the request's.
     OtherId(String),
     Bad(String),
@@ -541,26 +548,39 @@ enum ReplyScan {
 fn scan_reply(body: &[u8], expect_id: Option<&[u8]>) -> ReplyScan {
     use crate::jsonrpc::{Body, ScanErrorKind};
     match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
-        Ok(Body::Single(m)) => match (expect_id, m.id) {
-            // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
-            (Some(want), Some(got))
-                if got.text != b"null" && !crate::jsonrpc::same_id(want, got.text) =>
-            {
-                ReplyScan::OtherId(
-                    String::from_utf8_lossy(&got.text[..got.text.len().min(64)]).into_owned(),
-                )
+        Ok(Body::Single(m)) => {
+            use crate::jsonrpc::MessageKind;
+            match (expect_id, &m.id) {
+                // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
+                (Some(want), Some(got))
+                    if got.text != b"null" && !crate::jsonrpc::same_id(want, got.text) =>
+                {
+                    return ReplyScan::OtherId(
+                        String::from_utf8_lossy(&got.text[..got.text.len().min(64)]).into_owned(),
+                    );
+                }
+                _ => {}
             }
-            _ if m.kind == crate::jsonrpc::MessageKind::Response && !m.result_type => {
-                ReplyScan::Ok(m.result_open)
-            }
-            _ => ReplyScan::Ok(None),
-        },
-        Ok(Body::Batch(_)) => ReplyScan::Ok(None),
+            let code = match m.kind {
+                _ if expect_id.is_none() => ReplyCode::Unread,
+                MessageKind::Response => ReplyCode::Read(None),
+                MessageKind::Error => ReplyCode::Read(
+                    m.error_code
+                        .and_then(|c| std::str::from_utf8(c.text).ok()?.parse().ok()),
+                ),
+                _ => ReplyCode::Unread,
+            };
+            let bare = (m.kind == MessageKind::Response && !m.result_type)
+                .then_some(m.result_open)
+                .flatten();
+            ReplyScan::Ok(bare, code)
+        }
+        Ok(Body::Batch(_)) => ReplyScan::Ok(None, ReplyCode::Unread),
         Err(e) => match e.kind {
             ScanErrorKind::LoneSurrogate
             | ScanErrorKind::NumberOutOfRange
             | ScanErrorKind::DuplicateKey(_)
-            | ScanErrorKind::TooDeep => ReplyScan::Ok(None),
+            | ScanErrorKind::TooDeep => ReplyScan::Ok(None, ReplyCode::Unread),
             _ => ReplyScan::Bad(e.to_string()),
         },
     }
@@ -605,7 +625,10 @@ pub async fn vet_reply(
             || head.framing == Framing::Length(0)
             || head.is_sse(buf)
         {
-            return Vetted::Relay { bare_result: None };
+            return Vetted::Relay {
+                bare_result: None,
+                code: ReplyCode::Unread,
+            };
         }
         // No Content-Type at all is judged by the body.
         if !ct.is_empty() && !super::checks::is_json_content_type(ct) {
@@ -640,7 +663,7 @@ pub async fn vet_reply(
                 }
                 let body = &up.buffered()[head.len..need];
                 return match scan_reply(body, expect_id) {
-                    ReplyScan::Ok(bare_result) => Vetted::Relay { bare_result },
+                    ReplyScan::Ok(bare_result, code) => Vetted::Relay { bare_result, code },
                     // Out of step: its next bytes cannot be trusted either.
                     ReplyScan::OtherId(id) => unusable(
                         format!("answered with the response to another request (id {id})"),
@@ -660,12 +683,18 @@ pub async fn vet_reply(
         // A large or streamed JSON body is relayed as it arrives; one whose first bytes are
         // here must at least start as JSON (chunked bodies are not decoded for this).
         if head.framing == Framing::Chunked {
-            return Vetted::Relay { bare_result: None };
+            return Vetted::Relay {
+                bare_result: None,
+                code: ReplyCode::Unread,
+            };
         }
         let buf = up.buffered();
         let first = buf[head.len..].iter().find(|b| !b.is_ascii_whitespace());
         return match first {
-            Some(b'{' | b'[') | None => Vetted::Relay { bare_result: None },
+            Some(b'{' | b'[') | None => Vetted::Relay {
+                bare_result: None,
+                code: ReplyCode::Unread,
+            },
             Some(_) => unusable(
                 format!(
                     "answered {} with a body that is not JSON",
@@ -690,7 +719,7 @@ pub async fn vet_reply(
         return unusable(format!("answered {what}: {why}"), false);
     }
     match scan_reply(&body, expect_id) {
-        ReplyScan::Ok(_) => Vetted::Whole {
+        ReplyScan::Ok(..) => Vetted::Whole {
             head: head_bytes,
             body,
         },
