@@ -4,7 +4,7 @@ mod harness;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,4 +315,91 @@ fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
     );
     assert_eq!(n.load(Ordering::SeqCst), 3, "an open circuit sends nothing");
     assert_eq!(circuit_state(&gw, "up"), 1.0);
+}
+
+/// The transitions of `upstream`'s circuit into state `to` so far.
+fn circuit_transitions(gw: &Gateway, upstream: &str, to: &str) -> f64 {
+    harness::metric_value(
+        &gw.metrics(),
+        &format!(
+            "tollgate_upstream_circuit_transitions_total{{upstream=\"{upstream}\",to=\"{to}\"}}"
+        ),
+    )
+}
+
+#[test]
+fn a_2xx_reply_that_is_unusable_counts_as_a_failure_for_the_circuit() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let broken = Arc::new(AtomicBool::new(true));
+    let (seen, garbage) = (n.clone(), broken.clone());
+    // While `broken`, tools/list gets a 200 no client could use, in turn: an HTML page, a JSON
+    // content type over a body that is not JSON, the response to another id.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let i = seen.fetch_add(1, Ordering::SeqCst);
+            let r = if !garbage.load(Ordering::SeqCst) {
+                scripted::json_response(&scripted::rpc_result(&req.id(), json!({"tools": []})))
+            } else {
+                match i % 3 {
+                    0 => scripted::response(
+                        "200 OK",
+                        &[("Content-Type", "text/html")],
+                        b"<html>maintenance</html>",
+                    ),
+                    1 => scripted::json_response("<html>maintenance</html>"),
+                    _ => scripted::json_response(&scripted::rpc_result(
+                        &json!("someone-else"),
+                        json!({"tools": []}),
+                    )),
+                }
+            };
+            let _ = s.write_all(&r);
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[(
+                "circuit_breaker",
+                "{consecutive_failures: 3, open_for: 2s, half_open_probes: 1}",
+            )],
+        )
+        .serve("/mcp", "up")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    for i in 0..3 {
+        let r = m.request("tools/list", json!({})).json();
+        let msg = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("unusable reply"), "reply {i}: {r}");
+        assert_eq!(circuit_state(&gw, "up"), if i < 2 { 0.0 } else { 1.0 });
+    }
+    let r = m.request("tools/list", json!({})).json();
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("circuit is open"), "{r}");
+    assert_eq!(n.load(Ordering::SeqCst), 3, "an open circuit sends nothing");
+    // The half-open probe gets garbage too: open again.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = m.request("tools/list", json!({})).json();
+            r.to_string().contains("unusable reply")
+        }),
+        "no probe went through"
+    );
+    assert_eq!(n.load(Ordering::SeqCst), 4);
+    assert_eq!(circuit_state(&gw, "up"), 1.0);
+    assert_eq!(circuit_transitions(&gw, "up", "open"), 2.0);
+    // Usable again: the next probe closes it.
+    broken.store(false, Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = m.request("tools/list", json!({})).json();
+        r["result"]["tools"].is_array()
+    }));
+    assert_eq!(circuit_state(&gw, "up"), 0.0);
+    assert_eq!(circuit_transitions(&gw, "up", "closed"), 1.0);
 }

@@ -859,16 +859,12 @@ async fn forward(
     let caller = ctx.caller();
     let req = std::mem::take(&mut c.up_out);
     let safe = || retry_safe(w, ctx);
-    let (res, req) = upstream::exchange_within(
-        w,
-        ctx.gw(),
-        (u, replica),
-        req,
-        caller,
-        ctx.tool_timeout,
-        Some(&safe),
-    )
-    .await;
+    let terms = upstream::Terms {
+        tool_timeout: ctx.tool_timeout,
+        retry_safe: Some(&safe),
+        vets: true,
+    };
+    let (res, req) = upstream::exchange_within(w, ctx.gw(), (u, replica), req, caller, terms).await;
     c.up_out = req;
     respond(w, c, ctx, (u, res, t_up), had_session, then).await
 }
@@ -927,7 +923,8 @@ fn tool_timeout(w: &WorkerState, ctx: &Ctx, u: usize) -> Option<std::time::Durat
     }
 }
 
-/// Phases: vet → relay, for the outcome of an upstream exchange begun at `t_up`.
+/// Phases: vet → relay, for the outcome of an upstream exchange begun at `t_up` with
+/// `Terms::vets` (its 2xx is counted by the breaker here, once vetted).
 async fn respond(
     w: &WorkerState,
     c: &mut Client,
@@ -961,6 +958,15 @@ async fn respond(
     let expect_id = ctx.answer_id();
     let timeout = ctx.tool_timeout.unwrap_or(up.request_timeout);
     let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, timeout, expect_id).await;
+    // The exchange left a 2xx to this vet (`Terms::vets`: both callers ask for it): an
+    // unusable one is a failure for the upstream's circuit breaker.
+    if (200..300).contains(&rhead.status) {
+        let unusable = match &vetted {
+            upstream::Vetted::Unusable { why, .. } => Some(why.as_str()),
+            _ => None,
+        };
+        upstream::vetted(w, gw, u, &up_conn, unusable);
+    }
     ctx.upstream_call = Some(UpstreamCall {
         upstream: u,
         result: match &vetted {

@@ -126,7 +126,21 @@ pub async fn exchange_as(
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    exchange_within(w, gw, (u, replica), req, caller, None, None).await
+    exchange_within(w, gw, (u, replica), req, caller, Terms::default()).await
+}
+
+/// How `exchange_within` treats one exchange beyond its target.
+#[derive(Clone, Copy, Default)]
+pub struct Terms<'a> {
+    /// The wait for the response head (a tool's `tool_timeouts` entry) instead of the
+    /// upstream's `request_timeout`.
+    pub tool_timeout: Option<Duration>,
+    /// Whether the request is idempotent: asked only when a new connection closed before any
+    /// response byte.
+    pub retry_safe: Option<&'a dyn Fn() -> bool>,
+    /// The caller vets the reply (`vet_reply`) and then tells the breaker (`vetted`): a 2xx head
+    /// is not yet a success, since its body may still be refused as unusable.
+    pub vets: bool,
 }
 
 /// The replica of upstream `u` that `conn` is open to, as a session records it: its id, also
@@ -166,12 +180,13 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
     }
 }
 
-/// `exchange_as` with the response head awaited for `tool_timeout` (a `tools/call` of a tool
-/// with its own `tool_timeouts` entry) instead of the upstream's `request_timeout`.
+/// `exchange_as` on `terms`: the response head awaited for `tool_timeout` (a `tools/call` of a
+/// tool with its own `tool_timeouts` entry) instead of the upstream's `request_timeout`.
 ///
 /// The upstream's circuit breaker is asked first (an open circuit refuses at once) and told the
 /// outcome: a response head is a success unless it is a 5xx; a connect failure, a head timeout,
-/// a connection closed before any reply, or an unreadable head are failures. A connect that
+/// a connection closed before any reply, or an unreadable head are failures. With `vets`, a 2xx
+/// head is not counted here: the caller counts it once it has vetted the body (`vetted`). A connect that
 /// fails is tried again `retries.attempts` times (nothing reached the upstream); a request that
 /// was sent is never sent again, except on a pooled connection found closed before any
 /// response byte (once, on a new connection: the upstream processed nothing on it), and when
@@ -193,13 +208,11 @@ pub fn exchange_within<'a>(
     (u, replica): (usize, u64),
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'a>>,
-    tool_timeout: Option<Duration>,
-    retry_safe: Option<&'a dyn Fn() -> bool>,
+    terms: Terms<'a>,
 ) -> impl std::future::Future<Output = (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>)> + 'a
 {
     use futures_util::future::FutureExt;
-    exchange_replica(w, gw, (u, replica), req, caller, tool_timeout, retry_safe)
-        .map(|(res, req, _)| (res, req))
+    exchange_replica(w, gw, (u, replica), req, caller, terms).map(|(res, req, _)| (res, req))
 }
 
 /// `exchange_replica`'s `to` naming a replica by position (`exchange_across` chose it) rather
@@ -217,8 +230,7 @@ async fn exchange_across(
     (u, replica): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
-    tool_timeout: Option<Duration>,
-    retry_safe: Option<&dyn Fn() -> bool>,
+    terms: Terms<'_>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
     let up = &gw.upstreams[u];
     let health = gw
@@ -266,16 +278,8 @@ async fn exchange_across(
             at = r;
         }
         let in_flight = w.replicas.begin(up, r);
-        let (mut res, back, nothing_sent) = exchange_replica(
-            w,
-            gw,
-            (u, AT | AUTHORIZED | r as u64),
-            req,
-            caller,
-            tool_timeout,
-            retry_safe,
-        )
-        .await;
+        let (mut res, back, nothing_sent) =
+            exchange_replica(w, gw, (u, AT | AUTHORIZED | r as u64), req, caller, terms).await;
         // A response came: the replica stays busy with it until its body ends (the connection
         // goes back to the pool or is dropped, however the relay ended).
         if let Ok((conn, _)) = &mut res {
@@ -302,10 +306,14 @@ async fn exchange_replica(
     (u, to): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
-    tool_timeout: Option<Duration>,
-    retry_safe: Option<&dyn Fn() -> bool>,
+    terms: Terms<'_>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>, bool) {
     let up = &gw.upstreams[u];
+    let Terms {
+        tool_timeout,
+        retry_safe,
+        vets,
+    } = terms;
     let r = match to {
         _ if to & AT != 0 => (to & !(AT | AUTHORIZED)) as usize,
         // One replica: a session pinned to another URL (the upstream had several) is gone.
@@ -317,15 +325,12 @@ async fn exchange_replica(
         }
         pin => {
             // Boxed: the replica loop is only for upstreams with several.
-            let across = exchange_across(w, gw, (u, pin), req, caller, tool_timeout, retry_safe);
+            let across = exchange_across(w, gw, (u, pin), req, caller, terms);
             let (res, req) = Box::pin(across).await;
             return (res, req, false);
         }
     };
-    let breaker = gw.health.upstreams.get(u).map(|h| match h.replicas.get(r) {
-        Some(rh) => &rh.breaker,
-        None => &h.breaker,
-    });
+    let breaker = breaker_of(gw, u, r);
     // Held to the end of the exchange: a half-open probe's slot comes back when it drops.
     let _admitted = match breaker.map(|b| b.admit(&up.name)) {
         Some(Err(ms)) => return (Err(circuit_open(up, ms)), req, true),
@@ -413,6 +418,8 @@ async fn exchange_replica(
                 gw.health.upstream_ok(u);
                 if head.status >= 500 {
                     failed("a 5xx response");
+                } else if vets && (200..300).contains(&head.status) {
+                    // Not yet a success: its body may be unusable (`vetted` counts it).
                 } else if let Some(b) = breaker {
                     b.succeeded(&up.name);
                     if ratio.is_some() {
@@ -474,6 +481,42 @@ async fn exchange_replica(
                 return (Err(Error::new(Kind::UpstreamProtocol, msg)), req, false);
             }
         }
+    }
+}
+
+/// The circuit breaker of replica `r` of upstream `u` (the upstream's own with one URL).
+#[inline]
+fn breaker_of(gw: &Gateway, u: usize, r: usize) -> Option<&super::breaker::Breaker> {
+    gw.health.upstreams.get(u).map(|h| match h.replicas.get(r) {
+        Some(rh) => &rh.breaker,
+        None => &h.breaker,
+    })
+}
+
+/// Tells the breaker of the replica `conn` is open to the outcome of a 2xx reply that an
+/// exchange on `Terms::vets` left to the caller: a success, or a failure when `vet_reply` found
+/// it unusable (`unusable`: why). Replies relayed as they arrive (event streams, chunked or
+/// large bodies) were judged by their head and first bytes only, so they count as a success
+/// here, as soon as they are vetted.
+#[inline]
+pub fn vetted(
+    w: &WorkerState,
+    gw: &Gateway,
+    u: usize,
+    conn: &UpstreamConn,
+    unusable: Option<&str>,
+) {
+    let r = conn.replica as usize;
+    let Some(b) = breaker_of(gw, u, r) else {
+        return;
+    };
+    let up = &gw.upstreams[u];
+    match unusable {
+        None => b.succeeded(&up.name),
+        Some(why) => b.failed(&up.name, why),
+    }
+    if b.config().error_ratio > 0.0 {
+        w.count_exchange(b, up.slot_base + r, up, unusable.is_some());
     }
 }
 

@@ -42,8 +42,14 @@ pub(super) async fn forward_held(
     let t_up = std::time::Instant::now();
     lease.begin();
     let req = std::mem::take(&mut c.up_out);
+    // `respond` vets the reply and tells the breaker about a 2xx.
+    let terms = upstream::Terms {
+        vets: true,
+        ..Default::default()
+    };
     let (res, req) =
-        upstream::exchange_as(w, gw, (u, lease.session.replica), req, ctx.caller()).await;
+        upstream::exchange_within(w, gw, (u, lease.session.replica), req, ctx.caller(), terms)
+            .await;
     c.up_out = req;
     // A 404, or its replica gone or down (`upstream::exchange_within`): the session is over.
     let ended = matches!(&res, Ok((_, rhead)) if rhead.status == 404)
