@@ -399,6 +399,35 @@ struct Collector {
 }
 
 impl Collector {
+    /// A collector that reads each POST, then answers it a byte every 20 ms and never ends its
+    /// status line: no single read waits long, the answer never comes.
+    fn dripping() -> Collector {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let posts = Arc::new(AtomicUsize::new(0));
+        let seen = posts.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                seen.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    if read_post(&mut s).is_none() || s.write_all(b"HTTP/1.1 200").is_err() {
+                        return;
+                    }
+                    // Until the gateway gives up on it and closes.
+                    while s.write_all(b" ").is_ok() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+        });
+        Collector {
+            addr,
+            lines: Arc::default(),
+            posts,
+        }
+    }
+
     fn start(fail: usize, stall: bool) -> Collector {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -497,6 +526,53 @@ fn the_http_collector_gets_every_record_after_failing_first() {
     assert_eq!(recs.len(), 25);
     assert_one_record_each(&answered, &recs);
     assert!(c.posts.load(Ordering::SeqCst) >= 3 + 25 / 7);
+}
+
+/// A collector that accepts the POST and never answers, or answers a byte at a time (each
+/// within `timeout`), fails each attempt at `attempt_timeout`: the batch is retried on a new
+/// connection, then dropped and counted, and the exit is not held.
+#[test]
+fn a_collector_that_never_finishes_its_answer_fails_the_attempt_at_its_deadline() {
+    for (what, c, timeout) in [
+        ("stalled", Collector::start(0, true), "60s"),
+        ("dripping", Collector::dripping(), "1s"),
+    ] {
+        let file = temp_path("beside-a-slow-collector.jsonl");
+        let mut gw = open_gateway(
+            &format!(
+                "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: {timeout}, attempt_timeout: 300ms, max_retries: 1, backoff: 10ms}}\n  arguments: {{values: [echo]}}\n",
+                file.display(),
+                c.addr
+            ),
+            &[],
+        );
+        let answered = echo_answered(&gw, what, 1);
+        // Well before `timeout` would end a stalled read (a drip never lets one wait that long).
+        let mut text = String::new();
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                text = gw.metrics();
+                harness::metric_value(
+                    &text,
+                    "tollgate_audit_records_dropped_total{reason=\"sink_failed\"}",
+                ) >= 1.0
+            }),
+            "{what}: {text}"
+        );
+        assert_eq!(
+            harness::metric_value(&text, "tollgate_audit_sink_errors_total{sink=\"http\"}"),
+            2.0,
+            "{what}: {text}"
+        );
+        assert_eq!(
+            c.posts.load(Ordering::SeqCst),
+            2,
+            "{what}: a retry on a new connection"
+        );
+        assert_logged(&gw, "no answer within 300 ms (audit.http.attempt_timeout)");
+        stop(&mut gw);
+        assert_one_record_each(&answered, &records(&file));
+    }
 }
 
 /// A collector that stalls holds only the HTTP sink's own queue: every call is answered, the

@@ -153,6 +153,7 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
             "batch",
             "flush_interval",
             "timeout",
+            "attempt_timeout",
             "max_retries",
             "backoff",
         ],
@@ -176,6 +177,12 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
         defaults::HTTP_TIMEOUT,
         super::extract::duration(MS),
     );
+    let attempt_timeout = h.get(
+        p,
+        "attempt_timeout",
+        defaults::HTTP_ATTEMPT_TIMEOUT,
+        super::extract::duration(MS),
+    );
     let max_retries = h.get(p, "max_retries", defaults::HTTP_MAX_RETRIES, |v| {
         count(0, 100)(v).map(|n| n as u32)
     });
@@ -193,6 +200,7 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
         batch,
         flush_interval,
         timeout,
+        attempt_timeout,
         max_retries,
         backoff,
     })
@@ -266,6 +274,11 @@ pub(super) fn render(o: &mut String, a: &Settings) {
                 render_duration(h.flush_interval)
             );
             let _ = writeln!(o, "    timeout: {}", render_duration(h.timeout));
+            let _ = writeln!(
+                o,
+                "    attempt_timeout: {}",
+                render_duration(h.attempt_timeout)
+            );
             let _ = writeln!(o, "    max_retries: {}", h.max_retries);
             let _ = writeln!(o, "    backoff: {}", render_duration(h.backoff));
         }
@@ -325,6 +338,14 @@ audit:
         assert!(a.values_of("echo_x") && !a.values_of("add"));
         let text = crate::config::render_effective(&c);
         assert!(text.contains("path: \"${env:AUDIT_TEST_FILE}\""), "{text}");
+        let h = crate::config::load_str_with_env(
+            "audit: {http: {url: \"http://127.0.0.1:9/a\", attempt_timeout: 2s}}",
+            &env,
+        )
+        .unwrap();
+        let h = h.audit.http.as_ref().unwrap();
+        assert_eq!(h.attempt_timeout, Duration::from_secs(2));
+        assert_eq!(h.timeout, defaults::HTTP_TIMEOUT);
         let bad = crate::config::load_str_with_env(
             "audit: {enabled: true, arguments: {redact: [\"(\"]}}",
             &env,

@@ -271,8 +271,31 @@ impl HttpOut {
     }
 }
 
-/// One POST of `body` (JSON lines); Ok on a 2xx answer.
+/// One POST of `body` (JSON lines); Ok on a 2xx answer. Each connect, write and read waits at
+/// most `timeout`, and all of them together `attempt_timeout` (the name lookup excepted: the
+/// system resolver takes no deadline), so a collector that drips its answer cannot hold the
+/// batch, its retries and the records queued behind it.
 fn post_once(cfg: &HttpSink, body: &[u8]) -> Result<(), String> {
+    let deadline = Instant::now() + cfg.attempt_timeout;
+    let overdue = || {
+        format!(
+            "no answer within {} ms (audit.http.attempt_timeout)",
+            cfg.attempt_timeout.as_millis()
+        )
+    };
+    // The wait for the next step: `timeout`, or what is left of the attempt when less.
+    let wait = || match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(left.min(cfg.timeout)),
+        _ => Err(overdue()),
+    };
+    // A step that timed out at the attempt's deadline says so, not the socket's errno text.
+    let io = |e: std::io::Error| {
+        if Instant::now() >= deadline {
+            overdue()
+        } else {
+            e.to_string()
+        }
+    };
     let addrs = cfg
         .authority
         .to_socket_addrs()
@@ -280,18 +303,15 @@ fn post_once(cfg: &HttpSink, body: &[u8]) -> Result<(), String> {
     let mut last = format!("{} resolved to no address", cfg.authority);
     let mut stream = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, cfg.timeout) {
+        match TcpStream::connect_timeout(&a, wait()?) {
             Ok(s) => {
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = format!("connecting to {a}: {e}"),
+            Err(e) => last = format!("connecting to {a}: {}", io(e)),
         }
     }
     let mut s = stream.ok_or(last)?;
-    let io = |e: std::io::Error| e.to_string();
-    s.set_read_timeout(Some(cfg.timeout)).map_err(io)?;
-    s.set_write_timeout(Some(cfg.timeout)).map_err(io)?;
     let _ = s.set_nodelay(true);
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -299,13 +319,27 @@ fn post_once(cfg: &HttpSink, body: &[u8]) -> Result<(), String> {
         cfg.authority,
         body.len()
     );
-    s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body).map_err(io)?;
+    for mut part in [head.as_bytes(), body] {
+        while !part.is_empty() {
+            s.set_write_timeout(Some(wait()?)).map_err(io)?;
+            match s.write(part) {
+                Ok(0) => return Err("the collector closed the connection".into()),
+                Ok(n) => part = &part[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
     // The status line is all that is needed (the connection closes after).
     let mut got = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     while !got.windows(2).any(|w| w == b"\r\n") {
-        let n = s.read(&mut chunk).map_err(io)?;
+        s.set_read_timeout(Some(wait()?)).map_err(io)?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
         if n == 0 {
             return Err("the collector closed the connection without an answer".into());
         }

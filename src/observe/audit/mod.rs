@@ -68,6 +68,9 @@ pub struct HttpSink {
     pub flush_interval: Duration,
     /// Connect, write and read timeout of one POST.
     pub timeout: Duration,
+    /// One attempt (connect, send, the answer's status line) as a whole: a collector that
+    /// answers a byte at a time, each within `timeout`, fails the attempt after this long.
+    pub attempt_timeout: Duration,
     /// Attempts after the first failed one; then the batch is dropped and counted.
     pub max_retries: u32,
     /// Wait before the first retry, doubled before each next one (at most 30 s).
@@ -122,6 +125,7 @@ pub mod defaults {
     pub const HTTP_BATCH: usize = 500;
     pub const HTTP_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
     pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const HTTP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
     pub const HTTP_MAX_RETRIES: u32 = 5;
     pub const HTTP_BACKOFF: Duration = Duration::from_millis(200);
 }
