@@ -403,3 +403,83 @@ fn a_2xx_reply_that_is_unusable_counts_as_a_failure_for_the_circuit() {
     assert_eq!(circuit_state(&gw, "up"), 0.0);
     assert_eq!(circuit_transitions(&gw, "up", "closed"), 1.0);
 }
+
+/// A half-open probe whose 2xx is still being vetted holds its slot: with one probe at a time,
+/// another request is refused until the probe's body has arrived and been judged.
+#[test]
+fn a_half_open_probe_holds_its_slot_until_its_reply_is_vetted() {
+    let (broken, release) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let lists = Arc::new(AtomicUsize::new(0));
+    let (garbage, go, seen) = (broken.clone(), release.clone(), lists.clone());
+    // While `broken`: an HTML 200. Then the first tools/list gets its head and half its body,
+    // the rest once `release` is set; later ones are answered at once.
+    let up = Scripted::start(move |mut s: TcpStream, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = scripted::mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            if garbage.load(Ordering::SeqCst) {
+                let r = scripted::response("200 OK", &[("Content-Type", "text/html")], b"<p>");
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let r = scripted::json_response(&scripted::rpc_result(&req.id(), json!({"tools": []})));
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                let half = r.len() - 10;
+                let _ = s.write_all(&r[..half]);
+                assert!(eventually(Duration::from_secs(20), || go.load(Ordering::SeqCst)));
+                let _ = s.write_all(&r[half..]);
+            } else {
+                let _ = s.write_all(&r);
+            }
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream_with(
+            "up",
+            &up.url(),
+            &[(
+                "circuit_breaker",
+                "{consecutive_failures: 1, open_for: 200ms, half_open_probes: 1}",
+            )],
+        )
+        .serve("/mcp", "up")
+        .start();
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    let r = m.request("tools/list", json!({})).json();
+    assert!(r.to_string().contains("unusable reply"), "{r}");
+    assert_eq!(circuit_state(&gw, "up"), 1.0);
+    broken.store(false, Ordering::SeqCst);
+    // The probe: sent once the circuit lets it through, then held by its slow body.
+    let mut probe = Mcp::new(gw.addr, "/mcp");
+    probe.session = m.session.clone();
+    probe.version = m.version.clone();
+    let prober = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = probe.request("tools/list", json!({})).json();
+            if !r.to_string().contains("circuit is open") || std::time::Instant::now() > until {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(eventually(Duration::from_secs(10), || lists
+        .load(Ordering::SeqCst)
+        == 1));
+    // Its head came (a 2xx), its body did not: it is still the one probe in flight.
+    let r = m.request("tools/list", json!({})).json();
+    assert!(r.to_string().contains("circuit is open"), "{r}");
+    assert_eq!(lists.load(Ordering::SeqCst), 1, "a second probe went out");
+    release.store(true, Ordering::SeqCst);
+    let r = prober.join().unwrap();
+    assert!(r["result"]["tools"].is_array(), "{r}");
+    assert_eq!(circuit_state(&gw, "up"), 0.0);
+    let r = m.request("tools/list", json!({})).json();
+    assert!(r["result"]["tools"].is_array(), "{r}");
+}

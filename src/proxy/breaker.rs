@@ -40,6 +40,11 @@ pub struct Admitted<'a> {
     probe: Option<&'a Breaker>,
 }
 
+impl Admitted<'_> {
+    /// No slot held: a closed circuit's admission, or nothing to hand over.
+    pub const NONE: Admitted<'static> = Admitted { probe: None };
+}
+
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if let Some(b) = self.probe {

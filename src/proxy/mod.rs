@@ -864,9 +864,13 @@ async fn forward(
         retry_safe: Some(&safe),
         vets: true,
     };
-    let (res, req) = upstream::exchange_within(w, ctx.gw(), (u, replica), req, caller, terms).await;
+    // (The generation, not `ctx`, lends the gateway: a half-open probe slot borrows it into
+    // `respond`, which takes `ctx` mutably.)
+    let gen = ctx.gen.clone();
+    let (res, req, probe) =
+        upstream::exchange_within(w, &gen.gw, (u, replica), req, caller, terms).await;
     c.up_out = req;
-    respond(w, c, ctx, (u, res, t_up), had_session, then).await
+    respond(w, c, ctx, (u, res, t_up, probe), had_session, then).await
 }
 
 /// Whether the request may be sent again after its upstream connection closed before any byte
@@ -924,12 +928,18 @@ fn tool_timeout(w: &WorkerState, ctx: &Ctx, u: usize) -> Option<std::time::Durat
 }
 
 /// Phases: vet → relay, for the outcome of an upstream exchange begun at `t_up` with
-/// `Terms::vets` (its 2xx is counted by the breaker here, once vetted).
+/// `Terms::vets` (its 2xx is counted by the breaker here, once vetted; `probe`: its half-open
+/// probe slot until then).
 async fn respond(
     w: &WorkerState,
     c: &mut Client,
     ctx: &mut Ctx,
-    (u, res, t_up): (usize, Result<(UpstreamConn, ResponseHead), Error>, Instant),
+    (u, res, t_up, probe): (
+        usize,
+        Result<(UpstreamConn, ResponseHead), Error>,
+        Instant,
+        breaker::Admitted<'_>,
+    ),
     had_session: bool,
     then: Then,
 ) -> Next {
@@ -965,7 +975,7 @@ async fn respond(
             upstream::Vetted::Unusable { why, .. } => Some(why.as_str()),
             _ => None,
         };
-        upstream::vetted(w, gw, u, &up_conn, unusable);
+        upstream::vetted(w, gw, (u, &up_conn), unusable, probe);
     }
     ctx.upstream_call = Some(UpstreamCall {
         upstream: u,

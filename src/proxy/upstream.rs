@@ -13,6 +13,7 @@ use crate::http::pool::{connect, Idleness, UpstreamConn};
 use crate::http::Conn;
 use crate::jsonrpc::probe::ReplyCode;
 
+use super::breaker::Admitted;
 use super::client::Client;
 use super::shutdown::LocalShutdown;
 use super::state::{Gateway, WorkerState};
@@ -126,7 +127,8 @@ pub async fn exchange_as(
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    exchange_within(w, gw, (u, replica), req, caller, Terms::default()).await
+    let (res, req, _) = exchange_within(w, gw, (u, replica), req, caller, Terms::default()).await;
+    (res, req)
 }
 
 /// How `exchange_within` treats one exchange beyond its target.
@@ -202,18 +204,27 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
 /// itself: every request's future then carries no wrapper state for replicas (it is allocated
 /// and copied whole, see `size_tests`).
-pub fn exchange_within<'a>(
+pub fn exchange_within<'a, 'g: 'a>(
     w: &'a WorkerState,
-    gw: &'a Gateway,
+    gw: &'g Gateway,
     (u, replica): (usize, u64),
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'a>>,
     terms: Terms<'a>,
-) -> impl std::future::Future<Output = (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>)> + 'a
-{
+) -> impl std::future::Future<Output = Exchanged<'g>> + 'a {
     use futures_util::future::FutureExt;
-    exchange_replica(w, gw, (u, replica), req, caller, terms).map(|(res, req, _)| (res, req))
+    exchange_replica(w, gw, (u, replica), req, caller, terms)
+        .map(|(res, req, _, probe)| (res, req, probe))
 }
+
+/// What `exchange_within` gives back: the connection after the response head (or why not),
+/// the request buffer, and the half-open probe slot of a 2xx left to the caller's vet
+/// (`Terms::vets`; held until `vetted` has told the breaker, else nothing).
+pub type Exchanged<'g> = (
+    Result<(UpstreamConn, ResponseHead), Error>,
+    Vec<u8>,
+    Admitted<'g>,
+);
 
 /// `exchange_replica`'s `to` naming a replica by position (`exchange_across` chose it) rather
 /// than a pinned id (`replica_id`s never have this bit) or 0 (choose). One word, not an enum:
@@ -224,14 +235,14 @@ const AT: u64 = 1 << 63;
 const AUTHORIZED: u64 = 1 << 62;
 
 /// `exchange_within` for an upstream with several replicas.
-async fn exchange_across(
+async fn exchange_across<'g>(
     w: &WorkerState,
-    gw: &Gateway,
+    gw: &'g Gateway,
     (u, replica): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     terms: Terms<'_>,
-) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
+) -> Exchanged<'g> {
     let up = &gw.upstreams[u];
     let health = gw
         .health
@@ -250,16 +261,26 @@ async fn exchange_across(
     if let Some(cr) = &up.credentials {
         let authorized = super::credentials::authorize(&w.tokens, &up.name, cr, caller, &mut req);
         if let Err(e) = authorized.await {
-            return (Err(e), req);
+            return (Err(e), req, Admitted::NONE);
         }
     }
     let mut tried = 0u64;
     loop {
         let r = if replica != 0 {
             match up.replicas.iter().position(|x| x.id == replica) {
-                None => return (Err(replica_gone(up, "is no longer configured")), req),
+                None => {
+                    return (
+                        Err(replica_gone(up, "is no longer configured")),
+                        req,
+                        Admitted::NONE,
+                    )
+                }
                 Some(r) if health.get(r).is_some_and(|h| !h.is_healthy()) => {
-                    return (Err(replica_gone(up, "is down (health check)")), req)
+                    return (
+                        Err(replica_gone(up, "is down (health check)")),
+                        req,
+                        Admitted::NONE,
+                    )
                 }
                 Some(r) => r,
             }
@@ -269,7 +290,11 @@ async fn exchange_across(
                 // (Not reached: the loop goes on only while one is left.)
                 None => {
                     let why = format!("upstream \"{}\": every replica was tried", up.name);
-                    return (Err(Error::new(Kind::UpstreamUnavailable, why)), req);
+                    return (
+                        Err(Error::new(Kind::UpstreamUnavailable, why)),
+                        req,
+                        Admitted::NONE,
+                    );
                 }
             }
         };
@@ -278,7 +303,7 @@ async fn exchange_across(
             at = r;
         }
         let in_flight = w.replicas.begin(up, r);
-        let (mut res, back, nothing_sent) =
+        let (mut res, back, nothing_sent, probe) =
             exchange_replica(w, gw, (u, AT | AUTHORIZED | r as u64), req, caller, terms).await;
         // A response came: the replica stays busy with it until its body ends (the connection
         // goes back to the pool or is dropped, however the relay ended).
@@ -294,20 +319,25 @@ async fn exchange_across(
             }
             continue;
         }
-        return (res, req);
+        return (res, req, probe);
     }
 }
 
 /// One replica's exchange (`exchange_within`); the flag says the request reached nothing (a
 /// failed connect or an open circuit), so another replica may take it.
-async fn exchange_replica(
+async fn exchange_replica<'g>(
     w: &WorkerState,
-    gw: &Gateway,
+    gw: &'g Gateway,
     (u, to): (usize, u64),
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     terms: Terms<'_>,
-) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>, bool) {
+) -> (
+    Result<(UpstreamConn, ResponseHead), Error>,
+    Vec<u8>,
+    bool,
+    Admitted<'g>,
+) {
     let up = &gw.upstreams[u];
     let Terms {
         tool_timeout,
@@ -319,23 +349,29 @@ async fn exchange_replica(
         // One replica: a session pinned to another URL (the upstream had several) is gone.
         _ if up.replicas.len() < 2 => {
             if to != 0 && up.replicas.first().is_some_and(|x| x.id != to) {
-                return (Err(replica_gone(up, "is no longer configured")), req, false);
+                return (
+                    Err(replica_gone(up, "is no longer configured")),
+                    req,
+                    false,
+                    Admitted::NONE,
+                );
             }
             0
         }
         pin => {
             // Boxed: the replica loop is only for upstreams with several.
             let across = exchange_across(w, gw, (u, pin), req, caller, terms);
-            let (res, req) = Box::pin(across).await;
-            return (res, req, false);
+            let (res, req, probe) = Box::pin(across).await;
+            return (res, req, false, probe);
         }
     };
     let breaker = breaker_of(gw, u, r);
-    // Held to the end of the exchange: a half-open probe's slot comes back when it drops.
-    let _admitted = match breaker.map(|b| b.admit(&up.name)) {
-        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req, true),
-        Some(Ok(a)) => Some(a),
-        None => None,
+    // Held to the end of the exchange (or handed to the caller's vet with a 2xx): a half-open
+    // probe's slot comes back when it drops.
+    let admitted = match breaker.map(|b| b.admit(&up.name)) {
+        Some(Err(ms)) => return (Err(circuit_open(up, ms)), req, true, Admitted::NONE),
+        Some(Ok(a)) => a,
+        None => Admitted::NONE,
     };
     // `error_ratio` on: every outcome is counted in this worker's window (one per replica).
     let ratio = breaker.filter(|b| b.config().error_ratio > 0.0);
@@ -359,7 +395,7 @@ async fn exchange_replica(
             &w.tokens, &up.name, cr, caller, &mut req,
         ));
         if let Err(e) = authorized.await {
-            return (Err(e), req, false);
+            return (Err(e), req, false, Admitted::NONE);
         }
     }
     let mut retried = false;
@@ -398,7 +434,12 @@ async fn exchange_replica(
                     gw.health.upstream_failed(u);
                     let msg = format!("upstream \"{}\" is unavailable: {e}", up.name);
                     failed(&msg);
-                    return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req, true);
+                    return (
+                        Err(Error::new(Kind::UpstreamUnavailable, msg)),
+                        req,
+                        true,
+                        Admitted::NONE,
+                    );
                 }
             },
         };
@@ -419,7 +460,9 @@ async fn exchange_replica(
                 if head.status >= 500 {
                     failed("a 5xx response");
                 } else if vets && (200..300).contains(&head.status) {
-                    // Not yet a success: its body may be unusable (`vetted` counts it).
+                    // Not yet a success: its body may be unusable (`vetted` counts it). A
+                    // half-open probe keeps its slot until then.
+                    return (Ok((conn, head)), req, false, admitted);
                 } else if let Some(b) = breaker {
                     b.succeeded(&up.name);
                     if ratio.is_some() {
@@ -429,7 +472,7 @@ async fn exchange_replica(
                 if head.status == 401 && up.credentials.is_some() {
                     w.tokens.rejected(&up.name, caller.map(|c| c.principal));
                 }
-                return (Ok((conn, head)), req, false);
+                return (Ok((conn, head)), req, false, Admitted::NONE);
             }
             // A pooled connection the upstream closed while idle: nothing was processed, retry
             // once on a new connection.
@@ -458,7 +501,12 @@ async fn exchange_replica(
                 });
                 let msg = format!("upstream \"{}\" is unavailable: {why}", up.name);
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamUnavailable, msg)), req, false);
+                return (
+                    Err(Error::new(Kind::UpstreamUnavailable, msg)),
+                    req,
+                    false,
+                    Admitted::NONE,
+                );
             }
             Err(HeadRead::Timeout) => {
                 gw.health.upstream_failed(u);
@@ -473,12 +521,22 @@ async fn exchange_replica(
                     timeout.as_millis()
                 );
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamTimeout, msg)), req, false);
+                return (
+                    Err(Error::new(Kind::UpstreamTimeout, msg)),
+                    req,
+                    false,
+                    Admitted::NONE,
+                );
             }
             Err(HeadRead::Invalid(why)) => {
                 let msg = format!("upstream \"{}\" sent an invalid response: {why}", up.name);
                 failed(&msg);
-                return (Err(Error::new(Kind::UpstreamProtocol, msg)), req, false);
+                return (
+                    Err(Error::new(Kind::UpstreamProtocol, msg)),
+                    req,
+                    false,
+                    Admitted::NONE,
+                );
             }
         }
     }
@@ -497,14 +555,15 @@ fn breaker_of(gw: &Gateway, u: usize, r: usize) -> Option<&super::breaker::Break
 /// exchange on `Terms::vets` left to the caller: a success, or a failure when `vet_reply` found
 /// it unusable (`unusable`: why). Replies relayed as they arrive (event streams, chunked or
 /// large bodies) were judged by their head and first bytes only, so they count as a success
-/// here, as soon as they are vetted.
+/// here, as soon as they are vetted. `probe`: the exchange's half-open probe slot, given back
+/// once the outcome is told (so no other probe goes out before it is known).
 #[inline]
 pub fn vetted(
     w: &WorkerState,
     gw: &Gateway,
-    u: usize,
-    conn: &UpstreamConn,
+    (u, conn): (usize, &UpstreamConn),
     unusable: Option<&str>,
+    probe: Admitted<'_>,
 ) {
     let r = conn.replica as usize;
     let Some(b) = breaker_of(gw, u, r) else {
@@ -518,6 +577,7 @@ pub fn vetted(
     if b.config().error_ratio > 0.0 {
         w.count_exchange(b, up.slot_base + r, up, unusable.is_some());
     }
+    drop(probe);
 }
 
 /// Replies up to this size are read whole and checked before any byte reaches the client.

@@ -47,7 +47,7 @@ pub(super) async fn forward_held(
         vets: true,
         ..Default::default()
     };
-    let (res, req) =
+    let (res, req, probe) =
         upstream::exchange_within(w, gw, (u, lease.session.replica), req, ctx.caller(), terms)
             .await;
     c.up_out = req;
@@ -56,7 +56,7 @@ pub(super) async fn forward_held(
         || matches!(&res, Err(e) if e.kind == crate::error::Kind::SessionUnknown);
     if !ended {
         let then = then_held(ctx.first(), &lease);
-        return respond(w, c, ctx, (u, res, t_up), true, then).await;
+        return respond(w, c, ctx, (u, res, t_up, probe), true, then).await;
     }
     drop(res);
     w.held.forget(gw, u, &lease);
