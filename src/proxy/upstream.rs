@@ -739,7 +739,8 @@ pub async fn vet_reply(
                 "answered {}: not JSON or an event stream",
                 describe(head, buf)
             );
-            let reusable = drain(up, head, timeout).await;
+            // Boxed (rare): inlined, its reads and timer would be in every call's future.
+            let reusable = Box::pin(drain(up, head, timeout)).await;
             return unusable(why, reusable);
         }
         if let Framing::Length(n) = head.framing {
@@ -811,14 +812,22 @@ pub async fn vet_reply(
     let buf = up.buffered();
     let what = describe(head, buf);
     if !super::checks::is_json_content_type(ct) {
-        let reusable = drain(up, head, timeout).await;
+        let reusable = Box::pin(drain(up, head, timeout)).await;
         return unusable(format!("answered {what}"), reusable);
     }
     let head_bytes = buf[..head.len].to_vec();
     up.consume(head.len);
     let mut body = Vec::new();
     let timeout = deadline.saturating_duration_since(w.shutdown.now());
-    if let Err(why) = read_full_body(up, head, MAX_VETTED_REPLY, timeout, &mut body).await {
+    let read = Box::pin(read_full_body(
+        up,
+        head,
+        MAX_VETTED_REPLY,
+        timeout,
+        &mut body,
+    ))
+    .await;
+    if let Err(why) = read {
         return unusable(format!("answered {what}: {why}"), false);
     }
     match scan_reply(&body, expect_id) {
@@ -1045,7 +1054,9 @@ pub async fn relay_body(
             left.min(1 << 20) as usize
         };
         let read = match mode.read_timeout {
-            Some(t) => match monoio::time::timeout(t, up.fill(want)).await {
+            // Boxed: a body that needs a second read is large or slow, and monoio's timer is
+            // 640 bytes (128-aligned) that every call's future would carry.
+            Some(t) => match Box::pin(monoio::time::timeout(t, up.fill(want))).await {
                 Ok(r) => r,
                 Err(_) => return Err(RelayError::Upstream("upstream body timed out")),
             },

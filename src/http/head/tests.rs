@@ -277,7 +277,7 @@ fn response_framing_and_relay() {
     assert_eq!(r.framing, Framing::Chunked);
     assert!(r.is_sse(s.as_bytes()));
     assert_eq!(&s.as_bytes()[r.session_id.clone().unwrap()], b"up-1");
-    let names: Vec<_> = r.relay.iter().map(|(n, _)| &s[n.clone()]).collect();
+    let names: Vec<_> = r.relay.iter().map(|h| &s[h.name()]).collect();
     assert_eq!(names, ["Content-Type", "X-Custom"]);
     let close = "HTTP/1.1 200 OK\r\n\r\n";
     let r = parse_response(close.as_bytes(), &mut h, 1024, false)
