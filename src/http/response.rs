@@ -50,17 +50,33 @@ pub fn simple(out: &mut Vec<u8>, status: u16, content_type: &[u8], body: &[u8], 
 
 /// Appends the decimal digits of `n` without allocating.
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    // Written in place, two digits at a time: a copy of a variable-length digit buffer was a
+    // memcpy call per number (audit records write a dozen).
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 20]);
+    out.truncate(start + digits);
+    let d = &mut out[start..];
+    let mut i = digits;
+    while n >= 100 {
+        let p = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        d[i] = PAIRS[p];
+        d[i + 1] = PAIRS[p + 1];
     }
-    out.extend_from_slice(&digits[i..]);
+    if n >= 10 {
+        let p = n as usize * 2;
+        d[0] = PAIRS[p];
+        d[1] = PAIRS[p + 1];
+    } else {
+        d[0] = b'0' + n as u8;
+    }
 }
 
 #[cfg(test)]
@@ -69,10 +85,27 @@ mod tests {
 
     #[test]
     fn digits() {
-        for n in [0u64, 7, 10, 99, 1234567890, u64::MAX] {
+        for n in [
+            0u64,
+            7,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1234567890,
+            u64::MAX,
+        ] {
             let mut v = Vec::new();
             push_u64(&mut v, n);
             assert_eq!(v, n.to_string().as_bytes());
+            // After what the buffer holds, nothing past the digits.
+            let mut v = b"len=".to_vec();
+            push_u64(&mut v, n);
+            assert_eq!(v, format!("len={n}").as_bytes());
         }
     }
 
