@@ -12,8 +12,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 struct Slot {
+    /// The waiting task's waker; a free slot keeps its last one until the next tick, so the
+    /// next wait of the same task (a request waits several times, one after the other) takes
+    /// it with no waker clone (and no drop of the old one).
     waker: Option<Waker>,
     deadline: Option<Instant>,
+    /// A `Wait` holds it (else it is in `free`).
+    live: bool,
 }
 
 pub struct LocalShutdown {
@@ -60,7 +65,7 @@ impl LocalShutdown {
     pub fn fire(&self) {
         self.fired.set(true);
         for slot in self.slots.borrow_mut().iter_mut() {
-            if let Some(w) = slot.waker.take() {
+            if let Some(w) = slot.waker.take().filter(|_| slot.live) {
                 w.wake();
             }
         }
@@ -82,7 +87,10 @@ impl LocalShutdown {
         self.now.set(now);
         self.unix.set(unix_seconds());
         for slot in self.slots.borrow_mut().iter_mut() {
-            if slot.deadline.is_some_and(|d| d <= now) {
+            if !slot.live {
+                // A free slot's kept waker goes: a task that ended is not held past a tick.
+                slot.waker = None;
+            } else if slot.deadline.is_some_and(|d| d <= now) {
                 if let Some(w) = slot.waker.take() {
                     w.wake();
                 }
@@ -174,17 +182,24 @@ impl Future for Wait<'_> {
             s.deadline = self.deadline;
             return Poll::Pending;
         }
-        let entry = Slot {
-            waker: Some(cx.waker().clone()),
-            deadline: self.deadline,
-        };
         let i = match self.sh.free.borrow_mut().pop() {
             Some(i) => {
-                slots[i] = entry;
+                let s = &mut slots[i];
+                match &mut s.waker {
+                    // Last used by this task: its waker is still good.
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                s.deadline = self.deadline;
+                s.live = true;
                 i
             }
             None => {
-                slots.push(entry);
+                slots.push(Slot {
+                    waker: Some(cx.waker().clone()),
+                    deadline: self.deadline,
+                    live: true,
+                });
                 slots.len() - 1
             }
         };
@@ -198,7 +213,7 @@ impl Drop for Wait<'_> {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
             if let Some(s) = self.sh.slots.borrow_mut().get_mut(i) {
-                s.waker = None;
+                s.live = false;
                 s.deadline = None;
             }
             self.sh.free.borrow_mut().push(i);
@@ -230,6 +245,49 @@ mod tests {
         assert!(w.as_mut().poll(&mut cx).is_pending());
         sh.fire();
         assert_eq!(w.as_mut().poll(&mut cx), Poll::Ready(Woken::Shutdown));
+    }
+
+    /// A free slot keeps its task's waker: that task's next wait takes it as it is; a wait
+    /// that ended is not woken by a shutdown; a tick lets the kept waker go.
+    #[test]
+    fn a_free_slot_keeps_its_waker_until_the_next_tick() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Task(AtomicUsize);
+        impl std::task::Wake for Task {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let sh = LocalShutdown::default();
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut first = Box::pin(sh.deadline(far));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        let held = Arc::strong_count(&task);
+        drop(first);
+        assert_eq!(Arc::strong_count(&task), held, "kept in the free slot");
+        let mut second = Box::pin(sh.deadline(far));
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(Arc::strong_count(&task), held, "taken again, not cloned");
+        drop(second);
+        // Another task's wait in that slot stores its own waker (the kept one is let go).
+        let other = Arc::new(Task(AtomicUsize::new(0)));
+        let other_waker = Waker::from(other.clone());
+        let mut third = Box::pin(sh.deadline(far));
+        assert!(third
+            .as_mut()
+            .poll(&mut Context::from_waker(&other_waker))
+            .is_pending());
+        assert_eq!(Arc::strong_count(&task), held - 1);
+        assert_eq!(Arc::strong_count(&other), 3);
+        drop(third);
+        sh.fire();
+        assert_eq!(other.0.load(Ordering::Relaxed), 0, "no wait, no wake");
+        sh.tick(Instant::now());
+        assert_eq!(Arc::strong_count(&other), 2, "let go at the tick");
     }
 
     #[test]
