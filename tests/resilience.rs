@@ -285,18 +285,11 @@ fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
             let _ = s.write_all(&r);
         }
     });
-    let gw = Gateway::builder()
-        .upstream_with(
-            "up",
-            &up.url(),
-            &[(
-                "circuit_breaker",
-                "{consecutive_failures: 0, error_ratio: 0.4, min_requests: 4, window: 1h}",
-            )],
-        )
-        .serve("/mcp", "up")
-        .workers(1)
-        .start();
+    let gw = behind_a_breaker(
+        &up,
+        "{consecutive_failures: 0, error_ratio: 0.4, min_requests: 4, window: 1h}",
+        Some(1),
+    );
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
     // initialize and notifications/initialized succeeded; then 503, 200, 503: 2 of 5 failed.
@@ -318,6 +311,19 @@ fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
 }
 
 /// The transitions of `upstream`'s circuit into state `to` so far.
+/// A gateway serving `/mcp` from the scripted upstream `up` with `breaker` as its
+/// `circuit_breaker` settings (on `workers` workers, else the default).
+fn behind_a_breaker(up: &Scripted, breaker: &str, workers: Option<usize>) -> Gateway {
+    let b = Gateway::builder()
+        .upstream_with("up", &up.url(), &[("circuit_breaker", breaker)])
+        .serve("/mcp", "up");
+    match workers {
+        Some(n) => b.workers(n),
+        None => b,
+    }
+    .start()
+}
+
 fn circuit_transitions(gw: &Gateway, upstream: &str, to: &str) -> f64 {
     harness::metric_value(
         &gw.metrics(),
@@ -360,17 +366,11 @@ fn a_2xx_reply_that_is_unusable_counts_as_a_failure_for_the_circuit() {
             let _ = s.write_all(&r);
         }
     });
-    let gw = Gateway::builder()
-        .upstream_with(
-            "up",
-            &up.url(),
-            &[(
-                "circuit_breaker",
-                "{consecutive_failures: 3, open_for: 2s, half_open_probes: 1}",
-            )],
-        )
-        .serve("/mcp", "up")
-        .start();
+    let gw = behind_a_breaker(
+        &up,
+        "{consecutive_failures: 3, open_for: 2s, half_open_probes: 1}",
+        None,
+    );
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
     for i in 0..3 {
@@ -438,17 +438,11 @@ fn a_half_open_probe_holds_its_slot_until_its_reply_is_vetted() {
             }
         }
     });
-    let gw = Gateway::builder()
-        .upstream_with(
-            "up",
-            &up.url(),
-            &[(
-                "circuit_breaker",
-                "{consecutive_failures: 1, open_for: 200ms, half_open_probes: 1}",
-            )],
-        )
-        .serve("/mcp", "up")
-        .start();
+    let gw = behind_a_breaker(
+        &up,
+        "{consecutive_failures: 1, open_for: 200ms, half_open_probes: 1}",
+        None,
+    );
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-06-18");
     let r = m.request("tools/list", json!({})).json();
