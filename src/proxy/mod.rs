@@ -858,6 +858,7 @@ async fn forward(
         tool_timeout: ctx.tool_timeout,
         retry_safe: Some(&safe),
         vets: true,
+        at: Some(t_up),
     };
     // (The generation, not `ctx`, lends the gateway: a half-open probe slot borrows it into
     // `respond`, which takes `ctx` mutably.)

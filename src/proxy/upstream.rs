@@ -143,6 +143,9 @@ pub struct Terms<'a> {
     /// The caller vets the reply (`vet_reply`) and then tells the breaker (`vetted`): a 2xx head
     /// is not yet a success, since its body may still be refused as unusable.
     pub vets: bool,
+    /// The time the caller read just before the exchange (its latency's start): the pool's
+    /// readiness check of the first connection taken goes by it (one clock read fewer per call).
+    pub at: Option<Instant>,
 }
 
 /// The replica of upstream `u` that `conn` is open to, as a session records it: its id, also
@@ -343,6 +346,7 @@ async fn exchange_replica<'g>(
         tool_timeout,
         retry_safe,
         vets,
+        mut at,
     } = terms;
     let r = match to {
         _ if to & AT != 0 => (to & !(AT | AUTHORIZED)) as usize,
@@ -397,6 +401,8 @@ async fn exchange_replica<'g>(
         if let Err(e) = authorized.await {
             return (Err(e), req, false, Admitted::NONE);
         }
+        // Time passed while the token came.
+        at = None;
     }
     let mut retried = false;
     // Further attempts taken from `retries.attempts` (failed connects, idempotent resends).
@@ -406,7 +412,7 @@ async fn exchange_replica<'g>(
         let pooled = if retried {
             None
         } else {
-            let now = Instant::now();
+            let now = at.take().unwrap_or_else(Instant::now);
             w.pool
                 .borrow_mut()
                 .take(gw.pool_slot(u, r), now, |why| w.pool_discarded(gw, u, why))
