@@ -263,19 +263,38 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
     if cur.peek().is_none() {
         return Err(lex::err(ScanErrorKind::Empty, 0));
     }
+    // A single message (the common case) is read into the one place it is returned from: the
+    // 536-byte message is not moved through an `Option<Body>` on its way out.
+    if cur.peek() == Some(b'{') {
+        let mut m = Message::empty();
+        let valid = match message::message(&mut cur, 1, &mut m) {
+            Ok(valid) => valid,
+            Err(Stop) => return Err(cur.take_fatal()),
+        };
+        end(&mut cur, body.len(), valid)?;
+        return Ok(Body::Single(m));
+    }
     let out = match top(&mut cur, limits) {
         Ok(out) => out,
         Err(Stop) => return Err(cur.take_fatal()),
     };
+    end(&mut cur, body.len(), out.is_some())?;
+    // `end` refused a value that is None.
+    out.ok_or_else(|| lex::err(ScanErrorKind::NotAMessage("unclassified"), 0))
+}
+
+/// After the top-level value: only whitespace may follow; the first error noted wins; a value
+/// that was not `valid` without a note is refused all the same (unreachable: a message is
+/// invalid only after noting why; refused rather than a panic).
+fn end(cur: &mut Cursor<'_>, len: usize, valid: bool) -> Result<(), ScanError> {
     cur.ws();
-    if cur.i < body.len() {
+    if cur.i < len {
         return Err(lex::err(ScanErrorKind::TrailingBytes, cur.i));
     }
-    match (cur.pending, out) {
-        (Some(e), _) => Err(e),
-        (None, Some(body)) => Ok(body),
-        // Unreachable: a message is None only after noting why. Refuse rather than panic.
-        (None, None) => Err(lex::err(ScanErrorKind::NotAMessage("unclassified"), 0)),
+    match cur.pending.take() {
+        Some(e) => Err(e),
+        None if valid => Ok(()),
+        None => Err(lex::err(ScanErrorKind::NotAMessage("unclassified"), 0)),
     }
 }
 
