@@ -575,17 +575,18 @@ fn a_collector_that_never_finishes_its_answer_fails_the_attempt_at_its_deadline(
     }
 }
 
-/// A collector that stalls holds only the HTTP sink's own queue: every call is answered, the
-/// file gets every record meanwhile, and with `overflow: drop` what the HTTP queue has no room
-/// for is dropped for that sink alone and counted (`reason="http_overflow"`), none before the
-/// writer (`overflow`).
+/// A collector that stalls holds only the HTTP sink's own queue (`http.queue`, 4 records here;
+/// the writer's `buffer` is large, so the writer, however late a loaded machine runs it, never
+/// drops): every call is answered, the file gets every record meanwhile, and with `overflow:
+/// drop` what the HTTP queue has no room for is dropped for that sink alone and counted
+/// (`reason="http_overflow"`), none before the writer (`overflow`).
 #[test]
 fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
     let c = Collector::start(0, true);
     let file = temp_path("beside-a-stalled-collector.jsonl");
     let gw = open_gateway(
         &format!(
-            "audit:\n  enabled: true\n  buffer: 4\n  overflow: drop\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0}}\n",
+            "audit:\n  enabled: true\n  buffer: 100000\n  overflow: drop\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", batch: 1, timeout: 60s, max_retries: 0, queue: 4}}\n",
             file.display(),
             c.addr
         ),

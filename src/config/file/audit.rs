@@ -156,6 +156,7 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
             "attempt_timeout",
             "max_retries",
             "backoff",
+            "queue",
         ],
     );
     let url = h.required(p, "url", |v| {
@@ -192,6 +193,10 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
         defaults::HTTP_BACKOFF,
         super::extract::duration(MS),
     );
+    // Records the sink may hold waiting for the collector; absent: `audit.buffer`.
+    let queue = h.get(p, "queue", None, |v| {
+        count(1, 100_000_000)(v).map(|n| Some(n as usize))
+    });
     let (url, authority, target) = url?;
     Some(HttpSink {
         url,
@@ -203,6 +208,7 @@ fn http(p: &mut Problems, s: &Section) -> Option<HttpSink> {
         attempt_timeout,
         max_retries,
         backoff,
+        queue,
     })
 }
 
@@ -281,6 +287,9 @@ pub(super) fn render(o: &mut String, a: &Settings) {
             );
             let _ = writeln!(o, "    max_retries: {}", h.max_retries);
             let _ = writeln!(o, "    backoff: {}", render_duration(h.backoff));
+            if let Some(n) = h.queue {
+                let _ = writeln!(o, "    queue: {n}");
+            }
         }
     }
     let _ = writeln!(o, "  buffer: {}", a.buffer);
@@ -346,6 +355,20 @@ audit:
         let h = h.audit.http.as_ref().unwrap();
         assert_eq!(h.attempt_timeout, Duration::from_secs(2));
         assert_eq!(h.timeout, defaults::HTTP_TIMEOUT);
+        assert_eq!(h.queue, None, "absent: audit.buffer");
+        let q = crate::config::load_str_with_env(
+            "audit: {http: {url: \"http://127.0.0.1:9/a\", queue: 8}}",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(q.audit.http.as_ref().unwrap().queue, Some(8));
+        let text = crate::config::render_effective(&q);
+        assert!(text.contains("    queue: 8\n"), "{text}");
+        assert!(crate::config::load_str_with_env(
+            "audit: {http: {url: \"http://127.0.0.1:9/a\", queue: 0}}",
+            &env
+        )
+        .is_err());
         let bad = crate::config::load_str_with_env(
             "audit: {enabled: true, arguments: {redact: [\"(\"]}}",
             &env,

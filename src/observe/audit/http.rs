@@ -63,7 +63,7 @@ impl HttpLane {
             thread: Some(thread),
             queued,
             closing,
-            limit: s.buffer,
+            limit: cfg.queue.unwrap_or(s.buffer),
             overflow: s.overflow,
             dropped: metrics::counter!(names::AUDIT_RECORDS_DROPPED_TOTAL, "reason" => "http_overflow"),
             last_warned: AtomicU64::new(0),

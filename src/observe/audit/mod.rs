@@ -75,6 +75,8 @@ pub struct HttpSink {
     pub max_retries: u32,
     /// Wait before the first retry, doubled before each next one (at most 30 s).
     pub backoff: Duration,
+    /// Records this sink may hold waiting for the collector (`None`: `audit.buffer`).
+    pub queue: Option<usize>,
 }
 
 /// `audit:` as validated.
