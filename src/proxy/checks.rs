@@ -295,6 +295,10 @@ pub fn is_json_content_type(v: &[u8]) -> bool {
 /// `text/event-stream` (the transport requires clients to list both). Wildcards count; a media
 /// range with `q=0` does not.
 pub fn accepts_json_and_sse(v: &[u8]) -> bool {
+    // What the official SDKs send, as they send it: no parse.
+    if v == b"application/json, text/event-stream" {
+        return true;
+    }
     let (mut json, mut sse) = (false, false);
     for range in v.split(|b| *b == b',') {
         let mut parts = range.split(|b| *b == b';');
