@@ -244,6 +244,60 @@ fn request_line_too_long(buf: &[u8], max_line: usize) -> bool {
     }
 }
 
+/// The request header fields the gateway reads, by name (case-insensitive): one match on the
+/// name's length, then one comparison, instead of a comparison per known field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Origin,
+    Accept,
+    ContentType,
+    SessionId,
+    ProtocolVersion,
+    LastEventId,
+    Authorization,
+    ApiKey,
+    McpMethod,
+    McpName,
+    McpParam,
+    Expect,
+    Trace,
+    Other,
+}
+
+impl Field {
+    fn of(name: &str) -> Field {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is("host") => Field::Host,
+            6 if is("origin") => Field::Origin,
+            6 if is("accept") => Field::Accept,
+            6 if is("expect") => Field::Expect,
+            7 if is("baggage") => Field::Trace,
+            8 if is("mcp-name") => Field::McpName,
+            9 if is("x-api-key") => Field::ApiKey,
+            10 if is("connection") => Field::Connection,
+            10 if is("mcp-method") => Field::McpMethod,
+            10 if is("tracestate") => Field::Trace,
+            11 if is("traceparent") => Field::Trace,
+            12 if is("content-type") => Field::ContentType,
+            13 if is("authorization") => Field::Authorization,
+            13 if is("last-event-id") => Field::LastEventId,
+            14 if is("content-length") => Field::ContentLength,
+            14 if is("mcp-session-id") => Field::SessionId,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            20 if is("mcp-protocol-version") => Field::ProtocolVersion,
+            n if n > 10 && name.as_bytes()[..10].eq_ignore_ascii_case(b"mcp-param-") => {
+                Field::McpParam
+            }
+            _ => Field::Other,
+        }
+    }
+}
+
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
 /// `headers` is uninitialised scratch space whose length is the header-count limit;
 /// `max_head` bounds the whole head (431), `max_line` its request line (414, RFC 9112 §3).
@@ -335,98 +389,116 @@ pub fn parse_request<'b>(
         let name = h.name;
         let v = h.value;
         let r = offset(buf, v);
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(v).ok_or(HeadError::new(
-                Kind::MalformedHttp,
-                "invalid Content-Length",
-            ))?;
-            // Even equal ones: RFC 9112 §6.3 lets a server refuse them, and a proxy in front
-            // that joined them into "5, 5" would have left an invalid one.
-            if head.content_length.is_some() {
+        let field = Field::of(name);
+        match field {
+            Field::ContentLength => {
+                let n = parse_content_length(v).ok_or(HeadError::new(
+                    Kind::MalformedHttp,
+                    "invalid Content-Length",
+                ))?;
+                // Even equal ones: RFC 9112 §6.3 lets a server refuse them, and a proxy in front
+                // that joined them into "5, 5" would have left an invalid one.
+                if head.content_length.is_some() {
+                    return Err(HeadError::new(
+                        Kind::MalformedHttp,
+                        "more than one Content-Length header",
+                    ));
+                }
+                head.content_length = Some(n);
+            }
+            Field::TransferEncoding => {
+                if te_seen || !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(HeadError::new(
+                        Kind::UnsupportedTransferEncoding,
+                        "only Transfer-Encoding: chunked is supported",
+                    ));
+                }
+                te_seen = true;
+                head.chunked = true;
+            }
+            Field::Connection => {
+                if has_token(v, "close") {
+                    head.keep_alive = false;
+                } else if has_token(v, "keep-alive") {
+                    head.keep_alive = true;
+                }
+            }
+            Field::Host => {
+                set_once(&mut head.host, r, "more than one Host header")?;
+            }
+            Field::Origin => {
+                set_once(&mut head.origin, r, "more than one Origin header")?;
+            }
+            Field::Accept => {
+                // Several Accept headers are legal (one list split in two); the check then passes.
+                if head.accept.is_some() {
+                    head.accept_several = true;
+                }
+                head.accept.get_or_insert(r);
+            }
+            Field::ContentType => {
+                set_once(
+                    &mut head.content_type,
+                    r,
+                    "more than one Content-Type header",
+                )?;
+            }
+            Field::SessionId => {
+                set_once(
+                    &mut head.session_id,
+                    r,
+                    "more than one Mcp-Session-Id header",
+                )?;
+            }
+            Field::ProtocolVersion => {
+                set_once(
+                    &mut head.protocol_version,
+                    r,
+                    "more than one MCP-Protocol-Version header",
+                )?;
+            }
+            Field::LastEventId => {
+                set_once(
+                    &mut head.last_event_id,
+                    r,
+                    "more than one Last-Event-ID header",
+                )?;
+            }
+            Field::Authorization => {
+                set_once(
+                    &mut head.authorization,
+                    r,
+                    "more than one Authorization header",
+                )?;
+            }
+            Field::ApiKey => {
+                set_once(&mut head.api_key, r, "more than one X-API-Key header")?;
+            }
+            Field::McpMethod => {
+                set_once(&mut head.mcp_method, r, "more than one Mcp-Method header")?;
+            }
+            Field::McpName => {
+                set_once(&mut head.mcp_name, r, "more than one Mcp-Name header")?;
+            }
+            Field::McpParam => {
+                head.mcp_params.push((offset(buf, name.as_bytes()), r));
+            }
+            Field::Expect => {
+                // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+                if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    head.expect_continue = true;
+                }
+            }
+            Field::Trace => {
+                head.trace.push((offset(buf, name.as_bytes()), r));
+            }
+            Field::Other if resembles_framing_header(name.as_bytes()) => {
                 return Err(HeadError::new(
                     Kind::MalformedHttp,
-                    "more than one Content-Length header",
+                    "header name resembles Transfer-Encoding or Content-Length",
                 ));
             }
-            head.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if te_seen || !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::new(
-                    Kind::UnsupportedTransferEncoding,
-                    "only Transfer-Encoding: chunked is supported",
-                ));
-            }
-            te_seen = true;
-            head.chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if has_token(v, "close") {
-                head.keep_alive = false;
-            } else if has_token(v, "keep-alive") {
-                head.keep_alive = true;
-            }
-        } else if name.eq_ignore_ascii_case("host") {
-            set_once(&mut head.host, r, "more than one Host header")?;
-        } else if name.eq_ignore_ascii_case("origin") {
-            set_once(&mut head.origin, r, "more than one Origin header")?;
-        } else if name.eq_ignore_ascii_case("accept") {
-            // Several Accept headers are legal (one list split in two); the check then passes.
-            if head.accept.is_some() {
-                head.accept_several = true;
-            }
-            head.accept.get_or_insert(r);
-        } else if name.eq_ignore_ascii_case("content-type") {
-            set_once(
-                &mut head.content_type,
-                r,
-                "more than one Content-Type header",
-            )?;
-        } else if name.eq_ignore_ascii_case("mcp-session-id") {
-            set_once(
-                &mut head.session_id,
-                r,
-                "more than one Mcp-Session-Id header",
-            )?;
-        } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
-            set_once(
-                &mut head.protocol_version,
-                r,
-                "more than one MCP-Protocol-Version header",
-            )?;
-        } else if name.eq_ignore_ascii_case("last-event-id") {
-            set_once(
-                &mut head.last_event_id,
-                r,
-                "more than one Last-Event-ID header",
-            )?;
-        } else if name.eq_ignore_ascii_case("authorization") {
-            set_once(
-                &mut head.authorization,
-                r,
-                "more than one Authorization header",
-            )?;
-        } else if name.eq_ignore_ascii_case("x-api-key") {
-            set_once(&mut head.api_key, r, "more than one X-API-Key header")?;
-        } else if name.eq_ignore_ascii_case("mcp-method") {
-            set_once(&mut head.mcp_method, r, "more than one Mcp-Method header")?;
-        } else if name.eq_ignore_ascii_case("mcp-name") {
-            set_once(&mut head.mcp_name, r, "more than one Mcp-Name header")?;
-        } else if name.len() > 10 && name.as_bytes()[..10].eq_ignore_ascii_case(b"mcp-param-") {
-            head.mcp_params.push((offset(buf, name.as_bytes()), r));
-        } else if name.eq_ignore_ascii_case("expect") {
-            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
-            if minor == 1 && v.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                head.expect_continue = true;
-            }
-        } else if name.eq_ignore_ascii_case("traceparent")
-            || name.eq_ignore_ascii_case("tracestate")
-            || name.eq_ignore_ascii_case("baggage")
-        {
-            head.trace.push((offset(buf, name.as_bytes()), r));
-        } else if resembles_framing_header(name.as_bytes()) {
-            return Err(HeadError::new(
-                Kind::MalformedHttp,
-                "header name resembles Transfer-Encoding or Content-Length",
-            ));
+            Field::Other => {}
         }
     }
     if head.chunked && head.content_length.is_some() {
