@@ -3,11 +3,12 @@
 //! Processes are killed when their handle drops, so a failing test leaves nothing behind.
 //! Also: the I/O driver a gateway runs on (`Driver`), what its process holds (`/proc` socket
 //! descriptors, RSS), bounded waits (`eventually`, `wait_closed`) and, in `scripted`, a raw-TCP
-//! upstream whose every byte a test decides.
+//! upstream whose every byte a test decides; in `traffic`, what the traffic-limit tests share.
 #![allow(dead_code)]
 
 pub mod legacy_sse;
 pub mod scripted;
+pub mod traffic;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
