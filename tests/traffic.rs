@@ -7,8 +7,8 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::traffic::{demo_gateway, echo, ok, session};
-use harness::{eventually, metric_value, Gateway, Mcp, Response};
+use harness::traffic::{demo_gateway, echo, ok};
+use harness::{eventually, metric_value, session, Gateway, Mcp, Response};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";

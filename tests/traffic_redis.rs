@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::traffic::{demo_gateway, echo, ok, session};
-use harness::{eventually, free_port, metric_value, Gateway, Mcp};
+use harness::traffic::{demo_gateway, echo, ok};
+use harness::{eventually, free_port, metric_value, session, Gateway, Mcp};
 
 /// A redis-server on 127.0.0.1:`port` without persistence, killed when dropped.
 struct Redis {

@@ -300,6 +300,13 @@ impl Gateway {
     }
 }
 
+/// An initialized 2025-06-18 session on `gw`'s `/mcp`, on its own connection.
+pub fn session(gw: &Gateway) -> Mcp {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    m
+}
+
 /// The value of an unlabelled metric line `name value` in a Prometheus scrape (-1 if absent).
 pub fn metric_value(scrape: &str, name: &str) -> f64 {
     scrape

@@ -1,6 +1,6 @@
 //! What the traffic-limit tests (`traffic.rs`, `traffic_redis.rs`) share: a gateway serving the
-//! built-in demo with the test's `traffic:` section, a session on it, the call they count, and
-//! whether a reply was admitted.
+//! built-in demo with the test's `traffic:` section, the call they count, and whether a reply
+//! was admitted.
 
 use serde_json::json;
 
@@ -15,13 +15,6 @@ pub fn demo_gateway(workers: usize, yaml: &str) -> Gateway {
         .serve("/mcp", "demo")
         .yaml(yaml)
         .start()
-}
-
-/// An initialized 2025-06-18 session on `gw`'s `/mcp`.
-pub fn session(gw: &Gateway) -> Mcp {
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    m
 }
 
 /// The demo's `echo` with `{"text": "hi"}`.
