@@ -8,18 +8,20 @@ mod credentials;
 mod extract;
 mod formats;
 mod headers;
+mod limits;
+mod listen;
 mod observe;
 mod rego;
 mod render;
 mod rules;
 mod servers;
+mod session;
 mod telemetry;
 mod tls;
 mod traffic;
 mod upstreams;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
@@ -28,9 +30,11 @@ use serde_yaml_ng::Value;
 
 use super::*;
 use crate::observe::access::AccessLog;
-use extract::{boolean, count, describe, item, size, string, Problems, Section};
+use extract::{boolean, count, describe, item, string, Problems, Section};
 use headers::{header_map, header_value};
-use tls::listen_tls;
+use limits::limits;
+use listen::{admin, listen};
+use session::session;
 use upstreams::{unknown_upstream, upstream, upstream_with_defaults};
 
 pub use render::render_effective;
@@ -334,50 +338,6 @@ fn auto_workers() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
-/// `listen.address` / `admin.address`: an IP address with a port, or `localhost:PORT`
-/// (= 127.0.0.1:PORT). Other names are not resolved: a listener binds what the file says.
-fn socket_addr(v: &Value) -> Result<SocketAddr, String> {
-    let s = string(v).map_err(|_| {
-        format!(
-            "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {}",
-            describe(v)
-        )
-    })?;
-    if let Ok(a) = s.parse() {
-        return Ok(a);
-    }
-    if let Some((name, port)) = s.rsplit_once(':') {
-        if name.eq_ignore_ascii_case("localhost") {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("{s:?}: expected a port from 0 to 65535 after localhost:"))?;
-            return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
-        }
-    }
-    Err(
-        if s.parse::<std::net::IpAddr>().is_ok() || s.eq_ignore_ascii_case("localhost") {
-            format!("{s:?} has no port, e.g. {s}:8080")
-        } else if s.contains(':')
-            && s.rsplit_once(':').is_some_and(|(h, _)| {
-                !h.is_empty() && formats::dns_name(&h.to_ascii_lowercase()).is_ok()
-            })
-        {
-            format!(
-            "{s:?}: host names other than localhost are not resolved for listen addresses; \
-             write an IP address (127.0.0.1:<port>, [::1]:<port>, 0.0.0.0:<port>) or localhost:<port>"
-        )
-        } else {
-            format!(
-                "expected an address like 127.0.0.1:8080, [::1]:8080 or localhost:8080, got {s:?}"
-            )
-        },
-    )
-}
-
-fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().to_canonical().is_loopback()
-}
-
 /// A list of strings, each checked; absent or null = `None`. Duplicates are reported.
 fn string_list(
     p: &mut Problems,
@@ -403,316 +363,6 @@ fn string_list(
         }
     }
     Some(out)
-}
-
-fn listen(p: &mut Problems, top: &Section) -> Listen {
-    let s = Section::open(
-        p,
-        "listen".into(),
-        top.raw("listen"),
-        &[
-            "address",
-            "backlog",
-            "max_connections_per_worker",
-            "allowed_hosts",
-            "allowed_origins",
-            "tls",
-        ],
-    );
-    let addr = s.get(p, "address", defaults::LISTEN, socket_addr);
-    let loopback = is_loopback(&addr);
-    let hosts = string_list(p, &s, "allowed_hosts", formats::host_pattern).unwrap_or_default();
-    let allowed_hosts = if hosts.iter().any(|h| h == "*") {
-        HostRule::Any
-    } else if !hosts.is_empty() {
-        HostRule::List(hosts)
-    } else if loopback {
-        HostRule::Loopback
-    } else {
-        HostRule::Any
-    };
-    let origins = string_list(p, &s, "allowed_origins", formats::origin).unwrap_or_default();
-    Listen {
-        addr,
-        backlog: s.get(p, "backlog", defaults::BACKLOG as u32, |v| {
-            count(1, 65_535)(v).map(|n| n as u32)
-        }),
-        max_connections_per_worker: s.get(
-            p,
-            "max_connections_per_worker",
-            defaults::MAX_CONNECTIONS_PER_WORKER as usize,
-            |v| count(1, u32::MAX.into())(v).map(|n| n as usize),
-        ),
-        allowed_hosts,
-        allowed_origins: OriginRule {
-            loopback,
-            list: origins,
-        },
-        tls: listen_tls(p, &s),
-    }
-}
-
-fn limits(p: &mut Problems, top: &Section) -> Limits {
-    let s = Section::open(
-        p,
-        "limits".into(),
-        top.raw("limits"),
-        &[
-            "max_header_bytes",
-            "max_request_line_bytes",
-            "max_headers",
-            "max_body_bytes",
-            "header_read_timeout",
-            "body_read_timeout",
-            "idle_timeout",
-            "write_timeout",
-            "tls_handshake_timeout",
-            "max_json_depth",
-            "max_batch_len",
-            "max_batch_concurrency",
-            "max_legacy_streams",
-            "legacy_buffered_messages",
-            "legacy_sse_streams_per_worker",
-            "legacy_sse_queued_messages",
-            "legacy_sse_keepalive",
-            "listen_streams_per_worker",
-            "listen_keepalive",
-            "held_sessions_per_upstream",
-        ],
-    );
-    let usize_count = |min, max| move |v: &Value| count(min, max)(v).map(|n| n as usize);
-    let max_header_bytes = s.get(p, "max_header_bytes", defaults::MAX_HEADER_BYTES, size(1));
-    // The request line is part of the head: a line limit above the head limit could never be
-    // reached, so say so when it is set; when it is not, the default yields to a smaller head.
-    let line_default = defaults::MAX_REQUEST_LINE_BYTES.min(max_header_bytes);
-    let max_request_line_bytes = s.get(p, "max_request_line_bytes", line_default, |v| {
-        let n = size(defaults::MIN_REQUEST_LINE_BYTES)(v)?;
-        if n > max_header_bytes {
-            return Err(format!(
-                "{n} bytes is more than limits.max_header_bytes ({max_header_bytes}), \
-                 which the request line is part of"
-            ));
-        }
-        Ok(n)
-    });
-    Limits {
-        max_header_bytes,
-        max_request_line_bytes,
-        max_headers: s.get(
-            p,
-            "max_headers",
-            defaults::MAX_HEADERS as usize,
-            // Bounded by the request path's stack scratch (proxy::MAX_HEADERS).
-            usize_count(1, crate::proxy::MAX_HEADERS as _),
-        ),
-        max_body_bytes: s.get(p, "max_body_bytes", defaults::MAX_BODY_BYTES, size(1)),
-        header_read_timeout: s.get(
-            p,
-            "header_read_timeout",
-            defaults::HEADER_READ_TIMEOUT,
-            extract::duration(MS),
-        ),
-        body_read_timeout: s.get(
-            p,
-            "body_read_timeout",
-            defaults::BODY_READ_TIMEOUT,
-            extract::duration(MS),
-        ),
-        idle_timeout: s.get(
-            p,
-            "idle_timeout",
-            defaults::IDLE_TIMEOUT,
-            extract::duration(MS),
-        ),
-        write_timeout: s.get(
-            p,
-            "write_timeout",
-            defaults::WRITE_TIMEOUT,
-            extract::duration(MS),
-        ),
-        tls_handshake_timeout: s.get(
-            p,
-            "tls_handshake_timeout",
-            defaults::TLS_HANDSHAKE_TIMEOUT,
-            extract::duration(MS),
-        ),
-        max_json_depth: s.get(p, "max_json_depth", defaults::MAX_JSON_DEPTH as u32, |v| {
-            count(1, 10_000)(v).map(|n| n as u32)
-        }),
-        max_batch_len: s.get(
-            p,
-            "max_batch_len",
-            defaults::MAX_BATCH_LEN as usize,
-            // A message's index in its batch is 16 bits wide (decisions, refusals, records).
-            usize_count(1, u16::MAX as u64),
-        ),
-        max_batch_concurrency: s.get(
-            p,
-            "max_batch_concurrency",
-            defaults::MAX_BATCH_CONCURRENCY as usize,
-            usize_count(1, 1_000),
-        ),
-        max_legacy_streams: s.get(
-            p,
-            "max_legacy_streams",
-            defaults::MAX_LEGACY_STREAMS as usize,
-            usize_count(1, 1_000_000),
-        ),
-        legacy_buffered_messages: s.get(
-            p,
-            "legacy_buffered_messages",
-            defaults::LEGACY_BUFFERED_MESSAGES as usize,
-            usize_count(0, 100_000),
-        ),
-        legacy_sse_streams_per_worker: s.get(
-            p,
-            "legacy_sse_streams_per_worker",
-            defaults::LEGACY_SSE_STREAMS_PER_WORKER,
-            usize_count(1, 1_000_000),
-        ),
-        legacy_sse_queued_messages: s.get(
-            p,
-            "legacy_sse_queued_messages",
-            defaults::LEGACY_SSE_QUEUED_MESSAGES,
-            usize_count(1, 100_000),
-        ),
-        legacy_sse_keepalive: s.get(
-            p,
-            "legacy_sse_keepalive",
-            defaults::LEGACY_SSE_KEEPALIVE,
-            extract::duration(MS),
-        ),
-        listen_streams_per_worker: s.get(
-            p,
-            "listen_streams_per_worker",
-            defaults::LISTEN_STREAMS_PER_WORKER,
-            usize_count(1, 1_000_000),
-        ),
-        listen_keepalive: s.get(
-            p,
-            "listen_keepalive",
-            defaults::LISTEN_KEEPALIVE,
-            extract::duration(MS),
-        ),
-        held_sessions_per_upstream: s.get(
-            p,
-            "held_sessions_per_upstream",
-            defaults::HELD_SESSIONS_PER_UPSTREAM,
-            usize_count(1, 10_000),
-        ),
-    }
-}
-
-fn admin(p: &mut Problems, top: &Section) -> Admin {
-    // `admin: null` disables the admin listener; an absent section takes the defaults.
-    let disabled = matches!(top.raw("admin"), Some(Value::Null));
-    let s = Section::open(
-        p,
-        "admin".into(),
-        top.raw("admin"),
-        &[
-            "address",
-            "upkeep_interval",
-            "request_timeout",
-            "max_connections",
-        ],
-    );
-    let addr = match s.raw("address") {
-        _ if disabled => None,
-        None => Some(defaults::ADMIN),
-        Some(Value::Null) => None,
-        Some(v) => match socket_addr(v) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                p.add("admin.address", e);
-                None
-            }
-        },
-    };
-    Admin {
-        addr,
-        upkeep_interval: s.get(
-            p,
-            "upkeep_interval",
-            defaults::UPKEEP_INTERVAL,
-            extract::duration(MS),
-        ),
-        request_timeout: s.get(
-            p,
-            "request_timeout",
-            defaults::ADMIN_REQUEST_TIMEOUT,
-            extract::duration(MS),
-        ),
-        max_connections: s.get(
-            p,
-            "max_connections",
-            defaults::ADMIN_MAX_CONNECTIONS as usize,
-            |v| count(1, defaults::MAX_ADMIN_CONNECTIONS)(v).map(|n| n as usize),
-        ),
-    }
-}
-
-fn session(p: &mut Problems, top: &Section, env: &dyn Fn(&str) -> Option<String>) -> Session {
-    let s = Section::open(
-        p,
-        "session".into(),
-        top.raw("session"),
-        &["key", "key_env", "ttl"],
-    );
-    let ttl = s.get(
-        p,
-        "ttl",
-        defaults::SESSION_TTL,
-        extract::duration(Duration::from_secs(1)),
-    );
-    let key_env = s.get(p, "key_env", DEFAULT_KEY_ENV.to_string(), |v| {
-        let name = string(v)?;
-        formats::env_name(name)?;
-        Ok(name.to_string())
-    });
-    let file_key = s.value("key").map(|(path, v)| {
-        let parsed = match v {
-            Value::String(k) => formats::hex_key(k),
-            // Never describe the value: it is meant to be a secret.
-            _ => Err("expected 64 hex characters in quotes".to_string()),
-        };
-        parsed.map_err(|e| p.add(&path, e)).ok()
-    });
-    let (key, key_source) = match file_key {
-        Some(Some(k)) => (Some(k), KeySource::File),
-        Some(None) => (None, KeySource::File),
-        None => match env(&key_env) {
-            Some(v) => match formats::hex_key(&v) {
-                Ok(k) => (Some(k), KeySource::Env),
-                Err(e) => {
-                    p.add(
-                        "session.key_env",
-                        format!("environment variable {key_env}: {e}"),
-                    );
-                    (None, KeySource::Env)
-                }
-            },
-            None => {
-                let mut k = [0u8; 32];
-                match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k) {
-                    Ok(()) => (Some(k), KeySource::Generated),
-                    Err(_) => {
-                        p.add(
-                            "session.key",
-                            "not set, and the system random generator failed to make one",
-                        );
-                        (None, KeySource::Generated)
-                    }
-                }
-            }
-        },
-    };
-    Session {
-        // Without a valid key there is a recorded problem, so this zero key is never used.
-        key: key.unwrap_or([0; 32]),
-        key_source,
-        ttl,
-    }
 }
 
 /// `upstreams` and `servers`, resolved to indices. Both absent: the built-in demo at `/mcp`.
