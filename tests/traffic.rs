@@ -586,18 +586,21 @@ fn a_concurrency_slot_is_held_until_the_upstream_ends_a_call_whose_client_left()
     );
 }
 
-/// A loop refusal: a tool result with isError and the sentence that tells the model what to do.
-fn assert_loop(r: &Response, tool: &str) {
+/// A loop refusal of a guard that allows `times` calls a minute: a tool result with isError and
+/// the sentence that tells the model what to do, returned.
+fn assert_loop(r: &Response, tool: &str, times: u32) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["result"]["isError"], true, "{v}");
     let text = v["result"]["content"][0]["text"].as_str().unwrap();
     assert!(
         text.contains(&format!(
-            "You called {tool} with the same arguments 3 times in 1m; change the arguments or stop"
+            "You called {tool} with the same arguments {times} times in 1m; change the arguments \
+             or stop"
         )),
         "{text}"
     );
+    text.to_string()
 }
 
 #[test]
@@ -610,10 +613,10 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
     for _ in 0..3 {
         assert!(ok(&call(&mut m, "echo", json!({"text": "same"}))));
     }
-    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo");
+    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo", 3);
     // The same arguments spelled with other whitespace are the same call.
     let spaced = br#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"echo","arguments":{ "text" : "same" }}}"#;
-    assert_loop(&m.post_raw(spaced), "echo");
+    assert_loop(&m.post_raw(spaced), "echo", 3);
     // Other arguments, another tool: not a loop.
     assert!(ok(&call(&mut m, "echo", json!({"text": "other"}))));
     for _ in 0..3 {
@@ -622,7 +625,7 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
     }
     // Top-level keys in another order: the same arguments.
     let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"b":2,"a":1}}}"#);
-    assert_loop(&r, "add");
+    assert_loop(&r, "add", 3);
     // Other methods are never a loop.
     for _ in 0..5 {
         assert_eq!(m.request("tools/list", json!({})).status, 200);
@@ -639,7 +642,7 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
         json!({"name": "echo", "arguments": {"text": "same"}}),
         &[],
     );
-    assert_loop(&r, "echo");
+    assert_loop(&r, "echo", 3);
     let scrape = gw.metrics();
     assert!(
         metric_value(
@@ -664,15 +667,8 @@ fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
         assert!(ok(&call(&mut m, "echo", json!({"text": "again"}))));
     }
     let r = call(&mut m, "echo", json!({"text": "again"}));
+    let text = assert_loop(&r, "echo", 2);
     let v = r.json();
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    let text = v["result"]["content"][0]["text"].as_str().unwrap();
-    assert!(
-        text.contains(
-            "You called echo with the same arguments 2 times in 1m; change the arguments or stop"
-        ),
-        "{text}"
-    );
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((31..=60).contains(&secs), "Retry-After {secs}: {text}");
     assert!(
