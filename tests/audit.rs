@@ -677,29 +677,35 @@ fn a_batch_gives_one_record_per_recorded_message() {
     assert_eq!(recs[0]["arguments"], json!(["text"]));
 }
 
-/// A batch on a federated endpoint decides its messages concurrently and refuses an unknown name
-/// before any decision: each record still carries its own message's decision.
-#[test]
-fn a_federated_batch_gives_each_record_its_own_messages_decision() {
-    let file = temp_path("federated.jsonl");
-    let mut gw = Gateway::builder()
+/// Two demo upstreams, `a` and `b`, federated at `/mcp` (with `server`, more keys of that
+/// server indented by four spaces), auditing tools/call to `file`; and a 2025-03-26 session on
+/// it (the era with batches).
+fn federated_gateway(server: &str, file: &Path) -> (Gateway, Mcp) {
+    let gw = Gateway::builder()
         .upstream("a", "builtin:demo")
         .upstream("b", "builtin:demo")
         .yaml(&format!(
-            concat!(
-                "servers:\n",
-                "  - path: /mcp\n",
-                "    upstreams: [a, b]\n",
-                "    rules:\n",
-                "      - {{name: no-add, effect: deny, tools: [b__add]}}\n",
-                "      - {{name: rest, effect: allow, tools: [\"*\"]}}\n",
-                "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call]\n",
-            ),
+            "servers:\n  - path: /mcp\n    upstreams: [a, b]\n{server}\
+             audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call]\n",
             file.display()
         ))
         .start();
     let mut m = Mcp::new(gw.addr, "/mcp");
     m.initialize("2025-03-26");
+    (gw, m)
+}
+
+/// A batch on a federated endpoint decides its messages concurrently and refuses an unknown name
+/// before any decision: each record still carries its own message's decision.
+#[test]
+fn a_federated_batch_gives_each_record_its_own_messages_decision() {
+    let file = temp_path("federated.jsonl");
+    let (mut gw, mut m) = federated_gateway(
+        "    rules:\n\
+         \x20     - {name: no-add, effect: deny, tools: [b__add]}\n\
+         \x20     - {name: rest, effect: allow, tools: [\"*\"]}\n",
+        &file,
+    );
     let call = |id: &str, name: &str| {
         json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
                "params":{"name":name,"arguments":{"text":"x","a":1,"b":2}}})
@@ -774,21 +780,7 @@ fn a_federated_batch_gives_each_record_its_own_messages_decision() {
 #[test]
 fn a_federated_endpoint_without_rules_counts_each_decision_once() {
     let file = temp_path("federated-open.jsonl");
-    let mut gw = Gateway::builder()
-        .upstream("a", "builtin:demo")
-        .upstream("b", "builtin:demo")
-        .yaml(&format!(
-            concat!(
-                "servers:\n",
-                "  - path: /mcp\n",
-                "    upstreams: [a, b]\n",
-                "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  methods: [tools/call]\n",
-            ),
-            file.display()
-        ))
-        .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-03-26");
+    let (mut gw, mut m) = federated_gateway("", &file);
     let batch = json!([
         {"jsonrpc":"2.0","id":"1","method":"tools/call","params":{"name":"a__echo","arguments":{"text":"x"}}},
         {"jsonrpc":"2.0","id":"2","method":"tools/call","params":{"name":"b__echo","arguments":{"text":"y"}}},

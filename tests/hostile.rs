@@ -59,7 +59,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use harness::{Demo, Driver, Gateway, GatewayBuilder, Mcp};
+use harness::{session, Demo, Driver, Gateway, GatewayBuilder};
 
 /// Makes `$case::io_uring` and `$case::legacy` tests of `fn $case(Driver)`.
 macro_rules! drivers {
@@ -114,13 +114,6 @@ fn with_demo(d: Driver) -> (Demo, Gateway) {
         .serve("/mcp", "demo")
         .start();
     (demo, gw)
-}
-
-/// An initialized session on its own connection.
-fn session(gw: &Gateway) -> Mcp {
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
-    mcp
 }
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hostile","version":"1"}}}"#;

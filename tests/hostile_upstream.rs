@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use harness::scripted::{self, read_request};
-use harness::{Gateway, Mcp};
+use harness::{session, Gateway, Mcp};
 use serde_json::json;
 
 fn json_reply(id: &serde_json::Value, result: serde_json::Value) -> Vec<u8> {
@@ -122,12 +122,6 @@ fn call_raw(mcp: &Mcp, tool: &str) -> (TcpStream, Vec<u8>) {
             Ok(n) => got.extend_from_slice(&tmp[..n]),
         }
     }
-}
-
-fn session(gw: &Gateway) -> Mcp {
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
-    mcp
 }
 
 fn still_serving(gw: &Gateway, mcp: &Mcp) {

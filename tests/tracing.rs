@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{eventually, metric_value, Gateway, Mcp};
+use harness::{eventually, metric_value, session, Gateway, Mcp};
 use serde_json::{json, Value};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -78,6 +78,16 @@ impl Collector {
         Collector { addr, bodies }
     }
 
+    /// A `tracing:` section exporting to this collector with the key it checks, and `otlp`
+    /// (more `tracing.otlp` keys, indented by four spaces).
+    fn config(&self, otlp: &str) -> String {
+        format!(
+            "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://{}/v1/traces\n{otlp}    \
+             headers:\n      x-collector-key: k1\n",
+            self.addr
+        )
+    }
+
     /// Every span received so far.
     fn spans(&self) -> Vec<Value> {
         let mut out = Vec::new();
@@ -125,8 +135,7 @@ fn parts(tp: &str) -> (String, String, String) {
 fn a_client_traceparent_header_reaches_the_upstream_with_the_gateways_span_as_parent() {
     let (up, seen) = recording_upstream();
     let gw = gateway(&up, &format!("{ON}log:\n  access: all\n"));
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     c.header("traceparent", &traceparent(TRACE, CALLER_SPAN));
     c.header("tracestate", "vendor=abc");
     c.header("baggage", "user=1");
@@ -163,8 +172,7 @@ fn a_client_traceparent_header_reaches_the_upstream_with_the_gateways_span_as_pa
 fn a_meta_traceparent_is_replaced_in_place_in_the_forwarded_body() {
     let (up, seen) = recording_upstream();
     let gw = gateway(&up, ON);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     let tp = traceparent(TRACE, CALLER_SPAN);
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}},"_meta":{{"traceparent":"{tp}","tracestate":"a=b"}}}}}}"#
@@ -191,8 +199,7 @@ fn a_meta_traceparent_is_replaced_in_place_in_the_forwarded_body() {
 fn an_invalid_traceparent_starts_a_new_trace_and_is_not_refused() {
     let (up, seen) = recording_upstream();
     let gw = gateway(&up, ON);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     for bad in [
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_string(),
         format!("00-{}-{CALLER_SPAN}-01", TRACE.to_uppercase()),
@@ -219,8 +226,7 @@ fn an_invalid_traceparent_starts_a_new_trace_and_is_not_refused() {
 fn tracing_off_passes_the_client_trace_headers_and_body_through_untouched() {
     let (up, seen) = recording_upstream();
     let gw = gateway(&up, "");
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     let tp = traceparent(TRACE, CALLER_SPAN);
     c.header("traceparent", &tp);
     let body = format!(
@@ -236,13 +242,11 @@ fn tracing_off_passes_the_client_trace_headers_and_body_through_untouched() {
 fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() {
     let (up, seen) = recording_upstream();
     let collector = Collector::start();
-    let cfg = format!(
-        "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://{}/v1/traces\n    flush_interval: 50ms\n    service_name: gw-under-test\n    headers:\n      x-collector-key: k1\n",
-        collector.addr
+    let gw = gateway(
+        &up,
+        &collector.config("    flush_interval: 50ms\n    service_name: gw-under-test\n"),
     );
-    let gw = gateway(&up, &cfg);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     c.header("traceparent", &traceparent(TRACE, CALLER_SPAN));
     c.call_tool("echo", json!({"text": "hi"}));
     let upstream_parent = parts(last_call(&seen).header("traceparent").unwrap()).1;
@@ -337,8 +341,7 @@ fn an_unreachable_collector_is_counted_and_requests_are_served() {
         "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://127.0.0.1:{port}/v1/traces\n    flush_interval: 20ms\n    timeout: 500ms\n"
     );
     let gw = gateway(&up, &cfg);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     let r = c.call_tool("echo", json!({"text": "hi"}));
     assert_eq!(r["result"]["content"][0]["text"], "ok");
     let mut errors = 0.0;
@@ -358,8 +361,7 @@ fn an_unreachable_collector_is_counted_and_requests_are_served() {
 fn a_meta_traceparent_of_another_trace_than_the_header_wins() {
     let (up, seen) = recording_upstream();
     let gw = gateway(&up, ON);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     // An HTTP instrumentation that lost the MCP context: a trace of one POST in the header.
     c.header(
         "traceparent",
@@ -432,8 +434,7 @@ fn a_federated_call_gets_the_gateways_span_in_meta_after_its_name_is_replaced() 
             "servers:\n  - path: /mcp\n    upstreams: [a, b]\n{ON}"
         ))
         .start();
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     assert_eq!(c.request("tools/list", json!({})).status, 200);
     let tp = traceparent(TRACE, CALLER_SPAN);
     for _ in 0..2 {
@@ -463,13 +464,11 @@ fn spans_still_queued_are_exported_when_the_gateway_stops() {
     let (up, _seen) = recording_upstream();
     let collector = Collector::start();
     // A batch that never fills and an interval that never comes: only the stop sends them.
-    let cfg = format!(
-        "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://{}/v1/traces\n    flush_interval: 1h\n    batch: 1000\n    headers:\n      x-collector-key: k1\n",
-        collector.addr
+    let mut gw = gateway(
+        &up,
+        &collector.config("    flush_interval: 1h\n    batch: 1000\n"),
     );
-    let mut gw = gateway(&up, &cfg);
-    let mut c = Mcp::new(gw.addr, "/mcp");
-    c.initialize("2025-06-18");
+    let mut c = session(&gw);
     c.header("traceparent", &traceparent(TRACE, CALLER_SPAN));
     c.call_tool("echo", json!({"text": "bye"}));
     assert!(

@@ -7,39 +7,16 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{eventually, metric_value, Gateway, Mcp, Response};
+use harness::traffic::{demo_gateway, echo, ok};
+use harness::{eventually, metric_value, session, Gateway, Mcp, Response};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
 const ISS: &str = "https://issuer.example";
 const AUD: &str = "http://127.0.0.1:8080/mcp";
 
-fn gateway(workers: usize, traffic: &str) -> Gateway {
-    Gateway::builder()
-        .workers(workers)
-        .upstream("demo", "builtin:demo")
-        .serve("/mcp", "demo")
-        .yaml(traffic)
-        .start()
-}
-
-fn session(gw: &Gateway) -> Mcp {
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    m
-}
-
 fn call(m: &mut Mcp, tool: &str, args: Value) -> Response {
     m.request("tools/call", json!({"name": tool, "arguments": args}))
-}
-
-fn echo(m: &mut Mcp) -> Response {
-    call(m, "echo", json!({"text": "hi"}))
-}
-
-fn ok(r: &Response) -> bool {
-    let v = r.json();
-    r.status == 200 && v.get("result").is_some() && v["result"]["isError"] != true
 }
 
 /// A throttle: HTTP 200, a JSON-RPC error -31005 naming the rule and kind, `Retry-After`.
@@ -84,7 +61,7 @@ fn assert_in_band(r: &Response, tool: &str) {
 
 #[test]
 fn a_rate_limit_refuses_past_the_burst_then_admits_after_the_wait() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: calls, rate: {limit: 2, per: 1s}}\n",
     );
@@ -135,7 +112,7 @@ fn a_rate_limit_refuses_past_the_burst_then_admits_after_the_wait() {
 
 #[test]
 fn a_per_tool_rule_answers_in_band_in_both_eras_and_spares_other_tools() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: echo-once, tools: [echo], rate: {limit: 1, per: 60s}}\n",
     );
@@ -155,7 +132,7 @@ fn a_per_tool_rule_answers_in_band_in_both_eras_and_spares_other_tools() {
 
 #[test]
 fn a_minute_quota_refuses_until_the_window_ends() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  time_zone: Europe/Berlin\n  rules:\n    - {name: q, quota: {limit: 2, window: minute}}\n",
     );
@@ -177,7 +154,7 @@ fn a_minute_quota_refuses_until_the_window_ends() {
 
 #[test]
 fn a_concurrency_limit_holds_a_slot_while_a_call_runs_and_frees_it_after() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: one-slow, tools: [slow], concurrency: 1}\n",
     );
@@ -208,7 +185,7 @@ fn a_concurrency_limit_holds_a_slot_while_a_call_runs_and_frees_it_after() {
 
 #[test]
 fn a_concurrency_slot_is_freed_when_the_client_goes_away() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: one, tools: [slow], concurrency: 1}\n",
     );
@@ -287,7 +264,7 @@ fn a_rule_keyed_by_principal_limits_each_principal_apart() {
 #[test]
 fn a_reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
     let rule = "    - {name: r, rate: {limit: 1, per: 60s}}\n";
-    let gw = gateway(1, &format!("traffic:\n  rules:\n{rule}"));
+    let gw = demo_gateway(1, &format!("traffic:\n  rules:\n{rule}"));
     let mut m = session(&gw);
     assert!(ok(&echo(&mut m)));
     assert_throttled(&echo(&mut m), "r", "rate");
@@ -321,7 +298,7 @@ fn a_reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
 fn a_global_limit_holds_across_cores_within_the_documented_bound() {
     const LIMIT: usize = 200;
     const WORKERS: usize = 2;
-    let gw = gateway(
+    let gw = demo_gateway(
         WORKERS,
         &format!("traffic:\n  rules:\n    - {{name: hot, rate: {{limit: {LIMIT}, per: 24h}}}}\n"),
     );
@@ -609,23 +586,26 @@ fn a_concurrency_slot_is_held_until_the_upstream_ends_a_call_whose_client_left()
     );
 }
 
-/// A loop refusal: a tool result with isError and the sentence that tells the model what to do.
-fn assert_loop(r: &Response, tool: &str) {
+/// A loop refusal of a guard that allows `times` calls a minute: a tool result with isError and
+/// the sentence that tells the model what to do, returned.
+fn assert_loop(r: &Response, tool: &str, times: u32) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["result"]["isError"], true, "{v}");
     let text = v["result"]["content"][0]["text"].as_str().unwrap();
     assert!(
         text.contains(&format!(
-            "You called {tool} with the same arguments 3 times in 1m; change the arguments or stop"
+            "You called {tool} with the same arguments {times} times in 1m; change the arguments \
+             or stop"
         )),
         "{text}"
     );
+    text.to_string()
 }
 
 #[test]
 fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: loops, loop: {max: 3, window: 60s}}\n",
     );
@@ -633,10 +613,10 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
     for _ in 0..3 {
         assert!(ok(&call(&mut m, "echo", json!({"text": "same"}))));
     }
-    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo");
+    assert_loop(&call(&mut m, "echo", json!({"text": "same"})), "echo", 3);
     // The same arguments spelled with other whitespace are the same call.
     let spaced = br#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"echo","arguments":{ "text" : "same" }}}"#;
-    assert_loop(&m.post_raw(spaced), "echo");
+    assert_loop(&m.post_raw(spaced), "echo", 3);
     // Other arguments, another tool: not a loop.
     assert!(ok(&call(&mut m, "echo", json!({"text": "other"}))));
     for _ in 0..3 {
@@ -645,7 +625,7 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
     }
     // Top-level keys in another order: the same arguments.
     let r = m.post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"b":2,"a":1}}}"#);
-    assert_loop(&r, "add");
+    assert_loop(&r, "add", 3);
     // Other methods are never a loop.
     for _ in 0..5 {
         assert_eq!(m.request("tools/list", json!({})).status, 200);
@@ -662,7 +642,7 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
         json!({"name": "echo", "arguments": {"text": "same"}}),
         &[],
     );
-    assert_loop(&r, "echo");
+    assert_loop(&r, "echo", 3);
     let scrape = gw.metrics();
     assert!(
         metric_value(
@@ -678,7 +658,7 @@ fn a_loop_guard_stops_the_same_call_with_the_same_arguments_in_both_eras() {
 /// would let the next one through after 30 s), and the refusal says when.
 #[test]
 fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: loops, loop: {max: 2, window: 60s}}\n",
     );
@@ -687,15 +667,8 @@ fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
         assert!(ok(&call(&mut m, "echo", json!({"text": "again"}))));
     }
     let r = call(&mut m, "echo", json!({"text": "again"}));
+    let text = assert_loop(&r, "echo", 2);
     let v = r.json();
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    let text = v["result"]["content"][0]["text"].as_str().unwrap();
-    assert!(
-        text.contains(
-            "You called echo with the same arguments 2 times in 1m; change the arguments or stop"
-        ),
-        "{text}"
-    );
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((31..=60).contains(&secs), "Retry-After {secs}: {text}");
     assert!(
@@ -762,7 +735,7 @@ fn a_batch_is_charged_only_for_the_messages_authorization_allowed() {
 /// fullest key's fraction are metrics labelled by rule only.
 #[test]
 fn a_token_quota_charges_the_relayed_reply_and_refuses_once_spent() {
-    let gw = gateway(
+    let gw = demo_gateway(
         1,
         "traffic:\n  rules:\n    - {name: tok, tokens: {limit: 300, window: day, costs: {\"ec*\": 7, \"*\": 1}}}\n",
     );

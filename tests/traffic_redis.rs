@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::{eventually, free_port, metric_value, Gateway, Mcp, Response};
-use serde_json::json;
+use harness::traffic::{demo_gateway, echo, ok};
+use harness::{eventually, free_port, metric_value, session, Gateway, Mcp};
 
 /// A redis-server on 127.0.0.1:`port` without persistence, killed when dropped.
 struct Redis {
@@ -94,33 +94,13 @@ impl Drop for Redis {
 }
 
 fn gateway(rule: &str, port: u16, on_failure: &str, prefix: &str) -> Gateway {
-    Gateway::builder()
-        .workers(1)
-        .upstream("demo", "builtin:demo")
-        .serve("/mcp", "demo")
-        .yaml(&format!(
+    demo_gateway(
+        1,
+        &format!(
             "traffic:\n  rules:\n    - {rule}\n  redis:\n    url: \"redis://127.0.0.1:{port}/0\"\n    \
              sync_interval: 20ms\n    timeout: 200ms\n    on_failure: {on_failure}\n    key_prefix: \"{prefix}\"\n"
-        ))
-        .start()
-}
-
-fn session(gw: &Gateway) -> Mcp {
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
-    m
-}
-
-fn echo(m: &mut Mcp) -> Response {
-    m.request(
-        "tools/call",
-        json!({"name": "echo", "arguments": {"text": "hi"}}),
+        ),
     )
-}
-
-fn ok(r: &Response) -> bool {
-    let v = r.json();
-    r.status == 200 && v.get("result").is_some() && v["result"]["isError"] != true
 }
 
 fn syncs(gw: &Gateway) -> f64 {

@@ -2181,23 +2181,32 @@ mod tests {
         }
     }
 
+    /// One worker on an installed exchange for `cfg`, and a book that counts two live
+    /// instances (this one's allotment is half the fleet's budget).
+    fn one_of_two_instances(cfg: &crate::config::Config) -> (Arc<Exchange>, Rc<Local>, Book) {
+        let x = installed(cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let book = Book {
+            live: 2,
+            ..Book::default()
+        };
+        (x, local, book)
+    }
+
+    /// A sync now, as if it had read Redis (nobody answers the test's URL).
+    fn sync_as_read(x: &Arc<Exchange>, book: &mut Book) {
+        sync_once(x, book, now_us(), wall_ms() / 1000);
+        x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
+    }
+
     #[test]
     fn with_redis_an_instance_admits_its_allotment_then_waits_while_the_fleet_has_more() {
         let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
         let rule = &cfg.traffic.rules[0];
         let fp = rule.limits[0].fp;
-        let x = installed(&cfg, 1);
-        let local = Local::new(x.clone(), 0);
         // Two live instances: this one may admit ceil(10 / 2) until its next Redis read.
-        let mut book = Book {
-            live: 2,
-            ..Book::default()
-        };
-        // As if each sync had read Redis (nobody answers the test's URL).
-        let sync = |book: &mut Book| {
-            sync_once(&x, book, now_us(), wall_ms() / 1000);
-            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
-        };
+        let (x, local, mut book) = one_of_two_instances(&cfg);
+        let sync = |book: &mut Book| sync_as_read(&x, book);
         assert!(waits(judged(&local, &cfg)), "no first share with Redis");
         sync(&mut book);
         for i in 0..5 {
@@ -2237,12 +2246,7 @@ mod tests {
         // refused without waiting for a read that is not coming, to retry in a second.
         let cfg = fleet_config("{name: q, quota: {limit: 10, window: day}}");
         let rule = &cfg.traffic.rules[0];
-        let x = installed(&cfg, 1);
-        let local = Local::new(x.clone(), 0);
-        let mut book = Book {
-            live: 2,
-            ..Book::default()
-        };
+        let (x, local, mut book) = one_of_two_instances(&cfg);
         let _ = judged(&local, &cfg);
         sync_once(&x, &mut book, now_us(), wall_ms() / 1000);
         assert_eq!(x.redis_state.load(Ordering::Relaxed), REDIS_LOCAL);
@@ -2271,13 +2275,9 @@ mod tests {
             live: 2,
             ..Book::default()
         };
-        let sync = |book: &mut Book| {
-            sync_once(&x, book, now_us(), wall_ms() / 1000);
-            x.redis_state.store(REDIS_NORMAL, Ordering::Relaxed);
-        };
         let _ = judged(&w0, &cfg);
         let _ = judged(&w1, &cfg);
-        sync(&mut book);
+        sync_as_read(&x, &mut book);
         let mut admitted = 0;
         while w0.decide(&cfg.traffic, rule, 1) {
             admitted += 1;
@@ -2355,12 +2355,7 @@ mod tests {
         let cfg = fleet_config("{name: r, key: [principal], rate: {limit: 10, per: 1h}}");
         let rule = &cfg.traffic.rules[0];
         let fp = rule.limits[0].fp;
-        let x = installed(&cfg, 1);
-        let local = Local::new(x.clone(), 0);
-        let mut book = Book {
-            live: 2,
-            ..Book::default()
-        };
+        let (x, local, mut book) = one_of_two_instances(&cfg);
         let t0 = now_us();
         assert!(waits(judged(&local, &cfg)));
         sync_once(&x, &mut book, t0, WALL);

@@ -3,11 +3,12 @@
 //! Processes are killed when their handle drops, so a failing test leaves nothing behind.
 //! Also: the I/O driver a gateway runs on (`Driver`), what its process holds (`/proc` socket
 //! descriptors, RSS), bounded waits (`eventually`, `wait_closed`) and, in `scripted`, a raw-TCP
-//! upstream whose every byte a test decides.
+//! upstream whose every byte a test decides; in `traffic`, what the traffic-limit tests share.
 #![allow(dead_code)]
 
 pub mod legacy_sse;
 pub mod scripted;
+pub mod traffic;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -297,6 +298,13 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// An initialized 2025-06-18 session on `gw`'s `/mcp`, on its own connection.
+pub fn session(gw: &Gateway) -> Mcp {
+    let mut m = Mcp::new(gw.addr, "/mcp");
+    m.initialize("2025-06-18");
+    m
 }
 
 /// The value of an unlabelled metric line `name value` in a Prometheus scrape (-1 if absent).

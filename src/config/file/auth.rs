@@ -1,18 +1,25 @@
 //! `auth:` (issuers, API keys, mTLS, the development principal, cache and size limits) and
-//! `servers[].auth`. Key files are read and decoded here, so a bad key is a config problem at
-//! its path; secrets are never echoed (only the variable or file they come from).
+//! `servers[].auth`. Key files are read and decoded here (`auth/keys.rs`), so a bad key is a
+//! config problem at its path; secrets are never echoed (only the variable or file they come
+//! from). `auth/introspection.rs` reads an issuer's introspection, `auth/server.rs` an
+//! endpoint's `auth`.
+
+mod introspection;
+mod keys;
+mod server;
 
 use std::collections::HashMap;
 
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_yaml_ng::Value;
 
 use super::extract::{boolean, count, describe, item, size, string, Problems, Section};
 use super::formats;
 use crate::config::auth::*;
-use crate::config::Listen;
 use crate::policy::jwt_ring;
+use introspection::introspection;
+use keys::{algorithm, family_name, key_file, secret};
+pub(super) use server::server_auth;
 
 const ISSUER_KEYS: &[&str] = &[
     "name",
@@ -26,16 +33,6 @@ const ISSUER_KEYS: &[&str] = &[
     "leeway",
     "claims",
     "introspection",
-];
-
-const INTROSPECTION_KEYS: &[&str] = &[
-    "endpoint",
-    "client_id",
-    "client_secret",
-    "max_cache",
-    "negative_cache",
-    "timeout",
-    "max_response_bytes",
 ];
 
 fn name_check(s: &str) -> Result<(), String> {
@@ -294,105 +291,6 @@ fn key_refresh(p: &mut Problems, s: &Section) -> crate::config::auth::KeyRefresh
     r
 }
 
-fn algorithm(v: &Value) -> Result<Algorithm, String> {
-    let s = string(v)?;
-    if s.eq_ignore_ascii_case("none") {
-        return Err("`none` (unsigned tokens) is never accepted".into());
-    }
-    s.parse::<Algorithm>().map_err(|_| {
-        format!(
-            "{s:?}: expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, \
-             PS512, ES256, ES384, EdDSA"
-        )
-    })
-}
-
-fn family_name(f: AlgorithmFamily) -> &'static str {
-    match f {
-        AlgorithmFamily::Hmac => "an HMAC secret",
-        AlgorithmFamily::Rsa => "an RSA key",
-        AlgorithmFamily::Ec => "an EC key",
-        AlgorithmFamily::Ed => "an Ed25519 key",
-    }
-}
-
-/// The secret's bytes (`${env:}`/`${file:}` like upstream header values, or a literal).
-fn secret(
-    written: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Vec<u8>, String), String> {
-    use formats::WrittenHeader;
-    let (bytes, shown) = match formats::header_reference(written)? {
-        WrittenHeader::Literal(v) => (v.into_bytes(), "<redacted>".to_string()),
-        WrittenHeader::Env(name) => {
-            let v = env(&name).ok_or_else(|| format!("environment variable {name} is not set"))?;
-            (v.into_bytes(), format!("${{env:{name}}}"))
-        }
-        WrittenHeader::File(path) => {
-            let text = std::fs::read(&path).map_err(|e| format!("cannot read file {path}: {e}"))?;
-            let mut v = text.as_slice();
-            v = v.strip_suffix(b"\n").unwrap_or(v);
-            v = v.strip_suffix(b"\r").unwrap_or(v);
-            (v.to_vec(), format!("${{file:{path}}}"))
-        }
-    };
-    if bytes.len() < 32 {
-        return Err(format!(
-            "the secret is {} bytes; HMAC secrets must be at least 32 bytes (256 bits)",
-            bytes.len()
-        ));
-    }
-    Ok((bytes, shown))
-}
-
-/// The keys in one file: a PEM public key, a JWK or a JWK set.
-fn key_file(path: &str) -> Result<Vec<IssuerKey>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let trimmed = text.trim_ascii_start();
-    if trimmed.starts_with(b"{") {
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| format!("{path}: not JSON: {e}"))?;
-        let jwks: Vec<Jwk> = if value.get("keys").is_some() {
-            serde_json::from_value::<JwkSet>(value)
-                .map_err(|e| format!("{path}: not a JWK set: {e}"))?
-                .keys
-        } else {
-            vec![serde_json::from_value::<Jwk>(value)
-                .map_err(|e| format!("{path}: not a JWK: {e}"))?]
-        };
-        let mut out = Vec::with_capacity(jwks.len());
-        for (i, jwk) in jwks.iter().enumerate() {
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|e| format!("{path}: key {i}: not a usable public key: {e}"))?;
-            out.push(IssuerKey {
-                kid: jwk.common.key_id.clone(),
-                key,
-                from: format!("{path}#{i}"),
-            });
-        }
-        if out.is_empty() {
-            return Err(format!("{path}: the JWK set has no keys"));
-        }
-        return Ok(out);
-    }
-    if text.windows(7).any(|w| w == b"PRIVATE") {
-        return Err(format!(
-            "{path}: is a private key; give the issuer's public key (never a private key)"
-        ));
-    }
-    let key = DecodingKey::from_rsa_pem(&text)
-        .or_else(|_| DecodingKey::from_ec_pem(&text))
-        .or_else(|_| DecodingKey::from_ed_pem(&text))
-        .map_err(|_| {
-            format!("{path}: not a PEM public key (RSA, EC or Ed25519), a JWK or a JWK set")
-        })?;
-    Ok(vec![IssuerKey {
-        kid: None,
-        key,
-        from: path.to_string(),
-    }])
-}
-
 fn issuer(
     p: &mut Problems,
     at: &str,
@@ -583,99 +481,6 @@ fn issuer(
     })
 }
 
-/// `auth.issuers[i].introspection` (RFC 7662); absent or null: opaque tokens are refused.
-fn introspection(
-    p: &mut Problems,
-    s: &Section,
-    discovery: bool,
-    issuer: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Introspection> {
-    use crate::config::auth::introspection_defaults as d;
-    let (at, v) = s.value("introspection")?;
-    if !matches!(v, Value::Mapping(_)) {
-        p.add(
-            &at,
-            format!(
-                "expected a mapping with client_id and client_secret (or null), got {}",
-                describe(v)
-            ),
-        );
-        return None;
-    }
-    let g = Section::open(p, at.clone(), Some(v), INTROSPECTION_KEYS);
-    let endpoint = g.get(p, "endpoint", None, |v| {
-        let u = string(v)?;
-        let t =
-            crate::policy::fetch::url(u).map_err(|e| format!("{e}: expected an http(s) URL"))?;
-        Ok(Some((u.to_string(), t)))
-    });
-    if endpoint.is_none() && g.value("endpoint").is_none_or(|(_, v)| v.is_null()) && !discovery {
-        p.add(
-            &format!("{at}.endpoint"),
-            "null needs discovery: true on the issuer (its metadata's introspection_endpoint); \
-             or give the endpoint's URL",
-        );
-    }
-    let client_id = g.required(p, "client_id", super::credentials::client_id);
-    let secret = g.required(p, "client_secret", |v| match v {
-        Value::String(s) => super::header_value(s, env),
-        _ => Err("expected a string value (put it in quotes)".to_string()),
-    });
-    let max_cache = g.get(
-        p,
-        "max_cache",
-        d::MAX_CACHE,
-        super::extract::duration(std::time::Duration::from_secs(1)),
-    );
-    let negative_cache = g.get(
-        p,
-        "negative_cache",
-        d::NEGATIVE_CACHE,
-        super::extract::duration(std::time::Duration::ZERO),
-    );
-    let timeout = g.get(
-        p,
-        "timeout",
-        d::TIMEOUT,
-        super::extract::duration(std::time::Duration::from_millis(1)),
-    );
-    let max_response_bytes = g.get(p, "max_response_bytes", d::MAX_RESPONSE_BYTES, size(256));
-    // https to the endpoint, or to the issuer's metadata when the endpoint is discovered.
-    let https = match &endpoint {
-        Some((_, t)) => t.tls,
-        None => issuer.is_some_and(|i| i.starts_with("https://")),
-    };
-    let tls = if https {
-        match crate::tls::client_config(None) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                p.add(&at, e);
-                return None;
-            }
-        }
-    } else {
-        None
-    };
-    let (client_secret, client_secret_source) = secret?;
-    let (endpoint, target) = match endpoint {
-        Some((e, t)) => (Some(e), Some(t)),
-        None => (None, None),
-    };
-    Some(Introspection {
-        endpoint,
-        target,
-        tls,
-        client_id: client_id?,
-        client_secret,
-        client_secret_source,
-        max_cache,
-        negative_cache,
-        timeout,
-        max_response_bytes,
-    })
-}
-
 fn claims(p: &mut Problems, s: &Section) -> ClaimPaths {
     let c = Section::open(
         p,
@@ -701,149 +506,4 @@ fn claims(p: &mut Problems, s: &Section) -> ClaimPaths {
         roles: c.get(p, "roles", Some(ClaimPath::parse("roles")), path),
         scopes: c.get(p, "scopes", Some(ClaimPath::parse("scope")), path),
     }
-}
-
-/// `servers[i].auth`; absent or null: the endpoint is open.
-pub(super) fn server_auth(
-    p: &mut Problems,
-    s: &Section,
-    spath: Option<&str>,
-    auth: &Auth,
-    listen: &Listen,
-) -> Option<ServerAuth> {
-    let (at, v) = s.value("auth")?;
-    let a = Section::open(
-        p,
-        at.clone(),
-        Some(v),
-        &[
-            "resource",
-            "issuers",
-            "api_keys",
-            "mtls",
-            "development",
-            "scopes",
-            "scopes_supported",
-        ],
-    );
-    let default_resource = format!(
-        "{}://{}{}",
-        if listen.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        listen.addr,
-        spath.unwrap_or("/")
-    );
-    let resource = a.get(p, "resource", default_resource, |v| {
-        let r = string(v)?;
-        let rest = r
-            .strip_prefix("https://")
-            .or_else(|| r.strip_prefix("http://"))
-            .ok_or_else(|| format!("{r:?}: expected an absolute http(s) URI (RFC 8707)"))?;
-        if rest.is_empty() || rest.starts_with('/') || r.contains('#') {
-            return Err(format!(
-                "{r:?}: expected an absolute http(s) URI with a host and no fragment (RFC 8707)"
-            ));
-        }
-        Ok(r.to_string())
-    });
-    let mut named = 0;
-    let issuers = match a.value("issuers") {
-        None => (0..auth.issuers.len()).collect(),
-        Some((path, _)) => {
-            let names = strings(p, &a, "issuers");
-            named = names.len();
-            let mut out = Vec::with_capacity(names.len());
-            for (i, n) in names.iter().enumerate() {
-                match auth.issuers.iter().position(|is| &is.name == n) {
-                    Some(ix) => out.push(ix),
-                    None => {
-                        let hint = auth
-                            .issuers
-                            .iter()
-                            .map(|is| is.name.as_str())
-                            .filter(|k| formats::edit_distance(n, k) <= 2)
-                            .min_by_key(|k| formats::edit_distance(n, k))
-                            .map(|k| format!(" (did you mean {k:?}?)"))
-                            .unwrap_or_default();
-                        p.add(
-                            &item(&path, i),
-                            format!("no issuer named {n:?} in auth.issuers{hint}"),
-                        );
-                    }
-                }
-            }
-            out
-        }
-    };
-    let api_keys = a.get(p, "api_keys", !auth.api_keys.is_empty(), boolean);
-    let mtls = a.get(p, "mtls", false, boolean);
-    let development = a.get(p, "development", false, boolean);
-    if development {
-        if auth.development.is_none() {
-            p.add(
-                &format!("{at}.development"),
-                "true, but auth.development is not set (define the development principal there)",
-            );
-        } else if !listen.addr.ip().to_canonical().is_loopback() {
-            p.add(
-                &format!("{at}.development"),
-                format!(
-                    "true is only allowed on a loopback listener; listen.address is {}",
-                    listen.addr
-                ),
-            );
-        }
-    }
-    if mtls
-        && listen
-            .tls
-            .as_ref()
-            .is_none_or(|t| t.client_ca_file.is_none())
-    {
-        p.add(
-            &format!("{at}.mtls"),
-            "true, but listen.tls has no client_ca_file (no client certificates are verified)",
-        );
-    }
-    let scopes = strings(p, &a, "scopes");
-    let scopes_supported = match a.value("scopes_supported") {
-        None => scopes.clone(),
-        Some(_) => strings(p, &a, "scopes_supported"),
-    };
-    // Opaque tokens carry no issuer: one introspecting issuer per endpoint says which to ask.
-    let introspecting: Vec<&str> = issuers
-        .iter()
-        .filter_map(|&i| auth.issuers.get(i))
-        .filter(|i| i.introspection.is_some())
-        .map(|i| i.name.as_str())
-        .collect();
-    if introspecting.len() > 1 {
-        p.add(
-            &format!("{at}.issuers"),
-            format!(
-                "more than one issuer with introspection ({}): an opaque token names no issuer, \
-                 so an endpoint accepts opaque tokens of one issuer only",
-                introspecting.join(", ")
-            ),
-        );
-    }
-    // (Unknown issuer names were reported above.)
-    if issuers.is_empty() && named == 0 && !api_keys && !mtls && !development {
-        p.add(
-            &at,
-            "no way to authenticate: configure auth.issuers, auth.api_keys, mtls or development",
-        );
-    }
-    Some(ServerAuth {
-        resource,
-        issuers,
-        api_keys,
-        mtls,
-        development,
-        scopes,
-        scopes_supported,
-    })
 }
