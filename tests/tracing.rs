@@ -263,10 +263,14 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
         spans.iter().filter(|s| s["traceId"] == TRACE).count() >= 2
     });
     assert!(found, "spans received: {spans:#?}");
+    // Both calls are `tools/call echo` of the same trace; their spans come in no set order
+    // (each worker exports its own): the relayed one is the one the upstream was told of.
     let call = spans
         .iter()
-        .find(|s| s["name"] == "tools/call echo")
-        .unwrap_or_else(|| panic!("no tools/call echo span in {spans:#?}"));
+        .find(|s| s["name"] == "tools/call echo" && s["spanId"] == upstream_parent.as_str())
+        .unwrap_or_else(|| {
+            panic!("no tools/call echo span with the id the upstream got ({upstream_parent}) in {spans:#?}")
+        });
     assert_eq!(call["traceId"], TRACE);
     assert_eq!(call["parentSpanId"], CALLER_SPAN);
     assert_eq!(
