@@ -8,6 +8,11 @@
 //! the federated rewriter scans every event anyway and only adds the line; the single-upstream
 //! relay passes bytes through unread, so it gets a `Watch` (an event decoder and a scan per
 //! event) only when the target is enabled, checked once per event stream.
+//!
+//! Covered: Streamable HTTP upstreams' GET streams and POST event-stream replies, on single and
+//! federated endpoints. Not covered: a legacy HTTP+SSE upstream's stream (`proxy::legacy`
+//! translates it) and a held session's stream to a stateless client (its server→client requests
+//! are answered by the gateway, never relayed).
 
 use crate::http::sse::{Decoder, Item};
 use crate::jsonrpc::{self, Body, MessageKind};
