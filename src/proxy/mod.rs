@@ -1243,7 +1243,24 @@ async fn relay(
         finish_within,
     };
     audit_record::probe(ctx, sse);
-    match upstream::relay_body(c, &mut up_conn, rhead, mode, ctx.reply.as_deref_mut()).await {
+    // The debug trail of server→client requests (`mcp::relay::watch`), only when it is enabled.
+    let mut watch = match ctx.session {
+        Some(s) if sse && crate::mcp::relay::watch::enabled() => {
+            let stream = if ctx.http_method == HttpMethod::Get {
+                "GET"
+            } else {
+                "POST"
+            };
+            Some(Box::new(crate::mcp::relay::watch::Watch::new(
+                s,
+                stream,
+                federate::stream::MAX_EVENT_BYTES,
+            )))
+        }
+        _ => None,
+    };
+    let reply = ctx.reply.as_deref_mut();
+    match upstream::relay_body(c, &mut up_conn, rhead, mode, reply, watch.as_deref_mut()).await {
         Ok(reusable) => {
             if reusable {
                 w.pool_put(ctx.gw(), u, up_conn, rhead);

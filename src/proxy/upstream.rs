@@ -993,6 +993,7 @@ pub async fn relay_body(
     head: &ResponseHead,
     mode: RelayMode<'_>,
     mut probe: Option<&mut crate::jsonrpc::probe::ReplyProbe>,
+    mut watch: Option<&mut crate::mcp::relay::watch::Watch>,
 ) -> Result<bool, RelayError> {
     let mut watch_client = true;
     let mut dec = ChunkedDecoder::new(MAX_UPSTREAM_HEAD);
@@ -1006,10 +1007,14 @@ pub async fn relay_body(
     }
     loop {
         let buf = up.buffered();
-        // The body as the client reads it, to the probe (audit: the reply's JSON-RPC errors).
+        // The body as the client reads it, to the probe (audit: the reply's JSON-RPC errors)
+        // and the watch (the debug trail of server→client requests).
         let mut probed = |d: &[u8]| {
             if let Some(p) = probe.as_deref_mut() {
                 p.feed(d);
+            }
+            if let Some(w) = watch.as_deref_mut() {
+                w.feed(d);
             }
         };
         let used = match head.framing {

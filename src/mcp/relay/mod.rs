@@ -48,6 +48,8 @@ use crate::http::sse::{self, AtEnd, Decoder, Event, Fields, Item, SseError};
 use crate::jsonrpc::{self, Body, Message, MessageKind, ScanLimits};
 use crate::mcp::idmap::{IdMapper, WrapError};
 
+pub mod watch;
+
 /// What the client's event ids start with.
 pub const EVENT_ID_PREFIX: &str = "tge1.";
 /// Most upstream streams one client event id tracks.
@@ -476,7 +478,12 @@ impl Ctx<'_> {
                     }
                     _ => {}
                 },
-                MessageKind::Request => {}
+                MessageKind::Request => watch::log_request(
+                    self.session,
+                    "federated",
+                    m.method.as_ref().map_or("", |s| &*s.value),
+                    m.id.as_ref().map_or(&b""[..], |r| r.text),
+                ),
             }
         }
         if wrapped.is_empty() {

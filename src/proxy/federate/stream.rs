@@ -32,7 +32,7 @@ use super::super::{refuse, Next};
 use super::tables::TableKind;
 
 /// Largest event the gateway decodes from an upstream stream (a tool result can be large).
-const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+pub(in crate::proxy) const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 /// Chunk trailers the decoder accepts.
 const MAX_TRAILER: usize = 64 * 1024;
 
