@@ -52,8 +52,8 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     if let Ok(Some(h)) = parse_response(data, &mut headers, 8192, false) {
         assert!(h.len <= data.len());
-        for (n, v) in &h.relay {
-            assert!(n.end <= h.len && v.end <= h.len);
+        for r in &h.relay {
+            assert!(r.name().end <= h.len && r.value().end <= h.len);
         }
     }
     let whole = decode(data, data.len());
