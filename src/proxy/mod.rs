@@ -664,7 +664,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
     // without rules). An endpoint with one upstream has no rules: everything is allowed there.
     // A federated endpoint limits where each message was decided and routed (`federate`).
     if !federated {
-        if let Err(r) = limit_phase(w, ctx, limit::PASS_THROUGH).await {
+        if let Err(r) = limit::phase(w, ctx, limit::PASS_THROUGH).await {
             c.conn.consume(used);
             return refuse(c, ctx, r).await;
         }
@@ -675,7 +675,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
         let direct = federated_direct(w, ctx, (head, buf, body), claims.as_deref(), &mut c.up_out);
         if let (Some((u, had_session, decided)), Some(cl)) = (direct, claims.as_ref()) {
             ctx.decisions.push(decided);
-            if let Err(r) = limit_phase(w, ctx, &[limit::Route::To(Some(u))]).await {
+            if let Err(r) = limit::phase(w, ctx, &[limit::Route::To(Some(u))]).await {
                 c.conn.consume(used);
                 return refuse(c, ctx, r).await;
             }
@@ -720,20 +720,6 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
     };
     let replica = up_session.map_or(0, |s| s.replica);
     forward(w, c, ctx, (u, replica), had_session, then).await
-}
-
-/// Phase: limit, as `limit::phase`, with the rare wait for a larger share boxed: every
-/// request's future stays the size it was.
-async fn limit_phase(
-    w: &WorkerState,
-    ctx: &mut Ctx,
-    routes: &[limit::Route],
-) -> Result<(), Refusal> {
-    match limit::check(w, ctx, true, routes) {
-        Ok(()) => Ok(()),
-        Err(limit::Stop::Refuse(r)) => Err(r),
-        Err(limit::Stop::Wait) => Box::pin(limit::wait(w, ctx, routes)).await,
-    }
 }
 
 /// A federated `tools/call` or `prompts/get` whose name the worker's fresh table routes: renders
