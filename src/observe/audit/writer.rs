@@ -1,12 +1,12 @@
 //! The writer thread: takes records in the order workers sent them, writes them to the sinks
 //! (the HTTP sink's thread gets a copy), and between messages flushes files and rotates them by
-//! age.
+//! age. It waits parked (the hub unparks it after each message), at most `TICK`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::{Msg, Sinks, BATCH_BYTES};
 
@@ -32,7 +32,7 @@ pub(super) fn run(
     // HTTP lanes of sinks a reload replaced, still sending what they hold.
     let mut retired: Vec<super::http::Retired> = Vec::new();
     loop {
-        match rx.recv_timeout(TICK) {
+        match rx.try_recv() {
             Ok(Msg::Records(buf, n)) => write(&mut sinks, buf, n),
             Ok(Msg::Swap(new)) => {
                 retired.retain(|r| !r.is_done());
@@ -63,17 +63,19 @@ pub(super) fn run(
                 }
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
+            // Nothing waiting: push what the files hold to the OS, then sleep until a worker
+            // posts (an unpark before the park makes the park return at once) or the tick.
+            Err(TryRecvError::Empty) => {
+                sinks.idle();
+                std::thread::park_timeout(TICK);
+            }
+            Err(TryRecvError::Disconnected) => {
                 sinks.finish();
                 for r in retired {
                     r.finish();
                 }
                 return;
             }
-        }
-        if rx.is_empty() {
-            sinks.idle();
         }
     }
 }
