@@ -325,6 +325,7 @@ async fn worker_main(
                 w.shutdown.tick(Instant::now());
                 w.access.flush();
                 w.flush_audit();
+                w.traffic.send_counted();
                 ticks += 1;
                 // Every second: idle upstream connections that expired or were closed by the
                 // upstream go (upstreams close idle connections after a few seconds).
@@ -402,6 +403,7 @@ async fn worker_main(
     }
     w.access.flush();
     w.flush_audit();
+    w.traffic.send_counted();
 }
 
 /// Over `listen.max_connections_per_worker`: a plain listener answers 503 and closes; a TLS

@@ -353,11 +353,7 @@ impl Hub {
     }
 
     /// Sends `msg` to the writer and wakes it.
-    fn post(
-        &self,
-        tx: &Sender<Msg>,
-        msg: Msg,
-    ) -> Result<(), crossbeam_channel::SendError<Msg>> {
+    fn post(&self, tx: &Sender<Msg>, msg: Msg) -> Result<(), crossbeam_channel::SendError<Msg>> {
         tx.send(msg)?;
         if let Some(t) = self.writer_thread.get() {
             t.unpark();
