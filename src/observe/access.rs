@@ -84,6 +84,11 @@ impl AccessWriter {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        self.timestamp_at(out, d);
+    }
+
+    /// `timestamp` of `d` since the Unix epoch.
+    pub fn timestamp_at(&self, out: &mut Vec<u8>, d: std::time::Duration) {
         let mut sec = self.second.borrow_mut();
         if sec.0 != d.as_secs() {
             sec.1.clear();

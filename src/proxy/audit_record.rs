@@ -193,7 +193,9 @@ fn line(
         json_bounded(b, v, max);
     };
     b.extend_from_slice(b"{\"time\":\"");
-    w.access.timestamp(b);
+    // When the record phase ran (its elapsed time's end), as wall time from the worker's tick.
+    w.access
+        .timestamp_at(b, w.shutdown.wall_at(ctx.started + elapsed));
     b.push(b'"');
     num(b, "worker", w.index as u64);
     if let Some(id) = m.as_ref().and_then(|r| r.m.id.as_ref()) {

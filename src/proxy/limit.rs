@@ -42,9 +42,14 @@ use super::state::WorkerState;
 /// stepped by NTP or a resumed VM must not refill or freeze a GCRA. Offset so that "long ago"
 /// (0) is more than a sync interval before the first call. Calendar quotas use `wall_ms`.
 fn now_us() -> u64 {
+    now_us_at(Instant::now())
+}
+
+/// `now_us` at `t` (a request's start: its first decision reads no clock of its own).
+fn now_us_at(t: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    (1 << 32) + base.elapsed().as_micros() as u64
+    let base = *BASE.get_or_init(|| t);
+    (1 << 32) + t.saturating_duration_since(base).as_micros() as u64
 }
 
 /// Unix milliseconds: only calendar windows (which are wall time in `traffic.time_zone`).
@@ -1645,19 +1650,28 @@ pub const PASS_THROUGH: &[Route] = &[];
 /// them); a batch is counted message by message and refused whole when one of them is over a
 /// limit. Admitted calls are counted (and those under a concurrency limit held in `ctx.held`)
 /// only when every limit admitted them. `may_wait`: a share that ran out while the global
-/// budget may have room answers `Stop::Wait` (else it refuses).
+/// budget may have room answers `Stop::Wait` (else it refuses). `now`: `now_us` as of the
+/// decision.
 #[inline]
-pub fn check(w: &WorkerState, ctx: &mut Ctx, may_wait: bool, routes: &[Route]) -> Result<(), Stop> {
+fn check(
+    w: &WorkerState,
+    ctx: &mut Ctx,
+    may_wait: bool,
+    routes: &[Route],
+    now: u64,
+) -> Result<(), Stop> {
     if ctx.gw().config.traffic.rules.is_empty() {
         return Ok(());
     }
-    check_rules(w, ctx, may_wait, routes)
+    check_rules(w, ctx, may_wait, routes, now)
 }
 
 /// `check`, waiting for a larger share when that may help (`wait`): the whole phase. The wait
 /// is boxed: it is rare, and every request's future would otherwise carry its state.
 pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
-    match check(w, ctx, true, routes) {
+    // The first decision is as of the request's start (microseconds before: one clock read
+    // fewer per request); a wait decides as of each look.
+    match check(w, ctx, true, routes, now_us_at(ctx.started)) {
         Ok(()) => Ok(()),
         Err(Stop::Refuse(r)) => Err(r),
         Err(Stop::Wait) => Box::pin(wait(w, ctx, routes)).await,
@@ -1669,6 +1683,7 @@ fn check_rules(
     ctx: &mut Ctx,
     may_wait: bool,
     routes: &[Route],
+    now: u64,
 ) -> Result<(), Stop> {
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
@@ -1678,7 +1693,6 @@ fn check_rules(
     };
     let local = &w.traffic;
     let x = &*local.exchange;
-    let now = now_us();
     let mut map = local.map.borrow_mut();
     local.apply(&mut map, now);
     let principal = ctx.principal.clone();
@@ -1824,7 +1838,7 @@ pub async fn wait(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<()
     loop {
         monoio::time::sleep(step).await;
         let last = std::time::Instant::now() >= until;
-        match check(w, ctx, !last, routes) {
+        match check(w, ctx, !last, routes, now_us()) {
             Ok(()) => return Ok(()),
             Err(Stop::Refuse(r)) => return Err(r),
             Err(Stop::Wait) => {}

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 struct Slot {
     /// The waiting task's waker; a free slot keeps its last one until the next tick, so the
@@ -30,12 +30,19 @@ pub struct LocalShutdown {
     /// The coarse wall clock in Unix seconds, set with it: for second-scale checks (token and
     /// session expiry, time windows of rules), a few reads fewer per request.
     unix: Cell<u64>,
+    /// The wall clock read with `now` (since the Unix epoch): `wall_at` turns a monotonic
+    /// instant into wall time without reading the wall clock.
+    wall: Cell<Duration>,
+}
+
+fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    since_epoch().as_secs()
 }
 
 impl Default for LocalShutdown {
@@ -46,6 +53,7 @@ impl Default for LocalShutdown {
             free: RefCell::new(Vec::new()),
             now: Cell::new(Instant::now()),
             unix: Cell::new(unix_seconds()),
+            wall: Cell::new(since_epoch()),
         }
     }
 }
@@ -76,6 +84,17 @@ impl LocalShutdown {
         self.now.get()
     }
 
+    /// Wall time (since the Unix epoch) at the monotonic instant `t`: the wall clock as read
+    /// at the last tick, moved by the monotonic time since (a step of the wall clock shows
+    /// within a tick; the microseconds are the monotonic clock's).
+    pub fn wall_at(&self, t: Instant) -> Duration {
+        let (anchor, wall) = (self.now.get(), self.wall.get());
+        match t.checked_duration_since(anchor) {
+            Some(d) => wall + d,
+            None => wall.saturating_sub(anchor - t),
+        }
+    }
+
     /// The coarse wall clock (Unix seconds, at most one tick old).
     pub fn unix_now(&self) -> u64 {
         self.unix.get()
@@ -84,8 +103,10 @@ impl LocalShutdown {
     /// Advances the coarse clock and wakes every waiter whose deadline has passed
     /// (called by the worker's watcher).
     pub fn tick(&self, now: Instant) {
+        let wall = since_epoch();
         self.now.set(now);
-        self.unix.set(unix_seconds());
+        self.unix.set(wall.as_secs());
+        self.wall.set(wall);
         for slot in self.slots.borrow_mut().iter_mut() {
             if !slot.live {
                 // A free slot's kept waker goes: a task that ended is not held past a tick.
