@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{eventually, Gateway, Mcp};
+use harness::{eventually, session, Gateway, Mcp};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
@@ -592,8 +592,7 @@ fn a_stalled_collector_with_overflow_drop_counts_drops_and_stalls_no_request() {
         ),
         &[],
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     // The HTTP sink is stuck on its first POST; every call is still answered. More calls
     // than a worker's batch (256): several batches reach the HTTP sink's queue.
     for i in 0..600 {
@@ -822,8 +821,7 @@ fn a_reload_turns_audit_on_and_a_file_that_cannot_be_written_refuses_it() {
         .serve("/mcp", "demo");
     let plain = builder.config_text();
     let mut gw = builder.start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(try_echo(&mut m, 1, "before"), Some(200));
     let with = |p: &Path| {
         format!(
@@ -1039,8 +1037,7 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
             file.display()
         ))
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let tools = [
         "json_error",
         "chunked_error",
@@ -1106,8 +1103,7 @@ fn a_call_cut_at_the_drain_deadline_is_recorded() {
             file.display()
         ))
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(m.post_raw(&call_body(1, "quick", json!({}))).status, 200);
     let client = std::thread::spawn(move || {
         m.try_send("POST", &call_body(2, "stall", json!({})))
@@ -1187,8 +1183,7 @@ fn a_reload_away_from_a_stalled_collector_does_not_stall_the_writer() {
         .config_text()
         .replace(&audit(&stalled), &audit(&fresh));
     let mut gw = builder.start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     for i in 0..5 {
         assert_eq!(try_echo(&mut m, i, "before"), Some(200));
     }
@@ -1200,8 +1195,7 @@ fn a_reload_away_from_a_stalled_collector_does_not_stall_the_writer() {
         gw.metrics()
             .contains("tollgate_config_reloads_total{result=\"ok\"} 1")
     }));
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     for i in 100..105 {
         assert_eq!(try_echo(&mut m, i, "after"), Some(200));
     }
@@ -1242,8 +1236,7 @@ fn beside_a_collector_that_is_down(file: &Path, http: &str) -> Gateway {
 
 /// `n` echo calls on a new session, each answered 200; their texts (`<prefix>-<i>`).
 fn echo_answered(gw: &Gateway, prefix: &str, n: u64) -> Vec<String> {
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(gw);
     (0..n)
         .map(|i| {
             let text = format!("{prefix}-{i}");

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{metric_value, tool_names, Gateway, Mcp};
+use harness::{metric_value, session, tool_names, Gateway, Mcp};
 use serde_json::{json, Value};
 
 /// The demo behind /mcp with rules: `fail` denied outright (hidden), `slow` allowed only from
@@ -39,8 +39,7 @@ fn call(m: &mut Mcp, name: &str) -> Value {
 #[test]
 fn lists_show_only_what_the_rules_allow_and_calls_get_the_right_shape() {
     let gw = gateway();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let listed = m.request("tools/list", json!({})).json();
     assert_eq!(tool_names(&listed), ["add", "echo", "slow"], "{listed}");
 
@@ -117,8 +116,7 @@ fn a_completion_reference_must_be_usable_not_only_visible() {
     });
     for (sources, usable) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
         let gw = start(sources);
-        let mut m = Mcp::new(gw.addr, "/mcp");
-        m.initialize("2025-06-18");
+        let mut m = session(&gw);
         let listed = m.request("prompts/list", json!({})).json();
         assert_eq!(listed["result"]["prompts"][0]["name"], "greet", "{listed}");
         let r = m.request("completion/complete", complete.clone()).json();

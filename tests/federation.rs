@@ -5,7 +5,7 @@ mod harness;
 
 use std::collections::HashSet;
 
-use harness::{Demo, Gateway, Mcp};
+use harness::{session, Demo, Gateway, Mcp};
 use serde_json::{json, Value};
 
 /// alpha and beta (separate demo processes, prefixed by their names) and local (the built-in
@@ -149,8 +149,7 @@ fn one_endpoint_lists_and_calls_every_upstream() {
 fn cursors_are_sealed_and_bound_to_their_list_and_session() {
     let (alpha, beta) = (Demo::start(&[]), Demo::start(&[]));
     let gw = federated(&alpha, &beta);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let first = m.request("tools/list", json!({})).json();
     let cursor = first["result"]["nextCursor"].as_str().unwrap().to_string();
     assert!(cursor.starts_with("tc1."), "{cursor}");
@@ -159,8 +158,7 @@ fn cursors_are_sealed_and_bound_to_their_list_and_session() {
     let i = tampered.len() - 5;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let mut other = Mcp::new(gw.addr, "/mcp");
-    other.initialize("2025-06-18");
+    let mut other = session(&gw);
     for (who, method, c) in [
         ("tampered", "tools/list", tampered.as_str()),
         ("foreign text", "tools/list", "abc"),
@@ -191,8 +189,7 @@ fn an_upstream_lost_mid_session_leaves_the_others_working_and_comes_back() {
     let beta = Demo::start(&[]);
     let beta_addr = beta.addr.to_string();
     let gw = federated(&alpha, &beta);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(
         text_of(&m.call_tool("beta__echo", json!({"text": "b"}))),
         "b"
@@ -216,15 +213,13 @@ fn an_upstream_lost_mid_session_leaves_the_others_working_and_comes_back() {
     );
 
     // A session opened while it is down goes on without it.
-    let mut without = Mcp::new(gw.addr, "/mcp");
-    without.initialize("2025-06-18");
+    let mut without = session(&gw);
     let r = without.call_tool("echo", json!({"text": "still"}));
     assert_eq!(text_of(&r), "still");
 
     // Back on the same address: new sessions have it again by themselves.
     let _beta = Demo::start_on(&beta_addr, &[]);
-    let mut again = Mcp::new(gw.addr, "/mcp");
-    again.initialize("2025-06-18");
+    let mut again = session(&gw);
     assert_eq!(
         text_of(&again.call_tool("beta__echo", json!({"text": "back"}))),
         "back"
@@ -278,8 +273,7 @@ fn two_clients_with_the_same_id_and_progress_token() {
 fn delete_ends_the_session() {
     let (alpha, beta) = (Demo::start(&[]), Demo::start(&[]));
     let gw = federated(&alpha, &beta);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.try_send("DELETE", b"").expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
     let r = m.request("tools/list", json!({}));
@@ -433,8 +427,7 @@ fn raw_post(addr: std::net::SocketAddr, session: &str, body: &str) -> std::net::
 fn a_server_request_reaches_the_client_and_its_answer_the_right_upstream() {
     let (a, b) = (asker("a"), asker("b"));
     let gw = asker_gateway(&a, &b);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let sid = m.session.clone().unwrap();
     let mut ids = Vec::new();
     // Both upstreams send id 0; the client sees two different ids.
@@ -483,8 +476,7 @@ fn get_merges_upstream_streams_and_resumes_each_from_its_own_id() {
     use std::io::Write;
     let (a, b) = (asker("a"), asker("b"));
     let gw = asker_gateway(&a, &b);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let m = session(&gw);
     let sid = m.session.clone().unwrap();
     let get = |last: Option<&str>| {
         let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
@@ -552,8 +544,7 @@ fn an_sse_reply_with_content_length_is_reframed_after_rewriting() {
         .upstream("b", &b.url())
         .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let m = session(&gw);
     let sid = m.session.clone().unwrap();
     let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__t","arguments":{}}}).to_string();
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
@@ -617,8 +608,7 @@ fn a_duplicated_name_key_in_a_listed_tool_cannot_spoof_a_name() {
         .upstream("b", &b.url())
         .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.request("tools/list", json!({}));
     let text = r.text();
     let v: Value = serde_json::from_str(&text).unwrap();
@@ -689,8 +679,7 @@ fn concurrent_misses_rebuild_the_table_once_and_filters_hold() {
         .upstream("b", &b.url())
         .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n    resources: {deny: [\"secret://*\", \"mem://secret*\"]}\n")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let sid = m.session.clone().unwrap();
     let r = m.request("resources/list", json!({}));
     // The item's duplicated `uri` key is written back as decided: nothing denied shows.
@@ -953,8 +942,7 @@ fn a_batch_of_notifications_is_accepted() {
 fn batches_outside_2025_03_26_and_with_a_repeated_id_are_refused_whole() {
     let (a, b) = (batcher("a"), batcher("b"));
     let gw = batch_gateway(&a, &b);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.post_raw(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], -32600);
@@ -1400,8 +1388,7 @@ fn a_name_listed_only_to_another_revision_is_routed() {
         .yaml("servers:\n  - path: /mcp\n    upstreams: [a, b]\n")
         .start();
     // A session-era client builds the table (its listing has no t26).
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.call_tool("a__t", json!({}));
     assert_eq!(text_of(&r), "t", "{r}");
     let r = m.call_tool("a__t26", json!({}));

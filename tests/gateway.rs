@@ -6,7 +6,7 @@ mod harness;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use harness::{Demo, Gateway, Http, Mcp, JSON_HEADERS};
+use harness::{session, Demo, Gateway, Http, Mcp, JSON_HEADERS};
 use serde_json::json;
 
 fn setup() -> (Demo, Gateway) {
@@ -53,8 +53,7 @@ fn initialize_issues_a_sealed_session_and_lists_and_calls_tools() {
 #[test]
 fn resources_and_prompts_pass_through() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let list = mcp.request("resources/list", json!({})).json();
     assert!(list["result"]["resources"]
         .as_array()
@@ -91,8 +90,7 @@ fn resources_and_prompts_pass_through() {
 #[test]
 fn sse_replies_and_progress_notifications_are_relayed_in_order() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let r = mcp.request(
         "tools/call",
         json!({"name": "progress", "arguments": {"steps": 4, "interval_ms": 5}, "_meta": {"progressToken": "tok-7"}}),
@@ -122,8 +120,7 @@ fn sse_replies_and_progress_notifications_are_relayed_in_order() {
 #[test]
 fn sse_events_reach_the_client_before_the_stream_ends() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     // 3 steps, 400 ms apart: the first event must arrive long before the last.
     let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"progress",
         "arguments":{"steps":3,"interval_ms":400},"_meta":{"progressToken":1}}});
@@ -165,8 +162,7 @@ fn sse_events_reach_the_client_before_the_stream_ends() {
 #[test]
 fn large_results_arrive_intact() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let r = mcp.call_tool("large", json!({"bytes": 1_048_576}));
     assert_eq!(
         r["result"]["content"][0]["text"].as_str().unwrap().len(),
@@ -180,8 +176,7 @@ fn large_results_arrive_intact() {
 #[test]
 fn delete_ends_the_session_here_and_upstream() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     let d = mcp
         .http
@@ -226,8 +221,7 @@ fn session_errors_say_what_to_do() {
 #[test]
 fn protocol_version_header_and_batches_follow_the_spec() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     mcp.version = "1999-01-01".into();
     let r = mcp.request("tools/list", json!({}));
     assert_eq!(r.status, 400, "{}", r.text());
@@ -310,8 +304,7 @@ fn host_and_origin_are_validated() {
     assert!(r.text().contains("allowed_origins"));
 
     // A loopback origin (e.g. the Inspector's UI) is allowed on a loopback listener, with CORS.
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let mut hs = mcp.headers();
     hs.push(("Origin", "http://localhost:6274"));
     let r = gw.client().request(
@@ -407,8 +400,7 @@ fn http_level_refusals() {
 #[test]
 fn chunked_requests_and_pipelining() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     let ping = |id: u32| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
     // Chunked body.
@@ -542,8 +534,7 @@ fn every_inbound_limit_answers_with_its_status_and_is_counted() {
 #[test]
 fn metrics_count_requests_by_method_and_outcome() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     for _ in 0..3 {
         mcp.call_tool("echo", json!({"text": "x"}));
     }
@@ -625,8 +616,7 @@ fn readyz_names_an_endpoint_whose_upstream_is_down_and_recovers() {
 #[test]
 fn get_opens_the_server_to_client_stream() {
     let (_demo, gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     let (_stream, head) = open_get_stream(&gw, &sid);
     let text = head.to_lowercase();
@@ -643,8 +633,7 @@ fn get_opens_the_server_to_client_stream() {
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let (_demo, mut gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     let addr = gw.addr;
     let slow = std::thread::spawn(move || {
@@ -784,8 +773,7 @@ fn open_connections(gw: &Gateway) -> f64 {
 #[test]
 fn a_get_stream_ends_when_its_client_leaves_or_the_gateway_stops() {
     let (_demo, mut gw) = setup();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     drop(mcp);
     let (stream, _) = open_get_stream(&gw, &sid);
@@ -799,8 +787,7 @@ fn a_get_stream_ends_when_its_client_leaves_or_the_gateway_stops() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // An open stream does not hold shutdown for the whole drain timeout (30 s by default).
-    let mut other = Mcp::new(gw.addr, "/mcp");
-    other.initialize("2025-06-18");
+    let other = session(&gw);
     let _held = open_get_stream(&gw, &other.session.clone().unwrap());
     let t0 = Instant::now();
     // SAFETY: signalling our own child.
@@ -823,8 +810,7 @@ fn an_upstream_slower_than_request_timeout_gets_a_timeout_error() {
             demo.url()
         ))
         .start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let t0 = Instant::now();
     let r = mcp.call_tool("slow", json!({"ms": 5000}));
     let took = t0.elapsed();
@@ -919,8 +905,7 @@ fn the_clients_credentials_never_reach_the_upstream_but_its_own_do() {
         )
         .serve("/mcp", "rec")
         .start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mcp = session(&gw);
     let sid = mcp.session.clone().unwrap();
     let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
     let mut headers = JSON_HEADERS.to_vec();
@@ -966,8 +951,7 @@ fn delete_is_enforced_by_every_worker_even_when_the_upstream_would_answer() {
             .workers(2)
             .driver(driver)
             .start();
-        let mut mcp = Mcp::new(gw.addr, "/mcp");
-        mcp.initialize("2025-06-18");
+        let mut mcp = session(&gw);
         let sid = mcp.session.clone().unwrap();
         // Before DELETE, fresh connections (spread over both workers) are served.
         for _ in 0..6 {
@@ -1003,8 +987,7 @@ fn sighup_does_not_stop_the_gateway_and_json_logs_hold_plain_values() {
         .start();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) };
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let r = mcp.call_tool("echo", json!({"text": "after SIGHUP"}));
     assert_eq!(r["result"]["content"][0]["text"], "after SIGHUP");
     let deadline = Instant::now() + Duration::from_secs(5);

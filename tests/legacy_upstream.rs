@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use harness::legacy_sse::{Announce, LegacyServer};
-use harness::{eventually, metric_value, Gateway, Mcp};
+use harness::{eventually, metric_value, session, Gateway, Mcp};
 use serde_json::{json, Value};
 
 fn gateway(up: &LegacyServer, workers: usize, keys: &[(&str, &str)]) -> Gateway {
@@ -173,13 +173,7 @@ fn an_endpoint_on_another_origin_is_refused() {
 fn requests_on_other_workers_are_answered_through_the_holder() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 4, &[]);
-    let sessions: Vec<Mcp> = (0..8)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/mcp");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let sessions: Vec<Mcp> = (0..8).map(|_| session(&gw)).collect();
     for (i, s) in sessions.iter().enumerate() {
         for j in 0..6 {
             let mut m = same_session(&gw, s);
@@ -212,8 +206,7 @@ fn requests_on_other_workers_are_answered_through_the_holder() {
 fn a_sampling_request_reaches_the_get_stream_and_its_answer_goes_back() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 2, &[]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let m = session(&gw);
     let session = m.session.clone().unwrap();
     // The client's GET stream.
     let mut get = TcpStream::connect(gw.addr).unwrap();
@@ -266,8 +259,7 @@ fn a_sampling_request_reaches_the_get_stream_and_its_answer_goes_back() {
 fn a_closed_upstream_stream_ends_the_session() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 2, &[]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(text_of(&m.call_tool("close", json!({}))), "closing");
     assert!(eventually(Duration::from_secs(10), || {
         metric_value(&gw.metrics(), "tollgate_legacy_upstream_streams_open") == 0.0
@@ -285,8 +277,7 @@ fn a_closed_upstream_stream_ends_the_session() {
 fn delete_closes_the_upstream_stream() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 2, &[]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(up.open_streams(), 1);
     let headers = m.headers();
     let r = gw.client().request("DELETE", "/mcp", &headers, b"");
@@ -300,8 +291,7 @@ fn delete_closes_the_upstream_stream() {
 fn responses_with_ids_the_gateway_never_sent_are_dropped() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 1, &[]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let v = m.call_tool("spoof", json!({}));
     assert_eq!(text_of(&v), "real");
     // 12345 and a worker that does not exist: unroutable; a slot nobody holds: dropped.
@@ -317,8 +307,7 @@ fn responses_with_ids_the_gateway_never_sent_are_dropped() {
 fn an_unanswered_request_times_out_naming_the_upstream() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 1, &[("request_timeout", "300ms")]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.request("tools/call", json!({"name": "hang", "arguments": {}}));
     let v = r.json();
     let msg = v["error"]["message"].as_str().unwrap_or_default();
@@ -343,8 +332,7 @@ fn the_stream_limit_refuses_new_sessions() {
         .upstream_with("old", &up.url(), &[("transport", "sse")])
         .serve("/mcp", "old")
         .start();
-    let mut first = Mcp::new(gw.addr, "/mcp");
-    first.initialize("2025-06-18");
+    let _first = session(&gw);
     let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
         "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
     let r = gw.client().request(
@@ -394,8 +382,7 @@ fn a_request_in_flight_when_the_stream_closes_fails_at_once() {
     let up = LegacyServer::start(Announce::Path);
     // A request timeout far beyond the test's bound: the answer must come from the stream's end.
     let gw = gateway(&up, 2, &[("request_timeout", "10m")]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let mut waiting = same_session(&gw, &m);
     let hung = std::thread::spawn(move || {
         waiting
@@ -470,8 +457,7 @@ fn a_stream_without_an_endpoint_is_refused() {
 fn a_second_get_stream_replaces_the_first() {
     let up = LegacyServer::start(Announce::Path);
     let gw = gateway(&up, 2, &[]);
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let m = session(&gw);
     let session = m.session.clone().unwrap();
     let open = || {
         let mut s = TcpStream::connect(gw.addr).unwrap();
@@ -633,8 +619,7 @@ fn a_reload_that_removes_the_upstream_closes_its_streams() {
         .upstream_with("old", &up.url(), &[("transport", "sse")])
         .serve("/mcp", "old")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(up.open_streams(), 1);
     gw.reload_with(&builder().config_text());
     assert!(eventually(Duration::from_secs(10), || up.closed_streams() == 1));

@@ -6,7 +6,7 @@ mod harness;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use harness::{free_port, Demo, Gateway, Mcp, JSON_HEADERS};
+use harness::{free_port, session, Demo, Gateway, JSON_HEADERS};
 use serde_json::json;
 
 /// `promtool` on PATH, or `None` after saying why the test cannot run (a failure under CI).
@@ -47,8 +47,7 @@ fn metrics_pass_promtool_check_metrics() {
         .start();
     // Traffic so that most series exist: calls (request and upstream histograms), a refusal
     // by reason (unknown path), limit refusals (413, 414), a session ended by DELETE.
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     mcp.call_tool("echo", json!({"text": "x"}));
     mcp.request("tools/list", json!({}));
     let r = gw.client().request("POST", "/nope", &[], b"{}");
@@ -147,8 +146,7 @@ fn a_real_prometheus_server_scrapes_tollgate() {
         .upstream("demo", "builtin:demo")
         .serve("/mcp", "demo")
         .start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     for i in 0..5 {
         mcp.call_tool("echo", json!({ "text": format!("call {i}") }));
     }

@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{eventually, Demo, Gateway, Http, Mcp, JSON_HEADERS};
+use harness::{eventually, session, Demo, Gateway, Http, Mcp, JSON_HEADERS};
 use serde_json::json;
 
 /// Access lines in the gateway's log (text format).
@@ -50,8 +50,7 @@ fn demo_gateway(yaml: &str) -> (Demo, Gateway) {
 #[test]
 fn every_request_and_every_refusal_gets_one_access_line() {
     let (_demo, gw) = demo_gateway("log:\n  access: all\n");
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let r = mcp.call_tool("echo", json!({"text": "hi"}));
     assert!(r.get("result").is_some(), "{r}");
 
@@ -152,8 +151,7 @@ fn a_batch_is_read_message_by_message() {
 #[test]
 fn json_access_lines_are_json_and_access_can_be_limited_to_refusals() {
     let (_demo, gw) = demo_gateway("log:\n  format: json\n  access: refusals\n");
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     mcp.call_tool("echo", json!({"text": "hi"}));
     let mut http = Http::connect(gw.addr);
     assert_eq!(http.request("GET", "/elsewhere", &[], b"").status, 404);

@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{eventually, metric_value, Demo, Gateway, GatewayBuilder, Http, Mcp};
+use harness::{eventually, metric_value, session, Demo, Gateway, GatewayBuilder, Http, Mcp};
 use serde_json::json;
 
 /// Waits until the log holds `needle` `times` times; panics with the log otherwise.
@@ -42,8 +42,7 @@ fn in_flight_calls_and_streams_finish_and_sessions_survive_a_reload() {
     let demo = Demo::start(&[]);
     let other = Demo::start(&[]);
     let gw = base(&demo).start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let sid = mcp.session.clone();
 
     // A slow call and an SSE stream (progress events over ~1.5 s), each on its own connection.
@@ -153,8 +152,7 @@ fn reordering_servers_and_upstreams_changes_no_session() {
 fn a_broken_config_is_refused_and_the_running_one_serves() {
     let demo = Demo::start(&[]);
     let gw = base(&demo).start();
-    let mut mcp = Mcp::new(gw.addr, "/mcp");
-    mcp.initialize("2025-06-18");
+    let mut mcp = session(&gw);
     let broken = Gateway::builder()
         .upstream("demo", &demo.url())
         .serve("/mcp", "demo")
@@ -181,8 +179,7 @@ fn removed_endpoints_and_upstreams_answer_clearly() {
         .upstream("other", &other.url())
         .serve("/other", "other")
         .start();
-    let mut on_mcp = Mcp::new(gw.addr, "/mcp");
-    on_mcp.initialize("2025-06-18");
+    let mut on_mcp = session(&gw);
     let mut on_other = Mcp::new(gw.addr, "/other");
     on_other.initialize("2025-06-18");
 
@@ -207,8 +204,7 @@ fn removed_endpoints_and_upstreams_answer_clearly() {
         "the session's upstream is gone, said so: {msg}"
     );
     // A new session on /mcp reaches the new upstream.
-    let mut fresh = Mcp::new(gw.addr, "/mcp");
-    fresh.initialize("2025-06-18");
+    let mut fresh = session(&gw);
     let r = fresh.call_tool("echo", json!({"text": "new"}));
     assert!(r.to_string().contains("new"), "{r}");
 }

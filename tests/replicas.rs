@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{eventually, Demo, Gateway, Mcp};
+use harness::{eventually, session, Demo, Gateway, Mcp};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -76,8 +76,7 @@ fn sessions_spread_stay_on_their_replica_and_move_when_it_dies() {
     assert_eq!(lost, 2, "sessions were not spread over both replicas");
     // New sessions go to the live replica only, and work.
     for _ in 0..4 {
-        let mut m = Mcp::new(gw.addr, "/mcp");
-        m.initialize("2025-06-18");
+        let mut m = session(&gw);
         assert!(works(&mut m));
     }
 
@@ -100,13 +99,7 @@ fn sessions_spread_stay_on_their_replica_and_move_when_it_dies() {
             "{line}\n{metrics}"
         );
     }
-    let mut fresh: Vec<Mcp> = (0..2)
-        .map(|_| {
-            let mut m = Mcp::new(gw.addr, "/mcp");
-            m.initialize("2025-06-18");
-            m
-        })
-        .collect();
+    let mut fresh: Vec<Mcp> = (0..2).map(|_| session(&gw)).collect();
     drop(b);
     assert!(eventually(Duration::from_secs(10), || healthy(
         &gw, "pair", &b_url
@@ -356,8 +349,7 @@ fn a_reload_that_adds_replicas_keeps_sessions_on_the_one_they_began_on_and_one_t
             r.text()
         );
     }
-    let mut fresh = Mcp::new(gw.addr, "/mcp");
-    fresh.initialize("2025-06-18");
+    let mut fresh = session(&gw);
     assert!(works(&mut fresh));
 }
 
@@ -389,8 +381,7 @@ fn an_open_event_stream_keeps_its_replica_busy_until_it_ends() {
         // One worker: the pick sees every request's count.
         .workers(1)
         .start();
-    let mut first = Mcp::new(gw.addr, "/mcp");
-    first.initialize("2025-06-18");
+    let mut first = session(&gw);
     let on_a = tools_listed(&mut first) == 7;
     let (busy, other) = if on_a {
         (&a_url, &b_url)
@@ -433,8 +424,7 @@ fn an_open_event_stream_keeps_its_replica_busy_until_it_ends() {
     // So every new session goes to the other replica (with nothing counted on either, they
     // would alternate).
     for i in 0..4 {
-        let mut m = Mcp::new(gw.addr, "/mcp");
-        m.initialize("2025-06-18");
+        let mut m = session(&gw);
         assert_eq!(
             tools_listed(&mut m),
             quiet,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, Scripted};
-use harness::{eventually, Demo, Gateway, Mcp};
+use harness::{eventually, session, Demo, Gateway, Mcp};
 use serde_json::json;
 
 /// An upstream that answers `initialize`, never answers `slow_*` tools (holds the connection),
@@ -57,8 +57,7 @@ fn a_tool_with_its_own_timeout_times_out_while_others_wait_longer() {
         )
         .serve("/mcp", "up")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.call_tool("slow_report", json!({}));
     let msg = r["error"]["message"]
         .as_str()
@@ -68,8 +67,7 @@ fn a_tool_with_its_own_timeout_times_out_while_others_wait_longer() {
         "{r}"
     );
     // Another client: the timed-out exchange closed the first connection's upstream side only.
-    let mut m2 = Mcp::new(gw.addr, "/mcp");
-    m2.initialize("2025-06-18");
+    let mut m2 = session(&gw);
     let r = m2.call_tool("patient", json!({}));
     assert_eq!(r["result"]["content"][0]["text"], "ran patient", "{r}");
     let metrics = gw.metrics();
@@ -94,8 +92,7 @@ fn a_request_that_reached_the_upstream_is_never_sent_again() {
         // pooled connection), so it goes out on a new connection.
         .workers(1)
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let m = session(&gw);
     for (tool, n) in [("cut", 1), ("vanish", 2)] {
         let mut c = Mcp::new(gw.addr, "/mcp");
         c.session = m.session.clone();
@@ -170,8 +167,7 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
         )
         .serve("/mcp", "flaky")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     assert_eq!(circuit_state(&gw, "flaky"), 0.0);
     drop(demo);
     for i in 0..3 {
@@ -222,8 +218,7 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
         );
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
-    let mut fresh = Mcp::new(gw.addr, "/mcp");
-    fresh.initialize("2025-06-18");
+    let mut fresh = session(&gw);
     let r = fresh.request("tools/list", json!({})).json();
     assert!(r["result"]["tools"].is_array(), "{r}");
 }
@@ -259,8 +254,7 @@ fn an_idempotent_request_is_resent_when_a_new_connection_closed_before_replying(
         )
         .serve("/mcp", "up")
         .start();
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.request("tools/list", json!({})).json();
     assert!(r["result"]["tools"].is_array(), "{r}");
     assert_eq!(lists.load(Ordering::SeqCst), 2);
@@ -290,8 +284,7 @@ fn an_error_ratio_opens_the_circuit_without_failures_in_a_row() {
         "{consecutive_failures: 0, error_ratio: 0.4, min_requests: 4, window: 1h}",
         Some(1),
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     // initialize and notifications/initialized succeeded; then 503, 200, 503: 2 of 5 failed.
     for _ in 0..3 {
         let r = m.request("tools/list", json!({})).json();
@@ -371,8 +364,7 @@ fn a_2xx_reply_that_is_unusable_counts_as_a_failure_for_the_circuit() {
         "{consecutive_failures: 3, open_for: 2s, half_open_probes: 1}",
         None,
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     for i in 0..3 {
         let r = m.request("tools/list", json!({})).json();
         let msg = r["error"]["message"].as_str().unwrap_or_default();
@@ -443,8 +435,7 @@ fn a_half_open_probe_holds_its_slot_until_its_reply_is_vetted() {
         "{consecutive_failures: 1, open_for: 200ms, half_open_probes: 1}",
         None,
     );
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let r = m.request("tools/list", json!({})).json();
     assert!(r.to_string().contains("unusable reply"), "{r}");
     assert_eq!(circuit_state(&gw, "up"), 1.0);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, response, Request, Scripted};
-use harness::{Demo, Gateway, Http, Mcp, Response};
+use harness::{session, Demo, Gateway, Http, Mcp, Response};
 use serde_json::{json, Value};
 
 const V: &str = "2026-07-28";
@@ -1072,8 +1072,7 @@ fn what_a_body_says_never_becomes_a_header_line_or_a_second_key() {
     assert!(r.status < 500, "{}", r.text());
     // A session-era client of the federated endpoint: its request to the modern member is
     // translated; a method with CR/LF, and params that are not an object.
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(&gw);
     let _ =
         m.post_raw(br#"{"jsonrpc":"2.0","method":"notifications/y\r\nx-injected: translated"}"#);
     let _ = m.post_raw(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"modern__weather","_meta":{"io.modelcontextprotocol/clientCapabilities":null}}}"#);

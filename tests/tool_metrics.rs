@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{Gateway, Mcp};
+use harness::{session, Gateway, Mcp};
 use serde_json::json;
 
 /// The sum of the samples of `name` whose labels include every `k="v"` of `labels`.
@@ -41,8 +41,7 @@ fn observed(scrape: &str, tool: &str) -> f64 {
 
 /// Each call on a connection of its own (so both workers see some).
 fn call(gw: &Gateway, tool: &str) {
-    let mut m = Mcp::new(gw.addr, "/mcp");
-    m.initialize("2025-06-18");
+    let mut m = session(gw);
     let r = m.call_tool(tool, json!({"text": "x", "a": 1, "b": 2, "ms": 1}));
     assert!(r.get("result").is_some(), "{r}");
 }

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 mod auth;
+mod matches;
 mod rules;
 mod traffic;
 mod upstreams;
@@ -21,8 +22,9 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
 }
 
-fn list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+/// A flow list of quoted strings: `["a", "b"]`.
+fn list<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s.as_ref())).collect();
     format!("[{}]", quoted.join(", "))
 }
 

@@ -18,25 +18,34 @@
 //! to `introspected`, which checks it (`introspection`) and caches the outcome: an active token
 //! in the same cache as verified JWTs (until `exp`, at most `max_cache`), a refused one in the
 //! negative cache for `negative_cache`.
+//!
+//! Files: `presented` (what a request shows), `keys` (an issuer's verifiers), `jwt` (the checks
+//! in order), `claims` (claim readers shared with `introspection`), `mtls` (a certificate's
+//! principal); `Authn`, its caches and API keys here.
 
 mod cache;
+mod claims;
 pub mod introspection;
+mod jwt;
+mod keys;
+mod mtls;
+mod presented;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use jsonwebtoken::Algorithm;
-use serde_json::Value;
-
-use super::jwt_ring::{self, RingVerifier};
+use super::jwt_ring;
 use super::{AuthFailure, Principal, Source};
-use crate::config::auth::{ClaimPath, IssuerKey, MtlsSubject};
 use crate::config::{Config, ServerAuth};
-use crate::tls::PeerIdentity;
 
 pub use cache::TokenCache;
+pub(in crate::policy) use claims::audience_ok;
+pub(crate) use claims::{lookup, numeric_date, string_set};
+pub use jwt::mint_hs256;
+pub use keys::KeySet;
+use mtls::mtls_principal;
+pub use presented::Presented;
+use presented::{bearer, query_has_token, token68};
 
 /// What `authenticate` could not settle by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,96 +68,6 @@ impl PartialEq<AuthFailure> for Unresolved {
     }
 }
 
-/// What one request presents, as the proxy read it from the head and the connection.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Presented<'a> {
-    /// The `Authorization` header's value.
-    pub authorization: Option<&'a [u8]>,
-    /// The `X-API-Key` header's value.
-    pub api_key: Option<&'a [u8]>,
-    /// The request target's query (after `?`), to refuse `access_token=`.
-    pub query: Option<&'a [u8]>,
-    /// The verified client certificate of an mTLS connection.
-    pub peer: Option<&'a PeerIdentity>,
-    /// The client's address is loopback.
-    pub loopback: bool,
-}
-
-/// The verification keys of one issuer, each with a verifier per pinned algorithm of its family.
-pub struct KeySet {
-    keys: Vec<VerifyKey>,
-}
-
-struct VerifyKey {
-    kid: Option<Box<str>>,
-    verifiers: Vec<RingVerifier>,
-}
-
-impl KeySet {
-    /// Keys usable with `algorithms` (a key of a family no pinned algorithm has is left out).
-    pub fn new(algorithms: &[Algorithm], keys: &[IssuerKey]) -> KeySet {
-        let keys = keys
-            .iter()
-            .filter_map(|k| {
-                let verifiers: Vec<RingVerifier> = algorithms
-                    .iter()
-                    .filter(|a| jwt_ring::key_can(**a, &k.key))
-                    .filter_map(|a| jwt_ring::verifier(*a, &k.key).ok())
-                    .collect();
-                (!verifiers.is_empty()).then(|| VerifyKey {
-                    kid: k.kid.as_deref().map(Into::into),
-                    verifiers,
-                })
-            })
-            .collect();
-        KeySet { keys }
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The verifier for a token's `alg` and `kid`.
-    fn pick(&self, alg: Algorithm, kid: Option<&str>) -> Result<&RingVerifier, AuthFailure> {
-        if self.keys.is_empty() {
-            return Err(AuthFailure::KeysUnavailable);
-        }
-        let verifier_of = |k: &'_ VerifyKey| {
-            k.verifiers
-                .iter()
-                .position(|v| jsonwebtoken::crypto::JwtVerifier::algorithm(v) == alg)
-        };
-        match kid {
-            Some(kid) => {
-                let key = self
-                    .keys
-                    .iter()
-                    .find(|k| k.kid.as_deref() == Some(kid))
-                    .ok_or(AuthFailure::UnknownKey)?;
-                // The kid's key cannot do this algorithm (HS256 over an RSA key).
-                let i = verifier_of(key).ok_or(AuthFailure::AlgorithmNotAllowed)?;
-                Ok(&key.verifiers[i])
-            }
-            None => {
-                let mut able = self
-                    .keys
-                    .iter()
-                    .filter_map(|k| verifier_of(k).map(|i| &k.verifiers[i]));
-                match (able.next(), able.next()) {
-                    (Some(only), None) => Ok(only),
-                    // Several keys and no kid to choose by.
-                    (Some(_), Some(_)) => Err(AuthFailure::UnknownKey),
-                    (None, _) => Err(AuthFailure::AlgorithmNotAllowed),
-                }
-            }
-        }
-    }
-}
-
 /// One worker's authenticator.
 pub struct Authn {
     /// Per `auth.issuers[i]`: its current keys.
@@ -165,16 +84,6 @@ pub struct Authn {
     pub cache_misses: Cell<u64>,
     /// The hits and misses already counted in the metrics (`unpublished`).
     published: Cell<(u64, u64)>,
-}
-
-#[derive(serde::Deserialize)]
-struct JoseHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-    /// Critical extensions (RFC 7515 §4.1.11): none is understood, so any is refused.
-    #[serde(default)]
-    crit: Option<serde::de::IgnoredAny>,
 }
 
 impl Authn {
@@ -425,152 +334,6 @@ impl Authn {
         }
         found.cloned().ok_or(AuthFailure::UnknownApiKey)
     }
-
-    fn jwt(
-        &self,
-        cfg: &Config,
-        sa: &ServerAuth,
-        server: usize,
-        token: &[u8],
-        now: u64,
-    ) -> Result<Rc<Principal>, AuthFailure> {
-        self.cache_misses.set(self.cache_misses.get() + 1);
-        let principal = Rc::new(self.verify(cfg, sa, token, now)?);
-        if let Some(exp) = principal.expires_at {
-            self.cache
-                .borrow_mut()
-                .insert(server as u32, token, principal.clone(), exp, now);
-        }
-        Ok(principal)
-    }
-
-    /// The full check of a JWT on `cfg.servers[server]`, bypassing the cache (the bench's cold
-    /// path; `authenticate` is what the gateway calls).
-    #[doc(hidden)]
-    pub fn verify_uncached(
-        &self,
-        cfg: &Config,
-        server: usize,
-        token: &[u8],
-        now: u64,
-    ) -> Result<Principal, AuthFailure> {
-        let sa = cfg
-            .servers
-            .get(server)
-            .and_then(|s| s.auth.as_ref())
-            .ok_or(AuthFailure::Missing)?;
-        self.verify(cfg, sa, token, now)
-    }
-
-    /// The full check of a JWT (no cache).
-    fn verify(
-        &self,
-        cfg: &Config,
-        sa: &ServerAuth,
-        token: &[u8],
-        now: u64,
-    ) -> Result<Principal, AuthFailure> {
-        use AuthFailure::*;
-        let mut parts = token.splitn(3, |&b| b == b'.');
-        let (Some(h64), Some(c64), Some(s64)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Malformed);
-        };
-        let signed = &token[..h64.len() + 1 + c64.len()];
-        let header_json = URL_SAFE_NO_PAD.decode(h64).map_err(|_| Malformed)?;
-        let header: JoseHeader = serde_json::from_slice(&header_json).map_err(|_| Malformed)?;
-        if header.crit.is_some() {
-            return Err(Malformed);
-        }
-        if header.alg.eq_ignore_ascii_case("none") {
-            return Err(AlgorithmNotAllowed);
-        }
-        let alg: Algorithm = header.alg.parse().map_err(|_| AlgorithmNotAllowed)?;
-        let claims_json = URL_SAFE_NO_PAD.decode(c64).map_err(|_| Malformed)?;
-        let claims: Value = serde_json::from_slice(&claims_json).map_err(|_| Malformed)?;
-        if !claims.is_object() {
-            return Err(Malformed);
-        }
-        let signature = URL_SAFE_NO_PAD.decode(s64).map_err(|_| Malformed)?;
-
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or(WrongIssuer)?;
-        let (index, issuer) = sa
-            .issuers
-            .iter()
-            .filter_map(|&i| cfg.auth.issuers.get(i).map(|is| (i, is)))
-            .find(|(_, is)| is.issuer == iss)
-            .ok_or(WrongIssuer)?;
-        if !issuer.algorithms.contains(&alg) {
-            return Err(AlgorithmNotAllowed);
-        }
-        let keys = self
-            .keys
-            .borrow()
-            .get(index)
-            .cloned()
-            .ok_or(KeysUnavailable)?;
-        let verifier = keys.pick(alg, header.kid.as_deref())?;
-        if !verifier.check(signed, &signature) {
-            return Err(BadSignature);
-        }
-
-        let leeway = issuer.leeway.as_secs();
-        let exp = claims.get("exp").and_then(numeric_date).ok_or(Expired)?;
-        if now > exp.saturating_add(leeway) {
-            return Err(Expired);
-        }
-        for claim in ["nbf", "iat"] {
-            match claims.get(claim) {
-                None => {}
-                Some(v) => match numeric_date(v) {
-                    Some(t) if t > now.saturating_add(leeway) => return Err(NotYetValid),
-                    Some(_) => {}
-                    None => return Err(BadClaims),
-                },
-            }
-        }
-        if !audience_ok(claims.get("aud"), issuer, sa) {
-            return Err(WrongAudience);
-        }
-
-        let paths = &issuer.claims;
-        let subject = match lookup(&claims, &paths.subject) {
-            Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-            _ => return Err(BadClaims),
-        };
-        let client = match paths.client.as_ref().and_then(|p| lookup(&claims, p)) {
-            None => claims.get("azp").and_then(Value::as_str),
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return Err(BadClaims),
-        };
-        let tenant = match paths.tenant.as_ref().and_then(|p| lookup(&claims, p)) {
-            None => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return Err(BadClaims),
-        };
-        let roles = string_set(paths.roles.as_ref().and_then(|p| lookup(&claims, p)))?;
-        let scope_claim = paths.scopes.as_ref().and_then(|p| lookup(&claims, p));
-        // `scp` (a list) is the other common spelling when `scope` is read and absent.
-        let scope_claim = match scope_claim {
-            None if paths.scopes.as_ref().is_some_and(|p| p.0 == ["scope"]) => claims.get("scp"),
-            other => other,
-        };
-        let scopes = string_set(scope_claim)?;
-        Ok(Principal {
-            source: Source::Jwt {
-                issuer: index as u16,
-            },
-            subject: subject.into(),
-            client: client.map(Into::into),
-            tenant: tenant.map(Into::into),
-            roles,
-            scopes,
-            expires_at: Some(exp),
-            id: principal_id("jwt", &issuer.issuer, subject),
-        })
-    }
 }
 
 /// `tollgate hash-key`: the lower-case hex SHA-256 of an API key (what `auth.api_keys[].sha256`
@@ -581,29 +344,6 @@ pub fn hash_key(key: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// `tollgate mint-token`: an HS256 JWT for development and tests (`iat` now, `exp` after `ttl`).
-pub fn mint_hs256(
-    secret: &[u8],
-    iss: &str,
-    aud: &str,
-    sub: &str,
-    roles: &[String],
-    ttl_secs: u64,
-    now: u64,
-) -> Result<String, String> {
-    jwt_ring::install();
-    let claims = serde_json::json!({
-        "iss": iss, "aud": aud, "sub": sub, "roles": roles,
-        "iat": now, "exp": now.saturating_add(ttl_secs),
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| e.to_string())
 }
 
 /// The issuer of endpoint `sa` that introspects opaque tokens (at most one, checked at load).
@@ -642,142 +382,6 @@ pub fn principal_id(kind: &str, scope: &str, subject: &str) -> [u8; 16] {
     let mut id = [0u8; 16];
     id.copy_from_slice(&d.as_ref()[..16]);
     id
-}
-
-/// A NumericDate: seconds since the epoch, possibly fractional (rounded down).
-pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f as u64)
-    })
-}
-
-/// Whether `aud` (a string or a list of them) names the endpoint's resource, or one of the
-/// issuer's `audience` when it has them. Absent or of another shape: it does not.
-pub(super) fn audience_ok(
-    aud: Option<&Value>,
-    issuer: &crate::config::auth::Issuer,
-    sa: &ServerAuth,
-) -> bool {
-    let resource = std::slice::from_ref(&sa.resource);
-    let audiences = issuer.audience.as_deref().unwrap_or(resource);
-    match aud {
-        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| audiences.iter().any(|x| x == a)),
-        _ => false,
-    }
-}
-
-pub(crate) fn lookup<'v>(claims: &'v Value, path: &ClaimPath) -> Option<&'v Value> {
-    path.0.iter().try_fold(claims, |v, key| v.get(key.as_str()))
-}
-
-/// An array of strings or one space-separated string; absent or null = none.
-pub(crate) fn string_set(v: Option<&Value>) -> Result<Box<[Box<str>]>, AuthFailure> {
-    match v {
-        None | Some(Value::Null) => Ok(Box::new([])),
-        Some(Value::String(s)) => Ok(s
-            .split(' ')
-            .filter(|x| !x.is_empty())
-            .map(Into::into)
-            .collect()),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|x| x.as_str().map(Into::into).ok_or(AuthFailure::BadClaims))
-            .collect(),
-        Some(_) => Err(AuthFailure::BadClaims),
-    }
-}
-
-/// `access_token=` as a parameter of the query (RFC 6750 §2.3: refused).
-fn query_has_token(query: &[u8]) -> bool {
-    query.split(|&b| b == b'&' || b == b';').any(|param| {
-        param.len() >= 13 && param[..13].eq_ignore_ascii_case(b"access_token=")
-            || param.eq_ignore_ascii_case(b"access_token")
-    })
-}
-
-/// The credential of `Bearer <credential>` (scheme case-insensitive, one or more spaces), at
-/// most `max` bytes; its syntax is `token68`'s to check.
-fn bearer(header: &[u8], max: usize) -> Result<&[u8], AuthFailure> {
-    let header = header.trim_ascii();
-    if header.len() < 7 || !header[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Err(AuthFailure::Malformed);
-    }
-    let token = header[7..].trim_ascii_start();
-    if token.len() > max {
-        return Err(AuthFailure::TooLarge);
-    }
-    if token.is_empty() {
-        return Err(AuthFailure::Malformed);
-    }
-    Ok(token)
-}
-
-/// RFC 7235 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn token68(token: &[u8]) -> bool {
-    let body = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
-    body > 0
-        && token[..body].iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
-}
-
-/// The principal of a verified client certificate (`auth.mtls`).
-fn mtls_principal(cfg: &Config, peer: &PeerIdentity) -> Result<Principal, AuthFailure> {
-    let m = &cfg.auth.mtls;
-    let san = |prefix: &str| {
-        peer.sans
-            .iter()
-            .find_map(|s| s.strip_prefix(prefix))
-            .map(str::to_string)
-    };
-    let subject = match m.subject {
-        MtlsSubject::Subject => Some(peer.subject.clone()),
-        MtlsSubject::SanUri => san("URI:"),
-        MtlsSubject::SanDns => san("DNS:"),
-        MtlsSubject::SanEmail => san("email:"),
-        MtlsSubject::Cn => common_name(&peer.subject),
-    }
-    .filter(|s| !s.is_empty())
-    .ok_or(AuthFailure::BadClaims)?;
-    let mapped = m.principals.iter().find(|p| p.subject == subject);
-    Ok(Principal {
-        source: Source::Mtls,
-        id: principal_id("mtls", "", &subject),
-        client: None,
-        tenant: mapped.and_then(|p| p.tenant.as_deref()).map(Into::into),
-        roles: mapped.map_or_else(|| Box::new([]) as Box<[Box<str>]>, |p| boxed(&p.roles)),
-        scopes: Box::new([]),
-        expires_at: None,
-        subject: subject.into(),
-    })
-}
-
-/// The first `CN=` of an RFC 4514 string (escaped commas kept).
-fn common_name(subject: &str) -> Option<String> {
-    let mut rdns = Vec::new();
-    let mut cur = String::new();
-    let mut escaped = false;
-    for ch in subject.chars() {
-        if escaped {
-            cur.push(ch);
-            escaped = false;
-        } else if ch == '\\' {
-            escaped = true;
-        } else if ch == ',' || ch == '+' {
-            rdns.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(ch);
-        }
-    }
-    rdns.push(cur);
-    rdns.into_iter()
-        .find_map(|r| r.strip_prefix("CN=").map(str::to_string))
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 use super::*;
 use crate::policy::jwt_ring::{self, test_keys};
+use crate::tls::PeerIdentity;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::q;
+use super::matches::{render_identity, render_methods, render_upstreams};
+use super::{list, q};
 use crate::config::*;
 
 /// `servers[].rules`, as compiled (names, upstream names, methods, windows).
@@ -20,7 +21,6 @@ pub(super) fn render_rules(
         return;
     }
     let _ = writeln!(o, "    rules:");
-    let list = |l: &[Box<str>]| l.iter().map(|g| q(g)).collect::<Vec<_>>().join(", ");
     for r in &rules.rules {
         let effect = if r.allow { "allow" } else { "deny" };
         if r.name.starts_with('#') {
@@ -30,26 +30,17 @@ pub(super) fn render_rules(
             let _ = writeln!(o, "      - name: {}", q(&r.name));
             let _ = writeln!(o, "        effect: {effect}");
         }
-        if let Some(us) = &r.upstreams {
-            let names: Vec<String> = us
-                .iter()
-                .map(|&u| q(c.upstreams.get(u).map_or("?", |u| u.name.as_str())))
-                .collect();
-            let _ = writeln!(o, "        upstreams: [{}]", names.join(", "));
-        }
+        render_upstreams(o, "        ", c, &r.upstreams);
         for (key, f) in [
             ("tools", &r.tools),
             ("prompts", &r.prompts),
             ("resources", &r.resources),
         ] {
             if let Some(f) = f {
-                let _ = writeln!(o, "        {key}: [{}]", list(f.allow_globs()));
+                let _ = writeln!(o, "        {key}: {}", list(f.allow_globs()));
             }
         }
-        if let Some(ms) = &r.methods {
-            let names: Vec<String> = ms.iter().map(|m| q(m.as_str())).collect();
-            let _ = writeln!(o, "        methods: [{}]", names.join(", "));
-        }
+        render_methods(o, "        ", &r.methods);
         if r.annotations != (0, 0) {
             let hints: Vec<String> = crate::policy::rules::ann::NAMES
                 .iter()
@@ -65,17 +56,8 @@ pub(super) fn render_rules(
                 .collect();
             let _ = writeln!(o, "        annotations: {{{}}}", hints.join(", "));
         }
-        for (key, l) in [
-            ("subjects", &r.subjects),
-            ("clients", &r.clients),
-            ("tenants", &r.tenants),
-            ("roles", &r.roles),
-            ("scopes", &r.scopes),
-        ] {
-            if !l.is_empty() {
-                let _ = writeln!(o, "        {key}: [{}]", list(l));
-            }
-        }
+        let who = [&r.subjects, &r.clients, &r.tenants, &r.roles, &r.scopes];
+        render_identity(o, "        ", &who.map(|l| &l[..]));
         if !r.sources.is_empty() {
             let cidrs: Vec<String> = r
                 .sources

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::{q, render_duration};
+use super::matches::{render_identity, render_methods, render_upstreams};
+use super::{list, q, render_duration};
 use crate::config::*;
 
 /// `traffic:`: every rule as compiled (names for indices, the time zone as written).
@@ -40,7 +41,6 @@ pub(super) fn render_traffic(o: &mut String, c: &Config) {
         return;
     }
     let _ = writeln!(o, "  rules:");
-    let words = |l: &[Box<str>]| l.iter().map(|g| q(g)).collect::<Vec<_>>().join(", ");
     for r in &t.rules {
         let _ = writeln!(o, "    - name: {}", q(&r.name));
         if let Some(s) = &r.servers {
@@ -50,30 +50,13 @@ pub(super) fn render_traffic(o: &mut String, c: &Config) {
                 .collect();
             let _ = writeln!(o, "      servers: [{}]", paths.join(", "));
         }
-        if let Some(us) = &r.upstreams {
-            let names: Vec<String> = us
-                .iter()
-                .map(|&u| q(c.upstreams.get(u).map_or("?", |u| u.name.as_str())))
-                .collect();
-            let _ = writeln!(o, "      upstreams: [{}]", names.join(", "));
-        }
+        render_upstreams(o, "      ", c, &r.upstreams);
         if let Some(f) = &r.tools {
-            let _ = writeln!(o, "      tools: [{}]", words(f.allow_globs()));
+            let _ = writeln!(o, "      tools: {}", list(f.allow_globs()));
         }
-        if let Some(ms) = &r.methods {
-            let names: Vec<String> = ms.iter().map(|m| q(m.as_str())).collect();
-            let _ = writeln!(o, "      methods: [{}]", names.join(", "));
-        }
-        for (key, l) in [
-            ("subjects", &r.subjects),
-            ("clients", &r.clients),
-            ("tenants", &r.tenants),
-            ("roles", &r.roles),
-        ] {
-            if !l.is_empty() {
-                let _ = writeln!(o, "      {key}: [{}]", words(l));
-            }
-        }
+        render_methods(o, "      ", &r.methods);
+        let who = [&r.subjects, &r.clients, &r.tenants, &r.roles];
+        render_identity(o, "      ", &who.map(|l| &l[..]));
         let key: Vec<&str> = part::NAMES
             .iter()
             .filter(|(_, b)| r.key & b != 0)
