@@ -25,6 +25,54 @@ pub struct Args {
     at: smallvec::SmallVec<[(u32, u32, u32); 1]>,
 }
 
+/// Spare `Args` per worker thread, at most this many (a burst's leftovers stay bounded).
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Box<Args>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A request's `Args`: taken from its thread's spares and given back, cleared, when the request
+/// ends (an allocation and a free per recorded request less, each of the box and its text).
+pub struct Kept(Option<Box<Args>>);
+
+impl Kept {
+    fn take() -> Kept {
+        let spare = SPARE.with(|s| s.borrow_mut().pop());
+        Kept(Some(spare.unwrap_or_default()))
+    }
+}
+
+impl std::ops::Deref for Kept {
+    type Target = Args;
+    fn deref(&self) -> &Args {
+        self.0.as_deref().expect("kept until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Kept {
+    fn deref_mut(&mut self) -> &mut Args {
+        self.0.as_deref_mut().expect("kept until dropped")
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let Some(mut a) = self.0.take() else { return };
+        if a.text.capacity() > 16 * 1024 {
+            return;
+        }
+        a.text.clear();
+        a.at.clear();
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(a);
+            }
+        });
+    }
+}
+
 impl Args {
     fn of(&self, i: usize) -> Option<&[u8]> {
         let &(_, start, end) = self.at.iter().find(|a| a.0 as usize == i)?;
@@ -37,7 +85,7 @@ impl Args {
 /// other value as its JSON), each redacted by every `arguments.redact` pattern.
 pub fn capture(
     settings: &Settings,
-    args: &mut Option<Box<Args>>,
+    args: &mut Option<Kept>,
     (i, mc): (usize, &MessageCtx),
     m: &Message<'_>,
 ) {
@@ -47,7 +95,7 @@ pub fn capture(
     let Some(raw) = m.arguments.as_ref() else {
         return;
     };
-    let all = args.get_or_insert_with(Default::default);
+    let all = args.get_or_insert_with(Kept::take);
     let start = all.text.len();
     if all.text.capacity() == 0 {
         all.text.reserve(128);

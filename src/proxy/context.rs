@@ -255,7 +255,7 @@ pub struct Ctx {
     pub trace: Option<crate::observe::trace::TraceIds>,
     /// The messages' arguments as their audit records show them, when `audit` records a method
     /// of this request (`proxy::audit_record::capture`): boxed, one pointer in every request.
-    pub audit_args: Option<Box<super::audit_record::Args>>,
+    pub audit_args: Option<super::audit_record::Kept>,
     /// The JSON-RPC errors of the relayed reply, read as it passed, when `audit` records a
     /// message of this request (`proxy::audit_record::probe`).
     pub reply: Option<Box<crate::jsonrpc::probe::ReplyProbe>>,
