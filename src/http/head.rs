@@ -143,10 +143,13 @@ fn set_once(
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // 19 digits always fit a u64: no overflow check, no UTF-8 check, no `str::parse`.
+    v.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Whether a header name spells `transfer-encoding` or `content-length` with other separators

@@ -202,9 +202,11 @@ impl AccessWriter {
 pub fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
     // Most values (names, paths, ids) are printable ASCII with nothing to escape: copied as
     // they are, without the UTF-8 check and the escaper.
+    // A fold without early exit: LLVM checks 32 bytes at a time.
     if v.len() <= max
-        && v.iter()
-            .all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
+        && v.iter().fold(true, |ok, &c| {
+            ok & (c >= 0x20) & (c < 0x80) & (c != b'"') & (c != b'\\')
+        })
     {
         b.push(b'"');
         b.extend_from_slice(v);

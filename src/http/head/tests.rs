@@ -53,6 +53,15 @@ fn refuses_smuggling_shapes() {
     );
     let neg = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n";
     assert_eq!(req(neg).unwrap_err().kind, Kind::MalformedHttp);
+    for bad in ["+1", "1 2", "0x1", "", "12345678901234567890"] {
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
+        assert_eq!(req(&head).unwrap_err().kind, Kind::MalformedHttp, "{bad:?}");
+    }
+    assert_eq!(
+        super::parse_content_length(b"9999999999999999999"),
+        Some(9_999_999_999_999_999_999)
+    );
+    assert_eq!(super::parse_content_length(b"0042"), Some(42));
     let two_sessions =
         "POST / HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: a\r\nMcp-Session-Id: b\r\n\r\n";
     assert_eq!(req(two_sessions).unwrap_err().kind, Kind::MalformedHttp);
