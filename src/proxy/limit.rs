@@ -25,6 +25,7 @@ use crate::policy::traffic::{
 };
 
 mod fleet;
+mod loops;
 
 /// `Exchange::redis_state`: how workers treat rate limits and quotas while Redis is down.
 const REDIS_NORMAL: u8 = 0;
@@ -354,6 +355,16 @@ impl Exchange {
                         },
                     );
                 }
+                // A loop guard counts on the exchange too (`loops`): its windows are global.
+                if let Some(g) = &r.loop_guard {
+                    next.insert(
+                        g.fp,
+                        Def {
+                            kind: g.kind(),
+                            rule: r.name.as_ref().into(),
+                        },
+                    );
+                }
             }
             *defs = Arc::new(next);
         }
@@ -493,7 +504,8 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                 (n, (n + 2) * per_ms / 1000 + 1)
             }
             LimitKind::Quota { .. } | LimitKind::Tokens { .. } => (g.window_end, g.window_end + 60),
-            LimitKind::Concurrency { .. } => continue,
+            // Per instance: a loop window opens at a call on this instance's monotonic clock.
+            LimitKind::Concurrency { .. } | LimitKind::Loop { .. } => continue,
         };
         if g.pending == 0 && book.tick.saturating_sub(g.last_active) > REDIS_RECENT_SYNCS {
             continue;
@@ -735,6 +747,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                         .increment(delta);
                 }
             }
+            LimitKind::Loop { window, .. } => loops::count(g, &ev, delta, window),
             _ => {}
         }
     }
@@ -801,11 +814,12 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 let idle = inflight == 0 && !g.active;
                 (limit.saturating_sub(inflight), !idle, idle, 0)
             }
+            LimitKind::Loop { max, .. } => loops::left(g, max, now),
         };
         // `traffic.redis`: the workers share this instance's allotment, and know when the
         // fleet has more (they wait for the next Redis read instead of refusing).
         let (left, more) = match def.kind {
-            LimitKind::Concurrency { .. } => (left, false),
+            LimitKind::Concurrency { .. } | LimitKind::Loop { .. } => (left, false),
             _ if !fleet => (left, false),
             _ => (left.min(g.allot), left > g.allot),
         };
@@ -974,6 +988,9 @@ struct Entry {
     touched: bool,
     /// A concurrency limit's entry: never evicted or forgotten with calls in flight.
     concurrency: bool,
+    /// A loop guard's entry (`loops`): `window_end` is when its window closes (`now_us`
+    /// clock), the exchange's once an update said.
+    looped: bool,
     /// Its last level never reached the exchange (a full queue): sent again at the next
     /// decision or release on this worker.
     dirty: bool,
@@ -1129,7 +1146,7 @@ impl Local {
                 }
                 continue;
             }
-            if e.window_end != u.window_end {
+            if e.window_end != u.window_end && !loops::adopt(e, u.window_end) {
                 continue;
             }
             let seen = if u.epoch == e.epoch { u.seen } else { 0 };
@@ -1268,6 +1285,7 @@ impl Local {
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
+                looped: false,
                 dirty: false,
             };
             self.clocked(map, k, born);
@@ -1344,6 +1362,8 @@ impl Local {
                 (window_end * 1000 - wall).max(1) as u64
             }
             LimitKind::Concurrency { .. } => sync_ms.max(1000),
+            // Judged by `judge_loop`.
+            LimitKind::Loop { .. } => sync_ms,
         };
         Judged::Over {
             retry_ms: retry_ms.max(1),
@@ -1534,7 +1554,7 @@ enum Judged {
 /// A refusal by one limit, before it is worded.
 struct Over<'a> {
     rule: &'a LimitRule,
-    /// `None`: the rule's loop guard (`proxy::loop_guard`).
+    /// `None`: the rule's loop guard (`loops`).
     kind: Option<LimitKind>,
     fp: u64,
     retry_ms: u64,
@@ -1634,10 +1654,9 @@ fn check_rules(
     let p = principal.as_deref();
     let s = &gw.config.servers[server];
     let federated = s.federated();
-    // (fingerprint, key, kind, units) of each admission, committed when all passed.
+    // (fingerprint, key, kind, units) of each admission (a loop guard's too), committed when
+    // all passed.
     let mut pending: SmallVec<[(u64, u64, LimitKind, u64); 4]> = SmallVec::new();
-    // (loop guard, key) of each call a loop guard admitted, counted when all passed.
-    let mut loops: SmallVec<[(crate::policy::traffic::LoopGuard, u64); 2]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
     'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
@@ -1673,13 +1692,13 @@ fn check_rules(
             }
             let key = key_hash(x, gw, r, &facts, p);
             if let Some(g) = r.loop_guard {
-                let already = loops
-                    .iter()
-                    .filter(|q| (q.0.fp, q.1) == (g.fp, key))
-                    .count();
-                match w.loops.judge(&g, key, now, already as u64) {
-                    Ok(()) => loops.push((g, key)),
-                    Err(retry_ms) => {
+                let already = pending.iter().filter(|q| q.0 == g.fp && q.1 == key).count() as u64;
+                match local.judge_loop(&mut map, traffic, &g, key, now, already) {
+                    Judged::Admit => pending.push((g.fp, key, g.kind(), 1)),
+                    Judged::Over { retry_ms, wait } => {
+                        if may_wait && wait {
+                            return Err(Stop::Wait);
+                        }
                         over = Some(Over {
                             rule: r,
                             kind: None,
@@ -1731,9 +1750,6 @@ fn check_rules(
             "traffic limit reached"
         );
         return Err(Stop::Refuse(refusal(&o)));
-    }
-    for (g, key) in loops {
-        w.loops.admit(&g, key, now, traffic.max_keys);
     }
     for (fp, key, kind, units) in pending {
         local.admitted(&mut map, (fp, key), units, now);
@@ -1801,7 +1817,7 @@ fn refusal(o: &Over<'_>) -> Refusal {
         Some(LimitKind::Concurrency { .. }) => "Concurrency limit",
         Some(LimitKind::Quota { .. }) => "Quota",
         Some(LimitKind::Tokens { .. }) => "Token quota",
-        None => "Loop guard",
+        Some(LimitKind::Loop { .. }) | None => "Loop guard",
     };
     let data = format!(
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",

@@ -1,0 +1,375 @@
+//! The loop guard's count (`traffic.rules[].loop: {max, window}`) on the exchange: a fixed
+//! window per rule and key (principal, tool, arguments) that opens at the key's first call on
+//! any worker and admits `max` calls in all. Workers decide from their shares like the other
+//! limits; the window's end is the exchange's (workers adopt it from its updates). Per
+//! instance: not sent to `traffic.redis`.
+
+use std::time::Duration;
+
+use crate::policy::traffic::{initial_share, LoopGuard, Traffic};
+
+use super::{now_us, Entry, Event, Global, Judged, Local, Map, What};
+
+/// Exchange: counts `delta` calls of `ev`'s worker in the key's window. A call at or after the
+/// window's end opens the next one, which ends `window` after it.
+pub(super) fn count(g: &mut Global, ev: &Event, delta: u64, window: Duration) {
+    if ev.at_us as i64 >= g.window_end {
+        g.window_end = ev.at_us.saturating_add(window.as_micros() as u64) as i64;
+        g.count = 0;
+        // Every worker holding the key hears of the new window, even with an unchanged share.
+        for s in &mut g.sides {
+            s.sent = None;
+        }
+    }
+    g.count += delta;
+}
+
+/// Exchange: what is left of the key's window at `now` (all of `max` once it ended), whether
+/// to keep the key (until its window ended and no call came since) and whether to tell the
+/// workers to forget it (never: they roll their windows themselves), as `sync_once` wants.
+pub(super) fn left(g: &Global, max: u64, now: u64) -> (u64, bool, bool, u64) {
+    let ended = now as i64 >= g.window_end;
+    let left = if ended {
+        max
+    } else {
+        max.saturating_sub(g.count)
+    };
+    (left, !ended || g.active, false, 0)
+}
+
+/// Worker (`Local::apply`): a loop entry takes the exchange's window end from an update while
+/// that window is open (one that ended is for a window the entry has left or will leave).
+pub(super) fn adopt(e: &mut Entry, window_end: i64) -> bool {
+    if !e.looped || window_end <= now_us() as i64 {
+        return false;
+    }
+    e.window_end = window_end;
+    true
+}
+
+impl Local {
+    /// A loop guard's decision for `key` on this worker (nothing committed; `already` calls of
+    /// this request are pending on it). A new entry, or one whose window closed, opens a window
+    /// of its own with a first share (`ceil(max / workers)`), unless the exchange knows the key
+    /// (then none: it waits for the exchange's). Over its share while the window may have room
+    /// elsewhere, it asks the exchange and waits: the refusal says the call was made `max`
+    /// times, so it comes only when the window is full (or the wait is over).
+    pub(super) fn judge_loop(
+        &self,
+        map: &mut Map,
+        t: &Traffic,
+        g: &LoopGuard,
+        key: u64,
+        now: u64,
+        already: u64,
+    ) -> Judged {
+        let workers = self.exchange.workers;
+        let sync_ms = (t.sync_interval.as_millis() as u64).max(1);
+        let ends = now.saturating_add(g.window.as_micros() as u64) as i64;
+        let k = (g.fp, key);
+        if !map.contains_key(&k) {
+            if map.len() >= t.max_keys {
+                self.evict(map, t.max_keys);
+            }
+            let known = self
+                .exchange
+                .chans
+                .get()
+                .is_some_and(|c| c.known.contains(g.fp, key));
+            let born = self.epoch();
+            let e = Entry {
+                epoch: born,
+                born,
+                level: 0,
+                cap: if known {
+                    0
+                } else {
+                    initial_share(g.max, workers)
+                },
+                window_end: ends,
+                left: None,
+                base: 0,
+                share: 0,
+                next_us: 0,
+                more: false,
+                demand_at: 0,
+                touched: true,
+                concurrency: false,
+                looped: true,
+                dirty: false,
+            };
+            self.clocked(map, k, born);
+            map.insert(k, e);
+        }
+        let Some(e) = map.get_mut(&k) else {
+            return Judged::Over {
+                retry_ms: sync_ms,
+                wait: false,
+            };
+        };
+        e.touched = true;
+        if e.window_end <= now as i64 {
+            // Closed: this call opens the next window here, with a first share (as a quota's
+            // new calendar window does); the exchange's word moves it to the window it keeps.
+            e.epoch = self.epoch();
+            e.level = 0;
+            e.cap = initial_share(g.max, workers);
+            e.window_end = ends;
+            e.left = None;
+            e.base = 0;
+            e.share = 0;
+            e.dirty = false;
+        }
+        if e.level + already < e.cap {
+            return Judged::Admit;
+        }
+        if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
+            e.demand_at = now;
+            self.send(k, e, What::Demand, now);
+        }
+        // Room: as for a limit (`judge`), the window had more left at the last update than
+        // this worker used since, or no update came yet.
+        let room = match e.left {
+            None => workers > 1 || e.cap == 0,
+            Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
+        };
+        let retry_ms = if room {
+            sync_ms
+        } else {
+            (e.window_end as u64).saturating_sub(now).div_ceil(1000)
+        };
+        Judged::Over {
+            retry_ms: retry_ms.max(1),
+            wait: room,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::super::{sync_once, Book, Exchange, REDIS_CLOSED};
+    use super::*;
+    use crate::config::Config;
+
+    const S: u64 = 1_000_000;
+    const WALL: i64 = 1_000_000;
+
+    fn config(rule: &str) -> Config {
+        crate::config::load_str(&format!("traffic:\n  rules:\n    - {rule}\n")).unwrap()
+    }
+
+    /// `workers` workers on an exchange for `cfg` with no sync thread (the test syncs).
+    fn workers(cfg: &Config, n: usize) -> (Arc<Exchange>, Vec<Rc<Local>>) {
+        let x = Exchange::new(n);
+        x.started.store(true, Ordering::Relaxed);
+        x.install(&cfg.traffic);
+        let locals = (0..n).map(|w| Local::new(x.clone(), w)).collect();
+        (x, locals)
+    }
+
+    fn guard(cfg: &Config) -> LoopGuard {
+        cfg.traffic.rules[0].loop_guard.unwrap()
+    }
+
+    /// What the limit phase does for one call of `key` at `now` on `local`: updates applied,
+    /// judged, counted when admitted. `Err`: the refusal's `retryAfterMs`, and whether it waits.
+    fn call(local: &Local, cfg: &Config, key: u64, now: u64) -> Result<(), (u64, bool)> {
+        let t = &cfg.traffic;
+        let g = guard(cfg);
+        let mut map = local.map.borrow_mut();
+        local.apply(&mut map, t.max_keys);
+        match local.judge_loop(&mut map, t, &g, key, now, 0) {
+            Judged::Admit => {
+                local.admitted(&mut map, (g.fp, key), 1, now);
+                Ok(())
+            }
+            Judged::Over { retry_ms, wait } => Err((retry_ms, wait)),
+        }
+    }
+
+    /// Refused for good (the window is full): the milliseconds until it closes.
+    fn refused(r: Result<(), (u64, bool)>) -> u64 {
+        match r {
+            Err((ms, false)) => ms,
+            other => panic!("not refused for good: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn max_calls_in_a_window_then_refused_until_it_closes_whatever_the_pace() {
+        let cfg = config("{name: loops, loop: {max: 3, window: 60s}}");
+        let (x, w) = workers(&cfg, 1);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        // Three calls spread over the window pass; a rate of 3 per minute would let a fourth
+        // through after 20 s, the window does not.
+        for at in [t0, t0 + 20 * S, t0 + 40 * S] {
+            assert_eq!(call(&w[0], &cfg, 1, at), Ok(()));
+            sync_once(&x, &mut book, at, WALL);
+        }
+        assert_eq!(refused(call(&w[0], &cfg, 1, t0 + 41 * S)), 19_000);
+        assert_eq!(refused(call(&w[0], &cfg, 1, t0 + 59 * S)), 1_000);
+        // A refused call does not keep the window open; it closes 60 s after the first call.
+        for at in [t0 + 60 * S, t0 + 61 * S, t0 + 62 * S] {
+            assert_eq!(call(&w[0], &cfg, 1, at), Ok(()));
+            sync_once(&x, &mut book, at, WALL);
+        }
+        assert_eq!(refused(call(&w[0], &cfg, 1, t0 + 63 * S)), 57_000);
+        // Another key has its own window.
+        assert_eq!(call(&w[0], &cfg, 2, t0 + 63 * S), Ok(()));
+    }
+
+    /// `call`, and when it waits for the exchange's word (which its demand asked for), a sync
+    /// and the same call again, as the limit phase does.
+    fn call_synced(
+        x: &Exchange,
+        book: &mut Book,
+        local: &Local,
+        cfg: &Config,
+        at: u64,
+    ) -> Result<(), (u64, bool)> {
+        match call(local, cfg, 1, at) {
+            Err((_, true)) => {
+                sync_once(x, book, at, WALL);
+                call(local, cfg, 1, at)
+            }
+            r => r,
+        }
+    }
+
+    #[test]
+    fn a_loop_spread_over_two_workers_gets_max_calls_in_the_window_its_first_call_opened() {
+        let cfg = config("{name: loops, loop: {max: 5, window: 60s}}");
+        let (x, w) = workers(&cfg, 2);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        // One call a second, alternating between the workers, the exchange syncing between
+        // them (as it does every 20 ms): five admitted in all, not five on each.
+        let mut admitted = 0;
+        for i in 0..20u64 {
+            let at = t0 + i * S;
+            match call_synced(&x, &mut book, &w[(i % 2) as usize], &cfg, at) {
+                Ok(()) => admitted += 1,
+                Err((ms, wait)) => {
+                    assert!(i >= 5 && !wait, "call {i} refused");
+                    // The window opened with the first call, on worker 0.
+                    assert_eq!(ms, 60_000 - i * 1000, "call {i}");
+                }
+            }
+            sync_once(&x, &mut book, at, WALL);
+        }
+        assert_eq!(admitted, 5);
+        // The window closes 60 s after the first call: the next call, on either worker, opens
+        // the next one, which the other worker then shares.
+        let t1 = t0 + 60 * S;
+        let mut again = 0;
+        for i in 0..20u64 {
+            let at = t1 + i * 100_000;
+            if call_synced(&x, &mut book, &w[(1 + i % 2) as usize % 2], &cfg, at).is_ok() {
+                again += 1;
+            }
+            sync_once(&x, &mut book, at, WALL);
+        }
+        assert_eq!(again, 5);
+        assert_eq!(refused(call(&w[0], &cfg, 1, t1 + 2 * S)), 58_000);
+    }
+
+    #[test]
+    fn a_burst_on_every_worker_before_a_sync_is_over_by_at_most_workers_less_one() {
+        // 4 workers, max 5: first shares of 2 each before the exchange knows the key.
+        let cfg = config("{name: loops, loop: {max: 5, window: 60s}}");
+        let (x, w) = workers(&cfg, 4);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        let mut admitted = 0;
+        for round in 0..10 {
+            for l in &w {
+                if call(l, &cfg, 1, t0 + round).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(admitted, 8, "the first shares");
+        assert!(admitted <= 5 + 4 - 1);
+        // Once the exchange knows, nothing more in this window, on any worker.
+        sync_once(&x, &mut book, t0 + 20_000, WALL);
+        for l in &w {
+            assert_eq!(refused(call(l, &cfg, 1, t0 + S)), 59_000);
+        }
+    }
+
+    #[test]
+    fn calls_earlier_in_a_batch_count() {
+        let cfg = config("{name: loops, loop: {max: 2, window: 10s}}");
+        let (_x, w) = workers(&cfg, 1);
+        let g = guard(&cfg);
+        let t = &cfg.traffic;
+        let now = now_us() + S;
+        let mut map = w[0].map.borrow_mut();
+        assert!(matches!(
+            w[0].judge_loop(&mut map, t, &g, 1, now, 0),
+            Judged::Admit
+        ));
+        assert!(matches!(
+            w[0].judge_loop(&mut map, t, &g, 1, now, 1),
+            Judged::Admit
+        ));
+        assert!(matches!(
+            w[0].judge_loop(&mut map, t, &g, 1, now, 2),
+            Judged::Over {
+                retry_ms: 10_000,
+                wait: false
+            }
+        ));
+    }
+
+    #[test]
+    fn a_window_evicted_on_a_worker_keeps_its_count_on_the_exchange() {
+        // Room for two entries per worker: a flood of other calls evicts the loop's entry,
+        // but its count is the exchange's, and the re-created entry waits for its word.
+        let cfg = crate::config::load_str(
+            "traffic:\n  max_keys: 2\n  rules:\n    - {name: loops, loop: {max: 3, window: 60s}}\n",
+        )
+        .unwrap();
+        let (x, w) = workers(&cfg, 1);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        for i in 0..3 {
+            assert_eq!(call(&w[0], &cfg, 7, t0 + i), Ok(()));
+        }
+        sync_once(&x, &mut book, t0 + 10, WALL);
+        for k in 100..110 {
+            assert_eq!(call(&w[0], &cfg, k, t0 + S + k), Ok(()));
+        }
+        assert!(!w[0].map.borrow().contains_key(&(guard(&cfg).fp, 7)));
+        sync_once(&x, &mut book, t0 + 2 * S, WALL);
+        assert!(matches!(call(&w[0], &cfg, 7, t0 + 2 * S), Err((_, true))));
+        sync_once(&x, &mut book, t0 + 2 * S, WALL);
+        assert_eq!(refused(call(&w[0], &cfg, 7, t0 + 2 * S)), 58_000);
+    }
+
+    #[test]
+    fn with_redis_loop_windows_stay_per_instance_and_ignore_its_outage() {
+        // `traffic.redis` down under `on_failure: closed` refuses rates and quotas; a loop
+        // guard is this instance's alone: judged as without Redis.
+        let cfg = crate::config::load_str(
+            "traffic:\n  rules:\n    - {name: loops, loop: {max: 2, window: 60s}}\n  redis:\n    \
+             url: \"redis://127.0.0.1:1/0\"\n    on_failure: closed\n",
+        )
+        .unwrap();
+        let (x, w) = workers(&cfg, 1);
+        x.redis_state.store(REDIS_CLOSED, Ordering::Relaxed);
+        let t0 = now_us() + S;
+        assert_eq!(call(&w[0], &cfg, 1, t0), Ok(()));
+        assert_eq!(call(&w[0], &cfg, 1, t0 + 1), Ok(()));
+        assert_eq!(refused(call(&w[0], &cfg, 1, t0 + S)), 59_000);
+        // Its key is never pushed to Redis (a sync with Redis unreachable leaves it local).
+        let mut book = Book::default();
+        sync_once(&x, &mut book, t0 + S, WALL);
+        assert!(book.pushed.is_empty());
+    }
+}
