@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::policy::traffic::{initial_share, LoopGuard, Traffic};
+use crate::policy::traffic::{LoopGuard, Traffic};
 
 use super::{now_us, Entry, Event, Global, Judged, Local, Map, What};
 
@@ -37,6 +37,20 @@ pub(super) fn left(g: &Global, max: u64, now: u64) -> (u64, bool, bool, u64) {
     (left, !ended || g.active, false, 0)
 }
 
+/// Worker: its first share of a window of `max` calls for `key`, before the exchange's word.
+/// `max / workers` each, and the remainder one each to `max % workers` of the workers (which
+/// ones turns with the key): the first shares of all workers add up to `max` exactly, so
+/// calls reaching every worker at once are not over-admitted. With fewer calls than workers,
+/// one each (over by at most `workers - max`): a call never waits on a key nobody used.
+pub(super) fn first_share(max: u64, workers: usize, worker: u16, key: u64) -> u64 {
+    let n = workers.max(1) as u64;
+    if max < n {
+        return 1;
+    }
+    let extra = (u64::from(worker) + key % n) % n < max % n;
+    max / n + u64::from(extra)
+}
+
 /// Worker (`Local::apply`): a loop entry takes the exchange's window end from an update while
 /// that window is open (one that ended is for a window the entry has left or will leave).
 pub(super) fn adopt(e: &mut Entry, window_end: i64) -> bool {
@@ -50,8 +64,8 @@ pub(super) fn adopt(e: &mut Entry, window_end: i64) -> bool {
 impl Local {
     /// A loop guard's decision for `key` on this worker (nothing committed; `already` calls of
     /// this request are pending on it). A new entry, or one whose window closed, opens a window
-    /// of its own with a first share (`ceil(max / workers)`), unless the exchange knows the key
-    /// (then none: it waits for the exchange's). Over its share while the window may have room
+    /// of its own with a first share (`first_share`), unless the exchange knows the key (then
+    /// none: it waits for the exchange's). Over its share while the window may have room
     /// elsewhere, it asks the exchange and waits: the refusal says the call was made `max`
     /// times, so it comes only when the window is full (or the wait is over).
     pub(super) fn judge_loop(
@@ -84,7 +98,7 @@ impl Local {
                 cap: if known {
                     0
                 } else {
-                    initial_share(g.max, workers)
+                    first_share(g.max, workers, self.worker, key)
                 },
                 window_end: ends,
                 left: None,
@@ -113,7 +127,7 @@ impl Local {
             // new calendar window does); the exchange's word moves it to the window it keeps.
             e.epoch = self.epoch();
             e.level = 0;
-            e.cap = initial_share(g.max, workers);
+            e.cap = first_share(g.max, workers, self.worker, key);
             e.window_end = ends;
             e.left = None;
             e.base = 0;
@@ -279,27 +293,53 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_on_every_worker_before_a_sync_is_over_by_at_most_workers_less_one() {
-        // 4 workers, max 5: first shares of 2 each before the exchange knows the key.
-        let cfg = config("{name: loops, loop: {max: 5, window: 60s}}");
-        let (x, w) = workers(&cfg, 4);
+    fn the_first_shares_add_up_to_max_turning_with_the_key() {
+        for (max, n) in [(5, 4), (4, 2), (5, 2), (7, 3), (64, 16), (1, 1)] {
+            for key in 0..10 {
+                let shares: Vec<u64> = (0..n as u16).map(|w| first_share(max, n, w, key)).collect();
+                assert_eq!(shares.iter().sum::<u64>(), max, "{max} {n} {key}");
+                assert!(shares
+                    .iter()
+                    .all(|&s| s >= 1 && s <= max.div_ceil(n as u64)));
+            }
+        }
+        // The worker with the extra call turns with the key.
+        assert_ne!(first_share(5, 4, 0, 0), first_share(5, 4, 0, 1));
+        // Fewer calls than workers: one each.
+        assert!((0..4).all(|w| first_share(2, 4, w, 9) == 1));
+    }
+
+    /// `max` calls of one key on each of `n` workers before the exchange knows it, then again
+    /// once it synced: what was admitted in all.
+    fn burst(max: u64, n: usize) -> u64 {
+        let cfg = config(&format!(
+            "{{name: loops, loop: {{max: {max}, window: 60s}}}}"
+        ));
+        let (x, w) = workers(&cfg, n);
         let mut book = Book::default();
         let t0 = now_us() + S;
         let mut admitted = 0;
-        for round in 0..10 {
+        for round in 0..max {
             for l in &w {
                 if call(l, &cfg, 1, t0 + round).is_ok() {
                     admitted += 1;
                 }
             }
         }
-        assert_eq!(admitted, 8, "the first shares");
-        assert!(admitted <= 5 + 4 - 1);
         // Once the exchange knows, nothing more in this window, on any worker.
         sync_once(&x, &mut book, t0 + 20_000, WALL);
         for l in &w {
             assert_eq!(refused(call(l, &cfg, 1, t0 + S)), 59_000);
         }
+        admitted
+    }
+
+    #[test]
+    fn a_burst_on_every_worker_before_a_sync_is_not_over_admitted() {
+        assert_eq!(burst(5, 4), 5);
+        assert_eq!(burst(5, 2), 5);
+        // Fewer calls than workers: one each, over by `workers - max`.
+        assert_eq!(burst(2, 4), 4);
     }
 
     #[test]
