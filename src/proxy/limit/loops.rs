@@ -159,6 +159,23 @@ impl Local {
     }
 }
 
+impl Local {
+    /// `g`'s decision for `key` with nothing else around it (`bench/limit.rs`): updates
+    /// applied, judged, counted when admitted (a wait is a refusal here).
+    pub fn decide_loop(&self, t: &Traffic, g: &LoopGuard, key: u64) -> bool {
+        let now = now_us();
+        let mut map = self.map.borrow_mut();
+        self.apply(&mut map, t.max_keys);
+        match self.judge_loop(&mut map, t, g, key, now, 0) {
+            Judged::Admit => {
+                self.admitted(&mut map, (g.fp, key), 1, now);
+                true
+            }
+            Judged::Over { .. } => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::rc::Rc;
