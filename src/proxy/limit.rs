@@ -461,6 +461,8 @@ struct Book {
     fresh: bool,
     /// `traffic.redis`: live instances as last read (0: never read, taken as 1).
     live: u64,
+    /// The loop guards' windows, apart from `keys`.
+    loops: loops::Windows,
 }
 
 /// `traffic.redis`: an instance's part of what the fleet has left, `ceil(left / instances)`.
@@ -651,9 +653,15 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         let Some(def) = defs.get(&ev.fp) else {
             continue;
         };
+        // Loop windows live apart (`loops::Windows`): a sync visits only those it touched.
+        let looped = matches!(def.kind, LimitKind::Loop { .. });
+        let keys = if looped {
+            &mut book.loops.keys
+        } else {
+            &mut book.keys
+        };
         if ev.what == What::Gone {
-            if let Some(s) = book
-                .keys
+            if let Some(s) = keys
                 .get_mut(&(ev.fp, ev.key))
                 .and_then(|g| g.sides.get_mut(usize::from(ev.worker)))
             {
@@ -665,9 +673,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         }
         let fresh = &mut book.fresh;
         let live = book.live;
-        let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
+        let created = looped && !keys.contains_key(&(ev.fp, ev.key));
+        let g = keys.entry((ev.fp, ev.key)).or_insert_with(|| {
             ch.known.insert(ev.fp, ev.key);
-            *fresh = true;
+            // Redis is asked at once for a new key's usage (loop windows are not in Redis).
+            *fresh |= !looped;
             Global {
                 sides: vec![Side::default(); n],
                 tat: 0,
@@ -747,7 +757,10 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                         .increment(delta);
                 }
             }
-            LimitKind::Loop { window, .. } => loops::count(g, &ev, delta, window),
+            LimitKind::Loop { window, .. } => {
+                book.loops.touched.push((ev.fp, ev.key));
+                loops::count(g, &ev, delta, window, created, &mut book.loops.ends);
+            }
             _ => {}
         }
     }
@@ -836,7 +849,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         }
         kept
     });
-    evict_idle(x, ch, book, &defs);
+    loops::sweep(x, ch, book, &defs, now);
+    evict_idle(x, ch, &mut book.keys, &mut book.removed, &defs);
+    evict_idle(x, ch, &mut book.loops.keys, &mut book.removed, &defs);
     // The fullest key of each quota, as a fraction of its budget (0 once none is left).
     for (fp, def) in defs.iter() {
         if def.kind.window().is_some() {
@@ -846,9 +861,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             }
         }
     }
-    if book.removed > book.keys.len() / 2 + 1024 {
+    let len = book.keys.len() + book.loops.keys.len();
+    if book.removed > len / 2 + 1024 {
         book.removed = 0;
-        ch.known.rebuild(book.keys.keys());
+        ch.known
+            .rebuild(book.keys.keys().chain(book.loops.keys.keys()));
     }
 }
 
@@ -908,18 +925,24 @@ fn send_shares(
     }
 }
 
-/// Keeps the exchange's map within `traffic.max_global_keys`: past it, the keys idle longest (no
-/// call in flight) are dropped (an evicted quota key starts its window's count afresh, so this
-/// is counted in `tollgate_traffic_keys_evicted_total`); their workers are told to forget them.
-fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def>) {
+/// Keeps one of the exchange's maps (`keys`: the limits', or the loop windows') within
+/// `traffic.max_global_keys`: past it, the keys idle longest (no call in flight) are dropped (an
+/// evicted quota key or loop window starts its window's count afresh, so this is counted in
+/// `tollgate_traffic_keys_evicted_total`); their workers are told to forget them.
+fn evict_idle(
+    x: &Exchange,
+    ch: &Chans,
+    keys: &mut HashMap<(u64, u64), Global>,
+    removed: &mut usize,
+    defs: &HashMap<u64, Def>,
+) {
     let cap = x.max_keys.load(Ordering::Relaxed).max(1);
-    if book.keys.len() <= cap {
+    if keys.len() <= cap {
         return;
     }
     // Down to 90 % at once: the sort is paid once per tenth of the cap.
-    let excess = book.keys.len() - cap * 9 / 10;
-    let mut idle: Vec<(u64, (u64, u64))> = book
-        .keys
+    let excess = keys.len() - cap * 9 / 10;
+    let mut idle: Vec<(u64, (u64, u64))> = keys
         .iter()
         .filter(|(k, g)| {
             let busy = matches!(
@@ -932,11 +955,11 @@ fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def
         .collect();
     idle.sort_unstable();
     for &(_, k) in idle.iter().take(excess) {
-        let Some(mut g) = book.keys.remove(&k) else {
+        let Some(mut g) = keys.remove(&k) else {
             continue;
         };
         x.evictions.increment(1);
-        book.removed += 1;
+        *removed += 1;
         for (w, s) in g.sides.iter_mut().enumerate() {
             if s.epoch == 0 {
                 continue;

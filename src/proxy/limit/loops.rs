@@ -4,15 +4,40 @@
 //! limits; the window's end is the exchange's (workers adopt it from its updates). Per
 //! instance: not sent to `traffic.redis`.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
-use crate::policy::traffic::{LoopGuard, Traffic};
+use crate::policy::traffic::{LimitKind, LoopGuard, Traffic};
 
-use super::{now_us, Entry, Event, Global, Judged, Local, Map, What};
+use super::{
+    now_us, send_shares, Book, Chans, Def, Entry, Event, Exchange, Global, Judged, Local, Map, What,
+};
 
-/// Exchange: counts `delta` calls of `ev`'s worker in the key's window. A call at or after the
-/// window's end opens the next one, which ends `window` after it.
-pub(super) fn count(g: &mut Global, ev: &Event, delta: u64, window: Duration) {
+/// The exchange's loop windows, apart from the limits' keys: every distinct call makes one, and
+/// a sync visits only those its events touched and those whose window ended, never them all.
+#[derive(Default)]
+pub(super) struct Windows {
+    pub(super) keys: HashMap<(u64, u64), Global>,
+    /// Keys with events in this sync (a key may be there more than once).
+    pub(super) touched: Vec<(u64, u64)>,
+    /// (window end, key) of every window opened, soonest first; an item whose key is gone or
+    /// whose window moved on is stale (dropped when it comes up, or when stale items make up
+    /// most of the heap).
+    pub(super) ends: BinaryHeap<Reverse<(i64, (u64, u64))>>,
+}
+
+/// Exchange: counts `delta` calls of `ev`'s worker in the key's window (`created` by this
+/// event: its window is the worker's). A call at or after the window's end opens the next one,
+/// which ends `window` after it.
+pub(super) fn count(
+    g: &mut Global,
+    ev: &Event,
+    delta: u64,
+    window: Duration,
+    created: bool,
+    ends: &mut BinaryHeap<Reverse<(i64, (u64, u64))>>,
+) {
     if ev.at_us as i64 >= g.window_end {
         g.window_end = ev.at_us.saturating_add(window.as_micros() as u64) as i64;
         g.count = 0;
@@ -20,8 +45,64 @@ pub(super) fn count(g: &mut Global, ev: &Event, delta: u64, window: Duration) {
         for s in &mut g.sides {
             s.sent = None;
         }
+        ends.push(Reverse((g.window_end, (ev.fp, ev.key))));
+    } else if created {
+        ends.push(Reverse((g.window_end, (ev.fp, ev.key))));
     }
     g.count += delta;
+}
+
+/// Exchange, once per sync: sends the workers their shares of every window this sync's events
+/// touched (as `sync_once` does for the limits' keys), then drops the windows that ended with
+/// no call since.
+pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def>, now: u64) {
+    let Book {
+        loops,
+        removed,
+        who,
+        demand,
+        shares,
+        ..
+    } = book;
+    let Windows {
+        keys,
+        touched,
+        ends,
+    } = loops;
+    for k in touched.drain(..) {
+        let Some(g) = keys.get_mut(&k) else { continue };
+        if !g.active {
+            continue; // Seen earlier in this list.
+        }
+        let Some(LimitKind::Loop { max, .. }) = defs.get(&k.0).map(|d| d.kind) else {
+            continue;
+        };
+        let (left, ..) = self::left(g, max, now);
+        send_shares(
+            x, ch, k.0, k.1, g, left, false, 0, false, who, demand, shares,
+        );
+        for s in &mut g.sides {
+            s.demand = 0;
+        }
+        g.active = false;
+    }
+    while let Some(&Reverse((end, k))) = ends.peek() {
+        if end > now as i64 {
+            break;
+        }
+        ends.pop();
+        if keys.get(&k).is_some_and(|g| g.window_end <= now as i64) {
+            keys.remove(&k);
+            *removed += 1;
+        }
+    }
+    // Stale items (evicted keys, windows reopened) outnumber the live: rebuilt from the keys.
+    if ends.len() > 2 * keys.len() + 1024 {
+        *ends = keys
+            .iter()
+            .map(|(&k, g)| Reverse((g.window_end, k)))
+            .collect();
+    }
 }
 
 /// Exchange: what is left of the key's window at `now` (all of `max` once it ended), whether
@@ -407,6 +488,29 @@ mod tests {
         assert!(matches!(call(&w[0], &cfg, 7, t0 + 2 * S), Err((_, true))));
         sync_once(&x, &mut book, t0 + 2 * S, WALL);
         assert_eq!(refused(call(&w[0], &cfg, 7, t0 + 2 * S)), 58_000);
+    }
+
+    #[test]
+    fn the_exchange_drops_a_window_once_it_ended_with_no_call_since() {
+        let cfg = config("{name: loops, loop: {max: 3, window: 60s}}");
+        let (x, w) = workers(&cfg, 1);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        for k in 0..3 {
+            assert_eq!(call(&w[0], &cfg, k, t0), Ok(()));
+        }
+        sync_once(&x, &mut book, t0, WALL);
+        assert_eq!(book.loops.keys.len(), 3);
+        assert!(book.keys.is_empty(), "apart from the limits' keys");
+        assert!(book.loops.touched.is_empty());
+        // Key 0 is called again after its window ended: a new window, kept; the others go.
+        assert_eq!(call(&w[0], &cfg, 0, t0 + 61 * S), Ok(()));
+        sync_once(&x, &mut book, t0 + 61 * S, WALL);
+        assert_eq!(book.loops.keys.len(), 1);
+        assert_eq!(book.loops.keys[&(guard(&cfg).fp, 0)].count, 1);
+        sync_once(&x, &mut book, t0 + 121 * S, WALL);
+        assert!(book.loops.keys.is_empty());
+        assert!(book.loops.ends.is_empty());
     }
 
     #[test]
