@@ -699,8 +699,9 @@ fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
 
 /// Two workers, one loop's calls spread over both (16 connections of one principal, so the
 /// kernel puts some on each, all calling at once): the guard stops it after `max` calls in
-/// all (README "loop guard": over-admission 0 when `max` is at least the workers), where a count
-/// per worker let each worker admit `max`.
+/// all, within the documented bound (README "loop guard": the first share of the other worker,
+/// if the exchange split the window before it heard of it; measured 0), where a count per worker
+/// let each worker admit `max`.
 #[test]
 fn a_loop_guard_holds_across_workers_within_the_documented_bound() {
     const MAX: usize = 5;
@@ -750,7 +751,11 @@ fn a_loop_guard_holds_across_workers_within_the_documented_bound() {
         admitted >= MAX,
         "stopped early: admitted {admitted} of {MAX}"
     );
-    assert!(admitted <= MAX, "over-admitted: {admitted} > {MAX}");
+    let bound = MAX.div_ceil(WORKERS);
+    assert!(
+        admitted <= MAX + bound,
+        "over-admitted: {admitted} > {MAX} + {bound}"
+    );
 }
 
 /// A 2025-03-26 batch on an endpoint with rules: only the messages authorization allowed are

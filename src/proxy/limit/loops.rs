@@ -441,6 +441,48 @@ mod tests {
     }
 
     #[test]
+    fn a_first_share_the_exchange_has_not_heard_of_is_the_whole_bound() {
+        // The race the bound is about: worker 1 makes its entry (a first share: the key is not
+        // known yet) just before the exchange first hears of the key from worker 0, and its
+        // call reaches the exchange just after that sync, which gave worker 0 all that was
+        // left. Over by worker 1's first share, no more.
+        let cfg = config("{name: loops, loop: {max: 4, window: 60s}}");
+        let (x, w) = workers(&cfg, 2);
+        let g = guard(&cfg);
+        let t = &cfg.traffic;
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        let mut admitted = 0;
+        while call(&w[0], &cfg, 1, t0).is_ok() {
+            admitted += 1;
+        }
+        {
+            let mut map = w[1].map.borrow_mut();
+            assert!(matches!(
+                w[1].judge_loop(&mut map, t, &g, 1, t0, 0),
+                Judged::Admit
+            ));
+        }
+        sync_once(&x, &mut book, t0, WALL);
+        w[1].map.borrow_mut().get_mut(&(g.fp, 1)).unwrap().level += 1;
+        admitted += 1;
+        for l in &w {
+            for _ in 0..10 {
+                if call(l, &cfg, 1, t0 + 1).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        let first = first_share(4, 2, 1, 1);
+        assert_eq!(admitted, 4 + first, "over by worker 1's first share");
+        // Once the exchange heard of it, nothing more anywhere.
+        sync_once(&x, &mut book, t0 + 2, WALL);
+        for l in &w {
+            assert!(call(l, &cfg, 1, t0 + 3).is_err());
+        }
+    }
+
+    #[test]
     fn calls_earlier_in_a_batch_count() {
         let cfg = config("{name: loops, loop: {max: 2, window: 10s}}");
         let (_x, w) = workers(&cfg, 1);
