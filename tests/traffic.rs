@@ -699,9 +699,9 @@ fn a_loop_guard_refuses_until_its_window_closes_and_says_when() {
 
 /// Two workers, one loop's calls spread over both (16 connections of one principal, so the
 /// kernel puts some on each, all calling at once): the guard stops it after `max` calls in
-/// all, within the documented bound (README "loop guard": the first share of the other worker,
-/// if the exchange split the window before it heard of it; measured 0), where a count per worker
-/// let each worker admit `max`.
+/// all, within the documented bound (README "loop guard": 0 here, but for a worker held up
+/// for a sync between its decision and its count, which can add its first share), where a
+/// count per worker let each worker admit `max`.
 #[test]
 fn a_loop_guard_holds_across_workers_within_the_documented_bound() {
     const MAX: usize = 5;

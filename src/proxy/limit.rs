@@ -428,6 +428,8 @@ struct Global {
     joined_at: u64,
     /// The users as read, falling no faster than `liveness` (`fleet::Sticky`).
     users_read: fleet::Sticky,
+    /// A loop window a first share opened in this sync: not split before the next (`loops`).
+    hold: bool,
 }
 
 impl Global {
@@ -701,6 +703,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 used: true,
                 joined_at: 0,
                 users_read: fleet::Sticky::default(),
+                hold: false,
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -760,6 +763,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             LimitKind::Loop { window, .. } => {
                 book.loops.touched.push((ev.fp, ev.key));
                 loops::count(g, &ev, delta, window, created, &mut book.loops.ends);
+                // Made by a call under a first share: others may have taken theirs before the
+                // key was known, and their calls reach the queue only now.
+                g.hold |= created && ev.what == What::Use;
             }
             _ => {}
         }

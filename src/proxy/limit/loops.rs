@@ -25,6 +25,8 @@ pub(super) struct Windows {
     /// whose window moved on is stale (dropped when it comes up, or when stale items make up
     /// most of the heap).
     pub(super) ends: BinaryHeap<Reverse<(i64, (u64, u64))>>,
+    /// Windows held over to the next sync (`sweep`).
+    held: Vec<(u64, u64)>,
 }
 
 /// Exchange: counts `delta` calls of `ev`'s worker in the key's window (`created` by this
@@ -54,7 +56,9 @@ pub(super) fn count(
 
 /// Exchange, once per sync: sends the workers their shares of every window this sync's events
 /// touched (as `sync_once` does for the limits' keys), then drops the windows that ended with
-/// no call since.
+/// no call since. A window a first share opened in this sync (`Global::hold`) waits for the
+/// next: a worker that took its first share before the key was known sends its calls right
+/// after, and what is left is split once they are counted.
 pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def>, now: u64) {
     let Book {
         loops,
@@ -68,11 +72,16 @@ pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u6
         keys,
         touched,
         ends,
+        held,
     } = loops;
     for k in touched.drain(..) {
         let Some(g) = keys.get_mut(&k) else { continue };
         if !g.active {
             continue; // Seen earlier in this list.
+        }
+        if g.hold {
+            held.push(k);
+            continue;
         }
         let Some(LimitKind::Loop { max, .. }) = defs.get(&k.0).map(|d| d.kind) else {
             continue;
@@ -86,6 +95,13 @@ pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u6
         }
         g.active = false;
     }
+    // Split at the next sync (still active: their demand is kept).
+    for k in held.iter() {
+        if let Some(g) = keys.get_mut(k) {
+            g.hold = false;
+        }
+    }
+    touched.append(held);
     while let Some(&Reverse((end, k))) = ends.peek() {
         if end > now as i64 {
             break;
@@ -204,11 +220,22 @@ impl Local {
         };
         e.touched = true;
         if e.window_end <= now as i64 {
-            // Closed: this call opens the next window here, with a first share (as a quota's
-            // new calendar window does); the exchange's word moves it to the window it keeps.
+            // Closed: this call opens the next window here. With a first share only when the
+            // exchange does not know the key (else another worker may have opened the next
+            // window already: it waits for the exchange's word), or when this worker is alone.
+            let known = workers > 1
+                && self
+                    .exchange
+                    .chans
+                    .get()
+                    .is_some_and(|c| c.known.contains(g.fp, key));
             e.epoch = self.epoch();
             e.level = 0;
-            e.cap = first_share(g.max, workers, self.worker, key);
+            e.cap = if known {
+                0
+            } else {
+                first_share(g.max, workers, self.worker, key)
+            };
             e.window_end = ends;
             e.left = None;
             e.base = 0;
@@ -424,8 +451,10 @@ mod tests {
                 }
             }
         }
-        // Once the exchange knows, nothing more in this window, on any worker.
+        // Once the exchange counted them (it splits a window a first share opened a sync
+        // later), nothing more in this window, on any worker.
         sync_once(&x, &mut book, t0 + 20_000, WALL);
+        sync_once(&x, &mut book, t0 + 40_000, WALL);
         for l in &w {
             assert_eq!(refused(call(l, &cfg, 1, t0 + S)), 59_000);
         }
@@ -441,11 +470,11 @@ mod tests {
     }
 
     #[test]
-    fn a_first_share_the_exchange_has_not_heard_of_is_the_whole_bound() {
-        // The race the bound is about: worker 1 makes its entry (a first share: the key is not
-        // known yet) just before the exchange first hears of the key from worker 0, and its
-        // call reaches the exchange just after that sync, which gave worker 0 all that was
-        // left. Over by worker 1's first share, no more.
+    fn a_first_share_taken_before_the_key_was_known_is_counted_before_the_rest_is_split() {
+        // Worker 1 makes its entry (a first share: the key is not known yet) just before the
+        // exchange first hears of the key from worker 0, and its call reaches the exchange
+        // just after that sync. The window is split only at the next sync, once it counted
+        // that call: no more than max in all.
         let cfg = config("{name: loops, loop: {max: 4, window: 60s}}");
         let (x, w) = workers(&cfg, 2);
         let g = guard(&cfg);
@@ -464,22 +493,54 @@ mod tests {
             ));
         }
         sync_once(&x, &mut book, t0, WALL);
-        w[1].map.borrow_mut().get_mut(&(g.fp, 1)).unwrap().level += 1;
+        {
+            let mut map = w[1].map.borrow_mut();
+            w[1].admitted(&mut map, (g.fp, 1), 1, t0);
+        }
         admitted += 1;
+        for round in 0..4 {
+            for l in &w {
+                while call(l, &cfg, 1, t0 + round).is_ok() {
+                    admitted += 1;
+                }
+            }
+            sync_once(&x, &mut book, t0 + round, WALL);
+        }
+        assert_eq!(admitted, 4);
         for l in &w {
-            for _ in 0..10 {
-                if call(l, &cfg, 1, t0 + 1).is_ok() {
+            assert_eq!(refused(call(l, &cfg, 1, t0 + S)), 59_000);
+        }
+    }
+
+    #[test]
+    fn a_worker_whose_window_closed_waits_for_the_one_another_worker_opened() {
+        // Worker 0 opens the next window; worker 1's window closed too, and its call comes
+        // before the exchange's word: the key is known, so it waits for its share of the
+        // window worker 0 opened instead of taking a first share of its own.
+        let cfg = config("{name: loops, loop: {max: 4, window: 60s}}");
+        let (x, w) = workers(&cfg, 2);
+        let mut book = Book::default();
+        let t0 = now_us() + S;
+        for l in &w {
+            assert_eq!(call(l, &cfg, 1, t0), Ok(()));
+        }
+        sync_once(&x, &mut book, t0, WALL);
+        sync_once(&x, &mut book, t0, WALL);
+        let t1 = t0 + 60 * S;
+        let mut admitted = 0;
+        while call(&w[0], &cfg, 1, t1).is_ok() {
+            admitted += 1;
+        }
+        assert!(matches!(call(&w[1], &cfg, 1, t1 + 1), Err((_, true))));
+        for round in 0..4 {
+            sync_once(&x, &mut book, t1 + round, WALL);
+            for l in &w {
+                while call(l, &cfg, 1, t1 + round).is_ok() {
                     admitted += 1;
                 }
             }
         }
-        let first = first_share(4, 2, 1, 1);
-        assert_eq!(admitted, 4 + first, "over by worker 1's first share");
-        // Once the exchange heard of it, nothing more anywhere.
-        sync_once(&x, &mut book, t0 + 2, WALL);
-        for l in &w {
-            assert!(call(l, &cfg, 1, t0 + 3).is_err());
-        }
+        assert_eq!(admitted, 4);
     }
 
     #[test]
@@ -544,6 +605,9 @@ mod tests {
         sync_once(&x, &mut book, t0, WALL);
         assert_eq!(book.loops.keys.len(), 3);
         assert!(book.keys.is_empty(), "apart from the limits' keys");
+        // Opened by first shares: split at the next sync, then nothing to visit.
+        assert_eq!(book.loops.touched.len(), 3);
+        sync_once(&x, &mut book, t0, WALL);
         assert!(book.loops.touched.is_empty());
         // Key 0 is called again after its window ended: a new window, kept; the others go.
         assert_eq!(call(&w[0], &cfg, 0, t0 + 61 * S), Ok(()));
