@@ -833,7 +833,8 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 let idle = inflight == 0 && !g.active;
                 (limit.saturating_sub(inflight), !idle, idle, 0)
             }
-            LimitKind::Loop { max, .. } => loops::left(g, max, now),
+            // Never here: loop windows are `book.loops` (`loops::sweep`).
+            LimitKind::Loop { max, .. } => (loops::left(g, max, now), true, false, 0),
         };
         // `traffic.redis`: the workers share this instance's allotment, and know when the
         // fleet has more (they wait for the next Redis read instead of refusing).

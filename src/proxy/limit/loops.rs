@@ -86,7 +86,7 @@ pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u6
         let Some(LimitKind::Loop { max, .. }) = defs.get(&k.0).map(|d| d.kind) else {
             continue;
         };
-        let (left, ..) = self::left(g, max, now);
+        let left = self::left(g, max, now);
         send_shares(
             x, ch, k.0, k.1, g, left, false, 0, false, who, demand, shares,
         );
@@ -121,17 +121,13 @@ pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u6
     }
 }
 
-/// Exchange: what is left of the key's window at `now` (all of `max` once it ended), whether
-/// to keep the key (until its window ended and no call came since) and whether to tell the
-/// workers to forget it (never: they roll their windows themselves), as `sync_once` wants.
-pub(super) fn left(g: &Global, max: u64, now: u64) -> (u64, bool, bool, u64) {
-    let ended = now as i64 >= g.window_end;
-    let left = if ended {
+/// Exchange: what is left of the key's window at `now` (all of `max` once it ended).
+pub(super) fn left(g: &Global, max: u64, now: u64) -> u64 {
+    if now as i64 >= g.window_end {
         max
     } else {
         max.saturating_sub(g.count)
-    };
-    (left, !ended || g.active, false, 0)
+    }
 }
 
 /// Worker: its first share of a window of `max` calls for `key`, before the exchange's word.
@@ -162,7 +158,7 @@ impl Local {
     /// A loop guard's decision for `key` on this worker (nothing committed; `already` calls of
     /// this request are pending on it). A new entry, or one whose window closed, opens a window
     /// of its own with a first share (`first_share`), unless the exchange knows the key (then
-    /// none: it waits for the exchange's). Over its share while the window may have room
+    /// none: it waits for the exchange's; a worker alone takes it anyway at a close). Over its share while the window may have room
     /// elsewhere, it asks the exchange and waits: the refusal says the call was made `max`
     /// times, so it comes only when the window is full (or the wait is over).
     pub(super) fn judge_loop(
