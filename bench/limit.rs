@@ -5,6 +5,9 @@
 //! the real exchange thread running. Baseline: lock + lookup + GCRA arithmetic in a
 //! `Mutex<HashMap<u64, u64>>` of 10k keys. Single-threaded, so the baseline's lock is never
 //! contended here: a lower bound of its cost with one worker per core.
+//! Also the loop guard's decision (`Local::decide_loop`: the same path, its window counted on
+//! the exchange so it holds across workers), on calls with an open window and on a new call
+//! each time.
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -35,6 +38,38 @@ fn limiter(c: &mut Criterion) {
     });
 }
 
+fn loop_guard(c: &mut Criterion) {
+    // The largest max (a million a window): 1024 calls in turn never reach it in a bench run.
+    let cfg = tollgate::config::load_str(
+        "traffic:\n  rules:\n    - {name: loops, loop: {max: 1000000, window: 60s}}\n",
+    )
+    .expect("config");
+    let x = Exchange::new(1);
+    x.install(&cfg.traffic);
+    let local = Local::new(x.clone(), 0);
+    let g = cfg.traffic.rules[0].loop_guard.expect("loop guard");
+    let principal = [0x5Au8; 16];
+    let key = |n: u64| local.key_of(&[&principal, b"echo", &n.to_le_bytes()]);
+    for n in 0..1024 {
+        assert!(local.decide_loop(&cfg.traffic, &g, key(n)));
+    }
+    let mut n = 0u64;
+    c.bench_function("limit/loop_guard_hit_allow", |b| {
+        b.iter(|| {
+            n = (n + 1) % 1024;
+            local.decide_loop(&cfg.traffic, &g, key(black_box(n)))
+        })
+    });
+    // Every call new (other arguments): an entry made each time, evicted past max_keys.
+    let mut n = 1u64 << 40;
+    c.bench_function("limit/loop_guard_new_call_allow", |b| {
+        b.iter(|| {
+            n += 1;
+            local.decide_loop(&cfg.traffic, &g, key(black_box(n)))
+        })
+    });
+}
+
 fn baseline(c: &mut Criterion) {
     let gcra = Gcra::new(1_000_000_000, Duration::from_secs(1), 1_000_000_000);
     let table: Mutex<HashMap<u64, u64>> = Mutex::new((0..10_000u64).map(|k| (k, 0)).collect());
@@ -57,5 +92,5 @@ fn baseline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, limiter, baseline);
+criterion_group!(benches, limiter, loop_guard, baseline);
 criterion_main!(benches);

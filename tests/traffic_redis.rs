@@ -371,3 +371,31 @@ fn a_command_redis_refuses_is_warned_of_once() {
         warned[0]
     );
 }
+
+/// Loop guards stay per instance with `traffic.redis` (README "loop guard": a window opens on
+/// an instance's own clock): a loop spread over two instances of a fleet gets `max` calls on
+/// each, and none of them is written to Redis.
+#[test]
+fn loop_guards_stay_per_instance() {
+    let Some(redis) = Redis::start(free_port()) else {
+        return;
+    };
+    let rule = "{name: loops, loop: {max: 3, window: 60s}}";
+    let a = gateway(rule, redis.port, "closed", "loops:");
+    let b = gateway(rule, redis.port, "closed", "loops:");
+    see_each_other(&[&a, &b]);
+    for gw in [&a, &b] {
+        let mut m = session(gw);
+        for i in 0..3 {
+            assert!(ok(&echo(&mut m)), "call {i}");
+        }
+        let v = echo(&mut m).json();
+        assert_eq!(
+            v["result"]["_meta"]["tollgate/refusal"]["kind"], "loop",
+            "{v}"
+        );
+    }
+    synced(&a);
+    synced(&b);
+    assert_eq!(redis.total("loops:"), 0);
+}

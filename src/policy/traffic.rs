@@ -128,6 +128,9 @@ pub enum LimitKind {
     /// (`observe::tokens`), charged after each call, plus the rule's `costs` per call, charged
     /// when it is admitted. A call is refused once the window's budget is spent.
     Tokens { limit: u64, window: CalWindow },
+    /// A loop guard's count on the exchange (`LoopGuard::kind`), never in a rule's `limits`:
+    /// `max` calls in a window of `window` that opens at the key's first call.
+    Loop { max: u64, window: Duration },
 }
 
 impl LimitKind {
@@ -138,6 +141,7 @@ impl LimitKind {
             LimitKind::Concurrency { .. } => "concurrency",
             LimitKind::Quota { .. } => "quota",
             LimitKind::Tokens { .. } => "tokens",
+            LimitKind::Loop { .. } => "loop",
         }
     }
 
@@ -148,6 +152,7 @@ impl LimitKind {
             LimitKind::Concurrency { limit }
             | LimitKind::Quota { limit, .. }
             | LimitKind::Tokens { limit, .. } => limit,
+            LimitKind::Loop { max, .. } => max,
         }
     }
 
@@ -191,7 +196,7 @@ pub struct LimitRule {
     /// exposed tool names) that matches; none: 0.
     pub costs: Vec<(Box<str>, u64)>,
     /// A runaway-loop guard (`loop: {max, window}`; its rule has no `limits`): at most `max`
-    /// calls in a window keyed by principal, tool and arguments (`proxy::loop_guard`); matches
+    /// calls in a window keyed by principal, tool and arguments (`proxy::limit::loops`); matches
     /// `tools/call` only.
     pub loop_guard: Option<LoopGuard>,
 }
@@ -203,6 +208,16 @@ pub struct LoopGuard {
     pub max: u64,
     pub window: Duration,
     pub fp: u64,
+}
+
+impl LoopGuard {
+    /// What the exchange counts for it (`proxy::limit`: its windows are global across workers).
+    pub fn kind(&self) -> LimitKind {
+        LimitKind::Loop {
+            max: self.max,
+            window: self.window,
+        }
+    }
 }
 
 /// A hash of a `tools/call`'s `params.arguments` object as the scanner found it (`text`), for

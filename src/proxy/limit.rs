@@ -25,6 +25,7 @@ use crate::policy::traffic::{
 };
 
 mod fleet;
+mod loops;
 
 /// `Exchange::redis_state`: how workers treat rate limits and quotas while Redis is down.
 const REDIS_NORMAL: u8 = 0;
@@ -359,6 +360,16 @@ impl Exchange {
                         },
                     );
                 }
+                // A loop guard counts on the exchange too (`loops`): its windows are global.
+                if let Some(g) = &r.loop_guard {
+                    next.insert(
+                        g.fp,
+                        Def {
+                            kind: g.kind(),
+                            rule: r.name.as_ref().into(),
+                        },
+                    );
+                }
             }
             *defs = Arc::new(next);
         }
@@ -422,6 +433,8 @@ struct Global {
     joined_at: u64,
     /// The users as read, falling no faster than `liveness` (`fleet::Sticky`).
     users_read: fleet::Sticky,
+    /// A loop window a first share opened in this sync: not split before the next (`loops`).
+    hold: bool,
 }
 
 impl Global {
@@ -455,6 +468,8 @@ struct Book {
     fresh: bool,
     /// `traffic.redis`: live instances as last read (0: never read, taken as 1).
     live: u64,
+    /// The loop guards' windows, apart from `keys`.
+    loops: loops::Windows,
 }
 
 /// `traffic.redis`: an instance's part of what the fleet has left, `ceil(left / instances)`.
@@ -498,7 +513,8 @@ fn redis_sync(x: &Exchange, book: &mut Book, defs: &HashMap<u64, Def>, now: u64,
                 (n, (n + 2) * per_ms / 1000 + 1)
             }
             LimitKind::Quota { .. } | LimitKind::Tokens { .. } => (g.window_end, g.window_end + 60),
-            LimitKind::Concurrency { .. } => continue,
+            // Per instance: a loop window opens at a call on this instance's monotonic clock.
+            LimitKind::Concurrency { .. } | LimitKind::Loop { .. } => continue,
         };
         if g.pending == 0 && book.tick.saturating_sub(g.last_active) > REDIS_RECENT_SYNCS {
             continue;
@@ -644,9 +660,15 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         let Some(def) = defs.get(&ev.fp) else {
             continue;
         };
+        // Loop windows live apart (`loops::Windows`): a sync visits only those it touched.
+        let looped = matches!(def.kind, LimitKind::Loop { .. });
+        let keys = if looped {
+            &mut book.loops.keys
+        } else {
+            &mut book.keys
+        };
         if ev.what == What::Gone {
-            if let Some(s) = book
-                .keys
+            if let Some(s) = keys
                 .get_mut(&(ev.fp, ev.key))
                 .and_then(|g| g.sides.get_mut(usize::from(ev.worker)))
             {
@@ -658,9 +680,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         }
         let fresh = &mut book.fresh;
         let live = book.live;
-        let g = book.keys.entry((ev.fp, ev.key)).or_insert_with(|| {
+        let created = looped && !keys.contains_key(&(ev.fp, ev.key));
+        let g = keys.entry((ev.fp, ev.key)).or_insert_with(|| {
             ch.known.insert(ev.fp, ev.key);
-            *fresh = true;
+            // Redis is asked at once for a new key's usage (loop windows are not in Redis).
+            *fresh |= !looped;
             Global {
                 sides: vec![Side::default(); n],
                 tat: 0,
@@ -684,6 +708,7 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 used: true,
                 joined_at: 0,
                 users_read: fleet::Sticky::default(),
+                hold: false,
             }
         });
         let Some(s) = g.sides.get_mut(usize::from(ev.worker)) else {
@@ -739,6 +764,13 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                         .0
                         .increment(delta);
                 }
+            }
+            LimitKind::Loop { window, .. } => {
+                book.loops.touched.push((ev.fp, ev.key));
+                loops::count(g, &ev, delta, window, created, &mut book.loops.ends);
+                // Made by a call under a first share: others may have taken theirs before the
+                // key was known, and their calls reach the queue only now.
+                g.hold |= created && ev.what == What::Use;
             }
             _ => {}
         }
@@ -806,11 +838,13 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
                 let idle = inflight == 0 && !g.active;
                 (limit.saturating_sub(inflight), !idle, idle, 0)
             }
+            // Never here: loop windows are `book.loops` (`loops::sweep`).
+            LimitKind::Loop { max, .. } => (loops::left(g, max, now), true, false, 0),
         };
         // `traffic.redis`: the workers share this instance's allotment, and know when the
         // fleet has more (they wait for the next Redis read instead of refusing).
         let (left, more) = match def.kind {
-            LimitKind::Concurrency { .. } => (left, false),
+            LimitKind::Concurrency { .. } | LimitKind::Loop { .. } => (left, false),
             _ if !fleet => (left, false),
             _ => (left.min(g.allot), left > g.allot),
         };
@@ -827,7 +861,9 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
         }
         kept
     });
-    evict_idle(x, ch, book, &defs);
+    loops::sweep(x, ch, book, &defs, now);
+    evict_idle(x, ch, &mut book.keys, &mut book.removed, &defs);
+    evict_idle(x, ch, &mut book.loops.keys, &mut book.removed, &defs);
     // The fullest key of each quota, as a fraction of its budget (0 once none is left).
     for (fp, def) in defs.iter() {
         if def.kind.window().is_some() {
@@ -837,9 +873,11 @@ fn sync_once(x: &Exchange, book: &mut Book, now: u64, wall_s: i64) {
             }
         }
     }
-    if book.removed > book.keys.len() / 2 + 1024 {
+    let len = book.keys.len() + book.loops.keys.len();
+    if book.removed > len / 2 + 1024 {
         book.removed = 0;
-        ch.known.rebuild(book.keys.keys());
+        ch.known
+            .rebuild(book.keys.keys().chain(book.loops.keys.keys()));
     }
 }
 
@@ -899,18 +937,24 @@ fn send_shares(
     }
 }
 
-/// Keeps the exchange's map within `traffic.max_global_keys`: past it, the keys idle longest (no
-/// call in flight) are dropped (an evicted quota key starts its window's count afresh, so this
-/// is counted in `tollgate_traffic_keys_evicted_total`); their workers are told to forget them.
-fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def>) {
+/// Keeps one of the exchange's maps (`keys`: the limits', or the loop windows') within
+/// `traffic.max_global_keys`: past it, the keys idle longest (no call in flight) are dropped (an
+/// evicted quota key or loop window starts its window's count afresh, so this is counted in
+/// `tollgate_traffic_keys_evicted_total`); their workers are told to forget them.
+fn evict_idle(
+    x: &Exchange,
+    ch: &Chans,
+    keys: &mut HashMap<(u64, u64), Global>,
+    removed: &mut usize,
+    defs: &HashMap<u64, Def>,
+) {
     let cap = x.max_keys.load(Ordering::Relaxed).max(1);
-    if book.keys.len() <= cap {
+    if keys.len() <= cap {
         return;
     }
     // Down to 90 % at once: the sort is paid once per tenth of the cap.
-    let excess = book.keys.len() - cap * 9 / 10;
-    let mut idle: Vec<(u64, (u64, u64))> = book
-        .keys
+    let excess = keys.len() - cap * 9 / 10;
+    let mut idle: Vec<(u64, (u64, u64))> = keys
         .iter()
         .filter(|(k, g)| {
             let busy = matches!(
@@ -923,11 +967,11 @@ fn evict_idle(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u64, Def
         .collect();
     idle.sort_unstable();
     for &(_, k) in idle.iter().take(excess) {
-        let Some(mut g) = book.keys.remove(&k) else {
+        let Some(mut g) = keys.remove(&k) else {
             continue;
         };
         x.evictions.increment(1);
-        book.removed += 1;
+        *removed += 1;
         for (w, s) in g.sides.iter_mut().enumerate() {
             if s.epoch == 0 {
                 continue;
@@ -979,6 +1023,9 @@ struct Entry {
     touched: bool,
     /// A concurrency limit's entry: never evicted or forgotten with calls in flight.
     concurrency: bool,
+    /// A loop guard's entry (`loops`): `window_end` is when its window closes (`now_us`
+    /// clock), the exchange's once an update said.
+    looped: bool,
     /// Its last level never reached the exchange (a full queue): sent again at the next
     /// flush (`Local::flush`: a decision or release on this worker, or its tick).
     dirty: bool,
@@ -1176,7 +1223,7 @@ impl Local {
                 }
                 continue;
             }
-            if e.window_end != u.window_end {
+            if e.window_end != u.window_end && !loops::adopt(e, u.window_end) {
                 continue;
             }
             let seen = if u.epoch == e.epoch { u.seen } else { 0 };
@@ -1319,6 +1366,7 @@ impl Local {
                 demand_at: 0,
                 touched: true,
                 concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
+                looped: false,
                 dirty: false,
             };
             self.clocked(map, k, born);
@@ -1399,6 +1447,8 @@ impl Local {
                 (window_end * 1000 - wall).max(1) as u64
             }
             LimitKind::Concurrency { .. } => sync_ms.max(1000),
+            // Judged by `judge_loop`.
+            LimitKind::Loop { .. } => sync_ms,
         };
         Judged::Over {
             retry_ms: retry_ms.max(1),
@@ -1590,7 +1640,7 @@ enum Judged {
 /// A refusal by one limit, before it is worded.
 struct Over<'a> {
     rule: &'a LimitRule,
-    /// `None`: the rule's loop guard (`proxy::loop_guard`).
+    /// `None`: the rule's loop guard (`loops`).
     kind: Option<LimitKind>,
     fp: u64,
     retry_ms: u64,
@@ -1699,10 +1749,9 @@ fn check_rules(
     let p = principal.as_deref();
     let s = &gw.config.servers[server];
     let federated = s.federated();
-    // (fingerprint, key, kind, units) of each admission, committed when all passed.
+    // (fingerprint, key, kind, units) of each admission (a loop guard's too), committed when
+    // all passed.
     let mut pending: SmallVec<[(u64, u64, LimitKind, u64); 4]> = SmallVec::new();
-    // (loop guard, key) of each call a loop guard admitted, counted when all passed.
-    let mut loops: SmallVec<[(crate::policy::traffic::LoopGuard, u64); 2]> = SmallVec::new();
     let mut over: Option<Over<'_>> = None;
     'messages: for (i, m) in ctx.messages.iter().enumerate() {
         if m.kind != MessageKind::Request || Item::kind_of(m.method).is_none() {
@@ -1738,13 +1787,13 @@ fn check_rules(
             }
             let key = key_hash(x, gw, r, &facts, p);
             if let Some(g) = r.loop_guard {
-                let already = loops
-                    .iter()
-                    .filter(|q| (q.0.fp, q.1) == (g.fp, key))
-                    .count();
-                match w.loops.judge(&g, key, now, already as u64) {
-                    Ok(()) => loops.push((g, key)),
-                    Err(retry_ms) => {
+                let already = pending.iter().filter(|q| q.0 == g.fp && q.1 == key).count() as u64;
+                match local.judge_loop(&mut map, traffic, &g, key, now, already) {
+                    Judged::Admit => pending.push((g.fp, key, g.kind(), 1)),
+                    Judged::Over { retry_ms, wait } => {
+                        if may_wait && wait {
+                            return Err(Stop::Wait);
+                        }
                         over = Some(Over {
                             rule: r,
                             kind: None,
@@ -1796,9 +1845,6 @@ fn check_rules(
             "traffic limit reached"
         );
         return Err(Stop::Refuse(refusal(&o)));
-    }
-    for (g, key) in loops {
-        w.loops.admit(&g, key, now, traffic.max_keys);
     }
     for (fp, key, kind, units) in pending {
         local.admitted(&mut map, (fp, key), units, now);
@@ -1866,7 +1912,7 @@ fn refusal(o: &Over<'_>) -> Refusal {
         Some(LimitKind::Concurrency { .. }) => "Concurrency limit",
         Some(LimitKind::Quota { .. }) => "Quota",
         Some(LimitKind::Tokens { .. }) => "Token quota",
-        None => "Loop guard",
+        Some(LimitKind::Loop { .. }) | None => "Loop guard",
     };
     let data = format!(
         "{{\"retryAfterMs\":{},\"limit\":{},\"kind\":\"{}\"}}",

@@ -17,7 +17,6 @@ mod held;
 mod identity;
 pub mod keys;
 pub mod limit;
-pub mod loop_guard;
 mod recycle;
 pub mod replicas;
 pub use federate::probe;

@@ -369,10 +369,9 @@ pub struct WorkerState {
     pub tokens: super::credentials::Tokens,
     /// Requests in flight per upstream replica on this worker (`proxy::replicas`).
     pub replicas: super::replicas::Local,
-    /// This worker's shares of the traffic limits (`proxy::limit`), kept across reloads.
+    /// This worker's shares of the traffic limits and loop guards (`proxy::limit`), kept
+    /// across reloads.
     pub traffic: Rc<super::limit::Local>,
-    /// This worker's loop guard windows (`proxy::loop_guard`), kept across reloads.
-    pub loops: super::loop_guard::Book,
     /// This worker's audit records not yet handed to the writer (`observe::audit::Batch`).
     pub audit: crate::observe::audit::Batch,
 }
@@ -409,7 +408,6 @@ impl WorkerState {
             tokens: Default::default(),
             replicas,
             traffic: super::limit::Local::new(gw.traffic.clone(), index),
-            loops: Default::default(),
             audit: Default::default(),
             generation: RefCell::new(Rc::new(Generation::new(gw, []))),
             prepared: RefCell::new(None),

@@ -100,6 +100,8 @@ pub(super) fn render_traffic(o: &mut String, c: &Config) {
                         costs.join(", ")
                     );
                 }
+                // A loop guard is `r.loop_guard` (rendered above), never one of `limits`.
+                LimitKind::Loop { .. } => {}
             }
         }
     }

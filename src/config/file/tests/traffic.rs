@@ -67,7 +67,7 @@ fn a_loop_rule_keys_by_principal_tool_and_arguments_and_renders_as_written() {
     let r = &c.traffic.rules[0];
     assert!(c.traffic.hashes_arguments);
     assert_eq!(r.key, part::PRINCIPAL | part::TOOL | part::ARGUMENTS);
-    // Its own count (`proxy::loop_guard`), not one of the limiter's.
+    // Its own count (`proxy::limit::loops`), not one of the limiter's.
     assert!(r.limits.is_empty());
     let g = r.loop_guard.expect("the loop guard");
     assert_eq!((g.max, g.window), (5, std::time::Duration::from_secs(60)));
