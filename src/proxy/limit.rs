@@ -1184,8 +1184,9 @@ impl Local {
     }
 
     /// Applies the updates the exchange sent since the last decision (only for keys this
-    /// worker holds: it never gets entries for keys it did not use), then sends again the levels a full queue did not take (after the updates: a key the
-    /// exchange forgot comes back with only the calls it did not see).
+    /// worker holds: it never gets entries for keys it did not use), then sends again the
+    /// levels a full queue did not take (after the updates: a key the exchange forgot comes
+    /// back with only the calls it did not see).
     fn apply(&self, map: &mut Map, now: u64) {
         self.apply_updates(map);
         self.flush(map, now);
