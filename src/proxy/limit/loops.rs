@@ -269,7 +269,7 @@ impl Local {
     pub fn decide_loop(&self, t: &Traffic, g: &LoopGuard, key: u64) -> bool {
         let now = now_us();
         let mut map = self.map.borrow_mut();
-        self.apply(&mut map, t.max_keys);
+        self.apply(&mut map, now);
         match self.judge_loop(&mut map, t, g, key, now, 0) {
             Judged::Admit => {
                 self.admitted(&mut map, (g.fp, key), 1, now);
@@ -316,7 +316,7 @@ mod tests {
         let t = &cfg.traffic;
         let g = guard(cfg);
         let mut map = local.map.borrow_mut();
-        local.apply(&mut map, t.max_keys);
+        local.apply(&mut map, 0);
         match local.judge_loop(&mut map, t, &g, key, now, 0) {
             Judged::Admit => {
                 local.admitted(&mut map, (g.fp, key), 1, now);
