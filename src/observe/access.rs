@@ -205,7 +205,7 @@ pub fn json_bounded(b: &mut Vec<u8>, v: &[u8], max: usize) {
     // A fold without early exit: LLVM checks 32 bytes at a time.
     if v.len() <= max
         && v.iter().fold(true, |ok, &c| {
-            ok & (c >= 0x20) & (c < 0x80) & (c != b'"') & (c != b'\\')
+            ok & (0x20..0x80).contains(&c) & (c != b'"') & (c != b'\\')
         })
     {
         b.push(b'"');
