@@ -88,7 +88,17 @@ pub(super) fn sweep(x: &Exchange, ch: &Chans, book: &mut Book, defs: &HashMap<u6
         };
         let left = self::left(g, max, now);
         send_shares(
-            x, ch, k.0, k.1, g, left, false, 0, false, who, demand, shares,
+            x,
+            ch,
+            k.0,
+            k.1,
+            g,
+            (left, false, 0),
+            0,
+            false,
+            who,
+            demand,
+            shares,
         );
         for s in &mut g.sides {
             s.demand = 0;
@@ -204,6 +214,8 @@ impl Local {
                 concurrency: false,
                 looped: true,
                 dirty: false,
+                sent: 0,
+                defer: 0,
             };
             self.clocked(map, k, born);
             map.insert(k, e);
