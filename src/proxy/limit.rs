@@ -1364,6 +1364,63 @@ impl Local {
         }
     }
 
+    /// Out of share: asks the exchange for more (at most once a sync interval) and says
+    /// whether there may be room: what was left globally at the last update is more than this
+    /// worker has used since (others may not have used their shares: the next sync moves them
+    /// here); before any update, room unless this worker's first share was the whole budget.
+    fn ask_more(
+        &self,
+        k: (u64, u64),
+        e: &mut Entry,
+        now: u64,
+        sync_ms: u64,
+        workers: usize,
+    ) -> bool {
+        if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
+            e.demand_at = now;
+            self.send(k, e, What::Demand, now);
+        }
+        match e.left {
+            None => workers > 1 || e.cap == 0,
+            Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
+        }
+    }
+
+    /// Whether the exchange knows `k` (its filter: false positives cost a wait, never a call).
+    fn known(&self, k: (u64, u64)) -> bool {
+        self.exchange
+            .chans
+            .get()
+            .is_some_and(|c| c.known.contains(k.0, k.1))
+    }
+
+    /// A new entry for `k` with `cap` (a first share, or 0), counting in the window ending
+    /// at `window_end`; `(concurrency, looped)` say which kind of limit it is.
+    fn create(&self, map: &mut Map, k: (u64, u64), cap: u64, window_end: i64, kind: (bool, bool)) {
+        let born = self.epoch();
+        let e = Entry {
+            epoch: born,
+            born,
+            level: 0,
+            cap,
+            window_end,
+            left: None,
+            base: 0,
+            share: 0,
+            next_us: 0,
+            more: false,
+            demand_at: 0,
+            touched: true,
+            concurrency: kind.0,
+            looped: kind.1,
+            dirty: false,
+            sent: 0,
+            defer: 0,
+        };
+        self.clocked(map, k, born);
+        map.insert(k, e);
+    }
+
     /// Records a new entry in the eviction clock, first dropping dead items when they
     /// outnumber the live (amortized: at most once per `map.len()` insertions).
     fn clocked(&self, map: &Map, k: (u64, u64), born: u32) {
@@ -1427,37 +1484,13 @@ impl Local {
             }
             // A key the exchange knows (this worker evicted it, or others use it) starts with
             // no share: a first share would be spent again at each evict/re-create cycle.
-            let known = self
-                .exchange
-                .chans
-                .get()
-                .is_some_and(|c| c.known.contains(l.fp, key));
-            let born = self.epoch();
-            let e = Entry {
-                epoch: born,
-                born,
-                level: 0,
-                cap: if known || self.fleet_first(&l.kind) {
-                    0
-                } else {
-                    initial_share(l.kind.budget(), workers)
-                },
-                window_end,
-                left: None,
-                base: 0,
-                share: 0,
-                next_us: 0,
-                more: false,
-                demand_at: 0,
-                touched: true,
-                concurrency: matches!(l.kind, LimitKind::Concurrency { .. }),
-                looped: false,
-                dirty: false,
-                sent: 0,
-                defer: 0,
+            let cap = if self.known(k) || self.fleet_first(&l.kind) {
+                0
+            } else {
+                initial_share(l.kind.budget(), workers)
             };
-            self.clocked(map, k, born);
-            map.insert(k, e);
+            let concurrency = matches!(l.kind, LimitKind::Concurrency { .. });
+            self.create(map, k, cap, window_end, (concurrency, false));
         }
         let Some(e) = map.get_mut(&k) else {
             return Judged::Over {
@@ -1501,17 +1534,7 @@ impl Local {
         if e.level + already < e.cap {
             return Judged::Admit;
         }
-        if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
-            e.demand_at = now;
-            self.send(k, e, What::Demand, now);
-        }
-        // Room: what was left globally at the last update is more than this worker has used
-        // since (others may not have used their shares: the next sync moves them here); before
-        // any update, room unless this worker's first share was the whole budget.
-        let room = match e.left {
-            None => workers > 1 || e.cap == 0,
-            Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
-        };
+        let room = self.ask_more(k, e, now, sync_ms, workers);
         // `traffic.redis`: this instance's allotment is spent but the fleet's budget is not:
         // the next Redis read brings a new allotment (none comes while Redis is down: then
         // refused at once, to retry once it may be back). Waits too when other workers here
@@ -2094,6 +2117,24 @@ mod tests {
             .collect()
     }
 
+    /// Fills the events queue (nothing more is taken until a sync drains it).
+    fn fill_events(x: &Exchange) -> &Chans {
+        let ch = x.chans.get().unwrap();
+        let filler = Event {
+            fp: 0,
+            key: 0,
+            worker: 0,
+            epoch: 0,
+            what: What::Demand,
+            level: 0,
+            at_us: 0,
+            window_end: 0,
+            defer: 0,
+        };
+        while ch.events.try_send(filler).is_ok() {}
+        ch
+    }
+
     const WALL: i64 = 1_000_000;
 
     #[test]
@@ -2311,19 +2352,7 @@ mod tests {
         sync_once(&x, &mut book, now, WALL);
         assert_eq!(book.keys[&(fp, 1)].sides[0].level, 1);
         // The queue is full when the call ends: its release is not taken.
-        let ch = x.chans.get().unwrap();
-        let filler = Event {
-            fp: 0,
-            key: 0,
-            worker: 0,
-            epoch: 0,
-            what: What::Demand,
-            level: 0,
-            at_us: 0,
-            window_end: 0,
-            defer: 0,
-        };
-        while ch.events.try_send(filler).is_ok() {}
+        let ch = fill_events(&x);
         local.release(fp, 1);
         assert!(local.map.borrow()[&(fp, 1)].dirty);
         sync_once(&x, &mut book, now, WALL);
@@ -2404,19 +2433,7 @@ mod tests {
         sync_once(&x, &mut book, now, WALL);
         // A second call, its level not taken by a full queue; two hours later the exchange
         // has seen the key idle and refilled: it drops it and tells the worker to forget it.
-        let ch = x.chans.get().unwrap();
-        let filler = Event {
-            fp: 0,
-            key: 0,
-            worker: 0,
-            epoch: 0,
-            what: What::Demand,
-            level: 0,
-            at_us: 0,
-            window_end: 0,
-            defer: 0,
-        };
-        while ch.events.try_send(filler).is_ok() {}
+        fill_events(&x);
         assert!(local.decide(&cfg.traffic, rule, 1));
         assert!(local.map.borrow()[&(fp, 1)].dirty);
         let later = now + 7_200_000_000;

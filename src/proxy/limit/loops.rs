@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::policy::traffic::{LimitKind, LoopGuard, Traffic};
 
 use super::{
-    now_us, send_shares, Book, Chans, Def, Entry, Event, Exchange, Global, Judged, Local, Map, What,
+    now_us, send_shares, Book, Chans, Def, Entry, Event, Exchange, Global, Judged, Local, Map,
 };
 
 /// The exchange's loop windows, apart from the limits' keys: every distinct call makes one, and
@@ -188,37 +188,12 @@ impl Local {
             if map.len() >= t.max_keys {
                 self.evict(map, t.max_keys);
             }
-            let known = self
-                .exchange
-                .chans
-                .get()
-                .is_some_and(|c| c.known.contains(g.fp, key));
-            let born = self.epoch();
-            let e = Entry {
-                epoch: born,
-                born,
-                level: 0,
-                cap: if known {
-                    0
-                } else {
-                    first_share(g.max, workers, self.worker, key)
-                },
-                window_end: ends,
-                left: None,
-                base: 0,
-                share: 0,
-                next_us: 0,
-                more: false,
-                demand_at: 0,
-                touched: true,
-                concurrency: false,
-                looped: true,
-                dirty: false,
-                sent: 0,
-                defer: 0,
+            let cap = if self.known(k) {
+                0
+            } else {
+                first_share(g.max, workers, self.worker, key)
             };
-            self.clocked(map, k, born);
-            map.insert(k, e);
+            self.create(map, k, cap, ends, (false, true));
         }
         let Some(e) = map.get_mut(&k) else {
             return Judged::Over {
@@ -253,16 +228,9 @@ impl Local {
         if e.level + already < e.cap {
             return Judged::Admit;
         }
-        if now.saturating_sub(e.demand_at) >= sync_ms * 1000 {
-            e.demand_at = now;
-            self.send(k, e, What::Demand, now);
-        }
         // Room: as for a limit (`judge`), the window had more left at the last update than
         // this worker used since, or no update came yet.
-        let room = match e.left {
-            None => workers > 1 || e.cap == 0,
-            Some(left) => workers > 1 && left > e.level.saturating_sub(e.base),
-        };
+        let room = self.ask_more(k, e, now, sync_ms, workers);
         let retry_ms = if room {
             sync_ms
         } else {
