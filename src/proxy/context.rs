@@ -237,6 +237,9 @@ pub struct Ctx {
     /// Request body bytes.
     pub bytes_in: u64,
     pub upstream_call: Option<UpstreamCall>,
+    /// When the upstream's reply head (and a vetted body) was in: the relay's `pool_put`
+    /// time (never after the put), no clock read of its own.
+    pub vetted_at: Option<Instant>,
     /// A `tools/call` whose tool has its own `upstreams[].tool_timeouts` entry: the wait for
     /// the response head and between body reads, instead of `request_timeout`.
     pub tool_timeout: Option<Duration>,
@@ -318,6 +321,7 @@ impl Ctx {
             batch: false,
             bytes_in: 0,
             upstream_call: None,
+            vetted_at: None,
             tool_timeout: None,
             status: 0,
             outcome: Outcome::Ok,

@@ -262,7 +262,7 @@ pub(super) async fn initialize_reply(
         {
             Err(why) => Err(format!("sent an invalid initialize reply: {why}")),
             Ok(()) => {
-                w.pool_put(gw, u, up_conn, &rhead);
+                w.pool_put(gw, u, up_conn, &rhead, std::time::Instant::now());
                 seal_session(
                     w,
                     gw,

@@ -949,6 +949,9 @@ async fn respond(
     let expect_id = ctx.answer_id();
     let timeout = ctx.tool_timeout.unwrap_or(up.request_timeout);
     let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, timeout, expect_id).await;
+    // Also when the connection goes back to the pool (`pool_put`: never after the put).
+    let vetted_at = Instant::now();
+    ctx.vetted_at = Some(vetted_at);
     // The exchange left a 2xx to this vet (`Terms::vets`: both callers ask for it): an
     // unusable one is a failure for the upstream's circuit breaker.
     if (200..300).contains(&rhead.status) {
@@ -964,7 +967,7 @@ async fn respond(
             upstream::Vetted::Unusable { kind, .. } => Err(*kind),
             _ => Ok(rhead.status),
         },
-        elapsed: t_up.elapsed(),
+        elapsed: vetted_at - t_up,
     });
     let bare_result = match vetted {
         upstream::Vetted::Relay { bare_result, code } => {
@@ -975,7 +978,7 @@ async fn respond(
             if let Then::Stamped(stateless::Stamp { held: Some(h), .. }) = &then {
                 h.complete();
             }
-            w.pool_put(gw, u, up_conn, &rhead);
+            w.pool_put(gw, u, up_conn, &rhead, vetted_at);
             if let Then::Initialize(server) = then {
                 // A refused initialize: an upstream of the stateless revision only is answered
                 // for by the gateway.
@@ -997,7 +1000,7 @@ async fn respond(
             reusable,
         } => {
             if reusable {
-                w.pool_put(gw, u, up_conn, &rhead);
+                w.pool_put(gw, u, up_conn, &rhead, vetted_at);
             } else {
                 drop(up_conn);
             }
@@ -1248,7 +1251,8 @@ async fn relay(
     match upstream::relay_body(c, &mut up_conn, rhead, mode, reply, watch.as_deref_mut()).await {
         Ok(reusable) => {
             if reusable {
-                w.pool_put(ctx.gw(), u, up_conn, rhead);
+                let at = ctx.vetted_at.unwrap_or_else(Instant::now);
+                w.pool_put(ctx.gw(), u, up_conn, rhead, at);
             }
             if keep {
                 Next::KeepAlive

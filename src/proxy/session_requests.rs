@@ -167,7 +167,7 @@ async fn end_upstream_session(
             )
             .await;
             if ok.is_ok() {
-                w.pool_put(gw, u, up_conn, &rhead);
+                w.pool_put(gw, u, up_conn, &rhead, std::time::Instant::now());
             }
             Some(UpstreamCall {
                 upstream: u,

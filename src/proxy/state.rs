@@ -492,6 +492,7 @@ impl WorkerState {
         u: usize,
         conn: crate::http::pool::UpstreamConn,
         head: &crate::http::head::ResponseHead,
+        at: Instant,
     ) {
         if !head.keep_alive {
             return;
@@ -502,11 +503,12 @@ impl WorkerState {
             crate::http::pool::expiry(now, up.idle_timeout, head.keep_alive_timeout)
         {
             let slot = gw.pool_slot(u, conn.replica as usize);
-            // The exact time: the put is trusted as a readiness check (`pool` module doc).
+            // The put is trusted as a readiness check for a short window (`pool` module doc)
+            // from `at`, which is never after it: an earlier one only shortens the trust.
             let put = self
                 .pool
                 .borrow_mut()
-                .put(slot, conn, up.max_idle, expires, Instant::now());
+                .put(slot, conn, up.max_idle, expires, at);
             if let Err(why) = put {
                 self.pool_discarded(gw, u, why);
             }

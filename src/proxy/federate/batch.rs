@@ -308,7 +308,7 @@ async fn send(
         let why = format!("upstream \"{}\" sent an unreadable reply: {why}", up.name);
         return failed(Kind::UpstreamProtocol, why, Some(head.status));
     }
-    w.pool_put(gw, u, conn, &head);
+    w.pool_put(gw, u, conn, &head, std::time::Instant::now());
     if !ok {
         let why = format!("upstream \"{}\" answered HTTP {}", up.name, head.status);
         return failed(Kind::UpstreamUnavailable, why, Some(head.status));

@@ -185,7 +185,7 @@ pub async fn whole(
         .max_body_bytes
         .saturating_mul(WHOLE_REPLY_FACTOR);
     match upstream::read_full_body(&mut conn, &head, max, up.request_timeout, &mut body).await {
-        Ok(()) => w.pool_put(gw, u, conn, &head),
+        Ok(()) => w.pool_put(gw, u, conn, &head, std::time::Instant::now()),
         Err(why) => {
             return Err(Error::new(
                 Kind::UpstreamProtocol,

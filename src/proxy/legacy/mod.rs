@@ -296,7 +296,7 @@ async fn send(
     let read =
         upstream::read_full_body(&mut conn, &rhead, 64 * 1024, up.request_timeout, &mut sink).await;
     if read.is_ok() {
-        w.pool_put(gw, u, conn, &rhead);
+        w.pool_put(gw, u, conn, &rhead, std::time::Instant::now());
     }
     match rhead.status {
         200..=299 => Ok(()),

@@ -107,7 +107,8 @@ pub(in crate::proxy) async fn relay_stamped(
     if let Some(h) = &st.held {
         h.complete();
     }
-    w.pool_put(ctx.gw(), u, up_conn, &rhead);
+    let at = ctx.vetted_at.unwrap_or_else(std::time::Instant::now);
+    w.pool_put(ctx.gw(), u, up_conn, &rhead, at);
     match c.flush().await {
         Ok(()) if keep => Next::KeepAlive,
         _ => Next::Close,
@@ -159,7 +160,7 @@ pub(in crate::proxy) async fn relay_held_stream(
     if let Some(h) = &st.held {
         h.complete();
     }
-    w.pool_put(gw, u, up_conn, &rhead);
+    w.pool_put(gw, u, up_conn, &rhead, std::time::Instant::now());
     let body = stamp_body(&body, stamp, ctx).unwrap_or(body);
     super::super::write_whole(c, ctx, (&rhead, &head_bytes), &body, None).await
 }
