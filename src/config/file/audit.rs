@@ -31,6 +31,7 @@ pub(super) fn audit(
             "overflow",
             "methods",
             "arguments",
+            "max_decoded",
         ],
     );
     let mut a = Settings {
@@ -43,6 +44,9 @@ pub(super) fn audit(
             "block" => Ok(Overflow::Block),
             "drop" => Ok(Overflow::Drop),
             other => Err(format!("expected block or drop, got {other:?}")),
+        }),
+        max_decoded: s.get(p, "max_decoded", defaults::MAX_DECODED, |v| {
+            size(0)(v).map(|n| n as u64)
         }),
         ..Settings::default()
     };
@@ -300,6 +304,7 @@ pub(super) fn render(o: &mut String, a: &Settings) {
         .map(|m: &Method| m.as_str().to_string())
         .collect();
     let _ = writeln!(o, "  methods: {}", list(&methods));
+    let _ = writeln!(o, "  max_decoded: {}", render_size(a.max_decoded));
     let _ = writeln!(o, "  arguments:");
     let _ = writeln!(o, "    values: {}", list(&a.value_globs));
     let redact: Vec<String> = a.redact.iter().map(|r| r.as_str().to_string()).collect();
