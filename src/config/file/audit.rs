@@ -338,6 +338,7 @@ audit:
   file: {path: "${env:AUDIT_TEST_FILE}", max_bytes: 4KiB, keep: 2}
   overflow: drop
   methods: [tools/call, prompts/get]
+  max_decoded: 64KiB
   arguments: {values: ["echo*"], redact: ["sk-[a-z0-9]+"]}
 "#;
         let env = |n: &str| (n == "AUDIT_TEST_FILE").then(|| "/tmp/a.jsonl".to_string());
@@ -350,8 +351,16 @@ audit:
         assert_eq!(a.overflow, Overflow::Drop);
         assert!(a.records(Method::PromptsGet) && !a.records(Method::ToolsList));
         assert!(a.values_of("echo_x") && !a.values_of("add"));
+        assert_eq!(a.max_decoded, 64 * 1024);
         let text = crate::config::render_effective(&c);
         assert!(text.contains("path: \"${env:AUDIT_TEST_FILE}\""), "{text}");
+        assert!(text.contains("  max_decoded: 64KiB\n"), "{text}");
+        let d = crate::config::load_str_with_env("audit: {}", &env).unwrap();
+        assert_eq!(d.audit.max_decoded, defaults::MAX_DECODED);
+        let bad = crate::config::load_str_with_env("audit: {max_decoded: lots}", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("audit.max_decoded"), "{bad}");
         let h = crate::config::load_str_with_env(
             "audit: {http: {url: \"http://127.0.0.1:9/a\", attempt_timeout: 2s}}",
             &env,
