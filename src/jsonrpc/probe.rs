@@ -1032,6 +1032,36 @@ mod compressed {
         assert_eq!(p.unread(), Some(Unread::Encoding));
     }
 
+    /// Damaged compressed bytes (each of a real reply's bytes flipped in turn, then a cut at
+    /// each point) end in `Corrupt` or a reading, never a panic; every piece after is ignored.
+    #[test]
+    fn damaged_compressed_bytes_never_panic() {
+        for (coding, wire) in [
+            (Coding::Gzip, gzip_with_header(ERROR)),
+            (Coding::Deflate, zlib(ERROR)),
+            (Coding::Deflate, raw_deflate(ERROR)),
+        ] {
+            for i in 0..wire.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut bad = wire.clone();
+                    bad[i] ^= flip;
+                    let mut p = ReplyProbe::coded(i % 2 == 0, coding, 1 << 20);
+                    p.feed(&bad[..i + 1]);
+                    p.feed(&bad[i + 1..]);
+                    p.feed(&wire);
+                    let _ = p.error_for(Some(b"7"), true);
+                }
+                let mut p = ReplyProbe::coded(false, coding, 1 << 20);
+                p.feed(&wire[..i]);
+                assert_eq!(
+                    p.unread(),
+                    None,
+                    "a cut reply is not corrupt ({coding:?} at {i})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn content_encoding_values() {
         assert_eq!(Coding::of(b""), Coding::Identity);
