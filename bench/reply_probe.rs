@@ -10,12 +10,20 @@
 //! as servers write it: the probe stops there), a 30 KB batch of results (read to the end), a
 //! 150 B error as one SSE event behind a progress notification.
 //!
+//!
+//! `reply_probe_gzip`: the same probe over gzip replies (`Content-Encoding: gzip`), beside
+//! `inflate_whole` (flate2's reader decoding the whole body into a Vec: what a reader that holds
+//! the reply would pay), and a gzip bomb (64 MiB of whitespace) the probe stops at 1 MiB: the
+//! most CPU one compressed reply can cost at the default `audit.max_decoded`.
+//!
 //! Run: `nice cargo bench --bench reply_probe`; `cargo test --benches` runs each once as a test.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tollgate::jsonrpc::probe::ReplyProbe;
+use std::io::{Read, Write};
+
+use tollgate::jsonrpc::probe::{Coding, ReplyProbe};
 use tollgate::jsonrpc::{scan, ScanLimits};
 
 const ERROR: &str = r#"{"jsonrpc":"2.0","id":42,"error":{"code":-32602,"message":"Invalid arguments for get_weather: `city` is required","data":{"field":"city"}}}"#;
@@ -90,5 +98,58 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
+
+fn bomb() -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(br#"{"jsonrpc":"2.0","id":42,"#).unwrap();
+    let spaces = vec![b' '; 1 << 20];
+    for _ in 0..64 {
+        e.write_all(&spaces).unwrap();
+    }
+    e.write_all(br#""error":{"code":-32000}}"#).unwrap();
+    e.finish().unwrap()
+}
+
+fn bench_gzip(c: &mut Criterion) {
+    let cases = [
+        ("error_150B", gzip(ERROR.as_bytes()), false),
+        ("result_30KB", gzip(large_result(30_000).as_bytes()), false),
+        ("batch_30KB", gzip(batch(30_000).as_bytes()), false),
+        ("sse_error", gzip(sse_error().as_bytes()), true),
+        ("bomb_64MiB", bomb(), false),
+    ];
+    let mut g = c.benchmark_group("reply_probe_gzip");
+    for (name, body, sse) in &cases {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("probe", name), body, |b, body| {
+            b.iter(|| {
+                let mut p = ReplyProbe::coded(*sse, Coding::Gzip, 1 << 20);
+                // As the relay feeds it: a piece per read.
+                for piece in black_box(body).chunks(16 * 1024) {
+                    p.feed(piece);
+                }
+                p.error_for(Some(b"42"), true)
+            })
+        });
+        if *name != "bomb_64MiB" {
+            g.bench_with_input(BenchmarkId::new("inflate_whole", name), body, |b, body| {
+                b.iter(|| {
+                    let mut out = Vec::new();
+                    flate2::read::GzDecoder::new(black_box(&body[..]))
+                        .read_to_end(&mut out)
+                        .unwrap();
+                    out.len()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_gzip);
 criterion_main!(benches);

@@ -1072,6 +1072,221 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
     assert_eq!(got, want.to_vec(), "{recs:?}");
 }
 
+/// The compressed bytes `body` would be sent as with `Content-Encoding: coding`.
+fn compress(coding: &str, body: &[u8]) -> Vec<u8> {
+    use flate2::{write, Compression};
+    match coding {
+        "gzip" => {
+            let mut e = write::GzEncoder::new(Vec::new(), Compression::best());
+            e.write_all(body).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = write::ZlibEncoder::new(Vec::new(), Compression::best());
+            e.write_all(body).unwrap();
+            e.finish().unwrap()
+        }
+        _ => unreachable!("{coding}"),
+    }
+}
+
+/// A 200 of `content_type`, encoded `coding`, framed by length or in chunks of `chunk` bytes.
+fn encoded_reply(content_type: &str, coding: &str, body: &[u8], chunk: Option<usize>) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Encoding: {coding}\r\n"
+    )
+    .into_bytes();
+    match chunk {
+        None => {
+            out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            out.extend_from_slice(body);
+        }
+        Some(n) => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            for c in body.chunks(n) {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                out.extend_from_slice(c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    out
+}
+
+/// An upstream that compresses its replies: a gzip or deflate JSON-RPC error (a JSON body by
+/// length or in chunks, an event stream) is recorded with its code, read as the reply is
+/// relayed; the client gets the upstream's compressed bytes unchanged. A gzip bomb (64 MiB of
+/// whitespace before its error, ~64 KiB on the wire) is relayed whole and its record has no
+/// code: the probe stopped at `audit.max_decoded`, counted, and the gateway's memory did not
+/// grow by anything like the decoded size. A `br` reply is relayed and not read.
+#[test]
+fn a_compressed_upstream_error_is_recorded_with_its_code() {
+    use harness::scripted::{json_response, mcp_basics, read_request, text_result, Scripted};
+    // 64 MiB of whitespace inside the message, before its error: valid JSON, decoded never.
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(br#"{"jsonrpc":"2.0","id":6,"#).unwrap();
+        let spaces = vec![b' '; 1 << 20];
+        for _ in 0..64 {
+            e.write_all(&spaces).unwrap();
+        }
+        e.write_all(br#""error":{"message":"no","code":-32005}}"#)
+            .unwrap();
+        Arc::new(e.finish().unwrap())
+    };
+    assert!(bomb.len() < 1 << 20, "{} bytes on the wire", bomb.len());
+    let sent: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
+    let (bomb_up, sent_up) = (bomb.clone(), sent.clone());
+    let up = Scripted::start(move |mut s, _| {
+        while let Some(req) = read_request(&mut s) {
+            if let Some(r) = mcp_basics(&req) {
+                let _ = s.write_all(&r);
+                continue;
+            }
+            let id = req.id();
+            let error = |code: i64| {
+                json!({"jsonrpc":"2.0","id":id,"error":{"message":"no","code":code}})
+                    .to_string()
+                    .into_bytes()
+            };
+            let tool = req.tool();
+            let (body, reply) = match tool.as_str() {
+                "gzip_json" => {
+                    let body = compress("gzip", &error(-32602));
+                    let reply = encoded_reply("application/json", "gzip", &body, None);
+                    (body, reply)
+                }
+                "gzip_chunked" => {
+                    let body = compress("gzip", &error(-32003));
+                    let reply = encoded_reply("application/json", "gzip", &body, Some(7));
+                    (body, reply)
+                }
+                "deflate_json" => {
+                    let body = compress("deflate", &error(-32004));
+                    let reply = encoded_reply("application/json", "deflate", &body, None);
+                    (body, reply)
+                }
+                "gzip_sse" => {
+                    let note = json!({"jsonrpc":"2.0","method":"notifications/message",
+                        "params":{"level":"error","data":{"error":{"code":7}}}});
+                    let events = format!(
+                        "event: message\ndata: {note}\n\nevent: message\ndata: {}\n\n",
+                        String::from_utf8(error(-32001)).unwrap()
+                    );
+                    let body = compress("gzip", events.as_bytes());
+                    let reply = encoded_reply("text/event-stream", "gzip", &body, Some(16));
+                    (body, reply)
+                }
+                "gzip_bomb" => {
+                    let reply =
+                        encoded_reply("application/json", "gzip", &bomb_up, Some(16 * 1024));
+                    (bomb_up.to_vec(), reply)
+                }
+                "br_json" => {
+                    // Not brotli the probe could read: bytes it must leave alone.
+                    let body = vec![0x1b, 0x2a, 0x00, 0xf8, 0x25, 0x82, 0x82, 0x40];
+                    let reply = encoded_reply("application/json", "br", &body, None);
+                    (body, reply)
+                }
+                _ => {
+                    let r = json_response(&text_result(&id, "ok"));
+                    (Vec::new(), r)
+                }
+            };
+            sent_up.lock().unwrap().insert(tool, body);
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let file = temp_path("compressed-errors.jsonl");
+    let mut gw = Gateway::builder()
+        .upstream("up", &up.url())
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let mut m = session(&gw);
+    let tools = [
+        "gzip_json",
+        "gzip_chunked",
+        "deflate_json",
+        "gzip_sse",
+        "gzip_bomb",
+        "br_json",
+        "fine",
+    ];
+    let hwm_before = harness::proc_status_kib(gw.pid(), "VmHWM:");
+    for (i, tool) in tools.iter().enumerate() {
+        let r = m.post_raw(&call_body(i as u64 + 1, tool, json!({})));
+        assert_eq!(r.status, 200, "{tool}: {}", r.text());
+        if *tool == "fine" {
+            assert_eq!(r.header("content-encoding"), None);
+            continue;
+        }
+        let coding = r.header("content-encoding").map(str::to_string);
+        assert_eq!(
+            coding.as_deref(),
+            Some(match *tool {
+                "deflate_json" => "deflate",
+                "br_json" => "br",
+                _ => "gzip",
+            }),
+            "{tool}"
+        );
+        let sent = sent.lock().unwrap()[*tool].clone();
+        assert!(
+            r.body == sent,
+            "{tool}: the client got other bytes than the upstream's"
+        );
+    }
+    let hwm_after = harness::proc_status_kib(gw.pid(), "VmHWM:");
+    // Decoding the bomb whole would take 64 MiB; the probe reads 1 MiB of it, a chunk at a time.
+    assert!(
+        hwm_after < hwm_before + 16 * 1024,
+        "peak memory grew from {hwm_before} KiB to {hwm_after} KiB"
+    );
+    // Counted in each call's record phase, which may end after its reply was read.
+    let unread = |scrape: &str, reason: &str| {
+        harness::metric_value(
+            scrape,
+            &format!("tollgate_audit_replies_unread_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let counted = eventually(Duration::from_secs(10), || {
+        let scrape = gw.metrics();
+        unread(&scrape, "max_decoded") == 1.0 && unread(&scrape, "encoding") == 1.0
+    });
+    assert!(counted, "{}", gw.metrics());
+    assert_eq!(unread(&gw.metrics(), "corrupt"), -1.0, "none was corrupt");
+    stop(&mut gw);
+    let recs = records(&file);
+    let got: Vec<(String, Value, String)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or_default().to_string(),
+                r["error_code"].clone(),
+                r["decision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("gzip_json", json!(-32602)),
+        ("gzip_chunked", json!(-32003)),
+        ("deflate_json", json!(-32004)),
+        ("gzip_sse", json!(-32001)),
+        ("gzip_bomb", Value::Null),
+        ("br_json", Value::Null),
+        ("fine", Value::Null),
+    ]
+    .map(|(t, c)| (t.to_string(), c, "allow".to_string()));
+    assert_eq!(got, want.to_vec(), "{recs:?}");
+}
+
 /// A call still in flight when the drain deadline passes is cut by the gateway and still has
 /// its record: the decision as made, `outcome: cut`.
 #[test]

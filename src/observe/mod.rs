@@ -298,6 +298,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         names::AUDIT_SINK_ERRORS_TOTAL,
         "Failed audit writes, syncs, rotations and HTTP attempts, by sink."
     );
+    describe_counter!(
+        names::AUDIT_REPLIES_UNREAD_TOTAL,
+        "Upstream replies the audit's probe did not read to their end, by reason (encoding, \
+         max_decoded, corrupt): their records may lack error_code."
+    );
     describe_gauge!(
         names::AUDIT_QUEUE_RECORDS,
         "Audit records waiting for the writer thread (at most audit.buffer)."

@@ -140,6 +140,10 @@ pub const AUDIT_RECORDS_TOTAL: &str = "tollgate_audit_records_total";
 pub const AUDIT_RECORDS_DROPPED_TOTAL: &str = "tollgate_audit_records_dropped_total";
 /// `audit`: failed writes, syncs, rotations and HTTP attempts, by sink.
 pub const AUDIT_SINK_ERRORS_TOTAL: &str = "tollgate_audit_sink_errors_total";
+/// `audit`: upstream replies whose JSON-RPC errors were not read to the reply's end, by reason
+/// (encoding: a Content-Encoding the probe does not decode; max_decoded: `audit.max_decoded`
+/// bytes decoded; corrupt: not valid gzip or deflate). Their records may lack `error_code`.
+pub const AUDIT_REPLIES_UNREAD_TOTAL: &str = "tollgate_audit_replies_unread_total";
 /// `audit`: records handed to the writer thread and not yet written (at most `audit.buffer`).
 pub const AUDIT_QUEUE_RECORDS: &str = "tollgate_audit_queue_records";
 /// OTLP span export (`tracing.otlp`): spans sent, spans dropped by reason (queue_full,

@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use crate::error::Side;
+use crate::http::head::ResponseHead;
+use crate::jsonrpc::probe::{Coding, ReplyProbe};
 use crate::jsonrpc::{Message, MessageKind};
 use crate::mcp::Method;
 use crate::observe::access::{json_bounded, MAX_TEXT_FIELD, MAX_WIRE_FIELD};
@@ -148,6 +150,17 @@ pub fn capture(
 /// request is recorded: its record then carries the upstream's JSON-RPC error code. Whether it
 /// did; with audit off this reads one flag.
 pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
+    probe_coded(ctx, sse, None)
+}
+
+/// `probe` for a reply relayed as the upstream sent it: its head (`rhead` over `head_bytes`)
+/// says its `Content-Encoding`, looked up only when a probe is set up; a gzip or deflate body
+/// is decoded as it passes (`audit.max_decoded` bytes at most), any other is not read.
+pub fn probe_relayed(ctx: &mut Ctx, sse: bool, rhead: &ResponseHead, head_bytes: &[u8]) -> bool {
+    probe_coded(ctx, sse, Some((rhead, head_bytes)))
+}
+
+fn probe_coded(ctx: &mut Ctx, sse: bool, head: Option<(&ResponseHead, &[u8])>) -> bool {
     let settings = &ctx.gw().config.audit;
     if !settings.enabled
         || ctx.reply_code != crate::jsonrpc::probe::ReplyCode::Unread
@@ -158,7 +171,10 @@ pub fn probe(ctx: &mut Ctx, sse: bool) -> bool {
     {
         return false;
     }
-    ctx.reply = Some(crate::jsonrpc::probe::ReplyProbe::new(sse));
+    let coding = head.map_or(Coding::Identity, |(h, b)| {
+        super::upstream::content_coding(h, b)
+    });
+    ctx.reply = Some(ReplyProbe::coded(sse, coding, settings.max_decoded));
     true
 }
 
@@ -177,6 +193,14 @@ pub fn reply_bytes(ctx: &mut Ctx, sse: bool, bytes: &[u8]) {
 pub fn write(w: &WorkerState, ctx: &Ctx, elapsed: Duration, bytes_out: u64) {
     let gw = ctx.gw();
     let settings = &gw.config.audit;
+    if let Some(why) = ctx.reply.as_ref().and_then(|p| p.unread()) {
+        tracing::debug!(
+            reason = why.as_str(),
+            "reply not read for its JSON-RPC errors to its end (audit.max_decoded, or its Content-Encoding)"
+        );
+        metrics::counter!(crate::observe::names::AUDIT_REPLIES_UNREAD_TOTAL, "reason" => why.as_str())
+            .increment(1);
+    }
     for (i, m) in ctx.messages.iter().enumerate() {
         // Decisions are kept in the order they were made (a batch decides its messages
         // concurrently; a message refused before its check has none): each names its message.

@@ -1215,6 +1215,7 @@ async fn relay(
     ctx.status = rhead.status;
     let sse = rhead.is_sse(up_conn.buffered());
     let read_timeout = if sse { None } else { read_timeout };
+    audit_record::probe_relayed(ctx, sse, rhead, up_conn.buffered());
     up_conn.consume(rhead.len);
     // A call under a concurrency limit keeps its slot while the upstream still runs it, even
     // when its client left: in the session era a client that goes away does not cancel the call
@@ -1230,7 +1231,6 @@ async fn relay(
         end_on: end_on_shutdown.then_some(&w.shutdown),
         finish_within,
     };
-    audit_record::probe(ctx, sse);
     // The debug trail of server→client requests (`mcp::relay::watch`), only when it is enabled.
     let mut watch = match ctx.session {
         Some(s) if sse && crate::mcp::relay::watch::enabled() => {

@@ -629,6 +629,31 @@ fn content_type<'a>(head: &ResponseHead, buf: &'a [u8]) -> &'a [u8] {
     head.content_type.clone().map_or(&b""[..], |r| &buf[r])
 }
 
+/// The reply's content coding (`Content-Encoding`): several headers, or several codings, are
+/// `Other`. Looked up off the hot path only (a probe set up, a body the vet could not read).
+pub fn content_coding(head: &ResponseHead, buf: &[u8]) -> crate::jsonrpc::probe::Coding {
+    use crate::jsonrpc::probe::Coding;
+    let mut found = Coding::Identity;
+    for h in &head.relay {
+        let name = buf.get(h.name()).unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-encoding") {
+            let value = buf.get(h.value()).unwrap_or_default();
+            found = match (found, Coding::of(value)) {
+                (Coding::Identity, c) => c,
+                (_, Coding::Identity) => found,
+                _ => Coding::Other,
+            };
+        }
+    }
+    found
+}
+
+/// A 2xx body the vet cannot read because it is compressed is relayed as the upstream
+/// labelled it (the client decodes it; the audit's probe may), unchecked, like a streamed body.
+fn compressed(head: &ResponseHead, buf: &[u8]) -> bool {
+    content_coding(head, buf) != crate::jsonrpc::probe::Coding::Identity
+}
+
 fn describe(head: &ResponseHead, buf: &[u8]) -> String {
     let ct = content_type(head, buf);
     let ct = if ct.is_empty() {
@@ -779,6 +804,10 @@ pub async fn vet_reply(
                         format!("answered with the response to another request (id {id})"),
                         false,
                     ),
+                    ReplyScan::Bad(_) if compressed(head, up.buffered()) => Vetted::Relay {
+                        bare_result: None,
+                        code: ReplyCode::Unread,
+                    },
                     ReplyScan::Bad(e) => {
                         let why = format!(
                             "answered {} with a body that is not a JSON-RPC message: {e}",
@@ -802,6 +831,10 @@ pub async fn vet_reply(
         let first = buf[head.len..].iter().find(|b| !b.is_ascii_whitespace());
         return match first {
             Some(b'{' | b'[') | None => Vetted::Relay {
+                bare_result: None,
+                code: ReplyCode::Unread,
+            },
+            Some(_) if compressed(head, buf) => Vetted::Relay {
                 bare_result: None,
                 code: ReplyCode::Unread,
             },

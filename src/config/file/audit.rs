@@ -31,6 +31,7 @@ pub(super) fn audit(
             "overflow",
             "methods",
             "arguments",
+            "max_decoded",
         ],
     );
     let mut a = Settings {
@@ -43,6 +44,9 @@ pub(super) fn audit(
             "block" => Ok(Overflow::Block),
             "drop" => Ok(Overflow::Drop),
             other => Err(format!("expected block or drop, got {other:?}")),
+        }),
+        max_decoded: s.get(p, "max_decoded", defaults::MAX_DECODED, |v| {
+            size(0)(v).map(|n| n as u64)
         }),
         ..Settings::default()
     };
@@ -300,6 +304,7 @@ pub(super) fn render(o: &mut String, a: &Settings) {
         .map(|m: &Method| m.as_str().to_string())
         .collect();
     let _ = writeln!(o, "  methods: {}", list(&methods));
+    let _ = writeln!(o, "  max_decoded: {}", render_size(a.max_decoded));
     let _ = writeln!(o, "  arguments:");
     let _ = writeln!(o, "    values: {}", list(&a.value_globs));
     let redact: Vec<String> = a.redact.iter().map(|r| r.as_str().to_string()).collect();
@@ -333,6 +338,7 @@ audit:
   file: {path: "${env:AUDIT_TEST_FILE}", max_bytes: 4KiB, keep: 2}
   overflow: drop
   methods: [tools/call, prompts/get]
+  max_decoded: 64KiB
   arguments: {values: ["echo*"], redact: ["sk-[a-z0-9]+"]}
 "#;
         let env = |n: &str| (n == "AUDIT_TEST_FILE").then(|| "/tmp/a.jsonl".to_string());
@@ -345,8 +351,16 @@ audit:
         assert_eq!(a.overflow, Overflow::Drop);
         assert!(a.records(Method::PromptsGet) && !a.records(Method::ToolsList));
         assert!(a.values_of("echo_x") && !a.values_of("add"));
+        assert_eq!(a.max_decoded, 64 * 1024);
         let text = crate::config::render_effective(&c);
         assert!(text.contains("path: \"${env:AUDIT_TEST_FILE}\""), "{text}");
+        assert!(text.contains("  max_decoded: 64KiB\n"), "{text}");
+        let d = crate::config::load_str_with_env("audit: {}", &env).unwrap();
+        assert_eq!(d.audit.max_decoded, defaults::MAX_DECODED);
+        let bad = crate::config::load_str_with_env("audit: {max_decoded: lots}", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("audit.max_decoded"), "{bad}");
         let h = crate::config::load_str_with_env(
             "audit: {http: {url: \"http://127.0.0.1:9/a\", attempt_timeout: 2s}}",
             &env,

@@ -97,6 +97,8 @@ pub struct Settings {
     pub value_globs: Vec<String>,
     /// `arguments.redact`: every match in a recorded value is replaced by `[redacted]`.
     pub redact: Vec<regex::Regex>,
+    /// `max_decoded`: bytes of a gzip or deflate reply the reply probe decodes at most.
+    pub max_decoded: u64,
 }
 
 impl PartialEq for Settings {
@@ -109,6 +111,7 @@ impl PartialEq for Settings {
             && self.overflow == o.overflow
             && self.methods == o.methods
             && self.value_globs == o.value_globs
+            && self.max_decoded == o.max_decoded
             && self.redact.len() == o.redact.len()
             && self
                 .redact
@@ -121,6 +124,8 @@ impl PartialEq for Settings {
 pub mod defaults {
     use std::time::Duration;
     pub const BUFFER: usize = 65_536;
+    /// Decoded bytes of a compressed reply read for its error code (a zip bomb costs no more).
+    pub const MAX_DECODED: u64 = 1 << 20;
     pub const FILE_MAX_BYTES: u64 = 100 << 20;
     pub const FILE_ROTATE_EVERY: Duration = Duration::from_secs(24 * 3600);
     pub const FILE_KEEP: usize = 10;
@@ -145,6 +150,7 @@ impl Default for Settings {
             values: None,
             value_globs: Vec::new(),
             redact: Vec::new(),
+            max_decoded: defaults::MAX_DECODED,
         }
     }
 }
