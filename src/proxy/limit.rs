@@ -50,14 +50,9 @@ use super::state::WorkerState;
 /// stepped by NTP or a resumed VM must not refill or freeze a GCRA. Offset so that "long ago"
 /// (0) is more than a sync interval before the first call. Calendar quotas use `wall_ms`.
 fn now_us() -> u64 {
-    now_us_at(Instant::now())
-}
-
-/// `now_us` at `t` (a request's start: its first decision reads no clock of its own).
-fn now_us_at(t: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(|| t);
-    (1 << 32) + t.saturating_duration_since(base).as_micros() as u64
+    let base = *BASE.get_or_init(Instant::now);
+    (1 << 32) + base.elapsed().as_micros() as u64
 }
 
 /// Unix milliseconds: only calendar windows (which are wall time in `traffic.time_zone`).
@@ -1184,7 +1179,6 @@ impl Local {
             window_end: e.window_end,
             defer: e.defer,
         };
-        e.sent = e.level;
         if ch.events.try_send(ev).is_err() {
             self.exchange.dropped.increment(1);
             if !e.dirty {
@@ -1192,6 +1186,8 @@ impl Local {
                 self.resend.borrow_mut().push(k);
             }
         } else {
+            // Only a level the queue took starts a new deferral.
+            e.sent = e.level;
             e.dirty = false;
         }
         if what == What::Demand {
@@ -1213,10 +1209,13 @@ impl Local {
     /// queue), at most once a quarter of `traffic.sync_interval` (the exchange folds them once
     /// an interval), or at once when `now` is 0 (the tick, the drain).
     ///
-    /// Why a late level never admits past the limit: a worker's cap is the level the exchange
+    /// Why a deferred level adds no over-admission: a worker's cap is the level the exchange
     /// saw, plus what it may have counted unreported (at most its deferral, never past its
     /// last cap), plus its share; the shares add up to what is left after every worker's
-    /// unreported part, so no worker's real level is ever above its new cap.
+    /// unreported part, so a worker's calls held back by its deferral are inside its new cap.
+    /// (Calls counted between the exchange's read of the queue and the worker applying the
+    /// update are the design's existing race, microseconds wide; a level a full queue refused
+    /// is not bounded by the deferral.)
     fn flush(&self, map: &mut Map, now: u64) {
         if self.resend.borrow().is_empty() || now != 0 && now < self.flush_due.get() {
             return;
@@ -1285,8 +1284,8 @@ impl Local {
             let Some(e) = map.get_mut(&k) else { continue };
             if u.forget {
                 if e.dirty && !e.concurrency {
-                    // Calls counted here that the exchange did not see (a full queue) before
-                    // it dropped the key stay counted: as a new epoch's level (the next flush
+                    // Calls counted here that the exchange did not see (deferred, or refused by
+                    // a full queue) before it dropped the key stay counted: as a new epoch's level (the next flush
                     // brings the key back with exactly them), with the headroom it had.
                     if u.epoch != e.epoch {
                         continue;
@@ -1309,9 +1308,15 @@ impl Local {
             if e.window_end != u.window_end && !loops::adopt(e, u.window_end) {
                 continue;
             }
-            let seen = if u.epoch == e.epoch { u.seen } else { 0 };
-            e.cap = seen + u.reserved + u.share;
-            e.defer = u.defer;
+            // An update for an older epoch (a window rolled, the entry was re-created) knows
+            // nothing of this one: no seen level, no reserve, and every call reported.
+            let (seen, reserved, defer) = if u.epoch == e.epoch {
+                (u.seen, u.reserved, u.defer)
+            } else {
+                (0, 0, 0)
+            };
+            e.cap = seen + reserved + u.share;
+            e.defer = defer;
             e.left = Some(u.left);
             e.base = e.level;
             e.share = u.share;
@@ -1830,9 +1835,9 @@ fn check(
 /// `check`, waiting for a larger share when that may help (`wait`): the whole phase. The wait
 /// is boxed: it is rare, and every request's future would otherwise carry its state.
 pub async fn phase(w: &WorkerState, ctx: &mut Ctx, routes: &[Route]) -> Result<(), Refusal> {
-    // The first decision is as of the request's start (microseconds before: one clock read
-    // fewer per request); a wait decides as of each look.
-    match check(w, ctx, true, routes, now_us_at(ctx.started)) {
+    // As of now, not of the request's start: a body read slowly would back-date the decision
+    // (an idle rate's next call would conform earlier than it does).
+    match check(w, ctx, true, routes, now_us()) {
         Ok(()) => Ok(()),
         Err(Stop::Refuse(r)) => Err(r),
         Err(Stop::Wait) => Box::pin(wait(w, ctx, routes)).await,
@@ -2370,8 +2375,7 @@ mod tests {
     #[test]
     fn levels_deferred_while_plentiful_never_take_two_workers_past_the_limit() {
         // 1000 a day (a quota: a rate's next-interval refill would blur the bound); a 10 s
-        // sync interval: a worker's paced flush does not come within the test, only the
-        // deferral bound sends.
+        // sync interval: after each worker's first flush, only the deferral bound sends.
         let cfg = crate::config::load_str(
             "traffic:\n  sync_interval: 10s\n  rules:\n    - {name: q, key: [principal], quota: {limit: 1000, window: day}}\n",
         )

@@ -43,8 +43,12 @@ pub(in crate::proxy) fn then_held(
 }
 
 /// Whether a reply can be stamped: a JSON body with a length, all of it already read (the
-/// vetting reads small replies whole).
+/// vetting reads small replies whole), not compressed (the vet relays those unread: an
+/// upstream of the revision's goes through as it came, a held session's is read whole).
 pub(in crate::proxy) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
+    if upstream::content_coding(rhead, buffered) != crate::jsonrpc::probe::Coding::Identity {
+        return false;
+    }
     match rhead.framing {
         // (Exactly the replies `upstream::vet_reply` reads whole and scans: it says where a
         // result lacks `resultType`.)
