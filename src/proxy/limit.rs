@@ -2424,6 +2424,35 @@ mod tests {
     }
 
     #[test]
+    fn an_update_for_an_older_epoch_gives_no_deferral_or_reserve() {
+        let cfg = crate::config::load_str(
+            "traffic:\n  rules:\n    - {name: q, key: [principal], quota: {limit: 10000, window: day}}\n",
+        )
+        .unwrap();
+        let rule = &cfg.traffic.rules[0];
+        let fp = rule.limits[0].fp;
+        let x = installed(&cfg, 1);
+        let local = Local::new(x.clone(), 0);
+        let mut book = Book::default();
+        assert!(local.decide(&cfg.traffic, rule, 1));
+        sync_once(&x, &mut book, now_us(), WALL);
+        // Plenty left: the update lets the worker defer. Before it is applied the entry
+        // starts a new epoch (as a rolled window or a re-created entry does).
+        let mut map = local.map.borrow_mut();
+        map.get_mut(&(fp, 1)).unwrap().epoch = local.epoch();
+        local.apply(&mut map, 0);
+        assert_eq!(map[&(fp, 1)].defer, 0, "the old epoch's deferral");
+        drop(map);
+        // The same update applied to its own epoch does defer.
+        assert!(local.decide(&cfg.traffic, rule, 1));
+        local.send_counted();
+        sync_once(&x, &mut book, now_us(), WALL);
+        let mut map = local.map.borrow_mut();
+        local.apply(&mut map, 0);
+        assert_eq!(map[&(fp, 1)].defer, DEFER);
+    }
+
+    #[test]
     fn a_key_the_exchange_forgets_keeps_the_calls_it_had_not_seen() {
         let cfg = rate_config(100, 100);
         let rule = &cfg.traffic.rules[0];
