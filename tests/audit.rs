@@ -1029,15 +1029,7 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
         }
     });
     let file = temp_path("upstream-errors.jsonl");
-    let mut gw = Gateway::builder()
-        .upstream("up", &up.url())
-        .serve("/mcp", "up")
-        .yaml(&format!(
-            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
-            file.display()
-        ))
-        .start();
-    let mut m = session(&gw);
+    let (mut gw, mut m) = audited_to(&up.url(), &file);
     let tools = [
         "json_error",
         "chunked_error",
@@ -1073,6 +1065,20 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
 }
 
 /// The compressed bytes `body` would be sent as with `Content-Encoding: coding`.
+/// A gateway serving `/mcp` from the upstream at `url`, its audit to `file`, and a session.
+fn audited_to(url: &str, file: &Path) -> (Gateway, Mcp) {
+    let gw = Gateway::builder()
+        .upstream("up", url)
+        .serve("/mcp", "up")
+        .yaml(&format!(
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
+            file.display()
+        ))
+        .start();
+    let m = session(&gw);
+    (gw, m)
+}
+
 fn compress(coding: &str, body: &[u8]) -> Vec<u8> {
     use flate2::{write, Compression};
     match coding {
@@ -1201,15 +1207,7 @@ fn a_compressed_upstream_error_is_recorded_with_its_code() {
         }
     });
     let file = temp_path("compressed-errors.jsonl");
-    let mut gw = Gateway::builder()
-        .upstream("up", &up.url())
-        .serve("/mcp", "up")
-        .yaml(&format!(
-            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n",
-            file.display()
-        ))
-        .start();
-    let mut m = session(&gw);
+    let (mut gw, mut m) = audited_to(&up.url(), &file);
     let tools = [
         "gzip_json",
         "gzip_chunked",

@@ -1400,8 +1400,20 @@ impl Local {
     }
 
     /// A new entry for `k` with `cap` (a first share, or 0), counting in the window ending
-    /// at `window_end`; `(concurrency, looped)` say which kind of limit it is.
-    fn create(&self, map: &mut Map, k: (u64, u64), cap: u64, window_end: i64, kind: (bool, bool)) {
+    /// at `window_end`; `(concurrency, looped)` say which kind of limit it is. A full map
+    /// (`max_keys`) makes room first.
+    fn create(
+        &self,
+        map: &mut Map,
+        max_keys: usize,
+        k: (u64, u64),
+        cap: u64,
+        window_end: i64,
+        kind: (bool, bool),
+    ) {
+        if map.len() >= max_keys {
+            self.evict(map, max_keys);
+        }
         let born = self.epoch();
         let e = Entry {
             epoch: born,
@@ -1483,10 +1495,6 @@ impl Local {
         };
         let k = (l.fp, key);
         if !map.contains_key(&k) {
-            // A full map makes room first (the lookup then happens once more, on this rare path).
-            if map.len() >= t.max_keys {
-                self.evict(map, t.max_keys);
-            }
             // A key the exchange knows (this worker evicted it, or others use it) starts with
             // no share: a first share would be spent again at each evict/re-create cycle.
             let cap = if self.known(k) || self.fleet_first(&l.kind) {
@@ -1495,7 +1503,7 @@ impl Local {
                 initial_share(l.kind.budget(), workers)
             };
             let concurrency = matches!(l.kind, LimitKind::Concurrency { .. });
-            self.create(map, k, cap, window_end, (concurrency, false));
+            self.create(map, t.max_keys, k, cap, window_end, (concurrency, false));
         }
         let Some(e) = map.get_mut(&k) else {
             return Judged::Over {

@@ -185,15 +185,12 @@ impl Local {
         let ends = now.saturating_add(g.window.as_micros() as u64) as i64;
         let k = (g.fp, key);
         if !map.contains_key(&k) {
-            if map.len() >= t.max_keys {
-                self.evict(map, t.max_keys);
-            }
             let cap = if self.known(k) {
                 0
             } else {
                 first_share(g.max, workers, self.worker, key)
             };
-            self.create(map, k, cap, ends, (false, true));
+            self.create(map, t.max_keys, k, cap, ends, (false, true));
         }
         let Some(e) = map.get_mut(&k) else {
             return Judged::Over {
@@ -206,12 +203,7 @@ impl Local {
             // Closed: this call opens the next window here. With a first share only when the
             // exchange does not know the key (else another worker may have opened the next
             // window already: it waits for the exchange's word), or when this worker is alone.
-            let known = workers > 1
-                && self
-                    .exchange
-                    .chans
-                    .get()
-                    .is_some_and(|c| c.known.contains(g.fp, key));
+            let known = workers > 1 && self.known(k);
             e.epoch = self.epoch();
             e.level = 0;
             e.cap = if known {
