@@ -516,15 +516,18 @@ fn listen_streams_are_limited_per_worker_and_end_with_their_result_at_shutdown()
             .contains("limits.listen_streams_per_worker"),
         "{v}"
     );
-    let scrape = gw.metrics();
-    assert_eq!(
+    // Counted by the record phase, which runs after the refusal was written.
+    let refused = || {
         metric(
-            &scrape,
+            &gw.metrics(),
             "tollgate_limit_rejections_total",
-            &[("limit", "listen_streams_per_worker")]
-        ),
-        1.0,
-        "{scrape}"
+            &[("limit", "listen_streams_per_worker")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || refused() == 1.0),
+        "{}",
+        gw.metrics()
     );
     // Shutdown: the final result, then the end of the stream.
     gw.sigterm();
