@@ -38,7 +38,7 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// What the admin listener serves, shared by its connection threads.
 pub struct Admin {
     pub handle: PrometheusHandle,
-    pub hists: super::hist::HistogramSet,
+    pub series: super::series::SeriesSet,
     pub health: Arc<HealthSlot>,
     /// `POST /admin/reload` (from a loopback peer only); `None`: not offered.
     pub reload: Option<ReloadFn>,

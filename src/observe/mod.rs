@@ -1,18 +1,18 @@
 //! Metrics: names in one catalog (`names`), handles resolved once per worker (`WorkerMetrics`),
-//! rendered by the admin listener (`admin`). Recording never allocates or looks up by name.
+//! the request path's counters and histograms in per-worker `series`, rendered by the admin
+//! listener (`admin`). Recording never allocates or looks up by name.
 
 pub mod access;
 pub mod admin;
 pub mod audit;
-pub mod hist;
 pub mod names;
 pub mod otlp;
+pub mod series;
 pub mod tokens;
 pub mod trace;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
@@ -64,10 +64,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(
-        names::REQUESTS_TOTAL,
-        "MCP requests by JSON-RPC method and outcome."
-    );
-    describe_counter!(
         names::TRACE_SPANS_EXPORTED_TOTAL,
         "Spans sent to the OTLP collector (tracing.otlp)."
     );
@@ -78,14 +74,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         names::TRACE_EXPORT_ERRORS_TOTAL,
         "OTLP export POSTs that failed (unreachable, timed out, or not a 2xx answer)."
-    );
-    describe_counter!(
-        names::UPSTREAM_REQUESTS_TOTAL,
-        "Requests sent to each upstream, by result."
-    );
-    describe_counter!(
-        names::TOOL_CALLS_TOTAL,
-        "tools/call requests by endpoint, tool (its name when config names it, else other) and outcome."
     );
     describe_counter!(
         names::UPSTREAM_POOL_DISCARDS_TOTAL,
@@ -253,11 +241,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
          the exchange to stay within traffic.max_global_keys."
     );
     describe_counter!(
-        names::AUTHZ_DECISIONS_TOTAL,
-        "Authorization decisions, one per decided item (tool call, prompt, resource, method; each \
-         batch message on its own), by decision (allow, deny) and reason."
-    );
-    describe_counter!(
         names::AUTH_FAILURES_TOTAL,
         "Requests refused 401 (not authenticated), by reason (token_missing, expired, \
          wrong_audience, alg_not_allowed, unknown_kid, ...)."
@@ -310,52 +293,30 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Upstream result labels for `tollgate_upstream_requests_total`.
-const UPSTREAM_RESULTS: [&str; 5] = ["ok", "status", "unavailable", "timeout", "protocol"];
-
 pub struct UpstreamMetrics {
     /// The upstream's stable id (`mcp::session::upstream_id`).
     id: u64,
-    results: [Counter; 5],
+    /// Counted by `series::UPSTREAM_RESULTS`, with its latency histogram.
+    series: Arc<series::Keyed>,
     /// Indexed by `http::pool::Discard`.
     discards: [Counter; 3],
-    hist: Arc<hist::Hist>,
 }
 
 impl UpstreamMetrics {
-    fn new(id: u64, name: &str, hists: &hist::WorkerHistograms) -> Self {
+    fn new(id: u64, name: &str, series: &series::WorkerSeries) -> Self {
         let n = name.to_string();
         UpstreamMetrics {
             id,
-            results: UPSTREAM_RESULTS.map(|r| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "upstream" => n.clone(), "result" => r)),
+            series: series.upstream(name),
             discards: crate::http::pool::Discard::ALL.map(|d| {
                 metrics::counter!(names::UPSTREAM_POOL_DISCARDS_TOTAL, "upstream" => n.clone(), "reason" => d.as_str())
             }),
-            hist: hists.upstream(name),
         }
     }
 }
 
 /// The label of the tools config does not name, and of those past `observe.max_tool_series`.
 pub const OTHER_TOOL: &str = "other";
-
-/// One tool's handles on one endpoint.
-struct ToolHandles {
-    calls: [Counter; Outcome::ALL.len()],
-    hist: Arc<hist::Hist>,
-}
-
-impl ToolHandles {
-    fn new(server: &str, tool: &str, hists: &hist::WorkerHistograms) -> Rc<Self> {
-        let (s, t) = (server.to_string(), tool.to_string());
-        Rc::new(ToolHandles {
-            calls: Outcome::ALL.map(|o| {
-                metrics::counter!(names::TOOL_CALLS_TOTAL, "server" => s.clone(), "tool" => t.clone(), "outcome" => o.as_str())
-            }),
-            hist: hists.tool(server, tool),
-        })
-    }
-}
 
 /// A worker's tool handles for one config generation, per endpoint: `other`, and by tool name
 /// (`None`: counted as `other`; remembered so a name is judged once). At most
@@ -369,8 +330,8 @@ struct ToolCache {
 
 /// One endpoint's `other` handles and its tools' by name.
 type ServerTools = (
-    Option<Rc<ToolHandles>>,
-    HashMap<Box<str>, Option<Rc<ToolHandles>>>,
+    Option<Arc<series::Keyed>>,
+    HashMap<Box<str>, Option<Arc<series::Keyed>>>,
 );
 
 /// The (endpoint, tool) labels the process has made, shared by the workers: taken only when a
@@ -407,9 +368,9 @@ pub struct ToolCall<'a> {
 
 /// Handles one worker records into, resolved once when the worker starts.
 pub struct WorkerMetrics {
-    requests: Vec<[Counter; Outcome::ALL.len()]>,
-    /// Latency histograms this worker alone writes (merged at scrape time, see `hist`).
-    hists: Arc<hist::WorkerHistograms>,
+    /// The request path's counters and latency histograms, which this worker alone writes
+    /// (merged at scrape time, see `series`).
+    series: Arc<series::WorkerSeries>,
     /// By position in the running config; each knows its upstream's id, so a request begun on
     /// a config a reload replaced still records under its own upstream (`install_upstreams`).
     upstreams: RefCell<Vec<UpstreamMetrics>>,
@@ -421,31 +382,23 @@ pub struct WorkerMetrics {
     pub tls_handshake_failures: [Counter; 2],
     pub sessions_opened: Counter,
     pub sessions_closed: Counter,
-    /// `[allowed][policy::rules::Reason::index]`.
-    authz: [Vec<Counter>; 2],
     /// By `policy::AuthFailure` (position in `AuthFailure::ALL`).
     auth_failures: Vec<Counter>,
     /// `tollgate_auth_token_cache_total{result}`: hit, miss.
     token_cache: [Counter; 2],
     /// By `proxy::introspect::Outcome` (position in `Outcome::ALL`).
     introspections: [Counter; crate::proxy::introspect::Outcome::ALL.len()],
-    /// Per-tool handles, resolved when a tool is first called (`tool_call`).
+    /// Per-tool series, resolved when a tool is first called (`tool_call`).
     tools: RefCell<ToolCache>,
 }
 
 impl WorkerMetrics {
     /// `upstreams`: (stable id, name) of each upstream, in config order.
-    pub fn new(upstreams: &[(u64, &str)], hists: Arc<hist::WorkerHistograms>) -> Self {
-        let requests = Method::ALL
-            .iter()
-            .map(|m| {
-                Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, "method" => m.as_str(), "outcome" => o.as_str()))
-            })
-            .collect();
+    pub fn new(upstreams: &[(u64, &str)], series: Arc<series::WorkerSeries>) -> Self {
         let upstreams = RefCell::new(
             upstreams
                 .iter()
-                .map(|(id, name)| UpstreamMetrics::new(*id, name, &hists))
+                .map(|(id, name)| UpstreamMetrics::new(*id, name, &series))
                 .collect(),
         );
         // Limit kinds get no `rejections_total` series: they are counted only as limits.
@@ -468,8 +421,7 @@ impl WorkerMetrics {
             })
             .collect();
         WorkerMetrics {
-            requests,
-            hists,
+            series,
             upstreams,
             rejections,
             limits,
@@ -479,20 +431,15 @@ impl WorkerMetrics {
                 .map(|r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r)),
             sessions_opened: metrics::counter!(names::SESSIONS_OPENED_TOTAL),
             sessions_closed: metrics::counter!(names::SESSIONS_CLOSED_TOTAL),
-            authz: ["deny", "allow"].map(|d| {
-                crate::policy::rules::Reason::ALL
-                    .iter()
-                    .map(|r| metrics::counter!(names::AUTHZ_DECISIONS_TOTAL, "decision" => d, "reason" => r.as_str()))
-                    .collect()
-            }),
             auth_failures: crate::policy::AuthFailure::ALL
                 .iter()
                 .map(|f| metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => f.reason()))
                 .collect(),
             token_cache: ["hit", "miss"]
                 .map(|r| metrics::counter!(names::AUTH_TOKEN_CACHE_TOTAL, "result" => r)),
-            introspections: crate::proxy::introspect::Outcome::ALL
-                .map(|o| metrics::counter!(names::AUTH_INTROSPECTIONS_TOTAL, "result" => o.as_str())),
+            introspections: crate::proxy::introspect::Outcome::ALL.map(
+                |o| metrics::counter!(names::AUTH_INTROSPECTIONS_TOTAL, "result" => o.as_str()),
+            ),
             tools: RefCell::default(),
         }
     }
@@ -516,7 +463,7 @@ impl WorkerMetrics {
                 Some(h) => h.clone(),
                 None => {
                     let h = (named(c.tool) && admit_tool_series(c.path, c.tool, c.max_series))
-                        .then(|| ToolHandles::new(c.path, c.tool, &self.hists));
+                        .then(|| self.series.tool(c.path, c.tool));
                     if by_name.len() < c.max_series.saturating_mul(2) {
                         by_name.insert(c.tool.into(), h.clone());
                     }
@@ -529,24 +476,24 @@ impl WorkerMetrics {
         let h = match own {
             Some(h) => h,
             None => other
-                .get_or_insert_with(|| ToolHandles::new(c.path, OTHER_TOOL, &self.hists))
+                .get_or_insert_with(|| self.series.tool(c.path, OTHER_TOOL))
                 .clone(),
         };
-        h.calls[c.outcome as usize].increment(1);
+        h.counts[c.outcome as usize].incr();
         h.hist.record(c.seconds);
     }
 
     #[inline]
     pub fn request(&self, method: Method, outcome: Outcome, seconds: f64) {
-        let i = method.index();
-        self.requests[i][outcome as usize].increment(1);
-        self.hists.request[i].record(seconds);
+        let r = &self.series.request[method.index()];
+        r.counts[outcome as usize].incr();
+        r.hist.record(seconds);
     }
 
     /// One authorization decision.
     #[inline]
     pub fn authz(&self, allowed: bool, reason: crate::policy::rules::Reason) {
-        self.authz[usize::from(allowed)][reason.index()].increment(1);
+        self.series.authz[usize::from(allowed)][reason.index()].incr();
     }
 
     /// Token cache lookups since the last call (`policy::authn::Authn::unpublished`).
@@ -593,7 +540,7 @@ impl WorkerMetrics {
             .iter()
             .map(|(id, name)| match old.iter().position(|m| m.id == *id) {
                 Some(i) => old.swap_remove(i),
-                None => UpstreamMetrics::new(*id, name, &self.hists),
+                None => UpstreamMetrics::new(*id, name, &self.series),
             })
             .collect();
         *self.upstreams.borrow_mut() = new;
@@ -635,9 +582,9 @@ impl WorkerMetrics {
             Err(Kind::UpstreamProtocol) => 4,
             Err(_) => 2,
         };
-        u.results[slot].increment(1);
+        u.series.counts[slot].incr();
         if result.is_ok() {
-            u.hist.record(seconds);
+            u.series.hist.record(seconds);
         }
     }
 }

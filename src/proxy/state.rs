@@ -380,13 +380,13 @@ impl WorkerState {
     pub fn new(
         gw: Arc<Gateway>,
         index: usize,
-        hists: Arc<crate::observe::hist::WorkerHistograms>,
+        series: Arc<crate::observe::series::WorkerSeries>,
     ) -> Self {
         let replicas = super::replicas::Local::default();
         replicas.register(&gw.upstreams, &gw.health);
         WorkerState {
             pool: RefCell::new(Pool::new(gw.pool_keys())),
-            metrics: WorkerMetrics::new(&gw.upstream_labels(), hists),
+            metrics: WorkerMetrics::new(&gw.upstream_labels(), series),
             access: crate::observe::access::AccessWriter::new(gw.config.log.json),
             connections: Cell::new(0),
             shutdown: LocalShutdown::default(),

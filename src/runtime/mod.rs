@@ -91,11 +91,9 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .map(|l| l.local_addr())
         .transpose()?;
 
-    // Latency histograms: one set per worker, merged when /metrics is scraped.
-    let hists = crate::observe::hist::HistogramSet::new(
-        workers,
-        crate::mcp::Method::ALL.iter().map(|m| m.as_str()).collect(),
-    );
+    // The request path's counters and histograms: one set per worker, merged when /metrics is
+    // scraped.
+    let series = crate::observe::series::SeriesSet::new(workers);
 
     // Admin thread and histogram upkeep.
     let admin_stop = Arc::new(AtomicBool::new(false));
@@ -103,7 +101,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(l) = admin_listener {
         let admin = crate::observe::admin::Admin {
             handle: handle.clone(),
-            hists: hists.clone(),
+            series: series.clone(),
             health: health.clone(),
             reload: Some({
                 let r = reloader.clone();
@@ -141,7 +139,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let rt = &gw.config.runtime;
     let handles = {
         let (gw, started, slots) = (gw.clone(), started.clone(), slots.clone());
-        let per_worker = hists.workers.clone();
+        let per_worker = series.workers.clone();
         driver::spawn_runtimes(
             "worker",
             workers,
@@ -152,14 +150,14 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 let gw = gw.clone();
                 let started = started.clone();
                 let taken = slots.lock().ok().and_then(|mut s| s[i].take());
-                let my_hists = per_worker[i].clone();
+                let my_series = per_worker[i].clone();
                 async move {
                     let Some((listener, inbox)) = taken else {
                         return;
                     };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
-                    let state = WorkerState::new(gw, i, my_hists);
+                    let state = WorkerState::new(gw, i, my_series);
                     worker_main(Rc::new(state), listener, inbox, started).await;
                 }
             },

@@ -79,7 +79,7 @@ pub(super) fn handle_one(
     let (status, ctype, body): (u16, &str, &[u8]) = match path.as_str() {
         "/metrics" => {
             let mut text = admin.handle.render();
-            admin.hists.render(&mut text);
+            admin.series.render(&mut text);
             admin.health.current().render_up(&mut text);
             metrics = text;
             (

@@ -56,10 +56,8 @@ pub fn probe(config: Config) -> anyhow::Result<Outcome> {
         entries,
         |_, _| {},
         |_| async move {
-            let hists = Arc::new(crate::observe::hist::WorkerHistograms::new(
-                crate::mcp::Method::ALL.len(),
-            ));
-            let w = Rc::new(WorkerState::new(gw.clone(), 0, hists));
+            let series = Arc::default();
+            let w = Rc::new(WorkerState::new(gw.clone(), 0, series));
             // The coarse clock the upstream deadlines run on (a worker's tick does this).
             let ticker = w.clone();
             monoio::spawn(async move {
