@@ -96,17 +96,10 @@ fn a_slow_loris_on_metrics_neither_blocks_probes_nor_outlives_request_timeout() 
         "cut off after {took:?}, before admin.request_timeout"
     );
     // Counted by the connection's thread once it gave up on it, after the close the slow
-    // client saw: wait for it (bounded).
-    let cut = || {
-        counter(
-            &gw.metrics(),
-            "tollgate_admin_limit_rejections_total{limit=\"request_timeout\"} ",
-        )
-    };
-    assert!(
-        harness::eventually(Duration::from_secs(10), || cut() >= 1.0),
-        "{}",
-        gw.metrics()
+    // client saw.
+    gw.await_metric(
+        "tollgate_admin_limit_rejections_total{limit=\"request_timeout\"}",
+        |n| n >= 1.0,
     );
 }
 

@@ -403,16 +403,9 @@ fn a_rego_policy_decides_each_call_with_the_principal_and_the_tools_annotations(
     assert_eq!(r["result"]["content"][0]["text"], "3", "{r}");
     // The reader's denials are counted by their record phase, after each answer was written
     // (the admin's requests may be served by another worker meanwhile).
-    let denied = || {
-        metric_value(
-            &gw.metrics(),
-            "tollgate_authz_decisions_total{decision=\"deny\",reason=\"rego\"}",
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || denied() >= 2.0),
-        "{}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_authz_decisions_total{decision=\"deny\",reason=\"rego\"}",
+        |n| n >= 2.0,
     );
 }
 
@@ -954,15 +947,8 @@ fn rotation_after_a_slow_start(first_fetch_answered: bool) {
     assert_eq!(fetches.load(Ordering::SeqCst), 2 + failed, "{case}");
     // A refresh is counted after its keys were handed to the workers: the request they let in
     // may be answered first.
-    let refreshed = || {
-        metric_value(
-            &gw.metrics(),
-            "tollgate_auth_key_refreshes_total{issuer=\"rotating\",result=\"ok\"}",
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || refreshed() == 2.0),
-        "{case}: {}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_auth_key_refreshes_total{issuer=\"rotating\",result=\"ok\"}",
+        |n| n == 2.0,
     );
 }

@@ -90,16 +90,9 @@ fn tokens_from_a_real_authorization_server_are_verified_with_discovered_keys() {
     assert!(tool_names(&list_with(&gw, &fresh)).len() >= 6);
     // A refresh is counted after its keys were handed to the workers: the request they let in
     // may be answered first.
-    let refreshed = || {
-        metric_value(
-            &gw.metrics(),
-            "tollgate_auth_key_refreshes_total{issuer=\"oidc\",result=\"ok\"}",
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || refreshed() >= 2.0),
-        "{}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_auth_key_refreshes_total{issuer=\"oidc\",result=\"ok\"}",
+        |n| n >= 2.0,
     );
 }
 

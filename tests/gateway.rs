@@ -274,16 +274,9 @@ fn upstream_down_is_a_jsonrpc_error_naming_the_upstream() {
     );
     // Counted by the record phase, after the answer was written; the series is there at zero
     // from the start, so its value is what tells.
-    let unavailable = || {
-        harness::metric_value(
-            &gw.metrics(),
-            "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}",
-        )
-    };
-    assert!(
-        harness::eventually(Duration::from_secs(10), || unavailable() == 1.0),
-        "{}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}",
+        |n| n == 1.0,
     );
 }
 

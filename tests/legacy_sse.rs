@@ -249,13 +249,9 @@ fn forged_and_ended_stream_ids_are_404_with_a_json_rpc_error() {
     }));
     // Each 404 above is counted by its record phase, after it was written; the series is
     // there at zero from the start, so its value is what tells.
-    assert!(
-        eventually(Duration::from_secs(10), || metric_value(
-            &gw.metrics(),
-            "tollgate_rejections_total{reason=\"legacy_stream_unknown\"}"
-        ) >= 1.0),
-        "{}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_rejections_total{reason=\"legacy_stream_unknown\"}",
+        |n| n >= 1.0,
     );
     // Wrong methods on the legacy paths.
     let r = gw.client().request("GET", "/mcp/messages", &[], b"");

@@ -72,16 +72,9 @@ fn a_tool_with_its_own_timeout_times_out_while_others_wait_longer() {
     assert_eq!(r["result"]["content"][0]["text"], "ran patient", "{r}");
     // Counted by the first call's record phase, after its answer was written (m2 may have
     // been served by another worker meanwhile).
-    let timeouts = || {
-        harness::metric_value(
-            &gw.metrics(),
-            "tollgate_upstream_requests_total{upstream=\"up\",result=\"timeout\"}",
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || timeouts() == 1.0),
-        "{}",
-        gw.metrics()
+    gw.await_metric(
+        "tollgate_upstream_requests_total{upstream=\"up\",result=\"timeout\"}",
+        |n| n == 1.0,
     );
 }
 
@@ -199,18 +192,12 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
     assert!(retry > 0 && retry <= 1000, "{v}");
     // The refusal is counted by its record phase, after it was written (the series is there
     // at zero from the start: its value is what tells).
-    let refused = |m: &str| {
-        harness::metric_value(
-            m,
-            "tollgate_rejections_total{reason=\"upstream_circuit_open\"}",
-        )
-    };
-    let mut metrics = String::new();
-    let counted = eventually(Duration::from_secs(10), || {
-        metrics = gw.metrics();
-        refused(&metrics) == 1.0
-    });
-    assert!(counted, "{metrics}");
+    gw.await_metric(
+        "tollgate_rejections_total{reason=\"upstream_circuit_open\"}",
+        |n| n == 1.0,
+    );
+    // (Counted before the refusal was written.)
+    let metrics = gw.metrics();
     assert!(metrics
         .contains("tollgate_upstream_circuit_transitions_total{upstream=\"flaky\",to=\"open\"} 1"));
     // The refusal sent nothing: the three failed exchanges are all the upstream's count.

@@ -446,16 +446,9 @@ fn client_certificates_required() {
         );
         // The refused handshakes are counted after their connections were shut down: the
         // clients may see the close first.
-        let failed = || {
-            metric_value(
-                &gw.metrics(),
-                "tollgate_tls_handshake_failures_total{reason=\"error\"}",
-            )
-        };
-        assert!(
-            harness::eventually(Duration::from_secs(10), || failed() >= 2.0),
-            "{driver:?}: {}",
-            gw.metrics()
+        gw.await_metric(
+            "tollgate_tls_handshake_failures_total{reason=\"error\"}",
+            |n| n >= 2.0,
         );
     }
 }
