@@ -272,13 +272,11 @@ fn upstream_down_is_a_jsonrpc_error_naming_the_upstream() {
             .contains("\"payments\""),
         "{v}"
     );
-    // A notification cannot carry a JSON-RPC error: 502.
-    let metrics = gw.metrics();
-    assert!(
-        metrics.contains(
-            "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}"
-        ),
-        "{metrics}"
+    // Counted by the record phase, after the answer was written; the series is there at zero
+    // from the start, so its value is what tells.
+    gw.await_metric(
+        "tollgate_upstream_requests_total{upstream=\"payments\",result=\"unavailable\"}",
+        |n| n == 1.0,
     );
 }
 
@@ -542,27 +540,34 @@ fn metrics_count_requests_by_method_and_outcome() {
     for _ in 0..3 {
         mcp.call_tool("echo", json!({"text": "x"}));
     }
-    // A request is counted once its response is written, so the scrape may briefly trail it.
-    let calls_line = |m: &str| {
-        m.lines()
-            .find(|l| {
-                l.starts_with("tollgate_requests_total{method=\"tools/call\",outcome=\"ok\"}")
-            })
-            .map(str::to_string)
+    // A request is counted (and its durations recorded) by the record phase, once its response
+    // is written, so the scrape may briefly trail it. Every series below is there at zero from
+    // the start: their values are checked.
+    let counts = |m: &str| {
+        [
+            "tollgate_requests_total{method=\"tools/call\",outcome=\"ok\"}",
+            "tollgate_request_duration_seconds_count{method=\"tools/call\"}",
+        ]
+        .map(|series| harness::metric_value(m, series))
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let m = loop {
-        let m = gw.metrics();
-        if calls_line(&m).is_some_and(|l| l.ends_with(" 3")) || Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // initialize, notifications/initialized and the three calls: at least the calls.
+    let upstream = |m: &str| {
+        harness::metric_value(
+            m,
+            "tollgate_upstream_duration_seconds_count{upstream=\"up\"}",
+        )
     };
-    let line = calls_line(&m).unwrap_or_else(|| panic!("{m}"));
-    assert!(line.ends_with(" 3"), "{line}");
-    assert!(m.contains("tollgate_request_duration_seconds_bucket{method=\"tools/call\""));
-    assert!(m.contains("tollgate_upstream_duration_seconds_count{upstream=\"up\"}"));
-    assert!(m.contains("tollgate_connections_open"));
+    let mut m = String::new();
+    let settled = harness::eventually(Duration::from_secs(10), || {
+        m = gw.metrics();
+        counts(&m) == [3.0; 2] && upstream(&m) >= 3.0
+    });
+    assert!(settled, "{m}");
+    assert_eq!(
+        harness::metric_value(&m, "tollgate_connections_open"),
+        1.0,
+        "{m}"
+    );
     assert!(m.contains("tollgate_sessions_opened_total 1"));
     let mut h = Http::connect(gw.admin.unwrap());
     assert_eq!(h.request("GET", "/healthz", &[], b"").status, 200);

@@ -247,8 +247,12 @@ fn forged_and_ended_stream_ids_are_404_with_a_json_rpc_error() {
             && metric_value(&m, "tollgate_legacy_sse_streams_open") == 0.0
             && m.contains("tollgate_legacy_sse_streams_ended_total{reason=\"client_closed\"} 1")
     }));
-    let m = gw.metrics();
-    assert!(m.contains("tollgate_rejections_total{reason=\"legacy_stream_unknown\"}"));
+    // Each 404 above is counted by its record phase, after it was written; the series is
+    // there at zero from the start, so its value is what tells.
+    gw.await_metric(
+        "tollgate_rejections_total{reason=\"legacy_stream_unknown\"}",
+        |n| n >= 1.0,
+    );
     // Wrong methods on the legacy paths.
     let r = gw.client().request("GET", "/mcp/messages", &[], b"");
     assert_eq!(r.status, 405);

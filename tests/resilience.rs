@@ -70,10 +70,11 @@ fn a_tool_with_its_own_timeout_times_out_while_others_wait_longer() {
     let mut m2 = session(&gw);
     let r = m2.call_tool("patient", json!({}));
     assert_eq!(r["result"]["content"][0]["text"], "ran patient", "{r}");
-    let metrics = gw.metrics();
-    assert!(
-        metrics.contains("tollgate_upstream_requests_total{upstream=\"up\",result=\"timeout\"} 1"),
-        "{metrics}"
+    // Counted by the first call's record phase, after its answer was written (m2 may have
+    // been served by another worker meanwhile).
+    gw.await_metric(
+        "tollgate_upstream_requests_total{upstream=\"up\",result=\"timeout\"}",
+        |n| n == 1.0,
     );
 }
 
@@ -189,11 +190,14 @@ fn the_circuit_opens_on_failures_fails_fast_and_closes_after_a_probe() {
     assert_eq!(err["data"]["upstream"], "flaky", "{v}");
     let retry = err["data"]["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!(retry > 0 && retry <= 1000, "{v}");
-    let metrics = gw.metrics();
-    assert!(
-        metrics.contains("tollgate_rejections_total{reason=\"upstream_circuit_open\"}"),
-        "{metrics}"
+    // The refusal is counted by its record phase, after it was written (the series is there
+    // at zero from the start: its value is what tells).
+    gw.await_metric(
+        "tollgate_rejections_total{reason=\"upstream_circuit_open\"}",
+        |n| n == 1.0,
     );
+    // (Counted before the refusal was written.)
+    let metrics = gw.metrics();
     assert!(metrics
         .contains("tollgate_upstream_circuit_transitions_total{upstream=\"flaky\",to=\"open\"} 1"));
     // The refusal sent nothing: the three failed exchanges are all the upstream's count.

@@ -46,19 +46,21 @@ fn call(gw: &Gateway, tool: &str) {
     assert!(r.get("result").is_some(), "{r}");
 }
 
-/// A scrape taken once `n` calls are counted under any tool label (the record phase counts a
-/// call after its answer is written: the scrape may come first), or after 10 s, whatever it says.
+/// A scrape taken once `n` calls are counted, and their durations observed, under any tool
+/// label (the record phase counts a call after its answer is written, and observes its
+/// duration just after counting it: the scrape may come first), or after 10 s, whatever it says.
 fn scrape_once_counted(gw: &Gateway, n: usize) -> String {
-    let total = |m: &str| -> f64 {
+    let total = |m: &str, family: &str| -> f64 {
         m.lines()
-            .filter(|l| l.starts_with("tollgate_tool_calls_total{"))
+            .filter(|l| l.starts_with(family))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
     let mut m = String::new();
     harness::eventually(std::time::Duration::from_secs(10), || {
         m = gw.metrics();
-        total(&m) >= n as f64
+        total(&m, "tollgate_tool_calls_total{") >= n as f64
+            && total(&m, "tollgate_tool_duration_seconds_count{") >= n as f64
     });
     m
 }

@@ -295,7 +295,7 @@ impl Coding {
 pub enum Unread {
     /// A `Content-Encoding` the probe does not decode (br, zstd, …).
     Encoding,
-    /// `audit.max_decoded` bytes were decoded and the reply went on.
+    /// The reply decodes to more than `audit.max_decoded` bytes (the first that many were read).
     Limit,
     /// The compressed bytes were not valid gzip or deflate.
     Corrupt,
@@ -529,7 +529,8 @@ impl ReplyProbe {
     }
 
     /// Decodes compressed `bytes` and reads what they decode to, until the code is known, the
-    /// stream ends, or `max_decoded` bytes were decoded (a zip bomb costs that much at most).
+    /// stream ends, or it decodes to more than `max_decoded` bytes (a zip bomb costs that much,
+    /// and one byte, at most).
     fn inflate(&mut self, bytes: &[u8]) {
         // Taken out while the reader runs (it borrows the rest of `self`); put back unless
         // decoding ended, when its memory goes at once rather than with the request.
@@ -592,15 +593,18 @@ impl ReplyProbe {
         };
         let mut out = [0u8; INFLATE_CHUNK];
         loop {
-            if z.left == 0 {
-                return Err(Some(Unread::Limit));
-            }
-            let room = z.left.min(INFLATE_CHUNK as u64) as usize;
+            // Room for one byte past the bound: a reply of exactly `max_decoded` bytes is read
+            // whole (its end may only show on a later call), one byte more is not.
+            let room = z.left.saturating_add(1).min(INFLATE_CHUNK as u64) as usize;
             let (in0, out0) = (d.total_in(), d.total_out());
             let status = d.decompress(bytes, &mut out[..room], flate2::FlushDecompress::None);
             let used = (d.total_in() - in0) as usize;
             let made = (d.total_out() - out0) as usize;
             bytes = &bytes[used..];
+            if made as u64 > z.left {
+                self.read(&out[..z.left as usize]);
+                return Err(Some(Unread::Limit));
+            }
             z.left -= made as u64;
             self.read(&out[..made]);
             match status {
@@ -1013,6 +1017,51 @@ mod compressed {
         p.feed(&gzip(ERROR));
         assert!(codes(&p).is_empty());
         assert_eq!(p.unread(), Some(Unread::Limit));
+    }
+
+    /// A reply that decodes to exactly `max_decoded` bytes is read whole; one byte more is
+    /// `Limit` (whole, split at every point, byte by byte; in one decoder chunk or several).
+    #[test]
+    fn a_reply_of_exactly_max_decoded_bytes_is_read_whole() {
+        let event = "data: {\"jsonrpc\":\"2.0\",\"id\":\"a\",\"error\":{\"code\":-32001}}\n\n";
+        let padded = format!(": {}\n{event}", "p".repeat(3 * super::INFLATE_CHUNK));
+        let cases = [
+            (true, event.to_string()),
+            (true, padded),
+            (false, String::from_utf8(ERROR.to_vec()).unwrap()),
+        ];
+        for (sse, body) in &cases {
+            let len = body.len() as u64;
+            for (coding, wire) in [
+                (Coding::Gzip, gzip(body.as_bytes())),
+                (Coding::Deflate, zlib(body.as_bytes())),
+                (Coding::Deflate, raw_deflate(body.as_bytes())),
+            ] {
+                let read = |max: u64, pieces: &[&[u8]]| {
+                    let mut p = ReplyProbe::coded(*sse, coding, max);
+                    for piece in pieces {
+                        p.feed(piece);
+                    }
+                    (p.unread(), codes(&p).len())
+                };
+                let bytewise: Vec<&[u8]> = wire.chunks(1).collect();
+                for cut in (0..=wire.len()).map(|c| [&wire[..c], &wire[c..]]) {
+                    let at = format!("{coding:?} sse {sse} cut at {}", cut[0].len());
+                    assert_eq!(read(len, &cut), (None, 1), "max: {at}");
+                    assert_eq!(read(len - 1, &cut).0, Some(Unread::Limit), "max - 1: {at}");
+                }
+                assert_eq!(
+                    read(len, &bytewise),
+                    (None, 1),
+                    "max: {coding:?} byte by byte"
+                );
+                assert_eq!(
+                    read(len - 1, &bytewise).0,
+                    Some(Unread::Limit),
+                    "max - 1: {coding:?} byte by byte"
+                );
+            }
+        }
     }
 
     #[test]

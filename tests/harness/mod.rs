@@ -247,6 +247,21 @@ impl Gateway {
         String::from_utf8(r.body).unwrap()
     }
 
+    /// Waits (up to 10 s) until the value of `series` (a name with its labels, as the scrape
+    /// spells them; -1 when absent) is as `want`s, and returns it; panics with the scrape
+    /// otherwise. For what is counted after the reply a test read (the record phase, after a
+    /// close, on a thread of the gateway's own), which a scrape at once may miss.
+    pub fn await_metric(&self, series: &str, want: impl Fn(f64) -> bool) -> f64 {
+        let mut scrape = String::new();
+        let held = eventually(Duration::from_secs(10), || {
+            scrape = self.metrics();
+            want(metric_value(&scrape, series))
+        });
+        let got = metric_value(&scrape, series);
+        assert!(held, "{series} is {got} after 10 s:\n{scrape}");
+        got
+    }
+
     /// The config file the gateway was started with (a reload re-reads it).
     pub fn config_path(&self) -> PathBuf {
         self.proc.dir.join("tollgate.yaml")

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -203,8 +203,9 @@ fn a_response_written_on_connect_never_reaches_another_client(d: Driver) {
 }
 
 /// Bursts of 16 concurrent calls and single calls, separated by pauses longer than the
-/// upstream's 1 s keep-alive: every call must succeed. Returns what failed.
-fn bursts_and_pauses(gw: &Gateway, sid: &str) -> Vec<String> {
+/// upstream's 1 s keep-alive (`pauses` counts those over): every call must succeed. Returns
+/// what failed.
+fn bursts_and_pauses(gw: &Gateway, sid: &str, pauses: &AtomicUsize) -> Vec<String> {
     let failures = Mutex::new(vec![]);
     let check = |text: String, r: Result<RawResponse, String>| {
         let outcome = r.and_then(|r| result_text(&r));
@@ -229,6 +230,7 @@ fn bursts_and_pauses(gw: &Gateway, sid: &str) -> Vec<String> {
             }
         });
         std::thread::sleep(Duration::from_millis(1500));
+        pauses.fetch_add(1, Ordering::SeqCst);
         for i in 0..4 {
             let text = format!("after-pause-{cycle}-{i}");
             check(
@@ -237,6 +239,7 @@ fn bursts_and_pauses(gw: &Gateway, sid: &str) -> Vec<String> {
             );
         }
         std::thread::sleep(Duration::from_millis(1500));
+        pauses.fetch_add(1, Ordering::SeqCst);
     }
     failures.into_inner().unwrap()
 }
@@ -252,7 +255,7 @@ fn an_upstream_closing_idle_connections_after_1s_loses_no_call(d: Driver) {
         .serve("/mcp", "hostile")
         .start();
     let sid = session(&gw).session.unwrap();
-    let failures = bursts_and_pauses(&gw, &sid);
+    let failures = bursts_and_pauses(&gw, &sid, &AtomicUsize::new(0));
     assert!(
         failures.is_empty(),
         "calls lost to upstream connections closed while idle:\n- {}",
@@ -262,26 +265,26 @@ fn an_upstream_closing_idle_connections_after_1s_loses_no_call(d: Driver) {
 
 fn a_keep_alive_timeout_from_the_upstream_is_honoured(d: Driver) {
     let reused_late: Arc<Mutex<Vec<String>>> = Arc::default();
+    let pauses = Arc::new(AtomicUsize::new(0));
     let up = {
-        let reused_late = reused_late.clone();
+        let (reused_late, pauses) = (reused_late.clone(), pauses.clone());
         Scripted::start(move |mut s, n| {
-            let mut last_reply: Option<Instant> = None;
+            // By order, not by time: a connection whose last reply came before a pause of
+            // 1.5 s (longer than timeout=1) must not carry another request.
+            let mut replied_before: Option<usize> = None;
             while let Some(req) = scripted::read_request(&mut s) {
-                if let Some(t) = last_reply {
-                    // The gateway's clock is coarse (50 ms): allow for it.
-                    if t.elapsed() > Duration::from_millis(1200) {
-                        reused_late.lock().unwrap().push(format!(
-                            "connection {n} reused {:?} after a reply announcing timeout=1",
-                            t.elapsed()
-                        ));
-                    }
+                let now = pauses.load(Ordering::SeqCst);
+                if replied_before.is_some_and(|p| p < now) {
+                    reused_late.lock().unwrap().push(format!(
+                        "connection {n} reused after a pause longer than the timeout=1 its last reply announced"
+                    ));
                 }
                 let reply = scripted::mcp_basics(&req).unwrap_or_else(|| echo(&req));
                 let reply = scripted::with_header(&reply, "Keep-Alive", "timeout=1");
                 if s.write_all(&reply).is_err() {
                     return;
                 }
-                last_reply = Some(Instant::now());
+                replied_before = Some(pauses.load(Ordering::SeqCst));
             }
         })
     };
@@ -290,7 +293,7 @@ fn a_keep_alive_timeout_from_the_upstream_is_honoured(d: Driver) {
         .serve("/mcp", "hostile")
         .start();
     let sid = session(&gw).session.unwrap();
-    let mut failures = bursts_and_pauses(&gw, &sid);
+    let mut failures = bursts_and_pauses(&gw, &sid, &pauses);
     failures.extend(reused_late.lock().unwrap().iter().cloned());
     assert!(
         failures.is_empty(),

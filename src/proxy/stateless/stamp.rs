@@ -179,3 +179,33 @@ pub(in crate::proxy) fn stamp_body(body: &[u8], stamp: &[u8], ctx: &Ctx) -> Opti
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::parse_response;
+
+    /// Whether the whole reply `head` + `body` (with its length) is stampable.
+    fn whole_reply_stampable(head: &str, body: &str) -> bool {
+        let reply = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let rhead = parse_response(reply.as_bytes(), &mut headers, 1024, false)
+            .unwrap()
+            .unwrap();
+        stampable(&rhead, reply.as_bytes())
+    }
+
+    #[test]
+    fn a_compressed_reply_is_not_stampable() {
+        let json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n";
+        // (The body's bytes do not matter: only the head says how it is coded.)
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        assert!(whole_reply_stampable(json, body), "the identity control");
+        for coding in ["gzip", "deflate", "br", "x-gzip, identity", "gzip, br"] {
+            let head = format!("{json}Content-Encoding: {coding}\r\n");
+            assert!(!whole_reply_stampable(&head, body), "{coding}");
+        }
+        let identity = format!("{json}Content-Encoding: identity\r\n");
+        assert!(whole_reply_stampable(&identity, body), "identity named");
+    }
+}
