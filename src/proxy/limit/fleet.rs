@@ -7,7 +7,7 @@
 //! Each sync also announces this instance in the sorted set `<prefix>instances` (member: an id
 //! random per process, score: the wall clock in ms), drops the members not heard of for
 //! `liveness` and counts the rest: the live instances, among which the exchange splits what
-//! the fleet has left of each budget (`limit::redis_sync`).
+//! the fleet has left of each budget (`sync::redis_sync`).
 
 use std::time::{Duration, Instant};
 

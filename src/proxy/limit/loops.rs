@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use crate::policy::traffic::{LimitKind, LoopGuard, Traffic};
 
-use super::{
-    now_us, send_shares, Book, Chans, Def, Entry, Event, Exchange, Global, Judged, Local, Map,
-};
+use super::exchange::{Chans, Def, Event, Exchange};
+use super::local::{Entry, Local, Map};
+use super::sync::{send_shares, Book, Global};
+use super::{now_us, Judged};
 
 /// The exchange's loop windows, apart from the limits' keys: every distinct call makes one, and
 /// a sync visits only those its events touched and those whose window ended, never them all.
@@ -258,7 +259,8 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use super::super::{sync_once, Book, Exchange, REDIS_CLOSED};
+    use super::super::exchange::{Exchange, REDIS_CLOSED};
+    use super::super::sync::{sync_once, Book};
     use super::*;
     use crate::config::Config;
 
