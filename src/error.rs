@@ -199,7 +199,7 @@ kinds! {
         answer: Answer::ToolError,
         ..row(200, FORBIDDEN, Client, "forbidden")
     };
-    // Traffic rules (`traffic.rules`, src/proxy/limit.rs): HTTP 200 in both eras (a 429 ends
+    // Traffic rules (`traffic.rules`, src/proxy/limit/): HTTP 200 in both eras (a 429 ends
     // sessions in Python mcp 1.x), with Retry-After. A rule that names tools answers a tool
     // call in band, so the model reads when to retry; any other throttle is a JSON-RPC error.
     Throttled => Row {
