@@ -186,7 +186,7 @@ pub fn table_row(name: &str, s: &Summary) -> String {
         s.send_lag_p50_us,
         s.send_lag_p99_us,
         s.send_lag_max_us,
-        s.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+        s.cpu_us_per_req.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
         opt(s.rss_kib),
         opt(s.peak_rss_kib),
     )

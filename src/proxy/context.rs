@@ -301,7 +301,7 @@ impl Ctx {
     ) -> Self {
         Ctx {
             gen,
-            started: Instant::now(),
+            started: crate::runtime::clock::now(),
             http_method,
             http10,
             era: Era::Session,
@@ -391,7 +391,7 @@ fn outcome_of(kind: Kind) -> Outcome {
 
 /// Phase: record. Runs once for every request that got this far, refused or not.
 pub fn record(w: &WorkerState, c: &Client, ctx: &Ctx) {
-    let elapsed = ctx.started.elapsed();
+    let elapsed = crate::runtime::clock::now().saturating_duration_since(ctx.started);
     if !ctx.held.is_empty() {
         // Token quotas: what this request's reply pulled into the client's context.
         super::limit::charge_relayed(ctx, c.sent - ctx.sent_before);

@@ -835,7 +835,7 @@ async fn forward(
     if !ctx.gw().upstreams[u].tool_timeouts.is_empty() {
         ctx.tool_timeout = tool_timeout(w, ctx, u);
     }
-    let t_up = Instant::now();
+    let t_up = crate::runtime::clock::now();
     let caller = ctx.caller();
     let req = std::mem::take(&mut c.up_out);
     let safe = || retry_safe(w, ctx);
@@ -934,7 +934,7 @@ async fn respond(
             ctx.upstream_call = Some(UpstreamCall {
                 upstream: u,
                 result: Err(e.kind),
-                elapsed: t_up.elapsed(),
+                elapsed: crate::runtime::clock::now().saturating_duration_since(t_up),
             });
             tracing::warn!(upstream = %up.name, error = %e.reason, "upstream exchange failed");
             return refuse(c, ctx, e.into()).await;
@@ -950,7 +950,7 @@ async fn respond(
     let timeout = ctx.tool_timeout.unwrap_or(up.request_timeout);
     let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, timeout, expect_id).await;
     // Also when the connection goes back to the pool (`pool_put`: never after the put).
-    let vetted_at = Instant::now();
+    let vetted_at = crate::runtime::clock::now();
     ctx.vetted_at = Some(vetted_at);
     // The exchange left a 2xx to this vet (`Terms::vets`: both callers ask for it): an
     // unusable one is a failure for the upstream's circuit breaker.
@@ -967,7 +967,7 @@ async fn respond(
             upstream::Vetted::Unusable { kind, .. } => Err(*kind),
             _ => Ok(rhead.status),
         },
-        elapsed: vetted_at - t_up,
+        elapsed: vetted_at.saturating_duration_since(t_up),
     });
     let bare_result = match vetted {
         upstream::Vetted::Relay { bare_result, code } => {

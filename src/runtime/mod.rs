@@ -3,6 +3,7 @@
 //! Workers share only the immutable `Gateway` and talk through its control channel. Building the
 //! gateway is `proxy::build`'s business; this module only runs threads.
 
+pub mod clock;
 pub mod driver;
 pub mod listen;
 
@@ -94,6 +95,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     // The request path's counters and histograms: one set per worker, merged when /metrics is
     // scraped.
     let series = crate::observe::series::SeriesSet::new(workers);
+    // The request path's clock calibrates here, before any request.
+    clock::init();
 
     // Admin thread and histogram upkeep.
     let admin_stop = Arc::new(AtomicBool::new(false));

@@ -43,7 +43,10 @@ pub use local::Local;
 fn now_us() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
-    (1 << 32) + base.elapsed().as_micros() as u64
+    (1 << 32)
+        + crate::runtime::clock::now()
+            .saturating_duration_since(base)
+            .as_micros() as u64
 }
 
 /// Unix milliseconds: only calendar windows (which are wall time in `traffic.time_zone`).

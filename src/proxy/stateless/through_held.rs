@@ -39,7 +39,7 @@ pub(super) async fn forward_held(
     let gen = ctx.gen.clone();
     let gw = &*gen.gw;
     ctx.upstream = Some(u);
-    let t_up = std::time::Instant::now();
+    let t_up = crate::runtime::clock::now();
     lease.begin();
     let req = std::mem::take(&mut c.up_out);
     // `respond` vets the reply and tells the breaker about a 2xx.
