@@ -650,7 +650,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
             ));
         }
     }
-    md.push_str("\nCPU µs/req: utime+stime of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests; clock-tick resolution (10 ms). Peak RSS is VmHWM (process lifetime).\n");
+    md.push_str("\nCPU µs/req: time on a CPU of every thread of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests, from /proc/PID/task/*/schedstat (nanoseconds; utime+stime at clock-tick resolution where the kernel has no schedstat). Peak RSS is VmHWM (process lifetime).\n");
     let out = serde_json::json!({
         "scenario": s.name, "date": time, "commit": commit, "machine": machine, "command": command,
         "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "nice": a.nice, "connections": s.connections, "sessions": s.sessions,
