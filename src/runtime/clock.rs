@@ -41,8 +41,10 @@ pub fn now() -> Instant {
     let c = clock();
     let raw = c.raw();
     if let Some((at, at_raw)) = ANCHOR.get() {
+        // (A counter behind the anchor, e.g. read on another core after a migration, takes a
+        // new anchor rather than standing still.)
         let since = c.delta_as_nanos(at_raw, raw);
-        if since < MAX_AGE.as_nanos() as u64 {
+        if raw >= at_raw && since < MAX_AGE.as_nanos() as u64 {
             return at + Duration::from_nanos(since);
         }
     }
