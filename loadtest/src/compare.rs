@@ -650,7 +650,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
             ));
         }
     }
-    md.push_str("\nCPU µs/req: time on a CPU of every thread of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests, from /proc/PID/task/*/schedstat (nanoseconds; utime+stime at clock-tick resolution where the kernel has no schedstat). Peak RSS is VmHWM (process lifetime).\n");
+    md.push_str("\nCPU µs/req: time on a CPU of every thread of the process under test (upstream for `direct`, the proxy otherwise) over the phase ÷ completed requests, from the process's CPU clock (`clock_getcpuclockid`, nanoseconds, exited threads included; utime+stime at clock-tick resolution where it cannot be read). Peak RSS is VmHWM (process lifetime).\n");
     let out = serde_json::json!({
         "scenario": s.name, "date": time, "commit": commit, "machine": machine, "command": command,
         "upstream": up_note, "pinned": pin, "pacing": s.load.pacing, "nice": a.nice, "connections": s.connections, "sessions": s.sessions,
@@ -1060,7 +1060,7 @@ fn measure_tl(
     }
     let up = match (g[1].0, g[1].1) {
         (Some(b), Some(a)) if st.completed > 0 => {
-            Some(a.cpu_us.saturating_sub(b.cpu_us) as f64 / st.completed as f64)
+            Some(procstat::cpu_us_between(&b, &a) / st.completed as f64)
         }
         _ => None,
     };

@@ -3,10 +3,12 @@
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Snap {
-    /// Time on a CPU of every thread, in microseconds: the scheduler's own count
-    /// (/proc/PID/task/*/schedstat, nanoseconds) where the kernel has it, else utime + stime
-    /// (one clock tick, usually 10 ms: ~0.4 % of a 200k-request phase).
+    /// utime + stime, in microseconds (one clock tick, usually 10 ms: ~0.4 % of a 200k-request
+    /// phase).
     pub cpu_us: u64,
+    /// The process's CPU clock (`clock_getcpuclockid`: every thread's time on a CPU, exited
+    /// threads included), in nanoseconds, where the kernel lets us read it.
+    pub cpu_ns: Option<u64>,
     pub rss_kib: u64,
     pub hwm_kib: u64,
 }
@@ -28,15 +30,37 @@ pub fn snap(pid: i32) -> Option<Snap> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let cpu_us = match sched_pid(pid) {
-        Some(s) if s.run_ns > 0 => s.run_ns / 1000,
-        _ => (utime + stime) * 1_000_000 / tck,
-    };
     Some(Snap {
-        cpu_us,
+        cpu_us: (utime + stime) * 1_000_000 / tck,
+        cpu_ns: process_cpu_ns(pid),
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
     })
+}
+
+fn process_cpu_ns(pid: i32) -> Option<u64> {
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: plain libc calls writing into locals.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut id) } != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if unsafe { libc::clock_gettime(id, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CPU time between two snapshots, in µs: the CPU clock's nanoseconds when both have it, else
+/// clock ticks (one source for both ends).
+pub fn cpu_us_between(before: &Snap, after: &Snap) -> f64 {
+    match (before.cpu_ns, after.cpu_ns) {
+        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / 1000.0,
+        _ => after.cpu_us.saturating_sub(before.cpu_us) as f64,
+    }
 }
 
 /// Raise RLIMIT_NOFILE to the hard limit (children inherit it). Returns the new soft limit.

@@ -96,7 +96,7 @@ impl Summary {
         let h = &s.hist;
         let wall = s.wall.as_secs_f64().max(1e-9);
         let cpu = match (before, after) {
-            (Some(b), Some(a)) => Some(a.cpu_us.saturating_sub(b.cpu_us) as f64),
+            (Some(b), Some(a)) => Some(crate::procstat::cpu_us_between(&b, &a)),
             _ => None,
         };
         // Throttled replies are answered requests: they are counted in `completed`.

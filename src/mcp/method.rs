@@ -140,12 +140,16 @@ impl Method {
         }
     }
 
-    /// The position in `ALL`, which lists the variants in declaration order (a test checks).
+    /// The position in `ALL`, which lists the variants in declaration order (a test checks;
+    /// `Other` stays last, and `ALL` holds every variant: checked when compiled).
     #[inline]
     pub const fn index(self) -> usize {
         self as usize
     }
 }
+
+// `index` is the discriminant: `ALL` must hold every variant, `Other` last.
+const _: () = assert!(Method::Other as usize + 1 == Method::ALL.len());
 
 #[cfg(test)]
 mod tests {

@@ -8,17 +8,27 @@
 //! The anchor is read again from the OS clock when it is older than `MAX_AGE`, so the TSC's scale
 //! error (quanta calibrates it once, against the monotonic clock) and the OS clock's slewing
 //! never add up to more than a few microseconds, and a re-anchor steps back at most that much
-//! (`Instant` differences saturate at zero). Where the CPU has no invariant TSC, quanta reads the
-//! monotonic clock itself and this is `Instant::now` with extra steps.
+//! (`Instant` differences saturate at zero).
+//!
+//! The TSC is used only where the kernel itself keeps time by it (its clocksource is `tsc`: not
+//! marked unstable, synchronised across CPUs) and quanta found it invariant; and each re-anchor
+//! checks the prediction against the OS clock: off by more than `MAX_ERROR` (a bad calibration,
+//! a TSC that differs between cores), the process goes back to `Instant::now` for good and says
+//! so in the log.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long an anchor serves before it is read again from the OS clock.
 const MAX_AGE: Duration = Duration::from_millis(20);
+/// How far a prediction may be from the OS clock at a re-anchor before the TSC is given up.
+const MAX_ERROR: Duration = Duration::from_micros(200);
 
-static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+static CLOCK: OnceLock<Option<quanta::Clock>> = OnceLock::new();
+/// Set when a re-anchor found the TSC off: `now` is `Instant::now` from then on.
+static GIVEN_UP: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This thread's anchor: an OS instant and the raw counter read with it.
@@ -31,14 +41,24 @@ pub fn init() {
     clock();
 }
 
-fn clock() -> &'static quanta::Clock {
-    CLOCK.get_or_init(quanta::Clock::new)
+fn clock() -> Option<&'static quanta::Clock> {
+    CLOCK
+        .get_or_init(|| {
+            let source = std::fs::read_to_string(
+                "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+            )
+            .unwrap_or_default();
+            (source.trim() == "tsc").then(quanta::Clock::new)
+        })
+        .as_ref()
 }
 
 /// The current instant (see the module).
 #[inline]
 pub fn now() -> Instant {
-    let c = clock();
+    let Some(c) = clock().filter(|_| !GIVEN_UP.load(Relaxed)) else {
+        return Instant::now();
+    };
     let raw = c.raw();
     if let Some((at, at_raw)) = ANCHOR.get() {
         // (A counter behind the anchor, e.g. read on another core after a migration, takes a
@@ -48,14 +68,28 @@ pub fn now() -> Instant {
             return at + Duration::from_nanos(since);
         }
     }
-    anchor(c)
+    anchor(c, raw)
 }
 
 #[cold]
-fn anchor(c: &quanta::Clock) -> Instant {
-    let at = Instant::now();
-    ANCHOR.set(Some((at, c.raw())));
-    at
+fn anchor(c: &quanta::Clock, raw: u64) -> Instant {
+    let os = Instant::now();
+    if let Some((at, at_raw)) = ANCHOR.get() {
+        // What the TSC says now against the OS clock (only over a short gap: across a long idle
+        // the OS clock's own slewing would count too).
+        let predicted = at + Duration::from_nanos(c.delta_as_nanos(at_raw, raw));
+        let gap = os.saturating_duration_since(at);
+        let off = predicted.max(os) - predicted.min(os);
+        if gap < MAX_AGE * 4 && off > MAX_ERROR && !GIVEN_UP.swap(true, Relaxed) {
+            tracing::warn!(
+                off_us = off.as_micros() as u64,
+                "the TSC disagrees with the OS clock: timing from the OS clock from now on"
+            );
+            return os;
+        }
+    }
+    ANCHOR.set(Some((os, c.raw())));
+    os
 }
 
 #[cfg(test)]

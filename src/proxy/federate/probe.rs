@@ -50,6 +50,7 @@ type Pick = fn(&Listed) -> &Option<Vec<String>>;
 /// Probes every server's upstreams of `config` and reports.
 pub fn probe(config: Config) -> anyhow::Result<Outcome> {
     let (gw, _inboxes) = Gateway::build(config, Arc::new(AtomicBool::new(false)))?;
+    crate::runtime::clock::init();
     let entries = gw.config.runtime.uring_entries;
     crate::runtime::driver::block_on(
         Driver::Legacy,
