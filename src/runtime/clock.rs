@@ -74,22 +74,29 @@ pub fn now() -> Instant {
 #[cold]
 fn anchor(c: &quanta::Clock, raw: u64) -> Instant {
     let os = Instant::now();
-    if let Some((at, at_raw)) = ANCHOR.get() {
-        // What the TSC says now against the OS clock (only over a short gap: across a long idle
-        // the OS clock's own slewing would count too).
+    // (A counter behind the anchor predicts nothing: only a new anchor.)
+    if let Some((at, at_raw)) = ANCHOR.get().filter(|(_, at_raw)| raw >= *at_raw) {
         let predicted = at + Duration::from_nanos(c.delta_as_nanos(at_raw, raw));
-        let gap = os.saturating_duration_since(at);
-        let off = predicted.max(os) - predicted.min(os);
-        if gap < MAX_AGE * 4 && off > MAX_ERROR && !GIVEN_UP.swap(true, Relaxed) {
-            tracing::warn!(
-                off_us = off.as_micros() as u64,
-                "the TSC disagrees with the OS clock: timing from the OS clock from now on"
-            );
+        if let Some(off) = disagrees(at, predicted, os) {
+            if !GIVEN_UP.swap(true, Relaxed) {
+                tracing::warn!(
+                    off_us = off.as_micros() as u64,
+                    "the TSC disagrees with the OS clock: timing from the OS clock from now on"
+                );
+            }
             return os;
         }
     }
     ANCHOR.set(Some((os, c.raw())));
     os
+}
+
+/// How far the TSC's `predicted` instant is from the OS clock's `os`, when that is more than
+/// `MAX_ERROR` over a short time since the anchor `at` (across a long idle the OS clock's own
+/// slewing would count too, so nothing is judged then).
+fn disagrees(at: Instant, predicted: Instant, os: Instant) -> Option<Duration> {
+    let off = predicted.max(os) - predicted.min(os);
+    (os.saturating_duration_since(at) < MAX_AGE * 4 && off > MAX_ERROR).then_some(off)
 }
 
 #[cfg(test)]
@@ -115,6 +122,22 @@ mod tests {
             assert!(t + slack >= last, "stepped back from {last:?} to {t:?}");
             last = t;
         }
+    }
+
+    #[test]
+    fn a_prediction_off_the_os_clock_gives_the_tsc_up() {
+        let at = Instant::now();
+        let os = at + MAX_AGE;
+        // Within the bound, either side: kept.
+        assert_eq!(disagrees(at, os + MAX_ERROR / 2, os), None);
+        assert_eq!(disagrees(at, os - MAX_ERROR / 2, os), None);
+        // Past it (a scale 2 % off over 20 ms, or a core whose counter runs ahead): given up.
+        let off = MAX_AGE / 50;
+        assert_eq!(disagrees(at, os + off, os), Some(off));
+        assert_eq!(disagrees(at, os - off, os), Some(off));
+        // After a long idle nothing is judged.
+        let late = at + MAX_AGE * 10;
+        assert_eq!(disagrees(at, late + off, late), None);
     }
 
     #[test]
