@@ -68,16 +68,21 @@ pub fn now() -> Instant {
             return at + Duration::from_nanos(since);
         }
     }
-    anchor(c, raw)
+    anchor(c)
 }
 
 #[cold]
-fn anchor(c: &quanta::Clock, raw: u64) -> Instant {
+fn anchor(c: &quanta::Clock) -> Instant {
+    // The OS clock between two counter reads: judged only when nothing came in between (a
+    // thread preempted there would blame the TSC for the time it waited).
+    let r0 = c.raw();
     let os = Instant::now();
+    let r1 = c.raw();
     // (A counter behind the anchor predicts nothing: only a new anchor.)
-    if let Some((at, at_raw)) = ANCHOR.get().filter(|(_, at_raw)| raw >= *at_raw) {
-        let predicted = at + Duration::from_nanos(c.delta_as_nanos(at_raw, raw));
-        if let Some(off) = disagrees(at, predicted, os) {
+    if let Some((at, at_raw)) = ANCHOR.get().filter(|(_, at_raw)| r0 >= *at_raw) {
+        let quiet = r1 >= r0 && c.delta_as_nanos(r0, r1) < MAX_ERROR.as_nanos() as u64 / 4;
+        let predicted = at + Duration::from_nanos(c.delta_as_nanos(at_raw, r0));
+        if let Some(off) = disagrees(at, predicted, os).filter(|_| quiet) {
             if !GIVEN_UP.swap(true, Relaxed) {
                 tracing::warn!(
                     off_us = off.as_micros() as u64,
@@ -87,7 +92,7 @@ fn anchor(c: &quanta::Clock, raw: u64) -> Instant {
             return os;
         }
     }
-    ANCHOR.set(Some((os, c.raw())));
+    ANCHOR.set(Some((os, r0)));
     os
 }
 
