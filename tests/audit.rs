@@ -1043,16 +1043,7 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
     }
     stop(&mut gw);
     let recs = records(&file);
-    let got: Vec<(String, Value, String)> = recs
-        .iter()
-        .map(|r| {
-            (
-                r["tool"].as_str().unwrap_or_default().to_string(),
-                r["error_code"].clone(),
-                r["decision"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let got = tool_codes(&recs);
     let want = [
         ("json_error", json!(-32602)),
         ("chunked_error", json!(-32003)),
@@ -1062,6 +1053,19 @@ fn an_upstream_json_rpc_error_is_recorded_with_its_code() {
     ]
     .map(|(t, c)| (t.to_string(), c, "allow".to_string()));
     assert_eq!(got, want.to_vec(), "{recs:?}");
+}
+
+/// Each record's (tool, error_code, decision), in order.
+fn tool_codes(recs: &[Value]) -> Vec<(String, Value, String)> {
+    recs.iter()
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or_default().to_string(),
+                r["error_code"].clone(),
+                r["decision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The compressed bytes `body` would be sent as with `Content-Encoding: coding`.
@@ -1262,16 +1266,7 @@ fn a_compressed_upstream_error_is_recorded_with_its_code() {
     assert_eq!(unread(&gw.metrics(), "corrupt"), -1.0, "none was corrupt");
     stop(&mut gw);
     let recs = records(&file);
-    let got: Vec<(String, Value, String)> = recs
-        .iter()
-        .map(|r| {
-            (
-                r["tool"].as_str().unwrap_or_default().to_string(),
-                r["error_code"].clone(),
-                r["decision"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let got = tool_codes(&recs);
     let want = [
         ("gzip_json", json!(-32602)),
         ("gzip_chunked", json!(-32003)),
