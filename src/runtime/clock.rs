@@ -1,7 +1,7 @@
 //! The request path's monotonic clock. A call reads it about five times (its start, the limit
 //! decision, the upstream exchange's start and end, the record phase); `Instant::now` is a vDSO
-//! `clock_gettime` (~22 ns here), the TSC is one instruction (~9 ns with the anchor; bench/clock.rs). `now` reads the TSC and
-//! moves the thread's anchor (an `Instant` read together with a TSC value) by the scaled
+//! `clock_gettime` (~22 ns here), this ~9 ns (bench/clock.rs). `now` reads the TSC and moves
+//! the thread's anchor (an `Instant` read together with a TSC value) by the scaled
 //! difference, so it returns a `std::time::Instant` that mixes with every other: timers,
 //! deadlines, the worker's tick.
 //!
