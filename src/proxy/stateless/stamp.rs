@@ -46,16 +46,15 @@ pub(in crate::proxy) fn then_held(
 /// vetting reads small replies whole), not compressed (the vet relays those unread: an
 /// upstream of the revision's goes through as it came, a held session's is read whole).
 pub(in crate::proxy) fn stampable(rhead: &ResponseHead, buffered: &[u8]) -> bool {
-    if upstream::content_coding(rhead, buffered) != crate::jsonrpc::probe::Coding::Identity {
-        return false;
-    }
     match rhead.framing {
         // (Exactly the replies `upstream::vet_reply` reads whole and scans: it says where a
-        // result lacks `resultType`.)
+        // result lacks `resultType`. The headers are looked through for a coding last.)
         Framing::Length(n) => {
             !rhead.is_sse(buffered)
                 && n as usize <= upstream::MAX_VETTED_REPLY
                 && buffered.len() >= rhead.len + n as usize
+                && upstream::content_coding(rhead, buffered)
+                    == crate::jsonrpc::probe::Coding::Identity
         }
         _ => false,
     }
