@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{eventually, session, Gateway, Mcp};
+use harness::{eventually, session, Gateway, Mcp, Refused};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
@@ -902,7 +902,7 @@ fn a_collector_that_is_down_does_not_hold_the_exit_and_the_file_keeps_every_reco
     // A port nothing listens on: every POST is refused at once. With the configured retries a
     // batch would take 2 + 4 + 8 + 16 + 30 s of backoff; stopping gives each batch one attempt.
     let file = temp_path("audit.jsonl");
-    let mut gw = beside_a_collector_that_is_down(
+    let (mut gw, _down) = beside_a_collector_that_is_down(
         &file,
         "batch: 1000, flush_interval: 1h, max_retries: 5, backoff: 2s",
     );
@@ -1341,7 +1341,8 @@ fn a_call_cut_at_the_drain_deadline_is_recorded() {
 #[test]
 fn a_collector_in_its_backoff_at_sigterm_does_not_hold_the_exit() {
     let file = temp_path("backoff.jsonl");
-    let mut gw = beside_a_collector_that_is_down(&file, "batch: 1, max_retries: 5, backoff: 4s");
+    let (mut gw, _down) =
+        beside_a_collector_that_is_down(&file, "batch: 1, max_retries: 5, backoff: 4s");
     let answered = echo_answered(&gw, "b", 10);
     // The first batch failed its first attempt: its backoff has begun.
     assert!(eventually(Duration::from_secs(30), || {
@@ -1428,18 +1429,18 @@ fn a_reload_away_from_a_stalled_collector_does_not_stall_the_writer() {
 
 /// A gateway writing the audit log to `file` and to an HTTP collector on a port nothing
 /// listens on (every POST refused at once), with `http` the HTTP sink's other settings.
-fn beside_a_collector_that_is_down(file: &Path, http: &str) -> Gateway {
-    let down = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    open_gateway(
+/// The gateway, and the refusing address its collector is at (keep it for the test's length).
+fn beside_a_collector_that_is_down(file: &Path, http: &str) -> (Gateway, Refused) {
+    let down = Refused::new();
+    let gw = open_gateway(
         &format!(
-            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{down}/audit\", {http}}}\n  arguments: {{values: [echo]}}\n",
-            file.display()
+            "audit:\n  enabled: true\n  file: {{path: \"{}\"}}\n  http: {{url: \"http://{}/audit\", {http}}}\n  arguments: {{values: [echo]}}\n",
+            file.display(),
+            down.addr()
         ),
         &[],
-    )
+    );
+    (gw, down)
 }
 
 /// `n` echo calls on a new session, each answered 200; their texts (`<prefix>-<i>`).

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{eventually, metric_value, tool_names, Gateway, Mcp, Response, JSON_HEADERS};
+use harness::{
+    eventually, metric_value, tool_names, Gateway, Mcp, Refused, Response, JSON_HEADERS,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a-test-secret-of-thirty-two-bytes!!";
@@ -773,10 +775,8 @@ fn opaque_tokens_are_introspected_once_then_cached_for_a_bounded_time() {
 
 #[test]
 fn an_introspection_endpoint_that_fails_refuses_the_request() {
-    // Down: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = format!("http://{}/introspect", closed.local_addr().unwrap());
-    drop(closed);
+    let closed = Refused::new();
+    let down = format!("http://{}/introspect", closed.addr());
     let gw = opaque_gateway(&down, "60s");
     let r = ping_with(&gw, "good-bob");
     assert_eq!(r.status, 401, "{}", r.text());

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use harness::scripted::{self, Scripted};
-use harness::{Demo, BIN};
+use harness::{Demo, Refused, BIN};
 use serde_json::json;
 
 /// Runs `tollgate check --probe` on `yaml`; returns the exit code and stdout.
@@ -83,11 +83,8 @@ fn two_unprefixed_upstreams_collide() {
 #[test]
 fn unmatched_globs_and_unreachable_upstream() {
     let a = Demo::start(&[]);
-    // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = Refused::new();
+    let dead = refused.addr();
     let yaml = format!(
         "upstreams:\n  - {{name: a, url: \"{}\"}}\n  - {{name: local, url: \"builtin:demo\", prefix: \"\"}}\n\
          \x20 - {{name: gone, url: \"http://{dead}/mcp\", connect_timeout: 1s}}\n\

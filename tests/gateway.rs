@@ -6,7 +6,7 @@ mod harness;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use harness::{session, Demo, Gateway, Http, Mcp, JSON_HEADERS};
+use harness::{session, Demo, Gateway, Http, Mcp, Refused, JSON_HEADERS};
 use serde_json::json;
 
 fn setup() -> (Demo, Gateway) {
@@ -584,9 +584,8 @@ fn metrics_count_requests_by_method_and_outcome() {
 /// listens there (the probe /readyz makes), with no client traffic needed.
 #[test]
 fn readyz_names_an_endpoint_whose_upstream_is_down_and_recovers() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead); // nothing listens there now: every connect is refused
+    let dead = Refused::new();
+    let addr = dead.addr();
     let gw = Gateway::builder()
         .upstream_with(
             "gone",
@@ -617,7 +616,7 @@ fn readyz_names_an_endpoint_whose_upstream_is_down_and_recovers() {
         "names the endpoint and the upstream: {body}"
     );
     // Something listens on the port again: the probe clears the state.
-    let _back = std::net::TcpListener::bind(addr).expect("rebind the freed port");
+    let _back = dead.listen();
     let (status, body) = readyz();
     assert_eq!(status, 200, "{body}");
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, Scripted};
-use harness::{eventually, session, Demo, Gateway, Mcp};
+use harness::{eventually, session, Demo, Gateway, Mcp, Refused};
 use serde_json::json;
 
 /// An upstream that answers `initialize`, never answers `slow_*` tools (holds the connection),
@@ -106,11 +106,8 @@ fn a_request_that_reached_the_upstream_is_never_sent_again() {
 
 #[test]
 fn a_connect_that_failed_is_retried_then_reported() {
-    // A port nobody listens on: every connect is refused.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refused = Refused::new();
+    let dead = refused.addr();
     let gw = Gateway::builder()
         .upstream_with(
             "gone",

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{eventually, metric_value, session, Gateway, Mcp};
+use harness::{eventually, metric_value, session, Gateway, Mcp, Refused};
 use serde_json::{json, Value};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -335,12 +335,8 @@ fn a_collector_receives_the_spans_with_their_trace_parent_name_and_attributes() 
 #[test]
 fn an_unreachable_collector_is_counted_and_requests_are_served() {
     let (up, _seen) = recording_upstream();
-    // A port nothing listens on (bound, then closed).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refused = Refused::new();
+    let port = refused.addr().port();
     let cfg = format!(
         "tracing:\n  enabled: true\n  otlp:\n    endpoint: http://127.0.0.1:{port}/v1/traces\n    flush_interval: 20ms\n    timeout: 500ms\n"
     );

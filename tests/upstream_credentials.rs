@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use harness::scripted::{self, read_request, Request, Scripted};
-use harness::{Gateway, Mcp};
+use harness::{Gateway, Mcp, Refused};
 use serde_json::json;
 
 /// A token endpoint answering `tok-<n>` (n from 1) with `expires_in`; records every request.
@@ -195,11 +195,8 @@ fn a_token_within_refresh_before_of_its_expiry_is_fetched_anew() {
 
 #[test]
 fn a_token_endpoint_that_is_down_fails_the_request_naming_the_upstream() {
-    // A port nothing listens on (bound, then closed).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = Refused::new();
+    let closed = refused.addr();
     let (up, up_seen) = upstream(Arc::default());
     let gw = gateway(&up.url(), &format!("http://{closed}/token"), "");
     let mut mcp = Mcp::new(gw.addr, "/mcp");

@@ -384,6 +384,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address where every connect is refused, for as long as this lives: a socket
+/// bound there and never listening. Binding a port and dropping the listener is not enough:
+/// a test running beside this one may be handed the same port the next moment and answer
+/// on it (seen in CI: a "down" token endpoint answered 405).
+pub struct Refused {
+    addr: SocketAddr,
+    _held: socket2::Socket,
+}
+
+impl Refused {
+    pub fn new() -> Refused {
+        // Without SO_REUSEADDR, so no other socket can bind the port while this one holds it.
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        Refused { addr, _held: s }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening on the held port: connects are accepted from now on.
+    pub fn listen(self) -> std::net::TcpListener {
+        self._held.listen(128).unwrap();
+        self._held.into()
+    }
+}
+
 /// Polls `cond` every 25 ms until it holds or `bound` has passed; returns whether it held.
 pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + bound;

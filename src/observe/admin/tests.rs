@@ -4,6 +4,16 @@ use super::request::{left, respond};
 use super::*;
 use std::net::{SocketAddr, TcpListener};
 
+/// A loopback address where every connect is refused while the socket lives: bound, never
+/// listening (a dropped listener's port may be handed to a test running beside this one).
+fn refused() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
 fn pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -44,9 +54,7 @@ fn health_with(addr: SocketAddr, endpoints: &[&str]) -> Health {
 /// not ready once every one is down.
 #[test]
 fn a_federated_endpoint_is_ready_while_one_upstream_serves() {
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
+    let (_held, addr) = refused();
     let up = |name: &str| {
         UpstreamHealth::new(
             name.into(),
@@ -83,9 +91,7 @@ fn a_federated_endpoint_is_ready_while_one_upstream_serves() {
 
 #[test]
 fn an_upstream_is_down_after_consecutive_failures_until_a_success() {
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
+    let (_held, addr) = refused();
     let h = health_with(addr, &["/mcp"]);
     let soon = || Instant::now() + Duration::from_secs(2);
     h.upstream_failed(0);
@@ -112,9 +118,7 @@ fn an_upstream_is_down_after_consecutive_failures_until_a_success() {
 
 #[test]
 fn an_upstream_no_endpoint_serves_does_not_count() {
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
+    let (_held, addr) = refused();
     let h = health_with(addr, &[]);
     for _ in 0..3 {
         h.upstream_failed(0);
