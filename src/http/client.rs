@@ -161,7 +161,7 @@ pub async fn call(
     res.map_err(|e| fail("send", &e))?;
     let head = loop {
         let buf = conn.buffered();
-        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; 64];
         match parse_response(buf, &mut headers, max, false) {
             Ok(Some(h)) => break h,
             Ok(None) => {}

@@ -642,17 +642,19 @@ fn keep_alive_timeout(v: &[u8]) -> Option<u32> {
 /// Parses a response head. `Ok(None)`: need more bytes. `head_request`: the request was HEAD.
 pub fn parse_response<'b>(
     buf: &'b [u8],
-    headers: &mut [httparse::Header<'b>],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
     max_head: usize,
     head_request: bool,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut resp = httparse::Response::new(headers);
-    let status = resp.parse(buf).map_err(|_| {
-        HeadError::new(
-            Kind::UpstreamProtocol,
-            "malformed response head from upstream",
-        )
-    })?;
+    let mut resp = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers)
+        .map_err(|_| {
+            HeadError::new(
+                Kind::UpstreamProtocol,
+                "malformed response head from upstream",
+            )
+        })?;
     let len = match status {
         httparse::Status::Partial => {
             if buf.len() > max_head {

@@ -107,7 +107,7 @@ fn read_all(s: &mut impl Read) -> Result<Vec<u8>, String> {
 
 /// A whole response: 200, framed by length, chunks or the close.
 fn parse(raw: &[u8]) -> Result<Fetched, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; 64];
     let head = parse_response(raw, &mut headers, 64 * 1024, false)
         .map_err(|e| e.reason.to_string())?
         .ok_or("the response ended inside its head")?;

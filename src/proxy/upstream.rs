@@ -41,7 +41,7 @@ async fn read_response_head(
 ) -> Result<ResponseHead, HeadRead> {
     loop {
         if !conn.buffered().is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; UPSTREAM_HEADERS];
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; UPSTREAM_HEADERS];
             match parse_response(conn.buffered(), &mut headers, MAX_UPSTREAM_HEAD, false) {
                 // Interim responses we may ignore: 100 Continue, 102 Processing, 103 Early Hints.
                 Ok(Some(h)) if matches!(h.status, 100 | 102 | 103) => {

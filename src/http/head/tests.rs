@@ -278,7 +278,7 @@ fn connection_semantics() {
 fn response_framing_and_relay() {
     let s = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\
              mcp-session-id: up-1\r\nX-Custom: v\r\nConnection: keep-alive\r\n\r\n";
-    let mut h = [httparse::EMPTY_HEADER; 16];
+    let mut h = [const { MaybeUninit::uninit() }; 16];
     let r = parse_response(s.as_bytes(), &mut h, 1024, false)
         .unwrap()
         .unwrap();
@@ -305,7 +305,7 @@ fn response_framing_and_relay() {
 #[test]
 fn a_response_with_both_framings_is_chunked_and_not_reused() {
     let s = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let mut h = [httparse::EMPTY_HEADER; 16];
+    let mut h = [const { MaybeUninit::uninit() }; 16];
     let r = parse_response(s.as_bytes(), &mut h, 1024, false)
         .unwrap()
         .unwrap();
@@ -323,7 +323,7 @@ fn keep_alive_timeout_is_read() {
         ("timeout=", None),
     ] {
         let s = format!("HTTP/1.1 200 OK\r\nKeep-Alive: {v}\r\nContent-Length: 0\r\n\r\n");
-        let mut h = [httparse::EMPTY_HEADER; 16];
+        let mut h = [const { MaybeUninit::uninit() }; 16];
         let r = parse_response(s.as_bytes(), &mut h, 1024, false)
             .unwrap()
             .unwrap();
@@ -333,7 +333,7 @@ fn keep_alive_timeout_is_read() {
 
 #[test]
 fn a_complete_response_head_over_the_limit_is_refused() {
-    let mut h = [httparse::EMPTY_HEADER; 16];
+    let mut h = [const { MaybeUninit::uninit() }; 16];
     let s = format!(
         "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
         "a".repeat(2000)

@@ -98,7 +98,7 @@ pub async fn exchange(
     let deadline = w.shutdown.now() + HEAD_WAIT;
     loop {
         if !conn.buffered().is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; 64];
             match parse_response(conn.buffered(), &mut headers, MAX_HEAD, false) {
                 Ok(Some(h)) if h.status < 200 => conn.consume(h.len),
                 Ok(Some(h)) => return Ok((conn, h)),

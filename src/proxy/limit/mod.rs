@@ -121,50 +121,59 @@ fn key_hash(
     p: Option<&crate::policy::Principal>,
 ) -> u64 {
     let mut h = x.hasher.build_hasher();
-    let text = |h: &mut std::hash::DefaultHasher, bit: u8, s: &[u8]| {
-        h.write_u8(bit);
-        h.write_usize(s.len());
-        h.write(s);
+    h.write(&key_bytes(gw, r, f, p));
+    h.finish()
+}
+
+/// The bytes a key hashes: per part of `r.key`, its bit, its length and its text (the
+/// arguments' hash as 8 bytes). One `write` of them all: SipHash hashes the byte stream, so
+/// this is the hash the parts written one by one gave (a unit test holds it), in one call
+/// instead of three per part.
+fn key_bytes(
+    gw: &super::state::Gateway,
+    r: &LimitRule,
+    f: &Facts<'_>,
+    p: Option<&crate::policy::Principal>,
+) -> smallvec::SmallVec<[u8; 128]> {
+    let mut b = smallvec::SmallVec::new();
+    let mut text = |bit: u8, s: &[u8]| {
+        b.push(bit);
+        b.extend_from_slice(&s.len().to_ne_bytes());
+        b.extend_from_slice(s);
     };
     if r.key & part::PRINCIPAL != 0 {
-        text(&mut h, part::PRINCIPAL, p.map_or(&[][..], |p| &p.id[..]));
+        text(part::PRINCIPAL, p.map_or(&[][..], |p| &p.id[..]));
     }
     if r.key & part::CLIENT != 0 {
         text(
-            &mut h,
             part::CLIENT,
             p.and_then(|p| p.client.as_deref()).unwrap_or("").as_bytes(),
         );
     }
     if r.key & part::TENANT != 0 {
         text(
-            &mut h,
             part::TENANT,
             p.and_then(|p| p.tenant.as_deref()).unwrap_or("").as_bytes(),
         );
     }
     if r.key & part::SERVER != 0 {
-        text(
-            &mut h,
-            part::SERVER,
-            gw.config.servers[f.server].path.as_bytes(),
-        );
+        text(part::SERVER, gw.config.servers[f.server].path.as_bytes());
     }
     if r.key & part::UPSTREAM != 0 {
         let name = f.upstream.map_or("", |u| gw.upstreams[u].name.as_str());
-        text(&mut h, part::UPSTREAM, name.as_bytes());
+        text(part::UPSTREAM, name.as_bytes());
     }
     if r.key & part::TOOL != 0 {
-        text(&mut h, part::TOOL, f.tool.unwrap_or("").as_bytes());
+        text(part::TOOL, f.tool.unwrap_or("").as_bytes());
     }
     if r.key & part::METHOD != 0 {
-        text(&mut h, part::METHOD, f.method.as_str().as_bytes());
+        text(part::METHOD, f.method.as_str().as_bytes());
     }
     if r.key & part::ARGUMENTS != 0 {
-        h.write_u8(part::ARGUMENTS);
-        h.write_u64(f.arguments);
+        b.push(part::ARGUMENTS);
+        b.extend_from_slice(&f.arguments.to_ne_bytes());
     }
-    h.finish()
+    b
 }
 
 enum Judged {

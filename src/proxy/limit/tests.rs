@@ -665,3 +665,42 @@ fn with_redis_a_rate_allotment_refills_at_the_instance_part_of_the_rate() {
     sync_once(&x, &mut book, t0 + 400_000_000_000, WALL);
     assert_eq!(book.keys[&(fp, 1)].allot, 5);
 }
+
+/// `key_hash` writes a key's parts in one `write`; keys stay what the parts written one by one
+/// (bit, length, text) made, which Redis names them by across a fleet's versions. That rests on
+/// SipHash hashing the byte stream however it is split: held here, past the inline buffer too.
+#[test]
+fn a_key_hashes_alike_in_one_write_and_part_by_part() {
+    use std::hash::{BuildHasher, Hasher};
+    let x = Exchange::new(1);
+    let long = "p".repeat(300);
+    let sets: [&[(u8, &str)]; 4] = [
+        &[],
+        &[(part::PRINCIPAL, "alice")],
+        &[
+            (part::PRINCIPAL, ""),
+            (part::TOOL, "echo"),
+            (part::METHOD, "tools/call"),
+        ],
+        &[(part::TENANT, &long), (part::UPSTREAM, "demo")],
+    ];
+    for parts in sets {
+        let mut by_part = x.hasher.build_hasher();
+        let mut bytes = Vec::new();
+        for (bit, s) in parts {
+            by_part.write_u8(*bit);
+            by_part.write_usize(s.len());
+            by_part.write(s.as_bytes());
+            bytes.push(*bit);
+            bytes.extend_from_slice(&s.len().to_ne_bytes());
+            bytes.extend_from_slice(s.as_bytes());
+        }
+        by_part.write_u8(part::ARGUMENTS);
+        by_part.write_u64(0x0123_4567_89ab_cdef);
+        bytes.push(part::ARGUMENTS);
+        bytes.extend_from_slice(&0x0123_4567_89ab_cdef_u64.to_ne_bytes());
+        let mut whole = x.hasher.build_hasher();
+        whole.write(&bytes);
+        assert_eq!(by_part.finish(), whole.finish(), "{parts:?}");
+    }
+}

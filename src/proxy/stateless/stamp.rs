@@ -187,7 +187,7 @@ mod tests {
     /// Whether the whole reply `head` + `body` (with its length) is stampable.
     fn whole_reply_stampable(head: &str, body: &str) -> bool {
         let reply = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
-        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; 16];
         let rhead = parse_response(reply.as_bytes(), &mut headers, 1024, false)
             .unwrap()
             .unwrap();
