@@ -1089,3 +1089,66 @@ fn an_sse_initialize_reply_is_read_however_the_stream_is_written() {
     assert!(r.text().contains("\"id\":0,"), "{}", r.text());
     assert_eq!(mcp.request("tools/list", json!({})).status, 200);
 }
+
+/// `runtime.fixed_files`: each connection's socket gets a slot in its worker ring's table of
+/// registered files and is named by it in receives and sends. A closed connection frees its
+/// slot (connections one after another never find the table full), one past the slots is served
+/// as before and counted, and a registered connection the gateway ends is really closed (the
+/// table's reference to the socket goes with it).
+#[test]
+fn registered_file_slots_are_freed_and_a_connection_past_them_is_served() {
+    let demo = Demo::start(&[]);
+    // One worker, two slots: the upstream connection the pool keeps holds one.
+    let gw = Gateway::builder()
+        .workers(1)
+        .driver(harness::Driver::IoUring)
+        .runtime("fixed_files", "2")
+        .upstream("demo", &demo.url())
+        .serve("/mcp", "demo")
+        .start();
+    let misses = |side: &str| {
+        harness::metric_value(
+            &gw.metrics(),
+            &format!("tollgate_fixed_file_misses_total{{side=\"{side}\"}}"),
+        )
+    };
+    for i in 0..6 {
+        let mut m = session(&gw);
+        let r = m.call_tool("echo", json!({"text": format!("one-{i}")}));
+        assert_eq!(r["result"]["content"][0]["text"], format!("one-{i}"));
+        drop(m);
+        // The gateway has seen the close (and freed the slot) before the next one connects.
+        gw.await_metric("tollgate_connections_open", |v| v == 0.0);
+    }
+    assert_eq!(
+        misses("client"),
+        0.0,
+        "a closed connection's slot was not freed"
+    );
+    assert_eq!(misses("upstream"), 0.0);
+    // Two at once: the second finds no slot, and is served all the same.
+    let mut a = session(&gw);
+    let mut b = session(&gw);
+    for (m, t) in [(&mut a, "a"), (&mut b, "b")] {
+        let r = m.call_tool("echo", json!({"text": t}));
+        assert_eq!(r["result"]["content"][0]["text"], t);
+    }
+    assert_eq!(misses("client"), 1.0);
+    drop((a, b));
+    gw.await_metric("tollgate_connections_open", |v| v == 0.0);
+    // A registered connection the gateway closes reaches the client as a close.
+    let mut m = session(&gw);
+    let r = m.http.request(
+        "GET",
+        "/mcp",
+        &[("Connection", "close"), ("Accept", "text/plain")],
+        b"",
+    );
+    assert!(r.status >= 400, "{}", r.status);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    assert!(
+        harness::read_until_closed(&mut m.http.stream, deadline).is_ok(),
+        "the connection stayed open"
+    );
+    assert_eq!(misses("client"), 1.0);
+}

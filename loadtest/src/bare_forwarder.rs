@@ -1,6 +1,8 @@
 //! bare-forwarder: the floor for any proxy on this machine.
 //! Accept → connect upstream → copy bytes both ways, nothing else: no parsing, no pooling.
-//! One monoio thread; io_uring with COOP_TASKRUN + SINGLE_ISSUER, legacy (epoll) driver if the ring cannot be built.
+//! One monoio thread; io_uring with COOP_TASKRUN + SINGLE_ISSUER (and DEFER_TASKRUN where the
+//! kernel has it) and sockets registered in its table of files, as tollgate's workers; legacy
+//! (epoll) driver if the ring cannot be built.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -58,7 +60,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // The same ring as tollgate's workers (src/runtime/driver.rs), so the floor is a fair one.
+    // The same ring as tollgate's workers (src/runtime/driver.rs), so the floor is a fair one:
+    // sockets registered in its table of files too (`runtime.fixed_files`).
+    monoio::set_fixed_files(1024);
     let build = |defer: bool| {
         let mut urb = io_uring::IoUring::builder();
         urb.setup_coop_taskrun().setup_single_issuer();
@@ -130,6 +134,8 @@ async fn serve(args: Args, driver: &'static str) {
             };
             let _ = down.set_nodelay(true);
             let _ = up.set_nodelay(true);
+            down.register_fixed();
+            up.register_fixed();
             let (dr, dw) = down.into_split();
             let (ur, uw) = up.into_split();
             monoio::spawn(pump(ur, dw));

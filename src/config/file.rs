@@ -186,6 +186,9 @@ pub mod defaults {
     pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const URING_ENTRIES: u64 = 1024;
+    /// Registered-file slots per worker ring: `listen.max_connections_per_worker`'s default
+    /// plus room for upstream connections.
+    pub const FIXED_FILES: u64 = 16_384;
     pub const LOG_LEVEL: &str = "info";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -213,6 +216,8 @@ pub mod defaults {
     pub const MAX_WORKERS: u64 = 1024;
     /// io_uring refuses more submission entries than this (IORING_MAX_ENTRIES).
     pub const MAX_URING_ENTRIES: u64 = 32_768;
+    /// The kernel's own bound on a ring's registered files.
+    pub const MAX_FIXED_FILES: u64 = 1 << 20;
     /// Items per page of an aggregated list (what most clients ask for at once anyway).
     pub const LIST_PAGE_SIZE: usize = 100;
     /// Routing tables older than this are rebuilt by the next request that needs them.
@@ -264,7 +269,7 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         p,
         "runtime".into(),
         top.raw("runtime"),
-        &["driver", "pin_workers", "uring_entries"],
+        &["driver", "pin_workers", "uring_entries", "fixed_files"],
     );
     let runtime = Runtime {
         driver: s.get(p, "driver", Driver::Auto, |v| match string(v)? {
@@ -276,6 +281,9 @@ fn build(p: &mut Problems, root: &Value, env: &dyn Fn(&str) -> Option<String>) -
         pin_workers: s.get(p, "pin_workers", true, boolean),
         uring_entries: s.get(p, "uring_entries", defaults::URING_ENTRIES as u32, |v| {
             count(1, defaults::MAX_URING_ENTRIES)(v).map(|n| n as u32)
+        }),
+        fixed_files: s.get(p, "fixed_files", defaults::FIXED_FILES as u32, |v| {
+            count(0, defaults::MAX_FIXED_FILES)(v).map(|n| n as u32)
         }),
     };
 

@@ -264,6 +264,10 @@ pub struct Runtime {
     pub pin_workers: bool,
     /// `runtime.uring_entries`, default 1024.
     pub uring_entries: u32,
+    /// `runtime.fixed_files`, default 16384: slots of each worker ring's table of registered
+    /// files (0: none). Connections past them work as before, each counted in
+    /// `tollgate_fixed_file_misses_total`.
+    pub fixed_files: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

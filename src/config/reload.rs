@@ -29,6 +29,7 @@ pub fn carry_over(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("runtime.driver", runtime.driver);
     keep!("runtime.pin_workers", runtime.pin_workers);
     keep!("runtime.uring_entries", runtime.uring_entries);
+    keep!("runtime.fixed_files", runtime.fixed_files);
     keep!("admin.address", admin.addr);
     keep!("admin.upkeep_interval", admin.upkeep_interval);
     keep!("admin.request_timeout", admin.request_timeout);

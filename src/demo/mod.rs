@@ -79,7 +79,7 @@ pub fn spawn_with_driver(
             }
         }
     };
-    spawn_runtimes("tollgate-demo", workers, driver, 1024, false, make)?;
+    spawn_runtimes("tollgate-demo", workers, driver, 1024, 0, false, make)?;
     tracing::info!(%local, workers, sse = opts.sse, extra_tools = opts.extra_tools, "demo MCP server listening");
     Ok(local)
 }

@@ -131,6 +131,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Client connections accepted."
     );
     describe_counter!(
+        names::FIXED_FILE_MISSES_TOTAL,
+        "Connections (side: client, upstream) that found no free slot in their worker ring's \
+         table of registered files (runtime.fixed_files) and use a plain descriptor."
+    );
+    describe_counter!(
         names::TLS_HANDSHAKE_FAILURES_TOTAL,
         "Client connections to a TLS listener closed without a TLS session: the handshake \
          failed (a refused or missing client certificate, no common version, not TLS) or did \
@@ -378,6 +383,8 @@ pub struct WorkerMetrics {
     limits: Vec<Option<Counter>>,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
+    /// By side: client, upstream.
+    pub fixed_file_misses: [Counter; 2],
     /// Indexed by `tls::HandshakeFailure` (timeout, error).
     pub tls_handshake_failures: [Counter; 2],
     pub sessions_opened: Counter,
@@ -427,6 +434,8 @@ impl WorkerMetrics {
             limits,
             connections_open: metrics::gauge!(names::CONNECTIONS_OPEN),
             connections_accepted: metrics::counter!(names::CONNECTIONS_ACCEPTED_TOTAL),
+            fixed_file_misses: ["client", "upstream"]
+                .map(|s| metrics::counter!(names::FIXED_FILE_MISSES_TOTAL, "side" => s)),
             tls_handshake_failures: ["timeout", "error"]
                 .map(|r| metrics::counter!(names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => r)),
             sessions_opened: metrics::counter!(names::SESSIONS_OPENED_TOTAL),

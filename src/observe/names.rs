@@ -14,6 +14,7 @@ pub const TOOL_CALLS_TOTAL: &str = "tollgate_tool_calls_total";
 pub const TOOL_DURATION_SECONDS: &str = "tollgate_tool_duration_seconds";
 pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tollgate_connections_accepted_total";
+pub const FIXED_FILE_MISSES_TOTAL: &str = "tollgate_fixed_file_misses_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tollgate_tls_handshake_failures_total";
 pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "tollgate_limit_rejections_total";

@@ -334,6 +334,8 @@ pub struct WorkerState {
     /// This worker's access log buffer (written by the record phase, flushed on the tick).
     pub access: crate::observe::access::AccessWriter,
     pub connections: Cell<usize>,
+    /// This worker's ring has a table of registered files (`runtime.fixed_files`).
+    fixed_files: bool,
     pub shutdown: LocalShutdown,
     /// Fired when the drain deadline passes with requests still in flight: each (audit on) is
     /// cut there and still recorded (`proxy::request`).
@@ -389,6 +391,7 @@ impl WorkerState {
             metrics: WorkerMetrics::new(&gw.upstream_labels(), series),
             access: crate::observe::access::AccessWriter::new(gw.config.log.json),
             connections: Cell::new(0),
+            fixed_files: monoio::fixed_files_registered() > 0,
             shutdown: LocalShutdown::default(),
             cut: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),
@@ -535,6 +538,15 @@ impl WorkerState {
             _ => up.id,
         };
         ws[window].count(b, id, &up.name, failed, self.shutdown.now());
+    }
+
+    /// Registers a new connection's socket in the worker ring's table of files
+    /// (`runtime.fixed_files`): its receives and sends then name it by its slot. A socket that
+    /// finds no free slot works as before, counted by `side` (client, upstream).
+    pub fn register_fixed(&self, s: &monoio::net::TcpStream, upstream: bool) {
+        if self.fixed_files && !s.register_fixed() {
+            self.metrics.fixed_file_misses[usize::from(upstream)].increment(1);
+        }
     }
 
     /// Counts (and, for a stray response, logs) a pooled connection dropped instead of reused.

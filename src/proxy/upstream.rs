@@ -90,9 +90,14 @@ async fn read_response_head(
 /// verification against `tls.server_name` or the URL's host), each within `connect_timeout`.
 /// A TLS failure reads "TLS handshake failed: invalid peer certificate: UnknownIssuer" and the
 /// like, and is logged.
-async fn open(up: &super::state::UpstreamRuntime, r: usize) -> std::io::Result<crate::tls::Stream> {
+async fn open(
+    w: &WorkerState,
+    up: &super::state::UpstreamRuntime,
+    r: usize,
+) -> std::io::Result<crate::tls::Stream> {
     let rep = &up.replicas[r];
     let tcp = connect(&rep.addrs, up.connect_timeout).await?;
+    w.register_fixed(&tcp, true);
     let Some((config, name)) = &up.tls else {
         return Ok(crate::tls::Stream::Plain(tcp));
     };
@@ -421,7 +426,7 @@ async fn exchange_replica<'g>(
         let mut conn = match pooled {
             Some(c) => c,
             // Boxed for the same reason: a new connection (a TLS handshake) is the rare case.
-            None => match Box::pin(open(up, r)).await {
+            None => match Box::pin(open(w, up, r)).await {
                 Ok(s) => {
                     let mut c = Conn::new(s, UPSTREAM_READ_BUFFER);
                     c.replica = r as u32;

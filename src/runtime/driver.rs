@@ -31,9 +31,12 @@ impl DriverKind {
 
 /// Builds a runtime per `want` on the current thread and runs `make()` to completion on it.
 /// `on_driver` learns which driver was chosen (and why io_uring was not) before the future starts.
+/// An io_uring ring gets a table of `fixed_files` registered-file slots (at most the open-file
+/// limit; none if the kernel refuses it: `monoio::fixed_files_registered` tells).
 pub fn block_on<F, Fut>(
     want: Driver,
     entries: u32,
+    fixed_files: u32,
     on_driver: impl FnOnce(DriverKind, Option<String>),
     make: F,
 ) -> Fut::Output
@@ -43,6 +46,7 @@ where
 {
     let mut uring_error = None;
     if want != Driver::Legacy {
+        monoio::set_fixed_files(fixed_files.min(nofile_limit()));
         // Deferred task running first (Linux 6.1+), then without it (5.19+); the ring is built
         // on the thread that will be its only issuer.
         for defer in [true, false] {
@@ -72,6 +76,19 @@ where
         .expect("the legacy epoll driver always builds");
     on_driver(DriverKind::Legacy, uring_error);
     rt.block_on(make(DriverKind::Legacy))
+}
+
+/// The soft open-file limit: the kernel refuses a larger table of registered files.
+fn nofile_limit() -> u32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on a stack struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    u32::try_from(lim.rlim_cur).unwrap_or(u32::MAX)
 }
 
 /// Pins the calling thread to `core` (modulo the cores this process may use).
@@ -104,6 +121,7 @@ pub fn spawn_runtimes<F, Fut>(
     n: usize,
     want: Driver,
     entries: u32,
+    fixed_files: u32,
     pin: bool,
     make: F,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>>
@@ -122,6 +140,7 @@ where
             block_on(
                 want,
                 entries,
+                fixed_files,
                 |k, why| {
                     match (k, why) {
                         (DriverKind::IoUring, _) => tracing::info!(thread = %tname, core = %core, driver = k.as_str(), "runtime started"),

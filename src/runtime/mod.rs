@@ -148,6 +148,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             workers,
             rt.driver,
             rt.uring_entries,
+            rt.fixed_files,
             rt.pin_workers,
             move |i, kind| {
                 let gw = gw.clone();
@@ -160,6 +161,19 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                     };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
+                    let fixed = gw.config.runtime.fixed_files;
+                    if kind == driver::DriverKind::IoUring
+                        && fixed > 0
+                        && monoio::fixed_files_registered() == 0
+                    {
+                        tracing::warn!(
+                            worker = i,
+                            fixed_files = fixed,
+                            "io_uring refused a table of registered files (runtime.fixed_files; \
+                             the kernel needs 5.19+, the open-file limit must allow it): \
+                             connections use plain descriptors"
+                        );
+                    }
                     let state = WorkerState::new(gw, i, my_series);
                     worker_main(Rc::new(state), listener, inbox, started).await;
                 }
@@ -375,6 +389,7 @@ async fn worker_main(
         // queued connections without yielding, and each must see the ones before it.
         w.connections.set(w.connections.get() + 1);
         w.metrics.connections_open.increment(1.0);
+        w.register_fixed(&stream, false);
         let w = w.clone();
         monoio::spawn(async move {
             if let Some(stream) = crate::tls::serving(&w, stream).await {

@@ -176,6 +176,8 @@ pub struct GatewayBuilder {
     driver: Option<Driver>,
     limits: Keys,
     listen: Keys,
+    /// More `runtime` keys (beside `pin_workers: false` and the driver).
+    runtime: Keys,
     /// `RUST_LOG` for the gateway (default `warn`: faults only).
     rust_log: &'static str,
     /// Environment variables for the gateway process.
@@ -192,6 +194,7 @@ impl Gateway {
             driver: None,
             limits: vec![],
             listen: vec![],
+            runtime: vec![],
             rust_log: "warn",
             env: Vec::new(),
         }
@@ -488,6 +491,12 @@ impl GatewayBuilder {
         self.env.push((key.into(), value.into()));
         self
     }
+    /// A `runtime` key (`runtime.fixed_files`, say).
+    pub fn runtime(mut self, key: &str, value: &str) -> Self {
+        self.runtime.push((key.into(), value.into()));
+        self
+    }
+
     /// `runtime.driver`; `start` then checks every worker really runs on it.
     pub fn driver(mut self, d: Driver) -> Self {
         self.driver = Some(d);
@@ -521,6 +530,9 @@ impl GatewayBuilder {
         );
         if let Some(d) = self.driver {
             y.push_str(&format!("  driver: {}\n", d.config_value()));
+        }
+        for (k, v) in &self.runtime {
+            y.push_str(&format!("  {k}: {v}\n"));
         }
         if !self.extra.contains("listen:") {
             y.push_str("listen:\n  address: 127.0.0.1:0\n");

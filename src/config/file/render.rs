@@ -206,6 +206,7 @@ pub fn render_effective(c: &Config) -> String {
     let _ = writeln!(o, "  driver: {driver}");
     let _ = writeln!(o, "  pin_workers: {}", r.pin_workers);
     let _ = writeln!(o, "  uring_entries: {}", r.uring_entries);
+    let _ = writeln!(o, "  fixed_files: {}", r.fixed_files);
 
     let _ = writeln!(o, "log:");
     let _ = writeln!(o, "  level: {}", q(&c.log.level));

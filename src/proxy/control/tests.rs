@@ -18,7 +18,7 @@ fn id(msg: &Control) -> u8 {
 
 /// Runs `f` on a fresh runtime of `driver` on this thread.
 fn on_runtime<F: std::future::Future>(driver: Driver, f: impl FnOnce() -> F) -> F::Output {
-    block_on(driver, 256, |_, _| {}, |_| f())
+    block_on(driver, 256, 0, |_, _| {}, |_| f())
 }
 
 #[test]

@@ -55,6 +55,7 @@ pub fn probe(config: Config) -> anyhow::Result<Outcome> {
     crate::runtime::driver::block_on(
         Driver::Legacy,
         entries,
+        0,
         |_, _| {},
         |_| async move {
             let series = Arc::default();

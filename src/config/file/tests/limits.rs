@@ -49,6 +49,8 @@ fn driver_and_log_format() {
     );
     assert!(err("runtime: {uring_entries: 65536}")
         .starts_with("runtime.uring_entries: expected a whole number from 1 to 32768"));
+    assert!(err("runtime: {fixed_files: 2000000}")
+        .starts_with("runtime.fixed_files: expected a whole number from 0 to 1048576"));
 }
 
 #[test]

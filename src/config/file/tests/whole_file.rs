@@ -42,6 +42,7 @@ fn empty_file_runs_the_demo_with_every_default() {
         assert_eq!(c.runtime.driver, Driver::Auto);
         assert!(c.runtime.pin_workers);
         assert_eq!(c.runtime.uring_entries, 1024);
+        assert_eq!(c.runtime.fixed_files, 16_384);
         assert_eq!(c.log.level, "info");
         assert!(!c.log.json);
         assert_eq!(c.upstreams.len(), 1);
@@ -112,6 +113,7 @@ runtime:
   driver: io_uring
   pin_workers: false
   uring_entries: 256
+  fixed_files: 64
 log:
   level: "info,tollgate=debug"
   format: json
@@ -179,6 +181,7 @@ servers:
     assert_eq!(c.runtime.driver, Driver::IoUring);
     assert!(!c.runtime.pin_workers);
     assert_eq!(c.runtime.uring_entries, 256);
+    assert_eq!(c.runtime.fixed_files, 64);
     assert_eq!(c.log.level, "info,tollgate=debug");
     assert!(c.log.json);
     let b = &c.upstreams[0];
