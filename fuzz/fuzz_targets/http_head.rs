@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = h.path(data);
     }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; 64];
     if let Ok(Some(h)) = parse_response(data, &mut headers, 8192, false) {
         assert!(h.len <= data.len());
         for r in &h.relay {
