@@ -62,7 +62,7 @@ fn main() {
     };
     // The same ring as tollgate's workers (src/runtime/driver.rs), so the floor is a fair one:
     // sockets registered in its table of files too (`runtime.fixed_files`).
-    monoio::set_fixed_files(1024);
+    monoio::set_fixed_files(tollgate::runtime::driver::fixed_files_for_kernel(1024).0);
     let build = |defer: bool| {
         let mut urb = io_uring::IoUring::builder();
         urb.setup_coop_taskrun().setup_single_issuer();

@@ -31,8 +31,9 @@ impl DriverKind {
 
 /// Builds a runtime per `want` on the current thread and runs `make()` to completion on it.
 /// `on_driver` learns which driver was chosen (and why io_uring was not) before the future starts.
-/// An io_uring ring gets a table of `fixed_files` registered-file slots (at most the open-file
-/// limit; none if the kernel refuses it: `monoio::fixed_files_registered` tells).
+/// An io_uring ring gets a table of `fixed_files` registered-file slots (as
+/// `fixed_files_for_kernel` allows; none if the kernel refuses it:
+/// `monoio::fixed_files_registered` tells).
 pub fn block_on<F, Fut>(
     want: Driver,
     entries: u32,
@@ -46,7 +47,7 @@ where
 {
     let mut uring_error = None;
     if want != Driver::Legacy {
-        monoio::set_fixed_files(fixed_files.min(nofile_limit()));
+        monoio::set_fixed_files(fixed_files_for_kernel(fixed_files).0);
         // Deferred task running first (Linux 6.1+), then without it (5.19+); the ring is built
         // on the thread that will be its only issuer.
         for defer in [true, false] {
@@ -76,6 +77,67 @@ where
         .expect("the legacy epoll driver always builds");
     on_driver(DriverKind::Legacy, uring_error);
     rt.block_on(make(DriverKind::Legacy))
+}
+
+/// How many registered-file slots a worker ring gets for `runtime.fixed_files` = `requested`,
+/// and why it is fewer when it is: none on a kernel before 6.13, at most the open-file limit.
+///
+/// Before 6.13 a file taken out of the table was released only once every operation submitted
+/// before its removal had completed (removed files waited in one ordered list): one receive left
+/// pending on an idle keep-alive connection would keep every socket closed after it open, its
+/// memory and unsent data with it. From 6.13 each registered file has its own reference count.
+pub fn fixed_files_for_kernel(requested: u32) -> (u32, Option<String>) {
+    if requested == 0 {
+        return (0, None);
+    }
+    match kernel_release() {
+        Some((major, minor)) if (major, minor) >= (6, 13) => {}
+        found => {
+            let version = found.map_or("unknown".to_string(), |(a, b)| format!("{a}.{b}"));
+            return (
+                0,
+                Some(format!(
+                    "off: the kernel ({version}) is older than 6.13, which releases a socket \
+                     taken out of the table only once earlier operations complete"
+                )),
+            );
+        }
+    }
+    let limit = nofile_limit();
+    if requested > limit {
+        return (
+            limit,
+            Some(format!(
+                "{limit} slots, not {requested}: the open-file limit (RLIMIT_NOFILE) bounds them"
+            )),
+        );
+    }
+    (requested, None)
+}
+
+/// The running kernel's (major, minor) version, from `uname`.
+fn kernel_release() -> Option<(u32, u32)> {
+    // SAFETY: uname fills a zeroed struct on the stack; release is NUL-terminated.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    parse_release(&release)
+}
+
+/// "6.18.44-fc-v657" → (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let number = |s: &str| {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    let mut parts = release.split('.');
+    Some((number(parts.next()?)?, number(parts.next()?)?))
 }
 
 /// The soft open-file limit: the kernel refuses a larger table of registered files.
@@ -154,4 +216,24 @@ where
         handles.push(h);
     }
     Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse_to_major_and_minor() {
+        assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_release("6.1.0-28-amd64"), Some((6, 1)));
+        assert_eq!(parse_release("6.13"), Some((6, 13)));
+        assert_eq!(parse_release("5.19.0+"), Some((5, 19)));
+        assert_eq!(parse_release("6.12rc7"), Some((6, 12)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn no_table_unless_asked_for() {
+        assert_eq!(fixed_files_for_kernel(0), (0, None));
+    }
 }

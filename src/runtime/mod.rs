@@ -140,6 +140,13 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         listeners.into_iter().zip(inboxes).map(Some).collect(),
     ));
     let rt = &gw.config.runtime;
+    match driver::fixed_files_for_kernel(rt.fixed_files) {
+        (0, Some(why)) => tracing::info!(fixed_files = rt.fixed_files, "runtime.fixed_files {why}"),
+        (_, Some(why)) => {
+            tracing::warn!(fixed_files = rt.fixed_files, "runtime.fixed_files: {why}")
+        }
+        _ => {}
+    }
     let handles = {
         let (gw, started, slots) = (gw.clone(), started.clone(), slots.clone());
         let per_worker = series.workers.clone();
@@ -161,7 +168,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                     };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
-                    let fixed = gw.config.runtime.fixed_files;
+                    let (fixed, _) = driver::fixed_files_for_kernel(gw.config.runtime.fixed_files);
                     if kind == driver::DriverKind::IoUring
                         && fixed > 0
                         && monoio::fixed_files_registered() == 0
@@ -169,8 +176,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                         tracing::warn!(
                             worker = i,
                             fixed_files = fixed,
-                            "io_uring refused a table of registered files (runtime.fixed_files; \
-                             the kernel needs 5.19+, the open-file limit must allow it): \
+                            "io_uring refused a table of registered files (runtime.fixed_files): \
                              connections use plain descriptors"
                         );
                     }

@@ -2,8 +2,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 #![allow(stable_features)]
-// tollgate: warnings of the released 0.2.4 that a path dependency shows (unchanged code).
-#![allow(unused_attributes, dead_code)]
+// tollgate: a warning of the released 0.2.4 that a path dependency shows (unchanged code:
+// `#[must_use]` on a trait method in an impl).
+#![allow(unused_attributes)]
 #![allow(clippy::macro_metavars_in_unsafe)]
 #![cfg_attr(feature = "unstable", feature(io_error_more))]
 #![cfg_attr(feature = "unstable", feature(lazy_cell))]

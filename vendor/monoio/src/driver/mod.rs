@@ -41,6 +41,7 @@ use self::uring::UringInner;
 /// Unpark a runtime of another thread.
 pub(crate) mod unpark {
     #[allow(unreachable_pub)]
+    #[allow(dead_code)] // tollgate: unused without the `sync` feature (unchanged code)
     pub trait Unpark: Sync + Send + 'static {
         /// Unblocks a thread that is blocked by the associated `Park` handle.
         ///

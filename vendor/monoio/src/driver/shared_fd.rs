@@ -23,9 +23,11 @@ struct Inner {
     fd: RawFd,
 
     /// tollgate patch: the descriptor's slot in the ring's table of registered files
-    /// (`NOT_FIXED`: none).
+    /// (`NOT_FIXED`: none), and which ring's (its driver's address).
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fixed: std::cell::Cell<u32>,
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    fixed_ring: std::cell::Cell<usize>,
 
     // Waker to notify when the close operation completes.
     state: UnsafeCell<State>,
@@ -241,6 +243,8 @@ impl SharedFd {
                 fd,
                 #[cfg(all(target_os = "linux", feature = "iouring"))]
                 fixed: std::cell::Cell::new(NOT_FIXED),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                fixed_ring: std::cell::Cell::new(0),
                 state: UnsafeCell::new(state),
             }),
         })
@@ -293,6 +297,8 @@ impl SharedFd {
                 fd,
                 #[cfg(all(target_os = "linux", feature = "iouring"))]
                 fixed: std::cell::Cell::new(NOT_FIXED),
+                #[cfg(all(target_os = "linux", feature = "iouring"))]
+                fixed_ring: std::cell::Cell::new(0),
                 state: UnsafeCell::new(state),
             }),
         }
@@ -338,13 +344,15 @@ impl SharedFd {
         }
         let fd = self.inner.fd;
         let slot = CURRENT.with(|inner| match inner {
-            super::Inner::Uring(r) => super::uring::UringInner::register_fixed(r, fd),
+            super::Inner::Uring(r) => super::uring::UringInner::register_fixed(r, fd)
+                .map(|slot| (slot, Rc::as_ptr(r) as usize)),
             #[allow(unreachable_patterns)]
             _ => None,
         });
         match slot {
-            Some(slot) => {
+            Some((slot, ring)) => {
                 self.inner.fixed.set(slot);
+                self.inner.fixed_ring.set(ring);
                 true
             }
             None => false,
@@ -563,27 +571,34 @@ impl Inner {
     }
 }
 
-#[cfg(unix)]
-/// tollgate patch: no registered slot names a descriptor about to be closed (the table holds a
-/// reference to the file: the socket would stay open). No operation names the slot any more:
-/// each holds a handle of the descriptor until its completion arrives.
+/// tollgate patch: `Inner::fixed` when the descriptor has no slot.
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 const NOT_FIXED: u32 = u32::MAX;
 
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 impl Inner {
+    /// tollgate patch: empties the descriptor's slot before the descriptor is closed or handed
+    /// away (the table holds a reference to the file: the socket would stay open). No operation
+    /// names the slot any more: each holds a handle of the descriptor until its completion
+    /// arrives. Only in the ring that gave the slot: another ring's slot of that number is
+    /// another socket's. Outside that ring (dropped after its runtime stopped running) the slot
+    /// is left to the ring's own teardown.
     fn unfix(&self) {
         let slot = self.fixed.replace(NOT_FIXED);
-        if slot != NOT_FIXED && CURRENT.is_set() {
-            CURRENT.with(|inner| {
-                if let super::Inner::Uring(r) = inner {
+        if slot == NOT_FIXED || !CURRENT.is_set() {
+            return;
+        }
+        CURRENT.with(|inner| {
+            if let super::Inner::Uring(r) = inner {
+                if Rc::as_ptr(r) as usize == self.fixed_ring.get() {
                     super::uring::UringInner::unregister_fixed(r, slot);
                 }
-            });
-        }
+            }
+        });
     }
 }
 
+#[cfg(unix)]
 impl Drop for Inner {
     fn drop(&mut self) {
         #[cfg(all(target_os = "linux", feature = "iouring"))]

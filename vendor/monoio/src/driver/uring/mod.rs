@@ -443,10 +443,15 @@ impl UringInner {
 
     /// tollgate patch: empties `slot` (the table's reference to the file goes) and frees it.
     /// Called when the last handle of its descriptor goes, so no operation names it any more.
+    /// Tried twice; a slot the kernel would not empty stays taken (never handed out again) and
+    /// keeps its file until the ring goes.
     pub(crate) fn unregister_fixed(this: &Rc<UnsafeCell<UringInner>>, slot: u32) {
         let inner = unsafe { &mut *this.get() };
-        if let Ok(1) = inner.uring.submitter().register_files_update(slot, &[-1]) {
-            inner.fixed_free.push(slot);
+        for _ in 0..2 {
+            if let Ok(1) = inner.uring.submitter().register_files_update(slot, &[-1]) {
+                inner.fixed_free.push(slot);
+                return;
+            }
         }
     }
 
