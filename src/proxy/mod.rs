@@ -82,6 +82,7 @@ pub fn serve(w: Rc<WorkerState>, stream: Stream) -> impl std::future::Future<Out
 async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) {
     let _ = stream.tcp().set_nodelay(true);
     let mut c = Client::new(stream, w.clone(), who);
+    let mut registered = false;
     // A refused head is answered after the loop: awaiting inside the `match` would keep its
     // whole `Result` (a `RequestHead`) in the state of every idle connection.
     let refused = loop {
@@ -103,6 +104,13 @@ async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) 
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
             return;
+        }
+        // A connection that carries a second request takes a slot in the ring's table of
+        // files (`runtime.fixed_files`): one that closes after its first never pays the two
+        // registration calls.
+        if !registered {
+            registered = true;
+            w.register_fixed(c.conn.io.tcp(), false);
         }
     };
     Box::pin(refuse_head(&w, &mut c, refused)).await;

@@ -540,9 +540,11 @@ impl WorkerState {
         ws[window].count(b, id, &up.name, failed, self.shutdown.now());
     }
 
-    /// Registers a new connection's socket in the worker ring's table of files
-    /// (`runtime.fixed_files`): its receives and sends then name it by its slot. A socket that
-    /// finds no free slot works as before, counted by `side` (client, upstream).
+    /// Registers a connection's socket in the worker ring's table of files
+    /// (`runtime.fixed_files`): its receives and sends then name it by its slot. A client
+    /// connection registers once it stays open after its first request, an upstream one when
+    /// it opens (the pool keeps it). A socket that finds no free slot works as before, counted
+    /// by `side` (client, upstream).
     pub fn register_fixed(&self, s: &monoio::net::TcpStream, upstream: bool) {
         if self.fixed_files && !s.register_fixed() {
             self.metrics.fixed_file_misses[usize::from(upstream)].increment(1);

@@ -395,7 +395,6 @@ async fn worker_main(
         // queued connections without yielding, and each must see the ones before it.
         w.connections.set(w.connections.get() + 1);
         w.metrics.connections_open.increment(1.0);
-        w.register_fixed(&stream, false);
         let w = w.clone();
         monoio::spawn(async move {
             if let Some(stream) = crate::tls::serving(&w, stream).await {
