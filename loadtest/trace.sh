@@ -6,6 +6,10 @@
 #                                                       by number, context switches
 #   loadtest/trace.sh clock SCENARIO [SETUP] [BINARY]   calls of libc's __clock_gettime (the
 #                                                       vDSO clock reads that go through libc)
+#   loadtest/trace.sh kernel SCENARIO [SETUP] [BINARY]  CPU per request split into kernel and
+#                                                       user time (a 15 kHz profile), the file
+#                                                       lookups per operation (fget, fdget, ...),
+#                                                       and TCP segments sent per request (nstat)
 #
 # SCENARIO: a name under loadtest/scenarios/ (without .yaml). SETUP: tollgate (default), bare
 # or nginx. BINARY: the tollgate build to run (default target/release/tollgate).
@@ -25,15 +29,17 @@ case $setup in
   *) echo "setup: tollgate, bare or nginx" >&2; exit 2 ;;
 esac
 case $what in
-  ops) events=(-e io_uring:io_uring_submit_req -e raw_syscalls:sys_enter -e sched:sched_switch) ;;
+  ops) events=(-e io_uring:io_uring_submit_req -e io_uring:io_uring_poll_arm -e raw_syscalls:sys_enter -e sched:sched_switch) ;;
+  kernel) events=(-F 15000) ;;
   clock)
     libc=$(ldd "$bin" | awk '/libc.so/ {print $3}')
     perf probe -q -d probe_libc:__clock_gettime 2>/dev/null || true
     perf probe -q -x "$libc" __clock_gettime
     events=(-e probe_libc:__clock_gettime)
     ;;
-  *) echo "what: ops or clock" >&2; exit 2 ;;
+  *) echo "what: ops, clock or kernel" >&2; exit 2 ;;
 esac
+[ "$what" = kernel ] && nstat -n > /dev/null
 target/release/tollgate-load compare --scenario "loadtest/scenarios/$sc.yaml" --setups "$setup" \
   --tollgate "$bin" --requests 2000000 --duration 10 --closed-only --nice -15 \
   --results-dir - > "$run" 2>&1 &
@@ -49,6 +55,29 @@ sleep 2
 perf record "${events[@]}" -p "$pid" -o "$data" -- sleep 3 > /dev/null 2>&1
 wait "$load"
 rps=$(awk -v s="$setup" '$1 == s && $2 == "closed" {print $5; exit}' "$run")
+if [ "$what" = kernel ]; then
+  # nstat counts the whole run (the warm-up too) on the whole machine: the generator and the
+  # upstream send their share of the segments, alike for every setup.
+  reqs=$(awk -v s="$setup" '$1 == s && $2 == "closed" {print $3; exit}' "$run")
+  segs=$(nstat | awk '$1 == "TcpOutSegs" {print $2}')
+  cpu=$(awk -v s="$setup" '$1 == s && $2 == "closed" {print $15; exit}' "$run")
+  echo "$setup: $cpu µs of CPU per request; TCP segments sent per request (all processes): $(python3 -c "print(round($segs / $reqs, 3))")"
+  perf report -i "$data" --no-children --sort dso -q 2> /dev/null | python3 -c '
+import sys
+cpu = float(sys.argv[1]); k = u = 0.0
+for l in sys.stdin:
+    f = l.split()
+    if len(f) < 2: continue
+    share = float(f[0].rstrip("%"))
+    if "kernel" in f[1]: k += share
+    else: u += share
+print("kernel %.2f µs, user %.2f µs per request (%.1f %% / %.1f %% of the process)" % (cpu * k / 100, cpu * u / 100, k, u))
+' "$cpu"
+  echo "file lookups (share of the process):"
+  perf report -i "$data" --no-children --sort sym -q 2> /dev/null |
+    grep -E "\] (fget|fput|fdget|fdget_pos|io_file_get_normal|io_file_get_fixed)$" || echo "  none"
+  exit 0
+fi
 echo "$setup: $rps req/s (the phase's average; the counts are over 3 s of it)"
 perf script -i "$data" 2> /dev/null | python3 -c '
 import collections, re, sys
