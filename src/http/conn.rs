@@ -4,8 +4,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 /// Below this much free space a read first makes room.
 const MIN_SPARE: usize = 512;
@@ -154,7 +154,8 @@ impl<S: AsyncReadRent + Socket> Conn<S> {
         // While the buffer is lent to the read, `rbuf` is empty: keep `rpos` consistent with it,
         // so a read cancelled mid-way (timeout, shutdown) leaves an empty, not a broken, buffer.
         let rpos = std::mem::take(&mut self.rpos);
-        let (res, slice) = self.io.read(buf.slice_mut(len..cap)).await;
+        // Pinned where it is made: awaited plainly, the read's future is copied into this one's.
+        let (res, slice) = std::pin::pin!(self.io.read(buf.slice_mut(len..cap))).await;
         self.rbuf = slice.into_inner();
         self.rpos = rpos;
         res
@@ -163,8 +164,21 @@ impl<S: AsyncReadRent + Socket> Conn<S> {
 
 impl<S: AsyncWriteRent + Socket> Conn<S> {
     /// Writes all of `buf`, handing the buffer back for reuse.
-    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let (res, buf) = self.io.write_all(buf).await;
-        (res.map(|_| ()), buf)
+    pub async fn write_all(&mut self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        // monoio's `write_all`, written out: its future would be one more layer around each
+        // write of a request, moved and resumed with it.
+        let len = buf.len();
+        let mut written = 0;
+        while written < len {
+            let (res, slice) = std::pin::pin!(self.io.write(buf.slice(written..len))).await;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
     }
 }

@@ -253,6 +253,22 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Duplicates deeper down (inside an argument's value, say) are forwarded untouched: the gateway
 /// decides nothing on them.
 pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanError> {
+    let mut m = Message::empty();
+    Ok(match scan_into(body, limits, &mut m)? {
+        None => Body::Single(m),
+        Some(batch) => Body::Batch(batch),
+    })
+}
+
+/// `scan`, reading a single message into `m` (`Ok(None)`) rather than returning it: the
+/// 536-byte message is then not copied into the result and out of it again, which the request
+/// path and the reply scan pay on every call. A batch comes back as it does from `scan`. `m`
+/// must be `Message::empty()`.
+pub fn scan_into<'a>(
+    body: &'a [u8],
+    limits: &ScanLimits,
+    m: &mut Message<'a>,
+) -> Result<Option<Vec<Message<'a>>>, ScanError> {
     if body.starts_with(BOM) {
         return Err(lex::err(ScanErrorKind::Syntax("UTF-8 byte order mark"), 0));
     }
@@ -266,13 +282,12 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
     // A single message (the common case) is read into the one place it is returned from: the
     // 536-byte message is not moved through an `Option<Body>` on its way out.
     if cur.peek() == Some(b'{') {
-        let mut m = Message::empty();
-        let valid = match message::message(&mut cur, 1, &mut m) {
+        let valid = match message::message(&mut cur, 1, m) {
             Ok(valid) => valid,
             Err(Stop) => return Err(cur.take_fatal()),
         };
         end(&mut cur, body.len(), valid)?;
-        return Ok(Body::Single(m));
+        return Ok(None);
     }
     let out = match top(&mut cur, limits) {
         Ok(out) => out,
@@ -280,7 +295,14 @@ pub fn scan<'a>(body: &'a [u8], limits: &ScanLimits) -> Result<Body<'a>, ScanErr
     };
     end(&mut cur, body.len(), out.is_some())?;
     // `end` refused a value that is None.
-    out.ok_or_else(|| lex::err(ScanErrorKind::NotAMessage("unclassified"), 0))
+    match out {
+        Some(Body::Single(one)) => {
+            *m = one;
+            Ok(None)
+        }
+        Some(Body::Batch(batch)) => Ok(Some(batch)),
+        None => Err(lex::err(ScanErrorKind::NotAMessage("unclassified"), 0)),
+    }
 }
 
 /// After the top-level value: only whitespace may follow; the first error noted wins; a value

@@ -19,33 +19,50 @@ use crate::observe::Outcome;
 use super::client::Client;
 use super::state::{Gateway, Generation, WorkerState};
 
-/// Bytes copied out of the body for later phases (ids, tool names): inline up to 46 bytes, so
-/// the common case allocates nothing; 48 bytes either way (every message carries five).
+/// Text copied out of the body for later phases (ids, tool names): inline up to 46 bytes, so
+/// the common case allocates nothing; 48 bytes either way (every message carries five). Made
+/// only from text (`&str`), so reading it as text needs no UTF-8 check.
 #[derive(Clone)]
-pub enum Short {
+pub struct Short(Repr);
+
+#[derive(Clone)]
+enum Repr {
     Inline { len: u8, bytes: [u8; 46] },
-    Heap(Box<[u8]>),
+    Heap(Box<str>),
 }
 
 impl Short {
-    pub fn new(raw: &[u8]) -> Self {
-        if raw.len() <= 46 {
+    pub fn new(text: &str) -> Self {
+        let raw = text.as_bytes();
+        Short(if raw.len() <= 46 {
             let mut bytes = [0; 46];
             bytes[..raw.len()].copy_from_slice(raw);
-            Short::Inline {
+            Repr::Inline {
                 len: raw.len() as u8,
                 bytes,
             }
         } else {
-            Short::Heap(raw.into())
+            Repr::Heap(text.into())
+        })
+    }
+
+    /// An id's JSON text as the body spells it (the scanner checked the body is UTF-8).
+    pub fn raw(text: &[u8]) -> Self {
+        Short::new(&String::from_utf8_lossy(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // SAFETY: `new` copied these bytes whole from a `&str`.
+            Repr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..*len as usize])
+            },
+            Repr::Heap(b) => b,
         }
     }
 
     pub fn get(&self) -> &[u8] {
-        match self {
-            Short::Inline { len, bytes } => &bytes[..*len as usize],
-            Short::Heap(b) => b,
-        }
+        self.as_str().as_bytes()
     }
 }
 
@@ -113,14 +130,14 @@ impl MessageCtx {
             method,
             method_text: match method {
                 Method::Other | Method::OtherNotification => {
-                    m.method.as_ref().map(|s| Short::new(s.value.as_bytes()))
+                    m.method.as_ref().map(|s| Short::new(&s.value))
                 }
                 _ => None,
             },
             meta_version: m
                 .meta_protocol_version
                 .as_ref()
-                .map(|s| Short::new(s.value.as_bytes())),
+                .map(|s| Short::new(&s.value)),
             meta_capabilities: m.meta_client_capabilities.is_some(),
             params_at: m.params_open.map(|i| i as u32),
             meta_splice_ok: !m.params_not_object && !m.meta_not_object,
@@ -142,9 +159,9 @@ impl MessageCtx {
                     .and_then(|v| crate::mcp::ProtocolVersion::parse(&v.value)),
                 _ => None,
             },
-            id: m.id.as_ref().map(|r| Short::new(r.text)),
-            name: m.name.as_ref().map(|s| Short::new(s.value.as_bytes())),
-            uri: m.uri.as_ref().map(|s| Short::new(s.value.as_bytes())),
+            id: m.id.as_ref().map(|r| Short::raw(r.text)),
+            name: m.name.as_ref().map(|s| Short::new(&s.value)),
+            uri: m.uri.as_ref().map(|s| Short::new(&s.value)),
             name_span: m
                 .name
                 .as_ref()
@@ -464,11 +481,7 @@ fn tool_call(
     elapsed: Duration,
 ) {
     let gw = ctx.gw();
-    let tool = m
-        .name
-        .as_ref()
-        .and_then(|n| std::str::from_utf8(n.get()).ok())
-        .unwrap_or("");
+    let tool = m.name.as_ref().map(Short::as_str).unwrap_or("");
     let call = crate::observe::ToolCall {
         generation: gw.generation,
         servers: gw.config.servers.len(),
@@ -534,7 +547,7 @@ fn access_line(w: &WorkerState, c: &Client, ctx: &Ctx, elapsed: Duration) {
             .messages
             .iter()
             .map(|m| match m.name.as_ref().or(m.uri.as_ref()) {
-                Some(n) => format!("{}:{}", m.method_label(), String::from_utf8_lossy(n.get())),
+                Some(n) => format!("{}:{}", m.method_label(), n.as_str()),
                 None => m.method_label().to_string(),
             })
             .collect::<Vec<_>>()

@@ -36,6 +36,10 @@ pub mod upstream;
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
+// `pin!(f(..)).await`, not `f(..).await`, for the request path's large futures (KiBs each): a
+// plain await copies the future whole into the caller's state before its first poll; pinned,
+// it is built where it runs.
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +50,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{Framing, HttpMethod, RequestHead, ResponseHead};
 use crate::http::pool::UpstreamConn;
 use crate::http::response;
-use crate::jsonrpc::{self, Body, MessageKind};
+use crate::jsonrpc::{self, MessageKind};
 use crate::mcp::session::{SessionClaims, UpstreamSession};
 use crate::mcp::{Method, ProtocolVersion};
 use crate::observe::Outcome;
@@ -99,7 +103,7 @@ async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) 
         c.head_only = head.method() == HttpMethod::Head;
         // The head by reference: moved in, it was held twice in the request's future (as the
         // argument and as the body's local) and copied into it twice.
-        let next = recycle::Recycled::new(request(&w, &mut c, &head)).await;
+        let next = recycle::Recycled::new(|| request(&w, &mut c, &head)).await;
         c.head_only = false;
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
@@ -254,7 +258,7 @@ async fn handle(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHe
         }
     }
     match head.method() {
-        HttpMethod::Post => post(w, c, ctx, head).await,
+        HttpMethod::Post => pin!(post(w, c, ctx, head)).await,
         HttpMethod::Get => Box::pin(session_requests::get(w, c, ctx, head.clone())).await,
         HttpMethod::Delete => Box::pin(session_requests::delete(w, c, ctx, head.clone())).await,
         HttpMethod::Options if !head.has_body() => {
@@ -389,8 +393,9 @@ async fn read_body(
 fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let gen = ctx.gen.clone();
     let hash = gen.gw.config.traffic.hashes_arguments;
-    match jsonrpc::scan(body, &gen.gw.scan_limits) {
-        Ok(Body::Single(m)) => {
+    let mut m = jsonrpc::Message::empty();
+    match jsonrpc::scan_into(body, &gen.gw.scan_limits, &mut m) {
+        Ok(None) => {
             let mc = MessageCtx::hashed(&m, hash);
             if gen.gw.config.audit.enabled {
                 audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, &mc), &m);
@@ -398,7 +403,7 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
             ctx.messages.push(mc);
             Ok(())
         }
-        Ok(Body::Batch(msgs)) => {
+        Ok(Some(msgs)) => {
             ctx.batch = true;
             let audit = &gen.gw.config.audit;
             let args = &mut ctx.audit_args;
@@ -596,7 +601,8 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
             return Next::Close;
         }
     }
-    let (at, used) = match read_body(w, c, limits, head).await {
+    let read = pin!(read_body(w, c, limits, head)).await;
+    let (at, used) = match read {
         Ok(x) => x,
         Err(e) => return refuse(c, ctx, e.into()).await,
     };
@@ -617,10 +623,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
     if let Some(m) = ctx.first() {
         let signals = crate::mcp::modern::Signals {
             header_version: head.protocol_version.clone().map(|r| &buf[r]),
-            meta_version: m
-                .meta_version
-                .as_ref()
-                .and_then(|v| std::str::from_utf8(v.get()).ok()),
+            meta_version: m.meta_version.as_ref().map(|v| v.as_str()),
             meta_capabilities: m.meta_capabilities,
             has_session: head.session_id.is_some(),
             request: m.kind == MessageKind::Request,
@@ -691,7 +694,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
             c.conn.consume(used);
             let then = Then::RelayFederated(cl.id);
             let replica = upstream_session(gw, Some(cl), u).map_or(0, |s| s.replica);
-            return forward(w, c, ctx, (u, replica), had_session, then).await;
+            return pin!(forward(w, c, ctx, (u, replica), had_session, then)).await;
         }
         let trace = trace_context::upstream_lines_vec(head, buf, ctx.trace.as_ref());
         let body = trace_context::spliced(ctx, body).into_owned();
@@ -728,7 +731,7 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
         Then::Relay
     };
     let replica = up_session.map_or(0, |s| s.replica);
-    forward(w, c, ctx, (u, replica), had_session, then).await
+    pin!(forward(w, c, ctx, (u, replica), had_session, then)).await
 }
 
 /// A federated `tools/call` or `prompts/get` whose name the worker's fresh table routes: renders
@@ -751,7 +754,7 @@ fn federated_direct(
         Method::PromptsGet => federate::TableKind::Prompts,
         _ => return None,
     };
-    let name = std::str::from_utf8(m.name.as_ref()?.get()).ok()?;
+    let name = m.name.as_ref()?.as_str();
     let span = m.name_span.clone()?;
     let server = ctx.server?;
     let table = federate::fresh_names(w, gw, server, kind)?;
@@ -858,10 +861,18 @@ async fn forward(
     // (The generation, not `ctx`, lends the gateway: a half-open probe slot borrows it into
     // `respond`, which takes `ctx` mutably.)
     let gen = ctx.gen.clone();
-    let (res, req, probe) =
-        upstream::exchange_within(w, &gen.gw, (u, replica), req, caller, terms).await;
+    let (res, req, _, probe) = pin!(upstream::exchange_within(
+        w,
+        &gen.gw,
+        (u, replica),
+        req,
+        caller,
+        terms
+    ))
+    .await;
     c.up_out = req;
-    respond(w, c, ctx, (u, res, t_up, probe), had_session, then).await
+    let next = pin!(respond(w, c, ctx, (u, res, t_up, probe), had_session, then)).await;
+    next
 }
 
 /// Whether the request may be sent again after its upstream connection closed before any byte
@@ -883,11 +894,7 @@ fn retry_safe(w: &WorkerState, ctx: &Ctx) -> bool {
     let gw = ctx.gw();
     match ctx.server {
         Some(server) if m.method == Method::ToolsCall && gw.config.servers[server].federated() => {
-            let Some(name) = m
-                .name
-                .as_ref()
-                .and_then(|n| std::str::from_utf8(n.get()).ok())
-            else {
+            let Some(name) = m.name.as_ref().map(|n| n.as_str()) else {
                 return false;
             };
             federate::annotations(w, gw, server, federate::TableKind::Tools, name)
@@ -908,7 +915,7 @@ fn tool_timeout(w: &WorkerState, ctx: &Ctx, u: usize) -> Option<std::time::Durat
     if m.method != Method::ToolsCall || m.kind != MessageKind::Request {
         return None;
     }
-    let name = std::str::from_utf8(m.name.as_ref()?.get()).ok()?;
+    let name = m.name.as_ref()?.as_str();
     let gw = ctx.gw();
     match ctx.server {
         Some(server) if gw.config.servers[server].federated() => {
@@ -958,7 +965,14 @@ async fn respond(
     let mut up_conn = up_conn;
     let expect_id = ctx.answer_id();
     let timeout = ctx.tool_timeout.unwrap_or(up.request_timeout);
-    let vetted = upstream::vet_reply(w, &mut up_conn, &rhead, timeout, expect_id).await;
+    let vetted = pin!(upstream::vet_reply(
+        w,
+        &mut up_conn,
+        &rhead,
+        timeout,
+        expect_id
+    ))
+    .await;
     // Also when the connection goes back to the pool (`pool_put`: never after the put).
     let vetted_at = crate::runtime::clock::now();
     ctx.vetted_at = Some(vetted_at);
@@ -1002,7 +1016,7 @@ async fn respond(
                 Then::Translated => stateless::for_session_client(rhead, body),
                 _ => (rhead, body),
             };
-            return write_whole(c, ctx, (&rhead, &hb), &body, None).await;
+            return pin!(write_whole(c, ctx, (&rhead, &hb), &body, None)).await;
         }
         upstream::Vetted::Unusable {
             kind,
@@ -1037,7 +1051,7 @@ async fn respond(
             }))
             .await
         }
-        Then::Listen => relay(w, c, ctx, up_conn, &rhead, u, None, true).await,
+        Then::Listen => pin!(relay(w, c, ctx, up_conn, &rhead, u, None, true)).await,
         Then::Stamped(st) if stateless::stampable(&rhead, up_conn.buffered()) => {
             Box::pin(stateless::relay_stamped(
                 w,
@@ -1057,7 +1071,7 @@ async fn respond(
             .await
         }
         Then::Relay | Then::RelayFederated(_) | Then::Translated => {
-            relay(w, c, ctx, up_conn, &rhead, u, Some(timeout), false).await
+            pin!(relay(w, c, ctx, up_conn, &rhead, u, Some(timeout), false)).await
         }
     }
 }

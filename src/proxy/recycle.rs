@@ -73,12 +73,16 @@ pub struct Recycled<F> {
 }
 
 impl<F: Future> Recycled<F> {
-    pub fn new(f: F) -> Self {
+    /// The future `make` returns, in a block. `make` is called once the block is there, so the
+    /// future can be built in it rather than built elsewhere and copied in whole (a future's
+    /// every byte is copied, however little of it its first state uses).
+    #[inline(always)]
+    pub fn new(make: impl FnOnce() -> F) -> Self {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
             let ptr = NonNull::<F>::dangling();
             // SAFETY: a zero-sized value needs no memory; a dangling aligned pointer is valid for it.
-            unsafe { ptr.as_ptr().write(f) };
+            unsafe { ptr.as_ptr().write(make()) };
             return Recycled { ptr };
         }
         let block = FREE
@@ -91,7 +95,7 @@ impl<F: Future> Recycled<F> {
             });
         let ptr = block.cast::<F>();
         // SAFETY: the block fits `F`'s layout and holds no value.
-        unsafe { ptr.as_ptr().write(f) };
+        unsafe { ptr.as_ptr().write(make()) };
         Recycled { ptr }
     }
 }
@@ -152,19 +156,19 @@ mod tests {
                 big.0[4095]
             }
         };
-        let a = Recycled::new(make(dropped.clone()));
+        let a = Recycled::new(|| make(dropped.clone()));
         let first = a.ptr.cast::<u8>();
         assert_eq!(first.as_ptr() as usize % 128, 0, "aligned");
         assert_eq!(ready(a), 7);
         assert_eq!(dropped.get(), 1);
         // The next future of that type gets the same block back.
-        let b = Recycled::new(make(dropped.clone()));
+        let b = Recycled::new(|| make(dropped.clone()));
         assert_eq!(b.ptr.cast::<u8>(), first);
         // Dropped before it ran: its captures are dropped too (and no guard was made).
         drop(b);
         assert_eq!(Rc::strong_count(&dropped), 1);
         assert_eq!(dropped.get(), 1);
-        let c = Recycled::new(make(dropped.clone()));
+        let c = Recycled::new(|| make(dropped.clone()));
         assert_eq!(ready(c), 7);
         assert_eq!(dropped.get(), 2);
     }
@@ -172,7 +176,7 @@ mod tests {
     #[test]
     fn the_list_is_bounded() {
         let many: Vec<_> = (0..KEEP + 10)
-            .map(|i| Recycled::new(async move { i }))
+            .map(|i| Recycled::new(|| async move { i }))
             .collect();
         drop(many);
         let kept = FREE.with(|l| l.borrow().blocks.len());

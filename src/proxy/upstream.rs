@@ -132,7 +132,8 @@ pub async fn exchange_as(
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
 ) -> (Result<(UpstreamConn, ResponseHead), Error>, Vec<u8>) {
-    let (res, req, _) = exchange_within(w, gw, (u, replica), req, caller, Terms::default()).await;
+    let (res, req, _, _) =
+        exchange_within(w, gw, (u, replica), req, caller, Terms::default()).await;
     (res, req)
 }
 
@@ -211,7 +212,9 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 ///
 /// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
 /// itself: every request's future then carries no wrapper state for replicas (it is allocated
-/// and copied whole, see `size_tests`).
+/// and copied whole, see `size_tests`). Nor for its result: a wrapper that dropped the flag
+/// (an async block, `FutureExt::map`) copied the whole exchange's future once more per call,
+/// so callers leave the flag out themselves.
 pub fn exchange_within<'a, 'g: 'a>(
     w: &'a WorkerState,
     gw: &'g Gateway,
@@ -219,11 +222,18 @@ pub fn exchange_within<'a, 'g: 'a>(
     req: Vec<u8>,
     caller: Option<super::credentials::Caller<'a>>,
     terms: Terms<'a>,
-) -> impl std::future::Future<Output = Exchanged<'g>> + 'a {
-    use futures_util::future::FutureExt;
+) -> impl std::future::Future<Output = Attempt<'g>> + 'a {
     exchange_replica(w, gw, (u, replica), req, caller, terms)
-        .map(|(res, req, _, probe)| (res, req, probe))
 }
+
+/// What `exchange_replica` gives back: `Exchanged`, and whether the request reached nothing
+/// (a failed connect or an open circuit: `exchange_across` then tries another replica).
+pub type Attempt<'g> = (
+    Result<(UpstreamConn, ResponseHead), Error>,
+    Vec<u8>,
+    bool,
+    Admitted<'g>,
+);
 
 /// What `exchange_within` gives back: the connection after the response head (or why not),
 /// the request buffer, and the half-open probe slot of a 2xx left to the caller's vet
@@ -340,12 +350,7 @@ async fn exchange_replica<'g>(
     mut req: Vec<u8>,
     caller: Option<super::credentials::Caller<'_>>,
     terms: Terms<'_>,
-) -> (
-    Result<(UpstreamConn, ResponseHead), Error>,
-    Vec<u8>,
-    bool,
-    Admitted<'g>,
-) {
+) -> Attempt<'g> {
     let up = &gw.upstreams[u];
     let Terms {
         tool_timeout,
@@ -463,7 +468,7 @@ async fn exchange_replica<'g>(
                 got_bytes: false,
                 err: Some(e),
             }),
-            Ok(()) => read_response_head(&mut conn, deadline, &w.shutdown).await,
+            Ok(()) => std::pin::pin!(read_response_head(&mut conn, deadline, &w.shutdown)).await,
         };
         match outcome {
             Ok(head) => {
@@ -685,9 +690,10 @@ enum ReplyScan {
 /// the gateway decides nothing on a reply's contents, and clients parse those. Such a reply is
 /// relayed without its id being checked.
 fn scan_reply(body: &[u8], expect_id: Option<&[u8]>) -> ReplyScan {
-    use crate::jsonrpc::{Body, ScanErrorKind};
-    match crate::jsonrpc::scan(body, &REPLY_SCAN_LIMITS) {
-        Ok(Body::Single(m)) => {
+    use crate::jsonrpc::ScanErrorKind;
+    let mut m = crate::jsonrpc::Message::empty();
+    match crate::jsonrpc::scan_into(body, &REPLY_SCAN_LIMITS, &mut m) {
+        Ok(None) => {
             use crate::jsonrpc::MessageKind;
             match (expect_id, &m.id) {
                 // `null`: the upstream could not read the id (JSON-RPC 2.0 §5).
@@ -714,7 +720,7 @@ fn scan_reply(body: &[u8], expect_id: Option<&[u8]>) -> ReplyScan {
                 .flatten();
             ReplyScan::Ok(bare, code)
         }
-        Ok(Body::Batch(_)) => ReplyScan::Ok(None, ReplyCode::Unread),
+        Ok(Some(_batch)) => ReplyScan::Ok(None, ReplyCode::Unread),
         Err(e) => match e.kind {
             ScanErrorKind::LoneSurrogate
             | ScanErrorKind::NumberOutOfRange

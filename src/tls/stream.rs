@@ -21,6 +21,7 @@ use std::rc::Rc;
 #[cfg(test)]
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -476,11 +477,17 @@ impl Stream {
     }
 }
 
+// `read` and `write` hand plain TCP's own future back (in an `Either`) rather than await it in
+// a future of their own: every read and write of a request would otherwise move that future
+// into a wrapper's state and resume the wrapper on each poll.
 impl AsyncReadRent for Stream {
-    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+    fn read<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(t) => {
+            Stream::Plain(s) => Either::Left(s.read(buf)),
+            Stream::Tls(t) => Either::Right(async move {
                 // As monoio's own reads: write at write_ptr, at most bytes_total, set_init(n).
                 let (dst, cap) = (buf.write_ptr(), buf.bytes_total());
                 let res = t.read_plain(dst, cap).await;
@@ -489,7 +496,7 @@ impl AsyncReadRent for Stream {
                     unsafe { buf.set_init(n) };
                 }
                 (res, buf)
-            }
+            }),
         }
     }
 
@@ -513,15 +520,18 @@ impl AsyncReadRent for Stream {
 }
 
 impl AsyncWriteRent for Stream {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+    fn write<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
         match self {
-            Stream::Plain(s) => s.write(buf).await,
-            Stream::Tls(t) => {
+            Stream::Plain(s) => Either::Left(s.write(buf)),
+            Stream::Tls(t) => Either::Right(async move {
                 // SAFETY: read_ptr is valid for bytes_init bytes while `buf` is held here.
                 let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
                 let res = t.write_plain(data).await;
                 (res, buf)
-            }
+            }),
         }
     }
 

@@ -338,7 +338,7 @@ async fn by_name(
     };
     let claims = &req.claims;
     let (name, span) = match msg.m.name.as_ref().zip(msg.m.name_span.clone()) {
-        Some((n, span)) => (String::from_utf8_lossy(n.get()).into_owned(), span),
+        Some((n, span)) => (n.as_str().to_string(), span),
         None => {
             let why = format!("params.name is required (the {what}'s name)");
             return Err(Refusal::because(Kind::UnknownName, why));
@@ -404,7 +404,7 @@ async fn by_uri(
         let why = "params.uri is required";
         return Err(Refusal::because(Kind::UnknownName, why));
     };
-    let uri = String::from_utf8_lossy(uri.get()).into_owned();
+    let uri = uri.as_str().to_string();
     // The URI itself must pass the filter: an allowed template must not open a denied URI.
     if !gw.config.servers[server].resources.filter.allows(&uri) {
         let why = format!("Unknown resource: {uri}");

@@ -313,10 +313,7 @@ fn check_rules(
             None => Some(s.primary()),
         };
         let name = match m.method {
-            Method::ToolsCall | Method::PromptsGet => m
-                .name
-                .as_ref()
-                .and_then(|n| std::str::from_utf8(n.get()).ok()),
+            Method::ToolsCall | Method::PromptsGet => m.name.as_ref().map(|n| n.as_str()),
             _ => None,
         };
         let facts = Facts {

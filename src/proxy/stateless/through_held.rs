@@ -47,7 +47,7 @@ pub(super) async fn forward_held(
         vets: true,
         ..Default::default()
     };
-    let (res, req, probe) =
+    let (res, req, _, probe) =
         upstream::exchange_within(w, gw, (u, lease.session.replica), req, ctx.caller(), terms)
             .await;
     c.up_out = req;
