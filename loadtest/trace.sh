@@ -2,8 +2,9 @@
 # Counts, per request, what the process under test asks of the kernel while tollgate-load drives
 # it: the figures loadtest/README quotes from tracepoints and uprobes. Needs perf and root.
 #
-#   loadtest/trace.sh ops   SCENARIO [SETUP] [BINARY]   io_uring operations by opcode, syscalls
-#                                                       by number, context switches
+#   loadtest/trace.sh ops   SCENARIO [SETUP] [BINARY]   io_uring operations by opcode, poll
+#                                                       arms (a receive that found no data),
+#                                                       syscalls by number, context switches
 #   loadtest/trace.sh clock SCENARIO [SETUP] [BINARY]   calls of libc's __clock_gettime (the
 #                                                       vDSO clock reads that go through libc)
 #   loadtest/trace.sh kernel SCENARIO [SETUP] [BINARY]  CPU per request split into kernel and
@@ -90,6 +91,8 @@ for l in sys.stdin:
     elif "sys_enter" in l:
         m = re.search(r"NR (\d+)", l)
         c[l.split()[0] + " syscall " + (m.group(1) if m else "?")] += 1
+    elif "io_uring_poll_arm" in l:
+        c["io_uring poll arm (receive found no data)"] += 1
     elif "sched_switch" in l:
         c["context switch"] += 1
     elif "clock_gettime" in l:
