@@ -11,6 +11,10 @@
 #                                                       user time (a 15 kHz profile), the file
 #                                                       lookups per operation (fget, fdget, ...),
 #                                                       and TCP segments sent per request (nstat)
+#   loadtest/trace.sh user  SCENARIO [SETUP] [BINARY]   the 25 user-space symbols (libc included)
+#                                                       that take the most of the process's CPU
+#                                                       (a 15 kHz profile, shares of the whole
+#                                                       process, kernel included)
 #
 # SCENARIO: a name under loadtest/scenarios/ (without .yaml). SETUP: tollgate (default), bare
 # or nginx. BINARY: the tollgate build to run (default target/release/tollgate).
@@ -31,14 +35,14 @@ case $setup in
 esac
 case $what in
   ops) events=(-e io_uring:io_uring_submit_req -e io_uring:io_uring_poll_arm -e raw_syscalls:sys_enter -e sched:sched_switch) ;;
-  kernel) events=(-F 15000) ;;
+  kernel | user) events=(-F 15000) ;;
   clock)
     libc=$(ldd "$bin" | awk '/libc.so/ {print $3}')
     perf probe -q -d probe_libc:__clock_gettime 2>/dev/null || true
     perf probe -q -x "$libc" __clock_gettime
     events=(-e probe_libc:__clock_gettime)
     ;;
-  *) echo "what: ops, clock or kernel" >&2; exit 2 ;;
+  *) echo "what: ops, clock, kernel or user" >&2; exit 2 ;;
 esac
 [ "$what" = kernel ] && nstat -n > /dev/null
 target/release/tollgate-load compare --scenario "loadtest/scenarios/$sc.yaml" --setups "$setup" \
@@ -56,6 +60,12 @@ sleep 2
 perf record "${events[@]}" -p "$pid" -o "$data" -- sleep 3 > /dev/null 2>&1
 wait "$load"
 rps=$(awk -v s="$setup" '$1 == s && $2 == "closed" {print $5; exit}' "$run")
+if [ "$what" = user ]; then
+  cpu=$(awk -v s="$setup" '$1 == s && $2 == "closed" {print $15; exit}' "$run")
+  echo "$setup: $cpu µs of CPU per request; the user-space symbols taking most of the process:"
+  perf report -i "$data" --no-children --sort sym -q 2> /dev/null | grep -F '[.]' | head -25
+  exit 0
+fi
 if [ "$what" = kernel ]; then
   # nstat counts the whole run (the warm-up too) on the whole machine: the generator and the
   # upstream send their share of the segments, alike for every setup.
