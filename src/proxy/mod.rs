@@ -871,6 +871,8 @@ async fn forward(
     ))
     .await;
     c.up_out = req;
+    // A statement, not the tail: a tail expression's temporaries (the pinned future, which
+    // borrows `gen` through `probe`) would outlive `gen` (edition 2021).
     let next = pin!(respond(w, c, ctx, (u, res, t_up, probe), had_session, then)).await;
     next
 }
