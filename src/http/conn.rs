@@ -173,7 +173,11 @@ impl<S: AsyncWriteRent + Socket> Conn<S> {
             let (res, slice) = std::pin::pin!(self.io.write(buf.slice(written..len))).await;
             buf = slice.into_inner();
             match res {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(0) => {
+                    let e =
+                        io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer");
+                    return (Err(e), buf);
+                }
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (Err(e), buf),

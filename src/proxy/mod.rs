@@ -731,7 +731,10 @@ async fn post(w: &WorkerState, c: &mut Client, ctx: &mut Ctx, head: &RequestHead
         Then::Relay
     };
     let replica = up_session.map_or(0, |s| s.replica);
-    pin!(forward(w, c, ctx, (u, replica), had_session, then)).await
+    // A statement, not the tail: the pinned future is dropped before this function's locals,
+    // as a plain await's was (edition 2021 keeps a tail expression's temporaries longer).
+    let next = pin!(forward(w, c, ctx, (u, replica), had_session, then)).await;
+    next
 }
 
 /// A federated `tools/call` or `prompts/get` whose name the worker's fresh table routes: renders

@@ -235,9 +235,10 @@ pub type Attempt<'g> = (
     Admitted<'g>,
 );
 
-/// What `exchange_within` gives back: the connection after the response head (or why not),
-/// the request buffer, and the half-open probe slot of a 2xx left to the caller's vet
-/// (`Terms::vets`; held until `vetted` has told the breaker, else nothing).
+/// What `exchange_across` gives back (`exchange_within`'s `Attempt` without its flag): the
+/// connection after the response head (or why not), the request buffer, and the half-open probe
+/// slot of a 2xx left to the caller's vet (`Terms::vets`; held until `vetted` has told the
+/// breaker, else nothing).
 pub type Exchanged<'g> = (
     Result<(UpstreamConn, ResponseHead), Error>,
     Vec<u8>,
