@@ -704,3 +704,73 @@ fn a_key_hashes_alike_in_one_write_and_part_by_part() {
         assert_eq!(by_part.finish(), whole.finish(), "{parts:?}");
     }
 }
+
+/// `key_hash` writes a key's parts in one `write`; keys must stay what writing the parts one
+/// by one (bit, length, text; the arguments' hash as a `u64`) made, since Redis names a fleet's
+/// keys by them across its versions. Checked on `key_hash` itself, for every part, past
+/// SipHash's inline buffer too.
+#[test]
+fn a_key_hashes_as_its_parts_written_one_by_one() {
+    use std::sync::atomic::AtomicBool;
+    let config = crate::config::load_str(
+        r#"
+upstreams:
+  - {name: up, url: "builtin:demo"}
+servers:
+  - {path: /mcp, upstream: up}
+traffic:
+  rules:
+    - {name: everyone, rate: {limit: 5, per: 1s}}
+    - {name: principal, key: [principal], rate: {limit: 5, per: 1s}}
+    - {name: who, key: [client, tenant], rate: {limit: 5, per: 1s}}
+    - {name: what, key: [server, upstream, tool, method, arguments], rate: {limit: 5, per: 1s}}
+"#,
+    )
+    .expect("config");
+    let (gw, _inboxes) =
+        crate::proxy::state::Gateway::build(config, Arc::new(AtomicBool::new(false)))
+            .expect("gateway");
+    let x = Exchange::new(1);
+    let mut p = crate::policy::Principal::anonymous();
+    p.id = [7; 16];
+    p.client = Some("cli".into());
+    p.tenant = Some("t".repeat(300).into());
+    let facts = Facts {
+        server: 0,
+        upstream: Some(0),
+        tool: Some("echo"),
+        method: Method::ToolsCall,
+        arguments: 0x0123_4567_89ab_cdef,
+    };
+    let texts: [(u8, &[u8]); 7] = [
+        (part::PRINCIPAL, &p.id),
+        (part::CLIENT, b"cli"),
+        (part::TENANT, p.tenant.as_deref().unwrap_or("").as_bytes()),
+        (part::SERVER, b"/mcp"),
+        (part::UPSTREAM, b"up"),
+        (part::TOOL, b"echo"),
+        (part::METHOD, b"tools/call"),
+    ];
+    let rules = &gw.config.traffic.rules;
+    assert_eq!(rules.len(), 4);
+    for r in rules.iter() {
+        let mut by_part = x.hasher.build_hasher();
+        for (bit, text) in texts {
+            if r.key & bit != 0 {
+                by_part.write_u8(bit);
+                by_part.write_usize(text.len());
+                by_part.write(text);
+            }
+        }
+        if r.key & part::ARGUMENTS != 0 {
+            by_part.write_u8(part::ARGUMENTS);
+            by_part.write_u64(facts.arguments);
+        }
+        assert_eq!(
+            key_hash(&x, &gw, r, &facts, Some(&p)),
+            by_part.finish(),
+            "rule {}",
+            r.name
+        );
+    }
+}
