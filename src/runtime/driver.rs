@@ -31,8 +31,8 @@ impl DriverKind {
 
 /// Builds a runtime per `want` on the current thread and runs `make()` to completion on it.
 /// `on_driver` learns which driver was chosen (and why io_uring was not) before the future starts.
-/// An io_uring ring gets a table of `fixed_files` registered-file slots (as
-/// `fixed_files_for_kernel` allows; none if the kernel refuses it:
+/// An io_uring ring gets a table of `fixed_files` registered-file slots, a count
+/// `fixed_files_for_kernel` has already bounded (none if the kernel refuses it:
 /// `monoio::fixed_files_registered` tells).
 pub fn block_on<F, Fut>(
     want: Driver,
@@ -47,7 +47,7 @@ where
 {
     let mut uring_error = None;
     if want != Driver::Legacy {
-        monoio::set_fixed_files(fixed_files_for_kernel(fixed_files).0);
+        monoio::set_fixed_files(fixed_files);
         // Deferred task running first (Linux 6.1+), then without it (5.19+); the ring is built
         // on the thread that will be its only issuer.
         for defer in [true, false] {

@@ -140,13 +140,18 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         listeners.into_iter().zip(inboxes).map(Some).collect(),
     ));
     let rt = &gw.config.runtime;
-    match driver::fixed_files_for_kernel(rt.fixed_files) {
-        (0, Some(why)) => tracing::info!(fixed_files = rt.fixed_files, "runtime.fixed_files {why}"),
-        (_, Some(why)) => {
-            tracing::warn!(fixed_files = rt.fixed_files, "runtime.fixed_files: {why}")
+    // The slots each worker ring gets, decided once for all of them.
+    let fixed = match driver::fixed_files_for_kernel(rt.fixed_files) {
+        (0, Some(why)) => {
+            tracing::info!(fixed_files = rt.fixed_files, "runtime.fixed_files {why}");
+            0
         }
-        _ => {}
-    }
+        (n, Some(why)) => {
+            tracing::warn!(fixed_files = rt.fixed_files, "runtime.fixed_files: {why}");
+            n
+        }
+        (n, None) => n,
+    };
     let handles = {
         let (gw, started, slots) = (gw.clone(), started.clone(), slots.clone());
         let per_worker = series.workers.clone();
@@ -155,7 +160,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             workers,
             rt.driver,
             rt.uring_entries,
-            rt.fixed_files,
+            fixed,
             rt.pin_workers,
             move |i, kind| {
                 let gw = gw.clone();
@@ -168,7 +173,6 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                     };
                     metrics::gauge!(crate::observe::names::WORKERS, "driver" => kind.as_str())
                         .increment(1.0);
-                    let (fixed, _) = driver::fixed_files_for_kernel(gw.config.runtime.fixed_files);
                     if kind == driver::DriverKind::IoUring
                         && fixed > 0
                         && monoio::fixed_files_registered() == 0
