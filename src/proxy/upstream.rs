@@ -211,8 +211,8 @@ fn circuit_open(up: &super::state::UpstreamRuntime, retry_ms: u64) -> Error {
 /// connect failed after `retries`, or its circuit is open). Each replica has its own breaker.
 ///
 /// A plain function returning `exchange_replica`'s future, which starts the replica loop (boxed)
-/// itself: every request's future then carries no wrapper state for replicas (it is allocated
-/// and copied whole, see `size_tests`). Nor for its result: a wrapper that dropped the flag
+/// itself: every request's future then carries no wrapper state for replicas (every request
+/// allocates its whole size, see `size_tests`). Nor for its result: a wrapper that dropped the flag
 /// (an async block, `FutureExt::map`) copied the whole exchange's future once more per call,
 /// so callers leave the flag out themselves.
 pub fn exchange_within<'a, 'g: 'a>(
