@@ -39,6 +39,9 @@ thread_local! {
 /// noisy machine): call at start, before the workers, so no request pays it.
 pub fn init() {
     clock();
+    // The runtime's timers and `monoio::time::Instant::now` read it too (a monoio patch,
+    // vendor/monoio/PATCHES.md): its timer driver reads the clock twice at every park.
+    monoio::time::set_clock_source(now);
 }
 
 fn clock() -> Option<&'static quanta::Clock> {

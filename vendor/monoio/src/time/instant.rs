@@ -214,6 +214,7 @@ mod variant {
     use super::Instant;
 
     pub(super) fn now() -> Instant {
-        Instant::from_std(std::time::Instant::now())
+        // tollgate patch: the process's clock source, if one is set (`time::set_clock_source`).
+        crate::time::clock::now()
     }
 }

@@ -88,6 +88,8 @@
 
 mod clock;
 pub(crate) use self::clock::Clock;
+/// tollgate patch: see `clock::set_source`.
+pub use self::clock::set_source as set_clock_source;
 
 pub(crate) mod driver;
 
