@@ -254,24 +254,37 @@ fn line(
     bytes_out: u64,
 ) {
     let gw = ctx.gw();
-    let num = |b: &mut Vec<u8>, key: &str, n: u64| {
-        b.extend_from_slice(b",\"");
-        b.extend_from_slice(key.as_bytes());
-        b.extend_from_slice(b"\":");
-        crate::http::response::push_u64(b, n);
-    };
-    let text = |b: &mut Vec<u8>, key: &str, v: &[u8], max: usize| {
-        b.extend_from_slice(b",\"");
-        b.extend_from_slice(key.as_bytes());
-        b.extend_from_slice(b"\":");
-        json_bounded(b, v, max);
-    };
+    // Each key goes out with its punctuation as one literal (`,"key":`).
+    macro_rules! num {
+        ($key:literal, $n:expr $(,)?) => {{
+            b.extend_from_slice(concat!(",\"", $key, "\":").as_bytes());
+            crate::http::response::push_u64(b, $n);
+        }};
+    }
+    macro_rules! text {
+        ($key:literal, $v:expr, $max:expr $(,)?) => {{
+            b.extend_from_slice(concat!(",\"", $key, "\":").as_bytes());
+            json_bounded(b, $v, $max);
+        }};
+    }
+    // A value the gateway names itself (a code, a label): plain ASCII, nothing to escape.
+    macro_rules! word {
+        ($key:literal, $v:expr) => {{
+            let v: &'static str = $v;
+            debug_assert!(v
+                .bytes()
+                .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\'));
+            b.extend_from_slice(concat!(",\"", $key, "\":\"").as_bytes());
+            b.extend_from_slice(v.as_bytes());
+            b.push(b'"');
+        }};
+    }
     b.extend_from_slice(b"{\"time\":\"");
     // When the record phase ran (its elapsed time's end), as wall time from the worker's tick.
     w.access
         .timestamp_at(b, w.shutdown.wall_at(ctx.started + elapsed));
     b.push(b'"');
-    num(b, "worker", w.index as u64);
+    num!("worker", w.index as u64);
     if let Some(id) = m.as_ref().and_then(|r| r.m.id.as_ref()) {
         let id = id.get();
         // The id as the client spelled it (the scanner checked it is a JSON number or string).
@@ -279,7 +292,7 @@ fn line(
             b.extend_from_slice(b",\"request_id\":");
             b.extend_from_slice(id);
         } else {
-            text(b, "request_id", id, MAX_WIRE_FIELD);
+            text!("request_id", id, MAX_WIRE_FIELD);
         }
     }
     if let Some(t) = &ctx.trace {
@@ -287,50 +300,46 @@ fn line(
         hex(b, "span_id", &t.span_id);
     }
     if let Some(p) = &ctx.principal {
-        text(b, "subject", p.subject.as_bytes(), MAX_WIRE_FIELD);
+        text!("subject", p.subject.as_bytes(), MAX_WIRE_FIELD);
         if let Some(cl) = &p.client {
-            text(b, "client", cl.as_bytes(), MAX_WIRE_FIELD);
+            text!("client", cl.as_bytes(), MAX_WIRE_FIELD);
         }
         if let Some(t) = &p.tenant {
-            text(b, "tenant", t.as_bytes(), MAX_WIRE_FIELD);
+            text!("tenant", t.as_bytes(), MAX_WIRE_FIELD);
         }
     }
     if let Some(f) = ctx.auth_failure {
-        text(b, "auth_failure", f.reason().as_bytes(), MAX_TEXT_FIELD);
+        word!("auth_failure", f.reason());
     }
     if let Some(id) = &ctx.session {
         let mut h = [0u8; 16];
         w.audit.session_hash(&gw.audit, id, &mut h);
-        text(b, "session", &h, 16);
+        // 16 lower-case hex digits: nothing to escape.
+        b.extend_from_slice(b",\"session\":\"");
+        b.extend_from_slice(&h);
+        b.push(b'"');
     }
     if let Some(s) = ctx.server {
-        text(
-            b,
+        text!(
             "server",
             gw.config.servers[s].path.as_bytes(),
             MAX_TEXT_FIELD,
         );
     }
     if let Some(u) = ctx.upstream {
-        text(
-            b,
-            "upstream",
-            gw.upstreams[u].name.as_bytes(),
-            MAX_TEXT_FIELD,
-        );
+        text!("upstream", gw.upstreams[u].name.as_bytes(), MAX_TEXT_FIELD,);
     }
     if let Some(Recorded { m, args, .. }) = &m {
-        text(b, "method", m.method_label().as_bytes(), MAX_TEXT_FIELD);
-        let name_key = match m.method {
-            Method::ToolsCall => "tool",
-            Method::PromptsGet => "prompt",
-            _ => "name",
-        };
+        word!("method", m.method_label());
         if let Some(n) = &m.name {
-            text(b, name_key, n.get(), MAX_WIRE_FIELD);
+            match m.method {
+                Method::ToolsCall => text!("tool", n.get(), MAX_WIRE_FIELD),
+                Method::PromptsGet => text!("prompt", n.get(), MAX_WIRE_FIELD),
+                _ => text!("name", n.get(), MAX_WIRE_FIELD),
+            }
         }
         if let Some(u) = &m.uri {
-            text(b, "resource", u.get(), MAX_WIRE_FIELD);
+            text!("resource", u.get(), MAX_WIRE_FIELD);
         }
         if let Some(a) = args {
             b.extend_from_slice(b",\"arguments\":");
@@ -338,7 +347,7 @@ fn line(
         }
     }
     if ctx.batch {
-        num(b, "batch", ctx.messages.len() as u64);
+        num!("batch", ctx.messages.len() as u64);
     }
     // Decision and reason: the gateway's refusal of the request decides; else its refusal of
     // this message (in a batch); else this message's authorization decision; else the request
@@ -373,11 +382,11 @@ fn line(
             _ => ctx.reply.as_ref()?.error_for(Some(id), !ctx.batch),
         }
     });
-    text(b, "decision", verdict.as_bytes(), 16);
-    text(b, "reason", reason.as_bytes(), MAX_TEXT_FIELD);
+    word!("decision", verdict);
+    word!("reason", reason);
     if let Some(d) = decision {
         if refused.is_some() {
-            text(b, "authz", d.reason.as_str().as_bytes(), MAX_TEXT_FIELD);
+            word!("authz", d.reason.as_str());
         }
         if let (Some(rule), Some(s)) = (d.rule, ctx.server) {
             if let Some(name) = gw.config.servers[s]
@@ -386,12 +395,12 @@ fn line(
                 .and_then(|r| r.rules.get(usize::from(rule)))
                 .map(|r| &*r.name)
             {
-                text(b, "rule", name.as_bytes(), MAX_TEXT_FIELD);
+                text!("rule", name.as_bytes(), MAX_TEXT_FIELD);
             }
         }
     }
     if let Some(r) = ctx.refused.as_ref().filter(|r| !r.reason.is_empty()) {
-        text(b, "detail", r.reason.as_bytes(), MAX_TEXT_FIELD);
+        text!("detail", r.reason.as_bytes(), MAX_TEXT_FIELD);
     }
     if let Some(code) = code {
         b.extend_from_slice(b",\"error_code\":");
@@ -400,16 +409,15 @@ fn line(
         }
         crate::http::response::push_u64(b, code.unsigned_abs());
     }
-    num(b, "status", u64::from(ctx.status));
+    num!("status", u64::from(ctx.status));
     if let Some(Ok(s)) = ctx.upstream_call.map(|u| u.result) {
-        num(b, "upstream_status", u64::from(s));
+        num!("upstream_status", u64::from(s));
     }
-    text(b, "outcome", ctx.outcome.as_str().as_bytes(), 32);
-    num(b, "latency_us", elapsed.as_micros() as u64);
-    num(b, "bytes_in", ctx.bytes_in);
-    num(b, "bytes_out", bytes_out);
-    num(
-        b,
+    word!("outcome", ctx.outcome.as_str());
+    num!("latency_us", elapsed.as_micros() as u64);
+    num!("bytes_in", ctx.bytes_in);
+    num!("bytes_out", bytes_out);
+    num!(
         "estimated_tokens",
         crate::observe::tokens::estimated_tokens(bytes_out),
     );
