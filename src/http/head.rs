@@ -310,6 +310,21 @@ pub fn parse_request<'b>(
     max_head: usize,
     max_line: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
+    let mut head = RequestHead::default();
+    Ok(parse_request_into(buf, headers, max_head, max_line, &mut head)?.then_some(head))
+}
+
+/// `parse_request`, into `head`: `Ok(true)` when it is complete (`head` written whole),
+/// `Ok(false)` when more bytes are needed (`head` untouched). After an error `head` holds part
+/// of what was read: to be overwritten, not read. Parsed where the caller keeps it, a head is
+/// not copied on its way out.
+pub fn parse_request_into<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    max_head: usize,
+    max_line: usize,
+    head: &mut RequestHead,
+) -> Result<bool, HeadError> {
     let mut req = httparse::Request::new(&mut []);
     let status = req
         .parse_with_uninit_headers(buf, headers)
@@ -330,7 +345,7 @@ pub fn parse_request<'b>(
                     "request head too large",
                 ));
             }
-            return Ok(None);
+            return Ok(false);
         }
         httparse::Status::Complete(n) => n,
     };
@@ -367,7 +382,7 @@ pub fn parse_request<'b>(
         ));
     }
     let form = request_target(&buf[target.clone()], method)?;
-    let mut head = RequestHead {
+    *head = RequestHead {
         method: Some(method),
         len,
         minor,
@@ -541,7 +556,7 @@ pub fn parse_request<'b>(
         }
         None => {}
     }
-    Ok(Some(head))
+    Ok(true)
 }
 
 /// How a response body is delimited.

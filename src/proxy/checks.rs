@@ -6,15 +6,15 @@ use std::mem::MaybeUninit;
 
 use crate::config::{Config, HostRule, Listen, OriginRule};
 use crate::error::{Error, Kind};
-use crate::http::head::parse_request;
+use crate::http::head::parse_request_into;
 use crate::http::{authority, RequestHead};
 
 /// The gateway's admission of a request head, everything it decides before routing: the head
 /// parser (request line and head limits, framing and smuggling shapes, Host and request target
 /// syntax), then the request's authority against `listen.allowed_hosts` and its Origin against
-/// `listen.allowed_origins`. `read_head` calls exactly this (and so does
-/// tests/desync_guardian.rs). `Ok(None)`: more bytes are needed. `scratch` is the parser's
-/// header space; `limits.max_headers` of it are used.
+/// `listen.allowed_origins`. `read_head` calls exactly this (`admit_head_into`, the same into
+/// a head of the caller's; tests/desync_guardian.rs calls this). `Ok(None)`: more bytes are
+/// needed. `scratch` is the parser's header space; `limits.max_headers` of it are used.
 ///
 /// A limit's refusal carries an empty reason, so the rendered message is the one that names
 /// the limit's config key.
@@ -23,21 +23,34 @@ pub fn admit_head<'b>(
     buf: &'b [u8],
     scratch: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<Option<RequestHead>, Error> {
+    let mut head = RequestHead::default();
+    Ok(admit_head_into(config, buf, scratch, &mut head)?.then_some(head))
+}
+
+/// `admit_head`, the head parsed into `slot` (`Ok(true)`; `Ok(false)`: more bytes are needed,
+/// `slot` untouched; after an error it holds part of a head, to be overwritten).
+pub fn admit_head_into<'b>(
+    config: &Config,
+    buf: &'b [u8],
+    scratch: &mut [MaybeUninit<httparse::Header<'b>>],
+    slot: &mut RequestHead,
+) -> Result<bool, Error> {
     let limits = &config.limits;
     let max_headers = limits.max_headers.min(scratch.len());
-    let head = match parse_request(
+    match parse_request_into(
         buf,
         &mut scratch[..max_headers],
         limits.max_header_bytes,
         limits.max_request_line_bytes,
+        slot,
     ) {
-        Ok(Some(h)) => h,
-        Ok(None) => return Ok(None),
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
         Err(e) if e.kind.is_limit() => return Err(Error::new(e.kind, "")),
         Err(e) => return Err(Error::new(e.kind, e.reason)),
-    };
-    admit(&config.listen, &head, buf).map_err(|(kind, why)| Error::new(kind, why))?;
-    Ok(Some(head))
+    }
+    admit(&config.listen, slot, buf).map_err(|(kind, why)| Error::new(kind, why))?;
+    Ok(true)
 }
 
 /// Admits a request by its authority (`Host`, already validated by the parser) and `Origin`, or

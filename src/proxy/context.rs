@@ -120,7 +120,9 @@ pub struct MessageCtx {
 }
 
 impl MessageCtx {
-    pub fn of(m: &Message<'_>) -> Self {
+    /// What `m` says, with its arguments hashed when `hash` (a rule keys by them) and it is a
+    /// call. Built as one value (no copy of it to set the hash after).
+    pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
         let method = m
             .method
             .as_ref()
@@ -173,7 +175,13 @@ impl MessageCtx {
                 .task_id
                 .as_ref()
                 .map(|s| s.span.start as u32..s.span.end as u32),
-            arguments_hash: 0,
+            arguments_hash: if hash && method == crate::mcp::Method::ToolsCall {
+                m.arguments
+                    .as_ref()
+                    .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text))
+            } else {
+                0
+            },
             traceparent: m
                 .meta_traceparent
                 .as_ref()
@@ -181,18 +189,6 @@ impl MessageCtx {
                 .filter(|s| s.span.len() == crate::observe::trace::TRACEPARENT_LEN + 2)
                 .and_then(|s| std::num::NonZeroU32::new(s.span.start as u32 + 1)),
         }
-    }
-
-    /// `of`, with the arguments hashed when `hash` (a rule keys by them) and this is a call.
-    pub fn hashed(m: &Message<'_>, hash: bool) -> Self {
-        let mut x = MessageCtx::of(m);
-        if hash && x.method == crate::mcp::Method::ToolsCall {
-            x.arguments_hash = m
-                .arguments
-                .as_ref()
-                .map_or(0, |a| crate::policy::traffic::arguments_hash(a.text));
-        }
-        x
     }
 }
 

@@ -104,6 +104,7 @@ async fn serve_as(w: Rc<WorkerState>, stream: Stream, who: Option<client::Who>) 
         // The head by reference: moved in, it was held twice in the request's future (as the
         // argument and as the body's local) and copied into it twice.
         let next = recycle::Recycled::new(|| request(&w, &mut c, &head)).await;
+        w.give_head(head);
         c.head_only = false;
         c.release(&w);
         if next == Next::Close || w.shutdown.is_fired() {
@@ -150,8 +151,9 @@ async fn request(w: &WorkerState, c: &mut Client, head: &RequestHead) -> Next {
 
 /// Phase: read head (and admit it: `checks::admit_head`, host/origin included). Waits up to
 /// `idle_timeout` for a first byte (or until shutdown), then up to `header_read_timeout` for
-/// the whole head. `Ok(None)`: the connection ended quietly.
-async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead>, Error> {
+/// the whole head. `Ok(None)`: the connection ended quietly. The head comes in a box of the
+/// worker's (`WorkerState::take_head`), to be given back after the request.
+async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<Box<RequestHead>>, Error> {
     let mut deadline: Option<Instant> = None;
     loop {
         // The config is looked up afresh each time, never held across the wait: an idle
@@ -160,8 +162,19 @@ async fn read_head(w: &WorkerState, c: &mut Client) -> Result<Option<RequestHead
         let limits = &gen.gw.config.limits;
         if !c.conn.buffered().is_empty() {
             let mut scratch = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-            if let Some(h) = checks::admit_head(&gen.gw.config, c.conn.buffered(), &mut scratch)? {
-                return Ok(Some(h));
+            let mut head = w.take_head();
+            match checks::admit_head_into(
+                &gen.gw.config,
+                c.conn.buffered(),
+                &mut scratch,
+                &mut head,
+            ) {
+                Ok(true) => return Ok(Some(head)),
+                Ok(false) => w.give_head(head),
+                Err(e) => {
+                    w.give_head(head);
+                    return Err(e);
+                }
             }
             deadline.get_or_insert_with(|| w.shutdown.now() + limits.header_read_timeout);
         }
@@ -396,11 +409,13 @@ fn scan(ctx: &mut Ctx, body: &[u8]) -> Result<(), Refusal> {
     let mut m = jsonrpc::Message::empty();
     match jsonrpc::scan_into(body, &gen.gw.scan_limits, &mut m) {
         Ok(None) => {
-            let mc = MessageCtx::hashed(&m, hash);
+            // Built where it stays (a local first was two copies of its 320 bytes more).
+            debug_assert!(ctx.messages.is_empty());
+            ctx.messages.push(MessageCtx::hashed(&m, hash));
             if gen.gw.config.audit.enabled {
-                audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, &mc), &m);
+                let mc = &ctx.messages[0];
+                audit_record::capture(&gen.gw.config.audit, &mut ctx.audit_args, (0, mc), &m);
             }
-            ctx.messages.push(mc);
             Ok(())
         }
         Ok(Some(msgs)) => {

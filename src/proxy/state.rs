@@ -343,6 +343,11 @@ pub struct WorkerState {
     /// Write buffers lent to connections for the length of one request, so an idle
     /// connection holds none and a busy one never allocates.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Request heads, parsed in place into one of these and handed down by pointer (returned
+    /// by value, a head was copied three times on its way into the request's future). Boxes
+    /// kept whole: a box is what a connection holds for the length of its request.
+    #[allow(clippy::vec_box)]
+    heads: RefCell<Vec<Box<crate::http::head::RequestHead>>>,
     /// Session ids this worker has opened (bounded).
     pub sessions: RefCell<super::session_cache::SessionCache>,
     revoked: RefCell<HashMap<[u8; 16], u64>>,
@@ -395,6 +400,7 @@ impl WorkerState {
             shutdown: LocalShutdown::default(),
             cut: LocalShutdown::default(),
             buffers: RefCell::new(Vec::new()),
+            heads: RefCell::new(Vec::new()),
             sessions: RefCell::new(super::session_cache::SessionCache::new(SESSION_CACHE)),
             revoked: RefCell::new(HashMap::new()),
             catalogs: Default::default(),
@@ -484,6 +490,19 @@ impl WorkerState {
         if pool.len() < MAX_POOLED_BUFFERS {
             buf.clear();
             pool.push(buf);
+        }
+    }
+
+    /// A head to parse into (its previous contents are overwritten whole).
+    pub fn take_head(&self) -> Box<crate::http::head::RequestHead> {
+        self.heads.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a head to the pool (one per connection in a request at most is ever out).
+    pub fn give_head(&self, head: Box<crate::http::head::RequestHead>) {
+        let mut pool = self.heads.borrow_mut();
+        if pool.len() < MAX_POOLED_BUFFERS {
+            pool.push(head);
         }
     }
 

@@ -120,22 +120,24 @@ fn key_hash(
     f: &Facts<'_>,
     p: Option<&crate::policy::Principal>,
 ) -> u64 {
+    let mut bytes = smallvec::SmallVec::new();
+    key_bytes(&mut bytes, gw, r, f, p);
     let mut h = x.hasher.build_hasher();
-    h.write(&key_bytes(gw, r, f, p));
+    h.write(&bytes);
     h.finish()
 }
 
 /// The bytes a key hashes: per part of `r.key`, its bit, its length and its text (the
 /// arguments' hash as 8 bytes). One `write` of them all: SipHash hashes the byte stream, so
 /// this is the hash the parts written one by one gave (a unit test holds it), in one call
-/// instead of three per part.
+/// instead of three per part. Written into `b` (returned, the buffer was copied out whole).
 fn key_bytes(
+    b: &mut smallvec::SmallVec<[u8; 128]>,
     gw: &super::state::Gateway,
     r: &LimitRule,
     f: &Facts<'_>,
     p: Option<&crate::policy::Principal>,
-) -> smallvec::SmallVec<[u8; 128]> {
-    let mut b = smallvec::SmallVec::new();
+) {
     let mut text = |bit: u8, s: &[u8]| {
         b.push(bit);
         b.extend_from_slice(&s.len().to_ne_bytes());
@@ -173,7 +175,6 @@ fn key_bytes(
         b.push(part::ARGUMENTS);
         b.extend_from_slice(&f.arguments.to_ne_bytes());
     }
-    b
 }
 
 enum Judged {
@@ -392,7 +393,8 @@ fn check_rules(
         );
         return Err(Stop::Refuse(refusal(&o)));
     }
-    for (fp, key, kind, units) in pending {
+    // By reference: moving the vector into the loop copied it whole.
+    for &(fp, key, kind, units) in &pending {
         local.admitted(&mut map, (fp, key), units, now);
         let tokens = matches!(kind, LimitKind::Tokens { .. });
         if matches!(kind, LimitKind::Concurrency { .. })
