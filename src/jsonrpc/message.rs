@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::lex::{Cursor, Lex, StrTok};
-use super::{Message, MessageKind, Raw, ScanErrorKind, Str};
+use super::{KeptKeys, Message, MessageKind, Raw, ScanErrorKind, Str};
 
 /// `Message::meta_keys` bits: the `_meta` key is there, whatever its value.
 pub const META_VERSION_KEY: u8 = 1;
@@ -180,6 +180,16 @@ fn object<'a>(
     depth: u32,
     mut member: impl FnMut(&mut Cursor<'a>, Key) -> Lex<()>,
 ) -> Lex<()> {
+    object_tok(cur, depth, |cur, key, _| member(cur, key))
+}
+
+/// `object`, the member also told its key's token.
+#[inline(always)]
+fn object_tok<'a>(
+    cur: &mut Cursor<'a>,
+    depth: u32,
+    mut member: impl FnMut(&mut Cursor<'a>, Key, StrTok) -> Lex<()>,
+) -> Lex<()> {
     cur.check_depth(depth)?;
     cur.i += 1;
     cur.ws();
@@ -195,7 +205,7 @@ fn object<'a>(
         if !seen.insert(key, name) {
             cur.note(ScanErrorKind::DuplicateKey(key.name()), k.start);
         }
-        member(cur, key)?;
+        member(cur, key, k)?;
         cur.ws();
         match cur.peek() {
             Some(b',') => cur.i += 1,
@@ -268,6 +278,7 @@ impl<'a> Message<'a> {
             task: false,
             task_id: None,
             arguments: None,
+            argument_keys_at: KeptKeys::NONE,
             error_code: None,
             span: 0..0,
         }
@@ -412,7 +423,15 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
             // the values below are only validated. Any other value is left unread.
             Key::Arguments if cur.peek() == Some(b'{') => {
                 let start = cur.i;
-                object(cur, depth + 1, |cur, _| cur.skip_value(depth + 1))?;
+                // The keys' places are kept as they are read: the audit record and argument
+                // rules list them without lexing the object again.
+                let mut kept = KeptKeys::NONE;
+                kept.start();
+                object_tok(cur, depth + 1, |cur, _, tok| {
+                    kept.push(tok.start - start, tok.end - start, tok.escaped);
+                    cur.skip_value(depth + 1)
+                })?;
+                m.argument_keys_at = kept;
                 m.arguments = Some(Raw {
                     text: cur.b.get(start..cur.i).unwrap_or_default(),
                     start,

@@ -107,6 +107,8 @@ pub struct Message<'a> {
     /// `params.arguments` when it is an object, raw (`tools/call`, `prompts/get`): its top-level
     /// keys are a read level (no duplicates); `argument_keys` lists them.
     pub arguments: Option<Raw<'a>>,
+    /// Where the scan read `arguments`' top-level keys, so they are not lexed again.
+    pub argument_keys_at: KeptKeys,
     /// An error response's `error.code` when it is a number or a string, raw (what the audit
     /// record of a reply the gateway read whole carries; a relayed one is probed instead).
     pub error_code: Option<Raw<'a>>,
@@ -116,9 +118,88 @@ pub struct Message<'a> {
 
 impl<'a> Message<'a> {
     /// The top-level keys of `params.arguments`, in body order, unescaped (borrowed unless a key
-    /// has escapes); empty when there are no arguments or they are not an object.
-    pub fn argument_keys(&self) -> ObjectKeys<'a> {
-        ObjectKeys::new(self.arguments.as_ref().map_or(b"", |r| r.text))
+    /// has escapes); empty when there are no arguments or they are not an object. Those the scan
+    /// kept (`KeptKeys`) are sliced out; otherwise the object is lexed again.
+    pub fn argument_keys(&self) -> ArgumentKeys<'a> {
+        let text = self.arguments.as_ref().map_or(&b""[..], |r| r.text);
+        match self.argument_keys_at.len {
+            KeptKeys::NOT_KEPT => ArgumentKeys::Lexed(ObjectKeys::new(text)),
+            _ => ArgumentKeys::Kept {
+                text,
+                keys: self.argument_keys_at,
+                next: 0,
+            },
+        }
+    }
+}
+
+/// Where `params.arguments`' top-level key tokens are (quotes included, from the object's `{`),
+/// when the object has at most `KeptKeys::MAX` keys and none is escaped; `len` is `NOT_KEPT`
+/// otherwise (and when there are no arguments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeptKeys {
+    spans: [(u32, u32); KeptKeys::MAX],
+    len: u8,
+}
+
+impl KeptKeys {
+    pub const MAX: usize = 8;
+    const NOT_KEPT: u8 = u8::MAX;
+    pub(crate) const NONE: KeptKeys = KeptKeys {
+        spans: [(0, 0); KeptKeys::MAX],
+        len: KeptKeys::NOT_KEPT,
+    };
+
+    /// Starts an object's keys (none yet).
+    pub(crate) fn start(&mut self) {
+        self.len = 0;
+    }
+
+    /// One more key token at `start..end` (relative to the object); an escaped one, or one past
+    /// `MAX`, gives up on keeping them.
+    pub(crate) fn push(&mut self, start: usize, end: usize, escaped: bool) {
+        let i = usize::from(self.len);
+        if i >= Self::MAX || escaped {
+            self.len = Self::NOT_KEPT;
+            return;
+        }
+        match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(s), Ok(e)) => {
+                self.spans[i] = (s, e);
+                self.len += 1;
+            }
+            _ => self.len = Self::NOT_KEPT,
+        }
+    }
+}
+
+/// `Message::argument_keys`: kept spans sliced out, or the object lexed again.
+pub enum ArgumentKeys<'a> {
+    Kept {
+        text: &'a [u8],
+        keys: KeptKeys,
+        next: usize,
+    },
+    Lexed(ObjectKeys<'a>),
+}
+
+impl<'a> Iterator for ArgumentKeys<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        match self {
+            ArgumentKeys::Lexed(k) => k.next(),
+            ArgumentKeys::Kept { text, keys, next } => {
+                let &(s, e) = keys.spans.get(*next)?;
+                if *next >= usize::from(keys.len) {
+                    return None;
+                }
+                *next += 1;
+                // Unescaped, inside a body that is valid UTF-8: the check cannot fail.
+                let key = text.get(s as usize + 1..(e as usize).saturating_sub(1))?;
+                std::str::from_utf8(key).ok().map(Cow::Borrowed)
+            }
+        }
     }
 }
 

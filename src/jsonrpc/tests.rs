@@ -421,6 +421,45 @@ fn reads_the_top_level_keys_of_arguments() {
 }
 
 #[test]
+fn kept_argument_keys_are_the_keys_lexed_again() {
+    use crate::jsonrpc::ArgumentKeys;
+    let call = |args: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"arguments":{args}}}}}"#
+        )
+    };
+    let nine = (0..9)
+        .map(|i| format!("\"k{i}\": {i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let eight = (0..8)
+        .map(|i| format!("\"k{i}\" :[{i}]"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (args, kept) in [
+        (r#"{"city":"Paris","days":[1,2]}"#.to_string(), true),
+        (r#"{ "" : {"nested":1} ,"x\ty":2}"#.to_string(), false),
+        (r#"{"a":"\"}\"","b":{"c":[{"d":"}"}]}}"#.to_string(), true),
+        (format!("{{{eight}}}"), true),
+        (format!("{{{nine}}}"), false),
+        (r#"{"a\u0062":1,"c":2}"#.to_string(), false),
+        ("{}".to_string(), true),
+    ] {
+        let body = call(&args);
+        let m = single(&body);
+        let text = m.arguments.as_ref().expect("arguments read").text;
+        let keys: Vec<_> = m.argument_keys().collect();
+        let lexed: Vec<_> = crate::jsonrpc::ObjectKeys::new(text).collect();
+        assert_eq!(keys, lexed, "{args}");
+        assert_eq!(
+            matches!(m.argument_keys(), ArgumentKeys::Kept { .. }),
+            kept,
+            "{args}"
+        );
+    }
+}
+
+#[test]
 fn arguments_keep_the_depth_limit() {
     // `arguments` at depth 3; the limit counts the same whether or not its keys are read.
     let limits = ScanLimits {
