@@ -30,7 +30,25 @@ fn token(sub: &str, roles: &[&str]) -> String {
     harness::hs256_jwt(&claims, SECRET.as_bytes())
 }
 
-fn temp_path(name: &str) -> PathBuf {
+/// A file path in a fresh scratch directory, removed with everything in it when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn temp_path(name: &str) -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
         "tollgate-audit-test-{}-{}",
@@ -38,7 +56,7 @@ fn temp_path(name: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    Scratch(d.join(name))
 }
 
 /// The records in `path` and its rotated files (`path.1` …), oldest file first.

@@ -671,6 +671,7 @@ fn a_port_in_use_fails_the_start_loudly() {
         .arg(&cfg)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already in use"), "{err}");
@@ -691,6 +692,7 @@ fn a_bad_config_lists_every_problem() {
         .arg(&cfg)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [

@@ -176,8 +176,24 @@ mod tests {
 
     const POLICY: &str = "package tollgate\nimport rego.v1\ndecision := input.method == \"ping\"\n";
 
+    /// A fresh directory, removed with what it holds when dropped.
+    struct Scratch(PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A fresh directory holding `files` (name, contents).
-    fn dir_with(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    fn dir_with(name: &str, files: &[(&str, &str)]) -> Scratch {
         let dir =
             std::env::temp_dir().join(format!("tollgate-cfg-rego-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -185,7 +201,7 @@ mod tests {
         for (f, text) in files {
             std::fs::write(dir.join(f), text).unwrap();
         }
-        dir
+        Scratch(dir)
     }
 
     fn config(rego: &str) -> String {

@@ -2,9 +2,25 @@
 
 use super::*;
 
+/// A scratch directory, removed with what it holds when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A scratch directory with a CA, a server certificate it signed (for localhost), its key, an
 /// unrelated key, and a file that is not PEM.
-fn tls_files() -> std::path::PathBuf {
+fn tls_files() -> Scratch {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("tollgate-cfg-tls-{}-{n}", std::process::id()));
@@ -25,7 +41,7 @@ fn tls_files() -> std::path::PathBuf {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
     std::fs::write(dir.join("other-key.pem"), other.serialize_pem()).unwrap();
     std::fs::write(dir.join("junk.pem"), "not a pem file\n").unwrap();
-    dir
+    Scratch(dir)
 }
 
 #[test]
