@@ -271,9 +271,44 @@ enum Field {
     Other,
 }
 
+/// Whether header name `name` (a token, as httparse admits it) is `lower` (lower case letters,
+/// digits and `-`) in any case. Compared eight bytes at a time with bit 5 set: a token byte
+/// with bit 5 set is a given lower-case letter only if it was that letter in either case, and
+/// is `-` or a digit only if it was that byte (`\r` and 0x10..0x19 are not token bytes).
+#[inline(always)]
+fn token_is(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let n = lower.len();
+    if name.len() != n {
+        return false;
+    }
+    debug_assert!(lower
+        .iter()
+        .all(|&c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'-')));
+    let word = |b: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    if n < 8 {
+        return name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    // Whole words, then the last eight bytes (overlapping the previous word when n is not a
+    // multiple of eight).
+    let mut i = 0;
+    while i + 8 <= n {
+        if word(name, i) | CASE != word(lower, i) {
+            return false;
+        }
+        i += 8;
+    }
+    i == n || word(name, n - 8) | CASE == word(lower, n - 8)
+}
+
 impl Field {
     fn of(name: &str) -> Field {
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        let name = name.as_bytes();
+        let is = |n: &str| token_is(name, n.as_bytes());
         match name.len() {
             4 if is("host") => Field::Host,
             6 if is("origin") => Field::Origin,
@@ -293,9 +328,7 @@ impl Field {
             14 if is("mcp-session-id") => Field::SessionId,
             17 if is("transfer-encoding") => Field::TransferEncoding,
             20 if is("mcp-protocol-version") => Field::ProtocolVersion,
-            n if n > 10 && name.as_bytes()[..10].eq_ignore_ascii_case(b"mcp-param-") => {
-                Field::McpParam
-            }
+            n if n > 10 && token_is(&name[..10], b"mcp-param-") => Field::McpParam,
             _ => Field::Other,
         }
     }
@@ -706,7 +739,8 @@ pub fn parse_response<'b>(
     for h in resp.headers.iter() {
         let name = h.name;
         let v = h.value;
-        if name.eq_ignore_ascii_case("content-length") {
+        let is = |n: &str| token_is(name.as_bytes(), n.as_bytes());
+        if is("content-length") {
             let n = parse_content_length(v).ok_or(HeadError::new(
                 Kind::UpstreamProtocol,
                 "invalid Content-Length from upstream",
@@ -718,7 +752,7 @@ pub fn parse_response<'b>(
                 ));
             }
             content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is("transfer-encoding") {
             if !v.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err(HeadError::new(
                     Kind::UpstreamProtocol,
@@ -726,15 +760,15 @@ pub fn parse_response<'b>(
                 ));
             }
             chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is("connection") {
             if has_token(v, "close") {
                 head.keep_alive = false;
             } else if has_token(v, "keep-alive") {
                 head.keep_alive = true;
             }
-        } else if name.eq_ignore_ascii_case("keep-alive") {
+        } else if is("keep-alive") {
             head.keep_alive_timeout = keep_alive_timeout(v);
-        } else if name.eq_ignore_ascii_case("mcp-session-id") {
+        } else if is("mcp-session-id") {
             set_once(
                 &mut head.session_id,
                 offset(buf, v),
@@ -742,13 +776,10 @@ pub fn parse_response<'b>(
             )
             .map_err(|e| HeadError::new(Kind::UpstreamProtocol, e.reason))?;
         } else {
-            if name.eq_ignore_ascii_case("content-type") {
+            if is("content-type") {
                 head.content_type = Some(offset(buf, v));
             }
-            if !DROPPED_RESPONSE_HEADERS
-                .iter()
-                .any(|d| name.eq_ignore_ascii_case(d))
-            {
+            if !DROPPED_RESPONSE_HEADERS.iter().any(|d| is(d)) {
                 head.relay.push(RelayedHeader::new(
                     offset(buf, name.as_bytes()),
                     offset(buf, v),

@@ -341,3 +341,64 @@ fn a_complete_response_head_over_the_limit_is_refused() {
     let e = parse_response(s.as_bytes(), &mut h, 1024, false).unwrap_err();
     assert_eq!(e.kind, Kind::UpstreamProtocol);
 }
+
+#[test]
+fn header_names_match_in_any_case_and_only_their_own() {
+    // Every name the parser looks for, against its upper-case, mixed-case and near-miss
+    // spellings (a neighbour by bit 5 that is a token byte, a byte one off, one byte longer).
+    let names = [
+        "host",
+        "origin",
+        "accept",
+        "expect",
+        "baggage",
+        "mcp-name",
+        "x-api-key",
+        "connection",
+        "mcp-method",
+        "tracestate",
+        "traceparent",
+        "content-type",
+        "authorization",
+        "last-event-id",
+        "content-length",
+        "mcp-session-id",
+        "transfer-encoding",
+        "mcp-protocol-version",
+        "mcp-param-",
+        "keep-alive",
+        "x-accel-buffering",
+        "te",
+    ];
+    for n in names {
+        let upper = n.to_ascii_uppercase();
+        let mixed: String = n
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        for yes in [n, upper.as_str(), mixed.as_str()] {
+            assert!(token_is(yes.as_bytes(), n.as_bytes()), "{yes} is {n}");
+        }
+        for i in 0..n.len() {
+            let mut b = n.as_bytes().to_vec();
+            for other in [b'_', b'.', b'1', b'`', b'~', b[i] + 1, b[i].wrapping_sub(1)] {
+                b[i] = other;
+                if b[i] != n.as_bytes()[i] && b[i].is_ascii_graphic() {
+                    assert!(
+                        !token_is(&b, n.as_bytes()),
+                        "{:?} is not {n}",
+                        String::from_utf8_lossy(&b)
+                    );
+                }
+            }
+        }
+        assert!(!token_is(format!("{n}x").as_bytes(), n.as_bytes()));
+    }
+}
