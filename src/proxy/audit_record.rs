@@ -320,14 +320,12 @@ fn line(
         b.push(b'"');
     }
     if let Some(s) = ctx.server {
-        text!(
-            "server",
-            gw.config.servers[s].path.as_bytes(),
-            MAX_TEXT_FIELD,
-        );
+        b.extend_from_slice(b",\"server\":");
+        b.extend_from_slice(&gw.audit_names.servers[s]);
     }
     if let Some(u) = ctx.upstream {
-        text!("upstream", gw.upstreams[u].name.as_bytes(), MAX_TEXT_FIELD,);
+        b.extend_from_slice(b",\"upstream\":");
+        b.extend_from_slice(&gw.audit_names.upstreams[u]);
     }
     if let Some(Recorded { m, args, .. }) = &m {
         word!("method", m.method_label());
@@ -389,13 +387,9 @@ fn line(
             word!("authz", d.reason.as_str());
         }
         if let (Some(rule), Some(s)) = (d.rule, ctx.server) {
-            if let Some(name) = gw.config.servers[s]
-                .rules
-                .as_deref()
-                .and_then(|r| r.rules.get(usize::from(rule)))
-                .map(|r| &*r.name)
-            {
-                text!("rule", name.as_bytes(), MAX_TEXT_FIELD);
+            if let Some(name) = gw.audit_names.rules[s].get(usize::from(rule)) {
+                b.extend_from_slice(b",\"rule\":");
+                b.extend_from_slice(name);
             }
         }
     }
@@ -422,6 +416,42 @@ fn line(
         crate::observe::tokens::estimated_tokens(bytes_out),
     );
     b.push(b'}');
+}
+
+/// The names records repeat, as the JSON strings a record writes (cut to `MAX_TEXT_FIELD` and
+/// escaped once per configuration, not once per record): each server's path, each upstream's
+/// name, and each server's rules' names, by their indexes in the configuration.
+#[derive(Default)]
+pub struct Names {
+    servers: Vec<Box<[u8]>>,
+    upstreams: Vec<Box<[u8]>>,
+    rules: Vec<Vec<Box<[u8]>>>,
+}
+
+impl Names {
+    pub fn of<'a>(
+        config: &crate::config::Config,
+        upstreams: impl Iterator<Item = &'a str>,
+    ) -> Names {
+        let json = |s: &str| {
+            let mut b = Vec::new();
+            json_bounded(&mut b, s.as_bytes(), MAX_TEXT_FIELD);
+            b.into_boxed_slice()
+        };
+        Names {
+            servers: config.servers.iter().map(|s| json(&s.path)).collect(),
+            upstreams: upstreams.map(json).collect(),
+            rules: config
+                .servers
+                .iter()
+                .map(|s| {
+                    s.rules.as_deref().map_or(Vec::new(), |r| {
+                        r.rules.iter().map(|r| json(&r.name)).collect()
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `,"key":"<lower-case hex of bytes>"`, without allocating.

@@ -158,6 +158,8 @@ impl Gateway {
             health.carry_replicas_from(prev);
         }
         let checker = super::replicas::Checker::start(&config, &upstreams, &health);
+        let audit_names =
+            super::audit_record::Names::of(&config, upstreams.iter().map(|u| u.name.as_str()));
         Ok(Gateway {
             keys: None,
             spans: config
@@ -193,6 +195,7 @@ impl Gateway {
                 traffic
             },
             audit,
+            audit_names,
             config,
         })
     }

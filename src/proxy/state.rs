@@ -174,6 +174,8 @@ pub struct Gateway {
     /// The audit pipeline (`observe::audit::Hub`): one per process, shared by every generation
     /// (a reload swaps its sinks), so no record is lost across reloads.
     pub audit: Arc<crate::observe::audit::Hub>,
+    /// Server, upstream and rule names as audit records write them (escaped once).
+    pub audit_names: super::audit_record::Names,
 }
 
 impl Gateway {
