@@ -123,8 +123,9 @@ const INLINE_KEYS: usize = 8;
 /// an object with 100k keys costs O(n), not O(n²). Allocates only in those two cases.
 struct KeySet<'a> {
     known: u32,
-    inline: [&'a str; INLINE_KEYS],
-    len: usize,
+    /// Never past `INLINE_KEYS` (the set spills instead). A `SmallVec`: its inline space is not
+    /// written when a set is made (every object the scanner reads makes one).
+    inline: smallvec::SmallVec<[&'a str; INLINE_KEYS]>,
     spill: Option<HashSet<Cow<'a, str>>>,
 }
 
@@ -133,8 +134,7 @@ impl<'a> KeySet<'a> {
     fn new() -> Self {
         KeySet {
             known: 0,
-            inline: [""; INLINE_KEYS],
-            len: 0,
+            inline: smallvec::SmallVec::new(),
             spill: None,
         }
     }
@@ -152,19 +152,14 @@ impl<'a> KeySet<'a> {
             return set.insert(k);
         }
         let s: &str = &k;
-        if self.inline[..self.len].contains(&s) {
+        if self.inline.contains(&s) {
             return false;
         }
         match k {
-            Cow::Borrowed(b) if self.len < INLINE_KEYS => {
-                self.inline[self.len] = b;
-                self.len += 1;
-            }
+            Cow::Borrowed(b) if self.inline.len() < INLINE_KEYS => self.inline.push(b),
             _ => {
-                let mut set: HashSet<Cow<'a, str>> = self.inline[..self.len]
-                    .iter()
-                    .map(|b| Cow::Borrowed(*b))
-                    .collect();
+                let mut set: HashSet<Cow<'a, str>> =
+                    self.inline.iter().map(|b| Cow::Borrowed(*b)).collect();
                 set.insert(k);
                 self.spill = Some(set);
             }
