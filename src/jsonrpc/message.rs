@@ -273,7 +273,7 @@ impl<'a> Message<'a> {
             task: false,
             task_id: None,
             arguments: None,
-            argument_keys_at: KeptKeys::NONE,
+            argument_keys_at: KeptKeys::default(),
             error_code: None,
             span: 0..0,
         }
@@ -420,13 +420,12 @@ fn params<'a>(cur: &mut Cursor<'a>, depth: u32, m: &mut Message<'a>) -> Lex<()> 
                 let start = cur.i;
                 // The keys' places are kept as they are read: the audit record and argument
                 // rules list them without lexing the object again.
-                let mut kept = KeptKeys::NONE;
+                let kept = &mut m.argument_keys_at;
                 kept.start();
                 object_tok(cur, depth + 1, |cur, _, tok| {
                     kept.push(tok.start - start, tok.end - start, tok.escaped);
                     cur.skip_value(depth + 1)
                 })?;
-                m.argument_keys_at = kept;
                 m.arguments = Some(Raw {
                     text: cur.b.get(start..cur.i).unwrap_or_default(),
                     start,

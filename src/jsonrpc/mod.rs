@@ -120,80 +120,69 @@ impl<'a> Message<'a> {
     /// The top-level keys of `params.arguments`, in body order, unescaped (borrowed unless a key
     /// has escapes); empty when there are no arguments or they are not an object. Those the scan
     /// kept (`KeptKeys`) are sliced out; otherwise the object is lexed again.
-    pub fn argument_keys(&self) -> ArgumentKeys<'a> {
+    pub fn argument_keys(&self) -> ArgumentKeys<'a, '_> {
         let text = self.arguments.as_ref().map_or(&b""[..], |r| r.text);
-        match self.argument_keys_at.len {
-            KeptKeys::NOT_KEPT => ArgumentKeys::Lexed(ObjectKeys::new(text)),
-            _ => ArgumentKeys::Kept {
+        match &self.argument_keys_at {
+            k if k.kept => ArgumentKeys::Kept {
                 text,
-                keys: self.argument_keys_at,
+                keys: &k.spans,
                 next: 0,
             },
+            _ => ArgumentKeys::Lexed(ObjectKeys::new(text)),
         }
     }
 }
 
 /// Where `params.arguments`' top-level key tokens are (quotes included, from the object's `{`),
-/// when the object has at most `KeptKeys::MAX` keys and none is escaped; `len` is `NOT_KEPT`
-/// otherwise (and when there are no arguments).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// when the object has at most `KeptKeys::MAX` keys and none is escaped; not kept otherwise (and
+/// when there are no arguments). Its inline space is written only as keys go in (every message
+/// the scanner reads has one, replies included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeptKeys {
-    spans: [(u32, u32); KeptKeys::MAX],
-    len: u8,
+    spans: smallvec::SmallVec<[(u32, u32); KeptKeys::MAX]>,
+    kept: bool,
 }
 
 impl KeptKeys {
     pub const MAX: usize = 8;
-    const NOT_KEPT: u8 = u8::MAX;
-    pub(crate) const NONE: KeptKeys = KeptKeys {
-        spans: [(0, 0); KeptKeys::MAX],
-        len: KeptKeys::NOT_KEPT,
-    };
 
     /// Starts an object's keys (none yet).
     pub(crate) fn start(&mut self) {
-        self.len = 0;
+        self.spans.clear();
+        self.kept = true;
     }
 
     /// One more key token at `start..end` (relative to the object); an escaped one, or one past
     /// `MAX`, gives up on keeping them.
     pub(crate) fn push(&mut self, start: usize, end: usize, escaped: bool) {
-        let i = usize::from(self.len);
-        if i >= Self::MAX || escaped {
-            self.len = Self::NOT_KEPT;
+        if !self.kept {
             return;
         }
         match (u32::try_from(start), u32::try_from(end)) {
-            (Ok(s), Ok(e)) => {
-                self.spans[i] = (s, e);
-                self.len += 1;
-            }
-            _ => self.len = Self::NOT_KEPT,
+            (Ok(s), Ok(e)) if !escaped && self.spans.len() < Self::MAX => self.spans.push((s, e)),
+            _ => self.kept = false,
         }
     }
 }
 
 /// `Message::argument_keys`: kept spans sliced out, or the object lexed again.
-pub enum ArgumentKeys<'a> {
+pub enum ArgumentKeys<'a, 'm> {
     Kept {
         text: &'a [u8],
-        keys: KeptKeys,
+        keys: &'m [(u32, u32)],
         next: usize,
     },
     Lexed(ObjectKeys<'a>),
 }
 
-impl<'a> Iterator for ArgumentKeys<'a> {
+impl<'a> Iterator for ArgumentKeys<'a, '_> {
     type Item = Cow<'a, str>;
 
     fn next(&mut self) -> Option<Cow<'a, str>> {
         match self {
             ArgumentKeys::Lexed(k) => k.next(),
             ArgumentKeys::Kept { text, keys, next } => {
-                let &(s, e) = keys.spans.get(*next)?;
-                if *next >= usize::from(keys.len) {
-                    return None;
-                }
+                let &(s, e) = keys.get(*next)?;
                 *next += 1;
                 // Unescaped, inside a body that is valid UTF-8: the check cannot fail.
                 let key = text.get(s as usize + 1..(e as usize).saturating_sub(1))?;
