@@ -12,8 +12,8 @@ use crate::http::{authority, RequestHead};
 /// The gateway's admission of a request head, everything it decides before routing: the head
 /// parser (request line and head limits, framing and smuggling shapes, Host and request target
 /// syntax), then the request's authority against `listen.allowed_hosts` and its Origin against
-/// `listen.allowed_origins`. `read_head` calls exactly this (`admit_head_into`, the same into
-/// a head of the caller's; tests/desync_guardian.rs calls this). `Ok(None)`: more bytes are
+/// `listen.allowed_origins`. `read_head` calls `admit_head_into`, this same admission into a
+/// head the worker lends; tests/desync_guardian.rs calls this one. `Ok(None)`: more bytes are
 /// needed. `scratch` is the parser's header space; `limits.max_headers` of it are used.
 ///
 /// A limit's refusal carries an empty reason, so the rendered message is the one that names

@@ -149,7 +149,7 @@ async fn request(w: &WorkerState, c: &mut Client, head: &RequestHead) -> Next {
     next
 }
 
-/// Phase: read head (and admit it: `checks::admit_head`, host/origin included). Waits up to
+/// Phase: read head (and admit it: `checks::admit_head_into`, host/origin included). Waits up to
 /// `idle_timeout` for a first byte (or until shutdown), then up to `header_read_timeout` for
 /// the whole head. `Ok(None)`: the connection ended quietly. The head comes in a box of the
 /// worker's (`WorkerState::take_head`), to be given back after the request.

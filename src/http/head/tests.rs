@@ -402,3 +402,28 @@ fn header_names_match_in_any_case_and_only_their_own() {
         assert!(!token_is(format!("{n}x").as_bytes(), n.as_bytes()));
     }
 }
+
+#[test]
+fn a_head_parsed_into_a_used_one_is_the_head_parsed_afresh() {
+    // The worker lends the same boxes request after request: nothing of the last may remain.
+    let first = "POST /mcp HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer x\r\n\
+                 Mcp-Session-Id: s1\r\nMcp-Param-Region: eu\r\ntraceparent: 00-1\r\n\
+                 Origin: http://a.test\r\nAccept: a\r\nAccept: b\r\nExpect: 100-continue\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let second = "GET /other HTTP/1.0\r\n\r\n";
+    let mut h = [const { MaybeUninit::uninit() }; 16];
+    let mut slot = RequestHead::default();
+    assert!(parse_request_into(first.as_bytes(), &mut h, 1024, 512, &mut slot).unwrap());
+    assert!(slot.chunked && slot.authorization.is_some() && !slot.mcp_params.is_empty());
+    let mut h = [const { MaybeUninit::uninit() }; 16];
+    assert!(parse_request_into(second.as_bytes(), &mut h, 1024, 512, &mut slot).unwrap());
+    let fresh = req(second).unwrap().unwrap();
+    assert_eq!(format!("{slot:?}"), format!("{fresh:?}"));
+
+    // More bytes needed: the slot is left as it was.
+    let mut h = [const { MaybeUninit::uninit() }; 16];
+    assert!(
+        !parse_request_into(b"POST /mcp HTTP/1.1\r\nHost:", &mut h, 1024, 512, &mut slot).unwrap()
+    );
+    assert_eq!(format!("{slot:?}"), format!("{fresh:?}"));
+}

@@ -17,8 +17,10 @@ static SOURCE: OnceLock<fn() -> std::time::Instant> = OnceLock::new();
 
 /// tollgate patch: makes `f` the source of every instant the runtime reads (its timers,
 /// `Instant::now`), in place of `std::time::Instant::now`. Once per process, before any
-/// runtime starts; `f` must be monotonic per thread and return instants that mix with
-/// `std::time::Instant::now`'s. Returns `false` if a source was set already.
+/// runtime starts; `f` must return instants that mix with `std::time::Instant::now`'s. It may
+/// step back a little (tollgate's re-anchors by a few microseconds): the timer driver clamps a
+/// clock that goes back (`process_at_time`) and converts instants to ticks saturating, and
+/// `Instant` differences saturate at zero. Returns `false` if a source was set already.
 pub fn set_source(f: fn() -> std::time::Instant) -> bool {
     SOURCE.set(f).is_ok()
 }
