@@ -170,38 +170,19 @@ fn policy_files(p: &mut Problems, path: &str, r: &Section) -> Option<(Vec<String
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
+    use crate::config::file::tests::Scratch;
     use crate::config::{load_str_with_env, render_effective, Config};
 
     const POLICY: &str = "package tollgate\nimport rego.v1\ndecision := input.method == \"ping\"\n";
 
-    /// A fresh directory, removed with what it holds when dropped.
-    struct Scratch(PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = std::path::Path;
-        fn deref(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// A fresh directory holding `files` (name, contents).
     fn dir_with(name: &str, files: &[(&str, &str)]) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-cfg-rego-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new(&format!("cfg-rego-{name}"));
         for (f, text) in files {
             std::fs::write(dir.join(f), text).unwrap();
         }
-        Scratch(dir)
+        dir
     }
 
     fn config(rego: &str) -> String {

@@ -2,29 +2,10 @@
 
 use super::*;
 
-/// A scratch directory, removed with what it holds when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A scratch directory with a CA, a server certificate it signed (for localhost), its key, an
 /// unrelated key, and a file that is not PEM.
 fn tls_files() -> Scratch {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tollgate-cfg-tls-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cfg-tls");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -41,7 +22,7 @@ fn tls_files() -> Scratch {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
     std::fs::write(dir.join("other-key.pem"), other.serialize_pem()).unwrap();
     std::fs::write(dir.join("junk.pem"), "not a pem file\n").unwrap();
-    Scratch(dir)
+    dir
 }
 
 #[test]
