@@ -8,7 +8,8 @@
 #   loadtest/trace.sh clock SCENARIO [SETUP] [BINARY]   calls of libc's __clock_gettime (the
 #                                                       vDSO clock reads that go through libc)
 #   loadtest/trace.sh kernel SCENARIO [SETUP] [BINARY]  CPU per request split into kernel and
-#                                                       user time (a 15 kHz profile), the file
+#                                                       user time (a 15 kHz profile), the 15
+#                                                       kernel symbols taking most of it, the file
 #                                                       lookups per operation (fget, fdget, ...),
 #                                                       and TCP segments sent per request (nstat)
 #   loadtest/trace.sh user  SCENARIO [SETUP] [BINARY]   the 25 user-space symbols (libc included)
@@ -84,6 +85,8 @@ for l in sys.stdin:
     else: u += share
 print("kernel %.2f µs, user %.2f µs per request (%.1f %% / %.1f %% of the process)" % (cpu * k / 100, cpu * u / 100, k, u))
 ' "$cpu"
+  echo "the kernel symbols taking most of the process:"
+  perf report -i "$data" --no-children --sort sym -q 2> /dev/null | grep -F '[k]' | head -15
   echo "file lookups (share of the process):"
   perf report -i "$data" --no-children --sort sym -q 2> /dev/null |
     grep -E "\] (fget|fput|fdget|fdget_pos|io_file_get_normal|io_file_get_fixed)$" || echo "  none"
